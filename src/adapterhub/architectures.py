@@ -1,0 +1,170 @@
+"""Where adapters attach in each supported architecture, described as data.
+
+An ``ArchitectureSpec`` names, relative to one transformer layer, the modules around each adapter *site*
+(``attn`` after the attention sub-layer, ``ffn`` after the feed-forward sub-layer):
+
+- ``output``: the module whose forward output is the sub-layer output ``h`` (before the residual add);
+- ``residual``: the module whose input (positional index or keyword) is the residual stream ``input``;
+- ``norm``: in post-norm models the LayerNorm that computes ``LN(h + input)``; ``None`` in pre-norm models, where
+  the layer itself adds ``h`` to the residual stream.
+
+The injection code registers forward hooks on exactly these modules; no transformers forward is copied. Adding an
+architecture is one ``register_architecture(...)`` entry plus one row in the test matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from adapterhub.errors import UnsupportedArchitectureError
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """An input of a module's forward: positional ``index`` or keyword ``name`` (whichever the caller used)."""
+
+    module: str
+    index: int
+    name: str
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    output: str
+    residual: InputRef
+    norm: str | None = None
+    output_index: int | None = None  # the output is a tuple: h is this element
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """How to find layers and adapter sites in one family of models (keyed by ``config.model_type``)."""
+
+    model_types: tuple[str, ...]
+    layers: str  # path of the ModuleList of transformer layers, relative to the base model
+    sites: Mapping[str, SiteSpec]
+    hidden_size_attr: str = "hidden_size"
+    # Naming used by the `adapters` library for the same sites (for reading and writing its layout).
+    adapters_lib_sites: Mapping[str, str] = field(default_factory=dict)
+    adapters_lib_layers: str = ""
+
+    @property
+    def pre_norm(self) -> bool:
+        return all(site.norm is None for site in self.sites.values())
+
+
+_REGISTRY: dict[str, ArchitectureSpec] = {}
+
+
+def register_architecture(spec: ArchitectureSpec) -> ArchitectureSpec:
+    for model_type in spec.model_types:
+        _REGISTRY[model_type] = spec
+    return spec
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def spec_for_model_type(model_type: str) -> ArchitectureSpec:
+    if model_type not in _REGISTRY:
+        raise UnsupportedArchitectureError(
+            f"Model type {model_type!r} has no ArchitectureSpec. Supported: {', '.join(supported_model_types())}. "
+            "To add it, call adapterhub.architectures.register_architecture(ArchitectureSpec(model_types=("
+            f"{model_type!r},), layers=<path of the layer list>, sites={{'attn': SiteSpec(...), 'ffn': SiteSpec(...)}})) "
+            "naming the modules around each sub-layer (see docs/ARCHITECTURES.md)."
+        )
+    return _REGISTRY[model_type]
+
+
+def get_base_model(model: nn.Module) -> nn.Module:
+    """The transformer body (``BertModel`` inside ``BertForSequenceClassification``), or the model itself."""
+    base = getattr(model, "base_model", None)
+    return base if isinstance(base, nn.Module) else model
+
+
+def get_layers(model: nn.Module, spec: ArchitectureSpec) -> nn.ModuleList:
+    base = get_base_model(model)
+    try:
+        layers = base.get_submodule(spec.layers)
+    except AttributeError as error:
+        raise UnsupportedArchitectureError(
+            f"The spec for {spec.model_types[0]!r} expects the layers at {spec.layers!r}, but "
+            f"{type(base).__name__} has no such module ({error}). This transformers version may have renamed it; "
+            "adjust the ArchitectureSpec."
+        ) from None
+    if not isinstance(layers, nn.ModuleList):
+        raise UnsupportedArchitectureError(f"{spec.layers!r} in {type(base).__name__} is not a ModuleList.")
+    return layers
+
+
+# ------------------------------------------------------------------------------------------------ the specs
+
+_BERT_LIKE_SITES = {
+    "attn": SiteSpec(
+        output="attention.output.dropout",
+        residual=InputRef("attention.output", 1, "input_tensor"),
+        norm="attention.output.LayerNorm",
+    ),
+    "ffn": SiteSpec(
+        output="output.dropout",
+        residual=InputRef("output", 1, "input_tensor"),
+        norm="output.LayerNorm",
+    ),
+}
+
+BERT = register_architecture(
+    ArchitectureSpec(
+        model_types=("bert", "roberta", "xlm-roberta", "electra"),
+        layers="encoder.layer",
+        sites=_BERT_LIKE_SITES,
+        adapters_lib_sites={"attn": "attention.output", "ffn": "output"},
+        adapters_lib_layers="encoder.layer",
+    )
+)
+
+DISTILBERT = register_architecture(
+    ArchitectureSpec(
+        model_types=("distilbert",),
+        layers="transformer.layer",
+        hidden_size_attr="dim",
+        sites={
+            "attn": SiteSpec(
+                output="attention", output_index=0, residual=InputRef("", 0, "hidden_states"), norm="sa_layer_norm"
+            ),
+            "ffn": SiteSpec(output="ffn", residual=InputRef("ffn", 0, "input"), norm="output_layer_norm"),
+        },
+        adapters_lib_sites={"attn": "attention", "ffn": "ffn"},
+        adapters_lib_layers="transformer.layer",
+    )
+)
+
+GPT2 = register_architecture(
+    ArchitectureSpec(
+        model_types=("gpt2",),
+        layers="h",
+        hidden_size_attr="n_embd",
+        sites={
+            "attn": SiteSpec(output="attn", output_index=0, residual=InputRef("ln_1", 0, "input")),
+            "ffn": SiteSpec(output="mlp", residual=InputRef("ln_2", 0, "input")),
+        },
+        adapters_lib_sites={"attn": "attn", "ffn": "mlp"},
+        adapters_lib_layers="h",
+    )
+)
+
+LLAMA = register_architecture(
+    ArchitectureSpec(
+        model_types=("llama", "mistral", "qwen2", "qwen3"),
+        layers="layers",
+        sites={
+            "attn": SiteSpec(output="self_attn", output_index=0, residual=InputRef("input_layernorm", 0, "hidden_states")),
+            "ffn": SiteSpec(output="mlp", residual=InputRef("post_attention_layernorm", 0, "hidden_states")),
+        },
+        adapters_lib_sites={"attn": "self_attn", "ffn": "mlp"},
+        adapters_lib_layers="layers",
+    )
+)

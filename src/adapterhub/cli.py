@@ -1,0 +1,56 @@
+"""Command-line entry point: ``adapterhub <command> ...``.
+
+Each feature area owns its sub-commands in its own module, which exposes ``register(subparsers)``; this file only
+collects them. A user mistake is reported as one line on stderr (exit code 2), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+from adapterhub.errors import AdapterHubError
+
+# Modules that contribute sub-commands. A module that is not part of this installation is skipped.
+COMMAND_MODULES: tuple[str, ...] = (
+    "adapterhub.demo",
+    "adapterhub.training.cli",
+    "adapterhub.composition_cli",
+    "adapterhub.hub.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adapterhub",
+        description="Train, compose, evaluate and share adapters for transformers models.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.handler(args) or 0)
+    except AdapterHubError as error:
+        print(f"adapterhub {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

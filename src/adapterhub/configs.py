@@ -1,0 +1,359 @@
+"""Adapter configurations: frozen, keyword-only dataclasses, validated on construction.
+
+A config is data: it can be written as JSON (``to_dict``), read back (``from_dict``), hashed and compared. Unknown
+keys and wrong types are rejected with a message that names the valid keys. Presets are addressed by name, with
+optional overrides in brackets: ``"pfeiffer"``, ``"houlsby[reduction_factor=64]"``,
+``"pfeiffer[leave_out=[0,1],non_linearity=gelu]"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from adapterhub.errors import ConfigError, did_you_mean
+
+C = TypeVar("C", bound="MethodConfig")
+
+ACTIVATIONS = ("relu", "swish", "silu", "gelu", "gelu_new", "tanh", "sigmoid", "leakyrelu", "identity")
+INIT_SCHEMES = ("bert", "houlsby", "mam_adapter")
+
+
+def canonical_json(obj: Any) -> str:
+    """The one JSON spelling used for hashing: sorted keys, no spaces, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodConfig:
+    """Base of every method config. Subclasses set ``method`` and validate in ``__post_init__``."""
+
+    method: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict that ``from_dict`` turns back into an equal config; always holds ``"method"``."""
+        out: dict[str, Any] = {"method": self.method}
+        for f in dataclasses.fields(self):
+            out[f.name] = _to_json_value(getattr(self, f.name))
+        return out
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+        """Build a config from a dict, rejecting unknown keys with the list of valid ones."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{cls.__name__} must be built from a dict, got {type(data).__name__}.")
+        data = dict(data)
+        method = data.pop("method", cls.method)
+        if method != cls.method:
+            raise ConfigError(f"{cls.__name__} is for method {cls.method!r}, but the dict says {method!r}.")
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in data if k not in valid]
+        if unknown:
+            hints = "".join(did_you_mean(k, valid) for k in unknown)
+            raise ConfigError(
+                f"Unknown key(s) {', '.join(repr(k) for k in unknown)} for {cls.__name__}{hints}. "
+                f"Valid keys: {', '.join(valid)}."
+            )
+        return cls(**data)
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with some fields changed (validated like a new config)."""
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def canonical_hash(self) -> str:
+        """sha256 of the canonical JSON of ``to_dict()``: equal configs have equal hashes."""
+        return sha256_hex(canonical_json(self.to_dict()))
+
+
+def _to_json_value(value: Any) -> Any:
+    if isinstance(value, tuple):
+        if value and all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value):
+            return {k: _to_json_value(v) for k, v in value}
+        return [_to_json_value(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------------- validation
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_bool(name: str, value: Any) -> None:
+    _require(isinstance(value, bool), f"{name} must be true or false, got {value!r} ({type(value).__name__}).")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    _require(
+        isinstance(value, str) and value in choices,
+        f"{name}={value!r} is not valid{did_you_mean(str(value), choices)}; choose one of {', '.join(choices)}.",
+    )
+
+
+def _freeze_per_layer(name: str, value: Any, check: Callable[[str, Any], None]) -> Any:
+    """A number, or a mapping ``{"default": x, "3": y}`` frozen into a sorted tuple of (key, value) pairs."""
+    if isinstance(value, Mapping) or (isinstance(value, tuple) and value and isinstance(value[0], tuple)):
+        items = dict(value)
+        for key, item in items.items():
+            _require(
+                key == "default" or (isinstance(key, str) and key.isdigit()) or isinstance(key, int),
+                f"{name}: keys must be layer indices or 'default', got {key!r}.",
+            )
+            check(f"{name}[{key!r}]", item)
+        _require("default" in items, f"{name}: a per-layer mapping needs a 'default' entry for the other layers.")
+        return tuple(sorted((str(k), v) for k, v in items.items()))
+    check(name, value)
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ bottleneck
+
+
+@dataclass(frozen=True, kw_only=True)
+class BottleneckConfig(MethodConfig):
+    """Bottleneck adapter ``A(x) = W_up · f(W_down · x + b_down) + b_up`` (Houlsby et al. 2019).
+
+    Placement in a sub-layer that computes ``h = sublayer(input)`` followed by ``LN(h + input)``:
+
+    - ``x = LN(h + input)`` if ``original_ln_before`` else ``x = h``
+    - adapter residual ``r = h`` if ``residual_before_ln is True``, ``h + input`` if ``"post_add"``, else ``x``
+    - ``y = r + scaling · A(norm_before(x))`` (with ``ln_after``: ``norm_after`` applied before or after adding
+      ``r``, by ``adapter_residual_before_ln``)
+    - ``out = LN(y + input)`` if ``original_ln_after`` else ``y``.
+
+    In pre-norm models (GPT-2, Llama) the sub-layer has no LayerNorm after it: ``LN`` is the identity there.
+    Bottleneck width ``m = hidden_size // reduction_factor`` (or ``bottleneck_size``), per layer if a mapping is
+    given (``{"default": 16, "0": 2}``). Parameters per adapter: ``2·m·d + d + m``.
+    """
+
+    method: ClassVar[str] = "bottleneck"
+
+    after_attention: bool = False
+    after_ffn: bool = True
+    reduction_factor: float | tuple[tuple[str, float], ...] = 16
+    bottleneck_size: int | None = None
+    non_linearity: str = "relu"
+    original_ln_before: bool = True
+    original_ln_after: bool = True
+    residual_before_ln: bool | str = True
+    ln_before: bool = False
+    ln_after: bool = False
+    adapter_residual_before_ln: bool = False
+    scaling: float | str = 1.0
+    dropout: float = 0.0
+    init_weights: str = "bert"
+    leave_out: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "after_attention",
+            "after_ffn",
+            "original_ln_before",
+            "original_ln_after",
+            "ln_before",
+            "ln_after",
+            "adapter_residual_before_ln",
+        ):
+            _check_bool(name, getattr(self, name))
+        _require(
+            self.after_attention or self.after_ffn,
+            "after_attention and after_ffn are both false: the adapter would sit nowhere. Set at least one.",
+        )
+
+        def positive_number(name: str, value: Any) -> None:
+            _require(_is_number(value) and value > 0, f"{name} must be a positive number, got {value!r}.")
+
+        object.__setattr__(
+            self, "reduction_factor", _freeze_per_layer("reduction_factor", self.reduction_factor, positive_number)
+        )
+        if self.bottleneck_size is not None:
+            _require(
+                isinstance(self.bottleneck_size, int)
+                and not isinstance(self.bottleneck_size, bool)
+                and self.bottleneck_size > 0,
+                f"bottleneck_size must be a positive integer or null, got {self.bottleneck_size!r}.",
+            )
+        _check_choice("non_linearity", self.non_linearity.lower() if isinstance(self.non_linearity, str) else self.non_linearity, ACTIVATIONS)
+        object.__setattr__(self, "non_linearity", self.non_linearity.lower())
+        _require(
+            self.residual_before_ln in (True, False, "post_add"),
+            f"residual_before_ln must be true, false or 'post_add', got {self.residual_before_ln!r}.",
+        )
+        _require(
+            _is_number(self.scaling) or self.scaling in ("learned", "channel"),
+            f"scaling must be a number, 'learned' or 'channel', got {self.scaling!r}.",
+        )
+        _require(
+            _is_number(self.dropout) and 0.0 <= self.dropout < 1.0,
+            f"dropout must be a number in [0, 1), got {self.dropout!r}.",
+        )
+        _check_choice("init_weights", self.init_weights, INIT_SCHEMES)
+        leave_out = self.leave_out
+        _require(
+            isinstance(leave_out, (list, tuple))
+            and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in leave_out),
+            f"leave_out must be a list of non-negative layer indices, got {leave_out!r}.",
+        )
+        object.__setattr__(self, "leave_out", tuple(sorted(set(leave_out))))
+        if _is_number(self.scaling):
+            object.__setattr__(self, "scaling", float(self.scaling))
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """Where in each layer an adapter sits: ``"attn"`` and/or ``"ffn"``."""
+        return tuple(s for s, on in (("attn", self.after_attention), ("ffn", self.after_ffn)) if on)
+
+    def reduction_factor_for(self, layer: int) -> float:
+        if isinstance(self.reduction_factor, tuple):
+            table = dict(self.reduction_factor)
+            return float(table.get(str(layer), table["default"]))
+        return float(self.reduction_factor)
+
+    def bottleneck_width(self, hidden_size: int, layer: int) -> int:
+        """``m`` for this layer; raises ConfigError if the bottleneck would have zero width."""
+        if self.bottleneck_size is not None:
+            return self.bottleneck_size
+        factor = self.reduction_factor_for(layer)
+        width = int(hidden_size // factor)
+        _require(
+            width >= 1,
+            f"reduction_factor {factor:g} on hidden size {hidden_size} gives a zero-width bottleneck "
+            f"(layer {layer}); use a reduction factor of at most {hidden_size} or set bottleneck_size.",
+        )
+        return width
+
+
+# ---------------------------------------------------------------------------------------------------- presets
+
+PRESETS: dict[str, Callable[[], MethodConfig]] = {
+    "pfeiffer": lambda: BottleneckConfig(
+        after_attention=False,
+        after_ffn=True,
+        original_ln_before=True,
+        original_ln_after=True,
+        residual_before_ln=True,
+        non_linearity="relu",
+        reduction_factor=16,
+    ),
+    "houlsby": lambda: BottleneckConfig(
+        after_attention=True,
+        after_ffn=True,
+        original_ln_before=False,
+        original_ln_after=True,
+        residual_before_ln=True,
+        non_linearity="swish",
+        reduction_factor=16,
+    ),
+    "bapna_firat": lambda: BottleneckConfig(
+        after_attention=False,
+        after_ffn=True,
+        original_ln_before=True,
+        original_ln_after=False,
+        residual_before_ln=False,
+        ln_before=True,
+        non_linearity="relu",
+        reduction_factor=16,
+    ),
+}
+PRESET_ALIASES = {"seq_bn": "pfeiffer", "double_seq_bn": "houlsby", "bapna": "bapna_firat", "bapna-firat": "bapna_firat"}
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"bottleneck": BottleneckConfig}
+
+
+def register_config(config_cls: type[MethodConfig], presets: Mapping[str, Callable[[], MethodConfig]] = {}) -> None:
+    """Make a method's config class (and its presets) known to ``resolve_config``."""
+    METHOD_CONFIGS[config_cls.method] = config_cls
+    PRESETS.update(presets)
+
+
+def preset_names() -> list[str]:
+    return sorted([*PRESETS, *PRESET_ALIASES])
+
+
+def resolve_config(config: str | Mapping[str, Any] | MethodConfig | None) -> MethodConfig:
+    """Turn a preset name (with optional ``[key=value,...]`` overrides), a dict or a config into a config."""
+    if config is None:
+        config = "pfeiffer"
+    if isinstance(config, MethodConfig):
+        return config
+    if isinstance(config, Mapping):
+        method = config.get("method", "bottleneck")
+        if method not in METHOD_CONFIGS:
+            raise ConfigError(
+                f"Unknown method {method!r}{did_you_mean(str(method), METHOD_CONFIGS)}; "
+                f"known methods: {', '.join(sorted(METHOD_CONFIGS))}."
+            )
+        return METHOD_CONFIGS[method].from_dict(config)
+    if not isinstance(config, str):
+        raise ConfigError(
+            f"config must be a preset name, a dict or a config object, got {type(config).__name__}."
+        )
+    name, overrides = _parse_preset_string(config)
+    key = PRESET_ALIASES.get(name, name)
+    if key not in PRESETS:
+        raise ConfigError(
+            f"Unknown adapter config {name!r}{did_you_mean(name, preset_names())}. "
+            f"Presets: {', '.join(preset_names())}; or pass a dict or a BottleneckConfig(...)."
+        )
+    base = PRESETS[key]()
+    return base.replace(**overrides) if overrides else base
+
+
+def _parse_preset_string(text: str) -> tuple[str, dict[str, Any]]:
+    text = text.strip()
+    if "[" not in text:
+        return text.lower(), {}
+    if not text.endswith("]"):
+        raise ConfigError(f"Malformed config string {text!r}: expected 'name[key=value,...]'.")
+    name, body = text[: text.index("[")].strip().lower(), text[text.index("[") + 1 : -1]
+    overrides: dict[str, Any] = {}
+    for part in _split_top_level(body):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise ConfigError(f"Malformed override {part!r} in {text!r}: expected key=value.")
+        key, raw = (s.strip() for s in part.split("=", 1))
+        overrides[key] = _parse_value(raw)
+    return name, overrides
+
+
+def _split_top_level(body: str) -> list[str]:
+    parts, depth, current = [], 0, []
+    for char in body:
+        if char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _parse_value(raw: str) -> Any:
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw.strip("'\"")

@@ -1,0 +1,119 @@
+"""Our adapter directory layout (docs/FORMAT.md): ``adapter_config.json`` + ``adapter.safetensors`` and optionally
+``head_config.json`` + ``head.safetensors``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from adapterhub.configs import canonical_json, sha256_hex
+from adapterhub.errors import AdapterFileError
+from adapterhub.io.files import read_json, read_tensors, write_json, write_tensors
+from adapterhub.io.records import AdapterRecord, HeadRecord, ModelInfo
+
+FORMAT = "adapterhub.adapter"
+HEAD_FORMAT = "adapterhub.head"
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter.safetensors"
+HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE = "head_config.json", "head.safetensors"
+
+
+def library_version() -> str:
+    from adapterhub import __version__
+
+    return __version__
+
+
+def write_adapter_dir(record: AdapterRecord, directory: str | os.PathLike[str]) -> Path:
+    """Write ``record`` into ``directory`` (created if needed). Each file is replaced atomically; the config is
+    written last, so a directory with a config is always complete."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if record.head is not None:
+        write_tensors(directory / HEAD_WEIGHTS_FILE, record.head.tensors)
+        write_json(
+            directory / HEAD_CONFIG_FILE,
+            {
+                "format": HEAD_FORMAT,
+                "format_version": FORMAT_VERSION,
+                "name": record.head.name,
+                "type": record.head.head_type,
+                "config": record.head.options,
+                "id2label": None if record.head.id2label is None else {str(k): v for k, v in record.head.id2label.items()},
+                "model_type": record.model.model_type,
+                "hidden_size": record.model.hidden_size,
+            },
+        )
+    else:
+        for stale in (HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE):
+            (directory / stale).unlink(missing_ok=True)
+    write_tensors(directory / WEIGHTS_FILE, record.tensors)
+    write_json(
+        directory / CONFIG_FILE,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "library_version": library_version(),
+            "name": record.name,
+            "config": record.config,
+            "config_hash": sha256_hex(canonical_json(record.config)),
+            "model_type": record.model.model_type,
+            "model_name": record.model.model_name,
+            "hidden_size": record.model.hidden_size,
+            "num_layers": record.model.num_layers,
+            "has_head": record.head is not None,
+        },
+    )
+    return directory
+
+
+def _require_keys(path: Path, data: Any, keys: tuple[str, ...]) -> None:
+    if not isinstance(data, dict):
+        raise AdapterFileError(f"{path} must hold a JSON object.")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise AdapterFileError(f"{path} lacks the key(s) {', '.join(missing)}; it is not a complete adapter config.")
+
+
+def read_adapter_dir(directory: str | os.PathLike[str], *, with_head: bool = True) -> AdapterRecord:
+    directory = Path(directory)
+    meta = read_json(directory / CONFIG_FILE)
+    _require_keys(directory / CONFIG_FILE, meta, ("format", "name", "config", "model_type", "hidden_size"))
+    if meta["format"] != FORMAT:
+        raise AdapterFileError(f"{directory / CONFIG_FILE} has format {meta['format']!r}, expected {FORMAT!r}.")
+    if int(meta.get("format_version", 1)) > FORMAT_VERSION:
+        raise AdapterFileError(
+            f"{directory} was written in format version {meta['format_version']} by adapterhub "
+            f"{meta.get('library_version')}; this adapterhub ({library_version()}) reads up to version "
+            f"{FORMAT_VERSION}. Upgrade adapterhub."
+        )
+    expected_hash = meta.get("config_hash")
+    if expected_hash and expected_hash != sha256_hex(canonical_json(meta["config"])):
+        raise AdapterFileError(f"{directory / CONFIG_FILE}: config_hash does not match the config; the file was edited or corrupted.")
+    head = None
+    if with_head and (directory / HEAD_CONFIG_FILE).exists():
+        head_meta = read_json(directory / HEAD_CONFIG_FILE)
+        _require_keys(directory / HEAD_CONFIG_FILE, head_meta, ("format", "name", "type", "config"))
+        id2label = head_meta.get("id2label")
+        head = HeadRecord(
+            name=head_meta["name"],
+            head_type=head_meta["type"],
+            options=dict(head_meta["config"]),
+            id2label=None if id2label is None else {int(k): str(v) for k, v in id2label.items()},
+            tensors=read_tensors(directory / HEAD_WEIGHTS_FILE),
+        )
+    return AdapterRecord(
+        name=meta["name"],
+        config=dict(meta["config"]),
+        model=ModelInfo(
+            model_type=meta["model_type"],
+            model_name=meta.get("model_name", ""),
+            hidden_size=int(meta["hidden_size"]),
+            num_layers=meta.get("num_layers"),
+        ),
+        tensors=read_tensors(directory / WEIGHTS_FILE),
+        head=head,
+        layout="adapterhub",
+        extra={"library_version": meta.get("library_version")},
+    )

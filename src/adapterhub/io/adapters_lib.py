@@ -1,0 +1,283 @@
+"""The `adapters` library's layout (PyPI ``adapters`` 1.x): read it, and write it on request.
+
+Its files: ``adapter_config.json`` ({"config": {...}, "hidden_size", "model_class", "model_name", "model_type",
+"name", "version"}), ``pytorch_adapter.bin`` or ``adapter.safetensors``, and optionally ``head_config.json`` with
+``pytorch_model_head.bin`` / ``head.safetensors``. Weight names look like
+``bert.encoder.layer.3.output.adapters.NAME.adapter_down.0.weight``; we map the layer path and site path through the
+model's ``ArchitectureSpec`` (``adapters_lib_layers`` and ``adapters_lib_sites``). Pickles are read with
+``torch.load(weights_only=True)`` only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapterhub.architectures import ArchitectureSpec, get_base_model
+from adapterhub.errors import AdapterFileError, ConfigError
+from adapterhub.io.files import read_json, read_tensors, read_torch_pickle, write_json, write_tensors
+from adapterhub.io.records import AdapterRecord, HeadRecord, ModelInfo
+
+ADAPTERS_VERSION = "adapters.1.3.0"
+
+# Our BottleneckConfig field <- their config key.
+_CONFIG_KEYS = {
+    "after_attention": "mh_adapter",
+    "after_ffn": "output_adapter",
+    "reduction_factor": "reduction_factor",
+    "non_linearity": "non_linearity",
+    "original_ln_before": "original_ln_before",
+    "original_ln_after": "original_ln_after",
+    "residual_before_ln": "residual_before_ln",
+    "ln_before": "ln_before",
+    "ln_after": "ln_after",
+    "adapter_residual_before_ln": "adapter_residual_before_ln",
+    "scaling": "scaling",
+    "dropout": "dropout",
+    "init_weights": "init_weights",
+    "leave_out": "leave_out",
+}
+# Their options we do not implement: a value other than these defaults is refused with a clear message.
+_UNSUPPORTED_DEFAULTS: dict[str, Any] = {
+    "use_gating": False,
+    "phm_layer": False,
+    "is_parallel": False,
+    "inv_adapter": None,
+    "cross_adapter": False,
+    "stochastic_depth": 0.0,
+}
+# Their full bottleneck config, for writing: the defaults of their BnConfig for keys we do not have.
+_THEIR_EXTRA_DEFAULTS: dict[str, Any] = {
+    "architecture": None,
+    "cross_adapter": False,
+    "factorized_phm_W": True,
+    "factorized_phm_rule": False,
+    "hypercomplex_nonlinearity": "glorot-uniform",
+    "inv_adapter": None,
+    "inv_adapter_reduction_factor": None,
+    "is_parallel": False,
+    "learn_phm": True,
+    "phm_bias": True,
+    "phm_c_init": "normal",
+    "phm_dim": 4,
+    "phm_init_range": 0.0001,
+    "phm_layer": False,
+    "phm_rank": 1,
+    "shared_W_phm": False,
+    "shared_phm_rule": True,
+    "stochastic_depth": 0.0,
+    "use_gating": False,
+}
+
+
+def config_from_theirs(theirs: dict[str, Any]) -> dict[str, Any]:
+    """Their bottleneck config dict -> ours (``{"method": "bottleneck", ...}``)."""
+    architecture = theirs.get("architecture")
+    if architecture not in (None, "bottleneck"):
+        raise ConfigError(
+            f"This `adapters` config is a {architecture!r} adapter; adapterhub reads bottleneck adapters from that "
+            "library (architecture null or 'bottleneck')."
+        )
+    for key, default in _UNSUPPORTED_DEFAULTS.items():
+        if theirs.get(key, default) not in (default, None if default is False else default):
+            raise ConfigError(f"The adapter uses the `adapters` option {key}={theirs[key]!r}, which adapterhub does not support.")
+    ours: dict[str, Any] = {"method": "bottleneck"}
+    for our_key, their_key in _CONFIG_KEYS.items():
+        if their_key in theirs and theirs[their_key] is not None:
+            ours[our_key] = theirs[their_key]
+    if isinstance(ours.get("leave_out"), list):
+        ours["leave_out"] = [int(i) for i in ours["leave_out"]]
+    if isinstance(ours.get("non_linearity"), str):
+        ours["non_linearity"] = ours["non_linearity"].lower()
+    return ours
+
+
+def config_to_theirs(ours: dict[str, Any]) -> dict[str, Any]:
+    if ours.get("method") != "bottleneck":
+        raise ConfigError("Only bottleneck adapters can be written in the `adapters` layout.")
+    theirs = dict(_THEIR_EXTRA_DEFAULTS)
+    for our_key, their_key in _CONFIG_KEYS.items():
+        theirs[their_key] = ours[our_key]
+    if ours.get("bottleneck_size") is not None:
+        raise ConfigError("bottleneck_size has no equivalent in the `adapters` layout; use reduction_factor.")
+    return theirs
+
+
+# ------------------------------------------------------------------------------------------ weight names
+
+
+def _site_pattern(spec: ArchitectureSpec, name: str) -> re.Pattern[str]:
+    sites = "|".join(re.escape(path) for path in spec.adapters_lib_sites.values())
+    layers = re.escape(spec.adapters_lib_layers)
+    return re.compile(rf"^(?:.*\.)?{layers}\.(\d+)\.({sites})\.adapters\.{re.escape(name)}\.(.+)$")
+
+
+def _our_param(their_param: str, ln_before: bool) -> str | None:
+    """``adapter_down.0.weight`` -> ``down.weight`` etc.; None for a duplicate alias we skip."""
+    if their_param.startswith("adapter_norm_before."):
+        return None  # the same module also appears as adapter_down.0
+    if their_param.startswith("adapter_down."):
+        index, rest = their_param[len("adapter_down.") :].split(".", 1)
+        position = int(index) - (1 if ln_before else 0)
+        if ln_before and int(index) == 0:
+            return f"norm_before.{rest}"
+        if position == 0:
+            return f"down.{rest}"
+        return None  # activation modules have no parameters
+    if their_param.startswith("adapter_up."):
+        return "up." + their_param[len("adapter_up.") :]
+    if their_param.startswith("adapter_norm_after."):
+        return "norm_after." + their_param[len("adapter_norm_after.") :]
+    if their_param == "scaling":
+        return "scaling"
+    raise AdapterFileError(f"Unexpected weight {their_param!r} in an `adapters` bottleneck adapter.")
+
+
+def _load_weights(directory: Path, stem_bin: str, stem_safe: str) -> dict[str, torch.Tensor]:
+    if (directory / stem_safe).exists():
+        return read_tensors(directory / stem_safe)
+    if (directory / stem_bin).exists():
+        return read_torch_pickle(directory / stem_bin)
+    raise AdapterFileError(f"{directory} has neither {stem_safe} nor {stem_bin}.")
+
+
+def read_adapters_lib_dir(directory: str | os.PathLike[str], spec: ArchitectureSpec, *, with_head: bool = True) -> AdapterRecord:
+    directory = Path(directory)
+    meta = read_json(directory / "adapter_config.json")
+    name = meta.get("name")
+    if not name:
+        raise AdapterFileError(f"{directory / 'adapter_config.json'} has no adapter name.")
+    config = config_from_theirs(meta["config"])
+    pattern = _site_pattern(spec, name)
+    site_of = {path: site for site, path in spec.adapters_lib_sites.items()}
+    tensors: dict[str, torch.Tensor] = {}
+    for key, tensor in _load_weights(directory, "pytorch_adapter.bin", "adapter.safetensors").items():
+        match = pattern.match(key)
+        if match is None:
+            raise AdapterFileError(
+                f"Weight {key!r} in {directory} does not match the {spec.model_types[0]} layout of the `adapters` "
+                f"library for adapter {name!r}."
+            )
+        ours = _our_param(match.group(3), bool(config.get("ln_before")))
+        if ours is not None:
+            tensors[f"layers.{match.group(1)}.{site_of[match.group(2)]}.{ours}"] = tensor
+    head = _read_their_head(directory, name) if with_head and (directory / "head_config.json").exists() else None
+    return AdapterRecord(
+        name=name,
+        config=config,
+        model=ModelInfo(
+            model_type=meta.get("model_type", ""),
+            model_name=meta.get("model_name") or "",
+            hidden_size=int(meta["hidden_size"]),
+            num_layers=None,
+        ),
+        tensors=tensors,
+        head=head,
+        layout="adapters",
+        extra={"version": meta.get("version"), "model_class": meta.get("model_class")},
+    )
+
+
+def _read_their_head(directory: Path, adapter_name: str) -> HeadRecord:
+    meta = read_json(directory / "head_config.json")
+    head_config = dict(meta.get("config") or {})
+    head_type = head_config.get("head_type")
+    if head_type not in ("classification", "regression"):
+        raise AdapterFileError(f"The `adapters` head type {head_type!r} is not supported yet (classification only).")
+    label2id = head_config.get("label2id") or {}
+    id2label = {int(v): str(k) for k, v in label2id.items()} or None
+    activation = str(head_config.get("activation_function") or "tanh").lower()
+    options = {
+        "num_labels": int(head_config.get("num_labels", len(label2id) or 2)),
+        "layers": int(head_config.get("layers", 2)),
+        "activation": activation,
+        "dropout": float(head_config.get("dropout_prob") or 0.0),
+        "pooling": "first",
+        "use_pooler": bool(head_config.get("use_pooler", False)),
+        "multilabel": False,
+        "bias": bool(head_config.get("bias", True)),
+    }
+    head_name = meta.get("name") or adapter_name
+    prefix = f"heads.{head_name}."
+    tensors = {}
+    for key, tensor in _load_weights(directory, "pytorch_model_head.bin", "head.safetensors").items():
+        if not key.startswith(prefix):
+            raise AdapterFileError(f"Unexpected head weight {key!r} in {directory} (expected names under {prefix!r}).")
+        tensors["layers." + key[len(prefix) :]] = tensor
+    return HeadRecord(name=head_name, head_type="classification", options=options, id2label=id2label, tensors=tensors)
+
+
+def write_adapters_lib_dir(
+    record: AdapterRecord, directory: str | os.PathLike[str], spec: ArchitectureSpec, model_class: str, model: nn.Module
+) -> Path:
+    """Write ``record`` in the `adapters` layout (weights as safetensors, which that library reads)."""
+    directory = Path(directory)
+    prefix = getattr(get_base_model(model), "base_model_prefix", "") or ""
+    theirs_config = config_to_theirs(record.config)
+    ln_before = bool(record.config.get("ln_before"))
+    tensors: dict[str, torch.Tensor] = {}
+    for key, tensor in record.tensors.items():
+        _, layer, site, param = key.split(".", 3)
+        module, rest = param.split(".", 1) if "." in param else (param, "")
+        their = {
+            "norm_before": "adapter_down.0",
+            "down": "adapter_down.1" if ln_before else "adapter_down.0",
+            "up": "adapter_up",
+            "norm_after": "adapter_norm_after",
+            "scaling": "scaling",
+        }[module]
+        path = f"{spec.adapters_lib_layers}.{layer}.{spec.adapters_lib_sites[site]}.adapters.{record.name}.{their}"
+        full = f"{prefix}.{path}" if prefix else path
+        tensors[f"{full}.{rest}" if rest else full] = tensor
+        if module == "norm_before":
+            tensors[full.replace("adapter_down.0", "adapter_norm_before") + f".{rest}"] = tensor
+    head = record.head
+    if head is not None:
+        if head.head_type != "classification":
+            raise ConfigError(
+                f"A {head.head_type!r} head cannot be written in the `adapters` layout; save with with_head=False."
+            )
+        options = head.options
+        num_labels = int(options["num_labels"])
+        id2label = head.id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
+        write_tensors(directory / "head.safetensors", {f"heads.{head.name}.{k[len('layers.'):]}": v for k, v in head.tensors.items()})
+        write_json(
+            directory / "head_config.json",
+            {
+                "config": {
+                    "head_type": "classification",
+                    "num_labels": num_labels,
+                    "layers": int(options["layers"]),
+                    "activation_function": options["activation"],
+                    "label2id": {label: i for i, label in id2label.items()},
+                    "use_pooler": bool(options["use_pooler"]),
+                    "bias": bool(options["bias"]),
+                    "dropout_prob": options["dropout"],
+                },
+                "hidden_size": record.model.hidden_size,
+                "model_class": model_class,
+                "model_name": record.model.model_name,
+                "model_type": record.model.model_type,
+                "name": head.name,
+                "version": ADAPTERS_VERSION,
+            },
+        )
+    write_tensors(directory / "adapter.safetensors", tensors)
+    write_json(
+        directory / "adapter_config.json",
+        {
+            "config": theirs_config,
+            "hidden_size": record.model.hidden_size,
+            "model_class": model_class,
+            "model_name": record.model.model_name,
+            "model_type": record.model.model_type,
+            "name": record.name,
+            "version": ADAPTERS_VERSION,
+        },
+    )
+    return directory

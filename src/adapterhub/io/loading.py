@@ -1,0 +1,45 @@
+"""Read an adapter directory in whichever supported layout it is."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from adapterhub.architectures import ArchitectureSpec, spec_for_model_type
+from adapterhub.errors import AdapterFileError
+from adapterhub.io.adapter_dir import CONFIG_FILE, FORMAT, read_adapter_dir
+from adapterhub.io.files import read_json
+from adapterhub.io.records import AdapterRecord
+
+
+def detect_layout(directory: str | os.PathLike[str]) -> str:
+    """``"adapterhub"`` or ``"adapters"``; raises AdapterFileError for a directory that is not an adapter."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise AdapterFileError(f"{directory} is not a directory.")
+    config_path = directory / CONFIG_FILE
+    if not config_path.exists():
+        present = sorted(p.name for p in directory.iterdir())[:10]
+        raise AdapterFileError(
+            f"{directory} is not an adapter directory: it has no {CONFIG_FILE} (it contains: "
+            f"{', '.join(present) or 'nothing'}). Point to a directory written by model.save_adapter(...)."
+        )
+    meta = read_json(config_path)
+    if isinstance(meta, dict) and meta.get("format") == FORMAT:
+        return "adapterhub"
+    if isinstance(meta, dict) and "config" in meta and ("version" in meta or "model_class" in meta):
+        return "adapters"
+    raise AdapterFileError(f"{config_path} is neither an adapterhub nor an `adapters` library adapter config.")
+
+
+def read_any_adapter_dir(
+    directory: str | os.PathLike[str], *, spec: ArchitectureSpec | None = None, with_head: bool = True
+) -> AdapterRecord:
+    layout = detect_layout(directory)
+    if layout == "adapterhub":
+        return read_adapter_dir(directory, with_head=with_head)
+    from adapterhub.io.adapters_lib import read_adapters_lib_dir
+
+    if spec is None:
+        spec = spec_for_model_type(read_json(Path(directory) / CONFIG_FILE).get("model_type", ""))
+    return read_adapters_lib_dir(directory, spec, with_head=with_head)

@@ -1,0 +1,38 @@
+"""In-memory form of a saved adapter, independent of the layout it was read from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model an adapter was made for."""
+
+    model_type: str
+    model_name: str
+    hidden_size: int
+    num_layers: int | None
+
+
+@dataclass
+class HeadRecord:
+    name: str
+    head_type: str  # "classification", ... or "static"
+    options: dict[str, Any]
+    id2label: dict[int, str] | None
+    tensors: dict[str, torch.Tensor]
+
+
+@dataclass
+class AdapterRecord:
+    name: str
+    config: dict[str, Any]  # method config as a dict with "method"
+    model: ModelInfo
+    tensors: dict[str, torch.Tensor]
+    head: HeadRecord | None = None
+    layout: str = "adapterhub"
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,164 @@
+"""Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2020; Bapna & Firat 2019).
+
+``A(x) = W_up · f(W_down · x + b_down) + b_up`` with ``W_down: d -> m`` and ``W_up: m -> d``; the placement
+around the model's residual connection and LayerNorm is described in ``BottleneckConfig``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from adapterhub.configs import BottleneckConfig
+from adapterhub.errors import ConfigError
+from adapterhub.methods.base import AdapterModule, ModelDims, SiteInputs, register_method
+
+
+def make_activation(name: str) -> nn.Module:
+    table: dict[str, nn.Module] = {
+        "relu": nn.ReLU(),
+        "swish": nn.SiLU(),
+        "silu": nn.SiLU(),
+        "gelu": nn.GELU(),
+        "gelu_new": nn.GELU(approximate="tanh"),
+        "tanh": nn.Tanh(),
+        "sigmoid": nn.Sigmoid(),
+        "leakyrelu": nn.LeakyReLU(),
+        "identity": nn.Identity(),
+    }
+    return table[name]
+
+
+@dataclass
+class BottleneckState:
+    """Inside one site: ``x`` the adapter input, ``adapter_residual`` what its output is added to."""
+
+    x: torch.Tensor
+    adapter_residual: torch.Tensor
+
+
+class BottleneckLayer(nn.Module):
+    """The adapter at one site: ``y = r + scaling · up(f(down(norm_before(x))))`` (norm_after optional)."""
+
+    def __init__(self, hidden_size: int, width: int, config: BottleneckConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.norm_before = nn.LayerNorm(hidden_size) if config.ln_before else None
+        self.down = nn.Linear(hidden_size, width)  # (m, d)
+        self.activation = make_activation(config.non_linearity)
+        self.up = nn.Linear(width, hidden_size)  # (d, m)
+        self.dropout = nn.Dropout(config.dropout)
+        self.norm_after = nn.LayerNorm(hidden_size) if config.ln_after else None
+        self.scaling: nn.Parameter | float
+        if config.scaling == "learned":
+            self.scaling = nn.Parameter(torch.ones(1))
+        elif config.scaling == "channel":
+            self.scaling = nn.Parameter(torch.ones(hidden_size))
+        else:
+            self.scaling = float(config.scaling)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Near-identity init: ``bert`` = N(0, 0.02) weights and zero biases; ``houlsby`` = N(0, 1e-2) truncated at
+        two standard deviations, zero biases; ``mam_adapter`` = Kaiming-uniform down and an all-zero up projection
+        (the adapter starts as the exact identity)."""
+        scheme = self.config.init_weights
+        with torch.no_grad():
+            if scheme == "bert":
+                for linear in (self.down, self.up):
+                    linear.weight.normal_(0.0, 0.02)
+                    linear.bias.zero_()
+            elif scheme == "houlsby":
+                for linear in (self.down, self.up):
+                    nn.init.trunc_normal_(linear.weight, mean=0.0, std=1e-2, a=-2e-2, b=2e-2)
+                    linear.bias.zero_()
+            else:
+                nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+                self.down.bias.zero_()
+                self.up.weight.zero_()
+                self.up.bias.zero_()
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """``scaling · A(x)`` without any residual. ``x``: (batch, seq, d) -> (batch, seq, d)."""
+        if self.norm_before is not None:
+            x = self.norm_before(x)
+        up = self.up(self.activation(self.down(x)))
+        return self.dropout(up * self.scaling)
+
+    def forward(self, x: torch.Tensor, adapter_residual: torch.Tensor) -> torch.Tensor:
+        out = self.delta(x)
+        if self.norm_after is None:
+            return out + adapter_residual
+        if self.config.adapter_residual_before_ln:
+            return self.norm_after(out + adapter_residual)
+        return self.norm_after(out) + adapter_residual
+
+
+def enter_site(config: BottleneckConfig, inputs: SiteInputs) -> BottleneckState:
+    """Adapter input and residual at a site, per the config's ``original_ln_before`` / ``residual_before_ln``."""
+    h, residual, norm = inputs.h, inputs.residual, inputs.norm
+    adapter_residual = h
+    x = h
+    if config.original_ln_before:
+        summed = h + residual  # (batch, seq, d)
+        if config.residual_before_ln == "post_add":
+            adapter_residual = summed
+        x = norm(summed) if norm is not None else summed
+    if config.residual_before_ln is False:
+        adapter_residual = x
+    return BottleneckState(x=x, adapter_residual=adapter_residual)
+
+
+def leave_site(config: BottleneckConfig, y: torch.Tensor, inputs: SiteInputs, pre_norm: bool) -> torch.Tensor:
+    """Turn the adapters' output ``y`` into the value that replaces the hooked output.
+
+    Post-norm models: the LayerNorm's output, ``LN(y + input)`` or ``y``. Pre-norm models: the sub-layer output
+    that the layer then adds to the residual stream, so ``y`` (the stream becomes ``y + input``) or ``y - input``
+    (``original_ln_after=False``: the stream becomes ``y``).
+    """
+    if pre_norm:
+        return y if config.original_ln_after else y - inputs.residual
+    if not config.original_ln_after:
+        return y
+    summed = y + inputs.residual
+    return inputs.norm(summed) if inputs.norm is not None else summed
+
+
+@register_method("bottleneck")
+class BottleneckAdapter(AdapterModule):
+    """A bottleneck adapter over all layers: ``layers[str(i)][site]`` is a ``BottleneckLayer``."""
+
+    config_cls = BottleneckConfig
+    config: BottleneckConfig
+
+    def __init__(self, name: str, config: BottleneckConfig, dims: ModelDims) -> None:
+        super().__init__(name, config, dims)
+        out_of_range = [i for i in config.leave_out if i >= dims.num_layers]
+        if out_of_range:
+            raise ConfigError(
+                f"leave_out names layer(s) {out_of_range}, but the model has {dims.num_layers} layers "
+                f"(indices 0..{dims.num_layers - 1})."
+            )
+        widths = {i: config.bottleneck_width(dims.hidden_size, i) for i in range(dims.num_layers)}
+        self.layers = nn.ModuleDict(
+            {
+                str(i): nn.ModuleDict({site: BottleneckLayer(dims.hidden_size, widths[i], config) for site in config.sites})
+                for i in range(dims.num_layers)
+                if i not in config.leave_out
+            }
+        )
+
+    def sites_at(self, layer: int) -> tuple[str, ...]:
+        key = str(layer)
+        return tuple(self.layers[key].keys()) if key in self.layers else ()
+
+    def layer_at(self, layer: int, site: str) -> BottleneckLayer:
+        return self.layers[str(layer)][site]  # type: ignore[return-value]
+
+    def forward_site(self, layer: int, site: str, inputs: SiteInputs) -> torch.Tensor:
+        state = enter_site(self.config, inputs)
+        y = self.layer_at(layer, site)(state.x, state.adapter_residual)
+        return leave_site(self.config, y, inputs, self.dims.pre_norm)

@@ -1,0 +1,572 @@
+"""The user-facing surface: ``adapterhub.init(model)`` adds the adapter API to a loaded transformers model.
+
+``init`` attaches an ``AdapterStore`` (the adapters, heads and fusions as ordinary submodules, so optimisers,
+``.to()``, DDP and state dicts see them) and forward hooks at the sites named by the model's ``ArchitectureSpec``.
+The model's class gets ``AdapterModelMixin`` as an extra base for the API methods only; no forward is replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import re
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapterhub.architectures import ArchitectureSpec, get_base_model, get_layers, spec_for_model_type
+from adapterhub.composition import Setup, SiteRun, normalize_setup, run_setup, setup_names
+from adapterhub.configs import MethodConfig, resolve_config
+from adapterhub.errors import (
+    AdapterExistsError,
+    AdapterFileError,
+    AdapterNotFoundError,
+    ConfigError,
+    IncompatibleModelError,
+    did_you_mean,
+)
+from adapterhub.heads import HEADS, Head, static_head_parameters
+from adapterhub.heads.base import HeadInputs, head_class
+from adapterhub.injection import SiteInjector
+from adapterhub.io.records import AdapterRecord, HeadRecord, ModelInfo
+from adapterhub.methods import AdapterModule, ModelDims, SiteInputs, method_for_config
+from adapterhub.summary import AdapterSummary, summarize
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+STORE_ATTR = "_adapterhub"
+
+
+def check_name(name: Any, what: str = "adapter") -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ConfigError(
+            f"Invalid {what} name {name!r}: use letters, digits, '-' and '_' (starting with a letter or digit)."
+        )
+    return name
+
+
+class AdapterStore(nn.Module):
+    """Holds every adapter, head and fusion of one model, and the active setup."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adapters = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        self.fusions = nn.ModuleDict()
+        self.active_setup: Setup | None = None
+        self.active_head_name: str | None = None
+        self._override: contextvars.ContextVar[tuple[Setup | None] | None] = contextvars.ContextVar(
+            f"adapterhub_setup_{id(self)}", default=None
+        )
+        self.injector: SiteInjector | None = None
+        self.captured_base_output: Any = None
+        self.pending_labels: torch.Tensor | None = None
+
+    # ---- SiteHandler protocol (called from the hooks)
+    def current_setup(self) -> Setup | None:
+        override = self._override.get()
+        return override[0] if override is not None else self.active_setup
+
+    def is_active(self) -> bool:
+        return self.current_setup() is not None
+
+    def site_forward(self, layer: int, site: str, inputs: SiteInputs) -> torch.Tensor | None:
+        setup = self.current_setup()
+        if setup is None:
+            return None
+        run = SiteRun(layer=layer, site=site, adapters=self.adapters, extras={"fusions": self.fusions})  # type: ignore[arg-type]
+        return run_setup(run, setup, inputs)
+
+    @contextlib.contextmanager
+    def override(self, setup: Setup | None) -> Iterator[None]:
+        token = self._override.set((setup,))
+        try:
+            yield
+        finally:
+            self._override.reset(token)
+
+
+class AdapterModelMixin:
+    """Adapter API added to a transformers model by ``adapterhub.init``."""
+
+    # ------------------------------------------------------------------ internals
+    @property
+    def _store(self) -> AdapterStore:
+        return getattr(self, STORE_ATTR)  # type: ignore[no-any-return]
+
+    @property
+    def _spec(self) -> ArchitectureSpec:
+        return spec_for_model_type(self.config.model_type)  # type: ignore[attr-defined]
+
+    def model_dims(self) -> ModelDims:
+        spec = self._spec
+        config = self.config  # type: ignore[attr-defined]
+        hidden = getattr(config, spec.hidden_size_attr, None) or config.hidden_size
+        return ModelDims(
+            model_type=config.model_type,
+            hidden_size=int(hidden),
+            num_layers=len(get_layers(self, spec)),  # type: ignore[arg-type]
+            pre_norm=spec.pre_norm,
+        )
+
+    def model_info(self) -> ModelInfo:
+        dims = self.model_dims()
+        return ModelInfo(
+            model_type=dims.model_type,
+            model_name=str(getattr(self.config, "name_or_path", "") or ""),  # type: ignore[attr-defined]
+            hidden_size=dims.hidden_size,
+            num_layers=dims.num_layers,
+        )
+
+    def _place(self, module: nn.Module) -> nn.Module:
+        """Put a new module on the device and floating dtype of the model's layers."""
+        reference = next(get_layers(self, self._spec).parameters())  # type: ignore[arg-type]
+        return module.to(device=reference.device, dtype=reference.dtype)
+
+    def _require_adapter(self, name: str) -> AdapterModule:
+        adapters = self._store.adapters
+        if name not in adapters:
+            known = ", ".join(adapters.keys()) or "none yet"
+            raise AdapterNotFoundError(
+                f"No adapter named {name!r}{did_you_mean(name, adapters.keys())}. Adapters on this model: {known}. "
+                "Add one with model.add_adapter(name) or load one with model.load_adapter(path)."
+            )
+        return adapters[name]  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ adapters
+    @property
+    def adapters(self) -> dict[str, MethodConfig]:
+        """Name -> config of every adapter on the model, in the order they were added."""
+        return {name: module.config for name, module in self._store.adapters.items()}  # type: ignore[misc]
+
+    def has_adapter(self, name: str) -> bool:
+        return name in self._store.adapters
+
+    def add_adapter(
+        self,
+        name: str,
+        config: str | Mapping[str, Any] | MethodConfig | None = None,
+        *,
+        overwrite_ok: bool = False,
+        set_active: bool = False,
+    ) -> MethodConfig:
+        """Add a new adapter (initialised near identity). ``config``: a preset name such as ``"pfeiffer"``,
+        ``"houlsby[reduction_factor=64]"``, a dict, or a config object. Returns the resolved config."""
+        check_name(name)
+        resolved = resolve_config(config)
+        if name in self._store.adapters and not overwrite_ok:
+            raise AdapterExistsError(
+                f"An adapter named {name!r} already exists. Pass overwrite_ok=True to replace it, "
+                "or delete it first with model.delete_adapter(name)."
+            )
+        module = method_for_config(resolved)(name, resolved, self.model_dims())  # validates before any change
+        self._store.adapters[name] = self._place(module)
+        if set_active:
+            self.set_active_adapters(name)
+        return resolved
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove an adapter (and drop it from the active setup)."""
+        self._require_adapter(name)
+        store = self._store
+        if name in setup_names(store.active_setup):
+            store.active_setup = None
+        del store.adapters[name]
+
+    # ------------------------------------------------------------------ activation
+    @property
+    def active_adapters(self) -> Setup | None:
+        """The setup applied in every forward pass: a name, a block such as ``Stack("a", "b")``, or None."""
+        return self._store.current_setup()
+
+    @active_adapters.setter
+    def active_adapters(self, setup: Any) -> None:
+        self.set_active_adapters(setup)
+
+    def set_active_adapters(self, setup: Any) -> None:
+        normalized = normalize_setup(setup)
+        for name in setup_names(normalized):
+            self._require_adapter(name)
+        self._store.active_setup = normalized
+
+    @contextlib.contextmanager
+    def adapter_setup(self, setup: Any) -> Iterator[None]:
+        """Use ``setup`` for forward passes inside the ``with`` block only (per thread / async task)."""
+        normalized = normalize_setup(setup)
+        for name in setup_names(normalized):
+            self._require_adapter(name)
+        with self._store.override(normalized):
+            yield
+
+    # ------------------------------------------------------------------ training
+    def freeze_model(self, freeze: bool = True) -> None:
+        """Set ``requires_grad = not freeze`` on every parameter of the base model and its built-in head."""
+        for name, param in self.named_parameters():  # type: ignore[attr-defined]
+            if not name.startswith(STORE_ATTR + "."):
+                param.requires_grad_(not freeze)
+
+    def train_adapter(self, setup: Any, *, train_head: bool = True) -> None:
+        """Freeze the base model and every other adapter, unfreeze the named adapter(s) and their head, activate
+        them and switch to training mode.
+
+        The head trained is the flexible head named like the last adapter of the setup if there is one, else the
+        model's built-in head (``classifier`` etc.)."""
+        normalized = normalize_setup(setup)
+        names = setup_names(normalized)
+        if not names:
+            raise ConfigError("train_adapter needs at least one adapter name.")
+        for name in names:
+            self._require_adapter(name)
+        for param in self.parameters():  # type: ignore[attr-defined]
+            param.requires_grad_(False)
+        for name in names:
+            self._store.adapters[name].requires_grad_(True)
+        self.set_active_adapters(normalized)
+        if train_head:
+            head = self._store.heads[names[-1]] if names[-1] in self._store.heads else None
+            if head is not None:
+                head.requires_grad_(True)
+            else:
+                for param in static_head_parameters(self).values():  # type: ignore[arg-type]
+                    param.requires_grad_(True)
+        self.train()  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ heads
+    @property
+    def heads(self) -> dict[str, Head]:
+        return dict(self._store.heads.items())  # type: ignore[arg-type]
+
+    def add_head(self, name: str, head_type: str = "classification", *, overwrite_ok: bool = False, **options: Any) -> Head:
+        """Add a flexible prediction head on top of the base model's hidden states (see ``adapterhub.heads``)."""
+        check_name(name, "head")
+        if name in self._store.heads and not overwrite_ok:
+            raise AdapterExistsError(f"A head named {name!r} already exists; pass overwrite_ok=True to replace it.")
+        spec_pooling = "last" if self._spec.pre_norm else "first"
+        cls = head_class(head_type)
+        if head_type == "classification":
+            options.setdefault("pooling", spec_pooling)
+        try:
+            head = cls(name, self.model_dims().hidden_size, **options)
+        except TypeError as error:
+            raise ConfigError(f"Bad option for a {head_type} head: {error}.") from None
+        self._store.heads[name] = self._place(head)
+        return head
+
+    def add_classification_head(
+        self, name: str, num_labels: int = 2, *, id2label: Mapping[int, str] | None = None, overwrite_ok: bool = False, **options: Any
+    ) -> Head:
+        return self.add_head(name, "classification", num_labels=num_labels, id2label=id2label, overwrite_ok=overwrite_ok, **options)
+
+    def delete_head(self, name: str) -> None:
+        if name not in self._store.heads:
+            raise AdapterNotFoundError(f"No head named {name!r}{did_you_mean(name, self._store.heads.keys())}.")
+        del self._store.heads[name]
+        if self._store.active_head_name == name:
+            self._store.active_head_name = None
+
+    @property
+    def active_head(self) -> str | None:
+        """The flexible head used for outputs: set explicitly, else the one named like the last active adapter."""
+        store = self._store
+        if store.active_head_name is not None:
+            return store.active_head_name
+        setup = store.current_setup()
+        if setup is None:
+            return None
+        last = setup if isinstance(setup, str) else setup.last()
+        return last if last in store.heads else None
+
+    @active_head.setter
+    def active_head(self, name: str | None) -> None:
+        if name is not None and name not in self._store.heads:
+            raise AdapterNotFoundError(f"No head named {name!r}{did_you_mean(name, self._store.heads.keys())}.")
+        self._store.active_head_name = name
+
+    # ------------------------------------------------------------------ summary
+    def adapter_summary(self) -> AdapterSummary:
+        """A table of adapters and heads: name, method, parameters, % of the base model, active, trainable."""
+        return summarize(self)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ save / load
+    def _head_record(self, name: str) -> HeadRecord | None:
+        store = self._store
+        if name in store.heads:
+            head: Head = store.heads[name]  # type: ignore[assignment]
+            return HeadRecord(name, head.head_type, head.options(), head.id2label, head.state_dict())
+        static = static_head_parameters(self)  # type: ignore[arg-type]
+        if not static:
+            return None
+        config = self.config  # type: ignore[attr-defined]
+        id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()} or None
+        return HeadRecord(
+            name,
+            "static",
+            {"parameters": {k: list(p.shape) for k, p in static.items()}, "model_class": type(self).__name__},
+            id2label,
+            {k: p.detach() for k, p in static.items()},
+        )
+
+    def adapter_record(self, name: str, *, with_head: bool = True) -> AdapterRecord:
+        module = self._require_adapter(name)
+        return AdapterRecord(
+            name=name,
+            config=module.config.to_dict(),
+            model=self.model_info(),
+            tensors=dict(module.state_dict()),
+            head=self._head_record(name) if with_head else None,
+        )
+
+    def save_adapter(
+        self, directory: str | os.PathLike[str], name: str, *, with_head: bool = True, layout: str = "adapterhub"
+    ) -> Path:
+        """Save adapter ``name`` (and its head with label map) to ``directory``.
+
+        ``layout="adapterhub"`` (default): JSON + safetensors (docs/FORMAT.md). ``layout="adapters"``: the
+        `adapters` library's layout, loadable by that library."""
+        record = self.adapter_record(name, with_head=with_head)
+        if layout == "adapterhub":
+            from adapterhub.io.adapter_dir import write_adapter_dir
+
+            return write_adapter_dir(record, directory)
+        if layout == "adapters":
+            from adapterhub.io.adapters_lib import write_adapters_lib_dir
+
+            return write_adapters_lib_dir(record, directory, self._spec, type(self).__name__, self)  # type: ignore[arg-type]
+        raise ConfigError(f"Unknown layout {layout!r}; use 'adapterhub' or 'adapters'.")
+
+    def save_all_adapters(self, directory: str | os.PathLike[str], *, with_head: bool = True) -> list[Path]:
+        return [self.save_adapter(Path(directory) / name, name, with_head=with_head) for name in self._store.adapters]
+
+    def load_adapter(
+        self,
+        source: str | os.PathLike[str],
+        *,
+        load_as: str | None = None,
+        set_active: bool = False,
+        with_head: bool = True,
+        overwrite_ok: bool = False,
+        **hub_options: Any,
+    ) -> str:
+        """Load an adapter from a directory (ours or the `adapters` library's layout) or a hub identifier such as
+        ``"sentiment/rotten_tomatoes@demo"``. Everything is checked before the model is changed: on any error
+        the model is left as it was. Returns the adapter's name."""
+        from adapterhub.io.loading import read_any_adapter_dir
+
+        directory = Path(source)
+        if not directory.is_dir():
+            directory = self._resolve_remote(str(source), **hub_options)
+        record = read_any_adapter_dir(directory, spec=self._spec, with_head=with_head)
+        return self.add_adapter_from_record(
+            record, load_as=load_as, set_active=set_active, with_head=with_head, overwrite_ok=overwrite_ok
+        )
+
+    def _resolve_remote(self, identifier: str, **hub_options: Any) -> Path:
+        looks_local = os.sep in identifier and "@" not in identifier and ":" not in identifier
+        if looks_local or identifier.startswith((".", "~")):
+            raise AdapterFileError(f"No adapter directory at {identifier!r} (it does not exist or is not a directory).")
+        try:
+            from adapterhub.hub.client import resolve_to_local_dir
+        except ImportError as error:
+            raise AdapterFileError(
+                f"{identifier!r} is not a local directory, and the hub client is not available ({error}). "
+                "Pass the path of a saved adapter directory, or install adapterhub[hub]."
+            ) from None
+        info = self.model_info()
+        return resolve_to_local_dir(
+            identifier, model_type=info.model_type, model_name=info.model_name, hidden_size=info.hidden_size, **hub_options
+        )
+
+    def add_adapter_from_record(
+        self,
+        record: AdapterRecord,
+        *,
+        load_as: str | None = None,
+        set_active: bool = False,
+        with_head: bool = True,
+        overwrite_ok: bool = False,
+    ) -> str:
+        name = check_name(load_as or record.name)
+        if name in self._store.adapters and not overwrite_ok:
+            raise AdapterExistsError(
+                f"An adapter named {name!r} already exists. Pass overwrite_ok=True to replace it or load_as='other-name'."
+            )
+        self._check_compatible(record.model, f"adapter {record.name!r}")
+        config = resolve_config(record.config)
+        module = method_for_config(config)(name, config, self.model_dims())
+        _load_exact(module, record.tensors, f"adapter {record.name!r}")
+        apply_head = self._prepare_head(record.head, name) if with_head and record.head is not None else None
+        # every check passed: change the model
+        self._store.adapters[name] = self._place(module)
+        if apply_head is not None:
+            apply_head()
+        if set_active:
+            self.set_active_adapters(name)
+        return name
+
+    def _check_compatible(self, info: ModelInfo, what: str) -> None:
+        mine = self.model_info()
+        problems = []
+        if info.model_type != mine.model_type:
+            problems.append(f"model type {info.model_type!r} (this model: {mine.model_type!r})")
+        if info.hidden_size != mine.hidden_size:
+            problems.append(f"hidden size {info.hidden_size} (this model: {mine.hidden_size})")
+        if info.num_layers is not None and info.num_layers != mine.num_layers:
+            problems.append(f"{info.num_layers} layers (this model: {mine.num_layers})")
+        if problems:
+            raise IncompatibleModelError(
+                f"The {what} was made for a model with {', '.join(problems)}. Load it into a model of that kind "
+                f"({info.model_name or info.model_type})."
+            )
+        if info.model_name and mine.model_name and Path(info.model_name).name != Path(mine.model_name).name:
+            warnings.warn(
+                f"The {what} was trained on {info.model_name!r}; this model is {mine.model_name!r}. Shapes match, "
+                "but outputs may be poor if the weights differ.",
+                stacklevel=3,
+            )
+
+    def _prepare_head(self, record: HeadRecord, name: str) -> Any:
+        """Check a saved head against this model; return a function that installs it (or raise)."""
+        if record.head_type == "static":
+            static = static_head_parameters(self)  # type: ignore[arg-type]
+            wanted = {k: tuple(v.shape) for k, v in record.tensors.items()}
+            have = {k: tuple(p.shape) for k, p in static.items()}
+            if wanted != have:
+                raise IncompatibleModelError(
+                    f"The adapter's head is the built-in head of a {record.options.get('model_class', 'model')} with "
+                    f"parameters {wanted}; this model's built-in head has {have}. Create the model with the same class "
+                    f"and num_labels={len(record.id2label or {}) or '?'}, or load with with_head=False."
+                )
+
+            def install_static() -> None:
+                with torch.no_grad():
+                    for key, tensor in record.tensors.items():
+                        static[key].copy_(tensor.to(static[key].dtype))
+                if record.id2label:
+                    self.config.id2label = dict(record.id2label)  # type: ignore[attr-defined]
+                    self.config.label2id = {v: k for k, v in record.id2label.items()}  # type: ignore[attr-defined]
+
+            return install_static
+        if record.head_type not in HEADS:
+            raise ConfigError(f"The adapter's head has type {record.head_type!r}, which this version does not know.")
+        try:
+            head = head_class(record.head_type)(name, self.model_dims().hidden_size, id2label=record.id2label, **record.options)
+        except TypeError as error:
+            raise AdapterFileError(f"The saved head config has options this version does not accept: {error}.") from None
+        _load_exact(head, record.tensors, f"head {record.name!r}")
+
+        def install_head() -> None:
+            self._store.heads[name] = self._place(head)
+
+        return install_head
+
+    # ------------------------------------------------------------------ base model save
+    def save_pretrained(self, save_directory: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Any:
+        """The base model's ``save_pretrained`` without adapterhub's modules (save those with ``save_adapter``)."""
+        if "state_dict" not in kwargs:
+            kwargs["state_dict"] = {
+                k: v for k, v in self.state_dict().items() if not k.startswith(STORE_ATTR + ".")  # type: ignore[attr-defined]
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]
+
+
+def _load_exact(module: nn.Module, tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Copy ``tensors`` into ``module`` after checking that names and shapes match exactly."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or wrong:
+        details = []
+        if missing:
+            details.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            details.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if wrong:
+            details.append(
+                "wrong shapes " + ", ".join(f"{k}: {tuple(tensors[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:5])
+            )
+        raise AdapterFileError(
+            f"The weights of {what} do not fit its config ({'; '.join(details)}). The file is corrupted or was "
+            "written for a different config."
+        )
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------------- init
+
+_MIXED_CLASSES: dict[type, type] = {}
+
+
+def _with_mixin(cls: type) -> type:
+    if issubclass(cls, AdapterModelMixin):
+        return cls
+    if cls not in _MIXED_CLASSES:
+        mixed = type(cls.__name__, (AdapterModelMixin, cls), {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
+        _MIXED_CLASSES[cls] = mixed
+    return _MIXED_CLASSES[cls]
+
+
+def _install_head_hooks(model: nn.Module, store: AdapterStore) -> None:
+    """Route outputs through the active flexible head (if any): the base model's hidden states are captured and
+    the model's output is replaced by the head's logits (and loss, computed from ``labels``)."""
+    base = get_base_model(model)
+    active_head = type(model).active_head  # the property object
+
+    def capture_base(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        store.captured_base_output = output
+        return None
+
+    def hide_labels(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if active_head.fget(model) is None or "labels" not in kwargs:
+            return None
+        kwargs = dict(kwargs)
+        store.pending_labels = kwargs.pop("labels")
+        return args, kwargs
+
+    def apply_head(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+        head_name = active_head.fget(model)
+        base_output, store.captured_base_output = store.captured_base_output, None
+        if head_name is None:
+            return None
+        head = store.heads[head_name]
+        hidden = base_output[0] if isinstance(base_output, tuple) else base_output.last_hidden_state
+        pooled = getattr(base_output, "pooler_output", None)
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        attention_mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        labels, store.pending_labels = store.pending_labels, None
+        result = head(HeadInputs(hidden, attention_mask, input_ids, pooled), labels)
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        return SequenceClassifierOutput(
+            loss=result.loss,
+            logits=result.logits,
+            hidden_states=getattr(output, "hidden_states", None),
+            attentions=getattr(output, "attentions", None),
+        )
+
+    base.register_forward_hook(capture_base)
+    model.register_forward_pre_hook(hide_labels, with_kwargs=True)
+    model.register_forward_hook(apply_head, with_kwargs=True)
+
+
+def init(model: nn.Module) -> nn.Module:
+    """Add the adapter API to ``model`` in place and return it. Calling it again does nothing."""
+    if isinstance(getattr(model, "_modules", {}).get(STORE_ATTR), AdapterStore):
+        return model
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "model_type"):
+        raise ConfigError(
+            f"adapterhub.init expects a transformers PreTrainedModel (with .config.model_type), got {type(model).__name__}."
+        )
+    spec = spec_for_model_type(config.model_type)
+    get_layers(model, spec)  # fails early with a clear message if the spec does not fit
+    store = AdapterStore()
+    model.add_module(STORE_ATTR, store)
+    model.__class__ = _with_mixin(type(model))
+    store.injector = SiteInjector(model, spec, store)
+    _install_head_hooks(model, store)
+    return model
