@@ -1,9 +1,9 @@
 """adapterhub: adapters for HuggingFace transformers models.
 
-    import adapterhub
-    adapterhub.init(model)
-    model.add_adapter("sst-2", config="pfeiffer")
-    model.train_adapter("sst-2")
+import adapterhub
+adapterhub.init(model)
+model.add_adapter("sst-2", config="pfeiffer")
+model.train_adapter("sst-2")
 """
 
 __version__ = "0.1.0"

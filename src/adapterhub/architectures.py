@@ -133,7 +133,10 @@ DISTILBERT = register_architecture(
         hidden_size_attr="dim",
         sites={
             "attn": SiteSpec(
-                output="attention", output_index=0, residual=InputRef("", 0, "hidden_states"), norm="sa_layer_norm"
+                output="attention",
+                output_index=0,
+                residual=InputRef("", 0, "hidden_states"),
+                norm="sa_layer_norm",
             ),
             "ffn": SiteSpec(output="ffn", residual=InputRef("ffn", 0, "input"), norm="output_layer_norm"),
         },
@@ -161,7 +164,9 @@ LLAMA = register_architecture(
         model_types=("llama", "mistral", "qwen2", "qwen3"),
         layers="layers",
         sites={
-            "attn": SiteSpec(output="self_attn", output_index=0, residual=InputRef("input_layernorm", 0, "hidden_states")),
+            "attn": SiteSpec(
+                output="self_attn", output_index=0, residual=InputRef("input_layernorm", 0, "hidden_states")
+            ),
             "ffn": SiteSpec(output="mlp", residual=InputRef("post_attention_layernorm", 0, "hidden_states")),
         },
         adapters_lib_sites={"attn": "self_attn", "ffn": "mlp"},

@@ -4,9 +4,9 @@ A setup is an adapter name (``"sst-2"``) or a block (``Stack("lang", "task")``).
 compared by structure and serialisable (``to_json`` / ``from_json``). Semantics at each site:
 
 - a name: that adapter alone;
-- ``Stack(a, b, ...)``: the adapters one after another in the same site: the adapter input of the first is
-  prepared by its config (``x``, residual ``r``), each adapter's output feeds the next (``y_k = r + A_k(y_{k-1})``),
-  and the last one's config decides how the result leaves the site.
+- ``Stack(a, b, ...)``: the adapters one after another in the same site: ``c_0 = h``, adapter k adds
+  ``A_k(x_k)`` to ``c_{k-1}`` where ``x_k`` is prepared from ``c_{k-1}`` by its config (Pfeiffer:
+  ``LN(c_{k-1} + input)``), and the last one's config decides how ``c_n`` leaves the site.
 
 Interpreters for more block types are registered in ``RUNNERS`` (one function per block type).
 """
@@ -71,7 +71,10 @@ class Block:
         return child if isinstance(child, str) else child.last()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": type(self).__name__, "children": [c if isinstance(c, str) else c.to_dict() for c in self.children]}
+        return {
+            "type": type(self).__name__,
+            "children": [c if isinstance(c, str) else c.to_dict() for c in self.children],
+        }
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(repr(c) for c in self.children)})"
@@ -108,7 +111,9 @@ def normalize_setup(value: Any) -> Setup | None:
         if len(value) == 1:
             return normalize_setup(value[0])
         return Stack(*value) if value else None
-    raise ConfigError(f"An adapter setup is a name, a list of names or a block like Stack('a', 'b'); got {value!r}.")
+    raise ConfigError(
+        f"An adapter setup is a name, a list of names or a block like Stack('a', 'b'); got {value!r}."
+    )
 
 
 def setup_to_json(setup: Setup | None) -> str:
@@ -170,6 +175,8 @@ def run_setup(run: SiteRun, setup: Setup, inputs: SiteInputs) -> torch.Tensor | 
 
 
 def _run_stack(run: SiteRun, block: Stack, inputs: SiteInputs) -> torch.Tensor | None:
+    """``c_0 = h``; each adapter k prepares its input from ``c_{k-1}`` by its own config (e.g.
+    ``LN(c_{k-1} + input)``) and adds to ``c_{k-1}``; the last adapter's config decides how ``c_n`` leaves."""
     from adapterhub.methods.bottleneck import BottleneckAdapter, enter_site, leave_site
 
     names = [n for n in block.names() if run.present(n)]
@@ -178,11 +185,11 @@ def _run_stack(run: SiteRun, block: Stack, inputs: SiteInputs) -> torch.Tensor |
     modules = [run.adapter(n) for n in names]
     if not all(isinstance(m, BottleneckAdapter) for m in modules):
         raise ConfigError("Stack currently composes bottleneck adapters only.")
-    first, last = modules[0], modules[-1]
-    state = enter_site(first.config, inputs)  # type: ignore[arg-type]
-    hidden = state.x
+    hidden = inputs.h
     for module in modules:
-        hidden = module.layer_at(run.layer, run.site)(hidden, state.adapter_residual)  # type: ignore[attr-defined]
+        state = enter_site(module.config, SiteInputs(hidden, inputs.residual, inputs.norm))  # type: ignore[arg-type]
+        hidden = module.layer_at(run.layer, run.site)(state.x, state.adapter_residual)  # type: ignore[attr-defined]
+    last = modules[-1]
     return leave_site(last.config, hidden, inputs, last.dims.pre_norm)  # type: ignore[arg-type]
 
 

@@ -95,7 +95,9 @@ def _is_number(value: Any) -> bool:
 
 
 def _check_bool(name: str, value: Any) -> None:
-    _require(isinstance(value, bool), f"{name} must be true or false, got {value!r} ({type(value).__name__}).")
+    _require(
+        isinstance(value, bool), f"{name} must be true or false, got {value!r} ({type(value).__name__})."
+    )
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -115,7 +117,9 @@ def _freeze_per_layer(name: str, value: Any, check: Callable[[str, Any], None]) 
                 f"{name}: keys must be layer indices or 'default', got {key!r}.",
             )
             check(f"{name}[{key!r}]", item)
-        _require("default" in items, f"{name}: a per-layer mapping needs a 'default' entry for the other layers.")
+        _require(
+            "default" in items, f"{name}: a per-layer mapping needs a 'default' entry for the other layers."
+        )
         return tuple(sorted((str(k), v) for k, v in items.items()))
     check(name, value)
     return value
@@ -179,7 +183,9 @@ class BottleneckConfig(MethodConfig):
             _require(_is_number(value) and value > 0, f"{name} must be a positive number, got {value!r}.")
 
         object.__setattr__(
-            self, "reduction_factor", _freeze_per_layer("reduction_factor", self.reduction_factor, positive_number)
+            self,
+            "reduction_factor",
+            _freeze_per_layer("reduction_factor", self.reduction_factor, positive_number),
         )
         if self.bottleneck_size is not None:
             _require(
@@ -188,7 +194,11 @@ class BottleneckConfig(MethodConfig):
                 and self.bottleneck_size > 0,
                 f"bottleneck_size must be a positive integer or null, got {self.bottleneck_size!r}.",
             )
-        _check_choice("non_linearity", self.non_linearity.lower() if isinstance(self.non_linearity, str) else self.non_linearity, ACTIVATIONS)
+        _check_choice(
+            "non_linearity",
+            self.non_linearity.lower() if isinstance(self.non_linearity, str) else self.non_linearity,
+            ACTIVATIONS,
+        )
         object.__setattr__(self, "non_linearity", self.non_linearity.lower())
         _require(
             self.residual_before_ln in (True, False, "post_add"),
@@ -270,11 +280,18 @@ PRESETS: dict[str, Callable[[], MethodConfig]] = {
         reduction_factor=16,
     ),
 }
-PRESET_ALIASES = {"seq_bn": "pfeiffer", "double_seq_bn": "houlsby", "bapna": "bapna_firat", "bapna-firat": "bapna_firat"}
+PRESET_ALIASES = {
+    "seq_bn": "pfeiffer",
+    "double_seq_bn": "houlsby",
+    "bapna": "bapna_firat",
+    "bapna-firat": "bapna_firat",
+}
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"bottleneck": BottleneckConfig}
 
 
-def register_config(config_cls: type[MethodConfig], presets: Mapping[str, Callable[[], MethodConfig]] = {}) -> None:
+def register_config(
+    config_cls: type[MethodConfig], presets: Mapping[str, Callable[[], MethodConfig]] = {}
+) -> None:
     """Make a method's config class (and its presets) known to ``resolve_config``."""
     METHOD_CONFIGS[config_cls.method] = config_cls
     PRESETS.update(presets)

@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import os
 import re
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from adapterhub.architectures import ArchitectureSpec, get_base_model, get_layers, spec_for_model_type
 from adapterhub.composition import Setup, SiteRun, normalize_setup, run_setup, setup_names
@@ -62,12 +64,16 @@ class AdapterStore(nn.Module):
         self._override: contextvars.ContextVar[tuple[Setup | None] | None] = contextvars.ContextVar(
             f"adapterhub_setup_{id(self)}", default=None
         )
+        self._overrides_open = 0  # `with adapter_setup(...)` blocks open in any thread
+        self._count_lock = threading.Lock()
         self.injector: SiteInjector | None = None
         self.captured_base_output: Any = None
         self.pending_labels: torch.Tensor | None = None
 
     # ---- SiteHandler protocol (called from the hooks)
     def current_setup(self) -> Setup | None:
+        if self._overrides_open == 0:  # fast path, and traceable by torch.compile
+            return self.active_setup
         override = self._override.get()
         return override[0] if override is not None else self.active_setup
 
@@ -81,13 +87,31 @@ class AdapterStore(nn.Module):
         run = SiteRun(layer=layer, site=site, adapters=self.adapters, extras={"fusions": self.fusions})  # type: ignore[arg-type]
         return run_setup(run, setup, inputs)
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else dict(self.__dict__)
+        state = dict(state)
+        for transient in ("_override", "_count_lock"):
+            state.pop(transient, None)
+        state["_overrides_open"] = 0
+        state["captured_base_output"] = state["pending_labels"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._override = contextvars.ContextVar(f"adapterhub_setup_{id(self)}", default=None)
+        self._count_lock = threading.Lock()
+
     @contextlib.contextmanager
     def override(self, setup: Setup | None) -> Iterator[None]:
         token = self._override.set((setup,))
+        with self._count_lock:
+            self._overrides_open += 1
         try:
             yield
         finally:
             self._override.reset(token)
+            with self._count_lock:
+                self._overrides_open -= 1
 
 
 class AdapterModelMixin:
@@ -227,7 +251,7 @@ class AdapterModelMixin:
             self._store.adapters[name].requires_grad_(True)
         self.set_active_adapters(normalized)
         if train_head:
-            head = self._store.heads[names[-1]] if names[-1] in self._store.heads else None
+            head = self._store.heads[names[-1]] if names[-1] in self._store.heads else None  # noqa: SIM401 (ModuleDict has no .get)
             if head is not None:
                 head.requires_grad_(True)
             else:
@@ -240,11 +264,15 @@ class AdapterModelMixin:
     def heads(self) -> dict[str, Head]:
         return dict(self._store.heads.items())  # type: ignore[arg-type]
 
-    def add_head(self, name: str, head_type: str = "classification", *, overwrite_ok: bool = False, **options: Any) -> Head:
+    def add_head(
+        self, name: str, head_type: str = "classification", *, overwrite_ok: bool = False, **options: Any
+    ) -> Head:
         """Add a flexible prediction head on top of the base model's hidden states (see ``adapterhub.heads``)."""
         check_name(name, "head")
         if name in self._store.heads and not overwrite_ok:
-            raise AdapterExistsError(f"A head named {name!r} already exists; pass overwrite_ok=True to replace it.")
+            raise AdapterExistsError(
+                f"A head named {name!r} already exists; pass overwrite_ok=True to replace it."
+            )
         spec_pooling = "last" if self._spec.pre_norm else "first"
         cls = head_class(head_type)
         if head_type == "classification":
@@ -257,13 +285,28 @@ class AdapterModelMixin:
         return head
 
     def add_classification_head(
-        self, name: str, num_labels: int = 2, *, id2label: Mapping[int, str] | None = None, overwrite_ok: bool = False, **options: Any
+        self,
+        name: str,
+        num_labels: int = 2,
+        *,
+        id2label: Mapping[int, str] | None = None,
+        overwrite_ok: bool = False,
+        **options: Any,
     ) -> Head:
-        return self.add_head(name, "classification", num_labels=num_labels, id2label=id2label, overwrite_ok=overwrite_ok, **options)
+        return self.add_head(
+            name,
+            "classification",
+            num_labels=num_labels,
+            id2label=id2label,
+            overwrite_ok=overwrite_ok,
+            **options,
+        )
 
     def delete_head(self, name: str) -> None:
         if name not in self._store.heads:
-            raise AdapterNotFoundError(f"No head named {name!r}{did_you_mean(name, self._store.heads.keys())}.")
+            raise AdapterNotFoundError(
+                f"No head named {name!r}{did_you_mean(name, self._store.heads.keys())}."
+            )
         del self._store.heads[name]
         if self._store.active_head_name == name:
             self._store.active_head_name = None
@@ -283,7 +326,9 @@ class AdapterModelMixin:
     @active_head.setter
     def active_head(self, name: str | None) -> None:
         if name is not None and name not in self._store.heads:
-            raise AdapterNotFoundError(f"No head named {name!r}{did_you_mean(name, self._store.heads.keys())}.")
+            raise AdapterNotFoundError(
+                f"No head named {name!r}{did_you_mean(name, self._store.heads.keys())}."
+            )
         self._store.active_head_name = name
 
     # ------------------------------------------------------------------ summary
@@ -321,7 +366,12 @@ class AdapterModelMixin:
         )
 
     def save_adapter(
-        self, directory: str | os.PathLike[str], name: str, *, with_head: bool = True, layout: str = "adapterhub"
+        self,
+        directory: str | os.PathLike[str],
+        name: str,
+        *,
+        with_head: bool = True,
+        layout: str = "adapterhub",
     ) -> Path:
         """Save adapter ``name`` (and its head with label map) to ``directory``.
 
@@ -335,11 +385,14 @@ class AdapterModelMixin:
         if layout == "adapters":
             from adapterhub.io.adapters_lib import write_adapters_lib_dir
 
-            return write_adapters_lib_dir(record, directory, self._spec, type(self).__name__, self)  # type: ignore[arg-type]
+            return write_adapters_lib_dir(record, directory, self._spec, self)  # type: ignore[arg-type]
         raise ConfigError(f"Unknown layout {layout!r}; use 'adapterhub' or 'adapters'.")
 
     def save_all_adapters(self, directory: str | os.PathLike[str], *, with_head: bool = True) -> list[Path]:
-        return [self.save_adapter(Path(directory) / name, name, with_head=with_head) for name in self._store.adapters]
+        return [
+            self.save_adapter(Path(directory) / name, name, with_head=with_head)
+            for name in self._store.adapters
+        ]
 
     def load_adapter(
         self,
@@ -367,7 +420,9 @@ class AdapterModelMixin:
     def _resolve_remote(self, identifier: str, **hub_options: Any) -> Path:
         looks_local = os.sep in identifier and "@" not in identifier and ":" not in identifier
         if looks_local or identifier.startswith((".", "~")):
-            raise AdapterFileError(f"No adapter directory at {identifier!r} (it does not exist or is not a directory).")
+            raise AdapterFileError(
+                f"No adapter directory at {identifier!r} (it does not exist or is not a directory)."
+            )
         try:
             from adapterhub.hub.client import resolve_to_local_dir
         except ImportError as error:
@@ -377,7 +432,11 @@ class AdapterModelMixin:
             ) from None
         info = self.model_info()
         return resolve_to_local_dir(
-            identifier, model_type=info.model_type, model_name=info.model_name, hidden_size=info.hidden_size, **hub_options
+            identifier,
+            model_type=info.model_type,
+            model_name=info.model_name,
+            hidden_size=info.hidden_size,
+            **hub_options,
         )
 
     def add_adapter_from_record(
@@ -421,7 +480,8 @@ class AdapterModelMixin:
                 f"The {what} was made for a model with {', '.join(problems)}. Load it into a model of that kind "
                 f"({info.model_name or info.model_type})."
             )
-        if info.model_name and mine.model_name and Path(info.model_name).name != Path(mine.model_name).name:
+        named_model = mine.model_name and not Path(mine.model_name).exists()  # a hub name, not a local folder
+        if info.model_name and named_model and Path(info.model_name).name != Path(mine.model_name).name:
             warnings.warn(
                 f"The {what} was trained on {info.model_name!r}; this model is {mine.model_name!r}. Shapes match, "
                 "but outputs may be poor if the weights differ.",
@@ -451,11 +511,17 @@ class AdapterModelMixin:
 
             return install_static
         if record.head_type not in HEADS:
-            raise ConfigError(f"The adapter's head has type {record.head_type!r}, which this version does not know.")
+            raise ConfigError(
+                f"The adapter's head has type {record.head_type!r}, which this version does not know."
+            )
         try:
-            head = head_class(record.head_type)(name, self.model_dims().hidden_size, id2label=record.id2label, **record.options)
+            head = head_class(record.head_type)(
+                name, self.model_dims().hidden_size, id2label=record.id2label, **record.options
+            )
         except TypeError as error:
-            raise AdapterFileError(f"The saved head config has options this version does not accept: {error}.") from None
+            raise AdapterFileError(
+                f"The saved head config has options this version does not accept: {error}."
+            ) from None
         _load_exact(head, record.tensors, f"head {record.name!r}")
 
         def install_head() -> None:
@@ -468,7 +534,9 @@ class AdapterModelMixin:
         """The base model's ``save_pretrained`` without adapterhub's modules (save those with ``save_adapter``)."""
         if "state_dict" not in kwargs:
             kwargs["state_dict"] = {
-                k: v for k, v in self.state_dict().items() if not k.startswith(STORE_ATTR + ".")  # type: ignore[attr-defined]
+                k: v
+                for k, v in self.state_dict().items()
+                if not k.startswith(STORE_ATTR + ".")  # type: ignore[attr-defined]
             }
         return super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]
 
@@ -478,7 +546,9 @@ def _load_exact(module: nn.Module, tensors: Mapping[str, torch.Tensor], what: st
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape))
+    wrong = sorted(
+        k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)
+    )
     if missing or unexpected or wrong:
         details = []
         if missing:
@@ -487,7 +557,10 @@ def _load_exact(module: nn.Module, tensors: Mapping[str, torch.Tensor], what: st
             details.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
         if wrong:
             details.append(
-                "wrong shapes " + ", ".join(f"{k}: {tuple(tensors[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:5])
+                "wrong shapes "
+                + ", ".join(
+                    f"{k}: {tuple(tensors[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:5]
+                )
             )
         raise AdapterFileError(
             f"The weights of {what} do not fit its config ({'; '.join(details)}). The file is corrupted or was "
@@ -505,42 +578,55 @@ def _with_mixin(cls: type) -> type:
     if issubclass(cls, AdapterModelMixin):
         return cls
     if cls not in _MIXED_CLASSES:
-        mixed = type(cls.__name__, (AdapterModelMixin, cls), {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
+        mixed = type(
+            cls.__name__,
+            (AdapterModelMixin, cls),
+            {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        )
         _MIXED_CLASSES[cls] = mixed
     return _MIXED_CLASSES[cls]
 
 
-def _install_head_hooks(model: nn.Module, store: AdapterStore) -> None:
-    """Route outputs through the active flexible head (if any): the base model's hidden states are captured and
-    the model's output is replaced by the head's logits (and loss, computed from ``labels``)."""
-    base = get_base_model(model)
-    active_head = type(model).active_head  # the property object
+class _CaptureBaseOutput:
+    def __init__(self, store: AdapterStore) -> None:
+        self.store = store
 
-    def capture_base(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        store.captured_base_output = output
-        return None
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self.store.captured_base_output = output
 
-    def hide_labels(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if active_head.fget(model) is None or "labels" not in kwargs:
+
+class _HideLabels:
+    """Pre-hook: while a flexible head is active, keep ``labels`` away from the model's own head and loss."""
+
+    def __init__(self, model: nn.Module, store: AdapterStore) -> None:
+        self.model, self.store = model, store
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.model.active_head is None or "labels" not in kwargs:  # type: ignore[attr-defined]
             return None
         kwargs = dict(kwargs)
-        store.pending_labels = kwargs.pop("labels")
+        self.store.pending_labels = kwargs.pop("labels")
         return args, kwargs
 
-    def apply_head(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
-        head_name = active_head.fget(model)
+
+class _ApplyHead:
+    """Forward hook: replace the model's output by the active flexible head's logits (and loss)."""
+
+    def __init__(self, model: nn.Module, store: AdapterStore) -> None:
+        self.model, self.store = model, store
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+        store = self.store
+        head_name = self.model.active_head  # type: ignore[attr-defined]
         base_output, store.captured_base_output = store.captured_base_output, None
-        if head_name is None:
+        labels, store.pending_labels = store.pending_labels, None
+        if head_name is None or base_output is None:
             return None
-        head = store.heads[head_name]
         hidden = base_output[0] if isinstance(base_output, tuple) else base_output.last_hidden_state
         pooled = getattr(base_output, "pooler_output", None)
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         attention_mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-        labels, store.pending_labels = store.pending_labels, None
-        result = head(HeadInputs(hidden, attention_mask, input_ids, pooled), labels)
-        from transformers.modeling_outputs import SequenceClassifierOutput
-
+        result = store.heads[head_name](HeadInputs(hidden, attention_mask, input_ids, pooled), labels)
         return SequenceClassifierOutput(
             loss=result.loss,
             logits=result.logits,
@@ -548,9 +634,13 @@ def _install_head_hooks(model: nn.Module, store: AdapterStore) -> None:
             attentions=getattr(output, "attentions", None),
         )
 
-    base.register_forward_hook(capture_base)
-    model.register_forward_pre_hook(hide_labels, with_kwargs=True)
-    model.register_forward_hook(apply_head, with_kwargs=True)
+
+def _install_head_hooks(model: nn.Module, store: AdapterStore) -> None:
+    """Route outputs through the active flexible head (if any): the base model's hidden states are captured and
+    the model's output is replaced by the head's logits (and loss, computed from ``labels``)."""
+    get_base_model(model).register_forward_hook(_CaptureBaseOutput(store))
+    model.register_forward_pre_hook(_HideLabels(model, store), with_kwargs=True)
+    model.register_forward_hook(_ApplyHead(model, store), with_kwargs=True)
 
 
 def init(model: nn.Module) -> nn.Module:

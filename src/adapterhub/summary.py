@@ -40,14 +40,30 @@ class AdapterSummary:
     def __str__(self) -> str:
         header = ("name", "kind", "method", "params", "% of base", "active", "trainable")
         lines = [
-            (r.name, r.kind, r.method, f"{r.parameters:,}", f"{r.percent_of_base:.3f}%", _yes(r.active), _yes(r.trainable))
+            (
+                r.name,
+                r.kind,
+                r.method,
+                f"{r.parameters:,}",
+                f"{r.percent_of_base:.3f}%",
+                _yes(r.active),
+                _yes(r.trainable),
+            )
             for r in self.rows
         ]
-        lines.append(("(base model)", "", "", f"{self.base_parameters:,}", "100.000%", "", _yes(self.base_trainable)))
+        lines.append(
+            ("(base model)", "", "", f"{self.base_parameters:,}", "100.000%", "", _yes(self.base_trainable))
+        )
         widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
         rule = "  ".join("-" * w for w in widths)
         fmt = [header, *lines]
-        out = ["  ".join(str(cell).ljust(w) if i < 3 else str(cell).rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in fmt]
+        out = [
+            "  ".join(
+                str(cell).ljust(w) if i < 3 else str(cell).rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths))
+            )
+            for row in fmt
+        ]
         return "\n".join([out[0], rule, *out[1:-1], rule, out[-1]])
 
     __repr__ = __str__

@@ -37,7 +37,9 @@ class Head(nn.Module):
         super().__init__()
         self.head_name = name
         self.hidden_size = hidden_size
-        self.id2label: dict[int, str] | None = {int(k): str(v) for k, v in id2label.items()} if id2label else None
+        self.id2label: dict[int, str] | None = (
+            {int(k): str(v) for k, v in id2label.items()} if id2label else None
+        )
 
     def options(self) -> dict[str, Any]:
         raise NotImplementedError

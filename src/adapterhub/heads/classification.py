@@ -57,7 +57,11 @@ class ClassificationHead(Head):
         }
         modules: list[nn.Module] = []
         for _ in range(layers - 1):
-            modules += [nn.Dropout(dropout), nn.Linear(hidden_size, hidden_size, bias=bias), make_activation(activation)]
+            modules += [
+                nn.Dropout(dropout),
+                nn.Linear(hidden_size, hidden_size, bias=bias),
+                make_activation(activation),
+            ]
         modules += [nn.Dropout(dropout), nn.Linear(hidden_size, num_labels, bias=bias)]
         self.layers = nn.Sequential(*modules)
         for module in self.layers:

@@ -3,4 +3,12 @@
 from adapterhub.io.files import read_json, read_tensors, write_json, write_tensors
 from adapterhub.io.records import AdapterRecord, HeadRecord, ModelInfo
 
-__all__ = ["AdapterRecord", "HeadRecord", "ModelInfo", "read_json", "read_tensors", "write_json", "write_tensors"]
+__all__ = [
+    "AdapterRecord",
+    "HeadRecord",
+    "ModelInfo",
+    "read_json",
+    "read_tensors",
+    "write_json",
+    "write_tensors",
+]

@@ -40,7 +40,9 @@ def write_adapter_dir(record: AdapterRecord, directory: str | os.PathLike[str]) 
                 "name": record.head.name,
                 "type": record.head.head_type,
                 "config": record.head.options,
-                "id2label": None if record.head.id2label is None else {str(k): v for k, v in record.head.id2label.items()},
+                "id2label": None
+                if record.head.id2label is None
+                else {str(k): v for k, v in record.head.id2label.items()},
                 "model_type": record.model.model_type,
                 "hidden_size": record.model.hidden_size,
             },
@@ -73,7 +75,9 @@ def _require_keys(path: Path, data: Any, keys: tuple[str, ...]) -> None:
         raise AdapterFileError(f"{path} must hold a JSON object.")
     missing = [k for k in keys if k not in data]
     if missing:
-        raise AdapterFileError(f"{path} lacks the key(s) {', '.join(missing)}; it is not a complete adapter config.")
+        raise AdapterFileError(
+            f"{path} lacks the key(s) {', '.join(missing)}; it is not a complete adapter config."
+        )
 
 
 def read_adapter_dir(directory: str | os.PathLike[str], *, with_head: bool = True) -> AdapterRecord:
@@ -81,7 +85,9 @@ def read_adapter_dir(directory: str | os.PathLike[str], *, with_head: bool = Tru
     meta = read_json(directory / CONFIG_FILE)
     _require_keys(directory / CONFIG_FILE, meta, ("format", "name", "config", "model_type", "hidden_size"))
     if meta["format"] != FORMAT:
-        raise AdapterFileError(f"{directory / CONFIG_FILE} has format {meta['format']!r}, expected {FORMAT!r}.")
+        raise AdapterFileError(
+            f"{directory / CONFIG_FILE} has format {meta['format']!r}, expected {FORMAT!r}."
+        )
     if int(meta.get("format_version", 1)) > FORMAT_VERSION:
         raise AdapterFileError(
             f"{directory} was written in format version {meta['format_version']} by adapterhub "
@@ -90,7 +96,9 @@ def read_adapter_dir(directory: str | os.PathLike[str], *, with_head: bool = Tru
         )
     expected_hash = meta.get("config_hash")
     if expected_hash and expected_hash != sha256_hex(canonical_json(meta["config"])):
-        raise AdapterFileError(f"{directory / CONFIG_FILE}: config_hash does not match the config; the file was edited or corrupted.")
+        raise AdapterFileError(
+            f"{directory / CONFIG_FILE}: config_hash does not match the config; the file was edited or corrupted."
+        )
     head = None
     if with_head and (directory / HEAD_CONFIG_FILE).exists():
         head_meta = read_json(directory / HEAD_CONFIG_FILE)

@@ -53,11 +53,11 @@ _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
 }
 # Their full bottleneck config, for writing: the defaults of their BnConfig for keys we do not have.
 _THEIR_EXTRA_DEFAULTS: dict[str, Any] = {
-    "architecture": None,
     "cross_adapter": False,
     "factorized_phm_W": True,
     "factorized_phm_rule": False,
     "hypercomplex_nonlinearity": "glorot-uniform",
+    "init_weights_seed": None,
     "inv_adapter": None,
     "inv_adapter_reduction_factor": None,
     "is_parallel": False,
@@ -85,7 +85,9 @@ def config_from_theirs(theirs: dict[str, Any]) -> dict[str, Any]:
         )
     for key, default in _UNSUPPORTED_DEFAULTS.items():
         if theirs.get(key, default) not in (default, None if default is False else default):
-            raise ConfigError(f"The adapter uses the `adapters` option {key}={theirs[key]!r}, which adapterhub does not support.")
+            raise ConfigError(
+                f"The adapter uses the `adapters` option {key}={theirs[key]!r}, which adapterhub does not support."
+            )
     ours: dict[str, Any] = {"method": "bottleneck"}
     for our_key, their_key in _CONFIG_KEYS.items():
         if their_key in theirs and theirs[their_key] is not None:
@@ -146,7 +148,9 @@ def _load_weights(directory: Path, stem_bin: str, stem_safe: str) -> dict[str, t
     raise AdapterFileError(f"{directory} has neither {stem_safe} nor {stem_bin}.")
 
 
-def read_adapters_lib_dir(directory: str | os.PathLike[str], spec: ArchitectureSpec, *, with_head: bool = True) -> AdapterRecord:
+def read_adapters_lib_dir(
+    directory: str | os.PathLike[str], spec: ArchitectureSpec, *, with_head: bool = True
+) -> AdapterRecord:
     directory = Path(directory)
     meta = read_json(directory / "adapter_config.json")
     name = meta.get("name")
@@ -166,7 +170,11 @@ def read_adapters_lib_dir(directory: str | os.PathLike[str], spec: ArchitectureS
         ours = _our_param(match.group(3), bool(config.get("ln_before")))
         if ours is not None:
             tensors[f"layers.{match.group(1)}.{site_of[match.group(2)]}.{ours}"] = tensor
-    head = _read_their_head(directory, name) if with_head and (directory / "head_config.json").exists() else None
+    head = (
+        _read_their_head(directory, name, spec)
+        if with_head and (directory / "head_config.json").exists()
+        else None
+    )
     return AdapterRecord(
         name=name,
         config=config,
@@ -183,12 +191,14 @@ def read_adapters_lib_dir(directory: str | os.PathLike[str], spec: ArchitectureS
     )
 
 
-def _read_their_head(directory: Path, adapter_name: str) -> HeadRecord:
+def _read_their_head(directory: Path, adapter_name: str, spec: ArchitectureSpec) -> HeadRecord:
     meta = read_json(directory / "head_config.json")
     head_config = dict(meta.get("config") or {})
     head_type = head_config.get("head_type")
     if head_type not in ("classification", "regression"):
-        raise AdapterFileError(f"The `adapters` head type {head_type!r} is not supported yet (classification only).")
+        raise AdapterFileError(
+            f"The `adapters` head type {head_type!r} is not supported yet (classification only)."
+        )
     label2id = head_config.get("label2id") or {}
     id2label = {int(v): str(k) for k, v in label2id.items()} or None
     activation = str(head_config.get("activation_function") or "tanh").lower()
@@ -197,7 +207,7 @@ def _read_their_head(directory: Path, adapter_name: str) -> HeadRecord:
         "layers": int(head_config.get("layers", 2)),
         "activation": activation,
         "dropout": float(head_config.get("dropout_prob") or 0.0),
-        "pooling": "first",
+        "pooling": "last" if spec.pre_norm else "first",  # decoders classify from the last token
         "use_pooler": bool(head_config.get("use_pooler", False)),
         "multilabel": False,
         "bias": bool(head_config.get("bias", True)),
@@ -205,18 +215,33 @@ def _read_their_head(directory: Path, adapter_name: str) -> HeadRecord:
     head_name = meta.get("name") or adapter_name
     prefix = f"heads.{head_name}."
     tensors = {}
-    for key, tensor in _load_weights(directory, "pytorch_model_head.bin", "head.safetensors").items():
+    head_safe = (
+        "model_head.safetensors" if (directory / "model_head.safetensors").exists() else "head.safetensors"
+    )
+    for key, tensor in _load_weights(directory, "pytorch_model_head.bin", head_safe).items():
         if not key.startswith(prefix):
-            raise AdapterFileError(f"Unexpected head weight {key!r} in {directory} (expected names under {prefix!r}).")
+            raise AdapterFileError(
+                f"Unexpected head weight {key!r} in {directory} (expected names under {prefix!r})."
+            )
         tensors["layers." + key[len(prefix) :]] = tensor
-    return HeadRecord(name=head_name, head_type="classification", options=options, id2label=id2label, tensors=tensors)
+    return HeadRecord(
+        name=head_name, head_type="classification", options=options, id2label=id2label, tensors=tensors
+    )
+
+
+def adapter_model_class(model: nn.Module) -> str:
+    """That library checks ``model_class``: ``BertForSequenceClassification`` -> ``BertAdapterModel``."""
+    name = type(get_base_model(model)).__name__
+    return (name[: -len("Model")] if name.endswith("Model") else name) + "AdapterModel"
 
 
 def write_adapters_lib_dir(
-    record: AdapterRecord, directory: str | os.PathLike[str], spec: ArchitectureSpec, model_class: str, model: nn.Module
+    record: AdapterRecord, directory: str | os.PathLike[str], spec: ArchitectureSpec, model: nn.Module
 ) -> Path:
-    """Write ``record`` in the `adapters` layout (weights as safetensors, which that library reads)."""
+    """Write ``record`` in the `adapters` layout (weights as safetensors: ``adapter.safetensors`` and
+    ``model_head.safetensors``, the names that library looks for)."""
     directory = Path(directory)
+    model_class = adapter_model_class(model)
     prefix = getattr(get_base_model(model), "base_model_prefix", "") or ""
     theirs_config = config_to_theirs(record.config)
     ln_before = bool(record.config.get("ln_before"))
@@ -234,8 +259,8 @@ def write_adapters_lib_dir(
         path = f"{spec.adapters_lib_layers}.{layer}.{spec.adapters_lib_sites[site]}.adapters.{record.name}.{their}"
         full = f"{prefix}.{path}" if prefix else path
         tensors[f"{full}.{rest}" if rest else full] = tensor
-        if module == "norm_before":
-            tensors[full.replace("adapter_down.0", "adapter_norm_before") + f".{rest}"] = tensor
+        if module == "norm_before":  # that library registers this LayerNorm under two names
+            tensors[full.replace("adapter_down.0", "adapter_norm_before") + f".{rest}"] = tensor.clone()
     head = record.head
     if head is not None:
         if head.head_type != "classification":
@@ -245,7 +270,10 @@ def write_adapters_lib_dir(
         options = head.options
         num_labels = int(options["num_labels"])
         id2label = head.id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
-        write_tensors(directory / "head.safetensors", {f"heads.{head.name}.{k[len('layers.'):]}": v for k, v in head.tensors.items()})
+        write_tensors(
+            directory / "model_head.safetensors",
+            {f"heads.{head.name}.{k[len('layers.') :]}": v for k, v in head.tensors.items()},
+        )
         write_json(
             directory / "head_config.json",
             {

@@ -41,7 +41,9 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     except FileNotFoundError:
         raise AdapterFileError(f"{path} does not exist.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise AdapterFileError(f"{path} is not valid JSON ({error}); the file is corrupted, save it again.") from None
+        raise AdapterFileError(
+            f"{path} is not valid JSON ({error}); the file is corrupted, save it again."
+        ) from None
 
 
 def write_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor]) -> None:

@@ -29,7 +29,9 @@ def detect_layout(directory: str | os.PathLike[str]) -> str:
         return "adapterhub"
     if isinstance(meta, dict) and "config" in meta and ("version" in meta or "model_class" in meta):
         return "adapters"
-    raise AdapterFileError(f"{config_path} is neither an adapterhub nor an `adapters` library adapter config.")
+    raise AdapterFileError(
+        f"{config_path} is neither an adapterhub nor an `adapters` library adapter config."
+    )
 
 
 def read_any_adapter_dir(

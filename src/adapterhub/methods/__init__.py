@@ -1,7 +1,14 @@
 """Adapter methods. Each method is one module registered with ``@register_method``; importing this package
 registers the built-in ones."""
 
-from adapterhub.methods.base import METHODS, AdapterModule, ModelDims, SiteInputs, method_for_config, register_method
+from adapterhub.methods.base import (
+    METHODS,
+    AdapterModule,
+    ModelDims,
+    SiteInputs,
+    method_for_config,
+    register_method,
+)
 from adapterhub.methods.bottleneck import BottleneckAdapter, BottleneckLayer
 
 __all__ = [

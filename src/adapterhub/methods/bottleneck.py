@@ -145,7 +145,9 @@ class BottleneckAdapter(AdapterModule):
         widths = {i: config.bottleneck_width(dims.hidden_size, i) for i in range(dims.num_layers)}
         self.layers = nn.ModuleDict(
             {
-                str(i): nn.ModuleDict({site: BottleneckLayer(dims.hidden_size, widths[i], config) for site in config.sites})
+                str(i): nn.ModuleDict(
+                    {site: BottleneckLayer(dims.hidden_size, widths[i], config) for site in config.sites}
+                )
                 for i in range(dims.num_layers)
                 if i not in config.leave_out
             }

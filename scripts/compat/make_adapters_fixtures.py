@@ -1,0 +1,450 @@
+#!/usr/bin/env python
+"""Generate golden compatibility fixtures with the public ``adapters`` library.
+
+Run inside the separate virtual environment made by ``setup_adapters_venv.sh``::
+
+    .venv-adapters/bin/python scripts/compat/make_adapters_fixtures.py [--out tests/fixtures/adapters_lib]
+
+Every case directory holds a tiny random plain base encoder (``base/``), what
+``adapters`` writes for the adapter(s) / fusion / head, and ``expected.json``
+with fixed inputs and the logits ``adapters`` computed for them (eval mode,
+float32). See docs/compat.md for what each case contains.
+
+This script only uses ``adapters``, ``transformers`` and ``torch``; it never
+imports ``adapterhub``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import adapters
+import torch
+import transformers
+from adapters import AutoAdapterModel, BnConfig, Fuse, Stack
+
+NUM_LABELS = 3
+ID2LABEL = {0: "neg", 1: "neu", 2: "pos"}
+BATCH = 3
+SEQ_LEN = 7
+BASE_SEED = 1234
+INPUT_SEED = 4321
+MIN_EFFECT = 1e-2
+
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "adapters_lib"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def tiny_config(arch: str):
+    common = dict(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+    )
+    if arch == "bert":
+        return transformers.BertConfig(max_position_embeddings=64, **common)
+    if arch == "roberta":
+        return transformers.RobertaConfig(max_position_embeddings=66, pad_token_id=1, **common)
+    raise ValueError(arch)
+
+
+def make_base(arch: str, base_dir: Path):
+    """Create a tiny random plain encoder, save it, and return it (eval mode)."""
+    torch.manual_seed(BASE_SEED)
+    config = tiny_config(arch)
+    cls = transformers.BertModel if arch == "bert" else transformers.RobertaModel
+    model = cls(config)
+    model.eval()
+    model.save_pretrained(str(base_dir), safe_serialization=True)
+    return model
+
+
+def make_inputs():
+    gen = torch.Generator().manual_seed(INPUT_SEED)
+    input_ids = torch.randint(3, 99, (BATCH, SEQ_LEN), generator=gen, dtype=torch.long)
+    attention_mask = torch.ones(BATCH, SEQ_LEN, dtype=torch.long)
+    attention_mask[2, -2:] = 0
+    return input_ids, attention_mask
+
+
+def load_adapter_model(base_dir: Path, base_model, input_ids, attention_mask):
+    """Load base/ into an adapters AutoAdapterModel and check the encoder was loaded intact."""
+    model = AutoAdapterModel.from_pretrained(str(base_dir))
+    # adapters writes config.name_or_path as "model_name" into every saved JSON; keep it free of local paths.
+    model.config.name_or_path = f"tiny-random-{model.config.model_type}"
+    model.eval()
+    with torch.no_grad():
+        ref = base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        got = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    diff = (ref - got).abs().max().item()
+    assert diff < 1e-6, f"AutoAdapterModel did not load the base encoder faithfully (max diff {diff})"
+    return model
+
+
+def randomize(named_params, gen: torch.Generator, value_identity: bool = False):
+    """Overwrite parameters in place with seeded noise, in sorted-name order.
+
+    weights: N(0, 0.2); biases: N(0, 0.1); LayerNorm weights: 1 + 0.1 * N(0, 1);
+    fusion value matrices (when ``value_identity``): I + 0.05 * N(0, 1).
+    """
+    with torch.no_grad():
+        for name, param in sorted(named_params, key=lambda kv: kv[0]):
+            noise = torch.randn(param.shape, generator=gen, dtype=param.dtype)
+            parts = name.split(".")
+            is_norm = any(p.startswith("adapter_norm") for p in parts) or "LayerNorm" in name
+            if value_identity and parts[-2] == "value" and param.dim() == 2:
+                new = torch.eye(param.shape[0], param.shape[1], dtype=param.dtype) + 0.05 * noise
+            elif is_norm and parts[-1] == "weight":
+                new = 1.0 + 0.1 * noise
+            elif parts[-1] == "bias" or param.dim() == 1:
+                new = 0.1 * noise
+            else:
+                new = 0.2 * noise
+            param.copy_(new)
+
+
+def adapter_params(model, name: str):
+    tag = f".adapters.{name}."
+    out = [(k, p) for k, p in model.named_parameters() if tag in k]
+    assert out, f"no parameters found for adapter {name!r}"
+    return out
+
+
+def head_params(model, head: str):
+    tag = f"heads.{head}."
+    out = [(k, p) for k, p in model.named_parameters() if k.startswith(tag)]
+    assert out, f"no parameters found for head {head!r}"
+    return out
+
+
+def fusion_params(model, fusion_name: str):
+    tag = f".adapter_fusion_layer.{fusion_name}."
+    out = [(k, p) for k, p in model.named_parameters() if tag in k]
+    assert out, f"no parameters found for fusion {fusion_name!r}"
+    return out
+
+
+def logits_for(model, input_ids, attention_mask, head: str, **kwargs):
+    with torch.no_grad():
+        out = model(input_ids=input_ids, attention_mask=attention_mask, head=head, **kwargs)
+    return out
+
+
+def base_stats(base_model, input_ids, attention_mask) -> dict:
+    """Check values for loading the plain base encoder.
+
+    ``last_hidden_state_sum_base`` is the plain sum over all positions; it is close to 0 because every
+    row comes out of a LayerNorm with weight 1 and bias 0, so it is only a weak check. The absolute sum
+    over real (unpadded) positions and the first-token rows are the useful ones.
+    """
+    with torch.no_grad():
+        hs = base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    valid = attention_mask.bool().unsqueeze(-1)
+    return {
+        "last_hidden_state_sum_base": float(hs.double().sum().item()),
+        "last_hidden_state_abs_sum_base": float((hs.double().abs() * valid).sum().item()),
+        "last_hidden_state_first_token_base": hs[:, 0].tolist(),
+    }
+
+
+def versions():
+    return {
+        "adapters_version": adapters.__version__,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def write_json(path: Path, obj):
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def check_effect(with_adapter, without_adapter, case: str):
+    diff = (with_adapter - without_adapter).abs().max().item()
+    assert diff > MIN_EFFECT, f"{case}: adapter changes logits by only {diff}"
+    return diff
+
+
+def fresh_case_dir(out: Path, case: str) -> Path:
+    case_dir = out / case
+    if case_dir.exists():
+        shutil.rmtree(case_dir)
+    case_dir.mkdir(parents=True)
+    return case_dir
+
+
+def read_config(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def single_adapter_case(out: Path, case: str, arch: str, config, seed: int, use_safetensors: bool = False):
+    name = "sentiment"
+    case_dir = fresh_case_dir(out, case)
+    input_ids, attention_mask = make_inputs()
+    base_model = make_base(arch, case_dir / "base")
+    model = load_adapter_model(case_dir / "base", base_model, input_ids, attention_mask)
+
+    model.add_adapter(name, config=config)
+    model.add_classification_head(name, num_labels=NUM_LABELS, id2label=ID2LABEL)
+    model.set_active_adapters(name)
+
+    gen = torch.Generator().manual_seed(seed)
+    randomize(adapter_params(model, name), gen)
+    randomize(head_params(model, name), gen)
+    model.eval()
+
+    logits = logits_for(model, input_ids, attention_mask, head=name).logits
+    model.set_active_adapters(None)
+    logits_plain = logits_for(model, input_ids, attention_mask, head=name).logits
+    model.set_active_adapters(name)
+    effect = check_effect(logits, logits_plain, case)
+
+    save_kwargs = {"use_safetensors": True} if use_safetensors else {}
+    model.save_adapter(str(case_dir / "adapter"), name, with_head=True, **save_kwargs)
+
+    saved = read_config(case_dir / "adapter" / "adapter_config.json")
+    expected = {
+        "case": case,
+        "setup": {"type": "single", "adapter": name, "adapter_dir": "adapter", "head": name},
+        "adapter_name": name,
+        "input_ids": input_ids.tolist(),
+        "attention_mask": attention_mask.tolist(),
+        "logits": logits.tolist(),
+        "logits_without_adapter": logits_plain.tolist(),
+        **base_stats(base_model, input_ids, attention_mask),
+        "config": saved["config"],
+        "use_safetensors": use_safetensors,
+        **versions(),
+    }
+    write_json(case_dir / "expected.json", expected)
+    print(f"{case}: adapter changes logits by up to {effect:.4f}")
+
+
+def fusion_case(out: Path, case: str = "bert_fusion", seed: int = 606):
+    names = ["a", "b", "c"]
+    fusion_name = ",".join(names)
+    head = "abc"
+    case_dir = fresh_case_dir(out, case)
+    input_ids, attention_mask = make_inputs()
+    base_model = make_base("bert", case_dir / "base")
+    model = load_adapter_model(case_dir / "base", base_model, input_ids, attention_mask)
+
+    for n in names:
+        model.add_adapter(n, config=adapters.SeqBnConfig(reduction_factor=4))
+    model.add_adapter_fusion(Fuse(*names), config="dynamic")
+    model.add_classification_head(head, num_labels=NUM_LABELS, id2label=ID2LABEL)
+    model.set_active_adapters(Fuse(*names))
+
+    gen = torch.Generator().manual_seed(seed)
+    for n in names:
+        randomize(adapter_params(model, n), gen)
+    randomize(fusion_params(model, fusion_name), gen, value_identity=True)
+    randomize(head_params(model, head), gen)
+    model.eval()
+
+    out_fuse = logits_for(model, input_ids, attention_mask, head=head, output_adapter_fusion_attentions=True)
+    logits = out_fuse.logits
+    attns = out_fuse["adapter_fusion_attentions"]
+    fusion_attentions = {
+        fname: {
+            str(layer): {loc: arr.tolist() for loc, arr in sorted(locs.items())}
+            for layer, locs in sorted(per_layer.items())
+        }
+        for fname, per_layer in attns.items()
+    }
+    # Same result without asking for the attentions.
+    plain_fuse = logits_for(model, input_ids, attention_mask, head=head).logits
+    assert torch.equal(plain_fuse, logits)
+
+    per_adapter = {}
+    for n in names:
+        model.set_active_adapters(n)
+        per_adapter[n] = logits_for(model, input_ids, attention_mask, head=head).logits.tolist()
+    model.set_active_adapters(None)
+    logits_plain = logits_for(model, input_ids, attention_mask, head=head).logits
+    model.set_active_adapters(Fuse(*names))
+    effect = check_effect(logits, logits_plain, case)
+
+    for n in names:
+        model.save_adapter(str(case_dir / f"adapter_{n}"), n, with_head=False)
+    model.save_adapter_fusion(str(case_dir / "fusion"), fusion_name, with_head=head)
+
+    expected = {
+        "case": case,
+        "setup": {
+            "type": "fuse",
+            "adapters": names,
+            "adapter_dirs": [f"adapter_{n}" for n in names],
+            "fusion_name": fusion_name,
+            "fusion_dir": "fusion",
+            "head": head,
+            "head_dir": "fusion",
+        },
+        "adapter_name": fusion_name,
+        "input_ids": input_ids.tolist(),
+        "attention_mask": attention_mask.tolist(),
+        "logits": logits.tolist(),
+        "logits_without_adapter": logits_plain.tolist(),
+        "logits_single_adapter": per_adapter,
+        "fusion_attentions": fusion_attentions,
+        **base_stats(base_model, input_ids, attention_mask),
+        "config": read_config(case_dir / "fusion" / "adapter_fusion_config.json")["config"],
+        "adapter_configs": {
+            n: read_config(case_dir / f"adapter_{n}" / "adapter_config.json")["config"] for n in names
+        },
+        **versions(),
+    }
+    write_json(case_dir / "expected.json", expected)
+    print(f"{case}: fusion changes logits by up to {effect:.4f}")
+
+
+def stack_case(out: Path, case: str = "bert_stack", seed: int = 707):
+    names = ["lang", "task"]
+    head = "task"
+    case_dir = fresh_case_dir(out, case)
+    input_ids, attention_mask = make_inputs()
+    base_model = make_base("bert", case_dir / "base")
+    model = load_adapter_model(case_dir / "base", base_model, input_ids, attention_mask)
+
+    for n in names:
+        model.add_adapter(n, config=adapters.SeqBnConfig(reduction_factor=4))
+    model.add_classification_head(head, num_labels=NUM_LABELS, id2label=ID2LABEL)
+    model.set_active_adapters(Stack(*names))
+
+    gen = torch.Generator().manual_seed(seed)
+    for n in names:
+        randomize(adapter_params(model, n), gen)
+    randomize(head_params(model, head), gen)
+    model.eval()
+
+    logits = logits_for(model, input_ids, attention_mask, head=head).logits
+    model.set_active_adapters("task")
+    logits_task_only = logits_for(model, input_ids, attention_mask, head=head).logits
+    model.set_active_adapters(None)
+    logits_plain = logits_for(model, input_ids, attention_mask, head=head).logits
+    model.set_active_adapters(Stack(*names))
+    effect = check_effect(logits, logits_plain, case)
+    check_effect(logits, logits_task_only, case + " (lang in stack)")
+
+    for n in names:
+        model.save_adapter(str(case_dir / f"adapter_{n}"), n, with_head=True)
+
+    expected = {
+        "case": case,
+        "setup": {
+            "type": "stack",
+            "adapters": names,
+            "adapter_dirs": [f"adapter_{n}" for n in names],
+            "head": head,
+            "head_dir": "adapter_task",
+        },
+        "adapter_name": "lang,task",
+        "input_ids": input_ids.tolist(),
+        "attention_mask": attention_mask.tolist(),
+        "logits": logits.tolist(),
+        "logits_without_adapter": logits_plain.tolist(),
+        "logits_task_only": logits_task_only.tolist(),
+        **base_stats(base_model, input_ids, attention_mask),
+        "config": read_config(case_dir / "adapter_task" / "adapter_config.json")["config"],
+        "adapter_configs": {
+            n: read_config(case_dir / f"adapter_{n}" / "adapter_config.json")["config"] for n in names
+        },
+        **versions(),
+    }
+    write_json(case_dir / "expected.json", expected)
+    print(f"{case}: stack changes logits by up to {effect:.4f}")
+
+
+def custom_config():
+    return BnConfig(
+        mh_adapter=True,
+        output_adapter=True,
+        reduction_factor={"0": 2, "default": 8},
+        non_linearity="gelu",
+        original_ln_before=True,
+        original_ln_after=True,
+        residual_before_ln=False,
+        ln_before=True,
+        ln_after=False,
+        leave_out=[1],
+        scaling=0.5,
+    )
+
+
+def supports_safetensors() -> bool:
+    import inspect
+
+    return "use_safetensors" in inspect.signature(adapters.BertAdapterModel.save_adapter).parameters
+
+
+CASES = [
+    "bert_seq_bn",
+    "bert_double_seq_bn",
+    "roberta_seq_bn",
+    "roberta_double_seq_bn",
+    "bert_custom",
+    "bert_seq_bn_safetensors",
+    "bert_fusion",
+    "bert_stack",
+]
+
+
+def run_case(out: Path, case: str):
+    if case == "bert_seq_bn":
+        single_adapter_case(out, case, "bert", adapters.SeqBnConfig(reduction_factor=4), seed=101)
+    elif case == "bert_double_seq_bn":
+        single_adapter_case(out, case, "bert", adapters.DoubleSeqBnConfig(reduction_factor=4), seed=202)
+    elif case == "roberta_seq_bn":
+        single_adapter_case(out, case, "roberta", adapters.SeqBnConfig(reduction_factor=4), seed=303)
+    elif case == "roberta_double_seq_bn":
+        single_adapter_case(out, case, "roberta", adapters.DoubleSeqBnConfig(reduction_factor=4), seed=404)
+    elif case == "bert_custom":
+        single_adapter_case(out, case, "bert", custom_config(), seed=505)
+    elif case == "bert_seq_bn_safetensors":
+        if not supports_safetensors():
+            print(f"{case}: skipped, this adapters version has no use_safetensors option")
+            return
+        single_adapter_case(
+            out, case, "bert", adapters.SeqBnConfig(reduction_factor=4), seed=101, use_safetensors=True
+        )
+    elif case == "bert_fusion":
+        fusion_case(out, case)
+    elif case == "bert_stack":
+        stack_case(out, case)
+    else:
+        raise ValueError(f"unknown case {case!r}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+    parser.add_argument("--case", action="append", choices=CASES, help="only these cases (repeatable)")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(1)  # bit-stable CPU results
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("adapters").setLevel(logging.ERROR)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for case in args.case or CASES:
+        run_case(args.out, case)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

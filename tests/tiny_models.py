@@ -1,0 +1,81 @@
+"""Tiny random models of every supported architecture, built from configs (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+
+
+def tiny_config(arch: str, **overrides: object) -> transformers.PretrainedConfig:
+    tiny = {k: v for k, v in TINY.items() if k not in overrides}
+    common = {"pad_token_id": 0, **overrides}
+    if arch == "bert":
+        return transformers.BertConfig(**tiny, **common)
+    if arch == "roberta":
+        return transformers.RobertaConfig(**TINY, max_position_embeddings=66, **{**common, "pad_token_id": 1})
+    if arch == "xlm-roberta":
+        return transformers.XLMRobertaConfig(
+            **TINY, max_position_embeddings=66, **{**common, "pad_token_id": 1}
+        )
+    if arch == "electra":
+        return transformers.ElectraConfig(**TINY, embedding_size=16, **common)
+    if arch == "distilbert":
+        return transformers.DistilBertConfig(
+            vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37, **common
+        )
+    if arch == "gpt2":
+        return transformers.GPT2Config(
+            vocab_size=99, n_embd=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2, **common
+        )
+    decoder = dict(TINY, num_key_value_heads=2, bos_token_id=1, eos_token_id=2, **common)
+    if arch == "llama":
+        return transformers.LlamaConfig(**decoder)
+    if arch == "mistral":
+        return transformers.MistralConfig(**decoder)
+    if arch == "qwen2":
+        return transformers.Qwen2Config(**decoder)
+    raise ValueError(arch)
+
+
+ENCODERS = ["bert", "roberta", "xlm-roberta", "distilbert", "electra"]
+DECODERS = ["gpt2", "llama", "mistral", "qwen2"]
+ARCHITECTURES = ENCODERS + DECODERS
+
+
+def build(arch: str, kind: str = "base", seed: int = 0, **config_overrides: object) -> torch.nn.Module:
+    """A tiny random model in eval mode: kind is base | classification | causal_lm."""
+    torch.manual_seed(seed)
+    config = tiny_config(arch, **config_overrides)
+    factory = {
+        "base": transformers.AutoModel,
+        "classification": transformers.AutoModelForSequenceClassification,
+        "causal_lm": transformers.AutoModelForCausalLM,
+    }[kind]
+    return factory.from_config(config).eval()
+
+
+def perturb(module: torch.nn.Module, std: float = 0.3, seed: int = 1) -> None:
+    """Give an adapter/head weights far from identity so it visibly changes outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
+def make_inputs(seed: int = 123) -> dict[str, torch.Tensor]:
+    """3 rows of 7 token ids; the last row has two padding positions."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 99, (3, 7), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[2, 5:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def shared_data_dir() -> Path | None:
+    here = Path(__file__).resolve().parent.parent
+    candidate = here.parent / "shared" / "data"
+    return candidate if candidate.is_dir() else None
