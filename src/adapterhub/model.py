@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-import re
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -19,9 +18,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.modeling_outputs import SequenceClassifierOutput
 
-from adapterhub.architectures import ArchitectureSpec, get_base_model, get_layers, spec_for_model_type
+from adapterhub.architectures import ArchitectureSpec, get_layers, spec_for_model_type
 from adapterhub.composition import Setup, SiteRun, normalize_setup, run_setup, setup_names
 from adapterhub.configs import MethodConfig, resolve_config
 from adapterhub.errors import (
@@ -32,23 +30,17 @@ from adapterhub.errors import (
     IncompatibleModelError,
     did_you_mean,
 )
+from adapterhub.fusion_api import FusionMixin
 from adapterhub.heads import HEADS, Head, static_head_parameters
-from adapterhub.heads.base import HeadInputs, head_class
+from adapterhub.heads.api import HeadsMixin, check_name
+from adapterhub.heads.base import head_class
+from adapterhub.heads.routing import install_head_routing
 from adapterhub.injection import SiteInjector
 from adapterhub.io.records import AdapterRecord, HeadRecord, ModelInfo
 from adapterhub.methods import AdapterModule, ModelDims, SiteInputs, method_for_config
 from adapterhub.summary import AdapterSummary, summarize
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 STORE_ATTR = "_adapterhub"
-
-
-def check_name(name: Any, what: str = "adapter") -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise ConfigError(
-            f"Invalid {what} name {name!r}: use letters, digits, '-' and '_' (starting with a letter or digit)."
-        )
-    return name
 
 
 class AdapterStore(nn.Module):
@@ -114,7 +106,7 @@ class AdapterStore(nn.Module):
                 self._overrides_open -= 1
 
 
-class AdapterModelMixin:
+class AdapterModelMixin(HeadsMixin, FusionMixin):
     """Adapter API added to a transformers model by ``adapterhub.init``."""
 
     # ------------------------------------------------------------------ internals
@@ -258,78 +250,6 @@ class AdapterModelMixin:
                 for param in static_head_parameters(self).values():  # type: ignore[arg-type]
                     param.requires_grad_(True)
         self.train()  # type: ignore[attr-defined]
-
-    # ------------------------------------------------------------------ heads
-    @property
-    def heads(self) -> dict[str, Head]:
-        return dict(self._store.heads.items())  # type: ignore[arg-type]
-
-    def add_head(
-        self, name: str, head_type: str = "classification", *, overwrite_ok: bool = False, **options: Any
-    ) -> Head:
-        """Add a flexible prediction head on top of the base model's hidden states (see ``adapterhub.heads``)."""
-        check_name(name, "head")
-        if name in self._store.heads and not overwrite_ok:
-            raise AdapterExistsError(
-                f"A head named {name!r} already exists; pass overwrite_ok=True to replace it."
-            )
-        spec_pooling = "last" if self._spec.pre_norm else "first"
-        cls = head_class(head_type)
-        if head_type == "classification":
-            options.setdefault("pooling", spec_pooling)
-        try:
-            head = cls(name, self.model_dims().hidden_size, **options)
-        except TypeError as error:
-            raise ConfigError(f"Bad option for a {head_type} head: {error}.") from None
-        self._store.heads[name] = self._place(head)
-        return head
-
-    def add_classification_head(
-        self,
-        name: str,
-        num_labels: int = 2,
-        *,
-        id2label: Mapping[int, str] | None = None,
-        overwrite_ok: bool = False,
-        **options: Any,
-    ) -> Head:
-        return self.add_head(
-            name,
-            "classification",
-            num_labels=num_labels,
-            id2label=id2label,
-            overwrite_ok=overwrite_ok,
-            **options,
-        )
-
-    def delete_head(self, name: str) -> None:
-        if name not in self._store.heads:
-            raise AdapterNotFoundError(
-                f"No head named {name!r}{did_you_mean(name, self._store.heads.keys())}."
-            )
-        del self._store.heads[name]
-        if self._store.active_head_name == name:
-            self._store.active_head_name = None
-
-    @property
-    def active_head(self) -> str | None:
-        """The flexible head used for outputs: set explicitly, else the one named like the last active adapter."""
-        store = self._store
-        if store.active_head_name is not None:
-            return store.active_head_name
-        setup = store.current_setup()
-        if setup is None:
-            return None
-        last = setup if isinstance(setup, str) else setup.last()
-        return last if last in store.heads else None
-
-    @active_head.setter
-    def active_head(self, name: str | None) -> None:
-        if name is not None and name not in self._store.heads:
-            raise AdapterNotFoundError(
-                f"No head named {name!r}{did_you_mean(name, self._store.heads.keys())}."
-            )
-        self._store.active_head_name = name
 
     # ------------------------------------------------------------------ summary
     def adapter_summary(self) -> AdapterSummary:
@@ -587,62 +507,6 @@ def _with_mixin(cls: type) -> type:
     return _MIXED_CLASSES[cls]
 
 
-class _CaptureBaseOutput:
-    def __init__(self, store: AdapterStore) -> None:
-        self.store = store
-
-    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        self.store.captured_base_output = output
-
-
-class _HideLabels:
-    """Pre-hook: while a flexible head is active, keep ``labels`` away from the model's own head and loss."""
-
-    def __init__(self, model: nn.Module, store: AdapterStore) -> None:
-        self.model, self.store = model, store
-
-    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self.model.active_head is None or "labels" not in kwargs:  # type: ignore[attr-defined]
-            return None
-        kwargs = dict(kwargs)
-        self.store.pending_labels = kwargs.pop("labels")
-        return args, kwargs
-
-
-class _ApplyHead:
-    """Forward hook: replace the model's output by the active flexible head's logits (and loss)."""
-
-    def __init__(self, model: nn.Module, store: AdapterStore) -> None:
-        self.model, self.store = model, store
-
-    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
-        store = self.store
-        head_name = self.model.active_head  # type: ignore[attr-defined]
-        base_output, store.captured_base_output = store.captured_base_output, None
-        labels, store.pending_labels = store.pending_labels, None
-        if head_name is None or base_output is None:
-            return None
-        hidden = base_output[0] if isinstance(base_output, tuple) else base_output.last_hidden_state
-        pooled = getattr(base_output, "pooler_output", None)
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        attention_mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-        result = store.heads[head_name](HeadInputs(hidden, attention_mask, input_ids, pooled), labels)
-        return SequenceClassifierOutput(
-            loss=result.loss,
-            logits=result.logits,
-            hidden_states=getattr(output, "hidden_states", None),
-            attentions=getattr(output, "attentions", None),
-        )
-
-
-def _install_head_hooks(model: nn.Module, store: AdapterStore) -> None:
-    """Route outputs through the active flexible head (if any): the base model's hidden states are captured and
-    the model's output is replaced by the head's logits (and loss, computed from ``labels``)."""
-    get_base_model(model).register_forward_hook(_CaptureBaseOutput(store))
-    model.register_forward_pre_hook(_HideLabels(model, store), with_kwargs=True)
-    model.register_forward_hook(_ApplyHead(model, store), with_kwargs=True)
-
-
 def init(model: nn.Module) -> nn.Module:
     """Add the adapter API to ``model`` in place and return it. Calling it again does nothing."""
     if isinstance(getattr(model, "_modules", {}).get(STORE_ATTR), AdapterStore):
@@ -658,5 +522,5 @@ def init(model: nn.Module) -> nn.Module:
     model.add_module(STORE_ATTR, store)
     model.__class__ = _with_mixin(type(model))
     store.injector = SiteInjector(model, spec, store)
-    _install_head_hooks(model, store)
+    install_head_routing(model, store)
     return model
