@@ -349,7 +349,9 @@ def _parse_preset_string(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def _split_top_level(body: str) -> list[str]:
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in body:
         if char in "[{":
             depth += 1

@@ -44,7 +44,9 @@ class _ResidualHook:
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self.injector.handler.is_active():
-            self.injector.captured()[self.key] = _read_input(self.ref, args, kwargs)
+            residual = _read_input(self.ref, args, kwargs)
+            if residual is not None:
+                self.injector.captured()[self.key] = residual
 
 
 class _OutputHook:

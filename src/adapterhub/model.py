@@ -455,8 +455,8 @@ class AdapterModelMixin(HeadsMixin, FusionMixin):
         if "state_dict" not in kwargs:
             kwargs["state_dict"] = {
                 k: v
-                for k, v in self.state_dict().items()
-                if not k.startswith(STORE_ATTR + ".")  # type: ignore[attr-defined]
+                for k, v in self.state_dict().items()  # type: ignore[attr-defined]
+                if not k.startswith(STORE_ATTR + ".")
             }
         return super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]
 

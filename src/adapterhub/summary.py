@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from adapterhub.composition import setup_names
+from adapterhub.heads.static import static_head_parameters
 
 if TYPE_CHECKING:
     from adapterhub.model import AdapterModelMixin
@@ -80,8 +81,16 @@ def _describe(config: Any) -> str:
 
 
 def summarize(model: AdapterModelMixin) -> AdapterSummary:
+    """Rows for every adapter, flexible head and the model's built-in head; percentages are of the base model
+    (the transformer body without any head)."""
     store = model._store
-    base_params = [p for n, p in model.named_parameters() if not n.startswith("_adapterhub.")]  # type: ignore[attr-defined]
+    static = static_head_parameters(model)  # type: ignore[arg-type]
+    static_ids = {id(p) for p in static.values()}
+    base_params = [
+        p
+        for n, p in model.named_parameters()  # type: ignore[attr-defined]
+        if not n.startswith("_adapterhub.") and id(p) not in static_ids
+    ]
     base_count = sum(p.numel() for p in base_params)
     active = set(setup_names(store.current_setup()))
     active_head = model.active_head
@@ -110,6 +119,19 @@ def summarize(model: AdapterModelMixin) -> AdapterSummary:
                 percent_of_base=100.0 * count / base_count if base_count else 0.0,
                 active=name == active_head,
                 trainable=any(p.requires_grad for p in head.parameters()),
+            )
+        )
+    if static:
+        count = sum(p.numel() for p in static.values())
+        rows.append(
+            SummaryRow(
+                name="(built-in head)",
+                kind="head",
+                method="static: " + ", ".join(sorted({n.rsplit(".", 1)[0] for n in static})),
+                parameters=count,
+                percent_of_base=100.0 * count / base_count if base_count else 0.0,
+                active=active_head is None,
+                trainable=any(p.requires_grad for p in static.values()),
             )
         )
     return AdapterSummary(tuple(rows), base_count, any(p.requires_grad for p in base_params))

@@ -155,10 +155,14 @@ class BottleneckAdapter(AdapterModule):
 
     def sites_at(self, layer: int) -> tuple[str, ...]:
         key = str(layer)
-        return tuple(self.layers[key].keys()) if key in self.layers else ()
+        if key not in self.layers:
+            return ()
+        sites: nn.ModuleDict = self.layers[key]  # type: ignore[assignment]
+        return tuple(sites.keys())
 
     def layer_at(self, layer: int, site: str) -> BottleneckLayer:
-        return self.layers[str(layer)][site]  # type: ignore[return-value]
+        sites: nn.ModuleDict = self.layers[str(layer)]  # type: ignore[assignment]
+        return sites[site]  # type: ignore[return-value]
 
     def forward_site(self, layer: int, site: str, inputs: SiteInputs) -> torch.Tensor:
         state = enter_site(self.config, inputs)

