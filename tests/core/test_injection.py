@@ -200,3 +200,13 @@ def test_deepcopy_gets_its_own_adapters(inputs):
     perturb(clone._adapterhub.adapters["a"], seed=7)
     assert not torch.allclose(hidden(clone, inputs), ref)
     assert torch.equal(hidden(model, inputs), ref)  # the original is untouched
+
+
+def test_new_adapters_and_heads_follow_the_models_train_or_eval_mode():
+    model = adapterhub.init(build("bert"))  # eval mode
+    model.add_adapter("a", config="pfeiffer[dropout=0.5]")
+    head = model.add_classification_head("a", num_labels=2)
+    assert not model._adapterhub.adapters["a"].training and not head.training
+    model.train()
+    model.add_adapter("b")
+    assert model._adapterhub.adapters["b"].training

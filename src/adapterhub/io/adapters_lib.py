@@ -2,7 +2,7 @@
 
 Its files: ``adapter_config.json`` ({"config": {...}, "hidden_size", "model_class", "model_name", "model_type",
 "name", "version"}), ``pytorch_adapter.bin`` or ``adapter.safetensors``, and optionally ``head_config.json`` with
-``pytorch_model_head.bin`` / ``head.safetensors``. Weight names look like
+``pytorch_model_head.bin`` / ``model_head.safetensors``. Weight names look like
 ``bert.encoder.layer.3.output.adapters.NAME.adapter_down.0.weight``; we map the layer path and site path through the
 model's ``ArchitectureSpec`` (``adapters_lib_layers`` and ``adapters_lib_sites``). Pickles are read with
 ``torch.load(weights_only=True)`` only.
@@ -20,7 +20,14 @@ from torch import nn
 
 from adapterhub.architectures import ArchitectureSpec, get_base_model
 from adapterhub.errors import AdapterFileError, ConfigError
-from adapterhub.io.files import read_json, read_tensors, read_torch_pickle, write_json, write_tensors
+from adapterhub.io.files import (
+    read_json,
+    read_tensors,
+    read_torch_pickle,
+    write_json,
+    write_tensors,
+    write_torch_pickle,
+)
 from adapterhub.io.records import AdapterRecord, HeadRecord, ModelInfo
 
 ADAPTERS_VERSION = "adapters.1.3.0"
@@ -238,8 +245,9 @@ def adapter_model_class(model: nn.Module) -> str:
 def write_adapters_lib_dir(
     record: AdapterRecord, directory: str | os.PathLike[str], spec: ArchitectureSpec, model: nn.Module
 ) -> Path:
-    """Write ``record`` in the `adapters` layout (weights as safetensors: ``adapter.safetensors`` and
-    ``model_head.safetensors``, the names that library looks for)."""
+    """Write ``record`` in the `adapters` layout. Weights go both to ``pytorch_adapter.bin`` /
+    ``pytorch_model_head.bin`` (what that library's ``load_adapter`` reads by default) and to
+    ``adapter.safetensors`` / ``model_head.safetensors`` (read with its ``use_safetensors=True``)."""
     directory = Path(directory)
     model_class = adapter_model_class(model)
     prefix = getattr(get_base_model(model), "base_model_prefix", "") or ""
@@ -270,10 +278,9 @@ def write_adapters_lib_dir(
         options = head.options
         num_labels = int(options["num_labels"])
         id2label = head.id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
-        write_tensors(
-            directory / "model_head.safetensors",
-            {f"heads.{head.name}.{k[len('layers.') :]}": v for k, v in head.tensors.items()},
-        )
+        head_tensors = {f"heads.{head.name}.{k[len('layers.') :]}": v for k, v in head.tensors.items()}
+        write_tensors(directory / "model_head.safetensors", head_tensors)
+        write_torch_pickle(directory / "pytorch_model_head.bin", head_tensors)
         write_json(
             directory / "head_config.json",
             {
@@ -296,6 +303,7 @@ def write_adapters_lib_dir(
             },
         )
     write_tensors(directory / "adapter.safetensors", tensors)
+    write_torch_pickle(directory / "pytorch_adapter.bin", tensors)  # what that library loads by default
     write_json(
         directory / "adapter_config.json",
         {

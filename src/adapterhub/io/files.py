@@ -51,6 +51,12 @@ def write_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor]
     _atomic_write(Path(path), lambda tmp: save_file(contiguous, str(tmp), metadata={"format": "pt"}))
 
 
+def write_torch_pickle(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor]) -> None:
+    """A ``.bin`` state dict (tensors only) for readers that expect one, such as the `adapters` library."""
+    contiguous = {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}
+    _atomic_write(Path(path), lambda tmp: torch.save(contiguous, str(tmp)))
+
+
 def read_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():

@@ -1,0 +1,243 @@
+"""Fusion directories: ours (``fusion_config.json`` + ``fusion.safetensors``, docs/FORMAT.md) and the `adapters`
+library's (``adapter_fusion_config.json`` + ``pytorch_model_adapter_fusion.bin`` / ``model_adapter_fusion.safetensors``).
+
+Fusion weight keys (ours): ``layers.{i}.{site}.query.weight|bias``, ``...key.weight|bias``, ``...value.weight``.
+Theirs: ``[prefix.]encoder.layer.{i}.{site path}.adapter_fusion_layer.{a,b,c}.{query|key|value}.{weight|bias}``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adapterhub.architectures import ArchitectureSpec
+from adapterhub.configs import canonical_json, sha256_hex
+from adapterhub.errors import AdapterFileError, ConfigError
+from adapterhub.io.adapter_dir import HEAD_CONFIG_FILE, HEAD_FORMAT, HEAD_WEIGHTS_FILE, library_version
+from adapterhub.io.files import read_json, read_tensors, write_json, write_tensors
+from adapterhub.io.records import HeadRecord, ModelInfo
+
+FORMAT = "adapterhub.fusion"
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE = "fusion_config.json", "fusion.safetensors"
+ADAPTERS_SUBDIR = "adapters"
+THEIR_CONFIG_FILE = "adapter_fusion_config.json"
+
+
+@dataclass
+class FusionRecord:
+    """A saved fusion, independent of its layout."""
+
+    adapters: tuple[str, ...]
+    config: dict[str, Any]  # FusionConfig as a dict
+    model: ModelInfo
+    tensors: dict[str, torch.Tensor]
+    head: HeadRecord | None = None
+    adapter_dirs: dict[str, Path] = field(default_factory=dict)  # adapters saved alongside (ours only)
+    layout: str = "adapterhub"
+
+    @property
+    def name(self) -> str:
+        return ",".join(self.adapters)
+
+
+def is_fusion_dir(directory: str | os.PathLike[str]) -> bool:
+    directory = Path(directory)
+    return (directory / CONFIG_FILE).is_file() or (directory / THEIR_CONFIG_FILE).is_file()
+
+
+def _write_head(directory: Path, head: HeadRecord, model: ModelInfo) -> None:
+    write_tensors(directory / HEAD_WEIGHTS_FILE, head.tensors)
+    write_json(
+        directory / HEAD_CONFIG_FILE,
+        {
+            "format": HEAD_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": head.name,
+            "type": head.head_type,
+            "config": head.options,
+            "id2label": None if head.id2label is None else {str(k): v for k, v in head.id2label.items()},
+            "model_type": model.model_type,
+            "hidden_size": model.hidden_size,
+        },
+    )
+
+
+def _read_head(directory: Path) -> HeadRecord:
+    meta = read_json(directory / HEAD_CONFIG_FILE)
+    if not isinstance(meta, dict) or not {"name", "type", "config"} <= set(meta):
+        raise AdapterFileError(f"{directory / HEAD_CONFIG_FILE} is not a complete head config.")
+    id2label = meta.get("id2label")
+    return HeadRecord(
+        name=meta["name"],
+        head_type=meta["type"],
+        options=dict(meta["config"]),
+        id2label=None if id2label is None else {int(k): str(v) for k, v in id2label.items()},
+        tensors=read_tensors(directory / HEAD_WEIGHTS_FILE),
+    )
+
+
+def write_fusion_dir(record: FusionRecord, directory: str | os.PathLike[str]) -> Path:
+    """Write ``record`` (its adapters are written by the caller into ``adapters/<name>/``). The config goes last,
+    so a directory with a config is complete."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if record.head is not None:
+        _write_head(directory, record.head, record.model)
+    else:
+        for stale in (HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE):
+            (directory / stale).unlink(missing_ok=True)
+    write_tensors(directory / WEIGHTS_FILE, record.tensors)
+    write_json(
+        directory / CONFIG_FILE,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "library_version": library_version(),
+            "name": record.name,
+            "adapters": list(record.adapters),
+            "config": record.config,
+            "config_hash": sha256_hex(canonical_json(record.config)),
+            "model_type": record.model.model_type,
+            "model_name": record.model.model_name,
+            "hidden_size": record.model.hidden_size,
+            "num_layers": record.model.num_layers,
+            "has_head": record.head is not None,
+            "adapter_dirs": {n: f"{ADAPTERS_SUBDIR}/{n}" for n in record.adapter_dirs},
+        },
+    )
+    return directory
+
+
+def read_fusion_dir(
+    directory: str | os.PathLike[str], *, spec: ArchitectureSpec | None = None, with_head: bool = True
+) -> FusionRecord:
+    """Read a fusion directory in either layout."""
+    directory = Path(directory)
+    if (directory / CONFIG_FILE).is_file():
+        return _read_ours(directory, with_head)
+    if (directory / THEIR_CONFIG_FILE).is_file():
+        if spec is None:
+            raise ConfigError("Reading an `adapters` fusion directory needs the model's ArchitectureSpec.")
+        return read_adapters_lib_fusion(directory, spec, with_head=with_head)
+    present = sorted(p.name for p in directory.iterdir())[:10] if directory.is_dir() else []
+    raise AdapterFileError(
+        f"{directory} is not a fusion directory: it has neither {CONFIG_FILE} nor {THEIR_CONFIG_FILE} "
+        f"(it contains: {', '.join(present) or 'nothing'}). Point to a directory written by model.save_adapter_fusion."
+    )
+
+
+def _read_ours(directory: Path, with_head: bool) -> FusionRecord:
+    meta = read_json(directory / CONFIG_FILE)
+    required = ("format", "adapters", "config", "model_type", "hidden_size")
+    if not isinstance(meta, dict) or any(k not in meta for k in required):
+        raise AdapterFileError(
+            f"{directory / CONFIG_FILE} lacks keys of a fusion config ({', '.join(required)})."
+        )
+    if meta["format"] != FORMAT:
+        raise AdapterFileError(
+            f"{directory / CONFIG_FILE} has format {meta['format']!r}, expected {FORMAT!r}."
+        )
+    if int(meta.get("format_version", 1)) > FORMAT_VERSION:
+        raise AdapterFileError(
+            f"{directory} was written in fusion format version {meta['format_version']}; this adapterhub reads up "
+            f"to version {FORMAT_VERSION}. Upgrade adapterhub."
+        )
+    if meta.get("config_hash") and meta["config_hash"] != sha256_hex(canonical_json(meta["config"])):
+        raise AdapterFileError(
+            f"{directory / CONFIG_FILE}: config_hash does not match the config (edited or corrupted)."
+        )
+    head = _read_head(directory) if with_head and (directory / HEAD_CONFIG_FILE).exists() else None
+    return FusionRecord(
+        adapters=tuple(meta["adapters"]),
+        config=dict(meta["config"]),
+        model=ModelInfo(
+            model_type=meta["model_type"],
+            model_name=meta.get("model_name", ""),
+            hidden_size=int(meta["hidden_size"]),
+            num_layers=meta.get("num_layers"),
+        ),
+        tensors=read_tensors(directory / WEIGHTS_FILE),
+        head=head,
+        adapter_dirs={n: directory / rel for n, rel in (meta.get("adapter_dirs") or {}).items()},
+    )
+
+
+# ------------------------------------------------------------------------------------------ `adapters` layout
+
+# Their fusion options that our FusionConfig has; the others must have these values.
+_THEIR_FIXED = {"residual_before": False, "temperature": False}
+
+
+def fusion_config_from_theirs(theirs: dict[str, Any]) -> dict[str, Any]:
+    for key, required in _THEIR_FIXED.items():
+        if theirs.get(key, required) != required:
+            raise ConfigError(
+                f"This `adapters` fusion uses {key}={theirs[key]!r}, which adapterhub does not support "
+                f"(only {key}={required!r})."
+            )
+    # value_before_softmax does not change the result: their V has no bias, so V(Σ p u) = Σ p (V u).
+    return {
+        "query": bool(theirs.get("query", True)),
+        "key": bool(theirs.get("key", True)),
+        "value": bool(theirs.get("value", True)),
+        "query_before_ln": bool(theirs.get("query_before_ln", False)),
+        "value_initialized": bool(theirs.get("value_initialized", False)),
+        "regularization": bool(theirs.get("regularization", False)),
+        "dropout": theirs.get("dropout_prob"),
+    }
+
+
+def read_adapters_lib_fusion(
+    directory: Path, spec: ArchitectureSpec, *, with_head: bool = True
+) -> FusionRecord:
+    meta = read_json(directory / THEIR_CONFIG_FILE)
+    names = meta.get("adapter_names") or str(meta.get("name", "")).split(",")
+    if not names or not all(names):
+        raise AdapterFileError(f"{directory / THEIR_CONFIG_FILE} names no adapters.")
+    fusion_name = ",".join(names)
+    sites = "|".join(re.escape(p) for p in spec.adapters_lib_sites.values())
+    pattern = re.compile(
+        rf"^(?:.*\.)?{re.escape(spec.adapters_lib_layers)}\.(\d+)\.({sites})\.adapter_fusion_layer\."
+        rf"{re.escape(fusion_name)}\.(query|key|value)\.(weight|bias)$"
+    )
+    site_of = {path: site for site, path in spec.adapters_lib_sites.items()}
+    if (directory / "model_adapter_fusion.safetensors").exists():
+        raw = read_tensors(directory / "model_adapter_fusion.safetensors")
+    else:
+        from adapterhub.io.files import read_torch_pickle
+
+        raw = read_torch_pickle(directory / "pytorch_model_adapter_fusion.bin")
+    tensors = {}
+    for key, tensor in raw.items():
+        match = pattern.match(key)
+        if match is None:
+            raise AdapterFileError(
+                f"Weight {key!r} in {directory} is not a fusion weight of {fusion_name!r} in the "
+                f"{spec.model_types[0]} layout of the `adapters` library."
+            )
+        layer, site_path, module, param = match.groups()
+        tensors[f"layers.{layer}.{site_of[site_path]}.{module}.{param}"] = tensor
+    head = None
+    if with_head and (directory / "head_config.json").exists():
+        from adapterhub.io.adapters_lib import _read_their_head
+
+        head = _read_their_head(directory, fusion_name, spec)
+    return FusionRecord(
+        adapters=tuple(names),
+        config=fusion_config_from_theirs(dict(meta.get("config") or {})),
+        model=ModelInfo(
+            model_type=meta.get("model_type", ""),
+            model_name=meta.get("model_name") or "",
+            hidden_size=int(meta["hidden_size"]),
+            num_layers=None,
+        ),
+        tensors=tensors,
+        head=head,
+        layout="adapters",
+    )
