@@ -21,7 +21,7 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
     "${PIP[@]}" "${TORCH_SPEC:-torch==2.13.0}"
 fi
 
-EXTRAS="demo,plot,data,hub"
+EXTRAS="demo,plot,data,train,hub"
 [[ $DEV == 1 ]] && EXTRAS="$EXTRAS,dev"
 echo "[setup] installing adapterhub[$EXTRAS] with pinned versions (constraints.txt)"
 "${PIP[@]}" -c constraints.txt -e ".[$EXTRAS]"

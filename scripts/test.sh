@@ -8,7 +8,14 @@ bash scripts/setup.sh --dev
 mkdir -p .cache
 export ADAPTERHUB_CACHE=${ADAPTERHUB_CACHE:-$PWD/.cache/adapterhub}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-[[ -x scripts/test_services.sh ]] && source scripts/test_services.sh
+# Services the hub tests need, from Debian's packages (installed here if absent; the tests start them on loopback).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "[test] installing PostgreSQL (Debian package postgresql)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } > .cache/apt-postgresql.log 2>&1 \
+        || echo "[test] PostgreSQL could not be installed (see .cache/apt-postgresql.log); its tests will skip"
+fi
+bash scripts/browser/install_chromium.sh > .cache/apt-chromium.log 2>&1 \
+    || echo "[test] Chromium could not be installed (see .cache/apt-chromium.log); browser tests will skip"
 # The `adapters` library in its own venv (transformers 4.57.6): tests check it loads what we write.
 bash scripts/compat/setup_adapters_venv.sh > .cache/adapters-venv.log 2>&1 || {
     echo "[test] could not set up .venv-adapters (see .cache/adapters-venv.log); its tests will skip"; }

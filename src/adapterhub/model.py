@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import tempfile
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -44,6 +45,7 @@ from adapterhub.heads.base import head_class
 from adapterhub.heads.routing import install_head_routing
 from adapterhub.injection import SiteInjector
 from adapterhub.io.records import AdapterRecord, HeadRecord, ModelInfo
+from adapterhub.io.validate import check_state_fits
 from adapterhub.methods import AdapterModule, ModelDims, SiteInputs, method_for_config
 from adapterhub.summary import AdapterSummary, summarize
 
@@ -346,6 +348,26 @@ class AdapterModelMixin(HeadsMixin, FusionMixin):
             record, load_as=load_as, set_active=set_active, with_head=with_head, overwrite_ok=overwrite_ok
         )
 
+    def push_adapter(
+        self,
+        name: str,
+        *,
+        owner: str,
+        task: str | None = None,
+        subtask: str | None = None,
+        with_head: bool = True,
+        **card: Any,
+    ) -> dict[str, Any]:
+        """Publish adapter ``name`` (with its head) to the hub as the next version of ``@owner/name``.
+
+        ``card`` holds the rest of the adapter card (``license``, ``description``, ``citation``, ``metrics``,
+        ``language``, ``adapter_type``, ``token``, ``hub_url``; see ``adapterhub.hub.client.push_adapter_dir``)."""
+        from adapterhub.hub.client import push_adapter_dir
+
+        with tempfile.TemporaryDirectory(prefix="adapterhub-push-") as tmp:
+            directory = self.save_adapter(Path(tmp) / name, name, with_head=with_head)
+            return push_adapter_dir(directory, owner=owner, name=name, task=task, subtask=subtask, **card)
+
     def _resolve_remote(self, identifier: str, **hub_options: Any) -> Path:
         looks_local = os.sep in identifier and "@" not in identifier and ":" not in identifier
         if looks_local or identifier.startswith((".", "~")):
@@ -474,28 +496,7 @@ class AdapterModelMixin(HeadsMixin, FusionMixin):
 def _load_exact(module: nn.Module, tensors: Mapping[str, torch.Tensor], what: str) -> None:
     """Copy ``tensors`` into ``module`` after checking that names and shapes match exactly."""
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(
-        k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)
-    )
-    if missing or unexpected or wrong:
-        details = []
-        if missing:
-            details.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            details.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if wrong:
-            details.append(
-                "wrong shapes "
-                + ", ".join(
-                    f"{k}: {tuple(tensors[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:5]
-                )
-            )
-        raise AdapterFileError(
-            f"The weights of {what} do not fit its config ({'; '.join(details)}). The file is corrupted or was "
-            "written for a different config."
-        )
+    check_state_fits(expected, tensors, what)
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=True)
 
 

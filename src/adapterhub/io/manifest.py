@@ -1,0 +1,112 @@
+"""``inspect_adapter_dir``: what a saved adapter is, validated without a model (used by the hub server and client).
+
+Reads either layout, resolves the config, and checks that every weight has exactly the name and shape the config
+implies for the declared hidden size and number of layers (adapter and head). Nothing is allocated for real: the
+expected modules are built on the meta device.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adapterhub.architectures import spec_for_model_type
+from adapterhub.configs import canonical_json, resolve_config, sha256_hex
+from adapterhub.errors import AdapterFileError, IncompatibleModelError, UnsupportedArchitectureError
+from adapterhub.heads.base import head_class
+from adapterhub.io.files import read_json
+from adapterhub.io.loading import detect_layout, read_any_adapter_dir
+from adapterhub.io.validate import check_state_fits
+from adapterhub.methods import ModelDims, method_for_config
+
+
+@dataclass(frozen=True)
+class AdapterManifest:
+    layout: str  # "adapterhub" or "adapters" (the adapters library's layout)
+    name: str
+    method: str
+    config: dict[str, Any]  # canonical method config
+    config_hash: str  # sha256 of the canonical JSON of config
+    model_type: str
+    model_name: str
+    hidden_size: int
+    num_layers: int | None
+    has_head: bool
+    head_type: str | None
+    id2label: dict[int, str] | None
+    num_parameters: int
+    files: tuple[str, ...]
+
+
+def inspect_adapter_dir(path: str | os.PathLike[str]) -> AdapterManifest:
+    """Describe and validate the adapter directory at ``path``; raises AdapterFileError / IncompatibleModelError /
+    ConfigError with a message naming the problem."""
+    directory = Path(path)
+    layout = detect_layout(directory)
+    model_type = str(read_json(directory / "adapter_config.json").get("model_type") or "")
+    try:
+        spec = spec_for_model_type(model_type)
+    except UnsupportedArchitectureError as error:
+        raise IncompatibleModelError(f"{directory}: {error}") from None
+    record = read_any_adapter_dir(directory, spec=spec, with_head=True)
+    config = resolve_config(record.config)
+    layer_indices = [int(key.split(".")[1]) for key in record.tensors if key.startswith("layers.")]
+    leave_out = list(getattr(config, "leave_out", ()))
+    num_layers = record.model.num_layers or (max(layer_indices + leave_out, default=-1) + 1)
+    if not num_layers:
+        raise AdapterFileError(f"{directory}: the adapter has no layer weights.")
+    _check_declared_model(record.tensors, record.model.hidden_size, record.model.num_layers, directory)
+    dims = ModelDims(model_type, record.model.hidden_size, int(num_layers), spec.pre_norm)
+    with torch.device("meta"):
+        expected = method_for_config(config)(record.name, config, dims)
+    check_state_fits(expected.state_dict(), record.tensors, f"adapter {record.name!r} in {directory}")
+    head = record.head
+    if head is not None and head.head_type != "static":
+        with torch.device("meta"):
+            try:
+                head_module = head_class(head.head_type)(
+                    head.name, record.model.hidden_size, id2label=head.id2label, **head.options
+                )
+            except TypeError as error:
+                raise AdapterFileError(
+                    f"{directory}: the head config has options this version does not accept: {error}."
+                ) from None
+        check_state_fits(head_module.state_dict(), head.tensors, f"head {head.name!r} in {directory}")
+    canonical = config.to_dict()
+    return AdapterManifest(
+        layout=layout,
+        name=record.name,
+        method=config.method,
+        config=canonical,
+        config_hash=sha256_hex(canonical_json(canonical)),
+        model_type=model_type,
+        model_name=record.model.model_name,
+        hidden_size=record.model.hidden_size,
+        num_layers=record.model.num_layers,
+        has_head=head is not None,
+        head_type=None if head is None else head.head_type,
+        id2label=None if head is None else head.id2label,
+        num_parameters=sum(t.numel() for t in record.tensors.values()),
+        files=tuple(sorted(p.name for p in directory.iterdir() if p.is_file())),
+    )
+
+
+def _check_declared_model(
+    tensors: dict[str, torch.Tensor], hidden_size: int, num_layers: int | None, directory: Path
+) -> None:
+    """Weights made for another hidden size or more layers than declared are a model mismatch, not corruption."""
+    for key, tensor in tensors.items():
+        parts = key.split(".")
+        if num_layers is not None and parts[0] == "layers" and int(parts[1]) >= num_layers:
+            raise IncompatibleModelError(
+                f"{directory}: weight {key!r} is for layer {parts[1]}, but the declared model has {num_layers} layers."
+            )
+        if key.endswith(".up.bias") and tensor.shape[0] != hidden_size:
+            raise IncompatibleModelError(
+                f"{directory}: weight {key!r} is for hidden size {tensor.shape[0]}, but the adapter config declares "
+                f"hidden size {hidden_size}."
+            )

