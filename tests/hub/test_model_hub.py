@@ -60,3 +60,31 @@ def test_load_errors_leave_the_model_unchanged(live):
     with pytest.raises((AdapterNotFoundError, IncompatibleModelError)):
         other.load_adapter("@alice/rt-pfeiffer")  # made for hidden size 32
     assert not target.adapters and not other.adapters
+
+
+def test_adapters_library_layout_publishes_and_loads_with_identical_outputs(live):
+    import json
+    from pathlib import Path
+
+    import transformers
+
+    from adapterhub.hub import client
+
+    case = Path(__file__).resolve().parents[1] / "fixtures" / "adapters_lib" / "bert_seq_bn"
+    expected = json.loads((case / "expected.json").read_text())
+    info = client.push_adapter_dir(
+        case / "adapter",
+        owner="alice",
+        name="their-seq-bn",
+        task="sentiment",
+        subtask="sst-2",
+        token=live.tokens["alice"],
+    )
+    assert info["version"] == 1
+    model = adapterhub.init(transformers.AutoModel.from_pretrained(case / "base").eval())
+    model.config.name_or_path = "tiny-random-bert"  # the model name that library wrote into the adapter
+    name = model.load_adapter("@alice/their-seq-bn", set_active=True)
+    inputs = {k: torch.tensor(expected[k]) for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        assert torch.allclose(model(**inputs).logits, torch.tensor(expected["logits"]), atol=1e-4)
+    assert name == expected["adapter_name"]
