@@ -8,7 +8,7 @@ model.train_adapter("sst-2")
 
 __version__ = "0.1.0"
 
-from adapterhub.composition import Stack
+from adapterhub.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from adapterhub.configs import BottleneckConfig, MethodConfig, resolve_config
 from adapterhub.errors import (
     AdapterExistsError,
@@ -19,6 +19,7 @@ from adapterhub.errors import (
     IncompatibleModelError,
     UnsupportedArchitectureError,
 )
+from adapterhub.fusion import FusionConfig
 from adapterhub.model import init
 
 __all__ = [
@@ -26,10 +27,16 @@ __all__ = [
     "AdapterFileError",
     "AdapterHubError",
     "AdapterNotFoundError",
+    "Average",
+    "BatchSplit",
     "BottleneckConfig",
     "ConfigError",
+    "Fuse",
+    "FusionConfig",
     "IncompatibleModelError",
     "MethodConfig",
+    "Parallel",
+    "Split",
     "Stack",
     "UnsupportedArchitectureError",
     "__version__",

@@ -1,8 +1,320 @@
-"""The fusion half of the model API (AdapterFusion): see ``adapterhub.fusion``."""
+"""The fusion half of the model API (AdapterFusion): see ``adapterhub.fusion`` for the math.
+
+::
+
+    model.add_adapter_fusion(Fuse("a", "b", "c"), config="dynamic")     # or "static", FusionConfig(...)
+    model.add_classification_head("target", num_labels=3)
+    model.train_adapter_fusion(Fuse("a", "b", "c"), head="target")     # base + adapters frozen
+    ...                                                                 # loss includes λ·||I - V||² while training
+    model.save_adapter_fusion("out/fusion", Fuse("a", "b", "c"))       # fusion + head + the three adapters
+    model.load_adapter_fusion("out/fusion", set_active=True)
+    model.fusion_activations(texts, tokenizer=tok)                      # mean weight per (layer, adapter)
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-class FusionMixin:
+import torch
+
+from adapterhub.composition import Fuse, normalize_setup, setup_names
+from adapterhub.errors import AdapterExistsError, AdapterNotFoundError, ConfigError, did_you_mean
+from adapterhub.heads.api import HeadsMixin
+
+if TYPE_CHECKING:
+    from adapterhub.fusion import AdapterFusion, FusionActivations, FusionConfig
+
+
+def as_fuse(setup: Any) -> Fuse:
+    """``Fuse(...)``, ``"a,b,c"`` or ``["a", "b", "c"]`` -> ``Fuse("a", "b", "c")``."""
+    if isinstance(setup, Fuse):
+        return setup
+    if isinstance(setup, str):
+        return Fuse(*[s.strip() for s in setup.split(",") if s.strip()])
+    if isinstance(setup, Sequence) and all(isinstance(s, str) for s in setup):
+        return Fuse(*setup)
+    raise ConfigError(f"Expected Fuse('a', 'b', ...), 'a,b' or a list of adapter names; got {setup!r}.")
+
+
+class FusionMixin(HeadsMixin):
     """Methods mixed into the model by ``adapterhub.init`` for AdapterFusion; fusions live in
-    ``model._adapterhub.fusions``."""
+    ``model._adapterhub.fusions`` under the key ``"a,b,c"``."""
+
+    # ------------------------------------------------------------------ create / delete
+    @property
+    def fusions(self) -> dict[str, FusionConfig]:
+        """Fusion name (``"a,b,c"``) -> its config."""
+        return {name: module.config for name, module in self._store.fusions.items()}  # type: ignore[attr-defined]
+
+    def _require_fusion(self, setup: Any) -> AdapterFusion:
+        fuse = as_fuse(setup)
+        fusions = self._store.fusions  # type: ignore[attr-defined]
+        if fuse.fusion_name not in fusions:
+            known = ", ".join(fusions.keys()) or "none yet"
+            raise AdapterNotFoundError(
+                f"No fusion {fuse!r}{did_you_mean(fuse.fusion_name, fusions.keys())}. Fusions on this model: "
+                f"{known}. Add one with model.add_adapter_fusion({fuse!r})."
+            )
+        return fusions[fuse.fusion_name]  # type: ignore[no-any-return]
+
+    def _fusion_sites(self, fuse: Fuse) -> dict[int, tuple[str, ...]]:
+        from adapterhub.methods.bottleneck import BottleneckAdapter
+
+        modules = [self._require_adapter(n) for n in fuse.children]  # type: ignore[attr-defined]
+        for name, module in zip(fuse.children, modules, strict=True):
+            if not isinstance(module, BottleneckAdapter):
+                raise ConfigError(
+                    f"Fuse combines bottleneck adapters; {name!r} is a {module.config.method} adapter."
+                )
+        sites: dict[int, tuple[str, ...]] = {}
+        for layer in range(self.model_dims().num_layers):  # type: ignore[attr-defined]
+            per_adapter = {
+                name: tuple(m.sites_at(layer)) for name, m in zip(fuse.children, modules, strict=True)
+            }
+            if len(set(per_adapter.values())) > 1:
+                raise ConfigError(
+                    f"The adapters of {fuse!r} sit at different sites in layer {layer} ({per_adapter}); a fusion needs "
+                    "adapters at the same positions (e.g. all 'pfeiffer' or all 'houlsby', same leave_out)."
+                )
+            sites[layer] = next(iter(per_adapter.values()))
+        return sites
+
+    def _build_fusion(self, fuse: Fuse, config: FusionConfig) -> AdapterFusion:
+        from adapterhub.fusion import AdapterFusion
+
+        dropout = config.dropout
+        if dropout is None:
+            dropout = float(getattr(self.config, "attention_probs_dropout_prob", 0.0) or 0.0)  # type: ignore[attr-defined]
+        return AdapterFusion(
+            fuse.children,  # type: ignore[arg-type]
+            config,
+            self.model_dims().hidden_size,  # type: ignore[attr-defined]
+            self._fusion_sites(fuse),
+            dropout,
+        )
+
+    def add_adapter_fusion(
+        self,
+        adapter_setup: Any,
+        config: str | Mapping[str, Any] | FusionConfig | None = "dynamic",
+        *,
+        overwrite_ok: bool = False,
+        set_active: bool = False,
+    ) -> AdapterFusion:
+        """Add fusion weights for ``Fuse(a, b, ...)`` over existing adapters (which must sit at the same sites).
+
+        ``config``: ``"dynamic"`` (Q, K, V; V initialised to identity and regularised towards it), ``"static"``
+        (Q, K, no V), a dict or a ``FusionConfig``."""
+        from adapterhub.fusion import resolve_fusion_config
+
+        fuse = as_fuse(adapter_setup)
+        resolved = resolve_fusion_config(config)
+        if fuse.fusion_name in self._store.fusions and not overwrite_ok:  # type: ignore[attr-defined]
+            raise AdapterExistsError(
+                f"A fusion {fuse!r} already exists; pass overwrite_ok=True to replace it."
+            )
+        module = self._place(self._build_fusion(fuse, resolved))  # type: ignore[attr-defined]
+        self._store.fusions[fuse.fusion_name] = module  # type: ignore[attr-defined]
+        if set_active:
+            self.set_active_adapters(fuse)  # type: ignore[attr-defined]
+        return module  # type: ignore[no-any-return]
+
+    def delete_adapter_fusion(self, adapter_setup: Any) -> None:
+        fuse = as_fuse(adapter_setup)
+        self._require_fusion(fuse)
+        del self._store.fusions[fuse.fusion_name]  # type: ignore[attr-defined]
+        if fuse in _fuses(self._store.active_setup):  # type: ignore[attr-defined]
+            self._store.active_setup = None  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ training
+    def train_adapter_fusion(
+        self,
+        adapter_setup: Any,
+        *,
+        unfreeze_adapters: bool = False,
+        train_head: bool = True,
+        head: str | None = None,
+    ) -> None:
+        """Freeze the base model and (unless ``unfreeze_adapters``) the adapters; train the fusion weights of every
+        ``Fuse`` in ``adapter_setup`` and the head; activate the setup; switch to training mode.
+
+        The head trained is ``head`` if given (and made the active head), else the active flexible head, else the
+        model's built-in head. While training, the forward adds ``λ·||I - V||²`` of the trained fusions to the
+        returned loss."""
+        setup = normalize_setup(
+            adapter_setup if not isinstance(adapter_setup, str) else as_fuse(adapter_setup)
+        )
+        fuses = _fuses(setup)
+        if not fuses:
+            raise ConfigError(
+                f"train_adapter_fusion needs a setup with a Fuse(...) block, got {adapter_setup!r}."
+            )
+        modules = [self._require_fusion(f) for f in fuses]
+        for param in self.parameters():  # type: ignore[attr-defined]
+            param.requires_grad_(False)
+        for module in modules:
+            module.requires_grad_(True)
+        if unfreeze_adapters:
+            for name in setup_names(setup):
+                self._require_adapter(name).requires_grad_(True)  # type: ignore[attr-defined]
+        self.set_active_adapters(setup)  # type: ignore[attr-defined]
+        if head is not None:
+            self.active_head = head
+        if train_head:
+            from adapterhub.heads import static_head_parameters
+
+            head_name = self.active_head
+            if head_name is not None:
+                self._store.heads[head_name].requires_grad_(True)  # type: ignore[attr-defined]
+            else:
+                for param in static_head_parameters(self).values():  # type: ignore[arg-type]
+                    param.requires_grad_(True)
+        self.train()  # type: ignore[attr-defined]
+
+    def fusion_regularization_loss(self, adapter_setup: Any = None) -> torch.Tensor | None:
+        """``λ·Σ||I - V||²`` of the fusions in ``adapter_setup`` (default: the active setup) that are being
+        trained; add it to your loss if you compute the loss outside the model."""
+        from adapterhub.fusion import regularization_loss
+
+        setup = self._store.current_setup() if adapter_setup is None else normalize_setup(adapter_setup)  # type: ignore[attr-defined]
+        if isinstance(setup, str) and "," in setup:
+            setup = as_fuse(setup)
+        return regularization_loss(self._store, setup)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ save / load
+    def save_adapter_fusion(
+        self,
+        directory: str | os.PathLike[str],
+        adapter_setup: Any,
+        *,
+        with_head: bool | str = True,
+        with_adapters: bool = True,
+    ) -> Path:
+        """Save the fusion weights of ``adapter_setup`` (``Fuse(...)`` or ``"a,b,c"``) to ``directory``.
+
+        ``with_head``: True saves the active flexible head (else the model's built-in head if it has one), a
+        string saves that flexible head, False none. ``with_adapters``: also save each fused adapter (without
+        head) into ``directory/adapters/<name>/`` so that ``load_adapter_fusion`` restores everything."""
+        from adapterhub.io.fusion_dir import ADAPTERS_SUBDIR, FusionRecord, write_fusion_dir
+
+        fuse = as_fuse(adapter_setup)
+        module = self._require_fusion(fuse)
+        head = None
+        if with_head:
+            head_name = with_head if isinstance(with_head, str) else self.active_head
+            if isinstance(with_head, str) and head_name not in self._store.heads:  # type: ignore[attr-defined]
+                raise AdapterNotFoundError(f"No head named {head_name!r} to save with the fusion.")
+            head = self._head_record(head_name) if head_name else self._head_record("__static__")  # type: ignore[attr-defined]
+        directory = Path(directory)
+        adapter_dirs: dict[str, Path] = {}
+        if with_adapters:
+            for name in fuse.children:
+                target = directory / ADAPTERS_SUBDIR / name  # type: ignore[operator]
+                self.save_adapter(target, name, with_head=False)  # type: ignore[attr-defined]
+                adapter_dirs[name] = target  # type: ignore[index]
+        record = FusionRecord(
+            adapters=tuple(fuse.children),  # type: ignore[arg-type]
+            config=module.config.to_dict(),
+            model=self.model_info(),  # type: ignore[attr-defined]
+            tensors=dict(module.state_dict()),
+            head=head,
+            adapter_dirs=adapter_dirs,
+        )
+        return write_fusion_dir(record, directory)
+
+    def load_adapter_fusion(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        set_active: bool = False,
+        with_head: bool = True,
+        load_adapters: bool = True,
+        overwrite_ok: bool = False,
+    ) -> Fuse:
+        """Load fusion weights (our layout, or the `adapters` library's ``save_adapter_fusion`` output) and the
+        head saved with them. Adapters saved alongside (our layout) are loaded when the model lacks them; the
+        `adapters` layout holds no adapters, so load those first with ``load_adapter``. Everything is checked
+        before the model changes. Returns the ``Fuse`` block (activated with its head if ``set_active``)."""
+        from adapterhub.fusion import FusionConfig
+        from adapterhub.io.fusion_dir import read_fusion_dir
+        from adapterhub.model import _load_exact
+
+        record = read_fusion_dir(directory, spec=self._spec, with_head=with_head)  # type: ignore[attr-defined]
+        fuse = Fuse(*record.adapters)
+        self._check_compatible(record.model, f"fusion {fuse!r}")  # type: ignore[attr-defined]
+        if fuse.fusion_name in self._store.fusions and not overwrite_ok:  # type: ignore[attr-defined]
+            raise AdapterExistsError(
+                f"A fusion {fuse!r} already exists; pass overwrite_ok=True to replace it."
+            )
+        missing = [n for n in record.adapters if not self.has_adapter(n)]  # type: ignore[attr-defined]
+        if missing and not (load_adapters and all(n in record.adapter_dirs for n in missing)):
+            raise AdapterNotFoundError(
+                f"The fusion {fuse!r} needs adapter(s) {missing}, which this model does not have"
+                + (" and the fusion directory does not hold" if record.adapter_dirs else "")
+                + ". Load them first with model.load_adapter(path)."
+            )
+        for name in missing:
+            self.load_adapter(record.adapter_dirs[name], with_head=False)  # type: ignore[attr-defined]
+        try:
+            module = self._build_fusion(fuse, FusionConfig.from_dict(record.config))
+            _load_exact(module, record.tensors, f"fusion {fuse!r}")
+            install_head = (
+                self._prepare_head(record.head, record.head.name)  # type: ignore[attr-defined]
+                if with_head and record.head is not None
+                else None
+            )
+        except Exception:
+            for name in missing:  # leave the model as it was
+                del self._store.adapters[name]  # type: ignore[attr-defined]
+            raise
+        self._store.fusions[fuse.fusion_name] = self._place(module)  # type: ignore[attr-defined]
+        if install_head is not None:
+            install_head()
+        if set_active:
+            self.set_active_adapters(fuse)  # type: ignore[attr-defined]
+            if record.head is not None and record.head.head_type != "static":
+                self.active_head = record.head.name
+        return fuse
+
+    # ------------------------------------------------------------------ analysis
+    def fusion_activations(
+        self,
+        data: Any,
+        tokenizer: Any = None,
+        *,
+        fusion: Any = None,
+        batch_size: int = 32,
+        max_length: int = 128,
+    ) -> FusionActivations:
+        """Mean softmax weight per (layer, adapter) of a fusion over ``data`` (the paper's Figure 4/6 analysis).
+
+        ``data``: a list of texts or ``Example`` rows (with ``tokenizer``), or an iterable of batches (dicts with
+        ``input_ids`` / ``attention_mask``, e.g. a DataLoader). ``fusion``: which ``Fuse`` (default: the one in
+        the active setup, or the only fusion of the model). Averages over non-padding tokens; rows sum to 1.
+        Plot with ``adapterhub.fusion.plot_fusion_heatmap``."""
+        from adapterhub.fusion import compute_fusion_activations
+
+        if fusion is None:
+            active = _fuses(self._store.current_setup())  # type: ignore[attr-defined]
+            names = list(self._store.fusions.keys())  # type: ignore[attr-defined]
+            if active:
+                fuse = active[0]
+            elif len(names) == 1:
+                fuse = as_fuse(names[0])
+            else:
+                raise ConfigError(f"Which fusion? Pass fusion=Fuse(...); the model has {names or 'none'}.")
+        else:
+            fuse = as_fuse(fusion)
+        self._require_fusion(fuse)
+        return compute_fusion_activations(
+            self, fuse, data, tokenizer, batch_size=batch_size, max_length=max_length
+        )
+
+
+def _fuses(setup: Any) -> list[Fuse]:
+    from adapterhub.fusion import fuse_blocks
+
+    return fuse_blocks(setup)

@@ -24,8 +24,10 @@ from adapterhub.architectures import ArchitectureSpec, get_layers, spec_for_mode
 from adapterhub.composition import (
     Setup,
     SiteRun,
+    branch_names,
     install_composition_hooks,
     normalize_setup,
+    parallel_block,
     run_setup,
     setup_names,
 )
@@ -40,7 +42,7 @@ from adapterhub.errors import (
 )
 from adapterhub.fusion_api import FusionMixin
 from adapterhub.heads import HEADS, Head, static_head_parameters
-from adapterhub.heads.api import HeadsMixin, check_name
+from adapterhub.heads.api import check_name
 from adapterhub.heads.base import head_class
 from adapterhub.heads.routing import install_head_routing
 from adapterhub.injection import SiteInjector
@@ -115,7 +117,7 @@ class AdapterStore(nn.Module):
                 self._overrides_open -= 1
 
 
-class AdapterModelMixin(HeadsMixin, FusionMixin):
+class AdapterModelMixin(FusionMixin):  # FusionMixin extends HeadsMixin
     """Adapter API added to a transformers model by ``adapterhub.init``."""
 
     # ------------------------------------------------------------------ internals
@@ -254,6 +256,13 @@ class AdapterModelMixin(HeadsMixin, FusionMixin):
             self._store.adapters[name].requires_grad_(True)
         self.set_active_adapters(normalized)
         if train_head:
+            parallel = parallel_block(normalized)
+            if parallel is not None:  # one head per branch
+                for branch in branch_names(parallel):
+                    if branch in self._store.heads:
+                        self._store.heads[branch].requires_grad_(True)
+                self.train()  # type: ignore[attr-defined]
+                return
             head = self._store.heads[names[-1]] if names[-1] in self._store.heads else None  # noqa: SIM401 (ModuleDict has no .get)
             if head is not None:
                 head.requires_grad_(True)
@@ -483,13 +492,28 @@ class AdapterModelMixin(HeadsMixin, FusionMixin):
 
     # ------------------------------------------------------------------ base model save
     def save_pretrained(self, save_directory: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Any:
-        """The base model's ``save_pretrained`` without adapterhub's modules (save those with ``save_adapter``)."""
+        """The base model's ``save_pretrained`` without adapterhub's modules (save those with ``save_adapter``).
+
+        Warns when trainable adapters or heads are left out (e.g. a stock ``transformers.Trainer`` checkpoint
+        during adapter training): use ``adapterhub.training.AdapterTrainer``, whose checkpoints hold them."""
         if "state_dict" not in kwargs:
             kwargs["state_dict"] = {
                 k: v
                 for k, v in self.state_dict().items()  # type: ignore[attr-defined]
                 if not k.startswith(STORE_ATTR + ".")
             }
+            left_out = [
+                n
+                for n, p in self.named_parameters()  # type: ignore[attr-defined]
+                if n.startswith(STORE_ATTR + ".") and p.requires_grad
+            ]
+            if left_out:
+                warnings.warn(
+                    f"save_pretrained saves the base model only; {len(left_out)} trainable adapter/head tensors are "
+                    "not in it. Save them with model.save_adapter(dir, name), or train with "
+                    "adapterhub.training.AdapterTrainer, whose checkpoints hold adapters and heads.",
+                    stacklevel=2,
+                )
         return super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]
 
 

@@ -210,3 +210,11 @@ def test_new_adapters_and_heads_follow_the_models_train_or_eval_mode():
     model.train()
     model.add_adapter("b")
     assert model._adapterhub.adapters["b"].training
+
+
+def test_base_save_pretrained_warns_when_trainable_adapters_are_left_out(tmp_path):
+    model = adapterhub.init(build("bert"))
+    model.add_adapter("a")
+    model.train_adapter("a")
+    with pytest.warns(UserWarning, match="save_adapter"):
+        model.save_pretrained(tmp_path)

@@ -1,10 +1,32 @@
 """Prediction heads. A head maps the base model's last hidden states to task outputs and is saved with an adapter.
 
-``HEADS`` maps a head type to its class; new head types register with ``@register_head("type")``.
+``HEADS`` maps a head type to its class; new head types register with ``@register_head("type")``. Types:
+classification, regression, multilabel, tagging, multiple_choice, question_answering, causal_lm, masked_lm, and
+``static`` for the model's own built-in head (see ``heads/static.py``).
 """
 
-from adapterhub.heads.base import HEADS, Head, HeadOutput, register_head
-from adapterhub.heads.classification import ClassificationHead
+from adapterhub.heads.base import HEADS, Head, HeadInputs, HeadOutput, register_head
+from adapterhub.heads.classification import ClassificationHead, MultiLabelClassificationHead, RegressionHead
+from adapterhub.heads.lm import CausalLMHead, LanguageModelHead, MaskedLMHead
+from adapterhub.heads.multiple_choice import MultipleChoiceHead
+from adapterhub.heads.qa import QuestionAnsweringHead
 from adapterhub.heads.static import static_head_parameters
+from adapterhub.heads.tagging import TaggingHead
 
-__all__ = ["HEADS", "ClassificationHead", "Head", "HeadOutput", "register_head", "static_head_parameters"]
+__all__ = [
+    "HEADS",
+    "CausalLMHead",
+    "ClassificationHead",
+    "Head",
+    "HeadInputs",
+    "HeadOutput",
+    "LanguageModelHead",
+    "MaskedLMHead",
+    "MultiLabelClassificationHead",
+    "MultipleChoiceHead",
+    "QuestionAnsweringHead",
+    "RegressionHead",
+    "TaggingHead",
+    "register_head",
+    "static_head_parameters",
+]

@@ -1,10 +1,12 @@
-"""Sequence classification and regression head.
+"""Sequence classification, regression and multi-label classification heads.
 
 ``logits = W_n · ... f(W_1 · dropout(v)) ...`` on one vector ``v`` per row (first token for encoders, last token
 for decoders, or the model's pooler output): ``layers - 1`` blocks of dropout, Linear(d, d), activation, then
 dropout, Linear(d, num_labels). Its parameter names (``layers.1``, ``layers.4`` for two layers) follow the layout
-the ``adapters`` library uses, so its heads load by name. ``num_labels == 1`` is regression (MSE loss); otherwise
-cross-entropy, or binary cross-entropy per label when ``multilabel``.
+the ``adapters`` library uses, so its heads load by name.
+
+Losses: ``num_labels == 1`` is regression (mean squared error); ``multilabel`` is binary cross-entropy per label
+with ``labels`` of shape (batch, num_labels) holding 0/1; otherwise cross-entropy over ``labels`` (batch,).
 """
 
 from __future__ import annotations
@@ -16,8 +18,19 @@ import torch
 from torch import nn
 
 from adapterhub.errors import ConfigError
-from adapterhub.heads.base import Head, HeadInputs, HeadOutput, pool, register_head
-from adapterhub.methods.bottleneck import make_activation
+from adapterhub.heads.base import (
+    Head,
+    HeadInputs,
+    HeadOutput,
+    check_activation,
+    check_dropout,
+    check_id2label,
+    check_pooling,
+    check_positive_int,
+    mlp,
+    pool,
+    register_head,
+)
 
 
 @register_head("classification")
@@ -39,52 +52,76 @@ class ClassificationHead(Head):
     ) -> None:
         if id2label and num_labels != len(id2label):
             num_labels = len(id2label)
-        if not isinstance(num_labels, int) or num_labels < 1:
-            raise ConfigError(f"num_labels must be a positive integer, got {num_labels!r}.")
-        if not isinstance(layers, int) or layers < 1:
-            raise ConfigError(f"layers must be a positive integer, got {layers!r}.")
+        check_positive_int(num_labels, "num_labels")
+        check_positive_int(layers, "layers")
+        check_id2label(id2label, num_labels)
+        if multilabel and num_labels < 2:
+            raise ConfigError("A multi-label head needs num_labels >= 2 (one output per label).")
         super().__init__(name, hidden_size, id2label)
         self.num_labels = num_labels
         self.settings = {
             "num_labels": num_labels,
             "layers": layers,
-            "activation": activation,
-            "dropout": dropout,
-            "pooling": pooling,
-            "use_pooler": use_pooler,
-            "multilabel": multilabel,
-            "bias": bias,
+            "activation": check_activation(activation),
+            "dropout": check_dropout(dropout),
+            "pooling": check_pooling(pooling),
+            "use_pooler": bool(use_pooler),
+            "multilabel": bool(multilabel),
+            "bias": bool(bias),
         }
-        modules: list[nn.Module] = []
-        for _ in range(layers - 1):
-            modules += [
-                nn.Dropout(dropout),
-                nn.Linear(hidden_size, hidden_size, bias=bias),
-                make_activation(activation),
-            ]
-        modules += [nn.Dropout(dropout), nn.Linear(hidden_size, num_labels, bias=bias)]
-        self.layers = nn.Sequential(*modules)
-        for module in self.layers:
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        self.layers = mlp(
+            hidden_size, num_labels, layers=layers, activation=activation, dropout=dropout, bias=bias
+        )
 
     def options(self) -> dict[str, Any]:
         return dict(self.settings)
 
-    def forward(self, inputs: HeadInputs, labels: torch.Tensor | None = None) -> HeadOutput:
+    def forward(self, inputs: HeadInputs, labels: Mapping[str, torch.Tensor] | None = None) -> HeadOutput:
         if self.settings["use_pooler"] and inputs.pooled is not None:
             vector = inputs.pooled
         else:
-            vector = pool(inputs, self.settings["pooling"])  # (batch, d)
+            vector = pool(inputs, str(self.settings["pooling"]))  # (batch, d)
         logits = self.layers(vector)  # (batch, num_labels)
+        target = (labels or {}).get("labels")
         loss = None
-        if labels is not None:
+        if target is not None:
             if self.num_labels == 1:
-                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
+                loss = nn.functional.mse_loss(logits.view(-1), target.to(logits.dtype).view(-1))
             elif self.settings["multilabel"]:
-                loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+                loss = nn.functional.binary_cross_entropy_with_logits(
+                    logits, target.to(logits.dtype).view_as(logits)
+                )
             else:
-                loss = nn.functional.cross_entropy(logits, labels.view(-1))
+                loss = nn.functional.cross_entropy(logits, target.view(-1))
         return HeadOutput(logits=logits, loss=loss)
+
+
+@register_head("regression")
+class RegressionHead(ClassificationHead):
+    """One real-valued output per row, trained with mean squared error (``labels``: (batch,) floats)."""
+
+    def __init__(self, name: str, hidden_size: int, num_labels: int = 1, **options: Any) -> None:
+        if num_labels != 1:
+            raise ConfigError(
+                f"A regression head has exactly one output (num_labels=1), got num_labels={num_labels!r}. "
+                "For several outputs use a multilabel or classification head."
+            )
+        if options.get("multilabel"):
+            raise ConfigError("A regression head cannot be multilabel; use head type 'multilabel'.")
+        if options.get("id2label"):
+            raise ConfigError("A regression head has no label map (id2label).")
+        super().__init__(name, hidden_size, 1, **options)
+
+
+@register_head("multilabel")
+class MultiLabelClassificationHead(ClassificationHead):
+    """Independent yes/no per label (sigmoid outputs), trained with binary cross-entropy.
+
+    ``labels``: (batch, num_labels) of 0/1; a prediction is ``logits > 0``."""
+
+    def __init__(self, name: str, hidden_size: int, num_labels: int = 2, **options: Any) -> None:
+        if options.pop("multilabel", True) is False:
+            raise ConfigError(
+                "A multilabel head must have multilabel=True; use a classification head instead."
+            )
+        super().__init__(name, hidden_size, num_labels, multilabel=True, **options)

@@ -1,22 +1,45 @@
 """Route the model's output through the active flexible head.
 
-The base model's output is captured by a forward hook; while a flexible head is active, ``labels`` are kept away
-from the model's own head (so its loss does not run on labels meant for ours), and the model's output is replaced by
-the head's output (logits and loss). Hooks are small objects so that ``copy.deepcopy(model)`` re-points them.
+Three hooks, installed once by ``adapterhub.init``:
+
+- a pre-hook on the model keeps the active head's targets (``labels``, ``start_positions``, ...) away from the
+  model's own head while a flexible head is active (so the built-in loss does not run on them), and takes
+  ``num_items_in_batch`` / ``logits_to_keep`` out of the call for the head;
+- a pre-hook on the base model flattens multiple-choice inputs (batch, n_choices, seq) -> (batch * n_choices, seq)
+  while a multiple-choice head is active (a ``...ForMultipleChoice`` model has done it already);
+- a forward hook on the base model captures its output, and a forward hook on the model replaces the model's
+  output by the head's, as the transformers output class of the head's task (``SequenceClassifierOutput``,
+  ``TokenClassifierOutput``, ``MultipleChoiceModelOutput``, ``QuestionAnsweringModelOutput``,
+  ``CausalLMOutputWithPast`` with the base model's ``past_key_values`` so ``generate()`` works, ``MaskedLMOutput``).
+
+Hooks are small objects so that ``copy.deepcopy(model)`` re-points them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from adapterhub.architectures import get_base_model
-from adapterhub.heads.base import HeadInputs
+from adapterhub.heads.base import HEADS, Head, HeadInputs
 
 if TYPE_CHECKING:
     from adapterhub.model import AdapterStore
+
+_CHOICE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+def all_label_names() -> set[str]:
+    """Every keyword that carries targets for some registered head type."""
+    return {name for cls in HEADS.values() for name in cls.label_names}
+
+
+def _active(model: nn.Module, store: AdapterStore) -> Head | None:
+    name: str | None = model.active_head  # type: ignore[assignment]
+    return None if name is None else store.heads[name]  # type: ignore[return-value]
 
 
 class _CaptureBaseOutput:
@@ -28,48 +51,128 @@ class _CaptureBaseOutput:
 
 
 class _HideLabels:
-    """Pre-hook: while a flexible head is active, keep ``labels`` away from the model's own head and loss."""
+    """Pre-hook: while a flexible head is active, keep the targets away from the model's own head and loss."""
 
     def __init__(self, model: nn.Module, store: AdapterStore) -> None:
         self.model, self.store = model, store
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self.model.active_head is None or "labels" not in kwargs:  # type: ignore[attr-defined]
+        head = _active(self.model, self.store)
+        if head is None:
             return None
         kwargs = dict(kwargs)
-        self.store.pending_labels = kwargs.pop("labels")
+        labels = {name: kwargs.pop(name) for name in sorted(all_label_names()) if name in kwargs}
+        self.store.pending_labels = {
+            k: v for k, v in labels.items() if k in head.label_names and v is not None
+        }  # type: ignore[assignment]
+        kwargs.pop("num_items_in_batch", None)  # our heads average their own loss
+        keep = kwargs.get("logits_to_keep")
+        if keep is not None and not _accepts(module, "logits_to_keep"):
+            kwargs.pop("logits_to_keep")
+        self.store.pending_logits_to_keep = keep  # type: ignore[assignment]
         return args, kwargs
 
 
+def _accepts(module: nn.Module, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(module.forward).parameters
+
+
+class _FlattenChoices:
+    """Base-model pre-hook: (batch, n_choices, seq) inputs -> (batch * n_choices, seq) for a multiple-choice head."""
+
+    def __init__(self, model: nn.Module, store: AdapterStore) -> None:
+        self.model, self.store = model, store
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        head = _active(self.model, self.store)
+        if head is None or not head.flattens_choices:
+            return None
+        n_choices = None
+        kwargs = dict(kwargs)
+        for key in (*_CHOICE_INPUTS, "inputs_embeds"):
+            value = kwargs.get(key)
+            rank = 4 if key == "inputs_embeds" else 3
+            if isinstance(value, torch.Tensor) and value.dim() == rank:
+                n_choices = value.shape[1]
+                kwargs[key] = value.reshape(-1, *value.shape[2:])  # (batch * n_choices, seq[, d])
+        flat_args = []
+        for value in args:
+            if isinstance(value, torch.Tensor) and value.dim() == 3:
+                n_choices = value.shape[1]
+                value = value.reshape(-1, value.shape[-1])
+            flat_args.append(value)
+        if n_choices is None:
+            return None
+        self.store.pending_num_choices = n_choices  # type: ignore[assignment]
+        return tuple(flat_args), kwargs
+
+
+def _flat(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.dim() == 3:
+        return value.reshape(-1, value.shape[-1])
+    return value
+
+
 class _ApplyHead:
-    """Forward hook: replace the model's output by the active flexible head's logits (and loss)."""
+    """Forward hook: replace the model's output by the active flexible head's output (and loss)."""
 
     def __init__(self, model: nn.Module, store: AdapterStore) -> None:
         self.model, self.store = model, store
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
         store = self.store
-        head_name = self.model.active_head  # type: ignore[attr-defined]
+        head = _active(self.model, store)
         base_output, store.captured_base_output = store.captured_base_output, None
         labels, store.pending_labels = store.pending_labels, None
-        if head_name is None or base_output is None:
+        n_choices = getattr(store, "pending_num_choices", None)
+        keep = getattr(store, "pending_logits_to_keep", None)
+        store.pending_num_choices = store.pending_logits_to_keep = None  # type: ignore[assignment]
+        if head is None or base_output is None:
             return None
-        hidden = base_output[0] if isinstance(base_output, tuple) else base_output.last_hidden_state
-        pooled = getattr(base_output, "pooler_output", None)
+        is_tuple = isinstance(base_output, tuple)
+        hidden = base_output[0] if is_tuple else base_output.last_hidden_state
+        pooled = None if is_tuple else getattr(base_output, "pooler_output", None)
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         attention_mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-        result = store.heads[head_name](HeadInputs(hidden, attention_mask, input_ids, pooled), labels)
-        return SequenceClassifierOutput(
-            loss=result.loss,
-            logits=result.logits,
-            hidden_states=getattr(output, "hidden_states", None),
-            attentions=getattr(output, "attentions", None),
+        if head.flattens_choices:
+            if n_choices is None and isinstance(input_ids, torch.Tensor) and input_ids.dim() == 3:
+                n_choices = input_ids.shape[1]
+            input_ids, attention_mask = _flat(input_ids), _flat(attention_mask)
+        embeddings = None
+        if head.needs_embeddings:
+            from adapterhub.heads.lm import output_embedding_matrix
+
+            embeddings = output_embedding_matrix(self.model)
+        inputs = HeadInputs(
+            hidden=hidden,
+            attention_mask=attention_mask if isinstance(attention_mask, torch.Tensor) else None,
+            input_ids=input_ids if isinstance(input_ids, torch.Tensor) else None,
+            pooled=pooled,
+            num_choices=n_choices,
+            embeddings=embeddings,
+            logits_to_keep=keep,
         )
+        result = head(inputs, labels or None)
+        values: dict[str, Any] = {"loss": result.loss, "logits": result.logits, **result.extra}
+        for name in ("past_key_values", "hidden_states", "attentions"):
+            values[name] = getattr(output, name, None) if not isinstance(output, tuple) else None
+            if values[name] is None and not is_tuple:
+                values[name] = getattr(base_output, name, None)
+        fields = {f.name for f in dataclasses.fields(head.output_type)}  # type: ignore[arg-type]
+        new_output = head.output_type(**{k: v for k, v in values.items() if k in fields})
+        if isinstance(output, tuple):  # return_dict=False
+            return new_output.to_tuple()
+        return new_output
 
 
 def install_head_routing(model: nn.Module, store: AdapterStore) -> None:
     """Route outputs through the active flexible head (if any): the base model's hidden states are captured and
-    the model's output is replaced by the head's logits (and loss, computed from ``labels``)."""
-    get_base_model(model).register_forward_hook(_CaptureBaseOutput(store))
+    the model's output is replaced by the head's logits (and loss, computed from the head's targets)."""
+    base = get_base_model(model)
+    store.pending_num_choices = store.pending_logits_to_keep = None  # type: ignore[assignment]
+    base.register_forward_hook(_CaptureBaseOutput(store))
+    base.register_forward_pre_hook(_FlattenChoices(model, store), with_kwargs=True)
     model.register_forward_pre_hook(_HideLabels(model, store), with_kwargs=True)
     model.register_forward_hook(_ApplyHead(model, store), with_kwargs=True)

@@ -1,0 +1,545 @@
+"""AdapterFusion (Pfeiffer et al. 2020): attention over the outputs of N trained adapters, per layer and site.
+
+At a site with sub-layer output ``h`` and residual input ``x``, the adapters ``1..N`` of ``Fuse(a_1, ..., a_N)``
+all read the input that the last adapter's config prepares (Pfeiffer: ``a = LN(h + x)``), and each gives its
+up-projection ``u_n = s_n · A_n(a)`` (no residual). With query, key and value matrices ``Q, K, V`` of this site::
+
+    q    = Q a + b_Q                                  # (B, T, d)   query: the feed-forward output after LN
+    e_n  = q · (K u_n + b_K)                          # (B, T, N)   plain dot product, no 1/sqrt(d)
+    p    = softmax_n(dropout(e))                      # (B, T, N)   the fusion weights (Figure 4/6 of the paper)
+    o    = Σ_n p_n (V u_n) = V (Σ_n p_n u_n)          # (B, T, d)   V has no bias
+    site = leave(o + h)                               # Pfeiffer: LN(o + h + x)
+
+This is the computation of the `adapters` library (checked against its fixtures, docs/compat.md). Computed in a
+cheap but exactly equivalent order: ``q · (K u_n + b_K) = (a W_Qᵀ W_K + b_Q W_K) · u_n + const`` needs one ``d × d``
+product per token for all N keys (``W_Qᵀ W_K`` is formed once per call), and ``V`` is applied once to the mixed
+vector, so fusion costs two ``d × d`` products per token for any N, plus the N adapters themselves, which run as one grouped matmul: their ``W_down`` concatenated into one
+``(N·m, d)`` matrix, their ``W_up`` stacked as ``(N, m, d)`` for one batched matmul.
+
+Initialisation (paper): ``Q`` and ``K`` random (normal, std 0.02, zero bias); ``V`` identity with every
+off-diagonal entry ``1e-6``. Regulariser (paper): while training, ``λ · Σ_sites ||I - V||²_F`` (``λ`` =
+``reg_weight``, 0.01) is added to the loss the model returns, inside its forward (so before ``backward``); call
+``model.fusion_regularization_loss()`` when you compute the loss yourself. Static variant (``"static"``): no ``V``
+(``o = Σ_n p_n u_n``) and no regulariser.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from adapterhub.composition import Fuse, SiteRun
+from adapterhub.errors import AdapterNotFoundError, ConfigError, did_you_mean
+from adapterhub.methods.base import AdapterModule, SiteInputs
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from adapterhub.methods.bottleneck import BottleneckLayer
+    from adapterhub.model import AdapterStore
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+@dataclass(frozen=True, kw_only=True)
+class FusionConfig:
+    """How a fusion layer is built.
+
+    ``query`` / ``key`` / ``value``: learn that matrix (else the identity map); ``query_before_ln``: the query is
+    the sub-layer output ``h`` instead of the adapters' input ``LN(h + x)``; ``value_initialized``: ``V`` starts
+    as identity with off-diagonal 1e-6 (else random like Q, K); ``regularization`` / ``reg_weight``: add
+    ``reg_weight · ||I - V||²`` per site to the training loss; ``dropout``: on the attention scores before the
+    softmax (None: the model's ``attention_probs_dropout_prob``); ``init_std``: std of the random Q, K init.
+    """
+
+    query: bool = True
+    key: bool = True
+    value: bool = True
+    query_before_ln: bool = False
+    value_initialized: bool = True
+    regularization: bool = True
+    reg_weight: float = 0.01
+    dropout: float | None = None
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool" and not isinstance(value, bool):
+                raise ConfigError(f"FusionConfig.{f.name} must be true or false, got {value!r}.")
+        if not isinstance(self.reg_weight, (int, float)) or self.reg_weight < 0:
+            raise ConfigError(f"FusionConfig.reg_weight must be a number >= 0, got {self.reg_weight!r}.")
+        if self.dropout is not None and not (
+            isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1
+        ):
+            raise ConfigError(f"FusionConfig.dropout must be in [0, 1) or null, got {self.dropout!r}.")
+        if not isinstance(self.init_std, (int, float)) or self.init_std <= 0:
+            raise ConfigError(f"FusionConfig.init_std must be a positive number, got {self.init_std!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FusionConfig:
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in data if k not in valid]
+        if unknown:
+            hints = "".join(did_you_mean(k, valid) for k in unknown)
+            raise ConfigError(
+                f"Unknown key(s) {', '.join(map(repr, unknown))} for FusionConfig{hints}. Valid keys: {', '.join(valid)}."
+            )
+        return cls(**data)
+
+
+FUSION_PRESETS: dict[str, FusionConfig] = {
+    "dynamic": FusionConfig(),
+    "static": FusionConfig(value=False, value_initialized=False, regularization=False),
+}
+
+
+def resolve_fusion_config(config: str | Mapping[str, Any] | FusionConfig | None) -> FusionConfig:
+    if config is None:
+        return FUSION_PRESETS["dynamic"]
+    if isinstance(config, FusionConfig):
+        return config
+    if isinstance(config, Mapping):
+        return FusionConfig.from_dict(config)
+    if isinstance(config, str) and config in FUSION_PRESETS:
+        return FUSION_PRESETS[config]
+    raise ConfigError(
+        f"Unknown fusion config {config!r}{did_you_mean(str(config), FUSION_PRESETS)}; use 'dynamic', 'static', "
+        "a dict or a FusionConfig(...)."
+    )
+
+
+# ------------------------------------------------------------------------------------------------ modules
+
+
+class FusionLayer(nn.Module):
+    """Q, K, V of one site. ``forward(query_input (B,T,d), ups (N,B,T,d)) -> (o (B,T,d), p (B,T,N))``."""
+
+    def __init__(self, hidden_size: int, config: FusionConfig, dropout: float) -> None:
+        super().__init__()
+        self.query = nn.Linear(hidden_size, hidden_size) if config.query else None
+        self.key = nn.Linear(hidden_size, hidden_size) if config.key else None
+        self.value = nn.Linear(hidden_size, hidden_size, bias=False) if config.value else None
+        self.dropout = nn.Dropout(dropout)
+        with torch.no_grad():
+            for linear in (self.query, self.key):
+                if linear is not None:
+                    linear.weight.normal_(0.0, config.init_std)
+                    linear.bias.zero_()
+            if self.value is not None:
+                if config.value_initialized:
+                    self.value.weight.fill_(1e-6).fill_diagonal_(1.0)
+                else:
+                    self.value.weight.normal_(0.0, config.init_std)
+
+    def forward(self, query_input: torch.Tensor, ups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        query, key = self.query, self.key
+        if query is not None and key is not None:
+            # q · (W_k u + b_k) with q = W_q a + b_q  =  (a W_qᵀW_k + b_q W_k) · u + (a · W_qᵀb_k + b_q · b_k):
+            # one (d, d) product per token instead of two; W_qᵀW_k costs d³ once per call.
+            folded = query.weight.t() @ key.weight  # (d, d)
+            qk = F.linear(query_input, folded.t(), query.bias @ key.weight)  # (B, T, d)
+            shift = F.linear(query_input, (query.weight.t() @ key.bias).unsqueeze(0), query.bias @ key.bias)
+        else:
+            q = query(query_input) if query is not None else query_input  # (B, T, d)
+            qk = q @ key.weight if key is not None else q  # Kᵀq, so that q · (K u) = (Kᵀq) · u
+            shift = (q * key.bias).sum(-1, keepdim=True) if key is not None else None  # q · b_K
+        scores = torch.einsum("btd,nbtd->btn", qk, ups)  # (B, T, N)
+        if shift is not None:
+            scores = scores + shift  # (B, T, 1): equal for every adapter, matters only under dropout
+        probs = torch.softmax(self.dropout(scores), dim=-1)  # (B, T, N)
+        mixed = torch.einsum("btn,nbtd->btd", probs, ups)  # (B, T, d)
+        out = self.value(mixed) if self.value is not None else mixed
+        return out, probs
+
+    def regularization_loss(self) -> torch.Tensor | None:
+        if self.value is None:
+            return None
+        weight = self.value.weight
+        identity = torch.eye(weight.shape[0], device=weight.device, dtype=weight.dtype)
+        return (identity - weight).pow(2).sum()
+
+
+class AdapterFusion(nn.Module):
+    """The fusion weights of one ``Fuse(...)``: ``layers[str(i)][site]`` is a ``FusionLayer``."""
+
+    def __init__(
+        self,
+        adapter_names: Sequence[str],
+        config: FusionConfig,
+        hidden_size: int,
+        sites: Mapping[int, Sequence[str]],
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.adapter_names = tuple(adapter_names)
+        self.fusion_name = ",".join(self.adapter_names)
+        self.config = config
+        self.hidden_size = hidden_size
+        self.layers = nn.ModuleDict(
+            {
+                str(i): nn.ModuleDict({s: FusionLayer(hidden_size, config, dropout) for s in site_names})
+                for i, site_names in sorted(sites.items())
+                if site_names
+            }
+        )
+
+    def layer_at(self, layer: int, site: str) -> FusionLayer | None:
+        key = str(layer)
+        if key not in self.layers or site not in self.layers[key]:
+            return None
+        return self.layers[key][site]  # type: ignore[return-value]
+
+    def site_keys(self) -> list[tuple[int, str]]:
+        return [(int(i), s) for i, sites in self.layers.items() for s in sites]  # type: ignore[union-attr]
+
+    def regularization_loss(self) -> torch.Tensor | None:
+        """``reg_weight · Σ_sites ||I - V||²_F`` (None for a fusion without V or with regularization off)."""
+        if not (self.config.regularization and self.config.value):
+            return None
+        terms = [
+            term
+            for sites in self.layers.values()
+            for layer in sites.values()  # type: ignore[union-attr]
+            if (term := layer.regularization_loss()) is not None
+        ]
+        return self.config.reg_weight * torch.stack(terms).sum() if terms else None
+
+
+# ------------------------------------------------------------------------------------------------ compute
+
+
+def stacked_deltas(layers: Sequence[BottleneckLayer], x: torch.Tensor) -> torch.Tensor:
+    """``u_n = s_n · A_n(x)`` of N adapters on the same input, ``(B, T, d) -> (N, B, T, d)``.
+
+    Adapters of equal shape and activation (the usual case) run together: one matmul for all down projections
+    (``W_down`` concatenated to ``(N·m, d)``) and one batched matmul for the up projections (``(N, m, d)``).
+    """
+    first = layers[0]
+    n, d = len(layers), x.shape[-1]
+    width = first.down.out_features
+    groupable = all(
+        layer.norm_before is None
+        and layer.down.out_features == width
+        and type(layer.activation) is type(first.activation)
+        and getattr(layer.activation, "approximate", None) == getattr(first.activation, "approximate", None)
+        and layer.dropout.p == first.dropout.p
+        for layer in layers
+    )
+    if not groupable:
+        return torch.stack([layer.delta(x) for layer in layers])
+    lead = x.shape[:-1]
+    w_down = torch.cat([layer.down.weight for layer in layers])  # (N·m, d)
+    b_down = torch.cat([layer.down.bias for layer in layers])  # (N·m,)
+    z = first.activation(F.linear(x.reshape(-1, d), w_down, b_down))  # (B·T, N·m)
+    z = z.view(-1, n, width).transpose(0, 1)  # (N, B·T, m)
+    w_up = torch.stack([layer.up.weight for layer in layers]).transpose(1, 2)  # (N, m, d)
+    b_up = torch.stack([layer.up.bias for layer in layers]).unsqueeze(1)  # (N, 1, d)
+    up = torch.baddbmm(b_up, z, w_up)  # (N, B·T, d)
+    scales = [layer.scaling for layer in layers]
+    if any(isinstance(s, torch.Tensor) for s in scales):
+        up = up * torch.stack(
+            [torch.as_tensor(s, dtype=up.dtype, device=up.device).expand(d) for s in scales]
+        ).unsqueeze(1)
+    elif any(float(s) != 1.0 for s in scales):  # type: ignore[arg-type]
+        up = up * torch.tensor(scales, dtype=up.dtype, device=up.device).view(n, 1, 1)
+    return first.dropout(up).view(n, *lead, d)
+
+
+_RECORDING: contextvars.ContextVar[list[tuple[str, int, str, torch.Tensor]] | None] = contextvars.ContextVar(
+    "adapterhub_fusion_recording", default=None
+)
+
+
+@contextlib.contextmanager
+def record_fusion_attentions() -> Iterator[list[tuple[str, int, str, torch.Tensor]]]:
+    """Inside the block, every fusion site appends ``(fusion_name, layer, site, p)`` with the softmax weights
+    ``p`` of shape ``(batch, seq, n_adapters)`` (detached) to the yielded list. Per thread / async task."""
+    records: list[tuple[str, int, str, torch.Tensor]] = []
+    token = _RECORDING.set(records)
+    try:
+        yield records
+    finally:
+        _RECORDING.reset(token)
+
+
+def fuse_step(run: SiteRun, block: Fuse, inputs: SiteInputs) -> tuple[torch.Tensor, AdapterModule] | None:
+    """The fused running value ``o + residual`` at this site and the adapter whose config leaves the site, or
+    None when the fused adapters do not sit here."""
+    from adapterhub.methods.bottleneck import BottleneckAdapter, enter_site
+
+    names = list(block.children)
+    present = [run.present(n) for n in names]  # type: ignore[arg-type]
+    if not any(present):
+        return None
+    fusions = run.extras.get("fusions")
+    key = block.fusion_name
+    if fusions is None or key not in fusions:
+        known = ", ".join(f"Fuse({k})" for k in (fusions or {})) or "none"
+        raise AdapterNotFoundError(
+            f"{block!r} is active but the model has no fusion weights for it (fusions: {known}). Add them with "
+            f"model.add_adapter_fusion({block!r}) or load them with model.load_adapter_fusion(path)."
+        )
+    fusion: AdapterFusion = fusions[key]
+    layer = fusion.layer_at(run.layer, run.site)
+    if layer is None or not all(present):
+        missing = [n for n, p in zip(names, present, strict=True) if not p]
+        raise ConfigError(
+            f"{block!r} cannot run at layer {run.layer}, site {run.site!r}: "
+            + (f"adapter(s) {missing} do not sit there." if missing else "the fusion has no weights there.")
+        )
+    modules = [run.adapter(n) for n in names]  # type: ignore[arg-type]
+    if not all(isinstance(m, BottleneckAdapter) for m in modules):
+        raise ConfigError("Fuse combines bottleneck adapters only.")
+    last = modules[-1]
+    state = enter_site(last.config, inputs)  # type: ignore[arg-type]
+    ups = stacked_deltas([m.layer_at(run.layer, run.site) for m in modules], state.x)  # type: ignore[attr-defined]
+    query_input = inputs.h if fusion.config.query_before_ln else state.x
+    out, probs = layer(query_input, ups)
+    records = _RECORDING.get()
+    if records is not None:
+        records.append((key, run.layer, run.site, probs.detach()))
+    return out + state.adapter_residual, last
+
+
+def fuse_blocks(setup: Any) -> list[Fuse]:
+    if isinstance(setup, Fuse):
+        return [setup]
+    if setup is None or isinstance(setup, str):
+        return []
+    return [f for child in setup.children for f in fuse_blocks(child)]
+
+
+def regularization_loss(store: AdapterStore, setup: Any) -> torch.Tensor | None:
+    """Sum of the regularisers of the fusions in ``setup`` whose V is being trained."""
+    terms = []
+    for block in fuse_blocks(setup):
+        if block.fusion_name not in store.fusions:
+            continue
+        fusion: AdapterFusion = store.fusions[block.fusion_name]  # type: ignore[assignment]
+        if not any(p.requires_grad for p in fusion.parameters()):
+            continue
+        term = fusion.regularization_loss()
+        if term is not None:
+            terms.append(term)
+    return torch.stack(terms).sum() if terms else None
+
+
+class RegulariserHook:
+    """Model forward hook: in training mode, add the active fusions' regulariser to the returned loss."""
+
+    def __init__(self, model: nn.Module, store: AdapterStore) -> None:
+        self.model, self.store = model, store
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if not self.model.training or len(self.store.fusions) == 0:
+            return None
+        loss = getattr(output, "loss", None)
+        if loss is None:
+            return None
+        term = regularization_loss(self.store, self.store.current_setup())
+        if term is None:
+            return None
+        output.loss = loss + term.to(loss.dtype)
+        return output
+
+
+# ------------------------------------------------------------------------------------------------ analysis
+
+
+@dataclass
+class FusionActivations:
+    """Mean softmax weight per (layer, adapter) of one fusion over some data (the paper's Figure 4/6).
+
+    ``weights[r, n]``: the average over all non-padding tokens of the weight given to adapter ``n`` at row ``r``;
+    ``rows``: one label per (layer, site) with fusion weights (``"3"``, or ``"3/attn"`` when a fusion has
+    several sites per layer); every row sums to 1.
+    """
+
+    fusion: str
+    adapters: tuple[str, ...]
+    rows: tuple[str, ...]
+    weights: np.ndarray
+    tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fusion": self.fusion,
+            "adapters": list(self.adapters),
+            "rows": list(self.rows),
+            "weights": [[float(v) for v in row] for row in self.weights],
+            "tokens": self.tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FusionActivations:
+        import numpy as np
+
+        return cls(
+            fusion=data["fusion"],
+            adapters=tuple(data["adapters"]),
+            rows=tuple(data["rows"]),
+            weights=np.asarray(data["weights"], dtype=np.float64),
+            tokens=int(data.get("tokens", 0)),
+        )
+
+    def save_json(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load_json(cls, path: str | os.PathLike[str]) -> FusionActivations:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def __str__(self) -> str:
+        width = max(8, *(len(a) for a in self.adapters))
+        lines = ["layer".ljust(8) + "".join(a.rjust(width + 1) for a in self.adapters)]
+        for label, row in zip(self.rows, self.weights, strict=True):
+            lines.append(label.ljust(8) + "".join(f"{v:.3f}".rjust(width + 1) for v in row))
+        return "\n".join(lines)
+
+
+def _batches(
+    data: Any, tokenizer: Any, batch_size: int, max_length: int, device: torch.device
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Model inputs from texts (+ tokenizer), Examples (``.text`` / ``.text_pair``), or an iterable of batches."""
+    keep = ("input_ids", "attention_mask", "token_type_ids")
+    if isinstance(data, str):
+        data = [data]
+    if isinstance(data, Sequence) and data and (isinstance(data[0], str) or hasattr(data[0], "text")):
+        if tokenizer is None:
+            raise ConfigError("fusion_activations needs tokenizer=... to encode texts.")
+        for start in range(0, len(data), batch_size):
+            chunk = data[start : start + batch_size]
+            texts = [x if isinstance(x, str) else x.text for x in chunk]
+            pairs = [None if isinstance(x, str) else getattr(x, "text_pair", None) for x in chunk]
+            encoded = tokenizer(
+                texts,
+                pairs if any(p is not None for p in pairs) else None,
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            yield {k: v.to(device) for k, v in encoded.items() if k in keep}
+        return
+    for batch in data:
+        if not isinstance(batch, Mapping) or "input_ids" not in batch:
+            raise ConfigError(
+                "fusion_activations takes a list of texts (with tokenizer=...) or an iterable of batches (dicts "
+                f"with input_ids); got an element of type {type(batch).__name__}."
+            )
+        yield {k: v.to(device) for k, v in batch.items() if k in keep and isinstance(v, torch.Tensor)}
+
+
+def compute_fusion_activations(
+    model: Any,
+    fuse: Fuse,
+    data: Any,
+    tokenizer: Any = None,
+    *,
+    batch_size: int = 32,
+    max_length: int = 128,
+) -> FusionActivations:
+    import numpy as np
+
+    from adapterhub.composition import parallel_block
+
+    store = model._store
+    fusion: AdapterFusion = store.fusions[fuse.fusion_name]
+    keys = fusion.site_keys()
+    multi_site = len({site for _, site in keys}) > 1
+    sums = {k: torch.zeros(len(fusion.adapter_names), dtype=torch.float64) for k in keys}
+    tokens = 0
+    current = store.current_setup()
+    use_current = fuse in fuse_blocks(current) and parallel_block(current) is None
+    device = next(fusion.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), contextlib.ExitStack() as stack:
+            if not use_current:
+                stack.enter_context(model.adapter_setup(fuse))
+            for batch in _batches(data, tokenizer, batch_size, max_length, device):
+                with record_fusion_attentions() as records:
+                    model(**batch)
+                mask = batch.get("attention_mask")
+                for name, layer, site, probs in records:
+                    if name != fusion.fusion_name:
+                        continue
+                    weight = (
+                        torch.ones(probs.shape[:2], device=probs.device)
+                        if mask is None
+                        else mask.to(probs.dtype)
+                    )
+                    sums[(layer, site)] += (probs * weight.unsqueeze(-1)).sum((0, 1)).double().cpu()
+                tokens += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+    finally:
+        model.train(was_training)
+    if tokens == 0:
+        raise ConfigError("fusion_activations got no tokens (empty data).")
+    weights = np.stack([(sums[k] / sums[k].sum()).numpy() for k in keys])
+    rows = tuple(f"{layer}/{site}" if multi_site else str(layer) for layer, site in keys)
+    return FusionActivations(fusion.fusion_name, fusion.adapter_names, rows, weights, tokens)
+
+
+def plot_fusion_heatmap(
+    activations: FusionActivations,
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    annotate: bool = True,
+    cmap: str = "Blues",
+) -> Path:
+    """Write the paper's Figure 4/6 style heatmap: layers (rows, first layer at the top) x adapters (columns),
+    the mean fusion weight as colour, a colour bar and (by default) the value in each cell."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    weights = activations.weights
+    n_rows, n_cols = weights.shape
+    fig, ax = plt.subplots(figsize=(1.6 + 1.05 * n_cols, 1.2 + 0.42 * n_rows))
+    image = ax.imshow(weights, cmap=cmap, vmin=0.0, vmax=max(float(weights.max()), 1e-6), aspect="auto")
+    ax.set_xticks(range(n_cols), labels=list(activations.adapters), rotation=35, ha="right")
+    ax.set_yticks(range(n_rows), labels=[f"layer {r}" for r in activations.rows])
+    ax.set_xlabel("adapter")
+    if annotate:
+        threshold = float(weights.max()) * 0.6
+        for r in range(n_rows):
+            for c in range(n_cols):
+                value = float(weights[r, c])
+                ax.text(
+                    c, r, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if value > threshold else "black",
+                )  # fmt: skip
+    fig.colorbar(image, ax=ax, label="mean fusion weight")
+    ax.set_title(title or f"AdapterFusion weights: Fuse({activations.fusion})", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def iter_texts(items: Iterable[Any]) -> list[str]:
+    return [x if isinstance(x, str) else x.text for x in items]

