@@ -30,26 +30,7 @@ def write_adapter_dir(record: AdapterRecord, directory: str | os.PathLike[str]) 
     written last, so a directory with a config is always complete."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if record.head is not None:
-        write_tensors(directory / HEAD_WEIGHTS_FILE, record.head.tensors)
-        write_json(
-            directory / HEAD_CONFIG_FILE,
-            {
-                "format": HEAD_FORMAT,
-                "format_version": FORMAT_VERSION,
-                "name": record.head.name,
-                "type": record.head.head_type,
-                "config": record.head.options,
-                "id2label": None
-                if record.head.id2label is None
-                else {str(k): v for k, v in record.head.id2label.items()},
-                "model_type": record.model.model_type,
-                "hidden_size": record.model.hidden_size,
-            },
-        )
-    else:
-        for stale in (HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE):
-            (directory / stale).unlink(missing_ok=True)
+    write_head_files(directory, record.head, record.model)
     write_tensors(directory / WEIGHTS_FILE, record.tensors)
     write_json(
         directory / CONFIG_FILE,
@@ -68,6 +49,41 @@ def write_adapter_dir(record: AdapterRecord, directory: str | os.PathLike[str]) 
         },
     )
     return directory
+
+
+def write_head_files(directory: Path, head: HeadRecord | None, model: ModelInfo) -> None:
+    """``head_config.json`` + ``head.safetensors`` for ``head``; with no head, remove stale head files."""
+    if head is None:
+        for stale in (HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE):
+            (directory / stale).unlink(missing_ok=True)
+        return
+    write_tensors(directory / HEAD_WEIGHTS_FILE, head.tensors)
+    write_json(
+        directory / HEAD_CONFIG_FILE,
+        {
+            "format": HEAD_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": head.name,
+            "type": head.head_type,
+            "config": head.options,
+            "id2label": None if head.id2label is None else {str(k): v for k, v in head.id2label.items()},
+            "model_type": model.model_type,
+            "hidden_size": model.hidden_size,
+        },
+    )
+
+
+def read_head_files(directory: Path) -> HeadRecord:
+    head_meta = read_json(directory / HEAD_CONFIG_FILE)
+    _require_keys(directory / HEAD_CONFIG_FILE, head_meta, ("format", "name", "type", "config"))
+    id2label = head_meta.get("id2label")
+    return HeadRecord(
+        name=head_meta["name"],
+        head_type=head_meta["type"],
+        options=dict(head_meta["config"]),
+        id2label=None if id2label is None else {int(k): str(v) for k, v in id2label.items()},
+        tensors=read_tensors(directory / HEAD_WEIGHTS_FILE),
+    )
 
 
 def _require_keys(path: Path, data: Any, keys: tuple[str, ...]) -> None:
@@ -99,18 +115,7 @@ def read_adapter_dir(directory: str | os.PathLike[str], *, with_head: bool = Tru
         raise AdapterFileError(
             f"{directory / CONFIG_FILE}: config_hash does not match the config; the file was edited or corrupted."
         )
-    head = None
-    if with_head and (directory / HEAD_CONFIG_FILE).exists():
-        head_meta = read_json(directory / HEAD_CONFIG_FILE)
-        _require_keys(directory / HEAD_CONFIG_FILE, head_meta, ("format", "name", "type", "config"))
-        id2label = head_meta.get("id2label")
-        head = HeadRecord(
-            name=head_meta["name"],
-            head_type=head_meta["type"],
-            options=dict(head_meta["config"]),
-            id2label=None if id2label is None else {int(k): str(v) for k, v in id2label.items()},
-            tensors=read_tensors(directory / HEAD_WEIGHTS_FILE),
-        )
+    head = read_head_files(directory) if with_head and (directory / HEAD_CONFIG_FILE).exists() else None
     return AdapterRecord(
         name=meta["name"],
         config=dict(meta["config"]),

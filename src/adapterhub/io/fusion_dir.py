@@ -18,7 +18,7 @@ import torch
 from adapterhub.architectures import ArchitectureSpec
 from adapterhub.configs import canonical_json, sha256_hex
 from adapterhub.errors import AdapterFileError, ConfigError
-from adapterhub.io.adapter_dir import HEAD_CONFIG_FILE, HEAD_FORMAT, HEAD_WEIGHTS_FILE, library_version
+from adapterhub.io.adapter_dir import HEAD_CONFIG_FILE, library_version, read_head_files, write_head_files
 from adapterhub.io.files import read_json, read_tensors, write_json, write_tensors
 from adapterhub.io.records import HeadRecord, ModelInfo
 
@@ -51,47 +51,12 @@ def is_fusion_dir(directory: str | os.PathLike[str]) -> bool:
     return (directory / CONFIG_FILE).is_file() or (directory / THEIR_CONFIG_FILE).is_file()
 
 
-def _write_head(directory: Path, head: HeadRecord, model: ModelInfo) -> None:
-    write_tensors(directory / HEAD_WEIGHTS_FILE, head.tensors)
-    write_json(
-        directory / HEAD_CONFIG_FILE,
-        {
-            "format": HEAD_FORMAT,
-            "format_version": FORMAT_VERSION,
-            "name": head.name,
-            "type": head.head_type,
-            "config": head.options,
-            "id2label": None if head.id2label is None else {str(k): v for k, v in head.id2label.items()},
-            "model_type": model.model_type,
-            "hidden_size": model.hidden_size,
-        },
-    )
-
-
-def _read_head(directory: Path) -> HeadRecord:
-    meta = read_json(directory / HEAD_CONFIG_FILE)
-    if not isinstance(meta, dict) or not {"name", "type", "config"} <= set(meta):
-        raise AdapterFileError(f"{directory / HEAD_CONFIG_FILE} is not a complete head config.")
-    id2label = meta.get("id2label")
-    return HeadRecord(
-        name=meta["name"],
-        head_type=meta["type"],
-        options=dict(meta["config"]),
-        id2label=None if id2label is None else {int(k): str(v) for k, v in id2label.items()},
-        tensors=read_tensors(directory / HEAD_WEIGHTS_FILE),
-    )
-
-
 def write_fusion_dir(record: FusionRecord, directory: str | os.PathLike[str]) -> Path:
     """Write ``record`` (its adapters are written by the caller into ``adapters/<name>/``). The config goes last,
     so a directory with a config is complete."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if record.head is not None:
-        _write_head(directory, record.head, record.model)
-    else:
-        for stale in (HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE):
-            (directory / stale).unlink(missing_ok=True)
+    write_head_files(directory, record.head, record.model)
     write_tensors(directory / WEIGHTS_FILE, record.tensors)
     write_json(
         directory / CONFIG_FILE,
@@ -152,7 +117,7 @@ def _read_ours(directory: Path, with_head: bool) -> FusionRecord:
         raise AdapterFileError(
             f"{directory / CONFIG_FILE}: config_hash does not match the config (edited or corrupted)."
         )
-    head = _read_head(directory) if with_head and (directory / HEAD_CONFIG_FILE).exists() else None
+    head = read_head_files(directory) if with_head and (directory / HEAD_CONFIG_FILE).exists() else None
     return FusionRecord(
         adapters=tuple(meta["adapters"]),
         config=dict(meta["config"]),
