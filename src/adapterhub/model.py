@@ -502,12 +502,10 @@ class AdapterModelMixin(FusionMixin):  # FusionMixin extends HeadsMixin
                 for k, v in self.state_dict().items()  # type: ignore[attr-defined]
                 if not k.startswith(STORE_ATTR + ".")
             }
-            left_out = [
-                n
-                for n, p in self.named_parameters()  # type: ignore[attr-defined]
-                if n.startswith(STORE_ATTR + ".") and p.requires_grad
-            ]
-            if left_out:
+            named = list(self.named_parameters())  # type: ignore[attr-defined]
+            left_out = [n for n, p in named if n.startswith(STORE_ATTR + ".") and p.requires_grad]
+            base_frozen = not any(p.requires_grad for n, p in named if not n.startswith(STORE_ATTR + "."))
+            if left_out and base_frozen:  # adapter training (train_adapter): these weights are the point
                 warnings.warn(
                     f"save_pretrained saves the base model only; {len(left_out)} trainable adapter/head tensors are "
                     "not in it. Save them with model.save_adapter(dir, name), or train with "
