@@ -69,9 +69,11 @@ class Head(nn.Module):
         self.id2label: dict[int, str] | None = (
             {int(k): str(v) for k, v in id2label.items()} if id2label else None
         )
+        self.settings: dict[str, Any] = {}  # the constructor options that rebuild this head (saved as JSON)
 
     def options(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """JSON-ready options that, with ``name``, ``hidden_size`` and ``id2label``, rebuild this head."""
+        return dict(self.settings)
 
     @property
     def label2id(self) -> dict[str, int] | None:

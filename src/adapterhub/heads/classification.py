@@ -73,9 +73,6 @@ class ClassificationHead(Head):
             hidden_size, num_labels, layers=layers, activation=activation, dropout=dropout, bias=bias
         )
 
-    def options(self) -> dict[str, Any]:
-        return dict(self.settings)
-
     def forward(self, inputs: HeadInputs, labels: Mapping[str, torch.Tensor] | None = None) -> HeadOutput:
         if self.settings["use_pooler"] and inputs.pooled is not None:
             vector = inputs.pooled

@@ -16,7 +16,6 @@ masked LM predicts every position whose label is not ``-100``. Padding positions
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import nn
@@ -125,9 +124,6 @@ class LanguageModelHead(Head):
         if self.decoder is not None:
             nn.init.normal_(self.decoder.weight, std=0.02)
         self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
-
-    def options(self) -> dict[str, Any]:
-        return dict(self.settings)
 
     def check_model(self, model: nn.Module) -> None:
         if not self.settings["tie_weights"]:

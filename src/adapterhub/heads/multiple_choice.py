@@ -9,7 +9,6 @@ pools one vector per row, maps it to one score and reshapes: (batch * n_choices,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import nn
@@ -63,9 +62,6 @@ class MultipleChoiceHead(Head):
             "bias": bool(bias),
         }
         self.layers = mlp(hidden_size, 1, layers=layers, activation=activation, dropout=dropout, bias=bias)
-
-    def options(self) -> dict[str, Any]:
-        return dict(self.settings)
 
     def forward(self, inputs: HeadInputs, labels: Mapping[str, torch.Tensor] | None = None) -> HeadOutput:
         n_choices = inputs.num_choices or self.settings["num_choices"]

@@ -8,7 +8,6 @@ averaged; positions outside the sequence are clamped to ``seq`` and ignored.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import nn
@@ -51,9 +50,6 @@ class QuestionAnsweringHead(Head):
             "bias": bool(bias),
         }
         self.layers = mlp(hidden_size, 2, layers=layers, activation=activation, dropout=dropout, bias=bias)
-
-    def options(self) -> dict[str, Any]:
-        return dict(self.settings)
 
     def forward(self, inputs: HeadInputs, labels: Mapping[str, torch.Tensor] | None = None) -> HeadOutput:
         logits = self.layers(inputs.hidden)  # (batch, seq, 2)

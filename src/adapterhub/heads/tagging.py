@@ -8,7 +8,6 @@ labels of sub-word continuations and special tokens can be set to ``-100`` as wi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import nn
@@ -62,9 +61,6 @@ class TaggingHead(Head):
         self.layers = mlp(
             hidden_size, num_labels, layers=layers, activation=activation, dropout=dropout, bias=bias
         )
-
-    def options(self) -> dict[str, Any]:
-        return dict(self.settings)
 
     def forward(self, inputs: HeadInputs, labels: Mapping[str, torch.Tensor] | None = None) -> HeadOutput:
         logits = self.layers(inputs.hidden)  # (batch, seq, num_labels)
