@@ -34,25 +34,12 @@ def _limits() -> Any:
 
 
 TEST_LIMITS = _limits()
-_CLEAR_ENV = (
-    "ADAPTERHUB_OFFLINE",
-    "HF_HUB_OFFLINE",
-    "ADAPTERHUB_TOKEN",
-    "ADAPTERHUB_HUB_URL",
-    "ADAPTERHUB_HUB_DB",
-    "ADAPTERHUB_HUB_STORAGE",
-    "ADAPTERHUB_HUB_MAX_UPLOAD_BYTES",
-    "ADAPTERHUB_HUB_TEST_PAUSE_BEFORE_COMMIT",
-)
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Own home and cache per test."""
-    for var in _CLEAR_ENV:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("ADAPTERHUB_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("ADAPTERHUB_CACHE", str(tmp_path / "cache"))
+    hubkit.isolate_environment(monkeypatch, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------- PostgreSQL, S3

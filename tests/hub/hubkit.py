@@ -19,6 +19,27 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 
+# Variables that would point a test at a user's real hub, token or cache.
+HUB_ENV_VARS = (
+    "ADAPTERHUB_OFFLINE",
+    "HF_HUB_OFFLINE",
+    "ADAPTERHUB_TOKEN",
+    "ADAPTERHUB_HUB_URL",
+    "ADAPTERHUB_HUB_DB",
+    "ADAPTERHUB_HUB_STORAGE",
+    "ADAPTERHUB_HUB_MAX_UPLOAD_BYTES",
+    "ADAPTERHUB_HUB_TEST_PAUSE_BEFORE_COMMIT",
+)
+
+
+def isolate_environment(mp: Any, tmp: Path) -> None:
+    """Clear the hub variables and give the test its own ADAPTERHUB_HOME and ADAPTERHUB_CACHE under ``tmp``."""
+    for var in HUB_ENV_VARS:
+        mp.delenv(var, raising=False)
+    mp.setenv("ADAPTERHUB_HOME", str(tmp / "home"))
+    mp.setenv("ADAPTERHUB_CACHE", str(tmp / "cache"))
+
+
 def canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 

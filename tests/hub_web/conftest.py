@@ -10,37 +10,21 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "hub"))  # hubkit
 
 pytest.importorskip("fastapi")
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("jinja2")
 
+import hubkit
 import webkit
-
-_CLEAR_ENV = (
-    "ADAPTERHUB_OFFLINE",
-    "HF_HUB_OFFLINE",
-    "ADAPTERHUB_TOKEN",
-    "ADAPTERHUB_HUB_URL",
-    "ADAPTERHUB_HUB_DB",
-    "ADAPTERHUB_HUB_STORAGE",
-    "ADAPTERHUB_HUB_MAX_UPLOAD_BYTES",
-    "ADAPTERHUB_HUB_TEST_PAUSE_BEFORE_COMMIT",
-)
-
-
-def _isolate(mp: pytest.MonkeyPatch, tmp: Path) -> None:
-    for var in _CLEAR_ENV:
-        mp.delenv(var, raising=False)
-    mp.setenv("ADAPTERHUB_HOME", str(tmp / "home"))
-    mp.setenv("ADAPTERHUB_CACHE", str(tmp / "cache"))
 
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webkit.Seeded]:
     tmp = tmp_path_factory.mktemp("hub-web")
     with pytest.MonkeyPatch.context() as mp:
-        _isolate(mp, tmp)
+        hubkit.isolate_environment(mp, tmp)
         hub = webkit.make_seeded_hub(tmp)
         try:
             yield hub
