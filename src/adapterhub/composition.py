@@ -384,7 +384,7 @@ def base_value(inputs: SiteInputs) -> torch.Tensor:
     """What the site computes with no adapter: ``LN(h + x)`` (post-norm) or ``h`` (pre-norm)."""
     if inputs.norm is None:
         return inputs.h
-    return inputs.norm(inputs.h + inputs.residual)
+    return inputs.original_output()
 
 
 def run_setup(run: SiteRun, setup: Setup, inputs: SiteInputs) -> torch.Tensor | None:
@@ -400,7 +400,8 @@ def run_setup(run: SiteRun, setup: Setup, inputs: SiteInputs) -> torch.Tensor | 
 
 
 def _slice_inputs(inputs: SiteInputs, index: Any) -> SiteInputs:
-    return SiteInputs(inputs.h[index], inputs.residual[index], inputs.norm)
+    normed = inputs.normed[index] if inputs.normed is not None else None
+    return SiteInputs(inputs.h[index], inputs.residual[index], inputs.norm, normed)
 
 
 def _run_or_base(run: SiteRun, setup: Setup, inputs: SiteInputs) -> tuple[torch.Tensor, bool]:
@@ -418,10 +419,14 @@ def _step(
     leaves the site, or None when ``child`` has no adapter here."""
     from adapterhub.methods.bottleneck import BottleneckAdapter, enter_site
 
+    # The model's own LayerNorm output belongs to its own h: only the first step of a Stack may reuse it.
+    step_inputs = SiteInputs(
+        hidden, inputs.residual, inputs.norm, inputs.normed if hidden is inputs.h else None
+    )
     if isinstance(child, Fuse):
         from adapterhub.fusion import fuse_step
 
-        return fuse_step(run, child, SiteInputs(hidden, inputs.residual, inputs.norm))
+        return fuse_step(run, child, step_inputs)
     assert isinstance(child, str)
     if not run.present(child):
         return None
@@ -430,7 +435,7 @@ def _step(
         raise ConfigError(
             f"Stack composes bottleneck adapters; {child!r} is a {module.config.method} adapter."
         )
-    state = enter_site(module.config, SiteInputs(hidden, inputs.residual, inputs.norm))
+    state = enter_site(module.config, step_inputs)
     return module.layer_at(run.layer, run.site)(state.x, state.adapter_residual), module
 
 
@@ -444,7 +449,8 @@ def _run_stack(run: SiteRun, block: Stack, inputs: SiteInputs) -> torch.Tensor |
     hidden, last = inputs.h, None
     for child in flat:
         if isinstance(child, LAST_ONLY_IN_STACK):
-            out = run_setup(run, child, SiteInputs(hidden, inputs.residual, inputs.norm))
+            normed = inputs.normed if hidden is inputs.h else None
+            out = run_setup(run, child, SiteInputs(hidden, inputs.residual, inputs.norm, normed))
             if out is not None or last is None:
                 return out
             break

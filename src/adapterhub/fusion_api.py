@@ -192,14 +192,24 @@ class FusionMixin(HeadsMixin):
         *,
         with_head: bool | str = True,
         with_adapters: bool = True,
+        layout: str = "adapterhub",
     ) -> Path:
         """Save the fusion weights of ``adapter_setup`` (``Fuse(...)`` or ``"a,b,c"``) to ``directory``.
 
         ``with_head``: True saves the active flexible head (else the model's built-in head if it has one), a
         string saves that flexible head, False none. ``with_adapters``: also save each fused adapter (without
-        head) into ``directory/adapters/<name>/`` so that ``load_adapter_fusion`` restores everything."""
-        from adapterhub.io.fusion_dir import ADAPTERS_SUBDIR, FusionRecord, write_fusion_dir
+        head) into ``directory/adapters/<name>/`` so that ``load_adapter_fusion`` restores everything.
+        ``layout="adapters"``: the `adapters` library's files (its ``load_adapter_fusion`` reads the directory,
+        its ``load_adapter`` each ``adapters/<name>/``); ``"adapterhub"`` (default): docs/FORMAT.md."""
+        from adapterhub.io.fusion_dir import (
+            ADAPTERS_SUBDIR,
+            FusionRecord,
+            write_adapters_lib_fusion,
+            write_fusion_dir,
+        )
 
+        if layout not in ("adapterhub", "adapters"):
+            raise ConfigError(f"Unknown layout {layout!r}; use 'adapterhub' or 'adapters'.")
         fuse = as_fuse(adapter_setup)
         module = self._require_fusion(fuse)
         head = None
@@ -213,7 +223,7 @@ class FusionMixin(HeadsMixin):
         if with_adapters:
             for name in fuse.children:
                 target = directory / ADAPTERS_SUBDIR / name  # type: ignore[operator]
-                self.save_adapter(target, name, with_head=False)  # type: ignore[attr-defined]
+                self.save_adapter(target, name, with_head=False, layout=layout)  # type: ignore[attr-defined]
                 adapter_dirs[name] = target  # type: ignore[index]
         record = FusionRecord(
             adapters=tuple(fuse.children),  # type: ignore[arg-type]
@@ -223,6 +233,8 @@ class FusionMixin(HeadsMixin):
             head=head,
             adapter_dirs=adapter_dirs,
         )
+        if layout == "adapters":
+            return write_adapters_lib_fusion(record, directory, self._spec, self)  # type: ignore[attr-defined,arg-type]
         return write_fusion_dir(record, directory)
 
     def load_adapter_fusion(
@@ -235,8 +247,9 @@ class FusionMixin(HeadsMixin):
         overwrite_ok: bool = False,
     ) -> Fuse:
         """Load fusion weights (our layout, or the `adapters` library's ``save_adapter_fusion`` output) and the
-        head saved with them. Adapters saved alongside (our layout) are loaded when the model lacks them; the
-        `adapters` layout holds no adapters, so load those first with ``load_adapter``. Everything is checked
+        head saved with them. Adapters saved alongside in ``adapters/<name>/`` (either layout) are loaded when
+        the model lacks them; a fusion saved by the `adapters` library holds no adapters, so load those first
+        with ``load_adapter``. Everything is checked
         before the model changes. Returns the ``Fuse`` block (activated with its head if ``set_active``)."""
         from adapterhub.fusion import FusionConfig
         from adapterhub.io.fusion_dir import read_fusion_dir

@@ -93,8 +93,10 @@ class _NormHook:
         residual = store.pop((self.index, self.site_name, "residual"), None)
         if h is None or residual is None:
             return None
+        # ``output`` is this LayerNorm applied to h + residual: the model's own value, handed on so that adapters
+        # placed after the original LayerNorm need not compute it again.
         return injector.handler.site_forward(
-            self.index, self.site_name, SiteInputs(h=h, residual=residual, norm=self._norm)
+            self.index, self.site_name, SiteInputs(h=h, residual=residual, norm=self._norm, normed=output)
         )
 
 

@@ -70,6 +70,51 @@ def test_adapters_library_loads_what_we_write(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
+def write_fusion_case(directory: Path) -> None:
+    """A fusion over three of our adapters with a head, saved in their layout as the checker expects it."""
+    from adapterhub.composition import Fuse
+
+    base = build("bert", "base")
+    base.save_pretrained(directory / "base")
+    model = adapterhub.init(transformers.AutoModel.from_pretrained(directory / "base").eval())
+    names = ["x", "y", "z"]
+    for index, name in enumerate(names):
+        model.add_adapter(name, config="pfeiffer[reduction_factor=4]")
+        perturb(model._adapterhub.adapters[name], std=0.2, seed=index)
+    fuse = Fuse(*names)
+    model.add_adapter_fusion(fuse)
+    perturb(model._adapterhub.fusions["x,y,z"], std=0.3, seed=7)
+    model.add_classification_head("xyz", num_labels=3)
+    perturb(model._adapterhub.heads["xyz"], std=0.2, seed=8)
+    model.set_active_adapters(fuse)
+    model.active_head = "xyz"
+    inputs = make_inputs()
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    model.save_adapter_fusion(directory / "fusion", fuse, with_head="xyz", layout="adapters")
+    setup = {
+        "type": "fuse",
+        "adapters": names,
+        "adapter_dirs": [f"fusion/adapters/{name}" for name in names],
+        "fusion_dir": "fusion",
+        "fusion_name": "x,y,z",
+        "head": "xyz",
+        "head_dir": "fusion",
+    }
+    (directory / "expected.json").write_text(
+        json.dumps({k: v.tolist() for k, v in inputs.items()} | {"logits": logits.tolist(), "setup": setup})
+    )
+
+
+def test_adapters_library_loads_a_fusion_we_write(tmp_path):
+    case = tmp_path / "fusion-case"
+    write_fusion_case(case)
+    result = subprocess.run(
+        [str(ADAPTERS_PYTHON), str(CHECKER), str(case)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
 def test_checker_notices_a_broken_file(tmp_path):
     case = tmp_path / "broken"
     write_case(case, "bert", "pfeiffer[reduction_factor=4]")

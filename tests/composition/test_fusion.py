@@ -253,6 +253,37 @@ def test_adapters_library_fusion_round_trips_through_our_format(tmp_path):
         assert torch.allclose(fresh(**inputs).logits, torch.tensor(expected["logits"]), atol=1e-4)
 
 
+def test_fusion_written_in_the_adapters_layout_has_their_files_and_reloads(tmp_path):
+    model, inputs, expected = load_fixture()
+    model.load_adapter_fusion(FIXTURE / "fusion", set_active=True)
+    path = model.save_adapter_fusion(tmp_path / "theirs", "a,b,c", layout="adapters")
+    meta = json.loads((path / "adapter_fusion_config.json").read_text())
+    reference = json.loads((FIXTURE / "fusion" / "adapter_fusion_config.json").read_text())
+    assert meta["config"] == reference["config"]
+    assert {k: meta[k] for k in ("adapter_names", "name", "model_class", "model_type", "hidden_size")} == {
+        k: reference[k] for k in ("adapter_names", "name", "model_class", "model_type", "hidden_size")
+    }
+    ours = torch.load(path / "pytorch_model_adapter_fusion.bin", weights_only=True)
+    theirs = torch.load(FIXTURE / "fusion" / "pytorch_model_adapter_fusion.bin", weights_only=True)
+    assert sorted(ours) == sorted(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert (path / "model_adapter_fusion.safetensors").is_file() and (path / "head_config.json").is_file()
+    assert (path / "adapters" / "a" / "adapter_config.json").is_file()  # each adapter in their layout too
+    fresh = adapterhub.init(transformers.AutoModel.from_pretrained(FIXTURE / "base").eval())
+    fresh.load_adapter_fusion(path, set_active=True)  # adapters come from adapters/<name>/
+    assert set(fresh.adapters) == {"a", "b", "c"} and fresh.active_head == "abc"
+    with torch.no_grad():
+        assert torch.allclose(fresh(**inputs).logits, torch.tensor(expected["logits"]), atol=1e-4)
+
+
+def test_unknown_fusion_layout_is_refused(tmp_path):
+    model = make_model()
+    model.add_adapter_fusion(FUSE)
+    with pytest.raises(ConfigError, match="'adapterhub' or 'adapters'"):
+        model.save_adapter_fusion(tmp_path / "f", FUSE, layout="peft")
+    assert not (tmp_path / "f").exists()
+
+
 # ------------------------------------------------------------------------------------------------ analysis
 
 

@@ -269,39 +269,8 @@ def write_adapters_lib_dir(
         tensors[f"{full}.{rest}" if rest else full] = tensor
         if module == "norm_before":  # that library registers this LayerNorm under two names
             tensors[full.replace("adapter_down.0", "adapter_norm_before") + f".{rest}"] = tensor.clone()
-    head = record.head
-    if head is not None:
-        if head.head_type != "classification":
-            raise ConfigError(
-                f"A {head.head_type!r} head cannot be written in the `adapters` layout; save with with_head=False."
-            )
-        options = head.options
-        num_labels = int(options["num_labels"])
-        id2label = head.id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
-        head_tensors = {f"heads.{head.name}.{k[len('layers.') :]}": v for k, v in head.tensors.items()}
-        write_tensors(directory / "model_head.safetensors", head_tensors)
-        write_torch_pickle(directory / "pytorch_model_head.bin", head_tensors)
-        write_json(
-            directory / "head_config.json",
-            {
-                "config": {
-                    "head_type": "classification",
-                    "num_labels": num_labels,
-                    "layers": int(options["layers"]),
-                    "activation_function": options["activation"],
-                    "label2id": {label: i for i, label in id2label.items()},
-                    "use_pooler": bool(options["use_pooler"]),
-                    "bias": bool(options["bias"]),
-                    "dropout_prob": options["dropout"],
-                },
-                "hidden_size": record.model.hidden_size,
-                "model_class": model_class,
-                "model_name": record.model.model_name,
-                "model_type": record.model.model_type,
-                "name": head.name,
-                "version": ADAPTERS_VERSION,
-            },
-        )
+    if record.head is not None:
+        write_their_head(directory, record.head, record.model, model_class)
     write_tensors(directory / "adapter.safetensors", tensors)
     write_torch_pickle(directory / "pytorch_adapter.bin", tensors)  # what that library loads by default
     write_json(
@@ -317,3 +286,39 @@ def write_adapters_lib_dir(
         },
     )
     return directory
+
+
+def write_their_head(directory: Path, head: HeadRecord, model_info: ModelInfo, model_class: str) -> None:
+    """Write a classification head as ``head_config.json`` + ``model_head.safetensors`` /
+    ``pytorch_model_head.bin`` (weights named ``heads.<name>.<layer index>.<param>``)."""
+    if head.head_type != "classification":
+        raise ConfigError(
+            f"A {head.head_type!r} head cannot be written in the `adapters` layout; save with with_head=False."
+        )
+    options = head.options
+    num_labels = int(options["num_labels"])
+    id2label = head.id2label or {i: f"LABEL_{i}" for i in range(num_labels)}
+    head_tensors = {f"heads.{head.name}.{k[len('layers.') :]}": v for k, v in head.tensors.items()}
+    write_tensors(directory / "model_head.safetensors", head_tensors)
+    write_torch_pickle(directory / "pytorch_model_head.bin", head_tensors)
+    write_json(
+        directory / "head_config.json",
+        {
+            "config": {
+                "head_type": "classification",
+                "num_labels": num_labels,
+                "layers": int(options["layers"]),
+                "activation_function": options["activation"],
+                "label2id": {label: i for i, label in id2label.items()},
+                "use_pooler": bool(options["use_pooler"]),
+                "bias": bool(options["bias"]),
+                "dropout_prob": options["dropout"],
+            },
+            "hidden_size": model_info.hidden_size,
+            "model_class": model_class,
+            "model_name": model_info.model_name,
+            "model_type": model_info.model_type,
+            "name": head.name,
+            "version": ADAPTERS_VERSION,
+        },
+    )

@@ -158,6 +158,68 @@ def fusion_config_from_theirs(theirs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def fusion_config_to_theirs(ours: dict[str, Any]) -> dict[str, Any]:
+    """Our FusionConfig dict as theirs. ``reg_weight`` and ``init_std`` only matter when training starts and have
+    no place there (that library always weighs the regulariser 0.01)."""
+    return {
+        "dropout_prob": ours.get("dropout"),
+        "key": bool(ours.get("key", True)),
+        "query": bool(ours.get("query", True)),
+        "query_before_ln": bool(ours.get("query_before_ln", False)),
+        "regularization": bool(ours.get("regularization", True)),
+        "residual_before": False,
+        "temperature": False,
+        "value": bool(ours.get("value", True)),
+        "value_before_softmax": True,
+        "value_initialized": bool(ours.get("value_initialized", True)),
+    }
+
+
+def write_adapters_lib_fusion(
+    record: FusionRecord, directory: str | os.PathLike[str], spec: ArchitectureSpec, model: torch.nn.Module
+) -> Path:
+    """Write ``record`` in the `adapters` library's fusion layout: ``adapter_fusion_config.json``,
+    ``model_adapter_fusion.safetensors`` + ``pytorch_model_adapter_fusion.bin`` (weights named
+    ``<prefix>.<layers>.<i>.<site path>.adapter_fusion_layer.<a,b,c>.<query|key|value>.<weight|bias>``) and the
+    head, if any, as that library writes it. Its ``load_adapter_fusion`` reads the directory; the fused adapters
+    themselves are separate directories (``adapters/<name>/`` when the caller writes them)."""
+    from adapterhub.architectures import get_base_model
+    from adapterhub.io.adapters_lib import ADAPTERS_VERSION, adapter_model_class, write_their_head
+    from adapterhub.io.files import write_torch_pickle
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fusion_name = record.name
+    prefix = getattr(get_base_model(model), "base_model_prefix", "") or ""
+    tensors: dict[str, torch.Tensor] = {}
+    for key, tensor in record.tensors.items():
+        _, layer, site, module, param = key.split(".")
+        path = (
+            f"{spec.adapters_lib_layers}.{layer}.{spec.adapters_lib_sites[site]}.adapter_fusion_layer."
+            f"{fusion_name}.{module}.{param}"
+        )
+        tensors[f"{prefix}.{path}" if prefix else path] = tensor.contiguous()
+    model_class = adapter_model_class(model)
+    if record.head is not None:
+        write_their_head(directory, record.head, record.model, model_class)
+    write_tensors(directory / "model_adapter_fusion.safetensors", tensors)
+    write_torch_pickle(directory / "pytorch_model_adapter_fusion.bin", tensors)
+    write_json(
+        directory / THEIR_CONFIG_FILE,
+        {
+            "adapter_names": list(record.adapters),
+            "config": fusion_config_to_theirs(record.config),
+            "hidden_size": record.model.hidden_size,
+            "model_class": model_class,
+            "model_name": record.model.model_name,
+            "model_type": record.model.model_type,
+            "name": fusion_name,
+            "version": ADAPTERS_VERSION,
+        },
+    )
+    return directory
+
+
 def read_adapters_lib_fusion(
     directory: Path, spec: ArchitectureSpec, *, with_head: bool = True
 ) -> FusionRecord:
@@ -204,5 +266,12 @@ def read_adapters_lib_fusion(
         ),
         tensors=tensors,
         head=head,
+        adapter_dirs={
+            n: directory / ADAPTERS_SUBDIR / n
+            for n in names
+            if (
+                directory / ADAPTERS_SUBDIR / n
+            ).is_dir()  # written by save_adapter_fusion(with_adapters=True)
+        },
         layout="adapters",
     )

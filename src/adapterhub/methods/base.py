@@ -29,12 +29,24 @@ class SiteInputs:
 
     ``h``: sub-layer output before the residual add, ``(batch, seq, hidden)``; ``residual``: the residual stream
     input of the sub-layer, same shape; ``norm``: the model's LayerNorm after the sub-layer (post-norm models) or
-    ``None`` (pre-norm models, where the layer adds ``h`` to the residual itself).
+    ``None`` (pre-norm models, where the layer adds ``h`` to the residual itself); ``normed``: ``norm(h +
+    residual)`` as the model itself already computed it for this very ``h``, or ``None`` when unknown (anyone
+    building a ``SiteInputs`` with a different ``h`` must leave it ``None``). It saves recomputing the model's own
+    LayerNorm for the ``original_ln_before`` placement.
     """
 
     h: torch.Tensor
     residual: torch.Tensor
     norm: Callable[[torch.Tensor], torch.Tensor] | None
+    normed: torch.Tensor | None = None
+
+    def original_output(self) -> torch.Tensor:
+        """What the model computes at this site without adapters: ``norm(h + residual)`` (post-norm models) or
+        ``h + residual``; the model's own value when ``normed`` holds it."""
+        if self.normed is not None:
+            return self.normed
+        summed = self.h + self.residual  # (batch, seq, hidden)
+        return self.norm(summed) if self.norm is not None else summed
 
 
 class AdapterModule(nn.Module):

@@ -99,14 +99,13 @@ class BottleneckLayer(nn.Module):
 
 def enter_site(config: BottleneckConfig, inputs: SiteInputs) -> BottleneckState:
     """Adapter input and residual at a site, per the config's ``original_ln_before`` / ``residual_before_ln``."""
-    h, residual, norm = inputs.h, inputs.residual, inputs.norm
+    h = inputs.h
     adapter_residual = h
     x = h
     if config.original_ln_before:
-        summed = h + residual  # (batch, seq, d)
         if config.residual_before_ln == "post_add":
-            adapter_residual = summed
-        x = norm(summed) if norm is not None else summed
+            adapter_residual = h + inputs.residual  # (batch, seq, d)
+        x = inputs.original_output()
     if config.residual_before_ln is False:
         adapter_residual = x
     return BottleneckState(x=x, adapter_residual=adapter_residual)
