@@ -22,6 +22,7 @@ from torch import nn
 
 from adapterhub.architectures import ArchitectureSpec, get_layers, spec_for_model_type
 from adapterhub.composition import (
+    ParallelGenerationMixin,
     Setup,
     SiteRun,
     branch_names,
@@ -531,9 +532,10 @@ def _with_mixin(cls: type) -> type:
     if issubclass(cls, AdapterModelMixin):
         return cls
     if cls not in _MIXED_CLASSES:
+        generates = callable(getattr(cls, "generate", None))
         mixed = type(
             cls.__name__,
-            (AdapterModelMixin, cls),
+            (AdapterModelMixin, ParallelGenerationMixin, cls) if generates else (AdapterModelMixin, cls),
             {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
         )
         _MIXED_CLASSES[cls] = mixed

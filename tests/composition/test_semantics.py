@@ -177,6 +177,45 @@ def test_parallel_trains_every_branch(inputs):
     assert set(before) >= grads
 
 
+def _decoder_with_two_adapters(arch: str, *, flexible_heads: bool) -> torch.nn.Module:
+    model = adapterhub.init(build(arch, "causal_lm"))
+    for index, name in enumerate("ab"):
+        model.add_adapter(name, config="pfeiffer")
+        perturb(model._adapterhub.adapters[name], std=0.5, seed=index)
+        if flexible_heads:
+            model.add_causal_lm_head(name)
+            perturb(model._adapterhub.heads[name], std=0.5, seed=10 + index)
+    return model
+
+
+@pytest.mark.parametrize("flexible_heads", [False, True], ids=["built-in LM head", "a head per branch"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_parallel_generate_equals_generating_with_each_adapter(arch, flexible_heads):
+    model = _decoder_with_two_adapters(arch, flexible_heads=flexible_heads)
+    prompt = torch.randint(5, 60, (2, 5))
+    settings = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    with model.adapter_setup(Parallel("a", "b")):
+        together = model.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)
+    assert together.shape == (4, 11)
+    alone = []
+    for name in "ab":
+        with model.adapter_setup(name):
+            if flexible_heads:
+                model.active_head = name
+            alone.append(model.generate(prompt, attention_mask=torch.ones_like(prompt), **settings))
+    assert torch.equal(together[:2], alone[0]) and torch.equal(together[2:], alone[1])
+    assert not torch.equal(alone[0][:, 5:], alone[1][:, 5:])  # the branches really differ
+
+
+def test_parallel_generate_needs_a_head_for_every_branch():
+    model = adapterhub.init(build("gpt2", "base"))
+    for name in "ab":
+        model.add_adapter(name, config="pfeiffer")
+    model.add_causal_lm_head("a")
+    with model.adapter_setup(Parallel("a", "b")), pytest.raises(ConfigError, match=r"\['b'\] has no head"):
+        model.generate(torch.randint(5, 60, (1, 4)), max_new_tokens=2, do_sample=False, pad_token_id=0)
+
+
 # ------------------------------------------------------------------------------------------------ Split
 
 

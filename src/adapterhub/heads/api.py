@@ -32,12 +32,14 @@ def enable_generation(model: nn.Module) -> None:
     from transformers import GenerationConfig
     from transformers.generation import GenerationMixin
 
+    from adapterhub.composition import ParallelGenerationMixin
+
     cls = type(model)
     if not isinstance(model, GenerationMixin):
         if cls not in _GENERATION_CLASSES:
             _GENERATION_CLASSES[cls] = type(
                 cls.__name__,
-                (cls, GenerationMixin),
+                (ParallelGenerationMixin, cls, GenerationMixin),
                 {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
             )
         model.__class__ = _GENERATION_CLASSES[cls]
