@@ -125,14 +125,20 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def driver_arguments(description: str | None) -> argparse.ArgumentParser:
+    """The data options of the cross-library drivers (DESIGN.md 6 settings by default)."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", default="rotten_tomatoes")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
+    return parser
+
+
+def main() -> None:
+    parser = driver_arguments(__doc__)
     parser.add_argument("--steps", type=int, default=8, help="updates per timed burst")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up round")
     parser.add_argument("--full-lr", type=float, default=2e-5)

@@ -79,12 +79,18 @@ def train_pass(
     return examples
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def worker_arguments(description: str | None, batches_help: str) -> argparse.ArgumentParser:
+    """The options every worker takes: which library, the model folder, the saved batches, CPU threads."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--lib", choices=("adapterhub", "adapters"), required=True)
     parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--batches", required=True, help="torch.save'd list of batches (from throughput.py)")
+    parser.add_argument("--batches", required=True, help=batches_help)
     parser.add_argument("--threads", type=int, default=2)
+    return parser
+
+
+def main() -> None:
+    parser = worker_arguments(__doc__, "torch.save'd list of batches (from throughput.py)")
     parser.add_argument("--full-lr", type=float, default=2e-5)
     parser.add_argument("--adapter-lr", type=float, default=1e-3)
     args = parser.parse_args()

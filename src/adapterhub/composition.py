@@ -509,10 +509,45 @@ def _run_batch_split(run: SiteRun, block: BatchSplit, inputs: SiteInputs) -> tor
             f"BatchSplit batch_sizes {list(block.batch_sizes)} sum to {sum(block.batch_sizes)}, but the batch has "
             f"{rows} rows; give one size per adapter that adds up to the batch size."
         )
+    grouped = _batch_split_grouped(run, block, inputs)
+    if grouped is not None:
+        return grouped
     edges = [0]
     for size in block.batch_sizes:
         edges.append(edges[-1] + size)
     return _run_chunks(run, block.children, list(itertools.pairwise(edges)), inputs, dim=0)
+
+
+def _batch_split_grouped(run: SiteRun, block: BatchSplit, inputs: SiteInputs) -> torch.Tensor | None:
+    """BatchSplit over plain bottleneck adapters that all sit here, are placed alike (same ``original_ln_before``,
+    ``residual_before_ln``, ``original_ln_after``, no adapter-internal LayerNorm) and pass ``can_group``: one
+    computation for the whole batch (enter the site once, the K adapters as batched matmuls over their rows,
+    leave once) instead of K slices, K LayerNorms and a concatenation. None when that does not apply."""
+    from adapterhub.methods.bottleneck import (
+        BottleneckAdapter,
+        batch_split_deltas,
+        can_group,
+        enter_site,
+        leave_site,
+    )
+
+    names = block.children
+    if not all(isinstance(name, str) and run.present(name) for name in names):
+        return None
+    modules = [run.adapter(name) for name in names]  # type: ignore[arg-type]
+    if not all(isinstance(module, BottleneckAdapter) for module in modules):
+        return None
+    placements = {
+        (m.config.original_ln_before, m.config.residual_before_ln, m.config.original_ln_after)
+        for m in modules
+    }
+    layers = [m.layer_at(run.layer, run.site) for m in modules]  # type: ignore[attr-defined]
+    if len(placements) != 1 or not can_group(layers) or any(layer.norm_after is not None for layer in layers):
+        return None
+    config, pre_norm = modules[0].config, modules[0].dims.pre_norm
+    state = enter_site(config, inputs)  # type: ignore[arg-type]
+    y = batch_split_deltas(layers, state.x, block.batch_sizes) + state.adapter_residual  # (B, T, d)
+    return leave_site(config, y, inputs, pre_norm)  # type: ignore[arg-type]
 
 
 def _run_average(run: SiteRun, block: Average, inputs: SiteInputs) -> torch.Tensor | None:

@@ -42,6 +42,7 @@ from torch.nn import functional as F
 from adapterhub.composition import Fuse, SiteRun
 from adapterhub.errors import AdapterNotFoundError, ConfigError, did_you_mean
 from adapterhub.methods.base import AdapterModule, SiteInputs
+from adapterhub.methods.bottleneck import can_group, stacked_scaling
 
 if TYPE_CHECKING:
     import numpy as np
@@ -233,15 +234,7 @@ def stacked_deltas(layers: Sequence[BottleneckLayer], x: torch.Tensor) -> torch.
     first = layers[0]
     n, d = len(layers), x.shape[-1]
     width = first.down.out_features
-    groupable = all(
-        layer.norm_before is None
-        and layer.down.out_features == width
-        and type(layer.activation) is type(first.activation)
-        and getattr(layer.activation, "approximate", None) == getattr(first.activation, "approximate", None)
-        and layer.dropout.p == first.dropout.p
-        for layer in layers
-    )
-    if not groupable:
+    if not can_group(layers):
         return torch.stack([layer.delta(x) for layer in layers])
     lead = x.shape[:-1]
     w_down = torch.cat([layer.down.weight for layer in layers])  # (N·m, d)
@@ -251,13 +244,9 @@ def stacked_deltas(layers: Sequence[BottleneckLayer], x: torch.Tensor) -> torch.
     w_up = torch.stack([layer.up.weight for layer in layers]).transpose(1, 2)  # (N, m, d)
     b_up = torch.stack([layer.up.bias for layer in layers]).unsqueeze(1)  # (N, 1, d)
     up = torch.baddbmm(b_up, z, w_up)  # (N, B·T, d)
-    scales = [layer.scaling for layer in layers]
-    if any(isinstance(s, torch.Tensor) for s in scales):
-        up = up * torch.stack(
-            [torch.as_tensor(s, dtype=up.dtype, device=up.device).expand(d) for s in scales]
-        ).unsqueeze(1)
-    elif any(float(s) != 1.0 for s in scales):  # type: ignore[arg-type]
-        up = up * torch.tensor(scales, dtype=up.dtype, device=up.device).view(n, 1, 1)
+    scales = stacked_scaling(layers, up)
+    if scales is not None:
+        up = up * scales
     return first.dropout(up).view(n, *lead, d)
 
 

@@ -95,6 +95,66 @@ def test_batch_split_with_fusion_and_uneven_sizes(inputs):
     assert torch.allclose(out[1:], ref, atol=ATOL)
 
 
+def _separate_rows(model, inputs, names, sizes):
+    """Each adapter alone on its rows, concatenated: the slow reference for BatchSplit."""
+    rows, start = [], 0
+    for name, size in zip(names, sizes, strict=True):
+        if size:
+            rows.append(hidden(model, {k: v[start : start + size] for k, v in inputs.items()}, name))
+        start += size
+    return torch.cat(rows)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("config", ["pfeiffer", "houlsby", "pfeiffer[scaling=learned]"])
+@pytest.mark.parametrize("sizes", [[1, 1, 1], [2, 0, 1]])
+def test_batch_split_of_alike_adapters_runs_grouped_and_equals_separate_passes(
+    arch, config, sizes, inputs, monkeypatch
+):
+    import adapterhub.composition as composition
+
+    model = make_model(arch, config=config)
+    for i, name in enumerate("abc"):  # learned scalings away from 1 so that a mix-up of rows would show
+        for param in model._adapterhub.adapters[name].parameters():
+            if param.ndim == 1 and param.numel() == 1:
+                param.data.fill_(0.5 + i)
+    expected = _separate_rows(model, inputs, "abc", sizes)
+
+    real = composition._run_chunks
+
+    def no_chunks(*args, **kwargs):  # may run only where no adapter sits (and then changes nothing)
+        out = real(*args, **kwargs)
+        assert out is None, "BatchSplit of alike adapters fell back to per-chunk slicing"
+        return out
+
+    monkeypatch.setattr(composition, "_run_chunks", no_chunks)
+    out = hidden(model, inputs, BatchSplit("a", "b", "c", batch_sizes=sizes))
+    torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
+
+
+def test_batch_split_of_adapters_that_differ_falls_back_to_slices(inputs, monkeypatch):
+    import adapterhub.composition as composition
+
+    model = make_model("bert", names=("a",))
+    model.add_adapter("wide", config="pfeiffer[reduction_factor=2]")
+    model.add_adapter("houlsby", config="houlsby")
+    for i, name in enumerate(("wide", "houlsby")):
+        perturb(model._adapterhub.adapters[name], std=0.2, seed=30 + i)
+    calls = []
+    real = composition._run_chunks
+
+    def counting_chunks(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.extend([] if out is None else [1])
+        return out
+
+    monkeypatch.setattr(composition, "_run_chunks", counting_chunks)
+    for names in (("a", "wide", "a"), ("a", "houlsby", "a")):
+        out = hidden(model, inputs, BatchSplit(*names, batch_sizes=[1, 1, 1]))
+        torch.testing.assert_close(out, _separate_rows(model, inputs, names, [1, 1, 1]), atol=ATOL, rtol=0)
+    assert calls, "adapters of different width or placement must take the per-slice path"
+
+
 def test_batch_split_sizes_must_match_the_batch(inputs):
     model = make_model("bert")
     with pytest.raises(ConfigError, match="sum to 2, but the batch has 3 rows"):

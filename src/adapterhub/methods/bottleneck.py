@@ -7,6 +7,7 @@ around the model's residual connection and LayerNorm is described in ``Bottlenec
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -95,6 +96,65 @@ class BottleneckLayer(nn.Module):
         if self.config.adapter_residual_before_ln:
             return self.norm_after(out + adapter_residual)
         return self.norm_after(out) + adapter_residual
+
+
+def can_group(layers: Sequence[BottleneckLayer]) -> bool:
+    """Whether these adapters can run as one batched computation: no LayerNorm before the down projection, the
+    same bottleneck width, activation and dropout."""
+    first = layers[0]
+    return all(
+        layer.norm_before is None
+        and layer.down.out_features == first.down.out_features
+        and type(layer.activation) is type(first.activation)
+        and getattr(layer.activation, "approximate", None) == getattr(first.activation, "approximate", None)
+        and layer.dropout.p == first.dropout.p
+        for layer in layers
+    )
+
+
+def stacked_scaling(layers: Sequence[BottleneckLayer], like: torch.Tensor) -> torch.Tensor | None:
+    """The adapters' scalings stacked for broadcasting against ``(K, rows, d)``: ``(K, 1, d)`` when any is a
+    learned tensor, ``(K, 1, 1)`` for plain numbers, ``None`` when all are 1."""
+    scales = [layer.scaling for layer in layers]
+    d = like.shape[-1]
+    if any(isinstance(s, torch.Tensor) for s in scales):
+        as_rows = [torch.as_tensor(s, dtype=like.dtype, device=like.device).expand(d) for s in scales]
+        return torch.stack(as_rows).unsqueeze(1)  # (K, 1, d)
+    if all(float(s) == 1.0 for s in scales):  # type: ignore[arg-type]
+        return None
+    return torch.tensor(scales, dtype=like.dtype, device=like.device).view(len(scales), 1, 1)
+
+
+def batch_split_deltas(
+    layers: Sequence[BottleneckLayer], x: torch.Tensor, sizes: Sequence[int]
+) -> torch.Tensor:
+    """``s_k · A_k(x_rows)`` for consecutive row blocks: rows ``[Σ_{j<k} sizes_j, Σ_{j≤k} sizes_j)`` of ``x`` through
+    adapter ``k``, all K adapters in two batched matmuls. ``x``: ``(B, T, d) -> (B, T, d)``; ``sum(sizes) == B``;
+    the layers must pass :func:`can_group`.
+
+    Equal sizes: the batch is viewed as ``(K, rows·T, d)`` against the stacked ``(K, d, m)`` weights. Otherwise
+    every row gets its adapter's weights (``(B, d, m)``, gathered by row) and one matmul per row runs in a batch.
+    """
+    first = layers[0]
+    d = x.shape[-1]
+    w_down = torch.stack([layer.down.weight for layer in layers]).transpose(1, 2)  # (K, d, m)
+    b_down = torch.stack([layer.down.bias for layer in layers]).unsqueeze(1)  # (K, 1, m)
+    w_up = torch.stack([layer.up.weight for layer in layers]).transpose(1, 2)  # (K, m, d)
+    b_up = torch.stack([layer.up.bias for layer in layers]).unsqueeze(1)  # (K, 1, d)
+    scale = stacked_scaling(layers, x)  # (K, 1, d) | (K, 1, 1) | None
+    if len(set(sizes)) == 1:
+        groups = x.reshape(len(layers), -1, d)  # (K, rows·T, d)
+    else:
+        counts = torch.tensor(list(sizes), device=x.device)
+        owner = torch.repeat_interleave(torch.arange(len(layers), device=x.device), counts)  # (B,)
+        w_down, b_down, w_up, b_up = w_down[owner], b_down[owner], w_up[owner], b_up[owner]
+        scale = scale[owner] if scale is not None else None
+        groups = x.reshape(x.shape[0], -1, d)  # (B, T, d)
+    z = first.activation(torch.baddbmm(b_down, groups, w_down))  # (G, rows, m)
+    up = torch.baddbmm(b_up, z, w_up)  # (G, rows, d)
+    if scale is not None:
+        up = up * scale
+    return first.dropout(up).reshape(x.shape)
 
 
 def enter_site(config: BottleneckConfig, inputs: SiteInputs) -> BottleneckState:
