@@ -522,7 +522,8 @@ def _batch_split_grouped(run: SiteRun, block: BatchSplit, inputs: SiteInputs) ->
     """BatchSplit over plain bottleneck adapters that all sit here, are placed alike (same ``original_ln_before``,
     ``residual_before_ln``, ``original_ln_after``, no adapter-internal LayerNorm) and pass ``can_group``: one
     computation for the whole batch (enter the site once, the K adapters as batched matmuls over their rows,
-    leave once) instead of K slices, K LayerNorms and a concatenation. None when that does not apply."""
+    leave once) instead of K slices, K LayerNorms and a concatenation. Children with no rows are left out. None
+    when that does not apply."""
     from adapterhub.methods.bottleneck import (
         BottleneckAdapter,
         batch_split_deltas,
@@ -531,7 +532,9 @@ def _batch_split_grouped(run: SiteRun, block: BatchSplit, inputs: SiteInputs) ->
         leave_site,
     )
 
-    names = block.children
+    # children with no rows take no part (so that their parameters get no gradient, not even a zero one)
+    used = [(name, size) for name, size in zip(block.children, block.batch_sizes, strict=True) if size > 0]
+    names, sizes = [name for name, _ in used], [size for _, size in used]
     if not all(isinstance(name, str) and run.present(name) for name in names):
         return None
     modules = [run.adapter(name) for name in names]  # type: ignore[arg-type]
@@ -546,7 +549,7 @@ def _batch_split_grouped(run: SiteRun, block: BatchSplit, inputs: SiteInputs) ->
         return None
     config, pre_norm = modules[0].config, modules[0].dims.pre_norm
     state = enter_site(config, inputs)  # type: ignore[arg-type]
-    y = batch_split_deltas(layers, state.x, block.batch_sizes) + state.adapter_residual  # (B, T, d)
+    y = batch_split_deltas(layers, state.x, sizes) + state.adapter_residual  # (B, T, d)
     return leave_site(config, y, inputs, pre_norm)  # type: ignore[arg-type]
 
 

@@ -132,6 +132,40 @@ def test_batch_split_of_alike_adapters_runs_grouped_and_equals_separate_passes(
     torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_grouped_batch_split_gives_each_adapter_the_gradient_of_its_own_rows(arch, inputs):
+    model = make_model(arch, config="pfeiffer")
+    model.eval()  # no dropout: the two ways must agree exactly
+
+    def adapter_grads(loss_of):
+        model.zero_grad(set_to_none=True)
+        loss_of().backward()
+        return {
+            name: param.grad.clone()
+            for name, param in model._adapterhub.adapters.named_parameters()
+            if param.grad is not None
+        }
+
+    def together():
+        with model.adapter_setup(BatchSplit("a", "b", "c", batch_sizes=[1, 0, 2])):
+            return model(**inputs).last_hidden_state.pow(2).sum()
+
+    def separately():
+        total = 0
+        for name, rows in (("a", slice(0, 1)), ("c", slice(1, 3))):
+            with model.adapter_setup(name):
+                total = (
+                    total + model(**{k: v[rows] for k, v in inputs.items()}).last_hidden_state.pow(2).sum()
+                )
+        return total
+
+    grouped, reference = adapter_grads(together), adapter_grads(separately)
+    assert grouped.keys() == reference.keys()
+    assert not any(key.startswith("b.") for key in grouped), "adapter b has no rows and must get no gradient"
+    for key in reference:
+        torch.testing.assert_close(grouped[key], reference[key], atol=1e-4, rtol=1e-4)
+
+
 def test_batch_split_of_adapters_that_differ_falls_back_to_slices(inputs, monkeypatch):
     import adapterhub.composition as composition
 
