@@ -8,6 +8,14 @@ An ``ArchitectureSpec`` names, relative to one transformer layer, the modules ar
 - ``norm``: in post-norm models the LayerNorm that computes ``LN(h + input)``; ``None`` in pre-norm models, where
   the layer itself adds ``h`` to the residual stream.
 
+It also names, as data, the other attachment points of the method protocol (``adapterhub.methods.base``):
+
+- ``linears``: the linear projections ``q``, ``k``, ``v``, ``attn_out``, ``ffn_in``, ``ffn_gate`` (gated FFNs only),
+  ``ffn_out`` by module path; a slice of a fused projection (GPT-2's ``c_attn`` holds q, k and v) is
+  ``LinearSpec(module, part=(index, parts))``; ``transposed`` marks ``Conv1D`` weights stored ``(d_in, d_out)``;
+- ``attention``: the self-attention module, whose keys and values prefix tuning extends through the attention
+  function transformers calls (``AttentionInterface``).
+
 The injection code registers forward hooks on exactly these modules; no transformers forward is copied. Adding an
 architecture is one ``register_architecture(...)`` entry plus one row in the test matrix.
 """
@@ -40,6 +48,16 @@ class SiteSpec:
 
 
 @dataclass(frozen=True)
+class LinearSpec:
+    """A linear projection: ``module`` (path relative to the layer), the ``part=(index, parts)`` of its output
+    that is this projection when several are fused in one module, and ``transposed`` for ``Conv1D`` weights."""
+
+    module: str
+    part: tuple[int, int] | None = None
+    transposed: bool = False
+
+
+@dataclass(frozen=True)
 class ArchitectureSpec:
     """How to find layers and adapter sites in one family of models (keyed by ``config.model_type``)."""
 
@@ -50,6 +68,8 @@ class ArchitectureSpec:
     # Naming used by the `adapters` library for the same sites (for reading and writing its layout).
     adapters_lib_sites: Mapping[str, str] = field(default_factory=dict)
     adapters_lib_layers: str = ""
+    linears: Mapping[str, LinearSpec] = field(default_factory=dict)
+    attention: str | None = None  # the self-attention module (relative to the layer)
 
     @property
     def pre_norm(self) -> bool:
@@ -123,6 +143,15 @@ BERT = register_architecture(
         sites=_BERT_LIKE_SITES,
         adapters_lib_sites={"attn": "attention.output", "ffn": "output"},
         adapters_lib_layers="encoder.layer",
+        linears={
+            "q": LinearSpec("attention.self.query"),
+            "k": LinearSpec("attention.self.key"),
+            "v": LinearSpec("attention.self.value"),
+            "attn_out": LinearSpec("attention.output.dense"),
+            "ffn_in": LinearSpec("intermediate.dense"),
+            "ffn_out": LinearSpec("output.dense"),
+        },
+        attention="attention.self",
     )
 )
 
@@ -142,6 +171,15 @@ DISTILBERT = register_architecture(
         },
         adapters_lib_sites={"attn": "attention", "ffn": "ffn"},
         adapters_lib_layers="transformer.layer",
+        linears={
+            "q": LinearSpec("attention.q_lin"),
+            "k": LinearSpec("attention.k_lin"),
+            "v": LinearSpec("attention.v_lin"),
+            "attn_out": LinearSpec("attention.out_lin"),
+            "ffn_in": LinearSpec("ffn.lin1"),
+            "ffn_out": LinearSpec("ffn.lin2"),
+        },
+        attention="attention",
     )
 )
 
@@ -156,6 +194,15 @@ GPT2 = register_architecture(
         },
         adapters_lib_sites={"attn": "attn", "ffn": "mlp"},
         adapters_lib_layers="h",
+        linears={
+            "q": LinearSpec("attn.c_attn", part=(0, 3), transposed=True),
+            "k": LinearSpec("attn.c_attn", part=(1, 3), transposed=True),
+            "v": LinearSpec("attn.c_attn", part=(2, 3), transposed=True),
+            "attn_out": LinearSpec("attn.c_proj", transposed=True),
+            "ffn_in": LinearSpec("mlp.c_fc", transposed=True),
+            "ffn_out": LinearSpec("mlp.c_proj", transposed=True),
+        },
+        attention="attn",
     )
 )
 
@@ -171,5 +218,15 @@ LLAMA = register_architecture(
         },
         adapters_lib_sites={"attn": "self_attn", "ffn": "mlp"},
         adapters_lib_layers="layers",
+        linears={
+            "q": LinearSpec("self_attn.q_proj"),
+            "k": LinearSpec("self_attn.k_proj"),
+            "v": LinearSpec("self_attn.v_proj"),
+            "attn_out": LinearSpec("self_attn.o_proj"),
+            "ffn_in": LinearSpec("mlp.up_proj"),
+            "ffn_gate": LinearSpec("mlp.gate_proj"),
+            "ffn_out": LinearSpec("mlp.down_proj"),
+        },
+        attention="self_attn",
     )
 )

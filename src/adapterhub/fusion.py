@@ -30,25 +30,21 @@ import contextvars
 import dataclasses
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from adapterhub.composition import Fuse, SiteRun
+from adapterhub.composition import Fuse, Setup, fuse_blocks, parallel_block
 from adapterhub.errors import AdapterNotFoundError, ConfigError, did_you_mean
-from adapterhub.methods.base import AdapterModule, SiteInputs
-from adapterhub.methods.bottleneck import can_group, stacked_scaling
+from adapterhub.methods.base import AdapterModule, Point, PointInputs
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from adapterhub.methods.bottleneck import BottleneckLayer
-    from adapterhub.model import AdapterStore
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -225,31 +221,6 @@ class AdapterFusion(nn.Module):
 # ------------------------------------------------------------------------------------------------ compute
 
 
-def stacked_deltas(layers: Sequence[BottleneckLayer], x: torch.Tensor) -> torch.Tensor:
-    """``u_n = s_n · A_n(x)`` of N adapters on the same input, ``(B, T, d) -> (N, B, T, d)``.
-
-    Adapters of equal shape and activation (the usual case) run together: one matmul for all down projections
-    (``W_down`` concatenated to ``(N·m, d)``) and one batched matmul for the up projections (``(N, m, d)``).
-    """
-    first = layers[0]
-    n, d = len(layers), x.shape[-1]
-    width = first.down.out_features
-    if not can_group(layers):
-        return torch.stack([layer.delta(x) for layer in layers])
-    lead = x.shape[:-1]
-    w_down = torch.cat([layer.down.weight for layer in layers])  # (N·m, d)
-    b_down = torch.cat([layer.down.bias for layer in layers])  # (N·m,)
-    z = first.activation(F.linear(x.reshape(-1, d), w_down, b_down))  # (B·T, N·m)
-    z = z.view(-1, n, width).transpose(0, 1)  # (N, B·T, m)
-    w_up = torch.stack([layer.up.weight for layer in layers]).transpose(1, 2)  # (N, m, d)
-    b_up = torch.stack([layer.up.bias for layer in layers]).unsqueeze(1)  # (N, 1, d)
-    up = torch.baddbmm(b_up, z, w_up)  # (N, B·T, d)
-    scales = stacked_scaling(layers, up)
-    if scales is not None:
-        up = up * scales
-    return first.dropout(up).view(n, *lead, d)
-
-
 _RECORDING: contextvars.ContextVar[list[tuple[str, int, str, torch.Tensor]] | None] = contextvars.ContextVar(
     "adapterhub_fusion_recording", default=None
 )
@@ -267,60 +238,60 @@ def record_fusion_attentions() -> Iterator[list[tuple[str, int, str, torch.Tenso
         _RECORDING.reset(token)
 
 
-def fuse_step(run: SiteRun, block: Fuse, inputs: SiteInputs) -> tuple[torch.Tensor, AdapterModule] | None:
-    """The fused running value ``o + residual`` at this site and the adapter whose config leaves the site, or
-    None when the fused adapters do not sit here."""
-    from adapterhub.methods.bottleneck import BottleneckAdapter, enter_site
-
-    names = list(block.children)
-    present = [run.present(n) for n in names]  # type: ignore[arg-type]
-    if not any(present):
+def fuse_step(
+    layer: int,
+    point: Point,
+    modules: Sequence[AdapterModule | None],
+    fusions: Mapping[str, Any],
+    block: Fuse,
+    inputs: PointInputs,
+) -> tuple[torch.Tensor, AdapterModule] | None:
+    """The fused running value ``o + residual`` at this point and the adapter whose config leaves it, or None when
+    the fused adapters do not sit here. ``modules``: the block's adapters, None where one is absent at the point."""
+    if all(m is None for m in modules):
         return None
-    fusions = run.extras.get("fusions")
     key = block.fusion_name
-    if fusions is None or key not in fusions:
-        known = ", ".join(f"Fuse({k})" for k in (fusions or {})) or "none"
+    if key not in fusions:
+        known = ", ".join(f"Fuse({k})" for k in fusions) or "none"
         raise AdapterNotFoundError(
             f"{block!r} is active but the model has no fusion weights for it (fusions: {known}). Add them with "
             f"model.add_adapter_fusion({block!r}) or load them with model.load_adapter_fusion(path)."
         )
     fusion: AdapterFusion = fusions[key]
-    layer = fusion.layer_at(run.layer, run.site)
-    if layer is None or not all(present):
-        missing = [n for n, p in zip(names, present, strict=True) if not p]
+    fusion_layer = fusion.layer_at(layer, point[1])
+    missing = [n for n, m in zip(block.children, modules, strict=True) if m is None]
+    if fusion_layer is None or missing:
         raise ConfigError(
-            f"{block!r} cannot run at layer {run.layer}, site {run.site!r}: "
+            f"{block!r} cannot run at layer {layer}, point {point[1]!r}: "
             + (f"adapter(s) {missing} do not sit there." if missing else "the fusion has no weights there.")
         )
-    modules = [run.adapter(n) for n in names]  # type: ignore[arg-type]
-    if not all(isinstance(m, BottleneckAdapter) for m in modules):
-        raise ConfigError("Fuse combines bottleneck adapters only.")
-    last = modules[-1]
-    state = enter_site(last.config, inputs)  # type: ignore[arg-type]
-    ups = stacked_deltas([m.layer_at(run.layer, run.site) for m in modules], state.x)  # type: ignore[attr-defined]
-    query_input = inputs.h if fusion.config.query_before_ln else state.x
-    out, probs = layer(query_input, ups)
+    present: list[AdapterModule] = [m for m in modules if m is not None]
+    last = present[-1]
+    x, adapter_residual = last.fuse_enter(layer, point, inputs)
+    ups = last.fuse_deltas(present, layer, point, x)  # (N, B, T, d)
+    query_input = inputs.start() if fusion.config.query_before_ln else x  # the sub-layer output h
+    out, probs = fusion_layer(query_input, ups)
     records = _RECORDING.get()
     if records is not None:
-        records.append((key, run.layer, run.site, probs.detach()))
-    return out + state.adapter_residual, last
+        records.append((key, layer, point[1], probs.detach()))
+    return out + adapter_residual, last
 
 
-def fuse_blocks(setup: Any) -> list[Fuse]:
-    if isinstance(setup, Fuse):
-        return [setup]
-    if setup is None or isinstance(setup, str):
-        return []
-    return [f for child in setup.children for f in fuse_blocks(child)]
+class FusionOwner(Protocol):
+    """What the regulariser needs of the adapter store: its fusions and the setup of the current call."""
+
+    fusions: Any
+
+    def current_setup(self) -> Setup | None: ...
 
 
-def regularization_loss(store: AdapterStore, setup: Any) -> torch.Tensor | None:
+def regularization_loss(fusions: Mapping[str, Any], setup: Setup | None) -> torch.Tensor | None:
     """Sum of the regularisers of the fusions in ``setup`` whose V is being trained."""
     terms = []
     for block in fuse_blocks(setup):
-        if block.fusion_name not in store.fusions:
+        if block.fusion_name not in fusions:
             continue
-        fusion: AdapterFusion = store.fusions[block.fusion_name]  # type: ignore[assignment]
+        fusion: AdapterFusion = fusions[block.fusion_name]
         if not any(p.requires_grad for p in fusion.parameters()):
             continue
         term = fusion.regularization_loss()
@@ -332,16 +303,21 @@ def regularization_loss(store: AdapterStore, setup: Any) -> torch.Tensor | None:
 class RegulariserHook:
     """Model forward hook: in training mode, add the active fusions' regulariser to the returned loss."""
 
-    def __init__(self, model: nn.Module, store: AdapterStore) -> None:
-        self.model, self.store = model, store
+    def __init__(self, store: FusionOwner) -> None:
+        self.store = store
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        if not self.model.training or len(self.store.fusions) == 0:
+        if not module.training or len(self.store.fusions) == 0:
             return None
+        if isinstance(output, tuple):  # return_dict=False: the loss, when there is one, comes first
+            if not output or not isinstance(output[0], torch.Tensor) or output[0].dim() != 0:
+                return None
+            term = regularization_loss(self.store.fusions, self.store.current_setup())
+            return output if term is None else (output[0] + term.to(output[0].dtype), *output[1:])
         loss = getattr(output, "loss", None)
         if loss is None:
             return None
-        term = regularization_loss(self.store, self.store.current_setup())
+        term = regularization_loss(self.store.fusions, self.store.current_setup())
         if term is None:
             return None
         output.loss = loss + term.to(loss.dtype)
@@ -449,8 +425,6 @@ def compute_fusion_activations(
 ) -> FusionActivations:
     import numpy as np
 
-    from adapterhub.composition import parallel_block
-
     store = model._store
     fusion: AdapterFusion = store.fusions[fuse.fusion_name]
     keys = fusion.site_keys()
@@ -528,7 +502,3 @@ def plot_fusion_heatmap(
     fig.savefig(path, dpi=150)
     plt.close(fig)
     return path
-
-
-def iter_texts(items: Iterable[Any]) -> list[str]:
-    return [x if isinstance(x, str) else x.text for x in items]

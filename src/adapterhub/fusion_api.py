@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from adapterhub.composition import Fuse, normalize_setup, setup_names
+from adapterhub.adapters_api import AdapterAPIMixin
+from adapterhub.composition import Fuse, fuse_blocks, normalize_setup, setup_names
+from adapterhub.core import load_exact
 from adapterhub.errors import AdapterExistsError, AdapterNotFoundError, ConfigError, did_you_mean
-from adapterhub.heads.api import HeadsMixin
 
 if TYPE_CHECKING:
     from adapterhub.fusion import AdapterFusion, FusionActivations, FusionConfig
@@ -39,7 +40,7 @@ def as_fuse(setup: Any) -> Fuse:
     raise ConfigError(f"Expected Fuse('a', 'b', ...), 'a,b' or a list of adapter names; got {setup!r}.")
 
 
-class FusionMixin(HeadsMixin):
+class FusionMixin(AdapterAPIMixin):
     """Methods mixed into the model by ``adapterhub.init`` for AdapterFusion; fusions live in
     ``model._adapterhub.fusions`` under the key ``"a,b,c"``."""
 
@@ -47,11 +48,11 @@ class FusionMixin(HeadsMixin):
     @property
     def fusions(self) -> dict[str, FusionConfig]:
         """Fusion name (``"a,b,c"``) -> its config."""
-        return {name: module.config for name, module in self._store.fusions.items()}  # type: ignore[attr-defined]
+        return {name: module.config for name, module in self._store.fusions.items()}
 
     def _require_fusion(self, setup: Any) -> AdapterFusion:
         fuse = as_fuse(setup)
-        fusions = self._store.fusions  # type: ignore[attr-defined]
+        fusions = self._store.fusions
         if fuse.fusion_name not in fusions:
             known = ", ".join(fusions.keys()) or "none yet"
             raise AdapterNotFoundError(
@@ -61,16 +62,16 @@ class FusionMixin(HeadsMixin):
         return fusions[fuse.fusion_name]  # type: ignore[no-any-return]
 
     def _fusion_sites(self, fuse: Fuse) -> dict[int, tuple[str, ...]]:
-        from adapterhub.methods.bottleneck import BottleneckAdapter
-
-        modules = [self._require_adapter(n) for n in fuse.children]  # type: ignore[attr-defined]
-        for name, module in zip(fuse.children, modules, strict=True):
-            if not isinstance(module, BottleneckAdapter):
-                raise ConfigError(
-                    f"Fuse combines bottleneck adapters; {name!r} is a {module.config.method} adapter."
-                )
+        modules = [self._require_adapter(n) for n in fuse.children]  # type: ignore[arg-type]
+        placements = [module.fuse_placement() for module in modules]  # raises for methods Fuse cannot combine
+        if any(p != placements[-1] for p in placements):
+            detail = ", ".join(f"{n}: {p}" for n, p in zip(fuse.children, placements, strict=True))
+            raise ConfigError(
+                f"The adapters of {fuse!r} are placed differently ({detail}); a fusion prepares one input for all "
+                "of them, so they must agree (e.g. all 'pfeiffer' or all 'houlsby')."
+            )
         sites: dict[int, tuple[str, ...]] = {}
-        for layer in range(self.model_dims().num_layers):  # type: ignore[attr-defined]
+        for layer in range(self.model_dims().num_layers):
             per_adapter = {
                 name: tuple(m.sites_at(layer)) for name, m in zip(fuse.children, modules, strict=True)
             }
@@ -87,11 +88,11 @@ class FusionMixin(HeadsMixin):
 
         dropout = config.dropout
         if dropout is None:
-            dropout = float(getattr(self.config, "attention_probs_dropout_prob", 0.0) or 0.0)  # type: ignore[attr-defined]
+            dropout = float(getattr(self.config, "attention_probs_dropout_prob", 0.0) or 0.0)
         return AdapterFusion(
-            fuse.children,  # type: ignore[arg-type]
+            fuse.children,
             config,
-            self.model_dims().hidden_size,  # type: ignore[attr-defined]
+            self.model_dims().hidden_size,
             self._fusion_sites(fuse),
             dropout,
         )
@@ -112,22 +113,22 @@ class FusionMixin(HeadsMixin):
 
         fuse = as_fuse(adapter_setup)
         resolved = resolve_fusion_config(config)
-        if fuse.fusion_name in self._store.fusions and not overwrite_ok:  # type: ignore[attr-defined]
+        if fuse.fusion_name in self._store.fusions and not overwrite_ok:
             raise AdapterExistsError(
                 f"A fusion {fuse!r} already exists; pass overwrite_ok=True to replace it."
             )
-        module = self._place(self._build_fusion(fuse, resolved))  # type: ignore[attr-defined]
-        self._store.fusions[fuse.fusion_name] = module  # type: ignore[attr-defined]
+        module = self._place(self._build_fusion(fuse, resolved))
+        self._store.fusions[fuse.fusion_name] = module
         if set_active:
-            self.set_active_adapters(fuse)  # type: ignore[attr-defined]
+            self.set_active_adapters(fuse)
         return module  # type: ignore[no-any-return]
 
     def delete_adapter_fusion(self, adapter_setup: Any) -> None:
         fuse = as_fuse(adapter_setup)
         self._require_fusion(fuse)
-        del self._store.fusions[fuse.fusion_name]  # type: ignore[attr-defined]
-        if fuse in _fuses(self._store.active_setup):  # type: ignore[attr-defined]
-            self._store.active_setup = None  # type: ignore[attr-defined]
+        del self._store.fusions[fuse.fusion_name]
+        if fuse in _fuses(self._store.active_setup):
+            self._store.active_setup = None
 
     # ------------------------------------------------------------------ training
     def train_adapter_fusion(
@@ -153,14 +154,14 @@ class FusionMixin(HeadsMixin):
                 f"train_adapter_fusion needs a setup with a Fuse(...) block, got {adapter_setup!r}."
             )
         modules = [self._require_fusion(f) for f in fuses]
-        for param in self.parameters():  # type: ignore[attr-defined]
+        for param in self._module().parameters():
             param.requires_grad_(False)
         for module in modules:
             module.requires_grad_(True)
         if unfreeze_adapters:
             for name in setup_names(setup):
-                self._require_adapter(name).requires_grad_(True)  # type: ignore[attr-defined]
-        self.set_active_adapters(setup)  # type: ignore[attr-defined]
+                self._require_adapter(name).requires_grad_(True)
+        self.set_active_adapters(setup)
         if head is not None:
             self.active_head = head
         if train_head:
@@ -168,21 +169,21 @@ class FusionMixin(HeadsMixin):
 
             head_name = self.active_head
             if head_name is not None:
-                self._store.heads[head_name].requires_grad_(True)  # type: ignore[attr-defined]
+                self._store.heads[head_name].requires_grad_(True)
             else:
-                for param in static_head_parameters(self).values():  # type: ignore[arg-type]
+                for param in static_head_parameters(self._module()).values():
                     param.requires_grad_(True)
-        self.train()  # type: ignore[attr-defined]
+        self._module().train()
 
     def fusion_regularization_loss(self, adapter_setup: Any = None) -> torch.Tensor | None:
         """``λ·Σ||I - V||²`` of the fusions in ``adapter_setup`` (default: the active setup) that are being
         trained; add it to your loss if you compute the loss outside the model."""
         from adapterhub.fusion import regularization_loss
 
-        setup = self._store.current_setup() if adapter_setup is None else normalize_setup(adapter_setup)  # type: ignore[attr-defined]
+        setup = self._store.current_setup() if adapter_setup is None else normalize_setup(adapter_setup)
         if isinstance(setup, str) and "," in setup:
             setup = as_fuse(setup)
-        return regularization_loss(self._store, setup)  # type: ignore[attr-defined]
+        return regularization_loss(self._store.fusions, setup)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ save / load
     def save_adapter_fusion(
@@ -215,26 +216,26 @@ class FusionMixin(HeadsMixin):
         head = None
         if with_head:
             head_name = with_head if isinstance(with_head, str) else self.active_head
-            if isinstance(with_head, str) and head_name not in self._store.heads:  # type: ignore[attr-defined]
+            if isinstance(with_head, str) and head_name not in self._store.heads:
                 raise AdapterNotFoundError(f"No head named {head_name!r} to save with the fusion.")
-            head = self._head_record(head_name) if head_name else self._head_record("__static__")  # type: ignore[attr-defined]
+            head = self._head_record(head_name) if head_name else self._head_record("__static__")
         directory = Path(directory)
         adapter_dirs: dict[str, Path] = {}
         if with_adapters:
             for name in fuse.children:
                 target = directory / ADAPTERS_SUBDIR / name  # type: ignore[operator]
-                self.save_adapter(target, name, with_head=False, layout=layout)  # type: ignore[attr-defined]
+                self.save_adapter(target, name, with_head=False, layout=layout)
                 adapter_dirs[name] = target  # type: ignore[index]
         record = FusionRecord(
-            adapters=tuple(fuse.children),  # type: ignore[arg-type]
+            adapters=tuple(fuse.children),
             config=module.config.to_dict(),
-            model=self.model_info(),  # type: ignore[attr-defined]
+            model=self.model_info(),
             tensors=dict(module.state_dict()),
             head=head,
             adapter_dirs=adapter_dirs,
         )
         if layout == "adapters":
-            return write_adapters_lib_fusion(record, directory, self._spec, self)  # type: ignore[attr-defined,arg-type]
+            return write_adapters_lib_fusion(record, directory, self._spec, self._module())
         return write_fusion_dir(record, directory)
 
     def load_adapter_fusion(
@@ -253,41 +254,42 @@ class FusionMixin(HeadsMixin):
         before the model changes. Returns the ``Fuse`` block (activated with its head if ``set_active``)."""
         from adapterhub.fusion import FusionConfig
         from adapterhub.io.fusion_dir import read_fusion_dir
-        from adapterhub.model import _load_exact
 
-        record = read_fusion_dir(directory, spec=self._spec, with_head=with_head)  # type: ignore[attr-defined]
+        record = read_fusion_dir(directory, spec=self._spec, with_head=with_head)
         fuse = Fuse(*record.adapters)
-        self._check_compatible(record.model, f"fusion {fuse!r}")  # type: ignore[attr-defined]
-        if fuse.fusion_name in self._store.fusions and not overwrite_ok:  # type: ignore[attr-defined]
+        self._check_compatible(record.model, f"fusion {fuse!r}")
+        if fuse.fusion_name in self._store.fusions and not overwrite_ok:
             raise AdapterExistsError(
                 f"A fusion {fuse!r} already exists; pass overwrite_ok=True to replace it."
             )
-        missing = [n for n in record.adapters if not self.has_adapter(n)]  # type: ignore[attr-defined]
+        missing = [n for n in record.adapters if not self.has_adapter(n)]
         if missing and not (load_adapters and all(n in record.adapter_dirs for n in missing)):
             raise AdapterNotFoundError(
                 f"The fusion {fuse!r} needs adapter(s) {missing}, which this model does not have"
                 + (" and the fusion directory does not hold" if record.adapter_dirs else "")
                 + ". Load them first with model.load_adapter(path)."
             )
-        for name in missing:
-            self.load_adapter(record.adapter_dirs[name], with_head=False)  # type: ignore[attr-defined]
+        loaded: list[str] = []
         try:
+            for name in missing:
+                loaded.append(self.load_adapter(record.adapter_dirs[name], with_head=False))
             module = self._build_fusion(fuse, FusionConfig.from_dict(record.config))
-            _load_exact(module, record.tensors, f"fusion {fuse!r}")
+            load_exact(module, record.tensors, f"fusion {fuse!r}")
             install_head = (
-                self._prepare_head(record.head, record.head.name)  # type: ignore[attr-defined]
+                self._prepare_head(record.head, record.head.name)
                 if with_head and record.head is not None
                 else None
             )
-        except Exception:
-            for name in missing:  # leave the model as it was
-                del self._store.adapters[name]  # type: ignore[attr-defined]
+        except BaseException:
+            for name in loaded:  # leave the model as it was
+                del self._store.adapters[name]
+            self._store.changed()
             raise
-        self._store.fusions[fuse.fusion_name] = self._place(module)  # type: ignore[attr-defined]
+        self._store.fusions[fuse.fusion_name] = self._place(module)
         if install_head is not None:
             install_head()
         if set_active:
-            self.set_active_adapters(fuse)  # type: ignore[attr-defined]
+            self.set_active_adapters(fuse)
             if record.head is not None and record.head.head_type != "static":
                 self.active_head = record.head.name
         return fuse
@@ -311,8 +313,8 @@ class FusionMixin(HeadsMixin):
         from adapterhub.fusion import compute_fusion_activations
 
         if fusion is None:
-            active = _fuses(self._store.current_setup())  # type: ignore[attr-defined]
-            names = list(self._store.fusions.keys())  # type: ignore[attr-defined]
+            active = _fuses(self._store.current_setup())
+            names = list(self._store.fusions.keys())
             if active:
                 fuse = active[0]
             elif len(names) == 1:
@@ -323,11 +325,9 @@ class FusionMixin(HeadsMixin):
             fuse = as_fuse(fusion)
         self._require_fusion(fuse)
         return compute_fusion_activations(
-            self, fuse, data, tokenizer, batch_size=batch_size, max_length=max_length
+            self._module(), fuse, data, tokenizer, batch_size=batch_size, max_length=max_length
         )
 
 
 def _fuses(setup: Any) -> list[Fuse]:
-    from adapterhub.fusion import fuse_blocks
-
     return fuse_blocks(setup)

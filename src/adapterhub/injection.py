@@ -1,14 +1,18 @@
-"""Attach adapter sites to a loaded transformers model with forward hooks, by module path.
+"""Attach adapter points to a loaded transformers model with forward hooks, by module path.
 
-For every layer ``i`` and site ``s`` of the model's ``ArchitectureSpec``:
+For every layer ``i`` of the model's ``ArchitectureSpec``:
 
-- a forward pre-hook on ``residual.module`` records the residual stream ``input``;
-- a forward hook on ``output`` records ``h`` (post-norm models) or replaces it (pre-norm models);
-- post-norm models: a forward hook on ``norm`` replaces the LayerNorm's output.
+- residual points (``spec.sites``): a forward pre-hook on ``residual.module`` records the residual stream input; a
+  forward hook on ``output`` records ``h`` (post-norm models) or replaces it (pre-norm models); post-norm models: a
+  forward hook on ``norm`` replaces the LayerNorm's output;
+- linear points (``spec.linears``): a forward hook on each projection module replaces its output (or the slices
+  of it that are the points of a fused projection) by what the adapters make of ``(x, y)``.
 
-The replacement value comes from a ``SiteHandler`` (the adapter runtime). When it returns ``None`` (no adapter
-active at that site) the hooks return ``None`` too, so the model computes exactly what it computed before: the
-outputs are bit-identical. Captured tensors are kept per thread, so concurrent forward passes do not mix.
+The replacement values come from a ``PointHandler`` (the adapter store). When it has nothing active for a kind of
+point, the hooks return ``None`` at once, so the model computes exactly what it computed before: the outputs are
+bit-identical. Tensors captured between two hooks of one residual point are kept per thread, so concurrent
+forward passes do not mix. Hooks hold the handler, never the model or a module they are registered on (no
+reference cycles: a model is freed as soon as its last reference goes).
 """
 
 from __future__ import annotations
@@ -18,16 +22,40 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
-from adapterhub.architectures import ArchitectureSpec, InputRef, SiteSpec, get_layers
-from adapterhub.methods.base import SiteInputs
+from adapterhub.architectures import ArchitectureSpec, InputRef, LinearSpec, SiteSpec, get_layers
+from adapterhub.errors import UnsupportedArchitectureError
+from adapterhub.methods.base import LINEAR, RESIDUAL, LinearInputs, PointInputs, ResidualInputs
 
 
-class SiteHandler(Protocol):
-    def is_active(self) -> bool: ...
+class PointHandler(Protocol):
+    def uses(self, kind: str) -> bool: ...
 
-    def site_forward(self, layer: int, site: str, inputs: SiteInputs) -> torch.Tensor | None: ...
+    def point_forward(
+        self, layer: int, kind: str, point: str, inputs: PointInputs
+    ) -> torch.Tensor | None: ...
+
+
+class AdapterHook:
+    """Base of every hook adapterhub registers (``remove_hooks`` finds them by it)."""
+
+
+def remove_hooks(model: nn.Module) -> int:
+    """Detach every adapterhub hook from ``model`` and its submodules; returns how many were removed."""
+    removed = 0
+    for module in model.modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks"):
+            hooks = getattr(module, attr)
+            for key in [k for k, hook in hooks.items() if isinstance(hook, AdapterHook)]:
+                del hooks[key]
+                for extra in (
+                    "_forward_hooks_with_kwargs",
+                    "_forward_pre_hooks_with_kwargs",
+                    "_forward_hooks_always_called",
+                ):
+                    getattr(module, extra, {}).pop(key, None)
+                removed += 1
+    return removed
 
 
 def _read_input(ref: InputRef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -36,20 +64,34 @@ def _read_input(ref: InputRef, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     return kwargs.get(ref.name)
 
 
-class _ResidualHook:
+class _ResidualHook(AdapterHook):
     """Forward pre-hook: remember the residual stream entering the sub-layer."""
 
     def __init__(self, injector: SiteInjector, key: tuple[int, str, str], ref: InputRef) -> None:
         self.injector, self.key, self.ref = injector, key, ref
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if self.injector.handler.is_active():
+        if self.injector.handler.uses(RESIDUAL):
             residual = _read_input(self.ref, args, kwargs)
-            if residual is not None:
-                self.injector.captured()[self.key] = residual
+            if residual is None:
+                raise UnsupportedArchitectureError(
+                    f"The adapter site {self.key[1]!r} of layer {self.key[0]} reads the residual stream from input "
+                    f"{self.ref.index} or keyword {self.ref.name!r} of {type(module).__name__}, but that call passed "
+                    f"neither (keywords: {sorted(kwargs)}). This transformers version calls the module differently: "
+                    "adjust the InputRef of the ArchitectureSpec (docs/ARCHITECTURES.md)."
+                )
+            self.injector.captured()[self.key] = residual
 
 
-class _OutputHook:
+def _missing_capture(layer: int, site: str) -> UnsupportedArchitectureError:
+    return UnsupportedArchitectureError(
+        f"The adapter site {site!r} of layer {layer} ran without the residual stream having been recorded: the "
+        "modules the ArchitectureSpec names do not run in the order it expects in this transformers version. "
+        "Adjust the spec (docs/ARCHITECTURES.md)."
+    )
+
+
+class _OutputHook(AdapterHook):
     """Forward hook on the sub-layer output: record ``h`` (post-norm) or replace it (pre-norm)."""
 
     def __init__(self, injector: SiteInjector, index: int, site_name: str, site: SiteSpec) -> None:
@@ -57,7 +99,7 @@ class _OutputHook:
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         injector, site = self.injector, self.site
-        if not injector.handler.is_active():
+        if not injector.handler.uses(RESIDUAL):
             return None
         h = output[site.output_index] if site.output_index is not None else output
         store = injector.captured()
@@ -66,54 +108,79 @@ class _OutputHook:
             return None
         residual = store.pop((self.index, self.site_name, "residual"), None)
         if residual is None:
-            return None
-        replaced = injector.handler.site_forward(
-            self.index, self.site_name, SiteInputs(h=h, residual=residual, norm=None)
+            raise _missing_capture(self.index, self.site_name)
+        replaced = injector.handler.point_forward(
+            self.index, RESIDUAL, self.site_name, ResidualInputs(h=h, residual=residual, norm=None)
         )
         if replaced is None or site.output_index is None:
             return replaced
         return (*output[: site.output_index], replaced, *output[site.output_index + 1 :])
 
 
-class _NormHook:
+class _NormHook(AdapterHook):
     """Forward hook on the post-sub-layer LayerNorm (post-norm models): replace its output."""
 
-    def __init__(self, injector: SiteInjector, index: int, site_name: str, norm: nn.Module) -> None:
-        self.injector, self.index, self.site_name, self.norm = injector, index, site_name, norm
-
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm.forward(x)  # .forward bypasses this hook
+    def __init__(self, injector: SiteInjector, index: int, site_name: str) -> None:
+        self.injector, self.index, self.site_name = injector, index, site_name
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
         injector = self.injector
-        if not injector.handler.is_active():
+        if not injector.handler.uses(RESIDUAL):
             return None
         store = injector.captured()
         h = store.pop((self.index, self.site_name, "h"), None)
         residual = store.pop((self.index, self.site_name, "residual"), None)
         if h is None or residual is None:
-            return None
+            raise _missing_capture(self.index, self.site_name)
         # ``output`` is this LayerNorm applied to h + residual: the model's own value, handed on so that adapters
-        # placed after the original LayerNorm need not compute it again.
-        return injector.handler.site_forward(
-            self.index, self.site_name, SiteInputs(h=h, residual=residual, norm=self._norm, normed=output)
+        # placed after the original LayerNorm need not compute it again. ``module.forward`` bypasses this hook.
+        return injector.handler.point_forward(
+            self.index, RESIDUAL, self.site_name, ResidualInputs(h, residual, module.forward, normed=output)
         )
 
 
+class _LinearHook(AdapterHook):
+    """Forward hook on a projection module: the adapters' value for each point it holds (slices of a fused one)."""
+
+    def __init__(self, injector: SiteInjector, index: int, points: list[tuple[str, LinearSpec]]) -> None:
+        self.injector, self.index, self.points = injector, index, points
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
+        handler = self.injector.handler
+        if not handler.uses(LINEAR):
+            return None
+        x = args[0]  # (batch, seq, d_in)
+        if len(self.points) == 1 and self.points[0][1].part is None:
+            return handler.point_forward(self.index, LINEAR, self.points[0][0], LinearInputs(x, output))
+        width = output.shape[-1] // self.points[0][1].part[1]  # type: ignore[index]
+        parts = list(output.split(width, dim=-1))  # each (batch, seq, d_out / parts)
+        changed = False
+        for point, spec in self.points:
+            index = spec.part[0]  # type: ignore[index]
+            value = handler.point_forward(self.index, LINEAR, point, LinearInputs(x, parts[index]))
+            if value is not None:
+                parts[index], changed = value, True
+        return torch.cat(parts, dim=-1) if changed else None
+
+
 class SiteInjector:
-    """Owns the hooks of one model; ``remove()`` detaches them all.
+    """Registers the point hooks of one model (``remove_hooks`` detaches them).
 
     Hooks are small objects rather than closures so that ``copy.deepcopy(model)`` gives a copy whose hooks point
     at the copy's own adapters."""
 
-    def __init__(self, model: nn.Module, spec: ArchitectureSpec, handler: SiteHandler) -> None:
+    def __init__(self, model: nn.Module, spec: ArchitectureSpec, handler: PointHandler) -> None:
         self.spec = spec
         self.handler = handler
         self._local = threading.local()
-        self._handles: list[RemovableHandle] = []
         for index, layer in enumerate(get_layers(model, spec)):
             for site_name, site in spec.sites.items():
-                self._attach(layer, index, site_name, site)
+                self._attach_site(layer, index, site_name, site)
+            by_module: dict[str, list[tuple[str, LinearSpec]]] = {}
+            for point, linear in spec.linears.items():
+                by_module.setdefault(linear.module, []).append((point, linear))
+            for path, points in by_module.items():
+                layer.get_submodule(path).register_forward_hook(_LinearHook(self, index, points))
 
     def captured(self) -> dict[tuple[int, str, str], torch.Tensor]:
         """This thread's tensors recorded between the hooks of one site."""
@@ -131,21 +198,9 @@ class SiteInjector:
         self.__dict__.update(state)
         self._local = threading.local()
 
-    def _attach(self, layer: nn.Module, index: int, site_name: str, site: SiteSpec) -> None:
+    def _attach_site(self, layer: nn.Module, index: int, site_name: str, site: SiteSpec) -> None:
         residual_hook = _ResidualHook(self, (index, site_name, "residual"), site.residual)
-        self._handles.append(
-            layer.get_submodule(site.residual.module).register_forward_pre_hook(
-                residual_hook, with_kwargs=True
-            )
-        )
-        self._handles.append(
-            layer.get_submodule(site.output).register_forward_hook(_OutputHook(self, index, site_name, site))
-        )
+        layer.get_submodule(site.residual.module).register_forward_pre_hook(residual_hook, with_kwargs=True)
+        layer.get_submodule(site.output).register_forward_hook(_OutputHook(self, index, site_name, site))
         if site.norm is not None:
-            norm = layer.get_submodule(site.norm)
-            self._handles.append(norm.register_forward_hook(_NormHook(self, index, site_name, norm)))
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+            layer.get_submodule(site.norm).register_forward_hook(_NormHook(self, index, site_name))

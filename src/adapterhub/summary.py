@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from adapterhub.composition import setup_names
+from adapterhub.heads.api import HeadsMixin
 from adapterhub.heads.static import static_head_parameters
-
-if TYPE_CHECKING:
-    from adapterhub.model import AdapterModelMixin
 
 
 @dataclass(frozen=True)
@@ -76,19 +74,19 @@ def _yes(flag: bool) -> str:
 
 def _describe(config: Any) -> str:
     method = getattr(config, "method", "?")
-    sites = getattr(config, "sites", None)
-    return f"{method} ({'+'.join(sites)})" if sites else method
+    where = getattr(config, "sites", None) or getattr(config, "targets", None)
+    return f"{method} ({'+'.join(where)})" if where else method
 
 
-def summarize(model: AdapterModelMixin) -> AdapterSummary:
+def summarize(model: HeadsMixin) -> AdapterSummary:
     """Rows for every adapter, flexible head and the model's built-in head; percentages are of the base model
     (the transformer body without any head)."""
     store = model._store
-    static = static_head_parameters(model)  # type: ignore[arg-type]
+    static = static_head_parameters(model._module())
     static_ids = {id(p) for p in static.values()}
     base_params = [
         p
-        for n, p in model.named_parameters()  # type: ignore[attr-defined]
+        for n, p in model._module().named_parameters()
         if not n.startswith("_adapterhub.") and id(p) not in static_ids
     ]
     base_count = sum(p.numel() for p in base_params)

@@ -45,18 +45,21 @@ def site_reference(model, compute):
     is adapter ``name``'s site output alone on the full input (or None where it does not sit)."""
     store = model._adapterhub
 
-    def site_forward(layer, site, inputs):
+    def point_forward(layer, kind, site, inputs):
+        if kind != "residual":
+            return None
+
         def single(name):
             module = store.adapters[name]
-            return module.forward_site(layer, site, inputs) if site in module.sites_at(layer) else None
+            return module.forward_at(layer, (kind, site), inputs) if site in module.sites_at(layer) else None
 
         return compute(layer, site, inputs, single)
 
-    store.site_forward = site_forward
+    store.point_forward = point_forward
     try:
         yield
     finally:
-        del store.site_forward
+        del store.point_forward
 
 
 def base_value(inputs):
@@ -111,7 +114,7 @@ def _separate_rows(model, inputs, names, sizes):
 def test_batch_split_of_alike_adapters_runs_grouped_and_equals_separate_passes(
     arch, config, sizes, inputs, monkeypatch
 ):
-    import adapterhub.composition as composition
+    import adapterhub.interpreter as composition
 
     model = make_model(arch, config=config)
     for i, name in enumerate("abc"):  # learned scalings away from 1 so that a mix-up of rows would show
@@ -167,7 +170,7 @@ def test_grouped_batch_split_gives_each_adapter_the_gradient_of_its_own_rows(arc
 
 
 def test_batch_split_of_adapters_that_differ_falls_back_to_slices(inputs, monkeypatch):
-    import adapterhub.composition as composition
+    import adapterhub.interpreter as composition
 
     model = make_model("bert", names=("a",))
     model.add_adapter("wide", config="pfeiffer[reduction_factor=2]")
@@ -452,7 +455,7 @@ def test_fuse_without_fusion_weights_says_what_to_do(inputs):
 def test_fuse_needs_adapters_at_the_same_sites():
     model = make_model("bert", names=("a",))
     model.add_adapter("h", config="houlsby")
-    with pytest.raises(ConfigError, match="same positions"):
+    with pytest.raises(ConfigError, match="placed differently"):
         model.add_adapter_fusion(Fuse("a", "h"))
 
 

@@ -7,10 +7,22 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
-from adapterhub.errors import AdapterExistsError, AdapterNotFoundError, ConfigError, did_you_mean
-from adapterhub.heads.base import Head, head_class
+from adapterhub.core import AdapterModelCore, load_exact
+from adapterhub.errors import (
+    AdapterExistsError,
+    AdapterFileError,
+    AdapterNotFoundError,
+    ConfigError,
+    IncompatibleModelError,
+    did_you_mean,
+)
+from adapterhub.heads.base import HEADS, Head, head_class
+from adapterhub.heads.static import static_head_parameters
+from adapterhub.io.records import HeadRecord
+from adapterhub.parallel import ParallelGenerationMixin
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _POOLED_TYPES = ("classification", "regression", "multilabel", "multiple_choice")
@@ -26,55 +38,58 @@ def check_name(name: Any, what: str = "adapter") -> str:
     return name
 
 
+def generation_class(cls: type) -> type:
+    """``cls`` with the transformers ``GenerationMixin`` (and ``generate()`` under Parallel) as extra bases."""
+    from transformers.generation import GenerationMixin
+
+    if issubclass(cls, GenerationMixin):
+        return cls
+    if cls not in _GENERATION_CLASSES:
+        _GENERATION_CLASSES[cls] = type(
+            cls.__name__,
+            (ParallelGenerationMixin, cls, GenerationMixin),
+            {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        )
+    return _GENERATION_CLASSES[cls]
+
+
 def enable_generation(model: nn.Module) -> None:
     """Give a model without ``generate()`` (a bare ``GPT2Model``) the transformers ``GenerationMixin``, so that a
     flexible causal-LM head can generate. The instance's class gets one more base; nothing else changes."""
     from transformers import GenerationConfig
-    from transformers.generation import GenerationMixin
 
-    from adapterhub.composition import ParallelGenerationMixin
-
-    cls = type(model)
-    if not isinstance(model, GenerationMixin):
-        if cls not in _GENERATION_CLASSES:
-            _GENERATION_CLASSES[cls] = type(
-                cls.__name__,
-                (ParallelGenerationMixin, cls, GenerationMixin),
-                {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
-            )
-        model.__class__ = _GENERATION_CLASSES[cls]
+    model.__class__ = generation_class(type(model))
     if getattr(model, "generation_config", None) is None:
         config: Any = model.config
         model.generation_config = GenerationConfig.from_model_config(config)  # type: ignore[assignment]
 
 
-class HeadsMixin:
+class HeadsMixin(AdapterModelCore):
     """Methods mixed into the model by ``adapterhub.init``; the heads live in ``model._adapterhub.heads``."""
 
     # ------------------------------------------------------------------ heads
     @property
     def heads(self) -> dict[str, Head]:
-        return dict(self._store.heads.items())  # type: ignore[attr-defined]
+        return dict(self._store.heads.items())
 
     def _install_head(self, name: str, head: Head) -> None:
         """Put ``head`` on the model under ``name`` (on the model's device and dtype)."""
-        self._store.heads[name] = self._place(head)  # type: ignore[attr-defined]
+        self._store.heads[name] = self._place(head)
         if head.head_type == "causal_lm":
-            enable_generation(self)  # type: ignore[arg-type]
+            enable_generation(self._module())
 
     def _head_defaults(self, head_type: str, options: dict[str, Any]) -> None:
         if head_type in _POOLED_TYPES:
-            options.setdefault("pooling", "last" if self._spec.pre_norm else "first")  # type: ignore[attr-defined]
+            options.setdefault("pooling", "last" if self._spec.pre_norm else "first")
         if head_type in _LM_TYPES:
-            from adapterhub.errors import IncompatibleModelError
             from adapterhub.heads.lm import output_embedding_matrix
 
             vocab: int | None
             width: int | None
             try:
-                vocab, width = output_embedding_matrix(self).shape  # type: ignore[arg-type]
+                vocab, width = output_embedding_matrix(self._module()).shape
             except IncompatibleModelError:
-                vocab, width = getattr(self.config, "vocab_size", None), None  # type: ignore[attr-defined]
+                vocab, width = getattr(self.config, "vocab_size", None), None
             options.setdefault("vocab_size", int(vocab) if vocab is not None else None)
             if width is not None:
                 options.setdefault("embedding_size", int(width))
@@ -88,7 +103,7 @@ class HeadsMixin:
         causal_lm, masked_lm (or any type registered with ``@register_head``). The head is used while it is active:
         named like the last active adapter, or chosen with ``model.active_head = name``."""
         check_name(name, "head")
-        if name in self._store.heads and not overwrite_ok:  # type: ignore[attr-defined]
+        if name in self._store.heads and not overwrite_ok:
             raise AdapterExistsError(
                 f"A head named {name!r} already exists; pass overwrite_ok=True to replace it."
             )
@@ -106,11 +121,11 @@ class HeadsMixin:
                 f"{', '.join(sorted(accepted))}."
             )
         try:
-            head = cls(name, self.model_dims().hidden_size, **options)  # type: ignore[attr-defined]
+            head = cls(name, self.model_dims().hidden_size, **options)
         except TypeError as error:
             raise ConfigError(f"Bad option for a {head_type} head: {error}.") from None
-        head.check_model(self)  # type: ignore[arg-type]
-        head.init_from_model(self)  # type: ignore[arg-type]
+        head.check_model(self._module())
+        head.init_from_model(self._module())
         self._install_head(name, head)
         return head
 
@@ -195,37 +210,95 @@ class HeadsMixin:
         return self.add_head(name, "masked_lm", tie_weights=tie_weights, overwrite_ok=overwrite_ok, **options)
 
     def delete_head(self, name: str) -> None:
-        if name not in self._store.heads:  # type: ignore[attr-defined]
+        if name not in self._store.heads:
             raise AdapterNotFoundError(
-                f"No head named {name!r}{did_you_mean(name, self._store.heads.keys())}."  # type: ignore[attr-defined]
+                f"No head named {name!r}{did_you_mean(name, self._store.heads.keys())}."
             )
-        del self._store.heads[name]  # type: ignore[attr-defined]
-        if self._store.active_head_name == name:  # type: ignore[attr-defined]
-            self._store.active_head_name = None  # type: ignore[attr-defined]
+        del self._store.heads[name]
+        if self._store.active_head_name == name:
+            self._store.active_head_name = None
 
     @property
     def active_head(self) -> str | None:
-        """The flexible head used for outputs: set explicitly, else the one named like the last active adapter."""
-        from adapterhub.composition import parallel_block
-
-        store = self._store  # type: ignore[attr-defined]
-        setup = store.current_setup()
-        if parallel_block(setup) is not None:
-            return None  # one head per branch: see adapterhub.composition.ParallelOutput
-        if store.active_head_name is not None:
-            return store.active_head_name  # type: ignore[no-any-return]
-        if setup is None:
-            return None
-        last = setup if isinstance(setup, str) else setup.last()
-        return last if last in store.heads else None
+        """The flexible head used for outputs: set explicitly, else the one named like the last active adapter
+        (None under ``Parallel``: one head per branch, see ``adapterhub.parallel.ParallelOutput``)."""
+        return self._store.active_head()
 
     @active_head.setter
     def active_head(self, name: str | None) -> None:
-        if name is not None and name not in self._store.heads:  # type: ignore[attr-defined]
+        if name is not None and name not in self._store.heads:
             raise AdapterNotFoundError(
-                f"No head named {name!r}{did_you_mean(name, self._store.heads.keys())}."  # type: ignore[attr-defined]
+                f"No head named {name!r}{did_you_mean(name, self._store.heads.keys())}."
             )
-        self._store.active_head_name = name  # type: ignore[attr-defined]
+        self._store.active_head_name = name
+
+    # ------------------------------------------------------------------ saving and loading heads
+    def _head_record(self, name: str) -> HeadRecord | None:
+        """The flexible head ``name``, else the model's built-in head (None when it has none), as a record."""
+        store = self._store
+        if name in store.heads:
+            head: Head = store.heads[name]  # type: ignore[assignment]
+            return HeadRecord(name, head.head_type, head.options(), head.id2label, head.state_dict())
+        static = static_head_parameters(self._module())
+        if not static:
+            return None
+        config = self.config
+        id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()} or None
+        return HeadRecord(
+            name,
+            "static",
+            {"parameters": {k: list(p.shape) for k, p in static.items()}, "model_class": type(self).__name__},
+            id2label,
+            {k: p.detach() for k, p in static.items()},
+        )
+
+    def _prepare_head(self, record: HeadRecord, name: str, *, overwrite_ok: bool = False) -> Any:
+        """Check a saved head against this model; return a function that installs it (or raise). A flexible head
+        of the same name is replaced only with ``overwrite_ok``."""
+        if record.head_type == "static":
+            static = static_head_parameters(self._module())
+            wanted = {k: tuple(v.shape) for k, v in record.tensors.items()}
+            have = {k: tuple(p.shape) for k, p in static.items()}
+            if wanted != have:
+                raise IncompatibleModelError(
+                    f"The adapter's head is the built-in head of a {record.options.get('model_class', 'model')} with "
+                    f"parameters {wanted}; this model's built-in head has {have}. Create the model with the same class "
+                    f"and num_labels={len(record.id2label or {}) or '?'}, or load with with_head=False."
+                )
+
+            def install_static() -> None:
+                with torch.no_grad():
+                    for key, tensor in record.tensors.items():
+                        static[key].copy_(tensor.to(static[key].dtype))
+                if record.id2label:
+                    self.config.id2label = dict(record.id2label)
+                    self.config.label2id = {v: k for k, v in record.id2label.items()}
+
+            return install_static
+        if name in self._store.heads and not overwrite_ok:
+            raise AdapterExistsError(
+                f"The model already has a head named {name!r}; pass overwrite_ok=True to replace it, load_as='other' "
+                "to load under another name, or with_head=False to keep the current head."
+            )
+        if record.head_type not in HEADS:
+            raise ConfigError(
+                f"The adapter's head has type {record.head_type!r}, which this version does not know."
+            )
+        try:
+            head = head_class(record.head_type)(
+                name, self.model_dims().hidden_size, id2label=record.id2label, **record.options
+            )
+        except TypeError as error:
+            raise AdapterFileError(
+                f"The saved head config has options this version does not accept: {error}."
+            ) from None
+        load_exact(head, record.tensors, f"head {record.name!r}")
+        head.check_model(self._module())
+
+        def install_head() -> None:
+            self._install_head(name, head)
+
+        return install_head
 
     @property
     def accepts_loss_kwargs(self) -> bool:
@@ -241,5 +314,5 @@ class HeadsMixin:
                 value = vars(klass)["accepts_loss_kwargs"]
                 if isinstance(value, bool):
                     return value
-        parameters = inspect.signature(self.forward).parameters  # type: ignore[attr-defined]
+        parameters = inspect.signature(self._module().forward).parameters
         return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())

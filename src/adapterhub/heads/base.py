@@ -41,6 +41,34 @@ class HeadInputs:
     logits_to_keep: int | torch.Tensor | None = None
 
 
+def static_loss(logits: torch.Tensor, labels: torch.Tensor, config: Any) -> torch.Tensor:
+    """The loss a transformers ``...ForSequenceClassification`` head computes, by ``config.problem_type``
+    (``regression``: mean squared error; ``single_label_classification``: cross-entropy;
+    ``multi_label_classification``: binary cross-entropy with logits); unset, it is inferred as transformers does
+    (one label: regression; integer labels: single-label; else multi-label)."""
+    num_labels = logits.shape[-1]
+    problem = getattr(config, "problem_type", None)
+    if problem is None:
+        if num_labels == 1:
+            problem = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            problem = "single_label_classification"
+        else:
+            problem = "multi_label_classification"
+    if problem == "regression":
+        if num_labels == 1:
+            return nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
+        return nn.functional.mse_loss(logits, labels.to(logits.dtype))
+    if problem == "single_label_classification":
+        return nn.functional.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
+    if problem == "multi_label_classification":
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    raise ConfigError(
+        f"config.problem_type={problem!r} is not one of regression, single_label_classification, "
+        "multi_label_classification."
+    )
+
+
 @dataclass
 class HeadOutput:
     """``logits`` plus the optional ``loss``; ``extra`` holds further output fields (e.g. ``start_logits``)."""

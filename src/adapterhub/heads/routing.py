@@ -12,22 +12,25 @@ Three hooks, installed once by ``adapterhub.init``:
   ``TokenClassifierOutput``, ``MultipleChoiceModelOutput``, ``QuestionAnsweringModelOutput``,
   ``CausalLMOutputWithPast`` with the base model's ``past_key_values`` so ``generate()`` works, ``MaskedLMOutput``).
 
-Hooks are small objects so that ``copy.deepcopy(model)`` re-points them.
+What one call hands from the pre-hooks to the output hook (targets, ``num_choices``, ``logits_to_keep``, the base
+model's output) is per-call state (``adapterhub.callstate``), never kept on the model: threads sharing a model
+cannot swap each other's hidden states or labels. Hooks are small objects holding the adapter store only (so that
+``copy.deepcopy(model)`` re-points them and no reference cycle keeps a model alive).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from adapterhub import callstate
 from adapterhub.architectures import get_base_model
 from adapterhub.heads.base import HEADS, Head, HeadInputs
-
-if TYPE_CHECKING:
-    from adapterhub.model import AdapterStore
+from adapterhub.injection import AdapterHook
+from adapterhub.store import AdapterStore
 
 _CHOICE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
@@ -37,39 +40,63 @@ def all_label_names() -> set[str]:
     return {name for cls in HEADS.values() for name in cls.label_names}
 
 
-def _active(model: nn.Module, store: AdapterStore) -> Head | None:
-    name: str | None = model.active_head  # type: ignore[assignment]
+def _active(store: AdapterStore) -> Head | None:
+    name = store.active_head()
     return None if name is None else store.heads[name]  # type: ignore[return-value]
 
 
-class _CaptureBaseOutput:
+class _BeginCall(AdapterHook):
+    """Model pre-hook (runs first): start this call's state when a head or Parallel may need it."""
+
+    def __init__(self, store: AdapterStore) -> None:
+        self.store = store
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self.store.needs_call_state():
+            callstate.begin(self.store)
+        else:
+            callstate.end(self.store)  # drop what a failed call may have left
+
+
+class _EndCall(AdapterHook):
+    """Model forward hook (runs last): end this call's state."""
+
     def __init__(self, store: AdapterStore) -> None:
         self.store = store
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        self.store.captured_base_output = output
+        callstate.end(self.store)
 
 
-class _HideLabels:
+class _CaptureBaseOutput(AdapterHook):
+    def __init__(self, store: AdapterStore) -> None:
+        self.store = store
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        state = callstate.current(self.store)
+        if state is not None:
+            state.base_output = output
+
+
+class _HideLabels(AdapterHook):
     """Pre-hook: while a flexible head is active, keep the targets away from the model's own head and loss."""
 
-    def __init__(self, model: nn.Module, store: AdapterStore) -> None:
-        self.model, self.store = model, store
+    def __init__(self, store: AdapterStore) -> None:
+        self.store = store
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        head = _active(self.model, self.store)
-        if head is None:
+        head = _active(self.store)
+        state = callstate.current(self.store)
+        if head is None or state is None:
             return None
         kwargs = dict(kwargs)
         labels = {name: kwargs.pop(name) for name in sorted(all_label_names()) if name in kwargs}
-        self.store.pending_labels = {
-            k: v for k, v in labels.items() if k in head.label_names and v is not None
-        }  # type: ignore[assignment]
+        state.labels = {k: v for k, v in labels.items() if k in head.label_names and v is not None}
         kwargs.pop("num_items_in_batch", None)  # our heads average their own loss
         keep = kwargs.get("logits_to_keep")
         if keep is not None and not _accepts(module, "logits_to_keep"):
             kwargs.pop("logits_to_keep")
-        self.store.pending_logits_to_keep = keep  # type: ignore[assignment]
+        state.logits_to_keep = keep
         return args, kwargs
 
 
@@ -79,15 +106,16 @@ def _accepts(module: nn.Module, name: str) -> bool:
     return name in inspect.signature(module.forward).parameters
 
 
-class _FlattenChoices:
+class _FlattenChoices(AdapterHook):
     """Base-model pre-hook: (batch, n_choices, seq) inputs -> (batch * n_choices, seq) for a multiple-choice head."""
 
-    def __init__(self, model: nn.Module, store: AdapterStore) -> None:
-        self.model, self.store = model, store
+    def __init__(self, store: AdapterStore) -> None:
+        self.store = store
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        head = _active(self.model, self.store)
-        if head is None or not head.flattens_choices:
+        head = _active(self.store)
+        state = callstate.current(self.store)
+        if head is None or not head.flattens_choices or state is None:
             return None
         n_choices = None
         kwargs = dict(kwargs)
@@ -105,7 +133,7 @@ class _FlattenChoices:
             flat_args.append(value)
         if n_choices is None:
             return None
-        self.store.pending_num_choices = n_choices  # type: ignore[assignment]
+        state.num_choices = n_choices
         return tuple(flat_args), kwargs
 
 
@@ -115,22 +143,19 @@ def _flat(value: Any) -> Any:
     return value
 
 
-class _ApplyHead:
+class _ApplyHead(AdapterHook):
     """Forward hook: replace the model's output by the active flexible head's output (and loss)."""
 
-    def __init__(self, model: nn.Module, store: AdapterStore) -> None:
-        self.model, self.store = model, store
+    def __init__(self, store: AdapterStore) -> None:
+        self.store = store
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
-        store = self.store
-        head = _active(self.model, store)
-        base_output, store.captured_base_output = store.captured_base_output, None
-        labels, store.pending_labels = store.pending_labels, None
-        n_choices = getattr(store, "pending_num_choices", None)
-        keep = getattr(store, "pending_logits_to_keep", None)
-        store.pending_num_choices = store.pending_logits_to_keep = None  # type: ignore[assignment]
-        if head is None or base_output is None:
+        head = _active(self.store)
+        state = callstate.current(self.store)
+        if head is None or state is None or state.base_output is None:
             return None
+        base_output, labels = state.base_output, state.labels
+        n_choices, keep = state.num_choices, state.logits_to_keep
         is_tuple = isinstance(base_output, tuple)
         hidden = base_output[0] if is_tuple else base_output.last_hidden_state
         pooled = None if is_tuple else getattr(base_output, "pooler_output", None)
@@ -144,7 +169,7 @@ class _ApplyHead:
         if head.needs_embeddings:
             from adapterhub.heads.lm import output_embedding_matrix
 
-            embeddings = output_embedding_matrix(self.model)
+            embeddings = output_embedding_matrix(module)
         inputs = HeadInputs(
             hidden=hidden,
             attention_mask=attention_mask if isinstance(attention_mask, torch.Tensor) else None,
@@ -171,8 +196,14 @@ def install_head_routing(model: nn.Module, store: AdapterStore) -> None:
     """Route outputs through the active flexible head (if any): the base model's hidden states are captured and
     the model's output is replaced by the head's logits (and loss, computed from the head's targets)."""
     base = get_base_model(model)
-    store.pending_num_choices = store.pending_logits_to_keep = None  # type: ignore[assignment]
     base.register_forward_hook(_CaptureBaseOutput(store))
-    base.register_forward_pre_hook(_FlattenChoices(model, store), with_kwargs=True)
-    model.register_forward_pre_hook(_HideLabels(model, store), with_kwargs=True)
-    model.register_forward_hook(_ApplyHead(model, store), with_kwargs=True)
+    base.register_forward_pre_hook(_FlattenChoices(store), with_kwargs=True)
+    model.register_forward_pre_hook(_HideLabels(store), with_kwargs=True)
+    model.register_forward_hook(_ApplyHead(store), with_kwargs=True)
+
+
+def install_call_hooks(model: nn.Module, store: AdapterStore) -> None:
+    """The first pre-hook and the last forward hook of every call: they start and end its per-call state.
+    Install after every other model hook."""
+    model.register_forward_pre_hook(_BeginCall(store), with_kwargs=True, prepend=True)
+    model.register_forward_hook(_EndCall(store))

@@ -1,10 +1,31 @@
-"""What every adapter method provides, and the registry that maps a config's ``method`` to its module class."""
+"""The method protocol: what every adapter method provides, where it attaches, and the registry of methods.
+
+An adapter method is one module (``methods/<name>.py``) with one ``@register_method("<name>")`` entry. Its
+``AdapterModule`` subclass declares the *attachment points* it occupies per layer, each a ``(kind, name)`` pair:
+
+=============  ==================================================  ===========================================
+kind           points (named per architecture by its ArchitectureSpec)  value handed to the method (``*Inputs``)
+=============  ==================================================  ===========================================
+``residual``   ``attn``, ``ffn``: after a sub-layer, around its       ``ResidualInputs``: sub-layer output ``h``,
+               residual add (and post-norm LayerNorm)                 residual input, the LayerNorm
+``linear``     ``q``, ``k``, ``v``, ``attn_out``, ``ffn_in``,          ``LinearInputs``: the projection's input
+               ``ffn_gate`` (gated FFNs), ``ffn_out``                 ``x`` and output ``y``
+``attention``  ``self``: the keys/values of self-attention            ``AttentionInputs``: query, key, value, mask
+=============  ==================================================  ===========================================
+
+The composition interpreter (``adapterhub.interpreter``) runs every block through three questions it asks the
+method, never its class: ``stack_step`` (apply this adapter to the running value of a Stack), ``stack_leave`` (turn
+the running value into the point's output), and, optionally, ``fuse_enter`` / ``fuse_deltas`` (AdapterFusion) and
+``batch_split_grouped`` (one computation for a BatchSplit of alike adapters). ``composable`` lists the blocks a
+method may sit in; anything else raises a ``ConfigError`` naming the block and the method when the setup is
+activated.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -12,28 +33,97 @@ from torch import nn
 from adapterhub.configs import MethodConfig
 from adapterhub.errors import ConfigError, did_you_mean
 
+RESIDUAL = "residual"
+LINEAR = "linear"
+ATTENTION = "attention"
+ALL_BLOCKS = frozenset({"Stack", "Fuse", "Split", "BatchSplit", "Parallel", "Average"})
+
+Point = tuple[str, str]  # (kind, name), e.g. ("linear", "q")
+
 
 @dataclass(frozen=True)
 class ModelDims:
-    """The facts about a model that an adapter's shapes depend on."""
+    """The facts about a model that an adapter's shapes depend on.
+
+    ``linear_shapes``: ``(point, d_in, d_out)`` of every linear projection the architecture names (for a slice of a
+    fused projection, the slice's width); ``num_heads`` / ``num_kv_heads`` / ``head_dim``: self-attention's shape
+    (``num_kv_heads < num_heads`` under grouped-query attention). Unknown facts are ``None`` / empty.
+    """
 
     model_type: str
     hidden_size: int
     num_layers: int
     pre_norm: bool
+    linear_shapes: tuple[tuple[str, int, int], ...] = ()
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+
+    def linear_shape(self, point: str) -> tuple[int, int]:
+        """``(d_in, d_out)`` of the projection ``point``; a ConfigError names the ones this model has."""
+        for name, d_in, d_out in self.linear_shapes:
+            if name == point:
+                return d_in, d_out
+        known = [name for name, _, _ in self.linear_shapes]
+        raise ConfigError(
+            f"This {self.model_type} model has no linear projection {point!r}{did_you_mean(point, known)}; "
+            f"it has: {', '.join(known) or 'none'}."
+        )
+
+    def linear_points(self) -> tuple[str, ...]:
+        return tuple(name for name, _, _ in self.linear_shapes)
+
+
+# ------------------------------------------------------------------------------------------------ point inputs
+
+
+class PointInputs:
+    """What a hook hands to the adapters at one attachment point of one layer, and the kind's own rules:
+
+    - ``base()``: the point's value with no adapter;
+    - ``start()`` / ``finish(running)``: the running value a Stack begins with, and how it leaves the point when
+      the last adapter does not say otherwise;
+    - ``on(running)``: the inputs a block sees when it ends a Stack whose running value is ``running``;
+    - ``select(index, dim)``: the same inputs restricted to rows (``dim`` 0) or positions (``dim`` 1); ``join``
+      concatenates the parts' values again.
+    """
+
+    def base(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def finish(self, running: Any) -> torch.Tensor:
+        return running  # type: ignore[no-any-return]
+
+    def on(self, running: Any) -> PointInputs:
+        raise NotImplementedError
+
+    def select(self, index: slice, dim: int) -> PointInputs:
+        raise NotImplementedError
+
+    def join(self, parts: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
+        return parts[0] if len(parts) == 1 else torch.cat(list(parts), dim=dim)
+
+    def batch_size(self) -> int:
+        raise NotImplementedError
+
+    def length(self) -> int:
+        raise NotImplementedError
+
+
+def _index(index: slice, dim: int) -> tuple[slice, ...]:
+    return (index,) if dim == 0 else (slice(None), index)
 
 
 @dataclass
-class SiteInputs:
-    """What a hooked site hands to the adapters at one layer and position.
-
-    ``h``: sub-layer output before the residual add, ``(batch, seq, hidden)``; ``residual``: the residual stream
-    input of the sub-layer, same shape; ``norm``: the model's LayerNorm after the sub-layer (post-norm models) or
-    ``None`` (pre-norm models, where the layer adds ``h`` to the residual itself); ``normed``: ``norm(h +
-    residual)`` as the model itself already computed it for this very ``h``, or ``None`` when unknown (anyone
-    building a ``SiteInputs`` with a different ``h`` must leave it ``None``). It saves recomputing the model's own
-    LayerNorm for the ``original_ln_before`` placement.
-    """
+class ResidualInputs(PointInputs):
+    """A residual point. ``h``: sub-layer output before the residual add, ``(batch, seq, hidden)``; ``residual``:
+    the residual stream input of the sub-layer, same shape; ``norm``: the model's LayerNorm after the sub-layer
+    (post-norm models) or ``None`` (pre-norm models, where the layer adds ``h`` to the residual itself);
+    ``normed``: ``norm(h + residual)`` as the model itself computed it for this very ``h``, or ``None`` when
+    unknown (anyone building inputs with a different ``h`` must leave it ``None``)."""
 
     h: torch.Tensor
     residual: torch.Tensor
@@ -41,18 +131,160 @@ class SiteInputs:
     normed: torch.Tensor | None = None
 
     def original_output(self) -> torch.Tensor:
-        """What the model computes at this site without adapters: ``norm(h + residual)`` (post-norm models) or
-        ``h + residual``; the model's own value when ``normed`` holds it."""
+        """``norm(h + residual)`` (post-norm models) or ``h + residual``; the model's own value when known."""
         if self.normed is not None:
             return self.normed
         summed = self.h + self.residual  # (batch, seq, hidden)
         return self.norm(summed) if self.norm is not None else summed
 
+    def base(self) -> torch.Tensor:
+        """What the hooked module outputs without adapters: ``LN(h + x)`` (post-norm) or ``h`` (pre-norm)."""
+        return self.h if self.norm is None else self.original_output()
+
+    def start(self) -> torch.Tensor:
+        return self.h
+
+    def on(self, running: Any) -> ResidualInputs:
+        # The model's own LayerNorm output belongs to its own h only.
+        return ResidualInputs(running, self.residual, self.norm, self.normed if running is self.h else None)
+
+    def select(self, index: slice, dim: int) -> ResidualInputs:
+        at = _index(index, dim)
+        normed = self.normed[at] if self.normed is not None else None
+        return ResidualInputs(self.h[at], self.residual[at], self.norm, normed)
+
+    def batch_size(self) -> int:
+        return int(self.h.shape[0])
+
+    def length(self) -> int:
+        return int(self.h.shape[1])
+
+
+SiteInputs = ResidualInputs  # the name used before other kinds existed
+
+
+@dataclass
+class LinearInputs(PointInputs):
+    """A linear projection: ``x`` its input ``(batch, seq, d_in)``, ``y`` its output ``(batch, seq, d_out)`` (the
+    point's slice of a fused projection). The running value of a Stack is the output; adapters add to it."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def base(self) -> torch.Tensor:
+        return self.y
+
+    def start(self) -> torch.Tensor:
+        return self.y
+
+    def on(self, running: Any) -> LinearInputs:
+        return LinearInputs(self.x, running)
+
+    def select(self, index: slice, dim: int) -> LinearInputs:
+        at = _index(index, dim)
+        return LinearInputs(self.x[at], self.y[at])
+
+    def batch_size(self) -> int:
+        return int(self.y.shape[0])
+
+    def length(self) -> int:
+        return int(self.y.shape[1]) if self.y.dim() > 2 else 1
+
+
+AttentionCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
+
+
+@dataclass
+class AttentionInputs(PointInputs):
+    """Self-attention of one layer as transformers calls its attention function: ``query`` ``(B, H, T, D)``,
+    ``key`` / ``value`` ``(B, H_kv, S, D)`` (S includes cached positions), ``mask`` as the model built it (an
+    additive float or boolean ``(B, 1, T, S)`` mask, or ``None``), ``causal`` whether the model is causal, and
+    ``call(query, key, value, mask)`` the model's own attention function returning ``(B, T, H, D)``.
+
+    The running value of a Stack is these inputs with prefixes prepended (``with_prefix``); it leaves the point
+    by running the attention."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    mask: Any
+    causal: bool
+    call: AttentionCall
+
+    def base(self) -> torch.Tensor:
+        return self.call(self.query, self.key, self.value, self.mask)
+
+    def start(self) -> AttentionInputs:
+        return self
+
+    def finish(self, running: Any) -> torch.Tensor:
+        return running.base()  # type: ignore[no-any-return]
+
+    def on(self, running: Any) -> AttentionInputs:
+        return running  # type: ignore[no-any-return]
+
+    def select(self, index: slice, dim: int) -> AttentionInputs:
+        if dim != 0:
+            raise ConfigError(
+                "Split (by sequence position) cannot run at self-attention: the positions attend to each other. "
+                "Use BatchSplit, or a method that attaches elsewhere."
+            )
+        mask = (
+            self.mask[index] if isinstance(self.mask, torch.Tensor) and self.mask.shape[0] > 1 else self.mask
+        )
+        return AttentionInputs(
+            self.query[index], self.key[index], self.value[index], mask, self.causal, self.call
+        )
+
+    def join(self, parts: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
+        return parts[0] if len(parts) == 1 else torch.cat(list(parts), dim=0)
+
+    def batch_size(self) -> int:
+        return int(self.query.shape[0])
+
+    def length(self) -> int:
+        return int(self.query.shape[2])
+
+    def with_prefix(self, key_prefix: torch.Tensor, value_prefix: torch.Tensor) -> AttentionInputs:
+        """These inputs with ``P`` prefix positions prepended to every row's keys and values (``(B, H_kv, P, D)``,
+        or ``(1, H_kv, P, D)`` for all rows) that every query may attend to: the mask gets ``P`` visible columns
+        in front (a causal model's implicit mask is made explicit first)."""
+        batch, prefix = self.key.shape[0], key_prefix.shape[2]
+        key_prefix = key_prefix.to(self.key.dtype).expand(batch, -1, -1, -1)
+        value_prefix = value_prefix.to(self.value.dtype).expand(batch, -1, -1, -1)
+        key = torch.cat([key_prefix, self.key], dim=2)  # (B, H_kv, P+S, D)
+        value = torch.cat([value_prefix, self.value], dim=2)
+        mask = self.mask
+        t, s = self.query.shape[2], self.key.shape[2]
+        if mask is None and self.causal and t > 1:
+            # the model relied on is_causal: build that mask; query i sits at key position s - t + i
+            rows = torch.arange(t, device=self.query.device).unsqueeze(1) + (s - t)  # (T, 1)
+            mask = (torch.arange(s, device=self.query.device).unsqueeze(0) <= rows).view(1, 1, t, s)
+        if mask is not None:
+            mask = mask[..., -s:] if mask.shape[-1] > s else mask  # some models hand a longer mask
+            if mask.dtype == torch.bool:
+                visible = torch.ones(*mask.shape[:-1], prefix, dtype=torch.bool, device=mask.device)
+            else:
+                visible = torch.zeros(*mask.shape[:-1], prefix, dtype=mask.dtype, device=mask.device)
+            mask = torch.cat([visible, mask], dim=-1)  # (B|1, 1, T, P+S)
+        return AttentionInputs(
+            self.query, key, value, mask, False if mask is not None else self.causal, self.call
+        )
+
+
+# ------------------------------------------------------------------------------------------------ modules
+
 
 class AdapterModule(nn.Module):
-    """One named adapter: parameters for every layer/site it occupies, built from a config and model dims."""
+    """One named adapter: parameters for every attachment point it occupies, built from a config and model dims.
+
+    Subclasses implement ``points`` and ``stack_step``; the rest has defaults: ``forward_at`` runs the adapter
+    alone as a one-element Stack; ``stack_leave`` leaves by the kind's rule; Fuse, grouped BatchSplit and merging
+    are refused with a ``ConfigError`` naming the method unless the method provides them."""
 
     config_cls: ClassVar[type[MethodConfig]]
+    composable: ClassVar[frozenset[str]] = ALL_BLOCKS  # the blocks this method may sit in
+    mergeable: ClassVar[bool] = False  # whether merge_adapter can fold it into the base weights
 
     def __init__(self, name: str, config: MethodConfig, dims: ModelDims) -> None:
         super().__init__()
@@ -60,13 +292,77 @@ class AdapterModule(nn.Module):
         self.config = config
         self.dims = dims
 
-    def sites_at(self, layer: int) -> tuple[str, ...]:
-        """The sites this adapter occupies at ``layer`` (empty if the layer is left out)."""
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    def points(self, layer: int) -> tuple[Point, ...]:
+        """The attachment points this adapter occupies at ``layer`` (empty if the layer is left out)."""
         raise NotImplementedError
 
-    def forward_site(self, layer: int, site: str, inputs: SiteInputs) -> torch.Tensor:
-        """The value that replaces the site's output when only this adapter is active."""
+    def kinds(self) -> frozenset[str]:
+        """The kinds of attachment point this adapter uses anywhere."""
+        return frozenset(kind for i in range(self.dims.num_layers) for kind, _ in self.points(i))
+
+    def present(self, layer: int, kind: str, point: str) -> bool:
+        return (kind, point) in self.points(layer)
+
+    def sites_at(self, layer: int) -> tuple[str, ...]:
+        """The residual points at ``layer`` (``"attn"``, ``"ffn"``)."""
+        return tuple(name for kind, name in self.points(layer) if kind == RESIDUAL)
+
+    # ---- composition protocol
+    def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> Any:
+        """Apply this adapter to the running value of a Stack at ``point``."""
         raise NotImplementedError
+
+    def stack_leave(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> torch.Tensor:
+        """The point's output when this adapter was the last of a Stack with running value ``running``."""
+        return inputs.finish(running)
+
+    def forward_at(self, layer: int, point: Point, inputs: PointInputs) -> torch.Tensor:
+        """The value that replaces the point's output when only this adapter is active."""
+        return self.stack_leave(layer, point, self.stack_step(layer, point, inputs.start(), inputs), inputs)
+
+    def fuse_enter(self, layer: int, point: Point, inputs: PointInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """For AdapterFusion: the fused adapters' common input ``x`` and what their mix is added to."""
+        raise ConfigError(
+            f"Fuse combines adapters that output a vector to mix (bottleneck adapters); {self.adapter_name!r} is a "
+            f"{self.method} adapter."
+        )
+
+    def fuse_placement(self) -> Any:
+        """What decides where this adapter's input and output sit at a point (adapters fused together must agree:
+        the fusion prepares one input for all of them)."""
+        raise ConfigError(
+            f"Fuse combines adapters that output a vector to mix (bottleneck adapters); {self.adapter_name!r} is a "
+            f"{self.method} adapter."
+        )
+
+    def fuse_deltas(
+        self, modules: Sequence[AdapterModule], layer: int, point: Point, x: torch.Tensor
+    ) -> torch.Tensor:
+        """``u_n = A_n(x)`` of ``modules`` (this one among them), ``(B, T, d) -> (N, B, T, d)``."""
+        raise ConfigError(f"Fuse cannot combine {self.method} adapters.")
+
+    def batch_split_grouped(
+        self,
+        modules: Sequence[AdapterModule],
+        layer: int,
+        point: Point,
+        inputs: PointInputs,
+        sizes: Sequence[int],
+    ) -> torch.Tensor | None:
+        """BatchSplit of ``modules`` (this one first) over consecutive row blocks of ``sizes`` rows as one
+        computation, or None when they cannot be grouped (the interpreter then runs the row blocks one by one)."""
+        return None
+
+    def merged_deltas(self) -> Iterator[tuple[int, str, torch.Tensor]]:
+        """``(layer, linear point, ΔW (d_out, d_in))`` that ``merge_adapter`` adds to the base weights."""
+        raise ConfigError(
+            f"{self.method} adapters cannot be merged into the base weights (their update is not a change of "
+            "weights); merging works for LoRA."
+        )
 
 
 M = TypeVar("M", bound=type[AdapterModule])
@@ -90,7 +386,3 @@ def method_for_config(config: MethodConfig) -> type[AdapterModule]:
             f"available: {', '.join(sorted(METHODS))}."
         )
     return METHODS[config.method]
-
-
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

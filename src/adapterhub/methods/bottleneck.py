@@ -9,13 +9,23 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from adapterhub.configs import BottleneckConfig
 from adapterhub.errors import ConfigError
-from adapterhub.methods.base import AdapterModule, ModelDims, SiteInputs, register_method
+from adapterhub.methods.base import (
+    RESIDUAL,
+    AdapterModule,
+    ModelDims,
+    Point,
+    PointInputs,
+    ResidualInputs,
+    register_method,
+)
 
 
 def make_activation(name: str) -> nn.Module:
@@ -157,7 +167,32 @@ def batch_split_deltas(
     return first.dropout(up).reshape(x.shape)
 
 
-def enter_site(config: BottleneckConfig, inputs: SiteInputs) -> BottleneckState:
+def stacked_deltas(layers: Sequence[BottleneckLayer], x: torch.Tensor) -> torch.Tensor:
+    """``u_n = s_n · A_n(x)`` of N adapters on the same input, ``(B, T, d) -> (N, B, T, d)``.
+
+    Adapters of equal shape and activation (the usual case) run together: one matmul for all down projections
+    (``W_down`` concatenated to ``(N·m, d)``) and one batched matmul for the up projections (``(N, m, d)``).
+    """
+    first = layers[0]
+    n, d = len(layers), x.shape[-1]
+    width = first.down.out_features
+    if not can_group(layers):
+        return torch.stack([layer.delta(x) for layer in layers])
+    lead = x.shape[:-1]
+    w_down = torch.cat([layer.down.weight for layer in layers])  # (N·m, d)
+    b_down = torch.cat([layer.down.bias for layer in layers])  # (N·m,)
+    z = first.activation(F.linear(x.reshape(-1, d), w_down, b_down))  # (B·T, N·m)
+    z = z.view(-1, n, width).transpose(0, 1)  # (N, B·T, m)
+    w_up = torch.stack([layer.up.weight for layer in layers]).transpose(1, 2)  # (N, m, d)
+    b_up = torch.stack([layer.up.bias for layer in layers]).unsqueeze(1)  # (N, 1, d)
+    up = torch.baddbmm(b_up, z, w_up)  # (N, B·T, d)
+    scales = stacked_scaling(layers, up)
+    if scales is not None:
+        up = up * scales
+    return first.dropout(up).view(n, *lead, d)
+
+
+def enter_site(config: BottleneckConfig, inputs: ResidualInputs) -> BottleneckState:
     """Adapter input and residual at a site, per the config's ``original_ln_before`` / ``residual_before_ln``."""
     h = inputs.h
     adapter_residual = h
@@ -171,7 +206,9 @@ def enter_site(config: BottleneckConfig, inputs: SiteInputs) -> BottleneckState:
     return BottleneckState(x=x, adapter_residual=adapter_residual)
 
 
-def leave_site(config: BottleneckConfig, y: torch.Tensor, inputs: SiteInputs, pre_norm: bool) -> torch.Tensor:
+def leave_site(
+    config: BottleneckConfig, y: torch.Tensor, inputs: ResidualInputs, pre_norm: bool
+) -> torch.Tensor:
     """Turn the adapters' output ``y`` into the value that replaces the hooked output.
 
     Post-norm models: the LayerNorm's output, ``LN(y + input)`` or ``y``. Pre-norm models: the sub-layer output
@@ -212,18 +249,70 @@ class BottleneckAdapter(AdapterModule):
             }
         )
 
-    def sites_at(self, layer: int) -> tuple[str, ...]:
+    def points(self, layer: int) -> tuple[Point, ...]:
         key = str(layer)
         if key not in self.layers:
             return ()
         sites: nn.ModuleDict = self.layers[key]  # type: ignore[assignment]
-        return tuple(sites.keys())
+        return tuple((RESIDUAL, site) for site in sites)
 
     def layer_at(self, layer: int, site: str) -> BottleneckLayer:
         sites: nn.ModuleDict = self.layers[str(layer)]  # type: ignore[assignment]
         return sites[site]  # type: ignore[return-value]
 
-    def forward_site(self, layer: int, site: str, inputs: SiteInputs) -> torch.Tensor:
-        state = enter_site(self.config, inputs)
-        y = self.layer_at(layer, site)(state.x, state.adapter_residual)
-        return leave_site(self.config, y, inputs, self.dims.pre_norm)
+    # ---- composition protocol (residual points only)
+    def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> torch.Tensor:
+        """Stack step: the adapter input is prepared from the running value by this config (e.g.
+        ``LN(c + input)``) and the adapter adds to it."""
+        state = enter_site(self.config, inputs.on(running))  # type: ignore[arg-type]
+        return self.layer_at(layer, point[1])(state.x, state.adapter_residual)
+
+    def stack_leave(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> torch.Tensor:
+        return leave_site(self.config, running, inputs, self.dims.pre_norm)  # type: ignore[arg-type]
+
+    def fuse_enter(self, layer: int, point: Point, inputs: PointInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        state = enter_site(self.config, inputs)  # type: ignore[arg-type]
+        return state.x, state.adapter_residual
+
+    def fuse_placement(self) -> Any:
+        config = self.config
+        return {
+            "original_ln_before": config.original_ln_before,
+            "residual_before_ln": config.residual_before_ln,
+            "original_ln_after": config.original_ln_after,
+        }
+
+    def fuse_deltas(
+        self, modules: Sequence[AdapterModule], layer: int, point: Point, x: torch.Tensor
+    ) -> torch.Tensor:
+        others = [m for m in modules if not isinstance(m, BottleneckAdapter)]
+        if others:
+            raise ConfigError(
+                f"Fuse combines bottleneck adapters; {others[0].adapter_name!r} is a {others[0].method} adapter."
+            )
+        return stacked_deltas([m.layer_at(layer, point[1]) for m in modules], x)  # type: ignore[attr-defined]
+
+    def batch_split_grouped(
+        self,
+        modules: Sequence[AdapterModule],
+        layer: int,
+        point: Point,
+        inputs: PointInputs,
+        sizes: Sequence[int],
+    ) -> torch.Tensor | None:
+        """Plain bottleneck adapters placed alike (same ``original_ln_before``, ``residual_before_ln``,
+        ``original_ln_after``, no adapter-internal LayerNorm after) that pass ``can_group``: enter the site once,
+        the K adapters as batched matmuls over their rows, leave once."""
+        if not all(isinstance(m, BottleneckAdapter) for m in modules):
+            return None
+        bottlenecks: list[BottleneckAdapter] = list(modules)  # type: ignore[arg-type]
+        placements = {
+            (m.config.original_ln_before, m.config.residual_before_ln, m.config.original_ln_after)
+            for m in bottlenecks
+        }
+        layers = [m.layer_at(layer, point[1]) for m in bottlenecks]
+        if len(placements) != 1 or not can_group(layers) or any(x.norm_after is not None for x in layers):
+            return None
+        state = enter_site(self.config, inputs)  # type: ignore[arg-type]
+        y = batch_split_deltas(layers, state.x, sizes) + state.adapter_residual  # (B, T, d)
+        return leave_site(self.config, y, inputs, self.dims.pre_norm)  # type: ignore[arg-type]

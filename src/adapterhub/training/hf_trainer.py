@@ -98,8 +98,8 @@ def is_adapter_checkpoint(directory: str | os.PathLike[str]) -> bool:
 def load_adapter_checkpoint(model: Any, directory: str | os.PathLike[str]) -> None:
     """Restore what :func:`save_adapter_checkpoint` wrote. Adapters and heads the model already has are
     overwritten in place (same parameter objects, same ``requires_grad``); missing ones are added."""
+    from adapterhub.core import load_exact
     from adapterhub.io.adapter_dir import read_adapter_dir
-    from adapterhub.model import _load_exact
 
     model = _require_adapter_model(model)
     directory = Path(directory)
@@ -123,7 +123,7 @@ def load_adapter_checkpoint(model: Any, directory: str | os.PathLike[str]) -> No
         for record in records:
             name = record.name
             if name in store.adapters:
-                _load_exact(store.adapters[name], record.tensors, f"adapter {name!r} in {directory}")
+                load_exact(store.adapters[name], record.tensors, f"adapter {name!r} in {directory}")
             else:
                 model.add_adapter_from_record(record, with_head=False)
             head = record.head
@@ -138,7 +138,7 @@ def load_adapter_checkpoint(model: Any, directory: str | os.PathLike[str]) -> No
                         )
                     static[key].copy_(tensor.to(static[key].dtype))
             elif name in store.heads:
-                _load_exact(store.heads[name], head.tensors, f"head {name!r} in {directory}")
+                load_exact(store.heads[name], head.tensors, f"head {name!r} in {directory}")
             else:
                 model._prepare_head(head, name)()
         if extra:

@@ -1,0 +1,303 @@
+"""The adapter half of the model API: add, delete, train, save, load and publish adapters.
+
+::
+
+    model.add_adapter("sst-2", config="pfeiffer")       # or "lora", "prefix_tuning", a dict, a config object
+    model.train_adapter("sst-2")                        # base frozen, adapter (+ head) trainable and active
+    model.save_adapter("out/sst-2", "sst-2")            # our layout; layout="adapters" for the adapters library
+    model.load_adapter("out/sst-2", set_active=True)    # either layout, or a hub identifier
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from adapterhub.composition import branch_names, normalize_setup, parallel_block, setup_names
+from adapterhub.configs import MethodConfig, resolve_config
+from adapterhub.core import load_exact
+from adapterhub.errors import AdapterExistsError, AdapterFileError, ConfigError
+from adapterhub.heads import static_head_parameters
+from adapterhub.heads.api import HeadsMixin, check_name
+from adapterhub.io.records import AdapterRecord
+from adapterhub.methods import method_for_config
+from adapterhub.store import STORE_ATTR
+from adapterhub.summary import AdapterSummary, summarize
+
+
+class AdapterAPIMixin(HeadsMixin):
+    """Adapter lifecycle methods mixed into the model by ``adapterhub.init``."""
+
+    def add_adapter(
+        self,
+        name: str,
+        config: str | Mapping[str, Any] | MethodConfig | None = None,
+        *,
+        overwrite_ok: bool = False,
+        set_active: bool = False,
+    ) -> MethodConfig:
+        """Add a new adapter (initialised near identity). ``config``: a preset name such as ``"pfeiffer"``,
+        ``"houlsby[reduction_factor=64]"``, a dict, or a config object. Returns the resolved config."""
+        check_name(name)
+        resolved = resolve_config(config)
+        if name in self._store.adapters and not overwrite_ok:
+            raise AdapterExistsError(
+                f"An adapter named {name!r} already exists. Pass overwrite_ok=True to replace it, "
+                "or delete it first with model.delete_adapter(name)."
+            )
+        if name in self._store.merged:
+            raise ConfigError(
+                f"Adapter {name!r} is merged into the base weights; unmerge it before replacing it."
+            )
+        module = method_for_config(resolved)(name, resolved, self.model_dims())  # validates before any change
+        self._store.adapters[name] = self._place(module)
+        self._store.changed()
+        if set_active:
+            self.set_active_adapters(name)
+        return resolved
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove an adapter (and drop it from the active setup)."""
+        self._require_adapter(name)
+        store = self._store
+        if name in setup_names(store.active_setup):
+            store.active_setup = None
+        del store.adapters[name]
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove an adapter, the fusions that include it, and drop it from the active setup."""
+        self._require_adapter(name)
+        store = self._store
+        if name in store.merged:
+            raise ConfigError(
+                f"Adapter {name!r} is merged into the base weights; call model.unmerge_adapter({name!r}) before "
+                "deleting it, or its update would stay in the weights."
+            )
+        if name in setup_names(store.active_setup):
+            store.active_setup = None
+        for key in [key for key, fusion in store.fusions.items() if name in fusion.adapter_names]:  # type: ignore[operator]
+            del store.fusions[key]
+        del store.adapters[name]
+        store.changed()
+
+    # ------------------------------------------------------------------ training
+    def freeze_model(self, freeze: bool = True) -> None:
+        """Set ``requires_grad = not freeze`` on every parameter of the base model and its built-in head."""
+        for name, param in self._module().named_parameters():
+            if not name.startswith(STORE_ATTR + "."):
+                param.requires_grad_(not freeze)
+
+    def train_adapter(self, setup: Any, *, train_head: bool = True) -> None:
+        """Freeze the base model and every other adapter, unfreeze the named adapter(s) and their head, activate
+        them and switch to training mode.
+
+        The head trained is the active flexible head (``model.active_head``: the one set explicitly, else the one
+        named like the last adapter of the setup), else the model's built-in head (``classifier`` etc.); under
+        ``Parallel`` the head of each branch."""
+        normalized = normalize_setup(setup)
+        names = setup_names(normalized)
+        if not names:
+            raise ConfigError("train_adapter needs at least one adapter name.")
+        for name in names:
+            self._require_adapter(name)
+        merged = [n for n in names if n in self._store.merged]
+        if merged:
+            raise ConfigError(
+                f"Adapter(s) {merged} are merged into the base weights and cannot be trained; call "
+                "model.unmerge_adapter() first."
+            )
+        self.set_active_adapters(normalized)  # checks the setup before anything changes
+        for param in self._module().parameters():
+            param.requires_grad_(False)
+        for name in names:
+            self._store.adapters[name].requires_grad_(True)
+        if train_head:
+            parallel = parallel_block(normalized)
+            if parallel is not None:  # one head per branch
+                for branch in branch_names(parallel):
+                    if branch in self._store.heads:
+                        self._store.heads[branch].requires_grad_(True)
+                self._module().train()
+                return
+            head_name = self.active_head
+            if head_name is not None:
+                self._store.heads[head_name].requires_grad_(True)
+            else:
+                for param in static_head_parameters(self._module()).values():
+                    param.requires_grad_(True)
+        self._module().train()
+
+    # ------------------------------------------------------------------ summary
+    def adapter_summary(self) -> AdapterSummary:
+        """A table of adapters and heads: name, method, parameters, % of the base model, active, trainable."""
+        return summarize(self)
+
+    def adapter_record(self, name: str, *, with_head: bool = True) -> AdapterRecord:
+        module = self._require_adapter(name)
+        return AdapterRecord(
+            name=name,
+            config=module.config.to_dict(),
+            model=self.model_info(),
+            tensors=dict(module.state_dict()),
+            head=self._head_record(name) if with_head else None,
+        )
+
+    def save_adapter(
+        self,
+        directory: str | os.PathLike[str],
+        name: str,
+        *,
+        with_head: bool = True,
+        layout: str = "adapterhub",
+    ) -> Path:
+        """Save adapter ``name`` (and its head with label map) to ``directory``.
+
+        ``layout="adapterhub"`` (default): JSON + safetensors (docs/FORMAT.md). ``layout="adapters"``: the
+        `adapters` library's layout, loadable by that library."""
+        record = self.adapter_record(name, with_head=with_head)
+        if layout == "adapterhub":
+            from adapterhub.io.adapter_dir import write_adapter_dir
+
+            return write_adapter_dir(record, directory)
+        if layout == "adapters":
+            from adapterhub.io.adapters_lib import write_adapters_lib_dir
+
+            return write_adapters_lib_dir(record, directory, self._spec, self._module())
+        raise ConfigError(f"Unknown layout {layout!r}; use 'adapterhub' or 'adapters'.")
+
+    def save_all_adapters(self, directory: str | os.PathLike[str], *, with_head: bool = True) -> list[Path]:
+        return [
+            self.save_adapter(Path(directory) / name, name, with_head=with_head)
+            for name in self._store.adapters
+        ]
+
+    def load_adapter(
+        self,
+        source: str | os.PathLike[str],
+        *,
+        load_as: str | None = None,
+        set_active: bool = False,
+        with_head: bool = True,
+        overwrite_ok: bool = False,
+        **hub_options: Any,
+    ) -> str:
+        """Load an adapter from a directory (ours or the `adapters` library's layout) or a hub identifier such as
+        ``"sentiment/rotten_tomatoes@demo"``. Everything is checked before the model is changed: on any error
+        the model is left as it was. Returns the adapter's name."""
+        from adapterhub.io.loading import read_any_adapter_dir
+
+        directory = Path(source)
+        if not directory.is_dir():
+            directory = self._resolve_remote(str(source), **hub_options)
+        record = read_any_adapter_dir(directory, spec=self._spec, with_head=with_head)
+        return self.add_adapter_from_record(
+            record, load_as=load_as, set_active=set_active, with_head=with_head, overwrite_ok=overwrite_ok
+        )
+
+    def push_adapter(
+        self,
+        name: str,
+        *,
+        owner: str,
+        task: str | None = None,
+        subtask: str | None = None,
+        with_head: bool = True,
+        **card: Any,
+    ) -> dict[str, Any]:
+        """Publish adapter ``name`` (with its head) to the hub as the next version of ``@owner/name``.
+
+        ``card`` holds the rest of the adapter card (``license``, ``description``, ``citation``, ``metrics``,
+        ``language``, ``adapter_type``, ``token``, ``hub_url``; see ``adapterhub.hub.client.push_adapter_dir``)."""
+        from adapterhub.hub.client import push_adapter_dir
+
+        with tempfile.TemporaryDirectory(prefix="adapterhub-push-") as tmp:
+            directory = self.save_adapter(Path(tmp) / name, name, with_head=with_head)
+            return push_adapter_dir(directory, owner=owner, name=name, task=task, subtask=subtask, **card)
+
+    def _resolve_remote(self, identifier: str, **hub_options: Any) -> Path:
+        looks_local = os.sep in identifier and "@" not in identifier and ":" not in identifier
+        if looks_local or identifier.startswith((".", "~")):
+            raise AdapterFileError(
+                f"No adapter directory at {identifier!r} (it does not exist or is not a directory)."
+            )
+        try:
+            from adapterhub.hub.client import resolve_to_local_dir
+        except ImportError as error:
+            raise AdapterFileError(
+                f"{identifier!r} is not a local directory, and the hub client is not available ({error}). "
+                "Pass the path of a saved adapter directory, or install adapterhub[hub]."
+            ) from None
+        info = self.model_info()
+        return resolve_to_local_dir(
+            identifier,
+            model_type=info.model_type,
+            model_name=info.model_name,
+            hidden_size=info.hidden_size,
+            **hub_options,
+        )
+
+    def add_adapter_from_record(
+        self,
+        record: AdapterRecord,
+        *,
+        load_as: str | None = None,
+        set_active: bool = False,
+        with_head: bool = True,
+        overwrite_ok: bool = False,
+    ) -> str:
+        name = check_name(load_as or record.name)
+        if name in self._store.adapters and not overwrite_ok:
+            raise AdapterExistsError(
+                f"An adapter named {name!r} already exists. Pass overwrite_ok=True to replace it or load_as='other-name'."
+            )
+        self._check_compatible(record.model, f"adapter {record.name!r}")
+        config = resolve_config(record.config)
+        module = method_for_config(config)(name, config, self.model_dims())
+        load_exact(module, record.tensors, f"adapter {record.name!r}")
+        apply_head = (
+            self._prepare_head(record.head, name, overwrite_ok=overwrite_ok)
+            if with_head and record.head is not None
+            else None
+        )
+        # every check passed: change the model
+        self._store.adapters[name] = self._place(module)
+        self._store.changed()
+        if apply_head is not None:
+            apply_head()
+        if set_active:
+            self.set_active_adapters(name)
+        return name
+
+    # ------------------------------------------------------------------ base model save
+    def save_pretrained(self, save_directory: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Any:
+        """The base model's ``save_pretrained`` without adapterhub's modules (save those with ``save_adapter``).
+
+        Warns when trainable adapters or heads are left out (e.g. a stock ``transformers.Trainer`` checkpoint
+        during adapter training: use ``adapterhub.training.AdapterTrainer``, whose checkpoints hold them), and when
+        merged adapters are in the saved weights."""
+        module = self._module()
+        if self._store.merged:
+            warnings.warn(
+                f"save_pretrained saves weights with adapter(s) {list(self._store.merged)} merged into them: the "
+                "saved model computes base + adapter. Call model.unmerge_adapter() first to save the base weights.",
+                stacklevel=2,
+            )
+        if "state_dict" not in kwargs:
+            kwargs["state_dict"] = {
+                k: v for k, v in module.state_dict().items() if not k.startswith(STORE_ATTR + ".")
+            }
+            named = list(module.named_parameters())
+            left_out = [n for n, p in named if n.startswith(STORE_ATTR + ".") and p.requires_grad]
+            base_frozen = not any(p.requires_grad for n, p in named if not n.startswith(STORE_ATTR + "."))
+            if left_out and base_frozen:  # adapter training (train_adapter): these weights are the point
+                warnings.warn(
+                    f"save_pretrained saves the base model only; {len(left_out)} trainable adapter/head tensors are "
+                    "not in it. Save them with model.save_adapter(dir, name), or train with "
+                    "adapterhub.training.AdapterTrainer, whose checkpoints hold them.",
+                    stacklevel=2,
+                )
+        return super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]

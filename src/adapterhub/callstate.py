@@ -1,0 +1,61 @@
+"""Per-call state: what one forward pass of a model carries from one hook to the next.
+
+Hooks are installed once per model and shared by every thread that calls it (servers share one model). What a
+call hands from its pre-hooks to its later hooks (the head's targets, the base model's output, the Parallel batch)
+therefore lives here, in a ``CallState`` kept per thread and per model, never on the model or the adapter store.
+A forward pass runs in one thread from its first hook to its last, so per thread is per call; the first model
+pre-hook of a call starts a fresh state (dropping one a failed call may have left) and the last hook ends it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+_LOCAL = threading.local()
+
+
+@dataclass
+class CallState:
+    """``labels``: the active flexible head's targets taken out of the call; ``head_inputs``: further keywords a
+    head consumes (e.g. a choice mask); ``num_choices`` / ``logits_to_keep``: multiple-choice flattening and
+    ``generate()``'s request; ``base_output``: the base model's output; ``parallel_batch`` / ``parallel_first``:
+    under ``Parallel``, the batch size before replication and the first layer that replicates;
+    ``parallel_labels``: the labels taken away from the model's own head under ``Parallel``."""
+
+    labels: dict[str, Any] | None = None
+    head_inputs: dict[str, Any] = field(default_factory=dict)
+    num_choices: int | None = None
+    logits_to_keep: Any = None
+    base_output: Any = None
+    parallel_batch: int | None = None
+    parallel_branches: int | None = None
+    parallel_first: int = 0
+    parallel_labels: Any = None
+
+
+def _states() -> dict[int, CallState]:
+    states: dict[int, CallState] | None = getattr(_LOCAL, "states", None)
+    if states is None:
+        states = _LOCAL.states = {}
+    return states
+
+
+def begin(owner: object) -> CallState:
+    """Start the state of a new call of ``owner``'s model in this thread."""
+    state = CallState()
+    _states()[id(owner)] = state
+    return state
+
+
+def current(owner: object) -> CallState | None:
+    """This thread's state of the call of ``owner``'s model in progress, if any."""
+    states: dict[int, CallState] | None = getattr(_LOCAL, "states", None)
+    return None if states is None else states.get(id(owner))
+
+
+def end(owner: object) -> CallState | None:
+    """End (and return) the state of ``owner``'s call in this thread."""
+    states: dict[int, CallState] | None = getattr(_LOCAL, "states", None)
+    return None if states is None else states.pop(id(owner), None)

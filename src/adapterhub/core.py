@@ -1,0 +1,220 @@
+"""The model core every API mixin builds on: the adapter store, the architecture spec, the model's dimensions,
+placement of new modules, lookup of adapters and the active setup.
+
+``AdapterModelCore`` is the first base of the API mixins (heads, adapters, fusion, merging); each mixin only calls
+what this core or its own bases define.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapterhub.architectures import ArchitectureSpec, get_layers, spec_for_model_type
+from adapterhub.composition import (
+    BatchSplit,
+    Fuse,
+    Parallel,
+    Setup,
+    Split,
+    blocks_with_parents,
+    normalize_setup,
+    setup_names,
+)
+from adapterhub.configs import MethodConfig
+from adapterhub.errors import AdapterNotFoundError, ConfigError, IncompatibleModelError, did_you_mean
+from adapterhub.interpreter import check_setup
+from adapterhub.io.records import ModelInfo
+from adapterhub.io.validate import check_state_fits
+from adapterhub.methods.base import AdapterModule, ModelDims
+from adapterhub.store import STORE_ATTR, AdapterStore
+
+_HEAD_COUNT_ATTRS = ("num_attention_heads", "n_head", "n_heads")
+
+
+def load_exact(module: nn.Module, tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Copy ``tensors`` into ``module`` after checking that names and shapes match exactly."""
+    expected = module.state_dict()
+    check_state_fits(expected, tensors, what)
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=True)
+
+
+def linear_shapes(layer: nn.Module, spec: ArchitectureSpec) -> tuple[tuple[str, int, int], ...]:
+    """``(point, d_in, d_out)`` of every linear point of ``spec`` in one transformer layer."""
+    shapes = []
+    for point, linear in spec.linears.items():
+        module = layer.get_submodule(linear.module)
+        weight = module.weight  # Linear: (d_out, d_in); Conv1D: (d_in, d_out)
+        d_in, d_out = (
+            (weight.shape[0], weight.shape[1]) if linear.transposed else (weight.shape[1], weight.shape[0])
+        )
+        if linear.part is not None:
+            d_out //= linear.part[1]
+        shapes.append((point, int(d_in), int(d_out)))
+    return tuple(shapes)
+
+
+def attention_dims(config: Any, hidden: int) -> tuple[int | None, int | None, int | None]:
+    """``(num_heads, num_kv_heads, head_dim)`` read from a transformers config (None where it says nothing)."""
+    heads = next((getattr(config, a) for a in _HEAD_COUNT_ATTRS if getattr(config, a, None)), None)
+    if heads is None:
+        return None, None, None
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    return int(heads), int(kv), int(head_dim)
+
+
+class AdapterModelCore:
+    """What every adapter API mixin needs from the model it is mixed into (``adapterhub.init`` adds the store
+    under ``STORE_ATTR`` and these classes as extra bases of the model's class)."""
+
+    config: Any  # the transformers config (the model's own attribute)
+
+    @property
+    def _store(self) -> AdapterStore:
+        return getattr(self, STORE_ATTR)  # type: ignore[no-any-return]
+
+    @property
+    def _spec(self) -> ArchitectureSpec:
+        return spec_for_model_type(self.config.model_type)
+
+    def _module(self) -> nn.Module:
+        return self  # type: ignore[return-value]
+
+    def _layers(self) -> nn.ModuleList:
+        return get_layers(self._module(), self._spec)
+
+    def model_dims(self) -> ModelDims:
+        spec = self._spec
+        config = self.config
+        hidden = int(getattr(config, spec.hidden_size_attr, None) or config.hidden_size)
+        layers = self._layers()
+        heads, kv_heads, head_dim = attention_dims(config, hidden)
+        return ModelDims(
+            model_type=config.model_type,
+            hidden_size=hidden,
+            num_layers=len(layers),
+            pre_norm=spec.pre_norm,
+            linear_shapes=linear_shapes(layers[0], spec) if len(layers) else (),
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+        )
+
+    def model_info(self) -> ModelInfo:
+        dims = self.model_dims()
+        return ModelInfo(
+            model_type=dims.model_type,
+            model_name=str(getattr(self.config, "name_or_path", "") or ""),
+            hidden_size=dims.hidden_size,
+            num_layers=dims.num_layers,
+        )
+
+    def _place(self, module: nn.Module) -> nn.Module:
+        """Put a new module on the device and floating dtype of the model's layers, in the model's train/eval
+        mode (a head added to a model in eval mode must not apply dropout)."""
+        reference = next(self._layers().parameters())
+        module.train(self._module().training)
+        return module.to(device=reference.device, dtype=reference.dtype)
+
+    def _require_adapter(self, name: str) -> AdapterModule:
+        adapters = self._store.adapters
+        if name not in adapters:
+            known = ", ".join(adapters.keys()) or "none yet"
+            raise AdapterNotFoundError(
+                f"No adapter named {name!r}{did_you_mean(name, adapters.keys())}. Adapters on this model: {known}. "
+                "Add one with model.add_adapter(name) or load one with model.load_adapter(path)."
+            )
+        return adapters[name]  # type: ignore[return-value]
+
+    @property
+    def adapters(self) -> dict[str, MethodConfig]:
+        """Name -> config of every adapter on the model, in the order they were added."""
+        return {name: module.config for name, module in self._store.adapters.items()}  # type: ignore[misc]
+
+    def has_adapter(self, name: str) -> bool:
+        return name in self._store.adapters
+
+    # ------------------------------------------------------------------ activation
+    def _checked_setup(self, setup: Any) -> Setup | None:
+        normalized = normalize_setup(setup)
+        for name in setup_names(normalized):
+            self._require_adapter(name)
+        check_setup(normalized, self._store.adapter_modules())
+        self._check_merged(normalized)
+        return normalized
+
+    def _check_merged(self, setup: Setup | None) -> None:
+        """While adapters are merged into the base weights they apply in every call: a setup must name each of
+        them, and not inside a block that would run it on part of the batch or next to its own copy."""
+        merged = list(self._store.merged)
+        if not merged:
+            return
+        missing = [n for n in merged if n not in setup_names(setup)]
+        if missing:
+            raise ConfigError(
+                f"Adapter(s) {missing} are merged into the base weights and apply in every forward pass; a setup "
+                "without them cannot run. Call model.unmerge_adapter() first."
+            )
+        for block, child in blocks_with_parents(setup):
+            if isinstance(block, (BatchSplit, Parallel, Fuse, Split)) and any(
+                n in merged for n in setup_names(child)
+            ):
+                raise ConfigError(
+                    f"{type(block).__name__} cannot run merged adapter(s) {merged}: their update is in the base "
+                    "weights for every row and position. Call model.unmerge_adapter() first."
+                )
+
+    @property
+    def active_adapters(self) -> Setup | None:
+        """The setup applied in every forward pass: a name, a block such as ``Stack("a", "b")``, or None."""
+        return self._store.current_setup()
+
+    @active_adapters.setter
+    def active_adapters(self, setup: Any) -> None:
+        self.set_active_adapters(setup)
+
+    def set_active_adapters(self, setup: Any) -> None:
+        """Activate ``setup`` (a name, a list of names = a Stack, a block, or None) for every forward pass."""
+        self._store.active_setup = self._checked_setup(setup)
+
+    @contextlib.contextmanager
+    def adapter_setup(self, setup: Any) -> Iterator[None]:
+        """Use ``setup`` for forward passes inside the ``with`` block only (per thread / async task)."""
+        if self._store.merged:
+            raise ConfigError(
+                f"Adapter(s) {list(self._store.merged)} are merged into the base weights, so every call runs with "
+                "them; a per-call setup cannot take them out. Call model.unmerge_adapter() first."
+            )
+        normalized = self._checked_setup(setup)
+        with self._store.override(normalized):
+            yield
+
+    # ------------------------------------------------------------------ compatibility
+    def _check_compatible(self, info: ModelInfo, what: str) -> None:
+        mine = self.model_info()
+        problems = []
+        if info.model_type != mine.model_type:
+            problems.append(f"model type {info.model_type!r} (this model: {mine.model_type!r})")
+        if info.hidden_size != mine.hidden_size:
+            problems.append(f"hidden size {info.hidden_size} (this model: {mine.hidden_size})")
+        if info.num_layers is not None and info.num_layers != mine.num_layers:
+            problems.append(f"{info.num_layers} layers (this model: {mine.num_layers})")
+        if problems:
+            raise IncompatibleModelError(
+                f"The {what} was made for a model with {', '.join(problems)}. Load it into a model of that kind "
+                f"({info.model_name or info.model_type})."
+            )
+        named_model = mine.model_name and not Path(mine.model_name).exists()  # a hub name, not a local folder
+        if info.model_name and named_model and Path(info.model_name).name != Path(mine.model_name).name:
+            warnings.warn(
+                f"The {what} was trained on {info.model_name!r}; this model is {mine.model_name!r}. Shapes match, "
+                "but outputs may be poor if the weights differ.",
+                stacklevel=3,
+            )

@@ -1,0 +1,84 @@
+"""Merging: fold an adapter's update into the base model's weights, and take it out again.
+
+For a method whose update is a change of weights (``AdapterModule.mergeable``: LoRA), ``merge_adapter(name)`` adds
+each ``ΔW`` the method reports (``merged_deltas``) to the projection's weight (its slice, for a fused projection;
+transposed, for ``Conv1D``), so the model computes the same outputs without running the adapter: inference costs
+what the bare model costs. ``unmerge_adapter`` subtracts the same ``ΔW`` again. While an adapter is merged it
+applies in every call: per-call setups, BatchSplit, Parallel, Fuse and Split over it, training it, deleting it and
+replacing it raise a ``ConfigError`` that says to unmerge first.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from adapterhub.adapters_api import AdapterAPIMixin
+from adapterhub.composition import setup_names
+from adapterhub.errors import ConfigError
+
+
+class MergeMixin(AdapterAPIMixin):
+    """``merge_adapter`` / ``unmerge_adapter``, mixed into the model by ``adapterhub.init``."""
+
+    def _apply_deltas(self, name: str, sign: float) -> None:
+        module = self._require_adapter(name)
+        spec, layers = self._spec, self._layers()
+        with torch.no_grad():
+            for layer, point, delta in module.merged_deltas():  # delta: (d_out, d_in)
+                linear = spec.linears[point]
+                weight = (
+                    layers[layer].get_submodule(linear.module).weight
+                )  # Linear (out, in); Conv1D (in, out)
+                update = (delta.t() if linear.transposed else delta).to(weight.dtype) * sign
+                if linear.part is None:
+                    weight.add_(update)
+                    continue
+                index, parts = linear.part
+                axis = 1 if linear.transposed else 0
+                width = weight.shape[axis] // parts
+                weight.narrow(axis, index * width, width).add_(update)
+
+    def merge_adapter(self, name: str) -> None:
+        """Fold adapter ``name`` into the base weights: outputs stay the same (within float rounding) and the
+        adapter no longer runs as a separate computation. It must be the active setup, part of a Stack that is,
+        or nothing may be active (then it becomes the active setup)."""
+        module = self._require_adapter(name)
+        store = self._store
+        if name in store.merged:
+            raise ConfigError(f"Adapter {name!r} is merged already.")
+        if not module.mergeable:
+            list(module.merged_deltas())  # raises the method's own explanation
+        setup = store.active_setup if store.active_setup is not None else name
+        if name not in setup_names(setup):
+            raise ConfigError(
+                f"Adapter {name!r} is not in the active setup {store.active_setup!r}: merging it would change what "
+                f"the model computes. Activate it first (model.set_active_adapters({name!r}))."
+            )
+        store.merged[name] = True
+        try:
+            self._check_merged(setup)
+        except ConfigError:
+            del store.merged[name]
+            raise
+        self._apply_deltas(name, 1.0)
+        store.active_setup = setup
+        store.changed()
+
+    def unmerge_adapter(self, name: str | None = None) -> None:
+        """Take merged adapter ``name`` (default: every merged adapter) out of the base weights again; it then runs
+        as a separate computation as before merging. The base weights are restored within float rounding."""
+        store = self._store
+        names = list(store.merged) if name is None else [name]
+        for item in names:
+            if item not in store.merged:
+                merged = ", ".join(store.merged) or "none"
+                raise ConfigError(f"Adapter {item!r} is not merged (merged adapters: {merged}).")
+        for item in reversed(names):
+            self._apply_deltas(item, -1.0)
+            del store.merged[item]
+        store.changed()
+
+    @property
+    def merged_adapters(self) -> list[str]:
+        """Names of the adapters merged into the base weights."""
+        return list(self._store.merged)

@@ -1,0 +1,147 @@
+"""``AdapterStore``: every adapter, head and fusion of one model, the active setup, and the entry point the hooks
+call at each attachment point.
+
+The store is an ``nn.Module`` attached to the model as ``model._adapterhub`` (so optimisers, ``.to()``, DDP and
+state dicts see its parameters). It holds no per-call state (``adapterhub.callstate`` does): many threads may run
+the same model at once, each with its own ``with model.adapter_setup(...)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapterhub import callstate
+from adapterhub.composition import Setup, parallel_block, setup_names
+from adapterhub.interpreter import PointRun, run_setup
+from adapterhub.methods.base import AdapterModule, PointInputs
+
+STORE_ATTR = "_adapterhub"
+
+
+class AdapterStore(nn.Module):
+    """Holds every adapter, head and fusion of one model, and the active setup.
+
+    ``merged``: names of adapters whose update is folded into the base weights (``merge_adapter``); the hooks
+    leave them out, since the base weights already apply them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adapters = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        self.fusions = nn.ModuleDict()
+        self.active_setup: Setup | None = None
+        self.active_head_name: str | None = None
+        self.merged: dict[str, Any] = {}
+        self.original_class: type | None = None  # the model's class before adapterhub.init
+        self._override: contextvars.ContextVar[tuple[Setup | None] | None] = contextvars.ContextVar(
+            f"adapterhub_setup_{id(self)}", default=None
+        )
+        self._overrides_open = 0  # `with adapter_setup(...)` blocks open in any thread
+        self._count_lock = threading.Lock()
+        self._kinds: dict[Setup, frozenset[str]] = {}
+
+    # ---- called from the hooks
+    def current_setup(self) -> Setup | None:
+        if self._overrides_open == 0:  # fast path, and traceable by torch.compile
+            return self.active_setup
+        override = self._override.get()
+        return override[0] if override is not None else self.active_setup
+
+    def is_active(self) -> bool:
+        return self.current_setup() is not None
+
+    def uses(self, kind: str) -> bool:
+        """Whether an adapter of the current setup attaches at points of ``kind`` (hooks of other kinds return
+        at once)."""
+        setup = self.current_setup()
+        if setup is None:
+            return False
+        kinds = self._kinds.get(setup)
+        if kinds is None:
+            adapters = self.adapters
+            kinds = frozenset(
+                kind
+                for name in setup_names(setup)
+                if name in adapters and name not in self.merged
+                for kind in adapters[name].kinds()  # type: ignore[operator]
+            )
+            self._kinds[setup] = kinds
+        return kind in kinds
+
+    def point_forward(self, layer: int, kind: str, point: str, inputs: PointInputs) -> torch.Tensor | None:
+        """The value that replaces the output at ``(kind, point)`` of ``layer``, or None to leave it alone."""
+        setup = self.current_setup()
+        if setup is None:
+            return None
+        state = callstate.current(self)
+        run = PointRun(
+            layer=layer,
+            point=(kind, point),
+            adapters=self.active_modules(),
+            fusions=self.fusions,  # type: ignore[arg-type]
+            parallel_batch=state.parallel_batch if state is not None else None,
+        )
+        return run_setup(run, setup, inputs)
+
+    def active_head(self) -> str | None:
+        """The flexible head used for outputs: set explicitly, else the one named like the last active adapter;
+        None under ``Parallel`` (one head per branch) or when no flexible head applies."""
+        setup = self.current_setup()
+        if parallel_block(setup) is not None:
+            return None
+        if self.active_head_name is not None:
+            return self.active_head_name
+        if setup is None:
+            return None
+        last = setup if isinstance(setup, str) else setup.last()
+        return last if last in self.heads else None
+
+    def needs_call_state(self) -> bool:
+        """Whether a forward pass carries per-call state (a flexible head or Parallel may be in play)."""
+        return len(self.heads) > 0 or parallel_block(self.current_setup()) is not None
+
+    def active_modules(self) -> Any:
+        """The adapters the hooks may run: all but the merged ones (their update is in the base weights)."""
+        if not self.merged:
+            return self.adapters
+        return {name: module for name, module in self.adapters.items() if name not in self.merged}
+
+    def changed(self) -> None:
+        """Adapters were added, deleted, merged or unmerged: forget what was derived from them."""
+        self._kinds.clear()
+
+    def adapter_modules(self) -> dict[str, AdapterModule]:
+        return dict(self.adapters.items())  # type: ignore[arg-type]
+
+    # ---- copying and pickling
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
+        for transient in ("_override", "_count_lock"):
+            state.pop(transient, None)
+        state["_overrides_open"] = 0
+        state["_kinds"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._override = contextvars.ContextVar(f"adapterhub_setup_{id(self)}", default=None)
+        self._count_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def override(self, setup: Setup | None) -> Iterator[None]:
+        token = self._override.set((setup,))
+        with self._count_lock:
+            self._overrides_open += 1
+        try:
+            yield
+        finally:
+            self._override.reset(token)
+            with self._count_lock:
+                self._overrides_open -= 1
