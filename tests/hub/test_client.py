@@ -133,6 +133,36 @@ def test_unreachable_hub(monkeypatch):
         client.resolve_to_local_dir("sst-2", hub_url="ftp://x", **MODEL)
 
 
+@pytest.mark.parametrize(
+    ("missing", "advice"),
+    [("torch", "pip install torch"), ("adapterhub.io.manifest", "reinstall adapterhub")],
+)
+def test_model_check_never_skipped_when_its_import_fails(live, monkeypatch, missing, advice):
+    """The check that a download fits the model needs adapterhub.io.manifest (and torch); when that import
+    fails, loading stops with an error naming what is missing instead of skipping the check."""
+    import builtins
+
+    _push(live, "alice", "bert-sst2")
+    real_import = builtins.__import__
+
+    def failing_import(name, *args, **kwargs):
+        if name == "adapterhub.io.manifest":
+            raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    with pytest.raises(ImportError) as err:
+        client.resolve_to_local_dir("sst-2", **MODEL)
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    assert isinstance(err.value, AdapterHubError) and err.value.code == "missing_dependency"
+    msg = str(err.value)
+    assert "@alice/bert-sst2:1" in msg and repr(missing) in msg and advice in msg and "not loaded" in msg
+    assert isinstance(err.value.__cause__, ModuleNotFoundError)
+    with pytest.raises(HubOfflineError):  # nothing was recorded as resolved
+        client.resolve_to_local_dir("sst-2", offline=True, **MODEL)
+    assert client.resolve_to_local_dir("sst-2", **MODEL).is_dir()  # with the import back, the check runs
+
+
 def test_push_errors_and_login(live):
     with pytest.raises(HubAuthError, match="adapterhub login"):
         client.push_adapter_dir(live.adapter_dir(), owner="alice", task="sentiment", subtask="sst-2")

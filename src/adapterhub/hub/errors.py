@@ -97,6 +97,11 @@ class HubIntegrityError(HubError, AdapterFileError):
     """A download whose sha256 or size does not match what the hub announced."""
 
 
+class HubDependencyError(HubError, ImportError):
+    """A module a client step needs does not import (e.g. torch for the model check); the message says what to
+    install."""
+
+
 class UnsafeArchiveError(HubValidationError, AdapterFileError):
     """An archive with path traversal, links, absolute paths, too many files or too many bytes."""
 

@@ -8,6 +8,7 @@
 (``3`` or ``v3``). Examples: ``sentiment/sst-2@ukp``, ``sst-2``, ``sentiment``, ``@ukp/bert-sst2:2``.
 Identifiers are always resolved for one model (model type, model name, hidden size): the grammar says what to look
 for, the model says which of the matches fit.
+Model names are compared by :func:`model_key` (their last path component, lower-cased), on both sides.
 """
 
 from __future__ import annotations
@@ -106,3 +107,10 @@ def qualified_forms(
     if task and subtask:
         return f"{direct}  ({task}/{subtask}@{owner})"
     return direct
+
+
+def model_key(model_name: str | None) -> str:
+    """Compare model names by their last path component, lower-cased (a local copy of a model matches it)."""
+    if not model_name:
+        return ""
+    return model_name.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1].lower()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -28,10 +29,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from adapterhub.hub.errors import HubError
+from adapterhub.hub.errors import HubAuthError, HubError
 from adapterhub.hub.server import publish as publishing
 from adapterhub.hub.server import service
 from adapterhub.hub.server.database import make_engine, migrate, session_factory
+from adapterhub.hub.server.models import Membership, Owner
 from adapterhub.hub.server.settings import HubSettings
 from adapterhub.hub.server.storage import Storage, open_storage
 
@@ -235,9 +237,9 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None, w
         user = service.authenticate(s, token)
         orgs = (
             s.execute(
-                service.sa.select(service.Owner.name)
-                .join(service.Membership, service.Membership.org_id == service.Owner.id)
-                .where(service.Membership.user_id == user.id)
+                sa.select(Owner.name)
+                .join(Membership, Membership.org_id == Owner.id)
+                .where(Membership.user_id == user.id)
             )
             .scalars()
             .all()
@@ -274,7 +276,7 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None, w
         if org_row.kind != "org":
             raise service.invalid("invalid_request", f"{org!r} is a user, not an organisation.")
         if not user.is_admin and service.membership_role(s, org_row, user) != "admin":
-            raise service.HubAuthError(
+            raise HubAuthError(
                 f"Only admins of @{org_row.name} may add members.", code="forbidden", status=403
             )
         service.add_member(s, org_row, service.require_owner(s, body.user), body.role)
@@ -481,7 +483,7 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None, w
             user = service.authenticate(s, token)
             owner_row = service.require_owner(s, owner)
             if not service.may_publish(s, user, owner_row):
-                raise service.HubAuthError(
+                raise HubAuthError(
                     f"@{user.name} may not publish under @{owner_row.name} (not a member).",
                     code="forbidden",
                     status=403,

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapterhub.hub.errors import HubError, HubNotFoundError
 from adapterhub.hub.server import service
-from adapterhub.hub.server.models import Adapter, AdapterVersion, Owner
+from adapterhub.hub.server.models import Adapter, AdapterVersion, Membership, Owner
 from adapterhub.hub.web import views
 
 HERE = Path(__file__).resolve().parent
@@ -413,8 +413,8 @@ def owner_page(owner: str, request: Request) -> Response:
             members = sorted(
                 s.scalars(
                     sa.select(Owner.name)
-                    .join(service.Membership, service.Membership.user_id == Owner.id)
-                    .where(service.Membership.org_id == row.id)
+                    .join(Membership, Membership.user_id == Owner.id)
+                    .where(Membership.org_id == row.id)
                 ).all()
             )
         listing = _listing(request, s, f"/owners/{quote(row.name)}", {"owner": row.name}, {})
