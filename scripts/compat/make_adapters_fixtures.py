@@ -4,11 +4,13 @@
 Run inside the separate virtual environment made by ``setup_adapters_venv.sh``::
 
     .venv-adapters/bin/python scripts/compat/make_adapters_fixtures.py [--out tests/fixtures/adapters_lib]
+        [--group bottleneck|lora|prefix ...] [--case NAME ...]
 
-Every case directory holds a tiny random plain base encoder (``base/``), what
+Every case directory holds a tiny random plain base model (``base/``), what
 ``adapters`` writes for the adapter(s) / fusion / head, and ``expected.json``
-with fixed inputs and the logits ``adapters`` computed for them (eval mode,
-float32). See docs/compat.md for what each case contains.
+with fixed inputs and the logits (bottleneck cases) or the base model's
+last_hidden_state (LoRA / prefix tuning cases) ``adapters`` computed for them
+(eval mode, float32). See docs/compat.md for what each case contains.
 
 This script only uses ``adapters``, ``transformers`` and ``torch``; it never
 imports ``adapterhub``.
@@ -26,7 +28,7 @@ from pathlib import Path
 import adapters
 import torch
 import transformers
-from adapters import AutoAdapterModel, BnConfig, Fuse, Stack
+from adapters import AutoAdapterModel, BnConfig, Fuse, LoRAConfig, PrefixTuningConfig, Stack
 
 NUM_LABELS = 3
 ID2LABEL = {0: "neg", 1: "neu", 2: "pos"}
@@ -56,14 +58,38 @@ def tiny_config(arch: str):
         return transformers.BertConfig(max_position_embeddings=64, **common)
     if arch == "roberta":
         return transformers.RobertaConfig(max_position_embeddings=66, pad_token_id=1, **common)
+    if arch == "gpt2":
+        return transformers.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_inner=37, n_positions=64)
+    if arch == "llama":
+        # grouped-query attention (2 key/value heads for 4 query heads), so k/v shapes differ from q
+        return transformers.LlamaConfig(
+            vocab_size=99,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=64,
+        )
     raise ValueError(arch)
+
+
+BASE_CLASSES = {
+    "bert": "BertModel",
+    "roberta": "RobertaModel",
+    "gpt2": "GPT2Model",
+    "llama": "LlamaModel",
+}
+# adapters 1.3.0 on transformers 4.57 drops the prefix of GPT-2 / Llama under the default "sdpa" attention
+# (see docs/compat.md), so the decoders are run with eager attention; LoRA does not depend on it.
+ATTN_IMPLEMENTATION = {"gpt2": "eager", "llama": "eager"}
 
 
 def make_base(arch: str, base_dir: Path):
     """Create a tiny random plain encoder, save it, and return it (eval mode)."""
     torch.manual_seed(BASE_SEED)
     config = tiny_config(arch)
-    cls = transformers.BertModel if arch == "bert" else transformers.RobertaModel
+    cls = getattr(transformers, BASE_CLASSES[arch])
     model = cls(config)
     model.eval()
     model.save_pretrained(str(base_dir), safe_serialization=True)
@@ -78,9 +104,9 @@ def make_inputs():
     return input_ids, attention_mask
 
 
-def load_adapter_model(base_dir: Path, base_model, input_ids, attention_mask):
+def load_adapter_model(base_dir: Path, base_model, input_ids, attention_mask, **kwargs):
     """Load base/ into an adapters AutoAdapterModel and check the encoder was loaded intact."""
-    model = AutoAdapterModel.from_pretrained(str(base_dir))
+    model = AutoAdapterModel.from_pretrained(str(base_dir), **kwargs)
     # adapters writes config.name_or_path as "model_name" into every saved JSON; keep it free of local paths.
     model.config.name_or_path = f"tiny-random-{model.config.model_type}"
     model.eval()
@@ -385,13 +411,132 @@ def custom_config():
     )
 
 
+def lora_params(model, name: str):
+    tag = f".loras.{name}."
+    out = [(k, p) for k, p in model.named_parameters() if tag in k]
+    assert out, f"no LoRA parameters found for {name!r}"
+    return out
+
+
+def prefix_params(model, name: str):
+    # The prefix pool is shared by all layers; named_parameters() lists each tensor once.
+    tag = f".prefix_tunings.{name}."
+    out = [(k, p) for k, p in model.named_parameters() if tag in k]
+    assert out, f"no prefix tuning parameters found for {name!r}"
+    return out
+
+
+def hidden_for(model, input_ids, attention_mask=None):
+    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
+    with torch.no_grad():
+        return model.base_model(input_ids=input_ids, **kwargs).last_hidden_state
+
+
+def lora_qv_config():
+    return LoRAConfig(r=8, alpha=16, selfattn_lora=True, attn_matrices=["q", "v"])
+
+
+def lora_qkv_ffn_config():
+    return LoRAConfig(
+        r=8, alpha=16, selfattn_lora=True, attn_matrices=["q", "k", "v"], intermediate_lora=True, output_lora=True
+    )
+
+
+def prefix_config():
+    return PrefixTuningConfig(prefix_length=5, bottleneck_size=16, flat=False)
+
+
+def peft_case(out: Path, case: str, arch: str, kind: str, config, seed: int):
+    """One LoRA or prefix tuning adapter, no head; the expected outputs are the base model's last_hidden_state.
+
+    The library initialises LoRA's B to zero, so every adapter parameter is overwritten with seeded noise
+    (``randomize``) before anything is computed or saved. For prefix tuning the reparametrised form
+    (``flat=False``: embedding + MLP) is saved to ``adapter/``; then ``eject_prefix_tuning`` turns it into the
+    flat form, which is saved to ``adapter_flat/`` (when the library can eject it).
+    """
+    name = kind
+    case_dir = fresh_case_dir(out, case)
+    input_ids, attention_mask = make_inputs()
+    base_model = make_base(arch, case_dir / "base")
+    attn = ATTN_IMPLEMENTATION.get(arch)
+    load_kwargs = {"attn_implementation": attn} if attn else {}
+    model = load_adapter_model(case_dir / "base", base_model, input_ids, attention_mask, **load_kwargs)
+
+    model.add_adapter(name, config=config)
+    model.set_active_adapters(name)
+    gen = torch.Generator().manual_seed(seed)
+    randomize(lora_params(model, name) if kind == "lora" else prefix_params(model, name), gen)
+    model.eval()
+
+    hidden = hidden_for(model, input_ids, attention_mask)
+    hidden_no_mask = hidden_for(model, input_ids)
+    # Rows 0 and 1 have no padding, so they must not depend on whether a mask is passed.
+    assert (hidden[:2] - hidden_no_mask[:2]).abs().max().item() < 1e-5, f"{case}: mask / no-mask rows differ"
+    model.set_active_adapters(None)
+    hidden_plain = hidden_for(model, input_ids, attention_mask)
+    model.set_active_adapters(name)
+    effect = check_effect(hidden, hidden_plain, case)
+
+    model.save_adapter(str(case_dir / "adapter"), name, with_head=False)
+    setup = {"type": kind, "adapter": name, "adapter_dir": "adapter"}
+    extra = {}
+    if kind == "prefix":
+        try:
+            model.eject_prefix_tuning(name)
+        except Exception as exc:  # adapters 1.3.0 cannot eject when num_key_value_heads != num_attention_heads
+            extra["eject_error"] = f"{type(exc).__name__}: {exc}"
+            print(f"{case}: eject_prefix_tuning failed: {extra['eject_error']}")
+        else:
+            model.eval()
+            hidden_flat = hidden_for(model, input_ids, attention_mask)
+            flat_diff = (hidden_flat - hidden).abs().max().item()
+            assert flat_diff < 1e-5, f"{case}: ejected prefix gives different outputs ({flat_diff})"
+            model.save_adapter(str(case_dir / "adapter_flat"), name, with_head=False)
+            setup["flat_adapter_dir"] = "adapter_flat"
+            extra["last_hidden_state_flat"] = hidden_flat.tolist()
+            extra["flat_config"] = read_config(case_dir / "adapter_flat" / "adapter_config.json")["config"]
+
+    expected = {
+        "case": case,
+        "setup": setup,
+        "adapter_name": name,
+        "model_type": model.config.model_type,
+        "attn_implementation": attn or "default",
+        "input_ids": input_ids.tolist(),
+        "attention_mask": attention_mask.tolist(),
+        "last_hidden_state": hidden.tolist(),
+        "last_hidden_state_no_attention_mask": hidden_no_mask.tolist(),
+        "last_hidden_state_without_adapter": hidden_plain.tolist(),
+        **extra,
+        **base_stats(base_model, input_ids, attention_mask),
+        "config": read_config(case_dir / "adapter" / "adapter_config.json")["config"],
+        **versions(),
+    }
+    write_json(case_dir / "expected.json", expected)
+    print(f"{case}: adapter changes last_hidden_state by up to {effect:.4f}")
+
+
+PEFT_CASES = {
+    # case: (arch, kind, config factory, seed)
+    "bert_lora_qv": ("bert", "lora", lora_qv_config, 811),
+    "bert_lora_qkv_ffn": ("bert", "lora", lora_qkv_ffn_config, 812),
+    "bert_prefix": ("bert", "prefix", prefix_config, 813),
+    "gpt2_lora_qv": ("gpt2", "lora", lora_qv_config, 821),
+    "gpt2_lora_qkv_ffn": ("gpt2", "lora", lora_qkv_ffn_config, 822),
+    "gpt2_prefix": ("gpt2", "prefix", prefix_config, 823),
+    "llama_lora_qv": ("llama", "lora", lora_qv_config, 831),
+    "llama_lora_qkv_ffn": ("llama", "lora", lora_qkv_ffn_config, 832),
+    "llama_prefix": ("llama", "prefix", prefix_config, 833),
+}
+
+
 def supports_safetensors() -> bool:
     import inspect
 
     return "use_safetensors" in inspect.signature(adapters.BertAdapterModel.save_adapter).parameters
 
 
-CASES = [
+BOTTLENECK_CASES = [
     "bert_seq_bn",
     "bert_double_seq_bn",
     "roberta_seq_bn",
@@ -401,6 +546,12 @@ CASES = [
     "bert_fusion",
     "bert_stack",
 ]
+GROUPS = {
+    "bottleneck": BOTTLENECK_CASES,
+    "lora": [c for c, v in PEFT_CASES.items() if v[1] == "lora"],
+    "prefix": [c for c, v in PEFT_CASES.items() if v[1] == "prefix"],
+}
+CASES = BOTTLENECK_CASES + list(PEFT_CASES)
 
 
 def run_case(out: Path, case: str):
@@ -425,6 +576,9 @@ def run_case(out: Path, case: str):
         fusion_case(out, case)
     elif case == "bert_stack":
         stack_case(out, case)
+    elif case in PEFT_CASES:
+        arch, kind, make_config, seed = PEFT_CASES[case]
+        peft_case(out, case, arch, kind, make_config(), seed)
     else:
         raise ValueError(f"unknown case {case!r}")
 
@@ -435,13 +589,22 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
     parser.add_argument("--case", action="append", choices=CASES, help="only these cases (repeatable)")
+    parser.add_argument(
+        "--group",
+        action="append",
+        choices=sorted(GROUPS),
+        help="only the cases of these groups (repeatable; combined with --case)",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)  # bit-stable CPU results
     transformers.logging.set_verbosity_error()
     logging.getLogger("adapters").setLevel(logging.ERROR)
     args.out.mkdir(parents=True, exist_ok=True)
-    for case in args.case or CASES:
+    selected = list(args.case or [])
+    for group in args.group or []:
+        selected += [c for c in GROUPS[group] if c not in selected]
+    for case in selected or CASES:
         run_case(args.out, case)
     return 0
 
