@@ -248,6 +248,73 @@ class BottleneckConfig(MethodConfig):
         return width
 
 
+# ------------------------------------------------------------------------------------------------------ LoRA
+
+LINEAR_POINTS = ("q", "k", "v", "attn_out", "ffn_in", "ffn_gate", "ffn_out")
+LORA_INITS = ("lora", "gaussian")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoRAConfig(MethodConfig):
+    """LoRA (Hu et al. 2021): ``y = W x + b + s · B A dropout(x)`` on each target projection, ``s = alpha / r``
+    (``use_rslora``: ``alpha / sqrt(r)``).
+
+    ``targets``: any of ``q``, ``k``, ``v``, ``attn_out``, ``ffn_in``, ``ffn_gate`` (the gate of a gated FFN, e.g.
+    Llama's ``gate_proj``), ``ffn_out``; ``init``: ``"lora"`` (A Kaiming-uniform, B zero, as the paper) or
+    ``"gaussian"`` (A normal with std 1/r, B zero); ``leave_out``: layers without LoRA. Parameters:
+    ``r · (d_in + d_out)`` per target and layer.
+    """
+
+    method: ClassVar[str] = "lora"
+
+    r: int = 8
+    alpha: float = 8
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q", "v")
+    use_rslora: bool = False
+    init: str = "lora"
+    leave_out: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.r, int) and not isinstance(self.r, bool) and self.r > 0,
+            f"r must be a positive integer, got {self.r!r}.",
+        )
+        _require(
+            _is_number(self.alpha) and self.alpha > 0, f"alpha must be a positive number, got {self.alpha!r}."
+        )
+        _require(
+            _is_number(self.dropout) and 0.0 <= self.dropout < 1.0,
+            f"dropout must be a number in [0, 1), got {self.dropout!r}.",
+        )
+        targets = (self.targets,) if isinstance(self.targets, str) else self.targets
+        _require(
+            isinstance(targets, (list, tuple)) and len(targets) > 0,
+            f"targets must be a non-empty list of projections ({', '.join(LINEAR_POINTS)}), got {self.targets!r}.",
+        )
+        for target in targets:
+            _check_choice("targets", target, LINEAR_POINTS)
+        object.__setattr__(self, "targets", tuple(dict.fromkeys(targets)))
+        _check_bool("use_rslora", self.use_rslora)
+        _check_choice("init", self.init, LORA_INITS)
+        _check_layers("leave_out", self.leave_out)
+        object.__setattr__(self, "leave_out", tuple(sorted(set(self.leave_out))))
+        object.__setattr__(self, "alpha", float(self.alpha))
+
+    @property
+    def scaling(self) -> float:
+        """``s``: ``alpha / r``, or ``alpha / sqrt(r)`` with ``use_rslora``."""
+        return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
+
+
+def _check_layers(name: str, value: Any) -> None:
+    _require(
+        isinstance(value, (list, tuple))
+        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value),
+        f"{name} must be a list of non-negative layer indices, got {value!r}.",
+    )
+
+
 # ---------------------------------------------------------------------------------------------------- presets
 
 PRESETS: dict[str, Callable[[], MethodConfig]] = {
@@ -286,7 +353,8 @@ PRESET_ALIASES = {
     "bapna": "bapna_firat",
     "bapna-firat": "bapna_firat",
 }
-METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"bottleneck": BottleneckConfig}
+PRESETS["lora"] = LoRAConfig
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"bottleneck": BottleneckConfig, "lora": LoRAConfig}
 
 
 def register_config(
@@ -324,7 +392,7 @@ def resolve_config(config: str | Mapping[str, Any] | MethodConfig | None) -> Met
     if key not in PRESETS:
         raise ConfigError(
             f"Unknown adapter config {name!r}{did_you_mean(name, preset_names())}. "
-            f"Presets: {', '.join(preset_names())}; or pass a dict or a BottleneckConfig(...)."
+            f"Presets: {', '.join(preset_names())}; or pass a dict or a config object (BottleneckConfig, LoRAConfig, ...)."
         )
     base = PRESETS[key]()
     return base.replace(**overrides) if overrides else base
@@ -375,4 +443,6 @@ def _parse_value(raw: str) -> Any:
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
+        if raw.startswith("[") and raw.endswith("]"):  # a list of bare words: [q,v]
+            return [_parse_value(part.strip()) for part in _split_top_level(raw[1:-1]) if part.strip()]
         return raw.strip("'\"")

@@ -60,9 +60,13 @@ def inspect_adapter_dir(path: str | os.PathLike[str]) -> AdapterManifest:
     if not num_layers:
         raise AdapterFileError(f"{directory}: the adapter has no layer weights.")
     _check_declared_model(record.tensors, record.model.hidden_size, record.model.num_layers, directory)
-    dims = ModelDims(model_type, record.model.hidden_size, int(num_layers), spec.pre_norm)
+    method = method_for_config(config)
+    shapes = method.linear_shapes_from(record.tensors)
+    dims = ModelDims(
+        model_type, record.model.hidden_size, int(num_layers), spec.pre_norm, linear_shapes=shapes
+    )
     with torch.device("meta"):
-        expected = method_for_config(config)(record.name, config, dims)
+        expected = method(record.name, config, dims)
     check_state_fits(expected.state_dict(), record.tensors, f"adapter {record.name!r} in {directory}")
     head = record.head
     if head is not None and head.head_type != "static":

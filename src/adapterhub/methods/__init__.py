@@ -10,12 +10,15 @@ from adapterhub.methods.base import (
     register_method,
 )
 from adapterhub.methods.bottleneck import BottleneckAdapter, BottleneckLayer
+from adapterhub.methods.lora import LoRAAdapter, LoRALayer
 
 __all__ = [
     "METHODS",
     "AdapterModule",
     "BottleneckAdapter",
     "BottleneckLayer",
+    "LoRAAdapter",
+    "LoRALayer",
     "ModelDims",
     "SiteInputs",
     "method_for_config",

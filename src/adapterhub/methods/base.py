@@ -23,7 +23,7 @@ activated.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -291,6 +291,12 @@ class AdapterModule(nn.Module):
         self.adapter_name = name
         self.config = config
         self.dims = dims
+
+    @classmethod
+    def linear_shapes_from(cls, tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[str, int, int], ...]:
+        """The ``(point, d_in, d_out)`` of projections that saved weights of this method imply (validating files
+        without a model); methods that do not attach to projections imply none."""
+        return ()
 
     @property
     def method(self) -> str:
