@@ -69,6 +69,10 @@ class ArchitectureSpec:
     adapters_lib_sites: Mapping[str, str] = field(default_factory=dict)
     adapters_lib_layers: str = ""
     linears: Mapping[str, LinearSpec] = field(default_factory=dict)
+    # The `adapters` library's LoRA locations "intermediate" / "output" -> our linear points.
+    adapters_lib_lora: Mapping[str, str] = field(
+        default_factory=lambda: {"intermediate": "ffn_in", "output": "ffn_out"}
+    )
     attention: str | None = None  # the self-attention module (relative to the layer)
 
     @property
@@ -228,5 +232,6 @@ LLAMA = register_architecture(
             "ffn_out": LinearSpec("mlp.down_proj"),
         },
         attention="self_attn",
+        adapters_lib_lora={"intermediate": "ffn_out", "output": "ffn_in"},  # that library's Llama naming
     )
 )

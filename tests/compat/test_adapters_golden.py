@@ -82,3 +82,37 @@ def test_round_trip_through_our_format_and_back_to_their_layout(case, tmp_path):
     written = json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())
     assert written["config"] == expected["config"]  # their config comes back key for key
     assert written["model_class"].endswith("AdapterModel")
+
+
+LORA = [f"{arch}_{kind}" for arch in ("bert", "gpt2", "llama") for kind in ("lora_qv", "lora_qkv_ffn")]
+
+
+def load_hidden_case(case):
+    expected = json.loads((FIXTURES / case / "expected.json").read_text())
+    base = transformers.AutoModel.from_pretrained(FIXTURES / case / "base", attn_implementation="eager")
+    model = adapterhub.init(base.eval())
+    inputs = {
+        "input_ids": torch.tensor(expected["input_ids"]),
+        "attention_mask": torch.tensor(expected["attention_mask"]),
+    }
+    return model, inputs, expected
+
+
+@pytest.mark.parametrize("case", LORA)
+def test_lora_matches_the_adapters_library(case, tmp_path):
+    """Their LoRA (q,v; and q,k,v + intermediate + output, GPT-2's fused c_attn included) gives their
+    last_hidden_state, and what we write in their layout reads back the same."""
+    model, inputs, expected = load_hidden_case(case)
+    name = model.load_adapter(FIXTURES / case / "adapter", set_active=True)
+    assert model.adapters[name].method == "lora"
+    with torch.no_grad():
+        ours = model(**inputs).last_hidden_state
+    torch.testing.assert_close(ours, torch.tensor(expected["last_hidden_state"]), atol=1e-4, rtol=0)
+    model.save_adapter(tmp_path / "theirs", name, layout="adapters", with_head=False)
+    written = json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())
+    for key in ("r", "alpha", "attn_matrices", "intermediate_lora", "output_lora", "selfattn_lora"):
+        assert written["config"][key] == expected["config"][key], key
+    fresh, _, _ = load_hidden_case(case)
+    fresh.load_adapter(tmp_path / "theirs", set_active=True)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**inputs).last_hidden_state, ours, atol=1e-6, rtol=0)

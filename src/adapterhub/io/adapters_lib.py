@@ -20,6 +20,7 @@ from torch import nn
 
 from adapterhub.architectures import ArchitectureSpec, get_base_model
 from adapterhub.errors import AdapterFileError, ConfigError
+from adapterhub.io.adapters_lib_lora import lora_config_to_theirs, read_lora, write_lora
 from adapterhub.io.files import (
     read_json,
     read_tensors,
@@ -163,20 +164,11 @@ def read_adapters_lib_dir(
     name = meta.get("name")
     if not name:
         raise AdapterFileError(f"{directory / 'adapter_config.json'} has no adapter name.")
-    config = config_from_theirs(meta["config"])
-    pattern = _site_pattern(spec, name)
-    site_of = {path: site for site, path in spec.adapters_lib_sites.items()}
-    tensors: dict[str, torch.Tensor] = {}
-    for key, tensor in _load_weights(directory, "pytorch_adapter.bin", "adapter.safetensors").items():
-        match = pattern.match(key)
-        if match is None:
-            raise AdapterFileError(
-                f"Weight {key!r} in {directory} does not match the {spec.model_types[0]} layout of the `adapters` "
-                f"library for adapter {name!r}."
-            )
-        ours = _our_param(match.group(3), bool(config.get("ln_before")))
-        if ours is not None:
-            tensors[f"layers.{match.group(1)}.{site_of[match.group(2)]}.{ours}"] = tensor
+    raw = _load_weights(directory, "pytorch_adapter.bin", "adapter.safetensors")
+    if meta["config"].get("architecture") == "lora":
+        config, tensors = read_lora(meta["config"], raw, spec, name)
+    else:
+        config, tensors = _read_bottleneck(meta["config"], raw, spec, name, directory)
     head = (
         _read_their_head(directory, name, spec)
         if with_head and (directory / "head_config.json").exists()
@@ -196,6 +188,26 @@ def read_adapters_lib_dir(
         layout="adapters",
         extra={"version": meta.get("version"), "model_class": meta.get("model_class")},
     )
+
+
+def _read_bottleneck(
+    theirs: dict[str, Any], raw: dict[str, torch.Tensor], spec: ArchitectureSpec, name: str, directory: Path
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    config = config_from_theirs(theirs)
+    pattern = _site_pattern(spec, name)
+    site_of = {path: site for site, path in spec.adapters_lib_sites.items()}
+    tensors: dict[str, torch.Tensor] = {}
+    for key, tensor in raw.items():
+        match = pattern.match(key)
+        if match is None:
+            raise AdapterFileError(
+                f"Weight {key!r} in {directory} does not match the {spec.model_types[0]} layout of the `adapters` "
+                f"library for adapter {name!r}."
+            )
+        ours = _our_param(match.group(3), bool(config.get("ln_before")))
+        if ours is not None:
+            tensors[f"layers.{match.group(1)}.{site_of[match.group(2)]}.{ours}"] = tensor
+    return config, tensors
 
 
 def _read_their_head(directory: Path, adapter_name: str, spec: ArchitectureSpec) -> HeadRecord:
@@ -251,7 +263,19 @@ def write_adapters_lib_dir(
     directory = Path(directory)
     model_class = adapter_model_class(model)
     prefix = getattr(get_base_model(model), "base_model_prefix", "") or ""
-    theirs_config = config_to_theirs(record.config)
+    if record.config.get("method") == "lora":
+        theirs_config = lora_config_to_theirs(record.config, spec)
+        tensors = write_lora(record.tensors, spec, record.name, prefix)
+    else:
+        theirs_config = config_to_theirs(record.config)
+        tensors = _bottleneck_tensors(record, spec, prefix)
+    _write_their_files(directory, record, tensors, theirs_config, model_class)
+    return directory
+
+
+def _bottleneck_tensors(
+    record: AdapterRecord, spec: ArchitectureSpec, prefix: str
+) -> dict[str, torch.Tensor]:
     ln_before = bool(record.config.get("ln_before"))
     tensors: dict[str, torch.Tensor] = {}
     for key, tensor in record.tensors.items():
@@ -269,6 +293,16 @@ def write_adapters_lib_dir(
         tensors[f"{full}.{rest}" if rest else full] = tensor
         if module == "norm_before":  # that library registers this LayerNorm under two names
             tensors[full.replace("adapter_down.0", "adapter_norm_before") + f".{rest}"] = tensor.clone()
+    return tensors
+
+
+def _write_their_files(
+    directory: Path,
+    record: AdapterRecord,
+    tensors: dict[str, torch.Tensor],
+    theirs_config: dict[str, Any],
+    model_class: str,
+) -> None:
     if record.head is not None:
         write_their_head(directory, record.head, record.model, model_class)
     write_tensors(directory / "adapter.safetensors", tensors)
@@ -285,7 +319,6 @@ def write_adapters_lib_dir(
             "version": ADAPTERS_VERSION,
         },
     )
-    return directory
 
 
 def write_their_head(directory: Path, head: HeadRecord, model_info: ModelInfo, model_class: str) -> None:
