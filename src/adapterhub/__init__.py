@@ -9,7 +9,7 @@ model.train_adapter("sst-2")
 __version__ = "0.1.0"
 
 from adapterhub.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
-from adapterhub.configs import BottleneckConfig, MethodConfig, resolve_config
+from adapterhub.configs import BottleneckConfig, LoRAConfig, MethodConfig, resolve_config
 from adapterhub.errors import (
     AdapterExistsError,
     AdapterFileError,
@@ -20,7 +20,7 @@ from adapterhub.errors import (
     UnsupportedArchitectureError,
 )
 from adapterhub.fusion import FusionConfig
-from adapterhub.model import init
+from adapterhub.model import deinit, init
 
 __all__ = [
     "AdapterExistsError",
@@ -34,12 +34,14 @@ __all__ = [
     "Fuse",
     "FusionConfig",
     "IncompatibleModelError",
+    "LoRAConfig",
     "MethodConfig",
     "Parallel",
     "Split",
     "Stack",
     "UnsupportedArchitectureError",
     "__version__",
+    "deinit",
     "init",
     "resolve_config",
 ]

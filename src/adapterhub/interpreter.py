@@ -19,7 +19,7 @@ method's class: it asks the adapter module (``adapterhub.methods.base.AdapterMod
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,13 +48,15 @@ LAST_ONLY_IN_STACK = (Split, BatchSplit, Parallel, Average)
 class PointRun:
     """One attachment point of one forward pass: where we are and what can run there.
 
-    ``parallel_batch``: under ``Parallel``, the batch size before replication (None outside a Parallel pass)."""
+    ``parallel_batch``: under ``Parallel``, the batch size before replication (None outside a Parallel pass);
+    ``merged``: adapters folded into the base weights, absent everywhere (the weights apply them)."""
 
     layer: int
     point: Point
     adapters: Mapping[str, AdapterModule]
     fusions: Mapping[str, Any]
     parallel_batch: int | None = None
+    merged: Collection[str] = ()
 
     def adapter(self, name: str) -> AdapterModule:
         if name not in self.adapters:
@@ -64,7 +66,8 @@ class PointRun:
         return self.adapters[name]
 
     def present(self, name: str) -> bool:
-        return self.adapter(name).present(self.layer, *self.point)
+        module = self.adapter(name)
+        return name not in self.merged and module.present(self.layer, *self.point)
 
 
 Runner = Callable[[PointRun, Any, PointInputs], "torch.Tensor | None"]

@@ -84,9 +84,10 @@ class AdapterStore(nn.Module):
         run = PointRun(
             layer=layer,
             point=(kind, point),
-            adapters=self.active_modules(),
+            adapters=self.adapters,  # type: ignore[arg-type]
             fusions=self.fusions,  # type: ignore[arg-type]
             parallel_batch=state.parallel_batch if state is not None else None,
+            merged=self.merged,
         )
         return run_setup(run, setup, inputs)
 
@@ -106,12 +107,6 @@ class AdapterStore(nn.Module):
     def needs_call_state(self) -> bool:
         """Whether a forward pass carries per-call state (a flexible head or Parallel may be in play)."""
         return len(self.heads) > 0 or parallel_block(self.current_setup()) is not None
-
-    def active_modules(self) -> Any:
-        """The adapters the hooks may run: all but the merged ones (their update is in the base weights)."""
-        if not self.merged:
-            return self.adapters
-        return {name: module for name, module in self.adapters.items() if name not in self.merged}
 
     def changed(self) -> None:
         """Adapters were added, deleted, merged or unmerged: forget what was derived from them."""
