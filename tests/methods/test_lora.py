@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import ARCHITECTURES, DECODERS, build
 
 import adapterhub
 from adapterhub import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from adapterhub.errors import ConfigError
+from tiny_models import ARCHITECTURES, DECODERS, build
 
 ALL_TARGETS = "lora[r=4,alpha=8,targets=[q,k,v,attn_out,ffn_in,ffn_out]]"
 
@@ -184,7 +184,7 @@ def test_composition_blocks_equal_their_slow_references(arch, inputs):
     torch.testing.assert_close(split, single["a"], atol=1e-5, rtol=0)
     assert not torch.equal(reference, split)
     # Fuse: refused with the block and the method named
-    with pytest.raises(ConfigError, match="Fuse.*lora"):
+    with pytest.raises(ConfigError, match=r"Fuse.*lora"):
         model.set_active_adapters(Fuse("a", "b"))
 
 
