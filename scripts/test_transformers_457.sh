@@ -9,4 +9,4 @@ fi
 .venv-t457/bin/python -m pip install --quiet --disable-pip-version-check transformers==4.57.6 "safetensors<0.9" tqdm \
     numpy pytest hypothesis "accelerate<2" "matplotlib<4"
 .venv-t457/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
-.venv-t457/bin/python -m pytest -q -p no:cacheprovider tests/core tests/compat tests/heads tests/composition "$@"
+.venv-t457/bin/python -m pytest -q -p no:cacheprovider tests/core tests/compat tests/heads tests/composition tests/methods "$@"
