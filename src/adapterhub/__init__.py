@@ -4,6 +4,7 @@ import adapterhub
 adapterhub.init(model)
 model.add_adapter("sst-2", config="pfeiffer")
 model.train_adapter("sst-2")
+adapterhub.deinit(model)  # remove the adapter API again
 """
 
 __version__ = "0.1.0"
@@ -20,7 +21,7 @@ from adapterhub.errors import (
     UnsupportedArchitectureError,
 )
 from adapterhub.fusion import FusionConfig
-from adapterhub.model import init
+from adapterhub.model import deinit, init
 
 __all__ = [
     "AdapterExistsError",
@@ -40,6 +41,7 @@ __all__ = [
     "Stack",
     "UnsupportedArchitectureError",
     "__version__",
+    "deinit",
     "init",
     "resolve_config",
 ]
