@@ -61,14 +61,6 @@ class AdapterAPIMixin(HeadsMixin):
         return resolved
 
     def delete_adapter(self, name: str) -> None:
-        """Remove an adapter (and drop it from the active setup)."""
-        self._require_adapter(name)
-        store = self._store
-        if name in setup_names(store.active_setup):
-            store.active_setup = None
-        del store.adapters[name]
-
-    def delete_adapter(self, name: str) -> None:
         """Remove an adapter, the fusions that include it, and drop it from the active setup."""
         self._require_adapter(name)
         store = self._store
