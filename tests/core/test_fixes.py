@@ -147,7 +147,8 @@ def test_fusion_regulariser_with_return_dict_false():
 
 def test_static_head_loss_under_parallel_follows_problem_type():
     """Under Parallel each branch's loss from the model's own head follows ``config.problem_type``. Used to:
-    the loss was cross-entropy (or failed) for a multi-label model with float labels."""
+    the branch loss was cross-entropy whatever the problem type, which failed on (batch, num_labels) float labels
+    ("Expected input batch_size (3) to match target batch_size (9)")."""
     model = adapterhub.init(
         build("bert", "classification", num_labels=3, problem_type="multi_label_classification")
     )
