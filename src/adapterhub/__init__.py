@@ -4,6 +4,7 @@ import adapterhub
 adapterhub.init(model)
 model.add_adapter("sst-2", config="pfeiffer")
 model.train_adapter("sst-2")
+adapterhub.deinit(model)  # remove the adapter API again
 """
 
 __version__ = "0.1.0"

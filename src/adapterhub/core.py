@@ -105,6 +105,7 @@ class AdapterModelCore:
             num_heads=heads,
             num_kv_heads=kv_heads,
             head_dim=head_dim,
+            residual_points=tuple(spec.sites),
         )
 
     def model_info(self) -> ModelInfo:

@@ -54,9 +54,6 @@ class AdapterStore(nn.Module):
         override = self._override.get()
         return override[0] if override is not None else self.active_setup
 
-    def is_active(self) -> bool:
-        return self.current_setup() is not None
-
     def uses(self, kind: str) -> bool:
         """Whether an adapter of the current setup attaches at points of ``kind`` (hooks of other kinds return
         at once)."""

@@ -1,4 +1,5 @@
-"""The placement formulas of DESIGN.md section 2, checked against a reference computed by hand from the weights."""
+"""The bottleneck placement formulas (Houlsby, Pfeiffer, Bapna & Firat; post- and pre-norm sites), checked against a
+reference computed by hand from the weights."""
 
 import pytest
 import torch

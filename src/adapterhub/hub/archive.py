@@ -12,7 +12,6 @@ import gzip
 import io
 import os
 import re
-import shutil
 import stat
 import tarfile
 import zipfile
@@ -257,7 +256,3 @@ def pack_directory_bytes(directory: str | os.PathLike) -> bytes:
     buf = io.BytesIO()
     pack_directory(directory, buf)
     return buf.getvalue()
-
-
-def remove_tree(path: str | os.PathLike) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -99,16 +99,6 @@ def parse_identifier(text: str) -> Identifier:
     return Identifier(text=raw.strip(), owner=owner, task=task, word=text, version=version)
 
 
-def qualified_forms(
-    owner: str, name: str, task: str | None, subtask: str | None, version: int | None = None
-) -> str:
-    """``@owner/name`` (with ``:version``), plus ``task/subtask@owner`` for reading."""
-    direct = f"@{owner}/{name}" + (f":{version}" if version is not None else "")
-    if task and subtask:
-        return f"{direct}  ({task}/{subtask}@{owner})"
-    return direct
-
-
 def model_key(model_name: str | None) -> str:
     """Compare model names by their last path component, lower-cased (a local copy of a model matches it)."""
     if not model_name:

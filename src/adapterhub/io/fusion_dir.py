@@ -46,11 +46,6 @@ class FusionRecord:
         return ",".join(self.adapters)
 
 
-def is_fusion_dir(directory: str | os.PathLike[str]) -> bool:
-    directory = Path(directory)
-    return (directory / CONFIG_FILE).is_file() or (directory / THEIR_CONFIG_FILE).is_file()
-
-
 def write_fusion_dir(record: FusionRecord, directory: str | os.PathLike[str]) -> Path:
     """Write ``record`` (its adapters are written by the caller into ``adapters/<name>/``). The config goes last,
     so a directory with a config is complete."""

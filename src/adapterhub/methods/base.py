@@ -47,7 +47,8 @@ class ModelDims:
 
     ``linear_shapes``: ``(point, d_in, d_out)`` of every linear projection the architecture names (for a slice of a
     fused projection, the slice's width); ``num_heads`` / ``num_kv_heads`` / ``head_dim``: self-attention's shape
-    (``num_kv_heads < num_heads`` under grouped-query attention). Unknown facts are ``None`` / empty.
+    (``num_kv_heads < num_heads`` under grouped-query attention); ``residual_points``: the names of the residual
+    sites the architecture has. Unknown facts are ``None`` / empty.
     """
 
     model_type: str
@@ -58,6 +59,7 @@ class ModelDims:
     num_heads: int | None = None
     num_kv_heads: int | None = None
     head_dim: int | None = None
+    residual_points: tuple[str, ...] = ()  # the residual sites the architecture has (``attn``, ``ffn``)
 
     def linear_shape(self, point: str) -> tuple[int, int]:
         """``(d_in, d_out)`` of the projection ``point``; a ConfigError names the ones this model has."""

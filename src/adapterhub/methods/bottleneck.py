@@ -238,6 +238,12 @@ class BottleneckAdapter(AdapterModule):
                 f"leave_out names layer(s) {out_of_range}, but the model has {dims.num_layers} layers "
                 f"(indices 0..{dims.num_layers - 1})."
             )
+        unknown = [site for site in config.sites if dims.residual_points and site not in dims.residual_points]
+        if unknown:
+            raise ConfigError(
+                f"The config places adapters at site(s) {unknown}, but this {dims.model_type} architecture has only "
+                f"{list(dims.residual_points)}; set sites to a subset of those."
+            )
         widths = {i: config.bottleneck_width(dims.hidden_size, i) for i in range(dims.num_layers)}
         self.layers = nn.ModuleDict(
             {

@@ -6,7 +6,6 @@ import contextlib
 import random
 import resource
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -75,17 +74,3 @@ class PeakMemory:
             pass
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-@contextlib.contextmanager
-def num_threads(threads: int | None) -> Iterator[None]:
-    """Use ``threads`` intra-op CPU threads inside the block (unchanged when None)."""
-    if threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
