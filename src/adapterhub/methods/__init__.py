@@ -10,6 +10,7 @@ from adapterhub.methods.base import (
     register_method,
 )
 from adapterhub.methods.bottleneck import BottleneckAdapter, BottleneckLayer
+from adapterhub.methods.prefix_tuning import PrefixTuningAdapter, PrefixTuningConfig
 
 __all__ = [
     "METHODS",
@@ -17,6 +18,8 @@ __all__ = [
     "BottleneckAdapter",
     "BottleneckLayer",
     "ModelDims",
+    "PrefixTuningAdapter",
+    "PrefixTuningConfig",
     "SiteInputs",
     "method_for_config",
     "register_method",
