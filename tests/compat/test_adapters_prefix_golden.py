@@ -1,0 +1,82 @@
+"""Prefix-tuning adapters saved by the `adapters` library (1.3.0) load into ours with the same last hidden states
+(within 1e-4): the reparametrised (MLP) form and, where present, their ejected flat form. The decoder fixtures were
+made with eager attention (that library's decoder prefix tuning is wrong under sdpa); ours gives the same values
+under both."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+import adapterhub
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "adapters_lib"
+CASES = ["bert_prefix", "gpt2_prefix", "llama_prefix"]
+
+
+def load_case(case, attn_implementation):
+    expected = json.loads((FIXTURES / case / "expected.json").read_text())
+    model = transformers.AutoModel.from_pretrained(
+        FIXTURES / case / "base", attn_implementation=attn_implementation
+    ).eval()
+    inputs = {
+        "input_ids": torch.tensor(expected["input_ids"]),
+        "attention_mask": torch.tensor(expected["attention_mask"]),
+    }
+    return adapterhub.init(model), inputs, expected
+
+
+def hidden(model, **inputs):
+    with torch.no_grad():
+        return model(**inputs).last_hidden_state
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("case", CASES)
+def test_prefix_adapter_matches_the_adapters_library(case, attn):
+    model, inputs, expected = load_case(case, attn)
+    name = model.load_adapter(FIXTURES / case / expected["setup"]["adapter_dir"], set_active=True)
+    assert model.adapters[name].method == "prefix_tuning" and not model.adapters[name].flat
+    assert torch.allclose(hidden(model, **inputs), torch.tensor(expected["last_hidden_state"]), atol=1e-4)
+    assert torch.allclose(
+        hidden(model, input_ids=inputs["input_ids"]),
+        torch.tensor(expected["last_hidden_state_no_attention_mask"]),
+        atol=1e-4,
+    )
+    model.set_active_adapters(None)
+    assert torch.allclose(
+        hidden(model, **inputs), torch.tensor(expected["last_hidden_state_without_adapter"]), atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("case", ["bert_prefix", "gpt2_prefix"])
+def test_their_ejected_flat_prefix_loads_despite_flat_false_in_its_config(case):
+    model, inputs, expected = load_case(case, "eager")
+    flat_dir = FIXTURES / case / expected["setup"]["flat_adapter_dir"]
+    assert json.loads((flat_dir / "adapter_config.json").read_text())["config"]["flat"] is False
+    name = model.load_adapter(flat_dir, set_active=True)
+    assert model.adapters[name].flat
+    assert torch.allclose(
+        hidden(model, **inputs), torch.tensor(expected["last_hidden_state_flat"]), atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_written_in_their_layout_and_read_back(case, tmp_path):
+    model, inputs, expected = load_case(case, "eager")
+    name = model.load_adapter(FIXTURES / case / expected["setup"]["adapter_dir"], set_active=True)
+    model.save_adapter(tmp_path / "theirs", name, layout="adapters")
+    theirs = torch.load(tmp_path / "theirs" / "pytorch_adapter.bin", weights_only=True)
+    original = torch.load(
+        FIXTURES / case / expected["setup"]["adapter_dir"] / "pytorch_adapter.bin", weights_only=True
+    )
+    assert sorted(theirs) == sorted(original)  # key for key their layout
+    written = json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())
+    assert written["config"] == expected["config"]
+    model.eject_prefix(name)
+    model.save_adapter(tmp_path / "flat", name, layout="adapters")
+    fresh, _, _ = load_case(case, "eager")
+    fresh.load_adapter(tmp_path / "flat", set_active=True)
+    assert torch.allclose(hidden(fresh, **inputs), torch.tensor(expected["last_hidden_state"]), atol=1e-4)
