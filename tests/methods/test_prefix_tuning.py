@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import transformers
 
 import adapterhub
 from adapterhub import Average, BatchSplit, ConfigError, Fuse, Parallel, Split, Stack
@@ -9,6 +10,9 @@ from adapterhub.methods.prefix_tuning import PrefixTuningConfig
 from adapterhub.model import deinit
 from tiny_models import ARCHITECTURES, DECODERS, build, make_inputs
 
+# transformers 4.x computes BERT-family / DistilBERT attention without AttentionInterface: decoders only there
+ON_4X = int(transformers.__version__.split(".")[0]) < 5
+ARCHS = DECODERS if ON_4X else ARCHITECTURES
 CONFIG = "prefix_tuning[prefix_length=3,bottleneck_size=8]"
 
 
@@ -23,7 +27,7 @@ def prefixed(arch, name="p", config=CONFIG, **build_kwargs):
     return model
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_bit_identical_without_active_prefix_and_after_deinit(arch):
     model = build(arch)
     inputs = make_inputs()
@@ -40,7 +44,7 @@ def test_bit_identical_without_active_prefix_and_after_deinit(arch):
     assert torch.equal(hidden(model, **inputs), base)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_padding_and_attention_implementations_agree(arch):
     model = prefixed(arch)
     inputs = make_inputs()
@@ -59,7 +63,7 @@ def test_padding_and_attention_implementations_agree(arch):
     assert torch.allclose(hidden(eager, **inputs), out, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_training_step_changes_only_the_prefix(arch):
     model = prefixed(arch)
     model.train_adapter("p")
@@ -75,7 +79,7 @@ def test_training_step_changes_only_the_prefix(arch):
     assert changed and all(k.startswith("_adapterhub.adapters.p.") for k in changed)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_save_load_and_eject(arch, tmp_path):
     model = prefixed(arch)
     inputs = make_inputs()
@@ -111,7 +115,7 @@ def test_generate_with_kv_cache(arch):
         assert torch.equal(model.generate(ids, **kwargs), base)
 
 
-@pytest.mark.parametrize("arch", ["bert", "distilbert", "gpt2", "llama"])
+@pytest.mark.parametrize("arch", [a for a in ("bert", "distilbert", "gpt2", "llama") if a in ARCHS])
 def test_stack_is_the_concatenated_prefix_and_batch_split_is_separate_passes(arch):
     model = adapterhub.init(build(arch))
     model.add_adapter("a", config=CONFIG)
@@ -149,7 +153,7 @@ def test_stack_is_the_concatenated_prefix_and_batch_split_is_separate_passes(arc
 
 
 def test_fuse_and_split_are_refused():
-    model = prefixed("bert")
+    model = prefixed("gpt2")
     model.add_adapter("q", config=CONFIG)
     with pytest.raises(ConfigError, match="prefix_tuning"):
         model.set_active_adapters(Fuse("p", "q"))
@@ -157,7 +161,7 @@ def test_fuse_and_split_are_refused():
         model.set_active_adapters(Split("p", "q", split_index=3))
 
 
-@pytest.mark.parametrize("arch", ["bert", "llama"])
+@pytest.mark.parametrize("arch", [a for a in ("bert", "llama") if a in ARCHS])
 def test_parameter_count_and_grouped_query_shapes(arch):
     model = adapterhub.init(build(arch))
     config = PrefixTuningConfig(prefix_length=4, bottleneck_size=8, leave_out=[0])
@@ -189,7 +193,7 @@ def test_config_strings_and_validation():
     ):
         with pytest.raises(ConfigError):
             PrefixTuningConfig(**bad)
-    model = adapterhub.init(build("bert"))
+    model = adapterhub.init(build("llama"))
     with pytest.raises(ConfigError, match="leave_out"):
         model.add_adapter("p", config="prefix_tuning[leave_out=[5]]")
 
