@@ -6,9 +6,9 @@ after the key/value projections, RoPE and the KV-cache update. We register ``"ad
 ``sdpa`` or ``eager``) with ``AttentionInterface`` and, so that the model still builds its masks exactly as
 before, the same mask function as ``impl`` with ``AttentionMaskInterface`` (a name unknown there gets no mask).
 
-- ``install(model, spec, store)`` (from ``adapterhub.init``) records, for each layer's self-attention module, the
-  layer index and the store, in a ``WeakKeyDictionary`` keyed by the module (values hold the store weakly): nothing
-  here keeps a model alive.
+- ``install(model, spec, store)`` (from ``adapterhub.init``) records, in each layer's self-attention module, the
+  layer index and the store (``AttentionOwner``; the store never refers back to the model, so no reference cycle
+  and no global registry: deep copies and pickles of the model carry it along).
 - ``enable(model)`` (when the first adapter with an attention point is added) switches the model's
   ``config._attn_implementation`` from ``impl`` to ``"adapterhub_<impl>"``; ``disable(model)`` (``deinit``)
   switches it back.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import inspect
 import sys
-import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -45,10 +44,18 @@ class PointHandler(Protocol):
     ) -> torch.Tensor | None: ...
 
 
-# attention module -> (weak reference to the store, layer index)
-_OWNERS: weakref.WeakKeyDictionary[nn.Module, tuple[weakref.ReferenceType[Any], int]] = (
-    weakref.WeakKeyDictionary()
-)
+OWNER_ATTR = "_adapterhub_attention"
+
+
+class AttentionOwner:
+    """Kept in an attention module's ``__dict__`` (not a submodule: it is not in state dicts): the store and layer
+    index the module belongs to. The store holds no reference back to the model, so this makes no cycle; a deep
+    copy or pickle of the model carries it along and points at the copy's own store."""
+
+    __slots__ = ("index", "store")
+
+    def __init__(self, store: PointHandler, index: int) -> None:
+        self.store, self.index = store, index
 
 
 def _eager_for(module: nn.Module) -> Callable[..., Any]:
@@ -79,9 +86,8 @@ def _make_function(name: str) -> Callable[..., Any]:
         **kwargs: Any,
     ) -> Any:
         function = _wrapped(name, module)
-        owner = _OWNERS.get(module)
-        store = owner[0]() if owner is not None else None
-        if store is None or not store.uses(ATTENTION):
+        owner: AttentionOwner | None = module.__dict__.get(OWNER_ATTR)
+        if owner is None or not owner.store.uses(ATTENTION):
             return function(module, query, key, value, attention_mask, *args, **kwargs)
 
         def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any) -> torch.Tensor:
@@ -93,7 +99,7 @@ def _make_function(name: str) -> Callable[..., Any]:
         inputs = AttentionInputs(
             query, key, value, attention_mask, bool(getattr(module, "is_causal", False)), call
         )
-        out = store.point_forward(owner[1], ATTENTION, "self", inputs)  # type: ignore[index]
+        out = owner.store.point_forward(owner.index, ATTENTION, "self", inputs)
         if out is None:
             return function(module, query, key, value, attention_mask, *args, **kwargs)
         return out, None
@@ -124,9 +130,8 @@ def _attention_modules(model: nn.Module, spec: ArchitectureSpec) -> list[nn.Modu
 
 def install(model: nn.Module, spec: ArchitectureSpec, store: PointHandler) -> None:
     """Record which store and layer each self-attention module of ``model`` belongs to."""
-    reference = weakref.ref(store)
     for index, module in enumerate(_attention_modules(model, spec)):
-        _OWNERS[module] = (reference, index)
+        module.__dict__[OWNER_ATTR] = AttentionOwner(store, index)
 
 
 def _routes_through_interface(module: nn.Module) -> bool:
@@ -183,5 +188,5 @@ def disable(model: nn.Module) -> None:
         current = config._attn_implementation
         if isinstance(current, str) and current.startswith(PREFIX):
             config._attn_implementation = current[len(PREFIX) :]
-    for module in list(model.modules()):
-        _OWNERS.pop(module, None)
+    for module in model.modules():
+        module.__dict__.pop(OWNER_ATTR, None)

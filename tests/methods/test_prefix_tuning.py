@@ -207,3 +207,18 @@ def test_hooks_hold_no_model():
     del model
     gc.collect()
     assert ref() is None
+
+
+def test_deep_copy_carries_its_own_prefix():
+    import copy
+
+    model = prefixed("llama")
+    inputs = make_inputs()
+    out = hidden(model, **inputs)
+    twin = copy.deepcopy(model)
+    assert torch.equal(hidden(twin, **inputs), out)
+    with torch.no_grad():
+        for param in twin._adapterhub.adapters["p"].parameters():
+            param.zero_()
+    assert not torch.allclose(hidden(twin, **inputs), out, atol=1e-3)
+    assert torch.equal(hidden(model, **inputs), out)
