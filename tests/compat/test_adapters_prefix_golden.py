@@ -90,3 +90,42 @@ def test_bert_family_on_transformers_4_is_refused_with_the_version_needed():
     with pytest.raises(adapterhub.ConfigError, match=r"transformers >= 5\.0"):
         model.load_adapter(FIXTURES / "bert_prefix" / expected["setup"]["adapter_dir"])
     assert not model.adapters and model.config._attn_implementation == "eager"
+
+
+ADAPTERS_PYTHON = Path(__file__).resolve().parents[2] / ".venv-adapters" / "bin" / "python"
+THEIR_LOAD = """
+import json, sys, torch, adapters, transformers
+fixture, attn, directory = sys.argv[1:]
+expected = json.loads(open(fixture + "/expected.json").read())
+model = transformers.AutoModel.from_pretrained(fixture + "/base", attn_implementation=attn).eval()
+adapters.init(model)
+model.set_active_adapters(model.load_adapter(directory))
+with torch.no_grad():
+    out = model(input_ids=torch.tensor(expected["input_ids"]),
+                attention_mask=torch.tensor(expected["attention_mask"])).last_hidden_state
+diff = (out - torch.tensor(expected["last_hidden_state"])).abs().max().item()
+print(diff)
+sys.exit(0 if diff < 1e-4 else 1)
+"""
+
+
+@pytest.mark.skipif(
+    not ADAPTERS_PYTHON.exists(), reason="no .venv-adapters (scripts/compat/setup_adapters_venv.sh)"
+)
+@pytest.mark.parametrize("case", CASES)
+def test_the_adapters_library_loads_prefixes_we_write(case, tmp_path):
+    import subprocess
+
+    model, _, expected = load_case(case, "eager")
+    name = model.load_adapter(FIXTURES / case / expected["setup"]["adapter_dir"])
+    model.save_adapter(tmp_path / "mlp", name, layout="adapters")
+    model.eject_prefix(name)
+    model.save_adapter(tmp_path / "flat", name, layout="adapters")
+    for form in ("mlp", "flat"):
+        result = subprocess.run(
+            [str(ADAPTERS_PYTHON), "-c", THEIR_LOAD, str(FIXTURES / case), "eager", str(tmp_path / form)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
