@@ -54,6 +54,7 @@ class AdapterAPIMixin(HeadsMixin):
                 f"Adapter {name!r} is merged into the base weights; unmerge it before replacing it."
             )
         module = method_for_config(resolved)(name, resolved, self.model_dims())  # validates before any change
+        self._prepare_points(module)
         self._store.adapters[name] = self._place(module)
         self._store.changed()
         if set_active:
@@ -250,6 +251,7 @@ class AdapterAPIMixin(HeadsMixin):
         config = resolve_config(record.config)
         module = method_for_config(config)(name, config, self.model_dims())
         load_exact(module, record.tensors, f"adapter {record.name!r}")
+        self._prepare_points(module)
         apply_head = (
             self._prepare_head(record.head, name, overwrite_ok=overwrite_ok)
             if with_head and record.head is not None

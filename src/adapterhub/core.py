@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from adapterhub import attention_hooks
 from adapterhub.architectures import ArchitectureSpec, get_layers, spec_for_model_type
 from adapterhub.composition import (
     BatchSplit,
@@ -32,7 +33,7 @@ from adapterhub.errors import AdapterNotFoundError, ConfigError, IncompatibleMod
 from adapterhub.interpreter import check_setup
 from adapterhub.io.records import ModelInfo
 from adapterhub.io.validate import check_state_fits
-from adapterhub.methods.base import AdapterModule, ModelDims
+from adapterhub.methods.base import ATTENTION, AdapterModule, ModelDims
 from adapterhub.store import STORE_ATTR, AdapterStore
 
 _HEAD_COUNT_ATTRS = ("num_attention_heads", "n_head", "n_heads")
@@ -116,6 +117,12 @@ class AdapterModelCore:
             hidden_size=dims.hidden_size,
             num_layers=dims.num_layers,
         )
+
+    def _prepare_points(self, module: AdapterModule) -> None:
+        """Before ``module`` joins the store: switch on the attachments of the kinds of point it uses that are
+        not always on (self-attention: ``adapterhub.attention_hooks``). Raises when this model cannot carry them."""
+        if ATTENTION in module.kinds():
+            attention_hooks.enable(self._module(), self._spec)
 
     def _place(self, module: nn.Module) -> nn.Module:
         """Put a new module on the device and floating dtype of the model's layers, in the model's train/eval

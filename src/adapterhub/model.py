@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from adapterhub import attention_hooks
 from adapterhub.architectures import get_layers, spec_for_model_type
 from adapterhub.errors import ConfigError
 from adapterhub.fusion import RegulariserHook
@@ -24,6 +25,7 @@ from adapterhub.heads.routing import install_call_hooks, install_head_routing
 from adapterhub.injection import AdapterHook, SiteInjector, remove_hooks
 from adapterhub.merging import MergeMixin
 from adapterhub.parallel import ParallelGenerationMixin, install_parallel_hooks
+from adapterhub.prefix_api import PrefixTuningMixin
 from adapterhub.store import STORE_ATTR, AdapterStore
 
 __all__ = ["STORE_ATTR", "AdapterModelMixin", "AdapterStore", "deinit", "init"]
@@ -33,7 +35,7 @@ class _Regulariser(RegulariserHook, AdapterHook):
     """The fusion regulariser as an adapterhub hook (found and removed by ``deinit``)."""
 
 
-class AdapterModelMixin(MergeMixin, FusionMixin):
+class AdapterModelMixin(MergeMixin, FusionMixin, PrefixTuningMixin):
     """Adapter API added to a transformers model by ``adapterhub.init``."""
 
     _adapterhub_original: type  # the class the model had before init
@@ -86,6 +88,7 @@ def init(model: nn.Module) -> nn.Module:
     model.add_module(STORE_ATTR, store)
     model.__class__ = _with_mixin(type(model))
     SiteInjector(model, spec, store)
+    attention_hooks.install(model, spec, store)
     install_head_routing(model, store)
     install_parallel_hooks(model, store)
     model.register_forward_hook(_Regulariser(store))
@@ -106,6 +109,7 @@ def deinit(model: nn.Module) -> nn.Module:
             "before adapterhub.deinit(model), or the weights keep their update."
         )
     remove_hooks(model)
+    attention_hooks.disable(model)
     del model._modules[STORE_ATTR]
     model.__class__ = store.original_class
     return model

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapterhub.architectures import ArchitectureSpec, get_base_model
+from adapterhub.architectures import ArchitectureSpec, get_base_model, get_layers
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io.adapters_lib_lora import lora_config_to_theirs, read_lora, write_lora
 from adapterhub.io.files import (
@@ -148,6 +148,88 @@ def _our_param(their_param: str, ln_before: bool) -> str | None:
     raise AdapterFileError(f"Unexpected weight {their_param!r} in an `adapters` bottleneck adapter.")
 
 
+# ------------------------------------------------------------------------------------------ prefix tuning
+
+# Our PrefixTuningConfig fields, named alike in theirs; their options we do not implement must keep these values.
+_PREFIX_KEYS = ("prefix_length", "bottleneck_size", "non_linearity", "dropout", "flat", "leave_out")
+_PREFIX_UNSUPPORTED = {"use_gating": False, "encoder_prefix": True}
+_PREFIX_EXTRA_DEFAULTS: dict[str, Any] = {
+    "architecture": "prefix_tuning",
+    "cross_prefix": True,
+    "encoder_prefix": True,
+    "init_weights_seed": None,
+    "shared_gating": True,
+    "use_gating": False,
+}
+_PREFIX_PARAMS = (
+    "wte.weight",
+    "control_trans.0.weight",
+    "control_trans.0.bias",
+    "control_trans.2.weight",
+    "control_trans.2.bias",
+    "control_trans",
+)
+
+
+def _prefix_location(spec: ArchitectureSpec) -> str:
+    """Their key of the self-attention prefix: ``self`` for DistilBERT, ``self_prefix`` elsewhere."""
+    return "self" if "distilbert" in spec.model_types else "self_prefix"
+
+
+def _read_prefix(
+    directory: Path, theirs: dict[str, Any], name: str, spec: ArchitectureSpec
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Their prefix-tuning adapter: the pool's parameters (saved once per layer and once for the model, all
+    copies equal). The flat (ejected) form is told by a 1-D ``control_trans``, since their ``eject_prefix_tuning``
+    leaves ``"flat": false`` in the config."""
+    for key, default in _PREFIX_UNSUPPORTED.items():
+        if theirs.get(key, default) != default:
+            raise ConfigError(
+                f"The prefix-tuning adapter uses the `adapters` option {key}={theirs[key]!r}, which adapterhub does "
+                "not support."
+            )
+    config: dict[str, Any] = {"method": "prefix_tuning"}
+    for key in _PREFIX_KEYS:
+        if theirs.get(key) is not None:
+            config[key] = theirs[key]
+    config["leave_out"] = [int(i) for i in config.get("leave_out", [])]
+    if isinstance(config.get("non_linearity"), str):
+        config["non_linearity"] = config["non_linearity"].lower()
+    pattern = re.compile(rf"^(?:.*\.)?prefix_tunings\.{re.escape(name)}\.[^.]+\.(.+)$")
+    tensors: dict[str, torch.Tensor] = {}
+    for key, tensor in _load_weights(directory, "pytorch_adapter.bin", "adapter.safetensors").items():
+        match = pattern.match(key)
+        if match is None or match.group(1) not in _PREFIX_PARAMS:
+            raise AdapterFileError(
+                f"Weight {key!r} in {directory} is not a parameter of the `adapters` prefix-tuning adapter {name!r}."
+            )
+        tensors[match.group(1)] = tensor
+    control = tensors.get("control_trans")
+    config["flat"] = control is not None and control.dim() == 1
+    return config, tensors
+
+
+def _prefix_to_theirs(
+    record: AdapterRecord, spec: ArchitectureSpec, prefix: str, num_layers: int
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    ours = record.config
+    theirs = dict(_PREFIX_EXTRA_DEFAULTS)
+    for key in _PREFIX_KEYS:
+        theirs[key] = list(ours[key]) if key == "leave_out" else ours[key]
+    theirs["flat"] = bool(ours["flat"])
+    location = _prefix_location(spec)
+    base = f"{prefix}." if prefix else ""
+    tensors: dict[str, torch.Tensor] = {}
+    layers = [i for i in range(num_layers) if i not in set(ours["leave_out"])]
+    for param, tensor in record.tensors.items():
+        tail = f"prefix_tunings.{record.name}.{location}.{param}"
+        tensors[f"{base}prefix_tuning.{tail}"] = tensor
+        for i in layers:
+            path = f"{base}{spec.adapters_lib_layers}.{i}.{spec.attention}.prefix_tuning.pool.{tail}"
+            tensors[path] = tensor.clone()
+    return theirs, tensors
+
+
 def _load_weights(directory: Path, stem_bin: str, stem_safe: str) -> dict[str, torch.Tensor]:
     if (directory / stem_safe).exists():
         return read_tensors(directory / stem_safe)
@@ -165,10 +247,25 @@ def read_adapters_lib_dir(
     if not name:
         raise AdapterFileError(f"{directory / 'adapter_config.json'} has no adapter name.")
     raw = _load_weights(directory, "pytorch_adapter.bin", "adapter.safetensors")
-    if meta["config"].get("architecture") == "lora":
+    architecture = meta["config"].get("architecture")
+    if architecture == "prefix_tuning":
+        config, tensors = _read_prefix(directory, meta["config"], name, spec)
+    elif architecture == "lora":
         config, tensors = read_lora(meta["config"], raw, spec, name)
     else:
         config, tensors = _read_bottleneck(meta["config"], raw, spec, name, directory)
+    return _record(directory, meta, name, config, tensors, spec, with_head)
+
+
+def _record(
+    directory: Path,
+    meta: dict[str, Any],
+    name: str,
+    config: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    spec: ArchitectureSpec,
+    with_head: bool,
+) -> AdapterRecord:
     head = (
         _read_their_head(directory, name, spec)
         if with_head and (directory / "head_config.json").exists()
@@ -263,14 +360,17 @@ def write_adapters_lib_dir(
     directory = Path(directory)
     model_class = adapter_model_class(model)
     prefix = getattr(get_base_model(model), "base_model_prefix", "") or ""
-    if record.config.get("method") == "lora":
+    method = record.config.get("method")
+    if method == "prefix_tuning":
+        num_layers = len(get_layers(model, spec))
+        theirs_config, tensors = _prefix_to_theirs(record, spec, prefix, num_layers)
+    elif method == "lora":
         theirs_config = lora_config_to_theirs(record.config, spec)
         tensors = write_lora(record.tensors, spec, record.name, prefix)
     else:
         theirs_config = config_to_theirs(record.config)
         tensors = _bottleneck_tensors(record, spec, prefix)
-    _write_their_files(directory, record, tensors, theirs_config, model_class)
-    return directory
+    return _write_their_files(directory, record, tensors, theirs_config, model_class)
 
 
 def _bottleneck_tensors(
@@ -302,7 +402,7 @@ def _write_their_files(
     tensors: dict[str, torch.Tensor],
     theirs_config: dict[str, Any],
     model_class: str,
-) -> None:
+) -> Path:
     if record.head is not None:
         write_their_head(directory, record.head, record.model, model_class)
     write_tensors(directory / "adapter.safetensors", tensors)
@@ -319,6 +419,7 @@ def _write_their_files(
             "version": ADAPTERS_VERSION,
         },
     )
+    return directory
 
 
 def write_their_head(directory: Path, head: HeadRecord, model_info: ModelInfo, model_class: str) -> None:

@@ -11,6 +11,7 @@ from adapterhub.methods.base import (
 )
 from adapterhub.methods.bottleneck import BottleneckAdapter, BottleneckLayer
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
+from adapterhub.methods.prefix_tuning import PrefixTuningAdapter, PrefixTuningConfig
 
 __all__ = [
     "METHODS",
@@ -20,6 +21,8 @@ __all__ = [
     "LoRAAdapter",
     "LoRALayer",
     "ModelDims",
+    "PrefixTuningAdapter",
+    "PrefixTuningConfig",
     "SiteInputs",
     "method_for_config",
     "register_method",

@@ -1,0 +1,176 @@
+"""Prefix tuning (Li & Liang 2021): ``P`` trained key/value positions prepended to every self-attention layer.
+
+Every query attends to the ``P`` prefix positions in addition to what the model's own mask lets it see; the real
+tokens' keys and values are unchanged. The prefix is produced, as in the `adapters` library (so its checkpoints load
+with identical outputs), by a reparametrisation MLP while training::
+
+    E = wte.weight                                   # (P, hidden)
+    KV = control_trans(E)                            # Linear(hidden, m) -> f -> Linear(m, N), N = L·2·H_kv·D
+    KV.view(P, L, 2, H_kv, D)                        # layer-major, then key/value, then head, then dim
+
+with ``L`` the layers that have a prefix (``leave_out`` excluded, numbered 0.. in order), ``H_kv`` the key/value
+heads (grouped-query attention: fewer than the query heads) and ``D`` the head dimension. ``flat=True`` (or
+``eject()``) keeps ``KV`` itself as one parameter ``control_trans`` of ``P·N`` numbers instead.
+
+The prefix reaches the model through the attention function transformers calls (``adapterhub.attention_hooks``):
+the point is ``("attention", "self")`` of each layer and a Stack step is ``running.with_prefix(keys, values)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from adapterhub.configs import ACTIVATIONS, MethodConfig, register_config
+from adapterhub.errors import ConfigError
+from adapterhub.methods.base import (
+    ATTENTION,
+    AdapterModule,
+    AttentionInputs,
+    ModelDims,
+    Point,
+    PointInputs,
+    register_method,
+)
+from adapterhub.methods.bottleneck import make_activation
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrefixTuningConfig(MethodConfig):
+    """Prefix tuning: ``prefix_length`` key/value positions per self-attention layer, made by
+    ``Embedding(P, hidden) -> Linear(hidden, bottleneck_size) -> non_linearity -> Linear(bottleneck_size, L·2·H_kv·D)``
+    (or kept as one flat tensor with ``flat=True``). ``dropout`` applies to the generated keys/values; ``leave_out``
+    lists layers without a prefix.
+
+    Parameters: ``P·d + d·m + m + m·N + N`` (MLP) or ``P·N`` (flat), ``N = L·2·H_kv·D``."""
+
+    method = "prefix_tuning"
+
+    prefix_length: int = 30
+    bottleneck_size: int = 512
+    non_linearity: str = "tanh"
+    dropout: float = 0.0
+    flat: bool = False
+    leave_out: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        _positive_int("prefix_length", self.prefix_length)
+        _positive_int("bottleneck_size", self.bottleneck_size)
+        activation = self.non_linearity.lower() if isinstance(self.non_linearity, str) else None
+        if activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"non_linearity={self.non_linearity!r} is not valid; choose one of {', '.join(ACTIVATIONS)}."
+            )
+        object.__setattr__(self, "non_linearity", activation)
+        dropout = self.dropout
+        if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0.0 <= dropout < 1.0):
+            raise ConfigError(f"dropout must be a number in [0, 1), got {dropout!r}.")
+        object.__setattr__(self, "dropout", float(dropout))
+        if not isinstance(self.flat, bool):
+            raise ConfigError(f"flat must be true or false, got {self.flat!r}.")
+        leave_out = self.leave_out
+        if not (
+            isinstance(leave_out, (list, tuple))
+            and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in leave_out)
+        ):
+            raise ConfigError(f"leave_out must be a list of non-negative layer indices, got {leave_out!r}.")
+        object.__setattr__(self, "leave_out", tuple(sorted(set(leave_out))))
+
+
+register_config(PrefixTuningConfig, {"prefix_tuning": lambda: PrefixTuningConfig()})
+
+
+@register_method("prefix_tuning")
+class PrefixTuningAdapter(AdapterModule):
+    """One prefix-tuning adapter for the whole model. Parameters (names as in the `adapters` library):
+    ``wte.weight`` ``(P, d)``, ``control_trans.{0,2}.{weight,bias}`` (MLP form) or ``control_trans`` ``(P·N,)``
+    (flat form)."""
+
+    config_cls = PrefixTuningConfig
+    config: PrefixTuningConfig
+    composable = frozenset({"Stack", "BatchSplit", "Parallel", "Average"})
+
+    def __init__(self, name: str, config: PrefixTuningConfig, dims: ModelDims) -> None:
+        super().__init__(name, config, dims)
+        out_of_range = [i for i in config.leave_out if i >= dims.num_layers]
+        if out_of_range:
+            raise ConfigError(
+                f"leave_out names layer(s) {out_of_range}, but the model has {dims.num_layers} layers "
+                f"(indices 0..{dims.num_layers - 1})."
+            )
+        if dims.num_kv_heads is None or dims.head_dim is None:
+            raise ConfigError(
+                f"Prefix tuning needs the attention shape (key/value heads, head dim) of this {dims.model_type} model, "
+                "which is unknown."
+            )
+        # model layer -> index among the layers with a prefix
+        self.slots = {
+            layer: slot
+            for slot, layer in enumerate(i for i in range(dims.num_layers) if i not in config.leave_out)
+        }
+        if not self.slots:
+            raise ConfigError("leave_out lists every layer: the prefix would sit nowhere.")
+        self.heads, self.head_dim = dims.num_kv_heads, dims.head_dim
+        self.width = len(self.slots) * 2 * self.heads * self.head_dim  # N
+        p = config.prefix_length
+        self.dropout = nn.Dropout(config.dropout)
+        self.wte: nn.Embedding | None
+        self.control_trans: nn.Module | nn.Parameter
+        if config.flat:
+            self.wte = None
+            self.control_trans = nn.Parameter(torch.randn(p * self.width))
+        else:
+            self.wte = nn.Embedding(p, dims.hidden_size)
+            self.control_trans = nn.Sequential(
+                nn.Linear(dims.hidden_size, config.bottleneck_size),
+                make_activation(config.non_linearity),
+                nn.Linear(config.bottleneck_size, self.width),
+            )
+
+    def points(self, layer: int) -> tuple[Point, ...]:
+        return ((ATTENTION, "self"),) if layer in self.slots else ()
+
+    def prefix(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(keys, values)`` of ``layer``, each ``(1, H_kv, P, D)``."""
+        slot, block = self.slots[layer], 2 * self.heads * self.head_dim
+        p = self.config.prefix_length
+        if isinstance(self.control_trans, nn.Parameter):
+            kv = self.control_trans.view(p, -1)[:, slot * block : (slot + 1) * block]  # (P, 2·H_kv·D)
+        else:
+            first, activation, last = self.control_trans  # type: ignore[misc]
+            hidden = activation(first(self.wte.weight))  # type: ignore[union-attr]  # (P, m)
+            rows = slice(slot * block, (slot + 1) * block)  # only this layer's outputs of the last Linear
+            kv = F.linear(hidden, last.weight[rows], last.bias[rows])  # (P, 2·H_kv·D)
+        kv = self.dropout(kv.reshape(p, 2, self.heads, self.head_dim)).permute(1, 2, 0, 3)  # (2, H_kv, P, D)
+        return kv[0].unsqueeze(0), kv[1].unsqueeze(0)
+
+    def flat_prefix(self) -> torch.Tensor:
+        """The whole prefix as the flat form stores it: ``(P·N,)``."""
+        if isinstance(self.control_trans, nn.Parameter):
+            return self.control_trans.detach().clone()
+        with torch.no_grad():
+            return self.control_trans(self.wte.weight).reshape(-1).clone()  # type: ignore[union-attr]
+
+    def eject(self) -> None:
+        """Replace the reparametrisation MLP by the prefix it produces (same outputs; ``P·N`` parameters, for
+        inference and saving). The config becomes ``flat=True``."""
+        if self.config.flat:
+            return
+        flat = self.flat_prefix()
+        self.config = self.config.replace(flat=True)  # type: ignore[assignment]
+        del self.control_trans
+        self.wte = None
+        self.control_trans = nn.Parameter(flat)
+
+    def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> AttentionInputs:
+        keys, values = self.prefix(layer)
+        return running.with_prefix(keys, values)  # type: ignore[no-any-return]
