@@ -737,17 +737,19 @@ class _ParallelLayerHook:
 
 
 class _StashLabels:
-    """Model pre-hook (runs first): under Parallel, take ``labels`` away from the model's own head."""
+    """Model pre-hook (runs first): under Parallel, take ``labels`` (and a multiple-choice ``choice_mask``) away
+    from the model's own head; the branches' heads get them."""
 
     def __init__(self, store: AdapterStore) -> None:
         self.store = store
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        self.store.parallel_labels = None  # type: ignore[attr-defined]
-        if parallel_block(self.store.current_setup()) is None or "labels" not in kwargs:
+        self.store.parallel_labels = self.store.parallel_choice_mask = None  # type: ignore[attr-defined]
+        if parallel_block(self.store.current_setup()) is None or not {"labels", "choice_mask"} & set(kwargs):
             return None
         kwargs = dict(kwargs)
-        self.store.parallel_labels = kwargs.pop("labels")  # type: ignore[attr-defined]
+        self.store.parallel_labels = kwargs.pop("labels", None)  # type: ignore[attr-defined]
+        self.store.parallel_choice_mask = kwargs.pop("choice_mask", None)  # type: ignore[attr-defined]
         return args, kwargs
 
 
@@ -769,11 +771,25 @@ class _ParallelOutputHook:
         block = parallel_block(store.current_setup())
         base = getattr(store, "parallel_base_output", None)
         labels = getattr(store, "parallel_labels", None)
-        store.parallel_base_output = store.parallel_labels = None  # type: ignore[attr-defined]
+        choice_mask = getattr(store, "parallel_choice_mask", None)
+        n_choices = getattr(store, "pending_num_choices", None)  # set by routing's choice flattening
+        store.parallel_base_output = store.parallel_labels = store.parallel_choice_mask = None  # type: ignore[attr-defined]
+        store.pending_num_choices = None  # type: ignore[attr-defined]
         _set_parallel_state(store.adapters, None)
         if block is None or base is None:
             return None
-        result = parallel_output(self.model, store, block, base, output, labels, args, kwargs)
+        result = parallel_output(
+            self.model,
+            store,
+            block,
+            base,
+            output,
+            labels,
+            args,
+            kwargs,
+            choice_mask=choice_mask,
+            num_choices=n_choices,
+        )
         if _generating(store.adapters):
             return _generation_output(result, base, output)
         return result
@@ -784,7 +800,7 @@ def install_composition_hooks(model: nn.Module, store: AdapterStore) -> None:
     from adapterhub.architectures import get_base_model, get_layers, spec_for_model_type
     from adapterhub.fusion import RegulariserHook
 
-    store.parallel_base_output = store.parallel_labels = None  # type: ignore[attr-defined]
+    store.parallel_base_output = store.parallel_labels = store.parallel_choice_mask = None  # type: ignore[attr-defined]
     spec = spec_for_model_type(model.config.model_type)  # type: ignore[union-attr]
     for index, layer in enumerate(get_layers(model, spec)):
         # prepend: replicate before the injector records the residual stream entering the layer
@@ -876,7 +892,14 @@ def parallel_output(
     labels: torch.Tensor | None,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    *,
+    choice_mask: torch.Tensor | None = None,
+    num_choices: int | None = None,
 ) -> ParallelOutput:
+    """Split the Parallel pass per branch. Multiple-choice inputs (batch, n_choices, seq) reach the layers
+    flattened to (batch * n_choices, seq) rows (``num_choices``: the n_choices they had); each branch's head gets
+    ``num_choices`` and ``choice_mask`` (batch, n_choices) so that padded choices are masked out of its logits and
+    loss."""
     from adapterhub.heads.base import HeadInputs
 
     n = len(block.children)
@@ -887,6 +910,12 @@ def parallel_output(
     batch = hidden.shape[0] // n
     input_ids = kwargs.get("input_ids", args[0] if args else None)
     mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+    n_choices = num_choices  # the inputs were flattened before this hook saw them (a bare base model)
+    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 3:  # (batch, n_choices, seq)
+        n_choices = input_ids.shape[1]
+        input_ids = input_ids.reshape(-1, input_ids.shape[-1])  # (batch * n_choices, seq)
+        if isinstance(mask, torch.Tensor) and mask.dim() == 3:
+            mask = mask.reshape(-1, mask.shape[-1])
     static_logits = getattr(output, "logits", None) if not isinstance(output, tuple) else None
     outs = []
     for i, name in enumerate(branch_names(block)):
@@ -904,6 +933,8 @@ def parallel_output(
             head_inputs = HeadInputs(
                 hidden[rows], _branch_rows(mask, rows, n), _branch_rows(input_ids, rows, n), pooled_i,
                 embeddings=embeddings,
+                num_choices=n_choices if head.flattens_choices else None,
+                choice_mask=choice_mask if "choice_mask" in head.input_names else None,
             )  # fmt: skip
             result = head(head_inputs, targets)
             logits, loss = result.logits, result.loss

@@ -4,9 +4,11 @@ Three hooks, installed once by ``adapterhub.init``:
 
 - a pre-hook on the model keeps the active head's targets (``labels``, ``start_positions``, ...) away from the
   model's own head while a flexible head is active (so the built-in loss does not run on them), and takes
-  ``num_items_in_batch`` / ``logits_to_keep`` out of the call for the head;
+  ``num_items_in_batch`` / ``logits_to_keep`` out of the call for the head, as well as the further inputs heads
+  declare in ``input_names`` (``choice_mask``), which the active head gets in ``HeadInputs``;
 - a pre-hook on the base model flattens multiple-choice inputs (batch, n_choices, seq) -> (batch * n_choices, seq)
-  while a multiple-choice head is active (a ``...ForMultipleChoice`` model has done it already);
+  while a multiple-choice head is active, or is the head of a branch of an active ``Parallel`` (a
+  ``...ForMultipleChoice`` model has done it already);
 - a forward hook on the base model captures its output, and a forward hook on the model replaces the model's
   output by the head's, as the transformers output class of the head's task (``SequenceClassifierOutput``,
   ``TokenClassifierOutput``, ``MultipleChoiceModelOutput``, ``QuestionAnsweringModelOutput``,
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from adapterhub.architectures import get_base_model
+from adapterhub.errors import ConfigError
 from adapterhub.heads.base import HEADS, Head, HeadInputs
 
 if TYPE_CHECKING:
@@ -35,6 +38,11 @@ _CHOICE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids
 def all_label_names() -> set[str]:
     """Every keyword that carries targets for some registered head type."""
     return {name for cls in HEADS.values() for name in cls.label_names}
+
+
+def all_input_names() -> set[str]:
+    """Every further model-call keyword (besides targets) that some registered head type consumes."""
+    return {name for cls in HEADS.values() for name in cls.input_names}
 
 
 def _active(model: nn.Module, store: AdapterStore) -> Head | None:
@@ -59,8 +67,20 @@ class _HideLabels:
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         head = _active(self.model, self.store)
         if head is None:
+            extra = sorted(name for name in all_input_names() if kwargs.get(name) is not None)
+            if extra:
+                raise ConfigError(
+                    f"{', '.join(extra)} is an input of adapterhub's flexible heads, but no flexible head is "
+                    "active, and the model's own head cannot take it. Activate a head that takes it (e.g. "
+                    "model.add_multiple_choice_head(name)), or drop it from the call and apply it to the output "
+                    "(adapterhub.heads.mask_choices(logits, choice_mask))."
+                )
             return None
         kwargs = dict(kwargs)
+        given = {name: kwargs.pop(name) for name in sorted(all_input_names()) if name in kwargs}
+        self.store.pending_inputs = {
+            k: v for k, v in given.items() if k in head.input_names and v is not None
+        }  # type: ignore[assignment]
         labels = {name: kwargs.pop(name) for name in sorted(all_label_names()) if name in kwargs}
         self.store.pending_labels = {
             k: v for k, v in labels.items() if k in head.label_names and v is not None
@@ -86,8 +106,7 @@ class _FlattenChoices:
         self.model, self.store = model, store
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        head = _active(self.model, self.store)
-        if head is None or not head.flattens_choices:
+        if not _flattens_choices(self.model, self.store):
             return None
         n_choices = None
         kwargs = dict(kwargs)
@@ -109,6 +128,19 @@ class _FlattenChoices:
         return tuple(flat_args), kwargs
 
 
+def _flattens_choices(model: nn.Module, store: AdapterStore) -> bool:
+    """Whether the active head, or the head of any branch of an active Parallel, takes flattened choices."""
+    head = _active(model, store)
+    if head is not None:
+        return head.flattens_choices
+    from adapterhub.composition import branch_names, parallel_block
+
+    block = parallel_block(store.current_setup())
+    if block is None:
+        return False
+    return any(name in store.heads and store.heads[name].flattens_choices for name in branch_names(block))
+
+
 def _flat(value: Any) -> Any:
     if isinstance(value, torch.Tensor) and value.dim() == 3:
         return value.reshape(-1, value.shape[-1])
@@ -128,8 +160,12 @@ class _ApplyHead:
         labels, store.pending_labels = store.pending_labels, None
         n_choices = getattr(store, "pending_num_choices", None)
         keep = getattr(store, "pending_logits_to_keep", None)
-        store.pending_num_choices = store.pending_logits_to_keep = None  # type: ignore[assignment]
-        if head is None or base_output is None:
+        extra = getattr(store, "pending_inputs", None) or {}
+        store.pending_logits_to_keep = store.pending_inputs = None  # type: ignore[assignment]
+        if head is None:  # under Parallel, composition's output hook takes (and clears) pending_num_choices
+            return None
+        store.pending_num_choices = None
+        if base_output is None:
             return None
         is_tuple = isinstance(base_output, tuple)
         hidden = base_output[0] if is_tuple else base_output.last_hidden_state
@@ -153,6 +189,7 @@ class _ApplyHead:
             num_choices=n_choices,
             embeddings=embeddings,
             logits_to_keep=keep,
+            **extra,  # the head's input_names, each a HeadInputs field (choice_mask)
         )
         result = head(inputs, labels or None)
         values: dict[str, Any] = {"loss": result.loss, "logits": result.logits, **result.extra}
@@ -171,7 +208,7 @@ def install_head_routing(model: nn.Module, store: AdapterStore) -> None:
     """Route outputs through the active flexible head (if any): the base model's hidden states are captured and
     the model's output is replaced by the head's logits (and loss, computed from the head's targets)."""
     base = get_base_model(model)
-    store.pending_num_choices = store.pending_logits_to_keep = None  # type: ignore[assignment]
+    store.pending_num_choices = store.pending_logits_to_keep = store.pending_inputs = None  # type: ignore[assignment]
     base.register_forward_hook(_CaptureBaseOutput(store))
     base.register_forward_pre_hook(_FlattenChoices(model, store), with_kwargs=True)
     model.register_forward_pre_hook(_HideLabels(model, store), with_kwargs=True)
