@@ -22,7 +22,8 @@ class CallState:
     head consumes (e.g. a choice mask); ``num_choices`` / ``logits_to_keep``: multiple-choice flattening and
     ``generate()``'s request; ``base_output``: the base model's output; ``parallel_batch`` / ``parallel_first``:
     under ``Parallel``, the batch size before replication and the first layer that replicates;
-    ``parallel_labels``: the labels taken away from the model's own head under ``Parallel``."""
+    ``parallel_labels`` / ``parallel_choice_mask``: what was taken away from the model's own head under
+    ``Parallel`` for the branches' heads."""
 
     labels: dict[str, Any] | None = None
     head_inputs: dict[str, Any] = field(default_factory=dict)
@@ -33,6 +34,7 @@ class CallState:
     parallel_branches: int | None = None
     parallel_first: int = 0
     parallel_labels: Any = None
+    parallel_choice_mask: Any = None
 
 
 def _states() -> dict[int, CallState]:

@@ -384,8 +384,9 @@ class FusionActivations:
 def _batches(
     data: Any, tokenizer: Any, batch_size: int, max_length: int, device: torch.device
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Model inputs from texts (+ tokenizer), Examples (``.text`` / ``.text_pair``), or an iterable of batches."""
-    keep = ("input_ids", "attention_mask", "token_type_ids")
+    """Model inputs from texts (+ tokenizer), Examples (``.text`` / ``.text_pair``), or an iterable of batches
+    (a multiple-choice batch keeps its ``choice_mask``)."""
+    keep = ("input_ids", "attention_mask", "token_type_ids", "choice_mask")
     if isinstance(data, str):
         data = [data]
     if isinstance(data, Sequence) and data and (isinstance(data[0], str) or hasattr(data[0], "text")):
@@ -412,6 +413,34 @@ def _batches(
                 f"with input_ids); got an element of type {type(batch).__name__}."
             )
         yield {k: v.to(device) for k, v in batch.items() if k in keep and isinstance(v, torch.Tensor)}
+
+
+def _token_weights(
+    model: Any, batch: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """``(model inputs, token mask)``: the mask (rows, seq) says which tokens count in the mean fusion weight.
+
+    Multiple-choice batches (batch, n_choices, seq) count only the tokens of real choices (``attention_mask`` and
+    ``choice_mask`` (batch, n_choices)), one row per choice. They go to the model as they are when its active head
+    flattens choices (it takes the ``choice_mask``), else flattened to (batch * n_choices, seq) rows."""
+    batch = dict(batch)
+    choice_mask = batch.pop("choice_mask", None)
+    ids = batch["input_ids"]
+    mask = batch.get("attention_mask")
+    if ids.dim() != 3:
+        return batch, mask
+    rows, choices, seq = ids.shape
+    real = (
+        torch.ones(rows, choices, dtype=torch.bool, device=ids.device) if choice_mask is None else choice_mask
+    )
+    tokens = torch.ones_like(ids) if mask is None else mask  # (batch, n_choices, seq)
+    weights = (tokens * real.to(tokens.dtype).unsqueeze(-1)).reshape(rows * choices, seq)
+    active = model.active_head
+    if active is not None and model.heads[active].flattens_choices:
+        if choice_mask is not None:
+            batch["choice_mask"] = choice_mask
+        return batch, weights
+    return {k: v.reshape(rows * choices, *v.shape[2:]) for k, v in batch.items()}, weights
 
 
 def compute_fusion_activations(
@@ -441,9 +470,9 @@ def compute_fusion_activations(
             if not use_current:
                 stack.enter_context(model.adapter_setup(fuse))
             for batch in _batches(data, tokenizer, batch_size, max_length, device):
+                batch, mask = _token_weights(model, batch)
                 with record_fusion_attentions() as records:
                     model(**batch)
-                mask = batch.get("attention_mask")
                 for name, layer, site, probs in records:
                     if name != fusion.fusion_name:
                         continue

@@ -141,17 +141,21 @@ class _ParallelLayerHook(AdapterHook):
 
 
 class _StashLabels(AdapterHook):
-    """Model pre-hook: under Parallel, take ``labels`` away from the model's own head (kept per call)."""
+    """Model pre-hook: under Parallel, take ``labels`` (and a multiple-choice ``choice_mask``) away from the
+    model's own head; the branches' heads get them (kept per call)."""
 
     def __init__(self, store: AdapterStore) -> None:
         self.store = store
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         state = callstate.current(self.store)
-        if state is None or parallel_block(self.store.current_setup()) is None or "labels" not in kwargs:
+        if state is None or parallel_block(self.store.current_setup()) is None:
+            return None
+        if not {"labels", "choice_mask"} & set(kwargs):
             return None
         kwargs = dict(kwargs)
-        state.parallel_labels = kwargs.pop("labels")
+        state.parallel_labels = kwargs.pop("labels", None)
+        state.parallel_choice_mask = kwargs.pop("choice_mask", None)
         return args, kwargs
 
 
@@ -168,7 +172,16 @@ class _ParallelOutputHook(AdapterHook):
         if block is None or state is None or state.base_output is None:
             return None
         result = parallel_output(
-            module, store, block, state.base_output, output, state.parallel_labels, args, kwargs
+            module,
+            store,
+            block,
+            state.base_output,
+            output,
+            state.parallel_labels,
+            args,
+            kwargs,
+            choice_mask=state.parallel_choice_mask,
+            num_choices=state.num_choices,
         )
         if _generating(store):
             return _generation_output(result, state.base_output, output)
@@ -260,7 +273,14 @@ def parallel_output(
     labels: torch.Tensor | None,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    *,
+    choice_mask: torch.Tensor | None = None,
+    num_choices: int | None = None,
 ) -> ParallelOutput:
+    """Split the Parallel pass per branch. Multiple-choice inputs (batch, n_choices, seq) reach the layers
+    flattened to (batch * n_choices, seq) rows (``num_choices``: the n_choices they had); each branch's head gets
+    ``num_choices`` and ``choice_mask`` (batch, n_choices) so that padded choices are masked out of its logits and
+    loss."""
     n = len(block.children)
     hidden = base[0] if isinstance(base, tuple) else base.last_hidden_state  # (n·B, T, d)
     pooled = getattr(base, "pooler_output", None)
@@ -269,6 +289,12 @@ def parallel_output(
     batch = hidden.shape[0] // n
     input_ids = kwargs.get("input_ids", args[0] if args else None)
     mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+    n_choices = num_choices  # the inputs were flattened before this hook saw them (a bare base model)
+    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 3:  # (batch, n_choices, seq)
+        n_choices = input_ids.shape[1]
+        input_ids = input_ids.reshape(-1, input_ids.shape[-1])  # (batch * n_choices, seq)
+        if isinstance(mask, torch.Tensor) and mask.dim() == 3:
+            mask = mask.reshape(-1, mask.shape[-1])
     static_logits = getattr(output, "logits", None) if not isinstance(output, tuple) else None
     outs = []
     for i, name in enumerate(branch_names(block)):
@@ -286,6 +312,8 @@ def parallel_output(
             head_inputs = HeadInputs(
                 hidden[rows], _branch_rows(mask, rows, n), _branch_rows(input_ids, rows, n), pooled_i,
                 embeddings=embeddings,
+                num_choices=n_choices if head.flattens_choices else None,
+                choice_mask=choice_mask if "choice_mask" in head.input_names else None,
             )  # fmt: skip
             result = head(head_inputs, targets)
             logits, loss = result.logits, result.loss

@@ -65,11 +65,15 @@ def test_multiple_choice_shapes_and_padding_of_short_rows(tokenizer) -> None:
         Example("go home", choices=("yes", "no"), label=0),
     ]
     dataset = encode(examples, tokenizer, kind="multiple_choice")
-    assert len(dataset[1]["input_ids"]) == 3  # padded with an empty third choice
-    assert dataset[1]["input_ids"][2] == [CLS, *tokenizer.convert_tokens_to_ids(["go", "home"]), SEP, SEP]
+    assert len(dataset[1]["input_ids"]) == 2  # unpadded: each item keeps its own choices
     batch = collate(list(dataset), tokenizer)
     assert batch["input_ids"].shape == (2, 3, 10)
     assert batch["attention_mask"].shape == batch["token_type_ids"].shape == (2, 3, 10)
+    assert batch["choice_mask"].tolist() == [[True, True, True], [True, True, False]]
+    assert batch["choice_mask"].dtype == torch.bool
+    # the padded third choice of item 1 repeats its first choice (a well-formed row), masked out by choice_mask
+    assert torch.equal(batch["input_ids"][1, 2], batch["input_ids"][1, 0])
+    assert torch.equal(batch["attention_mask"][1, 2], batch["attention_mask"][1, 0])
     assert batch["input_ids"][0, 2].tolist() == [
         CLS,
         *tokenizer.convert_tokens_to_ids(["who", "did", "it", "[SEP]", "a", "very", "good", "dog"]),
@@ -77,10 +81,30 @@ def test_multiple_choice_shapes_and_padding_of_short_rows(tokenizer) -> None:
     ]
     assert batch["attention_mask"][1, 0].tolist() == [1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
     assert batch["labels"].tolist() == [2, 0] and batch["labels"].dtype == torch.long
-    wider = encode(examples, tokenizer, kind="multiple_choice", num_labels=4)
-    assert collate(list(wider), tokenizer)["input_ids"].shape[1] == 4
+    wider = encode(examples, tokenizer, kind="multiple_choice", num_labels=4)  # an upper bound, not a width
+    assert collate(list(wider), tokenizer)["input_ids"].shape[1] == 3
     with pytest.raises(ConfigError, match="fewer than the 3 choices"):
         encode(examples, tokenizer, kind="multiple_choice", num_labels=2)
+
+
+def test_multiple_choice_batches_follow_their_own_most_choices(tokenizer) -> None:
+    counts = [2, 10, 2, 3, 2, 2, 5, 2]
+    examples = [
+        Example(f"question {i}", choices=tuple(f"answer {j}" for j in range(n)), label=n - 1)
+        for i, n in enumerate(counts)
+    ]
+    dataset = encode(examples, tokenizer, kind="multiple_choice")
+    loader = DataLoader(dataset, batch_size=2, collate_fn=functools.partial(collate, tokenizer=tokenizer))
+    batches = list(loader)
+    assert [b["input_ids"].shape[1] for b in batches] == [10, 3, 2, 5]  # each batch's own maximum
+    for batch, pair in zip(batches, zip(counts[::2], counts[1::2])):
+        assert batch["choice_mask"].sum(dim=1).tolist() == list(pair)
+        assert batch["choice_mask"].shape == batch["input_ids"].shape[:2]
+    fixed = encode(examples[:1] + examples[2:3], tokenizer, kind="multiple_choice")
+    assert bool(collate(list(fixed), tokenizer)["choice_mask"].all())  # same counts: no padding at all
+    bad = dict(dataset[0], labels=5)  # 2 choices, label 5
+    with pytest.raises(ConfigError, match="label 5 but 2 choices"):
+        collate([bad, dataset[1]], tokenizer)
 
 
 def test_multiple_choice_text_pair_goes_before_each_choice(tokenizer) -> None:

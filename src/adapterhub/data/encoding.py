@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,9 +47,9 @@ def encode(
     """Tokenize ``examples`` (truncated to ``max_length`` tokens, not padded) for a ``kind`` task.
 
     Each text is paired with its ``text_pair`` when it has one (then every example must have one). For multiple
-    choice the text is paired with each choice (``text_pair``, if any, is put before the choice), and an example
-    with fewer choices than ``num_labels`` (default: the most choices of any example) gets empty-string choices
-    appended, which are never the answer, so that every item has the same number of choices. Labels become an
+    choice the text is paired with each choice (``text_pair``, if any, is put before the choice); each item keeps
+    its own number of choices (:func:`collate` pads them per batch and marks the real ones in ``choice_mask``), and
+    ``num_labels``, when given, is the most choices an example may have. Labels become an
     ``int`` (classification, multiple choice), a ``float`` (regression) or a multi-hot list of ``num_labels``
     floats (multilabel, where ``num_labels`` is required: pass ``task.num_labels``).
 
@@ -109,23 +110,24 @@ def _encode_choices(
         if not example.choices:
             raise ConfigError(f"example {index} has no choices; a multiple-choice example needs them")
     most = max(len(e.choices or ()) for e in examples)
-    if num_choices is None:
-        num_choices = most
-    elif isinstance(num_choices, bool) or not isinstance(num_choices, int) or num_choices < most:
+    if num_choices is not None and (
+        isinstance(num_choices, bool) or not isinstance(num_choices, int) or num_choices < most
+    ):
         raise ConfigError(
             f"num_labels={num_choices!r} is fewer than the {most} choices of some example; pass task.num_labels"
         )
     firsts: list[str] = []
     seconds: list[str] = []
+    bounds = [0]
     for example in examples:
-        padded = list(example.choices or ()) + [""] * (num_choices - len(example.choices or ()))
-        for choice in padded:
+        for choice in example.choices or ():
             firsts.append(example.text)
             seconds.append(choice if example.text_pair is None else f"{example.text_pair} {choice}")
+        bounds.append(len(firsts))
     encoded = _call(tokenizer, firsts, seconds, max_length)
     return [
-        {key: values[i * num_choices : (i + 1) * num_choices] for key, values in encoded.items()}
-        for i in range(len(examples))
+        {key: values[start:stop] for key, values in encoded.items()}
+        for start, stop in itertools.pairwise(bounds)
     ]
 
 
@@ -161,6 +163,12 @@ def collate(batch: Sequence[Feature], tokenizer: Any) -> dict[str, torch.Tensor]
     its ``padding_side``; plus ``labels`` when the items have them: ``long (batch,)`` for class and choice indices,
     ``float (batch,)`` for regression, ``float (batch, num_labels)`` multi-hot for multilabel.
 
+    Multiple choice: ``n_choices`` is the most choices of any item in this batch. An item with fewer gets copies
+    of its first choice as padding (well-formed rows for any model), and ``choice_mask`` (batch, n_choices) bool is
+    True for real choices, False for padding: pass it to the model with the rest (adapterhub's multiple-choice
+    head masks padded choices out of the softmax, loss and argmax), or, for a model's own multiple-choice head,
+    apply it to the logits with :func:`adapterhub.heads.mask_choices`.
+
     Use with a DataLoader as ``collate_fn=functools.partial(collate, tokenizer=tokenizer)``.
     """
     if not batch:
@@ -179,18 +187,29 @@ def collate(batch: Sequence[Feature], tokenizer: Any) -> dict[str, torch.Tensor]
     }
     multiple_choice = bool(batch[0]["input_ids"]) and isinstance(batch[0]["input_ids"][0], list)
     out: dict[str, torch.Tensor] = {}
+    if multiple_choice:
+        counts = [len(item["input_ids"]) for item in batch]
+        if min(counts) < 1:
+            raise ConfigError("a multiple-choice item has no choices; every example needs at least one")
+        most = max(counts)
+        out["choice_mask"] = torch.arange(most).unsqueeze(0) < torch.tensor(counts).unsqueeze(
+            1
+        )  # (batch, most)
+        for index, item in enumerate(batch):
+            label = item.get("labels")
+            if isinstance(label, int) and not 0 <= label < counts[index]:
+                raise ConfigError(
+                    f"item {index} of the batch has label {label} but {counts[index]} choices; a label is the "
+                    "index of one of the item's own choices (fix the data)"
+                )
     for key in TOKEN_KEYS:
         if key not in batch[0]:
             continue
         rows = [item[key] for item in batch]
         if multiple_choice:
-            counts = {len(r) for r in rows}
-            if len(counts) != 1:
-                raise ConfigError(
-                    f"a batch mixes examples with {sorted(counts)} choices; use the same number"
-                )
-            flat = [seq for choices in rows for seq in choices]
-            out[key] = _pad(flat, pad_values[key], left).view(len(batch), counts.pop(), -1)
+            # padded choices repeat the item's first choice; choice_mask marks them
+            flat = [seq for choices in rows for seq in [*choices, *[choices[0]] * (most - len(choices))]]
+            out[key] = _pad(flat, pad_values[key], left).view(len(batch), most, -1)  # (batch, most, seq)
         else:
             out[key] = _pad(rows, pad_values[key], left)
     labelled = ["labels" in item for item in batch]

@@ -8,7 +8,7 @@ classification, regression, multilabel, tagging, multiple_choice, question_answe
 from adapterhub.heads.base import HEADS, Head, HeadInputs, HeadOutput, register_head
 from adapterhub.heads.classification import ClassificationHead, MultiLabelClassificationHead, RegressionHead
 from adapterhub.heads.lm import CausalLMHead, LanguageModelHead, MaskedLMHead
-from adapterhub.heads.multiple_choice import MultipleChoiceHead
+from adapterhub.heads.multiple_choice import MultipleChoiceHead, mask_choices
 from adapterhub.heads.qa import QuestionAnsweringHead
 from adapterhub.heads.static import static_head_parameters
 from adapterhub.heads.tagging import TaggingHead
@@ -27,6 +27,7 @@ __all__ = [
     "QuestionAnsweringHead",
     "RegressionHead",
     "TaggingHead",
+    "mask_choices",
     "register_head",
     "static_head_parameters",
 ]

@@ -5,6 +5,8 @@ A head maps the base model's last hidden states ``(batch, seq, d)`` to task outp
 - ``label_names``: the keyword arguments of the model call that carry its targets (hidden from the model's own
   head while the flexible head is active);
 - ``output_type``: the transformers output class the model returns while it is active;
+- ``input_names``: further keyword arguments of the model call that it consumes (taken out of the call before the
+  model runs and handed to the head as the ``HeadInputs`` field of the same name, e.g. ``choice_mask``);
 - ``needs_embeddings``: whether it multiplies with the model's (output) embedding matrix (tied LM heads). The tied
   matrix is handed in at forward time through ``HeadInputs.embeddings``; it is never a parameter of the head, so it
   is neither saved with the head nor trained with it.
@@ -29,7 +31,9 @@ class HeadInputs:
 
     ``num_choices`` is set for multiple-choice inputs (rows are ``batch * num_choices`` flattened choices);
     ``embeddings`` is the model's output embedding matrix (vocab, e) for heads with ``needs_embeddings``;
-    ``logits_to_keep`` (from ``generate()``) asks an LM head for the logits of the last positions only.
+    ``logits_to_keep`` (from ``generate()``) asks an LM head for the logits of the last positions only;
+    ``choice_mask`` (batch, n_choices) bool marks the real choices of multiple-choice inputs whose examples were
+    padded to the batch's most choices (``None``: every choice is real).
     """
 
     hidden: torch.Tensor
@@ -39,6 +43,7 @@ class HeadInputs:
     num_choices: int | None = None
     embeddings: torch.Tensor | None = None
     logits_to_keep: int | torch.Tensor | None = None
+    choice_mask: torch.Tensor | None = None
 
 
 def static_loss(logits: torch.Tensor, labels: torch.Tensor, config: Any) -> torch.Tensor:
@@ -86,6 +91,7 @@ class Head(nn.Module):
 
     head_type: ClassVar[str] = ""
     label_names: ClassVar[tuple[str, ...]] = ("labels",)
+    input_names: ClassVar[tuple[str, ...]] = ()  # each one a field of HeadInputs
     output_type: ClassVar[type[ModelOutput]] = SequenceClassifierOutput
     needs_embeddings: ClassVar[bool] = False
     flattens_choices: ClassVar[bool] = False

@@ -4,9 +4,11 @@ Three hooks, installed once by ``adapterhub.init``:
 
 - a pre-hook on the model keeps the active head's targets (``labels``, ``start_positions``, ...) away from the
   model's own head while a flexible head is active (so the built-in loss does not run on them), and takes
-  ``num_items_in_batch`` / ``logits_to_keep`` out of the call for the head;
+  ``num_items_in_batch`` / ``logits_to_keep`` out of the call for the head, as well as the further inputs heads
+  declare in ``input_names`` (``choice_mask``), which the active head gets in ``HeadInputs``;
 - a pre-hook on the base model flattens multiple-choice inputs (batch, n_choices, seq) -> (batch * n_choices, seq)
-  while a multiple-choice head is active (a ``...ForMultipleChoice`` model has done it already);
+  while a multiple-choice head is active, or is the head of a branch of an active ``Parallel`` (a
+  ``...ForMultipleChoice`` model has done it already);
 - a forward hook on the base model captures its output, and a forward hook on the model replaces the model's
   output by the head's, as the transformers output class of the head's task (``SequenceClassifierOutput``,
   ``TokenClassifierOutput``, ``MultipleChoiceModelOutput``, ``QuestionAnsweringModelOutput``,
@@ -28,6 +30,8 @@ from torch import nn
 
 from adapterhub import callstate
 from adapterhub.architectures import get_base_model
+from adapterhub.composition import branch_names, parallel_block
+from adapterhub.errors import ConfigError
 from adapterhub.heads.base import HEADS, Head, HeadInputs
 from adapterhub.injection import AdapterHook
 from adapterhub.store import AdapterStore
@@ -38,6 +42,11 @@ _CHOICE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids
 def all_label_names() -> set[str]:
     """Every keyword that carries targets for some registered head type."""
     return {name for cls in HEADS.values() for name in cls.label_names}
+
+
+def all_input_names() -> set[str]:
+    """Every further model-call keyword (besides targets) that some registered head type consumes."""
+    return {name for cls in HEADS.values() for name in cls.input_names}
 
 
 def _active(store: AdapterStore) -> Head | None:
@@ -87,9 +96,21 @@ class _HideLabels(AdapterHook):
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         head = _active(self.store)
         state = callstate.current(self.store)
-        if head is None or state is None:
+        if head is None:
+            extra = sorted(name for name in all_input_names() if kwargs.get(name) is not None)
+            if extra:  # (under Parallel the branches' heads took them already: adapterhub.parallel)
+                raise ConfigError(
+                    f"{', '.join(extra)} is an input of adapterhub's flexible heads, but no flexible head is "
+                    "active, and the model's own head cannot take it. Activate a head that takes it (e.g. "
+                    "model.add_multiple_choice_head(name)), or drop it from the call and apply it to the output "
+                    "(adapterhub.heads.mask_choices(logits, choice_mask))."
+                )
+            return None
+        if state is None:
             return None
         kwargs = dict(kwargs)
+        given = {name: kwargs.pop(name) for name in sorted(all_input_names()) if name in kwargs}
+        state.head_inputs = {k: v for k, v in given.items() if k in head.input_names and v is not None}
         labels = {name: kwargs.pop(name) for name in sorted(all_label_names()) if name in kwargs}
         state.labels = {k: v for k, v in labels.items() if k in head.label_names and v is not None}
         kwargs.pop("num_items_in_batch", None)  # our heads average their own loss
@@ -113,9 +134,8 @@ class _FlattenChoices(AdapterHook):
         self.store = store
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        head = _active(self.store)
         state = callstate.current(self.store)
-        if head is None or not head.flattens_choices or state is None:
+        if state is None or not _flattens_choices(self.store):
             return None
         n_choices = None
         kwargs = dict(kwargs)
@@ -135,6 +155,17 @@ class _FlattenChoices(AdapterHook):
             return None
         state.num_choices = n_choices
         return tuple(flat_args), kwargs
+
+
+def _flattens_choices(store: AdapterStore) -> bool:
+    """Whether the active head, or the head of any branch of an active Parallel, takes flattened choices."""
+    head = _active(store)
+    if head is not None:
+        return head.flattens_choices
+    block = parallel_block(store.current_setup())
+    if block is None:
+        return False
+    return any(name in store.heads and store.heads[name].flattens_choices for name in branch_names(block))
 
 
 def _flat(value: Any) -> Any:
@@ -178,6 +209,7 @@ class _ApplyHead(AdapterHook):
             num_choices=n_choices,
             embeddings=embeddings,
             logits_to_keep=keep,
+            **state.head_inputs,  # the head's input_names, each a HeadInputs field (choice_mask)
         )
         result = head(inputs, labels or None)
         values: dict[str, Any] = {"loss": result.loss, "logits": result.logits, **result.extra}

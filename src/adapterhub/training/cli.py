@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -198,17 +199,34 @@ def _register_ablate(subparsers: Any) -> None:
 def _load_data(args: argparse.Namespace) -> Any:
     from adapterhub.data import load_task
 
-    task = load_task(
-        args.data,
-        kind=args.kind,
-        text_column=args.text_column,
-        text_pair_column=args.text_pair_column,
-        label_column=args.label_column,
-        choices_column=args.choices_column,
-    )
+    try:
+        task = load_task(
+            args.data,
+            kind=args.kind,
+            text_column=args.text_column,
+            text_pair_column=args.text_pair_column,
+            label_column=args.label_column,
+            choices_column=args.choices_column,
+        )
+    except ConfigError as error:
+        raise ConfigError(with_cli_flags(str(error))) from None
     if args.train_limit or args.dev_limit:
         task = task.subset(train=args.train_limit, dev=args.dev_limit, seed=getattr(args, "seed", 0))
     return task
+
+
+_COLUMN_KEYWORD = re.compile(
+    r"\b(text_column|text_pair_column|label_column|choices_column)='<column>' to load_task"
+)
+_KIND_KEYWORD = re.compile(r"\bkind=(?:'(\w+)'|\.\.\.)")
+
+
+def with_cli_flags(message: str) -> str:
+    """``message`` of an error raised by ``load_task`` with its keyword arguments named as this CLI's flags:
+    ``label_column='<column>' to load_task`` -> ``--label-column <column>``, ``kind='regression'`` ->
+    ``--kind regression``."""
+    message = _COLUMN_KEYWORD.sub(lambda m: f"--{m.group(1).replace('_', '-')} <column>", message)
+    return _KIND_KEYWORD.sub(lambda m: f"--kind {m.group(1) or '...'}", message)
 
 
 def _set_threads(args: argparse.Namespace) -> None:

@@ -117,10 +117,20 @@ def evaluate_model(
     if not all_logits:
         return {}
     labels = torch.cat(all_labels)
-    metrics = compute_metrics(kind, torch.cat(all_logits), labels)
+    metrics = compute_metrics(kind, _cat_logits(all_logits), labels)
     if losses:
         metrics["loss"] = sum(losses) / len(labels)
     return metrics
+
+
+def _cat_logits(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate per-batch logits (rows, width) along rows. Multiple-choice batches are padded to their own most
+    choices, so narrower ones are widened with the float32 minimum: a padded choice is never the argmax."""
+    width = max(part.shape[-1] for part in parts)
+    if all(part.shape[-1] == width for part in parts) or parts[0].dim() != 2:
+        return torch.cat(parts)
+    low = torch.finfo(torch.float32).min
+    return torch.cat([nn.functional.pad(part, (0, width - part.shape[-1]), value=low) for part in parts])
 
 
 def _resolve_model(model: Any, tokenizer: Any) -> tuple[nn.Module, Any, str]:

@@ -120,19 +120,44 @@ def forward_batch(
     model: nn.Module, batch: dict[str, torch.Tensor], kind: str
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``(loss, logits)`` for one collated batch (loss is None without labels). Logits: (batch, classes),
-    (batch, choices) for multiple choice, (batch, 1) for regression."""
+    (batch, choices) for multiple choice, (batch, 1) for regression.
+
+    A multiple-choice batch's ``choice_mask`` (batch, choices) goes to the model when its active flexible head
+    takes it; otherwise (the model's own ``...ForMultipleChoice`` head, or no multiple-choice head type) it is
+    applied here: padded choices' logits are set to the dtype's minimum and the loss is the cross-entropy over
+    each example's real choices, as the flexible head computes it."""
+    from adapterhub.heads.multiple_choice import mask_choices
+
     batch = dict(batch)
     labels = batch.pop("labels", None)
+    choice_mask = batch.pop("choice_mask", None)
     if kind == "multiple_choice" and not native_multiple_choice():
         rows, choices = batch["input_ids"].shape[:2]
         flat = {key: value.reshape(rows * choices, -1) for key, value in batch.items()}
-        logits = model(**flat).logits.reshape(rows, choices)
+        logits = mask_choices(model(**flat).logits.reshape(rows, choices), choice_mask)  # (batch, choices)
         loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
         return loss, logits
+    if choice_mask is not None:
+        if _head_takes(model, "choice_mask"):
+            batch["choice_mask"] = choice_mask
+        else:  # a built-in head: mask outside the model, loss over the real choices
+            logits = mask_choices(model(**batch).logits, choice_mask)  # (batch, choices)
+            loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+            return loss, logits
     if labels is None:
         return None, model(**batch).logits
     output = model(**batch, labels=labels)
     return output.loss, output.logits
+
+
+def _head_takes(model: nn.Module, name: str) -> bool:
+    """Whether the active flexible head of ``model`` (or of the model a DDP wrapper holds) consumes ``name``."""
+    inner = getattr(model, "module", model)
+    active = getattr(inner, "active_head", None)
+    heads = getattr(inner, "heads", None)
+    if not isinstance(active, str) or heads is None or active not in heads:
+        return False
+    return name in heads[active].input_names
 
 
 # ---------------------------------------------------------------------------------------------------- saving
