@@ -74,7 +74,7 @@ class Block:
             if isinstance(child, (list, tuple)):
                 flat.extend(child)
             else:
-                flat.append(child)
+                flat.append(child)  # type: ignore[arg-type]
         object.__setattr__(self, "children", tuple(flat))
         self.validate()
 
@@ -151,9 +151,14 @@ class Fuse(Block):
     min_children = 2
 
     @property
+    def adapter_names(self) -> tuple[str, ...]:
+        """The fused adapters' names (a Fuse holds names only)."""
+        return tuple(str(child) for child in self.children)
+
+    @property
     def fusion_name(self) -> str:
         """The key of this fusion's weights: the adapter names joined by commas (as the `adapters` library)."""
-        return ",".join(self.children)  # type: ignore[arg-type]
+        return ",".join(self.adapter_names)
 
 
 @dataclass(frozen=True, init=False, repr=False)
@@ -336,7 +341,8 @@ def setup_from_dict(data: Any) -> Setup | None:
         raise ConfigError(f"Unknown block type {kind!r}{did_you_mean(str(kind), BLOCK_TYPES)}.")
     extra = {k: v for k, v in data.items() if k not in ("type", "children")}
     try:
-        return BLOCK_TYPES[kind](*[setup_from_dict(c) for c in data["children"]], **extra)
+        children = [setup_from_dict(c) for c in data["children"]]
+        return BLOCK_TYPES[kind](*children, **extra)  # type: ignore[arg-type]
     except TypeError as error:
         raise ConfigError(f"Bad parameters for {kind} in a serialised setup: {error}.") from None
 

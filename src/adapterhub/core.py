@@ -51,7 +51,7 @@ def linear_shapes(layer: nn.Module, spec: ArchitectureSpec) -> tuple[tuple[str, 
     shapes = []
     for point, linear in spec.linears.items():
         module = layer.get_submodule(linear.module)
-        weight = module.weight  # Linear: (d_out, d_in); Conv1D: (d_in, d_out)
+        weight: torch.Tensor = module.weight  # type: ignore[assignment]  # Linear (d_out, d_in); Conv1D (d_in, d_out)
         d_in, d_out = (
             (weight.shape[0], weight.shape[1]) if linear.transposed else (weight.shape[1], weight.shape[0])
         )

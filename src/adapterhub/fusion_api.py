@@ -48,7 +48,7 @@ class FusionMixin(AdapterAPIMixin):
     @property
     def fusions(self) -> dict[str, FusionConfig]:
         """Fusion name (``"a,b,c"``) -> its config."""
-        return {name: module.config for name, module in self._store.fusions.items()}
+        return {name: module.config for name, module in self._store.fusions.items()}  # type: ignore[misc]
 
     def _require_fusion(self, setup: Any) -> AdapterFusion:
         fuse = as_fuse(setup)
@@ -59,7 +59,7 @@ class FusionMixin(AdapterAPIMixin):
                 f"No fusion {fuse!r}{did_you_mean(fuse.fusion_name, fusions.keys())}. Fusions on this model: "
                 f"{known}. Add one with model.add_adapter_fusion({fuse!r})."
             )
-        return fusions[fuse.fusion_name]  # type: ignore[no-any-return]
+        return fusions[fuse.fusion_name]  # type: ignore[no-any-return,return-value]
 
     def _fusion_sites(self, fuse: Fuse) -> dict[int, tuple[str, ...]]:
         modules = [self._require_adapter(n) for n in fuse.children]  # type: ignore[arg-type]
@@ -90,7 +90,7 @@ class FusionMixin(AdapterAPIMixin):
         if dropout is None:
             dropout = float(getattr(self.config, "attention_probs_dropout_prob", 0.0) or 0.0)
         return AdapterFusion(
-            fuse.children,
+            fuse.adapter_names,
             config,
             self.model_dims().hidden_size,
             self._fusion_sites(fuse),
@@ -121,7 +121,7 @@ class FusionMixin(AdapterAPIMixin):
         self._store.fusions[fuse.fusion_name] = module
         if set_active:
             self.set_active_adapters(fuse)
-        return module  # type: ignore[no-any-return]
+        return module  # type: ignore[no-any-return,return-value]
 
     def delete_adapter_fusion(self, adapter_setup: Any) -> None:
         fuse = as_fuse(adapter_setup)
@@ -216,18 +216,18 @@ class FusionMixin(AdapterAPIMixin):
         head = None
         if with_head:
             head_name = with_head if isinstance(with_head, str) else self.active_head
-            if isinstance(with_head, str) and head_name not in self._store.heads:
+            if isinstance(with_head, str) and with_head not in self._store.heads:
                 raise AdapterNotFoundError(f"No head named {head_name!r} to save with the fusion.")
             head = self._head_record(head_name) if head_name else self._head_record("__static__")
         directory = Path(directory)
         adapter_dirs: dict[str, Path] = {}
         if with_adapters:
-            for name in fuse.children:
-                target = directory / ADAPTERS_SUBDIR / name  # type: ignore[operator]
+            for name in fuse.adapter_names:
+                target = directory / ADAPTERS_SUBDIR / name
                 self.save_adapter(target, name, with_head=False, layout=layout)
-                adapter_dirs[name] = target  # type: ignore[index]
+                adapter_dirs[name] = target
         record = FusionRecord(
-            adapters=tuple(fuse.children),
+            adapters=fuse.adapter_names,
             config=module.config.to_dict(),
             model=self.model_info(),
             tensors=dict(module.state_dict()),

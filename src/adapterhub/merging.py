@@ -26,9 +26,8 @@ class MergeMixin(AdapterAPIMixin):
         with torch.no_grad():
             for layer, point, delta in module.merged_deltas():  # delta: (d_out, d_in)
                 linear = spec.linears[point]
-                weight = (
-                    layers[layer].get_submodule(linear.module).weight
-                )  # Linear (out, in); Conv1D (in, out)
+                module_weight: torch.Tensor = layers[layer].get_submodule(linear.module).weight  # type: ignore[assignment]
+                weight = module_weight  # Linear (out, in); Conv1D (in, out)
                 update = (delta.t() if linear.transposed else delta).to(weight.dtype) * sign
                 if linear.part is None:
                     weight.add_(update)

@@ -111,5 +111,5 @@ def deinit(model: nn.Module) -> nn.Module:
     remove_hooks(model)
     attention_hooks.disable(model)
     del model._modules[STORE_ATTR]
-    model.__class__ = store.original_class
+    model.__class__ = store.original_class  # type: ignore[assignment]
     return model

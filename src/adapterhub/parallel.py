@@ -190,7 +190,7 @@ class _ParallelOutputHook(AdapterHook):
 
 def install_parallel_hooks(model: nn.Module, store: AdapterStore) -> None:
     """Hooks that make ``Parallel`` work (layer replication, labels, the per-branch output)."""
-    spec = spec_for_model_type(model.config.model_type)  # type: ignore[union-attr]
+    spec = spec_for_model_type(model.config.model_type)  # type: ignore[union-attr,arg-type]
     for index, layer in enumerate(get_layers(model, spec)):
         # prepend: replicate before the injector records the residual stream entering the layer
         layer.register_forward_pre_hook(_ParallelLayerHook(store, index), with_kwargs=True, prepend=True)
@@ -302,7 +302,7 @@ def parallel_output(
         logits = loss = None
         if name in store.heads:
             pooled_i = pooled[rows] if pooled is not None else None
-            head = store.heads[name]
+            head: Any = store.heads[name]
             targets = labels if labels is None or not hasattr(head, "label_names") else {"labels": labels}
             embeddings = None
             if head.needs_embeddings:  # tied LM heads read the model's output embedding matrix
@@ -323,7 +323,8 @@ def parallel_output(
         outs.append(BranchOutput(name, logits, loss, hidden[rows]))
     losses = [o.loss for o in outs if o.loss is not None]
     shapes = {tuple(o.logits.shape) if o.logits is not None else None for o in outs}
-    stacked = torch.stack([o.logits for o in outs]) if len(shapes) == 1 and None not in shapes else None
+    all_logits = [o.logits for o in outs if o.logits is not None]
+    stacked = torch.stack(all_logits) if len(shapes) == 1 and None not in shapes else None
     return ParallelOutput(
         names=tuple(branch_names(block)),
         outputs=tuple(outs),

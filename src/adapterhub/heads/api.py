@@ -70,7 +70,7 @@ class HeadsMixin(AdapterModelCore):
     # ------------------------------------------------------------------ heads
     @property
     def heads(self) -> dict[str, Head]:
-        return dict(self._store.heads.items())
+        return dict(self._store.heads.items())  # type: ignore[arg-type]
 
     def _install_head(self, name: str, head: Head) -> None:
         """Put ``head`` on the model under ``name`` (on the model's device and dtype)."""

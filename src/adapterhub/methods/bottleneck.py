@@ -296,7 +296,7 @@ class BottleneckAdapter(AdapterModule):
             raise ConfigError(
                 f"Fuse combines bottleneck adapters; {others[0].adapter_name!r} is a {others[0].method} adapter."
             )
-        return stacked_deltas([m.layer_at(layer, point[1]) for m in modules], x)  # type: ignore[attr-defined]
+        return stacked_deltas([m.layer_at(layer, point[1]) for m in modules], x)  # type: ignore[attr-defined,operator]
 
     def batch_split_grouped(
         self,

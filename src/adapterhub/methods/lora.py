@@ -134,7 +134,7 @@ class LoRAAdapter(AdapterModule):
         per row. Needs equal rank and dropout; else None (the interpreter runs the row blocks one by one)."""
         if not all(isinstance(m, LoRAAdapter) for m in modules):
             return None
-        layers = [m.layer_at(layer, point[1]) for m in modules]  # type: ignore[attr-defined]
+        layers: list[LoRALayer] = [m.layer_at(layer, point[1]) for m in modules]  # type: ignore[attr-defined,operator]
         first = layers[0]
         if any(x.lora_A.shape[0] != first.lora_A.shape[0] or x.dropout.p != first.dropout.p for x in layers):
             return None
@@ -156,5 +156,5 @@ class LoRAAdapter(AdapterModule):
 
     def merged_deltas(self) -> Iterator[tuple[int, str, torch.Tensor]]:
         for key, sites in self.layers.items():
-            for point, lora in sites.items():  # type: ignore[union-attr]
-                yield int(key), point, lora.weight_delta()  # type: ignore[operator]
+            for point, lora in sites.items():  # type: ignore[union-attr,operator]
+                yield int(key), point, lora.weight_delta()

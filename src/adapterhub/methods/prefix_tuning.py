@@ -146,7 +146,9 @@ class PrefixTuningAdapter(AdapterModule):
         if isinstance(self.control_trans, nn.Parameter):
             kv = self.control_trans.view(p, -1)[:, slot * block : (slot + 1) * block]  # (P, 2·H_kv·D)
         else:
-            first, activation, last = self.control_trans  # type: ignore[misc]
+            first: nn.Linear = self.control_trans[0]  # type: ignore[assignment,index]
+            activation: nn.Module = self.control_trans[1]  # type: ignore[assignment,index]
+            last: nn.Linear = self.control_trans[2]  # type: ignore[assignment,index]
             hidden = activation(first(self.wte.weight))  # type: ignore[union-attr]  # (P, m)
             rows = slice(slot * block, (slot + 1) * block)  # only this layer's outputs of the last Linear
             kv = F.linear(hidden, last.weight[rows], last.bias[rows])  # (P, 2·H_kv·D)
