@@ -56,8 +56,22 @@ class LoRALayer(nn.Module):
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.dropout(x) @ self.lora_A.t()  # (..., r)
+        z = self._down(x)  # (..., r)
         return (z @ self.lora_B.t()) * self.scaling  # (..., d_out)
+
+    def _down(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dropout.p > 0:
+            x = self.dropout(x)
+        return x @ self.lora_A.t()  # (..., r)
+
+    def add_to(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``y + delta(x)`` with the up-projection, scaling and addition in one ``addmm`` (one pass over ``y``
+        instead of three): ``(..., d_out)``."""
+        z = self._down(x)  # (..., r)
+        out = torch.addmm(
+            y.reshape(-1, y.shape[-1]), z.reshape(-1, z.shape[-1]), self.lora_B.t(), alpha=self.scaling
+        )
+        return out.view(y.shape)
 
     def weight_delta(self) -> torch.Tensor:
         """``s · B A``: ``(d_out, d_in)``."""
@@ -119,7 +133,7 @@ class LoRAAdapter(AdapterModule):
 
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> torch.Tensor:
         x = inputs.x  # type: ignore[attr-defined]
-        return running + self.layer_at(layer, point[1]).delta(x)  # (batch, seq, d_out)
+        return self.layer_at(layer, point[1]).add_to(running, x)  # (batch, seq, d_out)
 
     def batch_split_grouped(
         self,
@@ -139,7 +153,9 @@ class LoRAAdapter(AdapterModule):
         if any(x.lora_A.shape[0] != first.lora_A.shape[0] or x.dropout.p != first.dropout.p for x in layers):
             return None
         assert isinstance(inputs, LinearInputs)
-        x, y = first.dropout(inputs.x), inputs.y  # (B, T, d_in), (B, T, d_out)
+        x, y = inputs.x, inputs.y  # (B, T, d_in), (B, T, d_out)
+        if first.dropout.p > 0:
+            x = first.dropout(x)
         a = torch.stack([m.lora_A for m in layers]).transpose(1, 2)  # (K, d_in, r)
         b = torch.stack([m.lora_B for m in layers]).transpose(1, 2)  # (K, r, d_out)
         scale = torch.tensor([m.scaling for m in layers], dtype=y.dtype, device=y.device).view(-1, 1, 1)
