@@ -34,14 +34,17 @@ import argparse
 import json
 import os
 import platform
-import random
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: shared helpers
+from batches import sample_batches
 
 ROOT = Path(__file__).resolve().parents[2]
 _PEFT_SITE = re.compile(r"layer\.(\d+)\.attention\.self\.(query|value)$")
@@ -57,28 +60,10 @@ def make_batches(n: int, batch_size: int, max_length: int, seed: int) -> list[di
     """``n`` batches of seeded-random rotten_tomatoes training texts, padded/truncated to exactly ``max_length``."""
     from transformers import AutoTokenizer
 
-    from adapterhub.data import load_task
     from adapterhub.packaged import packaged_encoder_path
 
-    task = load_task("rotten_tomatoes")
     tokenizer = AutoTokenizer.from_pretrained(packaged_encoder_path())
-    rows = random.Random(seed).sample(list(task.train), n * batch_size)
-    batches = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        encoded = tokenizer(
-            [row.text for row in chunk],
-            truncation=True,
-            max_length=max_length,
-            padding="max_length",
-            return_tensors="pt",
-        )
-        batch = {
-            key: encoded[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded
-        }
-        batch["labels"] = torch.tensor([int(row.label) for row in chunk])
-        batches.append(batch)
-    return batches
+    return sample_batches(tokenizer, "rotten_tomatoes", n, batch_size, max_length, seed, labels=True)
 
 
 def peft_lora_sites(model: torch.nn.Module) -> dict[tuple[int, str], torch.nn.Module]:

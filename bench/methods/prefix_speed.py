@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: shared helpers
+from batches import sample_batches
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("prefix_worker.py")
@@ -62,24 +64,8 @@ def make_batches(n: int, batch_size: int, max_length: int, seed: int, model_dir:
     """``n`` batches of seeded-random rotten_tomatoes training texts, padded/truncated to exactly ``max_length``."""
     from transformers import AutoTokenizer
 
-    from adapterhub.data import load_task
-
-    task = load_task("rotten_tomatoes")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    rows = random.Random(seed).sample(list(task.train), n * batch_size)
-    batches = []
-    for start in range(0, len(rows), batch_size):
-        encoded = tokenizer(
-            [row.text for row in rows[start : start + batch_size]],
-            truncation=True,
-            max_length=max_length,
-            padding="max_length",
-            return_tensors="pt",
-        )
-        batches.append(
-            {k: encoded[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded}
-        )
-    return batches
+    return sample_batches(tokenizer, "rotten_tomatoes", n, batch_size, max_length, seed)
 
 
 class Worker:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import subprocess
 import sys
@@ -34,34 +33,21 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: shared helpers
+from batches import sample_batches
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("throughput_worker.py")
 
 
 def make_batches(task_name: str, steps: int, batch_size: int, max_length: int, seed: int) -> list[dict]:
     """``steps`` batches of seeded-random training rows, tokenized and padded per batch."""
-    from adapterhub.data import load_task
     from adapterhub.training.modeling import load_base
 
-    task = load_task(task_name)
     _, tokenizer, _ = load_base(None)
-    rows = random.Random(seed).sample(list(task.train), steps * batch_size)
-    batches = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        encoded = tokenizer(
-            [row.text for row in chunk],
-            truncation=True,
-            max_length=max_length,
-            padding=True,
-            return_tensors="pt",
-        )
-        batch = {
-            key: encoded[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded
-        }
-        batch["labels"] = torch.tensor([int(row.label) for row in chunk])
-        batches.append(batch)
-    return batches
+    return sample_batches(
+        tokenizer, task_name, steps, batch_size, max_length, seed, padding=True, labels=True
+    )
 
 
 class Worker:
