@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: shared helpers
-from batches import sample_batches
+from common import sample_batches
 
 ROOT = Path(__file__).resolve().parents[2]
 _PEFT_SITE = re.compile(r"layer\.(\d+)\.attention\.self\.(query|value)$")

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: shared helpers
-from batches import sample_batches
+from common import JsonWorker, sample_batches
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("prefix_worker.py")
@@ -68,8 +68,8 @@ def make_batches(n: int, batch_size: int, max_length: int, seed: int, model_dir:
     return sample_batches(tokenizer, "rotten_tomatoes", n, batch_size, max_length, seed)
 
 
-class Worker:
-    """A worker process speaking JSON lines (stderr passes through)."""
+class Worker(JsonWorker):
+    """The prefix-speed worker of one library."""
 
     def __init__(
         self, python: Path, lib: str, args: argparse.Namespace, batches: Path, model_dir: str
@@ -79,38 +79,9 @@ class Worker:
             "--threads", str(args.threads), "--attn", args.attn, "--seed", str(args.seed),
             "--dump", str(batches.with_name(f"hidden-{lib}.pt")),
         ]  # fmt: skip
-        environment = {"OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-        self.lib = lib
-        self.process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **environment},
-        )
-        hello = self._read()
-        self.versions: dict[str, str] = hello["versions"]
-        self.checks: dict[str, Any] = hello["checks"]
-
-    def _read(self) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            line = line.strip()
-            if line.startswith("{"):
-                return json.loads(line)  # type: ignore[no-any-return]
-        raise RuntimeError(f"the {self.lib} worker exited with {self.process.wait()} (see its stderr above)")
-
-    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        if self.process.stdin is not None and self.process.poll() is None:
-            self.process.stdin.write(json.dumps({"quit": True}) + "\n")
-            self.process.stdin.close()
-        self.process.wait(timeout=60)
+        super().__init__(command, lib, args.threads)
+        self.versions: dict[str, str] = self.hello["versions"]
+        self.checks: dict[str, Any] = self.hello["checks"]
 
 
 def cross_library(scratch: Path, libs: list[str]) -> dict[str, float] | None:

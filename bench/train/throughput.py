@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: shared helpers
-from batches import sample_batches
+from common import JsonWorker, sample_batches
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("throughput_worker.py")
@@ -50,8 +49,8 @@ def make_batches(task_name: str, steps: int, batch_size: int, max_length: int, s
     )
 
 
-class Worker:
-    """A worker process speaking JSON lines."""
+class Worker(JsonWorker):
+    """The throughput worker of one library (``run(method)`` times one training method)."""
 
     def __init__(
         self, python: Path, lib: str, args: argparse.Namespace, batches: Path, model_dir: str
@@ -60,40 +59,12 @@ class Worker:
             str(python), str(WORKER), "--lib", lib, "--model-dir", model_dir, "--batches", str(batches),
             "--threads", str(args.threads), "--full-lr", str(args.full_lr), "--adapter-lr", str(args.adapter_lr),
         ]  # fmt: skip
-        environment = {"OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-        import os
-
-        self.lib = lib
-        self.process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **environment},
-        )
-        hello = self._read()
-        self.methods: list[str] = hello["ready"]
-        self.versions: dict[str, str] = hello["versions"]
-
-    def _read(self) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            line = line.strip()
-            if line.startswith("{"):
-                return json.loads(line)
-        raise RuntimeError(f"the {self.lib} worker exited with {self.process.wait()} (see its stderr above)")
+        super().__init__(command, lib, args.threads)
+        self.methods: list[str] = self.hello["ready"]
+        self.versions: dict[str, str] = self.hello["versions"]
 
     def run(self, method: str) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps({"method": method}) + "\n")
-        self.process.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.write(json.dumps({"quit": True}) + "\n")
-            self.process.stdin.close()
-        self.process.wait(timeout=60)
+        return self.ask({"method": method})
 
 
 def markdown(report: dict[str, Any]) -> str:

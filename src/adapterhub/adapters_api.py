@@ -21,7 +21,6 @@ from adapterhub.composition import branch_names, normalize_setup, parallel_block
 from adapterhub.configs import MethodConfig, resolve_config
 from adapterhub.core import load_exact
 from adapterhub.errors import AdapterExistsError, AdapterFileError, ConfigError
-from adapterhub.heads import static_head_parameters
 from adapterhub.heads.api import HeadsMixin, check_name
 from adapterhub.io.records import AdapterRecord
 from adapterhub.methods import method_for_config
@@ -116,12 +115,7 @@ class AdapterAPIMixin(HeadsMixin):
                         self._store.heads[branch].requires_grad_(True)
                 self._module().train()
                 return
-            head_name = self.active_head
-            if head_name is not None:
-                self._store.heads[head_name].requires_grad_(True)
-            else:
-                for param in static_head_parameters(self._module()).values():
-                    param.requires_grad_(True)
+            self._unfreeze_active_head()
         self._module().train()
 
     # ------------------------------------------------------------------ summary

@@ -165,14 +165,7 @@ class FusionMixin(AdapterAPIMixin):
         if head is not None:
             self.active_head = head
         if train_head:
-            from adapterhub.heads import static_head_parameters
-
-            head_name = self.active_head
-            if head_name is not None:
-                self._store.heads[head_name].requires_grad_(True)
-            else:
-                for param in static_head_parameters(self._module()).values():
-                    param.requires_grad_(True)
+            self._unfreeze_active_head()
         self._module().train()
 
     def fusion_regularization_loss(self, adapter_setup: Any = None) -> torch.Tensor | None:

@@ -232,6 +232,15 @@ class HeadsMixin(AdapterModelCore):
             )
         self._store.active_head_name = name
 
+    def _unfreeze_active_head(self) -> None:
+        """Make the active flexible head trainable, else the model's built-in head."""
+        head_name = self.active_head
+        if head_name is not None:
+            self._store.heads[head_name].requires_grad_(True)
+            return
+        for param in static_head_parameters(self._module()).values():
+            param.requires_grad_(True)
+
     # ------------------------------------------------------------------ saving and loading heads
     def _head_record(self, name: str) -> HeadRecord | None:
         """The flexible head ``name``, else the model's built-in head (None when it has none), as a record."""
