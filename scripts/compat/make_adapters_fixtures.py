@@ -59,7 +59,9 @@ def tiny_config(arch: str):
     if arch == "roberta":
         return transformers.RobertaConfig(max_position_embeddings=66, pad_token_id=1, **common)
     if arch == "gpt2":
-        return transformers.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_inner=37, n_positions=64)
+        return transformers.GPT2Config(
+            vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_inner=37, n_positions=64
+        )
     if arch == "llama":
         # grouped-query attention (2 key/value heads for 4 query heads), so k/v shapes differ from q
         return transformers.LlamaConfig(
@@ -438,7 +440,12 @@ def lora_qv_config():
 
 def lora_qkv_ffn_config():
     return LoRAConfig(
-        r=8, alpha=16, selfattn_lora=True, attn_matrices=["q", "k", "v"], intermediate_lora=True, output_lora=True
+        r=8,
+        alpha=16,
+        selfattn_lora=True,
+        attn_matrices=["q", "k", "v"],
+        intermediate_lora=True,
+        output_lora=True,
     )
 
 
@@ -483,7 +490,8 @@ def peft_case(out: Path, case: str, arch: str, kind: str, config, seed: int):
     if kind == "prefix":
         try:
             model.eject_prefix_tuning(name)
-        except Exception as exc:  # adapters 1.3.0 cannot eject when num_key_value_heads != num_attention_heads
+        # adapters 1.3.0 cannot eject when num_key_value_heads != num_attention_heads
+        except Exception as exc:
             extra["eject_error"] = f"{type(exc).__name__}: {exc}"
             print(f"{case}: eject_prefix_tuning failed: {extra['eject_error']}")
         else:
