@@ -126,7 +126,15 @@ class IA3Adapter(AdapterModule):
 
     @classmethod
     def linear_shapes_from(cls, tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[str, int, int], ...]:
-        return ()  # one side's width per vector: not enough to imply a projection's shape
+        """Each vector gives one side's width (an ``out_`` vector ``d_out``, an ``in_`` vector ``d_in``); a side no
+        vector uses is given as 0 (the module never reads it)."""
+        d_in: dict[str, int] = {}
+        d_out: dict[str, int] = {}
+        for key, tensor in tensors.items():
+            match = _KEY.match(key)
+            if match and tensor.dim() == 1:
+                (d_out if match.group(2) == "out" else d_in)[match.group(3)] = int(tensor.shape[0])
+        return tuple((p, d_in.get(p, 0), d_out.get(p, 0)) for p in dict.fromkeys([*d_out, *d_in]))
 
     def points(self, layer: int) -> tuple[Point, ...]:
         return self._points if str(layer) in self.layers else ()
