@@ -96,4 +96,6 @@ def check_row_blocks(model, inputs):
     torch.testing.assert_close(parallel[0], single["a"], atol=1e-5, rtol=0)
     torch.testing.assert_close(parallel[1], single["b"], atol=1e-5, rtol=0)
     torch.testing.assert_close(hidden(model, inputs, Average("a", "a")), single["a"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(hidden(model, inputs, Split("a", "b", split_index=100)), single["a"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        hidden(model, inputs, Split("a", "b", split_index=100)), single["a"], atol=1e-5, rtol=0
+    )

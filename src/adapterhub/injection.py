@@ -175,7 +175,9 @@ class _LinearHook(AdapterHook):
         for point, spec in self.points:
             index = spec.part[0]  # type: ignore[index]
             weight, bias = linear_params(module, spec)
-            value = handler.point_forward(self.index, LINEAR, point, LinearInputs(x, parts[index], weight, bias))
+            value = handler.point_forward(
+                self.index, LINEAR, point, LinearInputs(x, parts[index], weight, bias)
+            )
             if value is not None:
                 parts[index], changed = value, True
         return torch.cat(parts, dim=-1) if changed else None

@@ -105,7 +105,7 @@ class DoRAAdapter(LoRAAdapter):
 
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> torch.Tensor:
         assert isinstance(inputs, LinearInputs)
-        return self.layer_at(layer, point[1]).add_dora(running, inputs)  # type: ignore[attr-defined,no-any-return]
+        return self.layer_at(layer, point[1]).add_dora(running, inputs)  # type: ignore[attr-defined,operator,no-any-return]
 
     def batch_split_grouped(
         self,

@@ -54,7 +54,9 @@ _OUT_TAG = "_adapterhub_ia3_out"
 def _points(name: str, value: Any) -> tuple[str, ...]:
     items = (value,) if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) for p in items):
-        raise ConfigError(f"{name} must be a list of projections ({', '.join(LINEAR_POINTS)}), got {value!r}.")
+        raise ConfigError(
+            f"{name} must be a list of projections ({', '.join(LINEAR_POINTS)}), got {value!r}."
+        )
     for p in items:
         if p not in LINEAR_POINTS:
             raise ConfigError(f"{name}: {p!r} is not a projection; choose from {', '.join(LINEAR_POINTS)}.")
@@ -92,7 +94,9 @@ register_config(IA3Config, presets={"ia3": lambda: IA3Config()})
 
 def _require_weight(inputs: LinearInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
     if inputs.weight is None:
-        raise ConfigError("(IA)³ on a projection's input needs the projection's weight (LinearInputs.weight).")
+        raise ConfigError(
+            "(IA)³ on a projection's input needs the projection's weight (LinearInputs.weight)."
+        )
     return inputs.weight, inputs.bias
 
 
@@ -156,7 +160,9 @@ class IA3Adapter(AdapterModule):
         if scale_in is not None:
             weight, bias = _require_weight(inputs)
             x = inputs.x
-            if running is inputs.y:  # alone (or first): the projection of the scaled input, as peft computes it
+            if (
+                running is inputs.y
+            ):  # alone (or first): the projection of the scaled input, as peft computes it
                 out = F.linear(x * scale_in, weight, bias)
             else:  # y_running + s_out ⊙ W((Π l_prev) (l - 1) ⊙ x)
                 factor = scale_in - 1 if prev_in is None else prev_in * (scale_in - 1)
