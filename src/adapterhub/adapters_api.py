@@ -53,6 +53,7 @@ class AdapterAPIMixin(HeadsMixin):
                 f"Adapter {name!r} is merged into the base weights; unmerge it before replacing it."
             )
         module = method_for_config(resolved)(name, resolved, self.model_dims())  # validates before any change
+        module.init_from_base(self._base_linear)  # e.g. DoRA's magnitude from the base weights
         self._prepare_points(module)
         self._store.adapters[name] = self._place(module)
         self._store.changed()

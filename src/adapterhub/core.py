@@ -30,6 +30,7 @@ from adapterhub.composition import (
 )
 from adapterhub.configs import MethodConfig
 from adapterhub.errors import AdapterNotFoundError, ConfigError, IncompatibleModelError, did_you_mean
+from adapterhub.injection import linear_params
 from adapterhub.interpreter import check_setup
 from adapterhub.io.records import ModelInfo
 from adapterhub.io.validate import check_state_fits
@@ -90,6 +91,12 @@ class AdapterModelCore:
 
     def _layers(self) -> nn.ModuleList:
         return get_layers(self._module(), self._spec)
+
+    def _base_linear(self, layer: int, point: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Views of the base projection ``point`` of ``layer``: ``(weight (d_out, d_in), bias or None)``
+        (``methods.base.BaseWeights``)."""
+        linear = self._spec.linears[point]
+        return linear_params(self._layers()[layer].get_submodule(linear.module), linear)
 
     def model_dims(self) -> ModelDims:
         spec = self._spec

@@ -139,6 +139,20 @@ class _NormHook(AdapterHook):
         )
 
 
+def linear_params(module: nn.Module, linear: LinearSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Views of a projection's ``(weight (d_out, d_in), bias (d_out,) or None)`` for one point: its slice of a fused
+    projection, ``Conv1D`` weights transposed. In-place changes of the views change the module's parameters."""
+    weight: torch.Tensor = module.weight  # type: ignore[assignment]  # Linear (out, in); Conv1D (in, out)
+    bias: torch.Tensor | None = getattr(module, "bias", None)
+    if linear.part is not None:
+        index, parts = linear.part
+        axis = 1 if linear.transposed else 0
+        width = weight.shape[axis] // parts
+        weight = weight.narrow(axis, index * width, width)
+        bias = bias.narrow(0, index * width, width) if bias is not None else None
+    return (weight.t() if linear.transposed else weight), bias
+
+
 class _LinearHook(AdapterHook):
     """Forward hook on a projection module: the adapters' value for each point it holds (slices of a fused one)."""
 
@@ -151,13 +165,19 @@ class _LinearHook(AdapterHook):
             return None
         x = args[0]  # (batch, seq, d_in)
         if len(self.points) == 1 and self.points[0][1].part is None:
-            return handler.point_forward(self.index, LINEAR, self.points[0][0], LinearInputs(x, output))
+            weight, bias = linear_params(module, self.points[0][1])
+            return handler.point_forward(
+                self.index, LINEAR, self.points[0][0], LinearInputs(x, output, weight, bias)
+            )
         width = output.shape[-1] // self.points[0][1].part[1]  # type: ignore[index]
         parts = list(output.split(width, dim=-1))  # each (batch, seq, d_out / parts)
         changed = False
         for point, spec in self.points:
             index = spec.part[0]  # type: ignore[index]
-            value = handler.point_forward(self.index, LINEAR, point, LinearInputs(x, parts[index]))
+            weight, bias = linear_params(module, spec)
+            value = handler.point_forward(
+                self.index, LINEAR, point, LinearInputs(x, parts[index], weight, bias)
+            )
             if value is not None:
                 parts[index], changed = value, True
         return torch.cat(parts, dim=-1) if changed else None

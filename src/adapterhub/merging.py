@@ -22,20 +22,12 @@ class MergeMixin(AdapterAPIMixin):
 
     def _apply_deltas(self, name: str, sign: float) -> None:
         module = self._require_adapter(name)
-        spec, layers = self._spec, self._layers()
         with torch.no_grad():
-            for layer, point, delta in module.merged_deltas():  # delta: (d_out, d_in)
-                linear = spec.linears[point]
-                module_weight: torch.Tensor = layers[layer].get_submodule(linear.module).weight  # type: ignore[assignment]
-                weight = module_weight  # Linear (out, in); Conv1D (in, out)
-                update = (delta.t() if linear.transposed else delta).to(weight.dtype) * sign
-                if linear.part is None:
-                    weight.add_(update)
-                    continue
-                index, parts = linear.part
-                axis = 1 if linear.transposed else 0
-                width = weight.shape[axis] // parts
-                weight.narrow(axis, index * width, width).add_(update)
+            for layer, point, delta, bias_delta in module.merge_updates(self._base_linear, sign > 0):
+                weight, bias = self._base_linear(layer, point)  # views: (d_out, d_in), (d_out,)
+                weight.add_(delta.to(weight.dtype))
+                if bias_delta is not None and bias is not None:
+                    bias.add_(bias_delta.to(bias.dtype))
 
     def merge_adapter(self, name: str) -> None:
         """Fold adapter ``name`` into the base weights: outputs stay the same (within float rounding) and the

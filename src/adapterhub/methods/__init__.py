@@ -10,6 +10,8 @@ from adapterhub.methods.base import (
     register_method,
 )
 from adapterhub.methods.bottleneck import BottleneckAdapter, BottleneckLayer
+from adapterhub.methods.dora import DoRAAdapter, DoRAConfig, DoRALayer
+from adapterhub.methods.ia3 import IA3Adapter, IA3Config
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
 from adapterhub.methods.prefix_tuning import PrefixTuningAdapter, PrefixTuningConfig
 
@@ -18,6 +20,11 @@ __all__ = [
     "AdapterModule",
     "BottleneckAdapter",
     "BottleneckLayer",
+    "DoRAAdapter",
+    "DoRAConfig",
+    "DoRALayer",
+    "IA3Adapter",
+    "IA3Config",
     "LoRAAdapter",
     "LoRALayer",
     "ModelDims",

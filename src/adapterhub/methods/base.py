@@ -168,10 +168,17 @@ SiteInputs = ResidualInputs  # the name used before other kinds existed
 @dataclass
 class LinearInputs(PointInputs):
     """A linear projection: ``x`` its input ``(batch, seq, d_in)``, ``y`` its output ``(batch, seq, d_out)`` (the
-    point's slice of a fused projection). The running value of a Stack is the output; adapters add to it."""
+    point's slice of a fused projection). The running value of a Stack is the output; adapters add to it.
+
+    ``weight`` / ``bias``: the projection's own parameters as ``(d_out, d_in)`` / ``(d_out,)`` views (the point's
+    slice of a fused projection; ``Conv1D`` weights transposed), so that ``y = x weightᵀ + bias``; filled by the
+    hook, ``None`` where a caller builds inputs without them. Methods that need the base weight at forward time
+    (DoRA's weight norm, (IA)³ scaling a projection's input) read them; they must not modify them."""
 
     x: torch.Tensor
     y: torch.Tensor
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
 
     def base(self) -> torch.Tensor:
         return self.y
@@ -180,11 +187,11 @@ class LinearInputs(PointInputs):
         return self.y
 
     def on(self, running: Any) -> LinearInputs:
-        return LinearInputs(self.x, running)
+        return LinearInputs(self.x, running, self.weight, self.bias)
 
     def select(self, index: slice, dim: int) -> LinearInputs:
         at = _index(index, dim)
-        return LinearInputs(self.x[at], self.y[at])
+        return LinearInputs(self.x[at], self.y[at], self.weight, self.bias)
 
     def batch_size(self) -> int:
         return int(self.y.shape[0])
@@ -192,6 +199,11 @@ class LinearInputs(PointInputs):
     def length(self) -> int:
         return int(self.y.shape[1]) if self.y.dim() > 2 else 1
 
+
+BaseWeights = Callable[[int, str], tuple[torch.Tensor, "torch.Tensor | None"]]
+"""``(layer, linear point) -> (weight (d_out, d_in), bias (d_out,) or None)``: views of the base model's projection
+parameters (the point's slice of a fused projection; ``Conv1D`` transposed). Writing into them (in place) changes
+the model: only merging does."""
 
 AttentionCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
@@ -369,8 +381,25 @@ class AdapterModule(nn.Module):
         """``(layer, linear point, ΔW (d_out, d_in))`` that ``merge_adapter`` adds to the base weights."""
         raise ConfigError(
             f"{self.method} adapters cannot be merged into the base weights (their update is not a change of "
-            "weights); merging works for LoRA."
+            "weights); merging works for LoRA, DoRA and (IA)³."
         )
+
+    def init_from_base(self, base: BaseWeights) -> None:
+        """Called by ``add_adapter`` once, before the new adapter joins the model (not when weights are loaded
+        from a file): initialise parameters that depend on the base model's projections (DoRA: the magnitude
+        ``‖W‖`` per output row). ``base(layer, point)`` gives the projection's ``(weight, bias)``. Default: none."""
+
+    def merge_updates(
+        self, base: BaseWeights, merge: bool
+    ) -> Iterator[tuple[int, str, torch.Tensor, torch.Tensor | None]]:
+        """``(layer, point, ΔW (d_out, d_in), Δb (d_out,) or None)`` to add to the base parameters to merge
+        (``merge=True``) or to unmerge (``merge=False``) this adapter, given the current ones (``base``). Each
+        update is computed from the parameters as they are when it is applied (points are applied in the order
+        yielded). Default: ``±`` the ``merged_deltas``; methods whose update depends on the base weights (DoRA,
+        (IA)³) override it."""
+        sign = 1.0 if merge else -1.0
+        for layer, point, delta in self.merged_deltas():
+            yield layer, point, delta * sign, None
 
 
 M = TypeVar("M", bound=type[AdapterModule])

@@ -1,0 +1,141 @@
+"""DoRA (Liu et al. 2024): LoRA with a learned magnitude per output row, as peft computes it.
+
+For a projection ``y = W x + b`` (``W: (d_out, d_in)``) with a LoRA update ``s · B A`` (``methods.lora``) and a
+magnitude ``m: (d_out,)`` initialised to ``‖W‖`` per output row when the adapter is added (``init_from_base``)::
+
+    n  = ‖W + s · B A‖ per output row       (computed without gradient, as peft: DoRA paper section 4.3)
+    y' = y + (m / n − 1) ⊙ (W x) + (m / n) ⊙ s · B A dropout(x)     = b + (m / n) ⊙ (W + s B A) x  without dropout
+
+With dropout active, ``W x`` is ``W dropout(x)`` as in peft. A new adapter is the identity (B = 0, m = ‖W‖).
+Parameters: LoRA's ``r · (d_in + d_out)`` plus ``d_out`` per target and layer.
+
+Merging: ``W' = (m / n) ⊙ (W + s B A)`` per row; the norms ``n`` of the merge are kept so that unmerging restores
+``W = W' n / m − s B A``. Composition: as LoRA (a Stack adds the updates, each computed from the point's base
+value), BatchSplit runs the row blocks one by one; Fuse is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from adapterhub.configs import LoRAConfig, register_config
+from adapterhub.errors import ConfigError
+from adapterhub.methods.base import (
+    AdapterModule,
+    BaseWeights,
+    LinearInputs,
+    ModelDims,
+    Point,
+    PointInputs,
+    register_method,
+)
+from adapterhub.methods.lora import LoRAAdapter, LoRALayer
+
+
+@dataclass(frozen=True, kw_only=True)
+class DoRAConfig(LoRAConfig):
+    """DoRA: LoRA's options (``r``, ``alpha``, ``dropout``, ``targets``, ``use_rslora``, ``init``, ``leave_out``)
+    plus a magnitude vector per target. Parameters: ``r · (d_in + d_out) + d_out`` per target and layer."""
+
+    method: ClassVar[str] = "dora"
+
+
+register_config(DoRAConfig, presets={"dora": lambda: DoRAConfig()})
+
+
+def weight_norm(weight: torch.Tensor, lora: LoRALayer) -> torch.Tensor:
+    """``‖W + s B A‖`` per output row, without gradient: ``(d_out,)``."""
+    with torch.no_grad():
+        combined = weight + lora.weight_delta().to(weight.dtype)
+        return torch.linalg.norm(combined, dim=1).to(weight.dtype)
+
+
+class DoRALayer(LoRALayer):
+    """LoRA's ``A``, ``B`` and the magnitude ``m`` ``(d_out,)`` of one projection."""
+
+    def __init__(self, d_in: int, d_out: int, config: LoRAConfig) -> None:
+        super().__init__(d_in, d_out, config)
+        self.magnitude = nn.Parameter(torch.ones(d_out))
+
+    def add_dora(self, running: torch.Tensor, inputs: LinearInputs) -> torch.Tensor:
+        weight = inputs.weight
+        if weight is None:
+            raise ConfigError("DoRA needs the projection's weight at forward time (LinearInputs.weight).")
+        x = inputs.x
+        scale = (self.magnitude / weight_norm(weight, self)).view(1, -1)  # (1, d_out)
+        if self.dropout.p > 0 and self.training:
+            x = self.dropout(x)
+            base = F.linear(x, weight)
+        else:
+            base = inputs.y if inputs.bias is None else inputs.y - inputs.bias  # W x
+        update = (x @ self.lora_A.t()) @ self.lora_B.t()  # (..., d_out)
+        return running + (scale - 1) * base + scale * update * self.scaling
+
+
+@register_method("dora")
+class DoRAAdapter(LoRAAdapter):
+    """DoRA over all layers: ``layers[str(i)][point]`` is a ``DoRALayer``."""
+
+    config_cls = DoRAConfig
+    config: DoRAConfig
+    mergeable: ClassVar[bool] = True
+
+    def __init__(self, name: str, config: DoRAConfig, dims: ModelDims) -> None:
+        super().__init__(name, config, dims)
+        shapes = {point: dims.linear_shape(point) for point in config.targets}
+        for key in list(self.layers):
+            self.layers[key] = nn.ModuleDict(
+                {p: DoRALayer(d_in, d_out, config) for p, (d_in, d_out) in shapes.items()}
+            )
+        self._merge_norms: dict[tuple[int, str], torch.Tensor] = {}
+
+    def init_from_base(self, base: BaseWeights) -> None:
+        """``m = ‖W‖`` per output row of each target projection."""
+        with torch.no_grad():
+            for key, sites in self.layers.items():
+                for point, layer in sites.items():  # type: ignore[union-attr,operator]
+                    weight, _ = base(int(key), point)
+                    layer.magnitude.copy_(torch.linalg.norm(weight.float(), dim=1).to(layer.magnitude.dtype))
+
+    def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> torch.Tensor:
+        assert isinstance(inputs, LinearInputs)
+        return self.layer_at(layer, point[1]).add_dora(running, inputs)  # type: ignore[attr-defined,operator,no-any-return]
+
+    def batch_split_grouped(
+        self,
+        modules: Sequence[AdapterModule],
+        layer: int,
+        point: Point,
+        inputs: PointInputs,
+        sizes: Sequence[int],
+    ) -> torch.Tensor | None:
+        return None  # row blocks one by one
+
+    def merged_deltas(self) -> Iterator[tuple[int, str, torch.Tensor]]:
+        raise ConfigError("DoRA's update depends on the base weights: merge with model.merge_adapter(name).")
+
+    def merge_updates(
+        self, base: BaseWeights, merge: bool
+    ) -> Iterator[tuple[int, str, torch.Tensor, torch.Tensor | None]]:
+        """Merge: ``W' = (m / n) (W + s B A)``, keeping ``n``; unmerge: ``W = W' n / m − s B A``."""
+        for key, sites in self.layers.items():
+            layer = int(key)
+            for point, dora in sites.items():  # type: ignore[union-attr,operator]
+                weight, _ = base(layer, point)  # (d_out, d_in)
+                with torch.no_grad():
+                    delta = dora.weight_delta().to(weight.dtype)
+                    magnitude = dora.magnitude.to(weight.dtype).view(-1, 1)
+                    if merge:
+                        norm = weight_norm(weight, dora).view(-1, 1)
+                        self._merge_norms[(layer, point)] = norm
+                        new = magnitude / norm * (weight + delta)
+                    else:
+                        norm = self._merge_norms.pop((layer, point))
+                        new = weight * (norm / magnitude) - delta
+                yield layer, point, new - weight, None

@@ -1,0 +1,199 @@
+"""(IA)³ (Liu et al. 2022): learned vectors that rescale activations of linear projections.
+
+For a projection ``y = W x + b`` (``W: (d_out, d_in)``), a target scales either its output or its input:
+
+    output side:  y' = l ⊙ (W x + b)            l: (d_out,)     merge: W' = diag(l) W, b' = l ⊙ b
+    input side:   y' = W (l ⊙ x) + b            l: (d_in,)      merge: W' = W diag(l)
+
+Vectors start at one (a new adapter is the exact identity). The ``ia3`` preset follows the paper and peft: the
+outputs of the keys and values (``targets=[k, v]``) and the input of the FFN's down projection
+(``input_targets=[ffn_out]``, i.e. the activation between the FFN's two projections). The `adapters` library's
+``IA3Config`` (LoRA with ``composition_mode="scale"``) scales *outputs* only: k, v and its ``intermediate_lora``
+location (BERT: ``intermediate.dense``'s output, before the activation) = ``targets=[k, v, ffn_in]``,
+``input_targets=[]``; its files load into that layout (``adapterhub.io.adapters_lib_ia3``).
+
+Parameters: ``d_out`` per output target and ``d_in`` per input target, per layer.
+
+Composition at a projection (``LinearInputs``): a Stack multiplies the scalings (the running output is scaled by an
+output vector; an input vector multiplies the input scaling of the (IA)³ steps before it on the same running value,
+so ``Stack(a, b)`` equals merging ``a`` then ``b``). A LoRA update in the same Stack is added on the unscaled input.
+Split, BatchSplit, Parallel and Average work on rows/positions. Fuse is refused (nothing to mix). Unmerging divides
+by the vectors again (exact inverse up to float rounding; a vector entry of zero cannot be unmerged).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from adapterhub.configs import LINEAR_POINTS, MethodConfig, register_config
+from adapterhub.errors import ConfigError
+from adapterhub.methods.base import (
+    LINEAR,
+    AdapterModule,
+    BaseWeights,
+    LinearInputs,
+    ModelDims,
+    Point,
+    PointInputs,
+    register_method,
+)
+
+_KEY = re.compile(r"^layers\.(\d+)\.(out|in)_([a-z_]+)$")
+# attributes carried on a running output of a Stack by (IA)³ steps (input scaling so far, output scaling so far)
+_IN_TAG = "_adapterhub_ia3_in"
+_OUT_TAG = "_adapterhub_ia3_out"
+
+
+def _points(name: str, value: Any) -> tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) for p in items):
+        raise ConfigError(
+            f"{name} must be a list of projections ({', '.join(LINEAR_POINTS)}), got {value!r}."
+        )
+    for p in items:
+        if p not in LINEAR_POINTS:
+            raise ConfigError(f"{name}: {p!r} is not a projection; choose from {', '.join(LINEAR_POINTS)}.")
+    return tuple(dict.fromkeys(items))
+
+
+@dataclass(frozen=True, kw_only=True)
+class IA3Config(MethodConfig):
+    """(IA)³: ``targets`` (projections whose output is scaled, default ``[k, v]``), ``input_targets`` (projections
+    whose input is scaled, default ``[ffn_out]``: the FFN's intermediate activation), ``leave_out`` (layers
+    without it). Parameters: ``d_out`` per target and ``d_in`` per input target, per layer."""
+
+    method: ClassVar[str] = "ia3"
+
+    targets: tuple[str, ...] = ("k", "v")
+    input_targets: tuple[str, ...] = ("ffn_out",)
+    leave_out: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", _points("targets", self.targets))
+        object.__setattr__(self, "input_targets", _points("input_targets", self.input_targets))
+        if not self.targets and not self.input_targets:
+            raise ConfigError("(IA)³ needs at least one of targets / input_targets.")
+        leave_out = self.leave_out
+        if not (
+            isinstance(leave_out, (list, tuple))
+            and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in leave_out)
+        ):
+            raise ConfigError(f"leave_out must be a list of non-negative layer indices, got {leave_out!r}.")
+        object.__setattr__(self, "leave_out", tuple(sorted(set(leave_out))))
+
+
+register_config(IA3Config, presets={"ia3": lambda: IA3Config()})
+
+
+def _require_weight(inputs: LinearInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if inputs.weight is None:
+        raise ConfigError(
+            "(IA)³ on a projection's input needs the projection's weight (LinearInputs.weight)."
+        )
+    return inputs.weight, inputs.bias
+
+
+@register_method("ia3")
+class IA3Adapter(AdapterModule):
+    """``layers[str(i)]`` holds ``out_<point>`` ``(d_out,)`` and ``in_<point>`` ``(d_in,)`` vectors."""
+
+    config_cls = IA3Config
+    config: IA3Config
+    composable: ClassVar[frozenset[str]] = frozenset({"Stack", "Split", "BatchSplit", "Parallel", "Average"})
+    mergeable: ClassVar[bool] = True
+
+    def __init__(self, name: str, config: IA3Config, dims: ModelDims) -> None:
+        super().__init__(name, config, dims)
+        out_of_range = [i for i in config.leave_out if i >= dims.num_layers]
+        if out_of_range:
+            raise ConfigError(
+                f"leave_out names layer(s) {out_of_range}, but the model has {dims.num_layers} layers "
+                f"(indices 0..{dims.num_layers - 1})."
+            )
+        sizes = {f"out_{p}": dims.linear_shape(p)[1] for p in config.targets}
+        sizes.update({f"in_{p}": dims.linear_shape(p)[0] for p in config.input_targets})
+        self.layers = nn.ModuleDict(
+            {
+                str(i): nn.ParameterDict({key: nn.Parameter(torch.ones(n)) for key, n in sizes.items()})
+                for i in range(dims.num_layers)
+                if i not in config.leave_out
+            }
+        )
+        self._points = tuple((LINEAR, p) for p in dict.fromkeys((*config.targets, *config.input_targets)))
+
+    @classmethod
+    def linear_shapes_from(cls, tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[str, int, int], ...]:
+        """Each vector gives one side's width (an ``out_`` vector ``d_out``, an ``in_`` vector ``d_in``); a side no
+        vector uses is given as 0 (the module never reads it)."""
+        d_in: dict[str, int] = {}
+        d_out: dict[str, int] = {}
+        for key, tensor in tensors.items():
+            match = _KEY.match(key)
+            if match and tensor.dim() == 1:
+                (d_out if match.group(2) == "out" else d_in)[match.group(3)] = int(tensor.shape[0])
+        return tuple((p, d_in.get(p, 0), d_out.get(p, 0)) for p in dict.fromkeys([*d_out, *d_in]))
+
+    def points(self, layer: int) -> tuple[Point, ...]:
+        return self._points if str(layer) in self.layers else ()
+
+    def kinds(self) -> frozenset[str]:
+        return frozenset({LINEAR})
+
+    def vectors(self, layer: int, point: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(input vector or None, output vector or None)`` at ``point`` of ``layer``."""
+        params: nn.ParameterDict = self.layers[str(layer)]  # type: ignore[assignment]
+        return params.get(f"in_{point}"), params.get(f"out_{point}")
+
+    def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> torch.Tensor:
+        assert isinstance(inputs, LinearInputs)
+        scale_in, scale_out = self.vectors(layer, point[1])
+        prev_in = getattr(running, _IN_TAG, None)
+        prev_out = getattr(running, _OUT_TAG, None)
+        out = running
+        if scale_in is not None:
+            weight, bias = _require_weight(inputs)
+            x = inputs.x
+            if (
+                running is inputs.y
+            ):  # alone (or first): the projection of the scaled input, as peft computes it
+                out = F.linear(x * scale_in, weight, bias)
+            else:  # y_running + s_out ⊙ W((Π l_prev) (l - 1) ⊙ x)
+                factor = scale_in - 1 if prev_in is None else prev_in * (scale_in - 1)
+                update = F.linear(x * factor, weight)
+                out = running + (update if prev_out is None else update * prev_out)
+            prev_in = scale_in if prev_in is None else prev_in * scale_in
+        if scale_out is not None:
+            out = out * scale_out
+            prev_out = scale_out if prev_out is None else prev_out * scale_out
+        if prev_in is not None:
+            setattr(out, _IN_TAG, prev_in)
+        if prev_out is not None:
+            setattr(out, _OUT_TAG, prev_out)
+        return out  # type: ignore[no-any-return]
+
+    def merge_updates(
+        self, base: BaseWeights, merge: bool
+    ) -> Iterator[tuple[int, str, torch.Tensor, torch.Tensor | None]]:
+        """Merge: ``W' = diag(l_out) W diag(l_in)``, ``b' = l_out ⊙ b``; unmerge divides by the vectors."""
+        for key in self.layers:
+            layer = int(key)
+            for _, point in self._points:
+                scale_in, scale_out = self.vectors(layer, point)
+                weight, bias = base(layer, point)  # (d_out, d_in), (d_out,)
+                factor = torch.ones_like(weight)
+                if scale_in is not None:
+                    factor = factor * (scale_in if merge else 1 / scale_in).to(weight.dtype).view(1, -1)
+                if scale_out is not None:
+                    factor = factor * (scale_out if merge else 1 / scale_out).to(weight.dtype).view(-1, 1)
+                bias_delta = None
+                if scale_out is not None and bias is not None:
+                    out_factor = (scale_out if merge else 1 / scale_out).to(bias.dtype)
+                    bias_delta = bias * out_factor - bias
+                yield layer, point, weight * factor - weight, bias_delta

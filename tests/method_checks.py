@@ -1,0 +1,101 @@
+"""Checks shared by the method x architecture tests of linear-point methods ((IA)³, DoRA)."""
+
+from __future__ import annotations
+
+import torch
+
+import adapterhub
+from adapterhub import Average, BatchSplit, Parallel, Split
+from tiny_models import build
+
+
+def perturb(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * std)
+
+
+def make(arch: str, config: str, names=("a", "b"), kind: str = "base"):
+    model = adapterhub.init(build(arch, kind))
+    for i, name in enumerate(names):
+        model.add_adapter(name, config=config)
+        perturb(model._adapterhub.adapters[name], seed=10 + i)
+    return model
+
+
+def make_inputs():
+    torch.manual_seed(0)
+    ids = torch.randint(3, 90, (3, 6))
+    mask = torch.ones_like(ids)
+    mask[2, -2:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+ACTIVE = object()
+
+
+def hidden(model, inputs, setup=None):
+    with torch.no_grad():
+        if setup is ACTIVE:
+            return model(**inputs).last_hidden_state
+        with model.adapter_setup(setup):
+            return model(**inputs).last_hidden_state
+
+
+def check_training_step(model, inputs, name="a"):
+    model.add_classification_head(name, num_labels=2)
+    model.train_adapter(name)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(**inputs, labels=torch.tensor([0, 1, 1])).loss.backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed
+    assert all(n.startswith((f"_adapterhub.adapters.{name}.", f"_adapterhub.heads.{name}.")) for n in changed)
+    return changed
+
+
+def check_round_trip(arch, model, inputs, tmp_path, method):
+    expected = hidden(model, inputs, "a")
+    model.save_adapter(tmp_path / "a", "a")
+    fresh = adapterhub.init(build(arch))
+    fresh.load_adapter(tmp_path / "a", set_active=True)
+    assert torch.equal(hidden(fresh, inputs, ACTIVE), expected)
+    from adapterhub.io.manifest import inspect_adapter_dir
+
+    manifest = inspect_adapter_dir(tmp_path / "a")
+    assert manifest.method == method and manifest.num_parameters == model.adapter_summary()["a"].parameters
+
+
+def check_merge(model, inputs):
+    model.set_active_adapters("a")
+    unmerged = hidden(model, inputs, ACTIVE)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("_adapterhub")}
+    model.merge_adapter("a")
+    assert model.merged_adapters == ["a"]
+    torch.testing.assert_close(hidden(model, inputs, ACTIVE), unmerged, atol=1e-5, rtol=0)
+    model.unmerge_adapter()
+    for name, param in model.named_parameters():
+        if name in weights:
+            torch.testing.assert_close(param, weights[name], atol=1e-6, rtol=0)
+    torch.testing.assert_close(hidden(model, inputs, ACTIVE), unmerged, atol=1e-6, rtol=0)
+
+
+def check_row_blocks(model, inputs):
+    single = {n: hidden(model, inputs, n) for n in "ab"}
+    for sizes in ([1, 2], [2, 1]):
+        out = hidden(model, inputs, BatchSplit("a", "b", batch_sizes=sizes))
+        rows, start = [], 0
+        for name, size in zip("ab", sizes, strict=True):
+            rows.append(hidden(model, {k: v[start : start + size] for k, v in inputs.items()}, name))
+            start += size
+        torch.testing.assert_close(out, torch.cat(rows), atol=1e-5, rtol=0)
+    with torch.no_grad(), model.adapter_setup(Parallel("a", "b")):
+        parallel = model(**inputs).last_hidden_state
+    torch.testing.assert_close(parallel[0], single["a"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(parallel[1], single["b"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(hidden(model, inputs, Average("a", "a")), single["a"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        hidden(model, inputs, Split("a", "b", split_index=100)), single["a"], atol=1e-5, rtol=0
+    )
