@@ -267,8 +267,8 @@ def write_peft_dir(
     for (layer, module), by_point in fused.items():
         parts = sorted(
             (p for p, lin in spec.linears.items() if lin.module == module),
-            key=lambda p: spec.linears[p].part[0],
-        )  # type: ignore[index]
+            key=lambda p: spec.linears[p].part or (0, 1),
+        )
         a_first = by_point[parts[0]]["lora_A"] if parts[0] in by_point else None
         tied = set(by_point) == set(parts) and all(torch.equal(by_point[p]["lora_A"], a_first) for p in parts)  # type: ignore[arg-type]
         if not tied:
