@@ -61,7 +61,7 @@ def _merge(args: argparse.Namespace) -> int:
             f"--weights has {len(args.weights)} values for {len(args.adapter)} --adapter directories."
         )
     factory = getattr(transformers, MODEL_CLASSES[args.model_class])
-    model = adapterhub.init(factory.from_pretrained(args.model).eval())
+    model: Any = adapterhub.init(factory.from_pretrained(args.model).eval())
     names = [
         model.load_adapter(directory, load_as=f"input{i}", with_head=not args.no_head)
         for i, directory in enumerate(args.adapter)
