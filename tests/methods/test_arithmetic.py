@@ -15,6 +15,7 @@ peft = pytest.importorskip(
 ARCH = {
     "bert": ("base", ["query", "value", "intermediate.dense"]),
     "llama": ("base", ["q_proj", "v_proj", "up_proj", "gate_proj"]),
+    "gpt2": ("base", ["c_attn", "mlp.c_proj"]),
 }
 
 
@@ -84,7 +85,18 @@ def test_lora_combinations_equal_peft(tmp_path, arch, combine, density):
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
-def test_svd_rank_and_single_adapter(tmp_path):
+@pytest.mark.parametrize("combine", ["linear", "cat"])
+def test_gpt2_fused_c_attn_linear_and_cat_equal_peft(tmp_path, combine):
+    theirs, ours = _pair(tmp_path, "gpt2")
+    theirs.add_weighted_adapter(["a", "b"], [0.6, 0.3], "m", combination_type=combine)
+    theirs.set_adapter("m")
+    ours.average_adapter("m", ["a", "b"], [0.6, 0.3], combine=combine, set_active=True)
+    torch.testing.assert_close(
+        _hidden(ours, make_inputs()), _hidden(theirs, make_inputs()), atol=1e-4, rtol=0
+    )
+
+
+def test_svd_rank_and_rank_mismatch(tmp_path):
     theirs, ours = _pair(tmp_path, "bert", ranks=(4, 6))
     theirs.add_weighted_adapter(["a", "b"], [0.5, 0.5], "m", combination_type="svd", svd_rank=3)
     theirs.set_adapter("m")
