@@ -145,7 +145,8 @@ class AdapterAPIMixin(HeadsMixin):
         """Save adapter ``name`` (and its head with label map) to ``directory``.
 
         ``layout="adapterhub"`` (default): JSON + safetensors (docs/FORMAT.md). ``layout="adapters"``: the
-        `adapters` library's layout, loadable by that library."""
+        `adapters` library's layout, loadable by that library. ``layout="peft"`` (LoRA): peft's layout, loadable by
+        ``peft.PeftModel.from_pretrained``."""
         record = self.adapter_record(name, with_head=with_head)
         if layout == "adapterhub":
             from adapterhub.io.adapter_dir import write_adapter_dir
@@ -155,7 +156,11 @@ class AdapterAPIMixin(HeadsMixin):
             from adapterhub.io.adapters_lib import write_adapters_lib_dir
 
             return write_adapters_lib_dir(record, directory, self._spec, self._module())
-        raise ConfigError(f"Unknown layout {layout!r}; use 'adapterhub' or 'adapters'.")
+        if layout == "peft":
+            from adapterhub.io.peft_layout import write_peft_dir
+
+            return write_peft_dir(record, directory, self._spec, self._module())
+        raise ConfigError(f"Unknown layout {layout!r}; use 'adapterhub', 'adapters' or 'peft'.")
 
     def save_all_adapters(self, directory: str | os.PathLike[str], *, with_head: bool = True) -> list[Path]:
         return [
@@ -181,7 +186,9 @@ class AdapterAPIMixin(HeadsMixin):
         directory = Path(source)
         if not directory.is_dir():
             directory = self._resolve_remote(str(source), **hub_options)
-        record = read_any_adapter_dir(directory, spec=self._spec, with_head=with_head)
+        record = read_any_adapter_dir(
+            directory, spec=self._spec, with_head=with_head, model=self.model_info()
+        )
         return self.add_adapter_from_record(
             record, load_as=load_as, set_active=set_active, with_head=with_head, overwrite_ok=overwrite_ok
         )

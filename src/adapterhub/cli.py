@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "adapterhub.demo",
     "adapterhub.training.cli",
     "adapterhub.composition_cli",
+    "adapterhub.merge_cli",
     "adapterhub.hub.cli",
 )
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from adapterhub import attention_hooks
 from adapterhub.architectures import get_layers, spec_for_model_type
+from adapterhub.arithmetic import ArithmeticMixin
 from adapterhub.errors import ConfigError
 from adapterhub.fusion import RegulariserHook
 from adapterhub.fusion_api import FusionMixin
@@ -35,7 +36,7 @@ class _Regulariser(RegulariserHook, AdapterHook):
     """The fusion regulariser as an adapterhub hook (found and removed by ``deinit``)."""
 
 
-class AdapterModelMixin(MergeMixin, FusionMixin, PrefixTuningMixin):
+class AdapterModelMixin(MergeMixin, FusionMixin, PrefixTuningMixin, ArithmeticMixin):
     """Adapter API added to a transformers model by ``adapterhub.init``."""
 
     _adapterhub_original: type  # the class the model had before init

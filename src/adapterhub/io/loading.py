@@ -9,11 +9,11 @@ from adapterhub.architectures import ArchitectureSpec, spec_for_model_type
 from adapterhub.errors import AdapterFileError
 from adapterhub.io.adapter_dir import CONFIG_FILE, FORMAT, read_adapter_dir
 from adapterhub.io.files import read_json
-from adapterhub.io.records import AdapterRecord
+from adapterhub.io.records import AdapterRecord, ModelInfo
 
 
 def detect_layout(directory: str | os.PathLike[str]) -> str:
-    """``"adapterhub"`` or ``"adapters"``; raises AdapterFileError for a directory that is not an adapter."""
+    """``"adapterhub"``, ``"adapters"`` or ``"peft"``; raises AdapterFileError for a directory that is not an adapter."""
     directory = Path(directory)
     if not directory.is_dir():
         raise AdapterFileError(f"{directory} is not a directory.")
@@ -27,6 +27,8 @@ def detect_layout(directory: str | os.PathLike[str]) -> str:
     meta = read_json(config_path)
     if isinstance(meta, dict) and meta.get("format") == FORMAT:
         return "adapterhub"
+    if isinstance(meta, dict) and "peft_type" in meta:
+        return "peft"
     if isinstance(meta, dict) and "config" in meta and ("version" in meta or "model_class" in meta):
         return "adapters"
     raise AdapterFileError(
@@ -35,11 +37,19 @@ def detect_layout(directory: str | os.PathLike[str]) -> str:
 
 
 def read_any_adapter_dir(
-    directory: str | os.PathLike[str], *, spec: ArchitectureSpec | None = None, with_head: bool = True
+    directory: str | os.PathLike[str],
+    *,
+    spec: ArchitectureSpec | None = None,
+    with_head: bool = True,
+    model: ModelInfo | None = None,
 ) -> AdapterRecord:
     layout = detect_layout(directory)
     if layout == "adapterhub":
         return read_adapter_dir(directory, with_head=with_head)
+    if layout == "peft":
+        from adapterhub.io.peft_layout import read_peft_dir
+
+        return read_peft_dir(directory, spec, model=model, with_head=with_head)
     from adapterhub.io.adapters_lib import read_adapters_lib_dir
 
     if spec is None:

@@ -1,0 +1,321 @@
+"""LoRA in peft's layout: ``adapter_config.json`` (with ``"peft_type": "LORA"``) + ``adapter_model.safetensors``
+(or ``adapter_model.bin``), both ways.
+
+peft's weights sit on the adapted modules, ``base_model.model.<module path>.lora_A.weight`` ``(r, d_in)`` and
+``lora_B.weight`` ``(d_out, r)``, scaling ``lora_alpha / r`` (``use_rslora``: ``lora_alpha / sqrt(r)``) -- our
+shapes and formula. We find each module's point by its path in ``ArchitectureSpec.linears``; the targets and
+``leave_out`` are read from the weights themselves (what ``target_modules`` / ``layers_to_transform`` selected),
+so any spelling of ``target_modules`` (suffix list or regex) reads the same.
+
+Fused projections (GPT-2's ``c_attn`` = q, k, v): peft puts ONE LoRA on the whole module, ``A (r, d)`` shared and
+``B (3d, r)``. That is exactly three of ours -- q, k, v each with a copy of ``A`` and its row slice of ``B`` -- at the
+same rank and scaling, so reading is exact. Writing back needs the three ``A`` to be equal (a LoRA read from peft
+and not trained since, or merged arithmetic of such); separately trained q/k/v LoRAs have no peft form at the
+same rank and are refused with a message saying so.
+
+``modules_to_save`` tensors (``base_model.model.classifier.weight`` ...) become the adapter's built-in ("static")
+head, loaded into the model's own head when the shapes match. Options we cannot express are refused with a
+``ConfigError`` naming the option: ``bias`` other than ``"none"``, ``use_dora``, non-empty ``rank_pattern`` /
+``alpha_pattern``, ``lora_bias``, ``layer_replication``, ``target_parameters``, embedding LoRA, and other peft
+methods than LoRA.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapterhub.architectures import ArchitectureSpec, get_layers
+from adapterhub.errors import AdapterFileError, ConfigError
+from adapterhub.io.files import read_json, read_tensors, write_json, write_tensors
+from adapterhub.io.records import AdapterRecord, HeadRecord, ModelInfo
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE, BIN_WEIGHTS_FILE = "adapter_model.safetensors", "adapter_model.bin"
+PREFIX = "base_model.model."
+
+# peft options and the values under which they change nothing we would have to represent.
+_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "bias": ("none",),
+    "use_dora": (False, None),
+    "rank_pattern": ({}, None),
+    "alpha_pattern": ({}, None),
+    "lora_bias": (False, None),
+    "layer_replication": (None, []),
+    "target_parameters": (None, []),
+    "trainable_token_indices": (None, {}, []),
+    "use_qalora": (False, None),
+    "use_bdlora": (False, None),
+    "alora_invocation_tokens": (None,),
+    "arrow_config": (None,),
+    "kasa_config": (None,),
+    "monteclora_config": (None,),
+    "velora_config": (None,),
+    "lora_ga_config": (None,),
+}
+_WHY: dict[str, str] = {
+    "bias": "adapterhub's LoRA trains no biases",
+    "use_dora": "DoRA is not supported by this reader yet (DoRA support is being added separately)",
+    "rank_pattern": "adapterhub's LoRA has one rank for every target",
+    "alpha_pattern": "adapterhub's LoRA has one alpha for every target",
+    "lora_bias": "adapterhub's LoRA has no bias on lora_B",
+}
+
+
+def is_peft_config(meta: Any) -> bool:
+    return isinstance(meta, dict) and "peft_type" in meta
+
+
+def _refuse_options(meta: Mapping[str, Any], directory: Path) -> None:
+    if meta.get("peft_type") != "LORA":
+        raise ConfigError(
+            f"{directory} holds a peft {meta.get('peft_type')!r} adapter (option peft_type); adapterhub reads peft "
+            "LoRA adapters (peft_type 'LORA') only."
+        )
+    for option, neutral in _NEUTRAL.items():
+        if option in meta and meta[option] not in neutral:
+            why = _WHY.get(option, "adapterhub has no equivalent")
+            raise ConfigError(
+                f"The peft adapter in {directory} sets {option}={meta[option]!r}, which adapterhub cannot represent "
+                f"({why}). Save it without that option, or merge it into the base model with peft."
+            )
+    init = meta.get("init_lora_weights", True)
+    if init not in (True, False, "gaussian"):
+        raise ConfigError(
+            f"The peft adapter in {directory} sets init_lora_weights={init!r}: that initialisation changes the base "
+            "weights too, which adapterhub cannot represent. Convert it to a plain LoRA with peft first "
+            "(save_pretrained(path_initial_model_for_weight_conversion=...))."
+        )
+
+
+def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    if (directory / WEIGHTS_FILE).exists():
+        return read_tensors(directory / WEIGHTS_FILE)
+    if (directory / BIN_WEIGHTS_FILE).exists():
+        try:
+            loaded = torch.load(directory / BIN_WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise AdapterFileError(f"{directory / BIN_WEIGHTS_FILE} is not readable ({error}).") from None
+        return {str(k): v for k, v in loaded.items()}
+    raise AdapterFileError(
+        f"{directory} has a peft {CONFIG_FILE} but neither {WEIGHTS_FILE} nor {BIN_WEIGHTS_FILE}."
+    )
+
+
+def _module_pattern(spec: ArchitectureSpec) -> re.Pattern[str]:
+    modules = "|".join(
+        re.escape(m) for m in sorted({lin.module for lin in spec.linears.values()}, key=len, reverse=True)
+    )
+    return re.compile(
+        rf"^(?:.*\.)?{re.escape(spec.layers)}\.(\d+)\.({modules})\.lora_([AB])(?:\.[^.]+)?\.weight$"
+    )
+
+
+def read_peft_dir(
+    directory: str | os.PathLike[str],
+    spec: ArchitectureSpec | None,
+    *,
+    model: ModelInfo | None = None,
+    with_head: bool = True,
+) -> AdapterRecord:
+    """A peft LoRA directory -> our record (config dict, ``layers.<i>.<point>.lora_A/B`` tensors, static head)."""
+    directory = Path(directory)
+    meta = read_json(directory / CONFIG_FILE)
+    _refuse_options(meta, directory)
+    if spec is None:
+        raise ConfigError(
+            f"{directory} is a peft adapter, whose files do not say the model type; load it with "
+            "model.load_adapter(...) so the model's architecture maps its module names."
+        )
+    raw = _read_weights(directory)
+    pattern = _module_pattern(spec)
+    by_module: dict[str, list[str]] = {}
+    for point, linear in spec.linears.items():
+        by_module.setdefault(linear.module, []).append(point)
+    r = int(meta.get("r", 8))
+    tensors: dict[str, torch.Tensor] = {}
+    head: dict[str, torch.Tensor] = {}
+    for key, tensor in raw.items():
+        if "lora_embedding_" in key or "lora_magnitude_vector" in key:
+            what = "DoRA (use_dora)" if "magnitude" in key else "LoRA on embeddings"
+            raise ConfigError(
+                f"The peft adapter in {directory} has {what} ({key!r}); adapterhub cannot represent it."
+            )
+        match = pattern.match(key)
+        if match is None:
+            if ".lora_" in key:
+                raise ConfigError(
+                    f"peft weight {key!r} adapts a module that is not one of the {spec.model_types[0]} projections "
+                    f"adapterhub can hold ({', '.join(f'{p}={lin.module}' for p, lin in spec.linears.items())}); "
+                    "option target_modules selects it."
+                )
+            if not key.startswith(PREFIX):
+                raise AdapterFileError(f"peft weight {key!r} in {directory} is not under {PREFIX!r}.")
+            head[key[len(PREFIX) :]] = tensor  # modules_to_save
+            continue
+        layer, module, which = match.groups()
+        points = by_module[module]
+        if which == "A" and tensor.shape[0] != r:
+            raise ConfigError(f"peft weight {key!r} has rank {tensor.shape[0]}, but the config says r={r}.")
+        if len(points) == 1:
+            tensors[f"layers.{layer}.{points[0]}.lora_{which}"] = tensor
+            continue
+        # a fused projection: one LoRA on the whole module = one per slice sharing A
+        parts = sorted(points, key=lambda p: spec.linears[p].part[0])  # type: ignore[index]
+        if which == "A":
+            for point in parts:
+                tensors[f"layers.{layer}.{point}.lora_A"] = tensor.clone()
+        else:
+            if tensor.shape[0] % len(parts):
+                raise AdapterFileError(
+                    f"peft weight {key!r} has {tensor.shape[0]} rows, not divisible by {len(parts)}."
+                )
+            width = tensor.shape[0] // len(parts)
+            for j, point in enumerate(parts):
+                tensors[f"layers.{layer}.{point}.lora_B"] = tensor[j * width : (j + 1) * width].clone()
+    if not tensors:
+        raise AdapterFileError(f"{directory} holds no LoRA weights for a {spec.model_types[0]} model.")
+    found: dict[int, set[str]] = {}
+    for key in tensors:
+        _, layer, point, _ = key.split(".")
+        found.setdefault(int(layer), set()).add(point)
+    targets = sorted(set().union(*found.values()), key=list(spec.linears).index)
+    uneven = {i: sorted(pts) for i, pts in found.items() if pts != set(targets)}
+    if uneven:
+        raise ConfigError(
+            f"The peft adapter in {directory} adapts different projections in different layers ({uneven} vs "
+            f"{targets}; options target_modules / layers_to_transform); adapterhub's LoRA has the same targets "
+            "in every adapted layer."
+        )
+    num_layers = model.num_layers if model is not None and model.num_layers else max(found) + 1
+    config: dict[str, Any] = {
+        "method": "lora",
+        "r": r,
+        "alpha": float(meta.get("lora_alpha", 8)),
+        "dropout": float(meta.get("lora_dropout", 0.0)),
+        "targets": targets,
+        "use_rslora": bool(meta.get("use_rslora", False)),
+        "leave_out": [i for i in range(num_layers) if i not in found],
+    }
+    if meta.get("init_lora_weights") == "gaussian":
+        config["init"] = "gaussian"
+    info = ModelInfo(
+        model_type=model.model_type if model is not None else spec.model_types[0],
+        model_name=str(meta.get("base_model_name_or_path") or (model.model_name if model else "")),
+        hidden_size=_hidden_size(tensors, model),
+        num_layers=model.num_layers if model is not None else None,
+    )
+    head_record = None
+    if with_head and head:
+        head_record = HeadRecord(
+            name=directory.name,
+            head_type="static",
+            options={"parameters": {k: list(v.shape) for k, v in head.items()}, "model_class": "peft model"},
+            id2label=None,
+            tensors=head,
+        )
+    return AdapterRecord(
+        name=directory.name,
+        config=config,
+        model=info,
+        tensors=tensors,
+        head=head_record,
+        layout="peft",
+        extra={"peft_version": meta.get("peft_version"), "task_type": meta.get("task_type")},
+    )
+
+
+def _hidden_size(tensors: Mapping[str, torch.Tensor], model: ModelInfo | None) -> int:
+    """The width of the residual stream the weights imply (every projection but ffn_out reads it)."""
+    for key, tensor in tensors.items():
+        point = key.split(".")[2]
+        if point != "ffn_out" and key.endswith("lora_A"):
+            return int(tensor.shape[1])
+        if point == "ffn_out" and key.endswith("lora_B"):
+            return int(tensor.shape[0])
+    return model.hidden_size if model is not None else 0
+
+
+def write_peft_dir(
+    record: AdapterRecord, directory: str | os.PathLike[str], spec: ArchitectureSpec, model: nn.Module
+) -> Path:
+    """Write a LoRA record so that ``peft.PeftModel.from_pretrained(base, directory)`` computes what we do."""
+    config = record.config
+    if config.get("method") != "lora":
+        raise ConfigError(
+            f"layout='peft' writes LoRA adapters; {record.name!r} is a {config.get('method')} adapter."
+        )
+    layers = get_layers(model, spec)
+    layers_path = next(name for name, module in model.named_modules() if module is layers)
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[tuple[str, str], dict[str, dict[str, torch.Tensor]]] = {}
+    for key, tensor in record.tensors.items():
+        _, layer, point, param = key.split(".")
+        linear = spec.linears[point]
+        if linear.part is None:
+            out[f"{PREFIX}{layers_path}.{layer}.{linear.module}.{param}.weight"] = (
+                tensor.detach().contiguous()
+            )
+        else:
+            fused.setdefault((layer, linear.module), {}).setdefault(point, {})[param] = tensor.detach()
+    for (layer, module), by_point in fused.items():
+        parts = sorted(
+            (p for p, lin in spec.linears.items() if lin.module == module),
+            key=lambda p: spec.linears[p].part or (0, 1),
+        )
+        a_first = by_point[parts[0]]["lora_A"] if parts[0] in by_point else None
+        tied = set(by_point) == set(parts) and all(torch.equal(by_point[p]["lora_A"], a_first) for p in parts)  # type: ignore[arg-type]
+        if not tied:
+            raise ConfigError(
+                f"Adapter {record.name!r} puts separate LoRAs on {sorted(by_point)} of the fused projection {module!r} "
+                f"(option targets); peft puts one LoRA with one lora_A on the whole {module!r}, so it can be written "
+                f"in layout='peft' only when it targets all of {parts} with equal lora_A (as read from peft). Use "
+                "layout='adapterhub' instead."
+            )
+        base = f"{PREFIX}{layers_path}.{layer}.{module}"
+        out[f"{base}.lora_A.weight"] = by_point[parts[0]]["lora_A"].contiguous()
+        out[f"{base}.lora_B.weight"] = torch.cat([by_point[p]["lora_B"] for p in parts], dim=0).contiguous()
+    modules_to_save = None
+    if record.head is not None:
+        if record.head.head_type != "static":
+            raise ConfigError(
+                f"Adapter {record.name!r} has an adapterhub {record.head.head_type} head, which peft cannot hold "
+                "(peft saves the model's own head through modules_to_save). Pass with_head=False."
+            )
+        for key, tensor in record.head.tensors.items():
+            out[PREFIX + key] = tensor.detach().contiguous()
+        modules_to_save = sorted({key.rsplit(".", 1)[0] for key in record.head.tensors})
+    target_modules = sorted({spec.linears[p].module for p in config["targets"]})
+    num_layers = len(layers)
+    leave_out = set(config.get("leave_out", []))
+    meta = {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": record.model.model_name or None,
+        "r": config["r"],
+        "lora_alpha": config["alpha"],
+        "lora_dropout": config["dropout"],
+        "use_rslora": bool(config.get("use_rslora", False)),
+        "target_modules": target_modules,
+        "layers_to_transform": [i for i in range(num_layers) if i not in leave_out] if leave_out else None,
+        "layers_pattern": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "bias": "none",
+        "use_dora": False,
+        "fan_in_fan_out": any(spec.linears[p].transposed for p in config["targets"]),
+        "modules_to_save": modules_to_save,
+        "init_lora_weights": "gaussian" if config.get("init") == "gaussian" else True,
+        "inference_mode": True,
+    }
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_tensors(directory / WEIGHTS_FILE, out)
+    write_json(directory / CONFIG_FILE, meta)
+    return directory
