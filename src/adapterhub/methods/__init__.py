@@ -10,7 +10,9 @@ from adapterhub.methods.base import (
     register_method,
 )
 from adapterhub.methods.bottleneck import BottleneckAdapter, BottleneckLayer
+from adapterhub.methods.compacter import CompacterAdapter, CompacterConfig
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
+from adapterhub.methods.parallel_adapter import ParallelAdapter, ParallelConfig
 from adapterhub.methods.prefix_tuning import PrefixTuningAdapter, PrefixTuningConfig
 
 __all__ = [
@@ -18,9 +20,13 @@ __all__ = [
     "AdapterModule",
     "BottleneckAdapter",
     "BottleneckLayer",
+    "CompacterAdapter",
+    "CompacterConfig",
     "LoRAAdapter",
     "LoRALayer",
     "ModelDims",
+    "ParallelAdapter",
+    "ParallelConfig",
     "PrefixTuningAdapter",
     "PrefixTuningConfig",
     "SiteInputs",
