@@ -59,7 +59,9 @@ def tiny_config(arch: str):
     if arch == "roberta":
         return transformers.RobertaConfig(max_position_embeddings=66, pad_token_id=1, **common)
     if arch == "gpt2":
-        return transformers.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_inner=37, n_positions=64)
+        return transformers.GPT2Config(
+            vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_inner=37, n_positions=64
+        )
     if arch == "llama":
         # grouped-query attention (2 key/value heads for 4 query heads), so k/v shapes differ from q
         return transformers.LlamaConfig(
@@ -438,7 +440,12 @@ def lora_qv_config():
 
 def lora_qkv_ffn_config():
     return LoRAConfig(
-        r=8, alpha=16, selfattn_lora=True, attn_matrices=["q", "k", "v"], intermediate_lora=True, output_lora=True
+        r=8,
+        alpha=16,
+        selfattn_lora=True,
+        attn_matrices=["q", "k", "v"],
+        intermediate_lora=True,
+        output_lora=True,
     )
 
 
@@ -483,7 +490,9 @@ def peft_case(out: Path, case: str, arch: str, kind: str, config, seed: int):
     if kind == "prefix":
         try:
             model.eject_prefix_tuning(name)
-        except Exception as exc:  # adapters 1.3.0 cannot eject when num_key_value_heads != num_attention_heads
+        except (
+            Exception
+        ) as exc:  # adapters 1.3.0 cannot eject when num_key_value_heads != num_attention_heads
             extra["eject_error"] = f"{type(exc).__name__}: {exc}"
             print(f"{case}: eject_prefix_tuning failed: {extra['eject_error']}")
         else:
@@ -546,12 +555,59 @@ BOTTLENECK_CASES = [
     "bert_fusion",
     "bert_stack",
 ]
+PAR_BN_CASES = ["bert_par_bn", "gpt2_par_bn", "bert_param_counts"]
+# Their configs whose trainable parameter count on the tiny BERT our tests compare with ours; our preset string
+# for each is stored beside the count.
+PARAM_COUNT_CONFIGS = {
+    "parallel": ("par_bn", lambda: adapters.ParBnConfig()),
+    "parallel_both_sites": (
+        "par_bn[after_attention=true,reduction_factor=4]",
+        lambda: adapters.ParBnConfig(mh_adapter=True, reduction_factor=4),
+    ),
+    "compacter": ("compacter[reduction_factor=2]", lambda: adapters.CompacterConfig(reduction_factor=2)),
+    "compacter++": (
+        "compacter++[reduction_factor=2]",
+        lambda: adapters.CompacterPlusPlusConfig(reduction_factor=2),
+    ),
+    "compacter_rank2_unshared_factorized_rule_nobias": (
+        "compacter[reduction_factor=2,phm_rank=2,shared_phm_rule=false,factorized_phm_rule=true,phm_bias=false]",
+        lambda: adapters.CompacterConfig(
+            reduction_factor=2, phm_rank=2, shared_phm_rule=False, factorized_phm_rule=True, phm_bias=False
+        ),
+    ),
+    "compacter_full_W_phm8": (
+        "compacter[reduction_factor=2,factorized_phm_W=false,phm_dim=8]",
+        lambda: adapters.CompacterConfig(reduction_factor=2, factorized_phm_W=False, phm_dim=8),
+    ),
+}
+
+
+def param_counts_case(out: Path, case: str = "bert_param_counts"):
+    """Trainable parameters of one adapter (with its shared PHM rule) per config, on the tiny BERT."""
+    case_dir = fresh_case_dir(out, case)
+    counts = {}
+    for key, (ours, make_config) in PARAM_COUNT_CONFIGS.items():
+        torch.manual_seed(BASE_SEED)
+        model = transformers.BertModel(tiny_config("bert"))
+        adapters.init(model)
+        model.add_adapter("a", config=make_config())
+        total = sum(
+            p.numel()
+            for n, p in model.named_parameters()
+            if ".adapters.a." in n or n.startswith("shared_parameters.a.")
+        )
+        counts[key] = {"ours": ours, "theirs": make_config().to_dict(), "count": total}
+    write_json(case_dir / "expected.json", {"case": case, "counts": counts, **versions()})
+    print(case, {k: v["count"] for k, v in counts.items()})
+
+
 GROUPS = {
+    "par_bn": PAR_BN_CASES,
     "bottleneck": BOTTLENECK_CASES,
     "lora": [c for c, v in PEFT_CASES.items() if v[1] == "lora"],
     "prefix": [c for c, v in PEFT_CASES.items() if v[1] == "prefix"],
 }
-CASES = BOTTLENECK_CASES + list(PEFT_CASES)
+CASES = BOTTLENECK_CASES + list(PEFT_CASES) + PAR_BN_CASES
 
 
 def run_case(out: Path, case: str):
@@ -572,6 +628,14 @@ def run_case(out: Path, case: str):
         single_adapter_case(
             out, case, "bert", adapters.SeqBnConfig(reduction_factor=4), seed=101, use_safetensors=True
         )
+    elif case == "bert_par_bn":
+        single_adapter_case(out, case, "bert", adapters.ParBnConfig(), seed=808)
+    elif case == "gpt2_par_bn":
+        single_adapter_case(
+            out, case, "gpt2", adapters.ParBnConfig(mh_adapter=True, reduction_factor=4), seed=909
+        )
+    elif case == "bert_param_counts":
+        param_counts_case(out, case)
     elif case == "bert_fusion":
         fusion_case(out, case)
     elif case == "bert_stack":

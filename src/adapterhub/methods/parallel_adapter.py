@@ -40,7 +40,8 @@ class ParallelConfig(BottleneckConfig):
 
     The options of ``BottleneckConfig`` that place a *sequential* adapter's input and residual
     (``original_ln_before``, ``residual_before_ln``, ``adapter_residual_before_ln``) do not apply: a parallel
-    adapter always reads the sub-layer input and adds to the sub-layer output; they must keep their defaults.
+    adapter always reads the sub-layer input and adds to the sub-layer output; they must keep the defaults of
+    ``ParBnConfig`` (False, True, False), which that library ignores for parallel adapters too.
     ``ln_after`` normalises the scaled delta (as that library does); ``original_ln_after`` as for bottleneck.
     """
 
@@ -48,7 +49,7 @@ class ParallelConfig(BottleneckConfig):
 
     reduction_factor: float | tuple[tuple[str, float], ...] = 2
     original_ln_before: bool = False
-    residual_before_ln: bool | str = False
+    residual_before_ln: bool | str = True  # ParBnConfig inherits BnConfig's True; unused by parallel adapters
     scaling: float | str = 4.0
     init_weights: str = "mam_adapter"
 
@@ -56,7 +57,7 @@ class ParallelConfig(BottleneckConfig):
         super().__post_init__()
         fixed = {
             "original_ln_before": False,
-            "residual_before_ln": False,
+            "residual_before_ln": True,
             "adapter_residual_before_ln": False,
         }
         for name, value in fixed.items():
