@@ -77,7 +77,8 @@ def test_one_training_step_changes_only_the_adapter_including_the_shared_rule():
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
     model(**make_inputs()).last_hidden_state.pow(2).mean().backward()
     rule = next(p for k, p in model.named_parameters() if k.endswith("c.shared.phm_rule"))
-    assert rule.grad is not None and rule.grad.abs().max() > 0  # (tiny at init: the rule starts at N(0, 1e-4))
+    # tiny at init (the rule starts at N(0, 1e-4)), but there
+    assert rule.grad is not None and rule.grad.abs().max() > 0
     torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5).step()
     changed = {k for k, p in model.named_parameters() if not torch.equal(p, before[k])}
     assert changed and all("c" in k.split(".") for k in changed)

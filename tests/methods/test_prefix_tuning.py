@@ -147,9 +147,7 @@ def test_stack_is_the_concatenated_prefix_and_batch_split_is_separate_passes(arc
         assert hidden(model, **inputs).shape == stacked.shape
     with model.adapter_setup("a"):
         alone = hidden(model, **inputs)
-    with model.adapter_setup(
-        Average("a", "a", weights=[0.3, 0.7])
-    ):  # a weighted mean of one value is that value
+    with model.adapter_setup(Average("a", "a", weights=[0.3, 0.7])):  # a weighted mean of one value is that value
         assert torch.allclose(hidden(model, **inputs), alone, atol=1e-5)
     with model.adapter_setup(Parallel("a", "b")):
         parallel = hidden(model, **inputs)
