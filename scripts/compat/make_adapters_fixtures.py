@@ -554,12 +554,59 @@ BOTTLENECK_CASES = [
     "bert_fusion",
     "bert_stack",
 ]
+PAR_BN_CASES = ["bert_par_bn", "gpt2_par_bn", "bert_param_counts"]
+# Their configs whose trainable parameter count on the tiny BERT our tests compare with ours; our preset string
+# for each is stored beside the count.
+PARAM_COUNT_CONFIGS = {
+    "parallel": ("par_bn", lambda: adapters.ParBnConfig()),
+    "parallel_both_sites": (
+        "par_bn[after_attention=true,reduction_factor=4]",
+        lambda: adapters.ParBnConfig(mh_adapter=True, reduction_factor=4),
+    ),
+    "compacter": ("compacter[reduction_factor=2]", lambda: adapters.CompacterConfig(reduction_factor=2)),
+    "compacter++": (
+        "compacter++[reduction_factor=2]",
+        lambda: adapters.CompacterPlusPlusConfig(reduction_factor=2),
+    ),
+    "compacter_rank2_unshared_factorized_rule_nobias": (
+        "compacter[reduction_factor=2,phm_rank=2,shared_phm_rule=false,factorized_phm_rule=true,phm_bias=false]",
+        lambda: adapters.CompacterConfig(
+            reduction_factor=2, phm_rank=2, shared_phm_rule=False, factorized_phm_rule=True, phm_bias=False
+        ),
+    ),
+    "compacter_full_W_phm8": (
+        "compacter[reduction_factor=2,factorized_phm_W=false,phm_dim=8]",
+        lambda: adapters.CompacterConfig(reduction_factor=2, factorized_phm_W=False, phm_dim=8),
+    ),
+}
+
+
+def param_counts_case(out: Path, case: str = "bert_param_counts"):
+    """Trainable parameters of one adapter (with its shared PHM rule) per config, on the tiny BERT."""
+    case_dir = fresh_case_dir(out, case)
+    counts = {}
+    for key, (ours, make_config) in PARAM_COUNT_CONFIGS.items():
+        torch.manual_seed(BASE_SEED)
+        model = transformers.BertModel(tiny_config("bert"))
+        adapters.init(model)
+        model.add_adapter("a", config=make_config())
+        total = sum(
+            p.numel()
+            for n, p in model.named_parameters()
+            if ".adapters.a." in n or n.startswith("shared_parameters.a.")
+        )
+        counts[key] = {"ours": ours, "theirs": make_config().to_dict(), "count": total}
+    write_json(case_dir / "expected.json", {"case": case, "counts": counts, **versions()})
+    print(case, {k: v["count"] for k, v in counts.items()})
+
+
 GROUPS = {
+    "par_bn": PAR_BN_CASES,
     "bottleneck": BOTTLENECK_CASES,
     "lora": [c for c, v in PEFT_CASES.items() if v[1] == "lora"],
     "prefix": [c for c, v in PEFT_CASES.items() if v[1] == "prefix"],
 }
-CASES = BOTTLENECK_CASES + list(PEFT_CASES)
+CASES = BOTTLENECK_CASES + list(PEFT_CASES) + PAR_BN_CASES
 
 
 def run_case(out: Path, case: str):
@@ -580,6 +627,14 @@ def run_case(out: Path, case: str):
         single_adapter_case(
             out, case, "bert", adapters.SeqBnConfig(reduction_factor=4), seed=101, use_safetensors=True
         )
+    elif case == "bert_par_bn":
+        single_adapter_case(out, case, "bert", adapters.ParBnConfig(), seed=808)
+    elif case == "gpt2_par_bn":
+        single_adapter_case(
+            out, case, "gpt2", adapters.ParBnConfig(mh_adapter=True, reduction_factor=4), seed=909
+        )
+    elif case == "bert_param_counts":
+        param_counts_case(out, case)
     elif case == "bert_fusion":
         fusion_case(out, case)
     elif case == "bert_stack":

@@ -68,6 +68,8 @@ class ArchitectureSpec:
     # Naming used by the `adapters` library for the same sites (for reading and writing its layout).
     adapters_lib_sites: Mapping[str, str] = field(default_factory=dict)
     adapters_lib_layers: str = ""
+    # bottleneck adapter modules of that library where they differ from adapters_lib_sites (GPT-2)
+    adapters_lib_bottleneck_sites: Mapping[str, str] = field(default_factory=dict)
     linears: Mapping[str, LinearSpec] = field(default_factory=dict)
     # The `adapters` library's LoRA locations "intermediate" / "output" -> our linear points.
     adapters_lib_lora: Mapping[str, str] = field(
@@ -198,6 +200,7 @@ GPT2 = register_architecture(
         },
         adapters_lib_sites={"attn": "attn", "ffn": "mlp"},
         adapters_lib_layers="h",
+        adapters_lib_bottleneck_sites={"attn": "attention_adapters", "ffn": "output_adapters"},
         linears={
             "q": LinearSpec("attn.c_attn", part=(0, 3), transposed=True),
             "k": LinearSpec("attn.c_attn", part=(1, 3), transposed=True),

@@ -28,6 +28,7 @@ CASES = [
     ("bert", "houlsby[reduction_factor=4]"),
     ("roberta", "pfeiffer[reduction_factor=4,non_linearity=gelu,leave_out=[1]]"),
     ("bert", "bapna_firat[reduction_factor=4]"),
+    ("bert", "par_bn[after_attention=true,reduction_factor=4]"),
     (
         "bert",
         {

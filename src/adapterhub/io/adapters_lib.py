@@ -91,12 +91,15 @@ def config_from_theirs(theirs: dict[str, Any]) -> dict[str, Any]:
             f"This `adapters` config is a {architecture!r} adapter; adapterhub reads bottleneck adapters from that "
             "library (architecture null or 'bottleneck')."
         )
+    parallel = bool(theirs.get("is_parallel")) and not theirs.get("phm_layer")
     for key, default in _UNSUPPORTED_DEFAULTS.items():
+        if key == "is_parallel" and parallel:
+            continue  # ParBnConfig: our method "parallel"
         if theirs.get(key, default) not in (default, None if default is False else default):
             raise ConfigError(
                 f"The adapter uses the `adapters` option {key}={theirs[key]!r}, which adapterhub does not support."
             )
-    ours: dict[str, Any] = {"method": "bottleneck"}
+    ours: dict[str, Any] = {"method": "parallel" if parallel else "bottleneck"}
     for our_key, their_key in _CONFIG_KEYS.items():
         if their_key in theirs and theirs[their_key] is not None:
             ours[our_key] = theirs[their_key]
@@ -108,9 +111,10 @@ def config_from_theirs(theirs: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_to_theirs(ours: dict[str, Any]) -> dict[str, Any]:
-    if ours.get("method") != "bottleneck":
+    if ours.get("method") not in ("bottleneck", "parallel"):
         raise ConfigError("Only bottleneck adapters can be written in the `adapters` layout.")
     theirs = dict(_THEIR_EXTRA_DEFAULTS)
+    theirs["is_parallel"] = ours["method"] == "parallel"
     for our_key, their_key in _CONFIG_KEYS.items():
         theirs[their_key] = ours[our_key]
     if ours.get("bottleneck_size") is not None:
@@ -121,8 +125,12 @@ def config_to_theirs(ours: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ weight names
 
 
+def _bottleneck_sites(spec: ArchitectureSpec) -> dict[str, str]:
+    return dict(spec.adapters_lib_bottleneck_sites or spec.adapters_lib_sites)
+
+
 def _site_pattern(spec: ArchitectureSpec, name: str) -> re.Pattern[str]:
-    sites = "|".join(re.escape(path) for path in spec.adapters_lib_sites.values())
+    sites = "|".join(re.escape(path) for path in _bottleneck_sites(spec).values())
     layers = re.escape(spec.adapters_lib_layers)
     return re.compile(rf"^(?:.*\.)?{layers}\.(\d+)\.({sites})\.adapters\.{re.escape(name)}\.(.+)$")
 
@@ -292,7 +300,7 @@ def _read_bottleneck(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     config = config_from_theirs(theirs)
     pattern = _site_pattern(spec, name)
-    site_of = {path: site for site, path in spec.adapters_lib_sites.items()}
+    site_of = {path: site for site, path in _bottleneck_sites(spec).items()}
     tensors: dict[str, torch.Tensor] = {}
     for key, tensor in raw.items():
         match = pattern.match(key)
@@ -388,7 +396,7 @@ def _bottleneck_tensors(
             "norm_after": "adapter_norm_after",
             "scaling": "scaling",
         }[module]
-        path = f"{spec.adapters_lib_layers}.{layer}.{spec.adapters_lib_sites[site]}.adapters.{record.name}.{their}"
+        path = f"{spec.adapters_lib_layers}.{layer}.{_bottleneck_sites(spec)[site]}.adapters.{record.name}.{their}"
         full = f"{prefix}.{path}" if prefix else path
         tensors[f"{full}.{rest}" if rest else full] = tensor
         if module == "norm_before":  # that library registers this LayerNorm under two names

@@ -10,9 +10,11 @@ from adapterhub.methods.base import (
     register_method,
 )
 from adapterhub.methods.bottleneck import BottleneckAdapter, BottleneckLayer
+from adapterhub.methods.compacter import CompacterAdapter, CompacterConfig
 from adapterhub.methods.dora import DoRAAdapter, DoRAConfig, DoRALayer
 from adapterhub.methods.ia3 import IA3Adapter, IA3Config
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
+from adapterhub.methods.parallel_adapter import ParallelAdapter, ParallelConfig
 from adapterhub.methods.prefix_tuning import PrefixTuningAdapter, PrefixTuningConfig
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "AdapterModule",
     "BottleneckAdapter",
     "BottleneckLayer",
+    "CompacterAdapter",
+    "CompacterConfig",
     "DoRAAdapter",
     "DoRAConfig",
     "DoRALayer",
@@ -28,6 +32,8 @@ __all__ = [
     "LoRAAdapter",
     "LoRALayer",
     "ModelDims",
+    "ParallelAdapter",
+    "ParallelConfig",
     "PrefixTuningAdapter",
     "PrefixTuningConfig",
     "SiteInputs",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -229,6 +229,7 @@ class BottleneckAdapter(AdapterModule):
 
     config_cls = BottleneckConfig
     config: BottleneckConfig
+    sequential: ClassVar[bool] = True  # False for adapters beside the sub-layer (methods/parallel_adapter.py)
 
     def __init__(self, name: str, config: BottleneckConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
@@ -248,12 +249,16 @@ class BottleneckAdapter(AdapterModule):
         self.layers = nn.ModuleDict(
             {
                 str(i): nn.ModuleDict(
-                    {site: BottleneckLayer(dims.hidden_size, widths[i], config) for site in config.sites}
+                    {site: self.make_layer(dims.hidden_size, widths[i], config) for site in config.sites}
                 )
                 for i in range(dims.num_layers)
                 if i not in config.leave_out
             }
         )
+
+    def make_layer(self, hidden_size: int, width: int, config: BottleneckConfig) -> BottleneckLayer:
+        """The adapter at one site (subclasses build other layers, e.g. Compacter's PHM projections)."""
+        return BottleneckLayer(hidden_size, width, config)
 
     def points(self, layer: int) -> tuple[Point, ...]:
         key = str(layer)
@@ -309,7 +314,7 @@ class BottleneckAdapter(AdapterModule):
         """Plain bottleneck adapters placed alike (same ``original_ln_before``, ``residual_before_ln``,
         ``original_ln_after``, no adapter-internal LayerNorm after) that pass ``can_group``: enter the site once,
         the K adapters as batched matmuls over their rows, leave once."""
-        if not all(isinstance(m, BottleneckAdapter) for m in modules):
+        if not all(isinstance(m, BottleneckAdapter) and m.sequential for m in modules):
             return None
         bottlenecks: list[BottleneckAdapter] = list(modules)  # type: ignore[arg-type]
         placements = {
