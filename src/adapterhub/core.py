@@ -107,6 +107,7 @@ class AdapterModelCore:
             num_kv_heads=kv_heads,
             head_dim=head_dim,
             residual_points=tuple(spec.sites),
+            embedding_size=int(getattr(config, "embedding_size", None) or hidden),
         )
 
     def model_info(self) -> ModelInfo:

@@ -23,9 +23,25 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from adapterhub.architectures import ArchitectureSpec, InputRef, LinearSpec, SiteSpec, get_layers
+from adapterhub.architectures import (
+    ArchitectureSpec,
+    InputRef,
+    LinearSpec,
+    SiteSpec,
+    get_base_model,
+    get_layers,
+)
 from adapterhub.errors import UnsupportedArchitectureError
-from adapterhub.methods.base import LINEAR, RESIDUAL, LinearInputs, PointInputs, ResidualInputs
+from adapterhub.methods.base import (
+    EMBEDDING,
+    EMBEDDING_LAYER,
+    LINEAR,
+    RESIDUAL,
+    EmbeddingInputs,
+    LinearInputs,
+    PointInputs,
+    ResidualInputs,
+)
 
 
 class PointHandler(Protocol):
@@ -163,6 +179,53 @@ class _LinearHook(AdapterHook):
         return torch.cat(parts, dim=-1) if changed else None
 
 
+class _EmbeddingHook(AdapterHook):
+    """Forward hook on the model's input embedding module (``ArchitectureSpec.embeddings``): the adapters' value
+    for the point ``("embedding", "embeddings")``."""
+
+    def __init__(self, handler: PointHandler) -> None:
+        self.handler = handler
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        handler = self.handler
+        if not handler.uses(EMBEDDING) or not isinstance(output, torch.Tensor):
+            return None
+        return handler.point_forward(EMBEDDING_LAYER, EMBEDDING, "embeddings", EmbeddingInputs(output))
+
+
+def unembed(handler: PointHandler, hidden: torch.Tensor) -> torch.Tensor:
+    """The last hidden states as an LM head should see them: the adapters' value at ``("embedding", "unembed")``
+    (an invertible adapter's inverse), or ``hidden`` unchanged."""
+    if not handler.uses(EMBEDDING):
+        return hidden
+    value = handler.point_forward(EMBEDDING_LAYER, EMBEDDING, "unembed", EmbeddingInputs(hidden))
+    return hidden if value is None else value
+
+
+class _UnembedHook(AdapterHook):
+    """Forward pre-hook on the model's own output embeddings (its LM head's vocabulary projection)."""
+
+    def __init__(self, handler: PointHandler) -> None:
+        self.handler = handler
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> Any:
+        if not args or not self.handler.uses(EMBEDDING):
+            return None
+        return (unembed(self.handler, args[0]), *args[1:])
+
+
+def attach_embedding_points(model: nn.Module, spec: ArchitectureSpec, handler: PointHandler) -> None:
+    """Hook the embedding points: the input embedding module named by the spec, and the model's output
+    embeddings when it has a built-in LM head."""
+    if spec.embeddings is None:
+        return
+    get_base_model(model).get_submodule(spec.embeddings).register_forward_hook(_EmbeddingHook(handler))
+    getter = getattr(model, "get_output_embeddings", None)
+    output = getter() if callable(getter) else None
+    if isinstance(output, nn.Module):
+        output.register_forward_pre_hook(_UnembedHook(handler))
+
+
 class SiteInjector:
     """Registers the point hooks of one model (``remove_hooks`` detaches them).
 
@@ -181,6 +244,7 @@ class SiteInjector:
                 by_module.setdefault(linear.module, []).append((point, linear))
             for path, points in by_module.items():
                 layer.get_submodule(path).register_forward_hook(_LinearHook(self, index, points))
+        attach_embedding_points(model, spec, handler)
 
     def captured(self) -> dict[tuple[int, str, str], torch.Tensor]:
         """This thread's tensors recorded between the hooks of one site."""

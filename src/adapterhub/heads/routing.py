@@ -33,7 +33,7 @@ from adapterhub.architectures import get_base_model
 from adapterhub.composition import branch_names, parallel_block
 from adapterhub.errors import ConfigError
 from adapterhub.heads.base import HEADS, Head, HeadInputs
-from adapterhub.injection import AdapterHook
+from adapterhub.injection import AdapterHook, unembed
 from adapterhub.store import AdapterStore
 
 _CHOICE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
@@ -196,6 +196,10 @@ class _ApplyHead(AdapterHook):
             if n_choices is None and isinstance(input_ids, torch.Tensor) and input_ids.dim() == 3:
                 n_choices = input_ids.shape[1]
             input_ids, attention_mask = _flat(input_ids), _flat(attention_mask)
+        from adapterhub.heads.lm import LanguageModelHead
+
+        if isinstance(head, LanguageModelHead):  # invertible adapters' inverse applies before an LM head
+            hidden = unembed(self.store, hidden)
         embeddings = None
         if head.needs_embeddings:
             from adapterhub.heads.lm import output_embedding_matrix

@@ -10,6 +10,7 @@ from adapterhub.methods.base import (
     register_method,
 )
 from adapterhub.methods.bottleneck import BottleneckAdapter, BottleneckLayer
+from adapterhub.methods.invertible import InvertibleBottleneckAdapter, InvertibleBottleneckConfig
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
 from adapterhub.methods.prefix_tuning import PrefixTuningAdapter, PrefixTuningConfig
 
@@ -18,6 +19,8 @@ __all__ = [
     "AdapterModule",
     "BottleneckAdapter",
     "BottleneckLayer",
+    "InvertibleBottleneckAdapter",
+    "InvertibleBottleneckConfig",
     "LoRAAdapter",
     "LoRALayer",
     "ModelDims",
