@@ -4,7 +4,7 @@
 Run inside the separate virtual environment made by ``setup_adapters_venv.sh``::
 
     .venv-adapters/bin/python scripts/compat/make_adapters_fixtures.py [--out tests/fixtures/adapters_lib]
-        [--group bottleneck|lora|prefix ...] [--case NAME ...]
+        [--group bottleneck|lora|prefix|inv ...] [--case NAME ...]
 
 Every case directory holds a tiny random plain base model (``base/``), what
 ``adapters`` writes for the adapter(s) / fusion / head, and ``expected.json``
@@ -59,7 +59,9 @@ def tiny_config(arch: str):
     if arch == "roberta":
         return transformers.RobertaConfig(max_position_embeddings=66, pad_token_id=1, **common)
     if arch == "gpt2":
-        return transformers.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_inner=37, n_positions=64)
+        return transformers.GPT2Config(
+            vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_inner=37, n_positions=64
+        )
     if arch == "llama":
         # grouped-query attention (2 key/value heads for 4 query heads), so k/v shapes differ from q
         return transformers.LlamaConfig(
@@ -426,6 +428,21 @@ def prefix_params(model, name: str):
     return out
 
 
+def inv_params(model, name: str):
+    # MAD-X: the bottleneck adapter in every layer plus the invertible adapter on the embeddings
+    out = [
+        (k, p)
+        for k, p in model.named_parameters()
+        if f".adapters.{name}." in k or f"invertible_adapters.{name}." in k
+    ]
+    assert any("invertible_adapters" in k for k, _ in out), f"no invertible adapter parameters for {name!r}"
+    return out
+
+
+def seq_bn_inv_config():
+    return adapters.SeqBnInvConfig(reduction_factor=4)
+
+
 def hidden_for(model, input_ids, attention_mask=None):
     kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
     with torch.no_grad():
@@ -438,7 +455,12 @@ def lora_qv_config():
 
 def lora_qkv_ffn_config():
     return LoRAConfig(
-        r=8, alpha=16, selfattn_lora=True, attn_matrices=["q", "k", "v"], intermediate_lora=True, output_lora=True
+        r=8,
+        alpha=16,
+        selfattn_lora=True,
+        attn_matrices=["q", "k", "v"],
+        intermediate_lora=True,
+        output_lora=True,
     )
 
 
@@ -465,7 +487,8 @@ def peft_case(out: Path, case: str, arch: str, kind: str, config, seed: int):
     model.add_adapter(name, config=config)
     model.set_active_adapters(name)
     gen = torch.Generator().manual_seed(seed)
-    randomize(lora_params(model, name) if kind == "lora" else prefix_params(model, name), gen)
+    params = {"lora": lora_params, "prefix": prefix_params, "inv": inv_params}[kind](model, name)
+    randomize(params, gen)
     model.eval()
 
     hidden = hidden_for(model, input_ids, attention_mask)
@@ -483,7 +506,9 @@ def peft_case(out: Path, case: str, arch: str, kind: str, config, seed: int):
     if kind == "prefix":
         try:
             model.eject_prefix_tuning(name)
-        except Exception as exc:  # adapters 1.3.0 cannot eject when num_key_value_heads != num_attention_heads
+        except (
+            Exception
+        ) as exc:  # adapters 1.3.0 cannot eject when num_key_value_heads != num_attention_heads
             extra["eject_error"] = f"{type(exc).__name__}: {exc}"
             print(f"{case}: eject_prefix_tuning failed: {extra['eject_error']}")
         else:
@@ -527,6 +552,7 @@ PEFT_CASES = {
     "llama_lora_qv": ("llama", "lora", lora_qv_config, 831),
     "llama_lora_qkv_ffn": ("llama", "lora", lora_qkv_ffn_config, 832),
     "llama_prefix": ("llama", "prefix", prefix_config, 833),
+    "bert_seq_bn_inv": ("bert", "inv", seq_bn_inv_config, 841),
 }
 
 
@@ -550,6 +576,7 @@ GROUPS = {
     "bottleneck": BOTTLENECK_CASES,
     "lora": [c for c, v in PEFT_CASES.items() if v[1] == "lora"],
     "prefix": [c for c, v in PEFT_CASES.items() if v[1] == "prefix"],
+    "inv": [c for c, v in PEFT_CASES.items() if v[1] == "inv"],
 }
 CASES = BOTTLENECK_CASES + list(PEFT_CASES)
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from adapterhub.architectures import ArchitectureSpec, get_base_model, get_layers
 from adapterhub.errors import AdapterFileError, ConfigError
+from adapterhub.io import adapters_lib_inv
 from adapterhub.io.adapters_lib_lora import lora_config_to_theirs, read_lora, write_lora
 from adapterhub.io.files import (
     read_json,
@@ -55,7 +56,6 @@ _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
     "use_gating": False,
     "phm_layer": False,
     "is_parallel": False,
-    "inv_adapter": None,
     "cross_adapter": False,
     "stochastic_depth": 0.0,
 }
@@ -104,10 +104,15 @@ def config_from_theirs(theirs: dict[str, Any]) -> dict[str, Any]:
         ours["leave_out"] = [int(i) for i in ours["leave_out"]]
     if isinstance(ours.get("non_linearity"), str):
         ours["non_linearity"] = ours["non_linearity"].lower()
-    return ours
+    return adapters_lib_inv.config_from_theirs(theirs, ours)
 
 
 def config_to_theirs(ours: dict[str, Any]) -> dict[str, Any]:
+    if ours.get("method") == adapters_lib_inv.METHOD:
+        return {
+            **config_to_theirs(adapters_lib_inv.config_to_theirs(ours)),
+            **adapters_lib_inv.their_inv_keys(ours),
+        }
     if ours.get("method") != "bottleneck":
         raise ConfigError("Only bottleneck adapters can be written in the `adapters` layout.")
     theirs = dict(_THEIR_EXTRA_DEFAULTS)
@@ -295,6 +300,10 @@ def _read_bottleneck(
     site_of = {path: site for site, path in spec.adapters_lib_sites.items()}
     tensors: dict[str, torch.Tensor] = {}
     for key, tensor in raw.items():
+        inv = adapters_lib_inv.read_inv_tensor(key, name)
+        if inv is not None and config.get("method") == adapters_lib_inv.METHOD:
+            tensors[inv] = tensor
+            continue
         match = pattern.match(key)
         if match is None:
             raise AdapterFileError(
@@ -377,8 +386,8 @@ def _bottleneck_tensors(
     record: AdapterRecord, spec: ArchitectureSpec, prefix: str
 ) -> dict[str, torch.Tensor]:
     ln_before = bool(record.config.get("ln_before"))
-    tensors: dict[str, torch.Tensor] = {}
-    for key, tensor in record.tensors.items():
+    ours, tensors = adapters_lib_inv.write_inv_tensors(record.tensors, record.name, prefix)
+    for key, tensor in ours.items():
         _, layer, site, param = key.split(".", 3)
         module, rest = param.split(".", 1) if "." in param else (param, "")
         their = {

@@ -62,7 +62,9 @@ class ModelDims:
     num_kv_heads: int | None = None
     head_dim: int | None = None
     residual_points: tuple[str, ...] = ()  # the residual sites the architecture has (``attn``, ``ffn``)
-    embedding_size: int | None = None  # width of the input embeddings when it differs from hidden_size (ELECTRA)
+    embedding_size: int | None = (
+        None  # width of the input embeddings when it differs from hidden_size (ELECTRA)
+    )
 
     def linear_shape(self, point: str) -> tuple[int, int]:
         """``(d_in, d_out)`` of the projection ``point``; a ConfigError names the ones this model has."""

@@ -85,7 +85,11 @@ _INV_PRESETS = {
 }
 register_config(
     InvertibleBottleneckConfig,
-    {**_INV_PRESETS, "seq_bn_inv": _INV_PRESETS["pfeiffer+inv"], "double_seq_bn_inv": _INV_PRESETS["houlsby+inv"]},
+    {
+        **_INV_PRESETS,
+        "seq_bn_inv": _INV_PRESETS["pfeiffer+inv"],
+        "double_seq_bn_inv": _INV_PRESETS["houlsby+inv"],
+    },
 )
 
 
@@ -131,7 +135,9 @@ class InvertibleBottleneckAdapter(BottleneckAdapter):
 
     def __init__(self, name: str, config: InvertibleBottleneckConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
-        self.inv = NICECoupling(dims.embedding_size or dims.hidden_size, config.inv_adapter_reduction_factor, config.non_linearity)
+        self.inv = NICECoupling(
+            dims.embedding_size or dims.hidden_size, config.inv_adapter_reduction_factor, config.non_linearity
+        )
 
     def points(self, layer: int) -> tuple[Point, ...]:
         points = super().points(layer)
