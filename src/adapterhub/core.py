@@ -124,6 +124,9 @@ class AdapterModelCore:
         not always on (self-attention: ``adapterhub.attention_hooks``). Raises when this model cannot carry them."""
         if ATTENTION in module.kinds():
             attention_hooks.enable(self._module(), self._spec)
+        prepare = getattr(module, "prepare_for_model", None)
+        if callable(prepare):  # e.g. prompt tuning initialised from the model's word embeddings
+            prepare(self._module())
 
     def _place(self, module: nn.Module) -> nn.Module:
         """Put a new module on the device and floating dtype of the model's layers, in the model's train/eval

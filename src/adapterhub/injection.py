@@ -214,12 +214,70 @@ class _UnembedHook(AdapterHook):
         return (unembed(self.handler, args[0]), *args[1:])
 
 
+def _call_value(name: str, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return kwargs[name] if name in kwargs else (args[index] if len(args) > index else None)
+
+
+class _MaskHook(AdapterHook):
+    """Forward pre-hook on the base model: the adapters' value for the point ``("embedding", "mask")``, the 2D
+    attention mask ``(batch, seq)`` before the model builds its own (prompt tuning adds visible columns)."""
+
+    def __init__(self, handler: PointHandler, decoder: bool) -> None:
+        self.handler, self.decoder = handler, decoder
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        handler = self.handler
+        if not handler.uses(EMBEDDING):
+            return None
+        ids = _call_value("input_ids", 0, args, kwargs)
+        mask = _call_value("attention_mask", 1, args, kwargs)
+        tokens = ids if isinstance(ids, torch.Tensor) else kwargs.get("inputs_embeds")
+        if not isinstance(tokens, torch.Tensor):
+            return None
+        given = isinstance(mask, torch.Tensor) and mask.dim() == 2
+        base = mask if given else torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+        try:
+            value = handler.point_forward(EMBEDDING_LAYER, EMBEDDING, "mask", EmbeddingInputs(base))
+        except RuntimeError as error:  # rows of different lengths cannot be joined again
+            raise UnsupportedArchitectureError(
+                "The row blocks of this setup would get prompts of different lengths; BatchSplit over prompt-tuning "
+                f"adapters needs one prompt_length in every block ({error})."
+            ) from None
+        if value is None:
+            return None
+        if isinstance(mask, torch.Tensor) and not given:
+            raise UnsupportedArchitectureError(
+                "Prompt tuning extends a 2D attention mask (batch, seq); this call passed one of shape "
+                f"{tuple(mask.shape)}."
+            )
+        if self.decoder and not isinstance(ids, torch.Tensor):
+            raise UnsupportedArchitectureError(
+                "Prompt tuning on this decoder needs input_ids (with inputs_embeds the embedding module where the "
+                "prompt is prepended does not run)."
+            )
+        cache = kwargs.get("past_key_values")
+        if cache is not None and getattr(cache, "get_seq_length", lambda: 0)() > 0:
+            raise UnsupportedArchitectureError(
+                "Prompt tuning cannot continue from a key/value cache (the prompt would be prepended again); "
+                "call generate(..., use_cache=False)."
+            )
+        if self.decoder and kwargs.get("position_ids") is not None:
+            raise UnsupportedArchitectureError(
+                "Prompt tuning on this decoder numbers positions after the prompt itself; do not pass position_ids."
+            )
+        if "attention_mask" in kwargs or len(args) <= 1:
+            return args, {**kwargs, "attention_mask": value}
+        return (*args[:1], value, *args[2:]), kwargs
+
+
 def attach_embedding_points(model: nn.Module, spec: ArchitectureSpec, handler: PointHandler) -> None:
-    """Hook the embedding points: the input embedding module named by the spec, and the model's output
-    embeddings when it has a built-in LM head."""
+    """Hook the embedding points: the input embedding module named by the spec, the attention mask entering the
+    base model, and the model's output embeddings when it has a built-in LM head."""
     if spec.embeddings is None:
         return
-    get_base_model(model).get_submodule(spec.embeddings).register_forward_hook(_EmbeddingHook(handler))
+    base = get_base_model(model)
+    base.get_submodule(spec.embeddings).register_forward_hook(_EmbeddingHook(handler))
+    base.register_forward_pre_hook(_MaskHook(handler, spec.pre_norm), with_kwargs=True)
     getter = getattr(model, "get_output_embeddings", None)
     output = getter() if callable(getter) else None
     if isinstance(output, nn.Module):

@@ -34,6 +34,7 @@ from adapterhub.composition import branch_names, parallel_block
 from adapterhub.errors import ConfigError
 from adapterhub.heads.base import HEADS, Head, HeadInputs
 from adapterhub.injection import AdapterHook, unembed
+from adapterhub.methods.base import EMBEDDING
 from adapterhub.store import AdapterStore
 
 _CHOICE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
@@ -174,6 +175,18 @@ def _flat(value: Any) -> Any:
     return value
 
 
+def _real_positions(
+    store: AdapterStore, hidden: torch.Tensor, pooled: Any, input_ids: Any, attention_mask: Any
+) -> tuple[torch.Tensor, Any]:
+    """Without the positions an adapter put in front of the tokens (prompt tuning): heads see the real tokens;
+    the model's pooler output (read at position 0, a prompt position) is dropped then."""
+    known = input_ids if isinstance(input_ids, torch.Tensor) else attention_mask
+    if not isinstance(known, torch.Tensor) or hidden.dim() != 3 or not store.uses(EMBEDDING):
+        return hidden, pooled
+    extra = hidden.shape[1] - known.shape[-1]
+    return (hidden[:, extra:], None) if extra > 0 else (hidden, pooled)
+
+
 class _ApplyHead(AdapterHook):
     """Forward hook: replace the model's output by the active flexible head's output (and loss)."""
 
@@ -196,6 +209,7 @@ class _ApplyHead(AdapterHook):
             if n_choices is None and isinstance(input_ids, torch.Tensor) and input_ids.dim() == 3:
                 n_choices = input_ids.shape[1]
             input_ids, attention_mask = _flat(input_ids), _flat(attention_mask)
+        hidden, pooled = _real_positions(self.store, hidden, pooled, input_ids, attention_mask)
         from adapterhub.heads.lm import LanguageModelHead
 
         if isinstance(head, LanguageModelHead):  # invertible adapters' inverse applies before an LM head

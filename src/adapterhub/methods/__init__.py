@@ -13,6 +13,7 @@ from adapterhub.methods.bottleneck import BottleneckAdapter, BottleneckLayer
 from adapterhub.methods.invertible import InvertibleBottleneckAdapter, InvertibleBottleneckConfig
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
 from adapterhub.methods.prefix_tuning import PrefixTuningAdapter, PrefixTuningConfig
+from adapterhub.methods.prompt_tuning import PromptTuningAdapter, PromptTuningConfig
 
 __all__ = [
     "METHODS",
@@ -26,6 +27,8 @@ __all__ = [
     "ModelDims",
     "PrefixTuningAdapter",
     "PrefixTuningConfig",
+    "PromptTuningAdapter",
+    "PromptTuningConfig",
     "SiteInputs",
     "method_for_config",
     "register_method",

@@ -44,7 +44,9 @@ from adapterhub.methods.base import (
 from adapterhub.methods.bottleneck import BottleneckAdapter, make_activation
 
 INV_ADAPTERS = ("nice",)
-EMBEDDING_POINTS: tuple[Point, ...] = ((EMBEDDING, "embeddings"), (EMBEDDING, "unembed"))
+# "mask": the attention mask before the model builds it (prompt tuning extends it); an invertible adapter leaves
+# it alone but, being first in its Stack, keeps a later prompt from applying there as at "embeddings".
+EMBEDDING_POINTS: tuple[Point, ...] = ((EMBEDDING, "embeddings"), (EMBEDDING, "mask"), (EMBEDDING, "unembed"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,6 +150,8 @@ class InvertibleBottleneckAdapter(BottleneckAdapter):
             return super().stack_step(layer, point, running, inputs)
         if running.applied:  # an earlier adapter of this Stack applied its invertible part
             return running
+        if point[1] == "mask":
+            return EmbeddingState(running.value, applied=True)
         return EmbeddingState(self.inv(running.value, rev=point[1] == "unembed"), applied=True)
 
     def stack_leave(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> torch.Tensor:
