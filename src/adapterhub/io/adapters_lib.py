@@ -22,6 +22,7 @@ from adapterhub.architectures import ArchitectureSpec, get_base_model, get_layer
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io import adapters_lib_inv
 from adapterhub.io.adapters_lib_lora import lora_config_to_theirs, read_lora, write_lora
+from adapterhub.io.adapters_lib_prompt import read_prompt, write_prompt
 from adapterhub.io.files import (
     read_json,
     read_tensors,
@@ -257,6 +258,8 @@ def read_adapters_lib_dir(
         config, tensors = _read_prefix(directory, meta["config"], name, spec)
     elif architecture == "lora":
         config, tensors = read_lora(meta["config"], raw, spec, name)
+    elif architecture == "prompt_tuning":
+        config, tensors = read_prompt(meta["config"], raw, name)
     else:
         config, tensors = _read_bottleneck(meta["config"], raw, spec, name, directory)
     return _record(directory, meta, name, config, tensors, spec, with_head)
@@ -373,6 +376,8 @@ def write_adapters_lib_dir(
     if method == "prefix_tuning":
         num_layers = len(get_layers(model, spec))
         theirs_config, tensors = _prefix_to_theirs(record, spec, prefix, num_layers)
+    elif method == "prompt_tuning":
+        theirs_config, tensors = write_prompt(record.config, record.tensors, record.name, prefix)
     elif method == "lora":
         theirs_config = lora_config_to_theirs(record.config, spec)
         tensors = write_lora(record.tensors, spec, record.name, prefix)
