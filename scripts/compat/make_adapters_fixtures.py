@@ -28,7 +28,15 @@ from pathlib import Path
 import adapters
 import torch
 import transformers
-from adapters import AutoAdapterModel, BnConfig, Fuse, LoRAConfig, PrefixTuningConfig, PromptTuningConfig, Stack
+from adapters import (
+    AutoAdapterModel,
+    BnConfig,
+    Fuse,
+    LoRAConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    Stack,
+)
 
 NUM_LABELS = 3
 ID2LABEL = {0: "neg", 1: "neu", 2: "pos"}

@@ -261,10 +261,13 @@ class _MaskHook(AdapterHook):
                 "Prompt tuning cannot continue from a key/value cache (the prompt would be prepended again); "
                 "call generate(..., use_cache=False)."
             )
-        if self.decoder and kwargs.get("position_ids") is not None:
-            raise UnsupportedArchitectureError(
-                "Prompt tuning on this decoder numbers positions after the prompt itself; do not pass position_ids."
-            )
+        positions = kwargs.get("position_ids")
+        if self.decoder and isinstance(positions, torch.Tensor):
+            # decoders number positions after the embeddings: the prompt takes 0..P-1, the tokens move by P
+            extra = value.shape[1] - base.shape[1]
+            front = torch.arange(extra, device=positions.device, dtype=positions.dtype)
+            front = front.expand(*positions.shape[:-1], extra)
+            kwargs = {**kwargs, "position_ids": torch.cat([front, positions + extra], dim=-1)}
         if "attention_mask" in kwargs or len(args) <= 1:
             return args, {**kwargs, "attention_mask": value}
         return (*args[:1], value, *args[2:]), kwargs

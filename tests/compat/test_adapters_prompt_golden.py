@@ -52,7 +52,7 @@ def test_their_prompt_loads_with_the_same_outputs(attn):
 
 
 def test_written_in_their_layout(tmp_path):
-    model, inputs, expected = load_case()
+    model, _, expected = load_case()
     name = model.load_adapter(FIXTURES / CASE / "adapter")
     model.save_adapter(tmp_path / "theirs", name, layout="adapters")
     theirs = torch.load(tmp_path / "theirs" / "pytorch_adapter.bin", weights_only=True)
@@ -80,7 +80,9 @@ sys.exit(0 if diff < 1e-5 else 1)
 """
 
 
-@pytest.mark.skipif(not ADAPTERS_PYTHON.exists(), reason="no .venv-adapters (scripts/compat/setup_adapters_venv.sh)")
+@pytest.mark.skipif(
+    not ADAPTERS_PYTHON.exists(), reason="no .venv-adapters (scripts/compat/setup_adapters_venv.sh)"
+)
 def test_the_adapters_library_loads_what_we_write(tmp_path):
     model, _, _ = load_case()
     name = model.load_adapter(FIXTURES / CASE / "adapter")

@@ -176,15 +176,20 @@ def _flat(value: Any) -> Any:
 
 
 def _real_positions(
-    store: AdapterStore, hidden: torch.Tensor, pooled: Any, input_ids: Any, attention_mask: Any
-) -> tuple[torch.Tensor, Any]:
-    """Without the positions an adapter put in front of the tokens (prompt tuning): heads see the real tokens;
-    the model's pooler output (read at position 0, a prompt position) is dropped then."""
-    known = input_ids if isinstance(input_ids, torch.Tensor) else attention_mask
-    if not isinstance(known, torch.Tensor) or hidden.dim() != 3 or not store.uses(EMBEDDING):
-        return hidden, pooled
-    extra = hidden.shape[1] - known.shape[-1]
-    return (hidden[:, extra:], None) if extra > 0 else (hidden, pooled)
+    store: AdapterStore, hidden: torch.Tensor, pooled: Any, tokens: Any, attention_mask: Any
+) -> tuple[torch.Tensor, Any, Any]:
+    """Without the positions an adapter put in front of the tokens (prompt tuning): heads see the real tokens and
+    their mask; the model's pooler output (read at position 0, a prompt position) is dropped then. ``tokens``:
+    ``input_ids`` (..., T) or ``inputs_embeds`` (B, T, d)."""
+    if not isinstance(tokens, torch.Tensor) or hidden.dim() != 3 or not store.uses(EMBEDDING):
+        return hidden, pooled, attention_mask
+    real = tokens.shape[1] if tokens.is_floating_point() else tokens.shape[-1]
+    extra = hidden.shape[1] - real
+    if extra <= 0:
+        return hidden, pooled, attention_mask
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.shape[-1] == hidden.shape[1]:
+        attention_mask = attention_mask[..., extra:]  # the base model was called with the extended mask
+    return hidden[:, extra:], None, attention_mask
 
 
 class _ApplyHead(AdapterHook):
@@ -209,7 +214,8 @@ class _ApplyHead(AdapterHook):
             if n_choices is None and isinstance(input_ids, torch.Tensor) and input_ids.dim() == 3:
                 n_choices = input_ids.shape[1]
             input_ids, attention_mask = _flat(input_ids), _flat(attention_mask)
-        hidden, pooled = _real_positions(self.store, hidden, pooled, input_ids, attention_mask)
+        tokens = input_ids if isinstance(input_ids, torch.Tensor) else kwargs.get("inputs_embeds")
+        hidden, pooled, attention_mask = _real_positions(self.store, hidden, pooled, tokens, attention_mask)
         from adapterhub.heads.lm import LanguageModelHead
 
         if isinstance(head, LanguageModelHead):  # invertible adapters' inverse applies before an LM head

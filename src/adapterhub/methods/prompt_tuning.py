@@ -124,7 +124,10 @@ class PromptTuningAdapter(AdapterModule):
         if not ids:
             from transformers import AutoTokenizer
 
-            source = getattr(model.config, "tokenizer_name_or_path", None) or model.config.name_or_path
+            model_config: Any = getattr(model, "config", None)
+            source = getattr(model_config, "tokenizer_name_or_path", None) or getattr(
+                model_config, "name_or_path", ""
+            )
             if not source:
                 raise ConfigError(
                     "prompt_init='from_string' with prompt_init_text needs the model's tokenizer, but the model has "
@@ -133,7 +136,7 @@ class PromptTuningAdapter(AdapterModule):
             ids = list(AutoTokenizer.from_pretrained(source)(config.prompt_init_text)["input_ids"])
         p = config.prompt_length
         ids = (ids * math.ceil(p / len(ids)))[:p]
-        words = model.get_input_embeddings()
+        words: nn.Embedding = model.get_input_embeddings()  # type: ignore[operator]
         with torch.no_grad():
             vectors = words(torch.tensor(ids, device=words.weight.device))
             self.prompt_embedding.weight.copy_(vectors.to(self.prompt_embedding.weight.dtype))
