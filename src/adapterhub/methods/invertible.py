@@ -55,8 +55,8 @@ class InvertibleBottleneckConfig(BottleneckConfig):
     ``inv_adapter`` (``"nice"``) and ``inv_adapter_reduction_factor`` (2). Presets ``pfeiffer+inv`` (alias
     ``seq_bn_inv``) and ``houlsby+inv`` (alias ``double_seq_bn_inv``).
 
-    Parameters of the invertible part: ``(a·a/r + a/r + a/r·b + b) + (b·b/r + b/r + b/r·a + a)`` with
-    ``a = d // 2``, ``b = d - a`` (integer divisions)."""
+    Parameters of the invertible part, ``a = d // 2``, ``b = d - a``, ``m = b // r``, ``n = a // r``:
+    ``F = b·m + m + m·a + a`` plus ``G = a·n + n + n·b + b`` (296,064 on BERT-base)."""
 
     method: ClassVar[str] = "bottleneck_inv"
 
