@@ -4,7 +4,7 @@
 Run inside the separate virtual environment made by ``setup_adapters_venv.sh``::
 
     .venv-adapters/bin/python scripts/compat/make_adapters_fixtures.py [--out tests/fixtures/adapters_lib]
-        [--group bottleneck|lora|prefix ...] [--case NAME ...]
+        [--group bottleneck|lora|prefix|inv|prompt ...] [--case NAME ...]
 
 Every case directory holds a tiny random plain base model (``base/``), what
 ``adapters`` writes for the adapter(s) / fusion / head, and ``expected.json``
@@ -28,7 +28,15 @@ from pathlib import Path
 import adapters
 import torch
 import transformers
-from adapters import AutoAdapterModel, BnConfig, Fuse, LoRAConfig, PrefixTuningConfig, Stack
+from adapters import (
+    AutoAdapterModel,
+    BnConfig,
+    Fuse,
+    LoRAConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    Stack,
+)
 
 NUM_LABELS = 3
 ID2LABEL = {0: "neg", 1: "neu", 2: "pos"}
@@ -428,6 +436,32 @@ def prefix_params(model, name: str):
     return out
 
 
+def inv_params(model, name: str):
+    # MAD-X: the bottleneck adapter in every layer plus the invertible adapter on the embeddings
+    out = [
+        (k, p)
+        for k, p in model.named_parameters()
+        if f".adapters.{name}." in k or f"invertible_adapters.{name}." in k
+    ]
+    assert any("invertible_adapters" in k for k, _ in out), f"no invertible adapter parameters for {name!r}"
+    return out
+
+
+def prompt_params(model, name: str):
+    tag = f".prompt_tunings.{name}."
+    out = [(k, p) for k, p in model.named_parameters() if tag in k]
+    assert out, f"no prompt tuning parameters found for {name!r}"
+    return out
+
+
+def prompt_config():
+    return PromptTuningConfig(prompt_length=4)
+
+
+def seq_bn_inv_config():
+    return adapters.SeqBnInvConfig(reduction_factor=4)
+
+
 def hidden_for(model, input_ids, attention_mask=None):
     kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
     with torch.no_grad():
@@ -466,13 +500,21 @@ def peft_case(out: Path, case: str, arch: str, kind: str, config, seed: int):
     input_ids, attention_mask = make_inputs()
     base_model = make_base(arch, case_dir / "base")
     attn = ATTN_IMPLEMENTATION.get(arch)
+    if kind == "prompt":
+        # Under sdpa that library extends BERT's 4D mask with visible rows too: the prompt positions of a padded
+        # row attend to its padding (and the real positions see that through later layers). Eager attention
+        # extends only the key columns, the well-defined behaviour adapterhub implements.
+        attn = "eager"
     load_kwargs = {"attn_implementation": attn} if attn else {}
     model = load_adapter_model(case_dir / "base", base_model, input_ids, attention_mask, **load_kwargs)
 
     model.add_adapter(name, config=config)
     model.set_active_adapters(name)
     gen = torch.Generator().manual_seed(seed)
-    randomize(lora_params(model, name) if kind == "lora" else prefix_params(model, name), gen)
+    params = {"lora": lora_params, "prefix": prefix_params, "inv": inv_params, "prompt": prompt_params}[kind](
+        model, name
+    )
+    randomize(params, gen)
     model.eval()
 
     hidden = hidden_for(model, input_ids, attention_mask)
@@ -482,7 +524,8 @@ def peft_case(out: Path, case: str, arch: str, kind: str, config, seed: int):
     model.set_active_adapters(None)
     hidden_plain = hidden_for(model, input_ids, attention_mask)
     model.set_active_adapters(name)
-    effect = check_effect(hidden, hidden_plain, case)
+    # prompt tuning: their last_hidden_state has the prompt positions in front
+    effect = check_effect(hidden[:, hidden.shape[1] - hidden_plain.shape[1] :], hidden_plain, case)
 
     model.save_adapter(str(case_dir / "adapter"), name, with_head=False)
     setup = {"type": kind, "adapter": name, "adapter_dir": "adapter"}
@@ -535,6 +578,8 @@ PEFT_CASES = {
     "llama_lora_qv": ("llama", "lora", lora_qv_config, 831),
     "llama_lora_qkv_ffn": ("llama", "lora", lora_qkv_ffn_config, 832),
     "llama_prefix": ("llama", "prefix", prefix_config, 833),
+    "bert_seq_bn_inv": ("bert", "inv", seq_bn_inv_config, 841),
+    "bert_prompt_tuning": ("bert", "prompt", prompt_config, 851),
 }
 
 
@@ -605,6 +650,8 @@ GROUPS = {
     "bottleneck": BOTTLENECK_CASES,
     "lora": [c for c, v in PEFT_CASES.items() if v[1] == "lora"],
     "prefix": [c for c, v in PEFT_CASES.items() if v[1] == "prefix"],
+    "inv": [c for c, v in PEFT_CASES.items() if v[1] == "inv"],
+    "prompt": [c for c, v in PEFT_CASES.items() if v[1] == "prompt"],
 }
 CASES = BOTTLENECK_CASES + list(PEFT_CASES) + PAR_BN_CASES
 

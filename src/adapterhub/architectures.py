@@ -76,6 +76,9 @@ class ArchitectureSpec:
         default_factory=lambda: {"intermediate": "ffn_in", "output": "ffn_out"}
     )
     attention: str | None = None  # the self-attention module (relative to the layer)
+    # The module whose output is the input embeddings entering the first layer (relative to the base model): the
+    # ``embedding`` attachment point (invertible adapters). The module the `adapters` library hooks for the same.
+    embeddings: str | None = None
 
     @property
     def pre_norm(self) -> bool:
@@ -158,6 +161,7 @@ BERT = register_architecture(
             "ffn_out": LinearSpec("output.dense"),
         },
         attention="attention.self",
+        embeddings="embeddings",  # word + position (+ token type) embeddings, LayerNorm, dropout
     )
 )
 
@@ -186,6 +190,7 @@ DISTILBERT = register_architecture(
             "ffn_out": LinearSpec("ffn.lin2"),
         },
         attention="attention",
+        embeddings="embeddings",
     )
 )
 
@@ -210,6 +215,7 @@ GPT2 = register_architecture(
             "ffn_out": LinearSpec("mlp.c_proj", transposed=True),
         },
         attention="attn",
+        embeddings="drop",  # wte + wpe, then dropout (what the `adapters` library hooks; not wte alone)
     )
 )
 
@@ -236,5 +242,6 @@ LLAMA = register_architecture(
         },
         attention="self_attn",
         adapters_lib_lora={"intermediate": "ffn_out", "output": "ffn_in"},  # that library's Llama naming
+        embeddings="embed_tokens",
     )
 )

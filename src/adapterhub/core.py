@@ -114,6 +114,7 @@ class AdapterModelCore:
             num_kv_heads=kv_heads,
             head_dim=head_dim,
             residual_points=tuple(spec.sites),
+            embedding_size=int(getattr(config, "embedding_size", None) or hidden),
         )
 
     def model_info(self) -> ModelInfo:
@@ -130,6 +131,9 @@ class AdapterModelCore:
         not always on (self-attention: ``adapterhub.attention_hooks``). Raises when this model cannot carry them."""
         if ATTENTION in module.kinds():
             attention_hooks.enable(self._module(), self._spec)
+        prepare = getattr(module, "prepare_for_model", None)
+        if callable(prepare):  # e.g. prompt tuning initialised from the model's word embeddings
+            prepare(self._module())
 
     def _place(self, module: nn.Module) -> nn.Module:
         """Put a new module on the device and floating dtype of the model's layers, in the model's train/eval

@@ -23,9 +23,25 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from adapterhub.architectures import ArchitectureSpec, InputRef, LinearSpec, SiteSpec, get_layers
+from adapterhub.architectures import (
+    ArchitectureSpec,
+    InputRef,
+    LinearSpec,
+    SiteSpec,
+    get_base_model,
+    get_layers,
+)
 from adapterhub.errors import UnsupportedArchitectureError
-from adapterhub.methods.base import LINEAR, RESIDUAL, LinearInputs, PointInputs, ResidualInputs
+from adapterhub.methods.base import (
+    EMBEDDING,
+    EMBEDDING_LAYER,
+    LINEAR,
+    RESIDUAL,
+    EmbeddingInputs,
+    LinearInputs,
+    PointInputs,
+    ResidualInputs,
+)
 
 
 class PointHandler(Protocol):
@@ -183,6 +199,114 @@ class _LinearHook(AdapterHook):
         return torch.cat(parts, dim=-1) if changed else None
 
 
+class _EmbeddingHook(AdapterHook):
+    """Forward hook on the model's input embedding module (``ArchitectureSpec.embeddings``): the adapters' value
+    for the point ``("embedding", "embeddings")``."""
+
+    def __init__(self, handler: PointHandler) -> None:
+        self.handler = handler
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        handler = self.handler
+        if not handler.uses(EMBEDDING) or not isinstance(output, torch.Tensor):
+            return None
+        return handler.point_forward(EMBEDDING_LAYER, EMBEDDING, "embeddings", EmbeddingInputs(output))
+
+
+def unembed(handler: PointHandler, hidden: torch.Tensor) -> torch.Tensor:
+    """The last hidden states as an LM head should see them: the adapters' value at ``("embedding", "unembed")``
+    (an invertible adapter's inverse), or ``hidden`` unchanged."""
+    if not handler.uses(EMBEDDING):
+        return hidden
+    value = handler.point_forward(EMBEDDING_LAYER, EMBEDDING, "unembed", EmbeddingInputs(hidden))
+    return hidden if value is None else value
+
+
+class _UnembedHook(AdapterHook):
+    """Forward pre-hook on the model's own output embeddings (its LM head's vocabulary projection)."""
+
+    def __init__(self, handler: PointHandler) -> None:
+        self.handler = handler
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> Any:
+        if not args or not self.handler.uses(EMBEDDING):
+            return None
+        return (unembed(self.handler, args[0]), *args[1:])
+
+
+def _call_value(name: str, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return kwargs[name] if name in kwargs else (args[index] if len(args) > index else None)
+
+
+class _MaskHook(AdapterHook):
+    """Forward pre-hook on the base model: the adapters' value for the point ``("embedding", "mask")``, the 2D
+    attention mask ``(batch, seq)`` before the model builds its own (prompt tuning adds visible columns)."""
+
+    def __init__(self, handler: PointHandler, decoder: bool) -> None:
+        self.handler, self.decoder = handler, decoder
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        handler = self.handler
+        if not handler.uses(EMBEDDING):
+            return None
+        ids = _call_value("input_ids", 0, args, kwargs)
+        mask = _call_value("attention_mask", 1, args, kwargs)
+        tokens = ids if isinstance(ids, torch.Tensor) else kwargs.get("inputs_embeds")
+        if not isinstance(tokens, torch.Tensor):
+            return None
+        given = isinstance(mask, torch.Tensor) and mask.dim() == 2
+        base = mask if given else torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+        try:
+            value = handler.point_forward(EMBEDDING_LAYER, EMBEDDING, "mask", EmbeddingInputs(base))
+        except RuntimeError as error:  # rows of different lengths cannot be joined again
+            raise UnsupportedArchitectureError(
+                "The row blocks of this setup would get prompts of different lengths; BatchSplit over prompt-tuning "
+                f"adapters needs one prompt_length in every block ({error})."
+            ) from None
+        if value is None:
+            return None
+        if isinstance(mask, torch.Tensor) and not given:
+            raise UnsupportedArchitectureError(
+                "Prompt tuning extends a 2D attention mask (batch, seq); this call passed one of shape "
+                f"{tuple(mask.shape)}."
+            )
+        if self.decoder and not isinstance(ids, torch.Tensor):
+            raise UnsupportedArchitectureError(
+                "Prompt tuning on this decoder needs input_ids (with inputs_embeds the embedding module where the "
+                "prompt is prepended does not run)."
+            )
+        cache = kwargs.get("past_key_values")
+        if cache is not None and getattr(cache, "get_seq_length", lambda: 0)() > 0:
+            raise UnsupportedArchitectureError(
+                "Prompt tuning cannot continue from a key/value cache (the prompt would be prepended again); "
+                "call generate(..., use_cache=False)."
+            )
+        positions = kwargs.get("position_ids")
+        if self.decoder and isinstance(positions, torch.Tensor):
+            # decoders number positions after the embeddings: the prompt takes 0..P-1, the tokens move by P
+            extra = value.shape[1] - base.shape[1]
+            front = torch.arange(extra, device=positions.device, dtype=positions.dtype)
+            front = front.expand(*positions.shape[:-1], extra)
+            kwargs = {**kwargs, "position_ids": torch.cat([front, positions + extra], dim=-1)}
+        if "attention_mask" in kwargs or len(args) <= 1:
+            return args, {**kwargs, "attention_mask": value}
+        return (*args[:1], value, *args[2:]), kwargs
+
+
+def attach_embedding_points(model: nn.Module, spec: ArchitectureSpec, handler: PointHandler) -> None:
+    """Hook the embedding points: the input embedding module named by the spec, the attention mask entering the
+    base model, and the model's output embeddings when it has a built-in LM head."""
+    if spec.embeddings is None:
+        return
+    base = get_base_model(model)
+    base.get_submodule(spec.embeddings).register_forward_hook(_EmbeddingHook(handler))
+    base.register_forward_pre_hook(_MaskHook(handler, spec.pre_norm), with_kwargs=True)
+    getter = getattr(model, "get_output_embeddings", None)
+    output = getter() if callable(getter) else None
+    if isinstance(output, nn.Module):
+        output.register_forward_pre_hook(_UnembedHook(handler))
+
+
 class SiteInjector:
     """Registers the point hooks of one model (``remove_hooks`` detaches them).
 
@@ -201,6 +325,7 @@ class SiteInjector:
                 by_module.setdefault(linear.module, []).append((point, linear))
             for path, points in by_module.items():
                 layer.get_submodule(path).register_forward_hook(_LinearHook(self, index, points))
+        attach_embedding_points(model, spec, handler)
 
     def captured(self) -> dict[tuple[int, str, str], torch.Tensor]:
         """This thread's tensors recorded between the hooks of one site."""

@@ -33,7 +33,8 @@ from adapterhub.architectures import get_base_model
 from adapterhub.composition import branch_names, parallel_block
 from adapterhub.errors import ConfigError
 from adapterhub.heads.base import HEADS, Head, HeadInputs
-from adapterhub.injection import AdapterHook
+from adapterhub.injection import AdapterHook, unembed
+from adapterhub.methods.base import EMBEDDING
 from adapterhub.store import AdapterStore
 
 _CHOICE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
@@ -174,6 +175,23 @@ def _flat(value: Any) -> Any:
     return value
 
 
+def _real_positions(
+    store: AdapterStore, hidden: torch.Tensor, pooled: Any, tokens: Any, attention_mask: Any
+) -> tuple[torch.Tensor, Any, Any]:
+    """Without the positions an adapter put in front of the tokens (prompt tuning): heads see the real tokens and
+    their mask; the model's pooler output (read at position 0, a prompt position) is dropped then. ``tokens``:
+    ``input_ids`` (..., T) or ``inputs_embeds`` (B, T, d)."""
+    if not isinstance(tokens, torch.Tensor) or hidden.dim() != 3 or not store.uses(EMBEDDING):
+        return hidden, pooled, attention_mask
+    real = tokens.shape[1] if tokens.is_floating_point() else tokens.shape[-1]
+    extra = hidden.shape[1] - real
+    if extra <= 0:
+        return hidden, pooled, attention_mask
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.shape[-1] == hidden.shape[1]:
+        attention_mask = attention_mask[..., extra:]  # the base model was called with the extended mask
+    return hidden[:, extra:], None, attention_mask
+
+
 class _ApplyHead(AdapterHook):
     """Forward hook: replace the model's output by the active flexible head's output (and loss)."""
 
@@ -196,6 +214,12 @@ class _ApplyHead(AdapterHook):
             if n_choices is None and isinstance(input_ids, torch.Tensor) and input_ids.dim() == 3:
                 n_choices = input_ids.shape[1]
             input_ids, attention_mask = _flat(input_ids), _flat(attention_mask)
+        tokens = input_ids if isinstance(input_ids, torch.Tensor) else kwargs.get("inputs_embeds")
+        hidden, pooled, attention_mask = _real_positions(self.store, hidden, pooled, tokens, attention_mask)
+        from adapterhub.heads.lm import LanguageModelHead
+
+        if isinstance(head, LanguageModelHead):  # invertible adapters' inverse applies before an LM head
+            hidden = unembed(self.store, hidden)
         embeddings = None
         if head.needs_embeddings:
             from adapterhub.heads.lm import output_embedding_matrix

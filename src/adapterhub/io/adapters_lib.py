@@ -20,7 +20,9 @@ from torch import nn
 
 from adapterhub.architectures import ArchitectureSpec, get_base_model, get_layers
 from adapterhub.errors import AdapterFileError, ConfigError
+from adapterhub.io import adapters_lib_inv
 from adapterhub.io.adapters_lib_lora import lora_config_to_theirs, read_lora, write_lora
+from adapterhub.io.adapters_lib_prompt import read_prompt, write_prompt
 from adapterhub.io.files import (
     read_json,
     read_tensors,
@@ -55,7 +57,6 @@ _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
     "use_gating": False,
     "phm_layer": False,
     "is_parallel": False,
-    "inv_adapter": None,
     "cross_adapter": False,
     "stochastic_depth": 0.0,
 }
@@ -107,10 +108,15 @@ def config_from_theirs(theirs: dict[str, Any]) -> dict[str, Any]:
         ours["leave_out"] = [int(i) for i in ours["leave_out"]]
     if isinstance(ours.get("non_linearity"), str):
         ours["non_linearity"] = ours["non_linearity"].lower()
-    return ours
+    return adapters_lib_inv.config_from_theirs(theirs, ours)
 
 
 def config_to_theirs(ours: dict[str, Any]) -> dict[str, Any]:
+    if ours.get("method") == adapters_lib_inv.METHOD:
+        return {
+            **config_to_theirs(adapters_lib_inv.config_to_theirs(ours)),
+            **adapters_lib_inv.their_inv_keys(ours),
+        }
     if ours.get("method") not in ("bottleneck", "parallel"):
         raise ConfigError("Only bottleneck adapters can be written in the `adapters` layout.")
     theirs = dict(_THEIR_EXTRA_DEFAULTS)
@@ -260,6 +266,8 @@ def read_adapters_lib_dir(
         config, tensors = _read_prefix(directory, meta["config"], name, spec)
     elif architecture == "lora":
         config, tensors = read_lora(meta["config"], raw, spec, name)
+    elif architecture == "prompt_tuning":
+        config, tensors = read_prompt(meta["config"], raw, name)
     else:
         config, tensors = _read_bottleneck(meta["config"], raw, spec, name, directory)
     return _record(directory, meta, name, config, tensors, spec, with_head)
@@ -303,6 +311,10 @@ def _read_bottleneck(
     site_of = {path: site for site, path in _bottleneck_sites(spec).items()}
     tensors: dict[str, torch.Tensor] = {}
     for key, tensor in raw.items():
+        inv = adapters_lib_inv.read_inv_tensor(key, name)
+        if inv is not None and config.get("method") == adapters_lib_inv.METHOD:
+            tensors[inv] = tensor
+            continue
         match = pattern.match(key)
         if match is None:
             raise AdapterFileError(
@@ -372,6 +384,8 @@ def write_adapters_lib_dir(
     if method == "prefix_tuning":
         num_layers = len(get_layers(model, spec))
         theirs_config, tensors = _prefix_to_theirs(record, spec, prefix, num_layers)
+    elif method == "prompt_tuning":
+        theirs_config, tensors = write_prompt(record.config, record.tensors, record.name, prefix)
     elif method == "lora":
         theirs_config = lora_config_to_theirs(record.config, spec)
         tensors = write_lora(record.tensors, spec, record.name, prefix)
@@ -385,8 +399,8 @@ def _bottleneck_tensors(
     record: AdapterRecord, spec: ArchitectureSpec, prefix: str
 ) -> dict[str, torch.Tensor]:
     ln_before = bool(record.config.get("ln_before"))
-    tensors: dict[str, torch.Tensor] = {}
-    for key, tensor in record.tensors.items():
+    ours, tensors = adapters_lib_inv.write_inv_tensors(record.tensors, record.name, prefix)
+    for key, tensor in ours.items():
         _, layer, site, param = key.split(".", 3)
         module, rest = param.split(".", 1) if "." in param else (param, "")
         their = {

@@ -13,9 +13,11 @@ from adapterhub.methods.bottleneck import BottleneckAdapter, BottleneckLayer
 from adapterhub.methods.compacter import CompacterAdapter, CompacterConfig
 from adapterhub.methods.dora import DoRAAdapter, DoRAConfig, DoRALayer
 from adapterhub.methods.ia3 import IA3Adapter, IA3Config
+from adapterhub.methods.invertible import InvertibleBottleneckAdapter, InvertibleBottleneckConfig
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
 from adapterhub.methods.parallel_adapter import ParallelAdapter, ParallelConfig
 from adapterhub.methods.prefix_tuning import PrefixTuningAdapter, PrefixTuningConfig
+from adapterhub.methods.prompt_tuning import PromptTuningAdapter, PromptTuningConfig
 
 __all__ = [
     "METHODS",
@@ -29,6 +31,8 @@ __all__ = [
     "DoRALayer",
     "IA3Adapter",
     "IA3Config",
+    "InvertibleBottleneckAdapter",
+    "InvertibleBottleneckConfig",
     "LoRAAdapter",
     "LoRALayer",
     "ModelDims",
@@ -36,6 +40,8 @@ __all__ = [
     "ParallelConfig",
     "PrefixTuningAdapter",
     "PrefixTuningConfig",
+    "PromptTuningAdapter",
+    "PromptTuningConfig",
     "SiteInputs",
     "method_for_config",
     "register_method",

@@ -36,6 +36,8 @@ from adapterhub.errors import ConfigError, did_you_mean
 RESIDUAL = "residual"
 LINEAR = "linear"
 ATTENTION = "attention"
+EMBEDDING = "embedding"
+EMBEDDING_LAYER = 0  # embedding points are reported and run as points of layer 0
 ALL_BLOCKS = frozenset({"Stack", "Fuse", "Split", "BatchSplit", "Parallel", "Average"})
 
 Point = tuple[str, str]  # (kind, name), e.g. ("linear", "q")
@@ -60,6 +62,9 @@ class ModelDims:
     num_kv_heads: int | None = None
     head_dim: int | None = None
     residual_points: tuple[str, ...] = ()  # the residual sites the architecture has (``attn``, ``ffn``)
+    embedding_size: int | None = (
+        None  # width of the input embeddings when it differs from hidden_size (ELECTRA)
+    )
 
     def linear_shape(self, point: str) -> tuple[int, int]:
         """``(d_in, d_out)`` of the projection ``point``; a ConfigError names the ones this model has."""
@@ -284,6 +289,45 @@ class AttentionInputs(PointInputs):
         return AttentionInputs(
             self.query, key, value, mask, False if mask is not None else self.causal, self.call
         )
+
+
+@dataclass
+class EmbeddingState:
+    """The running value of a Stack at an embedding point: the value and whether an adapter of the Stack has
+    already transformed it (only the first one that occupies the point does)."""
+
+    value: torch.Tensor
+    applied: bool = False
+
+
+@dataclass
+class EmbeddingInputs(PointInputs):
+    """An embedding point: ``x`` ``(batch, seq, d)``. Point ``embeddings``: the output of the model's input
+    embedding module (``ArchitectureSpec.embeddings``); point ``unembed``: the last hidden states entering an LM
+    head. The running value of a Stack is an ``EmbeddingState``."""
+
+    x: torch.Tensor
+
+    def base(self) -> torch.Tensor:
+        return self.x
+
+    def start(self) -> EmbeddingState:
+        return EmbeddingState(self.x)
+
+    def finish(self, running: Any) -> torch.Tensor:
+        return running.value if isinstance(running, EmbeddingState) else running  # type: ignore[no-any-return]
+
+    def on(self, running: Any) -> EmbeddingInputs:
+        return EmbeddingInputs(self.finish(running))
+
+    def select(self, index: slice, dim: int) -> EmbeddingInputs:
+        return EmbeddingInputs(self.x[_index(index, dim)])
+
+    def batch_size(self) -> int:
+        return int(self.x.shape[0])
+
+    def length(self) -> int:
+        return int(self.x.shape[1])
 
 
 # ------------------------------------------------------------------------------------------------ modules
