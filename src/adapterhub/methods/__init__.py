@@ -12,10 +12,12 @@ from adapterhub.methods.base import (
 from adapterhub.methods.bottleneck import BottleneckAdapter, BottleneckLayer
 from adapterhub.methods.compacter import CompacterAdapter, CompacterConfig
 from adapterhub.methods.dora import DoRAAdapter, DoRAConfig, DoRALayer
+from adapterhub.methods.gating import GatedBottleneckConfig, GatedLoRAConfig, GatedPrefixTuningConfig
 from adapterhub.methods.ia3 import IA3Adapter, IA3Config
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
 from adapterhub.methods.parallel_adapter import ParallelAdapter, ParallelConfig
 from adapterhub.methods.prefix_tuning import PrefixTuningAdapter, PrefixTuningConfig
+from adapterhub.methods.union import MethodUnion, UnionAdapter
 
 __all__ = [
     "METHODS",
@@ -27,16 +29,21 @@ __all__ = [
     "DoRAAdapter",
     "DoRAConfig",
     "DoRALayer",
+    "GatedBottleneckConfig",
+    "GatedLoRAConfig",
+    "GatedPrefixTuningConfig",
     "IA3Adapter",
     "IA3Config",
     "LoRAAdapter",
     "LoRALayer",
+    "MethodUnion",
     "ModelDims",
     "ParallelAdapter",
     "ParallelConfig",
     "PrefixTuningAdapter",
     "PrefixTuningConfig",
     "SiteInputs",
+    "UnionAdapter",
     "method_for_config",
     "register_method",
 ]
