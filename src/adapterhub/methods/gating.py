@@ -183,6 +183,7 @@ class GatedPrefixTuningAdapter(PrefixTuningAdapter):
         return running.with_prefix(keys, values)  # type: ignore[no-any-return]
 
 
-register_config(GatedLoRAConfig)
-register_config(GatedBottleneckConfig)
-register_config(GatedPrefixTuningConfig)
+# presets: the ungated defaults (LoRA r 8 alpha 8 on q, v; Pfeiffer placement, reduction 16; prefix length 30)
+register_config(GatedLoRAConfig, {"gated_lora": GatedLoRAConfig})
+register_config(GatedBottleneckConfig, {"gated_bottleneck": GatedBottleneckConfig})
+register_config(GatedPrefixTuningConfig, {"gated_prefix_tuning": GatedPrefixTuningConfig})
