@@ -237,7 +237,7 @@ class UnionAdapter(AdapterModule):
 
     def _require_mergeable(self) -> None:
         if not self.mergeable:
-            methods = [p.method for p in self.parts if not p.mergeable]
+            methods = [self.part(i).method for i in range(len(self.parts)) if not self.part(i).mergeable]
             raise ConfigError(
                 f"Union adapter {self.adapter_name!r} cannot be merged: its part(s) {', '.join(methods)} are not a "
                 "change of weights (a union merges only when every part is LoRA, DoRA or (IA)³)."
