@@ -46,9 +46,9 @@ class PointHandler(Protocol):
 
 
 OWNER_ATTR = "_adapterhub_attention"
-_INPUTS = (
-    threading.local()
-)  # id(attention module) -> its input hidden states, per thread (gated prefix tuning)
+CAPTURE_ATTR = "_adapterhub_capture_hook"  # the handle of the pre-hook below, removed by ``disable``
+# id(attention module) -> its input hidden states, per thread (for gated prefix tuning)
+_INPUTS = threading.local()
 
 
 def _capture_input(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -151,9 +151,8 @@ def _attention_modules(model: nn.Module, spec: ArchitectureSpec) -> list[nn.Modu
 def install(model: nn.Module, spec: ArchitectureSpec, store: PointHandler) -> None:
     """Record which store and layer each self-attention module of ``model`` belongs to."""
     for index, module in enumerate(_attention_modules(model, spec)):
-        if not module.__dict__.get("_adapterhub_captures_input"):
-            module.register_forward_pre_hook(_capture_input, with_kwargs=True)
-            module.__dict__["_adapterhub_captures_input"] = True
+        if CAPTURE_ATTR not in module.__dict__:
+            module.__dict__[CAPTURE_ATTR] = module.register_forward_pre_hook(_capture_input, with_kwargs=True)
         module.__dict__[OWNER_ATTR] = AttentionOwner(store, index)
 
 
@@ -213,3 +212,6 @@ def disable(model: nn.Module) -> None:
             config._attn_implementation = current[len(PREFIX) :]
     for module in model.modules():
         module.__dict__.pop(OWNER_ATTR, None)
+        handle = module.__dict__.pop(CAPTURE_ATTR, None)
+        if handle is not None:
+            handle.remove()
