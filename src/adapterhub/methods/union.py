@@ -26,7 +26,6 @@ see ``methods/gating.py``.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -119,9 +118,6 @@ class MethodUnion(MethodConfig):
         """Layers that no part occupies (for tools that read ``leave_out`` off a config)."""
         sets = [set(getattr(c, "leave_out", ())) for c in self.configs]
         return tuple(sorted(set.intersection(*sets)))
-
-
-dataclasses.fields(MethodUnion)  # a dataclass with one field, ``configs``
 
 
 def mam() -> MethodUnion:
