@@ -4,7 +4,7 @@
 Run inside the separate virtual environment made by ``setup_adapters_venv.sh``::
 
     .venv-adapters/bin/python scripts/compat/make_adapters_fixtures.py [--out tests/fixtures/adapters_lib]
-        [--group bottleneck|lora|prefix|inv|prompt ...] [--case NAME ...]
+        [--group bottleneck|lora|prefix|inv|prompt|par_bn|union ...] [--case NAME ...]
 
 Every case directory holds a tiny random plain base model (``base/``), what
 ``adapters`` writes for the adapter(s) / fusion / head, and ``expected.json``
@@ -645,7 +645,52 @@ def param_counts_case(out: Path, case: str = "bert_param_counts"):
     print(case, {k: v["count"] for k, v in counts.items()})
 
 
+def union_case(out: Path, case: str, config, seed: int):
+    """A ConfigUnion adapter (MAM, UniPELT) on the tiny BERT, every parameter of it perturbed (prefix pool, parallel
+    or sequential adapters, LoRA, gates); expected: last hidden states with and without it."""
+    name = "union"
+    case_dir = fresh_case_dir(out, case)
+    input_ids, attention_mask = make_inputs()
+    base_model = make_base("bert", case_dir / "base")
+    model = load_adapter_model(case_dir / "base", base_model, input_ids, attention_mask)
+    model.add_adapter(name, config=config)
+    model.set_active_adapters(name)
+    gen = torch.Generator().manual_seed(seed)
+    params = [(k, p) for k, p in model.named_parameters() if f".{name}." in f".{k}."]
+    assert params, f"no parameters of {name!r}"
+    randomize(params, gen)
+    model.eval()
+    hidden = hidden_for(model, input_ids, attention_mask)
+    model.set_active_adapters(None)
+    plain = hidden_for(model, input_ids, attention_mask)
+    effect = check_effect(hidden, plain, case)
+    model.save_adapter(str(case_dir / "adapter"), name, with_head=False)
+    saved = read_config(case_dir / "adapter" / "adapter_config.json")
+    write_json(
+        case_dir / "expected.json",
+        {
+            "case": case,
+            "setup": {"type": "single", "adapter": name, "adapter_dir": "adapter"},
+            "input_ids": input_ids.tolist(),
+            "attention_mask": attention_mask.tolist(),
+            "last_hidden_state": hidden.tolist(),
+            "last_hidden_state_without_adapter": plain.tolist(),
+            "num_parameters": sum(p.numel() for _, p in params),
+            "config": saved["config"],
+            **versions(),
+        },
+    )
+    print(f"{case}: adapter changes hidden states by up to {effect:.4f}")
+
+
+UNION_CASES = {
+    "bert_mam": (lambda: adapters.MAMConfig(), 1101),
+    "bert_unipelt": (lambda: adapters.UniPELTConfig(), 1202),
+}
+
+
 GROUPS = {
+    "union": list(UNION_CASES),
     "par_bn": PAR_BN_CASES,
     "bottleneck": BOTTLENECK_CASES,
     "lora": [c for c, v in PEFT_CASES.items() if v[1] == "lora"],
@@ -653,7 +698,7 @@ GROUPS = {
     "inv": [c for c, v in PEFT_CASES.items() if v[1] == "inv"],
     "prompt": [c for c, v in PEFT_CASES.items() if v[1] == "prompt"],
 }
-CASES = BOTTLENECK_CASES + list(PEFT_CASES) + PAR_BN_CASES
+CASES = BOTTLENECK_CASES + list(PEFT_CASES) + PAR_BN_CASES + list(UNION_CASES)
 
 
 def run_case(out: Path, case: str):
@@ -686,6 +731,9 @@ def run_case(out: Path, case: str):
         fusion_case(out, case)
     elif case == "bert_stack":
         stack_case(out, case)
+    elif case in UNION_CASES:
+        make_config, seed = UNION_CASES[case]
+        union_case(out, case, make_config(), seed)
     elif case in PEFT_CASES:
         arch, kind, make_config, seed = PEFT_CASES[case]
         peft_case(out, case, arch, kind, make_config(), seed)

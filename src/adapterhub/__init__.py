@@ -21,6 +21,7 @@ from adapterhub.errors import (
     UnsupportedArchitectureError,
 )
 from adapterhub.fusion import FusionConfig
+from adapterhub.methods.union import MethodUnion
 from adapterhub.model import deinit, init
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "IncompatibleModelError",
     "LoRAConfig",
     "MethodConfig",
+    "MethodUnion",
     "Parallel",
     "Split",
     "Stack",

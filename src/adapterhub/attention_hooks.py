@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -45,6 +46,23 @@ class PointHandler(Protocol):
 
 
 OWNER_ATTR = "_adapterhub_attention"
+CAPTURE_ATTR = "_adapterhub_capture_hook"  # the handle of the pre-hook below, removed by ``disable``
+# id(attention module) -> its input hidden states, per thread (for gated prefix tuning)
+_INPUTS = threading.local()
+
+
+def _capture_input(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Forward pre-hook: keep the self-attention input for the attention function (only while an adapter of the
+    current setup attaches at attention points)."""
+    owner: AttentionOwner | None = module.__dict__.get(OWNER_ATTR)
+    if owner is None or not owner.store.uses(ATTENTION):
+        return
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    if isinstance(hidden, torch.Tensor):
+        table = getattr(_INPUTS, "table", None)
+        if table is None:
+            table = _INPUTS.table = {}
+        table[id(module)] = hidden
 
 
 class AttentionOwner:
@@ -96,8 +114,10 @@ def _make_function(name: str) -> Callable[..., Any]:
             # prefixed keys come with an explicit mask (never rely on is_causal with more keys than queries)
             return function(module, q, k, v, mask, *args, **{**kwargs, "is_causal": False})[0]  # type: ignore[no-any-return]
 
+        table = getattr(_INPUTS, "table", None)
+        hidden = table.pop(id(module), None) if table else None
         inputs = AttentionInputs(
-            query, key, value, attention_mask, bool(getattr(module, "is_causal", False)), call
+            query, key, value, attention_mask, bool(getattr(module, "is_causal", False)), call, hidden
         )
         out = owner.store.point_forward(owner.index, ATTENTION, "self", inputs)
         if out is None:
@@ -131,6 +151,8 @@ def _attention_modules(model: nn.Module, spec: ArchitectureSpec) -> list[nn.Modu
 def install(model: nn.Module, spec: ArchitectureSpec, store: PointHandler) -> None:
     """Record which store and layer each self-attention module of ``model`` belongs to."""
     for index, module in enumerate(_attention_modules(model, spec)):
+        if CAPTURE_ATTR not in module.__dict__:
+            module.__dict__[CAPTURE_ATTR] = module.register_forward_pre_hook(_capture_input, with_kwargs=True)
         module.__dict__[OWNER_ATTR] = AttentionOwner(store, index)
 
 
@@ -190,3 +212,6 @@ def disable(model: nn.Module) -> None:
             config._attn_implementation = current[len(PREFIX) :]
     for module in model.modules():
         module.__dict__.pop(OWNER_ATTR, None)
+        handle = module.__dict__.pop(CAPTURE_ATTR, None)
+        if handle is not None:
+            handle.remove()

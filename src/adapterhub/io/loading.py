@@ -52,6 +52,11 @@ def read_any_adapter_dir(
         return read_peft_dir(directory, spec, model=model, with_head=with_head)
     from adapterhub.io.adapters_lib import read_adapters_lib_dir
 
+    meta = read_json(Path(directory) / CONFIG_FILE)
     if spec is None:
-        spec = spec_for_model_type(read_json(Path(directory) / CONFIG_FILE).get("model_type", ""))
+        spec = spec_for_model_type(meta.get("model_type", ""))
+    if isinstance(meta.get("config"), dict) and meta["config"].get("architecture") == "union":
+        from adapterhub.io.adapters_lib_union import read_union_dir
+
+        return read_union_dir(directory, spec, with_head=with_head)
     return read_adapters_lib_dir(directory, spec, with_head=with_head)

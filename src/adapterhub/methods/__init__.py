@@ -12,12 +12,14 @@ from adapterhub.methods.base import (
 from adapterhub.methods.bottleneck import BottleneckAdapter, BottleneckLayer
 from adapterhub.methods.compacter import CompacterAdapter, CompacterConfig
 from adapterhub.methods.dora import DoRAAdapter, DoRAConfig, DoRALayer
+from adapterhub.methods.gating import GatedBottleneckConfig, GatedLoRAConfig, GatedPrefixTuningConfig
 from adapterhub.methods.ia3 import IA3Adapter, IA3Config
 from adapterhub.methods.invertible import InvertibleBottleneckAdapter, InvertibleBottleneckConfig
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
 from adapterhub.methods.parallel_adapter import ParallelAdapter, ParallelConfig
 from adapterhub.methods.prefix_tuning import PrefixTuningAdapter, PrefixTuningConfig
 from adapterhub.methods.prompt_tuning import PromptTuningAdapter, PromptTuningConfig
+from adapterhub.methods.union import MethodUnion, UnionAdapter
 
 __all__ = [
     "METHODS",
@@ -29,12 +31,16 @@ __all__ = [
     "DoRAAdapter",
     "DoRAConfig",
     "DoRALayer",
+    "GatedBottleneckConfig",
+    "GatedLoRAConfig",
+    "GatedPrefixTuningConfig",
     "IA3Adapter",
     "IA3Config",
     "InvertibleBottleneckAdapter",
     "InvertibleBottleneckConfig",
     "LoRAAdapter",
     "LoRALayer",
+    "MethodUnion",
     "ModelDims",
     "ParallelAdapter",
     "ParallelConfig",
@@ -43,6 +49,7 @@ __all__ = [
     "PromptTuningAdapter",
     "PromptTuningConfig",
     "SiteInputs",
+    "UnionAdapter",
     "method_for_config",
     "register_method",
 ]

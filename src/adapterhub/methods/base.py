@@ -229,6 +229,7 @@ class AttentionInputs(PointInputs):
     mask: Any
     causal: bool
     call: AttentionCall
+    hidden: torch.Tensor | None = None  # the self-attention module's input (B, T, d), where the hook saw it
 
     def base(self) -> torch.Tensor:
         return self.call(self.query, self.key, self.value, self.mask)
@@ -251,8 +252,9 @@ class AttentionInputs(PointInputs):
         mask = (
             self.mask[index] if isinstance(self.mask, torch.Tensor) and self.mask.shape[0] > 1 else self.mask
         )
+        hidden = self.hidden[index] if self.hidden is not None else None
         return AttentionInputs(
-            self.query[index], self.key[index], self.value[index], mask, self.causal, self.call
+            self.query[index], self.key[index], self.value[index], mask, self.causal, self.call, hidden
         )
 
     def join(self, parts: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
@@ -287,7 +289,7 @@ class AttentionInputs(PointInputs):
                 visible = torch.zeros(*mask.shape[:-1], prefix, dtype=mask.dtype, device=mask.device)
             mask = torch.cat([visible, mask], dim=-1)  # (B|1, 1, T, P+S)
         return AttentionInputs(
-            self.query, key, value, mask, False if mask is not None else self.causal, self.call
+            self.query, key, value, mask, False if mask is not None else self.causal, self.call, self.hidden
         )
 
 
