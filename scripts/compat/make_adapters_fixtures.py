@@ -4,7 +4,7 @@
 Run inside the separate virtual environment made by ``setup_adapters_venv.sh``::
 
     .venv-adapters/bin/python scripts/compat/make_adapters_fixtures.py [--out tests/fixtures/adapters_lib]
-        [--group bottleneck|lora|prefix ...] [--case NAME ...]
+        [--group bottleneck|lora|prefix|ia3 ...] [--case NAME ...]
 
 Every case directory holds a tiny random plain base model (``base/``), what
 ``adapters`` writes for the adapter(s) / fusion / head, and ``expected.json``
@@ -28,7 +28,7 @@ from pathlib import Path
 import adapters
 import torch
 import transformers
-from adapters import AutoAdapterModel, BnConfig, Fuse, LoRAConfig, PrefixTuningConfig, Stack
+from adapters import AutoAdapterModel, BnConfig, Fuse, IA3Config, LoRAConfig, PrefixTuningConfig, Stack
 
 NUM_LABELS = 3
 ID2LABEL = {0: "neg", 1: "neu", 2: "pos"}
@@ -449,6 +449,19 @@ def lora_qkv_ffn_config():
     )
 
 
+def ia3_config():
+    # their default (IA)³: k, v and the intermediate (FFN up) projection, scaled outputs; alpha=2 so the alpha
+    # factor of their forward (output * lora_B * alpha) is exercised
+    return IA3Config(alpha=2)
+
+
+def randomize_ia3(named_params, gen: torch.Generator):
+    """(IA)³ vectors: 1 + 0.2 * N(0, 1) (perturbed around the identity), in sorted-name order."""
+    with torch.no_grad():
+        for _, param in sorted(named_params, key=lambda kv: kv[0]):
+            param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=gen, dtype=param.dtype))
+
+
 def prefix_config():
     return PrefixTuningConfig(prefix_length=5, bottleneck_size=16, flat=False)
 
@@ -472,7 +485,10 @@ def peft_case(out: Path, case: str, arch: str, kind: str, config, seed: int):
     model.add_adapter(name, config=config)
     model.set_active_adapters(name)
     gen = torch.Generator().manual_seed(seed)
-    randomize(lora_params(model, name) if kind == "lora" else prefix_params(model, name), gen)
+    if kind == "ia3":
+        randomize_ia3(lora_params(model, name), gen)
+    else:
+        randomize(lora_params(model, name) if kind == "lora" else prefix_params(model, name), gen)
     model.eval()
 
     hidden = hidden_for(model, input_ids, attention_mask)
@@ -535,6 +551,9 @@ PEFT_CASES = {
     "llama_lora_qv": ("llama", "lora", lora_qv_config, 831),
     "llama_lora_qkv_ffn": ("llama", "lora", lora_qkv_ffn_config, 832),
     "llama_prefix": ("llama", "prefix", prefix_config, 833),
+    "bert_ia3": ("bert", "ia3", ia3_config, 841),
+    "gpt2_ia3": ("gpt2", "ia3", ia3_config, 842),
+    "llama_ia3": ("llama", "ia3", ia3_config, 843),
 }
 
 
@@ -605,6 +624,7 @@ GROUPS = {
     "bottleneck": BOTTLENECK_CASES,
     "lora": [c for c, v in PEFT_CASES.items() if v[1] == "lora"],
     "prefix": [c for c, v in PEFT_CASES.items() if v[1] == "prefix"],
+    "ia3": [c for c, v in PEFT_CASES.items() if v[1] == "ia3"],
 }
 CASES = BOTTLENECK_CASES + list(PEFT_CASES) + PAR_BN_CASES
 
