@@ -4,7 +4,7 @@
 Run inside the separate virtual environment made by ``setup_adapters_venv.sh``::
 
     .venv-adapters/bin/python scripts/compat/make_adapters_fixtures.py [--out tests/fixtures/adapters_lib]
-        [--group bottleneck|lora|prefix|inv|prompt|par_bn|union ...] [--case NAME ...]
+        [--group bottleneck|lora|prefix|ia3|inv|prompt|par_bn|union ...] [--case NAME ...]
 
 Every case directory holds a tiny random plain base model (``base/``), what
 ``adapters`` writes for the adapter(s) / fusion / head, and ``expected.json``
@@ -32,6 +32,7 @@ from adapters import (
     AutoAdapterModel,
     BnConfig,
     Fuse,
+    IA3Config,
     LoRAConfig,
     PrefixTuningConfig,
     PromptTuningConfig,
@@ -483,6 +484,19 @@ def lora_qkv_ffn_config():
     )
 
 
+def ia3_config():
+    # their default (IA)³: k, v and the intermediate (FFN up) projection, scaled outputs; alpha=2 so the alpha
+    # factor of their forward (output * lora_B * alpha) is exercised
+    return IA3Config(alpha=2)
+
+
+def randomize_ia3(named_params, gen: torch.Generator):
+    """(IA)³ vectors: 1 + 0.2 * N(0, 1) (perturbed around the identity), in sorted-name order."""
+    with torch.no_grad():
+        for _, param in sorted(named_params, key=lambda kv: kv[0]):
+            param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=gen, dtype=param.dtype))
+
+
 def prefix_config():
     return PrefixTuningConfig(prefix_length=5, bottleneck_size=16, flat=False)
 
@@ -511,10 +525,13 @@ def peft_case(out: Path, case: str, arch: str, kind: str, config, seed: int):
     model.add_adapter(name, config=config)
     model.set_active_adapters(name)
     gen = torch.Generator().manual_seed(seed)
-    params = {"lora": lora_params, "prefix": prefix_params, "inv": inv_params, "prompt": prompt_params}[kind](
-        model, name
-    )
-    randomize(params, gen)
+    if kind == "ia3":
+        randomize_ia3(lora_params(model, name), gen)
+    else:
+        params = {"lora": lora_params, "prefix": prefix_params, "inv": inv_params, "prompt": prompt_params}[
+            kind
+        ](model, name)
+        randomize(params, gen)
     model.eval()
 
     hidden = hidden_for(model, input_ids, attention_mask)
@@ -580,6 +597,9 @@ PEFT_CASES = {
     "llama_prefix": ("llama", "prefix", prefix_config, 833),
     "bert_seq_bn_inv": ("bert", "inv", seq_bn_inv_config, 841),
     "bert_prompt_tuning": ("bert", "prompt", prompt_config, 851),
+    "bert_ia3": ("bert", "ia3", ia3_config, 841),
+    "gpt2_ia3": ("gpt2", "ia3", ia3_config, 842),
+    "llama_ia3": ("llama", "ia3", ia3_config, 843),
 }
 
 
@@ -697,6 +717,7 @@ GROUPS = {
     "prefix": [c for c, v in PEFT_CASES.items() if v[1] == "prefix"],
     "inv": [c for c, v in PEFT_CASES.items() if v[1] == "inv"],
     "prompt": [c for c, v in PEFT_CASES.items() if v[1] == "prompt"],
+    "ia3": [c for c, v in PEFT_CASES.items() if v[1] == "ia3"],
 }
 CASES = BOTTLENECK_CASES + list(PEFT_CASES) + PAR_BN_CASES + list(UNION_CASES)
 

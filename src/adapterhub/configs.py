@@ -376,6 +376,10 @@ def resolve_config(config: str | Mapping[str, Any] | MethodConfig | None) -> Met
     if isinstance(config, MethodConfig):
         return config
     if isinstance(config, Mapping):
+        if "use_dora" in config and config.get("method") in ("lora", "dora"):  # peft's spelling of DoRA
+            config = {k: v for k, v in config.items() if k != "use_dora"} | {
+                "method": "dora" if _use_dora(config["use_dora"]) else "lora"
+            }
         method = config.get("method", "bottleneck")
         if method not in METHOD_CONFIGS:
             raise ConfigError(
@@ -395,7 +399,26 @@ def resolve_config(config: str | Mapping[str, Any] | MethodConfig | None) -> Met
             f"Presets: {', '.join(preset_names())}; or pass a dict or a config object (BottleneckConfig, LoRAConfig, ...)."
         )
     base = PRESETS[key]()
+    if "use_dora" in overrides:
+        base = _switch_dora(base, _use_dora(overrides.pop("use_dora")), name)
     return base.replace(**overrides) if overrides else base
+
+
+def _use_dora(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"use_dora must be true or false, got {value!r}.")
+    return value
+
+
+def _switch_dora(base: MethodConfig, use_dora: bool, name: str) -> MethodConfig:
+    """``lora[use_dora=true]`` (peft's spelling) is the ``dora`` method with the same LoRA options; no field is
+    added to LoRAConfig, so saved LoRA configs (and their hashes) are unchanged."""
+    if base.method not in ("lora", "dora"):
+        raise ConfigError(f"use_dora applies to LoRA presets; {name!r} is a {base.method} config.")
+    target = "dora" if use_dora else "lora"
+    if base.method == target:
+        return base
+    return METHOD_CONFIGS[target].from_dict({**base.to_dict(), "method": target})
 
 
 def _parse_preset_string(text: str) -> tuple[str, dict[str, Any]]:

@@ -117,11 +117,10 @@ def test_gpt2_fused_c_attn_round_trip(tmp_path):
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("use_dora", True, "use_dora=True.*DoRA"),
         ("bias", "all", "bias='all'"),
         ("rank_pattern", {"query": 2}, "rank_pattern="),
         ("alpha_pattern", {"query": 2}, "alpha_pattern="),
-        ("peft_type", "IA3", "peft_type"),
+        ("peft_type", "LOHA", "peft_type"),
         ("init_lora_weights", "pissa", "init_lora_weights='pissa'"),
     ],
 )

@@ -21,6 +21,7 @@ from torch import nn
 from adapterhub.architectures import ArchitectureSpec, get_base_model, get_layers
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io import adapters_lib_inv
+from adapterhub.io.adapters_lib_ia3 import ia3_config_to_theirs, is_ia3, read_ia3, write_ia3
 from adapterhub.io.adapters_lib_lora import lora_config_to_theirs, read_lora, write_lora
 from adapterhub.io.adapters_lib_prompt import read_prompt, write_prompt
 from adapterhub.io.files import (
@@ -264,6 +265,8 @@ def read_adapters_lib_dir(
     architecture = meta["config"].get("architecture")
     if architecture == "prefix_tuning":
         config, tensors = _read_prefix(directory, meta["config"], name, spec)
+    elif architecture == "lora" and is_ia3(meta["config"]):
+        config, tensors = read_ia3(meta["config"], raw, spec, name)
     elif architecture == "lora":
         config, tensors = read_lora(meta["config"], raw, spec, name)
     elif architecture == "prompt_tuning":
@@ -389,6 +392,9 @@ def write_adapters_lib_dir(
     elif method == "lora":
         theirs_config = lora_config_to_theirs(record.config, spec)
         tensors = write_lora(record.tensors, spec, record.name, prefix)
+    elif method == "ia3":
+        theirs_config = ia3_config_to_theirs(record.config, spec)
+        tensors = write_ia3(record.tensors, spec, record.name, prefix)
     else:
         theirs_config = config_to_theirs(record.config)
         tensors = _bottleneck_tensors(record, spec, prefix)

@@ -7,6 +7,7 @@ expected modules are built on the meta device.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +43,19 @@ class AdapterManifest:
     files: tuple[str, ...]
 
 
-def inspect_adapter_dir(path: str | os.PathLike[str]) -> AdapterManifest:
+def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None = None) -> AdapterManifest:
     """Describe and validate the adapter directory at ``path``; raises AdapterFileError / IncompatibleModelError /
-    ConfigError with a message naming the problem."""
+    ConfigError with a message naming the problem. ``model_type`` is used when the files do not say it (peft's
+    layout: its ``adapter_config.json`` names no model type)."""
     directory = Path(path)
     layout = detect_layout(directory)
-    model_type = str(read_json(directory / "adapter_config.json").get("model_type") or "")
+    stated = str(read_json(directory / "adapter_config.json").get("model_type") or "")
+    if not stated and not model_type:
+        raise AdapterFileError(
+            f"{directory}: the adapter's files do not say which model type it is for ({layout} layout); state it "
+            "(e.g. model_type='bert' in the card / push_adapter_dir(..., model_type=...))."
+        )
+    model_type = stated or str(model_type)
     try:
         spec = spec_for_model_type(model_type)
     except UnsupportedArchitectureError as error:
@@ -63,8 +71,15 @@ def inspect_adapter_dir(path: str | os.PathLike[str]) -> AdapterManifest:
     method = method_for_config(config)
     shapes = method.linear_shapes_from(record.tensors)
     dims = ModelDims(
-        model_type, record.model.hidden_size, int(num_layers), spec.pre_norm, linear_shapes=shapes
+        model_type,
+        record.model.hidden_size,
+        int(num_layers),
+        spec.pre_norm,
+        linear_shapes=shapes,
     )
+    heads = _attention_shape(config, record.tensors, int(num_layers), directory)
+    if heads is not None:
+        dims = dataclasses.replace(dims, num_heads=1, num_kv_heads=1, head_dim=heads)
     with torch.device("meta"):
         expected = method(record.name, config, dims)
     check_state_fits(expected.state_dict(), record.tensors, f"adapter {record.name!r} in {directory}")
@@ -97,6 +112,27 @@ def inspect_adapter_dir(path: str | os.PathLike[str]) -> AdapterManifest:
         num_parameters=sum(t.numel() for t in record.tensors.values()),
         files=tuple(sorted(p.name for p in directory.iterdir() if p.is_file())),
     )
+
+
+def _attention_shape(
+    config: Any, tensors: dict[str, torch.Tensor], num_layers: int, directory: Path
+) -> int | None:
+    """Prefix tuning's width ``N = layers · 2 · kv_heads · head_dim`` is all its shapes depend on; without the model
+    we take ``kv_heads · head_dim`` from the saved width (``num_kv_heads=1``), so the shapes are still checked
+    against each other and the config (the model's own attention shape is checked when it is loaded)."""
+    if getattr(config, "method", None) != "prefix_tuning":
+        return None
+    slots = num_layers - len([i for i in config.leave_out if i < num_layers])
+    control = tensors.get("control_trans") if config.flat else tensors.get("control_trans.2.weight")
+    if control is None or slots <= 0:
+        return None  # the state check names the missing weight
+    width = control.numel() // config.prefix_length if config.flat else int(control.shape[0])
+    if width <= 0 or width % (2 * slots):
+        raise AdapterFileError(
+            f"{directory}: the prefix width {width} of 'control_trans' is not 2 × {slots} layers × the attention "
+            "width; the file is corrupted or was written for a different config."
+        )
+    return width // (2 * slots)  # kv_heads · head_dim
 
 
 def _check_declared_model(

@@ -15,9 +15,13 @@ same rank and are refused with a message saying so.
 
 ``modules_to_save`` tensors (``base_model.model.classifier.weight`` ...) become the adapter's built-in ("static")
 head, loaded into the model's own head when the shapes match. Options we cannot express are refused with a
-``ConfigError`` naming the option: ``bias`` other than ``"none"``, ``use_dora``, non-empty ``rank_pattern`` /
+``ConfigError`` naming the option: ``bias`` other than ``"none"``, non-empty ``rank_pattern`` /
 ``alpha_pattern``, ``lora_bias``, ``layer_replication``, ``target_parameters``, embedding LoRA, and other peft
-methods than LoRA.
+methods than LoRA and (IA)³ (``peft_type: IA3``, read and written by ``adapterhub.io.peft_ia3``).
+
+DoRA (``use_dora: true``) reads as our ``dora`` method: peft's ``<module>.lora_magnitude_vector`` ``(d_out,)`` is our
+``layers.<i>.<point>.magnitude`` (on a fused projection, its row slices; the norm is per output row, so slicing is
+exact); ``save_adapter(layout="peft")`` writes a DoRA adapter back with ``use_dora: true``.
 """
 
 from __future__ import annotations
@@ -34,16 +38,19 @@ from torch import nn
 from adapterhub.architectures import ArchitectureSpec, get_layers
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io.files import read_json, read_tensors, write_json, write_tensors
+from adapterhub.io.peft_common import (
+    BIN_WEIGHTS_FILE,
+    CONFIG_FILE,
+    PREFIX,
+    WEIGHTS_FILE,
+    add_head_tensors,
+)
+from adapterhub.io.peft_ia3 import read_peft_ia3, write_peft_ia3
 from adapterhub.io.records import AdapterRecord, HeadRecord, ModelInfo
-
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE, BIN_WEIGHTS_FILE = "adapter_model.safetensors", "adapter_model.bin"
-PREFIX = "base_model.model."
 
 # peft options and the values under which they change nothing we would have to represent.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "bias": ("none",),
-    "use_dora": (False, None),
     "rank_pattern": ({}, None),
     "alpha_pattern": ({}, None),
     "lora_bias": (False, None),
@@ -61,7 +68,6 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 _WHY: dict[str, str] = {
     "bias": "adapterhub's LoRA trains no biases",
-    "use_dora": "DoRA is not supported by this reader yet (DoRA support is being added separately)",
     "rank_pattern": "adapterhub's LoRA has one rank for every target",
     "alpha_pattern": "adapterhub's LoRA has one alpha for every target",
     "lora_bias": "adapterhub's LoRA has no bias on lora_B",
@@ -73,10 +79,10 @@ def is_peft_config(meta: Any) -> bool:
 
 
 def _refuse_options(meta: Mapping[str, Any], directory: Path) -> None:
-    if meta.get("peft_type") != "LORA":
+    if meta.get("peft_type") not in ("LORA", "IA3"):
         raise ConfigError(
             f"{directory} holds a peft {meta.get('peft_type')!r} adapter (option peft_type); adapterhub reads peft "
-            "LoRA adapters (peft_type 'LORA') only."
+            "LoRA (with DoRA) and (IA)³ adapters (peft_type 'LORA' / 'IA3') only."
         )
     for option, neutral in _NEUTRAL.items():
         if option in meta and meta[option] not in neutral:
@@ -113,7 +119,7 @@ def _module_pattern(spec: ArchitectureSpec) -> re.Pattern[str]:
         re.escape(m) for m in sorted({lin.module for lin in spec.linears.values()}, key=len, reverse=True)
     )
     return re.compile(
-        rf"^(?:.*\.)?{re.escape(spec.layers)}\.(\d+)\.({modules})\.lora_([AB])(?:\.[^.]+)?\.weight$"
+        rf"^(?:.*\.)?{re.escape(spec.layers)}\.(\d+)\.({modules})\.lora_(A|B|magnitude_vector)(?:\.[^.]+)?(?:\.weight)?$"
     )
 
 
@@ -133,6 +139,12 @@ def read_peft_dir(
             f"{directory} is a peft adapter, whose files do not say the model type; load it with "
             "model.load_adapter(...) so the model's architecture maps its module names."
         )
+    if meta.get("peft_type") == "IA3":
+        ia3_config, ia3_tensors, ia3_head = read_peft_ia3(
+            meta, _read_weights(directory), spec, directory, model
+        )
+        return _record(directory, meta, ia3_config, ia3_tensors, ia3_head, spec, model, with_head)
+    use_dora = bool(meta.get("use_dora"))
     raw = _read_weights(directory)
     pattern = _module_pattern(spec)
     by_module: dict[str, list[str]] = {}
@@ -142,10 +154,13 @@ def read_peft_dir(
     tensors: dict[str, torch.Tensor] = {}
     head: dict[str, torch.Tensor] = {}
     for key, tensor in raw.items():
-        if "lora_embedding_" in key or "lora_magnitude_vector" in key:
-            what = "DoRA (use_dora)" if "magnitude" in key else "LoRA on embeddings"
+        if "lora_embedding_" in key:
             raise ConfigError(
-                f"The peft adapter in {directory} has {what} ({key!r}); adapterhub cannot represent it."
+                f"The peft adapter in {directory} has LoRA on embeddings ({key!r}); adapterhub cannot represent it."
+            )
+        if "lora_magnitude_vector" in key and not use_dora:
+            raise AdapterFileError(
+                f"peft weight {key!r} is a DoRA magnitude, but {directory / CONFIG_FILE} says use_dora=false."
             )
         match = pattern.match(key)
         if match is None:
@@ -160,15 +175,16 @@ def read_peft_dir(
             head[key[len(PREFIX) :]] = tensor  # modules_to_save
             continue
         layer, module, which = match.groups()
+        which = "magnitude" if which == "magnitude_vector" else f"lora_{which}"
         points = by_module[module]
-        if which == "A" and tensor.shape[0] != r:
+        if which == "lora_A" and tensor.shape[0] != r:
             raise ConfigError(f"peft weight {key!r} has rank {tensor.shape[0]}, but the config says r={r}.")
         if len(points) == 1:
-            tensors[f"layers.{layer}.{points[0]}.lora_{which}"] = tensor
+            tensors[f"layers.{layer}.{points[0]}.{which}"] = tensor
             continue
         # a fused projection: one LoRA on the whole module = one per slice sharing A
         parts = sorted(points, key=lambda p: spec.linears[p].part[0])  # type: ignore[index]
-        if which == "A":
+        if which == "lora_A":
             for point in parts:
                 tensors[f"layers.{layer}.{point}.lora_A"] = tensor.clone()
         else:
@@ -178,7 +194,7 @@ def read_peft_dir(
                 )
             width = tensor.shape[0] // len(parts)
             for j, point in enumerate(parts):
-                tensors[f"layers.{layer}.{point}.lora_B"] = tensor[j * width : (j + 1) * width].clone()
+                tensors[f"layers.{layer}.{point}.{which}"] = tensor[j * width : (j + 1) * width].clone()
     if not tensors:
         raise AdapterFileError(f"{directory} holds no LoRA weights for a {spec.model_types[0]} model.")
     found: dict[int, set[str]] = {}
@@ -195,7 +211,7 @@ def read_peft_dir(
         )
     num_layers = model.num_layers if model is not None and model.num_layers else max(found) + 1
     config: dict[str, Any] = {
-        "method": "lora",
+        "method": "dora" if use_dora else "lora",
         "r": r,
         "alpha": float(meta.get("lora_alpha", 8)),
         "dropout": float(meta.get("lora_dropout", 0.0)),
@@ -205,6 +221,19 @@ def read_peft_dir(
     }
     if meta.get("init_lora_weights") == "gaussian":
         config["init"] = "gaussian"
+    return _record(directory, meta, config, tensors, head, spec, model, with_head)
+
+
+def _record(
+    directory: Path,
+    meta: Mapping[str, Any],
+    config: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    head: dict[str, torch.Tensor],
+    spec: ArchitectureSpec,
+    model: ModelInfo | None,
+    with_head: bool,
+) -> AdapterRecord:
     info = ModelInfo(
         model_type=model.model_type if model is not None else spec.model_types[0],
         model_name=str(meta.get("base_model_name_or_path") or (model.model_name if model else "")),
@@ -239,17 +268,24 @@ def _hidden_size(tensors: Mapping[str, torch.Tensor], model: ModelInfo | None) -
             return int(tensor.shape[1])
         if point == "ffn_out" and key.endswith("lora_B"):
             return int(tensor.shape[0])
+        # (IA)³ vectors: the input of any projection but ffn_out, the output of ffn_out / o
+        if (point.startswith("in_") and point != "in_ffn_out") or point in ("out_ffn_out", "out_o"):
+            return int(tensor.shape[0])
     return model.hidden_size if model is not None else 0
 
 
 def write_peft_dir(
     record: AdapterRecord, directory: str | os.PathLike[str], spec: ArchitectureSpec, model: nn.Module
 ) -> Path:
-    """Write a LoRA record so that ``peft.PeftModel.from_pretrained(base, directory)`` computes what we do."""
+    """Write a LoRA / DoRA / (IA)³ record so that ``peft.PeftModel.from_pretrained(base, directory)`` computes what
+    we do."""
     config = record.config
-    if config.get("method") != "lora":
+    if config.get("method") == "ia3":
+        return write_peft_ia3(record, directory, spec, model)
+    if config.get("method") not in ("lora", "dora"):
         raise ConfigError(
-            f"layout='peft' writes LoRA adapters; {record.name!r} is a {config.get('method')} adapter."
+            f"layout='peft' writes LoRA, DoRA and (IA)³ adapters; {record.name!r} is a {config.get('method')} "
+            "adapter."
         )
     layers = get_layers(model, spec)
     layers_path = next(name for name, module in model.named_modules() if module is layers)
@@ -259,9 +295,8 @@ def write_peft_dir(
         _, layer, point, param = key.split(".")
         linear = spec.linears[point]
         if linear.part is None:
-            out[f"{PREFIX}{layers_path}.{layer}.{linear.module}.{param}.weight"] = (
-                tensor.detach().contiguous()
-            )
+            name = "lora_magnitude_vector" if param == "magnitude" else f"{param}.weight"
+            out[f"{PREFIX}{layers_path}.{layer}.{linear.module}.{name}"] = tensor.detach().contiguous()
         else:
             fused.setdefault((layer, linear.module), {}).setdefault(point, {})[param] = tensor.detach()
     for (layer, module), by_point in fused.items():
@@ -281,16 +316,11 @@ def write_peft_dir(
         base = f"{PREFIX}{layers_path}.{layer}.{module}"
         out[f"{base}.lora_A.weight"] = by_point[parts[0]]["lora_A"].contiguous()
         out[f"{base}.lora_B.weight"] = torch.cat([by_point[p]["lora_B"] for p in parts], dim=0).contiguous()
-    modules_to_save = None
-    if record.head is not None:
-        if record.head.head_type != "static":
-            raise ConfigError(
-                f"Adapter {record.name!r} has an adapterhub {record.head.head_type} head, which peft cannot hold "
-                "(peft saves the model's own head through modules_to_save). Pass with_head=False."
-            )
-        for key, tensor in record.head.tensors.items():
-            out[PREFIX + key] = tensor.detach().contiguous()
-        modules_to_save = sorted({key.rsplit(".", 1)[0] for key in record.head.tensors})
+        if "magnitude" in by_point[parts[0]]:
+            out[f"{base}.lora_magnitude_vector"] = torch.cat(
+                [by_point[p]["magnitude"] for p in parts], dim=0
+            ).contiguous()
+    modules_to_save = add_head_tensors(record, out)
     target_modules = sorted({spec.linears[p].module for p in config["targets"]})
     num_layers = len(layers)
     leave_out = set(config.get("leave_out", []))
@@ -308,7 +338,7 @@ def write_peft_dir(
         "rank_pattern": {},
         "alpha_pattern": {},
         "bias": "none",
-        "use_dora": False,
+        "use_dora": config.get("method") == "dora",
         "fan_in_fan_out": any(spec.linears[p].transposed for p in config["targets"]),
         "modules_to_save": modules_to_save,
         "init_lora_weights": "gaussian" if config.get("init") == "gaussian" else True,

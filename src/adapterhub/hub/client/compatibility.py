@@ -23,7 +23,7 @@ def check_model(path: Path, model_type: str, hidden_size: int, what: str) -> Non
         from adapterhub.io.manifest import inspect_adapter_dir
     except ImportError as error:
         raise _cannot_check(error, path, model_type, hidden_size, what) from error
-    manifest = inspect_adapter_dir(path)
+    manifest = inspect_adapter_dir(path, model_type=model_type)
     if manifest.model_type != model_type or manifest.hidden_size != hidden_size:
         raise IncompatibleModelError(
             f"{what} was saved for {manifest.model_type} with hidden size "

@@ -187,7 +187,8 @@ def download_adapter(
 
 def search(q: str | None = None, *, hub_url: str | None = None, **filters: Any) -> dict[str, Any]:
     """Search the hub: ``q`` (text) and filters task, subtask, model_type, model_name, hidden_size, config, owner,
-    language, adapter_type, sort (score|recent|downloads|name), page, per_page."""
+    language, adapter_type, method (lora, dora, ia3, bottleneck, ...), sort (score|recent|downloads|name), page,
+    per_page."""
     url = hub_url_from(hub_url)
     params = {"q": q, **filters}
     return request_json(

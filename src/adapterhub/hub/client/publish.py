@@ -32,8 +32,10 @@ def push_adapter_dir(
     config_name: str = "",
     token: str | None = None,
     hub_url: str | None = None,
+    model_type: str | None = None,
 ) -> dict[str, Any]:
-    """Publish the adapter directory ``path`` as the next version of ``@owner/name``; returns the version info."""
+    """Publish the adapter directory ``path`` as the next version of ``@owner/name``; returns the version info.
+    ``model_type`` goes into the card: needed for peft-layout directories, whose files do not say it."""
     path = Path(path)
     if not path.is_dir():
         raise AdapterHubError(f"{path} is not a directory; push the folder that save_adapter() wrote.")
@@ -54,6 +56,7 @@ def push_adapter_dir(
         "citation": citation,
         "metrics": dict(metrics or {}),
         "config_name": config_name,
+        "model_type": model_type,
     }
     card = {k: v for k, v in card.items() if v is not None}
     archive = pack_directory_bytes(path)

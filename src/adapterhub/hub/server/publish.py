@@ -107,7 +107,7 @@ def parse_card(text: str | bytes) -> Card:
 def validate_directory(directory: Path, card: Card) -> Any:
     """Inspect and check an unpacked adapter directory; returns its manifest."""
     try:
-        manifest = inspect_adapter_dir(directory)
+        manifest = inspect_adapter_dir(directory, model_type=card.model_type)
     except IncompatibleModelError as error:
         raise service.invalid("model_mismatch", str(error)) from None
     except AdapterHubError as error:

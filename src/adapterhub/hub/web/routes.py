@@ -47,6 +47,7 @@ _FILTER_LIMITS = {
     "config": 500,
     "owner": 39,
     "language": 64,
+    "method": 64,
 }
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -157,7 +158,9 @@ def run_search(s: Session, filters: Mapping[str, Any]) -> dict[str, Any]:
 
 def facets(s: Session, **where: Any) -> dict[str, list[tuple[str, str]]]:
     """Values the filter drop-downs offer (among adapters matching ``where``): (value, label) pairs."""
-    stmt = sa.select(Adapter.model_type, Adapter.model_name, Adapter.config_hash, Adapter.config_name)
+    stmt = sa.select(
+        Adapter.model_type, Adapter.model_name, Adapter.config_hash, Adapter.config_name, Adapter.method
+    )
     if where.get("task_id") is not None:
         stmt = stmt.where(Adapter.task_id == where["task_id"])
     if where.get("subtask_id") is not None:
@@ -175,6 +178,7 @@ def facets(s: Session, **where: Any) -> dict[str, list[tuple[str, str]]]:
     return {
         "model_types": [(m, m) for m in model_types],
         "model_names": [(m, m) for m in model_names],
+        "methods": [(m, m) for m in sorted({r.method for r in rows})],
         "configs": sorted(configs.items(), key=lambda kv: kv[1]),
     }
 
@@ -465,6 +469,7 @@ def adapter_page(owner: str, name: str, request: Request) -> Response:
             versions=version_rows,
             selected=_version_row(adapter, selected) if selected else None,
             config_json=views.pretty_json(config),
+            method_params=views.method_parameters(config),
             metrics=views.plain_metrics(metrics),
             main_metric=subtask_info["metric"] if subtask_info else None,
             subtask=subtask_info,

@@ -66,6 +66,25 @@ def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 
 
+def method_parameters(config: Any) -> list[tuple[str, str]]:
+    """The method's own options from an adapter config (``r``, ``alpha``, ``targets`` for LoRA, ``prefix_length``
+    for prefix tuning, ...) as (name, text) pairs for the facts list; lists joined with commas."""
+    if not isinstance(config, Mapping):
+        return []
+    out = []
+    for key, value in sorted(config.items()):
+        if key == "method" or value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            text = ", ".join(str(v) for v in value) or "none"
+        elif isinstance(value, Mapping):
+            text = json.dumps(value, sort_keys=True)
+        else:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+        out.append((key, text[:200]))
+    return out[:40]
+
+
 def plain_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     """The metrics meant for a table: everything but the fusion activations."""
     return {k: v for k, v in (metrics or {}).items() if not k.startswith(FUSION_PREFIX)}

@@ -186,6 +186,7 @@ def search(
     owner: str | None = None,
     language: str | None = None,
     adapter_type: str | None = None,
+    method: str | None = None,
     sort: str = "score",
     page: int = 1,
     per_page: int = 20,
@@ -242,6 +243,8 @@ def search(
         stmt = stmt.where(lang_t.code == language)
     if adapter_type:
         stmt = stmt.where(Adapter.adapter_type == adapter_type)
+    if method:
+        stmt = stmt.where(Adapter.method == method)
     total = s.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0
     orders: dict[str, list[Any]] = {
         "score": [Adapter.score.is_(None), Adapter.score.desc(), Adapter.updated_at.desc()],

@@ -1,0 +1,33 @@
+"""Names and helpers shared by peft's LoRA/DoRA (``peft_layout``) and (IA)³ (``peft_ia3``) layouts."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from adapterhub.architectures import ArchitectureSpec, get_layers
+from adapterhub.errors import ConfigError
+from adapterhub.io.records import AdapterRecord
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE, BIN_WEIGHTS_FILE = "adapter_model.safetensors", "adapter_model.bin"
+PREFIX = "base_model.model."
+
+
+def add_head_tensors(record: AdapterRecord, out: dict[str, torch.Tensor]) -> list[str] | None:
+    """A static head's tensors into ``out`` (peft's ``modules_to_save``); returns those modules, or None."""
+    if record.head is None:
+        return None
+    if record.head.head_type != "static":
+        raise ConfigError(
+            f"Adapter {record.name!r} has an adapterhub {record.head.head_type} head, which peft cannot hold "
+            "(peft saves the model's own head through modules_to_save). Pass with_head=False."
+        )
+    for key, tensor in record.head.tensors.items():
+        out[PREFIX + key] = tensor.detach().contiguous()
+    return sorted({key.rsplit(".", 1)[0] for key in record.head.tensors})
+
+
+def layers_path(model: nn.Module, spec: ArchitectureSpec) -> str:
+    layers = get_layers(model, spec)
+    return next(name for name, module in model.named_modules() if module is layers)

@@ -1,0 +1,189 @@
+"""(IA)³ in peft's layout (``"peft_type": "IA3"``), both ways.
+
+peft puts one vector ``ia3_l`` on each adapted module: ``(d_out, 1)`` scales the module's output, except for the
+modules also listed in ``feedforward_modules``, whose ``(1, d_in)`` vector scales the input. That is our
+``layers.<i>.out_<point>`` / ``layers.<i>.in_<point>`` (``targets`` / ``input_targets``). GPT-2's fused ``c_attn``
+(q, k, v): an output vector is split into its q, k, v row blocks, an input vector is copied to all three. Writing
+fills an untargeted block of a fused output with ones (exact: a vector of ones scales nothing) and refuses input
+scaling that differs between the parts of a fused module, or a projection scaled on both sides (peft holds one
+vector per module).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapterhub.architectures import ArchitectureSpec, get_layers
+from adapterhub.errors import AdapterFileError, ConfigError
+from adapterhub.io.files import write_json, write_tensors
+from adapterhub.io.peft_common import CONFIG_FILE, PREFIX, WEIGHTS_FILE, add_head_tensors, layers_path
+from adapterhub.io.records import AdapterRecord, ModelInfo
+
+_NEUTRAL: dict[str, tuple[Any, ...]] = {"target_parameters": (None, [])}
+
+
+def _parts(spec: ArchitectureSpec) -> dict[str, list[str]]:
+    by_module: dict[str, list[str]] = {}
+    for point, linear in spec.linears.items():
+        by_module.setdefault(linear.module, []).append(point)
+    return {m: sorted(ps, key=lambda p: spec.linears[p].part or (0, 1)) for m, ps in by_module.items()}
+
+
+def read_peft_ia3(
+    meta: Mapping[str, Any],
+    raw: Mapping[str, torch.Tensor],
+    spec: ArchitectureSpec,
+    directory: Path,
+    model: ModelInfo | None,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """peft (IA)³ config + weights -> our config dict, tensors and ``modules_to_save`` tensors."""
+    for option, neutral in _NEUTRAL.items():
+        if meta.get(option) not in neutral:
+            raise ConfigError(
+                f"The peft adapter in {directory} sets {option}={meta[option]!r}; adapterhub cannot represent it."
+            )
+    by_module = _parts(spec)
+    modules = "|".join(re.escape(m) for m in sorted(by_module, key=len, reverse=True))
+    pattern = re.compile(rf"^(?:.*\.)?{re.escape(spec.layers)}\.(\d+)\.({modules})\.ia3_l(?:\.[^.]+)?$")
+    tensors: dict[str, torch.Tensor] = {}
+    head: dict[str, torch.Tensor] = {}
+    for key, tensor in raw.items():
+        match = pattern.match(key)
+        if match is None:
+            if "ia3_l" in key:
+                raise ConfigError(
+                    f"peft weight {key!r} scales a module that is not one of the {spec.model_types[0]} projections "
+                    f"adapterhub can hold ({', '.join(f'{p}={lin.module}' for p, lin in spec.linears.items())})."
+                )
+            if not key.startswith(PREFIX):
+                raise AdapterFileError(f"peft weight {key!r} in {directory} is not under {PREFIX!r}.")
+            head[key[len(PREFIX) :]] = tensor
+            continue
+        layer, module = match.groups()
+        if tensor.dim() != 2 or 1 not in tensor.shape:
+            raise AdapterFileError(
+                f"peft weight {key!r} has shape {tuple(tensor.shape)}; expected (d, 1) or (1, d)."
+            )
+        points = by_module[module]
+        if (tensor.shape[0] == 1 and tensor.shape[1] != 1) or (
+            tensor.shape == (1, 1) and _is_ff(module, meta)
+        ):
+            for point in points:  # input scaling: shared by all parts of a fused module
+                tensors[f"layers.{layer}.in_{point}"] = tensor.reshape(-1).clone()
+            continue
+        vector = tensor.reshape(-1)
+        if vector.shape[0] % len(points):
+            raise AdapterFileError(
+                f"peft weight {key!r} has {vector.shape[0]} rows, not divisible by {len(points)}."
+            )
+        width = vector.shape[0] // len(points)
+        for j, point in enumerate(points):
+            tensors[f"layers.{layer}.out_{point}"] = vector[j * width : (j + 1) * width].clone()
+    if not tensors:
+        raise AdapterFileError(f"{directory} holds no (IA)³ weights for a {spec.model_types[0]} model.")
+    found: dict[int, set[str]] = {}
+    for key in tensors:
+        found.setdefault(int(key.split(".")[1]), set()).add(key.split(".")[2])
+    every = set().union(*found.values())
+    uneven = {i: sorted(v) for i, v in found.items() if v != every}
+    if uneven:
+        raise ConfigError(
+            f"The peft adapter in {directory} scales different projections in different layers ({uneven}); "
+            "adapterhub's (IA)³ has the same targets in every adapted layer."
+        )
+    order = list(spec.linears).index
+    num_layers = model.num_layers if model is not None and model.num_layers else max(found) + 1
+    config = {
+        "method": "ia3",
+        "targets": sorted((k[4:] for k in every if k.startswith("out_")), key=order),
+        "input_targets": sorted((k[3:] for k in every if k.startswith("in_")), key=order),
+        "leave_out": [i for i in range(num_layers) if i not in found],
+    }
+    return config, tensors, head
+
+
+def _is_ff(module: str, meta: Mapping[str, Any]) -> bool:
+    ff = meta.get("feedforward_modules") or []
+    if isinstance(ff, str):
+        return re.fullmatch(ff, module) is not None
+    return any(module == m or module.endswith("." + m) for m in ff)
+
+
+def write_peft_ia3(
+    record: AdapterRecord, directory: str | os.PathLike[str], spec: ArchitectureSpec, model: nn.Module
+) -> Path:
+    """Write an (IA)³ record so that ``peft.PeftModel.from_pretrained(base, directory)`` computes what we do."""
+    config = record.config
+    both = set(config["targets"]) & set(config["input_targets"])
+    if both:
+        raise ConfigError(
+            f"(IA)³ adapter {record.name!r} scales both the input and the output of {sorted(both)}; peft holds one "
+            "vector per module. Use layout='adapterhub'."
+        )
+    by_module = _parts(spec)
+    path = layers_path(model, spec)
+    out: dict[str, torch.Tensor] = {}
+    target_modules: set[str] = set()
+    ff_modules: set[str] = set()
+    layer_keys = sorted({int(k.split(".")[1]) for k in record.tensors})
+    for layer in layer_keys:
+        for module, parts in by_module.items():
+            outs = [record.tensors.get(f"layers.{layer}.out_{p}") for p in parts]
+            ins = [record.tensors.get(f"layers.{layer}.in_{p}") for p in parts]
+            base = f"{PREFIX}{path}.{layer}.{module}.ia3_l"
+            if any(t is not None for t in outs) and any(t is not None for t in ins):
+                raise ConfigError(
+                    f"(IA)³ adapter {record.name!r} scales input and output of the fused module {module!r}; peft "
+                    "holds one vector per module. Use layout='adapterhub'."
+                )
+            if any(t is not None for t in outs):
+                widths = [spec_width(t, outs) for t in outs]
+                full = [t if t is not None else torch.ones(w) for t, w in zip(outs, widths, strict=True)]
+                out[base] = torch.cat([t.detach() for t in full]).reshape(-1, 1).contiguous()
+                target_modules.add(module)
+            elif any(t is not None for t in ins):
+                first = ins[0]
+                if first is None or any(t is None or not torch.equal(t, first) for t in ins):
+                    raise ConfigError(
+                        f"(IA)³ adapter {record.name!r} scales the input of only some of {parts} (fused module "
+                        f"{module!r}, which peft scales as one). Use layout='adapterhub'."
+                    )
+                out[base] = first.detach().reshape(1, -1).contiguous()
+                target_modules.add(module)
+                ff_modules.add(module)
+    modules_to_save = add_head_tensors(record, out)
+    num_layers = len(get_layers(model, spec))
+    leave_out = set(config.get("leave_out", []))
+    meta = {
+        "peft_type": "IA3",
+        "task_type": None,
+        "base_model_name_or_path": record.model.model_name or None,
+        "target_modules": sorted(target_modules),
+        "feedforward_modules": sorted(ff_modules),
+        "fan_in_fan_out": any(spec.linears[p].transposed for ps in by_module.values() for p in ps),
+        "layers_to_transform": [i for i in range(num_layers) if i not in leave_out] if leave_out else None,
+        "layers_pattern": None,
+        "modules_to_save": modules_to_save,
+        "init_ia3_weights": True,
+        "inference_mode": True,
+    }
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_tensors(directory / WEIGHTS_FILE, out)
+    write_json(directory / CONFIG_FILE, meta)
+    return directory
+
+
+def spec_width(tensor: torch.Tensor | None, siblings: list[torch.Tensor | None]) -> int:
+    """The width of a fused block: its own, or (untargeted) that of a targeted sibling (q, k, v are equal on the
+    fused modules we know)."""
+    if tensor is not None:
+        return int(tensor.shape[0])
+    return int(next(t for t in siblings if t is not None).shape[0])
