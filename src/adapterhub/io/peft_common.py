@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -31,3 +34,12 @@ def add_head_tensors(record: AdapterRecord, out: dict[str, torch.Tensor]) -> lis
 def layers_path(model: nn.Module, spec: ArchitectureSpec) -> str:
     layers = get_layers(model, spec)
     return next(name for name, module in model.named_modules() if module is layers)
+
+
+def module_regex(spec: ArchitectureSpec, modules: Iterable[str], layers: Iterable[int]) -> str:
+    """A ``target_modules`` regex (peft matches it against whole module names) for exactly these projections of
+    these layers: anchored at the layer list, so that ``output.dense`` cannot also match
+    ``attention.output.dense`` the way a suffix list would."""
+    names = "|".join(re.escape(m) for m in sorted(set(modules)))
+    indices = "|".join(str(i) for i in sorted(set(layers)))
+    return rf"(?:.*\.)?{re.escape(spec.layers)}\.(?:{indices})\.(?:{names})"

@@ -23,7 +23,14 @@ from torch import nn
 from adapterhub.architectures import ArchitectureSpec, get_layers
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io.files import write_json, write_tensors
-from adapterhub.io.peft_common import CONFIG_FILE, PREFIX, WEIGHTS_FILE, add_head_tensors, layers_path
+from adapterhub.io.peft_common import (
+    CONFIG_FILE,
+    PREFIX,
+    WEIGHTS_FILE,
+    add_head_tensors,
+    layers_path,
+    module_regex,
+)
 from adapterhub.io.records import AdapterRecord, ModelInfo
 
 _NEUTRAL: dict[str, tuple[Any, ...]] = {"target_parameters": (None, [])}
@@ -161,15 +168,14 @@ def write_peft_ia3(
     modules_to_save = add_head_tensors(record, out)
     num_layers = len(get_layers(model, spec))
     leave_out = set(config.get("leave_out", []))
+    kept = [i for i in range(num_layers) if i not in leave_out]
     meta = {
         "peft_type": "IA3",
         "task_type": None,
         "base_model_name_or_path": record.model.model_name or None,
-        "target_modules": sorted(target_modules),
-        "feedforward_modules": sorted(ff_modules),
+        "target_modules": module_regex(spec, target_modules, kept),  # the kept layers are in the regex
+        "feedforward_modules": module_regex(spec, ff_modules, kept) if ff_modules else [],
         "fan_in_fan_out": any(spec.linears[p].transposed for ps in by_module.values() for p in ps),
-        "layers_to_transform": [i for i in range(num_layers) if i not in leave_out] if leave_out else None,
-        "layers_pattern": None,
         "modules_to_save": modules_to_save,
         "init_ia3_weights": True,
         "inference_mode": True,

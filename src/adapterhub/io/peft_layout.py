@@ -44,6 +44,7 @@ from adapterhub.io.peft_common import (
     PREFIX,
     WEIGHTS_FILE,
     add_head_tensors,
+    module_regex,
 )
 from adapterhub.io.peft_ia3 import read_peft_ia3, write_peft_ia3
 from adapterhub.io.records import AdapterRecord, HeadRecord, ModelInfo
@@ -321,9 +322,13 @@ def write_peft_dir(
                 [by_point[p]["magnitude"] for p in parts], dim=0
             ).contiguous()
     modules_to_save = add_head_tensors(record, out)
-    target_modules = sorted({spec.linears[p].module for p in config["targets"]})
     num_layers = len(layers)
     leave_out = set(config.get("leave_out", []))
+    target_modules = module_regex(
+        spec,
+        (spec.linears[p].module for p in config["targets"]),
+        (i for i in range(num_layers) if i not in leave_out),
+    )
     meta = {
         "peft_type": "LORA",
         "task_type": None,
@@ -333,7 +338,7 @@ def write_peft_dir(
         "lora_dropout": config["dropout"],
         "use_rslora": bool(config.get("use_rslora", False)),
         "target_modules": target_modules,
-        "layers_to_transform": [i for i in range(num_layers) if i not in leave_out] if leave_out else None,
+        "layers_to_transform": None,  # the layers are in the target_modules regex
         "layers_pattern": None,
         "rank_pattern": {},
         "alpha_pattern": {},
