@@ -3,6 +3,7 @@ separate adapters would, under one adapter name."""
 
 import pytest
 import torch
+import transformers
 
 import adapterhub
 from adapterhub import ConfigError, Fuse, LoRAConfig, MethodUnion, Stack
@@ -49,10 +50,14 @@ CASES = {
 
 
 # two bottleneck adapters at one site: one architecture is enough
+# transformers 4.x: prefix tuning (in mam and unipelt) reaches decoders only, so encoders use llama there
+ON_4X = int(transformers.__version__.split(".")[0]) < 5
+ENCODER = "llama" if ON_4X else "bert"
 UNION_MATRIX = [
     (arch, case)
     for case in CASES
     for arch in ("bert", "gpt2", "llama")
+    if not (ON_4X and arch == "bert" and case in ("mam", "unipelt"))
     if arch == "bert" or not case.startswith("houlsby")
 ]
 
@@ -126,7 +131,7 @@ def test_parallel_part_after_another_at_its_point_is_refused_naming_the_parts():
 
 
 def test_composition_and_merging_follow_the_parts():
-    model = adapterhub.init(build("bert"))
+    model = adapterhub.init(build(ENCODER))
     model.add_adapter("u", config="mam[configs=[prefix_tuning,par_bn]]")
     model.add_adapter("b", config="pfeiffer")
     with pytest.raises(ConfigError, match="Fuse cannot hold 'u'"):
@@ -146,7 +151,7 @@ def test_composition_and_merging_follow_the_parts():
 
 @pytest.mark.parametrize("preset", ["mam", "unipelt"])
 def test_one_training_step_changes_only_the_union(preset):
-    model = adapterhub.init(build("bert"))
+    model = adapterhub.init(build(ENCODER))
     model.add_adapter("u", config=preset)
     model.add_adapter("other", config="lora")
     model.train_adapter("u")
@@ -161,7 +166,7 @@ def test_one_training_step_changes_only_the_union(preset):
     assert any(".parts.0." in k for k in changed) and any(".parts.1." in k for k in changed)
 
 
-@pytest.mark.parametrize(("arch", "preset"), [("bert", "unipelt"), ("gpt2", "mam"), ("llama", "unipelt")])
+@pytest.mark.parametrize(("arch", "preset"), [(ENCODER, "unipelt"), ("gpt2", "mam"), ("llama", "unipelt")])
 def test_save_load_round_trip(arch, preset, tmp_path):
     model = adapterhub.init(build(arch))
     model.add_adapter("u", config=preset, set_active=True)

@@ -103,6 +103,14 @@ class PromptTuningAdapter(AdapterModule):
 
     def __init__(self, name: str, config: PromptTuningConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
+        import transformers
+
+        if int(transformers.__version__.split(".")[0]) < 5:
+            raise ConfigError(
+                f"Prompt tuning needs transformers >= 5.0 (this is {transformers.__version__}): older versions build "
+                "the attention mask (and, when generating, the causal mask) from the input ids' length, so the "
+                "prompt positions cannot be added to it through hooks. Upgrade transformers, or use prefix tuning."
+            )
         spec = spec_for_model_type(dims.model_type)
         if spec.embeddings not in SUPPORTED_EMBEDDINGS:
             raise ConfigError(
