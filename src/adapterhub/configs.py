@@ -107,6 +107,16 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     )
 
 
+def layer_list(name: str, value: Any) -> tuple[int, ...]:
+    """A list of layer indices (``leave_out``) validated and frozen: sorted, without repeats."""
+    _require(
+        isinstance(value, (list, tuple))
+        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value),
+        f"{name} must be a list of non-negative layer indices, got {value!r}.",
+    )
+    return tuple(sorted(set(value)))
+
+
 def _freeze_per_layer(name: str, value: Any, check: Callable[[str, Any], None]) -> Any:
     """A number, or a mapping ``{"default": x, "3": y}`` frozen into a sorted tuple of (key, value) pairs."""
     if isinstance(value, Mapping) or (isinstance(value, tuple) and value and isinstance(value[0], tuple)):
@@ -213,13 +223,7 @@ class BottleneckConfig(MethodConfig):
             f"dropout must be a number in [0, 1), got {self.dropout!r}.",
         )
         _check_choice("init_weights", self.init_weights, INIT_SCHEMES)
-        leave_out = self.leave_out
-        _require(
-            isinstance(leave_out, (list, tuple))
-            and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in leave_out),
-            f"leave_out must be a list of non-negative layer indices, got {leave_out!r}.",
-        )
-        object.__setattr__(self, "leave_out", tuple(sorted(set(leave_out))))
+        object.__setattr__(self, "leave_out", layer_list("leave_out", self.leave_out))
         if _is_number(self.scaling):
             object.__setattr__(self, "scaling", float(self.scaling))
 
@@ -297,22 +301,13 @@ class LoRAConfig(MethodConfig):
         object.__setattr__(self, "targets", tuple(dict.fromkeys(targets)))
         _check_bool("use_rslora", self.use_rslora)
         _check_choice("init", self.init, LORA_INITS)
-        _check_layers("leave_out", self.leave_out)
-        object.__setattr__(self, "leave_out", tuple(sorted(set(self.leave_out))))
+        object.__setattr__(self, "leave_out", layer_list("leave_out", self.leave_out))
         object.__setattr__(self, "alpha", float(self.alpha))
 
     @property
     def scaling(self) -> float:
         """``s``: ``alpha / r``, or ``alpha / sqrt(r)`` with ``use_rslora``."""
         return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
-
-
-def _check_layers(name: str, value: Any) -> None:
-    _require(
-        isinstance(value, (list, tuple))
-        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value),
-        f"{name} must be a list of non-negative layer indices, got {value!r}.",
-    )
 
 
 # ---------------------------------------------------------------------------------------------------- presets

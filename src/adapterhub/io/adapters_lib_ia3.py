@@ -22,6 +22,7 @@ import torch
 
 from adapterhub.architectures import ArchitectureSpec
 from adapterhub.errors import AdapterFileError, ConfigError
+from adapterhub.io.adapters_lib_lora import check_their_targets
 
 _THEIR_DEFAULTS: dict[str, Any] = {
     "architecture": "lora",
@@ -121,14 +122,8 @@ def ia3_config_to_theirs(ours: Mapping[str, Any], spec: ArchitectureSpec) -> dic
             f"(IA)³ with input_targets={list(ours['input_targets'])} cannot be written in the `adapters` layout: "
             "that library scales projection outputs only. Use input_targets=[] (or layout='peft' / 'adapterhub')."
         )
-    location = {point: where for where, point in spec.adapters_lib_lora.items()}
     targets = list(ours["targets"])
-    refused = [t for t in targets if t not in ("q", "k", "v") and t not in location]
-    if refused:
-        raise ConfigError(
-            f"(IA)³ on {refused} cannot be written in the `adapters` layout: on {spec.model_types[0]} it scales "
-            f"q, k, v and {', '.join(f'{p} ({w})' for p, w in location.items())} only."
-        )
+    check_their_targets(targets, spec, "(IA)³")
     return {
         **_THEIR_DEFAULTS,
         "alpha": 1,

@@ -96,20 +96,26 @@ def read_lora(
     return ours, tensors
 
 
+def check_their_targets(targets: list[str], spec: ArchitectureSpec, what: str) -> None:
+    """Refuse targets the `adapters` library's LoRA locations cannot hold (it has q, k, v and its per-architecture
+    "intermediate" / "output" projections); ``what`` names the method in the message."""
+    location = {point: where for where, point in spec.adapters_lib_lora.items()}
+    refused = [t for t in targets if t not in ("q", "k", "v") and t not in location]
+    if refused:
+        raise ConfigError(
+            f"{what} on {refused} cannot be written in the `adapters` layout: on {spec.model_types[0]} it covers "
+            f"q, k, v and {', '.join(f'{p} ({w})' for p, w in location.items())} only."
+        )
+
+
 def lora_config_to_theirs(ours: Mapping[str, Any], spec: ArchitectureSpec) -> dict[str, Any]:
     """Our LoRA config -> theirs; refuses what that library cannot express."""
     if ours.get("use_rslora"):
         raise ConfigError(
             "use_rslora has no equivalent in the `adapters` layout (it scales by alpha / r only)."
         )
-    location = {point: where for where, point in spec.adapters_lib_lora.items()}
     targets = list(ours["targets"])
-    refused = [t for t in targets if t not in ("q", "k", "v") and t not in location]
-    if refused:
-        raise ConfigError(
-            f"LoRA on {refused} cannot be written in the `adapters` layout: on {spec.model_types[0]} it puts LoRA on "
-            f"q, k, v and {', '.join(f'{p} ({w})' for p, w in location.items())} only."
-        )
+    check_their_targets(targets, spec, "LoRA")
     return {
         **_THEIR_DEFAULTS,
         "alpha": ours["alpha"],

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from adapterhub.architectures import ArchitectureSpec, get_layers
-from adapterhub.errors import ConfigError
+from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io.records import AdapterRecord
 
 CONFIG_FILE = "adapter_config.json"
@@ -43,3 +43,10 @@ def module_regex(spec: ArchitectureSpec, modules: Iterable[str], layers: Iterabl
     names = "|".join(re.escape(m) for m in sorted(set(modules)))
     indices = "|".join(str(i) for i in sorted(set(layers)))
     return rf"(?:.*\.)?{re.escape(spec.layers)}\.(?:{indices})\.(?:{names})"
+
+
+def split_rows(key: str, tensor: torch.Tensor, parts: int) -> list[torch.Tensor]:
+    """The equal row blocks of a fused module's weight, one per part (q, k, v of GPT-2's ``c_attn``)."""
+    if tensor.shape[0] % parts:
+        raise AdapterFileError(f"peft weight {key!r} has {tensor.shape[0]} rows, not divisible by {parts}.")
+    return [block.clone() for block in tensor.split(tensor.shape[0] // parts, dim=0)]

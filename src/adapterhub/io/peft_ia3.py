@@ -30,6 +30,7 @@ from adapterhub.io.peft_common import (
     add_head_tensors,
     layers_path,
     module_regex,
+    split_rows,
 )
 from adapterhub.io.records import AdapterRecord, ModelInfo
 
@@ -85,14 +86,8 @@ def read_peft_ia3(
             for point in points:  # input scaling: shared by all parts of a fused module
                 tensors[f"layers.{layer}.in_{point}"] = tensor.reshape(-1).clone()
             continue
-        vector = tensor.reshape(-1)
-        if vector.shape[0] % len(points):
-            raise AdapterFileError(
-                f"peft weight {key!r} has {vector.shape[0]} rows, not divisible by {len(points)}."
-            )
-        width = vector.shape[0] // len(points)
-        for j, point in enumerate(points):
-            tensors[f"layers.{layer}.out_{point}"] = vector[j * width : (j + 1) * width].clone()
+        for point, block in zip(points, split_rows(key, tensor.reshape(-1), len(points)), strict=True):
+            tensors[f"layers.{layer}.out_{point}"] = block
     if not tensors:
         raise AdapterFileError(f"{directory} holds no (IA)³ weights for a {spec.model_types[0]} model.")
     found: dict[int, set[str]] = {}

@@ -45,6 +45,7 @@ from adapterhub.io.peft_common import (
     WEIGHTS_FILE,
     add_head_tensors,
     module_regex,
+    split_rows,
 )
 from adapterhub.io.peft_ia3 import read_peft_ia3, write_peft_ia3
 from adapterhub.io.records import AdapterRecord, HeadRecord, ModelInfo
@@ -189,13 +190,8 @@ def read_peft_dir(
             for point in parts:
                 tensors[f"layers.{layer}.{point}.lora_A"] = tensor.clone()
         else:
-            if tensor.shape[0] % len(parts):
-                raise AdapterFileError(
-                    f"peft weight {key!r} has {tensor.shape[0]} rows, not divisible by {len(parts)}."
-                )
-            width = tensor.shape[0] // len(parts)
-            for j, point in enumerate(parts):
-                tensors[f"layers.{layer}.{point}.{which}"] = tensor[j * width : (j + 1) * width].clone()
+            for point, block in zip(parts, split_rows(key, tensor, len(parts)), strict=True):
+                tensors[f"layers.{layer}.{point}.{which}"] = block
     if not tensors:
         raise AdapterFileError(f"{directory} holds no LoRA weights for a {spec.model_types[0]} model.")
     found: dict[int, set[str]] = {}

@@ -77,6 +77,15 @@ class ModelDims:
             f"it has: {', '.join(known) or 'none'}."
         )
 
+    def check_leave_out(self, leave_out: tuple[int, ...]) -> None:
+        """Raise a ConfigError when ``leave_out`` names a layer this model does not have."""
+        out_of_range = [i for i in leave_out if i >= self.num_layers]
+        if out_of_range:
+            raise ConfigError(
+                f"leave_out names layer(s) {out_of_range}, but the model has {self.num_layers} layers "
+                f"(indices 0..{self.num_layers - 1})."
+            )
+
     def linear_points(self) -> tuple[str, ...]:
         return tuple(name for name, _, _ in self.linear_shapes)
 

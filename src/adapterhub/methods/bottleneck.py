@@ -7,7 +7,7 @@ around the model's residual connection and LayerNorm is described in ``Bottlenec
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -54,13 +54,20 @@ class BottleneckState:
 class BottleneckLayer(nn.Module):
     """The adapter at one site: ``y = r + scaling · up(f(down(norm_before(x))))`` (norm_after optional)."""
 
-    def __init__(self, hidden_size: int, width: int, config: BottleneckConfig) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        width: int,
+        config: BottleneckConfig,
+        linear: Callable[[int, int], nn.Module] = nn.Linear,
+    ) -> None:
+        """``linear(d_in, d_out)`` builds the down and up projections (``nn.Linear``; Compacter: PHM layers)."""
         super().__init__()
         self.config = config
         self.norm_before = nn.LayerNorm(hidden_size) if config.ln_before else None
-        self.down = nn.Linear(hidden_size, width)  # (m, d)
+        self.down: nn.Linear = linear(hidden_size, width)  # type: ignore[assignment]  # (m, d)
         self.activation = make_activation(config.non_linearity)
-        self.up = nn.Linear(width, hidden_size)  # (d, m)
+        self.up: nn.Linear = linear(width, hidden_size)  # type: ignore[assignment]  # (d, m)
         self.dropout = nn.Dropout(config.dropout)
         self.norm_after = nn.LayerNorm(hidden_size) if config.ln_after else None
         self.scaling: nn.Parameter | float
@@ -233,12 +240,7 @@ class BottleneckAdapter(AdapterModule):
 
     def __init__(self, name: str, config: BottleneckConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
-        out_of_range = [i for i in config.leave_out if i >= dims.num_layers]
-        if out_of_range:
-            raise ConfigError(
-                f"leave_out names layer(s) {out_of_range}, but the model has {dims.num_layers} layers "
-                f"(indices 0..{dims.num_layers - 1})."
-            )
+        dims.check_leave_out(config.leave_out)
         unknown = [site for site in config.sites if dims.residual_points and site not in dims.residual_points]
         if unknown:
             raise ConfigError(

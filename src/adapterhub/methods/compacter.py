@@ -23,7 +23,7 @@ from torch import nn
 from adapterhub.configs import PRESET_ALIASES, BottleneckConfig, register_config
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import ModelDims, register_method
-from adapterhub.methods.bottleneck import BottleneckAdapter, BottleneckLayer, make_activation
+from adapterhub.methods.bottleneck import BottleneckAdapter, BottleneckLayer
 
 W_INITS = ("glorot-normal", "glorot-uniform", "normal", "phm")
 C_INITS = ("normal", "uniform")
@@ -224,21 +224,10 @@ class CompacterLayer(BottleneckLayer):
     def __init__(
         self, hidden_size: int, width: int, config: CompacterConfig, shared: nn.ParameterDict | None
     ) -> None:
-        nn.Module.__init__(self)
-        self.config = config
-        self.norm_before = nn.LayerNorm(hidden_size) if config.ln_before else None
-        self.down = PHMLinear(hidden_size, width, config, shared)  # type: ignore[assignment]
-        self.activation = make_activation(config.non_linearity)
-        self.up = PHMLinear(width, hidden_size, config, shared)  # type: ignore[assignment]
-        self.dropout = nn.Dropout(config.dropout)
-        self.norm_after = nn.LayerNorm(hidden_size) if config.ln_after else None
-        self.scaling: nn.Parameter | float
-        if config.scaling == "learned":
-            self.scaling = nn.Parameter(torch.ones(1))
-        elif config.scaling == "channel":
-            self.scaling = nn.Parameter(torch.ones(hidden_size))
-        else:
-            self.scaling = float(config.scaling)
+        def phm(d_in: int, d_out: int) -> nn.Module:
+            return PHMLinear(d_in, d_out, config, shared)
+
+        super().__init__(hidden_size, width, config, linear=phm)
 
     def reset_parameters(self) -> None:
         self.down.reset_parameters()

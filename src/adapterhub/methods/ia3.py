@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from adapterhub.configs import LINEAR_POINTS, MethodConfig, register_config
+from adapterhub.configs import LINEAR_POINTS, MethodConfig, layer_list, register_config
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import (
     LINEAR,
@@ -80,13 +80,7 @@ class IA3Config(MethodConfig):
         object.__setattr__(self, "input_targets", _points("input_targets", self.input_targets))
         if not self.targets and not self.input_targets:
             raise ConfigError("(IA)³ needs at least one of targets / input_targets.")
-        leave_out = self.leave_out
-        if not (
-            isinstance(leave_out, (list, tuple))
-            and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in leave_out)
-        ):
-            raise ConfigError(f"leave_out must be a list of non-negative layer indices, got {leave_out!r}.")
-        object.__setattr__(self, "leave_out", tuple(sorted(set(leave_out))))
+        object.__setattr__(self, "leave_out", layer_list("leave_out", self.leave_out))
 
 
 register_config(IA3Config, presets={"ia3": lambda: IA3Config()})
@@ -111,12 +105,7 @@ class IA3Adapter(AdapterModule):
 
     def __init__(self, name: str, config: IA3Config, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
-        out_of_range = [i for i in config.leave_out if i >= dims.num_layers]
-        if out_of_range:
-            raise ConfigError(
-                f"leave_out names layer(s) {out_of_range}, but the model has {dims.num_layers} layers "
-                f"(indices 0..{dims.num_layers - 1})."
-            )
+        dims.check_leave_out(config.leave_out)
         sizes = {f"out_{p}": dims.linear_shape(p)[1] for p in config.targets}
         sizes.update({f"in_{p}": dims.linear_shape(p)[0] for p in config.input_targets})
         self.layers = nn.ModuleDict(

@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 from adapterhub.configs import LoRAConfig
-from adapterhub.errors import ConfigError
 from adapterhub.methods.base import (
     LINEAR,
     AdapterModule,
@@ -89,12 +88,7 @@ class LoRAAdapter(AdapterModule):
 
     def __init__(self, name: str, config: LoRAConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
-        out_of_range = [i for i in config.leave_out if i >= dims.num_layers]
-        if out_of_range:
-            raise ConfigError(
-                f"leave_out names layer(s) {out_of_range}, but the model has {dims.num_layers} layers "
-                f"(indices 0..{dims.num_layers - 1})."
-            )
+        dims.check_leave_out(config.leave_out)
         shapes = {point: dims.linear_shape(point) for point in config.targets}  # raises for unknown points
         self.layers = nn.ModuleDict(
             {

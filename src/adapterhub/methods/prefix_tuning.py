@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from adapterhub.configs import ACTIVATIONS, MethodConfig, register_config
+from adapterhub.configs import ACTIVATIONS, MethodConfig, layer_list, register_config
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import (
     ATTENTION,
@@ -77,13 +77,7 @@ class PrefixTuningConfig(MethodConfig):
         object.__setattr__(self, "dropout", float(dropout))
         if not isinstance(self.flat, bool):
             raise ConfigError(f"flat must be true or false, got {self.flat!r}.")
-        leave_out = self.leave_out
-        if not (
-            isinstance(leave_out, (list, tuple))
-            and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in leave_out)
-        ):
-            raise ConfigError(f"leave_out must be a list of non-negative layer indices, got {leave_out!r}.")
-        object.__setattr__(self, "leave_out", tuple(sorted(set(leave_out))))
+        object.__setattr__(self, "leave_out", layer_list("leave_out", self.leave_out))
 
 
 register_config(PrefixTuningConfig, {"prefix_tuning": lambda: PrefixTuningConfig()})
@@ -101,12 +95,7 @@ class PrefixTuningAdapter(AdapterModule):
 
     def __init__(self, name: str, config: PrefixTuningConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
-        out_of_range = [i for i in config.leave_out if i >= dims.num_layers]
-        if out_of_range:
-            raise ConfigError(
-                f"leave_out names layer(s) {out_of_range}, but the model has {dims.num_layers} layers "
-                f"(indices 0..{dims.num_layers - 1})."
-            )
+        dims.check_leave_out(config.leave_out)
         if dims.num_kv_heads is None or dims.head_dim is None:
             raise ConfigError(
                 f"Prefix tuning needs the attention shape (key/value heads, head dim) of this {dims.model_type} model, "
