@@ -5,19 +5,13 @@ last_hidden_state within 1e-4; what we write in their layout reads back equal, a
 .venv-adapters, skipped when absent) loads it and reproduces our outputs."""
 
 import json
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
-import transformers
 
-import adapterhub
 from adapterhub.errors import ConfigError
+from golden import ADAPTERS_PYTHON, FIXTURES, load_golden, run_in_adapters_venv
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "tests" / "fixtures" / "adapters_lib"
-ADAPTERS_PYTHON = ROOT / ".venv-adapters" / "bin" / "python"
 CASES = ["bert_ia3", "gpt2_ia3", "llama_ia3"]
 # their fused GPT-2 c_attn pads q's block with ones *before* multiplying by alpha (2): q is scaled by 2 there
 TARGETS = {
@@ -43,20 +37,9 @@ sys.exit(0 if diff < 1e-4 else 1)
 """
 
 
-def load_case(case):
-    expected = json.loads((FIXTURES / case / "expected.json").read_text())
-    base = transformers.AutoModel.from_pretrained(FIXTURES / case / "base", attn_implementation="eager")
-    model = adapterhub.init(base.eval())
-    inputs = {
-        "input_ids": torch.tensor(expected["input_ids"]),
-        "attention_mask": torch.tensor(expected["attention_mask"]),
-    }
-    return model, inputs, expected
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_their_ia3_matches_and_round_trips(case, tmp_path):
-    model, inputs, expected = load_case(case)
+    model, inputs, expected = load_golden(case, "eager")
     name = model.load_adapter(FIXTURES / case / "adapter", set_active=True)
     adapter = model.adapters[name]
     assert adapter.method == "ia3"
@@ -71,7 +54,7 @@ def test_their_ia3_matches_and_round_trips(case, tmp_path):
             assert written[key] == expected["config"][key], key
     model.save_adapter(tmp_path / "ours", name, with_head=False)
     for layout in ("theirs", "ours"):
-        fresh, _, _ = load_case(case)
+        fresh, _, _ = load_golden(case, "eager")
         fresh.load_adapter(tmp_path / layout, set_active=True)
         with torch.no_grad():
             torch.testing.assert_close(fresh(**inputs).last_hidden_state, ours, atol=1e-6, rtol=0)
@@ -79,17 +62,11 @@ def test_their_ia3_matches_and_round_trips(case, tmp_path):
         (tmp_path / "expected.json").write_text(
             json.dumps({k: v.tolist() for k, v in inputs.items()} | {"ours": ours.tolist()})
         )
-        result = subprocess.run(
-            [str(ADAPTERS_PYTHON), "-c", THEIR_SIDE, str(FIXTURES / case), str(tmp_path)],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        run_in_adapters_venv(THEIR_SIDE, str(FIXTURES / case), str(tmp_path), timeout=600)
 
 
 def test_input_scaling_is_refused_in_their_layout(tmp_path):
-    model, _, _ = load_case("bert_ia3")
+    model, _, _ = load_golden("bert_ia3", "eager")
     model.add_adapter("paper", config="ia3")  # input_targets=[ffn_out]: no form in that library
     with pytest.raises(ConfigError, match="input_targets"):
         model.save_adapter(tmp_path / "x", "paper", layout="adapters", with_head=False)

@@ -2,36 +2,16 @@
 same last hidden states, and are written back in its layout key for key."""
 
 import json
-import subprocess
-from pathlib import Path
 
-import pytest
 import torch
-import transformers
 
-import adapterhub
+from golden import FIXTURES, hidden, load_golden, needs_adapters_venv, run_in_adapters_venv
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "adapters_lib"
 CASE = "bert_seq_bn_inv"
 
 
-def load_case():
-    expected = json.loads((FIXTURES / CASE / "expected.json").read_text())
-    model = transformers.AutoModel.from_pretrained(FIXTURES / CASE / "base").eval()
-    inputs = {
-        "input_ids": torch.tensor(expected["input_ids"]),
-        "attention_mask": torch.tensor(expected["attention_mask"]),
-    }
-    return adapterhub.init(model), inputs, expected
-
-
-def hidden(model, **inputs):
-    with torch.no_grad():
-        return model(**inputs).last_hidden_state
-
-
 def test_their_invertible_adapter_loads_with_identical_outputs():
-    model, inputs, expected = load_case()
+    model, inputs, expected = load_golden(CASE)
     name = model.load_adapter(FIXTURES / CASE / "adapter", set_active=True)
     assert model.adapters[name].method == "bottleneck_inv"
     assert torch.equal(hidden(model, **inputs), torch.tensor(expected["last_hidden_state"]))
@@ -44,7 +24,7 @@ def test_their_invertible_adapter_loads_with_identical_outputs():
 
 
 def test_written_in_their_layout_key_for_key(tmp_path):
-    model, inputs, expected = load_case()
+    model, inputs, expected = load_golden(CASE)
     name = model.load_adapter(FIXTURES / CASE / "adapter")
     model.save_adapter(tmp_path / "theirs", name, layout="adapters")
     theirs = torch.load(tmp_path / "theirs" / "pytorch_adapter.bin", weights_only=True)
@@ -53,12 +33,11 @@ def test_written_in_their_layout_key_for_key(tmp_path):
     assert all(torch.equal(theirs[k], original[k]) for k in original)
     written = json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())
     assert written["config"] == expected["config"]
-    fresh, _, _ = load_case()
+    fresh, _, _ = load_golden(CASE)
     fresh.load_adapter(tmp_path / "theirs", set_active=True)
     assert torch.equal(hidden(fresh, **inputs), torch.tensor(expected["last_hidden_state"]))
 
 
-ADAPTERS_PYTHON = Path(__file__).resolve().parents[2] / ".venv-adapters" / "bin" / "python"
 THEIR_LOAD = """
 import json, sys, torch, adapters, transformers
 fixture, directory = sys.argv[1:]
@@ -75,17 +54,9 @@ sys.exit(0 if diff < 1e-5 else 1)
 """
 
 
-@pytest.mark.skipif(
-    not ADAPTERS_PYTHON.exists(), reason="no .venv-adapters (scripts/compat/setup_adapters_venv.sh)"
-)
+@needs_adapters_venv
 def test_the_adapters_library_loads_what_we_write(tmp_path):
-    model, _, _ = load_case()
+    model, _, _ = load_golden(CASE)
     name = model.load_adapter(FIXTURES / CASE / "adapter")
     model.save_adapter(tmp_path / "theirs", name, layout="adapters")
-    result = subprocess.run(
-        [str(ADAPTERS_PYTHON), "-c", THEIR_LOAD, str(FIXTURES / CASE), str(tmp_path / "theirs")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    run_in_adapters_venv(THEIR_LOAD, str(FIXTURES / CASE), str(tmp_path / "theirs"))

@@ -4,41 +4,23 @@ made with eager attention (that library's decoder prefix tuning is wrong under s
 under both."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import transformers
 
 import adapterhub
+from golden import FIXTURES, hidden, load_golden, needs_adapters_venv, run_in_adapters_venv
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "adapters_lib"
 ON_4X = int(transformers.__version__.split(".")[0]) < 5
 # transformers 4.x computes BERT-family attention without AttentionInterface: no prefix tuning there
 CASES = ["gpt2_prefix", "llama_prefix"] if ON_4X else ["bert_prefix", "gpt2_prefix", "llama_prefix"]
 
 
-def load_case(case, attn_implementation):
-    expected = json.loads((FIXTURES / case / "expected.json").read_text())
-    model = transformers.AutoModel.from_pretrained(
-        FIXTURES / case / "base", attn_implementation=attn_implementation
-    ).eval()
-    inputs = {
-        "input_ids": torch.tensor(expected["input_ids"]),
-        "attention_mask": torch.tensor(expected["attention_mask"]),
-    }
-    return adapterhub.init(model), inputs, expected
-
-
-def hidden(model, **inputs):
-    with torch.no_grad():
-        return model(**inputs).last_hidden_state
-
-
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("case", CASES)
 def test_prefix_adapter_matches_the_adapters_library(case, attn):
-    model, inputs, expected = load_case(case, attn)
+    model, inputs, expected = load_golden(case, attn)
     name = model.load_adapter(FIXTURES / case / expected["setup"]["adapter_dir"], set_active=True)
     assert model.adapters[name].method == "prefix_tuning" and not model.adapters[name].flat
     assert torch.allclose(hidden(model, **inputs), torch.tensor(expected["last_hidden_state"]), atol=1e-4)
@@ -55,7 +37,7 @@ def test_prefix_adapter_matches_the_adapters_library(case, attn):
 
 @pytest.mark.parametrize("case", [c for c in ("bert_prefix", "gpt2_prefix") if c in CASES])
 def test_their_ejected_flat_prefix_loads_despite_flat_false_in_its_config(case):
-    model, inputs, expected = load_case(case, "eager")
+    model, inputs, expected = load_golden(case, "eager")
     flat_dir = FIXTURES / case / expected["setup"]["flat_adapter_dir"]
     assert json.loads((flat_dir / "adapter_config.json").read_text())["config"]["flat"] is False
     name = model.load_adapter(flat_dir, set_active=True)
@@ -67,7 +49,7 @@ def test_their_ejected_flat_prefix_loads_despite_flat_false_in_its_config(case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_written_in_their_layout_and_read_back(case, tmp_path):
-    model, inputs, expected = load_case(case, "eager")
+    model, inputs, expected = load_golden(case, "eager")
     name = model.load_adapter(FIXTURES / case / expected["setup"]["adapter_dir"], set_active=True)
     model.save_adapter(tmp_path / "theirs", name, layout="adapters")
     theirs = torch.load(tmp_path / "theirs" / "pytorch_adapter.bin", weights_only=True)
@@ -79,20 +61,19 @@ def test_written_in_their_layout_and_read_back(case, tmp_path):
     assert written["config"] == expected["config"]
     model.eject_prefix(name)
     model.save_adapter(tmp_path / "flat", name, layout="adapters")
-    fresh, _, _ = load_case(case, "eager")
+    fresh, _, _ = load_golden(case, "eager")
     fresh.load_adapter(tmp_path / "flat", set_active=True)
     assert torch.allclose(hidden(fresh, **inputs), torch.tensor(expected["last_hidden_state"]), atol=1e-4)
 
 
 @pytest.mark.skipif(not ON_4X, reason="transformers 5 routes every architecture through AttentionInterface")
 def test_bert_family_on_transformers_4_is_refused_with_the_version_needed():
-    model, _, expected = load_case("bert_prefix", "eager")
+    model, _, expected = load_golden("bert_prefix", "eager")
     with pytest.raises(adapterhub.ConfigError, match=r"transformers >= 5\.0"):
         model.load_adapter(FIXTURES / "bert_prefix" / expected["setup"]["adapter_dir"])
     assert not model.adapters and model.config._attn_implementation == "eager"
 
 
-ADAPTERS_PYTHON = Path(__file__).resolve().parents[2] / ".venv-adapters" / "bin" / "python"
 THEIR_LOAD = """
 import json, sys, torch, adapters, transformers
 fixture, attn, directory = sys.argv[1:]
@@ -109,23 +90,13 @@ sys.exit(0 if diff < 1e-4 else 1)
 """
 
 
-@pytest.mark.skipif(
-    not ADAPTERS_PYTHON.exists(), reason="no .venv-adapters (scripts/compat/setup_adapters_venv.sh)"
-)
+@needs_adapters_venv
 @pytest.mark.parametrize("case", CASES)
 def test_the_adapters_library_loads_prefixes_we_write(case, tmp_path):
-    import subprocess
-
-    model, _, expected = load_case(case, "eager")
+    model, _, expected = load_golden(case, "eager")
     name = model.load_adapter(FIXTURES / case / expected["setup"]["adapter_dir"])
     model.save_adapter(tmp_path / "mlp", name, layout="adapters")
     model.eject_prefix(name)
     model.save_adapter(tmp_path / "flat", name, layout="adapters")
     for form in ("mlp", "flat"):
-        result = subprocess.run(
-            [str(ADAPTERS_PYTHON), "-c", THEIR_LOAD, str(FIXTURES / case), "eager", str(tmp_path / form)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        run_in_adapters_venv(THEIR_LOAD, str(FIXTURES / case), "eager", str(tmp_path / form))

@@ -3,16 +3,13 @@ P + T positions, as that library returns them), and is written back in its layou
 attention: under sdpa that library lets the prompt positions of a padded row attend to its padding (docs/methods.md)."""
 
 import json
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 import transformers
 
-import adapterhub
+from golden import FIXTURES, hidden, load_golden, needs_adapters_venv, run_in_adapters_venv
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "adapters_lib"
 CASE = "bert_prompt_tuning"
 pytestmark = pytest.mark.skipif(
     int(transformers.__version__.split(".")[0]) < 5,
@@ -20,24 +17,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def load_case(attn="eager"):
-    expected = json.loads((FIXTURES / CASE / "expected.json").read_text())
-    model = transformers.AutoModel.from_pretrained(FIXTURES / CASE / "base", attn_implementation=attn).eval()
-    inputs = {
-        "input_ids": torch.tensor(expected["input_ids"]),
-        "attention_mask": torch.tensor(expected["attention_mask"]),
-    }
-    return adapterhub.init(model), inputs, expected
-
-
-def hidden(model, **inputs):
-    with torch.no_grad():
-        return model(**inputs).last_hidden_state
-
-
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_their_prompt_loads_with_the_same_outputs(attn):
-    model, inputs, expected = load_case(attn)
+    model, inputs, expected = load_golden(CASE, attn)
     name = model.load_adapter(FIXTURES / CASE / "adapter", set_active=True)
     assert model.adapters[name].method == "prompt_tuning"
     want = torch.tensor(expected["last_hidden_state"])
@@ -56,7 +38,7 @@ def test_their_prompt_loads_with_the_same_outputs(attn):
 
 
 def test_written_in_their_layout(tmp_path):
-    model, _, expected = load_case()
+    model, _, expected = load_golden(CASE, "eager")
     name = model.load_adapter(FIXTURES / CASE / "adapter")
     model.save_adapter(tmp_path / "theirs", name, layout="adapters")
     theirs = torch.load(tmp_path / "theirs" / "pytorch_adapter.bin", weights_only=True)
@@ -67,7 +49,6 @@ def test_written_in_their_layout(tmp_path):
     assert written["config"] == expected["config"]
 
 
-ADAPTERS_PYTHON = Path(__file__).resolve().parents[2] / ".venv-adapters" / "bin" / "python"
 THEIR_LOAD = """
 import json, sys, torch, adapters, transformers
 fixture, directory = sys.argv[1:]
@@ -84,17 +65,9 @@ sys.exit(0 if diff < 1e-5 else 1)
 """
 
 
-@pytest.mark.skipif(
-    not ADAPTERS_PYTHON.exists(), reason="no .venv-adapters (scripts/compat/setup_adapters_venv.sh)"
-)
+@needs_adapters_venv
 def test_the_adapters_library_loads_what_we_write(tmp_path):
-    model, _, _ = load_case()
+    model, _, _ = load_golden(CASE, "eager")
     name = model.load_adapter(FIXTURES / CASE / "adapter")
     model.save_adapter(tmp_path / "theirs", name, layout="adapters")
-    result = subprocess.run(
-        [str(ADAPTERS_PYTHON), "-c", THEIR_LOAD, str(FIXTURES / CASE), str(tmp_path / "theirs")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    run_in_adapters_venv(THEIR_LOAD, str(FIXTURES / CASE), str(tmp_path / "theirs"))

@@ -3,15 +3,14 @@ included) load into our ``union`` method with the same last hidden states (withi
 attention; saved again in our format they load back identically."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import transformers
 
 import adapterhub
+from golden import FIXTURES, hidden, load_golden
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "adapters_lib"
 ON_4X = int(transformers.__version__.split(".")[0]) < 5
 pytestmark = pytest.mark.skipif(
     ON_4X, reason="BERT prefix tuning needs transformers >= 5 (AttentionInterface)"
@@ -23,25 +22,10 @@ PARTS = {
 }
 
 
-def load_case(case, attn):
-    expected = json.loads((FIXTURES / case / "expected.json").read_text())
-    model = transformers.AutoModel.from_pretrained(FIXTURES / case / "base", attn_implementation=attn).eval()
-    inputs = {
-        "input_ids": torch.tensor(expected["input_ids"]),
-        "attention_mask": torch.tensor(expected["attention_mask"]),
-    }
-    return adapterhub.init(model), inputs, expected
-
-
-def hidden(model, **inputs):
-    with torch.no_grad():
-        return model(**inputs).last_hidden_state
-
-
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("case", list(PARTS))
 def test_union_matches_the_adapters_library(case, attn, tmp_path):
-    model, inputs, expected = load_case(case, attn)
+    model, inputs, expected = load_golden(case, attn)
     name = model.load_adapter(FIXTURES / case / expected["setup"]["adapter_dir"], set_active=True)
     module = model._adapterhub.adapters[name]
     assert [p.method for p in module.parts] == PARTS[case]
@@ -54,7 +38,7 @@ def test_union_matches_the_adapters_library(case, attn, tmp_path):
     )
     # our format round trip
     model.save_adapter(tmp_path / "ours", name)
-    other, _, _ = load_case(case, attn)
+    other, _, _ = load_golden(case, attn)
     other.load_adapter(tmp_path / "ours", set_active=True)
     assert torch.allclose(hidden(other, **inputs), want, atol=1e-4)
 
