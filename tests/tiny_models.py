@@ -13,6 +13,8 @@ TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_he
 def tiny_config(arch: str, **overrides: object) -> transformers.PretrainedConfig:
     tiny = {k: v for k, v in TINY.items() if k not in overrides}
     common = {"pad_token_id": 0, **overrides}
+    if arch in SEQ2SEQ:
+        return tiny_seq2seq_config(arch, **overrides)
     if arch == "bert":
         return transformers.BertConfig(**tiny, **common)
     if arch == "roberta":
@@ -47,13 +49,14 @@ ARCHITECTURES = ENCODERS + DECODERS
 
 
 def build(arch: str, kind: str = "base", seed: int = 0, **config_overrides: object) -> torch.nn.Module:
-    """A tiny random model in eval mode: kind is base | classification | causal_lm."""
+    """A tiny random model in eval mode: kind is base | classification | causal_lm | seq2seq_lm."""
     torch.manual_seed(seed)
     config = tiny_config(arch, **config_overrides)
     factory = {
         "base": transformers.AutoModel,
         "classification": transformers.AutoModelForSequenceClassification,
         "causal_lm": transformers.AutoModelForCausalLM,
+        "seq2seq_lm": transformers.AutoModelForSeq2SeqLM,
     }[kind]
     return factory.from_config(config).eval()
 
@@ -79,3 +82,58 @@ def shared_data_dir() -> Path | None:
     here = Path(__file__).resolve().parent.parent
     candidate = here.parent / "shared" / "data"
     return candidate if candidate.is_dir() else None
+
+
+# Encoder-decoder models with different encoder and decoder depths (T5: 3 + 2, BART: 2 + 3), so that the layer
+# numbering (encoder first) is tested.
+SEQ2SEQ = ["t5", "mt5", "bart", "mbart"]
+
+
+def tiny_seq2seq_config(arch: str, **overrides: object) -> transformers.PretrainedConfig:
+    """T5 (plain ReLU FFN), mT5 (gated-GELU FFN), BART (post-LN) and mBART (pre-LN), hidden 32, 4 heads."""
+    if arch in ("t5", "mt5"):
+        t5 = dict(
+            vocab_size=99,
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=3,  # transformers 5.23 sizes T5's decoder cache by num_layers: not fewer than the decoder's
+            num_decoder_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+        if arch == "t5":
+            return transformers.T5Config(**{**t5, "feed_forward_proj": "relu", **overrides})
+        return transformers.MT5Config(**{**t5, "feed_forward_proj": "gated-gelu", **overrides})
+    bart = dict(
+        vocab_size=99,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=3,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=37,
+        decoder_ffn_dim=37,
+        max_position_embeddings=64,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        forced_eos_token_id=None,
+    )
+    if arch == "bart":
+        return transformers.BartConfig(**{**bart, **overrides})
+    if arch == "mbart":
+        return transformers.MBartConfig(**{**bart, **overrides})
+    raise ValueError(arch)
+
+
+def make_seq2seq_inputs(seed: int = 123) -> dict[str, torch.Tensor]:
+    """3 source rows of 7 ids (the last with two padding positions) and 3 target rows of 5 ids."""
+    inputs = make_inputs(seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    inputs["decoder_input_ids"] = torch.randint(3, 99, (3, 5), generator=generator)
+    return inputs

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -79,18 +80,47 @@ class ArchitectureSpec:
     # The module whose output is the input embeddings entering the first layer (relative to the base model): the
     # ``embedding`` attachment point (invertible adapters). The module the `adapters` library hooks for the same.
     embeddings: str | None = None
+    # Encoder-decoder models (T5, BART): the decoder's layer stack. The fields above describe the encoder; decoder
+    # layers are numbered after the encoder's (layer ``len(encoder) + j``), as in the `adapters` library.
+    decoder: StackSpec | None = None
+    # This entry applies to configs whose attributes have these values (several entries per model type, the first
+    # match wins: T5's plain and gated FFN); empty: every config of its model types.
+    config_match: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def pre_norm(self) -> bool:
-        return all(site.norm is None for site in self.sites.values())
+        return all(site.norm is None for stack in self.stacks() for site in stack.sites.values())
+
+    def stacks(self) -> tuple[StackSpec, ...]:
+        """The layer stacks in numbering order: the encoder (or the only stack), then the decoder if any."""
+        first = StackSpec(self.layers, self.sites, self.linears, self.attention)
+        return (first,) if self.decoder is None else (first, self.decoder)
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """One stack of transformer layers: its ModuleList (relative to the base model), its residual sites, linear
+    points and self-attention module (relative to one layer), and in an encoder-decoder decoder the
+    cross-attention module (``cross_attention``: the ``("attention", "cross")`` point)."""
+
+    layers: str
+    sites: Mapping[str, SiteSpec]
+    linears: Mapping[str, LinearSpec] = field(default_factory=dict)
+    attention: str | None = None
+    cross_attention: str | None = None
 
 
 _REGISTRY: dict[str, ArchitectureSpec] = {}
+_VARIANTS: dict[str, list[ArchitectureSpec]] = {}  # model type -> entries with a config_match, in order
 
 
 def register_architecture(spec: ArchitectureSpec) -> ArchitectureSpec:
     for model_type in spec.model_types:
-        _REGISTRY[model_type] = spec
+        if spec.config_match:
+            _VARIANTS.setdefault(model_type, []).append(spec)
+            _REGISTRY.setdefault(model_type, spec)
+        else:
+            _REGISTRY[model_type] = spec
     return spec
 
 
@@ -109,25 +139,58 @@ def spec_for_model_type(model_type: str) -> ArchitectureSpec:
     return _REGISTRY[model_type]
 
 
+def spec_for_config(config: Any) -> ArchitectureSpec:
+    """The spec for a transformers config: the first entry of its model type whose ``config_match`` it meets,
+    else the model type's plain entry (``spec_for_model_type``)."""
+    model_type = str(getattr(config, "model_type", ""))
+    for spec in _VARIANTS.get(model_type, ()):
+        if all(getattr(config, key, None) == value for key, value in spec.config_match.items()):
+            return spec
+    return spec_for_model_type(model_type)
+
+
 def get_base_model(model: nn.Module) -> nn.Module:
     """The transformer body (``BertModel`` inside ``BertForSequenceClassification``), or the model itself."""
     base = getattr(model, "base_model", None)
     return base if isinstance(base, nn.Module) else model
 
 
-def get_layers(model: nn.Module, spec: ArchitectureSpec) -> nn.ModuleList:
-    base = get_base_model(model)
+def _stack_layers(base: nn.Module, spec: ArchitectureSpec, path: str) -> nn.ModuleList:
     try:
-        layers = base.get_submodule(spec.layers)
+        layers = base.get_submodule(path)
     except AttributeError as error:
+        hint = (
+            " An encoder-decoder spec needs both stacks: load the model with its decoder (AutoModel or "
+            "AutoModelForSeq2SeqLM, not an encoder-only class)."
+            if spec.decoder is not None
+            else ""
+        )
         raise UnsupportedArchitectureError(
-            f"The spec for {spec.model_types[0]!r} expects the layers at {spec.layers!r}, but "
+            f"The spec for {spec.model_types[0]!r} expects the layers at {path!r}, but "
             f"{type(base).__name__} has no such module ({error}). This transformers version may have renamed it; "
-            "adjust the ArchitectureSpec."
+            f"adjust the ArchitectureSpec.{hint}"
         ) from None
     if not isinstance(layers, nn.ModuleList):
-        raise UnsupportedArchitectureError(f"{spec.layers!r} in {type(base).__name__} is not a ModuleList.")
+        raise UnsupportedArchitectureError(f"{path!r} in {type(base).__name__} is not a ModuleList.")
     return layers
+
+
+def layer_stacks(model: nn.Module, spec: ArchitectureSpec) -> list[tuple[nn.Module, StackSpec]]:
+    """Every transformer layer of ``model`` in numbering order (encoder layers, then decoder layers) with the
+    description of the stack it belongs to."""
+    base = get_base_model(model)
+    return [
+        (layer, stack) for stack in spec.stacks() for layer in _stack_layers(base, spec, stack.layers)
+    ]
+
+
+def get_layers(model: nn.Module, spec: ArchitectureSpec) -> nn.ModuleList:
+    """The transformer layers in numbering order. Encoder-decoder models: a new list (not a submodule of the
+    model) holding the encoder's layers, then the decoder's."""
+    base = get_base_model(model)
+    if spec.decoder is None:
+        return _stack_layers(base, spec, spec.layers)
+    return nn.ModuleList(layer for layer, _ in layer_stacks(model, spec))
 
 
 # ------------------------------------------------------------------------------------------------ the specs
@@ -245,3 +308,129 @@ LLAMA = register_architecture(
         embeddings="embed_tokens",
     )
 )
+
+# ------------------------------------------------------------------------------------------ encoder-decoder specs
+# Layers are numbered encoder first, then decoder (leave_out counts both, as in the `adapters` library). Decoder
+# layers have a third residual site, ``cross_attn`` (after cross-attention), and the linear points ``cross_q``,
+# ``cross_k``, ``cross_v``, ``cross_out``. No embedding points (invertible adapters and prompt tuning are refused).
+
+
+def _t5_ffn(block: str, gated: bool) -> dict[str, LinearSpec]:
+    ffn = f"layer.{block}.DenseReluDense"
+    if gated:  # T5 v1.1, Flan-T5, mT5: act(wi_0 x) * wi_1 x
+        return {
+            "ffn_in": LinearSpec(f"{ffn}.wi_1"),
+            "ffn_gate": LinearSpec(f"{ffn}.wi_0"),
+            "ffn_out": LinearSpec(f"{ffn}.wo"),
+        }
+    return {"ffn_in": LinearSpec(f"{ffn}.wi"), "ffn_out": LinearSpec(f"{ffn}.wo")}
+
+
+def _t5_spec(gated: bool) -> ArchitectureSpec:
+    self_attn = "layer.0.SelfAttention"
+    attn_linears = {
+        "q": LinearSpec(f"{self_attn}.q"),
+        "k": LinearSpec(f"{self_attn}.k"),
+        "v": LinearSpec(f"{self_attn}.v"),
+        "attn_out": LinearSpec(f"{self_attn}.o"),
+    }
+    attn_site = SiteSpec(
+        output=self_attn, output_index=0, residual=InputRef("layer.0.layer_norm", 0, "hidden_states")
+    )
+    return ArchitectureSpec(
+        model_types=("t5", "mt5"),
+        layers="encoder.block",
+        hidden_size_attr="d_model",
+        sites={
+            "attn": attn_site,
+            "ffn": SiteSpec(
+                output="layer.1.DenseReluDense", residual=InputRef("layer.1.layer_norm", 0, "hidden_states")
+            ),
+        },
+        linears={**attn_linears, **_t5_ffn("1", gated)},
+        attention=self_attn,
+        decoder=StackSpec(
+            layers="decoder.block",
+            sites={
+                "attn": attn_site,
+                "cross_attn": SiteSpec(
+                    output="layer.1.EncDecAttention",
+                    output_index=0,
+                    residual=InputRef("layer.1.layer_norm", 0, "hidden_states"),
+                ),
+                "ffn": SiteSpec(
+                    output="layer.2.DenseReluDense", residual=InputRef("layer.2.layer_norm", 0, "hidden_states")
+                ),
+            },
+            linears={
+                **attn_linears,
+                "cross_q": LinearSpec("layer.1.EncDecAttention.q"),
+                "cross_k": LinearSpec("layer.1.EncDecAttention.k"),
+                "cross_v": LinearSpec("layer.1.EncDecAttention.v"),
+                "cross_out": LinearSpec("layer.1.EncDecAttention.o"),
+                **_t5_ffn("2", gated),
+            },
+            attention=self_attn,
+            cross_attention="layer.1.EncDecAttention",
+        ),
+        config_match={"is_gated_act": gated},
+    )
+
+
+T5 = register_architecture(_t5_spec(gated=False))
+T5_GATED = register_architecture(_t5_spec(gated=True))
+
+
+def _bart_spec(model_types: tuple[str, ...], pre_norm: bool) -> ArchitectureSpec:
+    """BART (post-LN: ``LN(x + dropout(h))`` after each sub-layer) and mBART (pre-LN: ``x + dropout(h)`` with the
+    LayerNorm before the sub-layer)."""
+
+    def site(output: str, norm: str, post_norm_residual: InputRef) -> SiteSpec:
+        if pre_norm:
+            return SiteSpec(output=output, output_index=0, residual=InputRef(norm, 0, "input"))
+        return SiteSpec(output=output, output_index=0, residual=post_norm_residual, norm=norm)
+
+    attn = site("self_attn", "self_attn_layer_norm", InputRef("", 0, "hidden_states"))
+    if pre_norm:
+        ffn = SiteSpec(output="fc2", residual=InputRef("final_layer_norm", 0, "input"))
+    else:
+        ffn = SiteSpec(output="fc2", residual=InputRef("fc1", 0, "input"), norm="final_layer_norm")
+    linears = {
+        "q": LinearSpec("self_attn.q_proj"),
+        "k": LinearSpec("self_attn.k_proj"),
+        "v": LinearSpec("self_attn.v_proj"),
+        "attn_out": LinearSpec("self_attn.out_proj"),
+        "ffn_in": LinearSpec("fc1"),
+        "ffn_out": LinearSpec("fc2"),
+    }
+    return ArchitectureSpec(
+        model_types=model_types,
+        layers="encoder.layers",
+        hidden_size_attr="d_model",
+        sites={"attn": attn, "ffn": ffn},
+        linears=linears,
+        attention="self_attn",
+        decoder=StackSpec(
+            layers="decoder.layers",
+            sites={
+                "attn": attn,
+                "cross_attn": site(
+                    "encoder_attn", "encoder_attn_layer_norm", InputRef("encoder_attn", 0, "hidden_states")
+                ),
+                "ffn": ffn,
+            },
+            linears={
+                **linears,
+                "cross_q": LinearSpec("encoder_attn.q_proj"),
+                "cross_k": LinearSpec("encoder_attn.k_proj"),
+                "cross_v": LinearSpec("encoder_attn.v_proj"),
+                "cross_out": LinearSpec("encoder_attn.out_proj"),
+            },
+            attention="self_attn",
+            cross_attention="encoder_attn",
+        ),
+    )
+
+
+BART = register_architecture(_bart_spec(("bart",), pre_norm=False))
+MBART = register_architecture(_bart_spec(("mbart",), pre_norm=True))

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from adapterhub.architectures import ArchitectureSpec, get_layers
+from adapterhub.architectures import ArchitectureSpec, layer_stacks
 from adapterhub.errors import ConfigError, UnsupportedArchitectureError
 from adapterhub.methods.base import ATTENTION, AttentionInputs, PointInputs
 
@@ -70,10 +70,10 @@ class AttentionOwner:
     index the module belongs to. The store holds no reference back to the model, so this makes no cycle; a deep
     copy or pickle of the model carries it along and points at the copy's own store."""
 
-    __slots__ = ("index", "store")
+    __slots__ = ("index", "point", "store")
 
-    def __init__(self, store: PointHandler, index: int) -> None:
-        self.store, self.index = store, index
+    def __init__(self, store: PointHandler, index: int, point: str = "self") -> None:
+        self.store, self.index, self.point = store, index, point
 
 
 def _eager_for(module: nn.Module) -> Callable[..., Any]:
@@ -112,14 +112,20 @@ def _make_function(name: str) -> Callable[..., Any]:
             if k is key and mask is attention_mask:
                 return function(module, q, k, v, mask, *args, **kwargs)[0]  # type: ignore[no-any-return]
             # prefixed keys come with an explicit mask (never rely on is_causal with more keys than queries)
-            return function(module, q, k, v, mask, *args, **{**kwargs, "is_causal": False})[0]  # type: ignore[no-any-return]
+            extra = {"is_causal": False}
+            bias = kwargs.get("position_bias")
+            if isinstance(bias, torch.Tensor) and bias.shape[-1] < k.shape[-2]:
+                # T5's relative position bias (B|1, H, T, S): the prefix keys have no position, bias 0
+                front = bias.new_zeros(*bias.shape[:-1], k.shape[-2] - bias.shape[-1])
+                extra["position_bias"] = torch.cat([front, bias], dim=-1)  # type: ignore[assignment]
+            return function(module, q, k, v, mask, *args, **{**kwargs, **extra})[0]  # type: ignore[no-any-return]
 
         table = getattr(_INPUTS, "table", None)
         hidden = table.pop(id(module), None) if table else None
         inputs = AttentionInputs(
             query, key, value, attention_mask, bool(getattr(module, "is_causal", False)), call, hidden
         )
-        out = owner.store.point_forward(owner.index, ATTENTION, "self", inputs)
+        out = owner.store.point_forward(owner.index, ATTENTION, owner.point, inputs)
         if out is None:
             return function(module, query, key, value, attention_mask, *args, **kwargs)
         return out, None
@@ -142,18 +148,27 @@ def _register(name: str) -> None:
         AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
 
 
+def _attention_points(model: nn.Module, spec: ArchitectureSpec) -> list[tuple[int, str, nn.Module]]:
+    """``(layer, point, module)``: each layer's self-attention (``"self"``) and, in an encoder-decoder decoder,
+    its cross-attention (``"cross"``)."""
+    found = []
+    for index, (layer, stack) in enumerate(layer_stacks(model, spec)):
+        for point, path in (("self", stack.attention), ("cross", stack.cross_attention)):
+            if path is not None:
+                found.append((index, point, layer.get_submodule(path)))
+    return found
+
+
 def _attention_modules(model: nn.Module, spec: ArchitectureSpec) -> list[nn.Module]:
-    if spec.attention is None:
-        return []
-    return [layer.get_submodule(spec.attention) for layer in get_layers(model, spec)]
+    return [module for _, _, module in _attention_points(model, spec)]
 
 
 def install(model: nn.Module, spec: ArchitectureSpec, store: PointHandler) -> None:
-    """Record which store and layer each self-attention module of ``model`` belongs to."""
-    for index, module in enumerate(_attention_modules(model, spec)):
+    """Record which store, layer and point each attention module of ``model`` belongs to."""
+    for index, point, module in _attention_points(model, spec):
         if CAPTURE_ATTR not in module.__dict__:
             module.__dict__[CAPTURE_ATTR] = module.register_forward_pre_hook(_capture_input, with_kwargs=True)
-        module.__dict__[OWNER_ATTR] = AttentionOwner(store, index)
+        module.__dict__[OWNER_ATTR] = AttentionOwner(store, index, point)
 
 
 def _routes_through_interface(module: nn.Module) -> bool:

@@ -19,6 +19,8 @@ from typing import Any, ClassVar, TypeVar
 from adapterhub.errors import ConfigError, did_you_mean
 
 C = TypeVar("C", bound="MethodConfig")
+# Field metadata key: leave the field out of ``to_dict`` while it has its default value.
+OMIT_DEFAULT = "omit_default"
 
 ACTIVATIONS = ("relu", "swish", "silu", "gelu", "gelu_new", "tanh", "sigmoid", "leakyrelu", "identity")
 INIT_SCHEMES = ("bert", "houlsby", "mam_adapter")
@@ -43,7 +45,10 @@ class MethodConfig:
         """A JSON-ready dict that ``from_dict`` turns back into an equal config; always holds ``"method"``."""
         out: dict[str, Any] = {"method": self.method}
         for f in dataclasses.fields(self):
-            out[f.name] = _to_json_value(getattr(self, f.name))
+            value = getattr(self, f.name)
+            if f.metadata.get(OMIT_DEFAULT) and value == f.default:
+                continue  # a later option at its default: configs written before it keep their JSON and hash
+            out[f.name] = _to_json_value(value)
         return out
 
     @classmethod
@@ -172,10 +177,14 @@ class BottleneckConfig(MethodConfig):
     dropout: float = 0.0
     init_weights: str = "bert"
     leave_out: tuple[int, ...] = field(default_factory=tuple)
+    # encoder-decoder models: an adapter after each decoder layer's cross-attention (the `adapters` library's
+    # ``cross_adapter``); left out of to_dict while false
+    after_cross_attention: bool = field(default=False, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         for name in (
             "after_attention",
+            "after_cross_attention",
             "after_ffn",
             "original_ln_before",
             "original_ln_after",
@@ -185,8 +194,9 @@ class BottleneckConfig(MethodConfig):
         ):
             _check_bool(name, getattr(self, name))
         _require(
-            self.after_attention or self.after_ffn,
-            "after_attention and after_ffn are both false: the adapter would sit nowhere. Set at least one.",
+            self.after_attention or self.after_ffn or self.after_cross_attention,
+            "after_attention, after_cross_attention and after_ffn are all false: the adapter would sit nowhere. "
+            "Set at least one.",
         )
 
         def positive_number(name: str, value: Any) -> None:
@@ -229,8 +239,14 @@ class BottleneckConfig(MethodConfig):
 
     @property
     def sites(self) -> tuple[str, ...]:
-        """Where in each layer an adapter sits: ``"attn"`` and/or ``"ffn"``."""
-        return tuple(s for s, on in (("attn", self.after_attention), ("ffn", self.after_ffn)) if on)
+        """Where in each layer an adapter sits: ``"attn"``, ``"cross_attn"`` (decoder layers of encoder-decoder
+        models) and/or ``"ffn"``."""
+        chosen = (
+            ("attn", self.after_attention),
+            ("cross_attn", self.after_cross_attention),
+            ("ffn", self.after_ffn),
+        )
+        return tuple(s for s, on in chosen if on)
 
     def reduction_factor_for(self, layer: int) -> float:
         if isinstance(self.reduction_factor, tuple):
@@ -254,7 +270,20 @@ class BottleneckConfig(MethodConfig):
 
 # ------------------------------------------------------------------------------------------------------ LoRA
 
-LINEAR_POINTS = ("q", "k", "v", "attn_out", "ffn_in", "ffn_gate", "ffn_out")
+LINEAR_POINTS = (
+    "q",
+    "k",
+    "v",
+    "attn_out",
+    "ffn_in",
+    "ffn_gate",
+    "ffn_out",
+    # the cross-attention projections of encoder-decoder decoders
+    "cross_q",
+    "cross_k",
+    "cross_v",
+    "cross_out",
+)
 LORA_INITS = ("lora", "gaussian")
 
 

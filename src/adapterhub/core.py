@@ -17,7 +17,13 @@ import torch
 from torch import nn
 
 from adapterhub import attention_hooks
-from adapterhub.architectures import ArchitectureSpec, get_layers, spec_for_model_type
+from adapterhub.architectures import (
+    ArchitectureSpec,
+    StackSpec,
+    get_layers,
+    layer_stacks,
+    spec_for_config,
+)
 from adapterhub.composition import (
     BatchSplit,
     Fuse,
@@ -29,12 +35,18 @@ from adapterhub.composition import (
     setup_names,
 )
 from adapterhub.configs import MethodConfig
-from adapterhub.errors import AdapterNotFoundError, ConfigError, IncompatibleModelError, did_you_mean
+from adapterhub.errors import (
+    AdapterNotFoundError,
+    ConfigError,
+    IncompatibleModelError,
+    UnsupportedArchitectureError,
+    did_you_mean,
+)
 from adapterhub.injection import linear_params
 from adapterhub.interpreter import check_setup
 from adapterhub.io.records import ModelInfo
 from adapterhub.io.validate import check_state_fits
-from adapterhub.methods.base import ATTENTION, AdapterModule, ModelDims
+from adapterhub.methods.base import ATTENTION, EMBEDDING, AdapterModule, ModelDims
 from adapterhub.store import STORE_ATTR, AdapterStore
 
 _HEAD_COUNT_ATTRS = ("num_attention_heads", "n_head", "n_heads")
@@ -47,8 +59,10 @@ def load_exact(module: nn.Module, tensors: Mapping[str, torch.Tensor], what: str
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=True)
 
 
-def linear_shapes(layer: nn.Module, spec: ArchitectureSpec) -> tuple[tuple[str, int, int], ...]:
-    """``(point, d_in, d_out)`` of every linear point of ``spec`` in one transformer layer."""
+def linear_shapes(
+    layer: nn.Module, spec: ArchitectureSpec | StackSpec
+) -> tuple[tuple[str, int, int], ...]:
+    """``(point, d_in, d_out)`` of every linear point of ``spec`` (a stack of it) in one transformer layer."""
     shapes = []
     for point, linear in spec.linears.items():
         module = layer.get_submodule(linear.module)
@@ -68,7 +82,7 @@ def attention_dims(config: Any, hidden: int) -> tuple[int | None, int | None, in
     if heads is None:
         return None, None, None
     kv = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    head_dim = getattr(config, "head_dim", None) or getattr(config, "d_kv", None) or hidden // heads
     return int(heads), int(kv), int(head_dim)
 
 
@@ -84,7 +98,7 @@ class AdapterModelCore:
 
     @property
     def _spec(self) -> ArchitectureSpec:
-        return spec_for_model_type(self.config.model_type)
+        return spec_for_config(self.config)
 
     def _module(self) -> nn.Module:
         return self  # type: ignore[return-value]
@@ -95,26 +109,43 @@ class AdapterModelCore:
     def _base_linear(self, layer: int, point: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Views of the base projection ``point`` of ``layer``: ``(weight (d_out, d_in), bias or None)``
         (``methods.base.BaseWeights``)."""
-        linear = self._spec.linears[point]
-        return linear_params(self._layers()[layer].get_submodule(linear.module), linear)
+        module, stack = layer_stacks(self._module(), self._spec)[layer]
+        linear = stack.linears[point]
+        return linear_params(module.get_submodule(linear.module), linear)
 
     def model_dims(self) -> ModelDims:
         spec = self._spec
         config = self.config
         hidden = int(getattr(config, spec.hidden_size_attr, None) or config.hidden_size)
-        layers = self._layers()
+        layers = layer_stacks(self._module(), spec)
         heads, kv_heads, head_dim = attention_dims(config, hidden)
+        shapes: dict[str, tuple[str, int, int]] = {}
+        residual: dict[str, None] = {}
+        for stack in spec.stacks():  # the first layer of each stack
+            first = next((layer for layer, s in layers if s.layers == stack.layers), None)
+            shapes.update({shape[0]: shape for shape in linear_shapes(first, stack)} if first else {})
+            residual.update(dict.fromkeys(stack.sites))
+        decoder = spec.decoder
+        encoder = spec.stacks()[0]
+        decoder_points = (
+            tuple(p for p in (*decoder.sites, *decoder.linears) if p not in (*encoder.sites, *encoder.linears))
+            + (("cross",) if decoder.cross_attention else ())
+            if decoder is not None
+            else ()
+        )
         return ModelDims(
             model_type=config.model_type,
             hidden_size=hidden,
             num_layers=len(layers),
             pre_norm=spec.pre_norm,
-            linear_shapes=linear_shapes(layers[0], spec) if len(layers) else (),
+            linear_shapes=tuple(shapes.values()),
             num_heads=heads,
             num_kv_heads=kv_heads,
             head_dim=head_dim,
-            residual_points=tuple(spec.sites),
+            residual_points=tuple(residual),
             embedding_size=int(getattr(config, "embedding_size", None) or hidden),
+            decoder_start=sum(1 for _, s in layers if s.layers == encoder.layers) if decoder is not None else None,
+            decoder_points=decoder_points,
         )
 
     def model_info(self) -> ModelInfo:
@@ -129,6 +160,12 @@ class AdapterModelCore:
     def _prepare_points(self, module: AdapterModule) -> None:
         """Before ``module`` joins the store: switch on the attachments of the kinds of point it uses that are
         not always on (self-attention: ``adapterhub.attention_hooks``). Raises when this model cannot carry them."""
+        if EMBEDDING in module.kinds() and self._spec.embeddings is None:
+            raise UnsupportedArchitectureError(
+                f"{module.method} adapters attach at the input embeddings, which the ArchitectureSpec of "
+                f"{self.config.model_type!r} does not name (encoder-decoder models have no embedding points: their "
+                "encoder and decoder embed separately). Use a method that attaches inside the layers."
+            )
         if ATTENTION in module.kinds():
             attention_hooks.enable(self._module(), self._spec)
         prepare = getattr(module, "prepare_for_model", None)
@@ -167,6 +204,11 @@ class AdapterModelCore:
             self._require_adapter(name)
         check_setup(normalized, self._store.adapter_modules())
         self._check_merged(normalized)
+        if self._spec.decoder is not None and any(isinstance(b, Parallel) for b, _ in blocks_with_parents(normalized)):
+            raise ConfigError(
+                f"Parallel is not supported on encoder-decoder models ({self.config.model_type}): it replicates "
+                "the batch inside one layer stack. Run the adapters one after the other, or use BatchSplit."
+            )
         return normalized
 
     def _check_merged(self, setup: Setup | None) -> None:

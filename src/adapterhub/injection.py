@@ -1,6 +1,7 @@
 """Attach adapter points to a loaded transformers model with forward hooks, by module path.
 
-For every layer ``i`` of the model's ``ArchitectureSpec``:
+For every layer ``i`` of the model's ``ArchitectureSpec`` (encoder-decoder models: encoder layers, then decoder
+layers, each with its stack's sites and projections):
 
 - residual points (``spec.sites``): a forward pre-hook on ``residual.module`` records the residual stream input; a
   forward hook on ``output`` records ``h`` (post-norm models) or replaces it (pre-norm models); post-norm models: a
@@ -29,7 +30,7 @@ from adapterhub.architectures import (
     LinearSpec,
     SiteSpec,
     get_base_model,
-    get_layers,
+    layer_stacks,
 )
 from adapterhub.errors import UnsupportedArchitectureError
 from adapterhub.methods.base import (
@@ -317,11 +318,11 @@ class SiteInjector:
         self.spec = spec
         self.handler = handler
         self._local = threading.local()
-        for index, layer in enumerate(get_layers(model, spec)):
-            for site_name, site in spec.sites.items():
+        for index, (layer, stack) in enumerate(layer_stacks(model, spec)):
+            for site_name, site in stack.sites.items():
                 self._attach_site(layer, index, site_name, site)
             by_module: dict[str, list[tuple[str, LinearSpec]]] = {}
-            for point, linear in spec.linears.items():
+            for point, linear in stack.linears.items():
                 by_module.setdefault(linear.module, []).append((point, linear))
             for path, points in by_module.items():
                 layer.get_submodule(path).register_forward_hook(_LinearHook(self, index, points))

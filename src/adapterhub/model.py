@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from adapterhub import attention_hooks
-from adapterhub.architectures import get_layers, spec_for_model_type
+from adapterhub.architectures import get_layers, spec_for_config
 from adapterhub.arithmetic import ArithmeticMixin
 from adapterhub.errors import ConfigError
 from adapterhub.fusion import RegulariserHook
@@ -82,7 +82,7 @@ def init(model: nn.Module) -> nn.Module:
         raise ConfigError(
             f"adapterhub.init expects a transformers PreTrainedModel (with .config.model_type), got {type(model).__name__}."
         )
-    spec = spec_for_model_type(config.model_type)
+    spec = spec_for_config(config)
     get_layers(model, spec)  # fails early with a clear message if the spec does not fit
     store = AdapterStore()
     store.original_class = type(model)

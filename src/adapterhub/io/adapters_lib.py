@@ -52,13 +52,13 @@ _CONFIG_KEYS = {
     "dropout": "dropout",
     "init_weights": "init_weights",
     "leave_out": "leave_out",
+    "after_cross_attention": "cross_adapter",  # left out of our dict while false
 }
 # Their options we do not implement: a value other than these defaults is refused with a clear message.
 _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
     "use_gating": False,
     "phm_layer": False,
     "is_parallel": False,
-    "cross_adapter": False,
     "stochastic_depth": 0.0,
 }
 # Their full bottleneck config, for writing: the defaults of their BnConfig for keys we do not have.
@@ -123,7 +123,7 @@ def config_to_theirs(ours: dict[str, Any]) -> dict[str, Any]:
     theirs = dict(_THEIR_EXTRA_DEFAULTS)
     theirs["is_parallel"] = ours["method"] == "parallel"
     for our_key, their_key in _CONFIG_KEYS.items():
-        theirs[their_key] = ours[our_key]
+        theirs[their_key] = ours.get(our_key, theirs.get(their_key))
     if ours.get("bottleneck_size") is not None:
         raise ConfigError("bottleneck_size has no equivalent in the `adapters` layout; use reduction_factor.")
     return theirs

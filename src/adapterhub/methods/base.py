@@ -65,6 +65,18 @@ class ModelDims:
     embedding_size: int | None = (
         None  # width of the input embeddings when it differs from hidden_size (ELECTRA)
     )
+    # Encoder-decoder models: the index of the first decoder layer, and the points only decoder layers have
+    # (``cross_attn``, ``cross_q``, ..., the attention point ``cross``).
+    decoder_start: int | None = None
+    decoder_points: tuple[str, ...] = ()
+
+    def has_point(self, layer: int, point: str) -> bool:
+        """Whether ``layer`` has the point named ``point`` (a decoder-only point exists in decoder layers only)."""
+        return point not in self.decoder_points or (self.decoder_start is not None and layer >= self.decoder_start)
+
+    def points_at(self, layer: int, points: Sequence[str]) -> tuple[str, ...]:
+        """Those of ``points`` that ``layer`` has, in their order."""
+        return tuple(p for p in points if self.has_point(layer, p))
 
     def linear_shape(self, point: str) -> tuple[int, int]:
         """``(d_in, d_out)`` of the projection ``point``; a ConfigError names the ones this model has."""

@@ -251,10 +251,13 @@ class BottleneckAdapter(AdapterModule):
         self.layers = nn.ModuleDict(
             {
                 str(i): nn.ModuleDict(
-                    {site: self.make_layer(dims.hidden_size, widths[i], config) for site in config.sites}
+                    {
+                        site: self.make_layer(dims.hidden_size, widths[i], config)
+                        for site in dims.points_at(i, config.sites)  # cross_attn: decoder layers only
+                    }
                 )
                 for i in range(dims.num_layers)
-                if i not in config.leave_out
+                if i not in config.leave_out and dims.points_at(i, config.sites)
             }
         )
 

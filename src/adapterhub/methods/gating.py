@@ -176,7 +176,7 @@ class GatedPrefixTuningAdapter(PrefixTuningAdapter):
                 f"Gated prefix tuning ({self.adapter_name!r}) needs the self-attention input, which this call did "
                 "not provide."
             )
-        keys, values = self.prefix(layer)  # (1, H, P, D)
+        keys, values = self.prefix(layer, point[1])  # (1, H, P, D); a layer's gate serves self and cross
         gate = gate_value(self.gates[str(layer)], hidden)  # type: ignore[arg-type]  # (B, g)
         keys = keys * gate[:, 0].view(-1, 1, 1, 1)
         values = values * gate[:, -1].view(-1, 1, 1, 1)

@@ -108,14 +108,22 @@ class IA3Adapter(AdapterModule):
         dims.check_leave_out(config.leave_out)
         sizes = {f"out_{p}": dims.linear_shape(p)[1] for p in config.targets}
         sizes.update({f"in_{p}": dims.linear_shape(p)[0] for p in config.input_targets})
+        names = tuple(dict.fromkeys((*config.targets, *config.input_targets)))
         self.layers = nn.ModuleDict(
             {
-                str(i): nn.ParameterDict({key: nn.Parameter(torch.ones(n)) for key, n in sizes.items()})
+                str(i): nn.ParameterDict(
+                    {
+                        key: nn.Parameter(torch.ones(n))
+                        for key, n in sizes.items()
+                        if dims.has_point(i, key.split("_", 1)[1])  # cross_*: decoder layers only
+                    }
+                )
                 for i in range(dims.num_layers)
-                if i not in config.leave_out
+                if i not in config.leave_out and dims.points_at(i, names)
             }
         )
-        self._points = tuple((LINEAR, p) for p in dict.fromkeys((*config.targets, *config.input_targets)))
+        # layer -> its points (every target, except decoder-only ones in encoder layers)
+        self._points = {int(i): tuple((LINEAR, p) for p in dims.points_at(int(i), names)) for i in self.layers}
 
     @classmethod
     def linear_shapes_from(cls, tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[str, int, int], ...]:
@@ -130,7 +138,7 @@ class IA3Adapter(AdapterModule):
         return tuple((p, d_in.get(p, 0), d_out.get(p, 0)) for p in dict.fromkeys([*d_out, *d_in]))
 
     def points(self, layer: int) -> tuple[Point, ...]:
-        return self._points if str(layer) in self.layers else ()
+        return self._points.get(layer, ()) if str(layer) in self.layers else ()
 
     def kinds(self) -> frozenset[str]:
         return frozenset({LINEAR})
@@ -173,7 +181,7 @@ class IA3Adapter(AdapterModule):
         """Merge: ``W' = diag(l_out) W diag(l_in)``, ``b' = l_out ⊙ b``; unmerge divides by the vectors."""
         for key in self.layers:
             layer = int(key)
-            for _, point in self._points:
+            for _, point in self._points[layer]:
                 scale_in, scale_out = self.vectors(layer, point)
                 weight, bias = base(layer, point)  # (d_out, d_in), (d_out,)
                 factor = torch.ones_like(weight)

@@ -92,14 +92,13 @@ class LoRAAdapter(AdapterModule):
         shapes = {point: dims.linear_shape(point) for point in config.targets}  # raises for unknown points
         self.layers = nn.ModuleDict(
             {
-                str(i): nn.ModuleDict(
-                    {p: LoRALayer(d_in, d_out, config) for p, (d_in, d_out) in shapes.items()}
-                )
+                str(i): nn.ModuleDict({p: LoRALayer(*shapes[p], config) for p in dims.points_at(i, config.targets)})
                 for i in range(dims.num_layers)
-                if i not in config.leave_out
+                if i not in config.leave_out and dims.points_at(i, config.targets)  # cross_*: decoder layers only
             }
         )
-        self._points = tuple((LINEAR, p) for p in config.targets)
+        # layer -> its points (every target, except decoder-only ones in encoder layers)
+        self._points = {int(i): tuple((LINEAR, p) for p in points) for i, points in self.layers.items()}  # type: ignore[union-attr]
 
     @classmethod
     def linear_shapes_from(cls, tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[str, int, int], ...]:
@@ -117,7 +116,7 @@ class LoRAAdapter(AdapterModule):
         return tuple((p, d_in[p], d_out[p]) for p in d_in if p in d_out)
 
     def points(self, layer: int) -> tuple[Point, ...]:
-        return self._points if str(layer) in self.layers else ()
+        return self._points.get(layer, ()) if str(layer) in self.layers else ()
 
     def kinds(self) -> frozenset[str]:
         return frozenset({LINEAR})

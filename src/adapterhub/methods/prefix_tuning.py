@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from adapterhub.configs import ACTIVATIONS, MethodConfig, layer_list, register_config
+from adapterhub.configs import ACTIVATIONS, OMIT_DEFAULT, MethodConfig, layer_list, register_config
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import (
     ATTENTION,
@@ -61,6 +61,9 @@ class PrefixTuningConfig(MethodConfig):
     dropout: float = 0.0
     flat: bool = False
     leave_out: tuple[int, ...] = field(default_factory=tuple)
+    # encoder-decoder models: prefixes on each decoder layer's cross-attention too (the `adapters` library's
+    # ``cross_prefix``); left out of to_dict while true
+    cross_prefix: bool = field(default=True, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         _positive_int("prefix_length", self.prefix_length)
@@ -75,8 +78,9 @@ class PrefixTuningConfig(MethodConfig):
         if not (isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0.0 <= dropout < 1.0):
             raise ConfigError(f"dropout must be a number in [0, 1), got {dropout!r}.")
         object.__setattr__(self, "dropout", float(dropout))
-        if not isinstance(self.flat, bool):
-            raise ConfigError(f"flat must be true or false, got {self.flat!r}.")
+        for name in ("flat", "cross_prefix"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         object.__setattr__(self, "leave_out", layer_list("leave_out", self.leave_out))
 
 
@@ -108,8 +112,12 @@ class PrefixTuningAdapter(AdapterModule):
         }
         if not self.slots:
             raise ConfigError("leave_out lists every layer: the prefix would sit nowhere.")
+        # encoder-decoder decoders: model layer -> slot of its cross-attention prefix, after every self slot
+        with_cross = config.cross_prefix and "cross" in dims.decoder_points
+        cross = [i for i in self.slots if with_cross and dims.has_point(i, "cross")]
+        self.cross_slots = {layer: len(self.slots) + k for k, layer in enumerate(cross)}
         self.heads, self.head_dim = dims.num_kv_heads, dims.head_dim
-        self.width = len(self.slots) * 2 * self.heads * self.head_dim  # N
+        self.width = (len(self.slots) + len(self.cross_slots)) * 2 * self.heads * self.head_dim  # N
         p = config.prefix_length
         self.dropout = nn.Dropout(config.dropout)
         self.wte: nn.Embedding | None
@@ -126,11 +134,15 @@ class PrefixTuningAdapter(AdapterModule):
             )
 
     def points(self, layer: int) -> tuple[Point, ...]:
-        return ((ATTENTION, "self"),) if layer in self.slots else ()
+        if layer not in self.slots:
+            return ()
+        return ((ATTENTION, "self"), (ATTENTION, "cross")) if layer in self.cross_slots else ((ATTENTION, "self"),)
 
-    def prefix(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(keys, values)`` of ``layer``, each ``(1, H_kv, P, D)``."""
-        slot, block = self.slots[layer], 2 * self.heads * self.head_dim
+    def prefix(self, layer: int, point: str = "self") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(keys, values)`` of ``layer``'s self-attention (``point="self"``) or cross-attention (``"cross"``),
+        each ``(1, H_kv, P, D)``."""
+        slots = self.cross_slots if point == "cross" else self.slots
+        slot, block = slots[layer], 2 * self.heads * self.head_dim
         p = self.config.prefix_length
         if isinstance(self.control_trans, nn.Parameter):
             kv = self.control_trans.view(p, -1)[:, slot * block : (slot + 1) * block]  # (P, 2·H_kv·D)
@@ -163,5 +175,5 @@ class PrefixTuningAdapter(AdapterModule):
         self.control_trans = nn.Parameter(flat)
 
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> AttentionInputs:
-        keys, values = self.prefix(layer)
+        keys, values = self.prefix(layer, point[1])
         return running.with_prefix(keys, values)  # type: ignore[no-any-return]
