@@ -148,6 +148,12 @@ class AdapterAPIMixin(HeadsMixin):
         `adapters` library's layout, loadable by that library. ``layout="peft"`` (LoRA): peft's layout, loadable by
         ``peft.PeftModel.from_pretrained``."""
         record = self.adapter_record(name, with_head=with_head)
+        if layout in ("adapters", "peft") and self._spec.decoder is not None:
+            raise ConfigError(
+                f"Writing the {layout!r} layout for encoder-decoder models ({self.config.model_type}) is not "
+                "implemented (its module names for the decoder stack are not mapped); save with "
+                "layout='adapterhub'."
+            )
         if layout == "adapterhub":
             from adapterhub.io.adapter_dir import write_adapter_dir
 

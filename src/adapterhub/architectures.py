@@ -16,6 +16,10 @@ It also names, as data, the other attachment points of the method protocol (``ad
 - ``attention``: the self-attention module, whose keys and values prefix tuning extends through the attention
   function transformers calls (``AttentionInterface``).
 
+Encoder-decoder models (T5, BART) describe the encoder with these fields and the decoder with ``decoder``, a
+``StackSpec`` whose layers also have the ``cross_attn`` site, the ``cross_q`` / ``cross_k`` / ``cross_v`` /
+``cross_out`` projections and the ``cross_attention`` module; layers are numbered encoder first, then decoder.
+
 The injection code registers forward hooks on exactly these modules; no transformers forward is copied. Adding an
 architecture is one ``register_architecture(...)`` entry plus one row in the test matrix.
 """
@@ -90,6 +94,15 @@ class ArchitectureSpec:
     @property
     def pre_norm(self) -> bool:
         return all(site.norm is None for stack in self.stacks() for site in stack.sites.values())
+
+    def decoder_points(self) -> tuple[str, ...]:
+        """The points only decoder layers have: residual sites and linear points the encoder lacks, and the
+        ``cross`` attention point (empty without a decoder stack)."""
+        if self.decoder is None:
+            return ()
+        encoder = (*self.sites, *self.linears)
+        own = tuple(p for p in (*self.decoder.sites, *self.decoder.linears) if p not in encoder)
+        return own + (("cross",) if self.decoder.cross_attention else ())
 
     def stacks(self) -> tuple[StackSpec, ...]:
         """The layer stacks in numbering order: the encoder (or the only stack), then the decoder if any."""
@@ -179,9 +192,7 @@ def layer_stacks(model: nn.Module, spec: ArchitectureSpec) -> list[tuple[nn.Modu
     """Every transformer layer of ``model`` in numbering order (encoder layers, then decoder layers) with the
     description of the stack it belongs to."""
     base = get_base_model(model)
-    return [
-        (layer, stack) for stack in spec.stacks() for layer in _stack_layers(base, spec, stack.layers)
-    ]
+    return [(layer, stack) for stack in spec.stacks() for layer in _stack_layers(base, spec, stack.layers)]
 
 
 def get_layers(model: nn.Module, spec: ArchitectureSpec) -> nn.ModuleList:
@@ -359,7 +370,8 @@ def _t5_spec(gated: bool) -> ArchitectureSpec:
                     residual=InputRef("layer.1.layer_norm", 0, "hidden_states"),
                 ),
                 "ffn": SiteSpec(
-                    output="layer.2.DenseReluDense", residual=InputRef("layer.2.layer_norm", 0, "hidden_states")
+                    output="layer.2.DenseReluDense",
+                    residual=InputRef("layer.2.layer_norm", 0, "hidden_states"),
                 ),
             },
             linears={

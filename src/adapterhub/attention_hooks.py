@@ -6,8 +6,8 @@ after the key/value projections, RoPE and the KV-cache update. We register ``"ad
 ``sdpa`` or ``eager``) with ``AttentionInterface`` and, so that the model still builds its masks exactly as
 before, the same mask function as ``impl`` with ``AttentionMaskInterface`` (a name unknown there gets no mask).
 
-- ``install(model, spec, store)`` (from ``adapterhub.init``) records, in each layer's self-attention module, the
-  layer index and the store (``AttentionOwner``; the store never refers back to the model, so no reference cycle
+- ``install(model, spec, store)`` (from ``adapterhub.init``) records, in each layer's self-attention module (and an
+  encoder-decoder decoder's cross-attention module, point ``"cross"``), the layer index, the point and the store (``AttentionOwner``; the store never refers back to the model, so no reference cycle
   and no global registry: deep copies and pickles of the model carry it along).
 - ``enable(model)`` (when the first adapter with an attention point is added) switches the model's
   ``config._attn_implementation`` from ``impl`` to ``"adapterhub_<impl>"``; ``disable(model)`` (``deinit``)

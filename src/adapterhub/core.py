@@ -59,9 +59,7 @@ def load_exact(module: nn.Module, tensors: Mapping[str, torch.Tensor], what: str
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=True)
 
 
-def linear_shapes(
-    layer: nn.Module, spec: ArchitectureSpec | StackSpec
-) -> tuple[tuple[str, int, int], ...]:
+def linear_shapes(layer: nn.Module, spec: ArchitectureSpec | StackSpec) -> tuple[tuple[str, int, int], ...]:
     """``(point, d_in, d_out)`` of every linear point of ``spec`` (a stack of it) in one transformer layer."""
     shapes = []
     for point, linear in spec.linears.items():
@@ -127,12 +125,6 @@ class AdapterModelCore:
             residual.update(dict.fromkeys(stack.sites))
         decoder = spec.decoder
         encoder = spec.stacks()[0]
-        decoder_points = (
-            tuple(p for p in (*decoder.sites, *decoder.linears) if p not in (*encoder.sites, *encoder.linears))
-            + (("cross",) if decoder.cross_attention else ())
-            if decoder is not None
-            else ()
-        )
         return ModelDims(
             model_type=config.model_type,
             hidden_size=hidden,
@@ -144,8 +136,10 @@ class AdapterModelCore:
             head_dim=head_dim,
             residual_points=tuple(residual),
             embedding_size=int(getattr(config, "embedding_size", None) or hidden),
-            decoder_start=sum(1 for _, s in layers if s.layers == encoder.layers) if decoder is not None else None,
-            decoder_points=decoder_points,
+            decoder_start=sum(1 for _, s in layers if s.layers == encoder.layers)
+            if decoder is not None
+            else None,
+            decoder_points=spec.decoder_points(),
         )
 
     def model_info(self) -> ModelInfo:
@@ -155,6 +149,7 @@ class AdapterModelCore:
             model_name=str(getattr(self.config, "name_or_path", "") or ""),
             hidden_size=dims.hidden_size,
             num_layers=dims.num_layers,
+            decoder_start=dims.decoder_start,
         )
 
     def _prepare_points(self, module: AdapterModule) -> None:
@@ -204,7 +199,9 @@ class AdapterModelCore:
             self._require_adapter(name)
         check_setup(normalized, self._store.adapter_modules())
         self._check_merged(normalized)
-        if self._spec.decoder is not None and any(isinstance(b, Parallel) for b, _ in blocks_with_parents(normalized)):
+        if self._spec.decoder is not None and any(
+            isinstance(b, Parallel) for b, _ in blocks_with_parents(normalized)
+        ):
             raise ConfigError(
                 f"Parallel is not supported on encoder-decoder models ({self.config.model_type}): it replicates "
                 "the batch inside one layer stack. Run the adapters one after the other, or use BatchSplit."
@@ -267,6 +264,8 @@ class AdapterModelCore:
             problems.append(f"hidden size {info.hidden_size} (this model: {mine.hidden_size})")
         if info.num_layers is not None and info.num_layers != mine.num_layers:
             problems.append(f"{info.num_layers} layers (this model: {mine.num_layers})")
+        elif info.decoder_start is not None and info.decoder_start != mine.decoder_start:
+            problems.append(f"{info.decoder_start} encoder layers (this model: {mine.decoder_start})")
         if problems:
             raise IncompatibleModelError(
                 f"The {what} was made for a model with {', '.join(problems)}. Load it into a model of that kind "

@@ -68,8 +68,10 @@ def test_init_is_idempotent_and_keeps_the_class_name():
 def test_unsupported_architecture_says_how_to_add_a_spec():
     import transformers
 
-    model = transformers.AutoModel.from_config(
-        transformers.T5Config(vocab_size=99, d_model=32, d_ff=37, num_layers=1, num_heads=4, d_kv=8)
+    model = transformers.AutoModel.from_config(  # a family without a spec (T5 has one since 2026-11)
+        transformers.SqueezeBertConfig(
+            vocab_size=99, hidden_size=32, embedding_size=32, num_hidden_layers=1, num_attention_heads=4
+        )
     )
     with pytest.raises(UnsupportedArchitectureError, match="register_architecture"):
         adapterhub.init(model)

@@ -74,6 +74,12 @@ class HeadsMixin(AdapterModelCore):
 
     def _install_head(self, name: str, head: Head) -> None:
         """Put ``head`` on the model under ``name`` (on the model's device and dtype)."""
+        if self._spec.decoder is not None:
+            raise ConfigError(
+                f"Flexible heads read one stack's hidden states and its attention mask; {self.config.model_type} "
+                "is an encoder-decoder model, whose output is the decoder's states over decoder_input_ids. Use the "
+                "model's own head: load it with AutoModelForSeq2SeqLM (generation) or a task class of transformers."
+            )
         self._store.heads[name] = self._place(head)
         if head.head_type == "causal_lm":
             enable_generation(self._module())

@@ -45,6 +45,11 @@ def write_adapter_dir(record: AdapterRecord, directory: str | os.PathLike[str]) 
             "model_name": record.model.model_name,
             "hidden_size": record.model.hidden_size,
             "num_layers": record.model.num_layers,
+            **(
+                {"decoder_start": record.model.decoder_start}
+                if record.model.decoder_start is not None
+                else {}
+            ),
             "has_head": record.head is not None,
         },
     )
@@ -124,6 +129,7 @@ def read_adapter_dir(directory: str | os.PathLike[str], *, with_head: bool = Tru
             model_name=meta.get("model_name", ""),
             hidden_size=int(meta["hidden_size"]),
             num_layers=meta.get("num_layers"),
+            decoder_start=meta.get("decoder_start"),
         ),
         tensors=read_tensors(directory / WEIGHTS_FILE),
         head=head,

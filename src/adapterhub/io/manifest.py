@@ -70,14 +70,17 @@ def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None 
     _check_declared_model(record.tensors, record.model.hidden_size, record.model.num_layers, directory)
     method = method_for_config(config)
     shapes = method.linear_shapes_from(record.tensors)
+    start = record.model.decoder_start
     dims = ModelDims(
         model_type,
         record.model.hidden_size,
         int(num_layers),
         spec.pre_norm,
         linear_shapes=shapes,
+        decoder_start=start,
+        decoder_points=spec.decoder_points() if start is not None else (),
     )
-    heads = _attention_shape(config, record.tensors, int(num_layers), directory)
+    heads = _attention_shape(config, record.tensors, int(num_layers), directory, start)
     if heads is not None:
         dims = dataclasses.replace(dims, num_heads=1, num_kv_heads=1, head_dim=heads)
     with torch.device("meta"):
@@ -115,7 +118,11 @@ def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None 
 
 
 def _attention_shape(
-    config: Any, tensors: dict[str, torch.Tensor], num_layers: int, directory: Path
+    config: Any,
+    tensors: dict[str, torch.Tensor],
+    num_layers: int,
+    directory: Path,
+    decoder_start: int | None = None,
 ) -> int | None:
     """Prefix tuning's width ``N = layers · 2 · kv_heads · head_dim`` is all its shapes depend on; without the model
     we take ``kv_heads · head_dim`` from the saved width (``num_kv_heads=1``), so the shapes are still checked
@@ -123,6 +130,9 @@ def _attention_shape(
     if getattr(config, "method", None) != "prefix_tuning":
         return None
     slots = num_layers - len([i for i in config.leave_out if i < num_layers])
+    if decoder_start is not None and config.cross_prefix:
+        # one cross-attention slot per decoder layer with a prefix
+        slots += len([i for i in range(decoder_start, num_layers) if i not in config.leave_out])
     control = tensors.get("control_trans") if config.flat else tensors.get("control_trans.2.weight")
     if control is None or slots <= 0:
         return None  # the state check names the missing weight

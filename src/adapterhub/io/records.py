@@ -16,6 +16,7 @@ class ModelInfo:
     model_name: str
     hidden_size: int
     num_layers: int | None
+    decoder_start: int | None = None  # encoder-decoder models: the first decoder layer (= encoder layers)
 
 
 @dataclass

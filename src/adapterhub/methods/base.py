@@ -13,6 +13,9 @@ kind           points (named per architecture by its ArchitectureSpec)  value ha
 ``attention``  ``self``: the keys/values of self-attention            ``AttentionInputs``: query, key, value, mask
 =============  ==================================================  ===========================================
 
+Decoder layers of encoder-decoder models also have ``cross_attn`` (residual), ``cross_q``, ``cross_k``,
+``cross_v``, ``cross_out`` (linear) and ``cross`` (attention); ``ModelDims.has_point`` says where a point exists.
+
 The composition interpreter (``adapterhub.interpreter``) runs every block through three questions it asks the
 method, never its class: ``stack_step`` (apply this adapter to the running value of a Stack), ``stack_leave`` (turn
 the running value into the point's output), and, optionally, ``fuse_enter`` / ``fuse_deltas`` (AdapterFusion) and
@@ -72,7 +75,9 @@ class ModelDims:
 
     def has_point(self, layer: int, point: str) -> bool:
         """Whether ``layer`` has the point named ``point`` (a decoder-only point exists in decoder layers only)."""
-        return point not in self.decoder_points or (self.decoder_start is not None and layer >= self.decoder_start)
+        return point not in self.decoder_points or (
+            self.decoder_start is not None and layer >= self.decoder_start
+        )
 
     def points_at(self, layer: int, points: Sequence[str]) -> tuple[str, ...]:
         """Those of ``points`` that ``layer`` has, in their order."""

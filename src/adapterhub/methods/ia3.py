@@ -123,7 +123,9 @@ class IA3Adapter(AdapterModule):
             }
         )
         # layer -> its points (every target, except decoder-only ones in encoder layers)
-        self._points = {int(i): tuple((LINEAR, p) for p in dims.points_at(int(i), names)) for i in self.layers}
+        self._points = {
+            int(i): tuple((LINEAR, p) for p in dims.points_at(int(i), names)) for i in self.layers
+        }
 
     @classmethod
     def linear_shapes_from(cls, tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[str, int, int], ...]:

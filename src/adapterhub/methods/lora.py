@@ -92,9 +92,12 @@ class LoRAAdapter(AdapterModule):
         shapes = {point: dims.linear_shape(point) for point in config.targets}  # raises for unknown points
         self.layers = nn.ModuleDict(
             {
-                str(i): nn.ModuleDict({p: LoRALayer(*shapes[p], config) for p in dims.points_at(i, config.targets)})
+                str(i): nn.ModuleDict(
+                    {p: LoRALayer(*shapes[p], config) for p in dims.points_at(i, config.targets)}
+                )
                 for i in range(dims.num_layers)
-                if i not in config.leave_out and dims.points_at(i, config.targets)  # cross_*: decoder layers only
+                # cross_*: decoder layers only
+                if i not in config.leave_out and dims.points_at(i, config.targets)
             }
         )
         # layer -> its points (every target, except decoder-only ones in encoder layers)

@@ -8,7 +8,8 @@ with identical outputs), by a reparametrisation MLP while training::
     KV = control_trans(E)                            # Linear(hidden, m) -> f -> Linear(m, N), N = L·2·H_kv·D
     KV.view(P, L, 2, H_kv, D)                        # layer-major, then key/value, then head, then dim
 
-with ``L`` the layers that have a prefix (``leave_out`` excluded, numbered 0.. in order), ``H_kv`` the key/value
+with ``L`` the layers that have a prefix (``leave_out`` excluded, numbered 0.. in order; encoder-decoder models:
+then one more slot per decoder layer for its cross-attention, ``cross_prefix``), ``H_kv`` the key/value
 heads (grouped-query attention: fewer than the query heads) and ``D`` the head dimension. ``flat=True`` (or
 ``eject()``) keeps ``KV`` itself as one parameter ``control_trans`` of ``P·N`` numbers instead.
 
@@ -136,7 +137,11 @@ class PrefixTuningAdapter(AdapterModule):
     def points(self, layer: int) -> tuple[Point, ...]:
         if layer not in self.slots:
             return ()
-        return ((ATTENTION, "self"), (ATTENTION, "cross")) if layer in self.cross_slots else ((ATTENTION, "self"),)
+        return (
+            ((ATTENTION, "self"), (ATTENTION, "cross"))
+            if layer in self.cross_slots
+            else ((ATTENTION, "self"),)
+        )
 
     def prefix(self, layer: int, point: str = "self") -> tuple[torch.Tensor, torch.Tensor]:
         """``(keys, values)`` of ``layer``'s self-attention (``point="self"``) or cross-attention (``"cross"``),
