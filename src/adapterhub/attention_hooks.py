@@ -109,7 +109,9 @@ def _make_function(name: str) -> Callable[..., Any]:
             return function(module, query, key, value, attention_mask, *args, **kwargs)
 
         def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any) -> torch.Tensor:
-            if k is key and mask is attention_mask:
+            if (
+                k.shape[-2] == key.shape[-2]
+            ):  # no prefix (maybe a row block of a BatchSplit): as the model called
                 return function(module, q, k, v, mask, *args, **kwargs)[0]  # type: ignore[no-any-return]
             # prefixed keys come with an explicit mask (never rely on is_causal with more keys than queries)
             extra = {"is_causal": False}

@@ -319,13 +319,15 @@ class SiteInjector:
         self.handler = handler
         self._local = threading.local()
         for index, (layer, stack) in enumerate(layer_stacks(model, spec)):
-            for site_name, site in stack.sites.items():
-                self._attach_site(layer, index, site_name, site)
+            # linear hooks first: where a site's output is a projection itself (BART's fc2), the site sees the
+            # projection's output with the linear adapters applied
             by_module: dict[str, list[tuple[str, LinearSpec]]] = {}
             for point, linear in stack.linears.items():
                 by_module.setdefault(linear.module, []).append((point, linear))
             for path, points in by_module.items():
                 layer.get_submodule(path).register_forward_hook(_LinearHook(self, index, points))
+            for site_name, site in stack.sites.items():
+                self._attach_site(layer, index, site_name, site)
         attach_embedding_points(model, spec, handler)
 
     def captured(self) -> dict[tuple[int, str, str], torch.Tensor]:

@@ -279,8 +279,9 @@ def test_training_changes_only_the_adapter(arch: str) -> None:
         optimizer.step()
         changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
         assert changed and all(n.startswith(f"_adapterhub.adapters.{method}.") for n in changed), method
-        decoder_only = [n for n in before if n.startswith("_adapterhub.") and "cross" in n]
-        assert all(n in changed for n in decoder_only), method  # the cross-attention parts learn too
+        cross = {n: p for n, p in model.named_parameters() if n.startswith("_adapterhub.") and "cross" in n}
+        assert all(p.grad is not None for p in cross.values()), method  # the cross-attention parts learn too
+        assert not cross or set(cross) & changed, method
         model.delete_adapter(method)
         model.eval()
 
@@ -324,16 +325,18 @@ def test_generate_uses_the_active_adapter(arch: str) -> None:
     model.generation_config.eos_token_id = None  # always 6 new tokens
     model.generation_config.forced_bos_token_id = None
     source = {k: inputs[k] for k in ("input_ids", "attention_mask")}
-    bare = model.generate(**source, max_new_tokens=6, do_sample=False)
+    options: dict[str, Any] = {"max_new_tokens": 6, "do_sample": False}
+    scored = {**options, "output_scores": True, "return_dict_in_generate": True}
+    bare = model.generate(**source, **scored)
     for method in ("houlsby", "lora", "prefix"):
         model.add_adapter(method, config=METHODS[method])
         perturb(model._adapterhub.adapters[method], std=0.5)
         model.set_active_adapters(method)
-        generated = model.generate(**source, max_new_tokens=6, do_sample=False)  # with the KV cache
-        assert torch.equal(generated, greedy(model, inputs, 6)), method
-        assert not torch.equal(generated, bare), method
+        generated = model.generate(**source, **scored)  # with the KV cache
+        assert torch.equal(generated.sequences, greedy(model, inputs, 6)), method
+        assert not torch.allclose(generated.scores[0], bare.scores[0]), method  # the adapter is used
         model.set_active_adapters(None)
-    assert torch.equal(model.generate(**source, max_new_tokens=6, do_sample=False), bare)
+    assert torch.equal(model.generate(**source, **options), bare.sequences)
 
 
 @pytest.mark.parametrize("arch", SEQ2SEQ)
@@ -353,7 +356,7 @@ def test_lora_merge_and_unmerge(arch: str) -> None:
     for name, param in model.named_parameters():
         if name in weights:
             torch.testing.assert_close(param, weights[name], atol=1e-6, rtol=0)
-    torch.testing.assert_close(logits(model, inputs), unmerged, atol=1e-6, rtol=0)
+    torch.testing.assert_close(logits(model, inputs), unmerged, atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------------ composition
