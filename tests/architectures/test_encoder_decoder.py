@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+import transformers
 
 import adapterhub
 from adapterhub import BatchSplit, Fuse, Parallel, Stack
@@ -19,6 +20,12 @@ from adapterhub.errors import ConfigError, UnsupportedArchitectureError
 from tiny_models import SEQ2SEQ, build, make_seq2seq_inputs, perturb
 
 T5_LIKE = ("t5", "mt5")
+TRANSFORMERS_4 = int(transformers.__version__.split(".")[0]) < 5
+
+
+def prefix_ok(arch: str) -> bool:
+    """transformers 4.x computes T5's attention itself (no AttentionInterface): prefix tuning is refused there."""
+    return not (TRANSFORMERS_4 and arch in T5_LIKE)
 
 
 def logits(model: Any, inputs: dict[str, torch.Tensor], setup: Any = "none") -> torch.Tensor:
@@ -29,8 +36,8 @@ def logits(model: Any, inputs: dict[str, torch.Tensor], setup: Any = "none") -> 
             return model(**inputs).logits  # type: ignore[no-any-return]
 
 
-def model_for(arch: str) -> Any:
-    return adapterhub.init(build(arch, "seq2seq_lm"))
+def model_for(arch: str, dtype: torch.dtype = torch.float32) -> Any:
+    return adapterhub.init(build(arch, "seq2seq_lm").to(dtype))
 
 
 def encoder_layers(model: Any) -> int:
@@ -88,7 +95,8 @@ def test_init_and_deinit_leave_outputs_bit_identical(arch: str) -> None:
     model = adapterhub.init(build(arch, "seq2seq_lm"))
     assert torch.equal(logits(model, inputs), expected)
     model.add_adapter("a", config="houlsby[after_cross_attention=true]")
-    model.add_adapter("p", config="prefix_tuning[prefix_length=3]")
+    if prefix_ok(arch):
+        model.add_adapter("p", config="prefix_tuning[prefix_length=3]")
     assert torch.equal(logits(model, inputs), expected)  # added, not active
     adapterhub.deinit(model)
     assert torch.equal(logits(model, inputs), expected)
@@ -215,6 +223,10 @@ def test_cross_projections_exist_in_decoder_layers_only(arch: str) -> None:
 def test_prefix_tuning_reaches_self_and_cross_attention(arch: str) -> None:
     """Decoder layers get a self- and a cross-attention prefix (``cross_prefix``, default true); with the same
     self-attention prefixes, the first output that differs between the two configs is a cross-attention's."""
+    if not prefix_ok(arch):
+        with pytest.raises(ConfigError, match="computes attention itself"):
+            model_for(arch).add_adapter("p", config="prefix_tuning")
+        return
     inputs = make_seq2seq_inputs()
     model = model_for(arch)
     model.add_adapter("both", config="prefix_tuning[prefix_length=4,bottleneck_size=16]")
@@ -261,6 +273,10 @@ METHODS = {
 }
 
 
+def methods_for(arch: str) -> dict[str, str]:
+    return {k: v for k, v in METHODS.items() if k != "prefix" or prefix_ok(arch)}
+
+
 def seq2seq_labels(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.roll(inputs["decoder_input_ids"], -1, dims=1)
 
@@ -269,7 +285,7 @@ def seq2seq_labels(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 def test_training_changes_only_the_adapter(arch: str) -> None:
     inputs = make_seq2seq_inputs()
     model = model_for(arch)
-    for method, config in METHODS.items():
+    for method, config in methods_for(arch).items():
         model.add_adapter(method, config=config)
         perturb(model._adapterhub.adapters[method], std=0.05)
         model.train_adapter(method)
@@ -293,7 +309,7 @@ def test_save_and_load_round_trip(arch: str, tmp_path: Any) -> None:
     inputs = make_seq2seq_inputs()
     model, fresh = model_for(arch), model_for(arch)
     bare = logits(model, inputs)
-    for method, config in METHODS.items():
+    for method, config in methods_for(arch).items():
         model.add_adapter(method, config=config)
         perturb(model._adapterhub.adapters[method], std=0.1)
         expected = logits(model, inputs, method)
@@ -328,7 +344,7 @@ def test_generate_uses_the_active_adapter(arch: str) -> None:
     options: dict[str, Any] = {"max_new_tokens": 6, "do_sample": False}
     scored = {**options, "output_scores": True, "return_dict_in_generate": True}
     bare = model.generate(**source, **scored)
-    for method in ("houlsby", "lora", "prefix"):
+    for method in [m for m in ("houlsby", "lora", "prefix") if m in methods_for(arch)]:
         model.add_adapter(method, config=METHODS[method])
         perturb(model._adapterhub.adapters[method], std=0.5)
         model.set_active_adapters(method)
@@ -342,21 +358,21 @@ def test_generate_uses_the_active_adapter(arch: str) -> None:
 @pytest.mark.parametrize("arch", SEQ2SEQ)
 def test_lora_merge_and_unmerge(arch: str) -> None:
     inputs = make_seq2seq_inputs()
-    model = model_for(arch)
+    model = model_for(arch, torch.float64)  # float64: merging is exact up to its rounding
     model.add_adapter("a", config=METHODS["lora"])
     perturb(model._adapterhub.adapters["a"], std=0.1)
     model.set_active_adapters("a")
     unmerged = logits(model, inputs)
     weights = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("_adapterhub")}
     model.merge_adapter("a")
-    torch.testing.assert_close(logits(model, inputs), unmerged, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits(model, inputs), unmerged, atol=1e-10, rtol=0)
     changed = [n for n, p in model.named_parameters() if n in weights and not torch.equal(p, weights[n])]
     assert any("EncDecAttention" in n or "encoder_attn" in n for n in changed)
     model.unmerge_adapter()
     for name, param in model.named_parameters():
         if name in weights:
-            torch.testing.assert_close(param, weights[name], atol=1e-6, rtol=0)
-    torch.testing.assert_close(logits(model, inputs), unmerged, atol=1e-5, rtol=0)
+            torch.testing.assert_close(param, weights[name], atol=1e-12, rtol=0)
+    torch.testing.assert_close(logits(model, inputs), unmerged, atol=1e-10, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------------ composition
@@ -365,7 +381,7 @@ def test_lora_merge_and_unmerge(arch: str) -> None:
 @pytest.mark.parametrize("arch", SEQ2SEQ)
 def test_stack_of_bottleneck_and_lora_equals_lora_merged_under_the_bottleneck(arch: str) -> None:
     inputs = make_seq2seq_inputs()
-    model = model_for(arch)
+    model = model_for(arch, torch.float64)
     model.add_adapter("b", config=METHODS["houlsby"])
     model.add_adapter("l", config=METHODS["lora"])
     perturb(model._adapterhub.adapters["b"], std=0.1)
@@ -373,7 +389,7 @@ def test_stack_of_bottleneck_and_lora_equals_lora_merged_under_the_bottleneck(ar
     stacked = logits(model, inputs, Stack("b", "l"))
     model.merge_adapter("l")
     model.set_active_adapters(Stack("b", "l"))
-    torch.testing.assert_close(logits(model, inputs), stacked, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits(model, inputs), stacked, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("arch", SEQ2SEQ)
@@ -381,9 +397,11 @@ def test_batch_split_runs_each_row_block_through_its_adapter(arch: str) -> None:
     inputs = make_seq2seq_inputs()
     model = model_for(arch)
     for name, config in (("a", METHODS["houlsby"]), ("b", METHODS["houlsby"]), ("p", METHODS["prefix"])):
+        if name == "p" and not prefix_ok(arch):
+            continue
         model.add_adapter(name, config=config)
         perturb(model._adapterhub.adapters[name], std=0.1)
-    for pair in (("a", "b"), ("a", "p")):
+    for pair in (("a", "b"), ("a", "p")) if prefix_ok(arch) else (("a", "b"),):
         out = logits(model, inputs, BatchSplit(*pair, batch_sizes=[2, 1]))
         rows = [
             logits(model, {k: v[:2] for k, v in inputs.items()}, pair[0]),
@@ -428,7 +446,7 @@ def test_parallel_is_refused(arch: str) -> None:
 @pytest.mark.parametrize("config", ["prompt_tuning", "pfeiffer+inv"])
 def test_embedding_methods_are_refused(arch: str, config: str) -> None:
     model = model_for(arch)
-    with pytest.raises((ConfigError, UnsupportedArchitectureError), match="embedding"):
+    with pytest.raises((ConfigError, UnsupportedArchitectureError), match="embedding|transformers >= 5"):
         model.add_adapter("e", config=config)
     assert not model.has_adapter("e")
 

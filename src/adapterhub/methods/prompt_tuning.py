@@ -112,6 +112,11 @@ class PromptTuningAdapter(AdapterModule):
                 "prompt positions cannot be added to it through hooks. Upgrade transformers, or use prefix tuning."
             )
         spec = spec_for_model_type(dims.model_type)
+        if spec.embeddings is None:
+            raise ConfigError(
+                f"Prompt tuning is not supported on {dims.model_type}: its ArchitectureSpec names no embedding "
+                "point (encoder-decoder models embed the source and the target separately). Use prefix tuning."
+            )
         if spec.embeddings not in SUPPORTED_EMBEDDINGS:
             raise ConfigError(
                 f"Prompt tuning is not supported on {dims.model_type}: the model builds its attention mask before "
