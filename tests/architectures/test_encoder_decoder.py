@@ -446,7 +446,7 @@ def test_parallel_is_refused(arch: str) -> None:
 @pytest.mark.parametrize("config", ["prompt_tuning", "pfeiffer+inv"])
 def test_embedding_methods_are_refused(arch: str, config: str) -> None:
     model = model_for(arch)
-    with pytest.raises((ConfigError, UnsupportedArchitectureError), match="embedding|transformers >= 5"):
+    with pytest.raises((ConfigError, UnsupportedArchitectureError), match=r"embedding|transformers >= 5"):
         model.add_adapter("e", config=config)
     assert not model.has_adapter("e")
 
