@@ -91,7 +91,7 @@ class DoRAAdapter(LoRAAdapter):
         shapes = {point: dims.linear_shape(point) for point in config.targets}
         for key in list(self.layers):
             self.layers[key] = nn.ModuleDict(
-                {p: DoRALayer(*shapes[p], config) for p in self.layers[key]}  # type: ignore[operator]
+                {p: DoRALayer(*shapes[p], config) for p in dims.points_at(int(key), config.targets)}
             )
         self._merge_norms: dict[tuple[int, str], torch.Tensor] = {}
 

@@ -101,7 +101,9 @@ class LoRAAdapter(AdapterModule):
             }
         )
         # layer -> its points (every target, except decoder-only ones in encoder layers)
-        self._points = {int(i): tuple((LINEAR, p) for p in points) for i, points in self.layers.items()}  # type: ignore[union-attr]
+        self._points = {
+            int(i): tuple((LINEAR, p) for p in dims.points_at(int(i), config.targets)) for i in self.layers
+        }
 
     @classmethod
     def linear_shapes_from(cls, tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[str, int, int], ...]:
