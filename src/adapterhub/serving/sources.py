@@ -5,8 +5,9 @@ A SOURCE is one of
 - a directory holding a saved adapter (our layout, the ``adapters`` library's or peft's);
 - a hub identifier such as ``sentiment/sst-2@alice`` or ``@alice/sst-2`` (resolved for the served model by the hub
   client, downloaded once into its cache; ``hub_url`` or ``ADAPTERHUB_HUB_URL`` names the hub);
-- ``hf:owner/repo``: a repository on the Hugging Face Hub, loaded by ``model.load_adapter(..., source="hf")``.
-  That needs the Hugging Face loader; a model API without it raises ``SourceError`` saying so.
+- ``hf:owner/repo`` (or ``hf:owner/repo@revision``): a repository on the Hugging Face Hub, loaded by
+  ``model.load_adapter("owner/repo", source="hf", revision=...)``. That needs the Hugging Face loader; a model API
+  without it raises ``SourceError`` saying so.
 
 ``fetch`` does the slow part (a download) and may run on any thread; ``install`` changes the model and must run
 on the thread that runs the model's forward passes.
@@ -47,8 +48,9 @@ def parse_source(text: str) -> AdapterSource:
     text = text.strip()
     if text.startswith(HF_PREFIX):
         repo = text[len(HF_PREFIX) :]
-        if repo.count("/") != 1 or not all(repo.split("/")):
-            raise ConfigError(f"{text!r}: a Hugging Face source is hf:owner/repo.")
+        repo_only = repo.partition("@")[0]
+        if repo_only.count("/") != 1 or not all(repo_only.split("/")) or repo.endswith("@"):
+            raise ConfigError(f"{text!r}: a Hugging Face source is hf:owner/repo or hf:owner/repo@revision.")
         return AdapterSource("hf", repo)
     if Path(text).expanduser().is_dir():
         return AdapterSource("dir", str(Path(text).expanduser()))
@@ -69,10 +71,10 @@ def parse_assignment(text: str) -> tuple[str, AdapterSource]:
 def supports_hf(model: Any) -> bool:
     """Whether this model's ``load_adapter`` can read from the Hugging Face Hub (``source="hf"``)."""
     try:
-        parameters = inspect.signature(model.load_adapter).parameters
+        parameter = inspect.signature(model.load_adapter).parameters.get("source")
     except (TypeError, ValueError):
         return False
-    return "source" in parameters
+    return parameter is not None and parameter.kind is inspect.Parameter.KEYWORD_ONLY
 
 
 def fetch(source: AdapterSource, model: Any, *, hub_url: str | None = None) -> Path | None:
@@ -117,7 +119,8 @@ def install(source: AdapterSource, fetched: Path | None, model: Any, name: str) 
     """Load the adapter (with its head) into ``model`` as ``name``. Run on the model's thread."""
     try:
         if source.kind == "hf":
-            model.load_adapter(source.location, source="hf", load_as=name, overwrite_ok=True)
+            repo, _, revision = source.location.partition("@")
+            model.load_adapter(repo, source="hf", revision=revision or None, load_as=name, overwrite_ok=True)
         else:
             model.load_adapter(fetched, load_as=name, overwrite_ok=True)
     except SourceError:
