@@ -226,9 +226,10 @@ def create_app(
     @app.get("/health", summary="liveness and load")
     async def health() -> dict[str, Any]:
         scheduler = engine.scheduler
+        config: Any = engine.model.config
         return {
             "status": "ok",
-            "model": str(getattr(engine.model.config, "name_or_path", "") or engine.model.config.model_type),
+            "model": str(getattr(config, "name_or_path", "") or config.model_type),
             "adapters_known": len(engine.registry.sources),
             "adapters_loaded": len(engine.registry.loaded),
             "queue_rows": 0 if scheduler is None else scheduler.queued_rows,
