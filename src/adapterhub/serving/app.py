@@ -210,7 +210,11 @@ def create_app(
 
     @app.get("/v1/adapters", summary="known adapters; loaded ones with method, head, labels and memory")
     async def list_adapters() -> dict[str, Any]:
-        return {"adapters": engine.adapters(), "max_loaded": engine.config.max_loaded}
+        return {
+            "adapters": engine.adapters(),
+            "fusions": engine.fusions.describe(),
+            "max_loaded": engine.config.max_loaded,
+        }
 
     @app.post("/v1/adapters", summary="add an adapter by source", dependencies=[Depends(require_token)])
     async def add_adapter(body: AdapterBody) -> dict[str, Any]:

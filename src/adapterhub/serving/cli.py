@@ -2,7 +2,7 @@
 
 ::
 
-    adapterhub serve-model --model M --adapter NAME=SOURCE ... [--max-loaded N] [--max-batch-rows 64]
+    adapterhub serve-model --model M --adapter NAME=SOURCE ... [--fusion DIR ...] [--max-loaded N] [--max-batch-rows 64]
         [--max-wait-ms 5] [--max-queue-rows 4096] [--host 127.0.0.1] [--port 8080] [--token TOKEN]
         [--hub-url URL] [--device cpu]
 
@@ -30,6 +30,13 @@ def register(subparsers: Any) -> None:
         default=[],
         metavar="NAME=SOURCE",
         help="an adapter to serve (repeatable): directory, hub identifier or hf:owner/repo",
+    )
+    parser.add_argument(
+        "--fusion",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a saved AdapterFusion (repeatable): requests may then use Fuse(a, b, ...) of its adapters",
     )
     parser.add_argument("--max-loaded", type=int, default=8, help="adapters in memory at most (default 8)")
     parser.add_argument("--max-batch-rows", type=int, default=64, help="rows per forward pass (default 64)")
@@ -65,7 +72,9 @@ def engine_from_args(args: argparse.Namespace) -> Any:
         max_length=args.max_length,
         hub_url=args.hub_url,
     )
-    return ServingEngine.from_pretrained(args.model, adapters=adapters, config=config, device=args.device)
+    return ServingEngine.from_pretrained(
+        args.model, adapters=adapters, config=config, fusions=args.fusion, device=args.device
+    )
 
 
 def run_serve_model(args: argparse.Namespace) -> int:
