@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -354,7 +354,7 @@ class ServingEngine:
         top_p: float = 1.0,
         seed: int | None = None,
         truncate: bool = False,
-    ) -> AsyncIterator[list[int | None]]:
+    ) -> AsyncGenerator[list[int | None], None]:
         """Yield each decoding step's new token per prompt (None once that prompt has stopped) as the model thread
         produces it. Errors (unknown adapter, no causal-LM head, too long) raise at the first ``__anext__``;
         closing the iterator early stops the generation."""
