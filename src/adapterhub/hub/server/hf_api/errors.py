@@ -9,7 +9,7 @@ than reading it as "repository not found". Every :class:`HubError` a route raise
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -59,7 +59,7 @@ def hf_error_response(error: HubError) -> JSONResponse:
 class HfRoute(APIRoute):
     """A route whose errors (``HubError``, invalid parameters) are answered in the Hub API's shape."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def wrapped(request: Request) -> Response:
