@@ -5,6 +5,7 @@ errors arrive in the Hub's shape as the client's own exception classes."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,44 @@ def test_invalid_adapters_and_layouts_are_refused_as_our_publish_refuses_them(li
         api.upload_folder(repo_id="alice/demo", folder_path=_repo_dir(env), revision="v1")
     with pytest.raises(RepositoryNotFoundError):
         api.model_info("alice/demo")  # nothing was published
+
+
+def test_raw_commit_bodies_are_refused_in_the_hubs_shape(live_sqlite):
+    env = live_sqlite
+    first = _api(env).upload_folder(repo_id="alice/demo", folder_path=_repo_dir(env)).oid
+    url = f"{env.url}/api/models/alice/demo/commit/main"
+    auth = env.auth("alice") | {"Content-Type": "application/x-ndjson"}
+
+    def post(*lines: Any, raw: bytes | None = None) -> httpx.Response:
+        body = raw if raw is not None else b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+        return httpx.post(url, content=body, headers=auth)
+
+    header = {"key": "header", "value": {"summary": "x", "description": ""}}
+    cases = [
+        (post(raw=b"{not json\n"), 400, "not JSON"),
+        (post({"key": "file", "value": {"path": "a.txt", "content": ""}}), 400, "start with a 'header'"),
+        (
+            post(header, {"key": "lfsFile", "value": {"path": "w.bin", "oid": "0" * 64, "size": 3}}),
+            400,
+            "no LFS",
+        ),
+        (
+            post(header, {"key": "file", "value": {"path": "x.txt", "content": "%%%"}}),
+            400,
+            "not valid base64",
+        ),
+        (post(header, {"key": "deletedFile", "value": {"path": "nope.txt"}}), 404, "doesn't exist"),
+        (post({"key": "header", "value": {"summary": "x", "parentCommit": "f" * 40}}), 412, "not the head"),
+        (post(header, {"key": "copy", "value": {}}), 400, "Unsupported commit operation"),
+    ]
+    for response, status, words in cases:
+        assert response.status_code == status, response.text
+        assert words in response.json()["error"] and words in response.headers["x-error-message"]
+    big = httpx.post(url, content=b"x" * (6 * 1024 * 1024), headers=auth)  # over 4/3 of the 4 MiB test limit
+    assert big.status_code == 413 and "limit" in big.json()["error"]
+    unauthenticated = httpx.post(url, content=b"{}\n")
+    assert unauthenticated.status_code == 401
+    assert unauthenticated.headers["x-error-message"] == "Invalid credentials in Authorization header"
+    ok = post({"key": "header", "value": {"summary": "x", "parentCommit": first}})  # no change: same version
+    assert ok.status_code == 200 and ok.json()["commitOid"] == first
+    assert env.client.get("/api/v1/adapters/alice/demo").json()["latest_version"] == 1

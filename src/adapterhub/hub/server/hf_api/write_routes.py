@@ -296,12 +296,16 @@ def _apply_and_publish(
     )
 
 
-async def _json(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > 16 * 1024 * 1024:
-        raise bad_request("The JSON body is too large.")
+async def _json(request: Request, limit: int = 16 * 1024 * 1024) -> dict[str, Any]:
+    """The JSON object body, refused past ``limit`` bytes (counted while it arrives)."""
+    chunks, seen = [], 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise bad_request(f"The JSON body is larger than {limit} bytes.")
+        chunks.append(chunk)
     try:
-        data = json.loads(raw or b"{}")
+        data = json.loads(b"".join(chunks) or b"{}")
     except ValueError:
         raise bad_request("The body is not JSON.") from None
     if not isinstance(data, dict):
