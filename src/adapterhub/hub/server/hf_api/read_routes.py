@@ -117,7 +117,8 @@ def get_tree(
     return out
 
 
-@router.api_route("/{owner}/{name}/resolve/{revision}/{filename:path}", methods=["GET", "HEAD"])
+@router.get("/{owner}/{name}/resolve/{revision}/{filename:path}", operation_id="hf_resolve_file")
+@router.head("/{owner}/{name}/resolve/{revision}/{filename:path}", operation_id="hf_resolve_file_metadata")
 def resolve_file(request: Request, owner: str, name: str, revision: str, filename: str) -> FileResponse:
     snap = _snapshot(request, owner, name, revision)
     directory, files = _files(request, snap)
