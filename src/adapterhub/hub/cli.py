@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from adapterhub.hub import hf_cli
 from adapterhub.hub.errors import HubError, HubValidationError
 
 SEED_FILE = Path(__file__).with_name("seed.json")
@@ -117,6 +118,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--metric", action="append", default=[], metavar="NAME=VALUE", help="a score (repeatable)")
     p.add_argument("--config-name", default="", help="the config's preset name, for display")
     p.add_argument("--token", help="API token (default: the stored one)")
+    hf_cli.add_push_flags(p)
     p.set_defaults(handler=_push)
 
     p = subparsers.add_parser("search", help="search the hub's adapters")
@@ -141,6 +143,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("identifier")
     client_opts(p)
     model_opts(p)
+    hf_cli.add_pull_flags(p)
     p.set_defaults(handler=_pull)
 
     p = subparsers.add_parser("login", help="store an API token for a hub (file readable only by you)")
@@ -325,6 +328,8 @@ def _push(args: argparse.Namespace) -> int:
             raise HubValidationError(
                 f"--metric {item!r}: use NAME=NUMBER, e.g. --metric accuracy=0.91"
             ) from None
+    if args.hf:
+        return hf_cli.push_hf(args, metrics)
     owner = args.owner
     if owner is None:
         owner = client.whoami(token=args.token, hub_url=args.hub_url)["name"]
@@ -441,6 +446,8 @@ def _pull(args: argparse.Namespace) -> int:
     from adapterhub.hub import client
     from adapterhub.hub.identifiers import parse_identifier
 
+    if args.hf:
+        return hf_cli.pull_hf(args)
     model = _model_args(args)
     if model["model_type"] is not None:
         path = client.resolve_to_local_dir(args.identifier, hub_url=args.hub_url, config=args.config, **model)
