@@ -154,3 +154,11 @@ def test_other_layouts_are_refused_with_what_to_do(tmp_path):
     directory = model.save_adapter(tmp_path / "peft", "a", layout="peft")
     with pytest.raises(AdapterFileError, match=r"in peft's layout.*save it with model\.save_adapter"):
         inspect_from_headers(directory, model_type="bert")
+
+
+def test_the_light_fixture_passes_both_checks_alike():
+    """tests/fixtures/hub_light/light-sst, what scripts/hub/test_light_venv.sh publishes without torch."""
+    directory = Path(__file__).resolve().parents[1] / "fixtures" / "hub_light" / "light-sst"
+    full, light = inspect_adapter_dir(directory), inspect_from_headers(directory)
+    assert {f: getattr(light, f) for f in FIELDS} == {f: getattr(full, f) for f in FIELDS}
+    assert light.head_type == "classification" and light.num_layers == 2 and light.hidden_size == 32
