@@ -162,3 +162,26 @@ def test_the_light_fixture_passes_both_checks_alike():
     full, light = inspect_adapter_dir(directory), inspect_from_headers(directory)
     assert {f: getattr(light, f) for f in FIELDS} == {f: getattr(full, f) for f in FIELDS}
     assert light.head_type == "classification" and light.num_layers == 2 and light.hidden_size == 32
+
+
+def test_the_weights_check_setting(monkeypatch, tmp_path):
+    import importlib.util
+
+    from adapterhub.hub.errors import HubValidationError
+    from adapterhub.hub.server.settings import HubSettings
+
+    monkeypatch.setenv("ADAPTERHUB_HOME", str(tmp_path))
+    monkeypatch.delenv("ADAPTERHUB_HUB_WEIGHTS_CHECK", raising=False)
+    assert HubSettings().weights_check == "full"  # torch is installed here
+    monkeypatch.setenv("ADAPTERHUB_HUB_WEIGHTS_CHECK", "header")
+    assert HubSettings().weights_check == "header"
+    with pytest.raises(HubValidationError, match="'shapes' is not one of full, header"):
+        HubSettings(weights_check="shapes")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real_find_spec(name, *a)
+    )
+    monkeypatch.delenv("ADAPTERHUB_HUB_WEIGHTS_CHECK")
+    assert HubSettings().weights_check == "header"
+    with pytest.raises(HubValidationError, match="full weights check needs torch, which is not installed"):
+        HubSettings(weights_check="full")
