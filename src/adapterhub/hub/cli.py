@@ -46,6 +46,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
     p.add_argument("--max-upload-mb", type=float, default=None, help="largest accepted upload (default 64)")
     p.add_argument("--seed", action="store_true", help="add the default tasks, subtasks and languages first")
+    p.add_argument(
+        "--weights-check",
+        choices=("full", "header"),
+        help="how uploads are checked: full (every weight against the config; needs torch) or header (the "
+        "files' JSON and safetensors headers; no torch). Default: full where torch is installed; env "
+        "ADAPTERHUB_HUB_WEIGHTS_CHECK",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(handler=_serve)
 
@@ -170,6 +177,7 @@ def _settings(args: argparse.Namespace) -> Any:
         db_url=args.db or "",
         storage_url=args.storage or "",
         s3_endpoint_url=getattr(args, "s3_endpoint", None),
+        weights_check=getattr(args, "weights_check", None) or "",
     )
 
 
@@ -195,7 +203,7 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port or DEFAULT_PORT
     print(
         f"adapterhub: serving the hub on http://{args.host}:{port} (database {_redact(settings.db_url)}, "
-        f"storage {settings.storage_url})",
+        f"storage {settings.storage_url}, weights check {settings.weights_check})",
         flush=True,
     )
     if args.workers > 1:
@@ -204,6 +212,7 @@ def _serve(args: argparse.Namespace) -> int:
         if settings.s3_endpoint_url:
             os.environ["ADAPTERHUB_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
         os.environ["ADAPTERHUB_HUB_MAX_UPLOAD_BYTES"] = str(settings.max_upload_bytes)
+        os.environ["ADAPTERHUB_HUB_WEIGHTS_CHECK"] = settings.weights_check
         uvicorn.run(
             "adapterhub.hub.server.app:app_from_env",
             factory=True,
