@@ -24,6 +24,18 @@ from adapterhub.fusion import FusionConfig
 from adapterhub.methods.union import MethodUnion
 from adapterhub.model import deinit, init
 
+# loaded on first use (PEP 562): name -> module
+_LAZY = {"export_onnx": "adapterhub.export.onnx"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'adapterhub' has no attribute {name!r}")
+
+
 __all__ = [
     "AdapterExistsError",
     "AdapterFileError",
@@ -45,6 +57,7 @@ __all__ = [
     "UnsupportedArchitectureError",
     "__version__",
     "deinit",
+    "export_onnx",
     "init",
     "resolve_config",
 ]

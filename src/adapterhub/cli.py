@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "adapterhub.composition_cli",
     "adapterhub.merge_cli",
     "adapterhub.hub.cli",
+    "adapterhub.export.cli",
 )
 
 
