@@ -11,8 +11,9 @@ axis fixed) and returns the tensor fields of the model's output (``logits``; ``l
 ``pooler_output``), never the loss or a key/value cache (``use_cache=False``).
 
 Refused with ``NotExportableError``: setups whose meaning depends on the call (``Parallel``: one output per branch
-on a replicated batch; ``BatchSplit``: fixed row counts per child, which contradict a dynamic batch axis), and
-anything ``torch.export`` cannot trace with dynamic axes (its reason is included).
+on a replicated batch; ``BatchSplit``: fixed row counts per child, which contradict a dynamic batch axis;
+``Split``: a different computation for sequences no longer than the split index), and anything ``torch.export``
+cannot trace with dynamic axes (its reason is included).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapterhub.composition import BatchSplit, Parallel, Setup, blocks_with_parents, setup_to_json
+from adapterhub.composition import BatchSplit, Parallel, Setup, Split, blocks_with_parents, setup_to_json
 from adapterhub.errors import AdapterHubError
 from adapterhub.store import STORE_ATTR, AdapterStore
 
@@ -90,6 +91,13 @@ def check_setup_exportable(setup: Setup | None) -> None:
                 f"{block!r} sends a fixed number of rows through each child, which contradicts the dynamic batch "
                 "axis of an exported graph (a batch of another size would be split wrongly). Export one graph "
                 "per child setup (model.set_active_adapters(child)) and send each request to its graph."
+            )
+        if isinstance(block, Split):
+            raise NotExportableError(
+                f"{block!r} computes something else for sequences no longer than its split index (the index is "
+                "clamped to the length, and a child whose part is empty is skipped), and one graph with a dynamic "
+                "sequence axis holds only one of these computations. Run this setup in torch, or export the "
+                "setup of one part (model.set_active_adapters(child))."
             )
 
 
@@ -232,8 +240,9 @@ def trace(module: NamedIO, batch: Mapping[str, torch.Tensor]) -> torch.export.Ex
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise NotExportableError(
             f"torch.export could not trace this model with dynamic batch and sequence axes "
-            f"({type(error).__name__}: {first}). The active setup {spec.setup_json} or a method in it computes "
-            "something that depends on the values or sizes of the inputs; export a setup without it."
+            f"({type(error).__name__}: {first}). Something in the model or in the active setup "
+            f"{spec.setup_json} depends on the values or sizes of the inputs in a way one graph cannot hold; "
+            "export a setup without that method or block (the chained exception has torch's details)."
         ) from error
 
 
