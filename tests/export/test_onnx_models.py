@@ -108,3 +108,26 @@ def test_base_model_outputs_and_token_type_ids(tmp_path, make_model, matches_tor
     batch = make_inputs(seed=4)
     batch["token_type_ids"] = torch.ones_like(batch["input_ids"])
     matches_torch(model, path, [batch])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "config",
+    [
+        "houlsby",
+        "par_bn",
+        "pfeiffer+inv",
+        "compacter[reduction_factor=4]",
+        "ia3",
+        "dora",
+        "prompt_tuning",
+        "prefix_tuning",
+        "mam",
+        "unipelt",
+    ],
+)
+def test_every_method_exports(config, tmp_path, make_model, matches_torch):
+    model = make_model("bert", config=config)
+    path = tmp_path / "model.onnx"
+    adapterhub.export_onnx(model, path, make_inputs())
+    matches_torch(model, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import onnx
 import pytest
 import torch
 
@@ -54,3 +55,13 @@ def test_a_graph_that_differs_from_torch_is_removed(tmp_path, make_model):
     with pytest.raises(ExportMismatchError, match="differs from the model"):
         adapterhub.export_onnx(model, path, make_inputs(), atol=0.0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_opset_the_graph_cannot_reach_is_refused(tmp_path, make_model):
+    model = make_model("bert")
+    with pytest.raises(NotExportableError, match="opset 14"):
+        adapterhub.export_onnx(model, tmp_path / "old.onnx", make_inputs(), opset=14)
+    assert not (tmp_path / "old.onnx").exists()
+    result = adapterhub.export_onnx(model, tmp_path / "new.onnx", make_inputs(), opset=21)
+    assert result.opset == 21
+    assert {o.domain: o.version for o in onnx.load(str(result.path)).opset_import}[""] == 21

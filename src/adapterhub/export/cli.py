@@ -67,6 +67,9 @@ def register(subparsers: Any) -> None:
     onnx.add_argument("--atol", type=float, default=1e-4, help="largest difference from torch accepted")
     onnx.add_argument("--batch-size", type=int, default=8, help="rows per timed batch (default 8)")
     onnx.add_argument("--iterations", type=int, default=10, help="timed calls of each runtime (0: no timing)")
+    onnx.add_argument(
+        "--threads", type=int, default=None, help="CPU threads of both runtimes (default: torch's)"
+    )
     onnx.set_defaults(handler=_export_onnx)
 
 
@@ -130,10 +133,10 @@ def _export_onnx(args: argparse.Namespace) -> int:
     if args.iterations > 0:
         rows = list(itertools.islice(itertools.cycle(texts), max(args.batch_size, 1)))
         inputs = dict(tokenizer(rows, padding=True, return_tensors="pt"))
-        speed = compare_speed(model, result, inputs, iterations=args.iterations)
+        speed = compare_speed(model, result, inputs, iterations=args.iterations, threads=args.threads)
         shape = "x".join(str(n) for n in inputs["input_ids"].shape)
         print(
-            f"speed on batch {shape} (median of {speed.iterations}): torch {speed.torch_ms:.2f} ms, "
-            f"onnxruntime {speed.onnxruntime_ms:.2f} ms ({speed.speedup:.2f}x)"
+            f"speed on batch {shape}, {speed.threads} thread(s), median of {speed.iterations}: "
+            f"torch {speed.torch_ms:.2f} ms, onnxruntime {speed.onnxruntime_ms:.2f} ms ({speed.speedup:.2f}x)"
         )
     return 0

@@ -175,6 +175,12 @@ def _translate(traced: Traced, opset: int) -> Any:
         ) from error
     if program is None:  # pragma: no cover - only the legacy exporter returns None
         raise NotExportableError("torch.onnx.export returned no program.")
+    reached = program.model.opset_imports.get("")
+    if reached != opset:  # torch's version converter leaves the graph as it was when it cannot convert it
+        raise NotExportableError(
+            f"The graph could not be converted to ONNX opset {opset} (it stays at {reached}: an operator it uses, "
+            f"e.g. LayerNormalization, has no form in opset {opset}). Use opset {DEFAULT_OPSET} or newer."
+        )
     return program
 
 
@@ -270,11 +276,13 @@ def verify_export(model: nn.Module, traced: Traced, path: Path, atol: float) -> 
 
 @dataclass(frozen=True)
 class SpeedComparison:
-    """Median milliseconds per call of the model in torch and of the ONNX graph in onnxruntime, same inputs."""
+    """Median milliseconds per call of the model in torch and of the ONNX graph in onnxruntime, on the same inputs
+    with the same number of CPU threads."""
 
     torch_ms: float
     onnxruntime_ms: float
     iterations: int
+    threads: int
 
     @property
     def speedup(self) -> float:
@@ -299,18 +307,26 @@ def compare_speed(
     *,
     iterations: int = 10,
     warmup: int = 2,
+    threads: int | None = None,
 ) -> SpeedComparison:
-    """Time ``model`` (eval, no grad, the traced call options) and the ONNX file in onnxruntime on ``inputs``."""
+    """Time ``model`` (eval, no grad, the traced call options) and the ONNX file in onnxruntime on ``inputs``,
+    each with ``threads`` CPU threads (default: torch's current setting; torch's is restored afterwards)."""
     if iterations < 1:
         raise AdapterHubError(f"iterations must be at least 1, got {iterations}.")
-    ort_session = session(exported.path)
+    before = torch.get_num_threads()
+    threads = threads or before
+    ort_session = session(exported.path, threads=threads)
     options = call_options(model)
 
     def run_torch() -> None:
         with torch.no_grad():
             model(**inputs, **options)
 
-    with eval_mode(model):
-        torch_ms = _median_ms(run_torch, iterations, warmup)
+    torch.set_num_threads(threads)
+    try:
+        with eval_mode(model):
+            torch_ms = _median_ms(run_torch, iterations, warmup)
+    finally:
+        torch.set_num_threads(before)
     ort_ms = _median_ms(lambda: run_session(ort_session, inputs), iterations, warmup)
-    return SpeedComparison(torch_ms=torch_ms, onnxruntime_ms=ort_ms, iterations=iterations)
+    return SpeedComparison(torch_ms=torch_ms, onnxruntime_ms=ort_ms, iterations=iterations, threads=threads)
