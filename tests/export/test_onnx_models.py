@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import adapterhub
-from adapterhub.composition import Fuse, Stack, setup_to_json
+from adapterhub.composition import Average, Fuse, Stack, setup_to_json
 from tiny_models import make_inputs, perturb
 
 ARCHS = ["bert", "roberta", "distilbert", "gpt2", "llama"]
@@ -49,12 +49,13 @@ def test_lora_merged_and_not(arch, merge, tmp_path, make_model, matches_torch):
     matches_torch(model, path)
 
 
-def test_stack(tmp_path, make_model, matches_torch, read_graph):
+@pytest.mark.parametrize("setup", [Stack("lang", "task"), Average("lang", "task", weights=(0.3, 0.7))])
+def test_stack_and_average(setup, tmp_path, make_model, matches_torch, read_graph):
     model = make_model("bert", names=("lang", "task"), head="task")
-    model.set_active_adapters(Stack("lang", "task"))
+    model.set_active_adapters(setup)
     path = tmp_path / "model.onnx"
     adapterhub.export_onnx(model, path, make_inputs())
-    assert read_graph(path)[2]["adapterhub.setup"] == setup_to_json(Stack("lang", "task"))
+    assert read_graph(path)[2]["adapterhub.setup"] == setup_to_json(setup)
     matches_torch(model, path)
 
 

@@ -102,6 +102,16 @@ def _choose_setup(args: argparse.Namespace, names: list[str], fusions: list[Any]
     )
 
 
+def _quiet_exporter() -> None:
+    """This process only: drop torch.onnx's notes that concern torchvision operators (not used here) and a
+    deprecation warning from inside torch."""
+    import logging
+    import warnings
+
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+
+
 def _export_onnx(args: argparse.Namespace) -> int:
     import transformers
 
@@ -112,6 +122,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
     if args.text and len(args.text) < 2:
         raise ConfigError("Give at least two --text examples (a batch of one would fix the batch axis).")
     texts = list(args.text or EXAMPLE_TEXTS)
+    _quiet_exporter()
     tokenizer = _tokenizer(args.tokenizer or args.model)
     factory = getattr(transformers, MODEL_FACTORIES[args.model_class])
     model: Any = adapterhub.init(factory.from_pretrained(args.model).eval())
