@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         IncompatibleModelError,
         UnsupportedArchitectureError,
     )
+    from adapterhub.export.onnx import export_onnx
     from adapterhub.fusion import FusionConfig
     from adapterhub.methods.union import MethodUnion
     from adapterhub.model import deinit, init
@@ -58,8 +59,10 @@ _LAZY: dict[str, str] = {
     "FusionConfig": "adapterhub.fusion",
     "MethodUnion": "adapterhub.methods.union",
     "deinit": "adapterhub.model",
+    "export_onnx": "adapterhub.export.onnx",
     "init": "adapterhub.model",
 }
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
@@ -73,29 +76,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
-
-
-__all__ = [
-    "AdapterExistsError",
-    "AdapterFileError",
-    "AdapterHubError",
-    "AdapterNotFoundError",
-    "Average",
-    "BatchSplit",
-    "BottleneckConfig",
-    "ConfigError",
-    "Fuse",
-    "FusionConfig",
-    "IncompatibleModelError",
-    "LoRAConfig",
-    "MethodConfig",
-    "MethodUnion",
-    "Parallel",
-    "Split",
-    "Stack",
-    "UnsupportedArchitectureError",
-    "__version__",
-    "deinit",
-    "init",
-    "resolve_config",
-]

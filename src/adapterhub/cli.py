@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "adapterhub.merge_cli",
     "adapterhub.hub.cli",
     "adapterhub.serving.cli",
+    "adapterhub.export.cli",
 )
 
 
