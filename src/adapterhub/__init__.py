@@ -62,7 +62,30 @@ _LAZY: dict[str, str] = {
     "export_onnx": "adapterhub.export.onnx",
     "init": "adapterhub.model",
 }
-__all__ = sorted(_LAZY)
+__all__ = [
+    "AdapterExistsError",
+    "AdapterFileError",
+    "AdapterHubError",
+    "AdapterNotFoundError",
+    "Average",
+    "BatchSplit",
+    "BottleneckConfig",
+    "ConfigError",
+    "Fuse",
+    "FusionConfig",
+    "IncompatibleModelError",
+    "LoRAConfig",
+    "MethodConfig",
+    "MethodUnion",
+    "Parallel",
+    "Split",
+    "Stack",
+    "UnsupportedArchitectureError",
+    "deinit",
+    "export_onnx",
+    "init",
+    "resolve_config",
+]
 
 
 def __getattr__(name: str) -> Any:
