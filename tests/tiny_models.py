@@ -76,9 +76,15 @@ def _tiny_config_new(
     if arch == "gemma2":  # layer 0 sliding (window 4), layer 1 global; logit softcapping on
         return transformers.Gemma2Config(**gemma)
     if arch == "gemma3_text":  # q/k norms, sliding layer 0 (window 4), global layer 1
-        return transformers.Gemma3TextConfig(**{"layer_types": ["sliding_attention", "full_attention"], **gemma})
-    if arch == "phi3":  # fused qkv_proj (equal parts: as many key/value heads as query heads) and gate_up_proj
-        return transformers.Phi3Config(**{**decoder, "num_key_value_heads": common.get("num_key_value_heads", 4)})
+        return transformers.Gemma3TextConfig(
+            **{"layer_types": ["sliding_attention", "full_attention"], **gemma}
+        )
+    if (
+        arch == "phi3"
+    ):  # fused qkv_proj (equal parts: as many key/value heads as query heads) and gate_up_proj
+        return transformers.Phi3Config(
+            **{**decoder, "num_key_value_heads": common.get("num_key_value_heads", 4)}
+        )
     if arch == "gpt_neox":  # parallel residual, interleaved fused query_key_value
         return transformers.GPTNeoXConfig(**{k: v for k, v in decoder.items() if k != "num_key_value_heads"})
     raise ValueError(arch)

@@ -83,8 +83,8 @@ class ArchitectureSpec:
     # The module whose output is the input embeddings entering the first layer (relative to the base model): the
     # ``embedding`` attachment point (invertible adapters). The module the `adapters` library hooks for the same.
     embeddings: str | None = None
-    # attachment points ``"kind:point"`` (``"linear:q"``, ``"attention:self"``, ``"embedding:mask"``) this family
-    # cannot carry, each with the reason; adding an adapter that occupies one raises a ConfigError with it
+    # attachment points ``"kind:point"`` (``"linear:q"``, ``"attention:self"``) or methods ``"method:NAME"`` this
+    # family cannot carry, each with the reason; adding such an adapter raises a ConfigError with it
     unsupported: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -289,9 +289,9 @@ DEBERTA_V2 = register_architecture(
             "position-to-content scores itself instead of calling an attention function from transformers' "
             "AttentionInterface, so prefix tuning cannot reach its keys and values. Use LoRA, a bottleneck or a "
             "parallel adapter instead.",
-            "embedding:mask": "DebertaV2Embeddings multiplies its output by the attention mask inside the module, "
-            "before the prompt could be prepended, so the prompt positions cannot join the mask through hooks. Use "
-            "prefix-free methods (LoRA, bottleneck adapters) instead.",
+            "method:prompt_tuning": "DebertaV2Embeddings multiplies its output by the attention mask inside the "
+            "module, before a prompt could be prepended to that output, so the prompt positions cannot join the mask "
+            "through hooks. Use LoRA or a bottleneck adapter instead.",
         },
     )
 )
@@ -335,7 +335,9 @@ GEMMA = register_architecture(
         model_types=("gemma",),
         layers="layers",
         sites={
-            "attn": SiteSpec(output="self_attn", output_index=0, residual=InputRef("input_layernorm", 0, "x")),
+            "attn": SiteSpec(
+                output="self_attn", output_index=0, residual=InputRef("input_layernorm", 0, "x")
+            ),
             "ffn": SiteSpec(output="mlp", residual=InputRef("post_attention_layernorm", 0, "x")),
         },
         linears={**_SELF_ATTN_PROJ, **_GATED_MLP},
@@ -349,9 +351,7 @@ GEMMA2 = register_architecture(
         model_types=("gemma2", "gemma3_text"),
         layers="layers",
         sites={  # sandwich norms: the sub-layer output h is the post-norm's output, added to the residual stream
-            "attn": SiteSpec(
-                output="post_attention_layernorm", residual=InputRef("input_layernorm", 0, "x")
-            ),
+            "attn": SiteSpec(output="post_attention_layernorm", residual=InputRef("input_layernorm", 0, "x")),
             "ffn": SiteSpec(
                 output="post_feedforward_layernorm", residual=InputRef("pre_feedforward_layernorm", 0, "x")
             ),
@@ -401,7 +401,9 @@ GPT_NEOX = register_architecture(
         # use_parallel_residual (the default): both sites read the layer input x and the layer adds both outputs,
         # x + h_attn + h_ffn; each site is a pre-LN sub-layer whose residual stream is x
         sites={
-            "attn": SiteSpec(output="attention", output_index=0, residual=InputRef("input_layernorm", 0, "input")),
+            "attn": SiteSpec(
+                output="attention", output_index=0, residual=InputRef("input_layernorm", 0, "input")
+            ),
             "ffn": SiteSpec(output="mlp", residual=InputRef("post_attention_layernorm", 0, "input")),
         },
         linears={

@@ -131,14 +131,17 @@ class AdapterModelCore:
         """Before ``module`` joins the store: switch on the attachments of the kinds of point it uses that are
         not always on (self-attention: ``adapterhub.attention_hooks``). Raises when this model cannot carry them."""
         dims = module.dims
-        for layer in range(dims.num_layers):  # embedding points are layer 0's
-            for kind, point in module.points(layer):
-                reason = dims.unsupported_reason(kind, point)
-                if reason is not None:
-                    raise ConfigError(
-                        f"Adapter {module.adapter_name!r} ({module.method}) cannot attach to this {dims.model_type} "
-                        f"model: {reason}"
-                    )
+        methods = {("method", part.method) for part in module.modules() if isinstance(part, AdapterModule)}
+        points = {
+            p for layer in range(dims.num_layers) for p in module.points(layer)
+        }  # embedding points: layer 0
+        for kind, point in sorted(methods | points):
+            reason = dims.unsupported_reason(kind, point)
+            if reason is not None:
+                raise ConfigError(
+                    f"Adapter {module.adapter_name!r} ({module.method}) cannot attach to this {dims.model_type} "
+                    f"model: {reason}"
+                )
         if ATTENTION in module.kinds():
             attention_hooks.enable(self._module(), self._spec)
         prepare = getattr(module, "prepare_for_model", None)

@@ -65,7 +65,9 @@ def test_phi3_with_grouped_query_attention_refuses_only_the_unequal_qkv_slices(i
         model.add_adapter("qv", config="lora")
     model.add_adapter("ok", config="lora[targets=[attn_out,ffn_gate,ffn_in,ffn_out]]", set_active=True)
     perturb(model._adapterhub.adapters["ok"])
-    assert not torch.allclose(hidden(model, inputs, ACTIVE), build("phi3", num_key_value_heads=2)(**inputs)[0])
+    assert not torch.allclose(
+        hidden(model, inputs, ACTIVE), build("phi3", num_key_value_heads=2)(**inputs)[0]
+    )
 
 
 # ------------------------------------------------------------------------------------------------ GPT-NeoX
@@ -88,7 +90,9 @@ def _ffn_inputs(model, inputs, setup):
     """The input of each layer's MLP (B, T, d) under ``setup``."""
     seen = []
     layers = adapterhub.architectures.get_layers(model, model._spec)
-    handles = [layer.mlp.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone())) for layer in layers]
+    handles = [
+        layer.mlp.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone())) for layer in layers
+    ]
     try:
         hidden(model, inputs, setup)
     finally:
@@ -102,7 +106,7 @@ def test_gpt_neox_attn_adapter_reaches_the_ffn_only_without_parallel_residual(pa
     """Parallel residual: both sites read the layer input x; the layer sums x + h_attn' + h_ffn', so an adapter at
     the attention site does not change what layer 0's FFN reads. Sequential: it does."""
     model = adapterhub.init(build("gpt_neox", num_hidden_layers=1, use_parallel_residual=parallel))
-    model.add_adapter("attn", config="pfeiffer[sites=[attn]]")
+    model.add_adapter("attn", config="houlsby[after_ffn=false]")
     perturb(model._adapterhub.adapters["attn"])
     base, adapted = _ffn_inputs(model, inputs, None), _ffn_inputs(model, inputs, "attn")
     assert torch.equal(base[0], adapted[0]) is parallel
@@ -239,7 +243,11 @@ def test_lora_equals_peft_lora_with_the_same_weights(arch):
     with torch.no_grad():
         for index, layer in enumerate(theirs.base_model.model.model.layers):
             attn = layer.self_attn
-            sites = {"q": attn.qkv_proj} if arch == "phi3" else {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj}
+            sites = (
+                {"q": attn.qkv_proj}
+                if arch == "phi3"
+                else {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj}
+            )
             for point, site in sites.items():
                 a, b = site.lora_A["default"].weight, site.lora_B["default"].weight
                 a.copy_(torch.randn(a.shape, generator=generator) * 0.3)

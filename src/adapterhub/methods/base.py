@@ -76,7 +76,9 @@ class ModelDims:
         """``(d_in, d_out)`` of the projection ``point``; a ConfigError names the ones this model has."""
         reason = self.unsupported_reason(LINEAR, point)
         if reason is not None:
-            raise ConfigError(f"The projection {point!r} cannot carry adapters on this {self.model_type} model: {reason}")
+            raise ConfigError(
+                f"The projection {point!r} cannot carry adapters on this {self.model_type} model: {reason}"
+            )
         for name, d_in, d_out in self.linear_shapes:
             if name == point:
                 return d_in, d_out
