@@ -133,8 +133,15 @@ def unsupported_points(spec: ArchitectureSpec, config: object) -> dict[str, str]
 
 
 def get_base_model(model: nn.Module) -> nn.Module:
-    """The transformer body (``BertModel`` inside ``BertForSequenceClassification``), or the model itself."""
+    """The transformer body (``BertModel`` inside ``BertForSequenceClassification``), or the model itself.
+
+    A model whose ``base_model_prefix`` names no attribute (transformers 4.57's ``Gemma3ForCausalLM``: prefix
+    ``language_model``, body at ``model``) gets its ``model`` attribute when that is a transformers model."""
     base = getattr(model, "base_model", None)
+    if base is model:
+        body = getattr(model, "model", None)
+        if isinstance(body, nn.Module) and hasattr(body, "config") and hasattr(body, "base_model_prefix"):
+            return body
     return base if isinstance(base, nn.Module) else model
 
 
