@@ -132,9 +132,8 @@ class AdapterModelCore:
         not always on (self-attention: ``adapterhub.attention_hooks``). Raises when this model cannot carry them."""
         dims = module.dims
         methods = {("method", part.method) for part in module.modules() if isinstance(part, AdapterModule)}
-        points = {
-            p for layer in range(dims.num_layers) for p in module.points(layer)
-        }  # embedding points: layer 0
+        # every point it occupies (embedding points are layer 0's) and its method(s), union parts included
+        points = {p for layer in range(dims.num_layers) for p in module.points(layer)}
         for kind, point in sorted(methods | points):
             reason = dims.unsupported_reason(kind, point)
             if reason is not None:

@@ -50,8 +50,8 @@ class ModelDims:
     ``linear_shapes``: ``(point, d_in, d_out)`` of every linear projection the architecture names (for a slice of a
     fused projection, the slice's width); ``num_heads`` / ``num_kv_heads`` / ``head_dim``: self-attention's shape
     (``num_kv_heads < num_heads`` under grouped-query attention); ``residual_points``: the names of the residual
-    sites the architecture has; ``unsupported``: ``("kind:point", reason)`` for attachment points this model cannot
-    carry (``architectures.unsupported_points``). Unknown facts are ``None`` / empty.
+    sites the architecture has; ``unsupported``: ``("kind:point", reason)`` for attachment points (or ``"method:NAME"``
+    for methods) this model cannot carry (``architectures.unsupported_points``). Unknown facts are ``None`` / empty.
     """
 
     model_type: str
