@@ -79,7 +79,9 @@ def check_merge(model, inputs):
     for name, param in model.named_parameters():
         if name in weights:
             torch.testing.assert_close(param, weights[name], atol=1e-6, rtol=0)
-    torch.testing.assert_close(hidden(model, inputs, ACTIVE), unmerged, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        hidden(model, inputs, ACTIVE), unmerged, atol=1e-6, rtol=1e-5
+    )  # float rounding
 
 
 def check_row_blocks(model, inputs):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from adapterhub import attention_hooks
-from adapterhub.architectures import ArchitectureSpec, get_layers, spec_for_model_type
+from adapterhub.architectures import ArchitectureSpec, get_layers, spec_for_model_type, unsupported_points
 from adapterhub.composition import (
     BatchSplit,
     Fuse,
@@ -115,6 +115,7 @@ class AdapterModelCore:
             head_dim=head_dim,
             residual_points=tuple(spec.sites),
             embedding_size=int(getattr(config, "embedding_size", None) or hidden),
+            unsupported=tuple(sorted(unsupported_points(spec, config).items())),
         )
 
     def model_info(self) -> ModelInfo:
@@ -129,6 +130,17 @@ class AdapterModelCore:
     def _prepare_points(self, module: AdapterModule) -> None:
         """Before ``module`` joins the store: switch on the attachments of the kinds of point it uses that are
         not always on (self-attention: ``adapterhub.attention_hooks``). Raises when this model cannot carry them."""
+        dims = module.dims
+        methods = {("method", part.method) for part in module.modules() if isinstance(part, AdapterModule)}
+        # every point it occupies (embedding points are layer 0's) and its method(s), union parts included
+        points = {p for layer in range(dims.num_layers) for p in module.points(layer)}
+        for kind, point in sorted(methods | points):
+            reason = dims.unsupported_reason(kind, point)
+            if reason is not None:
+                raise ConfigError(
+                    f"Adapter {module.adapter_name!r} ({module.method}) cannot attach to this {dims.model_type} "
+                    f"model: {reason}"
+                )
         if ATTENTION in module.kinds():
             attention_hooks.enable(self._module(), self._spec)
         prepare = getattr(module, "prepare_for_model", None)
