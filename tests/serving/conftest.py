@@ -30,6 +30,8 @@ ADAPTERS: dict[str, tuple[str, str | None, dict[str, Any]]] = {
     "mc": ("lora", "multiple_choice", {}),
     "lang": ("pfeiffer", None, {}),
     "task": ("pfeiffer", "classification", {"num_labels": 2}),
+    "fa": ("pfeiffer", None, {}),
+    "fb": ("pfeiffer[reduction_factor=8]", None, {}),
 }
 
 
@@ -92,12 +94,30 @@ def adapter_dirs(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
+@pytest.fixture(scope="session")
+def fusion_dir(
+    tiny_bert_dir: Path, adapter_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """AdapterFusion of ``fa`` and ``fb`` with its own 2-label classification head ``fab`` (adapters saved with it)."""
+    model = adapterhub.init(transformers.AutoModel.from_pretrained(str(tiny_bert_dir)).eval())
+    model.load_adapter(adapter_dirs["fa"])
+    model.load_adapter(adapter_dirs["fb"])
+    fuse = adapterhub.Fuse("fa", "fb")
+    model.add_adapter_fusion(fuse)
+    perturb(model._adapterhub.fusions["fa,fb"], std=0.3, seed=7)
+    model.add_classification_head("fab", num_labels=2, id2label={0: "no", 1: "yes"})
+    perturb(model.heads["fab"], std=0.5, seed=8)
+    return model.save_adapter_fusion(tmp_path_factory.mktemp("serve-fusion") / "fa-fb", fuse, with_head="fab")
+
+
 @pytest.fixture
-def offline_model(tiny_bert_dir: Path, adapter_dirs: dict[str, Path]) -> Any:
-    """A fresh model with every adapter loaded the ordinary way (the reference for "running it alone")."""
+def offline_model(tiny_bert_dir: Path, adapter_dirs: dict[str, Path], fusion_dir: Path) -> Any:
+    """A fresh model with every adapter and the fusion loaded the ordinary way (the reference for "running it
+    alone")."""
     model = adapterhub.init(transformers.AutoModel.from_pretrained(str(tiny_bert_dir)).eval())
     for directory in adapter_dirs.values():
         model.load_adapter(directory)
+    model.load_adapter_fusion(fusion_dir)
     return model
 
 

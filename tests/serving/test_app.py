@@ -145,6 +145,25 @@ def test_failing_source_is_502_for_that_request_only(tiny_bert_dir, adapter_dirs
     run(tiny_bert_dir, adapters, body, max_wait_ms=50)
 
 
+def test_an_adapter_with_a_built_in_head_is_refused_with_what_to_do(tiny_bert_dir, adapter_dirs, tmp_path):
+    import transformers
+
+    import adapterhub
+
+    model = adapterhub.init(transformers.BertForSequenceClassification.from_pretrained(str(tiny_bert_dir)))
+    model.add_adapter("static", config="pfeiffer")
+    saved = model.save_adapter(tmp_path / "static", "static")
+
+    async def body(client, engine):
+        response = await client.post("/v1/predict", json={"adapter": "static", "inputs": ["a"]})
+        assert response.status_code == 502
+        assert "BertForSequenceClassification" in response.json()["detail"]
+        assert "flexible head" in response.json()["detail"]
+        assert not engine.model.has_adapter("static")
+
+    run(tiny_bert_dir, {"static": saved}, body)
+
+
 def test_adapters_endpoints_need_the_token(tiny_bert_dir, adapter_dirs):
     async def body(client, engine):
         listing = (await client.get("/v1/adapters")).json()["adapters"]

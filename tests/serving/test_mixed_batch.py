@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from adapterhub import Stack
+from adapterhub import Fuse, Stack
 from adapterhub.serving.engine import EngineConfig, ServingEngine
 
 TOL = 1e-5
@@ -25,12 +25,15 @@ REQUESTS: list[dict[str, Any]] = [
     {"adapter": "mc", "inputs": [{"context": "the film was", "choices": ["good", "bad", "very dull"]}]},
     {"setup": "Stack(lang, task)", "inputs": ["a great movie", "dull"]},
     {"adapter": "cls3", "inputs": ["fun"]},
+    {"setup": "Fuse(fa, fb)", "inputs": ["the plot was awful", "great"]},
 ]
+SETUPS = {"Stack(lang, task)": (Stack("lang", "task"), None), "Fuse(fa, fb)": (Fuse("fa", "fb"), "fab")}
 
 
 def _reference(model: Any, tokenizer: Any, request: dict[str, Any]) -> list[torch.Tensor]:
     """Logits of the request's inputs, one input at a time, through the model API (no padding at all)."""
-    setup = request.get("adapter") or Stack("lang", "task")
+    setup, head = SETUPS.get(request.get("setup"), (request.get("adapter"), None))
+    model.active_head = head  # the fusion's own head (a test-only change of the shared model)
     out = []
     with torch.no_grad(), model.adapter_setup(setup):
         for item in request["inputs"]:
@@ -61,23 +64,28 @@ def _served(prediction: dict[str, Any], adapter: str | None) -> torch.Tensor:
 
 async def _serve_all(engine: ServingEngine, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     await engine.start()
-    for name in ("cls3", "cls2", "reg", "tag", "multi", "qa", "mc", "lang", "task"):
+    for name in ("cls3", "cls2", "reg", "tag", "multi", "qa", "mc", "lang", "task", "fa", "fb"):
         await engine.load(name)
+    await engine.predict(["warm"], setup="Fuse(fa, fb)")  # loads the fusion weights
     results = await asyncio.gather(*(engine.predict(logits=True, **r) for r in requests))
     await engine.shutdown()
     return list(results)
 
 
-def test_mixed_batch_equals_each_request_alone(tiny_bert_dir, adapter_dirs, offline_model, tokenizer):
+def test_mixed_batch_equals_each_request_alone(
+    tiny_bert_dir, adapter_dirs, fusion_dir, offline_model, tokenizer
+):
     engine = ServingEngine.from_pretrained(
         str(tiny_bert_dir),
         adapters={k: str(v) for k, v in adapter_dirs.items()},
-        config=EngineConfig(max_loaded=9, max_batch_rows=64, max_wait_ms=300),
+        config=EngineConfig(max_loaded=11, max_batch_rows=64, max_wait_ms=300),
+        fusions=[fusion_dir],
     )
     results = asyncio.run(_serve_all(engine, REQUESTS))
-    # every request went through ONE forward pass
-    assert engine.metrics.batch_requests.count == 1
-    assert engine.metrics.batch_rows.total == sum(
+    # every request went through ONE forward pass (the first pass warmed the fusion up)
+    assert engine.metrics.batch_requests.count == 2
+    assert engine.metrics.batch_requests.total == 1 + len(REQUESTS)
+    assert engine.metrics.batch_rows.total == 1 + sum(
         len(r["inputs"]) if r.get("adapter") != "mc" else 3 for r in REQUESTS
     )
     for request, result in zip(REQUESTS, results, strict=True):
@@ -91,11 +99,12 @@ def test_mixed_batch_equals_each_request_alone(tiny_bert_dir, adapter_dirs, offl
             assert torch.allclose(served, reference.double(), atol=TOL, rtol=0), (request, served, reference)
 
 
-def test_json_shapes_per_head(tiny_bert_dir, adapter_dirs):
+def test_json_shapes_per_head(tiny_bert_dir, adapter_dirs, fusion_dir):
     engine = ServingEngine.from_pretrained(
         str(tiny_bert_dir),
-        adapters={k: str(v) for k, v in adapter_dirs.items()},
-        config=EngineConfig(max_loaded=9),
+        adapters={k: str(v) for k, v in adapter_dirs.items() if k not in ("fa", "fb")},  # from the fusion dir
+        config=EngineConfig(max_loaded=11),
+        fusions=[fusion_dir],
     )
     results = asyncio.run(_serve_all(engine, REQUESTS))
     by = {
@@ -115,3 +124,4 @@ def test_json_shapes_per_head(tiny_bert_dir, adapter_dirs):
     assert qa["answer"] == context[qa["start"] : qa["end"]] and qa["answer"]
     mc = by["mc"][0]
     assert mc["choice"] in (0, 1, 2) and len(mc["scores"]) == 3
+    assert set(by["Fuse(fa, fb)"][0]["scores"]) == {"no", "yes"}  # the fusion's own head

@@ -44,6 +44,29 @@ def test_lru_eviction_and_reload_give_the_same_output(tiny_bert_dir, adapter_dir
     assert list(engine.registry.loaded) == ["tag", "cls3"]
 
 
+def test_evicting_a_fused_adapter_drops_the_fusion_and_reloads_it(tiny_bert_dir, adapter_dirs, fusion_dir):
+    engine = ServingEngine.from_pretrained(
+        str(tiny_bert_dir),
+        adapters={"cls3": str(adapter_dirs["cls3"])},
+        config=EngineConfig(max_loaded=2, max_wait_ms=1),
+        fusions=[fusion_dir],
+    )
+
+    async def main() -> tuple[Any, Any]:
+        await engine.start()
+        first = await engine.predict(["a good film"], setup="Fuse(fa, fb)", logits=True)
+        assert engine.fusions.describe()[0]["loaded"] and engine.model.fusions
+        await engine.predict(["fun"], adapter="cls3")  # evicts fa (least recently used)
+        assert not engine.fusions.describe()[0]["loaded"] and not engine.model.fusions
+        again = await engine.predict(["a good film"], setup="Fuse(fa, fb)", logits=True)
+        await engine.shutdown()
+        return first, again
+
+    first, again = asyncio.run(main())
+    assert first["predictions"] == again["predictions"]
+    assert engine.registry.load_count["fa"] == 2
+
+
 def test_a_load_in_flight_is_not_duplicated(tiny_bert_dir, adapter_dirs):
     engine = _engine(tiny_bert_dir, adapter_dirs, max_loaded=2, max_wait_ms=20)
 

@@ -210,7 +210,11 @@ def create_app(
 
     @app.get("/v1/adapters", summary="known adapters; loaded ones with method, head, labels and memory")
     async def list_adapters() -> dict[str, Any]:
-        return {"adapters": engine.adapters(), "max_loaded": engine.config.max_loaded}
+        return {
+            "adapters": engine.adapters(),
+            "fusions": engine.fusions.describe(),
+            "max_loaded": engine.config.max_loaded,
+        }
 
     @app.post("/v1/adapters", summary="add an adapter by source", dependencies=[Depends(require_token)])
     async def add_adapter(body: AdapterBody) -> dict[str, Any]:
@@ -226,9 +230,10 @@ def create_app(
     @app.get("/health", summary="liveness and load")
     async def health() -> dict[str, Any]:
         scheduler = engine.scheduler
+        config: Any = engine.model.config
         return {
             "status": "ok",
-            "model": str(getattr(engine.model.config, "name_or_path", "") or engine.model.config.model_type),
+            "model": str(getattr(config, "name_or_path", "") or config.model_type),
             "adapters_known": len(engine.registry.sources),
             "adapters_loaded": len(engine.registry.loaded),
             "queue_rows": 0 if scheduler is None else scheduler.queued_rows,

@@ -2,7 +2,7 @@
 
 ::
 
-    adapterhub serve-model --model M --adapter NAME=SOURCE ... [--max-loaded N] [--max-batch-rows 64]
+    adapterhub serve-model --model M --adapter NAME=SOURCE ... [--fusion DIR ...] [--max-loaded N] [--max-batch-rows 64]
         [--max-wait-ms 5] [--max-queue-rows 4096] [--host 127.0.0.1] [--port 8080] [--token TOKEN]
         [--hub-url URL] [--device cpu]
 
@@ -30,6 +30,13 @@ def register(subparsers: Any) -> None:
         default=[],
         metavar="NAME=SOURCE",
         help="an adapter to serve (repeatable): directory, hub identifier or hf:owner/repo",
+    )
+    parser.add_argument(
+        "--fusion",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a saved AdapterFusion (repeatable): requests may then use Fuse(a, b, ...) of its adapters",
     )
     parser.add_argument("--max-loaded", type=int, default=8, help="adapters in memory at most (default 8)")
     parser.add_argument("--max-batch-rows", type=int, default=64, help="rows per forward pass (default 64)")
@@ -84,7 +91,9 @@ def engine_from_args(args: argparse.Namespace) -> Any:
     from adapterhub.serving.engine import ServingEngine
 
     adapters, config = config_from_args(args)
-    return ServingEngine.from_pretrained(args.model, adapters=adapters, config=config, device=args.device)
+    return ServingEngine.from_pretrained(
+        args.model, adapters=adapters, config=config, fusions=args.fusion, device=args.device
+    )
 
 
 def run_serve_model(args: argparse.Namespace) -> int:
@@ -95,7 +104,7 @@ def run_serve_model(args: argparse.Namespace) -> int:
         return serve_with_ray(
             args.model, adapters, config, replicas=args.replicas, replica_cpus=args.replica_cpus,
             replica_gpus=args.replica_gpus, device=args.device, host=args.host, port=args.port,
-            address=args.ray_address, token=args.token, preload=args.preload,
+            address=args.ray_address, fusions=args.fusion, token=args.token, preload=args.preload,
         )  # fmt: skip
     import uvicorn
 

@@ -8,6 +8,7 @@ Public API (stable; the HTTP app and the Ray Serve deployment build on it)::
     await engine.start()                                   # inside a running event loop
     await engine.predict(["a great film"], adapter="sst2") # {"adapter": "sst2", "predictions": [...]}
     await engine.predict(texts, setup="Stack(lang, task)") # {"setup": "Stack('lang', 'task')", ...}
+    await engine.predict(texts, setup="Fuse(a, b, c)")     # fusions: ServingEngine(..., fusions=[dir]) / add_fusion
     await engine.embed(texts, adapter="sst2", pooling="mean")   # {"embeddings": [[...], ...]}
     await engine.generate(["Once"], adapter="lm", max_new_tokens=16)  # {"texts": [...], "token_ids": [...]}
     await engine.add_adapter("new", "dir/or/hub-id")        # known from now on, loaded on first use
@@ -32,11 +33,13 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from adapterhub.composition import Setup, setup_names
 from adapterhub.errors import ConfigError
 from adapterhub.serving import encoding
+from adapterhub.serving.fusions import FusionRegistry, read_fusion_source
 from adapterhub.serving.generation import check_generates, generate_ids
 from adapterhub.serving.metrics import Metrics
 from adapterhub.serving.passes import Work, run_batch
@@ -100,6 +103,7 @@ class ServingEngine:
         *,
         config: EngineConfig | None = None,
         adapters: Mapping[str, str | AdapterSource] | None = None,
+        fusions: Sequence[str | Path] = (),
     ) -> None:
         import adapterhub
 
@@ -119,11 +123,29 @@ class ServingEngine:
             model_executor=self._model_thread,
             io_executor=self._io_threads,
             hub_url=self.config.hub_url,
-            on_event=lambda kind, name: self.metrics.adapter_event(kind, len(self.registry.loaded)),
+            on_event=self._adapter_event,
         )
         for name, source in (adapters or {}).items():
             self.registry.register(name, source)
+        self.fusions = FusionRegistry(self.model, model_executor=self._model_thread)
+        for directory in fusions:
+            self.add_fusion(directory)
         self.scheduler: Scheduler | None = None
+
+    def _adapter_event(self, kind: str, name: str) -> None:
+        if kind == "evict":
+            self.fusions.forget_adapter(name)
+        self.metrics.adapter_event(kind, len(self.registry.loaded))
+
+    def add_fusion(self, directory: str | Path) -> str:
+        """Serve ``Fuse(...)`` of the fusion saved in ``directory``; adapters saved alongside it become servable
+        unless a source of that name is known already. Returns the fusion's name ``"a,b,c"``."""
+        source = read_fusion_source(directory)
+        for name, adapter_dir in source.adapter_dirs.items():
+            if name not in self.registry.sources:
+                self.registry.register(name, str(adapter_dir))
+        self.fusions.register(source)
+        return source.name
 
     @classmethod
     def from_pretrained(
@@ -132,6 +154,7 @@ class ServingEngine:
         *,
         adapters: Mapping[str, str | AdapterSource] | None = None,
         config: EngineConfig | None = None,
+        fusions: Sequence[str | Path] = (),
         device: str | None = None,
     ) -> ServingEngine:
         """Load the base model (``AutoModel``) and tokenizer of ``model_name_or_path``."""
@@ -141,7 +164,7 @@ class ServingEngine:
         if device:
             model = model.to(device)
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_name_or_path)
-        return cls(model, tokenizer, config=config, adapters=adapters)
+        return cls(model, tokenizer, config=config, adapters=adapters, fusions=fusions)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -211,16 +234,27 @@ class ServingEngine:
             return None
         parsed = parse_request_setup(adapter if adapter is not None else setup)  # type: ignore[arg-type]
         self.registry.check_known(setup_names(parsed))
+        self.fusions.check_known(parsed)
         return parsed
+
+    async def _acquire(self, setup: Setup | None) -> tuple[dict[str, LoadedAdapter], Any]:
+        """Pin (and load) the setup's adapters and fusions: ``(adapters by name, head of its final Fuse)``."""
+        names = setup_names(setup)
+        loaded = await self.registry.acquire(names) if names else {}
+        try:
+            return loaded, await self.fusions.ensure(setup)
+        except BaseException:
+            self.registry.release(names)
+            raise
 
     async def _queued(self, work_for: Any, setup: Setup | None, rows_hint: int) -> list[Any]:
         """Acquire the setup's adapters, build the work (``work_for(loaded)``), queue it and await the result."""
         scheduler = self._scheduler()
         scheduler.check_room(rows_hint)
         names = setup_names(setup)
-        loaded = await self.registry.acquire(names) if names else {}
+        loaded, fusion_head = await self._acquire(setup)
         try:
-            return await scheduler.submit(work_for(loaded))
+            return await scheduler.submit(work_for(loaded, fusion_head))
         finally:
             if names:
                 self.registry.release(names)
@@ -238,10 +272,10 @@ class ServingEngine:
         parsed = self._setup_of(adapter, setup)
         assert parsed is not None
 
-        def work_for(loaded: dict[str, LoadedAdapter]) -> Work:
+        def work_for(loaded: dict[str, LoadedAdapter], fusion_head: Any) -> Work:
             last = parsed if isinstance(parsed, str) else parsed.last()
-            head = loaded[last].head
-            check_predicts(head, f"Adapter {last!r}")
+            head = fusion_head if fusion_head is not None else loaded[last].head
+            check_predicts(head, f"Adapter {last!r}" if fusion_head is None else f"Fusion of {parsed!r}")
             encoded = encoding.encode(
                 self.tokenizer,
                 inputs,
@@ -270,7 +304,7 @@ class ServingEngine:
             raise ConfigError(f"Unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}.")
         parsed = self._setup_of(adapter, setup, required=False)
 
-        def work_for(loaded: dict[str, LoadedAdapter]) -> Work:
+        def work_for(loaded: dict[str, LoadedAdapter], fusion_head: Any) -> Work:
             encoded = encoding.encode(
                 self.tokenizer, inputs, head_type=None, max_length=self.max_length, truncate=truncate
             )
@@ -300,10 +334,10 @@ class ServingEngine:
         parsed = self._setup_of(adapter, None)
         names = setup_names(parsed)
         self._scheduler().check_room(len(prompts))
-        loaded = await self.registry.acquire(names)
+        loaded, fusion_head = await self._acquire(parsed)
         try:
             last = parsed if isinstance(parsed, str) else parsed.last()  # type: ignore[union-attr]
-            head = loaded[last].head
+            head = fusion_head if fusion_head is not None else loaded[last].head
             check_generates(head, f"Adapter {last!r}")
             limit = None if self.max_length is None else self.max_length - max_new_tokens
             if limit is not None and limit < 1:

@@ -29,7 +29,7 @@ replica (hub identifiers and ``hf:`` sources work anywhere). Only ``--ray`` impo
 # body classes themselves (string annotations would turn the bodies into query parameters).
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +83,19 @@ class EngineReplica:
     """One engine per replica; adapters are Ray multiplexed models (see the module docstring)."""
 
     async def __init__(
-        self, model: str, adapters: Mapping[str, Any], config: Mapping[str, Any], device: str | None
+        self,
+        model: str,
+        adapters: Mapping[str, Any],
+        config: Mapping[str, Any],
+        device: str | None,
+        fusions: Sequence[str],
     ) -> None:
         self.engine = ServingEngine.from_pretrained(
-            model, adapters=dict(adapters), config=EngineConfig.from_dict(config), device=device
+            model,
+            adapters=dict(adapters),
+            config=EngineConfig.from_dict(config),
+            fusions=fusions,
+            device=device,
         )
         await self.engine.start()
         self.replica = serve.get_replica_context().replica_id.unique_id
@@ -248,11 +257,13 @@ def build_app(
     replica_cpus: float = 1.0,
     replica_gpus: float = 0.0,
     device: str | None = None,
+    fusions: Sequence[str] = (),
     max_ongoing_requests: int | None = None,
 ) -> Any:
     """The Ray Serve application (``Gateway`` bound to ``replicas`` ``EngineReplica`` replicas) for ``serve.run``.
 
-    ``adapters``: name -> source (a string or ``AdapterSource``); ``replica_cpus`` / ``replica_gpus``: Ray
+    ``adapters``: name -> source (a string or ``AdapterSource``); ``fusions``: saved AdapterFusion directories
+    (``--fusion``); ``replica_cpus`` / ``replica_gpus``: Ray
     resources reserved per replica; ``device``: the replicas' torch device; ``max_ongoing_requests``: requests one
     replica takes at once (default ``2 * max_batch_rows``, so that a replica can fill its passes; beyond it Ray
     routes elsewhere)."""
@@ -262,7 +273,7 @@ def build_app(
     resources = {"num_cpus": replica_cpus, "num_gpus": replica_gpus}
     engine = EngineReplica.options(
         num_replicas=replicas, max_ongoing_requests=ongoing, ray_actor_options=resources
-    ).bind(model, dict(adapters), config.to_dict(), device)
+    ).bind(model, dict(adapters), config.to_dict(), device, list(fusions))
     return Gateway.options(max_ongoing_requests=max(ongoing * replicas, 100)).bind(engine, replicas)
 
 
@@ -321,6 +332,7 @@ def serve_with_ray(
     host: str,
     port: int,
     address: str | None,
+    fusions: Sequence[str] = (),
     token: str | None = None,
     preload: bool = False,
 ) -> int:
@@ -339,6 +351,7 @@ def serve_with_ray(
         replica_cpus=replica_cpus,
         replica_gpus=replica_gpus,
         device=device,
+        fusions=[str(Path(f).expanduser().resolve()) for f in fusions],
     )
 
     def ready(url: str) -> None:

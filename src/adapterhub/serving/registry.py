@@ -148,8 +148,8 @@ class AdapterRegistry:
             await room.wait_for(lambda: self._pins[name] == 0)
         if name in self.loaded:
             del self.loaded[name]
-            await self._run_model(_evict, self.model, name)
             self._on_event("evict", name)
+            await self._run_model(_evict, self.model, name)
 
     def describe(self) -> list[dict[str, Any]]:
         """Every known adapter: loaded ones with method, head, labels and memory; the others with their source."""
@@ -245,8 +245,8 @@ class AdapterRegistry:
             if len(self.loaded) + self._installing < self.max_loaded or victim is None:
                 continue
             del self.loaded[victim]  # decided on the loop: no batch formed from now on sees it as loaded
+            self._on_event("evict", victim)  # before the model thread deletes it (fusions holding it go too)
             await self._run_model(_evict, self.model, victim)
-            self._on_event("evict", victim)
         self._installing += 1
 
     def _has_room_or_victim(self) -> bool:

@@ -136,7 +136,8 @@ class Scheduler:
                 await asyncio.wait_for(self._wake.wait(), remaining)
             except TimeoutError:
                 break
-        batch, rows = [], 0
+        batch: list[_Item] = []
+        rows = 0
         while self._queue and (not batch or rows + self._queue[0].rows <= self.max_batch_rows):
             item = self._queue.popleft()
             batch.append(item)

@@ -121,8 +121,20 @@ def install(source: AdapterSource, fetched: Path | None, model: Any, name: str) 
         if source.kind == "hf":
             repo, _, revision = source.location.partition("@")
             model.load_adapter(repo, source="hf", revision=revision or None, load_as=name, overwrite_ok=True)
-        else:
-            model.load_adapter(fetched, load_as=name, overwrite_ok=True)
+            return
+        from adapterhub.architectures import spec_for_model_type
+        from adapterhub.io.loading import read_any_adapter_dir
+
+        spec = spec_for_model_type(model.config.model_type)
+        record = read_any_adapter_dir(fetched, spec=spec, with_head=True, model=model.model_info())  # type: ignore[arg-type]
+        if record.head is not None and record.head.head_type == "static":
+            raise SourceError(
+                f"Adapter {name!r} from {source} was saved with the built-in head of a "
+                f"{record.head.options.get('model_class', 'task model')}; serve-model runs one bare base model and "
+                "serves flexible heads. Save it again with a flexible head (model.add_classification_head(...), "
+                "see docs/serving.md)."
+            )
+        model.add_adapter_from_record(record, load_as=name, overwrite_ok=True)
     except SourceError:
         raise
     except AdapterHubError as error:
