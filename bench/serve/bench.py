@@ -22,7 +22,8 @@ system) one server process is started with every adapter loaded, then each N run
 
 Before timing, each server answers one request per adapter, compared with our offline model (each adapter alone,
 ``model.adapter_setup``): the largest score difference is reported (``max_score_diff``). Every server gets
-``--threads`` torch threads. Output: ``--out``/serve.json and serve.md (throughput in requests/s, p50/p99 latency
+``--threads`` torch threads (default 1: on the 2-core machine the clients need the other core, and two OpenMP
+threads on an oversubscribed machine made each forward pass up to 40x slower in our measurements). Output: ``--out``/serve.json and serve.md (throughput in requests/s, p50/p99 latency
 in ms, ratios), with the machine's load average before and after.
 """
 
@@ -295,7 +296,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHOD_CONFIGS), choices=list(METHOD_CONFIGS))
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads per server (default 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per server (default 1: the clients need a core too)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--adapters-venv", type=Path, default=REPO / ".venv-adapters", help="for c_adapters")
     parser.add_argument("--work", type=Path, default=REPO / ".cache" / "bench-serve", help="adapters, logs")
