@@ -102,7 +102,7 @@ def test_ray_replicas_answer_like_offline_and_route_by_adapter(served, offline_m
         status, body, headers = _post(url, {"adapter": name, "inputs": TEXTS[:1], "logits": True})
         assert status == 200, body
         first[name] = headers[REPLICA_HEADER]
-        time.sleep(2.0)
+        time.sleep(3.0)
     assert first["cls3"] != first["cls2"]
 
     # Mixed traffic, 16 concurrent requests: each adapter's requests all go to the replica that holds it.
