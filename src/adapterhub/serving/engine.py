@@ -11,6 +11,8 @@ Public API (stable; the HTTP app and the Ray Serve deployment build on it)::
     await engine.predict(texts, setup="Fuse(a, b, c)")     # fusions: ServingEngine(..., fusions=[dir]) / add_fusion
     await engine.embed(texts, adapter="sst2", pooling="mean")   # {"embeddings": [[...], ...]}
     await engine.generate(["Once"], adapter="lm", max_new_tokens=16)  # {"texts": [...], "token_ids": [...]}
+    async for step in engine.generate_stream(["Once"], adapter="lm"):  # [token id or None per prompt]
+        ...
     await engine.add_adapter("new", "dir/or/hub-id")        # known from now on, loaded on first use
     await engine.load("new")                                # load now (e.g. Ray's multiplexed model loading)
     await engine.remove_adapter("new")                      # forget and evict
@@ -30,7 +32,8 @@ and eviction (so the model never changes during a pass); an I/O pool fetches ada
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -329,12 +332,39 @@ class ServingEngine:
     ) -> dict[str, Any]:
         """Continue each prompt with the adapter's causal-LM head (one pass per step for this request's prompts;
         generation requests do not share passes with other requests)."""
+        token_ids: list[list[int]] = [[] for _ in prompts]
+        stream = self.generate_stream(
+            prompts, adapter=adapter, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            seed=seed, truncate=truncate,
+        )  # fmt: skip
+        async for step in stream:
+            for row, token in enumerate(step):
+                if token is not None:
+                    token_ids[row].append(token)
+        texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids]
+        return {"adapter": adapter, "texts": texts, "token_ids": token_ids}
+
+    async def generate_stream(
+        self,
+        prompts: Sequence[str],
+        *,
+        adapter: str,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        truncate: bool = False,
+    ) -> AsyncGenerator[list[int | None], None]:
+        """Yield each decoding step's new token per prompt (None once that prompt has stopped) as the model thread
+        produces it. Errors (unknown adapter, no causal-LM head, too long) raise at the first ``__anext__``;
+        closing the iterator early stops the generation."""
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
         parsed = self._setup_of(adapter, None)
         names = setup_names(parsed)
         self._scheduler().check_room(len(prompts))
         loaded, fusion_head = await self._acquire(parsed)
+        stop = threading.Event()
         try:
             last = parsed if isinstance(parsed, str) else parsed.last()  # type: ignore[union-attr]
             head = fusion_head if fusion_head is not None else loaded[last].head
@@ -348,14 +378,23 @@ class ServingEngine:
                 self.tokenizer, prompts, head_type=None, max_length=limit, truncate=truncate
             )
             loop = asyncio.get_running_loop()
-            token_ids = await loop.run_in_executor(
+            steps: asyncio.Queue[Any] = asyncio.Queue()
+
+            def on_step(step: list[int | None]) -> None:  # on the model thread
+                loop.call_soon_threadsafe(steps.put_nowait, step)
+
+            done = loop.run_in_executor(
                 self._model_thread,
                 lambda: generate_ids(
                     self.model, head, parsed, encoded.input_ids, pad_id=self.pad_id, eos_id=self.eos_id,
                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                    on_step=on_step, cancelled=stop.is_set,
                 ),
             )  # fmt: skip
+            done.add_done_callback(lambda _: steps.put_nowait(None))  # after every step (FIFO on the loop)
+            while (step := await steps.get()) is not None:
+                yield step
+            await done  # its exception, if it failed
         finally:
+            stop.set()
             self.registry.release(names)
-        texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids]
-        return {"adapter": adapter, "texts": texts, "token_ids": token_ids}

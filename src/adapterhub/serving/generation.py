@@ -9,7 +9,7 @@ per-request ``torch.Generator`` (``seed``), never the global random state. A row
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -52,8 +52,11 @@ def generate_ids(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int | None = None,
+    on_step: Callable[[list[int | None]], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> list[list[int]]:
-    """The new token ids of each prompt (without the prompt), at most ``max_new_tokens`` each."""
+    """The new token ids of each prompt (without the prompt), at most ``max_new_tokens`` each. ``on_step`` gets
+    each step's new token per row (None for rows that have stopped); ``cancelled()`` true stops early."""
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -89,12 +92,15 @@ def generate_ids(
             ).logits
             token = _next_token(logits[:, -1], temperature, top_p, generator)  # (rows,)
             token = torch.where(done, torch.full_like(token, pad_id), token)
-            for i in range(len(prompts)):
-                if not done[i]:
-                    out[i].append(int(token[i]))
+            step: list[int | None] = [None if done[i] else int(token[i]) for i in range(len(prompts))]
+            for i, new in enumerate(step):
+                if new is not None:
+                    out[i].append(new)
+            if on_step is not None:
+                on_step(step)
             if eos_id is not None:
                 done |= token == eos_id
-            if bool(done.all()):
+            if bool(done.all()) or (cancelled is not None and cancelled()):
                 break
             step_ids = token[:, None]
             step_positions = step_positions[:, -1:] + 1

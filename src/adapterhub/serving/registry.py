@@ -212,8 +212,9 @@ class AdapterRegistry:
         return await asyncio.shield(pending)
 
     async def _load_once(self, name: str, done: asyncio.Future[LoadedAdapter]) -> None:
-        source = self.sources[name]
         try:
+            self.check_known([name])  # it may have been deleted since the request named it
+            source = self.sources[name]
             loop = asyncio.get_running_loop()
             fetched = await loop.run_in_executor(
                 self._io_executor, lambda: sources.fetch(source, self.model, hub_url=self.hub_url)

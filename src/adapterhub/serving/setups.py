@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from adapterhub.composition import Setup, normalize_setup
+from adapterhub.composition import BatchSplit, Block, Parallel, Setup, normalize_setup
 from adapterhub.composition_cli import parse_setup
 from adapterhub.errors import ConfigError
 
@@ -37,4 +37,18 @@ def parse_request_setup(text: str) -> Setup:
     setup = normalize_setup(parse_setup(_WORD.sub(quote, text)))
     if setup is None:
         raise ConfigError(f"setup {text!r} names no adapter.")
+    _check_served(setup, text)
     return setup
+
+
+def _check_served(setup: Setup, text: str) -> None:
+    """The server puts each request's rows in a ``BatchSplit`` itself and returns one output per row, so a request
+    cannot ask for ``BatchSplit`` (rows of its own) or ``Parallel`` (several outputs per row)."""
+    if isinstance(setup, (BatchSplit, Parallel)):
+        raise ConfigError(
+            f"setup {text!r}: {type(setup).__name__} is not served (the server splits batches itself and returns "
+            "one output per input); send one request per adapter or setup."
+        )
+    if isinstance(setup, Block):
+        for child in setup.children:
+            _check_served(child, text)

@@ -113,6 +113,8 @@ def fetch(source: AdapterSource, model: Any, *, hub_url: str | None = None) -> P
         raise SourceError(f"{source}: {error}") from None
     except OSError as error:  # the hub cannot be reached
         raise SourceError(f"{source}: cannot reach the hub ({error}).") from None
+    except Exception as error:
+        raise SourceError(f"{source}: {type(error).__name__}: {error}") from error
 
 
 def install(source: AdapterSource, fetched: Path | None, model: Any, name: str) -> None:
@@ -139,3 +141,7 @@ def install(source: AdapterSource, fetched: Path | None, model: Any, name: str) 
         raise
     except AdapterHubError as error:
         raise SourceError(f"Adapter {name!r} from {source}: {error}") from None
+    except (
+        Exception
+    ) as error:  # a corrupt file, a download that failed: this adapter cannot load, nothing else
+        raise SourceError(f"Adapter {name!r} from {source}: {type(error).__name__}: {error}") from error
