@@ -26,14 +26,18 @@ def test_serving_without_ray_flag_never_imports_ray():
 
 @pytest.mark.parametrize("flag", [["--token", "secret"], ["--preload"]])
 def test_ray_refuses_options_that_cannot_reach_every_replica(flag, tmp_path, capsys):
-    pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' (constraints.txt pins it)")
+    pytest.importorskip(
+        "ray", reason="Ray is not installed: pip install -e '.[ray]' (constraints.txt pins it)"
+    )
     code = main(["serve-model", "--model", str(tmp_path), "--adapter", f"a={tmp_path}", "--ray", *flag])
     assert code == 2
     assert f"{flag[0]} is not available with --ray" in capsys.readouterr().err
 
 
 def test_ray_refuses_zero_replicas(tmp_path, capsys):
-    pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' (constraints.txt pins it)")
+    pytest.importorskip(
+        "ray", reason="Ray is not installed: pip install -e '.[ray]' (constraints.txt pins it)"
+    )
     code = main(["serve-model", "--model", str(tmp_path), "--ray", "--replicas", "0"])
     assert code == 2
     assert "replicas must be a positive integer" in capsys.readouterr().err
