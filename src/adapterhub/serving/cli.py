@@ -55,12 +55,23 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--hub-url", default=None, help="hub for hub identifiers (default: the client's)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
     parser.add_argument("--preload", action="store_true", help="load the adapters at start, not on first use")
+    # Ray Serve scale-out (adapterhub.serving.ray_serve; Ray is imported only with --ray).
+    ray = parser.add_argument_group(
+        "Ray Serve", "run the engine as a Ray Serve deployment (pip install '.[ray]')"
+    )
+    ray.add_argument(
+        "--ray", action="store_true", help="serve with Ray Serve, adapters as multiplexed models"
+    )
+    ray.add_argument("--replicas", type=int, default=1, help="engine replicas (default 1)")
+    ray.add_argument("--replica-cpus", type=float, default=1.0, help="Ray CPUs per replica (default 1)")
+    ray.add_argument("--replica-gpus", type=float, default=0.0, help="Ray GPUs per replica (default 0)")
+    ray.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start a local one)")
     parser.set_defaults(handler=run_serve_model)
 
 
-def engine_from_args(args: argparse.Namespace) -> Any:
-    """The ``ServingEngine`` the arguments describe (model loaded, adapters registered, nothing loaded yet)."""
-    from adapterhub.serving.engine import EngineConfig, ServingEngine
+def config_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    """The adapters (name -> source) and the ``EngineConfig`` the arguments describe."""
+    from adapterhub.serving.engine import EngineConfig
     from adapterhub.serving.sources import parse_assignment
 
     adapters = dict(parse_assignment(text) for text in args.adapter)
@@ -72,12 +83,29 @@ def engine_from_args(args: argparse.Namespace) -> Any:
         max_length=args.max_length,
         hub_url=args.hub_url,
     )
+    return adapters, config
+
+
+def engine_from_args(args: argparse.Namespace) -> Any:
+    """The ``ServingEngine`` the arguments describe (model loaded, adapters registered, nothing loaded yet)."""
+    from adapterhub.serving.engine import ServingEngine
+
+    adapters, config = config_from_args(args)
     return ServingEngine.from_pretrained(
         args.model, adapters=adapters, config=config, fusions=args.fusion, device=args.device
     )
 
 
 def run_serve_model(args: argparse.Namespace) -> int:
+    if args.ray:
+        from adapterhub.serving.ray_serve import serve_with_ray
+
+        adapters, config = config_from_args(args)
+        return serve_with_ray(
+            args.model, adapters, config, replicas=args.replicas, replica_cpus=args.replica_cpus,
+            replica_gpus=args.replica_gpus, device=args.device, host=args.host, port=args.port,
+            address=args.ray_address, fusions=args.fusion, token=args.token, preload=args.preload,
+        )  # fmt: skip
     import uvicorn
 
     from adapterhub.serving.app import create_app
