@@ -16,6 +16,8 @@ size, evaluation batch size, maximum length and evaluation interval, with no war
 Each run's clock starts when its process is launched (imports, model loading and tokenising count) and each
 evaluation records the Unix time when it ends. The target accuracy is the lower of the two runs' best dev
 accuracies (so both reach it); time to accuracy is the time of each run's first evaluation at or above it.
+Each run also reports the CPU seconds its process used (user + system) and the load average when it ended: on a
+machine that other work shares, CPU seconds are the steadier measure of the work each pipeline does.
 Writes ``--output`` (JSON), a markdown table beside it, and a plot of dev accuracy against wall time.
 """
 
@@ -25,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -87,6 +90,11 @@ def run_theirs(args, data_dir: Path, labels, eval_steps: int, environment: dict)
         for row in data["history"]
     ]
     return {"lib": "adapters", "history": history, "trainable": data["trainable"], "seconds": end - start}
+
+
+def child_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def time_to(run: dict, target: float) -> float | None:
@@ -152,11 +160,14 @@ def main() -> None:
             order = ("adapters", "adapterhub") if repeat % 2 == 0 else ("adapterhub", "adapters")
             for lib in order:
                 print(f"repeat {repeat}: {lib} ...", file=sys.stderr, flush=True)
+                cpu = child_cpu_seconds()
                 if lib == "adapters":
                     run = run_theirs(args, data_dir, list(task.labels), eval_steps, environment)
                 else:
                     run = run_ours(args, data_dir, scratch / f"r{repeat}", eval_steps, environment)
                 run["repeat"] = repeat
+                run["cpu_seconds"] = child_cpu_seconds() - cpu  # the run's process, user + system
+                run["load_after"] = os.getloadavg()[0]
                 runs.append(run)
     best = {run["lib"]: max(row["accuracy"] for row in run["history"]) for run in runs}
     target = min(max(row["accuracy"] for row in run["history"]) for run in runs)
@@ -167,8 +178,9 @@ def main() -> None:
         "",
         f"Target: {100 * target:.2f}% dev accuracy (the lower of the runs' best).",
         "",
-        "| library | repeat | trainable params | best dev accuracy | time to target (s) | total wall (s) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| library | repeat | trainable params | best dev accuracy | time to target (s) | total wall (s) "
+        "| total CPU (s) | load after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         reached = time_to(run, target)
@@ -176,7 +188,8 @@ def main() -> None:
         lines.append(
             f"| {run['lib']} | {run['repeat']} | {run['trainable']:,} | "
             f"{100 * max(r['accuracy'] for r in run['history']):.2f}% | "
-            f"{'-' if reached is None else f'{reached:.0f}'} | {run['seconds']:.0f} |"
+            f"{'-' if reached is None else f'{reached:.0f}'} | {run['seconds']:.0f} | {run['cpu_seconds']:.0f} "
+            f"| {run['load_after']:.2f} |"
         )
     ratios = []
     for repeat in range(args.repeats):
