@@ -22,7 +22,7 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
 fi
 
 EXTRAS="demo,plot,data,train,hub"
-[[ $DEV == 1 ]] && EXTRAS="$EXTRAS,dev"
+[[ $DEV == 1 ]] && EXTRAS="$EXTRAS,dev,ray"  # ray: the Ray Serve tests (tests/serving/test_ray*.py)
 echo "[setup] installing adapterhub[$EXTRAS] with pinned versions (constraints.txt)"
 "${PIP[@]}" -c constraints.txt -e ".[$EXTRAS]"
 

@@ -77,9 +77,11 @@ def check_merge(model, inputs):
     torch.testing.assert_close(hidden(model, inputs, ACTIVE), unmerged, atol=1e-5, rtol=0)
     model.unmerge_adapter()
     for name, param in model.named_parameters():
-        if name in weights:
-            torch.testing.assert_close(param, weights[name], atol=1e-6, rtol=0)
-    torch.testing.assert_close(hidden(model, inputs, ACTIVE), unmerged, atol=1e-6, rtol=0)
+        if name in weights:  # (W + dW) - dW: a few float32 ulps of the weight's own size
+            torch.testing.assert_close(param, weights[name], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        hidden(model, inputs, ACTIVE), unmerged, atol=1e-6, rtol=1e-5
+    )  # float rounding
 
 
 def check_row_blocks(model, inputs):

@@ -1,6 +1,10 @@
-"""The README's main job, bounded: a few steps on the real packaged encoder and the packaged demo data."""
+"""The README's main job, bounded: a few steps on the real packaged encoder and the packaged demo data, ending with
+one mixed batch served by the serve-model engine."""
 
 import json
+import socket
+import threading
+from urllib.parse import urlparse
 
 import pytest
 
@@ -38,9 +42,22 @@ def test_demo_trains_saves_and_reloads(tmp_path, capsys):
     assert houlsby["parameters"] == 2 * pfeiffer["parameters"]
     meta = json.loads((tmp_path / "rt-pfeiffer" / "adapter_config.json").read_text())
     assert meta["model_name"] == "sentence-transformers/all-MiniLM-L6-v2"
+    serve = results["serve"]
+    assert serve["requests"] == 4 and serve["forward_passes"] >= 1
+    assert {p["adapter"] for p in serve["predictions"]} == {"rt-pfeiffer", "rt-houlsby"}
+    assert all(p["equal"] for p in serve["predictions"]) and serve["max_abs_logit_difference"] <= 1e-5
     out = capsys.readouterr().out
     assert (
         "dev accuracy before training" in out
         and "is ambiguous" in out
         and "website: http://127.0.0.1:" in out
+        and "every request got the offline prediction" in out
     )
+    # --no-serve: nothing is left serving
+    alive = {t.name for t in threading.enumerate()}
+    assert not alive & {"adapterhub-serve-model", "adapterhub-hub"}
+    for url in (serve["url"], results["hub"]["url"]):
+        address = urlparse(url)
+        with socket.socket() as sock, pytest.raises(OSError):
+            sock.settimeout(2)
+            sock.connect((address.hostname, address.port))

@@ -33,19 +33,77 @@ def tiny_config(arch: str, **overrides: object) -> transformers.PretrainedConfig
         return transformers.GPT2Config(
             vocab_size=99, n_embd=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2, **common
         )
-    decoder = dict(TINY, num_key_value_heads=2, bos_token_id=1, eos_token_id=2, **common)
+    decoder = dict(tiny, **{"num_key_value_heads": 2, "bos_token_id": 1, "eos_token_id": 2, **common})
     if arch == "llama":
         return transformers.LlamaConfig(**decoder)
     if arch == "mistral":
         return transformers.MistralConfig(**decoder)
     if arch == "qwen2":
         return transformers.Qwen2Config(**decoder)
+    return _tiny_config_new(arch, tiny, common, decoder)
+
+
+def _tiny_config_new(
+    arch: str, tiny: dict[str, object], common: dict[str, object], decoder: dict[str, object]
+) -> transformers.PretrainedConfig:
+    """DeBERTa-v2, ModernBERT, Gemma 1/2/3, Phi-3, GPT-NeoX (2 layers, d 32, 4 heads); overrides win."""
+    if arch == "deberta-v2":  # v3-style: relative attention, no absolute positions
+        return transformers.DebertaV2Config(
+            **{
+                **tiny,
+                "max_position_embeddings": 64,
+                "relative_attention": True,
+                "pos_att_type": ["p2c", "c2p"],
+                "position_biased_input": False,
+                **common,
+            }
+        )
+    if arch == "modernbert":  # layer 0 global, layer 1 local (window ±2)
+        return transformers.ModernBertConfig(
+            **{
+                **tiny,
+                "intermediate_size": 36,
+                "global_attn_every_n_layers": 2,
+                "local_attention": 4,
+                "bos_token_id": 1,
+                "eos_token_id": 2,
+                "cls_token_id": 1,
+                "sep_token_id": 2,
+                **common,
+            }
+        )
+    gemma = {"head_dim": 8, "sliding_window": 4, **decoder}
+    if arch == "gemma":
+        return transformers.GemmaConfig(**{k: v for k, v in gemma.items() if k != "sliding_window"})
+    if arch == "gemma2":  # layer 0 sliding (window 4), layer 1 global; logit softcapping on
+        return transformers.Gemma2Config(**gemma)
+    if arch == "gemma3_text":  # q/k norms, sliding layer 0 (window 4), global layer 1
+        return transformers.Gemma3TextConfig(
+            **{"layer_types": ["sliding_attention", "full_attention"], **gemma}
+        )
+    if (
+        arch == "phi3"
+    ):  # fused qkv_proj (equal parts: as many key/value heads as query heads) and gate_up_proj
+        return transformers.Phi3Config(
+            **{**decoder, "num_key_value_heads": common.get("num_key_value_heads", 4)}
+        )
+    if arch == "gpt_neox":  # parallel residual, interleaved fused query_key_value
+        return transformers.GPTNeoXConfig(**{k: v for k, v in decoder.items() if k != "num_key_value_heads"})
     raise ValueError(arch)
 
 
 ENCODERS = ["bert", "roberta", "xlm-roberta", "distilbert", "electra"]
 DECODERS = ["gpt2", "llama", "mistral", "qwen2"]
+NEW_ENCODERS = ["deberta-v2", "modernbert"]
+NEW_DECODERS = ["gemma", "gemma2", "gemma3_text", "phi3", "gpt_neox"]
+ENCODERS += NEW_ENCODERS
+DECODERS += NEW_DECODERS
+# GPT-NeoX has no q / k / v points (its fused query_key_value interleaves them per head): tests that target them
+# run on these; tests/architectures/test_new_archs.py covers GPT-NeoX's other projections
+NO_QKV = ["gpt_neox"]
 ARCHITECTURES = ENCODERS + DECODERS
+QKV_ARCHITECTURES = [a for a in ARCHITECTURES if a not in NO_QKV]
+QKV_DECODERS = [a for a in DECODERS if a not in NO_QKV]
 
 
 def build(arch: str, kind: str = "base", seed: int = 0, **config_overrides: object) -> torch.nn.Module:

@@ -3,6 +3,8 @@
 # library, used only by the compatibility scripts in scripts/compat/. Safe to run repeatedly.
 #
 #   bash scripts/compat/setup_adapters_venv.sh
+#   bash scripts/compat/setup_adapters_venv.sh --trainer   # + accelerate and datasets, for its AdapterTrainer
+#                                                        # recipe (bench/train/time_to_accuracy.py)
 #
 # torch is installed first and on its own: installing adapters/transformers into an environment
 # without torch lets pip pick a multi-GB CUDA build. On the project machines pip's configuration
@@ -50,6 +52,12 @@ if [ "$(installed_version adapters)" != "${ADAPTERS_SPEC#adapters==}" ] \
 else
     echo "adapters $(installed_version adapters), transformers $(installed_version transformers)," \
         "safetensors $(installed_version safetensors) already installed"
+fi
+
+if [ "${1:-}" = "--trainer" ]; then
+    # AdapterTrainer needs accelerate; its documented recipe tokenises with datasets. huggingface-hub stays at
+    # the version transformers 4.57 accepts.
+    "$PIP" install "accelerate==1.15.0" "datasets==5.0.1" "huggingface-hub==0.36.2"
 fi
 
 "$VPY" -c "import adapters, transformers, torch; print('ok: adapters', adapters.__version__, '| transformers', transformers.__version__, '| torch', torch.__version__)"

@@ -5,25 +5,63 @@ adapterhub.init(model)
 model.add_adapter("sst-2", config="pfeiffer")
 model.train_adapter("sst-2")
 adapterhub.deinit(model)  # remove the adapter API again
+
+Importing the package is light: its names are imported on first use (PEP 562), so the CLI, the hub client and the
+hub server start without torch or transformers. ``from adapterhub import init`` works as before and imports the
+model code (torch, transformers) then; ``Stack``, ``BottleneckConfig`` and the errors need neither.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from adapterhub.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
-from adapterhub.configs import BottleneckConfig, LoRAConfig, MethodConfig, resolve_config
-from adapterhub.errors import (
-    AdapterExistsError,
-    AdapterFileError,
-    AdapterHubError,
-    AdapterNotFoundError,
-    ConfigError,
-    IncompatibleModelError,
-    UnsupportedArchitectureError,
-)
-from adapterhub.fusion import FusionConfig
-from adapterhub.methods.union import MethodUnion
-from adapterhub.model import deinit, init
+if TYPE_CHECKING:
+    from adapterhub.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
+    from adapterhub.configs import BottleneckConfig, LoRAConfig, MethodConfig, resolve_config
+    from adapterhub.errors import (
+        AdapterExistsError,
+        AdapterFileError,
+        AdapterHubError,
+        AdapterNotFoundError,
+        ConfigError,
+        IncompatibleModelError,
+        UnsupportedArchitectureError,
+    )
+    from adapterhub.export.onnx import export_onnx
+    from adapterhub.fusion import FusionConfig
+    from adapterhub.methods.union import MethodUnion
+    from adapterhub.model import deinit, init
 
+# name -> module that defines it, imported on first use. fusion, methods.union and model import torch and
+# transformers; the others are light but still wait, so that ``import adapterhub.cli`` loads only what it uses.
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        ("Average", "BatchSplit", "Fuse", "Parallel", "Split", "Stack"), "adapterhub.composition"
+    ),
+    **dict.fromkeys(
+        ("BottleneckConfig", "LoRAConfig", "MethodConfig", "resolve_config"), "adapterhub.configs"
+    ),
+    **dict.fromkeys(
+        (
+            "AdapterExistsError",
+            "AdapterFileError",
+            "AdapterHubError",
+            "AdapterNotFoundError",
+            "ConfigError",
+            "IncompatibleModelError",
+            "UnsupportedArchitectureError",
+        ),
+        "adapterhub.errors",
+    ),
+    "FusionConfig": "adapterhub.fusion",
+    "MethodUnion": "adapterhub.methods.union",
+    "deinit": "adapterhub.model",
+    "export_onnx": "adapterhub.export.onnx",
+    "init": "adapterhub.model",
+}
 __all__ = [
     "AdapterExistsError",
     "AdapterFileError",
@@ -43,8 +81,21 @@ __all__ = [
     "Split",
     "Stack",
     "UnsupportedArchitectureError",
-    "__version__",
     "deinit",
+    "export_onnx",
     "init",
     "resolve_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'adapterhub' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

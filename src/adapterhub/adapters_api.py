@@ -176,28 +176,88 @@ class AdapterAPIMixin(HeadsMixin):
 
     def load_adapter(
         self,
-        source: str | os.PathLike[str],
+        adapter_name_or_path: str | os.PathLike[str],
         *,
+        source: str | None = None,
+        revision: str | None = None,
         load_as: str | None = None,
         set_active: bool = False,
         with_head: bool = True,
         overwrite_ok: bool = False,
         **hub_options: Any,
     ) -> str:
-        """Load an adapter from a directory (ours or the `adapters` library's layout) or a hub identifier such as
-        ``"sentiment/rotten_tomatoes@demo"``. Everything is checked before the model is changed: on any error
-        the model is left as it was. Returns the adapter's name."""
+        """Load an adapter from a directory (ours, the `adapters` library's or peft's layout), a hub identifier such
+        as ``"sentiment/rotten_tomatoes@demo"``, or with ``source="hf"`` a Hugging Face Hub repo ``"owner/repo"`` at
+        ``revision`` (``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HOME``, ``HF_HUB_OFFLINE`` apply; ``hub_options`` are
+        ``adapterhub.hub.hf.download_adapter_repo``'s). Everything is checked before the model is changed: on any
+        error the model is left as it was. Returns the adapter's name."""
         from adapterhub.io.loading import read_any_adapter_dir
 
-        directory = Path(source)
-        if not directory.is_dir():
-            directory = self._resolve_remote(str(source), **hub_options)
+        if source == "hf":
+            from adapterhub.hub.hf import download_adapter_repo
+
+            directory = download_adapter_repo(str(adapter_name_or_path), revision=revision, **hub_options)
+        elif source is not None:
+            raise ConfigError(
+                f"Unknown source {source!r}; use source='hf' or leave it out (a folder or our hub)."
+            )
+        elif revision is not None:
+            raise ConfigError(
+                "revision= is for source='hf'; on our hub add the version to the name ('...:3')."
+            )
+        else:
+            directory = Path(adapter_name_or_path)
+            if not directory.is_dir():
+                directory = self._resolve_remote(str(adapter_name_or_path), **hub_options)
         record = read_any_adapter_dir(
             directory, spec=self._spec, with_head=with_head, model=self.model_info()
         )
         return self.add_adapter_from_record(
             record, load_as=load_as, set_active=set_active, with_head=with_head, overwrite_ok=overwrite_ok
         )
+
+    def push_adapter_to_hf(
+        self,
+        repo_id: str,
+        name: str,
+        *,
+        layout: str = "adapterhub",
+        with_head: bool = True,
+        endpoint: str | None = None,
+        token: str | None = None,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        **card: Any,
+    ) -> dict[str, str]:
+        """Upload adapter ``name`` to the Hugging Face Hub repo ``repo_id`` (created when missing) in ``layout``
+        (``"adapterhub"``, ``"adapters"`` or ``"peft"``) with a model card. ``card``: ``task``, ``subtask``,
+        ``language``, ``adapter_type``, ``dataset``, ``metrics``, ``license``, ``description``, ``tags`` (see
+        ``adapterhub.hub.hf_card.adapter_card``). Returns ``{"repo_id", "commit", "url"}``."""
+        from adapterhub.hub.hf import push_adapter_dir_to_hf
+        from adapterhub.hub.hf_card import adapter_card
+
+        info = self.model_info()
+        method = str(self.adapter_record(name, with_head=False).config.get("method", ""))
+        readme = adapter_card(
+            name=name,
+            layout=layout,
+            method=method,
+            base_model=info.model_name,
+            model_type=info.model_type,
+            repo_id=repo_id,
+            **card,
+        )
+        with tempfile.TemporaryDirectory(prefix="adapterhub-hf-push-") as tmp:
+            directory = self.save_adapter(Path(tmp) / name, name, with_head=with_head, layout=layout)
+            return push_adapter_dir_to_hf(
+                directory,
+                repo_id,
+                readme=readme,
+                endpoint=endpoint,
+                token=token,
+                commit_message=commit_message,
+                private=private,
+            )
 
     def push_adapter(
         self,

@@ -60,6 +60,10 @@ class LinearSpec:
     module: str
     part: tuple[int, int] | None = None
     transposed: bool = False
+    # config attributes whose values weigh the parts of a fused projection when they may differ (Phi-3's qkv_proj:
+    # query heads, key/value heads, key/value heads); parts are sliced equally, so where these values differ the
+    # point is unsupported on that model (``unsupported_points``)
+    part_units: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,9 @@ class ArchitectureSpec:
     # The module whose output is the input embeddings entering the first layer (relative to the base model): the
     # ``embedding`` attachment point (invertible adapters). The module the `adapters` library hooks for the same.
     embeddings: str | None = None
+    # attachment points ``"kind:point"`` (``"linear:q"``, ``"attention:self"``) or methods ``"method:NAME"`` this
+    # family cannot carry, each with the reason; adding such an adapter raises a ConfigError with it
+    unsupported: Mapping[str, str] = field(default_factory=dict)
     # Encoder-decoder models (T5, BART): the decoder's layer stack. The fields above describe the encoder; decoder
     # layers are numbered after the encoder's (layer ``len(encoder) + j``), as in the `adapters` library.
     decoder: StackSpec | None = None
@@ -152,6 +159,22 @@ def spec_for_model_type(model_type: str) -> ArchitectureSpec:
     return _REGISTRY[model_type]
 
 
+def unsupported_points(spec: ArchitectureSpec, config: object) -> dict[str, str]:
+    """``"kind:point" -> reason`` for every attachment point a model of ``spec`` with this transformers ``config``
+    cannot carry: the spec's ``unsupported`` plus the slices of a fused projection whose parts differ in width."""
+    reasons = dict(spec.unsupported)
+    for point, linear in spec.linears.items():
+        units = {name: getattr(config, name, None) for name in linear.part_units}
+        if len(set(units.values())) > 1:
+            reasons.setdefault(
+                f"linear:{point}",
+                f"{linear.module} fuses parts of different widths in this model ({units}); adapterhub slices a "
+                "fused projection into equal parts, so this point cannot be targeted here. Target the other "
+                "projections (e.g. attn_out, ffn_in, ffn_out) instead.",
+            )
+    return reasons
+
+
 def spec_for_config(config: Any) -> ArchitectureSpec:
     """The spec for a transformers config: the first entry of its model type whose ``config_match`` it meets,
     else the model type's plain entry (``spec_for_model_type``)."""
@@ -163,8 +186,15 @@ def spec_for_config(config: Any) -> ArchitectureSpec:
 
 
 def get_base_model(model: nn.Module) -> nn.Module:
-    """The transformer body (``BertModel`` inside ``BertForSequenceClassification``), or the model itself."""
+    """The transformer body (``BertModel`` inside ``BertForSequenceClassification``), or the model itself.
+
+    A model whose ``base_model_prefix`` names no attribute (transformers 4.57's ``Gemma3ForCausalLM``: prefix
+    ``language_model``, body at ``model``) gets its ``model`` attribute when that is a transformers model."""
     base = getattr(model, "base_model", None)
+    if base is model:
+        body = getattr(model, "model", None)
+        if isinstance(body, nn.Module) and hasattr(body, "config") and hasattr(body, "base_model_prefix"):
+            return body
     return base if isinstance(base, nn.Module) else model
 
 
@@ -317,6 +347,154 @@ LLAMA = register_architecture(
         attention="self_attn",
         adapters_lib_lora={"intermediate": "ffn_out", "output": "ffn_in"},  # that library's Llama naming
         embeddings="embed_tokens",
+    )
+)
+
+DEBERTA_V2 = register_architecture(
+    ArchitectureSpec(
+        model_types=("deberta-v2",),  # DeBERTa-v2 and v3 (v3 checkpoints use this model type)
+        layers="encoder.layer",
+        sites=_BERT_LIKE_SITES,  # DebertaV2SelfOutput / DebertaV2Output: dense, dropout, LayerNorm(h + input)
+        linears={
+            "q": LinearSpec("attention.self.query_proj"),
+            "k": LinearSpec("attention.self.key_proj"),
+            "v": LinearSpec("attention.self.value_proj"),
+            "attn_out": LinearSpec("attention.output.dense"),
+            "ffn_in": LinearSpec("intermediate.dense"),
+            "ffn_out": LinearSpec("output.dense"),
+        },
+        attention="attention.self",
+        embeddings="embeddings",
+        unsupported={
+            "attention:self": "DeBERTa's DisentangledSelfAttention computes its content-to-position and "
+            "position-to-content scores itself instead of calling an attention function from transformers' "
+            "AttentionInterface, so prefix tuning cannot reach its keys and values. Use LoRA, a bottleneck or a "
+            "parallel adapter instead.",
+            "method:prompt_tuning": "DebertaV2Embeddings multiplies its output by the attention mask inside the "
+            "module, before a prompt could be prepended to that output, so the prompt positions cannot join the mask "
+            "through hooks. Use LoRA or a bottleneck adapter instead.",
+        },
+    )
+)
+
+MODERNBERT = register_architecture(
+    ArchitectureSpec(
+        model_types=("modernbert",),
+        layers="layers",
+        sites={  # pre-LN; layer 0's attn_norm is an Identity
+            "attn": SiteSpec(output="attn", output_index=0, residual=InputRef("attn_norm", 0, "input")),
+            "ffn": SiteSpec(output="mlp", residual=InputRef("mlp_norm", 0, "input")),
+        },
+        linears={
+            "q": LinearSpec("attn.Wqkv", part=(0, 3)),
+            "k": LinearSpec("attn.Wqkv", part=(1, 3)),
+            "v": LinearSpec("attn.Wqkv", part=(2, 3)),
+            "attn_out": LinearSpec("attn.Wo"),
+            "ffn_gate": LinearSpec("mlp.Wi", part=(0, 2)),  # Wo(act(first half) * second half)
+            "ffn_in": LinearSpec("mlp.Wi", part=(1, 2)),
+            "ffn_out": LinearSpec("mlp.Wo"),
+        },
+        attention="attn",
+        embeddings="embeddings",  # token embeddings, LayerNorm, dropout
+    )
+)
+
+_GATED_MLP = {
+    "ffn_in": LinearSpec("mlp.up_proj"),
+    "ffn_gate": LinearSpec("mlp.gate_proj"),
+    "ffn_out": LinearSpec("mlp.down_proj"),
+}
+_SELF_ATTN_PROJ = {
+    "q": LinearSpec("self_attn.q_proj"),
+    "k": LinearSpec("self_attn.k_proj"),
+    "v": LinearSpec("self_attn.v_proj"),
+    "attn_out": LinearSpec("self_attn.o_proj"),
+}
+
+GEMMA = register_architecture(
+    ArchitectureSpec(
+        model_types=("gemma",),
+        layers="layers",
+        sites={
+            "attn": SiteSpec(
+                output="self_attn", output_index=0, residual=InputRef("input_layernorm", 0, "x")
+            ),
+            "ffn": SiteSpec(output="mlp", residual=InputRef("post_attention_layernorm", 0, "x")),
+        },
+        linears={**_SELF_ATTN_PROJ, **_GATED_MLP},
+        attention="self_attn",
+        embeddings="embed_tokens",  # transformers 5: token embeddings times sqrt(hidden); 4.x scales after it
+    )
+)
+
+GEMMA2 = register_architecture(
+    ArchitectureSpec(
+        model_types=("gemma2", "gemma3_text"),
+        layers="layers",
+        sites={  # sandwich norms: the sub-layer output h is the post-norm's output, added to the residual stream
+            "attn": SiteSpec(output="post_attention_layernorm", residual=InputRef("input_layernorm", 0, "x")),
+            "ffn": SiteSpec(
+                output="post_feedforward_layernorm", residual=InputRef("pre_feedforward_layernorm", 0, "x")
+            ),
+        },
+        linears={**_SELF_ATTN_PROJ, **_GATED_MLP},
+        attention="self_attn",
+        embeddings="embed_tokens",  # token embeddings times sqrt(hidden)
+    )
+)
+
+_QKV_UNITS = ("num_attention_heads", "num_key_value_heads", "num_key_value_heads")
+
+PHI3 = register_architecture(
+    ArchitectureSpec(
+        model_types=("phi3",),
+        layers="layers",
+        sites={
+            "attn": SiteSpec(
+                output="self_attn", output_index=0, residual=InputRef("input_layernorm", 0, "hidden_states")
+            ),
+            "ffn": SiteSpec(output="mlp", residual=InputRef("post_attention_layernorm", 0, "hidden_states")),
+        },
+        linears={
+            "q": LinearSpec("self_attn.qkv_proj", part=(0, 3), part_units=_QKV_UNITS),
+            "k": LinearSpec("self_attn.qkv_proj", part=(1, 3), part_units=_QKV_UNITS),
+            "v": LinearSpec("self_attn.qkv_proj", part=(2, 3), part_units=_QKV_UNITS),
+            "attn_out": LinearSpec("self_attn.o_proj"),
+            "ffn_gate": LinearSpec("mlp.gate_up_proj", part=(0, 2)),  # down(up * act(gate))
+            "ffn_in": LinearSpec("mlp.gate_up_proj", part=(1, 2)),
+            "ffn_out": LinearSpec("mlp.down_proj"),
+        },
+        attention="self_attn",
+        embeddings="embed_tokens",
+    )
+)
+
+_NEOX_QKV = (
+    "GPT-NeoX's attention.query_key_value interleaves query, key and value per head (rows h·3·d_head + i·d_head), "
+    "which is not a contiguous slice of the fused projection, so q, k and v cannot be targeted one by one. Target "
+    "attn_out, ffn_in or ffn_out instead."
+)
+
+GPT_NEOX = register_architecture(
+    ArchitectureSpec(
+        model_types=("gpt_neox",),
+        layers="layers",
+        # use_parallel_residual (the default): both sites read the layer input x and the layer adds both outputs,
+        # x + h_attn + h_ffn; each site is a pre-LN sub-layer whose residual stream is x
+        sites={
+            "attn": SiteSpec(
+                output="attention", output_index=0, residual=InputRef("input_layernorm", 0, "input")
+            ),
+            "ffn": SiteSpec(output="mlp", residual=InputRef("post_attention_layernorm", 0, "input")),
+        },
+        linears={
+            "attn_out": LinearSpec("attention.dense"),
+            "ffn_in": LinearSpec("mlp.dense_h_to_4h"),
+            "ffn_out": LinearSpec("mlp.dense_4h_to_h"),
+        },
+        attention="attention",
+        embeddings="embed_in",  # the attention mask is built from this output; dropout follows
+        unsupported={f"linear:{point}": _NEOX_QKV for point in ("q", "k", "v")},
     )
 )
 

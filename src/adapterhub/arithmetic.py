@@ -37,16 +37,12 @@ from typing import Any
 import torch
 
 from adapterhub.adapters_api import AdapterAPIMixin
+from adapterhub.combines import COMBINES, PARAM_COMBINES, SVD_COMBINES
 from adapterhub.configs import LoRAConfig, resolve_config
 from adapterhub.errors import ConfigError
 from adapterhub.io.records import HeadRecord
 from adapterhub.methods.base import AdapterModule
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
-
-PARAM_COMBINES = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
-SVD_COMBINES = ("svd", "ties_svd", "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd")
-COMBINES = (*PARAM_COMBINES, *SVD_COMBINES, "cat")
-
 
 # ------------------------------------------------------------------------------------ merge functions (TIES, DARE)
 

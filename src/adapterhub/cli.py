@@ -1,7 +1,10 @@
 """Command-line entry point: ``adapterhub <command> ...``.
 
 Each feature area owns its sub-commands in its own module, which exposes ``register(subparsers)``; this file only
-collects them. A user mistake is reported as one line on stderr (exit code 2), never as a traceback.
+collects them. A user mistake is reported as one line on stderr (exit code 2), never as a traceback; so is a command
+that needs a package this installation lacks (torch where only the light ``adapterhub-hub`` distribution is
+installed). A command module imports torch and transformers inside its handlers only, so ``adapterhub --help`` and
+the hub commands start without them (tests/hub/test_light_imports.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "adapterhub.composition_cli",
     "adapterhub.merge_cli",
     "adapterhub.hub.cli",
+    "adapterhub.serving.cli",
+    "adapterhub.export.cli",
 )
 
 
@@ -47,6 +52,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except AdapterHubError as error:
         print(f"adapterhub {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except (
+        ModuleNotFoundError
+    ) as error:  # e.g. `adapterhub train` where only adapterhub-hub (no torch) is installed
+        missing = (error.name or "").split(".")[0]
+        if not missing or missing == "adapterhub":
+            raise
+        print(
+            f"adapterhub {args.command}: error: this command needs the package {missing!r}, which is not "
+            f"installed here. Install the full library (pip install adapterhub) or that package; the "
+            f"adapterhub-hub distribution has the hub and the CLI's hub commands only.",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -23,6 +23,7 @@ from adapterhub.architectures import (
     get_layers,
     layer_stacks,
     spec_for_config,
+    unsupported_points,
 )
 from adapterhub.composition import (
     BatchSplit,
@@ -136,6 +137,7 @@ class AdapterModelCore:
             head_dim=head_dim,
             residual_points=tuple(residual),
             embedding_size=int(getattr(config, "embedding_size", None) or hidden),
+            unsupported=tuple(sorted(unsupported_points(spec, config).items())),
             decoder_start=sum(1 for _, s in layers if s.layers == encoder.layers)
             if decoder is not None
             else None,
@@ -161,6 +163,17 @@ class AdapterModelCore:
                 f"{self.config.model_type!r} does not name (encoder-decoder models have no embedding points: their "
                 "encoder and decoder embed separately). Use a method that attaches inside the layers."
             )
+        dims = module.dims
+        methods = {("method", part.method) for part in module.modules() if isinstance(part, AdapterModule)}
+        # every point it occupies (embedding points are layer 0's) and its method(s), union parts included
+        points = {p for layer in range(dims.num_layers) for p in module.points(layer)}
+        for kind, point in sorted(methods | points):
+            reason = dims.unsupported_reason(kind, point)
+            if reason is not None:
+                raise ConfigError(
+                    f"Adapter {module.adapter_name!r} ({module.method}) cannot attach to this {dims.model_type} "
+                    f"model: {reason}"
+                )
         if ATTENTION in module.kinds():
             attention_hooks.enable(self._module(), self._spec)
         prepare = getattr(module, "prepare_for_model", None)

@@ -283,6 +283,10 @@ class _MaskHook(AdapterHook):
                 "call generate(..., use_cache=False)."
             )
         positions = kwargs.get("position_ids")
+        if self.decoder and positions is None:
+            # number the positions explicitly (shifted below): some models (ModernBERT) count them from the ids'
+            # length, not the embeddings'
+            positions = torch.arange(base.shape[1], device=base.device).unsqueeze(0)  # (1, T)
         if self.decoder and isinstance(positions, torch.Tensor):
             # decoders number positions after the embeddings: the prompt takes 0..P-1, the tokens move by P
             extra = value.shape[1] - base.shape[1]

@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from adapterhub.arithmetic import COMBINES
+from adapterhub.combines import COMBINES
 from adapterhub.errors import ConfigError
 
 MODEL_CLASSES = {

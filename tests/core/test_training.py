@@ -24,7 +24,7 @@ def test_only_the_adapter_and_its_head_train(arch, head):
     assert trainable and all(
         n.startswith("_adapterhub.adapters.task.")
         or "head" in n
-        or n.startswith(("classifier", "score", "pre_classifier", "_adapterhub.heads.task"))
+        or n.startswith(("classifier", "score", "pre_classifier", "pooler", "_adapterhub.heads.task"))
         for n in trainable
     )
     before = snapshot(model)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file
 from transformers.modeling_outputs import (
     CausalLMOutputWithPast,
@@ -111,7 +112,9 @@ def test_outputs_losses_and_training_touch_only_adapter_and_head(head_type, arch
     else:
         assert tuple(out.logits.shape) == shape
     assert out.loss is not None and out.loss.dim() == 0 and torch.isfinite(out.loss)
-    if head_type == "causal_lm":
+    # Gemma 2/3 on transformers 4.x make no cache in training mode
+    no_cache = arch in ("gemma2", "gemma3_text") and int(transformers.__version__.split(".")[0]) < 5
+    if head_type == "causal_lm" and not no_cache:
         assert out.past_key_values is not None
     # a few optimizer steps change the adapter and the head and nothing else
     before = snapshot(model)

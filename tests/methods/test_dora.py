@@ -21,7 +21,7 @@ from method_checks import (
     make,
     make_inputs,
 )
-from tiny_models import ARCHITECTURES, build
+from tiny_models import QKV_ARCHITECTURES, build
 
 CONFIG = "dora[r=4,alpha=8,targets=[q,k,v,attn_out,ffn_in,ffn_out]]"
 
@@ -31,7 +31,7 @@ def inputs():
     return make_inputs()
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", QKV_ARCHITECTURES)
 def test_inactive_and_new_are_identity_active_changes_outputs(arch, inputs):
     model = make(arch, CONFIG)
     reference = build(arch)(**inputs).last_hidden_state
@@ -42,23 +42,23 @@ def test_inactive_and_new_are_identity_active_changes_outputs(arch, inputs):
     torch.testing.assert_close(hidden(fresh, inputs, ACTIVE), reference, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", QKV_ARCHITECTURES)
 def test_one_training_step_changes_only_dora_and_head(arch, inputs):
     changed = check_training_step(make(arch, CONFIG), inputs)
     assert any(".magnitude" in n for n in changed) and any(".lora_B" in n for n in changed)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", QKV_ARCHITECTURES)
 def test_save_load_round_trip(arch, inputs, tmp_path):
     check_round_trip(arch, make(arch, CONFIG, names=("a",)), inputs, tmp_path, "dora")
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", QKV_ARCHITECTURES)
 def test_merge_and_unmerge(arch, inputs):
     check_merge(make(arch, CONFIG), inputs)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", QKV_ARCHITECTURES)
 def test_composition_blocks(arch, inputs):
     model = make(arch, CONFIG)
     check_row_blocks(model, inputs)

@@ -19,7 +19,7 @@ from method_checks import (
     make,
     make_inputs,
 )
-from tiny_models import ARCHITECTURES, build
+from tiny_models import QKV_ARCHITECTURES, build
 
 CONFIGS = {
     "paper": "ia3",  # k, v outputs; ffn_out input
@@ -32,7 +32,7 @@ def inputs():
     return make_inputs()
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", QKV_ARCHITECTURES)
 def test_inactive_is_bit_identical_and_active_changes_outputs(arch, inputs):
     model = make(arch, CONFIGS["paper"])
     reference = build(arch)(**inputs).last_hidden_state
@@ -43,25 +43,25 @@ def test_inactive_is_bit_identical_and_active_changes_outputs(arch, inputs):
     assert torch.equal(hidden(fresh, inputs, ACTIVE), reference)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", QKV_ARCHITECTURES)
 def test_one_training_step_changes_only_ia3_and_head(arch, inputs):
     changed = check_training_step(make(arch, CONFIGS["paper"]), inputs)
     # (keys move the attention of the tiny random models too little to show after one step)
     assert any(".out_v" in n for n in changed) and any(".in_ffn_out" in n for n in changed)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", QKV_ARCHITECTURES)
 def test_save_load_round_trip(arch, inputs, tmp_path):
     check_round_trip(arch, make(arch, CONFIGS["both_sides"], names=("a",)), inputs, tmp_path, "ia3")
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", QKV_ARCHITECTURES)
 def test_merge_and_unmerge(arch, config, inputs):
     check_merge(make(arch, CONFIGS[config]), inputs)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", QKV_ARCHITECTURES)
 def test_composition_blocks(arch, inputs):
     model = make(arch, CONFIGS["both_sides"])
     check_row_blocks(model, inputs)

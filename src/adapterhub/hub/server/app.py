@@ -538,6 +538,9 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None, w
             raise service.invalid("invalid_request", f"{model_type!r} is not a valid model type.")
         return _etag_response(request, service.model_index(s, model_type))
 
+    from adapterhub.hub.server import hf_api
+
+    hf_api.mount(app)  # the Hugging Face Hub file API (/api/models/..., /{owner}/{name}/resolve/...)
     if web and importlib.util.find_spec("adapterhub.hub.web") is not None:
         web_module = importlib.import_module("adapterhub.hub.web")
         if hasattr(web_module, "mount"):

@@ -31,10 +31,10 @@ from adapterhub.hub.archive import extract_archive, pack_directory
 from adapterhub.hub.errors import HubAuthError, HubError, HubValidationError
 from adapterhub.hub.identifiers import ADAPTER_NAME_RE
 from adapterhub.hub.server import service
+from adapterhub.hub.server.header_inspect import inspect_from_headers
 from adapterhub.hub.server.models import Adapter, AdapterVersion, utcnow
 from adapterhub.hub.server.settings import HubSettings
 from adapterhub.hub.server.storage import Storage, blob_key
-from adapterhub.io.manifest import inspect_adapter_dir
 
 _NO_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -104,10 +104,20 @@ def parse_card(text: str | bytes) -> Card:
         raise service.invalid("invalid_card", f"The card is invalid: {problems}.") from None
 
 
-def validate_directory(directory: Path, card: Card) -> Any:
+def inspect_directory(directory: Path, card: Card, weights_check: str) -> Any:
+    """The manifest of ``directory`` by the ``weights_check`` of the hub's settings: ``"full"`` imports the
+    library's model code (torch) here, on first use, so that the server starts without it."""
+    if weights_check == "header":
+        return inspect_from_headers(directory, model_type=card.model_type)
+    from adapterhub.io.manifest import inspect_adapter_dir
+
+    return inspect_adapter_dir(directory, model_type=card.model_type)
+
+
+def validate_directory(directory: Path, card: Card, weights_check: str = "full") -> Any:
     """Inspect and check an unpacked adapter directory; returns its manifest."""
     try:
-        manifest = inspect_adapter_dir(directory, model_type=card.model_type)
+        manifest = inspect_directory(directory, card, weights_check)
     except IncompatibleModelError as error:
         raise service.invalid("model_mismatch", str(error)) from None
     except AdapterHubError as error:
@@ -170,7 +180,7 @@ def publish(
     with tempfile.TemporaryDirectory(prefix="adapterhub-publish-") as tmp:
         unpacked = Path(tmp) / "adapter"
         files = extract_archive(archive, unpacked, settings.archive_limits)
-        manifest = validate_directory(unpacked, card)
+        manifest = validate_directory(unpacked, card, settings.weights_check)
         with sessions() as s:
             refs = _references(s, card)
         packed = Path(tmp) / "canonical.tar.gz"
@@ -242,6 +252,9 @@ def _references(s: Session, card: Card) -> dict[str, Any]:
     if card.language:
         language_id = service.require_language(s, card.language).id
     return {"task_id": task_id, "subtask_id": subtask_id, "language_id": language_id}
+
+
+check_references = _references  # public: the Hub file API checks a README card before the commit
 
 
 def _score(s: Session, subtask_id: int | None, metrics: dict[str, float]) -> float | None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapterhub.hub.archive import ArchiveLimits
+from adapterhub.hub.errors import HubValidationError
 
 DEFAULT_PORT = 8765
+WEIGHTS_CHECKS = ("full", "header")
 
 
 def adapterhub_home() -> Path:
@@ -35,6 +38,10 @@ class HubSettings:
         )
     )
     public_url: str | None = None
+    # how uploads are checked (docs/hub.md): "full" builds the method's modules (needs torch) and compares every
+    # weight's name and shape; "header" reads the files' JSON and safetensors headers only (server without torch).
+    # Default: env ADAPTERHUB_HUB_WEIGHTS_CHECK, else "full" where torch is installed and "header" where not.
+    weights_check: str = ""
     # test hook: seconds to sleep after the blob is stored and before the version row is committed
     pause_before_commit: float = 0.0
 
@@ -53,5 +60,19 @@ class HubSettings:
             )
         if os.environ.get("ADAPTERHUB_HUB_MAX_UPLOAD_BYTES"):
             self.max_upload_bytes = int(os.environ["ADAPTERHUB_HUB_MAX_UPLOAD_BYTES"])
+        if not self.weights_check:
+            self.weights_check = os.environ.get("ADAPTERHUB_HUB_WEIGHTS_CHECK") or (
+                "full" if importlib.util.find_spec("torch") is not None else "header"
+            )
+        if self.weights_check not in WEIGHTS_CHECKS:
+            raise HubValidationError(
+                f"weights check {self.weights_check!r} is not one of {', '.join(WEIGHTS_CHECKS)} "
+                "(--weights-check / ADAPTERHUB_HUB_WEIGHTS_CHECK)."
+            )
+        if self.weights_check == "full" and importlib.util.find_spec("torch") is None:
+            raise HubValidationError(
+                "The full weights check needs torch, which is not installed here: install the library with its "
+                "model dependencies (pip install adapterhub[hub]) or use --weights-check header."
+            )
         if os.environ.get("ADAPTERHUB_HUB_TEST_PAUSE_BEFORE_COMMIT"):
             self.pause_before_commit = float(os.environ["ADAPTERHUB_HUB_TEST_PAUSE_BEFORE_COMMIT"])

@@ -1,0 +1,265 @@
+"""The adapters a server knows, the ones it holds in memory, and loading/eviction between the two.
+
+- ``sources``: every adapter the server can serve (name -> ``AdapterSource``), loaded or not.
+- ``loaded``: at most ``max_loaded`` adapters in the model, least recently used first. A request ``acquire``s the
+  adapters it names: loaded ones are pinned at once; the others are loaded first. A load in flight is never
+  duplicated: later requests for the same adapter wait on the same future (single flight). When the model is
+  full, the least recently used adapter that no queued or running request has pinned is evicted
+  (``model.delete_adapter``); if every loaded adapter is pinned, the load waits until a pass releases one.
+- Heads are taken out of the model's store once an adapter is loaded and kept in its ``LoadedAdapter``: the
+  engine applies each request's head to that request's rows itself, so one pass can serve adapters with
+  different heads.
+
+Everything here runs on the event loop, except ``fetch`` (I/O thread) and install/evict (the model thread, the
+same single thread that runs forward passes, so the model never changes during a pass).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from adapterhub.errors import AdapterNotFoundError, ConfigError, did_you_mean
+from adapterhub.serving import sources
+from adapterhub.serving.sources import AdapterSource
+
+
+class UnknownAdapterError(AdapterNotFoundError):
+    """A request names an adapter the server does not know (HTTP 404)."""
+
+
+@dataclass
+class LoadedAdapter:
+    """An adapter in the model: its method, its detached head (None without one) and its size in memory."""
+
+    name: str
+    source: AdapterSource
+    method: str
+    head: Any
+    parameters: int
+    memory_bytes: int
+
+    @property
+    def head_type(self) -> str | None:
+        return None if self.head is None else str(self.head.head_type)
+
+    @property
+    def labels(self) -> list[str] | None:
+        id2label = getattr(self.head, "id2label", None)
+        return None if not id2label else [id2label[i] for i in sorted(id2label)]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": str(self.source),
+            "loaded": True,
+            "method": self.method,
+            "head": self.head_type,
+            "labels": self.labels,
+            "parameters": self.parameters,
+            "memory_bytes": self.memory_bytes,
+        }
+
+
+def _install_and_detach(model: Any, source: AdapterSource, fetched: Any, name: str) -> LoadedAdapter:
+    """On the model thread: load ``name`` with its head, then take the head out of the model's store."""
+    sources.install(source, fetched, model, name)
+    head = model.heads.get(name)
+    if head is not None:
+        model.delete_head(name)
+        head.eval()
+    adapter = model._store.adapters[name]
+    tensors = [*adapter.parameters(), *(head.parameters() if head is not None else ())]
+    return LoadedAdapter(
+        name=name,
+        source=source,
+        method=adapter.method,
+        head=head,
+        parameters=sum(t.numel() for t in tensors),
+        memory_bytes=sum(t.numel() * t.element_size() for t in tensors),
+    )
+
+
+def _evict(model: Any, name: str) -> None:
+    if model.has_adapter(name):
+        model.delete_adapter(name)
+
+
+class AdapterRegistry:
+    """Known and loaded adapters of one served model (see the module docstring).
+
+    ``on_event(kind, name)`` is called with ``"load"``, ``"evict"`` or ``"load_error"`` (metrics)."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        max_loaded: int,
+        model_executor: Executor,
+        io_executor: Executor | None = None,
+        hub_url: str | None = None,
+        on_event: Callable[[str, str], None] | None = None,
+    ) -> None:
+        if max_loaded < 1:
+            raise ConfigError(f"max_loaded must be at least 1, got {max_loaded}.")
+        self.model = model
+        self.max_loaded = max_loaded
+        self.hub_url = hub_url
+        self._model_executor = model_executor
+        self._io_executor = io_executor
+        self._on_event = on_event or (lambda kind, name: None)
+        self.sources: dict[str, AdapterSource] = {}
+        self.loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()
+        self.load_count: Counter[str] = Counter()  # completed loads per name (tests, metrics)
+        self._inflight: dict[str, asyncio.Future[LoadedAdapter]] = {}
+        self._pins: Counter[str] = Counter()
+        self._room: asyncio.Condition | None = None
+        self._installing = 0  # loads past _make_room whose adapter is not in `loaded` yet
+
+    # ------------------------------------------------------------------ known adapters
+    def register(self, name: str, source: AdapterSource | str) -> None:
+        from adapterhub.heads.api import check_name
+
+        check_name(name)
+        self.sources[name] = source if isinstance(source, AdapterSource) else sources.parse_source(source)
+
+    def check_known(self, names: Iterable[str]) -> None:
+        """Raise ``UnknownAdapterError`` naming close matches for the first name the server does not know."""
+        for name in names:
+            if name not in self.sources:
+                known = ", ".join(sorted(self.sources)) or "none"
+                raise UnknownAdapterError(
+                    f"No adapter named {name!r}{did_you_mean(name, self.sources)}. Adapters on this server: {known}."
+                )
+
+    async def unregister(self, name: str) -> None:
+        """Forget ``name`` and evict it (waits for passes that use it)."""
+        self.check_known([name])
+        del self.sources[name]
+        pending = self._inflight.get(name)
+        if pending is not None:
+            await asyncio.gather(pending, return_exceptions=True)
+        room = self._condition()
+        async with room:
+            await room.wait_for(lambda: self._pins[name] == 0)
+        if name in self.loaded:
+            del self.loaded[name]
+            self._on_event("evict", name)
+            await self._run_model(_evict, self.model, name)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every known adapter: loaded ones with method, head, labels and memory; the others with their source."""
+        out = []
+        for name, source in sorted(self.sources.items()):
+            entry = self.loaded.get(name)
+            out.append(
+                entry.describe()
+                if entry is not None
+                else {"name": name, "source": str(source), "loaded": False}
+            )
+        return out
+
+    # ------------------------------------------------------------------ acquiring for a request
+    async def acquire(self, names: Iterable[str]) -> dict[str, LoadedAdapter]:
+        """Pin ``names`` (loading those not in memory) and return them; pair with ``release(names)``. On a failed
+        load the pins are released and the ``SourceError`` propagates."""
+        wanted = list(dict.fromkeys(names))
+        self.check_known(wanted)
+        if len(wanted) > self.max_loaded:
+            raise ConfigError(
+                f"This setup needs {len(wanted)} adapters in memory at once, but the server holds at most "
+                f"{self.max_loaded} (--max-loaded)."
+            )
+        for name in wanted:
+            self._pins[name] += 1
+        try:
+            out = {}
+            for name in wanted:
+                out[name] = self.loaded[name] if name in self.loaded else await self._load(name)
+                self.loaded.move_to_end(name)
+            return out
+        except BaseException:
+            self.release(wanted)
+            raise
+
+    def release(self, names: Iterable[str]) -> None:
+        for name in dict.fromkeys(names):
+            self._pins[name] -= 1
+            if self._pins[name] <= 0:
+                del self._pins[name]
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake loads waiting for room (a pin was released or a slot freed)."""
+        room = self._condition()
+
+        async def notify() -> None:
+            async with room:
+                room.notify_all()
+
+        asyncio.get_running_loop().create_task(notify())
+
+    async def _load(self, name: str) -> LoadedAdapter:
+        pending = self._inflight.get(name)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._inflight[name] = pending
+            asyncio.get_running_loop().create_task(self._load_once(name, pending))
+        return await asyncio.shield(pending)
+
+    async def _load_once(self, name: str, done: asyncio.Future[LoadedAdapter]) -> None:
+        try:
+            self.check_known([name])  # it may have been deleted since the request named it
+            source = self.sources[name]
+            loop = asyncio.get_running_loop()
+            fetched = await loop.run_in_executor(
+                self._io_executor, lambda: sources.fetch(source, self.model, hub_url=self.hub_url)
+            )
+            await self._make_room()
+            try:
+                entry = await self._run_model(_install_and_detach, self.model, source, fetched, name)
+            finally:
+                self._installing -= 1
+                self._notify()
+            self.loaded[name] = entry
+            self.load_count[name] += 1
+            self._on_event("load", name)
+            done.set_result(entry)
+        except Exception as error:  # every waiter gets the failure; a later request tries again
+            self._on_event("load_error", name)
+            done.set_exception(error)
+            done.exception()  # retrieved: no "never retrieved" warning when no request waits any more
+        finally:
+            self._inflight.pop(name, None)
+
+    async def _make_room(self) -> None:
+        """Evict the least recently used unpinned adapter(s) until one more fits, waiting while all are pinned."""
+        room = self._condition()
+        while len(self.loaded) + self._installing >= self.max_loaded:
+            async with room:
+                await room.wait_for(self._has_room_or_victim)
+            victim = self._victim()
+            if len(self.loaded) + self._installing < self.max_loaded or victim is None:
+                continue
+            del self.loaded[victim]  # decided on the loop: no batch formed from now on sees it as loaded
+            self._on_event("evict", victim)  # before the model thread deletes it (fusions holding it go too)
+            await self._run_model(_evict, self.model, victim)
+        self._installing += 1
+
+    def _has_room_or_victim(self) -> bool:
+        return len(self.loaded) + self._installing < self.max_loaded or self._victim() is not None
+
+    def _victim(self) -> str | None:
+        return next((name for name in self.loaded if self._pins[name] == 0), None)
+
+    def _condition(self) -> asyncio.Condition:
+        if self._room is None:
+            self._room = asyncio.Condition()
+        return self._room
+
+    async def _run_model(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._model_executor, fn, *args)
