@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import adapterhub
-from adapterhub import architectures
+from adapterhub import architecture_spec, architectures
 from adapterhub.architectures import InputRef
 from adapterhub.composition import Fuse, Parallel
 from adapterhub.errors import AdapterExistsError, ConfigError, UnsupportedArchitectureError
@@ -35,7 +35,7 @@ def _replace_site(monkeypatch: pytest.MonkeyPatch, model_type: str, **sites: obj
     """Register, for this test only, a copy of ``model_type``'s spec with ``sites`` (None drops a site)."""
     spec = architectures.spec_for_model_type(model_type)
     new_sites = {k: v for k, v in {**spec.sites, **sites}.items() if v is not None}
-    monkeypatch.setitem(architectures._REGISTRY, model_type, dataclasses.replace(spec, sites=new_sites))
+    monkeypatch.setitem(architecture_spec._REGISTRY, model_type, dataclasses.replace(spec, sites=new_sites))
 
 
 # ------------------------------------------------------------------------------------------------ 1. threads
