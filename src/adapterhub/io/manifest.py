@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from adapterhub.adapter_manifest import AdapterManifest
 from adapterhub.architectures import spec_for_model_type
 from adapterhub.configs import canonical_json, resolve_config, sha256_hex
 from adapterhub.errors import AdapterFileError, IncompatibleModelError, UnsupportedArchitectureError
@@ -23,24 +23,6 @@ from adapterhub.io.files import read_json
 from adapterhub.io.loading import detect_layout, read_any_adapter_dir
 from adapterhub.io.validate import check_state_fits
 from adapterhub.methods import ModelDims, method_for_config
-
-
-@dataclass(frozen=True)
-class AdapterManifest:
-    layout: str  # "adapterhub" or "adapters" (the adapters library's layout)
-    name: str
-    method: str
-    config: dict[str, Any]  # canonical method config
-    config_hash: str  # sha256 of the canonical JSON of config
-    model_type: str
-    model_name: str
-    hidden_size: int
-    num_layers: int | None
-    has_head: bool
-    head_type: str | None
-    id2label: dict[int, str] | None
-    num_parameters: int
-    files: tuple[str, ...]
 
 
 def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None = None) -> AdapterManifest:

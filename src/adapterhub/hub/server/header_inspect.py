@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapterhub.adapter_manifest import AdapterManifest
 from adapterhub.configs import METHOD_CONFIGS, canonical_json, resolve_config, sha256_hex
 from adapterhub.errors import AdapterFileError, AdapterHubError, IncompatibleModelError
 
@@ -70,26 +71,6 @@ class TensorInfo:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
-
-
-@dataclass(frozen=True)
-class HeaderManifest:
-    """What :func:`inspect_from_headers` found; the fields of :class:`adapterhub.io.manifest.AdapterManifest`."""
-
-    layout: str
-    name: str
-    method: str
-    config: dict[str, Any]
-    config_hash: str
-    model_type: str
-    model_name: str
-    hidden_size: int
-    num_layers: int | None
-    has_head: bool
-    head_type: str | None
-    id2label: dict[int, str] | None
-    num_parameters: int
-    files: tuple[str, ...]
 
 
 def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
@@ -208,7 +189,7 @@ def _canonical_config(config: Any, where: str) -> tuple[str, dict[str, Any]]:
     return method, canonical
 
 
-def inspect_from_headers(directory: Path, *, model_type: str | None = None) -> HeaderManifest:
+def inspect_from_headers(directory: Path, *, model_type: str | None = None) -> AdapterManifest:
     """Describe and check the adapter directory at ``directory`` without torch (see the module docstring).
 
     Raises AdapterFileError for a broken or unsupported directory and IncompatibleModelError when the weights do
@@ -264,7 +245,7 @@ def inspect_from_headers(directory: Path, *, model_type: str | None = None) -> H
     model_name = meta.get("model_name") or ""
     if not isinstance(model_name, str):
         raise AdapterFileError(f"{CONFIG_FILE}: model_name must be a string.")
-    return HeaderManifest(
+    return AdapterManifest(
         layout="adapterhub",
         name=str(meta["name"]),
         method=method,
