@@ -21,8 +21,9 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
     "${PIP[@]}" "${TORCH_SPEC:-torch==2.13.0}"
 fi
 
-EXTRAS="demo,plot,data,train,hub"
-[[ $DEV == 1 ]] && EXTRAS="$EXTRAS,dev,ray"  # ray: the Ray Serve tests (tests/serving/test_ray*.py)
+EXTRAS="demo,plot,data,train,hub,hf,serve"
+# ray: the Ray Serve tests (tests/serving/test_ray*.py); export: ONNX export and its onnxruntime checks (tests/export)
+[[ $DEV == 1 ]] && EXTRAS="$EXTRAS,dev,ray,export"
 echo "[setup] installing adapterhub[$EXTRAS] with pinned versions (constraints.txt)"
 "${PIP[@]}" -c constraints.txt -e ".[$EXTRAS]"
 
