@@ -21,7 +21,6 @@ cannot be extended through hooks; the `adapters` library does not support it eit
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,13 +166,3 @@ class PromptTuningAdapter(AdapterModule):
         elif point[1] == "mask":  # (B, T) -> (B, P + T)
             value = torch.cat([value.new_ones(value.shape[0], p), value], dim=1)
         return EmbeddingState(value, applied=True)  # "unembed": nothing to undo, but later adapters leave it
-
-    def batch_split_grouped(
-        self,
-        modules: Sequence[AdapterModule],
-        layer: int,
-        point: Point,
-        inputs: PointInputs,
-        sizes: Sequence[int],
-    ) -> torch.Tensor | None:
-        return None
