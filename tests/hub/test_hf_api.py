@@ -265,3 +265,12 @@ def test_raw_commit_bodies_are_refused_in_the_hubs_shape(live_sqlite):
     ok = post({"key": "header", "value": {"summary": "x", "parentCommit": first}})  # no change: same version
     assert ok.status_code == 200 and ok.json()["commitOid"] == first
     assert env.client.get("/api/v1/adapters/alice/demo").json()["latest_version"] == 1
+
+
+def test_card_keys_of_the_readme_metadata_are_the_upload_cards_fields():
+    # hf_card.py is read by clients too, so it names the keys instead of importing the server's pydantic Card;
+    # the two lists must stay one.
+    from adapterhub.hub.hf_card import CARD_KEYS
+    from adapterhub.hub.server.publish import Card
+
+    assert sorted(CARD_KEYS) == sorted(Card.model_fields)
