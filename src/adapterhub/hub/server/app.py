@@ -482,14 +482,7 @@ def create_app(settings: HubSettings | None = None, *, hub: Hub | None = None, w
             if int(length) > limit:
                 raise publishing.spool_limit_error(limit)
         with hub.sessions() as s:  # refuse bad tokens before reading the body
-            user = service.authenticate(s, token)
-            owner_row = service.require_owner(s, owner)
-            if not service.may_publish(s, user, owner_row):
-                raise HubAuthError(
-                    f"@{user.name} may not publish under @{owner_row.name} (not a member).",
-                    code="forbidden",
-                    status=403,
-                )
+            service.require_publisher(s, token, owner)
         capped = Request(request.scope, _capped_receive(request.receive, limit))
         spool = publishing.new_spool_path()
         try:

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapterhub.configs import canonical_json, sha256_hex
 from adapterhub.errors import AdapterHubError, IncompatibleModelError
 from adapterhub.hub.archive import extract_archive, pack_directory
-from adapterhub.hub.errors import HubAuthError, HubError, HubValidationError
+from adapterhub.hub.errors import HubError, HubValidationError
 from adapterhub.hub.identifiers import ADAPTER_NAME_RE
 from adapterhub.hub.server import service
 from adapterhub.hub.server.header_inspect import inspect_from_headers
@@ -162,14 +162,7 @@ def publish(
 ) -> tuple[dict[str, Any], bool]:
     """Validate and publish; returns (version info, created). Raises HubError subclasses."""
     with sessions() as s:
-        user = service.authenticate(s, token)
-        owner = service.require_owner(s, owner_name)
-        if not service.may_publish(s, user, owner):
-            raise HubAuthError(
-                f"@{user.name} may not publish under @{owner.name} (not a member).",
-                code="forbidden",
-                status=403,
-            )
+        user, owner = service.require_publisher(s, token, owner_name)
         user_id, owner_id, owner_display = user.id, owner.id, owner.name
     if not ADAPTER_NAME_RE.match(adapter_name or ""):
         raise service.invalid(

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from adapterhub.hub.archive import FILE_NAME_RE, pack_directory
-from adapterhub.hub.errors import HubAuthError, HubError
+from adapterhub.hub.errors import HubError
 from adapterhub.hub.hf_card import ModelCardError, card_from_metadata, split_card
 from adapterhub.hub.identifiers import ADAPTER_NAME_RE
 from adapterhub.hub.server import publish as publishing
@@ -48,14 +48,7 @@ def _base_url(request: Request) -> str:
 def _check_writer(request: Request, owner: str) -> str:
     """Authenticate; the caller must be allowed to publish under ``owner``. Returns the owner's name."""
     with request.app.state.hub.sessions() as s:
-        user = service.authenticate(s, _token(request))
-        owner_row = service.require_owner(s, owner)
-        if not service.may_publish(s, user, owner_row):
-            raise HubAuthError(
-                f"@{user.name} may not publish under @{owner_row.name} (not a member).",
-                code="forbidden",
-                status=403,
-            )
+        _, owner_row = service.require_publisher(s, _token(request), owner)
         return owner_row.name
 
 

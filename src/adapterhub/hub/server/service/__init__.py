@@ -29,6 +29,7 @@ from adapterhub.hub.server.service.accounts import (
     membership_role,
     require_admin,
     require_owner,
+    require_publisher,
 )
 from adapterhub.hub.server.service.catalog import (
     adapter_detail,
@@ -113,6 +114,7 @@ __all__ = [
     "require_admin",
     "require_language",
     "require_owner",
+    "require_publisher",
     "require_subtask",
     "require_task",
     "require_version",

@@ -106,6 +106,18 @@ def may_publish(s: Session, user: Owner, owner: Owner) -> bool:
     return owner.kind == "org" and membership_role(s, owner, user) is not None
 
 
+def require_publisher(s: Session, token: str | None, owner_name: str) -> tuple[Owner, Owner]:
+    """``(user, owner)`` for the holder of ``token`` publishing under ``owner_name``: the token must be valid
+    (``authenticate``), the owner must exist and the user must be allowed to publish there (403 otherwise)."""
+    user = authenticate(s, token)
+    owner = require_owner(s, owner_name)
+    if not may_publish(s, user, owner):
+        raise HubAuthError(
+            f"@{user.name} may not publish under @{owner.name} (not a member).", code="forbidden", status=403
+        )
+    return user, owner
+
+
 def require_admin(user: Owner) -> None:
     if not user.is_admin:
         raise HubAuthError("Only a hub administrator may do this.", code="forbidden", status=403)
