@@ -1,4 +1,4 @@
-"""Checks shared by the method x architecture tests of linear-point methods ((IA)³, DoRA)."""
+"""Checks shared by the method x architecture tests of linear-point methods ((IA)³, DoRA, LoRA) and their peft parity tests."""
 
 from __future__ import annotations
 
@@ -101,3 +101,30 @@ def check_row_blocks(model, inputs):
     torch.testing.assert_close(
         hidden(model, inputs, Split("a", "b", split_index=100)), single["a"], atol=1e-5, rtol=0
     )
+
+
+def copy_peft_classifier(theirs, ours) -> None:
+    """Copy the classifier peft trains (its ``modules_to_save`` copy of the built-in head) into ``ours``."""
+    classifier = {
+        n.split("modules_to_save.default.")[1]: p
+        for n, p in theirs.named_parameters()
+        if ".classifier.modules_to_save.default." in n
+    }
+    assert classifier  # peft trains a copy of the built-in head
+    with torch.no_grad():
+        for key, value in classifier.items():
+            ours.classifier.get_parameter(key).copy_(value)
+
+
+def check_matches_peft_then_merged(ours, theirs, name: str = "x") -> None:
+    """``ours`` (adapter ``name`` active, weights copied from peft's ``theirs``) gives peft's logits within 1e-5,
+    and still does after ``merge_adapter(name)``."""
+    copy_peft_classifier(theirs, ours)
+    inputs = make_inputs()
+    with torch.no_grad():
+        expected = theirs(**inputs).logits
+        got = ours(**inputs).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    ours.merge_adapter(name)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**inputs).logits, expected, atol=1e-5, rtol=0)

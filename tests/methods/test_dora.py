@@ -13,6 +13,7 @@ from adapterhub import Fuse, Stack
 from adapterhub.errors import ConfigError
 from method_checks import (
     ACTIVE,
+    check_matches_peft_then_merged,
     check_merge,
     check_round_trip,
     check_row_blocks,
@@ -111,16 +112,7 @@ def test_dora_matches_peft_on_tiny_bert_classifier():
             own.lora_A.copy_(site.lora_A["default"].weight)
             own.lora_B.copy_(site.lora_B["default"].weight)
             own.magnitude.copy_(magnitude)
-        for n, p in theirs.named_parameters():
-            if ".classifier.modules_to_save.default." in n:
-                ours.classifier.get_parameter(n.split("modules_to_save.default.")[1]).copy_(p)
-        inputs = make_inputs()
-        expected = theirs(**inputs).logits
-        got = ours(**inputs).logits
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-    ours.merge_adapter("x")
-    with torch.no_grad():
-        torch.testing.assert_close(ours(**inputs).logits, expected, atol=1e-5, rtol=0)
+    check_matches_peft_then_merged(ours, theirs)
 
 
 def test_parameter_count_matches_peft():

@@ -11,6 +11,7 @@ from adapterhub import Fuse, Stack
 from adapterhub.errors import ConfigError
 from method_checks import (
     ACTIVE,
+    check_matches_peft_then_merged,
     check_merge,
     check_round_trip,
     check_row_blocks,
@@ -122,16 +123,7 @@ def test_ia3_matches_peft_on_tiny_bert_classifier():
             mine.layers[str(layer)][names[suffix]].copy_(vector.view(-1))
             copied += 1
         assert copied == 2 * 3
-        for n, p in theirs.named_parameters():
-            if ".classifier.modules_to_save.default." in n:
-                ours.classifier.get_parameter(n.split("modules_to_save.default.")[1]).copy_(p)
-        inputs = make_inputs()
-        expected = theirs(**inputs).logits
-        got = ours(**inputs).logits
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-    ours.merge_adapter("x")
-    with torch.no_grad():
-        torch.testing.assert_close(ours(**inputs).logits, expected, atol=1e-5, rtol=0)
+    check_matches_peft_then_merged(ours, theirs)
 
 
 def test_parameter_count_matches_peft():

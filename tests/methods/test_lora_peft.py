@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import adapterhub
+from method_checks import copy_peft_classifier
 from tiny_models import build, make_inputs
 
 peft = pytest.importorskip(
@@ -54,21 +55,13 @@ def test_lora_matches_peft_on_tiny_bert_classifier(r, alpha):
             assert mine.scaling == pytest.approx(site.scaling["default"])
             mine.lora_A.copy_(a)
             mine.lora_B.copy_(b)
-        classifier = {
-            n.split("modules_to_save.default.")[1]: p
-            for n, p in theirs.named_parameters()
-            if ".classifier.modules_to_save.default." in n
-        }
-        assert classifier  # peft trains a copy of the built-in head
-        for key, value in classifier.items():
-            ours.classifier.get_parameter(key).copy_(value)
+        copy_peft_classifier(theirs, ours)
 
         inputs = make_inputs()
         expected = theirs(**inputs).logits
         got = ours(**inputs).logits
         base = build("bert", "classification")
-        for key, value in classifier.items():
-            base.classifier.get_parameter(key).copy_(value)
+        copy_peft_classifier(theirs, base)
         without = base(**inputs).logits
     assert (expected - without).abs().max() > 1e-3  # the LoRA update really changes the output
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
