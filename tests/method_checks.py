@@ -6,6 +6,7 @@ import torch
 
 import adapterhub
 from adapterhub import Average, BatchSplit, Parallel, Split
+from adapterhub.injection import AdapterHook
 from tiny_models import build
 
 
@@ -41,6 +42,16 @@ def hidden(model, inputs, setup=None):
             return model(**inputs).last_hidden_state
         with model.adapter_setup(setup):
             return model(**inputs).last_hidden_state
+
+
+def count_adapter_hooks(model) -> int:
+    """How many of adapterhub's forward (pre-)hooks are registered anywhere in ``model``."""
+    return sum(
+        isinstance(hook, AdapterHook)
+        for module in model.modules()
+        for hooks in (module._forward_hooks, module._forward_pre_hooks)
+        for hook in hooks.values()
+    )
 
 
 def check_training_step(model, inputs, name="a"):

@@ -9,45 +9,18 @@ import torch
 import adapterhub
 from adapterhub import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from adapterhub.errors import ConfigError
-from adapterhub.injection import AdapterHook
 from adapterhub.methods.invertible import InvertibleBottleneckConfig, NICECoupling
 from adapterhub.model import deinit
+from method_checks import ACTIVE, count_adapter_hooks, hidden, perturb
 from tiny_models import ARCHITECTURES, DECODERS, build, make_inputs
-
-
-def perturb(module: torch.nn.Module, seed: int, std: float = 0.1) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * std)
 
 
 def make(arch: str, kind: str = "base", names=("a", "b"), config: str = "seq_bn_inv"):
     model = adapterhub.init(build(arch, kind))
     for i, name in enumerate(names):
         model.add_adapter(name, config=config)
-        perturb(model._adapterhub.adapters[name], seed=10 + i)
+        perturb(model._adapterhub.adapters[name], seed=10 + i, std=0.1)
     return model
-
-
-ACTIVE = object()
-
-
-def hidden(model, inputs, setup=None):
-    with torch.no_grad():
-        if setup is ACTIVE:
-            return model(**inputs).last_hidden_state
-        with model.adapter_setup(setup):
-            return model(**inputs).last_hidden_state
-
-
-def embedding_hooks(model) -> int:
-    return sum(
-        isinstance(hook, AdapterHook)
-        for module in model.modules()
-        for hooks in (module._forward_hooks, module._forward_pre_hooks)
-        for hook in hooks.values()
-    )
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -66,7 +39,7 @@ def test_inactive_is_bit_identical_active_changes_and_deinit_removes_hooks(arch)
     assert not torch.allclose(hidden(model, inputs, "a"), base, atol=1e-3)
     model.set_active_adapters("a")
     deinit(model)
-    assert embedding_hooks(model) == 0
+    assert count_adapter_hooks(model) == 0
     with torch.no_grad():
         assert torch.equal(model(**inputs).last_hidden_state, base)
 

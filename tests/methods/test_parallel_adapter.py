@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import adapterhub
-from adapterhub import Average, BatchSplit, ConfigError, Fuse, Stack
+from adapterhub import Average, ConfigError, Fuse, Stack
+from method_checks import check_row_blocks
 from tiny_models import ARCHITECTURES, build, make_inputs
 
 
@@ -92,20 +93,12 @@ def test_save_load_round_trip(arch, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2"])
-def test_batch_split_equals_separate_passes(arch):
+def test_row_blocks_parallel_average_split_equal_single_adapters(arch):
     model = adapterhub.init(build(arch))
     for name, seed in (("a", 1), ("b", 2)):
         model.add_adapter(name, config="par_bn", set_active=False)
         perturb(model, name, seed)
-    inputs = make_inputs()
-    rows = inputs["input_ids"].shape[0]
-    model.set_active_adapters(BatchSplit("a", "b", batch_sizes=[1, rows - 1]))
-    split = hidden(model, **inputs)
-    model.set_active_adapters("a")
-    first = hidden(model, **inputs)[:1]
-    model.set_active_adapters("b")
-    rest = hidden(model, **inputs)[1:]
-    assert torch.allclose(split, torch.cat([first, rest]), atol=1e-5)
+    check_row_blocks(model, make_inputs())
 
 
 def test_composition_rules():

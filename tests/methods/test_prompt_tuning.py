@@ -10,8 +10,8 @@ import transformers
 import adapterhub
 from adapterhub import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from adapterhub.errors import ConfigError, UnsupportedArchitectureError
-from adapterhub.injection import AdapterHook
 from adapterhub.model import deinit
+from method_checks import ACTIVE, count_adapter_hooks, hidden
 from tiny_models import ARCHITECTURES, DECODERS, build, make_inputs
 
 ON_4X = int(transformers.__version__.split(".")[0]) < 5
@@ -26,28 +26,11 @@ P = 3
 CONFIG = f"prompt_tuning[prompt_length={P}]"
 
 
-def hidden(model, inputs, setup=None, active=False):
-    with torch.no_grad():
-        if active:
-            return model(**inputs).last_hidden_state
-        with model.adapter_setup(setup):
-            return model(**inputs).last_hidden_state
-
-
 def make(arch, kind="base", names=("p",), config=CONFIG, **build_kwargs):
     model = adapterhub.init(build(arch, kind, **build_kwargs))
     for name in names:
         model.add_adapter(name, config=config)
     return model
-
-
-def adapterhub_hooks(model) -> int:
-    return sum(
-        isinstance(hook, AdapterHook)
-        for module in model.modules()
-        for hooks in (module._forward_hooks, module._forward_pre_hooks)
-        for hook in hooks.values()
-    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -72,7 +55,7 @@ def test_inactive_identical_prompt_positions_in_front_and_deinit(arch):
         torch.testing.assert_close(short, out[:2, : P + 4], atol=1e-5, rtol=0)
     model.set_active_adapters("p")
     deinit(model)
-    assert adapterhub_hooks(model) == 0
+    assert count_adapter_hooks(model) == 0
     with torch.no_grad():
         assert torch.equal(model(**inputs).last_hidden_state, base)
 
@@ -180,7 +163,7 @@ def test_save_load_round_trip(arch, tmp_path):
     model.save_adapter(tmp_path / "p", "p")
     fresh = adapterhub.init(build(arch))
     fresh.load_adapter(tmp_path / "p", set_active=True)
-    assert torch.equal(hidden(fresh, inputs, active=True), expected)
+    assert torch.equal(hidden(fresh, inputs, ACTIVE), expected)
 
 
 @pytest.mark.parametrize("arch", ["bert", "llama"])
