@@ -4,7 +4,8 @@
 ``adapterhub.init``, its inputs and its ``expected.json``; ``hidden(model, **inputs)``: ``last_hidden_state``
 without gradients; ``run_in_adapters_venv(script, *args)``: run ``script`` with that library's own interpreter
 (``.venv-adapters``) and fail the test with its output unless it exits 0; ``needs_adapters_venv`` skips a test
-when that venv is absent.
+when that venv is absent; ``check_adapters_library_loads(case, directory)``: that library loads the adapter we
+wrote in ``directory`` onto the fixture's base model and reproduces its expected ``last_hidden_state``.
 """
 
 from __future__ import annotations
@@ -49,3 +50,28 @@ def run_in_adapters_venv(script: str, *args: str, timeout: int = 300) -> None:
         [str(ADAPTERS_PYTHON), "-c", script, *args], capture_output=True, text=True, timeout=timeout
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+THEIR_LOAD = """
+import json, sys, torch, adapters, transformers
+fixture, attn, directory, tolerance = sys.argv[1:]
+expected = json.loads(open(fixture + "/expected.json").read())
+options = {"attn_implementation": attn} if attn else {}
+model = transformers.AutoModel.from_pretrained(fixture + "/base", **options).eval()
+adapters.init(model)
+model.set_active_adapters(model.load_adapter(directory))
+with torch.no_grad():
+    out = model(input_ids=torch.tensor(expected["input_ids"]),
+                attention_mask=torch.tensor(expected["attention_mask"])).last_hidden_state
+diff = (out - torch.tensor(expected["last_hidden_state"])).abs().max().item()
+print(diff)
+sys.exit(0 if diff < float(tolerance) else 1)
+"""
+
+
+def check_adapters_library_loads(
+    case: str, directory: Path, attn: str | None = None, tolerance: float = 1e-5
+) -> None:
+    """The `adapters` library (in its venv) loads the adapter in ``directory`` onto fixture ``case``'s base model
+    (``attn_implementation=attn`` when given) and its ``last_hidden_state`` is the fixture's within ``tolerance``."""
+    run_in_adapters_venv(THEIR_LOAD, str(FIXTURES / case), attn or "", str(directory), str(tolerance))

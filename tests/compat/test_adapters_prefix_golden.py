@@ -10,7 +10,7 @@ import torch
 import transformers
 
 import adapterhub
-from golden import FIXTURES, hidden, load_golden, needs_adapters_venv, run_in_adapters_venv
+from golden import FIXTURES, check_adapters_library_loads, hidden, load_golden, needs_adapters_venv
 
 ON_4X = int(transformers.__version__.split(".")[0]) < 5
 # transformers 4.x computes BERT-family attention without AttentionInterface: no prefix tuning there
@@ -74,22 +74,6 @@ def test_bert_family_on_transformers_4_is_refused_with_the_version_needed():
     assert not model.adapters and model.config._attn_implementation == "eager"
 
 
-THEIR_LOAD = """
-import json, sys, torch, adapters, transformers
-fixture, attn, directory = sys.argv[1:]
-expected = json.loads(open(fixture + "/expected.json").read())
-model = transformers.AutoModel.from_pretrained(fixture + "/base", attn_implementation=attn).eval()
-adapters.init(model)
-model.set_active_adapters(model.load_adapter(directory))
-with torch.no_grad():
-    out = model(input_ids=torch.tensor(expected["input_ids"]),
-                attention_mask=torch.tensor(expected["attention_mask"])).last_hidden_state
-diff = (out - torch.tensor(expected["last_hidden_state"])).abs().max().item()
-print(diff)
-sys.exit(0 if diff < 1e-4 else 1)
-"""
-
-
 @needs_adapters_venv
 @pytest.mark.parametrize("case", CASES)
 def test_the_adapters_library_loads_prefixes_we_write(case, tmp_path):
@@ -99,4 +83,4 @@ def test_the_adapters_library_loads_prefixes_we_write(case, tmp_path):
     model.eject_prefix(name)
     model.save_adapter(tmp_path / "flat", name, layout="adapters")
     for form in ("mlp", "flat"):
-        run_in_adapters_venv(THEIR_LOAD, str(FIXTURES / case), "eager", str(tmp_path / form))
+        check_adapters_library_loads(case, tmp_path / form, "eager", tolerance=1e-4)
