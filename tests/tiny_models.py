@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -195,3 +196,26 @@ def make_seq2seq_inputs(seed: int = 123) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed + 1)
     inputs["decoder_input_ids"] = torch.randint(3, 99, (3, 5), generator=generator)
     return inputs
+
+
+def save_tiny_bert(directory: Path, vocab: Sequence[str], max_positions: int = 64) -> Path:
+    """A 2-layer, hidden-32 BERT (random weights drawn after ``torch.manual_seed(0)``, no dropout) and a WordPiece
+    tokenizer over ``vocab`` (its first entry the padding token), saved to ``directory``."""
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = transformers.BertTokenizerFast.from_pretrained(str(directory))
+    assert tokenizer.vocab_size == len(vocab)
+    tokenizer.save_pretrained(str(directory))
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=max_positions,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=0,
+    )
+    transformers.BertModel(config).save_pretrained(str(directory))
+    return directory

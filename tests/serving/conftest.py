@@ -11,7 +11,7 @@ import torch
 import transformers
 
 import adapterhub
-from tiny_models import perturb
+from tiny_models import perturb, save_tiny_bert
 
 WORDS = (
     "the a movie film plot is was and but not very good bad great awful fun dull it i liked hated who what"
@@ -58,24 +58,7 @@ def _add_head(model: Any, name: str, kind: str, options: dict[str, Any]) -> None
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("serve-bert")
-    (directory / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-    tokenizer = transformers.BertTokenizerFast.from_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=MAX_POSITIONS,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        pad_token_id=0,
-    )
-    transformers.BertModel(config).save_pretrained(str(directory))
-    return directory
+    return save_tiny_bert(tmp_path_factory.mktemp("serve-bert"), VOCAB, MAX_POSITIONS)
 
 
 @pytest.fixture(scope="session")

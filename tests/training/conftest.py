@@ -11,6 +11,8 @@ import pytest
 import torch
 import transformers
 
+from tiny_models import save_tiny_bert
+
 POSITIVE = ["good", "great", "fun", "liked", "nice"]
 NEGATIVE = ["bad", "awful", "dull", "hated", "boring"]
 FILLER = ["the", "a", "movie", "film", "plot", "is", "was", "and", "very", "it", "cat", "dog", "home"]
@@ -79,25 +81,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-32 BERT (random weights, no dropout) and its WordPiece tokenizer, saved to disk."""
-    directory = tmp_path_factory.mktemp("tiny-bert")
-    (directory / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-    tokenizer = transformers.BertTokenizerFast.from_pretrained(str(directory))
-    assert tokenizer.vocab_size == len(VOCAB)
-    tokenizer.save_pretrained(str(directory))
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        pad_token_id=0,
-    )
-    transformers.BertModel(config).save_pretrained(str(directory))
-    return directory
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), VOCAB)
 
 
 @pytest.fixture(scope="session")
