@@ -9,6 +9,11 @@ and the fusion heatmap of the first seed.
     OMP_NUM_THREADS=2 nohup .venv/bin/python bench/fusion/experiment.py --out bench/fusion/out/experiment \
         > bench/fusion/out/experiment.log 2>&1 &
 
+The full-set run of docs/composition.md (every source row, one epoch, length-grouped source batches):
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/fusion/experiment.py --out runs/fusion-full --source-examples 1000000 \
+        --source-epochs 1 --source-dev 1000 --source-group-by-length --target-epochs 3
+
 Results are appended to ``OUT/results.jsonl`` as each run finishes (a rerun skips finished runs and reuses the
 saved source adapters), and ``OUT/results.md`` is rewritten after every run.
 """
@@ -33,6 +38,7 @@ from adapterhub.composition import Fuse
 from adapterhub.data import collate, encode, load_task
 from adapterhub.fusion import plot_fusion_heatmap
 from adapterhub.packaged import packaged_encoder_path
+from adapterhub.training.sampling import LengthGroupedSampler, example_lengths
 
 SOURCES = ["multiemo_en", "vitaminc", "movie_dialog", "fever", "rotten_tomatoes"]
 # target -> (train subsample or None for all, dev subsample or None): rotten_tomatoes is made "small" by
@@ -46,15 +52,17 @@ def subsample(rows: list[Any], n: int | None, seed: int) -> list[Any]:
     return random.Random(seed).sample(list(rows), n)
 
 
-def loader(rows, tokenizer, kind, num_labels, batch_size, shuffle, seed, max_length):
+def loader(rows, tokenizer, kind, num_labels, batch_size, shuffle, seed, max_length, group_by_length=False):
+    """Batches padded to their longest row; ``group_by_length`` (with ``shuffle``) batches rows of similar length
+    together (:class:`adapterhub.training.sampling.LengthGroupedSampler`), so long texts pad less."""
     data = encode(rows, tokenizer, kind=kind, max_length=max_length, num_labels=num_labels)
     generator = torch.Generator().manual_seed(seed)
+    collate_fn = functools.partial(collate, tokenizer=tokenizer)
+    if shuffle and group_by_length:
+        sampler = LengthGroupedSampler(example_lengths(data), batch_size, generator=generator)
+        return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn)
     return DataLoader(
-        data,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        collate_fn=functools.partial(collate, tokenizer=tokenizer),
+        data, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate_fn
     )
 
 
@@ -149,6 +157,11 @@ def main() -> None:
     parser.add_argument("--source-epochs", type=int, default=2)
     parser.add_argument("--source-max-length", type=int, default=128)
     parser.add_argument("--source-dev", type=int, default=500)
+    parser.add_argument(
+        "--source-group-by-length",
+        action="store_true",
+        help="train the source adapters on length-grouped batches (less padding; the targets keep random batches)",
+    )
     parser.add_argument("--target-epochs", type=int, default=6)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--targets", nargs="+", default=list(TARGETS))
@@ -183,7 +196,17 @@ def main() -> None:
         print(f"[source] {source}: {len(train_rows)} train, {n} labels", flush=True)
         result = train(
             model,
-            loader(train_rows, tokenizer, task.kind, n, 32, True, 0, args.source_max_length),
+            loader(
+                train_rows,
+                tokenizer,
+                task.kind,
+                n,
+                32,
+                True,
+                0,
+                args.source_max_length,
+                group_by_length=args.source_group_by_length,
+            ),
             loader(dev_rows, tokenizer, task.kind, n, 64, False, 0, args.source_max_length),
             lr=args.lr_adapter,
             epochs=args.source_epochs,

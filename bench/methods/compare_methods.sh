@@ -2,8 +2,9 @@
 # Every method of adapterhub on one task with the `compare` CLI: dev accuracy, trainable parameters, training
 # examples/s against full fine-tuning, peak memory and file size. Real encoder, 2 CPU threads, one epoch over the
 # first TRAIN_LIMIT (4,000) training rows of rotten_tomatoes, each method at the CLI's default learning rate
-# (adapters 1e-3, full fine-tuning 2e-5).
-#   bash bench/methods/compare_methods.sh        # writes bench/methods/results/compare-all/compare.{json,md}
+# (adapters 1e-3, full fine-tuning 2e-5). TASK picks another shared task; arguments are passed on to compare.
+#   bash bench/methods/compare_methods.sh        # writes bench/methods/results/compare-all-$TASK/compare.{json,md}
+#   TASK=multiemo_en bash bench/methods/compare_methods.sh --group-by-length
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -13,5 +14,5 @@ TASK=${TASK:-rotten_tomatoes}
     --methods full adapter:pfeiffer adapter:houlsby adapter:bapna_firat adapter:parallel adapter:compacter \
         "adapter:compacter++" adapter:pfeiffer+inv adapter:lora adapter:dora adapter:ia3 adapter:prefix_tuning \
         adapter:prompt_tuning adapter:mam adapter:unipelt \
-    --output-dir "bench/methods/results/compare-all-$TASK"
+    --output-dir "bench/methods/results/compare-all-$TASK" "$@"
 cat "bench/methods/results/compare-all-$TASK/compare.md"
