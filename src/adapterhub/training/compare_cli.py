@@ -218,7 +218,8 @@ def _write_compare(output: Path, task: Any, args: argparse.Namespace, results: l
         "data": args.data,
         "model": results[0]["model"] if results else args.model,
         "settings": {
-            k: getattr(args, k) for k in ("epochs", "max_steps", "batch_size", "max_length", "seed")
+            k: getattr(args, k)
+            for k in ("epochs", "max_steps", "batch_size", "max_length", "seed", "group_by_length")
         },
         "rows": rows,
     }
