@@ -93,7 +93,7 @@ def _register_ablate(subparsers: Any) -> None:
     parser.set_defaults(handler=_ablate_command)
 
 
-# ------------------------------------------------------------------------------------------------ commands
+# --------------------------------------------------------------------------------------------------- commands
 
 
 def _train_command(args: argparse.Namespace) -> int:

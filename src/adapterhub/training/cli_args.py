@@ -19,7 +19,7 @@ METHODS_HELP = (
     "'adapter:pfeiffer[reduction_factor=16]', adapter:houlsby)"
 )
 
-# ------------------------------------------------------------------------------------------------ argument types and groups
+# ---------------------------------------------------------------------------------- argument types and groups
 
 
 def positive_int(text: str) -> int:
@@ -103,7 +103,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-# ------------------------------------------------------------------------------------------------ from flags to data, config and loaders
+# --------------------------------------------------------------------- from flags to data, config and loaders
 
 
 def load_data(args: argparse.Namespace) -> Any:

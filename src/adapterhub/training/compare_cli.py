@@ -69,7 +69,7 @@ def _register_compare(subparsers: Any) -> None:
     parser.set_defaults(handler=_compare_command)
 
 
-# ------------------------------------------------------------------------------------------------ the table
+# -------------------------------------------------------------------------------------------------- the table
 
 
 COMPARE_COLUMNS = (
