@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every method of adapterhub on one task with the `compare` CLI: dev accuracy, trainable parameters, training
-# examples/s against full fine-tuning, peak memory and file size. Real encoder, 2 CPU threads, one epoch over the
-# first TRAIN_LIMIT (4,000) training rows of rotten_tomatoes, each method at the CLI's default learning rate
+# examples/s against full fine-tuning, peak memory, file size and inference time against the bare model. Real
+# encoder, 2 CPU threads, one epoch over a seeded sample of TRAIN_LIMIT (4,000) training rows of rotten_tomatoes
+# (or TASK), each method at the CLI's default learning rate
 # (adapters 1e-3, full fine-tuning 2e-5). TASK picks another shared task; arguments are passed on to compare.
 #   bash bench/methods/compare_methods.sh        # writes bench/methods/results/compare-all-$TASK/compare.{json,md}
 #   TASK=multiemo_en bash bench/methods/compare_methods.sh --group-by-length
