@@ -1,4 +1,5 @@
-"""Checks shared by the method x architecture tests of linear-point methods ((IA)³, DoRA, LoRA) and their peft parity tests."""
+"""Checks shared by the method tests (tests/methods) and tests/architectures: building perturbed adapters, outputs
+under a setup, hook counts, training steps, round trips, merging, row blocks, and parity with peft."""
 
 from __future__ import annotations
 
