@@ -38,7 +38,7 @@ from adapterhub.composition import Fuse
 from adapterhub.data import collate, encode, load_task
 from adapterhub.fusion import plot_fusion_heatmap
 from adapterhub.packaged import packaged_encoder_path
-from adapterhub.training.sampling import LengthGroupedSampler, example_lengths
+from adapterhub.training.loop import make_loader
 
 SOURCES = ["multiemo_en", "vitaminc", "movie_dialog", "fever", "rotten_tomatoes"]
 # target -> (train subsample or None for all, dev subsample or None): rotten_tomatoes is made "small" by
@@ -53,16 +53,19 @@ def subsample(rows: list[Any], n: int | None, seed: int) -> list[Any]:
 
 
 def loader(rows, tokenizer, kind, num_labels, batch_size, shuffle, seed, max_length, group_by_length=False):
-    """Batches padded to their longest row; ``group_by_length`` (with ``shuffle``) batches rows of similar length
-    together (:class:`adapterhub.training.sampling.LengthGroupedSampler`), so long texts pad less."""
+    """Encoded ``rows`` in batches padded to their longest row. ``group_by_length`` (with ``shuffle``): the training
+    loop's length-grouped batches (:func:`~adapterhub.training.loop.make_loader`), so long texts pad less. Without
+    it, a seeded ``DataLoader`` shuffle, the order the published runs used (the loader's generator also draws its
+    worker seed, so its order differs from ``make_loader``'s)."""
     data = encode(rows, tokenizer, kind=kind, max_length=max_length, num_labels=num_labels)
-    generator = torch.Generator().manual_seed(seed)
-    collate_fn = functools.partial(collate, tokenizer=tokenizer)
     if shuffle and group_by_length:
-        sampler = LengthGroupedSampler(example_lengths(data), batch_size, generator=generator)
-        return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn)
+        return make_loader(data, tokenizer, batch_size, shuffle=True, seed=seed, group_by_length=True)
     return DataLoader(
-        data, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate_fn
+        data,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=functools.partial(collate, tokenizer=tokenizer),
     )
 
 
