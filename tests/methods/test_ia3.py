@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import adapterhub
-from adapterhub import Fuse, Stack
+from adapterhub import Fuse, Split, Stack
 from adapterhub.errors import ConfigError
 from method_checks import (
     ACTIVE,
@@ -19,6 +19,7 @@ from method_checks import (
     hidden,
     make,
     make_inputs,
+    perturb,
 )
 from tiny_models import QKV_ARCHITECTURES, build
 
@@ -78,6 +79,25 @@ def test_composition_blocks(arch, inputs):
     model.set_active_adapters(None)
     with pytest.raises(ConfigError, match=r"Fuse.*ia3"):
         model.set_active_adapters(Fuse("a", "b"))
+
+
+@pytest.mark.parametrize("arch", QKV_ARCHITECTURES)
+def test_stack_scalings_survive_other_steps_and_reach_a_final_block(arch, inputs):
+    # input-only vectors: a LoRA update on the same projection commutes with them (it sees the unscaled input)
+    model = make(arch, "ia3[targets=[],input_targets=[ffn_out]]")
+    model.add_adapter("l", config="lora[targets=[ffn_out]]")
+    perturb(model._adapterhub.adapters["l"], seed=3)
+    around = hidden(model, inputs, Stack("a", "l", "b"))  # b's step comes after LoRA's
+    ending = hidden(model, inputs, Stack("a", Split("b", "l", split_index=3)))  # a's scaling, then b on 0..2
+    # reference: a (and b) folded into the weights, where no running value has to carry them
+    model.set_active_adapters(Stack("a", Split("b", "l", split_index=3)))
+    model.merge_adapter("a")
+    torch.testing.assert_close(hidden(model, inputs, ACTIVE), ending, atol=1e-5, rtol=0)
+    model.unmerge_adapter()
+    model.set_active_adapters(Stack("a", "l", "b"))
+    model.merge_adapter("a")
+    model.merge_adapter("b")
+    torch.testing.assert_close(hidden(model, inputs, ACTIVE), around, atol=1e-5, rtol=0)
 
 
 def test_config_errors_and_presets():

@@ -207,33 +207,75 @@ class ResidualInputs(PointInputs):
 SiteInputs = ResidualInputs  # the name used before other kinds existed
 
 
+@dataclass(frozen=True)
+class LinearRunning:
+    """The running value of a Stack at a linear projection ``y = W x + b``: ``y`` the output so far
+    ``(batch, seq, d_out)``; ``in_scale`` ``(d_in,)`` / ``out_scale`` ``(d_out,)`` the products of the scalings
+    applied so far to the base projection's input / output ((IA)³ steps), ``None`` where none was. An adapter that
+    adds an update to ``y`` keeps the scalings (``with_y``), so a later scaling step still knows them."""
+
+    y: torch.Tensor
+    in_scale: torch.Tensor | None = None
+    out_scale: torch.Tensor | None = None
+
+    def with_y(self, y: torch.Tensor) -> LinearRunning:
+        return LinearRunning(y, self.in_scale, self.out_scale)
+
+
 @dataclass
 class LinearInputs(PointInputs):
     """A linear projection: ``x`` its input ``(batch, seq, d_in)``, ``y`` its output ``(batch, seq, d_out)`` (the
-    point's slice of a fused projection). The running value of a Stack is the output; adapters add to it.
+    point's slice of a fused projection). The running value of a Stack is a ``LinearRunning``: the output so far,
+    which adapters add to, and the scalings applied to the base projection so far.
 
     ``weight`` / ``bias``: the projection's own parameters as ``(d_out, d_in)`` / ``(d_out,)`` views (the point's
     slice of a fused projection; ``Conv1D`` weights transposed), so that ``y = x weightᵀ + bias``; filled by the
     hook, ``None`` where a caller builds inputs without them. Methods that need the base weight at forward time
-    (DoRA's weight norm, (IA)³ scaling a projection's input) read them; they must not modify them."""
+    (DoRA's weight norm, (IA)³ scaling a projection's input) read them; they must not modify them.
+
+    ``in_scale`` / ``out_scale``: the scalings a Stack applied before the block these inputs are handed to (``on``);
+    ``untouched``: ``y`` is still the projection's own output ``W x + b`` (False once a Stack step changed it)."""
 
     x: torch.Tensor
     y: torch.Tensor
     weight: torch.Tensor | None = None
     bias: torch.Tensor | None = None
+    in_scale: torch.Tensor | None = None
+    out_scale: torch.Tensor | None = None
+    untouched: bool = True
 
     def base(self) -> torch.Tensor:
         return self.y
 
-    def start(self) -> torch.Tensor:
-        return self.y
+    def start(self) -> LinearRunning:
+        return LinearRunning(self.y, self.in_scale, self.out_scale)
+
+    def finish(self, running: Any) -> torch.Tensor:
+        return running.y  # type: ignore[no-any-return]
 
     def on(self, running: Any) -> LinearInputs:
-        return LinearInputs(self.x, running, self.weight, self.bias)
+        untouched = self.untouched and running.y is self.y
+        return LinearInputs(
+            self.x, running.y, self.weight, self.bias, running.in_scale, running.out_scale, untouched
+        )
 
     def select(self, index: slice, dim: int) -> LinearInputs:
         at = _index(index, dim)
-        return LinearInputs(self.x[at], self.y[at], self.weight, self.bias)
+        return LinearInputs(
+            self.x[at], self.y[at], self.weight, self.bias, self.in_scale, self.out_scale, self.untouched
+        )
+
+    def projection(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        """``W x`` without the bias, ``(batch, seq, d_out)``: from ``y`` while it is untouched and ``x`` is the
+        projection's own input, else recomputed from ``weight``."""
+        if x is None and self.untouched:
+            return self.y if self.bias is None else self.y - self.bias
+        if self.weight is None:
+            raise ConfigError(
+                "This adapter needs the projection's weight at forward time (LinearInputs.weight); build the "
+                "inputs with it."
+            )
+        return torch.nn.functional.linear(self.x if x is None else x, self.weight)
 
     def batch_size(self) -> int:
         return int(self.y.shape[0])

@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from adapterhub.configs import LoRAConfig, register_config
 from adapterhub.errors import ConfigError
@@ -30,6 +29,7 @@ from adapterhub.methods.base import (
     AdapterModule,
     BaseWeights,
     LinearInputs,
+    LinearRunning,
     ModelDims,
     Point,
     PointInputs,
@@ -71,9 +71,9 @@ class DoRALayer(LoRALayer):
         scale = (self.magnitude / weight_norm(weight, self)).view(1, -1)  # (1, d_out)
         if self.dropout.p > 0 and self.training:
             x = self.dropout(x)
-            base = F.linear(x, weight)
+            base = inputs.projection(x)  # W dropout(x)
         else:
-            base = inputs.y if inputs.bias is None else inputs.y - inputs.bias  # W x
+            base = inputs.projection()  # W x
         update = (x @ self.lora_A.t()) @ self.lora_B.t()  # (..., d_out)
         return running + (scale - 1) * base + scale * update * self.scaling
 
@@ -103,9 +103,10 @@ class DoRAAdapter(LoRAAdapter):
                     weight, _ = base(int(key), point)
                     layer.magnitude.copy_(torch.linalg.norm(weight.float(), dim=1).to(layer.magnitude.dtype))
 
-    def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> torch.Tensor:
+    def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> LinearRunning:
         assert isinstance(inputs, LinearInputs)
-        return self.layer_at(layer, point[1]).add_dora(running, inputs)  # type: ignore[attr-defined,operator,no-any-return]
+        y = self.layer_at(layer, point[1]).add_dora(running.y, inputs)  # type: ignore[attr-defined,operator]
+        return running.with_y(y)  # type: ignore[no-any-return]
 
     def batch_split_grouped(
         self,

@@ -32,6 +32,7 @@ from adapterhub.errors import ConfigError
 from adapterhub.methods.base import (
     AdapterModule,
     AttentionInputs,
+    LinearRunning,
     ModelDims,
     Point,
     PointInputs,
@@ -79,12 +80,12 @@ class GatedLoRAAdapter(LoRAAdapter):
             for lora in sites.values():  # type: ignore[operator]
                 lora.gate = _normal_gate(lora.lora_A.shape[1], 1, zero_bias=False)
 
-    def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> torch.Tensor:
+    def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> LinearRunning:
         lora: LoRALayer = self.layer_at(layer, point[1])
         x = inputs.x  # type: ignore[attr-defined]  # (B, T, d_in)
         update = lora._down(x) @ lora.lora_B.t()  # (B, T, d_out)
         gate = gate_value(lora.gate, x).unsqueeze(-1)  # type: ignore[arg-type]  # (B, 1, 1)
-        return running + update * gate  # type: ignore[no-any-return]
+        return running.with_y(running.y + update * gate)  # type: ignore[no-any-return]
 
     def batch_split_grouped(
         self,

@@ -15,8 +15,10 @@ location (BERT: ``intermediate.dense``'s output, before the activation) = ``targ
 Parameters: ``d_out`` per output target and ``d_in`` per input target, per layer.
 
 Composition at a projection (``LinearInputs``): a Stack multiplies the scalings (the running output is scaled by an
-output vector; an input vector multiplies the input scaling of the (IA)³ steps before it on the same running value,
-so ``Stack(a, b)`` equals merging ``a`` then ``b``). A LoRA update in the same Stack is added on the unscaled input.
+output vector; an input vector multiplies the input scaling of the (IA)³ steps before it, which the Stack's running
+value ``LinearRunning`` carries past any other method's step, so ``Stack(a, b)`` equals merging ``a`` then ``b``;
+a Split, BatchSplit, Parallel or Average ending the Stack continues from those scalings). A LoRA or DoRA update in
+the same Stack is added on the unscaled input.
 Split, BatchSplit, Parallel and Average work on rows/positions. Fuse is refused (nothing to mix). Unmerging divides
 by the vectors again (exact inverse up to float rounding; a vector entry of zero cannot be unmerged).
 """
@@ -39,6 +41,7 @@ from adapterhub.methods.base import (
     AdapterModule,
     BaseWeights,
     LinearInputs,
+    LinearRunning,
     ModelDims,
     Point,
     PointInputs,
@@ -46,9 +49,6 @@ from adapterhub.methods.base import (
 )
 
 _KEY = re.compile(r"^layers\.(\d+)\.(out|in)_([a-z_]+)$")
-# attributes carried on a running output of a Stack by (IA)³ steps (input scaling so far, output scaling so far)
-_IN_TAG = "_adapterhub_ia3_in"
-_OUT_TAG = "_adapterhub_ia3_out"
 
 
 def _points(name: str, value: Any) -> tuple[str, ...]:
@@ -150,32 +150,27 @@ class IA3Adapter(AdapterModule):
         params: nn.ParameterDict = self.layers[str(layer)]  # type: ignore[assignment]
         return params.get(f"in_{point}"), params.get(f"out_{point}")
 
-    def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> torch.Tensor:
+    def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> LinearRunning:
+        """Scale the base projection: an input vector ``l`` turns ``y`` into
+        ``y + s_out ⊙ W((Π l_prev)(l - 1) ⊙ x)`` (``s_out``, ``Π l_prev``: the running scalings), or recomputes
+        ``W (l ⊙ x) + b`` as peft does when ``y`` is still the projection's own output; an output vector multiplies
+        ``y``. The running scalings are multiplied by this adapter's vectors."""
         assert isinstance(inputs, LinearInputs)
         scale_in, scale_out = self.vectors(layer, point[1])
-        prev_in = getattr(running, _IN_TAG, None)
-        prev_out = getattr(running, _OUT_TAG, None)
-        out = running
+        y, prev_in, prev_out = running.y, running.in_scale, running.out_scale
         if scale_in is not None:
             weight, bias = _require_weight(inputs)
-            x = inputs.x
-            if (
-                running is inputs.y
-            ):  # alone (or first): the projection of the scaled input, as peft computes it
-                out = F.linear(x * scale_in, weight, bias)
-            else:  # y_running + s_out ⊙ W((Π l_prev) (l - 1) ⊙ x)
-                factor = scale_in - 1 if prev_in is None else prev_in * (scale_in - 1)
-                update = F.linear(x * factor, weight)
-                out = running + (update if prev_out is None else update * prev_out)
+            if inputs.untouched and y is inputs.y:  # W x + b itself: the projection of the scaled input
+                y = F.linear(inputs.x * scale_in, weight, bias)  # (batch, seq, d_out)
+            else:
+                factor = scale_in - 1 if prev_in is None else prev_in * (scale_in - 1)  # (d_in,)
+                update = F.linear(inputs.x * factor, weight)  # (batch, seq, d_out)
+                y = y + (update if prev_out is None else update * prev_out)
             prev_in = scale_in if prev_in is None else prev_in * scale_in
         if scale_out is not None:
-            out = out * scale_out
+            y = y * scale_out
             prev_out = scale_out if prev_out is None else prev_out * scale_out
-        if prev_in is not None:
-            setattr(out, _IN_TAG, prev_in)
-        if prev_out is not None:
-            setattr(out, _OUT_TAG, prev_out)
-        return out  # type: ignore[no-any-return]
+        return LinearRunning(y, prev_in, prev_out)
 
     def merge_updates(
         self, base: BaseWeights, merge: bool

@@ -30,6 +30,7 @@ from adapterhub.methods.base import (
     LINEAR,
     AdapterModule,
     LinearInputs,
+    LinearRunning,
     ModelDims,
     Point,
     PointInputs,
@@ -129,9 +130,9 @@ class LoRAAdapter(AdapterModule):
     def layer_at(self, layer: int, point: str) -> LoRALayer:
         return self.layers[str(layer)][point]  # type: ignore[index,return-value]
 
-    def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> torch.Tensor:
+    def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> LinearRunning:
         x = inputs.x  # type: ignore[attr-defined]
-        return self.layer_at(layer, point[1]).add_to(running, x)  # (batch, seq, d_out)
+        return running.with_y(self.layer_at(layer, point[1]).add_to(running.y, x))  # type: ignore[no-any-return]
 
     def batch_split_grouped(
         self,
