@@ -160,6 +160,23 @@ def test_compare_tabulates_every_method(tmp_path, tiny_model_dir, sentiment_dir,
     assert "inference vs bare" in markdown
 
 
+def test_compare_keeps_each_learning_rate_of_one_method_apart(
+    tmp_path, tiny_model_dir, sentiment_dir, capsys
+):
+    out = tmp_path / "rates"
+    argv = ["compare", "--data", sentiment_dir, "--model", tiny_model_dir, "--max-steps", "2"]
+    argv += ["--methods", "adapter:lora@1e-3", "adapter:lora@5e-3", "--inference-examples", "0"]
+    code, _, stderr = run([*argv, "--output-dir", out, *TINY_FLAGS], capsys)
+    assert code == 0, stderr
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert [row["learning_rate"] for row in rows] == [1e-3, 5e-3]
+    folders = sorted(p for p in out.iterdir() if p.is_dir())
+    assert [p.name for p in folders] == ["adapter_lora_lr0.001", "adapter_lora_lr0.005"]
+    for folder, lr in zip(folders, [1e-3, 5e-3], strict=True):  # each run's own results and weights
+        assert json.loads((folder / "results.json").read_text())["config"]["learning_rate"] == lr
+        assert (folder / "best").is_dir()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -176,6 +193,10 @@ def test_compare_tabulates_every_method(tmp_path, tiny_model_dir, sentiment_dir,
         (["evaluate", "{tmp}/none", "--data", "{data}"], "is not a directory"),
         (["compare", "--data", "{data}", "--methods", "full@fast", "--output-dir", "{tmp}"], "learning rate"),
         (["ablate", "{tmp}", "--data", "{data}"], "holds no training.json"),
+        (
+            ["compare", "--data", "{data}", "--methods", "full", "full@2e-5", "--output-dir", "{tmp}"],
+            "listed twice",
+        ),
     ],
 )
 def test_user_mistakes_print_one_line(argv, message, tmp_path, sentiment_dir, capsys):

@@ -179,8 +179,10 @@ def _compare_command(args: argparse.Namespace) -> int:
         parsed = parse_method(method)
         plans.append((method, lr if lr is not None else parsed.default_learning_rate))
     output = Path(args.output_dir)
+    folders = _run_folders(plans)
     configs = [
-        train_config(args, method, str(output / _slug(method)), lr) for method, lr in plans
+        train_config(args, method, str(output / folder), lr)
+        for (method, lr), folder in zip(plans, folders, strict=True)
     ]  # validate every flag before the first (long) run
     task = load_data(args)
     results = []
@@ -225,6 +227,28 @@ def _write_compare(output: Path, task: Any, args: argparse.Namespace, results: l
     }
     (output / "compare.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (output / "compare.md").write_text(markdown_table(rows, task.name), encoding="utf-8")
+
+
+def _run_folders(plans: list[tuple[str, float]]) -> list[str]:
+    """One folder per run: the method's name, with its learning rate where the same method runs at several (so
+    that no run overwrites another's weights). The same method at the same learning rate twice is refused."""
+    seen = set()
+    for method, lr in plans:
+        if (method, lr) in seen:
+            raise ConfigError(
+                f"{method} at learning rate {lr:g} is listed twice in --methods; list each run once (give a "
+                "second one its own rate with METHOD@LR)."
+            )
+        seen.add((method, lr))
+    slugs = [_slug(method) for method, _ in plans]
+    folders: list[str] = []
+    for slug, (_, lr) in zip(slugs, plans, strict=True):
+        name = f"{slug}_lr{lr:g}" if slugs.count(slug) > 1 else slug
+        unique, k = name, 2
+        while unique in folders:  # different methods whose names differ only in characters _slug replaces
+            unique, k = f"{name}_{k}", k + 1
+        folders.append(unique)
+    return folders
 
 
 def _slug(method: str) -> str:
