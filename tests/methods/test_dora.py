@@ -122,3 +122,20 @@ def test_parameter_count_matches_peft():
     ours = adapterhub.init(build("bert"))
     ours.add_adapter("x", config="dora[r=4,alpha=8,targets=[q,v]]")
     assert ours.adapter_summary()["x"].parameters == count
+
+
+@pytest.mark.parametrize(
+    ("config", "needs"),
+    [("dora[targets=[ffn_out]]", "DoRA"), ("ia3[targets=[],input_targets=[ffn_out]]", r"\(IA\)³")],
+)
+def test_methods_reading_the_base_weight_refuse_inputs_built_without_it(config, needs):
+    # the hooks always pass the weight; a caller building LinearInputs by hand gets told what is missing
+    from adapterhub.methods.base import LinearInputs
+
+    model = make("bert", config, names=("x",))
+    module = model._adapterhub.adapters["x"]
+    x, y = torch.randn(2, 3, 37), torch.randn(2, 3, 32)
+    inputs = LinearInputs(x, y)
+    with pytest.raises(ConfigError, match=rf"{needs}.*weight=") as error:
+        module.stack_step(0, ("linear", "ffn_out"), inputs.start(), inputs)
+    assert "LinearInputs" in str(error.value)

@@ -265,17 +265,22 @@ class LinearInputs(PointInputs):
             self.x[at], self.y[at], self.weight, self.bias, self.in_scale, self.out_scale, self.untouched
         )
 
+    def require_weight(self, needs: str) -> torch.Tensor:
+        """``weight`` ``(d_out, d_in)``; raises naming ``needs`` (who needs it) when the inputs were built without it."""
+        if self.weight is None:
+            raise ConfigError(
+                f"{needs} needs the projection's weight at forward time (LinearInputs.weight); the adapter hooks "
+                "fill it, so build LinearInputs with weight= when calling a method directly."
+            )
+        return self.weight
+
     def projection(self, x: torch.Tensor | None = None) -> torch.Tensor:
         """``W x`` without the bias, ``(batch, seq, d_out)``: from ``y`` while it is untouched and ``x`` is the
         projection's own input, else recomputed from ``weight``."""
         if x is None and self.untouched:
             return self.y if self.bias is None else self.y - self.bias
-        if self.weight is None:
-            raise ConfigError(
-                "This adapter needs the projection's weight at forward time (LinearInputs.weight); build the "
-                "inputs with it."
-            )
-        return torch.nn.functional.linear(self.x if x is None else x, self.weight)
+        weight = self.require_weight("Recomputing the projection")
+        return torch.nn.functional.linear(self.x if x is None else x, weight)
 
     def batch_size(self) -> int:
         return int(self.y.shape[0])

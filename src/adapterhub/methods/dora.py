@@ -64,9 +64,7 @@ class DoRALayer(LoRALayer):
         self.magnitude = nn.Parameter(torch.ones(d_out))
 
     def add_dora(self, running: torch.Tensor, inputs: LinearInputs) -> torch.Tensor:
-        weight = inputs.weight
-        if weight is None:
-            raise ConfigError("DoRA needs the projection's weight at forward time (LinearInputs.weight).")
+        weight = inputs.require_weight("DoRA")
         x = inputs.x
         scale = (self.magnitude / weight_norm(weight, self)).view(1, -1)  # (1, d_out)
         if self.dropout.p > 0 and self.training:

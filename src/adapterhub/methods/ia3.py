@@ -86,14 +86,6 @@ class IA3Config(MethodConfig):
 register_config(IA3Config, presets={"ia3": lambda: IA3Config()})
 
 
-def _require_weight(inputs: LinearInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if inputs.weight is None:
-        raise ConfigError(
-            "(IA)³ on a projection's input needs the projection's weight (LinearInputs.weight)."
-        )
-    return inputs.weight, inputs.bias
-
-
 @register_method("ia3")
 class IA3Adapter(AdapterModule):
     """``layers[str(i)]`` holds ``out_<point>`` ``(d_out,)`` and ``in_<point>`` ``(d_in,)`` vectors."""
@@ -159,7 +151,7 @@ class IA3Adapter(AdapterModule):
         scale_in, scale_out = self.vectors(layer, point[1])
         y, prev_in, prev_out = running.y, running.in_scale, running.out_scale
         if scale_in is not None:
-            weight, bias = _require_weight(inputs)
+            weight, bias = inputs.require_weight("(IA)³ on a projection's input"), inputs.bias
             if inputs.untouched and y is inputs.y:  # W x + b itself: the projection of the scaled input
                 y = F.linear(inputs.x * scale_in, weight, bias)  # (batch, seq, d_out)
             else:
