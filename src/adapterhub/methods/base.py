@@ -253,10 +253,19 @@ class LinearInputs(PointInputs):
     def finish(self, running: Any) -> torch.Tensor:
         return running.y  # type: ignore[no-any-return]
 
+    def holds_own_output(self, running: LinearRunning) -> bool:
+        """Whether ``running.y`` is still the projection's own output ``W x + b`` (no step has changed it)."""
+        return self.untouched and running.y is self.y
+
     def on(self, running: Any) -> LinearInputs:
-        untouched = self.untouched and running.y is self.y
         return LinearInputs(
-            self.x, running.y, self.weight, self.bias, running.in_scale, running.out_scale, untouched
+            self.x,
+            running.y,
+            self.weight,
+            self.bias,
+            running.in_scale,
+            running.out_scale,
+            self.holds_own_output(running),
         )
 
     def select(self, index: slice, dim: int) -> LinearInputs:

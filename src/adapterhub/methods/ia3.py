@@ -152,7 +152,7 @@ class IA3Adapter(AdapterModule):
         y, prev_in, prev_out = running.y, running.in_scale, running.out_scale
         if scale_in is not None:
             weight, bias = inputs.require_weight("(IA)³ on a projection's input"), inputs.bias
-            if inputs.untouched and y is inputs.y:  # W x + b itself: the projection of the scaled input
+            if inputs.holds_own_output(running):  # W x + b itself: the projection of the scaled input
                 y = F.linear(inputs.x * scale_in, weight, bias)  # (batch, seq, d_out)
             else:
                 factor = scale_in - 1 if prev_in is None else prev_in * (scale_in - 1)  # (d_in,)
