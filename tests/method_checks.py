@@ -7,7 +7,7 @@ import torch
 
 import adapterhub
 from adapterhub import Average, BatchSplit, Parallel, Split
-from adapterhub.injection import AdapterHook
+from adapterhub.runtime.injection import AdapterHook
 from tiny_models import build
 
 

@@ -34,10 +34,10 @@ import transformers
 from torch.utils.data import DataLoader
 
 import adapterhub
-from adapterhub.composition import Fuse
 from adapterhub.data import collate, encode, load_task
-from adapterhub.fusion import plot_fusion_heatmap
-from adapterhub.packaged import packaged_encoder_path
+from adapterhub.data.packaged import packaged_encoder_path
+from adapterhub.runtime.fusion import plot_fusion_heatmap
+from adapterhub.spec.composition import Fuse
 from adapterhub.training.loop import make_loader
 
 SOURCES = ["multiemo_en", "vitaminc", "movie_dialog", "fever", "rotten_tomatoes"]

@@ -56,7 +56,7 @@ class Ours:
 
     def __init__(self, size: str, n_max: int) -> None:
         import adapterhub
-        from adapterhub.composition import BatchSplit, Fuse
+        from adapterhub.spec.composition import BatchSplit, Fuse
 
         self.Fuse, self.BatchSplit = Fuse, BatchSplit
         self.model = adapterhub.init(build_base(size))

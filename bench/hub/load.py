@@ -43,7 +43,7 @@ def write_adapter(path: Path, name: str, seed: int, hidden: int = 32, layers: in
     import torch
     from safetensors.torch import save_file
 
-    from adapterhub.configs import canonical_json, resolve_config
+    from adapterhub.spec.configs import canonical_json, resolve_config
 
     config = resolve_config("pfeiffer[reduction_factor=8]").to_dict()
     path.mkdir(parents=True, exist_ok=True)

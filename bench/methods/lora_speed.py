@@ -60,7 +60,7 @@ def make_batches(n: int, batch_size: int, max_length: int, seed: int) -> list[di
     """``n`` batches of seeded-random rotten_tomatoes training texts, padded/truncated to exactly ``max_length``."""
     from transformers import AutoTokenizer
 
-    from adapterhub.packaged import packaged_encoder_path
+    from adapterhub.data.packaged import packaged_encoder_path
 
     tokenizer = AutoTokenizer.from_pretrained(packaged_encoder_path())
     return sample_batches(tokenizer, "rotten_tomatoes", n, batch_size, max_length, seed, labels=True)
@@ -378,7 +378,7 @@ def main() -> None:
     import peft
     import transformers
 
-    from adapterhub.packaged import packaged_encoder_path
+    from adapterhub.data.packaged import packaged_encoder_path
 
     path = str(packaged_encoder_path())
     report: dict[str, Any] = {

@@ -167,7 +167,7 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
     import peft
 
-    from adapterhub.packaged import packaged_encoder_path
+    from adapterhub.data.packaged import packaged_encoder_path
 
     models = {"BERT-base": "bert-base", "MiniLM-L6": str(packaged_encoder_path())}
     theirs = run_worker(Path(args.adapters_python), list(models.values()))

@@ -308,7 +308,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
 
-    from adapterhub.packaged import packaged_encoder_path
+    from adapterhub.data.packaged import packaged_encoder_path
 
     model_dir = packaged_encoder_path()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import torch
 from throughput import driver_arguments
 
 from adapterhub.data import encode, load_task
-from adapterhub.packaged import packaged_encoder_path
+from adapterhub.data.packaged import packaged_encoder_path
 from adapterhub.training.loop import make_loader
 from adapterhub.training.modeling import load_base
 

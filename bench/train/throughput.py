@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--output", default=str(ROOT / "bench/train/results/throughput.json"))
     args = parser.parse_args()
 
-    from adapterhub.packaged import packaged_encoder_path
+    from adapterhub.data.packaged import packaged_encoder_path
 
     model_dir = str(packaged_encoder_path())
     batches = make_batches(args.data, args.steps, args.batch_size, args.max_length, args.seed)

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from adapterhub.data import load_task
-from adapterhub.packaged import packaged_encoder_path
+from adapterhub.data.packaged import packaged_encoder_path
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("time_to_accuracy_adapters.py")

@@ -16,11 +16,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from adapterhub.version import __version__ as __version__
 
 if TYPE_CHECKING:
-    from adapterhub.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
-    from adapterhub.configs import BottleneckConfig, LoRAConfig, MethodConfig, resolve_config
+    from adapterhub.api.model import deinit, init
+    from adapterhub.data.packaged import packaged_encoder_path
     from adapterhub.errors import (
         AdapterExistsError,
         AdapterFileError,
@@ -31,18 +31,27 @@ if TYPE_CHECKING:
         UnsupportedArchitectureError,
     )
     from adapterhub.export.onnx import export_onnx
-    from adapterhub.fusion import FusionConfig
     from adapterhub.methods.union import MethodUnion
-    from adapterhub.model import deinit, init
+    from adapterhub.runtime.fusion import FusionConfig, plot_fusion_heatmap
+    from adapterhub.spec.architectures import (
+        ArchitectureSpec,
+        InputRef,
+        LinearSpec,
+        SiteSpec,
+        StackSpec,
+        register_architecture,
+    )
+    from adapterhub.spec.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack, nesting_table
+    from adapterhub.spec.configs import BottleneckConfig, LoRAConfig, MethodConfig, resolve_config
 
 # name -> module that defines it, imported on first use. fusion, methods.union and model import torch and
 # transformers; the others are light but still wait, so that ``import adapterhub.cli`` loads only what it uses.
 _LAZY: dict[str, str] = {
     **dict.fromkeys(
-        ("Average", "BatchSplit", "Fuse", "Parallel", "Split", "Stack"), "adapterhub.composition"
+        ("Average", "BatchSplit", "Fuse", "Parallel", "Split", "Stack"), "adapterhub.spec.composition"
     ),
     **dict.fromkeys(
-        ("BottleneckConfig", "LoRAConfig", "MethodConfig", "resolve_config"), "adapterhub.configs"
+        ("BottleneckConfig", "LoRAConfig", "MethodConfig", "resolve_config"), "adapterhub.spec.configs"
     ),
     **dict.fromkeys(
         (
@@ -56,17 +65,25 @@ _LAZY: dict[str, str] = {
         ),
         "adapterhub.errors",
     ),
-    "FusionConfig": "adapterhub.fusion",
+    **dict.fromkeys(
+        ("ArchitectureSpec", "InputRef", "LinearSpec", "SiteSpec", "StackSpec", "register_architecture"),
+        "adapterhub.spec.architectures",
+    ),
+    "FusionConfig": "adapterhub.runtime.fusion",
+    "nesting_table": "adapterhub.spec.composition",
+    "packaged_encoder_path": "adapterhub.data.packaged",
+    "plot_fusion_heatmap": "adapterhub.runtime.fusion",
     "MethodUnion": "adapterhub.methods.union",
-    "deinit": "adapterhub.model",
+    "deinit": "adapterhub.api.model",
     "export_onnx": "adapterhub.export.onnx",
-    "init": "adapterhub.model",
+    "init": "adapterhub.api.model",
 }
 __all__ = [
     "AdapterExistsError",
     "AdapterFileError",
     "AdapterHubError",
     "AdapterNotFoundError",
+    "ArchitectureSpec",
     "Average",
     "BatchSplit",
     "BottleneckConfig",
@@ -74,16 +91,24 @@ __all__ = [
     "Fuse",
     "FusionConfig",
     "IncompatibleModelError",
+    "InputRef",
+    "LinearSpec",
     "LoRAConfig",
     "MethodConfig",
     "MethodUnion",
     "Parallel",
+    "SiteSpec",
     "Split",
     "Stack",
+    "StackSpec",
     "UnsupportedArchitectureError",
     "deinit",
     "export_onnx",
     "init",
+    "nesting_table",
+    "packaged_encoder_path",
+    "plot_fusion_heatmap",
+    "register_architecture",
     "resolve_config",
 ]
 

@@ -14,9 +14,10 @@ import transformers
 
 import adapterhub
 from adapterhub import BatchSplit, Fuse, Parallel, Stack
-from adapterhub.architectures import get_layers, spec_for_config
-from adapterhub.configs import resolve_config
 from adapterhub.errors import ConfigError, UnsupportedArchitectureError
+from adapterhub.runtime.layers import get_layers
+from adapterhub.spec.architectures import spec_for_config
+from adapterhub.spec.configs import resolve_config
 from tiny_models import SEQ2SEQ, build, make_seq2seq_inputs, perturb
 
 T5_LIKE = ("t5", "mt5")
@@ -412,7 +413,7 @@ def test_batch_split_runs_each_row_block_through_its_adapter(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", SEQ2SEQ)
 def test_fuse_mixes_adapters_at_every_site_of_both_stacks(arch: str) -> None:
-    from adapterhub.fusion import record_fusion_attentions
+    from adapterhub.runtime.fusion import record_fusion_attentions
 
     inputs = make_seq2seq_inputs()
     model = model_for(arch)

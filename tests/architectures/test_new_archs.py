@@ -95,7 +95,7 @@ def test_gpt_neox_linear_methods_on_its_projections(method, inputs, tmp_path):
 def _ffn_inputs(model, inputs, setup):
     """The input of each layer's MLP (B, T, d) under ``setup``."""
     seen = []
-    layers = adapterhub.architectures.get_layers(model, model._spec)
+    layers = adapterhub.runtime.layers.get_layers(model, model._spec)
     handles = [
         layer.mlp.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone())) for layer in layers
     ]
@@ -124,7 +124,7 @@ def test_gpt_neox_parallel_adapter_reads_the_layer_input(inputs):
     model = adapterhub.init(build("gpt_neox", num_hidden_layers=1))
     model.add_adapter("p", config="parallel")
     perturb(model._adapterhub.adapters["p"])
-    layer = adapterhub.architectures.get_layers(model, model._spec)[0]
+    layer = adapterhub.runtime.layers.get_layers(model, model._spec)[0]
     captured = {}
     handle = layer.register_forward_pre_hook(lambda m, a: captured.setdefault("x", a[0]))
     out_hook = layer.register_forward_hook(  # transformers 4.x layers return a tuple

@@ -73,7 +73,7 @@ def test_adapters_library_loads_what_we_write(tmp_path):
 
 def write_fusion_case(directory: Path) -> None:
     """A fusion over three of our adapters with a head, saved in their layout as the checker expects it."""
-    from adapterhub.composition import Fuse
+    from adapterhub.spec.composition import Fuse
 
     base = build("bert", "base")
     base.save_pretrained(directory / "base")

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import adapterhub
-from adapterhub.configs import resolve_config
 from adapterhub.errors import ConfigError
+from adapterhub.spec.configs import resolve_config
 from tiny_models import build, make_inputs, perturb
 
 peft = pytest.importorskip(

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import adapterhub
-from adapterhub.composition import (
+from adapterhub.errors import ConfigError
+from adapterhub.spec.composition import (
     Average,
     BatchSplit,
     Fuse,
@@ -19,7 +20,6 @@ from adapterhub.composition import (
     setup_from_json,
     setup_to_json,
 )
-from adapterhub.errors import ConfigError
 from tiny_models import build, make_inputs, perturb
 
 EXAMPLES = [
@@ -103,7 +103,7 @@ def test_nesting_table_matches_the_documentation():
     assert table["Fuse"] == ["name"]
     assert "Parallel" in table["Stack"] and "Parallel" not in table["Split"]
     assert "Average" not in table["Average"] and "Fuse" in table["Average"]
-    from adapterhub import composition
+    from adapterhub.spec import composition
 
     for block in table:
         assert block in composition.__doc__

@@ -9,9 +9,14 @@ import torch
 import transformers
 
 import adapterhub
-from adapterhub.composition import Fuse, Stack
 from adapterhub.errors import AdapterExistsError, AdapterFileError, AdapterNotFoundError, ConfigError
-from adapterhub.fusion import FusionActivations, FusionConfig, plot_fusion_heatmap, record_fusion_attentions
+from adapterhub.runtime.fusion import (
+    FusionActivations,
+    FusionConfig,
+    plot_fusion_heatmap,
+    record_fusion_attentions,
+)
+from adapterhub.spec.composition import Fuse, Stack
 from tiny_models import build, make_inputs, perturb
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "adapters_lib" / "bert_fusion"

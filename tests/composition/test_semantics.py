@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import adapterhub
-from adapterhub.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from adapterhub.errors import ConfigError
 from adapterhub.methods.bottleneck import enter_site, leave_site
+from adapterhub.spec.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from tiny_models import build, make_inputs, perturb
 
 ARCHS = ["bert", "llama", "distilbert", "gpt2"]
@@ -114,7 +114,7 @@ def _separate_rows(model, inputs, names, sizes):
 def test_batch_split_of_alike_adapters_runs_grouped_and_equals_separate_passes(
     arch, config, sizes, inputs, monkeypatch
 ):
-    import adapterhub.interpreter as composition
+    import adapterhub.runtime.interpreter as composition
 
     model = make_model(arch, config=config)
     for i, name in enumerate("abc"):  # learned scalings away from 1 so that a mix-up of rows would show
@@ -170,7 +170,7 @@ def test_grouped_batch_split_gives_each_adapter_the_gradient_of_its_own_rows(arc
 
 
 def test_batch_split_of_adapters_that_differ_falls_back_to_slices(inputs, monkeypatch):
-    import adapterhub.interpreter as composition
+    import adapterhub.runtime.interpreter as composition
 
     model = make_model("bert", names=("a",))
     model.add_adapter("wide", config="pfeiffer[reduction_factor=2]")

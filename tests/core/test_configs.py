@@ -1,7 +1,7 @@
 import pytest
 
 from adapterhub import BottleneckConfig, ConfigError, resolve_config
-from adapterhub.configs import PRESETS
+from adapterhub.spec.configs import PRESETS
 
 
 def test_presets_have_the_semantics_of_the_design():

@@ -116,7 +116,7 @@ def test_edited_config_is_detected_by_its_hash(saved):
 
 def test_weights_that_do_not_fit_the_config(saved):
     meta = json.loads((saved / "adapter_config.json").read_text())
-    from adapterhub.configs import canonical_json, sha256_hex
+    from adapterhub.spec.configs import canonical_json, sha256_hex
 
     meta["config"]["reduction_factor"] = 2
     meta["config_hash"] = sha256_hex(canonical_json(meta["config"]))

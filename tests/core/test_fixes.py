@@ -15,10 +15,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import adapterhub
-from adapterhub import architecture_spec, architectures
-from adapterhub.architectures import InputRef
-from adapterhub.composition import Fuse, Parallel
 from adapterhub.errors import AdapterExistsError, ConfigError, UnsupportedArchitectureError
+from adapterhub.spec import architecture as architecture_spec
+from adapterhub.spec import architectures
+from adapterhub.spec.architectures import InputRef
+from adapterhub.spec.composition import Fuse, Parallel
 from tiny_models import build, make_inputs, perturb
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

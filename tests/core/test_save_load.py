@@ -8,8 +8,8 @@ import torch
 import adapterhub
 from adapterhub.errors import ConfigError
 from adapterhub.io.adapter_dir import write_adapter_dir
-from adapterhub.io.records import AdapterRecord, ModelInfo
 from adapterhub.methods import BottleneckAdapter, ModelDims
+from adapterhub.runtime.records import AdapterRecord, ModelInfo
 from tiny_models import ARCHITECTURES, build, perturb
 
 

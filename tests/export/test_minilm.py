@@ -27,7 +27,7 @@ TRAIN = [
 
 
 def test_trained_adapter_and_head_export(tmp_path, run_onnx, read_graph):
-    from adapterhub.packaged import packaged_encoder_path
+    from adapterhub.data.packaged import packaged_encoder_path
 
     path = packaged_encoder_path()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import adapterhub
-from adapterhub.composition import Average, Fuse, Stack, setup_to_json
+from adapterhub.spec.composition import Average, Fuse, Stack, setup_to_json
 from tiny_models import make_inputs, perturb
 
 ARCHS = ["bert", "roberta", "distilbert", "gpt2", "llama"]

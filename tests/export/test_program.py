@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapterhub.composition import Stack
 from adapterhub.export import export_program
+from adapterhub.spec.composition import Stack
 from tiny_models import make_inputs
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import adapterhub
-from adapterhub.composition import Average, BatchSplit, Parallel, Split, Stack
 from adapterhub.errors import AdapterHubError
 from adapterhub.export import ExportMismatchError, NotExportableError, export_program
+from adapterhub.spec.composition import Average, BatchSplit, Parallel, Split, Stack
 from tiny_models import make_inputs
 
 

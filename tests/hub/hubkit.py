@@ -46,7 +46,7 @@ def canonical(obj: Any) -> str:
 
 
 def bottleneck_config(reduction_factor: int = 8) -> dict[str, Any]:
-    from adapterhub.configs import resolve_config
+    from adapterhub.spec.configs import resolve_config
 
     return resolve_config(f"pfeiffer[reduction_factor={reduction_factor}]").to_dict()
 

@@ -101,7 +101,7 @@ def test_lazy_names_still_import(tmp_path):
         "import sys; from adapterhub import Stack, BottleneckConfig, init, FusionConfig, MethodUnion; "
         "import adapterhub; assert adapterhub.init is init and 'torch' in sys.modules; "
         "from adapterhub.training import TrainConfig, train, parse_method; "
-        "from adapterhub.arithmetic import COMBINES; from adapterhub.combines import COMBINES as names; "
+        "from adapterhub.api.arithmetic import COMBINES; from adapterhub.spec.combines import COMBINES as names; "
         "assert COMBINES is names; print('ok')"
     )
     proc = subprocess.run(

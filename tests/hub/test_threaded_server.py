@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 
 from adapterhub.errors import AdapterHubError
-from adapterhub.threaded_server import ThreadedServer
+from adapterhub.hub.threaded_server import ThreadedServer
 
 
 def _app(status: int):

@@ -92,7 +92,7 @@ def test_candidate_urls() -> None:
 
 def test_library_fusion_activations_round_trip_through_card_metrics() -> None:
     np = __import__("numpy")
-    from adapterhub.fusion import FusionActivations
+    from adapterhub.runtime.fusion import FusionActivations
 
     acts = FusionActivations(
         fusion="sst,mnli",

@@ -8,7 +8,7 @@ import torch
 
 import adapterhub
 from adapterhub import Fuse
-from adapterhub.configs import resolve_config
+from adapterhub.spec.configs import resolve_config
 from method_checks import check_row_blocks
 from tiny_models import ARCHITECTURES, build, make_inputs
 

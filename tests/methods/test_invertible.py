@@ -8,9 +8,9 @@ import torch
 
 import adapterhub
 from adapterhub import Average, BatchSplit, Fuse, Parallel, Split, Stack
+from adapterhub.api.model import deinit
 from adapterhub.errors import ConfigError
 from adapterhub.methods.invertible import InvertibleBottleneckConfig, NICECoupling
-from adapterhub.model import deinit
 from method_checks import ACTIVE, count_adapter_hooks, hidden, perturb
 from tiny_models import ARCHITECTURES, DECODERS, build, make_inputs
 
@@ -61,19 +61,19 @@ def test_presets_and_parameters():
         ("pfeiffer+inv", "seq_bn_inv", "relu"),
         ("houlsby+inv", "double_seq_bn_inv", "swish"),
     ):
-        config = adapterhub.configs.resolve_config(preset)
-        assert config == adapterhub.configs.resolve_config(alias)
+        config = adapterhub.spec.configs.resolve_config(preset)
+        assert config == adapterhub.spec.configs.resolve_config(alias)
         assert isinstance(config, InvertibleBottleneckConfig) and config.method == "bottleneck_inv"
         assert config.inv_adapter == "nice" and config.inv_adapter_reduction_factor == 2
         assert config.non_linearity == activation
-    assert adapterhub.configs.resolve_config("pfeiffer+inv").after_ffn
-    assert adapterhub.configs.resolve_config("houlsby+inv").after_attention
+    assert adapterhub.spec.configs.resolve_config("pfeiffer+inv").after_ffn
+    assert adapterhub.spec.configs.resolve_config("houlsby+inv").after_attention
     block = NICECoupling(32, 2, "relu")  # F: 16 -> 8 -> 16, G: 16 -> 8 -> 16
     assert sum(p.numel() for p in block.parameters()) == 2 * (16 * 8 + 8 + 8 * 16 + 16)
     with pytest.raises(ConfigError, match="glow"):
-        adapterhub.configs.resolve_config("seq_bn_inv[inv_adapter=glow]")
+        adapterhub.spec.configs.resolve_config("seq_bn_inv[inv_adapter=glow]")
     with pytest.raises(ConfigError, match="inv_adapter_reduction_factor"):
-        adapterhub.configs.resolve_config("seq_bn_inv[inv_adapter_reduction_factor=0]")
+        adapterhub.spec.configs.resolve_config("seq_bn_inv[inv_adapter_reduction_factor=0]")
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -156,7 +156,7 @@ def test_inverse_applies_before_the_built_in_and_flexible_lm_heads(arch):
     with torch.no_grad(), model.adapter_setup("a"):
         flexible = model(**inputs).logits
         head = model._adapterhub.heads["a"]
-        from adapterhub.heads.base import HeadInputs
+        from adapterhub.runtime.head_inputs import HeadInputs
 
         reference = head(
             HeadInputs(

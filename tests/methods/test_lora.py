@@ -66,7 +66,7 @@ def test_lora_equals_the_formula_on_each_projection(arch, inputs):
     spec, lora = model._spec, model._adapterhub.adapters["a"]
     with torch.no_grad():
         for key, sites in lora.layers.items():
-            layer = adapterhub.architectures.get_layers(plain, spec)[int(key)]
+            layer = adapterhub.runtime.layers.get_layers(plain, spec)[int(key)]
             for point, module in sites.items():
                 linear = spec.linears[point]
                 weight = layer.get_submodule(linear.module).weight

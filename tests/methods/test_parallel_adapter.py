@@ -124,7 +124,7 @@ def test_composition_rules():
 
 
 def test_preset_alias_and_defaults():
-    from adapterhub.configs import resolve_config
+    from adapterhub.spec.configs import resolve_config
 
     config = resolve_config("par_bn")
     assert config == resolve_config("parallel")

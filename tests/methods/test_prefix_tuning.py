@@ -6,8 +6,8 @@ import transformers
 
 import adapterhub
 from adapterhub import Average, BatchSplit, ConfigError, Fuse, Parallel, Split, Stack
+from adapterhub.api.model import deinit
 from adapterhub.methods.prefix_tuning import PrefixTuningConfig
-from adapterhub.model import deinit
 from tiny_models import ARCHITECTURES, DECODERS, build, make_inputs
 
 # transformers 4.x computes BERT-family / DistilBERT attention without AttentionInterface: decoders only there

@@ -9,8 +9,8 @@ import transformers
 
 import adapterhub
 from adapterhub import Average, BatchSplit, Fuse, Parallel, Split, Stack
+from adapterhub.api.model import deinit
 from adapterhub.errors import ConfigError, UnsupportedArchitectureError
-from adapterhub.model import deinit
 from method_checks import ACTIVE, count_adapter_hooks, hidden
 from tiny_models import ARCHITECTURES, DECODERS, build, make_inputs
 
@@ -101,12 +101,12 @@ def test_config_from_string_ids_and_errors():
     got = model._adapterhub.adapters["s"].prompt_embedding.weight
     assert torch.equal(got, words[[7, 8, 7, 8, 7]])
     with pytest.raises(ConfigError, match="prompt_init_text"):
-        adapterhub.configs.resolve_config("prompt_tuning[prompt_init=from_string]")
+        adapterhub.spec.configs.resolve_config("prompt_tuning[prompt_init=from_string]")
     with pytest.raises(ConfigError, match="combine"):
-        adapterhub.configs.resolve_config("prompt_tuning[combine=prefix_after_bos]")
+        adapterhub.spec.configs.resolve_config("prompt_tuning[combine=prefix_after_bos]")
     with pytest.raises(ConfigError, match="prompt_length"):
-        adapterhub.configs.resolve_config("prompt_tuning[prompt_length=0]")
-    config = adapterhub.configs.resolve_config("prompt_tuning")
+        adapterhub.spec.configs.resolve_config("prompt_tuning[prompt_length=0]")
+    config = adapterhub.spec.configs.resolve_config("prompt_tuning")
     assert (
         config.prompt_length == 10 and config.prompt_init == "random_uniform" and config.combine == "prefix"
     )
@@ -123,7 +123,7 @@ def test_flexible_heads_see_the_real_positions(arch):
     model.add_classification_head("p", num_labels=2)
     model.set_active_adapters("p")
     head = model._adapterhub.heads["p"]
-    from adapterhub.heads.base import HeadInputs
+    from adapterhub.runtime.head_inputs import HeadInputs
 
     with torch.no_grad():
         logits = model(**inputs).logits

@@ -13,9 +13,9 @@ import transformers
 from torch.utils.data import DataLoader
 
 import adapterhub
-from adapterhub.composition import Fuse, Parallel
 from adapterhub.data import Example, collate, encode
 from adapterhub.errors import ConfigError
+from adapterhub.spec.composition import Fuse, Parallel
 from adapterhub.training import loop
 from adapterhub.training.config import TrainConfig
 from adapterhub.training.loop import evaluate_model, make_loader, train

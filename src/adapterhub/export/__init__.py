@@ -2,7 +2,7 @@
 onnxruntime) and ``torch.export`` (``export_program``). See docs/export.md.
 
 The names below are loaded on first use (PEP 562), so importing this package (e.g. for its CLI module) does not
-import torch.
+import torch. The export layer may import api and below (not hub, data, training or serving).
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def _tokenizer(name: str) -> Any:
 
 def _choose_setup(args: argparse.Namespace, names: list[str], fusions: list[Any]) -> Any:
     if args.setup:
-        from adapterhub.composition_cli import parse_setup
+        from adapterhub.spec.composition import parse_setup
 
         return parse_setup(args.setup)
     if len(fusions) == 1 and not names:
@@ -115,7 +115,7 @@ def _quiet_exporter() -> None:
 def _export_onnx(args: argparse.Namespace) -> int:
     import transformers
 
-    import adapterhub
+    from adapterhub.api.model import init
     from adapterhub.export.graph import EXAMPLE_TEXTS
     from adapterhub.export.onnx import compare_speed, export_onnx
 
@@ -125,7 +125,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
     _quiet_exporter()
     tokenizer = _tokenizer(args.tokenizer or args.model)
     factory = getattr(transformers, MODEL_FACTORIES[args.model_class])
-    model: Any = adapterhub.init(factory.from_pretrained(args.model).eval())
+    model: Any = init(factory.from_pretrained(args.model).eval())
     names = [model.load_adapter(source) for source in args.adapter]
     only_fusion = len(args.fusion) == 1 and not args.adapter and not args.setup
     # set_active also activates the head saved with the fusion

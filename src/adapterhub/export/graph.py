@@ -1,7 +1,7 @@
 """What an export captures: the model with its active setup and head, as a graph of named tensors.
 
 ``export_program(model, example_inputs)`` traces ``model`` with ``torch.export.export(..., strict=False)``: the
-model's Python (our forward hooks, the store's setup lookup, the per-call state in ``adapterhub.callstate``, the
+model's Python (our forward hooks, the store's setup lookup, the per-call state in ``adapterhub.runtime.callstate``, the
 ``"adapterhub_sdpa"`` / ``"adapterhub_eager"`` attention function) runs once on symbolic tensors, so whatever setup
 is active in that thread at that moment (``set_active_adapters`` or an enclosing ``with model.adapter_setup(...)``)
 and the active head are baked into the graph; merged LoRA weights are simply part of the base weights. The graph
@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapterhub.composition import BatchSplit, Parallel, Setup, Split, blocks_with_parents, setup_to_json
 from adapterhub.errors import AdapterHubError
-from adapterhub.store import STORE_ATTR, AdapterStore
+from adapterhub.runtime.store import STORE_ATTR, AdapterStore
+from adapterhub.spec.composition import BatchSplit, Parallel, Setup, Split, blocks_with_parents, setup_to_json
 
 # texts the example batch is made of when only a tokenizer is given (two rows of different lengths: padding)
 EXAMPLE_TEXTS = ("Adapters make fine-tuning cheap.", "An exported graph runs without Python or torch at all.")

@@ -144,7 +144,7 @@ def compare_outputs(expected: Mapping[str, np.ndarray], got: Mapping[str, np.nda
 
 
 def _metadata(traced: Traced) -> dict[str, str]:
-    from adapterhub import __version__
+    from adapterhub.version import __version__
 
     spec = traced.spec
     return {

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapterhub.core import AdapterModelCore, load_exact
 from adapterhub.errors import (
     AdapterExistsError,
     AdapterFileError,
@@ -21,8 +20,9 @@ from adapterhub.errors import (
 )
 from adapterhub.heads.base import HEADS, Head, head_class
 from adapterhub.heads.static import static_head_parameters
-from adapterhub.io.records import HeadRecord
-from adapterhub.parallel import ParallelGenerationMixin
+from adapterhub.runtime.core import AdapterModelCore, load_exact
+from adapterhub.runtime.parallel import ParallelGenerationMixin
+from adapterhub.runtime.records import HeadRecord
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _POOLED_TYPES = ("classification", "regression", "multilabel", "multiple_choice")
@@ -88,7 +88,7 @@ class HeadsMixin(AdapterModelCore):
         if head_type in _POOLED_TYPES:
             options.setdefault("pooling", "last" if self._spec.pre_norm else "first")
         if head_type in _LM_TYPES:
-            from adapterhub.heads.lm import output_embedding_matrix
+            from adapterhub.runtime.head_inputs import output_embedding_matrix
 
             vocab: int | None
             width: int | None
@@ -227,7 +227,7 @@ class HeadsMixin(AdapterModelCore):
     @property
     def active_head(self) -> str | None:
         """The flexible head used for outputs: set explicitly, else the one named like the last active adapter
-        (None under ``Parallel``: one head per branch, see ``adapterhub.parallel.ParallelOutput``)."""
+        (None under ``Parallel``: one head per branch, see ``adapterhub.runtime.parallel.ParallelOutput``)."""
         return self._store.active_head()
 
     @active_head.setter

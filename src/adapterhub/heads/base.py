@@ -23,55 +23,7 @@ from torch import nn
 from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
 
 from adapterhub.errors import ConfigError, did_you_mean
-
-
-@dataclass
-class HeadInputs:
-    """What a head sees: ``hidden`` (batch, seq, d) last hidden states, the attention mask (batch, seq) and ids.
-
-    ``num_choices`` is set for multiple-choice inputs (rows are ``batch * num_choices`` flattened choices);
-    ``embeddings`` is the model's output embedding matrix (vocab, e) for heads with ``needs_embeddings``;
-    ``logits_to_keep`` (from ``generate()``) asks an LM head for the logits of the last positions only;
-    ``choice_mask`` (batch, n_choices) bool marks the real choices of multiple-choice inputs whose examples were
-    padded to the batch's most choices (``None``: every choice is real).
-    """
-
-    hidden: torch.Tensor
-    attention_mask: torch.Tensor | None
-    input_ids: torch.Tensor | None
-    pooled: torch.Tensor | None = None
-    num_choices: int | None = None
-    embeddings: torch.Tensor | None = None
-    logits_to_keep: int | torch.Tensor | None = None
-    choice_mask: torch.Tensor | None = None
-
-
-def static_loss(logits: torch.Tensor, labels: torch.Tensor, config: Any) -> torch.Tensor:
-    """The loss a transformers ``...ForSequenceClassification`` head computes, by ``config.problem_type``
-    (``regression``: mean squared error; ``single_label_classification``: cross-entropy;
-    ``multi_label_classification``: binary cross-entropy with logits); unset, it is inferred as transformers does
-    (one label: regression; integer labels: single-label; else multi-label)."""
-    num_labels = logits.shape[-1]
-    problem = getattr(config, "problem_type", None)
-    if problem is None:
-        if num_labels == 1:
-            problem = "regression"
-        elif labels.dtype in (torch.long, torch.int):
-            problem = "single_label_classification"
-        else:
-            problem = "multi_label_classification"
-    if problem == "regression":
-        if num_labels == 1:
-            return nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
-        return nn.functional.mse_loss(logits, labels.to(logits.dtype))
-    if problem == "single_label_classification":
-        return nn.functional.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
-    if problem == "multi_label_classification":
-        return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-    raise ConfigError(
-        f"config.problem_type={problem!r} is not one of regression, single_label_classification, "
-        "multi_label_classification."
-    )
+from adapterhub.runtime.head_inputs import HeadInputs
 
 
 @dataclass

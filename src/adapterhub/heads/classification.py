@@ -20,7 +20,6 @@ from torch import nn
 from adapterhub.errors import ConfigError
 from adapterhub.heads.base import (
     Head,
-    HeadInputs,
     HeadOutput,
     check_activation,
     check_dropout,
@@ -31,6 +30,7 @@ from adapterhub.heads.base import (
     pool,
     register_head,
 )
+from adapterhub.runtime.head_inputs import HeadInputs
 
 
 @register_head("classification")

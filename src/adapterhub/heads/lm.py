@@ -24,7 +24,6 @@ from transformers.modeling_outputs import CausalLMOutputWithPast, MaskedLMOutput
 from adapterhub.errors import ConfigError, IncompatibleModelError
 from adapterhub.heads.base import (
     Head,
-    HeadInputs,
     HeadOutput,
     check_activation,
     check_dropout,
@@ -32,24 +31,9 @@ from adapterhub.heads.base import (
     register_head,
 )
 from adapterhub.methods.bottleneck import make_activation
+from adapterhub.runtime.head_inputs import HeadInputs, output_embedding_matrix
 
 IGNORE_INDEX = -100
-
-
-def output_embedding_matrix(model: nn.Module) -> torch.Tensor:
-    """The matrix an LM head of ``model`` multiplies with: its ``lm_head`` weight, else its input embeddings."""
-    for getter in ("get_output_embeddings", "get_input_embeddings"):
-        try:
-            module = getattr(model, getter)()
-        except (AttributeError, NotImplementedError):
-            module = None
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, torch.Tensor):
-            return weight
-    raise IncompatibleModelError(
-        f"{type(model).__name__} exposes no embedding matrix to tie a language-model head to; "
-        "add the head with tie_weights=False."
-    )
 
 
 class LanguageModelHead(Head):

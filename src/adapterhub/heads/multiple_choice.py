@@ -23,7 +23,6 @@ from transformers.modeling_outputs import MultipleChoiceModelOutput
 from adapterhub.errors import ConfigError
 from adapterhub.heads.base import (
     Head,
-    HeadInputs,
     HeadOutput,
     check_activation,
     check_dropout,
@@ -33,6 +32,7 @@ from adapterhub.heads.base import (
     pool,
     register_head,
 )
+from adapterhub.runtime.head_inputs import HeadInputs
 
 
 def mask_choices(logits: torch.Tensor, choice_mask: torch.Tensor | None) -> torch.Tensor:

@@ -15,7 +15,6 @@ from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
 from adapterhub.heads.base import (
     Head,
-    HeadInputs,
     HeadOutput,
     check_activation,
     check_dropout,
@@ -23,6 +22,7 @@ from adapterhub.heads.base import (
     mlp,
     register_head,
 )
+from adapterhub.runtime.head_inputs import HeadInputs
 
 
 @register_head("question_answering")

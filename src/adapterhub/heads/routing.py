@@ -15,7 +15,7 @@ Three hooks, installed once by ``adapterhub.init``:
   ``CausalLMOutputWithPast`` with the base model's ``past_key_values`` so ``generate()`` works, ``MaskedLMOutput``).
 
 What one call hands from the pre-hooks to the output hook (targets, ``num_choices``, ``logits_to_keep``, the base
-model's output) is per-call state (``adapterhub.callstate``), never kept on the model: threads sharing a model
+model's output) is per-call state (``adapterhub.runtime.callstate``), never kept on the model: threads sharing a model
 cannot swap each other's hidden states or labels. Hooks are small objects holding the adapter store only (so that
 ``copy.deepcopy(model)`` re-points them and no reference cycle keeps a model alive).
 """
@@ -28,14 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapterhub import callstate
-from adapterhub.architectures import get_base_model
-from adapterhub.composition import branch_names, parallel_block
 from adapterhub.errors import ConfigError
-from adapterhub.heads.base import HEADS, Head, HeadInputs
-from adapterhub.injection import AdapterHook, unembed
+from adapterhub.heads.base import HEADS, Head
 from adapterhub.methods.base import EMBEDDING
-from adapterhub.store import AdapterStore
+from adapterhub.runtime import callstate
+from adapterhub.runtime.head_inputs import HeadInputs
+from adapterhub.runtime.injection import AdapterHook, unembed
+from adapterhub.runtime.layers import get_base_model
+from adapterhub.runtime.store import AdapterStore
+from adapterhub.spec.composition import branch_names, parallel_block
 
 _CHOICE_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
@@ -99,7 +100,7 @@ class _HideLabels(AdapterHook):
         state = callstate.current(self.store)
         if head is None:
             extra = sorted(name for name in all_input_names() if kwargs.get(name) is not None)
-            if extra:  # (under Parallel the branches' heads took them already: adapterhub.parallel)
+            if extra:  # (under Parallel the branches' heads took them already: adapterhub.runtime.parallel)
                 raise ConfigError(
                     f"{', '.join(extra)} is an input of adapterhub's flexible heads, but no flexible head is "
                     "active, and the model's own head cannot take it. Activate a head that takes it (e.g. "
@@ -222,7 +223,7 @@ class _ApplyHead(AdapterHook):
             hidden = unembed(self.store, hidden)
         embeddings = None
         if head.needs_embeddings:
-            from adapterhub.heads.lm import output_embedding_matrix
+            from adapterhub.runtime.head_inputs import output_embedding_matrix
 
             embeddings = output_embedding_matrix(module)
         inputs = HeadInputs(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from adapterhub.architectures import get_base_model
+from adapterhub.runtime.layers import get_base_model
 
 
 def _output_embedding_ids(model: nn.Module) -> set[int]:

@@ -15,7 +15,6 @@ from transformers.modeling_outputs import TokenClassifierOutput
 
 from adapterhub.heads.base import (
     Head,
-    HeadInputs,
     HeadOutput,
     check_activation,
     check_dropout,
@@ -24,6 +23,7 @@ from adapterhub.heads.base import (
     mlp,
     register_head,
 )
+from adapterhub.runtime.head_inputs import HeadInputs
 
 IGNORE_INDEX = -100
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from types import TracebackType
 
-from adapterhub.threaded_server import ThreadedServer, free_port
+from adapterhub.hub.threaded_server import ThreadedServer, free_port
 
 __all__ = ["EmbeddedHub", "free_port"]
 

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from adapterhub.configs import canonical_json, sha256_hex
 from adapterhub.errors import AdapterFileError
 from adapterhub.io.files import read_json, read_tensors, write_json, write_tensors
-from adapterhub.io.records import AdapterRecord, HeadRecord, ModelInfo
+from adapterhub.runtime.records import AdapterRecord, HeadRecord, ModelInfo
+from adapterhub.spec.configs import canonical_json, sha256_hex
 
 FORMAT = "adapterhub.adapter"
 HEAD_FORMAT = "adapterhub.head"
@@ -20,7 +20,7 @@ HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE = "head_config.json", "head.safetensors"
 
 
 def library_version() -> str:
-    from adapterhub import __version__
+    from adapterhub.version import __version__
 
     return __version__
 

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapterhub.architectures import ArchitectureSpec, get_base_model, get_layers
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io import adapters_lib_inv
 from adapterhub.io.adapters_lib_ia3 import ia3_config_to_theirs, is_ia3, read_ia3, write_ia3
@@ -32,7 +31,9 @@ from adapterhub.io.files import (
     write_tensors,
     write_torch_pickle,
 )
-from adapterhub.io.records import AdapterRecord, HeadRecord, ModelInfo
+from adapterhub.runtime.layers import get_base_model, get_layers
+from adapterhub.runtime.records import AdapterRecord, HeadRecord, ModelInfo
+from adapterhub.spec.architectures import ArchitectureSpec
 
 ADAPTERS_VERSION = "adapters.1.3.0"
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from adapterhub.architectures import ArchitectureSpec
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io.adapters_lib_lora import check_their_targets
+from adapterhub.spec.architectures import ArchitectureSpec
 
 _THEIR_DEFAULTS: dict[str, Any] = {
     "architecture": "lora",

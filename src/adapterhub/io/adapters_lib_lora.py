@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from adapterhub.architectures import ArchitectureSpec
 from adapterhub.errors import AdapterFileError, ConfigError
+from adapterhub.spec.architectures import ArchitectureSpec
 
 _REFUSED: dict[str, Any] = {"use_gating": False, "use_dora": False, "vera_d": None, "vera_b": None}
 _THEIR_DEFAULTS: dict[str, Any] = {

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from adapterhub.architectures import ArchitectureSpec
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io.adapters_lib import (
     _PREFIX_KEYS,
@@ -28,7 +27,8 @@ from adapterhub.io.adapters_lib import (
 )
 from adapterhub.io.adapters_lib_lora import read_lora
 from adapterhub.io.files import read_json
-from adapterhub.io.records import AdapterRecord
+from adapterhub.runtime.records import AdapterRecord
+from adapterhub.spec.architectures import ArchitectureSpec
 
 
 def read_union_dir(

@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 
-from adapterhub.architectures import ArchitectureSpec
-from adapterhub.configs import canonical_json, sha256_hex
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io.adapter_dir import HEAD_CONFIG_FILE, library_version, read_head_files, write_head_files
 from adapterhub.io.files import read_json, read_tensors, write_json, write_tensors
-from adapterhub.io.records import HeadRecord, ModelInfo
+from adapterhub.runtime.records import HeadRecord, ModelInfo
+from adapterhub.spec.architectures import ArchitectureSpec
+from adapterhub.spec.configs import canonical_json, sha256_hex
 
 FORMAT = "adapterhub.fusion"
 FORMAT_VERSION = 1
@@ -178,9 +178,9 @@ def write_adapters_lib_fusion(
     ``<prefix>.<layers>.<i>.<site path>.adapter_fusion_layer.<a,b,c>.<query|key|value>.<weight|bias>``) and the
     head, if any, as that library writes it. Its ``load_adapter_fusion`` reads the directory; the fused adapters
     themselves are separate directories (``adapters/<name>/`` when the caller writes them)."""
-    from adapterhub.architectures import get_base_model
     from adapterhub.io.adapters_lib import ADAPTERS_VERSION, adapter_model_class, write_their_head
     from adapterhub.io.files import write_torch_pickle
+    from adapterhub.runtime.layers import get_base_model
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

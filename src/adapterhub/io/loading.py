@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from adapterhub.architectures import ArchitectureSpec, spec_for_model_type
 from adapterhub.errors import AdapterFileError
 from adapterhub.io.adapter_dir import CONFIG_FILE, FORMAT, read_adapter_dir
 from adapterhub.io.files import read_json
-from adapterhub.io.records import AdapterRecord, ModelInfo
+from adapterhub.runtime.records import AdapterRecord, ModelInfo
+from adapterhub.spec.architectures import ArchitectureSpec, spec_for_model_type
 
 
 def detect_layout(directory: str | os.PathLike[str]) -> str:

@@ -14,15 +14,15 @@ from typing import Any
 
 import torch
 
-from adapterhub.adapter_manifest import AdapterManifest
-from adapterhub.architectures import spec_for_model_type
-from adapterhub.configs import canonical_json, resolve_config, sha256_hex
 from adapterhub.errors import AdapterFileError, IncompatibleModelError, UnsupportedArchitectureError
 from adapterhub.heads.base import head_class
 from adapterhub.io.files import read_json
 from adapterhub.io.loading import detect_layout, read_any_adapter_dir
-from adapterhub.io.validate import check_state_fits
 from adapterhub.methods import ModelDims, method_for_config
+from adapterhub.runtime.validate import check_state_fits
+from adapterhub.spec.architectures import spec_for_model_type
+from adapterhub.spec.configs import canonical_json, resolve_config, sha256_hex
+from adapterhub.spec.manifest import AdapterManifest
 
 
 def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None = None) -> AdapterManifest:

@@ -8,9 +8,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from adapterhub.architectures import ArchitectureSpec, get_layers
 from adapterhub.errors import AdapterFileError, ConfigError
-from adapterhub.io.records import AdapterRecord
+from adapterhub.runtime.layers import get_layers
+from adapterhub.runtime.records import AdapterRecord
+from adapterhub.spec.architectures import ArchitectureSpec
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE, BIN_WEIGHTS_FILE = "adapter_model.safetensors", "adapter_model.bin"

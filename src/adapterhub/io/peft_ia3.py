@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapterhub.architectures import ArchitectureSpec, get_layers
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io.files import write_json, write_tensors
 from adapterhub.io.peft_common import (
@@ -32,7 +31,9 @@ from adapterhub.io.peft_common import (
     module_regex,
     split_rows,
 )
-from adapterhub.io.records import AdapterRecord, ModelInfo
+from adapterhub.runtime.layers import get_layers
+from adapterhub.runtime.records import AdapterRecord, ModelInfo
+from adapterhub.spec.architectures import ArchitectureSpec
 
 _NEUTRAL: dict[str, tuple[Any, ...]] = {"target_parameters": (None, [])}
 

@@ -35,7 +35,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapterhub.architectures import ArchitectureSpec, get_layers
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io.files import read_json, read_tensors, write_json, write_tensors
 from adapterhub.io.peft_common import (
@@ -48,7 +47,9 @@ from adapterhub.io.peft_common import (
     split_rows,
 )
 from adapterhub.io.peft_ia3 import read_peft_ia3, write_peft_ia3
-from adapterhub.io.records import AdapterRecord, HeadRecord, ModelInfo
+from adapterhub.runtime.layers import get_layers
+from adapterhub.runtime.records import AdapterRecord, HeadRecord, ModelInfo
+from adapterhub.spec.architectures import ArchitectureSpec
 
 # peft options and the values under which they change nothing we would have to represent.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {

@@ -1,5 +1,6 @@
-"""Adapter methods. Each method is one module registered with ``@register_method``; importing this package
-registers the built-in ones."""
+"""The methods layer: adapter methods. Each method is one module registered with ``@register_method``; importing
+this package registers the built-in ones. ``base`` holds the method protocol every method implements. Modules here
+may import the spec layer (``adapterhub.spec``) and ``adapterhub.errors``, nothing above (runtime, heads, ...)."""
 
 from adapterhub.methods.base import (
     METHODS,

@@ -16,7 +16,7 @@ kind           points (named per architecture by its ArchitectureSpec)  value ha
 Decoder layers of encoder-decoder models also have ``cross_attn`` (residual), ``cross_q``, ``cross_k``,
 ``cross_v``, ``cross_out`` (linear) and ``cross`` (attention); ``ModelDims.has_point`` says where a point exists.
 
-The composition interpreter (``adapterhub.interpreter``) runs every block through three questions it asks the
+The composition interpreter (``adapterhub.runtime.interpreter``) runs every block through three questions it asks the
 method, never its class: ``stack_step`` (apply this adapter to the running value of a Stack), ``stack_leave`` (turn
 the running value into the point's output), and, optionally, ``fuse_enter`` / ``fuse_deltas`` (AdapterFusion) and
 ``batch_split_grouped`` (one computation for a BatchSplit of alike adapters). ``composable`` lists the blocks a
@@ -33,8 +33,8 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
-from adapterhub.configs import MethodConfig
 from adapterhub.errors import ConfigError, did_you_mean
+from adapterhub.spec.configs import MethodConfig
 
 RESIDUAL = "residual"
 LINEAR = "linear"

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from adapterhub.configs import BottleneckConfig
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import (
     RESIDUAL,
@@ -26,6 +25,7 @@ from adapterhub.methods.base import (
     ResidualInputs,
     register_method,
 )
+from adapterhub.spec.configs import BottleneckConfig
 
 
 def make_activation(name: str) -> nn.Module:

@@ -20,10 +20,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from adapterhub.configs import PRESET_ALIASES, BottleneckConfig, register_config
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import ModelDims, register_method
 from adapterhub.methods.bottleneck import BottleneckAdapter, BottleneckLayer
+from adapterhub.spec.configs import PRESET_ALIASES, BottleneckConfig, register_config
 
 W_INITS = ("glorot-normal", "glorot-uniform", "normal", "phm")
 C_INITS = ("normal", "uniform")

@@ -23,7 +23,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from adapterhub.configs import LoRAConfig, register_config
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import (
     AdapterModule,
@@ -36,6 +35,7 @@ from adapterhub.methods.base import (
     register_method,
 )
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
+from adapterhub.spec.configs import LoRAConfig, register_config
 
 
 @dataclass(frozen=True, kw_only=True)

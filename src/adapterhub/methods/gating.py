@@ -27,7 +27,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from adapterhub.configs import BottleneckConfig, LoRAConfig, register_config
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import (
     AdapterModule,
@@ -41,6 +40,7 @@ from adapterhub.methods.base import (
 from adapterhub.methods.bottleneck import BottleneckAdapter, BottleneckLayer
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
 from adapterhub.methods.prefix_tuning import PrefixTuningAdapter, PrefixTuningConfig
+from adapterhub.spec.configs import BottleneckConfig, LoRAConfig, register_config
 
 NOT_FUSED = frozenset({"Stack", "Split", "BatchSplit", "Parallel", "Average"})
 

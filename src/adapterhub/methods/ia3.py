@@ -34,7 +34,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from adapterhub.configs import LINEAR_POINTS, MethodConfig, layer_list, register_config
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import (
     LINEAR,
@@ -47,6 +46,7 @@ from adapterhub.methods.base import (
     PointInputs,
     register_method,
 )
+from adapterhub.spec.configs import LINEAR_POINTS, MethodConfig, layer_list, register_config
 
 _KEY = re.compile(r"^layers\.(\d+)\.(out|in)_([a-z_]+)$")
 

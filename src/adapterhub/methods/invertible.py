@@ -29,7 +29,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from adapterhub.configs import PRESETS, BottleneckConfig, register_config
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import (
     EMBEDDING,
@@ -42,6 +41,7 @@ from adapterhub.methods.base import (
     register_method,
 )
 from adapterhub.methods.bottleneck import BottleneckAdapter, make_activation
+from adapterhub.spec.configs import PRESETS, BottleneckConfig, register_config
 
 INV_ADAPTERS = ("nice",)
 # "mask": the attention mask before the model builds it (prompt tuning extends it); an invertible adapter leaves

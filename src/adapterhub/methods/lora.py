@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from adapterhub.configs import LoRAConfig
 from adapterhub.methods.base import (
     LINEAR,
     AdapterModule,
@@ -36,6 +35,7 @@ from adapterhub.methods.base import (
     PointInputs,
     register_method,
 )
+from adapterhub.spec.configs import LoRAConfig
 
 _KEY = re.compile(r"^layers\.(\d+)\.([a-z_]+)\.lora_([AB])$")
 

@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from adapterhub.configs import PRESET_ALIASES, BottleneckConfig, register_config
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import AdapterModule, Point, PointInputs, ResidualInputs, register_method
 from adapterhub.methods.bottleneck import (
@@ -32,6 +31,7 @@ from adapterhub.methods.bottleneck import (
     can_group,
     leave_site,
 )
+from adapterhub.spec.configs import PRESET_ALIASES, BottleneckConfig, register_config
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,7 +13,7 @@ then one more slot per decoder layer for its cross-attention, ``cross_prefix``),
 heads (grouped-query attention: fewer than the query heads) and ``D`` the head dimension. ``flat=True`` (or
 ``eject()``) keeps ``KV`` itself as one parameter ``control_trans`` of ``P·N`` numbers instead.
 
-The prefix reaches the model through the attention function transformers calls (``adapterhub.attention_hooks``):
+The prefix reaches the model through the attention function transformers calls (``adapterhub.runtime.attention_hooks``):
 the point is ``("attention", "self")`` of each layer and a Stack step is ``running.with_prefix(keys, values)``.
 """
 
@@ -26,7 +26,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from adapterhub.configs import ACTIVATIONS, OMIT_DEFAULT, MethodConfig, layer_list, register_config
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import (
     ATTENTION,
@@ -38,6 +37,7 @@ from adapterhub.methods.base import (
     register_method,
 )
 from adapterhub.methods.bottleneck import make_activation
+from adapterhub.spec.configs import ACTIVATIONS, OMIT_DEFAULT, MethodConfig, layer_list, register_config
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -27,8 +27,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapterhub.architectures import spec_for_model_type
-from adapterhub.configs import MethodConfig, register_config
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import (
     EMBEDDING,
@@ -40,6 +38,8 @@ from adapterhub.methods.base import (
     PointInputs,
     register_method,
 )
+from adapterhub.spec.architectures import spec_for_model_type
+from adapterhub.spec.configs import MethodConfig, register_config
 
 PROMPT_POINTS: tuple[Point, ...] = ((EMBEDDING, "embeddings"), (EMBEDDING, "mask"), (EMBEDDING, "unembed"))
 # ArchitectureSpec.embeddings values after which the model builds its attention mask (hooks can extend it)

@@ -33,7 +33,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from adapterhub.configs import MethodConfig, register_config, resolve_config
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import (
     ALL_BLOCKS,
@@ -46,6 +45,7 @@ from adapterhub.methods.base import (
     method_for_config,
     register_method,
 )
+from adapterhub.spec.configs import MethodConfig, register_config, resolve_config
 
 
 @dataclass(frozen=True, init=False)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any
 
-from adapterhub.threaded_server import ThreadedServer
+from adapterhub.hub.threaded_server import ThreadedServer
 
 
 class BackgroundServer:

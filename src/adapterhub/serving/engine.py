@@ -39,7 +39,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from adapterhub.composition import Setup, setup_names
 from adapterhub.errors import ConfigError
 from adapterhub.serving import encoding
 from adapterhub.serving.fusions import FusionRegistry, read_fusion_source
@@ -51,6 +50,7 @@ from adapterhub.serving.registry import AdapterRegistry, LoadedAdapter
 from adapterhub.serving.scheduler import Scheduler
 from adapterhub.serving.setups import parse_request_setup
 from adapterhub.serving.sources import AdapterSource
+from adapterhub.spec.composition import Setup, setup_names
 
 POOLINGS = ("mean", "first", "last")
 
@@ -108,10 +108,10 @@ class ServingEngine:
         adapters: Mapping[str, str | AdapterSource] | None = None,
         fusions: Sequence[str | Path] = (),
     ) -> None:
-        import adapterhub
+        from adapterhub.api.model import init
 
         self.config = config or EngineConfig()
-        self.model = adapterhub.init(model).eval()
+        self.model = init(model).eval()
         self.tokenizer = tokenizer
         self.metrics = Metrics()
         self.max_length = self.config.max_length or encoding.model_max_length(model, tokenizer)

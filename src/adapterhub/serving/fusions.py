@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapterhub.composition import Fuse, Setup, Stack, fuse_blocks
 from adapterhub.errors import AdapterHubError, did_you_mean
 from adapterhub.serving.registry import UnknownAdapterError
 from adapterhub.serving.sources import SourceError
+from adapterhub.spec.composition import Fuse, Setup, Stack, fuse_blocks
 
 
 @dataclass(frozen=True)

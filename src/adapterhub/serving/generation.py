@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from adapterhub.architectures import get_base_model
 from adapterhub.errors import ConfigError
-from adapterhub.heads.base import HeadInputs
+from adapterhub.runtime.head_inputs import HeadInputs
+from adapterhub.runtime.layers import get_base_model
 
 
 def check_generates(head: Any, what: str) -> None:
@@ -69,7 +69,7 @@ def generate_ids(
     generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
     embeddings = None
     if head.needs_embeddings:
-        from adapterhub.heads.lm import output_embedding_matrix
+        from adapterhub.runtime.head_inputs import output_embedding_matrix
 
         embeddings = output_embedding_matrix(model)
     base = get_base_model(model)

@@ -25,11 +25,12 @@ from typing import Any
 
 import torch
 
-from adapterhub.architectures import get_base_model
-from adapterhub.composition import BatchSplit, Setup
-from adapterhub.heads.base import HeadInputs, pool
+from adapterhub.heads.base import pool
+from adapterhub.runtime.head_inputs import HeadInputs
+from adapterhub.runtime.layers import get_base_model
 from adapterhub.serving.encoding import Encoded
 from adapterhub.serving.predictions import predictions_for
+from adapterhub.spec.composition import BatchSplit, Setup
 
 
 @dataclass
@@ -161,7 +162,7 @@ def _finish(
     head = work.head
     embeddings = None
     if getattr(head, "needs_embeddings", False):
-        from adapterhub.heads.lm import output_embedding_matrix
+        from adapterhub.runtime.head_inputs import output_embedding_matrix
 
         embeddings = output_embedding_matrix(model)
     if work.encoded.choices is not None:  # multiple choice: one head call per example over its choice rows

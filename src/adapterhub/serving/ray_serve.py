@@ -38,7 +38,6 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from adapterhub.composition import setup_names
 from adapterhub.errors import AdapterHubError, ConfigError
 from adapterhub.serving.app import EmbedBody, GenerateBody, PredictBody
 from adapterhub.serving.engine import EngineConfig, ServingEngine
@@ -46,6 +45,7 @@ from adapterhub.serving.registry import UnknownAdapterError
 from adapterhub.serving.scheduler import QueueFullError, ShuttingDownError
 from adapterhub.serving.setups import parse_request_setup
 from adapterhub.serving.sources import AdapterSource, SourceError
+from adapterhub.spec.composition import setup_names
 
 REPLICA_HEADER = "X-Adapterhub-Replica"
 REPLICA_ADAPTERS_HEADER = "X-Adapterhub-Replica-Adapters"
@@ -282,9 +282,9 @@ def ray_init_options() -> dict[str, Any]:
     their ``PYTHONPATH``), whether it is installed or run from a checkout."""
     import os
 
-    import adapterhub
+    from adapterhub import version
 
-    source = str(Path(adapterhub.__file__).resolve().parents[1])
+    source = str(Path(version.__file__).resolve().parents[1])
     paths = [source, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != source]]
     return {"runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}}
 

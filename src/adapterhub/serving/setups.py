@@ -1,16 +1,15 @@
 """Setup strings of requests: ``"Stack(lang, task)"``, ``"Fuse(a, b, c)"``, ``'Stack("lang", Fuse(a, b))'``.
 
 Names may be bare (``rt-pfeiffer``, as adapter names allow ``-``) or quoted; blocks are those of
-``adapterhub.composition``. A plain name is a setup of one adapter.
+``adapterhub.spec.composition``. A plain name is a setup of one adapter.
 """
 
 from __future__ import annotations
 
 import re
 
-from adapterhub.composition import BatchSplit, Block, Parallel, Setup, normalize_setup
-from adapterhub.composition_cli import parse_setup
 from adapterhub.errors import ConfigError
+from adapterhub.spec.composition import BatchSplit, Block, Parallel, Setup, normalize_setup, parse_setup
 
 _BLOCKS = ("Stack", "Fuse", "Split", "BatchSplit", "Parallel", "Average")
 _WORD = re.compile(r"(\"[^\"]*\"|'[^']*')|([A-Za-z0-9][A-Za-z0-9_\-]*(?:\.[0-9]+)?)")

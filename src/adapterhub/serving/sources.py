@@ -124,8 +124,8 @@ def install(source: AdapterSource, fetched: Path | None, model: Any, name: str) 
             repo, _, revision = source.location.partition("@")
             model.load_adapter(repo, source="hf", revision=revision or None, load_as=name, overwrite_ok=True)
             return
-        from adapterhub.architectures import spec_for_model_type
         from adapterhub.io.loading import read_any_adapter_dir
+        from adapterhub.spec.architectures import spec_for_model_type
 
         spec = spec_for_model_type(model.config.model_type)
         record = read_any_adapter_dir(fetched, spec=spec, with_head=True, model=model.model_info())  # type: ignore[arg-type]

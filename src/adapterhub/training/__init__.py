@@ -1,5 +1,6 @@
 """Training and evaluation: ``train(model, task, config)``, the paper baselines as one ``method`` flag, metrics,
-results files, distributed runs and the ``train`` / ``evaluate`` / ``compare`` / ``ablate`` commands.
+results files, distributed runs and the ``train`` / ``evaluate`` / ``compare`` / ``ablate`` commands. The training
+layer builds on api and data (and everything below them); serving, export and cli never come into it.
 
     from adapterhub.data import load_task
     from adapterhub.training import TrainConfig, train

@@ -130,10 +130,10 @@ def _load_for_evaluation(args: argparse.Namespace) -> tuple[Any, Any, dict[str, 
         raise AdapterFileError(f"{saved} is not a directory.")
     if read_training_info(saved) is not None or read_training_info(saved / "best") is not None:
         return load_trained(find_saved_run(saved), args.model)
-    import adapterhub
+    from adapterhub.api.model import init
 
     model, tokenizer, path = load_base(args.model)
-    model = adapterhub.init(model)
+    model = init(model)
     name = model.load_adapter(saved, set_active=True)
     if name not in model.heads:
         raise AdapterFileError(

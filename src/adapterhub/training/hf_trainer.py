@@ -44,7 +44,7 @@ STORE_PREFIX = "_adapterhub."
 
 
 def _require_adapter_model(model: Any) -> Any:
-    from adapterhub.model import STORE_ATTR
+    from adapterhub.api.model import STORE_ATTR
 
     if STORE_ATTR not in getattr(model, "_modules", {}):
         raise ConfigError(
@@ -98,8 +98,8 @@ def is_adapter_checkpoint(directory: str | os.PathLike[str]) -> bool:
 def load_adapter_checkpoint(model: Any, directory: str | os.PathLike[str]) -> None:
     """Restore what :func:`save_adapter_checkpoint` wrote. Adapters and heads the model already has are
     overwritten in place (same parameter objects, same ``requires_grad``); missing ones are added."""
-    from adapterhub.core import load_exact
     from adapterhub.io.adapter_dir import read_adapter_dir
+    from adapterhub.runtime.core import load_exact
 
     model = _require_adapter_model(model)
     directory = Path(directory)

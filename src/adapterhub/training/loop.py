@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-import adapterhub
 from adapterhub.data import EncodedDataset, collate, encode
 from adapterhub.data.task import TaskData
 from adapterhub.errors import ConfigError
@@ -45,6 +44,7 @@ from adapterhub.training.resources import PeakMemory, autocast, resolve_precisio
 from adapterhub.training.results import RESULTS_FILE, TrainResults
 from adapterhub.training.sampling import LengthGroupedSampler, example_lengths, length_sorted_indices
 from adapterhub.training.schedule import linear_schedule, warmup_steps_for
+from adapterhub.version import __version__
 
 
 def _progress(iterable: Any, enabled: bool, **kwargs: Any) -> Any:
@@ -167,7 +167,7 @@ def _environment(info: distributed.DistInfo, dtype: torch.dtype | None) -> dict[
     return {
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "adapterhub": adapterhub.__version__,
+        "adapterhub": __version__,
         "device": str(info.device),
         "world_size": info.world_size,
         "threads": torch.get_num_threads(),

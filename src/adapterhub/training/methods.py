@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from adapterhub.architectures import get_base_model, get_layers
-from adapterhub.configs import resolve_config
 from adapterhub.errors import ConfigError, did_you_mean
+from adapterhub.runtime.layers import get_base_model, get_layers
+from adapterhub.spec.configs import resolve_config
 
 KINDS = ("full", "head", "topk", "layernorm", "adapter")
 DEFAULT_LEARNING_RATES = {"full": 2e-5, "topk": 2e-5, "head": 1e-3, "layernorm": 1e-3, "adapter": 1e-3}

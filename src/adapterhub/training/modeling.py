@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-import adapterhub
+from adapterhub.api.model import init
+from adapterhub.data.packaged import packaged_encoder_path
 from adapterhub.data.task import TaskData
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.heads import HEADS
-from adapterhub.packaged import packaged_encoder_path
 from adapterhub.training.methods import Method, apply_method, parse_method
 
 TRAINING_FILE = "training.json"
@@ -110,7 +110,7 @@ def prepare_model(
     model: nn.Module, task: TaskData, method: Method | str, head_name: str, settings: HeadSettings
 ) -> nn.Module:
     """``adapterhub.init`` the model, add the task head and set what trains for ``method``."""
-    model = adapterhub.init(model)
+    model = init(model)
     add_task_head(model, task.kind, task.labels, head_name, settings)
     apply_method(model, parse_method(method) if isinstance(method, str) else method, head_name)
     return model
@@ -234,7 +234,7 @@ def load_trained(directory: Path, model_path: str | None = None) -> tuple[nn.Mod
         raise AdapterFileError(f"{directory} holds no {TRAINING_FILE}.")
     model, tokenizer, _ = load_base(model_path or info.get("model"))
     method = parse_method(info["method"])
-    model = adapterhub.init(model)
+    model = init(model)
     head_name = info["head_name"]
     if method.is_adapter:
         model.load_adapter(directory / ADAPTER_SUBDIR, load_as=head_name, set_active=True)  # type: ignore[operator]

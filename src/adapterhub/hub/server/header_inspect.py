@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapterhub.adapter_manifest import AdapterManifest
-from adapterhub.configs import METHOD_CONFIGS, canonical_json, resolve_config, sha256_hex
 from adapterhub.errors import AdapterFileError, AdapterHubError, IncompatibleModelError
+from adapterhub.spec.configs import METHOD_CONFIGS, canonical_json, resolve_config, sha256_hex
+from adapterhub.spec.manifest import AdapterManifest
 
 FORMAT = "adapterhub.adapter"
 HEAD_FORMAT = "adapterhub.head"

@@ -25,16 +25,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from adapterhub.configs import canonical_json, sha256_hex
 from adapterhub.errors import AdapterHubError, IncompatibleModelError
 from adapterhub.hub.archive import extract_archive, pack_directory
 from adapterhub.hub.errors import HubError, HubValidationError
 from adapterhub.hub.identifiers import ADAPTER_NAME_RE
-from adapterhub.hub.server import service
+from adapterhub.hub.server import library, service
 from adapterhub.hub.server.header_inspect import inspect_from_headers
 from adapterhub.hub.server.models import Adapter, AdapterVersion, utcnow
 from adapterhub.hub.server.settings import HubSettings
 from adapterhub.hub.server.storage import Storage, blob_key
+from adapterhub.spec.configs import canonical_json, sha256_hex
 
 _NO_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -105,13 +105,12 @@ def parse_card(text: str | bytes) -> Card:
 
 
 def inspect_directory(directory: Path, card: Card, weights_check: str) -> Any:
-    """The manifest of ``directory`` by the ``weights_check`` of the hub's settings: ``"full"`` imports the
-    library's model code (torch) here, on first use, so that the server starts without it."""
+    """The manifest of ``directory`` by the ``weights_check`` of the hub's settings: ``"full"`` is the library's
+    check (``adapterhub.hub.server.library``), which imports the model code (torch) on first use, so that the
+    server starts without it."""
     if weights_check == "header":
         return inspect_from_headers(directory, model_type=card.model_type)
-    from adapterhub.io.manifest import inspect_adapter_dir
-
-    return inspect_adapter_dir(directory, model_type=card.model_type)
+    return library.inspect_full(directory, card.model_type)
 
 
 def validate_directory(directory: Path, card: Card, weights_check: str = "full") -> Any:

@@ -9,7 +9,7 @@ The hub's card has no dedicated field for AdapterFusion activations, and its ``m
 ``{name: float}`` map. A fusion setup therefore stores the mean attention weight that row ``R`` (a layer, or
 ``layer:site`` when a fusion has several sites per layer) gives to adapter ``A`` as the metric ``fusion/R/A``
 (``A`` may itself contain ``/`` or ``@``, e.g. ``fusion/3/sentiment/sst-2@ukp``); :func:`fusion_card_metrics`
-turns :meth:`adapterhub.fusion.FusionActivations.to_dict` into these metrics. A dict in that ``to_dict`` form
+turns :meth:`adapterhub.runtime.fusion.FusionActivations.to_dict` into these metrics. A dict in that ``to_dict`` form
 (``{"adapters": [...], "rows": [...], "weights": [[...], ...]}``) stored as ``fusion_activations`` in the
 adapter's config is read as well. Either one makes the adapter page draw the heatmap.
 """

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import difflib
 import functools
-import importlib
-import importlib.util
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from adapterhub.hub.errors import HubError, HubNotFoundError, HubValidationError
+from adapterhub.hub.server import library
 from adapterhub.hub.server.models import Adapter
 
 TOKEN_PREFIX = "ahub_"
@@ -45,20 +44,12 @@ def close_matches(word: str, choices: Iterable[str], n: int = 5) -> list[str]:
     return seen[:n]
 
 
-def _load_method_configs() -> None:
-    """Make every method's config and presets known. Only bottleneck and LoRA are defined without torch; the other
-    methods' configs live beside their modules, so they are imported (once, on first use) where torch is
-    installed. A hub without torch knows the bottleneck and LoRA presets only (docs/hub.md)."""
-    if importlib.util.find_spec("torch") is not None:
-        importlib.import_module("adapterhub.methods")
-
-
 @functools.lru_cache(maxsize=1)
 def preset_hashes() -> dict[str, str]:
     """config_hash -> preset name for the library's presets (for display and ``config=pfeiffer`` filters)."""
-    _load_method_configs()
+    library.load_method_configs()
     try:
-        from adapterhub.configs import PRESETS, resolve_config
+        from adapterhub.spec.configs import PRESETS, resolve_config
     except ImportError:  # pragma: no cover
         return {}
     out: dict[str, str] = {}
@@ -76,9 +67,9 @@ def config_label(adapter: Adapter) -> str:
 
 
 def preset_hash(config: str) -> str | None:
-    _load_method_configs()
+    library.load_method_configs()
     try:
-        from adapterhub.configs import resolve_config
+        from adapterhub.spec.configs import resolve_config
 
         return resolve_config(config).canonical_hash()
     except Exception:

@@ -187,7 +187,7 @@ def _filter_config(s: Session, adapters: list[Adapter], config: str, what: str) 
     names, hints = _candidates(adapters)
     if not HEX_RE.match(low) and wanted_hash is None and not any(a.config_name for a in adapters):
         try:
-            from adapterhub.configs import preset_names
+            from adapterhub.spec.configs import preset_names
 
             presets = preset_names()
         except ImportError:  # pragma: no cover

@@ -15,19 +15,20 @@ from typing import Any
 
 from torch import nn
 
-from adapterhub import attention_hooks
-from adapterhub.architectures import get_layers, spec_for_config
-from adapterhub.arithmetic import ArithmeticMixin
+from adapterhub.api.arithmetic import ArithmeticMixin
+from adapterhub.api.fusion import FusionMixin
+from adapterhub.api.merging import MergeMixin
+from adapterhub.api.prefix import PrefixTuningMixin
 from adapterhub.errors import ConfigError
-from adapterhub.fusion import RegulariserHook
-from adapterhub.fusion_api import FusionMixin
 from adapterhub.heads.api import generation_class
 from adapterhub.heads.routing import install_call_hooks, install_head_routing
-from adapterhub.injection import AdapterHook, SiteInjector, remove_hooks
-from adapterhub.merging import MergeMixin
-from adapterhub.parallel import ParallelGenerationMixin, install_parallel_hooks
-from adapterhub.prefix_api import PrefixTuningMixin
-from adapterhub.store import STORE_ATTR, AdapterStore
+from adapterhub.runtime import attention_hooks
+from adapterhub.runtime.fusion import RegulariserHook
+from adapterhub.runtime.injection import AdapterHook, SiteInjector, remove_hooks
+from adapterhub.runtime.layers import get_layers
+from adapterhub.runtime.parallel import ParallelGenerationMixin, install_parallel_hooks
+from adapterhub.runtime.store import STORE_ATTR, AdapterStore
+from adapterhub.spec.architectures import spec_for_config
 
 __all__ = ["STORE_ATTR", "AdapterModelMixin", "AdapterStore", "deinit", "init"]
 

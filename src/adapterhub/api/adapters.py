@@ -17,15 +17,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from adapterhub.composition import branch_names, normalize_setup, parallel_block, setup_names
-from adapterhub.configs import MethodConfig, resolve_config
-from adapterhub.core import load_exact
+from adapterhub.api.summary import AdapterSummary, summarize
 from adapterhub.errors import AdapterExistsError, AdapterFileError, ConfigError
 from adapterhub.heads.api import HeadsMixin, check_name
-from adapterhub.io.records import AdapterRecord
 from adapterhub.methods import method_for_config
-from adapterhub.store import STORE_ATTR
-from adapterhub.summary import AdapterSummary, summarize
+from adapterhub.runtime.core import load_exact
+from adapterhub.runtime.records import AdapterRecord
+from adapterhub.runtime.store import STORE_ATTR
+from adapterhub.spec.composition import branch_names, normalize_setup, parallel_block, setup_names
+from adapterhub.spec.configs import MethodConfig, resolve_config
 
 
 class AdapterAPIMixin(HeadsMixin):

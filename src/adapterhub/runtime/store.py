@@ -2,7 +2,7 @@
 call at each attachment point.
 
 The store is an ``nn.Module`` attached to the model as ``model._adapterhub`` (so optimisers, ``.to()``, DDP and
-state dicts see its parameters). It holds no per-call state (``adapterhub.callstate`` does): many threads may run
+state dicts see its parameters). It holds no per-call state (``adapterhub.runtime.callstate`` does): many threads may run
 the same model at once, each with its own ``with model.adapter_setup(...)``.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapterhub import callstate
-from adapterhub.composition import Setup, parallel_block, setup_names
-from adapterhub.interpreter import PointRun, run_setup
 from adapterhub.methods.base import AdapterModule, PointInputs
+from adapterhub.runtime import callstate
+from adapterhub.runtime.interpreter import PointRun, run_setup
+from adapterhub.spec.composition import Setup, parallel_block, setup_names
 
 STORE_ATTR = "_adapterhub"
 

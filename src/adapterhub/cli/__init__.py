@@ -1,4 +1,5 @@
-"""Command-line entry point: ``adapterhub <command> ...``.
+"""The cli layer, the highest: the command-line entry point ``adapterhub <command> ...``, the demo (``demo``) and
+the cross-cutting commands (``composition``: fusion heatmaps and setups; ``merge``). It may import every layer.
 
 Each feature area owns its sub-commands in its own module, which exposes ``register(subparsers)``; this file only
 collects them. A user mistake is reported as one line on stderr (exit code 2), never as a traceback; so is a command
@@ -19,11 +20,11 @@ from adapterhub.errors import AdapterHubError
 
 # Modules that contribute sub-commands. A module that is not part of this installation is skipped.
 COMMAND_MODULES: tuple[str, ...] = (
-    "adapterhub.demo",
+    "adapterhub.cli.demo",
     "adapterhub.training.cli",
     "adapterhub.training.compare_cli",
-    "adapterhub.composition_cli",
-    "adapterhub.merge_cli",
+    "adapterhub.cli.composition",
+    "adapterhub.cli.merge",
     "adapterhub.hub.cli",
     "adapterhub.serving.cli",
     "adapterhub.export.cli",
@@ -70,7 +71,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

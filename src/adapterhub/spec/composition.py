@@ -10,7 +10,7 @@ Semantics at one site (``h``: sub-layer output, ``x``: residual input, ``LN``: t
   prepared from ``c_{k-1}`` by its config (Pfeiffer: ``LN(c_{k-1} + x)``); the last one's config decides how ``c_n``
   leaves the site (Pfeiffer: ``LN(c_n + x)``). A ``Fuse`` inside a Stack is one step of it; a ``Split``,
   ``BatchSplit``, ``Parallel`` or ``Average`` may only be the last element and runs on ``h = c_{k-1}``;
-- ``Fuse(a, b, ...)``: AdapterFusion (``adapterhub.fusion``): attention over the adapters' outputs;
+- ``Fuse(a, b, ...)``: AdapterFusion (``adapterhub.runtime.fusion``): attention over the adapters' outputs;
 - ``Split(a, b, split_index=k)``: positions ``[0, k)`` of the sequence through ``a``, ``[k, T)`` through ``b``
   (several indices for more children: ``split_index=(k1, k2)`` for three);
 - ``BatchSplit(a, b, batch_sizes=(2, 3))``: rows ``[0, 2)`` of the batch through ``a``, rows ``[2, 5)`` through
@@ -38,13 +38,14 @@ Average      name, Stack, Fuse, Split, BatchSplit
 
 ``Parallel`` may only be the whole setup or the last element of a top-level ``Stack``.
 
-This module is data only (no torch): ``adapterhub.interpreter`` runs a setup at every attachment point, asking each
-adapter method what it can do (``adapterhub.methods.base``); ``adapterhub.parallel`` runs the ``Parallel`` batch
+This module is data only (no torch): ``adapterhub.runtime.interpreter`` runs a setup at every attachment point, asking each
+adapter method what it can do (``adapterhub.methods.base``); ``adapterhub.runtime.parallel`` runs the ``Parallel`` batch
 replication and per-branch heads.
 """
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 from collections.abc import Iterator, Mapping, Sequence
@@ -97,7 +98,7 @@ class Block:
                 allowed = ", ".join(c.__name__ for c in self.allowed_children) or "only adapter names"
                 raise ConfigError(
                     f"{type(child).__name__} cannot be nested in {kind}; allowed inside {kind}: {allowed} "
-                    "(see the nesting table in adapterhub.composition)."
+                    "(see the nesting table in adapterhub.spec.composition)."
                 )
             if not isinstance(self, Stack) and _contains(child, Parallel):
                 raise ConfigError(
@@ -382,3 +383,30 @@ def blocks_with_parents(setup: Setup | None) -> Iterator[tuple[Block, Setup]]:
     for child in setup.children:
         yield setup, child
         yield from blocks_with_parents(child)
+
+
+_BLOCK_NAMES = ("Stack", "Fuse", "Split", "BatchSplit", "Parallel", "Average")
+
+
+def parse_setup(text: str) -> Any:
+    """Parse ``Stack("a", Fuse("b", "c"))``-style text safely (only block calls and literals are allowed)."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as error:
+        raise ConfigError(f"Cannot parse setup {text!r}: {error.msg}.") from None
+
+    def build(node: ast.AST) -> Any:
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _BLOCK_NAMES:
+            block = globals()[node.func.id]
+            return block(
+                *[build(a) for a in node.args], **{k.arg: build(k.value) for k in node.keywords if k.arg}
+            )
+        if isinstance(node, (ast.List, ast.Tuple)):
+            return [build(e) for e in node.elts]
+        if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float, bool)):
+            return node.value
+        raise ConfigError(
+            f"Unexpected {ast.dump(node)[:60]} in setup {text!r}; use {', '.join(_BLOCK_NAMES)} and names."
+        )
+
+    return build(tree.body)

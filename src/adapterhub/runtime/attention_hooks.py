@@ -29,9 +29,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from adapterhub.architectures import ArchitectureSpec, layer_stacks
 from adapterhub.errors import ConfigError, UnsupportedArchitectureError
 from adapterhub.methods.base import ATTENTION, AttentionInputs, PointInputs
+from adapterhub.runtime.layers import layer_stacks
+from adapterhub.spec.architectures import ArchitectureSpec
 
 PREFIX = "adapterhub_"
 SUPPORTED = ("sdpa", "eager")

@@ -15,8 +15,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from adapterhub.combines import COMBINES
 from adapterhub.errors import ConfigError
+from adapterhub.spec.combines import COMBINES
 
 MODEL_CLASSES = {
     "base": "AutoModel",

@@ -26,15 +26,12 @@ architecture is one ``register_architecture(...)`` entry plus one row in the tes
 
 from __future__ import annotations
 
-from adapterhub.architecture_spec import (
+from adapterhub.spec.architecture import (
     ArchitectureSpec,
     InputRef,
     LinearSpec,
     SiteSpec,
     StackSpec,
-    get_base_model,
-    get_layers,
-    layer_stacks,
     register_architecture,
     spec_for_config,
     spec_for_model_type,
@@ -48,9 +45,6 @@ __all__ = [
     "LinearSpec",
     "SiteSpec",
     "StackSpec",
-    "get_base_model",
-    "get_layers",
-    "layer_stacks",
     "register_architecture",
     "spec_for_config",
     "spec_for_model_type",

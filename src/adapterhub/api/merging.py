@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from adapterhub.adapters_api import AdapterAPIMixin
-from adapterhub.composition import setup_names
+from adapterhub.api.adapters import AdapterAPIMixin
 from adapterhub.errors import ConfigError
+from adapterhub.spec.composition import setup_names
 
 
 class MergeMixin(AdapterAPIMixin):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from adapterhub.composition import setup_names
 from adapterhub.heads.api import HeadsMixin
 from adapterhub.heads.static import static_head_parameters
+from adapterhub.spec.composition import setup_names
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def summarize(model: HeadsMixin) -> AdapterSummary:
             SummaryRow(
                 name=name,
                 kind="head",
-                method=head.head_type,
+                method=str(head.head_type),
                 parameters=count,
                 percent_of_base=100.0 * count / base_count if base_count else 0.0,
                 active=name == active_head,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adapterhub.adapters_api import AdapterAPIMixin
+from adapterhub.api.adapters import AdapterAPIMixin
 from adapterhub.errors import ConfigError
 from adapterhub.methods.prefix_tuning import PrefixTuningAdapter
 

@@ -4,7 +4,7 @@ The batch is replicated when it enters the first layer holding an adapter of the
 pre-hook on every layer repeats each batch-sized tensor argument: hidden states, attention masks, position
 embeddings); layers before it run once. The model's output is then split per branch into a ``ParallelOutput``,
 each branch through the head named like its last adapter (else the model's built-in head). What one call carries
-between these hooks (batch size, labels, the base model's output) is per-call state (``adapterhub.callstate``).
+between these hooks (batch size, labels, the base model's output) is per-call state (``adapterhub.runtime.callstate``).
 Under ``generate()``, ``ParallelGenerationMixin`` repeats the inputs itself and the model returns one output with
 ``n · B`` rows.
 """
@@ -20,13 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapterhub import callstate
-from adapterhub.architectures import get_layers, spec_for_model_type
-from adapterhub.composition import Parallel, branch_names, parallel_block
 from adapterhub.errors import ConfigError
-from adapterhub.heads.base import HeadInputs, static_loss
-from adapterhub.injection import AdapterHook
-from adapterhub.store import STORE_ATTR, AdapterStore
+from adapterhub.runtime import callstate
+from adapterhub.runtime.head_inputs import HeadInputs, static_loss
+from adapterhub.runtime.injection import AdapterHook
+from adapterhub.runtime.layers import get_layers
+from adapterhub.runtime.store import STORE_ATTR, AdapterStore
+from adapterhub.spec.architectures import spec_for_model_type
+from adapterhub.spec.composition import Parallel, branch_names, parallel_block
 
 _LOCAL = threading.local()
 
@@ -306,7 +307,7 @@ def parallel_output(
             targets = labels if labels is None or not hasattr(head, "label_names") else {"labels": labels}
             embeddings = None
             if head.needs_embeddings:  # tied LM heads read the model's output embedding matrix
-                from adapterhub.heads.lm import output_embedding_matrix
+                from adapterhub.runtime.head_inputs import output_embedding_matrix
 
                 embeddings = output_embedding_matrix(model)
             head_inputs = HeadInputs(

@@ -104,7 +104,7 @@ def run_demo(args: argparse.Namespace) -> int:
     import transformers
 
     from adapterhub.data import packaged_rotten_tomatoes
-    from adapterhub.packaged import packaged_encoder_path
+    from adapterhub.data.packaged import packaged_encoder_path
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -167,7 +167,7 @@ def _fresh_model(model_dir: Path, task: Any) -> torch.nn.Module:
     import transformers
 
     import adapterhub
-    from adapterhub.packaged import PACKAGED_MODEL_NAME
+    from adapterhub.data.packaged import PACKAGED_MODEL_NAME
 
     id2label = dict(enumerate(task.labels))
     model = transformers.AutoModelForSequenceClassification.from_pretrained(
@@ -325,7 +325,7 @@ def _model_server(model_dir: Path, out: Path, trained: dict[str, Any], port: int
     import transformers
 
     import adapterhub
-    from adapterhub.packaged import PACKAGED_MODEL_NAME
+    from adapterhub.data.packaged import PACKAGED_MODEL_NAME
     from adapterhub.serving.background import BackgroundServer
     from adapterhub.serving.engine import EngineConfig, ServingEngine
 

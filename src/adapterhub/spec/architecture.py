@@ -1,9 +1,11 @@
 """The data types of architecture specs and their registry: ``ArchitectureSpec`` (with ``SiteSpec``, ``InputRef``,
-``LinearSpec``, ``StackSpec``), ``register_architecture`` and the look-ups the rest of the library uses
-(``spec_for_config``, ``get_base_model``, ``layer_stacks``, ...).
+``LinearSpec``, ``StackSpec``), ``register_architecture`` and the look-ups by model type and config
+(``spec_for_config``, ``spec_for_model_type``, ``unsupported_points``). Data only, no torch: the functions that walk
+a model's modules by a spec (``get_base_model``, ``get_layers``, ``layer_stacks``) are in
+``adapterhub.runtime.layers``.
 
-The entries themselves (BERT, GPT-2, Llama, T5, ...) live in ``adapterhub.architectures``, which imports this module
-and re-exports its names; import from there, so that the entries are registered before any look-up.
+The entries themselves (BERT, GPT-2, Llama, T5, ...) live in ``adapterhub.spec.architectures``, which imports this
+module and re-exports its names; import from there, so that the entries are registered before any look-up.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-from torch import nn
 
 from adapterhub.errors import UnsupportedArchitectureError
 
@@ -134,7 +134,7 @@ def spec_for_model_type(model_type: str) -> ArchitectureSpec:
     if model_type not in _REGISTRY:
         raise UnsupportedArchitectureError(
             f"Model type {model_type!r} has no ArchitectureSpec. Supported: {', '.join(supported_model_types())}. "
-            "To add it, call adapterhub.architectures.register_architecture(ArchitectureSpec(model_types=("
+            "To add it, call adapterhub.register_architecture(ArchitectureSpec(model_types=("
             f"{model_type!r},), layers=<path of the layer list>, sites={{'attn': SiteSpec(...), 'ffn': SiteSpec(...)}})) "
             "naming the modules around each sub-layer (see docs/ARCHITECTURES.md)."
         )
@@ -165,52 +165,3 @@ def spec_for_config(config: Any) -> ArchitectureSpec:
         if all(getattr(config, key, None) == value for key, value in spec.config_match.items()):
             return spec
     return spec_for_model_type(model_type)
-
-
-def get_base_model(model: nn.Module) -> nn.Module:
-    """The transformer body (``BertModel`` inside ``BertForSequenceClassification``), or the model itself.
-
-    A model whose ``base_model_prefix`` names no attribute (transformers 4.57's ``Gemma3ForCausalLM``: prefix
-    ``language_model``, body at ``model``) gets its ``model`` attribute when that is a transformers model."""
-    base = getattr(model, "base_model", None)
-    if base is model:
-        body = getattr(model, "model", None)
-        if isinstance(body, nn.Module) and hasattr(body, "config") and hasattr(body, "base_model_prefix"):
-            return body
-    return base if isinstance(base, nn.Module) else model
-
-
-def _stack_layers(base: nn.Module, spec: ArchitectureSpec, path: str) -> nn.ModuleList:
-    try:
-        layers = base.get_submodule(path)
-    except AttributeError as error:
-        hint = (
-            " An encoder-decoder spec needs both stacks: load the model with its decoder (AutoModel or "
-            "AutoModelForSeq2SeqLM, not an encoder-only class)."
-            if spec.decoder is not None
-            else ""
-        )
-        raise UnsupportedArchitectureError(
-            f"The spec for {spec.model_types[0]!r} expects the layers at {path!r}, but "
-            f"{type(base).__name__} has no such module ({error}). This transformers version may have renamed it; "
-            f"adjust the ArchitectureSpec.{hint}"
-        ) from None
-    if not isinstance(layers, nn.ModuleList):
-        raise UnsupportedArchitectureError(f"{path!r} in {type(base).__name__} is not a ModuleList.")
-    return layers
-
-
-def layer_stacks(model: nn.Module, spec: ArchitectureSpec) -> list[tuple[nn.Module, StackSpec]]:
-    """Every transformer layer of ``model`` in numbering order (encoder layers, then decoder layers) with the
-    description of the stack it belongs to."""
-    base = get_base_model(model)
-    return [(layer, stack) for stack in spec.stacks() for layer in _stack_layers(base, spec, stack.layers)]
-
-
-def get_layers(model: nn.Module, spec: ArchitectureSpec) -> nn.ModuleList:
-    """The transformer layers in numbering order. Encoder-decoder models: a new list (not a submodule of the
-    model) holding the encoder's layers, then the decoder's."""
-    base = get_base_model(model)
-    if spec.decoder is None:
-        return _stack_layers(base, spec, spec.layers)
-    return nn.ModuleList(layer for layer, _ in layer_stacks(model, spec))

@@ -13,12 +13,12 @@ compute the mean fusion weight per (layer, adapter) over the texts (one per line
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 from pathlib import Path
 from typing import Any
 
 from adapterhub.errors import ConfigError
+from adapterhub.spec.composition import parse_setup
 
 
 def register(subparsers: Any) -> None:
@@ -67,7 +67,7 @@ def register(subparsers: Any) -> None:
 
 
 def _heatmap(args: argparse.Namespace) -> int:
-    from adapterhub.fusion import FusionActivations, plot_fusion_heatmap
+    from adapterhub.runtime.fusion import FusionActivations, plot_fusion_heatmap
 
     if not args.activations.is_file():
         raise ConfigError(f"{args.activations} does not exist.")
@@ -84,7 +84,7 @@ def _activations(args: argparse.Namespace) -> int:
     import transformers
 
     import adapterhub
-    from adapterhub.fusion import plot_fusion_heatmap
+    from adapterhub.runtime.fusion import plot_fusion_heatmap
 
     model = adapterhub.init(transformers.AutoModel.from_pretrained(args.model).eval())
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
@@ -109,37 +109,8 @@ def _activations(args: argparse.Namespace) -> int:
     return 0
 
 
-_NAMES = ("Stack", "Fuse", "Split", "BatchSplit", "Parallel", "Average")
-
-
-def parse_setup(text: str) -> Any:
-    """Parse ``Stack("a", Fuse("b", "c"))``-style text safely (only block calls and literals are allowed)."""
-    from adapterhub import composition
-
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as error:
-        raise ConfigError(f"Cannot parse setup {text!r}: {error.msg}.") from None
-
-    def build(node: ast.AST) -> Any:
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _NAMES:
-            block = getattr(composition, node.func.id)
-            return block(
-                *[build(a) for a in node.args], **{k.arg: build(k.value) for k in node.keywords if k.arg}
-            )
-        if isinstance(node, (ast.List, ast.Tuple)):
-            return [build(e) for e in node.elts]
-        if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float, bool)):
-            return node.value
-        raise ConfigError(
-            f"Unexpected {ast.dump(node)[:60]} in setup {text!r}; use {', '.join(_NAMES)} and names."
-        )
-
-    return build(tree.body)
-
-
 def _setup_json(args: argparse.Namespace) -> int:
-    from adapterhub.composition import setup_to_json
+    from adapterhub.spec.composition import setup_to_json
 
     sys.stdout.write(setup_to_json(parse_setup(args.setup)) + "\n")
     return 0

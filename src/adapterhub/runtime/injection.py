@@ -24,14 +24,6 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from adapterhub.architectures import (
-    ArchitectureSpec,
-    InputRef,
-    LinearSpec,
-    SiteSpec,
-    get_base_model,
-    layer_stacks,
-)
 from adapterhub.errors import UnsupportedArchitectureError
 from adapterhub.methods.base import (
     EMBEDDING,
@@ -43,6 +35,8 @@ from adapterhub.methods.base import (
     PointInputs,
     ResidualInputs,
 )
+from adapterhub.runtime.layers import get_base_model, layer_stacks
+from adapterhub.spec.architectures import ArchitectureSpec, InputRef, LinearSpec, SiteSpec
 
 
 class PointHandler(Protocol):

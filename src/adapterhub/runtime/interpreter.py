@@ -1,13 +1,13 @@
 """The one interpreter of composition blocks: the value of one attachment point under a setup.
 
-Semantics (blocks in ``adapterhub.composition``; ``inputs`` are the point's ``PointInputs``, and an adapter that
+Semantics (blocks in ``adapterhub.spec.composition``; ``inputs`` are the point's ``PointInputs``, and an adapter that
 does not occupy the point is absent there):
 
 - a name: that adapter alone (``forward_at``);
 - ``Stack(a, b, ...)``: ``c_0 = inputs.start()``, each present adapter's ``stack_step`` maps ``c_{k-1}`` to
   ``c_k``, the last one's ``stack_leave`` gives the point's value. A ``Fuse`` is one step; a final ``Split``,
   ``BatchSplit``, ``Parallel`` or ``Average`` runs on ``inputs.on(c_{k-1})``;
-- ``Fuse``: AdapterFusion (``adapterhub.fusion.fuse_step``);
+- ``Fuse``: AdapterFusion (``adapterhub.runtime.fusion.fuse_step``);
 - ``Split`` / ``BatchSplit`` / ``Parallel``: children on consecutive positions / rows / replicated row blocks, the
   parts joined again (a BatchSplit whose children the method can group runs as one computation);
 - ``Average``: ``Σ_i w_i · y_i`` over the children's values.
@@ -25,7 +25,10 @@ from typing import Any
 
 import torch
 
-from adapterhub.composition import (
+from adapterhub.errors import AdapterNotFoundError, ConfigError, did_you_mean
+from adapterhub.methods.base import AdapterModule, Point, PointInputs
+from adapterhub.runtime.fusion import fuse_step
+from adapterhub.spec.composition import (
     Average,
     BatchSplit,
     Fuse,
@@ -37,9 +40,6 @@ from adapterhub.composition import (
     flatten_stack,
     setup_names,
 )
-from adapterhub.errors import AdapterNotFoundError, ConfigError, did_you_mean
-from adapterhub.fusion import fuse_step
-from adapterhub.methods.base import AdapterModule, Point, PointInputs
 
 LAST_ONLY_IN_STACK = (Split, BatchSplit, Parallel, Average)
 

@@ -16,16 +16,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapterhub import attention_hooks
-from adapterhub.architectures import (
-    ArchitectureSpec,
-    StackSpec,
-    get_layers,
-    layer_stacks,
-    spec_for_config,
-    unsupported_points,
+from adapterhub.errors import (
+    AdapterNotFoundError,
+    ConfigError,
+    IncompatibleModelError,
+    UnsupportedArchitectureError,
+    did_you_mean,
 )
-from adapterhub.composition import (
+from adapterhub.methods.base import ATTENTION, EMBEDDING, AdapterModule, ModelDims
+from adapterhub.runtime import attention_hooks
+from adapterhub.runtime.injection import linear_params
+from adapterhub.runtime.interpreter import check_setup
+from adapterhub.runtime.layers import get_layers, layer_stacks
+from adapterhub.runtime.records import ModelInfo
+from adapterhub.runtime.store import STORE_ATTR, AdapterStore
+from adapterhub.runtime.validate import check_state_fits
+from adapterhub.spec.architectures import ArchitectureSpec, StackSpec, spec_for_config, unsupported_points
+from adapterhub.spec.composition import (
     BatchSplit,
     Fuse,
     Parallel,
@@ -35,20 +42,7 @@ from adapterhub.composition import (
     normalize_setup,
     setup_names,
 )
-from adapterhub.configs import MethodConfig
-from adapterhub.errors import (
-    AdapterNotFoundError,
-    ConfigError,
-    IncompatibleModelError,
-    UnsupportedArchitectureError,
-    did_you_mean,
-)
-from adapterhub.injection import linear_params
-from adapterhub.interpreter import check_setup
-from adapterhub.io.records import ModelInfo
-from adapterhub.io.validate import check_state_fits
-from adapterhub.methods.base import ATTENTION, EMBEDDING, AdapterModule, ModelDims
-from adapterhub.store import STORE_ATTR, AdapterStore
+from adapterhub.spec.configs import MethodConfig
 
 _HEAD_COUNT_ATTRS = ("num_attention_heads", "n_head", "n_heads")
 
@@ -156,7 +150,7 @@ class AdapterModelCore:
 
     def _prepare_points(self, module: AdapterModule) -> None:
         """Before ``module`` joins the store: switch on the attachments of the kinds of point it uses that are
-        not always on (self-attention: ``adapterhub.attention_hooks``). Raises when this model cannot carry them."""
+        not always on (self-attention: ``adapterhub.runtime.attention_hooks``). Raises when this model cannot carry them."""
         if EMBEDDING in module.kinds() and self._spec.embeddings is None:
             raise UnsupportedArchitectureError(
                 f"{module.method} adapters attach at the input embeddings, which the ArchitectureSpec of "

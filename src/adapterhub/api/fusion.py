@@ -1,4 +1,4 @@
-"""The fusion half of the model API (AdapterFusion): see ``adapterhub.fusion`` for the math.
+"""The fusion half of the model API (AdapterFusion): see ``adapterhub.runtime.fusion`` for the math.
 
 ::
 
@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from adapterhub.adapters_api import AdapterAPIMixin
-from adapterhub.composition import Fuse, fuse_blocks, normalize_setup, setup_names
-from adapterhub.core import load_exact
+from adapterhub.api.adapters import AdapterAPIMixin
 from adapterhub.errors import AdapterExistsError, AdapterNotFoundError, ConfigError, did_you_mean
+from adapterhub.runtime.core import load_exact
+from adapterhub.spec.composition import Fuse, fuse_blocks, normalize_setup, setup_names
 
 if TYPE_CHECKING:
-    from adapterhub.fusion import AdapterFusion, FusionActivations, FusionConfig
+    from adapterhub.runtime.fusion import AdapterFusion, FusionActivations, FusionConfig
 
 
 def as_fuse(setup: Any) -> Fuse:
@@ -84,7 +84,7 @@ class FusionMixin(AdapterAPIMixin):
         return sites
 
     def _build_fusion(self, fuse: Fuse, config: FusionConfig) -> AdapterFusion:
-        from adapterhub.fusion import AdapterFusion
+        from adapterhub.runtime.fusion import AdapterFusion
 
         dropout = config.dropout
         if dropout is None:
@@ -109,7 +109,7 @@ class FusionMixin(AdapterAPIMixin):
 
         ``config``: ``"dynamic"`` (Q, K, V; V initialised to identity and regularised towards it), ``"static"``
         (Q, K, no V), a dict or a ``FusionConfig``."""
-        from adapterhub.fusion import resolve_fusion_config
+        from adapterhub.runtime.fusion import resolve_fusion_config
 
         fuse = as_fuse(adapter_setup)
         resolved = resolve_fusion_config(config)
@@ -171,7 +171,7 @@ class FusionMixin(AdapterAPIMixin):
     def fusion_regularization_loss(self, adapter_setup: Any = None) -> torch.Tensor | None:
         """``λ·Σ||I - V||²`` of the fusions in ``adapter_setup`` (default: the active setup) that are being
         trained; add it to your loss if you compute the loss outside the model."""
-        from adapterhub.fusion import regularization_loss
+        from adapterhub.runtime.fusion import regularization_loss
 
         setup = self._store.current_setup() if adapter_setup is None else normalize_setup(adapter_setup)
         if isinstance(setup, str) and "," in setup:
@@ -245,8 +245,8 @@ class FusionMixin(AdapterAPIMixin):
         the model lacks them; a fusion saved by the `adapters` library holds no adapters, so load those first
         with ``load_adapter``. Everything is checked
         before the model changes. Returns the ``Fuse`` block (activated with its head if ``set_active``)."""
-        from adapterhub.fusion import FusionConfig
         from adapterhub.io.fusion_dir import read_fusion_dir
+        from adapterhub.runtime.fusion import FusionConfig
 
         record = read_fusion_dir(directory, spec=self._spec, with_head=with_head)
         fuse = Fuse(*record.adapters)
@@ -302,8 +302,8 @@ class FusionMixin(AdapterAPIMixin):
         ``data``: a list of texts or ``Example`` rows (with ``tokenizer``), or an iterable of batches (dicts with
         ``input_ids`` / ``attention_mask``, e.g. a DataLoader). ``fusion``: which ``Fuse`` (default: the one in
         the active setup, or the only fusion of the model). Averages over non-padding tokens; rows sum to 1.
-        Plot with ``adapterhub.fusion.plot_fusion_heatmap``."""
-        from adapterhub.fusion import compute_fusion_activations
+        Plot with ``adapterhub.runtime.fusion.plot_fusion_heatmap``."""
+        from adapterhub.runtime.fusion import compute_fusion_activations
 
         if fusion is None:
             active = _fuses(self._store.current_setup())

@@ -36,13 +36,13 @@ from typing import Any
 
 import torch
 
-from adapterhub.adapters_api import AdapterAPIMixin
-from adapterhub.combines import COMBINES, PARAM_COMBINES, SVD_COMBINES
-from adapterhub.configs import LoRAConfig, resolve_config
+from adapterhub.api.adapters import AdapterAPIMixin
 from adapterhub.errors import ConfigError
-from adapterhub.io.records import HeadRecord
 from adapterhub.methods.base import AdapterModule
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
+from adapterhub.runtime.records import HeadRecord
+from adapterhub.spec.combines import COMBINES, PARAM_COMBINES, SVD_COMBINES
+from adapterhub.spec.configs import LoRAConfig, resolve_config
 
 # ------------------------------------------------------------------------------------ merge functions (TIES, DARE)
 

@@ -39,9 +39,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from adapterhub.composition import Fuse, Setup, fuse_blocks, parallel_block
 from adapterhub.errors import AdapterNotFoundError, ConfigError, did_you_mean
 from adapterhub.methods.base import AdapterModule, Point, PointInputs
+from adapterhub.spec.composition import Fuse, Setup, fuse_blocks, parallel_block
 
 if TYPE_CHECKING:
     import numpy as np
@@ -155,7 +155,7 @@ class FusionLayer(nn.Module):
         else:
             q = query(query_input) if query is not None else query_input  # (B, T, d)
             qk = q @ key.weight if key is not None else q  # Kᵀq, so that q · (K u) = (Kᵀq) · u
-            shift = (q * key.bias).sum(-1, keepdim=True) if key is not None else None  # q · b_K
+            shift = (q * key.bias).sum(-1, keepdim=True) if key is not None else None  # type: ignore[assignment]  # q · b_K
         scores = torch.einsum("btd,nbtd->btn", qk, ups)  # (B, T, N)
         if shift is not None:
             scores = scores + shift  # (B, T, 1): equal for every adapter, matters only under dropout
@@ -198,12 +198,12 @@ class AdapterFusion(nn.Module):
 
     def layer_at(self, layer: int, site: str) -> FusionLayer | None:
         key = str(layer)
-        if key not in self.layers or site not in self.layers[key]:
+        if key not in self.layers or site not in self.layers[key]:  # type: ignore[operator]
             return None
-        return self.layers[key][site]  # type: ignore[return-value]
+        return self.layers[key][site]  # type: ignore[index,return-value]
 
     def site_keys(self) -> list[tuple[int, str]]:
-        return [(int(i), s) for i, sites in self.layers.items() for s in sites]  # type: ignore[union-attr]
+        return [(int(i), s) for i, sites in self.layers.items() for s in sites]  # type: ignore[attr-defined,union-attr]
 
     def regularization_loss(self) -> torch.Tensor | None:
         """``reg_weight · Σ_sites ||I - V||²_F`` (None for a fusion without V or with regularization off)."""
@@ -212,7 +212,7 @@ class AdapterFusion(nn.Module):
         terms = [
             term
             for sites in self.layers.values()
-            for layer in sites.values()  # type: ignore[union-attr]
+            for layer in sites.values()  # type: ignore[operator,union-attr]
             if (term := layer.regularization_loss()) is not None
         ]
         return self.config.reg_weight * torch.stack(terms).sum() if terms else None

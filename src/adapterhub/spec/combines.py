@@ -1,4 +1,4 @@
-"""The names of the ways ``model.average_adapter`` combines adapters (:mod:`adapterhub.arithmetic` says what each
+"""The names of the ways ``model.average_adapter`` combines adapters (:mod:`adapterhub.api.arithmetic` says what each
 one computes). A module of its own, without torch, so that ``adapterhub merge --help`` lists them without loading
 the model code."""
 
