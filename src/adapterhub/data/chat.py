@@ -7,9 +7,9 @@ response tokens are the ones after that prefix, up to and including the tokenize
 end-of-turn token of chat models such as ``<|im_end|>``) when it occurs, so template glue after it (a newline)
 carries no loss. A template that breaks the prefix property is refused: its responses cannot be located exactly.
 
-Truncation to ``max_length`` keeps the last response and drops the oldest prompt tokens; a response alone longer
-than ``max_length`` keeps its first ``max_length`` tokens. Either way the example says it was truncated and
-:func:`encode_conversations` counts them, so nothing is shortened silently.
+Truncation to ``max_length`` keeps the last response: the tokens after it (no loss) go first, then the oldest
+prompt tokens; a response alone longer than ``max_length`` keeps its first ``max_length`` tokens. Either way the
+example says it was truncated and :func:`encode_conversations` counts them, so nothing is shortened silently.
 """
 
 from __future__ import annotations
@@ -149,8 +149,9 @@ def encode_conversation(
     """Tokenise one conversation with ``tokenizer``'s chat template into input ids and labels.
 
     Loss covers every assistant response (``last_turn_only``: the last one only); ``train_on_prompt`` puts loss
-    on every token instead. Longer than ``max_length``: the oldest prompt tokens are dropped so the last loss
-    response is kept whole; a response alone longer than ``max_length`` keeps its first ``max_length`` tokens.
+    on every token instead. Longer than ``max_length``: the tokens after the last response, then the oldest
+    prompt tokens are dropped so that response is kept whole; a response alone longer than ``max_length``
+    keeps its first ``max_length`` tokens.
     Raises :class:`ConfigError` for bad messages (:func:`check_messages`), a tokenizer without a chat template
     or a template whose prompts are not prefixes of the rendered conversation."""
     if max_length is not None and max_length < 1:
