@@ -200,3 +200,11 @@ def test_kind_generation_on_classification_rows_is_a_clear_error(tmp_path: Path,
     path = write_jsonl(tmp_path / "c.jsonl", [{"text": "good", "label": "pos"}] * 4)
     with pytest.raises(ConfigError, match=r"a generation row needs 'prompt' and 'response', or 'messages'"):
         load_task(path, kind="generation")
+
+
+def test_encode_refuses_generation_examples(tokenizer: Any) -> None:
+    from adapterhub.data import encode
+
+    examples = [Example("q", messages=(_user("q"), _assistant("a")))]
+    with pytest.raises(ConfigError, match="chat template"):
+        encode(examples, tokenizer, kind="generation")
