@@ -30,7 +30,8 @@ PROBE = textwrap.dedent(
     for argv in (["--help"], ["search", "--help"], ["info", "--help"], ["pull", "--help"], ["push", "--help"],
                  ["login", "--help"], ["hub", "serve", "--help"], ["hub", "create-user", "--help"],
                  ["train", "--help"], ["evaluate", "--help"], ["ablate", "--help"], ["merge", "--help"], ["demo", "--help"],
-                 ["fusion-heatmap", "--help"], ["setup-json", "--help"]):
+                 ["fusion-heatmap", "--help"], ["setup-json", "--help"],
+                 ["data", "--help"], ["data", "instructions", "--help"]):
         out = io.StringIO()
         try:
             with contextlib.redirect_stdout(out):
@@ -92,7 +93,7 @@ def test_cli_and_hub_leave_torch_and_transformers_unimported(tmp_path):
     import json
 
     seen = json.loads(result[len("RESULT ") :])
-    assert len(seen) == 20
+    assert len(seen) == 22
     assert {step: mods for step, mods in seen.items() if mods} == {}
 
 

@@ -21,6 +21,7 @@ from adapterhub.errors import AdapterHubError
 # Modules that contribute sub-commands. A module that is not part of this installation is skipped.
 COMMAND_MODULES: tuple[str, ...] = (
     "adapterhub.cli.demo",
+    "adapterhub.data.cli",
     "adapterhub.training.cli",
     "adapterhub.training.compare_cli",
     "adapterhub.cli.composition",

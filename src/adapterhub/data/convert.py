@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from adapterhub.data.generation import generation_examples, looks_like_generation
 from adapterhub.data.tables import Row, Table
 from adapterhub.data.task import Example, Label, TaskData, TaskKind, check_kind
 from adapterhub.errors import ConfigError, did_you_mean
@@ -37,11 +38,15 @@ def build_task(
     kind: str | None = None,
     labels: Sequence[str | int] | None = None,
     labels_from_dev: bool = False,
+    answers: Sequence[str] = (),
 ) -> TaskData:
     """Map ``train`` and ``dev`` rows to a :class:`TaskData`.
 
-    ``kind`` is inferred when ``None``: a ``choices`` column -> multiple_choice, list labels -> multilabel,
-    float labels -> regression, anything else -> classification. Label names come from ``labels`` when given,
+    ``kind`` is inferred when ``None``: a ``choices`` column -> multiple_choice, no label column but a
+    ``messages``, ``prompt`` or ``response`` column -> generation (rows read by
+    :func:`~adapterhub.data.generation.generation_examples`), list labels -> multilabel, float labels ->
+    regression, anything else -> classification. ``answers`` (a generation task's allowed answers) is kept on
+    the task; other kinds refuse it. Label names come from ``labels`` when given,
     else from the training rows (and the dev rows too when ``labels_from_dev``, used when dev was split off the
     same file): sorted strings, or integers in numeric order. Raises :class:`ConfigError` naming the file, the
     line and the fix for a missing column, a missing or unknown label, or a value of the wrong type.
@@ -49,6 +54,18 @@ def build_task(
     train_rows = _Rows(train, columns)
     dev_rows = _Rows(dev, columns)
     resolved: TaskKind = check_kind(kind) if kind is not None else train_rows.infer_kind()
+    if resolved == "generation":
+        if labels is not None:
+            raise ConfigError(
+                f"task {name!r}: a generation task has no label names, got labels={list(labels)!r}; "
+                'list its allowed answers as "answers" in task.json instead'
+            )
+        return TaskData(name, resolved, (), generation_examples(train), generation_examples(dev), answers)
+    if answers:
+        raise ConfigError(
+            f"task {name!r}: answers {list(answers)!r} are for generation tasks, but this is a {resolved} task; "
+            'set "kind": "generation" or remove "answers"'
+        )
     if resolved == "regression":
         return TaskData(name, resolved, (), train_rows.regression(), dev_rows.regression())
     if resolved == "multiple_choice":
@@ -167,6 +184,8 @@ class _Rows:
     def infer_kind(self) -> TaskKind:
         if self.columns.choices in self.present:
             return "multiple_choice"
+        if looks_like_generation(self.present, self.columns.label):
+            return "generation"
         values = [self._label(row) for row in self.table.rows]
         if any(isinstance(v, list | tuple) for v in values):
             return "multilabel"

@@ -53,9 +53,15 @@ def encode(
     ``int`` (classification, multiple choice), a ``float`` (regression) or a multi-hot list of ``num_labels``
     floats (multilabel, where ``num_labels`` is required: pass ``task.num_labels``).
 
-    Raises :class:`ConfigError` for a bad ``kind`` / ``max_length`` / ``num_labels`` or a label that does not fit.
+    Raises :class:`ConfigError` for a bad ``kind`` (``generation`` included: it has no head to encode for) /
+    ``max_length`` / ``num_labels`` or a label that does not fit.
     """
     resolved = check_kind(kind)
+    if resolved == "generation":
+        raise ConfigError(
+            "encode() tokenizes examples for a task head; a generation task's conversations are tokenized with "
+            "the model's chat template instead (adapterhub.data.chat)"
+        )
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
         raise ConfigError(f"max_length must be an integer of at least 2, got {max_length!r}")
     if resolved == "multilabel" and (

