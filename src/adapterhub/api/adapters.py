@@ -318,7 +318,7 @@ class AdapterAPIMixin(HeadsMixin):
         self._check_compatible(record.model, f"adapter {record.name!r}")
         config = resolve_config(record.config)
         module = method_for_config(config)(name, config, self.model_dims())
-        load_exact(module, record.tensors, f"adapter {record.name!r}")
+        load_exact(module, module.adopt_tensors(record.tensors), f"adapter {record.name!r}")
         self._prepare_points(module)
         apply_head = (
             self._prepare_head(record.head, name, overwrite_ok=overwrite_ok)

@@ -148,6 +148,12 @@ class ArithmeticMixin(AdapterAPIMixin):
             if seed is not None:
                 torch.manual_seed(seed)
             if isinstance(modules[0], LoRAAdapter):
+                if any(m.config.by_name for m in modules):  # type: ignore[attr-defined]
+                    raise ConfigError(
+                        "average_adapter combines LoRA adapters on spec points (targets); adapters targeted by "
+                        "module name (target_modules) cannot be combined yet. Merge them one by one with "
+                        "model.merge_adapter instead."
+                    )
                 config, tensors = self._combine_lora(
                     names, modules, weights, combine, density or 1.0, svd_rank, majority_sign_method
                 )

@@ -47,6 +47,7 @@ from adapterhub.io.peft_common import (
     split_rows,
 )
 from adapterhub.io.peft_ia3 import read_peft_ia3, write_peft_ia3
+from adapterhub.io.peft_modules import read_peft_modules, write_peft_modules
 from adapterhub.runtime.layers import get_layers
 from adapterhub.runtime.records import AdapterRecord, HeadRecord, ModelInfo
 from adapterhub.spec.architectures import ArchitectureSpec
@@ -54,8 +55,6 @@ from adapterhub.spec.architectures import ArchitectureSpec
 # peft options and the values under which they change nothing we would have to represent.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "bias": ("none",),
-    "rank_pattern": ({}, None),
-    "alpha_pattern": ({}, None),
     "lora_bias": (False, None),
     "layer_replication": (None, []),
     "target_parameters": (None, []),
@@ -71,8 +70,6 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 _WHY: dict[str, str] = {
     "bias": "adapterhub's LoRA trains no biases",
-    "rank_pattern": "adapterhub's LoRA has one rank for every target",
-    "alpha_pattern": "adapterhub's LoRA has one alpha for every target",
     "lora_bias": "adapterhub's LoRA has no bias on lora_B",
 }
 
@@ -126,6 +123,24 @@ def _module_pattern(spec: ArchitectureSpec) -> re.Pattern[str]:
     )
 
 
+def _needs_module_targets(
+    meta: Mapping[str, Any], raw: Mapping[str, torch.Tensor], pattern: re.Pattern[str]
+) -> bool:
+    """Whether a peft LoRA file needs targeting by module name: per-module ranks/alphas, a LoRA on a module that
+    is no spec projection, or different projections in different layers."""
+    if meta.get("rank_pattern") or meta.get("alpha_pattern"):
+        return True
+    found: dict[str, set[str]] = {}
+    for key in raw:
+        if ".lora_" not in key:
+            continue
+        match = pattern.match(key)
+        if match is None:
+            return True
+        found.setdefault(match.group(1), set()).add(match.group(2))
+    return len({frozenset(modules) for modules in found.values()}) > 1
+
+
 def read_peft_dir(
     directory: str | os.PathLike[str],
     spec: ArchitectureSpec | None,
@@ -150,6 +165,21 @@ def read_peft_dir(
     use_dora = bool(meta.get("use_dora"))
     raw = _read_weights(directory)
     pattern = _module_pattern(spec)
+    for key in raw:
+        if "lora_embedding_" in key:
+            raise ConfigError(
+                f"The peft adapter in {directory} has LoRA on embeddings ({key!r}); adapterhub cannot represent it "
+                "yet (Embedding targets are planned). Leave the embeddings out of target_modules."
+            )
+    if _needs_module_targets(meta, raw, pattern):
+        if spec.decoder is not None:
+            raise ConfigError(
+                f"The peft adapter in {directory} targets modules that are not the same spec projections in every "
+                f"layer (options target_modules / layers_to_transform / rank_pattern); on encoder-decoder models "
+                "adapterhub reads only peft files whose targets are spec projections in every layer."
+            )
+        config_by_name, by_name, by_name_head = read_peft_modules(meta, raw, directory)
+        return _record(directory, meta, config_by_name, by_name, by_name_head, spec, model, with_head)
     by_module: dict[str, list[str]] = {}
     for point, linear in spec.linears.items():
         by_module.setdefault(linear.module, []).append(point)
@@ -261,6 +291,8 @@ def _record(
 def _hidden_size(tensors: Mapping[str, torch.Tensor], model: ModelInfo | None) -> int:
     """The width of the residual stream the weights imply (every projection but ffn_out reads it)."""
     for key, tensor in tensors.items():
+        if key.startswith("by_name."):
+            continue  # a module targeted by name: its width says nothing certain about the residual stream
         point = key.split(".")[2]
         if point != "ffn_out" and key.endswith("lora_A"):
             return int(tensor.shape[1])
@@ -280,6 +312,8 @@ def write_peft_dir(
     config = record.config
     if config.get("method") == "ia3":
         return write_peft_ia3(record, directory, spec, model)
+    if config.get("method") in ("lora", "dora") and config.get("target_modules") is not None:
+        return write_peft_modules(record, directory, spec, model)
     if config.get("method") not in ("lora", "dora"):
         raise ConfigError(
             f"layout='peft' writes LoRA, DoRA and (IA)³ adapters; {record.name!r} is a {config.get('method')} "

@@ -11,6 +11,9 @@ kind           points (named per architecture by its ArchitectureSpec)  value ha
 ``linear``     ``q``, ``k``, ``v``, ``attn_out``, ``ffn_in``,          ``LinearInputs``: the projection's input
                ``ffn_gate`` (gated FFNs), ``ffn_out``                 ``x`` and output ``y``
 ``attention``  ``self``: the keys/values of self-attention            ``AttentionInputs``: query, key, value, mask
+``module``     any ``nn.Linear`` / ``Conv1D`` named by its path in     ``LinearInputs``, as ``linear``
+               the model (``bert.pooler.dense``), at layer
+               ``MODULE_LAYER``; chosen by ``target_modules``
 =============  ==================================================  ===========================================
 
 Decoder layers of encoder-decoder models also have ``cross_attn`` (residual), ``cross_q``, ``cross_k``,
@@ -40,10 +43,33 @@ RESIDUAL = "residual"
 LINEAR = "linear"
 ATTENTION = "attention"
 EMBEDDING = "embedding"
+MODULE = "module"
 EMBEDDING_LAYER = 0  # embedding points are reported and run as points of layer 0
+MODULE_LAYER = (
+    -1
+)  # module points (named by their path in the model) are reported and run as points of layer -1
 ALL_BLOCKS = frozenset({"Stack", "Fuse", "Split", "BatchSplit", "Parallel", "Average"})
 
 Point = tuple[str, str]  # (kind, name), e.g. ("linear", "q")
+
+
+@dataclass(frozen=True)
+class NamedModule:
+    """One submodule of the model, as targeting by name sees it: ``path`` from the model's root (as
+    ``model.named_modules()`` and peft name it), ``type_name`` its class; for ``nn.Linear`` and GPT-2's ``Conv1D``
+    (``linear``) its ``d_in`` / ``d_out`` and whether its weight is stored transposed (``Conv1D``: ``(d_in, d_out)``);
+    ``layer`` the transformer layer holding it (None outside the layers, e.g. a pooler); ``point`` the spec's linear
+    point it is (a whole, unfused projection), if any; ``output_head`` whether it is the model's output embeddings."""
+
+    path: str
+    type_name: str
+    linear: bool = False
+    d_in: int = 0
+    d_out: int = 0
+    transposed: bool = False
+    layer: int | None = None
+    point: str | None = None
+    output_head: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +100,8 @@ class ModelDims:
     # (``cross_attn``, ``cross_q``, ..., the attention point ``cross``).
     decoder_start: int | None = None
     decoder_points: tuple[str, ...] = ()
+    # every submodule by path (targeting by name: ``target_modules``); empty when the caller did not list them
+    modules: tuple[NamedModule, ...] = ()
 
     def unsupported_reason(self, kind: str, point: str) -> str | None:
         """Why this model cannot carry the attachment point ``(kind, point)``, or ``None`` when it can."""
@@ -527,6 +555,12 @@ class AdapterModule(nn.Module):
         """Called by ``add_adapter`` once, before the new adapter joins the model (not when weights are loaded
         from a file): initialise parameters that depend on the base model's projections (DoRA: the magnitude
         ``‖W‖`` per output row). ``base(layer, point)`` gives the projection's ``(weight, bias)``. Default: none."""
+
+    def adopt_tensors(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Saved tensors renamed to this module's own state-dict keys before they are loaded (a file that names
+        the same parameters differently, e.g. by the module paths of a model saved with another head). Default:
+        unchanged."""
+        return dict(tensors)
 
     def merge_updates(
         self, base: BaseWeights, merge: bool

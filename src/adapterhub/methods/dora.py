@@ -59,8 +59,10 @@ def weight_norm(weight: torch.Tensor, lora: LoRALayer) -> torch.Tensor:
 class DoRALayer(LoRALayer):
     """LoRA's ``A``, ``B`` and the magnitude ``m`` ``(d_out,)`` of one projection."""
 
-    def __init__(self, d_in: int, d_out: int, config: LoRAConfig) -> None:
-        super().__init__(d_in, d_out, config)
+    def __init__(
+        self, d_in: int, d_out: int, config: LoRAConfig, r: int | None = None, alpha: float | None = None
+    ) -> None:
+        super().__init__(d_in, d_out, config, r, alpha)
         self.magnitude = nn.Parameter(torch.ones(d_out))
 
     def add_dora(self, running: torch.Tensor, inputs: LinearInputs) -> torch.Tensor:
@@ -83,27 +85,23 @@ class DoRAAdapter(LoRAAdapter):
     config_cls = DoRAConfig
     config: DoRAConfig
     mergeable: ClassVar[bool] = True
+    layer_class: ClassVar[type[LoRALayer]] = DoRALayer
 
     def __init__(self, name: str, config: DoRAConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
-        shapes = {point: dims.linear_shape(point) for point in config.targets}
-        for key in list(self.layers):
-            self.layers[key] = nn.ModuleDict(
-                {p: DoRALayer(*shapes[p], config) for p in dims.points_at(int(key), config.targets)}
-            )
         self._merge_norms: dict[tuple[int, str], torch.Tensor] = {}
 
     def init_from_base(self, base: BaseWeights) -> None:
         """``m = ‖W‖`` per output row of each target projection."""
         with torch.no_grad():
-            for key, sites in self.layers.items():
-                for point, layer in sites.items():  # type: ignore[union-attr,operator]
-                    weight, _ = base(int(key), point)
-                    layer.magnitude.copy_(torch.linalg.norm(weight.float(), dim=1).to(layer.magnitude.dtype))
+            for index, point, layer in self.lora_targets():
+                weight, _ = base(index, point)
+                magnitude: torch.Tensor = layer.magnitude  # type: ignore[assignment]
+                magnitude.copy_(torch.linalg.norm(weight.float(), dim=1).to(magnitude.dtype))
 
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> LinearRunning:
         assert isinstance(inputs, LinearInputs)
-        y = self.layer_at(layer, point[1]).add_dora(running.y, inputs)  # type: ignore[attr-defined,operator]
+        y = self.layer_at(layer, point).add_dora(running.y, inputs)  # type: ignore[attr-defined,operator]
         return running.with_y(y)  # type: ignore[no-any-return]
 
     def batch_split_grouped(
@@ -123,18 +121,16 @@ class DoRAAdapter(LoRAAdapter):
         self, base: BaseWeights, merge: bool
     ) -> Iterator[tuple[int, str, torch.Tensor, torch.Tensor | None]]:
         """Merge: ``W' = (m / n) (W + s B A)``, keeping ``n``; unmerge: ``W = W' n / m − s B A``."""
-        for key, sites in self.layers.items():
-            layer = int(key)
-            for point, dora in sites.items():  # type: ignore[union-attr,operator]
-                weight, _ = base(layer, point)  # (d_out, d_in)
-                with torch.no_grad():
-                    delta = dora.weight_delta().to(weight.dtype)
-                    magnitude = dora.magnitude.to(weight.dtype).view(-1, 1)
-                    if merge:
-                        norm = weight_norm(weight, dora).view(-1, 1)
-                        self._merge_norms[(layer, point)] = norm
-                        new = magnitude / norm * (weight + delta)
-                    else:
-                        norm = self._merge_norms.pop((layer, point))
-                        new = weight * (norm / magnitude) - delta
-                yield layer, point, new - weight, None
+        for layer, point, dora in self.lora_targets():
+            weight, _ = base(layer, point)  # (d_out, d_in)
+            with torch.no_grad():
+                delta = dora.weight_delta().to(weight.dtype)
+                magnitude = dora.magnitude.to(weight.dtype).view(-1, 1)  # type: ignore[operator]
+                if merge:
+                    norm = weight_norm(weight, dora).view(-1, 1)
+                    self._merge_norms[(layer, point)] = norm
+                    new = magnitude / norm * (weight + delta)
+                else:
+                    norm = self._merge_norms.pop((layer, point))
+                    new = weight * (norm / magnitude) - delta
+            yield layer, point, new - weight, None

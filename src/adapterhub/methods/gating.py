@@ -76,12 +76,11 @@ class GatedLoRAAdapter(LoRAAdapter):
 
     def __init__(self, name: str, config: GatedLoRAConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
-        for sites in self.layers.values():
-            for lora in sites.values():  # type: ignore[operator]
-                lora.gate = _normal_gate(lora.lora_A.shape[1], 1, zero_bias=False)
+        for _, _, lora in self.lora_targets():
+            lora.gate = _normal_gate(lora.lora_A.shape[1], 1, zero_bias=False)
 
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> LinearRunning:
-        lora: LoRALayer = self.layer_at(layer, point[1])
+        lora: LoRALayer = self.layer_at(layer, point)
         x = inputs.x  # type: ignore[attr-defined]  # (B, T, d_in)
         update = lora._down(x) @ lora.lora_B.t()  # (B, T, d_out)
         gate = gate_value(lora.gate, x).unsqueeze(-1)  # type: ignore[arg-type]  # (B, 1, 1)

@@ -27,6 +27,8 @@ from torch import nn
 
 from adapterhub.methods.base import (
     LINEAR,
+    MODULE,
+    MODULE_LAYER,
     AdapterModule,
     LinearInputs,
     LinearRunning,
@@ -38,20 +40,25 @@ from adapterhub.methods.base import (
 from adapterhub.spec.configs import LoRAConfig
 
 _KEY = re.compile(r"^layers\.(\d+)\.([a-z_]+)\.lora_([AB])$")
+_BY_NAME_KEY = re.compile(r"^by_name\.([^.]+)\.([^.]+)$")
 
 
 class LoRALayer(nn.Module):
     """The update of one projection: ``delta(x) = s · dropout(x) Aᵀ Bᵀ``, ``(..., d_in) -> (..., d_out)``."""
 
-    def __init__(self, d_in: int, d_out: int, config: LoRAConfig) -> None:
+    def __init__(
+        self, d_in: int, d_out: int, config: LoRAConfig, r: int | None = None, alpha: float | None = None
+    ) -> None:
         super().__init__()
-        self.lora_A = nn.Parameter(torch.empty(config.r, d_in))  # (r, d_in)
-        self.lora_B = nn.Parameter(torch.zeros(d_out, config.r))  # (d_out, r)
+        r = config.r if r is None else r  # rank_pattern / alpha_pattern give per-module values
+        alpha = config.alpha if alpha is None else alpha
+        self.lora_A = nn.Parameter(torch.empty(r, d_in))  # (r, d_in)
+        self.lora_B = nn.Parameter(torch.zeros(d_out, r))  # (d_out, r)
         self.dropout = nn.Dropout(config.dropout)
-        self.scaling = config.scaling
+        self.scaling = config.scaling_for(r, alpha)
         with torch.no_grad():
             if config.init == "gaussian":
-                nn.init.normal_(self.lora_A, std=1.0 / config.r)
+                nn.init.normal_(self.lora_A, std=1.0 / r)
             else:
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
@@ -78,33 +85,82 @@ class LoRALayer(nn.Module):
         return (self.lora_B @ self.lora_A) * self.scaling
 
 
+def module_key(path: str) -> str:
+    """The key of a module target in ``LoRAAdapter.by_name`` (a module path with ``:`` for ``.``, which
+    ``nn.ModuleDict`` keys cannot hold): ``bert.pooler.dense`` -> ``bert:pooler:dense``."""
+    return path.replace(".", ":")
+
+
 @register_method("lora")
 class LoRAAdapter(AdapterModule):
-    """LoRA over all layers: ``layers[str(i)][point]`` is a ``LoRALayer`` for each target projection."""
+    """LoRA over all layers: ``layers[str(i)][point]`` is a ``LoRALayer`` for each target projection; with
+    ``target_modules``, modules that are spec points sit there too, the others in ``by_name[module_key(path)]``
+    (points ``("module", path)`` of layer ``MODULE_LAYER``)."""
 
     config_cls = LoRAConfig
     config: LoRAConfig
     composable: ClassVar[frozenset[str]] = frozenset({"Stack", "Split", "BatchSplit", "Parallel", "Average"})
     mergeable: ClassVar[bool] = True
+    layer_class: ClassVar[type[LoRALayer]] = LoRALayer
 
     def __init__(self, name: str, config: LoRAConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
-        dims.check_leave_out(config.leave_out)
-        shapes = {point: dims.linear_shape(point) for point in config.targets}  # raises for unknown points
-        self.layers = nn.ModuleDict(
-            {
-                str(i): nn.ModuleDict(
-                    {p: LoRALayer(*shapes[p], config) for p in dims.points_at(i, config.targets)}
-                )
-                for i in range(dims.num_layers)
-                # cross_*: decoder layers only
-                if i not in config.leave_out and dims.points_at(i, config.targets)
-            }
-        )
+        self.by_name = nn.ModuleDict()
+        self._paths: dict[tuple[int, str], str] = {}  # (layer, point) of a module target -> its path
+        if config.by_name:
+            self._init_by_name(config, dims)
+        else:
+            dims.check_leave_out(config.leave_out)
+            shapes = {
+                point: dims.linear_shape(point) for point in config.targets
+            }  # raises for unknown points
+            self.layers = nn.ModuleDict(
+                {
+                    str(i): nn.ModuleDict(
+                        {p: self.layer_class(*shapes[p], config) for p in dims.points_at(i, config.targets)}
+                    )
+                    for i in range(dims.num_layers)
+                    # cross_*: decoder layers only
+                    if i not in config.leave_out and dims.points_at(i, config.targets)
+                }
+            )
         # layer -> its points (every target, except decoder-only ones in encoder layers)
-        self._points = {
-            int(i): tuple((LINEAR, p) for p in dims.points_at(int(i), config.targets)) for i in self.layers
+        self._points: dict[int, tuple[Point, ...]] = {
+            int(i): tuple((LINEAR, p) for p in sites)  # type: ignore[attr-defined]
+            for i, sites in self.layers.items()
         }
+        if len(self.by_name):
+            self._points[MODULE_LAYER] = tuple((MODULE, self._paths[(MODULE_LAYER, k)]) for k in self.by_name)
+
+    def _init_by_name(self, config: LoRAConfig, dims: ModelDims) -> None:
+        """The modules ``target_modules`` selects: spec points (the fast path) in ``layers``, the rest by name."""
+        from adapterhub.methods.targeting import select_modules
+
+        spec: dict[int, dict[str, LoRALayer]] = {}
+        for target in select_modules(config, dims):
+            module = target.module
+            lora = self.layer_class(module.d_in, module.d_out, config, target.r, target.alpha)
+            if module.point is not None and module.layer is not None:
+                spec.setdefault(module.layer, {})[module.point] = lora
+                self._paths[(module.layer, module.point)] = module.path
+            else:
+                self.by_name[module_key(module.path)] = lora
+                self._paths[(MODULE_LAYER, module_key(module.path))] = module.path
+        self.layers = nn.ModuleDict({str(i): nn.ModuleDict(spec[i]) for i in sorted(spec)})
+
+    def module_paths(self) -> dict[tuple[int, str], str]:
+        """``(layer, point) -> module path`` of every target chosen by ``target_modules`` (module targets:
+        ``(MODULE_LAYER, module_key(path))``)."""
+        return dict(self._paths)
+
+    def lora_targets(self) -> Iterator[tuple[int, str, LoRALayer]]:
+        """``(layer, point, LoRALayer)`` of every target: spec points, then module targets as
+        ``(MODULE_LAYER, path, ...)``."""
+        for key, sites in self.layers.items():
+            for point, lora in sites.items():  # type: ignore[union-attr,operator]
+                yield int(key), point, lora
+        for key, lora in self.by_name.items():
+            yield MODULE_LAYER, self._paths[(MODULE_LAYER, key)], lora  # type: ignore[misc]
 
     @classmethod
     def linear_shapes_from(cls, tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[str, int, int], ...]:
@@ -122,17 +178,55 @@ class LoRAAdapter(AdapterModule):
         return tuple((p, d_in[p], d_out[p]) for p in d_in if p in d_out)
 
     def points(self, layer: int) -> tuple[Point, ...]:
-        return self._points.get(layer, ()) if str(layer) in self.layers else ()
+        return self._points.get(layer, ())
 
     def kinds(self) -> frozenset[str]:
-        return frozenset({LINEAR})
+        return frozenset(
+            ({LINEAR} if len(self.layers) else set()) | ({MODULE} if len(self.by_name) else set())
+        )
 
-    def layer_at(self, layer: int, point: str) -> LoRALayer:
+    def present(self, layer: int, kind: str, point: str) -> bool:
+        if kind == MODULE:
+            return module_key(point) in self.by_name
+        return super().present(layer, kind, point)
+
+    def layer_at(self, layer: int, point: str | Point) -> LoRALayer:
+        """The ``LoRALayer`` at a spec point of ``layer``, or at a point ``("module", path)``."""
+        if isinstance(point, tuple):
+            if point[0] == MODULE:
+                return self.by_name[module_key(point[1])]  # type: ignore[return-value]
+            point = point[1]
         return self.layers[str(layer)][point]  # type: ignore[index,return-value]
+
+    def adopt_tensors(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Module targets saved under another path of the same module (``by_name.<path>.<param>``, e.g. peft's names
+        for a model saved with another head, or a module that is a spec point here) renamed to this adapter's keys:
+        the path is matched exactly, else as a dotted suffix either way (when that picks one target)."""
+        if not self._paths:
+            return dict(tensors)
+        own = {path: key for key, path in self._paths.items()}
+        out: dict[str, torch.Tensor] = {}
+        for name, tensor in tensors.items():
+            match = _BY_NAME_KEY.match(name)
+            if match is None or match.group(1) in self.by_name:
+                out[name] = tensor
+                continue
+            path, param = match.group(1).replace(":", "."), match.group(2)
+            found = own.get(path)
+            if found is None:
+                near = [p for p in own if p.endswith(f".{path}") or path.endswith(f".{p}")]
+                found = own[near[0]] if len(near) == 1 else None
+            if found is None:
+                out[name] = tensor  # left for load_exact to report
+            elif found[0] == MODULE_LAYER:
+                out[f"by_name.{found[1]}.{param}"] = tensor
+            else:
+                out[f"layers.{found[0]}.{found[1]}.{param}"] = tensor
+        return out
 
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> LinearRunning:
         x = inputs.x  # type: ignore[attr-defined]
-        return running.with_y(self.layer_at(layer, point[1]).add_to(running.y, x))  # type: ignore[no-any-return]
+        return running.with_y(self.layer_at(layer, point).add_to(running.y, x))  # type: ignore[no-any-return]
 
     def batch_split_grouped(
         self,
@@ -147,7 +241,7 @@ class LoRAAdapter(AdapterModule):
         per row. Needs equal rank and dropout; else None (the interpreter runs the row blocks one by one)."""
         if not all(isinstance(m, LoRAAdapter) for m in modules):
             return None
-        layers: list[LoRALayer] = [m.layer_at(layer, point[1]) for m in modules]  # type: ignore[attr-defined,operator]
+        layers: list[LoRALayer] = [m.layer_at(layer, point) for m in modules]  # type: ignore[attr-defined,operator]
         first = layers[0]
         if any(x.lora_A.shape[0] != first.lora_A.shape[0] or x.dropout.p != first.dropout.p for x in layers):
             return None
@@ -170,6 +264,5 @@ class LoRAAdapter(AdapterModule):
         return y + delta.reshape(y.shape)
 
     def merged_deltas(self) -> Iterator[tuple[int, str, torch.Tensor]]:
-        for key, sites in self.layers.items():
-            for point, lora in sites.items():  # type: ignore[union-attr,operator]
-                yield int(key), point, lora.weight_delta()
+        for layer, point, lora in self.lora_targets():
+            yield layer, point, lora.weight_delta()

@@ -23,11 +23,12 @@ from adapterhub.errors import (
     UnsupportedArchitectureError,
     did_you_mean,
 )
-from adapterhub.methods.base import ATTENTION, EMBEDDING, AdapterModule, ModelDims
+from adapterhub.methods.base import ATTENTION, EMBEDDING, MODULE, MODULE_LAYER, AdapterModule, ModelDims
 from adapterhub.runtime import attention_hooks
 from adapterhub.runtime.injection import linear_params
 from adapterhub.runtime.interpreter import check_setup
 from adapterhub.runtime.layers import get_layers, layer_stacks
+from adapterhub.runtime.modules import attach_module_points, module_params, module_table
 from adapterhub.runtime.records import ModelInfo
 from adapterhub.runtime.store import STORE_ATTR, AdapterStore
 from adapterhub.runtime.validate import check_state_fits
@@ -101,7 +102,9 @@ class AdapterModelCore:
 
     def _base_linear(self, layer: int, point: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Views of the base projection ``point`` of ``layer``: ``(weight (d_out, d_in), bias or None)``
-        (``methods.base.BaseWeights``)."""
+        (``methods.base.BaseWeights``); at layer ``MODULE_LAYER`` the point is a module path."""
+        if layer == MODULE_LAYER:
+            return module_params(self._module(), point)
         module, stack = layer_stacks(self._module(), self._spec)[layer]
         linear = stack.linears[point]
         return linear_params(module.get_submodule(linear.module), linear)
@@ -136,6 +139,7 @@ class AdapterModelCore:
             if decoder is not None
             else None,
             decoder_points=spec.decoder_points(),
+            modules=module_table(self._module(), spec),
         )
 
     def model_info(self) -> ModelInfo:
@@ -168,6 +172,9 @@ class AdapterModelCore:
                     f"Adapter {module.adapter_name!r} ({module.method}) cannot attach to this {dims.model_type} "
                     f"model: {reason}"
                 )
+        if MODULE in module.kinds():
+            paths = [point for kind, point in module.points(MODULE_LAYER) if kind == MODULE]
+            attach_module_points(self._module(), self._store, paths)
         if ATTENTION in module.kinds():
             attention_hooks.enable(self._module(), self._spec)
         prepare = getattr(module, "prepare_for_model", None)

@@ -1,0 +1,119 @@
+"""peft LoRA / DoRA files whose targets are not spec points alone: read and written as LoRA targeted by module
+name (``LoRAConfig.target_modules``).
+
+Reading: every ``base_model.model.<path>.lora_A.weight`` / ``lora_B.weight`` / ``lora_magnitude_vector`` becomes
+``by_name.<path with ":">.<param>``; the config names exactly those paths in ``target_modules`` (what peft's
+``target_modules``, ``exclude_modules`` and ``layers_to_transform`` selected) and keeps ``rank_pattern`` /
+``alpha_pattern``, so each module gets the rank and alpha peft gave it. When the adapter is built, the paths that
+are spec points of the model move to those points (``LoRAAdapter.adopt_tensors``).
+
+Writing: each target under its module path, ``target_modules`` the list of those full paths (peft matches a
+listed name exactly), the patterns as configured.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapterhub.errors import AdapterFileError, ConfigError
+from adapterhub.io.files import write_json, write_tensors
+from adapterhub.io.peft_common import CONFIG_FILE, PREFIX, WEIGHTS_FILE, add_head_tensors, layers_path
+from adapterhub.runtime.records import AdapterRecord
+from adapterhub.spec.architectures import ArchitectureSpec
+
+_WEIGHT = re.compile(
+    r"^(?P<path>.+)\.(?P<which>lora_A|lora_B|lora_magnitude_vector)(?:\.[^.]+)?(?:\.weight)?$"
+)
+
+
+def read_peft_modules(
+    meta: Mapping[str, Any], raw: Mapping[str, torch.Tensor], directory: Path
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(config, tensors, head tensors)`` of a peft LoRA directory, as LoRA targeted by module name."""
+    tensors: dict[str, torch.Tensor] = {}
+    head: dict[str, torch.Tensor] = {}
+    paths: set[str] = set()
+    for key, tensor in raw.items():
+        if not key.startswith(PREFIX):
+            raise AdapterFileError(f"peft weight {key!r} in {directory} is not under {PREFIX!r}.")
+        match = _WEIGHT.match(key[len(PREFIX) :])
+        if match is None:
+            head[key[len(PREFIX) :]] = tensor  # modules_to_save
+            continue
+        path, which = match.group("path"), match.group("which")
+        param = "magnitude" if which == "lora_magnitude_vector" else which
+        tensors[f"by_name.{path.replace('.', ':')}.{param}"] = tensor
+        paths.add(path)
+    if not tensors:
+        raise AdapterFileError(f"{directory} holds no LoRA weights.")
+    config: dict[str, Any] = {
+        "method": "dora" if meta.get("use_dora") else "lora",
+        "r": int(meta.get("r", 8)),
+        "alpha": float(meta.get("lora_alpha", 8)),
+        "dropout": float(meta.get("lora_dropout", 0.0)),
+        "use_rslora": bool(meta.get("use_rslora", False)),
+        "target_modules": sorted(paths),
+        "rank_pattern": dict(meta.get("rank_pattern") or {}),
+        "alpha_pattern": dict(meta.get("alpha_pattern") or {}),
+    }
+    if meta.get("init_lora_weights") == "gaussian":
+        config["init"] = "gaussian"
+    return config, tensors, head
+
+
+def write_peft_modules(
+    record: AdapterRecord, directory: str | os.PathLike[str], spec: ArchitectureSpec, model: nn.Module
+) -> Path:
+    """Write a LoRA / DoRA record targeted by module name in peft's layout."""
+    config = record.config
+    prefix = layers_path(model, spec)
+    out: dict[str, torch.Tensor] = {}
+    paths: set[str] = set()
+    for key, tensor in record.tensors.items():
+        parts = key.split(".")
+        if parts[0] == "by_name" and len(parts) == 3:
+            path, param = parts[1].replace(":", "."), parts[2]
+        elif parts[0] == "layers" and len(parts) == 4:
+            path, param = f"{prefix}.{parts[1]}.{spec.linears[parts[2]].module}", parts[3]
+        else:
+            raise ConfigError(
+                f"Adapter {record.name!r} has a tensor {key!r} that peft's LoRA layout cannot hold."
+            )
+        name = "lora_magnitude_vector" if param == "magnitude" else f"{param}.weight"
+        out[f"{PREFIX}{path}.{name}"] = tensor.detach().contiguous()
+        paths.add(path)
+    modules_to_save = add_head_tensors(record, out)
+    transposed = any(type(model.get_submodule(p)).__name__ == "Conv1D" for p in paths)
+    meta = {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": record.model.model_name or None,
+        "r": config["r"],
+        "lora_alpha": config["alpha"],
+        "lora_dropout": config["dropout"],
+        "use_rslora": bool(config.get("use_rslora", False)),
+        "target_modules": sorted(paths),
+        "exclude_modules": None,
+        "layers_to_transform": None,  # the layers are in the list of module names
+        "layers_pattern": None,
+        "rank_pattern": dict(config.get("rank_pattern") or {}),
+        "alpha_pattern": dict(config.get("alpha_pattern") or {}),
+        "bias": "none",
+        "use_dora": config.get("method") == "dora",
+        "fan_in_fan_out": transposed,
+        "modules_to_save": modules_to_save,
+        "init_lora_weights": "gaussian" if config.get("init") == "gaussian" else True,
+        "inference_mode": True,
+    }
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_tensors(directory / WEIGHTS_FILE, out)
+    write_json(directory / CONFIG_FILE, meta)
+    return directory

@@ -1,0 +1,129 @@
+"""Targeting modules by name, as peft does: which ``nn.Linear`` / ``Conv1D`` modules a ``LoRAConfig`` with
+``target_modules`` selects, and each one's rank and alpha.
+
+The rules are peft's (0.21), applied to the module paths of ``ModelDims.modules`` (``model.named_modules()``):
+
+- ``exclude_modules``: a string is a regex over the whole name; a list excludes a name equal to an entry or
+  ending in ``"." + entry``. Excluded modules are never targets.
+- ``target_modules``: ``"all-linear"`` is every Linear/Conv1D except the output embeddings (the LM head); another
+  string is a regex over the whole name; a list selects names equal to an entry or ending in ``"." + entry``.
+- ``layers_to_transform`` (list form only): the module's layer index is the first number after
+  ``<layers_pattern>.`` in its name (any of the names given), or, without ``layers_pattern``, the first
+  ``<name>.<number>.`` segment; modules without one, or with another index, are not targets.
+- ``rank_pattern`` / ``alpha_pattern``: the first key (in key order) such that the name matches
+  ``(.*\\.)?(<key>)$`` gives the module's rank / alpha; otherwise ``r`` / ``alpha``.
+
+A selected module that is not a Linear or Conv1D raises (as peft does), naming it; so does a selection that
+matches nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from adapterhub.errors import ConfigError
+from adapterhub.methods.base import ModelDims, NamedModule
+from adapterhub.spec.configs import ALL_LINEAR, LoRAConfig
+
+
+@dataclass(frozen=True)
+class ModuleTarget:
+    """One selected module with its rank and alpha (``module.point``: the spec point it is, if any)."""
+
+    module: NamedModule
+    r: int
+    alpha: float
+
+
+def _by_name(names: str | tuple[str, ...], key: str) -> bool:
+    if isinstance(names, str):
+        return re.fullmatch(names, key) is not None
+    return key in names or any(key.endswith(f".{name}") for name in names)
+
+
+def excluded(config: LoRAConfig, key: str) -> bool:
+    """Whether ``exclude_modules`` leaves the module named ``key`` out."""
+    return config.exclude_modules is not None and _by_name(config.exclude_modules, key)
+
+
+def layer_index(key: str, layers_pattern: Sequence[str] | None) -> int | None:
+    """The layer index in a module name as peft reads it for ``layers_to_transform``, or None."""
+    if not layers_pattern:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)
+    else:
+        match = None
+        for pattern in layers_pattern:
+            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", key)
+            if match is not None:
+                break
+    return int(match.group("idx")) if match is not None else None
+
+
+def targeted(config: LoRAConfig, module: NamedModule) -> bool:
+    """Whether ``target_modules`` (with ``layers_to_transform``) selects ``module`` (exclusion not applied)."""
+    names = config.target_modules
+    if names is None:
+        return False
+    key = module.path
+    if names == ALL_LINEAR:
+        return module.linear and not module.output_head
+    if isinstance(names, str):
+        return re.fullmatch(names, key) is not None
+    if key in names:
+        return True  # named exactly: layers_to_transform does not apply (as in peft)
+    if not any(key.endswith(f".{name}") for name in names):
+        return False
+    if config.layers_to_transform is None:
+        return True
+    index = layer_index(key, config.layers_pattern)
+    return index is not None and index in config.layers_to_transform
+
+
+def pattern_value(table: Sequence[tuple[str, object]], key: str) -> object | None:
+    """The value of the first pattern key matching the end of ``key`` (peft's ``get_pattern_key``), or None."""
+    for pattern, value in table:
+        if re.match(rf"(.*\.)?({pattern})$", key):
+            return value
+    return None
+
+
+def select_modules(config: LoRAConfig, dims: ModelDims) -> list[ModuleTarget]:
+    """The modules ``config`` targets on a model with ``dims``, in the model's module order."""
+    if not dims.modules:
+        raise ConfigError(
+            "target_modules selects modules by name, but this model's module list is not known (ModelDims.modules "
+            "is empty); add the adapter through the model (model.add_adapter) so its modules can be listed."
+        )
+    chosen: list[ModuleTarget] = []
+    for module in dims.modules:
+        if excluded(config, module.path) or not targeted(config, module):
+            continue
+        if not module.linear:
+            raise ConfigError(
+                f"target_modules={_show(config.target_modules)} selects {module.path!r}, a {module.type_name}; "
+                "LoRA targeted by name attaches to nn.Linear and Conv1D modules. Name the linear layers inside it "
+                "(or add it to exclude_modules)."
+            )
+        r = pattern_value(config.rank_pattern, module.path)
+        alpha = pattern_value(config.alpha_pattern, module.path)
+        chosen.append(
+            ModuleTarget(
+                module,
+                int(r) if r is not None else config.r,  # type: ignore[call-overload]
+                float(alpha) if alpha is not None else config.alpha,  # type: ignore[arg-type]
+            )
+        )
+    if not chosen:
+        linear = [m.path.rsplit(".", 1)[-1] for m in dims.modules if m.linear]
+        raise ConfigError(
+            f"target_modules={_show(config.target_modules)} (with exclude_modules / layers_to_transform) selects "
+            f"no module of this {dims.model_type} model. Its linear layers are named: "
+            f"{', '.join(sorted(set(linear))) or 'none'} (match a name's end, or pass a regex over whole names)."
+        )
+    return chosen
+
+
+def _show(names: str | tuple[str, ...] | None) -> str:
+    return repr(names if isinstance(names, str) or names is None else list(names))

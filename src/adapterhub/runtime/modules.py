@@ -1,0 +1,123 @@
+"""The model's submodules as targeting by name sees them (``ModelDims.modules``), the weights of one by path, and
+the forward hooks of module points (``("module", path)``).
+
+A module point is attached when an adapter that occupies it joins the model (``attach_module_points``): one
+``_ModuleHook`` per module, shared by every adapter there. Like the spec's linear hooks it returns ``None`` at once
+when no adapter of the current setup uses module points, so outputs stay bit-identical.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapterhub.errors import ConfigError
+from adapterhub.methods.base import MODULE, MODULE_LAYER, LinearInputs, NamedModule
+from adapterhub.runtime.injection import AdapterHook, PointHandler
+from adapterhub.runtime.layers import layer_stacks
+from adapterhub.spec.architectures import ArchitectureSpec
+
+_SKIP = "_adapterhub"  # the adapter store (STORE_ATTR): adapters and heads are never targets
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return isinstance(module, Conv1D)
+
+
+def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule, ...]:
+    """Every submodule of ``model`` (its own adapter store left out), with shapes for ``nn.Linear`` / ``Conv1D``,
+    the transformer layer holding it and the spec point it is (a whole projection the spec names)."""
+    by_id = {id(layer): (index, stack) for index, (layer, stack) in enumerate(layer_stacks(model, spec))}
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    layer_paths: dict[str, tuple[int, Any]] = {}
+    table: list[NamedModule] = []
+    for path, module in model.named_modules():
+        if not path or path == _SKIP or path.startswith(_SKIP + "."):
+            continue
+        if id(module) in by_id:
+            layer_paths[path] = by_id[id(module)]
+        layer, point = _owner(path, layer_paths)
+        if isinstance(module, nn.Linear):
+            shape = (int(module.in_features), int(module.out_features), False)
+        elif _is_conv1d(module):
+            weight: torch.Tensor = module.weight  # type: ignore[assignment]  # (d_in, d_out)
+            shape = (int(weight.shape[0]), int(weight.shape[1]), True)
+        else:
+            table.append(NamedModule(path, type(module).__name__, layer=layer))
+            continue
+        table.append(
+            NamedModule(
+                path,
+                type(module).__name__,
+                linear=True,
+                d_in=shape[0],
+                d_out=shape[1],
+                transposed=shape[2],
+                layer=layer,
+                point=point,
+                output_head=module is head,
+            )
+        )
+    return tuple(table)
+
+
+def _owner(path: str, layer_paths: dict[str, tuple[int, Any]]) -> tuple[int | None, str | None]:
+    """``(layer index, spec point)`` of the module at ``path``: the layer it sits in, and the spec's linear point
+    whose (unfused) module it is."""
+    parts = path.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:cut])
+        if prefix in layer_paths:
+            index, stack = layer_paths[prefix]
+            rest = ".".join(parts[cut:])
+            point = next(
+                (p for p, lin in stack.linears.items() if lin.module == rest and lin.part is None), None
+            )
+            return index, point
+    return None, None
+
+
+def module_params(model: nn.Module, path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Views of the module's ``(weight (d_out, d_in), bias (d_out,) or None)`` (``Conv1D`` transposed)."""
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        raise ConfigError(f"The model has no module {path!r} (a module target of an adapter).") from None
+    weight: torch.Tensor = module.weight  # type: ignore[assignment]
+    bias: torch.Tensor | None = getattr(module, "bias", None)
+    return (weight.t() if _is_conv1d(module) else weight), bias
+
+
+class _ModuleHook(AdapterHook):
+    """Forward hook on a module targeted by name: the adapters' value for the point ``("module", path)``."""
+
+    def __init__(self, handler: PointHandler, path: str, transposed: bool) -> None:
+        self.handler, self.path, self.transposed = handler, path, transposed
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
+        handler = self.handler
+        if not handler.uses(MODULE) or not args:
+            return None
+        weight: torch.Tensor = module.weight  # type: ignore[assignment]
+        weight = weight.t() if self.transposed else weight  # (d_out, d_in)
+        inputs = LinearInputs(args[0], output, weight, getattr(module, "bias", None))  # x: (..., d_in)
+        return handler.point_forward(MODULE_LAYER, MODULE, self.path, inputs)
+
+
+def attach_module_points(model: nn.Module, handler: PointHandler, paths: list[str]) -> None:
+    """Hook each module in ``paths`` (once: a module already hooked keeps its hook)."""
+    for path in paths:
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            raise ConfigError(f"The model has no module {path!r} to attach an adapter to.") from None
+        if any(isinstance(hook, _ModuleHook) for hook in module._forward_hooks.values()):
+            continue
+        module.register_forward_hook(_ModuleHook(handler, path, _is_conv1d(module)))
