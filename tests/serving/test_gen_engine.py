@@ -1,0 +1,226 @@
+"""The continuous-batching generation engine on a tiny random Llama (float32): every completion in a staggered,
+mixed batch (LoRA adapters and base rows) is token-identical to ``model.generate`` (greedy) for that prompt with
+that adapter alone; one forward pass per step whatever the mix (prefill fused into it); cancellation, admission
+control and the errors raised at submit."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+import torch
+
+import adapterhub
+from adapterhub.errors import AdapterNotFoundError, ConfigError
+from adapterhub.serving import GenerationEngine
+from adapterhub.spec.composition import BatchSplit, Stack, setup_from_json, setup_to_json
+from tiny_models import build, perturb
+
+NEW = 7
+LENGTHS = (3, 8, 5, 11, 4, 6, 9)
+
+
+@pytest.fixture(scope="module")
+def llama() -> Any:
+    model = build("llama", "causal_lm", seed=0)
+    adapterhub.init(model)
+    for i, name in enumerate(("a", "b", "c")):
+        model.add_adapter(name, "lora")
+        perturb(model._store.adapters[name], std=0.2, seed=10 + i)
+    model.add_adapter("bn", "pfeiffer")
+    return model
+
+
+@pytest.fixture(scope="module")
+def prompts() -> list[list[int]]:
+    generator = torch.Generator().manual_seed(5)
+    return [torch.randint(3, 99, (n,), generator=generator).tolist() for n in LENGTHS]
+
+
+_REFS: dict[tuple[tuple[int, ...], str | None, int], list[int]] = {}
+
+
+def reference(model: Any, prompt: list[int], adapter: str | None, new: int = NEW) -> list[int]:
+    """``model.generate`` greedy for the prompt alone with the adapter alone active."""
+    key = (tuple(prompt), adapter, new)
+    if key not in _REFS:
+        with torch.no_grad(), model.adapter_setup(adapter):
+            out = model.generate(torch.tensor([prompt]), max_new_tokens=new, do_sample=False, pad_token_id=0)
+        _REFS[key] = out[0, len(prompt) :].tolist()
+    return _REFS[key]
+
+
+def run_staggered(engine: GenerationEngine, plan: list[tuple[int, list[int], str | None]]) -> list[Any]:
+    """Submit ``(at_step, prompt, adapter)`` at the given steps while the others decode; step until all end."""
+    handles: list[Any] = [None] * len(plan)
+    step = 0
+    while any(h is None for h in handles) or any(h.status not in ("finished", "cancelled") for h in handles):
+        for i, (at, prompt, adapter) in enumerate(plan):
+            if handles[i] is None and at <= step:
+                handles[i] = engine.submit(prompt, adapter=adapter, max_new_tokens=NEW)
+        engine.step()
+        step += 1
+    return handles
+
+
+def test_base_rows_arriving_at_different_steps_equal_generate(llama, prompts):
+    engine = GenerationEngine(llama, max_num_seqs=8)
+    plan = [(0, prompts[0], None), (0, prompts[1], None), (2, prompts[2], None), (3, prompts[3], None)]
+    plan += [(3, prompts[4], None), (5, prompts[5], None)]
+    handles = run_staggered(engine, plan)
+    for handle, (_, prompt, _) in zip(handles, plan, strict=True):
+        assert handle.result() == reference(llama, prompt, None)
+    assert engine.stats() == {"waiting": 0, "running": 0, "cache_tokens": 0, "reserved_tokens": 0}
+
+
+def test_mixed_lora_adapters_and_base_rows_equal_generate_alone(llama, prompts):
+    adapters = ["a", None, "b", "c", "a", None, "c"]
+    for name in ("a", "b", "c"):  # the adapters change the completions
+        assert any(reference(llama, p, name) != reference(llama, p, None) for p in prompts)
+    engine = GenerationEngine(llama, max_num_seqs=8)
+    plan = [(i // 2 * 2, prompts[i], adapters[i]) for i in range(len(prompts))]
+    handles = run_staggered(engine, plan)
+    for handle, (_, prompt, adapter) in zip(handles, plan, strict=True):
+        assert handle.result() == reference(llama, prompt, adapter), adapter
+
+
+def test_one_forward_per_step_whatever_the_mix(llama, prompts):
+    calls = []
+    hook = llama.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        engine = GenerationEngine(llama, max_num_seqs=8)
+        first = [
+            engine.submit(prompts[i], adapter=a, max_new_tokens=NEW) for i, a in enumerate(["a", None, "b"])
+        ]
+        infos = []
+        for step in range(NEW):
+            if step == 2:  # joins mid-decode: prefilled in the same forward as the others' decode
+                late = engine.submit(prompts[3], adapter="c", max_new_tokens=NEW)
+            before = len(calls)
+            infos.append(engine.step())
+            assert len(calls) == before + 1
+        assert infos[0].prefill == 3 and infos[0].decode == 0
+        assert infos[2].prefill == 1 and infos[2].decode == 3
+        assert isinstance(infos[2].setup, BatchSplit) and infos[2].setup.children == ("a", "b", "c", None)
+        while engine.step() is not None:
+            pass
+        assert len(calls) == NEW + 2  # the late one ran two steps after the first ones ended
+    finally:
+        hook.remove()
+    for handle, (i, adapter) in zip([*first, late], [(0, "a"), (1, None), (2, "b"), (3, "c")], strict=True):
+        assert handle.result() == reference(llama, prompts[i], adapter)
+
+
+def test_cancel_mid_decode_frees_the_cache_and_leaves_the_others_unchanged(llama, prompts):
+    engine = GenerationEngine(llama, max_num_seqs=8)
+    keep = engine.submit(prompts[0], adapter="a", max_new_tokens=NEW)
+    gone = engine.submit(prompts[3], adapter="b", max_new_tokens=NEW)
+    other = engine.submit(prompts[1], max_new_tokens=NEW)
+    for _ in range(3):
+        engine.step()
+    before = engine.stats()
+    gone.cancel()
+    after = engine.stats()
+    assert gone.status == "cancelled" and after["running"] == before["running"] - 1
+    assert after["cache_tokens"] == before["cache_tokens"] - (len(prompts[3]) + 2)
+    assert after["reserved_tokens"] == before["reserved_tokens"] - (len(prompts[3]) + NEW)
+    assert list(gone) == gone.tokens and len(gone.tokens) == 3  # the stream ends where it was cancelled
+    assert gone.tokens == reference(llama, prompts[3], "b")[:3]
+    assert keep.result() == reference(llama, prompts[0], "a")
+    assert other.result() == reference(llama, prompts[1], None)
+    assert engine.stats()["cache_tokens"] == 0
+
+
+def test_admission_control_more_requests_than_max_num_seqs(llama, prompts):
+    engine = GenerationEngine(llama, max_num_seqs=2, max_batch_tokens=16, max_cache_tokens=40)
+    adapters = ["a", "b", None, "c", "a", None, "b"]
+    handles = [
+        engine.submit(p, adapter=a, max_new_tokens=NEW) for p, a in zip(prompts, adapters, strict=True)
+    ]
+    widest = 0
+    while (info := engine.step()) is not None:
+        widest = max(widest, info.prefill + info.decode)
+        stats = engine.stats()
+        assert stats["running"] <= 2 and stats["reserved_tokens"] <= 40
+        assert info.new_tokens <= 16
+    assert widest == 2
+    for handle, prompt, adapter in zip(handles, prompts, adapters, strict=True):
+        assert handle.result() == reference(llama, prompt, adapter)
+
+
+def test_background_thread_and_streaming(llama, prompts):
+    adapters = ["c", None, "a", "b"]
+    results: dict[int, list[int]] = {}
+    with GenerationEngine(llama, max_num_seqs=4) as engine:
+
+        def client(i: int) -> None:
+            handle = engine.submit(prompts[i], adapter=adapters[i], max_new_tokens=NEW)
+            results[i] = list(handle)  # streamed token by token
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        blocking = engine.generate(prompts[4:6], adapters=["a", None], max_new_tokens=NEW)
+    for i in range(4):
+        assert results[i] == reference(llama, prompts[i], adapters[i])
+    assert blocking == [reference(llama, prompts[4], "a"), reference(llama, prompts[5], None)]
+
+
+def test_stop_ids_end_a_sequence_and_are_kept(llama, prompts):
+    engine = GenerationEngine(llama)
+    full = reference(llama, prompts[2], "a")
+    stop = full[2]
+    out = engine.generate([prompts[2]], adapters=["a"], max_new_tokens=NEW, stop_ids=[stop])[0]
+    assert out == full[: full.index(stop) + 1]
+
+
+def test_clear_errors_at_submit(llama, prompts):
+    engine = GenerationEngine(llama, max_num_seqs=2, max_batch_tokens=10)
+    with pytest.raises(AdapterNotFoundError, match=r"'aa'.*did you mean"):
+        engine.submit(prompts[0], adapter="aa")
+    with pytest.raises(ConfigError, match=r"bottleneck adapter.*lora"):
+        engine.submit(prompts[0], adapter="bn")
+    with pytest.raises(ConfigError, match="empty"):
+        engine.submit([])
+    for bad in (0, -1):
+        with pytest.raises(ConfigError, match="max_new_tokens must be a positive integer"):
+            engine.submit(prompts[0], max_new_tokens=bad)
+    with pytest.raises(ConfigError, match="token ids"):
+        engine.submit("the movie")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"Token ids must be integers in \[0, 99\)"):
+        engine.submit([5, 120])
+    with pytest.raises(ConfigError, match="max_batch_tokens=10"):
+        engine.submit(prompts[3])
+    with pytest.raises(ConfigError, match="one per prompt"):
+        engine.generate(prompts[:2], adapters=["a"])
+    with pytest.raises(AdapterNotFoundError):  # nothing of the batch was queued
+        engine.generate(prompts[:2], adapters=["a", "zz"])
+    assert engine.stats()["waiting"] == 0
+    with pytest.raises(ConfigError, match="at least max_num_seqs"):
+        GenerationEngine(llama, max_num_seqs=8, max_batch_tokens=4)
+    with pytest.raises(ConfigError, match=r"adapterhub.init\(model\)"):
+        GenerationEngine(build("llama", "causal_lm"))
+
+
+@pytest.mark.parametrize("order", [("a", "b", None), (None, "a", "b"), ("a", None, "b")])
+def test_batch_split_none_child_is_the_base(llama, prompts, order):
+    """Base rows last run the LoRA rows grouped; elsewhere block by block: the same values either way."""
+    ids = torch.tensor([prompts[0][:3], prompts[1][:3], prompts[2][:3]])
+    setup = BatchSplit(*order, batch_sizes=[1, 1, 1])
+    assert setup_from_json(setup_to_json(setup)) == setup
+    with torch.no_grad():
+        with llama.adapter_setup(setup):
+            mixed = llama(input_ids=ids).logits
+        alone = []
+        for row, adapter in enumerate(order):
+            with llama.adapter_setup(adapter):
+                alone.append(llama(input_ids=ids[row : row + 1]).logits)
+    torch.testing.assert_close(mixed, torch.cat(alone), rtol=0, atol=1e-5)
+
+
+def test_none_is_a_child_of_batch_split_only():
+    with pytest.raises(ConfigError, match="Stack takes adapter names or blocks"):
+        Stack("a", None)  # type: ignore[arg-type]
