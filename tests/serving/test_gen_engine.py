@@ -28,8 +28,32 @@ def llama() -> Any:
     for i, name in enumerate(("a", "b", "c")):
         model.add_adapter(name, "lora")
         perturb(model._store.adapters[name], std=0.2, seed=10 + i)
-    model.add_adapter("bn", "pfeiffer")
+    model.add_adapter("prefix", "prefix_tuning")
     return model
+
+
+@pytest.fixture(scope="module")
+def methods() -> Any:
+    """A Llama with adapters of every method the engine mixes (two of some, so that alike ones group)."""
+    model = build("llama", "causal_lm", seed=0)
+    adapterhub.init(model)
+    for i, (name, method, std) in enumerate(METHODS):
+        model.add_adapter(name, method)
+        perturb(model._store.adapters[name], std=std, seed=20 + i)
+    return model
+
+
+METHODS = [
+    ("lora", "lora", 0.2),
+    ("dora", "dora", 0.2),
+    ("ia3", "ia3", 0.3),
+    ("pfeiffer", "pfeiffer", 0.05),
+    ("houlsby", "houlsby", 0.05),
+    ("dora2", "dora", 0.2),
+    ("rslora", "lora[use_rslora=True]", 0.2),
+    ("ia3b", "ia3", 0.3),
+    ("pfeiffer2", "pfeiffer", 0.05),
+]
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +205,8 @@ def test_clear_errors_at_submit(llama, prompts):
     engine = GenerationEngine(llama, max_num_seqs=2, max_batch_tokens=10)
     with pytest.raises(AdapterNotFoundError, match=r"'aa'.*did you mean"):
         engine.submit(prompts[0], adapter="aa")
-    with pytest.raises(ConfigError, match=r"bottleneck adapter.*lora"):
-        engine.submit(prompts[0], adapter="bn")
+    with pytest.raises(ConfigError, match=r"prefix_tuning adapter.*bottleneck, dora, ia3, lora"):
+        engine.submit(prompts[0], adapter="prefix")
     with pytest.raises(ConfigError, match="empty"):
         engine.submit([])
     for bad in (0, -1):
@@ -224,3 +248,35 @@ def test_batch_split_none_child_is_the_base(llama, prompts, order):
 def test_none_is_a_child_of_batch_split_only():
     with pytest.raises(ConfigError, match="Stack takes adapter names or blocks"):
         Stack("a", None)  # type: ignore[arg-type]
+
+
+def test_every_mixable_method_per_row_equals_generate_alone(methods, prompts):
+    """LoRA, rsLoRA, DoRA, (IA)³ and Pfeiffer / Houlsby bottleneck adapters and base rows in one batch, one
+    joining at each step: each completion equals generate() with that adapter alone."""
+    names: list[str | None] = [name for name, _, _ in METHODS] + [None]
+    generator = torch.Generator().manual_seed(9)
+    lengths = [3 + (5 * i) % 9 for i in range(len(names))]
+    batch = [torch.randint(3, 99, (n,), generator=generator).tolist() for n in lengths]
+    for prompt, name in zip(batch, names, strict=True):
+        expected = reference(methods, prompt, name)
+        assert name is None or expected != reference(methods, prompt, None), name  # the adapter matters
+    engine = GenerationEngine(methods, max_num_seqs=16)
+    handles = run_staggered(engine, [(i, p, n) for i, (p, n) in enumerate(zip(batch, names, strict=True))])
+    for handle, prompt, name in zip(handles, batch, names, strict=True):
+        assert handle.result() == reference(methods, prompt, name), name
+
+
+@pytest.mark.parametrize(
+    "order", [("lora", "dora"), ("pfeiffer", "houlsby", None), ("lora", "rslora", "ia3")]
+)
+def test_batch_split_of_mixed_methods_equals_each_alone(methods, prompts, order):
+    """A subclass of a method (DoRA of LoRA) is never run by its parent's grouped computation."""
+    ids = torch.tensor([p[:3] for p in prompts[: len(order)]])
+    with torch.no_grad():
+        with methods.adapter_setup(BatchSplit(*order, batch_sizes=[1] * len(order))):
+            mixed = methods(input_ids=ids).logits
+        alone = []
+        for row, adapter in enumerate(order):
+            with methods.adapter_setup(adapter):
+                alone.append(methods(input_ids=ids[row : row + 1]).logits)
+    torch.testing.assert_close(mixed, torch.cat(alone), rtol=0, atol=1e-5)

@@ -38,7 +38,7 @@ from adapterhub.serving.kv_cache import build_step
 from adapterhub.spec.composition import BatchSplit, Setup
 
 # methods whose adapters the engine runs per row (tested token-identical to generate() with the adapter alone)
-MIXABLE_METHODS = frozenset({"lora"})
+MIXABLE_METHODS = frozenset({"lora", "dora", "ia3", "bottleneck"})
 
 
 @dataclass(frozen=True)
