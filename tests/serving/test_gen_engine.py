@@ -6,6 +6,7 @@ control and the errors raised at submit."""
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ import adapterhub
 from adapterhub.errors import AdapterNotFoundError, ConfigError
 from adapterhub.serving import GenerationEngine
 from adapterhub.spec.composition import BatchSplit, Stack, setup_from_json, setup_to_json
-from tiny_models import build, perturb
+from tiny_models import DECODERS, NO_QKV, build, perturb
 
 NEW = 7
 LENGTHS = (3, 8, 5, 11, 4, 6, 9)
@@ -62,17 +63,20 @@ def prompts() -> list[list[int]]:
     return [torch.randint(3, 99, (n,), generator=generator).tolist() for n in LENGTHS]
 
 
-_REFS: dict[tuple[tuple[int, ...], str | None, int], list[int]] = {}
+_REFS: weakref.WeakKeyDictionary[Any, dict[tuple[tuple[int, ...], str | None, int], list[int]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def reference(model: Any, prompt: list[int], adapter: str | None, new: int = NEW) -> list[int]:
     """``model.generate`` greedy for the prompt alone with the adapter alone active."""
+    refs = _REFS.setdefault(model, {})
     key = (tuple(prompt), adapter, new)
-    if key not in _REFS:
+    if key not in refs:
         with torch.no_grad(), model.adapter_setup(adapter):
             out = model.generate(torch.tensor([prompt]), max_new_tokens=new, do_sample=False, pad_token_id=0)
-        _REFS[key] = out[0, len(prompt) :].tolist()
-    return _REFS[key]
+        refs[key] = out[0, len(prompt) :].tolist()
+    return refs[key]
 
 
 def run_staggered(engine: GenerationEngine, plan: list[tuple[int, list[int], str | None]]) -> list[Any]:
@@ -280,3 +284,31 @@ def test_batch_split_of_mixed_methods_equals_each_alone(methods, prompts, order)
             with methods.adapter_setup(adapter):
                 alone.append(methods(input_ids=ids[row : row + 1]).logits)
     torch.testing.assert_close(mixed, torch.cat(alone), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", DECODERS)
+def test_decoder_architectures_equal_generate(arch):
+    """Absolute (GPT-2) and rotary positions, grouped-query attention, fused projections, sliding windows (Gemma
+    2/3 with a window of 24: requests of up to 12 tokens)."""
+    model = build(arch, "causal_lm", **({"sliding_window": 24} if arch in ("gemma2", "gemma3_text") else {}))
+    adapterhub.init(model)
+    names: list[str | None] = [None, "bottleneck"]
+    model.add_adapter("bottleneck", "pfeiffer")
+    perturb(model._store.adapters["bottleneck"], std=0.05, seed=4)
+    if arch not in NO_QKV:
+        model.add_adapter("lora", "lora")
+        perturb(model._store.adapters["lora"], std=0.2, seed=3)
+        names.append("lora")
+    generator = torch.Generator().manual_seed(0)
+    batch = [torch.randint(3, 99, (n,), generator=generator).tolist() for n in (3, 5, 4, 2)]
+    adapters = [names[i % len(names)] for i in range(len(batch))]
+    engine = GenerationEngine(model)
+    handles = []
+    for prompt, adapter in zip(batch, adapters, strict=True):
+        handles.append(engine.submit(prompt, adapter=adapter, max_new_tokens=4))
+        engine.step()
+    for handle, prompt, adapter in zip(handles, batch, adapters, strict=True):
+        assert handle.result() == reference(model, prompt, adapter, new=4), adapter
+    if arch in ("gemma2", "gemma3_text"):
+        with pytest.raises(ConfigError, match=r"window 24.*up to 12 tokens"):
+            engine.submit(batch[0], max_new_tokens=10)

@@ -124,6 +124,9 @@ class GenerationEngine:
             )
         config = model.config
         self.context = int(getattr(config, "max_position_embeddings", 0) or 0) or None
+        # a step spans at most twice the longest reservation in cache slots: within the window, no key is cut
+        window = getattr(config, "sliding_window", None)
+        self.window = int(window) if window else None
         if max_cache_tokens is None:
             max_cache_tokens = max_num_seqs * (self.context or 4096)
         if not isinstance(max_cache_tokens, int) or max_cache_tokens < 1:
@@ -168,6 +171,12 @@ class GenerationEngine:
             raise ConfigError(
                 f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) = {need} tokens exceed the model's "
                 f"context of {self.context}; lower max_new_tokens or shorten the prompt."
+            )
+        if self.window is not None and 2 * need > self.window:
+            raise ConfigError(
+                f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) = {need} tokens; this model's "
+                f"sliding-window attention (window {self.window}) is kept exact by the engine up to "
+                f"{self.window // 2} tokens per request. Lower max_new_tokens or shorten the prompt."
             )
         if need > scheduler.budget.capacity:
             raise ConfigError(
@@ -389,12 +398,6 @@ def _check_model(model: Any) -> None:
     if model.get_output_embeddings() is None:
         raise UnsupportedArchitectureError(
             f"{type(model).__name__} has no LM head; load the model with AutoModelForCausalLM."
-        )
-    layer_types = getattr(config, "layer_types", None) or []
-    if getattr(config, "sliding_window", None) or any("sliding" in str(t) for t in layer_types):
-        raise UnsupportedArchitectureError(
-            f"{config.model_type} uses sliding-window attention, which the engine's padded step layout does not "
-            "keep exact yet; use adapterhub.serving.generation for this model."
         )
     if model._store.merged:
         raise ConfigError(
