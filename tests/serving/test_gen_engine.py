@@ -312,3 +312,23 @@ def test_decoder_architectures_equal_generate(arch):
     if arch in ("gemma2", "gemma3_text"):
         with pytest.raises(ConfigError, match=r"window 24.*up to 12 tokens"):
             engine.submit(batch[0], max_new_tokens=10)
+
+
+def test_an_adapter_removed_mid_request_fails_that_request_only(prompts):
+    model = build("llama", "causal_lm", seed=0)
+    adapterhub.init(model)
+    for i, name in enumerate(("a", "gone")):
+        model.add_adapter(name, "lora")
+        perturb(model._store.adapters[name], std=0.2, seed=10 + i)
+    engine = GenerationEngine(model)
+    keep = engine.submit(prompts[0], adapter="a", max_new_tokens=NEW)
+    lost = engine.submit(prompts[1], adapter="gone", max_new_tokens=NEW)
+    base = engine.submit(prompts[2], max_new_tokens=NEW)
+    engine.step()
+    model.delete_adapter("gone")
+    with pytest.raises(AdapterNotFoundError, match="removed from the model"):
+        lost.result()
+    assert lost.status == "failed" and len(lost.tokens) == 1
+    assert keep.result() == reference(model, prompts[0], "a")
+    assert base.result() == reference(model, prompts[2], None)
+    assert engine.stats() == {"waiting": 0, "running": 0, "cache_tokens": 0, "reserved_tokens": 0}

@@ -263,6 +263,7 @@ class GenerationEngine:
         with self._step_lock:
             with self._lock:
                 decoding, admitted = self._scheduler.plan()
+                self._drop_removed_adapters([*decoding, *admitted])
                 rows, setup = _order_rows([*decoding, *admitted])
                 if not rows:
                     return None
@@ -317,6 +318,17 @@ class GenerationEngine:
                 self.step()
             except Exception:  # the failed rows got the error; keep serving the others
                 continue
+
+    def _drop_removed_adapters(self, seqs: Sequence[SequenceState]) -> None:
+        """Fail (alone) the sequences whose adapter was deleted from the model after they were submitted."""
+        modules = self.model._store.adapters
+        for seq in seqs:
+            if seq.adapter is not None and seq.adapter not in modules:
+                error = AdapterNotFoundError(
+                    f"Adapter {seq.adapter!r} was removed from the model while a request for it was generating; "
+                    "load it again and resubmit."
+                )
+                self._scheduler.leave(seq, FAILED, error)
 
     def _cancel(self, seq: SequenceState) -> None:
         with self._lock:
