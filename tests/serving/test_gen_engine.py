@@ -5,6 +5,7 @@ control and the errors raised at submit."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import weakref
 from typing import Any
@@ -332,3 +333,20 @@ def test_an_adapter_removed_mid_request_fails_that_request_only(prompts):
     assert keep.result() == reference(model, prompts[0], "a")
     assert base.result() == reference(model, prompts[2], None)
     assert engine.stats() == {"waiting": 0, "running": 0, "cache_tokens": 0, "reserved_tokens": 0}
+
+
+def test_async_iteration_streams_the_same_tokens(llama, prompts):
+    engine = GenerationEngine(llama)
+    with pytest.raises(ConfigError, match=r"engine.start\(\)"):
+        engine.submit(prompts[0]).__aiter__()
+
+    async def stream(handle: Any) -> list[int]:
+        return [token async for token in handle]
+
+    async def main(engine: GenerationEngine) -> list[list[int]]:
+        handles = [engine.submit(prompts[i], adapter=a, max_new_tokens=NEW) for i, a in ((1, "b"), (2, None))]
+        return list(await asyncio.gather(*(stream(h) for h in handles)))
+
+    with GenerationEngine(llama) as running:
+        got = asyncio.run(main(running))
+    assert got == [reference(llama, prompts[1], "b"), reference(llama, prompts[2], None)]

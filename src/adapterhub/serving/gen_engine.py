@@ -19,8 +19,9 @@ setup is per thread, so it is set inside the step, in the thread that runs the f
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,8 @@ class StepInfo:
 
 
 class GenerationHandle:
-    """One submitted request: iterate for its new token ids; ``cancel()``; ``result()``; ``status``."""
+    """One submitted request: iterate for its new token ids (``for`` or ``async for``); ``cancel()``;
+    ``result()``; ``status``."""
 
     def __init__(self, engine: GenerationEngine, seq: SequenceState) -> None:
         self._engine = engine
@@ -77,6 +79,25 @@ class GenerationHandle:
                         "The engine has nothing to run, but this request has not ended (a bug)."
                     )
             item = self._seq.out.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            self._received.append(item)
+            yield item
+
+    def __aiter__(self) -> AsyncIterator[int]:
+        """``async for token in handle``: needs the background thread (``engine.start()`` or ``with engine:``),
+        so that the event loop only waits."""
+        if not self._engine.running_in_background:
+            raise ConfigError(
+                "Async iteration needs the engine's background thread: call engine.start() (or use `with engine:`)."
+            )
+        return self._async_tokens()
+
+    async def _async_tokens(self) -> AsyncIterator[int]:
+        while True:
+            item = await asyncio.to_thread(self._seq.out.get)
             if item is None:
                 return
             if isinstance(item, BaseException):
