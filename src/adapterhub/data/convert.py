@@ -60,7 +60,9 @@ def build_task(
                 f"task {name!r}: a generation task has no label names, got labels={list(labels)!r}; "
                 'list its allowed answers as "answers" in task.json instead'
             )
-        return TaskData(name, resolved, (), generation_examples(train), generation_examples(dev), answers)
+        return TaskData(
+            name, resolved, (), generation_examples(train), generation_examples(dev), tuple(answers)
+        )
     if answers:
         raise ConfigError(
             f"task {name!r}: answers {list(answers)!r} are for generation tasks, but this is a {resolved} task; "

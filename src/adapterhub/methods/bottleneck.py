@@ -319,7 +319,7 @@ class BottleneckAdapter(AdapterModule):
         """Plain bottleneck adapters placed alike (same ``original_ln_before``, ``residual_before_ln``,
         ``original_ln_after``, no adapter-internal LayerNorm after) that pass ``can_group``: enter the site once,
         the K adapters as batched matmuls over their rows, leave once."""
-        if not all(isinstance(m, BottleneckAdapter) and m.sequential for m in modules):
+        if not all(type(m) is type(self) and m.sequential for m in modules):  # subclasses (gated) differ
             return None
         bottlenecks: list[BottleneckAdapter] = list(modules)  # type: ignore[arg-type]
         placements = {

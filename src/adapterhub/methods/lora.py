@@ -239,7 +239,7 @@ class LoRAAdapter(AdapterModule):
         """Row block ``k`` through adapter ``k``'s ``A`` and ``B`` in two batched matmuls (peft's mixed-adapter
         batch). Equal sizes: ``(K, rows·T, d_in)`` against stacked ``(K, d_in, r)``; otherwise weights gathered
         per row. Needs equal rank and dropout; else None (the interpreter runs the row blocks one by one)."""
-        if not all(isinstance(m, LoRAAdapter) for m in modules):
+        if not all(type(m) is type(self) for m in modules):  # a subclass (DoRA, gated) computes otherwise
             return None
         layers: list[LoRALayer] = [m.layer_at(layer, point) for m in modules]  # type: ignore[attr-defined,operator]
         first = layers[0]

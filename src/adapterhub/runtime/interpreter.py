@@ -73,8 +73,11 @@ class PointRun:
 Runner = Callable[[PointRun, Any, PointInputs], "torch.Tensor | None"]
 
 
-def run_setup(run: PointRun, setup: Setup, inputs: PointInputs) -> torch.Tensor | None:
-    """The replacement value for the point's output under ``setup``, or None when no adapter sits there."""
+def run_setup(run: PointRun, setup: Setup | None, inputs: PointInputs) -> torch.Tensor | None:
+    """The replacement value for the point's output under ``setup``, or None when no adapter sits there (``None``,
+    a BatchSplit's rows with no adapter, never has one)."""
+    if setup is None:
+        return None
     if isinstance(setup, str):
         if not run.present(setup):
             return None
@@ -85,7 +88,7 @@ def run_setup(run: PointRun, setup: Setup, inputs: PointInputs) -> torch.Tensor 
     return runner(run, setup, inputs)
 
 
-def _run_or_base(run: PointRun, setup: Setup, inputs: PointInputs) -> tuple[torch.Tensor, bool]:
+def _run_or_base(run: PointRun, setup: Setup | None, inputs: PointInputs) -> tuple[torch.Tensor, bool]:
     out = run_setup(run, setup, inputs)
     return (inputs.base(), False) if out is None else (out, True)
 
@@ -127,7 +130,11 @@ def _run_fuse(run: PointRun, block: Fuse, inputs: PointInputs) -> torch.Tensor |
 
 
 def _run_chunks(
-    run: PointRun, children: Sequence[Setup], bounds: Sequence[tuple[int, int]], inputs: PointInputs, dim: int
+    run: PointRun,
+    children: Sequence[Setup | None],
+    bounds: Sequence[tuple[int, int]],
+    inputs: PointInputs,
+    dim: int,
 ) -> torch.Tensor | None:
     """Run child ``i`` on ``[start_i, end_i)`` along ``dim`` (0 = rows, 1 = positions) and join the parts."""
     if not any(run.present(name) for child in children for name in setup_names(child)):
@@ -159,13 +166,23 @@ def _run_batch_split(run: PointRun, block: BatchSplit, inputs: PointInputs) -> t
         )
     # children with no rows take no part (so that their parameters get no gradient, not even a zero one)
     used = [(child, size) for child, size in zip(block.children, block.batch_sizes, strict=True) if size > 0]
-    if used and all(isinstance(child, str) and run.present(child) for child, _ in used):
-        modules = [run.adapter(child) for child, _ in used]  # type: ignore[arg-type]
+    named = list(itertools.takewhile(lambda pair: pair[0] is not None, used))
+    trailing_base = sum(size for child, size in used[len(named) :] if child is None)
+    if (
+        named
+        and all(child is None for child, _ in used[len(named) :])
+        and all(isinstance(child, str) and run.present(child) for child, _ in named)
+    ):  # alike adapters, then (optionally) rows with no adapter: one grouped computation and the base rows
+        modules = [run.adapter(child) for child, _ in named]  # type: ignore[arg-type]
+        adapter_rows = rows - trailing_base
+        part = inputs.select(slice(0, adapter_rows), 0) if trailing_base else inputs
         grouped = modules[0].batch_split_grouped(
-            modules, run.layer, run.point, inputs, [size for _, size in used]
+            modules, run.layer, run.point, part, [size for _, size in named]
         )
         if grouped is not None:
-            return grouped
+            if not trailing_base:
+                return grouped
+            return inputs.join([grouped, inputs.select(slice(adapter_rows, rows), 0).base()], 0)
     edges = [0]
     for size in block.batch_sizes:
         edges.append(edges[-1] + size)

@@ -69,6 +69,8 @@ class AdapterStore(nn.Module):
                 if name in adapters and name not in self.merged
                 for kind in adapters[name].kinds()  # type: ignore[operator]
             )
+            if len(self._kinds) >= 4096:  # setups differ by batch sizes in serving: keep the memo bounded
+                self._kinds.clear()
             self._kinds[setup] = kinds
         return kind in kinds
 

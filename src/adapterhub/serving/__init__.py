@@ -7,3 +7,15 @@ outputs -> JSON), ``generation`` (causal-LM decoding), ``scheduler`` (batching l
 ``engine`` (the public API), ``app`` (FastAPI), ``cli``. Importing this package imports no torch. The serving layer
 may import api, data, hub and below, never training, export or cli.
 """
+
+from typing import Any
+
+__all__ = ["GenerationEngine", "GenerationHandle"]
+
+
+def __getattr__(name: str) -> Any:  # torch is imported only when the engine is asked for
+    if name in __all__:
+        from adapterhub.serving import gen_engine
+
+        return getattr(gen_engine, name)
+    raise AttributeError(f"module 'adapterhub.serving' has no attribute {name!r}")

@@ -14,7 +14,9 @@ Semantics at one site (``h``: sub-layer output, ``x``: residual input, ``LN``: t
 - ``Split(a, b, split_index=k)``: positions ``[0, k)`` of the sequence through ``a``, ``[k, T)`` through ``b``
   (several indices for more children: ``split_index=(k1, k2)`` for three);
 - ``BatchSplit(a, b, batch_sizes=(2, 3))``: rows ``[0, 2)`` of the batch through ``a``, rows ``[2, 5)`` through
-  ``b`` in one forward pass (serving: one request per adapter);
+  ``b`` in one forward pass (serving: one request per adapter). A ``None`` child of a BatchSplit is a block of
+  rows that goes through no adapter (``BatchSplit("a", None, batch_sizes=(2, 1))``: the last row gets the base
+  model alone);
 - ``Parallel(a, b)``: the whole input through every child, one output per child. The batch is replicated at the
   input of the first layer where a child has an adapter (layers before it run once); the model returns a
   ``ParallelOutput`` (one output per branch, each through the head named like the branch's last adapter);
@@ -68,6 +70,7 @@ class Block:
     children: tuple[Setup, ...]
     allowed_children: ClassVar[tuple[type, ...]] = ()
     min_children: ClassVar[int] = 1
+    none_children: ClassVar[bool] = False  # whether None (no adapter) may be a child
 
     def __init__(self, *children: Setup | Sequence[Setup]) -> None:
         flat: list[Setup] = []
@@ -86,6 +89,8 @@ class Block:
                 f"{kind}() needs at least {self.min_children} adapter(s), got {len(self.children)}."
             )
         for child in self.children:
+            if child is None and self.none_children:
+                continue
             if isinstance(child, str):
                 if not child:
                     raise ConfigError(f"{kind} got an empty adapter name.")
@@ -115,13 +120,16 @@ class Block:
         return list(dict.fromkeys(_walk_names(self)))
 
     def last(self) -> str:
-        child = self.children[-1]
+        named = [c for c in self.children if c is not None]
+        if not named:
+            raise ConfigError(f"{self!r} names no adapter, so it has no last adapter (and no head).")
+        child = named[-1]
         return child if isinstance(child, str) else child.last()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "type": type(self).__name__,
-            "children": [c if isinstance(c, str) else c.to_dict() for c in self.children],
+            "children": [c if c is None or isinstance(c, str) else c.to_dict() for c in self.children],
             **self.params(),
         }
 
@@ -194,9 +202,11 @@ class Split(Block):
 
 @dataclass(frozen=True, init=False, repr=False)
 class BatchSplit(Block):
-    """Different adapters for different rows of one batch: child ``i`` gets the next ``batch_sizes[i]`` rows."""
+    """Different adapters for different rows of one batch: child ``i`` gets the next ``batch_sizes[i]`` rows; a
+    ``None`` child's rows go through no adapter (the base model alone)."""
 
     batch_sizes: tuple[int, ...] = ()
+    none_children = True
 
     def __init__(self, *children: Setup | Sequence[Setup], batch_sizes: Sequence[int]) -> None:
         object.__setattr__(self, "batch_sizes", tuple(batch_sizes))
@@ -283,7 +293,9 @@ def nesting_table() -> dict[str, list[str]]:
     return {name: ["name", *(c.__name__ for c in cls.allowed_children)] for name, cls in BLOCK_TYPES.items()}
 
 
-def _walk_names(setup: Setup) -> Iterator[str]:
+def _walk_names(setup: Setup | None) -> Iterator[str]:
+    if setup is None:
+        return
     if isinstance(setup, str):
         yield setup
     else:
@@ -291,8 +303,8 @@ def _walk_names(setup: Setup) -> Iterator[str]:
             yield from _walk_names(child)
 
 
-def _contains(setup: Setup, kind: type) -> bool:
-    if isinstance(setup, str):
+def _contains(setup: Setup | None, kind: type) -> bool:
+    if setup is None or isinstance(setup, str):
         return False
     return isinstance(setup, kind) or any(_contains(c, kind) for c in setup.children)
 
@@ -403,7 +415,9 @@ def parse_setup(text: str) -> Any:
             )
         if isinstance(node, (ast.List, ast.Tuple)):
             return [build(e) for e in node.elts]
-        if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float, bool)):
+        if isinstance(node, ast.Constant) and (
+            node.value is None or isinstance(node.value, (str, int, float, bool))
+        ):
             return node.value
         raise ConfigError(
             f"Unexpected {ast.dump(node)[:60]} in setup {text!r}; use {', '.join(_BLOCK_NAMES)} and names."

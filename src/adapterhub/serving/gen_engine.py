@@ -1,0 +1,439 @@
+"""Continuous-batching generation with an adapter per sequence: ``GenerationEngine``.
+
+``engine.submit(prompt_ids, adapter=..., max_new_tokens=...)`` queues one request and returns a
+``GenerationHandle`` (iterate it for the new token ids as they come; ``cancel()`` ends it and frees its cache at
+once; ``result()`` waits for all of them). ``engine.generate(prompts, adapters=[...], max_new_tokens=...)`` submits
+many and blocks for their new token ids. ``None`` as an adapter is the base model alone.
+
+Each ``step()`` is one iteration: the scheduler (``gen_scheduler``) picks every running sequence (one new token)
+and admits waiting ones (their prompt), the rows are ordered adapter by adapter (rows with no adapter last) and the
+model runs ONE forward pass for all of them under ``BatchSplit(a, b, ..., None, batch_sizes=...)`` as a per-call
+setup: prefill and decode are fused in that one pass, whatever the mix of adapters. Alike adapters (LoRA of equal
+rank) run as one grouped computation at every point (``batch_split_grouped``). Each row's new keys and values go
+back into its own cache (``kv_cache``) and its next token is the argmax of its last position (greedy).
+
+Steps run in the thread that calls ``step()``: the background thread after ``start()`` (or ``with engine:``), or
+else whoever waits on a result (``generate``, iterating a handle) drives the steps itself. A per-call adapter
+setup is per thread, so it is set inside the step, in the thread that runs the forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from adapterhub.errors import AdapterNotFoundError, ConfigError, UnsupportedArchitectureError, did_you_mean
+from adapterhub.serving.gen_scheduler import (
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    Scheduler,
+    SequenceState,
+)
+from adapterhub.serving.kv_cache import build_step
+from adapterhub.spec.composition import BatchSplit, Setup
+
+# methods whose adapters the engine runs per row (tested token-identical to generate() with the adapter alone)
+MIXABLE_METHODS = frozenset({"lora", "dora", "ia3", "bottleneck"})
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What one step ran: ``prefill`` / ``decode`` rows, ``new_tokens`` fed, and the per-call ``setup``."""
+
+    prefill: int
+    decode: int
+    new_tokens: int
+    setup: Setup | None
+
+
+class GenerationHandle:
+    """One submitted request: iterate for its new token ids (``for`` or ``async for``); ``cancel()``;
+    ``result()``; ``status``."""
+
+    def __init__(self, engine: GenerationEngine, seq: SequenceState) -> None:
+        self._engine = engine
+        self._seq = seq
+        self._received: list[int] = []
+
+    @property
+    def status(self) -> str:
+        """``waiting``, ``running``, ``finished``, ``cancelled`` or ``failed``."""
+        return self._seq.status
+
+    @property
+    def tokens(self) -> list[int]:
+        """The new token ids generated so far."""
+        return list(self._seq.tokens)
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            while self._seq.out.empty() and not self._engine.running_in_background:
+                if self._engine.step() is None and self._seq.out.empty():
+                    raise ConfigError(
+                        "The engine has nothing to run, but this request has not ended (a bug)."
+                    )
+            item = self._seq.out.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            self._received.append(item)
+            yield item
+
+    def __aiter__(self) -> AsyncIterator[int]:
+        """``async for token in handle``: needs the background thread (``engine.start()`` or ``with engine:``),
+        so that the event loop only waits."""
+        if not self._engine.running_in_background:
+            raise ConfigError(
+                "Async iteration needs the engine's background thread: call engine.start() (or use `with engine:`)."
+            )
+        return self._async_tokens()
+
+    async def _async_tokens(self) -> AsyncIterator[int]:
+        while True:
+            item = await asyncio.to_thread(self._seq.out.get)
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            self._received.append(item)
+            yield item
+
+    def result(self) -> list[int]:
+        """Wait for the end and return all new token ids (raises the error of a failed request)."""
+        for _ in self:
+            pass
+        if self._seq.error is not None:
+            raise self._seq.error
+        return list(self._seq.tokens)
+
+    def cancel(self) -> None:
+        """End the request now: it leaves the batch before the next step and its cache is freed at once."""
+        self._engine._cancel(self._seq)
+
+
+class GenerationEngine:
+    """Continuous batching for a causal LM that ``adapterhub.init`` was applied to, one adapter (or none) per
+    sequence. ``max_num_seqs``: sequences decoding together; ``max_batch_tokens``: new tokens per step (a prompt is
+    prefilled whole, so it may not be longer); ``max_cache_tokens``: cache tokens of all sequences together (each
+    reserves prompt + max_new_tokens when admitted; default ``max_num_seqs`` x the model's context length);
+    ``stop_ids``: default stop token ids (default: the model's ``eos_token_id``)."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        max_num_seqs: int = 16,
+        max_batch_tokens: int = 2048,
+        max_cache_tokens: int | None = None,
+        stop_ids: Iterable[int] | None = None,
+    ) -> None:
+        _check_model(model)
+        for name, value in (("max_num_seqs", max_num_seqs), ("max_batch_tokens", max_batch_tokens)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        if max_batch_tokens < max_num_seqs:
+            raise ConfigError(
+                f"max_batch_tokens ({max_batch_tokens}) must be at least max_num_seqs ({max_num_seqs}): every "
+                "running sequence feeds one token per step."
+            )
+        config = model.config
+        self.context = int(getattr(config, "max_position_embeddings", 0) or 0) or None
+        # a step spans at most twice the longest reservation in cache slots: within the window, no key is cut
+        window = getattr(config, "sliding_window", None)
+        self.window = int(window) if window else None
+        if max_cache_tokens is None:
+            max_cache_tokens = max_num_seqs * (self.context or 4096)
+        if not isinstance(max_cache_tokens, int) or max_cache_tokens < 1:
+            raise ConfigError(f"max_cache_tokens must be a positive integer, got {max_cache_tokens!r}.")
+        self.model = model
+        self.vocab_size = int(config.vocab_size)
+        self.pad_id = int(getattr(config, "pad_token_id", None) or 0)
+        self.stop_ids = frozenset(_default_stops(model) if stop_ids is None else (int(s) for s in stop_ids))
+        self._scheduler = Scheduler(max_num_seqs, max_batch_tokens, max_cache_tokens)
+        self._lock = threading.Lock()  # the scheduler's state
+        self._step_lock = threading.Lock()  # one step at a time
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self.last_step: StepInfo | None = None
+
+    # ------------------------------------------------------------------ public API
+    def submit(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        adapter: str | None = None,
+        max_new_tokens: int = 16,
+        stop_ids: Iterable[int] | None = None,
+    ) -> GenerationHandle:
+        """Queue one request (it joins the running batch at the next step) and return its handle. Every check
+        happens here: a request that is accepted never fails for a reason known now."""
+        if self._closing:
+            raise ConfigError("This GenerationEngine is closed; create a new one.")
+        prompt = _check_prompt(prompt_ids, self.vocab_size)
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
+        self._check_adapter(adapter)
+        scheduler = self._scheduler
+        if len(prompt) > scheduler.max_batch_tokens:
+            raise ConfigError(
+                f"The prompt has {len(prompt)} tokens, more than max_batch_tokens={scheduler.max_batch_tokens} (a "
+                "prompt is prefilled in one step). Raise max_batch_tokens or shorten the prompt."
+            )
+        need = len(prompt) + max_new_tokens
+        if self.context is not None and need > self.context:
+            raise ConfigError(
+                f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) = {need} tokens exceed the model's "
+                f"context of {self.context}; lower max_new_tokens or shorten the prompt."
+            )
+        if self.window is not None and 2 * need > self.window:
+            raise ConfigError(
+                f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) = {need} tokens; this model's "
+                f"sliding-window attention (window {self.window}) is kept exact by the engine up to "
+                f"{self.window // 2} tokens per request. Lower max_new_tokens or shorten the prompt."
+            )
+        if need > scheduler.budget.capacity:
+            raise ConfigError(
+                f"The request needs {need} cache tokens, more than max_cache_tokens={scheduler.budget.capacity}; "
+                "lower max_new_tokens or raise max_cache_tokens."
+            )
+        stops = self.stop_ids if stop_ids is None else frozenset(int(s) for s in stop_ids)
+        seq = SequenceState(prompt=prompt, adapter=adapter, max_new_tokens=max_new_tokens, stop_ids=stops)
+        with self._lock:
+            scheduler.add(seq)
+        self._wake.set()
+        return GenerationHandle(self, seq)
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        adapters: Sequence[str | None] | None = None,
+        max_new_tokens: int = 16,
+        stop_ids: Iterable[int] | None = None,
+    ) -> list[list[int]]:
+        """The new token ids of each prompt (greedy), prompt ``i`` with ``adapters[i]`` (None: the base alone).
+        All requests are checked before any is queued."""
+        if adapters is None:
+            adapters = [None] * len(prompts)
+        if len(adapters) != len(prompts):
+            raise ConfigError(
+                f"Got {len(prompts)} prompts but {len(adapters)} adapters; give one per prompt."
+            )
+        for prompt, adapter in zip(prompts, adapters, strict=True):
+            _check_prompt(prompt, self.vocab_size)
+            self._check_adapter(adapter)
+        stops = None if stop_ids is None else list(stop_ids)
+        handles = [
+            self.submit(p, adapter=a, max_new_tokens=max_new_tokens, stop_ids=stops)
+            for p, a in zip(prompts, adapters, strict=True)
+        ]
+        return [h.result() for h in handles]
+
+    @property
+    def running_in_background(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> GenerationEngine:
+        """Run steps in a background thread until ``close()``."""
+        if not self.running_in_background:
+            self._closing = False
+            self._thread = threading.Thread(target=self._loop, name="adapterhub-generation", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the background thread and cancel what has not ended."""
+        self._closing = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._lock:
+            for seq in [*self._scheduler.running, *self._scheduler.waiting]:
+                self._scheduler.leave(seq, CANCELLED)
+
+    def __enter__(self) -> GenerationEngine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stats(self) -> dict[str, int]:
+        """``waiting`` / ``running`` sequences, ``cache_tokens`` stored, ``reserved_tokens`` of the budget."""
+        with self._lock:
+            s = self._scheduler
+            return {
+                "waiting": len(s.waiting),
+                "running": len(s.running),
+                "cache_tokens": s.cache_tokens_in_use(),
+                "reserved_tokens": s.budget.used,
+            }
+
+    # ------------------------------------------------------------------ one iteration
+    def step(self) -> StepInfo | None:
+        """Run one iteration (one forward pass) over every running sequence and the newly admitted ones; None
+        when there is nothing to run."""
+        with self._step_lock:
+            with self._lock:
+                decoding, admitted = self._scheduler.plan()
+                self._drop_removed_adapters([*decoding, *admitted])
+                rows, setup = _order_rows([*decoding, *admitted])
+                if not rows:
+                    return None
+                batch = build_step(
+                    [s.kv for s in rows],  # type: ignore[misc]
+                    [s.next_ids() for s in rows],
+                    self.pad_id,
+                    next(self.model.parameters()).device,
+                )
+            try:
+                with torch.no_grad(), self.model.adapter_setup(setup):
+                    output = self.model(
+                        input_ids=batch.input_ids,
+                        attention_mask=batch.attention_mask,
+                        position_ids=batch.position_ids,
+                        past_key_values=batch.cache,
+                        use_cache=True,
+                        logits_to_keep=1,
+                    )
+                tokens = output.logits[:, -1].argmax(dim=-1).tolist()  # (B,) greedy
+                cache = output.past_key_values
+            except Exception as error:  # the step's rows fail together; the waiting ones go on
+                with self._lock:
+                    for seq in rows:
+                        self._scheduler.leave(seq, FAILED, error)
+                raise
+            with self._lock:
+                for i, seq in enumerate(rows):
+                    if seq.done or seq.kv is None:  # cancelled during the forward pass
+                        continue
+                    keys, values = batch.new_kv(cache, i)
+                    seq.kv.append([k.clone() for k in keys], [v.clone() for v in values])
+                    token = int(tokens[i])
+                    seq.tokens.append(token)
+                    seq.out.put(token)
+                    if token in seq.stop_ids or len(seq.tokens) >= seq.max_new_tokens:
+                        self._scheduler.leave(seq, FINISHED)
+            info = StepInfo(len(admitted), len(decoding), sum(batch.new_tokens), setup)
+            self.last_step = info
+            return info
+
+    # ------------------------------------------------------------------ internals
+    def _loop(self) -> None:
+        while not self._closing:
+            with self._lock:
+                busy = self._scheduler.has_work()
+            if not busy:
+                self._wake.wait(timeout=0.1)
+                self._wake.clear()
+                continue
+            try:
+                self.step()
+            except Exception:  # the failed rows got the error; keep serving the others
+                continue
+
+    def _drop_removed_adapters(self, seqs: Sequence[SequenceState]) -> None:
+        """Fail (alone) the sequences whose adapter was deleted from the model after they were submitted."""
+        modules = self.model._store.adapters
+        for seq in seqs:
+            if seq.adapter is not None and seq.adapter not in modules:
+                error = AdapterNotFoundError(
+                    f"Adapter {seq.adapter!r} was removed from the model while a request for it was generating; "
+                    "load it again and resubmit."
+                )
+                self._scheduler.leave(seq, FAILED, error)
+
+    def _cancel(self, seq: SequenceState) -> None:
+        with self._lock:
+            self._scheduler.leave(seq, CANCELLED)
+
+    def _check_adapter(self, adapter: str | None) -> None:
+        if adapter is None:
+            return
+        if not isinstance(adapter, str):
+            raise ConfigError(f"An adapter is a name or None (the base model alone), got {adapter!r}.")
+        modules = self.model._store.adapters
+        if adapter not in modules:
+            known = ", ".join(modules) or "none"
+            raise AdapterNotFoundError(
+                f"No adapter named {adapter!r}{did_you_mean(adapter, modules)} on this model (adapters: {known}). "
+                "Add or load it before submitting."
+            )
+        module = modules[adapter]
+        if module.method not in MIXABLE_METHODS or "BatchSplit" not in module.composable:
+            raise ConfigError(
+                f"Adapter {adapter!r} is a {module.method} adapter; the generation engine runs "
+                f"{', '.join(sorted(MIXABLE_METHODS))} adapters per sequence so far. Serve it with "
+                "adapterhub.serving.generation (one request at a time) instead."
+            )
+
+
+def _order_rows(seqs: Sequence[SequenceState]) -> tuple[list[SequenceState], Setup | None]:
+    """The step's rows grouped adapter by adapter (rows with no adapter last) and the per-call setup for them."""
+    groups: dict[str | None, list[SequenceState]] = {}
+    for seq in seqs:
+        if not seq.done:
+            groups.setdefault(seq.adapter, []).append(seq)
+    if None in groups:
+        groups[None] = groups.pop(None)  # last: BatchSplit runs the named adapters as one grouped computation
+    names = list(groups)
+    rows = [seq for name in names for seq in groups[name]]
+    if len(names) <= 1:
+        return rows, names[0] if names else None
+    return rows, BatchSplit(*names, batch_sizes=[len(groups[n]) for n in names])  # type: ignore[arg-type]
+
+
+def _check_prompt(prompt_ids: Sequence[int], vocab_size: int) -> list[int]:
+    if isinstance(prompt_ids, (str, bytes)) or not isinstance(prompt_ids, Sequence):
+        raise ConfigError(
+            f"A prompt is a list of token ids (tokenize text first), got {type(prompt_ids).__name__}."
+        )
+    prompt = list(prompt_ids)
+    if not prompt:
+        raise ConfigError("The prompt is empty; give at least one token id (e.g. the BOS token).")
+    bad = [t for t in prompt if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size]
+    if bad:
+        raise ConfigError(f"Token ids must be integers in [0, {vocab_size}); got {bad[:5]}.")
+    return prompt
+
+
+def _default_stops(model: Any) -> list[int]:
+    generation = getattr(model, "generation_config", None)
+    eos = getattr(generation, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)
+    if eos is None:
+        return []
+    return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+
+
+def _check_model(model: Any) -> None:
+    if not callable(getattr(model, "adapter_setup", None)):
+        raise ConfigError(
+            "GenerationEngine needs a model that adapterhub.init() was applied to (per-sequence adapters run "
+            "through its per-call setups); call adapterhub.init(model) first."
+        )
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False) or not callable(
+        getattr(model, "get_output_embeddings", None)
+    ):
+        raise UnsupportedArchitectureError(
+            f"GenerationEngine runs decoder-only causal LMs (AutoModelForCausalLM); got {type(model).__name__}."
+        )
+    if model.get_output_embeddings() is None:
+        raise UnsupportedArchitectureError(
+            f"{type(model).__name__} has no LM head; load the model with AutoModelForCausalLM."
+        )
+    if model._store.merged:
+        raise ConfigError(
+            f"Adapter(s) {list(model._store.merged)} are merged into the base weights, so every sequence would run "
+            "them; call model.unmerge_adapter() before creating a GenerationEngine."
+        )

@@ -1,0 +1,108 @@
+"""The generation engine's iteration-level scheduler: which sequences run in the next step.
+
+Every step runs all running sequences (one new token each: decode) and admits waiting requests first come, first
+served (their whole prompt: prefill) while all three bounds hold: at most ``max_num_seqs`` running, at most
+``max_batch_tokens`` new tokens in the step, and the request's cache reservation (prompt + max new tokens) fits
+the ``CacheBudget``. The first waiting request that does not fit stops admission (no overtaking, so a long request
+is never starved). A finished or cancelled sequence leaves at once and frees its cache.
+
+The scheduler holds no lock of its own: ``GenerationEngine`` calls it under its lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapterhub.serving.kv_cache import CacheBudget, SequenceKV
+
+WAITING, RUNNING, FINISHED, CANCELLED, FAILED = "waiting", "running", "finished", "cancelled", "failed"
+_IDS = itertools.count()
+
+
+@dataclass(eq=False)
+class SequenceState:
+    """One request. ``prompt``: token ids; ``adapter``: an adapter name or None (the base alone); ``stop_ids``:
+    token ids that end it (the stop token is kept, as ``model.generate`` does); ``tokens``: new tokens so far;
+    ``out``: the handle's stream (token ids, then ``None`` or the exception that ended it)."""
+
+    prompt: list[int]
+    adapter: str | None
+    max_new_tokens: int
+    stop_ids: frozenset[int]
+    id: int = field(default_factory=lambda: next(_IDS))
+    tokens: list[int] = field(default_factory=list)
+    status: str = WAITING
+    kv: SequenceKV | None = None
+    error: BaseException | None = None
+    out: queue.Queue[Any] = field(default_factory=queue.Queue)
+
+    @property
+    def reservation(self) -> int:
+        """Cache tokens this sequence may ever hold."""
+        return len(self.prompt) + self.max_new_tokens
+
+    def next_ids(self) -> list[int]:
+        """The tokens the next step feeds: the prompt before prefill, else the last new token."""
+        return list(self.prompt) if self.kv is None or self.kv.length == 0 else [self.tokens[-1]]
+
+    @property
+    def done(self) -> bool:
+        return self.status in (FINISHED, CANCELLED, FAILED)
+
+
+class Scheduler:
+    """Waiting queue, running set and the cache budget of one engine."""
+
+    def __init__(self, max_num_seqs: int, max_batch_tokens: int, max_cache_tokens: int) -> None:
+        self.max_num_seqs = max_num_seqs
+        self.max_batch_tokens = max_batch_tokens
+        self.budget = CacheBudget(max_cache_tokens)
+        self.waiting: deque[SequenceState] = deque()
+        self.running: list[SequenceState] = []
+
+    def add(self, seq: SequenceState) -> None:
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def plan(self) -> tuple[list[SequenceState], list[SequenceState]]:
+        """``(decoding, admitted)`` for the next step; admitted sequences become running and reserve cache."""
+        decoding = list(self.running)
+        tokens = len(decoding)
+        admitted: list[SequenceState] = []
+        while self.waiting and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if tokens + len(seq.prompt) > self.max_batch_tokens or not self.budget.fits(seq.reservation):
+                break
+            self.waiting.popleft()
+            self.budget.reserve(seq.reservation)
+            seq.kv = SequenceKV(capacity=seq.reservation)
+            seq.status = RUNNING
+            self.running.append(seq)
+            admitted.append(seq)
+            tokens += len(seq.prompt)
+        return decoding, admitted
+
+    def leave(self, seq: SequenceState, status: str, error: BaseException | None = None) -> None:
+        """End ``seq`` (finished, cancelled or failed): out of the queues, cache freed, stream closed."""
+        if seq.done:
+            return
+        if seq in self.running:
+            self.running.remove(seq)
+            self.budget.release(seq.reservation)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        if seq.kv is not None:
+            seq.kv.free()
+            seq.kv = None
+        seq.status, seq.error = status, error
+        seq.out.put(error)
+
+    def cache_tokens_in_use(self) -> int:
+        """Tokens stored in the running sequences' caches."""
+        return sum(s.kv.length for s in self.running if s.kv is not None)
