@@ -52,6 +52,7 @@ class AdapterAPIMixin(HeadsMixin):
             raise ConfigError(
                 f"Adapter {name!r} is merged into the base weights; unmerge it before replacing it."
             )
+        self._check_carries(resolved)
         module = method_for_config(resolved)(name, resolved, self.model_dims())  # validates before any change
         module.init_from_base(self._base_linear)  # e.g. DoRA's magnitude from the base weights
         self._prepare_points(module)
@@ -150,7 +151,7 @@ class AdapterAPIMixin(HeadsMixin):
         record = self.adapter_record(name, with_head=with_head)
         if layout in ("adapters", "peft") and self._spec.decoder is not None:
             raise ConfigError(
-                f"Writing the {layout!r} layout for encoder-decoder models ({self.config.model_type}) is not "
+                f"Writing the {layout!r} layout for encoder-decoder models ({self._model_type}) is not "
                 "implemented (its module names for the decoder stack are not mapped); save with "
                 "layout='adapterhub'."
             )
@@ -317,6 +318,7 @@ class AdapterAPIMixin(HeadsMixin):
             )
         self._check_compatible(record.model, f"adapter {record.name!r}")
         config = resolve_config(record.config)
+        self._check_carries(config)
         module = method_for_config(config)(name, config, self.model_dims())
         load_exact(module, module.adopt_tensors(record.tensors), f"adapter {record.name!r}")
         self._prepare_points(module)

@@ -74,9 +74,10 @@ class HeadsMixin(AdapterModelCore):
 
     def _install_head(self, name: str, head: Head) -> None:
         """Put ``head`` on the model under ``name`` (on the model's device and dtype)."""
+        self._check_heads()
         if self._spec.decoder is not None:
             raise ConfigError(
-                f"Flexible heads read one stack's hidden states and its attention mask; {self.config.model_type} "
+                f"Flexible heads read one stack's hidden states and its attention mask; {self._model_type} "
                 "is an encoder-decoder model, whose output is the decoder's states over decoder_input_ids. Use the "
                 "model's own head: load it with AutoModelForSeq2SeqLM (generation) or a task class of transformers."
             )
@@ -109,6 +110,7 @@ class HeadsMixin(AdapterModelCore):
         causal_lm, masked_lm (or any type registered with ``@register_head``). The head is used while it is active:
         named like the last active adapter, or chosen with ``model.active_head = name``."""
         check_name(name, "head")
+        self._check_heads()
         if name in self._store.heads and not overwrite_ok:
             raise AdapterExistsError(
                 f"A head named {name!r} already exists; pass overwrite_ok=True to replace it."
