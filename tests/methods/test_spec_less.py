@@ -49,6 +49,7 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
         {"method": "lora", "target_modules": ["fc1", "fc2"], "r": 4},
         {"method": "lora", "target_modules": "all-linear", "r": 4, "use_rslora": True},
         {"method": "dora", "target_modules": ["fc1", "fc2"], "r": 4},
+        {"method": "lora", "target_modules": ["fc1"], "r": 4, "modules_to_save": ["fc2"]},
     ],
 )
 def test_custom_mlp_trains_saves_and_merges(tmp_path, config):

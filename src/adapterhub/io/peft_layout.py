@@ -42,7 +42,7 @@ from adapterhub.io.peft_common import (
     CONFIG_FILE,
     PREFIX,
     WEIGHTS_FILE,
-    add_head_tensors,
+    add_saved_tensors,
     module_regex,
     split_rows,
 )
@@ -262,6 +262,8 @@ def _record(
     model: ModelInfo | None,
     with_head: bool,
 ) -> AdapterRecord:
+    if head and meta.get("modules_to_save") and config.get("method") in ("lora", "dora"):
+        head, config, tensors = _saved_modules(meta["modules_to_save"], head, config, tensors)
     info = ModelInfo(
         model_type=model.model_type if model is not None else spec.model_types[0],
         model_name=str(meta.get("base_model_name_or_path") or (model.model_name if model else "")),
@@ -288,10 +290,38 @@ def _record(
     )
 
 
+def _saved_modules(
+    names: list[str],
+    head: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]]:
+    """peft's ``modules_to_save`` tensors (``<path>.<param>``, the path ending in a listed name) as our adapter's
+    copies: ``saved.<path with ":">.<param>``, with ``modules_to_save`` the paths found. Tensors of no listed
+    module stay the static head."""
+    rest: dict[str, torch.Tensor] = {}
+    paths: list[str] = []
+    out = dict(tensors)
+    for key, tensor in head.items():
+        parts = key.split(".")
+        cut = next(
+            (i for i in range(1, len(parts)) if any(".".join(parts[:i]).endswith(n) for n in names)), None
+        )
+        if cut is None:
+            rest[key] = tensor
+            continue
+        path = ".".join(parts[:cut])
+        out[f"saved.{path.replace('.', ':')}.{'.'.join(parts[cut:])}"] = tensor
+        paths.append(path)
+    if paths:
+        config = {**config, "modules_to_save": sorted(set(paths))}
+    return rest, config, out
+
+
 def _hidden_size(tensors: Mapping[str, torch.Tensor], model: ModelInfo | None) -> int:
     """The width of the residual stream the weights imply (every projection but ffn_out reads it)."""
     for key, tensor in tensors.items():
-        if key.startswith("by_name."):
+        if key.startswith(("by_name.", "saved.")):
             continue  # a module targeted by name: its width says nothing certain about the residual stream
         point = key.split(".")[2]
         if point != "ffn_out" and key.endswith("lora_A"):
@@ -324,6 +354,8 @@ def write_peft_dir(
     out: dict[str, torch.Tensor] = {}
     fused: dict[tuple[str, str], dict[str, dict[str, torch.Tensor]]] = {}
     for key, tensor in record.tensors.items():
+        if key.startswith("saved."):
+            continue  # modules_to_save: add_saved_tensors below
         _, layer, point, param = key.split(".")
         linear = spec.linears[point]
         if linear.part is None:
@@ -352,7 +384,7 @@ def write_peft_dir(
             out[f"{base}.lora_magnitude_vector"] = torch.cat(
                 [by_point[p]["magnitude"] for p in parts], dim=0
             ).contiguous()
-    modules_to_save = add_head_tensors(record, out)
+    modules_to_save = add_saved_tensors(record, out)
     num_layers = len(layers)
     leave_out = set(config.get("leave_out", []))
     target_modules = module_regex(

@@ -24,7 +24,7 @@ from torch import nn
 
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io.files import write_json, write_tensors
-from adapterhub.io.peft_common import CONFIG_FILE, PREFIX, WEIGHTS_FILE, add_head_tensors, layers_path
+from adapterhub.io.peft_common import CONFIG_FILE, PREFIX, WEIGHTS_FILE, add_saved_tensors, layers_path
 from adapterhub.runtime.records import AdapterRecord
 from adapterhub.spec.architectures import ArchitectureSpec
 
@@ -78,6 +78,8 @@ def write_peft_modules(
     paths: set[str] = set()
     for key, tensor in record.tensors.items():
         parts = key.split(".")
+        if parts[0] == "saved":
+            continue  # modules_to_save: add_saved_tensors below
         if parts[0] == "by_name" and len(parts) == 3:
             path, param = parts[1].replace(":", "."), parts[2]
         elif parts[0] == "layers" and len(parts) == 4:
@@ -89,7 +91,7 @@ def write_peft_modules(
         name = "lora_magnitude_vector" if param == "magnitude" else f"{param}.weight"
         out[f"{PREFIX}{path}.{name}"] = tensor.detach().contiguous()
         paths.add(path)
-    modules_to_save = add_head_tensors(record, out)
+    modules_to_save = add_saved_tensors(record, out)
     transposed = any(type(model.get_submodule(p)).__name__ == "Conv1D" for p in paths)
     meta = {
         "peft_type": "LORA",

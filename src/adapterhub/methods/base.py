@@ -556,6 +556,18 @@ class AdapterModule(nn.Module):
         from a file): initialise parameters that depend on the base model's projections (DoRA: the magnitude
         ``‖W‖`` per output row). ``base(layer, point)`` gives the projection's ``(weight, bias)``. Default: none."""
 
+    def saved_paths(self) -> tuple[str, ...]:
+        """Paths of the model's modules this adapter keeps a full trainable copy of (``modules_to_save``); before
+        the adapter's weights are loaded, the model hands it each copy with ``set_saved(path, copy)``, and while
+        the adapter is active the copy runs in the module's place. Default: none."""
+        return ()
+
+    def set_saved(self, path: str, copy: nn.Module) -> None:
+        raise ConfigError(f"{self.method} adapters keep no copies of the model's modules (modules_to_save).")
+
+    def saved_module(self, path: str) -> nn.Module:
+        raise ConfigError(f"{self.method} adapter {self.adapter_name!r} keeps no copy of {path!r}.")
+
     def adopt_tensors(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Saved tensors renamed to this module's own state-dict keys before they are loaded (a file that names
         the same parameters differently, e.g. by the module paths of a model saved with another head). Default:

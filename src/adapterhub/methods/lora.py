@@ -41,6 +41,7 @@ from adapterhub.spec.configs import LoRAConfig
 
 _KEY = re.compile(r"^layers\.(\d+)\.([a-z_]+)\.lora_([AB])$")
 _BY_NAME_KEY = re.compile(r"^by_name\.([^.]+)\.([^.]+)$")
+_SAVED_KEY = re.compile(r"^saved\.([^.]+)\.(.+)$")
 
 
 class LoRALayer(nn.Module):
@@ -131,6 +132,23 @@ class LoRAAdapter(AdapterModule):
         }
         if len(self.by_name):
             self._points[MODULE_LAYER] = tuple((MODULE, self._paths[(MODULE_LAYER, k)]) for k in self.by_name)
+        # modules_to_save: full copies, made from the model's modules by ``set_saved`` before the adapter is used
+        from adapterhub.methods.targeting import select_saved
+
+        self.saved = nn.ModuleDict()
+        self._saved_paths = select_saved(config, dims, tuple(self._paths.values()))
+
+    def saved_paths(self) -> tuple[str, ...]:
+        """The paths of the modules ``modules_to_save`` selected (the adapter holds a copy of each)."""
+        return self._saved_paths
+
+    def set_saved(self, path: str, copy: nn.Module) -> None:
+        """Hold ``copy`` (a trainable copy of the model's module at ``path``) as that module's replacement."""
+        self.saved[module_key(path)] = copy
+
+    def saved_module(self, path: str) -> nn.Module:
+        """The copy of the module at ``path`` that runs in its place while this adapter is active."""
+        return self.saved[module_key(path)]
 
     def _init_by_name(self, config: LoRAConfig, dims: ModelDims) -> None:
         """The modules ``target_modules`` selects: spec points (the fast path) in ``layers``, the rest by name."""
@@ -202,6 +220,7 @@ class LoRAAdapter(AdapterModule):
         """Module targets saved under another path of the same module (``by_name.<path>.<param>``, e.g. peft's names
         for a model saved with another head, or a module that is a spec point here) renamed to this adapter's keys:
         the path is matched exactly, else as a dotted suffix either way (when that picks one target)."""
+        tensors = self._adopt_saved(tensors)
         if not self._paths:
             return dict(tensors)
         own = {path: key for key, path in self._paths.items()}
@@ -222,6 +241,21 @@ class LoRAAdapter(AdapterModule):
                 out[f"by_name.{found[1]}.{param}"] = tensor
             else:
                 out[f"layers.{found[0]}.{found[1]}.{param}"] = tensor
+        return out
+
+    def _adopt_saved(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Copies of ``modules_to_save`` saved under another path of the same module (``saved.<path>.<param>``)
+        renamed to this adapter's: matched exactly, else as a dotted suffix either way (when that picks one)."""
+        own = {path: module_key(path) for path in self._saved_paths}
+        out: dict[str, torch.Tensor] = {}
+        for name, tensor in tensors.items():
+            match = _SAVED_KEY.match(name)
+            if match is None or match.group(1) in own.values():
+                out[name] = tensor
+                continue
+            path = match.group(1).replace(":", ".")
+            near = [p for p in own if p == path or p.endswith(f".{path}") or path.endswith(f".{p}")]
+            out[f"saved.{own[near[0]]}.{match.group(2)}" if len(near) == 1 else name] = tensor
         return out
 
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> LinearRunning:

@@ -28,7 +28,13 @@ from adapterhub.runtime import attention_hooks
 from adapterhub.runtime.injection import linear_params
 from adapterhub.runtime.interpreter import check_setup
 from adapterhub.runtime.layers import get_layers, layer_stacks
-from adapterhub.runtime.modules import attach_module_points, module_params, module_table
+from adapterhub.runtime.modules import (
+    attach_module_points,
+    attach_saved_modules,
+    module_params,
+    module_table,
+    saved_copy,
+)
 from adapterhub.runtime.records import ModelInfo
 from adapterhub.runtime.specless import check_carries, check_heads, model_spec, model_type_of
 from adapterhub.runtime.store import STORE_ATTR, AdapterStore
@@ -191,11 +197,33 @@ class AdapterModelCore:
         if MODULE in module.kinds():
             paths = [point for kind, point in module.points(MODULE_LAYER) if kind == MODULE]
             attach_module_points(self._module(), self._store, paths)
+        if module.saved_paths():
+            attach_saved_modules(self._module(), self._store, module.saved_paths())
         if ATTENTION in module.kinds():
             attention_hooks.enable(self._module(), self._spec)
         prepare = getattr(module, "prepare_for_model", None)
         if callable(prepare):  # e.g. prompt tuning initialised from the model's word embeddings
             prepare(self._module())
+
+    def _bind_saved(self, module: AdapterModule) -> None:
+        """Hand a new adapter its copies of the model's modules (``modules_to_save``), before weights are loaded
+        into it."""
+        for path in module.saved_paths():
+            module.set_saved(path, saved_copy(self._module(), self._store, path))
+
+    def _check_saved_fit(self, module: AdapterModule, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Raise IncompatibleModelError when saved copies of modules (``modules_to_save``) have other shapes than
+        this model's modules (e.g. a classifier for another number of labels)."""
+        for path in module.saved_paths():
+            key = f"saved.{path.replace('.', ':')}."
+            have = {k: tuple(v.shape) for k, v in module.saved_module(path).state_dict().items()}
+            wanted = {k[len(key) :]: tuple(v.shape) for k, v in tensors.items() if k.startswith(key)}
+            if wanted and wanted != have:
+                raise IncompatibleModelError(
+                    f"The adapter's copy of {path!r} (modules_to_save, e.g. the model's built-in head) has parameters "
+                    f"{wanted}; this model's module has {have}. Create the model with the same class and size "
+                    "(num_labels=...), or load with with_head=False (the adapter without its module copies)."
+                )
 
     def _place(self, module: nn.Module) -> nn.Module:
         """Put a new module on the device and floating dtype of the model's layers, in the model's train/eval

@@ -1,6 +1,9 @@
 """The model's submodules as targeting by name sees them (``ModelDims.modules``), the weights of one by path, and
 the forward hooks of module points (``("module", path)``).
 
+``modules_to_save``: ``saved_copy`` makes an adapter's trainable copy of a module (without the model's hooks), and
+``attach_saved_modules`` hooks the original so that the copy's output replaces its own while the adapter is active.
+
 A module point is attached when an adapter that occupies it joins the model (``attach_module_points``): one
 ``_ModuleHook`` per module, shared by every adapter there. Like the spec's linear hooks it returns ``None`` at once
 when no adapter of the current setup uses module points, so outputs stay bit-identical.
@@ -8,6 +11,7 @@ when no adapter of the current setup uses module points, so outputs stay bit-ide
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -15,9 +19,10 @@ from torch import nn
 
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import MODULE, MODULE_LAYER, LinearInputs, NamedModule
-from adapterhub.runtime.injection import AdapterHook, PointHandler
+from adapterhub.runtime.injection import AdapterHook, PointHandler, remove_hooks
 from adapterhub.runtime.layers import layer_stacks
 from adapterhub.spec.architectures import ArchitectureSpec
+from adapterhub.spec.composition import Stack, setup_names
 
 _SKIP = "_adapterhub"  # the adapter store (STORE_ATTR): adapters and heads are never targets
 
@@ -121,3 +126,56 @@ def attach_module_points(model: nn.Module, handler: PointHandler, paths: list[st
         if any(isinstance(hook, _ModuleHook) for hook in module._forward_hooks.values()):
             continue
         module.register_forward_hook(_ModuleHook(handler, path, _is_conv1d(module)))
+
+
+def saved_copy(model: nn.Module, handler: Any, path: str) -> nn.Module:
+    """A trainable copy of the module at ``path``, without adapterhub's hooks (``handler``, the adapter store the
+    hooks refer to, is shared, not copied)."""
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        raise ConfigError(f"The model has no module {path!r} (modules_to_save).") from None
+    clone = copy.deepcopy(module, {id(handler): handler})
+    remove_hooks(clone)
+    for part in clone.modules():  # attention hooks' bookkeeping (adapterhub.runtime.attention_hooks)
+        for attr in [a for a in part.__dict__ if a.startswith("_adapterhub_")]:
+            del part.__dict__[attr]
+    return clone.requires_grad_(True)
+
+
+class _SavedModuleHook(AdapterHook):
+    """Forward hook on a module an adapter keeps a copy of (``modules_to_save``): while that adapter is active,
+    alone or in a Stack of adapter names, its copy's output replaces the module's. Two active adapters with a copy
+    of the same module, or one inside another block, raise (the rows or the copies would be ambiguous)."""
+
+    def __init__(self, store: Any, path: str) -> None:
+        self.store, self.path = store, path
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+        store = self.store
+        setup = store.current_setup()
+        if setup is None:
+            return None
+        adapters = store.adapters
+        holders = [n for n in setup_names(setup) if n in adapters and self.path in adapters[n].saved_paths()]
+        if not holders:
+            return None
+        plain = isinstance(setup, str) or (
+            isinstance(setup, Stack) and all(isinstance(c, str) for c in setup.children)
+        )
+        if len(holders) > 1 or not plain:
+            raise ConfigError(
+                f"Adapter(s) {holders} keep a copy of {self.path!r} (modules_to_save), which replaces the module "
+                f"for the whole batch; that works with one such adapter active alone or in a Stack of adapter "
+                f"names, not in {setup!r}. Activate one of them, or save the adapters without modules_to_save."
+            )
+        return adapters[holders[0]].saved_module(self.path)(*args, **kwargs)
+
+
+def attach_saved_modules(model: nn.Module, store: Any, paths: tuple[str, ...]) -> None:
+    """Hook each module in ``paths`` (once) so an active adapter's copy replaces it."""
+    for path in paths:
+        module = model.get_submodule(path)
+        if any(isinstance(hook, _SavedModuleHook) for hook in module._forward_hooks.values()):
+            continue
+        module.register_forward_hook(_SavedModuleHook(store, path), with_kwargs=True)

@@ -70,6 +70,7 @@ def check_heads(spec: ArchitectureSpec, model_type: str) -> None:
     if is_spec_less(spec):
         raise UnsupportedArchitectureError(
             f"{model_type!r} has no ArchitectureSpec, so it cannot carry flexible heads (they read the hidden states "
-            "of the transformer body a spec locates). Train the model's own output layer instead, or describe the "
+            "of the transformer body a spec locates). Keep a trainable copy of the model's own output layer with "
+            "modules_to_save instead, or describe the "
             "model with adapterhub.register_architecture(ArchitectureSpec(...)) (docs/ARCHITECTURES.md)."
         )
