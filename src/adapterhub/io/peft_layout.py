@@ -13,10 +13,11 @@ same rank and scaling, so reading is exact. Writing back needs the three ``A`` t
 and not trained since, or merged arithmetic of such); separately trained q/k/v LoRAs have no peft form at the
 same rank and are refused with a message saying so.
 
-``modules_to_save`` tensors (``base_model.model.classifier.weight`` ...) become the adapter's built-in ("static")
-head, loaded into the model's own head when the shapes match. Options we cannot express are refused with a
+``modules_to_save`` tensors (``base_model.model.classifier.weight`` ...) become the LoRA adapter's copies of those
+modules (``saved.<path>.<param>``, its ``modules_to_save``); for (IA)³ the built-in ("static") head, loaded into the
+model's own head when the shapes match. Options we cannot express are refused with a
 ``ConfigError`` naming the option: ``bias`` other than ``"none"``, non-empty ``rank_pattern`` /
-``alpha_pattern``, ``lora_bias``, ``layer_replication``, ``target_parameters``, embedding LoRA, and other peft
+``alpha_pattern``, ``lora_bias``, ``layer_replication``, ``target_parameters``, and other peft
 methods than LoRA and (IA)³ (``peft_type: IA3``, read and written by ``adapterhub.io.peft_ia3``).
 
 DoRA (``use_dora: true``) reads as our ``dora`` method: peft's ``<module>.lora_magnitude_vector`` ``(d_out,)`` is our
@@ -165,12 +166,6 @@ def read_peft_dir(
     use_dora = bool(meta.get("use_dora"))
     raw = _read_weights(directory)
     pattern = _module_pattern(spec)
-    for key in raw:
-        if "lora_embedding_" in key:
-            raise ConfigError(
-                f"The peft adapter in {directory} has LoRA on embeddings ({key!r}); adapterhub cannot represent it "
-                "yet (Embedding targets are planned). Leave the embeddings out of target_modules."
-            )
     if _needs_module_targets(meta, raw, pattern):
         if spec.decoder is not None:
             raise ConfigError(

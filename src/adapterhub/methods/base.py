@@ -11,7 +11,8 @@ kind           points (named per architecture by its ArchitectureSpec)  value ha
 ``linear``     ``q``, ``k``, ``v``, ``attn_out``, ``ffn_in``,          ``LinearInputs``: the projection's input
                ``ffn_gate`` (gated FFNs), ``ffn_out``                 ``x`` and output ``y``
 ``attention``  ``self``: the keys/values of self-attention            ``AttentionInputs``: query, key, value, mask
-``module``     any ``nn.Linear`` / ``Conv1D`` named by its path in     ``LinearInputs``, as ``linear``
+``module``     any ``nn.Linear`` / ``Conv1D`` / ``nn.Embedding``      ``LinearInputs``, as ``linear`` (``x``: token
+               named by its path in                                   ids for an ``nn.Embedding``)
                the model (``bert.pooler.dense``), at layer
                ``MODULE_LAYER``; chosen by ``target_modules``
 =============  ==================================================  ===========================================
@@ -70,6 +71,10 @@ class NamedModule:
     layer: int | None = None
     point: str | None = None
     output_head: bool = False
+    # ``nn.Embedding``: a lookup table treated as a linear map from one-hot ids (``d_in`` = num_embeddings,
+    # ``d_out`` = embedding_dim, ``transposed``); ``padding_idx`` its padding row
+    embedding: bool = False
+    padding_idx: int | None = None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from adapterhub.methods.base import (
@@ -33,6 +34,7 @@ from adapterhub.methods.base import (
     LinearInputs,
     LinearRunning,
     ModelDims,
+    NamedModule,
     Point,
     PointInputs,
     register_method,
@@ -48,7 +50,13 @@ class LoRALayer(nn.Module):
     """The update of one projection: ``delta(x) = s · dropout(x) Aᵀ Bᵀ``, ``(..., d_in) -> (..., d_out)``."""
 
     def __init__(
-        self, d_in: int, d_out: int, config: LoRAConfig, r: int | None = None, alpha: float | None = None
+        self,
+        d_in: int,
+        d_out: int,
+        config: LoRAConfig,
+        r: int | None = None,
+        alpha: float | None = None,
+        embedding: NamedModule | None = None,
     ) -> None:
         super().__init__()
         r = config.r if r is None else r  # rank_pattern / alpha_pattern give per-module values
@@ -57,8 +65,14 @@ class LoRALayer(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(d_out, r))  # (d_out, r)
         self.dropout = nn.Dropout(config.dropout)
         self.scaling = config.scaling_for(r, alpha)
+        # an nn.Embedding target (peft's lora_embedding_A/B): the input is token ids, A is looked up by them
+        self.embedding = embedding is not None
+        self.padding_idx = embedding.padding_idx if embedding is not None else None
         with torch.no_grad():
-            if config.init == "gaussian":
+            if self.embedding:  # as peft: A zero, B normal (still the identity at first)
+                nn.init.zeros_(self.lora_A)
+                nn.init.normal_(self.lora_B)
+            elif config.init == "gaussian":
                 nn.init.normal_(self.lora_A, std=1.0 / r)
             else:
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
@@ -68,6 +82,8 @@ class LoRALayer(nn.Module):
         return (z @ self.lora_B.t()) * self.scaling  # (..., d_out)
 
     def _down(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embedding:  # x: token ids (...); no dropout on ids (as peft)
+            return F.embedding(x, self.lora_A.t(), padding_idx=self.padding_idx)  # (..., r)
         if self.dropout.p > 0:
             x = self.dropout(x)
         return x @ self.lora_A.t()  # (..., r)
@@ -157,7 +173,11 @@ class LoRAAdapter(AdapterModule):
         spec: dict[int, dict[str, LoRALayer]] = {}
         for target in select_modules(config, dims):
             module = target.module
-            lora = self.layer_class(module.d_in, module.d_out, config, target.r, target.alpha)
+            lora = (
+                LoRALayer(module.d_in, module.d_out, config, target.r, target.alpha, embedding=module)
+                if module.embedding
+                else self.layer_class(module.d_in, module.d_out, config, target.r, target.alpha)
+            )
             if module.point is not None and module.layer is not None:
                 spec.setdefault(module.layer, {})[module.point] = lora
                 self._paths[(module.layer, module.point)] = module.path
@@ -279,6 +299,8 @@ class LoRAAdapter(AdapterModule):
         first = layers[0]
         if any(x.lora_A.shape[0] != first.lora_A.shape[0] or x.dropout.p != first.dropout.p for x in layers):
             return None
+        if first.embedding:
+            return None  # token ids: the row blocks run one by one
         assert isinstance(inputs, LinearInputs)
         x, y = inputs.x, inputs.y  # (B, T, d_in), (B, T, d_out)
         if first.dropout.p > 0:

@@ -100,11 +100,16 @@ def select_modules(config: LoRAConfig, dims: ModelDims) -> list[ModuleTarget]:
     for module in dims.modules:
         if excluded(config, module.path) or not targeted(config, module):
             continue
-        if not module.linear:
+        if not (module.linear or module.embedding):
             raise ConfigError(
                 f"target_modules={_show(config.target_modules)} selects {module.path!r}, a {module.type_name}; "
-                "LoRA targeted by name attaches to nn.Linear and Conv1D modules. Name the linear layers inside it "
-                "(or add it to exclude_modules)."
+                "LoRA targeted by name attaches to nn.Linear, Conv1D and nn.Embedding modules. Name the linear "
+                "layers inside it (or add it to exclude_modules)."
+            )
+        if module.embedding and config.method != "lora":
+            raise ConfigError(
+                f"target_modules={_show(config.target_modules)} selects the embedding {module.path!r}; "
+                f"{config.method} on nn.Embedding is not supported yet (LoRA is). Leave it out of target_modules."
             )
         r = pattern_value(config.rank_pattern, module.path)
         alpha = pattern_value(config.alpha_pattern, module.path)

@@ -49,6 +49,21 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
         if id(module) in by_id:
             layer_paths[path] = by_id[id(module)]
         layer, point = _owner(path, layer_paths)
+        if isinstance(module, nn.Embedding):
+            table.append(
+                NamedModule(
+                    path,
+                    type(module).__name__,
+                    d_in=int(module.num_embeddings),
+                    d_out=int(module.embedding_dim),
+                    transposed=True,
+                    layer=layer,
+                    output_head=module is head,
+                    embedding=True,
+                    padding_idx=module.padding_idx,
+                )
+            )
+            continue
         if isinstance(module, nn.Linear):
             shape = (int(module.in_features), int(module.out_features), False)
         elif _is_conv1d(module):
@@ -89,15 +104,22 @@ def _owner(path: str, layer_paths: dict[str, tuple[int, Any]]) -> tuple[int | No
     return None, None
 
 
+def _transposed(module: nn.Module) -> bool:
+    """Whether the module stores its weight as ``(d_in, d_out)``: ``Conv1D``, and ``nn.Embedding`` (a linear map
+    from one-hot ids: ``(num_embeddings, embedding_dim)``)."""
+    return isinstance(module, nn.Embedding) or _is_conv1d(module)
+
+
 def module_params(model: nn.Module, path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Views of the module's ``(weight (d_out, d_in), bias (d_out,) or None)`` (``Conv1D`` transposed)."""
+    """Views of the module's ``(weight (d_out, d_in), bias (d_out,) or None)`` (``Conv1D`` and ``nn.Embedding``
+    transposed)."""
     try:
         module = model.get_submodule(path)
     except AttributeError:
         raise ConfigError(f"The model has no module {path!r} (a module target of an adapter).") from None
     weight: torch.Tensor = module.weight  # type: ignore[assignment]
     bias: torch.Tensor | None = getattr(module, "bias", None)
-    return (weight.t() if _is_conv1d(module) else weight), bias
+    return (weight.t() if _transposed(module) else weight), bias
 
 
 class _ModuleHook(AdapterHook):
@@ -112,7 +134,8 @@ class _ModuleHook(AdapterHook):
             return None
         weight: torch.Tensor = module.weight  # type: ignore[assignment]
         weight = weight.t() if self.transposed else weight  # (d_out, d_in)
-        inputs = LinearInputs(args[0], output, weight, getattr(module, "bias", None))  # x: (..., d_in)
+        # x: (..., d_in), or token ids (...) for an nn.Embedding
+        inputs = LinearInputs(args[0], output, weight, getattr(module, "bias", None))
         return handler.point_forward(MODULE_LAYER, MODULE, self.path, inputs)
 
 
@@ -125,7 +148,12 @@ def attach_module_points(model: nn.Module, handler: PointHandler, paths: list[st
             raise ConfigError(f"The model has no module {path!r} to attach an adapter to.") from None
         if any(isinstance(hook, _ModuleHook) for hook in module._forward_hooks.values()):
             continue
-        module.register_forward_hook(_ModuleHook(handler, path, _is_conv1d(module)))
+        if isinstance(module, nn.Embedding) and getattr(module, "embed_scale", None) is not None:
+            raise ConfigError(
+                f"{path!r} is a scaled embedding ({type(module).__name__}: it multiplies its output by embed_scale); "
+                "LoRA on such embeddings is not supported yet. Leave it out of target_modules."
+            )
+        module.register_forward_hook(_ModuleHook(handler, path, _transposed(module)))
 
 
 def saved_copy(model: nn.Module, handler: Any, path: str) -> nn.Module:
