@@ -48,12 +48,14 @@ from adapterhub.io.peft_common import (
     split_rows,
 )
 from adapterhub.io.peft_ia3 import read_peft_ia3, write_peft_ia3
+from adapterhub.io.peft_keys import check_lora_keys
 from adapterhub.io.peft_modules import read_peft_modules, write_peft_modules
 from adapterhub.runtime.layers import get_layers
 from adapterhub.runtime.records import AdapterRecord, HeadRecord, ModelInfo
 from adapterhub.spec.architectures import ArchitectureSpec
 
-# peft options and the values under which they change nothing we would have to represent.
+# peft (IA)³ options and the values under which they change nothing we would have to represent (LoRA files: every
+# key of LoraConfig is checked by ``adapterhub.io.peft_keys``).
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "bias": ("none",),
     "lora_bias": (False, None),
@@ -85,6 +87,9 @@ def _refuse_options(meta: Mapping[str, Any], directory: Path) -> None:
             f"{directory} holds a peft {meta.get('peft_type')!r} adapter (option peft_type); adapterhub reads peft "
             "LoRA (with DoRA) and (IA)³ adapters (peft_type 'LORA' / 'IA3') only."
         )
+    if meta.get("peft_type") == "LORA":
+        check_lora_keys(meta, directory)  # every LoraConfig key: honoured, metadata or refused by name
+        return
     for option, neutral in _NEUTRAL.items():
         if option in meta and meta[option] not in neutral:
             why = _WHY.get(option, "adapterhub has no equivalent")
