@@ -82,7 +82,7 @@ def write_peft_modules(
 ) -> Path:
     """Write a LoRA / DoRA record targeted by module name in peft's layout."""
     config = record.config
-    prefix = layers_path(model, spec)
+    prefix = layers_path(model, spec) if any(k.startswith("layers.") for k in record.tensors) else ""
     out: dict[str, torch.Tensor] = {}
     paths: set[str] = set()
     for key, tensor in record.tensors.items():

@@ -75,6 +75,9 @@ class NamedModule:
     # ``d_out`` = embedding_dim, ``transposed``); ``padding_idx`` its padding row
     embedding: bool = False
     padding_idx: int | None = None
+    # ``nn.Conv2d`` (groups 1, dilation 1): ``d_in`` / ``d_out`` its channels, ``conv`` its (kernel_size, stride,
+    # padding) as peft's LoRA copies them to ``lora_A``
+    conv: tuple[Any, Any, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ For a projection ``y = W x + b`` with ``W: (d_out, d_in)``, LoRA adds ``ΔW = s 
 ``1 / r``; ``B`` starts at zero, so a new adapter is the exact identity. Parameters: ``r · (d_in + d_out)`` per
 target and layer. Because the update is a change of weights, ``merge_adapter`` folds ``s · B A`` into ``W``.
 
+Targeted by name (``target_modules``), an ``nn.Embedding`` gets peft's embedding LoRA (``A`` looked up by the token
+ids) and an ``nn.Conv2d`` peft's convolution LoRA (``ConvLoRALayer``).
+
 Composition at a projection (``LinearInputs``: input ``x``, output ``y``): a Stack adds each adapter's update to
 the running output (``y + Δ_a x + Δ_b x``); Split, BatchSplit, Parallel and Average work on rows/positions of ``x``
 and ``y``; a BatchSplit of LoRA adapters of equal rank and dropout runs as one grouped computation (each row block
@@ -102,6 +105,40 @@ class LoRALayer(nn.Module):
         return (self.lora_B @ self.lora_A) * self.scaling
 
 
+class ConvLoRALayer(LoRALayer):
+    """The update of an ``nn.Conv2d`` (peft's ``Conv2d`` LoRA): ``lora_A`` a convolution ``(r, c_in, kh, kw)`` with
+    the base's kernel, stride and padding, ``lora_B`` a 1×1 convolution ``(c_out, r, 1, 1)``; ``delta(x) = s ·
+    B(A(dropout(x)))``, ``(N, c_in, H, W) -> (N, c_out, H', W')``."""
+
+    def __init__(
+        self, module: NamedModule, config: LoRAConfig, r: int | None = None, alpha: float | None = None
+    ) -> None:
+        super().__init__(module.d_in, module.d_out, config, r, alpha)
+        kernel, self.stride, self.padding = module.conv  # type: ignore[misc]
+        r = self.lora_A.shape[0]
+        a = torch.empty(r, module.d_in, *kernel)  # (r, c_in, kh, kw)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        if config.init == "gaussian":
+            nn.init.normal_(a, std=1.0 / r)
+        self.lora_A = nn.Parameter(a)
+        self.lora_B = nn.Parameter(torch.zeros(module.d_out, r, 1, 1))  # (c_out, r, 1, 1)
+
+    def _down(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dropout.p > 0:
+            x = self.dropout(x)
+        return F.conv2d(x, self.lora_A, stride=self.stride, padding=self.padding)  # (N, r, H', W')
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self._down(x), self.lora_B) * self.scaling  # (N, c_out, H', W')
+
+    def add_to(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return y + self.delta(x)
+
+    def weight_delta(self) -> torch.Tensor:
+        """``s · B ∘ A`` as one kernel: ``(c_out, c_in, kh, kw)`` (peft's ``get_delta_weight``)."""
+        return F.conv2d(self.lora_A.transpose(0, 1), self.lora_B).transpose(0, 1) * self.scaling
+
+
 def module_key(path: str) -> str:
     """The key of a module target in ``LoRAAdapter.by_name`` (a module path with ``:`` for ``.``, which
     ``nn.ModuleDict`` keys cannot hold): ``bert.pooler.dense`` -> ``bert:pooler:dense``."""
@@ -173,11 +210,12 @@ class LoRAAdapter(AdapterModule):
         spec: dict[int, dict[str, LoRALayer]] = {}
         for target in select_modules(config, dims):
             module = target.module
-            lora = (
-                LoRALayer(module.d_in, module.d_out, config, target.r, target.alpha, embedding=module)
-                if module.embedding
-                else self.layer_class(module.d_in, module.d_out, config, target.r, target.alpha)
-            )
+            if module.embedding:
+                lora = LoRALayer(module.d_in, module.d_out, config, target.r, target.alpha, embedding=module)
+            elif module.conv is not None:
+                lora = ConvLoRALayer(module, config, target.r, target.alpha)
+            else:
+                lora = self.layer_class(module.d_in, module.d_out, config, target.r, target.alpha)
             if module.point is not None and module.layer is not None:
                 spec.setdefault(module.layer, {})[module.point] = lora
                 self._paths[(module.layer, module.point)] = module.path
@@ -299,8 +337,8 @@ class LoRAAdapter(AdapterModule):
         first = layers[0]
         if any(x.lora_A.shape[0] != first.lora_A.shape[0] or x.dropout.p != first.dropout.p for x in layers):
             return None
-        if first.embedding:
-            return None  # token ids: the row blocks run one by one
+        if first.embedding or isinstance(first, ConvLoRALayer):
+            return None  # token ids / images: the row blocks run one by one
         assert isinstance(inputs, LinearInputs)
         x, y = inputs.x, inputs.y  # (B, T, d_in), (B, T, d_out)
         if first.dropout.p > 0:

@@ -100,16 +100,17 @@ def select_modules(config: LoRAConfig, dims: ModelDims) -> list[ModuleTarget]:
     for module in dims.modules:
         if excluded(config, module.path) or not targeted(config, module):
             continue
-        if not (module.linear or module.embedding):
+        if not (module.linear or module.embedding or module.conv):
             raise ConfigError(
                 f"target_modules={_show(config.target_modules)} selects {module.path!r}, a {module.type_name}; "
-                "LoRA targeted by name attaches to nn.Linear, Conv1D and nn.Embedding modules. Name the linear "
+                "LoRA targeted by name attaches to nn.Linear, Conv1D, nn.Conv2d and nn.Embedding modules. Name the "
                 "layers inside it (or add it to exclude_modules)."
             )
-        if module.embedding and config.method != "lora":
+        if (module.embedding or module.conv) and config.method != "lora":
             raise ConfigError(
-                f"target_modules={_show(config.target_modules)} selects the embedding {module.path!r}; "
-                f"{config.method} on nn.Embedding is not supported yet (LoRA is). Leave it out of target_modules."
+                f"target_modules={_show(config.target_modules)} selects {module.path!r}, a {module.type_name}; "
+                f"{config.method} on nn.{module.type_name} is not supported yet (LoRA is). Leave it out of "
+                "target_modules."
             )
         r = pattern_value(config.rank_pattern, module.path)
         alpha = pattern_value(config.alpha_pattern, module.path)

@@ -64,6 +64,18 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
                 )
             )
             continue
+        if isinstance(module, nn.Conv2d):
+            table.append(
+                NamedModule(
+                    path,
+                    type(module).__name__,
+                    d_in=int(module.in_channels),
+                    d_out=int(module.out_channels),
+                    layer=layer,
+                    conv=(module.kernel_size, module.stride, module.padding),
+                )
+            )
+            continue
         if isinstance(module, nn.Linear):
             shape = (int(module.in_features), int(module.out_features), False)
         elif _is_conv1d(module):
@@ -152,6 +164,14 @@ def attach_module_points(model: nn.Module, handler: PointHandler, paths: list[st
             raise ConfigError(
                 f"{path!r} is a scaled embedding ({type(module).__name__}: it multiplies its output by embed_scale); "
                 "LoRA on such embeddings is not supported yet. Leave it out of target_modules."
+            )
+        if isinstance(module, nn.Conv2d) and (
+            module.groups != 1 or module.dilation != (1, 1) or module.padding_mode != "zeros"
+        ):
+            raise ConfigError(
+                f"{path!r} is a Conv2d with groups={module.groups}, dilation={module.dilation}, padding_mode="
+                f"{module.padding_mode!r}; LoRA on Conv2d supports groups=1, dilation=1 and zero padding. Leave it "
+                "out of target_modules."
             )
         module.register_forward_hook(_ModuleHook(handler, path, _transposed(module)))
 
