@@ -52,7 +52,9 @@ class AdapterAPIMixin(HeadsMixin):
             raise ConfigError(
                 f"Adapter {name!r} is merged into the base weights; unmerge it before replacing it."
             )
+        self._check_carries(resolved)
         module = method_for_config(resolved)(name, resolved, self.model_dims())  # validates before any change
+        self._bind_saved(module)
         module.init_from_base(self._base_linear)  # e.g. DoRA's magnitude from the base weights
         self._prepare_points(module)
         self._store.adapters[name] = self._place(module)
@@ -150,7 +152,7 @@ class AdapterAPIMixin(HeadsMixin):
         record = self.adapter_record(name, with_head=with_head)
         if layout in ("adapters", "peft") and self._spec.decoder is not None:
             raise ConfigError(
-                f"Writing the {layout!r} layout for encoder-decoder models ({self.config.model_type}) is not "
+                f"Writing the {layout!r} layout for encoder-decoder models ({self._model_type}) is not "
                 "implemented (its module names for the decoder stack are not mapped); save with "
                 "layout='adapterhub'."
             )
@@ -160,6 +162,12 @@ class AdapterAPIMixin(HeadsMixin):
             return write_adapter_dir(record, directory)
         if layout == "adapters":
             from adapterhub.io.adapters_lib import write_adapters_lib_dir
+
+            if any(key.startswith("saved.") for key in record.tensors):
+                raise ConfigError(
+                    f"Adapter {name!r} keeps copies of modules (modules_to_save), which the adapters library's "
+                    "layout cannot hold; save it with layout='adapterhub' or layout='peft'."
+                )
 
             return write_adapters_lib_dir(record, directory, self._spec, self._module())
         if layout == "peft":
@@ -317,8 +325,18 @@ class AdapterAPIMixin(HeadsMixin):
             )
         self._check_compatible(record.model, f"adapter {record.name!r}")
         config = resolve_config(record.config)
+        tensors = record.tensors
+        if not with_head and getattr(
+            config, "modules_to_save", None
+        ):  # the adapter without its module copies
+            config = config.replace(modules_to_save=None)  # type: ignore[attr-defined]
+            tensors = {k: v for k, v in tensors.items() if not k.startswith("saved.")}
+        self._check_carries(config)
         module = method_for_config(config)(name, config, self.model_dims())
-        load_exact(module, module.adopt_tensors(record.tensors), f"adapter {record.name!r}")
+        self._bind_saved(module)
+        tensors = module.adopt_tensors(tensors)
+        self._check_saved_fit(module, tensors)
+        load_exact(module, tensors, f"adapter {record.name!r}")
         self._prepare_points(module)
         apply_head = (
             self._prepare_head(record.head, name, overwrite_ok=overwrite_ok)

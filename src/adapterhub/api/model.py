@@ -27,8 +27,8 @@ from adapterhub.runtime.fusion import RegulariserHook
 from adapterhub.runtime.injection import AdapterHook, SiteInjector, remove_hooks
 from adapterhub.runtime.layers import get_layers
 from adapterhub.runtime.parallel import ParallelGenerationMixin, install_parallel_hooks
+from adapterhub.runtime.specless import model_spec
 from adapterhub.runtime.store import STORE_ATTR, AdapterStore
-from adapterhub.spec.architectures import spec_for_config
 
 __all__ = ["STORE_ATTR", "AdapterModelMixin", "AdapterStore", "deinit", "init"]
 
@@ -75,15 +75,14 @@ def _with_mixin(cls: type) -> type:
 
 
 def init(model: nn.Module) -> nn.Module:
-    """Add the adapter API to ``model`` in place and return it. Calling it again does nothing."""
+    """Add the adapter API to ``model`` in place and return it. Calling it again does nothing. A model without an
+    ArchitectureSpec (a custom ``nn.Module``, a transformers model of a type no spec describes) carries only
+    adapters that target modules by name (LoRA, rsLoRA, DoRA with ``target_modules``); adding any other raises."""
     if isinstance(getattr(model, "_modules", {}).get(STORE_ATTR), AdapterStore):
         return model
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "model_type"):
-        raise ConfigError(
-            f"adapterhub.init expects a transformers PreTrainedModel (with .config.model_type), got {type(model).__name__}."
-        )
-    spec = spec_for_config(config)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"adapterhub.init expects a torch nn.Module, got {type(model).__name__}.")
+    spec = model_spec(model)  # MODULES_ONLY without a spec: adapters by module name only (runtime.specless)
     get_layers(model, spec)  # fails early with a clear message if the spec does not fit
     store = AdapterStore()
     store.original_class = type(model)
@@ -92,7 +91,7 @@ def init(model: nn.Module) -> nn.Module:
     SiteInjector(model, spec, store)
     attention_hooks.install(model, spec, store)
     install_head_routing(model, store)
-    install_parallel_hooks(model, store)
+    install_parallel_hooks(model, spec, store)
     model.register_forward_hook(_Regulariser(store))
     install_call_hooks(model, store)  # last: its pre-hook runs first and its forward hook last
     return model

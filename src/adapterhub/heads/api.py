@@ -23,6 +23,7 @@ from adapterhub.heads.static import static_head_parameters
 from adapterhub.runtime.core import AdapterModelCore, load_exact
 from adapterhub.runtime.parallel import ParallelGenerationMixin
 from adapterhub.runtime.records import HeadRecord
+from adapterhub.spec.composition import setup_names
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _POOLED_TYPES = ("classification", "regression", "multilabel", "multiple_choice")
@@ -74,9 +75,10 @@ class HeadsMixin(AdapterModelCore):
 
     def _install_head(self, name: str, head: Head) -> None:
         """Put ``head`` on the model under ``name`` (on the model's device and dtype)."""
+        self._check_heads()
         if self._spec.decoder is not None:
             raise ConfigError(
-                f"Flexible heads read one stack's hidden states and its attention mask; {self.config.model_type} "
+                f"Flexible heads read one stack's hidden states and its attention mask; {self._model_type} "
                 "is an encoder-decoder model, whose output is the decoder's states over decoder_input_ids. Use the "
                 "model's own head: load it with AutoModelForSeq2SeqLM (generation) or a task class of transformers."
             )
@@ -109,6 +111,7 @@ class HeadsMixin(AdapterModelCore):
         causal_lm, masked_lm (or any type registered with ``@register_head``). The head is used while it is active:
         named like the last active adapter, or chosen with ``model.active_head = name``."""
         check_name(name, "head")
+        self._check_heads()
         if name in self._store.heads and not overwrite_ok:
             raise AdapterExistsError(
                 f"A head named {name!r} already exists; pass overwrite_ok=True to replace it."
@@ -244,8 +247,11 @@ class HeadsMixin(AdapterModelCore):
         if head_name is not None:
             self._store.heads[head_name].requires_grad_(True)
             return
-        for param in static_head_parameters(self._module()).values():
-            param.requires_grad_(True)
+        adapters = self._store.adapter_modules()
+        names = [n for n in setup_names(self.active_adapters) if n in adapters]
+        saved = [p for n in names for p in adapters[n].saved_paths()]
+        for param in _outside(static_head_parameters(self._module()), saved).values():
+            param.requires_grad_(True)  # not the modules the adapters keep copies of (modules_to_save)
 
     # ------------------------------------------------------------------ saving and loading heads
     def _head_record(self, name: str) -> HeadRecord | None:
@@ -255,8 +261,10 @@ class HeadsMixin(AdapterModelCore):
             head: Head = store.heads[name]  # type: ignore[assignment]
             return HeadRecord(name, head.head_type, head.options(), head.id2label, head.state_dict())
         static = static_head_parameters(self._module())
+        adapter = store.adapter_modules().get(name)
+        static = _outside(static, adapter.saved_paths() if adapter is not None else ())
         if not static:
-            return None
+            return None  # (the adapter's own copies of the head are in its tensors)
         config = self.config
         id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()} or None
         return HeadRecord(
@@ -331,3 +339,8 @@ class HeadsMixin(AdapterModelCore):
                     return value
         parameters = inspect.signature(self._module().forward).parameters
         return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def _outside(params: dict[str, Any], paths: Any) -> dict[str, Any]:
+    """``params`` without those of the modules at ``paths`` (or inside them)."""
+    return {k: v for k, v in params.items() if not any(k.startswith(p + ".") for p in paths)}

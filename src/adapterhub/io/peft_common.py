@@ -18,8 +18,25 @@ WEIGHTS_FILE, BIN_WEIGHTS_FILE = "adapter_model.safetensors", "adapter_model.bin
 PREFIX = "base_model.model."
 
 
-def add_head_tensors(record: AdapterRecord, out: dict[str, torch.Tensor]) -> list[str] | None:
-    """A static head's tensors into ``out`` (peft's ``modules_to_save``); returns those modules, or None."""
+def add_saved_tensors(record: AdapterRecord, out: dict[str, torch.Tensor]) -> list[str] | None:
+    """The adapter's copies of modules (``saved.<path>.<param>``, ``modules_to_save``) and a static head's tensors
+    into ``out`` under peft's names (``<path>.<param>``); returns peft's ``modules_to_save``, or None."""
+    saved: set[str] = set()
+    for key, tensor in record.tensors.items():
+        if key.startswith("saved."):
+            _, path, param = key.split(".", 2)
+            out[f"{PREFIX}{path.replace(':', '.')}.{param}"] = tensor.detach().contiguous()
+            saved.add(path.replace(":", "."))
+    head = add_head_tensors(record, out, saved)
+    names = sorted(saved | set(head or ()))
+    return names or None
+
+
+def add_head_tensors(
+    record: AdapterRecord, out: dict[str, torch.Tensor], skip: set[str] | frozenset[str] = frozenset()
+) -> list[str] | None:
+    """A static head's tensors into ``out`` (peft's ``modules_to_save``), except those of modules in ``skip`` (the
+    adapter's own copies of them win); returns those modules, or None."""
     if record.head is None:
         return None
     if record.head.head_type != "static":
@@ -27,9 +44,14 @@ def add_head_tensors(record: AdapterRecord, out: dict[str, torch.Tensor]) -> lis
             f"Adapter {record.name!r} has an adapterhub {record.head.head_type} head, which peft cannot hold "
             "(peft saves the model's own head through modules_to_save). Pass with_head=False."
         )
-    for key, tensor in record.head.tensors.items():
+    kept = {
+        key: tensor
+        for key, tensor in record.head.tensors.items()
+        if not any(key.startswith(path + ".") for path in skip)
+    }
+    for key, tensor in kept.items():
         out[PREFIX + key] = tensor.detach().contiguous()
-    return sorted({key.rsplit(".", 1)[0] for key in record.head.tensors})
+    return sorted({key.rsplit(".", 1)[0] for key in kept}) or None
 
 
 def layers_path(model: nn.Module, spec: ArchitectureSpec) -> str:

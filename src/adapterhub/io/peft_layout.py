@@ -13,10 +13,11 @@ same rank and scaling, so reading is exact. Writing back needs the three ``A`` t
 and not trained since, or merged arithmetic of such); separately trained q/k/v LoRAs have no peft form at the
 same rank and are refused with a message saying so.
 
-``modules_to_save`` tensors (``base_model.model.classifier.weight`` ...) become the adapter's built-in ("static")
-head, loaded into the model's own head when the shapes match. Options we cannot express are refused with a
+``modules_to_save`` tensors (``base_model.model.classifier.weight`` ...) become the LoRA adapter's copies of those
+modules (``saved.<path>.<param>``, its ``modules_to_save``); for (IA)³ the built-in ("static") head, loaded into the
+model's own head when the shapes match. Options we cannot express are refused with a
 ``ConfigError`` naming the option: ``bias`` other than ``"none"``, non-empty ``rank_pattern`` /
-``alpha_pattern``, ``lora_bias``, ``layer_replication``, ``target_parameters``, embedding LoRA, and other peft
+``alpha_pattern``, ``lora_bias``, ``layer_replication``, ``target_parameters``, and other peft
 methods than LoRA and (IA)³ (``peft_type: IA3``, read and written by ``adapterhub.io.peft_ia3``).
 
 DoRA (``use_dora: true``) reads as our ``dora`` method: peft's ``<module>.lora_magnitude_vector`` ``(d_out,)`` is our
@@ -42,17 +43,19 @@ from adapterhub.io.peft_common import (
     CONFIG_FILE,
     PREFIX,
     WEIGHTS_FILE,
-    add_head_tensors,
+    add_saved_tensors,
     module_regex,
     split_rows,
 )
 from adapterhub.io.peft_ia3 import read_peft_ia3, write_peft_ia3
+from adapterhub.io.peft_keys import check_lora_keys
 from adapterhub.io.peft_modules import read_peft_modules, write_peft_modules
 from adapterhub.runtime.layers import get_layers
 from adapterhub.runtime.records import AdapterRecord, HeadRecord, ModelInfo
 from adapterhub.spec.architectures import ArchitectureSpec
 
-# peft options and the values under which they change nothing we would have to represent.
+# peft (IA)³ options and the values under which they change nothing we would have to represent (LoRA files: every
+# key of LoraConfig is checked by ``adapterhub.io.peft_keys``).
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "bias": ("none",),
     "lora_bias": (False, None),
@@ -84,6 +87,9 @@ def _refuse_options(meta: Mapping[str, Any], directory: Path) -> None:
             f"{directory} holds a peft {meta.get('peft_type')!r} adapter (option peft_type); adapterhub reads peft "
             "LoRA (with DoRA) and (IA)³ adapters (peft_type 'LORA' / 'IA3') only."
         )
+    if meta.get("peft_type") == "LORA":
+        check_lora_keys(meta, directory)  # every LoraConfig key: honoured, metadata or refused by name
+        return
     for option, neutral in _NEUTRAL.items():
         if option in meta and meta[option] not in neutral:
             why = _WHY.get(option, "adapterhub has no equivalent")
@@ -165,12 +171,6 @@ def read_peft_dir(
     use_dora = bool(meta.get("use_dora"))
     raw = _read_weights(directory)
     pattern = _module_pattern(spec)
-    for key in raw:
-        if "lora_embedding_" in key:
-            raise ConfigError(
-                f"The peft adapter in {directory} has LoRA on embeddings ({key!r}); adapterhub cannot represent it "
-                "yet (Embedding targets are planned). Leave the embeddings out of target_modules."
-            )
     if _needs_module_targets(meta, raw, pattern):
         if spec.decoder is not None:
             raise ConfigError(
@@ -262,6 +262,8 @@ def _record(
     model: ModelInfo | None,
     with_head: bool,
 ) -> AdapterRecord:
+    if head and meta.get("modules_to_save") and config.get("method") in ("lora", "dora"):
+        head, config, tensors = _saved_modules(meta["modules_to_save"], head, config, tensors)
     info = ModelInfo(
         model_type=model.model_type if model is not None else spec.model_types[0],
         model_name=str(meta.get("base_model_name_or_path") or (model.model_name if model else "")),
@@ -288,10 +290,38 @@ def _record(
     )
 
 
+def _saved_modules(
+    names: list[str],
+    head: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]]:
+    """peft's ``modules_to_save`` tensors (``<path>.<param>``, the path ending in a listed name) as our adapter's
+    copies: ``saved.<path with ":">.<param>``, with ``modules_to_save`` the paths found. Tensors of no listed
+    module stay the static head."""
+    rest: dict[str, torch.Tensor] = {}
+    paths: list[str] = []
+    out = dict(tensors)
+    for key, tensor in head.items():
+        parts = key.split(".")
+        cut = next(
+            (i for i in range(1, len(parts)) if any(".".join(parts[:i]).endswith(n) for n in names)), None
+        )
+        if cut is None:
+            rest[key] = tensor
+            continue
+        path = ".".join(parts[:cut])
+        out[f"saved.{path.replace('.', ':')}.{'.'.join(parts[cut:])}"] = tensor
+        paths.append(path)
+    if paths:
+        config = {**config, "modules_to_save": sorted(set(paths))}
+    return rest, config, out
+
+
 def _hidden_size(tensors: Mapping[str, torch.Tensor], model: ModelInfo | None) -> int:
     """The width of the residual stream the weights imply (every projection but ffn_out reads it)."""
     for key, tensor in tensors.items():
-        if key.startswith("by_name."):
+        if key.startswith(("by_name.", "saved.")):
             continue  # a module targeted by name: its width says nothing certain about the residual stream
         point = key.split(".")[2]
         if point != "ffn_out" and key.endswith("lora_A"):
@@ -324,6 +354,8 @@ def write_peft_dir(
     out: dict[str, torch.Tensor] = {}
     fused: dict[tuple[str, str], dict[str, dict[str, torch.Tensor]]] = {}
     for key, tensor in record.tensors.items():
+        if key.startswith("saved."):
+            continue  # modules_to_save: add_saved_tensors below
         _, layer, point, param = key.split(".")
         linear = spec.linears[point]
         if linear.part is None:
@@ -352,7 +384,7 @@ def write_peft_dir(
             out[f"{base}.lora_magnitude_vector"] = torch.cat(
                 [by_point[p]["magnitude"] for p in parts], dim=0
             ).contiguous()
-    modules_to_save = add_head_tensors(record, out)
+    modules_to_save = add_saved_tensors(record, out)
     num_layers = len(layers)
     leave_out = set(config.get("leave_out", []))
     target_modules = module_regex(

@@ -24,12 +24,13 @@ from torch import nn
 
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io.files import write_json, write_tensors
-from adapterhub.io.peft_common import CONFIG_FILE, PREFIX, WEIGHTS_FILE, add_head_tensors, layers_path
+from adapterhub.io.peft_common import CONFIG_FILE, PREFIX, WEIGHTS_FILE, add_saved_tensors, layers_path
 from adapterhub.runtime.records import AdapterRecord
 from adapterhub.spec.architectures import ArchitectureSpec
 
 _WEIGHT = re.compile(
-    r"^(?P<path>.+)\.(?P<which>lora_A|lora_B|lora_magnitude_vector)(?:\.[^.]+)?(?:\.weight)?$"
+    r"^(?P<path>.+)\.(?P<which>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
+    r"(?:\.[^.]+)?(?:\.weight)?$"
 )
 
 
@@ -44,11 +45,19 @@ def read_peft_modules(
         if not key.startswith(PREFIX):
             raise AdapterFileError(f"peft weight {key!r} in {directory} is not under {PREFIX!r}.")
         match = _WEIGHT.match(key[len(PREFIX) :])
+        if match is None and key.endswith(".base_layer.weight"):
+            # peft saves the whole embedding of an Embedding target too (save_embedding_layers), for models whose
+            # vocabulary was resized: the model's own embedding is used (load into the model peft was saved from)
+            continue
         if match is None:
             head[key[len(PREFIX) :]] = tensor  # modules_to_save
             continue
         path, which = match.group("path"), match.group("which")
-        param = "magnitude" if which == "lora_magnitude_vector" else which
+        param = {
+            "lora_magnitude_vector": "magnitude",
+            "lora_embedding_A": "lora_A",
+            "lora_embedding_B": "lora_B",
+        }.get(which, which)
         tensors[f"by_name.{path.replace('.', ':')}.{param}"] = tensor
         paths.add(path)
     if not tensors:
@@ -73,11 +82,13 @@ def write_peft_modules(
 ) -> Path:
     """Write a LoRA / DoRA record targeted by module name in peft's layout."""
     config = record.config
-    prefix = layers_path(model, spec)
+    prefix = layers_path(model, spec) if any(k.startswith("layers.") for k in record.tensors) else ""
     out: dict[str, torch.Tensor] = {}
     paths: set[str] = set()
     for key, tensor in record.tensors.items():
         parts = key.split(".")
+        if parts[0] == "saved":
+            continue  # modules_to_save: add_saved_tensors below
         if parts[0] == "by_name" and len(parts) == 3:
             path, param = parts[1].replace(":", "."), parts[2]
         elif parts[0] == "layers" and len(parts) == 4:
@@ -86,10 +97,13 @@ def write_peft_modules(
             raise ConfigError(
                 f"Adapter {record.name!r} has a tensor {key!r} that peft's LoRA layout cannot hold."
             )
-        name = "lora_magnitude_vector" if param == "magnitude" else f"{param}.weight"
+        if isinstance(model.get_submodule(path), nn.Embedding):  # peft's names for an Embedding target
+            name = {"lora_A": "lora_embedding_A", "lora_B": "lora_embedding_B"}[param]
+        else:
+            name = "lora_magnitude_vector" if param == "magnitude" else f"{param}.weight"
         out[f"{PREFIX}{path}.{name}"] = tensor.detach().contiguous()
         paths.add(path)
-    modules_to_save = add_head_tensors(record, out)
+    modules_to_save = add_saved_tensors(record, out)
     transposed = any(type(model.get_submodule(p)).__name__ == "Conv1D" for p in paths)
     meta = {
         "peft_type": "LORA",

@@ -11,7 +11,8 @@ kind           points (named per architecture by its ArchitectureSpec)  value ha
 ``linear``     ``q``, ``k``, ``v``, ``attn_out``, ``ffn_in``,          ``LinearInputs``: the projection's input
                ``ffn_gate`` (gated FFNs), ``ffn_out``                 ``x`` and output ``y``
 ``attention``  ``self``: the keys/values of self-attention            ``AttentionInputs``: query, key, value, mask
-``module``     any ``nn.Linear`` / ``Conv1D`` named by its path in     ``LinearInputs``, as ``linear``
+``module``     any ``nn.Linear`` / ``Conv1D`` / ``nn.Embedding``      ``LinearInputs``, as ``linear`` (``x``: token
+               named by its path in                                   ids for an ``nn.Embedding``)
                the model (``bert.pooler.dense``), at layer
                ``MODULE_LAYER``; chosen by ``target_modules``
 =============  ==================================================  ===========================================
@@ -70,6 +71,13 @@ class NamedModule:
     layer: int | None = None
     point: str | None = None
     output_head: bool = False
+    # ``nn.Embedding``: a lookup table treated as a linear map from one-hot ids (``d_in`` = num_embeddings,
+    # ``d_out`` = embedding_dim, ``transposed``); ``padding_idx`` its padding row
+    embedding: bool = False
+    padding_idx: int | None = None
+    # ``nn.Conv2d`` (groups 1, dilation 1): ``d_in`` / ``d_out`` its channels, ``conv`` its (kernel_size, stride,
+    # padding) as peft's LoRA copies them to ``lora_A``
+    conv: tuple[Any, Any, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -555,6 +563,18 @@ class AdapterModule(nn.Module):
         """Called by ``add_adapter`` once, before the new adapter joins the model (not when weights are loaded
         from a file): initialise parameters that depend on the base model's projections (DoRA: the magnitude
         ``‖W‖`` per output row). ``base(layer, point)`` gives the projection's ``(weight, bias)``. Default: none."""
+
+    def saved_paths(self) -> tuple[str, ...]:
+        """Paths of the model's modules this adapter keeps a full trainable copy of (``modules_to_save``); before
+        the adapter's weights are loaded, the model hands it each copy with ``set_saved(path, copy)``, and while
+        the adapter is active the copy runs in the module's place. Default: none."""
+        return ()
+
+    def set_saved(self, path: str, copy: nn.Module) -> None:
+        raise ConfigError(f"{self.method} adapters keep no copies of the model's modules (modules_to_save).")
+
+    def saved_module(self, path: str) -> nn.Module:
+        raise ConfigError(f"{self.method} adapter {self.adapter_name!r} keeps no copy of {path!r}.")
 
     def adopt_tensors(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Saved tensors renamed to this module's own state-dict keys before they are loaded (a file that names

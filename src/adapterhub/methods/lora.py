@@ -9,6 +9,9 @@ For a projection ``y = W x + b`` with ``W: (d_out, d_in)``, LoRA adds ``ΔW = s 
 ``1 / r``; ``B`` starts at zero, so a new adapter is the exact identity. Parameters: ``r · (d_in + d_out)`` per
 target and layer. Because the update is a change of weights, ``merge_adapter`` folds ``s · B A`` into ``W``.
 
+Targeted by name (``target_modules``), an ``nn.Embedding`` gets peft's embedding LoRA (``A`` looked up by the token
+ids) and an ``nn.Conv2d`` peft's convolution LoRA (``ConvLoRALayer``).
+
 Composition at a projection (``LinearInputs``: input ``x``, output ``y``): a Stack adds each adapter's update to
 the running output (``y + Δ_a x + Δ_b x``); Split, BatchSplit, Parallel and Average work on rows/positions of ``x``
 and ``y``; a BatchSplit of LoRA adapters of equal rank and dropout runs as one grouped computation (each row block
@@ -23,6 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from adapterhub.methods.base import (
@@ -33,6 +37,7 @@ from adapterhub.methods.base import (
     LinearInputs,
     LinearRunning,
     ModelDims,
+    NamedModule,
     Point,
     PointInputs,
     register_method,
@@ -41,13 +46,20 @@ from adapterhub.spec.configs import LoRAConfig
 
 _KEY = re.compile(r"^layers\.(\d+)\.([a-z_]+)\.lora_([AB])$")
 _BY_NAME_KEY = re.compile(r"^by_name\.([^.]+)\.([^.]+)$")
+_SAVED_KEY = re.compile(r"^saved\.([^.]+)\.(.+)$")
 
 
 class LoRALayer(nn.Module):
     """The update of one projection: ``delta(x) = s · dropout(x) Aᵀ Bᵀ``, ``(..., d_in) -> (..., d_out)``."""
 
     def __init__(
-        self, d_in: int, d_out: int, config: LoRAConfig, r: int | None = None, alpha: float | None = None
+        self,
+        d_in: int,
+        d_out: int,
+        config: LoRAConfig,
+        r: int | None = None,
+        alpha: float | None = None,
+        embedding: NamedModule | None = None,
     ) -> None:
         super().__init__()
         r = config.r if r is None else r  # rank_pattern / alpha_pattern give per-module values
@@ -56,8 +68,14 @@ class LoRALayer(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(d_out, r))  # (d_out, r)
         self.dropout = nn.Dropout(config.dropout)
         self.scaling = config.scaling_for(r, alpha)
+        # an nn.Embedding target (peft's lora_embedding_A/B): the input is token ids, A is looked up by them
+        self.embedding = embedding is not None
+        self.padding_idx = embedding.padding_idx if embedding is not None else None
         with torch.no_grad():
-            if config.init == "gaussian":
+            if self.embedding:  # as peft: A zero, B normal (still the identity at first)
+                nn.init.zeros_(self.lora_A)
+                nn.init.normal_(self.lora_B)
+            elif config.init == "gaussian":
                 nn.init.normal_(self.lora_A, std=1.0 / r)
             else:
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
@@ -67,6 +85,8 @@ class LoRALayer(nn.Module):
         return (z @ self.lora_B.t()) * self.scaling  # (..., d_out)
 
     def _down(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embedding:  # x: token ids (...); no dropout on ids (as peft)
+            return F.embedding(x, self.lora_A.t(), padding_idx=self.padding_idx)  # (..., r)
         if self.dropout.p > 0:
             x = self.dropout(x)
         return x @ self.lora_A.t()  # (..., r)
@@ -83,6 +103,40 @@ class LoRALayer(nn.Module):
     def weight_delta(self) -> torch.Tensor:
         """``s · B A``: ``(d_out, d_in)``."""
         return (self.lora_B @ self.lora_A) * self.scaling
+
+
+class ConvLoRALayer(LoRALayer):
+    """The update of an ``nn.Conv2d`` (peft's ``Conv2d`` LoRA): ``lora_A`` a convolution ``(r, c_in, kh, kw)`` with
+    the base's kernel, stride and padding, ``lora_B`` a 1×1 convolution ``(c_out, r, 1, 1)``; ``delta(x) = s ·
+    B(A(dropout(x)))``, ``(N, c_in, H, W) -> (N, c_out, H', W')``."""
+
+    def __init__(
+        self, module: NamedModule, config: LoRAConfig, r: int | None = None, alpha: float | None = None
+    ) -> None:
+        super().__init__(module.d_in, module.d_out, config, r, alpha)
+        kernel, self.stride, self.padding = module.conv  # type: ignore[misc]
+        r = self.lora_A.shape[0]
+        a = torch.empty(r, module.d_in, *kernel)  # (r, c_in, kh, kw)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        if config.init == "gaussian":
+            nn.init.normal_(a, std=1.0 / r)
+        self.lora_A = nn.Parameter(a)
+        self.lora_B = nn.Parameter(torch.zeros(module.d_out, r, 1, 1))  # (c_out, r, 1, 1)
+
+    def _down(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dropout.p > 0:
+            x = self.dropout(x)
+        return F.conv2d(x, self.lora_A, stride=self.stride, padding=self.padding)  # (N, r, H', W')
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self._down(x), self.lora_B) * self.scaling  # (N, c_out, H', W')
+
+    def add_to(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return y + self.delta(x)
+
+    def weight_delta(self) -> torch.Tensor:
+        """``s · B ∘ A`` as one kernel: ``(c_out, c_in, kh, kw)`` (peft's ``get_delta_weight``)."""
+        return F.conv2d(self.lora_A.transpose(0, 1), self.lora_B).transpose(0, 1) * self.scaling
 
 
 def module_key(path: str) -> str:
@@ -131,6 +185,23 @@ class LoRAAdapter(AdapterModule):
         }
         if len(self.by_name):
             self._points[MODULE_LAYER] = tuple((MODULE, self._paths[(MODULE_LAYER, k)]) for k in self.by_name)
+        # modules_to_save: full copies, made from the model's modules by ``set_saved`` before the adapter is used
+        from adapterhub.methods.targeting import select_saved
+
+        self.saved = nn.ModuleDict()
+        self._saved_paths = select_saved(config, dims, tuple(self._paths.values()))
+
+    def saved_paths(self) -> tuple[str, ...]:
+        """The paths of the modules ``modules_to_save`` selected (the adapter holds a copy of each)."""
+        return self._saved_paths
+
+    def set_saved(self, path: str, copy: nn.Module) -> None:
+        """Hold ``copy`` (a trainable copy of the model's module at ``path``) as that module's replacement."""
+        self.saved[module_key(path)] = copy
+
+    def saved_module(self, path: str) -> nn.Module:
+        """The copy of the module at ``path`` that runs in its place while this adapter is active."""
+        return self.saved[module_key(path)]
 
     def _init_by_name(self, config: LoRAConfig, dims: ModelDims) -> None:
         """The modules ``target_modules`` selects: spec points (the fast path) in ``layers``, the rest by name."""
@@ -139,7 +210,12 @@ class LoRAAdapter(AdapterModule):
         spec: dict[int, dict[str, LoRALayer]] = {}
         for target in select_modules(config, dims):
             module = target.module
-            lora = self.layer_class(module.d_in, module.d_out, config, target.r, target.alpha)
+            if module.embedding:
+                lora = LoRALayer(module.d_in, module.d_out, config, target.r, target.alpha, embedding=module)
+            elif module.conv is not None:
+                lora = ConvLoRALayer(module, config, target.r, target.alpha)
+            else:
+                lora = self.layer_class(module.d_in, module.d_out, config, target.r, target.alpha)
             if module.point is not None and module.layer is not None:
                 spec.setdefault(module.layer, {})[module.point] = lora
                 self._paths[(module.layer, module.point)] = module.path
@@ -202,6 +278,7 @@ class LoRAAdapter(AdapterModule):
         """Module targets saved under another path of the same module (``by_name.<path>.<param>``, e.g. peft's names
         for a model saved with another head, or a module that is a spec point here) renamed to this adapter's keys:
         the path is matched exactly, else as a dotted suffix either way (when that picks one target)."""
+        tensors = self._adopt_saved(tensors)
         if not self._paths:
             return dict(tensors)
         own = {path: key for key, path in self._paths.items()}
@@ -222,6 +299,21 @@ class LoRAAdapter(AdapterModule):
                 out[f"by_name.{found[1]}.{param}"] = tensor
             else:
                 out[f"layers.{found[0]}.{found[1]}.{param}"] = tensor
+        return out
+
+    def _adopt_saved(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Copies of ``modules_to_save`` saved under another path of the same module (``saved.<path>.<param>``)
+        renamed to this adapter's: matched exactly, else as a dotted suffix either way (when that picks one)."""
+        own = {path: module_key(path) for path in self._saved_paths}
+        out: dict[str, torch.Tensor] = {}
+        for name, tensor in tensors.items():
+            match = _SAVED_KEY.match(name)
+            if match is None or match.group(1) in own.values():
+                out[name] = tensor
+                continue
+            path = match.group(1).replace(":", ".")
+            near = [p for p in own if p == path or p.endswith(f".{path}") or path.endswith(f".{p}")]
+            out[f"saved.{own[near[0]]}.{match.group(2)}" if len(near) == 1 else name] = tensor
         return out
 
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> LinearRunning:
@@ -245,6 +337,8 @@ class LoRAAdapter(AdapterModule):
         first = layers[0]
         if any(x.lora_A.shape[0] != first.lora_A.shape[0] or x.dropout.p != first.dropout.p for x in layers):
             return None
+        if first.embedding or isinstance(first, ConvLoRALayer):
+            return None  # token ids / images: the row blocks run one by one
         assert isinstance(inputs, LinearInputs)
         x, y = inputs.x, inputs.y  # (B, T, d_in), (B, T, d_out)
         if first.dropout.p > 0:

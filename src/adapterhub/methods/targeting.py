@@ -100,11 +100,17 @@ def select_modules(config: LoRAConfig, dims: ModelDims) -> list[ModuleTarget]:
     for module in dims.modules:
         if excluded(config, module.path) or not targeted(config, module):
             continue
-        if not module.linear:
+        if not (module.linear or module.embedding or module.conv):
             raise ConfigError(
                 f"target_modules={_show(config.target_modules)} selects {module.path!r}, a {module.type_name}; "
-                "LoRA targeted by name attaches to nn.Linear and Conv1D modules. Name the linear layers inside it "
-                "(or add it to exclude_modules)."
+                "LoRA targeted by name attaches to nn.Linear, Conv1D, nn.Conv2d and nn.Embedding modules. Name the "
+                "layers inside it (or add it to exclude_modules)."
+            )
+        if (module.embedding or module.conv) and config.method != "lora":
+            raise ConfigError(
+                f"target_modules={_show(config.target_modules)} selects {module.path!r}, a {module.type_name}; "
+                f"{config.method} on nn.{module.type_name} is not supported yet (LoRA is). Leave it out of "
+                "target_modules."
             )
         r = pattern_value(config.rank_pattern, module.path)
         alpha = pattern_value(config.alpha_pattern, module.path)
@@ -127,3 +133,42 @@ def select_modules(config: LoRAConfig, dims: ModelDims) -> list[ModuleTarget]:
 
 def _show(names: str | tuple[str, ...] | None) -> str:
     return repr(names if isinstance(names, str) or names is None else list(names))
+
+
+def select_saved(config: LoRAConfig, dims: ModelDims, targets: Sequence[str] = ()) -> tuple[str, ...]:
+    """The paths of the modules ``modules_to_save`` names (peft's rule: a module whose path ends with an entry),
+    in the model's module order. Raises when an entry matches nothing, when one selected module holds another, or
+    when a selected module is also a LoRA target (``targets``: their paths)."""
+    names = config.modules_to_save
+    if not names:
+        return ()
+    if not dims.modules:
+        raise ConfigError(
+            "modules_to_save names modules of the model, but its module list is not known (ModelDims.modules is "
+            "empty); add the adapter through the model (model.add_adapter) so its modules can be listed."
+        )
+    paths = tuple(m.path for m in dims.modules if any(m.path.endswith(name) for name in names))
+    for name in names:
+        if not any(p.endswith(name) for p in paths):
+            top = sorted({m.path.split(".")[0] for m in dims.modules})
+            raise ConfigError(
+                f"modules_to_save names {name!r}, but no module of this {dims.model_type} model has a path ending "
+                f"in it (top-level modules: {', '.join(top)})."
+            )
+    for path in paths:
+        inner = [p for p in paths if p.startswith(path + ".")]
+        if inner:
+            raise ConfigError(
+                f"modules_to_save selects {path!r} and modules inside it ({', '.join(inner)}); name only the outer "
+                "module (its copy includes them)."
+            )
+    both = sorted(
+        t for t in targets if any(t == p or t.startswith(p + ".") or p.startswith(t + ".") for p in paths)
+    )
+    if both:
+        raise ConfigError(
+            f"{', '.join(both)} would be both a LoRA target and inside a module of modules_to_save {list(names)}; "
+            "a saved module is trained in full, so leave it out of target_modules (exclude_modules) or out of "
+            "modules_to_save."
+        )
+    return paths

@@ -28,11 +28,18 @@ from adapterhub.runtime import attention_hooks
 from adapterhub.runtime.injection import linear_params
 from adapterhub.runtime.interpreter import check_setup
 from adapterhub.runtime.layers import get_layers, layer_stacks
-from adapterhub.runtime.modules import attach_module_points, module_params, module_table
+from adapterhub.runtime.modules import (
+    attach_module_points,
+    attach_saved_modules,
+    module_params,
+    module_table,
+    saved_copy,
+)
 from adapterhub.runtime.records import ModelInfo
+from adapterhub.runtime.specless import check_carries, check_heads, model_spec, model_type_of
 from adapterhub.runtime.store import STORE_ATTR, AdapterStore
 from adapterhub.runtime.validate import check_state_fits
-from adapterhub.spec.architectures import ArchitectureSpec, StackSpec, spec_for_config, unsupported_points
+from adapterhub.spec.architectures import ArchitectureSpec, StackSpec, unsupported_points
 from adapterhub.spec.composition import (
     BatchSplit,
     Fuse,
@@ -84,7 +91,7 @@ class AdapterModelCore:
     """What every adapter API mixin needs from the model it is mixed into (``adapterhub.init`` adds the store
     under ``STORE_ATTR`` and these classes as extra bases of the model's class)."""
 
-    config: Any  # the transformers config (the model's own attribute)
+    config: Any  # the transformers config (the model's own attribute; absent on a plain nn.Module)
 
     @property
     def _store(self) -> AdapterStore:
@@ -92,7 +99,21 @@ class AdapterModelCore:
 
     @property
     def _spec(self) -> ArchitectureSpec:
-        return spec_for_config(self.config)
+        """The model's ArchitectureSpec; ``runtime.specless.MODULES_ONLY`` for a model without one."""
+        return model_spec(self._module())
+
+    @property
+    def _model_type(self) -> str:
+        return model_type_of(self)
+
+    def _check_carries(self, config: MethodConfig) -> None:
+        """Raise when this model cannot carry an adapter of ``config`` (a model without a spec: only adapters
+        targeting modules by name)."""
+        check_carries(self._spec, config, self._model_type)
+
+    def _check_heads(self) -> None:
+        """Raise when this model cannot carry flexible heads (a model without a spec)."""
+        check_heads(self._spec, self._model_type)
 
     def _module(self) -> nn.Module:
         return self  # type: ignore[return-value]
@@ -111,8 +132,10 @@ class AdapterModelCore:
 
     def model_dims(self) -> ModelDims:
         spec = self._spec
-        config = self.config
-        hidden = int(getattr(config, spec.hidden_size_attr, None) or config.hidden_size)
+        config = getattr(
+            self, "config", None
+        )  # None: a plain nn.Module (no spec: dims come from its modules)
+        hidden = int(getattr(config, spec.hidden_size_attr, None) or getattr(config, "hidden_size", 0) or 0)
         layers = layer_stacks(self._module(), spec)
         heads, kv_heads, head_dim = attention_dims(config, hidden)
         shapes: dict[str, tuple[str, int, int]] = {}
@@ -122,9 +145,8 @@ class AdapterModelCore:
             shapes.update({shape[0]: shape for shape in linear_shapes(first, stack)} if first else {})
             residual.update(dict.fromkeys(stack.sites))
         decoder = spec.decoder
-        encoder = spec.stacks()[0]
         return ModelDims(
-            model_type=config.model_type,
+            model_type=self._model_type,
             hidden_size=hidden,
             num_layers=len(layers),
             pre_norm=spec.pre_norm,
@@ -135,7 +157,7 @@ class AdapterModelCore:
             residual_points=tuple(residual),
             embedding_size=int(getattr(config, "embedding_size", None) or hidden),
             unsupported=tuple(sorted(unsupported_points(spec, config).items())),
-            decoder_start=sum(1 for _, s in layers if s.layers == encoder.layers)
+            decoder_start=sum(1 for _, s in layers if s.layers == spec.layers)
             if decoder is not None
             else None,
             decoder_points=spec.decoder_points(),
@@ -146,7 +168,7 @@ class AdapterModelCore:
         dims = self.model_dims()
         return ModelInfo(
             model_type=dims.model_type,
-            model_name=str(getattr(self.config, "name_or_path", "") or ""),
+            model_name=str(getattr(getattr(self, "config", None), "name_or_path", "") or ""),
             hidden_size=dims.hidden_size,
             num_layers=dims.num_layers,
             decoder_start=dims.decoder_start,
@@ -158,7 +180,7 @@ class AdapterModelCore:
         if EMBEDDING in module.kinds() and self._spec.embeddings is None:
             raise UnsupportedArchitectureError(
                 f"{module.method} adapters attach at the input embeddings, which the ArchitectureSpec of "
-                f"{self.config.model_type!r} does not name (encoder-decoder models have no embedding points: their "
+                f"{self._model_type!r} does not name (encoder-decoder models have no embedding points: their "
                 "encoder and decoder embed separately). Use a method that attaches inside the layers."
             )
         dims = module.dims
@@ -175,17 +197,42 @@ class AdapterModelCore:
         if MODULE in module.kinds():
             paths = [point for kind, point in module.points(MODULE_LAYER) if kind == MODULE]
             attach_module_points(self._module(), self._store, paths)
+        if module.saved_paths():
+            attach_saved_modules(self._module(), self._store, module.saved_paths())
         if ATTENTION in module.kinds():
             attention_hooks.enable(self._module(), self._spec)
         prepare = getattr(module, "prepare_for_model", None)
         if callable(prepare):  # e.g. prompt tuning initialised from the model's word embeddings
             prepare(self._module())
 
+    def _bind_saved(self, module: AdapterModule) -> None:
+        """Hand a new adapter its copies of the model's modules (``modules_to_save``), before weights are loaded
+        into it."""
+        for path in module.saved_paths():
+            module.set_saved(path, saved_copy(self._module(), self._store, path))
+
+    def _check_saved_fit(self, module: AdapterModule, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Raise IncompatibleModelError when saved copies of modules (``modules_to_save``) have other shapes than
+        this model's modules (e.g. a classifier for another number of labels)."""
+        for path in module.saved_paths():
+            key = f"saved.{path.replace('.', ':')}."
+            have = {k: tuple(v.shape) for k, v in module.saved_module(path).state_dict().items()}
+            wanted = {k[len(key) :]: tuple(v.shape) for k, v in tensors.items() if k.startswith(key)}
+            if wanted and wanted != have:
+                raise IncompatibleModelError(
+                    f"The adapter's copy of {path!r} (modules_to_save, e.g. the model's built-in head) has parameters "
+                    f"{wanted}; this model's module has {have}. Create the model with the same class and size "
+                    "(num_labels=...), or load with with_head=False (the adapter without its module copies)."
+                )
+
     def _place(self, module: nn.Module) -> nn.Module:
         """Put a new module on the device and floating dtype of the model's layers, in the model's train/eval
         mode (a head added to a model in eval mode must not apply dropout)."""
-        reference = next(self._layers().parameters())
-        module.train(self._module().training)
+        model = self._module()
+        reference = next(iter(self._layers().parameters()), None)
+        if reference is None:  # a model without a spec: its first own parameter
+            reference = next(p for n, p in model.named_parameters() if not n.startswith(STORE_ATTR + "."))
+        module.train(model.training)
         return module.to(device=reference.device, dtype=reference.dtype)
 
     def _require_adapter(self, name: str) -> AdapterModule:
@@ -217,7 +264,7 @@ class AdapterModelCore:
             isinstance(b, Parallel) for b, _ in blocks_with_parents(normalized)
         ):
             raise ConfigError(
-                f"Parallel is not supported on encoder-decoder models ({self.config.model_type}): it replicates "
+                f"Parallel is not supported on encoder-decoder models ({self._model_type}): it replicates "
                 "the batch inside one layer stack. Run the adapters one after the other, or use BatchSplit."
             )
         return normalized

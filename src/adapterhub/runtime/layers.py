@@ -53,6 +53,8 @@ def get_layers(model: nn.Module, spec: ArchitectureSpec) -> nn.ModuleList:
     """The transformer layers in numbering order. Encoder-decoder models: a new list (not a submodule of the
     model) holding the encoder's layers, then the decoder's."""
     base = get_base_model(model)
+    if not spec.stacks():
+        return nn.ModuleList()  # a model without a spec: no transformer layers
     if spec.decoder is None:
         return _stack_layers(base, spec, spec.layers)
     return nn.ModuleList(layer for layer, _ in layer_stacks(model, spec))

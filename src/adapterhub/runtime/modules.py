@@ -1,6 +1,9 @@
 """The model's submodules as targeting by name sees them (``ModelDims.modules``), the weights of one by path, and
 the forward hooks of module points (``("module", path)``).
 
+``modules_to_save``: ``saved_copy`` makes an adapter's trainable copy of a module (without the model's hooks), and
+``attach_saved_modules`` hooks the original so that the copy's output replaces its own while the adapter is active.
+
 A module point is attached when an adapter that occupies it joins the model (``attach_module_points``): one
 ``_ModuleHook`` per module, shared by every adapter there. Like the spec's linear hooks it returns ``None`` at once
 when no adapter of the current setup uses module points, so outputs stay bit-identical.
@@ -8,6 +11,7 @@ when no adapter of the current setup uses module points, so outputs stay bit-ide
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -15,9 +19,10 @@ from torch import nn
 
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import MODULE, MODULE_LAYER, LinearInputs, NamedModule
-from adapterhub.runtime.injection import AdapterHook, PointHandler
+from adapterhub.runtime.injection import AdapterHook, PointHandler, remove_hooks
 from adapterhub.runtime.layers import layer_stacks
 from adapterhub.spec.architectures import ArchitectureSpec
+from adapterhub.spec.composition import Stack, setup_names
 
 _SKIP = "_adapterhub"  # the adapter store (STORE_ATTR): adapters and heads are never targets
 
@@ -44,6 +49,33 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
         if id(module) in by_id:
             layer_paths[path] = by_id[id(module)]
         layer, point = _owner(path, layer_paths)
+        if isinstance(module, nn.Embedding):
+            table.append(
+                NamedModule(
+                    path,
+                    type(module).__name__,
+                    d_in=int(module.num_embeddings),
+                    d_out=int(module.embedding_dim),
+                    transposed=True,
+                    layer=layer,
+                    output_head=module is head,
+                    embedding=True,
+                    padding_idx=module.padding_idx,
+                )
+            )
+            continue
+        if isinstance(module, nn.Conv2d):
+            table.append(
+                NamedModule(
+                    path,
+                    type(module).__name__,
+                    d_in=int(module.in_channels),
+                    d_out=int(module.out_channels),
+                    layer=layer,
+                    conv=(module.kernel_size, module.stride, module.padding),
+                )
+            )
+            continue
         if isinstance(module, nn.Linear):
             shape = (int(module.in_features), int(module.out_features), False)
         elif _is_conv1d(module):
@@ -84,15 +116,22 @@ def _owner(path: str, layer_paths: dict[str, tuple[int, Any]]) -> tuple[int | No
     return None, None
 
 
+def _transposed(module: nn.Module) -> bool:
+    """Whether the module stores its weight as ``(d_in, d_out)``: ``Conv1D``, and ``nn.Embedding`` (a linear map
+    from one-hot ids: ``(num_embeddings, embedding_dim)``)."""
+    return isinstance(module, nn.Embedding) or _is_conv1d(module)
+
+
 def module_params(model: nn.Module, path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Views of the module's ``(weight (d_out, d_in), bias (d_out,) or None)`` (``Conv1D`` transposed)."""
+    """Views of the module's ``(weight (d_out, d_in), bias (d_out,) or None)`` (``Conv1D`` and ``nn.Embedding``
+    transposed)."""
     try:
         module = model.get_submodule(path)
     except AttributeError:
         raise ConfigError(f"The model has no module {path!r} (a module target of an adapter).") from None
     weight: torch.Tensor = module.weight  # type: ignore[assignment]
     bias: torch.Tensor | None = getattr(module, "bias", None)
-    return (weight.t() if _is_conv1d(module) else weight), bias
+    return (weight.t() if _transposed(module) else weight), bias
 
 
 class _ModuleHook(AdapterHook):
@@ -107,7 +146,8 @@ class _ModuleHook(AdapterHook):
             return None
         weight: torch.Tensor = module.weight  # type: ignore[assignment]
         weight = weight.t() if self.transposed else weight  # (d_out, d_in)
-        inputs = LinearInputs(args[0], output, weight, getattr(module, "bias", None))  # x: (..., d_in)
+        # x: (..., d_in), or token ids (...) for an nn.Embedding
+        inputs = LinearInputs(args[0], output, weight, getattr(module, "bias", None))
         return handler.point_forward(MODULE_LAYER, MODULE, self.path, inputs)
 
 
@@ -120,4 +160,70 @@ def attach_module_points(model: nn.Module, handler: PointHandler, paths: list[st
             raise ConfigError(f"The model has no module {path!r} to attach an adapter to.") from None
         if any(isinstance(hook, _ModuleHook) for hook in module._forward_hooks.values()):
             continue
-        module.register_forward_hook(_ModuleHook(handler, path, _is_conv1d(module)))
+        if isinstance(module, nn.Embedding) and getattr(module, "embed_scale", None) is not None:
+            raise ConfigError(
+                f"{path!r} is a scaled embedding ({type(module).__name__}: it multiplies its output by embed_scale); "
+                "LoRA on such embeddings is not supported yet. Leave it out of target_modules."
+            )
+        if isinstance(module, nn.Conv2d) and (
+            module.groups != 1 or module.dilation != (1, 1) or module.padding_mode != "zeros"
+        ):
+            raise ConfigError(
+                f"{path!r} is a Conv2d with groups={module.groups}, dilation={module.dilation}, padding_mode="
+                f"{module.padding_mode!r}; LoRA on Conv2d supports groups=1, dilation=1 and zero padding. Leave it "
+                "out of target_modules."
+            )
+        module.register_forward_hook(_ModuleHook(handler, path, _transposed(module)))
+
+
+def saved_copy(model: nn.Module, handler: Any, path: str) -> nn.Module:
+    """A trainable copy of the module at ``path``, without adapterhub's hooks (``handler``, the adapter store the
+    hooks refer to, is shared, not copied)."""
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        raise ConfigError(f"The model has no module {path!r} (modules_to_save).") from None
+    clone = copy.deepcopy(module, {id(handler): handler})
+    remove_hooks(clone)
+    for part in clone.modules():  # attention hooks' bookkeeping (adapterhub.runtime.attention_hooks)
+        for attr in [a for a in part.__dict__ if a.startswith("_adapterhub_")]:
+            del part.__dict__[attr]
+    return clone.requires_grad_(True)
+
+
+class _SavedModuleHook(AdapterHook):
+    """Forward hook on a module an adapter keeps a copy of (``modules_to_save``): while that adapter is active,
+    alone or in a Stack of adapter names, its copy's output replaces the module's. Two active adapters with a copy
+    of the same module, or one inside another block, raise (the rows or the copies would be ambiguous)."""
+
+    def __init__(self, store: Any, path: str) -> None:
+        self.store, self.path = store, path
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+        store = self.store
+        setup = store.current_setup()
+        if setup is None:
+            return None
+        adapters = store.adapters
+        holders = [n for n in setup_names(setup) if n in adapters and self.path in adapters[n].saved_paths()]
+        if not holders:
+            return None
+        plain = isinstance(setup, str) or (
+            isinstance(setup, Stack) and all(isinstance(c, str) for c in setup.children)
+        )
+        if len(holders) > 1 or not plain:
+            raise ConfigError(
+                f"Adapter(s) {holders} keep a copy of {self.path!r} (modules_to_save), which replaces the module "
+                f"for the whole batch; that works with one such adapter active alone or in a Stack of adapter "
+                f"names, not in {setup!r}. Activate one of them, or save the adapters without modules_to_save."
+            )
+        return adapters[holders[0]].saved_module(self.path)(*args, **kwargs)
+
+
+def attach_saved_modules(model: nn.Module, store: Any, paths: tuple[str, ...]) -> None:
+    """Hook each module in ``paths`` (once) so an active adapter's copy replaces it."""
+    for path in paths:
+        module = model.get_submodule(path)
+        if any(isinstance(hook, _SavedModuleHook) for hook in module._forward_hooks.values()):
+            continue
+        module.register_forward_hook(_SavedModuleHook(store, path), with_kwargs=True)

@@ -26,7 +26,7 @@ from adapterhub.runtime.head_inputs import HeadInputs, static_loss
 from adapterhub.runtime.injection import AdapterHook
 from adapterhub.runtime.layers import get_layers
 from adapterhub.runtime.store import STORE_ATTR, AdapterStore
-from adapterhub.spec.architectures import spec_for_model_type
+from adapterhub.spec.architectures import ArchitectureSpec
 from adapterhub.spec.composition import Parallel, branch_names, parallel_block
 
 _LOCAL = threading.local()
@@ -189,9 +189,8 @@ class _ParallelOutputHook(AdapterHook):
         return result
 
 
-def install_parallel_hooks(model: nn.Module, store: AdapterStore) -> None:
+def install_parallel_hooks(model: nn.Module, spec: ArchitectureSpec, store: AdapterStore) -> None:
     """Hooks that make ``Parallel`` work (layer replication, labels, the per-branch output)."""
-    spec = spec_for_model_type(model.config.model_type)  # type: ignore[union-attr,arg-type]
     for index, layer in enumerate(get_layers(model, spec)):
         # prepend: replicate before the injector records the residual stream entering the layer
         layer.register_forward_pre_hook(_ParallelLayerHook(store, index), with_kwargs=True, prepend=True)

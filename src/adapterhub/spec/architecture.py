@@ -94,7 +94,10 @@ class ArchitectureSpec:
         return own + (("cross",) if self.decoder.cross_attention else ())
 
     def stacks(self) -> tuple[StackSpec, ...]:
-        """The layer stacks in numbering order: the encoder (or the only stack), then the decoder if any."""
+        """The layer stacks in numbering order: the encoder (or the only stack), then the decoder if any; none for
+        a spec with no layer path (a model targeted by module names only)."""
+        if not self.layers:
+            return ()
         first = StackSpec(self.layers, self.sites, self.linears, self.attention)
         return (first,) if self.decoder is None else (first, self.decoder)
 

@@ -304,6 +304,10 @@ class LoRAConfig(MethodConfig):
     (same forms), ``layers_to_transform`` (layer indices, read from the module name, after ``layers_pattern`` when
     given), ``rank_pattern`` / ``alpha_pattern`` (``{regex: r}``: the first key, in key order, that matches the end
     of a module's name gives its rank / alpha). ``targets`` and ``leave_out`` then stay empty.
+
+    ``modules_to_save`` (with either way of targeting): names of modules (peft's rule: every module whose path
+    ends with a name) of which the adapter keeps a full trainable copy, e.g. ``["classifier"]``; the copy runs in
+    place of the module while the adapter is active, the original otherwise.
     """
 
     method: ClassVar[str] = "lora"
@@ -321,6 +325,7 @@ class LoRAConfig(MethodConfig):
     layers_pattern: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
     rank_pattern: tuple[tuple[str, int], ...] = field(default=(), metadata={OMIT_DEFAULT: True})
     alpha_pattern: tuple[tuple[str, float], ...] = field(default=(), metadata={OMIT_DEFAULT: True})
+    modules_to_save: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         _require(
@@ -339,6 +344,17 @@ class LoRAConfig(MethodConfig):
         object.__setattr__(self, "leave_out", layer_list("leave_out", self.leave_out))
         object.__setattr__(self, "alpha", float(self.alpha))
         object.__setattr__(self, "target_modules", module_names("target_modules", self.target_modules))
+        saved = self.modules_to_save
+        if saved is not None:
+            saved = (saved,) if isinstance(saved, str) else saved
+            _require(
+                isinstance(saved, (list, tuple))
+                and len(saved) > 0
+                and all(isinstance(m, str) and m for m in saved),
+                f"modules_to_save must be a non-empty list of module names (e.g. ['classifier']), got "
+                f"{self.modules_to_save!r}.",
+            )
+            object.__setattr__(self, "modules_to_save", tuple(dict.fromkeys(saved)))
         if self.target_modules is not None:
             self._check_by_name()
         else:

@@ -1,0 +1,129 @@
+"""Every key of peft's ``LoraConfig`` (peft 0.21.2) and what reading a peft LoRA file does with it: honoured (it
+becomes part of the adapter), metadata (it changes no weight or output), or refused by name with what to do
+instead (``check_lora_keys``). A key this table does not know (a newer peft) is refused unless its value is empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from adapterhub.errors import ConfigError
+
+# keys that become part of the adapter (docs/compat.md, "peft files")
+HONOURED: dict[str, str] = {
+    "r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "use_rslora": "use_rslora",
+    "use_dora": "the dora method",
+    "target_modules": "the adapted modules (read from the weights)",
+    "exclude_modules": "the adapted modules (read from the weights)",
+    "layers_to_transform": "the adapted modules (read from the weights)",
+    "layers_pattern": "the adapted modules (read from the weights)",
+    "rank_pattern": "rank_pattern",
+    "alpha_pattern": "alpha_pattern",
+    "modules_to_save": "modules_to_save (the adapter's copies of those modules)",
+    "fan_in_fan_out": "the module's type (Conv1D stores its weight transposed; peft corrects the flag the same way)",
+    "init_lora_weights": "init (True / False / 'gaussian')",
+    "bias": "'none' (no bias is trained)",
+}
+
+# keys that describe the file or peft's runtime, not the adapter's weights or outputs
+METADATA: frozenset[str] = frozenset(
+    {
+        "peft_type",  # 'LORA' (other types are other methods)
+        "task_type",
+        "auto_mapping",
+        "peft_version",
+        "base_model_name_or_path",
+        "revision",
+        "inference_mode",
+        "runtime_config",  # peft's GPU offload of DoRA at run time
+        "megatron_core",  # used only with megatron_config
+        "qalora_group_size",  # used only with use_qalora
+    }
+)
+
+_BASE_WEIGHTS = (
+    "it changes the base model's weights too, which adapterhub cannot represent; convert the adapter to a plain "
+    "LoRA with peft first (save_pretrained(path_initial_model_for_weight_conversion=...))"
+)
+
+# key -> (values that change nothing, why it is refused and what to do instead)
+REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "trainable_token_indices": (
+        (None, {}, []),
+        "training single embedding rows is not supported yet; put the embedding in modules_to_save or target it "
+        "with LoRA instead",
+    ),
+    "layer_replication": ((None, []), "adapterhub does not replicate layers; expand the base model first"),
+    "lora_bias": ((False, None), "adapterhub's LoRA has no bias on lora_B; train without lora_bias"),
+    "target_parameters": (
+        (None, []),
+        "LoRA on bare parameters (e.g. MoE experts) is not supported; target the modules holding them",
+    ),
+    "megatron_config": (
+        (None, {}),
+        "Megatron parallel layers are not supported; save from an unsharded model",
+    ),
+    "loftq_config": ((None, {}), "LoftQ initialisation " + _BASE_WEIGHTS),
+    "eva_config": ((None,), "EVA initialisation " + _BASE_WEIGHTS),
+    "corda_config": ((None,), "CorDA initialisation " + _BASE_WEIGHTS),
+    "lora_ga_config": ((None,), "LoRA-GA initialisation " + _BASE_WEIGHTS),
+    "velora_config": ((None,), "VeLoRA is a different method; use a plain LoRA"),
+    "alora_invocation_tokens": ((None, []), "activated LoRA (aLoRA) is not supported; use a plain LoRA"),
+    "use_qalora": ((False, None), "QALoRA's pooled inputs are not supported; use a plain LoRA"),
+    "monteclora_config": ((None,), "MonteCLoRA is a different method; use a plain LoRA"),
+    "use_bdlora": ((False, None), "block-diagonal LoRA is not supported; use a plain LoRA"),
+    "arrow_config": (
+        (None,),
+        "Arrow routing over LoRA experts is not supported; load the experts separately",
+    ),
+    "kasa_config": ((None,), "KaSA is a different method; use a plain LoRA"),
+    "ensure_weight_tying": (
+        (False, None),
+        "tied adapter weights across tied modules are not supported; save without ensure_weight_tying",
+    ),
+}
+
+INIT_VALUES = (True, False, "gaussian")
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value is False or value == {} or value == [] or value == ""
+
+
+def check_lora_keys(meta: Mapping[str, Any], directory: Path) -> None:
+    """Raise a ConfigError naming the first key of a peft LoRA ``adapter_config.json`` that adapterhub cannot
+    honour, with what to do instead."""
+    for key, value in meta.items():
+        if key in METADATA:
+            continue
+        if key in HONOURED:
+            if key == "bias" and value not in ("none", None):
+                raise ConfigError(
+                    f"The peft adapter in {directory} sets bias={value!r}: peft then trains and saves the model's "
+                    "biases, which adapterhub's LoRA does not hold. Merge it into the base model with peft "
+                    "(merge_and_unload), or train with bias='none'."
+                )
+            if key == "init_lora_weights" and value not in INIT_VALUES:
+                raise ConfigError(
+                    f"The peft adapter in {directory} sets init_lora_weights={value!r}: that initialisation is "
+                    "planned with the other LoRA initialisations (PiSSA, OLoRA, LoftQ, CorDA, EVA, ...); today "
+                    f"{_BASE_WEIGHTS}."
+                )
+            continue
+        if key in REFUSED:
+            neutral, why = REFUSED[key]
+            if value in neutral:
+                continue
+            raise ConfigError(
+                f"The peft adapter in {directory} sets {key}={value!r}, which adapterhub cannot represent: {why}."
+            )
+        if not _empty(value):
+            raise ConfigError(
+                f"The peft adapter in {directory} sets {key}={value!r}, an option of a newer peft that adapterhub "
+                "does not know; save it without that option (or with peft 0.21)."
+            )
