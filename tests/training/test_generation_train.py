@@ -341,3 +341,30 @@ def test_smollm2_trains_a_few_steps(tmp_path: Path) -> None:
     )
     gen = results.to_dict()["generation"]
     assert gen["dev_rows"] == 4 and gen["allowed_fraction"] is not None
+
+
+def test_accuracy_before_runs_the_base_model_without_the_adapter(tokenizer: Any) -> None:
+    """``adapters=False`` decodes and scores the bare base model for this call only; the adapter stays active."""
+    from adapterhub.training.loop import make_loader
+
+    task = make_task(0, 4)
+    torch.manual_seed(0)
+    bare = tiny_llama()
+    adapted = prepare_model(tiny_llama(), task, "adapter:prefix_tuning", "task", HeadSettings())
+    adapted.load_state_dict(bare.state_dict(), strict=False)
+    loader = make_loader(
+        encode_chat(task.dev, tokenizer, max_length=64).dataset,
+        tokenizer,
+        4,
+        shuffle=False,
+        seed=0,
+        collate_fn=collate_chat,
+    )
+    base_loss = response_loss(bare, loader)
+    off = evaluate_generation(
+        adapted, tokenizer, task.dev, answers=task.answers, loss_loader=loader, adapters=False
+    )
+    on = evaluate_generation(adapted, tokenizer, task.dev, answers=task.answers, loss_loader=loader)
+    assert off.loss == pytest.approx(base_loss, rel=1e-6)
+    assert on.loss != pytest.approx(base_loss, rel=1e-6)
+    assert adapted.active_adapters is not None
