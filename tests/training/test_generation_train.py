@@ -368,3 +368,25 @@ def test_accuracy_before_runs_the_base_model_without_the_adapter(tokenizer: Any)
     assert off.loss == pytest.approx(base_loss, rel=1e-6)
     assert on.loss != pytest.approx(base_loss, rel=1e-6)
     assert adapted.active_adapters is not None
+
+
+def test_cli_refuses_an_encoder_for_a_generation_task(
+    tmp_path: Path, tiny_model_dir: Path, capsys: Any
+) -> None:
+    from adapterhub.cli import main
+
+    data = write_generation_folder(tmp_path / "data")
+    argv = [
+        "train",
+        "--data",
+        data,
+        "--model",
+        tiny_model_dir,
+        "--method",
+        "adapter:lora",
+        "--no-progress",
+        "--output-dir",
+        tmp_path / "run",
+    ]
+    assert main([str(a) for a in argv]) == 2
+    assert "not a decoder language model" in capsys.readouterr().err
