@@ -15,6 +15,7 @@ from adapterhub.data.chat import (
     generation_prompt,
 )
 from adapterhub.errors import ConfigError
+from tiny_chat import chat_tokenizer as build_chat_tokenizer
 
 WORDS = [
     "system",
@@ -39,25 +40,8 @@ WORDS = [
 
 @pytest.fixture(scope="module")
 def chat_tokenizer() -> Any:
-    """A word-level tokenizer built offline: ``<|im_start|>``/``<|im_end|>`` specials, ``\\n`` a token of its own,
-    and a ChatML template like SmolLM2's (without its default system prompt)."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(["<unk>", "<|im_start|>", "<|im_end|>", "\n", *WORDS])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(r"[^\S\n]+"), "removed"), pre_tokenizers.Split("\n", "isolated")]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="<unk>",
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|im_end|>",
-    )
-    tokenizer.chat_template = CHATML_TEMPLATE
-    return tokenizer
+    """A word-level tokenizer built offline (tests/tiny_chat.py): ChatML template like SmolLM2's."""
+    return build_chat_tokenizer(WORDS)
 
 
 def user(text: str) -> dict[str, str]:

@@ -50,7 +50,11 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
         help="a task directory (train.jsonl/dev.jsonl), a .jsonl/.csv/.tsv file, a saved `datasets` directory, "
         "hf:NAME, or a data set name (a folder of ../shared/data, or rotten_tomatoes)",
     )
-    group.add_argument("--kind", choices=("classification", "regression", "multilabel", "multiple_choice"))
+    group.add_argument(
+        "--kind",
+        choices=("classification", "regression", "multilabel", "multiple_choice", "generation"),
+        help="task kind (default: from task.json or the columns)",
+    )
     group.add_argument("--text-column", default="text")
     group.add_argument("--text-pair-column", default=None)
     group.add_argument("--label-column", default="label")
@@ -58,7 +62,11 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
     group.add_argument(
         "--train-limit", type=positive_int, help="use a seeded sample of this many training rows"
     )
-    group.add_argument("--dev-limit", type=positive_int, help="use a seeded sample of this many dev rows")
+    group.add_argument(
+        "--dev-limit",
+        type=positive_int,
+        help="use a seeded sample of this many dev rows (generation: the rows decoded at each evaluation)",
+    )
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_note: str) -> None:
@@ -103,6 +111,18 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         help="batch rows of similar length together (less padding, faster; same examples per epoch)",
     )
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    chat = parser.add_argument_group("generation tasks (a causal LM with a chat template)")
+    chat.add_argument(
+        "--train-on-prompt", action="store_true", help="loss on every token, not only the assistant responses"
+    )
+    chat.add_argument(
+        "--last-turn-only", action="store_true", help="loss on the last assistant turn only (multi-turn rows)"
+    )
+    chat.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        help="tokens generated per dev answer (default: the longest gold answer's tokens + 4)",
+    )
 
 
 # --------------------------------------------------------------------- from flags to data, config and loaders
@@ -176,6 +196,9 @@ def train_config(args: argparse.Namespace, method: str, output_dir: str, lr: flo
         output_dir=output_dir,
         progress=not args.no_progress,
         group_by_length=args.group_by_length,
+        train_on_prompt=getattr(args, "train_on_prompt", False),
+        last_turn_only=getattr(args, "last_turn_only", False),
+        max_new_tokens=getattr(args, "max_new_tokens", None),
     )
 
 

@@ -185,6 +185,11 @@ def _compare_command(args: argparse.Namespace) -> int:
         for (method, lr), folder in zip(plans, folders, strict=True)
     ]  # validate every flag before the first (long) run
     task = load_data(args)
+    if task.kind == "generation":
+        raise ConfigError(
+            "compare does not run generation tasks yet; train each method with `adapterhub train --kind "
+            "generation --method ...` and read the generation figures of each results.json."
+        )
     results = []
     for (method, lr), config in zip(plans, configs):
         print(f"== {method} (lr {lr:g})", file=sys.stderr)

@@ -53,6 +53,9 @@ class TrainConfig:
     restore_best: bool = True
     progress: bool = True
     group_by_length: bool = False
+    train_on_prompt: bool = False
+    last_turn_only: bool = False
+    max_new_tokens: int | None = None
 
     def __post_init__(self) -> None:
         _positive_int("batch_size", self.batch_size)
@@ -62,6 +65,8 @@ class TrainConfig:
         _positive_int("max_length", self.max_length, minimum=2)
         if self.max_steps is not None:
             _positive_int("max_steps", self.max_steps)
+        if self.max_new_tokens is not None:
+            _positive_int("max_new_tokens", self.max_new_tokens)
         if self.patience is not None:
             _positive_int("patience", self.patience)
         if self.eval_every is not None:

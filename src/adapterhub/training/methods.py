@@ -71,17 +71,26 @@ def _forms() -> str:
     )
 
 
-def apply_method(model: nn.Module, method: Method | str, head_name: str) -> None:
+def apply_method(model: nn.Module, method: Method | str, head_name: str, *, with_head: bool = True) -> None:
     """Set ``requires_grad`` on ``model`` (an ``adapterhub.init`` model that already has the head ``head_name``)
-    for ``method``, adding and activating an adapter named ``head_name`` for adapter methods."""
+    for ``method``, adding and activating an adapter named ``head_name`` for adapter methods.
+
+    ``with_head=False`` (generation: a causal LM predicting with its own output layer): there is no flexible
+    head; the model's own output layer stays frozen, and the ``head`` method, which would train nothing else, is
+    refused."""
     if isinstance(method, str):
         method = parse_method(method)
     store = model._adapterhub  # type: ignore[attr-defined]
-    if head_name not in store.heads:
+    if with_head and head_name not in store.heads:
         raise ConfigError(f"apply_method: the model has no head named {head_name!r}; add it first.")
+    if not with_head and method.kind == "head":
+        raise ConfigError(
+            "the method 'head' trains a task head, and a generation task has none (the language model's own "
+            "output layer predicts the answer); use an adapter method (e.g. adapter:lora) or full."
+        )
     if method.is_adapter:
         model.add_adapter(head_name, config=method.adapter_config, overwrite_ok=True)  # type: ignore[operator]
-        model.train_adapter(head_name)  # type: ignore[operator]
+        model.train_adapter(head_name, train_head=with_head)  # type: ignore[operator]
     else:
         model.set_active_adapters(None)  # type: ignore[operator]
         for param in model.parameters():
@@ -101,9 +110,11 @@ def apply_method(model: nn.Module, method: Method | str, head_name: str) -> None
                 if _is_norm(module):
                     module.requires_grad_(True)
             store.requires_grad_(False)  # a bare AutoModel is its own base model: skip our own modules
-        store.heads[head_name].requires_grad_(True)
+        if with_head:
+            store.heads[head_name].requires_grad_(True)
         model.train()
-    model.active_head = head_name  # type: ignore[attr-defined]
+    if with_head:
+        model.active_head = head_name  # type: ignore[attr-defined]
 
 
 def _is_norm(module: nn.Module) -> bool:

@@ -3,6 +3,8 @@
 Classification and multiple choice: ``accuracy`` and ``macro_f1`` (the unweighted mean of per-class F1; a class
 that is neither predicted nor present counts as F1 = 0 only if it is present, otherwise it is left out).
 Regression: ``mse`` and ``pearson``. Multi-label: ``micro_f1``, ``macro_f1`` and exact-match ``accuracy``.
+Generation tasks are scored on generated answers, not logits (:mod:`adapterhub.training.generate_eval`):
+``accuracy`` (normalised exact match), ``allowed_fraction`` and the per-token dev ``loss``.
 """
 
 from __future__ import annotations
@@ -18,18 +20,30 @@ MAIN_METRIC = {
     "multiple_choice": "accuracy",
     "regression": "pearson",
     "multilabel": "micro_f1",
+    "generation": "accuracy",
 }
-GREATER_IS_BETTER = {"accuracy": True, "macro_f1": True, "micro_f1": True, "pearson": True, "mse": False}
+GREATER_IS_BETTER = {
+    "accuracy": True,
+    "macro_f1": True,
+    "micro_f1": True,
+    "pearson": True,
+    "mse": False,
+    "allowed_fraction": True,
+    "loss": False,
+}
 METRICS_BY_KIND = {
     "classification": ("accuracy", "macro_f1"),
     "multiple_choice": ("accuracy", "macro_f1"),
     "regression": ("mse", "pearson"),
     "multilabel": ("micro_f1", "macro_f1", "accuracy"),
+    "generation": ("accuracy", "allowed_fraction", "loss"),
 }
 
 
 def check_metric(kind: str, metric: str | None) -> str:
     """The metric to select on: ``metric`` if it fits ``kind``, else the kind's main metric when ``None``."""
+    if kind not in MAIN_METRIC:
+        raise ConfigError(f"no metrics for task kind {kind!r}; kinds: {', '.join(MAIN_METRIC)}.")
     if metric is None:
         return MAIN_METRIC[kind]
     valid = METRICS_BY_KIND[kind]
@@ -50,6 +64,13 @@ def is_better(metric: str, new: float, old: float | None) -> bool:
 def compute_metrics(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """``logits``: (n, classes) or (n, 1)/(n,) for regression; ``labels``: (n,) indices or values, or (n, classes)
     multi-hot for multi-label."""
+    if kind == "generation":
+        raise ConfigError(
+            "a generation task is scored on generated answers, not on logits and labels; use "
+            "adapterhub.training.generate_eval.evaluate_generation."
+        )
+    if kind not in METRICS_BY_KIND:
+        raise ConfigError(f"no metrics for task kind {kind!r}; kinds: {', '.join(METRICS_BY_KIND)}.")
     logits = logits.detach().float().cpu()
     labels = labels.detach().cpu()
     if logits.shape[0] == 0:

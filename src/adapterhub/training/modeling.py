@@ -34,11 +34,15 @@ WEIGHTS_FILE = "weights.safetensors"
 ADAPTER_SUBDIR = "adapter"
 
 
-def load_base(model_path: str | None) -> tuple[nn.Module, Any, str]:
+def load_base(model_path: str | None, *, causal_lm: bool = False) -> tuple[nn.Module, Any, str]:
     """``(model, tokenizer, path)`` for a transformers checkpoint directory, hub name or packaged model name
-    (``minilm``, ``smollm2``: :func:`adapterhub.data.packaged.packaged_model_path`), via ``AutoModel``."""
+    (``minilm``, ``smollm2``: :func:`adapterhub.data.packaged.packaged_model_path`), via ``AutoModel``, or via
+    ``AutoModelForCausalLM`` with ``causal_lm`` (generation tasks; the default model is then ``smollm2``, and an
+    encoder is refused: :func:`check_causal_lm`)."""
     import transformers
 
+    if causal_lm and not model_path:
+        model_path = "smollm2"
     packaged = packaged_model_path(model_path) if model_path else None
     path = str(packaged) if packaged is not None else model_path or str(packaged_encoder_path())
     local = Path(path).expanduser()
@@ -46,12 +50,37 @@ def load_base(model_path: str | None) -> tuple[nn.Module, Any, str]:
         raise ConfigError(f"--model {path}: no such directory.")
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(local) if local.is_dir() else path)
-        model = transformers.AutoModel.from_pretrained(str(local) if local.is_dir() else path)
+        if causal_lm:
+            check_causal_lm(
+                transformers.AutoConfig.from_pretrained(str(local) if local.is_dir() else path), path
+            )
+        factory = transformers.AutoModelForCausalLM if causal_lm else transformers.AutoModel
+        model = factory.from_pretrained(str(local) if local.is_dir() else path)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         hint = f" (packaged models: {', '.join(sorted(PACKAGED_MODELS))})" if "/" not in path else ""
         raise ConfigError(f"cannot load the model {path!r}: {first}{hint}") from None
     return model, tokenizer, str(local.resolve()) if local.is_dir() else path
+
+
+def check_causal_lm(config: Any, name: str) -> None:
+    """Refuse a model that is not a decoder language model for a generation task (an encoder such as BERT, which
+    transformers would otherwise load as a causal LM it was never trained as, or an encoder-decoder)."""
+    import transformers.models.auto.modeling_auto as auto
+
+    model_type = getattr(config, "model_type", "")
+    encoder = model_type in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(
+        config, "is_decoder", False
+    )
+    if (
+        getattr(config, "is_encoder_decoder", False)
+        or encoder
+        or model_type not in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    ):
+        raise ConfigError(
+            f"{name!r} is a {model_type or 'non-decoder'} model, not a decoder language model; a generation task "
+            "trains a causal LM: use --model smollm2 (or another decoder checkpoint such as a Llama, GPT-2, Qwen2)."
+        )
 
 
 def native_multiple_choice() -> bool:
@@ -112,10 +141,24 @@ def add_task_head(
 def prepare_model(
     model: nn.Module, task: TaskData, method: Method | str, head_name: str, settings: HeadSettings
 ) -> nn.Module:
-    """``adapterhub.init`` the model, add the task head and set what trains for ``method``."""
+    """``adapterhub.init`` the model, add the task head and set what trains for ``method``.
+
+    A generation task gets no head: the causal LM's own output layer predicts the tokens (and stays frozen
+    unless the method trains the base model)."""
+    parsed = parse_method(method) if isinstance(method, str) else method
+    if task.kind == "generation":
+        if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
+            raise ConfigError(
+                f"a generation task needs a causal language model with its output layer; got "
+                f"{type(model).__name__}. Load it with AutoModelForCausalLM (or pass --model smollm2)."
+            )
+        check_causal_lm(model.config, str(getattr(model.config, "name_or_path", "") or type(model).__name__))
+        model = init(model)
+        apply_method(model, parsed, head_name, with_head=False)
+        return model
     model = init(model)
     add_task_head(model, task.kind, task.labels, head_name, settings)
-    apply_method(model, parse_method(method) if isinstance(method, str) else method, head_name)
+    apply_method(model, parsed, head_name)
     return model
 
 
@@ -132,6 +175,10 @@ def forward_batch(
     from adapterhub.heads.multiple_choice import mask_choices
 
     batch = dict(batch)
+    if kind == "generation":
+        labels = batch.pop("labels", None)
+        logits = causal_logits(model, batch)  # (batch, seq, vocab)
+        return (None if labels is None else causal_lm_loss(logits, labels)), logits
     labels = batch.pop("labels", None)
     choice_mask = batch.pop("choice_mask", None)
     if kind == "multiple_choice" and not native_multiple_choice():
@@ -151,6 +198,24 @@ def forward_batch(
         return None, model(**batch).logits
     output = model(**batch, labels=labels)
     return output.loss, output.logits
+
+
+def causal_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The causal LM's logits (batch, seq, vocab) for the ``seq`` input positions. Prompt tuning puts its soft
+    tokens in front of the sequence and the model's own output layer returns logits for them too: only the last
+    ``seq`` positions, which line up with ``input_ids`` and the labels, are kept."""
+    logits = model(**batch).logits  # (batch, [prompt +] seq, vocab)
+    return logits[:, -batch["input_ids"].shape[1] :]
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy: position ``t`` predicts ``labels[t + 1]``; labels -100 carry no loss.
+    ``logits`` (batch, seq, vocab), ``labels`` (batch, seq); ``mean`` over the loss-carrying tokens, or ``sum``."""
+    shifted = logits[:, :-1].float()  # (batch, seq - 1, vocab)
+    targets = labels[:, 1:]  # (batch, seq - 1)
+    return nn.functional.cross_entropy(
+        shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction=reduction
+    )
 
 
 def _head_takes(model: nn.Module, name: str) -> bool:
@@ -176,7 +241,8 @@ def save_trained(model: nn.Module, directory: Path, method: Method, info: dict[s
     staging.mkdir(parents=True)
     head_name = info["head_name"]
     if method.is_adapter:
-        model.save_adapter(staging / ADAPTER_SUBDIR, head_name)  # type: ignore[operator]
+        with_head = info.get("kind") != "generation"
+        model.save_adapter(staging / ADAPTER_SUBDIR, head_name, with_head=with_head)  # type: ignore[operator]
     else:
         from safetensors.torch import save_file
 
@@ -235,17 +301,23 @@ def load_trained(directory: Path, model_path: str | None = None) -> tuple[nn.Mod
     info = read_training_info(directory)
     if info is None:
         raise AdapterFileError(f"{directory} holds no {TRAINING_FILE}.")
-    model, tokenizer, _ = load_base(model_path or info.get("model"))
+    generation = info.get("kind") == "generation"
+    model, tokenizer, _ = load_base(model_path or info.get("model"), causal_lm=generation)
     method = parse_method(info["method"])
     model = init(model)
     head_name = info["head_name"]
+    if generation and method.is_adapter:
+        model.load_adapter(directory / ADAPTER_SUBDIR, load_as=head_name, set_active=True)  # type: ignore[operator]
+        model.eval()
+        return model, tokenizer, info
     if method.is_adapter:
         model.load_adapter(directory / ADAPTER_SUBDIR, load_as=head_name, set_active=True)  # type: ignore[operator]
     else:
         from safetensors.torch import load_file
 
         settings = HeadSettings(**info.get("head", {}))
-        add_task_head(model, info["kind"], tuple(info.get("labels", ())), head_name, settings)
+        if not generation:
+            add_task_head(model, info["kind"], tuple(info.get("labels", ())), head_name, settings)
         tensors = load_file(str(directory / WEIGHTS_FILE))
         parameters = dict(model.named_parameters())
         unknown = sorted(set(tensors) - set(parameters))
@@ -261,6 +333,9 @@ def load_trained(directory: Path, model_path: str | None = None) -> tuple[nn.Mod
                         f"{name}: saved shape {tuple(tensor.shape)} does not fit this model."
                     )
                 parameters[name].copy_(tensor.to(parameters[name].dtype))
+    if generation:
+        model.eval()
+        return model, tokenizer, info
     model.active_head = head_name  # type: ignore[attr-defined]
     model.eval()
     return model, tokenizer, info

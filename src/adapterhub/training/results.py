@@ -10,7 +10,13 @@ evaluation), train_loss, learning_rate, <metrics>}], ``trainable_parameters``, `
 ``train_seconds``, ``wall_seconds``, ``steps``, ``epochs``, ``stopped_early``, ``peak_memory_bytes``,
 ``peak_memory_kind`` ("rss", "rss_since_process_start" or "cuda_max_allocated"), ``saved_size_bytes``,
 ``saved_dir``, ``config`` (the TrainConfig), ``environment`` {torch, transformers, adapterhub, device,
-world_size, threads, precision}.
+world_size, threads, precision}, ``train_tokens_per_second`` (every non-padding token) and
+``train_loss_tokens_per_second`` (the tokens that carry loss; generation tasks only), ``generation`` (generation
+tasks, else ``null``): {``accuracy_before`` (the base model without adapter, same rows, same decoding),
+``accuracy`` (the kept weights), ``allowed_fraction`` / ``allowed_fraction_before``, ``answer_counts`` /
+``answer_counts_before`` (generated answers per allowed answer, plus ``other``), ``majority_rate`` (of the gold
+answers), ``loss`` / ``loss_before`` (per response token), ``dev_rows``, ``samples`` [{prompt, generated, gold}],
+``truncated`` {train, dev}}.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ REQUIRED_KEYS = (
     "saved_dir",
     "config",
     "environment",
+    "train_tokens_per_second",
+    "train_loss_tokens_per_second",
+    "generation",
 )
 
 
@@ -82,6 +91,9 @@ class TrainResults:
     peak_memory_kind: str | None = None
     saved_size_bytes: int | None = None
     saved_dir: str | None = None
+    train_tokens_per_second: float | None = None
+    train_loss_tokens_per_second: float | None = None
+    generation: dict[str, Any] | None = None
     path: Path | None = None
 
     @property
@@ -121,6 +133,11 @@ class TrainResults:
             "saved_dir": self.saved_dir,
             "config": self.config,
             "environment": self.environment,
+            "train_tokens_per_second": _clean(self.train_tokens_per_second),
+            "train_loss_tokens_per_second": _clean(self.train_loss_tokens_per_second),
+            "generation": None
+            if self.generation is None
+            else {k: _clean(v) for k, v in self.generation.items()},
         }
 
     def write(self, path: Path) -> Path:
