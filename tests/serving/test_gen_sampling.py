@@ -219,6 +219,7 @@ def test_logprobs_are_log_softmax_of_the_processed_logits(llama, prompts, params
         ({"logprobs": "yes"}, "logprobs must be True or False"),
         ({"temprature": 1.0}, r"Unknown sampling parameter.*did you mean 'temperature'.*Valid ones"),
         ({"n": 0}, r"n \(completions per prompt\) must be a positive integer"),
+        ({"n": 2, "temperature": 1.0, "seed": 2**63 - 1}, r"seed \+ n - 1 must stay below 2\*\*63"),
         ({"tokenizer": object()}, "decode"),
         ({"stop": ["w1"]}, "need a tokenizer"),
     ],
