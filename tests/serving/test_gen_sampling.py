@@ -163,6 +163,22 @@ def test_stop_strings_cut_before_the_stop_and_never_stream_what_is_cut(llama, pr
         plain.submit(prompt, stop=["w1"])
 
 
+class BrokenTokenizer:
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        raise ValueError("cannot decode")
+
+
+def test_a_tokenizer_that_fails_fails_its_request_alone(llama, prompts):
+    engine = GenerationEngine(llama)
+    broken = engine.submit(prompts[0], max_new_tokens=NEW, stop="x", tokenizer=BrokenTokenizer())
+    other = engine.submit(prompts[1], adapter="a", max_new_tokens=NEW)
+    with pytest.raises(ValueError, match="cannot decode"):
+        broken.result()
+    assert broken.status == "failed" and broken.finish_reason == "failed"
+    assert other.result() == greedy(llama, prompts[1], "a")
+    assert engine.stats()["cache_tokens"] == 0
+
+
 def test_n_independent_completions_with_consecutive_seeds(llama, prompts):
     engine = GenerationEngine(llama, max_num_seqs=8)
     handles = engine.submit_choices(prompts[0], n=3, adapter="b", max_new_tokens=NEW, temperature=1.0, seed=7)

@@ -350,7 +350,12 @@ class GenerationEngine:
                         continue
                     keys, values = batch.new_kv(cache, i)
                     seq.kv.append([k.clone() for k in keys], [v.clone() for v in values])
-                    self._accept(seq, *choices[i])
+                    try:
+                        self._accept(seq, *choices[i])
+                    except (
+                        Exception
+                    ) as error:  # e.g. its tokenizer failed to decode: that sequence alone fails
+                        self._scheduler.leave(seq, FAILED, error)
             info = StepInfo(len(admitted), len(decoding), sum(batch.new_tokens), setup)
             self.last_step = info
             return info
