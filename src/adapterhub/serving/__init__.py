@@ -10,7 +10,7 @@ may import api, data, hub and below, never training, export or cli.
 
 from typing import Any
 
-__all__ = ["GenerationEngine", "GenerationHandle"]
+__all__ = ["Completion", "GenerationEngine", "GenerationHandle"]
 
 
 def __getattr__(name: str) -> Any:  # torch is imported only when the engine is asked for

@@ -10,7 +10,12 @@ and admits waiting ones (their prompt), the rows are ordered adapter by adapter 
 model runs ONE forward pass for all of them under ``BatchSplit(a, b, ..., None, batch_sizes=...)`` as a per-call
 setup: prefill and decode are fused in that one pass, whatever the mix of adapters. Alike adapters (LoRA of equal
 rank) run as one grouped computation at every point (``batch_split_grouped``). Each row's new keys and values go
-back into its own cache (``kv_cache``) and its next token is the argmax of its last position (greedy).
+back into its own cache (``kv_cache``) and its next token comes from its own last-position logits: the argmax
+(greedy, the default) or a draw with its own generator after temperature / top-k / top-p (``sampling``), so a
+seeded request gets the same tokens whatever else is in the batch. ``stop`` strings end a request on its decoded
+text (the tokens that may begin one are held back from the stream until they are known not to); ``n`` gives
+independent sequences of one prompt (``submit_choices``; seeds ``seed, seed + 1, ...``); ``logprobs`` keeps each
+chosen token's log-probability (``handle.completion()``, ``engine.complete``).
 
 Steps run in the thread that calls ``step()``: the background thread after ``start()`` (or ``with engine:``), or
 else whoever waits on a result (``generate``, iterating a handle) drives the steps itself. A per-call adapter
@@ -19,15 +24,15 @@ setup is per thread, so it is set inside the step, in the thread that runs the f
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from adapterhub.errors import AdapterNotFoundError, ConfigError, UnsupportedArchitectureError, did_you_mean
+from adapterhub.serving.gen_handle import Completion, GenerationHandle
 from adapterhub.serving.gen_scheduler import (
     CANCELLED,
     FAILED,
@@ -36,6 +41,7 @@ from adapterhub.serving.gen_scheduler import (
     SequenceState,
 )
 from adapterhub.serving.kv_cache import build_step
+from adapterhub.serving.sampling import RowSampler, SamplingParams, StopStrings, check_n, seeds_for
 from adapterhub.spec.composition import BatchSplit, Setup
 
 # methods whose adapters the engine runs per row (tested token-identical to generate() with the adapter alone)
@@ -52,78 +58,13 @@ class StepInfo:
     setup: Setup | None
 
 
-class GenerationHandle:
-    """One submitted request: iterate for its new token ids (``for`` or ``async for``); ``cancel()``;
-    ``result()``; ``status``."""
-
-    def __init__(self, engine: GenerationEngine, seq: SequenceState) -> None:
-        self._engine = engine
-        self._seq = seq
-        self._received: list[int] = []
-
-    @property
-    def status(self) -> str:
-        """``waiting``, ``running``, ``finished``, ``cancelled`` or ``failed``."""
-        return self._seq.status
-
-    @property
-    def tokens(self) -> list[int]:
-        """The new token ids generated so far."""
-        return list(self._seq.tokens)
-
-    def __iter__(self) -> Iterator[int]:
-        while True:
-            while self._seq.out.empty() and not self._engine.running_in_background:
-                if self._engine.step() is None and self._seq.out.empty():
-                    raise ConfigError(
-                        "The engine has nothing to run, but this request has not ended (a bug)."
-                    )
-            item = self._seq.out.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            self._received.append(item)
-            yield item
-
-    def __aiter__(self) -> AsyncIterator[int]:
-        """``async for token in handle``: needs the background thread (``engine.start()`` or ``with engine:``),
-        so that the event loop only waits."""
-        if not self._engine.running_in_background:
-            raise ConfigError(
-                "Async iteration needs the engine's background thread: call engine.start() (or use `with engine:`)."
-            )
-        return self._async_tokens()
-
-    async def _async_tokens(self) -> AsyncIterator[int]:
-        while True:
-            item = await asyncio.to_thread(self._seq.out.get)
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            self._received.append(item)
-            yield item
-
-    def result(self) -> list[int]:
-        """Wait for the end and return all new token ids (raises the error of a failed request)."""
-        for _ in self:
-            pass
-        if self._seq.error is not None:
-            raise self._seq.error
-        return list(self._seq.tokens)
-
-    def cancel(self) -> None:
-        """End the request now: it leaves the batch before the next step and its cache is freed at once."""
-        self._engine._cancel(self._seq)
-
-
 class GenerationEngine:
     """Continuous batching for a causal LM that ``adapterhub.init`` was applied to, one adapter (or none) per
     sequence. ``max_num_seqs``: sequences decoding together; ``max_batch_tokens``: new tokens per step (a prompt is
     prefilled whole, so it may not be longer); ``max_cache_tokens``: cache tokens of all sequences together (each
     reserves prompt + max_new_tokens when admitted; default ``max_num_seqs`` x the model's context length);
-    ``stop_ids``: default stop token ids (default: the model's ``eos_token_id``)."""
+    ``stop_ids``: default stop token ids (default: the model's ``eos_token_id``); ``tokenizer``: decodes the new
+    tokens of requests with ``stop`` strings (a request may bring its own)."""
 
     def __init__(
         self,
@@ -133,8 +74,10 @@ class GenerationEngine:
         max_batch_tokens: int = 2048,
         max_cache_tokens: int | None = None,
         stop_ids: Iterable[int] | None = None,
+        tokenizer: Any = None,
     ) -> None:
         _check_model(model)
+        _check_tokenizer(tokenizer)
         for name, value in (("max_num_seqs", max_num_seqs), ("max_batch_tokens", max_batch_tokens)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
@@ -153,6 +96,8 @@ class GenerationEngine:
         if not isinstance(max_cache_tokens, int) or max_cache_tokens < 1:
             raise ConfigError(f"max_cache_tokens must be a positive integer, got {max_cache_tokens!r}.")
         self.model = model
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
         self.vocab_size = int(config.vocab_size)
         self.pad_id = int(getattr(config, "pad_token_id", None) or 0)
         self.stop_ids = frozenset(_default_stops(model) if stop_ids is None else (int(s) for s in stop_ids))
@@ -172,15 +117,114 @@ class GenerationEngine:
         adapter: str | None = None,
         max_new_tokens: int = 16,
         stop_ids: Iterable[int] | None = None,
+        tokenizer: Any = None,
+        **sampling: Any,
     ) -> GenerationHandle:
-        """Queue one request (it joins the running batch at the next step) and return its handle. Every check
-        happens here: a request that is accepted never fails for a reason known now."""
+        """Queue one request (it joins the running batch at the next step) and return its handle. ``sampling``:
+        ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop``, ``logprobs`` (``SamplingParams``); ``tokenizer``
+        decodes for ``stop`` strings (default: the engine's). Every check happens here: a request that is accepted
+        never fails for a reason known now."""
+        seqs = self._prepare(prompt_ids, 1, adapter, max_new_tokens, stop_ids, tokenizer, sampling)
+        return self._queue(seqs)[0]
+
+    def submit_choices(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        n: int,
+        adapter: str | None = None,
+        max_new_tokens: int = 16,
+        stop_ids: Iterable[int] | None = None,
+        tokenizer: Any = None,
+        **sampling: Any,
+    ) -> list[GenerationHandle]:
+        """Queue ``n`` independent sequences of one prompt (sharing nothing but the prompt; seeds ``seed, seed + 1,
+        ...``) and return their handles; otherwise as ``submit``."""
+        seqs = self._prepare(prompt_ids, n, adapter, max_new_tokens, stop_ids, tokenizer, sampling)
+        return self._queue(seqs)
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        adapters: Sequence[str | None] | None = None,
+        max_new_tokens: int = 16,
+        stop_ids: Iterable[int] | None = None,
+        n: int = 1,
+        tokenizer: Any = None,
+        **sampling: Any,
+    ) -> list[list[int]]:
+        """The new token ids of each prompt, prompt ``i`` with ``adapters[i]`` (None: the base alone); with ``n``,
+        ``n`` completions per prompt, prompt by prompt (completion ``j`` of prompt ``i`` at ``i * n + j``). Greedy
+        unless ``sampling`` says otherwise (as ``submit``). All requests are checked before any is queued."""
+        handles = self._submit_all(prompts, adapters, max_new_tokens, stop_ids, n, tokenizer, sampling)
+        return [h.result() for h in handles]
+
+    def complete(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        adapters: Sequence[str | None] | None = None,
+        max_new_tokens: int = 16,
+        stop_ids: Iterable[int] | None = None,
+        n: int = 1,
+        tokenizer: Any = None,
+        **sampling: Any,
+    ) -> list[Completion]:
+        """As ``generate``, but a ``Completion`` (ids, logprobs, finish reason) per sequence."""
+        handles = self._submit_all(prompts, adapters, max_new_tokens, stop_ids, n, tokenizer, sampling)
+        return [h.completion() for h in handles]
+
+    def _submit_all(
+        self,
+        prompts: Sequence[Sequence[int]],
+        adapters: Sequence[str | None] | None,
+        max_new_tokens: int,
+        stop_ids: Iterable[int] | None,
+        n: int,
+        tokenizer: Any,
+        sampling: dict[str, Any],
+    ) -> list[GenerationHandle]:
+        if adapters is None:
+            adapters = [None] * len(prompts)
+        if len(adapters) != len(prompts):
+            raise ConfigError(
+                f"Got {len(prompts)} prompts but {len(adapters)} adapters; give one per prompt."
+            )
+        stops = None if stop_ids is None else list(stop_ids)
+        seqs = [
+            seq
+            for p, a in zip(prompts, adapters, strict=True)
+            for seq in self._prepare(p, n, a, max_new_tokens, stops, tokenizer, sampling)
+        ]
+        return self._queue(seqs)
+
+    def _prepare(
+        self,
+        prompt_ids: Sequence[int],
+        n: int,
+        adapter: str | None,
+        max_new_tokens: int,
+        stop_ids: Iterable[int] | None,
+        tokenizer: Any,
+        sampling: dict[str, Any],
+    ) -> list[SequenceState]:
+        """Check one request and build its ``n`` sequences (not queued)."""
         if self._closing:
             raise ConfigError("This GenerationEngine is closed; create a new one.")
         prompt = _check_prompt(prompt_ids, self.vocab_size)
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
         self._check_adapter(adapter)
+        params = SamplingParams.from_kwargs(dict(sampling))
+        n = check_n(n)
+        _check_tokenizer(tokenizer)
+        tokenizer = self.tokenizer if tokenizer is None else tokenizer
+        if params.stop and tokenizer is None:
+            raise ConfigError(
+                f"stop strings {list(params.stop)} need a tokenizer to decode the new tokens: pass tokenizer= to "
+                "GenerationEngine(...) or to this request, or use stop_ids."
+            )
         scheduler = self._scheduler
         if len(prompt) > scheduler.max_batch_tokens:
             raise ConfigError(
@@ -205,37 +249,24 @@ class GenerationEngine:
                 "lower max_new_tokens or raise max_cache_tokens."
             )
         stops = self.stop_ids if stop_ids is None else frozenset(int(s) for s in stop_ids)
-        seq = SequenceState(prompt=prompt, adapter=adapter, max_new_tokens=max_new_tokens, stop_ids=stops)
-        with self._lock:
-            scheduler.add(seq)
-        self._wake.set()
-        return GenerationHandle(self, seq)
-
-    def generate(
-        self,
-        prompts: Sequence[Sequence[int]],
-        *,
-        adapters: Sequence[str | None] | None = None,
-        max_new_tokens: int = 16,
-        stop_ids: Iterable[int] | None = None,
-    ) -> list[list[int]]:
-        """The new token ids of each prompt (greedy), prompt ``i`` with ``adapters[i]`` (None: the base alone).
-        All requests are checked before any is queued."""
-        if adapters is None:
-            adapters = [None] * len(prompts)
-        if len(adapters) != len(prompts):
-            raise ConfigError(
-                f"Got {len(prompts)} prompts but {len(adapters)} adapters; give one per prompt."
+        return [
+            SequenceState(
+                prompt=list(prompt),
+                adapter=adapter,
+                max_new_tokens=max_new_tokens,
+                stop_ids=stops,
+                sampler=RowSampler(params, seed, self.device),
+                stop_strings=StopStrings(params.stop, tokenizer) if params.stop else None,
             )
-        for prompt, adapter in zip(prompts, adapters, strict=True):
-            _check_prompt(prompt, self.vocab_size)
-            self._check_adapter(adapter)
-        stops = None if stop_ids is None else list(stop_ids)
-        handles = [
-            self.submit(p, adapter=a, max_new_tokens=max_new_tokens, stop_ids=stops)
-            for p, a in zip(prompts, adapters, strict=True)
+            for seed in seeds_for(params, n)
         ]
-        return [h.result() for h in handles]
+
+    def _queue(self, seqs: Sequence[SequenceState]) -> list[GenerationHandle]:
+        with self._lock:
+            for seq in seqs:
+                self._scheduler.add(seq)
+        self._wake.set()
+        return [GenerationHandle(self, seq) for seq in seqs]
 
     @property
     def running_in_background(self) -> bool:
@@ -258,7 +289,7 @@ class GenerationEngine:
             self._thread = None
         with self._lock:
             for seq in [*self._scheduler.running, *self._scheduler.waiting]:
-                self._scheduler.leave(seq, CANCELLED)
+                self._end_cancelled(seq)
 
     def __enter__(self) -> GenerationEngine:
         return self.start()
@@ -304,7 +335,9 @@ class GenerationEngine:
                         use_cache=True,
                         logits_to_keep=1,
                     )
-                tokens = output.logits[:, -1].argmax(dim=-1).tolist()  # (B,) greedy
+                logits = output.logits[:, -1]  # (B, V)
+                greedy = logits.argmax(dim=-1).tolist()  # (B,)
+                choices = [_choose(seq.sampler, logits[i], greedy[i]) for i, seq in enumerate(rows)]
                 cache = output.past_key_values
             except Exception as error:  # the step's rows fail together; the waiting ones go on
                 with self._lock:
@@ -317,11 +350,12 @@ class GenerationEngine:
                         continue
                     keys, values = batch.new_kv(cache, i)
                     seq.kv.append([k.clone() for k in keys], [v.clone() for v in values])
-                    token = int(tokens[i])
-                    seq.tokens.append(token)
-                    seq.out.put(token)
-                    if token in seq.stop_ids or len(seq.tokens) >= seq.max_new_tokens:
-                        self._scheduler.leave(seq, FINISHED)
+                    try:
+                        self._accept(seq, *choices[i])
+                    except (
+                        Exception
+                    ) as error:  # e.g. its tokenizer failed to decode: that sequence alone fails
+                        self._scheduler.leave(seq, FAILED, error)
             info = StepInfo(len(admitted), len(decoding), sum(batch.new_tokens), setup)
             self.last_step = info
             return info
@@ -351,9 +385,47 @@ class GenerationEngine:
                 )
                 self._scheduler.leave(seq, FAILED, error)
 
+    def _accept(self, seq: SequenceState, token: int, logprob: float | None) -> None:
+        """Record a new token; stream what is safe; end the sequence on a stop id, stop string or its length."""
+        seq.tokens.append(token)
+        if logprob is not None:
+            seq.logprobs.append(logprob)
+        if seq.stop_strings is not None:
+            count, hit = seq.stop_strings.check(seq.tokens)
+            if hit:  # the ids end before the stop string (never before what was already streamed)
+                keep = max(count, seq.streamed)
+                del seq.tokens[keep:], seq.logprobs[keep:]
+                self._finish(seq, "stop")
+                return
+            self._stream(seq, max(count, seq.streamed))
+        if token in seq.stop_ids:
+            self._finish(seq, "stop")
+        elif len(seq.tokens) >= seq.max_new_tokens:
+            self._finish(seq, "length")
+        elif seq.stop_strings is None:
+            self._stream(seq, len(seq.tokens))
+
+    @staticmethod
+    def _stream(seq: SequenceState, count: int) -> None:
+        for token in seq.tokens[seq.streamed : count]:
+            seq.out.put(token)
+        seq.streamed = max(seq.streamed, count)
+
+    def _finish(self, seq: SequenceState, reason: str) -> None:
+        self._stream(seq, len(seq.tokens))
+        seq.finish_reason = reason
+        self._scheduler.leave(seq, FINISHED)
+
+    def _end_cancelled(self, seq: SequenceState) -> None:
+        """Cancel: the sequence keeps the tokens already streamed (held-back ones are dropped)."""
+        if seq.done:
+            return
+        del seq.tokens[seq.streamed :], seq.logprobs[seq.streamed :]
+        self._scheduler.leave(seq, CANCELLED)
+
     def _cancel(self, seq: SequenceState) -> None:
         with self._lock:
-            self._scheduler.leave(seq, CANCELLED)
+            self._end_cancelled(seq)
 
     def _check_adapter(self, adapter: str | None) -> None:
         if adapter is None:
@@ -389,6 +461,20 @@ def _order_rows(seqs: Sequence[SequenceState]) -> tuple[list[SequenceState], Set
     if len(names) <= 1:
         return rows, names[0] if names else None
     return rows, BatchSplit(*names, batch_sizes=[len(groups[n]) for n in names])  # type: ignore[arg-type]
+
+
+def _choose(sampler: RowSampler, logits: torch.Tensor, greedy: int) -> tuple[int, float | None]:
+    """One row's ``(token, logprob)``: the batch argmax for a greedy row without logprobs, else its sampler."""
+    if sampler.params.greedy and not sampler.params.logprobs:
+        return int(greedy), None
+    return sampler.choose(logits)
+
+
+def _check_tokenizer(tokenizer: Any) -> None:
+    if tokenizer is not None and not callable(getattr(tokenizer, "decode", None)):
+        raise ConfigError(
+            f"A tokenizer must have a decode(ids) method (a transformers tokenizer), got {type(tokenizer).__name__}."
+        )
 
 
 def _check_prompt(prompt_ids: Sequence[int], vocab_size: int) -> list[int]:

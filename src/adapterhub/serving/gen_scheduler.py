@@ -26,15 +26,22 @@ _IDS = itertools.count()
 @dataclass(eq=False)
 class SequenceState:
     """One request. ``prompt``: token ids; ``adapter``: an adapter name or None (the base alone); ``stop_ids``:
-    token ids that end it (the stop token is kept, as ``model.generate`` does); ``tokens``: new tokens so far;
-    ``out``: the handle's stream (token ids, then ``None`` or the exception that ended it)."""
+    token ids that end it (the stop token is kept, as ``model.generate`` does); ``sampler``: picks its tokens (its
+    own generator); ``stop_strings``: text stops, or None; ``tokens``: new tokens so far (``logprobs`` beside them
+    when asked for); ``streamed``: how many of them went to ``out``, the handle's stream (token ids, then ``None``
+    or the exception that ended it); ``finish_reason``: ``stop`` or ``length`` once finished."""
 
     prompt: list[int]
     adapter: str | None
     max_new_tokens: int
     stop_ids: frozenset[int]
+    sampler: Any = None
+    stop_strings: Any = None
     id: int = field(default_factory=lambda: next(_IDS))
     tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    streamed: int = 0
+    finish_reason: str | None = None
     status: str = WAITING
     kv: SequenceKV | None = None
     error: BaseException | None = None

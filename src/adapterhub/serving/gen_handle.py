@@ -1,0 +1,124 @@
+"""The handle of one request to the generation engine (``GenerationHandle``: stream, wait, cancel) and what a
+finished sequence returns (``Completion``: ids, logprobs, finish reason)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from adapterhub.errors import ConfigError
+from adapterhub.serving.gen_scheduler import CANCELLED, FAILED, SequenceState
+
+
+class _Engine(Protocol):
+    """What a handle needs of its ``GenerationEngine``."""
+
+    @property
+    def running_in_background(self) -> bool: ...
+
+    def step(self) -> Any: ...
+
+    def _cancel(self, seq: SequenceState) -> None: ...
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One finished sequence: its new token ``ids``, their ``logprobs`` (None unless asked for) and
+    ``finish_reason`` (``stop``: a stop id or stop string; ``length``: ``max_new_tokens``; ``cancelled``)."""
+
+    ids: list[int]
+    logprobs: list[float] | None
+    finish_reason: str
+
+
+class GenerationHandle:
+    """One submitted request: iterate for its new token ids (``for`` or ``async for``); ``cancel()``;
+    ``result()``; ``status``."""
+
+    def __init__(self, engine: _Engine, seq: SequenceState) -> None:
+        self._engine = engine
+        self._seq = seq
+        self._received: list[int] = []
+
+    @property
+    def status(self) -> str:
+        """``waiting``, ``running``, ``finished``, ``cancelled`` or ``failed``."""
+        return self._seq.status
+
+    @property
+    def tokens(self) -> list[int]:
+        """The new token ids streamed so far (with stop strings, tokens that may begin one are held back)."""
+        return self._seq.tokens[: self._seq.streamed]
+
+    @property
+    def logprobs(self) -> list[float]:
+        """The log-probability of each token in ``tokens`` (submit with ``logprobs=True``)."""
+        if not self._seq.sampler.params.logprobs:
+            raise ConfigError(
+                "This request was submitted without logprobs=True; submit it with logprobs=True."
+            )
+        return self._seq.logprobs[: self._seq.streamed]
+
+    @property
+    def finish_reason(self) -> str | None:
+        """``stop`` (a stop id or stop string), ``length`` (``max_new_tokens``), ``cancelled``, ``failed``, or None
+        while it runs."""
+        if self._seq.status in (CANCELLED, FAILED):
+            return self._seq.status
+        return self._seq.finish_reason
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            if self._seq.done and self._seq.out.empty():  # ended and already read to its end
+                return
+            while self._seq.out.empty() and not self._engine.running_in_background:
+                if self._engine.step() is None and self._seq.out.empty():
+                    raise ConfigError(
+                        "The engine has nothing to run, but this request has not ended (a bug)."
+                    )
+            item = self._seq.out.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            self._received.append(item)
+            yield item
+
+    def __aiter__(self) -> AsyncIterator[int]:
+        """``async for token in handle``: needs the background thread (``engine.start()`` or ``with engine:``),
+        so that the event loop only waits."""
+        if not self._engine.running_in_background:
+            raise ConfigError(
+                "Async iteration needs the engine's background thread: call engine.start() (or use `with engine:`)."
+            )
+        return self._async_tokens()
+
+    async def _async_tokens(self) -> AsyncIterator[int]:
+        while True:
+            item = await asyncio.to_thread(self._seq.out.get)
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            self._received.append(item)
+            yield item
+
+    def result(self) -> list[int]:
+        """Wait for the end and return all new token ids (raises the error of a failed request)."""
+        for _ in self:
+            pass
+        if self._seq.error is not None:
+            raise self._seq.error
+        return self._seq.tokens[: self._seq.streamed]
+
+    def completion(self) -> Completion:
+        """Wait for the end and return the ids with their logprobs (if asked for) and the finish reason."""
+        ids = self.result()
+        logprobs = self.logprobs if self._seq.sampler.params.logprobs else None
+        return Completion(ids, logprobs, self.finish_reason or "")
+
+    def cancel(self) -> None:
+        """End the request now: it leaves the batch before the next step and its cache is freed at once."""
+        self._engine._cancel(self._seq)
