@@ -270,3 +270,15 @@ def test_packing_is_refused_for_other_kinds() -> None:
         train(build("bert"), task, TrainConfig(packing=True, max_steps=1, progress=False), tokenizer=None)
     with pytest.raises(ConfigError, match="packing must be"):
         TrainConfig(packing="yes")  # type: ignore[arg-type]
+
+
+def test_packing_flags_reach_the_config() -> None:
+    import argparse
+
+    from adapterhub.training.cli_args import add_training_arguments, train_config
+
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser)
+    for flags, expected in (([], None), (["--packing"], True), (["--no-packing"], False)):
+        args = parser.parse_args(flags)
+        assert train_config(args, "adapter:lora", "out", None).packing is expected
