@@ -119,6 +119,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--last-turn-only", action="store_true", help="loss on the last assistant turn only (multi-turn rows)"
     )
     chat.add_argument(
+        "--packing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="several examples per row up to --max-length (default: on where exact; prefix and prompt tuning "
+        "train unpacked)",
+    )
+    chat.add_argument(
         "--max-new-tokens",
         type=positive_int,
         help="tokens generated per dev answer (default: the longest gold answer's tokens + 4)",
@@ -199,6 +206,7 @@ def train_config(args: argparse.Namespace, method: str, output_dir: str, lr: flo
         train_on_prompt=getattr(args, "train_on_prompt", False),
         last_turn_only=getattr(args, "last_turn_only", False),
         max_new_tokens=getattr(args, "max_new_tokens", None),
+        packing=getattr(args, "packing", None),
     )
 
 

@@ -25,7 +25,10 @@ class TrainConfig:
     evaluate every N updates (default: at the end of each epoch). ``precision="auto"`` uses bf16 autocast on a
     CUDA device that supports it and fp32 elsewhere. ``output_dir``: where the best weights and ``results.json``
     are written as training goes (``None``: nothing is written). ``group_by_length``: batches of similar-length
-    rows (less padding; see :mod:`adapterhub.training.sampling`) and a longest-first dev set.
+    rows (less padding; see :mod:`adapterhub.training.sampling`) and a longest-first dev set. ``packing``
+    (generation tasks): each training batch's examples share rows of up to ``max_length`` tokens
+    (:mod:`adapterhub.training.packing`); None packs where that is exact and says once when it is not (prefix
+    and prompt tuning train unpacked), True packs or raises, False never packs.
     """
 
     method: str = "adapter:pfeiffer"
@@ -56,6 +59,7 @@ class TrainConfig:
     train_on_prompt: bool = False
     last_turn_only: bool = False
     max_new_tokens: int | None = None
+    packing: bool | None = None
 
     def __post_init__(self) -> None:
         _positive_int("batch_size", self.batch_size)
@@ -73,6 +77,10 @@ class TrainConfig:
             _positive_int("eval_every", self.eval_every)
         if self.warmup_steps is not None:
             _positive_int("warmup_steps", self.warmup_steps, minimum=0)
+        if self.packing not in (None, True, False):
+            raise ConfigError(
+                f"packing must be True, False or None (pack where exact), got {self.packing!r}."
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}.")
         if not _finite(self.epochs) or self.epochs <= 0:

@@ -9,6 +9,7 @@ dies). Runs under ``torchrun`` with DistributedDataParallel (see :mod:`adapterhu
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -41,6 +42,7 @@ from adapterhub.training.modeling import (
     prepare_model,
     save_trained,
 )
+from adapterhub.training.packing import EXAMPLES_KEY, TOKENS_KEY, collate_packed, resolve_packing
 from adapterhub.training.resources import PeakMemory, autocast, resolve_precision, seed_everything
 from adapterhub.training.results import RESULTS_FILE, TrainResults
 from adapterhub.training.sampling import LengthGroupedSampler, example_lengths, length_sorted_indices
@@ -199,6 +201,10 @@ def train(
     config = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
     if not task.train:
         raise ConfigError(f"task {task.name!r} has no training examples.")
+    if config.packing and task.kind != "generation":
+        raise ConfigError(
+            f"packing applies to generation tasks; this task is {task.kind!r}: leave --packing out."
+        )
     method = parse_method(config.method)
     metric = check_metric(task.kind, config.metric)
     info = distributed.setup(device)
@@ -259,6 +265,7 @@ def _run(
     show = config.progress and info.is_main
     generation = task.kind == "generation"
     collate_fn: Any = collate_chat if generation else collate
+    train_collate: Any = collate_fn
     if generation:
         chat_options = {
             "max_length": config.max_length,
@@ -270,7 +277,15 @@ def _run(
         report_truncated("train", train_chat, config.max_length, info.is_main)
         report_truncated("dev", dev_chat, config.max_length, info.is_main)
         train_data, dev_data = train_chat.dataset, dev_chat.dataset
-        results.generation = {"truncated": {"train": train_chat.truncated, "dev": dev_chat.truncated}}
+        packed, fallback = resolve_packing(config.packing, model)
+        if fallback and info.is_main:
+            print(fallback, file=sys.stderr)
+        if packed:
+            train_collate = functools.partial(collate_packed, max_length=config.max_length)
+        results.generation = {
+            "truncated": {"train": train_chat.truncated, "dev": dev_chat.truncated},
+            "packing": packed,
+        }
     else:
         train_data = encode(
             task.train, tokenizer, kind=task.kind, max_length=config.max_length, num_labels=task.num_labels
@@ -286,7 +301,7 @@ def _run(
         seed=config.seed,
         info=info,
         group_by_length=config.group_by_length,
-        collate_fn=collate_fn,
+        collate_fn=train_collate,
     )
     dev_loader = make_loader(
         dev_data,
@@ -422,6 +437,7 @@ def _run(
             window_size = len(window)
             loss_sum = 0.0
             for index, batch in enumerate(window):
+                packed_examples, packed_tokens = batch.pop(EXAMPLES_KEY, None), batch.pop(TOKENS_KEY, None)
                 batch = _to(batch, info.device)
                 sync = index == window_size - 1 or not info.enabled
                 with _no_sync(wrapped, sync):
@@ -431,9 +447,13 @@ def _run(
                     scaled = loss.float() / window_size
                     scaled.backward()
                 loss_sum += float(scaled.detach())
-                examples_seen += int(batch["input_ids"].shape[0])
-                if "attention_mask" in batch:
-                    tokens_seen += int(batch["attention_mask"].sum())
+                if packed_examples is not None and packed_tokens is not None:
+                    examples_seen += int(packed_examples)
+                    tokens_seen += int(packed_tokens)
+                else:
+                    examples_seen += int(batch["input_ids"].shape[0])
+                    if "attention_mask" in batch:
+                        tokens_seen += int(batch["attention_mask"].sum())
                 if generation:
                     loss_tokens_seen += loss_token_count(batch["labels"])
             if config.max_grad_norm is not None:

@@ -203,8 +203,13 @@ def forward_batch(
 def causal_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The causal LM's logits (batch, seq, vocab) for the ``seq`` input positions. Prompt tuning puts its soft
     tokens in front of the sequence and the model's own output layer returns logits for them too: only the last
-    ``seq`` positions, which line up with ``input_ids`` and the labels, are kept."""
-    logits = model(**batch).logits  # (batch, [prompt +] seq, vocab)
+    ``seq`` positions, which line up with ``input_ids`` and the labels, are kept.
+
+    A packed batch (``position_ids``, no ``attention_mask``; :mod:`adapterhub.training.packing`) runs with
+    ``use_cache=False``: transformers builds its block-diagonal mask from restarting position ids only when
+    there is no key/value cache, and a causal LM creates one by default."""
+    extra = {"use_cache": False} if "position_ids" in batch and "attention_mask" not in batch else {}
+    logits = model(**batch, **extra).logits  # (batch, [prompt +] seq, vocab)
     return logits[:, -batch["input_ids"].shape[1] :]
 
 
