@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from adapterhub.errors import AdapterFileError, ConfigError
+from adapterhub.io.files import write_json, write_tensors
 from adapterhub.runtime.layers import get_layers
 from adapterhub.runtime.records import AdapterRecord
 from adapterhub.spec.architectures import ArchitectureSpec
@@ -73,3 +77,14 @@ def split_rows(key: str, tensor: torch.Tensor, parts: int) -> list[torch.Tensor]
     if tensor.shape[0] % parts:
         raise AdapterFileError(f"peft weight {key!r} has {tensor.shape[0]} rows, not divisible by {parts}.")
     return [block.clone() for block in tensor.split(tensor.shape[0] // parts, dim=0)]
+
+
+def write_peft_files(
+    directory: str | os.PathLike[str], tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> Path:
+    """Write peft's two files (``adapter_model.safetensors``, ``adapter_config.json``) into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_tensors(directory / WEIGHTS_FILE, tensors)
+    write_json(directory / CONFIG_FILE, meta)
+    return directory

@@ -21,15 +21,13 @@ import torch
 from torch import nn
 
 from adapterhub.errors import AdapterFileError, ConfigError
-from adapterhub.io.files import write_json, write_tensors
 from adapterhub.io.peft_common import (
-    CONFIG_FILE,
     PREFIX,
-    WEIGHTS_FILE,
     add_head_tensors,
     layers_path,
     module_regex,
     split_rows,
+    write_peft_files,
 )
 from adapterhub.runtime.layers import get_layers
 from adapterhub.runtime.records import AdapterRecord, ModelInfo
@@ -176,11 +174,7 @@ def write_peft_ia3(
         "init_ia3_weights": True,
         "inference_mode": True,
     }
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_tensors(directory / WEIGHTS_FILE, out)
-    write_json(directory / CONFIG_FILE, meta)
-    return directory
+    return write_peft_files(directory, out, meta)
 
 
 def spec_width(tensor: torch.Tensor | None, siblings: list[torch.Tensor | None]) -> int:

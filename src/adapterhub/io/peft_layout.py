@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from adapterhub.errors import AdapterFileError, ConfigError
-from adapterhub.io.files import read_json, read_tensors, write_json, write_tensors
+from adapterhub.io.files import read_json, read_tensors
 from adapterhub.io.peft_common import (
     BIN_WEIGHTS_FILE,
     CONFIG_FILE,
@@ -46,6 +46,7 @@ from adapterhub.io.peft_common import (
     add_saved_tensors,
     module_regex,
     split_rows,
+    write_peft_files,
 )
 from adapterhub.io.peft_ia3 import read_peft_ia3, write_peft_ia3
 from adapterhub.io.peft_keys import check_lora_keys
@@ -412,8 +413,4 @@ def write_peft_dir(
         "init_lora_weights": "gaussian" if config.get("init") == "gaussian" else True,
         "inference_mode": True,
     }
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_tensors(directory / WEIGHTS_FILE, out)
-    write_json(directory / CONFIG_FILE, meta)
-    return directory
+    return write_peft_files(directory, out, meta)

@@ -23,8 +23,12 @@ import torch
 from torch import nn
 
 from adapterhub.errors import AdapterFileError, ConfigError
-from adapterhub.io.files import write_json, write_tensors
-from adapterhub.io.peft_common import CONFIG_FILE, PREFIX, WEIGHTS_FILE, add_saved_tensors, layers_path
+from adapterhub.io.peft_common import (
+    PREFIX,
+    add_saved_tensors,
+    layers_path,
+    write_peft_files,
+)
 from adapterhub.runtime.records import AdapterRecord
 from adapterhub.spec.architectures import ArchitectureSpec
 
@@ -126,8 +130,4 @@ def write_peft_modules(
         "init_lora_weights": "gaussian" if config.get("init") == "gaussian" else True,
         "inference_mode": True,
     }
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_tensors(directory / WEIGHTS_FILE, out)
-    write_json(directory / CONFIG_FILE, meta)
-    return directory
+    return write_peft_files(directory, out, meta)

@@ -77,12 +77,9 @@ def report_truncated(split: str, data: ChatData, max_length: int, enabled: bool 
         )
 
 
-def collate_chat(items: Sequence[dict[str, Any]], tokenizer: Any) -> dict[str, torch.Tensor]:
-    """Pad ``items`` (features of :func:`encode_chat`) on the right to the longest row:
-    ``input_ids``, ``attention_mask`` and ``labels``, each (batch, seq) long; padding has attention 0 and label
-    -100 (so it carries no loss whatever the pad id is)."""
-    if not items:
-        raise ConfigError("cannot collate an empty batch")
+def padding_id(tokenizer: Any) -> int:
+    """The id padding positions hold: the tokenizer's pad token, else its end-of-sequence token. Padding never
+    carries loss or attention, so which id it is does not change results."""
     pad_id = getattr(tokenizer, "pad_token_id", None)
     if pad_id is None:
         pad_id = getattr(tokenizer, "eos_token_id", None)
@@ -91,6 +88,16 @@ def collate_chat(items: Sequence[dict[str, Any]], tokenizer: Any) -> dict[str, t
             "the tokenizer has neither a pad nor an end-of-sequence token; set one, e.g. "
             "tokenizer.pad_token = tokenizer.eos_token"
         )
+    return int(pad_id)
+
+
+def collate_chat(items: Sequence[dict[str, Any]], tokenizer: Any) -> dict[str, torch.Tensor]:
+    """Pad ``items`` (features of :func:`encode_chat`) on the right to the longest row:
+    ``input_ids``, ``attention_mask`` and ``labels``, each (batch, seq) long; padding has attention 0 and label
+    -100 (so it carries no loss whatever the pad id is)."""
+    if not items:
+        raise ConfigError("cannot collate an empty batch")
+    pad_id = padding_id(tokenizer)
     width = max(len(item["input_ids"]) for item in items)
     ids = torch.full((len(items), width), int(pad_id), dtype=torch.long)  # (batch, seq)
     mask = torch.zeros((len(items), width), dtype=torch.long)  # (batch, seq)

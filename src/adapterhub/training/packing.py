@@ -26,6 +26,7 @@ from torch import nn
 
 from adapterhub.data.chat import IGNORE_INDEX
 from adapterhub.errors import ConfigError
+from adapterhub.training.chat_batches import padding_id
 
 # the batch entries that count, for throughput, what a packed batch holds (popped before the forward pass)
 EXAMPLES_KEY = "packed_examples"
@@ -83,14 +84,7 @@ def collate_packed(
     padding labels are -100."""
     if not items:
         raise ConfigError("cannot collate an empty batch")
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    if pad_id is None:
-        pad_id = getattr(tokenizer, "eos_token_id", None)
-    if pad_id is None:
-        raise ConfigError(
-            "the tokenizer has neither a pad nor an end-of-sequence token; set one, e.g. "
-            "tokenizer.pad_token = tokenizer.eos_token"
-        )
+    pad_id = padding_id(tokenizer)
     lengths = [len(item["input_ids"]) for item in items]
     rows = pack_lengths(lengths, max_length)
     width = max(sum(lengths[i] for i in row) for row in rows)
