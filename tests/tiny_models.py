@@ -30,6 +30,8 @@ def tiny_config(arch: str, **overrides: object) -> transformers.PretrainedConfig
         return transformers.DistilBertConfig(
             vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37, **common
         )
+    if arch in VISION:
+        return _tiny_vision_config(arch, **overrides)
     if arch == "gpt2":
         return transformers.GPT2Config(
             vocab_size=99, n_embd=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2, **common
@@ -93,6 +95,24 @@ def _tiny_config_new(
     raise ValueError(arch)
 
 
+def _tiny_vision_config(arch: str, **overrides: object) -> transformers.PretrainedConfig:
+    """ViT on 16x16 RGB images in 4x4 patches: 16 patches + CLS = 17 positions, d 32, 2 layers, 4 heads."""
+    if arch == "vit":
+        tiny = {k: v for k, v in TINY.items() if k != "vocab_size"}
+        return transformers.ViTConfig(
+            **{**tiny, "image_size": 16, "patch_size": 4, "num_channels": 3, **overrides}
+        )
+    raise ValueError(arch)
+
+
+def make_pixel_inputs(seed: int = 123, batch: int = 3) -> dict[str, torch.Tensor]:
+    """``batch`` random 16x16 RGB images (``pixel_values`` (B, 3, 16, 16)) for the tiny vision models."""
+    generator = torch.Generator().manual_seed(seed)
+    return {"pixel_values": torch.randn(batch, 3, 16, 16, generator=generator)}
+
+
+# Image models (pixel_values in, no token ids): their own matrix in tests/architectures/test_vision.py
+VISION = ["vit"]
 ENCODERS = ["bert", "roberta", "xlm-roberta", "distilbert", "electra"]
 DECODERS = ["gpt2", "llama", "mistral", "qwen2"]
 NEW_ENCODERS = ["deberta-v2", "modernbert"]
@@ -108,7 +128,8 @@ QKV_DECODERS = [a for a in DECODERS if a not in NO_QKV]
 
 
 def build(arch: str, kind: str = "base", seed: int = 0, **config_overrides: object) -> torch.nn.Module:
-    """A tiny random model in eval mode: kind is base | classification | causal_lm | seq2seq_lm."""
+    """A tiny random model in eval mode: kind is base | classification | causal_lm | seq2seq_lm |
+    image_classification."""
     torch.manual_seed(seed)
     config = tiny_config(arch, **config_overrides)
     factory = {
@@ -116,6 +137,7 @@ def build(arch: str, kind: str = "base", seed: int = 0, **config_overrides: obje
         "classification": transformers.AutoModelForSequenceClassification,
         "causal_lm": transformers.AutoModelForCausalLM,
         "seq2seq_lm": transformers.AutoModelForSeq2SeqLM,
+        "image_classification": transformers.AutoModelForImageClassification,
     }[kind]
     return factory.from_config(config).eval()
 

@@ -99,3 +99,29 @@ def test_save_all_adapters(tmp_path):
     model.add_adapter("b", config="houlsby")
     paths = model.save_all_adapters(tmp_path)
     assert sorted(p.name for p in paths) == ["a", "b"]
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+@pytest.mark.parametrize("config", ["mam", "unipelt"])
+def test_unions_with_a_prefix_part_are_inspected_without_a_model(arch, config, tmp_path):
+    """The hub checks a file without the model: a union's prefix part takes its attention width from its own
+    ``parts.<i>.control_trans`` weight, and a corrupted width is named."""
+    from safetensors.torch import load_file, save_file
+
+    from adapterhub.errors import AdapterFileError
+    from adapterhub.io.manifest import inspect_adapter_dir
+
+    model = adapterhub.init(build(arch))
+    model.add_adapter("u", config=config)
+    model.save_adapter(tmp_path / "u", "u")
+    manifest = inspect_adapter_dir(tmp_path / "u")
+    assert manifest.method == "union"
+    assert manifest.num_parameters == model.adapter_summary()["u"].parameters
+    weights = next((tmp_path / "u").glob("*.safetensors"))
+    tensors = load_file(weights)
+    key = "parts.0.control_trans.2.weight"
+    tensors[key] = tensors[key][:-1]
+    tensors[key.replace("weight", "bias")] = tensors[key.replace("weight", "bias")][:-1]
+    save_file(tensors, weights)
+    with pytest.raises(AdapterFileError, match="prefix width"):
+        inspect_adapter_dir(tmp_path / "u")

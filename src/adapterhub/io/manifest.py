@@ -19,6 +19,7 @@ from adapterhub.heads.base import head_class
 from adapterhub.io.files import read_json
 from adapterhub.io.loading import detect_layout, read_any_adapter_dir
 from adapterhub.methods import ModelDims, method_for_config
+from adapterhub.methods.prefix_tuning import PrefixTuningConfig
 from adapterhub.runtime.validate import check_state_fits
 from adapterhub.spec.architectures import spec_for_model_type
 from adapterhub.spec.configs import canonical_json, resolve_config, sha256_hex
@@ -109,22 +110,31 @@ def _attention_shape(
     """Prefix tuning's width ``N = layers · 2 · kv_heads · head_dim`` is all its shapes depend on; without the model
     we take ``kv_heads · head_dim`` from the saved width (``num_kv_heads=1``), so the shapes are still checked
     against each other and the config (the model's own attention shape is checked when it is loaded)."""
-    if getattr(config, "method", None) != "prefix_tuning":
-        return None
-    slots = num_layers - len([i for i in config.leave_out if i < num_layers])
-    if decoder_start is not None and config.cross_prefix:
-        # one cross-attention slot per decoder layer with a prefix
-        slots += len([i for i in range(decoder_start, num_layers) if i not in config.leave_out])
-    control = tensors.get("control_trans") if config.flat else tensors.get("control_trans.2.weight")
-    if control is None or slots <= 0:
-        return None  # the state check names the missing weight
-    width = control.numel() // config.prefix_length if config.flat else int(control.shape[0])
-    if width <= 0 or width % (2 * slots):
-        raise AdapterFileError(
-            f"{directory}: the prefix width {width} of 'control_trans' is not 2 × {slots} layers × the attention "
-            "width; the file is corrupted or was written for a different config."
-        )
-    return width // (2 * slots)  # kv_heads · head_dim
+    for part, prefix in _prefix_tuning_parts(config):
+        slots = num_layers - len([i for i in part.leave_out if i < num_layers])
+        if decoder_start is not None and part.cross_prefix:
+            # one cross-attention slot per decoder layer with a prefix
+            slots += len([i for i in range(decoder_start, num_layers) if i not in part.leave_out])
+        key = f"{prefix}control_trans" if part.flat else f"{prefix}control_trans.2.weight"
+        control = tensors.get(key)
+        if control is None or slots <= 0:
+            return None  # the state check names the missing weight
+        width = control.numel() // part.prefix_length if part.flat else int(control.shape[0])
+        if width <= 0 or width % (2 * slots):
+            raise AdapterFileError(
+                f"{directory}: the prefix width {width} of {key!r} is not 2 × {slots} layers × the attention "
+                "width; the file is corrupted or was written for a different config."
+            )
+        return width // (2 * slots)  # kv_heads · head_dim
+    return None
+
+
+def _prefix_tuning_parts(config: Any) -> list[tuple[PrefixTuningConfig, str]]:
+    """The prefix-tuning configs (gated ones included) in ``config``: itself, or the parts of a method union, each
+    with the prefix its tensor names carry (``""`` or ``"parts.<i>."``)."""
+    parts = getattr(config, "configs", None)
+    candidates = [(c, f"parts.{i}.") for i, c in enumerate(parts)] if parts is not None else [(config, "")]
+    return [(c, prefix) for c, prefix in candidates if isinstance(c, PrefixTuningConfig)]
 
 
 def _check_declared_model(

@@ -440,3 +440,6 @@ def _bart_spec(model_types: tuple[str, ...], pre_norm: bool) -> ArchitectureSpec
 
 BART = register_architecture(_bart_spec(("bart",), pre_norm=False))
 MBART = register_architecture(_bart_spec(("mbart",), pre_norm=True))
+
+# The vision and speech entries live in their own module; importing it here registers them with the text ones.
+from adapterhub.spec import architectures_vision as _vision  # noqa: E402, F401
