@@ -30,8 +30,8 @@ def tiny_config(arch: str, **overrides: object) -> transformers.PretrainedConfig
         return transformers.DistilBertConfig(
             vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37, **common
         )
-    if arch in VISION:
-        return _tiny_vision_config(arch, **overrides)
+    if arch in VISION + SPEECH:
+        return _tiny_media_config(arch, **overrides)
     if arch == "gpt2":
         return transformers.GPT2Config(
             vocab_size=99, n_embd=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2, **common
@@ -95,14 +95,69 @@ def _tiny_config_new(
     raise ValueError(arch)
 
 
-def _tiny_vision_config(arch: str, **overrides: object) -> transformers.PretrainedConfig:
-    """ViT on 16x16 RGB images in 4x4 patches: 16 patches + CLS = 17 positions, d 32, 2 layers, 4 heads."""
+def _tiny_media_config(arch: str, **overrides: object) -> transformers.PretrainedConfig:
+    """ViT on 16x16 RGB images in 4x4 patches (16 patches + CLS = 17 positions); wav2vec2 on raw 16 kHz audio
+    (two convolutions, 400 samples -> 48 frames, a CTC vocabulary of 12); Whisper on 8 mel bins x 20 frames
+    (10 encoder positions) with a vocabulary of 99. All d 32, 2 layers (per stack), 4 heads."""
+    tiny = {k: v for k, v in TINY.items() if k != "vocab_size"}
     if arch == "vit":
-        tiny = {k: v for k, v in TINY.items() if k != "vocab_size"}
         return transformers.ViTConfig(
             **{**tiny, "image_size": 16, "patch_size": 4, "num_channels": 3, **overrides}
         )
+    if arch == "wav2vec2":
+        stable = bool(overrides.get("do_stable_layer_norm", False))
+        return transformers.Wav2Vec2Config(
+            **{
+                **tiny,
+                "vocab_size": 12,
+                "conv_dim": (8, 8),
+                "conv_stride": (4, 2),
+                "conv_kernel": (8, 4),
+                "num_conv_pos_embeddings": 4,
+                "num_conv_pos_embedding_groups": 2,
+                "feat_extract_norm": "layer" if stable else "group",
+                "pad_token_id": 0,
+                **overrides,
+            }
+        )
+    if arch == "whisper":
+        return transformers.WhisperConfig(
+            **{
+                "vocab_size": 99,
+                "d_model": 32,
+                "encoder_layers": 2,
+                "decoder_layers": 2,
+                "encoder_attention_heads": 4,
+                "decoder_attention_heads": 4,
+                "encoder_ffn_dim": 37,
+                "decoder_ffn_dim": 37,
+                "num_mel_bins": 8,
+                "max_source_positions": 10,
+                "max_target_positions": 20,
+                "pad_token_id": 0,
+                "bos_token_id": 1,
+                "eos_token_id": 2,
+                "decoder_start_token_id": 1,
+                **overrides,
+            }
+        )
     raise ValueError(arch)
+
+
+def make_audio_inputs(seed: int = 123) -> dict[str, torch.Tensor]:
+    """3 random waveforms of 400 samples for the tiny wav2vec2; the last one padded after 300 samples."""
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.ones(3, 400, dtype=torch.long)
+    mask[2, 300:] = 0
+    return {"input_values": torch.randn(3, 400, generator=generator), "attention_mask": mask}
+
+
+def make_whisper_inputs(seed: int = 123) -> dict[str, torch.Tensor]:
+    """3 random log-mel inputs (3, 8 bins, 20 frames) and 4 decoder token ids each for the tiny Whisper."""
+    generator = torch.Generator().manual_seed(seed)
+    decoder = torch.randint(3, 99, (3, 4), generator=generator)
+    decoder[:, 0] = 1  # the decoder start token
+    return {"input_features": torch.randn(3, 8, 20, generator=generator), "decoder_input_ids": decoder}
 
 
 def make_pixel_inputs(seed: int = 123, batch: int = 3) -> dict[str, torch.Tensor]:
@@ -113,6 +168,7 @@ def make_pixel_inputs(seed: int = 123, batch: int = 3) -> dict[str, torch.Tensor
 
 # Image models (pixel_values in, no token ids): their own matrix in tests/architectures/test_vision.py
 VISION = ["vit"]
+SPEECH = ["wav2vec2", "whisper"]  # their own matrix in tests/architectures/test_speech.py
 ENCODERS = ["bert", "roberta", "xlm-roberta", "distilbert", "electra"]
 DECODERS = ["gpt2", "llama", "mistral", "qwen2"]
 NEW_ENCODERS = ["deberta-v2", "modernbert"]
@@ -129,7 +185,7 @@ QKV_DECODERS = [a for a in DECODERS if a not in NO_QKV]
 
 def build(arch: str, kind: str = "base", seed: int = 0, **config_overrides: object) -> torch.nn.Module:
     """A tiny random model in eval mode: kind is base | classification | causal_lm | seq2seq_lm |
-    image_classification."""
+    image_classification | ctc | speech_seq2seq."""
     torch.manual_seed(seed)
     config = tiny_config(arch, **config_overrides)
     factory = {
@@ -138,6 +194,8 @@ def build(arch: str, kind: str = "base", seed: int = 0, **config_overrides: obje
         "causal_lm": transformers.AutoModelForCausalLM,
         "seq2seq_lm": transformers.AutoModelForSeq2SeqLM,
         "image_classification": transformers.AutoModelForImageClassification,
+        "ctc": transformers.AutoModelForCTC,
+        "speech_seq2seq": transformers.AutoModelForSpeechSeq2Seq,
     }[kind]
     return factory.from_config(config).eval()
 

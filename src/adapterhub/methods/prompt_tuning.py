@@ -114,7 +114,8 @@ class PromptTuningAdapter(AdapterModule):
         if spec.embeddings is None:
             raise ConfigError(
                 f"Prompt tuning is not supported on {dims.model_type}: its ArchitectureSpec names no embedding "
-                "point (encoder-decoder models embed the source and the target separately). Use prefix tuning."
+                "point (encoder-decoder models embed the source and the target separately; speech encoders start from "
+                "convolutional features, not token embeddings). Use prefix tuning."
             )
         if spec.embeddings not in SUPPORTED_EMBEDDINGS:
             raise ConfigError(

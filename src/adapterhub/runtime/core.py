@@ -181,7 +181,8 @@ class AdapterModelCore:
             raise UnsupportedArchitectureError(
                 f"{module.method} adapters attach at the input embeddings, which the ArchitectureSpec of "
                 f"{self._model_type!r} does not name (encoder-decoder models have no embedding points: their "
-                "encoder and decoder embed separately). Use a method that attaches inside the layers."
+                "encoder and decoder embed separately; speech encoders start from convolutional features, not "
+                "token embeddings). Use a method that attaches inside the layers."
             )
         dims = module.dims
         methods = {("method", part.method) for part in module.modules() if isinstance(part, AdapterModule)}

@@ -440,6 +440,9 @@ def _bart_spec(model_types: tuple[str, ...], pre_norm: bool) -> ArchitectureSpec
 
 BART = register_architecture(_bart_spec(("bart",), pre_norm=False))
 MBART = register_architecture(_bart_spec(("mbart",), pre_norm=True))
+# Whisper's encoder and decoder layers are mBART's (pre-LN, the same module names); its encoder reads log-mel
+# features through two convolutions, its decoder token ids
+WHISPER = register_architecture(_bart_spec(("whisper",), pre_norm=True))
 
 # The vision and speech entries live in their own module; importing it here registers them with the text ones.
-from adapterhub.spec import architectures_vision as _vision  # noqa: E402, F401
+from adapterhub.spec import architectures_vision_speech as _vision_speech  # noqa: E402, F401

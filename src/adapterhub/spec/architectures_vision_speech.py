@@ -1,0 +1,96 @@
+"""Where adapters attach in the vision and speech architectures, described as data (the text ones are in
+``adapterhub.spec.architectures``, which imports this module so that every entry is registered).
+
+ViT (transformers 5 layout): a pre-norm encoder whose layer computes ``x + attention(layernorm_before(x))`` then
+``x + mlp(layernorm_after(x))``; the attention module returns ``(h, weights)``, so the ``attn`` site reads
+element 0 of its output. Its attention calls the function transformers registers (``AttentionInterface``), which
+is where prefix tuning extends keys and values; ``embeddings`` is the patch + position embedding module whose
+output (CLS token first) prompt tuning extends.
+
+wav2vec2 (``Wav2Vec2Model``, ``Wav2Vec2ForCTC``, ...): a convolutional feature encoder, then a transformer encoder
+(``encoder.layers``). Its default layer is post-LN (``LN(x + attention(x))``, then ``LN(x + feed_forward(x))``);
+with ``do_stable_layer_norm`` (the large checkpoints) it is pre-LN. There is no token-embedding module to prepend a
+prompt to, so prompt tuning and invertible adapters are refused; the transformer layers carry the rest.
+
+Whisper is an encoder-decoder whose layers are mBART's; its entry is in ``adapterhub.spec.architectures``.
+"""
+
+from __future__ import annotations
+
+from adapterhub.spec.architecture import (
+    ArchitectureSpec,
+    InputRef,
+    LinearSpec,
+    SiteSpec,
+    register_architecture,
+)
+
+__all__ = ["VIT", "WAV2VEC2", "WAV2VEC2_STABLE_LN"]
+
+VIT = register_architecture(
+    ArchitectureSpec(
+        model_types=("vit",),
+        layers="layers",
+        sites={
+            "attn": SiteSpec(
+                output="attention", output_index=0, residual=InputRef("layernorm_before", 0, "input")
+            ),
+            "ffn": SiteSpec(output="mlp", residual=InputRef("layernorm_after", 0, "input")),
+        },
+        linears={
+            "q": LinearSpec("attention.q_proj"),
+            "k": LinearSpec("attention.k_proj"),
+            "v": LinearSpec("attention.v_proj"),
+            "attn_out": LinearSpec("attention.o_proj"),
+            "ffn_in": LinearSpec("mlp.fc1"),
+            "ffn_out": LinearSpec("mlp.fc2"),
+        },
+        attention="attention",
+        embeddings="embeddings",  # CLS token + patch embeddings + position embeddings, then dropout
+    )
+)
+
+_WAV2VEC2_LINEARS = {
+    "q": LinearSpec("attention.q_proj"),
+    "k": LinearSpec("attention.k_proj"),
+    "v": LinearSpec("attention.v_proj"),
+    "attn_out": LinearSpec("attention.out_proj"),
+    "ffn_in": LinearSpec("feed_forward.intermediate_dense"),
+    "ffn_out": LinearSpec("feed_forward.output_dense"),
+}
+
+WAV2VEC2 = register_architecture(
+    ArchitectureSpec(
+        model_types=("wav2vec2",),
+        layers="encoder.layers",
+        sites={  # post-LN: the attention's residual is the layer input, the FFN's the input of feed_forward
+            "attn": SiteSpec(
+                output="attention",
+                output_index=0,
+                residual=InputRef("", 0, "hidden_states"),
+                norm="layer_norm",
+            ),
+            "ffn": SiteSpec(
+                output="feed_forward",
+                residual=InputRef("feed_forward", 0, "hidden_states"),
+                norm="final_layer_norm",
+            ),
+        },
+        linears=_WAV2VEC2_LINEARS,
+        attention="attention",
+    )
+)
+
+WAV2VEC2_STABLE_LN = register_architecture(
+    ArchitectureSpec(
+        model_types=("wav2vec2",),
+        layers="encoder.layers",
+        sites={  # pre-LN: x + attention(layer_norm(x)), then x + feed_forward(final_layer_norm(x))
+            "attn": SiteSpec(output="attention", output_index=0, residual=InputRef("layer_norm", 0, "input")),
+            "ffn": SiteSpec(output="feed_forward", residual=InputRef("final_layer_norm", 0, "input")),
+        },
+        linears=_WAV2VEC2_LINEARS,
+        attention="attention",
+        config_match={"do_stable_layer_norm": True},
+    )
+)
