@@ -179,3 +179,36 @@ def test_a_stream_closed_early_frees_its_sequences(tiny_gpt2_dir):
     stats, pins = asyncio.run(main())
     assert stats == {"waiting": 0, "running": 0, "cache_tokens": 0, "reserved_tokens": 0}
     assert not any(pins.values())
+
+
+def test_openai_routes_answer_400_and_429_in_openai_shape_own_routes_422(tiny_gpt2_dir):
+    directory, adapter = tiny_gpt2_dir
+    engine = ServingEngine.from_pretrained(
+        str(directory), adapters={"lm": str(adapter)}, config=EngineConfig(max_queue_rows=2)
+    )
+    app = create_app(engine)
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+                full = await client.post("/v1/completions", json={"model": "lm", "prompt": "the", "n": 5})
+                extra = await client.post(
+                    "/v1/completions", json={"model": "lm", "prompt": "the", "best_of": 2}
+                )
+                no_json = await client.post(
+                    "/v1/chat/completions", content=b"{", headers={"content-type": "application/json"}
+                )
+                own = await client.post(
+                    "/v1/generate", json={"adapter": "lm", "inputs": ["the"], "best_of": 2}
+                )
+                wrong_method = await client.delete("/v1/models")
+                return full, extra, no_json, own, wrong_method
+
+    full, extra, no_json, own, wrong_method = asyncio.run(main())
+    assert full.status_code == 429 and int(full.headers["retry-after"]) >= 1
+    assert full.json()["error"]["code"] == "rate_limit_exceeded"
+    assert extra.status_code == 400 and extra.json()["error"]["param"] == "best_of"
+    assert no_json.status_code == 400 and no_json.json()["error"]["type"] == "invalid_request_error"
+    assert own.status_code == 422 and isinstance(own.json()["detail"], list)
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()

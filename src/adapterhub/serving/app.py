@@ -115,7 +115,8 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Any:
         if is_openai(request):
-            return error_response(request, error.status_code, str(error.detail), headers=error.headers)
+            headers = dict(error.headers) if error.headers else None
+            return error_response(request, error.status_code, str(error.detail), headers=headers)
         return await http_exception_handler(request, error)
 
     @app.exception_handler(UnknownAdapterError)
@@ -217,6 +218,7 @@ def create_app(
             "adapters_known": len(engine.registry.sources),
             "adapters_loaded": len(engine.registry.loaded),
             "queue_rows": 0 if scheduler is None else scheduler.queued_rows,
+            "generation": None if engine.generation is None else engine.generation.engine.stats(),
         }
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")

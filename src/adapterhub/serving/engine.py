@@ -11,7 +11,10 @@ Public API (stable; the HTTP app and the Ray Serve deployment build on it)::
     await engine.predict(texts, setup="Fuse(a, b, c)")     # fusions: ServingEngine(..., fusions=[dir]) / add_fusion
     await engine.embed(texts, adapter="sst2", pooling="mean")   # {"embeddings": [[...], ...]}
     await engine.generate(["Once"], adapter="lm", max_new_tokens=16)  # {"texts": [...], "token_ids": [...]}
-    async for step in engine.generate_stream(["Once"], adapter="lm"):  # [token id or None per prompt]
+    async for step in engine.generate_stream(["Once"], adapter="lm"):  # per new token: [id or None per prompt]
+        ...
+    run = await engine.open_generation([ids], adapter="lm", n=2, temperature=0.7, seed=1)  # the OpenAI routes'
+    async for choice, token in run.events():                # token None: that choice ended; leaving cancels
         ...
     await engine.add_adapter("new", "dir/or/hub-id")        # known from now on, loaded on first use
     await engine.load("new")                                # load now (e.g. Ray's multiplexed model loading)
@@ -21,12 +24,14 @@ Public API (stable; the HTTP app and the Ray Serve deployment build on it)::
     await engine.shutdown()                                 # finishes queued requests
 
 Errors (``adapterhub.errors`` subclasses; ``app.py`` maps them to HTTP): ``UnknownAdapterError`` (404, names close
-matches), ``ConfigError`` / ``InputTooLongError`` (422), ``QueueFullError`` (429, ``retry_after``),
-``SourceError`` (502, the adapter's source failed to load; other requests are unaffected), ``ShuttingDownError``
-(503).
+matches), ``ConfigError`` / ``InputTooLongError`` / ``ContextLengthError`` (422; 400 on the OpenAI routes),
+``QueueFullError`` (429, ``retry_after``), ``SourceError`` (502, the adapter's source failed to load; other
+requests are unaffected), ``ShuttingDownError`` (503).
 
 Threads: the event loop does the bookkeeping and tokenisation; one model thread runs every forward pass, load
-and eviction (so the model never changes during a pass); an I/O pool fetches adapters from the hub.
+and eviction (so the model never changes during a pass); a served decoder's ``GenerationEngine`` steps in its own
+thread, and the model thread's jobs wait for the current step (``engine.exclusive()``); an I/O pool fetches
+adapters from the hub.
 """
 
 from __future__ import annotations
@@ -199,7 +204,7 @@ class ServingEngine:
 
         if causal_lm is None:
             causal_lm = decoder_only(transformers.AutoConfig.from_pretrained(model_name_or_path))
-        factory = transformers.AutoModelForCausalLM if causal_lm else transformers.AutoModel
+        factory: Any = transformers.AutoModelForCausalLM if causal_lm else transformers.AutoModel
         model = factory.from_pretrained(model_name_or_path)
         if device:
             model = model.to(device)

@@ -106,7 +106,11 @@ class GenerationHandle:
         the stepping thread sets (``loop.call_soon_threadsafe``) after its next item."""
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
-        self._seq.waker = lambda: loop.call_soon_threadsafe(ready.set)
+
+        def wake() -> None:  # on the stepping thread
+            loop.call_soon_threadsafe(ready.set)
+
+        self._seq.waker = wake
         try:
             while True:
                 try:

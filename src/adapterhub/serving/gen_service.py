@@ -15,7 +15,7 @@ inside ``service.engine.exclusive()``, so the model never changes while a genera
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any
@@ -76,7 +76,7 @@ class GenerationRun:
         if on_end is not None:
             on_end()
 
-    async def events(self) -> AsyncIterator[tuple[int, int | None]]:
+    async def events(self) -> AsyncGenerator[tuple[int, int | None], None]:
         """``(index, token id)`` per new token, ``(index, None)`` when sequence ``index`` ends; raises the error of
         a failed sequence. Closing the iterator early cancels every sequence of the run."""
         queue: asyncio.Queue[tuple[int, int | BaseException | None]] = asyncio.Queue()
