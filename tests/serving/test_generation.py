@@ -159,12 +159,20 @@ def test_concurrent_requests_share_steps(tiny_gpt2_dir):
 
 def test_a_stream_closed_early_frees_its_sequences(tiny_gpt2_dir):
     engine = _engine(tiny_gpt2_dir)
+    ended: list[str] = []
 
     async def main():
         await engine.start()
-        stream = engine.generate_stream(
-            ["the", "good"], adapter="lm", max_new_tokens=20, temperature=1.0, seed=1
-        )
+        whole = await engine.generate(["the", "good"], adapter="lm", max_new_tokens=20)
+        scheduler = engine.generation.engine._scheduler
+        leave = scheduler.leave
+
+        def record(seq, status, error=None):
+            leave(seq, status, error)
+            ended.append(status)
+
+        scheduler.leave = record
+        stream = engine.generate_stream(["the", "good"], adapter="lm", max_new_tokens=20)
         await anext(stream)
         await stream.aclose()
         for _ in range(100):
@@ -174,9 +182,11 @@ def test_a_stream_closed_early_frees_its_sequences(tiny_gpt2_dir):
             await asyncio.sleep(0.01)
         pins = dict(engine.registry._pins)
         await engine.shutdown()
-        return stats, pins
+        return whole, stats, pins
 
-    stats, pins = asyncio.run(main())
+    whole, stats, pins = asyncio.run(main())
+    assert whole["finish_reasons"] == ["length", "length"]  # left alone, both would run 20 steps
+    assert ended == ["cancelled", "cancelled"]
     assert stats == {"waiting": 0, "running": 0, "cache_tokens": 0, "reserved_tokens": 0}
     assert not any(pins.values())
 

@@ -173,16 +173,49 @@ def test_openai_errors(client, server):
     assert own.status_code == 422 and "detail" in own.json()
 
 
-def test_a_client_that_goes_away_frees_its_sequence(server):
-    body = {"model": "poems", "prompt": "the movie", "max_tokens": 40, "temperature": 1.0, "seed": 1,
-            "stream": True, "stop": ["never appears"]}  # fmt: skip
-    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=30) as response:
+def test_a_client_that_goes_away_frees_its_sequence(server, client, monkeypatch):
+    body = {"model": "poems", "prompt": "the movie", "max_tokens": 40, "temperature": 0}
+    whole = client.completions.create(**body)
+    assert whole.choices[0].finish_reason == "length"  # greedy, it would run all 40 steps
+    engine = server.engine.generation.engine
+    ended: list[str] = []
+    leave = engine._scheduler.leave
+
+    def record(seq, status, error=None):
+        leave(seq, status, error)
+        ended.append(status)
+
+    monkeypatch.setattr(engine._scheduler, "leave", record)
+    with httpx.stream(
+        "POST", server.url + "/v1/completions", json={**body, "stream": True}, timeout=30
+    ) as response:
         assert response.status_code == 200
         next(response.iter_lines())  # the first token arrived; then the client goes away
-    engine = server.engine.generation.engine
-    for _ in range(200):
+    for _ in range(300):
         stats = engine.stats()
-        if stats["running"] == stats["waiting"] == 0:
+        if stats["running"] == stats["waiting"] == 0 and ended:
             break
         time.sleep(0.01)
+    assert ended == ["cancelled"]
     assert stats == {"waiting": 0, "running": 0, "cache_tokens": 0, "reserved_tokens": 0}
+
+
+def test_an_adapter_with_its_own_tokenizer_uses_its_chat_template(client, server, chat_llama, tmp_path):
+    import shutil
+
+    _, adapter = chat_llama
+    styled = tmp_path / "styled"
+    shutil.copytree(adapter, styled)
+    tokenizer = chat_tokenizer(WORDS.split())
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    tokenizer.save_pretrained(str(styled))
+    added = httpx.post(
+        server.url + "/v1/adapters", json={"name": "styled", "source": str(styled)}, timeout=30
+    )
+    assert added.status_code == 200, added.text
+    done = client.chat.completions.create(model="styled", messages=MESSAGES, max_tokens=3, temperature=0)
+    text = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    assert text == "i liked the movie\nwhat is the plot\n"
+    assert done.usage.prompt_tokens == len(tokenizer(text, add_special_tokens=False)["input_ids"]) == 10
+    base = client.chat.completions.create(model="poems", messages=MESSAGES, max_tokens=3, temperature=0)
+    assert base.usage.prompt_tokens != done.usage.prompt_tokens  # poems: the base tokenizer's ChatML template
