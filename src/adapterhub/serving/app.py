@@ -1,31 +1,38 @@
 """The HTTP API of ``adapterhub serve-model`` (FastAPI; OpenAPI at ``/docs``), over a ``ServingEngine``.
 
-Endpoints: ``POST /v1/predict``, ``POST /v1/embed``, ``POST /v1/generate``, ``POST /v1/completions``
-(OpenAI-compatible, ``model`` = adapter name, ``stream`` as server-sent events), ``GET/POST /v1/adapters``,
+Endpoints: ``POST /v1/predict``, ``POST /v1/embed``, ``POST /v1/generate``, ``GET/POST /v1/adapters``,
 ``DELETE /v1/adapters/{name}`` (POST and DELETE need ``Authorization: Bearer TOKEN`` when the server has a token),
-``GET /health``, ``GET /metrics`` (Prometheus text).
+``GET /health``, ``GET /metrics`` (Prometheus text), and the OpenAI-compatible ``POST /v1/chat/completions``,
+``POST /v1/completions``, ``GET /v1/models`` (``openai_routes``). Generation runs in the server's continuous-batching
+``GenerationEngine`` (decoders only).
 
-Errors: 404 unknown adapter (with close matches), 422 malformed body / bad input / input too long, 429 queue full
-(``Retry-After``), 502 an adapter's source failed to load, 503 shutting down; always ``{"detail": message}``.
-The engine starts with the app and its shutdown (lifespan end) answers every queued request first.
+Errors of the project's routes: 404 unknown adapter (with close matches), 422 malformed body / bad input / input
+too long, 429 queue full (``Retry-After``), 502 an adapter's source failed to load, 503 shutting down; always
+``{"detail": message}``. The OpenAI routes answer in OpenAI's error shape, 400 for every invalid request
+(``openai_errors``). The engine starts with the app and its shutdown (lifespan end) answers every queued request
+first.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapterhub.errors import AdapterHubError
 from adapterhub.serving.engine import ServingEngine
+from adapterhub.serving.gen_service import ContextLengthError
+from adapterhub.serving.openai_errors import error_response, is_openai, validation_error
+from adapterhub.serving.openai_routes import openai_router
 from adapterhub.serving.registry import UnknownAdapterError
 from adapterhub.serving.scheduler import QueueFullError, ShuttingDownError
 from adapterhub.serving.sources import SourceError
@@ -58,75 +65,21 @@ class EmbedBody(_Body):
 
 
 class GenerateBody(_Body):
-    adapter: str
+    adapter: str | None = Field(None, description="adapter name (None: the base model)")
     inputs: list[str] = Field(..., min_length=1, description="prompts")
     max_new_tokens: int = Field(32, ge=1, le=4096)
     temperature: float = Field(0.0, ge=0.0, description="0: greedy")
+    top_k: int = Field(0, ge=0, description="0: off")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    stop: list[str] | None = None
     truncate: bool = False
-
-
-class CompletionBody(BaseModel):
-    model: str = Field(..., description="the adapter's name")
-    prompt: str | list[str]
-    max_tokens: int = Field(16, ge=1, le=4096)
-    temperature: float = Field(1.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    n: int = Field(1, ge=1, le=1, description="only 1 is served")
-    stream: bool = Field(False, description="server-sent events, one chunk per new token, then [DONE]")
 
 
 class AdapterBody(_Body):
     name: str
     source: str = Field(..., description="directory, hub identifier (task/subtask@owner) or hf:owner/repo")
     load: bool = Field(False, description="load now (a failing source answers 502 and is not added)")
-
-
-async def _stream_completion(engine: ServingEngine, body: CompletionBody, prompts: list[str]) -> Any:
-    """OpenAI's streamed completion: ``data: {chunk}`` per new token of each prompt (``choices[0].index`` = the
-    prompt), a last chunk per prompt with its ``finish_reason``, then ``data: [DONE]``. Errors raise before the
-    first byte (the first step is computed here)."""
-    stream = engine.generate_stream(
-        prompts, adapter=body.model, max_new_tokens=body.max_tokens, temperature=body.temperature,
-        top_p=body.top_p, seed=body.seed,
-    )  # fmt: skip
-    first = await anext(stream, None)
-    ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-
-    def chunk(index: int, text: str, finish: str | None) -> str:
-        choice = {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
-        payload = {"id": ident, "object": "text_completion", "created": created, "model": body.model,
-                   "choices": [choice]}  # fmt: skip
-        return f"data: {json.dumps(payload)}\n\n"
-
-    async def events() -> AsyncIterator[str]:
-        ids: list[list[int]] = [[] for _ in prompts]
-        texts = ["" for _ in prompts]
-        step = first
-        try:
-            while step is not None:
-                for row, token in enumerate(step):
-                    if token is None:
-                        continue
-                    ids[row].append(token)
-                    text = engine.tokenizer.decode(ids[row], skip_special_tokens=True)
-                    delta, texts[row] = text[len(texts[row]) :] if text.startswith(texts[row]) else text, text
-                    yield chunk(row, delta, None)
-                step = await anext(stream, None)
-        finally:  # the client went away: stop generating, release the adapter
-            await stream.aclose()
-        for row, row_ids in enumerate(ids):
-            stopped = engine.eos_id is not None and bool(row_ids) and row_ids[-1] == engine.eos_id
-            yield chunk(row, "", "stop" if stopped else "length")
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream")
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 
 def create_app(
@@ -153,25 +106,43 @@ def create_app(
     app = FastAPI(title=title, lifespan=lifespan, description=__doc__)
     app.state.engine = engine
 
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, error: RequestValidationError) -> JSONResponse:
+        if is_openai(request):
+            return validation_error(error)
+        return await request_validation_exception_handler(request, error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Any:
+        if is_openai(request):
+            headers = dict(error.headers) if error.headers else None
+            return error_response(request, error.status_code, str(error.detail), headers=headers)
+        return await http_exception_handler(request, error)
+
     @app.exception_handler(UnknownAdapterError)
     async def unknown(request: Request, error: UnknownAdapterError) -> JSONResponse:
-        return _error(404, str(error))
+        return error_response(request, 404, str(error), code="model_not_found", param="model")
 
     @app.exception_handler(SourceError)
     async def source_failed(request: Request, error: SourceError) -> JSONResponse:
-        return _error(502, str(error))
+        return error_response(request, 502, str(error))
 
     @app.exception_handler(QueueFullError)
     async def queue_full(request: Request, error: QueueFullError) -> JSONResponse:
-        return _error(429, str(error), {"Retry-After": str(error.retry_after)})
+        headers = {"Retry-After": str(error.retry_after)}
+        return error_response(request, 429, str(error), headers=headers, code="rate_limit_exceeded")
 
     @app.exception_handler(ShuttingDownError)
     async def shutting_down(request: Request, error: ShuttingDownError) -> JSONResponse:
-        return _error(503, str(error))
+        return error_response(request, 503, str(error))
+
+    @app.exception_handler(ContextLengthError)
+    async def too_long(request: Request, error: ContextLengthError) -> JSONResponse:
+        return error_response(request, 422, str(error), code="context_length_exceeded", param="messages")
 
     @app.exception_handler(AdapterHubError)
     async def bad_request(request: Request, error: AdapterHubError) -> JSONResponse:
-        return _error(422, str(error))
+        return error_response(request, 422, str(error))
 
     @app.middleware("http")
     async def count(request: Request, call_next: Any) -> Any:
@@ -209,46 +180,14 @@ def create_app(
             adapter=body.adapter,
             max_new_tokens=body.max_new_tokens,
             temperature=body.temperature,
+            top_k=body.top_k,
             top_p=body.top_p,
             seed=body.seed,
+            stop=body.stop,
             truncate=body.truncate,
         )
 
-    @app.post("/v1/completions", summary="OpenAI-compatible text completion (model = adapter name)")
-    async def completions(body: CompletionBody) -> Any:
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not prompts:
-            raise HTTPException(422, "prompt is empty.")
-        if body.stream:
-            return await _stream_completion(engine, body, prompts)
-        result = await engine.generate(
-            prompts,
-            adapter=body.model,
-            max_new_tokens=body.max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-        )
-        prompt_tokens = sum(len(engine.tokenizer(p)["input_ids"]) for p in prompts)
-        choices, completion_tokens = [], 0
-        for i, (text, ids) in enumerate(zip(result["texts"], result["token_ids"], strict=True)):
-            completion_tokens += len(ids)
-            stopped = engine.eos_id is not None and bool(ids) and ids[-1] == engine.eos_id
-            choices.append(
-                {"text": text, "index": i, "logprobs": None, "finish_reason": "stop" if stopped else "length"}
-            )
-        return {
-            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": body.model,
-            "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
+    app.include_router(openai_router(engine))
 
     @app.get("/v1/adapters", summary="known adapters; loaded ones with method, head, labels and memory")
     async def list_adapters() -> dict[str, Any]:
@@ -279,6 +218,7 @@ def create_app(
             "adapters_known": len(engine.registry.sources),
             "adapters_loaded": len(engine.registry.loaded),
             "queue_rows": 0 if scheduler is None else scheduler.queued_rows,
+            "generation": None if engine.generation is None else engine.generation.engine.stats(),
         }
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")

@@ -49,6 +49,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-length", type=int, default=None, help="tokens per row (default: the model's limit)"
     )
+    parser.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=16,
+        help="sequences the generation engine decodes together (default 16)",
+    )
+    parser.add_argument(
+        "--max-batch-tokens", type=int, default=2048, help="new tokens per generation step (default 2048)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--token", default=None, help="bearer token needed to add or delete adapters")
@@ -82,6 +91,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         max_queue_rows=args.max_queue_rows,
         max_length=args.max_length,
         hub_url=args.hub_url,
+        max_num_seqs=args.max_num_seqs,
+        max_batch_tokens=args.max_batch_tokens,
     )
     return adapters, config
 

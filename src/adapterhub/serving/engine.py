@@ -11,7 +11,10 @@ Public API (stable; the HTTP app and the Ray Serve deployment build on it)::
     await engine.predict(texts, setup="Fuse(a, b, c)")     # fusions: ServingEngine(..., fusions=[dir]) / add_fusion
     await engine.embed(texts, adapter="sst2", pooling="mean")   # {"embeddings": [[...], ...]}
     await engine.generate(["Once"], adapter="lm", max_new_tokens=16)  # {"texts": [...], "token_ids": [...]}
-    async for step in engine.generate_stream(["Once"], adapter="lm"):  # [token id or None per prompt]
+    async for step in engine.generate_stream(["Once"], adapter="lm"):  # per new token: [id or None per prompt]
+        ...
+    run = await engine.open_generation([ids], adapter="lm", n=2, temperature=0.7, seed=1)  # the OpenAI routes'
+    async for choice, token in run.events():                # token None: that choice ended; leaving cancels
         ...
     await engine.add_adapter("new", "dir/or/hub-id")        # known from now on, loaded on first use
     await engine.load("new")                                # load now (e.g. Ray's multiplexed model loading)
@@ -21,18 +24,19 @@ Public API (stable; the HTTP app and the Ray Serve deployment build on it)::
     await engine.shutdown()                                 # finishes queued requests
 
 Errors (``adapterhub.errors`` subclasses; ``app.py`` maps them to HTTP): ``UnknownAdapterError`` (404, names close
-matches), ``ConfigError`` / ``InputTooLongError`` (422), ``QueueFullError`` (429, ``retry_after``),
-``SourceError`` (502, the adapter's source failed to load; other requests are unaffected), ``ShuttingDownError``
-(503).
+matches), ``ConfigError`` / ``InputTooLongError`` / ``ContextLengthError`` (422; 400 on the OpenAI routes),
+``QueueFullError`` (429, ``retry_after``), ``SourceError`` (502, the adapter's source failed to load; other
+requests are unaffected), ``ShuttingDownError`` (503).
 
 Threads: the event loop does the bookkeeping and tokenisation; one model thread runs every forward pass, load
-and eviction (so the model never changes during a pass); an I/O pool fetches adapters from the hub.
+and eviction (so the model never changes during a pass); a served decoder's ``GenerationEngine`` steps in its own
+thread, and the model thread's jobs wait for the current step (``engine.exclusive()``); an I/O pool fetches
+adapters from the hub.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
@@ -42,7 +46,13 @@ from typing import Any
 from adapterhub.errors import ConfigError
 from adapterhub.serving import encoding
 from adapterhub.serving.fusions import FusionRegistry, read_fusion_source
-from adapterhub.serving.generation import check_generates, generate_ids
+from adapterhub.serving.gen_service import (
+    ContextLengthError,
+    GenerationRun,
+    GenerationService,
+    GuardedExecutor,
+    is_causal_lm,
+)
 from adapterhub.serving.metrics import Metrics
 from adapterhub.serving.passes import Work, run_batch
 from adapterhub.serving.predictions import check_predicts
@@ -60,7 +70,8 @@ class EngineConfig:
     """``max_loaded``: adapters in memory at most; ``max_batch_rows``: rows per pass; ``max_wait_ms``: how long
     the first request of a pass waits for others; ``max_queue_rows``: rows waiting before 429; ``max_length``:
     tokens per row (None: the model's limit); ``hub_url``: the hub for hub identifiers (None: the client's
-    default)."""
+    default); ``max_num_seqs`` / ``max_batch_tokens``: sequences decoding together and new tokens per step of the
+    generation engine (decoders only; ``max_queue_rows`` also bounds its waiting sequences)."""
 
     max_loaded: int = 8
     max_batch_rows: int = 64
@@ -68,9 +79,11 @@ class EngineConfig:
     max_queue_rows: int = 4096
     max_length: int | None = None
     hub_url: str | None = None
+    max_num_seqs: int = 16
+    max_batch_tokens: int = 2048
 
     def __post_init__(self) -> None:
-        for name in ("max_loaded", "max_batch_rows", "max_queue_rows"):
+        for name in ("max_loaded", "max_batch_rows", "max_queue_rows", "max_num_seqs", "max_batch_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
@@ -89,6 +102,21 @@ class EngineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def decoder_only(config: Any) -> bool:
+    """A config of a decoder-only language model (causal LM classes only, no masked-LM class, not seq2seq)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    model_type = config.model_type
+    return (
+        not getattr(config, "is_encoder_decoder", False)
+        and model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
 
 
 def _describe(setup: Setup) -> str:
@@ -118,7 +146,16 @@ class ServingEngine:
         pad = getattr(tokenizer, "pad_token_id", None)
         self.eos_id = getattr(tokenizer, "eos_token_id", None)
         self.pad_id = int(pad if pad is not None else (self.eos_id if self.eos_id is not None else 0))
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="adapterhub-model")
+        self._model_thread = GuardedExecutor("adapterhub-model")
+        self.generation: GenerationService | None = None
+        if is_causal_lm(self.model):  # one generation engine; loads and passes never overlap its steps
+            self.generation = GenerationService(
+                self.model, tokenizer, max_num_seqs=self.config.max_num_seqs,
+                max_batch_tokens=self.config.max_batch_tokens, max_waiting=self.config.max_queue_rows,
+                max_length=self.config.max_length,
+            )  # fmt: skip
+            self._model_thread.guard = self.generation.engine.exclusive
+        self._adapter_tokenizers: dict[str, Any] = {}
         self._io_threads = ThreadPoolExecutor(4, thread_name_prefix="adapterhub-fetch")
         self.registry = AdapterRegistry(
             self.model,
@@ -159,11 +196,16 @@ class ServingEngine:
         config: EngineConfig | None = None,
         fusions: Sequence[str | Path] = (),
         device: str | None = None,
+        causal_lm: bool | None = None,
     ) -> ServingEngine:
-        """Load the base model (``AutoModel``) and tokenizer of ``model_name_or_path``."""
+        """Load the base model and tokenizer of ``model_name_or_path``: ``AutoModelForCausalLM`` for a decoder-only
+        model (``causal_lm`` None: decided by its config), so that it generates, else ``AutoModel``."""
         import transformers
 
-        model = transformers.AutoModel.from_pretrained(model_name_or_path)
+        if causal_lm is None:
+            causal_lm = decoder_only(transformers.AutoConfig.from_pretrained(model_name_or_path))
+        factory: Any = transformers.AutoModelForCausalLM if causal_lm else transformers.AutoModel
+        model = factory.from_pretrained(model_name_or_path)
         if device:
             model = model.to(device)
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_name_or_path)
@@ -171,7 +213,10 @@ class ServingEngine:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Start the batching loop (call inside the event loop that will serve requests)."""
+        """Start the batching loop and the generation engine's thread (call inside the event loop that will serve
+        requests)."""
+        if self.generation is not None:
+            self.generation.start()
         if self.scheduler is None:
             self.scheduler = Scheduler(
                 self._run_works,
@@ -183,9 +228,11 @@ class ServingEngine:
         self.scheduler.start()
 
     async def shutdown(self) -> None:
-        """Refuse new requests, answer every queued one, then stop the model thread."""
+        """Refuse new requests, answer every queued one (and finish every generation), then stop the threads."""
         if self.scheduler is not None:
             await self.scheduler.drain()
+        if self.generation is not None:
+            await self.generation.shutdown()
         await asyncio.get_running_loop().run_in_executor(None, self._model_thread.shutdown, True)
         self._io_threads.shutdown(wait=False)
 
@@ -319,82 +366,135 @@ class ServingEngine:
             "embeddings": [v["embedding"] for v in vectors],
         }
 
+    # ------------------------------------------------------------------ generation
+    def _generation(self) -> GenerationService:
+        if self.generation is None:
+            raise ConfigError(
+                f"This server's model ({type(self.model).__name__}) has no LM head, so it does not generate; serve "
+                "a decoder loaded with AutoModelForCausalLM (serve-model does so for decoder-only models)."
+            )
+        return self.generation
+
+    @property
+    def model_id(self) -> str:
+        """The base model's id (``model`` of OpenAI requests that ask for no adapter)."""
+        config: Any = self.model.config
+        return str(getattr(config, "name_or_path", "") or config.model_type)
+
+    def tokenizer_for(self, adapter: str | None) -> Any:
+        """The adapter's own tokenizer when its directory holds one (``tokenizer_config.json``), else the base's."""
+        source = None if adapter is None else self.registry.sources.get(adapter)
+        if (
+            source is None
+            or source.kind != "dir"
+            or not (Path(source.location) / "tokenizer_config.json").is_file()
+        ):
+            return self.tokenizer
+        key = str(source)
+        if key not in self._adapter_tokenizers:
+            import transformers
+
+            self._adapter_tokenizers[key] = transformers.AutoTokenizer.from_pretrained(source.location)
+        return self._adapter_tokenizers[key]
+
+    def encode_prompts(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int | None,
+        truncate: bool = False,
+        tokenizer: Any = None,
+    ) -> list[list[int]]:
+        """Token ids of each prompt; ``truncate`` keeps the start of a prompt that leaves no room for
+        ``max_new_tokens`` (else ``ContextLengthError`` from ``open_generation``)."""
+        if not prompts:
+            raise ConfigError("prompt is empty; send at least one prompt.")
+        context = self._generation().context
+        limit = None
+        if truncate and context is not None:
+            limit = context - (max_new_tokens or 1)
+            if limit < 1:
+                raise ContextLengthError(
+                    f"max_new_tokens {max_new_tokens} leaves no room for a prompt (context {context})."
+                )
+        encoded = encoding.encode(
+            tokenizer or self.tokenizer, prompts, head_type=None, max_length=limit, truncate=truncate
+        )
+        return [list(ids) for ids in encoded.input_ids]
+
+    async def open_generation(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        *,
+        adapter: str | None = None,
+        max_new_tokens: int | None = 16,
+        n: int = 1,
+        tokenizer: Any = None,
+        **sampling: Any,
+    ) -> GenerationRun:
+        """Pin (and load) the adapter, check every prompt against the context and queue ``n`` sequences per prompt
+        in the generation engine; the adapter stays pinned until the run ends. ``adapter`` None: the base model
+        with its own LM head; an adapter saved with a causal_lm head generates with that head."""
+        service = self._generation()
+        if any(not ids for ids in prompt_ids):
+            raise ConfigError("A prompt is empty; send at least one token of text.")
+        parsed = self._setup_of(adapter, None, required=False)
+        if parsed is not None and not isinstance(parsed, str):
+            raise ConfigError(f"Generation runs one adapter per request (a name), not the setup {parsed!r}.")
+        new_tokens = service.max_new_tokens_for(prompt_ids, max_new_tokens)
+        names = setup_names(parsed)
+        loaded = await self.registry.acquire(names) if names else {}
+        head = None if parsed is None else loaded[parsed].head
+        if head is not None and head.head_type != "causal_lm":
+            self.registry.release(names)
+            raise ConfigError(
+                f"Adapter {parsed!r} has a {head.head_type} head; generation serves adapters with no head (the "
+                "model's LM head) or a causal_lm head."
+            )
+        return service.open(
+            prompt_ids, adapter=parsed, head=head, n=n, max_new_tokens=new_tokens,
+            tokenizer=tokenizer or self.tokenizer, sampling=sampling, on_end=lambda: self.registry.release(names),
+        )  # fmt: skip
+
     async def generate(
         self,
         prompts: Sequence[str],
         *,
-        adapter: str,
+        adapter: str | None = None,
         max_new_tokens: int = 32,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
         truncate: bool = False,
+        **sampling: Any,
     ) -> dict[str, Any]:
-        """Continue each prompt with the adapter's causal-LM head (one pass per step for this request's prompts;
-        generation requests do not share passes with other requests)."""
-        token_ids: list[list[int]] = [[] for _ in prompts]
-        stream = self.generate_stream(
-            prompts, adapter=adapter, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-            seed=seed, truncate=truncate,
-        )  # fmt: skip
-        async for step in stream:
-            for row, token in enumerate(step):
-                if token is not None:
-                    token_ids[row].append(token)
-        texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids]
-        return {"adapter": adapter, "texts": texts, "token_ids": token_ids}
+        """Continue each prompt (greedy unless ``sampling`` says otherwise: ``temperature``, ``top_k``, ``top_p``,
+        ``seed``, ``stop``); the requests of all clients decode together in the generation engine."""
+        ids = self.encode_prompts(prompts, max_new_tokens=max_new_tokens, truncate=truncate)
+        run = await self.open_generation(ids, adapter=adapter, max_new_tokens=max_new_tokens, **sampling)
+        done = await run.completions()
+        texts = [self.tokenizer.decode(c.ids, skip_special_tokens=True) for c in done]
+        return {
+            "adapter": adapter,
+            "texts": texts,
+            "token_ids": [c.ids for c in done],
+            "finish_reasons": [c.finish_reason for c in done],
+        }
 
     async def generate_stream(
         self,
         prompts: Sequence[str],
         *,
-        adapter: str,
+        adapter: str | None = None,
         max_new_tokens: int = 32,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
         truncate: bool = False,
+        **sampling: Any,
     ) -> AsyncGenerator[list[int | None], None]:
-        """Yield each decoding step's new token per prompt (None once that prompt has stopped) as the model thread
-        produces it. Errors (unknown adapter, no causal-LM head, too long) raise at the first ``__anext__``;
-        closing the iterator early stops the generation."""
-        if max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-        parsed = self._setup_of(adapter, None)
-        names = setup_names(parsed)
-        self._scheduler().check_room(len(prompts))
-        loaded, fusion_head = await self._acquire(parsed)
-        stop = threading.Event()
+        """Yield a list per new token: that prompt's token, None at the other prompts. Errors raise at the first
+        ``__anext__``; closing the iterator early cancels the generation (freed at the next step)."""
+        ids = self.encode_prompts(prompts, max_new_tokens=max_new_tokens, truncate=truncate)
+        run = await self.open_generation(ids, adapter=adapter, max_new_tokens=max_new_tokens, **sampling)
+        events = run.events()
         try:
-            last = parsed if isinstance(parsed, str) else parsed.last()  # type: ignore[union-attr]
-            head = fusion_head if fusion_head is not None else loaded[last].head
-            check_generates(head, f"Adapter {last!r}")
-            limit = None if self.max_length is None else self.max_length - max_new_tokens
-            if limit is not None and limit < 1:
-                raise ConfigError(
-                    f"max_new_tokens {max_new_tokens} leaves no room for a prompt ({self.max_length})."
-                )
-            encoded = encoding.encode(
-                self.tokenizer, prompts, head_type=None, max_length=limit, truncate=truncate
-            )
-            loop = asyncio.get_running_loop()
-            steps: asyncio.Queue[Any] = asyncio.Queue()
-
-            def on_step(step: list[int | None]) -> None:  # on the model thread
-                loop.call_soon_threadsafe(steps.put_nowait, step)
-
-            done = loop.run_in_executor(
-                self._model_thread,
-                lambda: generate_ids(
-                    self.model, head, parsed, encoded.input_ids, pad_id=self.pad_id, eos_id=self.eos_id,
-                    max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                    on_step=on_step, cancelled=stop.is_set,
-                ),
-            )  # fmt: skip
-            done.add_done_callback(lambda _: steps.put_nowait(None))  # after every step (FIFO on the loop)
-            while (step := await steps.get()) is not None:
-                yield step
-            await done  # its exception, if it failed
+            async for index, token in events:
+                if token is not None:
+                    yield [token if i == index else None for i in range(len(prompts))]
         finally:
-            stop.set()
-            self.registry.release(names)
+            await events.aclose()

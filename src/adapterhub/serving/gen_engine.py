@@ -25,7 +25,8 @@ setup is per thread, so it is set inside the step, in the thread that runs the f
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ import torch
 
 from adapterhub.errors import AdapterNotFoundError, ConfigError, UnsupportedArchitectureError, did_you_mean
 from adapterhub.serving.gen_handle import Completion, GenerationHandle
+from adapterhub.serving.gen_heads import check_head, last_hidden, with_heads
 from adapterhub.serving.gen_scheduler import (
     CANCELLED,
     FAILED,
@@ -118,13 +120,16 @@ class GenerationEngine:
         max_new_tokens: int = 16,
         stop_ids: Iterable[int] | None = None,
         tokenizer: Any = None,
+        head: Any = None,
         **sampling: Any,
     ) -> GenerationHandle:
         """Queue one request (it joins the running batch at the next step) and return its handle. ``sampling``:
         ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop``, ``logprobs`` (``SamplingParams``); ``tokenizer``
-        decodes for ``stop`` strings (default: the engine's). Every check happens here: a request that is accepted
+        decodes for ``stop`` strings (default: the engine's); ``head``: a causal-LM head (``model.add_causal_lm_head``, e.g.
+        one detached from a loaded adapter) that gives this sequence's logits from the last hidden state instead of
+        the model's LM head. Every check happens here: a request that is accepted
         never fails for a reason known now."""
-        seqs = self._prepare(prompt_ids, 1, adapter, max_new_tokens, stop_ids, tokenizer, sampling)
+        seqs = self._prepare(prompt_ids, 1, adapter, max_new_tokens, stop_ids, tokenizer, sampling, head)
         return self._queue(seqs)[0]
 
     def submit_choices(
@@ -136,12 +141,37 @@ class GenerationEngine:
         max_new_tokens: int = 16,
         stop_ids: Iterable[int] | None = None,
         tokenizer: Any = None,
+        head: Any = None,
         **sampling: Any,
     ) -> list[GenerationHandle]:
         """Queue ``n`` independent sequences of one prompt (sharing nothing but the prompt; seeds ``seed, seed + 1,
         ...``) and return their handles; otherwise as ``submit``."""
-        seqs = self._prepare(prompt_ids, n, adapter, max_new_tokens, stop_ids, tokenizer, sampling)
+        seqs = self._prepare(prompt_ids, n, adapter, max_new_tokens, stop_ids, tokenizer, sampling, head)
         return self._queue(seqs)
+
+    def check(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        n: int = 1,
+        adapter: str | None = None,
+        max_new_tokens: int = 16,
+        stop_ids: Iterable[int] | None = None,
+        tokenizer: Any = None,
+        head: Any = None,
+        **sampling: Any,
+    ) -> None:
+        """Raise what ``submit_choices`` with these arguments would raise, queueing nothing."""
+        self._prepare(prompt_ids, n, adapter, max_new_tokens, stop_ids, tokenizer, sampling, head)
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self._scheduler.max_num_seqs
+
+    @staticmethod
+    def default_stop_ids(model: Any) -> list[int]:
+        """The model's eos token ids (its generation config's, else its config's)."""
+        return _default_stops(model)
 
     def generate(
         self,
@@ -208,6 +238,7 @@ class GenerationEngine:
         stop_ids: Iterable[int] | None,
         tokenizer: Any,
         sampling: dict[str, Any],
+        head: Any = None,
     ) -> list[SequenceState]:
         """Check one request and build its ``n`` sequences (not queued)."""
         if self._closing:
@@ -216,6 +247,7 @@ class GenerationEngine:
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
         self._check_adapter(adapter)
+        check_head(head)
         params = SamplingParams.from_kwargs(dict(sampling))
         n = check_n(n)
         _check_tokenizer(tokenizer)
@@ -257,6 +289,7 @@ class GenerationEngine:
                 stop_ids=stops,
                 sampler=RowSampler(params, seed, self.device),
                 stop_strings=StopStrings(params.stop, tokenizer) if params.stop else None,
+                head=head,
             )
             for seed in seeds_for(params, n)
         ]
@@ -297,6 +330,12 @@ class GenerationEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """No step runs while this block does (e.g. to load or delete adapters of the shared model)."""
+        with self._step_lock:
+            yield
+
     def stats(self) -> dict[str, int]:
         """``waiting`` / ``running`` sequences, ``cache_tokens`` stored, ``reserved_tokens`` of the budget."""
         with self._lock:
@@ -326,7 +365,11 @@ class GenerationEngine:
                     next(self.model.parameters()).device,
                 )
             try:
-                with torch.no_grad(), self.model.adapter_setup(setup):
+                with (
+                    torch.no_grad(),
+                    self.model.adapter_setup(setup),
+                    last_hidden(self.model, rows) as hidden,
+                ):
                     output = self.model(
                         input_ids=batch.input_ids,
                         attention_mask=batch.attention_mask,
@@ -335,7 +378,7 @@ class GenerationEngine:
                         use_cache=True,
                         logits_to_keep=1,
                     )
-                logits = output.logits[:, -1]  # (B, V)
+                    logits = with_heads(self.model, rows, output.logits[:, -1], hidden)  # (B, V)
                 greedy = logits.argmax(dim=-1).tolist()  # (B,)
                 choices = [_choose(seq.sampler, logits[i], greedy[i]) for i, seq in enumerate(rows)]
                 cache = output.past_key_values
@@ -408,7 +451,7 @@ class GenerationEngine:
     @staticmethod
     def _stream(seq: SequenceState, count: int) -> None:
         for token in seq.tokens[seq.streamed : count]:
-            seq.out.put(token)
+            seq.emit(token)
         seq.streamed = max(seq.streamed, count)
 
     def _finish(self, seq: SequenceState, reason: str) -> None:
@@ -443,8 +486,8 @@ class GenerationEngine:
         if module.method not in MIXABLE_METHODS or "BatchSplit" not in module.composable:
             raise ConfigError(
                 f"Adapter {adapter!r} is a {module.method} adapter; the generation engine runs "
-                f"{', '.join(sorted(MIXABLE_METHODS))} adapters per sequence so far. Serve it with "
-                "adapterhub.serving.generation (one request at a time) instead."
+                f"{', '.join(sorted(MIXABLE_METHODS))} adapters per sequence so far; generate "
+                "with model.generate() and the adapter active instead."
             )
 
 

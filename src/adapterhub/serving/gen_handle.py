@@ -4,6 +4,7 @@ finished sequence returns (``Completion``: ids, logprobs, finish reason)."""
 from __future__ import annotations
 
 import asyncio
+import queue
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -53,6 +54,11 @@ class GenerationHandle:
         return self._seq.tokens[: self._seq.streamed]
 
     @property
+    def wants_logprobs(self) -> bool:
+        """Whether the request was submitted with ``logprobs=True``."""
+        return bool(self._seq.sampler.params.logprobs)
+
+    @property
     def logprobs(self) -> list[float]:
         """The log-probability of each token in ``tokens`` (submit with ``logprobs=True``)."""
         if not self._seq.sampler.params.logprobs:
@@ -96,14 +102,31 @@ class GenerationHandle:
         return self._async_tokens()
 
     async def _async_tokens(self) -> AsyncIterator[int]:
-        while True:
-            item = await asyncio.to_thread(self._seq.out.get)
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            self._received.append(item)
-            yield item
+        """Reads the stream without blocking the event loop or a thread: when it is empty, wait on an event that
+        the stepping thread sets (``loop.call_soon_threadsafe``) after its next item."""
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+
+        def wake() -> None:  # on the stepping thread
+            loop.call_soon_threadsafe(ready.set)
+
+        self._seq.waker = wake
+        try:
+            while True:
+                try:
+                    item = self._seq.out.get_nowait()
+                except queue.Empty:
+                    await ready.wait()
+                    ready.clear()
+                    continue
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                self._received.append(item)
+                yield item
+        finally:
+            self._seq.waker = None
 
     def result(self) -> list[int]:
         """Wait for the end and return all new token ids (raises the error of a failed request)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import queue
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +28,11 @@ _IDS = itertools.count()
 class SequenceState:
     """One request. ``prompt``: token ids; ``adapter``: an adapter name or None (the base alone); ``stop_ids``:
     token ids that end it (the stop token is kept, as ``model.generate`` does); ``sampler``: picks its tokens (its
-    own generator); ``stop_strings``: text stops, or None; ``tokens``: new tokens so far (``logprobs`` beside them
+    own generator); ``stop_strings``: text stops, or None; ``head``: a causal-LM head that turns its last hidden
+    state into logits instead of the model's LM head (an adapter saved with one), or None; ``tokens``: new tokens so far (``logprobs`` beside them
     when asked for); ``streamed``: how many of them went to ``out``, the handle's stream (token ids, then ``None``
-    or the exception that ended it); ``finish_reason``: ``stop`` or ``length`` once finished."""
+    or the exception that ended it; ``waker``, when set, is called after every item, from the stepping thread);
+    ``finish_reason``: ``stop`` or ``length`` once finished."""
 
     prompt: list[int]
     adapter: str | None
@@ -37,6 +40,7 @@ class SequenceState:
     stop_ids: frozenset[int]
     sampler: Any = None
     stop_strings: Any = None
+    head: Any = None
     id: int = field(default_factory=lambda: next(_IDS))
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
@@ -46,6 +50,14 @@ class SequenceState:
     kv: SequenceKV | None = None
     error: BaseException | None = None
     out: queue.Queue[Any] = field(default_factory=queue.Queue)
+    waker: Callable[[], None] | None = None
+
+    def emit(self, item: Any) -> None:
+        """Put a token id, ``None`` (the end) or an exception on the stream and wake an async reader."""
+        self.out.put(item)
+        waker = self.waker
+        if waker is not None:
+            waker()
 
     @property
     def reservation(self) -> int:
@@ -108,7 +120,7 @@ class Scheduler:
             seq.kv.free()
             seq.kv = None
         seq.status, seq.error = status, error
-        seq.out.put(error)
+        seq.emit(error)
 
     def cache_tokens_in_use(self) -> int:
         """Tokens stored in the running sequences' caches."""

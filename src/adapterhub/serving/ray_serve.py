@@ -155,8 +155,10 @@ class EngineReplica:
                 adapter=body["adapter"],
                 max_new_tokens=body.get("max_new_tokens", 32),
                 temperature=body.get("temperature", 0.0),
+                top_k=body.get("top_k", 0),
                 top_p=body.get("top_p", 1.0),
                 seed=body.get("seed"),
+                stop=body.get("stop"),
                 truncate=body.get("truncate", False),
             )
         )

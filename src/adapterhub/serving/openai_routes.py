@@ -1,0 +1,316 @@
+"""The OpenAI-compatible routes of ``serve-model``: ``POST /v1/chat/completions``, ``POST /v1/completions``,
+``GET /v1/models`` (and ``/v1/models/{id}``), over the server's generation engine.
+
+``model`` picks the adapter: the base model's id (``engine.model_id``) is the base alone, an adapter's name that
+adapter. Chat prompts are the messages under the tokenizer's chat template (the adapter's own tokenizer when its
+directory holds one, else the base's) with the generation prompt added. Sampling: ``temperature`` (0: greedy;
+``top_p``/``top_k`` are then ignored), ``top_p``, ``top_k`` (an extension), ``seed`` (choice ``j`` draws with seed
+``seed + j``), ``stop``, ``n``, ``logprobs`` (the chosen tokens' log-probabilities; top alternatives are not
+served). ``stream: true`` answers server-sent events (``chat.completion.chunk`` / ``text_completion`` chunks, a
+chunk with each choice's ``finish_reason``, an optional usage chunk, then ``data: [DONE]``); a client that goes
+away cancels its sequences, which leave the batch at the next step. Errors: see ``openai_errors``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapterhub.errors import ConfigError, did_you_mean
+from adapterhub.serving.engine import ServingEngine
+from adapterhub.serving.gen_service import GenerationRun
+from adapterhub.serving.registry import UnknownAdapterError
+
+_MAX_SEED = 2**63 - 1
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class _Sampling(_Body):
+    model: str = Field(..., description="the base model's id (no adapter) or an adapter's name")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="0: greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="extension: keep the k most likely tokens (0: off)")
+    seed: int | None = Field(None, ge=0, le=_MAX_SEED)
+    n: int = Field(1, ge=1, le=64)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+
+class CompletionBody(_Sampling):
+    prompt: str | list[str]
+    max_tokens: int | None = Field(16, ge=1, description="None: as many as the context leaves")
+    logprobs: int | None = Field(
+        None, ge=0, le=0, description="0: the chosen tokens' logprobs (no alternatives)"
+    )
+    echo: Literal[False] = False
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+
+class ChatBody(_Sampling):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_tokens: int | None = Field(None, ge=1, description="None: as many as the context leaves")
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=0, description="top alternatives are not served yet")
+
+
+def resolve_model(engine: ServingEngine, name: str) -> str | None:
+    """The adapter ``model`` names (None: the base model); an unknown one raises naming the available ones."""
+    if name == engine.model_id:
+        return None
+    if name in engine.registry.sources:
+        return name
+    adapters = sorted(engine.registry.sources)
+    available = ", ".join(repr(m) for m in [engine.model_id, *adapters])
+    raise UnknownAdapterError(
+        f"The model {name!r} does not exist on this server{did_you_mean(name, [engine.model_id, *adapters])}. "
+        f"Available models: {available} (the base model's id means no adapter)."
+    )
+
+
+def _sampling(body: _Sampling, logprobs: bool) -> dict[str, Any]:
+    greedy = body.temperature == 0
+    return {
+        "temperature": body.temperature,
+        "top_p": 1.0 if greedy else body.top_p,
+        "top_k": 0 if greedy else body.top_k,
+        "seed": body.seed,
+        "stop": body.stop,
+        "logprobs": logprobs,
+    }
+
+
+def chat_prompt(tokenizer: Any, messages: Sequence[ChatMessage]) -> list[int]:
+    """The token ids of ``messages`` under the tokenizer's chat template, generation prompt added."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            "This model's tokenizer has no chat template, so chat messages cannot be turned into a prompt; use "
+            "/v1/completions with a prompt, or serve a tokenizer with a chat template."
+        )
+    turns = [
+        {
+            "role": m.role,
+            "content": m.content if isinstance(m.content, str) else "".join(p.text for p in m.content),
+        }
+        for m in messages
+    ]
+    try:
+        text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    except Exception as error:  # the template's own checks (e.g. roles that must alternate)
+        raise ConfigError(f"The chat template refused the messages: {error}") from error
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _token_text(tokenizer: Any, token: int) -> str:
+    return str(tokenizer.decode([token], skip_special_tokens=False))
+
+
+def _chat_logprobs(tokenizer: Any, ids: Sequence[int], logprobs: Sequence[float]) -> dict[str, Any]:
+    content = []
+    for token, logprob in zip(ids, logprobs, strict=True):
+        text = _token_text(tokenizer, token)
+        content.append({"token": text, "logprob": logprob, "bytes": list(text.encode()), "top_logprobs": []})
+    return {"content": content}
+
+
+def _completion_logprobs(tokenizer: Any, ids: Sequence[int], logprobs: Sequence[float]) -> dict[str, Any]:
+    tokens = [_token_text(tokenizer, t) for t in ids]
+    offsets, at = [], 0
+    for text in tokens:
+        offsets.append(at)
+        at += len(text)
+    return {"tokens": tokens, "token_logprobs": list(logprobs), "top_logprobs": None, "text_offset": offsets}
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def _stream(
+    run: GenerationRun,
+    tokenizer: Any,
+    chunk: Callable[[int, str, str | None, float | None, int | None], dict[str, Any]],
+    first: list[dict[str, Any]],
+    usage: Callable[[int], dict[str, Any]] | None,
+) -> StreamingResponse:
+    """SSE over ``run``: ``first`` chunks, a chunk per new token (``chunk(index, text delta, None, logprob,
+    token)``), a chunk per choice as it ends (its finish reason), the usage chunk (if asked), ``[DONE]``."""
+
+    async def events() -> AsyncIterator[str]:
+        ids: list[list[int]] = [[] for _ in run.handles]
+        texts = ["" for _ in run.handles]
+        stream = run.events()
+        try:
+            for payload in first:
+                yield _sse(payload)
+            async for index, token in stream:
+                handle = run.handles[index]
+                if token is None:
+                    yield _sse(chunk(index, "", handle.finish_reason or "stop", None, None))
+                    continue
+                ids[index].append(token)
+                text = tokenizer.decode(ids[index], skip_special_tokens=True)
+                delta = text[len(texts[index]) :] if text.startswith(texts[index]) else text
+                texts[index] = text
+                logprob = handle.logprobs[len(ids[index]) - 1] if handle.wants_logprobs else None
+                yield _sse(chunk(index, delta, None, logprob, token))
+            if usage is not None:
+                yield _sse(usage(sum(len(i) for i in ids)))
+            yield "data: [DONE]\n\n"
+        finally:  # the client went away (or the stream ended): cancel what still runs
+            run.cancel()
+            await stream.aclose()
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def openai_router(engine: ServingEngine) -> APIRouter:
+    """The OpenAI-compatible routes over ``engine``."""
+    router = APIRouter()
+    created = int(time.time())
+
+    def model_card(name: str, parent: str | None) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": created, "owned_by": "adapterhub", "parent": parent}
+
+    @router.get("/v1/models", summary="OpenAI model list: the base model and every adapter")
+    async def models() -> dict[str, Any]:
+        base = engine.model_id
+        cards = [model_card(base, None), *(model_card(a, base) for a in sorted(engine.registry.sources))]
+        return {"object": "list", "data": cards}
+
+    @router.get("/v1/models/{model:path}", summary="one model of the list")
+    async def model(model: str) -> dict[str, Any]:
+        adapter = resolve_model(engine, model)
+        return model_card(model, None if adapter is None else engine.model_id)
+
+    @router.post("/v1/completions", summary="OpenAI text completion (model: base id or adapter name)")
+    async def completions(body: CompletionBody) -> Any:
+        adapter = resolve_model(engine, body.model)
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        tokenizer = engine.tokenizer_for(adapter)
+        prompt_ids = engine.encode_prompts(prompts, max_new_tokens=body.max_tokens, tokenizer=tokenizer)
+        with_logprobs = body.logprobs is not None
+        run = await engine.open_generation(
+            prompt_ids, adapter=adapter, max_new_tokens=body.max_tokens, n=body.n, tokenizer=tokenizer,
+            **_sampling(body, with_logprobs),
+        )  # fmt: skip
+        ident = f"cmpl-{uuid.uuid4().hex[:24]}"
+        head = {"id": ident, "object": "text_completion", "created": int(time.time()), "model": body.model}
+        prompt_tokens = sum(len(p) for p in prompt_ids)
+        if body.stream:
+
+            def chunk(
+                i: int, text: str, finish: str | None, lp: float | None, token: int | None
+            ) -> dict[str, Any]:
+                logprobs = None
+                if lp is not None and token is not None:
+                    logprobs = _completion_logprobs(tokenizer, [token], [lp])
+                choice = {"text": text, "index": i, "logprobs": logprobs, "finish_reason": finish}
+                return {**head, "choices": [choice]}
+
+            usage = None
+            if body.stream_options is not None and body.stream_options.include_usage:
+                usage = lambda done: {**head, "choices": [], "usage": _usage(prompt_tokens, done)}  # noqa: E731
+            return _stream(run, tokenizer, chunk, [], usage)
+        done = await run.completions()
+        choices = []
+        for i, c in enumerate(done):
+            logprobs = _completion_logprobs(tokenizer, c.ids, c.logprobs or []) if with_logprobs else None
+            text = tokenizer.decode(c.ids, skip_special_tokens=True)
+            choices.append({"text": text, "index": i, "logprobs": logprobs, "finish_reason": c.finish_reason})
+        return {**head, "choices": choices, "usage": _usage(prompt_tokens, sum(len(c.ids) for c in done))}
+
+    @router.post("/v1/chat/completions", summary="OpenAI chat completion (model: base id or adapter name)")
+    async def chat(body: ChatBody) -> Any:
+        adapter = resolve_model(engine, body.model)
+        tokenizer = engine.tokenizer_for(adapter)
+        prompt = chat_prompt(tokenizer, body.messages)
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        run = await engine.open_generation(
+            [prompt], adapter=adapter, max_new_tokens=max_tokens, n=body.n, tokenizer=tokenizer,
+            **_sampling(body, body.logprobs),
+        )  # fmt: skip
+        ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created_at = int(time.time())
+        if body.stream:
+            head = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created_at,
+                "model": body.model,
+            }
+
+            def chunk(
+                i: int, text: str, finish: str | None, lp: float | None, token: int | None
+            ) -> dict[str, Any]:
+                logprobs = None
+                if lp is not None and token is not None:
+                    logprobs = _chat_logprobs(tokenizer, [token], [lp])
+                delta = {"content": text} if finish is None else {}
+                return {
+                    **head,
+                    "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+                }
+
+            first = [
+                {**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                      "logprobs": None, "finish_reason": None}]}
+                for i in range(len(run.handles))
+            ]  # fmt: skip
+            usage = None
+            if body.stream_options is not None and body.stream_options.include_usage:
+                usage = lambda done: {**head, "choices": [], "usage": _usage(len(prompt), done)}  # noqa: E731
+            return _stream(run, tokenizer, chunk, first, usage)
+        done = await run.completions()
+        choices = []
+        for i, c in enumerate(done):
+            text = tokenizer.decode(c.ids, skip_special_tokens=True)
+            logprobs = _chat_logprobs(tokenizer, c.ids, c.logprobs or []) if body.logprobs else None
+            message = {"role": "assistant", "content": text}
+            choices.append(
+                {"index": i, "message": message, "logprobs": logprobs, "finish_reason": c.finish_reason}
+            )
+        return {
+            "id": ident,
+            "object": "chat.completion",
+            "created": created_at,
+            "model": body.model,
+            "choices": choices,
+            "usage": _usage(len(prompt), sum(len(c.ids) for c in done)),
+        }
+
+    return router
