@@ -3,6 +3,9 @@ model bit-identical, active ones change it, training changes only the adapter an
 merging, row blocks), composition and fusion, the image-classification heads (ours and the model's own), and LoRA
 outputs equal to peft's on the same weights.
 
+CLIP's towers (``clip_vision_model``, ``clip_text_model``) each carry the methods too: outputs, round trips,
+merging, and prompt tuning refused on the text tower (it pools at the end-of-text position).
+
 ViT takes ``pixel_values`` (no token ids, no attention mask): the tiny model reads 16x16 RGB images in 4x4
 patches, 17 positions with the CLS token."""
 
@@ -10,9 +13,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 
 import adapterhub
 from adapterhub import BatchSplit, Fuse, Stack
+from adapterhub.errors import ConfigError
 from method_checks import ACTIVE, check_merge, check_round_trip, check_row_blocks, hidden, make
 from tiny_models import build, make_pixel_inputs, perturb
 
@@ -136,3 +141,83 @@ def test_lora_on_vit_matches_peft_on_the_same_weights(pixels):
     torch.testing.assert_close(
         hidden(ours, pixels, ACTIVE), theirs(**pixels).last_hidden_state, atol=1e-5, rtol=1e-5
     )
+
+
+# ------------------------------------------------------------------------------------------------ CLIP towers
+
+CLIP_VISION = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    image_size=16,
+    patch_size=4,
+    projection_dim=16,
+)
+CLIP_TEXT = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=20,
+    projection_dim=16,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+
+def clip_tower(tower: str):
+    """A tiny CLIP tower with its projection, and inputs for it: (model, inputs, the output embedding's key)."""
+    torch.manual_seed(0)
+    if tower == "vision":
+        model = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(**CLIP_VISION))
+        return model.eval(), make_pixel_inputs(), "image_embeds"
+    ids = torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0], [1, 9, 10, 2]])
+    model = transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(**CLIP_TEXT))
+    return model.eval(), {"input_ids": ids, "attention_mask": (ids != 0).long()}, "text_embeds"
+
+
+CLIP_METHODS = [c for c in METHODS if not c.startswith("prompt_tuning")] + ["pfeiffer+inv"]
+
+
+@pytest.mark.parametrize("tower", ["vision", "text"])
+@pytest.mark.parametrize("config", CLIP_METHODS)
+def test_clip_towers_carry_the_methods(tower, config, tmp_path):
+    bare, inputs, key = clip_tower(tower)
+    reference = bare(**inputs)[key]
+    model = adapterhub.init(clip_tower(tower)[0])
+    model.add_adapter("a", config=config)
+    perturb(model._adapterhub.adapters["a"], std=0.3)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs)[key], reference)  # inactive: bit-identical
+        with model.adapter_setup("a"):
+            adapted = model(**inputs)[key]
+    assert not torch.allclose(adapted, reference, atol=1e-4)
+    model.save_adapter(tmp_path / "a", "a")
+    fresh = adapterhub.init(clip_tower(tower)[0])
+    fresh.load_adapter(tmp_path / "a", set_active=True)
+    with torch.no_grad():
+        assert torch.equal(fresh(**inputs)[key], adapted)
+
+
+@pytest.mark.parametrize("tower", ["vision", "text"])
+def test_clip_tower_lora_merges(tower):
+    model, inputs, key = clip_tower(tower)
+    model = adapterhub.init(model)
+    model.add_adapter("a", config="lora[targets=[q,v,ffn_in]]", set_active=True)
+    perturb(model._adapterhub.adapters["a"], std=0.3)
+    with torch.no_grad():
+        unmerged = model(**inputs)[key]
+        model.merge_adapter("a")
+        torch.testing.assert_close(model(**inputs)[key], unmerged, atol=1e-5, rtol=0)
+
+
+def test_clip_vision_tower_takes_prompt_tuning_and_the_text_tower_refuses_it():
+    vision = adapterhub.init(clip_tower("vision")[0])
+    vision.add_adapter("p", config="prompt_tuning[prompt_length=3]")
+    text = adapterhub.init(clip_tower("text")[0])
+    with pytest.raises(ConfigError, match="end-of-text position"):
+        text.add_adapter("p", config="prompt_tuning[prompt_length=3]")
+    assert "p" not in text._adapterhub.adapters

@@ -12,6 +12,12 @@ wav2vec2 (``Wav2Vec2Model``, ``Wav2Vec2ForCTC``, ...): a convolutional feature e
 with ``do_stable_layer_norm`` (the large checkpoints) it is pre-LN. There is no token-embedding module to prepend a
 prompt to, so prompt tuning and invertible adapters are refused; the transformer layers carry the rest.
 
+CLIP's towers, each on its own (``CLIPVisionModel`` / ``CLIPVisionModelWithProjection``, model type
+``clip_vision_model``; ``CLIPTextModel`` / ``CLIPTextModelWithProjection``, ``clip_text_model``): pre-LN layers
+(``x + self_attn(layer_norm1(x))``, ``x + mlp(layer_norm2(x))``) under ``encoder.layers``. The text tower pools the
+hidden state at the end-of-text token it finds in ``input_ids``; a prompt in front would move that position, so
+prompt tuning is refused there. The two-tower ``CLIPModel`` is not described yet.
+
 Whisper is an encoder-decoder whose layers are mBART's; its entry is in ``adapterhub.spec.architectures``.
 """
 
@@ -25,7 +31,7 @@ from adapterhub.spec.architecture import (
     register_architecture,
 )
 
-__all__ = ["VIT", "WAV2VEC2", "WAV2VEC2_STABLE_LN"]
+__all__ = ["CLIP_TEXT", "CLIP_VISION", "VIT", "WAV2VEC2", "WAV2VEC2_STABLE_LN"]
 
 VIT = register_architecture(
     ArchitectureSpec(
@@ -92,5 +98,43 @@ WAV2VEC2_STABLE_LN = register_architecture(
         linears=_WAV2VEC2_LINEARS,
         attention="attention",
         config_match={"do_stable_layer_norm": True},
+    )
+)
+
+_CLIP_LAYER = {
+    "sites": {
+        "attn": SiteSpec(output="self_attn", output_index=0, residual=InputRef("layer_norm1", 0, "input")),
+        "ffn": SiteSpec(output="mlp", residual=InputRef("layer_norm2", 0, "input")),
+    },
+    "linears": {
+        "q": LinearSpec("self_attn.q_proj"),
+        "k": LinearSpec("self_attn.k_proj"),
+        "v": LinearSpec("self_attn.v_proj"),
+        "attn_out": LinearSpec("self_attn.out_proj"),
+        "ffn_in": LinearSpec("mlp.fc1"),
+        "ffn_out": LinearSpec("mlp.fc2"),
+    },
+    "attention": "self_attn",
+}
+
+CLIP_VISION = register_architecture(
+    ArchitectureSpec(
+        model_types=("clip_vision_model",),
+        layers="encoder.layers",
+        embeddings="embeddings",  # class embedding + patch embeddings + position embeddings (pre_layrnorm follows)
+        **_CLIP_LAYER,  # type: ignore[arg-type]
+    )
+)
+
+CLIP_TEXT = register_architecture(
+    ArchitectureSpec(
+        model_types=("clip_text_model",),
+        layers="encoder.layers",
+        embeddings="embeddings",  # token + position embeddings
+        unsupported={
+            "method:prompt_tuning": "CLIP's text tower pools the hidden state at the end-of-text position it finds "
+            "in input_ids; a prompt in front of the tokens would move that position. Use prefix tuning or LoRA."
+        },
+        **_CLIP_LAYER,  # type: ignore[arg-type]
     )
 )
