@@ -177,6 +177,13 @@ def test_bad_task_json(tmp_path: Path, write_jsonl: Writer, info: dict[str, Any]
             {"messages": [_user("q"), _assistant(""), _user("q"), _assistant("a")]},
             r"message 2: empty assistant",
         ),
+        ({"prompt": "q", "response": "a", "answers": "a"}, r"'answers' must be a non-empty list"),
+        ({"prompt": "q", "response": "a", "answers": []}, r"'answers' must be a non-empty list"),
+        ({"prompt": "q", "response": "a", "answers": ["a", "a"]}, r"'answers' repeats an answer"),
+        (
+            {"prompt": "q", "response": "a", "answers": ["b", "c"]},
+            r"the response 'a' is not one of the row's",
+        ),
     ],
 )
 def test_bad_rows_name_the_file_and_line(

@@ -80,6 +80,27 @@ def test_multiple_choice_lists_numbered_choices_and_answers_with_the_choice_text
         _assistant("the dog"),
     )
     assert task.train[1].messages is not None and task.train[1].messages[-1] == _assistant("walk")
+    assert [e.choices for e in task.train] == [("the cat", "the dog", "nobody"), ("run", "walk")]
+
+
+def test_multiple_choice_rows_keep_their_answers_through_the_written_folder(
+    questions: Path, tmp_path: Path
+) -> None:
+    write_instructions(questions, tmp_path / "out")
+    first = json.loads((tmp_path / "out" / "train.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert first["answers"] == ["the cat", "the dog", "nobody"]
+    loaded = load_task(tmp_path / "out")
+    assert loaded.answers == () and [e.choices for e in loaded.dev] == [("yes", "no")]
+    assert loaded.train == instruction_task(load_task(questions)).train
+
+
+def test_repeated_choices_are_allowed_answers_once(tmp_path: Path, write_jsonl: Writer) -> None:
+    folder = tmp_path / "dup"
+    row = {"text": "Pick", "choices": ["same", "same", "other"], "label": 2}
+    write_jsonl(folder / "train.jsonl", [row])
+    write_jsonl(folder / "dev.jsonl", [row])
+    write_instructions(folder, tmp_path / "out")
+    assert load_task(tmp_path / "out").dev[0].choices == ("same", "other")
 
 
 def test_template_placeholders(sentiment: Path, questions: Path) -> None:

@@ -197,6 +197,22 @@ def test_answer_metrics_accuracy_allowed_spread_and_majority() -> None:
         answer_metrics(["a"], ["a", "b"])
 
 
+def test_answer_metrics_with_answers_per_row_count_the_positions_picked() -> None:
+    """Multiple choice turned into instructions: each row allows its own choices."""
+    rows = [("red", "blue"), ("cat", "dog", "cow"), ("yes", "no"), ("up", "down")]
+    generated = ["Red.", "cow", "maybe", "red"]  # row 4 answers another row's choice: not allowed
+    gold = ["red", "dog", "no", "down"]
+    m = answer_metrics(generated, gold, row_answers=rows)
+    assert m.accuracy == pytest.approx(1 / 4)
+    assert m.allowed_fraction == pytest.approx(2 / 4)
+    assert m.answer_counts == {"choice 1": 1, "choice 2": 0, "choice 3": 1, "other": 2}
+    assert m.majority_rate == pytest.approx(3 / 4)  # gold is the 2nd choice in 3 of 4 rows
+    with pytest.raises(ConfigError, match="once for the task"):
+        answer_metrics(generated, gold, ("red",), row_answers=rows)
+    with pytest.raises(ConfigError, match="rows of allowed answers"):
+        answer_metrics(generated, gold, row_answers=rows[:2])
+
+
 class FakeGenerator(nn.Module):
     """generate() appends fixed tokens to each left-padded row (checking that every row ends at the last
     position); forward() returns uniform logits."""
@@ -236,6 +252,15 @@ def test_evaluate_generation_scores_decoded_answers(tokenizer: Any) -> None:
     assert report.loss == pytest.approx(float(torch.log(torch.tensor(float(len(tokenizer))))), rel=1e-5)
     assert report.samples[0][1] == "positive"
     assert response_loss(fake, loader) == report.loss
+
+
+def test_evaluate_generation_scores_rows_against_their_own_answers(tokenizer: Any) -> None:
+    task = make_task(0, 4)
+    dev = tuple(Example(e.text, choices=("positive", "negative"), messages=e.messages) for e in task.dev)
+    answer = [tokenizer.convert_tokens_to_ids("positive"), tokenizer.eos_token_id]
+    report = evaluate_generation(FakeGenerator(answer, len(tokenizer)), tokenizer, dev, batch_size=4)
+    assert report.answers.allowed_fraction == 1.0
+    assert report.answers.answer_counts == {"choice 1": 4, "choice 2": 0, "other": 0}
 
 
 def test_overfitting_one_answer_gives_that_answer_everywhere(tokenizer: Any) -> None:

@@ -8,6 +8,10 @@ Two row shapes are read (JSON lines, CSV/TSV, or HuggingFace rows alike):
 * ``{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}, ...]}`` in the
   OpenAI chat format (roles ``system``, ``user``, ``assistant``; in a CSV/TSV cell, as JSON). The conversation
   must end with a non-empty assistant turn: the response to learn and to evaluate.
+
+Either shape may add ``"answers": ["...", ...]``, the answers allowed for that row (multiple choice turned into
+instructions writes the row's choices there); the response must be one of them. They are kept as the example's
+``choices`` and score the row when the task has no task-wide answers.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from adapterhub.errors import ConfigError, did_you_mean
 MESSAGES_COLUMN = "messages"
 PROMPT_COLUMN = "prompt"
 RESPONSE_COLUMN = "response"
+ANSWERS_COLUMN = "answers"
 SYSTEM_COLUMN = "system"
 _SHAPES = (
     '{"prompt": "...", "response": "..."} (optionally with "system") or '
@@ -71,7 +76,33 @@ def _example(table: Table, row: Row) -> Example:
         )
     _check_conversation(where, messages)
     prompt = messages[-2]["content"] if len(messages) > 1 else ""
-    return Example(prompt, messages=tuple(messages))
+    answers = _row_answers(where, values.get(ANSWERS_COLUMN), table.from_text, messages[-1]["content"])
+    return Example(prompt, choices=answers, messages=tuple(messages))
+
+
+def _row_answers(where: str, value: Any, from_text: bool, response: str) -> tuple[str, ...] | None:
+    """A row's own allowed answers: a list of distinct non-empty strings holding the response (JSON in a
+    CSV/TSV cell), or ``None`` when the row gives none."""
+    if value is None:
+        return None
+    if from_text and isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{where}: {ANSWERS_COLUMN!r} is not valid JSON ({error.msg})") from None
+    if not isinstance(value, list) or not value or not all(isinstance(a, str) and a.strip() for a in value):
+        raise ConfigError(
+            f"{where}: {ANSWERS_COLUMN!r} must be a non-empty list of non-empty strings (the answers allowed "
+            f"for this row), got {value!r}"
+        )
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where}: {ANSWERS_COLUMN!r} repeats an answer: {value!r}")
+    if response not in value:
+        raise ConfigError(
+            f"{where}: the response {response!r} is not one of the row's {ANSWERS_COLUMN!r} {value!r}; add it "
+            "or correct the response"
+        )
+    return tuple(value)
 
 
 def _string(where: str, value: Any, what: str) -> str:

@@ -89,7 +89,8 @@ def instruction_task(task: TaskData, template: str | None = None, *, name: str |
     """``task`` (classification or multiple choice) as a ``generation`` task of user/assistant conversations.
 
     ``template`` defaults to :data:`DEFAULT_TEMPLATES` for the task's kind. The result's ``answers`` are the
-    class names (classification) or empty (multiple choice, whose allowed answers differ per row). Raises
+    class names (classification) or empty (multiple choice, whose allowed answers differ per row: each converted
+    example keeps its row's choices in ``choices``, written as the row's ``"answers"``). Raises
     :class:`ConfigError` for another kind, class names that are bare numbers (add names to ``task.json``), a bad
     template (:func:`check_template`) or an unlabelled example.
     """
@@ -165,9 +166,9 @@ def _text(example: Example) -> str:
     return example.text if example.text_pair is None else f"{example.text}\n{example.text_pair}"
 
 
-def _conversation(prompt: str, answer: str) -> Example:
+def _conversation(prompt: str, answer: str, answers: tuple[str, ...] | None = None) -> Example:
     messages = (Message(role="user", content=prompt), Message(role="assistant", content=answer))
-    return Example(prompt, messages=messages)
+    return Example(prompt, choices=answers, messages=messages)
 
 
 def _label_index(task: TaskData, example: Example, split: str, index: int) -> int:
@@ -190,15 +191,20 @@ def _multiple_choice(task: TaskData, template: str, example: Example, split: str
     answer = choices[_label_index(task, example, split, index)]
     numbered = "\n".join(f"{number}. {choice}" for number, choice in enumerate(choices, start=1))
     prompt = template.format(text=_text(example), answers=", ".join(choices), choices=numbered)
-    return _conversation(prompt, answer)
+    # the row's allowed answers (each once) score it when evaluating
+    return _conversation(prompt, answer, tuple(dict.fromkeys(choices)))
 
 
 # ------------------------------------------------------------------------------------------------ writing
 def _jsonl(examples: tuple[Example, ...]) -> str:
-    return "".join(
-        json.dumps({"messages": list(example.messages or ())}, ensure_ascii=False) + "\n"
-        for example in examples
-    )
+    """One ``{"messages": [...]}`` row per example, with ``"answers"`` where the row has its own."""
+    rows = []
+    for example in examples:
+        row: dict[str, Any] = {"messages": list(example.messages or ())}
+        if example.choices:
+            row["answers"] = list(example.choices)
+        rows.append(json.dumps(row, ensure_ascii=False) + "\n")
+    return "".join(rows)
 
 
 def _check_destination(source: object, target: Path, overwrite: bool) -> None:

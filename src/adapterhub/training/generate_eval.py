@@ -5,8 +5,12 @@ allowed answers and their spread, and the per-token dev loss over response token
   case, surrounding spaces and final punctuation ignored).
 * **Allowed fraction**: the fraction of generated answers that are one of the task's allowed answers
   (``TaskData.answers``; ``None`` when the task has none), and ``answer_counts``: how many generated answers are
-  each allowed answer, plus ``"other"``.
-* **Majority rate**: the share of the most frequent gold answer, the accuracy of always answering it.
+  each allowed answer, plus ``"other"``. Where the allowed answers differ per row (multiple choice turned into
+  instructions: each dev row's ``Example.choices``), a generated answer is allowed when it is one of its own
+  row's answers, and ``answer_counts`` counts the positions picked (``"choice 1"``, ``"choice 2"``, ...,
+  ``"other"``), which shows a bias towards a position.
+* **Majority rate**: the share of the most frequent gold answer (per-row answers: the most frequent gold
+  position), the accuracy of always answering it.
 * **Loss**: the mean cross-entropy per response token (the tokens that carry loss in training) over the dev rows.
 
 Decoding is ``model.generate`` (greedy, KV cache; without the cache under prompt tuning, whose soft tokens
@@ -65,15 +69,23 @@ class AnswerMetrics:
 
 
 def answer_metrics(
-    generated: Sequence[str], gold: Sequence[str], answers: Sequence[str] = ()
+    generated: Sequence[str],
+    gold: Sequence[str],
+    answers: Sequence[str] = (),
+    row_answers: Sequence[Sequence[str]] | None = None,
 ) -> AnswerMetrics:
-    """Accuracy, allowed fraction, spread over ``answers`` (+ ``other``) and the gold majority rate."""
+    """Accuracy, allowed fraction, spread over ``answers`` (+ ``other``) and the gold majority rate;
+    ``row_answers`` (one list per row, instead of ``answers``): the spread over the positions picked."""
     if len(generated) != len(gold):
         raise ConfigError(
             f"{len(generated)} generated answers for {len(gold)} gold answers; they must pair up."
         )
     if not gold:
         raise ConfigError("no dev rows to evaluate on; a generation task needs dev examples.")
+    if row_answers is not None:
+        if answers:
+            raise ConfigError("give the allowed answers once for the task (answers) or per row, not both.")
+        return _row_answer_metrics(generated, gold, row_answers)
     by_form = {normalise(answer): answer for answer in answers}
     hits = sum(normalise(g) == normalise(t) for g, t in zip(generated, gold, strict=True))
     counts: dict[str, int] = {answer: 0 for answer in answers}
@@ -84,6 +96,28 @@ def answer_metrics(
     allowed = None if not answers else (len(generated) - counts[OTHER]) / len(generated)
     majority = Counter(normalise(t) for t in gold).most_common(1)[0][1] / len(gold)
     return AnswerMetrics(hits / len(gold), allowed, counts, majority, len(gold))
+
+
+def _row_answer_metrics(
+    generated: Sequence[str], gold: Sequence[str], row_answers: Sequence[Sequence[str]]
+) -> AnswerMetrics:
+    if len(row_answers) != len(gold):
+        raise ConfigError(f"{len(row_answers)} rows of allowed answers for {len(gold)} gold answers.")
+    counts: Counter[str] = Counter()
+    gold_positions: Counter[str] = Counter()
+    hits = 0
+    for text, truth, allowed in zip(generated, gold, row_answers, strict=True):
+        forms = [normalise(answer) for answer in allowed]
+        hits += normalise(text) == normalise(truth)
+        picked = normalise(text)
+        counts[f"choice {forms.index(picked) + 1}" if picked in forms else OTHER] += 1
+        truth_form = normalise(truth)
+        gold_positions[f"choice {forms.index(truth_form) + 1}" if truth_form in forms else OTHER] += 1
+    width = max(len(allowed) for allowed in row_answers)
+    spread = {f"choice {i}": counts[f"choice {i}"] for i in range(1, width + 1)} | {OTHER: counts[OTHER]}
+    majority = gold_positions.most_common(1)[0][1] / len(gold)
+    allowed_fraction = (len(generated) - counts[OTHER]) / len(generated)
+    return AnswerMetrics(hits / len(gold), allowed_fraction, spread, majority, len(gold))
 
 
 @dataclass(frozen=True)
@@ -221,7 +255,8 @@ def evaluate_generation(
     samples: int = 5,
 ) -> GenerationReport:
     """Generate an answer for each of ``examples`` (the conversation without its last assistant turn) and score
-    it against that turn; ``loss_loader`` (optional) gives the per-token dev loss. ``adapters=False`` evaluates
+    it against that turn; ``loss_loader`` (optional) gives the per-token dev loss. Without task-wide ``answers``,
+    rows that all carry their own allowed answers (``Example.choices``) are scored against those. ``adapters=False`` evaluates
     the base model alone (``model.adapter_setup(None)`` for this call). ``max_new_tokens`` defaults to the
     longest gold answer's token count plus 4."""
     if not examples:
@@ -254,7 +289,10 @@ def evaluate_generation(
         )
         loss = response_loss(model, loss_loader, progress=progress) if loss_loader is not None else None
     shown = tuple((example.text, generated[i], gold[i]) for i, example in enumerate(examples[:samples]))
-    return GenerationReport(answer_metrics(generated, gold, answers), loss, shown)
+    per_row = None
+    if not answers and all(example.choices for example in examples):
+        per_row = [tuple(example.choices or ()) for example in examples]
+    return GenerationReport(answer_metrics(generated, gold, answers, per_row), loss, shown)
 
 
 def format_samples(report: GenerationReport, width: int = 60) -> str:
