@@ -169,7 +169,7 @@ def enable_checkpointing(model: nn.Module, mode: str | None) -> None:
     (``adapterhub.runtime.checkpointing``); gradients equal those without checkpointing."""
     if mode is None:
         return
-    enable = getattr(model, "activation_checkpointing_enable", None) or getattr(
+    enable: Any = getattr(model, "activation_checkpointing_enable", None) or getattr(
         model, "gradient_checkpointing_enable", None
     )
     if enable is None or not getattr(model, "supports_gradient_checkpointing", False):
