@@ -163,3 +163,46 @@ def test_reentrant_gets_input_grads_without_transformers_hook():
     loss.backward()
     got = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     _assert_same(expected, got)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_recompute_in_another_thread_uses_the_forward_threads_setup(mode):
+    """On a GPU autograd recomputes in its own thread: there neither the forward thread's ``adapter_setup`` block
+    nor its ``CallState`` exist. Backward in a fresh thread must give the same gradients."""
+    import threading
+
+    model, setup = _composed("bert", "parallel")
+    model.set_active_adapters(None)
+    inputs = make_inputs()
+
+    def grads(checkpoint, other_thread):
+        model.train()
+        model.zero_grad(set_to_none=True)
+        if checkpoint is None:
+            model.gradient_checkpointing_disable()
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": checkpoint})
+        torch.manual_seed(0)  # the heads' dropout
+        with model.adapter_setup(setup):
+            loss = _parallel_loss(model, inputs)
+        if other_thread:
+            errors = []
+
+            def backward():
+                try:
+                    loss.backward()
+                except Exception as error:  # re-raised below, in the test's thread
+                    errors.append(error)
+
+            worker = threading.Thread(target=backward)
+            worker.start()
+            worker.join()
+            if errors:
+                raise errors[0]
+        else:
+            loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    base = grads(None, False)
+    _assert_same(base, grads(MODES[mode], False))
+    _assert_same(base, grads(MODES[mode], True))
