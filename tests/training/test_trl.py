@@ -139,3 +139,26 @@ def test_without_trl_the_error_names_the_extra(monkeypatch):
     model.train_adapter("sft")
     with pytest.raises(ImportError, match=r"pip install adapterhub\[trl\]"):
         sft_trainer(model)
+
+
+def test_sft_checkpoints_hold_the_adapter_and_resume(tmp_path):
+    """Checkpoints written during training are adapter directories; resuming from one restores the adapter and
+    ends where the uninterrupted run ended."""
+
+    def run(resume=None, max_steps=4):
+        tokenizer = chat_tokenizer(WORDS)
+        model = adapterhub.init(_base(tokenizer))
+        model.add_adapter("sft", config="lora")
+        model.train_adapter("sft")
+        args = _config(tmp_path, max_steps=max_steps, save_strategy="steps", save_steps=2, logging_steps=1)
+        trainer = sft_trainer(model, args=args, train_dataset=_chat_rows(), processing_class=tokenizer)
+        trainer.train(resume_from_checkpoint=resume)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("_adapterhub")}
+
+    full = run()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert (checkpoint / "sft" / "adapter.safetensors").is_file()
+    assert not (checkpoint / "model.safetensors").exists()
+    resumed = run(resume=str(checkpoint))
+    for name, value in full.items():
+        torch.testing.assert_close(resumed[name], value, atol=1e-6, rtol=1e-5)
