@@ -23,6 +23,7 @@ from adapterhub.errors import ConfigError
 from adapterhub.heads.api import generation_class
 from adapterhub.heads.routing import install_call_hooks, install_head_routing
 from adapterhub.runtime import attention_hooks
+from adapterhub.runtime.checkpointing import unwrap_checkpointing, wrap_checkpointing
 from adapterhub.runtime.fusion import RegulariserHook
 from adapterhub.runtime.injection import AdapterHook, SiteInjector, remove_hooks
 from adapterhub.runtime.layers import get_layers
@@ -50,6 +51,13 @@ class AdapterModelMixin(MergeMixin, FusionMixin, PrefixTuningMixin, ArithmeticMi
             base.__name__ for base in cls.__bases__
         }  # given by a causal-LM head
         return (_new_mixed, (cls._adapterhub_original, generates), self.__getstate__())
+
+    def _set_gradient_checkpointing(self, *args: Any, **kwargs: Any) -> None:
+        """transformers' switch (behind ``gradient_checkpointing_enable`` / ``activation_checkpointing_enable``),
+        then each layer's checkpoint function wrapped so that its recompute during ``backward()`` runs under the
+        adapter setup and per-call state of the forward it repeats (``adapterhub.runtime.checkpointing``)."""
+        super()._set_gradient_checkpointing(*args, **kwargs)  # type: ignore[misc]
+        wrap_checkpointing(self, getattr(self, STORE_ATTR))  # type: ignore[arg-type]
 
 
 def _new_mixed(original: type, generates: bool = False) -> Any:
@@ -94,6 +102,7 @@ def init(model: nn.Module) -> nn.Module:
     install_parallel_hooks(model, spec, store)
     model.register_forward_hook(_Regulariser(store))
     install_call_hooks(model, store)  # last: its pre-hook runs first and its forward hook last
+    wrap_checkpointing(model, store)  # checkpointing enabled before init
     return model
 
 
@@ -110,6 +119,7 @@ def deinit(model: nn.Module) -> nn.Module:
             "before adapterhub.deinit(model), or the weights keep their update."
         )
     remove_hooks(model)
+    unwrap_checkpointing(model)
     attention_hooks.disable(model)
     del model._modules[STORE_ATTR]
     model.__class__ = store.original_class  # type: ignore[assignment]

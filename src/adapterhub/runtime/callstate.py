@@ -9,7 +9,9 @@ pre-hook of a call starts a fresh state (dropping one a failed call may have lef
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,3 +63,25 @@ def end(owner: object) -> CallState | None:
     """End (and return) the state of ``owner``'s call in this thread."""
     states: dict[int, CallState] | None = getattr(_LOCAL, "states", None)
     return None if states is None else states.pop(id(owner), None)
+
+
+@contextlib.contextmanager
+def resumed(owner: object, state: CallState | None) -> Iterator[None]:
+    """Make ``state`` this thread's state of ``owner``'s call for the block, and put back what was there before.
+
+    Activation checkpointing re-runs a layer's forward during ``backward()``, after the call that ran it first has
+    ended (and possibly in autograd's own thread): the recompute must see the state of that call."""
+    states = _states()
+    key = id(owner)
+    before = states.get(key)
+    if state is None:
+        states.pop(key, None)
+    else:
+        states[key] = state
+    try:
+        yield
+    finally:
+        if before is None:
+            states.pop(key, None)
+        else:
+            states[key] = before

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from adapterhub.training.loop import evaluate_model, train
     from adapterhub.training.methods import Method, apply_method, parse_method
     from adapterhub.training.metrics import compute_metrics
+    from adapterhub.training.trl import sft_trainer
 
 __all__ = [
     "AdapterTrainer",
@@ -36,6 +37,7 @@ __all__ = [
     "load_adapter_checkpoint",
     "parse_method",
     "save_adapter_checkpoint",
+    "sft_trainer",
     "train",
 ]
 
@@ -51,6 +53,7 @@ _LAZY = {
     "apply_method": "adapterhub.training.methods",
     "parse_method": "adapterhub.training.methods",
     "compute_metrics": "adapterhub.training.metrics",
+    "sft_trainer": "adapterhub.training.trl",
 }
 
 

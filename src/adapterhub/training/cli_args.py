@@ -111,6 +111,14 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         help="batch rows of similar length together (less padding, faster; same examples per epoch)",
     )
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    group.add_argument(
+        "--gradient-checkpointing",
+        nargs="?",
+        const="non-reentrant",
+        choices=("non-reentrant", "reentrant"),
+        help="recompute each layer's activations in the backward pass (less memory, ~1 more forward); "
+        "the flag alone is non-reentrant, `--gradient-checkpointing reentrant` the use_reentrant variant",
+    )
     chat = parser.add_argument_group("generation tasks (a causal LM with a chat template)")
     chat.add_argument(
         "--train-on-prompt", action="store_true", help="loss on every token, not only the assistant responses"
@@ -207,6 +215,7 @@ def train_config(args: argparse.Namespace, method: str, output_dir: str, lr: flo
         last_turn_only=getattr(args, "last_turn_only", False),
         max_new_tokens=getattr(args, "max_new_tokens", None),
         packing=getattr(args, "packing", None),
+        gradient_checkpointing=getattr(args, "gradient_checkpointing", None),
     )
 
 

@@ -11,6 +11,7 @@ from adapterhub.errors import ConfigError, did_you_mean
 
 PRECISIONS = ("auto", "fp32", "bf16")
 POOLINGS = ("first", "last", "mean")
+CHECKPOINTING = ("non-reentrant", "reentrant")
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,10 @@ class TrainConfig:
     rows (less padding; see :mod:`adapterhub.training.sampling`) and a longest-first dev set. ``packing``
     (generation tasks): each training batch's examples share rows of up to ``max_length`` tokens
     (:mod:`adapterhub.training.packing`); None packs where that is exact and says once when it is not (prefix
-    and prompt tuning train unpacked), True packs or raises, False never packs.
+    and prompt tuning train unpacked), True packs or raises, False never packs. ``gradient_checkpointing``:
+    None (off), ``"non-reentrant"`` or ``"reentrant"`` (the ``use_reentrant`` variant of
+    ``torch.utils.checkpoint``): each transformer layer's activations are recomputed during the backward pass
+    instead of kept (less memory, about one more forward of compute); the gradients are those without it.
     """
 
     method: str = "adapter:pfeiffer"
@@ -60,6 +64,7 @@ class TrainConfig:
     last_turn_only: bool = False
     max_new_tokens: int | None = None
     packing: bool | None = None
+    gradient_checkpointing: str | None = None
 
     def __post_init__(self) -> None:
         _positive_int("batch_size", self.batch_size)
@@ -80,6 +85,11 @@ class TrainConfig:
         if self.packing not in (None, True, False):
             raise ConfigError(
                 f"packing must be True, False or None (pack where exact), got {self.packing!r}."
+            )
+        if self.gradient_checkpointing not in (None, *CHECKPOINTING):
+            raise ConfigError(
+                f"gradient_checkpointing={self.gradient_checkpointing!r} is not valid; use None (off) or one of "
+                f"{', '.join(CHECKPOINTING)}."
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}.")

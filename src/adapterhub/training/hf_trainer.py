@@ -145,20 +145,17 @@ def load_adapter_checkpoint(model: Any, directory: str | os.PathLike[str]) -> No
             model.load_state_dict(extra, strict=False)
 
 
-class AdapterTrainer(Trainer):
-    """``transformers.Trainer`` whose checkpoints hold only adapters and heads (see the module docstring).
+class AdapterCheckpoints:
+    """The three ``transformers.Trainer`` methods that make checkpoints, ``save_model()``, resuming and
+    ``load_best_model_at_end`` go through the adapters (:func:`save_adapter_checkpoint` /
+    :func:`load_adapter_checkpoint`) instead of the whole model. Put it before a ``Trainer`` subclass in the bases
+    (``AdapterTrainer``; trl's ``SFTTrainer`` in :mod:`adapterhub.training.trl`)."""
 
-    If ``args.label_names`` is not given, the label names are taken from the active flexible head (for example
-    ``start_positions``/``end_positions`` of a QA head), which also makes evaluation report ``eval_loss`` on a bare
-    ``AutoModel``."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        model = _require_adapter_model(self.model)
-        if self.args.label_names is None:
-            head_name = model.active_head
-            if head_name is not None:
-                self.label_names = list(model.heads[head_name].label_names)
+    args: Any
+    accelerator: Any
+    model: Any
+    processing_class: Any
+    state: Any
 
     def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
         output_dir = str(output_dir if output_dir is not None else self.args.output_dir)
@@ -178,3 +175,19 @@ class AdapterTrainer(Trainer):
         if best is None:
             return
         load_adapter_checkpoint(self.accelerator.unwrap_model(self.model), best)
+
+
+class AdapterTrainer(AdapterCheckpoints, Trainer):
+    """``transformers.Trainer`` whose checkpoints hold only adapters and heads (see the module docstring).
+
+    If ``args.label_names`` is not given, the label names are taken from the active flexible head (for example
+    ``start_positions``/``end_positions`` of a QA head), which also makes evaluation report ``eval_loss`` on a bare
+    ``AutoModel``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        model = _require_adapter_model(self.model)
+        if self.args.label_names is None:
+            head_name = model.active_head
+            if head_name is not None:
+                self.label_names = list(model.heads[head_name].label_names)

@@ -37,6 +37,7 @@ from adapterhub.training.methods import (
 from adapterhub.training.metrics import GREATER_IS_BETTER, check_metric, compute_metrics, is_better
 from adapterhub.training.modeling import (
     HeadSettings,
+    enable_checkpointing,
     forward_batch,
     load_base,
     prepare_model,
@@ -212,6 +213,7 @@ def train(
     model, tokenizer, model_name = _resolve_model(model, tokenizer, causal_lm=task.kind == "generation")
     settings = HeadSettings(config.head_layers, config.head_dropout, config.pooling)
     model = prepare_model(model, task, method, config.head_name, settings).to(info.device)
+    enable_checkpointing(model, config.gradient_checkpointing)
     dtype = resolve_precision(config.precision, info.device)
     output_dir = Path(config.output_dir) if config.output_dir else None
     writer = info.is_main and output_dir is not None

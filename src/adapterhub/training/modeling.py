@@ -162,6 +162,24 @@ def prepare_model(
     return model
 
 
+def enable_checkpointing(model: nn.Module, mode: str | None) -> None:
+    """Switch on transformers' activation checkpointing on ``model`` (an ``adapterhub.init`` model): ``mode`` is
+    None (nothing), ``"non-reentrant"`` or ``"reentrant"`` (``use_reentrant`` of ``torch.utils.checkpoint``).
+    adapterhub wraps each layer's checkpoint function so the recompute runs under the call's adapter setup
+    (``adapterhub.runtime.checkpointing``); gradients equal those without checkpointing."""
+    if mode is None:
+        return
+    enable: Any = getattr(model, "activation_checkpointing_enable", None) or getattr(
+        model, "gradient_checkpointing_enable", None
+    )
+    if enable is None or not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            f"{type(model).__name__} does not support gradient checkpointing (transformers models whose layers "
+            "do); leave --gradient-checkpointing out."
+        )
+    enable({"use_reentrant": mode == "reentrant"})
+
+
 def forward_batch(
     model: nn.Module, batch: dict[str, torch.Tensor], kind: str
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
