@@ -87,6 +87,25 @@ def test_all_linear_leaves_out_the_output_head_and_patterns_set_ranks():
     assert scaling["v"] == pytest.approx(3 / 4) and scaling["q"] == pytest.approx(8 / 2)
 
 
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_all_linear_on_a_classifier_leaves_out_its_head_as_peft_does_for_seq_cls(arch):
+    """peft's all-linear with task_type SEQ_CLS leaves out ``classifier`` (BERT) / ``score`` (Llama): ours selects
+    the same modules (the classifier trains whole with the adapter)."""
+    peft = pytest.importorskip("peft")
+    theirs = peft.get_peft_model(
+        build(arch, "classification"),
+        peft.LoraConfig(r=4, target_modules="all-linear", task_type="SEQ_CLS"),
+    )
+    expected = {
+        n.removeprefix("base_model.model.").removesuffix(".lora_A.default")
+        for n, _ in theirs.named_modules()
+        if n.endswith(".lora_A.default")
+    }
+    ours = adapterhub.init(build(arch, "classification"))
+    assert set(_paths(ours, {"method": "lora", "r": 4, "target_modules": "all-linear"})) == expected
+    assert not any(p.split(".")[0] in ("classifier", "score") for p in expected)
+
+
 def test_bad_selections_are_refused(bert):
     with pytest.raises(ConfigError, match=r"selects no module.*dense"):
         bert.add_adapter("a", {"method": "lora", "target_modules": ["nothing_here"]})

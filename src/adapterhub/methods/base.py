@@ -60,7 +60,7 @@ class NamedModule:
     ``model.named_modules()`` and peft name it), ``type_name`` its class; for ``nn.Linear`` and GPT-2's ``Conv1D``
     (``linear``) its ``d_in`` / ``d_out`` and whether its weight is stored transposed (``Conv1D``: ``(d_in, d_out)``);
     ``layer`` the transformer layer holding it (None outside the layers, e.g. a pooler); ``point`` the spec's linear
-    point it is (a whole, unfused projection), if any; ``output_head`` whether it is the model's output embeddings."""
+    point it is (a whole, unfused projection), if any; ``output_head``: the model's output head (LM or classifier)."""
 
     path: str
     type_name: str

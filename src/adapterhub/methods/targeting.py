@@ -5,7 +5,9 @@ The rules are peft's (0.21), applied to the module paths of ``ModelDims.modules`
 
 - ``exclude_modules``: a string is a regex over the whole name; a list excludes a name equal to an entry or
   ending in ``"." + entry``. Excluded modules are never targets.
-- ``target_modules``: ``"all-linear"`` is every Linear/Conv1D except the output embeddings (the LM head); another
+- ``target_modules``: ``"all-linear"`` is every Linear/Conv1D except the model's output head: its output embeddings
+  (the LM head), else a sequence classifier's ``score`` / ``classifier`` module (as peft with
+  ``task_type="SEQ_CLS"``; the classifier trains whole with the adapter here); another
   string is a regex over the whole name; a list selects names equal to an entry or ending in ``"." + entry``.
 - ``layers_to_transform`` (list form only): the module's layer index is the first number after
   ``<layers_pattern>.`` in its name (any of the names given), or, without ``layers_pattern``, the first

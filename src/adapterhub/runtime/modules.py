@@ -35,12 +35,30 @@ def _is_conv1d(module: nn.Module) -> bool:
     return isinstance(module, Conv1D)
 
 
+# The attribute names of a sequence classifier's built-in head (peft's SEQ_CLS_HEAD_NAMES)
+CLASSIFIER_HEAD_NAMES = ("score", "classifier")
+
+
+def output_head(model: nn.Module) -> nn.Module | None:
+    """The model's output head, which ``target_modules="all-linear"`` leaves out as peft does: its output
+    embeddings (a causal or masked LM head), else a sequence classifier's ``score`` / ``classifier`` module (peft
+    leaves that one out for ``task_type="SEQ_CLS"``; a classifier trains whole with the adapter here)."""
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    if head is not None:
+        return head
+    for name in CLASSIFIER_HEAD_NAMES:
+        module = getattr(model, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    return None
+
+
 def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule, ...]:
     """Every submodule of ``model`` (its own adapter store left out), with shapes for ``nn.Linear`` / ``Conv1D``,
     the transformer layer holding it and the spec point it is (a whole projection the spec names)."""
     by_id = {id(layer): (index, stack) for index, (layer, stack) in enumerate(layer_stacks(model, spec))}
-    getter = getattr(model, "get_output_embeddings", None)
-    head = getter() if callable(getter) else None
+    head = output_head(model)
     layer_paths: dict[str, tuple[int, Any]] = {}
     table: list[NamedModule] = []
     for path, module in model.named_modules():
