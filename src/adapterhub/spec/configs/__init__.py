@@ -6,7 +6,7 @@ optional overrides in brackets: ``"pfeiffer"``, ``"houlsby[reduction_factor=64]"
 ``"pfeiffer[leave_out=[0,1],non_linearity=gelu]"``.
 
 The package's modules, one job each: ``base`` (``MethodConfig``, the canonical JSON and hash), ``checks`` (shared
-validation), ``bottleneck`` and ``low_rank`` (the configs of the method families defined in the spec layer),
+validation), ``targeting`` (where low-rank methods attach), ``bottleneck``, ``low_rank`` and ``lycoris`` (the configs of the method families defined in the spec layer),
 ``registry`` (configs by method name, presets, ``resolve_config``) and ``preset_strings`` (``name[key=value]``).
 Every name is importable from ``adapterhub.spec.configs``.
 """
@@ -14,7 +14,8 @@ Every name is importable from ``adapterhub.spec.configs``.
 from adapterhub.spec.configs.base import OMIT_DEFAULT, C, MethodConfig, canonical_json, sha256_hex
 from adapterhub.spec.configs.bottleneck import ACTIVATIONS, INIT_SCHEMES, BottleneckConfig
 from adapterhub.spec.configs.checks import layer_list
-from adapterhub.spec.configs.low_rank import LINEAR_POINTS, LORA_INITS, LoRAConfig
+from adapterhub.spec.configs.low_rank import LORA_INITS, LoRAConfig
+from adapterhub.spec.configs.lycoris import LoHaConfig, LoKrConfig, LycorisConfig
 from adapterhub.spec.configs.registry import (
     METHOD_CONFIGS,
     PRESET_ALIASES,
@@ -23,6 +24,7 @@ from adapterhub.spec.configs.registry import (
     register_config,
     resolve_config,
 )
+from adapterhub.spec.configs.targeting import LINEAR_POINTS, ModuleTargeting
 from adapterhub.spec.module_names import ALL_LINEAR
 
 __all__ = [
@@ -37,8 +39,12 @@ __all__ = [
     "PRESET_ALIASES",
     "BottleneckConfig",
     "C",
+    "LoHaConfig",
+    "LoKrConfig",
     "LoRAConfig",
+    "LycorisConfig",
     "MethodConfig",
+    "ModuleTargeting",
     "canonical_json",
     "layer_list",
     "preset_names",

@@ -4,31 +4,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from adapterhub.spec.configs.base import OMIT_DEFAULT, C, MethodConfig
-from adapterhub.spec.configs.checks import check_bool, check_choice, is_number, layer_list, require
-from adapterhub.spec.module_names import ALL_LINEAR, module_names, pattern_table
+from adapterhub.spec.configs.base import OMIT_DEFAULT, MethodConfig
+from adapterhub.spec.configs.checks import check_bool, check_choice, is_number, require
+from adapterhub.spec.configs.targeting import ModuleTargeting
 
-LINEAR_POINTS = (
-    "q",
-    "k",
-    "v",
-    "attn_out",
-    "ffn_in",
-    "ffn_gate",
-    "ffn_out",
-    # the cross-attention projections of encoder-decoder decoders
-    "cross_q",
-    "cross_k",
-    "cross_v",
-    "cross_out",
-)
 LORA_INITS = ("lora", "gaussian")
 
 
 @dataclass(frozen=True, kw_only=True)
-class LoRAConfig(MethodConfig):
+class LoRAConfig(ModuleTargeting, MethodConfig):
     """LoRA (Hu et al. 2021): ``y = W x + b + s · B A dropout(x)`` on each target projection, ``s = alpha / r``
     (``use_rslora``: ``alpha / sqrt(r)``).
 
@@ -80,104 +66,8 @@ class LoRAConfig(MethodConfig):
         )
         check_bool("use_rslora", self.use_rslora)
         check_choice("init", self.init, LORA_INITS)
-        object.__setattr__(self, "leave_out", layer_list("leave_out", self.leave_out))
         object.__setattr__(self, "alpha", float(self.alpha))
-        object.__setattr__(self, "target_modules", module_names("target_modules", self.target_modules))
-        saved = self.modules_to_save
-        if saved is not None:
-            saved = (saved,) if isinstance(saved, str) else saved
-            require(
-                isinstance(saved, (list, tuple))
-                and len(saved) > 0
-                and all(isinstance(m, str) and m for m in saved),
-                f"modules_to_save must be a non-empty list of module names (e.g. ['classifier']), got "
-                f"{self.modules_to_save!r}.",
-            )
-            object.__setattr__(self, "modules_to_save", tuple(dict.fromkeys(saved)))
-        if self.target_modules is not None:
-            self._check_by_name()
-        else:
-            for option in ("exclude_modules", "layers_to_transform", "layers_pattern"):
-                require(
-                    getattr(self, option) is None,
-                    f"{option} selects modules by name: it needs target_modules (or use targets / leave_out).",
-                )
-            for option in ("rank_pattern", "alpha_pattern"):
-                require(
-                    not getattr(self, option),
-                    f"{option} sets values per module name: it needs target_modules.",
-                )
-            targets = ("q", "v") if self.targets is None else self.targets
-            targets = (targets,) if isinstance(targets, str) else targets
-            require(
-                isinstance(targets, (list, tuple)) and len(targets) > 0,
-                f"targets must be a non-empty list of projections ({', '.join(LINEAR_POINTS)}), got "
-                f"{self.targets!r}.",
-            )
-            for target in targets:
-                check_choice("targets", target, LINEAR_POINTS)
-            object.__setattr__(self, "targets", tuple(dict.fromkeys(targets)))
-
-    def _check_by_name(self) -> None:
-        require(
-            not self.targets,
-            f"targets={self.targets!r} and target_modules={self.target_modules!r} both choose where LoRA sits: "
-            "name spec points with targets or modules with target_modules, not both.",
-        )
-        object.__setattr__(self, "targets", ())
-        require(
-            not self.leave_out,
-            "leave_out applies to targets; with target_modules choose layers with layers_to_transform.",
-        )
-        object.__setattr__(self, "exclude_modules", module_names("exclude_modules", self.exclude_modules))
-        require(
-            self.exclude_modules != ALL_LINEAR,
-            "exclude_modules='all-linear' would exclude every target; name the modules to leave out.",
-        )
-        layers = self.layers_to_transform
-        if layers is not None:
-            require(
-                not isinstance(self.target_modules, str),
-                "layers_to_transform cannot be used when target_modules is a regex string (as in peft); put the "
-                "layer indices into the regex, or pass target_modules as a list.",
-            )
-            object.__setattr__(
-                self,
-                "layers_to_transform",
-                layer_list("layers_to_transform", [layers] if isinstance(layers, int) else layers),
-            )
-        pattern = self.layers_pattern
-        if pattern is not None:
-            require(
-                self.layers_to_transform is not None,
-                "layers_pattern names the layer list for layers_to_transform: set layers_to_transform too.",
-            )
-            pattern = (pattern,) if isinstance(pattern, str) else pattern
-            require(
-                isinstance(pattern, (list, tuple)) and all(isinstance(p, str) and p for p in pattern),
-                f"layers_pattern must be a name or a list of names (e.g. 'layers'), got {self.layers_pattern!r}.",
-            )
-            object.__setattr__(self, "layers_pattern", tuple(pattern))
-
-        def positive_int(name: str, value: Any) -> None:
-            require(
-                isinstance(value, int) and not isinstance(value, bool) and value > 0,
-                f"{name} must be a positive integer rank, got {value!r}.",
-            )
-
-        def positive_number(name: str, value: Any) -> None:
-            require(is_number(value) and value > 0, f"{name} must be a positive number, got {value!r}.")
-
-        object.__setattr__(
-            self, "rank_pattern", pattern_table("rank_pattern", self.rank_pattern, positive_int)
-        )
-        alphas = pattern_table("alpha_pattern", self.alpha_pattern, positive_number)
-        object.__setattr__(self, "alpha_pattern", tuple((k, float(v)) for k, v in alphas))
-
-    @property
-    def by_name(self) -> bool:
-        """Whether the adapter targets modules by name (``target_modules``) rather than spec points."""
-        return self.target_modules is not None
+        self.check_targeting("LoRA")
 
     @property
     def scaling(self) -> float:
@@ -187,12 +77,3 @@ class LoRAConfig(MethodConfig):
     def scaling_for(self, r: int, alpha: float) -> float:
         """``s`` for a target of rank ``r`` and ``alpha`` (``rank_pattern`` / ``alpha_pattern``)."""
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
-
-    def replace(self: C, **changes: Any) -> C:
-        """A copy with some fields changed; ``target_modules`` replaces ``targets`` (and ``targets`` replaces
-        ``target_modules``) unless both are given."""
-        if "target_modules" in changes and "targets" not in changes:
-            changes["targets"] = None
-        if "targets" in changes and "target_modules" not in changes and getattr(self, "target_modules", None):
-            changes["target_modules"] = None
-        return self.from_dict({**self.to_dict(), **changes})

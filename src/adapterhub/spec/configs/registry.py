@@ -14,6 +14,7 @@ from adapterhub.errors import ConfigError, did_you_mean
 from adapterhub.spec.configs.base import MethodConfig
 from adapterhub.spec.configs.bottleneck import BottleneckConfig
 from adapterhub.spec.configs.low_rank import LoRAConfig
+from adapterhub.spec.configs.lycoris import LoHaConfig, LoKrConfig
 from adapterhub.spec.configs.preset_strings import parse_preset_string
 
 PRESETS: dict[str, Callable[[], MethodConfig]] = {
@@ -53,7 +54,14 @@ PRESET_ALIASES = {
     "bapna-firat": "bapna_firat",
 }
 PRESETS["lora"] = LoRAConfig
-METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"bottleneck": BottleneckConfig, "lora": LoRAConfig}
+PRESETS["loha"] = LoHaConfig
+PRESETS["lokr"] = LoKrConfig
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
+    "bottleneck": BottleneckConfig,
+    "lora": LoRAConfig,
+    "loha": LoHaConfig,
+    "lokr": LoKrConfig,
+}
 
 
 def register_config(
