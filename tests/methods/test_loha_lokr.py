@@ -257,3 +257,12 @@ def test_training_dropouts_match_peft_on_the_same_random_stream(which, options):
     ours.eval()
     with torch.no_grad():  # dropout off: not what training gave
         assert not torch.allclose(ours(**inputs).last_hidden_state, outputs[1][0], atol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["loha", "lokr"])
+def test_average_adapter_is_the_weighted_sum_of_parameters(which):
+    model = make("bert", CONFIGS[which])
+    made = model.average_adapter("avg", ["a", "b"], weights=[0.25, 0.75])
+    a, b = (model._adapterhub.adapters[n].state_dict() for n in "ab")
+    for key, value in made.state_dict().items():
+        torch.testing.assert_close(value, 0.25 * a[key] + 0.75 * b[key])
