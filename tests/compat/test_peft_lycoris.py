@@ -116,3 +116,74 @@ def test_gpt2_fused_projection_and_unknown_options_are_refused(tmp_path):
     path.write_text(json.dumps({**meta, "peft_type": "OFT"}))
     with pytest.raises(ConfigError, match=r"'OFT'.*LoHa and LoKr"):
         adapterhub.init(build("bert")).load_adapter(tmp_path / "p")
+
+
+class CNN(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, stride=2)
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(self.pool(h).flatten(1))
+
+
+def _cnn() -> CNN:
+    torch.manual_seed(0)
+    return CNN().eval()
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("loha", {"r": 2}), ("lokr", {"r": 1}), ("lokr", {"r": 2}), ("lokr", {"r": 1, "decompose_both": True})],
+)
+def test_conv2d_matches_peft_merges_and_writes_back(method, options, tmp_path):
+    config_cls = peft.LoHaConfig if method == "loha" else peft.LoKrConfig
+    theirs = peft.get_peft_model(
+        _cnn(), config_cls(alpha=3, target_modules=["conv1", "conv2", "fc"], **options)
+    )
+    theirs.eval()
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, param in theirs.named_parameters():
+            if ".hada_" in name or ".lokr_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    images = torch.randn(4, 3, 9, 9, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = theirs(images)
+    theirs.save_pretrained(tmp_path / "p")
+    ours = adapterhub.init(_cnn())
+    ours.load_adapter(tmp_path / "p", load_as="p", set_active=True)
+    shapes = {n: tuple(p.shape) for n, p in ours._adapterhub.adapters["p"].named_parameters()}
+    if method == "lokr" and options == {"r": 2}:  # r >= max(b, d) / 2: W2 full, holding the kernel
+        assert shapes["by_name.conv1.lokr_w2"] == (4, 3, 3, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images), expected, atol=1e-5, rtol=0)
+    ours.save_adapter(tmp_path / "x", "p", layout="peft")
+    back = peft.PeftModel.from_pretrained(_cnn(), tmp_path / "x").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(images), expected, atol=1e-5, rtol=0)
+        ours.merge_adapter("p")
+        torch.testing.assert_close(ours(images), expected, atol=1e-5, rtol=0)
+    ours.unmerge_adapter()
+    fresh = adapterhub.init(_cnn())
+    fresh.add_adapter("t", config={"method": method, "target_modules": ["conv1", "conv2"], **options})
+    fresh.train_adapter("t")
+    before = {n: p.detach().clone() for n, p in fresh.named_parameters()}
+    torch.optim.SGD([p for p in fresh.parameters() if p.requires_grad], lr=0.1).zero_grad()
+    fresh.train()
+    fresh(images).sum().backward()
+    changed = {n for n, p in fresh.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert changed and all(n.startswith("_adapterhub.adapters.t.") for n in changed)
+    assert all(p.grad is None for n, p in fresh.named_parameters() if n in before and "_adapterhub" not in n)
+
+
+def test_effective_conv2d_is_refused_by_name():
+    ours = adapterhub.init(_cnn())
+    with pytest.raises(ConfigError, match=r"use_effective_conv2d=True on a \(3, 3\) convolution"):
+        ours.add_adapter(
+            "t", config={"method": "loha", "target_modules": ["conv1"], "use_effective_conv2d": True}
+        )

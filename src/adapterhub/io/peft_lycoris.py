@@ -11,7 +11,8 @@ peft's ``target_modules`` / ``exclude_modules`` / ``layers_to_transform`` select
 ``alpha_pattern`` and the other options are kept, so every module gets peft's rank, alpha and factors. When the
 adapter is built, paths that are spec points of the model move there (``LoRAAdapter.adopt_tensors``). Tensors of
 no adapted module are ``modules_to_save`` copies (or a static head), as for LoRA. Convolution factors
-(``hada_t1``, ``lokr_t2``: ``use_effective_conv2d``) are refused: adapterhub's LoHa / LoKr adapt linear layers.
+on ``nn.Conv2d`` are those of the flattened kernel (``use_effective_conv2d=False``); the CP-decomposed ones
+(``hada_t1``, ``lokr_t2``) are refused.
 
 Writing: each target under its module path (a spec point through the spec's module name; the fused projections of
 GPT-2's ``c_attn`` have no peft form and are refused), ``target_modules`` the list of those full paths.
@@ -69,10 +70,10 @@ def read_peft_lycoris(
             head[key[len(PREFIX) :]] = tensor  # modules_to_save
             continue
         path, param = match.group("path"), match.group("param")
-        if param in ("hada_t1", "hada_t2", "lokr_t2") or tensor.dim() != 2:
+        if param in ("hada_t1", "hada_t2", "lokr_t2"):
             raise ConfigError(
-                f"peft weight {key!r} in {directory} adapts a convolution ({param}, {tensor.dim()}-d); adapterhub's "
-                f"{method} adapts linear layers only. Leave the convolutions out of target_modules."
+                f"peft weight {key!r} in {directory} is a CP-decomposed convolution factor (use_effective_conv2d="
+                f"True), which adapterhub's {method} does not implement; save it with use_effective_conv2d=False."
             )
         tensors[f"by_name.{path.replace('.', ':')}.{param}"] = tensor
         paths.add(path)
@@ -111,10 +112,10 @@ def write_peft_lycoris(
                 "(target_modules) or use layout='adapterhub'."
             )
         path, param = found
-        if not isinstance(model.get_submodule(path), nn.Linear):
+        if not isinstance(model.get_submodule(path), (nn.Linear, nn.Conv2d)):
             raise ConfigError(
                 f"Adapter {record.name!r} adapts {path!r}, a {type(model.get_submodule(path)).__name__}; peft's "
-                f"{method} adapts nn.Linear (and convolutions) only, so this adapter has no peft form. Use "
+                f"{method} adapts nn.Linear and convolutions only, so this adapter has no peft form. Use "
                 "layout='adapterhub'."
             )
         out[f"{PREFIX}{path}.{param}"] = tensor.detach().contiguous()

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from adapterhub.methods.base import register_method
-from adapterhub.methods.lora import LoRALayer
+from adapterhub.methods.base import NamedModule, register_method
+from adapterhub.methods.lora import ConvLoRALayer, LoRALayer
 from adapterhub.methods.lycoris import LycorisAdapter, LycorisLayer
 from adapterhub.spec.configs import LoHaConfig
 
@@ -33,10 +33,17 @@ class LoHaLayer(LycorisLayer):
     rescale_rank_dropout = True  # peft's LoHa always divides the kept rows by their share
 
     def __init__(
-        self, d_in: int, d_out: int, config: LoHaConfig, r: int | None = None, alpha: float | None = None
+        self,
+        d_in: int,
+        d_out: int,
+        config: LoHaConfig,
+        r: int | None = None,
+        alpha: float | None = None,
+        conv: tuple[Any, Any, Any] | None = None,
     ) -> None:
-        super().__init__(d_in, d_out, config, r, alpha)
+        super().__init__(d_in, d_out, config, r, alpha, conv)
         r = self.r
+        d_in = d_in * math.prod(self.kernel)  # a convolution: the flattened kernel (c_in·kh·kw), as peft
         self.hada_w1_a = nn.Parameter(torch.empty(d_out, r))  # (d_out, r)
         self.hada_w1_b = nn.Parameter(torch.empty(r, d_in))  # (r, d_in)
         self.hada_w2_a = nn.Parameter(torch.empty(d_out, r))  # (d_out, r)
@@ -53,10 +60,20 @@ class LoHaLayer(LycorisLayer):
             return None
         return int(params["hada_w1_b"].shape[1]), int(params["hada_w1_a"].shape[0])
 
-    def weight_delta(self) -> torch.Tensor:
+    def _product(self) -> torch.Tensor:
         first = self.hada_w1_a @ self.hada_w1_b  # (d_out, d_in)
         second = self.hada_w2_a @ self.hada_w2_b  # (d_out, d_in)
-        return first * second * self.scaling
+        return first * second
+
+
+class LoHaConvLayer(LoHaLayer):
+    """LoHa on an ``nn.Conv2d`` (peft's with ``use_effective_conv2d=False``): the factors over the flattened kernel,
+    ``ΔW = s · (W1a W1b) ⊙ (W2a W2b)`` reshaped to ``(c_out, c_in, kh, kw)``."""
+
+    def __init__(
+        self, module: NamedModule, config: LoHaConfig, r: int | None = None, alpha: float | None = None
+    ) -> None:
+        super().__init__(module.d_in, module.d_out, config, r, alpha, conv=module.conv)
 
 
 @register_method("loha")
@@ -66,3 +83,4 @@ class LoHaAdapter(LycorisAdapter):
     config_cls = LoHaConfig  # type: ignore[assignment]
     config: LoHaConfig  # type: ignore[assignment]
     layer_class: ClassVar[type[LoRALayer]] = LoHaLayer  # type: ignore[assignment]
+    conv_layer_class: ClassVar[type[ConvLoRALayer]] = LoHaConvLayer  # type: ignore[assignment]

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from adapterhub.methods.base import register_method
-from adapterhub.methods.lora import LoRALayer
+from adapterhub.methods.base import NamedModule, register_method
+from adapterhub.methods.lora import ConvLoRALayer, LoRALayer
 from adapterhub.methods.lycoris import LycorisAdapter, LycorisLayer
 from adapterhub.spec.configs import LoKrConfig
 
@@ -50,15 +50,25 @@ class LoKrLayer(LycorisLayer):
     ``lokr_w2_b``)."""
 
     def __init__(
-        self, d_in: int, d_out: int, config: LoKrConfig, r: int | None = None, alpha: float | None = None
+        self,
+        d_in: int,
+        d_out: int,
+        config: LoKrConfig,
+        r: int | None = None,
+        alpha: float | None = None,
+        conv: tuple[Any, Any, Any] | None = None,
     ) -> None:
-        super().__init__(d_in, d_out, config, r, alpha)
+        super().__init__(d_in, d_out, config, r, alpha, conv)
         r = self.r
         self.rescale_rank_dropout = config.rank_dropout_scale
         a, b = factorization(d_out, config.decompose_factor)
         c, d = factorization(d_in, config.decompose_factor)
         self.w1 = self._factor("lokr_w1", a, c, r, full=not (config.decompose_both and r < max(a, c) / 2))
-        self.w2 = self._factor("lokr_w2", b, d, r, full=not r < max(b, d) / 2)
+        # a convolution: a full W2 holds the kernel (b, d, kh, kw), a factored one the flattened kernel
+        full2 = not r < max(b, d) / 2
+        self.w2 = self._factor("lokr_w2", b, d * (1 if full2 else math.prod(self.kernel)), r, full=full2)
+        if full2 and self.kernel:
+            self.lokr_w2 = nn.Parameter(torch.empty(b, d, *self.kernel))  # (b, d, kh, kw)
         with torch.no_grad():
             for param in self.parameters():
                 nn.init.kaiming_uniform_(param, a=math.sqrt(5))
@@ -96,10 +106,22 @@ class LoKrLayer(LycorisLayer):
             return None
         return first[1] * second[1], first[0] * second[0]
 
-    def weight_delta(self) -> torch.Tensor:
+    def _product(self) -> torch.Tensor:
         w1 = self._matrix(self.w1)  # (a, c)
-        w2 = self._matrix(self.w2)  # (b, d)
-        return torch.kron(w1, w2.contiguous()) * self.scaling  # (a·b, c·d) = (d_out, d_in)
+        w2 = self._matrix(self.w2)  # (b, d) (a convolution: (b, d·kh·kw) or (b, d, kh, kw))
+        if w2.dim() == 4:
+            w1 = w1[:, :, None, None]  # (a, c, 1, 1)
+        return torch.kron(w1, w2.contiguous())  # (a·b, c·d[·kh·kw]) = (d_out, d_in[...])
+
+
+class LoKrConvLayer(LoKrLayer):
+    """LoKr on an ``nn.Conv2d`` (peft's with ``use_effective_conv2d=False``): ``d_in`` the input channels, the kernel
+    in ``W2``; ``ΔW`` reshaped to ``(c_out, c_in, kh, kw)``."""
+
+    def __init__(
+        self, module: NamedModule, config: LoKrConfig, r: int | None = None, alpha: float | None = None
+    ) -> None:
+        super().__init__(module.d_in, module.d_out, config, r, alpha, conv=module.conv)
 
 
 @register_method("lokr")
@@ -109,3 +131,4 @@ class LoKrAdapter(LycorisAdapter):
     config_cls = LoKrConfig  # type: ignore[assignment]
     config: LoKrConfig  # type: ignore[assignment]
     layer_class: ClassVar[type[LoRALayer]] = LoKrLayer  # type: ignore[assignment]
+    conv_layer_class: ClassVar[type[ConvLoRALayer]] = LoKrConvLayer  # type: ignore[assignment]

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adapterhub.errors import ConfigError
 from adapterhub.methods.base import AdapterModule, LinearInputs, Point, PointInputs
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
 from adapterhub.spec.configs import LycorisConfig
@@ -32,14 +33,22 @@ _KEY = re.compile(r"^layers\.(\d+)\.([a-z_]+)\.([a-z0-9_]+)$")
 
 
 class LycorisLayer(nn.Module):
-    """The update of one projection of shape ``(d_out, d_in)``: subclasses build ``ΔW`` from their factors in
-    ``weight_delta``; ``delta(x) = ΔW x`` (with the dropouts above while training), ``(..., d_in) -> (..., d_out)``.
-    ``r`` / ``alpha`` override the config's (``rank_pattern`` / ``alpha_pattern``)."""
+    """The update of one projection of shape ``(d_out, d_in)``, or of an ``nn.Conv2d`` (``conv``: its kernel size,
+    stride and padding; ``d_in`` / ``d_out`` its channels) of shape ``(c_out, c_in, kh, kw)``: subclasses build the
+    factors' product in ``_product`` (any shape with the weight's number of entries, rows = outputs);
+    ``delta(x) = ΔW x`` (a convolution with ``ΔW`` for Conv2d; the dropouts above while training). ``r`` / ``alpha``
+    override the config's (``rank_pattern`` / ``alpha_pattern``)."""
 
     rescale_rank_dropout: bool = True
 
     def __init__(
-        self, d_in: int, d_out: int, config: LycorisConfig, r: int | None = None, alpha: float | None = None
+        self,
+        d_in: int,
+        d_out: int,
+        config: LycorisConfig,
+        r: int | None = None,
+        alpha: float | None = None,
+        conv: tuple[Any, Any, Any] | None = None,
     ) -> None:
         super().__init__()
         self.r = config.r if r is None else r
@@ -48,24 +57,38 @@ class LycorisLayer(nn.Module):
         self.d_in, self.d_out = d_in, d_out
         self.rank_dropout = config.rank_dropout
         self.module_dropout = config.module_dropout
+        self.conv = conv
+        self.kernel: tuple[int, ...] = tuple(conv[0]) if conv is not None else ()
+        self.weight_shape = (d_out, d_in, *self.kernel)  # the base module's weight
+        if config.use_effective_conv2d and any(k != 1 for k in self.kernel):
+            raise ConfigError(
+                f"use_effective_conv2d=True on a {self.kernel} convolution makes peft's CP-decomposed factors "
+                f"(hada_t1 / lokr_t2), which adapterhub's {config.label} does not implement; set "
+                "use_effective_conv2d=False (the flattened kernel) or leave the convolution out of target_modules."
+            )
 
     @classmethod
     def shape_from(cls, params: Mapping[str, torch.Tensor]) -> tuple[int, int] | None:
         """``(d_in, d_out)`` that a target's saved factors imply, or None when they are incomplete."""
         raise NotImplementedError
 
-    def weight_delta(self) -> torch.Tensor:
-        """``ΔW`` with the scaling ``alpha / r``: ``(d_out, d_in)``."""
+    def _product(self) -> torch.Tensor:
+        """The factors' product without the scaling (``d_out`` rows)."""
         raise NotImplementedError
+
+    def weight_delta(self) -> torch.Tensor:
+        """``ΔW`` with the scaling ``alpha / r`` in the base weight's shape: ``(d_out, d_in)`` or
+        ``(c_out, c_in, kh, kw)``."""
+        return (self._product() * self.scaling).reshape(self.weight_shape)
 
     def _call_weight(self) -> torch.Tensor:
         """``ΔW`` for this call: rows dropped (and rescaled) while training with ``rank_dropout``."""
-        weight = self.weight_delta()  # (d_out, d_in)
+        weight = self.weight_delta()  # (d_out, d_in[, kh, kw])
         if self.training and self.rank_dropout > 0:
             keep = (torch.rand(weight.shape[0]) > self.rank_dropout).to(weight.dtype)  # (d_out,)
             if self.rescale_rank_dropout:
                 keep = keep / keep.mean()
-            weight = weight * keep.to(weight.device).view(-1, 1)
+            weight = weight * keep.to(weight.device).view(-1, *[1] * (weight.dim() - 1))
         return weight
 
     def skipped(self) -> bool:
@@ -73,16 +96,22 @@ class LycorisLayer(nn.Module):
         (as peft, so the random stream matches) and skips unless ``u > module_dropout``."""
         return self.training and not torch.rand(1).item() > self.module_dropout
 
+    def _run(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.conv is not None:  # (N, c_in, H, W) -> (N, c_out, H', W')
+            return F.conv2d(x.to(weight.dtype), weight, stride=self.conv[1], padding=self.conv[2])
+        return F.linear(x.to(weight.dtype), weight)  # (..., d_in) -> (..., d_out)
+
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """``ΔW x``: ``(..., d_in) -> (..., d_out)`` (zero when ``module_dropout`` skips it)."""
-        return self.add_to(torch.zeros(*x.shape[:-1], self.d_out, dtype=x.dtype, device=x.device), x)
+        """``ΔW x`` (zero when ``module_dropout`` skips it)."""
+        if self.skipped():
+            return torch.zeros_like(self._run(x, self.weight_delta().detach()))
+        return self._run(x, self._call_weight()).to(x.dtype)
 
     def add_to(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``y + ΔW x``, ``(..., d_out)``; ``y`` unchanged when ``module_dropout`` skips the update."""
+        """``y + ΔW x``; ``y`` unchanged when ``module_dropout`` skips the update."""
         if self.skipped():
             return y
-        weight = self._call_weight()  # (d_out, d_in)
-        return y + F.linear(x.to(weight.dtype), weight).to(y.dtype)
+        return y + self._run(x, self._call_weight()).to(y.dtype)
 
 
 class LycorisAdapter(LoRAAdapter):
@@ -118,7 +147,10 @@ class LycorisAdapter(LoRAAdapter):
         if not all(type(m) is type(self) for m in modules) or not isinstance(inputs, LinearInputs):
             return None
         layers: list[LycorisLayer] = [m.layer_at(layer, point) for m in modules]  # type: ignore[attr-defined,operator]
-        if any(site.training and (site.rank_dropout or site.module_dropout) for site in layers):
+        if any(
+            site.conv is not None or (site.training and (site.rank_dropout or site.module_dropout))
+            for site in layers
+        ):
             return None
         x, y = inputs.x, inputs.y  # (B, T, d_in), (B, T, d_out)
         if x.dim() < 2:

@@ -106,7 +106,8 @@ def select_modules(config: ModuleTargeting, dims: ModelDims) -> list[ModuleTarge
                 "LoRA targeted by name attaches to nn.Linear, Conv1D, nn.Conv2d and nn.Embedding modules. Name the "
                 "layers inside it (or add it to exclude_modules)."
             )
-        if (module.embedding or module.conv) and config.method != "lora":
+        conv_ok = config.method == "lora" or config.adapts_conv2d
+        if (module.embedding and config.method != "lora") or (module.conv and not conv_ok):
             raise ConfigError(
                 f"target_modules={_show(config.target_modules)} selects {module.path!r}, a {module.type_name}; "
                 f"{config.method} on nn.{module.type_name} is not supported yet (LoRA is). Leave it out of "

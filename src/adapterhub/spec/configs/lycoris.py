@@ -32,6 +32,7 @@ class LycorisConfig(ModuleTargeting, MethodConfig):
     method: ClassVar[str] = ""
     label: ClassVar[str] = ""  # the method's name in messages
     init_choices: ClassVar[tuple[Any, ...]] = (True, False)
+    adapts_conv2d: ClassVar[bool] = True
 
     r: int = 8
     alpha: float = 8

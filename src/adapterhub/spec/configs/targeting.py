@@ -34,6 +34,10 @@ class ModuleTargeting:
     dataclass fields) and calls ``check_targeting`` from ``__post_init__``: either ``targets`` (spec points, default
     ``q``, ``v``) and ``leave_out``, or ``target_modules`` with the other by-name options; never both."""
 
+    adapts_conv2d: ClassVar[bool] = (
+        False  # whether nn.Conv2d modules may be targeted by name (LoRA: its own rule)
+    )
+
     if TYPE_CHECKING:
         method: ClassVar[str]
         r: int
