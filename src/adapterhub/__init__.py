@@ -42,7 +42,14 @@ if TYPE_CHECKING:
         register_architecture,
     )
     from adapterhub.spec.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack, nesting_table
-    from adapterhub.spec.configs import BottleneckConfig, LoRAConfig, MethodConfig, resolve_config
+    from adapterhub.spec.configs import (
+        BottleneckConfig,
+        LoHaConfig,
+        LoKrConfig,
+        LoRAConfig,
+        MethodConfig,
+        resolve_config,
+    )
 
 # name -> module that defines it, imported on first use. fusion, methods.union and model import torch and
 # transformers; the others are light but still wait, so that ``import adapterhub.cli`` loads only what it uses.
@@ -51,7 +58,8 @@ _LAZY: dict[str, str] = {
         ("Average", "BatchSplit", "Fuse", "Parallel", "Split", "Stack"), "adapterhub.spec.composition"
     ),
     **dict.fromkeys(
-        ("BottleneckConfig", "LoRAConfig", "MethodConfig", "resolve_config"), "adapterhub.spec.configs"
+        ("BottleneckConfig", "LoHaConfig", "LoKrConfig", "LoRAConfig", "MethodConfig", "resolve_config"),
+        "adapterhub.spec.configs",
     ),
     **dict.fromkeys(
         (
@@ -94,6 +102,8 @@ __all__ = [
     "IncompatibleModelError",
     "InputRef",
     "LinearSpec",
+    "LoHaConfig",
+    "LoKrConfig",
     "LoRAConfig",
     "MethodConfig",
     "MethodUnion",

@@ -147,7 +147,8 @@ class ArithmeticMixin(AdapterAPIMixin):
         with rng, torch.no_grad():
             if seed is not None:
                 torch.manual_seed(seed)
-            if isinstance(modules[0], LoRAAdapter):
+            # LoRA's A/B arithmetic for adapters with LoRA layers (not LoHa / LoKr, which share LoRA's adapter)
+            if isinstance(modules[0], LoRAAdapter) and issubclass(type(modules[0]).layer_class, LoRALayer):
                 if any(m.config.by_name for m in modules):  # type: ignore[attr-defined]
                     raise ConfigError(
                         "average_adapter combines LoRA adapters on spec points (targets); adapters targeted by "

@@ -72,6 +72,18 @@ def module_regex(spec: ArchitectureSpec, modules: Iterable[str], layers: Iterabl
     return rf"(?:.*\.)?{re.escape(spec.layers)}\.(?:{indices})\.(?:{names})"
 
 
+def module_param(key: str, spec: ArchitectureSpec, layers_prefix: str) -> tuple[str, str] | None:
+    """``(module path, parameter)`` of a record tensor targeted by module name (``by_name.<path with ":">.<param>``)
+    or at an unfused spec point (``layers.<i>.<point>.<param>``, under the layer list at ``layers_prefix``); None
+    for any other key."""
+    parts = key.split(".")
+    if parts[0] == "by_name" and len(parts) == 3:
+        return parts[1].replace(":", "."), parts[2]
+    if parts[0] == "layers" and len(parts) == 4 and spec.linears[parts[2]].part is None:
+        return f"{layers_prefix}.{parts[1]}.{spec.linears[parts[2]].module}", parts[3]
+    return None
+
+
 def split_rows(key: str, tensor: torch.Tensor, parts: int) -> list[torch.Tensor]:
     """The equal row blocks of a fused module's weight, one per part (q, k, v of GPT-2's ``c_attn``)."""
     if tensor.shape[0] % parts:

@@ -1,6 +1,7 @@
-"""Every key of peft's ``LoraConfig`` (peft 0.21.2) and what reading a peft LoRA file does with it: honoured (it
-becomes part of the adapter), metadata (it changes no weight or output), or refused by name with what to do
-instead (``check_lora_keys``). A key this table does not know (a newer peft) is refused unless its value is empty.
+"""Every key of peft's ``LoraConfig``, ``LoHaConfig`` and ``LoKrConfig`` (peft 0.21.2) and what reading a peft
+file does with it: honoured (it becomes part of the adapter), metadata (it changes no weight or output), or refused
+by name with what to do instead (``check_lora_keys``, ``check_lycoris_keys``). A key these tables do not know (a
+newer peft) is refused unless its value is empty.
 """
 
 from __future__ import annotations
@@ -90,6 +91,33 @@ REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
 
 INIT_VALUES = (True, False, "gaussian")
 
+# LoHa / LoKr: every key of their configs becomes the option of the same name (the targets are read from the
+# weights, as for LoRA); ``use_effective_conv2d`` concerns convolutions only, which adapterhub's LoHa / LoKr refuse
+LYCORIS_HONOURED: dict[str, frozenset[str]] = {
+    "LOHA": frozenset(
+        {
+            "r",
+            "alpha",
+            "rank_dropout",
+            "module_dropout",
+            "use_effective_conv2d",
+            "init_weights",
+            "target_modules",
+            "exclude_modules",
+            "layers_to_transform",
+            "layers_pattern",
+            "rank_pattern",
+            "alpha_pattern",
+            "modules_to_save",
+        }
+    ),
+}
+LYCORIS_HONOURED["LOKR"] = LYCORIS_HONOURED["LOHA"] | {
+    "decompose_both",
+    "decompose_factor",
+    "rank_dropout_scale",
+}
+
 
 def _empty(value: Any) -> bool:
     return value is None or value is False or value == {} or value == [] or value == ""
@@ -122,8 +150,22 @@ def check_lora_keys(meta: Mapping[str, Any], directory: Path) -> None:
             raise ConfigError(
                 f"The peft adapter in {directory} sets {key}={value!r}, which adapterhub cannot represent: {why}."
             )
-        if not _empty(value):
-            raise ConfigError(
-                f"The peft adapter in {directory} sets {key}={value!r}, an option of a newer peft that adapterhub "
-                "does not know; save it without that option (or with peft 0.21)."
-            )
+        _refuse_unknown(key, value, directory)
+
+
+def check_lycoris_keys(meta: Mapping[str, Any], directory: Path) -> None:
+    """Raise a ConfigError naming the first key of a peft LoHa / LoKr ``adapter_config.json`` that adapterhub cannot
+    honour, with what to do instead."""
+    honoured = LYCORIS_HONOURED[str(meta.get("peft_type"))]
+    for key, value in meta.items():
+        if key in METADATA or key in honoured:
+            continue
+        _refuse_unknown(key, value, directory)
+
+
+def _refuse_unknown(key: str, value: Any, directory: Path) -> None:
+    if not _empty(value):
+        raise ConfigError(
+            f"The peft adapter in {directory} sets {key}={value!r}, an option of a newer peft that adapterhub "
+            "does not know; save it without that option (or with peft 0.21)."
+        )

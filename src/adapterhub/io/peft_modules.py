@@ -27,6 +27,7 @@ from adapterhub.io.peft_common import (
     PREFIX,
     add_saved_tensors,
     layers_path,
+    module_param,
     write_peft_files,
 )
 from adapterhub.runtime.records import AdapterRecord
@@ -90,17 +91,14 @@ def write_peft_modules(
     out: dict[str, torch.Tensor] = {}
     paths: set[str] = set()
     for key, tensor in record.tensors.items():
-        parts = key.split(".")
-        if parts[0] == "saved":
+        if key.startswith("saved."):
             continue  # modules_to_save: add_saved_tensors below
-        if parts[0] == "by_name" and len(parts) == 3:
-            path, param = parts[1].replace(":", "."), parts[2]
-        elif parts[0] == "layers" and len(parts) == 4:
-            path, param = f"{prefix}.{parts[1]}.{spec.linears[parts[2]].module}", parts[3]
-        else:
+        found = module_param(key, spec, prefix)
+        if found is None:
             raise ConfigError(
                 f"Adapter {record.name!r} has a tensor {key!r} that peft's LoRA layout cannot hold."
             )
+        path, param = found
         if isinstance(model.get_submodule(path), nn.Embedding):  # peft's names for an Embedding target
             name = {"lora_A": "lora_embedding_A", "lora_B": "lora_embedding_B"}[param]
         else:

@@ -16,6 +16,8 @@ from adapterhub.methods.dora import DoRAAdapter, DoRAConfig, DoRALayer
 from adapterhub.methods.gating import GatedBottleneckConfig, GatedLoRAConfig, GatedPrefixTuningConfig
 from adapterhub.methods.ia3 import IA3Adapter, IA3Config
 from adapterhub.methods.invertible import InvertibleBottleneckAdapter, InvertibleBottleneckConfig
+from adapterhub.methods.loha import LoHaAdapter, LoHaLayer
+from adapterhub.methods.lokr import LoKrAdapter, LoKrLayer
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
 from adapterhub.methods.parallel_adapter import ParallelAdapter, ParallelConfig
 from adapterhub.methods.prefix_tuning import PrefixTuningAdapter, PrefixTuningConfig
@@ -39,6 +41,10 @@ __all__ = [
     "IA3Config",
     "InvertibleBottleneckAdapter",
     "InvertibleBottleneckConfig",
+    "LoHaAdapter",
+    "LoHaLayer",
+    "LoKrAdapter",
+    "LoKrLayer",
     "LoRAAdapter",
     "LoRALayer",
     "MethodUnion",

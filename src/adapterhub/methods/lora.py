@@ -156,6 +156,8 @@ class LoRAAdapter(AdapterModule):
     composable: ClassVar[frozenset[str]] = frozenset({"Stack", "Split", "BatchSplit", "Parallel", "Average"})
     mergeable: ClassVar[bool] = True
     layer_class: ClassVar[type[LoRALayer]] = LoRALayer
+    # an nn.Conv2d target by name: built as (module, config, r, alpha)
+    conv_layer_class: ClassVar[type[ConvLoRALayer]] = ConvLoRALayer
 
     def __init__(self, name: str, config: LoRAConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
@@ -213,7 +215,7 @@ class LoRAAdapter(AdapterModule):
             if module.embedding:
                 lora = LoRALayer(module.d_in, module.d_out, config, target.r, target.alpha, embedding=module)
             elif module.conv is not None:
-                lora = ConvLoRALayer(module, config, target.r, target.alpha)
+                lora = self.conv_layer_class(module, config, target.r, target.alpha)
             else:
                 lora = self.layer_class(module.d_in, module.d_out, config, target.r, target.alpha)
             if module.point is not None and module.layer is not None:

@@ -1,4 +1,4 @@
-"""Targeting modules by name, as peft does: which ``nn.Linear`` / ``Conv1D`` modules a ``LoRAConfig`` with
+"""Targeting modules by name, as peft does: which ``nn.Linear`` / ``Conv1D`` modules a LoRA, LoHa or LoKr config with
 ``target_modules`` selects, and each one's rank and alpha.
 
 The rules are peft's (0.21), applied to the module paths of ``ModelDims.modules`` (``model.named_modules()``):
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import ModelDims, NamedModule
-from adapterhub.spec.configs import ALL_LINEAR, LoRAConfig
+from adapterhub.spec.configs import ALL_LINEAR, ModuleTargeting
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def _by_name(names: str | tuple[str, ...], key: str) -> bool:
     return key in names or any(key.endswith(f".{name}") for name in names)
 
 
-def excluded(config: LoRAConfig, key: str) -> bool:
+def excluded(config: ModuleTargeting, key: str) -> bool:
     """Whether ``exclude_modules`` leaves the module named ``key`` out."""
     return config.exclude_modules is not None and _by_name(config.exclude_modules, key)
 
@@ -63,7 +63,7 @@ def layer_index(key: str, layers_pattern: Sequence[str] | None) -> int | None:
     return int(match.group("idx")) if match is not None else None
 
 
-def targeted(config: LoRAConfig, module: NamedModule) -> bool:
+def targeted(config: ModuleTargeting, module: NamedModule) -> bool:
     """Whether ``target_modules`` (with ``layers_to_transform``) selects ``module`` (exclusion not applied)."""
     names = config.target_modules
     if names is None:
@@ -91,7 +91,7 @@ def pattern_value(table: Sequence[tuple[str, object]], key: str) -> object | Non
     return None
 
 
-def select_modules(config: LoRAConfig, dims: ModelDims) -> list[ModuleTarget]:
+def select_modules(config: ModuleTargeting, dims: ModelDims) -> list[ModuleTarget]:
     """The modules ``config`` targets on a model with ``dims``, in the model's module order."""
     if not dims.modules:
         raise ConfigError(
@@ -108,7 +108,8 @@ def select_modules(config: LoRAConfig, dims: ModelDims) -> list[ModuleTarget]:
                 "LoRA targeted by name attaches to nn.Linear, Conv1D, nn.Conv2d and nn.Embedding modules. Name the "
                 "layers inside it (or add it to exclude_modules)."
             )
-        if (module.embedding or module.conv) and config.method != "lora":
+        conv_ok = config.method == "lora" or config.adapts_conv2d
+        if (module.embedding and config.method != "lora") or (module.conv and not conv_ok):
             raise ConfigError(
                 f"target_modules={_show(config.target_modules)} selects {module.path!r}, a {module.type_name}; "
                 f"{config.method} on nn.{module.type_name} is not supported yet (LoRA is). Leave it out of "
@@ -137,7 +138,7 @@ def _show(names: str | tuple[str, ...] | None) -> str:
     return repr(names if isinstance(names, str) or names is None else list(names))
 
 
-def select_saved(config: LoRAConfig, dims: ModelDims, targets: Sequence[str] = ()) -> tuple[str, ...]:
+def select_saved(config: ModuleTargeting, dims: ModelDims, targets: Sequence[str] = ()) -> tuple[str, ...]:
     """The paths of the modules ``modules_to_save`` names (peft's rule: a module whose path ends with an entry),
     in the model's module order. Raises when an entry matches nothing, when one selected module holds another, or
     when a selected module is also a LoRA target (``targets``: their paths)."""

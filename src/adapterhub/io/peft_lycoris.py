@@ -1,0 +1,138 @@
+"""peft LoHa / LoKr files (``"peft_type": "LOHA"`` / ``"LOKR"``), read and written as our ``loha`` / ``lokr``
+targeted by module name.
+
+peft's weights sit on the adapted modules under our parameter names: ``base_model.model.<path>.hada_w1_a``
+``(d_out, r)``, ``hada_w1_b``, ``hada_w2_a``, ``hada_w2_b`` (LoHa); ``<path>.lokr_w1`` or ``lokr_w1_a`` / ``lokr_w1_b``,
+and ``lokr_w2`` or ``lokr_w2_a`` / ``lokr_w2_b`` (LoKr; which ones exist follows from ``r``, the widths and
+``decompose_both`` / ``decompose_factor`` by the same rule on both sides).
+
+Reading: each becomes ``by_name.<path with ":">.<param>``; ``target_modules`` names exactly the paths found (what
+peft's ``target_modules`` / ``exclude_modules`` / ``layers_to_transform`` selected), ``rank_pattern`` /
+``alpha_pattern`` and the other options are kept, so every module gets peft's rank, alpha and factors. When the
+adapter is built, paths that are spec points of the model move there (``LoRAAdapter.adopt_tensors``). Tensors of
+no adapted module are ``modules_to_save`` copies (or a static head), as for LoRA. Convolution factors
+on ``nn.Conv2d`` are those of the flattened kernel (``use_effective_conv2d=False``); the CP-decomposed ones
+(``hada_t1``, ``lokr_t2``) are refused.
+
+Writing: each target under its module path (a spec point through the spec's module name; the fused projections of
+GPT-2's ``c_attn`` have no peft form and are refused), ``target_modules`` the list of those full paths.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adapterhub.errors import AdapterFileError, ConfigError
+from adapterhub.io.peft_common import PREFIX, add_saved_tensors, layers_path, module_param, write_peft_files
+from adapterhub.runtime.records import AdapterRecord
+from adapterhub.spec.architectures import ArchitectureSpec
+
+METHODS = {"LOHA": "loha", "LOKR": "lokr"}
+PEFT_TYPES = {method: peft_type for peft_type, method in METHODS.items()}
+_WEIGHT = re.compile(r"^(?P<path>.+)\.(?P<param>hada_w[12]_[ab]|hada_t[12]|lokr_w[12](?:_[ab])?|lokr_t2)$")
+# the options written to peft's adapter_config.json besides the targets, per method
+_OPTIONS = {
+    "loha": ("r", "alpha", "rank_dropout", "module_dropout", "use_effective_conv2d", "init_weights"),
+    "lokr": (
+        "r",
+        "alpha",
+        "rank_dropout",
+        "module_dropout",
+        "use_effective_conv2d",
+        "init_weights",
+        "decompose_both",
+        "decompose_factor",
+        "rank_dropout_scale",
+    ),
+}
+
+
+def read_peft_lycoris(
+    meta: Mapping[str, Any], raw: Mapping[str, torch.Tensor], directory: Path
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(config, tensors, head tensors)`` of a peft LoHa / LoKr directory, targeted by module name."""
+    method = METHODS[str(meta["peft_type"])]
+    tensors: dict[str, torch.Tensor] = {}
+    head: dict[str, torch.Tensor] = {}
+    paths: set[str] = set()
+    for key, tensor in raw.items():
+        if not key.startswith(PREFIX):
+            raise AdapterFileError(f"peft weight {key!r} in {directory} is not under {PREFIX!r}.")
+        match = _WEIGHT.match(key[len(PREFIX) :])
+        if match is None:
+            head[key[len(PREFIX) :]] = tensor  # modules_to_save
+            continue
+        path, param = match.group("path"), match.group("param")
+        if param in ("hada_t1", "hada_t2", "lokr_t2"):
+            raise ConfigError(
+                f"peft weight {key!r} in {directory} is a CP-decomposed convolution factor (use_effective_conv2d="
+                f"True), which adapterhub's {method} does not implement; save it with use_effective_conv2d=False."
+            )
+        tensors[f"by_name.{path.replace('.', ':')}.{param}"] = tensor
+        paths.add(path)
+    if not tensors:
+        raise AdapterFileError(f"{directory} holds no {meta['peft_type']} weights.")
+    config: dict[str, Any] = {"method": method, "target_modules": sorted(paths)}
+    defaults = {"r": 8, "alpha": 8, "rank_dropout": 0.0, "module_dropout": 0.0, "init_weights": True}
+    for option in _OPTIONS[method]:
+        if meta.get(option) is not None:
+            config[option] = meta[option]
+        elif option in defaults:
+            config[option] = defaults[option]
+    config["alpha"] = float(config["alpha"])
+    config["rank_pattern"] = dict(meta.get("rank_pattern") or {})
+    config["alpha_pattern"] = dict(meta.get("alpha_pattern") or {})
+    return config, tensors, head
+
+
+def write_peft_lycoris(
+    record: AdapterRecord, directory: str | os.PathLike[str], spec: ArchitectureSpec, model: nn.Module
+) -> Path:
+    """Write a LoHa / LoKr record in peft's layout (``PeftModel.from_pretrained`` computes what we do)."""
+    config = record.config
+    method = str(config["method"])
+    prefix = layers_path(model, spec) if any(k.startswith("layers.") for k in record.tensors) else ""
+    out: dict[str, torch.Tensor] = {}
+    paths: set[str] = set()
+    for key, tensor in record.tensors.items():
+        if key.startswith("saved."):
+            continue  # modules_to_save: add_saved_tensors below
+        found = module_param(key, spec, prefix)
+        if found is None:
+            raise ConfigError(
+                f"Adapter {record.name!r} has {method} on a slice of a fused projection ({key!r}); peft puts one "
+                f"{method} on a whole module, so this adapter has no peft form. Target the module by name "
+                "(target_modules) or use layout='adapterhub'."
+            )
+        path, param = found
+        if not isinstance(model.get_submodule(path), (nn.Linear, nn.Conv2d)):
+            raise ConfigError(
+                f"Adapter {record.name!r} adapts {path!r}, a {type(model.get_submodule(path)).__name__}; peft's "
+                f"{method} adapts nn.Linear and convolutions only, so this adapter has no peft form. Use "
+                "layout='adapterhub'."
+            )
+        out[f"{PREFIX}{path}.{param}"] = tensor.detach().contiguous()
+        paths.add(path)
+    modules_to_save = add_saved_tensors(record, out)
+    meta: dict[str, Any] = {
+        "peft_type": PEFT_TYPES[method],
+        "task_type": None,
+        "base_model_name_or_path": record.model.model_name or None,
+        **{option: config[option] for option in _OPTIONS[method] if option in config},
+        "target_modules": sorted(paths),
+        "exclude_modules": None,
+        "layers_to_transform": None,  # the layers are in the list of module names
+        "layers_pattern": None,
+        "rank_pattern": dict(config.get("rank_pattern") or {}),
+        "alpha_pattern": dict(config.get("alpha_pattern") or {}),
+        "modules_to_save": modules_to_save,
+        "inference_mode": True,
+    }
+    return write_peft_files(directory, out, meta)

@@ -1,0 +1,134 @@
+"""LoKr (Yeh et al. 2024, LyCORIS; peft's ``LoKrModel``): a Kronecker-product update of linear projections.
+
+For a projection ``y = W x + b`` with ``W: (d_out, d_in)``, ``d_out = a·b`` and ``d_in = c·d`` (``factorization``)::
+
+    ΔW = s · W1 ⊗ W2        W1: (a, c)   W2: (b, d)   s = alpha / r
+    y' = y + ΔW x
+
+``W2`` is the product ``W2a W2b`` (``(b, r)``, ``(r, d)``) when ``r < max(b, d) / 2``, else one full matrix;
+``W1`` is full unless ``decompose_both`` and ``r < max(a, c) / 2`` (then ``W1a W1b``). Initialisation (peft's):
+``init_weights=True`` zeroes ``W1`` (or ``W1a``), ``"lycoris"`` zeroes ``W2`` (or ``W2b``), ``False`` zeroes
+nothing; the other factors are Kaiming-uniform (``a = sqrt(5)``). Parameter names are peft's (``lokr_w1`` ...).
+Dropouts (``rank_dropout_scale``: rescale the kept rows), composition and merging: ``methods.lycoris``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from adapterhub.methods.base import NamedModule, register_method
+from adapterhub.methods.lora import ConvLoRALayer, LoRALayer
+from adapterhub.methods.lycoris import LycorisAdapter, LycorisLayer
+from adapterhub.spec.configs import LoKrConfig
+
+
+def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
+    """``(m, n)`` with ``m · n = dimension``, as peft splits a width: ``factor > 0`` dividing ``dimension`` gives
+    ``(factor, dimension // factor)``; otherwise walk the divisors ``m`` upwards from 1 (``n = dimension // m``)
+    while ``m < n`` and the next divisor is at most ``factor`` (``-1``: no bound), and return the pair smaller
+    first. ``factorization(128) = (8, 16)``, ``factorization(127) = (1, 127)``, ``factorization(128, 4) = (4, 32)``."""
+    if factor > 0 and dimension % factor == 0:
+        return factor, dimension // factor
+    bound = dimension if factor == -1 else factor
+    m, n = 1, dimension
+    while m < n:
+        following = next(k for k in range(m + 1, dimension + 1) if dimension % k == 0)
+        if following > bound:
+            break
+        m, n = following, dimension // following
+    return min(m, n), max(m, n)
+
+
+class LoKrLayer(LycorisLayer):
+    """The Kronecker factors of one projection; ``weight_delta() = s · W1 ⊗ W2``, ``(d_out, d_in)``. Each factor is
+    one parameter (``lokr_w1`` / ``lokr_w2``) or a rank-``r`` pair (``lokr_w1_a``, ``lokr_w1_b`` / ``lokr_w2_a``,
+    ``lokr_w2_b``)."""
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        config: LoKrConfig,
+        r: int | None = None,
+        alpha: float | None = None,
+        conv: tuple[Any, Any, Any] | None = None,
+    ) -> None:
+        super().__init__(d_in, d_out, config, r, alpha, conv)
+        r = self.r
+        self.rescale_rank_dropout = config.rank_dropout_scale
+        a, b = factorization(d_out, config.decompose_factor)
+        c, d = factorization(d_in, config.decompose_factor)
+        self.w1 = self._factor("lokr_w1", a, c, r, full=not (config.decompose_both and r < max(a, c) / 2))
+        # a convolution: a full W2 holds the kernel (b, d, kh, kw), a factored one the flattened kernel
+        full2 = not r < max(b, d) / 2
+        self.w2 = self._factor("lokr_w2", b, d * (1 if full2 else math.prod(self.kernel)), r, full=full2)
+        if full2 and self.kernel:
+            self.lokr_w2 = nn.Parameter(torch.empty(b, d, *self.kernel))  # (b, d, kh, kw)
+        with torch.no_grad():
+            for param in self.parameters():
+                nn.init.kaiming_uniform_(param, a=math.sqrt(5))
+            if config.init_weights == "lycoris":
+                nn.init.zeros_(getattr(self, "lokr_w2" if self.w2 == ("lokr_w2",) else "lokr_w2_b"))
+            elif config.init_weights:
+                nn.init.zeros_(getattr(self, "lokr_w1" if self.w1 == ("lokr_w1",) else "lokr_w1_a"))
+
+    def _factor(self, name: str, rows: int, cols: int, r: int, full: bool) -> tuple[str, ...]:
+        """Register factor ``name`` ``(rows, cols)``: one parameter, or ``name_a (rows, r)`` and ``name_b (r, cols)``;
+        returns the parameter names."""
+        if full:
+            self.register_parameter(name, nn.Parameter(torch.empty(rows, cols)))  # (rows, cols)
+            return (name,)
+        self.register_parameter(f"{name}_a", nn.Parameter(torch.empty(rows, r)))  # (rows, r)
+        self.register_parameter(f"{name}_b", nn.Parameter(torch.empty(r, cols)))  # (r, cols)
+        return (f"{name}_a", f"{name}_b")
+
+    def _matrix(self, names: tuple[str, ...]) -> torch.Tensor:
+        if len(names) == 1:
+            return getattr(self, names[0])  # type: ignore[no-any-return]
+        return getattr(self, names[0]) @ getattr(self, names[1])  # type: ignore[no-any-return]
+
+    @classmethod
+    def shape_from(cls, params: Mapping[str, torch.Tensor]) -> tuple[int, int] | None:
+        def size(name: str) -> tuple[int, int] | None:
+            if name in params:
+                return int(params[name].shape[0]), int(params[name].shape[1])
+            if f"{name}_a" in params and f"{name}_b" in params:
+                return int(params[f"{name}_a"].shape[0]), int(params[f"{name}_b"].shape[1])
+            return None
+
+        first, second = size("lokr_w1"), size("lokr_w2")
+        if first is None or second is None:
+            return None
+        return first[1] * second[1], first[0] * second[0]
+
+    def _product(self) -> torch.Tensor:
+        w1 = self._matrix(self.w1)  # (a, c)
+        w2 = self._matrix(self.w2)  # (b, d) (a convolution: (b, d·kh·kw) or (b, d, kh, kw))
+        if w2.dim() == 4:
+            w1 = w1[:, :, None, None]  # (a, c, 1, 1)
+        return torch.kron(w1, w2.contiguous())  # (a·b, c·d[·kh·kw]) = (d_out, d_in[...])
+
+
+class LoKrConvLayer(LoKrLayer):
+    """LoKr on an ``nn.Conv2d`` (peft's with ``use_effective_conv2d=False``): ``d_in`` the input channels, the kernel
+    in ``W2``; ``ΔW`` reshaped to ``(c_out, c_in, kh, kw)``."""
+
+    def __init__(
+        self, module: NamedModule, config: LoKrConfig, r: int | None = None, alpha: float | None = None
+    ) -> None:
+        super().__init__(module.d_in, module.d_out, config, r, alpha, conv=module.conv)
+
+
+@register_method("lokr")
+class LoKrAdapter(LycorisAdapter):
+    """LoKr over all layers: ``layers[str(i)][point]`` (or ``by_name[...]``) is a ``LoKrLayer`` per target."""
+
+    config_cls = LoKrConfig  # type: ignore[assignment]
+    config: LoKrConfig  # type: ignore[assignment]
+    layer_class: ClassVar[type[LoRALayer]] = LoKrLayer  # type: ignore[assignment]
+    conv_layer_class: ClassVar[type[ConvLoRALayer]] = LoKrConvLayer  # type: ignore[assignment]

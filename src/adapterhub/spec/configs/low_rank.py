@@ -1,0 +1,79 @@
+"""The LoRA config (Hu et al. 2021) and the projections (spec points) low-rank methods attach to."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from adapterhub.spec.configs.base import OMIT_DEFAULT, MethodConfig
+from adapterhub.spec.configs.checks import check_bool, check_choice, is_number, require
+from adapterhub.spec.configs.targeting import ModuleTargeting
+
+LORA_INITS = ("lora", "gaussian")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoRAConfig(ModuleTargeting, MethodConfig):
+    """LoRA (Hu et al. 2021): ``y = W x + b + s · B A dropout(x)`` on each target projection, ``s = alpha / r``
+    (``use_rslora``: ``alpha / sqrt(r)``).
+
+    ``targets``: any of ``q``, ``k``, ``v``, ``attn_out``, ``ffn_in``, ``ffn_gate`` (the gate of a gated FFN, e.g.
+    Llama's ``gate_proj``), ``ffn_out`` (default ``q``, ``v``); ``init``: ``"lora"`` (A Kaiming-uniform, B zero, as
+    the paper) or ``"gaussian"`` (A normal with std 1/r, B zero); ``leave_out``: layers without LoRA. Parameters:
+    ``r · (d_in + d_out)`` per target and layer.
+
+    Targeting by name instead (peft's semantics), on any ``nn.Linear`` or GPT-2 ``Conv1D`` of the model:
+    ``target_modules`` (a list of names, each matching a module named so or ending in ``"." + name``; a string is
+    a regex over whole names; ``"all-linear"``: every Linear/Conv1D but the output embeddings), ``exclude_modules``
+    (same forms), ``layers_to_transform`` (layer indices, read from the module name, after ``layers_pattern`` when
+    given), ``rank_pattern`` / ``alpha_pattern`` (``{regex: r}``: the first key, in key order, that matches the end
+    of a module's name gives its rank / alpha). ``targets`` and ``leave_out`` then stay empty.
+
+    ``modules_to_save`` (with either way of targeting): names of modules (peft's rule: every module whose path
+    ends with a name) of which the adapter keeps a full trainable copy, e.g. ``["classifier"]``; the copy runs in
+    place of the module while the adapter is active, the original otherwise.
+    """
+
+    method: ClassVar[str] = "lora"
+
+    r: int = 8
+    alpha: float = 8
+    dropout: float = 0.0
+    targets: tuple[str, ...] = None  # type: ignore[assignment]  # None: ("q", "v"); () with target_modules
+    use_rslora: bool = False
+    init: str = "lora"
+    leave_out: tuple[int, ...] = field(default_factory=tuple)
+    target_modules: str | tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
+    exclude_modules: str | tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
+    layers_to_transform: tuple[int, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
+    layers_pattern: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
+    rank_pattern: tuple[tuple[str, int], ...] = field(default=(), metadata={OMIT_DEFAULT: True})
+    alpha_pattern: tuple[tuple[str, float], ...] = field(default=(), metadata={OMIT_DEFAULT: True})
+    modules_to_save: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
+
+    def __post_init__(self) -> None:
+        require(
+            isinstance(self.r, int) and not isinstance(self.r, bool) and self.r > 0,
+            f"r must be a positive integer, got {self.r!r}.",
+        )
+        require(
+            is_number(self.alpha) and self.alpha > 0, f"alpha must be a positive number, got {self.alpha!r}."
+        )
+        require(
+            is_number(self.dropout) and 0.0 <= self.dropout < 1.0,
+            f"dropout must be a number in [0, 1), got {self.dropout!r}.",
+        )
+        check_bool("use_rslora", self.use_rslora)
+        check_choice("init", self.init, LORA_INITS)
+        object.__setattr__(self, "alpha", float(self.alpha))
+        self.check_targeting("LoRA")
+
+    @property
+    def scaling(self) -> float:
+        """``s``: ``alpha / r``, or ``alpha / sqrt(r)`` with ``use_rslora``."""
+        return self.scaling_for(self.r, self.alpha)
+
+    def scaling_for(self, r: int, alpha: float) -> float:
+        """``s`` for a target of rank ``r`` and ``alpha`` (``rank_pattern`` / ``alpha_pattern``)."""
+        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
