@@ -35,8 +35,10 @@ def load_quantized(
     quant_type: str = "nf4",
     double_quant: bool = False,
     compute_dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.nn.Module:
-    """The saved model loaded 4-bit (``quant_type`` ``nf4``/``fp4``) or 8-bit (``int8``), in float32 otherwise."""
+    """The saved model loaded 4-bit (``quant_type`` ``nf4``/``fp4``) or 8-bit (``int8``), its other parameters in
+    ``dtype``."""
     if quant_type == "int8":
         config = transformers.BitsAndBytesConfig(load_in_8bit=True)
     else:
@@ -49,7 +51,7 @@ def load_quantized(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return transformers.LlamaForCausalLM.from_pretrained(
-            directory, quantization_config=config, dtype=torch.float32
+            directory, quantization_config=config, dtype=dtype
         )
 
 
