@@ -82,6 +82,8 @@ def dequantized_weight(module: nn.Module) -> torch.Tensor:
         raise ConfigError(f"{type(module).__name__} is not a bitsandbytes-quantised layer.")
     functional = _bnb_functional()
     if kind != "int8":
+        if getattr(weight.quant_state, "packing_format_for_cpu", False):
+            return _weight_by_forward(module)
         return functional.dequantize_4bit(weight.data, weight.quant_state)  # type: ignore[no-any-return]
     state = getattr(module, "state", None)
     scales = getattr(state, "SCB", None)
@@ -94,6 +96,21 @@ def dequantized_weight(module: nn.Module) -> torch.Tensor:
         )
     codes = weight.data  # (d_out, d_in) int8
     return functional.int8_vectorwise_dequant(codes, scales.to(codes.device))  # type: ignore[no-any-return]
+
+
+def _weight_by_forward(module: nn.Module) -> torch.Tensor:
+    """``W`` ``(d_out, d_in)`` as the layer computes it: ``forward(I) - b`` (hooks bypassed). bitsandbytes repacks a
+    4-bit weight for its CPU kernel on the first no-grad eval forward, and its way back to the standard layout is
+    lossy, so the layer's own forward on the identity is the faithful reading then."""
+    d_in = int(module.in_features)  # type: ignore[arg-type]
+    dtype = getattr(module, "compute_dtype", None) or torch.float32
+    eye = torch.eye(d_in, dtype=dtype, device=module.weight.device)  # type: ignore[union-attr]
+    with torch.no_grad():
+        out = type(module).forward(module, eye)  # (d_in, d_out) = Wᵀ + b
+    bias = getattr(module, "bias", None)
+    if bias is not None:
+        out = out - bias.to(out.dtype)
+    return out.t().contiguous()
 
 
 def weight_reader(module: nn.Module) -> torch.Tensor | Callable[[], torch.Tensor]:
@@ -121,8 +138,12 @@ def refuse_quantized(module: nn.Module, path: str, what: str, remedy: str) -> No
 
 def dequantized_linear(module: nn.Module) -> nn.Linear:
     """A plain ``nn.Linear`` computing what the quantised ``module`` computes: weight ``dequant(W)``, the same
-    bias, on the module's device, in the dequantised weight's dtype; frozen like the base it replaces."""
+    bias, on the module's device, in the dtype the layer computes in (a 4-bit layer's ``compute_dtype``; else the
+    dequantised weight's); frozen like the base it replaces."""
     weight = dequantized_weight(module)  # (d_out, d_in)
+    compute = getattr(module, "compute_dtype", None)
+    if isinstance(compute, torch.dtype) and compute.is_floating_point:
+        weight = weight.to(compute)
     bias: torch.Tensor | None = getattr(module, "bias", None)
     linear = nn.Linear(
         weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype
