@@ -104,7 +104,7 @@ def _weight_by_forward(module: nn.Module) -> torch.Tensor:
     lossy, so the layer's own forward on the identity is the faithful reading then."""
     d_in = int(module.in_features)  # type: ignore[arg-type]
     dtype = getattr(module, "compute_dtype", None) or torch.float32
-    eye = torch.eye(d_in, dtype=dtype, device=module.weight.device)  # type: ignore[union-attr]
+    eye = torch.eye(d_in, dtype=dtype, device=module.weight.device)  # type: ignore[union-attr,arg-type]
     with torch.no_grad():
         out = type(module).forward(module, eye)  # (d_in, d_out) = Wᵀ + b
     bias = getattr(module, "bias", None)
