@@ -21,7 +21,7 @@ from adapterhub.errors import ConfigError
 from adapterhub.methods.base import MODULE, MODULE_LAYER, LinearInputs, NamedModule
 from adapterhub.runtime.injection import AdapterHook, PointHandler, remove_hooks
 from adapterhub.runtime.layers import layer_stacks
-from adapterhub.runtime.quantized import float_weight, weight_reader
+from adapterhub.runtime.quantized import float_weight, refuse_quantized, weight_reader
 from adapterhub.spec.architectures import ArchitectureSpec
 from adapterhub.spec.composition import Stack, setup_names
 
@@ -185,6 +185,13 @@ def saved_copy(model: nn.Module, handler: Any, path: str) -> nn.Module:
         module = model.get_submodule(path)
     except AttributeError:
         raise ConfigError(f"The model has no module {path!r} (modules_to_save).") from None
+    for inner, part in module.named_modules(prefix=path):
+        refuse_quantized(
+            part,
+            inner,
+            "modules_to_save (a trainable full copy of the module)",
+            "Leave it out of modules_to_save and target it with LoRA instead (target_modules).",
+        )
     clone = copy.deepcopy(module, {id(handler): handler})
     remove_hooks(clone)
     for part in clone.modules():  # attention hooks' bookkeeping (adapterhub.runtime.attention_hooks)
