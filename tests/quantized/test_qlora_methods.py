@@ -44,6 +44,7 @@ CASES = {
     "ia3-fp4-bf16": ("fp4", torch.bfloat16, "ia3", ("ia3_l",), ("_adapterhub",)),
     "lora-int8": ("int8", torch.float32, "lora", ("lora_",), ("lora_",)),
     "dora-int8": ("int8", torch.float32, "dora", ("lora_",), ("lora_", "magnitude")),
+    "ia3-int8": ("int8", torch.float32, "ia3", ("ia3_l",), ("_adapterhub",)),
 }
 
 
@@ -84,8 +85,9 @@ def test_method_on_quantized_base_matches_peft(tmp_path, saved, case):
     assert type(quantized).__name__ == ("Linear8bitLt" if quant == "int8" else "Linear4bit")
 
 
-def test_residual_and_prefix_methods_run_on_a_4bit_base(saved):
-    model = adapterhub.init(load_quantized(saved, "nf4", False, torch.float32))
+@pytest.mark.parametrize("quant", ["nf4", "int8"])
+def test_residual_and_prefix_methods_run_on_a_quantized_base(saved, quant):
+    model = adapterhub.init(load_quantized(saved, quant, False, torch.float32))
     for name, config in [("b", "seq_bn"), ("p", "prefix_tuning[prefix_length=4]")]:
         model.add_adapter(name, config, set_active=True)
         model.train_adapter(name)
