@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from adapterhub.version import __version__ as __version__
 
 if TYPE_CHECKING:
+    from adapterhub.api.kbit import prepare_kbit_training
     from adapterhub.api.model import deinit, init
     from adapterhub.data.packaged import packaged_decoder_path, packaged_encoder_path
     from adapterhub.errors import (
@@ -86,6 +87,7 @@ _LAZY: dict[str, str] = {
     "deinit": "adapterhub.api.model",
     "export_onnx": "adapterhub.export.onnx",
     "init": "adapterhub.api.model",
+    "prepare_kbit_training": "adapterhub.api.kbit",
 }
 __all__ = [
     "AdapterExistsError",
@@ -120,6 +122,7 @@ __all__ = [
     "packaged_decoder_path",
     "packaged_encoder_path",
     "plot_fusion_heatmap",
+    "prepare_kbit_training",
     "register_architecture",
     "resolve_config",
 ]

@@ -6,14 +6,24 @@ transposed, for ``Conv1D``), so the model computes the same outputs without runn
 what the bare model costs. ``unmerge_adapter`` subtracts the same ``ΔW`` again. While an adapter is merged it
 applies in every call: per-call setups, BatchSplit, Parallel, Fuse and Split over it, training it, deleting it and
 replacing it raise a ``ConfigError`` that says to unmerge first.
+
+A quantised base (bitsandbytes 4-/8-bit layers) cannot hold ``dequant(W) + ΔW`` in its codes without
+re-quantising, which would change the outputs. ``merge_adapter(name, dequantize=True)`` first replaces each
+quantised layer the adapter targets by a plain ``nn.Linear`` holding ``dequant(W)`` (``runtime.quantized``), then
+merges into it: the merged model computes what the unmerged one did (within float rounding), in float. Without the
+flag, merging into a quantised layer raises naming it. Unmerging leaves the layers dequantised.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from adapterhub.api.adapters import AdapterAPIMixin
 from adapterhub.errors import ConfigError
+from adapterhub.methods.base import LINEAR, MODULE, MODULE_LAYER, AdapterModule
+from adapterhub.runtime.layers import layer_stacks
+from adapterhub.runtime.quantized import dequantize_modules, quantization_of
 from adapterhub.spec.composition import setup_names
 
 
@@ -29,11 +39,37 @@ class MergeMixin(AdapterAPIMixin):
                 if bias_delta is not None and bias is not None:
                     bias.add_(bias_delta.to(bias.dtype))
 
-    def merge_adapter(self, name: str) -> None:
+    def _quantized_targets(self, module: AdapterModule) -> list[tuple[nn.Module, str]]:
+        """``(root, path)`` of every bitsandbytes-quantised module ``module`` targets (a layer and its projection's
+        path in it, or the model and a module path)."""
+        stacks = layer_stacks(self._module(), self._spec)
+        found: list[tuple[nn.Module, str]] = []
+        for layer in [*range(len(stacks)), MODULE_LAYER]:
+            for kind, point in module.points(layer):
+                if kind == LINEAR:
+                    root, path = stacks[layer][0], stacks[layer][1].linears[point].module
+                elif kind == MODULE:
+                    root, path = self._module(), point
+                else:
+                    continue
+                if quantization_of(root.get_submodule(path)) is not None:
+                    found.append((root, path))
+        return found
+
+    def merge_adapter(self, name: str, *, dequantize: bool = False) -> None:
         """Fold adapter ``name`` into the base weights: outputs stay the same (within float rounding) and the
         adapter no longer runs as a separate computation. It must be the active setup, part of a Stack that is,
-        or nothing may be active (then it becomes the active setup)."""
+        or nothing may be active (then it becomes the active setup). ``dequantize``: on a quantised base, replace
+        the targeted quantised layers by float ``nn.Linear`` layers first (required there)."""
         module = self._require_adapter(name)
+        quantized = self._quantized_targets(module) if module.mergeable else []
+        if quantized and not dequantize:
+            kind = quantization_of(quantized[0][0].get_submodule(quantized[0][1]))
+            raise ConfigError(
+                f"Adapter {name!r} targets {len(quantized)} layer(s) quantised by bitsandbytes ({kind}); their "
+                "codes cannot hold the merged weights. Call merge_adapter(name, dequantize=True) to replace them by "
+                "float nn.Linear layers holding dequant(W) + delta, or keep the adapter unmerged."
+            )
         store = self._store
         if name in store.merged:
             raise ConfigError(f"Adapter {name!r} is merged already.")
@@ -51,6 +87,8 @@ class MergeMixin(AdapterAPIMixin):
         except ConfigError:
             del store.merged[name]
             raise
+        for root, path in quantized:
+            dequantize_modules(root, [path])
         self._apply_deltas(name, 1.0)
         store.active_setup = setup
         store.changed()

@@ -267,14 +267,16 @@ class LinearInputs(PointInputs):
     ``weight`` / ``bias``: the projection's own parameters as ``(d_out, d_in)`` / ``(d_out,)`` views (the point's
     slice of a fused projection; ``Conv1D`` weights transposed), so that ``y = x weightᵀ + bias``; filled by the
     hook, ``None`` where a caller builds inputs without them. Methods that need the base weight at forward time
-    (DoRA's weight norm, (IA)³ scaling a projection's input) read them; they must not modify them.
+    (DoRA's weight norm, (IA)³ scaling a projection's input) read it through ``require_weight``, never the field
+    itself: for a quantised base layer (bitsandbytes 4-/8-bit) the hook leaves a function there that dequantises
+    the weight, called on first use. They must not modify it.
 
     ``in_scale`` / ``out_scale``: the scalings a Stack applied before the block these inputs are handed to (``on``);
     ``untouched``: ``y`` is still the projection's own output ``W x + b`` (False once a Stack step changed it)."""
 
     x: torch.Tensor
     y: torch.Tensor
-    weight: torch.Tensor | None = None
+    weight: torch.Tensor | Callable[[], torch.Tensor] | None = None
     bias: torch.Tensor | None = None
     in_scale: torch.Tensor | None = None
     out_scale: torch.Tensor | None = None
@@ -311,12 +313,15 @@ class LinearInputs(PointInputs):
         )
 
     def require_weight(self, needs: str) -> torch.Tensor:
-        """``weight`` ``(d_out, d_in)``; raises naming ``needs`` (who needs it) when the inputs were built without it."""
+        """``weight`` ``(d_out, d_in)`` as a float tensor (a quantised base layer's dequantised once per inputs);
+        raises naming ``needs`` (who needs it) when the inputs were built without it."""
         if self.weight is None:
             raise ConfigError(
                 f"{needs} needs the projection's weight at forward time (LinearInputs.weight); the adapter hooks "
                 "fill it, so build LinearInputs with weight= when calling a method directly."
             )
+        if not isinstance(self.weight, torch.Tensor):
+            self.weight = self.weight()  # (d_out, d_in), dequantised
         return self.weight
 
     def projection(self, x: torch.Tensor | None = None) -> torch.Tensor:

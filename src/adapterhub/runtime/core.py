@@ -35,6 +35,7 @@ from adapterhub.runtime.modules import (
     module_table,
     saved_copy,
 )
+from adapterhub.runtime.quantized import weight_shape
 from adapterhub.runtime.records import ModelInfo
 from adapterhub.runtime.specless import check_carries, check_heads, model_spec, model_type_of
 from adapterhub.runtime.store import STORE_ATTR, AdapterStore
@@ -67,10 +68,8 @@ def linear_shapes(layer: nn.Module, spec: ArchitectureSpec | StackSpec) -> tuple
     shapes = []
     for point, linear in spec.linears.items():
         module = layer.get_submodule(linear.module)
-        weight: torch.Tensor = module.weight  # type: ignore[assignment]  # Linear (d_out, d_in); Conv1D (d_in, d_out)
-        d_in, d_out = (
-            (weight.shape[0], weight.shape[1]) if linear.transposed else (weight.shape[1], weight.shape[0])
-        )
+        rows, cols = weight_shape(module)  # Linear (d_out, d_in); Conv1D (d_in, d_out); quantised: unpacked
+        d_in, d_out = (rows, cols) if linear.transposed else (cols, rows)
         if linear.part is not None:
             d_out //= linear.part[1]
         shapes.append((point, int(d_in), int(d_out)))
@@ -230,9 +229,14 @@ class AdapterModelCore:
         """Put a new module on the device and floating dtype of the model's layers, in the model's train/eval
         mode (a head added to a model in eval mode must not apply dropout)."""
         model = self._module()
-        reference = next(iter(self._layers().parameters()), None)
-        if reference is None:  # a model without a spec: its first own parameter
-            reference = next(p for n, p in model.named_parameters() if not n.startswith(STORE_ATTR + "."))
+        # the first floating parameter: a quantised base (bitsandbytes) stores its projections as integer codes
+        reference = next((p for p in self._layers().parameters() if p.is_floating_point()), None)
+        if reference is None:  # a model without a spec: its first own floating parameter
+            reference = next(
+                p
+                for n, p in model.named_parameters()
+                if not n.startswith(STORE_ATTR + ".") and p.is_floating_point()
+            )
         module.train(model.training)
         return module.to(device=reference.device, dtype=reference.dtype)
 

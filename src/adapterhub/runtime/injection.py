@@ -36,6 +36,7 @@ from adapterhub.methods.base import (
     ResidualInputs,
 )
 from adapterhub.runtime.layers import get_base_model, layer_stacks
+from adapterhub.runtime.quantized import float_weight, is_quantized, weight_reader
 from adapterhub.spec.architectures import ArchitectureSpec, InputRef, LinearSpec, SiteSpec
 
 
@@ -150,11 +151,11 @@ class _NormHook(AdapterHook):
         )
 
 
-def linear_params(module: nn.Module, linear: LinearSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Views of a projection's ``(weight (d_out, d_in), bias (d_out,) or None)`` for one point: its slice of a fused
-    projection, ``Conv1D`` weights transposed. In-place changes of the views change the module's parameters."""
-    weight: torch.Tensor = module.weight  # type: ignore[assignment]  # Linear (out, in); Conv1D (in, out)
-    bias: torch.Tensor | None = getattr(module, "bias", None)
+def _point_view(
+    weight: torch.Tensor, bias: torch.Tensor | None, linear: LinearSpec
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The point's ``(weight (d_out, d_in), bias)`` from its module's: the slice of a fused projection, ``Conv1D``
+    weights transposed."""
     if linear.part is not None:
         index, parts = linear.part
         axis = 1 if linear.transposed else 0
@@ -162,6 +163,27 @@ def linear_params(module: nn.Module, linear: LinearSpec) -> tuple[torch.Tensor, 
         weight = weight.narrow(axis, index * width, width)
         bias = bias.narrow(0, index * width, width) if bias is not None else None
     return (weight.t() if linear.transposed else weight), bias
+
+
+def linear_params(module: nn.Module, linear: LinearSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Views of a projection's ``(weight (d_out, d_in), bias (d_out,) or None)`` for one point: its slice of a fused
+    projection, ``Conv1D`` weights transposed. In-place changes of the views change the module's parameters; a
+    bitsandbytes-quantised module gives a dequantised copy instead (``runtime.quantized``: read only)."""
+    return _point_view(float_weight(module), getattr(module, "bias", None), linear)
+
+
+def hook_params(module: nn.Module, linear: LinearSpec) -> tuple[Any, torch.Tensor | None]:
+    """``linear_params`` as a hook hands them to ``LinearInputs``: for a quantised module the weight is a function
+    that dequantises it when a method asks (``LinearInputs.require_weight``)."""
+    bias: torch.Tensor | None = getattr(module, "bias", None)
+    if not is_quantized(module):
+        return _point_view(module.weight, bias, linear)  # type: ignore[arg-type]
+    if linear.part is not None and bias is not None:
+        index, parts = linear.part
+        width = bias.shape[0] // parts
+        bias = bias.narrow(0, index * width, width)
+    read = weight_reader(module)
+    return (lambda: _point_view(read(), None, linear)[0]), bias  # type: ignore[operator]
 
 
 class _LinearHook(AdapterHook):
@@ -176,7 +198,7 @@ class _LinearHook(AdapterHook):
             return None
         x = args[0]  # (batch, seq, d_in)
         if len(self.points) == 1 and self.points[0][1].part is None:
-            weight, bias = linear_params(module, self.points[0][1])
+            weight, bias = hook_params(module, self.points[0][1])
             return handler.point_forward(
                 self.index, LINEAR, self.points[0][0], LinearInputs(x, output, weight, bias)
             )
@@ -185,7 +207,7 @@ class _LinearHook(AdapterHook):
         changed = False
         for point, spec in self.points:
             index = spec.part[0]  # type: ignore[index]
-            weight, bias = linear_params(module, spec)
+            weight, bias = hook_params(module, spec)
             value = handler.point_forward(
                 self.index, LINEAR, point, LinearInputs(x, parts[index], weight, bias)
             )

@@ -21,6 +21,7 @@ from adapterhub.errors import ConfigError
 from adapterhub.methods.base import MODULE, MODULE_LAYER, LinearInputs, NamedModule
 from adapterhub.runtime.injection import AdapterHook, PointHandler, remove_hooks
 from adapterhub.runtime.layers import layer_stacks
+from adapterhub.runtime.quantized import float_weight, refuse_quantized, weight_reader
 from adapterhub.spec.architectures import ArchitectureSpec
 from adapterhub.spec.composition import Stack, setup_names
 
@@ -147,7 +148,7 @@ def module_params(model: nn.Module, path: str) -> tuple[torch.Tensor, torch.Tens
         module = model.get_submodule(path)
     except AttributeError:
         raise ConfigError(f"The model has no module {path!r} (a module target of an adapter).") from None
-    weight: torch.Tensor = module.weight  # type: ignore[assignment]
+    weight = float_weight(module)  # a quantised module: a dequantised copy (read only)
     bias: torch.Tensor | None = getattr(module, "bias", None)
     return (weight.t() if _transposed(module) else weight), bias
 
@@ -162,8 +163,9 @@ class _ModuleHook(AdapterHook):
         handler = self.handler
         if not handler.uses(MODULE) or not args:
             return None
-        weight: torch.Tensor = module.weight  # type: ignore[assignment]
-        weight = weight.t() if self.transposed else weight  # (d_out, d_in)
+        weight: Any = weight_reader(module)  # quantised: dequantised only when a method asks (require_weight)
+        if isinstance(weight, torch.Tensor) and self.transposed:
+            weight = weight.t()  # (d_out, d_in)
         # x: (..., d_in), or token ids (...) for an nn.Embedding
         inputs = LinearInputs(args[0], output, weight, getattr(module, "bias", None))
         return handler.point_forward(MODULE_LAYER, MODULE, self.path, inputs)
@@ -201,6 +203,13 @@ def saved_copy(model: nn.Module, handler: Any, path: str) -> nn.Module:
         module = model.get_submodule(path)
     except AttributeError:
         raise ConfigError(f"The model has no module {path!r} (modules_to_save).") from None
+    for inner, part in module.named_modules(prefix=path):
+        refuse_quantized(
+            part,
+            inner,
+            "modules_to_save (a trainable full copy of the module)",
+            "Leave it out of modules_to_save and target it with LoRA instead (target_modules).",
+        )
     clone = copy.deepcopy(module, {id(handler): handler})
     remove_hooks(clone)
     for part in clone.modules():  # attention hooks' bookkeeping (adapterhub.runtime.attention_hooks)

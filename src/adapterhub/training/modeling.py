@@ -34,12 +34,17 @@ WEIGHTS_FILE = "weights.safetensors"
 ADAPTER_SUBDIR = "adapter"
 
 
-def load_base(model_path: str | None, *, causal_lm: bool = False) -> tuple[nn.Module, Any, str]:
+def load_base(
+    model_path: str | None, *, causal_lm: bool = False, quantize: str | None = None
+) -> tuple[nn.Module, Any, str]:
     """``(model, tokenizer, path)`` for a transformers checkpoint directory, hub name or packaged model name
     (``minilm``, ``smollm2``: :func:`adapterhub.data.packaged.packaged_model_path`), via ``AutoModel``, or via
     ``AutoModelForCausalLM`` with ``causal_lm`` (generation tasks; the default model is then ``smollm2``, and an
-    encoder is refused: :func:`check_causal_lm`)."""
+    encoder is refused: :func:`check_causal_lm`). ``quantize`` (``nf4``, ``fp4``, ``int8``): loaded quantised by
+    bitsandbytes and prepared for k-bit training (:mod:`adapterhub.training.quantize`)."""
     import transformers
+
+    from adapterhub.training.quantize import quantization_config
 
     if causal_lm and not model_path:
         model_path = "smollm2"
@@ -55,12 +60,28 @@ def load_base(model_path: str | None, *, causal_lm: bool = False) -> tuple[nn.Mo
                 transformers.AutoConfig.from_pretrained(str(local) if local.is_dir() else path), path
             )
         factory = transformers.AutoModelForCausalLM if causal_lm else transformers.AutoModel
-        model = factory.from_pretrained(str(local) if local.is_dir() else path)
+        bnb = quantization_config(quantize)
+        extra = {} if bnb is None else {"quantization_config": bnb}
+        model = factory.from_pretrained(str(local) if local.is_dir() else path, **extra)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         hint = f" (packaged models: {', '.join(sorted(PACKAGED_MODELS))})" if "/" not in path else ""
         raise ConfigError(f"cannot load the model {path!r}: {first}{hint}") from None
+    if quantize is not None:
+        from adapterhub.api.kbit import prepare_kbit_training
+
+        prepare_kbit_training(model, gradient_checkpointing=False)
     return model, tokenizer, str(local.resolve()) if local.is_dir() else path
+
+
+def model_and_tokenizer(args: Any, causal_lm: bool) -> tuple[Any, Any]:
+    """What ``training.loop.train`` takes as ``model`` / ``tokenizer`` for a CLI command: the ``--model`` path
+    (loaded there) without ``--quantize``, else the base loaded quantised here."""
+    quantize = getattr(args, "quantize", None)
+    if quantize is None:
+        return args.model, None
+    model, tokenizer, _ = load_base(args.model, causal_lm=causal_lm, quantize=quantize)
+    return model, tokenizer
 
 
 def check_causal_lm(config: Any, name: str) -> None:
@@ -319,13 +340,16 @@ def find_saved_run(path: str | os.PathLike[str]) -> Path:
     )
 
 
-def load_trained(directory: Path, model_path: str | None = None) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """Rebuild a trained model from a saved run directory: ``(model, tokenizer, info)``, in eval mode."""
+def load_trained(
+    directory: Path, model_path: str | None = None, quantize: str | None = None
+) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """Rebuild a trained model from a saved run directory: ``(model, tokenizer, info)``, in eval mode (the base
+    quantised with ``quantize``: ``nf4``, ``fp4``, ``int8``)."""
     info = read_training_info(directory)
     if info is None:
         raise AdapterFileError(f"{directory} holds no {TRAINING_FILE}.")
     generation = info.get("kind") == "generation"
-    model, tokenizer, _ = load_base(model_path or info.get("model"), causal_lm=generation)
+    model, tokenizer, _ = load_base(model_path or info.get("model"), causal_lm=generation, quantize=quantize)
     method = parse_method(info["method"])
     model = init(model)
     head_name = info["head_name"]

@@ -94,13 +94,14 @@ def run_overhead(
     batch_size: int,
     examples: int = 256,
     rounds: int = 7,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
     """:func:`inference_overhead` of the run saved in ``saved_dir`` against the bare ``model_path`` checkpoint,
     on the first ``examples`` dev examples of ``task`` in batches of ``batch_size`` (padded per batch)."""
     if not task.dev:
         raise ConfigError(f"task {task.name!r} has no dev examples to time inference on.")
-    model, tokenizer, _ = load_trained(Path(saved_dir), model_path)
-    bare, _, _ = load_base(model_path)
+    model, tokenizer, _ = load_trained(Path(saved_dir), model_path, quantize)
+    bare, _, _ = load_base(model_path, quantize=quantize)  # the same base, quantised alike
     data = encode(
         task.dev[:examples], tokenizer, kind=task.kind, max_length=max_length, num_labels=task.num_labels
     )
