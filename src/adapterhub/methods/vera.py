@@ -38,6 +38,7 @@ from adapterhub.methods.base import (
     AdapterModule,
     LinearInputs,
     LinearRunning,
+    ModelDims,
     Point,
     PointInputs,
     register_method,
@@ -118,7 +119,7 @@ class VeraAdapter(LoRAAdapter):
     vera_A: torch.Tensor
     vera_B: torch.Tensor
 
-    def __init__(self, name: str, config: VeraConfig, dims: Any) -> None:
+    def __init__(self, name: str, config: VeraConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)  # type: ignore[arg-type]
         sites: list[VeraLayer] = [site for _, _, site in self.lora_targets()]  # type: ignore[misc]
         if not sites:
@@ -147,6 +148,7 @@ class VeraAdapter(LoRAAdapter):
         return tuple(out.values())
 
     def site(self, layer: int, point: str | Point) -> VeraLayer:
+        """The ``VeraLayer`` at a spec point of ``layer`` or at a point ``("module", path)``."""
         return self.layer_at(layer, point)  # type: ignore[return-value]
 
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> LinearRunning:
