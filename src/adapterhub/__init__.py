@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         LoKrConfig,
         LoRAConfig,
         MethodConfig,
+        VeraConfig,
         resolve_config,
     )
 
@@ -59,7 +60,15 @@ _LAZY: dict[str, str] = {
         ("Average", "BatchSplit", "Fuse", "Parallel", "Split", "Stack"), "adapterhub.spec.composition"
     ),
     **dict.fromkeys(
-        ("BottleneckConfig", "LoHaConfig", "LoKrConfig", "LoRAConfig", "MethodConfig", "resolve_config"),
+        (
+            "BottleneckConfig",
+            "LoHaConfig",
+            "LoKrConfig",
+            "LoRAConfig",
+            "MethodConfig",
+            "VeraConfig",
+            "resolve_config",
+        ),
         "adapterhub.spec.configs",
     ),
     **dict.fromkeys(
@@ -115,6 +124,7 @@ __all__ = [
     "Stack",
     "StackSpec",
     "UnsupportedArchitectureError",
+    "VeraConfig",
     "deinit",
     "export_onnx",
     "init",

@@ -24,6 +24,7 @@ METHODS = {
     "prefix_tuning": "prefix_tuning[prefix_length=4]",
     "parallel": "par_bn[reduction_factor=4]",
     "compacter": "compacter[reduction_factor=4]",
+    "vera": "vera[r=4,targets=[q,v],save_projection=false]",
 }
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "adapters_lib"
 

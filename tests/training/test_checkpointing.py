@@ -26,6 +26,7 @@ METHODS = [
     "mam",
     "unipelt",
     "pfeiffer+inv",
+    "vera[r=4,targets=[q,v,ffn_out]]",
 ]
 MODES = {"reentrant": True, "non-reentrant": False}
 NO_DROPOUT = {

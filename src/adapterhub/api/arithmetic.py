@@ -327,8 +327,13 @@ def _combine_params(
             f"({configs[0]})."
         )
     states = [dict(m.state_dict()) for m in modules]
+    trained = set(dict(modules[0].named_parameters()))
+    # buffers (VeRA's frozen projections: equal in adapters of equal configs) are kept, not summed
     tensors = {
-        key: sum(w * s[key].float() for w, s in zip(weights, states, strict=True)) for key in states[0]
+        key: sum(w * s[key].float() for w, s in zip(weights, states, strict=True))
+        if key in trained
+        else states[0][key]
+        for key in states[0]
     }
     config = resolve_config(configs[0]).to_dict()
     return config, tensors  # type: ignore[return-value]

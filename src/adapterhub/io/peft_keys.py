@@ -1,6 +1,7 @@
-"""Every key of peft's ``LoraConfig``, ``LoHaConfig`` and ``LoKrConfig`` (peft 0.21.2) and what reading a peft
-file does with it: honoured (it becomes part of the adapter), metadata (it changes no weight or output), or refused
-by name with what to do instead (``check_lora_keys``, ``check_lycoris_keys``). A key these tables do not know (a
+"""Every key of peft's ``LoraConfig``, ``LoHaConfig``, ``LoKrConfig`` and ``VeraConfig`` (peft 0.21.2) and what
+reading a peft file does with it: honoured (it becomes part of the adapter), metadata (it changes no weight or
+output), or refused by name with what to do instead (``check_lora_keys``, ``check_lycoris_keys``,
+``check_vera_keys``). A key these tables do not know (a
 newer peft) is refused unless its value is empty.
 """
 
@@ -119,6 +120,26 @@ LYCORIS_HONOURED["LOKR"] = LYCORIS_HONOURED["LOHA"] | {
 }
 
 
+# VeRA: every key of VeraConfig becomes the option of the same name, except the targets (read from the weights) and
+# ``fan_in_fan_out`` (the module's type decides, as peft corrects the flag); ``bias`` must be "none"
+VERA_HONOURED: frozenset[str] = frozenset(
+    {
+        "r",
+        "projection_prng_key",
+        "save_projection",
+        "vera_dropout",
+        "d_initial",
+        "fan_in_fan_out",
+        "bias",
+        "init_weights",
+        "target_modules",
+        "layers_to_transform",
+        "layers_pattern",
+        "modules_to_save",
+    }
+)
+
+
 def _empty(value: Any) -> bool:
     return value is None or value is False or value == {} or value == [] or value == ""
 
@@ -161,6 +182,22 @@ def check_lycoris_keys(meta: Mapping[str, Any], directory: Path) -> None:
         if key in METADATA or key in honoured:
             continue
         _refuse_unknown(key, value, directory)
+
+
+def check_vera_keys(meta: Mapping[str, Any], directory: Path) -> None:
+    """Raise a ConfigError naming the first key of a peft VeRA ``adapter_config.json`` that adapterhub cannot
+    honour (``bias`` other than "none", a key of a newer peft), with what to do instead."""
+    for key, value in meta.items():
+        if key in METADATA:
+            continue
+        if key == "bias" and value not in ("none", None):
+            raise ConfigError(
+                f"The peft VeRA adapter in {directory} sets bias={value!r}: peft then trains and saves the model's "
+                "biases, which adapterhub's VeRA does not hold. Merge it into the base model with peft "
+                "(merge_and_unload), or train with bias='none'."
+            )
+        if key not in VERA_HONOURED:
+            _refuse_unknown(key, value, directory)
 
 
 def _refuse_unknown(key: str, value: Any, directory: Path) -> None:

@@ -19,7 +19,7 @@ model's own head when the shapes match. Options we cannot express are refused wi
 ``ConfigError`` naming the option: ``bias`` other than ``"none"``, non-empty ``rank_pattern`` /
 ``alpha_pattern``, ``lora_bias``, ``layer_replication``, ``target_parameters``, and other peft
 methods than LoRA, (IA)³ (``peft_type: IA3``, read and written by ``adapterhub.io.peft_ia3``), LoHa and LoKr
-(``LOHA`` / ``LOKR``, ``adapterhub.io.peft_lycoris``).
+(``LOHA`` / ``LOKR``, ``adapterhub.io.peft_lycoris``) and VeRA (``VERA``, ``adapterhub.io.peft_vera``).
 
 DoRA (``use_dora: true``) reads as our ``dora`` method: peft's ``<module>.lora_magnitude_vector`` ``(d_out,)`` is our
 ``layers.<i>.<point>.magnitude`` (on a fused projection, its row slices; the norm is per output row, so slicing is
@@ -50,10 +50,11 @@ from adapterhub.io.peft_common import (
     write_peft_files,
 )
 from adapterhub.io.peft_ia3 import read_peft_ia3, write_peft_ia3
-from adapterhub.io.peft_keys import check_lora_keys, check_lycoris_keys
+from adapterhub.io.peft_keys import check_lora_keys, check_lycoris_keys, check_vera_keys
 from adapterhub.io.peft_lycoris import METHODS as LYCORIS_TYPES
 from adapterhub.io.peft_lycoris import read_peft_lycoris, write_peft_lycoris
 from adapterhub.io.peft_modules import read_peft_modules, write_peft_modules
+from adapterhub.io.peft_vera import read_peft_vera, write_peft_vera
 from adapterhub.runtime.layers import get_layers
 from adapterhub.runtime.records import AdapterRecord, HeadRecord, ModelInfo
 from adapterhub.spec.architectures import ArchitectureSpec
@@ -86,11 +87,15 @@ def is_peft_config(meta: Any) -> bool:
 
 
 def _refuse_options(meta: Mapping[str, Any], directory: Path) -> None:
-    if meta.get("peft_type") not in ("LORA", "IA3", *LYCORIS_TYPES):
+    if meta.get("peft_type") not in ("LORA", "IA3", "VERA", *LYCORIS_TYPES):
         raise ConfigError(
             f"{directory} holds a peft {meta.get('peft_type')!r} adapter (option peft_type); adapterhub reads peft "
-            "LoRA (with DoRA), (IA)³, LoHa and LoKr adapters (peft_type 'LORA' / 'IA3' / 'LOHA' / 'LOKR') only."
+            "LoRA (with DoRA), (IA)³, LoHa, LoKr and VeRA adapters (peft_type 'LORA' / 'IA3' / 'LOHA' / 'LOKR' / "
+            "'VERA') only."
         )
+    if meta.get("peft_type") == "VERA":
+        check_vera_keys(meta, directory)  # every VeraConfig key: honoured, metadata or refused
+        return
     if meta.get("peft_type") in LYCORIS_TYPES:
         check_lycoris_keys(
             meta, directory
@@ -177,14 +182,15 @@ def read_peft_dir(
             meta, _read_weights(directory), spec, directory, model
         )
         return _record(directory, meta, ia3_config, ia3_tensors, ia3_head, spec, model, with_head)
-    if meta.get("peft_type") in LYCORIS_TYPES:
+    if meta.get("peft_type") in (*LYCORIS_TYPES, "VERA"):
         if spec.decoder is not None:
             raise ConfigError(
                 f"The peft {meta['peft_type']} adapter in {directory} targets modules by name; on encoder-decoder "
                 "models adapterhub reads only peft LoRA files whose targets are spec projections in every layer."
             )
-        lycoris = read_peft_lycoris(meta, _read_weights(directory), directory)
-        return _record(directory, meta, *lycoris, spec, model, with_head)
+        read = read_peft_vera if meta["peft_type"] == "VERA" else read_peft_lycoris
+        by_name_parts = read(meta, _read_weights(directory), directory)
+        return _record(directory, meta, *by_name_parts, spec, model, with_head)
     use_dora = bool(meta.get("use_dora"))
     raw = _read_weights(directory)
     pattern = _module_pattern(spec)
@@ -279,7 +285,11 @@ def _record(
     model: ModelInfo | None,
     with_head: bool,
 ) -> AdapterRecord:
-    if head and meta.get("modules_to_save") and config.get("method") in ("lora", "dora", "loha", "lokr"):
+    if (
+        head
+        and meta.get("modules_to_save")
+        and config.get("method") in ("lora", "dora", "loha", "lokr", "vera")
+    ):
         head, config, tensors = _saved_modules(meta["modules_to_save"], head, config, tensors)
     info = ModelInfo(
         model_type=model.model_type if model is not None else spec.model_types[0],
@@ -338,8 +348,8 @@ def _saved_modules(
 def _hidden_size(tensors: Mapping[str, torch.Tensor], model: ModelInfo | None) -> int:
     """The width of the residual stream the weights imply (every projection but ffn_out reads it)."""
     for key, tensor in tensors.items():
-        if key.startswith(("by_name.", "saved.")):
-            continue  # a module targeted by name: its width says nothing certain about the residual stream
+        if key.startswith(("by_name.", "saved.")) or key.count(".") < 2:
+            continue  # a module targeted by name (or VeRA's shared projections): no certain residual width
         point = key.split(".")[2]
         if point != "ffn_out" and key.endswith("lora_A"):
             return int(tensor.shape[1])
@@ -361,11 +371,13 @@ def write_peft_dir(
         return write_peft_ia3(record, directory, spec, model)
     if config.get("method") in LYCORIS_TYPES.values():
         return write_peft_lycoris(record, directory, spec, model)
+    if config.get("method") == "vera":
+        return write_peft_vera(record, directory, spec, model)
     if config.get("method") in ("lora", "dora") and config.get("target_modules") is not None:
         return write_peft_modules(record, directory, spec, model)
     if config.get("method") not in ("lora", "dora"):
         raise ConfigError(
-            f"layout='peft' writes LoRA, DoRA, (IA)³, LoHa and LoKr adapters; {record.name!r} is a {config.get('method')} "
+            f"layout='peft' writes LoRA, DoRA, (IA)³, LoHa, LoKr and VeRA adapters; {record.name!r} is a {config.get('method')} "
             "adapter."
         )
     layers = get_layers(model, spec)

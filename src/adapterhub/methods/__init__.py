@@ -23,6 +23,7 @@ from adapterhub.methods.parallel_adapter import ParallelAdapter, ParallelConfig
 from adapterhub.methods.prefix_tuning import PrefixTuningAdapter, PrefixTuningConfig
 from adapterhub.methods.prompt_tuning import PromptTuningAdapter, PromptTuningConfig
 from adapterhub.methods.union import MethodUnion, UnionAdapter
+from adapterhub.methods.vera import VeraAdapter, VeraLayer
 
 __all__ = [
     "METHODS",
@@ -57,6 +58,8 @@ __all__ = [
     "PromptTuningConfig",
     "SiteInputs",
     "UnionAdapter",
+    "VeraAdapter",
+    "VeraLayer",
     "method_for_config",
     "register_method",
 ]

@@ -6,7 +6,8 @@ optional overrides in brackets: ``"pfeiffer"``, ``"houlsby[reduction_factor=64]"
 ``"pfeiffer[leave_out=[0,1],non_linearity=gelu]"``.
 
 The package's modules, one job each: ``base`` (``MethodConfig``, the canonical JSON and hash), ``checks`` (shared
-validation), ``targeting`` (where low-rank methods attach), ``bottleneck``, ``low_rank`` and ``lycoris`` (the configs of the method families defined in the spec layer),
+validation), ``targeting`` (where low-rank methods attach), ``bottleneck``, ``low_rank``, ``lycoris`` and ``vera`` (the configs of the method families defined in the spec
+layer),
 ``registry`` (configs by method name, presets, ``resolve_config``) and ``preset_strings`` (``name[key=value]``).
 Every name is importable from ``adapterhub.spec.configs``.
 """
@@ -25,6 +26,7 @@ from adapterhub.spec.configs.registry import (
     resolve_config,
 )
 from adapterhub.spec.configs.targeting import LINEAR_POINTS, ModuleTargeting
+from adapterhub.spec.configs.vera import VeraConfig
 from adapterhub.spec.module_names import ALL_LINEAR
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "LycorisConfig",
     "MethodConfig",
     "ModuleTargeting",
+    "VeraConfig",
     "canonical_json",
     "layer_list",
     "preset_names",

@@ -16,6 +16,7 @@ from adapterhub.spec.configs.bottleneck import BottleneckConfig
 from adapterhub.spec.configs.low_rank import LoRAConfig
 from adapterhub.spec.configs.lycoris import LoHaConfig, LoKrConfig
 from adapterhub.spec.configs.preset_strings import parse_preset_string
+from adapterhub.spec.configs.vera import VeraConfig
 
 PRESETS: dict[str, Callable[[], MethodConfig]] = {
     "pfeiffer": lambda: BottleneckConfig(
@@ -56,11 +57,13 @@ PRESET_ALIASES = {
 PRESETS["lora"] = LoRAConfig
 PRESETS["loha"] = LoHaConfig
 PRESETS["lokr"] = LoKrConfig
+PRESETS["vera"] = VeraConfig
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
     "bottleneck": BottleneckConfig,
     "lora": LoRAConfig,
     "loha": LoHaConfig,
     "lokr": LoKrConfig,
+    "vera": VeraConfig,
 }
 
 

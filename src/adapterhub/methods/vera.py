@@ -1,0 +1,199 @@
+"""VeRA (Kopiczko et al. 2024, "Vector-based Random Matrix Adaptation"; peft's ``VeraModel``): frozen random
+projections shared by every target, and two trained scaling vectors per target.
+
+For a projection ``y = W x + b`` with ``W: (d_out, d_in)``::
+
+    y' = y + λ_b ⊙ (B_s (λ_d ⊙ (A_s dropout(x))))          A_s = A[:, :d_in] (r, d_in)   B_s = B[:d_out, :] (d_out, r)
+    ΔW = diag(λ_b) B_s diag(λ_d) A_s                         (d_out, d_in)
+
+``A (r, max d_in)`` and ``B (max d_out, r)`` are one pair per adapter, sized to the largest input / output width
+among its targets and drawn as peft draws them: a CPU ``torch.Generator`` seeded with ``projection_prng_key``
+fills ``A`` and then ``B`` from ``U(-bound, bound)``, ``bound = sqrt(3) · sqrt(2) / sqrt(fan_in)`` (Kaiming-uniform
+with ``fan_in`` the number of columns: ``max d_in`` for ``A``, ``r`` for ``B``), so the same key gives peft's
+matrices bit for bit. They are buffers, never trained; the adapter's ``state_dict`` holds them (``vera_A``,
+``vera_B``) only with ``save_projection``, otherwise loading regenerates them from the key.
+
+A new adapter (``init_weights``) has ``λ_b = 0`` and ``λ_d = d_initial``: the identity. ``init_weights=False``:
+``λ_b = 1``, ``λ_d ~ N(0, 1)``. Parameters: ``r + d_out`` per target. Parameter names are peft's
+(``vera_lambda_b``, ``vera_lambda_d``), so its files map one to one.
+
+The adapter is LoRA's (``LoRAAdapter``: targets by spec point or module name, ``modules_to_save``, Stack / Split /
+BatchSplit / Parallel / Average, merging ``ΔW`` into ``W``) with a ``VeraLayer`` per target; only ``nn.Linear`` and
+GPT-2 ``Conv1D`` can be targets (as peft).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adapterhub.errors import ConfigError
+from adapterhub.methods.base import (
+    AdapterModule,
+    LinearInputs,
+    LinearRunning,
+    ModelDims,
+    Point,
+    PointInputs,
+    register_method,
+)
+from adapterhub.methods.lora import LoRAAdapter, LoRALayer
+from adapterhub.spec.configs import VeraConfig
+
+_KEY = re.compile(r"^(?:layers\.\d+\.[a-z_]+|by_name\.[^.]+)\.vera_lambda_b$")
+
+
+def shared_projections(key: int, r: int, d_in: int, d_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A (r, d_in), B (d_out, r))`` drawn from a CPU generator seeded with ``key``, ``A`` first, each from
+    ``U(-bound, bound)`` with ``bound = sqrt(3) · sqrt(2) / sqrt(columns)`` (peft's ``_kaiming_init``)."""
+    generator = torch.Generator(device="cpu").manual_seed(key)
+    out = []
+    for shape in ((r, d_in), (d_out, r)):
+        bound = math.sqrt(3.0) * (math.sqrt(2) / math.sqrt(shape[1]))
+        out.append(torch.empty(shape, device="cpu").uniform_(-bound, bound, generator=generator))
+    return out[0], out[1]
+
+
+class VeraLayer(nn.Module):
+    """The trained vectors of one projection: ``vera_lambda_d`` ``(r,)`` and ``vera_lambda_b`` ``(d_out,)``; the
+    shared ``A`` / ``B`` are handed in by the adapter. ``r`` / ``alpha`` (rank / alpha patterns) do not apply to
+    VeRA and are ignored."""
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        config: VeraConfig,
+        r: int | None = None,
+        alpha: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.d_in, self.d_out, self.r = d_in, d_out, config.r
+        self.vera_lambda_b = nn.Parameter(torch.ones(d_out))  # (d_out,)
+        self.vera_lambda_d = nn.Parameter(torch.randn(config.r))  # (r,)
+        self.dropout = nn.Dropout(config.vera_dropout)
+        if config.init_weights:
+            with torch.no_grad():
+                self.vera_lambda_d.fill_(config.d_initial)
+                self.vera_lambda_b.zero_()
+
+    def _sliced(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.vera_lambda_d.device
+        return a[:, : self.d_in].to(device), b[: self.d_out, :].to(device)  # (r, d_in), (d_out, r)
+
+    def delta(self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``λ_b ⊙ (B_s (λ_d ⊙ (A_s dropout(x))))``: ``(..., d_in) -> (..., d_out)``."""
+        a_s, b_s = self._sliced(a, b)
+        x = self.dropout(x.to(self.vera_lambda_d.dtype))
+        z = self.vera_lambda_d * F.linear(x, a_s.to(x.dtype))  # (..., r)
+        return self.vera_lambda_b * F.linear(z, b_s.to(x.dtype))  # (..., d_out)
+
+    def add_to(self, y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``y + delta(x)`` in ``y``'s dtype."""
+        return y + self.delta(x, a, b).to(y.dtype)
+
+    def weight_delta(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``ΔW = diag(λ_b) B_s diag(λ_d) A_s``: ``(d_out, d_in)``."""
+        a_s, b_s = self._sliced(a, b)
+        lambda_b, lambda_d = self.vera_lambda_b, self.vera_lambda_d
+        return (lambda_b.unsqueeze(-1) * b_s.to(lambda_b.dtype)) @ (
+            lambda_d.unsqueeze(-1) * a_s.to(lambda_d.dtype)
+        )
+
+
+@register_method("vera")
+class VeraAdapter(LoRAAdapter):
+    """VeRA over all layers: ``layers[str(i)][point]`` (or ``by_name[...]``) is a ``VeraLayer`` per target, and
+    ``vera_A`` / ``vera_B`` the adapter's shared projections (buffers; persistent with ``save_projection``)."""
+
+    config_cls = VeraConfig  # type: ignore[assignment]
+    config: VeraConfig  # type: ignore[assignment]
+    layer_class: ClassVar[type[LoRALayer]] = VeraLayer  # type: ignore[assignment]
+
+    vera_A: torch.Tensor
+    vera_B: torch.Tensor
+
+    def __init__(self, name: str, config: VeraConfig, dims: ModelDims) -> None:
+        super().__init__(name, config, dims)  # type: ignore[arg-type]
+        sites: list[VeraLayer] = [site for _, _, site in self.lora_targets()]  # type: ignore[misc]
+        if not sites:
+            raise ConfigError(
+                f"VeRA adapter {name!r} adapts no projection of this {dims.model_type} model (targets / "
+                "leave_out / layers_to_transform leave nothing); choose at least one target."
+            )
+        d_in, d_out = max(s.d_in for s in sites), max(s.d_out for s in sites)
+        a, b = shared_projections(config.projection_prng_key, config.r, d_in, d_out)
+        device = torch.get_default_device()
+        self.register_buffer("vera_A", a.to(device), persistent=config.save_projection)  # (r, max d_in)
+        self.register_buffer("vera_B", b.to(device), persistent=config.save_projection)  # (max d_out, r)
+
+    @classmethod
+    def linear_shapes_from(cls, tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[str, int, int], ...]:
+        """``(point, d_in, d_out)`` that saved vectors imply: ``d_out`` from ``λ_b``; ``d_in`` is the saved ``A``'s
+        width when the file holds it, else unknown (``d_out`` stands in: without ``A`` in the file no saved shape
+        depends on it)."""
+        projection = tensors.get("vera_A")
+        out: dict[str, tuple[str, int, int]] = {}
+        for key, tensor in tensors.items():
+            if _KEY.match(key) and key.startswith("layers."):
+                point, d_out = key.split(".")[2], int(tensor.shape[0])
+                d_in = int(projection.shape[1]) if projection is not None else d_out
+                out[point] = (point, d_in, d_out)
+        return tuple(out.values())
+
+    def site(self, layer: int, point: str | Point) -> VeraLayer:
+        """The ``VeraLayer`` at a spec point of ``layer`` or at a point ``("module", path)``."""
+        return self.layer_at(layer, point)  # type: ignore[return-value]
+
+    def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> LinearRunning:
+        x = inputs.x  # type: ignore[attr-defined]
+        y = self.site(layer, point).add_to(running.y, x, self.vera_A, self.vera_B)
+        return running.with_y(y)  # type: ignore[no-any-return]
+
+    def batch_split_grouped(
+        self,
+        modules: Sequence[AdapterModule],
+        layer: int,
+        point: Point,
+        inputs: PointInputs,
+        sizes: Sequence[int],
+    ) -> torch.Tensor | None:
+        """Row block ``k`` through adapter ``k``'s ``diag(λ_b) B_s`` and ``diag(λ_d) A_s`` in two batched matmuls.
+        Needs VeRA adapters of one rank and no training-time dropout; else None (the interpreter runs the row
+        blocks one by one)."""
+        if not all(type(m) is type(self) for m in modules) or not isinstance(inputs, LinearInputs):
+            return None
+        vera: list[VeraAdapter] = list(modules)  # type: ignore[arg-type]
+        sites = [m.site(layer, point) for m in vera]
+        if len({s.r for s in sites}) > 1 or any(s.training and s.dropout.p > 0 for s in sites):
+            return None
+        x, y = inputs.x, inputs.y  # (B, T, d_in), (B, T, d_out)
+        if x.dim() < 2:
+            return None
+        downs, ups = [], []
+        for module, site in zip(vera, sites, strict=True):
+            a_s, b_s = site._sliced(module.vera_A, module.vera_B)
+            downs.append(site.vera_lambda_d.unsqueeze(-1) * a_s)  # (r, d_in)
+            ups.append(site.vera_lambda_b.unsqueeze(-1) * b_s)  # (d_out, r)
+        a = torch.stack(downs).transpose(1, 2).to(x.dtype)  # (K, d_in, r)
+        b = torch.stack(ups).transpose(1, 2).to(x.dtype)  # (K, r, d_out)
+        if len(set(sizes)) == 1:
+            groups = x.reshape(len(sites), -1, x.shape[-1])  # (K, rows·T, d_in)
+        else:
+            owner = torch.repeat_interleave(
+                torch.arange(len(sites), device=x.device), torch.tensor(list(sizes), device=x.device)
+            )  # (B,)
+            a, b = a[owner], b[owner]
+            groups = x.reshape(x.shape[0], -1, x.shape[-1])  # (B, T, d_in)
+        delta = torch.bmm(torch.bmm(groups, a), b)  # (G, rows, d_out)
+        return y + delta.reshape(y.shape).to(y.dtype)
+
+    def merged_deltas(self) -> Iterator[tuple[int, str, torch.Tensor]]:
+        for layer, point, site in self.lora_targets():
+            yield layer, point, site.weight_delta(self.vera_A, self.vera_B)  # type: ignore[call-arg]
