@@ -155,7 +155,7 @@ class ServingEngine:
                 max_length=self.config.max_length,
             )  # fmt: skip
             self._model_thread.guard = self.generation.engine.exclusive
-        self._adapter_tokenizers: dict[str, Any] = {}
+        self._adapter_tokenizers: dict[tuple[str, str, str | None], Any] = {}
         self._io_threads = ThreadPoolExecutor(4, thread_name_prefix="adapterhub-fetch")
         self.registry = AdapterRegistry(
             self.model,
@@ -255,13 +255,13 @@ class ServingEngine:
         """Make ``name`` servable from ``source`` (replacing an earlier source of that name); ``load=True`` loads
         it now (a failing source raises ``SourceError`` and leaves the name unknown)."""
         if name in self.registry.sources:
-            await self.registry.unregister(name)
+            await self._unregister(name)
         self.registry.register(name, source)
         if load:
             try:
                 return await self.load(name)
             except Exception:
-                await self.registry.unregister(name)
+                await self._unregister(name)
                 raise
         return {"name": name, "source": str(self.registry.sources[name]), "loaded": False}
 
@@ -272,7 +272,13 @@ class ServingEngine:
         return entry.describe()
 
     async def remove_adapter(self, name: str) -> None:
+        await self._unregister(name)
+
+    async def _unregister(self, name: str) -> None:
+        """Forget ``name``: evict it and drop everything derived from its weights (tokenizers)."""
         await self.registry.unregister(name)
+        for key in [k for k in self._adapter_tokenizers if k[0] == name]:
+            del self._adapter_tokenizers[key]
 
     # ------------------------------------------------------------------ requests
     def _setup_of(self, adapter: str | None, setup: str | None, *, required: bool = True) -> Setup | None:
@@ -390,7 +396,7 @@ class ServingEngine:
             or not (Path(source.location) / "tokenizer_config.json").is_file()
         ):
             return self.tokenizer
-        key = str(source)
+        key = (adapter, str(source), self.registry.hashes.get(adapter))  # a name reloaded never reuses it
         if key not in self._adapter_tokenizers:
             import transformers
 

@@ -203,19 +203,25 @@ def openai_router(engine: ServingEngine) -> APIRouter:
     router = APIRouter()
     created = int(time.time())
 
-    def model_card(name: str, parent: str | None) -> dict[str, Any]:
-        return {"id": name, "object": "model", "created": created, "owned_by": "adapterhub", "parent": parent}
+    def model_card(name: str | None) -> dict[str, Any]:
+        """The base model (None) or an adapter; an adapter's ``root`` is its source (as vLLM's LoRA cards) and
+        ``hash`` its weights hash (None until first loaded)."""
+        card = {"object": "model", "created": created, "owned_by": "adapterhub"}
+        if name is None:
+            return {"id": engine.model_id, **card, "root": engine.model_id, "parent": None}
+        source = engine.registry.sources.get(name)
+        root = None if source is None else str(source)
+        extra = {"root": root, "parent": engine.model_id, "hash": engine.registry.hashes.get(name)}
+        return {"id": name, **card, **extra}
 
     @router.get("/v1/models", summary="OpenAI model list: the base model and every adapter")
     async def models() -> dict[str, Any]:
-        base = engine.model_id
-        cards = [model_card(base, None), *(model_card(a, base) for a in sorted(engine.registry.sources))]
+        cards = [model_card(None), *(model_card(a) for a in sorted(engine.registry.sources))]
         return {"object": "list", "data": cards}
 
     @router.get("/v1/models/{model:path}", summary="one model of the list")
     async def model(model: str) -> dict[str, Any]:
-        adapter = resolve_model(engine, model)
-        return model_card(model, None if adapter is None else engine.model_id)
+        return model_card(resolve_model(engine, model))
 
     @router.post("/v1/completions", summary="OpenAI text completion (model: base id or adapter name)")
     async def completions(body: CompletionBody) -> Any:
