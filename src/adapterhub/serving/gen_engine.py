@@ -6,7 +6,7 @@ once; ``result()`` waits for all of them). ``engine.generate(prompts, adapters=[
 many and blocks for their new token ids. ``None`` as an adapter is the base model alone.
 
 Each ``step()`` is one iteration: the scheduler (``gen_scheduler``) picks every running sequence (one new token)
-and admits waiting ones (their prompt), the rows are ordered adapter by adapter (rows with no adapter last) and the
+and admits waiting ones (their prompt; round robin between adapters), the rows are ordered adapter by adapter (rows with no adapter last) and the
 model runs ONE forward pass for all of them under ``BatchSplit(a, b, ..., None, batch_sizes=...)`` as a per-call
 setup: prefill and decode are fused in that one pass, whatever the mix of adapters. Alike adapters (LoRA of equal
 rank) run as one grouped computation at every point (``batch_split_grouped``). Each row's new keys and values go
@@ -341,7 +341,7 @@ class GenerationEngine:
         with self._lock:
             s = self._scheduler
             return {
-                "waiting": len(s.waiting),
+                "waiting": s.waiting_count(),
                 "running": len(s.running),
                 "cache_tokens": s.cache_tokens_in_use(),
                 "reserved_tokens": s.budget.used,
