@@ -197,6 +197,7 @@ def create_app(
         return {
             "adapters": engine.adapters(),
             "fusions": engine.fusions.describe(),
+            "compositions": engine.compositions.describe(),
             "max_loaded": engine.config.max_loaded,
         }
 

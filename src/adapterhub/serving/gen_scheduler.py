@@ -40,7 +40,7 @@ class SequenceState:
     ``finish_reason``: ``stop`` or ``length`` once finished."""
 
     prompt: list[int]
-    adapter: str | None
+    adapter: Any  # a name, a Stack / Average of names, or None
     max_new_tokens: int
     stop_ids: frozenset[int]
     sampler: Any = None

@@ -1,5 +1,5 @@
-"""vLLM's run-time adapter routes on ``serve-model``: ``POST /v1/load_lora_adapter`` and
-``POST /v1/unload_lora_adapter`` (both need ``Authorization: Bearer TOKEN`` when the server has a token).
+"""Run-time adapter routes of ``serve-model``: vLLM's ``POST /v1/load_lora_adapter`` and
+``POST /v1/unload_lora_adapter``, and ``POST`` / ``DELETE /v1/compositions`` (all need ``Authorization: Bearer TOKEN`` when the server has a token).
 
 - load ``{"lora_name": NAME, "lora_path": SOURCE}``: registers NAME from SOURCE (a directory, a hub identifier or
   ``hf:owner/repo``) and loads it at once; answers 200 ``text/plain``
@@ -9,6 +9,10 @@
   not only LoRA.
 - unload ``{"lora_name": NAME}``: forgets and evicts NAME (after the requests that use it end); 200
   ``Success: LoRA adapter 'NAME' removed successfully.``; an unknown name answers 404 (``model_not_found``).
+
+Compositions at run time: ``POST /v1/compositions`` ``{"name": NAME, "setup": "Stack(a, b)"}`` serves the setup
+under NAME (``compositions``; a block the engine cannot mix per row answers 400 naming the ones it can);
+``DELETE /v1/compositions/NAME`` stops serving it.
 
 After a load the adapter is in ``/v1/models`` (with its weights ``hash``) and ``model`` can name it; after an
 unload, ``model`` naming it answers 404 ``model_not_found``. Errors are in OpenAI's shape (``openai_errors``).
@@ -39,6 +43,11 @@ class LoadLoraBody(_Body):
     lora_name: str = Field(..., min_length=1, description="the name `model` will use")
     lora_path: str = Field(..., min_length=1, description="directory, hub identifier or hf:owner/repo")
     load_inplace: bool = Field(False, description="replace an adapter already served under this name")
+
+
+class CompositionBody(_Body):
+    name: str = Field(..., min_length=1, description="the name `model` will use")
+    setup: str = Field(..., min_length=1, description="e.g. Stack(a, b) or Average(a, b) of served adapters")
 
 
 class UnloadLoraBody(_Body):
@@ -81,6 +90,15 @@ def lora_router(engine: ServingEngine, require_token: Callable[..., None]) -> AP
             )
         await engine.remove_adapter(name)
         return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
+
+    @router.post("/v1/compositions", summary="serve a composition of served adapters under a name")
+    async def add_composition(body: CompositionBody) -> dict[str, Any]:
+        return engine.add_composition(body.name, body.setup)
+
+    @router.delete("/v1/compositions/{name}", summary="stop serving a composition")
+    async def remove_composition(name: str) -> dict[str, Any]:
+        engine.compositions.remove(name)
+        return {"deleted": name}
 
     return router
 

@@ -22,6 +22,7 @@ OPENAI_PATHS = (
     "/v1/models",
     "/v1/load_lora_adapter",
     "/v1/unload_lora_adapter",
+    "/v1/compositions",
 )
 
 _TYPES = {
@@ -35,7 +36,7 @@ _TYPES = {
 
 def is_openai(request: Request) -> bool:
     path = request.url.path.rstrip("/")
-    return path in OPENAI_PATHS or path.startswith("/v1/models/")
+    return path in OPENAI_PATHS or path.startswith(("/v1/models/", "/v1/compositions/"))
 
 
 def openai_error(
