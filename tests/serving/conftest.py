@@ -134,3 +134,33 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     model.add_causal_lm_head("lm")
     saved = model.save_adapter(directory / "adapters" / "lm", "lm")
     return directory, saved
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_loras(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
+    """A tiny random Llama (word-level tokenizer, context 64) and three LoRA adapters ``a``, ``b``, ``c`` for it
+    (no head, each perturbed with its own seed, so that their greedy tokens differ)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    directory = tmp_path_factory.mktemp("serve-llama")
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<eos>", *WORDS.split()])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>"
+    )
+    tokenizer.save_pretrained(str(directory))
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    transformers.LlamaForCausalLM(config).save_pretrained(str(directory))
+    model = adapterhub.init(transformers.AutoModelForCausalLM.from_pretrained(str(directory)).eval())
+    out = {}
+    for seed, name in enumerate(("a", "b", "c")):
+        model.add_adapter(name, config="lora")
+        perturb(model._adapterhub.adapters[name], std=0.5, seed=20 + seed)
+        out[name] = model.save_adapter(directory / "adapters" / name, name)
+    return directory, out

@@ -3,7 +3,8 @@
 Endpoints: ``POST /v1/predict``, ``POST /v1/embed``, ``POST /v1/generate``, ``GET/POST /v1/adapters``,
 ``DELETE /v1/adapters/{name}`` (POST and DELETE need ``Authorization: Bearer TOKEN`` when the server has a token),
 ``GET /health``, ``GET /metrics`` (Prometheus text), and the OpenAI-compatible ``POST /v1/chat/completions``,
-``POST /v1/completions``, ``GET /v1/models`` (``openai_routes``). Generation runs in the server's continuous-batching
+``POST /v1/completions``, ``GET /v1/models`` (``openai_routes``), and vLLM's ``POST /v1/load_lora_adapter`` /
+``POST /v1/unload_lora_adapter`` (``lora_routes``; token-protected). Generation runs in the server's continuous-batching
 ``GenerationEngine`` (decoders only).
 
 Errors of the project's routes: 404 unknown adapter (with close matches), 422 malformed body / bad input / input
@@ -31,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapterhub.errors import AdapterHubError
 from adapterhub.serving.engine import ServingEngine
 from adapterhub.serving.gen_service import ContextLengthError
+from adapterhub.serving.lora_routes import lora_router
 from adapterhub.serving.openai_errors import error_response, is_openai, validation_error
 from adapterhub.serving.openai_routes import openai_router
 from adapterhub.serving.registry import UnknownAdapterError
@@ -188,12 +190,14 @@ def create_app(
         )
 
     app.include_router(openai_router(engine))
+    app.include_router(lora_router(engine, require_token))
 
     @app.get("/v1/adapters", summary="known adapters; loaded ones with method, head, labels and memory")
     async def list_adapters() -> dict[str, Any]:
         return {
             "adapters": engine.adapters(),
             "fusions": engine.fusions.describe(),
+            "compositions": engine.compositions.describe(),
             "max_loaded": engine.config.max_loaded,
         }
 

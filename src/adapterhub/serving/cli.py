@@ -2,7 +2,8 @@
 
 ::
 
-    adapterhub serve-model --model M --adapter NAME=SOURCE ... [--fusion DIR ...] [--max-loaded N] [--max-batch-rows 64]
+    adapterhub serve-model --model M --adapter NAME=SOURCE ... [--fusion DIR ...] [--composition NAME=SETUP ...]
+        [--max-loaded N] [--max-batch-rows 64]
         [--max-wait-ms 5] [--max-queue-rows 4096] [--host 127.0.0.1] [--port 8080] [--token TOKEN]
         [--hub-url URL] [--device cpu]
 
@@ -37,6 +38,13 @@ def register(subparsers: Any) -> None:
         default=[],
         metavar="DIR",
         help="a saved AdapterFusion (repeatable): requests may then use Fuse(a, b, ...) of its adapters",
+    )
+    parser.add_argument(
+        "--composition",
+        action="append",
+        default=[],
+        metavar="NAME=SETUP",
+        help="serve a composition under NAME (repeatable), e.g. both='Stack(a, b)' or mix='Average(a, b)'",
     )
     parser.add_argument("--max-loaded", type=int, default=8, help="adapters in memory at most (default 8)")
     parser.add_argument("--max-batch-rows", type=int, default=64, help="rows per forward pass (default 64)")
@@ -103,11 +111,29 @@ def engine_from_args(args: argparse.Namespace) -> Any:
 
     adapters, config = config_from_args(args)
     return ServingEngine.from_pretrained(
-        args.model, adapters=adapters, config=config, fusions=args.fusion, device=args.device
-    )
+        args.model, adapters=adapters, config=config, fusions=args.fusion, device=args.device,
+        compositions=compositions_from_args(args.composition),
+    )  # fmt: skip
+
+
+def compositions_from_args(assignments: list[str]) -> dict[str, str]:
+    """``NAME=SETUP`` options -> ``{name: setup text}``."""
+    from adapterhub.errors import ConfigError
+
+    out = {}
+    for text in assignments:
+        name, sep, setup = text.partition("=")
+        if not sep or not name.strip() or not setup.strip():
+            raise ConfigError(f"--composition takes NAME=SETUP (e.g. both='Stack(a, b)'), got {text!r}.")
+        out[name.strip()] = setup.strip()
+    return out
 
 
 def run_serve_model(args: argparse.Namespace) -> int:
+    if args.ray and args.composition:
+        from adapterhub.errors import ConfigError
+
+        raise ConfigError("--composition is not served with --ray yet; serve compositions without --ray.")
     if args.ray:
         from adapterhub.serving.ray_serve import serve_with_ray
 

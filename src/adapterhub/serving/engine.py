@@ -19,6 +19,7 @@ Public API (stable; the HTTP app and the Ray Serve deployment build on it)::
     await engine.add_adapter("new", "dir/or/hub-id")        # known from now on, loaded on first use
     await engine.load("new")                                # load now (e.g. Ray's multiplexed model loading)
     await engine.remove_adapter("new")                      # forget and evict
+    engine.add_composition("both", "Stack(lang, task)")     # OpenAI requests may then name model="both"
     engine.adapters()                                       # known adapters, loaded ones with head/labels/memory
     engine.metrics.render()                                 # Prometheus text
     await engine.shutdown()                                 # finishes queued requests
@@ -45,6 +46,7 @@ from typing import Any
 
 from adapterhub.errors import ConfigError
 from adapterhub.serving import encoding
+from adapterhub.serving.compositions import CompositionRegistry
 from adapterhub.serving.fusions import FusionRegistry, read_fusion_source
 from adapterhub.serving.gen_service import (
     ContextLengthError,
@@ -135,6 +137,7 @@ class ServingEngine:
         config: EngineConfig | None = None,
         adapters: Mapping[str, str | AdapterSource] | None = None,
         fusions: Sequence[str | Path] = (),
+        compositions: Mapping[str, str] | None = None,
     ) -> None:
         from adapterhub.api.model import init
 
@@ -155,7 +158,7 @@ class ServingEngine:
                 max_length=self.config.max_length,
             )  # fmt: skip
             self._model_thread.guard = self.generation.engine.exclusive
-        self._adapter_tokenizers: dict[str, Any] = {}
+        self._adapter_tokenizers: dict[tuple[str, str, str | None], Any] = {}
         self._io_threads = ThreadPoolExecutor(4, thread_name_prefix="adapterhub-fetch")
         self.registry = AdapterRegistry(
             self.model,
@@ -170,6 +173,9 @@ class ServingEngine:
         self.fusions = FusionRegistry(self.model, model_executor=self._model_thread)
         for directory in fusions:
             self.add_fusion(directory)
+        self.compositions = CompositionRegistry()
+        for name, text in (compositions or {}).items():
+            self.add_composition(name, text)
         self.scheduler: Scheduler | None = None
 
     def _adapter_event(self, kind: str, name: str) -> None:
@@ -197,6 +203,7 @@ class ServingEngine:
         fusions: Sequence[str | Path] = (),
         device: str | None = None,
         causal_lm: bool | None = None,
+        compositions: Mapping[str, str] | None = None,
     ) -> ServingEngine:
         """Load the base model and tokenizer of ``model_name_or_path``: ``AutoModelForCausalLM`` for a decoder-only
         model (``causal_lm`` None: decided by its config), so that it generates, else ``AutoModel``."""
@@ -209,7 +216,9 @@ class ServingEngine:
         if device:
             model = model.to(device)
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_name_or_path)
-        return cls(model, tokenizer, config=config, adapters=adapters, fusions=fusions)
+        return cls(
+            model, tokenizer, config=config, adapters=adapters, fusions=fusions, compositions=compositions
+        )
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -254,14 +263,18 @@ class ServingEngine:
     ) -> dict[str, Any]:
         """Make ``name`` servable from ``source`` (replacing an earlier source of that name); ``load=True`` loads
         it now (a failing source raises ``SourceError`` and leaves the name unknown)."""
+        if name in self.compositions.setups or name == self.model_id:
+            raise ConfigError(
+                f"The name {name!r} is taken by a composition or the base model; choose another."
+            )
         if name in self.registry.sources:
-            await self.registry.unregister(name)
+            await self._unregister(name)
         self.registry.register(name, source)
         if load:
             try:
                 return await self.load(name)
             except Exception:
-                await self.registry.unregister(name)
+                await self._unregister(name)
                 raise
         return {"name": name, "source": str(self.registry.sources[name]), "loaded": False}
 
@@ -271,8 +284,21 @@ class ServingEngine:
         self.registry.release([name])
         return entry.describe()
 
+    def add_composition(self, name: str, setup: str) -> dict[str, Any]:
+        """Serve ``setup`` (e.g. ``"Stack(a, b)"``) of known adapters under ``name`` (see ``compositions``)."""
+        taken = {a: "an adapter" for a in self.registry.sources}
+        taken[self.model_id] = "the base model"
+        parsed = self.compositions.register(name, setup, taken=taken, known=list(self.registry.sources))
+        return {"name": name, "setup": repr(parsed), "adapters": setup_names(parsed)}
+
     async def remove_adapter(self, name: str) -> None:
+        await self._unregister(name)
+
+    async def _unregister(self, name: str) -> None:
+        """Forget ``name``: evict it and drop everything derived from its weights (tokenizers)."""
         await self.registry.unregister(name)
+        for key in [k for k in self._adapter_tokenizers if k[0] == name]:
+            del self._adapter_tokenizers[key]
 
     # ------------------------------------------------------------------ requests
     def _setup_of(self, adapter: str | None, setup: str | None, *, required: bool = True) -> Setup | None:
@@ -390,7 +416,7 @@ class ServingEngine:
             or not (Path(source.location) / "tokenizer_config.json").is_file()
         ):
             return self.tokenizer
-        key = str(source)
+        key = (adapter, str(source), self.registry.hashes.get(adapter))  # a name reloaded never reuses it
         if key not in self._adapter_tokenizers:
             import transformers
 
@@ -438,17 +464,25 @@ class ServingEngine:
         service = self._generation()
         if any(not ids for ids in prompt_ids):
             raise ConfigError("A prompt is empty; send at least one token of text.")
-        parsed = self._setup_of(adapter, None, required=False)
-        if parsed is not None and not isinstance(parsed, str):
-            raise ConfigError(f"Generation runs one adapter per request (a name), not the setup {parsed!r}.")
+        parsed = self.compositions.get(adapter) if adapter is not None else None
+        if parsed is None:
+            parsed = self._setup_of(adapter, None, required=False)
+            if parsed is not None and not isinstance(parsed, str):
+                raise ConfigError(
+                    f"Generation runs an adapter or a composition by name (serve-model --composition NAME=SETUP "
+                    f"or POST /v1/compositions), not the setup {parsed!r}."
+                )
+        else:
+            self.registry.check_known(setup_names(parsed))
         new_tokens = service.max_new_tokens_for(prompt_ids, max_new_tokens)
         names = setup_names(parsed)
         loaded = await self.registry.acquire(names) if names else {}
-        head = None if parsed is None else loaded[parsed].head
+        last = None if parsed is None else parsed if isinstance(parsed, str) else parsed.last()
+        head = None if last is None else loaded[last].head
         if head is not None and head.head_type != "causal_lm":
             self.registry.release(names)
             raise ConfigError(
-                f"Adapter {parsed!r} has a {head.head_type} head; generation serves adapters with no head (the "
+                f"Adapter {last!r} has a {head.head_type} head; generation serves adapters with no head (the "
                 "model's LM head) or a causal_lm head."
             )
         return service.open(

@@ -6,7 +6,7 @@ once; ``result()`` waits for all of them). ``engine.generate(prompts, adapters=[
 many and blocks for their new token ids. ``None`` as an adapter is the base model alone.
 
 Each ``step()`` is one iteration: the scheduler (``gen_scheduler``) picks every running sequence (one new token)
-and admits waiting ones (their prompt), the rows are ordered adapter by adapter (rows with no adapter last) and the
+and admits waiting ones (their prompt; round robin between adapters), the rows are ordered adapter by adapter (rows with no adapter last) and the
 model runs ONE forward pass for all of them under ``BatchSplit(a, b, ..., None, batch_sizes=...)`` as a per-call
 setup: prefill and decode are fused in that one pass, whatever the mix of adapters. Alike adapters (LoRA of equal
 rank) run as one grouped computation at every point (``batch_split_grouped``). Each row's new keys and values go
@@ -44,7 +44,7 @@ from adapterhub.serving.gen_scheduler import (
 )
 from adapterhub.serving.kv_cache import build_step
 from adapterhub.serving.sampling import RowSampler, SamplingParams, StopStrings, check_n, seeds_for
-from adapterhub.spec.composition import BatchSplit, Setup
+from adapterhub.spec.composition import Average, BatchSplit, Setup, Stack, setup_names
 
 # methods whose adapters the engine runs per row (tested token-identical to generate() with the adapter alone)
 MIXABLE_METHODS = frozenset({"lora", "dora", "ia3", "bottleneck"})
@@ -116,14 +116,15 @@ class GenerationEngine:
         self,
         prompt_ids: Sequence[int],
         *,
-        adapter: str | None = None,
+        adapter: Setup | None = None,
         max_new_tokens: int = 16,
         stop_ids: Iterable[int] | None = None,
         tokenizer: Any = None,
         head: Any = None,
         **sampling: Any,
     ) -> GenerationHandle:
-        """Queue one request (it joins the running batch at the next step) and return its handle. ``sampling``:
+        """Queue one request (it joins the running batch at the next step) and return its handle. ``adapter``: a
+        name, ``Stack`` / ``Average`` of names (run on this sequence's rows alone) or None. ``sampling``:
         ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop``, ``logprobs`` (``SamplingParams``); ``tokenizer``
         decodes for ``stop`` strings (default: the engine's); ``head``: a causal-LM head (``model.add_causal_lm_head``, e.g.
         one detached from a loaded adapter) that gives this sequence's logits from the last hidden state instead of
@@ -137,7 +138,7 @@ class GenerationEngine:
         prompt_ids: Sequence[int],
         *,
         n: int,
-        adapter: str | None = None,
+        adapter: Setup | None = None,
         max_new_tokens: int = 16,
         stop_ids: Iterable[int] | None = None,
         tokenizer: Any = None,
@@ -154,7 +155,7 @@ class GenerationEngine:
         prompt_ids: Sequence[int],
         *,
         n: int = 1,
-        adapter: str | None = None,
+        adapter: Setup | None = None,
         max_new_tokens: int = 16,
         stop_ids: Iterable[int] | None = None,
         tokenizer: Any = None,
@@ -233,7 +234,7 @@ class GenerationEngine:
         self,
         prompt_ids: Sequence[int],
         n: int,
-        adapter: str | None,
+        adapter: Setup | None,
         max_new_tokens: int,
         stop_ids: Iterable[int] | None,
         tokenizer: Any,
@@ -341,7 +342,7 @@ class GenerationEngine:
         with self._lock:
             s = self._scheduler
             return {
-                "waiting": len(s.waiting),
+                "waiting": s.waiting_count(),
                 "running": len(s.running),
                 "cache_tokens": s.cache_tokens_in_use(),
                 "reserved_tokens": s.budget.used,
@@ -421,9 +422,10 @@ class GenerationEngine:
         """Fail (alone) the sequences whose adapter was deleted from the model after they were submitted."""
         modules = self.model._store.adapters
         for seq in seqs:
-            if seq.adapter is not None and seq.adapter not in modules:
+            gone = [name for name in setup_names(seq.adapter) if name not in modules]
+            if gone:
                 error = AdapterNotFoundError(
-                    f"Adapter {seq.adapter!r} was removed from the model while a request for it was generating; "
+                    f"Adapter {gone[0]!r} was removed from the model while a request for it was generating; "
                     "load it again and resubmit."
                 )
                 self._scheduler.leave(seq, FAILED, error)
@@ -470,11 +472,29 @@ class GenerationEngine:
         with self._lock:
             self._end_cancelled(seq)
 
-    def _check_adapter(self, adapter: str | None) -> None:
-        if adapter is None:
+    def _check_adapter(self, setup: Setup | None) -> None:
+        """A name, or ``Stack`` / ``Average`` of names (a composition, run on its own rows), of mixable adapters."""
+        if setup is None:
             return
+        if isinstance(setup, (Stack, Average)):
+            for child in setup.children:
+                if not isinstance(child, (str, Stack, Average)):
+                    raise ConfigError(
+                        f"The generation engine runs adapter names and Stack / Average of them per sequence, not "
+                        f"{setup!r}; generate with model.generate() and the setup active instead."
+                    )
+                self._check_adapter(child)
+                for name in setup_names(child):
+                    if type(setup).__name__ not in self.model._store.adapters[name].composable:
+                        raise ConfigError(
+                            f"Adapter {name!r} cannot sit in {type(setup).__name__} ({setup!r})."
+                        )
+            return
+        adapter = setup
         if not isinstance(adapter, str):
-            raise ConfigError(f"An adapter is a name or None (the base model alone), got {adapter!r}.")
+            raise ConfigError(
+                f"An adapter is a name, Stack / Average of names, or None (the base model alone), got {adapter!r}."
+            )
         modules = self.model._store.adapters
         if adapter not in modules:
             known = ", ".join(modules) or "none"

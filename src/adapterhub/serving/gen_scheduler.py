@@ -1,10 +1,15 @@
 """The generation engine's iteration-level scheduler: which sequences run in the next step.
 
-Every step runs all running sequences (one new token each: decode) and admits waiting requests first come, first
-served (their whole prompt: prefill) while all three bounds hold: at most ``max_num_seqs`` running, at most
-``max_batch_tokens`` new tokens in the step, and the request's cache reservation (prompt + max new tokens) fits
-the ``CacheBudget``. The first waiting request that does not fit stops admission (no overtaking, so a long request
-is never starved). A finished or cancelled sequence leaves at once and frees its cache.
+Every step runs all running sequences (one new token each: decode) and admits waiting requests (their whole prompt:
+prefill) while all three bounds hold: at most ``max_num_seqs`` running, at most ``max_batch_tokens`` new tokens in
+the step, and the request's cache reservation (prompt + max new tokens) fits the ``CacheBudget``.
+
+Admission is fair between adapters: every adapter (the base model alone and each composition count as one) has
+its own first-come-first-served queue, and admission takes the head of each queue in turn (round robin; an
+adapter whose request was just admitted goes to the back of the turn order). So a flood of one adapter's requests
+delays another adapter's request by at most one admission per adapter waiting, never by the whole flood. When the
+request whose turn it is does not fit, admission stops for this step (no overtaking: its adapter keeps its turn,
+so a long request is never starved). A finished or cancelled sequence leaves at once and frees its cache.
 
 The scheduler holds no lock of its own: ``GenerationEngine`` calls it under its lock.
 """
@@ -13,8 +18,8 @@ from __future__ import annotations
 
 import itertools
 import queue
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +40,7 @@ class SequenceState:
     ``finish_reason``: ``stop`` or ``length`` once finished."""
 
     prompt: list[int]
-    adapter: str | None
+    adapter: Any  # a name, a Stack / Average of names, or None
     max_new_tokens: int
     stop_ids: frozenset[int]
     sampler: Any = None
@@ -74,31 +79,44 @@ class SequenceState:
 
 
 class Scheduler:
-    """Waiting queue, running set and the cache budget of one engine."""
+    """Per-adapter waiting queues, the running set and the cache budget of one engine (see the module docstring)."""
 
     def __init__(self, max_num_seqs: int, max_batch_tokens: int, max_cache_tokens: int) -> None:
         self.max_num_seqs = max_num_seqs
         self.max_batch_tokens = max_batch_tokens
         self.budget = CacheBudget(max_cache_tokens)
-        self.waiting: deque[SequenceState] = deque()
+        self.queues: OrderedDict[Hashable, deque[SequenceState]] = OrderedDict()  # turn order: first is next
         self.running: list[SequenceState] = []
 
+    @property
+    def waiting(self) -> list[SequenceState]:
+        """Every waiting sequence (adapter by adapter, in turn order)."""
+        return [seq for q in self.queues.values() for seq in q]
+
+    def waiting_count(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
     def add(self, seq: SequenceState) -> None:
-        self.waiting.append(seq)
+        self.queues.setdefault(seq.adapter, deque()).append(seq)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.queues or self.running)
 
     def plan(self) -> tuple[list[SequenceState], list[SequenceState]]:
         """``(decoding, admitted)`` for the next step; admitted sequences become running and reserve cache."""
         decoding = list(self.running)
         tokens = len(decoding)
         admitted: list[SequenceState] = []
-        while self.waiting and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
+        while self.queues and len(self.running) < self.max_num_seqs:
+            key, waiting = next(iter(self.queues.items()))
+            seq = waiting[0]
             if tokens + len(seq.prompt) > self.max_batch_tokens or not self.budget.fits(seq.reservation):
                 break
-            self.waiting.popleft()
+            waiting.popleft()
+            if waiting:
+                self.queues.move_to_end(key)
+            else:
+                del self.queues[key]
             self.budget.reserve(seq.reservation)
             seq.kv = SequenceKV(capacity=seq.reservation)
             seq.status = RUNNING
@@ -114,8 +132,11 @@ class Scheduler:
         if seq in self.running:
             self.running.remove(seq)
             self.budget.release(seq.reservation)
-        elif seq in self.waiting:
-            self.waiting.remove(seq)
+        elif seq.adapter in self.queues and seq in self.queues[seq.adapter]:
+            waiting = self.queues[seq.adapter]
+            waiting.remove(seq)
+            if not waiting:
+                del self.queues[seq.adapter]
         if seq.kv is not None:
             seq.kv.free()
             seq.kv = None

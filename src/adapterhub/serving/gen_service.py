@@ -180,7 +180,7 @@ class GenerationService:
         self,
         prompt_ids: Sequence[Sequence[int]],
         *,
-        adapter: str | None,
+        adapter: Any,
         head: Any,
         n: int,
         max_new_tokens: int,

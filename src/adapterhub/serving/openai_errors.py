@@ -1,4 +1,5 @@
-"""Errors of the OpenAI-compatible routes (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``) in
+"""Errors of the OpenAI-compatible routes (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, and
+vLLM's ``/v1/load_lora_adapter`` / ``/v1/unload_lora_adapter``) in
 OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``; the project's own routes keep
 ``{"detail": message}``.
 
@@ -15,7 +16,14 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+OPENAI_PATHS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/v1/load_lora_adapter",
+    "/v1/unload_lora_adapter",
+    "/v1/compositions",
+)
 
 _TYPES = {
     400: "invalid_request_error",
@@ -28,7 +36,7 @@ _TYPES = {
 
 def is_openai(request: Request) -> bool:
     path = request.url.path.rstrip("/")
-    return path in OPENAI_PATHS or path.startswith("/v1/models/")
+    return path in OPENAI_PATHS or path.startswith(("/v1/models/", "/v1/compositions/"))
 
 
 def openai_error(

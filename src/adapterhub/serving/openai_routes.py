@@ -2,7 +2,7 @@
 ``GET /v1/models`` (and ``/v1/models/{id}``), over the server's generation engine.
 
 ``model`` picks the adapter: the base model's id (``engine.model_id``) is the base alone, an adapter's name that
-adapter. Chat prompts are the messages under the tokenizer's chat template (the adapter's own tokenizer when its
+adapter, a composition's name (``compositions``) its setup. Chat prompts are the messages under the tokenizer's chat template (the adapter's own tokenizer when its
 directory holds one, else the base's) with the generation prompt added. Sampling: ``temperature`` (0: greedy;
 ``top_p``/``top_k`` are then ignored), ``top_p``, ``top_k`` (an extension), ``seed`` (choice ``j`` draws with seed
 ``seed + j``), ``stop``, ``n``, ``logprobs`` (the chosen tokens' log-probabilities; top alternatives are not
@@ -84,9 +84,9 @@ def resolve_model(engine: ServingEngine, name: str) -> str | None:
     """The adapter ``model`` names (None: the base model); an unknown one raises naming the available ones."""
     if name == engine.model_id:
         return None
-    if name in engine.registry.sources:
+    if name in engine.registry.sources or name in engine.compositions.setups:
         return name
-    adapters = sorted(engine.registry.sources)
+    adapters = sorted([*engine.registry.sources, *engine.compositions.setups])
     available = ", ".join(repr(m) for m in [engine.model_id, *adapters])
     raise UnknownAdapterError(
         f"The model {name!r} does not exist on this server{did_you_mean(name, [engine.model_id, *adapters])}. "
@@ -203,19 +203,29 @@ def openai_router(engine: ServingEngine) -> APIRouter:
     router = APIRouter()
     created = int(time.time())
 
-    def model_card(name: str, parent: str | None) -> dict[str, Any]:
-        return {"id": name, "object": "model", "created": created, "owned_by": "adapterhub", "parent": parent}
+    def model_card(name: str | None) -> dict[str, Any]:
+        """The base model (None) or an adapter; an adapter's ``root`` is its source (as vLLM's LoRA cards) and
+        ``hash`` its weights hash (None until first loaded)."""
+        card = {"object": "model", "created": created, "owned_by": "adapterhub"}
+        if name is None:
+            return {"id": engine.model_id, **card, "root": engine.model_id, "parent": None}
+        if name in engine.compositions.setups:
+            setup = engine.compositions.texts[name]
+            return {"id": name, **card, "root": setup, "parent": engine.model_id, "composition": setup}
+        source = engine.registry.sources.get(name)
+        root = None if source is None else str(source)
+        extra = {"root": root, "parent": engine.model_id, "hash": engine.registry.hashes.get(name)}
+        return {"id": name, **card, **extra}
 
     @router.get("/v1/models", summary="OpenAI model list: the base model and every adapter")
     async def models() -> dict[str, Any]:
-        base = engine.model_id
-        cards = [model_card(base, None), *(model_card(a, base) for a in sorted(engine.registry.sources))]
+        names = [*sorted(engine.registry.sources), *engine.compositions.names()]
+        cards = [model_card(None), *(model_card(a) for a in names)]
         return {"object": "list", "data": cards}
 
     @router.get("/v1/models/{model:path}", summary="one model of the list")
     async def model(model: str) -> dict[str, Any]:
-        adapter = resolve_model(engine, model)
-        return model_card(model, None if adapter is None else engine.model_id)
+        return model_card(resolve_model(engine, model))
 
     @router.post("/v1/completions", summary="OpenAI text completion (model: base id or adapter name)")
     async def completions(body: CompletionBody) -> Any:

@@ -6,6 +6,10 @@
   duplicated: later requests for the same adapter wait on the same future (single flight). When the model is
   full, the least recently used adapter that no queued or running request has pinned is evicted
   (``model.delete_adapter``); if every loaded adapter is pinned, the load waits until a pass releases one.
+- Identity by weights: every loaded adapter also gets ``hash``, a SHA-256 of its method config and every tensor
+  (adapter and head, names, dtypes, shapes and bytes): ``weights_hash``. A name reloaded with other weights gets
+  another hash, so anything derived from an adapter (the server's tokenizer cache) is keyed by ``(name, hash)``
+  and dropped when the name is unregistered; the last known hash of an evicted adapter stays in ``hashes``.
 - Heads are taken out of the model's store once an adapter is loaded and kept in its ``LoadedAdapter``: the
   engine applies each request's head to that request's rows itself, so one pass can serve adapters with
   different heads.
@@ -17,11 +21,15 @@ same single thread that runs forward passes, so the model never changes during a
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from adapterhub.errors import AdapterNotFoundError, ConfigError, did_you_mean
 from adapterhub.serving import sources
@@ -42,6 +50,7 @@ class LoadedAdapter:
     head: Any
     parameters: int
     memory_bytes: int
+    hash: str = ""
 
     @property
     def head_type(self) -> str | None:
@@ -62,7 +71,22 @@ class LoadedAdapter:
             "labels": self.labels,
             "parameters": self.parameters,
             "memory_bytes": self.memory_bytes,
+            "hash": self.hash,
         }
+
+
+def weights_hash(method: str, config: Any, tensors: Iterable[tuple[str, Any]]) -> str:
+    """``sha256:`` + hex digest of the method, its config (JSON, keys sorted) and each ``(name, tensor)`` (name,
+    dtype, shape, raw bytes), in name order: equal for the same weights and config, whatever their source."""
+    digest = hashlib.sha256(method.encode())
+    to_dict = getattr(config, "to_dict", None)
+    described = to_dict() if callable(to_dict) else repr(config)
+    digest.update(json.dumps(described, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(tensors, key=lambda item: item[0]):
+        data = tensor.detach().contiguous().cpu()
+        digest.update(f"\0{name}\0{data.dtype}\0{tuple(data.shape)}\0".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
 
 
 def _install_and_detach(model: Any, source: AdapterSource, fetched: Any, name: str) -> LoadedAdapter:
@@ -74,6 +98,9 @@ def _install_and_detach(model: Any, source: AdapterSource, fetched: Any, name: s
         head.eval()
     adapter = model._store.adapters[name]
     tensors = [*adapter.parameters(), *(head.parameters() if head is not None else ())]
+    named = [(f"adapter.{k}", t) for k, t in adapter.state_dict().items()]
+    if head is not None:
+        named += [(f"head.{k}", t) for k, t in head.state_dict().items()]
     return LoadedAdapter(
         name=name,
         source=source,
@@ -81,6 +108,7 @@ def _install_and_detach(model: Any, source: AdapterSource, fetched: Any, name: s
         head=head,
         parameters=sum(t.numel() for t in tensors),
         memory_bytes=sum(t.numel() * t.element_size() for t in tensors),
+        hash=weights_hash(adapter.method, adapter.config, named),
     )
 
 
@@ -115,6 +143,7 @@ class AdapterRegistry:
         self.sources: dict[str, AdapterSource] = {}
         self.loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()
         self.load_count: Counter[str] = Counter()  # completed loads per name (tests, metrics)
+        self.hashes: dict[str, str] = {}  # name -> weights hash of its last load (kept while evicted)
         self._inflight: dict[str, asyncio.Future[LoadedAdapter]] = {}
         self._pins: Counter[str] = Counter()
         self._room: asyncio.Condition | None = None
@@ -140,6 +169,7 @@ class AdapterRegistry:
         """Forget ``name`` and evict it (waits for passes that use it)."""
         self.check_known([name])
         del self.sources[name]
+        self.hashes.pop(name, None)
         pending = self._inflight.get(name)
         if pending is not None:
             await asyncio.gather(pending, return_exceptions=True)
@@ -159,7 +189,7 @@ class AdapterRegistry:
             out.append(
                 entry.describe()
                 if entry is not None
-                else {"name": name, "source": str(source), "loaded": False}
+                else {"name": name, "source": str(source), "loaded": False, "hash": self.hashes.get(name)}
             )
         return out
 
@@ -226,6 +256,7 @@ class AdapterRegistry:
                 self._installing -= 1
                 self._notify()
             self.loaded[name] = entry
+            self.hashes[name] = entry.hash
             self.load_count[name] += 1
             self._on_event("load", name)
             done.set_result(entry)
