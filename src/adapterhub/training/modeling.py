@@ -34,11 +34,18 @@ WEIGHTS_FILE = "weights.safetensors"
 ADAPTER_SUBDIR = "adapter"
 
 
-def load_base(model_path: str | None, *, causal_lm: bool = False) -> tuple[nn.Module, Any, str]:
+def load_base(
+    model_path: str | None, *, causal_lm: bool = False, media: str | None = None
+) -> tuple[nn.Module, Any, str]:
     """``(model, tokenizer, path)`` for a transformers checkpoint directory, hub name or packaged model name
     (``minilm``, ``smollm2``: :func:`adapterhub.data.packaged.packaged_model_path`), via ``AutoModel``, or via
     ``AutoModelForCausalLM`` with ``causal_lm`` (generation tasks; the default model is then ``smollm2``, and an
-    encoder is refused: :func:`check_causal_lm`)."""
+    encoder is refused: :func:`check_causal_lm`). With ``media`` (``"image"``, ``"audio"``) the second item is
+    the model's :class:`~adapterhub.training.media_batches.MediaProcessor` instead of a tokenizer."""
+    if media is not None:
+        from adapterhub.training.media_batches import load_media_base
+
+        return load_media_base(model_path, media)
     import transformers
 
     if causal_lm and not model_path:
@@ -325,7 +332,9 @@ def load_trained(directory: Path, model_path: str | None = None) -> tuple[nn.Mod
     if info is None:
         raise AdapterFileError(f"{directory} holds no {TRAINING_FILE}.")
     generation = info.get("kind") == "generation"
-    model, tokenizer, _ = load_base(model_path or info.get("model"), causal_lm=generation)
+    model, tokenizer, _ = load_base(
+        model_path or info.get("model"), causal_lm=generation, media=info.get("media")
+    )
     method = parse_method(info["method"])
     model = init(model)
     head_name = info["head_name"]
