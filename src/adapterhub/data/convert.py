@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapterhub.data.generation import generation_examples, looks_like_generation
+from adapterhub.data.media import media_of
 from adapterhub.data.tables import Row, Table
-from adapterhub.data.task import Example, Label, TaskData, TaskKind, check_kind
+from adapterhub.data.task import Example, Label, MediaKind, TaskData, TaskKind, check_kind
 from adapterhub.errors import ConfigError, did_you_mean
 
 _INT = re.compile(r"[+-]?\d+")
@@ -21,12 +22,15 @@ _FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
 
 @dataclass(frozen=True)
 class Columns:
-    """Which column holds what. ``text_pair`` is optional; ``choices`` is only read for multiple choice."""
+    """Which column holds what. ``text_pair`` is optional; ``choices`` is only read for multiple choice.
+    ``media`` (``"image"`` or ``"audio"``): the rows are files of that kind, read from the column of that name
+    (:mod:`adapterhub.data.media`) instead of ``text``."""
 
     text: str = "text"
     text_pair: str | None = None
     label: str = "label"
     choices: str = "choices"
+    media: MediaKind | None = None
 
 
 def build_task(
@@ -54,6 +58,11 @@ def build_task(
     train_rows = _Rows(train, columns)
     dev_rows = _Rows(dev, columns)
     resolved: TaskKind = check_kind(kind) if kind is not None else train_rows.infer_kind()
+    if columns.media is not None and resolved in ("multiple_choice", "generation"):
+        raise ConfigError(
+            f"task {name!r}: {columns.media} rows are for classification, regression and multilabel tasks, not "
+            f'{resolved}; set "kind" in task.json (or pass kind=...) to one of those'
+        )
     if resolved == "generation":
         if labels is not None:
             raise ConfigError(
@@ -197,12 +206,7 @@ class _Rows:
 
     # ---- regression --------------------------------------------------------------------------------------
     def regression(self) -> tuple[Example, ...]:
-        return tuple(
-            Example(
-                self._text(row, self.columns.text, "text_column"), self._pair(row), None, self._float(row)
-            )
-            for row in self.table.rows
-        )
+        return tuple(self._example(row, self._float(row)) for row in self.table.rows)
 
     def _float(self, row: Row) -> float:
         value = self._label(row)
@@ -252,10 +256,14 @@ class _Rows:
         for row in self.table.rows:
             ids = [self._lookup(row, key, names, index, given, split) for key in self._keys(row, multi)]
             label: Label = tuple(sorted(set(ids))) if multi else ids[0]
-            examples.append(
-                Example(self._text(row, self.columns.text, "text_column"), self._pair(row), None, label)
-            )
+            examples.append(self._example(row, label))
         return tuple(examples)
+
+    def _example(self, row: Row, label: Label) -> Example:
+        """A text row, or an image / audio row (its file checked, path relative to the table's folder)."""
+        if self.columns.media is not None:
+            return Example("", None, None, label, media=media_of(self.table, row, self.columns.media))
+        return Example(self._text(row, self.columns.text, "text_column"), self._pair(row), None, label)
 
     def _lookup(
         self, row: Row, key: str | int, names: tuple[str, ...], index: dict[str, int], given: bool, split: str

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from adapterhub.data import hf, rotten_tomatoes
 from adapterhub.data.convert import Columns, build_task
+from adapterhub.data.media import detect_media
 from adapterhub.data.paths import SPLIT_SUFFIXES, shared_data_dir, shared_task_names
 from adapterhub.data.split import dev_size, split_indices
 from adapterhub.data.tables import TABLE_SUFFIXES, Table, read_table
@@ -68,6 +69,11 @@ def load_task(
     numeric order). CSV/TSV cells in the label column are read as integers, floats or JSON lists when they look
     like one; a multiple-choice ``choices`` cell must be a JSON list.
 
+    Rows with an ``image`` (or ``audio``) column and no ``text_column`` are image (audio) rows of a
+    classification, regression or multilabel task: ``{"image": "cats/1.png", "label": "cat"}``, the path relative
+    to the row file's folder; each file is checked to exist and open (:mod:`adapterhub.data.media`) and the
+    examples hold it in ``Example.media`` (``task.media`` says which kind). Files and folders only (not ``hf:``).
+
     Raises :class:`ConfigError` (bad argument, unknown name, missing column, missing or unknown label, malformed
     row, each naming file and line) or :class:`AdapterFileError` (unreadable or truncated files).
     """
@@ -119,6 +125,15 @@ def _load_named(name: str, options: _Options) -> TaskData:
     )
 
 
+def _with_media(columns: Columns, table: Table) -> Columns:
+    """``columns`` with ``media`` set when ``table``'s rows are image or audio rows."""
+    try:
+        kind = detect_media(table.header, columns.text)
+    except ConfigError as error:
+        raise ConfigError(f"{table.origin}: {error}") from None
+    return columns if kind is None else replace(columns, media=kind)
+
+
 def _load_file(path: Path, options: _Options) -> TaskData:
     table = read_table(path)
     train, dev = _split(table, options)
@@ -126,7 +141,7 @@ def _load_file(path: Path, options: _Options) -> TaskData:
         path.stem,
         train,
         dev,
-        columns=options.columns,
+        columns=_with_media(options.columns, table),
         kind=options.kind,
         labels=options.labels,
         labels_from_dev=True,
@@ -177,7 +192,7 @@ def _load_directory(directory: Path, options: _Options) -> TaskData:
         _dir_name(directory),
         train,
         dev,
-        columns=options.columns,
+        columns=_with_media(options.columns, train),
         kind=kind,
         labels=labels,
         labels_from_dev=dev_path is None,

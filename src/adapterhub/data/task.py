@@ -22,6 +22,25 @@ class Message(TypedDict):
 
 
 Label = int | float | tuple[int, ...]
+MediaKind = Literal["image", "audio"]
+MEDIA_KINDS: tuple[str, ...] = get_args(MediaKind)
+
+
+@dataclass(frozen=True)
+class Media:
+    """The image or audio file of one row: ``kind`` (``"image"`` or ``"audio"``), ``path`` (absolute, checked to
+    exist and to open as that kind when the row was read: :mod:`adapterhub.data.media`) and ``where`` (the row's
+    file and line, e.g. ``/data/pets/train.jsonl, line 3``), which errors raised when the file is decoded name."""
+
+    kind: MediaKind
+    path: str
+    where: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in MEDIA_KINDS:
+            raise ConfigError(f"Media.kind must be one of {', '.join(MEDIA_KINDS)}, got {self.kind!r}")
+        if not isinstance(self.path, str) or not self.path:
+            raise ConfigError(f"Media.path must be a non-empty string, got {self.path!r}")
 
 
 def check_kind(kind: str) -> TaskKind:
@@ -46,6 +65,9 @@ class Example:
     ``text`` is the content of the turn just before the final response (the prompt). Other kinds have
     ``messages=None``. The checks that a conversation is well formed are made when rows are read
     (:mod:`adapterhub.data.generation`).
+
+    An image or audio row (``{"image": "cat.png", "label": ...}``) holds its file in ``media`` and has
+    ``text=""``; :attr:`image` and :attr:`audio` give the file's path for that kind (else ``None``).
     """
 
     text: str
@@ -53,6 +75,7 @@ class Example:
     choices: tuple[str, ...] | None = None
     label: Label | None = None
     messages: tuple[Message, ...] | None = field(default=None, hash=False)
+    media: Media | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
@@ -64,6 +87,18 @@ class Example:
         if self.messages is not None:
             copied = tuple(Message(role=m["role"], content=m["content"]) for m in self.messages)
             object.__setattr__(self, "messages", copied)
+        if self.media is not None and not isinstance(self.media, Media):
+            raise ConfigError(f"Example.media must be a Media, got {type(self.media).__name__}")
+
+    @property
+    def image(self) -> str | None:
+        """The path of this row's image, or ``None`` (a text or audio row)."""
+        return self.media.path if self.media is not None and self.media.kind == "image" else None
+
+    @property
+    def audio(self) -> str | None:
+        """The path of this row's audio file, or ``None`` (a text or image row)."""
+        return self.media.path if self.media is not None and self.media.kind == "audio" else None
 
 
 @dataclass(frozen=True, repr=False)
@@ -101,6 +136,7 @@ class TaskData:
         if not unlabelled and not self.labels:
             raise ConfigError(f"task {self.name!r}: a {self.kind} task needs at least one label name")
         self._check_answers()
+        self._check_media()
         for split in ("train", "dev"):
             for index, example in enumerate(getattr(self, split)):
                 problem = self._example_problem(example)
@@ -117,6 +153,27 @@ class TaskData:
             raise ConfigError(f"task {self.name!r}: answers must be non-empty strings, got {self.answers!r}")
         if len(set(self.answers)) != len(self.answers):
             raise ConfigError(f"task {self.name!r}: answers must be unique, got {self.answers!r}")
+
+    def _check_media(self) -> None:
+        found = {None if e.media is None else e.media.kind for e in (*self.train, *self.dev)}
+        if len(found) > 1:
+            shown = ", ".join(sorted(kind or "text" for kind in found))
+            raise ConfigError(
+                f"task {self.name!r} mixes rows of several kinds ({shown}); every row of a task is text, or "
+                "every row is an image, or every row is an audio file"
+            )
+        if found - {None} and self.kind not in ("classification", "regression", "multilabel"):
+            raise ConfigError(
+                f"task {self.name!r}: image and audio rows are for classification, regression and multilabel "
+                f"tasks, not {self.kind}"
+            )
+
+    @property
+    def media(self) -> MediaKind | None:
+        """``"image"`` or ``"audio"`` when the rows are files of that kind, ``None`` for text rows."""
+        for example in (*self.train, *self.dev):
+            return None if example.media is None else example.media.kind
+        return None
 
     def _example_problem(self, example: Example) -> str | None:
         if self.kind == "generation":

@@ -151,8 +151,11 @@ def _is_rank0() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _load_for_evaluation(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
-    """(model, tokenizer, info) from a run directory, or from a plain adapter directory."""
+def _load_for_evaluation(
+    args: argparse.Namespace, media: str | None = None
+) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, info) from a run directory, or from a plain adapter directory (``media``: the data's
+    image / audio rows, whose model gets a media processor in the tokenizer's place)."""
     from adapterhub.training.modeling import (
         find_saved_run,
         load_base,
@@ -167,7 +170,7 @@ def _load_for_evaluation(args: argparse.Namespace) -> tuple[Any, Any, dict[str, 
         return load_trained(find_saved_run(saved), args.model, args.quantize)
     from adapterhub.api.model import init
 
-    model, tokenizer, path = load_base(args.model, quantize=args.quantize)
+    model, tokenizer, path = load_base(args.model, quantize=args.quantize, media=media)
     model = init(model)
     name = model.load_adapter(saved, set_active=True)
     if name not in model.heads:
@@ -185,8 +188,8 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     from adapterhub.training.loop import evaluate_model
 
     set_threads(args)
-    model, tokenizer, info = _load_for_evaluation(args)
     task = load_data(args)
+    model, tokenizer, info = _load_for_evaluation(args, task.media)
     check_task_fits(task, info)
     if task.kind == "generation":
         return _evaluate_generation_command(args, model, tokenizer, task, info)

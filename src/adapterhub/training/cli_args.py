@@ -226,6 +226,10 @@ def evaluation_loader(args: argparse.Namespace, task: Any, tokenizer: Any, info:
     examples = task.dev if args.split == "dev" else task.train
     if not examples:
         raise ConfigError(f"{args.data} has no {args.split} examples to evaluate on.")
+    if task.media is not None:
+        from adapterhub.training.media_batches import media_loader
+
+        return media_loader(examples, task, tokenizer, args.batch_size)
     max_length = args.max_length or info.get("max_length") or 128
     data = encode(examples, tokenizer, kind=task.kind, max_length=max_length, num_labels=task.num_labels)
     return make_loader(data, tokenizer, args.batch_size, shuffle=False, seed=0)

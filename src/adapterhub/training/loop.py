@@ -28,6 +28,7 @@ from adapterhub.errors import ConfigError
 from adapterhub.training import distributed
 from adapterhub.training.chat_batches import collate_chat, encode_chat, loss_token_count, report_truncated
 from adapterhub.training.config import TrainConfig
+from adapterhub.training.media_batches import batch_rows
 from adapterhub.training.methods import (
     Method,
     base_parameter_count,
@@ -151,9 +152,16 @@ def _cat_logits(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([nn.functional.pad(part, (0, width - part.shape[-1]), value=low) for part in parts])
 
 
-def _resolve_model(model: Any, tokenizer: Any, causal_lm: bool = False) -> tuple[nn.Module, Any, str]:
+def _resolve_model(
+    model: Any, tokenizer: Any, causal_lm: bool = False, media: str | None = None
+) -> tuple[nn.Module, Any, str]:
     if model is None or isinstance(model, str | os.PathLike):
-        return load_base(None if model is None else os.fspath(model), causal_lm=causal_lm)
+        return load_base(None if model is None else os.fspath(model), causal_lm=causal_lm, media=media)
+    if tokenizer is None and media is not None:
+        from adapterhub.training.media_batches import load_media_processor
+
+        name = str(getattr(model.config, "name_or_path", "") or "")
+        tokenizer = load_media_processor(name if Path(name).is_dir() else None, model.config, media)
     if tokenizer is None:
         import transformers
 
@@ -210,7 +218,9 @@ def train(
     metric = check_metric(task.kind, config.metric)
     info = distributed.setup(device)
     seed_everything(config.seed)
-    model, tokenizer, model_name = _resolve_model(model, tokenizer, causal_lm=task.kind == "generation")
+    model, tokenizer, model_name = _resolve_model(
+        model, tokenizer, causal_lm=task.kind == "generation", media=task.media
+    )
     settings = HeadSettings(config.head_layers, config.head_dropout, config.pooling)
     model = prepare_model(model, task, method, config.head_name, settings).to(info.device)
     enable_checkpointing(model, config.gradient_checkpointing)
@@ -224,6 +234,7 @@ def train(
             "labels": list(task.labels),
             "train_examples": len(task.train),
             "dev_examples": len(task.dev),
+            **({"media": task.media, "preprocessing": tokenizer.description} if task.media else {}),
         },
         model=model_name,
         method=method.text,
@@ -288,6 +299,17 @@ def _run(
             "truncated": {"train": train_chat.truncated, "dev": dev_chat.truncated},
             "packing": packed,
         }
+    elif task.media is not None:
+        from adapterhub.training.media_batches import media_datasets
+
+        if config.group_by_length:
+            raise ConfigError(
+                f"{task.media} rows have no token length to group by: leave --group-by-length out."
+            )
+        if info.is_main:
+            print(f"{task.media} preprocessing: {tokenizer.description}", file=sys.stderr)
+        train_data, dev_data, collate_fn = media_datasets(task, tokenizer)
+        train_collate = collate_fn
     else:
         train_data = encode(
             task.train, tokenizer, kind=task.kind, max_length=config.max_length, num_labels=task.num_labels
@@ -346,6 +368,7 @@ def _run(
         "head": {"layers": config.head_layers, "dropout": config.head_dropout, "pooling": config.pooling},
         "max_length": config.max_length,
         "metric": metric,
+        **({"media": task.media} if task.media else {}),
     }
     best_state: dict[str, torch.Tensor] | None = None
     best_value: float | None = None
@@ -453,7 +476,7 @@ def _run(
                     examples_seen += int(packed_examples)
                     tokens_seen += int(packed_tokens)
                 else:
-                    examples_seen += int(batch["input_ids"].shape[0])
+                    examples_seen += batch_rows(batch)
                     if "attention_mask" in batch:
                         tokens_seen += int(batch["attention_mask"].sum())
                 if generation:

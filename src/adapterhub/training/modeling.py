@@ -35,13 +35,25 @@ ADAPTER_SUBDIR = "adapter"
 
 
 def load_base(
-    model_path: str | None, *, causal_lm: bool = False, quantize: str | None = None
+    model_path: str | None,
+    *,
+    causal_lm: bool = False,
+    quantize: str | None = None,
+    media: str | None = None,
 ) -> tuple[nn.Module, Any, str]:
     """``(model, tokenizer, path)`` for a transformers checkpoint directory, hub name or packaged model name
     (``minilm``, ``smollm2``: :func:`adapterhub.data.packaged.packaged_model_path`), via ``AutoModel``, or via
     ``AutoModelForCausalLM`` with ``causal_lm`` (generation tasks; the default model is then ``smollm2``, and an
     encoder is refused: :func:`check_causal_lm`). ``quantize`` (``nf4``, ``fp4``, ``int8``): loaded quantised by
-    bitsandbytes and prepared for k-bit training (:mod:`adapterhub.training.quantize`)."""
+    bitsandbytes and prepared for k-bit training (:mod:`adapterhub.training.quantize`). With ``media``
+    (``"image"``, ``"audio"``) the second item is the model's
+    :class:`~adapterhub.training.media_batches.MediaProcessor` instead of a tokenizer."""
+    if media is not None:
+        if quantize is not None:
+            raise ConfigError("--quantize is for text models here; image and audio bases load unquantised.")
+        from adapterhub.training.media_batches import load_media_base
+
+        return load_media_base(model_path, media)
     import transformers
 
     from adapterhub.training.quantize import quantization_config
@@ -349,7 +361,9 @@ def load_trained(
     if info is None:
         raise AdapterFileError(f"{directory} holds no {TRAINING_FILE}.")
     generation = info.get("kind") == "generation"
-    model, tokenizer, _ = load_base(model_path or info.get("model"), causal_lm=generation, quantize=quantize)
+    model, tokenizer, _ = load_base(
+        model_path or info.get("model"), causal_lm=generation, quantize=quantize, media=info.get("media")
+    )
     method = parse_method(info["method"])
     model = init(model)
     head_name = info["head_name"]
