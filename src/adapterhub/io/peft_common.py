@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,27 @@ def module_param(key: str, spec: ArchitectureSpec, layers_prefix: str) -> tuple[
     if parts[0] == "layers" and len(parts) == 4 and spec.linears[parts[2]].part is None:
         return f"{layers_prefix}.{parts[1]}.{spec.linears[parts[2]].module}", parts[3]
     return None
+
+
+def module_tensors(
+    record: AdapterRecord,
+    spec: ArchitectureSpec,
+    model: nn.Module,
+    no_form: Callable[[str], str],
+    skip: Iterable[str] = (),
+) -> Iterator[tuple[str, str, torch.Tensor]]:
+    """``(module path, parameter, tensor)`` of each record tensor on a whole module (:func:`module_param`), for the
+    writers of peft's by-module layouts; ``modules_to_save`` tensors (``saved.``) and the ``skip`` keys are left
+    out. A tensor with no such form (a slice of a fused projection) raises ``ConfigError(no_form(key))``."""
+    prefix = layers_path(model, spec) if any(k.startswith("layers.") for k in record.tensors) else ""
+    left_out = set(skip)
+    for key, tensor in record.tensors.items():
+        if key.startswith("saved.") or key in left_out:
+            continue  # modules_to_save: add_saved_tensors writes them
+        found = module_param(key, spec, prefix)
+        if found is None:
+            raise ConfigError(no_form(key))
+        yield found[0], found[1], tensor
 
 
 def split_rows(key: str, tensor: torch.Tensor, parts: int) -> list[torch.Tensor]:

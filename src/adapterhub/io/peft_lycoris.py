@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from adapterhub.errors import AdapterFileError, ConfigError
-from adapterhub.io.peft_common import PREFIX, add_saved_tensors, layers_path, module_param, write_peft_files
+from adapterhub.io.peft_common import PREFIX, add_saved_tensors, module_tensors, write_peft_files
 from adapterhub.runtime.records import AdapterRecord
 from adapterhub.spec.architectures import ArchitectureSpec
 
@@ -98,20 +98,17 @@ def write_peft_lycoris(
     """Write a LoHa / LoKr record in peft's layout (``PeftModel.from_pretrained`` computes what we do)."""
     config = record.config
     method = str(config["method"])
-    prefix = layers_path(model, spec) if any(k.startswith("layers.") for k in record.tensors) else ""
     out: dict[str, torch.Tensor] = {}
     paths: set[str] = set()
-    for key, tensor in record.tensors.items():
-        if key.startswith("saved."):
-            continue  # modules_to_save: add_saved_tensors below
-        found = module_param(key, spec, prefix)
-        if found is None:
-            raise ConfigError(
-                f"Adapter {record.name!r} has {method} on a slice of a fused projection ({key!r}); peft puts one "
-                f"{method} on a whole module, so this adapter has no peft form. Target the module by name "
-                "(target_modules) or use layout='adapterhub'."
-            )
-        path, param = found
+
+    def no_form(key: str) -> str:
+        return (
+            f"Adapter {record.name!r} has {method} on a slice of a fused projection ({key!r}); peft puts one "
+            f"{method} on a whole module, so this adapter has no peft form. Target the module by name "
+            "(target_modules) or use layout='adapterhub'."
+        )
+
+    for path, param, tensor in module_tensors(record, spec, model, no_form):
         if not isinstance(model.get_submodule(path), (nn.Linear, nn.Conv2d)):
             raise ConfigError(
                 f"Adapter {record.name!r} adapts {path!r}, a {type(model.get_submodule(path)).__name__}; peft's "

@@ -22,12 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapterhub.errors import AdapterFileError, ConfigError
+from adapterhub.errors import AdapterFileError
 from adapterhub.io.peft_common import (
     PREFIX,
     add_saved_tensors,
-    layers_path,
-    module_param,
+    module_tensors,
     write_peft_files,
 )
 from adapterhub.runtime.records import AdapterRecord
@@ -87,18 +86,13 @@ def write_peft_modules(
 ) -> Path:
     """Write a LoRA / DoRA record targeted by module name in peft's layout."""
     config = record.config
-    prefix = layers_path(model, spec) if any(k.startswith("layers.") for k in record.tensors) else ""
     out: dict[str, torch.Tensor] = {}
     paths: set[str] = set()
-    for key, tensor in record.tensors.items():
-        if key.startswith("saved."):
-            continue  # modules_to_save: add_saved_tensors below
-        found = module_param(key, spec, prefix)
-        if found is None:
-            raise ConfigError(
-                f"Adapter {record.name!r} has a tensor {key!r} that peft's LoRA layout cannot hold."
-            )
-        path, param = found
+
+    def no_form(key: str) -> str:
+        return f"Adapter {record.name!r} has a tensor {key!r} that peft's LoRA layout cannot hold."
+
+    for path, param, tensor in module_tensors(record, spec, model, no_form):
         if isinstance(model.get_submodule(path), nn.Embedding):  # peft's names for an Embedding target
             name = {"lora_A": "lora_embedding_A", "lora_B": "lora_embedding_B"}[param]
         else:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from adapterhub.errors import AdapterFileError, ConfigError
-from adapterhub.io.peft_common import PREFIX, add_saved_tensors, layers_path, module_param, write_peft_files
+from adapterhub.io.peft_common import PREFIX, add_saved_tensors, module_tensors, write_peft_files
 from adapterhub.methods.vera import shared_projections
 from adapterhub.runtime.records import AdapterRecord
 from adapterhub.spec.architectures import ArchitectureSpec
@@ -108,24 +108,22 @@ def write_peft_vera(
 ) -> Path:
     """Write a VeRA record in peft's layout (``PeftModel.from_pretrained`` computes what we do)."""
     config = record.config
-    prefix = layers_path(model, spec) if any(k.startswith("layers.") for k in record.tensors) else ""
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {
+        f"base_model.{key}": record.tensors[key].detach().contiguous()
+        for key in ("vera_A", "vera_B")
+        if key in record.tensors
+    }  # the shared projections (save_projection)
     paths: set[str] = set()
     transposed = False
-    for key, tensor in record.tensors.items():
-        if key.startswith("saved."):
-            continue  # modules_to_save: add_saved_tensors below
-        if key in ("vera_A", "vera_B"):
-            out[f"base_model.{key}"] = tensor.detach().contiguous()
-            continue
-        found = module_param(key, spec, prefix)
-        if found is None:
-            raise ConfigError(
-                f"Adapter {record.name!r} has VeRA on a slice of a fused projection ({key!r}); peft puts one VeRA "
-                "on a whole module, so this adapter has no peft form. Target the module by name (target_modules) "
-                "or use layout='adapterhub'."
-            )
-        path, param = found
+
+    def no_form(key: str) -> str:
+        return (
+            f"Adapter {record.name!r} has VeRA on a slice of a fused projection ({key!r}); peft puts one VeRA "
+            "on a whole module, so this adapter has no peft form. Target the module by name (target_modules) "
+            "or use layout='adapterhub'."
+        )
+
+    for path, param, tensor in module_tensors(record, spec, model, no_form, skip=("vera_A", "vera_B")):
         module = model.get_submodule(path)
         is_conv1d = type(module).__name__ == "Conv1D"
         if not (isinstance(module, nn.Linear) or is_conv1d):
