@@ -28,29 +28,54 @@ def library_version() -> str:
 def write_adapter_dir(record: AdapterRecord, directory: str | os.PathLike[str]) -> Path:
     """Write ``record`` into ``directory`` (created if needed). Each file is replaced atomically; the config is
     written last, so a directory with a config is always complete."""
+    extra: dict[str, Any] = {}
+    if record.model.decoder_start is not None:
+        extra["decoder_start"] = record.model.decoder_start
+    return write_record_dir(
+        directory,
+        (FORMAT, CONFIG_FILE, WEIGHTS_FILE),
+        name=record.name,
+        config=record.config,
+        tensors=record.tensors,
+        head=record.head,
+        model=record.model,
+        extra=extra,
+    )
+
+
+def write_record_dir(
+    directory: str | os.PathLike[str],
+    files: tuple[str, str, str],
+    *,
+    name: str,
+    config: dict[str, Any],
+    tensors: dict[str, Any],
+    head: HeadRecord | None,
+    model: ModelInfo,
+    extra: dict[str, Any],
+) -> Path:
+    """Write one record directory: the head files, the weights ``files[2]``, then the config ``files[1]`` (format
+    ``files[0]``, the shared header fields and ``extra``) last, so a directory with a config is complete."""
+    fmt, config_file, weights_file = files
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    write_head_files(directory, record.head, record.model)
-    write_tensors(directory / WEIGHTS_FILE, record.tensors)
+    write_head_files(directory, head, model)
+    write_tensors(directory / weights_file, tensors)
     write_json(
-        directory / CONFIG_FILE,
+        directory / config_file,
         {
-            "format": FORMAT,
+            "format": fmt,
             "format_version": FORMAT_VERSION,
             "library_version": library_version(),
-            "name": record.name,
-            "config": record.config,
-            "config_hash": sha256_hex(canonical_json(record.config)),
-            "model_type": record.model.model_type,
-            "model_name": record.model.model_name,
-            "hidden_size": record.model.hidden_size,
-            "num_layers": record.model.num_layers,
-            **(
-                {"decoder_start": record.model.decoder_start}
-                if record.model.decoder_start is not None
-                else {}
-            ),
-            "has_head": record.head is not None,
+            "name": name,
+            "config": config,
+            "config_hash": sha256_hex(canonical_json(config)),
+            "model_type": model.model_type,
+            "model_name": model.model_name,
+            "hidden_size": model.hidden_size,
+            "num_layers": model.num_layers,
+            "has_head": head is not None,
+            **extra,
         },
     )
     return directory

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from adapterhub.errors import AdapterFileError, ConfigError
-from adapterhub.io.adapter_dir import HEAD_CONFIG_FILE, library_version, read_head_files, write_head_files
+from adapterhub.io.adapter_dir import HEAD_CONFIG_FILE, read_head_files, write_record_dir
 from adapterhub.io.files import read_json, read_tensors, write_json, write_tensors
 from adapterhub.runtime.records import HeadRecord, ModelInfo
 from adapterhub.spec.architectures import ArchitectureSpec
@@ -49,29 +49,19 @@ class FusionRecord:
 def write_fusion_dir(record: FusionRecord, directory: str | os.PathLike[str]) -> Path:
     """Write ``record`` (its adapters are written by the caller into ``adapters/<name>/``). The config goes last,
     so a directory with a config is complete."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_head_files(directory, record.head, record.model)
-    write_tensors(directory / WEIGHTS_FILE, record.tensors)
-    write_json(
-        directory / CONFIG_FILE,
-        {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "library_version": library_version(),
-            "name": record.name,
+    return write_record_dir(
+        directory,
+        (FORMAT, CONFIG_FILE, WEIGHTS_FILE),
+        name=record.name,
+        config=record.config,
+        tensors=record.tensors,
+        head=record.head,
+        model=record.model,
+        extra={
             "adapters": list(record.adapters),
-            "config": record.config,
-            "config_hash": sha256_hex(canonical_json(record.config)),
-            "model_type": record.model.model_type,
-            "model_name": record.model.model_name,
-            "hidden_size": record.model.hidden_size,
-            "num_layers": record.model.num_layers,
-            "has_head": record.head is not None,
             "adapter_dirs": {n: f"{ADAPTERS_SUBDIR}/{n}" for n in record.adapter_dirs},
         },
     )
-    return directory
 
 
 def read_fusion_dir(
