@@ -1,12 +1,15 @@
 """Generation metrics on /metrics: token counters equal to the requests' ``usage``, per-model request and token
 counts, time to first token / inter-token latency histograms with one observation per token, finish reasons,
-running/waiting gauges read live from the engine, and resident-adapter cache hits/misses/evictions per adapter."""
+running/waiting gauges read live from the engine, resident-adapter cache hits/misses/evictions per adapter, and a
+time to first token that counts the adapter's load."""
 
 from __future__ import annotations
 
 import json
 import re
+import time
 
+from adapterhub.serving import sources
 from serving_client import serve
 
 SAMPLE = re.compile(r"^([a-z_]+)(?:\{(.*)\})? (\S+)$")
@@ -117,3 +120,34 @@ def test_running_gauge_is_live_and_a_left_stream_counts_as_cancelled(tiny_llama_
     assert after[("adapterhub_generation_reserved_tokens", "")] == 0
     assert after[("adapterhub_generation_finished_total", 'reason="cancelled"')] == 1
     assert after[("adapterhub_generation_tokens_total", "")] >= 1
+
+
+def test_time_to_first_token_counts_the_adapters_load(tiny_llama_loras, monkeypatch):
+    directory, dirs = tiny_llama_loras
+    fetch = sources.fetch
+
+    def slow_fetch(source, model, **kwargs):
+        time.sleep(0.4)  # a slow download
+        return fetch(source, model, **kwargs)
+
+    monkeypatch.setattr(sources, "fetch", slow_fetch)
+
+    async def body(client, engine):
+        usage, _ = await _complete(client, "a", tokens=2)  # a loads first: its first token waits 0.4 s
+        first = parse((await client.get("/metrics")).text)
+        await _complete(client, "a", tokens=2)  # resident now
+        second = parse((await client.get("/metrics")).text)
+        return usage, first, second
+
+    usage, first, second = serve(directory, dirs, body)
+    assert usage["completion_tokens"] >= 1
+    assert first[("adapterhub_generation_ttft_seconds_count", "")] == 1
+    assert first[("adapterhub_generation_ttft_seconds_sum", "")] >= 0.4
+    assert first[("adapterhub_generation_ttft_seconds_bucket", 'le="0.25"')] == 0
+    second_ttft = (
+        second[("adapterhub_generation_ttft_seconds_sum", "")]
+        - first[("adapterhub_generation_ttft_seconds_sum", "")]
+    )
+    assert second[("adapterhub_generation_ttft_seconds_count", "")] == 2 and second_ttft < 0.4
+    assert second[("adapterhub_adapter_cache_misses_total", 'adapter="a"')] == 1
+    assert second[("adapterhub_adapter_cache_hits_total", 'adapter="a"')] == 1

@@ -38,6 +38,7 @@ adapters from the hub.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
@@ -461,6 +462,7 @@ class ServingEngine:
         """Pin (and load) the adapter, check every prompt against the context and queue ``n`` sequences per prompt
         in the generation engine; the adapter stays pinned until the run ends. ``adapter`` None: the base model
         with its own LM head; an adapter saved with a causal_lm head generates with that head."""
+        arrived = time.perf_counter()  # time to first token counts the adapter's load too
         service = self._generation()
         if any(not ids for ids in prompt_ids):
             raise ConfigError("A prompt is empty; send at least one token of text.")
@@ -488,7 +490,7 @@ class ServingEngine:
         return service.open(
             prompt_ids, adapter=parsed, head=head, n=n, max_new_tokens=new_tokens,
             tokenizer=tokenizer or self.tokenizer, sampling=sampling, on_end=lambda: self.registry.release(names),
-            model=self.model_id if adapter is None else adapter,
+            model=self.model_id if adapter is None else adapter, arrived=arrived,
         )  # fmt: skip
 
     async def generate(

@@ -10,7 +10,8 @@ leaves the batch before the next step. ``run.completions()`` waits for the ``Com
 
 Metrics (``metrics.GenerationMetrics``, given to the service): ``open`` counts the request and its prompt tokens
 under ``model`` (its label: the base model's id, an adapter's or a composition's name); the run times each token
-as it reaches the event loop (time to first token from the submission, then inter-token latency) and counts the
+as it reaches the event loop (time to first token from ``arrived``: the request's arrival, before its adapter's
+load; then inter-token latency) and counts the
 finish reason of each sequence when the run ends; the engine's ``stats()`` feeds the running/waiting gauges.
 
 ``GuardedExecutor`` is the server's model thread: each job (an adapter load or eviction, an encoder pass) runs
@@ -75,12 +76,13 @@ class GenerationRun:
         *,
         metrics: GenerationMetrics | None = None,
         model: str = "",
+        arrived: float | None = None,
     ) -> None:
         self.handles = handles
         self._on_end: Callable[[], None] | None = on_end
         self._metrics = metrics
         self._model = model
-        self._submitted = time.perf_counter()
+        self._arrived = time.perf_counter() if arrived is None else arrived
 
     def cancel(self) -> None:
         """Cancel every sequence still running (each leaves the batch before the next step)."""
@@ -103,7 +105,7 @@ class GenerationRun:
         queue: asyncio.Queue[tuple[int, int | BaseException | None]] = asyncio.Queue()
 
         async def pump(index: int, handle: GenerationHandle) -> None:
-            last, first = self._submitted, True
+            last, first = self._arrived, True
             try:
                 async for token in handle:
                     if self._metrics is not None:
@@ -218,9 +220,11 @@ class GenerationService:
         sampling: dict[str, Any],
         on_end: Callable[[], None],
         model: str = "",
+        arrived: float | None = None,
     ) -> GenerationRun:
         """Submit ``n`` sequences of every prompt (all or none) and return their run. Calls ``on_end`` (also when
-        it raises). ``model``: the request's label in the metrics."""
+        it raises). ``model``: the request's label in the metrics; ``arrived``: its ``time.perf_counter()`` at
+        arrival, where time to first token starts (None: now)."""
         handles: list[GenerationHandle] = []
         try:
             if self._closing:
@@ -245,4 +249,4 @@ class GenerationService:
             raise
         if self.metrics is not None:
             self.metrics.request(model, sum(len(ids) for ids in prompt_ids))
-        return GenerationRun(handles, on_end, metrics=self.metrics, model=model)
+        return GenerationRun(handles, on_end, metrics=self.metrics, model=model, arrived=arrived)

@@ -14,8 +14,8 @@ Exposed at ``GET /metrics``:
   ``adapterhub_adapter_cache_evictions_total{adapter}``: evictions (LRU or deletion) per adapter;
 - the generation metrics (``GenerationMetrics``), measured on the event loop, where a request's tokens reach the
   HTTP side (``gen_service.GenerationRun``), so they are what a streaming client sees, less the network:
-  ``adapterhub_generation_ttft_seconds`` (time to first token per sequence, from its submission to the engine:
-  after the request's checks and its adapter's load), ``adapterhub_generation_itl_seconds`` (time between two
+  ``adapterhub_generation_ttft_seconds`` (time to first token per sequence, from the request's arrival at
+  ``ServingEngine.open_generation``, after tokenisation: its adapter's load and its wait for admission count), ``adapterhub_generation_itl_seconds`` (time between two
   successive tokens of a sequence; tokens held back for a stop string arrive together),
   ``adapterhub_generation_prompt_tokens_total`` / ``adapterhub_generation_tokens_total`` (prompt tokens of the
   submitted requests, each prompt once whatever ``n``, as ``usage.prompt_tokens``; new tokens streamed, as
