@@ -164,10 +164,11 @@ def test_openai_errors(client, server):
         client.chat.completions.create(model="poems", messages=MESSAGES, temperature=-1)
     with pytest.raises(openai.BadRequestError) as long:
         client.chat.completions.create(model="poems", messages=MESSAGES, max_tokens=CONTEXT)
-    assert long.value.body["code"] == "context_length_exceeded"
+    assert long.value.body["code"] == "context_length_exceeded" and long.value.body["param"] == "messages"
     with pytest.raises(openai.BadRequestError) as long_prompt:
         client.completions.create(model="poems", prompt="the movie " * CONTEXT, max_tokens=1)
     assert long_prompt.value.body["code"] == "context_length_exceeded"
+    assert long_prompt.value.body["param"] == "prompt"
     # the project's own routes keep their 422 and {"detail"}
     own = httpx.post(server.url + "/v1/generate", json={"inputs": ["the"], "max_new_tokens": 0})
     assert own.status_code == 422 and "detail" in own.json()

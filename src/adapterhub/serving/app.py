@@ -140,7 +140,9 @@ def create_app(
 
     @app.exception_handler(ContextLengthError)
     async def too_long(request: Request, error: ContextLengthError) -> JSONResponse:
-        return error_response(request, 422, str(error), code="context_length_exceeded", param="messages")
+        chat = request.url.path.rstrip("/") == "/v1/chat/completions"
+        param = "messages" if chat else "prompt"
+        return error_response(request, 422, str(error), code="context_length_exceeded", param=param)
 
     @app.exception_handler(AdapterHubError)
     async def bad_request(request: Request, error: AdapterHubError) -> JSONResponse:

@@ -38,6 +38,7 @@ adapters from the hub.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
@@ -155,7 +156,7 @@ class ServingEngine:
             self.generation = GenerationService(
                 self.model, tokenizer, max_num_seqs=self.config.max_num_seqs,
                 max_batch_tokens=self.config.max_batch_tokens, max_waiting=self.config.max_queue_rows,
-                max_length=self.config.max_length,
+                max_length=self.config.max_length, metrics=self.metrics.generation,
             )  # fmt: skip
             self._model_thread.guard = self.generation.engine.exclusive
         self._adapter_tokenizers: dict[tuple[str, str, str | None], Any] = {}
@@ -181,7 +182,7 @@ class ServingEngine:
     def _adapter_event(self, kind: str, name: str) -> None:
         if kind == "evict":
             self.fusions.forget_adapter(name)
-        self.metrics.adapter_event(kind, len(self.registry.loaded))
+        self.metrics.adapter_event(kind, len(self.registry.loaded), name)
 
     def add_fusion(self, directory: str | Path) -> str:
         """Serve ``Fuse(...)`` of the fusion saved in ``directory``; adapters saved alongside it become servable
@@ -461,6 +462,7 @@ class ServingEngine:
         """Pin (and load) the adapter, check every prompt against the context and queue ``n`` sequences per prompt
         in the generation engine; the adapter stays pinned until the run ends. ``adapter`` None: the base model
         with its own LM head; an adapter saved with a causal_lm head generates with that head."""
+        arrived = time.perf_counter()  # time to first token counts the adapter's load too
         service = self._generation()
         if any(not ids for ids in prompt_ids):
             raise ConfigError("A prompt is empty; send at least one token of text.")
@@ -488,6 +490,7 @@ class ServingEngine:
         return service.open(
             prompt_ids, adapter=parsed, head=head, n=n, max_new_tokens=new_tokens,
             tokenizer=tokenizer or self.tokenizer, sampling=sampling, on_end=lambda: self.registry.release(names),
+            model=self.model_id if adapter is None else adapter, arrived=arrived,
         )  # fmt: skip
 
     async def generate(

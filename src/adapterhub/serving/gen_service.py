@@ -8,6 +8,12 @@ None)`` when a sequence ends; leaving it early (a client that went away) cancels
 leaves the batch before the next step. ``run.completions()`` waits for the ``Completion`` of each sequence.
 ``on_end`` (given to ``open``) runs once when the run is over, however it ends (the adapter pin's release).
 
+Metrics (``metrics.GenerationMetrics``, given to the service): ``open`` counts the request and its prompt tokens
+under ``model`` (its label: the base model's id, an adapter's or a composition's name); the run times each token
+as it reaches the event loop (time to first token from ``arrived``: the request's arrival, before its adapter's
+load; then inter-token latency) and counts the
+finish reason of each sequence when the run ends; the engine's ``stats()`` feeds the running/waiting gauges.
+
 ``GuardedExecutor`` is the server's model thread: each job (an adapter load or eviction, an encoder pass) runs
 inside ``service.engine.exclusive()``, so the model never changes while a generation step runs.
 """
@@ -15,6 +21,7 @@ inside ``service.engine.exclusive()``, so the model never changes while a genera
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -23,6 +30,7 @@ from typing import Any
 from adapterhub.errors import ConfigError
 from adapterhub.serving.gen_engine import GenerationEngine
 from adapterhub.serving.gen_handle import Completion, GenerationHandle
+from adapterhub.serving.metrics import GenerationMetrics
 from adapterhub.serving.scheduler import QueueFullError, ShuttingDownError
 
 
@@ -61,9 +69,20 @@ class GuardedExecutor(ThreadPoolExecutor):
 class GenerationRun:
     """The sequences of one HTTP request (see the module docstring)."""
 
-    def __init__(self, handles: list[GenerationHandle], on_end: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        handles: list[GenerationHandle],
+        on_end: Callable[[], None],
+        *,
+        metrics: GenerationMetrics | None = None,
+        model: str = "",
+        arrived: float | None = None,
+    ) -> None:
         self.handles = handles
         self._on_end: Callable[[], None] | None = on_end
+        self._metrics = metrics
+        self._model = model
+        self._arrived = time.perf_counter() if arrived is None else arrived
 
     def cancel(self) -> None:
         """Cancel every sequence still running (each leaves the batch before the next step)."""
@@ -73,8 +92,12 @@ class GenerationRun:
         for handle in self.handles:
             handle.cancel()  # nothing for the ones that ended
         on_end, self._on_end = self._on_end, None
-        if on_end is not None:
-            on_end()
+        if on_end is None:
+            return
+        if self._metrics is not None:
+            for handle in self.handles:
+                self._metrics.finish(handle.finish_reason or handle.status)
+        on_end()
 
     async def events(self) -> AsyncGenerator[tuple[int, int | None], None]:
         """``(index, token id)`` per new token, ``(index, None)`` when sequence ``index`` ends; raises the error of
@@ -82,8 +105,13 @@ class GenerationRun:
         queue: asyncio.Queue[tuple[int, int | BaseException | None]] = asyncio.Queue()
 
         async def pump(index: int, handle: GenerationHandle) -> None:
+            last, first = self._arrived, True
             try:
                 async for token in handle:
+                    if self._metrics is not None:
+                        now = time.perf_counter()
+                        self._metrics.token(self._model, now - last, first)
+                        last, first = now, False
                     queue.put_nowait((index, token))
                 queue.put_nowait((index, None))
             except Exception as error:
@@ -124,6 +152,7 @@ class GenerationService:
         max_batch_tokens: int,
         max_waiting: int,
         max_length: int | None,
+        metrics: GenerationMetrics | None = None,
     ) -> None:
         stops = set(GenerationEngine.default_stop_ids(model))
         eos = getattr(tokenizer, "eos_token_id", None)
@@ -140,6 +169,9 @@ class GenerationService:
         limits = [x for x in (self.engine.context, max_length) if x is not None]
         self.context: int | None = min(limits) if limits else None
         self.max_waiting = max_waiting
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.state = self.engine.stats
         self._closing = False
 
     def start(self) -> None:
@@ -187,9 +219,12 @@ class GenerationService:
         tokenizer: Any,
         sampling: dict[str, Any],
         on_end: Callable[[], None],
+        model: str = "",
+        arrived: float | None = None,
     ) -> GenerationRun:
         """Submit ``n`` sequences of every prompt (all or none) and return their run. Calls ``on_end`` (also when
-        it raises)."""
+        it raises). ``model``: the request's label in the metrics; ``arrived``: its ``time.perf_counter()`` at
+        arrival, where time to first token starts (None: now)."""
         handles: list[GenerationHandle] = []
         try:
             if self._closing:
@@ -212,4 +247,6 @@ class GenerationService:
         except BaseException:
             GenerationRun(handles, on_end)._end()
             raise
-        return GenerationRun(handles, on_end)
+        if self.metrics is not None:
+            self.metrics.request(model, sum(len(ids) for ids in prompt_ids))
+        return GenerationRun(handles, on_end, metrics=self.metrics, model=model, arrived=arrived)

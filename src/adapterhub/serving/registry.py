@@ -120,7 +120,8 @@ def _evict(model: Any, name: str) -> None:
 class AdapterRegistry:
     """Known and loaded adapters of one served model (see the module docstring).
 
-    ``on_event(kind, name)`` is called with ``"load"``, ``"evict"`` or ``"load_error"`` (metrics)."""
+    ``on_event(kind, name)`` is called with ``"load"``, ``"evict"`` or ``"load_error"``, and per adapter a request
+    acquires with ``"hit"`` (resident) or ``"miss"`` (loaded for it, or already loading) (metrics)."""
 
     def __init__(
         self,
@@ -209,6 +210,7 @@ class AdapterRegistry:
         try:
             out = {}
             for name in wanted:
+                self._on_event("hit" if name in self.loaded else "miss", name)
                 out[name] = self.loaded[name] if name in self.loaded else await self._load(name)
                 self.loaded.move_to_end(name)
             return out
