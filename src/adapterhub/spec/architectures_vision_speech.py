@@ -16,7 +16,17 @@ CLIP's towers, each on its own (``CLIPVisionModel`` / ``CLIPVisionModelWithProje
 ``clip_vision_model``; ``CLIPTextModel`` / ``CLIPTextModelWithProjection``, ``clip_text_model``): pre-LN layers
 (``x + self_attn(layer_norm1(x))``, ``x + mlp(layer_norm2(x))``) under ``encoder.layers``. The text tower pools the
 hidden state at the end-of-text token it finds in ``input_ids``; a prompt in front would move that position, so
-prompt tuning is refused there. The two-tower ``CLIPModel`` is not described yet.
+prompt tuning is refused there.
+
+The two-tower ``CLIPModel`` (model type ``clip``) has both towers as two layer stacks, numbered as the `adapters`
+library numbers them: the text tower's layers first (``text_model.encoder.layers``, layers ``0..T-1``), then the
+vision tower's (``vision_model.encoder.layers``, layers ``T..T+V-1``); its config nests one sub-config per tower
+(``text_config``, ``vision_config``), from which the layer facts (width, heads) are read. One adapter is built for
+one width, so the towers must agree in hidden size, FFN size and heads (tiny and some custom CLIPs do; the
+released checkpoints mostly do not: 512 vs 768 for ViT-B/32); where they differ, every layer point is refused with
+the widths named. Invertible adapters attach at the text tower's embeddings (as in the `adapters` library);
+prompt tuning is refused (the text tower pools at the end-of-text position, and the vision tower's embeddings are
+not the model's token embeddings).
 
 Whisper is an encoder-decoder whose layers are mBART's; its entry is in ``adapterhub.spec.architectures``.
 """
@@ -28,10 +38,11 @@ from adapterhub.spec.architecture import (
     InputRef,
     LinearSpec,
     SiteSpec,
+    StackSpec,
     register_architecture,
 )
 
-__all__ = ["CLIP_TEXT", "CLIP_VISION", "VIT", "WAV2VEC2", "WAV2VEC2_STABLE_LN"]
+__all__ = ["CLIP", "CLIP_TEXT", "CLIP_VISION", "VIT", "WAV2VEC2", "WAV2VEC2_STABLE_LN"]
 
 VIT = register_architecture(
     ArchitectureSpec(
@@ -134,6 +145,30 @@ CLIP_TEXT = register_architecture(
         unsupported={
             "method:prompt_tuning": "CLIP's text tower pools the hidden state at the end-of-text position it finds "
             "in input_ids; a prompt in front of the tokens would move that position. Use prefix tuning or LoRA."
+        },
+        **_CLIP_LAYER,  # type: ignore[arg-type]
+    )
+)
+
+CLIP = register_architecture(
+    ArchitectureSpec(
+        model_types=("clip",),
+        layers="text_model.encoder.layers",
+        stack_config="text_config",
+        # the text tower's token + position embeddings: invertible adapters (prompt tuning is refused below)
+        embeddings="text_model.embeddings",
+        decoder=StackSpec(  # the vision tower: the second stack, no cross-attention
+            "vision_model.encoder.layers",
+            _CLIP_LAYER["sites"],  # type: ignore[arg-type]
+            _CLIP_LAYER["linears"],  # type: ignore[arg-type]
+            attention="self_attn",
+            config="vision_config",
+        ),
+        unsupported={
+            "method:prompt_tuning": "CLIPModel's text tower pools the hidden state at the end-of-text position it "
+            "finds in input_ids (a prompt in front would move it), and its vision tower's embeddings are not the "
+            "model's token embeddings. Use prefix tuning or LoRA, or prompt-tune the vision tower alone "
+            "(CLIPVisionModelWithProjection)."
         },
         **_CLIP_LAYER,  # type: ignore[arg-type]
     )
