@@ -62,6 +62,10 @@ class ArchitectureSpec:
     # bottleneck adapter modules of that library where they differ from adapters_lib_sites (GPT-2)
     adapters_lib_bottleneck_sites: Mapping[str, str] = field(default_factory=dict)
     linears: Mapping[str, LinearSpec] = field(default_factory=dict)
+    # The module paths (relative to a layer) of linear points in the `adapters` library's models (transformers 4.57)
+    # where they differ from ``linears`` (ViT: transformers 5 renamed ``attention.attention.query`` to
+    # ``attention.q_proj``); ``adapters_lib_module(point)`` reads it.
+    adapters_lib_linears: Mapping[str, str] = field(default_factory=dict)
     # The `adapters` library's LoRA locations "intermediate" / "output" -> our linear points.
     adapters_lib_lora: Mapping[str, str] = field(
         default_factory=lambda: {"intermediate": "ffn_in", "output": "ffn_out"}
@@ -83,6 +87,11 @@ class ArchitectureSpec:
     # This entry applies to configs whose attributes have these values (several entries per model type, the first
     # match wins: T5's plain and gated FFN); empty: every config of its model types.
     config_match: Mapping[str, Any] = field(default_factory=dict)
+
+    def adapters_lib_module(self, point: str) -> str:
+        """The module path of the linear ``point`` in the `adapters` library's models: ``adapters_lib_linears``
+        where the module was renamed since transformers 4.57, else ``linears[point].module``."""
+        return self.adapters_lib_linears.get(point) or self.linears[point].module
 
     @property
     def pre_norm(self) -> bool:

@@ -5,7 +5,9 @@ ViT (transformers 5 layout): a pre-norm encoder whose layer computes ``x + atten
 ``x + mlp(layernorm_after(x))``; the attention module returns ``(h, weights)``, so the ``attn`` site reads
 element 0 of its output. Its attention calls the function transformers registers (``AttentionInterface``), which
 is where prefix tuning extends keys and values; ``embeddings`` is the patch + position embedding module whose
-output (CLS token first) prompt tuning extends.
+output (CLS token first) prompt tuning extends. The `adapters` library's ViT is transformers 4.57's
+(``encoder.layer.<i>.attention.attention.query``, ``intermediate.dense``, ``output.dense``): its module names are
+mapped by ``adapters_lib_linears``, its bottleneck modules by ``adapters_lib_sites``.
 
 wav2vec2 (``Wav2Vec2Model``, ``Wav2Vec2ForCTC``, ...): a convolutional feature encoder, then a transformer encoder
 (``encoder.layers``). Its default layer is post-LN (``LN(x + attention(x))``, then ``LN(x + feed_forward(x))``);
@@ -64,6 +66,18 @@ VIT = register_architecture(
         },
         attention="attention",
         embeddings="embeddings",  # CLS token + patch embeddings + position embeddings, then dropout
+        # the `adapters` library's ViT (transformers 4.57 layout): layers at encoder.layer, the attention adapter on
+        # the layer, the FFN adapter on its ViTOutput, and the projections under their 4.57 names
+        adapters_lib_layers="encoder.layer",
+        adapters_lib_sites={"attn": "attention_adapters", "ffn": "output.output_adapters"},
+        adapters_lib_linears={
+            "q": "attention.attention.query",
+            "k": "attention.attention.key",
+            "v": "attention.attention.value",
+            "attn_out": "attention.output.dense",
+            "ffn_in": "intermediate.dense",
+            "ffn_out": "output.dense",
+        },
     )
 )
 
