@@ -111,7 +111,14 @@ class ArchitectureSpec:
         a spec with no layer path (a model targeted by module names only)."""
         if not self.layers:
             return ()
-        first = StackSpec(self.layers, self.sites, self.linears, self.attention, config=self.stack_config)
+        first = StackSpec(
+            self.layers,
+            self.sites,
+            self.linears,
+            self.attention,
+            config=self.stack_config,
+            adapters_lib_layers=self.adapters_lib_layers,
+        )
         return (first,) if self.decoder is None else (first, self.decoder)
 
 
@@ -127,6 +134,9 @@ class StackSpec:
     attention: str | None = None
     cross_attention: str | None = None
     config: str = ""  # the sub-config describing these layers (``ArchitectureSpec.stack_config``), if any
+    # the `adapters` library's path of these layers where it names them per stack (CLIPModel's vision tower), with
+    # indices counted within the stack (``adapterhub.io.adapters_lib_stacks``); empty: one path for every layer
+    adapters_lib_layers: str = ""
 
 
 # the facts of a stack's sub-config that every adapter's shapes depend on; stacks that differ in one of them cannot

@@ -177,7 +177,11 @@ CLIP = register_architecture(
             _CLIP_LAYER["linears"],  # type: ignore[arg-type]
             attention="self_attn",
             config="vision_config",
+            adapters_lib_layers="vision_model.encoder.layers",
         ),
+        # the `adapters` library's CLIP: bottleneck modules on the layer, each tower's layers under its own path
+        adapters_lib_layers="text_model.encoder.layers",
+        adapters_lib_sites={"attn": "attention_adapters", "ffn": "output_adapters"},
         unsupported={
             "method:prompt_tuning": "CLIPModel's text tower pools the hidden state at the end-of-text position it "
             "finds in input_ids (a prompt in front would move it), and its vision tower's embeddings are not the "
