@@ -171,3 +171,9 @@ def test_towers_of_different_widths_are_refused_naming_the_widths(config):
     with pytest.raises(ConfigError, match=r"differ in width.*vision_config.*'hidden_size': 48"):
         model.add_adapter("a", config=config)
     assert "a" not in model.adapters
+
+
+def test_flexible_heads_are_refused_pointing_to_the_contrastive_functions():
+    model = adapterhub.init(build_clip())
+    with pytest.raises(ConfigError, match=r"two towers.*zero_shot_classify"):
+        model.add_classification_head("h", num_labels=3)
