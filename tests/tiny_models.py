@@ -166,6 +166,53 @@ def make_pixel_inputs(seed: int = 123, batch: int = 3) -> dict[str, torch.Tensor
     return {"pixel_values": torch.randn(batch, 3, 16, 16, generator=generator)}
 
 
+# The two-tower CLIPModel (tests/architectures/test_clip.py): towers of equal width (one adapter serves both)
+CLIP_TEXT = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=20,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+CLIP_VISION = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    image_size=16,
+    patch_size=4,
+)
+
+
+def build_clip(seed: int = 0, **vision_overrides: object) -> torch.nn.Module:
+    """A tiny random ``CLIPModel`` in eval mode: text layers 0-1, vision layers 2-3, projection to 16."""
+    torch.manual_seed(seed)
+    config = transformers.CLIPConfig(
+        text_config=CLIP_TEXT, vision_config={**CLIP_VISION, **vision_overrides}, projection_dim=16
+    )
+    return transformers.CLIPModel(config).eval()
+
+
+def make_clip_inputs(seed: int = 123, batch: int = 3) -> dict[str, torch.Tensor]:
+    """``batch`` image-caption pairs for ``build_clip``: pixel values (B, 3, 16, 16) and captions of up to 6 token
+    ids (BOS, words, EOS = 2, then padding 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    words = torch.randint(3, 99, (batch, 4), generator=generator)
+    lengths = [4 - (i % 3) for i in range(batch)]
+    ids = torch.zeros(batch, 6, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, : n + 2] = torch.tensor([1, *words[i, :n].tolist(), 2])
+    return {
+        "input_ids": ids,
+        "attention_mask": (ids != 0).long(),
+        "pixel_values": torch.randn(batch, 3, 16, 16, generator=generator),
+    }
+
+
 # Image models (pixel_values in, no token ids): their own matrix in tests/architectures/test_vision.py
 VISION = ["vit"]
 SPEECH = ["wav2vec2", "whisper"]  # their own matrix in tests/architectures/test_speech.py

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         UnsupportedArchitectureError,
     )
     from adapterhub.export.onnx import export_onnx
+    from adapterhub.heads.contrastive import clip_contrastive_loss, zero_shot_classify
     from adapterhub.methods.union import MethodUnion
     from adapterhub.runtime.fusion import FusionConfig, plot_fusion_heatmap
     from adapterhub.spec.architectures import (
@@ -88,6 +89,8 @@ _LAZY: dict[str, str] = {
         "adapterhub.spec.architectures",
     ),
     "FusionConfig": "adapterhub.runtime.fusion",
+    "clip_contrastive_loss": "adapterhub.heads.contrastive",
+    "zero_shot_classify": "adapterhub.heads.contrastive",
     "nesting_table": "adapterhub.spec.composition",
     "packaged_decoder_path": "adapterhub.data.packaged",
     "packaged_encoder_path": "adapterhub.data.packaged",
@@ -125,6 +128,7 @@ __all__ = [
     "StackSpec",
     "UnsupportedArchitectureError",
     "VeraConfig",
+    "clip_contrastive_loss",
     "deinit",
     "export_onnx",
     "init",
@@ -135,6 +139,7 @@ __all__ = [
     "prepare_kbit_training",
     "register_architecture",
     "resolve_config",
+    "zero_shot_classify",
 ]
 
 

@@ -439,7 +439,7 @@ def test_parallel_is_refused(arch: str) -> None:
     model = model_for(arch)
     model.add_adapter("a", config="pfeiffer")
     model.add_adapter("b", config="pfeiffer")
-    with pytest.raises(ConfigError, match="Parallel is not supported on encoder-decoder"):
+    with pytest.raises(ConfigError, match="Parallel is not supported on models with two layer stacks"):
         model.set_active_adapters(Parallel("a", "b"))
 
 

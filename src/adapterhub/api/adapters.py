@@ -150,7 +150,13 @@ class AdapterAPIMixin(HeadsMixin):
         `adapters` library's layout, loadable by that library. ``layout="peft"`` (LoRA): peft's layout, loadable by
         ``peft.PeftModel.from_pretrained``."""
         record = self.adapter_record(name, with_head=with_head)
-        if layout in ("adapters", "peft") and self._spec.decoder is not None:
+        from adapterhub.io.adapters_lib_stacks import has_stack_paths
+
+        if (
+            layout in ("adapters", "peft")
+            and self._spec.decoder is not None
+            and not (layout == "adapters" and has_stack_paths(self._spec))
+        ):
             raise ConfigError(
                 f"Writing the {layout!r} layout for encoder-decoder models ({self._model_type}) is not "
                 "implemented (its module names for the decoder stack are not mapped); save with "

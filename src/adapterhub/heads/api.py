@@ -76,6 +76,13 @@ class HeadsMixin(AdapterModelCore):
     def _install_head(self, name: str, head: Head) -> None:
         """Put ``head`` on the model under ``name`` (on the model's device and dtype)."""
         self._check_heads()
+        if self._spec.decoder is not None and self._spec.decoder.cross_attention is None:
+            raise ConfigError(
+                f"Flexible heads read one stack's hidden states; {self._model_type} has two towers (CLIPModel: "
+                "text and vision). Train and predict with adapterhub.clip_contrastive_loss and "
+                "adapterhub.zero_shot_classify, or put a head on one tower's own model "
+                "(CLIPVisionModelWithProjection)."
+            )
         if self._spec.decoder is not None:
             raise ConfigError(
                 f"Flexible heads read one stack's hidden states and its attention mask; {self._model_type} "

@@ -23,6 +23,7 @@ from adapterhub.io import adapters_lib_inv
 from adapterhub.io.adapters_lib_ia3 import ia3_config_to_theirs, is_ia3, read_ia3, write_ia3
 from adapterhub.io.adapters_lib_lora import lora_config_to_theirs, read_lora, write_lora
 from adapterhub.io.adapters_lib_prompt import read_prompt, write_prompt
+from adapterhub.io.adapters_lib_stacks import check_method, has_stack_paths, to_one_path, to_stack_paths
 from adapterhub.io.files import (
     read_json,
     read_tensors,
@@ -31,7 +32,7 @@ from adapterhub.io.files import (
     write_tensors,
     write_torch_pickle,
 )
-from adapterhub.runtime.layers import get_base_model, get_layers
+from adapterhub.runtime.layers import get_base_model, get_layers, layer_stacks
 from adapterhub.runtime.records import AdapterRecord, HeadRecord, ModelInfo
 from adapterhub.spec.architectures import ArchitectureSpec
 
@@ -255,8 +256,14 @@ def _load_weights(directory: Path, stem_bin: str, stem_safe: str) -> dict[str, t
 
 
 def read_adapters_lib_dir(
-    directory: str | os.PathLike[str], spec: ArchitectureSpec, *, with_head: bool = True
+    directory: str | os.PathLike[str],
+    spec: ArchitectureSpec,
+    *,
+    with_head: bool = True,
+    model: ModelInfo | None = None,
 ) -> AdapterRecord:
+    """Read that library's adapter directory for a model of ``spec``; ``model`` (the model it loads into) is
+    needed where the spec has two stacks named per stack (CLIPModel: the first stack's length)."""
     directory = Path(directory)
     meta = read_json(directory / "adapter_config.json")
     name = meta.get("name")
@@ -264,6 +271,12 @@ def read_adapters_lib_dir(
         raise AdapterFileError(f"{directory / 'adapter_config.json'} has no adapter name.")
     raw = _load_weights(directory, "pytorch_adapter.bin", "adapter.safetensors")
     architecture = meta["config"].get("architecture")
+    if has_stack_paths(spec):
+        kind = (
+            "ia3" if is_ia3(meta["config"]) else str(architecture or "bottleneck")
+        )  # bottleneck: none given
+        check_method(spec, kind, directory)
+        raw = to_one_path(raw, spec, None if model is None else model.decoder_start, directory)
     if architecture == "prefix_tuning":
         config, tensors = _read_prefix(directory, meta["config"], name, spec)
     elif architecture == "lora" and is_ia3(meta["config"]):
@@ -274,7 +287,7 @@ def read_adapters_lib_dir(
         config, tensors = read_prompt(meta["config"], raw, name)
     else:
         config, tensors = _read_bottleneck(meta["config"], raw, spec, name, directory)
-    return _record(directory, meta, name, config, tensors, spec, with_head)
+    return _record(directory, meta, name, config, tensors, spec, with_head, model)
 
 
 def _record(
@@ -285,7 +298,16 @@ def _record(
     tensors: dict[str, torch.Tensor],
     spec: ArchitectureSpec,
     with_head: bool,
+    model: ModelInfo | None = None,
 ) -> AdapterRecord:
+    hidden = meta.get("hidden_size")
+    if hidden is None:  # their CLIPModel files: CLIPConfig has no hidden_size (each tower's config has one)
+        if model is None:
+            raise AdapterFileError(
+                f"{directory / 'adapter_config.json'} gives no hidden_size; load it with model.load_adapter(...) so "
+                "the model's own width is used."
+            )
+        hidden = model.hidden_size
     head = (
         _read_their_head(directory, name, spec)
         if with_head and (directory / "head_config.json").exists()
@@ -297,7 +319,7 @@ def _record(
         model=ModelInfo(
             model_type=meta.get("model_type", ""),
             model_name=meta.get("model_name") or "",
-            hidden_size=int(meta["hidden_size"]),
+            hidden_size=int(hidden),
             num_layers=None,
         ),
         tensors=tensors,
@@ -391,6 +413,7 @@ def write_adapters_lib_dir(
     model_class = adapter_model_class(model)
     prefix = getattr(get_base_model(model), "base_model_prefix", "") or ""
     method = record.config.get("method")
+    check_method(spec, str(method), directory)
     if method == "prefix_tuning":
         num_layers = len(get_layers(model, spec))
         theirs_config, tensors = _prefix_to_theirs(record, spec, prefix, num_layers)
@@ -405,6 +428,9 @@ def write_adapters_lib_dir(
     else:
         theirs_config = config_to_theirs(record.config)
         tensors = _bottleneck_tensors(record, spec, prefix)
+    if has_stack_paths(spec):
+        first_len = sum(1 for _, stack in layer_stacks(model, spec) if stack.layers == spec.layers)
+        tensors = to_stack_paths(tensors, spec, first_len)
     return _write_their_files(directory, record, tensors, theirs_config, model_class)
 
 

@@ -46,8 +46,8 @@ def is_ia3(theirs: Mapping[str, Any]) -> bool:
 
 def _fused(spec: ArchitectureSpec) -> dict[str, list[str]]:
     by_module: dict[str, list[str]] = {}
-    for point, linear in spec.linears.items():
-        by_module.setdefault(linear.module, []).append(point)
+    for point in spec.linears:
+        by_module.setdefault(spec.adapters_lib_module(point), []).append(point)
     return {
         module: sorted(points, key=lambda p: spec.linears[p].part or (0, 1))
         for module, points in by_module.items()
@@ -68,10 +68,14 @@ def read_ia3(
     if int(theirs.get("r", 1)) != 1:
         raise ConfigError(f"composition_mode='scale' needs r=1; the adapter says r={theirs['r']!r}.")
     alpha = float(theirs.get("alpha", 1))
-    point_of = {linear.module: point for point, linear in spec.linears.items() if linear.part is None}
+    point_of = {
+        spec.adapters_lib_module(point): point
+        for point, linear in spec.linears.items()
+        if linear.part is None
+    }
     fused = _fused(spec)
     enabled_qkv = [m for m in ("q", "k", "v") if m in theirs.get("attn_matrices", [])]
-    modules = "|".join(re.escape(m) for m in {linear.module for linear in spec.linears.values()})
+    modules = "|".join(re.escape(m) for m in {spec.adapters_lib_module(point) for point in spec.linears})
     pattern = re.compile(
         rf"^(?:.*\.)?{re.escape(spec.adapters_lib_layers)}\.(\d+)\.({modules})\.loras\.{re.escape(name)}\.lora_B$"
     )
@@ -146,7 +150,9 @@ def write_ia3(
             raise ConfigError(f"(IA)³ input scaling ({key!r}) has no form in the `adapters` layout.")
         linear = spec.linears[param[len("out_") :]]
         order = linear.part[0] if linear.part is not None else 0
-        grouped.setdefault((layer, linear.module), []).append((order, tensor.detach()))
+        grouped.setdefault((layer, spec.adapters_lib_module(param[len("out_") :])), []).append(
+            (order, tensor.detach())
+        )
     out: dict[str, torch.Tensor] = {}
     for (layer, module), parts in grouped.items():
         path = f"{spec.adapters_lib_layers}.{layer}.{module}.loras.{name}.lora_B"

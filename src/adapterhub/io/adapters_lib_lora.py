@@ -35,8 +35,8 @@ _THEIR_DEFAULTS: dict[str, Any] = {
 def _fused(spec: ArchitectureSpec) -> dict[str, list[str]]:
     """Module path -> the points it holds, for fused projections (several points on one module)."""
     by_module: dict[str, list[str]] = {}
-    for point, linear in spec.linears.items():
-        by_module.setdefault(linear.module, []).append(point)
+    for point in spec.linears:
+        by_module.setdefault(spec.adapters_lib_module(point), []).append(point)
     return {module: points for module, points in by_module.items() if len(points) > 1}
 
 
@@ -54,10 +54,14 @@ def read_lora(
             f"The adapter uses composition_mode={theirs['composition_mode']!r} ((IA)³-style scaling); adapterhub "
             "reads additive LoRA from that library."
         )
-    point_of = {linear.module: point for point, linear in spec.linears.items() if linear.part is None}
+    point_of = {
+        spec.adapters_lib_module(point): point
+        for point, linear in spec.linears.items()
+        if linear.part is None
+    }
     fused = _fused(spec)
     enabled_qkv = [m for m in ("q", "k", "v") if m in theirs.get("attn_matrices", [])]
-    modules = "|".join(re.escape(m) for m in {linear.module for linear in spec.linears.values()})
+    modules = "|".join(re.escape(m) for m in {spec.adapters_lib_module(point) for point in spec.linears})
     pattern = re.compile(
         rf"^(?:.*\.)?{re.escape(spec.adapters_lib_layers)}\.(\d+)\.({modules})\.loras\.{re.escape(name)}\.lora_([AB])$"
     )
@@ -145,7 +149,7 @@ def write_lora(
         linear = spec.linears[point]
         which = param[-1]
         order = linear.part[0] if linear.part is not None else 0
-        grouped.setdefault((layer, linear.module, which), []).append((order, tensor))
+        grouped.setdefault((layer, spec.adapters_lib_module(point), which), []).append((order, tensor))
     for (layer, module, which), parts in grouped.items():
         path = f"{spec.adapters_lib_layers}.{layer}.{module}.loras.{name}.lora_{which}"
         full = f"{prefix}.{path}" if prefix else path

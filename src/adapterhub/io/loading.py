@@ -46,10 +46,12 @@ def read_any_adapter_dir(
     layout = detect_layout(directory)
     if layout == "adapterhub":
         return read_adapter_dir(directory, with_head=with_head)
-    if spec is not None and spec.decoder is not None:
+    from adapterhub.io.adapters_lib_stacks import check_method, has_stack_paths
+
+    if spec is not None and spec.decoder is not None and not (layout == "adapters" and has_stack_paths(spec)):
         raise AdapterFileError(
-            f"{directory}: reading the {layout!r} layout for encoder-decoder models ({spec.model_types[0]}) is "
-            "not implemented (its module names for the decoder stack are not mapped); only adapterhub's own "
+            f"{directory}: reading the {layout!r} layout for encoder-decoder and other two-stack models ({spec.model_types[0]}) "
+            "is not implemented (its module names for the second stack are not mapped); only adapterhub's own "
             "layout loads into them."
         )
     if layout == "peft":
@@ -64,5 +66,6 @@ def read_any_adapter_dir(
     if isinstance(meta.get("config"), dict) and meta["config"].get("architecture") == "union":
         from adapterhub.io.adapters_lib_union import read_union_dir
 
+        check_method(spec, "union", Path(directory))
         return read_union_dir(directory, spec, with_head=with_head)
-    return read_adapters_lib_dir(directory, spec, with_head=with_head)
+    return read_adapters_lib_dir(directory, spec, with_head=with_head, model=model)

@@ -63,7 +63,9 @@ def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None 
         decoder_start=start,
         decoder_points=spec.decoder_points() if start is not None else (),
     )
-    heads = _attention_shape(config, record.tensors, int(num_layers), directory, start)
+    # a second stack without cross-attention (CLIP's vision tower) has no cross-attention prefix slots
+    cross_start = start if "cross" in dims.decoder_points else None
+    heads = _attention_shape(config, record.tensors, int(num_layers), directory, cross_start)
     if heads is not None:
         dims = dataclasses.replace(dims, num_heads=1, num_kv_heads=1, head_dim=heads)
     with torch.device("meta"):
@@ -105,16 +107,16 @@ def _attention_shape(
     tensors: dict[str, torch.Tensor],
     num_layers: int,
     directory: Path,
-    decoder_start: int | None = None,
+    cross_start: int | None = None,
 ) -> int | None:
     """Prefix tuning's width ``N = layers · 2 · kv_heads · head_dim`` is all its shapes depend on; without the model
     we take ``kv_heads · head_dim`` from the saved width (``num_kv_heads=1``), so the shapes are still checked
     against each other and the config (the model's own attention shape is checked when it is loaded)."""
     for part, prefix in _prefix_tuning_parts(config):
         slots = num_layers - len([i for i in part.leave_out if i < num_layers])
-        if decoder_start is not None and part.cross_prefix:
+        if cross_start is not None and part.cross_prefix:
             # one cross-attention slot per decoder layer with a prefix
-            slots += len([i for i in range(decoder_start, num_layers) if i not in part.leave_out])
+            slots += len([i for i in range(cross_start, num_layers) if i not in part.leave_out])
         key = f"{prefix}control_trans" if part.flat else f"{prefix}control_trans.2.weight"
         control = tensors.get(key)
         if control is None or slots <= 0:

@@ -40,7 +40,7 @@ from adapterhub.runtime.records import ModelInfo
 from adapterhub.runtime.specless import check_carries, check_heads, model_spec, model_type_of
 from adapterhub.runtime.store import STORE_ATTR, AdapterStore
 from adapterhub.runtime.validate import check_state_fits
-from adapterhub.spec.architectures import ArchitectureSpec, StackSpec, unsupported_points
+from adapterhub.spec.architectures import ArchitectureSpec, StackSpec, layer_config, unsupported_points
 from adapterhub.spec.composition import (
     BatchSplit,
     Fuse,
@@ -134,9 +134,14 @@ class AdapterModelCore:
         config = getattr(
             self, "config", None
         )  # None: a plain nn.Module (no spec: dims come from its modules)
-        hidden = int(getattr(config, spec.hidden_size_attr, None) or getattr(config, "hidden_size", 0) or 0)
+        layers_config = layer_config(spec, config)  # CLIPModel: the text tower's (the towers must agree)
+        hidden = int(
+            getattr(layers_config, spec.hidden_size_attr, None)
+            or getattr(layers_config, "hidden_size", 0)
+            or 0
+        )
         layers = layer_stacks(self._module(), spec)
-        heads, kv_heads, head_dim = attention_dims(config, hidden)
+        heads, kv_heads, head_dim = attention_dims(layers_config, hidden)
         shapes: dict[str, tuple[str, int, int]] = {}
         residual: dict[str, None] = {}
         for stack in spec.stacks():  # the first layer of each stack
@@ -154,7 +159,7 @@ class AdapterModelCore:
             num_kv_heads=kv_heads,
             head_dim=head_dim,
             residual_points=tuple(residual),
-            embedding_size=int(getattr(config, "embedding_size", None) or hidden),
+            embedding_size=int(getattr(layers_config, "embedding_size", None) or hidden),
             unsupported=tuple(sorted(unsupported_points(spec, config).items())),
             decoder_start=sum(1 for _, s in layers if s.layers == spec.layers)
             if decoder is not None
@@ -269,8 +274,9 @@ class AdapterModelCore:
             isinstance(b, Parallel) for b, _ in blocks_with_parents(normalized)
         ):
             raise ConfigError(
-                f"Parallel is not supported on encoder-decoder models ({self._model_type}): it replicates "
-                "the batch inside one layer stack. Run the adapters one after the other, or use BatchSplit."
+                f"Parallel is not supported on models with two layer stacks ({self._model_type}: encoder and "
+                "decoder, or CLIP's text and vision towers): it replicates the batch inside one layer stack. Run "
+                "the adapters one after the other, or use BatchSplit."
             )
         return normalized
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from adapterhub.errors import UnsupportedArchitectureError
+from adapterhub.errors import ConfigError, UnsupportedArchitectureError
 from adapterhub.spec.architectures import ArchitectureSpec, spec_for_config
 from adapterhub.spec.configs import MethodConfig
 
@@ -44,7 +44,11 @@ def model_type_of(model: Any) -> str:
 
 def check_carries(spec: ArchitectureSpec, config: MethodConfig, model_type: str) -> None:
     """Raise when a model with ``spec`` cannot carry an adapter of ``config``: a model without a spec carries only
-    adapters that target modules by name (LoRA, rsLoRA and DoRA with ``target_modules``)."""
+    adapters that target modules by name (LoRA, rsLoRA and DoRA with ``target_modules``); a spec that refuses the
+    method (``unsupported["method:NAME"]``) refuses it with its reason before the adapter is built."""
+    reason = spec.unsupported.get(f"method:{config.method}")
+    if reason is not None:
+        raise ConfigError(f"{config.method} adapters cannot attach to this {model_type} model: {reason}")
     if not is_spec_less(spec) or getattr(config, "by_name", False):
         return
     by_point = config.method in ("lora", "dora")

@@ -62,6 +62,10 @@ class ArchitectureSpec:
     # bottleneck adapter modules of that library where they differ from adapters_lib_sites (GPT-2)
     adapters_lib_bottleneck_sites: Mapping[str, str] = field(default_factory=dict)
     linears: Mapping[str, LinearSpec] = field(default_factory=dict)
+    # The module paths (relative to a layer) of linear points in the `adapters` library's models (transformers 4.57)
+    # where they differ from ``linears`` (ViT: transformers 5 renamed ``attention.attention.query`` to
+    # ``attention.q_proj``); ``adapters_lib_module(point)`` reads it.
+    adapters_lib_linears: Mapping[str, str] = field(default_factory=dict)
     # The `adapters` library's LoRA locations "intermediate" / "output" -> our linear points.
     adapters_lib_lora: Mapping[str, str] = field(
         default_factory=lambda: {"intermediate": "ffn_in", "output": "ffn_out"}
@@ -74,11 +78,20 @@ class ArchitectureSpec:
     # family cannot carry, each with the reason; adding such an adapter raises a ConfigError with it
     unsupported: Mapping[str, str] = field(default_factory=dict)
     # Encoder-decoder models (T5, BART): the decoder's layer stack. The fields above describe the encoder; decoder
-    # layers are numbered after the encoder's (layer ``len(encoder) + j``), as in the `adapters` library.
+    # layers are numbered after the encoder's (layer ``len(encoder) + j``), as in the `adapters` library. CLIP's
+    # two-tower model uses the same second stack for its vision tower (no cross-attention).
     decoder: StackSpec | None = None
+    # The attribute of the model's config that describes the first stack's layers when the config nests one per
+    # stack (CLIPConfig: ``text_config``; the second stack's is ``decoder.config``); empty: the config itself.
+    stack_config: str = ""
     # This entry applies to configs whose attributes have these values (several entries per model type, the first
     # match wins: T5's plain and gated FFN); empty: every config of its model types.
     config_match: Mapping[str, Any] = field(default_factory=dict)
+
+    def adapters_lib_module(self, point: str) -> str:
+        """The module path of the linear ``point`` in the `adapters` library's models: ``adapters_lib_linears``
+        where the module was renamed since transformers 4.57, else ``linears[point].module``."""
+        return self.adapters_lib_linears.get(point) or self.linears[point].module
 
     @property
     def pre_norm(self) -> bool:
@@ -98,7 +111,14 @@ class ArchitectureSpec:
         a spec with no layer path (a model targeted by module names only)."""
         if not self.layers:
             return ()
-        first = StackSpec(self.layers, self.sites, self.linears, self.attention)
+        first = StackSpec(
+            self.layers,
+            self.sites,
+            self.linears,
+            self.attention,
+            config=self.stack_config,
+            adapters_lib_layers=self.adapters_lib_layers,
+        )
         return (first,) if self.decoder is None else (first, self.decoder)
 
 
@@ -113,6 +133,23 @@ class StackSpec:
     linears: Mapping[str, LinearSpec] = field(default_factory=dict)
     attention: str | None = None
     cross_attention: str | None = None
+    config: str = ""  # the sub-config describing these layers (``ArchitectureSpec.stack_config``), if any
+    # the `adapters` library's path of these layers where it names them per stack (CLIPModel's vision tower), with
+    # indices counted within the stack (``adapterhub.io.adapters_lib_stacks``); empty: one path for every layer
+    adapters_lib_layers: str = ""
+
+
+# the facts of a stack's sub-config that every adapter's shapes depend on; stacks that differ in one of them cannot
+# share an adapter (its modules are built once, for one width)
+_WIDTH_FACTS = ("hidden_size", "intermediate_size", "num_attention_heads")
+
+
+def layer_config(spec: ArchitectureSpec, config: Any) -> Any:
+    """The config that describes the layers of ``spec``'s first stack: ``config.<stack_config>`` (CLIP's
+    ``text_config``), or ``config`` itself."""
+    if not spec.stack_config:
+        return config
+    return getattr(config, spec.stack_config, None) or config
 
 
 _REGISTRY: dict[str, ArchitectureSpec] = {}
@@ -146,8 +183,10 @@ def spec_for_model_type(model_type: str) -> ArchitectureSpec:
 
 def unsupported_points(spec: ArchitectureSpec, config: object) -> dict[str, str]:
     """``"kind:point" -> reason`` for every attachment point a model of ``spec`` with this transformers ``config``
-    cannot carry: the spec's ``unsupported`` plus the slices of a fused projection whose parts differ in width."""
+    cannot carry: the spec's ``unsupported``, the slices of a fused projection whose parts differ in width, and
+    every layer point when the stacks' sub-configs differ in width (CLIP towers of different sizes)."""
     reasons = dict(spec.unsupported)
+    reasons.update(_stack_width_reasons(spec, config))
     for point, linear in spec.linears.items():
         units = {name: getattr(config, name, None) for name in linear.part_units}
         if len(set(units.values())) > 1:
@@ -158,6 +197,31 @@ def unsupported_points(spec: ArchitectureSpec, config: object) -> dict[str, str]
                 "projections (e.g. attn_out, ffn_in, ffn_out) instead.",
             )
     return reasons
+
+
+def _stack_width_reasons(spec: ArchitectureSpec, config: object) -> dict[str, str]:
+    """``"kind:point" -> reason`` for every point inside the layers when the stacks' sub-configs give different
+    widths (``_WIDTH_FACTS``); empty when they agree or the config does not nest one per stack."""
+    stacks = [stack for stack in spec.stacks() if stack.config]
+    facts = {
+        stack.config: tuple(getattr(getattr(config, stack.config, None), f, None) for f in _WIDTH_FACTS)
+        for stack in stacks
+    }
+    if len(set(facts.values())) <= 1:
+        return {}
+    described = "; ".join(f"{name}: {dict(zip(_WIDTH_FACTS, v, strict=True))}" for name, v in facts.items())
+    reason = (
+        f"its layer stacks differ in width ({described}), and an adapter is built for one width. Adapt one tower "
+        "through its own model class (e.g. CLIPTextModelWithProjection / CLIPVisionModelWithProjection loaded "
+        "from the same checkpoint), or use a model whose towers have equal widths."
+    )
+    points: dict[str, str] = {}
+    for stack in spec.stacks():
+        points.update({f"residual:{site}": reason for site in stack.sites})
+        points.update({f"linear:{point}": reason for point in stack.linears})
+        if stack.attention:
+            points["attention:self"] = reason
+    return points
 
 
 def spec_for_config(config: Any) -> ArchitectureSpec:

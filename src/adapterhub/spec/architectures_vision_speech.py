@@ -5,7 +5,9 @@ ViT (transformers 5 layout): a pre-norm encoder whose layer computes ``x + atten
 ``x + mlp(layernorm_after(x))``; the attention module returns ``(h, weights)``, so the ``attn`` site reads
 element 0 of its output. Its attention calls the function transformers registers (``AttentionInterface``), which
 is where prefix tuning extends keys and values; ``embeddings`` is the patch + position embedding module whose
-output (CLS token first) prompt tuning extends.
+output (CLS token first) prompt tuning extends. The `adapters` library's ViT is transformers 4.57's
+(``encoder.layer.<i>.attention.attention.query``, ``intermediate.dense``, ``output.dense``): its module names are
+mapped by ``adapters_lib_linears``, its bottleneck modules by ``adapters_lib_sites``.
 
 wav2vec2 (``Wav2Vec2Model``, ``Wav2Vec2ForCTC``, ...): a convolutional feature encoder, then a transformer encoder
 (``encoder.layers``). Its default layer is post-LN (``LN(x + attention(x))``, then ``LN(x + feed_forward(x))``);
@@ -16,7 +18,17 @@ CLIP's towers, each on its own (``CLIPVisionModel`` / ``CLIPVisionModelWithProje
 ``clip_vision_model``; ``CLIPTextModel`` / ``CLIPTextModelWithProjection``, ``clip_text_model``): pre-LN layers
 (``x + self_attn(layer_norm1(x))``, ``x + mlp(layer_norm2(x))``) under ``encoder.layers``. The text tower pools the
 hidden state at the end-of-text token it finds in ``input_ids``; a prompt in front would move that position, so
-prompt tuning is refused there. The two-tower ``CLIPModel`` is not described yet.
+prompt tuning is refused there.
+
+The two-tower ``CLIPModel`` (model type ``clip``) has both towers as two layer stacks, numbered as the `adapters`
+library numbers them: the text tower's layers first (``text_model.encoder.layers``, layers ``0..T-1``), then the
+vision tower's (``vision_model.encoder.layers``, layers ``T..T+V-1``); its config nests one sub-config per tower
+(``text_config``, ``vision_config``), from which the layer facts (width, heads) are read. One adapter is built for
+one width, so the towers must agree in hidden size, FFN size and heads (tiny and some custom CLIPs do; the
+released checkpoints mostly do not: 512 vs 768 for ViT-B/32); where they differ, every layer point is refused with
+the widths named. Invertible adapters attach at the text tower's embeddings (as in the `adapters` library);
+prompt tuning is refused (the text tower pools at the end-of-text position, and the vision tower's embeddings are
+not the model's token embeddings).
 
 Whisper is an encoder-decoder whose layers are mBART's; its entry is in ``adapterhub.spec.architectures``.
 """
@@ -28,10 +40,11 @@ from adapterhub.spec.architecture import (
     InputRef,
     LinearSpec,
     SiteSpec,
+    StackSpec,
     register_architecture,
 )
 
-__all__ = ["CLIP_TEXT", "CLIP_VISION", "VIT", "WAV2VEC2", "WAV2VEC2_STABLE_LN"]
+__all__ = ["CLIP", "CLIP_TEXT", "CLIP_VISION", "VIT", "WAV2VEC2", "WAV2VEC2_STABLE_LN"]
 
 VIT = register_architecture(
     ArchitectureSpec(
@@ -53,6 +66,18 @@ VIT = register_architecture(
         },
         attention="attention",
         embeddings="embeddings",  # CLS token + patch embeddings + position embeddings, then dropout
+        # the `adapters` library's ViT (transformers 4.57 layout): layers at encoder.layer, the attention adapter on
+        # the layer, the FFN adapter on its ViTOutput, and the projections under their 4.57 names
+        adapters_lib_layers="encoder.layer",
+        adapters_lib_sites={"attn": "attention_adapters", "ffn": "output.output_adapters"},
+        adapters_lib_linears={
+            "q": "attention.attention.query",
+            "k": "attention.attention.key",
+            "v": "attention.attention.value",
+            "attn_out": "attention.output.dense",
+            "ffn_in": "intermediate.dense",
+            "ffn_out": "output.dense",
+        },
     )
 )
 
@@ -134,6 +159,34 @@ CLIP_TEXT = register_architecture(
         unsupported={
             "method:prompt_tuning": "CLIP's text tower pools the hidden state at the end-of-text position it finds "
             "in input_ids; a prompt in front of the tokens would move that position. Use prefix tuning or LoRA."
+        },
+        **_CLIP_LAYER,  # type: ignore[arg-type]
+    )
+)
+
+CLIP = register_architecture(
+    ArchitectureSpec(
+        model_types=("clip",),
+        layers="text_model.encoder.layers",
+        stack_config="text_config",
+        # the text tower's token + position embeddings: invertible adapters (prompt tuning is refused below)
+        embeddings="text_model.embeddings",
+        decoder=StackSpec(  # the vision tower: the second stack, no cross-attention
+            "vision_model.encoder.layers",
+            _CLIP_LAYER["sites"],  # type: ignore[arg-type]
+            _CLIP_LAYER["linears"],  # type: ignore[arg-type]
+            attention="self_attn",
+            config="vision_config",
+            adapters_lib_layers="vision_model.encoder.layers",
+        ),
+        # the `adapters` library's CLIP: bottleneck modules on the layer, each tower's layers under its own path
+        adapters_lib_layers="text_model.encoder.layers",
+        adapters_lib_sites={"attn": "attention_adapters", "ffn": "output_adapters"},
+        unsupported={
+            "method:prompt_tuning": "CLIPModel's text tower pools the hidden state at the end-of-text position it "
+            "finds in input_ids (a prompt in front would move it), and its vision tower's embeddings are not the "
+            "model's token embeddings. Use prefix tuning or LoRA, or prompt-tune the vision tower alone "
+            "(CLIPVisionModelWithProjection)."
         },
         **_CLIP_LAYER,  # type: ignore[arg-type]
     )
