@@ -11,7 +11,8 @@ model runs ONE forward pass for all of them under ``BatchSplit(a, b, ..., None, 
 setup: prefill and decode are fused in that one pass, whatever the mix of adapters. Alike adapters (LoRA of equal
 rank) run as one grouped computation at every point (``batch_split_grouped``). Each row's new keys and values go
 back into its own cache (``kv_cache``) and its next token comes from its own last-position logits: the argmax
-(greedy, the default) or a draw with its own generator after temperature / top-k / top-p (``sampling``), so a
+(greedy, the default) or a draw with its own generator after temperature / top-k / top-p (``sampling``), after
+its own repetition / presence / frequency penalties (``gen_penalties``), so a
 seeded request gets the same tokens whatever else is in the batch. ``stop`` strings end a request on its decoded
 text (the tokens that may begin one are held back from the stream until they are known not to); ``n`` gives
 independent sequences of one prompt (``submit_choices``; seeds ``seed, seed + 1, ...``); ``logprobs`` keeps each
@@ -32,9 +33,17 @@ from typing import Any
 
 import torch
 
-from adapterhub.errors import AdapterNotFoundError, ConfigError, UnsupportedArchitectureError, did_you_mean
+from adapterhub.errors import AdapterNotFoundError, ConfigError
+from adapterhub.serving.gen_checks import (
+    check_adapter,
+    check_model,
+    check_prompt,
+    check_tokenizer,
+    default_stops,
+)
 from adapterhub.serving.gen_handle import Completion, GenerationHandle
 from adapterhub.serving.gen_heads import check_head, last_hidden, with_heads
+from adapterhub.serving.gen_penalties import apply_penalties
 from adapterhub.serving.gen_scheduler import (
     CANCELLED,
     FAILED,
@@ -44,10 +53,7 @@ from adapterhub.serving.gen_scheduler import (
 )
 from adapterhub.serving.kv_cache import build_step
 from adapterhub.serving.sampling import RowSampler, SamplingParams, StopStrings, check_n, seeds_for
-from adapterhub.spec.composition import Average, BatchSplit, Setup, Stack, setup_names
-
-# methods whose adapters the engine runs per row (tested token-identical to generate() with the adapter alone)
-MIXABLE_METHODS = frozenset({"lora", "dora", "ia3", "bottleneck"})
+from adapterhub.spec.composition import BatchSplit, Setup, setup_names
 
 
 @dataclass(frozen=True)
@@ -78,8 +84,8 @@ class GenerationEngine:
         stop_ids: Iterable[int] | None = None,
         tokenizer: Any = None,
     ) -> None:
-        _check_model(model)
-        _check_tokenizer(tokenizer)
+        check_model(model)
+        check_tokenizer(tokenizer)
         for name, value in (("max_num_seqs", max_num_seqs), ("max_batch_tokens", max_batch_tokens)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
@@ -102,7 +108,7 @@ class GenerationEngine:
         self.device = next(model.parameters()).device
         self.vocab_size = int(config.vocab_size)
         self.pad_id = int(getattr(config, "pad_token_id", None) or 0)
-        self.stop_ids = frozenset(_default_stops(model) if stop_ids is None else (int(s) for s in stop_ids))
+        self.stop_ids = frozenset(default_stops(model) if stop_ids is None else (int(s) for s in stop_ids))
         self._scheduler = Scheduler(max_num_seqs, max_batch_tokens, max_cache_tokens)
         self._lock = threading.Lock()  # the scheduler's state
         self._step_lock = threading.Lock()  # one step at a time
@@ -125,7 +131,8 @@ class GenerationEngine:
     ) -> GenerationHandle:
         """Queue one request (it joins the running batch at the next step) and return its handle. ``adapter``: a
         name, ``Stack`` / ``Average`` of names (run on this sequence's rows alone) or None. ``sampling``:
-        ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop``, ``logprobs`` (``SamplingParams``); ``tokenizer``
+        ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop``, ``logprobs``, ``repetition_penalty``,
+        ``presence_penalty``, ``frequency_penalty`` (``SamplingParams``); ``tokenizer``
         decodes for ``stop`` strings (default: the engine's); ``head``: a causal-LM head (``model.add_causal_lm_head``, e.g.
         one detached from a loaded adapter) that gives this sequence's logits from the last hidden state instead of
         the model's LM head. Every check happens here: a request that is accepted
@@ -172,7 +179,7 @@ class GenerationEngine:
     @staticmethod
     def default_stop_ids(model: Any) -> list[int]:
         """The model's eos token ids (its generation config's, else its config's)."""
-        return _default_stops(model)
+        return default_stops(model)
 
     def generate(
         self,
@@ -244,14 +251,14 @@ class GenerationEngine:
         """Check one request and build its ``n`` sequences (not queued)."""
         if self._closing:
             raise ConfigError("This GenerationEngine is closed; create a new one.")
-        prompt = _check_prompt(prompt_ids, self.vocab_size)
+        prompt = check_prompt(prompt_ids, self.vocab_size)
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
-        self._check_adapter(adapter)
+        check_adapter(self.model, adapter)
         check_head(head)
         params = SamplingParams.from_kwargs(dict(sampling))
         n = check_n(n)
-        _check_tokenizer(tokenizer)
+        check_tokenizer(tokenizer)
         tokenizer = self.tokenizer if tokenizer is None else tokenizer
         if params.stop and tokenizer is None:
             raise ConfigError(
@@ -380,6 +387,7 @@ class GenerationEngine:
                         logits_to_keep=1,
                     )
                     logits = with_heads(self.model, rows, output.logits[:, -1], hidden)  # (B, V)
+                logits = apply_penalties(logits, rows)  # (B, V): each row's own penalties
                 greedy = logits.argmax(dim=-1).tolist()  # (B,)
                 choices = [_choose(seq.sampler, logits[i], greedy[i]) for i, seq in enumerate(rows)]
                 cache = output.past_key_values
@@ -472,44 +480,6 @@ class GenerationEngine:
         with self._lock:
             self._end_cancelled(seq)
 
-    def _check_adapter(self, setup: Setup | None) -> None:
-        """A name, or ``Stack`` / ``Average`` of names (a composition, run on its own rows), of mixable adapters."""
-        if setup is None:
-            return
-        if isinstance(setup, (Stack, Average)):
-            for child in setup.children:
-                if not isinstance(child, (str, Stack, Average)):
-                    raise ConfigError(
-                        f"The generation engine runs adapter names and Stack / Average of them per sequence, not "
-                        f"{setup!r}; generate with model.generate() and the setup active instead."
-                    )
-                self._check_adapter(child)
-                for name in setup_names(child):
-                    if type(setup).__name__ not in self.model._store.adapters[name].composable:
-                        raise ConfigError(
-                            f"Adapter {name!r} cannot sit in {type(setup).__name__} ({setup!r})."
-                        )
-            return
-        adapter = setup
-        if not isinstance(adapter, str):
-            raise ConfigError(
-                f"An adapter is a name, Stack / Average of names, or None (the base model alone), got {adapter!r}."
-            )
-        modules = self.model._store.adapters
-        if adapter not in modules:
-            known = ", ".join(modules) or "none"
-            raise AdapterNotFoundError(
-                f"No adapter named {adapter!r}{did_you_mean(adapter, modules)} on this model (adapters: {known}). "
-                "Add or load it before submitting."
-            )
-        module = modules[adapter]
-        if module.method not in MIXABLE_METHODS or "BatchSplit" not in module.composable:
-            raise ConfigError(
-                f"Adapter {adapter!r} is a {module.method} adapter; the generation engine runs "
-                f"{', '.join(sorted(MIXABLE_METHODS))} adapters per sequence so far; generate "
-                "with model.generate() and the adapter active instead."
-            )
-
 
 def _order_rows(seqs: Sequence[SequenceState]) -> tuple[list[SequenceState], Setup | None]:
     """The step's rows grouped adapter by adapter (rows with no adapter last) and the per-call setup for them."""
@@ -531,58 +501,3 @@ def _choose(sampler: RowSampler, logits: torch.Tensor, greedy: int) -> tuple[int
     if sampler.params.greedy and not sampler.params.logprobs:
         return int(greedy), None
     return sampler.choose(logits)
-
-
-def _check_tokenizer(tokenizer: Any) -> None:
-    if tokenizer is not None and not callable(getattr(tokenizer, "decode", None)):
-        raise ConfigError(
-            f"A tokenizer must have a decode(ids) method (a transformers tokenizer), got {type(tokenizer).__name__}."
-        )
-
-
-def _check_prompt(prompt_ids: Sequence[int], vocab_size: int) -> list[int]:
-    if isinstance(prompt_ids, (str, bytes)) or not isinstance(prompt_ids, Sequence):
-        raise ConfigError(
-            f"A prompt is a list of token ids (tokenize text first), got {type(prompt_ids).__name__}."
-        )
-    prompt = list(prompt_ids)
-    if not prompt:
-        raise ConfigError("The prompt is empty; give at least one token id (e.g. the BOS token).")
-    bad = [t for t in prompt if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size]
-    if bad:
-        raise ConfigError(f"Token ids must be integers in [0, {vocab_size}); got {bad[:5]}.")
-    return prompt
-
-
-def _default_stops(model: Any) -> list[int]:
-    generation = getattr(model, "generation_config", None)
-    eos = getattr(generation, "eos_token_id", None)
-    if eos is None:
-        eos = getattr(model.config, "eos_token_id", None)
-    if eos is None:
-        return []
-    return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
-
-
-def _check_model(model: Any) -> None:
-    if not callable(getattr(model, "adapter_setup", None)):
-        raise ConfigError(
-            "GenerationEngine needs a model that adapterhub.init() was applied to (per-sequence adapters run "
-            "through its per-call setups); call adapterhub.init(model) first."
-        )
-    config = model.config
-    if getattr(config, "is_encoder_decoder", False) or not callable(
-        getattr(model, "get_output_embeddings", None)
-    ):
-        raise UnsupportedArchitectureError(
-            f"GenerationEngine runs decoder-only causal LMs (AutoModelForCausalLM); got {type(model).__name__}."
-        )
-    if model.get_output_embeddings() is None:
-        raise UnsupportedArchitectureError(
-            f"{type(model).__name__} has no LM head; load the model with AutoModelForCausalLM."
-        )
-    if model._store.merged:
-        raise ConfigError(
-            f"Adapter(s) {list(model._store.merged)} are merged into the base weights, so every sequence would run "
-            "them; call model.unmerge_adapter() before creating a GenerationEngine."
-        )

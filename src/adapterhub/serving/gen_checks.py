@@ -1,0 +1,106 @@
+"""The generation engine's checks at construction and at submit: the model (a decoder-only causal LM with
+adapterhub, nothing merged), a prompt (token ids in the vocabulary), a tokenizer (has ``decode``), an adapter
+setup (names of mixable adapters, or ``Stack`` / ``Average`` of them), and the model's default stop ids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from adapterhub.errors import AdapterNotFoundError, ConfigError, UnsupportedArchitectureError, did_you_mean
+from adapterhub.spec.composition import Average, Setup, Stack, setup_names
+
+# methods whose adapters the engine runs per row (tested token-identical to generate() with the adapter alone)
+MIXABLE_METHODS = frozenset({"lora", "dora", "ia3", "bottleneck"})
+
+
+def check_adapter(model: Any, setup: Setup | None) -> None:
+    """A name, or ``Stack`` / ``Average`` of names (a composition, run on its own rows), of mixable adapters."""
+    if setup is None:
+        return
+    if isinstance(setup, (Stack, Average)):
+        for child in setup.children:
+            if not isinstance(child, (str, Stack, Average)):
+                raise ConfigError(
+                    f"The generation engine runs adapter names and Stack / Average of them per sequence, not "
+                    f"{setup!r}; generate with model.generate() and the setup active instead."
+                )
+            check_adapter(model, child)
+            for name in setup_names(child):
+                if type(setup).__name__ not in model._store.adapters[name].composable:
+                    raise ConfigError(f"Adapter {name!r} cannot sit in {type(setup).__name__} ({setup!r}).")
+        return
+    adapter = setup
+    if not isinstance(adapter, str):
+        raise ConfigError(
+            f"An adapter is a name, Stack / Average of names, or None (the base model alone), got {adapter!r}."
+        )
+    modules = model._store.adapters
+    if adapter not in modules:
+        known = ", ".join(modules) or "none"
+        raise AdapterNotFoundError(
+            f"No adapter named {adapter!r}{did_you_mean(adapter, modules)} on this model (adapters: {known}). "
+            "Add or load it before submitting."
+        )
+    module = modules[adapter]
+    if module.method not in MIXABLE_METHODS or "BatchSplit" not in module.composable:
+        raise ConfigError(
+            f"Adapter {adapter!r} is a {module.method} adapter; the generation engine runs "
+            f"{', '.join(sorted(MIXABLE_METHODS))} adapters per sequence so far; generate "
+            "with model.generate() and the adapter active instead."
+        )
+
+
+def check_tokenizer(tokenizer: Any) -> None:
+    if tokenizer is not None and not callable(getattr(tokenizer, "decode", None)):
+        raise ConfigError(
+            f"A tokenizer must have a decode(ids) method (a transformers tokenizer), got {type(tokenizer).__name__}."
+        )
+
+
+def check_prompt(prompt_ids: Sequence[int], vocab_size: int) -> list[int]:
+    if isinstance(prompt_ids, (str, bytes)) or not isinstance(prompt_ids, Sequence):
+        raise ConfigError(
+            f"A prompt is a list of token ids (tokenize text first), got {type(prompt_ids).__name__}."
+        )
+    prompt = list(prompt_ids)
+    if not prompt:
+        raise ConfigError("The prompt is empty; give at least one token id (e.g. the BOS token).")
+    bad = [t for t in prompt if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size]
+    if bad:
+        raise ConfigError(f"Token ids must be integers in [0, {vocab_size}); got {bad[:5]}.")
+    return prompt
+
+
+def default_stops(model: Any) -> list[int]:
+    generation = getattr(model, "generation_config", None)
+    eos = getattr(generation, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)
+    if eos is None:
+        return []
+    return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+
+
+def check_model(model: Any) -> None:
+    if not callable(getattr(model, "adapter_setup", None)):
+        raise ConfigError(
+            "GenerationEngine needs a model that adapterhub.init() was applied to (per-sequence adapters run "
+            "through its per-call setups); call adapterhub.init(model) first."
+        )
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False) or not callable(
+        getattr(model, "get_output_embeddings", None)
+    ):
+        raise UnsupportedArchitectureError(
+            f"GenerationEngine runs decoder-only causal LMs (AutoModelForCausalLM); got {type(model).__name__}."
+        )
+    if model.get_output_embeddings() is None:
+        raise UnsupportedArchitectureError(
+            f"{type(model).__name__} has no LM head; load the model with AutoModelForCausalLM."
+        )
+    if model._store.merged:
+        raise ConfigError(
+            f"Adapter(s) {list(model._store.merged)} are merged into the base weights, so every sequence would run "
+            "them; call model.unmerge_adapter() before creating a GenerationEngine."
+        )
