@@ -100,7 +100,13 @@ def test_base_rows_arriving_at_different_steps_equal_generate(llama, prompts):
     handles = run_staggered(engine, plan)
     for handle, (_, prompt, _) in zip(handles, plan, strict=True):
         assert handle.result() == reference(llama, prompt, None)
-    assert engine.stats() == {"waiting": 0, "running": 0, "cache_tokens": 0, "reserved_tokens": 0}
+    assert engine.stats() == {
+        "waiting": 0,
+        "running": 0,
+        "cache_tokens": 0,
+        "reserved_tokens": 0,
+        "preempted": 0,
+    }
 
 
 def test_mixed_lora_adapters_and_base_rows_equal_generate_alone(llama, prompts):
@@ -332,7 +338,13 @@ def test_an_adapter_removed_mid_request_fails_that_request_only(prompts):
     assert lost.status == "failed" and len(lost.tokens) == 1
     assert keep.result() == reference(model, prompts[0], "a")
     assert base.result() == reference(model, prompts[2], None)
-    assert engine.stats() == {"waiting": 0, "running": 0, "cache_tokens": 0, "reserved_tokens": 0}
+    assert engine.stats() == {
+        "waiting": 0,
+        "running": 0,
+        "cache_tokens": 0,
+        "reserved_tokens": 0,
+        "preempted": 0,
+    }
 
 
 def test_async_iteration_streams_the_same_tokens(llama, prompts):

@@ -51,6 +51,69 @@ def check_adapter(model: Any, setup: Setup | None) -> None:
         )
 
 
+def check_options(
+    max_num_seqs: int, max_batch_tokens: int, prefill_chunk: int | None, preempt: bool, cache_block: int
+) -> None:
+    """The engine's scheduling options: positive integers, every running sequence able to feed a token per step,
+    a prefill chunk that fits a step."""
+    for name, value in (
+        ("max_num_seqs", max_num_seqs),
+        ("max_batch_tokens", max_batch_tokens),
+        ("cache_block", cache_block),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+    if max_batch_tokens < max_num_seqs:
+        raise ConfigError(
+            f"max_batch_tokens ({max_batch_tokens}) must be at least max_num_seqs ({max_num_seqs}): every "
+            "running sequence feeds one token per step."
+        )
+    if prefill_chunk is not None and (
+        not isinstance(prefill_chunk, int) or isinstance(prefill_chunk, bool) or not prefill_chunk >= 1
+    ):
+        raise ConfigError(
+            f"prefill_chunk must be a positive integer or None (whole prompts), got {prefill_chunk!r}."
+        )
+    if prefill_chunk is not None and prefill_chunk > max_batch_tokens:
+        raise ConfigError(
+            f"prefill_chunk ({prefill_chunk}) must be at most max_batch_tokens ({max_batch_tokens}): a chunk is fed "
+            "in one step."
+        )
+    if not isinstance(preempt, bool):
+        raise ConfigError(f"preempt must be True or False, got {preempt!r}.")
+
+
+def check_lengths(
+    prompt: int, max_new_tokens: int, scheduler: Any, context: int | None, window: int | None
+) -> None:
+    """A request of ``prompt`` tokens and ``max_new_tokens`` fits a step (or is chunked), the model's ``context``,
+    its sliding ``window`` (kept exact up to half of it) and, alone, the cache budget."""
+    if scheduler.prefill_chunk is None and prompt > scheduler.max_batch_tokens:
+        raise ConfigError(
+            f"The prompt has {prompt} tokens, more than max_batch_tokens={scheduler.max_batch_tokens} (a prompt "
+            "is prefilled in one step). Raise max_batch_tokens, shorten the prompt, or set prefill_chunk."
+        )
+    need = prompt + max_new_tokens
+    if context is not None and need > context:
+        raise ConfigError(
+            f"prompt ({prompt}) + max_new_tokens ({max_new_tokens}) = {need} tokens exceed the model's context of "
+            f"{context}; lower max_new_tokens or shorten the prompt."
+        )
+    if window is not None and 2 * need > window:
+        raise ConfigError(
+            f"prompt ({prompt}) + max_new_tokens ({max_new_tokens}) = {need} tokens; this model's sliding-window "
+            f"attention (window {window}) is kept exact by the engine up to {window // 2} tokens per request. Lower "
+            "max_new_tokens or shorten the prompt."
+        )
+    held = -(-need // scheduler.cache_block) * scheduler.cache_block if scheduler.preempt else need
+    if held > scheduler.budget.capacity:
+        blocks = f" (in blocks of {scheduler.cache_block})" if scheduler.preempt else ""
+        raise ConfigError(
+            f"The request needs {held} cache tokens{blocks}, more than max_cache_tokens={scheduler.budget.capacity}; "
+            "lower max_new_tokens or raise max_cache_tokens."
+        )
+
+
 def check_tokenizer(tokenizer: Any) -> None:
     if tokenizer is not None and not callable(getattr(tokenizer, "decode", None)):
         raise ConfigError(

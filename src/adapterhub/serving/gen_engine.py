@@ -36,7 +36,9 @@ import torch
 from adapterhub.errors import AdapterNotFoundError, ConfigError
 from adapterhub.serving.gen_checks import (
     check_adapter,
+    check_lengths,
     check_model,
+    check_options,
     check_prompt,
     check_tokenizer,
     default_stops,
@@ -58,21 +60,29 @@ from adapterhub.spec.composition import BatchSplit, Setup, setup_names
 
 @dataclass(frozen=True)
 class StepInfo:
-    """What one step ran: ``prefill`` / ``decode`` rows, ``new_tokens`` fed, and the per-call ``setup``."""
+    """What one step ran: ``prefill`` rows (a prompt, a chunk of one or a recompute) / ``decode`` rows (their last
+    new token), ``new_tokens`` fed, the per-call ``setup``, and ``chunks``: prefill rows whose prompt is not done
+    after this step (they pick no token)."""
 
     prefill: int
     decode: int
     new_tokens: int
     setup: Setup | None
+    chunks: int = 0
 
 
 class GenerationEngine:
     """Continuous batching for a causal LM that ``adapterhub.init`` was applied to, one adapter (or none) per
-    sequence. ``max_num_seqs``: sequences decoding together; ``max_batch_tokens``: new tokens per step (a prompt is
-    prefilled whole, so it may not be longer); ``max_cache_tokens``: cache tokens of all sequences together (each
-    reserves prompt + max_new_tokens when admitted; default ``max_num_seqs`` x the model's context length);
-    ``stop_ids``: default stop token ids (default: the model's ``eos_token_id``); ``tokenizer``: decodes the new
-    tokens of requests with ``stop`` strings (a request may bring its own)."""
+    sequence. ``max_num_seqs``: sequences decoding together; ``max_batch_tokens``: new tokens per step (without
+    ``prefill_chunk`` a prompt is prefilled whole, so it may not be longer); ``prefill_chunk``: prefill a prompt in
+    chunks of at most this many tokens, one chunk per step, while the other sequences keep decoding in the same
+    steps (None: whole); ``max_cache_tokens``: cache tokens of all sequences together (default ``max_num_seqs`` x
+    the model's context length); by default each request reserves prompt + max_new_tokens when admitted; with
+    ``preempt``, sequences hold the cache they fill, in blocks of ``cache_block`` tokens, and when the budget is
+    exhausted the newest running sequence is preempted (cache freed, re-queued first, recomputed later; its tokens
+    are unchanged; counted in ``stats()["preempted"]``); ``stop_ids``: default stop token ids (default: the model's
+    ``eos_token_id``); ``tokenizer``: decodes the new tokens of requests with ``stop`` strings (a request may bring
+    its own). The scheduling is ``gen_scheduler``'s."""
 
     def __init__(
         self,
@@ -83,17 +93,13 @@ class GenerationEngine:
         max_cache_tokens: int | None = None,
         stop_ids: Iterable[int] | None = None,
         tokenizer: Any = None,
+        prefill_chunk: int | None = None,
+        preempt: bool = False,
+        cache_block: int = 16,
     ) -> None:
         check_model(model)
         check_tokenizer(tokenizer)
-        for name, value in (("max_num_seqs", max_num_seqs), ("max_batch_tokens", max_batch_tokens)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-        if max_batch_tokens < max_num_seqs:
-            raise ConfigError(
-                f"max_batch_tokens ({max_batch_tokens}) must be at least max_num_seqs ({max_num_seqs}): every "
-                "running sequence feeds one token per step."
-            )
+        check_options(max_num_seqs, max_batch_tokens, prefill_chunk, preempt, cache_block)
         config = model.config
         self.context = int(getattr(config, "max_position_embeddings", 0) or 0) or None
         # a step spans at most twice the longest reservation in cache slots: within the window, no key is cut
@@ -109,7 +115,9 @@ class GenerationEngine:
         self.vocab_size = int(config.vocab_size)
         self.pad_id = int(getattr(config, "pad_token_id", None) or 0)
         self.stop_ids = frozenset(default_stops(model) if stop_ids is None else (int(s) for s in stop_ids))
-        self._scheduler = Scheduler(max_num_seqs, max_batch_tokens, max_cache_tokens)
+        self._scheduler = Scheduler(
+            max_num_seqs, max_batch_tokens, max_cache_tokens, prefill_chunk, preempt, cache_block
+        )
         self._lock = threading.Lock()  # the scheduler's state
         self._step_lock = threading.Lock()  # one step at a time
         self._wake = threading.Event()
@@ -265,29 +273,7 @@ class GenerationEngine:
                 f"stop strings {list(params.stop)} need a tokenizer to decode the new tokens: pass tokenizer= to "
                 "GenerationEngine(...) or to this request, or use stop_ids."
             )
-        scheduler = self._scheduler
-        if len(prompt) > scheduler.max_batch_tokens:
-            raise ConfigError(
-                f"The prompt has {len(prompt)} tokens, more than max_batch_tokens={scheduler.max_batch_tokens} (a "
-                "prompt is prefilled in one step). Raise max_batch_tokens or shorten the prompt."
-            )
-        need = len(prompt) + max_new_tokens
-        if self.context is not None and need > self.context:
-            raise ConfigError(
-                f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) = {need} tokens exceed the model's "
-                f"context of {self.context}; lower max_new_tokens or shorten the prompt."
-            )
-        if self.window is not None and 2 * need > self.window:
-            raise ConfigError(
-                f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) = {need} tokens; this model's "
-                f"sliding-window attention (window {self.window}) is kept exact by the engine up to "
-                f"{self.window // 2} tokens per request. Lower max_new_tokens or shorten the prompt."
-            )
-        if need > scheduler.budget.capacity:
-            raise ConfigError(
-                f"The request needs {need} cache tokens, more than max_cache_tokens={scheduler.budget.capacity}; "
-                "lower max_new_tokens or raise max_cache_tokens."
-            )
+        check_lengths(len(prompt), max_new_tokens, self._scheduler, self.context, self.window)
         stops = self.stop_ids if stop_ids is None else frozenset(int(s) for s in stop_ids)
         return [
             SequenceState(
@@ -345,14 +331,16 @@ class GenerationEngine:
             yield
 
     def stats(self) -> dict[str, int]:
-        """``waiting`` / ``running`` sequences, ``cache_tokens`` stored, ``reserved_tokens`` of the budget."""
+        """``waiting`` / ``running`` sequences, ``cache_tokens`` stored, ``reserved_tokens`` of the budget (with
+        ``preempt``: the blocks held), ``preempted``: preemptions so far."""
         with self._lock:
             s = self._scheduler
             return {
                 "waiting": s.waiting_count(),
                 "running": len(s.running),
                 "cache_tokens": s.cache_tokens_in_use(),
-                "reserved_tokens": s.budget.used,
+                "reserved_tokens": s.reserved_tokens(),
+                "preempted": s.preempted,
             }
 
     # ------------------------------------------------------------------ one iteration
@@ -361,11 +349,13 @@ class GenerationEngine:
         when there is nothing to run."""
         with self._step_lock:
             with self._lock:
-                decoding, admitted = self._scheduler.plan()
-                self._drop_removed_adapters([*decoding, *admitted])
-                rows, setup = _order_rows([*decoding, *admitted])
+                running, admitted = self._scheduler.plan()
+                self._drop_removed_adapters([*running, *admitted])
+                rows, setup = _order_rows([*running, *admitted])
                 if not rows:
                     return None
+                samples = [seq.samples for seq in rows]  # False: a prefill chunk, no token this step
+                decode = sum(seq.decoding for seq in rows)
                 batch = build_step(
                     [s.kv for s in rows],  # type: ignore[misc]
                     [s.next_ids() for s in rows],
@@ -389,7 +379,10 @@ class GenerationEngine:
                     logits = with_heads(self.model, rows, output.logits[:, -1], hidden)  # (B, V)
                 logits = apply_penalties(logits, rows)  # (B, V): each row's own penalties
                 greedy = logits.argmax(dim=-1).tolist()  # (B,)
-                choices = [_choose(seq.sampler, logits[i], greedy[i]) for i, seq in enumerate(rows)]
+                choices = [
+                    _choose(seq.sampler, logits[i], greedy[i]) if samples[i] else None
+                    for i, seq in enumerate(rows)
+                ]
                 cache = output.past_key_values
             except Exception as error:  # the step's rows fail together; the waiting ones go on
                 with self._lock:
@@ -402,13 +395,16 @@ class GenerationEngine:
                         continue
                     keys, values = batch.new_kv(cache, i)
                     seq.kv.append([k.clone() for k in keys], [v.clone() for v in values])
+                    choice = choices[i]
+                    if choice is None:  # a prefill chunk: its prompt goes on next step
+                        continue
                     try:
-                        self._accept(seq, *choices[i])
+                        self._accept(seq, *choice)
                     except (
                         Exception
                     ) as error:  # e.g. its tokenizer failed to decode: that sequence alone fails
                         self._scheduler.leave(seq, FAILED, error)
-            info = StepInfo(len(admitted), len(decoding), sum(batch.new_tokens), setup)
+            info = StepInfo(len(rows) - decode, decode, sum(batch.new_tokens), setup, samples.count(False))
             self.last_step = info
             return info
 
