@@ -30,7 +30,7 @@ def llama() -> Any:
     for i, name in enumerate(("a", "b", "c")):
         model.add_adapter(name, "lora")
         perturb(model._store.adapters[name], std=0.2, seed=10 + i)
-    model.add_adapter("prefix", "prefix_tuning")
+    model.add_adapter("prompt", "prompt_tuning")
     return model
 
 
@@ -216,8 +216,10 @@ def test_clear_errors_at_submit(llama, prompts):
     engine = GenerationEngine(llama, max_num_seqs=2, max_batch_tokens=10)
     with pytest.raises(AdapterNotFoundError, match=r"'aa'.*did you mean"):
         engine.submit(prompts[0], adapter="aa")
-    with pytest.raises(ConfigError, match=r"prefix_tuning adapter.*bottleneck, dora, ia3, lora"):
-        engine.submit(prompts[0], adapter="prefix")
+    with pytest.raises(
+        ConfigError, match=r"prompt_tuning adapter.*bottleneck, dora, ia3, lora, prefix_tuning"
+    ):
+        engine.submit(prompts[0], adapter="prompt")
     with pytest.raises(ConfigError, match="empty"):
         engine.submit([])
     for bad in (0, -1):

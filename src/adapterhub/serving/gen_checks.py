@@ -10,8 +10,9 @@ from typing import Any
 from adapterhub.errors import AdapterNotFoundError, ConfigError, UnsupportedArchitectureError, did_you_mean
 from adapterhub.spec.composition import Average, Setup, Stack, setup_names
 
-# methods whose adapters the engine runs per row (tested token-identical to generate() with the adapter alone)
-MIXABLE_METHODS = frozenset({"lora", "dora", "ia3", "bottleneck"})
+# methods whose adapters the engine runs per row (tested token-identical to generate() with the adapter alone);
+# prefix tuning's keys/values are prepended inside attention at every step (never cached), per row by BatchSplit
+MIXABLE_METHODS = frozenset({"lora", "dora", "ia3", "bottleneck", "prefix_tuning"})
 
 
 def check_adapter(model: Any, setup: Setup | None) -> None:
