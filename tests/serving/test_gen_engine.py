@@ -30,7 +30,7 @@ def llama() -> Any:
     for i, name in enumerate(("a", "b", "c")):
         model.add_adapter(name, "lora")
         perturb(model._store.adapters[name], std=0.2, seed=10 + i)
-    model.add_adapter("prompt", "prompt_tuning")
+    model.add_adapter("loha", "loha")
     return model
 
 
@@ -217,9 +217,9 @@ def test_clear_errors_at_submit(llama, prompts):
     with pytest.raises(AdapterNotFoundError, match=r"'aa'.*did you mean"):
         engine.submit(prompts[0], adapter="aa")
     with pytest.raises(
-        ConfigError, match=r"prompt_tuning adapter.*bottleneck, dora, ia3, lora, prefix_tuning"
+        ConfigError, match=r"loha adapter.*bottleneck, dora, ia3, lora, prefix_tuning, prompt_tuning"
     ):
-        engine.submit(prompts[0], adapter="prompt")
+        engine.submit(prompts[0], adapter="loha")
     with pytest.raises(ConfigError, match="empty"):
         engine.submit([])
     for bad in (0, -1):

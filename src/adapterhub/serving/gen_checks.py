@@ -8,11 +8,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapterhub.errors import AdapterNotFoundError, ConfigError, UnsupportedArchitectureError, did_you_mean
+from adapterhub.serving.gen_prompt import SOFT_PROMPTS
 from adapterhub.spec.composition import Average, Setup, Stack, setup_names
 
 # methods whose adapters the engine runs per row (tested token-identical to generate() with the adapter alone);
-# prefix tuning's keys/values are prepended inside attention at every step (never cached), per row by BatchSplit
-MIXABLE_METHODS = frozenset({"lora", "dora", "ia3", "bottleneck", "prefix_tuning"})
+# prefix tuning's keys/values are prepended inside attention at every step (never cached), per row by BatchSplit;
+# prompt tuning's soft prompt is fed once as history positions (gen_prompt), alone on its rows
+MIXABLE_METHODS = frozenset({"lora", "dora", "ia3", "bottleneck", "prefix_tuning", *SOFT_PROMPTS})
 
 
 def check_adapter(model: Any, setup: Setup | None) -> None:
@@ -28,8 +30,15 @@ def check_adapter(model: Any, setup: Setup | None) -> None:
                 )
             check_adapter(model, child)
             for name in setup_names(child):
-                if type(setup).__name__ not in model._store.adapters[name].composable:
+                module = model._store.adapters[name]
+                if type(setup).__name__ not in module.composable:
                     raise ConfigError(f"Adapter {name!r} cannot sit in {type(setup).__name__} ({setup!r}).")
+                if module.method in SOFT_PROMPTS:
+                    raise ConfigError(
+                        f"Adapter {name!r} is a {module.method} adapter: the generation engine runs it alone on its "
+                        f"rows, not in {type(setup).__name__} ({setup!r}); generate with model.generate() and the "
+                        "setup active instead (use_cache=False)."
+                    )
         return
     adapter = setup
     if not isinstance(adapter, str):

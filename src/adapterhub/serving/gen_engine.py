@@ -46,6 +46,7 @@ from adapterhub.serving.gen_checks import (
 from adapterhub.serving.gen_handle import Completion, GenerationHandle
 from adapterhub.serving.gen_heads import check_head, last_hidden, with_heads
 from adapterhub.serving.gen_penalties import apply_penalties
+from adapterhub.serving.gen_prompt import soft_prompt, step_inputs
 from adapterhub.serving.gen_scheduler import (
     CANCELLED,
     FAILED,
@@ -273,7 +274,11 @@ class GenerationEngine:
                 f"stop strings {list(params.stop)} need a tokenizer to decode the new tokens: pass tokenizer= to "
                 "GenerationEngine(...) or to this request, or use stop_ids."
             )
-        check_lengths(len(prompt), max_new_tokens, self._scheduler, self.context, self.window)
+        soft = soft_prompt(self.model, adapter)
+        lead = (
+            0 if soft is None else int(soft.shape[0])
+        )  # prompt tuning: soft positions in front (gen_prompt)
+        check_lengths(lead + len(prompt), max_new_tokens, self._scheduler, self.context, self.window)
         stops = self.stop_ids if stop_ids is None else frozenset(int(s) for s in stop_ids)
         return [
             SequenceState(
@@ -284,6 +289,7 @@ class GenerationEngine:
                 sampler=RowSampler(params, seed, self.device),
                 stop_strings=StopStrings(params.stop, tokenizer) if params.stop else None,
                 head=head,
+                lead=lead,
             )
             for seed in seeds_for(params, n)
         ]
@@ -369,7 +375,7 @@ class GenerationEngine:
                     last_hidden(self.model, rows) as hidden,
                 ):
                     output = self.model(
-                        input_ids=batch.input_ids,
+                        **step_inputs(self.model, rows, batch.input_ids, batch.new_tokens),
                         attention_mask=batch.attention_mask,
                         position_ids=batch.position_ids,
                         past_key_values=batch.cache,
@@ -482,7 +488,7 @@ def _order_rows(seqs: Sequence[SequenceState]) -> tuple[list[SequenceState], Set
     groups: dict[str | None, list[SequenceState]] = {}
     for seq in seqs:
         if not seq.done:
-            groups.setdefault(seq.adapter, []).append(seq)
+            groups.setdefault(seq.runs, []).append(seq)
     if None in groups:
         groups[None] = groups.pop(None)  # last: BatchSplit runs the named adapters as one grouped computation
     names = list(groups)

@@ -50,7 +50,8 @@ class SequenceState:
     when asked for); ``streamed``: how many of them went to ``out``, the handle's stream (token ids, then ``None``
     or the exception that ended it; ``waker``, when set, is called after every item, from the stepping thread);
     ``finish_reason``: ``stop`` or ``length`` once finished; ``feed``: tokens of its history the planned step
-    feeds (see the module docstring)."""
+    feeds (see the module docstring); ``lead``: soft-prompt positions in front of its history (prompt tuning;
+    placeholder ids ``0`` whose embeddings ``gen_prompt`` puts in)."""
 
     prompt: list[int]
     adapter: Any  # a name, a Stack / Average of names, or None
@@ -70,6 +71,13 @@ class SequenceState:
     out: queue.Queue[Any] = field(default_factory=queue.Queue)
     waker: Callable[[], None] | None = None
     feed: int = 0
+    lead: int = 0
+
+    @property
+    def runs(self) -> Any:
+        """The adapter setup its rows run under: a prompt-tuning sequence (``lead`` soft tokens in front of its
+        history, given as embeddings by ``gen_prompt``) runs as the base model."""
+        return None if self.lead else self.adapter
 
     def emit(self, item: Any) -> None:
         """Put a token id, ``None`` (the end) or an exception on the stream and wake an async reader."""
@@ -81,12 +89,12 @@ class SequenceState:
     @property
     def reservation(self) -> int:
         """Cache tokens this sequence may ever hold."""
-        return len(self.prompt) + self.max_new_tokens
+        return self.lead + len(self.prompt) + self.max_new_tokens
 
     @property
     def pending(self) -> int:
-        """History tokens (prompt + new tokens) not in the cache yet."""
-        return len(self.prompt) + len(self.tokens) - (0 if self.kv is None else self.kv.length)
+        """History tokens (soft prompt + prompt + new tokens) not in the cache yet."""
+        return self.lead + len(self.prompt) + len(self.tokens) - (0 if self.kv is None else self.kv.length)
 
     @property
     def decoding(self) -> bool:
@@ -101,10 +109,10 @@ class SequenceState:
     def next_ids(self) -> list[int]:
         """The ``feed`` tokens the planned step feeds: the history after what is cached."""
         start = 0 if self.kv is None else self.kv.length
-        if start >= len(self.prompt):
-            at = start - len(self.prompt)
+        if start >= self.lead + len(self.prompt):
+            at = start - self.lead - len(self.prompt)
             return self.tokens[at : at + self.feed]
-        return [*self.prompt, *self.tokens][start : start + self.feed]
+        return [*([0] * self.lead), *self.prompt, *self.tokens][start : start + self.feed]
 
     @property
     def done(self) -> bool:
