@@ -5,14 +5,18 @@ spare and ``model.generate`` alone; the cache held never exceeds the budget; pre
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import httpx
 import pytest
 import torch
 
 import adapterhub
 from adapterhub.errors import ConfigError
 from adapterhub.serving import GenerationEngine
+from adapterhub.serving.app import create_app
+from adapterhub.serving.engine import EngineConfig, ServingEngine
 from tiny_models import build, perturb
 
 NEW = 10
@@ -111,3 +115,43 @@ def test_a_request_that_cannot_fit_the_budget_alone_is_refused(llama, prompts):
         GenerationEngine(llama, preempt=True, cache_block=0)
     with pytest.raises(ConfigError, match="preempt"):
         GenerationEngine(llama, preempt="yes")  # type: ignore[arg-type]
+
+
+def test_serve_model_options_reach_the_engine_and_keep_the_tokens(tiny_gpt2_dir):
+    """``--prefill-chunk`` / ``--max-cache-tokens`` / ``--preempt`` reach the served generation engine; the completions
+    of concurrent requests through the HTTP app equal those of the default engine."""
+    from adapterhub.cli import build_parser
+    from adapterhub.serving.cli import config_from_args
+
+    directory, adapter = tiny_gpt2_dir
+    argv = ["serve-model", "--model", str(directory), "--adapter", f"lm={adapter}", "--prefill-chunk", "2"]
+    _, config = config_from_args(build_parser().parse_args([*argv, "--max-cache-tokens", "24", "--preempt"]))
+    assert (config.prefill_chunk, config.max_cache_tokens, config.preempt) == (2, 24, True)
+    _, default = config_from_args(build_parser().parse_args(argv[:5]))
+    assert (default.prefill_chunk, default.max_cache_tokens, default.preempt) == (None, None, False)
+    with pytest.raises(ConfigError, match="prefill_chunk must be a positive integer"):
+        EngineConfig(prefill_chunk=0)
+    bodies = [
+        {"model": "lm", "prompt": text, "max_tokens": 20, "temperature": 0}
+        for text in ("the movie was very good and fun", "a bad plot", "it was not dull but great", "fun")
+    ]
+
+    async def answers(config: EngineConfig) -> tuple[list[str], dict]:
+        engine = ServingEngine.from_pretrained(str(directory), adapters={"lm": str(adapter)}, config=config)
+        app = create_app(engine)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+                replies = await asyncio.gather(*(client.post("/v1/completions", json=b) for b in bodies))
+        assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+        assert engine.generation is not None
+        return [r.json()["choices"][0]["text"] for r in replies], engine.generation.engine.stats()
+
+    tight = EngineConfig(max_wait_ms=1, prefill_chunk=2, max_cache_tokens=40, preempt=True)
+    (expected, _), (texts, stats) = (
+        asyncio.run(answers(EngineConfig(max_wait_ms=1))),
+        asyncio.run(answers(tight)),
+    )
+    assert texts == expected
+    assert sum(len(t.split()) for t in texts) > 40  # long enough to outgrow the budget (not ended at eos)
+    assert stats["preempted"] > 0

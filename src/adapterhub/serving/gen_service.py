@@ -113,7 +113,8 @@ class GenerationRun:
 
 class GenerationService:
     """One ``GenerationEngine`` over ``model`` (a causal LM that ``adapterhub.init`` was applied to); stop ids: the
-    model's eos ids and the tokenizer's. ``max_waiting``: sequences waiting for admission before 429."""
+    model's eos ids and the tokenizer's. ``max_waiting``: sequences waiting for admission before 429;
+    ``prefill_chunk`` / ``max_cache_tokens`` / ``preempt``: the engine's (``GenerationEngine``)."""
 
     def __init__(
         self,
@@ -124,6 +125,9 @@ class GenerationService:
         max_batch_tokens: int,
         max_waiting: int,
         max_length: int | None,
+        prefill_chunk: int | None = None,
+        max_cache_tokens: int | None = None,
+        preempt: bool = False,
     ) -> None:
         stops = set(GenerationEngine.default_stop_ids(model))
         eos = getattr(tokenizer, "eos_token_id", None)
@@ -133,6 +137,9 @@ class GenerationService:
             model,
             max_num_seqs=max_num_seqs,
             max_batch_tokens=max_batch_tokens,
+            prefill_chunk=prefill_chunk,
+            max_cache_tokens=max_cache_tokens,
+            preempt=preempt,
             stop_ids=sorted(stops),
             tokenizer=tokenizer,
         )
