@@ -101,3 +101,28 @@ def test_a_prompt_longer_than_max_batch_tokens_needs_chunks(llama, prompts):
     ):
         with pytest.raises(ConfigError, match=match):
             GenerationEngine(llama, max_num_seqs=2, max_batch_tokens=8, **bad)
+
+
+def test_cancel_mid_prefill_frees_the_cache_and_leaves_the_others_unchanged(llama, prompts):
+    engine = GenerationEngine(llama, max_num_seqs=4, prefill_chunk=4)
+    keep = engine.submit(prompts[1], adapter="b", max_new_tokens=NEW)
+    gone = engine.submit(prompts[0], adapter="a", max_new_tokens=NEW)  # 29 tokens: 8 chunks
+    for _ in range(3):
+        engine.step()
+    assert gone.status == "running" and gone._seq.kv.length == 12 and gone.tokens == []
+    gone.cancel()
+    assert gone.status == "cancelled" and gone.result() == []
+    assert engine.stats()["cache_tokens"] == len(prompts[1]) + 2  # only the other one's cache is left
+    assert keep.result() == reference(llama, prompts[1], "b")
+    assert engine.stats()["reserved_tokens"] == 0
+
+
+def test_seeded_sampling_and_logprobs_are_the_same_chunked_or_not(llama, prompts):
+    kw = {"temperature": 0.8, "top_p": 0.9, "seed": 5, "logprobs": True}
+    done = []
+    for options in ({}, {"prefill_chunk": 3, "max_batch_tokens": 8}):
+        engine = GenerationEngine(llama, max_num_seqs=4, **options)
+        done.append(engine.complete(prompts[:3], adapters=list(ADAPTERS[:3]), max_new_tokens=NEW, **kw))
+    for whole, chunked in zip(*done, strict=True):
+        assert chunked.ids == whole.ids
+        torch.testing.assert_close(chunked.logprobs, whole.logprobs)

@@ -66,7 +66,9 @@ def run(engine: GenerationEngine, prompts: list[list[int]], budget: int | None =
     return [h.result() for h in handles]
 
 
-@pytest.mark.parametrize(("budget", "block", "chunk"), [(48, 8, None), (40, 4, None), (36, 4, 3), (24, 1, 2)])
+@pytest.mark.parametrize(
+    ("budget", "block", "chunk"), [(28, 4, None), (40, 4, None), (36, 4, 3), (24, 1, 2), (30, 2, 4)]
+)
 def test_preempted_sequences_are_recomputed_with_the_same_tokens(llama, prompts, budget, block, chunk):
     roomy = run(GenerationEngine(llama, max_num_seqs=8, stop_ids=[]), prompts)
     engine = GenerationEngine(
@@ -118,17 +120,25 @@ def test_a_request_that_cannot_fit_the_budget_alone_is_refused(llama, prompts):
 
 
 def test_serve_model_options_reach_the_engine_and_keep_the_tokens(tiny_gpt2_dir):
-    """``--prefill-chunk`` / ``--max-cache-tokens`` / ``--preempt`` reach the served generation engine; the completions
+    """``--prefill-chunk`` / ``--max-cache-tokens`` / ``--preempt`` / ``--cache-block`` reach the served generation engine; the completions
     of concurrent requests through the HTTP app equal those of the default engine."""
     from adapterhub.cli import build_parser
     from adapterhub.serving.cli import config_from_args
 
     directory, adapter = tiny_gpt2_dir
     argv = ["serve-model", "--model", str(directory), "--adapter", f"lm={adapter}", "--prefill-chunk", "2"]
-    _, config = config_from_args(build_parser().parse_args([*argv, "--max-cache-tokens", "24", "--preempt"]))
-    assert (config.prefill_chunk, config.max_cache_tokens, config.preempt) == (2, 24, True)
+    flags = ["--max-cache-tokens", "24", "--preempt", "--cache-block", "4"]
+    _, config = config_from_args(build_parser().parse_args([*argv, *flags]))
+    assert (config.prefill_chunk, config.max_cache_tokens, config.preempt, config.cache_block) == (
+        2,
+        24,
+        True,
+        4,
+    )
     _, default = config_from_args(build_parser().parse_args(argv[:5]))
-    assert (default.prefill_chunk, default.max_cache_tokens, default.preempt) == (None, None, False)
+    assert (default.prefill_chunk, default.max_cache_tokens, default.preempt, default.cache_block) == (
+        None, None, False, 16,
+    )  # fmt: skip
     with pytest.raises(ConfigError, match="prefill_chunk must be a positive integer"):
         EngineConfig(prefill_chunk=0)
     bodies = [
@@ -147,7 +157,7 @@ def test_serve_model_options_reach_the_engine_and_keep_the_tokens(tiny_gpt2_dir)
         assert engine.generation is not None
         return [r.json()["choices"][0]["text"] for r in replies], engine.generation.engine.stats()
 
-    tight = EngineConfig(max_wait_ms=1, prefill_chunk=2, max_cache_tokens=40, preempt=True)
+    tight = EngineConfig(max_wait_ms=1, prefill_chunk=2, max_cache_tokens=40, preempt=True, cache_block=4)
     (expected, _), (texts, stats) = (
         asyncio.run(answers(EngineConfig(max_wait_ms=1))),
         asyncio.run(answers(tight)),

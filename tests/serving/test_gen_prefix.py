@@ -122,7 +122,7 @@ def prompt_reference(model: Any, prompt: list[int], adapter: Any) -> list[int]:
     [
         {},
         {"prefill_chunk": 3, "max_batch_tokens": 12},
-        {"preempt": True, "max_cache_tokens": 48, "cache_block": 4},
+        {"preempt": True, "max_cache_tokens": 32, "cache_block": 4},
     ],
     ids=["plain", "chunked", "preempted"],
 )

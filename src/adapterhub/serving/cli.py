@@ -83,6 +83,9 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="hold the cache used (blocks) and preempt the newest sequence when it is full (recomputed later)",
     )
+    parser.add_argument(
+        "--cache-block", type=int, default=16, help="cache tokens per block with --preempt (default 16)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--token", default=None, help="bearer token needed to add or delete adapters")
@@ -121,6 +124,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         prefill_chunk=args.prefill_chunk,
         max_cache_tokens=args.max_cache_tokens,
         preempt=args.preempt,
+        cache_block=args.cache_block,
     )
     return adapters, config
 

@@ -88,9 +88,17 @@ class EngineConfig:
     prefill_chunk: int | None = None
     max_cache_tokens: int | None = None
     preempt: bool = False
+    cache_block: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("max_loaded", "max_batch_rows", "max_queue_rows", "max_num_seqs", "max_batch_tokens"):
+        for name in (
+            "max_loaded",
+            "max_batch_rows",
+            "max_queue_rows",
+            "max_num_seqs",
+            "max_batch_tokens",
+            "cache_block",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
@@ -166,6 +174,7 @@ class ServingEngine:
                 max_batch_tokens=self.config.max_batch_tokens, max_waiting=self.config.max_queue_rows,
                 max_length=self.config.max_length, prefill_chunk=self.config.prefill_chunk,
                 max_cache_tokens=self.config.max_cache_tokens, preempt=self.config.preempt,
+                cache_block=self.config.cache_block,
             )  # fmt: skip
             self._model_thread.guard = self.generation.engine.exclusive
         self._adapter_tokenizers: dict[tuple[str, str, str | None], Any] = {}

@@ -7,7 +7,8 @@ after the step. ``fit_cache`` makes the sum fit the capacity by, newest sequence
 a prefill chunk (down to one token), else preempting it (the caller frees its cache and re-queues it; it is
 recomputed later from its prompt and the tokens it already has, so its output is unchanged: greedy rows are
 deterministic and a sampled row's generator is only drawn from when a token is picked). The oldest sequence always
-runs, so every step makes progress and no request waits forever.
+runs, so every step makes progress and no request waits forever. Admission (``gen_scheduler``) leaves one free
+block per running sequence (a watermark), so that a sequence just admitted is rarely the one preempted next step.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ new tokens in the step (without ``prefill_chunk`` a prompt is fed whole, so it m
 
 Two cache budgets (``max_cache_tokens``): by default a request reserves prompt + max new tokens when admitted and
 waits until that fits, so a running sequence never runs out of room. With ``preempt``, sequences hold the cache
-they use, in blocks of ``cache_block`` tokens (``gen_preempt``): a request is admitted when its first feed fits,
-and when the running sequences' next feeds do not fit, the newest running sequence is preempted (its cache freed,
+they use, in blocks of ``cache_block`` tokens (``gen_preempt``): a request is admitted when its first feed fits
+with one free block per running sequence left (a watermark, so that it is not preempted at once; alone, when it
+fits), and when the running sequences' next feeds do not fit, the newest running sequence is preempted (its cache freed,
 back to the head of the queue, its turn first) and recomputed later from its history; its tokens are unchanged.
 
 Admission is fair between adapters: every adapter (the base model alone and each composition count as one) has
@@ -179,7 +180,9 @@ class Scheduler:
             if want < 1 or want > left:
                 break
             if self.preempt:
-                if held_after(self.running, self.cache_block, (seq, want)) > self.budget.capacity:
+                # watermark: one free block per running sequence (the new one too) left to grow into
+                room = self.cache_block * (len(self.running) + 1) if self.running else 0
+                if held_after(self.running, self.cache_block, (seq, want)) + room > self.budget.capacity:
                     break
             elif not self.budget.fits(seq.reservation):
                 break

@@ -114,7 +114,7 @@ class GenerationRun:
 class GenerationService:
     """One ``GenerationEngine`` over ``model`` (a causal LM that ``adapterhub.init`` was applied to); stop ids: the
     model's eos ids and the tokenizer's. ``max_waiting``: sequences waiting for admission before 429;
-    ``prefill_chunk`` / ``max_cache_tokens`` / ``preempt``: the engine's (``GenerationEngine``)."""
+    ``prefill_chunk`` / ``max_cache_tokens`` / ``preempt`` / ``cache_block``: the engine's (``GenerationEngine``)."""
 
     def __init__(
         self,
@@ -128,6 +128,7 @@ class GenerationService:
         prefill_chunk: int | None = None,
         max_cache_tokens: int | None = None,
         preempt: bool = False,
+        cache_block: int = 16,
     ) -> None:
         stops = set(GenerationEngine.default_stop_ids(model))
         eos = getattr(tokenizer, "eos_token_id", None)
@@ -140,6 +141,7 @@ class GenerationService:
             prefill_chunk=prefill_chunk,
             max_cache_tokens=max_cache_tokens,
             preempt=preempt,
+            cache_block=cache_block,
             stop_ids=sorted(stops),
             tokenizer=tokenizer,
         )
