@@ -190,3 +190,41 @@ def test_openai_completions_route_takes_presence_and_frequency_penalties(tiny_gp
     assert plain.json()["choices"][0]["text"] == texts[1]
     for refused in (too_big, zero):  # out of range: a 400 in OpenAI's error shape
         assert refused.status_code == 400 and refused.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_project_generate_route_takes_repetition_penalty(tiny_gpt2_dir):
+    directory, adapter = tiny_gpt2_dir
+    engine = ServingEngine.from_pretrained(
+        str(directory), adapters={"lm": str(adapter)}, config=EngineConfig(max_wait_ms=1)
+    )
+    app = create_app(engine)
+    body = {"adapter": "lm", "inputs": ["the movie was"], "max_new_tokens": NEW, "repetition_penalty": 8.0}
+
+    async def main() -> list[httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+                return [
+                    await client.post("/v1/generate", json=body),
+                    await client.post("/v1/generate", json={**body, "repetition_penalty": 1.0}),
+                    await client.post("/v1/generate", json={**body, "frequency_penalty": -3}),
+                ]
+
+    penalized, plain, bad = asyncio.run(main())
+    assert penalized.status_code == 200, penalized.text
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
+    model = adapterhub.init(transformers.AutoModel.from_pretrained(str(directory)).eval())
+    model.load_adapter(adapter, set_active=True)
+    enc = tokenizer("the movie was", return_tensors="pt")
+    expected = []
+    for penalty in (8.0, 1.0):
+        with torch.no_grad():
+            out = model.generate(
+                **enc, max_new_tokens=NEW, do_sample=False, pad_token_id=0, eos_token_id=2,
+                repetition_penalty=penalty,
+            )  # fmt: skip
+        expected.append(out[0, enc["input_ids"].shape[1] :].tolist())
+    assert expected[0] != expected[1]
+    assert penalized.json()["token_ids"] == [expected[0]]
+    assert plain.json()["token_ids"] == [expected[1]]
+    assert bad.status_code == 422  # the project's routes keep their 422

@@ -519,7 +519,7 @@ class ServingEngine:
         **sampling: Any,
     ) -> dict[str, Any]:
         """Continue each prompt (greedy unless ``sampling`` says otherwise: ``temperature``, ``top_k``, ``top_p``,
-        ``seed``, ``stop``); the requests of all clients decode together in the generation engine."""
+        ``seed``, ``stop``, ``repetition_penalty``, ``presence_penalty``, ``frequency_penalty``); the requests of all clients decode together in the generation engine."""
         ids = self.encode_prompts(prompts, max_new_tokens=max_new_tokens, truncate=truncate)
         run = await self.open_generation(ids, adapter=adapter, max_new_tokens=max_new_tokens, **sampling)
         done = await run.completions()
