@@ -5,12 +5,15 @@
 once; ``result()`` waits for all of them). ``engine.generate(prompts, adapters=[...], max_new_tokens=...)`` submits
 many and blocks for their new token ids. ``None`` as an adapter is the base model alone.
 
-Each ``step()`` is one iteration: the scheduler (``gen_scheduler``) picks every running sequence (one new token)
-and admits waiting ones (their prompt; round robin between adapters), the rows are ordered adapter by adapter (rows with no adapter last) and the
-model runs ONE forward pass for all of them under ``BatchSplit(a, b, ..., None, batch_sizes=...)`` as a per-call
+Each ``step()`` is one iteration: the scheduler (``gen_scheduler``) picks every running sequence (one new token,
+or the next chunk of its prompt with ``prefill_chunk``) and admits waiting ones (their prompt or its first chunk;
+round robin between adapters; with ``preempt`` it may first preempt the newest, ``gen_preempt``), the rows are
+ordered adapter by adapter (rows with no adapter last; prompt-tuning rows run as the base with their soft prompt
+given as embeddings, ``gen_prompt``) and the model runs ONE forward pass for all of them under ``BatchSplit(a, b, ..., None, batch_sizes=...)`` as a per-call
 setup: prefill and decode are fused in that one pass, whatever the mix of adapters. Alike adapters (LoRA of equal
 rank) run as one grouped computation at every point (``batch_split_grouped``). Each row's new keys and values go
-back into its own cache (``kv_cache``) and its next token comes from its own last-position logits: the argmax
+back into its own cache (``kv_cache``) and, unless it fed a prompt chunk that leaves more to prefill, its next
+token comes from its own last-position logits: the argmax
 (greedy, the default) or a draw with its own generator after temperature / top-k / top-p (``sampling``), after
 its own repetition / presence / frequency penalties (``gen_penalties``), so a
 seeded request gets the same tokens whatever else is in the batch. ``stop`` strings end a request on its decoded
