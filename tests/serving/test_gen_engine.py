@@ -30,7 +30,7 @@ def llama() -> Any:
     for i, name in enumerate(("a", "b", "c")):
         model.add_adapter(name, "lora")
         perturb(model._store.adapters[name], std=0.2, seed=10 + i)
-    model.add_adapter("prefix", "prefix_tuning")
+    model.add_adapter("loha", "loha")
     return model
 
 
@@ -100,7 +100,13 @@ def test_base_rows_arriving_at_different_steps_equal_generate(llama, prompts):
     handles = run_staggered(engine, plan)
     for handle, (_, prompt, _) in zip(handles, plan, strict=True):
         assert handle.result() == reference(llama, prompt, None)
-    assert engine.stats() == {"waiting": 0, "running": 0, "cache_tokens": 0, "reserved_tokens": 0}
+    assert engine.stats() == {
+        "waiting": 0,
+        "running": 0,
+        "cache_tokens": 0,
+        "reserved_tokens": 0,
+        "preempted": 0,
+    }
 
 
 def test_mixed_lora_adapters_and_base_rows_equal_generate_alone(llama, prompts):
@@ -210,8 +216,10 @@ def test_clear_errors_at_submit(llama, prompts):
     engine = GenerationEngine(llama, max_num_seqs=2, max_batch_tokens=10)
     with pytest.raises(AdapterNotFoundError, match=r"'aa'.*did you mean"):
         engine.submit(prompts[0], adapter="aa")
-    with pytest.raises(ConfigError, match=r"prefix_tuning adapter.*bottleneck, dora, ia3, lora"):
-        engine.submit(prompts[0], adapter="prefix")
+    with pytest.raises(
+        ConfigError, match=r"loha adapter.*bottleneck, dora, ia3, lora, prefix_tuning, prompt_tuning"
+    ):
+        engine.submit(prompts[0], adapter="loha")
     with pytest.raises(ConfigError, match="empty"):
         engine.submit([])
     for bad in (0, -1):
@@ -332,7 +340,13 @@ def test_an_adapter_removed_mid_request_fails_that_request_only(prompts):
     assert lost.status == "failed" and len(lost.tokens) == 1
     assert keep.result() == reference(model, prompts[0], "a")
     assert base.result() == reference(model, prompts[2], None)
-    assert engine.stats() == {"waiting": 0, "running": 0, "cache_tokens": 0, "reserved_tokens": 0}
+    assert engine.stats() == {
+        "waiting": 0,
+        "running": 0,
+        "cache_tokens": 0,
+        "reserved_tokens": 0,
+        "preempted": 0,
+    }
 
 
 def test_async_iteration_streams_the_same_tokens(llama, prompts):

@@ -187,7 +187,7 @@ def test_a_stream_closed_early_frees_its_sequences(tiny_gpt2_dir):
     whole, stats, pins = asyncio.run(main())
     assert whole["finish_reasons"] == ["length", "length"]  # left alone, both would run 20 steps
     assert ended == ["cancelled", "cancelled"]
-    assert stats == {"waiting": 0, "running": 0, "cache_tokens": 0, "reserved_tokens": 0}
+    assert stats == {"waiting": 0, "running": 0, "cache_tokens": 0, "reserved_tokens": 0, "preempted": 0}
     assert not any(pins.values())
 
 

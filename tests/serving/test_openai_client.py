@@ -198,7 +198,7 @@ def test_a_client_that_goes_away_frees_its_sequence(server, client, monkeypatch)
             break
         time.sleep(0.01)
     assert ended == ["cancelled"]
-    assert stats == {"waiting": 0, "running": 0, "cache_tokens": 0, "reserved_tokens": 0}
+    assert stats == {"waiting": 0, "running": 0, "cache_tokens": 0, "reserved_tokens": 0, "preempted": 0}
 
 
 def test_an_adapter_with_its_own_tokenizer_uses_its_chat_template(client, server, chat_llama, tmp_path):

@@ -75,6 +75,9 @@ class GenerateBody(_Body):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, lt=2**63)
     stop: list[str] | None = None
+    repetition_penalty: float = Field(1.0, gt=0.0, description="transformers' definition (1: off)")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI's definition (0: off)")
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI's definition (0: off)")
     truncate: bool = False
 
 
@@ -188,6 +191,9 @@ def create_app(
             top_p=body.top_p,
             seed=body.seed,
             stop=body.stop,
+            repetition_penalty=body.repetition_penalty,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
             truncate=body.truncate,
         )
 

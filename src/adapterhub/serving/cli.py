@@ -66,6 +66,26 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-batch-tokens", type=int, default=2048, help="new tokens per generation step (default 2048)"
     )
+    parser.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=None,
+        help="prefill long prompts this many tokens per step while others decode (default: whole prompts)",
+    )
+    parser.add_argument(
+        "--max-cache-tokens",
+        type=int,
+        default=None,
+        help="KV cache tokens of all sequences (default: max-num-seqs x the model's context)",
+    )
+    parser.add_argument(
+        "--preempt",
+        action="store_true",
+        help="hold the cache used (blocks) and preempt the newest sequence when it is full (recomputed later)",
+    )
+    parser.add_argument(
+        "--cache-block", type=int, default=16, help="cache tokens per block with --preempt (default 16)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--token", default=None, help="bearer token needed to add or delete adapters")
@@ -101,6 +121,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         hub_url=args.hub_url,
         max_num_seqs=args.max_num_seqs,
         max_batch_tokens=args.max_batch_tokens,
+        prefill_chunk=args.prefill_chunk,
+        max_cache_tokens=args.max_cache_tokens,
+        preempt=args.preempt,
+        cache_block=args.cache_block,
     )
     return adapters, config
 

@@ -4,7 +4,7 @@ A composition names a setup of served adapters (``Stack(a, b)``, ``Average(a, b)
 parser, ``setups.parse_request_setup``); OpenAI requests pick it with ``model`` as they pick an adapter. The
 generation engine runs each sequence's setup on its own rows inside the step's ``BatchSplit``, so a composition
 decodes in the same batches as plain adapters. Per row it mixes adapter names and ``Stack`` / ``Average`` of them
-(``GENERATION_BLOCKS``) over adapters of the methods it runs per row (``gen_engine.MIXABLE_METHODS``); ``Fuse``,
+(``GENERATION_BLOCKS``) over adapters of the methods it runs per row (``gen_checks.MIXABLE_METHODS``); ``Fuse``,
 ``Split``, ``Parallel`` and ``BatchSplit`` are refused when the composition is registered (``ConfigError``: 400)
 with that list. A composition is generated with the model's LM head, or with its last adapter's causal-LM head
 when that adapter was saved with one.

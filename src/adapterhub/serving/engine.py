@@ -74,7 +74,9 @@ class EngineConfig:
     the first request of a pass waits for others; ``max_queue_rows``: rows waiting before 429; ``max_length``:
     tokens per row (None: the model's limit); ``hub_url``: the hub for hub identifiers (None: the client's
     default); ``max_num_seqs`` / ``max_batch_tokens``: sequences decoding together and new tokens per step of the
-    generation engine (decoders only; ``max_queue_rows`` also bounds its waiting sequences)."""
+    generation engine (decoders only; ``max_queue_rows`` also bounds its waiting sequences); ``prefill_chunk``,
+    ``max_cache_tokens``, ``preempt``: the generation engine's chunked prefill, cache budget and preemption (None /
+    False: its defaults; see ``GenerationEngine``)."""
 
     max_loaded: int = 8
     max_batch_rows: int = 64
@@ -84,16 +86,31 @@ class EngineConfig:
     hub_url: str | None = None
     max_num_seqs: int = 16
     max_batch_tokens: int = 2048
+    prefill_chunk: int | None = None
+    max_cache_tokens: int | None = None
+    preempt: bool = False
+    cache_block: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("max_loaded", "max_batch_rows", "max_queue_rows", "max_num_seqs", "max_batch_tokens"):
+        for name in (
+            "max_loaded",
+            "max_batch_rows",
+            "max_queue_rows",
+            "max_num_seqs",
+            "max_batch_tokens",
+            "cache_block",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
         if not isinstance(self.max_wait_ms, (int, float)) or self.max_wait_ms < 0:
             raise ConfigError(f"max_wait_ms must be a number >= 0, got {self.max_wait_ms!r}.")
-        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):
-            raise ConfigError(f"max_length must be a positive integer or None, got {self.max_length!r}.")
+        for name in ("max_length", "prefill_chunk", "max_cache_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}.")
+        if not isinstance(self.preempt, bool):
+            raise ConfigError(f"preempt must be True or False, got {self.preempt!r}.")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EngineConfig:
@@ -157,6 +174,9 @@ class ServingEngine:
                 self.model, tokenizer, max_num_seqs=self.config.max_num_seqs,
                 max_batch_tokens=self.config.max_batch_tokens, max_waiting=self.config.max_queue_rows,
                 max_length=self.config.max_length, metrics=self.metrics.generation,
+                prefill_chunk=self.config.prefill_chunk,
+                max_cache_tokens=self.config.max_cache_tokens, preempt=self.config.preempt,
+                cache_block=self.config.cache_block,
             )  # fmt: skip
             self._model_thread.guard = self.generation.engine.exclusive
         self._adapter_tokenizers: dict[tuple[str, str, str | None], Any] = {}
@@ -503,7 +523,7 @@ class ServingEngine:
         **sampling: Any,
     ) -> dict[str, Any]:
         """Continue each prompt (greedy unless ``sampling`` says otherwise: ``temperature``, ``top_k``, ``top_p``,
-        ``seed``, ``stop``); the requests of all clients decode together in the generation engine."""
+        ``seed``, ``stop``, ``repetition_penalty``, ``presence_penalty``, ``frequency_penalty``); the requests of all clients decode together in the generation engine."""
         ids = self.encode_prompts(prompts, max_new_tokens=max_new_tokens, truncate=truncate)
         run = await self.open_generation(ids, adapter=adapter, max_new_tokens=max_new_tokens, **sampling)
         done = await run.completions()

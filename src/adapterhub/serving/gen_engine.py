@@ -5,13 +5,17 @@
 once; ``result()`` waits for all of them). ``engine.generate(prompts, adapters=[...], max_new_tokens=...)`` submits
 many and blocks for their new token ids. ``None`` as an adapter is the base model alone.
 
-Each ``step()`` is one iteration: the scheduler (``gen_scheduler``) picks every running sequence (one new token)
-and admits waiting ones (their prompt; round robin between adapters), the rows are ordered adapter by adapter (rows with no adapter last) and the
-model runs ONE forward pass for all of them under ``BatchSplit(a, b, ..., None, batch_sizes=...)`` as a per-call
+Each ``step()`` is one iteration: the scheduler (``gen_scheduler``) picks every running sequence (one new token,
+or the next chunk of its prompt with ``prefill_chunk``) and admits waiting ones (their prompt or its first chunk;
+round robin between adapters; with ``preempt`` it may first preempt the newest, ``gen_preempt``), the rows are
+ordered adapter by adapter (rows with no adapter last; prompt-tuning rows run as the base with their soft prompt
+given as embeddings, ``gen_prompt``) and the model runs ONE forward pass for all of them under ``BatchSplit(a, b, ..., None, batch_sizes=...)`` as a per-call
 setup: prefill and decode are fused in that one pass, whatever the mix of adapters. Alike adapters (LoRA of equal
 rank) run as one grouped computation at every point (``batch_split_grouped``). Each row's new keys and values go
-back into its own cache (``kv_cache``) and its next token comes from its own last-position logits: the argmax
-(greedy, the default) or a draw with its own generator after temperature / top-k / top-p (``sampling``), so a
+back into its own cache (``kv_cache``) and, unless it fed a prompt chunk that leaves more to prefill, its next
+token comes from its own last-position logits: the argmax
+(greedy, the default) or a draw with its own generator after temperature / top-k / top-p (``sampling``), after
+its own repetition / presence / frequency penalties (``gen_penalties``), so a
 seeded request gets the same tokens whatever else is in the batch. ``stop`` strings end a request on its decoded
 text (the tokens that may begin one are held back from the stream until they are known not to); ``n`` gives
 independent sequences of one prompt (``submit_choices``; seeds ``seed, seed + 1, ...``); ``logprobs`` keeps each
@@ -32,9 +36,20 @@ from typing import Any
 
 import torch
 
-from adapterhub.errors import AdapterNotFoundError, ConfigError, UnsupportedArchitectureError, did_you_mean
+from adapterhub.errors import AdapterNotFoundError, ConfigError
+from adapterhub.serving.gen_checks import (
+    check_adapter,
+    check_lengths,
+    check_model,
+    check_options,
+    check_prompt,
+    check_tokenizer,
+    default_stops,
+)
 from adapterhub.serving.gen_handle import Completion, GenerationHandle
 from adapterhub.serving.gen_heads import check_head, last_hidden, with_heads
+from adapterhub.serving.gen_penalties import apply_penalties
+from adapterhub.serving.gen_prompt import soft_prompt, step_inputs
 from adapterhub.serving.gen_scheduler import (
     CANCELLED,
     FAILED,
@@ -44,29 +59,34 @@ from adapterhub.serving.gen_scheduler import (
 )
 from adapterhub.serving.kv_cache import build_step
 from adapterhub.serving.sampling import RowSampler, SamplingParams, StopStrings, check_n, seeds_for
-from adapterhub.spec.composition import Average, BatchSplit, Setup, Stack, setup_names
-
-# methods whose adapters the engine runs per row (tested token-identical to generate() with the adapter alone)
-MIXABLE_METHODS = frozenset({"lora", "dora", "ia3", "bottleneck"})
+from adapterhub.spec.composition import BatchSplit, Setup, setup_names
 
 
 @dataclass(frozen=True)
 class StepInfo:
-    """What one step ran: ``prefill`` / ``decode`` rows, ``new_tokens`` fed, and the per-call ``setup``."""
+    """What one step ran: ``prefill`` rows (a prompt, a chunk of one or a recompute) / ``decode`` rows (their last
+    new token), ``new_tokens`` fed, the per-call ``setup``, and ``chunks``: prefill rows whose prompt is not done
+    after this step (they pick no token)."""
 
     prefill: int
     decode: int
     new_tokens: int
     setup: Setup | None
+    chunks: int = 0
 
 
 class GenerationEngine:
     """Continuous batching for a causal LM that ``adapterhub.init`` was applied to, one adapter (or none) per
-    sequence. ``max_num_seqs``: sequences decoding together; ``max_batch_tokens``: new tokens per step (a prompt is
-    prefilled whole, so it may not be longer); ``max_cache_tokens``: cache tokens of all sequences together (each
-    reserves prompt + max_new_tokens when admitted; default ``max_num_seqs`` x the model's context length);
-    ``stop_ids``: default stop token ids (default: the model's ``eos_token_id``); ``tokenizer``: decodes the new
-    tokens of requests with ``stop`` strings (a request may bring its own)."""
+    sequence. ``max_num_seqs``: sequences decoding together; ``max_batch_tokens``: new tokens per step (without
+    ``prefill_chunk`` a prompt is prefilled whole, so it may not be longer); ``prefill_chunk``: prefill a prompt in
+    chunks of at most this many tokens, one chunk per step, while the other sequences keep decoding in the same
+    steps (None: whole); ``max_cache_tokens``: cache tokens of all sequences together (default ``max_num_seqs`` x
+    the model's context length); by default each request reserves prompt + max_new_tokens when admitted; with
+    ``preempt``, sequences hold the cache they fill, in blocks of ``cache_block`` tokens, and when the budget is
+    exhausted the newest running sequence is preempted (cache freed, re-queued first, recomputed later; its tokens
+    are unchanged; counted in ``stats()["preempted"]``); ``stop_ids``: default stop token ids (default: the model's
+    ``eos_token_id``); ``tokenizer``: decodes the new tokens of requests with ``stop`` strings (a request may bring
+    its own). The scheduling is ``gen_scheduler``'s."""
 
     def __init__(
         self,
@@ -77,17 +97,13 @@ class GenerationEngine:
         max_cache_tokens: int | None = None,
         stop_ids: Iterable[int] | None = None,
         tokenizer: Any = None,
+        prefill_chunk: int | None = None,
+        preempt: bool = False,
+        cache_block: int = 16,
     ) -> None:
-        _check_model(model)
-        _check_tokenizer(tokenizer)
-        for name, value in (("max_num_seqs", max_num_seqs), ("max_batch_tokens", max_batch_tokens)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-        if max_batch_tokens < max_num_seqs:
-            raise ConfigError(
-                f"max_batch_tokens ({max_batch_tokens}) must be at least max_num_seqs ({max_num_seqs}): every "
-                "running sequence feeds one token per step."
-            )
+        check_model(model)
+        check_tokenizer(tokenizer)
+        check_options(max_num_seqs, max_batch_tokens, prefill_chunk, preempt, cache_block)
         config = model.config
         self.context = int(getattr(config, "max_position_embeddings", 0) or 0) or None
         # a step spans at most twice the longest reservation in cache slots: within the window, no key is cut
@@ -102,8 +118,10 @@ class GenerationEngine:
         self.device = next(model.parameters()).device
         self.vocab_size = int(config.vocab_size)
         self.pad_id = int(getattr(config, "pad_token_id", None) or 0)
-        self.stop_ids = frozenset(_default_stops(model) if stop_ids is None else (int(s) for s in stop_ids))
-        self._scheduler = Scheduler(max_num_seqs, max_batch_tokens, max_cache_tokens)
+        self.stop_ids = frozenset(default_stops(model) if stop_ids is None else (int(s) for s in stop_ids))
+        self._scheduler = Scheduler(
+            max_num_seqs, max_batch_tokens, max_cache_tokens, prefill_chunk, preempt, cache_block
+        )
         self._lock = threading.Lock()  # the scheduler's state
         self._step_lock = threading.Lock()  # one step at a time
         self._wake = threading.Event()
@@ -125,7 +143,8 @@ class GenerationEngine:
     ) -> GenerationHandle:
         """Queue one request (it joins the running batch at the next step) and return its handle. ``adapter``: a
         name, ``Stack`` / ``Average`` of names (run on this sequence's rows alone) or None. ``sampling``:
-        ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop``, ``logprobs`` (``SamplingParams``); ``tokenizer``
+        ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop``, ``logprobs``, ``repetition_penalty``,
+        ``presence_penalty``, ``frequency_penalty`` (``SamplingParams``); ``tokenizer``
         decodes for ``stop`` strings (default: the engine's); ``head``: a causal-LM head (``model.add_causal_lm_head``, e.g.
         one detached from a loaded adapter) that gives this sequence's logits from the last hidden state instead of
         the model's LM head. Every check happens here: a request that is accepted
@@ -172,7 +191,7 @@ class GenerationEngine:
     @staticmethod
     def default_stop_ids(model: Any) -> list[int]:
         """The model's eos token ids (its generation config's, else its config's)."""
-        return _default_stops(model)
+        return default_stops(model)
 
     def generate(
         self,
@@ -244,43 +263,25 @@ class GenerationEngine:
         """Check one request and build its ``n`` sequences (not queued)."""
         if self._closing:
             raise ConfigError("This GenerationEngine is closed; create a new one.")
-        prompt = _check_prompt(prompt_ids, self.vocab_size)
+        prompt = check_prompt(prompt_ids, self.vocab_size)
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
-        self._check_adapter(adapter)
+        check_adapter(self.model, adapter)
         check_head(head)
         params = SamplingParams.from_kwargs(dict(sampling))
         n = check_n(n)
-        _check_tokenizer(tokenizer)
+        check_tokenizer(tokenizer)
         tokenizer = self.tokenizer if tokenizer is None else tokenizer
         if params.stop and tokenizer is None:
             raise ConfigError(
                 f"stop strings {list(params.stop)} need a tokenizer to decode the new tokens: pass tokenizer= to "
                 "GenerationEngine(...) or to this request, or use stop_ids."
             )
-        scheduler = self._scheduler
-        if len(prompt) > scheduler.max_batch_tokens:
-            raise ConfigError(
-                f"The prompt has {len(prompt)} tokens, more than max_batch_tokens={scheduler.max_batch_tokens} (a "
-                "prompt is prefilled in one step). Raise max_batch_tokens or shorten the prompt."
-            )
-        need = len(prompt) + max_new_tokens
-        if self.context is not None and need > self.context:
-            raise ConfigError(
-                f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) = {need} tokens exceed the model's "
-                f"context of {self.context}; lower max_new_tokens or shorten the prompt."
-            )
-        if self.window is not None and 2 * need > self.window:
-            raise ConfigError(
-                f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) = {need} tokens; this model's "
-                f"sliding-window attention (window {self.window}) is kept exact by the engine up to "
-                f"{self.window // 2} tokens per request. Lower max_new_tokens or shorten the prompt."
-            )
-        if need > scheduler.budget.capacity:
-            raise ConfigError(
-                f"The request needs {need} cache tokens, more than max_cache_tokens={scheduler.budget.capacity}; "
-                "lower max_new_tokens or raise max_cache_tokens."
-            )
+        soft = soft_prompt(self.model, adapter)
+        lead = (
+            0 if soft is None else int(soft.shape[0])
+        )  # prompt tuning: soft positions in front (gen_prompt)
+        check_lengths(lead + len(prompt), max_new_tokens, self._scheduler, self.context, self.window)
         stops = self.stop_ids if stop_ids is None else frozenset(int(s) for s in stop_ids)
         return [
             SequenceState(
@@ -291,6 +292,7 @@ class GenerationEngine:
                 sampler=RowSampler(params, seed, self.device),
                 stop_strings=StopStrings(params.stop, tokenizer) if params.stop else None,
                 head=head,
+                lead=lead,
             )
             for seed in seeds_for(params, n)
         ]
@@ -338,14 +340,16 @@ class GenerationEngine:
             yield
 
     def stats(self) -> dict[str, int]:
-        """``waiting`` / ``running`` sequences, ``cache_tokens`` stored, ``reserved_tokens`` of the budget."""
+        """``waiting`` / ``running`` sequences, ``cache_tokens`` stored, ``reserved_tokens`` of the budget (with
+        ``preempt``: the blocks held), ``preempted``: preemptions so far."""
         with self._lock:
             s = self._scheduler
             return {
                 "waiting": s.waiting_count(),
                 "running": len(s.running),
                 "cache_tokens": s.cache_tokens_in_use(),
-                "reserved_tokens": s.budget.used,
+                "reserved_tokens": s.reserved_tokens(),
+                "preempted": s.preempted,
             }
 
     # ------------------------------------------------------------------ one iteration
@@ -354,11 +358,13 @@ class GenerationEngine:
         when there is nothing to run."""
         with self._step_lock:
             with self._lock:
-                decoding, admitted = self._scheduler.plan()
-                self._drop_removed_adapters([*decoding, *admitted])
-                rows, setup = _order_rows([*decoding, *admitted])
+                running, admitted = self._scheduler.plan()
+                self._drop_removed_adapters([*running, *admitted])
+                rows, setup = _order_rows([*running, *admitted])
                 if not rows:
                     return None
+                samples = [seq.samples for seq in rows]  # False: a prefill chunk, no token this step
+                decode = sum(seq.decoding for seq in rows)
                 batch = build_step(
                     [s.kv for s in rows],  # type: ignore[misc]
                     [s.next_ids() for s in rows],
@@ -372,7 +378,7 @@ class GenerationEngine:
                     last_hidden(self.model, rows) as hidden,
                 ):
                     output = self.model(
-                        input_ids=batch.input_ids,
+                        **step_inputs(self.model, rows, batch.input_ids, batch.new_tokens),
                         attention_mask=batch.attention_mask,
                         position_ids=batch.position_ids,
                         past_key_values=batch.cache,
@@ -380,8 +386,12 @@ class GenerationEngine:
                         logits_to_keep=1,
                     )
                     logits = with_heads(self.model, rows, output.logits[:, -1], hidden)  # (B, V)
+                logits = apply_penalties(logits, rows)  # (B, V): each row's own penalties
                 greedy = logits.argmax(dim=-1).tolist()  # (B,)
-                choices = [_choose(seq.sampler, logits[i], greedy[i]) for i, seq in enumerate(rows)]
+                choices = [
+                    _choose(seq.sampler, logits[i], greedy[i]) if samples[i] else None
+                    for i, seq in enumerate(rows)
+                ]
                 cache = output.past_key_values
             except Exception as error:  # the step's rows fail together; the waiting ones go on
                 with self._lock:
@@ -394,13 +404,16 @@ class GenerationEngine:
                         continue
                     keys, values = batch.new_kv(cache, i)
                     seq.kv.append([k.clone() for k in keys], [v.clone() for v in values])
+                    choice = choices[i]
+                    if choice is None:  # a prefill chunk: its prompt goes on next step
+                        continue
                     try:
-                        self._accept(seq, *choices[i])
+                        self._accept(seq, *choice)
                     except (
                         Exception
                     ) as error:  # e.g. its tokenizer failed to decode: that sequence alone fails
                         self._scheduler.leave(seq, FAILED, error)
-            info = StepInfo(len(admitted), len(decoding), sum(batch.new_tokens), setup)
+            info = StepInfo(len(rows) - decode, decode, sum(batch.new_tokens), setup, samples.count(False))
             self.last_step = info
             return info
 
@@ -472,51 +485,13 @@ class GenerationEngine:
         with self._lock:
             self._end_cancelled(seq)
 
-    def _check_adapter(self, setup: Setup | None) -> None:
-        """A name, or ``Stack`` / ``Average`` of names (a composition, run on its own rows), of mixable adapters."""
-        if setup is None:
-            return
-        if isinstance(setup, (Stack, Average)):
-            for child in setup.children:
-                if not isinstance(child, (str, Stack, Average)):
-                    raise ConfigError(
-                        f"The generation engine runs adapter names and Stack / Average of them per sequence, not "
-                        f"{setup!r}; generate with model.generate() and the setup active instead."
-                    )
-                self._check_adapter(child)
-                for name in setup_names(child):
-                    if type(setup).__name__ not in self.model._store.adapters[name].composable:
-                        raise ConfigError(
-                            f"Adapter {name!r} cannot sit in {type(setup).__name__} ({setup!r})."
-                        )
-            return
-        adapter = setup
-        if not isinstance(adapter, str):
-            raise ConfigError(
-                f"An adapter is a name, Stack / Average of names, or None (the base model alone), got {adapter!r}."
-            )
-        modules = self.model._store.adapters
-        if adapter not in modules:
-            known = ", ".join(modules) or "none"
-            raise AdapterNotFoundError(
-                f"No adapter named {adapter!r}{did_you_mean(adapter, modules)} on this model (adapters: {known}). "
-                "Add or load it before submitting."
-            )
-        module = modules[adapter]
-        if module.method not in MIXABLE_METHODS or "BatchSplit" not in module.composable:
-            raise ConfigError(
-                f"Adapter {adapter!r} is a {module.method} adapter; the generation engine runs "
-                f"{', '.join(sorted(MIXABLE_METHODS))} adapters per sequence so far; generate "
-                "with model.generate() and the adapter active instead."
-            )
-
 
 def _order_rows(seqs: Sequence[SequenceState]) -> tuple[list[SequenceState], Setup | None]:
     """The step's rows grouped adapter by adapter (rows with no adapter last) and the per-call setup for them."""
     groups: dict[str | None, list[SequenceState]] = {}
     for seq in seqs:
         if not seq.done:
-            groups.setdefault(seq.adapter, []).append(seq)
+            groups.setdefault(seq.runs, []).append(seq)
     if None in groups:
         groups[None] = groups.pop(None)  # last: BatchSplit runs the named adapters as one grouped computation
     names = list(groups)
@@ -531,58 +506,3 @@ def _choose(sampler: RowSampler, logits: torch.Tensor, greedy: int) -> tuple[int
     if sampler.params.greedy and not sampler.params.logprobs:
         return int(greedy), None
     return sampler.choose(logits)
-
-
-def _check_tokenizer(tokenizer: Any) -> None:
-    if tokenizer is not None and not callable(getattr(tokenizer, "decode", None)):
-        raise ConfigError(
-            f"A tokenizer must have a decode(ids) method (a transformers tokenizer), got {type(tokenizer).__name__}."
-        )
-
-
-def _check_prompt(prompt_ids: Sequence[int], vocab_size: int) -> list[int]:
-    if isinstance(prompt_ids, (str, bytes)) or not isinstance(prompt_ids, Sequence):
-        raise ConfigError(
-            f"A prompt is a list of token ids (tokenize text first), got {type(prompt_ids).__name__}."
-        )
-    prompt = list(prompt_ids)
-    if not prompt:
-        raise ConfigError("The prompt is empty; give at least one token id (e.g. the BOS token).")
-    bad = [t for t in prompt if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size]
-    if bad:
-        raise ConfigError(f"Token ids must be integers in [0, {vocab_size}); got {bad[:5]}.")
-    return prompt
-
-
-def _default_stops(model: Any) -> list[int]:
-    generation = getattr(model, "generation_config", None)
-    eos = getattr(generation, "eos_token_id", None)
-    if eos is None:
-        eos = getattr(model.config, "eos_token_id", None)
-    if eos is None:
-        return []
-    return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
-
-
-def _check_model(model: Any) -> None:
-    if not callable(getattr(model, "adapter_setup", None)):
-        raise ConfigError(
-            "GenerationEngine needs a model that adapterhub.init() was applied to (per-sequence adapters run "
-            "through its per-call setups); call adapterhub.init(model) first."
-        )
-    config = model.config
-    if getattr(config, "is_encoder_decoder", False) or not callable(
-        getattr(model, "get_output_embeddings", None)
-    ):
-        raise UnsupportedArchitectureError(
-            f"GenerationEngine runs decoder-only causal LMs (AutoModelForCausalLM); got {type(model).__name__}."
-        )
-    if model.get_output_embeddings() is None:
-        raise UnsupportedArchitectureError(
-            f"{type(model).__name__} has no LM head; load the model with AutoModelForCausalLM."
-        )
-    if model._store.merged:
-        raise ConfigError(
-            f"Adapter(s) {list(model._store.merged)} are merged into the base weights, so every sequence would run "
-            "them; call model.unmerge_adapter() before creating a GenerationEngine."
-        )

@@ -141,7 +141,8 @@ class GenerationRun:
 
 class GenerationService:
     """One ``GenerationEngine`` over ``model`` (a causal LM that ``adapterhub.init`` was applied to); stop ids: the
-    model's eos ids and the tokenizer's. ``max_waiting``: sequences waiting for admission before 429."""
+    model's eos ids and the tokenizer's. ``max_waiting``: sequences waiting for admission before 429;
+    ``prefill_chunk`` / ``max_cache_tokens`` / ``preempt`` / ``cache_block``: the engine's (``GenerationEngine``)."""
 
     def __init__(
         self,
@@ -153,6 +154,10 @@ class GenerationService:
         max_waiting: int,
         max_length: int | None,
         metrics: GenerationMetrics | None = None,
+        prefill_chunk: int | None = None,
+        max_cache_tokens: int | None = None,
+        preempt: bool = False,
+        cache_block: int = 16,
     ) -> None:
         stops = set(GenerationEngine.default_stop_ids(model))
         eos = getattr(tokenizer, "eos_token_id", None)
@@ -162,6 +167,10 @@ class GenerationService:
             model,
             max_num_seqs=max_num_seqs,
             max_batch_tokens=max_batch_tokens,
+            prefill_chunk=prefill_chunk,
+            max_cache_tokens=max_cache_tokens,
+            preempt=preempt,
+            cache_block=cache_block,
             stop_ids=sorted(stops),
             tokenizer=tokenizer,
         )

@@ -1,11 +1,12 @@
 """The generation engine's KV cache: one buffer per sequence, a token budget, and the padded batch of one step.
 
 Each running sequence owns a ``SequenceKV``: per layer, keys and values of shape ``(kv_heads, capacity,
-head_dim)`` allocated once when it first writes (``capacity`` = prompt + max new tokens, reserved at admission),
-so a prompt is never recomputed and a step appends in place. ``CacheBudget`` counts the reserved tokens of all
-sequences against ``max_cache_tokens``: a request waits until its whole reservation fits, so a running sequence
-never runs out of room (no preemption is needed). Freeing a sequence drops its buffers and returns its tokens at
-once.
+head_dim)``, so a prompt is never recomputed and a step appends in place. By default they are allocated once when
+it first writes (``capacity`` = prompt + max new tokens, reserved at admission) and ``CacheBudget`` counts the
+reserved tokens of all sequences against ``max_cache_tokens``: a request waits until its whole reservation fits,
+so a running sequence never runs out of room. With ``block`` (the engine's ``preempt`` mode) the buffers grow in
+whole blocks of ``block`` tokens as they fill, and the scheduler preempts sequences when the blocks held would
+exceed the budget (``gen_preempt``). Freeing a sequence drops its buffers and returns its tokens at once.
 
 A step's forward runs on a padded batch (``StepBatch``): row ``i`` holds ``P_i`` cached tokens and ``n_i`` new
 ones. With ``W = max P_i`` and ``T = max n_i`` the model sees a transformers ``DynamicCache`` of ``W`` slots
@@ -28,9 +29,11 @@ from adapterhub.errors import ConfigError
 @dataclass
 class SequenceKV:
     """One sequence's cache. ``keys[l]`` / ``values[l]``: ``(kv_heads, capacity, head_dim)`` of layer ``l``
-    (allocated at the first write); ``length``: tokens stored."""
+    (allocated at the first write); ``length``: tokens stored; ``block``: 0 for a fixed ``capacity``, else the
+    buffers grow to the next multiple of ``block`` tokens when a write does not fit."""
 
     capacity: int
+    block: int = 0
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
     length: int = 0
@@ -38,6 +41,8 @@ class SequenceKV:
     def append(self, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
         """Store ``n`` new tokens: ``keys[l]`` / ``values[l]`` of shape ``(kv_heads, n, head_dim)``."""
         n = int(keys[0].shape[1])
+        if self.length + n > self.capacity and self.block:
+            self._grow(-(-(self.length + n) // self.block) * self.block)
         if self.length + n > self.capacity:
             raise ConfigError(
                 f"A sequence's cache holds {self.capacity} tokens; {self.length + n} do not fit (the engine "
@@ -51,6 +56,17 @@ class SequenceKV:
             self.keys[layer][:, self.length : self.length + n] = k
             self.values[layer][:, self.length : self.length + n] = v
         self.length += n
+
+    def _grow(self, capacity: int) -> None:
+        """Make room for ``capacity`` tokens, keeping the ``length`` stored."""
+        self.capacity = capacity
+        if not self.keys:
+            return
+        for buffers in (self.keys, self.values):
+            for layer, old in enumerate(buffers):
+                new = old.new_zeros((old.shape[0], capacity, old.shape[2]))  # (kv_heads, capacity, head_dim)
+                new[:, : self.length] = old[:, : self.length]
+                buffers[layer] = new
 
     def free(self) -> None:
         """Drop the buffers (the memory goes back at once)."""

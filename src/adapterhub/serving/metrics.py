@@ -25,7 +25,8 @@ Exposed at ``GET /metrics``:
   ``adapterhub_generation_finished_total{reason}`` (``stop``, ``length``, ``cancelled``, ``failed``), and gauges
   read from the engine's ``stats()`` when rendered: ``adapterhub_generation_running`` / ``_waiting`` sequences,
   ``adapterhub_generation_cache_tokens`` (keys/values stored), ``adapterhub_generation_reserved_tokens`` (cache
-  reserved by the running sequences).
+  reserved by the running sequences), and the counter ``adapterhub_generation_preempted_total`` (the engine's
+  ``stats()["preempted"]``).
 
 Only the event loop thread updates metrics, so no locks are needed.
 """
@@ -145,6 +146,12 @@ class GenerationMetrics:
             stats = self.state()
             for key, name, help_text in _GAUGES:
                 out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {stats[key]}"]
+            name = "adapterhub_generation_preempted_total"
+            out += [
+                f"# HELP {name} Sequences preempted (cache freed, re-queued, recomputed) by the generation engine.",
+                f"# TYPE {name} counter",
+                f"{name} {stats['preempted']}",
+            ]
         return out
 
 

@@ -5,7 +5,9 @@
 adapter, a composition's name (``compositions``) its setup. Chat prompts are the messages under the tokenizer's chat template (the adapter's own tokenizer when its
 directory holds one, else the base's) with the generation prompt added. Sampling: ``temperature`` (0: greedy;
 ``top_p``/``top_k`` are then ignored), ``top_p``, ``top_k`` (an extension), ``seed`` (choice ``j`` draws with seed
-``seed + j``), ``stop``, ``n``, ``logprobs`` (the chosen tokens' log-probabilities; top alternatives are not
+``seed + j``), ``presence_penalty`` / ``frequency_penalty`` (OpenAI's, over the completion's tokens, greedy
+included), ``repetition_penalty`` (an extension, as vLLM's: transformers' definition over prompt and completion),
+``stop``, ``n``, ``logprobs`` (the chosen tokens' log-probabilities; top alternatives are not
 served). ``stream: true`` answers server-sent events (``chat.completion.chunk`` / ``text_completion`` chunks, a
 chunk with each choice's ``finish_reason``, an optional usage chunk, then ``data: [DONE]``); a client that goes
 away cancels its sequences, which leave the batch at the next step. Errors: see ``openai_errors``.
@@ -45,6 +47,13 @@ class _Sampling(_Body):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="extension: keep the k most likely tokens (0: off)")
     seed: int | None = Field(None, ge=0, le=_MAX_SEED)
+    presence_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="OpenAI's: minus p once a token appeared"
+    )
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="OpenAI's: minus f per appearance")
+    repetition_penalty: float = Field(
+        1.0, gt=0.0, description="extension (as vLLM): transformers' repetition penalty (1: off)"
+    )
     n: int = Field(1, ge=1, le=64)
     stop: str | list[str] | None = None
     stream: bool = False
@@ -102,6 +111,9 @@ def _sampling(body: _Sampling, logprobs: bool) -> dict[str, Any]:
         "top_k": 0 if greedy else body.top_k,
         "seed": body.seed,
         "stop": body.stop,
+        "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "repetition_penalty": body.repetition_penalty,
         "logprobs": logprobs,
     }
 

@@ -29,7 +29,10 @@ class SamplingParams:
     ``softmax(logits / temperature)``; ``top_k``: keep the k most likely tokens (0: all); ``top_p``: keep the
     smallest set of tokens whose probability reaches ``top_p`` (1: all); ``seed``: the generator's seed (None: a
     fresh random one); ``stop``: strings that end the request, cut off before them (needs a tokenizer);
-    ``logprobs``: return the log-probability of each chosen token under the distribution it was drawn from."""
+    ``logprobs``: return the log-probability of each chosen token under the distribution it was drawn from;
+    ``repetition_penalty`` (> 0, 1: off; transformers' definition over prompt and new tokens),
+    ``presence_penalty`` and ``frequency_penalty`` (0: off; OpenAI's definition over the new tokens): applied to the
+    raw logits before everything above, greedy included (``gen_penalties``)."""
 
     temperature: float = 0.0
     top_k: int = 0
@@ -37,6 +40,9 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: bool = False
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         t = self.temperature
@@ -65,6 +71,15 @@ class SamplingParams:
             object.__setattr__(self, "stop", tuple(stop))
         if not all(self.stop):
             raise ConfigError("A stop string is empty; give non-empty strings.")
+        r = self.repetition_penalty
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
+            raise ConfigError(f"repetition_penalty must be a finite number > 0 (1: off), got {r!r}.")
+        for name in ("presence_penalty", "frequency_penalty"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(
+                    f"{name} must be a finite number (0: off; OpenAI allows -2 to 2), got {v!r}."
+                )
         if not isinstance(self.logprobs, bool):
             raise ConfigError(f"logprobs must be True or False, got {self.logprobs!r}.")
 
