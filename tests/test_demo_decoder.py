@@ -184,3 +184,14 @@ def test_decoder_demo_refuses_a_model_without_chat_template(
     ]
     assert main(argv) == 2
     assert "has no chat template" in capsys.readouterr().err
+
+
+def test_encoder_demo_keeps_its_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapterhub.cli import demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "_run_encoder_demo", lambda args: seen.update(vars(args)) or 0)
+    assert main(["demo", "--steps", "7", "--no-serve"]) == 0
+    assert seen["steps"] == 7 and seen["configs"] == "pfeiffer,houlsby" and seen["batch_size"] == 32
+    assert seen["max_length"] == 64 and seen["lr"] == 1e-3 and seen["dev_examples"] == 1300
+    assert seen["out"] == demo.DEFAULT_OUT and not seen["decoder"]
