@@ -129,7 +129,7 @@ def accuracy(model: torch.nn.Module, loader: DataLoader, desc: str) -> float:
 def run_demo(args: argparse.Namespace) -> int:
     if args.decoder:
         return demo_decoder.run_decoder_demo(args)
-    demo_decoder.resolve_arguments(args, decoder=False)
+    demo_decoder.check_options(args, decoder=False)
     for key, value in ENCODER_DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -69,9 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data", default=None, help=argparse.SUPPRESS)
 
 
-def resolve_arguments(args: argparse.Namespace, decoder: bool) -> argparse.Namespace:
-    """Refuse the other demo's options, then fill the shared options this demo leaves unset with its defaults
-    (``encoder_defaults`` for the encoder demo)."""
+def check_options(args: argparse.Namespace, decoder: bool) -> None:
+    """Refuse the options of the other demo (the encoder demo's ``--configs`` / ``--steps`` with ``--decoder``, the
+    decoder's own without it), naming them. Each demo fills the shared options left unset with its defaults."""
     own = ("train_examples", "epochs", "model", "data")
     foreign = ENCODER_ONLY if decoder else own
     given = [name for name in foreign if getattr(args, name, None) is not None]
@@ -79,7 +79,6 @@ def resolve_arguments(args: argparse.Namespace, decoder: bool) -> argparse.Names
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         which = "the encoder demo (without --decoder)" if decoder else "the decoder demo (--decoder)"
         raise ConfigError(f"{flags}: only for {which}; leave {'it' if len(given) == 1 else 'them'} out.")
-    return args
 
 
 def _check(args: argparse.Namespace) -> dict[str, Any]:
@@ -142,7 +141,7 @@ def run_decoder_demo(args: argparse.Namespace) -> int:
     import torch
     import transformers
 
-    resolve_arguments(args, decoder=True)
+    check_options(args, decoder=True)
     settings = _check(args)
     if args.threads:
         torch.set_num_threads(args.threads)
