@@ -10,6 +10,9 @@
    serves one bare encoder with flexible heads, so each adapter is saved once more for it (``serve/<name>``) with
    its built-in classifier as a flexible classification head on the pooler output: the same computation.
 5. Keeps the hub's website and the model server up until Ctrl-C (``--no-serve``: stops both and exits).
+
+``--decoder``: the same cycle with LoRA instruction tuning of the packaged SmolLM2 decoder
+(:mod:`adapterhub.cli.demo_decoder`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from adapterhub.cli import demo_decoder
 
 if TYPE_CHECKING:  # annotations only: the functions that run the demo import torch (``--help`` stays light)
     import torch
@@ -37,18 +42,29 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--configs",
-        default="pfeiffer,houlsby",
+        default=None,
         help="adapter configs to train, comma-separated (default pfeiffer,houlsby)",
     )
-    parser.add_argument("--steps", type=int, default=150, help="optimiser steps per adapter (default 150)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps per adapter (default 150)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 32 (--decoder: 8)")
+    parser.add_argument("--max-length", type=int, default=None, help="default 64 (--decoder: 128)")
+    parser.add_argument("--lr", type=float, default=None, help="default 1e-3 (--decoder: 2e-3)")
     parser.add_argument(
-        "--dev-examples", type=int, default=1300, help="dev examples to evaluate (default all 1,300)"
+        "--dev-examples",
+        type=int,
+        default=None,
+        help="dev examples to evaluate (default all 1,300; --decoder: 64)",
     )
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})"
+        "--out",
+        type=Path,
+        default=None,
+        help=f"output directory (default {DEFAULT_OUT}; --decoder: runs/demo-decoder)",
+    )
+    parser.add_argument(
+        "--decoder",
+        action="store_true",
+        help="LoRA instruction tuning of the packaged SmolLM2 decoder instead (runs/demo-decoder/summary.json)",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     parser.add_argument("--seed", type=int, default=0)
@@ -62,7 +78,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--serve-port", type=int, default=0, help="port of the model server (default: a free one)"
     )
+    demo_decoder.add_arguments(parser)
     parser.set_defaults(handler=run_demo)
+
+
+ENCODER_DEFAULTS = {
+    "configs": "pfeiffer,houlsby",
+    "steps": 150,
+    "batch_size": 32,
+    "max_length": 64,
+    "lr": 1e-3,
+}
+ENCODER_DEFAULTS |= {"dev_examples": 1300, "out": DEFAULT_OUT}
 
 
 def _batches(
@@ -100,6 +127,16 @@ def accuracy(model: torch.nn.Module, loader: DataLoader, desc: str) -> float:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if args.decoder:
+        return demo_decoder.run_decoder_demo(args)
+    demo_decoder.check_options(args, decoder=False)
+    for key, value in ENCODER_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return _run_encoder_demo(args)
+
+
+def _run_encoder_demo(args: argparse.Namespace) -> int:
     import torch
     import transformers
 
