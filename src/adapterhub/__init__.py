@@ -44,11 +44,13 @@ if TYPE_CHECKING:
     )
     from adapterhub.spec.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack, nesting_table
     from adapterhub.spec.configs import (
+        BOFTConfig,
         BottleneckConfig,
         LoHaConfig,
         LoKrConfig,
         LoRAConfig,
         MethodConfig,
+        OFTConfig,
         VeraConfig,
         resolve_config,
     )
@@ -61,11 +63,13 @@ _LAZY: dict[str, str] = {
     ),
     **dict.fromkeys(
         (
+            "BOFTConfig",
             "BottleneckConfig",
             "LoHaConfig",
             "LoKrConfig",
             "LoRAConfig",
             "MethodConfig",
+            "OFTConfig",
             "VeraConfig",
             "resolve_config",
         ),
@@ -105,6 +109,7 @@ __all__ = [
     "AdapterNotFoundError",
     "ArchitectureSpec",
     "Average",
+    "BOFTConfig",
     "BatchSplit",
     "BottleneckConfig",
     "ConfigError",
@@ -118,6 +123,7 @@ __all__ = [
     "LoRAConfig",
     "MethodConfig",
     "MethodUnion",
+    "OFTConfig",
     "Parallel",
     "SiteSpec",
     "Split",
