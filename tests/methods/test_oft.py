@@ -340,3 +340,50 @@ def test_refuses_embedding_targets_by_name(method):
     model = adapterhub.init(build("bert"))
     with pytest.raises(ConfigError, match=rf"{method} on nn.Embedding is not supported"):
         model.add_adapter("e", config={"method": method, "target_modules": ["word_embeddings"]})
+
+
+@pytest.mark.parametrize("method", ["oft", "boft"])
+def test_refuses_conv2d_targets_by_name(method):
+    from torch import nn
+
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 4))
+    with pytest.raises(ConfigError, match=rf"{method} on nn.Conv2d is not supported"):
+        adapterhub.init(cnn).add_adapter("c", {"method": method, "target_modules": ["0"]})
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("oft", {"oft_block_size": 8}),
+        ("oft", {"oft_block_size": 8, "coft": True, "eps": 0.05, "use_cayley_neumann": False}),
+        ("boft", {"boft_block_size": 4}),
+    ],
+)
+def test_training_steps_match_peft(method, options):
+    """Three SGD steps on the same loss give peft's parameters (coft: projected in place on each forward, as peft)."""
+    targets = ["q_proj", "v_proj", "up_proj"]
+    peft_config = peft.OFTConfig if method == "oft" else peft.BOFTConfig
+    theirs = peft.get_peft_model(build("llama"), peft_config(target_modules=targets, **options))
+    ours = adapterhub.init(build("llama"))
+    ours.add_adapter("x", config={"method": method, "target_modules": targets, **options}, set_active=True)
+    ours.train_adapter("x")
+    copy_from_peft(theirs, ours)
+    inputs = make_inputs()
+    for model in (theirs, ours):
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=0.5)
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(**inputs).last_hidden_state.pow(2).mean().backward()
+            optimizer.step()
+    mine = ours._adapterhub.adapters["x"]
+    site = mine.layer_at(1, "q")
+    module = theirs.base_model.model.layers[1].self_attn.q_proj
+    if method == "oft":
+        torch.testing.assert_close(site.oft_R, module.oft_R["default"].weight, atol=1e-6, rtol=0)
+    else:
+        torch.testing.assert_close(site.boft_R, module.boft_R["default"], atol=1e-6, rtol=0)
+        torch.testing.assert_close(site.boft_s, module.boft_s["default"], atol=1e-6, rtol=0)
+    assert not torch.equal(site.parameters().__next__(), torch.zeros_like(site.parameters().__next__()))
