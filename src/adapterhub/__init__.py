@@ -45,11 +45,13 @@ if TYPE_CHECKING:
     )
     from adapterhub.spec.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack, nesting_table
     from adapterhub.spec.configs import (
+        BOFTConfig,
         BottleneckConfig,
         LoHaConfig,
         LoKrConfig,
         LoRAConfig,
         MethodConfig,
+        OFTConfig,
         VeraConfig,
         resolve_config,
     )
@@ -62,11 +64,13 @@ _LAZY: dict[str, str] = {
     ),
     **dict.fromkeys(
         (
+            "BOFTConfig",
             "BottleneckConfig",
             "LoHaConfig",
             "LoKrConfig",
             "LoRAConfig",
             "MethodConfig",
+            "OFTConfig",
             "VeraConfig",
             "resolve_config",
         ),
@@ -108,6 +112,7 @@ __all__ = [
     "AdapterNotFoundError",
     "ArchitectureSpec",
     "Average",
+    "BOFTConfig",
     "BatchSplit",
     "BottleneckConfig",
     "ConfigError",
@@ -121,6 +126,7 @@ __all__ = [
     "LoRAConfig",
     "MethodConfig",
     "MethodUnion",
+    "OFTConfig",
     "Parallel",
     "SiteSpec",
     "Split",

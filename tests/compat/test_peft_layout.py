@@ -120,7 +120,7 @@ def test_gpt2_fused_c_attn_round_trip(tmp_path):
         ("bias", "all", "bias='all'"),
         ("lora_bias", True, "lora_bias=True"),
         ("layer_replication", [[0, 1]], "layer_replication="),
-        ("peft_type", "OFT", "peft_type"),
+        ("peft_type", "HRA", "peft_type"),
         ("init_lora_weights", "pissa", "init_lora_weights='pissa'"),
     ],
 )

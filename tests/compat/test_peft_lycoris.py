@@ -113,8 +113,8 @@ def test_gpt2_fused_projection_and_unknown_options_are_refused(tmp_path):
     path.write_text(json.dumps({**meta, "some_future_option": {"x": 1}}))
     with pytest.raises(ConfigError, match=r"some_future_option"):
         adapterhub.init(build("bert")).load_adapter(tmp_path / "p")
-    path.write_text(json.dumps({**meta, "peft_type": "OFT"}))
-    with pytest.raises(ConfigError, match=r"'OFT'.*LoHa, LoKr and VeRA"):
+    path.write_text(json.dumps({**meta, "peft_type": "HRA"}))
+    with pytest.raises(ConfigError, match=r"'HRA'.*LoHa, LoKr and VeRA"):
         adapterhub.init(build("bert")).load_adapter(tmp_path / "p")
 
 

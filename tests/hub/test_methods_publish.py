@@ -25,6 +25,8 @@ METHODS = {
     "parallel": "par_bn[reduction_factor=4]",
     "compacter": "compacter[reduction_factor=4]",
     "vera": "vera[r=4,targets=[q,v],save_projection=false]",
+    "oft": "oft[oft_block_size=8,targets=[q,v]]",
+    "boft": "boft[boft_block_size=4,targets=[q,v]]",
 }
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "adapters_lib"
 

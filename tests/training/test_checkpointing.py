@@ -27,6 +27,8 @@ METHODS = [
     "unipelt",
     "pfeiffer+inv",
     "vera[r=4,targets=[q,v,ffn_out]]",
+    "oft[oft_block_size=8,coft=true,eps=0.05,targets=[q,v,ffn_in]]",
+    "boft[boft_block_size=4,boft_n_butterfly_factor=2,targets=[q,v]]",
 ]
 MODES = {"reentrant": True, "non-reentrant": False}
 NO_DROPOUT = {

@@ -56,6 +56,11 @@ def read_any_adapter_dir(
         )
     if layout == "peft":
         from adapterhub.io.peft_layout import read_peft_dir
+        from adapterhub.io.peft_oft import PEFT_TYPES as ORTHOGONAL_TYPES
+        from adapterhub.io.peft_oft import read_peft_oft_dir
+
+        if read_json(Path(directory) / CONFIG_FILE).get("peft_type") in ORTHOGONAL_TYPES:
+            return read_peft_oft_dir(directory, spec, model=model, with_head=with_head)
 
         return read_peft_dir(directory, spec, model=model, with_head=with_head)
     from adapterhub.io.adapters_lib import read_adapters_lib_dir

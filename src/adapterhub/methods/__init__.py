@@ -10,6 +10,7 @@ from adapterhub.methods.base import (
     method_for_config,
     register_method,
 )
+from adapterhub.methods.boft import BOFTAdapter, BOFTLayer
 from adapterhub.methods.bottleneck import BottleneckAdapter, BottleneckLayer
 from adapterhub.methods.compacter import CompacterAdapter, CompacterConfig
 from adapterhub.methods.dora import DoRAAdapter, DoRAConfig, DoRALayer
@@ -19,6 +20,7 @@ from adapterhub.methods.invertible import InvertibleBottleneckAdapter, Invertibl
 from adapterhub.methods.loha import LoHaAdapter, LoHaLayer
 from adapterhub.methods.lokr import LoKrAdapter, LoKrLayer
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
+from adapterhub.methods.oft import OFTAdapter, OFTLayer
 from adapterhub.methods.parallel_adapter import ParallelAdapter, ParallelConfig
 from adapterhub.methods.prefix_tuning import PrefixTuningAdapter, PrefixTuningConfig
 from adapterhub.methods.prompt_tuning import PromptTuningAdapter, PromptTuningConfig
@@ -28,6 +30,8 @@ from adapterhub.methods.vera import VeraAdapter, VeraLayer
 __all__ = [
     "METHODS",
     "AdapterModule",
+    "BOFTAdapter",
+    "BOFTLayer",
     "BottleneckAdapter",
     "BottleneckLayer",
     "CompacterAdapter",
@@ -50,6 +54,8 @@ __all__ = [
     "LoRALayer",
     "MethodUnion",
     "ModelDims",
+    "OFTAdapter",
+    "OFTLayer",
     "ParallelAdapter",
     "ParallelConfig",
     "PrefixTuningAdapter",

@@ -150,6 +150,12 @@ class IA3Adapter(AdapterModule):
         assert isinstance(inputs, LinearInputs)
         scale_in, scale_out = self.vectors(layer, point[1])
         y, prev_in, prev_out = running.y, running.in_scale, running.out_scale
+        if scale_in is not None and running.rotated is not None:
+            raise ConfigError(
+                f"(IA)³ adapter {self.adapter_name!r} scales the input of {point[1]!r} after {running.rotated!r} "
+                "rotated it in the same Stack; a Stack carries one rotation of a projection's input and no scaling "
+                "after it. Put the (IA)³ adapter before the OFT/BOFT one, or merge one of them first."
+            )
         if scale_in is not None:
             weight, bias = inputs.require_weight("(IA)³ on a projection's input"), inputs.bias
             if inputs.holds_own_output(running):  # W x + b itself: the projection of the scaled input
@@ -162,7 +168,7 @@ class IA3Adapter(AdapterModule):
         if scale_out is not None:
             y = y * scale_out
             prev_out = scale_out if prev_out is None else prev_out * scale_out
-        return LinearRunning(y, prev_in, prev_out)
+        return LinearRunning(y, prev_in, prev_out, running.rotated)
 
     def merge_updates(
         self, base: BaseWeights, merge: bool

@@ -104,14 +104,18 @@ class LinearRunning:
     """The running value of a Stack at a linear projection ``y = W x + b``: ``y`` the output so far
     ``(batch, seq, d_out)``; ``in_scale`` ``(d_in,)`` / ``out_scale`` ``(d_out,)`` the products of the scalings
     applied so far to the base projection's input / output ((IA)³ steps), ``None`` where none was. An adapter that
-    adds an update to ``y`` keeps the scalings (``with_y``), so a later scaling step still knows them."""
+    adds an update to ``y`` keeps the scalings (``with_y``), so a later scaling step still knows them.
+    ``rotated``: the adapter whose orthogonal step (OFT, BOFT) rotated the base projection's input in this Stack,
+    if any; the running value cannot carry a second non-diagonal change of that input, so later rotations and
+    (IA)³ input vectors refuse it by name."""
 
     y: torch.Tensor
     in_scale: torch.Tensor | None = None
     out_scale: torch.Tensor | None = None
+    rotated: str | None = None
 
     def with_y(self, y: torch.Tensor) -> LinearRunning:
-        return LinearRunning(y, self.in_scale, self.out_scale)
+        return LinearRunning(y, self.in_scale, self.out_scale, self.rotated)
 
 
 @dataclass
@@ -127,8 +131,8 @@ class LinearInputs(PointInputs):
     itself: for a quantised base layer (bitsandbytes 4-/8-bit) the hook leaves a function there that dequantises
     the weight, called on first use. They must not modify it.
 
-    ``in_scale`` / ``out_scale``: the scalings a Stack applied before the block these inputs are handed to (``on``);
-    ``untouched``: ``y`` is still the projection's own output ``W x + b`` (False once a Stack step changed it)."""
+    ``in_scale`` / ``out_scale`` / ``rotated``: the scalings (and rotation) a Stack applied before the block these
+    inputs are handed to (``on``); ``untouched``: ``y`` is still the projection's own output ``W x + b`` (False once a Stack step changed it)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -137,12 +141,13 @@ class LinearInputs(PointInputs):
     in_scale: torch.Tensor | None = None
     out_scale: torch.Tensor | None = None
     untouched: bool = True
+    rotated: str | None = None
 
     def base(self) -> torch.Tensor:
         return self.y
 
     def start(self) -> LinearRunning:
-        return LinearRunning(self.y, self.in_scale, self.out_scale)
+        return LinearRunning(self.y, self.in_scale, self.out_scale, self.rotated)
 
     def finish(self, running: Any) -> torch.Tensor:
         return running.y  # type: ignore[no-any-return]
@@ -160,12 +165,20 @@ class LinearInputs(PointInputs):
             running.in_scale,
             running.out_scale,
             self.holds_own_output(running),
+            running.rotated,
         )
 
     def select(self, index: slice, dim: int) -> LinearInputs:
         at = _index(index, dim)
         return LinearInputs(
-            self.x[at], self.y[at], self.weight, self.bias, self.in_scale, self.out_scale, self.untouched
+            self.x[at],
+            self.y[at],
+            self.weight,
+            self.bias,
+            self.in_scale,
+            self.out_scale,
+            self.untouched,
+            self.rotated,
         )
 
     def require_weight(self, needs: str) -> torch.Tensor:

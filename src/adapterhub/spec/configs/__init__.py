@@ -6,7 +6,7 @@ optional overrides in brackets: ``"pfeiffer"``, ``"houlsby[reduction_factor=64]"
 ``"pfeiffer[leave_out=[0,1],non_linearity=gelu]"``.
 
 The package's modules, one job each: ``base`` (``MethodConfig``, the canonical JSON and hash), ``checks`` (shared
-validation), ``targeting`` (where low-rank methods attach), ``bottleneck``, ``low_rank``, ``lycoris`` and ``vera`` (the configs of the method families defined in the spec
+validation), ``targeting`` (where low-rank methods attach), ``bottleneck``, ``low_rank``, ``lycoris``, ``vera`` and ``oft`` (the configs of the method families defined in the spec
 layer),
 ``registry`` (configs by method name, presets, ``resolve_config``) and ``preset_strings`` (``name[key=value]``).
 Every name is importable from ``adapterhub.spec.configs``.
@@ -17,6 +17,7 @@ from adapterhub.spec.configs.bottleneck import ACTIVATIONS, INIT_SCHEMES, Bottle
 from adapterhub.spec.configs.checks import layer_list
 from adapterhub.spec.configs.low_rank import LORA_INITS, LoRAConfig
 from adapterhub.spec.configs.lycoris import LoHaConfig, LoKrConfig, LycorisConfig
+from adapterhub.spec.configs.oft import BOFTConfig, OFTConfig
 from adapterhub.spec.configs.registry import (
     METHOD_CONFIGS,
     PRESET_ALIASES,
@@ -39,6 +40,7 @@ __all__ = [
     "OMIT_DEFAULT",
     "PRESETS",
     "PRESET_ALIASES",
+    "BOFTConfig",
     "BottleneckConfig",
     "C",
     "LoHaConfig",
@@ -47,6 +49,7 @@ __all__ = [
     "LycorisConfig",
     "MethodConfig",
     "ModuleTargeting",
+    "OFTConfig",
     "VeraConfig",
     "canonical_json",
     "layer_list",

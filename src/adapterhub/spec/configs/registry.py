@@ -15,6 +15,7 @@ from adapterhub.spec.configs.base import MethodConfig
 from adapterhub.spec.configs.bottleneck import BottleneckConfig
 from adapterhub.spec.configs.low_rank import LoRAConfig
 from adapterhub.spec.configs.lycoris import LoHaConfig, LoKrConfig
+from adapterhub.spec.configs.oft import BOFTConfig, OFTConfig
 from adapterhub.spec.configs.preset_strings import parse_preset_string
 from adapterhub.spec.configs.vera import VeraConfig
 
@@ -58,12 +59,16 @@ PRESETS["lora"] = LoRAConfig
 PRESETS["loha"] = LoHaConfig
 PRESETS["lokr"] = LoKrConfig
 PRESETS["vera"] = VeraConfig
+PRESETS["oft"] = OFTConfig
+PRESETS["boft"] = BOFTConfig
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
     "bottleneck": BottleneckConfig,
     "lora": LoRAConfig,
     "loha": LoHaConfig,
     "lokr": LoKrConfig,
     "vera": VeraConfig,
+    "oft": OFTConfig,
+    "boft": BOFTConfig,
 }
 
 
