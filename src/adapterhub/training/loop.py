@@ -28,6 +28,7 @@ from adapterhub.errors import ConfigError
 from adapterhub.training import distributed
 from adapterhub.training.chat_batches import collate_chat, encode_chat, loss_token_count, report_truncated
 from adapterhub.training.config import TrainConfig
+from adapterhub.training.lm_loss import generation_loss
 from adapterhub.training.media_batches import batch_rows
 from adapterhub.training.methods import (
     Method,
@@ -389,6 +390,7 @@ def _run(
                 batch_size=config.eval_batch_size,
                 max_new_tokens=config.max_new_tokens,
                 adapters=adapters,
+                loss_chunk_size=config.loss_chunk_size,
                 progress=show,
             )
 
@@ -467,7 +469,10 @@ def _run(
                 sync = index == window_size - 1 or not info.enabled
                 with _no_sync(wrapped, sync):
                     with autocast(info.device, dtype):
-                        loss, _ = forward_batch(wrapped, batch, task.kind)
+                        if generation:
+                            loss = generation_loss(wrapped, batch, chunk_size=config.loss_chunk_size)
+                        else:
+                            loss, _ = forward_batch(wrapped, batch, task.kind)
                     assert loss is not None
                     scaled = loss.float() / window_size
                     scaled.backward()
