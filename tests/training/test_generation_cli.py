@@ -117,3 +117,51 @@ def test_compare_help_names_the_generation_defaults(capsys: Any) -> None:
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     assert "generation tasks: adapter:lora adapter:ia3" in " ".join(capsys.readouterr().out.split())
+
+
+def test_evaluate_a_bare_generation_adapter_folder(
+    tmp_path: Path, llama_dir: Path, data_dir: Path, capsys: Any
+) -> None:
+    """best/adapter of a generation run (no head, no training.json) evaluates on the model its config names
+    (or --model) with the figures of the run; a folder naming a model that is not here says to pass --model."""
+    import shutil
+
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        "--data",
+        data_dir,
+        "--model",
+        llama_dir,
+        "--method",
+        "adapter:lora",
+        "--output-dir",
+        out,
+    ]
+    code, _, stderr = run([*argv, *FLAGS], capsys)
+    assert code == 0, stderr
+    gen = json.loads((out / "results.json").read_text())["generation"]
+    bare = tmp_path / "bare"
+    shutil.copytree(out / "best" / "adapter", bare)
+    assert not (bare / "training.json").exists()
+    flags = ["--data", data_dir, "--no-progress", "--batch-size", "4", "--max-length", "32"]
+    code, stdout, stderr = run(["evaluate", bare, *flags, "--output", tmp_path / "e.json"], capsys)
+    assert code == 0, stderr
+    assert f"base model: {llama_dir}" in stderr and "accuracy" in stdout
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["metrics"]["accuracy"] == pytest.approx(gen["accuracy"])
+    assert report["metrics"]["loss"] == pytest.approx(gen["loss"], rel=1e-5)
+
+    config = json.loads((bare / "adapter_config.json").read_text())
+    (bare / "adapter_config.json").write_text(json.dumps({**config, "model_name": str(tmp_path / "gone")}))
+    code, _, stderr = run(["evaluate", bare, *flags], capsys)
+    assert code == 2 and "which is not here; pass the model with --model" in stderr
+    code, stdout, stderr = run(
+        ["evaluate", bare, *flags, "--model", llama_dir, "--output", tmp_path / "f.json"], capsys
+    )
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "f.json").read_text())["metrics"] == report["metrics"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, stderr = run(["evaluate", empty, *flags], capsys)
+    assert code == 2 and "neither a run (training.json) nor an adapter" in stderr
