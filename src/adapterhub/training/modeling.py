@@ -372,8 +372,8 @@ def load_trained(
         raise AdapterFileError(f"{directory} holds no {TRAINING_FILE}.")
     generation = info.get("kind") == "generation"
     recorded = info.get("quantize")
-    quantize = resolve_quantize(quantize, recorded)
-    if quantize is not None and quantize == recorded:
+    requested, quantize = quantize, resolve_quantize(quantize, recorded)
+    if requested is None and quantize is not None:
         print(
             f"loading the base quantised {quantize}, as the run was trained (--quantize none: the float base)",
             file=sys.stderr,
