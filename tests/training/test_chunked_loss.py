@@ -152,6 +152,25 @@ def test_a_model_with_soft_capped_logits_is_refused_naming_the_flag(tokenizer: A
     assert torch.allclose(generation_loss(model, batch, chunk_size=0), loss)
 
 
+def test_training_falls_back_to_the_full_logits_for_a_soft_capping_model_and_says_so(
+    tokenizer: Any, capsys: Any
+) -> None:
+    from adapterhub.training.lm_loss import resolve_loss_chunk
+
+    assert resolve_loss_chunk(adapted("adapter:lora"), 64) == (64, None)
+    assert resolve_loss_chunk(adapted("adapter:lora"), 0) == (0, None)
+    torch.manual_seed(0)
+    results = train(
+        build("gemma2", "causal_lm"),  # final_logit_softcapping 30 by default
+        make_task(8),
+        TrainConfig(method="adapter:lora", max_steps=1, batch_size=4, progress=False),
+        tokenizer=tokenizer,
+    ).to_dict()
+    assert results["status"] == "completed" and results["generation"]["loss_chunk_size"] == 0
+    err = capsys.readouterr().err
+    assert "loss over the full logits (--loss-chunk-size 0)" in err and "soft-caps" in err
+
+
 def test_training_with_and_without_chunks_follows_the_same_path(tokenizer: Any) -> None:
     losses = []
     for chunk in (0, 3):
@@ -170,7 +189,7 @@ def test_training_with_and_without_chunks_follows_the_same_path(tokenizer: Any) 
             ),
             tokenizer=tokenizer,
         ).to_dict()
-        assert results["config"]["loss_chunk_size"] == chunk
+        assert results["config"]["loss_chunk_size"] == chunk == results["generation"]["loss_chunk_size"]
         losses.append((results["history"][-1]["train_loss"], results["generation"]["loss"]))
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
 

@@ -34,6 +34,11 @@ from adapterhub.data.chat import IGNORE_INDEX
 from adapterhub.errors import ConfigError
 from adapterhub.training.modeling import causal_lm_loss, causal_logits
 
+
+class ChunkedLossUnsupported(ConfigError):
+    """The model's logits are not its output layer over its last hidden state: only the full logits apply."""
+
+
 DEFAULT_CHUNK = 512  # positions per LM-head chunk: 512 x 49,152 (SmolLM2) float32 logits = 96 MiB
 
 
@@ -101,7 +106,7 @@ def _last_hidden(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[tor
     output = model(**inputs, **extra)
     states = getattr(output, "hidden_states", None)
     if not states:
-        raise ConfigError(
+        raise ChunkedLossUnsupported(
             f"{type(inner).__name__} returned no hidden states; train it with loss_chunk_size=0 "
             "(--loss-chunk-size 0: the full logits)."
         )
@@ -110,9 +115,30 @@ def _last_hidden(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[tor
         expected = output.logits[:, -1:].float()  # (batch, 1, vocab)
         got = head(last[:, -1:]).float()  # (batch, 1, vocab)
         if not torch.equal(expected, got):  # the same module on the same state: bit-equal
-            raise ConfigError(
+            raise ChunkedLossUnsupported(
                 f"{type(inner).__name__}'s logits are not its output layer over its last hidden state (it "
                 "scales or soft-caps them), so the chunked loss cannot reproduce them; train it with "
                 "loss_chunk_size=0 (--loss-chunk-size 0: the full logits)."
             )
     return last[:, -inputs["input_ids"].shape[1] :], head
+
+
+def resolve_loss_chunk(model: nn.Module, chunk_size: int, token_id: int = 0) -> tuple[int, str | None]:
+    """``(chunk_size to use, a line to print or None)``: ``chunk_size`` where the chunked loss reproduces the
+    model's logits (checked on a two-token input of ``token_id``, without gradients), else 0 (the full logits)
+    and the reason."""
+    if chunk_size == 0:
+        return 0, None
+    device = next(model.parameters()).device
+    ids = torch.full((1, 2), int(token_id), dtype=torch.long, device=device)  # (1, 2)
+    probe = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            generation_loss(model, probe, chunk_size=chunk_size)
+    except ChunkedLossUnsupported as error:
+        return 0, f"loss over the full logits (--loss-chunk-size 0): {error}".split("; train it")[0]
+    finally:
+        model.train(was_training)
+    return chunk_size, None
