@@ -201,3 +201,17 @@ def test_loss_chunk_size_is_validated() -> None:
         generation_loss(
             nn.Linear(1, 1), {"input_ids": torch.zeros(1, 1), "labels": torch.zeros(1, 1)}, reduction="x"
         )
+
+
+@pytest.mark.parametrize("mode", ["non-reentrant", "reentrant"])
+def test_chunked_loss_under_layer_checkpointing_equals_the_full_logits(tokenizer: Any, mode: str) -> None:
+    """Activation checkpointing of the layers (recomputed in backward) and the chunks' own checkpoints mix."""
+    from adapterhub.training.modeling import enable_checkpointing
+
+    plain = adapted("adapter:lora")
+    batch = batch_of(tokenizer)
+    full = loss_and_grads(plain, lambda: forward_batch(plain, batch, "generation")[0])
+    model = adapted("adapter:lora")
+    enable_checkpointing(model, mode)
+    model.train()  # transformers checkpoints only in training mode; the tiny Llama has no dropout
+    assert_same(full, loss_and_grads(model, lambda: generation_loss(model, batch, chunk_size=5)))
