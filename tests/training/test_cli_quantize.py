@@ -95,3 +95,61 @@ def test_quantize_refuses_methods_that_train_base_weights(tmp_path, llama_dir, s
     ]
     code = main([str(a) for a in [*argv, "--output-dir", tmp_path / "c", *FLAGS]])
     assert code == 2 and "adapter method" in capsys.readouterr().err
+
+
+def test_training_json_records_quantize_and_checkpointing_and_ablate_follows_it(
+    tmp_path, llama_dir, sentiment_dir, monkeypatch, capsys
+):
+    """The run records how its base was loaded; evaluate and ablate reload it that way by default (said on
+    stderr), --quantize none gives the float base, and ablation.json says which base it ablated."""
+    out = tmp_path / "run"
+    argv = ["train", "--data", sentiment_dir, "--model", llama_dir, "--quantize", "nf4"]
+    argv += ["--method", "adapter:pfeiffer[reduction_factor=4]", "--max-steps", "2", "--output-dir", out]
+    argv += ["--gradient-checkpointing", *FLAGS]
+    code = main([str(a) for a in argv])
+    assert code == 0, capsys.readouterr().err
+    info = json.loads((out / "best" / "training.json").read_text())
+    assert info["quantize"] == "nf4" and info["gradient_checkpointing"] == "non-reentrant"
+
+    loads = []
+    original = modeling.load_base
+
+    def spy(path, **kwargs):
+        loads.append(kwargs.get("quantize"))
+        return original(path, **kwargs)
+
+    monkeypatch.setattr(modeling, "load_base", spy)
+    ablation = tmp_path / "ablation"
+    code = main(
+        [str(a) for a in ["ablate", out, "--data", sentiment_dir, "--output-dir", ablation, *FLAGS[:5]]]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert loads == ["nf4"] and "quantised nf4, as the run was trained" in captured.err
+    payload = json.loads((ablation / "ablation.json").read_text())
+    assert payload["quantize"] == "nf4" and payload["num_layers"] == 2
+    argv = [
+        "ablate",
+        out,
+        "--data",
+        sentiment_dir,
+        "--output-dir",
+        ablation,
+        "--quantize",
+        "none",
+        *FLAGS[:5],
+    ]
+    assert main([str(a) for a in argv]) == 0
+    assert loads[-1] is None and json.loads((ablation / "ablation.json").read_text())["quantize"] is None
+    argv = ["evaluate", out, "--data", sentiment_dir, "--quantize", "fp4", *FLAGS[:5]]
+    assert main([str(a) for a in argv]) == 0
+    assert loads[-1] == "fp4"
+
+
+def test_an_unquantised_run_records_none(tmp_path, llama_dir, sentiment_dir, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--data", sentiment_dir, "--model", llama_dir, "--method", "adapter:lora[r=2]"]
+    code = main([str(a) for a in [*argv, "--max-steps", "1", "--output-dir", out, *FLAGS]])
+    assert code == 0, capsys.readouterr().err
+    info = json.loads((out / "best" / "training.json").read_text())
+    assert info["quantize"] is None and info["gradient_checkpointing"] is None

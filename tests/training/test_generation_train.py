@@ -243,15 +243,17 @@ def test_evaluate_generation_scores_decoded_answers(tokenizer: Any) -> None:
     from adapterhub.training.loop import make_loader
 
     loader = make_loader(data.dataset, tokenizer, 4, shuffle=False, seed=0, collate_fn=collate_chat)
-    report = evaluate_generation(
-        fake, tokenizer, task.dev, answers=task.answers, loss_loader=loader, batch_size=4
+    report = evaluate_generation(  # a fake with logits only (no output layer to chunk): the full logits
+        fake, tokenizer, task.dev, answers=task.answers, loss_loader=loader, batch_size=4, loss_chunk_size=0
     )
     assert report.answers.accuracy == pytest.approx(0.5)  # half the gold answers are positive
     assert report.answers.answer_counts == {"negative": 0, "positive": 6, "other": 0}
     assert report.answers.allowed_fraction == 1.0
     assert report.loss == pytest.approx(float(torch.log(torch.tensor(float(len(tokenizer))))), rel=1e-5)
     assert report.samples[0][1] == "positive"
-    assert response_loss(fake, loader) == report.loss
+    assert response_loss(fake, loader, chunk_size=0) == report.loss
+    with pytest.raises(ConfigError, match="no output layer"):
+        response_loss(fake, loader)
 
 
 def test_evaluate_generation_scores_rows_against_their_own_answers(tokenizer: Any) -> None:

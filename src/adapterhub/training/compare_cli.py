@@ -1,10 +1,14 @@
 """``adapterhub compare``: train several methods on the same data and settings, then tabulate them.
 
 adapterhub compare --data rotten_tomatoes --methods head full adapter:pfeiffer adapter:houlsby --output-dir cmp
+adapterhub compare --data data/rt-instructions --model smollm2 --methods adapter:lora adapter:ia3 --output-dir cmp
 
 Each method trains with the flags of ``adapterhub train``; the table (compare.md, compare.json) has the dev metric,
 trainable parameters, training examples/s against full fine-tuning, peak memory, size on disk and inference time
-against the bare model (:mod:`adapterhub.training.overhead`).
+against the bare model (:mod:`adapterhub.training.overhead`). On a ``generation`` task (a causal LM, scored by
+generating answers) the table has instead the answer accuracy, the dev loss per response token, the fraction of
+allowed answers, trainable parameters, train tokens/s (all tokens and the loss-carrying ones), peak memory, size
+on disk and wall time; the base model's zero-shot figures (the same for every method) head the table.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from adapterhub.training.cli_args import (
 from adapterhub.training.quantize import add_quantize_argument, check_method_fits
 
 DEFAULT_COMPARE = ("head", "full", "adapter:pfeiffer", "adapter:houlsby")
+DEFAULT_GENERATION_COMPARE = ("adapter:lora", "adapter:ia3", "adapter:pfeiffer", "adapter:prompt_tuning")
 
 
 def register(subparsers: Any) -> None:
@@ -52,9 +57,10 @@ def _register_compare(subparsers: Any) -> None:
     parser.add_argument(
         "--methods",
         nargs="+",
-        default=list(DEFAULT_COMPARE),
+        default=None,
         metavar="METHOD",
-        help=METHODS_HELP + f" (default: {' '.join(DEFAULT_COMPARE)})",
+        help=METHODS_HELP
+        + f" (default: {' '.join(DEFAULT_COMPARE)}; generation tasks: {' '.join(DEFAULT_GENERATION_COMPARE)})",
     )
     add_training_arguments(parser)
     parser.add_argument(
@@ -66,7 +72,7 @@ def _register_compare(subparsers: Any) -> None:
         default=256,
         metavar="N",
         help="time inference of each trained run against the bare model on the first N dev examples, in "
-        "interleaved rounds (default 256; 0 leaves the column out)",
+        "interleaved rounds (default 256; 0 leaves the column out; not measured on generation tasks)",
     )
     parser.set_defaults(handler=_compare_command)
 
@@ -86,6 +92,64 @@ COMPARE_COLUMNS = (
     ("inference_vs_bare", "inference vs bare"),
     ("wall_seconds", "wall s"),
 )
+
+
+GENERATION_COLUMNS = (
+    ("method", "method"),
+    ("accuracy", "answer accuracy"),
+    ("loss", "dev loss/token"),
+    ("allowed_fraction", "allowed answers"),
+    ("trainable_parameters", "trainable params"),
+    ("percent_of_base", "% of base"),
+    ("train_tokens_per_second", "train tokens/s"),
+    ("train_loss_tokens_per_second", "loss tokens/s"),
+    ("peak_memory_bytes", "peak memory"),
+    ("saved_size_bytes", "size on disk"),
+    ("wall_seconds", "wall s"),
+)
+
+
+def generation_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per generation run: the figures of its best evaluation (``results.json``'s ``generation``)."""
+    rows = []
+    for r in results:
+        gen = r.get("generation") or {}
+        rows.append(
+            {
+                "method": r["method"],
+                "learning_rate": r["learning_rate"],
+                "accuracy": gen.get("accuracy"),
+                "loss": gen.get("loss"),
+                "allowed_fraction": gen.get("allowed_fraction"),
+                "answer_counts": gen.get("answer_counts"),
+                "trainable_parameters": r["trainable_parameters"],
+                "percent_of_base": r["percent_of_base"],
+                "train_tokens_per_second": r["train_tokens_per_second"],
+                "train_loss_tokens_per_second": r["train_loss_tokens_per_second"],
+                "peak_memory_bytes": r["peak_memory_bytes"],
+                "peak_memory_kind": r["peak_memory_kind"],
+                "saved_size_bytes": r["saved_size_bytes"],
+                "wall_seconds": r["wall_seconds"],
+                "packing": gen.get("packing"),
+                "status": r["status"],
+            }
+        )
+    return rows
+
+
+def zero_shot_line(results: list[dict[str, Any]]) -> str:
+    """The base model's figures without adapter (measured by every run on the same rows: the first is shown)."""
+    gen = (results[0].get("generation") or {}) if results else {}
+
+    def shown(key: str) -> str:
+        value = gen.get(key)
+        return "-" if value is None else f"{value:.4f}"
+
+    return (
+        f"base model without adapter: answer accuracy {shown('accuracy_before')}, dev loss/token "
+        f"{shown('loss_before')}, allowed answers {shown('allowed_fraction_before')}; majority rate "
+        f"{shown('majority_rate')} ({gen.get('dev_rows', 0)} dev rows)"
+    )
 
 
 def compare_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -122,11 +186,15 @@ def _cell(key: str, row: dict[str, Any]) -> str:
         return "-"
     if key == "metric":
         return f"{100 * value:.2f}" if row["metric_name"] != "mse" else f"{value:.4f}"
+    if key in ("accuracy", "allowed_fraction"):
+        return f"{100 * value:.2f}"
+    if key == "loss":
+        return f"{value:.4f}"
     if key == "trainable_parameters":
         return f"{value:,}"
     if key == "percent_of_base":
         return f"{value:.2f}%"
-    if key == "train_examples_per_second":
+    if key in ("train_examples_per_second", "train_tokens_per_second", "train_loss_tokens_per_second"):
         return f"{value:.1f}"
     if key in ("speed_vs_full", "inference_vs_bare"):
         return f"{value:.2f}x"
@@ -139,12 +207,19 @@ def _cell(key: str, row: dict[str, Any]) -> str:
     return str(value)
 
 
-def markdown_table(rows: list[dict[str, Any]], task_name: str) -> str:
-    metric_name = rows[0]["metric_name"] if rows else "metric"
-    headers = [title if key != "metric" else f"dev {metric_name}" for key, title in COMPARE_COLUMNS]
-    lines = [f"### {task_name}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+def markdown_table(rows: list[dict[str, Any]], task_name: str, note: str | None = None) -> str:
+    """The Markdown table of ``rows`` (of :func:`compare_rows`, or of :func:`generation_rows` with ``note``, the
+    zero-shot line, printed above it)."""
+    generation = note is not None
+    columns = GENERATION_COLUMNS if generation else COMPARE_COLUMNS
+    metric_name = rows[0].get("metric_name", "metric") if rows else "metric"
+    headers = [title if key != "metric" else f"dev {metric_name}" for key, title in columns]
+    lines = [f"### {task_name}", ""]
+    if note:
+        lines += [note, ""]
+    lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(key, row) for key, _ in COMPARE_COLUMNS) + " |")
+        lines.append("| " + " | ".join(_cell(key, row) for key, _ in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -176,10 +251,18 @@ def _compare_command(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--inference-examples must be 0 (no timing) or more; got {args.inference_examples}."
         )
+    task = load_data(args)
+    generation = task.kind == "generation"
+    texts = args.methods or list(DEFAULT_GENERATION_COMPARE if generation else DEFAULT_COMPARE)
     plans = []
-    for text in args.methods:
+    for text in texts:
         method, lr = _split_method_lr(text, args.lr)
         parsed = parse_method(method)
+        if generation and parsed.kind == "head":
+            raise ConfigError(
+                f"{text!r}: a generation task has no task head to train alone; compare adapter methods "
+                f"(e.g. {' '.join(DEFAULT_GENERATION_COMPARE)}) or full."
+            )
         plans.append((method, lr if lr is not None else parsed.default_learning_rate))
     output = Path(args.output_dir)
     folders = _run_folders(plans)
@@ -189,19 +272,15 @@ def _compare_command(args: argparse.Namespace) -> int:
     ]  # validate every flag before the first (long) run
     for method, _ in plans:
         check_method_fits(method, args.quantize)
-    task = load_data(args)
-    if task.kind == "generation":
-        raise ConfigError(
-            "compare does not run generation tasks yet; train each method with `adapterhub train --kind "
-            "generation --method ...` and read the generation figures of each results.json."
-        )
+    if generation and args.inference_examples > 0:
+        print("inference time against the bare model is not measured on generation tasks", file=sys.stderr)
     results = []
     for (method, lr), config in zip(plans, configs):
         print(f"== {method} (lr {lr:g})", file=sys.stderr)
-        model, tokenizer = model_and_tokenizer(args, causal_lm=False)  # a fresh base per method
+        model, tokenizer = model_and_tokenizer(args, causal_lm=generation)  # a fresh base per method
         data = train(model, task, config, tokenizer=tokenizer).to_dict()
         data["learning_rate"] = lr
-        if args.inference_examples > 0 and data["saved_dir"]:
+        if args.inference_examples > 0 and data["saved_dir"] and not generation:
             data["inference"] = run_overhead(
                 data["saved_dir"],
                 args.model,
@@ -214,13 +293,22 @@ def _compare_command(args: argparse.Namespace) -> int:
         results.append(data)
         print(summary_line(data), file=sys.stderr)
         _write_compare(output, task, args, results)
-    print(markdown_table(compare_rows(results), task.name))
+    print(_table(results, task))
     print(f"table: {output / 'compare.md'} and {output / 'compare.json'}")
     return 0
 
 
+def _rows(results: list[dict[str, Any]], task: Any) -> list[dict[str, Any]]:
+    return generation_rows(results) if task.kind == "generation" else compare_rows(results)
+
+
+def _table(results: list[dict[str, Any]], task: Any) -> str:
+    note = zero_shot_line(results) if task.kind == "generation" else None
+    return markdown_table(_rows(results, task), task.name, note)
+
+
 def _write_compare(output: Path, task: Any, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
-    rows = compare_rows(results)
+    rows = _rows(results, task)
     output.mkdir(parents=True, exist_ok=True)
     summary = {
         "task": {
@@ -232,13 +320,36 @@ def _write_compare(output: Path, task: Any, args: argparse.Namespace, results: l
         "data": args.data,
         "model": results[0]["model"] if results else args.model,
         "settings": {
-            k: getattr(args, k)
-            for k in ("epochs", "max_steps", "batch_size", "max_length", "seed", "group_by_length")
+            k: getattr(args, k, None)
+            for k in (
+                "epochs",
+                "max_steps",
+                "batch_size",
+                "max_length",
+                "seed",
+                "group_by_length",
+                "quantize",
+                "gradient_checkpointing",
+                "packing",
+                "loss_chunk_size",
+            )
         },
         "rows": rows,
     }
+    if task.kind == "generation" and results:
+        gen = results[0].get("generation") or {}
+        summary["zero_shot"] = {
+            key: gen.get(key)
+            for key in (
+                "accuracy_before",
+                "loss_before",
+                "allowed_fraction_before",
+                "majority_rate",
+                "dev_rows",
+            )
+        }
     (output / "compare.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (output / "compare.md").write_text(markdown_table(rows, task.name), encoding="utf-8")
+    (output / "compare.md").write_text(_table(results, task), encoding="utf-8")
 
 
 def _run_folders(plans: list[tuple[str, float]]) -> list[str]:

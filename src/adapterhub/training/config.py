@@ -33,6 +33,9 @@ class TrainConfig:
     None (off), ``"non-reentrant"`` or ``"reentrant"`` (the ``use_reentrant`` variant of
     ``torch.utils.checkpoint``): each transformer layer's activations are recomputed during the backward pass
     instead of kept (less memory, about one more forward of compute); the gradients are those without it.
+    ``loss_chunk_size`` (generation tasks): the LM head and the cross-entropy run on this many loss-carrying
+    positions at a time (:mod:`adapterhub.training.lm_loss`), so the (batch, seq, vocab) logits are never held;
+    0 computes the full logits. The loss and gradients are the same either way.
     """
 
     method: str = "adapter:pfeiffer"
@@ -65,6 +68,7 @@ class TrainConfig:
     max_new_tokens: int | None = None
     packing: bool | None = None
     gradient_checkpointing: str | None = None
+    loss_chunk_size: int = 512
 
     def __post_init__(self) -> None:
         _positive_int("batch_size", self.batch_size)
@@ -72,6 +76,7 @@ class TrainConfig:
         _positive_int("grad_accum", self.grad_accum)
         _positive_int("head_layers", self.head_layers)
         _positive_int("max_length", self.max_length, minimum=2)
+        _positive_int("loss_chunk_size", self.loss_chunk_size, minimum=0)
         if self.max_steps is not None:
             _positive_int("max_steps", self.max_steps)
         if self.max_new_tokens is not None:

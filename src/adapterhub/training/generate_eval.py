@@ -36,7 +36,7 @@ from torch import nn
 from adapterhub.data.chat import generation_prompt
 from adapterhub.data.task import Example
 from adapterhub.errors import ConfigError
-from adapterhub.training.modeling import causal_lm_loss, causal_logits
+from adapterhub.training.lm_loss import DEFAULT_CHUNK, generation_loss
 
 OTHER = "other"
 _TRAILING = string.punctuation + " \t\n\r"
@@ -219,9 +219,13 @@ def generate_answers(
 
 
 @torch.no_grad()
-def response_loss(model: nn.Module, loader: Any, *, progress: bool = False) -> float | None:
+def response_loss(
+    model: nn.Module, loader: Any, *, progress: bool = False, chunk_size: int = DEFAULT_CHUNK
+) -> float | None:
     """Mean cross-entropy per loss-carrying token (labels other than -100, predicted from the position before)
-    over every batch of ``loader`` (batches of :func:`adapterhub.training.chat_batches.collate_chat`)."""
+    over every batch of ``loader`` (batches of :func:`adapterhub.training.chat_batches.collate_chat`); the LM
+    head runs on ``chunk_size`` loss-carrying positions at a time (0: the full logits;
+    :mod:`adapterhub.training.lm_loss`)."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
     was_training = model.training
@@ -231,9 +235,10 @@ def response_loss(model: nn.Module, loader: Any, *, progress: bool = False) -> f
             inputs = {
                 "input_ids": batch["input_ids"].to(device),
                 "attention_mask": batch["attention_mask"].to(device),
+                "labels": batch["labels"].to(device),
             }
-            labels = batch["labels"].to(device)
-            total += float(causal_lm_loss(causal_logits(model, inputs), labels, reduction="sum"))
+            labels = inputs["labels"]
+            total += float(generation_loss(model, inputs, chunk_size=chunk_size, reduction="sum"))
             targets = labels[:, 1:]
             count += int((targets != -100).sum())
     finally:
@@ -253,12 +258,14 @@ def evaluate_generation(
     adapters: bool = True,
     progress: bool = False,
     samples: int = 5,
+    loss_chunk_size: int = DEFAULT_CHUNK,
 ) -> GenerationReport:
     """Generate an answer for each of ``examples`` (the conversation without its last assistant turn) and score
     it against that turn; ``loss_loader`` (optional) gives the per-token dev loss. Without task-wide ``answers``,
     rows that all carry their own allowed answers (``Example.choices``) are scored against those. ``adapters=False`` evaluates
     the base model alone (``model.adapter_setup(None)`` for this call). ``max_new_tokens`` defaults to the
-    longest gold answer's token count plus 4."""
+    longest gold answer's token count plus 4; ``loss_chunk_size``: see
+    :func:`response_loss`."""
     if not examples:
         raise ConfigError(
             "no dev rows to evaluate on; a generation task needs dev examples (--dev-limit > 0)."
@@ -287,7 +294,11 @@ def evaluate_generation(
         generated = generate_answers(
             model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress
         )
-        loss = response_loss(model, loss_loader, progress=progress) if loss_loader is not None else None
+        loss = (
+            response_loss(model, loss_loader, progress=progress, chunk_size=loss_chunk_size)
+            if loss_loader is not None
+            else None
+        )
     shown = tuple((example.text, generated[i], gold[i]) for i, example in enumerate(examples[:samples]))
     per_row = None
     if not answers and all(example.choices for example in examples):

@@ -54,6 +54,34 @@ def _require_adapter_model(model: Any) -> Any:
     return model
 
 
+def refuse_prompt_tuning_on_own_lm_head(model: Any) -> None:
+    """Raise when an active prompt-tuning adapter would train through the model's own LM head in a ``Trainer``.
+
+    Prompt tuning puts ``P`` soft tokens in front of the sequence and a built-in LM head returns logits for all
+    ``P + T`` positions, so the loss a ``Trainer`` (or trl's ``SFTTrainer``) computes against labels (batch, T)
+    does not line up: transformers raises a batch-size mismatch, trl a tensor-size error. adapterhub's own loop
+    (:func:`adapterhub.training.train`, ``adapterhub train --kind generation``) keeps only the last ``T``
+    positions (:func:`adapterhub.training.modeling.causal_logits`), and flexible heads see only those."""
+    from adapterhub.spec.composition import setup_names
+
+    store = getattr(model, "_adapterhub", None)
+    if store is None or getattr(model, "active_head", None) is not None:
+        return
+    getter = getattr(model, "get_output_embeddings", None)
+    if not callable(getter) or getter() is None:
+        return
+    adapters = store.adapters
+    names = [n for n in setup_names(store.current_setup()) if n in adapters]
+    prompt = [n for n in names if getattr(adapters[n].config, "method", "") == "prompt_tuning"]
+    if prompt:
+        raise ConfigError(
+            f"adapter {prompt[0]!r} is prompt tuning, whose soft tokens get logits from the model's own LM head "
+            "too, so a Trainer's loss would not line up with the labels; train it with "
+            "adapterhub.training.train(model, task, TrainConfig(method='adapter:prompt_tuning'), tokenizer=...) "
+            "or `adapterhub train --kind generation --method adapter:prompt_tuning`, which drop those positions."
+        )
+
+
 def save_adapter_checkpoint(model: Any, directory: str | os.PathLike[str]) -> Path:
     """Save what training can change, and nothing else: every adapter as ``directory/<name>/`` (the layout of
     ``model.save_adapter``, head included), and in ``adapterhub_extra.safetensors`` any further tensor that
@@ -187,6 +215,7 @@ class AdapterTrainer(AdapterCheckpoints, Trainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         model = _require_adapter_model(self.model)
+        refuse_prompt_tuning_on_own_lm_head(model)
         if self.args.label_names is None:
             head_name = model.active_head
             if head_name is not None:

@@ -26,8 +26,15 @@ from adapterhub.data import EncodedDataset, collate, encode
 from adapterhub.data.task import TaskData
 from adapterhub.errors import ConfigError
 from adapterhub.training import distributed
-from adapterhub.training.chat_batches import collate_chat, encode_chat, loss_token_count, report_truncated
+from adapterhub.training.chat_batches import (
+    collate_chat,
+    encode_chat,
+    loss_token_count,
+    padding_id,
+    report_truncated,
+)
 from adapterhub.training.config import TrainConfig
+from adapterhub.training.lm_loss import generation_loss, resolve_loss_chunk
 from adapterhub.training.media_batches import batch_rows
 from adapterhub.training.methods import (
     Method,
@@ -45,6 +52,7 @@ from adapterhub.training.modeling import (
     save_trained,
 )
 from adapterhub.training.packing import EXAMPLES_KEY, TOKENS_KEY, collate_packed, resolve_packing
+from adapterhub.training.quantize import model_quantization
 from adapterhub.training.resources import PeakMemory, autocast, resolve_precision, seed_everything
 from adapterhub.training.results import RESULTS_FILE, TrainResults
 from adapterhub.training.sampling import LengthGroupedSampler, example_lengths, length_sorted_indices
@@ -279,6 +287,7 @@ def _run(
     generation = task.kind == "generation"
     collate_fn: Any = collate_chat if generation else collate
     train_collate: Any = collate_fn
+    loss_chunk = config.loss_chunk_size
     if generation:
         chat_options = {
             "max_length": config.max_length,
@@ -291,13 +300,16 @@ def _run(
         report_truncated("dev", dev_chat, config.max_length, info.is_main)
         train_data, dev_data = train_chat.dataset, dev_chat.dataset
         packed, fallback = resolve_packing(config.packing, model)
-        if fallback and info.is_main:
-            print(fallback, file=sys.stderr)
+        loss_chunk, chunk_note = resolve_loss_chunk(model, config.loss_chunk_size, padding_id(tokenizer))
+        for line in (fallback, chunk_note):
+            if line and info.is_main:
+                print(line, file=sys.stderr)
         if packed:
             train_collate = functools.partial(collate_packed, max_length=config.max_length)
         results.generation = {
             "truncated": {"train": train_chat.truncated, "dev": dev_chat.truncated},
             "packing": packed,
+            "loss_chunk_size": loss_chunk,
         }
     elif task.media is not None:
         from adapterhub.training.media_batches import media_datasets
@@ -368,6 +380,8 @@ def _run(
         "head": {"layers": config.head_layers, "dropout": config.head_dropout, "pooling": config.pooling},
         "max_length": config.max_length,
         "metric": metric,
+        "quantize": model_quantization(model),
+        "gradient_checkpointing": config.gradient_checkpointing,
         **({"media": task.media} if task.media else {}),
     }
     best_state: dict[str, torch.Tensor] | None = None
@@ -389,6 +403,7 @@ def _run(
                 batch_size=config.eval_batch_size,
                 max_new_tokens=config.max_new_tokens,
                 adapters=adapters,
+                loss_chunk_size=loss_chunk,
                 progress=show,
             )
 
@@ -467,7 +482,10 @@ def _run(
                 sync = index == window_size - 1 or not info.enabled
                 with _no_sync(wrapped, sync):
                     with autocast(info.device, dtype):
-                        loss, _ = forward_batch(wrapped, batch, task.kind)
+                        if generation:
+                            loss = generation_loss(wrapped, batch, chunk_size=loss_chunk)
+                        else:
+                            loss, _ = forward_batch(wrapped, batch, task.kind)
                     assert loss is not None
                     scaled = loss.float() / window_size
                     scaled.backward()

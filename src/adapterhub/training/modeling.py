@@ -47,7 +47,12 @@ def load_base(
     encoder is refused: :func:`check_causal_lm`). ``quantize`` (``nf4``, ``fp4``, ``int8``): loaded quantised by
     bitsandbytes and prepared for k-bit training (:mod:`adapterhub.training.quantize`). With ``media``
     (``"image"``, ``"audio"``) the second item is the model's
-    :class:`~adapterhub.training.media_batches.MediaProcessor` instead of a tokenizer."""
+    :class:`~adapterhub.training.media_batches.MediaProcessor` instead of a tokenizer. ``quantize="none"`` is
+    the same as None."""
+    from adapterhub.training.quantize import NOT_QUANTIZED, quantization_config
+
+    if quantize == NOT_QUANTIZED:
+        quantize = None
     if media is not None:
         if quantize is not None:
             raise ConfigError("--quantize is for text models here; image and audio bases load unquantised.")
@@ -55,8 +60,6 @@ def load_base(
 
         return load_media_base(model_path, media)
     import transformers
-
-    from adapterhub.training.quantize import quantization_config
 
     if causal_lm and not model_path:
         model_path = "smollm2"
@@ -79,7 +82,7 @@ def load_base(
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         hint = f" (packaged models: {', '.join(sorted(PACKAGED_MODELS))})" if "/" not in path else ""
         raise ConfigError(f"cannot load the model {path!r}: {first}{hint}") from None
-    if quantize is not None:
+    if bnb is not None:
         from adapterhub.api.kbit import prepare_kbit_training
 
         prepare_kbit_training(model, gradient_checkpointing=False)
@@ -88,9 +91,11 @@ def load_base(
 
 def model_and_tokenizer(args: Any, causal_lm: bool) -> tuple[Any, Any]:
     """What ``training.loop.train`` takes as ``model`` / ``tokenizer`` for a CLI command: the ``--model`` path
-    (loaded there) without ``--quantize``, else the base loaded quantised here."""
+    (loaded there) without ``--quantize`` (or with ``--quantize none``), else the base loaded quantised here."""
+    from adapterhub.training.quantize import NOT_QUANTIZED
+
     quantize = getattr(args, "quantize", None)
-    if quantize is None:
+    if quantize is None or quantize == NOT_QUANTIZED:
         return args.model, None
     model, tokenizer, _ = load_base(args.model, causal_lm=causal_lm, quantize=quantize)
     return model, tokenizer
@@ -355,12 +360,24 @@ def find_saved_run(path: str | os.PathLike[str]) -> Path:
 def load_trained(
     directory: Path, model_path: str | None = None, quantize: str | None = None
 ) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """Rebuild a trained model from a saved run directory: ``(model, tokenizer, info)``, in eval mode (the base
-    quantised with ``quantize``: ``nf4``, ``fp4``, ``int8``)."""
+    """Rebuild a trained model from a saved run directory: ``(model, tokenizer, info)``, in eval mode. The base is
+    quantised with ``quantize`` (``nf4``, ``fp4``, ``int8``; ``none``: not quantised), by default as the run
+    recorded it (``training.json``'s ``quantize``; said on stderr)."""
+    import sys
+
+    from adapterhub.training.quantize import resolve_quantize
+
     info = read_training_info(directory)
     if info is None:
         raise AdapterFileError(f"{directory} holds no {TRAINING_FILE}.")
     generation = info.get("kind") == "generation"
+    recorded = info.get("quantize")
+    requested, quantize = quantize, resolve_quantize(quantize, recorded)
+    if requested is None and quantize is not None:
+        print(
+            f"loading the base quantised {quantize}, as the run was trained (--quantize none: the float base)",
+            file=sys.stderr,
+        )
     model, tokenizer, _ = load_base(
         model_path or info.get("model"), causal_lm=generation, quantize=quantize, media=info.get("media")
     )

@@ -27,7 +27,11 @@ from __future__ import annotations
 from typing import Any
 
 from adapterhub.errors import ConfigError
-from adapterhub.training.hf_trainer import AdapterCheckpoints, _require_adapter_model
+from adapterhub.training.hf_trainer import (
+    AdapterCheckpoints,
+    _require_adapter_model,
+    refuse_prompt_tuning_on_own_lm_head,
+)
 
 _CLASSES: dict[type, type] = {}
 
@@ -55,7 +59,8 @@ def sft_trainer(model: Any, **kwargs: Any) -> Any:
 
     Contract: the model is trained in place; nothing but the parameters with ``requires_grad`` changes (after
     ``model.train_adapter(name)``: that adapter). Raises ``ConfigError`` for a model without the adapter API, a
-    model with nothing to train, and a ``peft_config`` (adapterhub trains its own adapters: add one with
+    model with nothing to train, an active prompt-tuning adapter (its soft tokens' logits would not line up with
+    the labels: :func:`~adapterhub.training.hf_trainer.refuse_prompt_tuning_on_own_lm_head`), and a ``peft_config`` (adapterhub trains its own adapters: add one with
     ``model.add_adapter``); ``ImportError`` naming ``pip install adapterhub[trl]`` without trl."""
     model = _require_adapter_model(model)
     if kwargs.get("peft_config") is not None:
@@ -66,4 +71,5 @@ def sft_trainer(model: Any, **kwargs: Any) -> Any:
         )
     if not any(param.requires_grad for param in model.parameters()):
         raise ConfigError("The model has no trainable parameter: call model.train_adapter(name) first.")
+    refuse_prompt_tuning_on_own_lm_head(model)
     return _sft_trainer_class()(model=model, **kwargs)
