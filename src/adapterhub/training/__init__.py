@@ -16,12 +16,13 @@ from adapterhub.training.config import TrainConfig
 from adapterhub.training.results import TrainResults
 
 if TYPE_CHECKING:
+    from adapterhub.training.evaluation import evaluate_model
     from adapterhub.training.hf_trainer import (
         AdapterTrainer,
         load_adapter_checkpoint,
         save_adapter_checkpoint,
     )
-    from adapterhub.training.loop import evaluate_model, train
+    from adapterhub.training.loop import train
     from adapterhub.training.methods import Method, apply_method, parse_method
     from adapterhub.training.metrics import compute_metrics
     from adapterhub.training.trl import sft_trainer
@@ -47,7 +48,7 @@ _LAZY = {
     "AdapterTrainer": "adapterhub.training.hf_trainer",
     "load_adapter_checkpoint": "adapterhub.training.hf_trainer",
     "save_adapter_checkpoint": "adapterhub.training.hf_trainer",
-    "evaluate_model": "adapterhub.training.loop",
+    "evaluate_model": "adapterhub.training.evaluation",
     "train": "adapterhub.training.loop",
     "Method": "adapterhub.training.methods",
     "apply_method": "adapterhub.training.methods",

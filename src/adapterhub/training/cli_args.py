@@ -240,7 +240,7 @@ def train_config(args: argparse.Namespace, method: str, output_dir: str, lr: flo
 
 def evaluation_loader(args: argparse.Namespace, task: Any, tokenizer: Any, info: dict[str, Any]) -> Any:
     from adapterhub.data import encode
-    from adapterhub.training.loop import make_loader
+    from adapterhub.training.evaluation import make_loader
 
     examples = task.dev if args.split == "dev" else task.train
     if not examples:

@@ -14,15 +14,15 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DistributedSampler, RandomSampler
 
-from adapterhub.data import EncodedDataset, collate, encode
+from adapterhub.data import collate, encode
 from adapterhub.data.task import TaskData
 from adapterhub.errors import ConfigError
 from adapterhub.training import distributed
@@ -34,6 +34,7 @@ from adapterhub.training.chat_batches import (
     report_truncated,
 )
 from adapterhub.training.config import TrainConfig
+from adapterhub.training.evaluation import evaluate_model, make_loader, progress_iter, to_device
 from adapterhub.training.lm_loss import generation_loss, resolve_loss_chunk
 from adapterhub.training.media_batches import batch_rows
 from adapterhub.training.methods import (
@@ -42,7 +43,7 @@ from adapterhub.training.methods import (
     parse_method,
     trainable_parameters,
 )
-from adapterhub.training.metrics import GREATER_IS_BETTER, check_metric, compute_metrics, is_better
+from adapterhub.training.metrics import GREATER_IS_BETTER, check_metric, is_better
 from adapterhub.training.modeling import (
     HeadSettings,
     enable_checkpointing,
@@ -55,109 +56,9 @@ from adapterhub.training.packing import EXAMPLES_KEY, TOKENS_KEY, collate_packed
 from adapterhub.training.quantize import model_quantization
 from adapterhub.training.resources import PeakMemory, autocast, resolve_precision, seed_everything
 from adapterhub.training.results import RESULTS_FILE, TrainResults
-from adapterhub.training.sampling import LengthGroupedSampler, example_lengths, length_sorted_indices
+from adapterhub.training.sampling import LengthGroupedSampler
 from adapterhub.training.schedule import linear_schedule, warmup_steps_for
 from adapterhub.version import __version__
-
-
-def _progress(iterable: Any, enabled: bool, **kwargs: Any) -> Any:
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, file=sys.stderr, dynamic_ncols=True, leave=False, **kwargs)
-
-
-def make_loader(
-    dataset: EncodedDataset,
-    tokenizer: Any,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    seed: int,
-    info: distributed.DistInfo | None = None,
-    group_by_length: bool = False,
-    collate_fn: Callable[[Sequence[Any], Any], dict[str, torch.Tensor]] = collate,
-) -> DataLoader[Any]:
-    """Batches of ``dataset`` padded per batch by ``collate_fn(items, tokenizer)``; shuffled with a seeded
-    generator (or a seeded ``DistributedSampler`` when running distributed). ``group_by_length``: shuffled
-    batches hold rows of similar length (:class:`LengthGroupedSampler`), unshuffled ones go longest first."""
-    sampler: Any
-    if shuffle and info is not None and info.enabled:
-        if group_by_length:
-            raise ConfigError(
-                "group_by_length is not available with distributed training yet; leave it off under torchrun."
-            )
-        sampler = DistributedSampler(
-            dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed
-        )
-    elif shuffle and group_by_length:
-        sampler = LengthGroupedSampler(
-            example_lengths(dataset), batch_size, generator=torch.Generator().manual_seed(seed)
-        )
-    elif shuffle:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-    elif group_by_length:
-        sampler = length_sorted_indices(dataset)
-    else:
-        sampler = SequentialSampler(dataset)
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, collate_fn=lambda items: collate_fn(items, tokenizer)
-    )
-
-
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-
-
-@torch.no_grad()
-def evaluate_model(
-    model: nn.Module,
-    loader: DataLoader[Any],
-    kind: str,
-    *,
-    device: torch.device | None = None,
-    dtype: torch.dtype | None = None,
-    progress: bool = False,
-) -> dict[str, float]:
-    """Metrics of ``model`` (an adapterhub model with its head active) over every batch of ``loader``; the model
-    is left in the train/eval mode it was in."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    all_logits: list[torch.Tensor] = []
-    all_labels: list[torch.Tensor] = []
-    losses: list[float] = []
-    try:
-        for batch in _progress(loader, progress, desc="eval", unit="batch"):
-            batch = _to(batch, device)
-            if "labels" not in batch:
-                raise ConfigError("the evaluation data has no labels; evaluation needs labelled examples.")
-            with autocast(device, dtype):
-                loss, logits = forward_batch(model, batch, kind)
-            all_logits.append(logits.float().cpu())
-            all_labels.append(batch["labels"].cpu())
-            if loss is not None:
-                losses.append(float(loss) * len(batch["labels"]))
-    finally:
-        model.train(was_training)
-    if not all_logits:
-        return {}
-    labels = torch.cat(all_labels)
-    metrics = compute_metrics(kind, _cat_logits(all_logits), labels)
-    if losses:
-        metrics["loss"] = sum(losses) / len(labels)
-    return metrics
-
-
-def _cat_logits(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate per-batch logits (rows, width) along rows. Multiple-choice batches are padded to their own most
-    choices, so narrower ones are widened with the float32 minimum: a padded choice is never the argmax."""
-    width = max(part.shape[-1] for part in parts)
-    if all(part.shape[-1] == width for part in parts) or parts[0].dim() != 2:
-        return torch.cat(parts)
-    low = torch.finfo(torch.float32).min
-    return torch.cat([nn.functional.pad(part, (0, width - part.shape[-1]), value=low) for part in parts])
 
 
 def _resolve_model(
@@ -464,7 +365,7 @@ def _run(
     tokens_seen = 0
     loss_tokens_seen = 0
     model.train()
-    bar = _progress(range(total), show, desc=f"train {method.text}", unit="step")
+    bar = progress_iter(range(total), show, desc=f"train {method.text}", unit="step")
     progress_bar = bar if show else None
     while step < total and not stop:
         if isinstance(train_loader.sampler, DistributedSampler):
@@ -478,7 +379,7 @@ def _run(
             loss_sum = 0.0
             for index, batch in enumerate(window):
                 packed_examples, packed_tokens = batch.pop(EXAMPLES_KEY, None), batch.pop(TOKENS_KEY, None)
-                batch = _to(batch, info.device)
+                batch = to_device(batch, info.device)
                 sync = index == window_size - 1 or not info.enabled
                 with _no_sync(wrapped, sync):
                     with autocast(info.device, dtype):

@@ -23,7 +23,7 @@ from torch import nn
 from adapterhub.data import encode
 from adapterhub.data.task import TaskData
 from adapterhub.errors import ConfigError
-from adapterhub.training.loop import make_loader
+from adapterhub.training.evaluation import make_loader
 from adapterhub.training.modeling import forward_batch, load_base, load_trained
 
 
