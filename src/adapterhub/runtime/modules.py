@@ -2,7 +2,8 @@
 the forward hooks of module points (``("module", path)``).
 
 ``modules_to_save``: ``saved_copy`` makes an adapter's trainable copy of a module (without the model's hooks), and
-``attach_saved_modules`` hooks the original so that the copy's output replaces its own while the adapter is active.
+``attach_saved_modules`` hooks the original so that the copy's output replaces its own while the adapter is active (per row block under
+a top-level ``BatchSplit`` / ``Parallel``).
 
 A module point is attached when an adapter that occupies it joins the model (``attach_module_points``): one
 ``_ModuleHook`` per module, shared by every adapter there. Like the spec's linear hooks it returns ``None`` at once
@@ -19,11 +20,12 @@ from torch import nn
 
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import MODULE, MODULE_LAYER, LinearInputs, NamedModule
+from adapterhub.runtime import callstate
 from adapterhub.runtime.injection import AdapterHook, PointHandler, remove_hooks
 from adapterhub.runtime.layers import layer_stacks
 from adapterhub.runtime.quantized import float_weight, refuse_quantized, weight_reader
 from adapterhub.spec.architectures import ArchitectureSpec
-from adapterhub.spec.composition import Stack, setup_names
+from adapterhub.spec.composition import BatchSplit, Parallel, Stack, setup_names
 
 _SKIP = "_adapterhub"  # the adapter store (STORE_ATTR): adapters and heads are never targets
 
@@ -220,8 +222,18 @@ def saved_copy(model: nn.Module, handler: Any, path: str) -> nn.Module:
 
 class _SavedModuleHook(AdapterHook):
     """Forward hook on a module an adapter keeps a copy of (``modules_to_save``): while that adapter is active,
-    alone or in a Stack of adapter names, its copy's output replaces the module's. Two active adapters with a copy
-    of the same module, or one inside another block, raise (the rows or the copies would be ambiguous)."""
+    its copy's output replaces the module's.
+
+    - One adapter name, or a Stack of adapter names: the copy of the one holder runs on the whole batch.
+    - A top-level ``BatchSplit`` or ``Parallel``: row block ``i`` (``batch_sizes[i]`` rows; under Parallel the
+      ``i``-th of ``n`` equal blocks of the replicated batch) goes through the copy held by child ``i``'s adapter,
+      or the original module when child ``i`` holds none, so each block computes what its child computes alone.
+      The module's input and output must be batch-first with those rows (under Parallel: the module runs after
+      the batch is replicated, i.e. not before the first adapted layer).
+
+    Two holders of one copy that would act on the same rows (a Stack of both, a child with both), a holder inside
+    another block (Split, Average, Fuse, nested), or rows that do not fit raise a ConfigError saying what to do.
+    """
 
     def __init__(self, store: Any, path: str) -> None:
         self.store, self.path = store, path
@@ -231,20 +243,98 @@ class _SavedModuleHook(AdapterHook):
         setup = store.current_setup()
         if setup is None:
             return None
-        adapters = store.adapters
-        holders = [n for n in setup_names(setup) if n in adapters and self.path in adapters[n].saved_paths()]
+        holders = self._holders(setup)
         if not holders:
             return None
-        plain = isinstance(setup, str) or (
-            isinstance(setup, Stack) and all(isinstance(c, str) for c in setup.children)
-        )
-        if len(holders) > 1 or not plain:
+        if _plain(setup):
+            self._one_holder(holders, setup)
+            return store.adapters[holders[0]].saved_module(self.path)(*args, **kwargs)
+        if not isinstance(setup, (BatchSplit, Parallel)):
             raise ConfigError(
-                f"Adapter(s) {holders} keep a copy of {self.path!r} (modules_to_save), which replaces the module "
-                f"for the whole batch; that works with one such adapter active alone or in a Stack of adapter "
-                f"names, not in {setup!r}. Activate one of them, or save the adapters without modules_to_save."
+                f"Adapter(s) {holders} keep a copy of {self.path!r} (modules_to_save); a copy runs with its adapter "
+                f"alone, in a Stack of adapter names, or as a child of a top-level BatchSplit / Parallel, not in "
+                f"{setup!r}. Activate the adapter in one of those setups, or save it without modules_to_save."
             )
-        return adapters[holders[0]].saved_module(self.path)(*args, **kwargs)
+        return self._by_rows(setup, args, kwargs, output)
+
+    def _holders(self, setup: Any) -> list[str]:
+        adapters = self.store.adapters
+        return [n for n in setup_names(setup) if n in adapters and self.path in adapters[n].saved_paths()]
+
+    def _one_holder(self, holders: list[str], where: Any) -> None:
+        if len(holders) > 1:
+            raise ConfigError(
+                f"Adapters {holders} each keep a copy of {self.path!r} (modules_to_save) and would act on the same "
+                f"rows in {where!r}; only one copy can replace the module for a row. Activate one of them there, "
+                "or save the others without modules_to_save."
+            )
+
+    def _by_rows(
+        self, setup: BatchSplit | Parallel, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> Any:
+        """Row block ``i`` of ``output`` from child ``i``'s copy (or the module's own rows): ``(rows, ...)``."""
+        if not isinstance(output, torch.Tensor):
+            raise ConfigError(
+                f"{self.path!r} (modules_to_save) returns a {type(output).__name__}, not one batch-first tensor, so "
+                f"its rows cannot be split per child of {setup!r}; activate its adapters one at a time."
+            )
+        rows = output.shape[0]
+        if isinstance(setup, BatchSplit):
+            sizes = list(setup.batch_sizes)
+        else:
+            n = len(setup.children)
+            state = callstate.current(self.store)
+            if state is None or state.parallel_batch is None or rows != n * state.parallel_batch:
+                raise ConfigError(
+                    f"{self.path!r} (modules_to_save) runs before {setup!r} replicates the batch (it sits before the "
+                    "first adapted layer), so every branch would see the same rows. Activate the branches one at "
+                    "a time, or keep that module out of modules_to_save."
+                )
+            sizes = [state.parallel_batch] * n
+        if sum(sizes) != rows:
+            raise ConfigError(
+                f"{self.path!r} (modules_to_save) gets {rows} rows but {setup!r} splits {sum(sizes)}; its copies "
+                "can follow the split only on batch-first modules. Activate the adapters one at a time."
+            )
+        blocks: list[torch.Tensor] = []
+        start = 0
+        for child, size in zip(setup.children, sizes, strict=True):
+            block = slice(start, start + size)
+            start += size
+            holders = [] if child is None else self._holders(child)
+            if not holders:
+                blocks.append(output[block])  # (size, ...): the module's own rows
+                continue
+            if not _plain(child):
+                raise ConfigError(
+                    f"Adapter(s) {holders} keep a copy of {self.path!r} (modules_to_save) inside {child!r}; in a "
+                    f"{type(setup).__name__} a copy follows a child that is an adapter name or a Stack of names."
+                )
+            self._one_holder(holders, child)
+            copy_ = self.store.adapters[holders[0]].saved_module(self.path)
+            part = copy_(*_rows(args, block, rows), **_rows(kwargs, block, rows))
+            blocks.append(part)  # (size, ...)
+        return torch.cat(blocks, dim=0)  # (rows, ...)
+
+
+def _plain(setup: Any) -> bool:
+    """An adapter name, or a Stack of adapter names."""
+    return isinstance(setup, str) or (
+        isinstance(setup, Stack) and all(isinstance(c, str) for c in setup.children)
+    )
+
+
+def _rows(value: Any, block: slice, rows: int) -> Any:
+    """``value`` with every batch-first tensor (``rows`` rows) cut to ``block``."""
+    if isinstance(value, torch.Tensor):
+        return value[block] if value.dim() >= 1 and value.shape[0] == rows else value
+    if isinstance(value, tuple):
+        return tuple(_rows(v, block, rows) for v in value)
+    if isinstance(value, list):
+        return [_rows(v, block, rows) for v in value]
+    if isinstance(value, dict):
+        return {k: _rows(v, block, rows) for k, v in value.items()}
+    return value
 
 
 def attach_saved_modules(model: nn.Module, store: Any, paths: tuple[str, ...]) -> None:
