@@ -36,6 +36,19 @@ def add_saved_tensors(record: AdapterRecord, out: dict[str, torch.Tensor]) -> li
     return names or None
 
 
+def add_bias_tensors(record: AdapterRecord, out: dict[str, torch.Tensor], targets: Iterable[str]) -> str:
+    """The adapter's copies of biases (``biases.<path with ":">``, LoRA's option ``bias``) into ``out`` under
+    peft's names: ``<path>.base_layer.bias`` for a module LoRA targets (peft wraps it; ``targets``: their paths),
+    ``<path>.bias`` otherwise. Returns peft's ``bias`` value (``"none"`` without copies)."""
+    wrapped = set(targets)
+    for key, tensor in record.tensors.items():
+        if key.startswith("biases."):
+            path = key[len("biases.") :].replace(":", ".")
+            name = f"{path}.base_layer.bias" if path in wrapped else f"{path}.bias"
+            out[PREFIX + name] = tensor.detach().contiguous()
+    return str(record.config.get("bias", "none"))
+
+
 def add_head_tensors(
     record: AdapterRecord, out: dict[str, torch.Tensor], skip: set[str] | frozenset[str] = frozenset()
 ) -> list[str] | None:
@@ -93,12 +106,12 @@ def module_tensors(
 ) -> Iterator[tuple[str, str, torch.Tensor]]:
     """``(module path, parameter, tensor)`` of each record tensor on a whole module (:func:`module_param`), for the
     writers of peft's by-module layouts; ``modules_to_save`` tensors (``saved.``) and the ``skip`` keys are left
-    out. A tensor with no such form (a slice of a fused projection) raises ``ConfigError(no_form(key))``."""
+    out, and so are held biases (``biases.``). A tensor with no such form (a slice of a fused projection) raises ``ConfigError(no_form(key))``."""
     prefix = layers_path(model, spec) if any(k.startswith("layers.") for k in record.tensors) else ""
     left_out = set(skip)
     for key, tensor in record.tensors.items():
-        if key.startswith("saved.") or key in left_out:
-            continue  # modules_to_save: add_saved_tensors writes them
+        if key.startswith(("saved.", "biases.")) or key in left_out:
+            continue  # modules_to_save, option bias: add_saved_tensors / add_bias_tensors write them
         found = module_param(key, spec, prefix)
         if found is None:
             raise ConfigError(no_form(key))

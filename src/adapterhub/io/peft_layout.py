@@ -16,8 +16,7 @@ same rank and are refused with a message saying so.
 ``modules_to_save`` tensors (``base_model.model.classifier.weight`` ...) become the LoRA adapter's copies of those
 modules (``saved.<path>.<param>``, its ``modules_to_save``); for (IA)³ the built-in ("static") head, loaded into the
 model's own head when the shapes match. Options we cannot express are refused with a
-``ConfigError`` naming the option: ``bias`` other than ``"none"``, non-empty ``rank_pattern`` /
-``alpha_pattern``, ``lora_bias``, ``layer_replication``, ``target_parameters``, and other peft
+``ConfigError`` naming the option: ``lora_bias``, ``layer_replication``, ``target_parameters``, and other peft
 methods than LoRA, (IA)³ (``peft_type: IA3``, read and written by ``adapterhub.io.peft_ia3``), LoHa and LoKr
 (``LOHA`` / ``LOKR``, ``adapterhub.io.peft_lycoris``) and VeRA (``VERA``, ``adapterhub.io.peft_vera``).
 
@@ -44,6 +43,7 @@ from adapterhub.io.peft_common import (
     CONFIG_FILE,
     PREFIX,
     WEIGHTS_FILE,
+    add_bias_tensors,
     add_saved_tensors,
     module_regex,
     split_rows,
@@ -146,9 +146,9 @@ def _module_pattern(spec: ArchitectureSpec) -> re.Pattern[str]:
 def _needs_module_targets(
     meta: Mapping[str, Any], raw: Mapping[str, torch.Tensor], pattern: re.Pattern[str]
 ) -> bool:
-    """Whether a peft LoRA file needs targeting by module name: per-module ranks/alphas, a LoRA on a module that
-    is no spec projection, or different projections in different layers."""
-    if meta.get("rank_pattern") or meta.get("alpha_pattern"):
+    """Whether a peft LoRA file needs targeting by module name: per-module ranks/alphas, trained biases (option
+    bias), a LoRA on a module that is no spec projection, or different projections in different layers."""
+    if meta.get("rank_pattern") or meta.get("alpha_pattern") or meta.get("bias") not in (None, "none"):
         return True
     found: dict[str, set[str]] = {}
     for key in raw:
@@ -384,11 +384,13 @@ def write_peft_dir(
     layers_path = next(name for name, module in model.named_modules() if module is layers)
     out: dict[str, torch.Tensor] = {}
     fused: dict[tuple[str, str], dict[str, dict[str, torch.Tensor]]] = {}
+    targets: set[str] = set()
     for key, tensor in record.tensors.items():
-        if key.startswith("saved."):
-            continue  # modules_to_save: add_saved_tensors below
+        if key.startswith(("saved.", "biases.")):
+            continue  # modules_to_save, option bias: add_saved_tensors / add_bias_tensors below
         _, layer, point, param = key.split(".")
         linear = spec.linears[point]
+        targets.add(f"{layers_path}.{layer}.{linear.module}")
         if linear.part is None:
             name = "lora_magnitude_vector" if param == "magnitude" else f"{param}.weight"
             out[f"{PREFIX}{layers_path}.{layer}.{linear.module}.{name}"] = tensor.detach().contiguous()
@@ -416,6 +418,7 @@ def write_peft_dir(
                 [by_point[p]["magnitude"] for p in parts], dim=0
             ).contiguous()
     modules_to_save = add_saved_tensors(record, out)
+    bias = add_bias_tensors(record, out, targets)
     num_layers = len(layers)
     leave_out = set(config.get("leave_out", []))
     target_modules = module_regex(
@@ -436,7 +439,7 @@ def write_peft_dir(
         "layers_pattern": None,
         "rank_pattern": {},
         "alpha_pattern": {},
-        "bias": "none",
+        "bias": bias,
         "use_dora": config.get("method") == "dora",
         "fan_in_fan_out": any(spec.linears[p].transposed for p in config["targets"]),
         "modules_to_save": modules_to_save,

@@ -115,6 +115,10 @@ class NamedModule:
     # ``nn.Conv2d`` (groups 1, dilation 1): ``d_in`` / ``d_out`` its channels, ``conv`` its (kernel_size, stride,
     # padding) as peft's LoRA copies them to ``lora_A``
     conv: tuple[Any, Any, Any] | None = None
+    # ``bias``: whether it has a ``bias`` parameter; ``bias_axis`` the output dimension that bias is added along
+    # (-1: Linear, Conv1D, LayerNorm; 1: convolutions, batch / group norm; None: unknown use of its bias)
+    bias: bool = False
+    bias_axis: int | None = None
 
 
 @dataclass(frozen=True)
@@ -305,6 +309,20 @@ class AdapterModule(nn.Module):
 
     def saved_module(self, path: str) -> nn.Module:
         raise ConfigError(f"{self.method} adapter {self.adapter_name!r} keeps no copy of {path!r}.")
+
+    def bias_paths(self) -> tuple[str, ...]:
+        """Paths of the model's modules whose bias this adapter keeps a trainable copy of (LoRA's ``bias``
+        option); before its weights are loaded the model hands it each bias with ``set_bias(path, bias)``, and
+        while the adapter is active the copy replaces the module's bias. Default: none."""
+        return ()
+
+    def set_bias(self, path: str, bias: torch.Tensor) -> None:
+        raise ConfigError(f"{self.method} adapters keep no copies of the model's biases (option bias).")
+
+    def held_bias(self, path: str) -> torch.Tensor:
+        raise ConfigError(
+            f"{self.method} adapter {self.adapter_name!r} keeps no copy of the bias of {path!r}."
+        )
 
     def adopt_tensors(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Saved tensors renamed to this module's own state-dict keys before they are loaded (a file that names

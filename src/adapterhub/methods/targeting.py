@@ -175,3 +175,37 @@ def select_saved(config: ModuleTargeting, dims: ModelDims, targets: Sequence[str
             "modules_to_save."
         )
     return paths
+
+
+def select_biases(
+    config: ModuleTargeting, dims: ModelDims, targets: Sequence[str], saved: Sequence[str]
+) -> tuple[str, ...]:
+    """The paths of the modules whose bias an adapter with ``bias`` (peft's option) keeps a trainable copy of, in
+    the model's module order: ``"lora_only"``: its targets (``targets``: their paths) that have a bias; ``"all"``:
+    every module with a ``bias`` parameter outside ``saved`` (``modules_to_save``: those copies train whole).
+    Raises naming a selected module whose type's use of its bias is not known (the copy could not replace it)."""
+    bias = getattr(config, "bias", "none")
+    if bias == "none":
+        return ()
+    if not dims.modules:
+        raise ConfigError(
+            f"bias={bias!r} keeps copies of the model's biases, but its module list is not known (ModelDims.modules "
+            "is empty); add the adapter through the model (model.add_adapter) so its modules can be listed."
+        )
+    wanted = set(targets)
+    chosen: list[str] = []
+    for module in dims.modules:
+        if not module.bias:
+            continue
+        if bias == "lora_only" and module.path not in wanted:
+            continue
+        if bias == "all" and any(module.path == p or module.path.startswith(p + ".") for p in saved):
+            continue
+        if module.bias_axis is None:
+            raise ConfigError(
+                f"bias={bias!r} selects the bias of {module.path!r}, a {module.type_name}, whose use of its bias "
+                "adapterhub does not know (it holds biases of Linear, Conv1D, layer norms, convolutions, batch and "
+                "group norms). Use bias='lora_only' or 'none', or put the module in modules_to_save."
+            )
+        chosen.append(module.path)
+    return tuple(chosen)

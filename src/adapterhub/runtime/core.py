@@ -199,6 +199,8 @@ class AdapterModelCore:
             attach_module_points(self._module(), self._store, paths)
         if module.saved_paths():
             attach_saved_modules(self._module(), self._store, module.saved_paths())
+        if module.bias_paths():
+            attach_saved_modules(self._module(), self._store, module.bias_paths(), kind="bias")
         if ATTENTION in module.kinds():
             attention_hooks.enable(self._module(), self._spec)
         prepare = getattr(module, "prepare_for_model", None)
@@ -206,10 +208,13 @@ class AdapterModelCore:
             prepare(self._module())
 
     def _bind_saved(self, module: AdapterModule) -> None:
-        """Hand a new adapter its copies of the model's modules (``modules_to_save``), before weights are loaded
-        into it."""
+        """Hand a new adapter its copies of the model's modules (``modules_to_save``) and biases (option ``bias``),
+        before weights are loaded into it."""
         for path in module.saved_paths():
             module.set_saved(path, saved_copy(self._module(), self._store, path))
+        for path in module.bias_paths():  # option bias: copies of the model's biases
+            bias: torch.Tensor = self._module().get_submodule(path).bias  # type: ignore[assignment]  # (d,)
+            module.set_bias(path, bias)
 
     def _check_saved_fit(self, module: AdapterModule, tensors: Mapping[str, torch.Tensor]) -> None:
         """Raise IncompatibleModelError when saved copies of modules (``modules_to_save``) have other shapes than

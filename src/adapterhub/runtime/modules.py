@@ -70,6 +70,7 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
         if id(module) in by_id:
             layer_paths[path] = by_id[id(module)]
         layer, point = _owner(path, layer_paths)
+        held = _bias_fields(module)
         if isinstance(module, nn.Embedding):
             table.append(
                 NamedModule(
@@ -82,6 +83,7 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
                     output_head=module is head,
                     embedding=True,
                     padding_idx=module.padding_idx,
+                    **held,
                 )
             )
             continue
@@ -94,6 +96,7 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
                     d_out=int(module.out_channels),
                     layer=layer,
                     conv=(module.kernel_size, module.stride, module.padding),
+                    **held,
                 )
             )
             continue
@@ -103,7 +106,7 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
             weight: torch.Tensor = module.weight  # type: ignore[assignment]  # (d_in, d_out)
             shape = (int(weight.shape[0]), int(weight.shape[1]), True)
         else:
-            table.append(NamedModule(path, type(module).__name__, layer=layer))
+            table.append(NamedModule(path, type(module).__name__, layer=layer, **held))
             continue
         table.append(
             NamedModule(
@@ -116,9 +119,37 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
                 layer=layer,
                 point=point,
                 output_head=module is head,
+                **held,
             )
         )
     return tuple(table)
+
+
+_CHANNEL_FIRST = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
+
+
+def bias_axis(module: nn.Module) -> int | None:
+    """The output dimension along which ``module`` adds its ``bias``: -1 for Linear, GPT-2's Conv1D and layer norms,
+    1 for convolutions and batch / group / instance norms; None for a type whose use of its bias is not known."""
+    if (
+        isinstance(module, (nn.Linear, nn.LayerNorm))
+        or _is_conv1d(module)
+        or "LayerNorm" in type(module).__name__
+    ):
+        return -1
+    if isinstance(module, _CHANNEL_FIRST):
+        return 1
+    return None
+
+
+def _bias_fields(module: nn.Module) -> dict[str, Any]:
+    has = isinstance(module._parameters.get("bias"), torch.Tensor)
+    return {"bias": has, "bias_axis": bias_axis(module) if has else None}
 
 
 def _owner(path: str, layer_paths: dict[str, tuple[int, Any]]) -> tuple[int | None, str | None]:
@@ -195,7 +226,8 @@ def attach_module_points(model: nn.Module, handler: PointHandler, paths: list[st
                 f"{module.padding_mode!r}; LoRA on Conv2d supports groups=1, dilation=1 and zero padding. Leave it "
                 "out of target_modules."
             )
-        module.register_forward_hook(_ModuleHook(handler, path, _transposed(module)))
+        # prepended: adapters' updates see the module's own output, before a held bias (option bias) replaces b
+        module.register_forward_hook(_ModuleHook(handler, path, _transposed(module)), prepend=True)
 
 
 def saved_copy(model: nn.Module, handler: Any, path: str) -> nn.Module:
@@ -221,8 +253,9 @@ def saved_copy(model: nn.Module, handler: Any, path: str) -> nn.Module:
 
 
 class _SavedModuleHook(AdapterHook):
-    """Forward hook on a module an adapter keeps a copy of (``modules_to_save``): while that adapter is active,
-    its copy's output replaces the module's.
+    """Forward hook on a module an adapter keeps a copy of (``kind="module"``: ``modules_to_save``) or whose bias it
+    keeps a copy of (``kind="bias"``: LoRA's ``bias`` option): while that adapter is active, its copy's output
+    replaces the module's (``y' = y - b + b'`` for a held bias ``b'``).
 
     - One adapter name, or a Stack of adapter names: the copy of the one holder runs on the whole batch.
     - A top-level ``BatchSplit`` or ``Parallel``: row block ``i`` (``batch_sizes[i]`` rows; under Parallel the
@@ -235,8 +268,23 @@ class _SavedModuleHook(AdapterHook):
     another block (Split, Average, Fuse, nested), or rows that do not fit raise a ConfigError saying what to do.
     """
 
-    def __init__(self, store: Any, path: str) -> None:
-        self.store, self.path = store, path
+    def __init__(self, store: Any, path: str, kind: str = "module") -> None:
+        self.store, self.path, self.kind = store, path, kind
+        self.what = "modules_to_save" if kind == "module" else "its bias, option bias"
+        self.option = "modules_to_save" if kind == "module" else "bias (bias='none')"
+
+    def _apply(
+        self, holder: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> Any:
+        """What the module returns with ``holder``'s copy: ``output`` (its rows) is what the model's module gave."""
+        adapter = self.store.adapters[holder]
+        if self.kind == "module":
+            return adapter.saved_module(self.path)(*args, **kwargs)
+        held, own = adapter.held_bias(self.path), module.bias  # (d,), (d,)
+        axis = -1 if bias_axis(module) == -1 else 1
+        shape = [1] * output.dim()
+        shape[axis] = -1
+        return output + (held - own).to(output.dtype).view(shape)
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
         store = self.store
@@ -248,34 +296,40 @@ class _SavedModuleHook(AdapterHook):
             return None
         if _plain(setup):
             self._one_holder(holders, setup)
-            return store.adapters[holders[0]].saved_module(self.path)(*args, **kwargs)
+            return self._apply(holders[0], module, args, kwargs, output)
         if not isinstance(setup, (BatchSplit, Parallel)):
             raise ConfigError(
-                f"Adapter(s) {holders} keep a copy of {self.path!r} (modules_to_save); a copy runs with its adapter "
+                f"Adapter(s) {holders} keep a copy of {self.path!r} ({self.what}); a copy runs with its adapter "
                 f"alone, in a Stack of adapter names, or as a child of a top-level BatchSplit / Parallel, not in "
-                f"{setup!r}. Activate the adapter in one of those setups, or save it without modules_to_save."
+                f"{setup!r}. Activate the adapter in one of those setups, or save it without {self.option}."
             )
-        return self._by_rows(setup, args, kwargs, output)
+        return self._by_rows(setup, module, args, kwargs, output)
 
     def _holders(self, setup: Any) -> list[str]:
         adapters = self.store.adapters
-        return [n for n in setup_names(setup) if n in adapters and self.path in adapters[n].saved_paths()]
+        held = "saved_paths" if self.kind == "module" else "bias_paths"
+        return [n for n in setup_names(setup) if n in adapters and self.path in getattr(adapters[n], held)()]
 
     def _one_holder(self, holders: list[str], where: Any) -> None:
         if len(holders) > 1:
             raise ConfigError(
-                f"Adapters {holders} each keep a copy of {self.path!r} (modules_to_save) and would act on the same "
+                f"Adapters {holders} each keep a copy of {self.path!r} ({self.what}) and would act on the same "
                 f"rows in {where!r}; only one copy can replace the module for a row. Activate one of them there, "
-                "or save the others without modules_to_save."
+                f"or save the others without {self.option}."
             )
 
     def _by_rows(
-        self, setup: BatchSplit | Parallel, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+        self,
+        setup: BatchSplit | Parallel,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        output: Any,
     ) -> Any:
         """Row block ``i`` of ``output`` from child ``i``'s copy (or the module's own rows): ``(rows, ...)``."""
         if not isinstance(output, torch.Tensor):
             raise ConfigError(
-                f"{self.path!r} (modules_to_save) returns a {type(output).__name__}, not one batch-first tensor, so "
+                f"{self.path!r} ({self.what}) returns a {type(output).__name__}, not one batch-first tensor, so "
                 f"its rows cannot be split per child of {setup!r}; activate its adapters one at a time."
             )
         rows = output.shape[0]
@@ -286,14 +340,14 @@ class _SavedModuleHook(AdapterHook):
             state = callstate.current(self.store)
             if state is None or state.parallel_batch is None or rows != n * state.parallel_batch:
                 raise ConfigError(
-                    f"{self.path!r} (modules_to_save) runs before {setup!r} replicates the batch (it sits before the "
+                    f"{self.path!r} ({self.what}) runs before {setup!r} replicates the batch (it sits before the "
                     "first adapted layer), so every branch would see the same rows. Activate the branches one at "
-                    "a time, or keep that module out of modules_to_save."
+                    f"a time, or keep that module out of {self.option}."
                 )
             sizes = [state.parallel_batch] * n
         if sum(sizes) != rows:
             raise ConfigError(
-                f"{self.path!r} (modules_to_save) gets {rows} rows but {setup!r} splits {sum(sizes)}; its copies "
+                f"{self.path!r} ({self.what}) gets {rows} rows but {setup!r} splits {sum(sizes)}; its copies "
                 "can follow the split only on batch-first modules. Activate the adapters one at a time."
             )
         blocks: list[torch.Tensor] = []
@@ -307,12 +361,13 @@ class _SavedModuleHook(AdapterHook):
                 continue
             if not _plain(child):
                 raise ConfigError(
-                    f"Adapter(s) {holders} keep a copy of {self.path!r} (modules_to_save) inside {child!r}; in a "
+                    f"Adapter(s) {holders} keep a copy of {self.path!r} ({self.what}) inside {child!r}; in a "
                     f"{type(setup).__name__} a copy follows a child that is an adapter name or a Stack of names."
                 )
             self._one_holder(holders, child)
-            copy_ = self.store.adapters[holders[0]].saved_module(self.path)
-            part = copy_(*_rows(args, block, rows), **_rows(kwargs, block, rows))
+            part = self._apply(
+                holders[0], module, _rows(args, block, rows), _rows(kwargs, block, rows), output[block]
+            )
             blocks.append(part)  # (size, ...)
         return torch.cat(blocks, dim=0)  # (rows, ...)
 
@@ -337,10 +392,12 @@ def _rows(value: Any, block: slice, rows: int) -> Any:
     return value
 
 
-def attach_saved_modules(model: nn.Module, store: Any, paths: tuple[str, ...]) -> None:
-    """Hook each module in ``paths`` (once) so an active adapter's copy replaces it."""
+def attach_saved_modules(model: nn.Module, store: Any, paths: tuple[str, ...], kind: str = "module") -> None:
+    """Hook each module in ``paths`` (once per ``kind``) so an active adapter's copy of it (``"module"``) or of its
+    bias (``"bias"``) replaces it."""
     for path in paths:
         module = model.get_submodule(path)
-        if any(isinstance(hook, _SavedModuleHook) for hook in module._forward_hooks.values()):
+        hooks = module._forward_hooks.values()
+        if any(isinstance(hook, _SavedModuleHook) and hook.kind == kind for hook in hooks):
             continue
-        module.register_forward_hook(_SavedModuleHook(store, path), with_kwargs=True)
+        module.register_forward_hook(_SavedModuleHook(store, path, kind), with_kwargs=True)
