@@ -49,6 +49,7 @@ HONOURED_VALUES = {
     "modules_to_save": ["classifier"],
     "init_lora_weights": "gaussian",
     "bias": "lora_only",
+    "trainable_token_indices": [3, 5, 7],
     "fan_in_fan_out": False,
 }
 
@@ -75,8 +76,8 @@ def test_honoured_keys_round_trip(tmp_path, use_dora):
     theirs = peft.get_peft_model(build("bert", "classification"), config).eval()
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        for name, param in theirs.named_parameters():
-            if "lora_" in name or "modules_to_save" in name or name.endswith("base_layer.bias"):
+        for param in theirs.parameters():
+            if param.requires_grad:  # LoRA, the classifier's copy, the targets' biases, the token rows
                 param.add_(torch.randn(param.shape, generator=generator) * 0.3)
     theirs.save_pretrained(tmp_path / "p")
     ours = adapterhub.init(build("bert", "classification")).eval()
@@ -86,6 +87,7 @@ def test_honoured_keys_round_trip(tmp_path, use_dora):
     assert (read.r, read.alpha, read.dropout, read.use_rslora, read.init) == (3, 5.0, 0.1, True, "gaussian")
     assert dict(read.rank_pattern) == {"value": 2} and dict(read.alpha_pattern) == {"query": 7.0}
     assert read.modules_to_save == ("classifier",) and read.bias == "lora_only"
+    assert read.trainable_token_indices == (3, 5, 7)
     assert sorted(ours._adapterhub.adapters["p"].module_paths().values()) == [
         "bert.encoder.layer.1.attention.output.dense",
         "bert.encoder.layer.1.attention.self.query",

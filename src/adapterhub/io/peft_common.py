@@ -49,6 +49,21 @@ def add_bias_tensors(record: AdapterRecord, out: dict[str, torch.Tensor], target
     return str(record.config.get("bias", "none"))
 
 
+TOKENS_SUFFIX = ".token_adapter.trainable_tokens_delta"
+
+
+def add_token_tensors(record: AdapterRecord, out: dict[str, torch.Tensor]) -> Any:
+    """The adapter's copies of embedding rows (``tokens.<path with ":">``, LoRA's ``trainable_token_indices``) into
+    ``out`` under peft's names (``<path>.token_adapter.trainable_tokens_delta``); returns peft's
+    ``trainable_token_indices`` (the config's, or None)."""
+    for key, tensor in record.tensors.items():
+        if key.startswith("tokens."):
+            out[PREFIX + key[len("tokens.") :].replace(":", ".") + TOKENS_SUFFIX] = (
+                tensor.detach().contiguous()
+            )
+    return record.config.get("trainable_token_indices")
+
+
 def add_head_tensors(
     record: AdapterRecord, out: dict[str, torch.Tensor], skip: set[str] | frozenset[str] = frozenset()
 ) -> list[str] | None:
@@ -106,12 +121,12 @@ def module_tensors(
 ) -> Iterator[tuple[str, str, torch.Tensor]]:
     """``(module path, parameter, tensor)`` of each record tensor on a whole module (:func:`module_param`), for the
     writers of peft's by-module layouts; ``modules_to_save`` tensors (``saved.``) and the ``skip`` keys are left
-    out, and so are held biases (``biases.``). A tensor with no such form (a slice of a fused projection) raises ``ConfigError(no_form(key))``."""
+    out, and so are held biases (``biases.``) and token rows (``tokens.``). A tensor with no such form (a slice of a fused projection) raises ``ConfigError(no_form(key))``."""
     prefix = layers_path(model, spec) if any(k.startswith("layers.") for k in record.tensors) else ""
     left_out = set(skip)
     for key, tensor in record.tensors.items():
-        if key.startswith(("saved.", "biases.")) or key in left_out:
-            continue  # modules_to_save, option bias: add_saved_tensors / add_bias_tensors write them
+        if key.startswith(("saved.", "biases.", "tokens.")) or key in left_out:
+            continue  # modules_to_save, bias, trainable_token_indices: add_saved/bias/token_tensors write them
         found = module_param(key, spec, prefix)
         if found is None:
             raise ConfigError(no_form(key))

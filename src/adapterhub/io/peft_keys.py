@@ -30,6 +30,7 @@ HONOURED: dict[str, str] = {
     "fan_in_fan_out": "the module's type (Conv1D stores its weight transposed; peft corrects the flag the same way)",
     "init_lora_weights": "init (True / False / 'gaussian')",
     "bias": "bias ('lora_only' / 'all': the adapter holds the model's biases peft saved)",
+    "trainable_token_indices": "trainable_token_indices (the adapter holds the embedding rows peft saved)",
 }
 
 # keys that describe the file or peft's runtime, not the adapter's weights or outputs
@@ -55,11 +56,6 @@ _BASE_WEIGHTS = (
 
 # key -> (values that change nothing, why it is refused and what to do instead)
 REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
-    "trainable_token_indices": (
-        (None, {}, []),
-        "training single embedding rows is not supported yet; put the embedding in modules_to_save or target it "
-        "with LoRA instead",
-    ),
     "layer_replication": ((None, []), "adapterhub does not replicate layers; expand the base model first"),
     "lora_bias": ((False, None), "adapterhub's LoRA has no bias on lora_B; train without lora_bias"),
     "target_parameters": (

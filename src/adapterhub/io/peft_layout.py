@@ -45,6 +45,7 @@ from adapterhub.io.peft_common import (
     WEIGHTS_FILE,
     add_bias_tensors,
     add_saved_tensors,
+    add_token_tensors,
     module_regex,
     split_rows,
     write_peft_files,
@@ -147,8 +148,10 @@ def _needs_module_targets(
     meta: Mapping[str, Any], raw: Mapping[str, torch.Tensor], pattern: re.Pattern[str]
 ) -> bool:
     """Whether a peft LoRA file needs targeting by module name: per-module ranks/alphas, trained biases (option
-    bias), a LoRA on a module that is no spec projection, or different projections in different layers."""
-    if meta.get("rank_pattern") or meta.get("alpha_pattern") or meta.get("bias") not in (None, "none"):
+    bias), embedding rows (trainable_token_indices), a LoRA on a module that is no spec projection, or different projections in different layers."""
+    if meta.get("rank_pattern") or meta.get("alpha_pattern") or meta.get("trainable_token_indices"):
+        return True
+    if meta.get("bias") not in (None, "none"):
         return True
     found: dict[str, set[str]] = {}
     for key in raw:
@@ -386,8 +389,8 @@ def write_peft_dir(
     fused: dict[tuple[str, str], dict[str, dict[str, torch.Tensor]]] = {}
     targets: set[str] = set()
     for key, tensor in record.tensors.items():
-        if key.startswith(("saved.", "biases.")):
-            continue  # modules_to_save, option bias: add_saved_tensors / add_bias_tensors below
+        if key.startswith(("saved.", "biases.", "tokens.")):
+            continue  # modules_to_save, bias, trainable_token_indices: add_saved/bias/token_tensors below
         _, layer, point, param = key.split(".")
         linear = spec.linears[point]
         targets.add(f"{layers_path}.{layer}.{linear.module}")
@@ -419,6 +422,7 @@ def write_peft_dir(
             ).contiguous()
     modules_to_save = add_saved_tensors(record, out)
     bias = add_bias_tensors(record, out, targets)
+    tokens = add_token_tensors(record, out)
     num_layers = len(layers)
     leave_out = set(config.get("leave_out", []))
     target_modules = module_regex(
@@ -444,6 +448,7 @@ def write_peft_dir(
         "fan_in_fan_out": any(spec.linears[p].transposed for p in config["targets"]),
         "modules_to_save": modules_to_save,
         "init_lora_weights": "gaussian" if config.get("init") == "gaussian" else True,
+        "trainable_token_indices": tokens,
         "inference_mode": True,
     }
     return write_peft_files(directory, out, meta)

@@ -9,7 +9,9 @@ are spec points of the model move to those points (``LoRAAdapter.adopt_tensors``
 
 ``bias`` other than ``"none"``: the model's biases peft saved (``<path>.base_layer.bias`` of a target,
 ``<path>.bias`` of another module) become the adapter's held biases (``biases.<path with ":">``), except those of
-``modules_to_save`` modules (their copies hold them); written back the same way.
+``modules_to_save`` modules (their copies hold them); written back the same way. ``trainable_token_indices``: each
+``<path>.token_adapter.trainable_tokens_delta`` ``(n, d)`` is the adapter's copy of those rows
+(``tokens.<path with ":">``), the option kept as peft wrote it.
 
 Writing: each target under its module path, ``target_modules`` the list of those full paths (peft matches a
 listed name exactly), the patterns as configured.
@@ -29,8 +31,10 @@ from torch import nn
 from adapterhub.errors import AdapterFileError
 from adapterhub.io.peft_common import (
     PREFIX,
+    TOKENS_SUFFIX,
     add_bias_tensors,
     add_saved_tensors,
+    add_token_tensors,
     module_tensors,
     write_peft_files,
 )
@@ -56,6 +60,9 @@ def read_peft_modules(
         if not key.startswith(PREFIX):
             raise AdapterFileError(f"peft weight {key!r} in {directory} is not under {PREFIX!r}.")
         rest = key[len(PREFIX) :]
+        if rest.endswith(TOKENS_SUFFIX):  # trainable_token_indices: the embedding's trained rows
+            tensors[f"tokens.{rest[: -len(TOKENS_SUFFIX)].replace('.', ':')}"] = tensor
+            continue
         if bias != "none" and (rest == "bias" or rest.endswith(".bias")):
             path = rest[: -len(".bias")].removesuffix(".base_layer")
             parts = path.split(".")
@@ -80,7 +87,7 @@ def read_peft_modules(
         }.get(which, which)
         tensors[f"by_name.{path.replace('.', ':')}.{param}"] = tensor
         paths.add(path)
-    if not tensors:
+    if not paths:
         raise AdapterFileError(f"{directory} holds no LoRA weights.")
     config: dict[str, Any] = {
         "method": "dora" if meta.get("use_dora") else "lora",
@@ -96,6 +103,8 @@ def read_peft_modules(
         config["init"] = "gaussian"
     if bias != "none":
         config["bias"] = bias
+    if meta.get("trainable_token_indices"):
+        config["trainable_token_indices"] = meta["trainable_token_indices"]
     return config, tensors, head
 
 
@@ -119,6 +128,7 @@ def write_peft_modules(
         paths.add(path)
     modules_to_save = add_saved_tensors(record, out)
     bias = add_bias_tensors(record, out, paths)
+    tokens = add_token_tensors(record, out)
     transposed = any(type(model.get_submodule(p)).__name__ == "Conv1D" for p in paths)
     meta = {
         "peft_type": "LORA",
@@ -139,6 +149,7 @@ def write_peft_modules(
         "fan_in_fan_out": transposed,
         "modules_to_save": modules_to_save,
         "init_lora_weights": "gaussian" if config.get("init") == "gaussian" else True,
+        "trainable_token_indices": tokens,
         "inference_mode": True,
     }
     return write_peft_files(directory, out, meta)

@@ -119,6 +119,10 @@ class NamedModule:
     # (-1: Linear, Conv1D, LayerNorm; 1: convolutions, batch / group norm; None: unknown use of its bias)
     bias: bool = False
     bias_axis: int | None = None
+    # ``input_embedding``: the model's input embeddings (``get_input_embeddings()``); ``tied_to``: the path of the
+    # nn.Embedding whose weight this module shares (an output head tied to the input embeddings)
+    input_embedding: bool = False
+    tied_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -318,6 +322,22 @@ class AdapterModule(nn.Module):
 
     def set_bias(self, path: str, bias: torch.Tensor) -> None:
         raise ConfigError(f"{self.method} adapters keep no copies of the model's biases (option bias).")
+
+    def token_embeddings(self) -> dict[str, tuple[int, ...]]:
+        """``{embedding path: token ids}`` whose rows this adapter keeps a trainable copy of (LoRA's
+        ``trainable_token_indices``); the model hands it the rows with ``set_tokens(path, rows)`` before its
+        weights are loaded. Default: none."""
+        return {}
+
+    def token_paths(self) -> tuple[str, ...]:
+        """Modules whose rows (an embedding's, a tied output head's) the copies replace while active."""
+        return ()
+
+    def set_tokens(self, path: str, rows: torch.Tensor) -> None:
+        raise ConfigError(f"{self.method} adapters keep no embedding rows (option trainable_token_indices).")
+
+    def token_delta(self, path: str) -> tuple[tuple[int, ...], torch.Tensor]:
+        raise ConfigError(f"{self.method} adapter {self.adapter_name!r} keeps no rows of {path!r}.")
 
     def held_bias(self, path: str) -> torch.Tensor:
         raise ConfigError(

@@ -209,3 +209,65 @@ def select_biases(
             )
         chosen.append(module.path)
     return tuple(chosen)
+
+
+def select_tokens(
+    config: ModuleTargeting, dims: ModelDims, targets: Sequence[str], saved: Sequence[str]
+) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """``trainable_token_indices`` (peft's rule) on this model: ``({embedding path: token ids}, {tied head path:
+    embedding path})``. A list names rows of the input embeddings (else of the module named ``embed_tokens``); a
+    mapping names embeddings by path or path suffix. An output head whose weight is the input embeddings' (tied)
+    gets the same rows. Raises for a name that selects no nn.Embedding or several, an id past the vocabulary, and an
+    embedding that is also a LoRA target (``targets``) or in ``modules_to_save`` (``saved``)."""
+    indices = getattr(config, "trainable_token_indices", None)
+    if indices is None:
+        return {}, {}
+    if not dims.modules:
+        raise ConfigError(
+            "trainable_token_indices names rows of the model's embeddings, but its module list is not known "
+            "(ModelDims.modules is empty); add the adapter through the model (model.add_adapter)."
+        )
+    embeddings = [m for m in dims.modules if m.embedding]
+    rows: dict[str, tuple[int, ...]] = {}
+    if indices and isinstance(indices[0], int):
+        found = [m for m in embeddings if m.input_embedding] or [
+            m for m in embeddings if m.path.rsplit(".", 1)[-1] == "embed_tokens"
+        ]
+        if len(found) != 1:
+            raise ConfigError(
+                f"trainable_token_indices={list(indices)} names rows of the input embeddings, which this "
+                f"{dims.model_type} model does not single out; name the embedding: {{'<module>': [ids]}} (its "
+                f"embeddings: {', '.join(m.path for m in embeddings) or 'none'})."
+            )
+        rows[found[0].path] = tuple(indices)  # type: ignore[arg-type]
+    else:
+        for name, ids in indices:  # type: ignore[misc]
+            found = [m for m in dims.modules if m.path == name or m.path.endswith("." + name)]
+            if len(found) != 1 or not found[0].embedding:
+                kinds = ", ".join(f"{m.path} ({m.type_name})" for m in found) or "no module"
+                raise ConfigError(
+                    f"trainable_token_indices names {name!r}, which selects {kinds}; it must name one nn.Embedding "
+                    f"(this model's: {', '.join(m.path for m in embeddings) or 'none'})."
+                )
+            rows[found[0].path] = tuple(ids)
+    by_path = {m.path: m for m in embeddings}
+    for path, ids in rows.items():
+        vocabulary = by_path[path].d_in
+        if max(ids) >= vocabulary:
+            raise ConfigError(
+                f"trainable_token_indices lists token id {max(ids)} for {path!r}, which has {vocabulary} rows."
+            )
+        clash = [p for p in (*targets, *saved) if p == path or path.startswith(p + ".")]
+        if clash:
+            raise ConfigError(
+                f"{path!r} is both in trainable_token_indices and a LoRA target or in modules_to_save; train it one "
+                "way: leave it out of target_modules / modules_to_save, or drop trainable_token_indices."
+            )
+    ties = {
+        m.path: m.tied_to
+        for m in dims.modules
+        if m.tied_to in rows
+        and by_path[m.tied_to].input_embedding
+        and not any(m.path == p or m.path.startswith(p + ".") for p in saved)
+    }
+    return rows, ties  # type: ignore[return-value]

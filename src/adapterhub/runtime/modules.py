@@ -62,8 +62,14 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
     the transformer layer holding it and the spec point it is (a whole projection the spec names)."""
     by_id = {id(layer): (index, stack) for index, (layer, stack) in enumerate(layer_stacks(model, spec))}
     head = output_head(model)
+    getter = getattr(model, "get_input_embeddings", None)
+    try:
+        inputs = getter() if callable(getter) else None
+    except (NotImplementedError, AttributeError):
+        inputs = None
     layer_paths: dict[str, tuple[int, Any]] = {}
     table: list[NamedModule] = []
+    embeddings: dict[int, str] = {}  # id(weight) -> path of the nn.Embedding holding it
     for path, module in model.named_modules():
         if not path or path == _SKIP or path.startswith(_SKIP + "."):
             continue
@@ -71,6 +77,11 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
             layer_paths[path] = by_id[id(module)]
         layer, point = _owner(path, layer_paths)
         held = _bias_fields(module)
+        if isinstance(module, nn.Embedding):
+            embeddings.setdefault(id(module.weight), path)
+            held["input_embedding"] = module is inputs
+        elif isinstance(module, nn.Linear) and id(module.weight) in embeddings:
+            held["tied_to"] = embeddings[id(module.weight)]
         if isinstance(module, nn.Embedding):
             table.append(
                 NamedModule(
@@ -270,8 +281,11 @@ class _SavedModuleHook(AdapterHook):
 
     def __init__(self, store: Any, path: str, kind: str = "module") -> None:
         self.store, self.path, self.kind = store, path, kind
-        self.what = "modules_to_save" if kind == "module" else "its bias, option bias"
-        self.option = "modules_to_save" if kind == "module" else "bias (bias='none')"
+        self.what, self.option, self.held = {
+            "module": ("modules_to_save", "modules_to_save", "saved_paths"),
+            "bias": ("its bias, option bias", "bias (bias='none')", "bias_paths"),
+            "tokens": ("its rows, option trainable_token_indices", "trainable_token_indices", "token_paths"),
+        }[kind]
 
     def _apply(
         self, holder: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
@@ -280,6 +294,8 @@ class _SavedModuleHook(AdapterHook):
         adapter = self.store.adapters[holder]
         if self.kind == "module":
             return adapter.saved_module(self.path)(*args, **kwargs)
+        if self.kind == "tokens":
+            return _token_rows(module, adapter.token_delta(self.path), args[0], output)
         held, own = adapter.held_bias(self.path), module.bias  # (d,), (d,)
         axis = -1 if bias_axis(module) == -1 else 1
         shape = [1] * output.dim()
@@ -307,8 +323,9 @@ class _SavedModuleHook(AdapterHook):
 
     def _holders(self, setup: Any) -> list[str]:
         adapters = self.store.adapters
-        held = "saved_paths" if self.kind == "module" else "bias_paths"
-        return [n for n in setup_names(setup) if n in adapters and self.path in getattr(adapters[n], held)()]
+        return [
+            n for n in setup_names(setup) if n in adapters and self.path in getattr(adapters[n], self.held)()
+        ]
 
     def _one_holder(self, holders: list[str], where: Any) -> None:
         if len(holders) > 1:
@@ -370,6 +387,30 @@ class _SavedModuleHook(AdapterHook):
             )
             blocks.append(part)  # (size, ...)
         return torch.cat(blocks, dim=0)  # (rows, ...)
+
+
+def _token_rows(
+    module: nn.Module, held: tuple[tuple[int, ...], torch.Tensor], x: torch.Tensor, output: Any
+) -> Any:
+    """The module's output with the adapter's rows at its token ids (peft's TrainableTokensLayer): an embedding's
+    positions holding those ids get the held rows (times ``embed_scale``, if any); a tied output head's columns of
+    those ids are ``x · rows[k] (+ b[id])``."""
+    ids, rows = held  # rows: (n, d)
+    index = torch.tensor(ids, device=output.device)  # (n,)
+    if isinstance(module, nn.Embedding):  # x: token ids (...); output (..., d)
+        lookup = torch.full((module.num_embeddings,), -1, dtype=torch.long, device=x.device)
+        lookup[index] = torch.arange(len(ids), device=x.device)
+        position = lookup[x]  # (...): the row of the copy, or -1
+        new = rows[position.clamp(min=0)].to(output.dtype)  # (..., d)
+        scale = getattr(module, "embed_scale", None)
+        if scale is not None:
+            new = new * scale.to(output.dtype) if isinstance(scale, torch.Tensor) else new * scale
+        return torch.where((position >= 0).unsqueeze(-1), new, output)
+    columns = x @ rows.t().to(x.dtype)  # (..., n): the tied head's logits of those ids
+    bias = getattr(module, "bias", None)
+    if bias is not None:
+        columns = columns + bias[index]
+    return output.index_copy(output.dim() - 1, index, columns.to(output.dtype))  # (..., vocab)
 
 
 def _plain(setup: Any) -> bool:
