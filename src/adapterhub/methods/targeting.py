@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import ModelDims, NamedModule
@@ -45,7 +46,7 @@ def _by_name(names: str | tuple[str, ...], key: str) -> bool:
     return key in names or any(key.endswith(f".{name}") for name in names)
 
 
-def excluded(config: ModuleTargeting, key: str) -> bool:
+def excluded(config: Any, key: str) -> bool:
     """Whether ``exclude_modules`` leaves the module named ``key`` out."""
     return config.exclude_modules is not None and _by_name(config.exclude_modules, key)
 
@@ -63,7 +64,7 @@ def layer_index(key: str, layers_pattern: Sequence[str] | None) -> int | None:
     return int(match.group("idx")) if match is not None else None
 
 
-def targeted(config: ModuleTargeting, module: NamedModule) -> bool:
+def targeted(config: Any, module: NamedModule) -> bool:
     """Whether ``target_modules`` (with ``layers_to_transform``) selects ``module`` (exclusion not applied)."""
     names = config.target_modules
     if names is None:
@@ -91,17 +92,29 @@ def pattern_value(table: Sequence[tuple[str, object]], key: str) -> object | Non
     return None
 
 
-def select_modules(config: ModuleTargeting, dims: ModelDims) -> list[ModuleTarget]:
-    """The modules ``config`` targets on a model with ``dims``, in the model's module order."""
+def selected(config: Any, dims: ModelDims) -> list[NamedModule]:
+    """The modules ``config``'s ``target_modules`` (with ``exclude_modules``, ``layers_to_transform``,
+    ``layers_pattern``) selects, in the model's module order; raises when it selects none."""
     if not dims.modules:
         raise ConfigError(
             "target_modules selects modules by name, but this model's module list is not known (ModelDims.modules "
             "is empty); add the adapter through the model (model.add_adapter) so its modules can be listed."
         )
+    chosen = [m for m in dims.modules if not excluded(config, m.path) and targeted(config, m)]
+    if not chosen:
+        linear = [m.path.rsplit(".", 1)[-1] for m in dims.modules if m.linear]
+        raise ConfigError(
+            f"target_modules={_show(config.target_modules)} (with exclude_modules / layers_to_transform) selects "
+            f"no module of this {dims.model_type} model. Its linear layers are named: "
+            f"{', '.join(sorted(set(linear))) or 'none'} (match a name's end, or pass a regex over whole names)."
+        )
+    return chosen
+
+
+def select_modules(config: ModuleTargeting, dims: ModelDims) -> list[ModuleTarget]:
+    """The modules ``config`` targets on a model with ``dims``, in the model's module order."""
     chosen: list[ModuleTarget] = []
-    for module in dims.modules:
-        if excluded(config, module.path) or not targeted(config, module):
-            continue
+    for module in selected(config, dims):
         if not (module.linear or module.embedding or module.conv):
             raise ConfigError(
                 f"target_modules={_show(config.target_modules)} selects {module.path!r}, a {module.type_name}; "
@@ -124,14 +137,17 @@ def select_modules(config: ModuleTargeting, dims: ModelDims) -> list[ModuleTarge
                 float(alpha) if alpha is not None else config.alpha,  # type: ignore[arg-type]
             )
         )
-    if not chosen:
-        linear = [m.path.rsplit(".", 1)[-1] for m in dims.modules if m.linear]
-        raise ConfigError(
-            f"target_modules={_show(config.target_modules)} (with exclude_modules / layers_to_transform) selects "
-            f"no module of this {dims.model_type} model. Its linear layers are named: "
-            f"{', '.join(sorted(set(linear))) or 'none'} (match a name's end, or pass a regex over whole names)."
-        )
     return chosen
+
+
+def feedforward(names: str | tuple[str, ...] | None, path: str) -> bool:
+    """(IA)³'s ``feedforward_modules`` (peft's rule): a regex string matches the whole path; a list entry matches
+    a path that ends with it."""
+    if names is None:
+        return False
+    if isinstance(names, str):
+        return re.fullmatch(names, path) is not None
+    return any(path.endswith(name) for name in names)
 
 
 def _show(names: str | tuple[str, ...] | None) -> str:
