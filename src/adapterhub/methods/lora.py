@@ -196,7 +196,7 @@ class LoRAAdapter(AdapterModule):
         self._saved_paths = select_saved(config, dims, tuple(self._paths.values()))
         # option bias: copies of the model's biases, handed in by ``set_bias`` before the adapter is used
         self.biases = nn.ParameterDict()
-        targets = self._target_paths(dims) if config.bias == "lora_only" else ()
+        targets = self._target_paths(dims) if getattr(config, "bias", "none") == "lora_only" else ()
         self._bias_paths = select_biases(config, dims, targets, self._saved_paths)
         # trainable_token_indices: copies of embedding rows, handed in by ``set_tokens``
         self.tokens = nn.ParameterDict()
