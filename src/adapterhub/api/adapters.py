@@ -150,11 +150,11 @@ class AdapterAPIMixin(HeadsMixin):
         `adapters` library's layout, loadable by that library. ``layout="peft"`` (LoRA): peft's layout, loadable by
         ``peft.PeftModel.from_pretrained``."""
         record = self.adapter_record(name, with_head=with_head)
-        if layout in ("adapters", "peft") and self._spec.decoder is not None:
+        if layout == "adapters" and self._spec.decoder is not None:
             raise ConfigError(
                 f"Writing the {layout!r} layout for encoder-decoder models ({self._model_type}) is not "
                 "implemented (its module names for the decoder stack are not mapped); save with "
-                "layout='adapterhub'."
+                "layout='adapterhub' (or layout='peft' for LoRA / DoRA)."
             )
         if layout == "adapterhub":
             from adapterhub.io.adapter_dir import write_adapter_dir

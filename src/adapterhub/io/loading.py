@@ -46,11 +46,11 @@ def read_any_adapter_dir(
     layout = detect_layout(directory)
     if layout == "adapterhub":
         return read_adapter_dir(directory, with_head=with_head)
-    if spec is not None and spec.decoder is not None:
+    if spec is not None and spec.decoder is not None and layout != "peft":
         raise AdapterFileError(
             f"{directory}: reading the {layout!r} layout for encoder-decoder models ({spec.model_types[0]}) is "
-            "not implemented (its module names for the decoder stack are not mapped); only adapterhub's own "
-            "layout loads into them."
+            "not implemented (its module names for the decoder stack are not mapped); adapterhub's own layout "
+            "and peft's (LoRA / DoRA) load into them."
         )
     if layout == "peft":
         from adapterhub.io.peft_layout import read_peft_dir

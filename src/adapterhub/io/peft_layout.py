@@ -180,30 +180,26 @@ def read_peft_dir(
             f"{directory} is a peft adapter, whose files do not say the model type; load it with "
             "model.load_adapter(...) so the model's architecture maps its module names."
         )
+    if spec.decoder is not None and meta.get("peft_type") != "LORA":
+        raise ConfigError(
+            f"The peft {meta.get('peft_type')} adapter in {directory} is for an encoder-decoder model; adapterhub "
+            "reads peft LoRA / DoRA files for those (by module name) only. Load it into a decoder-only or encoder "
+            "model, or convert it to LoRA."
+        )
     if meta.get("peft_type") == "IA3":
         ia3_config, ia3_tensors, ia3_head = read_peft_ia3(
             meta, _read_weights(directory), spec, directory, model
         )
         return _record(directory, meta, ia3_config, ia3_tensors, ia3_head, spec, model, with_head)
     if meta.get("peft_type") in (*LYCORIS_TYPES, "VERA"):
-        if spec.decoder is not None:
-            raise ConfigError(
-                f"The peft {meta['peft_type']} adapter in {directory} targets modules by name; on encoder-decoder "
-                "models adapterhub reads only peft LoRA files whose targets are spec projections in every layer."
-            )
         read = read_peft_vera if meta["peft_type"] == "VERA" else read_peft_lycoris
         by_name_parts = read(meta, _read_weights(directory), directory)
         return _record(directory, meta, *by_name_parts, spec, model, with_head)
     use_dora = bool(meta.get("use_dora"))
     raw = _read_weights(directory)
     pattern = _module_pattern(spec)
-    if _needs_module_targets(meta, raw, pattern):
-        if spec.decoder is not None:
-            raise ConfigError(
-                f"The peft adapter in {directory} targets modules that are not the same spec projections in every "
-                f"layer (options target_modules / layers_to_transform / rank_pattern); on encoder-decoder models "
-                "adapterhub reads only peft files whose targets are spec projections in every layer."
-            )
+    # encoder-decoder: by module name always (the module paths of both stacks map to their points)
+    if spec.decoder is not None or _needs_module_targets(meta, raw, pattern):
         config_by_name, by_name, by_name_head = read_peft_modules(meta, raw, directory)
         return _record(directory, meta, config_by_name, by_name, by_name_head, spec, model, with_head)
     by_module: dict[str, list[str]] = {}
@@ -370,14 +366,21 @@ def write_peft_dir(
     """Write a LoRA / DoRA / (IA)³ record so that ``peft.PeftModel.from_pretrained(base, directory)`` computes what
     we do."""
     config = record.config
+    if spec.decoder is not None and config.get("method") not in ("lora", "dora"):
+        raise ConfigError(
+            f"layout='peft' on encoder-decoder models writes LoRA and DoRA adapters; {record.name!r} is a "
+            f"{config.get('method')} adapter. Use layout='adapterhub'."
+        )
     if config.get("method") == "ia3":
         return write_peft_ia3(record, directory, spec, model)
     if config.get("method") in LYCORIS_TYPES.values():
         return write_peft_lycoris(record, directory, spec, model)
     if config.get("method") == "vera":
         return write_peft_vera(record, directory, spec, model)
-    if config.get("method") in ("lora", "dora") and config.get("target_modules") is not None:
-        return write_peft_modules(record, directory, spec, model)
+    if config.get("method") in ("lora", "dora") and (
+        config.get("target_modules") is not None or spec.decoder
+    ):
+        return write_peft_modules(record, directory, spec, model)  # encoder-decoder: each point by its path
     if config.get("method") not in ("lora", "dora"):
         raise ConfigError(
             f"layout='peft' writes LoRA, DoRA, (IA)³, LoHa, LoKr and VeRA adapters; {record.name!r} is a {config.get('method')} "
