@@ -148,7 +148,8 @@ def _needs_module_targets(
     meta: Mapping[str, Any], raw: Mapping[str, torch.Tensor], pattern: re.Pattern[str]
 ) -> bool:
     """Whether a peft LoRA file needs targeting by module name: per-module ranks/alphas, trained biases (option
-    bias), embedding rows (trainable_token_indices), a LoRA on a module that is no spec projection, or different projections in different layers."""
+    bias), embedding rows (trainable_token_indices), a LoRA on a module that is no spec projection, or different
+    projections in different layers."""
     if meta.get("rank_pattern") or meta.get("alpha_pattern") or meta.get("trainable_token_indices"):
         return True
     if meta.get("bias") not in (None, "none"):
