@@ -514,7 +514,9 @@ def test_flexible_heads_are_refused_use_the_models_own(head_type: str) -> None:
     assert "h" not in model._adapterhub.heads
 
 
-@pytest.mark.parametrize("layout", ["peft", "adapters"])
+@pytest.mark.parametrize(
+    "layout", ["adapters"]
+)  # peft's LoRA layout: tests/compat/test_peft_encoder_decoder.py
 def test_other_libraries_layouts_are_refused(layout: str, tmp_path: Any) -> None:
     from adapterhub.errors import AdapterFileError
     from adapterhub.io.loading import read_any_adapter_dir

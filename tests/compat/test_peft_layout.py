@@ -117,7 +117,7 @@ def test_gpt2_fused_c_attn_round_trip(tmp_path):
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("bias", "all", "bias='all'"),
+        ("bias", "vera_only", "bias='vera_only'"),
         ("lora_bias", True, "lora_bias=True"),
         ("layer_replication", [[0, 1]], "layer_replication="),
         ("peft_type", "HRA", "peft_type"),

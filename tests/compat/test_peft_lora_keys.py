@@ -48,7 +48,8 @@ HONOURED_VALUES = {
     "use_rslora": True,
     "modules_to_save": ["classifier"],
     "init_lora_weights": "gaussian",
-    "bias": "none",
+    "bias": "lora_only",
+    "trainable_token_indices": [3, 5, 7],
     "fan_in_fan_out": False,
 }
 
@@ -75,8 +76,8 @@ def test_honoured_keys_round_trip(tmp_path, use_dora):
     theirs = peft.get_peft_model(build("bert", "classification"), config).eval()
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        for name, param in theirs.named_parameters():
-            if "lora_" in name or "modules_to_save" in name:
+        for param in theirs.parameters():
+            if param.requires_grad:  # LoRA, the classifier's copy, the targets' biases, the token rows
                 param.add_(torch.randn(param.shape, generator=generator) * 0.3)
     theirs.save_pretrained(tmp_path / "p")
     ours = adapterhub.init(build("bert", "classification")).eval()
@@ -85,7 +86,8 @@ def test_honoured_keys_round_trip(tmp_path, use_dora):
     assert read.method == ("dora" if use_dora else "lora")
     assert (read.r, read.alpha, read.dropout, read.use_rslora, read.init) == (3, 5.0, 0.1, True, "gaussian")
     assert dict(read.rank_pattern) == {"value": 2} and dict(read.alpha_pattern) == {"query": 7.0}
-    assert read.modules_to_save == ("classifier",)
+    assert read.modules_to_save == ("classifier",) and read.bias == "lora_only"
+    assert read.trainable_token_indices == (3, 5, 7)
     assert sorted(ours._adapterhub.adapters["p"].module_paths().values()) == [
         "bert.encoder.layer.1.attention.output.dense",
         "bert.encoder.layer.1.attention.self.query",
@@ -117,7 +119,7 @@ def peft_dir(tmp_path_factory):
 @pytest.mark.parametrize(
     ("key", "value"),
     [(key, None) for key in sorted(REFUSED)]
-    + [("bias", "all"), ("bias", "lora_only"), ("init_lora_weights", "pissa"), ("a_newer_option", 3)],
+    + [("bias", "boft_only"), ("init_lora_weights", "pissa"), ("a_newer_option", 3)],
 )
 def test_refused_keys_are_named(tmp_path, peft_dir, key, value):
     value = _non_neutral(key) if value is None else value

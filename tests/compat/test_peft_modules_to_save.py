@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 import adapterhub
 from adapterhub.errors import ConfigError, IncompatibleModelError
-from adapterhub.spec.composition import Parallel, Stack
+from adapterhub.spec.composition import Average, BatchSplit, Parallel, Stack
 from tiny_models import build, make_inputs, perturb
 
 peft = pytest.importorskip(
@@ -117,10 +117,65 @@ def test_bad_selections_and_setups_raise():
     _perturbed(model, "a")
     _perturbed(model, "b")
     inputs = make_inputs()
-    for setup in (Stack("a", "b"), Parallel("a", "b")):
+    for setup in (Stack("a", "b"), BatchSplit(Stack("a", "b"), None, batch_sizes=(2, 1))):
         model.set_active_adapters(setup)
-        with pytest.raises(ConfigError, match="keep a copy of 'classifier'"):
+        with pytest.raises(ConfigError, match="each keep a copy of 'classifier'"):
             _logits(model, inputs)
+    model.set_active_adapters(BatchSplit(Average("a", "b"), None, batch_sizes=(2, 1)))
+    with pytest.raises(ConfigError, match="inside Average"):
+        _logits(model, inputs)
     model.add_adapter("plain", {"method": "lora", "target_modules": ["key"]})
     model.set_active_adapters(Stack("plain", "a"))
     assert _logits(model, inputs).shape == (inputs["input_ids"].shape[0], 2)
+
+
+def _two_with_copies():
+    model = _ours()
+    _perturbed(model, "a")
+    model.add_adapter("b", {**CONFIG, "r": 2}, set_active=True)
+    perturb(model._adapterhub.adapters["b"], std=0.3, seed=9)
+    model.add_adapter("plain", {"method": "lora", "r": 2, "target_modules": ["key"]})
+    perturb(model._adapterhub.adapters["plain"], std=0.3, seed=11)
+    return model
+
+
+def _alone(model, name, inputs):
+    model.set_active_adapters(name)
+    return _logits(model, inputs)
+
+
+def test_batch_split_rows_use_their_adapters_copy():
+    model = _two_with_copies()
+    inputs = make_inputs()
+    alone = {name: _alone(model, name, inputs) for name in ("a", "b", "plain")}
+    model.set_active_adapters(None)
+    alone[None] = _logits(model, inputs)
+    for children in (("a", "b", None), ("b", "plain", "a"), (None, "a", "a")):
+        model.set_active_adapters(BatchSplit(*children, batch_sizes=(1, 1, 1)))
+        mixed = _logits(model, inputs)
+        for row, name in enumerate(children):
+            torch.testing.assert_close(mixed[row], alone[name][row], atol=1e-5, rtol=0)
+    model.set_active_adapters(BatchSplit(Stack("plain", "b"), "a", batch_sizes=(2, 1)))
+    mixed = _logits(model, inputs)
+    model.set_active_adapters(Stack("plain", "b"))
+    torch.testing.assert_close(mixed[:2], _logits(model, inputs)[:2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(mixed[2], alone["a"][2], atol=1e-5, rtol=0)
+
+
+def test_parallel_branches_use_their_adapters_copy():
+    model = _two_with_copies()
+    inputs = make_inputs()
+    model.set_active_adapters(Parallel("a", "plain", "b"))
+    with torch.no_grad():
+        out = model(**inputs)
+    for i, name in enumerate(("a", "plain", "b")):
+        torch.testing.assert_close(out.logits[i], _alone(model, name, inputs), atol=1e-5, rtol=0)
+
+
+def test_parallel_copy_before_the_batch_is_replicated_is_refused():
+    model = _ours()
+    for name in ("a", "b"):
+        model.add_adapter(name, {**CONFIG, "modules_to_save": ["word_embeddings"]})
+    model.set_active_adapters(Parallel("a", "b"))
+    with pytest.raises(ConfigError, match=r"before Parallel.*replicates the batch"):
+        model(**make_inputs())

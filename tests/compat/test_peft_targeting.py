@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import adapterhub
-from adapterhub.errors import ConfigError
+from adapterhub.errors import AdapterFileError
 from tiny_models import build, make_inputs, perturb
 
 peft = pytest.importorskip(
@@ -108,7 +108,9 @@ def test_our_all_linear_adapter_is_read_by_peft(tmp_path):
     torch.testing.assert_close(_out(theirs, inputs), _out(ours, inputs), atol=1e-5, rtol=0)
 
 
-def test_peft_keys_not_honoured_yet_are_refused_by_name(tmp_path):
+def test_peft_option_without_its_tensors_is_refused(tmp_path):
+    """trainable_token_indices is honoured (tests/compat/test_peft_tokens.py); a file that sets it without the rows
+    peft saves with it is refused, naming the missing rows."""
     theirs = peft.get_peft_model(build("bert"), peft.LoraConfig(r=2, target_modules=["dense"]))
     theirs.save_pretrained(tmp_path / "a")
     path = tmp_path / "a" / "adapter_config.json"
@@ -116,6 +118,6 @@ def test_peft_keys_not_honoured_yet_are_refused_by_name(tmp_path):
     meta["trainable_token_indices"] = [1, 2]
     path.write_text(json.dumps(meta))
     ours = adapterhub.init(build("bert"))
-    with pytest.raises(ConfigError, match="trainable_token_indices"):
+    with pytest.raises(AdapterFileError, match=r"missing \['tokens\.embeddings:word_embeddings'\]"):
         ours.load_adapter(tmp_path / "a")
     assert not ours._adapterhub.adapters

@@ -147,20 +147,20 @@ class AdapterAPIMixin(HeadsMixin):
         """Save adapter ``name`` (and its head with label map) to ``directory``.
 
         ``layout="adapterhub"`` (default): JSON + safetensors (docs/FORMAT.md). ``layout="adapters"``: the
-        `adapters` library's layout, loadable by that library. ``layout="peft"`` (LoRA, DoRA, (IA)³, LoHa, LoKr, VeRA, OFT, BOFT): peft's layout, loadable by
-        ``peft.PeftModel.from_pretrained``."""
+        `adapters` library's layout, loadable by that library. ``layout="peft"`` (LoRA, DoRA, (IA)³, LoHa, LoKr,
+        VeRA, OFT, BOFT): peft's layout, loadable by ``peft.PeftModel.from_pretrained``."""
         record = self.adapter_record(name, with_head=with_head)
         from adapterhub.io.adapters_lib_stacks import has_stack_paths
 
-        if (
-            layout in ("adapters", "peft")
-            and self._spec.decoder is not None
-            and not (layout == "adapters" and has_stack_paths(self._spec))
+        stacks = has_stack_paths(self._spec)
+        if self._spec.decoder is not None and (
+            (layout == "adapters" and not stacks) or (layout == "peft" and stacks)
         ):
             raise ConfigError(
-                f"Writing the {layout!r} layout for encoder-decoder models ({self._model_type}) is not "
-                "implemented (its module names for the decoder stack are not mapped); save with "
-                "layout='adapterhub'."
+                f"Writing the {layout!r} layout for {self._model_type} models (two layer stacks) is not "
+                "implemented (its module names for the second stack are not mapped); save with "
+                "layout='adapterhub' (peft's layout works for LoRA / DoRA on encoder-decoders, the `adapters` "
+                "library's on CLIPModel)."
             )
         if layout == "adapterhub":
             from adapterhub.io.adapter_dir import write_adapter_dir

@@ -141,6 +141,13 @@ class ArithmeticMixin(AdapterAPIMixin):
                 f"average_adapter combines adapters of one method; {names} are "
                 f"{', '.join(f'{n}: {m.method}' for n, m in zip(names, modules, strict=True))}."
             )
+        held = [n for n, m in zip(names, modules, strict=True) if m.bias_paths() or m.token_paths()]
+        if held:
+            raise ConfigError(
+                f"average_adapter cannot combine {held}: they keep copies of the model's biases (option bias) or "
+                "embedding rows (trainable_token_indices), which the combination would not carry over. Combine "
+                "adapters trained without them."
+            )
         if len(names) == 1 and combine != "cat":
             combine = "linear"  # as peft
         rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()

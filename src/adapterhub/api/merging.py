@@ -73,6 +73,20 @@ class MergeMixin(AdapterAPIMixin):
         store = self._store
         if name in store.merged:
             raise ConfigError(f"Adapter {name!r} is merged already.")
+        if module.token_paths():
+            raise ConfigError(
+                f"Adapter {name!r} keeps its own rows of {', '.join(module.token_embeddings())} (option "
+                "trainable_token_indices); merging would overwrite the model's embedding rows, which unmerging could "
+                "not restore. Keep it unmerged, or merge with peft (save_adapter(..., layout='peft'), then "
+                "merge_and_unload)."
+            )
+        if module.bias_paths():
+            raise ConfigError(
+                f"Adapter {name!r} keeps its own copies of {len(module.bias_paths())} bias(es) of the model (option "
+                f"bias={getattr(module.config, 'bias', None)!r}); merging it would overwrite the model's biases, "
+                "which unmerging could not restore. Keep it unmerged, or merge a copy of the model with peft "
+                "(save_adapter(..., layout='peft'), then merge_and_unload)."
+            )
         if not module.mergeable:
             list(module.merged_deltas())  # raises the method's own explanation
         setup = store.active_setup if store.active_setup is not None else name

@@ -48,11 +48,16 @@ def read_any_adapter_dir(
         return read_adapter_dir(directory, with_head=with_head)
     from adapterhub.io.adapters_lib_stacks import check_method, has_stack_paths
 
-    if spec is not None and spec.decoder is not None and not (layout == "adapters" and has_stack_paths(spec)):
+    stacks = spec is not None and has_stack_paths(spec)
+    if (
+        spec is not None
+        and spec.decoder is not None
+        and not ((layout == "adapters" and stacks) or (layout == "peft" and not stacks))
+    ):
         raise AdapterFileError(
-            f"{directory}: reading the {layout!r} layout for encoder-decoder and other two-stack models ({spec.model_types[0]}) "
-            "is not implemented (its module names for the second stack are not mapped); only adapterhub's own "
-            "layout loads into them."
+            f"{directory}: reading the {layout!r} layout for {spec.model_types[0]} models (two layer stacks) is not "
+            "implemented (its module names for the second stack are not mapped); adapterhub's own layout loads "
+            "into them, peft's (LoRA / DoRA) into encoder-decoders and the `adapters` library's into CLIPModel."
         )
     if layout == "peft":
         from adapterhub.io.peft_layout import read_peft_dir

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from torch import nn
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io.files import write_json, write_tensors
 from adapterhub.runtime.layers import get_layers
+from adapterhub.runtime.modules import module_table
 from adapterhub.runtime.records import AdapterRecord
 from adapterhub.spec.architectures import ArchitectureSpec
 
@@ -34,6 +35,34 @@ def add_saved_tensors(record: AdapterRecord, out: dict[str, torch.Tensor]) -> li
     head = add_head_tensors(record, out, saved)
     names = sorted(saved | set(head or ()))
     return names or None
+
+
+def add_bias_tensors(record: AdapterRecord, out: dict[str, torch.Tensor], targets: Iterable[str]) -> str:
+    """The adapter's copies of biases (``biases.<path with ":">``, LoRA's option ``bias``) into ``out`` under
+    peft's names: ``<path>.base_layer.bias`` for a module LoRA targets (peft wraps it; ``targets``: their paths),
+    ``<path>.bias`` otherwise. Returns peft's ``bias`` value (``"none"`` without copies)."""
+    wrapped = set(targets)
+    for key, tensor in record.tensors.items():
+        if key.startswith("biases."):
+            path = key[len("biases.") :].replace(":", ".")
+            name = f"{path}.base_layer.bias" if path in wrapped else f"{path}.bias"
+            out[PREFIX + name] = tensor.detach().contiguous()
+    return str(record.config.get("bias", "none"))
+
+
+TOKENS_SUFFIX = ".token_adapter.trainable_tokens_delta"
+
+
+def add_token_tensors(record: AdapterRecord, out: dict[str, torch.Tensor]) -> Any:
+    """The adapter's copies of embedding rows (``tokens.<path with ":">``, LoRA's ``trainable_token_indices``) into
+    ``out`` under peft's names (``<path>.token_adapter.trainable_tokens_delta``); returns peft's
+    ``trainable_token_indices`` (the config's, or None)."""
+    for key, tensor in record.tensors.items():
+        if key.startswith("tokens."):
+            out[PREFIX + key[len("tokens.") :].replace(":", ".") + TOKENS_SUFFIX] = (
+                tensor.detach().contiguous()
+            )
+    return record.config.get("trainable_token_indices")
 
 
 def add_head_tensors(
@@ -72,16 +101,25 @@ def module_regex(spec: ArchitectureSpec, modules: Iterable[str], layers: Iterabl
     return rf"(?:.*\.)?{re.escape(spec.layers)}\.(?:{indices})\.(?:{names})"
 
 
-def module_param(key: str, spec: ArchitectureSpec, layers_prefix: str) -> tuple[str, str] | None:
+def module_param(key: str, points: Mapping[tuple[int, str], str]) -> tuple[str, str] | None:
     """``(module path, parameter)`` of a record tensor targeted by module name (``by_name.<path with ":">.<param>``)
-    or at an unfused spec point (``layers.<i>.<point>.<param>``, under the layer list at ``layers_prefix``); None
-    for any other key."""
+    or at a spec point that is a whole module (``layers.<i>.<point>.<param>``; ``points``: ``(layer, point) ->
+    path`` of the model's whole-module points, encoder and decoder layers alike); None for any other key."""
     parts = key.split(".")
     if parts[0] == "by_name" and len(parts) == 3:
         return parts[1].replace(":", "."), parts[2]
-    if parts[0] == "layers" and len(parts) == 4 and spec.linears[parts[2]].part is None:
-        return f"{layers_prefix}.{parts[1]}.{spec.linears[parts[2]].module}", parts[3]
+    if parts[0] == "layers" and len(parts) == 4 and (int(parts[1]), parts[2]) in points:
+        return points[(int(parts[1]), parts[2])], parts[3]
     return None
+
+
+def point_paths(model: nn.Module, spec: ArchitectureSpec) -> dict[tuple[int, str], str]:
+    """``(layer, point) -> module path`` of every spec point that is a whole (unfused) module of ``model``."""
+    return {
+        (m.layer, m.point): m.path
+        for m in module_table(model, spec)
+        if m.point is not None and m.layer is not None
+    }
 
 
 def module_tensors(
@@ -93,13 +131,13 @@ def module_tensors(
 ) -> Iterator[tuple[str, str, torch.Tensor]]:
     """``(module path, parameter, tensor)`` of each record tensor on a whole module (:func:`module_param`), for the
     writers of peft's by-module layouts; ``modules_to_save`` tensors (``saved.``) and the ``skip`` keys are left
-    out. A tensor with no such form (a slice of a fused projection) raises ``ConfigError(no_form(key))``."""
-    prefix = layers_path(model, spec) if any(k.startswith("layers.") for k in record.tensors) else ""
+    out, and so are held biases (``biases.``) and token rows (``tokens.``). A tensor with no such form (a slice of a fused projection) raises ``ConfigError(no_form(key))``."""
+    points = point_paths(model, spec) if any(k.startswith("layers.") for k in record.tensors) else {}
     left_out = set(skip)
     for key, tensor in record.tensors.items():
-        if key.startswith("saved.") or key in left_out:
-            continue  # modules_to_save: add_saved_tensors writes them
-        found = module_param(key, spec, prefix)
+        if key.startswith(("saved.", "biases.", "tokens.")) or key in left_out:
+            continue  # modules_to_save, bias, trainable_token_indices: add_saved/bias/token_tensors write them
+        found = module_param(key, points)
         if found is None:
             raise ConfigError(no_form(key))
         yield found[0], found[1], tensor

@@ -7,6 +7,10 @@ modules also listed in ``feedforward_modules``, whose ``(1, d_in)`` vector scale
 fills an untargeted block of a fused output with ones (exact: a vector of ones scales nothing) and refuses input
 scaling that differs between the parts of a fused module, or a projection scaled on both sides (peft holds one
 vector per module).
+
+A file that scales modules that are no spec projections (BERT's ``pooler.dense``) or different ones per layer
+reads as (IA)³ targeted by module name (``target_modules`` / ``feedforward_modules`` the paths, vectors
+``by_name.<out|in>_<path with ":">``); such an adapter is written back under its module paths.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ def read_peft_ia3(
     pattern = re.compile(rf"^(?:.*\.)?{re.escape(spec.layers)}\.(\d+)\.({modules})\.ia3_l(?:\.[^.]+)?$")
     tensors: dict[str, torch.Tensor] = {}
     head: dict[str, torch.Tensor] = {}
+    if spec.decoder is None and _needs_by_name(raw, pattern):
+        return _read_by_name(meta, raw, directory)
     for key, tensor in raw.items():
         match = pattern.match(key)
         if match is None:
@@ -110,6 +116,96 @@ def read_peft_ia3(
     return config, tensors, head
 
 
+def _needs_by_name(raw: Mapping[str, torch.Tensor], pattern: re.Pattern[str]) -> bool:
+    """Whether a peft (IA)³ file scales a module that is no spec projection, or different ones per layer."""
+    found: dict[str, set[str]] = {}
+    for key in raw:
+        if "ia3_l" not in key:
+            continue
+        match = pattern.match(key)
+        if match is None:
+            return True
+        found.setdefault(match.group(1), set()).add(match.group(2))
+    return len({frozenset(modules) for modules in found.values()}) > 1
+
+
+def _read_by_name(
+    meta: Mapping[str, Any], raw: Mapping[str, torch.Tensor], directory: Path
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A peft (IA)³ file as (IA)³ targeted by module name: ``<path>.ia3_l`` ``(d, 1)`` -> ``by_name.out_<path>``,
+    ``(1, d)`` -> ``by_name.in_<path>`` (path with ":"); ``target_modules`` / ``feedforward_modules`` the paths."""
+    tensors: dict[str, torch.Tensor] = {}
+    head: dict[str, torch.Tensor] = {}
+    paths: list[str] = []
+    inputs: list[str] = []
+    for key, tensor in raw.items():
+        if not key.startswith(PREFIX):
+            raise AdapterFileError(f"peft weight {key!r} in {directory} is not under {PREFIX!r}.")
+        match = _BY_NAME.match(key[len(PREFIX) :])
+        if match is None:
+            head[key[len(PREFIX) :]] = tensor  # modules_to_save
+            continue
+        path = match.group(1)
+        if tensor.dim() != 2 or 1 not in tensor.shape:
+            raise AdapterFileError(
+                f"peft weight {key!r} has shape {tuple(tensor.shape)}; expected (d, 1) or (1, d)."
+            )
+        side = "in" if tensor.shape[0] == 1 and (tensor.shape[1] != 1 or _is_ff(path, meta)) else "out"
+        tensors[f"by_name.{side}_{path.replace('.', ':')}"] = tensor.reshape(-1).clone()
+        paths.append(path)
+        if side == "in":
+            inputs.append(path)
+    if not tensors:
+        raise AdapterFileError(f"{directory} holds no (IA)³ weights.")
+    config: dict[str, Any] = {"method": "ia3", "target_modules": sorted(paths)}
+    if inputs:
+        config["feedforward_modules"] = sorted(inputs)
+    return config, tensors, head
+
+
+_BY_NAME = re.compile(r"^(?P<path>.+)\.ia3_l(?:\.[^.]+)?$")
+
+
+def _write_by_name(
+    record: AdapterRecord, directory: str | os.PathLike[str], spec: ArchitectureSpec, model: nn.Module
+) -> Path:
+    """An (IA)³ record targeted by module name in peft's layout: each vector under its module path (output
+    ``(d_out, 1)``, input ``(1, d_in)``), ``target_modules`` / ``feedforward_modules`` those full paths."""
+    out: dict[str, torch.Tensor] = {}
+    paths: set[str] = set()
+    inputs: set[str] = set()
+    prefix = layers_path(model, spec) if any(k.startswith("layers.") for k in record.tensors) else ""
+    for key, tensor in record.tensors.items():
+        parts = key.split(".")
+        side, _, name = parts[-1].partition("_")
+        if parts[0] == "by_name" and len(parts) == 2:
+            path = name.replace(":", ".")
+        elif parts[0] == "layers" and len(parts) == 3 and spec.linears[name].part is None:
+            path = f"{prefix}.{parts[1]}.{spec.linears[name].module}"
+        else:
+            raise ConfigError(
+                f"Adapter {record.name!r} has a tensor {key!r} that peft's (IA)³ layout cannot hold."
+            )
+        shape = (1, -1) if side == "in" else (-1, 1)
+        out[f"{PREFIX}{path}.ia3_l"] = tensor.detach().reshape(shape).contiguous()
+        paths.add(path)
+        if side == "in":
+            inputs.add(path)
+    modules_to_save = add_head_tensors(record, out)
+    meta = {
+        "peft_type": "IA3",
+        "task_type": None,
+        "base_model_name_or_path": record.model.model_name or None,
+        "target_modules": sorted(paths),
+        "feedforward_modules": sorted(inputs),
+        "fan_in_fan_out": any(type(model.get_submodule(p)).__name__ == "Conv1D" for p in paths),
+        "modules_to_save": modules_to_save,
+        "init_ia3_weights": True,
+        "inference_mode": True,
+    }
+    return write_peft_files(directory, out, meta)
+
+
 def _is_ff(module: str, meta: Mapping[str, Any]) -> bool:
     ff = meta.get("feedforward_modules") or []
     if isinstance(ff, str):
@@ -122,6 +218,8 @@ def write_peft_ia3(
 ) -> Path:
     """Write an (IA)³ record so that ``peft.PeftModel.from_pretrained(base, directory)`` computes what we do."""
     config = record.config
+    if config.get("target_modules") is not None:
+        return _write_by_name(record, directory, spec, model)
     both = set(config["targets"]) & set(config["input_targets"])
     if both:
         raise ConfigError(

@@ -29,7 +29,8 @@ HONOURED: dict[str, str] = {
     "modules_to_save": "modules_to_save (the adapter's copies of those modules)",
     "fan_in_fan_out": "the module's type (Conv1D stores its weight transposed; peft corrects the flag the same way)",
     "init_lora_weights": "init (True / False / 'gaussian')",
-    "bias": "'none' (no bias is trained)",
+    "bias": "bias ('lora_only' / 'all': the adapter holds the model's biases peft saved)",
+    "trainable_token_indices": "trainable_token_indices (the adapter holds the embedding rows peft saved)",
 }
 
 # keys that describe the file or peft's runtime, not the adapter's weights or outputs
@@ -55,11 +56,6 @@ _BASE_WEIGHTS = (
 
 # key -> (values that change nothing, why it is refused and what to do instead)
 REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
-    "trainable_token_indices": (
-        (None, {}, []),
-        "training single embedding rows is not supported yet; put the embedding in modules_to_save or target it "
-        "with LoRA instead",
-    ),
     "layer_replication": ((None, []), "adapterhub does not replicate layers; expand the base model first"),
     "lora_bias": ((False, None), "adapterhub's LoRA has no bias on lora_B; train without lora_bias"),
     "target_parameters": (
@@ -151,11 +147,10 @@ def check_lora_keys(meta: Mapping[str, Any], directory: Path) -> None:
         if key in METADATA:
             continue
         if key in HONOURED:
-            if key == "bias" and value not in ("none", None):
+            if key == "bias" and value not in ("none", None, "lora_only", "all"):
                 raise ConfigError(
-                    f"The peft adapter in {directory} sets bias={value!r}: peft then trains and saves the model's "
-                    "biases, which adapterhub's LoRA does not hold. Merge it into the base model with peft "
-                    "(merge_and_unload), or train with bias='none'."
+                    f"The peft adapter in {directory} sets bias={value!r}; peft's LoRA knows 'none', 'lora_only' "
+                    "and 'all'. Save it with one of those."
                 )
             if key == "init_lora_weights" and value not in INIT_VALUES:
                 raise ConfigError(

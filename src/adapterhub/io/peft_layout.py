@@ -16,8 +16,7 @@ same rank and are refused with a message saying so.
 ``modules_to_save`` tensors (``base_model.model.classifier.weight`` ...) become the LoRA adapter's copies of those
 modules (``saved.<path>.<param>``, its ``modules_to_save``); for (IA)³ the built-in ("static") head, loaded into the
 model's own head when the shapes match. Options we cannot express are refused with a
-``ConfigError`` naming the option: ``bias`` other than ``"none"``, non-empty ``rank_pattern`` /
-``alpha_pattern``, ``lora_bias``, ``layer_replication``, ``target_parameters``, and other peft
+``ConfigError`` naming the option: ``lora_bias``, ``layer_replication``, ``target_parameters``, and other peft
 methods than LoRA, (IA)³ (``peft_type: IA3``, read and written by ``adapterhub.io.peft_ia3``), LoHa and LoKr
 (``LOHA`` / ``LOKR``, ``adapterhub.io.peft_lycoris``) and VeRA (``VERA``, ``adapterhub.io.peft_vera``).
 
@@ -44,7 +43,9 @@ from adapterhub.io.peft_common import (
     CONFIG_FILE,
     PREFIX,
     WEIGHTS_FILE,
+    add_bias_tensors,
     add_saved_tensors,
+    add_token_tensors,
     module_regex,
     split_rows,
     write_peft_files,
@@ -146,9 +147,12 @@ def _module_pattern(spec: ArchitectureSpec) -> re.Pattern[str]:
 def _needs_module_targets(
     meta: Mapping[str, Any], raw: Mapping[str, torch.Tensor], pattern: re.Pattern[str]
 ) -> bool:
-    """Whether a peft LoRA file needs targeting by module name: per-module ranks/alphas, a LoRA on a module that
-    is no spec projection, or different projections in different layers."""
-    if meta.get("rank_pattern") or meta.get("alpha_pattern"):
+    """Whether a peft LoRA file needs targeting by module name: per-module ranks/alphas, trained biases (option
+    bias), embedding rows (trainable_token_indices), a LoRA on a module that is no spec projection, or different
+    projections in different layers."""
+    if meta.get("rank_pattern") or meta.get("alpha_pattern") or meta.get("trainable_token_indices"):
+        return True
+    if meta.get("bias") not in (None, "none"):
         return True
     found: dict[str, set[str]] = {}
     for key in raw:
@@ -177,30 +181,26 @@ def read_peft_dir(
             f"{directory} is a peft adapter, whose files do not say the model type; load it with "
             "model.load_adapter(...) so the model's architecture maps its module names."
         )
+    if spec.decoder is not None and meta.get("peft_type") != "LORA":
+        raise ConfigError(
+            f"The peft {meta.get('peft_type')} adapter in {directory} is for an encoder-decoder model; adapterhub "
+            "reads peft LoRA / DoRA files for those (by module name) only. Load it into a decoder-only or encoder "
+            "model, or convert it to LoRA."
+        )
     if meta.get("peft_type") == "IA3":
         ia3_config, ia3_tensors, ia3_head = read_peft_ia3(
             meta, _read_weights(directory), spec, directory, model
         )
         return _record(directory, meta, ia3_config, ia3_tensors, ia3_head, spec, model, with_head)
     if meta.get("peft_type") in (*LYCORIS_TYPES, "VERA"):
-        if spec.decoder is not None:
-            raise ConfigError(
-                f"The peft {meta['peft_type']} adapter in {directory} targets modules by name; on encoder-decoder "
-                "models adapterhub reads only peft LoRA files whose targets are spec projections in every layer."
-            )
         read = read_peft_vera if meta["peft_type"] == "VERA" else read_peft_lycoris
         by_name_parts = read(meta, _read_weights(directory), directory)
         return _record(directory, meta, *by_name_parts, spec, model, with_head)
     use_dora = bool(meta.get("use_dora"))
     raw = _read_weights(directory)
     pattern = _module_pattern(spec)
-    if _needs_module_targets(meta, raw, pattern):
-        if spec.decoder is not None:
-            raise ConfigError(
-                f"The peft adapter in {directory} targets modules that are not the same spec projections in every "
-                f"layer (options target_modules / layers_to_transform / rank_pattern); on encoder-decoder models "
-                "adapterhub reads only peft files whose targets are spec projections in every layer."
-            )
+    # encoder-decoder: by module name always (the module paths of both stacks map to their points)
+    if spec.decoder is not None or _needs_module_targets(meta, raw, pattern):
         config_by_name, by_name, by_name_head = read_peft_modules(meta, raw, directory)
         return _record(directory, meta, config_by_name, by_name, by_name_head, spec, model, with_head)
     by_module: dict[str, list[str]] = {}
@@ -367,14 +367,21 @@ def write_peft_dir(
     """Write a LoRA / DoRA / (IA)³ record so that ``peft.PeftModel.from_pretrained(base, directory)`` computes what
     we do."""
     config = record.config
+    if spec.decoder is not None and config.get("method") not in ("lora", "dora"):
+        raise ConfigError(
+            f"layout='peft' on encoder-decoder models writes LoRA and DoRA adapters; {record.name!r} is a "
+            f"{config.get('method')} adapter. Use layout='adapterhub'."
+        )
     if config.get("method") == "ia3":
         return write_peft_ia3(record, directory, spec, model)
     if config.get("method") in LYCORIS_TYPES.values():
         return write_peft_lycoris(record, directory, spec, model)
     if config.get("method") == "vera":
         return write_peft_vera(record, directory, spec, model)
-    if config.get("method") in ("lora", "dora") and config.get("target_modules") is not None:
-        return write_peft_modules(record, directory, spec, model)
+    if config.get("method") in ("lora", "dora") and (
+        config.get("target_modules") is not None or spec.decoder
+    ):
+        return write_peft_modules(record, directory, spec, model)  # encoder-decoder: each point by its path
     if config.get("method") not in ("lora", "dora"):
         raise ConfigError(
             f"layout='peft' writes LoRA, DoRA, (IA)³, LoHa, LoKr and VeRA adapters; {record.name!r} is a {config.get('method')} "
@@ -384,11 +391,13 @@ def write_peft_dir(
     layers_path = next(name for name, module in model.named_modules() if module is layers)
     out: dict[str, torch.Tensor] = {}
     fused: dict[tuple[str, str], dict[str, dict[str, torch.Tensor]]] = {}
+    targets: set[str] = set()
     for key, tensor in record.tensors.items():
-        if key.startswith("saved."):
-            continue  # modules_to_save: add_saved_tensors below
+        if key.startswith(("saved.", "biases.", "tokens.")):
+            continue  # modules_to_save, bias, trainable_token_indices: add_saved/bias/token_tensors below
         _, layer, point, param = key.split(".")
         linear = spec.linears[point]
+        targets.add(f"{layers_path}.{layer}.{linear.module}")
         if linear.part is None:
             name = "lora_magnitude_vector" if param == "magnitude" else f"{param}.weight"
             out[f"{PREFIX}{layers_path}.{layer}.{linear.module}.{name}"] = tensor.detach().contiguous()
@@ -416,6 +425,8 @@ def write_peft_dir(
                 [by_point[p]["magnitude"] for p in parts], dim=0
             ).contiguous()
     modules_to_save = add_saved_tensors(record, out)
+    bias = add_bias_tensors(record, out, targets)
+    tokens = add_token_tensors(record, out)
     num_layers = len(layers)
     leave_out = set(config.get("leave_out", []))
     target_modules = module_regex(
@@ -436,11 +447,12 @@ def write_peft_dir(
         "layers_pattern": None,
         "rank_pattern": {},
         "alpha_pattern": {},
-        "bias": "none",
+        "bias": bias,
         "use_dora": config.get("method") == "dora",
         "fan_in_fan_out": any(spec.linears[p].transposed for p in config["targets"]),
         "modules_to_save": modules_to_save,
         "init_lora_weights": "gaussian" if config.get("init") == "gaussian" else True,
+        "trainable_token_indices": tokens,
         "inference_mode": True,
     }
     return write_peft_files(directory, out, meta)

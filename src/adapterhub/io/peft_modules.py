@@ -7,6 +7,12 @@ Reading: every ``base_model.model.<path>.lora_A.weight`` / ``lora_B.weight`` / `
 ``alpha_pattern``, so each module gets the rank and alpha peft gave it. When the adapter is built, the paths that
 are spec points of the model move to those points (``LoRAAdapter.adopt_tensors``).
 
+``bias`` other than ``"none"``: the model's biases peft saved (``<path>.base_layer.bias`` of a target,
+``<path>.bias`` of another module) become the adapter's held biases (``biases.<path with ":">``), except those of
+``modules_to_save`` modules (their copies hold them); written back the same way. ``trainable_token_indices``: each
+``<path>.token_adapter.trainable_tokens_delta`` ``(n, d)`` is the adapter's copy of those rows
+(``tokens.<path with ":">``), the option kept as peft wrote it.
+
 Writing: each target under its module path, ``target_modules`` the list of those full paths (peft matches a
 listed name exactly), the patterns as configured.
 """
@@ -25,7 +31,10 @@ from torch import nn
 from adapterhub.errors import AdapterFileError
 from adapterhub.io.peft_common import (
     PREFIX,
+    TOKENS_SUFFIX,
+    add_bias_tensors,
     add_saved_tensors,
+    add_token_tensors,
     module_tensors,
     write_peft_files,
 )
@@ -45,10 +54,24 @@ def read_peft_modules(
     tensors: dict[str, torch.Tensor] = {}
     head: dict[str, torch.Tensor] = {}
     paths: set[str] = set()
+    bias = meta.get("bias") or "none"
+    saved = tuple(meta.get("modules_to_save") or ())
     for key, tensor in raw.items():
         if not key.startswith(PREFIX):
             raise AdapterFileError(f"peft weight {key!r} in {directory} is not under {PREFIX!r}.")
-        match = _WEIGHT.match(key[len(PREFIX) :])
+        rest = key[len(PREFIX) :]
+        if rest.endswith(TOKENS_SUFFIX):  # trainable_token_indices: the embedding's trained rows
+            tensors[f"tokens.{rest[: -len(TOKENS_SUFFIX)].replace('.', ':')}"] = tensor
+            continue
+        if bias != "none" and (rest == "bias" or rest.endswith(".bias")):
+            path = rest[: -len(".bias")].removesuffix(".base_layer")
+            parts = path.split(".")
+            if ".original_module." in rest or ".modules_to_save." in rest:
+                continue  # peft's copies of a modules_to_save module's bias again (bias='all'): the copy has it
+            if not any(".".join(parts[:i]).endswith(n) for n in saved for i in range(1, len(parts) + 1)):
+                tensors[f"biases.{path.replace('.', ':')}"] = tensor  # option bias: the model's bias, trained
+                continue
+        match = _WEIGHT.match(rest)
         if match is None and key.endswith(".base_layer.weight"):
             # peft saves the whole embedding of an Embedding target too (save_embedding_layers), for models whose
             # vocabulary was resized: the model's own embedding is used (load into the model peft was saved from)
@@ -64,7 +87,7 @@ def read_peft_modules(
         }.get(which, which)
         tensors[f"by_name.{path.replace('.', ':')}.{param}"] = tensor
         paths.add(path)
-    if not tensors:
+    if not paths:
         raise AdapterFileError(f"{directory} holds no LoRA weights.")
     config: dict[str, Any] = {
         "method": "dora" if meta.get("use_dora") else "lora",
@@ -78,6 +101,10 @@ def read_peft_modules(
     }
     if meta.get("init_lora_weights") == "gaussian":
         config["init"] = "gaussian"
+    if bias != "none":
+        config["bias"] = bias
+    if meta.get("trainable_token_indices"):
+        config["trainable_token_indices"] = meta["trainable_token_indices"]
     return config, tensors, head
 
 
@@ -100,6 +127,8 @@ def write_peft_modules(
         out[f"{PREFIX}{path}.{name}"] = tensor.detach().contiguous()
         paths.add(path)
     modules_to_save = add_saved_tensors(record, out)
+    bias = add_bias_tensors(record, out, paths)
+    tokens = add_token_tensors(record, out)
     transposed = any(type(model.get_submodule(p)).__name__ == "Conv1D" for p in paths)
     meta = {
         "peft_type": "LORA",
@@ -115,11 +144,12 @@ def write_peft_modules(
         "layers_pattern": None,
         "rank_pattern": dict(config.get("rank_pattern") or {}),
         "alpha_pattern": dict(config.get("alpha_pattern") or {}),
-        "bias": "none",
+        "bias": bias,
         "use_dora": config.get("method") == "dora",
         "fan_in_fan_out": transposed,
         "modules_to_save": modules_to_save,
         "init_lora_weights": "gaussian" if config.get("init") == "gaussian" else True,
+        "trainable_token_indices": tokens,
         "inference_mode": True,
     }
     return write_peft_files(directory, out, meta)

@@ -115,6 +115,14 @@ class NamedModule:
     # ``nn.Conv2d`` (groups 1, dilation 1): ``d_in`` / ``d_out`` its channels, ``conv`` its (kernel_size, stride,
     # padding) as peft's LoRA copies them to ``lora_A``
     conv: tuple[Any, Any, Any] | None = None
+    # ``bias``: whether it has a ``bias`` parameter; ``bias_axis`` the output dimension that bias is added along
+    # (-1: Linear, Conv1D, LayerNorm; 1: convolutions, batch / group norm; None: unknown use of its bias)
+    bias: bool = False
+    bias_axis: int | None = None
+    # ``input_embedding``: the model's input embeddings (``get_input_embeddings()``); ``tied_to``: the path of the
+    # nn.Embedding whose weight this module shares (an output head tied to the input embeddings)
+    input_embedding: bool = False
+    tied_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -305,6 +313,36 @@ class AdapterModule(nn.Module):
 
     def saved_module(self, path: str) -> nn.Module:
         raise ConfigError(f"{self.method} adapter {self.adapter_name!r} keeps no copy of {path!r}.")
+
+    def bias_paths(self) -> tuple[str, ...]:
+        """Paths of the model's modules whose bias this adapter keeps a trainable copy of (LoRA's ``bias``
+        option); before its weights are loaded the model hands it each bias with ``set_bias(path, bias)``, and
+        while the adapter is active the copy replaces the module's bias. Default: none."""
+        return ()
+
+    def set_bias(self, path: str, bias: torch.Tensor) -> None:
+        raise ConfigError(f"{self.method} adapters keep no copies of the model's biases (option bias).")
+
+    def token_embeddings(self) -> dict[str, tuple[int, ...]]:
+        """``{embedding path: token ids}`` whose rows this adapter keeps a trainable copy of (LoRA's
+        ``trainable_token_indices``); the model hands it the rows with ``set_tokens(path, rows)`` before its
+        weights are loaded. Default: none."""
+        return {}
+
+    def token_paths(self) -> tuple[str, ...]:
+        """Modules whose rows (an embedding's, a tied output head's) the copies replace while active."""
+        return ()
+
+    def set_tokens(self, path: str, rows: torch.Tensor) -> None:
+        raise ConfigError(f"{self.method} adapters keep no embedding rows (option trainable_token_indices).")
+
+    def token_delta(self, path: str) -> tuple[tuple[int, ...], torch.Tensor]:
+        raise ConfigError(f"{self.method} adapter {self.adapter_name!r} keeps no rows of {path!r}.")
+
+    def held_bias(self, path: str) -> torch.Tensor:
+        raise ConfigError(
+            f"{self.method} adapter {self.adapter_name!r} keeps no copy of the bias of {path!r}."
+        )
 
     def adopt_tensors(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Saved tensors renamed to this module's own state-dict keys before they are loaded (a file that names

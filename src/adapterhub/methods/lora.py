@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adapterhub.errors import ConfigError
 from adapterhub.methods.base import (
     LINEAR,
     MODULE,
@@ -47,6 +48,7 @@ from adapterhub.spec.configs import LoRAConfig
 _KEY = re.compile(r"^layers\.(\d+)\.([a-z_]+)\.lora_([AB])$")
 _BY_NAME_KEY = re.compile(r"^by_name\.([^.]+)\.([^.]+)$")
 _SAVED_KEY = re.compile(r"^saved\.([^.]+)\.(.+)$")
+_BIAS_KEY = re.compile(r"^(?:biases|tokens)\.([^.]+)$")
 
 
 class LoRALayer(nn.Module):
@@ -188,10 +190,65 @@ class LoRAAdapter(AdapterModule):
         if len(self.by_name):
             self._points[MODULE_LAYER] = tuple((MODULE, self._paths[(MODULE_LAYER, k)]) for k in self.by_name)
         # modules_to_save: full copies, made from the model's modules by ``set_saved`` before the adapter is used
-        from adapterhub.methods.targeting import select_saved
+        from adapterhub.methods.targeting import select_biases, select_saved, select_tokens
 
         self.saved = nn.ModuleDict()
         self._saved_paths = select_saved(config, dims, tuple(self._paths.values()))
+        # option bias: copies of the model's biases, handed in by ``set_bias`` before the adapter is used
+        self.biases = nn.ParameterDict()
+        targets = self._target_paths(dims) if getattr(config, "bias", "none") == "lora_only" else ()
+        self._bias_paths = select_biases(config, dims, targets, self._saved_paths)
+        # trainable_token_indices: copies of embedding rows, handed in by ``set_tokens``
+        self.tokens = nn.ParameterDict()
+        self._token_rows, self._token_ties = select_tokens(
+            config, dims, tuple(self._paths.values()), self._saved_paths
+        )
+
+    def _target_paths(self, dims: ModelDims) -> tuple[str, ...]:
+        """The module path of every target (spec points: the whole projection's module)."""
+        if self._paths:
+            return tuple(self._paths.values())
+        at = {(m.layer, m.point): m.path for m in dims.modules if m.point is not None}
+        paths = []
+        for layer, point, _ in self.lora_targets():
+            if (layer, point) not in at:
+                raise ConfigError(
+                    f"bias='lora_only' keeps the bias of each target module, but target {point!r} of layer {layer} "
+                    "is a slice of a fused projection (its module's bias belongs to other targets too); name the "
+                    "modules with target_modules instead of targets."
+                )
+            paths.append(at[(layer, point)])
+        return tuple(paths)
+
+    def bias_paths(self) -> tuple[str, ...]:
+        """The modules whose bias the adapter keeps a copy of (option ``bias``)."""
+        return self._bias_paths
+
+    def set_bias(self, path: str, bias: torch.Tensor) -> None:
+        """Hold a trainable copy of ``bias`` (the model's bias of the module at ``path``, ``(d,)``)."""
+        self.biases[module_key(path)] = nn.Parameter(bias.detach().clone())
+
+    def token_embeddings(self) -> dict[str, tuple[int, ...]]:
+        """``{embedding path: token ids}`` whose rows the adapter keeps a copy of (``trainable_token_indices``)."""
+        return dict(self._token_rows)
+
+    def token_paths(self) -> tuple[str, ...]:
+        """The modules whose rows the copies replace while the adapter is active: the embeddings, then output heads
+        tied to them."""
+        return (*self._token_rows, *self._token_ties)
+
+    def set_tokens(self, path: str, rows: torch.Tensor) -> None:
+        """Hold a trainable copy of ``rows`` (the embedding's rows at its token ids, ``(n, d)``)."""
+        self.tokens[module_key(path)] = nn.Parameter(rows.detach().clone())
+
+    def token_delta(self, path: str) -> tuple[tuple[int, ...], torch.Tensor]:
+        """``(token ids, rows (n, d))`` that replace the module's rows at ``path`` (a tied head: its embedding's)."""
+        path = self._token_ties.get(path, path)
+        return self._token_rows[path], self.tokens[module_key(path)]
+
+    def held_bias(self, path: str) -> torch.Tensor:
+        """The bias that replaces the module's own at ``path`` while this adapter is active: ``(d,)``."""
+        return self.biases[module_key(path)]
 
     def saved_paths(self) -> tuple[str, ...]:
         """The paths of the modules ``modules_to_save`` selected (the adapter holds a copy of each)."""
@@ -304,18 +361,27 @@ class LoRAAdapter(AdapterModule):
         return out
 
     def _adopt_saved(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Copies of ``modules_to_save`` saved under another path of the same module (``saved.<path>.<param>``)
-        renamed to this adapter's: matched exactly, else as a dotted suffix either way (when that picks one)."""
-        own = {path: module_key(path) for path in self._saved_paths}
+        """Copies of ``modules_to_save``, held biases and token rows saved under another path of the same module
+        (``saved.<path>.<param>``, ``biases.<path>``, ``tokens.<path>``) renamed to this adapter's: matched exactly, else as a dotted suffix either way (when that picks one)."""
+        saved = {path: module_key(path) for path in self._saved_paths}
+        biases = {path: module_key(path) for path in self._bias_paths}
+        tokens = {path: module_key(path) for path in self._token_rows}
         out: dict[str, torch.Tensor] = {}
         for name, tensor in tensors.items():
-            match = _SAVED_KEY.match(name)
+            match = _SAVED_KEY.match(name) or _BIAS_KEY.match(name)
+            kind = name.split(".", 1)[0]
+            own = {"saved": saved, "biases": biases, "tokens": tokens}.get(kind, {})
             if match is None or match.group(1) in own.values():
                 out[name] = tensor
                 continue
             path = match.group(1).replace(":", ".")
             near = [p for p in own if p == path or p.endswith(f".{path}") or path.endswith(f".{p}")]
-            out[f"saved.{own[near[0]]}.{match.group(2)}" if len(near) == 1 else name] = tensor
+            if len(near) != 1:
+                out[name] = tensor  # left for load_exact to report
+            elif name.startswith("saved."):
+                out[f"saved.{own[near[0]]}.{match.group(2)}"] = tensor
+            else:
+                out[f"{kind}.{own[near[0]]}"] = tensor
         return out
 
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> LinearRunning:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import ModelDims, NamedModule
@@ -45,7 +46,7 @@ def _by_name(names: str | tuple[str, ...], key: str) -> bool:
     return key in names or any(key.endswith(f".{name}") for name in names)
 
 
-def excluded(config: ModuleTargeting, key: str) -> bool:
+def excluded(config: Any, key: str) -> bool:
     """Whether ``exclude_modules`` leaves the module named ``key`` out."""
     return config.exclude_modules is not None and _by_name(config.exclude_modules, key)
 
@@ -63,7 +64,7 @@ def layer_index(key: str, layers_pattern: Sequence[str] | None) -> int | None:
     return int(match.group("idx")) if match is not None else None
 
 
-def targeted(config: ModuleTargeting, module: NamedModule) -> bool:
+def targeted(config: Any, module: NamedModule) -> bool:
     """Whether ``target_modules`` (with ``layers_to_transform``) selects ``module`` (exclusion not applied)."""
     names = config.target_modules
     if names is None:
@@ -91,17 +92,29 @@ def pattern_value(table: Sequence[tuple[str, object]], key: str) -> object | Non
     return None
 
 
-def select_modules(config: ModuleTargeting, dims: ModelDims) -> list[ModuleTarget]:
-    """The modules ``config`` targets on a model with ``dims``, in the model's module order."""
+def selected(config: Any, dims: ModelDims) -> list[NamedModule]:
+    """The modules ``config``'s ``target_modules`` (with ``exclude_modules``, ``layers_to_transform``,
+    ``layers_pattern``) selects, in the model's module order; raises when it selects none."""
     if not dims.modules:
         raise ConfigError(
             "target_modules selects modules by name, but this model's module list is not known (ModelDims.modules "
             "is empty); add the adapter through the model (model.add_adapter) so its modules can be listed."
         )
+    chosen = [m for m in dims.modules if not excluded(config, m.path) and targeted(config, m)]
+    if not chosen:
+        linear = [m.path.rsplit(".", 1)[-1] for m in dims.modules if m.linear]
+        raise ConfigError(
+            f"target_modules={_show(config.target_modules)} (with exclude_modules / layers_to_transform) selects "
+            f"no module of this {dims.model_type} model. Its linear layers are named: "
+            f"{', '.join(sorted(set(linear))) or 'none'} (match a name's end, or pass a regex over whole names)."
+        )
+    return chosen
+
+
+def select_modules(config: ModuleTargeting, dims: ModelDims) -> list[ModuleTarget]:
+    """The modules ``config`` targets on a model with ``dims``, in the model's module order."""
     chosen: list[ModuleTarget] = []
-    for module in dims.modules:
-        if excluded(config, module.path) or not targeted(config, module):
-            continue
+    for module in selected(config, dims):
         if not (module.linear or module.embedding or module.conv):
             raise ConfigError(
                 f"target_modules={_show(config.target_modules)} selects {module.path!r}, a {module.type_name}; "
@@ -124,14 +137,17 @@ def select_modules(config: ModuleTargeting, dims: ModelDims) -> list[ModuleTarge
                 float(alpha) if alpha is not None else config.alpha,  # type: ignore[arg-type]
             )
         )
-    if not chosen:
-        linear = [m.path.rsplit(".", 1)[-1] for m in dims.modules if m.linear]
-        raise ConfigError(
-            f"target_modules={_show(config.target_modules)} (with exclude_modules / layers_to_transform) selects "
-            f"no module of this {dims.model_type} model. Its linear layers are named: "
-            f"{', '.join(sorted(set(linear))) or 'none'} (match a name's end, or pass a regex over whole names)."
-        )
     return chosen
+
+
+def feedforward(names: str | tuple[str, ...] | None, path: str) -> bool:
+    """(IA)³'s ``feedforward_modules`` (peft's rule): a regex string matches the whole path; a list entry matches
+    a path that ends with it."""
+    if names is None:
+        return False
+    if isinstance(names, str):
+        return re.fullmatch(names, path) is not None
+    return any(path.endswith(name) for name in names)
 
 
 def _show(names: str | tuple[str, ...] | None) -> str:
@@ -175,3 +191,99 @@ def select_saved(config: ModuleTargeting, dims: ModelDims, targets: Sequence[str
             "modules_to_save."
         )
     return paths
+
+
+def select_biases(
+    config: ModuleTargeting, dims: ModelDims, targets: Sequence[str], saved: Sequence[str]
+) -> tuple[str, ...]:
+    """The paths of the modules whose bias an adapter with ``bias`` (peft's option) keeps a trainable copy of, in
+    the model's module order: ``"lora_only"``: its targets (``targets``: their paths) that have a bias; ``"all"``:
+    every module with a ``bias`` parameter outside ``saved`` (``modules_to_save``: those copies train whole).
+    Raises naming a selected module whose type's use of its bias is not known (the copy could not replace it)."""
+    bias = getattr(config, "bias", "none")
+    if bias == "none":
+        return ()
+    if not dims.modules:
+        raise ConfigError(
+            f"bias={bias!r} keeps copies of the model's biases, but its module list is not known (ModelDims.modules "
+            "is empty); add the adapter through the model (model.add_adapter) so its modules can be listed."
+        )
+    wanted = set(targets)
+    chosen: list[str] = []
+    for module in dims.modules:
+        if not module.bias:
+            continue
+        if bias == "lora_only" and module.path not in wanted:
+            continue
+        if bias == "all" and any(module.path == p or module.path.startswith(p + ".") for p in saved):
+            continue
+        if module.bias_axis is None:
+            raise ConfigError(
+                f"bias={bias!r} selects the bias of {module.path!r}, a {module.type_name}, whose use of its bias "
+                "adapterhub does not know (it holds biases of Linear, Conv1D, layer norms, convolutions, batch and "
+                "group norms). Use bias='lora_only' or 'none', or put the module in modules_to_save."
+            )
+        chosen.append(module.path)
+    return tuple(chosen)
+
+
+def select_tokens(
+    config: ModuleTargeting, dims: ModelDims, targets: Sequence[str], saved: Sequence[str]
+) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """``trainable_token_indices`` (peft's rule) on this model: ``({embedding path: token ids}, {tied head path:
+    embedding path})``. A list names rows of the input embeddings (else of the module named ``embed_tokens``); a
+    mapping names embeddings by path or path suffix. An output head whose weight is the input embeddings' (tied)
+    gets the same rows. Raises for a name that selects no nn.Embedding or several, an id past the vocabulary, and an
+    embedding that is also a LoRA target (``targets``) or in ``modules_to_save`` (``saved``)."""
+    indices = getattr(config, "trainable_token_indices", None)
+    if indices is None:
+        return {}, {}
+    if not dims.modules:
+        raise ConfigError(
+            "trainable_token_indices names rows of the model's embeddings, but its module list is not known "
+            "(ModelDims.modules is empty); add the adapter through the model (model.add_adapter)."
+        )
+    embeddings = [m for m in dims.modules if m.embedding]
+    rows: dict[str, tuple[int, ...]] = {}
+    if indices and isinstance(indices[0], int):
+        found = [m for m in embeddings if m.input_embedding] or [
+            m for m in embeddings if m.path.rsplit(".", 1)[-1] == "embed_tokens"
+        ]
+        if len(found) != 1:
+            raise ConfigError(
+                f"trainable_token_indices={list(indices)} names rows of the input embeddings, which this "
+                f"{dims.model_type} model does not single out; name the embedding: {{'<module>': [ids]}} (its "
+                f"embeddings: {', '.join(m.path for m in embeddings) or 'none'})."
+            )
+        rows[found[0].path] = tuple(indices)  # type: ignore[arg-type]
+    else:
+        for name, ids in indices:  # type: ignore[misc]
+            found = [m for m in dims.modules if m.path == name or m.path.endswith("." + name)]
+            if len(found) != 1 or not found[0].embedding:
+                kinds = ", ".join(f"{m.path} ({m.type_name})" for m in found) or "no module"
+                raise ConfigError(
+                    f"trainable_token_indices names {name!r}, which selects {kinds}; it must name one nn.Embedding "
+                    f"(this model's: {', '.join(m.path for m in embeddings) or 'none'})."
+                )
+            rows[found[0].path] = tuple(ids)
+    by_path = {m.path: m for m in embeddings}
+    for path, ids in rows.items():
+        vocabulary = by_path[path].d_in
+        if max(ids) >= vocabulary:
+            raise ConfigError(
+                f"trainable_token_indices lists token id {max(ids)} for {path!r}, which has {vocabulary} rows."
+            )
+        clash = [p for p in (*targets, *saved) if p == path or path.startswith(p + ".")]
+        if clash:
+            raise ConfigError(
+                f"{path!r} is both in trainable_token_indices and a LoRA target or in modules_to_save; train it one "
+                "way: leave it out of target_modules / modules_to_save, or drop trainable_token_indices."
+            )
+    ties = {
+        m.path: m.tied_to
+        for m in dims.modules
+        if m.tied_to in rows
+        and by_path[m.tied_to].input_embedding
+        and not any(m.path == p or m.path.startswith(p + ".") for p in saved)
+    }
+    return rows, ties  # type: ignore[return-value]

@@ -204,6 +204,10 @@ class AdapterModelCore:
             attach_module_points(self._module(), self._store, paths)
         if module.saved_paths():
             attach_saved_modules(self._module(), self._store, module.saved_paths())
+        if module.bias_paths():
+            attach_saved_modules(self._module(), self._store, module.bias_paths(), kind="bias")
+        if module.token_paths():
+            attach_saved_modules(self._module(), self._store, module.token_paths(), kind="tokens")
         if ATTENTION in module.kinds():
             attention_hooks.enable(self._module(), self._spec)
         prepare = getattr(module, "prepare_for_model", None)
@@ -211,10 +215,16 @@ class AdapterModelCore:
             prepare(self._module())
 
     def _bind_saved(self, module: AdapterModule) -> None:
-        """Hand a new adapter its copies of the model's modules (``modules_to_save``), before weights are loaded
-        into it."""
+        """Hand a new adapter its copies of the model's modules (``modules_to_save``), biases (option ``bias``) and
+        embedding rows (``trainable_token_indices``), before weights are loaded into it."""
         for path in module.saved_paths():
             module.set_saved(path, saved_copy(self._module(), self._store, path))
+        for path in module.bias_paths():  # option bias: copies of the model's biases
+            bias: torch.Tensor = self._module().get_submodule(path).bias  # type: ignore[assignment]  # (d,)
+            module.set_bias(path, bias)
+        for path, ids in module.token_embeddings().items():  # trainable_token_indices: copies of those rows
+            weight: torch.Tensor = self._module().get_submodule(path).weight  # type: ignore[assignment]
+            module.set_tokens(path, weight[list(ids)])  # (n, d)
 
     def _check_saved_fit(self, module: AdapterModule, tensors: Mapping[str, torch.Tensor]) -> None:
         """Raise IncompatibleModelError when saved copies of modules (``modules_to_save``) have other shapes than

@@ -2,7 +2,8 @@
 the forward hooks of module points (``("module", path)``).
 
 ``modules_to_save``: ``saved_copy`` makes an adapter's trainable copy of a module (without the model's hooks), and
-``attach_saved_modules`` hooks the original so that the copy's output replaces its own while the adapter is active.
+``attach_saved_modules`` hooks the original so that the copy's output replaces its own while the adapter is active (per row block under
+a top-level ``BatchSplit`` / ``Parallel``).
 
 A module point is attached when an adapter that occupies it joins the model (``attach_module_points``): one
 ``_ModuleHook`` per module, shared by every adapter there. Like the spec's linear hooks it returns ``None`` at once
@@ -19,11 +20,12 @@ from torch import nn
 
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import MODULE, MODULE_LAYER, LinearInputs, NamedModule
+from adapterhub.runtime import callstate
 from adapterhub.runtime.injection import AdapterHook, PointHandler, remove_hooks
 from adapterhub.runtime.layers import layer_stacks
 from adapterhub.runtime.quantized import float_weight, refuse_quantized, weight_reader
 from adapterhub.spec.architectures import ArchitectureSpec
-from adapterhub.spec.composition import Stack, setup_names
+from adapterhub.spec.composition import BatchSplit, Parallel, Stack, setup_names
 
 _SKIP = "_adapterhub"  # the adapter store (STORE_ATTR): adapters and heads are never targets
 
@@ -60,14 +62,26 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
     the transformer layer holding it and the spec point it is (a whole projection the spec names)."""
     by_id = {id(layer): (index, stack) for index, (layer, stack) in enumerate(layer_stacks(model, spec))}
     head = output_head(model)
+    getter = getattr(model, "get_input_embeddings", None)
+    try:
+        inputs = getter() if callable(getter) else None
+    except (NotImplementedError, AttributeError):
+        inputs = None
     layer_paths: dict[str, tuple[int, Any]] = {}
     table: list[NamedModule] = []
+    embeddings: dict[int, str] = {}  # id(weight) -> path of the nn.Embedding holding it
     for path, module in model.named_modules():
         if not path or path == _SKIP or path.startswith(_SKIP + "."):
             continue
         if id(module) in by_id:
             layer_paths[path] = by_id[id(module)]
         layer, point = _owner(path, layer_paths)
+        held = _bias_fields(module)
+        if isinstance(module, nn.Embedding):
+            embeddings.setdefault(id(module.weight), path)
+            held["input_embedding"] = module is inputs
+        elif isinstance(module, nn.Linear) and id(module.weight) in embeddings:
+            held["tied_to"] = embeddings[id(module.weight)]
         if isinstance(module, nn.Embedding):
             table.append(
                 NamedModule(
@@ -80,6 +94,7 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
                     output_head=module is head,
                     embedding=True,
                     padding_idx=module.padding_idx,
+                    **held,
                 )
             )
             continue
@@ -92,6 +107,7 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
                     d_out=int(module.out_channels),
                     layer=layer,
                     conv=(module.kernel_size, module.stride, module.padding),
+                    **held,
                 )
             )
             continue
@@ -101,7 +117,7 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
             weight: torch.Tensor = module.weight  # type: ignore[assignment]  # (d_in, d_out)
             shape = (int(weight.shape[0]), int(weight.shape[1]), True)
         else:
-            table.append(NamedModule(path, type(module).__name__, layer=layer))
+            table.append(NamedModule(path, type(module).__name__, layer=layer, **held))
             continue
         table.append(
             NamedModule(
@@ -114,9 +130,37 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
                 layer=layer,
                 point=point,
                 output_head=module is head,
+                **held,
             )
         )
     return tuple(table)
+
+
+_CHANNEL_FIRST = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
+
+
+def bias_axis(module: nn.Module) -> int | None:
+    """The output dimension along which ``module`` adds its ``bias``: -1 for Linear, GPT-2's Conv1D and layer norms,
+    1 for convolutions and batch / group / instance norms; None for a type whose use of its bias is not known."""
+    if (
+        isinstance(module, (nn.Linear, nn.LayerNorm))
+        or _is_conv1d(module)
+        or "LayerNorm" in type(module).__name__
+    ):
+        return -1
+    if isinstance(module, _CHANNEL_FIRST):
+        return 1
+    return None
+
+
+def _bias_fields(module: nn.Module) -> dict[str, Any]:
+    has = isinstance(module._parameters.get("bias"), torch.Tensor)
+    return {"bias": has, "bias_axis": bias_axis(module) if has else None}
 
 
 def _owner(path: str, layer_paths: dict[str, tuple[int, Any]]) -> tuple[int | None, str | None]:
@@ -193,7 +237,8 @@ def attach_module_points(model: nn.Module, handler: PointHandler, paths: list[st
                 f"{module.padding_mode!r}; LoRA on Conv2d supports groups=1, dilation=1 and zero padding. Leave it "
                 "out of target_modules."
             )
-        module.register_forward_hook(_ModuleHook(handler, path, _transposed(module)))
+        # prepended: adapters' updates see the module's own output, before a held bias (option bias) replaces b
+        module.register_forward_hook(_ModuleHook(handler, path, _transposed(module)), prepend=True)
 
 
 def saved_copy(model: nn.Module, handler: Any, path: str) -> nn.Module:
@@ -219,38 +264,181 @@ def saved_copy(model: nn.Module, handler: Any, path: str) -> nn.Module:
 
 
 class _SavedModuleHook(AdapterHook):
-    """Forward hook on a module an adapter keeps a copy of (``modules_to_save``): while that adapter is active,
-    alone or in a Stack of adapter names, its copy's output replaces the module's. Two active adapters with a copy
-    of the same module, or one inside another block, raise (the rows or the copies would be ambiguous)."""
+    """Forward hook on a module an adapter keeps a copy of (``kind="module"``: ``modules_to_save``) or whose bias it
+    keeps a copy of (``kind="bias"``: LoRA's ``bias`` option): while that adapter is active, its copy's output
+    replaces the module's (``y' = y - b + b'`` for a held bias ``b'``).
 
-    def __init__(self, store: Any, path: str) -> None:
-        self.store, self.path = store, path
+    - One adapter name, or a Stack of adapter names: the copy of the one holder runs on the whole batch.
+    - A top-level ``BatchSplit`` or ``Parallel``: row block ``i`` (``batch_sizes[i]`` rows; under Parallel the
+      ``i``-th of ``n`` equal blocks of the replicated batch) goes through the copy held by child ``i``'s adapter,
+      or the original module when child ``i`` holds none, so each block computes what its child computes alone.
+      The module's input and output must be batch-first with those rows (under Parallel: the module runs after
+      the batch is replicated, i.e. not before the first adapted layer).
+
+    Two holders of one copy that would act on the same rows (a Stack of both, a child with both), a holder inside
+    another block (Split, Average, Fuse, nested), or rows that do not fit raise a ConfigError saying what to do.
+    """
+
+    def __init__(self, store: Any, path: str, kind: str = "module") -> None:
+        self.store, self.path, self.kind = store, path, kind
+        self.what, self.option, self.held = {
+            "module": ("modules_to_save", "modules_to_save", "saved_paths"),
+            "bias": ("its bias, option bias", "bias (bias='none')", "bias_paths"),
+            "tokens": ("its rows, option trainable_token_indices", "trainable_token_indices", "token_paths"),
+        }[kind]
+
+    def _apply(
+        self, holder: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> Any:
+        """What the module returns with ``holder``'s copy: ``output`` (its rows) is what the model's module gave."""
+        adapter = self.store.adapters[holder]
+        if self.kind == "module":
+            return adapter.saved_module(self.path)(*args, **kwargs)
+        if self.kind == "tokens":
+            return _token_rows(module, adapter.token_delta(self.path), args[0], output)
+        held, own = adapter.held_bias(self.path), module.bias  # (d,), (d,)
+        axis = -1 if bias_axis(module) == -1 else 1
+        shape = [1] * output.dim()
+        shape[axis] = -1
+        return output + (held - own).to(output.dtype).view(shape)
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
         store = self.store
         setup = store.current_setup()
         if setup is None:
             return None
-        adapters = store.adapters
-        holders = [n for n in setup_names(setup) if n in adapters and self.path in adapters[n].saved_paths()]
+        holders = self._holders(setup)
         if not holders:
             return None
-        plain = isinstance(setup, str) or (
-            isinstance(setup, Stack) and all(isinstance(c, str) for c in setup.children)
-        )
-        if len(holders) > 1 or not plain:
+        if _plain(setup):
+            self._one_holder(holders, setup)
+            return self._apply(holders[0], module, args, kwargs, output)
+        if not isinstance(setup, (BatchSplit, Parallel)):
             raise ConfigError(
-                f"Adapter(s) {holders} keep a copy of {self.path!r} (modules_to_save), which replaces the module "
-                f"for the whole batch; that works with one such adapter active alone or in a Stack of adapter "
-                f"names, not in {setup!r}. Activate one of them, or save the adapters without modules_to_save."
+                f"Adapter(s) {holders} keep a copy of {self.path!r} ({self.what}); a copy runs with its adapter "
+                f"alone, in a Stack of adapter names, or as a child of a top-level BatchSplit / Parallel, not in "
+                f"{setup!r}. Activate the adapter in one of those setups, or save it without {self.option}."
             )
-        return adapters[holders[0]].saved_module(self.path)(*args, **kwargs)
+        return self._by_rows(setup, module, args, kwargs, output)
+
+    def _holders(self, setup: Any) -> list[str]:
+        adapters = self.store.adapters
+        return [
+            n for n in setup_names(setup) if n in adapters and self.path in getattr(adapters[n], self.held)()
+        ]
+
+    def _one_holder(self, holders: list[str], where: Any) -> None:
+        if len(holders) > 1:
+            raise ConfigError(
+                f"Adapters {holders} each keep a copy of {self.path!r} ({self.what}) and would act on the same "
+                f"rows in {where!r}; only one copy can replace the module for a row. Activate one of them there, "
+                f"or save the others without {self.option}."
+            )
+
+    def _by_rows(
+        self,
+        setup: BatchSplit | Parallel,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        output: Any,
+    ) -> Any:
+        """Row block ``i`` of ``output`` from child ``i``'s copy (or the module's own rows): ``(rows, ...)``."""
+        if not isinstance(output, torch.Tensor):
+            raise ConfigError(
+                f"{self.path!r} ({self.what}) returns a {type(output).__name__}, not one batch-first tensor, so "
+                f"its rows cannot be split per child of {setup!r}; activate its adapters one at a time."
+            )
+        rows = output.shape[0]
+        if isinstance(setup, BatchSplit):
+            sizes = list(setup.batch_sizes)
+        else:
+            n = len(setup.children)
+            state = callstate.current(self.store)
+            if state is None or state.parallel_batch is None or rows != n * state.parallel_batch:
+                raise ConfigError(
+                    f"{self.path!r} ({self.what}) runs before {setup!r} replicates the batch (it sits before the "
+                    "first adapted layer), so every branch would see the same rows. Activate the branches one at "
+                    f"a time, or keep that module out of {self.option}."
+                )
+            sizes = [state.parallel_batch] * n
+        if sum(sizes) != rows:
+            raise ConfigError(
+                f"{self.path!r} ({self.what}) gets {rows} rows but {setup!r} splits {sum(sizes)}; its copies "
+                "can follow the split only on batch-first modules. Activate the adapters one at a time."
+            )
+        blocks: list[torch.Tensor] = []
+        start = 0
+        for child, size in zip(setup.children, sizes, strict=True):
+            block = slice(start, start + size)
+            start += size
+            holders = [] if child is None else self._holders(child)
+            if not holders:
+                blocks.append(output[block])  # (size, ...): the module's own rows
+                continue
+            if not _plain(child):
+                raise ConfigError(
+                    f"Adapter(s) {holders} keep a copy of {self.path!r} ({self.what}) inside {child!r}; in a "
+                    f"{type(setup).__name__} a copy follows a child that is an adapter name or a Stack of names."
+                )
+            self._one_holder(holders, child)
+            part = self._apply(
+                holders[0], module, _rows(args, block, rows), _rows(kwargs, block, rows), output[block]
+            )
+            blocks.append(part)  # (size, ...)
+        return torch.cat(blocks, dim=0)  # (rows, ...)
 
 
-def attach_saved_modules(model: nn.Module, store: Any, paths: tuple[str, ...]) -> None:
-    """Hook each module in ``paths`` (once) so an active adapter's copy replaces it."""
+def _token_rows(
+    module: nn.Module, held: tuple[tuple[int, ...], torch.Tensor], x: torch.Tensor, output: Any
+) -> Any:
+    """The module's output with the adapter's rows at its token ids (peft's TrainableTokensLayer): an embedding's
+    positions holding those ids get the held rows (times ``embed_scale``, if any); a tied output head's columns of
+    those ids are ``x · rows[k] (+ b[id])``."""
+    ids, rows = held  # rows: (n, d)
+    index = torch.tensor(ids, device=output.device)  # (n,)
+    if isinstance(module, nn.Embedding):  # x: token ids (...); output (..., d)
+        lookup = torch.full((module.num_embeddings,), -1, dtype=torch.long, device=x.device)
+        lookup[index] = torch.arange(len(ids), device=x.device)
+        position = lookup[x]  # (...): the row of the copy, or -1
+        new = rows[position.clamp(min=0)].to(output.dtype)  # (..., d)
+        scale = getattr(module, "embed_scale", None)
+        if scale is not None:
+            new = new * scale.to(output.dtype) if isinstance(scale, torch.Tensor) else new * scale
+        return torch.where((position >= 0).unsqueeze(-1), new, output)
+    columns = x @ rows.t().to(x.dtype)  # (..., n): the tied head's logits of those ids
+    bias = getattr(module, "bias", None)
+    if bias is not None:
+        columns = columns + bias[index]
+    return output.index_copy(output.dim() - 1, index, columns.to(output.dtype))  # (..., vocab)
+
+
+def _plain(setup: Any) -> bool:
+    """An adapter name, or a Stack of adapter names."""
+    return isinstance(setup, str) or (
+        isinstance(setup, Stack) and all(isinstance(c, str) for c in setup.children)
+    )
+
+
+def _rows(value: Any, block: slice, rows: int) -> Any:
+    """``value`` with every batch-first tensor (``rows`` rows) cut to ``block``."""
+    if isinstance(value, torch.Tensor):
+        return value[block] if value.dim() >= 1 and value.shape[0] == rows else value
+    if isinstance(value, tuple):
+        return tuple(_rows(v, block, rows) for v in value)
+    if isinstance(value, list):
+        return [_rows(v, block, rows) for v in value]
+    if isinstance(value, dict):
+        return {k: _rows(v, block, rows) for k, v in value.items()}
+    return value
+
+
+def attach_saved_modules(model: nn.Module, store: Any, paths: tuple[str, ...], kind: str = "module") -> None:
+    """Hook each module in ``paths`` (once per ``kind``) so an active adapter's copy of it (``"module"``) or of its
+    bias (``"bias"``) replaces it."""
     for path in paths:
         module = model.get_submodule(path)
-        if any(isinstance(hook, _SavedModuleHook) for hook in module._forward_hooks.values()):
+        hooks = module._forward_hooks.values()
+        if any(isinstance(hook, _SavedModuleHook) and hook.kind == kind for hook in hooks):
             continue
-        module.register_forward_hook(_SavedModuleHook(store, path), with_kwargs=True)
+        module.register_forward_hook(_SavedModuleHook(store, path, kind), with_kwargs=True)

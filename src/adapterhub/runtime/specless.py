@@ -44,26 +44,26 @@ def model_type_of(model: Any) -> str:
 
 def check_carries(spec: ArchitectureSpec, config: MethodConfig, model_type: str) -> None:
     """Raise when a model with ``spec`` cannot carry an adapter of ``config``: a model without a spec carries only
-    adapters that target modules by name (LoRA, rsLoRA and DoRA with ``target_modules``); a spec that refuses the
-    method (``unsupported["method:NAME"]``) refuses it with its reason before the adapter is built."""
+    adapters that target modules by name (LoRA, rsLoRA, DoRA and (IA)³ with ``target_modules``); a spec that refuses
+    the method (``unsupported["method:NAME"]``) refuses it with its reason before the adapter is built."""
     reason = spec.unsupported.get(f"method:{config.method}")
     if reason is not None:
         raise ConfigError(f"{config.method} adapters cannot attach to this {model_type} model: {reason}")
     if not is_spec_less(spec) or getattr(config, "by_name", False):
         return
-    by_point = config.method in ("lora", "dora")
+    by_point = config.method in ("lora", "dora", "ia3")
     advice = (
         f"Name the modules instead: {config.method} with target_modules (e.g. target_modules=['fc1', 'fc2'], a "
         "regex, or 'all-linear')."
         if by_point
-        else "Methods that work on any model, by module name: LoRA, rsLoRA (use_rslora=True) and DoRA, with "
-        "target_modules."
+        else "Methods that work on any model, by module name: LoRA, rsLoRA (use_rslora=True), DoRA and (IA)³, "
+        "with target_modules."
     )
     raise UnsupportedArchitectureError(
         f"{model_type!r} has no ArchitectureSpec, so it carries only adapters that target modules by name; "
         f"{config.method!r}{' by spec point (targets=...)' if by_point else ''} attaches at the points a spec "
-        f"names (transformer layers, residual sites, projections, attention, embeddings). {advice} To use the other methods (bottleneck adapters, prefix and prompt tuning, (IA)³, "
-        "LoRA by spec point), describe the model with adapterhub.register_architecture(ArchitectureSpec(...)) "
+        f"names (transformer layers, residual sites, projections, attention, embeddings). {advice} To use the other methods (bottleneck adapters, prefix and prompt tuning, "
+        "LoRA and (IA)³ by spec point), describe the model with adapterhub.register_architecture(ArchitectureSpec(...)) "
         "(docs/ARCHITECTURES.md)."
     )
 

@@ -8,9 +8,10 @@ from typing import ClassVar
 
 from adapterhub.spec.configs.base import OMIT_DEFAULT, MethodConfig
 from adapterhub.spec.configs.checks import check_bool, check_choice, is_number, require
-from adapterhub.spec.configs.targeting import ModuleTargeting
+from adapterhub.spec.configs.targeting import ModuleTargeting, token_indices
 
 LORA_INITS = ("lora", "gaussian")
+LORA_BIASES = ("none", "lora_only", "all")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +34,15 @@ class LoRAConfig(ModuleTargeting, MethodConfig):
     ``modules_to_save`` (with either way of targeting): names of modules (peft's rule: every module whose path
     ends with a name) of which the adapter keeps a full trainable copy, e.g. ``["classifier"]``; the copy runs in
     place of the module while the adapter is active, the original otherwise.
+
+    ``bias`` (peft's option): ``"none"`` (default) trains no bias; ``"lora_only"``: the adapter keeps a trainable
+    copy of the bias of each module it targets; ``"all"``: of every bias of the model (every module with a ``bias``
+    parameter, modules of ``modules_to_save`` left out: their copies train whole). While the adapter is active a
+    held bias ``b'`` replaces the module's ``b``: ``y' = y - b + b'`` (on the module's output, after LoRA).
+
+    ``trainable_token_indices`` (peft's option): token ids whose rows of the input embeddings train (a list), or
+    ``{embedding module name: ids}``; the adapter keeps a trainable copy of those rows, which replace the
+    embedding's rows while it is active (and the rows of an output head tied to that embedding).
     """
 
     method: ClassVar[str] = "lora"
@@ -51,6 +61,10 @@ class LoRAConfig(ModuleTargeting, MethodConfig):
     rank_pattern: tuple[tuple[str, int], ...] = field(default=(), metadata={OMIT_DEFAULT: True})
     alpha_pattern: tuple[tuple[str, float], ...] = field(default=(), metadata={OMIT_DEFAULT: True})
     modules_to_save: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
+    bias: str = field(default="none", metadata={OMIT_DEFAULT: True})
+    trainable_token_indices: tuple[int, ...] | tuple[tuple[str, tuple[int, ...]], ...] | None = field(
+        default=None, metadata={OMIT_DEFAULT: True}
+    )
 
     def __post_init__(self) -> None:
         require(
@@ -66,6 +80,8 @@ class LoRAConfig(ModuleTargeting, MethodConfig):
         )
         check_bool("use_rslora", self.use_rslora)
         check_choice("init", self.init, LORA_INITS)
+        check_choice("bias", self.bias, LORA_BIASES)
+        object.__setattr__(self, "trainable_token_indices", token_indices(self.trainable_token_indices))
         object.__setattr__(self, "alpha", float(self.alpha))
         self.check_targeting("LoRA")
 

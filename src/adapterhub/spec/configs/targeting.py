@@ -29,6 +29,41 @@ LINEAR_POINTS = (
 T = TypeVar("T", bound="ModuleTargeting")
 
 
+def _ids(name: str, value: Any) -> tuple[int, ...]:
+    require(
+        isinstance(value, (list, tuple))
+        and len(value) > 0
+        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value),
+        f"{name} must be a non-empty list of token ids (integers >= 0), got {value!r}.",
+    )
+    require(len(set(value)) == len(value), f"{name} lists a token id twice: {list(value)!r}.")
+    return tuple(value)
+
+
+def token_indices(value: Any) -> tuple[int, ...] | tuple[tuple[str, tuple[int, ...]], ...] | None:
+    """``trainable_token_indices`` frozen: a list of token ids (the input embeddings' rows), or ``{embedding module
+    name: ids}`` as (name, ids) pairs in the order given (peft's two forms); ids keep their order (the row order of
+    the trained copy)."""
+    if value is None:
+        return None
+    pairs: Any = value.items() if isinstance(value, dict) else None
+    if (
+        pairs is None
+        and isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], str) for v in value)
+    ):
+        pairs = value
+    if pairs is None:
+        return _ids("trainable_token_indices", value)
+    out = tuple((name, _ids(f"trainable_token_indices[{name!r}]", ids)) for name, ids in pairs)
+    require(
+        len(out) > 0 and all(isinstance(n, str) and n for n, _ in out),
+        f"trainable_token_indices must name embedding modules (e.g. {{'embed_tokens': [0, 1]}}), got {value!r}.",
+    )
+    return out
+
+
 class ModuleTargeting:
     """Mixin of the frozen configs that attach to linear projections. The config declares the fields below (as
     dataclass fields) and calls ``check_targeting`` from ``__post_init__``: either ``targets`` (spec points, default
