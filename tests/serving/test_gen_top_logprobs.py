@@ -129,3 +129,16 @@ def test_bad_top_logprobs_are_refused_at_submit(prompts, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         engine.submit(prompts[0], max_new_tokens=2, **kwargs)
     assert engine.stats()["waiting"] == 0
+
+
+def test_a_streamed_token_finds_its_logprobs_already_there(prompts):
+    """The stream's reader may run while the stepping thread still emits: when token k is on the stream,
+    ``handle.logprobs`` / ``handle.top_logprobs`` already hold k + 1 entries (the waker runs right after each emit)."""
+    engine = GenerationEngine(_model("llama"), stop_ids=[])
+    handle = engine.submit(prompts[1], max_new_tokens=NEW, logprobs=True, top_logprobs=2)
+    seen: list[tuple[int, int]] = []
+    handle._seq.waker = lambda: seen.append((len(handle.logprobs), len(handle.top_logprobs)))
+    handle.result()
+    assert seen == [(k, k) for k in range(1, NEW + 1)] + [
+        (NEW, NEW)
+    ]  # after each token's emit, then the end's

@@ -474,9 +474,12 @@ class GenerationEngine:
 
     @staticmethod
     def _stream(seq: SequenceState, count: int) -> None:
-        for token in seq.tokens[seq.streamed : count]:
+        """Put tokens up to ``count`` on the stream; ``streamed`` moves first, so that a reader that gets a token
+        already finds its logprobs in ``handle.logprobs`` / ``handle.top_logprobs``."""
+        start = seq.streamed
+        seq.streamed = max(start, count)
+        for token in seq.tokens[start:count]:
             seq.emit(token)
-        seq.streamed = max(seq.streamed, count)
 
     def _finish(self, seq: SequenceState, reason: str) -> None:
         self._stream(seq, len(seq.tokens))
