@@ -220,3 +220,116 @@ def test_an_adapter_with_its_own_tokenizer_uses_its_chat_template(client, server
     assert done.usage.prompt_tokens == len(tokenizer(text, add_special_tokens=False)["input_ids"]) == 10
     base = client.chat.completions.create(model="poems", messages=MESSAGES, max_tokens=3, temperature=0)
     assert base.usage.prompt_tokens != done.usage.prompt_tokens  # poems: the base tokenizer's ChatML template
+
+
+@pytest.fixture(scope="module")
+def reference(chat_llama: tuple[Path, Path]) -> tuple[Any, Any]:
+    """transformers' model with the ``poems`` adapter loaded (not active) and the tokenizer."""
+    directory, adapter = chat_llama
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
+    model = adapterhub.init(transformers.AutoModelForCausalLM.from_pretrained(str(directory)).eval())
+    model.load_adapter(adapter)
+    return model, tokenizer
+
+
+def reference_top(
+    reference: Any, prompt: list[int], adapter: str | None, k: int
+) -> list[list[tuple[str, float]]]:
+    """Greedy ``generate`` from ``prompt``; at each new position, ``torch.topk(log_softmax(logits), k)`` as
+    ``(token text, logprob)`` pairs (the first is the chosen token)."""
+    model, tokenizer = reference
+    with torch.no_grad(), model.adapter_setup(adapter):
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=6, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+            output_logits=True, return_dict_in_generate=True,
+        )  # fmt: skip
+    tops = []
+    for logits in out.logits:  # (1, V) per new position
+        values, ids = torch.topk(torch.log_softmax(logits[0].float(), dim=-1), k)
+        tops.append([(tokenizer.decode([i]), v) for i, v in zip(ids.tolist(), values.tolist(), strict=True)])
+    return tops
+
+
+def chat_ids(tokenizer: Any) -> list[int]:
+    text = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_chat_top_logprobs_plain_and_streamed_equal_transformers(client, reference):
+    expected = reference_top(reference, chat_ids(reference[1]), "poems", 3)
+    kw = {"model": "poems", "messages": MESSAGES, "max_tokens": 6, "temperature": 0, "logprobs": True}
+    done = client.chat.completions.create(**kw, top_logprobs=3)
+    content = done.choices[0].logprobs.content
+    assert len(content) == len(expected) == done.usage.completion_tokens
+    for position, want in zip(content, expected, strict=True):
+        assert [t.token for t in position.top_logprobs] == [text for text, _ in want]
+        assert [t.logprob for t in position.top_logprobs] == pytest.approx([v for _, v in want], abs=1e-4)
+        assert all(t.bytes == list(t.token.encode()) for t in position.top_logprobs)
+        assert position.token == want[0][0] and position.logprob == position.top_logprobs[0].logprob
+    stream = client.chat.completions.create(**kw, top_logprobs=3, stream=True)
+    streamed = [
+        e for c in stream if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content
+    ]
+    assert [(e.token, [t.token for t in e.top_logprobs]) for e in streamed] == [
+        (e.token, [t.token for t in e.top_logprobs]) for e in content
+    ]
+    assert [t.logprob for e in streamed for t in e.top_logprobs] == pytest.approx(
+        [t.logprob for e in content for t in e.top_logprobs], abs=1e-5
+    )
+    plain = client.chat.completions.create(**kw)  # logprobs without alternatives: top_logprobs []
+    assert all(e.top_logprobs == [] for e in plain.choices[0].logprobs.content)
+
+
+def test_completion_logprobs_n_plain_and_streamed_equal_transformers(client, server, reference):
+    prompt = "the movie was"
+    expected = reference_top(reference, list(reference[1](prompt)["input_ids"]), None, 4)
+    kw = {"model": server.engine.model_id, "prompt": prompt, "max_tokens": 6, "temperature": 0, "logprobs": 4}
+    done = client.completions.create(**kw)
+    logprobs = done.choices[0].logprobs
+    assert len(logprobs.top_logprobs) == len(expected) == len(logprobs.tokens)
+    for token, lp, top, want in zip(
+        logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs, expected, strict=True
+    ):
+        assert list(top) == [text for text, _ in want]  # the chosen token is the first: no extra entry
+        assert list(top.values()) == pytest.approx([v for _, v in want], abs=1e-4)
+        assert token == want[0][0] and top[token] == lp
+    stream = client.completions.create(**kw, stream=True)
+    streamed = [t for c in stream if c.choices[0].logprobs for t in c.choices[0].logprobs.top_logprobs]
+    assert [list(t) for t in streamed] == [list(t) for t in logprobs.top_logprobs]
+    zero = client.completions.create(**{**kw, "logprobs": 0})
+    assert (
+        zero.choices[0].logprobs.top_logprobs is None and zero.choices[0].logprobs.tokens == logprobs.tokens
+    )
+
+
+def test_sampled_completion_top_logprobs_list_the_chosen_token(client):
+    done = client.completions.create(
+        model="poems", prompt="i liked", max_tokens=6, temperature=1.0, seed=3, logprobs=2, n=2
+    )
+    for choice in done.choices:
+        lp = choice.logprobs
+        for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+            assert (
+                2 <= len(top) <= 3 and top[token] == logprob
+            )  # the 2 likeliest, and the chosen one if other
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "param"),
+    [
+        ("chat", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ("chat", {"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+        ("chat", {"top_logprobs": 2}, None),
+        ("completions", {"logprobs": 21}, "logprobs"),
+        ("completions", {"logprobs": -1}, "logprobs"),
+    ],
+)
+def test_out_of_range_top_logprobs_answer_400(client, route, body, param):
+    with pytest.raises(openai.BadRequestError) as bad:
+        if route == "chat":
+            client.chat.completions.create(model="poems", messages=MESSAGES, max_tokens=2, **body)
+        else:
+            client.completions.create(model="poems", prompt="the", max_tokens=2, **body)
+    error = bad.value.body
+    assert bad.value.status_code == 400 and error["type"] == "invalid_request_error"
+    assert error["param"] == param and ("logprobs" in error["message"])

@@ -19,7 +19,8 @@ its own repetition / presence / frequency penalties (``gen_penalties``), so a
 seeded request gets the same tokens whatever else is in the batch. ``stop`` strings end a request on its decoded
 text (the tokens that may begin one are held back from the stream until they are known not to); ``n`` gives
 independent sequences of one prompt (``submit_choices``; seeds ``seed, seed + 1, ...``); ``logprobs`` keeps each
-chosen token's log-probability (``handle.completion()``, ``engine.complete``).
+chosen token's log-probability, ``top_logprobs`` the most likely tokens of the same distribution with theirs
+(``handle.completion()``, ``engine.complete``).
 
 Steps run in the thread that calls ``step()``: the background thread after ``start()`` (or ``with engine:``), or
 else whoever waits on a result (``generate``, iterating a handle) drives the steps itself. A per-call adapter
@@ -58,7 +59,14 @@ from adapterhub.serving.gen_scheduler import (
     SequenceState,
 )
 from adapterhub.serving.kv_cache import build_step
-from adapterhub.serving.sampling import RowSampler, SamplingParams, StopStrings, check_n, seeds_for
+from adapterhub.serving.sampling import (
+    RowSampler,
+    SamplingParams,
+    StopStrings,
+    TopLogprobs,
+    check_n,
+    seeds_for,
+)
 from adapterhub.spec.composition import BatchSplit, Setup, setup_names
 
 
@@ -143,7 +151,7 @@ class GenerationEngine:
     ) -> GenerationHandle:
         """Queue one request (it joins the running batch at the next step) and return its handle. ``adapter``: a
         name, ``Stack`` / ``Average`` of names (run on this sequence's rows alone) or None. ``sampling``:
-        ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop``, ``logprobs``, ``repetition_penalty``,
+        ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop``, ``logprobs``, ``top_logprobs``, ``repetition_penalty``,
         ``presence_penalty``, ``frequency_penalty`` (``SamplingParams``); ``tokenizer``
         decodes for ``stop`` strings (default: the engine's); ``head``: a causal-LM head (``model.add_causal_lm_head``, e.g.
         one detached from a loaded adapter) that gives this sequence's logits from the last hidden state instead of
@@ -443,16 +451,17 @@ class GenerationEngine:
                 )
                 self._scheduler.leave(seq, FAILED, error)
 
-    def _accept(self, seq: SequenceState, token: int, logprob: float | None) -> None:
+    def _accept(self, seq: SequenceState, token: int, logprob: float | None, top: TopLogprobs | None) -> None:
         """Record a new token; stream what is safe; end the sequence on a stop id, stop string or its length."""
         seq.tokens.append(token)
         if logprob is not None:
             seq.logprobs.append(logprob)
+        if top is not None:
+            seq.top_logprobs.append(top)
         if seq.stop_strings is not None:
             count, hit = seq.stop_strings.check(seq.tokens)
             if hit:  # the ids end before the stop string (never before what was already streamed)
-                keep = max(count, seq.streamed)
-                del seq.tokens[keep:], seq.logprobs[keep:]
+                seq.keep(max(count, seq.streamed))
                 self._finish(seq, "stop")
                 return
             self._stream(seq, max(count, seq.streamed))
@@ -465,9 +474,12 @@ class GenerationEngine:
 
     @staticmethod
     def _stream(seq: SequenceState, count: int) -> None:
-        for token in seq.tokens[seq.streamed : count]:
+        """Put tokens up to ``count`` on the stream; ``streamed`` moves first, so that a reader that gets a token
+        already finds its logprobs in ``handle.logprobs`` / ``handle.top_logprobs``."""
+        start = seq.streamed
+        seq.streamed = max(start, count)
+        for token in seq.tokens[start:count]:
             seq.emit(token)
-        seq.streamed = max(seq.streamed, count)
 
     def _finish(self, seq: SequenceState, reason: str) -> None:
         self._stream(seq, len(seq.tokens))
@@ -478,7 +490,7 @@ class GenerationEngine:
         """Cancel: the sequence keeps the tokens already streamed (held-back ones are dropped)."""
         if seq.done:
             return
-        del seq.tokens[seq.streamed :], seq.logprobs[seq.streamed :]
+        seq.keep(seq.streamed)
         self._scheduler.leave(seq, CANCELLED)
 
     def _cancel(self, seq: SequenceState) -> None:
@@ -501,8 +513,10 @@ def _order_rows(seqs: Sequence[SequenceState]) -> tuple[list[SequenceState], Set
     return rows, BatchSplit(*names, batch_sizes=[len(groups[n]) for n in names])  # type: ignore[arg-type]
 
 
-def _choose(sampler: RowSampler, logits: torch.Tensor, greedy: int) -> tuple[int, float | None]:
-    """One row's ``(token, logprob)``: the batch argmax for a greedy row without logprobs, else its sampler."""
+def _choose(
+    sampler: RowSampler, logits: torch.Tensor, greedy: int
+) -> tuple[int, float | None, TopLogprobs | None]:
+    """One row's ``(token, logprob, top)``: the batch argmax for a greedy row without logprobs, else its sampler."""
     if sampler.params.greedy and not sampler.params.logprobs:
-        return int(greedy), None
+        return int(greedy), None, None
     return sampler.choose(logits)

@@ -1,5 +1,5 @@
 """The handle of one request to the generation engine (``GenerationHandle``: stream, wait, cancel) and what a
-finished sequence returns (``Completion``: ids, logprobs, finish reason)."""
+finished sequence returns (``Completion``: ids, logprobs, top logprobs, finish reason)."""
 
 from __future__ import annotations
 
@@ -26,12 +26,15 @@ class _Engine(Protocol):
 
 @dataclass(frozen=True)
 class Completion:
-    """One finished sequence: its new token ``ids``, their ``logprobs`` (None unless asked for) and
-    ``finish_reason`` (``stop``: a stop id or stop string; ``length``: ``max_new_tokens``; ``cancelled``)."""
+    """One finished sequence: its new token ``ids``, their ``logprobs`` (None unless asked for),
+    ``finish_reason`` (``stop``: a stop id or stop string; ``length``: ``max_new_tokens``; ``cancelled``) and
+    ``top_logprobs`` (None unless ``top_logprobs`` > 0: per position, the most likely ``(id, logprob)`` pairs of
+    the distribution the token was chosen from, most likely first)."""
 
     ids: list[int]
     logprobs: list[float] | None
     finish_reason: str
+    top_logprobs: list[list[tuple[int, float]]] | None = None
 
 
 class GenerationHandle:
@@ -66,6 +69,21 @@ class GenerationHandle:
                 "This request was submitted without logprobs=True; submit it with logprobs=True."
             )
         return self._seq.logprobs[: self._seq.streamed]
+
+    @property
+    def wants_top_logprobs(self) -> bool:
+        """Whether the request was submitted with ``top_logprobs`` > 0."""
+        return bool(self._seq.sampler.params.top_logprobs)
+
+    @property
+    def top_logprobs(self) -> list[list[tuple[int, float]]]:
+        """Per token in ``tokens``, the ``top_logprobs`` most likely ``(id, logprob)`` pairs of the distribution it
+        was chosen from (submit with ``logprobs=True, top_logprobs=N``)."""
+        if not self._seq.sampler.params.top_logprobs:
+            raise ConfigError(
+                "This request was submitted without top_logprobs; submit it with logprobs=True, top_logprobs=N."
+            )
+        return self._seq.top_logprobs[: self._seq.streamed]
 
     @property
     def finish_reason(self) -> str | None:
@@ -137,10 +155,12 @@ class GenerationHandle:
         return self._seq.tokens[: self._seq.streamed]
 
     def completion(self) -> Completion:
-        """Wait for the end and return the ids with their logprobs (if asked for) and the finish reason."""
+        """Wait for the end and return the ids with their logprobs and top logprobs (if asked for) and the finish
+        reason."""
         ids = self.result()
-        logprobs = self.logprobs if self._seq.sampler.params.logprobs else None
-        return Completion(ids, logprobs, self.finish_reason or "")
+        logprobs = self.logprobs if self.wants_logprobs else None
+        top = self.top_logprobs if self.wants_top_logprobs else None
+        return Completion(ids, logprobs, self.finish_reason or "", top)
 
     def cancel(self) -> None:
         """End the request now: it leaves the batch before the next step and its cache is freed at once."""

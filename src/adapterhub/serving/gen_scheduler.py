@@ -48,7 +48,7 @@ class SequenceState:
     token ids that end it (the stop token is kept, as ``model.generate`` does); ``sampler``: picks its tokens (its
     own generator); ``stop_strings``: text stops, or None; ``head``: a causal-LM head that turns its last hidden
     state into logits instead of the model's LM head (an adapter saved with one), or None; ``tokens``: new tokens so far (``logprobs`` beside them
-    when asked for); ``streamed``: how many of them went to ``out``, the handle's stream (token ids, then ``None``
+    when asked for, and ``top_logprobs``: each position's ``(id, logprob)`` alternatives, with ``top_logprobs`` > 0); ``streamed``: how many of them went to ``out``, the handle's stream (token ids, then ``None``
     or the exception that ended it; ``waker``, when set, is called after every item, from the stepping thread);
     ``finish_reason``: ``stop`` or ``length`` once finished; ``feed``: tokens of its history the planned step
     feeds (see the module docstring); ``lead``: soft-prompt positions in front of its history (prompt tuning;
@@ -64,6 +64,7 @@ class SequenceState:
     id: int = field(default_factory=lambda: next(_IDS))
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     streamed: int = 0
     finish_reason: str | None = None
     status: str = WAITING
@@ -79,6 +80,10 @@ class SequenceState:
         """The adapter setup its rows run under: a prompt-tuning sequence (``lead`` soft tokens in front of its
         history, given as embeddings by ``gen_prompt``) runs as the base model."""
         return None if self.lead else self.adapter
+
+    def keep(self, count: int) -> None:
+        """Drop the new tokens after the first ``count`` (and their logprobs)."""
+        del self.tokens[count:], self.logprobs[count:], self.top_logprobs[count:]
 
     def emit(self, item: Any) -> None:
         """Put a token id, ``None`` (the end) or an exception on the stream and wake an async reader."""

@@ -7,8 +7,9 @@ directory holds one, else the base's) with the generation prompt added. Sampling
 ``top_p``/``top_k`` are then ignored), ``top_p``, ``top_k`` (an extension), ``seed`` (choice ``j`` draws with seed
 ``seed + j``), ``presence_penalty`` / ``frequency_penalty`` (OpenAI's, over the completion's tokens, greedy
 included), ``repetition_penalty`` (an extension, as vLLM's: transformers' definition over prompt and completion),
-``stop``, ``n``, ``logprobs`` (the chosen tokens' log-probabilities; top alternatives are not
-served). ``stream: true`` answers server-sent events (``chat.completion.chunk`` / ``text_completion`` chunks, a
+``stop``, ``n``, ``logprobs`` (the chosen tokens' log-probabilities) with up to ``MAX_TOP_LOGPROBS`` most likely
+alternatives per token (chat: ``top_logprobs``; completions: ``logprobs: N``), from the distribution the token
+was chosen from (``sampling``). ``stream: true`` answers server-sent events (``chat.completion.chunk`` / ``text_completion`` chunks, a
 chunk with each choice's ``finish_reason``, an optional usage chunk, then ``data: [DONE]``); a client that goes
 away cancels its sequences, which leave the batch at the next step. Errors: see ``openai_errors``.
 """
@@ -29,6 +30,7 @@ from adapterhub.errors import ConfigError, did_you_mean
 from adapterhub.serving.engine import ServingEngine
 from adapterhub.serving.gen_service import GenerationRun
 from adapterhub.serving.registry import UnknownAdapterError
+from adapterhub.serving.sampling import MAX_TOP_LOGPROBS, TopLogprobs
 
 _MAX_SEED = 2**63 - 1
 
@@ -65,7 +67,10 @@ class CompletionBody(_Sampling):
     prompt: str | list[str]
     max_tokens: int | None = Field(16, ge=1, description="None: as many as the context leaves")
     logprobs: int | None = Field(
-        None, ge=0, le=0, description="0: the chosen tokens' logprobs (no alternatives)"
+        None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="the chosen tokens' logprobs and the N most likely alternatives of each (0: none)",
     )
     echo: Literal[False] = False
 
@@ -86,7 +91,12 @@ class ChatBody(_Sampling):
     max_tokens: int | None = Field(None, ge=1, description="None: as many as the context leaves")
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=0, description="top alternatives are not served yet")
+    top_logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="the N most likely alternatives per token (needs logprobs)",
+    )
 
 
 def resolve_model(engine: ServingEngine, name: str) -> str | None:
@@ -103,7 +113,7 @@ def resolve_model(engine: ServingEngine, name: str) -> str | None:
     )
 
 
-def _sampling(body: _Sampling, logprobs: bool) -> dict[str, Any]:
+def _sampling(body: _Sampling, logprobs: bool, top_logprobs: int) -> dict[str, Any]:
     greedy = body.temperature == 0
     return {
         "temperature": body.temperature,
@@ -115,6 +125,7 @@ def _sampling(body: _Sampling, logprobs: bool) -> dict[str, Any]:
         "frequency_penalty": body.frequency_penalty,
         "repetition_penalty": body.repetition_penalty,
         "logprobs": logprobs,
+        "top_logprobs": top_logprobs,
     }
 
 
@@ -151,21 +162,49 @@ def _token_text(tokenizer: Any, token: int) -> str:
     return str(tokenizer.decode([token], skip_special_tokens=False))
 
 
-def _chat_logprobs(tokenizer: Any, ids: Sequence[int], logprobs: Sequence[float]) -> dict[str, Any]:
-    content = []
-    for token, logprob in zip(ids, logprobs, strict=True):
+def _chat_logprobs(
+    tokenizer: Any, ids: Sequence[int], logprobs: Sequence[float], tops: Sequence[TopLogprobs] | None
+) -> dict[str, Any]:
+    """OpenAI's chat ``logprobs``: ``content[i]`` = ``{token, logprob, bytes, top_logprobs: [{token, logprob,
+    bytes}, ...]}`` (the alternatives most likely first; ``[]`` without ``top_logprobs``)."""
+
+    def entry(token: int, logprob: float) -> dict[str, Any]:
         text = _token_text(tokenizer, token)
-        content.append({"token": text, "logprob": logprob, "bytes": list(text.encode()), "top_logprobs": []})
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    content = []
+    for i, (token, logprob) in enumerate(zip(ids, logprobs, strict=True)):
+        top = [] if tops is None else [entry(t, v) for t, v in tops[i]]
+        content.append({**entry(token, logprob), "top_logprobs": top})
     return {"content": content}
 
 
-def _completion_logprobs(tokenizer: Any, ids: Sequence[int], logprobs: Sequence[float]) -> dict[str, Any]:
+def _completion_logprobs(
+    tokenizer: Any, ids: Sequence[int], logprobs: Sequence[float], tops: Sequence[TopLogprobs] | None
+) -> dict[str, Any]:
+    """OpenAI's completions ``logprobs``: ``tokens``, ``token_logprobs``, ``text_offset`` and ``top_logprobs``
+    (None for ``logprobs: 0``; else per token a ``{text: logprob}`` dict of the N alternatives plus the chosen
+    token, so up to N + 1 entries as OpenAI documents; ids that decode to the same text keep the likelier)."""
     tokens = [_token_text(tokenizer, t) for t in ids]
     offsets, at = [], 0
     for text in tokens:
         offsets.append(at)
         at += len(text)
-    return {"tokens": tokens, "token_logprobs": list(logprobs), "top_logprobs": None, "text_offset": offsets}
+    top_dicts = None
+    if tops is not None:
+        top_dicts = []
+        for text, logprob, top in zip(tokens, logprobs, tops, strict=True):
+            alternatives: dict[str, float] = {}
+            for t, v in top:
+                alternatives.setdefault(_token_text(tokenizer, t), v)
+            alternatives.setdefault(text, logprob)
+            top_dicts.append(alternatives)
+    return {
+        "tokens": tokens,
+        "token_logprobs": list(logprobs),
+        "top_logprobs": top_dicts,
+        "text_offset": offsets,
+    }
 
 
 def _sse(payload: dict[str, Any]) -> str:
@@ -175,12 +214,12 @@ def _sse(payload: dict[str, Any]) -> str:
 def _stream(
     run: GenerationRun,
     tokenizer: Any,
-    chunk: Callable[[int, str, str | None, float | None, int | None], dict[str, Any]],
+    chunk: Callable[[int, str, str | None, float | None, int | None, TopLogprobs | None], dict[str, Any]],
     first: list[dict[str, Any]],
     usage: Callable[[int], dict[str, Any]] | None,
 ) -> StreamingResponse:
     """SSE over ``run``: ``first`` chunks, a chunk per new token (``chunk(index, text delta, None, logprob,
-    token)``), a chunk per choice as it ends (its finish reason), the usage chunk (if asked), ``[DONE]``."""
+    token, top logprobs)``), a chunk per choice as it ends (its finish reason), the usage chunk (if asked), ``[DONE]``."""
 
     async def events() -> AsyncIterator[str]:
         ids: list[list[int]] = [[] for _ in run.handles]
@@ -192,14 +231,16 @@ def _stream(
             async for index, token in stream:
                 handle = run.handles[index]
                 if token is None:
-                    yield _sse(chunk(index, "", handle.finish_reason or "stop", None, None))
+                    yield _sse(chunk(index, "", handle.finish_reason or "stop", None, None, None))
                     continue
                 ids[index].append(token)
                 text = tokenizer.decode(ids[index], skip_special_tokens=True)
                 delta = text[len(texts[index]) :] if text.startswith(texts[index]) else text
                 texts[index] = text
-                logprob = handle.logprobs[len(ids[index]) - 1] if handle.wants_logprobs else None
-                yield _sse(chunk(index, delta, None, logprob, token))
+                at = len(ids[index]) - 1
+                logprob = handle.logprobs[at] if handle.wants_logprobs else None
+                top = handle.top_logprobs[at] if handle.wants_top_logprobs else None
+                yield _sse(chunk(index, delta, None, logprob, token, top))
             if usage is not None:
                 yield _sse(usage(sum(len(i) for i in ids)))
             yield "data: [DONE]\n\n"
@@ -246,9 +287,10 @@ def openai_router(engine: ServingEngine) -> APIRouter:
         tokenizer = engine.tokenizer_for(adapter)
         prompt_ids = engine.encode_prompts(prompts, max_new_tokens=body.max_tokens, tokenizer=tokenizer)
         with_logprobs = body.logprobs is not None
+        top_n = body.logprobs or 0
         run = await engine.open_generation(
             prompt_ids, adapter=adapter, max_new_tokens=body.max_tokens, n=body.n, tokenizer=tokenizer,
-            **_sampling(body, with_logprobs),
+            **_sampling(body, with_logprobs, top_n),
         )  # fmt: skip
         ident = f"cmpl-{uuid.uuid4().hex[:24]}"
         head = {"id": ident, "object": "text_completion", "created": int(time.time()), "model": body.model}
@@ -256,11 +298,16 @@ def openai_router(engine: ServingEngine) -> APIRouter:
         if body.stream:
 
             def chunk(
-                i: int, text: str, finish: str | None, lp: float | None, token: int | None
+                i: int,
+                text: str,
+                finish: str | None,
+                lp: float | None,
+                token: int | None,
+                top: TopLogprobs | None,
             ) -> dict[str, Any]:
                 logprobs = None
                 if lp is not None and token is not None:
-                    logprobs = _completion_logprobs(tokenizer, [token], [lp])
+                    logprobs = _completion_logprobs(tokenizer, [token], [lp], None if top is None else [top])
                 choice = {"text": text, "index": i, "logprobs": logprobs, "finish_reason": finish}
                 return {**head, "choices": [choice]}
 
@@ -271,7 +318,11 @@ def openai_router(engine: ServingEngine) -> APIRouter:
         done = await run.completions()
         choices = []
         for i, c in enumerate(done):
-            logprobs = _completion_logprobs(tokenizer, c.ids, c.logprobs or []) if with_logprobs else None
+            logprobs = (
+                _completion_logprobs(tokenizer, c.ids, c.logprobs or [], c.top_logprobs if top_n else None)
+                if with_logprobs
+                else None
+            )
             text = tokenizer.decode(c.ids, skip_special_tokens=True)
             choices.append({"text": text, "index": i, "logprobs": logprobs, "finish_reason": c.finish_reason})
         return {**head, "choices": choices, "usage": _usage(prompt_tokens, sum(len(c.ids) for c in done))}
@@ -282,9 +333,12 @@ def openai_router(engine: ServingEngine) -> APIRouter:
         tokenizer = engine.tokenizer_for(adapter)
         prompt = chat_prompt(tokenizer, body.messages)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        top_n = body.top_logprobs or 0
+        if top_n and not body.logprobs:
+            raise ConfigError(f'top_logprobs={top_n} needs "logprobs": true; set it as well.')
         run = await engine.open_generation(
             [prompt], adapter=adapter, max_new_tokens=max_tokens, n=body.n, tokenizer=tokenizer,
-            **_sampling(body, body.logprobs),
+            **_sampling(body, body.logprobs, top_n),
         )  # fmt: skip
         ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created_at = int(time.time())
@@ -297,11 +351,16 @@ def openai_router(engine: ServingEngine) -> APIRouter:
             }
 
             def chunk(
-                i: int, text: str, finish: str | None, lp: float | None, token: int | None
+                i: int,
+                text: str,
+                finish: str | None,
+                lp: float | None,
+                token: int | None,
+                top: TopLogprobs | None,
             ) -> dict[str, Any]:
                 logprobs = None
                 if lp is not None and token is not None:
-                    logprobs = _chat_logprobs(tokenizer, [token], [lp])
+                    logprobs = _chat_logprobs(tokenizer, [token], [lp], None if top is None else [top])
                 delta = {"content": text} if finish is None else {}
                 return {
                     **head,
@@ -321,7 +380,9 @@ def openai_router(engine: ServingEngine) -> APIRouter:
         choices = []
         for i, c in enumerate(done):
             text = tokenizer.decode(c.ids, skip_special_tokens=True)
-            logprobs = _chat_logprobs(tokenizer, c.ids, c.logprobs or []) if body.logprobs else None
+            logprobs = (
+                _chat_logprobs(tokenizer, c.ids, c.logprobs or [], c.top_logprobs) if body.logprobs else None
+            )
             message = {"role": "assistant", "content": text}
             choices.append(
                 {"index": i, "message": message, "logprobs": logprobs, "finish_reason": c.finish_reason}

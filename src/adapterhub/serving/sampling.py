@@ -2,6 +2,12 @@
 of transformers' warpers (``process_logits``), a ``RowSampler`` with one ``torch.Generator`` per sequence, and
 ``StopStrings`` (stop on decoded text, holding back the tokens that may begin a stop string).
 
+Log-probabilities (``logprobs``, ``top_logprobs``) are taken from the distribution the token is chosen from:
+``log_softmax`` of the row's logits after its penalties and, when sampling, after temperature / top-k / top-p (for
+greedy rows, of the penalized raw logits). This is vLLM's ``--logprobs-mode processed_logprobs``; vLLM's default
+(``raw_logprobs``) reports the model's distribution before penalties and temperature. Without penalties, greedy
+requests get the same numbers either way.
+
 The processing order and arithmetic are transformers' ``TemperatureLogitsWarper`` -> ``TopKLogitsWarper`` ->
 ``TopPLogitsWarper`` (filter value ``-inf``, at least one token kept), then ``softmax`` and ``torch.multinomial``
 on a ``(1, vocab)`` row, as ``model.generate(do_sample=True)`` does. A seeded request draws only from its own
@@ -21,6 +27,9 @@ import torch
 from adapterhub.errors import ConfigError, did_you_mean
 
 _MAX_SEED = 2**63
+MAX_TOP_LOGPROBS = 20  # as OpenAI's top_logprobs (and vLLM's default max_logprobs)
+
+TopLogprobs = list[tuple[int, float]]  # one position's alternatives: (token id, logprob), most likely first
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,9 @@ class SamplingParams:
     smallest set of tokens whose probability reaches ``top_p`` (1: all); ``seed``: the generator's seed (None: a
     fresh random one); ``stop``: strings that end the request, cut off before them (needs a tokenizer);
     ``logprobs``: return the log-probability of each chosen token under the distribution it was drawn from;
+    ``top_logprobs``: also the ``top_logprobs`` (0 to ``MAX_TOP_LOGPROBS``) most likely tokens of that same
+    distribution at each position with their log-probabilities (needs ``logprobs=True``; tokens that top-k /
+    top-p filtered out, at probability 0, are left out, so a position may list fewer);
     ``repetition_penalty`` (> 0, 1: off; transformers' definition over prompt and new tokens),
     ``presence_penalty`` and ``frequency_penalty`` (0: off; OpenAI's definition over the new tokens): applied to the
     raw logits before everything above, greedy included (``gen_penalties``)."""
@@ -40,6 +52,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: bool = False
+    top_logprobs: int = 0
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -82,6 +95,14 @@ class SamplingParams:
                 )
         if not isinstance(self.logprobs, bool):
             raise ConfigError(f"logprobs must be True or False, got {self.logprobs!r}.")
+        top = self.top_logprobs
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise ConfigError(
+                f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS} (0: the chosen token alone), "
+                f"got {top!r}."
+            )
+        if top > 0 and not self.logprobs:
+            raise ConfigError(f"top_logprobs={top} needs logprobs=True; set logprobs=True as well.")
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> SamplingParams:
@@ -153,10 +174,12 @@ class RowSampler:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
 
-    def choose(self, logits: torch.Tensor) -> tuple[int, float | None]:
-        """``(token, logprob)`` from one row's last-position ``logits`` ``(vocab,)``; logprob is None unless asked
-        for. Greedy: the argmax, its logprob under ``log_softmax(logits)``; sampled: a draw from the processed
-        distribution, its logprob under ``log_softmax(process_logits(logits))``."""
+    def choose(self, logits: torch.Tensor) -> tuple[int, float | None, TopLogprobs | None]:
+        """``(token, logprob, top)`` from one row's last-position ``logits`` ``(vocab,)``. Greedy: the argmax;
+        sampled: a draw from the processed distribution. ``logprob`` (None unless asked for): the token's value in
+        ``L = log_softmax(process_logits(logits))`` (for greedy, ``log_softmax(logits)``); ``top`` (None unless
+        ``top_logprobs`` > 0): ``torch.topk(L, top_logprobs)`` as ``(id, logprob)`` pairs, most likely first,
+        without ``-inf`` entries (tokens filtered out)."""
         scores = process_logits(logits[None], self.params)  # (1, V)
         if self.params.greedy:
             token = int(scores[0].argmax())
@@ -164,8 +187,17 @@ class RowSampler:
             probs = torch.softmax(scores, dim=-1)  # (1, V)
             token = int(torch.multinomial(probs, num_samples=1, generator=self.generator)[0, 0])
         if not self.params.logprobs:
-            return token, None
-        return token, float(torch.log_softmax(scores[0], dim=-1)[token])
+            return token, None, None
+        logprobs = torch.log_softmax(scores[0], dim=-1)  # (V,)
+        top = top_logprobs(logprobs, self.params.top_logprobs) if self.params.top_logprobs else None
+        return token, float(logprobs[token]), top
+
+
+def top_logprobs(logprobs: torch.Tensor, k: int) -> TopLogprobs:
+    """The ``k`` largest entries of ``logprobs`` ``(vocab,)`` as ``(token id, logprob)``, largest first (ties: as
+    ``torch.topk``), leaving out ``-inf`` (tokens of probability 0)."""
+    values, ids = torch.topk(logprobs, min(k, logprobs.shape[-1]))  # (k,), (k,)
+    return [(int(i), float(v)) for i, v in zip(ids.tolist(), values.tolist(), strict=True) if v != -math.inf]
 
 
 class StopStrings:
