@@ -71,7 +71,8 @@ NOTES = (
     "Peak train RSS: the highest resident set size while training (VmHWM reset when training starts and after "
     "each evaluation); process peak RSS includes loading. Base weights: bytes of the frozen base tensors "
     "(bitsandbytes quantisation state included), tied embeddings once.",
-    "(e) and (f) train the same rows and epochs as (b) and (c); (g) trains --bounded-steps updates each way.",
+    "(e) and (f) train the same rows and epochs as (b) and (c); (g) trains --bounded-steps updates each way. "
+    "Runs e-g measure the dev loss after their last update only, and g measures no accuracy.",
 )
 
 
@@ -88,10 +89,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--runs", default=",".join(spec.name for spec in RUNS), help="comma-separated run names"
     )
-    parser.add_argument("--train-rows", type=int, default=96)
-    parser.add_argument("--dev-rows", type=int, default=32, help="dev rows of the dev-loss evaluator")
+    parser.add_argument("--train-rows", type=int, default=80)
+    parser.add_argument("--dev-rows", type=int, default=24, help="dev rows of the dev-loss evaluator")
     parser.add_argument(
-        "--accuracy-rows", type=int, default=64, help="dev rows answered for accuracy (0: skip)"
+        "--accuracy-rows", type=int, default=40, help="dev rows answered for accuracy (0: skip)"
     )
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -99,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--eval-every", type=int, default=3, help="updates between dev-loss checkpoints")
     parser.add_argument(
-        "--bounded-steps", type=int, default=6, help="updates of the checkpointing on/off runs (g)"
+        "--bounded-steps", type=int, default=4, help="updates of the checkpointing on/off runs (g)"
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

@@ -29,8 +29,9 @@ MIB = 2**20
 class RunSpec:
     """One configuration: the library (``ours`` = adapterhub's training step, ``trl`` = peft + trl's
     ``SFTTrainer``), packing, quantisation (``nf4`` or None), activation checkpointing (ours: None or
-    ``non-reentrant``; trl: its default, which is on) and whether it trains the full schedule (``bounded``:
-    only ``--bounded-steps`` updates, for speed and memory figures)."""
+    ``non-reentrant``; trl: its default, which is on), whether it trains the full schedule (``bounded``:
+    only ``--bounded-steps`` updates, for speed and memory figures) and whether its dev loss is measured every
+    ``--eval-every`` updates (``checkpoints``: the runs of the time-to-loss column) or only after the last."""
 
     name: str
     label: str
@@ -39,6 +40,7 @@ class RunSpec:
     quantize: str | None = None
     checkpointing: str | None = None
     bounded: bool = False
+    checkpoints: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,14 +51,15 @@ class RunSpec:
             "quantize": self.quantize,
             "checkpointing": self.checkpointing,
             "bounded": self.bounded,
+            "checkpoints": self.checkpoints,
         }
 
 
 RUNS: tuple[RunSpec, ...] = (
-    RunSpec("a_ours", "(a) ours, unpacked", "ours"),
-    RunSpec("b_ours_packed", "(b) ours, packed", "ours", packing=True),
-    RunSpec("c_trl", "(c) peft + trl SFTTrainer, defaults", "trl"),
-    RunSpec("d_trl_packed", "(d) peft + trl SFTTrainer, packing on", "trl", packing=True),
+    RunSpec("a_ours", "(a) ours, unpacked", "ours", checkpoints=True),
+    RunSpec("b_ours_packed", "(b) ours, packed", "ours", packing=True, checkpoints=True),
+    RunSpec("c_trl", "(c) peft + trl SFTTrainer, defaults", "trl", checkpoints=True),
+    RunSpec("d_trl_packed", "(d) peft + trl SFTTrainer, packing on", "trl", packing=True, checkpoints=True),
     RunSpec("e_ours_qlora", "(e) ours QLoRA NF4, packed", "ours", packing=True, quantize="nf4"),
     RunSpec("f_peft_qlora", "(f) peft QLoRA NF4 + trl", "trl", quantize="nf4"),
     RunSpec(

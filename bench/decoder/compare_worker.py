@@ -92,7 +92,7 @@ def _status(field: str) -> int:
 class Clock:
     """Training time with evaluations cut out, and the dev-loss checkpoints."""
 
-    def __init__(self, evaluate: Callable[[Any], float], eval_every: int, peak: PeakRss) -> None:
+    def __init__(self, evaluate: Callable[[Any], float], eval_every: int | None, peak: PeakRss) -> None:
         self.evaluate = evaluate
         self.eval_every = eval_every
         self.peak = peak
@@ -108,7 +108,9 @@ class Clock:
         return time.perf_counter() - self.started - self.paused
 
     def maybe_checkpoint(self, step: int, total: int, model: Any) -> None:
-        if step % self.eval_every and step != total:
+        """Measure the dev loss after update ``step`` of ``total`` when it is a multiple of ``eval_every`` (None:
+        only after the last) or the last."""
+        if step != total and (self.eval_every is None or step % self.eval_every):
             return
         if self.checkpoints and self.checkpoints[-1]["step"] == step:
             return
@@ -204,7 +206,7 @@ def train_ours(
     )
     scheduler = linear_schedule(optimizer, warmup_steps_for(total, defaults.warmup_ratio, None), total)
     weights = base_weight_bytes(model)
-    start_loss = clock.evaluate(model)
+    start_loss = clock.evaluate(model) if clock.eval_every is not None else None
     model.train()
     step, epoch, tokens = 0, 0, 0
     bar = _bar(total, spec.label)
@@ -290,8 +292,9 @@ def train_trl(
 
     class Checkpoints(transformers.TrainerCallback):  # type: ignore[misc]
         def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-            start_loss["loss"] = clock.evaluate(model)
-            model.train()
+            if clock.eval_every is not None:
+                start_loss["loss"] = clock.evaluate(model)
+                model.train()
             clock.start()
 
         def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
@@ -356,7 +359,7 @@ def run(spec: RunSpec, settings: dict[str, Any]) -> dict[str, Any]:
         return loss
 
     peak = PeakRss()
-    clock = Clock(evaluate, settings["eval_every"], peak)
+    clock = Clock(evaluate, settings["eval_every"] if spec.checkpoints else None, peak)
     trainer = train_ours if spec.lib == "ours" else train_trl
     out = trainer(spec, settings, task, tokenizer, clock)
     model = out.pop("model")
@@ -365,7 +368,7 @@ def run(spec: RunSpec, settings: dict[str, Any]) -> dict[str, Any]:
     if tokens is None:  # trl: the rows' tokens (adapterhub's tokenisation) times the epochs trained
         tokens = train_tokens * settings["epochs"]
     accuracy = None
-    if settings["accuracy_rows"] > 0:
+    if settings["accuracy_rows"] > 0 and not spec.bounded:
         report = evaluate_generation(
             model,
             tokenizer,

@@ -121,6 +121,12 @@ def test_clock_checkpoints_every_n_updates_and_leaves_evaluation_out() -> None:
     seconds = [c["train_seconds"] for c in clock.checkpoints]
     assert seconds == sorted(seconds) and clock.seconds() >= seconds[-1]
     assert clock.peak.peak > 0
+    last_only = worker.Clock(evaluate, eval_every=None, peak=worker.PeakRss())
+    last_only.start()
+    for step in range(1, 6):
+        last_only.maybe_checkpoint(step, 5, None)
+    assert [c["step"] for c in last_only.checkpoints] == [5]
+    assert [spec.name for spec in report.RUNS if spec.checkpoints] == list(report.LOSS_RUNS)
 
 
 def test_process_peak_survives_the_window_resets() -> None:
