@@ -81,7 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--data", default=str(DEFAULT_DATA), help="the task folder to convert (Rotten Tomatoes)"
+        "--data",
+        default=str(DEFAULT_DATA),
+        help="the task folder to convert (default: ../shared/data/rotten_tomatoes, else the same rows that the "
+        "encoder demo fetches)",
     )
     parser.add_argument(
         "--model", default=None, help="decoder folder (default: the packaged SmolLM2 float32 copy)"
@@ -130,9 +133,14 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         from adapterhub.data.packaged import packaged_decoder_path
 
         model = str(packaged_decoder_path())
+    data = args.data
+    if data == str(DEFAULT_DATA) and not DEFAULT_DATA.is_dir():  # a clone without ../shared: the same rows
+        from adapterhub.data.rotten_tomatoes import cached_task_dir
+
+        data = str(cached_task_dir())
     settings = {
         "model": model,
-        "data": args.data,
+        "data": data,
         "train_rows": args.train_rows,
         "dev_rows": args.dev_rows,
         "accuracy_rows": args.accuracy_rows,
