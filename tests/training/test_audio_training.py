@@ -162,3 +162,40 @@ def test_another_sample_rate_is_refused_with_the_conversion(tones_dir):
     processor = load_media_processor(None, build("wav2vec2").config, "audio")
     with pytest.raises(ConfigError, match=r"8000 Hz.*wants 16000 Hz.*ffmpeg -i in.wav -ar 16000"):
         processor(task.train[0].media)
+
+
+def test_parallel_branch_heads_pool_over_the_real_frames_too():
+    """Under ``Parallel`` each branch's head gets the frame mask: branch ``a`` gives what ``a`` alone gives, and
+    the padded third row (300 real samples of 400) what that clip gives unpadded."""
+    import adapterhub
+    from adapterhub import Parallel
+    from method_checks import perturb
+    from tiny_models import make_audio_inputs
+
+    model = adapterhub.init(build("wav2vec2", do_stable_layer_norm=True))
+    for i, name in enumerate("ab"):
+        model.add_adapter(name, config="pfeiffer")
+        perturb(model._adapterhub.adapters[name], seed=3 + i)
+        model.add_classification_head(name, num_labels=3, pooling="mean")
+    inputs = make_audio_inputs()
+    with torch.no_grad():
+        with model.adapter_setup(Parallel("a", "b")):
+            both = model(**inputs).logits  # (branches, batch, 3)
+        for i, name in enumerate("ab"):
+            model.active_head = name
+            with model.adapter_setup(name):
+                torch.testing.assert_close(both[i], model(**inputs).logits, rtol=0, atol=1e-6)
+                alone = model(input_values=inputs["input_values"][2:, :300]).logits  # (1, 3)
+            torch.testing.assert_close(both[i, 2:], alone, rtol=0, atol=1e-5)
+
+
+def test_transcript_rows_are_refused_with_the_python_api_route(tones_dir):
+    """``{"audio", "text"}`` rows (speech recognition) are no task kind: refused naming the route, not read as
+    text rows missing a label."""
+    rows = [{"audio": f"wav/{i}.wav", "text": "hi"} for i in range(4)]
+    for split in ("train", "dev"):
+        (tones_dir / f"{split}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
+        )
+    with pytest.raises(ConfigError, match=r"train.jsonl: .*speech recognition.*CTC model .*Python API"):
+        load_task(tones_dir)
