@@ -126,7 +126,16 @@ def _load_named(name: str, options: _Options) -> TaskData:
 
 
 def _with_media(columns: Columns, table: Table) -> Columns:
-    """``columns`` with ``media`` set when ``table``'s rows are image or audio rows."""
+    """``columns`` with ``media`` set when ``table``'s rows are image or audio rows. Rows with an ``audio`` and a
+    text column but no label column are transcripts (speech recognition), which no task kind reads: refused."""
+    header = set(table.header)
+    if "audio" in header and columns.text in header and columns.label not in header:
+        raise ConfigError(
+            f"{table.origin}: the rows have an 'audio' and a {columns.text!r} column and no {columns.label!r} "
+            "column: transcripts for speech recognition, which the task kinds do not cover (audio rows train "
+            'classification: {"audio": path, "label": ...}). Train a CTC model on transcripts with the Python API '
+            "(docs/ARCHITECTURES.md, wav2vec2: train_adapter, then model(input_values=..., labels=char_ids))"
+        )
     try:
         kind = detect_media(table.header, columns.text)
     except ConfigError as error:

@@ -102,6 +102,12 @@ def pool(inputs: HeadInputs, position: str) -> torch.Tensor:
     (batch, seq, d) -> (batch, d)
     """
     hidden, mask = inputs.hidden, inputs.attention_mask
+    if position in ("last", "mean") and mask is not None and mask.shape[-1] != hidden.shape[1]:
+        raise ConfigError(
+            f"{position} pooling got an attention mask of {mask.shape[-1]} positions for {hidden.shape[1]} hidden "
+            "positions; pass a mask over the model's output positions (for audio encoders: over frames), or use "
+            "first pooling"
+        )
     if position == "first":
         return hidden[:, 0]
     if position == "last":

@@ -32,7 +32,7 @@ from adapterhub.errors import ConfigError
 from adapterhub.heads.base import HEADS, Head
 from adapterhub.methods.base import EMBEDDING
 from adapterhub.runtime import callstate
-from adapterhub.runtime.head_inputs import HeadInputs
+from adapterhub.runtime.head_inputs import HeadInputs, frame_mask
 from adapterhub.runtime.injection import AdapterHook, unembed
 from adapterhub.runtime.layers import get_base_model
 from adapterhub.runtime.store import AdapterStore
@@ -217,6 +217,8 @@ class _ApplyHead(AdapterHook):
             input_ids, attention_mask = _flat(input_ids), _flat(attention_mask)
         tokens = input_ids if isinstance(input_ids, torch.Tensor) else kwargs.get("inputs_embeds")
         hidden, pooled, attention_mask = _real_positions(self.store, hidden, pooled, tokens, attention_mask)
+        if hidden.dim() == 3:  # audio: a (batch, samples) mask -> (batch, frames)
+            attention_mask = frame_mask(module, hidden.shape[1], attention_mask)
         from adapterhub.heads.lm import LanguageModelHead
 
         if isinstance(head, LanguageModelHead):  # invertible adapters' inverse applies before an LM head

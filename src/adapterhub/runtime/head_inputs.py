@@ -76,3 +76,18 @@ def output_embedding_matrix(model: nn.Module) -> torch.Tensor:
         f"{type(model).__name__} exposes no embedding matrix to tie a language-model head to; "
         "add the head with tie_weights=False."
     )
+
+
+def frame_mask(model: nn.Module, frames: int, mask: Any) -> Any:
+    """The attention mask at the positions of the hidden states: an audio encoder that shortens its input
+    (wav2vec2's convolutions: ``samples -> frames``) is called with a mask over raw samples (batch, samples); the
+    heads pool over frames, so it becomes (batch, frames), frame ``t`` kept while ``t`` < the number of frames the
+    row's unpadded samples yield (the model's own ``_get_feature_vector_attention_mask``, which assumes right
+    padding). A mask that already has ``frames`` positions, or is not a 2-D tensor, is returned as it is; a
+    model that cannot map samples to frames keeps the mask too, and a pooling head then names the mismatch."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[-1] == frames:
+        return mask
+    to_frames = getattr(model, "_get_feature_vector_attention_mask", None)
+    if to_frames is None:
+        return mask
+    return to_frames(frames, mask).to(mask.dtype)  # (batch, frames)

@@ -22,7 +22,7 @@ from torch import nn
 
 from adapterhub.errors import ConfigError
 from adapterhub.runtime import callstate
-from adapterhub.runtime.head_inputs import HeadInputs, static_loss
+from adapterhub.runtime.head_inputs import HeadInputs, frame_mask, static_loss
 from adapterhub.runtime.injection import AdapterHook
 from adapterhub.runtime.layers import get_layers
 from adapterhub.runtime.store import STORE_ATTR, AdapterStore
@@ -295,6 +295,8 @@ def parallel_output(
         input_ids = input_ids.reshape(-1, input_ids.shape[-1])  # (batch * n_choices, seq)
         if isinstance(mask, torch.Tensor) and mask.dim() == 3:
             mask = mask.reshape(-1, mask.shape[-1])
+    if hidden.dim() == 3:  # audio: a (batch, samples) mask -> (batch, frames)
+        mask = frame_mask(model, hidden.shape[1], mask)
     static_logits = getattr(output, "logits", None) if not isinstance(output, tuple) else None
     outs = []
     for i, name in enumerate(branch_names(block)):

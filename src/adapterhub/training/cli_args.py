@@ -113,7 +113,12 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--metric", help="dev metric for early stopping and the best checkpoint (default: per kind)"
     )
     group.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
-    group.add_argument("--pooling", choices=("first", "last", "mean"), default="first", help="head pooling")
+    group.add_argument(
+        "--pooling",
+        choices=("first", "last", "mean"),
+        default=None,
+        help="head pooling (default: mean over the real frames for audio rows, else the first token)",
+    )
     group.add_argument("--seed", type=int, default=42)
     group.add_argument(
         "--group-by-length",

@@ -59,7 +59,7 @@ class TrainConfig:
     head_name: str = "task"
     head_layers: int = 2
     head_dropout: float = 0.1
-    pooling: str = "first"
+    pooling: str | None = None  # None: mean for audio rows, first otherwise (training.modeling.head_pooling)
     restore_best: bool = True
     progress: bool = True
     group_by_length: bool = False
@@ -115,7 +115,7 @@ class TrainConfig:
                 f"precision={self.precision!r} is not valid{did_you_mean(str(self.precision), PRECISIONS)}; "
                 f"use one of {', '.join(PRECISIONS)}."
             )
-        if self.pooling not in POOLINGS:
+        if self.pooling is not None and self.pooling not in POOLINGS:
             raise ConfigError(
                 f"pooling={self.pooling!r} is not valid{did_you_mean(str(self.pooling), POOLINGS)}; "
                 f"use one of {', '.join(POOLINGS)}."

@@ -48,6 +48,7 @@ from adapterhub.training.modeling import (
     HeadSettings,
     enable_checkpointing,
     forward_batch,
+    head_pooling,
     load_base,
     prepare_model,
     save_trained,
@@ -130,6 +131,7 @@ def train(
     model, tokenizer, model_name = _resolve_model(
         model, tokenizer, causal_lm=task.kind == "generation", media=task.media
     )
+    config = config.replace(pooling=head_pooling(config.pooling, task.media))  # None: by the rows' kind
     settings = HeadSettings(config.head_layers, config.head_dropout, config.pooling)
     model = prepare_model(model, task, method, config.head_name, settings).to(info.device)
     enable_checkpointing(model, config.gradient_checkpointing)

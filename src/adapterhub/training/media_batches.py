@@ -1,7 +1,10 @@
 """Batches of image and audio rows (:mod:`adapterhub.data.media`) for the training loop and ``evaluate``.
 
 An image batch carries ``pixel_values`` (batch, channels, height, width) and ``labels``; an audio batch carries
-``input_values`` (batch, samples), zero-padded to its longest row, and ``labels``. The model's own preprocessing
+``input_values`` (batch, samples), zero-padded to its longest row, its ``attention_mask`` (batch, samples) and
+``labels``. The model maps the sample mask to its frames (wav2vec2's convolutions shorten the input), and the
+flexible heads pool over the real frames only (``adapterhub.runtime.head_inputs.frame_mask``); audio tasks pool
+with ``mean`` unless told otherwise. The model's own preprocessing
 is used when its folder has one (``preprocessor_config.json``: ``AutoImageProcessor`` /
 ``AutoFeatureExtractor``); otherwise images are resized to the config's ``image_size`` (bilinear), scaled to
 [0, 1] and normalised with mean 0.5 and std 0.5 per channel, ``x' = (x - 0.5) / 0.5``, and audio is normalised
@@ -179,17 +182,22 @@ class MediaDataset(Dataset[dict[str, Any]]):
 
 def collate_media(items: Sequence[dict[str, Any]], processor: Any = None) -> dict[str, torch.Tensor]:
     """Stack a batch: ``pixel_values`` (batch, 3, H, W), or ``input_values`` (batch, longest) zero-padded at the
-    end; ``labels`` (batch,) long for class indices, float for regression, (batch, classes) float for
-    multilabel. Labels go in only when every item has one."""
+    end with ``attention_mask`` (batch, longest), 1 on a row's own samples, 0 on its padding (the model masks the
+    padded frames out of attention, and pooling heads average over the real frames only); ``labels`` (batch,)
+    long for class indices, float for regression, (batch, classes) float for multilabel. Labels go in only when
+    every item has one."""
     batch: dict[str, torch.Tensor] = {}
     if "pixel_values" in items[0]:
         batch["pixel_values"] = torch.stack([item["pixel_values"] for item in items])
     else:
         longest = max(item["input_values"].shape[0] for item in items)
         values = torch.zeros(len(items), longest)  # (batch, samples)
+        mask = torch.zeros(len(items), longest, dtype=torch.long)  # (batch, samples): 1 = a real sample
         for row, item in enumerate(items):
             values[row, : item["input_values"].shape[0]] = item["input_values"]
+            mask[row, : item["input_values"].shape[0]] = 1
         batch["input_values"] = values
+        batch["attention_mask"] = mask
     if all("labels" in item for item in items):
         labels = [item["labels"] for item in items]
         dtype = torch.long if isinstance(labels[0], int) else torch.float

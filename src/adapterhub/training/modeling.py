@@ -126,6 +126,15 @@ def native_multiple_choice() -> bool:
     return "multiple_choice" in HEADS
 
 
+def head_pooling(pooling: str | None, media: str | None) -> str:
+    """The head's pooling: ``pooling`` when given, else ``mean`` over the real frames for audio rows (wav2vec2 has
+    no summary token; transformers' ``Wav2Vec2ForSequenceClassification`` averages too) and the ``first`` position
+    for text and image rows (the CLS token)."""
+    if pooling is not None:
+        return pooling
+    return "mean" if media == "audio" else "first"
+
+
 @dataclass(frozen=True)
 class HeadSettings:
     layers: int = 2
