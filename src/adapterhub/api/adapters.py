@@ -22,6 +22,7 @@ from adapterhub.errors import AdapterExistsError, AdapterFileError, ConfigError
 from adapterhub.heads.api import HeadsMixin, check_name
 from adapterhub.methods import method_for_config
 from adapterhub.runtime.core import load_exact
+from adapterhub.runtime.quantized import cpu_inference_layout_paths
 from adapterhub.runtime.records import AdapterRecord
 from adapterhub.runtime.store import STORE_ATTR
 from adapterhub.spec.composition import branch_names, normalize_setup, parallel_block, setup_names
@@ -99,6 +100,13 @@ class AdapterAPIMixin(HeadsMixin):
             raise ConfigError("train_adapter needs at least one adapter name.")
         for name in names:
             self._require_adapter(name)
+        converted = cpu_inference_layout_paths(self)  # type: ignore[arg-type]  # the mixin lives on an nn.Module
+        if converted:
+            raise ConfigError(
+                f"bitsandbytes holds {len(converted)} 4-bit layer(s) (e.g. {converted[0]}) in its CPU inference "
+                "layout (a forward without gradients ran before adapterhub.init), which passes no gradient to the "
+                "layers before them: reload the model and call adapterhub.init before any forward, then train."
+            )
         merged = [n for n in names if n in self._store.merged]
         if merged:
             raise ConfigError(

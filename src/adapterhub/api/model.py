@@ -28,6 +28,7 @@ from adapterhub.runtime.fusion import RegulariserHook
 from adapterhub.runtime.injection import AdapterHook, SiteInjector, remove_hooks
 from adapterhub.runtime.layers import get_layers
 from adapterhub.runtime.parallel import ParallelGenerationMixin, install_parallel_hooks
+from adapterhub.runtime.quantized import keep_autograd_layout
 from adapterhub.runtime.specless import model_spec
 from adapterhub.runtime.store import STORE_ATTR, AdapterStore
 
@@ -92,6 +93,7 @@ def init(model: nn.Module) -> nn.Module:
         raise ConfigError(f"adapterhub.init expects a torch nn.Module, got {type(model).__name__}.")
     spec = model_spec(model)  # MODULES_ONLY without a spec: adapters by module name only (runtime.specless)
     get_layers(model, spec)  # fails early with a clear message if the spec does not fit
+    keep_autograd_layout(model)  # bitsandbytes' CPU inference layout would cut gradients (runtime.quantized)
     store = AdapterStore()
     store.original_class = type(model)
     model.add_module(STORE_ATTR, store)

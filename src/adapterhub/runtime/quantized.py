@@ -63,6 +63,31 @@ def has_quantized(model: nn.Module) -> bool:
     return any(is_quantized(m) for m in model.modules())
 
 
+def keep_autograd_layout(model: nn.Module) -> None:
+    """Switch off bitsandbytes' CPU inference layout on every 4-bit layer of ``model``.
+
+    bitsandbytes 0.50 converts a ``Linear4bit`` weight to a layout for its AVX512-BF16 CPU kernel at the first
+    forward in eval mode without gradients; from then on ``matmul_4bit`` runs that kernel outside autograd, also in
+    training, so no gradient flows through the layer to the layers before it (adapters there get wrong gradients:
+    on SmolLM2, LoRA on an NF4 base stopped learning after one no-grad evaluation). With the conversion off, every
+    forward takes bitsandbytes' dequantising path, which autograd follows."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            setattr(module, "support_avx512bf16_for_cpu", False)  # noqa: B010 (an nn.Module attribute)
+
+
+def cpu_inference_layout_paths(model: nn.Module) -> list[str]:
+    """Paths of the 4-bit layers whose weight bitsandbytes already holds in its CPU inference layout (converted
+    by a no-grad eval forward before :func:`keep_autograd_layout` ran): they pass no gradient to their input."""
+    return [
+        path
+        for path, module in model.named_modules()
+        if getattr(
+            getattr(getattr(module, "weight", None), "quant_state", None), "packing_format_for_cpu", False
+        )
+    ]
+
+
 def _bnb_functional() -> Any:
     try:
         import bitsandbytes.functional as bnb_functional
