@@ -211,9 +211,9 @@ class AdapterModelCore:
             prepare(self._module())
 
     def _bind_saved(self, module: AdapterModule) -> None:
-        """Hand a new adapter its copies of the model's modules (``modules_to_save``), before weights are loaded
-        into it."""
-        for path in module.saved_paths():
+        """Hand a new adapter its copies of the model's modules (``modules_to_save``, and the modules it runs a
+        copy of: ``copied_paths``), before weights are loaded into it."""
+        for path in (*module.saved_paths(), *module.copied_paths()):
             module.set_saved(path, saved_copy(self._module(), self._store, path))
 
     def _check_saved_fit(self, module: AdapterModule, tensors: Mapping[str, torch.Tensor]) -> None:
