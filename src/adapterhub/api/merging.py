@@ -83,6 +83,11 @@ class MergeMixin(AdapterAPIMixin):
         store = self._store
         if name in store.merged:
             raise ConfigError(f"Adapter {name!r} is merged already.")
+        if store.skip_layers:
+            raise ConfigError(
+                f"skip_layers={sorted(store.skip_layers)} leaves those layers' adapters out, but a merged adapter "
+                "applies in every layer; call model.set_skip_layers(None) before merging."
+            )
         if not module.mergeable:
             list(module.merged_deltas())  # raises the method's own explanation
         setup = store.active_setup if store.active_setup is not None else name
