@@ -53,8 +53,12 @@ def test_a_model_converted_before_init_is_refused_for_training(saved):
     with torch.no_grad():
         model(**token_batch())
     if not cpu_inference_layout_paths(model):
-        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes never converts to its CPU inference layout here")
+        pytest.skip(
+            "this CPU has no AVX512-BF16: bitsandbytes never converts to its CPU inference layout here"
+        )
     model = adapterhub.init(model)
     model.add_adapter("a", SETUP, set_active=True)
-    with pytest.raises(ConfigError, match="CPU inference layout.*reload the model and call adapterhub.init"):
+    with pytest.raises(
+        ConfigError, match=r"CPU inference layout.*reload the model and call adapterhub\.init"
+    ):
         model.train_adapter("a")

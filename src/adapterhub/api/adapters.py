@@ -189,6 +189,10 @@ class AdapterAPIMixin(HeadsMixin):
             from adapterhub.io.peft_oft import PEFT_TYPES as ORTHOGONAL_TYPES
             from adapterhub.io.peft_oft import write_peft_oft
 
+            if record.config.get("method") == "ln_tuning":
+                from adapterhub.io.peft_ln_tuning import write_peft_ln_tuning
+
+                return write_peft_ln_tuning(record, directory, self._spec, self._module())
             if record.config.get("method") in ORTHOGONAL_TYPES.values():
                 return write_peft_oft(record, directory, self._spec, self._module())
 

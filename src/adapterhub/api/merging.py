@@ -3,7 +3,9 @@
 For a method whose update is a change of weights (``AdapterModule.mergeable``: LoRA), ``merge_adapter(name)`` adds
 each ``ΔW`` the method reports (``merged_deltas``) to the projection's weight (its slice, for a fused projection;
 transposed, for ``Conv1D``), so the model computes the same outputs without running the adapter: inference costs
-what the bare model costs. ``unmerge_adapter`` subtracts the same ``ΔW`` again. While an adapter is merged it
+what the bare model costs. ``unmerge_adapter`` subtracts the same ``ΔW`` again. A method whose merge replaces
+parameters (``merge_writes``: LN tuning writes its tuned norm into the model's) has them copied in, and the
+originals it kept copied back on unmerge, bit for bit. While an adapter is merged it
 applies in every call: per-call setups, BatchSplit, Parallel, Fuse and Split over it, training it, deleting it and
 replacing it raise a ``ConfigError`` that says to unmerge first.
 
@@ -33,6 +35,14 @@ class MergeMixin(AdapterAPIMixin):
     def _apply_deltas(self, name: str, sign: float) -> None:
         module = self._require_adapter(name)
         with torch.no_grad():
+            writes = module.merge_writes(self._base_linear, sign > 0)
+            if writes is not None:  # the method replaces the base parameters (LN tuning)
+                for layer, point, value, bias_value in writes:
+                    weight, bias = self._base_linear(layer, point)
+                    weight.copy_(value)
+                    if bias_value is not None and bias is not None:
+                        bias.copy_(bias_value)
+                return
             for layer, point, delta, bias_delta in module.merge_updates(self._base_linear, sign > 0):
                 weight, bias = self._base_linear(layer, point)  # views: (d_out, d_in), (d_out,)
                 weight.add_(delta.to(weight.dtype))
@@ -86,6 +96,11 @@ class MergeMixin(AdapterAPIMixin):
                 f"bias={getattr(module.config, 'bias', None)!r}); merging it would overwrite the model's biases, "
                 "which unmerging could not restore. Keep it unmerged, or merge a copy of the model with peft "
                 "(save_adapter(..., layout='peft'), then merge_and_unload)."
+            )
+        if store.skip_layers:
+            raise ConfigError(
+                f"skip_layers={sorted(store.skip_layers)} leaves those layers' adapters out, but a merged adapter "
+                "applies in every layer; call model.set_skip_layers(None) before merging."
             )
         if not module.mergeable:
             list(module.merged_deltas())  # raises the method's own explanation

@@ -64,7 +64,12 @@ def read_any_adapter_dir(
         from adapterhub.io.peft_oft import PEFT_TYPES as ORTHOGONAL_TYPES
         from adapterhub.io.peft_oft import read_peft_oft_dir
 
-        if read_json(Path(directory) / CONFIG_FILE).get("peft_type") in ORTHOGONAL_TYPES:
+        peft_type = read_json(Path(directory) / CONFIG_FILE).get("peft_type")
+        if peft_type == "LN_TUNING":
+            from adapterhub.io.peft_ln_tuning import read_peft_ln_tuning_dir
+
+            return read_peft_ln_tuning_dir(directory, spec, model=model, with_head=with_head)
+        if peft_type in ORTHOGONAL_TYPES:
             return read_peft_oft_dir(directory, spec, model=model, with_head=with_head)
 
         return read_peft_dir(directory, spec, model=model, with_head=with_head)

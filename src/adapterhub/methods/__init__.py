@@ -17,6 +17,7 @@ from adapterhub.methods.dora import DoRAAdapter, DoRAConfig, DoRALayer
 from adapterhub.methods.gating import GatedBottleneckConfig, GatedLoRAConfig, GatedPrefixTuningConfig
 from adapterhub.methods.ia3 import IA3Adapter, IA3Config
 from adapterhub.methods.invertible import InvertibleBottleneckAdapter, InvertibleBottleneckConfig
+from adapterhub.methods.ln_tuning import LNTuningAdapter
 from adapterhub.methods.loha import LoHaAdapter, LoHaLayer
 from adapterhub.methods.lokr import LoKrAdapter, LoKrLayer
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
@@ -46,6 +47,7 @@ __all__ = [
     "IA3Config",
     "InvertibleBottleneckAdapter",
     "InvertibleBottleneckConfig",
+    "LNTuningAdapter",
     "LoHaAdapter",
     "LoHaLayer",
     "LoKrAdapter",

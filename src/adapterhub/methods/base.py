@@ -308,6 +308,14 @@ class AdapterModule(nn.Module):
         the adapter is active the copy runs in the module's place. Default: none."""
         return ()
 
+    def copied_paths(self) -> tuple[str, ...]:
+        """Paths of the model's modules this adapter keeps a trainable copy of and runs itself at its module
+        points ``("module", path)`` (LN tuning: the copy computes the point's output). Like ``saved_paths``, the
+        model hands it each copy with ``set_saved(path, copy)`` before weights are loaded; unlike those, no hook
+        swaps the copy in: the method's ``stack_step`` runs it, so every composition block applies. Default:
+        none."""
+        return ()
+
     def set_saved(self, path: str, copy: nn.Module) -> None:
         raise ConfigError(f"{self.method} adapters keep no copies of the model's modules (modules_to_save).")
 
@@ -349,6 +357,14 @@ class AdapterModule(nn.Module):
         the same parameters differently, e.g. by the module paths of a model saved with another head). Default:
         unchanged."""
         return dict(tensors)
+
+    def merge_writes(
+        self, base: BaseWeights, merge: bool
+    ) -> Iterator[tuple[int, str, torch.Tensor, torch.Tensor | None]] | None:
+        """For a method whose merge replaces base parameters instead of adding to them (LN tuning writes its tuned
+        norm into the base and, on unmerge, the values it kept back): ``(layer, point, W, b or None)`` to copy
+        into the base parameters, bit for bit; None (default): merge by ``merge_updates``."""
+        return None
 
     def merge_updates(
         self, base: BaseWeights, merge: bool

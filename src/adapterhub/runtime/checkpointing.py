@@ -41,11 +41,11 @@ class StatefulCheckpoint:
 
     def __call__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         store = self.store
-        setup = store.current_setup()
+        setup, skip = store.current_setup(), store.current_skip()
         state = callstate.current(store)
 
         def run(*run_args: Any, **run_kwargs: Any) -> Any:
-            with store.override(setup), callstate.resumed(store, state):
+            with store.override(setup, skip), callstate.resumed(store, state):
                 return function(*run_args, **run_kwargs)
 
         if torch.is_grad_enabled() and not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):

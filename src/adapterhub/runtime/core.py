@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +201,8 @@ class AdapterModelCore:
                 )
         if MODULE in module.kinds():
             paths = [point for kind, point in module.points(MODULE_LAYER) if kind == MODULE]
+            owners = {m.path: m.layer for m in dims.modules if m.layer is not None}
+            self._store.module_layers.update({p: owners[p] for p in paths if p in owners})
             attach_module_points(self._module(), self._store, paths)
         if module.saved_paths():
             attach_saved_modules(self._module(), self._store, module.saved_paths())
@@ -215,9 +217,10 @@ class AdapterModelCore:
             prepare(self._module())
 
     def _bind_saved(self, module: AdapterModule) -> None:
-        """Hand a new adapter its copies of the model's modules (``modules_to_save``), biases (option ``bias``) and
-        embedding rows (``trainable_token_indices``), before weights are loaded into it."""
-        for path in module.saved_paths():
+        """Hand a new adapter its copies of the model's modules (``modules_to_save``, and the modules it runs a
+        copy of: ``copied_paths``), biases (option ``bias``) and embedding rows (``trainable_token_indices``), before
+        weights are loaded into it."""
+        for path in (*module.saved_paths(), *module.copied_paths()):
             module.set_saved(path, saved_copy(self._module(), self._store, path))
         for path in module.bias_paths():  # option bias: copies of the model's biases
             bias: torch.Tensor = self._module().get_submodule(path).bias  # type: ignore[assignment]  # (d,)
@@ -325,16 +328,51 @@ class AdapterModelCore:
         self._store.active_setup = self._checked_setup(setup)
 
     @contextlib.contextmanager
-    def adapter_setup(self, setup: Any) -> Iterator[None]:
-        """Use ``setup`` for forward passes inside the ``with`` block only (per thread / async task)."""
+    def adapter_setup(self, setup: Any, *, skip_layers: Any = None) -> Iterator[None]:
+        """Use ``setup`` for forward passes inside the ``with`` block only (per thread / async task).
+        ``skip_layers``: AdapterDrop for these calls (see ``set_skip_layers``); None keeps the model's."""
         if self._store.merged:
             raise ConfigError(
                 f"Adapter(s) {list(self._store.merged)} are merged into the base weights, so every call runs with "
                 "them; a per-call setup cannot take them out. Call model.unmerge_adapter() first."
             )
         normalized = self._checked_setup(setup)
-        with self._store.override(normalized):
+        skip = None if skip_layers is None else self._checked_skip(skip_layers)
+        with self._store.override(normalized, skip):
             yield
+
+    @property
+    def skip_layers(self) -> tuple[int, ...]:
+        """The layers whose adapters this model leaves out in every call (AdapterDrop), sorted."""
+        return tuple(sorted(self._store.current_skip()))
+
+    def set_skip_layers(self, layers: Any) -> None:
+        """AdapterDrop (Rücklé et al. 2021): leave the adapters of ``layers`` (transformer layer indices, e.g.
+        ``range(k)`` for the first ``k``) out of every forward pass, so those layers cost what the bare model's do;
+        ``None`` or ``[]`` runs every layer again. Attachment points inside a skipped layer keep their base value
+        whatever the setup; embedding points (outside the layers) still run. Refused while an adapter is merged
+        (its update is in the weights of every layer)."""
+        self._store.skip_layers = self._checked_skip(layers or ())
+
+    def _checked_skip(self, layers: Any) -> frozenset[int]:
+        if self._store.merged and layers:
+            raise ConfigError(
+                f"Adapter(s) {list(self._store.merged)} are merged into the base weights of every layer, so "
+                "skip_layers cannot leave them out; call model.unmerge_adapter() first."
+            )
+        count = len(self._layers()) if self._spec.layers else 0
+        if (
+            not isinstance(layers, Iterable)
+            or isinstance(layers, (str, bytes))
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers)
+        ):
+            raise ConfigError(f"skip_layers must be a list of layer indices, got {layers!r}.")
+        wrong = sorted(i for i in layers if not 0 <= i < count)
+        if wrong:
+            raise ConfigError(
+                f"skip_layers names layer(s) {wrong}, but the model has {count} layers (indices 0..{count - 1})."
+            )
+        return frozenset(layers)
 
     # ------------------------------------------------------------------ compatibility
     def _check_compatible(self, info: ModelInfo, what: str) -> None:

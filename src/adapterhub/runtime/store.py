@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapterhub.methods.base import AdapterModule, PointInputs
+from adapterhub.methods.base import EMBEDDING, MODULE, AdapterModule, PointInputs
 from adapterhub.runtime import callstate
 from adapterhub.runtime.interpreter import PointRun, run_setup
 from adapterhub.spec.composition import Setup, parallel_block, setup_names
@@ -29,7 +29,9 @@ class AdapterStore(nn.Module):
     """Holds every adapter, head and fusion of one model, and the active setup.
 
     ``merged``: names of adapters whose update is folded into the base weights (``merge_adapter``); the hooks
-    leave them out, since the base weights already apply them."""
+    leave them out, since the base weights already apply them. ``skip_layers`` (AdapterDrop): transformer layers
+    whose attachment points keep their base value whatever the setup (embedding points are outside the layers and
+    still run; a module point counts as the layer holding its module)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -40,8 +42,12 @@ class AdapterStore(nn.Module):
         self.active_head_name: str | None = None
         self.merged: dict[str, Any] = {}
         self.original_class: type | None = None  # the model's class before adapterhub.init
-        self._override: contextvars.ContextVar[tuple[Setup | None] | None] = contextvars.ContextVar(
-            f"adapterhub_setup_{id(self)}", default=None
+        # AdapterDrop: the layers whose adapters do not run (model-level; a per-call override beside the setup's)
+        self.skip_layers: frozenset[int] = frozenset()
+        # the transformer layer of each module point's module (``("module", path)`` points report layer -1)
+        self.module_layers: dict[str, int] = {}
+        self._override: contextvars.ContextVar[tuple[Setup | None, frozenset[int] | None] | None] = (
+            contextvars.ContextVar(f"adapterhub_setup_{id(self)}", default=None)
         )
         self._overrides_open = 0  # `with adapter_setup(...)` blocks open in any thread
         self._count_lock = threading.Lock()
@@ -53,6 +59,16 @@ class AdapterStore(nn.Module):
             return self.active_setup
         override = self._override.get()
         return override[0] if override is not None else self.active_setup
+
+    def current_skip(self) -> frozenset[int]:
+        """The layers whose adapters this call leaves out (AdapterDrop): the per-call ``skip_layers`` given with
+        ``adapter_setup``, else the model's."""
+        if self._overrides_open == 0:
+            return self.skip_layers
+        override = self._override.get()
+        if override is None or override[1] is None:
+            return self.skip_layers
+        return override[1]
 
     def uses(self, kind: str) -> bool:
         """Whether an adapter of the current setup attaches at points of ``kind`` (hooks of other kinds return
@@ -79,6 +95,11 @@ class AdapterStore(nn.Module):
         setup = self.current_setup()
         if setup is None:
             return None
+        skip = self.current_skip()
+        if skip:  # AdapterDrop: points inside a skipped layer keep their base value
+            at = self.module_layers.get(point) if kind == MODULE else None if kind == EMBEDDING else layer
+            if at is not None and at in skip:
+                return None
         state = callstate.current(self)
         run = PointRun(
             layer=layer,
@@ -129,8 +150,9 @@ class AdapterStore(nn.Module):
         self._count_lock = threading.Lock()
 
     @contextlib.contextmanager
-    def override(self, setup: Setup | None) -> Iterator[None]:
-        token = self._override.set((setup,))
+    def override(self, setup: Setup | None, skip: frozenset[int] | None = None) -> Iterator[None]:
+        """``setup`` (and, unless None, ``skip`` as the skipped layers) for this thread / task inside the block."""
+        token = self._override.set((setup, skip))
         with self._count_lock:
             self._overrides_open += 1
         try:

@@ -13,6 +13,7 @@ from typing import Any
 from adapterhub.errors import ConfigError, did_you_mean
 from adapterhub.spec.configs.base import MethodConfig
 from adapterhub.spec.configs.bottleneck import BottleneckConfig
+from adapterhub.spec.configs.ln_tuning import LNTuningConfig
 from adapterhub.spec.configs.low_rank import LoRAConfig
 from adapterhub.spec.configs.lycoris import LoHaConfig, LoKrConfig
 from adapterhub.spec.configs.oft import BOFTConfig, OFTConfig
@@ -61,6 +62,7 @@ PRESETS["lokr"] = LoKrConfig
 PRESETS["vera"] = VeraConfig
 PRESETS["oft"] = OFTConfig
 PRESETS["boft"] = BOFTConfig
+PRESETS["ln_tuning"] = LNTuningConfig
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
     "bottleneck": BottleneckConfig,
     "lora": LoRAConfig,
@@ -69,6 +71,7 @@ METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
     "vera": VeraConfig,
     "oft": OFTConfig,
     "boft": BOFTConfig,
+    "ln_tuning": LNTuningConfig,
 }
 
 
