@@ -215,3 +215,25 @@ def test_chunked_loss_under_layer_checkpointing_equals_the_full_logits(tokenizer
     enable_checkpointing(model, mode)
     model.train()  # transformers checkpoints only in training mode; the tiny Llama has no dropout
     assert_same(full, loss_and_grads(model, lambda: generation_loss(model, batch, chunk_size=5)))
+
+
+def test_the_dev_loss_falls_back_to_the_full_logits_where_chunks_cannot_reproduce_them(
+    tokenizer: Any, capsys: Any
+) -> None:
+    """The dev loss of a model whose logits the chunked path cannot reproduce (Gemma 2 soft-caps them; on SmolLM2
+    trl's ``PeftModel`` in the comparison bench was another) takes the full logits, equal to the explicit
+    ``chunk_size=0``, with one line on stderr; a peft model that chunks exactly gives the same loss both ways."""
+    data = encode_chat(make_task(6).train, tokenizer, max_length=64).dataset
+    loader = make_loader(data, tokenizer, 4, shuffle=False, seed=0, collate_fn=collate_chat)
+    capped = adapted("adapter:lora", arch="gemma2", final_logit_softcapping=0.5)
+    full = response_loss(capped, loader, chunk_size=0)
+    assert capsys.readouterr().err == ""
+    assert response_loss(capped, loader) == pytest.approx(full, abs=1e-6)
+    assert capsys.readouterr().err.count("dev loss over the full logits") == 1
+    peft = pytest.importorskip("peft", reason="peft is not installed (pip install -e '.[dev]')")
+    torch.manual_seed(0)
+    theirs = peft.get_peft_model(build("llama", "causal_lm"), peft.LoraConfig(r=4, target_modules=["q_proj"]))
+    theirs.eval()
+    assert response_loss(theirs, loader) == pytest.approx(
+        response_loss(theirs, loader, chunk_size=0), abs=1e-6
+    )

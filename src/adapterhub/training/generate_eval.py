@@ -36,7 +36,7 @@ from torch import nn
 from adapterhub.data.chat import generation_prompt
 from adapterhub.data.task import Example
 from adapterhub.errors import ConfigError
-from adapterhub.training.lm_loss import DEFAULT_CHUNK, generation_loss
+from adapterhub.training.lm_loss import DEFAULT_CHUNK, ChunkedLossUnsupported, generation_loss
 
 OTHER = "other"
 _TRAILING = string.punctuation + " \t\n\r"
@@ -225,7 +225,8 @@ def response_loss(
     """Mean cross-entropy per loss-carrying token (labels other than -100, predicted from the position before)
     over every batch of ``loader`` (batches of :func:`adapterhub.training.chat_batches.collate_chat`); the LM
     head runs on ``chunk_size`` loss-carrying positions at a time (0: the full logits;
-    :mod:`adapterhub.training.lm_loss`)."""
+    :mod:`adapterhub.training.lm_loss`). A model whose logits the chunked loss cannot reproduce (e.g. a peft
+    ``PeftModel``, or one that soft-caps its logits) is evaluated over the full logits, said once on stderr."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
     was_training = model.training
@@ -238,7 +239,12 @@ def response_loss(
                 "labels": batch["labels"].to(device),
             }
             labels = inputs["labels"]
-            total += float(generation_loss(model, inputs, chunk_size=chunk_size, reduction="sum"))
+            try:
+                total += float(generation_loss(model, inputs, chunk_size=chunk_size, reduction="sum"))
+            except ChunkedLossUnsupported as error:
+                print(f"dev loss over the full logits: {str(error).split('; train it')[0]}", file=sys.stderr)
+                chunk_size = 0
+                total += float(generation_loss(model, inputs, chunk_size=0, reduction="sum"))
             targets = labels[:, 1:]
             count += int((targets != -100).sum())
     finally:
