@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -197,46 +197,46 @@ def _layered_spec(
     return spec
 
 
-def read_ia3(
-    directory: Path,
-    meta: Mapping[str, Any],
-    spec: ArchitectureSpec | None,
-    model: ModelInfo | None,
-    with_head: bool,
-) -> AdapterRecord:
-    """A peft (IA)³ directory (``peft_type: IA3``) -> our ``ia3`` record (``adapterhub.io.peft_ia3``)."""
-    _refuse_ia3_options(meta, directory)
-    spec = _layered_spec(directory, meta, spec)
-    config, tensors, head = read_peft_ia3(meta, read_weights(directory), spec, directory, model)
-    return make_record(directory, meta, config, tensors, head, spec, model, with_head)
+Parts = tuple[
+    dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]
+]  # config, tensors, head tensors
+PartsReader = Callable[
+    [Mapping[str, Any], Mapping[str, torch.Tensor], Path, ArchitectureSpec, ModelInfo | None], Parts
+]
 
 
-def read_lycoris(
-    directory: Path,
-    meta: Mapping[str, Any],
-    spec: ArchitectureSpec | None,
-    model: ModelInfo | None,
-    with_head: bool,
-) -> AdapterRecord:
-    """A peft LoHa / LoKr directory -> our ``loha`` / ``lokr`` record (``adapterhub.io.peft_lycoris``)."""
-    check_lycoris_keys(meta, directory)  # every LoHaConfig / LoKrConfig key: honoured, metadata or refused
-    spec = _layered_spec(directory, meta, spec)
-    config, tensors, head = read_peft_lycoris(meta, read_weights(directory), directory)
-    return make_record(directory, meta, config, tensors, head, spec, model, with_head)
+def parts_reader(check: Callable[[Mapping[str, Any], Path], None], read: PartsReader) -> Reader:
+    """The ``Reader`` of a peft type whose module turns the weights into ``(config, tensors, head tensors)``:
+    ``check`` refuses the file's options adapterhub cannot hold (by name), the model must have one layer stack,
+    then ``read`` (with ``adapter_config.json`` as ``meta`` and the weights) and ``make_record``."""
+
+    def reader(
+        directory: Path,
+        meta: Mapping[str, Any],
+        spec: ArchitectureSpec | None,
+        model: ModelInfo | None,
+        with_head: bool,
+    ) -> AdapterRecord:
+        check(meta, directory)
+        spec = _layered_spec(directory, meta, spec)
+        config, tensors, head = read(meta, read_weights(directory), directory, spec, model)
+        return make_record(directory, meta, config, tensors, head, spec, model, with_head)
+
+    return reader
 
 
-def read_vera(
-    directory: Path,
-    meta: Mapping[str, Any],
-    spec: ArchitectureSpec | None,
-    model: ModelInfo | None,
-    with_head: bool,
-) -> AdapterRecord:
-    """A peft VeRA directory -> our ``vera`` record (``adapterhub.io.peft_vera``)."""
-    check_vera_keys(meta, directory)  # every VeraConfig key: honoured, metadata or refused
-    spec = _layered_spec(directory, meta, spec)
-    config, tensors, head = read_peft_vera(meta, read_weights(directory), directory)
-    return make_record(directory, meta, config, tensors, head, spec, model, with_head)
+# (IA)³ (peft_ia3), LoHa / LoKr (peft_lycoris; every LoHaConfig / LoKrConfig key honoured, metadata or refused) and
+# VeRA (peft_vera; every VeraConfig key likewise)
+read_ia3 = parts_reader(
+    _refuse_ia3_options,
+    lambda meta, raw, directory, spec, model: read_peft_ia3(meta, raw, spec, directory, model),
+)
+read_lycoris = parts_reader(
+    check_lycoris_keys, lambda meta, raw, directory, spec, model: read_peft_lycoris(meta, raw, directory)
+)
+read_vera = parts_reader(
+    check_vera_keys, lambda meta, raw, directory, spec, model: read_peft_vera(meta, raw, directory)
+)
 
 
 def read_lora(
