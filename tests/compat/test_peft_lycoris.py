@@ -114,7 +114,7 @@ def test_gpt2_fused_projection_and_unknown_options_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"some_future_option"):
         adapterhub.init(build("bert")).load_adapter(tmp_path / "p")
     path.write_text(json.dumps({**meta, "peft_type": "HRA"}))
-    with pytest.raises(ConfigError, match=r"'HRA'.*LoHa, LoKr and VeRA"):
+    with pytest.raises(ConfigError, match=r"'HRA'.*LoHa \('LOHA'\).*LN tuning \('LN_TUNING'\)"):
         adapterhub.init(build("bert")).load_adapter(tmp_path / "p")
 
 

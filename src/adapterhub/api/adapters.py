@@ -156,7 +156,7 @@ class AdapterAPIMixin(HeadsMixin):
 
         ``layout="adapterhub"`` (default): JSON + safetensors (docs/FORMAT.md). ``layout="adapters"``: the
         `adapters` library's layout, loadable by that library. ``layout="peft"`` (LoRA, DoRA, (IA)³, LoHa, LoKr,
-        VeRA, OFT, BOFT): peft's layout, loadable by ``peft.PeftModel.from_pretrained``."""
+        VeRA, OFT, BOFT, LN tuning; the table ``adapterhub.io.peft_dispatch.FORMATS``): peft's layout, loadable by ``peft.PeftModel.from_pretrained``."""
         record = self.adapter_record(name, with_head=with_head)
         from adapterhub.io.adapters_lib_stacks import has_stack_paths
 
@@ -185,16 +185,7 @@ class AdapterAPIMixin(HeadsMixin):
 
             return write_adapters_lib_dir(record, directory, self._spec, self._module())
         if layout == "peft":
-            from adapterhub.io.peft_layout import write_peft_dir
-            from adapterhub.io.peft_oft import PEFT_TYPES as ORTHOGONAL_TYPES
-            from adapterhub.io.peft_oft import write_peft_oft
-
-            if record.config.get("method") == "ln_tuning":
-                from adapterhub.io.peft_ln_tuning import write_peft_ln_tuning
-
-                return write_peft_ln_tuning(record, directory, self._spec, self._module())
-            if record.config.get("method") in ORTHOGONAL_TYPES.values():
-                return write_peft_oft(record, directory, self._spec, self._module())
+            from adapterhub.io.peft_dispatch import write_peft_dir
 
             return write_peft_dir(record, directory, self._spec, self._module())
         raise ConfigError(f"Unknown layout {layout!r}; use 'adapterhub', 'adapters' or 'peft'.")

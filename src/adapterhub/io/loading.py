@@ -60,17 +60,7 @@ def read_any_adapter_dir(
             "into them, peft's (LoRA / DoRA) into encoder-decoders and the `adapters` library's into CLIPModel."
         )
     if layout == "peft":
-        from adapterhub.io.peft_layout import read_peft_dir
-        from adapterhub.io.peft_oft import PEFT_TYPES as ORTHOGONAL_TYPES
-        from adapterhub.io.peft_oft import read_peft_oft_dir
-
-        peft_type = read_json(Path(directory) / CONFIG_FILE).get("peft_type")
-        if peft_type == "LN_TUNING":
-            from adapterhub.io.peft_ln_tuning import read_peft_ln_tuning_dir
-
-            return read_peft_ln_tuning_dir(directory, spec, model=model, with_head=with_head)
-        if peft_type in ORTHOGONAL_TYPES:
-            return read_peft_oft_dir(directory, spec, model=model, with_head=with_head)
+        from adapterhub.io.peft_dispatch import read_peft_dir
 
         return read_peft_dir(directory, spec, model=model, with_head=with_head)
     from adapterhub.io.adapters_lib import read_adapters_lib_dir

@@ -16,9 +16,12 @@ same rank and are refused with a message saying so.
 ``modules_to_save`` tensors (``base_model.model.classifier.weight`` ...) become the LoRA adapter's copies of those
 modules (``saved.<path>.<param>``, its ``modules_to_save``); for (IA)³ the built-in ("static") head, loaded into the
 model's own head when the shapes match. Options we cannot express are refused with a
-``ConfigError`` naming the option: ``lora_bias``, ``layer_replication``, ``target_parameters``, and other peft
-methods than LoRA, (IA)³ (``peft_type: IA3``, read and written by ``adapterhub.io.peft_ia3``), LoHa and LoKr
-(``LOHA`` / ``LOKR``, ``adapterhub.io.peft_lycoris``) and VeRA (``VERA``, ``adapterhub.io.peft_vera``).
+``ConfigError`` naming the option: ``lora_bias``, ``layer_replication``, ``target_parameters``.
+
+This module also holds the readers of (IA)³ (``peft_type: IA3``, ``adapterhub.io.peft_ia3``), LoHa and LoKr
+(``LOHA`` / ``LOKR``, ``adapterhub.io.peft_lycoris``) and VeRA (``VERA``, ``adapterhub.io.peft_vera``), and the
+helpers every peft reader shares (``read_weights``, ``saved_modules``, ``make_record``). Which reader / writer a
+file or record goes to is the table ``adapterhub.io.peft_dispatch.FORMATS``.
 
 DoRA (``use_dora: true``) reads as our ``dora`` method: peft's ``<module>.lora_magnitude_vector`` ``(d_out,)`` is our
 ``layers.<i>.<point>.magnitude`` (on a fused projection, its row slices; the norm is per output row, so slicing is
@@ -29,15 +32,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from adapterhub.errors import AdapterFileError, ConfigError
-from adapterhub.io.files import read_json, read_tensors
+from adapterhub.io.files import read_tensors
 from adapterhub.io.peft_common import (
     BIN_WEIGHTS_FILE,
     CONFIG_FILE,
@@ -50,15 +53,40 @@ from adapterhub.io.peft_common import (
     split_rows,
     write_peft_files,
 )
-from adapterhub.io.peft_ia3 import read_peft_ia3, write_peft_ia3
+from adapterhub.io.peft_ia3 import read_peft_ia3
 from adapterhub.io.peft_keys import check_lora_keys, check_lycoris_keys, check_vera_keys
-from adapterhub.io.peft_lycoris import METHODS as LYCORIS_TYPES
-from adapterhub.io.peft_lycoris import read_peft_lycoris, write_peft_lycoris
+from adapterhub.io.peft_lycoris import read_peft_lycoris
 from adapterhub.io.peft_modules import read_peft_modules, write_peft_modules
-from adapterhub.io.peft_vera import read_peft_vera, write_peft_vera
+from adapterhub.io.peft_vera import read_peft_vera
 from adapterhub.runtime.layers import get_layers
 from adapterhub.runtime.records import AdapterRecord, HeadRecord, ModelInfo
 from adapterhub.spec.architectures import ArchitectureSpec
+
+
+class Reader(Protocol):
+    """Reads one peft type's directory (its ``adapter_config.json`` already read as ``meta``) into our record."""
+
+    def __call__(
+        self,
+        directory: Path,
+        meta: Mapping[str, Any],
+        spec: ArchitectureSpec | None,
+        model: ModelInfo | None,
+        with_head: bool,
+    ) -> AdapterRecord: ...
+
+
+class Writer(Protocol):
+    """Writes a record of one of our methods in peft's layout; returns the directory."""
+
+    def __call__(
+        self,
+        record: AdapterRecord,
+        directory: str | os.PathLike[str],
+        spec: ArchitectureSpec,
+        model: nn.Module,
+    ) -> Path: ...
+
 
 # peft (IA)³ options and the values under which they change nothing we would have to represent (LoRA files: every
 # key of LoraConfig is checked by ``adapterhub.io.peft_keys``).
@@ -87,24 +115,9 @@ def is_peft_config(meta: Any) -> bool:
     return isinstance(meta, dict) and "peft_type" in meta
 
 
-def _refuse_options(meta: Mapping[str, Any], directory: Path) -> None:
-    if meta.get("peft_type") not in ("LORA", "IA3", "VERA", *LYCORIS_TYPES):
-        raise ConfigError(
-            f"{directory} holds a peft {meta.get('peft_type')!r} adapter (option peft_type); adapterhub reads peft "
-            "LoRA (with DoRA), (IA)³, LoHa, LoKr and VeRA adapters (peft_type 'LORA' / 'IA3' / 'LOHA' / 'LOKR' / "
-            "'VERA') only."
-        )
-    if meta.get("peft_type") == "VERA":
-        check_vera_keys(meta, directory)  # every VeraConfig key: honoured, metadata or refused
-        return
-    if meta.get("peft_type") in LYCORIS_TYPES:
-        check_lycoris_keys(
-            meta, directory
-        )  # every LoHaConfig / LoKrConfig key: honoured, metadata or refused
-        return
-    if meta.get("peft_type") == "LORA":
-        check_lora_keys(meta, directory)  # every LoraConfig key: honoured, metadata or refused by name
-        return
+def _refuse_ia3_options(meta: Mapping[str, Any], directory: Path) -> None:
+    """Refuse the (IA)³ file options adapterhub cannot represent, by name (LoRA, LoHa / LoKr and VeRA files have
+    their every key checked by ``adapterhub.io.peft_keys``)."""
     for option, neutral in _NEUTRAL.items():
         if option in meta and meta[option] not in neutral:
             why = _WHY.get(option, "adapterhub has no equivalent")
@@ -121,7 +134,7 @@ def _refuse_options(meta: Mapping[str, Any], directory: Path) -> None:
         )
 
 
-def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     if (directory / WEIGHTS_FILE).exists():
         return read_tensors(directory / WEIGHTS_FILE)
     if (directory / BIN_WEIGHTS_FILE).exists():
@@ -165,17 +178,11 @@ def _needs_module_targets(
     return len({frozenset(modules) for modules in found.values()}) > 1
 
 
-def read_peft_dir(
-    directory: str | os.PathLike[str],
-    spec: ArchitectureSpec | None,
-    *,
-    model: ModelInfo | None = None,
-    with_head: bool = True,
-) -> AdapterRecord:
-    """A peft LoRA directory -> our record (config dict, ``layers.<i>.<point>.lora_A/B`` tensors, static head)."""
-    directory = Path(directory)
-    meta = read_json(directory / CONFIG_FILE)
-    _refuse_options(meta, directory)
+def _layered_spec(
+    directory: Path, meta: Mapping[str, Any], spec: ArchitectureSpec | None
+) -> ArchitectureSpec:
+    """The model's spec for a LoRA / (IA)³ / LoHa / LoKr / VeRA file; refuses no model, and an encoder-decoder
+    model for all of them but LoRA."""
     if spec is None:
         raise ConfigError(
             f"{directory} is a peft adapter, whose files do not say the model type; load it with "
@@ -187,22 +194,68 @@ def read_peft_dir(
             "reads peft LoRA / DoRA files for those (by module name) only. Load it into a decoder-only or encoder "
             "model, or convert it to LoRA."
         )
-    if meta.get("peft_type") == "IA3":
-        ia3_config, ia3_tensors, ia3_head = read_peft_ia3(
-            meta, _read_weights(directory), spec, directory, model
-        )
-        return _record(directory, meta, ia3_config, ia3_tensors, ia3_head, spec, model, with_head)
-    if meta.get("peft_type") in (*LYCORIS_TYPES, "VERA"):
-        read = read_peft_vera if meta["peft_type"] == "VERA" else read_peft_lycoris
-        by_name_parts = read(meta, _read_weights(directory), directory)
-        return _record(directory, meta, *by_name_parts, spec, model, with_head)
+    return spec
+
+
+Parts = tuple[
+    dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]
+]  # config, tensors, head tensors
+PartsReader = Callable[
+    [Mapping[str, Any], Mapping[str, torch.Tensor], Path, ArchitectureSpec, ModelInfo | None], Parts
+]
+
+
+def parts_reader(check: Callable[[Mapping[str, Any], Path], None], read: PartsReader) -> Reader:
+    """The ``Reader`` of a peft type whose module turns the weights into ``(config, tensors, head tensors)``:
+    ``check`` refuses the file's options adapterhub cannot hold (by name), the model must have one layer stack,
+    then ``read`` (with ``adapter_config.json`` as ``meta`` and the weights) and ``make_record``."""
+
+    def reader(
+        directory: Path,
+        meta: Mapping[str, Any],
+        spec: ArchitectureSpec | None,
+        model: ModelInfo | None,
+        with_head: bool,
+    ) -> AdapterRecord:
+        check(meta, directory)
+        spec = _layered_spec(directory, meta, spec)
+        config, tensors, head = read(meta, read_weights(directory), directory, spec, model)
+        return make_record(directory, meta, config, tensors, head, spec, model, with_head)
+
+    return reader
+
+
+# (IA)³ (peft_ia3), LoHa / LoKr (peft_lycoris; every LoHaConfig / LoKrConfig key honoured, metadata or refused) and
+# VeRA (peft_vera; every VeraConfig key likewise)
+read_ia3 = parts_reader(
+    _refuse_ia3_options,
+    lambda meta, raw, directory, spec, model: read_peft_ia3(meta, raw, spec, directory, model),
+)
+read_lycoris = parts_reader(
+    check_lycoris_keys, lambda meta, raw, directory, spec, model: read_peft_lycoris(meta, raw, directory)
+)
+read_vera = parts_reader(
+    check_vera_keys, lambda meta, raw, directory, spec, model: read_peft_vera(meta, raw, directory)
+)
+
+
+def read_lora(
+    directory: Path,
+    meta: Mapping[str, Any],
+    spec: ArchitectureSpec | None,
+    model: ModelInfo | None,
+    with_head: bool,
+) -> AdapterRecord:
+    """A peft LoRA directory -> our record (config dict, ``layers.<i>.<point>.lora_A/B`` tensors, static head)."""
+    check_lora_keys(meta, directory)  # every LoraConfig key: honoured, metadata or refused by name
+    spec = _layered_spec(directory, meta, spec)
     use_dora = bool(meta.get("use_dora"))
-    raw = _read_weights(directory)
+    raw = read_weights(directory)
     pattern = _module_pattern(spec)
     # encoder-decoder: by module name always (the module paths of both stacks map to their points)
     if spec.decoder is not None or _needs_module_targets(meta, raw, pattern):
         config_by_name, by_name, by_name_head = read_peft_modules(meta, raw, directory)
-        return _record(directory, meta, config_by_name, by_name, by_name_head, spec, model, with_head)
+        return make_record(directory, meta, config_by_name, by_name, by_name_head, spec, model, with_head)
     by_module: dict[str, list[str]] = {}
     for point, linear in spec.linears.items():
         by_module.setdefault(linear.module, []).append(point)
@@ -272,10 +325,10 @@ def read_peft_dir(
     }
     if meta.get("init_lora_weights") == "gaussian":
         config["init"] = "gaussian"
-    return _record(directory, meta, config, tensors, head, spec, model, with_head)
+    return make_record(directory, meta, config, tensors, head, spec, model, with_head)
 
 
-def _record(
+def make_record(
     directory: Path,
     meta: Mapping[str, Any],
     config: dict[str, Any],
@@ -290,7 +343,7 @@ def _record(
         and meta.get("modules_to_save")
         and config.get("method") in ("lora", "dora", "loha", "lokr", "vera")
     ):
-        head, config, tensors = _saved_modules(meta["modules_to_save"], head, config, tensors)
+        head, config, tensors = saved_modules(meta["modules_to_save"], head, config, tensors)
     info = ModelInfo(
         model_type=model.model_type if model is not None else spec.model_types[0],
         model_name=str(meta.get("base_model_name_or_path") or (model.model_name if model else "")),
@@ -317,7 +370,7 @@ def _record(
     )
 
 
-def _saved_modules(
+def saved_modules(
     names: list[str],
     head: dict[str, torch.Tensor],
     config: dict[str, Any],
@@ -361,32 +414,30 @@ def _hidden_size(tensors: Mapping[str, torch.Tensor], model: ModelInfo | None) -
     return model.hidden_size if model is not None else 0
 
 
-def write_peft_dir(
+def single_stack(write: Writer) -> Writer:
+    """``write`` for models with one layer stack; on an encoder-decoder model it refuses (peft's layout is written
+    for LoRA and DoRA there only)."""
+
+    def checked(
+        record: AdapterRecord, directory: str | os.PathLike[str], spec: ArchitectureSpec, model: nn.Module
+    ) -> Path:
+        if spec.decoder is not None:
+            raise ConfigError(
+                f"layout='peft' on encoder-decoder models writes LoRA and DoRA adapters; {record.name!r} is a "
+                f"{record.config.get('method')} adapter. Use layout='adapterhub'."
+            )
+        return write(record, directory, spec, model)
+
+    return checked
+
+
+def write_lora(
     record: AdapterRecord, directory: str | os.PathLike[str], spec: ArchitectureSpec, model: nn.Module
 ) -> Path:
-    """Write a LoRA / DoRA / (IA)³ record so that ``peft.PeftModel.from_pretrained(base, directory)`` computes what
-    we do."""
+    """Write a LoRA / DoRA record so that ``peft.PeftModel.from_pretrained(base, directory)`` computes what we do."""
     config = record.config
-    if spec.decoder is not None and config.get("method") not in ("lora", "dora"):
-        raise ConfigError(
-            f"layout='peft' on encoder-decoder models writes LoRA and DoRA adapters; {record.name!r} is a "
-            f"{config.get('method')} adapter. Use layout='adapterhub'."
-        )
-    if config.get("method") == "ia3":
-        return write_peft_ia3(record, directory, spec, model)
-    if config.get("method") in LYCORIS_TYPES.values():
-        return write_peft_lycoris(record, directory, spec, model)
-    if config.get("method") == "vera":
-        return write_peft_vera(record, directory, spec, model)
-    if config.get("method") in ("lora", "dora") and (
-        config.get("target_modules") is not None or spec.decoder
-    ):
+    if config.get("target_modules") is not None or spec.decoder:
         return write_peft_modules(record, directory, spec, model)  # encoder-decoder: each point by its path
-    if config.get("method") not in ("lora", "dora"):
-        raise ConfigError(
-            f"layout='peft' writes LoRA, DoRA, (IA)³, LoHa, LoKr and VeRA adapters; {record.name!r} is a {config.get('method')} "
-            "adapter."
-        )
     layers = get_layers(model, spec)
     layers_path = next(name for name, module in model.named_modules() if module is layers)
     out: dict[str, torch.Tensor] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,9 @@ import torch
 from torch import nn
 
 from adapterhub.errors import AdapterFileError, ConfigError
-from adapterhub.io.files import read_json
-from adapterhub.io.peft_common import CONFIG_FILE, PREFIX, write_peft_files
+from adapterhub.io.peft_common import PREFIX, write_peft_files
 from adapterhub.io.peft_keys import METADATA
-from adapterhub.io.peft_layout import _read_weights, _record
+from adapterhub.io.peft_layout import make_record, read_weights
 from adapterhub.runtime.records import AdapterRecord, ModelInfo
 from adapterhub.spec.architectures import ArchitectureSpec
 
@@ -35,16 +35,14 @@ _OURS = re.compile(r"^copies\.(?P<key>[^.]+)\.(?P<param>weight|bias)$")
 _TARGETING = ("target_modules", "exclude_modules")
 
 
-def read_peft_ln_tuning_dir(
-    directory: str | os.PathLike[str],
+def read_peft_ln_tuning(
+    directory: Path,
+    meta: Mapping[str, Any],
     spec: ArchitectureSpec | None,
-    *,
-    model: ModelInfo | None = None,
-    with_head: bool = True,
+    model: ModelInfo | None,
+    with_head: bool,
 ) -> AdapterRecord:
     """A peft LN tuning directory -> our record (``copies.<path>.<param>`` tensors)."""
-    directory = Path(directory)
-    meta = read_json(directory / CONFIG_FILE)
     if spec is None:
         raise ConfigError(
             f"The peft LN tuning adapter in {directory} names its norms by module path: load it with "
@@ -66,7 +64,7 @@ def read_peft_ln_tuning_dir(
             )
     tensors: dict[str, torch.Tensor] = {}
     paths: set[str] = set()
-    for key, tensor in _read_weights(directory).items():
+    for key, tensor in read_weights(directory).items():
         match = _WEIGHT.match(key[len(PREFIX) :]) if key.startswith(PREFIX) else None
         if match is None:
             raise AdapterFileError(
@@ -79,7 +77,7 @@ def read_peft_ln_tuning_dir(
     if not paths:
         raise AdapterFileError(f"{directory} holds no LN tuning weights (<path>.ln_tuning_layers.<param>).")
     config: dict[str, Any] = {"method": "ln_tuning", "target_modules": sorted(paths)}
-    return _record(directory, meta, config, tensors, {}, spec, model, with_head)
+    return make_record(directory, meta, config, tensors, {}, spec, model, with_head)
 
 
 def write_peft_ln_tuning(

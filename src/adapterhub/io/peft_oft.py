@@ -30,10 +30,9 @@ import torch
 from torch import nn
 
 from adapterhub.errors import AdapterFileError, ConfigError
-from adapterhub.io.files import read_json
-from adapterhub.io.peft_common import CONFIG_FILE, PREFIX, add_saved_tensors, module_tensors, write_peft_files
+from adapterhub.io.peft_common import PREFIX, add_saved_tensors, module_tensors, write_peft_files
 from adapterhub.io.peft_keys import METADATA
-from adapterhub.io.peft_layout import _read_weights, _record, _saved_modules
+from adapterhub.io.peft_layout import make_record, read_weights, saved_modules
 from adapterhub.runtime.records import AdapterRecord, ModelInfo
 from adapterhub.spec.architectures import ArchitectureSpec
 
@@ -101,16 +100,14 @@ def _old_neumann(meta: Mapping[str, Any]) -> bool:
     return numbers < (0, 18)
 
 
-def read_peft_oft_dir(
-    directory: str | os.PathLike[str],
+def read_peft_oft(
+    directory: Path,
+    meta: Mapping[str, Any],
     spec: ArchitectureSpec | None,
-    *,
-    model: ModelInfo | None = None,
-    with_head: bool = True,
+    model: ModelInfo | None,
+    with_head: bool,
 ) -> AdapterRecord:
     """A peft OFT / BOFT directory -> our record (``by_name.<path>.<param>`` tensors, modules_to_save, head)."""
-    directory = Path(directory)
-    meta = read_json(directory / CONFIG_FILE)
     method = check_keys(meta, directory)
     if spec is None or spec.decoder is not None:
         raise ConfigError(
@@ -128,7 +125,7 @@ def read_peft_oft_dir(
     head: dict[str, torch.Tensor] = {}
     paths: set[str] = set()
     factors: set[int] = set()
-    for key, tensor in _read_weights(directory).items():
+    for key, tensor in read_weights(directory).items():
         if not key.startswith(PREFIX):
             raise AdapterFileError(f"peft weight {key!r} in {directory} is not under {PREFIX!r}.")
         match = _WEIGHT.match(key[len(PREFIX) :])
@@ -152,8 +149,8 @@ def read_peft_oft_dir(
     if factors:
         config["boft_n_butterfly_factor"] = factors.pop()  # what was trained, not what was asked for
     if head and meta.get("modules_to_save"):
-        head, config, tensors = _saved_modules(list(meta["modules_to_save"]), head, config, tensors)
-    return _record(directory, meta, config, tensors, head, spec, model, with_head)
+        head, config, tensors = saved_modules(list(meta["modules_to_save"]), head, config, tensors)
+    return make_record(directory, meta, config, tensors, head, spec, model, with_head)
 
 
 def write_peft_oft(

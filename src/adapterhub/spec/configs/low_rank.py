@@ -8,14 +8,14 @@ from typing import ClassVar
 
 from adapterhub.spec.configs.base import OMIT_DEFAULT, MethodConfig
 from adapterhub.spec.configs.checks import check_bool, check_choice, is_number, require
-from adapterhub.spec.configs.targeting import ModuleTargeting, token_indices
+from adapterhub.spec.configs.targeting import LowRankTargeting, token_indices
 
 LORA_INITS = ("lora", "gaussian")
 LORA_BIASES = ("none", "lora_only", "all")
 
 
 @dataclass(frozen=True, kw_only=True)
-class LoRAConfig(ModuleTargeting, MethodConfig):
+class LoRAConfig(LowRankTargeting, MethodConfig):
     """LoRA (Hu et al. 2021): ``y = W x + b + s · B A dropout(x)`` on each target projection, ``s = alpha / r``
     (``use_rslora``: ``alpha / sqrt(r)``).
 
@@ -50,17 +50,8 @@ class LoRAConfig(ModuleTargeting, MethodConfig):
     r: int = 8
     alpha: float = 8
     dropout: float = 0.0
-    targets: tuple[str, ...] = None  # type: ignore[assignment]  # None: ("q", "v"); () with target_modules
     use_rslora: bool = False
     init: str = "lora"
-    leave_out: tuple[int, ...] = field(default_factory=tuple)
-    target_modules: str | tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
-    exclude_modules: str | tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
-    layers_to_transform: tuple[int, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
-    layers_pattern: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
-    rank_pattern: tuple[tuple[str, int], ...] = field(default=(), metadata={OMIT_DEFAULT: True})
-    alpha_pattern: tuple[tuple[str, float], ...] = field(default=(), metadata={OMIT_DEFAULT: True})
-    modules_to_save: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
     bias: str = field(default="none", metadata={OMIT_DEFAULT: True})
     trainable_token_indices: tuple[int, ...] | tuple[tuple[str, tuple[int, ...]], ...] | None = field(
         default=None, metadata={OMIT_DEFAULT: True}

@@ -13,16 +13,16 @@ update of a projection during training. Targets as LoRA's (``ModuleTargeting``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from adapterhub.spec.configs.base import OMIT_DEFAULT, MethodConfig
+from adapterhub.spec.configs.base import MethodConfig
 from adapterhub.spec.configs.checks import check_bool, is_number, require
-from adapterhub.spec.configs.targeting import ModuleTargeting
+from adapterhub.spec.configs.targeting import LowRankTargeting
 
 
 @dataclass(frozen=True, kw_only=True)
-class LycorisConfig(ModuleTargeting, MethodConfig):
+class LycorisConfig(LowRankTargeting, MethodConfig):
     """The options LoHa and LoKr share (peft's names): ``r``, ``alpha``, ``rank_dropout``, ``module_dropout``,
     ``use_effective_conv2d`` (peft's option for convolutions; kept for their files, no effect on linear
     projections), ``init_weights`` (true: the update starts at zero; false: every factor random), and the
@@ -40,15 +40,6 @@ class LycorisConfig(ModuleTargeting, MethodConfig):
     module_dropout: float = 0.0
     use_effective_conv2d: bool = False
     init_weights: bool | str = True
-    targets: tuple[str, ...] = None  # type: ignore[assignment]  # None: ("q", "v"); () with target_modules
-    leave_out: tuple[int, ...] = field(default_factory=tuple)
-    target_modules: str | tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
-    exclude_modules: str | tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
-    layers_to_transform: tuple[int, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
-    layers_pattern: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
-    rank_pattern: tuple[tuple[str, int], ...] = field(default=(), metadata={OMIT_DEFAULT: True})
-    alpha_pattern: tuple[tuple[str, float], ...] = field(default=(), metadata={OMIT_DEFAULT: True})
-    modules_to_save: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         require(

@@ -1,13 +1,16 @@
 """Where a low-rank method attaches: spec points (``targets``, ``leave_out``) or modules by name (peft's
 ``target_modules``, ``exclude_modules``, ``layers_to_transform``, ``layers_pattern``, ``rank_pattern``,
 ``alpha_pattern``), plus ``modules_to_save``. ``ModuleTargeting`` validates and freezes these fields for every
-config that has them (LoRA, LoHa, LoKr); ``methods.targeting`` applies them to a model.
+config that has them (LoRA, LoHa, LoKr, OFT, BOFT); ``LowRankTargeting`` declares them once for the configs that have
+all of them (LoRA, LoHa, LoKr); ``methods.targeting`` applies them to a model.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from adapterhub.spec.configs.base import OMIT_DEFAULT
 from adapterhub.spec.configs.checks import check_choice, is_number, layer_list, require
 from adapterhub.spec.module_names import ALL_LINEAR, module_names, pattern_table
 
@@ -200,3 +203,21 @@ class ModuleTargeting:
             changes["target_modules"] = None
         out: T = self.from_dict({**self.to_dict(), **changes})
         return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class LowRankTargeting(ModuleTargeting):
+    """The targeting fields of the low-rank configs (LoRA, LoHa, LoKr), declared once: ``targets`` (default ``None``:
+    ``q``, ``v``; ``()`` with ``target_modules``), ``leave_out``, and the by-name options, which ``to_dict`` omits at
+    their defaults (configs written before them keep their JSON and hash). The config calls ``check_targeting``
+    from its ``__post_init__``."""
+
+    targets: tuple[str, ...] = None  # type: ignore[assignment]  # None: ("q", "v"); () with target_modules
+    leave_out: tuple[int, ...] = field(default_factory=tuple)
+    target_modules: str | tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
+    exclude_modules: str | tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
+    layers_to_transform: tuple[int, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
+    layers_pattern: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
+    rank_pattern: tuple[tuple[str, int], ...] = field(default=(), metadata={OMIT_DEFAULT: True})
+    alpha_pattern: tuple[tuple[str, float], ...] = field(default=(), metadata={OMIT_DEFAULT: True})
+    modules_to_save: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
