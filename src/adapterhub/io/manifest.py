@@ -3,6 +3,16 @@
 Reads either layout, resolves the config, and checks that every weight has exactly the name and shape the config
 implies for the declared hidden size and number of layers (adapter and head). Nothing is allocated for real: the
 expected modules are built on the meta device.
+
+An adapter that targets modules by name (``target_modules``; LN tuning's norms) is checked against the modules its
+files hold weights for (``manifest_modules.file_modules``): their paths, layers and the widths the weights fix (LoRA:
+``d_in`` from ``A``, ``d_out`` from ``B``); the config must select exactly those modules. What the files cannot fix
+stays unknown rather than guessed: the module classes, the model's untouched modules, the shapes of full module
+copies (LN tuning, ``modules_to_save``: taken from the file, an LN-tuning copy checked to be ``weight``/``bias``
+``(d,)``), and widths neither the file nor the config implies (OFT with ``block_share`` and ``oft_block_size``: its
+one shared block does not say how often it repeats, so ``d_in`` stands at the block size; with an ``r`` config it
+is ``r · b``); an adapter whose by-name targets' widths cannot be read from its file is
+refused with a message saying so. ``hidden_size`` / ``num_layers`` in the manifest are those the files declare.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from adapterhub.errors import AdapterFileError, IncompatibleModelError, Unsuppor
 from adapterhub.heads.base import head_class
 from adapterhub.io.files import read_json
 from adapterhub.io.loading import detect_layout, read_any_adapter_dir
+from adapterhub.io.manifest_modules import check_copies, file_modules
 from adapterhub.methods import ModelDims, method_for_config
 from adapterhub.methods.prefix_tuning import PrefixTuningConfig
 from adapterhub.runtime.validate import check_state_fits
@@ -45,15 +56,18 @@ def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None 
         raise IncompatibleModelError(f"{directory}: {error}") from None
     record = read_any_adapter_dir(directory, spec=spec, with_head=True)
     config = resolve_config(record.config)
+    method = method_for_config(config)
+    start = record.model.decoder_start
+    # modules targeted by name (target_modules, LN tuning's norms): the ones the files hold weights for
+    modules = file_modules(method, config, record.tensors, spec, start, directory)
     layer_indices = [int(key.split(".")[1]) for key in record.tensors if key.startswith("layers.")]
+    layer_indices += [m.layer for m in modules if m.layer is not None]
     leave_out = list(getattr(config, "leave_out", ()))
     num_layers = record.model.num_layers or (max(layer_indices + leave_out, default=-1) + 1)
-    if not num_layers:
+    if not num_layers and not modules:
         raise AdapterFileError(f"{directory}: the adapter has no layer weights.")
     _check_declared_model(record.tensors, record.model.hidden_size, record.model.num_layers, directory)
-    method = method_for_config(config)
-    shapes = method.linear_shapes_from(record.tensors)
-    start = record.model.decoder_start
+    shapes = method.shapes_for_config(config, record.tensors)
     dims = ModelDims(
         model_type,
         record.model.hidden_size,
@@ -62,6 +76,7 @@ def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None 
         linear_shapes=shapes,
         decoder_start=start,
         decoder_points=spec.decoder_points() if start is not None else (),
+        modules=modules,
     )
     # a second stack without cross-attention (CLIP's vision tower) has no cross-attention prefix slots
     cross_start = start if "cross" in dims.decoder_points else None
@@ -70,7 +85,8 @@ def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None 
         dims = dataclasses.replace(dims, num_heads=1, num_kv_heads=1, head_dim=heads)
     with torch.device("meta"):
         expected = method(record.name, config, dims)
-    check_state_fits(expected.state_dict(), record.tensors, f"adapter {record.name!r} in {directory}")
+    state = {**expected.state_dict(), **check_copies(expected, record.tensors, directory)}
+    check_state_fits(state, record.tensors, f"adapter {record.name!r} in {directory}")
     head = record.head
     if head is not None and head.head_type != "static":
         with torch.device("meta"):

@@ -225,6 +225,14 @@ class AdapterModule(nn.Module):
         without a model); methods that do not attach to projections imply none."""
         return ()
 
+    @classmethod
+    def shapes_for_config(
+        cls, config: MethodConfig, tensors: Mapping[str, torch.Tensor]
+    ) -> tuple[tuple[str, int, int], ...]:
+        """``linear_shapes_from`` with the config's help, for methods whose weights alone do not fix a width (OFT's
+        one shared block under ``block_share`` with an ``r`` config); default: the weights alone."""
+        return cls.linear_shapes_from(tensors)
+
     @property
     def method(self) -> str:
         return self.config.method

@@ -225,6 +225,18 @@ class OrthogonalAdapter(LoRAAdapter):
         super().__init__(name, config, dims)  # type: ignore[arg-type]
 
     @classmethod
+    def shapes_for_config(
+        cls, config: MethodConfig, tensors: Mapping[str, torch.Tensor]
+    ) -> tuple[tuple[str, int, int], ...]:
+        """With ``block_share`` and an ``r`` config the file holds one block of size ``b = d_in / r``, so
+        ``d_in = r · b`` (the weights alone give ``b``)."""
+        shapes = cls.linear_shapes_from(tensors)
+        r = int(getattr(config, "r", 0) or 0)
+        if getattr(config, "block_share", False) and r > 0:
+            return tuple((point, d_in * r, d_out * r) for point, d_in, d_out in shapes)
+        return shapes
+
+    @classmethod
     def linear_shapes_from(cls, tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[str, int, int], ...]:
         """The ``(point, d_in, d_out)`` that saved parameters imply (to validate files without a model)."""
         by_point: dict[str, dict[str, torch.Tensor]] = {}
