@@ -132,7 +132,7 @@ def test_ray_errors_keep_the_single_process_statuses(served):
     assert status == 422
     status, body, _ = _post(f"{served}/v1/predict", {"setup": "Stack(lang,", "inputs": ["good"]})
     assert status == 422, body
-    status, body, _ = _post(f"{served}/v1/completions", {"model": "cls3", "prompt": "x"})
+    status, body, _ = _post(f"{served}/v1/adapters", {"name": "x", "source": "y"})
     assert status == 501 and "without --ray" in body["detail"]
     with urllib.request.urlopen(f"{served}/health", timeout=30) as response:
         assert json.loads(response.read())["replicas"] == 2

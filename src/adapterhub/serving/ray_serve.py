@@ -15,9 +15,19 @@ Two deployments:
   header. Each answer names the replica that computed it in the ``X-Adapterhub-Replica`` header and that
   replica's loaded adapters in ``X-Adapterhub-Replica-Adapters`` (comma-separated).
 
-Not served here (each would have to reach every replica): ``POST/DELETE /v1/adapters``, ``/v1/completions`` and
-``/metrics`` answer 501 saying so (Ray's own metrics cover the deployments). Errors keep the single-process
-server's statuses (404 unknown adapter, 422 bad input, 429 queue full, 502 source failed, 503 shutting down):
+- OpenAI routes (``POST /v1/completions``, ``/v1/chat/completions``, ``GET /v1/models[/ID]``): the gateway takes
+  ``model`` from the body (an adapter's name is the multiplexed id; the base model's id, asked of a replica once,
+  is none) and hands the raw body to a replica, which runs it through the single-process app (``create_app``
+  over its own engine, called in process by ``call_app``), so answers and errors are those of the server
+  without ``--ray``. ``stream: true`` is refused by the gateway with a 400 in OpenAI's error shape
+  (``param: "stream"``): answers are not streamed through Ray here.
+- ``GET /metrics``: every replica pushes its own Prometheus text to a ``MetricsBoard`` actor every
+  ``METRICS_PUSH_S`` (so the figures lag by at most that); the gateway merges them (``metrics_merge``), each
+  sample labelled ``replica="ID"`` (sum over it in PromQL for the deployment; a replica silent for
+  ``METRICS_STALE_S`` is dropped). The gateway's own HTTP counts are not included.
+
+Not served here (each would have to reach every replica): ``POST/DELETE /v1/adapters`` answer 501 saying so.
+Errors keep the single-process server's statuses (404 unknown adapter, 422 bad input, 429 queue full, 502 source failed, 503 shutting down):
 the replica turns an ``AdapterHubError`` into ``{"error": {"status", "detail", "headers"}}``, so no exception
 has to survive Ray's pickling.
 
@@ -27,20 +37,25 @@ replica (hub identifiers and ``hf:`` sources work anywhere). Only ``--ray`` impo
 
 # No ``from __future__ import annotations``: Ray's ingress rebuilds the route functions, and FastAPI must see the
 # body classes themselves (string annotations would turn the bodies into query parameters).
+import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+import ray
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from adapterhub.errors import AdapterHubError, ConfigError
-from adapterhub.serving.app import EmbedBody, GenerateBody, PredictBody
+from adapterhub.serving.app import EmbedBody, GenerateBody, PredictBody, create_app
 from adapterhub.serving.engine import EngineConfig, ServingEngine
+from adapterhub.serving.metrics_merge import merge_expositions
+from adapterhub.serving.openai_errors import openai_error
 from adapterhub.serving.registry import UnknownAdapterError
 from adapterhub.serving.scheduler import QueueFullError, ShuttingDownError
 from adapterhub.serving.setups import parse_request_setup
@@ -50,6 +65,9 @@ from adapterhub.spec.composition import setup_names
 REPLICA_HEADER = "X-Adapterhub-Replica"
 REPLICA_ADAPTERS_HEADER = "X-Adapterhub-Replica-Adapters"
 APP_NAME = "adapterhub"
+METRICS_BOARD = f"{APP_NAME}-metrics"
+METRICS_PUSH_S = 1.0  # each replica pushes its metrics text this often
+METRICS_STALE_S = 10.0  # a replica silent this long (gone) leaves /metrics
 
 # The first class an error is an instance of gives its HTTP status (AdapterHubError last: the rest are 422).
 _STATUSES: tuple[tuple[type[BaseException], int], ...] = (
@@ -76,6 +94,59 @@ def model_id_of(adapter: str | None, setup: str | None) -> str:
         parsed = parse_request_setup(setup)
         return parsed if isinstance(parsed, str) else repr(parsed)
     return ""
+
+
+@ray.remote(num_cpus=0)
+class MetricsBoard:
+    """The latest Prometheus text of each replica (pushed every ``METRICS_PUSH_S``), read by the gateway."""
+
+    def __init__(self) -> None:
+        self.texts: dict[str, tuple[float, str]] = {}
+
+    def put(self, replica: str, text: str) -> None:
+        self.texts[replica] = (time.time(), text)
+
+    def get(self) -> dict[str, str]:
+        """Texts of the replicas heard from within ``METRICS_STALE_S``."""
+        now = time.time()
+        return {r: text for r, (at, text) in self.texts.items() if now - at <= METRICS_STALE_S}
+
+
+def metrics_board() -> Any:
+    """The application's one ``MetricsBoard`` (created by whichever deployment asks first)."""
+    return MetricsBoard.options(  # type: ignore[attr-defined]
+        name=METRICS_BOARD, namespace=APP_NAME, get_if_exists=True, lifetime="detached"
+    ).remote()
+
+
+async def call_app(app: Any, method: str, path: str, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    """One HTTP request through the ASGI ``app`` in this process (no socket, the app's lifespan not run): its
+    status, headers and whole body."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+        "method": method, "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 80),
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    }  # fmt: skip
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+    never: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    status, headers, chunks = 500, [], []
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop()
+        return await never  # no disconnect: the caller waits for the whole answer
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status, headers
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", [])]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, headers, b"".join(chunks)
 
 
 @serve.deployment
@@ -111,6 +182,34 @@ class EngineReplica:
         self._hold: Callable[[str], Awaitable[tuple[str, ...]]] = serve.multiplexed(
             max_num_models_per_replica=self.engine.config.max_loaded
         )(load)
+        # The single-process routes over this replica's engine, called in process by ``openai`` (the OpenAI
+        # routes then answer exactly as without --ray); the engine was started above, so no lifespan runs.
+        self.app = create_app(self.engine)
+        self.board = metrics_board()
+        self._pushing = asyncio.get_running_loop().create_task(self._push_metrics())
+
+    async def _push_metrics(self) -> None:
+        """Every ``METRICS_PUSH_S``: this replica's ``/metrics`` text to the board (until the replica stops)."""
+        while True:
+            await self.board.put.remote(self.replica, self.engine.metrics.render())
+            await asyncio.sleep(METRICS_PUSH_S)
+
+    def model_id(self) -> str:
+        """The base model's id (what ``model`` names for no adapter on the OpenAI routes)."""
+        return self.engine.model_id
+
+    async def openai(self, method: str, path: str, body: bytes) -> dict[str, Any]:
+        """An OpenAI route (``/v1/completions``, ``/v1/chat/completions``, ``/v1/models[/ID]``) answered by the
+        single-process app over this replica's engine: ``{"status", "headers", "body", "replica", "loaded"}``.
+        The request's adapter (its multiplexed id) is held first; a failing load is left to the route, which
+        answers it in OpenAI's error shape."""
+        model_id = serve.get_multiplexed_model_id()
+        if model_id:
+            with contextlib.suppress(AdapterHubError):
+                await self._hold(model_id)
+        status, headers, content = await call_app(self.app, method, path, body)
+        return {"status": status, "headers": headers, "body": content, "replica": self.replica,
+                "loaded": self.loaded()}  # fmt: skip
 
     def loaded(self) -> list[str]:
         """Adapters in this replica's engine now."""
@@ -199,6 +298,8 @@ class Gateway:
         self.replicas = replicas
         self.num_replicas = num_replicas
         self.started = time.time()
+        self.base_id: str | None = None
+        self.board = metrics_board()
 
     async def _call(self, method: str, body: dict[str, Any]) -> JSONResponse:
         try:
@@ -232,13 +333,56 @@ class Gateway:
     async def delete_adapter(self, name: str) -> JSONResponse:
         return _not_here("DELETE /v1/adapters")
 
-    @gateway_app.post("/v1/completions")
-    async def completions(self) -> JSONResponse:
-        return _not_here("POST /v1/completions")
+    async def _openai(self, request: Request, model: str | None = None) -> Response:
+        """Forward an OpenAI route to a replica: the body's ``model`` (an adapter) is the multiplexed id, the base
+        model's id none. A body that is not JSON is forwarded as is, for the replica to answer 400."""
+        raw = await request.body()
+        if model is None and raw:
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                if parsed.get("stream") is True:
+                    return openai_error(
+                        400,
+                        '"stream": true is not served by the Ray Serve deployment (adapterhub serve-model --ray); '
+                        "send the request without stream, or run adapterhub serve-model without --ray to stream.",
+                        param="stream",
+                        code="unsupported_value",
+                    )
+                model = parsed.get("model") if isinstance(parsed.get("model"), str) else None
+        if self.base_id is None:
+            self.base_id = await self.replicas.model_id.remote()
+        handle = self.replicas
+        if model and model != self.base_id:
+            handle = handle.options(multiplexed_model_id=model)
+        answer = await handle.openai.remote(request.method, request.url.path, raw)
+        keep = {"content-type", "retry-after"}
+        headers = {k: v for k, v in answer["headers"] if k.lower() in keep}
+        headers |= {REPLICA_HEADER: answer["replica"], REPLICA_ADAPTERS_HEADER: ",".join(answer["loaded"])}
+        return Response(answer["body"], answer["status"], headers=headers)
 
-    @gateway_app.get("/metrics")
-    async def metrics(self) -> JSONResponse:
-        return _not_here("GET /metrics")
+    @gateway_app.post("/v1/completions", summary="OpenAI text completion on a replica (not streamed)")
+    async def completions(self, request: Request) -> Response:
+        return await self._openai(request)
+
+    @gateway_app.post("/v1/chat/completions", summary="OpenAI chat completion on a replica (not streamed)")
+    async def chat(self, request: Request) -> Response:
+        return await self._openai(request)
+
+    @gateway_app.get("/v1/models", summary="OpenAI model list: the base model and every adapter")
+    async def models(self, request: Request) -> Response:
+        return await self._openai(request, "")
+
+    @gateway_app.get("/v1/models/{model:path}", summary="one model of the list")
+    async def model(self, model: str, request: Request) -> Response:
+        return await self._openai(request, "")
+
+    @gateway_app.get("/metrics", summary="every replica's Prometheus metrics, labelled replica=ID")
+    async def metrics(self) -> PlainTextResponse:
+        texts = await self.board.get.remote()
+        return PlainTextResponse(merge_expositions(texts), media_type="text/plain; version=0.0.4")
 
     @gateway_app.get("/health", summary="liveness")
     async def health(self) -> dict[str, Any]:

@@ -1,0 +1,193 @@
+"""``serve-model --ray`` serves the OpenAI routes and ``/metrics``: a tiny random Llama with a chat tokenizer and
+two LoRA adapters on a local Ray instance with 2 replicas.
+
+Greedy chat and text completions (base model and each adapter, through the ``openai`` client) equal the
+single-process server's answers on the same model, each adapter's requests stay on the replica that loaded it,
+``/v1/models`` lists the same models, errors keep OpenAI's shape (404 unknown model, 400 bad body, 400 for
+``stream: true``, which the Ray deployment refuses), and ``/metrics`` holds every replica's metrics labelled
+``replica``, whose generation counters add up to the tokens served.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import torch
+import transformers
+
+import adapterhub
+from adapterhub.serving.background import BackgroundServer
+from adapterhub.serving.engine import EngineConfig, ServingEngine
+from tiny_chat import chat_tokenizer
+from tiny_models import perturb
+
+pytestmark = pytest.mark.slow
+
+WORDS = "the a movie film plot is was and but not very good bad great fun dull it i liked who what system user assistant"
+MESSAGES = [
+    {"role": "system", "content": "i liked the movie"},
+    {"role": "user", "content": "what is the plot"},
+]
+CONFIG = EngineConfig(max_loaded=2, max_num_seqs=8, max_batch_tokens=256)
+
+
+@pytest.fixture(scope="module")
+def chat_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    directory = tmp_path_factory.mktemp("ray-chat-llama")
+    tokenizer = chat_tokenizer(WORDS.split())
+    tokenizer.save_pretrained(str(directory))
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )  # fmt: skip
+    transformers.LlamaForCausalLM(config).save_pretrained(str(directory))
+    model = adapterhub.init(transformers.AutoModelForCausalLM.from_pretrained(str(directory)).eval())
+    adapters = {}
+    for seed, name in enumerate(("poems", "jokes")):
+        model.add_adapter(name, config="lora")
+        perturb(model._adapterhub.adapters[name], std=0.4, seed=3 + seed)
+        adapters[name] = str(model.save_adapter(directory / "adapters" / name, name))
+    return directory, adapters
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _post(url: str, body: dict[str, Any] | bytes) -> tuple[int, dict[str, Any], Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read()), response.headers
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), error.headers
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return str(response.read().decode())
+
+
+@pytest.fixture(scope="module")
+def single(chat_llama: tuple[Path, dict[str, str]]) -> Any:
+    directory, adapters = chat_llama
+    engine = ServingEngine.from_pretrained(str(directory), adapters=adapters, config=CONFIG)
+    with BackgroundServer(engine) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def served(chat_llama: tuple[Path, dict[str, str]]) -> Any:
+    pytest.importorskip(
+        "ray", reason="Ray is not installed: pip install -e '.[ray]' (constraints.txt pins it)"
+    )
+    import ray
+    from ray import serve
+
+    from adapterhub.serving import ray_serve
+
+    directory, adapters = chat_llama
+    port = _free_port()
+    app = ray_serve.build_app(str(directory), adapters, CONFIG, replicas=2, replica_cpus=0.5)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, **ray_serve.ray_init_options())
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(app, name=ray_serve.APP_NAME, route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def _strip(answer: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in answer.items() if k not in ("id", "created")}
+
+
+def test_ray_openai_answers_equal_the_single_process_server(served, single):
+    from adapterhub.serving.ray_serve import REPLICA_ADAPTERS_HEADER, REPLICA_HEADER
+
+    base = single.engine.model_id
+    ray_client, one_client = _client(served), _client(single.url)
+    replicas = {}
+    for model in ("poems", "jokes", base):
+        for _ in range(2):  # the second request for an adapter goes to the replica that loaded it
+            raw = ray_client.chat.completions.with_raw_response.create(
+                model=model, messages=MESSAGES, max_tokens=8, temperature=0
+            )
+            got, expected = (
+                raw.parse(),
+                one_client.chat.completions.create(
+                    model=model, messages=MESSAGES, max_tokens=8, temperature=0
+                ),
+            )
+            assert _strip(got.model_dump()) == _strip(expected.model_dump()), model
+            if model != base:
+                assert model in raw.headers[REPLICA_ADAPTERS_HEADER].split(",")
+                assert replicas.setdefault(model, raw.headers[REPLICA_HEADER]) == raw.headers[REPLICA_HEADER]
+        time.sleep(2.0)  # Ray's router learns which replica holds the adapter
+    assert replicas["poems"] != replicas["jokes"]  # the second adapter went to the replica holding none
+    poems = ray_client.chat.completions.create(model="poems", messages=MESSAGES, max_tokens=8, temperature=0)
+    jokes = ray_client.chat.completions.create(model="jokes", messages=MESSAGES, max_tokens=8, temperature=0)
+    assert poems.choices[0].message.content != jokes.choices[0].message.content
+
+    body = {"model": "jokes", "prompt": ["the movie was", "i liked"], "max_tokens": 5, "temperature": 0}
+    status, got_c, _ = _post(f"{served}/v1/completions", body)
+    status_one, expected_c, _ = _post(f"{single.url}/v1/completions", body)
+    assert status == status_one == 200 and _strip(got_c) == _strip(expected_c)
+    listed = json.loads(_get(f"{served}/v1/models"))
+    assert [m["id"] for m in listed["data"]] == [m.id for m in one_client.models.list().data]
+
+
+def test_ray_openai_errors_and_stream_refusal(served):
+    status, body, _ = _post(f"{served}/v1/completions", {"model": "poem", "prompt": "the"})
+    assert (
+        status == 404 and body["error"]["code"] == "model_not_found" and "'poems'" in body["error"]["message"]
+    )
+    status, body, _ = _post(f"{served}/v1/chat/completions", {"model": "poems", "messages": []})
+    assert status == 400 and body["error"]["param"] == "messages"
+    status, body, _ = _post(f"{served}/v1/completions", b"{not json")
+    assert status == 400 and body["error"]["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError, match="without --ray to stream"):
+        _client(served).chat.completions.create(model="poems", messages=MESSAGES, max_tokens=4, stream=True)
+
+
+def test_ray_metrics_label_every_replica(served):
+    from adapterhub.serving.ray_serve import METRICS_PUSH_S
+
+    client = _client(served)
+    tokens = sum(
+        client.completions.create(
+            model=m, prompt="the movie", max_tokens=4, temperature=0
+        ).usage.completion_tokens
+        for m in ("poems", "jokes")
+    )
+    pattern = re.compile(r'^adapterhub_generation_tokens_total\{replica="([^"]+)"\} (\S+)$', re.M)
+    deadline = time.time() + 10 * METRICS_PUSH_S
+    while True:
+        text = _get(f"{served}/metrics")
+        found = {replica: float(value) for replica, value in pattern.findall(text)}
+        if (len(found) == 2 and sum(found.values()) >= tokens) or time.time() > deadline:
+            break
+        time.sleep(METRICS_PUSH_S)
+    assert len(found) == 2, text  # both replicas, each labelled
+    assert sum(found.values()) >= tokens  # earlier tests' tokens too
+    assert text.count("# TYPE adapterhub_generation_tokens_total counter") == 1  # one family, two samples
