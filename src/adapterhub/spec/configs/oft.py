@@ -16,12 +16,12 @@ Targets as LoRA's (``ModuleTargeting``): spec points or peft's ``target_modules`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
-from adapterhub.spec.configs.base import OMIT_DEFAULT, MethodConfig
+from adapterhub.spec.configs.base import MethodConfig
 from adapterhub.spec.configs.checks import check_bool, is_number, require
-from adapterhub.spec.configs.targeting import ModuleTargeting
+from adapterhub.spec.configs.targeting import NamedTargeting
 
 
 def _count(name: str, value: object) -> None:
@@ -40,7 +40,7 @@ def _no_bias(label: str, bias: object) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class OFTConfig(ModuleTargeting, MethodConfig):
+class OFTConfig(NamedTargeting, MethodConfig):
     """OFT with peft's options (peft 0.21): exactly one of ``r`` (number of blocks per target) and ``oft_block_size``
     (their size; default 32) is non-zero, the other follows from ``d_in`` (a value that does not divide ``d_in`` is
     moved to the nearest divisor, with a warning, as peft does). ``use_cayley_neumann`` (default true): each block
@@ -61,8 +61,6 @@ class OFTConfig(ModuleTargeting, MethodConfig):
     r: int = 0
     oft_block_size: int = 32
     module_dropout: float = 0.0
-    targets: tuple[str, ...] = None  # type: ignore[assignment]  # None: ("q", "v"); () with target_modules
-    leave_out: tuple[int, ...] = field(default_factory=tuple)
     coft: bool = False
     eps: float = 6e-5
     block_share: bool = False
@@ -71,11 +69,6 @@ class OFTConfig(ModuleTargeting, MethodConfig):
     init_weights: bool = True
     fan_in_fan_out: bool = False
     bias: str = "none"
-    target_modules: str | tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
-    exclude_modules: str | tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
-    layers_to_transform: tuple[int, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
-    layers_pattern: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
-    modules_to_save: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         _count("r", self.r)
@@ -108,7 +101,7 @@ class OFTConfig(ModuleTargeting, MethodConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class BOFTConfig(ModuleTargeting, MethodConfig):
+class BOFTConfig(NamedTargeting, MethodConfig):
     """BOFT with peft's options (peft 0.21): exactly one of ``boft_block_size`` (default 4) and ``boft_block_num``
     is non-zero and must divide ``d_in`` (no adjustment: an error, as peft); ``boft_n_butterfly_factor`` ``m``
     (default 1 = OFT with a scale): ``R = B_m ⋯ B_1``, ``B_i = P_i blockdiag(R_i1, ...) P_iᵀ`` with butterfly
@@ -127,16 +120,9 @@ class BOFTConfig(ModuleTargeting, MethodConfig):
     boft_block_num: int = 0
     boft_n_butterfly_factor: int = 1
     boft_dropout: float = 0.0
-    targets: tuple[str, ...] = None  # type: ignore[assignment]  # None: ("q", "v"); () with target_modules
-    leave_out: tuple[int, ...] = field(default_factory=tuple)
     init_weights: bool = True
     fan_in_fan_out: bool = False
     bias: str = "none"
-    target_modules: str | tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
-    exclude_modules: str | tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
-    layers_to_transform: tuple[int, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
-    layers_pattern: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
-    modules_to_save: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
 
     def __post_init__(self) -> None:
         _count("boft_block_size", self.boft_block_size)

@@ -206,11 +206,12 @@ class ModuleTargeting:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LowRankTargeting(ModuleTargeting):
-    """The targeting fields of the low-rank configs (LoRA, LoHa, LoKr), declared once: ``targets`` (default ``None``:
-    ``q``, ``v``; ``()`` with ``target_modules``), ``leave_out``, and the by-name options, which ``to_dict`` omits at
-    their defaults (configs written before them keep their JSON and hash). The config calls ``check_targeting``
-    from its ``__post_init__``."""
+class NamedTargeting(ModuleTargeting):
+    """The targeting fields of configs that attach by spec point or by module name (OFT, BOFT, and through
+    :class:`LowRankTargeting` LoRA, LoHa, LoKr), declared once: ``targets`` (default ``None``: ``q``, ``v``; ``()``
+    with ``target_modules``), ``leave_out``, and the by-name options, which ``to_dict`` omits at their defaults
+    (configs written before them keep their JSON and hash). The config calls ``check_targeting`` from its
+    ``__post_init__``."""
 
     targets: tuple[str, ...] = None  # type: ignore[assignment]  # None: ("q", "v"); () with target_modules
     leave_out: tuple[int, ...] = field(default_factory=tuple)
@@ -218,6 +219,13 @@ class LowRankTargeting(ModuleTargeting):
     exclude_modules: str | tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
     layers_to_transform: tuple[int, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
     layers_pattern: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
+    modules_to_save: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
+
+
+@dataclass(frozen=True, kw_only=True)
+class LowRankTargeting(NamedTargeting):
+    """:class:`NamedTargeting` plus the per-module rank and alpha of the low-rank configs (LoRA, LoHa, LoKr),
+    omitted by ``to_dict`` at their defaults."""
+
     rank_pattern: tuple[tuple[str, int], ...] = field(default=(), metadata={OMIT_DEFAULT: True})
     alpha_pattern: tuple[tuple[str, float], ...] = field(default=(), metadata={OMIT_DEFAULT: True})
-    modules_to_save: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
