@@ -11,7 +11,7 @@ import torch
 import transformers
 
 import adapterhub
-from tiny_models import perturb, save_tiny_bert
+from tiny_models import build, perturb, save_tiny_bert
 
 WORDS = (
     "the a movie film plot is was and but not very good bad great awful fun dull it i liked hated who what"
@@ -164,3 +164,15 @@ def tiny_llama_loras(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, di
         perturb(model._adapterhub.adapters[name], std=0.5, seed=20 + seed)
         out[name] = model.save_adapter(directory / "adapters" / name, name)
     return directory, out
+
+
+@pytest.fixture(scope="module")
+def llama() -> Any:
+    """A tiny random Llama causal LM with two perturbed LoRA adapters ``a`` and ``b`` (one per test module; a module
+    that needs other adapters defines its own ``llama``)."""
+    model = build("llama", "causal_lm", seed=0)
+    adapterhub.init(model)
+    for i, name in enumerate(("a", "b")):
+        model.add_adapter(name, "lora")
+        perturb(model._store.adapters[name], std=0.2, seed=10 + i)
+    return model

@@ -3,23 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import pytest
-
-import adapterhub
 from adapterhub.serving import GenerationEngine
-from tiny_models import build, perturb
-
-
-@pytest.fixture(scope="module")
-def llama() -> Any:
-    model = build("llama", "causal_lm", seed=0)
-    adapterhub.init(model)
-    for i, name in enumerate(("a", "b")):
-        model.add_adapter(name, "lora")
-        perturb(model._store.adapters[name], std=0.2, seed=10 + i)
-    return model
 
 
 def test_one_request_of_b_is_admitted_before_a_flood_of_a_drains(llama):

@@ -10,24 +10,12 @@ from typing import Any
 import pytest
 import torch
 
-import adapterhub
 from adapterhub.errors import ConfigError
 from adapterhub.serving import GenerationEngine
-from tiny_models import build, perturb
 
 NEW = 6
 LENGTHS = (29, 4, 17, 9, 23, 3)
 ADAPTERS = ("a", None, "b", "a", None, "b")
-
-
-@pytest.fixture(scope="module")
-def llama() -> Any:
-    model = build("llama", "causal_lm", seed=0)
-    adapterhub.init(model)
-    for i, name in enumerate(("a", "b")):
-        model.add_adapter(name, "lora")
-        perturb(model._store.adapters[name], std=0.2, seed=10 + i)
-    return model
 
 
 @pytest.fixture(scope="module")

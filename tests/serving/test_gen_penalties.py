@@ -21,19 +21,8 @@ from adapterhub.serving.app import create_app
 from adapterhub.serving.engine import EngineConfig, ServingEngine
 from adapterhub.serving.gen_penalties import penalize_row
 from adapterhub.serving.sampling import SamplingParams
-from tiny_models import build, perturb
 
 NEW = 12
-
-
-@pytest.fixture(scope="module")
-def llama() -> Any:
-    model = build("llama", "causal_lm", seed=0)
-    adapterhub.init(model)
-    for i, name in enumerate(("a", "b")):
-        model.add_adapter(name, "lora")
-        perturb(model._store.adapters[name], std=0.2, seed=10 + i)
-    return model
 
 
 @pytest.fixture(scope="module")

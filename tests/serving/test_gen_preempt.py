@@ -12,26 +12,14 @@ import httpx
 import pytest
 import torch
 
-import adapterhub
 from adapterhub.errors import ConfigError
 from adapterhub.serving import GenerationEngine
 from adapterhub.serving.app import create_app
 from adapterhub.serving.engine import EngineConfig, ServingEngine
-from tiny_models import build, perturb
 
 NEW = 10
 LENGTHS = (9, 4, 12, 7, 5, 11)
 ADAPTERS = ("a", None, "b", "a", None, "b")
-
-
-@pytest.fixture(scope="module")
-def llama() -> Any:
-    model = build("llama", "causal_lm", seed=0)
-    adapterhub.init(model)
-    for i, name in enumerate(("a", "b")):
-        model.add_adapter(name, "lora")
-        perturb(model._store.adapters[name], std=0.2, seed=10 + i)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -9,24 +9,12 @@ from typing import Any
 import pytest
 import torch
 
-import adapterhub
 from adapterhub.errors import ConfigError
 from adapterhub.serving import GenerationEngine
 from adapterhub.serving.sampling import SamplingParams, process_logits
-from tiny_models import build, perturb
 
 NEW = 8
 SAMPLED = {"temperature": 0.8, "top_k": 20, "top_p": 0.9}
-
-
-@pytest.fixture(scope="module")
-def llama() -> Any:
-    model = build("llama", "causal_lm", seed=0)
-    adapterhub.init(model)
-    for i, name in enumerate(("a", "b")):
-        model.add_adapter(name, "lora")
-        perturb(model._store.adapters[name], std=0.2, seed=10 + i)
-    return model
 
 
 @pytest.fixture(scope="module")
