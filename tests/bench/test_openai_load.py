@@ -1,0 +1,90 @@
+"""bench/serve/openai_load.py end to end on a tiny random Llama (slow: it starts serve-model in a child process):
+every phase reports completed streams with their latencies, and the overload phase meets 429s with Retry-After."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tiny_chat import chat_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "it",
+    "story",
+    "lighthouse",
+    "keeper",
+    "history",
+    "printing",
+    "press",
+    "begins",
+    "short",
+    "about",
+    "three",
+    "most",
+    "important",
+    "ideas",
+    "economics",
+    "are",
+    "here",
+    "recipe",
+    "for",
+    "simple",
+    "tomato",
+    "soup",
+]
+
+
+@pytest.mark.slow
+def test_load_bench_runs_every_phase(tmp_path: Path) -> None:
+    tokenizer = chat_tokenizer(WORDS)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=2,
+        pad_token_id=2,
+        bos_token_id=1,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "serve" / "openai_load.py"),
+        *("--model", str(tmp_path / "model"), "--threads", "1", "--registered", "40", "--resident", "4"),
+        *("--seconds", "3", "--requests", "6", "--concurrency", "4", "--max-queue", "4"),
+        *("--work", str(tmp_path / "adapters"), "--out", str(out)),
+    ]
+    env = os.environ | {"PYTHONPATH": str(ROOT / "src")}
+    subprocess.run(command, check=True, env=env, timeout=600, cwd=ROOT)
+    results = json.loads((out / "openai_load.json").read_text())
+    phases = [name for name in results if name != "args"]
+    assert phases[0] == "capacity" and phases[-2:] == ["registered_all", "overload_4x"]
+    assert len([p for p in phases if p.startswith("poisson_")]) == 6
+    for name in phases[:-1]:
+        assert results[name]["completed"] == results[name]["sent"] > 0, name
+        assert results[name]["other_errors"] == 0, name
+        assert 0 < results[name]["ttft_p50_ms"] <= results[name]["ttft_p99_ms"], name
+    overload = results["overload_4x"]
+    assert overload["refused_429"] > 0 and overload["completed"] > 0 and overload["retry_after"]
+    assert "registered adapters, 4 resident" in (out / "openai_load.md").read_text()
