@@ -6,7 +6,8 @@ For a projection ``y = W x + b`` with ``W: (d_out, d_in)``, LoRA adds ``ΔW = s 
     y' = W x + b + s · B (A dropout(x))          s = alpha / r   (use_rslora: alpha / sqrt(r))
 
 ``A`` starts Kaiming-uniform (``a = sqrt(5)``, as ``nn.Linear``) or, with ``init="gaussian"``, normal with std
-``1 / r``; ``B`` starts at zero, so a new adapter is the exact identity. Parameters: ``r · (d_in + d_out)`` per
+``1 / r``; ``B`` starts at zero, so a new adapter is the exact identity (other ``init`` values, some of which
+replace the base weight by a residual: ``lora_init`` and ``init_from_base``). Parameters: ``r · (d_in + d_out)`` per
 target and layer. Because the update is a change of weights, ``merge_adapter`` folds ``s · B A`` into ``W``.
 
 Targeted by name (``target_modules``), an ``nn.Embedding`` gets peft's embedding LoRA (``A`` looked up by the token

@@ -42,7 +42,10 @@ class LoRAConfig(LowRankTargeting, MethodConfig):
 
     ``targets``: any of ``q``, ``k``, ``v``, ``attn_out``, ``ffn_in``, ``ffn_gate`` (the gate of a gated FFN, e.g.
     Llama's ``gate_proj``), ``ffn_out`` (default ``q``, ``v``); ``init``: ``"lora"`` (A Kaiming-uniform, B zero, as
-    the paper) or ``"gaussian"`` (A normal with std 1/r, B zero); ``leave_out``: layers without LoRA. Parameters:
+    the paper), ``"gaussian"`` (A normal with std 1/r, B zero), ``"orthogonal"`` (B A = 0), or one that replaces
+    each target's base weight: ``"pissa"`` / ``"pissa_niter_K"`` (SVD), ``"olora"`` (QR), ``"loftq"`` (with
+    ``loftq_bits`` 4 / 8 and ``loftq_iter``); the math is in ``adapterhub.methods.lora_init``, the rules in
+    docs/methods.md ("Initialisations"); ``leave_out``: layers without LoRA. Parameters:
     ``r · (d_in + d_out)`` per target and layer.
 
     Targeting by name instead (peft's semantics), on any ``nn.Linear`` or GPT-2 ``Conv1D`` of the model:
