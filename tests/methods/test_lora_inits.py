@@ -175,3 +175,11 @@ def test_quantised_weight_is_refused():
         layer.weight = torch.nn.Parameter(layer.weight.to(torch.float64), requires_grad=False)
     with pytest.raises(ConfigError, match="float64"):
         model.add_adapter("x", config={"method": "lora", "r": 4, "targets": ["q"], "init": "pissa"})
+
+
+def test_embedding_target_is_refused():
+    model = adapterhub.init(build("bert"))
+    with pytest.raises(ConfigError, match="nn.Embedding target"):
+        model.add_adapter(
+            "x", config={"method": "lora", "r": 4, "target_modules": ["word_embeddings"], "init": "pissa"}
+        )
