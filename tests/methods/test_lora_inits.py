@@ -179,7 +179,7 @@ def test_quantised_weight_is_refused():
 
 def test_embedding_target_is_refused():
     model = adapterhub.init(build("bert"))
-    with pytest.raises(ConfigError, match="nn.Embedding target"):
+    with pytest.raises(ConfigError, match=r"nn\.Embedding target"):
         model.add_adapter(
             "x", config={"method": "lora", "r": 4, "target_modules": ["word_embeddings"], "init": "pissa"}
         )
