@@ -251,6 +251,8 @@ FIELDS: dict[str, list[str]] = {
         "layers_pattern",
         "layers_to_transform",
         "leave_out",
+        "loftq_bits",
+        "loftq_iter",
         "modules_to_save",
         "r",
         "rank_pattern",

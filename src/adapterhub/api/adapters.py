@@ -10,12 +10,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from adapterhub.api.summary import AdapterSummary, summarize
 from adapterhub.errors import AdapterExistsError, AdapterFileError, ConfigError
@@ -27,6 +30,7 @@ from adapterhub.runtime.records import AdapterRecord
 from adapterhub.runtime.store import STORE_ATTR
 from adapterhub.spec.composition import branch_names, normalize_setup, parallel_block, setup_names
 from adapterhub.spec.configs import MethodConfig, resolve_config
+from adapterhub.spec.configs.low_rank import modifies_base
 
 
 class AdapterAPIMixin(HeadsMixin):
@@ -55,14 +59,51 @@ class AdapterAPIMixin(HeadsMixin):
             )
         self._check_carries(resolved)
         module = method_for_config(resolved)(name, resolved, self.model_dims())  # validates before any change
+        self._check_base_sharing(name, module)
         self._bind_saved(module)
         module.init_from_base(self._base_linear)  # e.g. DoRA's magnitude from the base weights
         self._prepare_points(module)
+        self._change_base(module, restore=False)  # PiSSA / OLoRA / LoftQ: the base becomes the residual
         self._store.adapters[name] = self._place(module)
         self._store.changed()
         if set_active:
             self.set_active_adapters(name)
         return resolved
+
+    def _check_base_sharing(self, name: str, module: Any) -> None:
+        """Refuse a composition that would share a replaced base: an adapter whose init replaces base weights
+        (PiSSA, OLoRA, LoftQ) joins only a model without other adapters, and no adapter joins a model that holds
+        one (each would see the other's residual instead of the model's weights)."""
+        adapters: dict[str, Any] = dict(self._store.adapters)
+        others = [n for n in adapters if n != name]
+        changing = [n for n in others if adapters[n].modifies_base()]
+        replaced = name in adapters and adapters[name].modifies_base()
+        init = getattr(module.config, "init", None)
+        if module.modifies_base() and others:
+            raise ConfigError(
+                f"Adapter {name!r} (init={init!r}) replaces the base weights of its targets by a residual, which "
+                f"the model's other adapters ({', '.join(others)}) would then see instead of the model's weights. "
+                "Add it to a model without other adapters, or delete them first."
+            )
+        if changing:
+            raise ConfigError(
+                f"Adapter {changing[0]!r} replaced the base weights of its targets by a residual (init="
+                f"{getattr(adapters[changing[0]].config, 'init', None)!r}); another adapter on that base "
+                f"would not see the model's weights. Save it converted to a plain LoRA (save_adapter(..., "
+                "convert_to_lora=True)), delete it (which restores the base), then add or load the others."
+            )
+        if replaced:
+            raise ConfigError(
+                f"Adapter {name!r} replaced the base weights; delete it first (which restores them), then add the "
+                "new one."
+            )
+
+    def _change_base(self, module: Any, *, restore: bool) -> None:
+        """Add the method's ``base_updates`` to the base weights (views of each target projection)."""
+        with torch.no_grad():
+            for layer, point, delta in module.base_updates(restore):
+                weight, _ = self._base_linear(layer, point)  # (d_out, d_in)
+                weight.add_(delta.to(weight.dtype))
 
     def delete_adapter(self, name: str) -> None:
         """Remove an adapter, the fusions that include it, and drop it from the active setup."""
@@ -73,6 +114,7 @@ class AdapterAPIMixin(HeadsMixin):
                 f"Adapter {name!r} is merged into the base weights; call model.unmerge_adapter({name!r}) before "
                 "deleting it, or its update would stay in the weights."
             )
+        self._change_base(store.adapters[name], restore=True)  # type: ignore[arg-type]
         if name in setup_names(store.active_setup):
             store.active_setup = None
         for key in [key for key, fusion in store.fusions.items() if name in fusion.adapter_names]:  # type: ignore[operator]
@@ -151,13 +193,19 @@ class AdapterAPIMixin(HeadsMixin):
         *,
         with_head: bool = True,
         layout: str = "adapterhub",
+        convert_to_lora: bool = False,
     ) -> Path:
         """Save adapter ``name`` (and its head with label map) to ``directory``.
 
         ``layout="adapterhub"`` (default): JSON + safetensors (docs/FORMAT.md). ``layout="adapters"``: the
         `adapters` library's layout, loadable by that library. ``layout="peft"`` (LoRA, DoRA, (IA)³, LoHa, LoKr,
-        VeRA, OFT, BOFT, LN tuning; the table ``adapterhub.io.peft_dispatch.FORMATS``): peft's layout, loadable by ``peft.PeftModel.from_pretrained``."""
-        record = self.adapter_record(name, with_head=with_head)
+        VeRA, OFT, BOFT, LN tuning; the table ``adapterhub.io.peft_dispatch.FORMATS``): peft's layout, loadable by ``peft.PeftModel.from_pretrained``.
+
+        ``convert_to_lora`` (a PiSSA / OLoRA adapter, any layout): save it as the plain rank-``2r`` LoRA that
+        computes the same on the ORIGINAL base weights (peft's ``path_initial_model_for_weight_conversion``;
+        ``methods.lora_init.convert_to_lora``). Unconverted, layout ``'peft'`` writes peft's own unconverted form
+        (``init_lora_weights='pissa'`` etc.: the init is redone on the base when loaded)."""
+        record = self._record_to_save(self.adapter_record(name, with_head=with_head), layout, convert_to_lora)
         from adapterhub.io.adapters_lib_stacks import has_stack_paths
 
         stacks = has_stack_paths(self._spec)
@@ -189,6 +237,25 @@ class AdapterAPIMixin(HeadsMixin):
 
             return write_peft_dir(record, directory, self._spec, self._module())
         raise ConfigError(f"Unknown layout {layout!r}; use 'adapterhub', 'adapters' or 'peft'.")
+
+    def _record_to_save(self, record: AdapterRecord, layout: str, convert: bool) -> AdapterRecord:
+        """The record converted to a plain LoRA (``convert``), or without the initial factors for the other
+        libraries' layouts (peft recomputes them from the base on load; the adapters library has no such init)."""
+        if convert:
+            from adapterhub.methods.lora_init import convert_to_lora
+
+            config, tensors = convert_to_lora(record.config, record.tensors)
+            return dataclasses.replace(record, config=config, tensors=tensors)
+        init = str(record.config.get("init", "lora"))
+        if layout == "adapters" and modifies_base(init):
+            raise ConfigError(
+                f"Adapter {record.name!r} (init={init!r}) replaced the base weights, which the adapters library's "
+                "layout cannot say; save with convert_to_lora=True (PiSSA / OLoRA) or layout='adapterhub' / 'peft'."
+            )
+        if layout == "adapterhub":
+            return record
+        tensors = {k: v for k, v in record.tensors.items() if not k.endswith((".initial_A", ".initial_B"))}
+        return dataclasses.replace(record, tensors=tensors)
 
     def save_all_adapters(self, directory: str | os.PathLike[str], *, with_head: bool = True) -> list[Path]:
         return [
@@ -347,8 +414,18 @@ class AdapterAPIMixin(HeadsMixin):
             tensors = {k: v for k, v in tensors.items() if not k.startswith("saved.")}
         self._check_carries(config)
         module = method_for_config(config)(name, config, self.model_dims())
+        self._check_base_sharing(name, module)
         self._bind_saved(module)
         tensors = module.adopt_tensors(tensors)
+        if module.modifies_base():
+            # what leaves the base is computed from it as on add (peft does the same on load); initial factors the
+            # file holds (ours; pissa_niter's are random) replace the computed ones
+            module.init_from_base(self._base_linear)
+            computed = module.state_dict()
+            tensors = {
+                **{k: v for k, v in computed.items() if k.endswith((".initial_A", ".initial_B"))},
+                **tensors,
+            }
         self._check_saved_fit(module, tensors)
         load_exact(module, tensors, f"adapter {record.name!r}")
         self._prepare_points(module)
@@ -358,6 +435,7 @@ class AdapterAPIMixin(HeadsMixin):
             else None
         )
         # every check passed: change the model
+        self._change_base(module, restore=False)
         self._store.adapters[name] = self._place(module)
         self._store.changed()
         if apply_head is not None:

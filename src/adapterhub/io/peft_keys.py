@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterhub.errors import ConfigError
+from adapterhub.spec.configs.low_rank import PISSA_NITER
 
 # keys that become part of the adapter (docs/compat.md, "peft files")
 HONOURED: dict[str, str] = {
@@ -28,7 +29,9 @@ HONOURED: dict[str, str] = {
     "alpha_pattern": "alpha_pattern",
     "modules_to_save": "modules_to_save (the adapter's copies of those modules)",
     "fan_in_fan_out": "the module's type (Conv1D stores its weight transposed; peft corrects the flag the same way)",
-    "init_lora_weights": "init (True / False / 'gaussian')",
+    "init_lora_weights": "init (True / False / 'gaussian' / 'pissa' / 'pissa_niter_K' / 'olora' / 'orthogonal' / "
+    "'loftq'; 'eva' and 'mica' read as 'lora': they leave the base as it is)",
+    "loftq_config": "loftq_bits / loftq_iter (with init_lora_weights='loftq')",
     "bias": "bias ('lora_only' / 'all': the adapter holds the model's biases peft saved)",
     "trainable_token_indices": "trainable_token_indices (the adapter holds the embedding rows peft saved)",
 }
@@ -46,6 +49,7 @@ METADATA: frozenset[str] = frozenset(
         "runtime_config",  # peft's GPU offload of DoRA at run time
         "megatron_core",  # used only with megatron_config
         "qalora_group_size",  # used only with use_qalora
+        "eva_config",  # how EVA drew A from data; a saved adapter's weights replace it and the base is unchanged
     }
 )
 
@@ -66,8 +70,6 @@ REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
         (None, {}),
         "Megatron parallel layers are not supported; save from an unsharded model",
     ),
-    "loftq_config": ((None, {}), "LoftQ initialisation " + _BASE_WEIGHTS),
-    "eva_config": ((None,), "EVA initialisation " + _BASE_WEIGHTS),
     "corda_config": ((None,), "CorDA initialisation " + _BASE_WEIGHTS),
     "lora_ga_config": ((None,), "LoRA-GA initialisation " + _BASE_WEIGHTS),
     "velora_config": ((None,), "VeLoRA is a different method; use a plain LoRA"),
@@ -86,7 +88,31 @@ REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
     ),
 }
 
-INIT_VALUES = (True, False, "gaussian")
+INIT_VALUES = (True, False, "gaussian", "pissa", "olora", "orthogonal", "loftq", "eva", "mica")
+
+
+def init_from_peft(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Our ``init`` (and LoftQ's options) for peft's ``init_lora_weights`` / ``loftq_config``: empty for True /
+    False / 'eva' / 'mica' (a trained adapter's weights are loaded over the init, and these leave the base as it
+    is); the base-modifying inits are redone on the base when the adapter is loaded, as peft does."""
+    init = meta.get("init_lora_weights", True)
+    if init in (True, False, None, "eva", "mica"):
+        return {}
+    out: dict[str, Any] = {"init": init}
+    if init == "loftq":
+        loftq = meta.get("loftq_config") or {}
+        out.update(loftq_bits=int(loftq.get("loftq_bits", 4)), loftq_iter=int(loftq.get("loftq_iter", 1)))
+    return out
+
+
+def init_to_peft(config: Mapping[str, Any]) -> dict[str, Any]:
+    """peft's ``init_lora_weights`` (and ``loftq_config``) for our config's ``init``, as peft writes them."""
+    init = config.get("init", "lora")
+    if init == "loftq":
+        bits, iters = config.get("loftq_bits", 4), config.get("loftq_iter", 1)
+        return {"init_lora_weights": "loftq", "loftq_config": {"loftq_bits": bits, "loftq_iter": iters}}
+    return {"init_lora_weights": True if init == "lora" else init}
+
 
 # LoHa / LoKr: every key of their configs becomes the option of the same name (the targets are read from the
 # weights, as for LoRA); ``use_effective_conv2d`` concerns convolutions only, which adapterhub's LoHa / LoKr refuse
@@ -152,11 +178,10 @@ def check_lora_keys(meta: Mapping[str, Any], directory: Path) -> None:
                     f"The peft adapter in {directory} sets bias={value!r}; peft's LoRA knows 'none', 'lora_only' "
                     "and 'all'. Save it with one of those."
                 )
-            if key == "init_lora_weights" and value not in INIT_VALUES:
+            if key == "init_lora_weights" and value not in INIT_VALUES and not PISSA_NITER.match(str(value)):
                 raise ConfigError(
-                    f"The peft adapter in {directory} sets init_lora_weights={value!r}: that initialisation is "
-                    "planned with the other LoRA initialisations (PiSSA, OLoRA, LoftQ, CorDA, EVA, ...); today "
-                    f"{_BASE_WEIGHTS}."
+                    f"The peft adapter in {directory} sets init_lora_weights={value!r}: that initialisation needs "
+                    f"statistics over data that adapterhub does not collect, and {_BASE_WEIGHTS}."
                 )
             continue
         if key in REFUSED:

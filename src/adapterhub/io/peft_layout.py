@@ -54,7 +54,13 @@ from adapterhub.io.peft_common import (
     write_peft_files,
 )
 from adapterhub.io.peft_ia3 import read_peft_ia3
-from adapterhub.io.peft_keys import check_lora_keys, check_lycoris_keys, check_vera_keys
+from adapterhub.io.peft_keys import (
+    check_lora_keys,
+    check_lycoris_keys,
+    check_vera_keys,
+    init_from_peft,
+    init_to_peft,
+)
 from adapterhub.io.peft_lycoris import read_peft_lycoris
 from adapterhub.io.peft_modules import read_peft_modules, write_peft_modules
 from adapterhub.io.peft_vera import read_peft_vera
@@ -323,8 +329,7 @@ def read_lora(
         "use_rslora": bool(meta.get("use_rslora", False)),
         "leave_out": [i for i in range(num_layers) if i not in found],
     }
-    if meta.get("init_lora_weights") == "gaussian":
-        config["init"] = "gaussian"
+    config.update(init_from_peft(meta))
     return make_record(directory, meta, config, tensors, head, spec, model, with_head)
 
 
@@ -502,7 +507,7 @@ def write_lora(
         "use_dora": config.get("method") == "dora",
         "fan_in_fan_out": any(spec.linears[p].transposed for p in config["targets"]),
         "modules_to_save": modules_to_save,
-        "init_lora_weights": "gaussian" if config.get("init") == "gaussian" else True,
+        **init_to_peft(config),
         "trainable_token_indices": tokens,
         "inference_mode": True,
     }

@@ -38,6 +38,7 @@ from adapterhub.io.peft_common import (
     module_tensors,
     write_peft_files,
 )
+from adapterhub.io.peft_keys import init_from_peft, init_to_peft
 from adapterhub.runtime.records import AdapterRecord
 from adapterhub.spec.architectures import ArchitectureSpec
 
@@ -99,8 +100,7 @@ def read_peft_modules(
         "rank_pattern": dict(meta.get("rank_pattern") or {}),
         "alpha_pattern": dict(meta.get("alpha_pattern") or {}),
     }
-    if meta.get("init_lora_weights") == "gaussian":
-        config["init"] = "gaussian"
+    config.update(init_from_peft(meta))
     if bias != "none":
         config["bias"] = bias
     if meta.get("trainable_token_indices"):
@@ -148,7 +148,7 @@ def write_peft_modules(
         "use_dora": config.get("method") == "dora",
         "fan_in_fan_out": transposed,
         "modules_to_save": modules_to_save,
-        "init_lora_weights": "gaussian" if config.get("init") == "gaussian" else True,
+        **init_to_peft(config),
         "trainable_token_indices": tokens,
         "inference_mode": True,
     }

@@ -310,6 +310,18 @@ class AdapterModule(nn.Module):
         from a file): initialise parameters that depend on the base model's projections (DoRA: the magnitude
         ``‖W‖`` per output row). ``base(layer, point)`` gives the projection's ``(weight, bias)``. Default: none."""
 
+    def modifies_base(self) -> bool:
+        """Whether the adapter replaces base weights while it is on the model (LoRA's PiSSA / OLoRA / LoftQ
+        inits): it then shares the base with no other adapter, and ``base_updates`` says what changes. Default:
+        no."""
+        return False
+
+    def base_updates(self, restore: bool) -> Iterator[tuple[int, str, torch.Tensor]]:
+        """``(layer, point, ΔW (d_out, d_in))`` that ``add_adapter`` / ``load_adapter`` add to the base weights
+        after ``init_from_base`` (``restore=False``), and ``delete_adapter`` adds to put them back
+        (``restore=True``). Default: none."""
+        return iter(())
+
     def saved_paths(self) -> tuple[str, ...]:
         """Paths of the model's modules this adapter keeps a full trainable copy of (``modules_to_save``); before
         the adapter's weights are loaded, the model hands it each copy with ``set_saved(path, copy)``, and while

@@ -6,7 +6,8 @@ For a projection ``y = W x + b`` with ``W: (d_out, d_in)``, LoRA adds ``ΔW = s 
     y' = W x + b + s · B (A dropout(x))          s = alpha / r   (use_rslora: alpha / sqrt(r))
 
 ``A`` starts Kaiming-uniform (``a = sqrt(5)``, as ``nn.Linear``) or, with ``init="gaussian"``, normal with std
-``1 / r``; ``B`` starts at zero, so a new adapter is the exact identity. Parameters: ``r · (d_in + d_out)`` per
+``1 / r``; ``B`` starts at zero, so a new adapter is the exact identity (other ``init`` values, some of which
+replace the base weight by a residual: ``lora_init`` and ``init_from_base``). Parameters: ``r · (d_in + d_out)`` per
 target and layer. Because the update is a change of weights, ``merge_adapter`` folds ``s · B A`` into ``W``.
 
 Targeted by name (``target_modules``), an ``nn.Embedding`` gets peft's embedding LoRA (``A`` looked up by the token
@@ -35,6 +36,7 @@ from adapterhub.methods.base import (
     MODULE,
     MODULE_LAYER,
     AdapterModule,
+    BaseWeights,
     LinearInputs,
     LinearRunning,
     ModelDims,
@@ -43,7 +45,9 @@ from adapterhub.methods.base import (
     PointInputs,
     register_method,
 )
+from adapterhub.methods.lora_init import base_factors, draw_like_peft, orthogonal
 from adapterhub.spec.configs import LoRAConfig
+from adapterhub.spec.configs.low_rank import PISSA_NITER
 
 _KEY = re.compile(r"^layers\.(\d+)\.([a-z_]+)\.lora_([AB])$")
 _BY_NAME_KEY = re.compile(r"^by_name\.([^.]+)\.([^.]+)$")
@@ -53,6 +57,9 @@ _BIAS_KEY = re.compile(r"^(?:biases|tokens)\.([^.]+)$")
 
 class LoRALayer(nn.Module):
     """The update of one projection: ``delta(x) = s · dropout(x) Aᵀ Bᵀ``, ``(..., d_in) -> (..., d_out)``."""
+
+    initial_A: torch.Tensor  # PiSSA / OLoRA: the initial factors (buffers)
+    initial_B: torch.Tensor
 
     def __init__(
         self,
@@ -73,14 +80,39 @@ class LoRALayer(nn.Module):
         # an nn.Embedding target (peft's lora_embedding_A/B): the input is token ids, A is looked up by them
         self.embedding = embedding is not None
         self.padding_idx = embedding.padding_idx if embedding is not None else None
+        if config.init not in ("lora", "gaussian") and embedding is not None:
+            raise ConfigError(
+                f"init={config.init!r} is implemented for linear targets only, not for the nn.Embedding target "
+                f"{embedding.path}; use init='lora' or 'gaussian', or leave it out of target_modules."
+            )
         with torch.no_grad():
             if self.embedding:  # as peft: A zero, B normal (still the identity at first)
                 nn.init.zeros_(self.lora_A)
                 nn.init.normal_(self.lora_B)
             elif config.init == "gaussian":
                 nn.init.normal_(self.lora_A, std=1.0 / r)
+            elif config.init == "orthogonal":  # B A = 0 (lora_init.orthogonal), peft's draws
+                draw_like_peft(d_in, d_out, r)
+                a, b = orthogonal(d_in, d_out, r)
+                self.lora_A.copy_(a)
+                self.lora_B.copy_(b)
+            elif config.modifies_base:  # A, B and what leaves the base: set by init_from_base
+                nn.init.zeros_(self.lora_A)
             else:
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        if config.init in ("pissa", "olora") or PISSA_NITER.match(config.init):
+            # the initial factors (saved: the residual is W - s B0 A0, and the conversion to a plain LoRA needs them)
+            self.register_buffer("initial_A", torch.zeros(r, d_in))  # (r, d_in)
+            self.register_buffer("initial_B", torch.zeros(d_out, r))  # (d_out, r)
+        # LoftQ: W - dequant(quant(W)) (d_out, d_in), not saved (recomputed from the base when loaded)
+        self.base_offset: torch.Tensor | None = None
+
+    def removed_from_base(self) -> torch.Tensor:
+        """What a base-modifying init took out of the base weight: ``s B0 A0`` (PiSSA, OLoRA) or
+        ``W - dequant(quant(W))`` (LoftQ), ``(d_out, d_in)``."""
+        if self.base_offset is not None:
+            return self.base_offset
+        return (self.scaling * self.initial_B) @ self.initial_A  # as peft: (s B0) A0
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         z = self._down(x)  # (..., r)
@@ -115,6 +147,11 @@ class ConvLoRALayer(LoRALayer):
     def __init__(
         self, module: NamedModule, config: LoRAConfig, r: int | None = None, alpha: float | None = None
     ) -> None:
+        if config.init not in ("lora", "gaussian"):
+            raise ConfigError(
+                f"init={config.init!r} is implemented for linear targets only, not for the nn.Conv2d target "
+                f"{module.path}; use init='lora' or 'gaussian', or leave it out of target_modules."
+            )
         super().__init__(module.d_in, module.d_out, config, r, alpha)
         kernel, self.stride, self.padding = module.conv  # type: ignore[misc]
         r = self.lora_A.shape[0]
@@ -203,6 +240,46 @@ class LoRAAdapter(AdapterModule):
         self._token_rows, self._token_ties = select_tokens(
             config, dims, tuple(self._paths.values()), self._saved_paths
         )
+
+    def modifies_base(self) -> bool:
+        return self.config.modifies_base
+
+    def init_from_base(self, base: BaseWeights) -> None:
+        """PiSSA / OLoRA / LoftQ: ``A``, ``B`` (and what leaves the base) from each target's weight, in target
+        order, drawing from the global generator as peft does (``lora_init``). Other inits: nothing."""
+        if not self.config.modifies_base:
+            return
+        config = self.config
+        with torch.no_grad():
+            for index, point, lora in self.lora_targets():
+                weight, _ = base(index, point)  # (d_out, d_in)
+                if weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+                    raise ConfigError(
+                        f"init={config.init!r} reads the base weight of {point!r}, which is {weight.dtype} "
+                        "(quantised?): initialise on the float model, then quantise the residual model."
+                    )
+                d_out, d_in = weight.shape
+                draw_like_peft(d_in, d_out, lora.lora_A.shape[0])
+                r = lora.lora_A.shape[0]
+                a, b, new = base_factors(
+                    weight, config.init, r, lora.scaling, config.loftq_bits, config.loftq_iter
+                )
+                lora.lora_A.copy_(a)
+                lora.lora_B.copy_(b)
+                if config.init == "loftq":
+                    lora.base_offset = weight.float() - new  # (d_out, d_in)
+                else:
+                    lora.initial_A.copy_(a)
+                    lora.initial_B.copy_(b)
+
+    def base_updates(self, restore: bool) -> Iterator[tuple[int, str, torch.Tensor]]:
+        """``(layer, point, ΔW (d_out, d_in))`` to add to the base: ``-removed`` when the adapter joins,
+        ``+removed`` when it leaves (``removed``: ``LoRALayer.removed_from_base``)."""
+        if not self.config.modifies_base:
+            return
+        sign = 1.0 if restore else -1.0
+        for index, point, lora in self.lora_targets():
+            yield index, point, sign * lora.removed_from_base()
 
     def _target_paths(self, dims: ModelDims) -> tuple[str, ...]:
         """The module path of every target (spec points: the whole projection's module)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -10,7 +11,27 @@ from adapterhub.spec.configs.base import OMIT_DEFAULT, MethodConfig
 from adapterhub.spec.configs.checks import check_bool, check_choice, is_number, require
 from adapterhub.spec.configs.targeting import LowRankTargeting, token_indices
 
-LORA_INITS = ("lora", "gaussian")
+LORA_INITS = ("lora", "gaussian", "pissa", "pissa_niter_K", "olora", "orthogonal", "loftq")
+# initialisations that replace the base weight of each target (W -> W - s B A, or LoftQ's dequant(quant(W)))
+BASE_INITS = ("pissa", "olora", "loftq")
+PISSA_NITER = re.compile(r"^pissa_niter_([1-9][0-9]*)$")
+_NOT_YET = {
+    "eva": "EVA initialises A from the SVD of each layer's inputs over batches of data (peft's "
+    "initialize_lora_eva_weights); adapterhub has no data-driven initialisation step yet. Use 'pissa' or 'olora' "
+    "for a base-derived start, or initialise with peft and load the saved adapter",
+    "corda": "CorDA needs covariance statistics collected over data (peft's preprocess_corda), which adapterhub "
+    "does not collect; initialise with peft and convert it to a plain LoRA before loading",
+    "lora_ga": "LoRA-GA needs gradients estimated over data (peft's preprocess_loraga), which adapterhub does not "
+    "collect; initialise with peft and load the saved adapter",
+    "mica": "MiCA freezes lora_B during training, which adapterhub's LoRA has no option for",
+}
+
+
+def modifies_base(init: str) -> bool:
+    """Whether LoRA initialisation ``init`` replaces the base weight of each target (PiSSA, OLoRA, LoftQ)."""
+    return init in BASE_INITS or PISSA_NITER.match(init) is not None
+
+
 LORA_BIASES = ("none", "lora_only", "all")
 
 
@@ -21,7 +42,10 @@ class LoRAConfig(LowRankTargeting, MethodConfig):
 
     ``targets``: any of ``q``, ``k``, ``v``, ``attn_out``, ``ffn_in``, ``ffn_gate`` (the gate of a gated FFN, e.g.
     Llama's ``gate_proj``), ``ffn_out`` (default ``q``, ``v``); ``init``: ``"lora"`` (A Kaiming-uniform, B zero, as
-    the paper) or ``"gaussian"`` (A normal with std 1/r, B zero); ``leave_out``: layers without LoRA. Parameters:
+    the paper), ``"gaussian"`` (A normal with std 1/r, B zero), ``"orthogonal"`` (B A = 0), or one that replaces
+    each target's base weight: ``"pissa"`` / ``"pissa_niter_K"`` (SVD), ``"olora"`` (QR), ``"loftq"`` (with
+    ``loftq_bits`` 4 / 8 and ``loftq_iter``); the math is in ``adapterhub.methods.lora_init``, the rules in
+    docs/methods.md ("Initialisations"); ``leave_out``: layers without LoRA. Parameters:
     ``r · (d_in + d_out)`` per target and layer.
 
     Targeting by name instead (peft's semantics), on any ``nn.Linear`` or GPT-2 ``Conv1D`` of the model:
@@ -52,6 +76,8 @@ class LoRAConfig(LowRankTargeting, MethodConfig):
     dropout: float = 0.0
     use_rslora: bool = False
     init: str = "lora"
+    loftq_bits: int = field(default=4, metadata={OMIT_DEFAULT: True})
+    loftq_iter: int = field(default=1, metadata={OMIT_DEFAULT: True})
     bias: str = field(default="none", metadata={OMIT_DEFAULT: True})
     trainable_token_indices: tuple[int, ...] | tuple[tuple[str, tuple[int, ...]], ...] | None = field(
         default=None, metadata={OMIT_DEFAULT: True}
@@ -70,11 +96,48 @@ class LoRAConfig(LowRankTargeting, MethodConfig):
             f"dropout must be a number in [0, 1), got {self.dropout!r}.",
         )
         check_bool("use_rslora", self.use_rslora)
-        check_choice("init", self.init, LORA_INITS)
+        self._check_init()
         check_choice("bias", self.bias, LORA_BIASES)
         object.__setattr__(self, "trainable_token_indices", token_indices(self.trainable_token_indices))
         object.__setattr__(self, "alpha", float(self.alpha))
         self.check_targeting("LoRA")
+
+    def _check_init(self) -> None:
+        init = self.init
+        require(
+            not isinstance(init, str) or init not in _NOT_YET,
+            f"init={init!r} is not implemented yet: {_NOT_YET.get(str(init))}.",
+        )
+        if not (isinstance(init, str) and PISSA_NITER.match(init)):
+            check_choice("init", init, LORA_INITS)
+        require(
+            self.method == "lora" or init in ("lora", "gaussian"),
+            f"init={init!r} is implemented for method 'lora' only; {self.method} takes init 'lora' or 'gaussian'.",
+        )
+        require(
+            self.loftq_bits in (4, 8) and not isinstance(self.loftq_bits, bool),
+            f"loftq_bits must be 4 (NF4) or 8 (int8), got {self.loftq_bits!r}.",
+        )
+        require(
+            isinstance(self.loftq_iter, int)
+            and not isinstance(self.loftq_iter, bool)
+            and self.loftq_iter > 0,
+            f"loftq_iter must be a positive integer, got {self.loftq_iter!r}.",
+        )
+        require(
+            init == "loftq" or (self.loftq_bits, self.loftq_iter) == (4, 1),
+            f"loftq_bits / loftq_iter apply to init='loftq' only (init is {init!r}).",
+        )
+        require(
+            init != "orthogonal" or self.r % 2 == 0,
+            f"init='orthogonal' needs an even r (half the rows of an orthogonal matrix go to A, half to B), got "
+            f"r={self.r}.",
+        )
+
+    @property
+    def modifies_base(self) -> bool:
+        """Whether ``init`` replaces each target's base weight (PiSSA, OLoRA, LoftQ: docs/methods.md)."""
+        return modifies_base(self.init)
 
     @property
     def scaling(self) -> float:
