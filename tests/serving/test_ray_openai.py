@@ -7,8 +7,8 @@ stay on the replica that loaded it, ``/v1/models`` lists the same models, errors
 model, 400 bad body), and ``/metrics`` holds every replica's metrics labelled ``replica``, whose generation
 counters add up to the tokens served. A long stream's first event arrives while the replica still generates,
 and the client going away cancels the replica's sequence. vLLM's load/unload (token-protected) reach every
-replica with the single-process weights hash, and a replica that refuses makes the call fail naming it, the
-others rolled back.
+replica with the single-process weights hash, a replica that refuses makes the call fail naming it, the
+others rolled back, and a replica that Ray starts later applies the run-time changes.
 """
 
 from __future__ import annotations
@@ -325,3 +325,33 @@ def test_ray_load_refused_by_one_replica_fails_and_rolls_back(served, chat_llama
     finally:
         handle.broadcast("restore", "clash", {first.replica: None}).results(timeout_s=60)  # not served before
     assert all("clash" not in r for r in _replica_adapters())
+
+
+def test_ray_replica_started_later_applies_the_runtime_changes(served, chat_llama):
+    """Last in the module: it replaces a replica (Ray starts another in its place)."""
+    import ray
+    from ray import serve
+
+    from adapterhub.serving.ray_serve import APP_NAME
+
+    _, adapters = chat_llama
+    assert _load(served, {"lora_name": "late", "lora_path": adapters["poems"]}).status_code == 200
+    assert _load(served, {"lora_name": "jokes"}, "unload_lora_adapter").status_code == 200
+    handle = serve.get_deployment_handle("EngineReplica", APP_NAME)
+    before = {s["replica"] for s in handle.broadcast("state").results(timeout_s=60)}
+    victim = sorted(before)[0]
+    ray.kill(ray.get_actor(f"SERVE_REPLICA::{APP_NAME}#EngineReplica#{victim}", namespace="serve"))
+    deadline, states = time.time() + 120, []
+    while time.time() < deadline:
+        states = handle.broadcast("state").results(timeout_s=60, return_exceptions=True)
+        ids = {s["replica"] for s in states if isinstance(s, dict)}
+        if len(ids) == 2 and victim not in ids:
+            break
+        time.sleep(1.0)
+    fresh = [s for s in states if isinstance(s, dict) and s["replica"] not in before]
+    assert len(fresh) == 1, states
+    assert fresh[0]["sources"] == {"poems": adapters["poems"], "late": adapters["poems"]}
+    got = _client(served).chat.completions.create(
+        model="late", messages=MESSAGES, max_tokens=4, temperature=0
+    )
+    assert got.choices[0].finish_reason in ("stop", "length")

@@ -1,6 +1,7 @@
 """``replica_fanout.apply_everywhere`` over fake replicas: all succeed (their answer), all fail alike (that answer
 unchanged), one fails (the call fails naming it and why; exactly the replicas that applied it are restored to
-their previous state), a replica that raised, and a rollback that fails too."""
+their previous state), a replica that raised, and a rollback that fails too. ``apply_change`` on a real engine
+(what a replica restores or replays): serve a name from a source, replace it, stop serving it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import asyncio
 import json
 from typing import Any
 
-from adapterhub.serving.replica_fanout import ReplicaAnswer, apply_everywhere
+from adapterhub.serving.engine import EngineConfig, ServingEngine
+from adapterhub.serving.replica_fanout import ReplicaAnswer, apply_change, apply_everywhere
 
 OK = b"Success: LoRA adapter 'x' added successfully."
 BODY = json.dumps({"lora_name": "x", "lora_path": "/adapters/x"}).encode()
@@ -82,3 +84,32 @@ def test_a_replica_that_raised_and_a_failed_rollback_are_named():
 def test_no_replica_running():
     status, body = _run(Replicas([]))
     assert status == 503 and "No engine replica" in body["error"]["message"]
+
+
+def test_apply_change_serves_replaces_and_drops_a_name(tiny_llama_loras):
+    directory, adapters = tiny_llama_loras
+
+    async def main():
+        engine = ServingEngine.from_pretrained(str(directory), adapters={"a": str(adapters["a"])},
+                                               config=EngineConfig(max_loaded=2))  # fmt: skip
+        await engine.start()
+        try:
+            await apply_change(engine, "new", str(adapters["b"]), load=False)  # replayed: on first use
+            steps = [(dict(engine.registry.sources), sorted(engine.registry.loaded))]
+            await apply_change(engine, "new", str(adapters["c"]), load=True)  # restored: loaded now
+            hash_c = engine.registry.hashes["new"]
+            steps.append((dict(engine.registry.sources), sorted(engine.registry.loaded)))
+            await apply_change(engine, "a", None, load=True)
+            await apply_change(engine, "gone", None, load=True)  # not served: nothing to do
+            steps.append((dict(engine.registry.sources), sorted(engine.registry.loaded)))
+            return steps, hash_c
+        finally:
+            await engine.shutdown()
+
+    steps, hash_c = asyncio.run(main())
+    assert [{k: str(v) for k, v in sources.items()} for sources, _ in steps] == [
+        {"a": str(adapters["a"]), "new": str(adapters["b"])},
+        {"a": str(adapters["a"]), "new": str(adapters["c"])},
+        {"new": str(adapters["c"])},
+    ]
+    assert [loaded for _, loaded in steps] == [[], ["new"], ["new"]] and hash_c.startswith("sha256:")

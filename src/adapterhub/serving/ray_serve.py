@@ -25,8 +25,8 @@ Two deployments:
 - vLLM's ``POST /v1/load_lora_adapter`` / ``/v1/unload_lora_adapter`` (bearer token as the single-process
   server's): the gateway broadcasts them to every replica, all or none (``replica_fanout``: a replica that fails
   makes the call fail naming it, and the others are rolled back). Each change that every replica applied is
-  kept on the ``MetricsBoard`` actor, and a replica that starts later applies them before serving.
-- ``GET /metrics``: every replica pushes its own Prometheus text to a ``MetricsBoard`` actor every
+  kept on the ``ray_board.MetricsBoard`` actor, and a replica that starts later applies them before serving.
+- ``GET /metrics``: every replica pushes its own Prometheus text to that ``MetricsBoard`` actor every
   ``METRICS_PUSH_S`` (so the figures lag by at most that); the gateway merges them (``metrics_merge``), each
   sample labelled ``replica="ID"`` (sum over it in PromQL for the deployment; a replica silent for
   ``METRICS_STALE_S`` is dropped). The gateway's own HTTP counts are not included.
@@ -51,7 +51,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from pathlib import Path
 from typing import Any
 
-import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from ray import serve
@@ -63,8 +62,9 @@ from adapterhub.serving.asgi_calls import call_app, stream_app
 from adapterhub.serving.engine import EngineConfig, ServingEngine
 from adapterhub.serving.metrics_merge import merge_expositions
 from adapterhub.serving.openai_errors import openai_error
+from adapterhub.serving.ray_board import APP_NAME, METRICS_PUSH_S, metrics_board
 from adapterhub.serving.registry import UnknownAdapterError
-from adapterhub.serving.replica_fanout import ReplicaAnswer, apply_everywhere, lora_name_of
+from adapterhub.serving.replica_fanout import ReplicaAnswer, apply_change, apply_everywhere, lora_name_of
 from adapterhub.serving.scheduler import QueueFullError, ShuttingDownError
 from adapterhub.serving.setups import parse_request_setup
 from adapterhub.serving.sources import AdapterSource, SourceError
@@ -72,10 +72,6 @@ from adapterhub.spec.composition import setup_names
 
 REPLICA_HEADER = "X-Adapterhub-Replica"
 REPLICA_ADAPTERS_HEADER = "X-Adapterhub-Replica-Adapters"
-APP_NAME = "adapterhub"
-METRICS_BOARD = f"{APP_NAME}-metrics"
-METRICS_PUSH_S = 1.0  # each replica pushes its metrics text this often
-METRICS_STALE_S = 10.0  # a replica silent this long (gone) leaves /metrics
 
 # The first class an error is an instance of gives its HTTP status (AdapterHubError last: the rest are 422).
 _STATUSES: tuple[tuple[type[BaseException], int], ...] = (
@@ -104,39 +100,6 @@ def model_id_of(adapter: str | None, setup: str | None) -> str:
     return ""
 
 
-@ray.remote(num_cpus=0)
-class MetricsBoard:
-    """The latest Prometheus text of each replica (pushed every ``METRICS_PUSH_S``), read by the gateway; and the
-    adapters loaded or unloaded at run time, which a replica that starts later (Ray replacing one) applies too."""
-
-    def __init__(self) -> None:
-        self.texts: dict[str, tuple[float, str]] = {}
-        self.runtime: dict[str, str | None] = {}  # adapters loaded (source) / unloaded (None) at run time
-
-    def record(self, name: str, source: str | None) -> None:
-        """A run-time load (``source``) or unload (None) that every live replica applied."""
-        self.runtime[name] = source
-
-    def changes(self) -> dict[str, str | None]:
-        """The run-time loads and unloads so far, for a replica that starts later to apply."""
-        return dict(self.runtime)
-
-    def put(self, replica: str, text: str) -> None:
-        self.texts[replica] = (time.time(), text)
-
-    def get(self) -> dict[str, str]:
-        """Texts of the replicas heard from within ``METRICS_STALE_S``."""
-        now = time.time()
-        return {r: text for r, (at, text) in self.texts.items() if now - at <= METRICS_STALE_S}
-
-
-def metrics_board() -> Any:
-    """The application's one ``MetricsBoard`` (created by whichever deployment asks first)."""
-    return MetricsBoard.options(  # type: ignore[attr-defined]
-        name=METRICS_BOARD, namespace=APP_NAME, get_if_exists=True, lifetime="detached"
-    ).remote()
-
-
 @serve.deployment
 class EngineReplica:
     """One engine per replica; adapters are Ray multiplexed models (see the module docstring)."""
@@ -160,10 +123,7 @@ class EngineReplica:
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.board = metrics_board()
         for name, source in (await self.board.changes.remote()).items():  # loaded on first use
-            if source is not None:
-                await self.engine.add_adapter(name, source)
-            elif name in self.engine.registry.sources:
-                await self.engine.remove_adapter(name)
+            await apply_change(self.engine, name, source, load=False)
 
         async def load(model_id: str) -> tuple[str, ...]:
             """Load every adapter of the setup ``model_id`` into this replica's engine."""
@@ -236,14 +196,13 @@ class EngineReplica:
     async def restore(self, name: str, previous: Mapping[str, str | None]) -> None:
         """Undo a load/unload on this replica if it is one of ``previous`` (replica -> the name's source before;
         None: not served before)."""
-        if self.replica not in previous:
-            return
-        source = previous[self.replica]
-        if source is None:
-            if name in self.engine.registry.sources:
-                await self.engine.remove_adapter(name)
-        else:
-            await self.engine.add_adapter(name, source, load=True)
+        if self.replica in previous:
+            await apply_change(self.engine, name, previous[self.replica], load=True)
+
+    def state(self) -> dict[str, Any]:
+        """This replica's id, the adapters it serves (name -> source) and those loaded now."""
+        sources = {name: str(source) for name, source in self.engine.registry.sources.items()}
+        return {"replica": self.replica, "sources": sources, "loaded": self.loaded()}
 
     def loaded(self) -> list[str]:
         """Adapters in this replica's engine now."""

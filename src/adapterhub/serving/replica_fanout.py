@@ -15,6 +15,8 @@ the name's source before the call). Then:
   replicas failed, and what was rolled back (or what could not be, with what to do next).
 
 ``broadcast`` gives one item per replica live at the call: its answer, or the exception it raised.
+``apply_change(engine, name, source)`` is what a replica does to restore a name (and to replay the run-time
+changes when it starts later): serve ``name`` from ``source`` (None: stop serving it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 from fastapi.responses import Response
 
+from adapterhub.serving.engine import ServingEngine
 from adapterhub.serving.openai_errors import openai_error
 
 Broadcast = Callable[..., Awaitable[list[Any]]]
@@ -93,3 +96,12 @@ async def apply_everywhere(broadcast: Broadcast, path: str, body: bytes) -> Resp
         else:
             message += f" Rolled back on the replica(s) that had applied it ({replicas}); nothing changed."
     return openai_error(status, message, param=param, code=code)
+
+
+async def apply_change(engine: ServingEngine, name: str, source: str | None, *, load: bool) -> None:
+    """Make ``engine`` serve ``name`` from ``source`` (replacing what it served under it; ``load``: load it now,
+    else on first use), or, for ``source`` None, stop serving it (nothing when it does not)."""
+    if source is not None:
+        await engine.add_adapter(name, source, load=load)
+    elif name in engine.registry.sources:
+        await engine.remove_adapter(name)
