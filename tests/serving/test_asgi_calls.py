@@ -4,11 +4,12 @@ caller that stops early disconnects the app (its streaming generator is closed, 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from adapterhub.serving.asgi_calls import call_app, stream_app
+from adapterhub.serving.asgi_calls import DISCONNECT_GRACE_S, call_app, stream_app
 
 
 def _app(release: asyncio.Event, log: list[str]) -> FastAPI:
@@ -61,10 +62,13 @@ def test_stopping_early_disconnects_the_app():
         parts = stream_app(_app(release, log), "POST", "/stream", b"{}")
         await parts.__anext__()
         await parts.__anext__()
+        started = time.perf_counter()
         await parts.aclose()  # the caller went away before the second part
-        return log
+        return log, time.perf_counter() - started
 
-    assert asyncio.run(main()) == ["first sent", "closed"]
+    log, took = asyncio.run(main())
+    assert log == ["first sent", "closed"]
+    assert took < DISCONNECT_GRACE_S / 5  # the app stopped on the disconnect, not cancelled after the grace
 
 
 def test_a_cancelled_caller_disconnects_the_app():
