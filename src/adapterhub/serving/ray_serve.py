@@ -18,15 +18,20 @@ Two deployments:
 - OpenAI routes (``POST /v1/completions``, ``/v1/chat/completions``, ``GET /v1/models[/ID]``): the gateway takes
   ``model`` from the body (an adapter's name is the multiplexed id; the base model's id, asked of a replica once,
   is none) and hands the raw body to a replica, which runs it through the single-process app (``create_app``
-  over its own engine, called in process by ``call_app``), so answers and errors are those of the server
-  without ``--ray``. ``stream: true`` is refused by the gateway with a 400 in OpenAI's error shape
-  (``param: "stream"``): answers are not streamed through Ray here.
-- ``GET /metrics``: every replica pushes its own Prometheus text to a ``MetricsBoard`` actor every
+  over its own engine, called in process by ``asgi_calls``), so answers and errors are those of the server
+  without ``--ray``. ``stream: true`` goes through Ray's streaming handle (``openai_stream``, an async generator
+  on the replica): the gateway passes each server-sent event on as the replica's app sends it, and a client
+  that goes away cancels the replica's call, which disconnects its app and so cancels the generation.
+- vLLM's ``POST /v1/load_lora_adapter`` / ``/v1/unload_lora_adapter`` (bearer token as the single-process
+  server's): the gateway broadcasts them to every replica, all or none (``replica_fanout``: a replica that fails
+  makes the call fail naming it, and the others are rolled back). Each change that every replica applied is
+  kept on the ``ray_board.MetricsBoard`` actor, and a replica that starts later applies them before serving.
+- ``GET /metrics``: every replica pushes its own Prometheus text to that ``MetricsBoard`` actor every
   ``METRICS_PUSH_S`` (so the figures lag by at most that); the gateway merges them (``metrics_merge``), each
   sample labelled ``replica="ID"`` (sum over it in PromQL for the deployment; a replica silent for
   ``METRICS_STALE_S`` is dropped). The gateway's own HTTP counts are not included.
 
-Not served here (each would have to reach every replica): ``POST/DELETE /v1/adapters`` answer 501 saying so.
+Not served here: ``POST/DELETE /v1/adapters`` answer 501 (use vLLM's load/unload routes above).
 Errors keep the single-process server's statuses (404 unknown adapter, 422 bad input, 429 queue full, 502 source failed, 503 shutting down):
 the replica turns an ``AdapterHubError`` into ``{"error": {"status", "detail", "headers"}}``, so no exception
 has to survive Ray's pickling.
@@ -39,24 +44,27 @@ replica (hub identifiers and ``hf:`` sources work anywhere). Only ``--ray`` impo
 # body classes themselves (string annotations would turn the bodies into query parameters).
 import asyncio
 import contextlib
+import hmac
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import ray
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from adapterhub.errors import AdapterHubError, ConfigError
 from adapterhub.serving.app import EmbedBody, GenerateBody, PredictBody, create_app
+from adapterhub.serving.asgi_calls import call_app, stream_app
 from adapterhub.serving.engine import EngineConfig, ServingEngine
 from adapterhub.serving.metrics_merge import merge_expositions
 from adapterhub.serving.openai_errors import openai_error
+from adapterhub.serving.ray_board import APP_NAME, METRICS_PUSH_S, metrics_board
 from adapterhub.serving.registry import UnknownAdapterError
+from adapterhub.serving.replica_fanout import ReplicaAnswer, apply_change, apply_everywhere, lora_name_of
 from adapterhub.serving.scheduler import QueueFullError, ShuttingDownError
 from adapterhub.serving.setups import parse_request_setup
 from adapterhub.serving.sources import AdapterSource, SourceError
@@ -64,10 +72,6 @@ from adapterhub.spec.composition import setup_names
 
 REPLICA_HEADER = "X-Adapterhub-Replica"
 REPLICA_ADAPTERS_HEADER = "X-Adapterhub-Replica-Adapters"
-APP_NAME = "adapterhub"
-METRICS_BOARD = f"{APP_NAME}-metrics"
-METRICS_PUSH_S = 1.0  # each replica pushes its metrics text this often
-METRICS_STALE_S = 10.0  # a replica silent this long (gone) leaves /metrics
 
 # The first class an error is an instance of gives its HTTP status (AdapterHubError last: the rest are 422).
 _STATUSES: tuple[tuple[type[BaseException], int], ...] = (
@@ -96,59 +100,6 @@ def model_id_of(adapter: str | None, setup: str | None) -> str:
     return ""
 
 
-@ray.remote(num_cpus=0)
-class MetricsBoard:
-    """The latest Prometheus text of each replica (pushed every ``METRICS_PUSH_S``), read by the gateway."""
-
-    def __init__(self) -> None:
-        self.texts: dict[str, tuple[float, str]] = {}
-
-    def put(self, replica: str, text: str) -> None:
-        self.texts[replica] = (time.time(), text)
-
-    def get(self) -> dict[str, str]:
-        """Texts of the replicas heard from within ``METRICS_STALE_S``."""
-        now = time.time()
-        return {r: text for r, (at, text) in self.texts.items() if now - at <= METRICS_STALE_S}
-
-
-def metrics_board() -> Any:
-    """The application's one ``MetricsBoard`` (created by whichever deployment asks first)."""
-    return MetricsBoard.options(  # type: ignore[attr-defined]
-        name=METRICS_BOARD, namespace=APP_NAME, get_if_exists=True, lifetime="detached"
-    ).remote()
-
-
-async def call_app(app: Any, method: str, path: str, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
-    """One HTTP request through the ASGI ``app`` in this process (no socket, the app's lifespan not run): its
-    status, headers and whole body."""
-    scope = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-        "method": method, "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 80),
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-    }  # fmt: skip
-    pending = [{"type": "http.request", "body": body, "more_body": False}]
-    never: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    status, headers, chunks = 500, [], []
-
-    async def receive() -> dict[str, Any]:
-        if pending:
-            return pending.pop()
-        return await never  # no disconnect: the caller waits for the whole answer
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status, headers
-        if message["type"] == "http.response.start":
-            status = message["status"]
-            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", [])]
-        elif message["type"] == "http.response.body":
-            chunks.append(message.get("body", b""))
-
-    await app(scope, receive, send)
-    return status, headers, b"".join(chunks)
-
-
 @serve.deployment
 class EngineReplica:
     """One engine per replica; adapters are Ray multiplexed models (see the module docstring)."""
@@ -170,6 +121,9 @@ class EngineReplica:
         )
         await self.engine.start()
         self.replica = serve.get_replica_context().replica_id.unique_id
+        self.board = metrics_board()
+        for name, source in (await self.board.changes.remote()).items():  # loaded on first use
+            await apply_change(self.engine, name, source, load=False)
 
         async def load(model_id: str) -> tuple[str, ...]:
             """Load every adapter of the setup ``model_id`` into this replica's engine."""
@@ -185,7 +139,6 @@ class EngineReplica:
         # The single-process routes over this replica's engine, called in process by ``openai`` (the OpenAI
         # routes then answer exactly as without --ray); the engine was started above, so no lifespan runs.
         self.app = create_app(self.engine)
-        self.board = metrics_board()
         self._pushing = asyncio.get_running_loop().create_task(self._push_metrics())
 
     async def _push_metrics(self) -> None:
@@ -210,6 +163,46 @@ class EngineReplica:
         status, headers, content = await call_app(self.app, method, path, body)
         return {"status": status, "headers": headers, "body": content, "replica": self.replica,
                 "loaded": self.loaded()}  # fmt: skip
+
+    async def openai_stream(
+        self, method: str, path: str, body: bytes
+    ) -> AsyncIterator[dict[str, Any] | bytes]:
+        """A streamed OpenAI request (``"stream": true``) through the single-process app: first ``{"status",
+        "headers", "replica", "loaded"}``, then each body part (server-sent events) as the app sends it. Closing
+        it early (Ray cancels it when the gateway's client goes away) disconnects the app, which cancels the
+        generation."""
+        model_id = serve.get_multiplexed_model_id()
+        if model_id:
+            with contextlib.suppress(AdapterHubError):
+                await self._hold(model_id)
+        parts = stream_app(self.app, method, path, body)
+        try:
+            async for part in parts:
+                if isinstance(part, dict):
+                    part = {**part, "replica": self.replica, "loaded": self.loaded()}
+                yield part
+        finally:
+            await parts.aclose()
+
+    async def lora(self, path: str, body: bytes) -> ReplicaAnswer:
+        """vLLM's load/unload (``path``) on this replica's engine, by the single-process route (``replica_fanout``
+        sends it to every replica); ``previous``: the name's source here before."""
+        name = lora_name_of(body)
+        source = None if name is None else self.engine.registry.sources.get(name)
+        status, headers, content = await call_app(self.app, "POST", path, body)
+        kind = next((v for k, v in headers if k.lower() == "content-type"), "application/json")
+        return ReplicaAnswer(self.replica, status, kind, content, None if source is None else str(source))
+
+    async def restore(self, name: str, previous: Mapping[str, str | None]) -> None:
+        """Undo a load/unload on this replica if it is one of ``previous`` (replica -> the name's source before;
+        None: not served before)."""
+        if self.replica in previous:
+            await apply_change(self.engine, name, previous[self.replica], load=True)
+
+    def state(self) -> dict[str, Any]:
+        """This replica's id, the adapters it serves (name -> source) and those loaded now."""
+        sources = {name: str(source) for name, source in self.engine.registry.sources.items()}
+        return {"replica": self.replica, "sources": sources, "loaded": self.loaded()}
 
     def loaded(self) -> list[str]:
         """Adapters in this replica's engine now."""
@@ -281,10 +274,17 @@ def _response(answer: dict[str, Any]) -> JSONResponse:
     return JSONResponse(answer["result"], headers=headers)
 
 
+def _forwarded(answer: dict[str, Any]) -> dict[str, str]:
+    """The headers a replica's OpenAI answer keeps through the gateway, and the replica headers."""
+    keep = {"content-type", "retry-after"}
+    headers = {k.lower(): v for k, v in answer["headers"] if k.lower() in keep}
+    return headers | {REPLICA_HEADER: answer["replica"], REPLICA_ADAPTERS_HEADER: ",".join(answer["loaded"])}
+
+
 def _not_here(what: str) -> JSONResponse:
     return JSONResponse(
-        {"detail": f"{what} is not served by the Ray Serve deployment (it would have to reach every replica); "
-         "run adapterhub serve-model without --ray for it."},
+        {"detail": f"{what} is not served by the Ray Serve deployment; use POST /v1/load_lora_adapter or "
+         "/v1/unload_lora_adapter (they reach every replica), or run adapterhub serve-model without --ray."},
         501,
     )  # fmt: skip
 
@@ -294,12 +294,14 @@ def _not_here(what: str) -> JSONResponse:
 class Gateway:
     """The HTTP front: the request's adapter becomes the multiplexed model id of the call to the replicas."""
 
-    def __init__(self, replicas: DeploymentHandle, num_replicas: int) -> None:
+    def __init__(self, replicas: DeploymentHandle, num_replicas: int, token: str | None = None) -> None:
         self.replicas = replicas
         self.num_replicas = num_replicas
+        self.token = token
         self.started = time.time()
         self.base_id: str | None = None
         self.board = metrics_board()
+        self.changing = asyncio.Lock()  # one run-time load/unload at a time
 
     async def _call(self, method: str, body: dict[str, Any]) -> JSONResponse:
         try:
@@ -337,37 +339,51 @@ class Gateway:
         """Forward an OpenAI route to a replica: the body's ``model`` (an adapter) is the multiplexed id, the base
         model's id none. A body that is not JSON is forwarded as is, for the replica to answer 400."""
         raw = await request.body()
+        stream = False
         if model is None and raw:
             try:
                 parsed = json.loads(raw)
             except ValueError:
                 parsed = None
             if isinstance(parsed, dict):
-                if parsed.get("stream") is True:
-                    return openai_error(
-                        400,
-                        '"stream": true is not served by the Ray Serve deployment (adapterhub serve-model --ray); '
-                        "send the request without stream, or run adapterhub serve-model without --ray to stream.",
-                        param="stream",
-                        code="unsupported_value",
-                    )
+                stream = parsed.get("stream") is True
                 model = parsed.get("model") if isinstance(parsed.get("model"), str) else None
         if self.base_id is None:
             self.base_id = await self.replicas.model_id.remote()
         handle = self.replicas
         if model and model != self.base_id:
             handle = handle.options(multiplexed_model_id=model)
+        if stream:
+            return await self._stream(handle, request.method, request.url.path, raw)
         answer = await handle.openai.remote(request.method, request.url.path, raw)
-        keep = {"content-type", "retry-after"}
-        headers = {k: v for k, v in answer["headers"] if k.lower() in keep}
-        headers |= {REPLICA_HEADER: answer["replica"], REPLICA_ADAPTERS_HEADER: ",".join(answer["loaded"])}
-        return Response(answer["body"], answer["status"], headers=headers)
+        return Response(answer["body"], answer["status"], headers=_forwarded(answer))
 
-    @gateway_app.post("/v1/completions", summary="OpenAI text completion on a replica (not streamed)")
+    async def _stream(self, handle: DeploymentHandle, method: str, path: str, raw: bytes) -> Response:
+        """A streamed request: the replica's parts passed on as they come (Ray's streaming handle); the client
+        going away cancels the replica's call (and so its generation)."""
+        parts = handle.options(stream=True).openai_stream.remote(method, path, raw)
+        try:
+            head = await parts.__anext__()
+        except BaseException:
+            parts.cancel()
+            raise
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for part in parts:
+                    yield part
+            finally:  # the client went away (or the answer ended): nothing left to run on the replica
+                parts.cancel()
+
+        headers = _forwarded(head)
+        kind = headers.pop("content-type", None) or "application/json"
+        return StreamingResponse(body(), head["status"], headers=headers, media_type=kind)
+
+    @gateway_app.post("/v1/completions", summary="OpenAI text completion on a replica (streamed or not)")
     async def completions(self, request: Request) -> Response:
         return await self._openai(request)
 
-    @gateway_app.post("/v1/chat/completions", summary="OpenAI chat completion on a replica (not streamed)")
+    @gateway_app.post("/v1/chat/completions", summary="OpenAI chat completion on a replica (streamed or not)")
     async def chat(self, request: Request) -> Response:
         return await self._openai(request)
 
@@ -378,6 +394,32 @@ class Gateway:
     @gateway_app.get("/v1/models/{model:path}", summary="one model of the list")
     async def model(self, model: str, request: Request) -> Response:
         return await self._openai(request, "")
+
+    async def _change(self, request: Request) -> Response:
+        """vLLM's load/unload on every replica, all or none (``replica_fanout``); needs the token if one is set."""
+        given = (request.headers.get("authorization") or "").removeprefix("Bearer ").strip()
+        if self.token is not None and not hmac.compare_digest(given.encode(), self.token.encode()):
+            return openai_error(401, "This server needs its token: send Authorization: Bearer TOKEN.")
+        raw = await request.body()
+
+        async def broadcast(method: str, *args: Any) -> list[Any]:
+            return await self.replicas.broadcast(method, *args).results_async(return_exceptions=True)
+
+        async with self.changing:
+            answer = await apply_everywhere(broadcast, request.url.path, raw)
+            name = lora_name_of(raw)
+            if answer.status_code == 200 and name is not None:  # for replicas that start later
+                loading = request.url.path == "/v1/load_lora_adapter"
+                await self.board.record.remote(name, json.loads(raw)["lora_path"] if loading else None)
+        return answer
+
+    @gateway_app.post("/v1/load_lora_adapter", summary="vLLM: add and load an adapter on every replica")
+    async def load_lora(self, request: Request) -> Response:
+        return await self._change(request)
+
+    @gateway_app.post("/v1/unload_lora_adapter", summary="vLLM: forget and evict an adapter on every replica")
+    async def unload_lora(self, request: Request) -> Response:
+        return await self._change(request)
 
     @gateway_app.get("/metrics", summary="every replica's Prometheus metrics, labelled replica=ID")
     async def metrics(self) -> PlainTextResponse:
@@ -405,6 +447,7 @@ def build_app(
     device: str | None = None,
     fusions: Sequence[str] = (),
     max_ongoing_requests: int | None = None,
+    token: str | None = None,
 ) -> Any:
     """The Ray Serve application (``Gateway`` bound to ``replicas`` ``EngineReplica`` replicas) for ``serve.run``.
 
@@ -412,7 +455,7 @@ def build_app(
     (``--fusion``); ``replica_cpus`` / ``replica_gpus``: Ray
     resources reserved per replica; ``device``: the replicas' torch device; ``max_ongoing_requests``: requests one
     replica takes at once (default ``2 * max_batch_rows``, so that a replica can fill its passes; beyond it Ray
-    routes elsewhere)."""
+    routes elsewhere); ``token``: the bearer token vLLM's load/unload routes need (None: none)."""
     if not isinstance(replicas, int) or replicas < 1:
         raise ConfigError(f"replicas must be a positive integer, got {replicas!r}.")
     ongoing = max_ongoing_requests or 2 * config.max_batch_rows
@@ -420,7 +463,7 @@ def build_app(
     engine = EngineReplica.options(
         num_replicas=replicas, max_ongoing_requests=ongoing, ray_actor_options=resources
     ).bind(model, dict(adapters), config.to_dict(), device, list(fusions))
-    return Gateway.options(max_ongoing_requests=max(ongoing * replicas, 100)).bind(engine, replicas)
+    return Gateway.options(max_ongoing_requests=max(ongoing * replicas, 100)).bind(engine, replicas, token)
 
 
 def ray_init_options() -> dict[str, Any]:
@@ -483,12 +526,11 @@ def serve_with_ray(
     preload: bool = False,
 ) -> int:
     """``adapterhub serve-model --ray ...``: build the application and serve it until Ctrl-C."""
-    for flag, given in (("--token", token is not None), ("--preload", preload)):
-        if given:
-            raise ConfigError(
-                f"{flag} is not available with --ray (adding/deleting adapters and preloading would have to reach "
-                "every replica; adapters load on first use on the replica Ray routes them to). Drop it."
-            )
+    if preload:
+        raise ConfigError(
+            "--preload is not available with --ray (preloading would have to reach every replica; adapters load "
+            "on first use on the replica Ray routes them to). Drop it."
+        )
     app = build_app(
         str(Path(model).resolve()) if Path(model).is_dir() else model,
         {name: _absolute(source) for name, source in adapters.items()},
@@ -498,6 +540,7 @@ def serve_with_ray(
         replica_gpus=replica_gpus,
         device=device,
         fusions=[str(Path(f).expanduser().resolve()) for f in fusions],
+        token=token,
     )
 
     def ready(url: str) -> None:
