@@ -150,6 +150,10 @@ class ModelDims:
     (``num_kv_heads < num_heads`` under grouped-query attention); ``residual_points``: the names of the residual
     sites the architecture has; ``unsupported``: ``("kind:point", reason)`` for attachment points (or ``"method:NAME"``
     for methods) this model cannot carry (``architectures.unsupported_points``). Unknown facts are ``None`` / empty.
+
+    Layer stacks may differ in width (CLIPModel's towers): ``stacks`` lists each stack's widths, and a method sizes
+    its modules at a layer by ``hidden_size_at(layer)``, ``linear_shape(point, layer)`` and ``stack_at(layer)``; the
+    model-wide fields above are the first stack's.
     """
 
     model_type: str
