@@ -1,8 +1,8 @@
 """The two-tower ``CLIPModel`` carries the adapter methods on both towers: the method x CLIPModel matrix (inactive
 adapters leave the model bit-identical, active ones change both the text and the image embeddings, training
 changes only the adapter, save/load round trips), the layer numbering (text layers first, then vision, as the
-`adapters` library numbers them), merging, Stack and Fuse, and the refusals: prompt tuning and Parallel by name,
-towers of different widths naming the widths."""
+`adapters` library numbers them), merging, Stack and Fuse, and the refusals: prompt tuning and Parallel by name.
+Towers of different widths: tests/architectures/test_clip_widths.py."""
 
 from __future__ import annotations
 
@@ -163,14 +163,6 @@ def test_parallel_is_refused_on_the_two_towers(inputs):
     model = make("pfeiffer", names=("a", "b"))
     with pytest.raises(ConfigError, match=r"Parallel is not supported.*CLIP's text and vision towers"):
         model.set_active_adapters(Parallel("a", "b"))
-
-
-@pytest.mark.parametrize("config", ["pfeiffer", "lora", "ia3", "prefix_tuning"])
-def test_towers_of_different_widths_are_refused_naming_the_widths(config):
-    model = adapterhub.init(build_clip(hidden_size=48, num_attention_heads=4))
-    with pytest.raises(ConfigError, match=r"differ in width.*vision_config.*'hidden_size': 48"):
-        model.add_adapter("a", config=config)
-    assert "a" not in model.adapters
 
 
 def test_flexible_heads_are_refused_pointing_to_the_contrastive_functions():

@@ -235,7 +235,7 @@ class ArithmeticMixin(AdapterAPIMixin):
                     if m.present(layer, "linear", point)
                 ]
                 if not present:  # only adapters that leave this layer out target it: no update here
-                    d_in, d_out = self.model_dims().linear_shape(point)
+                    d_in, d_out = self.model_dims().linear_shape(point, layer)
                     tensors[f"layers.{layer}.{point}.lora_A"] = torch.zeros(rank, d_in)
                     tensors[f"layers.{layer}.{point}.lora_B"] = torch.zeros(d_out, rank)
                     continue

@@ -89,12 +89,14 @@ class FusionMixin(AdapterAPIMixin):
         dropout = config.dropout
         if dropout is None:
             dropout = float(getattr(self.config, "attention_probs_dropout_prob", 0.0) or 0.0)
+        dims = self.model_dims()
         return AdapterFusion(
             fuse.adapter_names,
             config,
-            self.model_dims().hidden_size,
+            dims.hidden_size,
             self._fusion_sites(fuse),
             dropout,
+            layer_widths={i: dims.hidden_size_at(i) for i in range(dims.num_layers)},
         )
 
     def add_adapter_fusion(

@@ -31,6 +31,8 @@ def write_adapter_dir(record: AdapterRecord, directory: str | os.PathLike[str]) 
     extra: dict[str, Any] = {}
     if record.model.decoder_start is not None:
         extra["decoder_start"] = record.model.decoder_start
+    if record.model.stack_widths:  # stacks of different widths (CLIPModel's towers)
+        extra["stack_widths"] = [list(w) for w in record.model.stack_widths]
     return write_record_dir(
         directory,
         (FORMAT, CONFIG_FILE, WEIGHTS_FILE),
@@ -116,6 +118,26 @@ def read_head_files(directory: Path) -> HeadRecord:
     )
 
 
+def _stack_widths(directory: Path, raw: Any) -> tuple[tuple[int, int, int | None, int | None], ...]:
+    """``stack_widths`` of an adapter config: a list of ``[first layer, hidden_size, num_kv_heads, head_dim]``
+    (absent: ``()``)."""
+    if raw is None:
+        return ()
+    ok = isinstance(raw, list) and all(
+        isinstance(w, list)
+        and len(w) == 4
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in w[:2])
+        and all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in w[2:])
+        for w in raw
+    )
+    if not ok:
+        raise AdapterFileError(
+            f"{directory / CONFIG_FILE}: stack_widths must be a list of [first layer, hidden_size, num_kv_heads, "
+            f"head_dim] per layer stack, got {raw!r}."
+        )
+    return tuple((int(w[0]), int(w[1]), w[2], w[3]) for w in raw)
+
+
 def _require_keys(path: Path, data: Any, keys: tuple[str, ...]) -> None:
     if not isinstance(data, dict):
         raise AdapterFileError(f"{path} must hold a JSON object.")
@@ -155,6 +177,7 @@ def read_adapter_dir(directory: str | os.PathLike[str], *, with_head: bool = Tru
             hidden_size=int(meta["hidden_size"]),
             num_layers=meta.get("num_layers"),
             decoder_start=meta.get("decoder_start"),
+            stack_widths=_stack_widths(directory, meta.get("stack_widths")),
         ),
         tensors=read_tensors(directory / WEIGHTS_FILE),
         head=head,

@@ -29,7 +29,7 @@ from adapterhub.heads.base import head_class
 from adapterhub.io.files import read_json
 from adapterhub.io.loading import detect_layout, read_any_adapter_dir
 from adapterhub.io.manifest_modules import check_copies, file_modules
-from adapterhub.methods import ModelDims, method_for_config
+from adapterhub.methods import ModelDims, StackDims, method_for_config
 from adapterhub.methods.prefix_tuning import PrefixTuningConfig
 from adapterhub.runtime.validate import check_state_fits
 from adapterhub.spec.architectures import spec_for_model_type
@@ -66,8 +66,18 @@ def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None 
     num_layers = record.model.num_layers or (max(layer_indices + leave_out, default=-1) + 1)
     if not num_layers and not modules:
         raise AdapterFileError(f"{directory}: the adapter has no layer weights.")
-    _check_declared_model(record.tensors, record.model.hidden_size, record.model.num_layers, directory)
+    widths = record.model.stack_widths
+    _check_declared_model(
+        record.tensors, record.model.hidden_size, record.model.num_layers, directory, widths
+    )
     shapes = method.shapes_for_config(config, record.tensors)
+    stacks = _declared_stacks(method, config, record.tensors, widths, int(num_layers))
+    if stacks:  # the model-wide table: each point at the first stack's widths that has it
+        table: dict[str, tuple[str, int, int]] = {}
+        for stack in stacks:
+            for shape in stack.linear_shapes:
+                table.setdefault(shape[0], shape)
+        shapes = tuple(table.values())
     dims = ModelDims(
         model_type,
         record.model.hidden_size,
@@ -77,10 +87,14 @@ def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None 
         decoder_start=start,
         decoder_points=spec.decoder_points() if start is not None else (),
         modules=modules,
+        stacks=stacks,
     )
     # a second stack without cross-attention (CLIP's vision tower) has no cross-attention prefix slots
     cross_start = start if "cross" in dims.decoder_points else None
-    heads = _attention_shape(config, record.tensors, int(num_layers), directory, cross_start)
+    # declared stack widths carry their attention shapes; else the prefix width is read from the file
+    heads = (
+        None if stacks else _attention_shape(config, record.tensors, int(num_layers), directory, cross_start)
+    )
     if heads is not None:
         dims = dataclasses.replace(dims, num_heads=1, num_kv_heads=1, head_dim=heads)
     with torch.device("meta"):
@@ -156,17 +170,60 @@ def _prefix_tuning_parts(config: Any) -> list[tuple[PrefixTuningConfig, str]]:
 
 
 def _check_declared_model(
-    tensors: dict[str, torch.Tensor], hidden_size: int, num_layers: int | None, directory: Path
+    tensors: dict[str, torch.Tensor],
+    hidden_size: int,
+    num_layers: int | None,
+    directory: Path,
+    stack_widths: tuple[tuple[int, int, int | None, int | None], ...] = (),
 ) -> None:
-    """Weights made for another hidden size or more layers than declared are a model mismatch, not corruption."""
+    """Weights made for another hidden size or more layers than declared are a model mismatch, not corruption.
+    With declared ``stack_widths`` a layer's hidden size is its stack's."""
     for key, tensor in tensors.items():
         parts = key.split(".")
         if num_layers is not None and parts[0] == "layers" and int(parts[1]) >= num_layers:
             raise IncompatibleModelError(
                 f"{directory}: weight {key!r} is for layer {parts[1]}, but the declared model has {num_layers} layers."
             )
-        if key.endswith(".up.bias") and tensor.shape[0] != hidden_size:
+        layer = _layer_of_key(key)
+        hidden = hidden_size
+        for start, width, _, _ in stack_widths:
+            if layer is not None and layer >= start:
+                hidden = width
+        if key.endswith(".up.bias") and tensor.shape[0] != hidden:
             raise IncompatibleModelError(
                 f"{directory}: weight {key!r} is for hidden size {tensor.shape[0]}, but the adapter config declares "
-                f"hidden size {hidden_size}."
+                f"hidden size {hidden}" + (" for its layer" if stack_widths else "") + "."
             )
+
+
+def _layer_of_key(key: str) -> int | None:
+    """The layer a weight's name places it in (``layers.<i>.`` or ``parts.<k>.layers.<i>.``), or None."""
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part == "layers" and parts[i + 1].isdigit():
+            return int(parts[i + 1])
+    return None
+
+
+def _declared_stacks(
+    method: Any,
+    config: Any,
+    tensors: dict[str, torch.Tensor],
+    stack_widths: tuple[tuple[int, int, int | None, int | None], ...],
+    num_layers: int,
+) -> tuple[StackDims, ...]:
+    """The ``StackDims`` of stacks of different widths the files declare (``stack_widths``: CLIPModel's towers):
+    each with its declared hidden size and attention shape, and the projection widths its own layers' weights
+    imply (weights outside the layers, e.g. VeRA's shared projections, count for every stack). Empty when none are
+    declared."""
+    stacks = []
+    for k, (start, hidden, kv_heads, head_dim) in enumerate(stack_widths):
+        end = stack_widths[k + 1][0] if k + 1 < len(stack_widths) else num_layers
+        own = {
+            key: t
+            for key, t in tensors.items()
+            if (layer := _layer_of_key(key)) is None or start <= layer < end
+        }
+        shapes = method.shapes_for_config(config, own)
+        stacks.append(StackDims(start, hidden, shapes, kv_heads, kv_heads, head_dim))
+    return tuple(stacks)

@@ -7,6 +7,7 @@ from adapterhub.methods.base import (
     AdapterModule,
     ModelDims,
     SiteInputs,
+    StackDims,
     method_for_config,
     register_method,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "PromptTuningAdapter",
     "PromptTuningConfig",
     "SiteInputs",
+    "StackDims",
     "UnionAdapter",
     "VeraAdapter",
     "VeraLayer",

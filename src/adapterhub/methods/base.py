@@ -73,6 +73,7 @@ __all__ = [  # the protocol, and the point inputs (adapterhub.methods.point_inpu
     "PointInputs",
     "ResidualInputs",
     "SiteInputs",
+    "StackDims",
     "method_for_config",
     "register_method",
 ]
@@ -126,6 +127,21 @@ class NamedModule:
 
 
 @dataclass(frozen=True)
+class StackDims:
+    """The widths of one layer stack, for the layers ``start..`` up to the next stack's ``start``: its residual
+    width ``hidden_size``, self-attention's ``num_heads`` / ``num_kv_heads`` / ``head_dim`` and the ``(point, d_in,
+    d_out)`` of its linear projections. Stacks of one model may differ (CLIPModel: a text tower of width 512 and a
+    vision tower of width 768); an adapter sizes its modules at a layer from that layer's stack."""
+
+    start: int
+    hidden_size: int
+    linear_shapes: tuple[tuple[str, int, int], ...] = ()
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+
+
+@dataclass(frozen=True)
 class ModelDims:
     """The facts about a model that an adapter's shapes depend on.
 
@@ -134,6 +150,10 @@ class ModelDims:
     (``num_kv_heads < num_heads`` under grouped-query attention); ``residual_points``: the names of the residual
     sites the architecture has; ``unsupported``: ``("kind:point", reason)`` for attachment points (or ``"method:NAME"``
     for methods) this model cannot carry (``architectures.unsupported_points``). Unknown facts are ``None`` / empty.
+
+    Layer stacks may differ in width (CLIPModel's towers): ``stacks`` lists each stack's widths, and a method sizes
+    its modules at a layer by ``hidden_size_at(layer)``, ``linear_shape(point, layer)`` and ``stack_at(layer)``; the
+    model-wide fields above are the first stack's.
     """
 
     model_type: str
@@ -155,6 +175,25 @@ class ModelDims:
     decoder_points: tuple[str, ...] = ()
     # every submodule by path (targeting by name: ``target_modules``); empty when the caller did not list them
     modules: tuple[NamedModule, ...] = ()
+    # the widths of each layer stack, by first layer (``StackDims``); empty: every layer has the model-wide widths
+    # above (which are the first stack's)
+    stacks: tuple[StackDims, ...] = ()
+
+    def stack_at(self, layer: int) -> StackDims:
+        """The widths of the stack ``layer`` belongs to (the model-wide ones when no stacks are listed)."""
+        found = None
+        for stack in self.stacks:
+            if stack.start <= layer:
+                found = stack
+        if found is not None:
+            return found
+        return StackDims(
+            0, self.hidden_size, self.linear_shapes, self.num_heads, self.num_kv_heads, self.head_dim
+        )
+
+    def hidden_size_at(self, layer: int) -> int:
+        """The residual width of ``layer`` (its stack's ``hidden_size``)."""
+        return self.stack_at(layer).hidden_size
 
     def unsupported_reason(self, kind: str, point: str) -> str | None:
         """Why this model cannot carry the attachment point ``(kind, point)``, or ``None`` when it can."""
@@ -170,14 +209,16 @@ class ModelDims:
         """Those of ``points`` that ``layer`` has, in their order."""
         return tuple(p for p in points if self.has_point(layer, p))
 
-    def linear_shape(self, point: str) -> tuple[int, int]:
-        """``(d_in, d_out)`` of the projection ``point``; a ConfigError names the ones this model has."""
+    def linear_shape(self, point: str, layer: int | None = None) -> tuple[int, int]:
+        """``(d_in, d_out)`` of the projection ``point`` (in ``layer``'s stack when given, else the first stack
+        that has it); a ConfigError names the ones this model has."""
         reason = self.unsupported_reason(LINEAR, point)
         if reason is not None:
             raise ConfigError(
                 f"The projection {point!r} cannot carry adapters on this {self.model_type} model: {reason}"
             )
-        for name, d_in, d_out in self.linear_shapes:
+        table = self.linear_shapes if layer is None else self.stack_at(layer).linear_shapes
+        for name, d_in, d_out in (*table, *self.linear_shapes):
             if name == point:
                 return d_in, d_out
         known = [name for name, _, _ in self.linear_shapes]

@@ -247,12 +247,13 @@ class BottleneckAdapter(AdapterModule):
                 f"The config places adapters at site(s) {unknown}, but this {dims.model_type} architecture has only "
                 f"{list(dims.residual_points)}; set sites to a subset of those."
             )
-        widths = {i: config.bottleneck_width(dims.hidden_size, i) for i in range(dims.num_layers)}
+        # each layer at its own stack's width (CLIPModel's towers differ)
+        widths = {i: config.bottleneck_width(dims.hidden_size_at(i), i) for i in range(dims.num_layers)}
         self.layers = nn.ModuleDict(
             {
                 str(i): nn.ModuleDict(
                     {
-                        site: self.make_layer(dims.hidden_size, widths[i], config)
+                        site: self.make_layer(dims.hidden_size_at(i), widths[i], config)
                         for site in dims.points_at(i, config.sites)  # cross_attn: decoder layers only
                     }
                 )

@@ -165,7 +165,10 @@ class GatedPrefixTuningAdapter(PrefixTuningAdapter):
         super().__init__(name, config, dims)
         outputs = 1 if config.shared_gating else 2
         self.gates = nn.ModuleDict(
-            {str(layer): _normal_gate(dims.hidden_size, outputs, zero_bias=False) for layer in self.slots}
+            {
+                str(layer): _normal_gate(dims.hidden_size_at(layer), outputs, zero_bias=False)
+                for layer in self.slots
+            }
         )
 
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> AttentionInputs:

@@ -190,18 +190,21 @@ class IA3Adapter(AdapterModule):
                 )
             return
         dims.check_leave_out(config.leave_out)
-        sizes = {f"out_{p}": dims.linear_shape(p)[1] for p in config.targets}
-        sizes.update({f"in_{p}": dims.linear_shape(p)[0] for p in config.input_targets})
         names = tuple(dict.fromkeys((*config.targets, *config.input_targets)))
+        for point in names:
+            dims.linear_shape(point)  # raises for unknown points
+
+        def sizes_at(i: int) -> dict[str, int]:
+            """The vectors of layer ``i`` at its own stack's widths (CLIPModel's towers differ)."""
+            sizes = {f"out_{p}": dims.linear_shape(p, i)[1] for p in config.targets if dims.has_point(i, p)}
+            sizes.update(
+                {f"in_{p}": dims.linear_shape(p, i)[0] for p in config.input_targets if dims.has_point(i, p)}
+            )
+            return sizes  # cross_*: decoder layers only
+
         self.layers = nn.ModuleDict(
             {
-                str(i): nn.ParameterDict(
-                    {
-                        key: nn.Parameter(torch.ones(n))
-                        for key, n in sizes.items()
-                        if dims.has_point(i, key.split("_", 1)[1])  # cross_*: decoder layers only
-                    }
-                )
+                str(i): nn.ParameterDict({key: nn.Parameter(torch.ones(n)) for key, n in sizes_at(i).items()})
                 for i in range(dims.num_layers)
                 if i not in config.leave_out and dims.points_at(i, names)
             }

@@ -206,13 +206,15 @@ class LoRAAdapter(AdapterModule):
             self._init_by_name(config, dims)
         else:
             dims.check_leave_out(config.leave_out)
-            shapes = {
-                point: dims.linear_shape(point) for point in config.targets
-            }  # raises for unknown points
+            for point in config.targets:
+                dims.linear_shape(point)  # raises for unknown points
             self.layers = nn.ModuleDict(
                 {
-                    str(i): nn.ModuleDict(
-                        {p: self.layer_class(*shapes[p], config) for p in dims.points_at(i, config.targets)}
+                    str(i): nn.ModuleDict(  # each at its own stack's widths (CLIPModel's towers differ)
+                        {
+                            p: self.layer_class(*dims.linear_shape(p, i), config)
+                            for p in dims.points_at(i, config.targets)
+                        }
                     )
                     for i in range(dims.num_layers)
                     # cross_*: decoder layers only

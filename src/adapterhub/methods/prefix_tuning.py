@@ -10,7 +10,9 @@ with identical outputs), by a reparametrisation MLP while training::
 
 with ``L`` the layers that have a prefix (``leave_out`` excluded, numbered 0.. in order; encoder-decoder models:
 then one more slot per decoder layer for its cross-attention, ``cross_prefix``), ``H_kv`` the key/value
-heads (grouped-query attention: fewer than the query heads) and ``D`` the head dimension. ``flat=True`` (or
+heads (grouped-query attention: fewer than the query heads) and ``D`` the head dimension. Where the layer stacks
+differ in attention shape (CLIPModel's text and vision towers), each slot's block is ``2·H_kv·D`` of its own layer's
+stack, in slot order, and ``N`` is the sum of the blocks; ``hidden`` is the first stack's width. ``flat=True`` (or
 ``eject()``) keeps ``KV`` itself as one parameter ``control_trans`` of ``P·N`` numbers instead.
 
 The prefix reaches the model through the attention function transformers calls (``adapterhub.runtime.attention_hooks``):
@@ -101,11 +103,6 @@ class PrefixTuningAdapter(AdapterModule):
     def __init__(self, name: str, config: PrefixTuningConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
         dims.check_leave_out(config.leave_out)
-        if dims.num_kv_heads is None or dims.head_dim is None:
-            raise ConfigError(
-                f"Prefix tuning needs the attention shape (key/value heads, head dim) of this {dims.model_type} model, "
-                "which is unknown."
-            )
         # model layer -> index among the layers with a prefix
         self.slots = {
             layer: slot
@@ -117,8 +114,22 @@ class PrefixTuningAdapter(AdapterModule):
         with_cross = config.cross_prefix and "cross" in dims.decoder_points
         cross = [i for i in self.slots if with_cross and dims.has_point(i, "cross")]
         self.cross_slots = {layer: len(self.slots) + k for k, layer in enumerate(cross)}
-        self.heads, self.head_dim = dims.num_kv_heads, dims.head_dim
-        self.width = (len(self.slots) + len(self.cross_slots)) * 2 * self.heads * self.head_dim  # N
+        # slot -> (H_kv, D) of its layer's stack (CLIPModel's towers differ), and where its block starts in N
+        self.shapes: dict[int, tuple[int, int]] = {}
+        for layer, slot in (*self.slots.items(), *self.cross_slots.items()):
+            stack = dims.stack_at(layer)
+            if stack.num_kv_heads is None or stack.head_dim is None:
+                raise ConfigError(
+                    f"Prefix tuning needs the attention shape (key/value heads, head dim) of this "
+                    f"{dims.model_type} model, which is unknown."
+                )
+            self.shapes[slot] = (stack.num_kv_heads, stack.head_dim)
+        self.offsets: dict[int, int] = {}
+        width = 0
+        for slot in sorted(self.shapes):
+            self.offsets[slot] = width
+            width += 2 * self.shapes[slot][0] * self.shapes[slot][1]
+        self.width = width  # N = Σ_slots 2·H_kv·D
         p = config.prefix_length
         self.dropout = nn.Dropout(config.dropout)
         self.wte: nn.Embedding | None
@@ -147,18 +158,20 @@ class PrefixTuningAdapter(AdapterModule):
         """``(keys, values)`` of ``layer``'s self-attention (``point="self"``) or cross-attention (``"cross"``),
         each ``(1, H_kv, P, D)``."""
         slots = self.cross_slots if point == "cross" else self.slots
-        slot, block = slots[layer], 2 * self.heads * self.head_dim
+        slot = slots[layer]
+        heads, head_dim = self.shapes[slot]
+        start, block = self.offsets[slot], 2 * heads * head_dim
         p = self.config.prefix_length
         if isinstance(self.control_trans, nn.Parameter):
-            kv = self.control_trans.view(p, -1)[:, slot * block : (slot + 1) * block]  # (P, 2·H_kv·D)
+            kv = self.control_trans.view(p, -1)[:, start : start + block]  # (P, 2·H_kv·D)
         else:
             first: nn.Linear = self.control_trans[0]  # type: ignore[assignment,index]
             activation: nn.Module = self.control_trans[1]  # type: ignore[assignment,index]
             last: nn.Linear = self.control_trans[2]  # type: ignore[assignment,index]
             hidden = activation(first(self.wte.weight))  # type: ignore[union-attr]  # (P, m)
-            rows = slice(slot * block, (slot + 1) * block)  # only this layer's outputs of the last Linear
+            rows = slice(start, start + block)  # only this layer's outputs of the last Linear
             kv = F.linear(hidden, last.weight[rows], last.bias[rows])  # (P, 2·H_kv·D)
-        kv = self.dropout(kv.reshape(p, 2, self.heads, self.head_dim)).permute(1, 2, 0, 3)  # (2, H_kv, P, D)
+        kv = self.dropout(kv.reshape(p, 2, heads, head_dim)).permute(1, 2, 0, 3)  # (2, H_kv, P, D)
         return kv[0].unsqueeze(0), kv[1].unsqueeze(0)
 
     def flat_prefix(self) -> torch.Tensor:

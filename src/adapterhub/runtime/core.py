@@ -23,7 +23,15 @@ from adapterhub.errors import (
     UnsupportedArchitectureError,
     did_you_mean,
 )
-from adapterhub.methods.base import ATTENTION, EMBEDDING, MODULE, MODULE_LAYER, AdapterModule, ModelDims
+from adapterhub.methods.base import (
+    ATTENTION,
+    EMBEDDING,
+    MODULE,
+    MODULE_LAYER,
+    AdapterModule,
+    ModelDims,
+    StackDims,
+)
 from adapterhub.runtime import attention_hooks
 from adapterhub.runtime.injection import linear_params
 from adapterhub.runtime.interpreter import check_setup
@@ -40,7 +48,13 @@ from adapterhub.runtime.records import ModelInfo
 from adapterhub.runtime.specless import check_carries, check_heads, model_spec, model_type_of
 from adapterhub.runtime.store import STORE_ATTR, AdapterStore
 from adapterhub.runtime.validate import check_state_fits
-from adapterhub.spec.architectures import ArchitectureSpec, StackSpec, layer_config, unsupported_points
+from adapterhub.spec.architectures import (
+    ArchitectureSpec,
+    StackSpec,
+    layer_config,
+    stack_config,
+    unsupported_points,
+)
 from adapterhub.spec.composition import (
     BatchSplit,
     Fuse,
@@ -84,6 +98,20 @@ def attention_dims(config: Any, hidden: int) -> tuple[int | None, int | None, in
     kv = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or getattr(config, "d_kv", None) or hidden // heads
     return int(heads), int(kv), int(head_dim)
+
+
+def stack_widths(dims: ModelDims) -> tuple[tuple[int, int, int | None, int | None], ...]:
+    """``(first layer, hidden_size, num_kv_heads, head_dim)`` of each of ``dims``' stacks when they differ in one
+    of these (``ModelInfo.stack_widths``); empty when they agree."""
+    widths = tuple((s.start, s.hidden_size, s.num_kv_heads, s.head_dim) for s in dims.stacks)
+    return widths if len({w[1:] for w in widths}) > 1 else ()
+
+
+def _widths_text(info: ModelInfo) -> str:
+    """``info``'s stack widths for a message (``hidden <d> from layer <i>`` each)."""
+    if not info.stack_widths:
+        return f"hidden {info.hidden_size} throughout"
+    return ", ".join(f"hidden {w[1]} from layer {w[0]}" for w in info.stack_widths)
 
 
 class AdapterModelCore:
@@ -130,24 +158,27 @@ class AdapterModelCore:
         return linear_params(module.get_submodule(linear.module), linear)
 
     def model_dims(self) -> ModelDims:
+        """The model's widths: per layer stack (``ModelDims.stacks``: CLIPModel's towers may differ in width, heads
+        and FFN size), and model-wide as the first stack's (``hidden_size``, heads; ``linear_shapes`` lists every
+        point of any stack, at the first stack's widths where several have it)."""
         spec = self._spec
         config = getattr(
             self, "config", None
         )  # None: a plain nn.Module (no spec: dims come from its modules)
-        layers_config = layer_config(spec, config)  # CLIPModel: the text tower's (the towers must agree)
-        hidden = int(
-            getattr(layers_config, spec.hidden_size_attr, None)
-            or getattr(layers_config, "hidden_size", 0)
-            or 0
-        )
+        layers_config = layer_config(spec, config)  # CLIPModel: the text tower's (the first stack)
         layers = layer_stacks(self._module(), spec)
+        stacks: list[StackDims] = []
+        for stack in spec.stacks():
+            start = next((i for i, (_, s) in enumerate(layers) if s.layers == stack.layers), None)
+            if start is None:
+                continue  # an empty stack
+            stacks.append(self._stack_dims(start, layers[start][0], stack, stack_config(stack, config)))
+        hidden = stacks[0].hidden_size if stacks else self._config_hidden(layers_config)
         heads, kv_heads, head_dim = attention_dims(layers_config, hidden)
         shapes: dict[str, tuple[str, int, int]] = {}
-        residual: dict[str, None] = {}
-        for stack in spec.stacks():  # the first layer of each stack
-            first = next((layer for layer, s in layers if s.layers == stack.layers), None)
-            shapes.update({shape[0]: shape for shape in linear_shapes(first, stack)} if first else {})
-            residual.update(dict.fromkeys(stack.sites))
+        for dims in stacks:
+            for shape in dims.linear_shapes:
+                shapes.setdefault(shape[0], shape)
         decoder = spec.decoder
         return ModelDims(
             model_type=self._model_type,
@@ -158,7 +189,7 @@ class AdapterModelCore:
             num_heads=heads,
             num_kv_heads=kv_heads,
             head_dim=head_dim,
-            residual_points=tuple(residual),
+            residual_points=tuple(dict.fromkeys(site for stack in spec.stacks() for site in stack.sites)),
             embedding_size=int(getattr(layers_config, "embedding_size", None) or hidden),
             unsupported=tuple(sorted(unsupported_points(spec, config).items())),
             decoder_start=sum(1 for _, s in layers if s.layers == spec.layers)
@@ -166,7 +197,21 @@ class AdapterModelCore:
             else None,
             decoder_points=spec.decoder_points(),
             modules=module_table(self._module(), spec),
+            stacks=tuple(stacks),
         )
+
+    def _config_hidden(self, config: Any) -> int:
+        """The residual width a (sub-)config states (``spec.hidden_size_attr``, else ``hidden_size``; 0: none)."""
+        return int(
+            getattr(config, self._spec.hidden_size_attr, None) or getattr(config, "hidden_size", 0) or 0
+        )
+
+    def _stack_dims(self, start: int, first: nn.Module, stack: StackSpec, config: Any) -> StackDims:
+        """The widths of ``stack`` (first layer ``first``, numbered ``start``) from its (sub-)config ``config``
+        and its first layer's projections."""
+        hidden = self._config_hidden(config)
+        heads, kv_heads, head_dim = attention_dims(config, hidden)
+        return StackDims(start, hidden, linear_shapes(first, stack), heads, kv_heads, head_dim)
 
     def model_info(self) -> ModelInfo:
         dims = self.model_dims()
@@ -176,6 +221,7 @@ class AdapterModelCore:
             hidden_size=dims.hidden_size,
             num_layers=dims.num_layers,
             decoder_start=dims.decoder_start,
+            stack_widths=stack_widths(dims),
         )
 
     def _prepare_points(self, module: AdapterModule) -> None:
@@ -386,6 +432,8 @@ class AdapterModelCore:
             problems.append(f"{info.num_layers} layers (this model: {mine.num_layers})")
         elif info.decoder_start is not None and info.decoder_start != mine.decoder_start:
             problems.append(f"{info.decoder_start} encoder layers (this model: {mine.decoder_start})")
+        if info.stack_widths and info.stack_widths != mine.stack_widths:  # files that state them
+            problems.append(f"layer stacks of widths {_widths_text(info)} (this model: {_widths_text(mine)})")
         if problems:
             raise IncompatibleModelError(
                 f"The {what} was made for a model with {', '.join(problems)}. Load it into a model of that kind "

@@ -173,7 +173,9 @@ class FusionLayer(nn.Module):
 
 
 class AdapterFusion(nn.Module):
-    """The fusion weights of one ``Fuse(...)``: ``layers[str(i)][site]`` is a ``FusionLayer``."""
+    """The fusion weights of one ``Fuse(...)``: ``layers[str(i)][site]`` is a ``FusionLayer`` of width
+    ``hidden_size``, or ``layer_widths[i]`` where given (the width of layer ``i``'s stack: CLIPModel's towers
+    differ)."""
 
     def __init__(
         self,
@@ -182,15 +184,19 @@ class AdapterFusion(nn.Module):
         hidden_size: int,
         sites: Mapping[int, Sequence[str]],
         dropout: float,
+        layer_widths: Mapping[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.adapter_names = tuple(adapter_names)
         self.fusion_name = ",".join(self.adapter_names)
         self.config = config
         self.hidden_size = hidden_size
+        widths = dict(layer_widths or {})
         self.layers = nn.ModuleDict(
             {
-                str(i): nn.ModuleDict({s: FusionLayer(hidden_size, config, dropout) for s in site_names})
+                str(i): nn.ModuleDict(
+                    {s: FusionLayer(widths.get(i, hidden_size), config, dropout) for s in site_names}
+                )
                 for i, site_names in sorted(sites.items())
                 if site_names
             }

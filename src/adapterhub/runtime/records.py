@@ -17,6 +17,9 @@ class ModelInfo:
     hidden_size: int
     num_layers: int | None
     decoder_start: int | None = None  # encoder-decoder models: the first decoder layer (= encoder layers)
+    # ``(first layer, hidden_size, num_kv_heads, head_dim)`` of each layer stack when the stacks differ in width
+    # (CLIPModel's text and vision towers); empty when every stack has the model-wide ``hidden_size``
+    stack_widths: tuple[tuple[int, int, int | None, int | None], ...] = ()
 
 
 @dataclass

@@ -139,17 +139,20 @@ class StackSpec:
     adapters_lib_layers: str = ""
 
 
-# the facts of a stack's sub-config that every adapter's shapes depend on; stacks that differ in one of them cannot
-# share an adapter (its modules are built once, for one width)
-_WIDTH_FACTS = ("hidden_size", "intermediate_size", "num_attention_heads")
-
-
 def layer_config(spec: ArchitectureSpec, config: Any) -> Any:
     """The config that describes the layers of ``spec``'s first stack: ``config.<stack_config>`` (CLIP's
     ``text_config``), or ``config`` itself."""
     if not spec.stack_config:
         return config
     return getattr(config, spec.stack_config, None) or config
+
+
+def stack_config(stack: StackSpec, config: Any) -> Any:
+    """The config that describes the layers of ``stack``: ``config.<stack.config>`` (CLIP's ``text_config`` /
+    ``vision_config``, whose widths and head counts may differ), or ``config`` itself."""
+    if not stack.config:
+        return config
+    return getattr(config, stack.config, None) or config
 
 
 _REGISTRY: dict[str, ArchitectureSpec] = {}
@@ -183,10 +186,9 @@ def spec_for_model_type(model_type: str) -> ArchitectureSpec:
 
 def unsupported_points(spec: ArchitectureSpec, config: object) -> dict[str, str]:
     """``"kind:point" -> reason`` for every attachment point a model of ``spec`` with this transformers ``config``
-    cannot carry: the spec's ``unsupported``, the slices of a fused projection whose parts differ in width, and
-    every layer point when the stacks' sub-configs differ in width (CLIP towers of different sizes)."""
+    cannot carry: the spec's ``unsupported`` and the slices of a fused projection whose parts differ in width.
+    (Stacks of different widths, CLIP's towers, are no reason: adapters size their modules per stack.)"""
     reasons = dict(spec.unsupported)
-    reasons.update(_stack_width_reasons(spec, config))
     for point, linear in spec.linears.items():
         units = {name: getattr(config, name, None) for name in linear.part_units}
         if len(set(units.values())) > 1:
@@ -197,31 +199,6 @@ def unsupported_points(spec: ArchitectureSpec, config: object) -> dict[str, str]
                 "projections (e.g. attn_out, ffn_in, ffn_out) instead.",
             )
     return reasons
-
-
-def _stack_width_reasons(spec: ArchitectureSpec, config: object) -> dict[str, str]:
-    """``"kind:point" -> reason`` for every point inside the layers when the stacks' sub-configs give different
-    widths (``_WIDTH_FACTS``); empty when they agree or the config does not nest one per stack."""
-    stacks = [stack for stack in spec.stacks() if stack.config]
-    facts = {
-        stack.config: tuple(getattr(getattr(config, stack.config, None), f, None) for f in _WIDTH_FACTS)
-        for stack in stacks
-    }
-    if len(set(facts.values())) <= 1:
-        return {}
-    described = "; ".join(f"{name}: {dict(zip(_WIDTH_FACTS, v, strict=True))}" for name, v in facts.items())
-    reason = (
-        f"its layer stacks differ in width ({described}), and an adapter is built for one width. Adapt one tower "
-        "through its own model class (e.g. CLIPTextModelWithProjection / CLIPVisionModelWithProjection loaded "
-        "from the same checkpoint), or use a model whose towers have equal widths."
-    )
-    points: dict[str, str] = {}
-    for stack in spec.stacks():
-        points.update({f"residual:{site}": reason for site in stack.sites})
-        points.update({f"linear:{point}": reason for point in stack.linears})
-        if stack.attention:
-            points["attention:self"] = reason
-    return points
 
 
 def spec_for_config(config: Any) -> ArchitectureSpec:

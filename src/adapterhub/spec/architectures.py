@@ -36,6 +36,7 @@ from adapterhub.spec.architecture import (
     register_architecture,
     spec_for_config,
     spec_for_model_type,
+    stack_config,
     supported_model_types,
     unsupported_points,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "register_architecture",
     "spec_for_config",
     "spec_for_model_type",
+    "stack_config",
     "supported_model_types",
     "unsupported_points",
 ]

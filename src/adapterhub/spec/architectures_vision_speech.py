@@ -23,12 +23,11 @@ prompt tuning is refused there.
 The two-tower ``CLIPModel`` (model type ``clip``) has both towers as two layer stacks, numbered as the `adapters`
 library numbers them: the text tower's layers first (``text_model.encoder.layers``, layers ``0..T-1``), then the
 vision tower's (``vision_model.encoder.layers``, layers ``T..T+V-1``); its config nests one sub-config per tower
-(``text_config``, ``vision_config``), from which the layer facts (width, heads) are read. One adapter is built for
-one width, so the towers must agree in hidden size, FFN size and heads (tiny and some custom CLIPs do; the
-released checkpoints mostly do not: 512 vs 768 for ViT-B/32); where they differ, every layer point is refused with
-the widths named. Invertible adapters attach at the text tower's embeddings (as in the `adapters` library);
-prompt tuning is refused (the text tower pools at the end-of-text position, and the vision tower's embeddings are
-not the model's token embeddings).
+(``text_config``, ``vision_config``), from which each stack's layer facts (width, heads) are read. The towers may
+differ in width, FFN size and heads (the released checkpoints do: 512 vs 768 for ViT-B/32): adapters size their
+modules per stack (``ModelDims.stacks``). Invertible adapters attach at the text tower's embeddings (as in the
+`adapters` library); prompt tuning is refused (the text tower pools at the end-of-text position, and the vision
+tower's embeddings are not the model's token embeddings).
 
 Whisper is an encoder-decoder whose layers are mBART's; its entry is in ``adapterhub.spec.architectures``.
 """
