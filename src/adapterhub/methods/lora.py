@@ -244,12 +244,13 @@ class LoRAAdapter(AdapterModule):
         )
 
     def modifies_base(self) -> bool:
-        return self.config.modifies_base
+        # LoHa, LoKr, VeRA, OFT and BOFT reuse this module with configs that have no base-modifying init
+        return bool(getattr(self.config, "modifies_base", False))
 
     def init_from_base(self, base: BaseWeights) -> None:
         """PiSSA / OLoRA / LoftQ: ``A``, ``B`` (and what leaves the base) from each target's weight, in target
         order, drawing from the global generator as peft does (``lora_init``). Other inits: nothing."""
-        if not self.config.modifies_base:
+        if not self.modifies_base():
             return
         config = self.config
         with torch.no_grad():
@@ -277,7 +278,7 @@ class LoRAAdapter(AdapterModule):
     def base_updates(self, restore: bool) -> Iterator[tuple[int, str, torch.Tensor]]:
         """``(layer, point, ΔW (d_out, d_in))`` to add to the base: ``-removed`` when the adapter joins,
         ``+removed`` when it leaves (``removed``: ``LoRALayer.removed_from_base``)."""
-        if not self.config.modifies_base:
+        if not self.modifies_base():
             return
         sign = 1.0 if restore else -1.0
         for index, point, lora in self.lora_targets():
