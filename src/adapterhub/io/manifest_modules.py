@@ -32,6 +32,7 @@ from adapterhub.errors import AdapterFileError
 from adapterhub.methods.base import AdapterModule, NamedModule
 from adapterhub.spec.architecture import ArchitectureSpec, StackSpec
 from adapterhub.spec.configs import MethodConfig
+from adapterhub.spec.module_layers import layer_of_path
 
 _POINT_KEY = re.compile(r"^layers\.(\d+)\.([a-z_]+)\.(.+)$")
 _MODULE_KEY = re.compile(r"^(by_name|copies|saved)\.([^.]+)\.(.+)$")
@@ -70,7 +71,7 @@ def file_modules(
         )
     for (kind, key), params in groups.items():
         path = key.replace(":", ".")
-        held_in = _layer_of(spec, path, decoder_start)
+        held_in = layer_of_path(spec, path, decoder_start)
         if kind == "by_name":
             # the method reads a module target's weights as it reads a point's
             found = method.shapes_for_config(config, {f"layers.0.x.{name}": t for name, t in params.items()})
@@ -146,13 +147,3 @@ def _point_path(spec: ArchitectureSpec, layer: int, point: str, decoder_start: i
     if linear is None or linear.part is not None:
         return None
     return f"{stack.layers}.{index}.{linear.module}"
-
-
-def _layer_of(spec: ArchitectureSpec, path: str, decoder_start: int | None) -> int | None:
-    """The transformer layer a module path (from the model's root or the base model) sits in, or None."""
-    for number, stack in enumerate(spec.stacks()):
-        match = re.search(rf"(?:^|\.){re.escape(stack.layers)}\.(\d+)\.", path)
-        if match is not None:
-            offset = (decoder_start or 0) if number else 0
-            return int(match.group(1)) + offset
-    return None
