@@ -34,7 +34,7 @@ from adapterhub.methods.prefix_tuning import PrefixTuningConfig
 from adapterhub.runtime.validate import check_state_fits
 from adapterhub.spec.architectures import spec_for_model_type
 from adapterhub.spec.configs import canonical_json, resolve_config, sha256_hex
-from adapterhub.spec.manifest import AdapterManifest
+from adapterhub.spec.manifest import AdapterManifest, low_rank_modules
 from adapterhub.spec.module_layers import check_module_layers
 
 
@@ -118,6 +118,9 @@ def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None 
         id2label=None if head is None else head.id2label,
         num_parameters=sum(t.numel() for t in record.tensors.values()),
         files=tuple(sorted(p.name for p in directory.iterdir() if p.is_file())),
+        modules=low_rank_modules(
+            {k: tuple(t.shape) for k, t in record.tensors.items()}, spec, start, str(directory)
+        ),
     )
 
 

@@ -7,7 +7,10 @@ What the files say, per module an adapter holds weights for:
   path ``<stack layers>.<index in stack>.<module>`` relative to the base model, its layer ``i``, and ``(d_in,
   d_out)`` from the method's own reading of its weights (``linear_shapes_from``: LoRA's ``A`` ``(r, d_in)`` and
   ``B`` ``(d_out, r)``; OFT's blocks);
-- a module target ``by_name.<path with ":">.<param>``: its path from the model's root, its widths read the same way;
+- a module target ``by_name.<path with ":">.<param>``: its path from the model's root, its widths read the same way
+  (an ``nn.Embedding``'s LoRA has a linear one's shapes and is read as one), or, when the method reads a
+  convolution there (``conv_shapes_from``: LoRA's ``A`` ``(r, c_in, kh, kw)``, ``B`` ``(c_out, r, 1, 1)``), an
+  ``nn.Conv2d`` of those channels and kernel, its stride and padding unknown (``None``: they do not change shapes);
 - a copy ``copies.<path>.<param>`` (LN tuning) or ``saved.<path>.<param>`` (``modules_to_save``): its path, the
   layer it sits in (from the spec's layer paths), and, for an LN-tuning copy, the norm's width from its ``weight``.
 
@@ -74,7 +77,14 @@ def file_modules(
         held_in = layer_of_path(spec, path, decoder_start)
         if kind == "by_name":
             # the method reads a module target's weights as it reads a point's
-            found = method.shapes_for_config(config, {f"layers.0.x.{name}": t for name, t in params.items()})
+            renamed = {f"layers.0.x.{name}": t for name, t in params.items()}
+            found = method.shapes_for_config(config, renamed)
+            convs = () if found else method.conv_shapes_from(renamed)
+            if convs:  # an nn.Conv2d target: its stride and padding are the model's, unknown here
+                _, c_in, c_out, kernel = convs[0]
+                conv = (kernel, None, None)
+                rows.append(NamedModule(path, "Conv2d", d_in=c_in, d_out=c_out, conv=conv, layer=held_in))
+                continue
             if not found:
                 raise AdapterFileError(
                     f"{directory}: the weights of module target {path!r} ({', '.join(sorted(params))}) do not fix "
