@@ -323,8 +323,12 @@ class _SavedModuleHook(AdapterHook):
 
     def _holders(self, setup: Any) -> list[str]:
         adapters = self.store.adapters
+        # a merged adapter's held bias / rows are in the model's own (merge_adapter): nothing to replace
+        merged = self.store.merged if self.kind != "module" else ()
         return [
-            n for n in setup_names(setup) if n in adapters and self.path in getattr(adapters[n], self.held)()
+            n
+            for n in setup_names(setup)
+            if n in adapters and n not in merged and self.path in getattr(adapters[n], self.held)()
         ]
 
     def _one_holder(self, holders: list[str], where: Any) -> None:
