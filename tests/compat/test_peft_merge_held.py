@@ -97,6 +97,11 @@ def test_two_merged_adapters_holding_one_bias_are_refused():
     with pytest.raises(ConfigError, match=r"Adapters 'a' \(merged\) and 'b' both keep their own copy"):
         model.merge_adapter("b")
     assert model.merged_adapters == ["a"]
+    with (
+        torch.no_grad(),
+        pytest.raises(ConfigError, match=r"\['a'\] \(merged\) and \['b'\] each keep a copy"),
+    ):
+        model(**make_inputs())
 
 
 def test_weighted_combination_takes_the_first_adapters_tokens_as_peft(tmp_path):
