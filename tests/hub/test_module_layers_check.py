@@ -8,11 +8,14 @@ import json
 import re
 from pathlib import Path
 
+import hubkit
 import pytest
 from safetensors.torch import load_file, save_file
 
 import adapterhub
 from adapterhub.errors import IncompatibleModelError
+from adapterhub.hub import client
+from adapterhub.hub.errors import HubError
 from adapterhub.hub.server.header_inspect import inspect_from_headers
 from adapterhub.io.manifest import inspect_adapter_dir
 from adapterhub.spec.architectures import spec_for_model_type
@@ -88,3 +91,32 @@ def test_header_check_refuses_a_decoder_path_past_the_model(tmp_path):
         IncompatibleModelError, match=rf"in layer {total}, but the declared model has {total} layers"
     ):
         inspect_from_headers(directory)
+
+
+@pytest.fixture
+def header_check(monkeypatch):
+    monkeypatch.setenv("ADAPTERHUB_HUB_WEIGHTS_CHECK", "header")
+
+
+@pytest.fixture
+def live_header(header_check, sqlite_env, monkeypatch):
+    assert sqlite_env.hub.settings.weights_check == "header"
+    with hubkit.ThreadServer(sqlite_env.app) as server:
+        monkeypatch.setenv("ADAPTERHUB_HUB_URL", server.url)
+        yield sqlite_env
+
+
+def test_the_torch_free_server_refuses_the_publish_and_accepts_paths_inside(live_header, tmp_path):
+    def push(directory, name):
+        return client.push_adapter_dir(
+            directory,
+            owner="alice",
+            name=name,
+            task="sentiment",
+            subtask="sst-2",
+            token=live_header.tokens["alice"],
+        )
+
+    with pytest.raises(HubError, match=r"in layer 7, but the declared model has 2 layers"):
+        push(_by_name_file(tmp_path / "bad", {0: 0, 1: 7}), "bad")
+    assert push(_by_name_file(tmp_path / "good", {0: 0, 1: 1}), "good")["version"] == 1
