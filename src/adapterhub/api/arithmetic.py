@@ -22,6 +22,11 @@ adapters' ``A`` then their ``B``); ``seed`` seeds it for this call only (``torch
 peft's call gives the same masks). Targets are the union of the adapters' targets; an adapter without a
 projection is skipped there, as peft does.
 
+Copies of the model's values the adapters keep: ``trainable_token_indices`` is taken from the first adapter, with
+rows starting at the model's own, as peft's ``add_weighted_adapter`` does (its new config is the first adapter's,
+and its new token adapter starts at the embedding's rows); held biases (option ``bias``) are refused: peft's bias
+option trains the base model's biases, shared by all its adapters, so it has no per-adapter biases to combine.
+
 Heads: when every adapter has a flexible head of the same type and shapes, the new adapter gets the weighted sum
 of them (``average_head=True``).
 """
@@ -141,12 +146,14 @@ class ArithmeticMixin(AdapterAPIMixin):
                 f"average_adapter combines adapters of one method; {names} are "
                 f"{', '.join(f'{n}: {m.method}' for n, m in zip(names, modules, strict=True))}."
             )
-        held = [n for n, m in zip(names, modules, strict=True) if m.bias_paths() or m.token_paths()]
+        held = [n for n, m in zip(names, modules, strict=True) if m.bias_paths()]
         if held:
             raise ConfigError(
-                f"average_adapter cannot combine {held}: they keep copies of the model's biases (option bias) or "
-                "embedding rows (trainable_token_indices), which the combination would not carry over. Combine "
-                "adapters trained without them."
+                f"average_adapter cannot combine {held}: they keep their own copies of the model's biases (option "
+                "bias). peft has no per-adapter bias to combine (its bias option trains the base model's biases, "
+                "shared by all its adapters); here each adapter holds its own, and no combination of them is "
+                "defined. Merge the adapter with model.merge_adapter (its biases go into the model, as peft's "
+                "merge_and_unload), or combine adapters trained with bias='none'."
             )
         if len(names) == 1 and combine != "cat":
             combine = "linear"  # as peft
@@ -165,7 +172,19 @@ class ArithmeticMixin(AdapterAPIMixin):
                 config, tensors = self._combine_lora(
                     names, modules, weights, combine, density or 1.0, svd_rank, majority_sign_method
                 )
+                # as peft (its new config is the first adapter's): the first adapter's trainable_token_indices,
+                # with rows starting at the model's own (the adapters' rows are not combined)
+                tokens = modules[0].config.to_dict().get("trainable_token_indices")
+                if tokens:
+                    config["trainable_token_indices"] = tokens
             else:
+                held = [n for n, m in zip(names, modules, strict=True) if m.token_paths()]
+                if held:
+                    raise ConfigError(
+                        f"average_adapter cannot combine {held} ({modules[0].method}): they keep their own "
+                        "embedding rows (trainable_token_indices), which the weighted sum of parameters would "
+                        "scale. Combine adapters trained without them, or merge one with model.merge_adapter."
+                    )
                 config, tensors = _combine_params(names, modules, weights, combine)
         head = self._average_heads(adapter_name, names, weights) if average_head else None
         self.add_adapter(adapter_name, config, overwrite_ok=overwrite_ok)

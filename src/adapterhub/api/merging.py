@@ -5,7 +5,11 @@ each ``ΔW`` the method reports (``merged_deltas``) to the projection's weight (
 transposed, for ``Conv1D``), so the model computes the same outputs without running the adapter: inference costs
 what the bare model costs. ``unmerge_adapter`` subtracts the same ``ΔW`` again. A method whose merge replaces
 parameters (``merge_writes``: LN tuning writes its tuned norm into the model's) has them copied in, and the
-originals it kept copied back on unmerge, bit for bit. While an adapter is merged it
+originals it kept copied back on unmerge, bit for bit. Copies of the model's values a LoRA adapter keeps (option
+``bias``: its biases ``b'``; ``trainable_token_indices``: embedding rows) are written into the model as peft's
+``merge_and_unload`` leaves them (``b ← b'``; the embedding's rows at those ids ← the copies, a tied head sharing
+them), the values overwritten kept beside the merge and put back by ``unmerge_adapter`` bit for bit; the hooks that
+swap the copies in leave a merged adapter out. While an adapter is merged it
 applies in every call: per-call setups, BatchSplit, Parallel, Fuse and Split over it, training it, deleting it and
 replacing it raise a ``ConfigError`` that says to unmerge first.
 
@@ -17,6 +21,8 @@ flag, merging into a quantised layer raises naming it. Unmerging leaves the laye
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,6 +54,51 @@ class MergeMixin(AdapterAPIMixin):
                 weight.add_(delta.to(weight.dtype))
                 if bias_delta is not None and bias is not None:
                     bias.add_(bias_delta.to(bias.dtype))
+
+    def _check_held_free(self, name: str, module: AdapterModule) -> None:
+        """A bias or embedding row held by adapter ``name`` must not be held by an adapter merged already: the
+        model's one bias / row cannot hold both copies."""
+        held = set(module.bias_paths()) | set(module.token_paths())
+        for other in self._store.merged:
+            merged: AdapterModule = self._store.adapters[other]  # type: ignore[assignment]
+            both = sorted(held & (set(merged.bias_paths()) | set(merged.token_paths())))
+            if both:
+                raise ConfigError(
+                    f"Adapters {other!r} (merged) and {name!r} both keep their own copy of {both} (option bias / "
+                    f"trainable_token_indices); the model holds one. Unmerge {other!r} first, or merge only one "
+                    "of them."
+                )
+
+    def _write_held(self, module: AdapterModule) -> list[tuple[str, torch.Tensor | None, torch.Tensor]]:
+        """Write the copies ``module`` keeps into the model, as peft's ``merge_and_unload`` leaves them: each held
+        bias ``b'`` (option ``bias``) over the module's bias, each held row (``trainable_token_indices``) over the
+        embedding's row of its id (a tied output head shares the weight, so it changes too). Returns what was
+        overwritten, ``(path, row ids (n,) or None for a bias, values)``, for ``_restore_held``."""
+        root = self._module()
+        originals: list[tuple[str, torch.Tensor | None, torch.Tensor]] = []
+        with torch.no_grad():
+            for path in module.bias_paths():
+                bias: torch.Tensor = root.get_submodule(path).bias  # type: ignore[assignment]  # (d,)
+                originals.append((path, None, bias.detach().clone()))
+                bias.copy_(module.held_bias(path).to(bias.dtype))
+            for path in module.token_embeddings():
+                weight: torch.Tensor = root.get_submodule(path).weight  # type: ignore[assignment]  # (vocab, d)
+                ids, rows = module.token_delta(path)  # rows: (n, d)
+                index = torch.tensor(ids, device=weight.device)  # (n,)
+                originals.append((path, index, weight[index].detach().clone()))
+                weight.index_copy_(0, index, rows.detach().to(weight.dtype))
+        return originals
+
+    def _restore_held(self, originals: list[tuple[str, torch.Tensor | None, torch.Tensor]]) -> None:
+        """Put back the biases and embedding rows ``_write_held`` overwrote, bit for bit."""
+        root = self._module()
+        with torch.no_grad():
+            for path, index, value in reversed(originals):
+                target: Any = root.get_submodule(path)
+                if index is None:
+                    target.bias.copy_(value)
+                else:
+                    target.weight.index_copy_(0, index, value)
 
     def _quantized_targets(self, module: AdapterModule) -> list[tuple[nn.Module, str]]:
         """``(root, path)`` of every bitsandbytes-quantised module ``module`` targets (a layer and its projection's
@@ -83,20 +134,7 @@ class MergeMixin(AdapterAPIMixin):
         store = self._store
         if name in store.merged:
             raise ConfigError(f"Adapter {name!r} is merged already.")
-        if module.token_paths():
-            raise ConfigError(
-                f"Adapter {name!r} keeps its own rows of {', '.join(module.token_embeddings())} (option "
-                "trainable_token_indices); merging would overwrite the model's embedding rows, which unmerging could "
-                "not restore. Keep it unmerged, or merge with peft (save_adapter(..., layout='peft'), then "
-                "merge_and_unload)."
-            )
-        if module.bias_paths():
-            raise ConfigError(
-                f"Adapter {name!r} keeps its own copies of {len(module.bias_paths())} bias(es) of the model (option "
-                f"bias={getattr(module.config, 'bias', None)!r}); merging it would overwrite the model's biases, "
-                "which unmerging could not restore. Keep it unmerged, or merge a copy of the model with peft "
-                "(save_adapter(..., layout='peft'), then merge_and_unload)."
-            )
+        self._check_held_free(name, module)
         if store.skip_layers:
             raise ConfigError(
                 f"skip_layers={sorted(store.skip_layers)} leaves those layers' adapters out, but a merged adapter "
@@ -110,7 +148,7 @@ class MergeMixin(AdapterAPIMixin):
                 f"Adapter {name!r} is not in the active setup {store.active_setup!r}: merging it would change what "
                 f"the model computes. Activate it first (model.set_active_adapters({name!r}))."
             )
-        store.merged[name] = True
+        store.merged[name] = []
         try:
             self._check_merged(setup)
         except ConfigError:
@@ -119,6 +157,7 @@ class MergeMixin(AdapterAPIMixin):
         for root, path in quantized:
             dequantize_modules(root, [path])
         self._apply_deltas(name, 1.0)
+        store.merged[name] = self._write_held(module)
         store.active_setup = setup
         store.changed()
 
@@ -133,7 +172,7 @@ class MergeMixin(AdapterAPIMixin):
                 raise ConfigError(f"Adapter {item!r} is not merged (merged adapters: {merged}).")
         for item in reversed(names):
             self._apply_deltas(item, -1.0)
-            del store.merged[item]
+            self._restore_held(store.merged.pop(item))
         store.changed()
 
     @property

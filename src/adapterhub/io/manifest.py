@@ -34,7 +34,8 @@ from adapterhub.methods.prefix_tuning import PrefixTuningConfig
 from adapterhub.runtime.validate import check_state_fits
 from adapterhub.spec.architectures import spec_for_model_type
 from adapterhub.spec.configs import canonical_json, resolve_config, sha256_hex
-from adapterhub.spec.manifest import AdapterManifest
+from adapterhub.spec.manifest import AdapterManifest, low_rank_modules
+from adapterhub.spec.module_layers import check_module_layers
 
 
 def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None = None) -> AdapterManifest:
@@ -58,6 +59,8 @@ def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None 
     config = resolve_config(record.config)
     method = method_for_config(config)
     start = record.model.decoder_start
+    # module paths (by name, copies) in layers the declared model does not have are a model mismatch
+    check_module_layers(spec, record.tensors, record.model.num_layers, start, str(directory))
     # modules targeted by name (target_modules, LN tuning's norms): the ones the files hold weights for
     modules = file_modules(method, config, record.tensors, spec, start, directory)
     layer_indices = [int(key.split(".")[1]) for key in record.tensors if key.startswith("layers.")]
@@ -129,6 +132,9 @@ def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None 
         id2label=None if head is None else head.id2label,
         num_parameters=sum(t.numel() for t in record.tensors.values()),
         files=tuple(sorted(p.name for p in directory.iterdir() if p.is_file())),
+        modules=low_rank_modules(
+            {k: tuple(t.shape) for k, t in record.tensors.items()}, spec, start, str(directory)
+        ),
     )
 
 

@@ -7,7 +7,10 @@ What the files say, per module an adapter holds weights for:
   path ``<stack layers>.<index in stack>.<module>`` relative to the base model, its layer ``i``, and ``(d_in,
   d_out)`` from the method's own reading of its weights (``linear_shapes_from``: LoRA's ``A`` ``(r, d_in)`` and
   ``B`` ``(d_out, r)``; OFT's blocks);
-- a module target ``by_name.<path with ":">.<param>``: its path from the model's root, its widths read the same way;
+- a module target ``by_name.<path with ":">.<param>``: its path from the model's root, its widths read the same way
+  (an ``nn.Embedding``'s LoRA has a linear one's shapes and is read as one), or, when the method reads a
+  convolution there (``conv_shapes_from``: LoRA's ``A`` ``(r, c_in, kh, kw)``, ``B`` ``(c_out, r, 1, 1)``), an
+  ``nn.Conv2d`` of those channels and kernel, its stride and padding unknown (``None``: they do not change shapes);
 - a copy ``copies.<path>.<param>`` (LN tuning) or ``saved.<path>.<param>`` (``modules_to_save``): its path, the
   layer it sits in (from the spec's layer paths), and, for an LN-tuning copy, the norm's width from its ``weight``.
 
@@ -32,6 +35,7 @@ from adapterhub.errors import AdapterFileError
 from adapterhub.methods.base import AdapterModule, NamedModule
 from adapterhub.spec.architecture import ArchitectureSpec, StackSpec
 from adapterhub.spec.configs import MethodConfig
+from adapterhub.spec.module_layers import layer_of_path
 
 _POINT_KEY = re.compile(r"^layers\.(\d+)\.([a-z_]+)\.(.+)$")
 _MODULE_KEY = re.compile(r"^(by_name|copies|saved)\.([^.]+)\.(.+)$")
@@ -70,10 +74,17 @@ def file_modules(
         )
     for (kind, key), params in groups.items():
         path = key.replace(":", ".")
-        held_in = _layer_of(spec, path, decoder_start)
+        held_in = layer_of_path(spec, path, decoder_start)
         if kind == "by_name":
             # the method reads a module target's weights as it reads a point's
-            found = method.shapes_for_config(config, {f"layers.0.x.{name}": t for name, t in params.items()})
+            renamed = {f"layers.0.x.{name}": t for name, t in params.items()}
+            found = method.shapes_for_config(config, renamed)
+            convs = () if found else method.conv_shapes_from(renamed)
+            if convs:  # an nn.Conv2d target: its stride and padding are the model's, unknown here
+                _, c_in, c_out, kernel = convs[0]
+                conv = (kernel, None, None)
+                rows.append(NamedModule(path, "Conv2d", d_in=c_in, d_out=c_out, conv=conv, layer=held_in))
+                continue
             if not found:
                 raise AdapterFileError(
                     f"{directory}: the weights of module target {path!r} ({', '.join(sorted(params))}) do not fix "
@@ -146,13 +157,3 @@ def _point_path(spec: ArchitectureSpec, layer: int, point: str, decoder_start: i
     if linear is None or linear.part is not None:
         return None
     return f"{stack.layers}.{index}.{linear.module}"
-
-
-def _layer_of(spec: ArchitectureSpec, path: str, decoder_start: int | None) -> int | None:
-    """The transformer layer a module path (from the model's root or the base model) sits in, or None."""
-    for number, stack in enumerate(spec.stacks()):
-        match = re.search(rf"(?:^|\.){re.escape(stack.layers)}\.(\d+)\.", path)
-        if match is not None:
-            offset = (decoder_start or 0) if number else 0
-            return int(match.group(1)) + offset
-    return None

@@ -352,7 +352,7 @@ def make_record(
     info = ModelInfo(
         model_type=model.model_type if model is not None else spec.model_types[0],
         model_name=str(meta.get("base_model_name_or_path") or (model.model_name if model else "")),
-        hidden_size=_hidden_size(tensors, model),
+        hidden_size=_hidden_size(tensors, model, spec),
         num_layers=model.num_layers if model is not None else None,
     )
     head_record = None
@@ -403,10 +403,16 @@ def saved_modules(
     return rest, config, out
 
 
-def _hidden_size(tensors: Mapping[str, torch.Tensor], model: ModelInfo | None) -> int:
-    """The width of the residual stream the weights imply (every projection but ffn_out reads it)."""
+def _hidden_size(
+    tensors: Mapping[str, torch.Tensor], model: ModelInfo | None, spec: ArchitectureSpec | None = None
+) -> int:
+    """The width of the residual stream the weights imply (every projection but ffn_out reads it); a LoRA target
+    by name counts when its path is a whole projection the spec names (``model.layers.0.self_attn.q_proj``)."""
     for key, tensor in tensors.items():
-        if key.startswith(("by_name.", "saved.")) or key.count(".") < 2:
+        point = _spec_point_of(key, spec) if key.startswith("by_name.") else None
+        if point is not None:
+            key = f"layers.0.{point}.{key.rsplit('.', 1)[-1]}"
+        elif key.startswith(("by_name.", "saved.")) or key.count(".") < 2:
             continue  # a module targeted by name (or VeRA's shared projections): no certain residual width
         point = key.split(".")[2]
         if point != "ffn_out" and key.endswith("lora_A"):
@@ -417,6 +423,22 @@ def _hidden_size(tensors: Mapping[str, torch.Tensor], model: ModelInfo | None) -
         if (point.startswith("in_") and point != "in_ffn_out") or point in ("out_ffn_out", "out_o"):
             return int(tensor.shape[0])
     return model.hidden_size if model is not None else 0
+
+
+def _spec_point_of(key: str, spec: ArchitectureSpec | None) -> str | None:
+    """The linear point of the spec that the module of a ``by_name.<path>.lora_A``/``lora_B`` key is, if it is a
+    whole projection of the spec's first stack (its width is the residual stream's), else None."""
+    parts = key.split(".")
+    if spec is None or len(parts) != 3 or parts[2] not in ("lora_A", "lora_B") or not spec.stacks():
+        return None
+    stack = spec.stacks()[0]
+    match = re.search(rf"(?:^|\.){re.escape(stack.layers)}\.\d+\.(.+)$", parts[1].replace(":", "."))
+    if match is None:
+        return None
+    found = [
+        p for p, linear in stack.linears.items() if linear.part is None and linear.module == match.group(1)
+    ]
+    return found[0] if len(found) == 1 else None
 
 
 def single_stack(write: Writer) -> Writer:

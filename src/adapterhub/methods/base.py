@@ -267,6 +267,14 @@ class AdapterModule(nn.Module):
         return ()
 
     @classmethod
+    def conv_shapes_from(
+        cls, tensors: Mapping[str, torch.Tensor]
+    ) -> tuple[tuple[str, int, int, tuple[int, ...]], ...]:
+        """The ``(point, c_in, c_out, kernel)`` of ``nn.Conv2d`` targets that saved weights imply (validating files
+        without a model); methods without a convolution form imply none."""
+        return ()
+
+    @classmethod
     def shapes_for_config(
         cls, config: MethodConfig, tensors: Mapping[str, torch.Tensor]
     ) -> tuple[tuple[str, int, int], ...]:

@@ -392,6 +392,27 @@ class LoRAAdapter(AdapterModule):
                     d_out[point] = int(tensor.shape[0])
         return tuple((p, d_in[p], d_out[p]) for p in d_in if p in d_out)
 
+    @classmethod
+    def conv_shapes_from(
+        cls, tensors: Mapping[str, torch.Tensor]
+    ) -> tuple[tuple[str, int, int, tuple[int, ...]], ...]:
+        """``(point, c_in, c_out, (kh, kw))`` of convolution targets: ``A`` ``(r, c_in, kh, kw)`` and ``B``
+        ``(c_out, r, 1, 1)``."""
+        down: dict[str, torch.Tensor] = {}
+        up: dict[str, int] = {}
+        for key, tensor in tensors.items():
+            match = _KEY.match(key)
+            if match and tensor.dim() == 4:
+                if match.group(3) == "A":
+                    down[match.group(2)] = tensor
+                else:
+                    up[match.group(2)] = int(tensor.shape[0])
+        return tuple(
+            (p, int(a.shape[1]), up[p], tuple(int(k) for k in a.shape[2:]))
+            for p, a in down.items()
+            if p in up
+        )
+
     def points(self, layer: int) -> tuple[Point, ...]:
         return self._points.get(layer, ())
 

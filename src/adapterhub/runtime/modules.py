@@ -323,9 +323,19 @@ class _SavedModuleHook(AdapterHook):
 
     def _holders(self, setup: Any) -> list[str]:
         adapters = self.store.adapters
-        return [
+        # a merged adapter's held bias / rows are in the model's own (merge_adapter): nothing to replace
+        merged = self.store.merged if self.kind != "module" else ()
+        holders = [
             n for n in setup_names(setup) if n in adapters and self.path in getattr(adapters[n], self.held)()
         ]
+        folded = [n for n in holders if n in merged]
+        if folded and len(holders) > len(folded):
+            raise ConfigError(
+                f"Adapter(s) {folded} (merged) and {[n for n in holders if n not in merged]} each keep a copy of "
+                f"{self.path!r} ({self.what}); the merged copy is in the model's own, and only one copy can apply. "
+                "Activate one of them, or unmerge first."
+            )
+        return [n for n in holders if n not in merged]
 
     def _one_holder(self, holders: list[str], where: Any) -> None:
         if len(holders) > 1:

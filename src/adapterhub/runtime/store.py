@@ -28,7 +28,8 @@ STORE_ATTR = "_adapterhub"
 class AdapterStore(nn.Module):
     """Holds every adapter, head and fusion of one model, and the active setup.
 
-    ``merged``: names of adapters whose update is folded into the base weights (``merge_adapter``); the hooks
+    ``merged``: names of adapters whose update is folded into the base weights (``merge_adapter``), each with the
+    biases and embedding rows its merge overwrote (restored by ``unmerge_adapter``); the hooks
     leave them out, since the base weights already apply them. ``skip_layers`` (AdapterDrop): transformer layers
     whose attachment points keep their base value whatever the setup (embedding points are outside the layers and
     still run; a module point counts as the layer holding its module)."""

@@ -11,7 +11,11 @@ checks, for the adapterhub layout (``adapter_config.json`` + ``adapter.safetenso
   non-negative integers and data offsets that tile the data section exactly (``size = prod(shape) · itemsize``,
   no gap, no overlap, nothing after the last tensor), so a truncated or padded file is refused;
 * the weights against the declared model: no layer index at or past ``num_layers``, a bottleneck's ``up.bias`` of
-  the declared hidden size; layer weights or a declared ``num_layers``.
+  the declared hidden size; layer weights or a declared ``num_layers``; no module named in the weights
+  (``by_name.model:layers:7:self_attn:q_proj.lora_A``, copies) in a layer at or past ``num_layers``, read by the
+  model type's layer stacks (``spec.module_layers``; a decoder's layers numbered after ``decoder_start``);
+* the modules a LoRA targets by name: each one's ``lora_A`` / ``lora_B`` shapes make one linear (or embedding)
+  or Conv2d update (``spec.manifest.low_rank_modules``), recorded in the manifest's ``modules``;
 
 What it cannot check without the method modules (torch): that the weights' names and shapes are exactly those the
 config implies, and that the model type is one the library supports. The ``full`` check
@@ -29,9 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapterhub.errors import AdapterFileError, AdapterHubError, IncompatibleModelError
+from adapterhub.errors import (
+    AdapterFileError,
+    AdapterHubError,
+    IncompatibleModelError,
+    UnsupportedArchitectureError,
+)
+from adapterhub.spec.architecture import ArchitectureSpec
+from adapterhub.spec.architectures import spec_for_model_type
 from adapterhub.spec.configs import METHOD_CONFIGS, canonical_json, resolve_config, sha256_hex
-from adapterhub.spec.manifest import AdapterManifest
+from adapterhub.spec.manifest import AdapterManifest, low_rank_modules
+from adapterhub.spec.module_layers import check_module_layers
 
 FORMAT = "adapterhub.adapter"
 HEAD_FORMAT = "adapterhub.head"
@@ -242,6 +254,10 @@ def inspect_from_headers(directory: Path, *, model_type: str | None = None) -> A
     stated = meta["model_type"] or model_type
     if not isinstance(stated, str) or not stated:
         raise AdapterFileError(f"{CONFIG_FILE} does not say which model type the adapter is for.")
+    spec = _check_module_layers(tensors, stated, num_layers, meta.get("decoder_start"))
+    modules = low_rank_modules(
+        {k: t.shape for k, t in tensors.items()}, spec, meta.get("decoder_start"), WEIGHTS_FILE
+    )
     model_name = meta.get("model_name") or ""
     if not isinstance(model_name, str):
         raise AdapterFileError(f"{CONFIG_FILE}: model_name must be a string.")
@@ -260,7 +276,26 @@ def inspect_from_headers(directory: Path, *, model_type: str | None = None) -> A
         id2label=id2label,
         num_parameters=sum(t.numel for t in tensors.values()),
         files=tuple(sorted(p.name for p in directory.iterdir() if p.is_file())),
+        modules=modules,
     )
+
+
+def _check_module_layers(
+    tensors: dict[str, TensorInfo], model_type: str, num_layers: int | None, decoder_start: Any
+) -> ArchitectureSpec | None:
+    """Modules named in the weights (``by_name.<path>.…``, copies) must sit in layers the declared model has, read
+    by the model type's layer stacks; a model type without an ArchitectureSpec has no stacks to read them by (the
+    full check refuses it). Returns the spec, or None for such a model type."""
+    if decoder_start is not None and (type(decoder_start) is not int or decoder_start < 0):
+        raise AdapterFileError(
+            f"{CONFIG_FILE}: decoder_start {decoder_start!r} is not a non-negative integer."
+        )
+    try:
+        spec = spec_for_model_type(model_type)
+    except UnsupportedArchitectureError:
+        return None
+    check_module_layers(spec, tensors, num_layers, decoder_start, WEIGHTS_FILE)
+    return spec
 
 
 def _check_declared_model(tensors: dict[str, TensorInfo], hidden_size: int, num_layers: int | None) -> None:
