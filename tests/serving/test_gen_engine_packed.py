@@ -202,3 +202,41 @@ def test_a_sequences_own_head_reads_its_last_token_in_the_packed_row(prompts):
     assert packed == run(GenerationEngine(llama, stop_ids=[]))
     plain = [GenerationEngine(llama, stop_ids=[]).submit(p, max_new_tokens=5).result() for p in prompts[:2]]
     assert packed[0] != plain[0] or packed[1] != plain[1]  # the head matters
+
+
+def test_serve_model_packed_flag_reaches_the_engine_and_keeps_the_texts(tiny_gpt2_dir):
+    """``serve-model --packed``: concurrent ``/v1/completions`` through the HTTP app return the default engine's
+    texts (GPT-2, a LoRA adapter with its causal-LM head)."""
+    import asyncio
+
+    import httpx
+
+    from adapterhub.cli import build_parser
+    from adapterhub.serving.app import create_app
+    from adapterhub.serving.cli import config_from_args
+    from adapterhub.serving.engine import EngineConfig, ServingEngine
+
+    directory, adapter = tiny_gpt2_dir
+    argv = ["serve-model", "--model", str(directory), "--adapter", f"lm={adapter}"]
+    assert config_from_args(build_parser().parse_args([*argv, "--packed"]))[1].packed is True
+    assert config_from_args(build_parser().parse_args(argv))[1].packed is False
+    with pytest.raises(ConfigError, match="packed must be True or False"):
+        EngineConfig(packed=1)  # type: ignore[arg-type]
+    bodies = [
+        {"model": "lm", "prompt": text, "max_tokens": 12, "temperature": 0}
+        for text in ("the movie was very good", "a bad plot", "it was not dull but great", "fun")
+    ]
+
+    async def answers(config: EngineConfig) -> list[str]:
+        engine = ServingEngine.from_pretrained(str(directory), adapters={"lm": str(adapter)}, config=config)
+        app = create_app(engine)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+                replies = await asyncio.gather(*(client.post("/v1/completions", json=b) for b in bodies))
+        assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+        assert engine.generation is not None and engine.generation.engine.packed is config.packed
+        return [r.json()["choices"][0]["text"] for r in replies]
+
+    expected = asyncio.run(answers(EngineConfig(max_wait_ms=1)))
+    assert asyncio.run(answers(EngineConfig(max_wait_ms=1, packed=True))) == expected
