@@ -16,7 +16,7 @@ import torch
 import adapterhub
 from adapterhub.errors import AdapterNotFoundError, ConfigError
 from adapterhub.serving import GenerationEngine
-from adapterhub.spec.composition import BatchSplit, Stack, setup_from_json, setup_to_json
+from adapterhub.spec.composition import BatchSplit, Split, Stack, setup_from_json, setup_to_json
 from tiny_models import DECODERS, NO_QKV, build, perturb
 
 NEW = 7
@@ -258,7 +258,10 @@ def test_batch_split_none_child_is_the_base(llama, prompts, order):
     torch.testing.assert_close(mixed, torch.cat(alone), rtol=0, atol=1e-5)
 
 
-def test_none_is_a_child_of_batch_split_only():
+def test_none_is_a_child_of_batch_split_and_split_only():
+    """BatchSplit's base rows and Split's base positions (a packed row's base segment); never inside a Stack."""
+    assert BatchSplit("a", None, batch_sizes=[1, 1]).children == ("a", None)
+    assert Split("a", None, split_index=2).children == ("a", None)
     with pytest.raises(ConfigError, match="Stack takes adapter names or blocks"):
         Stack("a", None)  # type: ignore[arg-type]
 
