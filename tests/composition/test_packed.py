@@ -125,3 +125,13 @@ def test_methods_that_run_per_row_are_refused_with_their_reason(llama: Any):
         llama.adapter_setup(Split("lora", "prefix", split_index=2)),
     ):
         pass
+
+
+def test_attention_without_a_4d_mask_is_refused():
+    from types import SimpleNamespace
+
+    from adapterhub.runtime.packing import check_packed_model
+
+    check_packed_model(SimpleNamespace(config=SimpleNamespace(_attn_implementation="adapterhub_sdpa")))
+    with pytest.raises(ConfigError, match="'flash_attention_2'.*set_attn_implementation"):
+        check_packed_model(SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2")))

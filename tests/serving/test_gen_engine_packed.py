@@ -16,7 +16,7 @@ import adapterhub
 from adapterhub.errors import ConfigError
 from adapterhub.serving import GenerationEngine
 from adapterhub.spec.composition import Split, Stack
-from tiny_models import build, perturb
+from tiny_models import DECODERS, build, perturb
 
 NEW = 7
 LENGTHS = (3, 8, 5, 11, 4, 6, 9, 7)
@@ -156,10 +156,12 @@ def test_prefix_tuning_is_refused_in_packed_mode_with_its_reason(model, prompts)
         GenerationEngine(model, packed="yes")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "mistral", "qwen2"])
+@pytest.mark.parametrize("arch", [a for a in DECODERS if a != "llama"])
 def test_decoder_architectures_packed_equal_generate(arch):
-    """Absolute positions (GPT-2, from position_ids) and rotary ones, grouped-query attention, fused projections."""
-    llama = build(arch, "causal_lm")
+    """Absolute positions (GPT-2, from position_ids) and rotary ones, grouped-query attention, fused projections,
+    eager attention with soft-capping and sliding windows (Gemma 2/3, window 24: requests within 12 tokens)."""
+    window = {"sliding_window": 24} if arch in ("gemma2", "gemma3_text") else {}
+    llama = build(arch, "causal_lm", **window)
     adapterhub.init(llama)
     llama.add_adapter("bottleneck", "pfeiffer")
     perturb(llama._store.adapters["bottleneck"], std=0.05, seed=4)
