@@ -133,5 +133,5 @@ def test_attention_without_a_4d_mask_is_refused():
     from adapterhub.runtime.packing import check_packed_model
 
     check_packed_model(SimpleNamespace(config=SimpleNamespace(_attn_implementation="adapterhub_sdpa")))
-    with pytest.raises(ConfigError, match="'flash_attention_2'.*set_attn_implementation"):
+    with pytest.raises(ConfigError, match=r"'flash_attention_2'.*set_attn_implementation"):
         check_packed_model(SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2")))
