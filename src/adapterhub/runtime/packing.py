@@ -9,8 +9,8 @@ that already has ``cached[i]`` tokens in the key/value cache, run under ``setups
   slice of positions at every attachment point, a ``None`` child's slice keeps the base value); adjacent segments
   with the same setup are merged into one slice, so a row ordered adapter by adapter costs one adapter computation
   per adapter and point. Give it to ``model.adapter_setup(...)``: like every per-call setup it lives in the calling
-  thread's state for that call (``runtime/callstate`` and the store's override), never on the model, so the thread
-  that runs the forward (the engine's scheduler thread) must enter it;
+  thread's (or task's) context for that call (the store's override, a context variable), never on the model, so
+  the thread that runs the forward (the engine's stepping thread) must enter it;
 - ``position_ids`` ``(1, T)``: ``cached[i] + k`` for the ``k``-th new token of segment ``i`` (positions restart per
   sequence);
 - ``attention_mask(dtype)`` ``(1, 1, T, C + T)`` with ``C = Σ cached``: an additive 4-D mask (0 visible, the dtype's
