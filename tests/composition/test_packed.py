@@ -135,3 +135,40 @@ def test_attention_without_a_4d_mask_is_refused():
     check_packed_model(SimpleNamespace(config=SimpleNamespace(_attn_implementation="adapterhub_sdpa")))
     with pytest.raises(ConfigError, match=r"'flash_attention_2'.*set_attn_implementation"):
         check_packed_model(SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2")))
+
+
+def test_alike_loras_on_token_slices_run_as_one_grouped_computation(monkeypatch):
+    """LoRA adapters of different ranks and base segments in one row: one masked computation per point
+    (``LoRAAdapter.split_grouped``), equal to each sequence alone."""
+    from adapterhub.methods.lora import LoRAAdapter
+
+    model = build("llama", "causal_lm", seed=0)
+    adapterhub.init(model)
+    for i, config in enumerate(("lora[r=2]", "lora[r=4]", "lora[r=8,alpha=4]")):
+        model.add_adapter(f"l{i}", config)
+        perturb(model._store.adapters[f"l{i}"], std=0.2, seed=70 + i)
+    grouped: list[int] = []
+    original = LoRAAdapter.split_grouped
+
+    def spy(self: Any, modules: Any, *args: Any) -> Any:
+        out = original(self, modules, *args)
+        grouped.append(0 if out is None else len(modules))
+        return out
+
+    monkeypatch.setattr(LoRAAdapter, "split_grouped", spy)
+    setups: list[Any] = ["l0", None, "l1", "l2", None]
+    lengths = (4, 3, 5, 2, 6)
+    seqs = sequences(lengths, seed=11)
+    row = PackedRow(setups, lengths)
+    with torch.no_grad(), model.adapter_setup(row.setup):
+        out = model(
+            input_ids=torch.tensor([[t for s in seqs for t in s]]),
+            position_ids=row.position_ids(),
+            attention_mask=row.attention_mask(torch.float32),
+        )
+    assert grouped and set(grouped) == {3}  # every LoRA point: the three adapters at once
+    grouped.clear()
+    for seq, setup, start in zip(seqs, setups, row.starts, strict=True):
+        own = alone(model, seq, setup)[0]
+        torch.testing.assert_close(out.logits[0, start : start + len(seq)], own, atol=ATOL, rtol=0)
+    assert not grouped  # alone: no Split
