@@ -1,7 +1,8 @@
 """The continuous-batching generation engine on a tiny random Llama (float32): every completion in a staggered,
 mixed batch (LoRA adapters and base rows) is token-identical to ``model.generate`` (greedy) for that prompt with
 that adapter alone; one forward pass per step whatever the mix (prefill fused into it); cancellation, admission
-control and the errors raised at submit."""
+control and the errors raised at submit. The equality and forward-count tests run with one row per sequence and
+with ``packed=True`` (every sequence in one row)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 import adapterhub
 from adapterhub.errors import AdapterNotFoundError, ConfigError
 from adapterhub.serving import GenerationEngine
-from adapterhub.spec.composition import BatchSplit, Stack, setup_from_json, setup_to_json
+from adapterhub.spec.composition import BatchSplit, Split, Stack, setup_from_json, setup_to_json
 from tiny_models import DECODERS, NO_QKV, build, perturb
 
 NEW = 7
@@ -93,8 +94,9 @@ def run_staggered(engine: GenerationEngine, plan: list[tuple[int, list[int], str
     return handles
 
 
-def test_base_rows_arriving_at_different_steps_equal_generate(llama, prompts):
-    engine = GenerationEngine(llama, max_num_seqs=8)
+@pytest.mark.parametrize("packed", [False, True], ids=["rows", "packed"])
+def test_base_rows_arriving_at_different_steps_equal_generate(llama, prompts, packed):
+    engine = GenerationEngine(llama, max_num_seqs=8, packed=packed)
     plan = [(0, prompts[0], None), (0, prompts[1], None), (2, prompts[2], None), (3, prompts[3], None)]
     plan += [(3, prompts[4], None), (5, prompts[5], None)]
     handles = run_staggered(engine, plan)
@@ -109,22 +111,24 @@ def test_base_rows_arriving_at_different_steps_equal_generate(llama, prompts):
     }
 
 
-def test_mixed_lora_adapters_and_base_rows_equal_generate_alone(llama, prompts):
+@pytest.mark.parametrize("packed", [False, True], ids=["rows", "packed"])
+def test_mixed_lora_adapters_and_base_rows_equal_generate_alone(llama, prompts, packed):
     adapters = ["a", None, "b", "c", "a", None, "c"]
     for name in ("a", "b", "c"):  # the adapters change the completions
         assert any(reference(llama, p, name) != reference(llama, p, None) for p in prompts)
-    engine = GenerationEngine(llama, max_num_seqs=8)
+    engine = GenerationEngine(llama, max_num_seqs=8, packed=packed)
     plan = [(i // 2 * 2, prompts[i], adapters[i]) for i in range(len(prompts))]
     handles = run_staggered(engine, plan)
     for handle, (_, prompt, adapter) in zip(handles, plan, strict=True):
         assert handle.result() == reference(llama, prompt, adapter), adapter
 
 
-def test_one_forward_per_step_whatever_the_mix(llama, prompts):
+@pytest.mark.parametrize("packed", [False, True], ids=["rows", "packed"])
+def test_one_forward_per_step_whatever_the_mix(llama, prompts, packed):
     calls = []
     hook = llama.register_forward_pre_hook(lambda module, args: calls.append(1))
     try:
-        engine = GenerationEngine(llama, max_num_seqs=8)
+        engine = GenerationEngine(llama, max_num_seqs=8, packed=packed)
         first = [
             engine.submit(prompts[i], adapter=a, max_new_tokens=NEW) for i, a in enumerate(["a", None, "b"])
         ]
@@ -137,7 +141,8 @@ def test_one_forward_per_step_whatever_the_mix(llama, prompts):
             assert len(calls) == before + 1
         assert infos[0].prefill == 3 and infos[0].decode == 0
         assert infos[2].prefill == 1 and infos[2].decode == 3
-        assert isinstance(infos[2].setup, BatchSplit) and infos[2].setup.children == ("a", "b", "c", None)
+        assert isinstance(infos[2].setup, Split if packed else BatchSplit)  # positions / rows per adapter
+        assert infos[2].setup.children == ("a", "b", "c", None)
         while engine.step() is not None:
             pass
         assert len(calls) == NEW + 2  # the late one ran two steps after the first ones ended
@@ -258,12 +263,16 @@ def test_batch_split_none_child_is_the_base(llama, prompts, order):
     torch.testing.assert_close(mixed, torch.cat(alone), rtol=0, atol=1e-5)
 
 
-def test_none_is_a_child_of_batch_split_only():
+def test_none_is_a_child_of_batch_split_and_split_only():
+    """BatchSplit's base rows and Split's base positions (a packed row's base segment); never inside a Stack."""
+    assert BatchSplit("a", None, batch_sizes=[1, 1]).children == ("a", None)
+    assert Split("a", None, split_index=2).children == ("a", None)
     with pytest.raises(ConfigError, match="Stack takes adapter names or blocks"):
         Stack("a", None)  # type: ignore[arg-type]
 
 
-def test_every_mixable_method_per_row_equals_generate_alone(methods, prompts):
+@pytest.mark.parametrize("packed", [False, True], ids=["rows", "packed"])
+def test_every_mixable_method_per_row_equals_generate_alone(methods, prompts, packed):
     """LoRA, rsLoRA, DoRA, (IA)³ and Pfeiffer / Houlsby bottleneck adapters and base rows in one batch, one
     joining at each step: each completion equals generate() with that adapter alone."""
     names: list[str | None] = [name for name, _, _ in METHODS] + [None]
@@ -273,7 +282,7 @@ def test_every_mixable_method_per_row_equals_generate_alone(methods, prompts):
     for prompt, name in zip(batch, names, strict=True):
         expected = reference(methods, prompt, name)
         assert name is None or expected != reference(methods, prompt, None), name  # the adapter matters
-    engine = GenerationEngine(methods, max_num_seqs=16)
+    engine = GenerationEngine(methods, max_num_seqs=16, packed=packed)
     handles = run_staggered(engine, [(i, p, n) for i, (p, n) in enumerate(zip(batch, names, strict=True))])
     for handle, prompt, name in zip(handles, batch, names, strict=True):
         assert handle.result() == reference(methods, prompt, name), name

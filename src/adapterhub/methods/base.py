@@ -23,7 +23,8 @@ Decoder layers of encoder-decoder models also have ``cross_attn`` (residual), ``
 The composition interpreter (``adapterhub.runtime.interpreter``) runs every block through three questions it asks the
 method, never its class: ``stack_step`` (apply this adapter to the running value of a Stack), ``stack_leave`` (turn
 the running value into the point's output), and, optionally, ``fuse_enter`` / ``fuse_deltas`` (AdapterFusion) and
-``batch_split_grouped`` (one computation for a BatchSplit of alike adapters). ``composable`` lists the blocks a
+``batch_split_grouped`` (one computation for a BatchSplit of alike adapters) / ``split_grouped`` (one for a Split
+of alike adapters over token positions: a packed row's segments). ``composable`` lists the blocks a
 method may sit in; anything else raises a ``ConfigError`` naming the block and the method when the setup is
 activated.
 """
@@ -253,6 +254,8 @@ class AdapterModule(nn.Module):
     config_cls: ClassVar[type[MethodConfig]]
     composable: ClassVar[frozenset[str]] = ALL_BLOCKS  # the blocks this method may sit in
     mergeable: ClassVar[bool] = False  # whether merge_adapter can fold it into the base weights
+    # why this method cannot run on a slice of a packed row's tokens (runtime/packing), when Split is not composable
+    packed_refusal: ClassVar[str | None] = None
 
     def __init__(self, name: str, config: MethodConfig, dims: ModelDims) -> None:
         super().__init__()
@@ -345,6 +348,19 @@ class AdapterModule(nn.Module):
     ) -> torch.Tensor | None:
         """BatchSplit of ``modules`` (this one first) over consecutive row blocks of ``sizes`` rows as one
         computation, or None when they cannot be grouped (the interpreter then runs the row blocks one by one)."""
+        return None
+
+    def split_grouped(
+        self,
+        modules: Sequence[AdapterModule],
+        layer: int,
+        point: Point,
+        inputs: PointInputs,
+        bounds: Sequence[tuple[int, int]],
+    ) -> torch.Tensor | None:
+        """Split of ``modules`` (this one first) over the token positions ``[start_k, end_k)`` as one computation
+        (positions in no bound keep the base value), or None when they cannot be grouped (the interpreter then runs
+        the slices one by one)."""
         return None
 
     def merged_deltas(self) -> Iterator[tuple[int, str, torch.Tensor]]:

@@ -526,6 +526,44 @@ class LoRAAdapter(AdapterModule):
         delta = torch.bmm(torch.bmm(groups, a), b) * scale  # (G, rows, d_out)
         return y + delta.reshape(y.shape)
 
+    def split_grouped(
+        self,
+        modules: Sequence[AdapterModule],
+        layer: int,
+        point: Point,
+        inputs: PointInputs,
+        bounds: Sequence[tuple[int, int]],
+    ) -> torch.Tensor | None:
+        """Token slice ``k`` through adapter ``k`` in two dense matmuls (a packed row's segments): with the down
+        projections side by side ``A = [A_1; ...; A_K]`` ``(R, d_in)``, ``R = Σ r_k``, and the up projections
+        ``B = [B_1, ..., B_K]`` ``(d_out, R)``, ``Δy_t = ((x_t Aᵀ) ⊙ m_t) Bᵀ`` where ``m_t`` is ``s_k`` on the
+        columns of the adapter ``k`` owning token ``t`` and 0 elsewhere (0 everywhere for tokens of no slice), so
+        each token gets exactly its adapter's ``s_k B_k A_k x_t``. Plain LoRA of equal dropout on projections only;
+        None when ``R > d_in`` (the masked columns would cost more than the slices one by one)."""
+        if not all(type(m) is type(self) for m in modules):  # a subclass (DoRA, gated) computes otherwise
+            return None
+        layers: list[LoRALayer] = [m.layer_at(layer, point) for m in modules]  # type: ignore[attr-defined,operator]
+        first = layers[0]
+        if any(x.dropout.p != first.dropout.p or x.embedding or isinstance(x, ConvLoRALayer) for x in layers):
+            return None
+        assert isinstance(inputs, LinearInputs)
+        x, y = inputs.x, inputs.y  # (B, T, d_in), (B, T, d_out)
+        ranks = [int(x.lora_A.shape[0]) for x in layers]
+        if x.dim() != 3 or sum(ranks) > x.shape[-1]:
+            return None
+        if first.dropout.p > 0:
+            x = first.dropout(x)
+        a = torch.cat([m.lora_A for m in layers]).t()  # (d_in, R)
+        b = torch.cat([m.lora_B for m in layers], dim=1).t()  # (R, d_out)
+        owner = torch.full((x.shape[1],), -1, dtype=torch.long)  # (T,): the slice of each token, -1 for none
+        for k, (start, end) in enumerate(bounds):
+            owner[start:end] = k
+        columns = torch.repeat_interleave(torch.arange(len(layers)), torch.tensor(ranks))  # (R,)
+        scale = torch.tensor([m.scaling for m in layers], dtype=y.dtype)[columns]  # (R,)
+        mask = (owner[:, None] == columns[None, :]).to(y.dtype) * scale  # (T, R)
+        delta = ((x @ a.to(x.dtype)) * mask.to(x.device)) @ b.to(x.dtype)  # (B, T, d_out)
+        return y + delta.to(y.dtype)
+
     def merged_deltas(self) -> Iterator[tuple[int, str, torch.Tensor]]:
         for layer, point, lora in self.lora_targets():
             yield layer, point, lora.weight_delta()

@@ -99,6 +99,10 @@ class PrefixTuningAdapter(AdapterModule):
     config_cls = PrefixTuningConfig
     config: PrefixTuningConfig
     composable = frozenset({"Stack", "BatchSplit", "Parallel", "Average"})
+    packed_refusal = (
+        "its prefix keys and values are prepended to the attention of the whole row, so every sequence packed in "
+        "the row would attend to them"
+    )
 
     def __init__(self, name: str, config: PrefixTuningConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)

@@ -99,6 +99,7 @@ class PromptTuningAdapter(AdapterModule):
     config_cls = PromptTuningConfig
     config: PromptTuningConfig
     composable = frozenset({"Stack", "BatchSplit"})
+    packed_refusal = "its soft prompt is prepended to the whole row, in front of every sequence packed in it"
 
     def __init__(self, name: str, config: PromptTuningConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)

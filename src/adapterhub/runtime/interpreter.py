@@ -154,7 +154,15 @@ def _run_chunks(
 def _run_split(run: PointRun, block: Split, inputs: PointInputs) -> torch.Tensor | None:
     length = inputs.length()
     edges = [0, *(min(i, length) for i in block.split_index), length]
-    return _run_chunks(run, block.children, list(itertools.pairwise(edges)), inputs, dim=1)
+    bounds = list(itertools.pairwise(edges))
+    # several alike adapters on token slices (a packed row's segments; None slices keep the base): one computation
+    named = [(c, b) for c, b in zip(block.children, bounds, strict=True) if c is not None and b[1] > b[0]]
+    if len(named) > 1 and all(isinstance(c, str) and run.present(c) for c, _ in named):
+        modules = [run.adapter(c) for c, _ in named]  # type: ignore[arg-type]
+        grouped = modules[0].split_grouped(modules, run.layer, run.point, inputs, [b for _, b in named])
+        if grouped is not None:
+            return grouped
+    return _run_chunks(run, block.children, bounds, inputs, dim=1)
 
 
 def _run_batch_split(run: PointRun, block: BatchSplit, inputs: PointInputs) -> torch.Tensor | None:

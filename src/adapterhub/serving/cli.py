@@ -86,6 +86,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--cache-block", type=int, default=16, help="cache tokens per block with --preempt (default 16)"
     )
+    parser.add_argument(
+        "--packed",
+        action="store_true",
+        help="run each generation step as one row of all sequences' tokens (per-token adapters; no prefix tuning)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--token", default=None, help="bearer token needed to add or delete adapters")
@@ -125,6 +130,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         max_cache_tokens=args.max_cache_tokens,
         preempt=args.preempt,
         cache_block=args.cache_block,
+        packed=args.packed,
     )
     return adapters, config
 

@@ -76,7 +76,7 @@ class EngineConfig:
     default); ``max_num_seqs`` / ``max_batch_tokens``: sequences decoding together and new tokens per step of the
     generation engine (decoders only; ``max_queue_rows`` also bounds its waiting sequences); ``prefill_chunk``,
     ``max_cache_tokens``, ``preempt``: the generation engine's chunked prefill, cache budget and preemption (None /
-    False: its defaults; see ``GenerationEngine``)."""
+    False: its defaults; see ``GenerationEngine``); ``packed``: its packed steps (all sequences in one row)."""
 
     max_loaded: int = 8
     max_batch_rows: int = 64
@@ -90,6 +90,7 @@ class EngineConfig:
     max_cache_tokens: int | None = None
     preempt: bool = False
     cache_block: int = 16
+    packed: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -109,8 +110,9 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer or None, got {value!r}.")
-        if not isinstance(self.preempt, bool):
-            raise ConfigError(f"preempt must be True or False, got {self.preempt!r}.")
+        for name in ("preempt", "packed"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}.")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EngineConfig:
@@ -176,7 +178,7 @@ class ServingEngine:
                 max_length=self.config.max_length, metrics=self.metrics.generation,
                 prefill_chunk=self.config.prefill_chunk,
                 max_cache_tokens=self.config.max_cache_tokens, preempt=self.config.preempt,
-                cache_block=self.config.cache_block,
+                cache_block=self.config.cache_block, packed=self.config.packed,
             )  # fmt: skip
             self._model_thread.guard = self.generation.engine.exclusive
         self._adapter_tokenizers: dict[tuple[str, str, str | None], Any] = {}

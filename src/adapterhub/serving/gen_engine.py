@@ -11,7 +11,9 @@ round robin between adapters; with ``preempt`` it may first preempt the newest, 
 ordered adapter by adapter (rows with no adapter last; prompt-tuning rows run as the base with their soft prompt
 given as embeddings, ``gen_prompt``) and the model runs ONE forward pass for all of them under ``BatchSplit(a, b, ..., None, batch_sizes=...)`` as a per-call
 setup: prefill and decode are fused in that one pass, whatever the mix of adapters. Alike adapters (LoRA of equal
-rank) run as one grouped computation at every point (``batch_split_grouped``). Each row's new keys and values go
+rank) run as one grouped computation at every point (``batch_split_grouped``). With ``packed=True`` the pass is ONE
+row of every sequence's fed tokens instead (``gen_packed``: a ``Split`` over positions, one token slice per
+adapter, block-diagonal attention, no padding). Each row's new keys and values go
 back into its own cache (``kv_cache``) and, unless it fed a prompt chunk that leaves more to prefill, its next
 token comes from its own last-position logits: the argmax
 (greedy, the default) or a draw with its own generator after temperature / top-k / top-p (``sampling``), after
@@ -38,6 +40,7 @@ from typing import Any
 import torch
 
 from adapterhub.errors import AdapterNotFoundError, ConfigError
+from adapterhub.runtime.packing import check_packable, check_packed_model
 from adapterhub.serving.gen_checks import (
     check_adapter,
     check_lengths,
@@ -49,6 +52,7 @@ from adapterhub.serving.gen_checks import (
 )
 from adapterhub.serving.gen_handle import Completion, GenerationHandle
 from adapterhub.serving.gen_heads import check_head, last_hidden, with_heads
+from adapterhub.serving.gen_packed import PackedStep, build_packed_step
 from adapterhub.serving.gen_penalties import apply_penalties
 from adapterhub.serving.gen_prompt import soft_prompt, step_inputs
 from adapterhub.serving.gen_scheduler import (
@@ -58,7 +62,7 @@ from adapterhub.serving.gen_scheduler import (
     Scheduler,
     SequenceState,
 )
-from adapterhub.serving.kv_cache import build_step
+from adapterhub.serving.kv_cache import StepBatch, build_step
 from adapterhub.serving.sampling import (
     RowSampler,
     SamplingParams,
@@ -92,7 +96,10 @@ class GenerationEngine:
     the model's context length); by default each request reserves prompt + max_new_tokens when admitted; with
     ``preempt``, sequences hold the cache they fill, in blocks of ``cache_block`` tokens, and when the budget is
     exhausted the newest running sequence is preempted (cache freed, re-queued first, recomputed later; its tokens
-    are unchanged; counted in ``stats()["preempted"]``); ``stop_ids``: default stop token ids (default: the model's
+    are unchanged; counted in ``stats()["preempted"]``); ``packed``: run each step as ONE row holding every
+    sequence's fed tokens (``gen_packed``: per-token adapter segments, block-diagonal attention, no padding) instead
+    of one padded row per sequence; adapters that cannot run on a slice of a row (prefix tuning) are refused at
+    submit; ``stop_ids``: default stop token ids (default: the model's
     ``eos_token_id``); ``tokenizer``: decodes the new tokens of requests with ``stop`` strings (a request may bring
     its own). The scheduling is ``gen_scheduler``'s."""
 
@@ -108,8 +115,13 @@ class GenerationEngine:
         prefill_chunk: int | None = None,
         preempt: bool = False,
         cache_block: int = 16,
+        packed: bool = False,
     ) -> None:
         check_model(model)
+        if not isinstance(packed, bool):
+            raise ConfigError(f"packed must be True or False, got {packed!r}.")
+        if packed:
+            check_packed_model(model)
         check_tokenizer(tokenizer)
         check_options(max_num_seqs, max_batch_tokens, prefill_chunk, preempt, cache_block)
         config = model.config
@@ -136,6 +148,8 @@ class GenerationEngine:
         self._thread: threading.Thread | None = None
         self._closing = False
         self.last_step: StepInfo | None = None
+        self.packed = packed
+        self.mask_dtype = model.get_input_embeddings().weight.dtype
 
     # ------------------------------------------------------------------ public API
     def submit(
@@ -276,6 +290,11 @@ class GenerationEngine:
             raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
         check_adapter(self.model, adapter)
         check_head(head)
+        soft = soft_prompt(self.model, adapter)
+        if (
+            self.packed and soft is None
+        ):  # a prompt-tuning row runs as the base, its soft prompt as embeddings
+            check_packable(adapter, self.model._store.adapters)
         params = SamplingParams.from_kwargs(dict(sampling))
         n = check_n(n)
         check_tokenizer(tokenizer)
@@ -285,7 +304,6 @@ class GenerationEngine:
                 f"stop strings {list(params.stop)} need a tokenizer to decode the new tokens: pass tokenizer= to "
                 "GenerationEngine(...) or to this request, or use stop_ids."
             )
-        soft = soft_prompt(self.model, adapter)
         lead = (
             0 if soft is None else int(soft.shape[0])
         )  # prompt tuning: soft positions in front (gen_prompt)
@@ -373,12 +391,9 @@ class GenerationEngine:
                     return None
                 samples = [seq.samples for seq in rows]  # False: a prefill chunk, no token this step
                 decode = sum(seq.decoding for seq in rows)
-                batch = build_step(
-                    [s.kv for s in rows],  # type: ignore[misc]
-                    [s.next_ids() for s in rows],
-                    self.pad_id,
-                    next(self.model.parameters()).device,
-                )
+                batch = self._build_step(rows)
+                if isinstance(batch, PackedStep):
+                    setup = batch.row.setup  # a Split over the row's positions, one slice per adapter
             try:
                 with (
                     torch.no_grad(),
@@ -386,14 +401,17 @@ class GenerationEngine:
                     last_hidden(self.model, rows) as hidden,
                 ):
                     output = self.model(
-                        **step_inputs(self.model, rows, batch.input_ids, batch.new_tokens),
+                        **step_inputs(self.model, rows, batch.input_ids, batch.new_tokens, batch.places()),
                         attention_mask=batch.attention_mask,
                         position_ids=batch.position_ids,
                         past_key_values=batch.cache,
                         use_cache=True,
-                        logits_to_keep=1,
+                        logits_to_keep=batch.last if isinstance(batch, PackedStep) else 1,
                     )
-                    logits = with_heads(self.model, rows, output.logits[:, -1], hidden)  # (B, V)
+                    if isinstance(batch, PackedStep):  # one row: each sequence's last token
+                        logits = with_heads(self.model, rows, output.logits[0], hidden, batch.last)  # (B, V)
+                    else:
+                        logits = with_heads(self.model, rows, output.logits[:, -1], hidden)  # (B, V)
                 logits = apply_penalties(logits, rows)  # (B, V): each row's own penalties
                 greedy = logits.argmax(dim=-1).tolist()  # (B,)
                 choices = [
@@ -426,6 +444,16 @@ class GenerationEngine:
             return info
 
     # ------------------------------------------------------------------ internals
+    def _build_step(self, rows: Sequence[SequenceState]) -> StepBatch | PackedStep:
+        """The step's inputs: one padded row per sequence, or (``packed``) every sequence in one row."""
+        device = next(self.model.parameters()).device
+        caches = [s.kv for s in rows]
+        new_ids = [s.next_ids() for s in rows]
+        if self.packed:
+            runs = [s.runs for s in rows]
+            return build_packed_step(caches, new_ids, runs, device, self.mask_dtype)  # type: ignore[arg-type]
+        return build_step(caches, new_ids, self.pad_id, device)  # type: ignore[arg-type]
+
     def _loop(self) -> None:
         while not self._closing:
             with self._lock:

@@ -37,13 +37,21 @@ def last_hidden(model: Any, rows: Sequence[SequenceState]) -> Iterator[list[torc
 
 
 def with_heads(
-    model: Any, rows: Sequence[SequenceState], logits: torch.Tensor, hidden: list[torch.Tensor]
+    model: Any,
+    rows: Sequence[SequenceState],
+    logits: torch.Tensor,
+    hidden: list[torch.Tensor],
+    packed_last: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``logits`` ``(B, V)`` of the model's LM head, with the rows that bring a head replaced by that head's logits
-    of their last hidden state (rows of one head run together)."""
+    of their last hidden state (rows of one head run together). ``packed_last``: in a packed step (one row), each
+    sequence's last token index ``(B,)``; else each row's last position."""
     if not hidden:
         return logits
-    last = hidden[-1][:, -1:]  # (B, 1, d)
+    if packed_last is None:
+        last = hidden[-1][:, -1:]  # (B, 1, d)
+    else:
+        last = hidden[-1][0, packed_last].unsqueeze(1)  # (B, 1, d)
     by_head: dict[int, list[int]] = {}
     for i, seq in enumerate(rows):
         if seq.head is not None:

@@ -36,11 +36,18 @@ def soft_prompt(model: Any, adapter: Any) -> torch.Tensor | None:
 
 
 def step_inputs(
-    model: Any, rows: Sequence[SequenceState], input_ids: torch.Tensor, fed: Sequence[int]
+    model: Any,
+    rows: Sequence[SequenceState],
+    input_ids: torch.Tensor,
+    fed: Sequence[int],
+    places: Sequence[tuple[int, int]] | None = None,
 ) -> dict:
-    """The step's model inputs: ``{"input_ids": ...}``, or ``{"inputs_embeds": (B, T, d)}`` when a row feeds soft
-    prompt positions (row ``i`` feeds ``fed[i]`` tokens, right-aligned, continuing its cache)."""
+    """The step's model inputs: ``{"input_ids": ...}``, or ``{"inputs_embeds": (B, T, d)}`` when a sequence feeds
+    soft prompt positions (sequence ``i`` feeds ``fed[i]`` tokens continuing its cache, at ``places[i]`` = (row,
+    first column) of ``input_ids``; default: row ``i``, right-aligned)."""
     span = int(input_ids.shape[1])
+    if places is None:
+        places = [(i, span - n) for i, n in enumerate(fed)]
     soft = []
     for i, seq in enumerate(rows):
         start = 0 if seq.kv is None else seq.kv.length
@@ -56,6 +63,6 @@ def step_inputs(
             continue
         start = 0 if seq.kv is None else seq.kv.length
         count = min(seq.lead - start, fed[i])
-        first = span - fed[i]
-        embeds[i, first : first + count] = prompt[start : start + count].to(embeds.dtype)
+        row, first = places[i]
+        embeds[row, first : first + count] = prompt[start : start + count].to(embeds.dtype)
     return {"inputs_embeds": embeds}

@@ -142,7 +142,8 @@ class GenerationRun:
 class GenerationService:
     """One ``GenerationEngine`` over ``model`` (a causal LM that ``adapterhub.init`` was applied to); stop ids: the
     model's eos ids and the tokenizer's. ``max_waiting``: sequences waiting for admission before 429;
-    ``prefill_chunk`` / ``max_cache_tokens`` / ``preempt`` / ``cache_block``: the engine's (``GenerationEngine``)."""
+    ``prefill_chunk`` / ``max_cache_tokens`` / ``preempt`` / ``cache_block`` / ``packed``: the engine's
+    (``GenerationEngine``)."""
 
     def __init__(
         self,
@@ -158,6 +159,7 @@ class GenerationService:
         max_cache_tokens: int | None = None,
         preempt: bool = False,
         cache_block: int = 16,
+        packed: bool = False,
     ) -> None:
         stops = set(GenerationEngine.default_stop_ids(model))
         eos = getattr(tokenizer, "eos_token_id", None)
@@ -171,6 +173,7 @@ class GenerationService:
             max_cache_tokens=max_cache_tokens,
             preempt=preempt,
             cache_block=cache_block,
+            packed=packed,
             stop_ids=sorted(stops),
             tokenizer=tokenizer,
         )

@@ -104,6 +104,11 @@ class StepBatch:
     width: int
     new_tokens: list[int]
 
+    def places(self) -> list[tuple[int, int]]:
+        """``(row, first column)`` of each row's fed tokens in ``input_ids`` (right-aligned)."""
+        span = int(self.input_ids.shape[1])
+        return [(i, span - n) for i, n in enumerate(self.new_tokens)]
+
     def new_kv(self, cache: DynamicCache, row: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Row ``row``'s new keys and values per layer, ``(kv_heads, n_row, head_dim)``, from the step's cache."""
         total = self.width + int(self.input_ids.shape[1])

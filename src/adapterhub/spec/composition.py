@@ -12,7 +12,8 @@ Semantics at one site (``h``: sub-layer output, ``x``: residual input, ``LN``: t
   ``BatchSplit``, ``Parallel`` or ``Average`` may only be the last element and runs on ``h = c_{k-1}``;
 - ``Fuse(a, b, ...)``: AdapterFusion (``adapterhub.runtime.fusion``): attention over the adapters' outputs;
 - ``Split(a, b, split_index=k)``: positions ``[0, k)`` of the sequence through ``a``, ``[k, T)`` through ``b``
-  (several indices for more children: ``split_index=(k1, k2)`` for three);
+  (several indices for more children: ``split_index=(k1, k2)`` for three; a ``None`` child: those positions go
+  through no adapter);
 - ``BatchSplit(a, b, batch_sizes=(2, 3))``: rows ``[0, 2)`` of the batch through ``a``, rows ``[2, 5)`` through
   ``b`` in one forward pass (serving: one request per adapter). A ``None`` child of a BatchSplit is a block of
   rows that goes through no adapter (``BatchSplit("a", None, batch_sizes=(2, 1))``: the last row gets the base
@@ -173,10 +174,12 @@ class Fuse(Block):
 @dataclass(frozen=True, init=False, repr=False)
 class Split(Block):
     """Different adapters on different parts of the sequence: child ``i`` gets positions
-    ``[split_index[i-1], split_index[i])`` (the first from 0, the last to the end)."""
+    ``[split_index[i-1], split_index[i])`` (the first from 0, the last to the end); a ``None`` child's positions go
+    through no adapter (a packed row's base-model segment, ``runtime/packing``)."""
 
     split_index: tuple[int, ...] = ()
     min_children = 2
+    none_children = True
 
     def __init__(self, *children: Setup | Sequence[Setup], split_index: int | Sequence[int]) -> None:
         indices = (split_index,) if isinstance(split_index, int) else tuple(split_index)
