@@ -310,6 +310,16 @@ class AdapterModule(nn.Module):
         from a file): initialise parameters that depend on the base model's projections (DoRA: the magnitude
         ``‖W‖`` per output row). ``base(layer, point)`` gives the projection's ``(weight, bias)``. Default: none."""
 
+    # ---- training protocol (asked by the training loop for each adapter that has trainable parameters)
+    def training_loss(self) -> torch.Tensor | None:
+        """A term the training loop adds to each batch's loss while this adapter trains (AdaLoRA: its orthogonal
+        regulariser); None (default): nothing."""
+        return None
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Called by the training loop after optimizer step ``step`` (1-based) of ``total_steps``, while that
+        step's gradients are still held (before they are zeroed): AdaLoRA's rank allocation. Default: nothing."""
+
     def saved_paths(self) -> tuple[str, ...]:
         """Paths of the model's modules this adapter keeps a full trainable copy of (``modules_to_save``); before
         the adapter's weights are loaded, the model hands it each copy with ``set_saved(path, copy)``, and while
