@@ -15,6 +15,10 @@ whole model:
 - ``_load_from_checkpoint`` and ``_load_best_model`` read it back with :func:`load_adapter_checkpoint`, copying the
   weights into the existing parameters (so the optimizer's references stay valid).
 
+Methods that ask the training loop for more (``adapterhub.training.adapter_steps``; AdaLoRA) get it here too:
+``compute_loss`` adds their loss terms, and a callback tells them of each optimizer step (``on_optimizer_step``,
+before the gradients are zeroed; step ``global_step + 1`` of ``max_steps``).
+
 Optimizer, scheduler, RNG and trainer state are saved by the Trainer itself, as usual (the optimizer state only
 covers the trainable parameters, so it is small too). Everything else (logging, evaluation, gradient accumulation,
 mixed precision, ``torchrun`` / ``accelerate launch``) is the Trainer's own code.
@@ -31,11 +35,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.heads.static import static_head_parameters
 from adapterhub.io.files import read_json, read_tensors, write_json, write_tensors
+from adapterhub.training.adapter_steps import after_optimizer_step, trained_adapters, with_adapter_losses
 
 MANIFEST_FILE = "adapterhub_checkpoint.json"
 EXTRA_FILE = "adapterhub_extra.safetensors"
@@ -205,6 +210,14 @@ class AdapterCheckpoints:
         load_adapter_checkpoint(self.accelerator.unwrap_model(self.model), best)
 
 
+class AdapterSteps(TrainerCallback):
+    """Tells the trained adapters of each optimizer step (``after_optimizer_step``), as adapterhub's own loop."""
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        model = kwargs["model"]
+        after_optimizer_step(trained_adapters(model), state.global_step + 1, state.max_steps)
+
+
 class AdapterTrainer(AdapterCheckpoints, Trainer):
     """``transformers.Trainer`` whose checkpoints hold only adapters and heads (see the module docstring).
 
@@ -216,7 +229,16 @@ class AdapterTrainer(AdapterCheckpoints, Trainer):
         super().__init__(*args, **kwargs)
         model = _require_adapter_model(self.model)
         refuse_prompt_tuning_on_own_lm_head(model)
+        self.add_callback(AdapterSteps())
         if self.args.label_names is None:
             head_name = model.active_head
             if head_name is not None:
                 self.label_names = list(model.heads[head_name].label_names)
+
+    def compute_loss(self, model: nn.Module, inputs: Any, return_outputs: bool = False, **kwargs: Any) -> Any:
+        """The Trainer's loss plus the trained adapters' loss terms (``with_adapter_losses``)."""
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        adapters = trained_adapters(self.accelerator.unwrap_model(model))
+        if return_outputs:
+            return with_adapter_losses(result[0], adapters), result[1]
+        return with_adapter_losses(result, adapters)
