@@ -34,7 +34,7 @@ def test_train_adalora_allocates_ranks_and_saves_the_pattern(tmp_path, tiny_mode
     name = model.load_adapter(out / "best" / "adapter", set_active=True)
     adapter = model._adapterhub.adapters[name]
     pattern = dict(adapter.config.rank_pattern)
-    assert adapter.config.total_step is None  # the run's step count was used
+    assert adapter.config.total_step == 6  # the run's step count, kept with the adapter
     assert set(pattern) == set(adapter.sites()) and len(pattern) == 4  # q, v of 2 layers
     kept = sum(sum(mask) for mask in pattern.values())
     assert kept == 2 * len(pattern)  # the target budget: target_r per target on average

@@ -103,7 +103,7 @@ class AdaLoraAdapter(LoRAAdapter):
             )
         self.allocator = RankAllocator()
         if config.rank_pattern is not None:
-            self._check_pattern(config.rank_pattern)
+            self.config = config.replace(rank_pattern=self._adopt_pattern(config.rank_pattern))
 
     def target_key(self, layer: int, point: str) -> str:
         """A target's name in ``rank_pattern``: its module path when targeted by name, else
@@ -116,15 +116,26 @@ class AdaLoraAdapter(LoRAAdapter):
         """``{target key: SVDLayer}`` of every target."""
         return {self.target_key(layer, point): site for layer, point, site in self.lora_targets()}  # type: ignore[misc]
 
-    def _check_pattern(self, pattern: tuple[tuple[str, tuple[bool, ...]], ...]) -> None:
+    def _adopt_pattern(self, pattern: tuple[tuple[str, tuple[bool, ...]], ...]) -> dict[str, list[bool]]:
+        """``rank_pattern`` with each key a target of this adapter: a module path saved from another root of the
+        same model (peft's file of a model with a head) is matched as a dotted suffix either way, when that picks
+        one target; every target must have one entry."""
         keys = set(self.sites())
-        unknown = sorted({k for k, _ in pattern} - keys)
-        missing = sorted(keys - {k for k, _ in pattern})
+        out: dict[str, list[bool]] = {}
+        unknown = []
+        for key, mask in pattern:
+            near = [k for k in keys if k == key or k.endswith(f".{key}") or key.endswith(f".{k}")]
+            if len(near) == 1:
+                out[near[0]] = list(mask)
+            else:
+                unknown.append(key)
+        missing = sorted(keys - set(out))
         if unknown or missing:
             raise ConfigError(
                 f"AdaLoRA's rank_pattern must name each target once: {unknown or 'none'} are not targets, "
                 f"{missing or 'none'} have no entry (targets: {sorted(keys)})."
             )
+        return out
 
     # ---- the training protocol
     def training_loss(self) -> torch.Tensor | None:
@@ -138,9 +149,12 @@ class AdaLoraAdapter(LoRAAdapter):
         """peft's ``update_and_allocate`` after optimizer step ``step`` (1-based) of ``total_steps`` (the config's
         ``total_step`` wins when set): before ``T - tfinal`` fold the step's importance in and mask on schedule; at
         ``T - tfinal`` mask to the target budget and clear the allocator; after it, re-apply the final masks."""
+        if self.config.total_step is None:  # the run's length, kept with the adapter (peft's files need it)
+            self.config.check_schedule(total_steps)
+            self.config = self.config.replace(total_step=total_steps)
         config = self.config
-        total = config.total_step if config.total_step is not None else total_steps
-        config.check_schedule(total)
+        total = config.total_step
+        assert total is not None
         sites = self.sites()
         final = total - config.tfinal
         if step < final:
