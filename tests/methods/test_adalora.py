@@ -223,3 +223,18 @@ def test_refused_where_it_does_not_apply():
         model.set_active_adapters(Fuse("a", "b"))
     with pytest.raises(ConfigError, match=r"nn\.Embedding|embeddings"):
         model.add_adapter("c", config={"method": "adalora", "target_modules": ["word_embeddings"]})
+
+
+def test_composition_blocks_and_stack_equals_both_merged():
+    from adapterhub import Stack
+    from method_checks import ACTIVE, check_row_blocks, hidden, make
+
+    model = make("llama", "adalora[init_r=3,targets=[q,v,ffn_out]]")
+    inputs = make_inputs()
+    check_row_blocks(model, inputs)  # BatchSplit (row blocks one by one), Parallel, Average, Split
+    stacked = hidden(model, inputs, Stack("a", "b"))
+    assert not torch.allclose(stacked, hidden(model, inputs, "a"), atol=1e-4)
+    model.set_active_adapters(Stack("a", "b"))
+    model.merge_adapter("a")
+    model.merge_adapter("b")
+    torch.testing.assert_close(hidden(model, inputs, ACTIVE), stacked, atol=1e-5, rtol=0)
