@@ -147,3 +147,41 @@ def test_options_adapterhub_cannot_hold_are_refused(key, value, tmp_path):
     ours = adapterhub.init(build("bert"))
     with pytest.raises(ConfigError, match=key):
         ours.load_adapter(tmp_path / "p")
+
+
+def test_modules_to_save_and_gpt2_conv1d_both_ways(tmp_path):
+    config = peft.AdaLoraConfig(
+        init_r=3, target_modules=["query", "value"], total_step=5, modules_to_save=["classifier"]
+    )
+    theirs = peft.get_peft_model(build("bert", "classification"), config).eval()
+    generator = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for name, param in theirs.named_parameters():
+            if "lora_" in name or "modules_to_save" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    theirs.save_pretrained(tmp_path / "p")
+    inputs = make_inputs()
+    ours = adapterhub.init(build("bert", "classification"))
+    ours.load_adapter(tmp_path / "p", load_as="p", set_active=True)
+    assert ours.adapters["p"].modules_to_save == ("classifier",)
+    torch.testing.assert_close(_out(ours.eval(), inputs), _out(theirs, inputs), atol=1e-6, rtol=0)
+    ours.save_adapter(tmp_path / "back", "p", layout="peft")
+    again = peft.PeftModel.from_pretrained(build("bert", "classification"), tmp_path / "back").eval()
+    torch.testing.assert_close(_out(again, inputs), _out(theirs, inputs), atol=1e-6, rtol=0)
+
+    gpt2 = peft.get_peft_model(
+        build("gpt2"),
+        peft.AdaLoraConfig(init_r=2, target_modules=["c_fc"], total_step=5, fan_in_fan_out=True),
+    ).eval()
+    with torch.no_grad():
+        for name, param in gpt2.named_parameters():
+            if "lora_" in name:
+                param.normal_()
+    gpt2.save_pretrained(tmp_path / "g")
+    mine = adapterhub.init(build("gpt2"))
+    mine.load_adapter(tmp_path / "g", load_as="g", set_active=True)
+    torch.testing.assert_close(_out(mine.eval(), inputs), _out(gpt2, inputs), atol=1e-5, rtol=0)
+    mine.save_adapter(tmp_path / "gb", "g", layout="peft")
+    assert json.loads((tmp_path / "gb" / "adapter_config.json").read_text())["fan_in_fan_out"] is True
+    back = peft.PeftModel.from_pretrained(build("gpt2"), tmp_path / "gb").eval()
+    torch.testing.assert_close(_out(back, inputs), _out(gpt2, inputs), atol=1e-5, rtol=0)

@@ -93,6 +93,11 @@ class AdaLoraAdapter(LoRAAdapter):
     config_cls = AdaLoraConfig  # type: ignore[assignment]
     config: AdaLoraConfig  # type: ignore[assignment]
     layer_class: ClassVar[type[LoRALayer]] = SVDLayer
+    average_refusal: ClassVar[str | None] = (
+        "AdaLoRA adapters have no weighted combination (peft's add_weighted_adapter refuses them too: a sum of "
+        "their SVD factors is not the sum of their updates, and their rank patterns differ). Merge them one by "
+        "one with model.merge_adapter, or combine LoRA adapters."
+    )
 
     def __init__(self, name: str, config: AdaLoraConfig, dims: ModelDims) -> None:  # type: ignore[override]
         super().__init__(name, config, dims)  # type: ignore[arg-type]
@@ -150,11 +155,11 @@ class AdaLoraAdapter(LoRAAdapter):
         ``total_step`` wins when set): before ``T - tfinal`` fold the step's importance in and mask on schedule; at
         ``T - tfinal`` mask to the target budget and clear the allocator; after it, re-apply the final masks."""
         if self.config.total_step is None:  # the run's length, kept with the adapter (peft's files need it)
-            self.config.check_schedule(total_steps)
             self.config = self.config.replace(total_step=total_steps)
         config = self.config
         total = config.total_step
         assert total is not None
+        config.check_trainable(total)
         sites = self.sites()
         final = total - config.tfinal
         if step < final:

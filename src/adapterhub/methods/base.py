@@ -212,6 +212,8 @@ class AdapterModule(nn.Module):
     config_cls: ClassVar[type[MethodConfig]]
     composable: ClassVar[frozenset[str]] = ALL_BLOCKS  # the blocks this method may sit in
     mergeable: ClassVar[bool] = False  # whether merge_adapter can fold it into the base weights
+    # why average_adapter cannot combine adapters of this method (None: it can)
+    average_refusal: ClassVar[str | None] = None
 
     def __init__(self, name: str, config: MethodConfig, dims: ModelDims) -> None:
         super().__init__()

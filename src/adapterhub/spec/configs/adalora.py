@@ -101,19 +101,23 @@ class AdaLoraConfig(NamedTargeting, MethodConfig):
         self.check_targeting("AdaLoRA")
 
     def check_schedule(self, total_step: int) -> None:
-        """Raise a ConfigError unless the allocator can run: ``target_r <= init_r`` and ``total_step`` leaves a
-        budgeting phase (``tinit < total_step - tfinal``). Checked when training starts (peft's files may hold
-        other values, harmless for inference)."""
-        require(
-            self.target_r <= self.init_r,
-            f"target_r={self.target_r} is above init_r={self.init_r}: AdaLoRA's allocator only lowers ranks; set "
-            "target_r <= init_r to train.",
-        )
+        """Raise a ConfigError unless ``total_step`` leaves a budgeting phase (``tinit < total_step - tfinal``), as
+        peft's config does."""
         require(
             self.tinit < total_step - self.tfinal,
             f"AdaLoRA's schedule has no budgeting phase: tinit={self.tinit} and tfinal={self.tfinal} leave no step "
             f"between them in a run of {total_step} steps; lower tinit / tfinal or train for more steps.",
         )
+
+    def check_trainable(self, total_step: int) -> None:
+        """``check_schedule``, and ``target_r <= init_r`` (checked when training starts: peft's files may hold a
+        larger ``target_r``, harmless for inference)."""
+        require(
+            self.target_r <= self.init_r,
+            f"target_r={self.target_r} is above init_r={self.init_r}: AdaLoRA's allocator only lowers ranks; set "
+            "target_r <= init_r to train.",
+        )
+        self.check_schedule(total_step)
 
     def _masks(self, value: Any) -> RankPattern | None:
         if value is None:
