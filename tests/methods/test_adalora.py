@@ -242,3 +242,31 @@ def test_composition_blocks_and_stack_equals_both_merged():
     model.merge_adapter("a")
     model.merge_adapter("b")
     torch.testing.assert_close(hidden(model, inputs, ACTIVE), stacked, atol=1e-5, rtol=0)
+
+
+def test_in_a_union_the_parts_answer_the_training_protocol(tmp_path):
+    from adapterhub.methods import MethodUnion
+
+    model = adapterhub.init(build("bert"))
+    union = MethodUnion("adalora[init_r=3,target_r=1,total_step=4]", "pfeiffer")
+    model.add_adapter("u", config=union)
+    model.train_adapter("u")
+    adapter = model._adapterhub.adapters["u"]
+    ada = adapter.parts[0]
+    with torch.no_grad():
+        for site in ada.sites().values():
+            site.lora_E.fill_(0.5)
+    inputs = make_inputs()
+    for step in range(1, 5):
+        loss = (model(**inputs).last_hidden_state ** 2).mean()
+        term = adapter.training_loss()
+        torch.testing.assert_close(term, ada.training_loss())
+        (loss + term).backward()
+        adapter.after_optimizer_step(step, 4)
+        model.zero_grad()
+    pattern = dict(adapter.config.configs[0].rank_pattern)
+    assert sum(sum(m) for m in pattern.values()) == len(pattern)  # target_r=1 per target
+    model.save_adapter(tmp_path / "u", "u")
+    fresh = adapterhub.init(build("bert"))
+    fresh.load_adapter(tmp_path / "u")
+    assert dict(fresh._adapterhub.adapters["u"].config.configs[0].rank_pattern) == pattern
