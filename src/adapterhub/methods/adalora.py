@@ -53,7 +53,10 @@ class SVDLayer(LoRALayer):
             raise ConfigError(
                 "AdaLoRA adapts nn.Linear and Conv1D modules only (as peft); leave embeddings out."
             )
-        r = config.init_r
+        r = (
+            config.init_r
+        )  # the per-module r / alpha LoRA's targeting hands in do not apply: peft builds every
+        # AdaLoRA module with init_r and lora_alpha
         self.lora_A = nn.Parameter(torch.empty(r, d_in))  # (r, d_in)
         self.lora_E = nn.Parameter(torch.zeros(r, 1))  # (r, 1)
         self.lora_B = nn.Parameter(torch.empty(d_out, r))  # (d_out, r)
