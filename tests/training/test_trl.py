@@ -162,3 +162,18 @@ def test_sft_checkpoints_hold_the_adapter_and_resume(tmp_path):
     resumed = run(resume=str(checkpoint))
     for name, value in full.items():
         torch.testing.assert_close(resumed[name], value, atol=1e-6, rtol=1e-5)
+
+
+def test_sft_trainer_runs_adalora_s_allocator(tmp_path):
+    tokenizer = chat_tokenizer(WORDS)
+    model = adapterhub.init(_base(tokenizer))
+    model.add_adapter("sft", config="adalora[init_r=3,target_r=1,tfinal=2,targets=[q,v]]")
+    model.train_adapter("sft")
+    adapter = model._adapterhub.adapters["sft"]
+    trainer = sft_trainer(
+        model, args=_config(tmp_path, max_steps=6), train_dataset=_chat_rows(), processing_class=tokenizer
+    )
+    trainer.train()
+    assert adapter.config.total_step == 6  # from the trainer's max_steps
+    pattern = dict(adapter.config.rank_pattern)
+    assert sum(sum(mask) for mask in pattern.values()) == len(pattern) == 4  # target_r=1 per target

@@ -146,6 +146,8 @@ class ArithmeticMixin(AdapterAPIMixin):
                 f"average_adapter combines adapters of one method; {names} are "
                 f"{', '.join(f'{n}: {m.method}' for n, m in zip(names, modules, strict=True))}."
             )
+        if modules[0].average_refusal is not None:
+            raise ConfigError(f"average_adapter cannot combine {names}: {modules[0].average_refusal}")
         held = [n for n, m in zip(names, modules, strict=True) if m.bias_paths()]
         if held:
             raise ConfigError(

@@ -16,6 +16,7 @@ from torch import nn
 
 from adapterhub.errors import ConfigError
 from adapterhub.io.files import read_json
+from adapterhub.io.peft_adalora import read_adalora, write_peft_adalora
 from adapterhub.io.peft_common import CONFIG_FILE
 from adapterhub.io.peft_ia3 import write_peft_ia3
 from adapterhub.io.peft_layout import (
@@ -55,6 +56,7 @@ FORMATS: dict[str, PeftFormat] = {
     "OFT": PeftFormat("OFT", ("oft",), read_peft_oft, write_peft_oft),
     "BOFT": PeftFormat("BOFT", ("boft",), read_peft_oft, write_peft_oft),
     "LN_TUNING": PeftFormat("LN tuning", ("ln_tuning",), read_peft_ln_tuning, write_peft_ln_tuning),
+    "ADALORA": PeftFormat("AdaLoRA", ("adalora",), read_adalora, single_stack(write_peft_adalora)),
 }
 
 

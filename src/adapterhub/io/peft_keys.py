@@ -226,3 +226,55 @@ def _refuse_unknown(key: str, value: Any, directory: Path) -> None:
             f"The peft adapter in {directory} sets {key}={value!r}, an option of a newer peft that adapterhub "
             "does not know; save it without that option (or with peft 0.21)."
         )
+
+
+# AdaLoRA (``AdaLoraConfig``, a ``LoraConfig``): the keys that become options of our ``adalora``; ``r``,
+# ``use_rslora``, ``alpha_pattern`` and ``init_lora_weights`` change nothing in peft's AdaLoRA once it is saved (it
+# builds every module with ``init_r`` and ``lora_alpha``), so they are metadata here
+ADALORA_HONOURED: frozenset[str] = frozenset(
+    {
+        "lora_alpha",
+        "lora_dropout",
+        "target_modules",
+        "exclude_modules",
+        "layers_to_transform",
+        "layers_pattern",
+        "rank_pattern",
+        "modules_to_save",
+        "fan_in_fan_out",
+        "init_r",
+        "target_r",
+        "tinit",
+        "tfinal",
+        "deltaT",
+        "beta1",
+        "beta2",
+        "orth_reg_weight",
+        "total_step",
+    }
+)
+ADALORA_IGNORED: frozenset[str] = frozenset({"r", "use_rslora", "alpha_pattern", "init_lora_weights"})
+
+
+def check_adalora_keys(meta: Mapping[str, Any], directory: Path) -> None:
+    """Raise a ConfigError naming the first key of a peft AdaLoRA ``adapter_config.json`` that adapterhub cannot
+    honour (``bias`` other than "none", ``use_dora``, trainable tokens, LoRA-only options, a newer peft's key)."""
+    for key, value in meta.items():
+        if key in METADATA or key in ADALORA_HONOURED or key in ADALORA_IGNORED:
+            continue
+        if key in ("bias", "use_dora", "trainable_token_indices"):
+            if value in ("none", False, None):
+                continue
+            raise ConfigError(
+                f"The peft AdaLoRA adapter in {directory} sets {key}={value!r}, which adapterhub's AdaLoRA does not "
+                "hold (its update is A, B, E on each module); save it without that option, or merge it into the "
+                "base model with peft (merge_and_unload)."
+            )
+        if key in REFUSED:
+            neutral, why = REFUSED[key]
+            if value in neutral:
+                continue
+            raise ConfigError(
+                f"The peft adapter in {directory} sets {key}={value!r}, which adapterhub cannot represent: {why}."
+            )
+        _refuse_unknown(key, value, directory)

@@ -346,7 +346,7 @@ def make_record(
     if (
         head
         and meta.get("modules_to_save")
-        and config.get("method") in ("lora", "dora", "loha", "lokr", "vera")
+        and config.get("method") in ("lora", "dora", "loha", "lokr", "vera", "adalora")
     ):
         head, config, tensors = saved_modules(meta["modules_to_save"], head, config, tensors)
     info = ModelInfo(

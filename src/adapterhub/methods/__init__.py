@@ -2,6 +2,7 @@
 this package registers the built-in ones. ``base`` holds the method protocol every method implements. Modules here
 may import the spec layer (``adapterhub.spec``) and ``adapterhub.errors``, nothing above (runtime, heads, ...)."""
 
+from adapterhub.methods.adalora import AdaLoraAdapter, SVDLayer
 from adapterhub.methods.base import (
     METHODS,
     AdapterModule,
@@ -31,6 +32,7 @@ from adapterhub.methods.vera import VeraAdapter, VeraLayer
 
 __all__ = [
     "METHODS",
+    "AdaLoraAdapter",
     "AdapterModule",
     "BOFTAdapter",
     "BOFTLayer",
@@ -65,6 +67,7 @@ __all__ = [
     "PrefixTuningConfig",
     "PromptTuningAdapter",
     "PromptTuningConfig",
+    "SVDLayer",
     "SiteInputs",
     "StackDims",
     "UnionAdapter",

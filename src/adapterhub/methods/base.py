@@ -256,6 +256,8 @@ class AdapterModule(nn.Module):
     mergeable: ClassVar[bool] = False  # whether merge_adapter can fold it into the base weights
     # why this method cannot run on a slice of a packed row's tokens (runtime/packing), when Split is not composable
     packed_refusal: ClassVar[str | None] = None
+    # why average_adapter cannot combine adapters of this method (None: it can)
+    average_refusal: ClassVar[str | None] = None
 
     def __init__(self, name: str, config: MethodConfig, dims: ModelDims) -> None:
         super().__init__()
@@ -386,6 +388,16 @@ class AdapterModule(nn.Module):
         after ``init_from_base`` (``restore=False``), and ``delete_adapter`` adds to put them back
         (``restore=True``). Default: none."""
         return iter(())
+
+    # ---- training protocol (asked by the training loop for each adapter that has trainable parameters)
+    def training_loss(self) -> torch.Tensor | None:
+        """A term the training loop adds to each batch's loss while this adapter trains (AdaLoRA: its orthogonal
+        regulariser); None (default): nothing."""
+        return None
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Called by the training loop after optimizer step ``step`` (1-based) of ``total_steps``, while that
+        step's gradients are still held (before they are zeroed): AdaLoRA's rank allocation. Default: nothing."""
 
     def saved_paths(self) -> tuple[str, ...]:
         """Paths of the model's modules this adapter keeps a full trainable copy of (``modules_to_save``); before

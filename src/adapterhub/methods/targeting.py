@@ -128,8 +128,9 @@ def select_modules(config: ModuleTargeting, dims: ModelDims) -> list[ModuleTarge
                 f"{config.method} on nn.{module.type_name} is not supported yet (LoRA is). Leave it out of "
                 "target_modules."
             )
-        r = pattern_value(config.rank_pattern, module.path)
-        alpha = pattern_value(config.alpha_pattern, module.path)
+        patterns = config.module_patterns  # AdaLoRA: one initial rank (init_r) for every module
+        r = pattern_value(config.rank_pattern, module.path) if patterns else None
+        alpha = pattern_value(config.alpha_pattern, module.path) if patterns else None
         chosen.append(
             ModuleTarget(
                 module,

@@ -239,6 +239,20 @@ class UnionAdapter(AdapterModule):
                 "change of weights (a union merges only when every part is LoRA, DoRA or (IA)³)."
             )
 
+    def training_loss(self) -> torch.Tensor | None:
+        """The sum of the parts' loss terms (None when no part has one)."""
+        terms = [term for part in self.parts if (term := part.training_loss()) is not None]  # type: ignore[operator]
+        return torch.stack(terms).sum() if terms else None
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Each part's ``after_optimizer_step``; a part whose config changed (AdaLoRA's ``rank_pattern``) changes
+        the union's config, so it is saved with the adapter."""
+        for part in self.parts:
+            part.after_optimizer_step(step, total_steps)  # type: ignore[operator]
+        configs = [part.config for part in self.parts]
+        if any(new is not old for new, old in zip(configs, self.config.configs, strict=True)):
+            self.config = MethodUnion(*configs)  # type: ignore[arg-type]
+
     def init_from_base(self, base: BaseWeights) -> None:
         for part in self.parts:
             part.init_from_base(base)  # type: ignore[operator]

@@ -15,6 +15,11 @@ whole model:
 - ``_load_from_checkpoint`` and ``_load_best_model`` read it back with :func:`load_adapter_checkpoint`, copying the
   weights into the existing parameters (so the optimizer's references stay valid).
 
+Methods that ask the training loop for more (``adapterhub.training.adapter_steps``; AdaLoRA) get it here too
+(:class:`AdapterTrainingSteps`, also in trl's SFT trainer): ``compute_loss`` adds their loss terms, and a callback
+tells them of each optimizer step (``on_optimizer_step``, before the gradients are zeroed; step ``global_step + 1``
+of ``max_steps``).
+
 Optimizer, scheduler, RNG and trainer state are saved by the Trainer itself, as usual (the optimizer state only
 covers the trainable parameters, so it is small too). Everything else (logging, evaluation, gradient accumulation,
 mixed precision, ``torchrun`` / ``accelerate launch``) is the Trainer's own code.
@@ -31,11 +36,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.heads.static import static_head_parameters
 from adapterhub.io.files import read_json, read_tensors, write_json, write_tensors
+from adapterhub.training.adapter_steps import after_optimizer_step, trained_adapters, with_adapter_losses
 
 MANIFEST_FILE = "adapterhub_checkpoint.json"
 EXTRA_FILE = "adapterhub_extra.safetensors"
@@ -205,7 +211,33 @@ class AdapterCheckpoints:
         load_adapter_checkpoint(self.accelerator.unwrap_model(self.model), best)
 
 
-class AdapterTrainer(AdapterCheckpoints, Trainer):
+class AdapterSteps(TrainerCallback):
+    """Tells the trained adapters of each optimizer step (``after_optimizer_step``), as adapterhub's own loop."""
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        model = kwargs["model"]
+        after_optimizer_step(trained_adapters(model), state.global_step + 1, state.max_steps)
+
+
+class AdapterTrainingSteps:
+    """Mixin for a ``transformers.Trainer`` subclass (before the Trainer in the bases): ``compute_loss`` adds the
+    trained adapters' loss terms (``with_adapter_losses``) and an :class:`AdapterSteps` callback tells them of each
+    optimizer step, as adapterhub's own loop does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_callback(AdapterSteps())  # type: ignore[attr-defined]
+
+    def compute_loss(self, model: nn.Module, inputs: Any, return_outputs: bool = False, **kwargs: Any) -> Any:
+        """The Trainer's loss plus the trained adapters' loss terms."""
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)  # type: ignore[misc]
+        adapters = trained_adapters(self.accelerator.unwrap_model(model))  # type: ignore[attr-defined]
+        if return_outputs:
+            return with_adapter_losses(result[0], adapters), result[1]
+        return with_adapter_losses(result, adapters)
+
+
+class AdapterTrainer(AdapterCheckpoints, AdapterTrainingSteps, Trainer):
     """``transformers.Trainer`` whose checkpoints hold only adapters and heads (see the module docstring).
 
     If ``args.label_names`` is not given, the label names are taken from the active flexible head (for example

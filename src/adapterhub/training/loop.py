@@ -26,6 +26,7 @@ from adapterhub.data import collate, encode
 from adapterhub.data.task import TaskData
 from adapterhub.errors import ConfigError
 from adapterhub.training import distributed
+from adapterhub.training.adapter_steps import after_optimizer_step, trained_adapters, with_adapter_losses
 from adapterhub.training.chat_batches import (
     collate_chat,
     encode_chat,
@@ -267,6 +268,7 @@ def _run(
         lr=learning_rate,
     )
     scheduler = linear_schedule(optimizer, warmup, total)
+    adapters = trained_adapters(model)  # asked for loss terms and told of each step (AdaLoRA)
     # only methods that train base-model weights can leave some unused (e.g. BERT's pooler under a CLS head)
     wrapped = distributed.wrap(
         model, info, find_unused_parameters=not method.is_adapter and method.kind != "head"
@@ -390,7 +392,7 @@ def _run(
                         else:
                             loss, _ = forward_batch(wrapped, batch, task.kind)
                     assert loss is not None
-                    scaled = loss.float() / window_size
+                    scaled = with_adapter_losses(loss.float(), adapters) / window_size
                     scaled.backward()
                 loss_sum += float(scaled.detach())
                 if packed_examples is not None and packed_tokens is not None:
@@ -406,6 +408,7 @@ def _run(
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
+            after_optimizer_step(adapters, step + 1, total)
             optimizer.zero_grad(set_to_none=True)
             train_seconds += time.perf_counter() - tick
             step += 1

@@ -17,7 +17,9 @@ What it would do wrong: ``save_model()`` and every checkpoint call ``model.save_
 frozen base model and no adapter. The trainer built here is ``SFTTrainer`` with adapterhub's
 :class:`~adapterhub.training.hf_trainer.AdapterCheckpoints`: ``save_model(dir)`` and checkpoints write
 :func:`~adapterhub.training.hf_trainer.save_adapter_checkpoint` (``dir/<adapter>/`` per adapter, the directory
-``model.load_adapter`` reads, plus the tokenizer), and resuming / ``load_best_model_at_end`` read them back.
+``model.load_adapter`` reads, plus the tokenizer), and resuming / ``load_best_model_at_end`` read them back; with
+:class:`~adapterhub.training.hf_trainer.AdapterTrainingSteps` the adapters' loss terms and per-step calls (AdaLoRA)
+run as in adapterhub's own loop.
 
 trl is imported when :func:`sft_trainer` is called, never on ``import adapterhub``.
 """
@@ -29,6 +31,7 @@ from typing import Any
 from adapterhub.errors import ConfigError
 from adapterhub.training.hf_trainer import (
     AdapterCheckpoints,
+    AdapterTrainingSteps,
     _require_adapter_model,
     refuse_prompt_tuning_on_own_lm_head,
 )
@@ -46,7 +49,7 @@ def _sft_trainer_class() -> type:
     if SFTTrainer not in _CLASSES:
         _CLASSES[SFTTrainer] = type(
             "AdapterSFTTrainer",
-            (AdapterCheckpoints, SFTTrainer),
+            (AdapterCheckpoints, AdapterTrainingSteps, SFTTrainer),
             {"__module__": __name__, "__doc__": "trl's SFTTrainer whose checkpoints hold only the adapters."},
         )
     return _CLASSES[SFTTrainer]

@@ -6,12 +6,13 @@ optional overrides in brackets: ``"pfeiffer"``, ``"houlsby[reduction_factor=64]"
 ``"pfeiffer[leave_out=[0,1],non_linearity=gelu]"``.
 
 The package's modules, one job each: ``base`` (``MethodConfig``, the canonical JSON and hash), ``checks`` (shared
-validation), ``targeting`` (where low-rank methods attach), ``bottleneck``, ``low_rank``, ``lycoris``, ``vera``, ``oft`` and ``ln_tuning`` (the configs of the method families defined in the spec
+validation), ``targeting`` (where low-rank methods attach), ``bottleneck``, ``low_rank``, ``lycoris``, ``vera``, ``oft``, ``ln_tuning`` and ``adalora`` (the configs of the method families defined in the spec
 layer),
 ``registry`` (configs by method name, presets, ``resolve_config``) and ``preset_strings`` (``name[key=value]``).
 Every name is importable from ``adapterhub.spec.configs``.
 """
 
+from adapterhub.spec.configs.adalora import AdaLoraConfig
 from adapterhub.spec.configs.base import OMIT_DEFAULT, C, MethodConfig, canonical_json, sha256_hex
 from adapterhub.spec.configs.bottleneck import ACTIVATIONS, INIT_SCHEMES, BottleneckConfig
 from adapterhub.spec.configs.checks import layer_list
@@ -41,6 +42,7 @@ __all__ = [
     "OMIT_DEFAULT",
     "PRESETS",
     "PRESET_ALIASES",
+    "AdaLoraConfig",
     "BOFTConfig",
     "BottleneckConfig",
     "C",

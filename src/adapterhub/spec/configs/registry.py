@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from adapterhub.errors import ConfigError, did_you_mean
+from adapterhub.spec.configs.adalora import AdaLoraConfig
 from adapterhub.spec.configs.base import MethodConfig
 from adapterhub.spec.configs.bottleneck import BottleneckConfig
 from adapterhub.spec.configs.ln_tuning import LNTuningConfig
@@ -63,6 +64,7 @@ PRESETS["vera"] = VeraConfig
 PRESETS["oft"] = OFTConfig
 PRESETS["boft"] = BOFTConfig
 PRESETS["ln_tuning"] = LNTuningConfig
+PRESETS["adalora"] = AdaLoraConfig
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
     "bottleneck": BottleneckConfig,
     "lora": LoRAConfig,
@@ -72,6 +74,7 @@ METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
     "oft": OFTConfig,
     "boft": BOFTConfig,
     "ln_tuning": LNTuningConfig,
+    "adalora": AdaLoraConfig,
 }
 
 

@@ -75,6 +75,9 @@ class ModuleTargeting:
     adapts_conv2d: ClassVar[bool] = (
         False  # whether nn.Conv2d modules may be targeted by name (LoRA: its own rule)
     )
+    # whether ``rank_pattern`` / ``alpha_pattern`` are peft's per-module ``{regex: value}`` tables (LoRA, LoHa, ...);
+    # AdaLoRA's ``rank_pattern`` is its rank allocator's result instead, validated by its config
+    module_patterns: ClassVar[bool] = True
 
     if TYPE_CHECKING:
         method: ClassVar[str]
@@ -117,7 +120,7 @@ class ModuleTargeting:
                     getattr(self, option) is None,
                     f"{option} selects modules by name: it needs target_modules (or use targets / leave_out).",
                 )
-            for option in ("rank_pattern", "alpha_pattern"):
+            for option in ("rank_pattern", "alpha_pattern") if self.module_patterns else ():
                 require(
                     not getattr(self, option),
                     f"{option} sets values per module name: it needs target_modules.",
@@ -183,6 +186,8 @@ class ModuleTargeting:
         def positive_number(name: str, value: Any) -> None:
             require(is_number(value) and value > 0, f"{name} must be a positive number, got {value!r}.")
 
+        if not self.module_patterns:
+            return
         object.__setattr__(
             self, "rank_pattern", pattern_table("rank_pattern", self.rank_pattern, positive_int)
         )
