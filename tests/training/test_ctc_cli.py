@@ -280,3 +280,23 @@ def test_characters_outside_the_vocabulary_name_the_row(speech_dir, tmp_path, ca
     assert (
         f"{split}.jsonl, line {line}: the transcript" in error and f"outside the vocabulary ({bad}" in error
     )
+
+
+def test_a_clip_too_short_for_its_transcript_names_its_line(speech_dir, tmp_path, capsys):
+    """A 2-letter clip (960 samples: (960 - 8) // 4 + 1 = 239, then (239 - 4) // 2 + 1 = 118 frames of the tiny
+    model's two convolutions) cannot carry 140 target characters."""
+    rows = [json.loads(line) for line in (speech_dir / "train.jsonl").read_text().splitlines()]
+    rows[0]["text"] = "ab" * 70
+    write_rows(speech_dir, "train", rows)
+    argv = [
+        "train",
+        "--data",
+        speech_dir,
+        "--model",
+        save_model(tmp_path / "w2v"),
+        "--output-dir",
+        tmp_path / "r",
+    ]
+    assert run([*argv, *TRAIN_FLAGS, "--max-steps", "1"]) == 2
+    error = capsys.readouterr().err
+    assert "train.jsonl, line 1: the clip gives 118 frames but its transcript needs at least 140" in error
