@@ -99,6 +99,7 @@ def _load_tokenizer(source: str) -> Any:
 def ctc_tokenizer(folder: Path | None, texts: Sequence[str]) -> tuple[Any, dict[str, Any]]:
     """``(tokenizer, record)``: the folder's CTC tokenizer when it has a ``vocab.json``, else one built from
     ``texts``; ``record`` says which (the ``vocabulary`` of ``training.json`` and ``results.json``)."""
+    where: dict[str, Any]
     if folder is not None and (folder / VOCAB_FILE).is_file():
         tokenizer = _load_tokenizer(str(folder))
         where = {"source": "model", "from": str(folder / VOCAB_FILE), "path": str(folder)}
@@ -302,6 +303,14 @@ def _frames_of(model: nn.Module) -> Callable[[int], int] | None:
     return lambda samples: int(lengths(torch.tensor([samples]))[0])
 
 
+def _real_frames(model: nn.Module, mask: torch.Tensor, frames: int) -> torch.Tensor:
+    """(batch,) the frames each row's real samples yield (all ``frames`` for a model that does not say)."""
+    lengths = getattr(model, "_get_feat_extract_output_lengths", None)
+    if lengths is None:
+        return torch.full((mask.shape[0],), frames, dtype=torch.long)
+    return torch.as_tensor(lengths(mask.sum(-1))).cpu().clamp(max=frames)
+
+
 class CtcDataset(Dataset[dict[str, Any]]):
     """Audio rows with their transcripts: item ``i`` is ``{"input_values": (samples,), "labels": [ids]}``. The
     transcripts are encoded (and checked against the vocabulary) here; with ``frames`` (samples -> the model's
@@ -421,7 +430,7 @@ def evaluate_ctc(
             rows = int(batch["labels"].shape[0])
             loss_sum += float(output.loss) * rows
             best = output.logits.argmax(-1).cpu()  # (batch, frames)
-            real = inner._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1)).cpu()  # (batch,)
+            real = _real_frames(inner, batch["attention_mask"], best.shape[1])  # (batch,)
             predictions += [
                 dataset.processor.decode(best[row, : int(real[row])].tolist()) for row in range(rows)
             ]
