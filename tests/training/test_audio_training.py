@@ -189,13 +189,14 @@ def test_parallel_branch_heads_pool_over_the_real_frames_too():
             torch.testing.assert_close(both[i, 2:], alone, rtol=0, atol=1e-5)
 
 
-def test_transcript_rows_are_refused_with_the_python_api_route(tones_dir):
-    """``{"audio", "text"}`` rows (speech recognition) are no task kind: refused naming the route, not read as
-    text rows missing a label."""
-    rows = [{"audio": f"wav/{i}.wav", "text": "hi"} for i in range(4)]
+def test_transcript_rows_are_a_ctc_task(tones_dir):
+    """``{"audio", "text"}`` rows (speech recognition) load as a ``ctc`` task (tests/training/test_ctc_cli.py),
+    not as text rows missing a label."""
+    rows = [{"audio": f"wav/{i}.wav", "text": " hi  there "} for i in range(4)]
     for split in ("train", "dev"):
         (tones_dir / f"{split}.jsonl").write_text(
             "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
         )
-    with pytest.raises(ConfigError, match=r"train.jsonl: .*speech recognition.*CTC model .*Python API"):
-        load_task(tones_dir)
+    task = load_task(tones_dir)
+    assert task.kind == "ctc" and task.media == "audio" and task.labels == ()
+    assert [e.text for e in task.train] == ["hi there"] * 4 and task.train[0].audio.endswith("0.wav")

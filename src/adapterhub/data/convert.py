@@ -12,6 +12,7 @@ from typing import Any
 
 from adapterhub.data.generation import generation_examples, looks_like_generation
 from adapterhub.data.media import media_of
+from adapterhub.data.speech import is_transcript_header, transcript_examples
 from adapterhub.data.tables import Row, Table
 from adapterhub.data.task import Example, Label, MediaKind, TaskData, TaskKind, check_kind
 from adapterhub.errors import ConfigError, did_you_mean
@@ -49,7 +50,8 @@ def build_task(
     ``kind`` is inferred when ``None``: a ``choices`` column -> multiple_choice, no label column but a
     ``messages``, ``prompt`` or ``response`` column -> generation (rows read by
     :func:`~adapterhub.data.generation.generation_examples`), list labels -> multilabel, float labels ->
-    regression, anything else -> classification. ``answers`` (a generation task's allowed answers) is kept on
+    regression, anything else -> classification; rows with an ``audio`` and a text column and no label column are
+    speech transcripts -> ctc (:mod:`adapterhub.data.speech`). ``answers`` (a generation task's allowed answers) is kept on
     the task; other kinds refuse it. Label names come from ``labels`` when given,
     else from the training rows (and the dev rows too when ``labels_from_dev``, used when dev was split off the
     same file): sorted strings, or integers in numeric order. Raises :class:`ConfigError` naming the file, the
@@ -57,7 +59,23 @@ def build_task(
     """
     train_rows = _Rows(train, columns)
     dev_rows = _Rows(dev, columns)
-    resolved: TaskKind = check_kind(kind) if kind is not None else train_rows.infer_kind()
+    transcripts = is_transcript_header(train.header, columns.text, columns.label)
+    resolved: TaskKind = (
+        check_kind(kind) if kind is not None else "ctc" if transcripts else train_rows.infer_kind()
+    )
+    if resolved == "ctc":
+        if labels is not None or answers:
+            raise ConfigError(
+                f"task {name!r}: a ctc (speech recognition) task has no label names or answers (its targets are "
+                "the transcripts' characters); remove labels / answers"
+            )
+        return TaskData(
+            name,
+            resolved,
+            (),
+            transcript_examples(train, columns.text),
+            transcript_examples(dev, columns.text),
+        )
     if columns.media is not None and resolved in ("multiple_choice", "generation"):
         raise ConfigError(
             f"task {name!r}: {columns.media} rows are for classification, regression and multilabel tasks, not "

@@ -13,6 +13,7 @@ from adapterhub.data import hf, rotten_tomatoes
 from adapterhub.data.convert import Columns, build_task
 from adapterhub.data.media import detect_media
 from adapterhub.data.paths import SPLIT_SUFFIXES, shared_data_dir, shared_task_names
+from adapterhub.data.speech import is_transcript_header
 from adapterhub.data.split import dev_size, split_indices
 from adapterhub.data.tables import TABLE_SUFFIXES, Table, read_table
 from adapterhub.data.task import TaskData, check_kind
@@ -72,7 +73,9 @@ def load_task(
     Rows with an ``image`` (or ``audio``) column and no ``text_column`` are image (audio) rows of a
     classification, regression or multilabel task: ``{"image": "cats/1.png", "label": "cat"}``, the path relative
     to the row file's folder; each file is checked to exist and open (:mod:`adapterhub.data.media`) and the
-    examples hold it in ``Example.media`` (``task.media`` says which kind). Files and folders only (not ``hf:``).
+    examples hold it in ``Example.media`` (``task.media`` says which kind). Rows with an ``audio`` and a text
+    column and no label column (``{"audio": "0.wav", "text": "hello"}``) are a speech recognition task of kind
+    ``ctc`` (:mod:`adapterhub.data.speech`). Files and folders only (not ``hf:``).
 
     Raises :class:`ConfigError` (bad argument, unknown name, missing column, missing or unknown label, malformed
     row, each naming file and line) or :class:`AdapterFileError` (unreadable or truncated files).
@@ -125,17 +128,12 @@ def _load_named(name: str, options: _Options) -> TaskData:
     )
 
 
-def _with_media(columns: Columns, table: Table) -> Columns:
+def _with_media(columns: Columns, table: Table, kind: str | None = None) -> Columns:
     """``columns`` with ``media`` set when ``table``'s rows are image or audio rows. Rows with an ``audio`` and a
-    text column but no label column are transcripts (speech recognition), which no task kind reads: refused."""
-    header = set(table.header)
-    if "audio" in header and columns.text in header and columns.label not in header:
-        raise ConfigError(
-            f"{table.origin}: the rows have an 'audio' and a {columns.text!r} column and no {columns.label!r} "
-            "column: transcripts for speech recognition, which the task kinds do not cover (audio rows train "
-            'classification: {"audio": path, "label": ...}). Train a CTC model on transcripts with the Python API '
-            "(docs/ARCHITECTURES.md, wav2vec2: train_adapter, then model(input_values=..., labels=char_ids))"
-        )
+    text column but no label column are transcripts (speech recognition, the ``ctc`` kind), as are the rows of a
+    task given ``kind="ctc"``: their media is audio too."""
+    if kind == "ctc" or is_transcript_header(table.header, columns.text, columns.label):
+        return replace(columns, media="audio")
     try:
         kind = detect_media(table.header, columns.text)
     except ConfigError as error:
@@ -150,7 +148,7 @@ def _load_file(path: Path, options: _Options) -> TaskData:
         path.stem,
         train,
         dev,
-        columns=_with_media(options.columns, table),
+        columns=_with_media(options.columns, table, options.kind),
         kind=options.kind,
         labels=options.labels,
         labels_from_dev=True,
@@ -201,7 +199,7 @@ def _load_directory(directory: Path, options: _Options) -> TaskData:
         _dir_name(directory),
         train,
         dev,
-        columns=_with_media(options.columns, train),
+        columns=_with_media(options.columns, train, kind),
         kind=kind,
         labels=labels,
         labels_from_dev=dev_path is None,

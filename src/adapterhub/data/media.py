@@ -117,6 +117,11 @@ def audio_rate(media: Media) -> int:
     return _wav_header(media)[2]
 
 
+def audio_length(media: Media) -> int:
+    """The number of samples in ``media``'s WAV file (read from its header, nothing decoded)."""
+    return _wav_header(media)[3]
+
+
 def read_audio(media: Media) -> tuple[Any, int]:
     """``(samples, rate)``: the WAV file's samples as a float32 numpy array in [-1, 1) (shape (frames,)) and its
     sampling rate in Hz. The file is 16-bit PCM mono (checked when the row was read)."""

@@ -9,7 +9,7 @@ from typing import Literal, TypedDict, get_args
 
 from adapterhub.errors import ConfigError, did_you_mean
 
-TaskKind = Literal["classification", "regression", "multilabel", "multiple_choice", "generation"]
+TaskKind = Literal["classification", "regression", "multilabel", "multiple_choice", "generation", "ctc"]
 KINDS: tuple[str, ...] = get_args(TaskKind)
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 
@@ -67,7 +67,9 @@ class Example:
     (:mod:`adapterhub.data.generation`).
 
     An image or audio row (``{"image": "cat.png", "label": ...}``) holds its file in ``media`` and has
-    ``text=""``; :attr:`image` and :attr:`audio` give the file's path for that kind (else ``None``).
+    ``text=""``; :attr:`image` and :attr:`audio` give the file's path for that kind (else ``None``). A speech
+    recognition (``ctc``) row (``{"audio": "0.wav", "text": "hello world"}``) holds its audio file in ``media``
+    and its transcript in ``text`` (whitespace runs collapsed to one space: :mod:`adapterhub.data.speech`).
     """
 
     text: str
@@ -107,7 +109,8 @@ class TaskData:
 
     ``labels`` lists label names in index order (``labels[i]`` is the name of index ``i``): class names for
     classification and multilabel, ``("0", "1", ...)`` (one per choice, as many as the row with the most
-    choices; a row may have fewer) for multiple choice, and ``()`` for regression and generation. Construction
+    choices; a row may have fewer) for multiple choice, and ``()`` for regression, generation and ``ctc`` (speech
+    recognition: every row an audio file with its transcript, the targets are characters). Construction
     checks that every example's label fits ``kind`` and ``labels``.
 
     ``answers`` is for generation tasks only: the answers the response is meant to be one of (e.g. the class
@@ -130,7 +133,7 @@ class TaskData:
                 object.__setattr__(self, attr, tuple(value))
         if len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"task {self.name!r}: label names must be unique, got {self.labels}")
-        unlabelled = self.kind in ("regression", "generation")
+        unlabelled = self.kind in ("regression", "generation", "ctc")
         if unlabelled and self.labels:
             raise ConfigError(f"task {self.name!r}: a {self.kind} task has no label names, got {self.labels}")
         if not unlabelled and not self.labels:
@@ -162,10 +165,15 @@ class TaskData:
                 f"task {self.name!r} mixes rows of several kinds ({shown}); every row of a task is text, or "
                 "every row is an image, or every row is an audio file"
             )
-        if found - {None} and self.kind not in ("classification", "regression", "multilabel"):
+        if self.kind == "ctc" and found - {"audio"}:
+            raise ConfigError(
+                f"task {self.name!r}: a ctc (speech recognition) task reads audio rows with their transcripts "
+                '({"audio": "clip.wav", "text": "..."}); every row needs an audio file'
+            )
+        if found - {None} and self.kind not in ("classification", "regression", "multilabel", "ctc"):
             raise ConfigError(
                 f"task {self.name!r}: image and audio rows are for classification, regression and multilabel "
-                f"tasks, not {self.kind}"
+                f"tasks (audio also for ctc), not {self.kind}"
             )
 
     @property
@@ -186,6 +194,10 @@ class TaskData:
             return None
         if example.messages is not None:
             return f"only generation examples hold messages; this is a {self.kind} task"
+        if self.kind == "ctc":
+            if example.label is not None:
+                return f"a ctc example has no label (its transcript is its text), got {example.label!r}"
+            return None if example.text.strip() else "a ctc example needs its transcript as text"
         return self._label_problem(example)
 
     def _label_problem(self, example: Example) -> str | None:
@@ -224,7 +236,7 @@ class TaskData:
     @property
     def num_labels(self) -> int:
         """Output width of a head for this task: 1 for regression, else ``len(labels)`` (choices for MC; 0 for
-        generation, which has no head)."""
+        generation and ctc, which predict with the model's own output layer)."""
         return 1 if self.kind == "regression" else len(self.labels)
 
     def subset(self, train: int | None = None, dev: int | None = None, seed: int = 0) -> TaskData:

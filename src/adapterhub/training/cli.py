@@ -115,6 +115,8 @@ def _train_command(args: argparse.Namespace) -> int:
     config = train_config(args, args.method, args.output_dir, args.lr)  # validates flags before loading data
     check_method_fits(args.method, args.quantize)
     task = load_data(args)
+    if task.kind == "ctc" and args.quantize not in (None, "none"):
+        raise ConfigError("--quantize is for text models here; a ctc (speech) model trains unquantised.")
     model, tokenizer = model_and_tokenizer(args, causal_lm=task.kind == "generation")
     results = train(model, task, config, tokenizer=tokenizer)
     data = results.to_dict()
@@ -176,6 +178,11 @@ def _load_for_evaluation(
 
     if kind == "generation":
         return _load_generation_adapter(args, saved)
+    if kind == "ctc":
+        raise AdapterFileError(
+            f"{saved} holds no training.json; a ctc adapter is evaluated from its run (the output directory of "
+            "`adapterhub train` or its best/), which holds the vocabulary its CTC head predicts."
+        )
     model, tokenizer, path = load_base(args.model, quantize=args.quantize, media=media)
     model = init(model)
     name = model.load_adapter(saved, set_active=True)
@@ -243,6 +250,8 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     check_task_fits(task, info)
     if task.kind == "generation":
         return _evaluate_generation_command(args, model, tokenizer, task, info)
+    if task.kind == "ctc":
+        return _evaluate_ctc_command(args, model, tokenizer, task, info)
     loader = evaluation_loader(args, task, tokenizer, info)
     started = time.perf_counter()
     metrics = evaluate_model(model, loader, task.kind, progress=not args.no_progress)
@@ -314,6 +323,40 @@ def _evaluate_generation_command(
     return 0
 
 
+def _evaluate_ctc_command(args: argparse.Namespace, model: Any, processor: Any, task: Any, info: Any) -> int:
+    """``evaluate`` on a ctc task: greedy transcripts of the split, their WER / CER and a few rows."""
+    from adapterhub.training.ctc import ctc_loader, evaluate_ctc
+
+    examples = task.dev if args.split == "dev" else task.train
+    if not examples:
+        raise ConfigError(f"{args.data} has no {args.split} examples to evaluate on.")
+    print(f"audio preprocessing: {processor.description}", file=sys.stderr)
+    started = time.perf_counter()
+    report = evaluate_ctc(model, ctc_loader(examples, processor, model, args.batch_size))
+    seconds = time.perf_counter() - started
+    print(
+        ", ".join(f"{k} {v:.4f}" for k, v in report.metrics.items())
+        + f" ({len(examples)} {args.split} examples)"
+    )
+    for sample in report.samples():
+        print(f"  reference {sample['reference']!r:30} predicted {sample['prediction']!r}")
+    if args.output:
+        payload = {
+            "saved": str(Path(args.saved)),
+            "data": args.data,
+            "split": args.split,
+            "examples": len(examples),
+            "method": info.get("method"),
+            "metrics": report.metrics,
+            "vocabulary": {k: v for k, v in (info.get("vocabulary") or {}).items() if k != "tokens"},
+            "samples": report.samples(),
+            "seconds": round(seconds, 3),
+        }
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
 def _ablate_command(args: argparse.Namespace) -> int:
     from adapterhub.training.ablation import ablate, plot_heatmap
     from adapterhub.training.evaluation import evaluate_model
@@ -331,6 +374,10 @@ def _ablate_command(args: argparse.Namespace) -> int:
         )
     task = load_data(args)
     check_task_fits(task, info)
+    if task.kind == "ctc":
+        raise ConfigError(
+            "ablate scores classification-kind heads; it is not available for ctc (speech) runs."
+        )
     loader = evaluation_loader(args, task, tokenizer, info)
     metric = info.get("metric") or MAIN_METRIC[task.kind]
     count = [0]

@@ -62,8 +62,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
     )
     group.add_argument(
         "--kind",
-        choices=("classification", "regression", "multilabel", "multiple_choice", "generation"),
-        help="task kind (default: from task.json or the columns)",
+        choices=("classification", "regression", "multilabel", "multiple_choice", "generation", "ctc"),
+        help="task kind (default: from task.json or the columns; {audio, text} rows: ctc, speech recognition)",
     )
     group.add_argument("--text-column", default="text")
     group.add_argument("--text-pair-column", default=None)

@@ -35,6 +35,7 @@ from adapterhub.training.chat_batches import (
     report_truncated,
 )
 from adapterhub.training.config import TrainConfig
+from adapterhub.training.ctc import ctc_datasets, evaluate_ctc, resolve_ctc_model, speech_results
 from adapterhub.training.evaluation import evaluate_model, make_loader, progress_iter, to_device
 from adapterhub.training.lm_loss import generation_loss, resolve_loss_chunk
 from adapterhub.training.media_batches import batch_rows
@@ -129,9 +130,12 @@ def train(
     metric = check_metric(task.kind, config.metric)
     info = distributed.setup(device)
     seed_everything(config.seed)
-    model, tokenizer, model_name = _resolve_model(
-        model, tokenizer, causal_lm=task.kind == "generation", media=task.media
-    )
+    if task.kind == "ctc":  # speech recognition: the model's CTC head and a character vocabulary
+        model, tokenizer, model_name = resolve_ctc_model(model, tokenizer, task)
+    else:
+        model, tokenizer, model_name = _resolve_model(
+            model, tokenizer, causal_lm=task.kind == "generation", media=task.media
+        )
     config = config.replace(pooling=head_pooling(config.pooling, task.media))  # None: by the rows' kind
     settings = HeadSettings(config.head_layers, config.head_dropout, config.pooling)
     model = prepare_model(model, task, method, config.head_name, settings).to(info.device)
@@ -156,6 +160,7 @@ def train(
         greater_is_better=GREATER_IS_BETTER[metric],
         trainable_parameters=sum(p.numel() for p in trainable_parameters(model).values()),
         base_parameters=base_parameter_count(model),
+        speech=speech_results(tokenizer) if task.kind == "ctc" else None,
     )
     results_path = output_dir / RESULTS_FILE if output_dir else None
     started = time.perf_counter()
@@ -224,7 +229,10 @@ def _run(
             )
         if info.is_main:
             print(f"{task.media} preprocessing: {tokenizer.description}", file=sys.stderr)
-        train_data, dev_data, collate_fn = media_datasets(task, tokenizer)
+        if task.kind == "ctc":
+            train_data, dev_data, collate_fn = ctc_datasets(task, tokenizer, model)
+        else:
+            train_data, dev_data, collate_fn = media_datasets(task, tokenizer)
         train_collate = collate_fn
     else:
         train_data = encode(
@@ -288,6 +296,7 @@ def _run(
         "quantize": model_quantization(model),
         "gradient_checkpointing": config.gradient_checkpointing,
         **({"media": task.media} if task.media else {}),
+        **({"vocabulary": tokenizer.vocabulary} if task.kind == "ctc" else {}),
     }
     best_state: dict[str, torch.Tensor] | None = None
     best_value: float | None = None
@@ -323,10 +332,13 @@ def _run(
     def evaluate_and_keep(step: int, epoch: float, train_loss: float | None) -> bool:
         """Evaluate, keep the best; returns True when early stopping says stop."""
         nonlocal best_state, best_value, evaluations_without_gain
-        report = None
+        report = speech = None
         if generation:
             report = generation_report(adapters=True)
             metrics = report.metrics
+        elif task.kind == "ctc":
+            speech = evaluate_ctc(model, dev_loader, device=info.device, dtype=dtype)
+            metrics = speech.metrics
         else:
             metrics = evaluate_model(
                 model, dev_loader, task.kind, device=info.device, dtype=dtype, progress=show
@@ -347,6 +359,8 @@ def _run(
             results.metric_value, results.dev_metrics, results.best_step = value, dict(metrics), step
             if report is not None:
                 results.generation = {**(results.generation or {}), **_generation_after(report)}
+            if speech is not None:
+                results.speech = {**(results.speech or {}), "samples": speech.samples()}
             best_state = {name: p.detach().clone() for name, p in trainable_parameters(model).items()}
             if best_dir is not None and info.is_main:
                 results.saved_size_bytes = save_trained(model, best_dir, method, saved_info)

@@ -4,7 +4,8 @@ Classification and multiple choice: ``accuracy`` and ``macro_f1`` (the unweighte
 that is neither predicted nor present counts as F1 = 0 only if it is present, otherwise it is left out).
 Regression: ``mse`` and ``pearson``. Multi-label: ``micro_f1``, ``macro_f1`` and exact-match ``accuracy``.
 Generation tasks are scored on generated answers, not logits (:mod:`adapterhub.training.generate_eval`):
-``accuracy`` (normalised exact match), ``allowed_fraction`` and the per-token dev ``loss``.
+``accuracy`` (normalised exact match), ``allowed_fraction`` and the per-token dev ``loss``. Speech recognition
+(``ctc``) on greedy transcripts: ``wer``, ``cer`` (:mod:`adapterhub.training.ctc_metrics`) and the dev CTC ``loss``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ MAIN_METRIC = {
     "regression": "pearson",
     "multilabel": "micro_f1",
     "generation": "accuracy",
+    "ctc": "wer",
 }
 GREATER_IS_BETTER = {
     "accuracy": True,
@@ -30,6 +32,8 @@ GREATER_IS_BETTER = {
     "mse": False,
     "allowed_fraction": True,
     "loss": False,
+    "wer": False,
+    "cer": False,
 }
 METRICS_BY_KIND = {
     "classification": ("accuracy", "macro_f1"),
@@ -37,6 +41,7 @@ METRICS_BY_KIND = {
     "regression": ("mse", "pearson"),
     "multilabel": ("micro_f1", "macro_f1", "accuracy"),
     "generation": ("accuracy", "allowed_fraction", "loss"),
+    "ctc": ("wer", "cer", "loss"),
 }
 
 

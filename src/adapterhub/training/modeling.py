@@ -191,8 +191,13 @@ def prepare_model(
     """``adapterhub.init`` the model, add the task head and set what trains for ``method``.
 
     A generation task gets no head: the causal LM's own output layer predicts the tokens (and stays frozen
-    unless the method trains the base model)."""
+    unless the method trains the base model). A ctc task gets none either: the CTC model's own ``lm_head``
+    predicts the characters and trains with every method (:func:`adapterhub.training.ctc.prepare_ctc_model`)."""
     parsed = parse_method(method) if isinstance(method, str) else method
+    if task.kind == "ctc":
+        from adapterhub.training.ctc import prepare_ctc_model
+
+        return prepare_ctc_model(model, parsed, head_name)
     if task.kind == "generation":
         if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
             raise ConfigError(
@@ -320,6 +325,10 @@ def save_trained(model: nn.Module, directory: Path, method: Method, info: dict[s
             name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad
         }
         save_file(tensors, str(staging / WEIGHTS_FILE))
+    if info.get("kind") == "ctc":  # the vocabulary the CTC head predicts
+        from adapterhub.training.ctc import VOCAB_DIR, save_vocabulary
+
+        save_vocabulary(info["vocabulary"], staging / VOCAB_DIR)
     size = directory_size(staging)
     (staging / TRAINING_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     old = directory.with_name(directory.name + ".old")
@@ -387,13 +396,23 @@ def load_trained(
             f"loading the base quantised {quantize}, as the run was trained (--quantize none: the float base)",
             file=sys.stderr,
         )
-    model, tokenizer, _ = load_base(
-        model_path or info.get("model"), causal_lm=generation, quantize=quantize, media=info.get("media")
-    )
+    no_head = generation or info.get("kind") == "ctc"  # the model's own output layer predicts
+    if info.get("kind") == "ctc":
+        from adapterhub.training.ctc import load_saved_ctc_base
+
+        if quantize is not None:
+            raise ConfigError(
+                "--quantize is for text models here; a ctc run's speech model loads unquantised."
+            )
+        model, tokenizer = load_saved_ctc_base(directory, model_path or info.get("model") or "")
+    else:
+        model, tokenizer, _ = load_base(
+            model_path or info.get("model"), causal_lm=generation, quantize=quantize, media=info.get("media")
+        )
     method = parse_method(info["method"])
     model = init(model)
     head_name = info["head_name"]
-    if generation and method.is_adapter:
+    if no_head and method.is_adapter:
         model.load_adapter(directory / ADAPTER_SUBDIR, load_as=head_name, set_active=True)  # type: ignore[operator]
         model.eval()
         return model, tokenizer, info
@@ -403,7 +422,7 @@ def load_trained(
         from safetensors.torch import load_file
 
         settings = HeadSettings(**info.get("head", {}))
-        if not generation:
+        if not no_head:
             add_task_head(model, info["kind"], tuple(info.get("labels", ())), head_name, settings)
         tensors = load_file(str(directory / WEIGHTS_FILE))
         parameters = dict(model.named_parameters())
@@ -420,7 +439,7 @@ def load_trained(
                         f"{name}: saved shape {tuple(tensor.shape)} does not fit this model."
                     )
                 parameters[name].copy_(tensor.to(parameters[name].dtype))
-    if generation:
+    if no_head:
         model.eval()
         return model, tokenizer, info
     model.active_head = head_name  # type: ignore[attr-defined]

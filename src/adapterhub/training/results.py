@@ -16,7 +16,9 @@ tasks, else ``null``): {``accuracy_before`` (the base model without adapter, sam
 ``accuracy`` (the kept weights), ``allowed_fraction`` / ``allowed_fraction_before``, ``answer_counts`` /
 ``answer_counts_before`` (generated answers per allowed answer, plus ``other``), ``majority_rate`` (of the gold
 answers), ``loss`` / ``loss_before`` (per response token), ``dev_rows``, ``samples`` [{prompt, generated, gold}],
-``truncated`` {train, dev}}.
+``truncated`` {train, dev}}, ``speech`` (ctc tasks, else ``null``): {``vocabulary`` {source ("model": the
+model folder's tokenizer, "built": from the training transcripts), from, path, size, blank, word_delimiter},
+``samples`` [{audio, reference, prediction}] (the first dev rows at the best evaluation)}.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ REQUIRED_KEYS = (
     "train_tokens_per_second",
     "train_loss_tokens_per_second",
     "generation",
+    "speech",
 )
 
 
@@ -94,6 +97,7 @@ class TrainResults:
     train_tokens_per_second: float | None = None
     train_loss_tokens_per_second: float | None = None
     generation: dict[str, Any] | None = None
+    speech: dict[str, Any] | None = None
     path: Path | None = None
 
     @property
@@ -138,6 +142,7 @@ class TrainResults:
             "generation": None
             if self.generation is None
             else {k: _clean(v) for k, v in self.generation.items()},
+            "speech": self.speech,
         }
 
     def write(self, path: Path) -> Path:
