@@ -25,6 +25,7 @@ from adapterhub.methods.oft import OFTAdapter, OFTLayer
 from adapterhub.methods.parallel_adapter import ParallelAdapter, ParallelConfig
 from adapterhub.methods.prefix_tuning import PrefixTuningAdapter, PrefixTuningConfig
 from adapterhub.methods.prompt_tuning import PromptTuningAdapter, PromptTuningConfig
+from adapterhub.methods.reft import ReftAdapter
 from adapterhub.methods.union import MethodUnion, UnionAdapter
 from adapterhub.methods.vera import VeraAdapter, VeraLayer
 
@@ -64,6 +65,7 @@ __all__ = [
     "PrefixTuningConfig",
     "PromptTuningAdapter",
     "PromptTuningConfig",
+    "ReftAdapter",
     "SiteInputs",
     "UnionAdapter",
     "VeraAdapter",

@@ -41,6 +41,7 @@ from adapterhub.errors import ConfigError, did_you_mean
 from adapterhub.methods.point_inputs import (
     AttentionInputs,
     BaseWeights,
+    CallPositions,
     EmbeddingInputs,
     EmbeddingState,
     LinearInputs,
@@ -64,6 +65,7 @@ __all__ = [  # the protocol, and the point inputs (adapterhub.methods.point_inpu
     "AdapterModule",
     "AttentionInputs",
     "BaseWeights",
+    "CallPositions",
     "EmbeddingInputs",
     "EmbeddingState",
     "LinearInputs",
@@ -212,6 +214,8 @@ class AdapterModule(nn.Module):
     config_cls: ClassVar[type[MethodConfig]]
     composable: ClassVar[frozenset[str]] = ALL_BLOCKS  # the blocks this method may sit in
     mergeable: ClassVar[bool] = False  # whether merge_adapter can fold it into the base weights
+    # whether it reads the call's positions (attention mask, cache length) at its residual points (ReFT)
+    reads_positions: ClassVar[bool] = False
 
     def __init__(self, name: str, config: MethodConfig, dims: ModelDims) -> None:
         super().__init__()
@@ -253,6 +257,11 @@ class AdapterModule(nn.Module):
         return tuple(name for kind, name in self.points(layer) if kind == RESIDUAL)
 
     # ---- composition protocol
+    def refuse_in(self, block: str, others: Sequence[AdapterModule]) -> str | None:
+        """Why this adapter cannot sit in a ``block`` (its kind, e.g. ``"Stack"``) beside the adapters ``others``,
+        or None when it can; asked when a setup is activated, before ``composable``. Default: None."""
+        return None
+
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> Any:
         """Apply this adapter to the running value of a Stack at ``point``."""
         raise NotImplementedError

@@ -18,6 +18,7 @@ from adapterhub.spec.configs.low_rank import LoRAConfig
 from adapterhub.spec.configs.lycoris import LoHaConfig, LoKrConfig
 from adapterhub.spec.configs.oft import BOFTConfig, OFTConfig
 from adapterhub.spec.configs.preset_strings import parse_preset_string
+from adapterhub.spec.configs.reft import REFT_PRESETS, ReftConfig
 from adapterhub.spec.configs.vera import VeraConfig
 
 PRESETS: dict[str, Callable[[], MethodConfig]] = {
@@ -63,6 +64,7 @@ PRESETS["vera"] = VeraConfig
 PRESETS["oft"] = OFTConfig
 PRESETS["boft"] = BOFTConfig
 PRESETS["ln_tuning"] = LNTuningConfig
+PRESETS.update(REFT_PRESETS)
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
     "bottleneck": BottleneckConfig,
     "lora": LoRAConfig,
@@ -72,6 +74,7 @@ METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
     "oft": OFTConfig,
     "boft": BOFTConfig,
     "ln_tuning": LNTuningConfig,
+    "reft": ReftConfig,
 }
 
 
