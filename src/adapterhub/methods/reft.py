@@ -86,6 +86,10 @@ class ReftUnit(nn.Module):
         self.learned_source = nn.Linear(hidden, config.r)
         projection: nn.Module = nn.Linear(hidden, config.r, bias=False)
         if config.orthogonality:
+            if (
+                projection.weight.device.type == "meta"
+            ):  # the parametrization needs values to set up its ``base``
+                projection = projection.to_empty(device="cpu")
             projection = nn.utils.parametrizations.orthogonal(projection)
         self.projection = projection
         self.subtract = config.subtract_projection
