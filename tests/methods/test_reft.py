@@ -154,6 +154,36 @@ def test_prefix_and_suffix_of_a_short_row_and_rows_outside_their_sequence():
         changed_positions(model, IDS, left)
 
 
+def test_a_mask_with_gaps_is_refused():
+    model = reft_model("bert", "noreft[layers=[1]]")
+    gaps = torch.ones_like(IDS)
+    gaps[1, 3] = 0
+    with pytest.raises(ConfigError, match="row 1 of the attention mask has gaps"):
+        changed_positions(model, IDS, gaps)
+
+
+def test_cached_steps_count_tokens_not_slots():
+    """A cached step whose mask has gaps (the generation engine's step batches: cached and new tokens each
+    right-aligned) intervenes on the row's first tokens, as the whole sequence without gaps would."""
+    model = reft_model("llama", "noreft[prefix_positions=3,r=2]", kind="causal_lm")
+    model.set_active_adapters("a")
+    ids = IDS[:1, :4]
+    with torch.no_grad():
+        whole = model(input_ids=ids).logits[:, -2:]  # tokens 2 and 3: token 2 is in the prefix
+        cache = model(input_ids=ids[:, :2], use_cache=True).past_key_values
+        gapped = torch.tensor([[1, 1, 0, 1, 1]])  # 2 cached tokens, a gap, then tokens 2 and 3
+        step = model(
+            input_ids=torch.cat([ids[:, :1], ids[:, 2:]], dim=1)[
+                :, -3:
+            ],  # (1, 3): a pad slot, then tokens 2, 3
+            attention_mask=gapped,
+            position_ids=torch.tensor([[0, 2, 3]]),
+            past_key_values=cache,
+            use_cache=True,
+        ).logits[:, -2:]
+    torch.testing.assert_close(step, whole, atol=1e-5, rtol=0)
+
+
 def test_a_sub_module_called_alone_is_refused():
     model = reft_model("bert", "loreft", kind="classification")
     model.set_active_adapters("a")

@@ -19,10 +19,13 @@ where both meet, the suffix's value is written last (wins). As there, the prefix
 ``p`` reaches into its padding; positions outside the row (a left-padded row shorter than ``p``, a right-padded
 row shorter than ``s``) raise a ``ConfigError`` (that library fails with an index error).
 
-Cached decoding (the call's cache already holds ``past`` positions, its mask covers ``past + seq``): prefix
-positions are counted over the whole sequence, so a step intervenes exactly where a forward over the whole
-sequence without cache would (every generated token lies past the prefix unless the prompt is shorter than ``p``);
-suffix positions move with each token, which a cache cannot follow: refused. (That library instead intervenes on
+A row whose tokens are not one run of 1s in the mask (gaps between them) is refused.
+
+Cached decoding (the call's cache already holds ``past`` positions, its mask covers ``past + seq``): the prefix is a
+row's first ``p`` tokens counted over cached and new positions (the 1s of the mask, gaps allowed, as in the step
+batches of adapterhub's generation engine), so a step intervenes exactly where a forward over the whole sequence
+without cache would (every generated token lies past the prefix unless the prompt is shorter than ``p``); suffix
+positions move with each token, which a cache cannot follow: refused. (That library instead intervenes on
 every new token during cached decoding and fails under left padding or with suffix positions.)
 
 Attachment: the residual point ``ffn`` (the layer's last sub-layer: its value is the layer's output) of every
@@ -114,11 +117,9 @@ class ReftLayer(nn.Module):
         self.units = nn.ModuleList([ReftUnit(config, hidden) for _ in range(count)])
 
 
-def _bounds(
-    positions: CallPositions | None, rows: int, length: int
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``(first, last, past)``: each row's first non-padding position and one past its last, ``(rows,)``, over the
-    whole sequence of ``past + length`` positions."""
+def _call_mask(positions: CallPositions | None, rows: int, length: int) -> tuple[torch.Tensor | None, int]:
+    """``(mask, past)`` of the call, checked against the layer output's ``rows`` and ``length``: the 2D attention
+    mask over ``past + length`` positions (None when the call passed none) and the cached positions ``past``."""
     if positions is None:
         raise ConfigError(
             "ReFT reads each call's attention mask, which adapterhub records when the whole model is called; this "
@@ -126,8 +127,7 @@ def _bounds(
         )
     mask, past = positions.mask, positions.past
     if mask is None:
-        first = torch.zeros(rows, dtype=torch.long)
-        return first, first + past + length, past
+        return None, past
     if mask.shape[0] != rows:
         raise ConfigError(
             f"ReFT counts positions per row from the call's attention mask ({mask.shape[0]} rows), but its layer "
@@ -141,8 +141,26 @@ def _bounds(
             "(batch, cached + new positions) (as generate() does), and do not combine ReFT with adapters that "
             "add positions (prompt tuning)."
         )
-    first = mask.argmax(dim=1)  # (rows,) the first 1 of each row
-    return first, first + (mask == 1).sum(dim=-1), past
+    return mask == 1, past
+
+
+def _bounds(mask: torch.Tensor | None, rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(first, last)``, ``(rows,)`` each: a row's first non-padding position and one past its last (that
+    library's ``argmax`` of the mask and ``argmax + Σ mask``); a row whose tokens are not one run is refused."""
+    if mask is None:
+        first = torch.zeros(rows, dtype=torch.long)
+        return first, first + length
+    first = mask.int().argmax(dim=1)  # (rows,) the first 1 of each row
+    count = mask.sum(dim=1)  # (rows,)
+    end = length - mask.flip(1).int().argmax(dim=1)  # (rows,) one past the last 1
+    gaps = (count > 0) & (end - first != count)
+    if bool(gaps.any()):
+        row = int(gaps.nonzero()[0, 0])
+        raise ConfigError(
+            f"ReFT counts its positions from each row's first and last token, but row {row} of the attention mask "
+            f"has gaps between its tokens ({mask[row].int().tolist()}); pad rows on one side only."
+        )
+    return first, first + count
 
 
 @register_method("reft")
@@ -218,11 +236,12 @@ class ReftAdapter(AdapterModule):
     def intervene(self, layer: int, z: torch.Tensor, positions: CallPositions | None) -> torch.Tensor:
         """``z`` ``(batch, seq, d)`` with the chosen positions of each row replaced by their units' values."""
         rows, length, _ = z.shape
-        first, last, past = _bounds(positions, rows, length)
-        first, last = first.to(z.device), last.to(z.device)
+        mask, past = _call_mask(positions, rows, length)
+        mask = None if mask is None else mask.to(z.device)
         units: nn.ModuleList = self.layers[str(layer)].units  # type: ignore[assignment]
         if past > 0:
-            return self._decode_step(units, z, first, past)
+            return self._decode_step(units, z, mask, past)
+        first, last = (bound.to(z.device) for bound in _bounds(mask, rows, length))
         return self._gather_scatter(units, z, first, last)
 
     def _gather_scatter(
@@ -257,8 +276,10 @@ class ReftAdapter(AdapterModule):
         return out
 
     def _decode_step(
-        self, units: nn.ModuleList, z: torch.Tensor, first: torch.Tensor, past: int
+        self, units: nn.ModuleList, z: torch.Tensor, mask: torch.Tensor | None, past: int
     ) -> torch.Tensor:
+        """Cached decoding: the positions of this step whose rank among their row's tokens (the 1s of the mask,
+        counted over cached and new positions) is below ``prefix_positions`` get unit 0."""
         p, s = self.config.prefix_positions, self.config.suffix_positions
         if s > 0:
             raise ConfigError(
@@ -266,12 +287,14 @@ class ReftAdapter(AdapterModule):
                 "generated token; a key/value cache keeps the earlier positions as they were computed. Generate "
                 "with use_cache=False (every step then recomputes the whole sequence), or use suffix_positions=0."
             )
-        length = z.shape[1]
-        total = past + length
-        at = (
-            torch.arange(past, total, device=z.device)[None, :] - first[:, None]
-        )  # (rows, seq) position in row
-        chosen = (at >= 0) & (at < min(p, total))  # (rows, seq) the prefix positions this step computes
+        rows, length, _ = z.shape
+        if mask is None:  # no padding: the step's positions are past .. past + length - 1
+            chosen = (torch.arange(past, past + length, device=z.device) < p).expand(rows, length)
+        else:
+            rank = (
+                mask.long().cumsum(dim=1)[:, past:] - 1
+            )  # (rows, seq) tokens of the row before each position
+            chosen = mask[:, past:] & (rank < p)  # (rows, seq)
         if not bool(chosen.any()):
             return z
         return torch.where(chosen[..., None], units[0](z).to(z.dtype), z)  # (rows, seq, d)
