@@ -93,6 +93,23 @@ def test_layers_out_of_range_are_refused():
         model.add_adapter("a", "loreft[layers=[2]]")
 
 
+def test_encoder_decoder_models_are_refused():
+    model = adapterhub.init(build("t5", "seq2seq_lm"))
+    with pytest.raises(ConfigError, match="encoder-decoder"):
+        model.add_adapter("a", "loreft")
+
+
+def test_half_precision_keeps_the_orthogonal_projection_in_float32():
+    model = adapterhub.init(build("llama").to(torch.bfloat16))
+    model.add_adapter("a", "loreft[prefix_positions=2,suffix_positions=1]", set_active=True)
+    dtypes = {n: p.dtype for n, p in model._adapterhub.adapters["a"].named_parameters()}
+    assert {d for n, d in dtypes.items() if "projection" in n} == {torch.float32}
+    assert {d for n, d in dtypes.items() if "learned_source" in n} == {torch.bfloat16}
+    model.train_adapter("a")
+    model(input_ids=IDS).last_hidden_state.float().sum().backward()
+    assert all(p.grad is not None for p in model._adapterhub.adapters["a"].parameters())
+
+
 def test_the_intervention_on_the_last_layer_is_the_formula():
     """BERT, intervention on the last layer only: last_hidden_state is that layer's output, so at the chosen
     positions it is ``z + Rᵀ(f(W z + b) - R z)`` of the base output ``z``, and equal to ``z`` elsewhere."""

@@ -99,10 +99,20 @@ class ReftUnit(nn.Module):
         self.activation = make_activation(config.non_linearity or "identity")
         self.dropout = nn.Dropout(config.dropout)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> ReftUnit:
+        """As ``nn.Module._apply``, but an orthogonal ``R`` stays float32 when the rest goes to half precision
+        (torch's orthogonal parametrization has no half-precision kernels; that library does the same)."""
+        super()._apply(fn, recurse)
+        original = getattr(getattr(self.projection, "parametrizations", None), "weight", None)
+        if original is not None and original.original.dtype in (torch.float16, torch.bfloat16):
+            self.projection.float()
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (batch, n, d)
         source = self.activation(self.learned_source(x))  # (batch, n, r)
-        weight: torch.Tensor = self.projection.weight  # type: ignore[assignment]  # (r, d)
+        projected: torch.Tensor = self.projection.weight  # type: ignore[assignment]  # (r, d)
+        weight = projected.to(x.dtype)  # (r, d)
         if self.subtract:
             source = source - x @ weight.T  # (batch, n, r)
         return self.dropout(x + source @ weight)  # (batch, n, d)
@@ -178,6 +188,12 @@ class ReftAdapter(AdapterModule):
             raise ConfigError(
                 f"ReFT intervenes on each layer's output, which adapterhub reaches at the residual point {POINT!r}; "
                 f"this {dims.model_type} model has residual points {list(dims.residual_points) or 'none'}."
+            )
+        if dims.decoder_start is not None:
+            raise ConfigError(
+                f"ReFT on an encoder-decoder model ({dims.model_type}) is not supported: its decoder layers would "
+                "need the decoder's own positions, but the call's attention mask is the encoder's (the `adapters` "
+                "library reads the encoder's mask there too). Use ReFT on encoder-only or decoder-only models."
             )
         if isinstance(config.layers, tuple) and max(config.layers) >= dims.num_layers:
             raise ConfigError(
