@@ -54,15 +54,18 @@ def run_in_adapters_venv(script: str, *args: str, timeout: int = 300) -> None:
 
 THEIR_LOAD = """
 import json, sys, torch, adapters, transformers
-fixture, attn, directory, tolerance = sys.argv[1:]
+fixture, attn, directory, tolerance, kind = sys.argv[1:]
 expected = json.loads(open(fixture + "/expected.json").read())
 options = {"attn_implementation": attn} if attn else {}
-model = transformers.AutoModel.from_pretrained(fixture + "/base", **options).eval()
-adapters.init(model)
+if kind == "adapter_model":
+    model = adapters.AutoAdapterModel.from_pretrained(fixture + "/base", **options).eval()
+else:
+    model = transformers.AutoModel.from_pretrained(fixture + "/base", **options).eval()
+    adapters.init(model)
 model.set_active_adapters(model.load_adapter(directory))
 with torch.no_grad():
-    out = model(input_ids=torch.tensor(expected["input_ids"]),
-                attention_mask=torch.tensor(expected["attention_mask"])).last_hidden_state
+    out = model.base_model(input_ids=torch.tensor(expected["input_ids"]),
+                           attention_mask=torch.tensor(expected["attention_mask"])).last_hidden_state
 diff = (out - torch.tensor(expected["last_hidden_state"])).abs().max().item()
 print(diff)
 sys.exit(0 if diff < float(tolerance) else 1)
@@ -70,8 +73,11 @@ sys.exit(0 if diff < float(tolerance) else 1)
 
 
 def check_adapters_library_loads(
-    case: str, directory: Path, attn: str | None = None, tolerance: float = 1e-5
+    case: str, directory: Path, attn: str | None = None, tolerance: float = 1e-5, adapter_model: bool = False
 ) -> None:
     """The `adapters` library (in its venv) loads the adapter in ``directory`` onto fixture ``case``'s base model
-    (``attn_implementation=attn`` when given) and its ``last_hidden_state`` is the fixture's within ``tolerance``."""
-    run_in_adapters_venv(THEIR_LOAD, str(FIXTURES / case), attn or "", str(directory), str(tolerance))
+    (``attn_implementation=attn`` when given) and its ``last_hidden_state`` is the fixture's within ``tolerance``.
+    ``adapter_model``: load the base into its ``AutoAdapterModel`` (whose weight names the file uses) instead of
+    a plain model under ``adapters.init`` (1.3.0 loads no ReFT weights named with a model prefix into that)."""
+    kind = "adapter_model" if adapter_model else "plain"
+    run_in_adapters_venv(THEIR_LOAD, str(FIXTURES / case), attn or "", str(directory), str(tolerance), kind)

@@ -27,6 +27,7 @@ METHODS = {
     "vera": "vera[r=4,targets=[q,v],save_projection=false]",
     "oft": "oft[oft_block_size=8,targets=[q,v]]",
     "boft": "boft[boft_block_size=4,targets=[q,v]]",
+    "reft": "noreft[prefix_positions=2,suffix_positions=1,r=2,layers=[1]]",
 }
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "adapters_lib"
 

@@ -29,6 +29,7 @@ METHODS = [
     "vera[r=4,targets=[q,v,ffn_out]]",
     "oft[oft_block_size=8,coft=true,eps=0.05,targets=[q,v,ffn_in]]",
     "boft[boft_block_size=4,boft_n_butterfly_factor=2,targets=[q,v]]",
+    "noreft[prefix_positions=2,suffix_positions=1,r=2]",
 ]
 MODES = {"reentrant": True, "non-reentrant": False}
 NO_DROPOUT = {

@@ -64,7 +64,9 @@ class _BeginCall(AdapterHook):
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self.store.needs_call_state():
-            callstate.begin(self.store)
+            state = callstate.begin(self.store)
+            if self.store.reads_positions():
+                state.positions = callstate.call_positions(args, kwargs)
         else:
             callstate.end(self.store)  # drop what a failed call may have left
 

@@ -23,6 +23,7 @@ from adapterhub.io import adapters_lib_inv
 from adapterhub.io.adapters_lib_ia3 import ia3_config_to_theirs, is_ia3, read_ia3, write_ia3
 from adapterhub.io.adapters_lib_lora import lora_config_to_theirs, read_lora, write_lora
 from adapterhub.io.adapters_lib_prompt import read_prompt, write_prompt
+from adapterhub.io.adapters_lib_reft import read_reft, reft_config_to_theirs, write_reft
 from adapterhub.io.adapters_lib_stacks import check_method, has_stack_paths, to_one_path, to_stack_paths
 from adapterhub.io.files import (
     read_json,
@@ -285,6 +286,8 @@ def read_adapters_lib_dir(
         config, tensors = read_lora(meta["config"], raw, spec, name)
     elif architecture == "prompt_tuning":
         config, tensors = read_prompt(meta["config"], raw, name)
+    elif architecture == "reft":
+        config, tensors = read_reft(meta["config"], raw, spec, name)
     else:
         config, tensors = _read_bottleneck(meta["config"], raw, spec, name, directory)
     return _record(directory, meta, name, config, tensors, spec, with_head, model)
@@ -425,6 +428,9 @@ def write_adapters_lib_dir(
     elif method == "ia3":
         theirs_config = ia3_config_to_theirs(record.config, spec)
         tensors = write_ia3(record.tensors, spec, record.name, prefix)
+    elif method == "reft":
+        theirs_config = reft_config_to_theirs(record.config)
+        tensors = write_reft(record.tensors, spec, record.name, prefix)
     else:
         theirs_config = config_to_theirs(record.config)
         tensors = _bottleneck_tensors(record, spec, prefix)

@@ -87,6 +87,7 @@ def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None 
         int(num_layers),
         spec.pre_norm,
         linear_shapes=shapes,
+        residual_points=tuple(dict.fromkeys(site for stack in spec.stacks() for site in stack.sites)),
         decoder_start=start,
         decoder_points=spec.decoder_points() if start is not None else (),
         modules=modules,

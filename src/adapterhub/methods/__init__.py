@@ -27,6 +27,7 @@ from adapterhub.methods.oft import OFTAdapter, OFTLayer
 from adapterhub.methods.parallel_adapter import ParallelAdapter, ParallelConfig
 from adapterhub.methods.prefix_tuning import PrefixTuningAdapter, PrefixTuningConfig
 from adapterhub.methods.prompt_tuning import PromptTuningAdapter, PromptTuningConfig
+from adapterhub.methods.reft import ReftAdapter
 from adapterhub.methods.union import MethodUnion, UnionAdapter
 from adapterhub.methods.vera import VeraAdapter, VeraLayer
 
@@ -68,6 +69,7 @@ __all__ = [
     "PromptTuningAdapter",
     "PromptTuningConfig",
     "SVDLayer",
+    "ReftAdapter",
     "SiteInputs",
     "StackDims",
     "UnionAdapter",

@@ -42,6 +42,7 @@ from adapterhub.errors import ConfigError, did_you_mean
 from adapterhub.methods.point_inputs import (
     AttentionInputs,
     BaseWeights,
+    CallPositions,
     EmbeddingInputs,
     EmbeddingState,
     LinearInputs,
@@ -65,6 +66,7 @@ __all__ = [  # the protocol, and the point inputs (adapterhub.methods.point_inpu
     "AdapterModule",
     "AttentionInputs",
     "BaseWeights",
+    "CallPositions",
     "EmbeddingInputs",
     "EmbeddingState",
     "LinearInputs",
@@ -258,6 +260,8 @@ class AdapterModule(nn.Module):
     packed_refusal: ClassVar[str | None] = None
     # why average_adapter cannot combine adapters of this method (None: it can)
     average_refusal: ClassVar[str | None] = None
+    # whether it reads the call's positions (attention mask, cache length) at its residual points (ReFT)
+    reads_positions: ClassVar[bool] = False
 
     def __init__(self, name: str, config: MethodConfig, dims: ModelDims) -> None:
         super().__init__()
@@ -307,6 +311,11 @@ class AdapterModule(nn.Module):
         return tuple(name for kind, name in self.points(layer) if kind == RESIDUAL)
 
     # ---- composition protocol
+    def refuse_in(self, block: str, others: Sequence[AdapterModule]) -> str | None:
+        """Why this adapter cannot sit in a ``block`` (its kind, e.g. ``"Stack"``) beside the adapters ``others``,
+        or None when it can; asked when a setup is activated, before ``composable``. Default: None."""
+        return None
+
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> Any:
         """Apply this adapter to the running value of a Stack at ``point``."""
         raise NotImplementedError

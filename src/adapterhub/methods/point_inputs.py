@@ -13,6 +13,21 @@ import torch
 from adapterhub.errors import ConfigError
 
 
+@dataclass(frozen=True)
+class CallPositions:
+    """The positions of one model call, for methods that intervene on positions counted from the call's padding
+    (ReFT): ``mask`` the call's 2D attention mask ``(batch, past + seq)`` (None when the call passed none), ``past``
+    how many positions its key/value cache already held (cached decoding: the call computes positions
+    ``past .. past + seq - 1``)."""
+
+    mask: torch.Tensor | None
+    past: int = 0
+
+    def rows(self, index: slice) -> CallPositions:
+        """The same positions for rows ``index`` of the batch."""
+        return CallPositions(None if self.mask is None else self.mask[index], self.past)
+
+
 class PointInputs:
     """What a hook hands to the adapters at one attachment point of one layer, and the kind's own rules:
 
@@ -48,6 +63,10 @@ class PointInputs:
     def length(self) -> int:
         raise NotImplementedError
 
+    def at_positions(self, positions: CallPositions) -> PointInputs:
+        """These inputs with the call's positions attached (kinds whose methods read none: unchanged)."""
+        return self
+
 
 def _index(index: slice, dim: int) -> tuple[slice, ...]:
     return (index,) if dim == 0 else (slice(None), index)
@@ -59,12 +78,14 @@ class ResidualInputs(PointInputs):
     the residual stream input of the sub-layer, same shape; ``norm``: the model's LayerNorm after the sub-layer
     (post-norm models) or ``None`` (pre-norm models, where the layer adds ``h`` to the residual itself);
     ``normed``: ``norm(h + residual)`` as the model itself computed it for this very ``h``, or ``None`` when
-    unknown (anyone building inputs with a different ``h`` must leave it ``None``)."""
+    unknown (anyone building inputs with a different ``h`` must leave it ``None``); ``positions``: the call's
+    positions (``CallPositions``) when an active adapter reads them, else ``None``."""
 
     h: torch.Tensor
     residual: torch.Tensor
     norm: Callable[[torch.Tensor], torch.Tensor] | None
     normed: torch.Tensor | None = None
+    positions: CallPositions | None = None
 
     def original_output(self) -> torch.Tensor:
         """``norm(h + residual)`` (post-norm models) or ``h + residual``; the model's own value when known."""
@@ -82,12 +103,18 @@ class ResidualInputs(PointInputs):
 
     def on(self, running: Any) -> ResidualInputs:
         # The model's own LayerNorm output belongs to its own h only.
-        return ResidualInputs(running, self.residual, self.norm, self.normed if running is self.h else None)
+        normed = self.normed if running is self.h else None
+        return ResidualInputs(running, self.residual, self.norm, normed, self.positions)
 
     def select(self, index: slice, dim: int) -> ResidualInputs:
         at = _index(index, dim)
         normed = self.normed[at] if self.normed is not None else None
-        return ResidualInputs(self.h[at], self.residual[at], self.norm, normed)
+        # positions count over whole rows: a block of rows keeps them, a block of positions has none
+        positions = self.positions.rows(index) if self.positions is not None and dim == 0 else None
+        return ResidualInputs(self.h[at], self.residual[at], self.norm, normed, positions)
+
+    def at_positions(self, positions: CallPositions) -> ResidualInputs:
+        return ResidualInputs(self.h, self.residual, self.norm, self.normed, positions)
 
     def batch_size(self) -> int:
         return int(self.h.shape[0])

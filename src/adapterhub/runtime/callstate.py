@@ -15,6 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+from adapterhub.methods.point_inputs import CallPositions
+
 _LOCAL = threading.local()
 
 
@@ -25,7 +29,8 @@ class CallState:
     ``generate()``'s request; ``base_output``: the base model's output; ``parallel_batch`` / ``parallel_first``:
     under ``Parallel``, the batch size before replication and the first layer that replicates;
     ``parallel_labels`` / ``parallel_choice_mask``: what was taken away from the model's own head under
-    ``Parallel`` for the branches' heads."""
+    ``Parallel`` for the branches' heads; ``positions``: the call's attention mask and cache length, recorded when
+    an active adapter intervenes on positions counted from it (ReFT)."""
 
     labels: dict[str, Any] | None = None
     head_inputs: dict[str, Any] = field(default_factory=dict)
@@ -37,6 +42,7 @@ class CallState:
     parallel_first: int = 0
     parallel_labels: Any = None
     parallel_choice_mask: Any = None
+    positions: CallPositions | None = None
 
 
 def _states() -> dict[int, CallState]:
@@ -85,3 +91,14 @@ def resumed(owner: object, state: CallState | None) -> Iterator[None]:
             states.pop(key, None)
         else:
             states[key] = before
+
+
+def call_positions(args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallPositions:
+    """The positions of a model call: its 2D ``attention_mask`` ``(batch, past + seq)`` (keyword, or the second
+    positional argument as transformers models take it), and how many positions its key/value cache already holds
+    (``past_key_values.get_seq_length()``, else 0)."""
+    mask = kwargs["attention_mask"] if "attention_mask" in kwargs else (args[1] if len(args) > 1 else None)
+    cache = kwargs.get("past_key_values")
+    length = getattr(cache, "get_seq_length", None)
+    past = int(length()) if callable(length) else 0
+    return CallPositions(mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None, past)

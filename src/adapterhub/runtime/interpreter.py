@@ -240,6 +240,10 @@ def check_setup(setup: Setup | None, adapters: Mapping[str, AdapterModule]) -> N
             continue
         module = adapters[child]
         kind = type(block).__name__
+        others = [adapters[n] for n in setup_names(block) if n != child and n in adapters]
+        reason = module.refuse_in(kind, others)
+        if reason is not None:
+            raise ConfigError(f"{kind} cannot hold {child!r}: {reason}")
         if kind not in module.composable:
             raise ConfigError(
                 f"{kind} cannot hold {child!r}: {module.method} adapters compose with "

@@ -102,6 +102,8 @@ class AdapterStore(nn.Module):
             if at is not None and at in skip:
                 return None
         state = callstate.current(self)
+        if state is not None and state.positions is not None:
+            inputs = inputs.at_positions(state.positions)
         run = PointRun(
             layer=layer,
             point=(kind, point),
@@ -126,8 +128,23 @@ class AdapterStore(nn.Module):
         return last if last in self.heads else None
 
     def needs_call_state(self) -> bool:
-        """Whether a forward pass carries per-call state (a flexible head or Parallel may be in play)."""
-        return len(self.heads) > 0 or parallel_block(self.current_setup()) is not None
+        """Whether a forward pass carries per-call state (a flexible head or Parallel may be in play, or an
+        adapter reads the call's positions)."""
+        return (
+            len(self.heads) > 0 or parallel_block(self.current_setup()) is not None or self.reads_positions()
+        )
+
+    def reads_positions(self) -> bool:
+        """Whether an active adapter intervenes on positions counted from the call's attention mask
+        (``AdapterModule.reads_positions``): the call then records them (``callstate.CallState.positions``)."""
+        setup = self.current_setup()
+        if setup is None:
+            return False
+        adapters = self.adapters
+        return any(
+            name in adapters and adapters[name].reads_positions  # type: ignore[union-attr]
+            for name in setup_names(setup)
+        )
 
     def changed(self) -> None:
         """Adapters were added, deleted, merged or unmerged: forget what was derived from them."""

@@ -6,8 +6,8 @@ optional overrides in brackets: ``"pfeiffer"``, ``"houlsby[reduction_factor=64]"
 ``"pfeiffer[leave_out=[0,1],non_linearity=gelu]"``.
 
 The package's modules, one job each: ``base`` (``MethodConfig``, the canonical JSON and hash), ``checks`` (shared
-validation), ``targeting`` (where low-rank methods attach), ``bottleneck``, ``low_rank``, ``lycoris``, ``vera``, ``oft``, ``ln_tuning`` and ``adalora`` (the configs of the method families defined in the spec
-layer),
+validation), ``targeting`` (where low-rank methods attach), ``bottleneck``, ``low_rank``, ``lycoris``, ``vera``,
+``oft``, ``ln_tuning``, ``adalora`` and ``reft`` (the configs of the method families defined in the spec layer),
 ``registry`` (configs by method name, presets, ``resolve_config``) and ``preset_strings`` (``name[key=value]``).
 Every name is importable from ``adapterhub.spec.configs``.
 """
@@ -20,6 +20,7 @@ from adapterhub.spec.configs.ln_tuning import LNTuningConfig
 from adapterhub.spec.configs.low_rank import LORA_INITS, LoRAConfig
 from adapterhub.spec.configs.lycoris import LoHaConfig, LoKrConfig, LycorisConfig
 from adapterhub.spec.configs.oft import BOFTConfig, OFTConfig
+from adapterhub.spec.configs.reft import ReftConfig
 from adapterhub.spec.configs.registry import (
     METHOD_CONFIGS,
     PRESET_ALIASES,
@@ -54,6 +55,7 @@ __all__ = [
     "MethodConfig",
     "ModuleTargeting",
     "OFTConfig",
+    "ReftConfig",
     "VeraConfig",
     "canonical_json",
     "layer_list",

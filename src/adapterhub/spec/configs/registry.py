@@ -19,6 +19,7 @@ from adapterhub.spec.configs.low_rank import LoRAConfig
 from adapterhub.spec.configs.lycoris import LoHaConfig, LoKrConfig
 from adapterhub.spec.configs.oft import BOFTConfig, OFTConfig
 from adapterhub.spec.configs.preset_strings import parse_preset_string
+from adapterhub.spec.configs.reft import REFT_PRESETS, ReftConfig
 from adapterhub.spec.configs.vera import VeraConfig
 
 PRESETS: dict[str, Callable[[], MethodConfig]] = {
@@ -65,6 +66,7 @@ PRESETS["oft"] = OFTConfig
 PRESETS["boft"] = BOFTConfig
 PRESETS["ln_tuning"] = LNTuningConfig
 PRESETS["adalora"] = AdaLoraConfig
+PRESETS.update(REFT_PRESETS)
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
     "bottleneck": BottleneckConfig,
     "lora": LoRAConfig,
@@ -75,6 +77,7 @@ METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
     "boft": BOFTConfig,
     "ln_tuning": LNTuningConfig,
     "adalora": AdaLoraConfig,
+    "reft": ReftConfig,
 }
 
 
