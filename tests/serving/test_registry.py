@@ -4,6 +4,7 @@ and sources."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -163,3 +164,13 @@ def test_engine_config_rejects_unknown_keys_naming_valid_ones():
     with pytest.raises(ConfigError):
         EngineConfig(max_batch_rows=0)
     assert EngineConfig.from_dict({"max_loaded": 3}).max_loaded == 3
+
+
+def test_from_pretrained_resolves_packaged_model_names(tiny_bert_dir, monkeypatch) -> None:
+    """``serve-model --model smollm2`` / ``ServingEngine.from_pretrained("smollm2")``: a packaged model's name
+    resolves to its folder (here a stand-in packaged name pointing at the tiny BERT) instead of going to the hub."""
+    from adapterhub.data import packaged
+
+    monkeypatch.setitem(packaged.PACKAGED_MODELS, "tinypack", lambda: Path(tiny_bert_dir))
+    engine = ServingEngine.from_pretrained("tinypack")
+    assert type(engine.model).__name__ == "BertModel"

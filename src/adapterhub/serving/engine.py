@@ -228,10 +228,17 @@ class ServingEngine:
         causal_lm: bool | None = None,
         compositions: Mapping[str, str] | None = None,
     ) -> ServingEngine:
-        """Load the base model and tokenizer of ``model_name_or_path``: ``AutoModelForCausalLM`` for a decoder-only
-        model (``causal_lm`` None: decided by its config), so that it generates, else ``AutoModel``."""
+        """Load the base model and tokenizer of ``model_name_or_path`` (a folder, a hub name or a packaged model's
+        name such as ``smollm2``: :func:`adapterhub.data.packaged.packaged_model_path`): ``AutoModelForCausalLM``
+        for a decoder-only model (``causal_lm`` None: decided by its config), so that it generates, else
+        ``AutoModel``."""
         import transformers
 
+        from adapterhub.data.packaged import packaged_model_path
+
+        packaged = packaged_model_path(model_name_or_path)
+        if packaged is not None:
+            model_name_or_path = str(packaged)
         if causal_lm is None:
             causal_lm = decoder_only(transformers.AutoConfig.from_pretrained(model_name_or_path))
         factory: Any = transformers.AutoModelForCausalLM if causal_lm else transformers.AutoModel
