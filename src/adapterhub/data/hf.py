@@ -166,8 +166,11 @@ def to_splits(loaded: Any, origin: str, label_column: str, media: MediaColumns =
 
 
 def _feature_kind(feature: Any) -> MediaKind | None:
-    name = type(feature).__name__
-    return "image" if name == "Image" else "audio" if name == "Audio" else None
+    """``"image"`` for a ``datasets.Image`` feature, ``"audio"`` for a ``datasets.Audio`` one, else ``None``."""
+    datasets = import_datasets()
+    if isinstance(feature, datasets.Image):
+        return "image"
+    return "audio" if isinstance(feature, datasets.Audio) else None
 
 
 def pick_media_column(split: Any, origin: str, media: MediaColumns) -> tuple[MediaKind, str] | None:
