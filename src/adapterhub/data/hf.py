@@ -1,6 +1,12 @@
 """HuggingFace ``datasets`` sources: a ``save_to_disk`` directory or an ``hf:`` hub name.
 
 ``datasets`` is optional: it is imported only here, only when such a source is used.
+
+Image and audio datasets: the column whose feature is ``datasets.Image`` (``datasets.Audio``) holds the rows'
+pictures (clips). It is found by its feature type, or named with ``image_column`` / ``audio_column``; a dataset
+with several such columns must name one. Its cells are read undecoded (``{"bytes", "path"}``, so neither Pillow
+nor an audio decoder runs here) and renamed to the ``image`` (``audio``) column the rest of the data code reads
+(:mod:`adapterhub.data.media` decodes them when a batch is built).
 """
 
 from __future__ import annotations
@@ -11,10 +17,29 @@ from types import ModuleType
 from typing import Any
 
 from adapterhub.data.tables import Row, Table
-from adapterhub.errors import ConfigError
+from adapterhub.data.task import MediaKind
+from adapterhub.errors import ConfigError, did_you_mean
 
 HF_PREFIX = "hf:"
 DEV_SPLIT_NAMES: tuple[str, ...] = ("validation", "dev", "valid")
+
+
+@dataclass(frozen=True)
+class MediaColumns:
+    """Which column holds the rows' images or audio: ``image`` / ``audio`` name one (at most one of them), or both
+    ``None`` to find the ``datasets.Image`` / ``datasets.Audio`` column by its feature type. ``need_audio``: the
+    task reads audio (``kind="ctc"``), so a dataset without an ``Audio`` column is refused."""
+
+    image: str | None = None
+    audio: str | None = None
+    need_audio: bool = False
+
+    def __post_init__(self) -> None:
+        if self.image is not None and self.audio is not None:
+            raise ConfigError(
+                f"image_column={self.image!r} and audio_column={self.audio!r}: a task reads one kind of input; "
+                "name one of the columns"
+            )
 
 
 @dataclass(frozen=True)
@@ -22,12 +47,14 @@ class HfSplits:
     """Rows of the train split and, when the dataset has one, the dev split (``validation``/``dev``/``valid``).
 
     ``label_names`` holds the names of a ``ClassLabel`` label column (whose integer values were replaced by those
-    names in the rows), else ``None``.
+    names in the rows), else ``None``. ``media`` is ``"image"`` / ``"audio"`` when the rows' input is the
+    dataset's ``Image`` / ``Audio`` column (renamed ``image`` / ``audio`` in the rows), else ``None``.
     """
 
     train: Table
     dev: Table | None
     label_names: tuple[str, ...] | None
+    media: MediaKind | None = None
 
 
 def import_datasets() -> ModuleType:
@@ -48,7 +75,7 @@ def is_saved_dataset(path: Path) -> bool:
     )
 
 
-def load_saved(path: Path, label_column: str) -> HfSplits:
+def load_saved(path: Path, label_column: str, media: MediaColumns = MediaColumns()) -> HfSplits:
     """Read a ``save_to_disk`` directory with ``datasets.load_from_disk``."""
     datasets = import_datasets()
     try:
@@ -58,7 +85,7 @@ def load_saved(path: Path, label_column: str) -> HfSplits:
             f"{path}: could not be read with datasets.load_from_disk ({type(error).__name__}: {error}); "
             "save the dataset again with save_to_disk"
         ) from error
-    return to_splits(loaded, f"hf dataset {str(path)!r}", label_column)
+    return to_splits(loaded, f"hf dataset {str(path)!r}", label_column, media)
 
 
 def parse_hub_name(source: str) -> tuple[str, str | None]:
@@ -70,7 +97,7 @@ def parse_hub_name(source: str) -> tuple[str, str | None]:
     return path, config or None
 
 
-def load_hub(source: str, label_column: str) -> HfSplits:
+def load_hub(source: str, label_column: str, media: MediaColumns = MediaColumns()) -> HfSplits:
     """Load ``hf:NAME[:CONFIG]`` with ``datasets.load_dataset``.
 
     Without ``:CONFIG``, ``hf:a/b`` is first tried as the repository ``a/b`` and, if the hub has no such
@@ -92,7 +119,7 @@ def load_hub(source: str, label_column: str) -> HfSplits:
             continue
         except Exception as error:
             raise _hub_error(source, error) from error
-        return to_splits(loaded, f"hf dataset {source[len(HF_PREFIX) :]!r}", label_column)
+        return to_splits(loaded, f"hf dataset {source[len(HF_PREFIX) :]!r}", label_column, media)
     assert last is not None
     raise _hub_error(source, last) from last
 
@@ -114,7 +141,7 @@ def _hub_error(source: str, error: BaseException) -> ConfigError:
     )
 
 
-def to_splits(loaded: Any, origin: str, label_column: str) -> HfSplits:
+def to_splits(loaded: Any, origin: str, label_column: str, media: MediaColumns = MediaColumns()) -> HfSplits:
     """Turn a ``Dataset`` (train only) or ``DatasetDict`` into :class:`HfSplits`."""
     if hasattr(loaded, "column_names") and not isinstance(loaded.column_names, dict):
         train, dev = loaded, None
@@ -130,11 +157,59 @@ def to_splits(loaded: Any, origin: str, label_column: str) -> HfSplits:
         dev_name = next((name for name in DEV_SPLIT_NAMES if name in splits), None)
         dev = loaded[dev_name] if dev_name else None
     label_names = _class_names(train, label_column)
-    train_table = _table(train, f"{origin}, split {train_name!r}", label_column, label_names)
+    picked = pick_media_column(train, origin, media)
+    train_table = _table(train, f"{origin}, split {train_name!r}", label_column, label_names, picked)
     dev_table = None
     if dev is not None:
-        dev_table = _table(dev, f"{origin}, split {dev_name!r}", label_column, label_names)
-    return HfSplits(train_table, dev_table, label_names)
+        dev_table = _table(dev, f"{origin}, split {dev_name!r}", label_column, label_names, picked)
+    return HfSplits(train_table, dev_table, label_names, picked[0] if picked else None)
+
+
+def _feature_kind(feature: Any) -> MediaKind | None:
+    """``"image"`` for a ``datasets.Image`` feature, ``"audio"`` for a ``datasets.Audio`` one, else ``None``."""
+    datasets = import_datasets()
+    if isinstance(feature, datasets.Image):
+        return "image"
+    return "audio" if isinstance(feature, datasets.Audio) else None
+
+
+def pick_media_column(split: Any, origin: str, media: MediaColumns) -> tuple[MediaKind, str] | None:
+    """``(kind, column)`` of the split's image or audio input, or ``None`` for a text dataset.
+
+    A named column must exist and have that feature type; unnamed, the one ``Image`` or ``Audio`` column is
+    taken, and several are refused (name one). ``media.need_audio`` refuses a dataset without an audio column.
+    """
+    features = dict(split.features)
+    found = [(kind, column) for column, feature in features.items() if (kind := _feature_kind(feature))]
+    shown = ", ".join(f"{column} ({type(feature).__name__})" for column, feature in features.items())
+    for kind, column in (("image", media.image), ("audio", media.audio)):
+        if column is None:
+            continue
+        if column not in features:
+            raise ConfigError(
+                f"{origin} has no column {column!r}{did_you_mean(column, list(features))}; the columns are: "
+                f"{shown}; pass {kind}_column='<column>' to load_task naming its {kind.title()} column"
+            )
+        if _feature_kind(features[column]) != kind:
+            raise ConfigError(
+                f"{origin}: column {column!r} is a {type(features[column]).__name__}, not a datasets."
+                f"{kind.title()} column; the columns are: {shown}"
+            )
+        return kind, column  # type: ignore[return-value]
+    if media.need_audio:
+        found = [(kind, column) for kind, column in found if kind == "audio"]
+        if not found:
+            raise ConfigError(
+                f"{origin} has no datasets.Audio column (the columns are: {shown}); a ctc (speech recognition) "
+                "task reads audio clips with their transcripts: use a dataset with an Audio column"
+            )
+    if len(found) > 1:
+        names = ", ".join(f"{column} ({kind})" for kind, column in found)
+        raise ConfigError(
+            f"{origin} has several image/audio columns: {names}; name the one to read: pass "
+            "image_column='<column>' to load_task (or audio_column='<column>' to load_task)"
+        )
+    return found[0] if found else None
 
 
 def _class_names(split: Any, label_column: str) -> tuple[str, ...] | None:
@@ -146,16 +221,35 @@ def _class_names(split: Any, label_column: str) -> tuple[str, ...] | None:
     return None
 
 
-def _table(split: Any, origin: str, label_column: str, names: tuple[str, ...] | None) -> Table:
-    records = split.to_list()
+def _table(
+    split: Any,
+    origin: str,
+    label_column: str,
+    names: tuple[str, ...] | None,
+    media: tuple[MediaKind, str] | None,
+) -> Table:
+    """The split's rows; ``media``'s column renamed to its kind (``image`` / ``audio``), its cells left as the
+    undecoded ``{"bytes", "path"}`` dicts ``to_list`` gives."""
+    header = tuple(split.column_names)
+    if media is not None:
+        kind, column = media
+        if column != kind and kind in header:
+            raise ConfigError(
+                f"{origin}: the {kind} input is column {column!r}, but another column is named {kind!r}; remove "
+                f"or rename that column (Dataset.rename_column) and save the dataset again"
+            )
+        header = tuple(kind if name == column else name for name in header)
+    records = split.to_list()  # Image / Audio cells stay {"bytes", "path"}: to_list does not decode
     if not records:
         raise ConfigError(f"{origin} is empty (no rows); use a split with examples")
     rows = []
     for number, record in enumerate(records, start=1):
         if names is not None and label_column in record:
             record[label_column] = _named(record[label_column], names)
+        if media is not None and media[1] != media[0]:
+            record[media[0]] = record.pop(media[1])
         rows.append(Row(number, record))
-    return Table(origin, tuple(rows), unit="row", header=tuple(split.column_names))
+    return Table(origin, tuple(rows), unit="row", header=header)
 
 
 def _named(value: Any, names: tuple[str, ...]) -> Any:

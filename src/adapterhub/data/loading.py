@@ -31,6 +31,7 @@ class _Options:
     labels: Sequence[str | int] | None
     dev_split_fraction: float
     seed: int
+    media: hf.MediaColumns
 
 
 def load_task(
@@ -41,6 +42,8 @@ def load_task(
     text_pair_column: str | None = None,
     label_column: str = "label",
     choices_column: str = "choices",
+    image_column: str | None = None,
+    audio_column: str | None = None,
     labels: Sequence[str | int] | None = None,
     dev_split_fraction: float = 0.1,
     seed: int = 0,
@@ -75,7 +78,15 @@ def load_task(
     to the row file's folder; each file is checked to exist and open (:mod:`adapterhub.data.media`) and the
     examples hold it in ``Example.media`` (``task.media`` says which kind). Rows with an ``audio`` and a text
     column and no label column (``{"audio": "0.wav", "text": "hello"}``) are a speech recognition task of kind
-    ``ctc`` (:mod:`adapterhub.data.speech`). Files and folders only (not ``hf:``).
+    ``ctc`` (:mod:`adapterhub.data.speech`).
+
+    A HuggingFace dataset (``hf:`` or ``save_to_disk``) is an image (audio) task when it has a ``datasets.Image``
+    (``datasets.Audio``) column: found by its feature type, or named with ``image_column`` (``audio_column``),
+    which a dataset with several such columns needs. Its labels come from ``label_column`` (``ClassLabel`` names
+    become the label names); an audio dataset with a text column and no label column is a ``ctc`` task. Images
+    and clips are read from the cells' bytes (:mod:`adapterhub.data.hf`, :mod:`adapterhub.data.media`); audio
+    must be 16-bit PCM mono WAV at the model's sampling rate (there is no resampler: another rate is refused
+    when the batch is built).
 
     Raises :class:`ConfigError` (bad argument, unknown name, missing column, missing or unknown label, malformed
     row, each naming file and line) or :class:`AdapterFileError` (unreadable or truncated files).
@@ -86,19 +97,26 @@ def load_task(
         labels,
         dev_split_fraction,
         seed,
+        hf.MediaColumns(image_column, audio_column, need_audio=kind == "ctc"),
     )
     if kind is not None:
         check_kind(kind)
     dev_size(100, dev_split_fraction)  # validates the fraction up front
     if isinstance(source, str) and source.startswith(hf.HF_PREFIX):
-        splits = hf.load_hub(source, label_column)
+        splits = hf.load_hub(source, label_column, options.media)
         return _from_hf(source[len(hf.HF_PREFIX) :], splits, options)
     if not isinstance(source, str | os.PathLike):
         raise ConfigError(f"load_task(source=...) must be a path or a name, got {type(source).__name__}")
     path = Path(source).expanduser()
+    if path.is_dir() and hf.is_saved_dataset(path):
+        return _from_hf(_dir_name(path), hf.load_saved(path, label_column, options.media), options)
+    if image_column is not None or audio_column is not None:
+        raise ConfigError(
+            f"{source}: image_column / audio_column name a HuggingFace dataset's Image / Audio column (hf:NAME or "
+            "a save_to_disk folder); rows in files read their 'image' / 'audio' column (a path): rename the "
+            "column in the file instead"
+        )
     if path.is_dir():
-        if hf.is_saved_dataset(path):
-            return _from_hf(_dir_name(path), hf.load_saved(path, label_column), options)
         return _load_directory(path, options)
     if path.is_file():
         return _load_file(path, options)
@@ -255,12 +273,29 @@ def _from_hf(name: str, splits: hf.HfSplits, options: _Options) -> TaskData:
         train, dev = _split(train, options)
         from_dev = True
     labels = options.labels if options.labels is not None else splits.label_names
+    columns = options.columns
+    if splits.media is not None:
+        columns = replace(columns, media=splits.media)
+        _check_label_column(splits, columns, options.kind)
     return build_task(
         name,
         train,
         dev,
-        columns=options.columns,
+        columns=columns,
         kind=options.kind,
         labels=labels,
         labels_from_dev=from_dev,
+    )
+
+
+def _check_label_column(splits: hf.HfSplits, columns: Columns, kind: str | None) -> None:
+    """An image or audio dataset needs its label column, unless it is a ctc task (audio with transcripts)."""
+    header = splits.train.header
+    if kind == "ctc" or columns.label in header or is_transcript_header(header, columns.text, columns.label):
+        return
+    candidates = [name for name in header if name != splits.media]
+    raise ConfigError(
+        f"{splits.train.origin} has no label column {columns.label!r}{did_you_mean(columns.label, candidates)} "
+        f"(the columns are: {', '.join(header)}); an {splits.media} classification task needs one: pass "
+        "label_column='<column>' to load_task"
     )

@@ -6,13 +6,20 @@ every file is checked: it exists, and it opens as an image (Pillow) or as 16-bit
 library's :mod:`wave`); a bad row raises :class:`ConfigError` naming the data file and line. Decoding
 (:func:`read_image`, :func:`read_audio`) happens when a batch is built and names the row too.
 
+A HuggingFace ``Image`` / ``Audio`` cell (``{"bytes": b"...", "path": "cats/1.png"}``, as ``datasets`` stores it
+undecoded) gives a :class:`Media` holding those bytes (``Media.data``), checked and decoded the same way; a cell
+with no bytes names a local file (``path``, as the dataset stored it). Audio is decoded with :mod:`wave` only (no
+torchaudio, no torchcodec), so an ``Audio`` column must hold 16-bit PCM mono WAV: FLAC, MP3 and Ogg clips are
+refused, naming their format.
+
 Torch-free: Pillow and numpy only.
 """
 
 from __future__ import annotations
 
+import io
 import wave
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +49,19 @@ def media_of(table: Table, row: Row, kind: MediaKind) -> Media:
     """The checked :class:`Media` of ``row``'s ``kind`` column (path relative to the table's folder)."""
     where = table.where(row)
     value = row.values.get(kind)
+    if isinstance(value, Mapping):
+        media = _stored_media(kind, value, where)
+    else:
+        media = _file_media(table, kind, value, where)
+    if kind == "image":
+        _check_image(media)
+    else:
+        _check_audio(media)
+    return media
+
+
+def _file_media(table: Table, kind: MediaKind, value: Any, where: str) -> Media:
+    """The :class:`Media` of a path cell (relative to the table's folder), checked to exist."""
     if not isinstance(value, str) or not value.strip():
         got = "nothing" if value is None or value == "" else f"{type(value).__name__} {value!r}"[:80]
         raise ConfigError(
@@ -56,19 +76,46 @@ def media_of(table: Table, row: Row, kind: MediaKind) -> Media:
             f"{where}: {kind} file {value.strip()!r} not found (looked for {path}); fix the path (relative paths "
             "start at the data file's folder) or remove the row"
         )
-    media = Media(kind, str(path.resolve()), where)
-    if kind == "image":
-        _check_image(media)
-    else:
-        _check_audio(media)
-    return media
+    return Media(kind, str(path.resolve()), where)
+
+
+def _stored_media(kind: MediaKind, cell: Mapping[str, Any], where: str) -> Media:
+    """The :class:`Media` of a HuggingFace ``Image`` / ``Audio`` cell ``{"bytes": ..., "path": ...}``."""
+    data, stored = cell.get("bytes"), cell.get("path")
+    name = stored if isinstance(stored, str) and stored else f"the {kind} of {where}"
+    if isinstance(data, bytes | bytearray) and data:
+        return Media(kind, name, where, data=bytes(data))
+    if isinstance(stored, str) and stored:
+        path = Path(stored).expanduser()
+        if path.is_file():
+            return Media(kind, str(path.resolve()), where)
+        raise ConfigError(
+            f"{where}: the {kind} cell holds no bytes, only the path {stored!r}, and there is no such file here; "
+            "save the dataset with its files embedded (e.g. Dataset.to_parquet or push_to_hub embed them) or run "
+            "where the files are"
+        )
+    raise ConfigError(f"{where}: the {kind} cell is empty (no bytes and no path); remove the row")
+
+
+def _source(media: Media) -> Any:
+    """What to open: the row's own bytes as a file object, else its path."""
+    return io.BytesIO(media.data) if media.data is not None else media.path
+
+
+def _audio_format(media: Media) -> str:
+    """A guess at a non-WAV clip's format from its first bytes, for the error message."""
+    head = media.data[:4] if media.data is not None else b""
+    for magic, name in ((b"fLaC", "FLAC"), (b"OggS", "Ogg"), (b"ID3", "MP3")):
+        if head.startswith(magic):
+            return f" (it is {name})"
+    return " (it looks like MP3)" if head[:1] == b"\xff" else ""
 
 
 def _check_image(media: Media) -> None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(media.path) as image:
+        with Image.open(_source(media)) as image:
             image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ConfigError(
@@ -81,7 +128,7 @@ def read_image(media: Media) -> Any:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(media.path) as image:
+        with Image.open(_source(media)) as image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ConfigError(
@@ -92,12 +139,13 @@ def read_image(media: Media) -> Any:
 def _wav_header(media: Media) -> tuple[int, int, int, int]:
     """``(channels, sample width in bytes, frame rate, frames)`` of a WAV file, or a ConfigError naming the row."""
     try:
-        with wave.open(media.path, "rb") as reader:
+        with wave.open(_source(media), "rb") as reader:
             return reader.getnchannels(), reader.getsampwidth(), reader.getframerate(), reader.getnframes()
     except (wave.Error, EOFError, OSError) as error:
         raise ConfigError(
-            f"{media.where}: {media.path} is not a readable WAV file ({error}); audio rows need 16-bit PCM mono "
-            "WAV (convert with e.g. `ffmpeg -i in.mp3 -ac 1 -ar 16000 -sample_fmt s16 out.wav`)"
+            f"{media.where}: {media.path} is not a readable WAV file{_audio_format(media)} ({error}); audio rows "
+            "need 16-bit PCM mono WAV, read with the standard library's wave module (convert with e.g. "
+            "`ffmpeg -i in.mp3 -ac 1 -ar 16000 -sample_fmt s16 out.wav`)"
         ) from None
 
 
@@ -129,7 +177,7 @@ def read_audio(media: Media) -> tuple[Any, int]:
 
     _check_audio(media)
     try:
-        with wave.open(media.path, "rb") as reader:
+        with wave.open(_source(media), "rb") as reader:
             rate = reader.getframerate()
             data = reader.readframes(reader.getnframes())
     except (wave.Error, EOFError, OSError) as error:

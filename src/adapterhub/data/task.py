@@ -30,17 +30,24 @@ MEDIA_KINDS: tuple[str, ...] = get_args(MediaKind)
 class Media:
     """The image or audio file of one row: ``kind`` (``"image"`` or ``"audio"``), ``path`` (absolute, checked to
     exist and to open as that kind when the row was read: :mod:`adapterhub.data.media`) and ``where`` (the row's
-    file and line, e.g. ``/data/pets/train.jsonl, line 3``), which errors raised when the file is decoded name."""
+    file and line, e.g. ``/data/pets/train.jsonl, line 3``), which errors raised when the file is decoded name.
+
+    ``data``: the file's encoded bytes (PNG, JPEG, WAV, ...) when the row carried them itself (a HuggingFace
+    ``Image`` / ``Audio`` column); they are decoded instead of reading ``path``, which then only names the file
+    (the path the dataset stored, or the row)."""
 
     kind: MediaKind
     path: str
     where: str = ""
+    data: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in MEDIA_KINDS:
             raise ConfigError(f"Media.kind must be one of {', '.join(MEDIA_KINDS)}, got {self.kind!r}")
         if not isinstance(self.path, str) or not self.path:
             raise ConfigError(f"Media.path must be a non-empty string, got {self.path!r}")
+        if self.data is not None and not isinstance(self.data, bytes):
+            raise ConfigError(f"Media.data must be bytes or None, got {type(self.data).__name__}")
 
 
 def check_kind(kind: str) -> TaskKind:

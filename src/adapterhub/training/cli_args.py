@@ -70,6 +70,16 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
     group.add_argument("--label-column", default="label")
     group.add_argument("--choices-column", default="choices")
     group.add_argument(
+        "--image-column",
+        default=None,
+        help="the datasets.Image column of an hf: / saved dataset (default: found by its feature type)",
+    )
+    group.add_argument(
+        "--audio-column",
+        default=None,
+        help="the datasets.Audio column of an hf: / saved dataset (default: found by its feature type)",
+    )
+    group.add_argument(
         "--train-limit", type=positive_int, help="use a seeded sample of this many training rows"
     )
     group.add_argument(
@@ -177,6 +187,8 @@ def load_data(args: argparse.Namespace) -> Any:
             text_pair_column=args.text_pair_column,
             label_column=args.label_column,
             choices_column=args.choices_column,
+            image_column=getattr(args, "image_column", None),
+            audio_column=getattr(args, "audio_column", None),
         )
     except ConfigError as error:
         raise ConfigError(with_cli_flags(str(error))) from None
@@ -186,7 +198,7 @@ def load_data(args: argparse.Namespace) -> Any:
 
 
 _COLUMN_KEYWORD = re.compile(
-    r"\b(text_column|text_pair_column|label_column|choices_column)='<column>' to load_task"
+    r"\b(text_column|text_pair_column|label_column|choices_column|image_column|audio_column)='<column>' to load_task"
 )
 
 _KIND_KEYWORD = re.compile(r"\bkind=(?:'(\w+)'|\.\.\.)")

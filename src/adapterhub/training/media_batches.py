@@ -70,10 +70,16 @@ class MediaProcessor:
     def _audio(self, media: Media) -> torch.Tensor:
         samples, rate = read_audio(media)
         if rate != self.sampling_rate:
+            fix = (
+                f"resample the file (e.g. `ffmpeg -i in.wav -ar {self.sampling_rate} -ac 1 -sample_fmt s16 "
+                "out.wav`)"
+                if media.data is None
+                else f"there is no resampler here: re-encode the dataset's audio column as {self.sampling_rate} Hz "
+                "16-bit mono WAV and save the dataset again, or use a model trained at that rate"
+            )
             raise ConfigError(
                 f"{media.where}: {media.path} is sampled at {rate} Hz but the model's feature extractor wants "
-                f"{self.sampling_rate} Hz; resample the file (e.g. `ffmpeg -i in.wav -ar {self.sampling_rate} "
-                "-ac 1 -sample_fmt s16 out.wav`)"
+                f"{self.sampling_rate} Hz; {fix}"
             )
         if self.transform is not None:
             out = self.transform(samples, sampling_rate=rate, return_tensors="pt")
