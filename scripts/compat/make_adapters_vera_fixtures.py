@@ -117,13 +117,19 @@ def vera_case(out: Path, case: str, arch: str, config, seed: int) -> None:
         **versions(),
     }
     write_json(case_dir / "expected.json", expected)
-    print(f"{case}: adapter changes last_hidden_state by up to {effect:.4f}; reloaded differs by {reload_diff:.2e}")
+    print(
+        f"{case}: adapter changes last_hidden_state by up to {effect:.4f}; reloaded differs by {reload_diff:.2e}"
+    )
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
-    parser.add_argument("--case", action="append", choices=sorted(CASES), help="only these cases (repeatable)")
+    parser.add_argument(
+        "--case", action="append", choices=sorted(CASES), help="only these cases (repeatable)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # bit-stable CPU results
     transformers.logging.set_verbosity_error()
