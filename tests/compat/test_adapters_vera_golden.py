@@ -118,3 +118,12 @@ def test_the_adapters_library_loads_our_vector_vera(tmp_path):
     (case / "base").symlink_to(FIXTURES / "bert_vera" / "base")
     (case / "expected.json").write_text(json.dumps({**expected, "last_hidden_state": ours.tolist()}))
     check_adapters_library_loads("bert_vera", tmp_path / "theirs", adapter_model=True, fixture=case)
+
+
+def test_matrix_form_round_trips_in_our_layout(tmp_path):
+    model, inputs, expected = load_golden("bert_vera")
+    name = model.load_adapter(FIXTURES / "bert_vera" / "adapter")
+    model.save_adapter(tmp_path / "ours", name)
+    again = model.load_adapter(tmp_path / "ours", load_as="again", set_active=True)
+    assert model.adapters[again].lambda_form == "matrix"
+    _close(hidden(model, **inputs), expected["last_hidden_state"])
