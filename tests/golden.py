@@ -73,11 +73,19 @@ sys.exit(0 if diff < float(tolerance) else 1)
 
 
 def check_adapters_library_loads(
-    case: str, directory: Path, attn: str | None = None, tolerance: float = 1e-5, adapter_model: bool = False
+    case: str,
+    directory: Path,
+    attn: str | None = None,
+    tolerance: float = 1e-5,
+    adapter_model: bool = False,
+    fixture: Path | None = None,
 ) -> None:
     """The `adapters` library (in its venv) loads the adapter in ``directory`` onto fixture ``case``'s base model
     (``attn_implementation=attn`` when given) and its ``last_hidden_state`` is the fixture's within ``tolerance``.
     ``adapter_model``: load the base into its ``AutoAdapterModel`` (whose weight names the file uses) instead of
-    a plain model under ``adapters.init`` (1.3.0 loads no ReFT weights named with a model prefix into that)."""
+    a plain model under ``adapters.init`` (1.3.0 loads no ReFT weights named with a model prefix into that).
+    ``fixture``: a folder with ``base/`` and ``expected.json`` to use instead of fixture ``case``'s."""
     kind = "adapter_model" if adapter_model else "plain"
-    run_in_adapters_venv(THEIR_LOAD, str(FIXTURES / case), attn or "", str(directory), str(tolerance), kind)
+    run_in_adapters_venv(
+        THEIR_LOAD, str(fixture or FIXTURES / case), attn or "", str(directory), str(tolerance), kind
+    )

@@ -15,5 +15,7 @@ TASK=${TASK:-rotten_tomatoes}
     --methods full adapter:pfeiffer adapter:houlsby adapter:bapna_firat adapter:parallel adapter:compacter \
         "adapter:compacter++" adapter:pfeiffer+inv adapter:lora adapter:dora adapter:ia3 adapter:prefix_tuning \
         adapter:prompt_tuning adapter:mam adapter:unipelt \
+        adapter:adalora adapter:loreft adapter:noreft adapter:direft adapter:oft adapter:boft adapter:ln_tuning \
+        adapter:loha adapter:lokr adapter:vera \
     --output-dir "bench/methods/results/compare-all-$TASK" "$@"
 cat "bench/methods/results/compare-all-$TASK/compare.md"

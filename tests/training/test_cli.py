@@ -160,6 +160,19 @@ def test_compare_tabulates_every_method(tmp_path, tiny_model_dir, sentiment_dir,
     assert "inference vs bare" in markdown
 
 
+def test_compare_takes_the_new_presets_by_name(tmp_path, tiny_model_dir, sentiment_dir, capsys):
+    """compare trains and tabulates methods landed later by their preset names (every one of them trains in
+    tests/training/test_methods.py)."""
+    methods = ["adapter:vera", "adapter:loreft", "adapter:lokr"]
+    out = tmp_path / "compare"
+    argv = ["compare", "--data", sentiment_dir, "--model", tiny_model_dir, "--methods", *methods]
+    code, _, stderr = run([*argv, "--max-steps", "2", "--output-dir", out, *TINY_FLAGS], capsys)
+    assert code == 0, stderr
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert [row["method"] for row in rows] == methods
+    assert all(row["trainable_parameters"] > 0 and row["saved_size_bytes"] > 0 for row in rows)
+
+
 def test_compare_keeps_each_learning_rate_of_one_method_apart(
     tmp_path, tiny_model_dir, sentiment_dir, capsys
 ):

@@ -31,9 +31,32 @@ def snapshot(model):
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
+# the presets landed with AdaLoRA, ReFT, OFT / BOFT, LN tuning, LoHa / LoKr and VeRA, by name as `compare` takes them
+NEW_PRESETS = [
+    "adapter:adalora",
+    "adapter:loreft",
+    "adapter:noreft",
+    "adapter:direft",
+    "adapter:oft",
+    "adapter:boft",
+    "adapter:ln_tuning",
+    "adapter:loha",
+    "adapter:lokr",
+    "adapter:vera",
+]
+
+
 @pytest.mark.parametrize(
     "method",
-    ["full", "head", "topk:1", "layernorm", "adapter:pfeiffer[reduction_factor=2]", "adapter:houlsby"],
+    [
+        "full",
+        "head",
+        "topk:1",
+        "layernorm",
+        "adapter:pfeiffer[reduction_factor=2]",
+        "adapter:houlsby",
+        *NEW_PRESETS,
+    ],
 )
 def test_each_method_trains_exactly_its_parameters(method, load_tiny, tiny_tokenizer, sentiment_task):
     model = load_tiny()

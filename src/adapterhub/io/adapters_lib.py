@@ -25,6 +25,7 @@ from adapterhub.io.adapters_lib_lora import lora_config_to_theirs, read_lora, wr
 from adapterhub.io.adapters_lib_prompt import read_prompt, write_prompt
 from adapterhub.io.adapters_lib_reft import read_reft, reft_config_to_theirs, write_reft
 from adapterhub.io.adapters_lib_stacks import check_method, has_stack_paths, to_one_path, to_stack_paths
+from adapterhub.io.adapters_lib_vera import is_vera, read_vera, vera_config_to_theirs, write_vera
 from adapterhub.io.files import (
     read_json,
     read_tensors,
@@ -274,7 +275,11 @@ def read_adapters_lib_dir(
     architecture = meta["config"].get("architecture")
     if has_stack_paths(spec):
         kind = (
-            "ia3" if is_ia3(meta["config"]) else str(architecture or "bottleneck")
+            "ia3"
+            if is_ia3(meta["config"])
+            else "vera"
+            if is_vera(meta["config"])
+            else str(architecture or "bottleneck")
         )  # bottleneck: none given
         check_method(spec, kind, directory)
         raw = to_one_path(raw, spec, None if model is None else model.decoder_start, directory)
@@ -282,6 +287,8 @@ def read_adapters_lib_dir(
         config, tensors = _read_prefix(directory, meta["config"], name, spec)
     elif architecture == "lora" and is_ia3(meta["config"]):
         config, tensors = read_ia3(meta["config"], raw, spec, name)
+    elif architecture == "lora" and is_vera(meta["config"]):
+        config, tensors = read_vera(meta["config"], raw, spec, name)
     elif architecture == "lora":
         config, tensors = read_lora(meta["config"], raw, spec, name)
     elif architecture == "prompt_tuning":
@@ -428,6 +435,9 @@ def write_adapters_lib_dir(
     elif method == "ia3":
         theirs_config = ia3_config_to_theirs(record.config, spec)
         tensors = write_ia3(record.tensors, spec, record.name, prefix)
+    elif method == "vera":
+        theirs_config = vera_config_to_theirs(record.config, spec)
+        tensors = write_vera(record.config, record.tensors, spec, record.name, prefix, model)
     elif method == "reft":
         theirs_config = reft_config_to_theirs(record.config)
         tensors = write_reft(record.tensors, spec, record.name, prefix)

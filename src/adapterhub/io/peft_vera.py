@@ -13,7 +13,8 @@ the projections is refused (as peft refuses it). One that holds them while sayin
 as peft does, from the key: accepted when the saved matrices are the key's, refused otherwise (peft would silently
 use other matrices than the ones saved).
 
-Writing: each target under its module path (a spec point through the spec's module name; slices of GPT-2's fused
+Writing (refused for the `adapters` library's variant, ``lambda_form="matrix"`` or ``scaling`` other than 1):
+each target under its module path (a spec point through the spec's module name; slices of GPT-2's fused
 ``c_attn`` have no peft form and are refused), ``target_modules`` the list of those full paths, the projections
 under peft's names when ``save_projection``.
 """
@@ -106,8 +107,15 @@ def _check_projections(config: dict[str, Any], tensors: dict[str, torch.Tensor],
 def write_peft_vera(
     record: AdapterRecord, directory: str | os.PathLike[str], spec: ArchitectureSpec, model: nn.Module
 ) -> Path:
-    """Write a VeRA record in peft's layout (``PeftModel.from_pretrained`` computes what we do)."""
+    """Write a VeRA record in peft's layout (``PeftModel.from_pretrained`` computes what we do). The `adapters`
+    library's variant (``lambda_form="matrix"`` or ``scaling`` other than 1) has no peft form and is refused."""
     config = record.config
+    if config.get("lambda_form", "vector") != "vector" or float(config.get("scaling", 1.0)) != 1.0:
+        raise ConfigError(
+            f"Adapter {record.name!r} is the `adapters` library's VeRA (lambda_form="
+            f"{config.get('lambda_form', 'vector')!r}, scaling={config.get('scaling', 1.0)!r}); peft's VeRA trains "
+            "vectors with no scaling, so it has no peft form. Save it with layout='adapters' or 'adapterhub'."
+        )
     out: dict[str, torch.Tensor] = {
         f"base_model.{key}": record.tensors[key].detach().contiguous()
         for key in ("vera_A", "vera_B")

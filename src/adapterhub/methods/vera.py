@@ -13,9 +13,14 @@ with ``fan_in`` the number of columns: ``max d_in`` for ``A``, ``r`` for ``B``),
 matrices bit for bit. They are buffers, never trained; the adapter's ``state_dict`` holds them (``vera_A``,
 ``vera_B``) only with ``save_projection``, otherwise loading regenerates them from the key.
 
-A new adapter (``init_weights``) has ``λ_b = 0`` and ``λ_d = d_initial``: the identity. ``init_weights=False``:
-``λ_b = 1``, ``λ_d ~ N(0, 1)``. Parameters: ``r + d_out`` per target. Parameter names are peft's
-(``vera_lambda_b``, ``vera_lambda_d``), so its files map one to one.
+A new adapter (``init_weights``) has ``λ_b = b_initial`` (default 0: the identity) and ``λ_d = d_initial``.
+``init_weights=False``: ``λ_b = 1``, ``λ_d ~ N(0, 1)``. Parameters: ``r + d_out`` per target. Parameter names are
+peft's (``vera_lambda_b``, ``vera_lambda_d``), so its files map one to one.
+
+``lambda_form="matrix"`` (the `adapters` library 1.3's VeRA): the same names hold full trained matrices
+``Λ_d (r, r)`` and ``Λ_b (d_out, d_out)``, started at ``diag(λ_d)`` / ``diag(λ_b)`` of the vectors above, and the
+update is ``scaling · Λ_b B_s Λ_d A_s x`` (``r² + d_out²`` parameters per target). The vector form is this with
+diagonal matrices and ``scaling`` 1.
 
 The adapter is LoRA's (``LoRAAdapter``: targets by spec point or module name, ``modules_to_save``, Stack / Split /
 BatchSplit / Parallel / Average, merging ``ΔW`` into ``W``) with a ``VeraLayer`` per target; only ``nn.Linear`` and
@@ -61,9 +66,9 @@ def shared_projections(key: int, r: int, d_in: int, d_out: int) -> tuple[torch.T
 
 
 class VeraLayer(nn.Module):
-    """The trained vectors of one projection: ``vera_lambda_d`` ``(r,)`` and ``vera_lambda_b`` ``(d_out,)``; the
-    shared ``A`` / ``B`` are handed in by the adapter. ``r`` / ``alpha`` (rank / alpha patterns) do not apply to
-    VeRA and are ignored."""
+    """The trained vectors of one projection: ``vera_lambda_d`` ``(r,)`` and ``vera_lambda_b`` ``(d_out,)`` (with
+    ``lambda_form="matrix"``: ``(r, r)`` and ``(d_out, d_out)``); the shared ``A`` / ``B`` are handed in by the
+    adapter. ``r`` / ``alpha`` (rank / alpha patterns) do not apply to VeRA and are ignored."""
 
     def __init__(
         self,
@@ -75,36 +80,55 @@ class VeraLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.d_in, self.d_out, self.r = d_in, d_out, config.r
-        self.vera_lambda_b = nn.Parameter(torch.ones(d_out))  # (d_out,)
-        self.vera_lambda_d = nn.Parameter(torch.randn(config.r))  # (r,)
-        self.dropout = nn.Dropout(config.vera_dropout)
+        self.matrix, self.scaling = config.lambda_form == "matrix", config.scaling
+        lambda_b = torch.ones(d_out)  # (d_out,)
+        lambda_d = torch.randn(config.r)  # (r,)
         if config.init_weights:
-            with torch.no_grad():
-                self.vera_lambda_d.fill_(config.d_initial)
-                self.vera_lambda_b.zero_()
+            lambda_d.fill_(config.d_initial)
+            lambda_b.fill_(config.b_initial)
+        if self.matrix:
+            lambda_b, lambda_d = torch.diag(lambda_b), torch.diag(lambda_d)  # (d_out, d_out), (r, r)
+        self.vera_lambda_b = nn.Parameter(lambda_b)
+        self.vera_lambda_d = nn.Parameter(lambda_d)
+        self.dropout = nn.Dropout(config.vera_dropout)
 
     def _sliced(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.vera_lambda_d.device
         return a[:, : self.d_in].to(device), b[: self.d_out, :].to(device)  # (r, d_in), (d_out, r)
 
     def delta(self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``λ_b ⊙ (B_s (λ_d ⊙ (A_s dropout(x))))``: ``(..., d_in) -> (..., d_out)``."""
+        """``λ_b ⊙ (B_s (λ_d ⊙ (A_s dropout(x))))``, or ``scaling · Λ_b B_s Λ_d A_s dropout(x)`` in the matrix
+        form: ``(..., d_in) -> (..., d_out)``."""
         a_s, b_s = self._sliced(a, b)
         x = self.dropout(x.to(self.vera_lambda_d.dtype))
-        z = self.vera_lambda_d * F.linear(x, a_s.to(x.dtype))  # (..., r)
-        return self.vera_lambda_b * F.linear(z, b_s.to(x.dtype))  # (..., d_out)
+        z = F.linear(x, a_s.to(x.dtype))  # (..., r)
+        if self.matrix:
+            z = F.linear(z, self.vera_lambda_d)  # (..., r)
+            y = F.linear(F.linear(z, b_s.to(x.dtype)), self.vera_lambda_b)  # (..., d_out)
+        else:
+            y = self.vera_lambda_b * F.linear(self.vera_lambda_d * z, b_s.to(x.dtype))  # (..., d_out)
+        return y if self.scaling == 1.0 else y * self.scaling
+
+    def factors(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(down (r, d_in), up (d_out, r))`` with ``ΔW = up @ down``: ``diag(λ_d) A_s`` and ``diag(λ_b) B_s``
+        (matrix form: ``Λ_d A_s`` and ``scaling · Λ_b B_s``)."""
+        a_s, b_s = self._sliced(a, b)
+        lambda_b, lambda_d = self.vera_lambda_b, self.vera_lambda_d
+        if self.matrix:
+            down, up = lambda_d @ a_s.to(lambda_d.dtype), lambda_b @ b_s.to(lambda_b.dtype)
+        else:
+            down = lambda_d.unsqueeze(-1) * a_s.to(lambda_d.dtype)
+            up = lambda_b.unsqueeze(-1) * b_s.to(lambda_b.dtype)
+        return down, (up if self.scaling == 1.0 else up * self.scaling)
 
     def add_to(self, y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``y + delta(x)`` in ``y``'s dtype."""
         return y + self.delta(x, a, b).to(y.dtype)
 
     def weight_delta(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``ΔW = diag(λ_b) B_s diag(λ_d) A_s``: ``(d_out, d_in)``."""
-        a_s, b_s = self._sliced(a, b)
-        lambda_b, lambda_d = self.vera_lambda_b, self.vera_lambda_d
-        return (lambda_b.unsqueeze(-1) * b_s.to(lambda_b.dtype)) @ (
-            lambda_d.unsqueeze(-1) * a_s.to(lambda_d.dtype)
-        )
+        """``ΔW = diag(λ_b) B_s diag(λ_d) A_s`` (matrix form: ``scaling · Λ_b B_s Λ_d A_s``): ``(d_out, d_in)``."""
+        down, up = self.factors(a, b)
+        return up @ down
 
 
 @register_method("vera")
@@ -164,7 +188,7 @@ class VeraAdapter(LoRAAdapter):
         inputs: PointInputs,
         sizes: Sequence[int],
     ) -> torch.Tensor | None:
-        """Row block ``k`` through adapter ``k``'s ``diag(λ_b) B_s`` and ``diag(λ_d) A_s`` in two batched matmuls.
+        """Row block ``k`` through adapter ``k``'s ``VeraLayer.factors`` (up and down) in two batched matmuls.
         Needs VeRA adapters of one rank and no training-time dropout; else None (the interpreter runs the row
         blocks one by one)."""
         if not all(type(m) is type(self) for m in modules) or not isinstance(inputs, LinearInputs):
@@ -178,9 +202,9 @@ class VeraAdapter(LoRAAdapter):
             return None
         downs, ups = [], []
         for module, site in zip(vera, sites, strict=True):
-            a_s, b_s = site._sliced(module.vera_A, module.vera_B)
-            downs.append(site.vera_lambda_d.unsqueeze(-1) * a_s)  # (r, d_in)
-            ups.append(site.vera_lambda_b.unsqueeze(-1) * b_s)  # (d_out, r)
+            down, up = site.factors(module.vera_A, module.vera_B)
+            downs.append(down)  # (r, d_in)
+            ups.append(up)  # (d_out, r)
         a = torch.stack(downs).transpose(1, 2).to(x.dtype)  # (K, d_in, r)
         b = torch.stack(ups).transpose(1, 2).to(x.dtype)  # (K, r, d_out)
         if len(set(sizes)) == 1:

@@ -16,7 +16,8 @@ from adapterhub.errors import ConfigError
 
 METHODS_HELP = (
     "what trains: full, head, topk:K, layernorm or adapter:<config> (e.g. adapter:pfeiffer, "
-    "'adapter:pfeiffer[reduction_factor=16]', adapter:houlsby)"
+    "'adapter:pfeiffer[reduction_factor=16]', adapter:houlsby; any preset by name: lora, ia3, adalora, loreft, "
+    "noreft, direft, oft, boft, ln_tuning, loha, lokr, vera, ...)"
 )
 
 # ---------------------------------------------------------------------------------- argument types and groups

@@ -7,6 +7,12 @@ For a projection ``y = W x + b`` with ``W: (d_out, d_in)``, VeRA adds::
 ``A`` and ``B`` are frozen random matrices shared by every targeted projection of the adapter: one pair sized to
 the largest ``d_in`` / ``d_out`` among the targets and sliced per projection (``A[:, :d_in]``, ``B[:d_out, :]``),
 drawn from ``projection_prng_key``; only the vectors ``λ_d`` and ``λ_b`` are trained (``r + d_out`` per target).
+
+``lambda_form="matrix"`` is the `adapters` library's (1.3) variant: ``Λ_d (r, r)`` and ``Λ_b (d_out, d_out)`` are
+trained as full matrices (started at ``diag(λ_d)`` / ``diag(λ_b)``; training fills their off-diagonal entries,
+``r² + d_out²`` per target) and the update is multiplied by ``scaling`` (that library's ``alpha / r``)::
+
+    y' = y + scaling · Λ_b B Λ_d A dropout(x)
 """
 
 from __future__ import annotations
@@ -25,7 +31,10 @@ class VeraConfig(ModuleTargeting, MethodConfig):
     ``projection_prng_key`` (the seed of ``A`` and ``B``: the same key gives peft's matrices), ``save_projection``
     (whether ``A`` / ``B`` are saved with the adapter; false: regenerated from the key when loaded),
     ``vera_dropout`` (on the input of the update), ``d_initial`` (a new adapter has ``λ_d = d_initial`` and
-    ``λ_b = 0``, so it is the identity; ``init_weights=False``: ``λ_d ~ N(0, 1)``, ``λ_b = 1``), ``fan_in_fan_out``
+    ``λ_b = b_initial``, default 0, so it is the identity; ``init_weights=False``: ``λ_d ~ N(0, 1)``, ``λ_b = 1``),
+    ``lambda_form`` (``"vector"``: peft's and the paper's VeRA; ``"matrix"``: the `adapters` library's, full trained
+    ``Λ_d`` / ``Λ_b`` started at the diagonal of those vectors), ``scaling`` (the update's factor, 1 in peft; the
+    `adapters` library's ``alpha / r``), ``fan_in_fan_out``
     (peft's flag for Conv1D weights; the module's type decides here, as peft corrects it), ``bias`` (``"none"``
     only: no bias is trained), ``modules_to_save``.
 
@@ -51,6 +60,9 @@ class VeraConfig(ModuleTargeting, MethodConfig):
     fan_in_fan_out: bool = False
     bias: str = "none"
     init_weights: bool = True
+    b_initial: float = field(default=0.0, metadata={OMIT_DEFAULT: True})
+    lambda_form: str = field(default="vector", metadata={OMIT_DEFAULT: True})
+    scaling: float = field(default=1.0, metadata={OMIT_DEFAULT: True})
     target_modules: str | tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
     layers_to_transform: tuple[int, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
     layers_pattern: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
@@ -73,15 +85,24 @@ class VeraConfig(ModuleTargeting, MethodConfig):
             f"vera_dropout must be a number in [0, 1), got {self.vera_dropout!r}.",
         )
         require(is_number(self.d_initial), f"d_initial must be a number, got {self.d_initial!r}.")
+        require(is_number(self.b_initial), f"b_initial must be a number, got {self.b_initial!r}.")
+        require(is_number(self.scaling), f"scaling must be a number, got {self.scaling!r}.")
+        require(
+            self.lambda_form in ("vector", "matrix"),
+            f"lambda_form must be 'vector' (peft's VeRA) or 'matrix' (the `adapters` library's), got "
+            f"{self.lambda_form!r}.",
+        )
         require(
             self.bias == "none",
             f"bias={self.bias!r}: peft then trains the model's biases too, which adapterhub's VeRA does not hold; "
             "use bias='none' (or put the biased module in modules_to_save).",
         )
         object.__setattr__(self, "vera_dropout", float(self.vera_dropout))
-        object.__setattr__(self, "d_initial", float(self.d_initial))
+        for name in ("d_initial", "b_initial", "scaling"):
+            object.__setattr__(self, name, float(getattr(self, name)))
         self.check_targeting("VeRA")
 
     def scaling_for(self, r: int, alpha: float) -> float:
-        """VeRA has no scaling factor (the vectors carry the scale): 1."""
+        """No LoRA-style ``alpha / r`` for the targeting code: 1 (VeRA's own factor is ``scaling``, applied by its
+        layers)."""
         return 1.0
