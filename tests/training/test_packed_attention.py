@@ -193,3 +193,26 @@ def test_training_runs_per_segment_and_follows_the_mask_path(
     assert len(lines) == 1 and "'eager'" in lines[0]
     losses = [[h["train_loss"] for h in run["history"] if h.get("train_loss") is not None] for run in runs]
     assert len(losses[0]) >= 2 and losses[0] == pytest.approx(losses[1], abs=1e-4)
+
+
+def test_packed_calls_get_no_dense_mask_and_a_call_without_segments_is_refused() -> None:
+    model = adapted("qwen2", "adapter:lora")
+    ids = torch.randint(3, 99, (2, 6), generator=torch.Generator().manual_seed(0))
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2], [0, 1, 2, 3, 0, 1]])
+    masks: list[Any] = []
+    layer = model.model.layers[0].self_attn
+    handle = layer.register_forward_pre_hook(
+        lambda _m, _a, kw: masks.append(kw.get("attention_mask")), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, position_ids=positions, use_cache=False)
+            batch = {"input_ids": ids, "position_ids": positions}
+            with packed_step(model, batch, per_segment=True):
+                model(**batch, use_cache=False)
+                with pytest.raises(Exception, match="carries no cu_seq_lens_q"):
+                    model(input_ids=ids, position_ids=positions, use_cache=False)
+    finally:
+        handle.remove()
+    assert isinstance(masks[0], torch.Tensor) and masks[0].shape[-2:] == (6, 6)  # the mask path: dense
+    assert masks[1] is None  # per segment: transformers built no mask

@@ -11,8 +11,10 @@ Selection is per call, as transformers' padding-free path does it: a call that c
 ``cu_seq_lens_k`` (:func:`segment_kwargs`: int32 ``(S + 1,)`` cumulative segment lengths over the flattened
 ``B·T`` tokens, the convention of ``flash_attention_2``'s varlen path) runs per segment; any other call is handed to
 transformers' ``sdpa`` with its very arguments (bit-identical). The model's ``config._attn_implementation`` names
-this function only while :func:`enabled` is entered (the training loop, around packed training); the mask
-transformers builds for the name is ``sdpa``'s, so nothing else changes for other callers of the model.
+this function only while :func:`enabled` is entered (the training loop, around each packed batch's forward and
+backward pass); for other calls the mask transformers builds for the name is ``sdpa``'s, so nothing changes for
+other callers of the model. Inside ``enabled(model, segments=True)`` (a context variable: this thread or task
+only) transformers builds no dense mask at all: the calls there are packed calls, which never read one.
 
 Segments are grouped into buckets of similar length (the same power of two): each bucket's segments are gathered
 into ``(n, H, L_b, D)``, right-padded to the bucket's longest (``L_b``), and run through ONE SDPA call with
@@ -29,6 +31,7 @@ import contextlib
 import itertools
 import threading
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +46,8 @@ BASE = "sdpa"
 _PLANS: WeakIdKeyDictionary = WeakIdKeyDictionary()  # cu_seq_lens tensor -> its _Plan (one per call)
 _PLANS_LOCK = threading.Lock()
 _RUNS = threading.local()  # packed calls run in this thread (the probe checks the function was reached)
+# True inside ``enabled(model, segments=True)``: the calls of this context are packed calls, so no dense mask
+_SEGMENTS: ContextVar[bool] = ContextVar("adapterhub_packed_segments", default=False)
 
 
 def segment_kwargs(position_ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -197,6 +202,11 @@ def packed_sdpa_attention(
     """The registered function: per segment when the call carries ``cu_seq_lens_q``, else transformers' ``sdpa``
     with the same arguments. The dense mask transformers built for the packed call is not read."""
     cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    if cu_q is None and _SEGMENTS.get():
+        raise ConfigError(
+            "a model call inside packed_step / enabled(model, segments=True) carries no cu_seq_lens_q, so it has "
+            "no mask and no segments; pass segment_kwargs(position_ids) to it or call it outside the block."
+        )
     if cu_q is None:
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -230,16 +240,26 @@ def packed_sdpa_attention(
     return out, None
 
 
+def packed_mask(*args: Any, **kwargs: Any) -> Any:
+    """The mask function registered for :data:`NAME`: ``None`` (no mask) for the calls of an
+    ``enabled(model, segments=True)`` block, which run per segment and never read one; otherwise ``sdpa``'s."""
+    if _SEGMENTS.get():
+        return None
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    return ALL_MASK_ATTENTION_FUNCTIONS[BASE](*args, **kwargs)
+
+
 def register() -> None:
-    """Register :data:`NAME` with ``AttentionInterface`` and, for its masks, ``sdpa``'s mask function
+    """Register :data:`NAME` with ``AttentionInterface`` and :func:`packed_mask` with ``AttentionMaskInterface``
     (idempotent)."""
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.masking_utils import AttentionMaskInterface
     from transformers.modeling_utils import AttentionInterface
 
     if NAME not in AttentionInterface._global_mapping:
         AttentionInterface.register(NAME, packed_sdpa_attention)
     if NAME not in AttentionMaskInterface._global_mapping:
-        AttentionMaskInterface.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS[BASE])
+        AttentionMaskInterface.register(NAME, packed_mask)
 
 
 def _configs(model: nn.Module) -> list[Any]:
@@ -261,10 +281,12 @@ def unsupported_reason(model: nn.Module) -> str | None:
 
 
 @contextlib.contextmanager
-def enabled(model: nn.Module) -> Iterator[None]:
+def enabled(model: nn.Module, segments: bool = False) -> Iterator[None]:
     """Name :data:`NAME` in ``model``'s configs for the block and restore ``sdpa`` after. Calls without
-    ``cu_seq_lens_q`` behave exactly as before, so this changes nothing for any other caller of the model.
-    Raises :class:`ConfigError` for a model :func:`unsupported_reason` refuses."""
+    ``cu_seq_lens_q`` from other threads or contexts behave exactly as before, so this changes nothing for any
+    other caller of the model. ``segments``: every call of the block, in this context, is a packed call with
+    ``cu_seq_lens_q``; transformers then builds no dense mask for it (:func:`packed_mask`), and a call without
+    them raises. Raises :class:`ConfigError` for a model :func:`unsupported_reason` refuses."""
     reason = unsupported_reason(model)
     if reason is not None:
         raise ConfigError(f"{reason}; load it with attn_implementation='sdpa' or train with the mask path.")
@@ -272,9 +294,11 @@ def enabled(model: nn.Module) -> Iterator[None]:
     switched = [config for config in _configs(model) if config._attn_implementation == BASE]
     for config in switched:
         config._attn_implementation = NAME
+    token = _SEGMENTS.set(segments)
     try:
         yield
     finally:
+        _SEGMENTS.reset(token)
         for config in switched:
             config._attn_implementation = BASE
 

@@ -177,8 +177,8 @@ def segment_attention_is_exact(model: nn.Module) -> bool:
     was_training = model.training
     model.eval()
     try:
-        with packed_attention.enabled(model):
-            masked = model(input_ids=ids, position_ids=positions, use_cache=False).logits.float()
+        masked = model(input_ids=ids, position_ids=positions, use_cache=False).logits.float()
+        with packed_attention.enabled(model, segments=True):
             before = packed_attention.runs()
             extra = packed_attention.segment_kwargs(positions)
             split = model(input_ids=ids, position_ids=positions, use_cache=False, **extra).logits.float()
@@ -209,11 +209,11 @@ def packed_step(model: nn.Module, batch: dict[str, Any], per_segment: bool) -> A
     """The context to run one packed training batch's forward AND backward pass in (checkpointing recomputes
     attention during the backward pass). With ``per_segment`` it adds ``cu_seq_lens_q`` / ``cu_seq_lens_k`` of
     ``batch['position_ids']`` to ``batch`` (in place) and names the per-segment function in the model's configs
-    for the block; otherwise it does nothing."""
+    for the block, in which transformers builds no dense mask; otherwise it does nothing."""
     if not per_segment:
         return contextlib.nullcontext()
     batch.update(packed_attention.segment_kwargs(batch["position_ids"]))
-    return packed_attention.enabled(model)
+    return packed_attention.enabled(model, segments=True)
 
 
 def resolve_packing(requested: bool | None, model: nn.Module) -> tuple[bool, str | None]:
