@@ -210,7 +210,7 @@ def enable(model: nn.Module, spec: ArchitectureSpec) -> None:
         )
     for config in _configs(model):
         current = config._attn_implementation or "eager"
-        if current.startswith(PREFIX):
+        if current.startswith(PREFIX) and current[len(PREFIX) :] in SUPPORTED:
             continue
         if current not in SUPPORTED:
             raise ConfigError(
@@ -226,7 +226,7 @@ def disable(model: nn.Module) -> None:
     """Give ``model`` back the attention implementation it had before ``enable``."""
     for config in _configs(model):
         current = config._attn_implementation
-        if isinstance(current, str) and current.startswith(PREFIX):
+        if isinstance(current, str) and current.startswith(PREFIX) and current[len(PREFIX) :] in SUPPORTED:
             config._attn_implementation = current[len(PREFIX) :]
     for module in model.modules():
         module.__dict__.pop(OWNER_ATTR, None)

@@ -55,7 +55,14 @@ from adapterhub.training.modeling import (
     prepare_model,
     save_trained,
 )
-from adapterhub.training.packing import EXAMPLES_KEY, TOKENS_KEY, collate_packed, resolve_packing
+from adapterhub.training.packing import (
+    EXAMPLES_KEY,
+    TOKENS_KEY,
+    collate_packed,
+    packed_step,
+    resolve_packing,
+    resolve_segment_attention,
+)
 from adapterhub.training.quantize import model_quantization
 from adapterhub.training.resources import PeakMemory, autocast, resolve_precision, seed_everything
 from adapterhub.training.results import RESULTS_FILE, TrainResults
@@ -197,6 +204,7 @@ def _run(
     collate_fn: Any = collate_chat if generation else collate
     train_collate: Any = collate_fn
     loss_chunk = config.loss_chunk_size
+    per_segment = False  # packed batches run attention per segment (resolve_segment_attention)
     if generation:
         chat_options = {
             "max_length": config.max_length,
@@ -209,8 +217,9 @@ def _run(
         report_truncated("dev", dev_chat, config.max_length, info.is_main)
         train_data, dev_data = train_chat.dataset, dev_chat.dataset
         packed, fallback = resolve_packing(config.packing, model)
+        per_segment, mask_note = resolve_segment_attention(model) if packed else (False, None)
         loss_chunk, chunk_note = resolve_loss_chunk(model, config.loss_chunk_size, padding_id(tokenizer))
-        for line in (fallback, chunk_note):
+        for line in (fallback, mask_note, chunk_note):
             if line and info.is_main:
                 print(line, file=sys.stderr)
         if packed:
@@ -218,6 +227,7 @@ def _run(
         results.generation = {
             "truncated": {"train": train_chat.truncated, "dev": dev_chat.truncated},
             "packing": packed,
+            "packed_attention": ("per_segment" if per_segment else "mask") if packed else None,
             "loss_chunk_size": loss_chunk,
         }
     elif task.media is not None:
@@ -399,7 +409,7 @@ def _run(
                 packed_examples, packed_tokens = batch.pop(EXAMPLES_KEY, None), batch.pop(TOKENS_KEY, None)
                 batch = to_device(batch, info.device)
                 sync = index == window_size - 1 or not info.enabled
-                with _no_sync(wrapped, sync):
+                with _no_sync(wrapped, sync), packed_step(model, batch, per_segment and generation):
                     with autocast(info.device, dtype):
                         if generation:
                             loss = generation_loss(wrapped, batch, chunk_size=loss_chunk)

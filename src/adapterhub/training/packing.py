@@ -18,7 +18,9 @@ tokens instead of each being padded to the batch's longest.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -26,6 +28,7 @@ from torch import nn
 
 from adapterhub.data.chat import IGNORE_INDEX
 from adapterhub.errors import ConfigError
+from adapterhub.runtime import packed_attention
 from adapterhub.training.chat_batches import padding_id
 
 # the batch entries that count, for throughput, what a packed batch holds (popped before the forward pass)
@@ -157,6 +160,60 @@ def packing_is_exact(model: nn.Module, probe_length: int = 4) -> bool:
     dtype = next(model.parameters()).dtype
     tolerance = (1e-3 if dtype == torch.float32 else 3e-2) * (1.0 + float(alone.abs().max()))
     return bool((packed - alone).abs().max() <= tolerance and (changed - alone).abs().max() <= tolerance)
+
+
+@torch.no_grad()
+def segment_attention_is_exact(model: nn.Module) -> bool:
+    """Whether ``model`` (a causal LM whose configs use ``sdpa``) gives the same logits for a packed batch with
+    attention per segment (:mod:`adapterhub.runtime.packed_attention`) as with transformers' block-diagonal mask,
+    and its attention modules really reached the function. Two tiny forward passes in eval mode (the training
+    mode is restored)."""
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    if vocab < 4 or packed_attention.unsupported_reason(model) is not None:
+        return False
+    device = next(model.parameters()).device
+    ids = torch.randint(2, vocab, (2, 8), generator=torch.Generator().manual_seed(0)).to(device)  # (2, 8)
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5, 0, 1]], device=device)  # (2, 8)
+    was_training = model.training
+    model.eval()
+    try:
+        masked = model(input_ids=ids, position_ids=positions, use_cache=False).logits.float()
+        with packed_attention.enabled(model, segments=True):
+            before = packed_attention.runs()
+            extra = packed_attention.segment_kwargs(positions)
+            split = model(input_ids=ids, position_ids=positions, use_cache=False, **extra).logits.float()
+            reached = packed_attention.runs() > before
+    except ConfigError:  # e.g. an attention that soft-caps its scores refuses to run per segment
+        return False
+    finally:
+        model.train(was_training)
+    dtype = next(model.parameters()).dtype
+    tolerance = (1e-4 if dtype == torch.float32 else 3e-2) * (1.0 + float(masked.abs().max()))
+    return reached and bool((split - masked).abs().max() <= tolerance)
+
+
+def resolve_segment_attention(model: nn.Module) -> tuple[bool, str | None]:
+    """Whether packed training batches run attention per segment, and the one line to print when they keep
+    transformers' dense block-diagonal mask instead (a model not on ``sdpa``, or whose attention the probe of
+    :func:`segment_attention_is_exact` finds different: soft-capping, sinks, a module that bypasses the attention
+    registry)."""
+    reason = packed_attention.unsupported_reason(model)
+    if reason is None and not segment_attention_is_exact(model):
+        reason = f"{type(model).__name__}'s attention does not run per segment like its masked attention"
+    if reason is None:
+        return True, None
+    return False, f"packed rows keep the dense block-diagonal attention mask ({reason})"
+
+
+def packed_step(model: nn.Module, batch: dict[str, Any], per_segment: bool) -> AbstractContextManager[None]:
+    """The context to run one packed training batch's forward AND backward pass in (checkpointing recomputes
+    attention during the backward pass). With ``per_segment`` it adds ``cu_seq_lens_q`` / ``cu_seq_lens_k`` of
+    ``batch['position_ids']`` to ``batch`` (in place) and names the per-segment function in the model's configs
+    for the block, in which transformers builds no dense mask; otherwise it does nothing."""
+    if not per_segment:
+        return contextlib.nullcontext()
+    batch.update(packed_attention.segment_kwargs(batch["position_ids"]))
+    return packed_attention.enabled(model, segments=True)
 
 
 def resolve_packing(requested: bool | None, model: nn.Module) -> tuple[bool, str | None]:
