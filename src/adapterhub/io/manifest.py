@@ -62,7 +62,8 @@ def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None 
     # module paths (by name, copies) in layers the declared model does not have are a model mismatch
     check_module_layers(spec, record.tensors, record.model.num_layers, start, str(directory))
     # modules targeted by name (target_modules, LN tuning's norms): the ones the files hold weights for
-    modules = file_modules(method, config, record.tensors, spec, start, directory)
+    declared = record.model.conv_modules  # nn.Conv2d targets: what flattened kernels do not say
+    modules = file_modules(method, config, record.tensors, spec, start, directory, declared)
     layer_indices = [int(key.split(".")[1]) for key in record.tensors if key.startswith("layers.")]
     layer_indices += [m.layer for m in modules if m.layer is not None]
     leave_out = list(getattr(config, "leave_out", ()))
@@ -134,7 +135,7 @@ def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None 
         num_parameters=sum(t.numel() for t in record.tensors.values()),
         files=tuple(sorted(p.name for p in directory.iterdir() if p.is_file())),
         modules=low_rank_modules(
-            {k: tuple(t.shape) for k, t in record.tensors.items()}, spec, start, str(directory)
+            {k: tuple(t.shape) for k, t in record.tensors.items()}, spec, start, str(directory), declared
         ),
     )
 
