@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import adapterhub
-from adapterhub.errors import AdapterFileError
+from adapterhub.errors import AdapterFileError, IncompatibleModelError
 from adapterhub.hub import client
 from adapterhub.hub.server.header_inspect import inspect_from_headers
 from adapterhub.io.manifest import inspect_adapter_dir
@@ -179,3 +179,14 @@ def test_peft_own_loha_conv_folder_publishes_and_gives_peft_outputs(live, tmp_pa
     target = _model()
     target.load_adapter("@alice/p", set_active=True)
     torch.testing.assert_close(_out(target, inputs), expected, atol=1e-5, rtol=0)
+
+
+def test_a_model_whose_convolution_differs_with_the_same_flattened_width_is_refused(tmp_path):
+    """ViT's 4×4 kernel over 3 channels and a 2×2 kernel over 12 flatten to the same 48 columns: the declared
+    convolution tells them apart, so the adapter is refused instead of reshaped wrongly."""
+    directory = _source(CONFIGS[0]).save_adapter(tmp_path / "k", "k")
+    _edit_config(directory, conv_modules={PATH: {"in_channels": 12, "kernel_size": [2, 2]}})
+    with pytest.raises(
+        IncompatibleModelError, match=r"12 input channels and kernel \(2, 2\) \(this model: 3 and"
+    ):
+        _model().load_adapter(directory)
