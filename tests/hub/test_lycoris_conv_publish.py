@@ -190,3 +190,22 @@ def test_a_model_whose_convolution_differs_with_the_same_flattened_width_is_refu
         IncompatibleModelError, match=r"12 input channels and kernel \(2, 2\) \(this model: 3 and"
     ):
         _model().load_adapter(directory)
+
+
+def test_peft_own_factored_lokr_conv_folder_is_refused_saying_what_to_do(tmp_path):
+    """A factored LoKr W2 on a Conv2d from a folder peft wrote: c_in and the kernel are not in the files, so the
+    full check cannot fit the factors and says how to record them."""
+    peft = pytest.importorskip("peft")
+    theirs = peft.get_peft_model(
+        build("vit", "base"), peft.LoKrConfig(r=2, alpha=4, target_modules=["projection"])
+    )
+    theirs.save_pretrained(tmp_path / "p")
+    with pytest.raises(
+        AdapterFileError, match=r"If 'embeddings.patch_embeddings.projection' is an nn.Conv2d"
+    ):
+        inspect_adapter_dir(tmp_path / "p", model_type="vit")
+    # loaded into its model and saved by adapterhub, it validates
+    model = _model()
+    model.load_adapter(tmp_path / "p", name="p")
+    directory = model.save_adapter(tmp_path / "ours", "p")
+    assert [m.kind for m in inspect_adapter_dir(directory).modules] == ["conv2d"]
