@@ -181,7 +181,7 @@ class AdapterAPIMixin(HeadsMixin):
         return AdapterRecord(
             name=name,
             config=module.config.to_dict(),
-            model=self.model_info(),
+            model=dataclasses.replace(self.model_info(), conv_modules=module.conv_modules()),
             tensors=dict(module.state_dict()),
             head=self._head_record(name) if with_head else None,
         )

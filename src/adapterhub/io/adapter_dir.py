@@ -11,6 +11,7 @@ from adapterhub.errors import AdapterFileError
 from adapterhub.io.files import read_json, read_tensors, write_json, write_tensors
 from adapterhub.runtime.records import AdapterRecord, HeadRecord, ModelInfo
 from adapterhub.spec.configs import canonical_json, sha256_hex
+from adapterhub.spec.factor_shapes import CONV_MODULES, conv_modules_json, read_conv_modules
 
 FORMAT = "adapterhub.adapter"
 HEAD_FORMAT = "adapterhub.head"
@@ -33,6 +34,8 @@ def write_adapter_dir(record: AdapterRecord, directory: str | os.PathLike[str]) 
         extra["decoder_start"] = record.model.decoder_start
     if record.model.stack_widths:  # stacks of different widths (CLIPModel's towers)
         extra["stack_widths"] = [list(w) for w in record.model.stack_widths]
+    if record.model.conv_modules:  # what a convolution's flattened factors do not say (spec.factor_shapes)
+        extra[CONV_MODULES] = conv_modules_json(record.model.conv_modules)
     return write_record_dir(
         directory,
         (FORMAT, CONFIG_FILE, WEIGHTS_FILE),
@@ -178,6 +181,7 @@ def read_adapter_dir(directory: str | os.PathLike[str], *, with_head: bool = Tru
             num_layers=meta.get("num_layers"),
             decoder_start=meta.get("decoder_start"),
             stack_widths=_stack_widths(directory, meta.get("stack_widths")),
+            conv_modules=read_conv_modules(meta.get(CONV_MODULES), str(directory / CONFIG_FILE)),
         ),
         tensors=read_tensors(directory / WEIGHTS_FILE),
         head=head,

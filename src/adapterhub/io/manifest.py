@@ -34,6 +34,7 @@ from adapterhub.methods.prefix_tuning import PrefixTuningConfig
 from adapterhub.runtime.validate import check_state_fits
 from adapterhub.spec.architectures import spec_for_model_type
 from adapterhub.spec.configs import canonical_json, resolve_config, sha256_hex
+from adapterhub.spec.factor_shapes import LOHA, LOKR
 from adapterhub.spec.manifest import AdapterManifest, low_rank_modules
 from adapterhub.spec.module_layers import check_module_layers
 
@@ -62,7 +63,8 @@ def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None 
     # module paths (by name, copies) in layers the declared model does not have are a model mismatch
     check_module_layers(spec, record.tensors, record.model.num_layers, start, str(directory))
     # modules targeted by name (target_modules, LN tuning's norms): the ones the files hold weights for
-    modules = file_modules(method, config, record.tensors, spec, start, directory)
+    declared = record.model.conv_modules  # nn.Conv2d targets: what flattened kernels do not say
+    modules = file_modules(method, config, record.tensors, spec, start, directory, declared)
     layer_indices = [int(key.split(".")[1]) for key in record.tensors if key.startswith("layers.")]
     layer_indices += [m.layer for m in modules if m.layer is not None]
     leave_out = list(getattr(config, "leave_out", ()))
@@ -104,7 +106,10 @@ def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None 
     with torch.device("meta"):
         expected = method(record.name, config, dims)
     state = {**expected.state_dict(), **check_copies(expected, record.tensors, directory)}
-    check_state_fits(state, record.tensors, f"adapter {record.name!r} in {directory}")
+    try:
+        check_state_fits(state, record.tensors, f"adapter {record.name!r} in {directory}")
+    except AdapterFileError as error:
+        raise AdapterFileError(f"{error}{_undeclared_conv_hint(modules, record.tensors)}") from None
     head = record.head
     if head is not None and head.head_type != "static":
         with torch.device("meta"):
@@ -134,8 +139,26 @@ def inspect_adapter_dir(path: str | os.PathLike[str], *, model_type: str | None 
         num_parameters=sum(t.numel() for t in record.tensors.values()),
         files=tuple(sorted(p.name for p in directory.iterdir() if p.is_file())),
         modules=low_rank_modules(
-            {k: tuple(t.shape) for k, t in record.tensors.items()}, spec, start, str(directory)
+            {k: tuple(t.shape) for k, t in record.tensors.items()}, spec, start, str(directory), declared
         ),
+    )
+
+
+def _undeclared_conv_hint(modules: tuple[Any, ...], tensors: dict[str, torch.Tensor]) -> str:
+    """For a misfit, the by-name targets read as linear whose LoHa / LoKr factors could be a convolution's
+    flattened kernel that no ``conv_modules`` declares (a folder peft wrote): what to do about them; else ""."""
+    lycoris = {
+        m.split(".", 2)[1]
+        for m in tensors
+        if m.startswith("by_name.") and m.rsplit(".", 1)[-1] in LOHA + LOKR
+    }
+    unsaid = [m.path for m in modules if m.type_name == "Linear" and m.path.replace(".", ":") in lycoris]
+    if not unsaid:
+        return ""
+    return (
+        f" If {', '.join(map(repr, unsaid))} is an nn.Conv2d, its factors hold the flattened kernel, which does not "
+        "say the input channels or kernel size, and the files do not declare them (conv_modules): load the adapter "
+        "into its model with model.load_adapter and save it with model.save_adapter, which records them."
     )
 
 

@@ -9,8 +9,10 @@ What the files say, per module an adapter holds weights for:
   ``B`` ``(d_out, r)``; OFT's blocks);
 - a module target ``by_name.<path with ":">.<param>``: its path from the model's root, its widths read the same way
   (an ``nn.Embedding``'s LoRA has a linear one's shapes and is read as one), or, when the method reads a
-  convolution there (``conv_shapes_from``: LoRA's ``A`` ``(r, c_in, kh, kw)``, ``B`` ``(c_out, r, 1, 1)``), an
-  ``nn.Conv2d`` of those channels and kernel, its stride and padding unknown (``None``: they do not change shapes);
+  convolution there (``conv_shapes_from``: LoRA's ``A`` ``(r, c_in, kh, kw)``, ``B`` ``(c_out, r, 1, 1)``; LoKr's
+  full ``lokr_w2`` ``(b, d, kh, kw)``) or the adapter declares one (``conv_modules``: ``in_channels`` and
+  ``kernel_size``, which LoHa's flattened kernel does not say), an ``nn.Conv2d`` of those channels and kernel, its
+  stride and padding unknown (``None``: they do not change shapes);
 - a copy ``copies.<path>.<param>`` (LN tuning) or ``saved.<path>.<param>`` (``modules_to_save``): its path, the
   layer it sits in (from the spec's layer paths), and, for an LN-tuning copy, the norm's width from its ``weight``.
 
@@ -49,9 +51,12 @@ def file_modules(
     spec: ArchitectureSpec,
     decoder_start: int | None,
     directory: Path,
+    conv: Mapping[str, tuple[int, tuple[int, ...]]] | None = None,
 ) -> tuple[NamedModule, ...]:
     """The modules the adapter's ``tensors`` hold weights for, as ``NamedModule`` rows (see the module docstring);
-    raises AdapterFileError for a by-name target whose widths the file does not fix."""
+    ``conv`` the ``nn.Conv2d`` targets the adapter declares (``{path: (in_channels, kernel)}``). Raises
+    AdapterFileError for a by-name target whose widths the file does not fix."""
+    conv = conv or {}
     points: set[tuple[int, str]] = set()
     groups: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
@@ -79,11 +84,15 @@ def file_modules(
             # the method reads a module target's weights as it reads a point's
             renamed = {f"layers.0.x.{name}": t for name, t in params.items()}
             found = method.shapes_for_config(config, renamed)
-            convs = () if found else method.conv_shapes_from(renamed)
-            if convs:  # an nn.Conv2d target: its stride and padding are the model's, unknown here
-                _, c_in, c_out, kernel = convs[0]
-                conv = (kernel, None, None)
-                rows.append(NamedModule(path, "Conv2d", d_in=c_in, d_out=c_out, conv=conv, layer=held_in))
+            convs = method.conv_shapes_from(renamed)
+            declared = conv.get(path)
+            if convs or (declared is not None and found):
+                # an nn.Conv2d target (its 4-d weights say so, or the adapter declares it: a flattened kernel does
+                # not say c_in), its stride and padding the model's, unknown here; the state check fits the rest
+                c_out = convs[0][2] if convs else found[0][2]
+                c_in, kernel = declared if declared is not None else (convs[0][1], convs[0][3])
+                shape = (tuple(kernel), None, None)
+                rows.append(NamedModule(path, "Conv2d", d_in=c_in, d_out=c_out, conv=shape, layer=held_in))
                 continue
             if not found:
                 raise AdapterFileError(

@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from adapterhub.errors import AdapterFileError, ConfigError
-from adapterhub.io.files import write_json, write_tensors
+from adapterhub.io.files import read_json, write_json, write_tensors
 from adapterhub.runtime.layers import get_layers
 from adapterhub.runtime.modules import module_table
 from adapterhub.runtime.records import AdapterRecord
 from adapterhub.spec.architectures import ArchitectureSpec
+from adapterhub.spec.factor_shapes import CONV_MODULES, conv_modules_json, read_conv_modules
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE, BIN_WEIGHTS_FILE = "adapter_model.safetensors", "adapter_model.bin"
@@ -159,3 +160,23 @@ def write_peft_files(
     write_tensors(directory / WEIGHTS_FILE, tensors)
     write_json(directory / CONFIG_FILE, meta)
     return directory
+
+
+CONV_FILE = "adapterhub_conv_modules.json"  # beside peft's files: the Conv2d targets' c_in and kernel
+
+
+def write_conv_modules(directory: Path, conv: Mapping[str, tuple[int, tuple[int, ...]]]) -> None:
+    """``{"conv_modules": {path: {"in_channels", "kernel_size"}}}`` into ``CONV_FILE`` (removed when ``conv`` is
+    empty): what a peft LoHa's / LoKr's flattened convolution factors do not say (``spec.factor_shapes``)."""
+    if conv:
+        write_json(directory / CONV_FILE, {CONV_MODULES: conv_modules_json(conv)})
+    else:
+        (directory / CONV_FILE).unlink(missing_ok=True)
+
+
+def read_conv_modules_file(directory: Path) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """The declared convolutions of a peft folder (``CONV_FILE``; absent: none)."""
+    path = directory / CONV_FILE
+    if not path.exists():
+        return {}
+    return read_conv_modules(read_json(path).get(CONV_MODULES), str(path))

@@ -50,6 +50,7 @@ from adapterhub.io.peft_common import (
     add_saved_tensors,
     add_token_tensors,
     module_regex,
+    read_conv_modules_file,
     split_rows,
     write_peft_files,
 )
@@ -67,6 +68,7 @@ from adapterhub.io.peft_vera import read_peft_vera
 from adapterhub.runtime.layers import get_layers
 from adapterhub.runtime.records import AdapterRecord, HeadRecord, ModelInfo
 from adapterhub.spec.architectures import ArchitectureSpec
+from adapterhub.spec.factor_shapes import FACTOR_NAMES, LORA, factor_update
 
 
 class Reader(Protocol):
@@ -354,6 +356,7 @@ def make_record(
         model_name=str(meta.get("base_model_name_or_path") or (model.model_name if model else "")),
         hidden_size=_hidden_size(tensors, model, spec),
         num_layers=model.num_layers if model is not None else None,
+        conv_modules=read_conv_modules_file(directory),
     )
     head_record = None
     if with_head and head:
@@ -406,10 +409,18 @@ def saved_modules(
 def _hidden_size(
     tensors: Mapping[str, torch.Tensor], model: ModelInfo | None, spec: ArchitectureSpec | None = None
 ) -> int:
-    """The width of the residual stream the weights imply (every projection but ffn_out reads it); a LoRA target
-    by name counts when its path is a whole projection the spec names (``model.layers.0.self_attn.q_proj``)."""
+    """The width of the residual stream the weights imply (every projection but ffn_out reads it); a LoRA, LoHa or
+    LoKr target by name counts when its path is a whole projection the spec names
+    (``model.layers.0.self_attn.q_proj``; LoHa's and LoKr's widths read by ``spec.factor_shapes``)."""
+    factors: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {}
     for key, tensor in tensors.items():
         point = _spec_point_of(key, spec) if key.startswith("by_name.") else None
+        if point is not None and not key.endswith(
+            LORA
+        ):  # LoHa / LoKr: read once all of a module's factors are in
+            path, param = key.rsplit(".", 1)
+            factors.setdefault((path, point), {})[param] = tuple(tensor.shape)
+            continue
         if point is not None:
             key = f"layers.0.{point}.{key.rsplit('.', 1)[-1]}"
         elif key.startswith(("by_name.", "saved.")) or key.count(".") < 2:
@@ -422,14 +433,19 @@ def _hidden_size(
         # (IA)³ vectors: the input of any projection but ffn_out, the output of ffn_out / o
         if (point.startswith("in_") and point != "in_ffn_out") or point in ("out_ffn_out", "out_o"):
             return int(tensor.shape[0])
+    for (_, point), params in factors.items():
+        update = factor_update(params, None)
+        if update is not None:
+            return update[3] if point == "ffn_out" else update[2]
     return model.hidden_size if model is not None else 0
 
 
 def _spec_point_of(key: str, spec: ArchitectureSpec | None) -> str | None:
-    """The linear point of the spec that the module of a ``by_name.<path>.lora_A``/``lora_B`` key is, if it is a
-    whole projection of the spec's first stack (its width is the residual stream's), else None."""
+    """The linear point of the spec that the module of a ``by_name.<path>.<factor>`` key (LoRA's ``lora_A`` /
+    ``lora_B``, LoHa's, LoKr's) is, if it is a whole projection of the spec's first stack (its width is the
+    residual stream's), else None."""
     parts = key.split(".")
-    if spec is None or len(parts) != 3 or parts[2] not in ("lora_A", "lora_B") or not spec.stacks():
+    if spec is None or len(parts) != 3 or parts[2] not in FACTOR_NAMES or not spec.stacks():
         return None
     stack = spec.stacks()[0]
     match = re.search(rf"(?:^|\.){re.escape(stack.layers)}\.\d+\.(.+)$", parts[1].replace(":", "."))

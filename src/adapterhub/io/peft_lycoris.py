@@ -15,7 +15,11 @@ on ``nn.Conv2d`` are those of the flattened kernel (``use_effective_conv2d=False
 (``hada_t1``, ``lokr_t2``) are refused.
 
 Writing: each target under its module path (a spec point through the spec's module name; the fused projections of
-GPT-2's ``c_attn`` have no peft form and are refused), ``target_modules`` the list of those full paths.
+GPT-2's ``c_attn`` have no peft form and are refused), ``target_modules`` the list of those full paths. The
+``nn.Conv2d`` targets' input channels and kernel, which the flattened factors do not say, go into
+``adapterhub_conv_modules.json`` beside peft's files (peft ignores it; ``inspect_adapter_dir`` and the hub read it):
+a folder peft wrote itself lacks it, so its LoHa factors read as a linear update of the flattened width (the model
+says which when it is loaded) and a factored LoKr convolution cannot be validated without the model.
 """
 
 from __future__ import annotations
@@ -30,7 +34,13 @@ import torch
 from torch import nn
 
 from adapterhub.errors import AdapterFileError, ConfigError
-from adapterhub.io.peft_common import PREFIX, add_saved_tensors, module_tensors, write_peft_files
+from adapterhub.io.peft_common import (
+    PREFIX,
+    add_saved_tensors,
+    module_tensors,
+    write_conv_modules,
+    write_peft_files,
+)
 from adapterhub.runtime.records import AdapterRecord
 from adapterhub.spec.architectures import ArchitectureSpec
 
@@ -132,4 +142,6 @@ def write_peft_lycoris(
         "modules_to_save": modules_to_save,
         "inference_mode": True,
     }
-    return write_peft_files(directory, out, meta)
+    written = write_peft_files(directory, out, meta)
+    write_conv_modules(written, record.model.conv_modules)
+    return written

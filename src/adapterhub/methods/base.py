@@ -408,6 +408,12 @@ class AdapterModule(nn.Module):
         """Called by the training loop after optimizer step ``step`` (1-based) of ``total_steps``, while that
         step's gradients are still held (before they are zeroed): AdaLoRA's rank allocation. Default: nothing."""
 
+    def conv_modules(self) -> dict[str, tuple[int, tuple[int, ...]]]:
+        """``{path: (in_channels, (kh, kw))}`` of the ``nn.Conv2d`` modules this adapter targets by name, recorded
+        in its files (``conv_modules``) because some factors do not say them (LoHa's flattened kernel). Default:
+        none."""
+        return {}
+
     def saved_paths(self) -> tuple[str, ...]:
         """Paths of the model's modules this adapter keeps a full trainable copy of (``modules_to_save``); before
         the adapter's weights are loaded, the model hands it each copy with ``set_saved(path, copy)``, and while

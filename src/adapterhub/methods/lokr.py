@@ -25,23 +25,9 @@ from adapterhub.methods.base import NamedModule, register_method
 from adapterhub.methods.lora import ConvLoRALayer, LoRALayer
 from adapterhub.methods.lycoris import LycorisAdapter, LycorisLayer
 from adapterhub.spec.configs import LoKrConfig
+from adapterhub.spec.factor_shapes import factorization
 
-
-def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
-    """``(m, n)`` with ``m · n = dimension``, as peft splits a width: ``factor > 0`` dividing ``dimension`` gives
-    ``(factor, dimension // factor)``; otherwise walk the divisors ``m`` upwards from 1 (``n = dimension // m``)
-    while ``m < n`` and the next divisor is at most ``factor`` (``-1``: no bound), and return the pair smaller
-    first. ``factorization(128) = (8, 16)``, ``factorization(127) = (1, 127)``, ``factorization(128, 4) = (4, 32)``."""
-    if factor > 0 and dimension % factor == 0:
-        return factor, dimension // factor
-    bound = dimension if factor == -1 else factor
-    m, n = 1, dimension
-    while m < n:
-        following = next(k for k in range(m + 1, dimension + 1) if dimension % k == 0)
-        if following > bound:
-            break
-        m, n = following, dimension // following
-    return min(m, n), max(m, n)
+__all__ = ["LoKrAdapter", "LoKrConvLayer", "LoKrLayer", "factorization"]
 
 
 class LoKrLayer(LycorisLayer):
@@ -105,6 +91,15 @@ class LoKrLayer(LycorisLayer):
         if first is None or second is None:
             return None
         return first[1] * second[1], first[0] * second[0]
+
+    @classmethod
+    def conv_shape_from(cls, params: Mapping[str, torch.Tensor]) -> tuple[int, int, tuple[int, ...]] | None:
+        """A full ``lokr_w2 (b, d, kh, kw)`` with ``W1 (a, c)``: ``(c·d, a·b, (kh, kw))``."""
+        w2 = params.get("lokr_w2")
+        shape = cls.shape_from(params)
+        if w2 is None or w2.dim() != 4 or shape is None:
+            return None
+        return shape[0], shape[1], (int(w2.shape[2]), int(w2.shape[3]))
 
     def _product(self) -> torch.Tensor:
         w1 = self._matrix(self.w1)  # (a, c)

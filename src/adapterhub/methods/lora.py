@@ -202,6 +202,7 @@ class LoRAAdapter(AdapterModule):
         super().__init__(name, config, dims)
         self.by_name = nn.ModuleDict()
         self._paths: dict[tuple[int, str], str] = {}  # (layer, point) of a module target -> its path
+        self._convs: dict[str, tuple[int, tuple[int, ...]]] = {}  # nn.Conv2d target -> (c_in, (kh, kw))
         if config.by_name:
             self._init_by_name(config, dims)
         else:
@@ -353,6 +354,7 @@ class LoRAAdapter(AdapterModule):
                 lora = LoRALayer(module.d_in, module.d_out, config, target.r, target.alpha, embedding=module)
             elif module.conv is not None:
                 lora = self.conv_layer_class(module, config, target.r, target.alpha)
+                self._convs[module.path] = (module.d_in, tuple(int(k) for k in module.conv[0]))
             else:
                 lora = self.layer_class(module.d_in, module.d_out, config, target.r, target.alpha)
             if module.point is not None and module.layer is not None:
@@ -362,6 +364,9 @@ class LoRAAdapter(AdapterModule):
                 self.by_name[module_key(module.path)] = lora
                 self._paths[(MODULE_LAYER, module_key(module.path))] = module.path
         self.layers = nn.ModuleDict({str(i): nn.ModuleDict(spec[i]) for i in sorted(spec)})
+
+    def conv_modules(self) -> dict[str, tuple[int, tuple[int, ...]]]:
+        return dict(self._convs)
 
     def module_paths(self) -> dict[tuple[int, str], str]:
         """``(layer, point) -> module path`` of every target chosen by ``target_modules`` (module targets:

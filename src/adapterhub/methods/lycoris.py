@@ -72,6 +72,11 @@ class LycorisLayer(nn.Module):
         """``(d_in, d_out)`` that a target's saved factors imply, or None when they are incomplete."""
         raise NotImplementedError
 
+    @classmethod
+    def conv_shape_from(cls, params: Mapping[str, torch.Tensor]) -> tuple[int, int, tuple[int, ...]] | None:
+        """``(c_in, c_out, (kh, kw))`` when a target's saved factors say it is a convolution, else None."""
+        return None
+
     def _product(self) -> torch.Tensor:
         """The factors' product without the scaling (``d_out`` rows)."""
         raise NotImplementedError
@@ -132,6 +137,21 @@ class LycorisAdapter(LoRAAdapter):
         layer: Any = cls.layer_class
         shapes = ((point, layer.shape_from(params)) for point, params in by_point.items())
         return tuple((point, shape[0], shape[1]) for point, shape in shapes if shape is not None)
+
+    @classmethod
+    def conv_shapes_from(
+        cls, tensors: Mapping[str, torch.Tensor]
+    ) -> tuple[tuple[str, int, int, tuple[int, ...]], ...]:
+        """``(point, c_in, c_out, (kh, kw))`` of the convolution targets whose saved factors say so (the layer
+        class's ``conv_shape_from``: LoKr's full ``lokr_w2 (b, d, kh, kw)``; LoHa's flattened kernel never does)."""
+        by_point: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in tensors.items():
+            match = _KEY.match(key)
+            if match:
+                by_point.setdefault(match.group(2), {})[match.group(3)] = tensor
+        layer: Any = cls.layer_class
+        shapes = ((point, layer.conv_shape_from(params)) for point, params in by_point.items())
+        return tuple((point, *shape) for point, shape in shapes if shape is not None)
 
     def batch_split_grouped(
         self,

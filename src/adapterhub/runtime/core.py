@@ -421,6 +421,24 @@ class AdapterModelCore:
         return frozenset(layers)
 
     # ------------------------------------------------------------------ compatibility
+    def _conv_mismatches(self, info: ModelInfo) -> list[str]:
+        """The declared ``nn.Conv2d`` targets (``ModelInfo.conv_modules``) whose input channels or kernel differ
+        from this model's module: a flattened kernel of equal size would otherwise be reshaped wrongly."""
+        out = []
+        for path, (c_in, kernel) in info.conv_modules.items():
+            try:
+                module = self._module().get_submodule(path)
+            except AttributeError:
+                continue  # not in this model: targeting names the missing module
+            if isinstance(module, nn.Conv2d):
+                mine = (module.in_channels, tuple(module.kernel_size))
+                if mine != (c_in, tuple(kernel)):
+                    out.append(
+                        f"an nn.Conv2d {path!r} of {c_in} input channels and kernel {tuple(kernel)} (this model: "
+                        f"{mine[0]} and {mine[1]})"
+                    )
+        return out
+
     def _check_compatible(self, info: ModelInfo, what: str) -> None:
         mine = self.model_info()
         problems = []
@@ -434,6 +452,7 @@ class AdapterModelCore:
             problems.append(f"{info.decoder_start} encoder layers (this model: {mine.decoder_start})")
         if info.stack_widths and info.stack_widths != mine.stack_widths:  # files that state them
             problems.append(f"layer stacks of widths {_widths_text(info)} (this model: {_widths_text(mine)})")
+        problems += self._conv_mismatches(info)
         if problems:
             raise IncompatibleModelError(
                 f"The {what} was made for a model with {', '.join(problems)}. Load it into a model of that kind "

@@ -20,6 +20,9 @@ class ModelInfo:
     # ``(first layer, hidden_size, num_kv_heads, head_dim)`` of each layer stack when the stacks differ in width
     # (CLIPModel's text and vision towers); empty when every stack has the model-wide ``hidden_size``
     stack_widths: tuple[tuple[int, int, int | None, int | None], ...] = ()
+    # ``{path: (in_channels, (kh, kw))}`` of the nn.Conv2d modules the adapter targets by name (what LoHa's and a
+    # factored LoKr's flattened kernel does not say; ``spec.factor_shapes``); empty when it targets none
+    conv_modules: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
 
 
 @dataclass

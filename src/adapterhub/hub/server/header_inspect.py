@@ -14,8 +14,10 @@ checks, for the adapterhub layout (``adapter_config.json`` + ``adapter.safetenso
   the declared hidden size; layer weights or a declared ``num_layers``; no module named in the weights
   (``by_name.model:layers:7:self_attn:q_proj.lora_A``, copies) in a layer at or past ``num_layers``, read by the
   model type's layer stacks (``spec.module_layers``; a decoder's layers numbered after ``decoder_start``);
-* the modules a LoRA targets by name: each one's ``lora_A`` / ``lora_B`` shapes make one linear (or embedding)
-  or Conv2d update (``spec.manifest.low_rank_modules``), recorded in the manifest's ``modules``;
+* the modules a LoRA, LoHa or LoKr targets by name: each one's factors make one linear (or embedding) or Conv2d
+  update, the declared Conv2d (``conv_modules``: in_channels and kernel_size, which LoHa's flattened kernel does
+  not say) where the config names one (``spec.manifest.low_rank_modules``), recorded in the manifest's
+  ``modules``;
 
 What it cannot check without the method modules (torch): that the weights' names and shapes are exactly those the
 config implies, and that the model type is one the library supports. The ``full`` check
@@ -42,6 +44,7 @@ from adapterhub.errors import (
 from adapterhub.spec.architecture import ArchitectureSpec
 from adapterhub.spec.architectures import spec_for_model_type
 from adapterhub.spec.configs import METHOD_CONFIGS, canonical_json, resolve_config, sha256_hex
+from adapterhub.spec.factor_shapes import CONV_MODULES, read_conv_modules
 from adapterhub.spec.manifest import AdapterManifest, low_rank_modules
 from adapterhub.spec.module_layers import check_module_layers
 
@@ -255,8 +258,9 @@ def inspect_from_headers(directory: Path, *, model_type: str | None = None) -> A
     if not isinstance(stated, str) or not stated:
         raise AdapterFileError(f"{CONFIG_FILE} does not say which model type the adapter is for.")
     spec = _check_module_layers(tensors, stated, num_layers, meta.get("decoder_start"))
+    declared = read_conv_modules(meta.get(CONV_MODULES), CONFIG_FILE)  # nn.Conv2d targets' c_in and kernel
     modules = low_rank_modules(
-        {k: t.shape for k, t in tensors.items()}, spec, meta.get("decoder_start"), WEIGHTS_FILE
+        {k: t.shape for k, t in tensors.items()}, spec, meta.get("decoder_start"), WEIGHTS_FILE, declared
     )
     model_name = meta.get("model_name") or ""
     if not isinstance(model_name, str):

@@ -166,6 +166,8 @@ class AdapterVersion(Base):
     config_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     files: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
+    # the modules its low-rank factors target by name (AdapterManifest.modules as ModuleShape.to_dict rows)
+    modules: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False, default=list)
     num_parameters: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     uploader_id: Mapped[int | None] = mapped_column(
         ForeignKey("owners.id", ondelete="SET NULL"), nullable=True

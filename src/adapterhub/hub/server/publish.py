@@ -220,6 +220,7 @@ def publish(
         "config_hash": manifest.config_hash,
         "metrics": metrics,
         "files": list(files),
+        "modules": [m.to_dict() for m in manifest.modules],
         "num_parameters": int(manifest.num_parameters),
         "uploader_id": user_id,
     }

@@ -84,6 +84,7 @@ def version_dict(adapter: Adapter, v: AdapterVersion) -> dict[str, Any]:
         "config_hash": v.config_hash,
         "metrics": v.metrics,
         "files": v.files,
+        "modules": list(v.modules or ()),  # the modules targeted by name (AdapterManifest.modules)
         "num_parameters": v.num_parameters,
         "downloads": v.downloads,
         "created_at": v.created_at.isoformat(),

@@ -1,0 +1,211 @@
+"""LoHa and LoKr on ``nn.Conv2d`` targeted by name (ViT's patch projection, a 4×4 kernel over 3 channels): their
+flattened kernel factors do not say the input channels, so ``save_adapter`` records them (``conv_modules``, from
+the model); both checks (full and torch-free) read the convolution from it, refuse factors that do not fit it, and
+the adapter publishes to the embedded hub and loads back with identical outputs, in adapterhub's layout and in
+peft's (``adapterhub_conv_modules.json`` beside peft's files)."""
+
+from __future__ import annotations
+
+import json
+
+import hubkit
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import adapterhub
+from adapterhub.errors import AdapterFileError, IncompatibleModelError
+from adapterhub.hub import client
+from adapterhub.hub.server.header_inspect import inspect_from_headers
+from adapterhub.io.manifest import inspect_adapter_dir
+from adapterhub.spec.manifest import ModuleShape
+from tiny_models import build, make_pixel_inputs, perturb
+
+PATH = "embeddings.patch_embeddings.projection"
+KEY = "by_name.embeddings:patch_embeddings:projection"
+# LoHa; LoKr with W2 factored (r=2 < max(8, 3) / 2: lokr_w2_b (r, 3·4·4)); LoKr with a full W2 (b, d, kh, kw)
+CONFIGS = [
+    {"method": "loha", "r": 2, "alpha": 4},
+    {"method": "lokr", "r": 2, "alpha": 4},
+    {"method": "lokr", "r": 4, "alpha": 4},
+]
+
+
+@pytest.fixture
+def live(sqlite_env, monkeypatch):
+    with hubkit.ThreadServer(sqlite_env.app) as server:
+        monkeypatch.setenv("ADAPTERHUB_HUB_URL", server.url)
+        yield sqlite_env
+
+
+def _model():
+    model = adapterhub.init(build("vit", "base"))
+    model.config.name_or_path = "tiny-vit"
+    return model
+
+
+def _out(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).last_hidden_state
+
+
+def _source(config):
+    model = _model()
+    model.add_adapter("k", {**config, "target_modules": ["projection", "q_proj"]}, set_active=True)
+    perturb(model._adapterhub.adapters["k"], std=0.2)
+    return model
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["loha", "lokr-factored", "lokr-full"])
+def test_conv_lycoris_publishes_and_loads_back_identical(live, tmp_path, config):
+    inputs = make_pixel_inputs()
+    source = _source(config)
+    expected = _out(source, inputs)
+    directory = source.save_adapter(tmp_path / "k", "k")
+    declared = json.loads((directory / "adapter_config.json").read_text())["conv_modules"]
+    assert declared == {PATH: {"in_channels": 3, "kernel_size": [4, 4]}}
+    full, light = inspect_adapter_dir(directory), inspect_from_headers(directory)
+    conv = [m for m in full.modules if m.path == PATH]
+    full_w2 = f"{KEY}.lokr_w2" in load_file(directory / "adapter.safetensors")
+    assert conv == [ModuleShape(PATH, "conv2d", 0 if full_w2 else config["r"], 3, 32, (4, 4))]
+    assert full.modules == light.modules
+    client.push_adapter_dir(
+        directory, owner="alice", name="k", task="sentiment", subtask="sst-2", token=live.tokens["alice"]
+    )
+    target = _model()
+    assert not torch.equal(_out(target, inputs), expected)
+    assert target.load_adapter("@alice/k", set_active=True) == "k"
+    torch.testing.assert_close(_out(target, inputs), expected, atol=1e-6, rtol=0)
+
+
+def _edit_config(directory, **changes):
+    path = directory / "adapter_config.json"
+    meta = json.loads(path.read_text())
+    meta.update(changes)
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["loha", "lokr-factored", "lokr-full"])
+def test_declared_in_channels_the_factors_do_not_fit_are_refused_by_both_checks(tmp_path, config):
+    directory = _source(config).save_adapter(tmp_path / "k", "k")
+    _edit_config(directory, conv_modules={PATH: {"in_channels": 4, "kernel_size": [4, 4]}})
+    with pytest.raises(
+        AdapterFileError, match=r"of the declared Conv2d \(in_channels 4, kernel_size \(4, 4\)\)"
+    ):
+        inspect_from_headers(directory)
+    with pytest.raises(AdapterFileError, match="projection"):
+        inspect_adapter_dir(directory)
+
+
+def test_a_loha_factor_of_another_width_is_refused_by_both_checks(tmp_path):
+    directory = _source(CONFIGS[0]).save_adapter(tmp_path / "k", "k")
+    weights = load_file(directory / "adapter.safetensors")
+    weights[f"{KEY}.hada_w2_b"] = torch.zeros(2, 47)
+    save_file(weights, directory / "adapter.safetensors")
+    with pytest.raises(AdapterFileError, match=r"hada_w2_b \(2, 47\)\) are not one update"):
+        inspect_from_headers(directory)
+    with pytest.raises(AdapterFileError, match=r"hada_w2_b: \(2, 47\) != \(2, 48\)"):
+        inspect_adapter_dir(directory)
+
+
+def test_a_declared_convolution_without_factors_and_a_malformed_declaration_are_refused(tmp_path):
+    directory = _source(CONFIGS[0]).save_adapter(tmp_path / "k", "k")
+    extra = {
+        PATH: {"in_channels": 3, "kernel_size": [4, 4]},
+        "pooler.dense": {"in_channels": 3, "kernel_size": [1, 1]},
+    }
+    _edit_config(directory, conv_modules=extra)
+    for check in (inspect_from_headers, inspect_adapter_dir):
+        with pytest.raises(AdapterFileError, match="declares the convolution"):
+            check(directory)
+    _edit_config(directory, conv_modules={PATH: {"in_channels": 3, "kernel_size": 4}})
+    for check in (inspect_from_headers, inspect_adapter_dir):
+        with pytest.raises(AdapterFileError, match="conv_modules must map module paths"):
+            check(directory)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["loha", "lokr-factored", "lokr-full"])
+def test_peft_layout_conv_lycoris_matches_peft_and_publishes(live, tmp_path, config):
+    """adapterhub's peft-layout folder: peft computes our outputs from it, and through the hub (the declared
+    convolution in adapterhub_conv_modules.json) it loads back identical."""
+    peft = pytest.importorskip("peft")
+    inputs = make_pixel_inputs()
+    source = _source(config)
+    expected = _out(source, inputs)
+    directory = source.save_adapter(tmp_path / "p", "k", layout="peft")
+    assert json.loads((directory / "adapterhub_conv_modules.json").read_text())["conv_modules"] == {
+        PATH: {"in_channels": 3, "kernel_size": [4, 4]}
+    }
+    theirs = peft.PeftModel.from_pretrained(build("vit", "base"), str(directory)).eval()
+    torch.testing.assert_close(_out(theirs, inputs), expected, atol=1e-5, rtol=0)
+    manifest = inspect_adapter_dir(directory, model_type="vit")
+    assert [(m.kind, m.d_in, m.kernel) for m in manifest.modules if m.path == PATH] == [("conv2d", 3, (4, 4))]
+    client.push_adapter_dir(
+        directory,
+        owner="alice",
+        name="p",
+        task="sentiment",
+        subtask="sst-2",
+        token=live.tokens["alice"],
+        model_type="vit",
+    )
+    target = _model()
+    target.load_adapter("@alice/p", set_active=True)
+    torch.testing.assert_close(_out(target, inputs), expected, atol=1e-6, rtol=0)
+
+
+def test_peft_own_loha_conv_folder_publishes_and_gives_peft_outputs(live, tmp_path):
+    """A folder peft wrote (no declared convolution): LoHa's factors read as a linear update of the flattened
+    width, validated so; loaded into the model (which knows it is a Conv2d) it gives peft's outputs."""
+    peft = pytest.importorskip("peft")
+    theirs = peft.get_peft_model(
+        build("vit", "base"),
+        peft.LoHaConfig(r=2, alpha=4, target_modules=["projection", "q_proj"], init_weights=False),
+    ).eval()
+    theirs.save_pretrained(tmp_path / "p")
+    inputs = make_pixel_inputs()
+    expected = _out(theirs, inputs)
+    manifest = inspect_adapter_dir(tmp_path / "p", model_type="vit")
+    assert [(m.kind, m.d_in, m.d_out) for m in manifest.modules if m.path == PATH] == [("linear", 48, 32)]
+    client.push_adapter_dir(
+        tmp_path / "p",
+        owner="alice",
+        name="p",
+        task="sentiment",
+        subtask="sst-2",
+        token=live.tokens["alice"],
+        model_type="vit",
+    )
+    target = _model()
+    target.load_adapter("@alice/p", set_active=True)
+    torch.testing.assert_close(_out(target, inputs), expected, atol=1e-5, rtol=0)
+
+
+def test_a_model_whose_convolution_differs_with_the_same_flattened_width_is_refused(tmp_path):
+    """ViT's 4×4 kernel over 3 channels and a 2×2 kernel over 12 flatten to the same 48 columns: the declared
+    convolution tells them apart, so the adapter is refused instead of reshaped wrongly."""
+    directory = _source(CONFIGS[0]).save_adapter(tmp_path / "k", "k")
+    _edit_config(directory, conv_modules={PATH: {"in_channels": 12, "kernel_size": [2, 2]}})
+    with pytest.raises(
+        IncompatibleModelError, match=r"12 input channels and kernel \(2, 2\) \(this model: 3 and"
+    ):
+        _model().load_adapter(directory)
+
+
+def test_peft_own_factored_lokr_conv_folder_is_refused_saying_what_to_do(tmp_path):
+    """A factored LoKr W2 on a Conv2d from a folder peft wrote: c_in and the kernel are not in the files, so the
+    full check cannot fit the factors and says how to record them."""
+    peft = pytest.importorskip("peft")
+    theirs = peft.get_peft_model(
+        build("vit", "base"), peft.LoKrConfig(r=2, alpha=4, target_modules=["projection"])
+    )
+    theirs.save_pretrained(tmp_path / "p")
+    with pytest.raises(
+        AdapterFileError, match=r"If 'embeddings.patch_embeddings.projection' is an nn.Conv2d"
+    ):
+        inspect_adapter_dir(tmp_path / "p", model_type="vit")
+    # loaded into its model and saved by adapterhub, it validates
+    model = _model()
+    model.load_adapter(tmp_path / "p", name="p")
+    directory = model.save_adapter(tmp_path / "ours", "p")
+    assert [m.kind for m in inspect_adapter_dir(directory).modules] == ["conv2d"]
