@@ -78,8 +78,10 @@ def test_header_check_refuses_a_decoder_path_past_the_model(tmp_path):
     start, total = meta["decoder_start"], meta["num_layers"]
     assert 0 < start < total
     weights = load_file(directory / "adapter.safetensors")
-    key = sorted(weights)[0]
-    weights[f"by_name.decoder:block:{total - start - 1}:layer:0:SelfAttention:q.lora_A"] = weights.pop(key)
+    module = sorted(weights)[0].rsplit(".", 1)[0]  # one module's lora_A and lora_B move together
+    for part in ("lora_A", "lora_B"):
+        path = f"by_name.decoder:block:{total - start - 1}:layer:0:SelfAttention:q.{part}"
+        weights[path] = weights.pop(f"{module}.{part}")
     save_file(weights, directory / "adapter.safetensors")
     inspect_from_headers(directory)  # the decoder's last layer is layer total - 1
     weights = load_file(directory / "adapter.safetensors")
