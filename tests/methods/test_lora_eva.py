@@ -301,3 +301,16 @@ def test_config_checks():
     model.add_adapter("plain", {"method": "lora"})
     with pytest.raises(ConfigError, match="not a LoRA adapter with init='eva'"):
         model.initialize_eva("plain", batches(n=1))
+
+
+def test_training_after_the_data_pass():
+    """train_adapter before or after initialize_eva: one step updates the rebuilt adapter's A and B only."""
+    model = new_eva(tau=0.9)
+    model.train_adapter("x")
+    model.initialize_eva("x", batches())
+    model.train_adapter("x")
+    model.train()
+    model(**batches(n=1)[0]).last_hidden_state.pow(2).mean().backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads and all(".lora_A" in n or ".lora_B" in n for n in grads)
+    assert any(".lora_B" in n for n in grads)

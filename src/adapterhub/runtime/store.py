@@ -188,15 +188,18 @@ class AdapterStore(nn.Module):
     # ---- copying and pickling
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
-        for transient in ("_override", "_count_lock"):
+        for transient in ("_override", "_observer", "_count_lock"):
             state.pop(transient, None)
         state["_overrides_open"] = 0
+        state["_observers_open"] = 0
         state["_kinds"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._override = contextvars.ContextVar(f"adapterhub_setup_{id(self)}", default=None)
+        self._observer = contextvars.ContextVar(f"adapterhub_observer_{id(self)}", default=None)
+        self._observers_open = getattr(self, "_observers_open", 0)  # stores pickled before observing existed
         self._count_lock = threading.Lock()
 
     @contextlib.contextmanager
