@@ -246,6 +246,7 @@ FIELDS: dict[str, list[str]] = {
         "alpha_pattern",
         "bias",
         "dropout",
+        "eva_config",
         "exclude_modules",
         "init",
         "layers_pattern",

@@ -152,7 +152,7 @@ def test_base_sharing_is_refused():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"init": "eva"}, "EVA .* not implemented|not implemented yet: EVA"),
+        ({"method": "dora", "init": "eva"}, "for method 'lora' only"),
         ({"init": "corda"}, "not implemented yet: CorDA"),
         ({"init": "pisa"}, "choose one of lora, gaussian, pissa, pissa_niter_K, olora, orthogonal, loftq"),
         ({"init": "pissa_niter_0"}, "choose one of"),

@@ -111,6 +111,8 @@ def init_to_peft(config: Mapping[str, Any]) -> dict[str, Any]:
     if init == "loftq":
         bits, iters = config.get("loftq_bits", 4), config.get("loftq_iter", 1)
         return {"init_lora_weights": "loftq", "loftq_config": {"loftq_bits": bits, "loftq_iter": iters}}
+    if init == "eva":  # the options EVA ran with, as peft writes them (its weights are what loads)
+        return {"init_lora_weights": "eva", "eva_config": dict(config.get("eva_config") or {})}
     return {"init_lora_weights": True if init == "lora" else init}
 
 

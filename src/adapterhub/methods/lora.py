@@ -200,6 +200,8 @@ class LoRAAdapter(AdapterModule):
 
     def __init__(self, name: str, config: LoRAConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
+        # init="eva": True from add_adapter until model.initialize_eva ran the data pass (loaded weights: False)
+        self.awaiting_data = False
         self.by_name = nn.ModuleDict()
         self._paths: dict[tuple[int, str], str] = {}  # (layer, point) of a module target -> its path
         self._convs: dict[str, tuple[int, tuple[int, ...]]] = {}  # nn.Conv2d target -> (c_in, (kh, kw))
@@ -250,7 +252,11 @@ class LoRAAdapter(AdapterModule):
 
     def init_from_base(self, base: BaseWeights) -> None:
         """PiSSA / OLoRA / LoftQ: ``A``, ``B`` (and what leaves the base) from each target's weight, in target
-        order, drawing from the global generator as peft does (``lora_init``). Other inits: nothing."""
+        order, drawing from the global generator as peft does (``lora_init``). EVA: the adapter waits for
+        ``model.initialize_eva`` (``A`` stays Kaiming-uniform, ``B`` zero, as peft's). Other inits: nothing."""
+        if getattr(self.config, "init", None) == "eva":
+            self.awaiting_data = True
+            return
         if not self.modifies_base():
             return
         config = self.config
@@ -490,7 +496,17 @@ class LoRAAdapter(AdapterModule):
                 out[f"{kind}.{own[near[0]]}"] = tensor
         return out
 
+    def check_ready(self) -> None:
+        """Refuse to run an ``init="eva"`` adapter before its data pass."""
+        if self.awaiting_data:
+            raise ConfigError(
+                f"Adapter {self.adapter_name!r} has init='eva': its A comes from the SVD of each target's inputs over data. "
+                f"Run model.initialize_eva({self.adapter_name!r}, dataloader) before training or using it (or load "
+                "trained weights with load_adapter)."
+            )
+
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> LinearRunning:
+        self.check_ready()
         x = inputs.x  # type: ignore[attr-defined]
         return running.with_y(self.layer_at(layer, point).add_to(running.y, x))  # type: ignore[no-any-return]
 
@@ -507,6 +523,8 @@ class LoRAAdapter(AdapterModule):
         per row. Needs equal rank and dropout; else None (the interpreter runs the row blocks one by one)."""
         if not all(type(m) is type(self) for m in modules):  # a subclass (DoRA, gated) computes otherwise
             return None
+        for m in modules:
+            m.check_ready()  # type: ignore[operator]
         layers: list[LoRALayer] = [m.layer_at(layer, point) for m in modules]  # type: ignore[attr-defined,operator]
         first = layers[0]
         if any(x.lora_A.shape[0] != first.lora_A.shape[0] or x.dropout.p != first.dropout.p for x in layers):
@@ -547,6 +565,8 @@ class LoRAAdapter(AdapterModule):
         None when ``R > d_in`` (the masked columns would cost more than the slices one by one)."""
         if not all(type(m) is type(self) for m in modules):  # a subclass (DoRA, gated) computes otherwise
             return None
+        for m in modules:
+            m.check_ready()  # type: ignore[operator]
         layers: list[LoRALayer] = [m.layer_at(layer, point) for m in modules]  # type: ignore[attr-defined,operator]
         first = layers[0]
         if any(x.dropout.p != first.dropout.p or x.embedding or isinstance(x, ConvLoRALayer) for x in layers):
@@ -570,5 +590,6 @@ class LoRAAdapter(AdapterModule):
         return y + delta.to(y.dtype)
 
     def merged_deltas(self) -> Iterator[tuple[int, str, torch.Tensor]]:
+        self.check_ready()
         for layer, point, lora in self.lora_targets():
             yield layer, point, lora.weight_delta()

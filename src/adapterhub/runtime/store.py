@@ -11,18 +11,19 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from adapterhub.methods.base import EMBEDDING, MODULE, AdapterModule, PointInputs
+from adapterhub.methods.base import EMBEDDING, LINEAR, MODULE, AdapterModule, PointInputs
 from adapterhub.runtime import callstate
 from adapterhub.runtime.interpreter import PointRun, run_setup
 from adapterhub.spec.composition import Setup, parallel_block, setup_names
 
 STORE_ATTR = "_adapterhub"
+Observer = Callable[[int, str, str, PointInputs], None]
 
 
 class AdapterStore(nn.Module):
@@ -53,6 +54,29 @@ class AdapterStore(nn.Module):
         self._overrides_open = 0  # `with adapter_setup(...)` blocks open in any thread
         self._count_lock = threading.Lock()
         self._kinds: dict[Setup, frozenset[str]] = {}
+        # ``observing``: a per-call function that sees the inputs of every linear / module point instead of adapters
+        self._observer: contextvars.ContextVar[Observer | None] = contextvars.ContextVar(
+            f"adapterhub_observer_{id(self)}", default=None
+        )
+        self._observers_open = 0
+
+    @contextlib.contextmanager
+    def observing(self, observer: Observer) -> Iterator[None]:
+        """Within the block (in this thread / context), every hook of a linear or module point hands its inputs to
+        ``observer(layer, kind, point, inputs)`` and no adapter runs anywhere: the model computes as its base (EVA's
+        data pass, ``adapterhub.api.eva``)."""
+        token = self._observer.set(observer)
+        with self._count_lock:
+            self._observers_open += 1
+        try:
+            yield
+        finally:
+            self._observer.reset(token)
+            with self._count_lock:
+                self._observers_open -= 1
+
+    def _current_observer(self) -> Observer | None:
+        return self._observer.get() if self._observers_open else None
 
     # ---- called from the hooks
     def current_setup(self) -> Setup | None:
@@ -74,6 +98,8 @@ class AdapterStore(nn.Module):
     def uses(self, kind: str) -> bool:
         """Whether an adapter of the current setup attaches at points of ``kind`` (hooks of other kinds return
         at once)."""
+        if self._observers_open and self._current_observer() is not None:
+            return kind in (LINEAR, MODULE)
         setup = self.current_setup()
         if setup is None:
             return False
@@ -93,6 +119,12 @@ class AdapterStore(nn.Module):
 
     def point_forward(self, layer: int, kind: str, point: str, inputs: PointInputs) -> torch.Tensor | None:
         """The value that replaces the output at ``(kind, point)`` of ``layer``, or None to leave it alone."""
+        if self._observers_open:
+            observer = self._current_observer()
+            if observer is not None:
+                if kind in (LINEAR, MODULE):
+                    observer(layer, kind, point, inputs)
+                return None
         setup = self.current_setup()
         if setup is None:
             return None
@@ -156,15 +188,18 @@ class AdapterStore(nn.Module):
     # ---- copying and pickling
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
-        for transient in ("_override", "_count_lock"):
+        for transient in ("_override", "_observer", "_count_lock"):
             state.pop(transient, None)
         state["_overrides_open"] = 0
+        state["_observers_open"] = 0
         state["_kinds"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._override = contextvars.ContextVar(f"adapterhub_setup_{id(self)}", default=None)
+        self._observer = contextvars.ContextVar(f"adapterhub_observer_{id(self)}", default=None)
+        self._observers_open = getattr(self, "_observers_open", 0)  # stores pickled before observing existed
         self._count_lock = threading.Lock()
 
     @contextlib.contextmanager

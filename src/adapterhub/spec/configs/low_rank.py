@@ -9,16 +9,14 @@ from typing import ClassVar
 
 from adapterhub.spec.configs.base import OMIT_DEFAULT, MethodConfig
 from adapterhub.spec.configs.checks import check_bool, check_choice, is_number, require
+from adapterhub.spec.configs.eva import EvaConfig
 from adapterhub.spec.configs.targeting import LowRankTargeting, token_indices
 
-LORA_INITS = ("lora", "gaussian", "pissa", "pissa_niter_K", "olora", "orthogonal", "loftq")
+LORA_INITS = ("lora", "gaussian", "pissa", "pissa_niter_K", "olora", "orthogonal", "loftq", "eva")
 # initialisations that replace the base weight of each target (W -> W - s B A, or LoftQ's dequant(quant(W)))
 BASE_INITS = ("pissa", "olora", "loftq")
 PISSA_NITER = re.compile(r"^pissa_niter_([1-9][0-9]*)$")
 _NOT_YET = {
-    "eva": "EVA initialises A from the SVD of each layer's inputs over batches of data (peft's "
-    "initialize_lora_eva_weights); adapterhub has no data-driven initialisation step yet. Use 'pissa' or 'olora' "
-    "for a base-derived start, or initialise with peft and load the saved adapter",
     "corda": "CorDA needs covariance statistics collected over data (peft's preprocess_corda), which adapterhub "
     "does not collect; initialise with peft and convert it to a plain LoRA before loading",
     "lora_ga": "LoRA-GA needs gradients estimated over data (peft's preprocess_loraga), which adapterhub does not "
@@ -44,7 +42,8 @@ class LoRAConfig(LowRankTargeting, MethodConfig):
     Llama's ``gate_proj``), ``ffn_out`` (default ``q``, ``v``); ``init``: ``"lora"`` (A Kaiming-uniform, B zero, as
     the paper), ``"gaussian"`` (A normal with std 1/r, B zero), ``"orthogonal"`` (B A = 0), or one that replaces
     each target's base weight: ``"pissa"`` / ``"pissa_niter_K"`` (SVD), ``"olora"`` (QR), ``"loftq"`` (with
-    ``loftq_bits`` 4 / 8 and ``loftq_iter``); the math is in ``adapterhub.methods.lora_init``, the rules in
+    ``loftq_bits`` 4 / 8 and ``loftq_iter``), or ``"eva"`` (``A`` from the SVD of each target's inputs over data,
+    ranks redistributed: ``eva_config``, peft's ``EvaConfig`` keys, and ``model.initialize_eva`` before use); the math is in ``adapterhub.methods.lora_init``, the rules in
     docs/methods.md ("Initialisations"); ``leave_out``: layers without LoRA. Parameters:
     ``r · (d_in + d_out)`` per target and layer.
 
@@ -78,6 +77,7 @@ class LoRAConfig(LowRankTargeting, MethodConfig):
     init: str = "lora"
     loftq_bits: int = field(default=4, metadata={OMIT_DEFAULT: True})
     loftq_iter: int = field(default=1, metadata={OMIT_DEFAULT: True})
+    eva_config: tuple[tuple[str, object], ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
     bias: str = field(default="none", metadata={OMIT_DEFAULT: True})
     trainable_token_indices: tuple[int, ...] | tuple[tuple[str, tuple[int, ...]], ...] | None = field(
         default=None, metadata={OMIT_DEFAULT: True}
@@ -133,11 +133,22 @@ class LoRAConfig(LowRankTargeting, MethodConfig):
             f"init='orthogonal' needs an even r (half the rows of an orthogonal matrix go to A, half to B), got "
             f"r={self.r}.",
         )
+        if init == "eva":
+            object.__setattr__(self, "eva_config", EvaConfig.from_value(self.eva_config).pairs())
+        require(
+            self.eva_config is None or init == "eva",
+            f"eva_config applies to init='eva' only (init is {init!r}).",
+        )
 
     @property
     def modifies_base(self) -> bool:
         """Whether ``init`` replaces each target's base weight (PiSSA, OLoRA, LoftQ: docs/methods.md)."""
         return modifies_base(self.init)
+
+    @property
+    def eva(self) -> EvaConfig:
+        """The EVA options (``init="eva"``; the defaults otherwise)."""
+        return EvaConfig.from_value(self.eva_config)
 
     @property
     def scaling(self) -> float:
