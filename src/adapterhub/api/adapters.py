@@ -14,7 +14,7 @@ import dataclasses
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,19 @@ from adapterhub.runtime.store import STORE_ATTR
 from adapterhub.spec.composition import branch_names, normalize_setup, parallel_block, setup_names
 from adapterhub.spec.configs import MethodConfig, resolve_config
 from adapterhub.spec.configs.low_rank import modifies_base
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedAdapter:
+    """An adapter built and loaded beside the model, not in it yet (``prepare_adapter_from_record``): ``module``
+    holds its weights (on the model's device and dtype when ``placed``), ``apply_head`` installs its head."""
+
+    name: str
+    module: Any
+    apply_head: Callable[[], None] | None
+    set_active: bool
+    overwrite_ok: bool
+    placed: bool
 
 
 class AdapterAPIMixin(HeadsMixin):
@@ -74,7 +87,7 @@ class AdapterAPIMixin(HeadsMixin):
         """Refuse a composition that would share a replaced base: an adapter whose init replaces base weights
         (PiSSA, OLoRA, LoftQ) joins only a model without other adapters, and no adapter joins a model that holds
         one (each would see the other's residual instead of the model's weights)."""
-        adapters: dict[str, Any] = dict(self._store.adapters)
+        adapters: dict[str, Any] = dict(self._store.adapters.items())  # one C-level copy: safe beside a load
         others = [n for n in adapters if n != name]
         changing = [n for n in others if adapters[n].modifies_base()]
         replaced = name in adapters and adapters[name].modifies_base()
@@ -399,6 +412,24 @@ class AdapterAPIMixin(HeadsMixin):
         with_head: bool = True,
         overwrite_ok: bool = False,
     ) -> str:
+        prepared = self.prepare_adapter_from_record(
+            record, load_as=load_as, set_active=set_active, with_head=with_head, overwrite_ok=overwrite_ok
+        )
+        return self.add_prepared_adapter(prepared)
+
+    def prepare_adapter_from_record(
+        self,
+        record: AdapterRecord,
+        *,
+        load_as: str | None = None,
+        set_active: bool = False,
+        with_head: bool = True,
+        overwrite_ok: bool = False,
+    ) -> PreparedAdapter:
+        """Every check and the slow work of ``add_adapter_from_record`` (build the method's module, load its
+        tensors, build its head, move it to the model's device and dtype) WITHOUT changing the model: it only reads
+        the model, so it may run in another thread while the model runs forward passes (a server loading an adapter
+        beside its decoding steps). ``add_prepared_adapter`` then puts it in, which is quick."""
         name = check_name(load_as or record.name)
         if name in self._store.adapters and not overwrite_ok:
             raise AdapterExistsError(
@@ -428,19 +459,35 @@ class AdapterAPIMixin(HeadsMixin):
             }
         self._check_saved_fit(module, tensors)
         load_exact(module, tensors, f"adapter {record.name!r}")
-        self._prepare_points(module)
         apply_head = (
             self._prepare_head(record.head, name, overwrite_ok=overwrite_ok)
             if with_head and record.head is not None
             else None
         )
+        placed = (
+            not module.modifies_base()
+        )  # a base-changing one is placed after it changed the base, as on add
+        return PreparedAdapter(
+            name, self._place(module) if placed else module, apply_head, set_active, overwrite_ok, placed
+        )
+
+    def add_prepared_adapter(self, prepared: PreparedAdapter) -> str:
+        """Put an adapter from ``prepare_adapter_from_record`` into the model (run where the model's passes run:
+        the model changes here). What may have changed since the preparation is checked again."""
+        name, module = prepared.name, prepared.module
+        if name in self._store.adapters and not prepared.overwrite_ok:
+            raise AdapterExistsError(
+                f"An adapter named {name!r} already exists. Pass overwrite_ok=True to replace it or load_as='other-name'."
+            )
+        self._check_base_sharing(name, module)
+        self._prepare_points(module)
         # every check passed: change the model
         self._change_base(module, restore=False)
-        self._store.adapters[name] = self._place(module)
+        self._store.adapters[name] = module if prepared.placed else self._place(module)
         self._store.changed()
-        if apply_head is not None:
-            apply_head()
-        if set_active:
+        if prepared.apply_head is not None:
+            prepared.apply_head()
+        if prepared.set_active:
             self.set_active_adapters(name)
         return name
 

@@ -13,6 +13,7 @@ when no adapter of the current setup uses module points, so outputs stay bit-ide
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -70,9 +71,7 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
     layer_paths: dict[str, tuple[int, Any]] = {}
     table: list[NamedModule] = []
     embeddings: dict[int, str] = {}  # id(weight) -> path of the nn.Embedding holding it
-    for path, module in model.named_modules():
-        if not path or path == _SKIP or path.startswith(_SKIP + "."):
-            continue
+    for path, module in _base_modules(model):
         if id(module) in by_id:
             layer_paths[path] = by_id[id(module)]
         layer, point = _owner(path, layer_paths)
@@ -156,6 +155,29 @@ def bias_axis(module: nn.Module) -> int | None:
     if isinstance(module, _CHANNEL_FIRST):
         return 1
     return None
+
+
+def _base_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``model.named_modules()`` without the model itself and without descending into its adapter store: the walk
+    costs the base model's size, not the size of the adapters loaded (a server holding many adapters calls this
+    on every load). Each module once, at its first path in the same pre-order as ``named_modules``."""
+    seen: set[int] = {id(model)}
+    stack: list[tuple[str, nn.Module]] = [
+        (name, child)
+        for name, child in reversed(model._modules.items())
+        if child is not None and name != _SKIP
+    ]
+    while stack:
+        path, module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        yield path, module
+        stack.extend(
+            (f"{path}.{name}", child)
+            for name, child in reversed(module._modules.items())
+            if child is not None
+        )
 
 
 def _bias_fields(module: nn.Module) -> dict[str, Any]:

@@ -144,6 +144,10 @@ class GenerationEngine:
         )
         self._lock = threading.Lock()  # the scheduler's state
         self._step_lock = threading.Lock()  # one step at a time
+        self._turn = threading.Condition(
+            self._lock
+        )  # exclusive() blocks waiting: the loop lets them go first
+        self._exclusive_waiting = 0
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -361,9 +365,21 @@ class GenerationEngine:
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
-        """No step runs while this block does (e.g. to load or delete adapters of the shared model)."""
-        with self._step_lock:
+        """No step runs while this block does (e.g. to load or delete adapters of the shared model). A block
+        waiting here goes before the background loop's next step (a lock alone is not fair: the loop would take it
+        again at once, step after step), so it waits for one step at most."""
+        with self._turn:
+            self._exclusive_waiting += 1
+        try:
+            self._step_lock.acquire()
+        finally:
+            with self._turn:
+                self._exclusive_waiting -= 1
+                self._turn.notify_all()
+        try:
             yield
+        finally:
+            self._step_lock.release()
 
     def stats(self) -> dict[str, int]:
         """``waiting`` / ``running`` sequences, ``cache_tokens`` stored, ``reserved_tokens`` of the budget (with
@@ -456,7 +472,10 @@ class GenerationEngine:
 
     def _loop(self) -> None:
         while not self._closing:
-            with self._lock:
+            with self._turn:
+                self._turn.wait_for(
+                    lambda: self._exclusive_waiting == 0
+                )  # blocks waiting for the model go first
                 busy = self._scheduler.has_work()
             if not busy:
                 self._wake.wait(timeout=0.1)

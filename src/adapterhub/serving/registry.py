@@ -89,14 +89,24 @@ def weights_hash(method: str, config: Any, tensors: Iterable[tuple[str, Any]]) -
     return "sha256:" + digest.hexdigest()
 
 
-def _install_and_detach(model: Any, source: AdapterSource, fetched: Any, name: str) -> LoadedAdapter:
-    """On the model thread: load ``name`` with its head, then take the head out of the model's store."""
-    sources.install(source, fetched, model, name)
+def _swap_in(
+    model: Any, victims: list[str], source: AdapterSource, fetched: Any, prepared: Any, name: str
+) -> tuple[Any, Any]:
+    """On the model thread, between two steps: delete the evicted adapters, put the prepared one in and take its
+    head out of the model's store. Quick: the files were read and the modules built beforehand
+    (``sources.prepare``). Returns ``(adapter module, head or None)``."""
+    for victim in victims:
+        _evict(model, victim)
+    sources.install(source, fetched, model, name, prepared)
     head = model.heads.get(name)
     if head is not None:
         model.delete_head(name)
         head.eval()
-    adapter = model._store.adapters[name]
+    return model._store.adapters[name], head
+
+
+def _entry(name: str, source: AdapterSource, adapter: Any, head: Any) -> LoadedAdapter:
+    """The ``LoadedAdapter`` of an installed adapter: sizes and weights hash (any thread; reads only)."""
     tensors = [*adapter.parameters(), *(head.parameters() if head is not None else ())]
     named = [(f"adapter.{k}", t) for k, t in adapter.state_dict().items()]
     if head is not None:
@@ -248,16 +258,22 @@ class AdapterRegistry:
             self.check_known([name])  # it may have been deleted since the request named it
             source = self.sources[name]
             loop = asyncio.get_running_loop()
-            fetched = await loop.run_in_executor(
-                self._io_executor, lambda: sources.fetch(source, self.model, hub_url=self.hub_url)
-            )
-            await self._make_room()
-            try:
-                entry = await self._run_model(_install_and_detach, self.model, source, fetched, name)
+
+            def fetch_and_prepare() -> tuple[Any, Any]:  # I/O thread, beside the model's steps
+                fetched = sources.fetch(source, self.model, hub_url=self.hub_url)
+                return fetched, sources.prepare(source, fetched, self.model, name)
+
+            fetched, prepared = await loop.run_in_executor(self._io_executor, fetch_and_prepare)
+            victims = await self._make_room()
+            try:  # its slot stays reserved until it is in `loaded`
+                adapter, head = await self._run_model(
+                    _swap_in, self.model, victims, source, fetched, prepared, name
+                )
+                entry = await loop.run_in_executor(self._io_executor, _entry, name, source, adapter, head)
+                self.loaded[name] = entry
             finally:
                 self._installing -= 1
                 self._notify()
-            self.loaded[name] = entry
             self.hashes[name] = entry.hash
             self.load_count[name] += 1
             self._on_event("load", name)
@@ -269,9 +285,11 @@ class AdapterRegistry:
         finally:
             self._inflight.pop(name, None)
 
-    async def _make_room(self) -> None:
-        """Evict the least recently used unpinned adapter(s) until one more fits, waiting while all are pinned."""
+    async def _make_room(self) -> list[str]:
+        """Choose the least recently used unpinned adapter(s) to evict until one more fits, waiting while all are
+        pinned; returns them (the model thread deletes them with the install, in one pause of the steps)."""
         room = self._condition()
+        victims: list[str] = []
         while len(self.loaded) + self._installing >= self.max_loaded:
             async with room:
                 await room.wait_for(self._has_room_or_victim)
@@ -280,8 +298,9 @@ class AdapterRegistry:
                 continue
             del self.loaded[victim]  # decided on the loop: no batch formed from now on sees it as loaded
             self._on_event("evict", victim)  # before the model thread deletes it (fusions holding it go too)
-            await self._run_model(_evict, self.model, victim)
+            victims.append(victim)
         self._installing += 1
+        return victims
 
     def _has_room_or_victim(self) -> bool:
         return len(self.loaded) + self._installing < self.max_loaded or self._victim() is not None

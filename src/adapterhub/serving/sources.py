@@ -9,14 +9,17 @@ A SOURCE is one of
   ``model.load_adapter("owner/repo", source="hf", revision=...)``. That needs the Hugging Face loader; a model API
   without it raises ``SourceError`` saying so.
 
-``fetch`` does the slow part (a download) and may run on any thread; ``install`` changes the model and must run
-on the thread that runs the model's forward passes.
+``fetch`` (a download) and ``prepare`` (read the files, build the adapter's modules and load their tensors, beside
+the model) do the slow part and may run on any thread; ``install`` puts the prepared adapter in the model and must
+run on the thread that runs the model's forward passes (it is quick).
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,13 +120,27 @@ def fetch(source: AdapterSource, model: Any, *, hub_url: str | None = None) -> P
         raise SourceError(f"{source}: {type(error).__name__}: {error}") from error
 
 
-def install(source: AdapterSource, fetched: Path | None, model: Any, name: str) -> None:
-    """Load the adapter (with its head) into ``model`` as ``name``. Run on the model's thread."""
+@contextmanager
+def _source_errors(source: AdapterSource, name: str) -> Iterator[None]:
+    """Any failure inside becomes a ``SourceError`` naming the adapter and its source: this adapter cannot load,
+    nothing else is affected."""
     try:
-        if source.kind == "hf":
-            repo, _, revision = source.location.partition("@")
-            model.load_adapter(repo, source="hf", revision=revision or None, load_as=name, overwrite_ok=True)
-            return
+        yield
+    except SourceError:
+        raise
+    except AdapterHubError as error:
+        raise SourceError(f"Adapter {name!r} from {source}: {error}") from None
+    except Exception as error:  # a corrupt file, a download that failed
+        raise SourceError(f"Adapter {name!r} from {source}: {type(error).__name__}: {error}") from error
+
+
+def prepare(source: AdapterSource, fetched: Path | None, model: Any, name: str) -> Any:
+    """Read and build the adapter (with its head) beside the model without changing it
+    (``model.prepare_adapter_from_record``): the slow part of a load, for any thread. None for ``hf`` sources
+    (their loader changes the model, so all of it happens in ``install``)."""
+    if source.kind == "hf":
+        return None
+    with _source_errors(source, name):
         from adapterhub.io.loading import read_any_adapter_dir
         from adapterhub.spec.architectures import spec_for_model_type
 
@@ -136,12 +153,17 @@ def install(source: AdapterSource, fetched: Path | None, model: Any, name: str) 
                 "serves flexible heads. Save it again with a flexible head (model.add_classification_head(...), "
                 "see docs/serving.md)."
             )
-        model.add_adapter_from_record(record, load_as=name, overwrite_ok=True)
-    except SourceError:
-        raise
-    except AdapterHubError as error:
-        raise SourceError(f"Adapter {name!r} from {source}: {error}") from None
-    except (
-        Exception
-    ) as error:  # a corrupt file, a download that failed: this adapter cannot load, nothing else
-        raise SourceError(f"Adapter {name!r} from {source}: {type(error).__name__}: {error}") from error
+        return model.prepare_adapter_from_record(record, load_as=name, overwrite_ok=True)
+
+
+def install(source: AdapterSource, fetched: Path | None, model: Any, name: str, prepared: Any = None) -> None:
+    """Load the adapter (with its head) into ``model`` as ``name``: put in ``prepared`` (from ``prepare``), or
+    prepare it here first. Run on the model's thread."""
+    with _source_errors(source, name):
+        if source.kind == "hf":
+            repo, _, revision = source.location.partition("@")
+            model.load_adapter(repo, source="hf", revision=revision or None, load_as=name, overwrite_ok=True)
+            return
+        model.add_prepared_adapter(
+            prepared if prepared is not None else prepare(source, fetched, model, name)
+        )
