@@ -62,7 +62,7 @@ from adapterhub.serving.gen_scheduler import (
     Scheduler,
     SequenceState,
 )
-from adapterhub.serving.kv_cache import StepBatch, build_step
+from adapterhub.serving.kv_cache import KVPool, StepBatch, build_step
 from adapterhub.serving.sampling import (
     RowSampler,
     SamplingParams,
@@ -150,6 +150,7 @@ class GenerationEngine:
         self.last_step: StepInfo | None = None
         self.packed = packed
         self.mask_dtype = model.get_input_embeddings().weight.dtype
+        self._pool = KVPool(max_num_seqs)  # every sequence's cache, one slot each (kv_cache)
 
     # ------------------------------------------------------------------ public API
     def submit(
@@ -352,6 +353,7 @@ class GenerationEngine:
         with self._lock:
             for seq in [*self._scheduler.running, *self._scheduler.waiting]:
                 self._end_cancelled(seq)
+            self._pool.trim()
 
     def __enter__(self) -> GenerationEngine:
         return self.start()
@@ -391,7 +393,15 @@ class GenerationEngine:
                     return None
                 samples = [seq.samples for seq in rows]  # False: a prefill chunk, no token this step
                 decode = sum(seq.decoding for seq in rows)
-                batch = self._build_step(rows)
+                for seq in rows:
+                    seq.kv.bind(self._pool)  # type: ignore[union-attr]  # a running sequence has its kv
+                try:
+                    batch = self._build_step(rows)
+                except Exception as error:  # e.g. a cache reservation too short: the step's rows fail
+                    for seq in rows:
+                        self._scheduler.leave(seq, FAILED, error)
+                    self._pool.trim()
+                    raise
                 if isinstance(batch, PackedStep):
                     setup = batch.row.setup  # a Split over the row's positions, one slice per adapter
             try:
@@ -418,18 +428,17 @@ class GenerationEngine:
                     _choose(seq.sampler, logits[i], greedy[i]) if samples[i] else None
                     for i, seq in enumerate(rows)
                 ]
-                cache = output.past_key_values
             except Exception as error:  # the step's rows fail together; the waiting ones go on
                 with self._lock:
                     for seq in rows:
                         self._scheduler.leave(seq, FAILED, error)
+                    self._pool.trim()
                 raise
             with self._lock:
                 for i, seq in enumerate(rows):
                     if seq.done or seq.kv is None:  # cancelled during the forward pass
                         continue
-                    keys, values = batch.new_kv(cache, i)
-                    seq.kv.append([k.clone() for k in keys], [v.clone() for v in values])
+                    seq.kv.advance(batch.new_tokens[i])  # the forward wrote them into its slot
                     choice = choices[i]
                     if choice is None:  # a prefill chunk: its prompt goes on next step
                         continue
@@ -439,6 +448,7 @@ class GenerationEngine:
                         Exception
                     ) as error:  # e.g. its tokenizer failed to decode: that sequence alone fails
                         self._scheduler.leave(seq, FAILED, error)
+                self._pool.trim()
             info = StepInfo(len(rows) - decode, decode, sum(batch.new_tokens), setup, samples.count(False))
             self.last_step = info
             return info
@@ -451,8 +461,8 @@ class GenerationEngine:
         new_ids = [s.next_ids() for s in rows]
         if self.packed:
             runs = [s.runs for s in rows]
-            return build_packed_step(caches, new_ids, runs, device, self.mask_dtype)  # type: ignore[arg-type]
-        return build_step(caches, new_ids, self.pad_id, device)  # type: ignore[arg-type]
+            return build_packed_step(caches, new_ids, runs, device, self.mask_dtype, self._pool)  # type: ignore[arg-type]
+        return build_step(caches, new_ids, self.pad_id, device, self._pool, self.mask_dtype)  # type: ignore[arg-type]
 
     def _loop(self) -> None:
         while not self._closing:
