@@ -57,10 +57,10 @@ def build_packed_step(
     pool.reserve(max(kv.length + len(ids) for kv, ids in zip(caches, new_ids, strict=True)))
     starts = row.starts
     columns = [range(s, s + n) for s, n in zip(starts, row.lengths, strict=True)]
-    write = write_index(caches, columns, [0] * len(caches), device)
+    write = write_index(caches, columns, [0] * len(caches), pool.width, device)
     key_seq, key_pos = row.key_layout()  # (C + T,): which segment, which position
-    slots = torch.tensor([kv.slot for kv in caches], dtype=torch.long)[key_seq]
-    cache = SlotCache(pool, write, seen=sum(row.cached), flat=(slots.to(device), key_pos.to(device)))
+    flat = torch.tensor([kv.slot for kv in caches], dtype=torch.long)[key_seq] * pool.width + key_pos
+    cache = SlotCache(pool, write, seen=sum(row.cached), flat=flat.to(device))
     return PackedStep(
         input_ids=input_ids.to(device),
         position_ids=row.position_ids(device),

@@ -1,7 +1,7 @@
 """The generation engine's KV cache: a persistent pool of per-sequence slots, a token budget, and the cache of one
 step, written in place.
 
-``KVPool`` (one per engine) holds, per layer, keys and values of shape ``(slots, kv_heads, width, head_dim)``:
+``KVPool`` (one per engine) holds, per layer, keys and values of shape ``(kv_heads, slots, width, head_dim)``:
 ``slots`` = the engine's ``max_num_seqs``, ``width`` grown (doubling, the stored tokens copied) to the longest
 sequence's history and dropped between steps when no sequence holds a slot. Each running sequence owns a ``SequenceKV``: its
 slot, its ``length`` (tokens stored at positions ``[0, length)`` of the slot, left-aligned) and its ``capacity``,
@@ -21,8 +21,12 @@ and hands the attention a view or one gather of the pool:
   ``W' = max (P_i + n_i)`` positions, ``(B, kv_heads, W', head_dim)`` (a view of the pool when the rows are slots
   ``0..B-1`` in order, else one ``index_select``). The 4-D additive mask ``(B, 1, T, W')`` lets row ``i``'s query
   at true position ``q = P_i + k`` see its slot's positions ``<= q`` (a padding query sees position 0);
-- one packed row (``gen_packed``): the keys every sequence's cached then new tokens in segment order, gathered
-  from the slots, under ``PackedRow``'s block-diagonal mask.
+- one packed row (``gen_packed``): the keys every sequence's cached then new tokens in segment order, one
+  ``index_select`` of the pool seen as ``(kv_heads, slots * width, head_dim)`` (already in the attention's
+  layout), under ``PackedRow``'s block-diagonal mask.
+
+Slots are the pool's second dimension so that both reads need no transpose copy: a slot's position ``p`` is flat
+index ``slot * width + p``.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from adapterhub.errors import ConfigError
 
 
 class KVPool:
-    """Per-layer key/value buffers ``(slots, kv_heads, width, head_dim)`` shared by one engine's sequences, one slot
+    """Per-layer key/value buffers ``(kv_heads, slots, width, head_dim)`` shared by one engine's sequences, one slot
     each (see the module docstring). Not thread-safe: the engine takes and gives back slots under its lock, and
     only its stepping thread writes."""
 
@@ -75,8 +79,8 @@ class KVPool:
         """Layer ``index``'s buffers, made (shaped as ``like``: ``(B, kv_heads, T, head_dim)``) or widened to
         ``width`` first."""
         while len(self.keys) <= index:
-            self.keys.append(like.new_zeros((self.slots, like.shape[1], 0, like.shape[3])))
-            self.values.append(like.new_zeros((self.slots, like.shape[1], 0, like.shape[3])))
+            self.keys.append(like.new_zeros((like.shape[1], self.slots, 0, like.shape[3])))
+            self.values.append(like.new_zeros((like.shape[1], self.slots, 0, like.shape[3])))
         for buffers in (self.keys, self.values):
             old = buffers[index]
             if old.shape[2] < self.width:
@@ -106,11 +110,11 @@ class SequenceKV:
     @property
     def keys(self) -> list[torch.Tensor]:
         """Per layer, this sequence's keys ``(kv_heads, width, head_dim)`` (the first ``length`` are stored)."""
-        return [] if self.pool is None else [k[self.slot] for k in self.pool.keys]
+        return [] if self.pool is None else [k[:, self.slot] for k in self.pool.keys]
 
     @property
     def values(self) -> list[torch.Tensor]:
-        return [] if self.pool is None else [v[self.slot] for v in self.pool.values]
+        return [] if self.pool is None else [v[:, self.slot] for v in self.pool.values]
 
     def check_room(self, n: int) -> None:
         """Count ``n`` more tokens against the capacity (growing it by blocks when ``block``)."""
@@ -155,19 +159,19 @@ class CacheBudget:
 
 class SlotCache(DynamicCache):
     """The cache of one step over a ``KVPool``. ``update`` writes the new keys / values ``(B, kv_heads, T, head_dim)``
-    in place: ``new[row[n], :, col[n]]`` to slot ``slot[n]`` at position ``pos[n]`` for every fed token ``n``; it
-    returns ``(B, kv_heads, width, head_dim)`` rows of the slots ``rows`` (None: slots ``0..B-1``) when
-    ``flat`` is None, else the gathered positions ``flat = (slots, positions)`` as one row ``(1, kv_heads, K,
-    head_dim)``. ``seen``: the cached tokens before this step (``get_seq_length``)."""
+    in place: ``new[row[n], :, col[n]]`` to flat index ``dest[n]`` (slot * width + position) of every fed token
+    ``n``; it returns ``(B, kv_heads, width, head_dim)`` rows of the slots ``rows`` (None: slots ``0..B-1``, a view)
+    when ``flat`` is None, else the keys at flat indices ``flat`` ``(K,)`` as one row ``(1, kv_heads, K, head_dim)``.
+    ``seen``: the cached tokens before this step (``get_seq_length``)."""
 
     def __init__(
         self,
         pool: KVPool,
-        write: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+        write: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         seen: int,
         width: int = 0,
         rows: torch.Tensor | None = None,
-        flat: tuple[torch.Tensor, torch.Tensor] | None = None,
+        flat: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.pool, self.write, self.seen, self.width, self.rows, self.flat = (
@@ -182,22 +186,22 @@ class SlotCache(DynamicCache):
     def update(  # type: ignore[override]
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        keys, values = self.pool.layer(layer_idx, key_states)  # (slots, kv_heads, width, head_dim)
-        row, col, slot, pos = self.write
-        keys[slot, :, pos] = key_states[row, :, col]  # (N, kv_heads, head_dim)
-        values[slot, :, pos] = value_states[row, :, col]
-        if self.flat is not None:
-            slots, positions = self.flat
-            k = keys[slots, :, positions].transpose(0, 1).unsqueeze(0)  # (1, kv_heads, K, head_dim)
-            v = values[slots, :, positions].transpose(0, 1).unsqueeze(0)
-            return k, v
+        keys, values = self.pool.layer(layer_idx, key_states)  # (kv_heads, slots, width, head_dim)
+        heads, slots, width, dim = keys.shape
+        flat_keys = keys.view(heads, slots * width, dim)
+        flat_values = values.view(heads, slots * width, dim)
+        row, col, dest = self.write
+        flat_keys[:, dest] = key_states[row, :, col].transpose(0, 1)  # (kv_heads, N, head_dim)
+        flat_values[:, dest] = value_states[row, :, col].transpose(0, 1)
+        if self.flat is not None:  # (1, kv_heads, K, head_dim)
+            return flat_keys.index_select(1, self.flat)[None], flat_values.index_select(1, self.flat)[None]
         batch = int(key_states.shape[0])
         if self.rows is None:  # the step's rows are slots 0..B-1: a view, no copy
-            return keys[:batch, :, : self.width], values[:batch, :, : self.width]
-        return (
-            keys[:, :, : self.width].index_select(0, self.rows),  # (B, kv_heads, W', head_dim)
-            values[:, :, : self.width].index_select(0, self.rows),
-        )
+            k, v = keys[:, :batch, : self.width], values[:, :batch, : self.width]
+        else:
+            k = keys[:, :, : self.width].index_select(1, self.rows)  # (kv_heads, B, W', head_dim)
+            v = values[:, :, : self.width].index_select(1, self.rows)
+        return k.transpose(0, 1), v.transpose(0, 1)  # (B, kv_heads, W', head_dim)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen
@@ -207,18 +211,20 @@ def write_index(
     caches: Sequence[SequenceKV],
     columns: Sequence[Sequence[int]],
     row_of: Sequence[int],
+    width: int,
     device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(row, col, slot, pos)`` ``(N,)`` each: fed token ``k`` of sequence ``i`` sits at ``(row_of[i],
-    columns[i][k])`` of the step's new keys and goes to ``caches[i]``'s slot at ``length + k``."""
-    row, col, slot, pos = [], [], [], []
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(row, col, dest)`` ``(N,)`` each: fed token ``k`` of sequence ``i`` sits at ``(row_of[i], columns[i][k])``
+    of the step's new keys and goes to ``caches[i]``'s slot at ``length + k``: flat index ``slot * width + length +
+    k`` of a pool ``width`` wide."""
+    row, col, dest = [], [], []
     for kv, cols, r in zip(caches, columns, row_of, strict=True):
         kv.check_room(len(cols))  # raises before the forward when the reservation is short
         row += [r] * len(cols)
         col += list(cols)
-        slot += [kv.slot] * len(cols)
-        pos += range(kv.length, kv.length + len(cols))
-    return tuple(torch.tensor(x, dtype=torch.long, device=device) for x in (row, col, slot, pos))  # type: ignore[return-value]
+        first = kv.slot * width + kv.length
+        dest += range(first, first + len(cols))
+    return tuple(torch.tensor(x, dtype=torch.long, device=device) for x in (row, col, dest))  # type: ignore[return-value]
 
 
 @dataclass
@@ -267,7 +273,7 @@ def build_step(
     mask = torch.zeros((rows, 1, span, width), dtype=dtype)
     mask.masked_fill_(~visible[:, None], torch.finfo(dtype).min)
     slots = [kv.slot for kv in caches]
-    write = write_index(caches, [range(span - n, span) for n in counts], range(rows), device)
+    write = write_index(caches, [range(span - n, span) for n in counts], range(rows), pool.width, device)
     order = None if slots == list(range(rows)) else torch.tensor(slots, dtype=torch.long, device=device)
     cache = SlotCache(pool, write, seen=max(lengths), width=width, rows=order)
     return StepBatch(
