@@ -400,10 +400,13 @@ def test_the_slot_pool_is_written_in_place_and_dropped_when_idle(llama, prompts)
         for layer, cached in enumerate(own.past_key_values.layers):
             torch.testing.assert_close(kv.keys[layer][:, : kv.length], cached.keys[0], atol=1e-5, rtol=0)
     handles[1].cancel()
+    late = engine.submit(prompts[4], max_new_tokens=NEW)
     engine.step()  # the freed slot is taken by the next admission; the pool stays while others run
-    assert pool.keys
+    assert late._seq.kv.slot == 1 and pool.keys
     while engine.step() is not None:
         pass
     assert pool.keys == [] and pool.width == 0  # nothing running: the memory went back
+    alone = engine.generate([prompts[0], prompts[4]], max_new_tokens=NEW)
+    assert [handles[0].result(), late.result()] == alone
     again = engine.submit(prompts[3], max_new_tokens=2)
     assert again.result() == engine.generate([prompts[3]], max_new_tokens=2)[0]

@@ -388,13 +388,14 @@ class GenerationEngine:
             with self._lock:
                 running, admitted = self._scheduler.plan()
                 self._drop_removed_adapters([*running, *admitted])
+                for seq in [*running, *admitted]:
+                    if not seq.done:  # a running sequence has its kv: bind it to a slot of the pool
+                        seq.kv.bind(self._pool)  # type: ignore[union-attr]
                 rows, setup = _order_rows([*running, *admitted])
                 if not rows:
                     return None
                 samples = [seq.samples for seq in rows]  # False: a prefill chunk, no token this step
                 decode = sum(seq.decoding for seq in rows)
-                for seq in rows:
-                    seq.kv.bind(self._pool)  # type: ignore[union-attr]  # a running sequence has its kv
                 try:
                     batch = self._build_step(rows)
                 except Exception as error:  # e.g. a cache reservation too short: the step's rows fail
@@ -537,11 +538,14 @@ class GenerationEngine:
 
 
 def _order_rows(seqs: Sequence[SequenceState]) -> tuple[list[SequenceState], Setup | None]:
-    """The step's rows grouped adapter by adapter (rows with no adapter last) and the per-call setup for them."""
+    """The step's rows grouped adapter by adapter (rows with no adapter last; by slot within a group) and the
+    per-call setup for them."""
     groups: dict[str | None, list[SequenceState]] = {}
     for seq in seqs:
         if not seq.done:
             groups.setdefault(seq.runs, []).append(seq)
+    for group in groups.values():  # by slot: consecutive slots read as a view of the pool (kv_cache)
+        group.sort(key=lambda s: s.kv.slot if s.kv is not None else -1)
     if None in groups:
         groups[None] = groups.pop(None)  # last: BatchSplit runs the named adapters as one grouped computation
     names = list(groups)

@@ -18,8 +18,8 @@ and hands the attention a view or one gather of the pool:
 
 - one row per sequence (``build_step``): row ``i`` holds ``P_i`` cached tokens and ``n_i`` new ones; with
   ``T = max n_i`` the fed tokens are right-aligned in ``(B, T)`` inputs, and the attention sees the slots' first
-  ``W' = max (P_i + n_i)`` positions, ``(B, kv_heads, W', head_dim)`` (a view of the pool when the rows are slots
-  ``0..B-1`` in order, else one ``index_select``). The 4-D additive mask ``(B, 1, T, W')`` lets row ``i``'s query
+  ``W' = max (P_i + n_i)`` positions, ``(B, kv_heads, W', head_dim)`` (a view of the pool when the rows are
+  consecutive slots in order, else one ``index_select``). The 4-D additive mask ``(B, 1, T, W')`` lets row ``i``'s query
   at true position ``q = P_i + k`` see its slot's positions ``<= q`` (a padding query sees position 0);
 - one packed row (``gen_packed``): the keys every sequence's cached then new tokens in segment order, one
   ``index_select`` of the pool seen as ``(kv_heads, slots * width, head_dim)`` (already in the attention's
@@ -160,7 +160,7 @@ class CacheBudget:
 class SlotCache(DynamicCache):
     """The cache of one step over a ``KVPool``. ``update`` writes the new keys / values ``(B, kv_heads, T, head_dim)``
     in place: ``new[row[n], :, col[n]]`` to flat index ``dest[n]`` (slot * width + position) of every fed token
-    ``n``; it returns ``(B, kv_heads, width, head_dim)`` rows of the slots ``rows`` (None: slots ``0..B-1``, a view)
+    ``n``; it returns ``(B, kv_heads, width, head_dim)`` rows of the slots ``rows`` (None: slots ``first..first+B-1``, a view)
     when ``flat`` is None, else the keys at flat indices ``flat`` ``(K,)`` as one row ``(1, kv_heads, K, head_dim)``.
     ``seen``: the cached tokens before this step (``get_seq_length``)."""
 
@@ -172,16 +172,11 @@ class SlotCache(DynamicCache):
         width: int = 0,
         rows: torch.Tensor | None = None,
         flat: torch.Tensor | None = None,
+        first: int = 0,
     ) -> None:
         super().__init__()
-        self.pool, self.write, self.seen, self.width, self.rows, self.flat = (
-            pool,
-            write,
-            seen,
-            width,
-            rows,
-            flat,
-        )
+        self.pool, self.write, self.seen, self.width = pool, write, seen, width
+        self.rows, self.flat, self.first = rows, flat, first
 
     def update(  # type: ignore[override]
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
@@ -196,8 +191,9 @@ class SlotCache(DynamicCache):
         if self.flat is not None:  # (1, kv_heads, K, head_dim)
             return flat_keys.index_select(1, self.flat)[None], flat_values.index_select(1, self.flat)[None]
         batch = int(key_states.shape[0])
-        if self.rows is None:  # the step's rows are slots 0..B-1: a view, no copy
-            k, v = keys[:, :batch, : self.width], values[:, :batch, : self.width]
+        if self.rows is None:  # the step's rows are slots first..first+B-1: a view, no copy
+            end = self.first + batch
+            k, v = keys[:, self.first : end, : self.width], values[:, self.first : end, : self.width]
         else:
             k = keys[:, :, : self.width].index_select(1, self.rows)  # (kv_heads, B, W', head_dim)
             v = values[:, :, : self.width].index_select(1, self.rows)
@@ -274,8 +270,9 @@ def build_step(
     mask.masked_fill_(~visible[:, None], torch.finfo(dtype).min)
     slots = [kv.slot for kv in caches]
     write = write_index(caches, [range(span - n, span) for n in counts], range(rows), pool.width, device)
-    order = None if slots == list(range(rows)) else torch.tensor(slots, dtype=torch.long, device=device)
-    cache = SlotCache(pool, write, seen=max(lengths), width=width, rows=order)
+    consecutive = slots == list(range(slots[0], slots[0] + rows))
+    order = None if consecutive else torch.tensor(slots, dtype=torch.long, device=device)
+    cache = SlotCache(pool, write, seen=max(lengths), width=width, rows=order, first=slots[0])
     return StepBatch(
         input_ids=input_ids.to(device),
         position_ids=position_ids.to(device),
