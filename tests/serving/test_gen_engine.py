@@ -373,3 +373,40 @@ def test_async_iteration_streams_the_same_tokens(llama, prompts):
     with GenerationEngine(llama) as running:
         got = asyncio.run(main(running))
     assert got == [reference(llama, prompts[1], "b"), reference(llama, prompts[2], None)]
+
+
+def test_attention_without_a_4d_mask_is_refused(llama):
+    before = llama.config._attn_implementation
+    llama.config._attn_implementation = "flash_attention_2"
+    try:
+        with pytest.raises(ConfigError, match="'sdpa' or 'eager'"):
+            GenerationEngine(llama)
+    finally:
+        llama.config._attn_implementation = before
+    assert GenerationEngine(llama).model is llama
+
+
+def test_the_slot_pool_is_written_in_place_and_dropped_when_idle(llama, prompts):
+    engine = GenerationEngine(llama, stop_ids=[], max_num_seqs=3)
+    handles = [engine.submit(prompts[i], max_new_tokens=NEW) for i in range(3)]
+    engine.step()
+    pool = engine._pool
+    assert [h._seq.kv.slot for h in handles] == [0, 1, 2] and pool.keys
+    for handle, i in zip(handles, range(3), strict=True):
+        with torch.no_grad():
+            own = llama(torch.tensor([prompts[i]]), use_cache=True)
+        kv = handle._seq.kv
+        assert kv.length == LENGTHS[i]
+        for layer, cached in enumerate(own.past_key_values.layers):
+            torch.testing.assert_close(kv.keys[layer][:, : kv.length], cached.keys[0], atol=1e-5, rtol=0)
+    handles[1].cancel()
+    late = engine.submit(prompts[4], max_new_tokens=NEW)
+    engine.step()  # the freed slot is taken by the next admission; the pool stays while others run
+    assert late._seq.kv.slot == 1 and pool.keys
+    while engine.step() is not None:
+        pass
+    assert pool.keys == [] and pool.width == 0  # nothing running: the memory went back
+    alone = engine.generate([prompts[0], prompts[4]], max_new_tokens=NEW)
+    assert [handles[0].result(), late.result()] == alone
+    again = engine.submit(prompts[3], max_new_tokens=2)
+    assert again.result() == engine.generate([prompts[3]], max_new_tokens=2)[0]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from functools import lru_cache
 from typing import Any, ClassVar
 
 import torch
@@ -580,16 +581,32 @@ class LoRAAdapter(AdapterModule):
             x = first.dropout(x)
         a = torch.cat([m.lora_A for m in layers]).t()  # (d_in, R)
         b = torch.cat([m.lora_B for m in layers], dim=1).t()  # (R, d_out)
-        owner = torch.full((x.shape[1],), -1, dtype=torch.long)  # (T,): the slice of each token, -1 for none
-        for k, (start, end) in enumerate(bounds):
-            owner[start:end] = k
-        columns = torch.repeat_interleave(torch.arange(len(layers)), torch.tensor(ranks))  # (R,)
-        scale = torch.tensor([m.scaling for m in layers], dtype=y.dtype)[columns]  # (R,)
-        mask = (owner[:, None] == columns[None, :]).to(y.dtype) * scale  # (T, R)
-        delta = ((x @ a.to(x.dtype)) * mask.to(x.device)) @ b.to(x.dtype)  # (B, T, d_out)
+        scales = tuple(float(m.scaling) for m in layers)
+        mask = _slice_mask(int(x.shape[1]), tuple(bounds), tuple(ranks), scales, y.dtype, x.device)  # (T, R)
+        delta = ((x @ a.to(x.dtype)) * mask) @ b.to(x.dtype)  # (B, T, d_out)
         return y + delta.to(y.dtype)
 
     def merged_deltas(self) -> Iterator[tuple[int, str, torch.Tensor]]:
         self.check_ready()
         for layer, point, lora in self.lora_targets():
             yield layer, point, lora.weight_delta()
+
+
+@lru_cache(maxsize=64)
+def _slice_mask(
+    length: int,
+    bounds: tuple[tuple[int, int], ...],
+    ranks: tuple[int, ...],
+    scales: tuple[float, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor:
+    """``(T, R)``: ``s_k`` where token ``t`` lies in slice ``k`` (``bounds[k]``) and column ``r`` belongs to adapter
+    ``k`` (``ranks`` side by side), else 0. A pure function of its arguments, memoised: a packed step asks it with
+    the same arguments at every LoRA point (the result is only read)."""
+    owner = torch.full((length,), -1, dtype=torch.long)  # (T,): the slice of each token, -1 for none
+    for k, (start, end) in enumerate(bounds):
+        owner[start:end] = k
+    columns = torch.repeat_interleave(torch.arange(len(ranks)), torch.tensor(ranks))  # (R,)
+    scale = torch.tensor(scales, dtype=dtype)[columns]  # (R,)
+    return ((owner[:, None] == columns[None, :]).to(dtype) * scale).to(device)  # (T, R)

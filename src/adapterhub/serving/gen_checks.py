@@ -14,6 +14,7 @@ from adapterhub.spec.composition import Average, Setup, Stack, setup_names
 # methods whose adapters the engine runs per row (tested token-identical to generate() with the adapter alone);
 # prefix tuning's keys/values are prepended inside attention at every step (never cached), per row by BatchSplit;
 # prompt tuning's soft prompt is fed once as history positions (gen_prompt), alone on its rows
+MASKED_ATTENTION = frozenset({"eager", "sdpa"})  # take an explicit 4-D additive mask as it is (kv_cache)
 MIXABLE_METHODS = frozenset({"lora", "dora", "ia3", "bottleneck", "prefix_tuning", *SOFT_PROMPTS})
 
 
@@ -171,6 +172,12 @@ def check_model(model: Any) -> None:
     if model.get_output_embeddings() is None:
         raise UnsupportedArchitectureError(
             f"{type(model).__name__} has no LM head; load the model with AutoModelForCausalLM."
+        )
+    impl = str(getattr(config, "_attn_implementation", None) or "eager").removeprefix("adapterhub_")
+    if impl not in MASKED_ATTENTION:
+        raise ConfigError(
+            f"GenerationEngine gives attention a 4-D mask over its cache slots, so it needs attn_implementation "
+            f"'sdpa' or 'eager'; this model uses {impl!r}. Call model.set_attn_implementation('sdpa') first."
         )
     if model._store.merged:
         raise ConfigError(

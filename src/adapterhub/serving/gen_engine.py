@@ -62,7 +62,7 @@ from adapterhub.serving.gen_scheduler import (
     Scheduler,
     SequenceState,
 )
-from adapterhub.serving.kv_cache import StepBatch, build_step
+from adapterhub.serving.kv_cache import KVPool, StepBatch, build_step
 from adapterhub.serving.sampling import (
     RowSampler,
     SamplingParams,
@@ -154,6 +154,7 @@ class GenerationEngine:
         self.last_step: StepInfo | None = None
         self.packed = packed
         self.mask_dtype = model.get_input_embeddings().weight.dtype
+        self._pool = KVPool(max_num_seqs)  # every sequence's cache, one slot each (kv_cache)
 
     # ------------------------------------------------------------------ public API
     def submit(
@@ -356,6 +357,7 @@ class GenerationEngine:
         with self._lock:
             for seq in [*self._scheduler.running, *self._scheduler.waiting]:
                 self._end_cancelled(seq)
+            self._pool.trim()
 
     def __enter__(self) -> GenerationEngine:
         return self.start()
@@ -402,12 +404,21 @@ class GenerationEngine:
             with self._lock:
                 running, admitted = self._scheduler.plan()
                 self._drop_removed_adapters([*running, *admitted])
+                for seq in [*running, *admitted]:
+                    if not seq.done:  # a running sequence has its kv: bind it to a slot of the pool
+                        seq.kv.bind(self._pool)  # type: ignore[union-attr]
                 rows, setup = _order_rows([*running, *admitted])
                 if not rows:
                     return None
                 samples = [seq.samples for seq in rows]  # False: a prefill chunk, no token this step
                 decode = sum(seq.decoding for seq in rows)
-                batch = self._build_step(rows)
+                try:
+                    batch = self._build_step(rows)
+                except Exception as error:  # e.g. a cache reservation too short: the step's rows fail
+                    for seq in rows:
+                        self._scheduler.leave(seq, FAILED, error)
+                    self._pool.trim()
+                    raise
                 if isinstance(batch, PackedStep):
                     setup = batch.row.setup  # a Split over the row's positions, one slice per adapter
             try:
@@ -434,18 +445,17 @@ class GenerationEngine:
                     _choose(seq.sampler, logits[i], greedy[i]) if samples[i] else None
                     for i, seq in enumerate(rows)
                 ]
-                cache = output.past_key_values
             except Exception as error:  # the step's rows fail together; the waiting ones go on
                 with self._lock:
                     for seq in rows:
                         self._scheduler.leave(seq, FAILED, error)
+                    self._pool.trim()
                 raise
             with self._lock:
                 for i, seq in enumerate(rows):
                     if seq.done or seq.kv is None:  # cancelled during the forward pass
                         continue
-                    keys, values = batch.new_kv(cache, i)
-                    seq.kv.append([k.clone() for k in keys], [v.clone() for v in values])
+                    seq.kv.advance(batch.new_tokens[i])  # the forward wrote them into its slot
                     choice = choices[i]
                     if choice is None:  # a prefill chunk: its prompt goes on next step
                         continue
@@ -455,6 +465,7 @@ class GenerationEngine:
                         Exception
                     ) as error:  # e.g. its tokenizer failed to decode: that sequence alone fails
                         self._scheduler.leave(seq, FAILED, error)
+                self._pool.trim()
             info = StepInfo(len(rows) - decode, decode, sum(batch.new_tokens), setup, samples.count(False))
             self.last_step = info
             return info
@@ -467,8 +478,8 @@ class GenerationEngine:
         new_ids = [s.next_ids() for s in rows]
         if self.packed:
             runs = [s.runs for s in rows]
-            return build_packed_step(caches, new_ids, runs, device, self.mask_dtype)  # type: ignore[arg-type]
-        return build_step(caches, new_ids, self.pad_id, device)  # type: ignore[arg-type]
+            return build_packed_step(caches, new_ids, runs, device, self.mask_dtype, self._pool)  # type: ignore[arg-type]
+        return build_step(caches, new_ids, self.pad_id, device, self._pool, self.mask_dtype)  # type: ignore[arg-type]
 
     def _loop(self) -> None:
         while not self._closing:
@@ -546,11 +557,14 @@ class GenerationEngine:
 
 
 def _order_rows(seqs: Sequence[SequenceState]) -> tuple[list[SequenceState], Setup | None]:
-    """The step's rows grouped adapter by adapter (rows with no adapter last) and the per-call setup for them."""
+    """The step's rows grouped adapter by adapter (rows with no adapter last; by slot within a group) and the
+    per-call setup for them."""
     groups: dict[str | None, list[SequenceState]] = {}
     for seq in seqs:
         if not seq.done:
             groups.setdefault(seq.runs, []).append(seq)
+    for group in groups.values():  # by slot: consecutive slots read as a view of the pool (kv_cache)
+        group.sort(key=lambda s: s.kv.slot if s.kv is not None else -1)
     if None in groups:
         groups[None] = groups.pop(None)  # last: BatchSplit runs the named adapters as one grouped computation
     names = list(groups)
