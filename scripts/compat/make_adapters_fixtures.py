@@ -469,6 +469,36 @@ def hidden_for(model, input_ids, attention_mask=None):
         return model.base_model(input_ids=input_ids, **kwargs).last_hidden_state
 
 
+def hidden_reloaded(case_dir: Path, input_ids, attention_mask, **load_kwargs):
+    """``last_hidden_state`` after that library loads ``case_dir/adapter`` into a fresh model of ``case_dir/base``."""
+    fresh = AutoAdapterModel.from_pretrained(str(case_dir / "base"), **load_kwargs).eval()
+    fresh.set_active_adapters(fresh.load_adapter(str(case_dir / "adapter")))
+    fresh.eval()
+    return hidden_for(fresh, input_ids, attention_mask)
+
+
+def run_method_cases(argv, description: str, cases: dict, make_case) -> int:
+    """The command line of a one-method fixture script: ``--out``, ``--case`` (repeatable); runs
+    ``make_case(out, case, arch, config, seed)`` for each selected ``cases[case] = (arch, config factory, seed)``."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+    parser.add_argument(
+        "--case", action="append", choices=sorted(cases), help="only these cases (repeatable)"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # bit-stable CPU results
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("adapters").setLevel(logging.ERROR)
+    assert adapters.__version__.startswith("1.3"), adapters.__version__
+    args.out.mkdir(parents=True, exist_ok=True)
+    for case in args.case or cases:
+        arch, make_config, seed = cases[case]
+        make_case(args.out, case, arch, make_config(), seed)
+    return 0
+
+
 def lora_qv_config():
     return LoRAConfig(r=8, alpha=16, selfattn_lora=True, attn_matrices=["q", "v"])
 

@@ -18,20 +18,15 @@ This script only uses ``adapters``, ``transformers`` and ``torch``; it never imp
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from pathlib import Path
 
-import adapters
 import torch
-import transformers
-from adapters import AutoAdapterModel, DiReftConfig, LoReftConfig, NoReftConfig
+from adapters import DiReftConfig, LoReftConfig, NoReftConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_adapters_fixtures import (
     ATTN_IMPLEMENTATION,
-    DEFAULT_OUT,
     base_stats,
     check_effect,
     fresh_case_dir,
@@ -41,8 +36,12 @@ from make_adapters_fixtures import (
     make_inputs,
     randomize,
     read_config,
+    run_method_cases,
     versions,
     write_json,
+)
+from make_adapters_fixtures import (
+    hidden_reloaded as reloaded,
 )
 
 CASES = {
@@ -120,10 +119,7 @@ def reft_case(out: Path, case: str, arch: str, config, seed: int) -> None:
     effect = check_effect(hidden, hidden_plain, case)
     model.save_adapter(str(case_dir / "adapter"), name, with_head=False)
 
-    fresh = AutoAdapterModel.from_pretrained(str(case_dir / "base"), **load_kwargs).eval()
-    fresh.set_active_adapters(fresh.load_adapter(str(case_dir / "adapter")))
-    fresh.eval()
-    hidden_reloaded = hidden_for(fresh, input_ids, attention_mask)
+    hidden_reloaded = reloaded(case_dir, input_ids, attention_mask, **load_kwargs)
 
     expected = {
         "case": case,
@@ -153,23 +149,7 @@ def reft_case(out: Path, case: str, arch: str, config, seed: int) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
-    parser.add_argument(
-        "--case", action="append", choices=sorted(CASES), help="only these cases (repeatable)"
-    )
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # bit-stable CPU results
-    transformers.logging.set_verbosity_error()
-    logging.getLogger("adapters").setLevel(logging.ERROR)
-    assert adapters.__version__.startswith("1.3"), adapters.__version__
-    args.out.mkdir(parents=True, exist_ok=True)
-    for case in args.case or CASES:
-        arch, make_config, seed = CASES[case]
-        reft_case(args.out, case, arch, make_config(), seed)
-    return 0
+    return run_method_cases(argv, __doc__, CASES, reft_case)
 
 
 if __name__ == "__main__":
