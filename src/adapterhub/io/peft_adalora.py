@@ -29,7 +29,14 @@ import torch
 from torch import nn
 
 from adapterhub.errors import AdapterFileError, ConfigError
-from adapterhub.io.peft_common import PREFIX, add_saved_tensors, module_tensors, point_paths, write_peft_files
+from adapterhub.io.peft_common import (
+    PREFIX,
+    add_saved_tensors,
+    module_tensors,
+    module_weights,
+    point_paths,
+    write_peft_files,
+)
 from adapterhub.io.peft_keys import check_adalora_keys
 from adapterhub.io.peft_layout import parts_reader
 from adapterhub.runtime.records import AdapterRecord
@@ -67,16 +74,9 @@ def read_peft_adalora(
         for key, mask in (meta.get("rank_pattern") or {}).items()
     }
     tensors: dict[str, torch.Tensor] = {}
-    head: dict[str, torch.Tensor] = {}
     paths: set[str] = set()
-    for key, tensor in raw.items():
-        if not key.startswith(PREFIX):
-            raise AdapterFileError(f"peft weight {key!r} in {directory} is not under {PREFIX!r}.")
-        match = _WEIGHT.match(key[len(PREFIX) :])
-        if match is None:
-            head[key[len(PREFIX) :]] = tensor  # modules_to_save
-            continue
-        path, param = match.group("path"), match.group("param")
+    weights, head = module_weights(raw, _WEIGHT, directory)  # head: modules_to_save
+    for key, path, param, tensor in weights:
         mask = pattern.get(path)
         tensors[f"by_name.{path.replace('.', ':')}.{param}"] = _expand(key, tensor, param, mask, init_r)
         paths.add(path)

@@ -144,6 +144,26 @@ def module_tensors(
         yield found[0], found[1], tensor
 
 
+def module_weights(
+    raw: Mapping[str, torch.Tensor], pattern: re.Pattern[str], directory: Path
+) -> tuple[list[tuple[str, str, str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Split a peft file's weights targeted by module name: ``(key, module path, param, tensor)`` for every key
+    under :data:`PREFIX` whose rest ``pattern`` matches (groups ``path`` and ``param``), and the other keys under
+    it (``modules_to_save`` copies, heads) by their rest. A key outside :data:`PREFIX` raises
+    :class:`AdapterFileError`."""
+    matched: list[tuple[str, str, str, torch.Tensor]] = []
+    rest: dict[str, torch.Tensor] = {}
+    for key, tensor in raw.items():
+        if not key.startswith(PREFIX):
+            raise AdapterFileError(f"peft weight {key!r} in {directory} is not under {PREFIX!r}.")
+        match = pattern.match(key[len(PREFIX) :])
+        if match is None:
+            rest[key[len(PREFIX) :]] = tensor
+        else:
+            matched.append((key, match.group("path"), match.group("param"), tensor))
+    return matched, rest
+
+
 def split_rows(key: str, tensor: torch.Tensor, parts: int) -> list[torch.Tensor]:
     """The equal row blocks of a fused module's weight, one per part (q, k, v of GPT-2's ``c_attn``)."""
     if tensor.shape[0] % parts:

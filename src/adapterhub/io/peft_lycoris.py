@@ -38,6 +38,7 @@ from adapterhub.io.peft_common import (
     PREFIX,
     add_saved_tensors,
     module_tensors,
+    module_weights,
     write_conv_modules,
     write_peft_files,
 )
@@ -70,16 +71,9 @@ def read_peft_lycoris(
     """``(config, tensors, head tensors)`` of a peft LoHa / LoKr directory, targeted by module name."""
     method = METHODS[str(meta["peft_type"])]
     tensors: dict[str, torch.Tensor] = {}
-    head: dict[str, torch.Tensor] = {}
     paths: set[str] = set()
-    for key, tensor in raw.items():
-        if not key.startswith(PREFIX):
-            raise AdapterFileError(f"peft weight {key!r} in {directory} is not under {PREFIX!r}.")
-        match = _WEIGHT.match(key[len(PREFIX) :])
-        if match is None:
-            head[key[len(PREFIX) :]] = tensor  # modules_to_save
-            continue
-        path, param = match.group("path"), match.group("param")
+    weights, head = module_weights(raw, _WEIGHT, directory)  # head: modules_to_save
+    for key, path, param, tensor in weights:
         if param in ("hada_t1", "hada_t2", "lokr_t2"):
             raise ConfigError(
                 f"peft weight {key!r} in {directory} is a CP-decomposed convolution factor (use_effective_conv2d="

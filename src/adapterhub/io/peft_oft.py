@@ -30,7 +30,13 @@ import torch
 from torch import nn
 
 from adapterhub.errors import AdapterFileError, ConfigError
-from adapterhub.io.peft_common import PREFIX, add_saved_tensors, module_tensors, write_peft_files
+from adapterhub.io.peft_common import (
+    PREFIX,
+    add_saved_tensors,
+    module_tensors,
+    module_weights,
+    write_peft_files,
+)
 from adapterhub.io.peft_keys import METADATA
 from adapterhub.io.peft_layout import make_record, read_weights, saved_modules
 from adapterhub.runtime.records import AdapterRecord, ModelInfo
@@ -122,17 +128,11 @@ def read_peft_oft(
             stacklevel=2,
         )
     tensors: dict[str, torch.Tensor] = {}
-    head: dict[str, torch.Tensor] = {}
     paths: set[str] = set()
     factors: set[int] = set()
-    for key, tensor in read_weights(directory).items():
-        if not key.startswith(PREFIX):
-            raise AdapterFileError(f"peft weight {key!r} in {directory} is not under {PREFIX!r}.")
-        match = _WEIGHT.match(key[len(PREFIX) :])
-        if match is None:
-            head[key[len(PREFIX) :]] = tensor  # modules_to_save
-            continue
-        path, param = match.group("path"), match.group("param").split(".")[0]
+    weights, head = module_weights(read_weights(directory), _WEIGHT, directory)  # head: modules_to_save
+    for _, path, full_param, tensor in weights:
+        param = full_param.split(".")[0]
         tensors[f"by_name.{path.replace('.', ':')}.{param}"] = tensor
         paths.add(path)
         if param == "boft_R":

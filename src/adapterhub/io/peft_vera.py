@@ -31,7 +31,13 @@ import torch
 from torch import nn
 
 from adapterhub.errors import AdapterFileError, ConfigError
-from adapterhub.io.peft_common import PREFIX, add_saved_tensors, module_tensors, write_peft_files
+from adapterhub.io.peft_common import (
+    PREFIX,
+    add_saved_tensors,
+    module_tensors,
+    module_weights,
+    write_peft_files,
+)
 from adapterhub.methods.vera import shared_projections
 from adapterhub.runtime.records import AdapterRecord
 from adapterhub.spec.architectures import ArchitectureSpec
@@ -54,20 +60,14 @@ def read_peft_vera(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """``(config, tensors, head tensors)`` of a peft VeRA directory, targeted by module name."""
     tensors: dict[str, torch.Tensor] = {}
-    head: dict[str, torch.Tensor] = {}
     paths: set[str] = set()
     for key, tensor in raw.items():
         if key in _PROJECTIONS:
             tensors[_PROJECTIONS[key]] = tensor
-            continue
-        if not key.startswith(PREFIX):
-            raise AdapterFileError(f"peft weight {key!r} in {directory} is not under {PREFIX!r}.")
-        match = _WEIGHT.match(key[len(PREFIX) :])
-        if match is None:
-            head[key[len(PREFIX) :]] = tensor  # modules_to_save
-            continue
-        path = match.group("path")
-        tensors[f"by_name.{path.replace('.', ':')}.{match.group('param')}"] = tensor
+    lambdas = {key: tensor for key, tensor in raw.items() if key not in _PROJECTIONS}
+    weights, head = module_weights(lambdas, _WEIGHT, directory)  # head: modules_to_save
+    for _, path, param, tensor in weights:
+        tensors[f"by_name.{path.replace('.', ':')}.{param}"] = tensor
         paths.add(path)
     if not paths:
         raise AdapterFileError(f"{directory} holds no VeRA weights (vera_lambda_b / vera_lambda_d).")
