@@ -12,11 +12,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-import torch
 import transformers
 
 from adapterhub.cli import main
-from tiny_chat import chat_tokenizer
+from tiny_chat import save_chat_llama
 
 TEMPLATE_WORDS = "Classify the text. Answer with one of: negative, positive. Text:"
 WORDS = "a movie film plot good great fun bad awful dull negative positive"
@@ -41,16 +40,7 @@ def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny random Llama + chat tokenizer saved as a model folder, and a tiny classification task folder."""
     root = tmp_path_factory.mktemp("decoder-demo")
     model_dir, data_dir = root / "model", root / "data"
-    tokenizer = chat_tokenizer([*TEMPLATE_WORDS.split(), *WORDS.split()])
-    tokenizer.save_pretrained(str(model_dir))
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-    )  # fmt: skip
-    transformers.LlamaForCausalLM(config).save_pretrained(str(model_dir))
+    save_chat_llama(model_dir, [*TEMPLATE_WORDS.split(), *WORDS.split()], context=128)
     data_dir.mkdir()
     rng = random.Random(0)
     for split, count in (("train", 24), ("dev", 6)):

@@ -10,10 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from tiny_chat import chat_tokenizer
+from tiny_chat import save_chat_llama
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = [
@@ -51,22 +49,8 @@ WORDS = [
 
 @pytest.mark.slow
 def test_load_bench_runs_every_phase(tmp_path: Path) -> None:
-    tokenizer = chat_tokenizer(WORDS)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        eos_token_id=2,
-        pad_token_id=2,
-        bos_token_id=1,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "model").mkdir()
+    save_chat_llama(tmp_path / "model", WORDS, context=256)
     out = tmp_path / "out"
     command = [
         sys.executable,

@@ -21,7 +21,7 @@ import transformers
 import adapterhub
 from adapterhub.serving.background import BackgroundServer
 from adapterhub.serving.engine import EngineConfig, ServingEngine
-from tiny_chat import chat_tokenizer
+from tiny_chat import chat_tokenizer, save_chat_llama
 from tiny_models import perturb
 
 WORDS = "the a movie film plot is was and but not very good bad great fun dull it i liked who what system user assistant"
@@ -32,16 +32,7 @@ CONTEXT = 64
 def chat_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny random Llama + chat tokenizer saved to a directory, and a LoRA adapter (no head) for it."""
     directory = tmp_path_factory.mktemp("chat-llama")
-    tokenizer = chat_tokenizer(WORDS.split())
-    tokenizer.save_pretrained(str(directory))
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CONTEXT,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-    )  # fmt: skip
-    transformers.LlamaForCausalLM(config).save_pretrained(str(directory))
+    save_chat_llama(directory, WORDS.split(), context=CONTEXT)
     model = adapterhub.init(transformers.AutoModelForCausalLM.from_pretrained(str(directory)).eval())
     model.add_adapter("poems", config="lora")
     perturb(model._adapterhub.adapters["poems"], std=0.3, seed=3)

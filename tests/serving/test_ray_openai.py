@@ -25,13 +25,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import torch
 import transformers
 
 import adapterhub
 from adapterhub.serving.background import BackgroundServer
 from adapterhub.serving.engine import EngineConfig, ServingEngine
-from tiny_chat import chat_tokenizer
+from tiny_chat import save_chat_llama
 from tiny_models import perturb
 
 pytestmark = pytest.mark.slow
@@ -49,16 +48,7 @@ TOKEN = "ray-secret"
 @pytest.fixture(scope="module")
 def chat_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     directory = tmp_path_factory.mktemp("ray-chat-llama")
-    tokenizer = chat_tokenizer(WORDS.split())
-    tokenizer.save_pretrained(str(directory))
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CONTEXT,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-    )  # fmt: skip
-    transformers.LlamaForCausalLM(config).save_pretrained(str(directory))
+    save_chat_llama(directory, WORDS.split(), context=CONTEXT)
     model = adapterhub.init(transformers.AutoModelForCausalLM.from_pretrained(str(directory)).eval())
     adapters = {}
     for seed, name in enumerate(("poems", "jokes")):
