@@ -197,6 +197,27 @@ def build_clip(seed: int = 0, **vision_overrides: object) -> torch.nn.Module:
     return transformers.CLIPModel(config).eval()
 
 
+def clip_with_adapters(
+    config: str, names: Sequence[str] = ("a",), **vision_overrides: object
+) -> torch.nn.Module:
+    """``build_clip(**vision_overrides)`` with one adapter of ``config`` per name, each perturbed (seeds 1, 2, ...)
+    so that it changes outputs."""
+    import adapterhub
+
+    model = adapterhub.init(build_clip(**vision_overrides))
+    for i, name in enumerate(names):
+        model.add_adapter(name, config=config)
+        perturb(model._adapterhub.adapters[name], seed=1 + i)
+    return model
+
+
+def clip_outputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor], setup: object = None) -> tuple:
+    """(text_embeds, image_embeds, logits_per_image) of a CLIP model under the adapter ``setup``."""
+    with torch.no_grad(), model.adapter_setup(setup):
+        out = model(**inputs)
+    return out.text_embeds, out.image_embeds, out.logits_per_image
+
+
 def make_clip_inputs(seed: int = 123, batch: int = 3) -> dict[str, torch.Tensor]:
     """``batch`` image-caption pairs for ``build_clip``: pixel values (B, 3, 16, 16) and captions of up to 6 token
     ids (BOS, words, EOS = 2, then padding 0)."""

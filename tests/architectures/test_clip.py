@@ -12,7 +12,8 @@ import torch
 import adapterhub
 from adapterhub import Fuse, Parallel, Stack
 from adapterhub.errors import ConfigError
-from tiny_models import build_clip, make_clip_inputs, perturb
+from tiny_models import build_clip, clip_with_adapters, make_clip_inputs
+from tiny_models import clip_outputs as outputs
 
 # config string -> the method name its saved manifest records
 METHODS = {
@@ -36,19 +37,8 @@ def inputs():
     return make_clip_inputs()
 
 
-def outputs(model, inputs, setup=None):
-    """(text_embeds, image_embeds, logits_per_image) under ``setup``."""
-    with torch.no_grad(), model.adapter_setup(setup):
-        out = model(**inputs)
-    return out.text_embeds, out.image_embeds, out.logits_per_image
-
-
 def make(config: str, names=("a",)):
-    model = adapterhub.init(build_clip())
-    for i, name in enumerate(names):
-        model.add_adapter(name, config=config)
-        perturb(model._adapterhub.adapters[name], seed=1 + i)
-    return model
+    return clip_with_adapters(config, names)
 
 
 def test_clip_model_numbers_text_layers_first_then_vision():

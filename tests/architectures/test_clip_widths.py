@@ -16,7 +16,8 @@ from adapterhub.errors import IncompatibleModelError
 from adapterhub.heads.contrastive import clip_contrastive_loss, clip_logits, zero_shot_classify
 from adapterhub.io.manifest import inspect_adapter_dir
 from adapterhub.methods import StackDims
-from tiny_models import build_clip, make_clip_inputs, perturb
+from tiny_models import build_clip, clip_with_adapters, make_clip_inputs, perturb
+from tiny_models import clip_outputs as outputs
 
 # the vision tower: wider, one more layer, fewer and wider heads, another FFN width
 VISION = dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=3, intermediate_size=53)
@@ -56,19 +57,8 @@ def inputs():
     return make_clip_inputs()
 
 
-def outputs(model, inputs, setup=None):
-    """(text_embeds, image_embeds, logits_per_image) under ``setup``."""
-    with torch.no_grad(), model.adapter_setup(setup):
-        out = model(**inputs)
-    return out.text_embeds, out.image_embeds, out.logits_per_image
-
-
 def make(config: str, names=("a",)):
-    model = adapterhub.init(build())
-    for i, name in enumerate(names):
-        model.add_adapter(name, config=config)
-        perturb(model._adapterhub.adapters[name], seed=1 + i)
-    return model
+    return clip_with_adapters(config, names, **VISION)
 
 
 def test_dims_are_per_stack():
