@@ -1,7 +1,8 @@
 """ReFT (LoReFT, NoReFT, DiReFT) on tiny BERT and Llama: the presets and config checks, the intervention's math
 on the layer output, which positions change (right and left padding, without a mask), which parameters train,
-save / load, composition (Stack with adapters elsewhere; the refused blocks with their reasons) and generation
-with a key/value cache (prefix-only: the same tokens as without a cache; suffix positions refused)."""
+save / load, composition (Stack with adapters elsewhere; BatchSplit per row, equal to separate passes; the refused
+blocks with their reasons) and generation with a key/value cache (prefix-only: the same tokens as without a cache;
+suffix positions: the prompt's last ones, intervened on at prefill only)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import torch
 import adapterhub
 from adapterhub import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from adapterhub.errors import ConfigError
+from adapterhub.methods.point_inputs import CallPositions
+from adapterhub.runtime import callstate
 from adapterhub.spec.configs import ReftConfig, resolve_config
 from method_checks import check_training_step
 from tiny_models import build
@@ -243,8 +246,6 @@ def test_refused_compositions_say_why():
     model.add_adapter("bn", "pfeiffer")
     with pytest.raises(ConfigError, match="only adapter at those layer outputs"):
         model.set_active_adapters(Stack("bn", "a"))
-    with pytest.raises(ConfigError, match="first adapter of the setup to every row"):
-        model.set_active_adapters(BatchSplit("a", "b", batch_sizes=[1, 2]))
     with pytest.raises(ConfigError, match="first adapter of the setup to every branch"):
         model.set_active_adapters(Parallel("a", "b"))
     with pytest.raises(ConfigError, match="non-padding token"):
@@ -283,11 +284,67 @@ def test_cached_generation_matches_uncached(prefix, padding):
     assert not torch.equal(cached, _generate(model, ids, mask, True))  # the adapter changes the tokens
 
 
-def test_suffix_positions_need_generation_without_cache():
-    model = reft_model("llama", "loreft[prefix_positions=1,suffix_positions=1]", kind="causal_lm")
+def test_suffix_positions_under_a_cache_are_the_prompts_last_ones():
+    """Cached generation intervenes on the prompt's last positions while the prompt is computed and never on a
+    generated token: the same tokens as a step-by-step reference that recomputes the whole sequence each step with
+    the suffix pinned to the prompt's end (per-row positions: ``rank`` / ``prompt``)."""
+    model = reft_model("llama", "loreft[prefix_positions=1,suffix_positions=2,r=2]", kind="causal_lm")
     model.set_active_adapters("a")
     ids = IDS[:, :5]
+    cached = _generate(model, ids, torch.ones_like(ids), True)
+    sequence = ids
+    for _ in range(
+        5
+    ):  # each step: the whole sequence, positions 0 and 3..4 (the prompt's suffix) intervened on
+        rows, length = sequence.shape
+        rank = torch.arange(length).expand(rows, length)
+        positions = CallPositions(None, 0, rank, torch.full((rows,), 5))
+        with torch.no_grad(), callstate.given_positions(model._store, positions):
+            logits = model(input_ids=sequence).logits[:, -1]
+        sequence = torch.cat([sequence, logits.argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(cached, sequence)
+    moving = _generate(
+        model, ids, torch.ones_like(ids), False
+    )  # without a cache: the suffix moves (that library)
+    assert moving.shape == (3, 10) and not torch.equal(moving, cached)
+
+
+def test_a_cached_call_of_several_tokens_with_suffix_positions_is_refused():
+    model = reft_model("llama", "loreft[prefix_positions=1,suffix_positions=1]", kind="causal_lm")
+    model.set_active_adapters("a")
+    ids = IDS[:1, :5]
+    with torch.no_grad():
+        cache = model(input_ids=ids[:, :2], use_cache=True).past_key_values
+        with pytest.raises(ConfigError, match="Feed the whole prompt in one call"):
+            model(
+                input_ids=ids[:, 2:],
+                attention_mask=torch.ones_like(ids),
+                past_key_values=cache,
+                use_cache=True,
+            )
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_batch_split_runs_each_reft_adapter_on_its_own_rows(arch):
+    """BatchSplit of two ReFT adapters, a LoRA and base rows (left padding in the ReFT rows) equals a separate pass
+    of each block of rows under its own adapter."""
+    model = reft_model(arch, "loreft[layers=[0,1],prefix_positions=2,suffix_positions=1,r=2]")
+    model.add_adapter("b", "direft[prefix_positions=1,suffix_positions=2,r=2]")
+    noisy(model._adapterhub.adapters["b"], seed=5)
+    model.add_adapter("lora", "lora[r=2]")
+    noisy(model._adapterhub.adapters["lora"], seed=9)
+    ids = torch.randint(3, 90, (7, 6), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)
-    with pytest.raises(ConfigError, match="use_cache=False"):
-        _generate(model, ids, mask, True)
-    assert _generate(model, ids, mask, False).shape == (3, 10)
+    mask[1, :2] = 0
+    mask[3, :1] = 0
+    sizes = [2, 2, 2, 1]
+    together = run(
+        model, BatchSplit("a", "b", "lora", None, batch_sizes=sizes), input_ids=ids, attention_mask=mask
+    )
+    start = 0
+    for setup, size in zip(["a", "b", "lora", None], sizes, strict=True):
+        rows = slice(start, start + size)
+        alone = run(model, setup, input_ids=ids[rows], attention_mask=mask[rows])
+        torch.testing.assert_close(together[rows], alone, atol=1e-5, rtol=0)
+        start += size
+    assert not torch.allclose(together[:2], run(model, None, input_ids=ids[:2], attention_mask=mask[:2]))

@@ -66,7 +66,7 @@ class _BeginCall(AdapterHook):
         if self.store.needs_call_state():
             state = callstate.begin(self.store)
             if self.store.reads_positions():
-                state.positions = callstate.call_positions(args, kwargs)
+                state.positions = callstate.call_positions(self.store, args, kwargs)
         else:
             callstate.end(self.store)  # drop what a failed call may have left
 

@@ -316,6 +316,11 @@ class AdapterModule(nn.Module):
         or None when it can; asked when a setup is activated, before ``composable``. Default: None."""
         return None
 
+    def prompt_refusal(self, length: int) -> str | None:
+        """Why a sequence whose prompt has ``length`` tokens cannot run with per-row positions
+        (``CallPositions.rank``, the generation engine's steps), or None when it can. Default: None."""
+        return None
+
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> Any:
         """Apply this adapter to the running value of a Stack at ``point``."""
         raise NotImplementedError

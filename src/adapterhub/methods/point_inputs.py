@@ -18,14 +18,26 @@ class CallPositions:
     """The positions of one model call, for methods that intervene on positions counted from the call's padding
     (ReFT): ``mask`` the call's 2D attention mask ``(batch, past + seq)`` (None when the call passed none), ``past``
     how many positions its key/value cache already held (cached decoding: the call computes positions
-    ``past .. past + seq - 1``)."""
+    ``past .. past + seq - 1``).
+
+    A caller that knows more than a mask can say (the generation engine: rows of different sequences, each with its
+    own cache length and prompt) gives the positions per row instead: ``rank`` ``(batch, seq)`` is each computed
+    position's index among its row's tokens (cached ones included; -1 on padding) and ``prompt`` ``(batch,)`` each
+    row's prompt length (its tokens before the first generated one)."""
 
     mask: torch.Tensor | None
     past: int = 0
+    rank: torch.Tensor | None = None
+    prompt: torch.Tensor | None = None
 
     def rows(self, index: slice) -> CallPositions:
         """The same positions for rows ``index`` of the batch."""
-        return CallPositions(None if self.mask is None else self.mask[index], self.past)
+        return CallPositions(
+            None if self.mask is None else self.mask[index],
+            self.past,
+            None if self.rank is None else self.rank[index],
+            None if self.prompt is None else self.prompt[index],
+        )
 
 
 class PointInputs:

@@ -21,12 +21,24 @@ row shorter than ``s``) raise a ``ConfigError`` (that library fails with an inde
 
 A row whose tokens are not one run of 1s in the mask (gaps between them) is refused.
 
-Cached decoding (the call's cache already holds ``past`` positions, its mask covers ``past + seq``): the prefix is a
-row's first ``p`` tokens counted over cached and new positions (the 1s of the mask, gaps allowed, as in the step
-batches of adapterhub's generation engine), so a step intervenes exactly where a forward over the whole sequence
-without cache would (every generated token lies past the prefix unless the prompt is shorter than ``p``); suffix
-positions move with each token, which a cache cannot follow: refused. (That library instead intervenes on
-every new token during cached decoding and fails under left padding or with suffix positions.)
+Cached decoding (the call's cache already holds ``past`` positions, its mask covers ``past + seq``) follows the
+ReFT paper's generation: the interventions belong to the prompt, which is the first call's tokens (the call without
+a cache). The prefix is a row's first ``p`` tokens counted over cached and new positions (the 1s of the mask, gaps
+allowed, as in the step batches of adapterhub's generation engine), so a step intervenes exactly where a forward
+over the whole sequence without cache would (every generated token lies past the prefix unless the prompt is
+shorter than ``p``); the suffix is the prompt's last ``s`` tokens, intervened on while the prompt is computed and
+kept in the cache, so a decode step (one new token, past the prompt) gets no suffix intervention. A cached call of
+several new tokens with ``s > 0`` (a prompt fed in pieces) is refused: the prompt's end is unknown there. (The
+`adapters` library instead intervenes on every new token during cached decoding and fails under left padding or
+with suffix positions; without a cache, ``generate(use_cache=False)``, every step recomputes the whole sequence and
+the suffix is the last ``s`` tokens of the sequence so far, as in that library.)
+
+Per-row positions (``CallPositions.rank`` / ``prompt``, given by a caller whose rows are different sequences: the
+generation engine): each computed position's index ``k`` among its row's tokens and the row's prompt length ``L``;
+``k < p`` gets the prefix unit, ``L - s <= k < L`` the suffix unit (written last) -- for a row of one unpadded
+sequence the same positions as above, whatever its cache length, padding or prompt chunking. That library's scatter
+misplaces values when a prompt is shorter than ``s`` and ``p > 0`` (``prompt_refusal`` says so before such a row
+runs with per-row positions).
 
 Attachment: the residual point ``ffn`` (the layer's last sub-layer: its value is the layer's output) of every
 chosen layer. Post-norm models (BERT): the point's output ``LN(h + x)`` is replaced by its intervened value;
@@ -34,7 +46,9 @@ pre-norm models (Llama, GPT-2), where the layer adds ``h`` to the residual itsel
 ``h + (z' - z)`` with ``z = h + residual``, zero away from the chosen positions.
 
 Composition: a ReFT adapter runs alone at its point. In a Stack its companions must sit at other points (LoRA,
-prefix tuning, ...); Fuse, Split, BatchSplit, Parallel and Average are refused (``refuse_in`` says why).
+prefix tuning, ...); in a BatchSplit it runs on its own rows, positions counted per row (the generation engine
+groups its rows so; the `adapters` library applies the setup's first adapter to every row there); Fuse, Split, Parallel and Average are refused (``refuse_in`` says why), and so is a packed
+forward (``packed_refusal``).
 """
 
 from __future__ import annotations
@@ -66,9 +80,6 @@ _REASONS = {
     "output and has no output to mix.",
     "Split": "Split divides the positions of a sequence, but ReFT counts its positions from each row's first and "
     "last non-padding token.",
-    "BatchSplit": "the `adapters` library applies the first adapter of the setup to every row there (a ReFT "
-    "adapter would intervene on the rows of the other adapters too); adapterhub refuses rather than compute that. "
-    "Run the ReFT adapter alone, or in a Stack with adapters at other points.",
     "Parallel": "the `adapters` library applies the first adapter of the setup to every branch there (a ReFT "
     "adapter would intervene on the rows of the other branches too); adapterhub refuses rather than compute that. "
     "Run the ReFT adapter alone, or in a Stack with adapters at other points.",
@@ -179,8 +190,12 @@ class ReftAdapter(AdapterModule):
 
     config_cls = ReftConfig
     config: ReftConfig
-    composable: ClassVar[frozenset[str]] = frozenset({"Stack"})
+    composable: ClassVar[frozenset[str]] = frozenset({"Stack", "BatchSplit"})
     reads_positions: ClassVar[bool] = True
+    packed_refusal: ClassVar[str | None] = (
+        "ReFT counts its positions from each sequence's first token and prompt end, which a packed row's slices "
+        "do not carry"
+    )
 
     def __init__(self, name: str, config: ReftConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
@@ -215,9 +230,11 @@ class ReftAdapter(AdapterModule):
         return frozenset({RESIDUAL})
 
     def refuse_in(self, block: str, others: Sequence[AdapterModule]) -> str | None:
-        """Outside a Stack: the block's reason (``_REASONS``); in a Stack: an adapter that also sits at a chosen
+        """Outside a Stack and a BatchSplit (each child on its own rows): the block's reason (``_REASONS``); in a Stack: an adapter that also sits at a chosen
         layer's output (the order of two changes of one output has no counterpart in that library, whose ReFT hook
         runs after every other adapter of the layer and only when ReFT comes first in the setup)."""
+        if block == "BatchSplit":
+            return None
         if block != "Stack":
             return _REASONS.get(block)
         layers = [int(i) for i in self.layers]
@@ -252,9 +269,11 @@ class ReftAdapter(AdapterModule):
     def intervene(self, layer: int, z: torch.Tensor, positions: CallPositions | None) -> torch.Tensor:
         """``z`` ``(batch, seq, d)`` with the chosen positions of each row replaced by their units' values."""
         rows, length, _ = z.shape
+        if positions is not None and positions.rank is not None:
+            return self._by_rank(units_of(self, layer), z, positions)
         mask, past = _call_mask(positions, rows, length)
         mask = None if mask is None else mask.to(z.device)
-        units: nn.ModuleList = self.layers[str(layer)].units  # type: ignore[assignment]
+        units = units_of(self, layer)
         if past > 0:
             return self._decode_step(units, z, mask, past)
         first, last = (bound.to(z.device) for bound in _bounds(mask, rows, length))
@@ -295,13 +314,15 @@ class ReftAdapter(AdapterModule):
         self, units: nn.ModuleList, z: torch.Tensor, mask: torch.Tensor | None, past: int
     ) -> torch.Tensor:
         """Cached decoding: the positions of this step whose rank among their row's tokens (the 1s of the mask,
-        counted over cached and new positions) is below ``prefix_positions`` get unit 0."""
+        counted over cached and new positions) is below ``prefix_positions`` get unit 0; a new token lies past the
+        prompt, so no suffix position is among them."""
         p, s = self.config.prefix_positions, self.config.suffix_positions
-        if s > 0:
+        if s > 0 and z.shape[1] > 1:
             raise ConfigError(
-                f"ReFT adapter {self.adapter_name!r} intervenes on the last {s} positions, which move with every "
-                "generated token; a key/value cache keeps the earlier positions as they were computed. Generate "
-                "with use_cache=False (every step then recomputes the whole sequence), or use suffix_positions=0."
+                f"ReFT adapter {self.adapter_name!r} intervenes on the last {s} positions of the prompt, which "
+                "adapterhub takes to be the first call's tokens (without a cache); this cached call computes "
+                f"{z.shape[1]} new positions, so where the prompt ends is unknown. Feed the whole prompt in one call "
+                "(as generate() does), or use suffix_positions=0."
             )
         rows, length, _ = z.shape
         if mask is None:  # no padding: the step's positions are past .. past + length - 1
@@ -314,3 +335,49 @@ class ReftAdapter(AdapterModule):
         if not bool(chosen.any()):
             return z
         return torch.where(chosen[..., None], units[0](z).to(z.dtype), z)  # (rows, seq, d)
+
+    def _by_rank(self, units: nn.ModuleList, z: torch.Tensor, positions: CallPositions) -> torch.Tensor:
+        """Per-row positions: position ``k`` of a row (``positions.rank``) gets the prefix unit when ``k < p``, the
+        suffix unit (written last) when ``L - s <= k < L`` (``L``: the row's ``positions.prompt``)."""
+        rank, prompt = positions.rank, positions.prompt
+        assert rank is not None
+        rows, length, _ = z.shape
+        if prompt is None or tuple(rank.shape) != (rows, length) or tuple(prompt.shape) != (rows,):
+            raise ConfigError(
+                f"ReFT adapter {self.adapter_name!r} got per-row positions of shape "
+                f"{tuple(rank.shape)} (prompt lengths: {None if prompt is None else tuple(prompt.shape)}) for a "
+                f"layer output of {rows} rows x {length} positions; give rank (rows, positions) and prompt (rows,)."
+            )
+        p, s = self.config.prefix_positions, self.config.suffix_positions
+        rank = rank.to(z.device)  # (rows, seq) -1 on padding
+        end = prompt.to(z.device)[:, None]  # (rows, 1)
+        real = rank >= 0
+        prefix = real & (rank < p)  # (rows, seq)
+        suffix = real & (rank >= end - s) & (rank < end)  # (rows, seq)
+        out = z
+        if p > 0 and bool(prefix.any()):
+            out = torch.where(prefix[..., None], units[0](z).to(z.dtype), out)  # (rows, seq, d)
+        if s > 0 and bool(suffix.any()):  # written last, as the suffix wins where both meet
+            out = torch.where(suffix[..., None], units[-1](z).to(z.dtype), out)  # (rows, seq, d)
+        return out
+
+    def prompt_refusal(self, length: int) -> str | None:
+        """A prompt of ``length`` tokens shorter than ``suffix_positions`` while ``prefix_positions > 0``: the
+        `adapters` library (and ``generate()`` here, which follows it) then writes shifted values into the
+        suffix positions (its scatter takes the last ``s`` of the ``min(p, L) + min(s, L)`` adapted values), which
+        per-row positions do not reproduce."""
+        p, s = self.config.prefix_positions, self.config.suffix_positions
+        if p > 0 and length < s:
+            return (
+                f"ReFT adapter {self.adapter_name!r} (prefix_positions={p}, suffix_positions={s}) on a prompt of "
+                f"{length} tokens: a prompt shorter than suffix_positions gets the `adapters` library's shifted "
+                "suffix values, which only a whole-prompt forward computes. Generate it with model.generate() and "
+                "the adapter active, or give a prompt of at least suffix_positions tokens."
+            )
+        return None
+
+
+def units_of(adapter: ReftAdapter, layer: int) -> nn.ModuleList:
+    """The units of ``adapter`` at ``layer`` (one when tied: prefix and suffix; else prefix, suffix)."""
+    units: nn.ModuleList = adapter.layers[str(layer)].units  # type: ignore[assignment]
+    return units

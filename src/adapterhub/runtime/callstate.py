@@ -93,10 +93,37 @@ def resumed(owner: object, state: CallState | None) -> Iterator[None]:
             states[key] = before
 
 
-def call_positions(args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallPositions:
-    """The positions of a model call: its 2D ``attention_mask`` ``(batch, past + seq)`` (keyword, or the second
-    positional argument as transformers models take it), and how many positions its key/value cache already holds
-    (``past_key_values.get_seq_length()``, else 0)."""
+@contextlib.contextmanager
+def given_positions(owner: object, positions: CallPositions | None) -> Iterator[None]:
+    """Calls of ``owner``'s model in this thread within the block take ``positions`` as their positions instead of
+    reading them from the call's arguments (``call_positions``): a caller whose rows are different sequences (the
+    generation engine's step, with a 4-D mask) says where each row's tokens are. ``None``: no change."""
+    if positions is None:
+        yield
+        return
+    given: dict[int, CallPositions] | None = getattr(_LOCAL, "given", None)
+    if given is None:
+        given = _LOCAL.given = {}
+    key = id(owner)
+    before = given.get(key)
+    given[key] = positions
+    try:
+        yield
+    finally:
+        if before is None:
+            given.pop(key, None)
+        else:
+            given[key] = before
+
+
+def call_positions(owner: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallPositions:
+    """The positions of a call of ``owner``'s model: those given for this thread (``given_positions``), else its 2D
+    ``attention_mask`` ``(batch, past + seq)`` (keyword, or the second positional argument as transformers models
+    take it), and how many positions its key/value cache already holds (``past_key_values.get_seq_length()``,
+    else 0)."""
+    given: dict[int, CallPositions] | None = getattr(_LOCAL, "given", None)
+    if given is not None and id(owner) in given:
+        return given[id(owner)]
     mask = kwargs["attention_mask"] if "attention_mask" in kwargs else (args[1] if len(args) > 1 else None)
     cache = kwargs.get("past_key_values")
     length = getattr(cache, "get_seq_length", None)

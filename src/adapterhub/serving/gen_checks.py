@@ -15,7 +15,8 @@ from adapterhub.spec.composition import Average, Setup, Stack, setup_names
 # prefix tuning's keys/values are prepended inside attention at every step (never cached), per row by BatchSplit;
 # prompt tuning's soft prompt is fed once as history positions (gen_prompt), alone on its rows
 MASKED_ATTENTION = frozenset({"eager", "sdpa"})  # take an explicit 4-D additive mask as it is (kv_cache)
-MIXABLE_METHODS = frozenset({"lora", "dora", "ia3", "bottleneck", "prefix_tuning", *SOFT_PROMPTS})
+# ReFT counts its positions per row (gen_positions)
+MIXABLE_METHODS = frozenset({"lora", "dora", "ia3", "bottleneck", "prefix_tuning", "reft", *SOFT_PROMPTS})
 
 
 def check_adapter(model: Any, setup: Setup | None) -> None:

@@ -54,6 +54,7 @@ from adapterhub.serving.gen_handle import Completion, GenerationHandle
 from adapterhub.serving.gen_heads import check_head, last_hidden, with_heads
 from adapterhub.serving.gen_packed import PackedStep, build_packed_step
 from adapterhub.serving.gen_penalties import apply_penalties
+from adapterhub.serving.gen_positions import check_prompt_positions, step_positions
 from adapterhub.serving.gen_prompt import soft_prompt, step_inputs
 from adapterhub.serving.gen_scheduler import (
     CANCELLED,
@@ -294,6 +295,7 @@ class GenerationEngine:
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
         check_adapter(self.model, adapter)
+        check_prompt_positions(self.model, adapter, len(prompt))
         check_head(head)
         soft = soft_prompt(self.model, adapter)
         if (
@@ -426,6 +428,7 @@ class GenerationEngine:
                     torch.no_grad(),
                     self.model.adapter_setup(setup),
                     last_hidden(self.model, rows) as hidden,
+                    step_positions(self.model, rows, batch),
                 ):
                     output = self.model(
                         **step_inputs(self.model, rows, batch.input_ids, batch.new_tokens, batch.places()),
