@@ -70,4 +70,6 @@ def step_positions(
             "GenerationEngine with packed=False (the default)."
         )
     positions = row_positions(rows, batch.places(), batch.new_tokens, int(span))
+    device = batch.input_ids.device  # moved once per step, not at every layer
+    positions = CallPositions(None, 0, positions.rank.to(device), positions.prompt.to(device))  # type: ignore[union-attr]
     return callstate.given_positions(model._store, positions)
