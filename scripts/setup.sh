@@ -21,7 +21,7 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
     "${PIP[@]}" "${TORCH_SPEC:-torch==2.13.0}"
 fi
 
-EXTRAS="demo,decoder,plot,data,train,hub,hf,serve"
+EXTRAS="demo,decoder,plot,data,train,hub,hf,serve,audio"
 # ray: the Ray Serve tests (tests/serving/test_ray*.py); export: ONNX export and its onnxruntime checks (tests/export);
 # quant, trl: QLoRA on bitsandbytes bases and training in trl's SFTTrainer (tests/quant, tests/training)
 [[ $DEV == 1 ]] && EXTRAS="$EXTRAS,dev,ray,export,quant,trl"
