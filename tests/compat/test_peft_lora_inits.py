@@ -162,9 +162,9 @@ def test_refusals_on_save_and_load(tmp_path):
     theirs.save_pretrained(tmp_path / "c")
     meta_path = tmp_path / "c" / "adapter_config.json"
     meta = json.loads(meta_path.read_text())
-    meta["init_lora_weights"] = "corda"
+    meta["init_lora_weights"] = "lora_ga"
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(ConfigError, match="init_lora_weights='corda'"):
+    with pytest.raises(ConfigError, match="init_lora_weights='lora_ga'"):
         adapterhub.init(build("llama")).load_adapter(tmp_path / "c")
     meta["init_lora_weights"] = "eva"  # EVA leaves the base as it is: a trained EVA adapter is a plain LoRA
     meta_path.write_text(json.dumps(meta))

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from adapterhub.api.arithmetic import ArithmeticMixin
+from adapterhub.api.corda import CordaMixin
 from adapterhub.api.eva import EvaMixin
 from adapterhub.api.fusion import FusionMixin
 from adapterhub.api.merging import MergeMixin
@@ -40,7 +41,7 @@ class _Regulariser(RegulariserHook, AdapterHook):
     """The fusion regulariser as an adapterhub hook (found and removed by ``deinit``)."""
 
 
-class AdapterModelMixin(MergeMixin, FusionMixin, PrefixTuningMixin, ArithmeticMixin, EvaMixin):
+class AdapterModelMixin(MergeMixin, FusionMixin, PrefixTuningMixin, ArithmeticMixin, EvaMixin, CordaMixin):
     """Adapter API added to a transformers model by ``adapterhub.init``."""
 
     _adapterhub_original: type  # the class the model had before init

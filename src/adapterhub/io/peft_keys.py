@@ -7,11 +7,13 @@ newer peft) is refused unless its value is empty.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from adapterhub.errors import ConfigError
+from adapterhub.spec.configs.data_inits import CordaConfig
 from adapterhub.spec.configs.low_rank import PISSA_NITER
 
 # keys that become part of the adapter (docs/compat.md, "peft files")
@@ -30,7 +32,8 @@ HONOURED: dict[str, str] = {
     "modules_to_save": "modules_to_save (the adapter's copies of those modules)",
     "fan_in_fan_out": "the module's type (Conv1D stores its weight transposed; peft corrects the flag the same way)",
     "init_lora_weights": "init (True / False / 'gaussian' / 'pissa' / 'pissa_niter_K' / 'olora' / 'orthogonal' / "
-    "'loftq'; 'eva' and 'mica' read as 'lora': they leave the base as it is)",
+    "'loftq' / 'corda'; 'eva' and 'mica' read as 'lora': they leave the base as it is)",
+    "corda_config": "corda_config (corda_method, use_float16_for_covariance; with init_lora_weights='corda')",
     "loftq_config": "loftq_bits / loftq_iter (with init_lora_weights='loftq')",
     "bias": "bias ('lora_only' / 'all': the adapter holds the model's biases peft saved)",
     "trainable_token_indices": "trainable_token_indices (the adapter holds the embedding rows peft saved)",
@@ -70,7 +73,6 @@ REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
         (None, {}),
         "Megatron parallel layers are not supported; save from an unsharded model",
     ),
-    "corda_config": ((None,), "CorDA initialisation " + _BASE_WEIGHTS),
     "lora_ga_config": ((None,), "LoRA-GA initialisation " + _BASE_WEIGHTS),
     "velora_config": ((None,), "VeLoRA is a different method; use a plain LoRA"),
     "alora_invocation_tokens": ((None, []), "activated LoRA (aLoRA) is not supported; use a plain LoRA"),
@@ -88,17 +90,29 @@ REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
     ),
 }
 
-INIT_VALUES = (True, False, "gaussian", "pissa", "olora", "orthogonal", "loftq", "eva", "mica")
+INIT_VALUES = (True, False, "gaussian", "pissa", "olora", "orthogonal", "loftq", "eva", "mica", "corda")
+# a peft folder of a data init that replaced the base holds no initial factors: its base is the residual model
+_RESIDUAL_BASE = (
+    "A peft adapter with init_lora_weights={init!r} is loaded: its weights apply to the residual model peft "
+    "made (W - s B0 A0, saved beside it), which the folder does not hold. It is loaded over the model's weights as "
+    "they are: load it on that residual model, or convert it with peft first "
+    "(save_pretrained(path_initial_model_for_weight_conversion=...)) to use it on the original model."
+)
 
 
 def init_from_peft(meta: Mapping[str, Any]) -> dict[str, Any]:
     """Our ``init`` (and LoftQ's options) for peft's ``init_lora_weights`` / ``loftq_config``: empty for True /
     False / 'eva' / 'mica' (a trained adapter's weights are loaded over the init, and these leave the base as it
-    is); the base-modifying inits are redone on the base when the adapter is loaded, as peft does."""
+    is); the base-modifying inits are redone on the base when the adapter is loaded, as peft does, except CorDA's
+    (found from data: the folder's base is peft's residual model, so the model's weights stay as they are, with a
+    warning)."""
     init = meta.get("init_lora_weights", True)
     if init in (True, False, None, "eva", "mica"):
         return {}
     out: dict[str, Any] = {"init": init}
+    if init == "corda":
+        warnings.warn(_RESIDUAL_BASE.format(init=init), stacklevel=3)
+        out["corda_config"] = dict(CordaConfig.from_value(meta.get("corda_config")).pairs())
     if init == "loftq":
         loftq = meta.get("loftq_config") or {}
         out.update(loftq_bits=int(loftq.get("loftq_bits", 4)), loftq_iter=int(loftq.get("loftq_iter", 1)))
