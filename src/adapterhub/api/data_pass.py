@@ -1,5 +1,5 @@
-"""What the data-driven LoRA initialisations (EVA, CorDA: ``DATA_INITS``) share: each target of the adapter as a
-module path with its rank and alpha, a forward pass with no adapter active in which the hooks of the linear and
+"""What the data-driven LoRA initialisations (EVA, CorDA, LoRA-GA: ``DATA_INITS``) share: each target of the adapter
+as a module path with its rank and alpha, a forward pass with no adapter active in which the hooks of the linear and
 module points hand each target's input ``x (..., d_in)`` to an observer (``AdapterStore.observing``), and writing
 base-modifying factors (``A``, ``B``, the initial ``A0 = A``, ``B0 = B``; the base becomes ``W - s B0 A0``)."""
 
@@ -58,7 +58,7 @@ def observed_key(layer: int, kind: str, point: str) -> tuple[int, str]:
 
 
 class DataPassMixin(AdapterAPIMixin):
-    """The parts of a data pass that EVA and CorDA share (mixed into the model through their mixins)."""
+    """The parts of a data pass that EVA, CorDA and LoRA-GA share (mixed into the model through their mixins)."""
 
     def _data_targets(self, name: str, init: str) -> tuple[LoRAAdapter, LoRAConfig, list[DataTarget]]:
         """The adapter ``name`` (a LoRA with ``init``), its config and its targets in module order. Spec-point

@@ -201,7 +201,7 @@ class LoRAAdapter(AdapterModule):
 
     def __init__(self, name: str, config: LoRAConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
-        # a data init (init="eva" / "corda"): True until its data pass ran (model.initialize_eva / _corda) or
+        # a data init (init="eva" / "corda" / "lora_ga"): True until its data pass ran (model.initialize_<init>) or
         # weights were loaded (adopt_tensors)
         self.awaiting_data = getattr(config, "init", None) in DATA_INITS
         self.by_name = nn.ModuleDict()
@@ -254,9 +254,10 @@ class LoRAAdapter(AdapterModule):
 
     def init_from_base(self, base: BaseWeights) -> None:
         """PiSSA / OLoRA / LoftQ: ``A``, ``B`` (and what leaves the base) from each target's weight, in target
-        order, drawing from the global generator as peft does (``lora_init``). The data inits (EVA, CorDA): nothing
-        (the adapter waits for its data pass, ``DATA_INITS``; EVA's ``A`` stays Kaiming-uniform and ``B`` zero, as
-        peft's; CorDA's initial factors stay zero, so the base is unchanged until the pass). Other inits: nothing."""
+        order, drawing from the global generator as peft does (``lora_init``). The data inits (EVA, CorDA,
+        LoRA-GA): nothing (the adapter waits for its data pass, ``DATA_INITS``; EVA's ``A`` stays Kaiming-uniform
+        and ``B`` zero, as peft's; the others' initial factors stay zero, so the base is unchanged until the pass).
+        Other inits: nothing."""
         if getattr(self.config, "init", None) in DATA_INITS or not self.modifies_base():
             return
         config = self.config
@@ -498,7 +499,7 @@ class LoRAAdapter(AdapterModule):
         return out
 
     def check_ready(self) -> None:
-        """Refuse to run a data-init adapter (``init="eva"`` / ``"corda"``) before its data pass."""
+        """Refuse to run a data-init adapter (``init="eva"`` / ``"corda"`` / ``"lora_ga"``) before its data pass."""
         if self.awaiting_data:
             init = self.config.init  # type: ignore[attr-defined]
             raise ConfigError(

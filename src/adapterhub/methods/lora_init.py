@@ -113,7 +113,7 @@ def base_factors(
 def convert_to_lora(
     config: dict[str, Any], tensors: dict[str, torch.Tensor]
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """A PiSSA / OLoRA / CorDA adapter as a plain LoRA on the ORIGINAL base (peft's
+    """A PiSSA / OLoRA / CorDA / LoRA-GA adapter as a plain LoRA on the ORIGINAL base (peft's
     ``path_initial_model_for_weight_conversion``): with ``W = W_res + s B0 A0``, the trained adapter computes
     ``W_res + s B A = W + s (B A - B0 A0) = W + s' B' A'`` for ``A' = [A; A0] (2r, d_in)``,
     ``B' = [B, -B0] (d_out, 2r)`` and rank ``2r``, ``alpha' = 2 alpha`` (rsLoRA: ``sqrt(2) alpha``) so that
@@ -122,7 +122,7 @@ def convert_to_lora(
     init = config.get("init", "lora")
     if not keeps_initial_factors(str(init)):
         raise ConfigError(
-            f"convert_to_lora turns a PiSSA / OLoRA / CorDA adapter into a plain LoRA; this adapter's init is {init!r}"
+            f"convert_to_lora turns a PiSSA / OLoRA / CorDA / LoRA-GA adapter into a plain LoRA; this adapter's init is {init!r}"
             + (
                 " (LoftQ's base is dequant(quant(W)), not W minus a low-rank part: save it as it is and load it on "
                 "the quantised base)."

@@ -120,7 +120,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         dest="init_batches",
         type=positive_int,
         default=16,
-        help="adapter:lora[init=eva|corda]: the init's data pass reads the first N training batches (default 16; "
+        help="adapter:lora[init=eva|corda|lora_ga]: the init's data pass reads the first N training batches (default 16; "
         "--eva-batches is the same option)",
     )
     group.add_argument("--warmup-ratio", type=float, default=0.1, help="fraction of updates spent warming up")

@@ -38,7 +38,8 @@ class TrainConfig:
     0 computes the full logits. The loss and gradients are the same either way. ``init_batches``: with a
     data-driven LoRA init, its data pass reads the first this many training batches before training:
     ``adapter:lora[init=eva]`` (``model.initialize_eva``, cycled until its components converge),
-    ``adapter:lora[init=corda]`` (``model.initialize_corda``: each target's input covariance).
+    ``adapter:lora[init=corda]`` (``model.initialize_corda``: each target's input covariance),
+    ``adapter:lora[init=lora_ga]`` (``model.initialize_lora_ga``: each target's averaged loss gradient).
     """
 
     method: str = "adapter:pfeiffer"

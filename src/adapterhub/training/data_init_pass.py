@@ -1,7 +1,8 @@
-"""The data-driven LoRA inits in ``adapterhub train``: an ``adapter:lora[init=eva]`` or ``adapter:lora[init=corda]``
-adapter gets its data pass (``model.initialize_eva`` / ``model.initialize_corda``, docs/methods.md
-"Initialisations") over the first ``init_batches`` training batches, before the optimiser is built (EVA rebuilds the
-adapter with its new ranks; CorDA writes ``A``, ``B`` and the residual base)."""
+"""The data-driven LoRA inits in ``adapterhub train``: an ``adapter:lora[init=eva]``, ``[init=corda]`` or
+``[init=lora_ga]`` adapter gets its data pass (``model.initialize_eva`` / ``initialize_corda`` /
+``initialize_lora_ga``, docs/methods.md "Initialisations") over the first ``init_batches`` training batches, before
+the optimiser is built (EVA rebuilds the adapter with its new ranks; CorDA and LoRA-GA write ``A``, ``B`` and the
+residual base)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from adapterhub.training.evaluation import to_device
 from adapterhub.training.modeling import forward_batch
 from adapterhub.training.packing import EXAMPLES_KEY, TOKENS_KEY
 
-PASSES = ("eva", "corda")  # the inits whose data pass this runs
+PASSES = ("eva", "corda", "lora_ga")  # the inits whose data pass this runs
 
 
 def _token_positions(batch: Mapping[str, torch.Tensor], config: Any) -> torch.Tensor:
@@ -44,7 +45,7 @@ def initialise_from_data(
     """Run the data pass of adapter ``name`` when its config has a data init (``PASSES``; returns that init), else
     nothing (None). EVA: token batches (``input_ids (batch, seq)``) read the positions of the attention and label
     masks; other batches (media, multiple choice) every row of each target's input. CorDA: every row of each
-    target's input in each batch (as peft's hook)."""
+    target's input in each batch (as peft's hook). LoRA-GA: the training loss of each batch (``forward_batch``)."""
     module = dict(model._adapterhub.adapters).get(name)  # type: ignore[union-attr,call-overload]
     init = getattr(module.config, "init", None) if module is not None else None
     if init not in PASSES:
@@ -64,6 +65,8 @@ def initialise_from_data(
 
     if init == "corda":
         model.initialize_corda(name, data, forward_fn=forward)  # type: ignore[operator]
+    elif init == "lora_ga":
+        model.initialize_lora_ga(name, data, loss_fn=lambda m, b: forward(m, b)[0])  # type: ignore[operator]
     else:
         tokens = kind != "multiple_choice" and all(
             "input_ids" in b and b["input_ids"].dim() == 2 for b in data

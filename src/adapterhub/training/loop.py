@@ -283,7 +283,7 @@ def _run(
         with_head=not generation,
     )
     if data_init and info.is_main:
-        label = {"eva": "EVA", "corda": "CorDA"}[data_init]
+        label = {"eva": "EVA", "corda": "CorDA", "lora_ga": "LoRA-GA"}[data_init]
         print(f"{label}: initialised from {config.init_batches} training batches", file=sys.stderr)
     batches_per_epoch = len(train_loader)
     updates_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from adapterhub.errors import ConfigError
-from adapterhub.spec.configs.checks import check_bool, check_choice
+from adapterhub.spec.configs.checks import check_bool, check_choice, require
 
 CORDA_METHODS = ("ipm", "kpm")
+LORA_GA_DIRECTIONS = ("ArBr", "A2rBr", "ArB2r", "random")
+LORA_GA_SCALES = ("stable", "weight_svd", "gd_scale", "unit")
 # peft's CordaConfig keys about files and progress output, not about the numbers: accepted and dropped
 CORDA_RUNTIME_KEYS = ("cache_file", "covariance_file", "verbose", "prune_temporary_fields")
 
@@ -68,3 +70,28 @@ class CordaConfig(_SubConfig):
     def __post_init__(self) -> None:
         check_choice("corda_config corda_method", self.corda_method, CORDA_METHODS)
         check_bool("corda_config use_float16_for_covariance", self.use_float16_for_covariance)
+
+
+@dataclass(frozen=True)
+class LoraGAConfig(_SubConfig):
+    """LoRA-GA (Wang et al. 2024): ``direction``: which of the gradient's first ``2r`` singular directions go to
+    ``A`` and which to ``B`` (``"ArB2r"``: ``A`` the first ``r`` right ones, ``B`` the next ``r`` left ones; ``"A2rBr"``
+    the other way; ``"ArBr"`` alternating; ``"random"`` a random half for both); ``scale``: ``"stable"`` (``B``
+    times ``d_out^¼ / sqrt(stable_gamma)``), ``"weight_svd"`` (``B`` times ``σ₁(W) / S_B[0]``), ``"gd_scale"``
+    (``A``, ``B`` divided by the LoRA scaling) or ``"unit"``."""
+
+    label = "lora_ga_config"
+
+    direction: str = "ArB2r"
+    scale: str = "stable"
+    stable_gamma: int = 16
+
+    def __post_init__(self) -> None:
+        check_choice("lora_ga_config direction", self.direction, LORA_GA_DIRECTIONS)
+        check_choice("lora_ga_config scale", self.scale, LORA_GA_SCALES)
+        require(
+            isinstance(self.stable_gamma, (int, float))
+            and not isinstance(self.stable_gamma, bool)
+            and self.stable_gamma > 0,
+            f"lora_ga_config stable_gamma must be a positive number, got {self.stable_gamma!r}.",
+        )
