@@ -121,7 +121,7 @@ def test_gpt2_fused_c_attn_round_trip(tmp_path):
         ("lora_bias", True, "lora_bias=True"),
         ("layer_replication", [[0, 1]], "layer_replication="),
         ("peft_type", "HRA", "peft_type"),
-        ("init_lora_weights", "lora_ga", "init_lora_weights='lora_ga'"),
+        ("init_lora_weights", "future_init", "init_lora_weights='future_init'"),
     ],
 )
 def test_unrepresentable_options_are_refused(tmp_path, option, value, message):

@@ -157,14 +157,14 @@ def test_refusals_on_save_and_load(tmp_path):
     model.save_adapter(tmp_path / "p", "x")
     with pytest.raises(ConfigError, match=r"other adapters \(y\)"):
         plain.load_adapter(tmp_path / "p")
-    # a peft file whose init needs data statistics
+    # a peft file whose init adapterhub does not know
     theirs = peft.get_peft_model(build("llama"), peft.LoraConfig(r=2, target_modules=["q_proj"]))
     theirs.save_pretrained(tmp_path / "c")
     meta_path = tmp_path / "c" / "adapter_config.json"
     meta = json.loads(meta_path.read_text())
-    meta["init_lora_weights"] = "corda"
+    meta["init_lora_weights"] = "future_init"
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(ConfigError, match="init_lora_weights='corda'"):
+    with pytest.raises(ConfigError, match="init_lora_weights='future_init'"):
         adapterhub.init(build("llama")).load_adapter(tmp_path / "c")
     meta["init_lora_weights"] = "eva"  # EVA leaves the base as it is: a trained EVA adapter is a plain LoRA
     meta_path.write_text(json.dumps(meta))

@@ -67,8 +67,14 @@ def test_every_key_is_classified():
     for key in _keys():
         assert key in HONOURED or key in METADATA or key in REFUSED, key
     assert set(HONOURED) >= NEVER_REFUSED
-    # loftq_config applies with init_lora_weights='loftq' only: tests/compat/test_peft_lora_inits.py
-    assert set(HONOURED) <= set(HONOURED_VALUES) | {"use_dora", "loftq_config"}
+    # loftq_config applies with init_lora_weights='loftq' only: tests/compat/test_peft_lora_inits.py; corda_config
+    # with 'corda', lora_ga_config with 'lora_ga': tests/methods/test_lora_corda.py, test_lora_ga.py
+    assert set(HONOURED) <= set(HONOURED_VALUES) | {
+        "use_dora",
+        "loftq_config",
+        "corda_config",
+        "lora_ga_config",
+    }
 
 
 @pytest.mark.parametrize("use_dora", [False, True])
@@ -120,7 +126,7 @@ def peft_dir(tmp_path_factory):
 @pytest.mark.parametrize(
     ("key", "value"),
     [(key, None) for key in sorted(REFUSED)]
-    + [("bias", "boft_only"), ("init_lora_weights", "corda"), ("a_newer_option", 3)],
+    + [("bias", "boft_only"), ("init_lora_weights", "future_init"), ("a_newer_option", 3)],
 )
 def test_refused_keys_are_named(tmp_path, peft_dir, key, value):
     value = _non_neutral(key) if value is None else value
@@ -135,5 +141,5 @@ def test_refused_keys_are_named(tmp_path, peft_dir, key, value):
     ours = adapterhub.init(build("bert"))
     with pytest.raises(ConfigError, match=f"sets {key}=") as info:
         ours.load_adapter(directory)
-    assert "statistics over data" in str(info.value) or key != "init_lora_weights"
+    assert "does not know" in str(info.value) or key != "init_lora_weights"
     assert not ours._adapterhub.adapters

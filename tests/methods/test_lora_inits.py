@@ -153,7 +153,7 @@ def test_base_sharing_is_refused():
     ("options", "message"),
     [
         ({"method": "dora", "init": "eva"}, "for method 'lora' only"),
-        ({"init": "corda"}, "not implemented yet: CorDA"),
+        ({"init": "mica"}, "not implemented yet: MiCA"),
         ({"init": "pisa"}, "choose one of lora, gaussian, pissa, pissa_niter_K, olora, orthogonal, loftq"),
         ({"init": "pissa_niter_0"}, "choose one of"),
         ({"init": "orthogonal", "r": 3}, "even r"),

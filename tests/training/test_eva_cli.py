@@ -1,13 +1,17 @@
-"""``adapterhub train --method 'adapter:lora[init=eva]'``: EVA's data pass runs over the first --eva-batches
-training batches before training, and the trained adapter is saved with its redistributed ranks."""
+"""``adapterhub train --method 'adapter:lora[init=eva]'`` / ``[init=corda]`` / ``[init=lora_ga]``: the init's data
+pass runs over the first --init-batches (alias --eva-batches) training batches before training; the trained adapter
+is saved with EVA's redistributed ranks, or CorDA's / LoRA-GA's initial factors."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 import transformers
 
 import adapterhub
+from adapterhub.api.corda import CordaMixin
 from adapterhub.api.eva import EvaMixin
+from adapterhub.api.lora_ga import LoraGAMixin
 from adapterhub.cli import main
 from adapterhub.errors import ConfigError
 from adapterhub.training.config import TrainConfig
@@ -51,6 +55,48 @@ def test_train_runs_the_eva_pass(tmp_path, tiny_model_dir, sentiment_dir, capsys
     assert model._adapterhub.adapters["loaded"].config == new
 
 
-def test_eva_batches_is_checked():
-    with pytest.raises(ConfigError, match="eva_batches"):
-        TrainConfig(eva_batches=0)
+def test_init_batches_is_checked():
+    with pytest.raises(ConfigError, match="init_batches"):
+        TrainConfig(init_batches=0)
+
+
+@pytest.mark.parametrize(
+    ("init", "mixin", "label"), [("corda", CordaMixin, "CorDA"), ("lora_ga", LoraGAMixin, "LoRA-GA")]
+)
+def test_train_runs_the_base_modifying_passes(
+    tmp_path, tiny_model_dir, sentiment_dir, capsys, monkeypatch, init, mixin, label
+):
+    calls = []
+    original = getattr(mixin, f"initialize_{init}")
+
+    def recording(self, name, data, **options):
+        calls.append((name, len(data)))
+        return original(self, name, data, **options)
+
+    monkeypatch.setattr(mixin, f"initialize_{init}", recording)
+    out = tmp_path / init
+    method = f"adapter:lora[init={init},r=4,target_modules=[query,value]]"
+    argv = [
+        "train",
+        "--data",
+        sentiment_dir,
+        "--model",
+        tiny_model_dir,
+        "--method",
+        method,
+        "--init-batches",
+        "2",
+    ]
+    argv += ["--max-steps", "2", "--eval-every", "2", "--lr", "1e-2", "--output-dir", out, *FLAGS]
+    assert main([str(a) for a in argv]) == 0
+    assert f"{label}: initialised from 2 training batches" in capsys.readouterr().err
+    assert calls == [("task", 2)]
+    # the saved adapter holds its initial factors: loaded on the original model, the base becomes the residual
+    model = adapterhub.init(transformers.AutoModel.from_pretrained(str(tiny_model_dir)))
+    query = model.encoder.layer[0].attention.self.query.weight.detach().clone()
+    [saved] = [p.parent for p in out.rglob("*.json") if f'"init": "{init}"' in p.read_text()]
+    model.load_adapter(str(saved), load_as="loaded")
+    lora = model._adapterhub.adapters["loaded"].layers["0"]["q"]
+    residual = query - lora.scaling * lora.initial_B @ lora.initial_A
+    torch.testing.assert_close(model.encoder.layer[0].attention.self.query.weight, residual)
+    assert not torch.equal(residual, query)

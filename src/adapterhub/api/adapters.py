@@ -30,7 +30,7 @@ from adapterhub.runtime.records import AdapterRecord
 from adapterhub.runtime.store import STORE_ATTR
 from adapterhub.spec.composition import branch_names, normalize_setup, parallel_block, setup_names
 from adapterhub.spec.configs import MethodConfig, resolve_config
-from adapterhub.spec.configs.low_rank import modifies_base
+from adapterhub.spec.configs.low_rank import DATA_INITS, modifies_base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,10 +214,11 @@ class AdapterAPIMixin(HeadsMixin):
         `adapters` library's layout, loadable by that library. ``layout="peft"`` (LoRA, DoRA, (IA)³, LoHa, LoKr,
         VeRA, OFT, BOFT, LN tuning; the table ``adapterhub.io.peft_dispatch.FORMATS``): peft's layout, loadable by ``peft.PeftModel.from_pretrained``.
 
-        ``convert_to_lora`` (a PiSSA / OLoRA adapter, any layout): save it as the plain rank-``2r`` LoRA that
+        ``convert_to_lora`` (a PiSSA / OLoRA / CorDA / LoRA-GA adapter, any layout): save it as the plain rank-``2r`` LoRA that
         computes the same on the ORIGINAL base weights (peft's ``path_initial_model_for_weight_conversion``;
         ``methods.lora_init.convert_to_lora``). Unconverted, layout ``'peft'`` writes peft's own unconverted form
-        (``init_lora_weights='pissa'`` etc.: the init is redone on the base when loaded)."""
+        (``init_lora_weights='pissa'`` etc.: the init is redone on the base when loaded); a data init that replaced the
+        base (CorDA, LoRA-GA) is refused there (peft could not redo it)."""
         record = self._record_to_save(self.adapter_record(name, with_head=with_head), layout, convert_to_lora)
         from adapterhub.io.adapters_lib_stacks import has_stack_paths
 
@@ -263,7 +264,14 @@ class AdapterAPIMixin(HeadsMixin):
         if layout == "adapters" and modifies_base(init):
             raise ConfigError(
                 f"Adapter {record.name!r} (init={init!r}) replaced the base weights, which the adapters library's "
-                "layout cannot say; save with convert_to_lora=True (PiSSA / OLoRA) or layout='adapterhub' / 'peft'."
+                "layout cannot say; save with convert_to_lora=True (PiSSA / OLoRA / CorDA / LoRA-GA) or layout='adapterhub' / 'peft'."
+            )
+        if layout == "peft" and modifies_base(init) and init in DATA_INITS:
+            raise ConfigError(
+                f"Adapter {record.name!r} (init={init!r}) replaced the base weights by a residual found from data, "
+                "which peft cannot redo when it loads the folder; save with convert_to_lora=True (a plain LoRA on "
+                "the original weights, peft's path_initial_model_for_weight_conversion) or layout='adapterhub' "
+                "(keeps the initial factors)."
             )
         if layout == "adapterhub":
             return record

@@ -17,18 +17,16 @@ they differ from ``r`` / ``alpha``, as peft writes them) with ``A`` the componen
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from itertools import cycle
 from typing import Any
 
 import torch
 
-from adapterhub.api.adapters import AdapterAPIMixin
+from adapterhub.api.data_pass import DataPassMixin, call_model, check_not_empty, to_device
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import MODULE, MODULE_LAYER, PointInputs
 from adapterhub.methods.eva import TargetSVD, distribute_ranks, equal_groups
 from adapterhub.methods.lora import LoRAAdapter
-from adapterhub.methods.targeting import pattern_value
 from adapterhub.spec.configs import LoRAConfig
 
 RHO_CEILING = 1000  # peft: rho above this is capped at (largest parameter dimension) // r
@@ -59,69 +57,8 @@ def all_rows(x: torch.Tensor, model_input: Any, path: str) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]) if x.dim() > 2 else x
 
 
-def _call(model: Any, inputs: Any) -> Any:
-    return model(**inputs)
-
-
-def _to_device(inputs: Any, device: torch.device) -> Any:
-    if hasattr(inputs, "to"):
-        return inputs.to(device)
-    if isinstance(inputs, Mapping):
-        return type(inputs)({k: _to_device(v, device) for k, v in inputs.items()})  # type: ignore[call-arg]
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(_to_device(v, device) for v in inputs)
-    return inputs
-
-
-@dataclass(frozen=True)
-class _Target:
-    path: str
-    key: tuple[int, str]  # how the hooks name it: (layer, point), or (MODULE_LAYER, path)
-    r: int
-    alpha: float
-
-
-class EvaMixin(AdapterAPIMixin):
+class EvaMixin(DataPassMixin):
     """``get_eva_state_dict`` / ``initialize_eva``, mixed into the model by ``adapterhub.init``."""
-
-    def _eva_targets(self, name: str) -> tuple[LoRAAdapter, LoRAConfig, list[_Target]]:
-        module = self._require_adapter(name)
-        config = module.config
-        if not isinstance(module, LoRAAdapter) or getattr(config, "init", None) != "eva":
-            raise ConfigError(
-                f"Adapter {name!r} is not a LoRA adapter with init='eva'; EVA's data pass initialises those only "
-                "(add it with {'method': 'lora', 'init': 'eva', ...})."
-            )
-        assert isinstance(config, LoRAConfig)
-        if config.by_name:
-            paths = module.module_paths()
-        else:
-            dims = self.model_dims()
-            at = {(m.layer, m.point): m.path for m in dims.modules if m.point is not None}
-            paths = {}
-            for layer, point, _ in module.lora_targets():
-                if (layer, point) not in at:
-                    raise ConfigError(
-                        f"EVA target {point!r} of layer {layer} is a slice of a fused projection; EVA rebuilds the "
-                        "adapter by module name, so target whole modules with target_modules instead."
-                    )
-                paths[(layer, point)] = at[(layer, point)]
-        order = {path: i for i, (path, _) in enumerate(self.named_modules())}  # type: ignore[attr-defined]
-        targets = []
-        for (layer, point), path in paths.items():
-            r = pattern_value(config.rank_pattern, path) if config.by_name else None
-            alpha = pattern_value(config.alpha_pattern, path) if config.by_name else None
-            key = (MODULE_LAYER, path) if layer == MODULE_LAYER else (layer, point)
-            targets.append(
-                _Target(
-                    path,
-                    key,
-                    config.r if r is None else int(r),  # type: ignore[call-overload]
-                    config.alpha if alpha is None else float(alpha),  # type: ignore[arg-type]
-                )
-            )
-        targets.sort(key=lambda t: order.get(t.path, len(order)))
-        return module, config, targets
 
     @torch.no_grad()
     def get_eva_state_dict(
@@ -129,7 +66,7 @@ class EvaMixin(AdapterAPIMixin):
         adapter_name: str,
         dataloader: Iterable[Any],
         *,
-        forward_fn: Callable[[Any, Any], Any] | None = _call,
+        forward_fn: Callable[[Any, Any], Any] | None = call_model,
         prepare_model_inputs_fn: Callable[[Any, LoRAConfig], Any] | None = language_model_positions,
         prepare_layer_inputs_fn: Callable[[torch.Tensor, Any, str], torch.Tensor] | None = rows_at_positions,
         max_steps: int | None = None,
@@ -138,14 +75,13 @@ class EvaMixin(AdapterAPIMixin):
         may be 0: the target is then dropped). ``dataloader``: batches (dicts for the default
         functions) cycled until convergence; ``max_steps``: give up (raising) after that many batches (default:
         none, as peft)."""
-        _, config, targets = self._eva_targets(adapter_name)
+        _, config, targets = self._data_targets(adapter_name, "eva")
         eva = config.eva
-        forward = forward_fn or _call
+        forward = forward_fn or call_model
         prepare_model = prepare_model_inputs_fn or (lambda batch, _config: batch)
         prepare_layer = prepare_layer_inputs_fn or all_rows
+        check_not_empty(dataloader, "EVA")
         length = len(dataloader) if hasattr(dataloader, "__len__") else None  # type: ignore[arg-type]
-        if length == 0:
-            raise ConfigError("EVA's dataloader is empty; give it batches of training data.")
         rho = eva.rho
         if rho > RHO_CEILING:
             largest = max(max(p.shape) for p in self.parameters())  # type: ignore[attr-defined]
@@ -157,7 +93,7 @@ class EvaMixin(AdapterAPIMixin):
         training = self.training  # type: ignore[attr-defined]
         self.eval()  # type: ignore[attr-defined]
         try:
-            first = _to_device(next(iter(dataloader)), device)
+            first = to_device(next(iter(dataloader)), device)
             model_input = prepare_model(first, config)
             seen: dict[str, torch.Tensor] = {}
 
@@ -166,7 +102,7 @@ class EvaMixin(AdapterAPIMixin):
                 if path is not None and path not in seen:
                     seen[path] = prepare_layer(inputs.x, model_input, path)  # type: ignore[attr-defined]
 
-            self._eva_forward(record, forward, first)
+            self._observed_forward(record, forward, first)
             missing = [t.path for t in targets if t.path not in seen]
             if missing:
                 raise ConfigError(
@@ -186,7 +122,7 @@ class EvaMixin(AdapterAPIMixin):
             ranks = dict(max_components)
             steps = 0
             for batch in cycle(dataloader):
-                batch = _to_device(batch, device)
+                batch = to_device(batch, device)
                 model_input = prepare_model(batch, config)
                 for n, svd in svds.items():
                     done = bool(torch.all(svd.converged[: ranks[n]]))
@@ -210,7 +146,7 @@ class EvaMixin(AdapterAPIMixin):
                     if path in svds and not converged[path]:
                         svds[path].update(prepare_layer(inputs.x, rows_of, path))  # type: ignore[attr-defined]
 
-                self._eva_forward(update, forward, batch)
+                self._observed_forward(update, forward, batch)
                 steps += 1
                 if not all(svd.started for svd in svds.values()):
                     if length is not None and steps >= length:
@@ -238,10 +174,6 @@ class EvaMixin(AdapterAPIMixin):
             out[n] = a
         return {n: a.to(device) for n, a in out.items()}
 
-    def _eva_forward(self, observer: Any, forward: Callable[[Any, Any], Any], batch: Any) -> None:
-        with self._store.observing(observer), self.adapter_setup(None):  # type: ignore[attr-defined]
-            forward(self, batch)
-
     @torch.no_grad()
     def initialize_eva(
         self,
@@ -256,7 +188,7 @@ class EvaMixin(AdapterAPIMixin):
         is rebuilt by name with the redistributed ranks (``alpha`` scaled by ``r' / r`` with
         ``adjust_scaling_factors``; targets of rank 0 dropped), ``A`` the components, ``B = 0``. Returns the new
         config (which ``save_adapter`` writes, peft's ``rank_pattern`` / ``alpha_pattern`` included)."""
-        _, config, targets = self._eva_targets(adapter_name)
+        _, config, targets = self._data_targets(adapter_name, "eva")
         if eva_state_dict is None:
             if dataloader is None:
                 raise ConfigError("initialize_eva needs a dataloader (or an eva_state_dict computed before).")

@@ -16,8 +16,10 @@ from typing import Any
 from torch import nn
 
 from adapterhub.api.arithmetic import ArithmeticMixin
+from adapterhub.api.corda import CordaMixin
 from adapterhub.api.eva import EvaMixin
 from adapterhub.api.fusion import FusionMixin
+from adapterhub.api.lora_ga import LoraGAMixin
 from adapterhub.api.merging import MergeMixin
 from adapterhub.api.prefix import PrefixTuningMixin
 from adapterhub.errors import ConfigError
@@ -40,7 +42,9 @@ class _Regulariser(RegulariserHook, AdapterHook):
     """The fusion regulariser as an adapterhub hook (found and removed by ``deinit``)."""
 
 
-class AdapterModelMixin(MergeMixin, FusionMixin, PrefixTuningMixin, ArithmeticMixin, EvaMixin):
+class AdapterModelMixin(
+    MergeMixin, FusionMixin, PrefixTuningMixin, ArithmeticMixin, EvaMixin, CordaMixin, LoraGAMixin
+):
     """Adapter API added to a transformers model by ``adapterhub.init``."""
 
     _adapterhub_original: type  # the class the model had before init

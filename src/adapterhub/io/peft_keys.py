@@ -7,11 +7,13 @@ newer peft) is refused unless its value is empty.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from adapterhub.errors import ConfigError
+from adapterhub.spec.configs.data_inits import CordaConfig, LoraGAConfig
 from adapterhub.spec.configs.low_rank import PISSA_NITER
 
 # keys that become part of the adapter (docs/compat.md, "peft files")
@@ -30,7 +32,9 @@ HONOURED: dict[str, str] = {
     "modules_to_save": "modules_to_save (the adapter's copies of those modules)",
     "fan_in_fan_out": "the module's type (Conv1D stores its weight transposed; peft corrects the flag the same way)",
     "init_lora_weights": "init (True / False / 'gaussian' / 'pissa' / 'pissa_niter_K' / 'olora' / 'orthogonal' / "
-    "'loftq'; 'eva' and 'mica' read as 'lora': they leave the base as it is)",
+    "'loftq' / 'corda' / 'lora_ga'; 'eva' and 'mica' read as 'lora': they leave the base as it is)",
+    "corda_config": "corda_config (corda_method, use_float16_for_covariance; with init_lora_weights='corda')",
+    "lora_ga_config": "lora_ga_config (direction, scale, stable_gamma; with init_lora_weights='lora_ga')",
     "loftq_config": "loftq_bits / loftq_iter (with init_lora_weights='loftq')",
     "bias": "bias ('lora_only' / 'all': the adapter holds the model's biases peft saved)",
     "trainable_token_indices": "trainable_token_indices (the adapter holds the embedding rows peft saved)",
@@ -54,7 +58,7 @@ METADATA: frozenset[str] = frozenset(
 )
 
 _BASE_WEIGHTS = (
-    "it changes the base model's weights too, which adapterhub cannot represent; convert the adapter to a plain "
+    "it changes the base model's weights, convert the adapter to a plain "
     "LoRA with peft first (save_pretrained(path_initial_model_for_weight_conversion=...))"
 )
 
@@ -70,8 +74,6 @@ REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
         (None, {}),
         "Megatron parallel layers are not supported; save from an unsharded model",
     ),
-    "corda_config": ((None,), "CorDA initialisation " + _BASE_WEIGHTS),
-    "lora_ga_config": ((None,), "LoRA-GA initialisation " + _BASE_WEIGHTS),
     "velora_config": ((None,), "VeLoRA is a different method; use a plain LoRA"),
     "alora_invocation_tokens": ((None, []), "activated LoRA (aLoRA) is not supported; use a plain LoRA"),
     "use_qalora": ((False, None), "QALoRA's pooled inputs are not supported; use a plain LoRA"),
@@ -88,17 +90,44 @@ REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
     ),
 }
 
-INIT_VALUES = (True, False, "gaussian", "pissa", "olora", "orthogonal", "loftq", "eva", "mica")
+INIT_VALUES = (
+    True,
+    False,
+    "gaussian",
+    "pissa",
+    "olora",
+    "orthogonal",
+    "loftq",
+    "eva",
+    "mica",
+    "corda",
+    "lora_ga",
+)
+# a peft folder of a data init that replaced the base holds no initial factors: its base is the residual model
+_RESIDUAL_BASE = (
+    "A peft adapter with init_lora_weights={init!r} is loaded: its weights apply to the residual model peft "
+    "made (W - s B0 A0, saved beside it), which the folder does not hold. It is loaded over the model's weights as "
+    "they are: load it on that residual model, or convert it with peft first "
+    "(save_pretrained(path_initial_model_for_weight_conversion=...)) to use it on the original model."
+)
 
 
 def init_from_peft(meta: Mapping[str, Any]) -> dict[str, Any]:
     """Our ``init`` (and LoftQ's options) for peft's ``init_lora_weights`` / ``loftq_config``: empty for True /
     False / 'eva' / 'mica' (a trained adapter's weights are loaded over the init, and these leave the base as it
-    is); the base-modifying inits are redone on the base when the adapter is loaded, as peft does."""
+    is); the base-modifying inits are redone on the base when the adapter is loaded, as peft does, except CorDA's
+    and LoRA-GA's (found from data: the folder's base is peft's residual model, so the model's weights stay as they
+    are, with a warning; peft's LoRA-GA load does the same, its CorDA load raises)."""
     init = meta.get("init_lora_weights", True)
     if init in (True, False, None, "eva", "mica"):
         return {}
     out: dict[str, Any] = {"init": init}
+    if init in ("corda", "lora_ga"):
+        warnings.warn(_RESIDUAL_BASE.format(init=init), stacklevel=3)
+        option, options = (
+            ("corda_config", CordaConfig) if init == "corda" else ("lora_ga_config", LoraGAConfig)
+        )
+        out[option] = dict(options.from_value(meta.get(option)).pairs())
     if init == "loftq":
         loftq = meta.get("loftq_config") or {}
         out.update(loftq_bits=int(loftq.get("loftq_bits", 4)), loftq_iter=int(loftq.get("loftq_iter", 1)))
@@ -182,8 +211,9 @@ def check_lora_keys(meta: Mapping[str, Any], directory: Path) -> None:
                 )
             if key == "init_lora_weights" and value not in INIT_VALUES and not PISSA_NITER.match(str(value)):
                 raise ConfigError(
-                    f"The peft adapter in {directory} sets init_lora_weights={value!r}: that initialisation needs "
-                    f"statistics over data that adapterhub does not collect, and {_BASE_WEIGHTS}."
+                    f"The peft adapter in {directory} sets init_lora_weights={value!r}, an initialisation adapterhub "
+                    f"does not know (it knows {', '.join(repr(v) for v in INIT_VALUES)} and 'pissa_niter_K'); if "
+                    f"{_BASE_WEIGHTS}."
                 )
             continue
         if key in REFUSED:

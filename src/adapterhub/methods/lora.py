@@ -48,7 +48,7 @@ from adapterhub.methods.base import (
 )
 from adapterhub.methods.lora_init import base_factors, draw_like_peft, orthogonal
 from adapterhub.spec.configs import LoRAConfig
-from adapterhub.spec.configs.low_rank import PISSA_NITER
+from adapterhub.spec.configs.low_rank import DATA_INITS, keeps_initial_factors
 
 _KEY = re.compile(r"^layers\.(\d+)\.([a-z_]+)\.lora_([AB])$")
 _BY_NAME_KEY = re.compile(r"^by_name\.([^.]+)\.([^.]+)$")
@@ -101,7 +101,7 @@ class LoRALayer(nn.Module):
                 nn.init.zeros_(self.lora_A)
             else:
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        if config.init in ("pissa", "olora") or PISSA_NITER.match(config.init):
+        if keeps_initial_factors(config.init):
             # the initial factors (saved: the residual is W - s B0 A0, and the conversion to a plain LoRA needs them)
             self.register_buffer("initial_A", torch.zeros(r, d_in))  # (r, d_in)
             self.register_buffer("initial_B", torch.zeros(d_out, r))  # (d_out, r)
@@ -201,8 +201,9 @@ class LoRAAdapter(AdapterModule):
 
     def __init__(self, name: str, config: LoRAConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
-        # init="eva": True from add_adapter until model.initialize_eva ran the data pass (loaded weights: False)
-        self.awaiting_data = False
+        # a data init (init="eva" / "corda" / "lora_ga"): True until its data pass ran (model.initialize_<init>) or
+        # weights were loaded (adopt_tensors)
+        self.awaiting_data = getattr(config, "init", None) in DATA_INITS
         self.by_name = nn.ModuleDict()
         self._paths: dict[tuple[int, str], str] = {}  # (layer, point) of a module target -> its path
         self._convs: dict[str, tuple[int, tuple[int, ...]]] = {}  # nn.Conv2d target -> (c_in, (kh, kw))
@@ -253,12 +254,11 @@ class LoRAAdapter(AdapterModule):
 
     def init_from_base(self, base: BaseWeights) -> None:
         """PiSSA / OLoRA / LoftQ: ``A``, ``B`` (and what leaves the base) from each target's weight, in target
-        order, drawing from the global generator as peft does (``lora_init``). EVA: the adapter waits for
-        ``model.initialize_eva`` (``A`` stays Kaiming-uniform, ``B`` zero, as peft's). Other inits: nothing."""
-        if getattr(self.config, "init", None) == "eva":
-            self.awaiting_data = True
-            return
-        if not self.modifies_base():
+        order, drawing from the global generator as peft does (``lora_init``). The data inits (EVA, CorDA,
+        LoRA-GA): nothing (the adapter waits for its data pass, ``DATA_INITS``; EVA's ``A`` stays Kaiming-uniform
+        and ``B`` zero, as peft's; the others' initial factors stay zero, so the base is unchanged until the pass).
+        Other inits: nothing."""
+        if getattr(self.config, "init", None) in DATA_INITS or not self.modifies_base():
             return
         config = self.config
         with torch.no_grad():
@@ -450,6 +450,7 @@ class LoRAAdapter(AdapterModule):
         """Module targets saved under another path of the same module (``by_name.<path>.<param>``, e.g. peft's names
         for a model saved with another head, or a module that is a spec point here) renamed to this adapter's keys:
         the path is matched exactly, else as a dotted suffix either way (when that picks one target)."""
+        self.awaiting_data = False  # a data init's weights come from the file: no data pass
         tensors = self._adopt_saved(tensors)
         if not self._paths:
             return dict(tensors)
@@ -498,11 +499,12 @@ class LoRAAdapter(AdapterModule):
         return out
 
     def check_ready(self) -> None:
-        """Refuse to run an ``init="eva"`` adapter before its data pass."""
+        """Refuse to run a data-init adapter (``init="eva"`` / ``"corda"`` / ``"lora_ga"``) before its data pass."""
         if self.awaiting_data:
+            init = self.config.init  # type: ignore[attr-defined]
             raise ConfigError(
-                f"Adapter {self.adapter_name!r} has init='eva': its A comes from the SVD of each target's inputs over data. "
-                f"Run model.initialize_eva({self.adapter_name!r}, dataloader) before training or using it (or load "
+                f"Adapter {self.adapter_name!r} has init={init!r}: its factors come from statistics of data. Run "
+                f"model.{DATA_INITS[init]}({self.adapter_name!r}, dataloader) before training or using it (or load "
                 "trained weights with load_adapter)."
             )
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from adapterhub.errors import ConfigError
-from adapterhub.spec.configs.low_rank import PISSA_NITER
+from adapterhub.spec.configs.low_rank import PISSA_NITER, keeps_initial_factors
 
 
 def draw_like_peft(d_in: int, d_out: int, r: int) -> None:
@@ -113,16 +113,16 @@ def base_factors(
 def convert_to_lora(
     config: dict[str, Any], tensors: dict[str, torch.Tensor]
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """A PiSSA / OLoRA adapter as a plain LoRA on the ORIGINAL base (peft's
+    """A PiSSA / OLoRA / CorDA / LoRA-GA adapter as a plain LoRA on the ORIGINAL base (peft's
     ``path_initial_model_for_weight_conversion``): with ``W = W_res + s B0 A0``, the trained adapter computes
     ``W_res + s B A = W + s (B A - B0 A0) = W + s' B' A'`` for ``A' = [A; A0] (2r, d_in)``,
     ``B' = [B, -B0] (d_out, 2r)`` and rank ``2r``, ``alpha' = 2 alpha`` (rsLoRA: ``sqrt(2) alpha``) so that
     ``s' = s``; ``rank_pattern`` / ``alpha_pattern`` values scale alike. Returns the new config dict and tensors
     (without the initial factors)."""
     init = config.get("init", "lora")
-    if init not in ("pissa", "olora") and not PISSA_NITER.match(str(init)):
+    if not keeps_initial_factors(str(init)):
         raise ConfigError(
-            f"convert_to_lora turns a PiSSA / OLoRA adapter into a plain LoRA; this adapter's init is {init!r}"
+            f"convert_to_lora turns a PiSSA / OLoRA / CorDA / LoRA-GA adapter into a plain LoRA; this adapter's init is {init!r}"
             + (
                 " (LoftQ's base is dequant(quant(W)), not W minus a low-rank part: save it as it is and load it on "
                 "the quantised base)."
@@ -145,6 +145,11 @@ def convert_to_lora(
         "r": 2 * int(config["r"]),
         "alpha": factor * float(config["alpha"]),
     }
+    for option in (
+        "corda_config",
+        "lora_ga_config",
+    ):  # how the initial factors were found: not part of a plain LoRA
+        converted.pop(option, None)
     for option, scale in (("rank_pattern", 2), ("alpha_pattern", factor)):
         pattern = config.get(option)
         if pattern:

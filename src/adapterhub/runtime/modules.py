@@ -201,7 +201,7 @@ def _owner(path: str, layer_paths: dict[str, tuple[int, Any]]) -> tuple[int | No
     return None, None
 
 
-def _transposed(module: nn.Module) -> bool:
+def is_transposed(module: nn.Module) -> bool:
     """Whether the module stores its weight as ``(d_in, d_out)``: ``Conv1D``, and ``nn.Embedding`` (a linear map
     from one-hot ids: ``(num_embeddings, embedding_dim)``)."""
     return isinstance(module, nn.Embedding) or _is_conv1d(module)
@@ -216,7 +216,7 @@ def module_params(model: nn.Module, path: str) -> tuple[torch.Tensor, torch.Tens
         raise ConfigError(f"The model has no module {path!r} (a module target of an adapter).") from None
     weight = float_weight(module)  # a quantised module: a dequantised copy (read only)
     bias: torch.Tensor | None = getattr(module, "bias", None)
-    return (weight.t() if _transposed(module) else weight), bias
+    return (weight.t() if is_transposed(module) else weight), bias
 
 
 class _ModuleHook(AdapterHook):
@@ -260,7 +260,7 @@ def attach_module_points(model: nn.Module, handler: PointHandler, paths: list[st
                 "out of target_modules."
             )
         # prepended: adapters' updates see the module's own output, before a held bias (option bias) replaces b
-        module.register_forward_hook(_ModuleHook(handler, path, _transposed(module)), prepend=True)
+        module.register_forward_hook(_ModuleHook(handler, path, is_transposed(module)), prepend=True)
 
 
 def saved_copy(model: nn.Module, handler: Any, path: str) -> nn.Module:

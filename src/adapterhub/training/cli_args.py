@@ -115,10 +115,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-length", type=positive_int, default=128, help="tokens per text (truncated)")
     group.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per update")
     group.add_argument(
+        "--init-batches",
         "--eva-batches",
+        dest="init_batches",
         type=positive_int,
         default=16,
-        help="adapter:lora[init=eva]: EVA's data pass reads the first N training batches (default 16)",
+        help="adapter:lora[init=eva|corda|lora_ga]: the init's data pass reads the first N training batches (default 16; "
+        "--eva-batches is the same option)",
     )
     group.add_argument("--warmup-ratio", type=float, default=0.1, help="fraction of updates spent warming up")
     group.add_argument("--weight-decay", type=float, default=0.0)
@@ -259,7 +262,7 @@ def train_config(args: argparse.Namespace, method: str, output_dir: str, lr: flo
         packing=getattr(args, "packing", None),
         gradient_checkpointing=getattr(args, "gradient_checkpointing", None),
         loss_chunk_size=getattr(args, "loss_chunk_size", 512),
-        eva_batches=getattr(args, "eva_batches", 16),
+        init_batches=getattr(args, "init_batches", 16),
     )
 
 

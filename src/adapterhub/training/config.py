@@ -35,9 +35,11 @@ class TrainConfig:
     instead of kept (less memory, about one more forward of compute); the gradients are those without it.
     ``loss_chunk_size`` (generation tasks): the LM head and the cross-entropy run on this many loss-carrying
     positions at a time (:mod:`adapterhub.training.lm_loss`), so the (batch, seq, vocab) logits are never held;
-    0 computes the full logits. The loss and gradients are the same either way. ``eva_batches``: with
-    ``adapter:lora[init=eva]``, EVA's data pass (``model.initialize_eva``) reads the first this many training
-    batches (cycled until its components converge) before training.
+    0 computes the full logits. The loss and gradients are the same either way. ``init_batches``: with a
+    data-driven LoRA init, its data pass reads the first this many training batches before training:
+    ``adapter:lora[init=eva]`` (``model.initialize_eva``, cycled until its components converge),
+    ``adapter:lora[init=corda]`` (``model.initialize_corda``: each target's input covariance),
+    ``adapter:lora[init=lora_ga]`` (``model.initialize_lora_ga``: each target's averaged loss gradient).
     """
 
     method: str = "adapter:pfeiffer"
@@ -71,7 +73,7 @@ class TrainConfig:
     packing: bool | None = None
     gradient_checkpointing: str | None = None
     loss_chunk_size: int = 512
-    eva_batches: int = 16
+    init_batches: int = 16
 
     def __post_init__(self) -> None:
         _positive_int("batch_size", self.batch_size)
@@ -80,7 +82,7 @@ class TrainConfig:
         _positive_int("head_layers", self.head_layers)
         _positive_int("max_length", self.max_length, minimum=2)
         _positive_int("loss_chunk_size", self.loss_chunk_size, minimum=0)
-        _positive_int("eva_batches", self.eva_batches)
+        _positive_int("init_batches", self.init_batches)
         if self.max_steps is not None:
             _positive_int("max_steps", self.max_steps)
         if self.max_new_tokens is not None:

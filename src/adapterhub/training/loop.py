@@ -36,7 +36,7 @@ from adapterhub.training.chat_batches import (
 )
 from adapterhub.training.config import TrainConfig
 from adapterhub.training.ctc import ctc_datasets, evaluate_ctc, resolve_ctc_model, speech_results
-from adapterhub.training.eva_pass import initialise_eva
+from adapterhub.training.data_init_pass import initialise_from_data
 from adapterhub.training.evaluation import evaluate_model, make_loader, progress_iter, to_device
 from adapterhub.training.lm_loss import generation_loss, resolve_loss_chunk
 from adapterhub.training.media_batches import batch_rows
@@ -272,18 +272,19 @@ def _run(
         collate_fn=collate_fn,
     )
 
-    eva_ran = method.is_adapter and initialise_eva(
+    data_init = method.is_adapter and initialise_from_data(
         model,
         train_loader,
         config.head_name,
-        config.eva_batches,
+        config.init_batches,
         kind=task.kind,
         device=info.device,
         world_size=info.world_size,
         with_head=not generation,
     )
-    if eva_ran and info.is_main:
-        print(f"EVA: initialised from {config.eva_batches} training batches", file=sys.stderr)
+    if data_init and info.is_main:
+        label = {"eva": "EVA", "corda": "CorDA", "lora_ga": "LoRA-GA"}[data_init]
+        print(f"{label}: initialised from {config.init_batches} training batches", file=sys.stderr)
     batches_per_epoch = len(train_loader)
     updates_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
     total = config.max_steps or max(1, math.ceil(config.epochs * updates_per_epoch))

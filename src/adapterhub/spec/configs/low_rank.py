@@ -9,25 +9,42 @@ from typing import ClassVar
 
 from adapterhub.spec.configs.base import OMIT_DEFAULT, MethodConfig
 from adapterhub.spec.configs.checks import check_bool, check_choice, is_number, require
+from adapterhub.spec.configs.data_inits import CordaConfig, LoraGAConfig
 from adapterhub.spec.configs.eva import EvaConfig
 from adapterhub.spec.configs.targeting import LowRankTargeting, token_indices
 
-LORA_INITS = ("lora", "gaussian", "pissa", "pissa_niter_K", "olora", "orthogonal", "loftq", "eva")
+LORA_INITS = (
+    "lora",
+    "gaussian",
+    "pissa",
+    "pissa_niter_K",
+    "olora",
+    "orthogonal",
+    "loftq",
+    "eva",
+    "corda",
+    "lora_ga",
+)
 # initialisations that replace the base weight of each target (W -> W - s B A, or LoftQ's dequant(quant(W)))
-BASE_INITS = ("pissa", "olora", "loftq")
+BASE_INITS = ("pissa", "olora", "loftq", "corda", "lora_ga")
+# initialisations computed from data after add_adapter: init -> the model method that runs the data pass
+DATA_INITS = {"eva": "initialize_eva", "corda": "initialize_corda", "lora_ga": "initialize_lora_ga"}
 PISSA_NITER = re.compile(r"^pissa_niter_([1-9][0-9]*)$")
 _NOT_YET = {
-    "corda": "CorDA needs covariance statistics collected over data (peft's preprocess_corda), which adapterhub "
-    "does not collect; initialise with peft and convert it to a plain LoRA before loading",
-    "lora_ga": "LoRA-GA needs gradients estimated over data (peft's preprocess_loraga), which adapterhub does not "
-    "collect; initialise with peft and load the saved adapter",
     "mica": "MiCA freezes lora_B during training, which adapterhub's LoRA has no option for",
 }
 
 
 def modifies_base(init: str) -> bool:
-    """Whether LoRA initialisation ``init`` replaces the base weight of each target (PiSSA, OLoRA, LoftQ)."""
+    """Whether LoRA initialisation ``init`` replaces the base weight of each target (PiSSA, OLoRA, LoftQ, CorDA,
+    LoRA-GA)."""
     return init in BASE_INITS or PISSA_NITER.match(init) is not None
+
+
+def keeps_initial_factors(init: str) -> bool:
+    """Whether ``init``'s residual base is ``W - s B0 A0`` (its initial factors ``A0``, ``B0`` kept and saved: PiSSA,
+    OLoRA, CorDA, LoRA-GA), so that it converts to a plain LoRA on the original weights."""
+    return modifies_base(init) and init != "loftq"
 
 
 LORA_BIASES = ("none", "lora_only", "all")
@@ -43,8 +60,12 @@ class LoRAConfig(LowRankTargeting, MethodConfig):
     the paper), ``"gaussian"`` (A normal with std 1/r, B zero), ``"orthogonal"`` (B A = 0), or one that replaces
     each target's base weight: ``"pissa"`` / ``"pissa_niter_K"`` (SVD), ``"olora"`` (QR), ``"loftq"`` (with
     ``loftq_bits`` 4 / 8 and ``loftq_iter``), or ``"eva"`` (``A`` from the SVD of each target's inputs over data,
-    ranks redistributed: ``eva_config``, peft's ``EvaConfig`` keys, and ``model.initialize_eva`` before use); the math is in ``adapterhub.methods.lora_init``, the rules in
-    docs/methods.md ("Initialisations"); ``leave_out``: layers without LoRA. Parameters:
+    ranks redistributed: ``eva_config``, peft's ``EvaConfig`` keys, and ``model.initialize_eva`` before use), or
+    ``"corda"`` (``A``, ``B`` from the SVD of ``W C``, ``C`` the covariance of each target's inputs over data, the
+    base the residual: ``corda_config``, peft's ``CordaConfig`` keys, and ``model.initialize_corda`` before use), or
+    ``"lora_ga"`` (``A``, ``B`` from the SVD of each target's weight gradient averaged over batches, the base the
+    residual: ``lora_ga_config``, peft's ``LoraGAConfig`` keys, and ``model.initialize_lora_ga`` before use); the
+    math is in ``adapterhub.methods.lora_init`` / ``eva`` / ``corda`` / ``lora_ga``, the rules in docs/methods.md ("Initialisations"); ``leave_out``: layers without LoRA. Parameters:
     ``r · (d_in + d_out)`` per target and layer.
 
     Targeting by name instead (peft's semantics), on any ``nn.Linear`` or GPT-2 ``Conv1D`` of the model:
@@ -78,6 +99,8 @@ class LoRAConfig(LowRankTargeting, MethodConfig):
     loftq_bits: int = field(default=4, metadata={OMIT_DEFAULT: True})
     loftq_iter: int = field(default=1, metadata={OMIT_DEFAULT: True})
     eva_config: tuple[tuple[str, object], ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
+    corda_config: tuple[tuple[str, object], ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
+    lora_ga_config: tuple[tuple[str, object], ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
     bias: str = field(default="none", metadata={OMIT_DEFAULT: True})
     trainable_token_indices: tuple[int, ...] | tuple[tuple[str, tuple[int, ...]], ...] | None = field(
         default=None, metadata={OMIT_DEFAULT: True}
@@ -139,16 +162,38 @@ class LoRAConfig(LowRankTargeting, MethodConfig):
             self.eva_config is None or init == "eva",
             f"eva_config applies to init='eva' only (init is {init!r}).",
         )
+        if init == "corda":
+            object.__setattr__(self, "corda_config", CordaConfig.from_value(self.corda_config).pairs())
+        require(
+            self.corda_config is None or init == "corda",
+            f"corda_config applies to init='corda' only (init is {init!r}).",
+        )
+        if init == "lora_ga":
+            object.__setattr__(self, "lora_ga_config", LoraGAConfig.from_value(self.lora_ga_config).pairs())
+        require(
+            self.lora_ga_config is None or init == "lora_ga",
+            f"lora_ga_config applies to init='lora_ga' only (init is {init!r}).",
+        )
 
     @property
     def modifies_base(self) -> bool:
-        """Whether ``init`` replaces each target's base weight (PiSSA, OLoRA, LoftQ: docs/methods.md)."""
+        """Whether ``init`` replaces each target's base weight (PiSSA, OLoRA, LoftQ, CorDA, LoRA-GA: docs/methods.md)."""
         return modifies_base(self.init)
 
     @property
     def eva(self) -> EvaConfig:
         """The EVA options (``init="eva"``; the defaults otherwise)."""
         return EvaConfig.from_value(self.eva_config)
+
+    @property
+    def corda(self) -> CordaConfig:
+        """The CorDA options (``init="corda"``; the defaults otherwise)."""
+        return CordaConfig.from_value(self.corda_config)
+
+    @property
+    def lora_ga(self) -> LoraGAConfig:
+        """The LoRA-GA options (``init="lora_ga"``; the defaults otherwise)."""
+        return LoraGAConfig.from_value(self.lora_ga_config)
 
     @property
     def scaling(self) -> float:
