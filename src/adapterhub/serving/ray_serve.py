@@ -209,7 +209,8 @@ class EngineReplica:
             await apply_change(self.engine, kind, name, previous[self.replica], load=True)
 
     def state(self) -> dict[str, Any]:
-        """This replica's id, the adapters it serves (name -> source) and those loaded now."""
+        """This replica's id, the adapters it serves (name -> source), its compositions (name -> setup) and the
+        adapters loaded now."""
         sources = {name: str(source) for name, source in self.engine.registry.sources.items()}
         compositions = dict(self.engine.compositions.texts)
         return {
@@ -483,10 +484,11 @@ def build_app(
     """The Ray Serve application (``Gateway`` bound to ``replicas`` ``EngineReplica`` replicas) for ``serve.run``.
 
     ``adapters``: name -> source (a string or ``AdapterSource``); ``fusions``: saved AdapterFusion directories
-    (``--fusion``); ``compositions``: name -> setup served by every replica (``--composition``); ``replica_cpus`` / ``replica_gpus``: Ray
-    resources reserved per replica; ``device``: the replicas' torch device; ``max_ongoing_requests``: requests one
-    replica takes at once (default ``2 * max_batch_rows``, so that a replica can fill its passes; beyond it Ray
-    routes elsewhere); ``token``: the bearer token vLLM's load/unload routes need (None: none)."""
+    (``--fusion``); ``compositions``: name -> setup served by every replica (``--composition``; checked here, a bad
+    one raises ``ConfigError``); ``replica_cpus`` / ``replica_gpus``: Ray resources reserved per replica;
+    ``device``: the replicas' torch device; ``max_ongoing_requests``: requests one replica takes at once (default
+    ``2 * max_batch_rows``, so that a replica can fill its passes; beyond it Ray routes elsewhere); ``token``: the
+    bearer token the run-time change routes need (None: none)."""
     if not isinstance(replicas, int) or replicas < 1:
         raise ConfigError(f"replicas must be a positive integer, got {replicas!r}.")
     scratch = CompositionRegistry()  # refuse a bad composition here, not in every replica's start
