@@ -40,3 +40,13 @@ def test_ray_refuses_zero_replicas(tmp_path, capsys):
     code = main(["serve-model", "--model", str(tmp_path), "--ray", "--replicas", "0"])
     assert code == 2
     assert "replicas must be a positive integer" in capsys.readouterr().err
+
+
+def test_ray_refuses_a_bad_composition_before_starting_ray(tmp_path, capsys):
+    pytest.importorskip(
+        "ray", reason="Ray is not installed: pip install -e '.[ray]' (constraints.txt pins it)"
+    )
+    args = ["serve-model", "--model", str(tmp_path), "--adapter", f"a={tmp_path}", "--ray"]
+    code = main([*args, "--composition", "both=Stack(a, zz)"])
+    assert code == 2
+    assert "names 'zz'" in capsys.readouterr().err

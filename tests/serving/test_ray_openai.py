@@ -8,7 +8,9 @@ model, 400 bad body), and ``/metrics`` holds every replica's metrics labelled ``
 counters add up to the tokens served. A long stream's first event arrives while the replica still generates,
 and the client going away cancels the replica's sequence. vLLM's load/unload (token-protected) reach every
 replica with the single-process weights hash, a replica that refuses makes the call fail naming it, the
-others rolled back, and a replica that Ray starts later applies the run-time changes.
+others rolled back, and a replica that Ray starts later applies the run-time changes. The project's ``POST/DELETE /v1/adapters`` and
+``POST/DELETE /v1/compositions`` reach every replica too, answering (status, body) as the single-process server,
+and requests naming what they added (or a ``--composition`` given at start) answer as it does.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ MESSAGES = [
 CONFIG = EngineConfig(max_loaded=2, max_num_seqs=8, max_batch_tokens=256)
 CONTEXT = 1024  # room for a stream long enough to leave while it runs
 TOKEN = "ray-secret"
+COMPOSITIONS = {"both": "Stack(poems, jokes)"}  # served from the start (--composition)
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +85,10 @@ def _get(url: str) -> str:
 @pytest.fixture(scope="module")
 def single(chat_llama: tuple[Path, dict[str, str]]) -> Any:
     directory, adapters = chat_llama
-    engine = ServingEngine.from_pretrained(str(directory), adapters=adapters, config=CONFIG)
-    with BackgroundServer(engine) as running:
+    engine = ServingEngine.from_pretrained(
+        str(directory), adapters=adapters, config=CONFIG, compositions=COMPOSITIONS
+    )
+    with BackgroundServer(engine, token=TOKEN) as running:
         yield running
 
 
@@ -99,7 +104,9 @@ def served(chat_llama: tuple[Path, dict[str, str]]) -> Any:
 
     directory, adapters = chat_llama
     port = _free_port()
-    app = ray_serve.build_app(str(directory), adapters, CONFIG, replicas=2, replica_cpus=0.5, token=TOKEN)
+    app = ray_serve.build_app(
+        str(directory), adapters, CONFIG, replicas=2, replica_cpus=0.5, token=TOKEN, compositions=COMPOSITIONS
+    )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, **ray_serve.ray_init_options())
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -292,6 +299,68 @@ def test_ray_runtime_load_and_unload_reach_every_replica(served, single, chat_ll
     assert _load(served, unload, "unload_lora_adapter").status_code == 404
 
 
+def _admin(
+    url: str, method: str, path: str, body: dict[str, Any] | None = None, token: str | None = TOKEN
+) -> Any:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    answer = httpx.request(method, f"{url}{path}", json=body, headers=headers, timeout=60)
+    return answer.status_code, answer.json()
+
+
+def test_ray_adapter_and_composition_routes_equal_the_single_process_server(served, single, chat_llama):
+    _, adapters = chat_llama
+    add = {"name": "more", "source": adapters["jokes"], "load": True}
+    duo = {"name": "duo", "setup": "Stack(poems, more)"}
+    steps = [
+        ("POST", "/v1/adapters", add, None),  # no token: 401 {"detail"}
+        ("POST", "/v1/compositions", duo, None),  # no token: 401 in OpenAI's shape
+        ("POST", "/v1/adapters", add, TOKEN),
+        ("POST", "/v1/compositions", duo, TOKEN),
+        ("POST", "/v1/compositions", {"name": "fused", "setup": "Fuse(poems, more)"}, TOKEN),  # 400
+        (
+            "POST",
+            "/v1/adapters",
+            {"name": "broken", "source": "/no/such/adapter", "load": True},
+            TOKEN,
+        ),  # 502
+    ]
+    statuses = []
+    for method, path, body, token in steps:
+        got, expected = (
+            _admin(served, method, path, body, token),
+            _admin(single.url, method, path, body, token),
+        )
+        assert got == expected, (method, path, token)
+        statuses.append(got[0])
+    assert statuses == [401, 401, 200, 200, 400, 502]
+    held = _replica_adapters()
+    assert len(held) == 2 and all(r["more"]["loaded"] for r in held)
+    listed = json.loads(_get(f"{served}/v1/adapters"))["compositions"]
+    assert listed == json.loads(_get(f"{single.url}/v1/adapters"))["compositions"]
+    for model in ("more", "duo", "both"):
+        for _ in range(2):  # whichever replica answers
+            kw = {"model": model, "messages": MESSAGES, "max_tokens": 6, "temperature": 0}
+            got = _client(served).chat.completions.create(**kw)
+            assert _strip(got.model_dump()) == _strip(
+                _client(single.url).chat.completions.create(**kw).model_dump()
+            )
+    for method, path in [
+        ("DELETE", "/v1/compositions/duo"),
+        ("DELETE", "/v1/adapters/more"),
+    ] * 2:  # 200, then unknown
+        got, expected = _admin(served, method, path), _admin(single.url, method, path)
+        assert got == expected, (method, path)
+        statuses.append(got[0])
+    assert statuses[-4:] == [200, 200, 400, 404]
+    for model in ("duo", "more"):  # deleted: 404 as the single-process server answers it
+        body = {"model": model, "prompt": "the movie", "max_tokens": 2}
+        (status, got, _), (status_one, expected, _) = (
+            _post(f"{url}/v1/completions", body) for url in (served, single.url)
+        )
+        assert status == status_one == 404 and got == expected, model
+    assert all("more" not in r for r in _replica_adapters())
+
+
 def test_ray_load_refused_by_one_replica_fails_and_rolls_back(served, chat_llama):
     from ray import serve
 
@@ -300,7 +369,9 @@ def test_ray_load_refused_by_one_replica_fails_and_rolls_back(served, chat_llama
     _, adapters = chat_llama
     body = {"lora_name": "clash", "lora_path": adapters["poems"]}
     handle = serve.get_deployment_handle("EngineReplica", APP_NAME)
-    first = handle.lora.remote("/v1/load_lora_adapter", json.dumps(body).encode()).result(timeout_s=60)
+    first = handle.change.remote("POST", "/v1/load_lora_adapter", json.dumps(body).encode()).result(
+        timeout_s=60
+    )
     assert first.status == 200  # one replica serves "clash" already: it will refuse the gateway's load
     try:
         answer = _load(served, body)
@@ -313,7 +384,9 @@ def test_ray_load_refused_by_one_replica_fails_and_rolls_back(served, chat_llama
             True,
         ]  # only the one loaded before
     finally:
-        handle.broadcast("restore", "clash", {first.replica: None}).results(timeout_s=60)  # not served before
+        handle.broadcast("restore", "adapter", "clash", {first.replica: None}).results(
+            timeout_s=60
+        )  # not before
     assert all("clash" not in r for r in _replica_adapters())
 
 
@@ -326,6 +399,8 @@ def test_ray_replica_started_later_applies_the_runtime_changes(served, chat_llam
 
     _, adapters = chat_llama
     assert _load(served, {"lora_name": "late", "lora_path": adapters["poems"]}).status_code == 200
+    duo = {"name": "duo", "setup": "Stack(late, poems)"}  # replayed after "late", which it needs
+    assert _load(served, duo, "compositions").status_code == 200
     assert _load(served, {"lora_name": "jokes"}, "unload_lora_adapter").status_code == 200
     handle = serve.get_deployment_handle("EngineReplica", APP_NAME)
     before = {s["replica"] for s in handle.broadcast("state").results(timeout_s=60)}
@@ -341,6 +416,7 @@ def test_ray_replica_started_later_applies_the_runtime_changes(served, chat_llam
     fresh = [s for s in states if isinstance(s, dict) and s["replica"] not in before]
     assert len(fresh) == 1, states
     assert fresh[0]["sources"] == {"poems": adapters["poems"], "late": adapters["poems"]}
+    assert fresh[0]["compositions"] == {"both": "Stack('poems', 'jokes')", "duo": "Stack('late', 'poems')"}
     got = _client(served).chat.completions.create(
         model="late", messages=MESSAGES, max_tokens=4, temperature=0
     )

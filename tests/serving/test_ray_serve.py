@@ -132,7 +132,7 @@ def test_ray_errors_keep_the_single_process_statuses(served):
     assert status == 422
     status, body, _ = _post(f"{served}/v1/predict", {"setup": "Stack(lang,", "inputs": ["good"]})
     assert status == 422, body
-    status, body, _ = _post(f"{served}/v1/adapters", {"name": "x", "source": "y"})
-    assert status == 501 and "without --ray" in body["detail"]
+    status, body, _ = _post(f"{served}/v1/adapters", {"name": "x", "source": "/no/such/dir", "load": True})
+    assert status == 502 and "/no/such/dir" in body["detail"]  # every replica refused alike: their answer
     with urllib.request.urlopen(f"{served}/health", timeout=30) as response:
         assert json.loads(response.read())["replicas"] == 2

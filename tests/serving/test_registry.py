@@ -131,6 +131,10 @@ def test_request_setups_parse_bare_and_quoted_names():
     assert parse_request_setup("Average(a, b, weights=[0.25, 0.75])") == Average(
         "a", "b", weights=[0.25, 0.75]
     )
+    # a setup's repr parses back to it (Ray's multiplexed ids and replayed compositions are reprs)
+    for text in ("Average(b, a)", "Stack(a, Average(b, c, weights=[0.3, 0.7]))", "Fuse(a, b)"):
+        setup = parse_request_setup(text)
+        assert parse_request_setup(repr(setup)) == setup
     for bad in (
         "",
         "Stack(a,",

@@ -160,10 +160,6 @@ def compositions_from_args(assignments: list[str]) -> dict[str, str]:
 
 
 def run_serve_model(args: argparse.Namespace) -> int:
-    if args.ray and args.composition:
-        from adapterhub.errors import ConfigError
-
-        raise ConfigError("--composition is not served with --ray yet; serve compositions without --ray.")
     if args.ray:
         from adapterhub.serving.ray_serve import serve_with_ray
 
@@ -172,6 +168,7 @@ def run_serve_model(args: argparse.Namespace) -> int:
             args.model, adapters, config, replicas=args.replicas, replica_cpus=args.replica_cpus,
             replica_gpus=args.replica_gpus, device=args.device, host=args.host, port=args.port,
             address=args.ray_address, fusions=args.fusion, token=args.token, preload=args.preload,
+            compositions=compositions_from_args(args.composition),
         )  # fmt: skip
     import uvicorn
 

@@ -3,8 +3,9 @@
 
 - every replica pushes its Prometheus text every ``METRICS_PUSH_S`` (``put``); the gateway reads the texts of the
   replicas heard from within ``METRICS_STALE_S`` (``get``) and merges them for ``/metrics``;
-- the gateway records each run-time load (its source) or unload (None) that every live replica applied
-  (``record``); a replica that starts later (Ray replacing one) applies them (``changes``) before it serves.
+- the gateway records each run-time change that every live replica applied (``record``: an adapter's new
+  source, a composition's new setup, or None for removed); a replica that starts later (Ray replacing one)
+  applies them in order (``changes``) before it serves.
 """
 
 import time
@@ -21,19 +22,22 @@ METRICS_STALE_S = 10.0  # a replica silent this long (gone) leaves /metrics
 @ray.remote(num_cpus=0)
 class MetricsBoard:
     """The latest Prometheus text of each replica (pushed every ``METRICS_PUSH_S``), read by the gateway; and the
-    adapters loaded or unloaded at run time, which a replica that starts later (Ray replacing one) applies too."""
+    run-time changes of adapters and compositions, which a replica that starts later (Ray replacing one) applies
+    too."""
 
     def __init__(self) -> None:
         self.texts: dict[str, tuple[float, str]] = {}
-        self.runtime: dict[str, str | None] = {}  # adapters loaded (source) / unloaded (None) at run time
+        # (kind, name, state) of each run-time change, in order: a composition needs its adapters served first
+        self.runtime: list[tuple[str, str, str | None]] = []
 
-    def record(self, name: str, source: str | None) -> None:
-        """A run-time load (``source``) or unload (None) that every live replica applied."""
-        self.runtime[name] = source
+    def record(self, kind: str, name: str, state: str | None) -> None:
+        """A run-time change every live replica applied: ``kind`` "adapter" (``state``: its source) or
+        "composition" (its setup); ``state`` None: removed."""
+        self.runtime.append((kind, name, state))
 
-    def changes(self) -> dict[str, str | None]:
-        """The run-time loads and unloads so far, for a replica that starts later to apply."""
-        return dict(self.runtime)
+    def changes(self) -> list[tuple[str, str, str | None]]:
+        """The run-time changes so far, in order, for a replica that starts later to apply."""
+        return list(self.runtime)
 
     def put(self, replica: str, text: str) -> None:
         self.texts[replica] = (time.time(), text)

@@ -22,16 +22,18 @@ Two deployments:
   without ``--ray``. ``stream: true`` goes through Ray's streaming handle (``openai_stream``, an async generator
   on the replica): the gateway passes each server-sent event on as the replica's app sends it, and a client
   that goes away cancels the replica's call, which disconnects its app and so cancels the generation.
-- vLLM's ``POST /v1/load_lora_adapter`` / ``/v1/unload_lora_adapter`` (bearer token as the single-process
-  server's): the gateway broadcasts them to every replica, all or none (``replica_fanout``: a replica that fails
-  makes the call fail naming it, and the others are rolled back). Each change that every replica applied is
-  kept on the ``ray_board.MetricsBoard`` actor, and a replica that starts later applies them before serving.
+- Run-time changes: vLLM's ``POST /v1/load_lora_adapter`` / ``/v1/unload_lora_adapter``, ``POST /v1/adapters``,
+  ``DELETE /v1/adapters/NAME``, ``POST /v1/compositions``, ``DELETE /v1/compositions/NAME`` (bearer token as the
+  single-process server's, checked once by the gateway): the gateway broadcasts them to every replica, all or
+  none (``replica_fanout``: each replica answers with the single-process route; a replica that fails makes the
+  call fail naming it, and the others are rolled back). Each change that every replica applied is kept on the
+  ``ray_board.MetricsBoard`` actor, and a replica that starts later applies them, in order, before serving.
+  ``--composition NAME=SETUP`` compositions are given to every replica at start.
 - ``GET /metrics``: every replica pushes its own Prometheus text to that ``MetricsBoard`` actor every
   ``METRICS_PUSH_S`` (so the figures lag by at most that); the gateway merges them (``metrics_merge``), each
   sample labelled ``replica="ID"`` (sum over it in PromQL for the deployment; a replica silent for
   ``METRICS_STALE_S`` is dropped). The gateway's own HTTP counts are not included.
 
-Not served here: ``POST/DELETE /v1/adapters`` answer 501 (use vLLM's load/unload routes above).
 Errors keep the single-process server's statuses (404 unknown adapter, 422 bad input, 429 queue full, 502 source failed, 503 shutting down):
 the replica turns an ``AdapterHubError`` into ``{"error": {"status", "detail", "headers"}}``, so no exception
 has to survive Ray's pickling.
@@ -59,12 +61,19 @@ from ray.serve.handle import DeploymentHandle
 from adapterhub.errors import AdapterHubError, ConfigError
 from adapterhub.serving.app import EmbedBody, GenerateBody, PredictBody, create_app
 from adapterhub.serving.asgi_calls import call_app, stream_app
+from adapterhub.serving.compositions import CompositionRegistry
 from adapterhub.serving.engine import EngineConfig, ServingEngine
 from adapterhub.serving.metrics_merge import merge_expositions
-from adapterhub.serving.openai_errors import openai_error
+from adapterhub.serving.openai_errors import error_response
 from adapterhub.serving.ray_board import APP_NAME, METRICS_PUSH_S, metrics_board
 from adapterhub.serving.registry import UnknownAdapterError
-from adapterhub.serving.replica_fanout import ReplicaAnswer, apply_change, apply_everywhere, lora_name_of
+from adapterhub.serving.replica_fanout import (
+    ReplicaAnswer,
+    answer_change,
+    apply_change,
+    apply_everywhere,
+    change_target,
+)
 from adapterhub.serving.scheduler import QueueFullError, ShuttingDownError
 from adapterhub.serving.setups import parse_request_setup
 from adapterhub.serving.sources import AdapterSource, SourceError
@@ -111,23 +120,27 @@ class EngineReplica:
         config: Mapping[str, Any],
         device: str | None,
         fusions: Sequence[str],
+        compositions: Mapping[str, str] | None = None,
     ) -> None:
         self.engine = ServingEngine.from_pretrained(
             model,
             adapters=dict(adapters),
             config=EngineConfig.from_dict(config),
             fusions=fusions,
+            compositions=compositions,
             device=device,
         )
         await self.engine.start()
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.board = metrics_board()
-        for name, source in (await self.board.changes.remote()).items():  # loaded on first use
-            await apply_change(self.engine, name, source, load=False)
+        for kind, name, state in await self.board.changes.remote():  # adapters load on first use
+            await apply_change(self.engine, kind, name, state, load=False)
 
         async def load(model_id: str) -> tuple[str, ...]:
-            """Load every adapter of the setup ``model_id`` into this replica's engine."""
-            names = tuple(setup_names(parse_request_setup(model_id)))
+            """Load every adapter of the setup ``model_id`` (or of the composition it names) into this replica's
+            engine."""
+            setup = self.engine.compositions.get(model_id) or parse_request_setup(model_id)
+            names = tuple(setup_names(setup))
             for name in names:
                 await self.engine.load(name)
             return names
@@ -184,25 +197,28 @@ class EngineReplica:
         finally:
             await parts.aclose()
 
-    async def lora(self, path: str, body: bytes) -> ReplicaAnswer:
-        """vLLM's load/unload (``path``) on this replica's engine, by the single-process route (``replica_fanout``
-        sends it to every replica); ``previous``: the name's source here before."""
-        name = lora_name_of(body)
-        source = None if name is None else self.engine.registry.sources.get(name)
-        status, headers, content = await call_app(self.app, "POST", path, body)
-        kind = next((v for k, v in headers if k.lower() == "content-type"), "application/json")
-        return ReplicaAnswer(self.replica, status, kind, content, None if source is None else str(source))
+    async def change(self, method: str, path: str, body: bytes) -> ReplicaAnswer:
+        """A run-time change (adapter or composition) on this replica's engine, by the single-process route
+        (``replica_fanout`` sends it to every replica), with the target's state here before and after."""
+        return await answer_change(self.app, self.engine, self.replica, method, path, body)
 
-    async def restore(self, name: str, previous: Mapping[str, str | None]) -> None:
-        """Undo a load/unload on this replica if it is one of ``previous`` (replica -> the name's source before;
-        None: not served before)."""
+    async def restore(self, kind: str, name: str, previous: Mapping[str, str | None]) -> None:
+        """Undo a change of the target ``(kind, name)`` on this replica if it is one of ``previous`` (replica ->
+        the target's state before; None: not served before)."""
         if self.replica in previous:
-            await apply_change(self.engine, name, previous[self.replica], load=True)
+            await apply_change(self.engine, kind, name, previous[self.replica], load=True)
 
     def state(self) -> dict[str, Any]:
-        """This replica's id, the adapters it serves (name -> source) and those loaded now."""
+        """This replica's id, the adapters it serves (name -> source), its compositions (name -> setup) and the
+        adapters loaded now."""
         sources = {name: str(source) for name, source in self.engine.registry.sources.items()}
-        return {"replica": self.replica, "sources": sources, "loaded": self.loaded()}
+        compositions = dict(self.engine.compositions.texts)
+        return {
+            "replica": self.replica,
+            "sources": sources,
+            "compositions": compositions,
+            "loaded": self.loaded(),
+        }
 
     def loaded(self) -> list[str]:
         """Adapters in this replica's engine now."""
@@ -256,7 +272,16 @@ class EngineReplica:
         )
 
     def adapters(self) -> dict[str, Any]:
-        return {"result": {"adapters": self.engine.adapters(), "max_loaded": self.engine.config.max_loaded}}
+        """``GET /v1/adapters`` as the single-process server answers it, over this replica's engine."""
+        engine = self.engine
+        return {
+            "result": {
+                "adapters": engine.adapters(),
+                "fusions": engine.fusions.describe(),
+                "compositions": engine.compositions.describe(),
+                "max_loaded": engine.config.max_loaded,
+            }
+        }
 
 
 gateway_app = FastAPI(title="adapterhub serve-model (Ray Serve)", description=__doc__)
@@ -279,14 +304,6 @@ def _forwarded(answer: dict[str, Any]) -> dict[str, str]:
     keep = {"content-type", "retry-after"}
     headers = {k.lower(): v for k, v in answer["headers"] if k.lower() in keep}
     return headers | {REPLICA_HEADER: answer["replica"], REPLICA_ADAPTERS_HEADER: ",".join(answer["loaded"])}
-
-
-def _not_here(what: str) -> JSONResponse:
-    return JSONResponse(
-        {"detail": f"{what} is not served by the Ray Serve deployment; use POST /v1/load_lora_adapter or "
-         "/v1/unload_lora_adapter (they reach every replica), or run adapterhub serve-model without --ray."},
-        501,
-    )  # fmt: skip
 
 
 @serve.deployment
@@ -327,13 +344,13 @@ class Gateway:
     async def list_adapters(self) -> JSONResponse:
         return _response(await self.replicas.adapters.remote())
 
-    @gateway_app.post("/v1/adapters")
-    async def add_adapter(self) -> JSONResponse:
-        return _not_here("POST /v1/adapters")
+    @gateway_app.post("/v1/adapters", summary="add an adapter by source on every replica")
+    async def add_adapter(self, request: Request) -> Response:
+        return await self._change(request)
 
-    @gateway_app.delete("/v1/adapters/{name}")
-    async def delete_adapter(self, name: str) -> JSONResponse:
-        return _not_here("DELETE /v1/adapters")
+    @gateway_app.delete("/v1/adapters/{name}", summary="forget and evict an adapter on every replica")
+    async def delete_adapter(self, name: str, request: Request) -> Response:
+        return await self._change(request)
 
     async def _openai(self, request: Request, model: str | None = None) -> Response:
         """Forward an OpenAI route to a replica: the body's ``model`` (an adapter) is the multiplexed id, the base
@@ -396,21 +413,27 @@ class Gateway:
         return await self._openai(request, "")
 
     async def _change(self, request: Request) -> Response:
-        """vLLM's load/unload on every replica, all or none (``replica_fanout``); needs the token if one is set."""
+        """A run-time change on every replica, all or none (``replica_fanout``); needs the token if one is set
+        (a missing or wrong one answers 401 in the route's shape, as the single-process server does)."""
         given = (request.headers.get("authorization") or "").removeprefix("Bearer ").strip()
         if self.token is not None and not hmac.compare_digest(given.encode(), self.token.encode()):
-            return openai_error(401, "This server needs its token: send Authorization: Bearer TOKEN.")
-        raw = await request.body()
+            return error_response(
+                request, 401, "This server needs its token: send Authorization: Bearer TOKEN."
+            )
+        raw, method, path = await request.body(), request.method, request.url.path
+        states: list[str | None] = []
 
-        async def broadcast(method: str, *args: Any) -> list[Any]:
-            return await self.replicas.broadcast(method, *args).results_async(return_exceptions=True)
+        async def broadcast(call: str, *args: Any) -> list[Any]:
+            answers = list(await self.replicas.broadcast(call, *args).results_async(return_exceptions=True))
+            if call == "change":  # the state every replica has after a change they all applied
+                states[:] = [a.after for a in answers if isinstance(a, ReplicaAnswer)][:1]
+            return answers
 
         async with self.changing:
-            answer = await apply_everywhere(broadcast, request.url.path, raw)
-            name = lora_name_of(raw)
-            if answer.status_code == 200 and name is not None:  # for replicas that start later
-                loading = request.url.path == "/v1/load_lora_adapter"
-                await self.board.record.remote(name, json.loads(raw)["lora_path"] if loading else None)
+            answer = await apply_everywhere(broadcast, method, path, raw)
+            target = change_target(method, path, raw)
+            if answer.status_code == 200 and target is not None and states:  # for replicas that start later
+                await self.board.record.remote(*target, states[0])
         return answer
 
     @gateway_app.post("/v1/load_lora_adapter", summary="vLLM: add and load an adapter on every replica")
@@ -419,6 +442,14 @@ class Gateway:
 
     @gateway_app.post("/v1/unload_lora_adapter", summary="vLLM: forget and evict an adapter on every replica")
     async def unload_lora(self, request: Request) -> Response:
+        return await self._change(request)
+
+    @gateway_app.post("/v1/compositions", summary="serve a composition on every replica")
+    async def add_composition(self, request: Request) -> Response:
+        return await self._change(request)
+
+    @gateway_app.delete("/v1/compositions/{name}", summary="stop serving a composition on every replica")
+    async def delete_composition(self, name: str, request: Request) -> Response:
         return await self._change(request)
 
     @gateway_app.get("/metrics", summary="every replica's Prometheus metrics, labelled replica=ID")
@@ -446,23 +477,28 @@ def build_app(
     replica_gpus: float = 0.0,
     device: str | None = None,
     fusions: Sequence[str] = (),
+    compositions: Mapping[str, str] | None = None,
     max_ongoing_requests: int | None = None,
     token: str | None = None,
 ) -> Any:
     """The Ray Serve application (``Gateway`` bound to ``replicas`` ``EngineReplica`` replicas) for ``serve.run``.
 
     ``adapters``: name -> source (a string or ``AdapterSource``); ``fusions``: saved AdapterFusion directories
-    (``--fusion``); ``replica_cpus`` / ``replica_gpus``: Ray
-    resources reserved per replica; ``device``: the replicas' torch device; ``max_ongoing_requests``: requests one
-    replica takes at once (default ``2 * max_batch_rows``, so that a replica can fill its passes; beyond it Ray
-    routes elsewhere); ``token``: the bearer token vLLM's load/unload routes need (None: none)."""
+    (``--fusion``); ``compositions``: name -> setup served by every replica (``--composition``; checked here, a bad
+    one raises ``ConfigError``); ``replica_cpus`` / ``replica_gpus``: Ray resources reserved per replica;
+    ``device``: the replicas' torch device; ``max_ongoing_requests``: requests one replica takes at once (default
+    ``2 * max_batch_rows``, so that a replica can fill its passes; beyond it Ray routes elsewhere); ``token``: the
+    bearer token the run-time change routes need (None: none)."""
     if not isinstance(replicas, int) or replicas < 1:
         raise ConfigError(f"replicas must be a positive integer, got {replicas!r}.")
+    scratch = CompositionRegistry()  # refuse a bad composition here, not in every replica's start
+    for name, text in (compositions or {}).items():
+        scratch.register(name, text, taken={a: "an adapter" for a in adapters}, known=list(adapters))
     ongoing = max_ongoing_requests or 2 * config.max_batch_rows
     resources = {"num_cpus": replica_cpus, "num_gpus": replica_gpus}
     engine = EngineReplica.options(
         num_replicas=replicas, max_ongoing_requests=ongoing, ray_actor_options=resources
-    ).bind(model, dict(adapters), config.to_dict(), device, list(fusions))
+    ).bind(model, dict(adapters), config.to_dict(), device, list(fusions), dict(compositions or {}))
     return Gateway.options(max_ongoing_requests=max(ongoing * replicas, 100)).bind(engine, replicas, token)
 
 
@@ -522,6 +558,7 @@ def serve_with_ray(
     port: int,
     address: str | None,
     fusions: Sequence[str] = (),
+    compositions: Mapping[str, str] | None = None,
     token: str | None = None,
     preload: bool = False,
 ) -> int:
@@ -540,6 +577,7 @@ def serve_with_ray(
         replica_gpus=replica_gpus,
         device=device,
         fusions=[str(Path(f).expanduser().resolve()) for f in fusions],
+        compositions=compositions,
         token=token,
     )
 

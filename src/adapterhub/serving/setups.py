@@ -27,7 +27,7 @@ def parse_request_setup(text: str) -> Setup:
 
     def quote(match: re.Match[str]) -> str:
         word = match.group(2)
-        if word is None or word in _BLOCKS or word in ("True", "False") or _NUMBER.fullmatch(word):
+        if word is None or word in _BLOCKS or word in ("True", "False", "None") or _NUMBER.fullmatch(word):
             return match.group(0)
         if text[match.end() :].lstrip().startswith(("(", "=")):
             return word  # a call or a keyword argument: left for the parser to judge
