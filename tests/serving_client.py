@@ -41,3 +41,21 @@ async def complete(
         "/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0}
     )
     return answer
+
+
+# Ray Serve's router sends a request for an adapter no replica reports yet to the replica holding the fewest adapters,
+# after waiting this long for a report (Ray's default 1 s). On two busy cores a replica's report of its first adapter
+# can take longer, and the second adapter then lands on the same replica by a coin toss: the routing tests wait longer.
+RAY_MATCHING_TIMEOUT_S = "5"
+
+
+def ray_test_init_options() -> dict[str, Any]:
+    """``ray.init`` options of the Ray tests: the library's (its source first on the workers' path) plus a longer
+    multiplexed-model matching timeout for every Serve process, so routing assertions do not depend on load."""
+    from adapterhub.serving import ray_serve
+
+    options = ray_serve.ray_init_options()
+    options["runtime_env"]["env_vars"]["RAY_SERVE_MULTIPLEXED_MODEL_ID_MATCHING_TIMEOUT_S"] = (
+        RAY_MATCHING_TIMEOUT_S
+    )
+    return options

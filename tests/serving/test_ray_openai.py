@@ -32,6 +32,7 @@ import transformers
 import adapterhub
 from adapterhub.serving.background import BackgroundServer
 from adapterhub.serving.engine import EngineConfig, ServingEngine
+from serving_client import ray_test_init_options
 from tiny_chat import save_chat_llama
 from tiny_models import perturb
 
@@ -107,7 +108,7 @@ def served(chat_llama: tuple[Path, dict[str, str]]) -> Any:
     app = ray_serve.build_app(
         str(directory), adapters, CONFIG, replicas=2, replica_cpus=0.5, token=TOKEN, compositions=COMPOSITIONS
     )
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, **ray_serve.ray_init_options())
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, **ray_test_init_options())
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(app, name=ray_serve.APP_NAME, route_prefix="/")

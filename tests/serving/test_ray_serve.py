@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import torch
 
+from serving_client import ray_test_init_options
+
 pytestmark = pytest.mark.slow
 
 TOL = 1e-5
@@ -64,7 +66,7 @@ def served(tiny_bert_dir, adapter_dirs):
         replicas=2,
         replica_cpus=0.5,
     )
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, **ray_serve.ray_init_options())
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, **ray_test_init_options())
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(app, name=ray_serve.APP_NAME, route_prefix="/")
