@@ -28,7 +28,11 @@ CONFIGS = [
     {"method": "loha", "r": 2, "alpha": 4},
     {"method": "lokr", "r": 2, "alpha": 4},
     {"method": "lokr", "r": 4, "alpha": 4},
+    # peft's use_effective_conv2d: CP-decomposed kernels (hada_t1 / hada_t2, lokr_t2 (r, r, 4, 4)), which say it all
+    {"method": "loha", "r": 2, "alpha": 4, "use_effective_conv2d": True},
+    {"method": "lokr", "r": 2, "alpha": 4, "use_effective_conv2d": True},
 ]
+IDS = ["loha", "lokr-factored", "lokr-full", "loha-cp", "lokr-cp"]
 
 
 @pytest.fixture
@@ -56,7 +60,7 @@ def _source(config):
     return model
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["loha", "lokr-factored", "lokr-full"])
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 def test_conv_lycoris_publishes_and_loads_back_identical(live, tmp_path, config):
     inputs = make_pixel_inputs()
     source = _source(config)
@@ -85,7 +89,7 @@ def _edit_config(directory, **changes):
     path.write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["loha", "lokr-factored", "lokr-full"])
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 def test_declared_in_channels_the_factors_do_not_fit_are_refused_by_both_checks(tmp_path, config):
     directory = _source(config).save_adapter(tmp_path / "k", "k")
     _edit_config(directory, conv_modules={PATH: {"in_channels": 4, "kernel_size": [4, 4]}})
@@ -124,7 +128,7 @@ def test_a_declared_convolution_without_factors_and_a_malformed_declaration_are_
             check(directory)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["loha", "lokr-factored", "lokr-full"])
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 def test_peft_layout_conv_lycoris_matches_peft_and_publishes(live, tmp_path, config):
     """adapterhub's peft-layout folder: peft computes our outputs from it, and through the hub (the declared
     convolution in adapterhub_conv_modules.json) it loads back identical."""

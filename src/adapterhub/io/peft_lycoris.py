@@ -11,8 +11,10 @@ peft's ``target_modules`` / ``exclude_modules`` / ``layers_to_transform`` select
 ``alpha_pattern`` and the other options are kept, so every module gets peft's rank, alpha and factors. When the
 adapter is built, paths that are spec points of the model move there (``LoRAAdapter.adopt_tensors``). Tensors of
 no adapted module are ``modules_to_save`` copies (or a static head), as for LoRA. Convolution factors
-on ``nn.Conv2d`` are those of the flattened kernel (``use_effective_conv2d=False``); the CP-decomposed ones
-(``hada_t1``, ``lokr_t2``) are refused.
+on ``nn.Conv2d`` are those of the flattened kernel (``use_effective_conv2d=False``, or a 1×1 kernel), or with
+``use_effective_conv2d=True`` on a larger kernel peft's CP decomposition: ``hada_t1`` / ``hada_t2`` ``(r, r, kh,
+kw)`` with ``hada_w*_a (r, c_out)`` and ``hada_w*_b (r, c_in)`` (LoHa), ``lokr_t2 (r, r, kh, kw)`` with
+``lokr_w2_a (r, b)`` and ``lokr_w2_b (r, d)`` (LoKr, when ``W2`` is factored), under the same names both ways.
 
 Writing: each target under its module path (a spec point through the spec's module name; the fused projections of
 GPT-2's ``c_attn`` have no peft form and are refused), ``target_modules`` the list of those full paths. The
@@ -73,12 +75,7 @@ def read_peft_lycoris(
     tensors: dict[str, torch.Tensor] = {}
     paths: set[str] = set()
     weights, head = module_weights(raw, _WEIGHT, directory)  # head: modules_to_save
-    for key, path, param, tensor in weights:
-        if param in ("hada_t1", "hada_t2", "lokr_t2"):
-            raise ConfigError(
-                f"peft weight {key!r} in {directory} is a CP-decomposed convolution factor (use_effective_conv2d="
-                f"True), which adapterhub's {method} does not implement; save it with use_effective_conv2d=False."
-            )
+    for _key, path, param, tensor in weights:
         tensors[f"by_name.{path.replace('.', ':')}.{param}"] = tensor
         paths.add(path)
     if not tensors:

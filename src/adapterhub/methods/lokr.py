@@ -5,7 +5,9 @@ For a projection ``y = W x + b`` with ``W: (d_out, d_in)``, ``d_out = a·b`` and
     ΔW = s · W1 ⊗ W2        W1: (a, c)   W2: (b, d)   s = alpha / r
     y' = y + ΔW x
 
-``W2`` is the product ``W2a W2b`` (``(b, r)``, ``(r, d)``) when ``r < max(b, d) / 2``, else one full matrix;
+``W2`` is the product ``W2a W2b`` (``(b, r)``, ``(r, d)``) when ``r < max(b, d) / 2``, else one full matrix (on an
+``nn.Conv2d`` with ``use_effective_conv2d`` and a kernel larger than 1×1 the product is a CP-decomposed kernel,
+``LoKrConvLayer``);
 ``W1`` is full unless ``decompose_both`` and ``r < max(a, c) / 2`` (then ``W1a W1b``). Initialisation (peft's):
 ``init_weights=True`` zeroes ``W1`` (or ``W1a``), ``"lycoris"`` zeroes ``W2`` (or ``W2b``), ``False`` zeroes
 nothing; the other factors are Kaiming-uniform (``a = sqrt(5)``). Parameter names are peft's (``lokr_w1`` ...).
@@ -23,7 +25,7 @@ from torch import nn
 
 from adapterhub.methods.base import NamedModule, register_method
 from adapterhub.methods.lora import ConvLoRALayer, LoRALayer
-from adapterhub.methods.lycoris import LycorisAdapter, LycorisLayer
+from adapterhub.methods.lycoris import LycorisAdapter, LycorisLayer, cp_kernel
 from adapterhub.spec.configs import LoKrConfig
 from adapterhub.spec.factor_shapes import factorization
 
@@ -50,9 +52,16 @@ class LoKrLayer(LycorisLayer):
         a, b = factorization(d_out, config.decompose_factor)
         c, d = factorization(d_in, config.decompose_factor)
         self.w1 = self._factor("lokr_w1", a, c, r, full=not (config.decompose_both and r < max(a, c) / 2))
-        # a convolution: a full W2 holds the kernel (b, d, kh, kw), a factored one the flattened kernel
+        # a convolution: a full W2 holds the kernel (b, d, kh, kw), a factored one the flattened kernel, or with
+        # use_effective_conv2d its CP factors (lokr_t2 (r, r, kh, kw), lokr_w2_a (r, b), lokr_w2_b (r, d))
         full2 = not r < max(b, d) / 2
-        self.w2 = self._factor("lokr_w2", b, d * (1 if full2 else math.prod(self.kernel)), r, full=full2)
+        if self.effective and not full2:
+            self.w2: tuple[str, ...] = ("lokr_t2", "lokr_w2_a", "lokr_w2_b")
+            self.lokr_w2_a = nn.Parameter(torch.empty(r, b))  # (r, b)
+            self.lokr_w2_b = nn.Parameter(torch.empty(r, d))  # (r, d)
+            self.lokr_t2 = nn.Parameter(torch.empty(r, r, *self.kernel))  # (r, r, kh, kw)
+        else:
+            self.w2 = self._factor("lokr_w2", b, d * (1 if full2 else math.prod(self.kernel)), r, full=full2)
         if full2 and self.kernel:
             self.lokr_w2 = nn.Parameter(torch.empty(b, d, *self.kernel))  # (b, d, kh, kw)
         with torch.no_grad():
@@ -76,11 +85,17 @@ class LoKrLayer(LycorisLayer):
     def _matrix(self, names: tuple[str, ...]) -> torch.Tensor:
         if len(names) == 1:
             return getattr(self, names[0])  # type: ignore[no-any-return]
+        if len(names) == 3:  # CP: core (r, r, kh, kw), modes (r, b), (r, d) -> (b, d, kh, kw)
+            return cp_kernel(*(getattr(self, name) for name in names))
         return getattr(self, names[0]) @ getattr(self, names[1])  # type: ignore[no-any-return]
 
     @classmethod
     def shape_from(cls, params: Mapping[str, torch.Tensor]) -> tuple[int, int] | None:
         def size(name: str) -> tuple[int, int] | None:
+            if name == "lokr_w2" and "lokr_t2" in params:  # CP: lokr_w2_a (r, b), lokr_w2_b (r, d)
+                if f"{name}_a" not in params or f"{name}_b" not in params:
+                    return None
+                return int(params[f"{name}_a"].shape[1]), int(params[f"{name}_b"].shape[1])
             if name in params:
                 return int(params[name].shape[0]), int(params[name].shape[1])
             if f"{name}_a" in params and f"{name}_b" in params:
@@ -94,8 +109,9 @@ class LoKrLayer(LycorisLayer):
 
     @classmethod
     def conv_shape_from(cls, params: Mapping[str, torch.Tensor]) -> tuple[int, int, tuple[int, ...]] | None:
-        """A full ``lokr_w2 (b, d, kh, kw)`` with ``W1 (a, c)``: ``(c·d, a·b, (kh, kw))``."""
-        w2 = params.get("lokr_w2")
+        """A full ``lokr_w2 (b, d, kh, kw)`` or a CP core ``lokr_t2 (r, r, kh, kw)`` with ``W1 (a, c)``:
+        ``(c·d, a·b, (kh, kw))``."""
+        w2 = params.get("lokr_t2", params.get("lokr_w2"))
         shape = cls.shape_from(params)
         if w2 is None or w2.dim() != 4 or shape is None:
             return None
@@ -103,15 +119,17 @@ class LoKrLayer(LycorisLayer):
 
     def _product(self) -> torch.Tensor:
         w1 = self._matrix(self.w1)  # (a, c)
-        w2 = self._matrix(self.w2)  # (b, d) (a convolution: (b, d·kh·kw) or (b, d, kh, kw))
+        w2 = self._matrix(self.w2)  # (b, d) (a convolution: (b, d·kh·kw) or (b, d, kh, kw) full or CP)
         if w2.dim() == 4:
             w1 = w1[:, :, None, None]  # (a, c, 1, 1)
         return torch.kron(w1, w2.contiguous())  # (a·b, c·d[·kh·kw]) = (d_out, d_in[...])
 
 
 class LoKrConvLayer(LoKrLayer):
-    """LoKr on an ``nn.Conv2d`` (peft's with ``use_effective_conv2d=False``): ``d_in`` the input channels, the kernel
-    in ``W2``; ``ΔW`` reshaped to ``(c_out, c_in, kh, kw)``."""
+    """LoKr on an ``nn.Conv2d``: ``d_in`` the input channels, the kernel in ``W2`` (full ``(b, d, kh, kw)``, factored
+    over the flattened kernel ``(b, r) · (r, d·kh·kw)``, or with ``use_effective_conv2d`` on a kernel larger than
+    1×1 CP-decomposed, ``W2 = cp_kernel(T2 (r, r, kh, kw), W2a (r, b), W2b (r, d))``); ``ΔW`` reshaped to
+    ``(c_out, c_in, kh, kw)``."""
 
     def __init__(
         self, module: NamedModule, config: LoKrConfig, r: int | None = None, alpha: float | None = None
