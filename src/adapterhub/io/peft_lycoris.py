@@ -20,8 +20,9 @@ Writing: each target under its module path (a spec point through the spec's modu
 GPT-2's ``c_attn`` have no peft form and are refused), ``target_modules`` the list of those full paths. The
 ``nn.Conv2d`` targets' input channels and kernel, which the flattened factors do not say, go into
 ``adapterhub_conv_modules.json`` beside peft's files (peft ignores it; ``inspect_adapter_dir`` and the hub read it):
-a folder peft wrote itself lacks it, so its LoHa factors read as a linear update of the flattened width (the model
-says which when it is loaded) and a factored LoKr convolution cannot be validated without the model.
+a folder peft wrote itself lacks it, so its LoHa factors (and a factored LoKr's) read as a linear update of the
+flattened width (the model says which when it is loaded; the full check reads a LoKr split that is not a linear
+layer's as a convolution's, ``LoKrLayer.flattened_conv_from``). CP-decomposed kernels say the convolution.
 """
 
 from __future__ import annotations

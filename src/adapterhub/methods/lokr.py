@@ -25,8 +25,8 @@ from torch import nn
 
 from adapterhub.methods.base import NamedModule, register_method
 from adapterhub.methods.lora import ConvLoRALayer, LoRALayer
-from adapterhub.methods.lycoris import LycorisAdapter, LycorisLayer, cp_kernel
-from adapterhub.spec.configs import LoKrConfig
+from adapterhub.methods.lycoris import LycorisAdapter, LycorisLayer, cp_kernel, factors_by_point
+from adapterhub.spec.configs import LoKrConfig, MethodConfig
 from adapterhub.spec.factor_shapes import factorization
 
 __all__ = ["LoKrAdapter", "LoKrConvLayer", "LoKrLayer", "factorization"]
@@ -117,6 +117,30 @@ class LoKrLayer(LycorisLayer):
             return None
         return shape[0], shape[1], (int(w2.shape[2]), int(w2.shape[3]))
 
+    @classmethod
+    def flattened_conv_from(
+        cls, params: Mapping[str, torch.Tensor], config: LoKrConfig
+    ) -> tuple[int, int, tuple[int, ...]] | None:
+        """A convolution whose flattened kernel a factored ``W2`` covers, when the factors are not a linear layer's
+        (a folder peft wrote, which does not declare its convolutions): ``W1 (a, c)``, ``lokr_w2_a (b, r)``,
+        ``lokr_w2_b (r, n)``. A linear layer of ``c·n`` inputs has ``(c, n) = factorization(c·n)``; a convolution
+        of ``c_in = c·d`` channels and a kernel of ``kh·kw = n / d`` entries has ``(c, d) = factorization(c·d)`` and
+        ``r < max(b, d) / 2`` (peft's rules). When the linear reading fails, the first such ``d`` (any gives the same
+        factor shapes; the files do not fix ``kh`` and ``kw`` apart) as ``(c·d, a·b, (1, n / d))``; else None."""
+        w2a, w2b, shape = params.get("lokr_w2_a"), params.get("lokr_w2_b"), cls.shape_from(params)
+        if config.use_effective_conv2d or "lokr_t2" in params or w2a is None or w2b is None or shape is None:
+            return None  # with use_effective_conv2d only a 1x1 kernel is flattened: the linear reading
+        if w2b.dim() != 2 or w2a.dim() != 2:
+            return None
+        r, n, b = int(w2b.shape[0]), int(w2b.shape[1]), int(w2a.shape[0])
+        c, split = shape[0] // n, config.decompose_factor
+        if factorization(c * n, split) == (c, n):
+            return None  # a linear layer's split
+        for d in range(1, n + 1):
+            if n % d == 0 and factorization(c * d, split) == (c, d) and r < max(b, d) / 2:
+                return c * d, shape[1], (1, n // d)
+        return None
+
     def _product(self) -> torch.Tensor:
         w1 = self._matrix(self.w1)  # (a, c)
         w2 = self._matrix(self.w2)  # (b, d) (a convolution: (b, d·kh·kw) or (b, d, kh, kw) full or CP)
@@ -145,3 +169,20 @@ class LoKrAdapter(LycorisAdapter):
     config: LoKrConfig  # type: ignore[assignment]
     layer_class: ClassVar[type[LoRALayer]] = LoKrLayer  # type: ignore[assignment]
     conv_layer_class: ClassVar[type[ConvLoRALayer]] = LoKrConvLayer  # type: ignore[assignment]
+
+    @classmethod
+    def conv_shapes_for_config(
+        cls, config: MethodConfig, tensors: Mapping[str, torch.Tensor]
+    ) -> tuple[tuple[str, int, int, tuple[int, ...]], ...]:
+        """The convolutions the weights say (``conv_shapes_from``), and those a factored ``W2`` covers the flattened
+        kernel of by peft's split rules (``LoKrLayer.flattened_conv_from``)."""
+        said = cls.conv_shapes_from(tensors)
+        if not isinstance(config, LoKrConfig):
+            return said
+        known = {shape[0] for shape in said}
+        found = (
+            (point, LoKrLayer.flattened_conv_from(params, config))
+            for point, params in factors_by_point(tensors).items()
+            if point not in known
+        )
+        return said + tuple((point, *shape) for point, shape in found if shape is not None)

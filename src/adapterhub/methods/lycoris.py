@@ -31,6 +31,16 @@ from adapterhub.spec.configs import LycorisConfig
 _KEY = re.compile(r"^layers\.(\d+)\.([a-z_]+)\.([a-z0-9_]+)$")
 
 
+def factors_by_point(tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """``{point: {param: tensor}}`` of saved ``layers.<i>.<point>.<param>`` weights (one layer's targets)."""
+    by_point: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        match = _KEY.match(key)
+        if match:
+            by_point.setdefault(match.group(2), {})[match.group(3)] = tensor
+    return by_point
+
+
 def cp_kernel(core: torch.Tensor, out_mode: torch.Tensor, in_mode: torch.Tensor) -> torch.Tensor:
     """A convolution kernel from its CP / Tucker factors (peft's ``use_effective_conv2d``)::
 
@@ -135,11 +145,7 @@ class LycorisAdapter(LoRAAdapter):
     @classmethod
     def linear_shapes_from(cls, tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[str, int, int], ...]:
         """The ``(point, d_in, d_out)`` that saved factors imply (to validate files without a model)."""
-        by_point: dict[str, dict[str, torch.Tensor]] = {}
-        for key, tensor in tensors.items():
-            match = _KEY.match(key)
-            if match:
-                by_point.setdefault(match.group(2), {})[match.group(3)] = tensor
+        by_point = factors_by_point(tensors)
         layer: Any = cls.layer_class
         shapes = ((point, layer.shape_from(params)) for point, params in by_point.items())
         return tuple((point, shape[0], shape[1]) for point, shape in shapes if shape is not None)
@@ -151,11 +157,7 @@ class LycorisAdapter(LoRAAdapter):
         """``(point, c_in, c_out, (kh, kw))`` of the convolution targets whose saved factors say so (the layer
         class's ``conv_shape_from``: LoKr's full ``lokr_w2 (b, d, kh, kw)``, the CP cores ``hada_t1`` / ``lokr_t2``
         ``(r, r, kh, kw)``; a flattened kernel never does)."""
-        by_point: dict[str, dict[str, torch.Tensor]] = {}
-        for key, tensor in tensors.items():
-            match = _KEY.match(key)
-            if match:
-                by_point.setdefault(match.group(2), {})[match.group(3)] = tensor
+        by_point = factors_by_point(tensors)
         layer: Any = cls.layer_class
         shapes = ((point, layer.conv_shape_from(params)) for point, params in by_point.items())
         return tuple((point, *shape) for point, shape in shapes if shape is not None)
