@@ -1,4 +1,5 @@
-"""Names and helpers shared by peft's LoRA/DoRA (``peft_layout``) and (IA)³ (``peft_ia3``) layouts."""
+"""Names and helpers shared by the readers and writers of peft's layouts (LoRA/DoRA ``peft_layout``, (IA)³, AdaLoRA,
+LoHa/LoKr, OFT/BOFT, VeRA, LN tuning)."""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ from adapterhub.io.peft_common import (
     add_head_tensors,
     layers_path,
     module_regex,
+    module_weights,
     split_rows,
     write_peft_files,
 )
@@ -135,17 +136,10 @@ def _read_by_name(
     """A peft (IA)³ file as (IA)³ targeted by module name: ``<path>.ia3_l`` ``(d, 1)`` -> ``by_name.out_<path>``,
     ``(1, d)`` -> ``by_name.in_<path>`` (path with ":"); ``target_modules`` / ``feedforward_modules`` the paths."""
     tensors: dict[str, torch.Tensor] = {}
-    head: dict[str, torch.Tensor] = {}
     paths: list[str] = []
     inputs: list[str] = []
-    for key, tensor in raw.items():
-        if not key.startswith(PREFIX):
-            raise AdapterFileError(f"peft weight {key!r} in {directory} is not under {PREFIX!r}.")
-        match = _BY_NAME.match(key[len(PREFIX) :])
-        if match is None:
-            head[key[len(PREFIX) :]] = tensor  # modules_to_save
-            continue
-        path = match.group(1)
+    weights, head = module_weights(raw, _BY_NAME, directory)  # head: modules_to_save
+    for key, path, _param, tensor in weights:
         if tensor.dim() != 2 or 1 not in tensor.shape:
             raise AdapterFileError(
                 f"peft weight {key!r} has shape {tuple(tensor.shape)}; expected (d, 1) or (1, d)."
@@ -163,7 +157,7 @@ def _read_by_name(
     return config, tensors, head
 
 
-_BY_NAME = re.compile(r"^(?P<path>.+)\.ia3_l(?:\.[^.]+)?$")
+_BY_NAME = re.compile(r"^(?P<path>.+)\.(?P<param>ia3_l)(?:\.[^.]+)?$")
 
 
 def _write_by_name(
