@@ -40,8 +40,10 @@ from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io.peft_common import (
     PREFIX,
     add_saved_tensors,
+    by_name_targets,
     module_tensors,
     module_weights,
+    peft_meta,
     write_conv_modules,
     write_peft_files,
 )
@@ -120,20 +122,14 @@ def write_peft_lycoris(
         out[f"{PREFIX}{path}.{param}"] = tensor.detach().contiguous()
         paths.add(path)
     modules_to_save = add_saved_tensors(record, out)
-    meta: dict[str, Any] = {
-        "peft_type": PEFT_TYPES[method],
-        "task_type": None,
-        "base_model_name_or_path": record.model.model_name or None,
+    fields = {
         **{option: config[option] for option in _OPTIONS[method] if option in config},
-        "target_modules": sorted(paths),
-        "exclude_modules": None,
-        "layers_to_transform": None,  # the layers are in the list of module names
-        "layers_pattern": None,
+        **by_name_targets(paths),
         "rank_pattern": dict(config.get("rank_pattern") or {}),
         "alpha_pattern": dict(config.get("alpha_pattern") or {}),
         "modules_to_save": modules_to_save,
-        "inference_mode": True,
     }
+    meta = peft_meta(PEFT_TYPES[method], record, fields)
     written = write_peft_files(directory, out, meta)
     write_conv_modules(written, record.model.conv_modules)
     return written
