@@ -284,3 +284,28 @@ def test_effective_conv2d_adapter_of_ours_trains_and_round_trips(method, options
     theirs = peft.PeftModel.from_pretrained(_cnn(), tmp_path / "peft").eval()
     with torch.no_grad():
         torch.testing.assert_close(theirs(images), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["loha", "lokr"])
+def test_effective_conv2d_dropouts_match_peft_in_training(method, tmp_path):
+    """rank_dropout (rows of the CP-built ΔW) and module_dropout draw as peft does: the same random stream gives the
+    same training outputs."""
+    options = {"r": 1 if method == "lokr" else 2, "use_effective_conv2d": True, "rank_dropout": 0.5}
+    options["module_dropout"] = 0.3
+    if method == "lokr":
+        options["rank_dropout_scale"] = True
+    theirs = _peft_cnn(method, options, ["conv1", "conv2", "conv3"])
+    theirs.save_pretrained(tmp_path / "p")
+    ours = adapterhub.init(_cnn())
+    ours.load_adapter(tmp_path / "p", load_as="p", set_active=True)
+    images = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(3))
+    theirs.train()
+    ours.train()
+    outputs = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        expected = theirs(images)
+        torch.manual_seed(seed)
+        outputs.append(ours(images))
+        torch.testing.assert_close(outputs[-1], expected, atol=1e-5, rtol=0)
+    assert any(not torch.equal(outputs[0], o) for o in outputs[1:])  # the draws change the outputs
