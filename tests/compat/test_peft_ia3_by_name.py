@@ -158,3 +158,31 @@ def test_spec_less_model_takes_ia3_by_name():
         torch.testing.assert_close(model(x), want, atol=1e-6, rtol=0)
     with pytest.raises(Exception, match="by spec point"):
         model.add_adapter("b", {"method": "ia3"})
+
+
+def test_by_name_file_with_modules_to_save_and_a_stray_key(tmp_path):
+    """The by-name reader keeps peft's modules_to_save copy (the classifier, perturbed: the outputs need it) beside
+    the vectors, and refuses a weight outside base_model.model. by name."""
+    from safetensors.torch import save_file
+
+    from adapterhub.errors import AdapterFileError
+
+    targets, ff = CASES["bert"]
+    config = peft.IA3Config(target_modules=targets, feedforward_modules=ff, modules_to_save=["classifier"])
+    theirs = peft.get_peft_model(build("bert", "classification"), config).eval()
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for param in theirs.parameters():
+            if param.requires_grad:  # the vectors and the classifier's copy
+                param.add_(torch.randn(param.shape, generator=generator) * 0.3)
+    theirs.save_pretrained(tmp_path / "p")
+    inputs = make_inputs()
+    ours = adapterhub.init(build("bert", "classification"))
+    ours.load_adapter(tmp_path / "p", load_as="p", set_active=True)
+    assert ours.adapters["p"].target_modules is not None
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(**inputs).logits, theirs(**inputs).logits, atol=1e-5, rtol=0)
+    weights = load_file(tmp_path / "p" / "adapter_model.safetensors")
+    save_file({**weights, "stray.weight": torch.zeros(2)}, tmp_path / "p" / "adapter_model.safetensors")
+    with pytest.raises(AdapterFileError, match=r"'stray.weight'.*is not under 'base_model.model.'"):
+        adapterhub.init(build("bert", "classification")).load_adapter(tmp_path / "p")

@@ -123,11 +123,12 @@ class CNN(torch.nn.Module):
         super().__init__()
         self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
         self.conv2 = torch.nn.Conv2d(8, 8, 3, stride=2)
+        self.conv3 = torch.nn.Conv2d(8, 6, 1)
         self.pool = torch.nn.AdaptiveAvgPool2d(1)
-        self.fc = torch.nn.Linear(8, 4)
+        self.fc = torch.nn.Linear(6, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        h = self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
         return self.fc(self.pool(h).flatten(1))
 
 
@@ -181,9 +182,130 @@ def test_conv2d_matches_peft_merges_and_writes_back(method, options, tmp_path):
     assert all(p.grad is None for n, p in fresh.named_parameters() if n in before and "_adapterhub" not in n)
 
 
-def test_effective_conv2d_is_refused_by_name():
+EFFECTIVE = [
+    ("loha", {"r": 2}),
+    ("lokr", {"r": 1}),  # r < max(b, d) / 2: W2 CP-decomposed on the 3×3 kernels
+    ("lokr", {"r": 2}),  # r >= max(b, d) / 2 on every convolution: W2 full (b, d, kh, kw), no CP
+    ("lokr", {"r": 1, "decompose_both": True, "init_weights": False}),
+]
+
+
+def _peft_cnn(method: str, options: dict, targets: list[str]):
+    config_cls = peft.LoHaConfig if method == "loha" else peft.LoKrConfig
+    theirs = peft.get_peft_model(_cnn(), config_cls(alpha=3, target_modules=targets, **options)).eval()
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, param in theirs.named_parameters():
+            if ".hada_" in name or ".lokr_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return theirs
+
+
+@pytest.mark.parametrize("effective", [False, True])
+@pytest.mark.parametrize(("method", "options"), EFFECTIVE)
+def test_effective_conv2d_matches_peft_both_ways_and_merges(method, options, effective, tmp_path):
+    """use_effective_conv2d: peft's CP-decomposed kernels (hada_t1 / hada_t2, lokr_t2) on the 3×3 convolutions, the
+    flattened kernel on the 1×1 one (peft turns it off there); peft's folder loads with its outputs, ours loads in
+    peft with the same outputs, merge / unmerge keep them."""
+    options = {**options, "use_effective_conv2d": effective}
+    targets = ["conv1", "conv2", "conv3", "fc"]
+    theirs = _peft_cnn(method, options, targets)
+    names = {n.split(".")[-2] for n, _ in theirs.named_parameters() if "_t1." in n or "_t2." in n}
+    cores = {"hada_t1", "hada_t2"} if method == "loha" else {"lokr_t2"}
+    assert names == (cores if effective and (method == "loha" or options["r"] == 1) else set())
+    images = torch.randn(4, 3, 9, 9, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = theirs(images)
+    theirs.save_pretrained(tmp_path / "p")
     ours = adapterhub.init(_cnn())
-    with pytest.raises(ConfigError, match=r"use_effective_conv2d=True on a \(3, 3\) convolution"):
-        ours.add_adapter(
-            "t", config={"method": "loha", "target_modules": ["conv1"], "use_effective_conv2d": True}
-        )
+    ours.load_adapter(tmp_path / "p", load_as="p", set_active=True)
+    shapes = {n: tuple(p.shape) for n, p in ours._adapterhub.adapters["p"].named_parameters()}
+    assert shapes == {
+        n.replace("base_model.model.", "by_name.").replace(".default", ""): tuple(p.shape)
+        for n, p in theirs.named_parameters()
+        if ".hada_" in n or ".lokr_" in n
+    }
+    if effective and method == "loha":
+        assert shapes["by_name.conv2.hada_t1"] == (2, 2, 3, 3) and shapes["by_name.conv3.hada_w1_a"] == (6, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images), expected, atol=1e-5, rtol=0)
+    ours.save_adapter(tmp_path / "x", "p", layout="peft")
+    meta = json.loads((tmp_path / "x" / "adapter_config.json").read_text())
+    assert meta["use_effective_conv2d"] is effective
+    back = peft.PeftModel.from_pretrained(_cnn(), tmp_path / "x").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(images), expected, atol=1e-5, rtol=0)
+        base = _cnn()(images)
+        ours.merge_adapter("p")
+        torch.testing.assert_close(ours(images), expected, atol=1e-5, rtol=0)
+        ours.unmerge_adapter()
+        torch.testing.assert_close(ours(images), expected, atol=1e-5, rtol=0)
+        ours.set_active_adapters(None)
+        torch.testing.assert_close(ours(images), base, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("method", "options"), EFFECTIVE[:2])
+def test_effective_conv2d_adapter_of_ours_trains_and_round_trips(method, options, tmp_path):
+    """A new effective-conv adapter starts as the identity (peft's init), trains only its factors (the CP cores
+    included), and its own layout and peft's reload with identical outputs."""
+    ours = adapterhub.init(_cnn())
+    images = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        base = ours(images)
+    config = {"method": method, "target_modules": ["conv1", "conv2"], "use_effective_conv2d": True, **options}
+    ours.add_adapter("t", config=config, set_active=True)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images), base, atol=0, rtol=0)
+    ours.train_adapter("t")
+    ours.train()
+
+    def grads() -> set[str]:
+        ours.zero_grad(set_to_none=True)
+        ours(images).sum().backward()
+        found = {n for n, p in ours.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert all(n.startswith("_adapterhub.adapters.t.") for n in found)
+        return {n.rsplit(".", 1)[-1] for n in found}
+
+    # at the identity only the zero factor has a gradient (W2b of LoHa, W1 of LoKr); once moved, the cores too
+    assert grads() == ({"hada_w2_b"} if method == "loha" else {"lokr_w1"})
+    with torch.no_grad():
+        for param in ours._adapterhub.adapters["t"].parameters():
+            param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(4)) * 0.2)
+    assert ({"hada_t1", "hada_t2"} if method == "loha" else {"lokr_t2"}) <= grads()
+    ours.eval()
+    with torch.no_grad():
+        expected = ours(images)
+    for layout in ("adapterhub", "peft"):
+        directory = ours.save_adapter(tmp_path / layout, "t", layout=layout)
+        again = adapterhub.init(_cnn())
+        again.load_adapter(directory, load_as="t", set_active=True)
+        with torch.no_grad():
+            torch.testing.assert_close(again.eval()(images), expected, atol=1e-6, rtol=0)
+    theirs = peft.PeftModel.from_pretrained(_cnn(), tmp_path / "peft").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(images), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["loha", "lokr"])
+def test_effective_conv2d_dropouts_match_peft_in_training(method, tmp_path):
+    """rank_dropout (rows of the CP-built ΔW) and module_dropout draw as peft does: the same random stream gives the
+    same training outputs."""
+    options = {"r": 1 if method == "lokr" else 2, "use_effective_conv2d": True, "rank_dropout": 0.5}
+    options["module_dropout"] = 0.3
+    if method == "lokr":
+        options["rank_dropout_scale"] = True
+    theirs = _peft_cnn(method, options, ["conv1", "conv2", "conv3"])
+    theirs.save_pretrained(tmp_path / "p")
+    ours = adapterhub.init(_cnn())
+    ours.load_adapter(tmp_path / "p", load_as="p", set_active=True)
+    images = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(3))
+    theirs.train()
+    ours.train()
+    outputs = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        expected = theirs(images)
+        torch.manual_seed(seed)
+        outputs.append(ours(images))
+        torch.testing.assert_close(outputs[-1], expected, atol=1e-5, rtol=0)
+    assert any(not torch.equal(outputs[0], o) for o in outputs[1:])  # the draws change the outputs

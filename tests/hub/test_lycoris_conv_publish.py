@@ -28,7 +28,11 @@ CONFIGS = [
     {"method": "loha", "r": 2, "alpha": 4},
     {"method": "lokr", "r": 2, "alpha": 4},
     {"method": "lokr", "r": 4, "alpha": 4},
+    # peft's use_effective_conv2d: CP-decomposed kernels (hada_t1 / hada_t2, lokr_t2 (r, r, 4, 4)), which say it all
+    {"method": "loha", "r": 2, "alpha": 4, "use_effective_conv2d": True},
+    {"method": "lokr", "r": 2, "alpha": 4, "use_effective_conv2d": True},
 ]
+IDS = ["loha", "lokr-factored", "lokr-full", "loha-cp", "lokr-cp"]
 
 
 @pytest.fixture
@@ -56,7 +60,7 @@ def _source(config):
     return model
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["loha", "lokr-factored", "lokr-full"])
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 def test_conv_lycoris_publishes_and_loads_back_identical(live, tmp_path, config):
     inputs = make_pixel_inputs()
     source = _source(config)
@@ -85,7 +89,7 @@ def _edit_config(directory, **changes):
     path.write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["loha", "lokr-factored", "lokr-full"])
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 def test_declared_in_channels_the_factors_do_not_fit_are_refused_by_both_checks(tmp_path, config):
     directory = _source(config).save_adapter(tmp_path / "k", "k")
     _edit_config(directory, conv_modules={PATH: {"in_channels": 4, "kernel_size": [4, 4]}})
@@ -124,7 +128,7 @@ def test_a_declared_convolution_without_factors_and_a_malformed_declaration_are_
             check(directory)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["loha", "lokr-factored", "lokr-full"])
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 def test_peft_layout_conv_lycoris_matches_peft_and_publishes(live, tmp_path, config):
     """adapterhub's peft-layout folder: peft computes our outputs from it, and through the hub (the declared
     convolution in adapterhub_conv_modules.json) it loads back identical."""
@@ -192,20 +196,42 @@ def test_a_model_whose_convolution_differs_with_the_same_flattened_width_is_refu
         _model().load_adapter(directory)
 
 
-def test_peft_own_factored_lokr_conv_folder_is_refused_saying_what_to_do(tmp_path):
-    """A factored LoKr W2 on a Conv2d from a folder peft wrote: c_in and the kernel are not in the files, so the
-    full check cannot fit the factors and says how to record them."""
+def test_peft_own_factored_lokr_conv_folder_publishes_and_gives_peft_outputs(live, tmp_path):
+    """A factored LoKr W2 on a Conv2d from a folder peft wrote (no declared convolution): W1 (4, 1) and W2b (2, 48)
+    are not a linear layer's split of 48 inputs (peft's would be 6 · 8), so the full check reads them as the
+    flattened kernel of a convolution peft's rules allow and validates the folder as it is (its manifest module a
+    linear update of the flattened width, as for LoHa). Loaded into the model it gives peft's outputs; factors that
+    are neither a linear layer's nor a convolution's are still refused."""
     peft = pytest.importorskip("peft")
     theirs = peft.get_peft_model(
-        build("vit", "base"), peft.LoKrConfig(r=2, alpha=4, target_modules=["projection"])
-    )
+        build("vit", "base"),
+        peft.LoKrConfig(r=2, alpha=4, target_modules=["projection", "q_proj"], init_weights=False),
+    ).eval()
     theirs.save_pretrained(tmp_path / "p")
+    inputs = make_pixel_inputs()
+    expected = _out(theirs, inputs)
+    weights = load_file(tmp_path / "p" / "adapter_model.safetensors")
+    assert weights[f"base_model.model.{PATH}.lokr_w1"].shape == (4, 1)
+    manifest = inspect_adapter_dir(tmp_path / "p", model_type="vit")
+    assert [(m.kind, m.d_in, m.d_out) for m in manifest.modules if m.path == PATH] == [("linear", 48, 32)]
+    client.push_adapter_dir(
+        tmp_path / "p",
+        owner="alice",
+        name="p",
+        task="sentiment",
+        subtask="sst-2",
+        token=live.tokens["alice"],
+        model_type="vit",
+    )
+    target = _model()
+    target.load_adapter("@alice/p", set_active=True)
+    torch.testing.assert_close(_out(target, inputs), expected, atol=1e-5, rtol=0)
+    # W1 (4, 7), W2b (2, 4): peft splits no width as 7 · d with d <= 4 (the smaller factor comes first), so these
+    # are neither a linear layer's factors nor a convolution's
+    weights[f"base_model.model.{PATH}.lokr_w1"] = torch.zeros(4, 7)
+    weights[f"base_model.model.{PATH}.lokr_w2_b"] = torch.zeros(2, 4)
+    save_file(weights, tmp_path / "p" / "adapter_model.safetensors")
     with pytest.raises(
-        AdapterFileError, match=r"If 'embeddings.patch_embeddings.projection' is an nn.Conv2d"
+        AdapterFileError, match=r"lokr_w1: \(4, 7\) != \(4, 4\).*If 'embeddings.patch_embeddings"
     ):
         inspect_adapter_dir(tmp_path / "p", model_type="vit")
-    # loaded into its model and saved by adapterhub, it validates
-    model = _model()
-    model.load_adapter(tmp_path / "p", name="p")
-    directory = model.save_adapter(tmp_path / "ours", "p")
-    assert [m.kind for m in inspect_adapter_dir(directory).modules] == ["conv2d"]

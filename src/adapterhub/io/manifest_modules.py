@@ -9,8 +9,10 @@ What the files say, per module an adapter holds weights for:
   ``B`` ``(d_out, r)``; OFT's blocks);
 - a module target ``by_name.<path with ":">.<param>``: its path from the model's root, its widths read the same way
   (an ``nn.Embedding``'s LoRA has a linear one's shapes and is read as one), or, when the method reads a
-  convolution there (``conv_shapes_from``: LoRA's ``A`` ``(r, c_in, kh, kw)``, ``B`` ``(c_out, r, 1, 1)``; LoKr's
-  full ``lokr_w2`` ``(b, d, kh, kw)``) or the adapter declares one (``conv_modules``: ``in_channels`` and
+  convolution there (``conv_shapes_for_config``: LoRA's ``A`` ``(r, c_in, kh, kw)``, ``B`` ``(c_out, r, 1, 1)``;
+  LoKr's full ``lokr_w2`` ``(b, d, kh, kw)``, the CP cores of ``use_effective_conv2d``; a factored LoKr ``W2``
+  whose split is a convolution's flattened kernel and not a linear layer's, with a kernel ``(1, kh·kw)`` standing
+  for the unknown one) or the adapter declares one (``conv_modules``: ``in_channels`` and
   ``kernel_size``, which LoHa's flattened kernel does not say), an ``nn.Conv2d`` of those channels and kernel, its
   stride and padding unknown (``None``: they do not change shapes);
 - a copy ``copies.<path>.<param>`` (LN tuning) or ``saved.<path>.<param>`` (``modules_to_save``): its path, the
@@ -84,7 +86,7 @@ def file_modules(
             # the method reads a module target's weights as it reads a point's
             renamed = {f"layers.0.x.{name}": t for name, t in params.items()}
             found = method.shapes_for_config(config, renamed)
-            convs = method.conv_shapes_from(renamed)
+            convs = method.conv_shapes_for_config(config, renamed)
             declared = conv.get(path)
             if convs or (declared is not None and found):
                 # an nn.Conv2d target (its 4-d weights say so, or the adapter declares it: a flattened kernel does

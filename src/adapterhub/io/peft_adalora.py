@@ -32,8 +32,10 @@ from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io.peft_common import (
     PREFIX,
     add_saved_tensors,
+    by_name_targets,
     module_tensors,
     module_weights,
+    peft_meta,
     point_paths,
     write_peft_files,
 )
@@ -169,24 +171,18 @@ def write_peft_adalora(
     total_step = config.get("total_step")
     if total_step is None:  # never trained: the shortest schedule peft accepts (only its allocator reads it)
         total_step = int(config.get("tinit", 0)) + int(config.get("tfinal", 0)) + 1
-    meta: dict[str, Any] = {
-        "peft_type": "ADALORA",
-        "task_type": None,
-        "base_model_name_or_path": record.model.model_name or None,
+    fields: dict[str, Any] = {
         "r": 8,  # unused by AdaLoRA (peft's default, which it does not warn about)
         "lora_alpha": config.get("alpha", 8.0),
         **{key: config.get(ours, default) for key, (ours, default) in _OPTIONS.items()},
         "total_step": total_step,
         "rank_pattern": {f"{path}.lora_E": mask for path, mask in pattern.items()} or None,
-        "target_modules": sorted(paths),
+        **by_name_targets(paths, exclude=False),
         "fan_in_fan_out": transposed,
         "bias": "none",
-        "layers_to_transform": None,  # the layers are in the list of module names
-        "layers_pattern": None,
         "modules_to_save": modules_to_save,
-        "inference_mode": True,
     }
-    return write_peft_files(directory, out, meta)
+    return write_peft_files(directory, out, peft_meta("ADALORA", record, fields))
 
 
 read_adalora = parts_reader(

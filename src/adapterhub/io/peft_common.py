@@ -1,4 +1,5 @@
-"""Names and helpers shared by peft's LoRA/DoRA (``peft_layout``) and (IA)³ (``peft_ia3``) layouts."""
+"""Names and helpers shared by the readers and writers of peft's layouts (LoRA/DoRA ``peft_layout``, (IA)³, AdaLoRA,
+LoHa/LoKr, OFT/BOFT, VeRA, LN tuning)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io.files import read_json, write_json, write_tensors
+from adapterhub.io.peft_keys import init_to_peft
 from adapterhub.runtime.layers import get_layers
 from adapterhub.runtime.modules import module_table
 from adapterhub.runtime.records import AdapterRecord
@@ -169,6 +171,67 @@ def split_rows(key: str, tensor: torch.Tensor, parts: int) -> list[torch.Tensor]
     if tensor.shape[0] % parts:
         raise AdapterFileError(f"peft weight {key!r} has {tensor.shape[0]} rows, not divisible by {parts}.")
     return [block.clone() for block in tensor.split(tensor.shape[0] // parts, dim=0)]
+
+
+def peft_meta(
+    peft_type: str, record: AdapterRecord, fields: Mapping[str, Any], version: str | None = None
+) -> dict[str, Any]:
+    """peft's ``adapter_config.json`` for ``record``: the keys every writer writes (``peft_type``, ``task_type``
+    None, ``base_model_name_or_path`` the record's model name or None, ``inference_mode`` True, and
+    ``peft_version`` when given) with the writer's own ``fields``."""
+    meta: dict[str, Any] = {
+        "peft_type": peft_type,
+        "task_type": None,
+        "base_model_name_or_path": record.model.model_name or None,
+        **fields,
+        "inference_mode": True,
+    }
+    if version is not None:
+        meta["peft_version"] = version
+    return meta
+
+
+def by_name_targets(paths: Iterable[str], *, exclude: bool = True, layers: bool = True) -> dict[str, Any]:
+    """The targeting keys of a writer by module name: ``target_modules`` the sorted full module paths, and peft's
+    other selectors None, since the paths say which modules and layers (``exclude_modules`` where ``exclude``;
+    ``layers_to_transform`` / ``layers_pattern`` where ``layers``; a peft type without one of them leaves it out)."""
+    out: dict[str, Any] = {"target_modules": sorted(paths)}
+    if exclude:
+        out["exclude_modules"] = None
+    if layers:
+        out["layers_to_transform"] = None
+        out["layers_pattern"] = None
+    return out
+
+
+def lora_meta(
+    record: AdapterRecord,
+    targets: Mapping[str, Any],
+    *,
+    bias: str,
+    tokens: Any,
+    modules_to_save: list[str] | None,
+    fan_in_fan_out: bool,
+) -> dict[str, Any]:
+    """peft's ``LORA`` config for a LoRA / DoRA record, by spec point or by module name alike: ``targets`` the
+    targeting keys (``target_modules`` ... ``rank_pattern``, ``alpha_pattern``), then ``r``, ``lora_alpha``,
+    ``lora_dropout``, ``use_rslora``, ``use_dora`` (method ``dora``), ``bias`` / ``trainable_token_indices`` /
+    ``modules_to_save`` as the writer's ``add_*_tensors`` returned them, and ``init_lora_weights`` (``init_to_peft``)."""
+    config = record.config
+    fields = {
+        "r": config["r"],
+        "lora_alpha": config["alpha"],
+        "lora_dropout": config["dropout"],
+        "use_rslora": bool(config.get("use_rslora", False)),
+        **targets,
+        "bias": bias,
+        "use_dora": config.get("method") == "dora",
+        "fan_in_fan_out": fan_in_fan_out,
+        "modules_to_save": modules_to_save,
+        **init_to_peft(config),
+        "trainable_token_indices": tokens,
+    }
+    return peft_meta("LORA", record, fields)
 
 
 def write_peft_files(

@@ -28,8 +28,11 @@ from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io.peft_common import (
     PREFIX,
     add_head_tensors,
+    by_name_targets,
     layers_path,
     module_regex,
+    module_weights,
+    peft_meta,
     split_rows,
     write_peft_files,
 )
@@ -135,17 +138,10 @@ def _read_by_name(
     """A peft (IA)³ file as (IA)³ targeted by module name: ``<path>.ia3_l`` ``(d, 1)`` -> ``by_name.out_<path>``,
     ``(1, d)`` -> ``by_name.in_<path>`` (path with ":"); ``target_modules`` / ``feedforward_modules`` the paths."""
     tensors: dict[str, torch.Tensor] = {}
-    head: dict[str, torch.Tensor] = {}
     paths: list[str] = []
     inputs: list[str] = []
-    for key, tensor in raw.items():
-        if not key.startswith(PREFIX):
-            raise AdapterFileError(f"peft weight {key!r} in {directory} is not under {PREFIX!r}.")
-        match = _BY_NAME.match(key[len(PREFIX) :])
-        if match is None:
-            head[key[len(PREFIX) :]] = tensor  # modules_to_save
-            continue
-        path = match.group(1)
+    weights, head = module_weights(raw, _BY_NAME, directory)  # head: modules_to_save
+    for key, path, _param, tensor in weights:
         if tensor.dim() != 2 or 1 not in tensor.shape:
             raise AdapterFileError(
                 f"peft weight {key!r} has shape {tuple(tensor.shape)}; expected (d, 1) or (1, d)."
@@ -163,7 +159,7 @@ def _read_by_name(
     return config, tensors, head
 
 
-_BY_NAME = re.compile(r"^(?P<path>.+)\.ia3_l(?:\.[^.]+)?$")
+_BY_NAME = re.compile(r"^(?P<path>.+)\.(?P<param>ia3_l)(?:\.[^.]+)?$")
 
 
 def _write_by_name(
@@ -192,18 +188,14 @@ def _write_by_name(
         if side == "in":
             inputs.add(path)
     modules_to_save = add_head_tensors(record, out)
-    meta = {
-        "peft_type": "IA3",
-        "task_type": None,
-        "base_model_name_or_path": record.model.model_name or None,
-        "target_modules": sorted(paths),
+    fields = {
+        **by_name_targets(paths, exclude=False, layers=False),
         "feedforward_modules": sorted(inputs),
         "fan_in_fan_out": any(type(model.get_submodule(p)).__name__ == "Conv1D" for p in paths),
         "modules_to_save": modules_to_save,
         "init_ia3_weights": True,
-        "inference_mode": True,
     }
-    return write_peft_files(directory, out, meta)
+    return write_peft_files(directory, out, peft_meta("IA3", record, fields))
 
 
 def _is_ff(module: str, meta: Mapping[str, Any]) -> bool:
@@ -261,18 +253,14 @@ def write_peft_ia3(
     num_layers = len(get_layers(model, spec))
     leave_out = set(config.get("leave_out", []))
     kept = [i for i in range(num_layers) if i not in leave_out]
-    meta = {
-        "peft_type": "IA3",
-        "task_type": None,
-        "base_model_name_or_path": record.model.model_name or None,
+    fields = {
         "target_modules": module_regex(spec, target_modules, kept),  # the kept layers are in the regex
         "feedforward_modules": module_regex(spec, ff_modules, kept) if ff_modules else [],
         "fan_in_fan_out": any(spec.linears[p].transposed for ps in by_module.values() for p in ps),
         "modules_to_save": modules_to_save,
         "init_ia3_weights": True,
-        "inference_mode": True,
     }
-    return write_peft_files(directory, out, meta)
+    return write_peft_files(directory, out, peft_meta("IA3", record, fields))
 
 
 def spec_width(tensor: torch.Tensor | None, siblings: list[torch.Tensor | None]) -> int:

@@ -146,7 +146,7 @@ def init_to_peft(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # LoHa / LoKr: every key of their configs becomes the option of the same name (the targets are read from the
-# weights, as for LoRA); ``use_effective_conv2d`` concerns convolutions only, which adapterhub's LoHa / LoKr refuse
+# weights, as for LoRA); ``use_effective_conv2d`` concerns convolutions larger than 1×1 (their CP-decomposed factors)
 LYCORIS_HONOURED: dict[str, frozenset[str]] = {
     "LOHA": frozenset(
         {

@@ -49,6 +49,7 @@ from adapterhub.io.peft_common import (
     add_bias_tensors,
     add_saved_tensors,
     add_token_tensors,
+    lora_meta,
     module_regex,
     read_conv_modules_file,
     split_rows,
@@ -60,7 +61,6 @@ from adapterhub.io.peft_keys import (
     check_lycoris_keys,
     check_vera_keys,
     init_from_peft,
-    init_to_peft,
 )
 from adapterhub.io.peft_lycoris import read_peft_lycoris
 from adapterhub.io.peft_modules import read_peft_modules, write_peft_modules
@@ -528,25 +528,20 @@ def write_lora(
         (spec.linears[p].module for p in config["targets"]),
         (i for i in range(num_layers) if i not in leave_out),
     )
-    meta = {
-        "peft_type": "LORA",
-        "task_type": None,
-        "base_model_name_or_path": record.model.model_name or None,
-        "r": config["r"],
-        "lora_alpha": config["alpha"],
-        "lora_dropout": config["dropout"],
-        "use_rslora": bool(config.get("use_rslora", False)),
+    targeting: dict[str, Any] = {
         "target_modules": target_modules,
         "layers_to_transform": None,  # the layers are in the target_modules regex
         "layers_pattern": None,
         "rank_pattern": {},
         "alpha_pattern": {},
-        "bias": bias,
-        "use_dora": config.get("method") == "dora",
-        "fan_in_fan_out": any(spec.linears[p].transposed for p in config["targets"]),
-        "modules_to_save": modules_to_save,
-        **init_to_peft(config),
-        "trainable_token_indices": tokens,
-        "inference_mode": True,
     }
+    fan_in_fan_out = any(spec.linears[p].transposed for p in config["targets"])
+    meta = lora_meta(
+        record,
+        targeting,
+        bias=bias,
+        tokens=tokens,
+        modules_to_save=modules_to_save,
+        fan_in_fan_out=fan_in_fan_out,
+    )
     return write_peft_files(directory, out, meta)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from adapterhub.errors import AdapterFileError, ConfigError
-from adapterhub.io.peft_common import PREFIX, write_peft_files
+from adapterhub.io.peft_common import PREFIX, by_name_targets, peft_meta, write_peft_files
 from adapterhub.io.peft_keys import METADATA
 from adapterhub.io.peft_layout import make_record, read_weights
 from adapterhub.runtime.records import AdapterRecord, ModelInfo
@@ -93,14 +93,5 @@ def write_peft_ln_tuning(
         path = match.group("key").replace(":", ".")
         out[f"{PREFIX}{path}.ln_tuning_layers.{match.group('param')}"] = tensor.detach().contiguous()
         paths.add(path)
-    meta: dict[str, Any] = {
-        "peft_type": PEFT_TYPE,
-        "peft_version": WRITTEN_VERSION,
-        "task_type": None,
-        "base_model_name_or_path": record.model.model_name or None,
-        "target_modules": sorted(paths),
-        "exclude_modules": None,
-        "modules_to_save": None,
-        "inference_mode": True,
-    }
-    return write_peft_files(directory, out, meta)
+    fields = {**by_name_targets(paths, layers=False), "modules_to_save": None}
+    return write_peft_files(directory, out, peft_meta(PEFT_TYPE, record, fields, WRITTEN_VERSION))

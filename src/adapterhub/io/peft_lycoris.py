@@ -11,15 +11,18 @@ peft's ``target_modules`` / ``exclude_modules`` / ``layers_to_transform`` select
 ``alpha_pattern`` and the other options are kept, so every module gets peft's rank, alpha and factors. When the
 adapter is built, paths that are spec points of the model move there (``LoRAAdapter.adopt_tensors``). Tensors of
 no adapted module are ``modules_to_save`` copies (or a static head), as for LoRA. Convolution factors
-on ``nn.Conv2d`` are those of the flattened kernel (``use_effective_conv2d=False``); the CP-decomposed ones
-(``hada_t1``, ``lokr_t2``) are refused.
+on ``nn.Conv2d`` are those of the flattened kernel (``use_effective_conv2d=False``, or a 1×1 kernel), or with
+``use_effective_conv2d=True`` on a larger kernel peft's CP decomposition: ``hada_t1`` / ``hada_t2`` ``(r, r, kh,
+kw)`` with ``hada_w*_a (r, c_out)`` and ``hada_w*_b (r, c_in)`` (LoHa), ``lokr_t2 (r, r, kh, kw)`` with
+``lokr_w2_a (r, b)`` and ``lokr_w2_b (r, d)`` (LoKr, when ``W2`` is factored), under the same names both ways.
 
 Writing: each target under its module path (a spec point through the spec's module name; the fused projections of
 GPT-2's ``c_attn`` have no peft form and are refused), ``target_modules`` the list of those full paths. The
 ``nn.Conv2d`` targets' input channels and kernel, which the flattened factors do not say, go into
 ``adapterhub_conv_modules.json`` beside peft's files (peft ignores it; ``inspect_adapter_dir`` and the hub read it):
-a folder peft wrote itself lacks it, so its LoHa factors read as a linear update of the flattened width (the model
-says which when it is loaded) and a factored LoKr convolution cannot be validated without the model.
+a folder peft wrote itself lacks it, so its LoHa factors (and a factored LoKr's) read as a linear update of the
+flattened width (the model says which when it is loaded; the full check reads a LoKr split that is not a linear
+layer's as a convolution's, ``LoKrLayer.flattened_conv_from``). CP-decomposed kernels say the convolution.
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io.peft_common import (
     PREFIX,
     add_saved_tensors,
+    by_name_targets,
     module_tensors,
     module_weights,
+    peft_meta,
     write_conv_modules,
     write_peft_files,
 )
@@ -73,12 +78,7 @@ def read_peft_lycoris(
     tensors: dict[str, torch.Tensor] = {}
     paths: set[str] = set()
     weights, head = module_weights(raw, _WEIGHT, directory)  # head: modules_to_save
-    for key, path, param, tensor in weights:
-        if param in ("hada_t1", "hada_t2", "lokr_t2"):
-            raise ConfigError(
-                f"peft weight {key!r} in {directory} is a CP-decomposed convolution factor (use_effective_conv2d="
-                f"True), which adapterhub's {method} does not implement; save it with use_effective_conv2d=False."
-            )
+    for _key, path, param, tensor in weights:
         tensors[f"by_name.{path.replace('.', ':')}.{param}"] = tensor
         paths.add(path)
     if not tensors:
@@ -122,20 +122,14 @@ def write_peft_lycoris(
         out[f"{PREFIX}{path}.{param}"] = tensor.detach().contiguous()
         paths.add(path)
     modules_to_save = add_saved_tensors(record, out)
-    meta: dict[str, Any] = {
-        "peft_type": PEFT_TYPES[method],
-        "task_type": None,
-        "base_model_name_or_path": record.model.model_name or None,
+    fields = {
         **{option: config[option] for option in _OPTIONS[method] if option in config},
-        "target_modules": sorted(paths),
-        "exclude_modules": None,
-        "layers_to_transform": None,  # the layers are in the list of module names
-        "layers_pattern": None,
+        **by_name_targets(paths),
         "rank_pattern": dict(config.get("rank_pattern") or {}),
         "alpha_pattern": dict(config.get("alpha_pattern") or {}),
         "modules_to_save": modules_to_save,
-        "inference_mode": True,
     }
+    meta = peft_meta(PEFT_TYPES[method], record, fields)
     written = write_peft_files(directory, out, meta)
     write_conv_modules(written, record.model.conv_modules)
     return written

@@ -35,10 +35,12 @@ from adapterhub.io.peft_common import (
     add_bias_tensors,
     add_saved_tensors,
     add_token_tensors,
+    by_name_targets,
+    lora_meta,
     module_tensors,
     write_peft_files,
 )
-from adapterhub.io.peft_keys import init_from_peft, init_to_peft
+from adapterhub.io.peft_keys import init_from_peft
 from adapterhub.runtime.records import AdapterRecord
 from adapterhub.spec.architectures import ArchitectureSpec
 
@@ -130,26 +132,17 @@ def write_peft_modules(
     bias = add_bias_tensors(record, out, paths)
     tokens = add_token_tensors(record, out)
     transposed = any(type(model.get_submodule(p)).__name__ == "Conv1D" for p in paths)
-    meta = {
-        "peft_type": "LORA",
-        "task_type": None,
-        "base_model_name_or_path": record.model.model_name or None,
-        "r": config["r"],
-        "lora_alpha": config["alpha"],
-        "lora_dropout": config["dropout"],
-        "use_rslora": bool(config.get("use_rslora", False)),
-        "target_modules": sorted(paths),
-        "exclude_modules": None,
-        "layers_to_transform": None,  # the layers are in the list of module names
-        "layers_pattern": None,
+    targeting = {
+        **by_name_targets(paths),
         "rank_pattern": dict(config.get("rank_pattern") or {}),
         "alpha_pattern": dict(config.get("alpha_pattern") or {}),
-        "bias": bias,
-        "use_dora": config.get("method") == "dora",
-        "fan_in_fan_out": transposed,
-        "modules_to_save": modules_to_save,
-        **init_to_peft(config),
-        "trainable_token_indices": tokens,
-        "inference_mode": True,
     }
+    meta = lora_meta(
+        record,
+        targeting,
+        bias=bias,
+        tokens=tokens,
+        modules_to_save=modules_to_save,
+        fan_in_fan_out=transposed,
+    )
     return write_peft_files(directory, out, meta)

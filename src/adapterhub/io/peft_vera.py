@@ -34,8 +34,10 @@ from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io.peft_common import (
     PREFIX,
     add_saved_tensors,
+    by_name_targets,
     module_tensors,
     module_weights,
+    peft_meta,
     write_peft_files,
 )
 from adapterhub.methods.vera import shared_projections
@@ -143,17 +145,11 @@ def write_peft_vera(
         out[f"{PREFIX}{path}.{param}"] = tensor.detach().contiguous()
         paths.add(path)
     modules_to_save = add_saved_tensors(record, out)
-    meta: dict[str, Any] = {
-        "peft_type": "VERA",
-        "task_type": None,
-        "base_model_name_or_path": record.model.model_name or None,
+    fields = {
         **{option: config.get(option, default) for option, default in _OPTIONS.items()},
-        "target_modules": sorted(paths),
+        **by_name_targets(paths, exclude=False),
         "fan_in_fan_out": transposed,
         "bias": "none",
-        "layers_to_transform": None,  # the layers are in the list of module names
-        "layers_pattern": None,
         "modules_to_save": modules_to_save,
-        "inference_mode": True,
     }
-    return write_peft_files(directory, out, meta)
+    return write_peft_files(directory, out, peft_meta("VERA", record, fields))

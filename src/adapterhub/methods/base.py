@@ -284,6 +284,14 @@ class AdapterModule(nn.Module):
         return ()
 
     @classmethod
+    def conv_shapes_for_config(
+        cls, config: MethodConfig, tensors: Mapping[str, torch.Tensor]
+    ) -> tuple[tuple[str, int, int, tuple[int, ...]], ...]:
+        """``conv_shapes_from`` with the config's help, for methods whose weights say a target is a convolution only
+        through the config's rules (LoKr's factored ``W2`` in a folder peft wrote); default: the weights alone."""
+        return cls.conv_shapes_from(tensors)
+
+    @classmethod
     def shapes_for_config(
         cls, config: MethodConfig, tensors: Mapping[str, torch.Tensor]
     ) -> tuple[tuple[str, int, int], ...]:

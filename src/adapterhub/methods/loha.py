@@ -9,7 +9,9 @@ For a projection ``y = W x + b`` with ``W: (d_out, d_in)``::
 The element-wise product of two rank-``r`` matrices has rank up to ``r²`` with ``2 r (d_in + d_out)`` parameters.
 A new adapter (``init_weights=True``) has ``W2b = 0`` and the other factors Kaiming-uniform (``a = sqrt(5)``), so it
 is the identity; ``init_weights=False`` draws ``W2b`` too. Parameter names are peft's (``hada_w1_a`` ...), so its
-files map one to one. Dropouts, composition and merging: ``methods.lycoris``.
+files map one to one. On an ``nn.Conv2d`` the factors cover the flattened kernel, or, with
+``use_effective_conv2d`` and a kernel larger than 1×1, each operand is a CP-decomposed kernel (``LoHaConvLayer``).
+Dropouts, composition and merging: ``methods.lycoris``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import nn
 
 from adapterhub.methods.base import NamedModule, register_method
 from adapterhub.methods.lora import ConvLoRALayer, LoRALayer
-from adapterhub.methods.lycoris import LycorisAdapter, LycorisLayer
+from adapterhub.methods.lycoris import LycorisAdapter, LycorisLayer, cp_kernel
 from adapterhub.spec.configs import LoHaConfig
 
 
@@ -43,13 +45,23 @@ class LoHaLayer(LycorisLayer):
     ) -> None:
         super().__init__(d_in, d_out, config, r, alpha, conv)
         r = self.r
-        d_in = d_in * math.prod(self.kernel)  # a convolution: the flattened kernel (c_in·kh·kw), as peft
-        self.hada_w1_a = nn.Parameter(torch.empty(d_out, r))  # (d_out, r)
-        self.hada_w1_b = nn.Parameter(torch.empty(r, d_in))  # (r, d_in)
-        self.hada_w2_a = nn.Parameter(torch.empty(d_out, r))  # (d_out, r)
-        self.hada_w2_b = nn.Parameter(torch.empty(r, d_in))  # (r, d_in)
+        if (
+            self.effective
+        ):  # CP factors of the kernel: mode factors (r, c_out) / (r, c_in), cores (r, r, kh, kw)
+            self.hada_w1_a = nn.Parameter(torch.empty(r, d_out))  # (r, c_out)
+            self.hada_w1_b = nn.Parameter(torch.empty(r, d_in))  # (r, c_in)
+            self.hada_w2_a = nn.Parameter(torch.empty(r, d_out))  # (r, c_out)
+            self.hada_w2_b = nn.Parameter(torch.empty(r, d_in))  # (r, c_in)
+            self.hada_t1 = nn.Parameter(torch.empty(r, r, *self.kernel))  # (r, r, kh, kw)
+            self.hada_t2 = nn.Parameter(torch.empty(r, r, *self.kernel))  # (r, r, kh, kw)
+        else:
+            d_in = d_in * math.prod(self.kernel)  # a convolution: the flattened kernel (c_in·kh·kw), as peft
+            self.hada_w1_a = nn.Parameter(torch.empty(d_out, r))  # (d_out, r)
+            self.hada_w1_b = nn.Parameter(torch.empty(r, d_in))  # (r, d_in)
+            self.hada_w2_a = nn.Parameter(torch.empty(d_out, r))  # (d_out, r)
+            self.hada_w2_b = nn.Parameter(torch.empty(r, d_in))  # (r, d_in)
         with torch.no_grad():
-            for factor in (self.hada_w1_a, self.hada_w1_b, self.hada_w2_a, self.hada_w2_b):
+            for factor in self.parameters():
                 nn.init.kaiming_uniform_(factor, a=math.sqrt(5))
             if config.init_weights:
                 nn.init.zeros_(self.hada_w2_b)
@@ -58,17 +70,33 @@ class LoHaLayer(LycorisLayer):
     def shape_from(cls, params: Mapping[str, torch.Tensor]) -> tuple[int, int] | None:
         if "hada_w1_a" not in params or "hada_w1_b" not in params:
             return None
+        if "hada_t1" in params:  # CP: (r, c_out), (r, c_in)
+            return int(params["hada_w1_b"].shape[1]), int(params["hada_w1_a"].shape[1])
         return int(params["hada_w1_b"].shape[1]), int(params["hada_w1_a"].shape[0])
 
+    @classmethod
+    def conv_shape_from(cls, params: Mapping[str, torch.Tensor]) -> tuple[int, int, tuple[int, ...]] | None:
+        """The CP core ``hada_t1 (r, r, kh, kw)`` with ``hada_w1_a (r, c_out)``, ``hada_w1_b (r, c_in)``:
+        ``(c_in, c_out, (kh, kw))``; the flattened kernel does not say it (None)."""
+        core, shape = params.get("hada_t1"), cls.shape_from(params)
+        if core is None or core.dim() != 4 or shape is None:
+            return None
+        return shape[0], shape[1], (int(core.shape[2]), int(core.shape[3]))
+
     def _product(self) -> torch.Tensor:
+        if self.effective:
+            first = cp_kernel(self.hada_t1, self.hada_w1_a, self.hada_w1_b)  # (c_out, c_in, kh, kw)
+            return first * cp_kernel(self.hada_t2, self.hada_w2_a, self.hada_w2_b)
         first = self.hada_w1_a @ self.hada_w1_b  # (d_out, d_in)
         second = self.hada_w2_a @ self.hada_w2_b  # (d_out, d_in)
         return first * second
 
 
 class LoHaConvLayer(LoHaLayer):
-    """LoHa on an ``nn.Conv2d`` (peft's with ``use_effective_conv2d=False``): the factors over the flattened kernel,
-    ``ΔW = s · (W1a W1b) ⊙ (W2a W2b)`` reshaped to ``(c_out, c_in, kh, kw)``."""
+    """LoHa on an ``nn.Conv2d``: with ``use_effective_conv2d=False`` (or a 1×1 kernel) the factors over the flattened
+    kernel, ``ΔW = s · (W1a W1b) ⊙ (W2a W2b)`` reshaped to ``(c_out, c_in, kh, kw)``; with it, each Hadamard operand
+    is a CP-decomposed kernel, ``ΔW = s · cp(T1, W1a, W1b) ⊙ cp(T2, W2a, W2b)`` (``cp_kernel``: ``T (r, r, kh, kw)``,
+    ``Wa (r, c_out)``, ``Wb (r, c_in)``)."""
 
     def __init__(
         self, module: NamedModule, config: LoHaConfig, r: int | None = None, alpha: float | None = None

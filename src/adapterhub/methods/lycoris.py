@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapterhub.errors import ConfigError
 from adapterhub.methods.base import AdapterModule, LinearInputs, Point, PointInputs
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
 from adapterhub.spec.configs import LycorisConfig
@@ -32,12 +31,33 @@ from adapterhub.spec.configs import LycorisConfig
 _KEY = re.compile(r"^layers\.(\d+)\.([a-z_]+)\.([a-z0-9_]+)$")
 
 
+def factors_by_point(tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """``{point: {param: tensor}}`` of saved ``layers.<i>.<point>.<param>`` weights (one layer's targets)."""
+    by_point: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        match = _KEY.match(key)
+        if match:
+            by_point.setdefault(match.group(2), {})[match.group(3)] = tensor
+    return by_point
+
+
+def cp_kernel(core: torch.Tensor, out_mode: torch.Tensor, in_mode: torch.Tensor) -> torch.Tensor:
+    """A convolution kernel from its CP / Tucker factors (peft's ``use_effective_conv2d``)::
+
+        K[p, q, k, l] = Σ_i Σ_j core[i, j, k, l] · out_mode[i, p] · in_mode[j, q]
+
+    ``core (r, r, kh, kw)``, ``out_mode (r, n_out)``, ``in_mode (r, n_in)`` -> ``(n_out, n_in, kh, kw)``."""
+    return torch.einsum("ijkl,ip,jq->pqkl", core, out_mode, in_mode)
+
+
 class LycorisLayer(nn.Module):
     """The update of one projection of shape ``(d_out, d_in)``, or of an ``nn.Conv2d`` (``conv``: its kernel size,
     stride and padding; ``d_in`` / ``d_out`` its channels) of shape ``(c_out, c_in, kh, kw)``: subclasses build the
     factors' product in ``_product`` (any shape with the weight's number of entries, rows = outputs);
     ``delta(x) = ΔW x`` (a convolution with ``ΔW`` for Conv2d; the dropouts above while training). ``r`` / ``alpha``
-    override the config's (``rank_pattern`` / ``alpha_pattern``)."""
+    override the config's (``rank_pattern`` / ``alpha_pattern``). ``effective``: the config's
+    ``use_effective_conv2d`` on a convolution whose kernel is not 1×1 (peft turns it off for 1×1): the subclass
+    keeps the kernel's CP factors (``cp_kernel``) instead of factors over the flattened kernel."""
 
     rescale_rank_dropout: bool = True
 
@@ -60,12 +80,8 @@ class LycorisLayer(nn.Module):
         self.conv = conv
         self.kernel: tuple[int, ...] = tuple(conv[0]) if conv is not None else ()
         self.weight_shape = (d_out, d_in, *self.kernel)  # the base module's weight
-        if config.use_effective_conv2d and any(k != 1 for k in self.kernel):
-            raise ConfigError(
-                f"use_effective_conv2d=True on a {self.kernel} convolution makes peft's CP-decomposed factors "
-                f"(hada_t1 / lokr_t2), which adapterhub's {config.label} does not implement; set "
-                "use_effective_conv2d=False (the flattened kernel) or leave the convolution out of target_modules."
-            )
+        # peft's use_effective_conv2d on a kernel larger than 1x1: the kernel's factors are CP-decomposed (cp_kernel)
+        self.effective = bool(config.use_effective_conv2d) and any(k != 1 for k in self.kernel)
 
     @classmethod
     def shape_from(cls, params: Mapping[str, torch.Tensor]) -> tuple[int, int] | None:
@@ -129,11 +145,7 @@ class LycorisAdapter(LoRAAdapter):
     @classmethod
     def linear_shapes_from(cls, tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[str, int, int], ...]:
         """The ``(point, d_in, d_out)`` that saved factors imply (to validate files without a model)."""
-        by_point: dict[str, dict[str, torch.Tensor]] = {}
-        for key, tensor in tensors.items():
-            match = _KEY.match(key)
-            if match:
-                by_point.setdefault(match.group(2), {})[match.group(3)] = tensor
+        by_point = factors_by_point(tensors)
         layer: Any = cls.layer_class
         shapes = ((point, layer.shape_from(params)) for point, params in by_point.items())
         return tuple((point, shape[0], shape[1]) for point, shape in shapes if shape is not None)
@@ -143,12 +155,9 @@ class LycorisAdapter(LoRAAdapter):
         cls, tensors: Mapping[str, torch.Tensor]
     ) -> tuple[tuple[str, int, int, tuple[int, ...]], ...]:
         """``(point, c_in, c_out, (kh, kw))`` of the convolution targets whose saved factors say so (the layer
-        class's ``conv_shape_from``: LoKr's full ``lokr_w2 (b, d, kh, kw)``; LoHa's flattened kernel never does)."""
-        by_point: dict[str, dict[str, torch.Tensor]] = {}
-        for key, tensor in tensors.items():
-            match = _KEY.match(key)
-            if match:
-                by_point.setdefault(match.group(2), {})[match.group(3)] = tensor
+        class's ``conv_shape_from``: LoKr's full ``lokr_w2 (b, d, kh, kw)``, the CP cores ``hada_t1`` / ``lokr_t2``
+        ``(r, r, kh, kw)``; a flattened kernel never does)."""
+        by_point = factors_by_point(tensors)
         layer: Any = cls.layer_class
         shapes = ((point, layer.conv_shape_from(params)) for point, params in by_point.items())
         return tuple((point, *shape) for point, shape in shapes if shape is not None)

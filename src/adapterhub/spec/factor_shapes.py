@@ -13,6 +13,10 @@ Per family, the factors of one module and what they make (``r`` the rank, ``(d_i
   ``W2 (b, d)`` (``lokr_w2``, or ``lokr_w2_a (b, r)`` · ``lokr_w2_b (r, d)``), ``d_out = a·b``, ``d_in = c·d``; on a
   convolution a full ``lokr_w2`` is ``(b, d, kh, kw)`` (which says it all) and a factored one's ``lokr_w2_b`` is
   ``(r, d · kh · kw)`` (which does not). ``r`` is 0 when both factors are full (no rank in the weights).
+* peft's ``use_effective_conv2d`` on a kernel larger than 1×1 (CP-decomposed kernels, which say everything):
+  LoHa's ``hada_t1``, ``hada_t2 (r, r, kh, kw)`` with ``hada_w1_a``, ``hada_w2_a (r, c_out)`` and ``hada_w1_b``,
+  ``hada_w2_b (r, c_in)``; LoKr's factored ``W2`` as ``lokr_t2 (r, r, kh, kw)``, ``lokr_w2_a (r, b)``,
+  ``lokr_w2_b (r, d)``, making ``W2 (b, d, kh, kw)``.
 
 ``conv_modules`` (written by ``save_adapter`` from the model: ``{path: {"in_channels": c_in, "kernel_size": [kh,
 kw]}}`` for every ``nn.Conv2d`` an adapter targets by name) says what the weights cannot; a module it names is
@@ -31,7 +35,9 @@ CONV_MODULES = "conv_modules"  # the key of the declared convolutions in an adap
 LORA = ("lora_A", "lora_B")
 LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
-FACTOR_NAMES = frozenset(LORA + LOHA + LOKR)
+LOHA_CP = ("hada_t1", "hada_t2")  # use_effective_conv2d: the CP cores (r, r, kh, kw)
+LOKR_CP = ("lokr_t2",)
+FACTOR_NAMES = frozenset(LORA + LOHA + LOKR + LOHA_CP + LOKR_CP)
 
 Conv = tuple[int, tuple[int, ...]]  # (in_channels, (kh, kw))
 Update = tuple[str, int, int, int, tuple[int, ...]]  # (kind "linear" / "conv2d", r, d_in, d_out, kernel)
@@ -94,9 +100,9 @@ def factor_update(params: Mapping[str, tuple[int, ...]], conv: Conv | None) -> U
     names = set(params)
     if names <= set(LORA):
         found = _lora(params)
-    elif names <= set(LOHA):
+    elif names <= set(LOHA + LOHA_CP):
         found = _loha(params, conv)
-    elif names <= set(LOKR):
+    elif names <= set(LOKR + LOKR_CP):
         found = _lokr(params, conv)
     else:
         return None  # the names of two families
@@ -121,6 +127,12 @@ def _lora(p: Mapping[str, tuple[int, ...]]) -> Update | None:
 
 
 def _loha(p: Mapping[str, tuple[int, ...]], conv: Conv | None) -> Update | None:
+    if set(p) == set(LOHA + LOHA_CP):  # CP: modes (r, c_out) / (r, c_in), cores (r, r, kh, kw)
+        (r, c_out), (r1, c_in), core = p["hada_w1_a"], p["hada_w1_b"], p["hada_t1"]
+        modes_fit = p["hada_w2_a"] == (r, c_out) and p["hada_w2_b"] == (r, c_in) and r1 == r
+        if modes_fit and len(core) == 4 and core[:2] == (r, r) and p["hada_t2"] == core:
+            return ("conv2d", r, c_in, c_out, core[2:])
+        return None
     if set(p) != set(LOHA) or any(len(s) != 2 for s in p.values()):
         return None
     (d_out, r), (r1, n) = p["hada_w1_a"], p["hada_w1_b"]
@@ -142,8 +154,19 @@ def _pair(p: Mapping[str, tuple[int, ...]], name: str) -> tuple[tuple[int, ...],
     return (a[0], b[1]), a[1]
 
 
+def _cp_w2(p: Mapping[str, tuple[int, ...]]) -> tuple[tuple[int, ...], int] | None:
+    """LoKr's CP-decomposed ``W2``: ``((b, d, kh, kw), r)`` from ``lokr_t2 (r, r, kh, kw)``, ``lokr_w2_a (r, b)``,
+    ``lokr_w2_b (r, d)`` (no full ``lokr_w2``)."""
+    core, a, b = p["lokr_t2"], p.get("lokr_w2_a"), p.get("lokr_w2_b")
+    if "lokr_w2" in p or a is None or b is None or len(a) != 2 or len(b) != 2 or len(core) != 4:
+        return None
+    if a[0] != b[0] or core[:2] != (a[0], a[0]):
+        return None
+    return (a[1], b[1], *core[2:]), a[0]
+
+
 def _lokr(p: Mapping[str, tuple[int, ...]], conv: Conv | None) -> Update | None:
-    first, second = _pair(p, "lokr_w1"), _pair(p, "lokr_w2")
+    first, second = _pair(p, "lokr_w1"), (_cp_w2(p) if "lokr_t2" in p else _pair(p, "lokr_w2"))
     if first is None or second is None or len(first[0]) != 2 or len(second[0]) not in (2, 4):
         return None
     (a, c), r1 = first
@@ -152,7 +175,7 @@ def _lokr(p: Mapping[str, tuple[int, ...]], conv: Conv | None) -> Update | None:
         return None
     r = r2 or r1
     b, d = w2[0], w2[1]
-    if len(w2) == 4:  # a full convolution factor (b, d, kh, kw)
+    if len(w2) == 4:  # a full (or CP-decomposed) convolution factor (b, d, kh, kw)
         return ("conv2d", r, c * d, a * b, w2[2:])
     if conv is None:
         return ("linear", r, c * d, a * b, ())

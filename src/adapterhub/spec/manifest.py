@@ -11,7 +11,8 @@ shapes that do not make one update:
   which (the model does when the adapter is loaded); nor does a LoHa's (or a factored LoKr's) file say whether
   its flattened width is a convolution's, unless the adapter declares it (``conv_modules``);
 * ``"conv2d"``: an ``nn.Conv2d`` of ``d_in`` / ``d_out`` channels and ``kernel`` ``(kh, kw)`` (stride and padding
-  are the model's): LoRA's 4-d factors and LoKr's full 4-d ``lokr_w2`` say so, LoHa's and a factored LoKr's do
+  are the model's): LoRA's 4-d factors, LoKr's full 4-d ``lokr_w2`` and the CP cores of ``use_effective_conv2d``
+  (``hada_t1`` / ``lokr_t2``) say so, LoHa's and a factored LoKr's flattened kernels do
   only with the adapter's ``conv_modules`` (``{path: (in_channels, kernel)}``, recorded from the model when it is
   saved), which their shapes must then fit.
 """
@@ -116,7 +117,9 @@ def low_rank_modules(
                 f"{where}: the low-rank weights of module {path!r} ({shown}) are not one update{as_conv}: expected "
                 "LoRA's lora_A (r, d_in) and lora_B (d_out, r), or lora_A (r, c_in, kh, kw) and lora_B (c_out, r, 1, "
                 "1) (a Conv2d target); LoHa's hada_w1_a / hada_w2_a (d_out, r) and hada_w1_b / hada_w2_b (r, d_in) "
-                "(a Conv2d: d_in = c_in·kh·kw); or LoKr's W1 (a, c) ⊗ W2 (b, d); the file is corrupted or was "
+                "(a Conv2d: d_in = c_in·kh·kw, or with use_effective_conv2d hada_t1 / hada_t2 (r, r, kh, kw) and the "
+                "modes (r, c_out) / (r, c_in)); or LoKr's W1 (a, c) ⊗ W2 (b, d) (W2 on a Conv2d possibly lokr_t2 "
+                "(r, r, kh, kw) with lokr_w2_a (r, b), lokr_w2_b (r, d)); the file is corrupted or was "
                 "written for another model."
             )
         kind, r, d_in, d_out, kernel = found
