@@ -21,7 +21,7 @@ from torch import nn
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io import adapters_lib_inv
 from adapterhub.io.adapters_lib_ia3 import ia3_config_to_theirs, is_ia3, read_ia3, write_ia3
-from adapterhub.io.adapters_lib_lora import lora_config_to_theirs, read_lora, write_lora
+from adapterhub.io.adapters_lib_lora import lora_config_to_theirs, read_lora, write_lora, zero_cross
 from adapterhub.io.adapters_lib_prompt import read_prompt, write_prompt
 from adapterhub.io.adapters_lib_reft import read_reft, reft_config_to_theirs, write_reft
 from adapterhub.io.adapters_lib_stacks import check_method, has_stack_paths, to_one_path, to_stack_paths
@@ -431,7 +431,10 @@ def write_adapters_lib_dir(
         theirs_config, tensors = write_prompt(record.config, record.tensors, record.name, prefix)
     elif method == "lora":
         theirs_config = lora_config_to_theirs(record.config, spec)
-        tensors = write_lora(record.tensors, spec, record.name, prefix)
+        ours = record.tensors
+        if has_stack_paths(spec):
+            ours = zero_cross(ours, spec, _first_len(model, spec))
+        tensors = write_lora(ours, spec, record.name, prefix)
     elif method == "ia3":
         theirs_config = ia3_config_to_theirs(record.config, spec)
         tensors = write_ia3(record.tensors, spec, record.name, prefix)
@@ -445,9 +448,13 @@ def write_adapters_lib_dir(
         theirs_config = config_to_theirs(record.config)
         tensors = _bottleneck_tensors(record, spec, prefix)
     if has_stack_paths(spec):
-        first_len = sum(1 for _, stack in layer_stacks(model, spec) if stack.layers == spec.layers)
-        tensors = to_stack_paths(tensors, spec, first_len)
+        tensors = to_stack_paths(tensors, spec, _first_len(model, spec))
     return _write_their_files(directory, record, tensors, theirs_config, model_class)
+
+
+def _first_len(model: nn.Module, spec: ArchitectureSpec) -> int:
+    """The number of layers in ``model``'s first stack (the encoder, CLIP's text tower)."""
+    return sum(1 for _, stack in layer_stacks(model, spec) if stack.layers == spec.layers)
 
 
 def _bottleneck_tensors(

@@ -1,9 +1,10 @@
 """The `adapters` library's weight names on a model with two layer stacks whose module paths it names per stack
-(CLIPModel: ``text_model.encoder.layers.<j>`` and ``vision_model.encoder.layers.<j>``, each ``j`` counted within
-its own tower). It numbers the layers globally (text ``0..T-1``, then vision ``T..``), as we do, but its weight names
-keep each tower's path and local index. Our readers and writers of that layout work on one layer path with global
-indices (``ArchitectureSpec.adapters_lib_layers``), so these functions translate the names on the way in
-(``to_one_path``) and out (``to_stack_paths``); ``T`` is the first stack's length (``ModelInfo.decoder_start``).
+(CLIPModel: ``text_model.encoder.layers.<j>`` and ``vision_model.encoder.layers.<j>``; Whisper: ``encoder.layers.<j>``
+and ``decoder.layers.<j>``), each ``j`` counted within its own stack. It numbers the layers globally (first stack
+``0..T-1``, then the second ``T..``), as we do, but its weight names keep each stack's path and local index. Our
+readers and writers of that layout work on one layer path with global indices (``ArchitectureSpec.adapters_lib_layers``),
+so these functions translate the names on the way in (``to_one_path``) and out (``to_stack_paths``); ``T`` is the
+first stack's length (``ModelInfo.decoder_start``).
 
 Only bottleneck adapters and LoRA go through this translation (``STACKED_ARCHITECTURES``); the other methods of that
 layout are refused on such models by name.
