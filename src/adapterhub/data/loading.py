@@ -51,7 +51,8 @@ def load_task(
     """Load a task from ``source``, which is one of, tried in this order:
 
     * ``"hf:NAME"``, ``"hf:OWNER/NAME"`` or ``"hf:NAME:CONFIG"``: a HuggingFace hub dataset (``hf:glue/sst2``
-      works too); needs the optional ``datasets`` package;
+      works too); needs the optional ``datasets`` package. ``@TRAIN`` or ``@TRAIN,DEV`` after it chooses the
+      splits (``hf:glue:sst2@train,test``); a split the dataset lacks is refused naming the ones it has;
     * a ``datasets`` ``save_to_disk`` directory (has ``dataset_dict.json`` or ``state.json``);
     * a task directory with ``train.{jsonl,csv,tsv}`` and optionally ``dev.*`` or ``validation.*`` and
       ``task.json`` (``{"kind": ..., "labels": [...]}``, or ``{"kind": "generation", "answers": [...]}``;
@@ -104,7 +105,7 @@ def load_task(
     dev_size(100, dev_split_fraction)  # validates the fraction up front
     if isinstance(source, str) and source.startswith(hf.HF_PREFIX):
         splits = hf.load_hub(source, label_column, options.media)
-        return _from_hf(source[len(hf.HF_PREFIX) :], splits, options)
+        return _from_hf(hf.parse_hub_source(source).name, splits, options)
     if not isinstance(source, str | os.PathLike):
         raise ConfigError(f"load_task(source=...) must be a path or a name, got {type(source).__name__}")
     path = Path(source).expanduser()
