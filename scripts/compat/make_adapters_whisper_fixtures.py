@@ -10,7 +10,8 @@ writes for one adapter (``adapter/``, no head) and ``expected.json`` with the fi
 decoder token ids) and the outputs ``adapters`` computed (eval mode, float32): the decoder's ``logits`` and the
 ``encoder_last_hidden_state``. Cases: a bottleneck adapter (``seq_bn``; with ``cross_adapter`` on, so the decoder's
 cross-attention carries one too) and LoRA (q, k, v + intermediate + output; that library puts the q/k/v LoRA on
-every Whisper attention, the decoder's cross-attention included). Every adapter parameter is overwritten with
+every Whisper attention, the decoder's cross-attention included) and prefix tuning (``encoder_prefix``, ``self_prefix`` and ``cross_prefix`` pools,
+each its own MLP; computed with eager attention, see ``CASES``). Every adapter parameter is overwritten with
 seeded noise before anything is computed or saved.
 
 This script only uses ``adapters``, ``transformers`` and ``torch``; it never imports ``adapterhub``.
@@ -27,7 +28,7 @@ from pathlib import Path
 import adapters
 import torch
 import transformers
-from adapters import LoRAConfig, SeqBnConfig
+from adapters import LoRAConfig, PrefixTuningConfig, SeqBnConfig
 from make_adapters_vision_fixtures import randomize
 
 BASE_SEED = 1234
@@ -55,7 +56,7 @@ WHISPER = dict(
 )
 
 CASES = {
-    # case: (config factory, seed)
+    # case: (config factory, seed[, attention implementation])
     "whisper_seq_bn": (lambda: SeqBnConfig(reduction_factor=4, cross_adapter=True), 921),
     "whisper_lora_qkv_ffn": (
         lambda: LoRAConfig(
@@ -63,12 +64,20 @@ CASES = {
         ),
         922,
     ),
+    # three reparametrisation MLPs: encoder self-attention, decoder self-attention, decoder cross-attention. Eager
+    # attention: under that library's default (sdpa) the decoder's prefixed self-attention gives other logits than
+    # its own eager path (by 0.088 here; the encoder states agree), the causal mask apparently aligned top-left
+    # once the prefix lengthens the keys
+    "whisper_prefix": (lambda: PrefixTuningConfig(prefix_length=3, bottleneck_size=8), 923, "eager"),
 }
 
 
-def make_base(base_dir: Path):
+def make_base(base_dir: Path, attn: str | None = None):
     torch.manual_seed(BASE_SEED)
-    model = transformers.WhisperForConditionalGeneration(transformers.WhisperConfig(**WHISPER))
+    config = transformers.WhisperConfig(**WHISPER)
+    if attn is not None:
+        config._attn_implementation = attn
+    model = transformers.WhisperForConditionalGeneration(config)
     model.eval()
     model.save_pretrained(str(base_dir), safe_serialization=True)
     return model
@@ -89,12 +98,12 @@ def outputs(model, inputs) -> dict:
 
 
 def run_case(out: Path, case: str) -> None:
-    make_config, seed = CASES[case]
+    make_config, seed, *attn = CASES[case]
     case_dir = out / case
     if case_dir.exists():
         shutil.rmtree(case_dir)
     case_dir.mkdir(parents=True)
-    base = make_base(case_dir / "base")
+    base = make_base(case_dir / "base", *attn)
     inputs = make_inputs()
     plain = outputs(base, inputs)
     adapters.init(base)
@@ -114,6 +123,7 @@ def run_case(out: Path, case: str) -> None:
         "case": case,
         "arch": "whisper",
         "adapter_name": name,
+        "attn_implementation": attn[0] if attn else None,
         "inputs": {k: v.tolist() for k, v in inputs.items()},
         **{k: v.tolist() for k, v in adapted.items()},
         **{f"{k}_without_adapter": v.tolist() for k, v in plain.items()},

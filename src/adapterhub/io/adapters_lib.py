@@ -22,6 +22,7 @@ from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io import adapters_lib_inv
 from adapterhub.io.adapters_lib_ia3 import ia3_config_to_theirs, is_ia3, read_ia3, write_ia3
 from adapterhub.io.adapters_lib_lora import lora_config_to_theirs, read_lora, write_lora, zero_cross
+from adapterhub.io.adapters_lib_prefix_encdec import read_encdec_prefix, write_encdec_prefix
 from adapterhub.io.adapters_lib_prompt import read_prompt, write_prompt
 from adapterhub.io.adapters_lib_reft import read_reft, reft_config_to_theirs, write_reft
 from adapterhub.io.adapters_lib_stacks import check_method, has_stack_paths, to_one_path, to_stack_paths
@@ -283,7 +284,9 @@ def read_adapters_lib_dir(
         )  # bottleneck: none given
         check_method(spec, kind, directory)
         raw = to_one_path(raw, spec, None if model is None else model.decoder_start, directory)
-    if architecture == "prefix_tuning":
+    if architecture == "prefix_tuning" and has_stack_paths(spec):
+        config, tensors = read_encdec_prefix(meta["config"], raw, name, str(directory))
+    elif architecture == "prefix_tuning":
         config, tensors = _read_prefix(directory, meta["config"], name, spec)
     elif architecture == "lora" and is_ia3(meta["config"]):
         config, tensors = read_ia3(meta["config"], raw, spec, name)
@@ -424,7 +427,12 @@ def write_adapters_lib_dir(
     prefix = getattr(get_base_model(model), "base_model_prefix", "") or ""
     method = record.config.get("method")
     check_method(spec, str(method), directory)
-    if method == "prefix_tuning":
+    if method == "prefix_tuning" and has_stack_paths(spec):
+        num_layers = len(get_layers(model, spec))
+        theirs_config, tensors = write_encdec_prefix(
+            record, spec, prefix, _first_len(model, spec), num_layers
+        )
+    elif method == "prefix_tuning":
         num_layers = len(get_layers(model, spec))
         theirs_config, tensors = _prefix_to_theirs(record, spec, prefix, num_layers)
     elif method == "prompt_tuning":
