@@ -171,3 +171,22 @@ def test_that_library_loads_our_whisper_adapters_with_our_outputs(config, tmp_pa
     run_in_adapters_venv(
         THEIR_LOAD, str(FIXTURES / "whisper_seq_bn"), str(tmp_path / "adapter"), str(tmp_path / "ours.json")
     )
+
+
+def test_whisper_peft_layout_still_round_trips_and_fusion_in_their_layout_is_refused(tmp_path):
+    """Whisper's stacks are named per stack for the `adapters` layout only: peft's layout (full module paths)
+    keeps working on it; AdapterFusion in the `adapters` layout is not mapped for two stacks and says so."""
+    model, inputs, _ = load_case("whisper_seq_bn")
+    model.add_adapter("l", config="lora[targets=[q,v,cross_q]]", set_active=True)
+    perturb(model._adapterhub.adapters["l"], std=0.2)
+    ours = whisper_outputs(model, inputs)
+    model.save_adapter(tmp_path / "peft", "l", layout="peft")
+    fresh, _, _ = load_case("whisper_seq_bn")
+    fresh.load_adapter(tmp_path / "peft", set_active=True)
+    for key, value in whisper_outputs(fresh, inputs).items():
+        torch.testing.assert_close(value, ours[key], atol=1e-6, rtol=0)
+    model.add_adapter("b1", config="pfeiffer")
+    model.add_adapter("b2", config="pfeiffer")
+    model.add_adapter_fusion("b1,b2")
+    with pytest.raises(ConfigError, match="AdapterFusion in the `adapters` layout is not mapped for whisper"):
+        model.save_adapter_fusion(tmp_path / "fusion", "b1,b2", layout="adapters")

@@ -33,6 +33,12 @@ def has_stack_paths(spec: ArchitectureSpec) -> bool:
     return spec.decoder is not None and bool(spec.decoder.adapters_lib_layers)
 
 
+def peft_layout_maps(spec: ArchitectureSpec) -> bool:
+    """Whether peft's layout (full module paths) is mapped for ``spec``: single stacks and encoder-decoders (their
+    decoder has cross-attention: T5, BART, Whisper), not a second tower (CLIPModel)."""
+    return spec.decoder is None or spec.decoder.cross_attention is not None
+
+
 def check_method(spec: ArchitectureSpec, architecture: str, where: Path | str) -> None:
     """Refuse a method of that layout the stack translation does not cover, naming the ones it does."""
     if not has_stack_paths(spec):
