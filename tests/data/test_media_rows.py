@@ -120,7 +120,22 @@ def test_audio_rows(tmp_path):
     write_rows(
         tmp_path / "train.jsonl", [{"audio": "a.wav", "label": "yes"}, {"audio": "stereo.wav", "label": "no"}]
     )
-    with pytest.raises(ConfigError, match=r"train\.jsonl, line 2: .*stereo.wav has 2 channel\(s\) of 16-bit"):
+    task = load_task(tmp_path)
+    stereo = next(e.media for e in (*task.train, *task.dev) if e.audio.endswith("stereo.wav"))
+    # several channels: read as their mean per frame
+    samples, rate = read_audio(stereo)
+    assert rate == 16000 and samples.tolist() == [0.5 / 32768, 2.5 / 32768]  # frames (0, 1) and (2, 3)
+    with wave.open(str(tmp_path / "8bit.wav"), "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(1)
+        writer.setframerate(16000)
+        writer.writeframes(bytes([128, 130]))
+    write_rows(
+        tmp_path / "train.jsonl", [{"audio": "a.wav", "label": "yes"}, {"audio": "8bit.wav", "label": "no"}]
+    )
+    with pytest.raises(
+        ConfigError, match=r"train\.jsonl, line 2: .*8bit.wav has 8-bit samples; .*16-bit PCM"
+    ):
         load_task(tmp_path)
     (tmp_path / "junk.wav").write_bytes(b"RIFF1234")
     write_rows(

@@ -18,7 +18,6 @@ import torch
 
 from adapterhub.cli import main
 from adapterhub.data import load_task
-from adapterhub.errors import ConfigError
 from adapterhub.training.loop import train
 from adapterhub.training.media_batches import collate_media, load_media_processor, media_datasets
 from adapterhub.training.modeling import load_trained
@@ -156,12 +155,22 @@ def test_the_model_folders_feature_extractor_is_used(tones_dir, tmp_path):
     torch.testing.assert_close(values, torch.tensor(raw, dtype=torch.float32) / 32768.0)  # do_normalize=False
 
 
-def test_another_sample_rate_is_refused_with_the_conversion(tones_dir):
+def test_another_sample_rate_is_resampled_to_the_processors(tones_dir):
+    """An 8 kHz clip becomes ceil(N · 16000 / 8000) samples at 16 kHz (adapterhub.data.resample), then the
+    fallback's per-row normalisation."""
+    from adapterhub.data.media import read_audio
+    from adapterhub.data.resample import resample
+
     write_wav(tones_dir / "wav" / "0.wav", tone(300, 400, random.Random(1)), rate=8000)
     task = load_task(tones_dir)
+    media = next(e.media for e in (*task.train, *task.dev) if e.audio.endswith("/wav/0.wav"))
     processor = load_media_processor(None, build("wav2vec2").config, "audio")
-    with pytest.raises(ConfigError, match=r"8000 Hz.*wants 16000 Hz.*ffmpeg -i in.wav -ar 16000"):
-        processor(task.train[0].media)
+    values = processor(media)
+    samples, rate = read_audio(media)
+    assert rate == 8000 and values.shape == (2 * len(samples),)
+    expected = resample(torch.from_numpy(samples.copy()), 8000, 16000)
+    expected = (expected - expected.mean()) / torch.sqrt(expected.var(unbiased=False) + 1e-7)
+    torch.testing.assert_close(values, expected)
 
 
 def test_parallel_branch_heads_pool_over_the_real_frames_too():

@@ -313,3 +313,28 @@ def test_a_clip_too_short_for_its_transcript_names_its_line(speech_dir, tmp_path
     assert run([*argv, *TRAIN_FLAGS, "--max-steps", "1"]) == 2
     error = capsys.readouterr().err
     assert "train.jsonl, line 1: the clip gives 118 frames but its transcript needs at least 140" in error
+
+
+def test_the_length_check_counts_frames_after_resampling(speech_dir, tmp_path, capsys):
+    """An 8 kHz clip of 480 samples becomes ceil(480 · 2) = 960 samples at the model's 16 kHz: 118 frames, as the
+    16 kHz clip above."""
+    rows = [json.loads(line) for line in (speech_dir / "train.jsonl").read_text().splitlines()]
+    rows[0]["text"] = "ab" * 70
+    with wave.open(str(speech_dir / rows[0]["audio"]), "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(8000)
+        writer.writeframes(struct.pack("<480h", *spoken("a", random.Random(0))[:480]))
+    write_rows(speech_dir, "train", rows)
+    argv = [
+        "train",
+        "--data",
+        speech_dir,
+        "--model",
+        save_model(tmp_path / "w2v"),
+        "--output-dir",
+        tmp_path / "r",
+    ]
+    assert run([*argv, *TRAIN_FLAGS, "--max-steps", "1"]) == 2
+    error = capsys.readouterr().err
+    assert "train.jsonl, line 1: the clip gives 118 frames but its transcript needs at least 140" in error

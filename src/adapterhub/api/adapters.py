@@ -220,17 +220,17 @@ class AdapterAPIMixin(HeadsMixin):
         (``init_lora_weights='pissa'`` etc.: the init is redone on the base when loaded); a data init that replaced the
         base (CorDA, LoRA-GA) is refused there (peft could not redo it)."""
         record = self._record_to_save(self.adapter_record(name, with_head=with_head), layout, convert_to_lora)
-        from adapterhub.io.adapters_lib_stacks import has_stack_paths
+        from adapterhub.io.adapters_lib_stacks import has_stack_paths, peft_layout_maps
 
         stacks = has_stack_paths(self._spec)
         if self._spec.decoder is not None and (
-            (layout == "adapters" and not stacks) or (layout == "peft" and stacks)
+            (layout == "adapters" and not stacks) or (layout == "peft" and not peft_layout_maps(self._spec))
         ):
             raise ConfigError(
                 f"Writing the {layout!r} layout for {self._model_type} models (two layer stacks) is not "
                 "implemented (its module names for the second stack are not mapped); save with "
                 "layout='adapterhub' (peft's layout works for LoRA / DoRA on encoder-decoders, the `adapters` "
-                "library's on CLIPModel)."
+                "library's on CLIPModel and Whisper)."
             )
         if layout == "adapterhub":
             from adapterhub.io.adapter_dir import write_adapter_dir

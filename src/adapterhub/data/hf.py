@@ -88,23 +88,69 @@ def load_saved(path: Path, label_column: str, media: MediaColumns = MediaColumns
     return to_splits(loaded, f"hf dataset {str(path)!r}", label_column, media)
 
 
-def parse_hub_name(source: str) -> tuple[str, str | None]:
-    """``hf:path`` -> ``(path, None)``; ``hf:path:config`` -> ``(path, config)``."""
+@dataclass(frozen=True)
+class SplitChoice:
+    """Which splits of a ``DatasetDict`` to read: ``train`` (default ``"train"``) and ``dev`` (``None``: the first
+    of ``validation`` / ``dev`` / ``valid`` present, else none, and the task splits a seeded dev set off train)."""
+
+    train: str = "train"
+    dev: str | None = None
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A parsed ``hf:NAME[:CONFIG][@TRAIN[,DEV]]``: the dataset path, its config and the splits to read."""
+
+    path: str
+    config: str | None
+    splits: SplitChoice
+
+    @property
+    def name(self) -> str:
+        """The task's name: ``NAME`` or ``NAME:CONFIG`` (without the split choice)."""
+        return self.path if self.config is None else f"{self.path}:{self.config}"
+
+
+def parse_hub_source(source: str) -> HubSource:
+    """``hf:NAME[:CONFIG][@TRAIN[,DEV]]`` -> :class:`HubSource`. ``@TRAIN`` names the split to train on,
+    ``@TRAIN,DEV`` the dev (evaluation) split too; a hub dataset or config name never contains ``@``."""
     spec = source[len(HF_PREFIX) :].strip()
+    spec, at, chosen = spec.partition("@")
     path, _, config = spec.partition(":")
     if not path:
-        raise ConfigError(f"{source!r} names no dataset; write hf:NAME, hf:OWNER/NAME or hf:NAME:CONFIG")
-    return path, config or None
+        raise ConfigError(
+            f"{source!r} names no dataset; write hf:NAME, hf:OWNER/NAME, hf:NAME:CONFIG or hf:NAME@TRAIN,DEV"
+        )
+    splits = SplitChoice()
+    if at:
+        train, comma, dev = (part.strip() for part in chosen.partition(","))
+        if not train or (comma and not dev) or "," in dev:
+            raise ConfigError(
+                f"{source!r}: after '@' write the train split, optionally a comma and the dev split "
+                f"(hf:{spec}@train or hf:{spec}@train,validation)"
+            )
+        if train == dev:
+            raise ConfigError(f"{source!r}: the train and dev splits are both {train!r}; name two splits")
+        splits = SplitChoice(train, dev or None)
+    return HubSource(path, config or None, splits)
+
+
+def parse_hub_name(source: str) -> tuple[str, str | None]:
+    """``hf:path`` -> ``(path, None)``; ``hf:path:config`` -> ``(path, config)`` (any ``@SPLITS`` left out)."""
+    parsed = parse_hub_source(source)
+    return parsed.path, parsed.config
 
 
 def load_hub(source: str, label_column: str, media: MediaColumns = MediaColumns()) -> HfSplits:
-    """Load ``hf:NAME[:CONFIG]`` with ``datasets.load_dataset``.
+    """Load ``hf:NAME[:CONFIG][@TRAIN[,DEV]]`` with ``datasets.load_dataset`` (every split; the chosen ones are
+    read, see :func:`to_splits`).
 
     Without ``:CONFIG``, ``hf:a/b`` is first tried as the repository ``a/b`` and, if the hub has no such
     repository, as dataset ``a`` with config ``b`` (so ``hf:glue/sst2`` means GLUE's SST-2).
     """
     datasets = import_datasets()
-    path, config = parse_hub_name(source)
+    parsed = parse_hub_source(source)
+    path, config = parsed.path, parsed.config
     attempts: list[tuple[str, str | None]] = [(path, config)]
     if config is None and path.count("/") == 1:
         owner, _, name = path.partition("/")
@@ -119,7 +165,7 @@ def load_hub(source: str, label_column: str, media: MediaColumns = MediaColumns(
             continue
         except Exception as error:
             raise _hub_error(source, error) from error
-        return to_splits(loaded, f"hf dataset {source[len(HF_PREFIX) :]!r}", label_column, media)
+        return to_splits(loaded, f"hf dataset {parsed.name!r}", label_column, media, parsed.splits)
     assert last is not None
     raise _hub_error(source, last) from last
 
@@ -141,20 +187,39 @@ def _hub_error(source: str, error: BaseException) -> ConfigError:
     )
 
 
-def to_splits(loaded: Any, origin: str, label_column: str, media: MediaColumns = MediaColumns()) -> HfSplits:
-    """Turn a ``Dataset`` (train only) or ``DatasetDict`` into :class:`HfSplits`."""
+def to_splits(
+    loaded: Any,
+    origin: str,
+    label_column: str,
+    media: MediaColumns = MediaColumns(),
+    choice: SplitChoice = SplitChoice(),
+) -> HfSplits:
+    """Turn a ``Dataset`` (train only) or ``DatasetDict`` into :class:`HfSplits`: ``choice.train`` as train and
+    ``choice.dev`` (or the first of ``validation`` / ``dev`` / ``valid`` present) as dev. A split the dataset
+    does not have is refused, naming the splits it has."""
     if hasattr(loaded, "column_names") and not isinstance(loaded.column_names, dict):
+        if choice != SplitChoice():
+            raise ConfigError(
+                f"{origin} is a single split (a Dataset, not a DatasetDict); leave out the split choice "
+                f"(@{choice.train}{',' + choice.dev if choice.dev else ''})"
+            )
         train, dev = loaded, None
         train_name = "train"
     else:
         splits = list(loaded.keys())
-        if "train" not in splits:
-            raise ConfigError(
-                f"{origin} has no 'train' split (it has: {', '.join(splits) or 'none'}); "
-                "rename the training split to 'train'"
-            )
-        train, train_name = loaded["train"], "train"
-        dev_name = next((name for name in DEV_SPLIT_NAMES if name in splits), None)
+        shown = ", ".join(splits) or "none"
+        for role, name in (("train", choice.train), ("dev", choice.dev)):
+            if name is not None and name not in splits:
+                hint = (
+                    "rename the training split to 'train' or choose one with hf:NAME@SPLIT"
+                    if role == "train" and choice == SplitChoice()
+                    else f"choose one of them{did_you_mean(name, splits)}"
+                )
+                raise ConfigError(f"{origin} has no {name!r} split (it has: {shown}); {hint}")
+        train, train_name = loaded[choice.train], choice.train
+        dev_name = choice.dev or next(
+            (name for name in DEV_SPLIT_NAMES if name in splits and name != train_name), None
+        )
         dev = loaded[dev_name] if dev_name else None
     label_names = _class_names(train, label_column)
     picked = pick_media_column(train, origin, media)
@@ -180,7 +245,7 @@ def pick_media_column(split: Any, origin: str, media: MediaColumns) -> tuple[Med
     taken, and several are refused (name one). ``media.need_audio`` refuses a dataset without an audio column.
     """
     features = dict(split.features)
-    found = [(kind, column) for column, feature in features.items() if (kind := _feature_kind(feature))]
+    found = [(k, column) for column, feature in features.items() if (k := _feature_kind(feature))]
     shown = ", ".join(f"{column} ({type(feature).__name__})" for column, feature in features.items())
     for kind, column in (("image", media.image), ("audio", media.audio)):
         if column is None:

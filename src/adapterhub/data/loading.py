@@ -51,7 +51,8 @@ def load_task(
     """Load a task from ``source``, which is one of, tried in this order:
 
     * ``"hf:NAME"``, ``"hf:OWNER/NAME"`` or ``"hf:NAME:CONFIG"``: a HuggingFace hub dataset (``hf:glue/sst2``
-      works too); needs the optional ``datasets`` package;
+      works too); needs the optional ``datasets`` package. ``@TRAIN`` or ``@TRAIN,DEV`` after it chooses the
+      splits (``hf:glue:sst2@train,test``); a split the dataset lacks is refused naming the ones it has;
     * a ``datasets`` ``save_to_disk`` directory (has ``dataset_dict.json`` or ``state.json``);
     * a task directory with ``train.{jsonl,csv,tsv}`` and optionally ``dev.*`` or ``validation.*`` and
       ``task.json`` (``{"kind": ..., "labels": [...]}``, or ``{"kind": "generation", "answers": [...]}``;
@@ -85,8 +86,8 @@ def load_task(
     which a dataset with several such columns needs. Its labels come from ``label_column`` (``ClassLabel`` names
     become the label names); an audio dataset with a text column and no label column is a ``ctc`` task. Images
     and clips are read from the cells' bytes (:mod:`adapterhub.data.hf`, :mod:`adapterhub.data.media`); audio
-    must be 16-bit PCM mono WAV at the model's sampling rate (there is no resampler: another rate is refused
-    when the batch is built).
+    must be 16-bit PCM WAV (several channels are mixed down to mono by their mean); a clip at another sampling
+    rate than the model's is resampled when the batch is built (:mod:`adapterhub.data.resample`).
 
     Raises :class:`ConfigError` (bad argument, unknown name, missing column, missing or unknown label, malformed
     row, each naming file and line) or :class:`AdapterFileError` (unreadable or truncated files).
@@ -104,7 +105,7 @@ def load_task(
     dev_size(100, dev_split_fraction)  # validates the fraction up front
     if isinstance(source, str) and source.startswith(hf.HF_PREFIX):
         splits = hf.load_hub(source, label_column, options.media)
-        return _from_hf(source[len(hf.HF_PREFIX) :], splits, options)
+        return _from_hf(hf.parse_hub_source(source).name, splits, options)
     if not isinstance(source, str | os.PathLike):
         raise ConfigError(f"load_task(source=...) must be a path or a name, got {type(source).__name__}")
     path = Path(source).expanduser()

@@ -2,15 +2,17 @@
 
 A task whose rows have an ``image`` (or ``audio``) column and no text column is an image (audio) task. A row's
 path is taken relative to the folder of the file the row is in (absolute paths are kept). When the rows are read
-every file is checked: it exists, and it opens as an image (Pillow) or as 16-bit PCM mono WAV (the standard
-library's :mod:`wave`); a bad row raises :class:`ConfigError` naming the data file and line. Decoding
+every file is checked: it exists, and it opens as an image (Pillow) or as 16-bit PCM WAV (the standard
+library's :mod:`wave`; mono, or several channels mixed down to mono by their mean when read); a bad row raises
+:class:`ConfigError` naming the data file and line. Decoding
 (:func:`read_image`, :func:`read_audio`) happens when a batch is built and names the row too.
 
 A HuggingFace ``Image`` / ``Audio`` cell (``{"bytes": b"...", "path": "cats/1.png"}``, as ``datasets`` stores it
 undecoded) gives a :class:`Media` holding those bytes (``Media.data``), checked and decoded the same way; a cell
 with no bytes names a local file (``path``, as the dataset stored it). Audio is decoded with :mod:`wave` only (no
-torchaudio, no torchcodec), so an ``Audio`` column must hold 16-bit PCM mono WAV: FLAC, MP3 and Ogg clips are
-refused, naming their format.
+torchaudio, no torchcodec), so an ``Audio`` column must hold 16-bit PCM WAV: FLAC, MP3 and Ogg clips are
+refused, naming their format. A clip at another sampling rate than the model's is resampled when its batch is
+built (:mod:`adapterhub.data.resample`).
 
 Torch-free: Pillow and numpy only.
 """
@@ -144,17 +146,17 @@ def _wav_header(media: Media) -> tuple[int, int, int, int]:
     except (wave.Error, EOFError, OSError) as error:
         raise ConfigError(
             f"{media.where}: {media.path} is not a readable WAV file{_audio_format(media)} ({error}); audio rows "
-            "need 16-bit PCM mono WAV, read with the standard library's wave module (convert with e.g. "
+            "need 16-bit PCM WAV, read with the standard library's wave module (convert with e.g. "
             "`ffmpeg -i in.mp3 -ac 1 -ar 16000 -sample_fmt s16 out.wav`)"
         ) from None
 
 
 def _check_audio(media: Media) -> None:
-    channels, width, _, frames = _wav_header(media)
-    if channels != 1 or width != AUDIO_SAMPLE_WIDTH:
+    _, width, _, frames = _wav_header(media)
+    if width != AUDIO_SAMPLE_WIDTH:
         raise ConfigError(
-            f"{media.where}: {media.path} has {channels} channel(s) of {8 * width}-bit samples; audio rows need "
-            "16-bit PCM mono WAV (convert with e.g. `ffmpeg -i in.wav -ac 1 -sample_fmt s16 out.wav`)"
+            f"{media.where}: {media.path} has {8 * width}-bit samples; audio rows need 16-bit PCM WAV (convert "
+            "with e.g. `ffmpeg -i in.wav -ac 1 -sample_fmt s16 out.wav`)"
         )
     if frames == 0:
         raise ConfigError(f"{media.where}: {media.path} holds no samples; replace the file or remove the row")
@@ -172,15 +174,19 @@ def audio_length(media: Media) -> int:
 
 def read_audio(media: Media) -> tuple[Any, int]:
     """``(samples, rate)``: the WAV file's samples as a float32 numpy array in [-1, 1) (shape (frames,)) and its
-    sampling rate in Hz. The file is 16-bit PCM mono (checked when the row was read)."""
+    sampling rate in Hz. The file is 16-bit PCM (checked when the row was read); a file with several channels
+    (stereo) is mixed down to mono by the mean of its channels per frame, ``x[t] = (1/C) Σ_c x_c[t]``."""
     import numpy as np
 
     _check_audio(media)
     try:
         with wave.open(_source(media), "rb") as reader:
             rate = reader.getframerate()
+            channels = reader.getnchannels()
             data = reader.readframes(reader.getnframes())
     except (wave.Error, EOFError, OSError) as error:
         raise ConfigError(f"{media.where}: cannot read {media.path} ({error})") from None
-    samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0  # (frames,)
+    samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0  # (frames · C,), interleaved
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)  # (frames, C) -> (frames,)
     return samples, rate

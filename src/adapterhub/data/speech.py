@@ -3,7 +3,7 @@ read into the examples of a ``ctc`` task (:class:`~adapterhub.data.task.TaskData
 
 Rows with an ``audio`` and a text column and no label column are transcripts (the kind is inferred as ``ctc``),
 as are audio rows given ``kind="ctc"``. Each row's WAV file is checked as for audio classification
-(:func:`adapterhub.data.media.media_of`: it exists and is 16-bit PCM mono); its transcript must be a non-empty
+(:func:`adapterhub.data.media.media_of`: it exists and is 16-bit PCM WAV); its transcript must be a non-empty
 string, stored with whitespace runs collapsed to one space and the ends stripped (:func:`normalize_transcript`),
 so that the words of a transcript are ``text.split(" ")``. A bad row raises :class:`ConfigError` naming the data
 file and line. Whether each character is in the model's vocabulary is checked where the vocabulary is known

@@ -21,7 +21,8 @@ from torch import nn
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.io import adapters_lib_inv
 from adapterhub.io.adapters_lib_ia3 import ia3_config_to_theirs, is_ia3, read_ia3, write_ia3
-from adapterhub.io.adapters_lib_lora import lora_config_to_theirs, read_lora, write_lora
+from adapterhub.io.adapters_lib_lora import lora_config_to_theirs, read_lora, write_lora, zero_cross
+from adapterhub.io.adapters_lib_prefix_encdec import read_encdec_prefix, write_encdec_prefix
 from adapterhub.io.adapters_lib_prompt import read_prompt, write_prompt
 from adapterhub.io.adapters_lib_reft import read_reft, reft_config_to_theirs, write_reft
 from adapterhub.io.adapters_lib_stacks import check_method, has_stack_paths, to_one_path, to_stack_paths
@@ -283,7 +284,9 @@ def read_adapters_lib_dir(
         )  # bottleneck: none given
         check_method(spec, kind, directory)
         raw = to_one_path(raw, spec, None if model is None else model.decoder_start, directory)
-    if architecture == "prefix_tuning":
+    if architecture == "prefix_tuning" and has_stack_paths(spec):
+        config, tensors = read_encdec_prefix(meta["config"], raw, name, str(directory))
+    elif architecture == "prefix_tuning":
         config, tensors = _read_prefix(directory, meta["config"], name, spec)
     elif architecture == "lora" and is_ia3(meta["config"]):
         config, tensors = read_ia3(meta["config"], raw, spec, name)
@@ -424,14 +427,22 @@ def write_adapters_lib_dir(
     prefix = getattr(get_base_model(model), "base_model_prefix", "") or ""
     method = record.config.get("method")
     check_method(spec, str(method), directory)
-    if method == "prefix_tuning":
+    if method == "prefix_tuning" and has_stack_paths(spec):
+        num_layers = len(get_layers(model, spec))
+        theirs_config, tensors = write_encdec_prefix(
+            record, spec, prefix, _first_len(model, spec), num_layers
+        )
+    elif method == "prefix_tuning":
         num_layers = len(get_layers(model, spec))
         theirs_config, tensors = _prefix_to_theirs(record, spec, prefix, num_layers)
     elif method == "prompt_tuning":
         theirs_config, tensors = write_prompt(record.config, record.tensors, record.name, prefix)
     elif method == "lora":
         theirs_config = lora_config_to_theirs(record.config, spec)
-        tensors = write_lora(record.tensors, spec, record.name, prefix)
+        ours = record.tensors
+        if has_stack_paths(spec):
+            ours = zero_cross(ours, spec, _first_len(model, spec))
+        tensors = write_lora(ours, spec, record.name, prefix)
     elif method == "ia3":
         theirs_config = ia3_config_to_theirs(record.config, spec)
         tensors = write_ia3(record.tensors, spec, record.name, prefix)
@@ -445,9 +456,13 @@ def write_adapters_lib_dir(
         theirs_config = config_to_theirs(record.config)
         tensors = _bottleneck_tensors(record, spec, prefix)
     if has_stack_paths(spec):
-        first_len = sum(1 for _, stack in layer_stacks(model, spec) if stack.layers == spec.layers)
-        tensors = to_stack_paths(tensors, spec, first_len)
+        tensors = to_stack_paths(tensors, spec, _first_len(model, spec))
     return _write_their_files(directory, record, tensors, theirs_config, model_class)
+
+
+def _first_len(model: nn.Module, spec: ArchitectureSpec) -> int:
+    """The number of layers in ``model``'s first stack (the encoder, CLIP's text tower)."""
+    return sum(1 for _, stack in layer_stacks(model, spec) if stack.layers == spec.layers)
 
 
 def _bottleneck_tensors(

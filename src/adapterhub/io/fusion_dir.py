@@ -169,9 +169,16 @@ def write_adapters_lib_fusion(
     head, if any, as that library writes it. Its ``load_adapter_fusion`` reads the directory; the fused adapters
     themselves are separate directories (``adapters/<name>/`` when the caller writes them)."""
     from adapterhub.io.adapters_lib import ADAPTERS_VERSION, adapter_model_class, write_their_head
+    from adapterhub.io.adapters_lib_stacks import has_stack_paths
     from adapterhub.io.files import write_torch_pickle
     from adapterhub.runtime.layers import get_base_model
 
+    if has_stack_paths(spec):
+        raise ConfigError(
+            f"AdapterFusion in the `adapters` layout is not mapped for {spec.model_types[0]} models (two layer "
+            "stacks named per stack: CLIPModel, Whisper); save the fusion with layout='adapterhub' (its adapters "
+            "can still be saved in the `adapters` layout one by one)."
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     fusion_name = record.name

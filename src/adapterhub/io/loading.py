@@ -46,18 +46,19 @@ def read_any_adapter_dir(
     layout = detect_layout(directory)
     if layout == "adapterhub":
         return read_adapter_dir(directory, with_head=with_head)
-    from adapterhub.io.adapters_lib_stacks import check_method, has_stack_paths
+    from adapterhub.io.adapters_lib_stacks import check_method, has_stack_paths, peft_layout_maps
 
     stacks = spec is not None and has_stack_paths(spec)
     if (
         spec is not None
         and spec.decoder is not None
-        and not ((layout == "adapters" and stacks) or (layout == "peft" and not stacks))
+        and not ((layout == "adapters" and stacks) or (layout == "peft" and peft_layout_maps(spec)))
     ):
         raise AdapterFileError(
             f"{directory}: reading the {layout!r} layout for {spec.model_types[0]} models (two layer stacks) is not "
             "implemented (its module names for the second stack are not mapped); adapterhub's own layout loads "
-            "into them, peft's (LoRA / DoRA) into encoder-decoders and the `adapters` library's into CLIPModel."
+            "into them, peft's (LoRA / DoRA) into encoder-decoders and the `adapters` library's into CLIPModel and "
+            "Whisper."
         )
     if layout == "peft":
         from adapterhub.io.peft_dispatch import read_peft_dir

@@ -26,6 +26,8 @@ architecture is one ``register_architecture(...)`` entry plus one row in the tes
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from adapterhub.spec.architecture import (
     ArchitectureSpec,
     InputRef,
@@ -446,7 +448,24 @@ BART = register_architecture(_bart_spec(("bart",), pre_norm=False))
 MBART = register_architecture(_bart_spec(("mbart",), pre_norm=True))
 # Whisper's encoder and decoder layers are mBART's (pre-LN, the same module names); its encoder reads log-mel
 # features through two convolutions, its decoder token ids
-WHISPER = register_architecture(_bart_spec(("whisper",), pre_norm=True))
+# The `adapters` library's Whisper (transformers 4.57, the same module names) numbers the encoder's layers, then the
+# decoder's, as we do, but names each stack's weights by its own path and local index (``decoder.layers.0`` is layer
+# ``E``): the two-stack translation of ``adapterhub.io.adapters_lib_stacks``. Its bottleneck modules sit on the layer;
+# its q/k/v LoRA is on every attention, the decoder's cross-attention (our cross_q/k/v) included.
+_WHISPER = _bart_spec(("whisper",), pre_norm=True)
+assert _WHISPER.decoder is not None
+WHISPER = register_architecture(
+    replace(
+        _WHISPER,
+        adapters_lib_layers="encoder.layers",
+        adapters_lib_sites={
+            "attn": "attention_adapters",
+            "cross_attn": "cross_attention_adapters",
+            "ffn": "output_adapters",
+        },
+        decoder=replace(_WHISPER.decoder, adapters_lib_layers="decoder.layers"),
+    )
+)
 
 # The vision and speech entries live in their own module; importing it here registers them with the text ones.
 from adapterhub.spec import architectures_vision_speech as _vision_speech  # noqa: E402, F401

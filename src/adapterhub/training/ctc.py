@@ -41,7 +41,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from adapterhub.data.media import audio_length
+from adapterhub.data.media import audio_length, audio_rate
+from adapterhub.data.resample import resampled_length
 from adapterhub.data.task import Example, TaskData
 from adapterhub.errors import ConfigError
 from adapterhub.training.ctc_metrics import ctc_collapse, error_rates
@@ -331,7 +332,8 @@ class CtcDataset(Dataset[dict[str, Any]]):
             if frames is None:
                 continue
             needed = len(ids) + sum(1 for a, b in itertools.pairwise(ids) if a == b)
-            have = frames(audio_length(example.media))
+            rate = processor.audio.sampling_rate  # the clip is resampled to it when its batch is built
+            have = frames(resampled_length(audio_length(example.media), audio_rate(example.media), rate))
             if have < needed:
                 raise ConfigError(
                     f"{example.media.where}: the clip gives {have} frames but its transcript needs at least "

@@ -9,7 +9,8 @@ is used when its folder has one (``preprocessor_config.json``: ``AutoImageProces
 ``AutoFeatureExtractor``); otherwise images are resized to the config's ``image_size`` (bilinear), scaled to
 [0, 1] and normalised with mean 0.5 and std 0.5 per channel, ``x' = (x - 0.5) / 0.5``, and audio is normalised
 to zero mean and unit variance per row, ``x' = (x - mean) / sqrt(var + 1e-7)``, at the 16 kHz wav2vec2 was
-trained on. :attr:`MediaProcessor.description` says which, for the run's output.
+trained on. A clip at another rate than the processor's is resampled first (:mod:`adapterhub.data.resample`:
+windowed sinc, ``ceil(N · new / old)`` samples); stereo clips are read as the mean of their channels. :attr:`MediaProcessor.description` says which, for the run's output.
 
 The :class:`MediaProcessor` takes the tokenizer's place in the loop (``make_loader(..., collate_fn=collate_media)``).
 """
@@ -26,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from adapterhub.data.media import read_audio, read_image
+from adapterhub.data.resample import resample
 from adapterhub.data.task import Example, Media
 from adapterhub.errors import ConfigError
 
@@ -69,18 +71,10 @@ class MediaProcessor:
 
     def _audio(self, media: Media) -> torch.Tensor:
         samples, rate = read_audio(media)
-        if rate != self.sampling_rate:
-            fix = (
-                f"resample the file (e.g. `ffmpeg -i in.wav -ar {self.sampling_rate} -ac 1 -sample_fmt s16 "
-                "out.wav`)"
-                if media.data is None
-                else f"there is no resampler here: re-encode the dataset's audio column as {self.sampling_rate} Hz "
-                "16-bit mono WAV and save the dataset again, or use a model trained at that rate"
-            )
-            raise ConfigError(
-                f"{media.where}: {media.path} is sampled at {rate} Hz but the model's feature extractor wants "
-                f"{self.sampling_rate} Hz; {fix}"
-            )
+        if rate != self.sampling_rate:  # band-limited windowed-sinc resampling to the model's rate
+            waveform = torch.from_numpy(samples.copy())  # (samples,)
+            samples = resample(waveform, rate, self.sampling_rate).numpy()  # (ceil(samples · new / rate),)
+            rate = self.sampling_rate
         if self.transform is not None:
             out = self.transform(samples, sampling_rate=rate, return_tensors="pt")
             return out["input_values"][0].float()  # (samples,)
@@ -120,7 +114,7 @@ def load_media_processor(source: str | os.PathLike[str] | None, config: Any, kin
     if kind == "audio":
         return MediaProcessor(
             "audio",
-            f"{where}: 16-bit mono WAV at {DEFAULT_SAMPLING_RATE} Hz, each row normalised to zero mean and unit "
+            f"{where}: 16-bit WAV at {DEFAULT_SAMPLING_RATE} Hz (other rates resampled), each row normalised to zero mean and unit "
             "variance",
         )
     raise ConfigError(f"unknown media kind {kind!r}; use image or audio")
