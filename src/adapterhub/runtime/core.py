@@ -39,6 +39,7 @@ from adapterhub.runtime.layers import get_layers, layer_stacks
 from adapterhub.runtime.modules import (
     attach_module_points,
     attach_saved_modules,
+    cached_by_structure,
     module_params,
     module_table,
     saved_copy,
@@ -160,7 +161,12 @@ class AdapterModelCore:
     def model_dims(self) -> ModelDims:
         """The model's widths: per layer stack (``ModelDims.stacks``: CLIPModel's towers may differ in width, heads
         and FFN size), and model-wide as the first stack's (``hidden_size``, heads; ``linear_shapes`` lists every
-        point of any stack, at the first stack's widths where several have it)."""
+        point of any stack, at the first stack's widths where several have it). Computed once per module tree
+        (``cached_by_structure``: a server's loads do not re-walk the model; replacing a module, a weight or the
+        config computes it again)."""
+        return cached_by_structure(self._module(), "model_dims", self._compute_dims)  # type: ignore[no-any-return]
+
+    def _compute_dims(self) -> ModelDims:
         spec = self._spec
         config = getattr(
             self, "config", None
