@@ -72,10 +72,50 @@ _HEAD_COUNT_ATTRS = ("num_attention_heads", "n_head", "n_heads")
 
 
 def load_exact(module: nn.Module, tensors: Mapping[str, torch.Tensor], what: str) -> None:
-    """Copy ``tensors`` into ``module`` after checking that names and shapes match exactly."""
+    """Copy ``tensors`` into ``module`` after checking that names and shapes match exactly (each cast to its
+    parameter's dtype). A tree of plain modules (``plain_state``) is copied into directly, tensor by tensor, which
+    is what ``load_state_dict`` does for it without walking every module; any other goes through
+    ``load_state_dict``."""
     expected = module.state_dict()
     check_state_fits(expected, tensors, what)
+    if plain_state(module):
+        with torch.no_grad():
+            for key, target in expected.items():  # views of the parameters and persistent buffers
+                target.copy_(tensors[key])
+        return
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=True)
+
+
+def plain_state(module: nn.Module) -> bool:
+    """Whether ``module``'s ``state_dict`` / ``load_state_dict`` / ``to`` are torch's own on every submodule: no
+    state-dict or load hooks, no extra state, no overridden ``_load_from_state_dict`` or ``_apply``, so its state
+    dict's tensors are views of its parameters and buffers and loading or moving them is a plain copy."""
+    base = nn.Module
+    for part in module.modules():
+        kind = type(part)
+        if (
+            part._state_dict_hooks
+            or part._state_dict_pre_hooks
+            or part._load_state_dict_pre_hooks
+            or part._load_state_dict_post_hooks
+            or kind._load_from_state_dict is not base._load_from_state_dict
+            or kind._save_to_state_dict is not base._save_to_state_dict
+            or kind.get_extra_state is not base.get_extra_state
+            or kind._apply is not base._apply
+        ):
+            return False
+    return True
+
+
+def _placed(module: nn.Module, reference: torch.Tensor) -> bool:
+    """Whether every parameter and buffer of ``module`` is on ``reference``'s device, the floating ones in its
+    dtype (none complex: ``to`` casts those to the complex twin of the dtype)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.device != reference.device or tensor.is_complex():
+            return False
+        if tensor.is_floating_point() and tensor.dtype != reference.dtype:
+            return False
+    return True
 
 
 def linear_shapes(layer: nn.Module, spec: ArchitectureSpec | StackSpec) -> tuple[tuple[str, int, int], ...]:
@@ -308,6 +348,8 @@ class AdapterModelCore:
                 if not n.startswith(STORE_ATTR + ".") and p.is_floating_point()
             )
         module.train(model.training)
+        if plain_state(module) and _placed(module, reference):
+            return module  # what ``to`` would do: nothing to move or cast
         return module.to(device=reference.device, dtype=reference.dtype)
 
     def _require_adapter(self, name: str) -> AdapterModule:
