@@ -259,8 +259,10 @@ class AdapterModelCore:
         heads, kv_heads, head_dim = attention_dims(config, hidden)
         return StackDims(start, hidden, linear_shapes(first, stack), heads, kv_heads, head_dim)
 
-    def model_info(self) -> ModelInfo:
-        dims = self.model_dims()
+    def model_info(self, dims: ModelDims | None = None) -> ModelInfo:
+        """What an adapter file records about the model it was made for: read from ``dims`` (this model's
+        ``model_dims()``, which it computes when not given)."""
+        dims = self.model_dims() if dims is None else dims
         return ModelInfo(
             model_type=dims.model_type,
             model_name=str(getattr(getattr(self, "config", None), "name_or_path", "") or ""),
@@ -487,8 +489,10 @@ class AdapterModelCore:
                     )
         return out
 
-    def _check_compatible(self, info: ModelInfo, what: str) -> None:
-        mine = self.model_info()
+    def _check_compatible(self, info: ModelInfo, what: str, dims: ModelDims | None = None) -> None:
+        """Raise IncompatibleModelError when ``info`` (an adapter's or fusion's file) names another kind or size of
+        model than this one (``dims``: this model's ``model_dims()``, computed when not given)."""
+        mine = self.model_info(dims)
         problems = []
         if info.model_type != mine.model_type:
             problems.append(f"model type {info.model_type!r} (this model: {mine.model_type!r})")
