@@ -7,6 +7,9 @@ not resident (``AdapterRegistry._load_once``), per phase:
 - ``install``: ``registry._swap_in`` (evict the previous adapter, put this one in): on the model thread;
 - ``entry``: ``registry._entry`` (sizes and the SHA-256 ``weights_hash``): on the I/O thread.
 
+Each is reported as wall time (``ms_per_load``) and as CPU time of the loading thread (``cpu_ms_per_load``: what
+a busy shared machine inflates least; a load's Python part holds the GIL against the server's step thread).
+
 Each load takes the next of the adapter folders under ``--adapters`` (default: the 1,000 SmolLM2 LoRAs that
 ``openai_load.py`` writes, r 8 on q/v) as a new name and evicts the one before, so every load is a cold one, as in
 ``openai_load``'s ``registered_all`` phase. ``--tiny`` times a tiny random Llama with LoRAs of the same kind written
@@ -108,6 +111,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         if not folders:
             raise SystemExit(f"no adapter folders under {adapters} (run openai_load.py once, or pass --tiny)")
     times: dict[str, list[float]] = {phase: [] for phase in PHASES}
+    cpu: dict[str, list[float]] = {phase: [] for phase in PHASES}
     profile = cProfile.Profile() if args.profile else None
     previous: list[str] = []
     for i in range(args.warmup + args.loads):
@@ -116,14 +120,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         name = f"a{i}"
         if timed and profile is not None:
             profile.enable()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         fetched = sources.fetch(source, model)
         prepared = sources.prepare(source, fetched, model, name)
-        prepared_at = time.perf_counter()
+        prepared_at, prepared_cpu = time.perf_counter(), time.thread_time()
         adapter, head = registry._swap_in(model, previous, source, fetched, prepared, name)
-        installed_at = time.perf_counter()
+        installed_at, installed_cpu = time.perf_counter(), time.thread_time()
         registry._entry(name, source, adapter, head)
-        done = time.perf_counter()
+        done, done_cpu = time.perf_counter(), time.thread_time()
         if timed and profile is not None:
             profile.disable()
         previous = [name]
@@ -131,13 +135,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             times["prepare"].append(prepared_at - start)
             times["install"].append(installed_at - prepared_at)
             times["entry"].append(done - installed_at)
+            cpu["prepare"].append(prepared_cpu - start_cpu)
+            cpu["install"].append(installed_cpu - prepared_cpu)
+            cpu["entry"].append(done_cpu - installed_cpu)
     out: dict[str, Any] = {
         "model": str(model_dir),
         "adapterhub": str(Path(adapterhub.__file__).parent),
         "loads": args.loads,
         "ms_per_load": {p: round(1e3 * statistics.fmean(v), 3) for p, v in times.items()},
+        "cpu_ms_per_load": {p: round(1e3 * statistics.fmean(v), 3) for p, v in cpu.items()},
     }
-    out["ms_per_load"]["total"] = round(sum(out["ms_per_load"].values()), 3)
+    for key in ("ms_per_load", "cpu_ms_per_load"):
+        out[key]["total"] = round(sum(out[key].values()), 3)
     if profile is not None:
         text = io.StringIO()
         pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(args.profile_top)
@@ -194,16 +203,21 @@ def main() -> None:
     result: dict[str, Any] = {"model": runs["current"][0]["model"], "loads": args.loads}
     for label, done in runs.items():
         result[label] = {
-            p: round(statistics.median(r["ms_per_load"][p] for r in done), 3) for p in (*PHASES, "total")
+            key: {p: round(statistics.median(r[key][p] for r in done), 3) for p in (*PHASES, "total")}
+            for key in ("ms_per_load", "cpu_ms_per_load")
         }
-        print(f"{label:9s} ({sources[label]}): " + ", ".join(f"{p} {v} ms" for p, v in result[label].items()))
+        for key, values in result[label].items():
+            shown = ", ".join(f"{p} {v}" for p, v in values.items())
+            print(f"{label:9s} {key:15s} {shown}   ({sources[label]})")
         if args.profile:
             print(done[-1]["profile"])
     if "baseline" in result:
         result["ratio_current_over_baseline"] = {
-            p: round(result["current"][p] / result["baseline"][p], 3) for p in result["current"]
+            key: {p: round(v / result["baseline"][key][p], 3) for p, v in values.items()}
+            for key, values in result["current"].items()
         }
-        print("current / baseline: " + json.dumps(result["ratio_current_over_baseline"]))
+        for key, ratios in result["ratio_current_over_baseline"].items():
+            print(f"current / baseline {key:15s} " + json.dumps(ratios))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -190,15 +190,24 @@ def structure_ids(model: nn.Module) -> tuple[tuple[Any, ...], list[Any]]:
     config = getattr(model, "config", None)
     ids: list[Any] = [id(config)]
     objects: list[Any] = [config]
-    for _, module in _base_modules(model):
-        weight = module._parameters.get("weight")
-        has_bias = isinstance(module._parameters.get("bias"), torch.Tensor)
+    seen: set[int] = {id(model)}
+    # the walk of ``_base_modules`` without building paths (the same modules, in the same order)
+    stack = [child for name, child in reversed(model._modules.items()) if child is not None and name != _SKIP]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        params = module._parameters
+        weight = params.get("weight")
+        has_bias = isinstance(params.get("bias"), torch.Tensor)
         if weight is None:
             ids.append((id(module), has_bias))
         else:
-            ids.append((id(module), id(weight), tuple(weight.shape), has_bias))
+            ids.append((id(module), id(weight), weight.shape, has_bias))
             objects.append(weight)
         objects.append(module)
+        stack.extend(child for child in reversed(module._modules.values()) if child is not None)
     return tuple(ids), objects
 
 
