@@ -443,7 +443,8 @@ class AdapterAPIMixin(HeadsMixin):
             raise AdapterExistsError(
                 f"An adapter named {name!r} already exists. Pass overwrite_ok=True to replace it or load_as='other-name'."
             )
-        self._check_compatible(record.model, f"adapter {record.name!r}")
+        dims = self.model_dims()  # once per load: the checks and the module read the same
+        self._check_compatible(record.model, f"adapter {record.name!r}", dims)
         config = resolve_config(record.config)
         tensors = record.tensors
         if not with_head and getattr(
@@ -452,7 +453,7 @@ class AdapterAPIMixin(HeadsMixin):
             config = config.replace(modules_to_save=None)  # type: ignore[attr-defined]
             tensors = {k: v for k, v in tensors.items() if not k.startswith("saved.")}
         self._check_carries(config)
-        module = method_for_config(config)(name, config, self.model_dims())
+        module = method_for_config(config)(name, config, dims)
         self._check_base_sharing(name, module)
         self._bind_saved(module)
         tensors = module.adopt_tensors(tensors)

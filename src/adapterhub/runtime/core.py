@@ -39,6 +39,7 @@ from adapterhub.runtime.layers import get_layers, layer_stacks
 from adapterhub.runtime.modules import (
     attach_module_points,
     attach_saved_modules,
+    cached_by_structure,
     module_params,
     module_table,
     saved_copy,
@@ -71,10 +72,50 @@ _HEAD_COUNT_ATTRS = ("num_attention_heads", "n_head", "n_heads")
 
 
 def load_exact(module: nn.Module, tensors: Mapping[str, torch.Tensor], what: str) -> None:
-    """Copy ``tensors`` into ``module`` after checking that names and shapes match exactly."""
+    """Copy ``tensors`` into ``module`` after checking that names and shapes match exactly (each cast to its
+    parameter's dtype). A tree of plain modules (``plain_state``) is copied into directly, tensor by tensor, which
+    is what ``load_state_dict`` does for it without walking every module; any other goes through
+    ``load_state_dict``."""
     expected = module.state_dict()
     check_state_fits(expected, tensors, what)
+    if plain_state(module):
+        with torch.no_grad():
+            for key, target in expected.items():  # views of the parameters and persistent buffers
+                target.copy_(tensors[key])
+        return
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()}, strict=True)
+
+
+def plain_state(module: nn.Module) -> bool:
+    """Whether ``module``'s ``state_dict`` / ``load_state_dict`` / ``to`` are torch's own on every submodule: no
+    state-dict or load hooks, no extra state, no overridden ``_load_from_state_dict`` or ``_apply``, so its state
+    dict's tensors are views of its parameters and buffers and loading or moving them is a plain copy."""
+    base = nn.Module
+    for part in module.modules():
+        kind = type(part)
+        if (
+            part._state_dict_hooks
+            or part._state_dict_pre_hooks
+            or part._load_state_dict_pre_hooks
+            or part._load_state_dict_post_hooks
+            or kind._load_from_state_dict is not base._load_from_state_dict
+            or kind._save_to_state_dict is not base._save_to_state_dict
+            or kind.get_extra_state is not base.get_extra_state
+            or kind._apply is not base._apply
+        ):
+            return False
+    return True
+
+
+def _placed(module: nn.Module, reference: torch.Tensor) -> bool:
+    """Whether every parameter and buffer of ``module`` is on ``reference``'s device, the floating ones in its
+    dtype (none complex: ``to`` casts those to the complex twin of the dtype)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.device != reference.device or tensor.is_complex():
+            return False
+        if tensor.is_floating_point() and tensor.dtype != reference.dtype:
+            return False
+    return True
 
 
 def linear_shapes(layer: nn.Module, spec: ArchitectureSpec | StackSpec) -> tuple[tuple[str, int, int], ...]:
@@ -160,7 +201,12 @@ class AdapterModelCore:
     def model_dims(self) -> ModelDims:
         """The model's widths: per layer stack (``ModelDims.stacks``: CLIPModel's towers may differ in width, heads
         and FFN size), and model-wide as the first stack's (``hidden_size``, heads; ``linear_shapes`` lists every
-        point of any stack, at the first stack's widths where several have it)."""
+        point of any stack, at the first stack's widths where several have it). Computed once per module tree
+        (``cached_by_structure``: a server's loads do not re-walk the model; replacing a module, a weight or the
+        config computes it again)."""
+        return cached_by_structure(self._module(), "model_dims", self._compute_dims)  # type: ignore[no-any-return]
+
+    def _compute_dims(self) -> ModelDims:
         spec = self._spec
         config = getattr(
             self, "config", None
@@ -213,8 +259,10 @@ class AdapterModelCore:
         heads, kv_heads, head_dim = attention_dims(config, hidden)
         return StackDims(start, hidden, linear_shapes(first, stack), heads, kv_heads, head_dim)
 
-    def model_info(self) -> ModelInfo:
-        dims = self.model_dims()
+    def model_info(self, dims: ModelDims | None = None) -> ModelInfo:
+        """What an adapter file records about the model it was made for: read from ``dims`` (this model's
+        ``model_dims()``, which it computes when not given)."""
+        dims = self.model_dims() if dims is None else dims
         return ModelInfo(
             model_type=dims.model_type,
             model_name=str(getattr(getattr(self, "config", None), "name_or_path", "") or ""),
@@ -302,6 +350,8 @@ class AdapterModelCore:
                 if not n.startswith(STORE_ATTR + ".") and p.is_floating_point()
             )
         module.train(model.training)
+        if plain_state(module) and _placed(module, reference):
+            return module  # what ``to`` would do: nothing to move or cast
         return module.to(device=reference.device, dtype=reference.dtype)
 
     def _require_adapter(self, name: str) -> AdapterModule:
@@ -439,8 +489,10 @@ class AdapterModelCore:
                     )
         return out
 
-    def _check_compatible(self, info: ModelInfo, what: str) -> None:
-        mine = self.model_info()
+    def _check_compatible(self, info: ModelInfo, what: str, dims: ModelDims | None = None) -> None:
+        """Raise IncompatibleModelError when ``info`` (an adapter's or fusion's file) names another kind or size of
+        model than this one (``dims``: this model's ``model_dims()``, computed when not given)."""
+        mine = self.model_info(dims)
         problems = []
         if info.model_type != mine.model_type:
             problems.append(f"model type {info.model_type!r} (this model: {mine.model_type!r})")

@@ -13,7 +13,8 @@ when no adapter of the current setup uses module points, so outputs stay bit-ide
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -178,6 +179,64 @@ def _base_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             for name, child in reversed(module._modules.items())
             if child is not None
         )
+
+
+def structure_ids(model: nn.Module) -> tuple[tuple[Any, ...], list[Any]]:
+    """What ``module_table`` and the model's widths read from a model, as identities: ``(ids, objects)`` with
+    ``ids`` the config's id, then per base module (in walk order) its id, its ``weight``'s id and shape and
+    whether it holds a ``bias``, and ``objects`` the objects those ids name. Equal ids while the objects a first
+    call saw are still alive (``cached_by_structure`` holds weak references) mean the same module tree:
+    replacing a module, a weight or the config (quantisation, ``resize_token_embeddings``) changes them."""
+    config = getattr(model, "config", None)
+    ids: list[Any] = [id(config)]
+    objects: list[Any] = [config]
+    seen: set[int] = {id(model)}
+    # the walk of ``_base_modules`` without building paths (the same modules, in the same order)
+    stack = [child for name, child in reversed(model._modules.items()) if child is not None and name != _SKIP]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        params = module._parameters
+        weight = params.get("weight")
+        has_bias = isinstance(params.get("bias"), torch.Tensor)
+        if weight is None:
+            ids.append((id(module), has_bias))
+        else:
+            ids.append((id(module), id(weight), weight.shape, has_bias))
+            objects.append(weight)
+        objects.append(module)
+        stack.extend(child for child in reversed(module._modules.values()) if child is not None)
+    return tuple(ids), objects
+
+
+_STRUCTURE_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[Any, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def cached_by_structure(model: nn.Module, slot: str, compute: Callable[[], Any]) -> Any:
+    """``compute()`` once per module tree of ``model`` (``structure_ids``), recomputed when the tree changed. Kept
+    beside the model (not in it: copies and pickles of the model carry nothing) with weak references to the
+    objects it was computed from. For what depends on the base modules and the config only (never on adapters,
+    whose store the walk skips)."""
+    ids, objects = structure_ids(model)
+    slots = _STRUCTURE_CACHE.setdefault(model, {})
+    cached = slots.get(slot)
+    if cached is not None and cached[0] == ids and all(ref() is not None for ref in cached[1]):
+        return cached[2]
+    value = compute()
+    slots[slot] = (ids, tuple(_weak(obj) for obj in objects if obj is not None), value)
+    return value
+
+
+def _weak(obj: Any) -> Callable[[], Any]:
+    """A weak reference to ``obj``; for an object that takes none (a plain value), one that holds it."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
 
 
 def _bias_fields(module: nn.Module) -> dict[str, Any]:

@@ -85,7 +85,7 @@ def weights_hash(method: str, config: Any, tensors: Iterable[tuple[str, Any]]) -
     for name, tensor in sorted(tensors, key=lambda item: item[0]):
         data = tensor.detach().contiguous().cpu()
         digest.update(f"\0{name}\0{data.dtype}\0{tuple(data.shape)}\0".encode())
-        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy())  # the raw bytes, read in place
     return "sha256:" + digest.hexdigest()
 
 
