@@ -17,6 +17,11 @@ A new adapter (``init_weights``) has ``λ_b = b_initial`` (default 0: the identi
 ``init_weights=False``: ``λ_b = 1``, ``λ_d ~ N(0, 1)``. Parameters: ``r + d_out`` per target. Parameter names are
 peft's (``vera_lambda_b``, ``vera_lambda_d``), so its files map one to one.
 
+``use_gating`` (that library's gated VeRA, either form): a gate ``g = Linear(d_in, 1)`` per target (weight
+``N(0, 0.02)``, bias as ``nn.Linear``; ``methods.gating``'s LoRA gate) and the update times
+``mean_T sigmoid(g(x))`` (of the input before dropout, one number per row) in place of ``scaling``; parameters
+``layers.<i>.<point>.gate.weight`` / ``gate.bias``. Not mergeable; a BatchSplit runs its row blocks one by one.
+
 ``lambda_form="matrix"`` (the `adapters` library 1.3's VeRA): the same names hold full trained matrices
 ``Λ_d (r, r)`` and ``Λ_b (d_out, d_out)``, started at ``diag(λ_d)`` / ``diag(λ_b)`` of the vectors above, and the
 update is ``scaling · Λ_b B_s Λ_d A_s x`` (``r² + d_out²`` parameters per target). The vector form is this with
@@ -48,6 +53,7 @@ from adapterhub.methods.base import (
     PointInputs,
     register_method,
 )
+from adapterhub.methods.gating import normal_gate
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
 from adapterhub.spec.configs import VeraConfig
 
@@ -91,6 +97,8 @@ class VeraLayer(nn.Module):
         self.vera_lambda_b = nn.Parameter(lambda_b)
         self.vera_lambda_d = nn.Parameter(lambda_d)
         self.dropout = nn.Dropout(config.vera_dropout)
+        # use_gating: Linear(d_in, 1) whose mean_T sigmoid(gate(x)) replaces the scaling (the `adapters` library's)
+        self.gate = normal_gate(d_in, 1, zero_bias=False) if config.use_gating else None
 
     def _sliced(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.vera_lambda_d.device
@@ -98,15 +106,20 @@ class VeraLayer(nn.Module):
 
     def delta(self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``λ_b ⊙ (B_s (λ_d ⊙ (A_s dropout(x))))``, or ``scaling · Λ_b B_s Λ_d A_s dropout(x)`` in the matrix
-        form: ``(..., d_in) -> (..., d_out)``."""
+        form: ``(..., d_in) -> (..., d_out)``. With a gate, ``mean_T sigmoid(gate(x))`` (of the input before
+        dropout, one number per row) multiplies the update instead of ``scaling``."""
         a_s, b_s = self._sliced(a, b)
-        x = self.dropout(x.to(self.vera_lambda_d.dtype))
+        u = x.to(self.vera_lambda_d.dtype)  # (B, T, d_in): the gate's input
+        x = self.dropout(u)
         z = F.linear(x, a_s.to(x.dtype))  # (..., r)
         if self.matrix:
             z = F.linear(z, self.vera_lambda_d)  # (..., r)
             y = F.linear(F.linear(z, b_s.to(x.dtype)), self.vera_lambda_b)  # (..., d_out)
         else:
             y = self.vera_lambda_b * F.linear(self.vera_lambda_d * z, b_s.to(x.dtype))  # (..., d_out)
+        if self.gate is not None:
+            gate = torch.sigmoid(self.gate(u))  # (B, T, 1)
+            return y * (gate.mean(dim=1, keepdim=True) if u.dim() > 2 else gate)  # (B, T, d_out) · (B, 1, 1)
         return y if self.scaling == 1.0 else y * self.scaling
 
     def factors(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,6 +164,8 @@ class VeraAdapter(LoRAAdapter):
                 f"VeRA adapter {name!r} adapts no projection of this {dims.model_type} model (targets / "
                 "leave_out / layers_to_transform leave nothing); choose at least one target."
             )
+        # gated: the update depends on the input beyond x · ΔWᵀ, so there is no weight change to merge
+        object.__setattr__(self, "mergeable", not config.use_gating)
         d_in, d_out = max(s.d_in for s in sites), max(s.d_out for s in sites)
         a, b = shared_projections(config.projection_prng_key, config.r, d_in, d_out)
         device = torch.get_default_device()
@@ -197,6 +212,8 @@ class VeraAdapter(LoRAAdapter):
         sites = [m.site(layer, point) for m in vera]
         if len({s.r for s in sites}) > 1 or any(s.training and s.dropout.p > 0 for s in sites):
             return None
+        if any(s.gate is not None for s in sites):
+            return None  # gated: row blocks one by one
         x, y = inputs.x, inputs.y  # (B, T, d_in), (B, T, d_out)
         if x.dim() < 2:
             return None
@@ -219,5 +236,11 @@ class VeraAdapter(LoRAAdapter):
         return y + delta.reshape(y.shape).to(y.dtype)
 
     def merged_deltas(self) -> Iterator[tuple[int, str, torch.Tensor]]:
+        if self.config.use_gating:
+            raise ConfigError(
+                f"Gated VeRA ({self.adapter_name!r}, use_gating) multiplies its update by a gate computed from each "
+                "input, which no weight change can express, so it cannot be merged (the `adapters` library refuses "
+                "too). Keep it unmerged."
+            )
         for layer, point, site in self.lora_targets():
             yield layer, point, site.weight_delta(self.vera_A, self.vera_B)  # type: ignore[call-arg]

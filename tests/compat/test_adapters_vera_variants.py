@@ -1,0 +1,135 @@
+"""The `adapters` library's (1.3.0) VeRA variants: gated VeRA (``use_gating``: the update times
+``mean_T sigmoid(gate(x))`` in place of ``alpha / r``). Fixtures by scripts/compat/make_adapters_vera_fixtures.py
+(``bert_vera_gated``): ours reads their files with their outputs, writes them back key for key, that library
+loads what we write with the same outputs, training moves the gate and the matrices only, and merging is refused
+as theirs is."""
+
+import json
+
+import pytest
+import torch
+
+from adapterhub.errors import ConfigError
+from golden import FIXTURES, check_adapters_library_loads, hidden, load_golden, needs_adapters_venv
+
+GATED = {"bert_vera_gated": None}
+
+
+def _close(got: torch.Tensor, want: list) -> None:
+    torch.testing.assert_close(got, torch.tensor(want), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", sorted(GATED))
+def test_their_gated_vera_loads_with_the_same_outputs(case):
+    model, inputs, expected = load_golden(case, GATED[case])
+    name = model.load_adapter(FIXTURES / case / "adapter", set_active=True)
+    config = model.adapters[name]
+    assert config.method == "vera" and config.use_gating and config.lambda_form == "matrix"
+    site = model._adapterhub.adapters[name].site(0, "q")
+    assert site.gate is not None and site.gate.weight.shape == (1, 32)
+    _close(hidden(model, **inputs), expected["last_hidden_state"])
+    model.set_active_adapters(None)
+    _close(hidden(model, **inputs), expected["last_hidden_state_without_adapter"])
+
+
+def test_the_gate_is_what_scales_the_update():
+    """Replacing the gate's bias moves the output (the gate is used), and ``scaling`` is not applied on top."""
+    model, inputs, expected = load_golden("bert_vera_gated")
+    name = model.load_adapter(FIXTURES / "bert_vera_gated" / "adapter", set_active=True)
+    adapter = model._adapterhub.adapters[name]
+    with torch.no_grad():
+        for _, _, site in adapter.lora_targets():
+            site.gate.weight.zero_()
+            site.gate.bias.fill_(50.0)  # sigmoid = 1: the bare update, no alpha / r = 2
+    ungated = hidden(model, **inputs)
+    model.add_adapter("plain", "vera[r=4,lambda_form=matrix,scaling=1.0]", set_active=True)
+    state = {k: v for k, v in adapter.state_dict().items() if ".gate." not in k}
+    model._adapterhub.adapters["plain"].load_state_dict(state)
+    torch.testing.assert_close(hidden(model, **inputs), ungated, atol=1e-6, rtol=0)
+    assert (ungated - torch.tensor(expected["last_hidden_state"])).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("case", sorted(GATED))
+def test_gated_written_in_their_layout(tmp_path, case):
+    model, inputs, expected = load_golden(case, GATED[case])
+    name = model.load_adapter(FIXTURES / case / "adapter")
+    model.save_adapter(tmp_path / "theirs", name, layout="adapters")
+    theirs = torch.load(tmp_path / "theirs" / "pytorch_adapter.bin", weights_only=True)
+    original = torch.load(FIXTURES / case / "adapter" / "pytorch_adapter.bin", weights_only=True)
+    assert sorted(theirs) == sorted(original)
+    assert all(torch.equal(theirs[k], original[k]) for k in original)
+    written = json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())
+    assert written["config"] == expected["config"]
+    again = model.load_adapter(tmp_path / "theirs", load_as="again", set_active=True)
+    _close(hidden(model, **inputs), expected["last_hidden_state"])
+    model.save_adapter(tmp_path / "ours", again)  # our layout round trip
+    model.load_adapter(tmp_path / "ours", load_as="ours", set_active=True)
+    _close(hidden(model, **inputs), expected["last_hidden_state"])
+
+
+@needs_adapters_venv
+@pytest.mark.parametrize("case", sorted(GATED))
+def test_the_adapters_library_loads_our_gated_vera(tmp_path, case):
+    model, _, _ = load_golden(case, GATED[case])
+    name = model.load_adapter(FIXTURES / case / "adapter")
+    model.save_adapter(tmp_path / "theirs", name, layout="adapters")
+    check_adapters_library_loads(case, tmp_path / "theirs", GATED[case], adapter_model=True)
+
+
+@needs_adapters_venv
+def test_the_adapters_library_loads_a_fresh_gated_vera_we_trained(tmp_path):
+    """A gated VeRA made and changed by ours (vector form, scaling 1: their alpha = r): that library computes what
+    ours does."""
+    model, inputs, expected = load_golden("bert_vera")
+    model.add_adapter("ours", "vera[r=4,use_gating=true,save_projection=false]", set_active=True)
+    with torch.no_grad():
+        for param in model._adapterhub.adapters["ours"].parameters():
+            param.add_(torch.randn_like(param) * 0.5)
+    ours = hidden(model, **inputs)
+    assert (ours - torch.tensor(expected["last_hidden_state_without_adapter"])).abs().max() > 1e-2
+    model.save_adapter(tmp_path / "theirs", "ours", layout="adapters")
+    case = tmp_path / "case"
+    case.mkdir()
+    (case / "base").symlink_to(FIXTURES / "bert_vera" / "base")
+    (case / "expected.json").write_text(json.dumps({**expected, "last_hidden_state": ours.tolist()}))
+    check_adapters_library_loads("bert_vera", tmp_path / "theirs", adapter_model=True, fixture=case)
+
+
+def test_gated_vera_trains_the_gate_and_the_matrices_only():
+    model, inputs, _ = load_golden("bert_vera_gated")
+    name = model.load_adapter(FIXTURES / "bert_vera_gated" / "adapter")
+    model.train_adapter(name)
+    model(**inputs).last_hidden_state.pow(2).mean().backward()
+    adapter = model._adapterhub.adapters[name]
+    grads = {k: p.grad for k, p in adapter.named_parameters()}
+    assert {k.rsplit(".", 1)[-1] for k in grads} == {"vera_lambda_b", "vera_lambda_d", "weight", "bias"}
+    assert all(g is not None and g.abs().max() > 0 for g in grads.values()), [
+        k for k, g in grads.items() if g is None
+    ]
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "_adapterhub" not in n)
+    assert adapter.vera_A.grad is None and not adapter.vera_A.requires_grad
+
+
+def test_gated_vera_is_not_merged_and_has_no_peft_form(tmp_path):
+    model, _, _ = load_golden("bert_vera_gated")
+    name = model.load_adapter(FIXTURES / "bert_vera_gated" / "adapter", set_active=True)
+    with pytest.raises(ConfigError, match="cannot be merged"):
+        model.merge_adapter(name)
+    with pytest.raises(ConfigError, match="no peft form"):
+        model.save_adapter(tmp_path / "peft", name, layout="peft")
+
+
+def test_gated_vera_in_a_batch_split_equals_separate_passes():
+    model, inputs, _ = load_golden("bert_vera_gated")
+    name = model.load_adapter(FIXTURES / "bert_vera_gated" / "adapter")
+    other = model.load_adapter(FIXTURES / "bert_vera" / "adapter", load_as="other")
+    model.set_active_adapters(name)
+    first = hidden(model, **inputs)
+    model.set_active_adapters(other)
+    second = hidden(model, **inputs)
+    from adapterhub import BatchSplit
+
+    model.set_active_adapters(BatchSplit(name, other, batch_sizes=[1, inputs["input_ids"].shape[0] - 1]))
+    both = hidden(model, **inputs)
+    torch.testing.assert_close(both[:1], first[:1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(both[1:], second[1:], atol=1e-6, rtol=0)
