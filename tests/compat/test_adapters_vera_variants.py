@@ -1,8 +1,10 @@
 """The `adapters` library's (1.3.0) VeRA variants: gated VeRA (``use_gating``: the update times
-``mean_T sigmoid(gate(x))`` in place of ``alpha / r``). Fixtures by scripts/compat/make_adapters_vera_fixtures.py
-(``bert_vera_gated``): ours reads their files with their outputs, writes them back key for key, that library
-loads what we write with the same outputs, training moves the gate and the matrices only, and merging is refused
-as theirs is."""
+``mean_T sigmoid(gate(x))`` in place of ``alpha / r``) and DVoRA (``use_dora``: the output times
+``m / ‖W + ΔW₀‖``, bias included, ``ΔW₀`` without ``alpha / r``). Fixtures by
+scripts/compat/make_adapters_vera_fixtures.py (``bert_vera_gated``, ``bert_dvora``, ``llama_dvora_gated``): ours
+reads their files with their outputs, writes them back key for key, that library loads what we write with the same
+outputs, training moves the gate / magnitude and the matrices only; gated VeRA is not merged (as theirs), DVoRA
+merges to its own outputs."""
 
 import json
 
@@ -133,3 +135,141 @@ def test_gated_vera_in_a_batch_split_equals_separate_passes():
     both = hidden(model, **inputs)
     torch.testing.assert_close(both[:1], first[:1], atol=1e-6, rtol=0)
     torch.testing.assert_close(both[1:], second[1:], atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ DVoRA (use_dora)
+
+DORA = {"bert_dvora": None, "llama_dvora_gated": "eager"}
+
+
+@pytest.mark.parametrize("case", sorted(DORA))
+def test_their_dvora_loads_with_the_same_outputs(case):
+    model, inputs, expected = load_golden(case, DORA[case])
+    name = model.load_adapter(FIXTURES / case / "adapter", set_active=True)
+    config = model.adapters[name]
+    assert config.use_dora and config.use_gating == expected["config"]["use_gating"]
+    _close(hidden(model, **inputs), expected["last_hidden_state"])
+    model.set_active_adapters(None)
+    _close(hidden(model, **inputs), expected["last_hidden_state_without_adapter"])
+
+
+def test_dvora_output_is_their_formula():
+    """One projection: ``m / ‖W + ΔW₀‖ · (W x + b + s ΔW₀ x)`` with the norm without ``s`` (their alpha / r = 2)
+    and the bias rescaled; peft's DoRA (norm with ``s``, bias not rescaled) differs."""
+    from adapterhub.methods.base import LinearInputs
+
+    model, _, _ = load_golden("bert_dvora")
+    name = model.load_adapter(FIXTURES / "bert_dvora" / "adapter")
+    adapter = model._adapterhub.adapters[name]
+    site = adapter.site(1, "v")
+    dense = model.encoder.layer[1].attention.self.value
+    weight, bias = dense.weight.detach(), dense.bias.detach()  # (32, 32), (32,)
+    x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.nn.functional.linear(x, weight, bias)
+    with torch.no_grad():
+        got = site.add_dora(y, LinearInputs(x, y, weight, bias), adapter.vera_A, adapter.vera_B)
+        delta0 = site.vera_lambda_b @ adapter.vera_B @ site.vera_lambda_d @ adapter.vera_A  # (32, 32)
+        k = site.magnitude / torch.linalg.norm(weight + delta0, dim=1)
+        want = k * (y + 2.0 * x @ delta0.t())
+        # peft's DoRA: the norm with the scaling, the bias not rescaled
+        k2 = site.magnitude / torch.linalg.norm(weight + 2.0 * delta0, dim=1)
+        peft_like = k2 * (x @ (weight + 2.0 * delta0).t()) + bias
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert (got - peft_like).abs().max() > 1e-3
+
+
+def test_a_new_dvora_starts_at_the_weight_norm_and_the_identity():
+    model, inputs, expected = load_golden("bert_dvora")
+    model.add_adapter("fresh", "vera[r=4,lambda_form=matrix,scaling=2.0,use_dora=true]", set_active=True)
+    site = model._adapterhub.adapters["fresh"].site(0, "q")
+    weight = model.encoder.layer[0].attention.self.query.weight
+    torch.testing.assert_close(site.magnitude.detach(), torch.linalg.norm(weight.detach(), dim=1))
+    _close(hidden(model, **inputs), expected["last_hidden_state_without_adapter"])
+
+
+@pytest.mark.parametrize("case", sorted(DORA))
+def test_dvora_written_in_their_layout(tmp_path, case):
+    model, inputs, expected = load_golden(case, DORA[case])
+    name = model.load_adapter(FIXTURES / case / "adapter")
+    model.save_adapter(tmp_path / "theirs", name, layout="adapters")
+    theirs = torch.load(tmp_path / "theirs" / "pytorch_adapter.bin", weights_only=True)
+    original = torch.load(FIXTURES / case / "adapter" / "pytorch_adapter.bin", weights_only=True)
+    assert sorted(theirs) == sorted(original)
+    assert all(torch.equal(theirs[k], original[k]) for k in original)
+    written = json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())
+    assert written["config"] == expected["config"]
+    model.load_adapter(tmp_path / "theirs", load_as="again", set_active=True)
+    _close(hidden(model, **inputs), expected["last_hidden_state"])
+    model.save_adapter(tmp_path / "ours", "again")
+    model.load_adapter(tmp_path / "ours", load_as="ours", set_active=True)
+    _close(hidden(model, **inputs), expected["last_hidden_state"])
+
+
+@needs_adapters_venv
+@pytest.mark.parametrize("case", sorted(DORA))
+def test_the_adapters_library_loads_our_dvora(tmp_path, case):
+    model, _, _ = load_golden(case, DORA[case])
+    name = model.load_adapter(FIXTURES / case / "adapter")
+    model.save_adapter(tmp_path / "theirs", name, layout="adapters")
+    check_adapters_library_loads(case, tmp_path / "theirs", DORA[case], adapter_model=True, tolerance=1e-4)
+
+
+@needs_adapters_venv
+def test_the_adapters_library_loads_a_fresh_dvora_we_changed(tmp_path):
+    """A DVoRA made by ours (vector form, scaling 1, projections from the key), its vectors and magnitudes
+    changed: that library computes what ours does."""
+    model, inputs, expected = load_golden("bert_vera")
+    model.add_adapter("ours", "vera[r=4,use_dora=true,save_projection=false]", set_active=True)
+    with torch.no_grad():
+        for key, param in model._adapterhub.adapters["ours"].named_parameters():
+            noise = torch.randn_like(param)
+            param.mul_(1 + 0.2 * noise) if key.endswith("magnitude") else param.add_(0.5 * noise)
+    ours = hidden(model, **inputs)
+    assert (ours - torch.tensor(expected["last_hidden_state_without_adapter"])).abs().max() > 1e-2
+    model.save_adapter(tmp_path / "theirs", "ours", layout="adapters")
+    case = tmp_path / "case"
+    case.mkdir()
+    (case / "base").symlink_to(FIXTURES / "bert_vera" / "base")
+    (case / "expected.json").write_text(json.dumps({**expected, "last_hidden_state": ours.tolist()}))
+    check_adapters_library_loads("bert_vera", tmp_path / "theirs", adapter_model=True, fixture=case)
+
+
+@pytest.mark.parametrize("case", sorted(DORA))
+def test_dvora_trains_the_magnitude_the_gate_and_the_matrices_only(case):
+    model, inputs, _ = load_golden(case, DORA[case])
+    name = model.load_adapter(FIXTURES / case / "adapter")
+    model.train_adapter(name)
+    model(**inputs).last_hidden_state.pow(2).mean().backward()
+    adapter = model._adapterhub.adapters[name]
+    grads = {k: p.grad for k, p in adapter.named_parameters()}
+    kinds = {"vera_lambda_b", "vera_lambda_d", "magnitude"} | (
+        {"weight", "bias"} if "gated" in case else set()
+    )
+    assert {k.rsplit(".", 1)[-1] for k in grads} == kinds
+    assert all(g is not None and g.abs().max() > 0 for g in grads.values()), [
+        k for k, g in grads.items() if g is None
+    ]
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "_adapterhub" not in n)
+    assert not adapter.vera_A.requires_grad and not adapter.vera_B.requires_grad
+
+
+def test_dvora_merges_to_its_outputs_and_unmerges_to_the_base():
+    model, inputs, expected = load_golden("bert_dvora")
+    before = {k: v.clone() for k, v in model.state_dict().items() if "_adapterhub" not in k}
+    name = model.load_adapter(FIXTURES / "bert_dvora" / "adapter", set_active=True)
+    model.merge_adapter(name)
+    _close(hidden(model, **inputs), expected["last_hidden_state"])
+    model.unmerge_adapter(name)
+    after = {k: v for k, v in model.state_dict().items() if "_adapterhub" not in k}
+    assert all(torch.allclose(after[k], before[k], atol=1e-5, rtol=1e-5) for k in before)
+    _close(hidden(model, **inputs), expected["last_hidden_state"])
+
+
+def test_gated_dvora_is_not_merged_and_dvora_has_no_peft_form(tmp_path):
+    model, _, _ = load_golden("llama_dvora_gated", "eager")
+    name = model.load_adapter(FIXTURES / "llama_dvora_gated" / "adapter", set_active=True)
+    with pytest.raises(ConfigError, match="cannot be merged"):
+        model.merge_adapter(name)
+    model.add_adapter("plain", "vera[r=4,use_dora=true]")
+    with pytest.raises(ConfigError, match="no peft form"):
+        model.save_adapter(tmp_path / "peft", "plain", layout="peft")

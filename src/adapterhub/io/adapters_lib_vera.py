@@ -10,11 +10,13 @@ shape of the first adapted projection, is not sliced, and is always saved, at
 ``<prefix>.<layers>.<i>.<module>.loras.NAME.vera_D`` / ``vera_B``. Gated VeRA (``use_gating``): a gate
 ``Linear(d_in, 1)`` per projection at ``...loras.NAME.gate.weight`` / ``gate.bias`` whose
 ``mean_T sigmoid(gate(x))`` multiplies the update in place of ``alpha / r`` (ours: ``use_gating``, the same names
-under ``layers.<i>.<point>``).
+under ``layers.<i>.<point>``). DVoRA (``use_dora``): a magnitude ``...loras.NAME.m.weight (d_out, 1)`` per
+projection (ours: ``use_dora``, ``layers.<i>.<point>.magnitude (d_out,)``) and the output
+``m / ‖W + vera_B lora_B vera_D lora_A‖ · (W x + b + update)``.
 
 Ours: ``vera_lambda_d`` = ``vera_D``, ``vera_lambda_b`` = ``vera_B``, ``vera_A`` / ``vera_B`` (the adapter's shared
 pair) = ``lora_A`` / ``lora_B``, ``scaling = alpha / r``, ``d_initial`` / ``b_initial`` = ``vera_d`` / ``vera_b``.
-Writing our vector form puts ``diag(λ)`` in the matrices (the same outputs). Refused: DoRA (their DVoRA),
+Writing our vector form puts ``diag(λ)`` in the matrices (the same outputs). Refused:
 dtypes other than float32, VeRA on a slice of a fused projection (GPT-2's ``c_attn``: that library has no VeRA
 path there), and targets of different shapes (that library's unsliced shared pair cannot serve them).
 """
@@ -34,13 +36,14 @@ from adapterhub.methods.vera import shared_projections
 from adapterhub.runtime.layers import get_layers
 from adapterhub.spec.architectures import ArchitectureSpec
 
-_REFUSED: dict[str, Any] = {"use_dora": False, "composition_mode": "add"}
+_REFUSED: dict[str, Any] = {"composition_mode": "add"}
 # their name at a projection's loras.NAME -> ours at layers.<i>.<point>
 _THEIRS = {
     "vera_D": "vera_lambda_d",
     "vera_B": "vera_lambda_b",
     "gate.weight": "gate.weight",
     "gate.bias": "gate.bias",
+    "m.weight": "magnitude",  # (d_out, 1) there, (d_out,) here
 }
 _OURS = {ours: theirs for theirs, ours in _THEIRS.items()}
 
@@ -62,7 +65,7 @@ def read_vera(
         if theirs.get(key, default) != default:
             raise ConfigError(
                 f"The VeRA adapter uses the `adapters` option {key}={theirs[key]!r}, which adapterhub's VeRA does not "
-                "support (additive VeRA, gated or not, without DoRA only)."
+                "support (additive VeRA only)."
             )
     if theirs.get("dtype") not in (None, "float32"):
         raise ConfigError(
@@ -95,11 +98,14 @@ def read_vera(
                     f"Weight {key!r} puts VeRA on the fused projection {module!r}; that library has no VeRA path "
                     "there and adapterhub none in its layout."
                 )
-            tensors[f"layers.{layer}.{point_of[module]}.{_THEIRS[which]}"] = tensor
+            ours = _THEIRS[which]
+            tensors[f"layers.{layer}.{point_of[module]}.{ours}"] = (
+                tensor.flatten() if ours == "magnitude" else tensor
+            )
         else:
             raise AdapterFileError(
                 f"Weight {key!r} does not match the {spec.model_types[0]} VeRA layout of the `adapters` library for "
-                f"adapter {name!r} (<layers>.<i>.<module>.loras.{name}.vera_D / vera_B / gate.weight / gate.bias, "
+                f"adapter {name!r} (<layers>.<i>.<module>.loras.{name}.vera_D / vera_B / gate.* / m.weight, "
                 f"shared_parameters.{name}.lora_A / lora_B)."
             )
     missing = sorted({"vera_A", "vera_B"} - set(tensors))
@@ -123,6 +129,7 @@ def read_vera(
         "b_initial": float(theirs["vera_b"]),
         "vera_dropout": float(theirs.get("dropout", 0.0)),
         "use_gating": bool(theirs.get("use_gating", False)),
+        "use_dora": bool(theirs.get("use_dora", False)),
         "save_projection": True,
         "targets": targets,
         "leave_out": [int(i) for i in theirs.get("leave_out", [])],
@@ -166,7 +173,7 @@ def vera_config_to_theirs(ours: Mapping[str, Any], spec: ArchitectureSpec) -> di
         "output_lora": any(location.get(t) == "output" for t in targets),
         "r": r,
         "selfattn_lora": any(t in ("q", "k", "v") for t in targets),
-        "use_dora": False,
+        "use_dora": bool(ours.get("use_dora", False)),
         "use_gating": bool(ours.get("use_gating", False)),
         "vera_b": float(ours.get("b_initial", 0.0)),  # floats: that library builds VeRA for float values only
         "vera_d": float(ours.get("d_initial", 0.1)),
@@ -196,8 +203,11 @@ def write_vera(
                 "library has no VeRA path there. Save with layout='adapterhub'."
             )
         path = f"{spec.adapters_lib_layers}.{layer}.{spec.adapters_lib_module(point)}.loras.{name}.{_OURS[param]}"
-        if param.startswith("gate."):
-            out[f"{prefix}.{path}" if prefix else path] = tensor.detach().contiguous()  # (1, d_in) / (1,)
+        if param.startswith("gate.") or param == "magnitude":
+            value = (
+                tensor.reshape(-1, 1) if param == "magnitude" else tensor
+            )  # m.weight (d_out, 1); gate as is
+            out[f"{prefix}.{path}" if prefix else path] = value.detach().contiguous()
             continue
         matrix = tensor if tensor.dim() == 2 else torch.diag(tensor)  # (r, r) / (d_out, d_out)
         if param == "vera_lambda_b":

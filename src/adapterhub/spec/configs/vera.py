@@ -17,6 +17,10 @@ trained as full matrices (started at ``diag(λ_d)`` / ``diag(λ_b)``; training f
 ``use_gating`` (that library's gated VeRA, either form) replaces ``scaling`` by a per-row gate::
 
     y' = y + mean_T sigmoid(g(x)) · Λ_b B Λ_d A dropout(x)        g = Linear(d_in, 1) per target
+
+``use_dora`` (that library's DVoRA, either form, gated or not) rescales the whole output per row::
+
+    y' = m / ‖W + Λ_b B Λ_d A‖ ⊙ (W x + b + update(x))          m: (d_out,), started at ‖W‖ per row
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ class VeraConfig(ModuleTargeting, MethodConfig):
     ``Λ_d`` / ``Λ_b`` started at the diagonal of those vectors), ``scaling`` (the update's factor, 1 in peft; the
     `adapters` library's ``alpha / r``), ``use_gating`` (the `adapters` library's gated VeRA: a gate
     ``Linear(d_in, 1)`` per target whose ``mean_T sigmoid(gate(x))`` multiplies the update in place of
-    ``scaling``; not mergeable), ``fan_in_fan_out``
+    ``scaling``; not mergeable), ``use_dora`` (the `adapters` library's DVoRA: a magnitude ``m`` per target,
+    started at ``‖W‖`` per row, and the output ``m / ‖W + ΔW‖ · (W x + b + update)`` with ``ΔW`` without
+    ``scaling``), ``fan_in_fan_out``
     (peft's flag for Conv1D weights; the module's type decides here, as peft corrects it), ``bias`` (``"none"``
     only: no bias is trained), ``modules_to_save``.
 
@@ -70,6 +76,7 @@ class VeraConfig(ModuleTargeting, MethodConfig):
     lambda_form: str = field(default="vector", metadata={OMIT_DEFAULT: True})
     scaling: float = field(default=1.0, metadata={OMIT_DEFAULT: True})
     use_gating: bool = field(default=False, metadata={OMIT_DEFAULT: True})
+    use_dora: bool = field(default=False, metadata={OMIT_DEFAULT: True})
     target_modules: str | tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
     layers_to_transform: tuple[int, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
     layers_pattern: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
@@ -85,7 +92,7 @@ class VeraConfig(ModuleTargeting, MethodConfig):
             isinstance(key, int) and not isinstance(key, bool) and 0 <= key < 2**64,
             f"projection_prng_key must be an integer seed in [0, 2**64), got {key!r}.",
         )
-        for name in ("save_projection", "fan_in_fan_out", "init_weights", "use_gating"):
+        for name in ("save_projection", "fan_in_fan_out", "init_weights", "use_gating", "use_dora"):
             check_bool(name, getattr(self, name))
         require(
             is_number(self.vera_dropout) and 0.0 <= self.vera_dropout < 1.0,
