@@ -176,6 +176,12 @@ def test_dvora_output_is_their_formula():
         peft_like = k2 * (x @ (weight + 2.0 * delta0).t()) + bias
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     assert (got - peft_like).abs().max() > 1e-3
+    # after an earlier Stack step changed y: that step's update is kept as is, W x + b recomputed and rescaled
+    other = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        inputs = LinearInputs(x, y + other, weight, bias, untouched=False)
+        stacked = site.add_dora(y + other, inputs, adapter.vera_A, adapter.vera_B)
+    torch.testing.assert_close(stacked, want + other, atol=1e-5, rtol=1e-5)
 
 
 def test_a_new_dvora_starts_at_the_weight_norm_and_the_identity():
@@ -273,3 +279,12 @@ def test_gated_dvora_is_not_merged_and_dvora_has_no_peft_form(tmp_path):
     model.add_adapter("plain", "vera[r=4,use_dora=true]")
     with pytest.raises(ConfigError, match="no peft form"):
         model.save_adapter(tmp_path / "peft", "plain", layout="peft")
+
+
+def test_dvora_on_a_conv1d_has_no_form_in_their_layout(tmp_path):
+    """That library's DVoRA fails on GPT-2's Conv1D ``c_fc`` (its norm reads the stored (d_in, d_out) weight)."""
+    model, inputs, _ = load_golden("gpt2_vera", "eager")
+    model.add_adapter("d", "vera[r=5,lambda_form=matrix,targets=[ffn_in],use_dora=true]", set_active=True)
+    hidden(model, **inputs)  # ours runs it
+    with pytest.raises(ConfigError, match="Conv1D"):
+        model.save_adapter(tmp_path / "theirs", "d", layout="adapters")

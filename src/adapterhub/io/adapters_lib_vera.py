@@ -17,7 +17,7 @@ projection (ours: ``use_dora``, ``layers.<i>.<point>.magnitude (d_out,)``) and t
 Ours: ``vera_lambda_d`` = ``vera_D``, ``vera_lambda_b`` = ``vera_B``, ``vera_A`` / ``vera_B`` (the adapter's shared
 pair) = ``lora_A`` / ``lora_B``, ``scaling = alpha / r``, ``d_initial`` / ``b_initial`` = ``vera_d`` / ``vera_b``.
 Writing our vector form puts ``diag(λ)`` in the matrices (the same outputs). Refused:
-dtypes other than float32, VeRA on a slice of a fused projection (GPT-2's ``c_attn``: that library has no VeRA
+dtypes other than float32, DVoRA on a GPT-2 ``Conv1D`` (that library's norm reads the stored, transposed weight), VeRA on a slice of a fused projection (GPT-2's ``c_attn``: that library has no VeRA
 path there), and targets of different shapes (that library's unsliced shared pair cannot serve them).
 """
 
@@ -99,6 +99,8 @@ def read_vera(
                     "there and adapterhub none in its layout."
                 )
             ours = _THEIRS[which]
+            if ours == "magnitude":
+                _check_dora_target(spec, point_of[module], name)
             tensors[f"layers.{layer}.{point_of[module]}.{ours}"] = (
                 tensor.flatten() if ours == "magnitude" else tensor
             )
@@ -135,6 +137,17 @@ def read_vera(
         "leave_out": [int(i) for i in theirs.get("leave_out", [])],
     }
     return config, tensors
+
+
+def _check_dora_target(spec: ArchitectureSpec, point: str, name: str) -> None:
+    """That library's DVoRA takes the norms of a ``Conv1D`` weight as stored, ``(d_in, d_out)``: it cannot build
+    it on a non-square one and computes other norms on a square one; refused both ways."""
+    if spec.linears[point].transposed:
+        raise ConfigError(
+            f"Adapter {name!r} is DVoRA (use_dora) on {point!r}, a GPT-2 Conv1D; the `adapters` library's DVoRA takes "
+            "the row norms of the stored (d_in, d_out) weight there (it fails on non-square ones, computes other "
+            "norms on square ones), so this has no `adapters` form. Use layout='adapterhub'."
+        )
 
 
 def _d_in(model: nn.Module, spec: ArchitectureSpec, layer: int, point: str) -> int:
@@ -203,6 +216,8 @@ def write_vera(
                 "library has no VeRA path there. Save with layout='adapterhub'."
             )
         path = f"{spec.adapters_lib_layers}.{layer}.{spec.adapters_lib_module(point)}.loras.{name}.{_OURS[param]}"
+        if param == "magnitude":
+            _check_dora_target(spec, point, name)
         if param.startswith("gate.") or param == "magnitude":
             value = (
                 tensor.reshape(-1, 1) if param == "magnitude" else tensor
