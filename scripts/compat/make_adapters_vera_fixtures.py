@@ -16,7 +16,8 @@ with grouped-query heads; GPT-2 ``c_fc`` only: its fused ``c_attn`` has no VeRA 
 Each case directory holds ``base/``, the adapter as that library saves it (``adapter/``) and ``expected.json``
 with the fixed inputs and the base model's ``last_hidden_state`` (eval mode, float32), without the adapter, and
 after that library loads the saved adapter again into a fresh model (``last_hidden_state_reloaded``). Every
-``vera_D`` / ``vera_B`` is overwritten with seeded noise first (full matrices, as training makes them).
+``vera_D`` / ``vera_B`` (and gate) is overwritten with seeded noise first (full matrices, as training makes them),
+every DVoRA magnitude multiplied by ``1 + 0.2 · N(0, 1)``.
 
 This script only uses ``adapters``, ``transformers`` and ``torch``; it never imports ``adapterhub``.
 """
@@ -62,15 +63,39 @@ CASES = {
         lambda: VeraConfig(r=5, alpha=10, selfattn_lora=False, intermediate_lora=True),
         1403,
     ),
+    # gated VeRA: the gate replaces alpha / r
+    "bert_vera_gated": (
+        "bert",
+        lambda: VeraConfig(r=4, alpha=8, attn_matrices=["q", "v"], use_gating=True),
+        1404,
+    ),
+    # DVoRA: alpha / r = 2 (the norm leaves it out) and BERT's biases (scaled by m / norm too)
+    "bert_dvora": ("bert", lambda: VeraConfig(r=4, alpha=8, attn_matrices=["q", "v"], use_dora=True), 1405),
+    "llama_dvora_gated": (
+        "llama",
+        lambda: VeraConfig(
+            r=3, alpha=3, attn_matrices=["k", "v"], vera_b=0.2, use_dora=True, use_gating=True
+        ),
+        1406,
+    ),
 }
 
 
 def vera_params(model, name: str):
-    """Every projection's ``vera_D`` / ``vera_B`` of adapter ``name`` (the shared pair is left as drawn)."""
+    """Every projection's ``vera_D`` / ``vera_B`` of adapter ``name`` (the shared pair is left as drawn), and with
+    ``use_gating`` / ``use_dora`` its ``gate.weight`` / ``gate.bias`` and ``m.weight``."""
     tag = f".loras.{name}."
     out = [(k, p) for k, p in model.named_parameters() if tag in k]
-    assert out and all(k.rsplit(".", 1)[-1] in ("vera_D", "vera_B") for k, _ in out), [k for k, _ in out]
+    allowed = ("vera_D", "vera_B", "gate.weight", "gate.bias", "m.weight")
+    assert out and all(k.endswith(allowed) for k, _ in out), [k for k, _ in out]
     return out
+
+
+def perturb_magnitudes(params, gen: torch.Generator) -> None:
+    """DVoRA's ``m`` (started at ``‖W‖`` per row) times ``1 + 0.2 · N(0, 1)``, in sorted-name order."""
+    with torch.no_grad():
+        for _, param in sorted(params, key=lambda kv: kv[0]):
+            param.mul_(1.0 + 0.2 * torch.randn(param.shape, generator=gen, dtype=param.dtype))
 
 
 def vera_case(out: Path, case: str, arch: str, config, seed: int) -> None:
@@ -84,7 +109,10 @@ def vera_case(out: Path, case: str, arch: str, config, seed: int) -> None:
     torch.manual_seed(seed)  # the shared lora_A / lora_B come from the global generator
     model.add_adapter(name, config=config)
     model.set_active_adapters(name)
-    randomize(vera_params(model, name), torch.Generator().manual_seed(seed))
+    params = vera_params(model, name)
+    gen = torch.Generator().manual_seed(seed)
+    randomize([(k, p) for k, p in params if not k.endswith("m.weight")], gen)
+    perturb_magnitudes([(k, p) for k, p in params if k.endswith("m.weight")], gen)
     model.eval()
 
     hidden = hidden_for(model, input_ids, attention_mask)

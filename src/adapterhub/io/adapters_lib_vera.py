@@ -7,12 +7,17 @@ and ``vera_B (d_out, d_out)`` (started at ``vera_d · I`` / ``vera_b · I``), an
 / ``lora_B (d_out, r)`` is drawn from the global torch generator (Kaiming-uniform, the bounds peft uses) with the
 shape of the first adapted projection, is not sliced, and is always saved, at
 ``<prefix>.shared_parameters.NAME.lora_A`` / ``lora_B``; the matrices at
-``<prefix>.<layers>.<i>.<module>.loras.NAME.vera_D`` / ``vera_B``.
+``<prefix>.<layers>.<i>.<module>.loras.NAME.vera_D`` / ``vera_B``. Gated VeRA (``use_gating``): a gate
+``Linear(d_in, 1)`` per projection at ``...loras.NAME.gate.weight`` / ``gate.bias`` whose
+``mean_T sigmoid(gate(x))`` multiplies the update in place of ``alpha / r`` (ours: ``use_gating``, the same names
+under ``layers.<i>.<point>``). DVoRA (``use_dora``): a magnitude ``...loras.NAME.m.weight (d_out, 1)`` per
+projection (ours: ``use_dora``, ``layers.<i>.<point>.magnitude (d_out,)``) and the output
+``m / ‖W + vera_B lora_B vera_D lora_A‖ · (W x + b + update)``.
 
 Ours: ``vera_lambda_d`` = ``vera_D``, ``vera_lambda_b`` = ``vera_B``, ``vera_A`` / ``vera_B`` (the adapter's shared
 pair) = ``lora_A`` / ``lora_B``, ``scaling = alpha / r``, ``d_initial`` / ``b_initial`` = ``vera_d`` / ``vera_b``.
-Writing our vector form puts ``diag(λ)`` in the matrices (the same outputs). Refused: gating, DoRA (their DVoRA),
-dtypes other than float32, VeRA on a slice of a fused projection (GPT-2's ``c_attn``: that library has no VeRA
+Writing our vector form puts ``diag(λ)`` in the matrices (the same outputs). Refused:
+dtypes other than float32, DVoRA on a GPT-2 ``Conv1D`` (that library's norm reads the stored, transposed weight), VeRA on a slice of a fused projection (GPT-2's ``c_attn``: that library has no VeRA
 path there), and targets of different shapes (that library's unsliced shared pair cannot serve them).
 """
 
@@ -31,8 +36,16 @@ from adapterhub.methods.vera import shared_projections
 from adapterhub.runtime.layers import get_layers
 from adapterhub.spec.architectures import ArchitectureSpec
 
-_REFUSED: dict[str, Any] = {"use_gating": False, "use_dora": False, "composition_mode": "add"}
-_THEIRS = {"D": "vera_lambda_d", "B": "vera_lambda_b"}
+_REFUSED: dict[str, Any] = {"composition_mode": "add"}
+# their name at a projection's loras.NAME -> ours at layers.<i>.<point>
+_THEIRS = {
+    "vera_D": "vera_lambda_d",
+    "vera_B": "vera_lambda_b",
+    "gate.weight": "gate.weight",
+    "gate.bias": "gate.bias",
+    "m.weight": "magnitude",  # (d_out, 1) there, (d_out,) here
+}
+_OURS = {ours: theirs for theirs, ours in _THEIRS.items()}
 
 
 def is_vera(theirs: Mapping[str, Any]) -> bool:
@@ -52,7 +65,7 @@ def read_vera(
         if theirs.get(key, default) != default:
             raise ConfigError(
                 f"The VeRA adapter uses the `adapters` option {key}={theirs[key]!r}, which adapterhub's VeRA does not "
-                "support (additive VeRA without gating or DoRA only)."
+                "support (additive VeRA only)."
             )
     if theirs.get("dtype") not in (None, "float32"):
         raise ConfigError(
@@ -70,7 +83,8 @@ def read_vera(
     )
     modules = "|".join(re.escape(m) for m in sorted({*point_of, *fused}, key=len, reverse=True))
     site = re.compile(
-        rf"^(?:.*\.)?{re.escape(spec.adapters_lib_layers)}\.(\d+)\.({modules})\.loras\.{re.escape(name)}\.vera_([DB])$"
+        rf"^(?:.*\.)?{re.escape(spec.adapters_lib_layers)}\.(\d+)\.({modules})\.loras\.{re.escape(name)}\."
+        rf"({'|'.join(re.escape(k) for k in _THEIRS)})$"
     )
     shared = re.compile(rf"^(?:.*\.)?shared_parameters\.{re.escape(name)}\.lora_([AB])$")
     tensors: dict[str, torch.Tensor] = {}
@@ -84,11 +98,16 @@ def read_vera(
                     f"Weight {key!r} puts VeRA on the fused projection {module!r}; that library has no VeRA path "
                     "there and adapterhub none in its layout."
                 )
-            tensors[f"layers.{layer}.{point_of[module]}.{_THEIRS[which]}"] = tensor
+            ours = _THEIRS[which]
+            if ours == "magnitude":
+                _check_dora_target(spec, point_of[module], name)
+            tensors[f"layers.{layer}.{point_of[module]}.{ours}"] = (
+                tensor.flatten() if ours == "magnitude" else tensor
+            )
         else:
             raise AdapterFileError(
                 f"Weight {key!r} does not match the {spec.model_types[0]} VeRA layout of the `adapters` library for "
-                f"adapter {name!r} (<layers>.<i>.<module>.loras.{name}.vera_D / vera_B, "
+                f"adapter {name!r} (<layers>.<i>.<module>.loras.{name}.vera_D / vera_B / gate.* / m.weight, "
                 f"shared_parameters.{name}.lora_A / lora_B)."
             )
     missing = sorted({"vera_A", "vera_B"} - set(tensors))
@@ -111,11 +130,24 @@ def read_vera(
         "d_initial": float(theirs["vera_d"]),
         "b_initial": float(theirs["vera_b"]),
         "vera_dropout": float(theirs.get("dropout", 0.0)),
+        "use_gating": bool(theirs.get("use_gating", False)),
+        "use_dora": bool(theirs.get("use_dora", False)),
         "save_projection": True,
         "targets": targets,
         "leave_out": [int(i) for i in theirs.get("leave_out", [])],
     }
     return config, tensors
+
+
+def _check_dora_target(spec: ArchitectureSpec, point: str, name: str) -> None:
+    """That library's DVoRA takes the norms of a ``Conv1D`` weight as stored, ``(d_in, d_out)``: it cannot build
+    it on a non-square one and computes other norms on a square one; refused both ways."""
+    if spec.linears[point].transposed:
+        raise ConfigError(
+            f"Adapter {name!r} is DVoRA (use_dora) on {point!r}, a GPT-2 Conv1D; the `adapters` library's DVoRA takes "
+            "the row norms of the stored (d_in, d_out) weight there (it fails on non-square ones, computes other "
+            "norms on square ones), so this has no `adapters` form. Use layout='adapterhub'."
+        )
 
 
 def _d_in(model: nn.Module, spec: ArchitectureSpec, layer: int, point: str) -> int:
@@ -154,8 +186,8 @@ def vera_config_to_theirs(ours: Mapping[str, Any], spec: ArchitectureSpec) -> di
         "output_lora": any(location.get(t) == "output" for t in targets),
         "r": r,
         "selfattn_lora": any(t in ("q", "k", "v") for t in targets),
-        "use_dora": False,
-        "use_gating": False,
+        "use_dora": bool(ours.get("use_dora", False)),
+        "use_gating": bool(ours.get("use_gating", False)),
         "vera_b": float(ours.get("b_initial", 0.0)),  # floats: that library builds VeRA for float values only
         "vera_d": float(ours.get("d_initial", 0.1)),
     }
@@ -176,20 +208,27 @@ def write_vera(
     for key, tensor in tensors.items():
         if key in ("vera_A", "vera_B"):
             continue
-        _, layer, point, param = key.split(".")
+        _, layer, point, param = key.split(".", 3)
         linear = spec.linears[point]
         if linear.part is not None:
             raise ConfigError(
                 f"Adapter {name!r} has VeRA on {point!r}, a slice of the fused {linear.module!r}; the `adapters` "
                 "library has no VeRA path there. Save with layout='adapterhub'."
             )
+        path = f"{spec.adapters_lib_layers}.{layer}.{spec.adapters_lib_module(point)}.loras.{name}.{_OURS[param]}"
+        if param == "magnitude":
+            _check_dora_target(spec, point, name)
+        if param.startswith("gate.") or param == "magnitude":
+            value = (
+                tensor.reshape(-1, 1) if param == "magnitude" else tensor
+            )  # m.weight (d_out, 1); gate as is
+            out[f"{prefix}.{path}" if prefix else path] = value.detach().contiguous()
+            continue
         matrix = tensor if tensor.dim() == 2 else torch.diag(tensor)  # (r, r) / (d_out, d_out)
         if param == "vera_lambda_b":
             shapes.setdefault((_d_in(model, spec, int(layer), point), matrix.shape[0]), []).append(
                 f"{layer}.{point}"
             )
-        path = f"{spec.adapters_lib_layers}.{layer}.{spec.adapters_lib_module(point)}.loras.{name}.vera_"
-        path += "D" if param == "vera_lambda_d" else "B"
         out[f"{prefix}.{path}" if prefix else path] = matrix.detach().contiguous()
     if len(shapes) != 1:
         raise ConfigError(

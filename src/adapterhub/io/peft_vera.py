@@ -110,8 +110,15 @@ def write_peft_vera(
     record: AdapterRecord, directory: str | os.PathLike[str], spec: ArchitectureSpec, model: nn.Module
 ) -> Path:
     """Write a VeRA record in peft's layout (``PeftModel.from_pretrained`` computes what we do). The `adapters`
-    library's variant (``lambda_form="matrix"`` or ``scaling`` other than 1) has no peft form and is refused."""
+    library's variant (``lambda_form="matrix"``, ``scaling`` other than 1, ``use_gating``, ``use_dora``) has no peft form and is
+    refused."""
     config = record.config
+    for key, what in (("use_gating", "gated VeRA"), ("use_dora", "DVoRA")):
+        if config.get(key):
+            raise ConfigError(
+                f"Adapter {record.name!r} is {what} ({key}, the `adapters` library's); peft's VeRA has neither a gate "
+                "nor a magnitude, so it has no peft form. Save it with layout='adapters' or 'adapterhub'."
+            )
     if config.get("lambda_form", "vector") != "vector" or float(config.get("scaling", 1.0)) != 1.0:
         raise ConfigError(
             f"Adapter {record.name!r} is the `adapters` library's VeRA (lambda_form="

@@ -13,6 +13,8 @@ Every gate is a per-layer (per point) ``Linear(d, g)`` on an input ``u`` of shap
   times ``gate[:, 0]``, values times ``gate[:, -1]`` (``g = 1`` with ``shared_gating``, else 2; their
   ``PrefixTuningLayer.compose_single``). Gate init: weight N(0, 0.02), bias as ``nn.Linear``.
 
+VeRA's gated form (``use_gating`` of ``methods.vera``, the `adapters` library's gated VeRA) uses the LoRA gate.
+
 Weights: LoRA ``layers.<i>.<point>.gate.{weight,bias}``, bottleneck ``layers.<i>.<site>.gate.{weight,bias}``,
 prefix tuning ``gates.<i>.{weight,bias}``. Gated adapters cannot be merged, do not group in BatchSplit (row
 blocks run one by one) and are not fused.
@@ -50,7 +52,8 @@ def gate_value(gate: nn.Linear, u: torch.Tensor) -> torch.Tensor:
     return torch.mean(torch.sigmoid(gate(u)), dim=1)
 
 
-def _normal_gate(d: int, outputs: int, zero_bias: bool) -> nn.Linear:
+def normal_gate(d: int, outputs: int, zero_bias: bool) -> nn.Linear:
+    """``Linear(d, outputs)``, weight ``N(0, 0.02)``, bias as ``nn.Linear`` or zero (the `adapters` library's)."""
     gate = nn.Linear(d, outputs)
     with torch.no_grad():
         gate.weight.normal_(0.0, 0.02)
@@ -77,7 +80,7 @@ class GatedLoRAAdapter(LoRAAdapter):
     def __init__(self, name: str, config: GatedLoRAConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
         for _, _, lora in self.lora_targets():
-            lora.gate = _normal_gate(lora.lora_A.shape[1], 1, zero_bias=False)
+            lora.gate = normal_gate(lora.lora_A.shape[1], 1, zero_bias=False)
 
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> LinearRunning:
         lora: LoRALayer = self.layer_at(layer, point)
@@ -113,7 +116,7 @@ class GatedBottleneckConfig(BottleneckConfig):
 class GatedBottleneckLayer(BottleneckLayer):
     def __init__(self, hidden_size: int, width: int, config: BottleneckConfig) -> None:
         super().__init__(hidden_size, width, config)
-        self.gate = _normal_gate(hidden_size, 1, zero_bias=True)
+        self.gate = normal_gate(hidden_size, 1, zero_bias=True)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         return super().delta(x) * gate_value(self.gate, x).unsqueeze(-1)  # (B, T, d) * (B, 1, 1)
@@ -166,7 +169,7 @@ class GatedPrefixTuningAdapter(PrefixTuningAdapter):
         outputs = 1 if config.shared_gating else 2
         self.gates = nn.ModuleDict(
             {
-                str(layer): _normal_gate(dims.hidden_size_at(layer), outputs, zero_bias=False)
+                str(layer): normal_gate(dims.hidden_size_at(layer), outputs, zero_bias=False)
                 for layer in self.slots
             }
         )

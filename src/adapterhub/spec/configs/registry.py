@@ -8,6 +8,7 @@ defined outside the spec layer make their configs and presets known with ``regis
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import fields
 from typing import Any
 
 from adapterhub.errors import ConfigError, did_you_mean
@@ -123,9 +124,13 @@ def resolve_config(config: str | Mapping[str, Any] | MethodConfig | None) -> Met
             f"Presets: {', '.join(preset_names())}; or pass a dict or a config object (BottleneckConfig, LoRAConfig, ...)."
         )
     base = PRESETS[key]()
-    if "use_dora" in overrides:
+    if "use_dora" in overrides and not _has_field(base, "use_dora"):  # VeRA has its own use_dora (DVoRA)
         base = _switch_dora(base, _use_dora(overrides.pop("use_dora")), name)
     return base.replace(**overrides) if overrides else base
+
+
+def _has_field(config: MethodConfig, name: str) -> bool:
+    return name in {f.name for f in fields(config)}
 
 
 def _use_dora(value: Any) -> bool:
@@ -138,7 +143,7 @@ def _switch_dora(base: MethodConfig, use_dora: bool, name: str) -> MethodConfig:
     """``lora[use_dora=true]`` (peft's spelling) is the ``dora`` method with the same LoRA options; no field is
     added to LoRAConfig, so saved LoRA configs (and their hashes) are unchanged."""
     if base.method not in ("lora", "dora"):
-        raise ConfigError(f"use_dora applies to LoRA presets; {name!r} is a {base.method} config.")
+        raise ConfigError(f"use_dora applies to LoRA and VeRA presets; {name!r} is a {base.method} config.")
     target = "dora" if use_dora else "lora"
     if base.method == target:
         return base

@@ -13,6 +13,14 @@ trained as full matrices (started at ``diag(λ_d)`` / ``diag(λ_b)``; training f
 ``r² + d_out²`` per target) and the update is multiplied by ``scaling`` (that library's ``alpha / r``)::
 
     y' = y + scaling · Λ_b B Λ_d A dropout(x)
+
+``use_gating`` (that library's gated VeRA, either form) replaces ``scaling`` by a per-row gate::
+
+    y' = y + mean_T sigmoid(g(x)) · Λ_b B Λ_d A dropout(x)        g = Linear(d_in, 1) per target
+
+``use_dora`` (that library's DVoRA, either form, gated or not) rescales the whole output per row::
+
+    y' = m / ‖W + Λ_b B Λ_d A‖ ⊙ (W x + b + update(x))          m: (d_out,), started at ‖W‖ per row
 """
 
 from __future__ import annotations
@@ -34,7 +42,11 @@ class VeraConfig(ModuleTargeting, MethodConfig):
     ``λ_b = b_initial``, default 0, so it is the identity; ``init_weights=False``: ``λ_d ~ N(0, 1)``, ``λ_b = 1``),
     ``lambda_form`` (``"vector"``: peft's and the paper's VeRA; ``"matrix"``: the `adapters` library's, full trained
     ``Λ_d`` / ``Λ_b`` started at the diagonal of those vectors), ``scaling`` (the update's factor, 1 in peft; the
-    `adapters` library's ``alpha / r``), ``fan_in_fan_out``
+    `adapters` library's ``alpha / r``), ``use_gating`` (the `adapters` library's gated VeRA: a gate
+    ``Linear(d_in, 1)`` per target whose ``mean_T sigmoid(gate(x))`` multiplies the update in place of
+    ``scaling``; not mergeable), ``use_dora`` (the `adapters` library's DVoRA: a magnitude ``m`` per target,
+    started at ``‖W‖`` per row, and the output ``m / ‖W + ΔW‖ · (W x + b + update)`` with ``ΔW`` without
+    ``scaling``), ``fan_in_fan_out``
     (peft's flag for Conv1D weights; the module's type decides here, as peft corrects it), ``bias`` (``"none"``
     only: no bias is trained), ``modules_to_save``.
 
@@ -63,6 +75,8 @@ class VeraConfig(ModuleTargeting, MethodConfig):
     b_initial: float = field(default=0.0, metadata={OMIT_DEFAULT: True})
     lambda_form: str = field(default="vector", metadata={OMIT_DEFAULT: True})
     scaling: float = field(default=1.0, metadata={OMIT_DEFAULT: True})
+    use_gating: bool = field(default=False, metadata={OMIT_DEFAULT: True})
+    use_dora: bool = field(default=False, metadata={OMIT_DEFAULT: True})
     target_modules: str | tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
     layers_to_transform: tuple[int, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
     layers_pattern: tuple[str, ...] | None = field(default=None, metadata={OMIT_DEFAULT: True})
@@ -78,7 +92,7 @@ class VeraConfig(ModuleTargeting, MethodConfig):
             isinstance(key, int) and not isinstance(key, bool) and 0 <= key < 2**64,
             f"projection_prng_key must be an integer seed in [0, 2**64), got {key!r}.",
         )
-        for name in ("save_projection", "fan_in_fan_out", "init_weights"):
+        for name in ("save_projection", "fan_in_fan_out", "init_weights", "use_gating", "use_dora"):
             check_bool(name, getattr(self, name))
         require(
             is_number(self.vera_dropout) and 0.0 <= self.vera_dropout < 1.0,
