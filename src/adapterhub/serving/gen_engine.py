@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from adapterhub.errors import AdapterNotFoundError, ConfigError
+from adapterhub.methods import grouped_weights
 from adapterhub.runtime.packing import check_packable, check_packed_model
 from adapterhub.serving import gen_slot_attention as slot_attention
 from adapterhub.serving.gen_checks import (
@@ -159,6 +160,9 @@ class GenerationEngine:
         self.per_slot = packed and slot_attention.supported(self._configs)
         self.mask_dtype = model.get_input_embeddings().weight.dtype
         self._pool = KVPool(max_num_seqs)  # every sequence's cache, one slot each (kv_cache)
+        self._weights = (
+            grouped_weights.WeightCache()
+        )  # grouped adapter weights reused step to step (this engine's)
 
     # ------------------------------------------------------------------ public API
     def submit(
@@ -362,6 +366,7 @@ class GenerationEngine:
             for seq in [*self._scheduler.running, *self._scheduler.waiting]:
                 self._end_cancelled(seq)
             self._pool.trim()
+            self._weights.clear()
 
     def __enter__(self) -> GenerationEngine:
         return self.start()
@@ -431,6 +436,7 @@ class GenerationEngine:
                     torch.no_grad(),
                     self.model.adapter_setup(setup),
                     slot_attention.active(self._configs, plan) if plan is not None else nullcontext(),
+                    grouped_weights.caching(self._weights),
                     last_hidden(self.model, rows) as hidden,
                 ):
                     output = self.model(
