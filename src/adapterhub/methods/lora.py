@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapterhub.errors import ConfigError
+from adapterhub.methods import grouped_weights
 from adapterhub.methods.base import (
     LINEAR,
     MODULE,
@@ -538,8 +539,14 @@ class LoRAAdapter(AdapterModule):
         x, y = inputs.x, inputs.y  # (B, T, d_in), (B, T, d_out)
         if first.dropout.p > 0:
             x = first.dropout(x)
-        a = torch.stack([m.lora_A for m in layers]).transpose(1, 2)  # (K, d_in, r)
-        b = torch.stack([m.lora_B for m in layers]).transpose(1, 2)  # (K, r, d_out)
+        a, b = grouped_weights.cached(
+            ("lora.stack", layer, point),
+            [t for m in layers for t in (m.lora_A, m.lora_B)],
+            lambda: (
+                torch.stack([m.lora_A for m in layers]).transpose(1, 2),  # (K, d_in, r)
+                torch.stack([m.lora_B for m in layers]).transpose(1, 2),  # (K, r, d_out)
+            ),
+        )
         scale = torch.tensor([m.scaling for m in layers], dtype=y.dtype, device=y.device).view(-1, 1, 1)
         if len(set(sizes)) == 1:
             groups = x.reshape(len(layers), -1, x.shape[-1])  # (K, rows·T, d_in)
@@ -581,8 +588,14 @@ class LoRAAdapter(AdapterModule):
             return None
         if first.dropout.p > 0:
             x = first.dropout(x)
-        a = torch.cat([m.lora_A for m in layers]).t()  # (d_in, R)
-        b = torch.cat([m.lora_B for m in layers], dim=1).t()  # (R, d_out)
+        a, b = grouped_weights.cached(
+            ("lora.cat", layer, point),
+            [t for m in layers for t in (m.lora_A, m.lora_B)],
+            lambda: (
+                torch.cat([m.lora_A for m in layers]).t(),  # (d_in, R)
+                torch.cat([m.lora_B for m in layers], dim=1).t(),  # (R, d_out)
+            ),
+        )
         scales = tuple(float(m.scaling) for m in layers)
         mask = _slice_mask(int(x.shape[1]), tuple(bounds), tuple(ranks), scales, y.dtype, x.device)  # (T, R)
         delta = ((x @ a.to(x.dtype)) * mask) @ b.to(x.dtype)  # (B, T, d_out)

@@ -54,6 +54,9 @@ class AdapterStore(nn.Module):
         self._overrides_open = 0  # `with adapter_setup(...)` blocks open in any thread
         self._count_lock = threading.Lock()
         self._kinds: dict[Setup, frozenset[str]] = {}
+        # per set of adapter names: whether any of them sits at (layer, kind, point) (``_sits_at``)
+        self._names: dict[Setup, frozenset[str]] = {}
+        self._sites: dict[frozenset[str], dict[tuple[int, str, str], bool]] = {}
         # ``observing``: a per-call function that sees the inputs of every linear / module point instead of adapters
         self._observer: contextvars.ContextVar[Observer | None] = contextvars.ContextVar(
             f"adapterhub_observer_{id(self)}", default=None
@@ -133,6 +136,8 @@ class AdapterStore(nn.Module):
             at = self.module_layers.get(point) if kind == MODULE else None if kind == EMBEDDING else layer
             if at is not None and at in skip:
                 return None
+        if not self._sits_at(setup, layer, kind, point):  # no adapter of the setup here: the base value
+            return None
         state = callstate.current(self)
         if state is not None and state.positions is not None:
             inputs = inputs.at_positions(state.positions)
@@ -178,9 +183,40 @@ class AdapterStore(nn.Module):
             for name in setup_names(setup)
         )
 
+    def _sits_at(self, setup: Setup, layer: int, kind: str, point: str) -> bool:
+        """Whether an adapter named in ``setup`` (not merged) sits at the point: where none does, every block of
+        the interpreter gives the base value, so the hook returns at once. Memoised per set of names (a packed or
+        BatchSplit setup differs step by step in its sizes only), forgotten by ``changed()``; a name the model
+        lacks answers True, so that the interpreter raises its error."""
+        names = self._names.get(setup)
+        if names is None:
+            names = frozenset(setup_names(setup))
+            if len(self._names) >= 4096:  # setups differ by batch sizes in serving: keep the memo bounded
+                self._names.clear()
+            self._names[setup] = names
+        sites = self._sites.get(names)
+        if sites is None:
+            if len(self._sites) >= 1024:
+                self._sites.clear()
+            sites = self._sites[names] = {}
+        key = (layer, kind, point)
+        found = sites.get(key)
+        if found is None:
+            adapters = self.adapters
+            if any(name not in adapters for name in names):
+                return True
+            found = any(
+                name not in self.merged and adapters[name].present(layer, kind, point)  # type: ignore[operator]
+                for name in names
+            )
+            sites[key] = found
+        return found
+
     def changed(self) -> None:
         """Adapters were added, deleted, merged or unmerged: forget what was derived from them."""
         self._kinds.clear()
+        self._names.clear()
+        self._sites.clear()
 
     def adapter_modules(self) -> dict[str, AdapterModule]:
         return dict(self.adapters.items())  # type: ignore[arg-type]
@@ -193,6 +229,8 @@ class AdapterStore(nn.Module):
         state["_overrides_open"] = 0
         state["_observers_open"] = 0
         state["_kinds"] = {}
+        state["_names"] = {}
+        state["_sites"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -33,14 +33,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from adapterhub.errors import AdapterNotFoundError, ConfigError
+from adapterhub.methods import grouped_weights
 from adapterhub.runtime.packing import check_packable, check_packed_model
+from adapterhub.serving import gen_slot_attention as slot_attention
 from adapterhub.serving.gen_checks import (
     check_adapter,
     check_lengths,
@@ -154,8 +156,14 @@ class GenerationEngine:
         self._closing = False
         self.last_step: StepInfo | None = None
         self.packed = packed
+        # packed steps attend per slot over the pool when the model runs SDPA (gen_slot_attention), else by mask
+        self._configs = slot_attention.configs_of(model)
+        self.per_slot = packed and slot_attention.supported(self._configs)
         self.mask_dtype = model.get_input_embeddings().weight.dtype
         self._pool = KVPool(max_num_seqs)  # every sequence's cache, one slot each (kv_cache)
+        self._weights = (
+            grouped_weights.WeightCache()
+        )  # grouped adapter weights reused step to step (this engine's)
 
     # ------------------------------------------------------------------ public API
     def submit(
@@ -360,6 +368,7 @@ class GenerationEngine:
             for seq in [*self._scheduler.running, *self._scheduler.waiting]:
                 self._end_cancelled(seq)
             self._pool.trim()
+            self._weights.clear()
 
     def __enter__(self) -> GenerationEngine:
         return self.start()
@@ -423,10 +432,13 @@ class GenerationEngine:
                     raise
                 if isinstance(batch, PackedStep):
                     setup = batch.row.setup  # a Split over the row's positions, one slice per adapter
+            plan = batch.plan if isinstance(batch, PackedStep) else None
             try:
                 with (
                     torch.no_grad(),
                     self.model.adapter_setup(setup),
+                    slot_attention.active(self._configs, plan) if plan is not None else nullcontext(),
+                    grouped_weights.caching(self._weights),
                     last_hidden(self.model, rows) as hidden,
                     step_positions(self.model, rows, batch),
                 ):
@@ -481,7 +493,10 @@ class GenerationEngine:
         new_ids = [s.next_ids() for s in rows]
         if self.packed:
             runs = [s.runs for s in rows]
-            return build_packed_step(caches, new_ids, runs, device, self.mask_dtype, self._pool)  # type: ignore[arg-type]
+            per_slot = self.per_slot and not slot_attention.attention_adapters(
+                self.model._store.adapters, runs
+            )
+            return build_packed_step(caches, new_ids, runs, device, self.mask_dtype, self._pool, per_slot)  # type: ignore[arg-type]
         return build_step(caches, new_ids, self.pad_id, device, self._pool, self.mask_dtype)  # type: ignore[arg-type]
 
     def _loop(self) -> None:

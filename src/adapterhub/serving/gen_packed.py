@@ -19,23 +19,26 @@ from typing import Any
 import torch
 
 from adapterhub.runtime.packing import PackedRow
+from adapterhub.serving.gen_slot_attention import SlotPlan, build_plan
 from adapterhub.serving.kv_cache import KVPool, SequenceKV, SlotCache, write_index
 
 
 @dataclass
 class PackedStep:
     """The model inputs of one packed step. ``input_ids`` / ``position_ids``: ``(1, T)``; ``attention_mask``:
-    ``(1, 1, T, C + T)``; ``cache``: the step's ``SlotCache`` (it writes the new keys into the slots and gathers
-    the ``C + T`` keys in ``PackedRow``'s layout); ``last``: ``(S,)`` each segment's last token index
-    (``logits_to_keep``); ``new_tokens``: ``n_i`` per segment; ``row``: the segments."""
+    ``(1, 1, T, C + T)``, or None with a ``plan``; ``cache``: the step's ``SlotCache`` (it writes the new keys into
+    the slots and gathers the ``C + T`` keys in ``PackedRow``'s layout, or with a ``plan`` hands the attention the
+    pool's buffers); ``last``: ``(S,)`` each segment's last token index (``logits_to_keep``); ``new_tokens``:
+    ``n_i`` per segment; ``row``: the segments; ``plan``: attention per slot (``gen_slot_attention``) or None."""
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | None
     cache: SlotCache
     new_tokens: list[int]
     last: torch.Tensor
     row: PackedRow
+    plan: SlotPlan | None = None
 
     def places(self) -> list[tuple[int, int]]:
         """``(row, first column)`` of each segment's fed tokens in ``input_ids``."""
@@ -49,15 +52,29 @@ def build_packed_step(
     device: torch.device,
     dtype: torch.dtype,
     pool: KVPool,
+    per_slot: bool = False,
 ) -> PackedStep:
     """The packed inputs of one step: segment ``i`` runs ``setups[i]`` on ``new_ids[i]``, continuing ``caches[i]``
-    (bound to ``pool``); ``dtype``: the mask's (the model's compute dtype)."""
+    (bound to ``pool``); ``dtype``: the mask's (the model's compute dtype); ``per_slot``: attention per slot over
+    the pool (``gen_slot_attention``: no gathered keys, no dense mask) instead of the block-diagonal mask."""
     row = PackedRow(list(setups), [len(ids) for ids in new_ids], [kv.length for kv in caches])
     input_ids = torch.tensor([[t for ids in new_ids for t in ids]], dtype=torch.long)  # (1, T)
     pool.reserve(max(kv.length + len(ids) for kv, ids in zip(caches, new_ids, strict=True)))
     starts = row.starts
     columns = [range(s, s + n) for s, n in zip(starts, row.lengths, strict=True)]
     write = write_index(caches, columns, [0] * len(caches), pool.width, device)
+    if per_slot:
+        plan = build_plan([kv.slot for kv in caches], row.cached, row.lengths, device)
+        return PackedStep(
+            input_ids=input_ids.to(device),
+            position_ids=row.position_ids(device),
+            attention_mask=None,
+            cache=SlotCache(pool, write, seen=sum(row.cached), whole=True),
+            new_tokens=list(row.lengths),
+            last=row.last(device),
+            row=row,
+            plan=plan,
+        )
     key_seq, key_pos = row.key_layout()  # (C + T,): which segment, which position
     flat = torch.tensor([kv.slot for kv in caches], dtype=torch.long)[key_seq] * pool.width + key_pos
     cache = SlotCache(pool, write, seen=sum(row.cached), flat=flat.to(device))

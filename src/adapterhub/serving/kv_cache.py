@@ -161,7 +161,8 @@ class SlotCache(DynamicCache):
     """The cache of one step over a ``KVPool``. ``update`` writes the new keys / values ``(B, kv_heads, T, head_dim)``
     in place: ``new[row[n], :, col[n]]`` to flat index ``dest[n]`` (slot * width + position) of every fed token
     ``n``; it returns ``(B, kv_heads, width, head_dim)`` rows of the slots ``rows`` (None: slots ``first..first+B-1``, a view)
-    when ``flat`` is None, else the keys at flat indices ``flat`` ``(K,)`` as one row ``(1, kv_heads, K, head_dim)``.
+    when ``flat`` is None, else the keys at flat indices ``flat`` ``(K,)`` as one row ``(1, kv_heads, K, head_dim)``;
+    with ``whole`` the layer's buffers themselves ``(kv_heads, slots, width, head_dim)`` (``gen_slot_attention``).
     ``seen``: the cached tokens before this step (``get_seq_length``)."""
 
     def __init__(
@@ -173,10 +174,11 @@ class SlotCache(DynamicCache):
         rows: torch.Tensor | None = None,
         flat: torch.Tensor | None = None,
         first: int = 0,
+        whole: bool = False,
     ) -> None:
         super().__init__()
         self.pool, self.write, self.seen, self.width = pool, write, seen, width
-        self.rows, self.flat, self.first = rows, flat, first
+        self.rows, self.flat, self.first, self.whole = rows, flat, first, whole
 
     def update(  # type: ignore[override]
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
@@ -188,6 +190,10 @@ class SlotCache(DynamicCache):
         row, col, dest = self.write
         flat_keys[:, dest] = key_states[row, :, col].transpose(0, 1)  # (kv_heads, N, head_dim)
         flat_values[:, dest] = value_states[row, :, col].transpose(0, 1)
+        if (
+            self.whole
+        ):  # the layer's buffers (kv_heads, slots, width, head_dim): attention per slot reads them
+            return keys, values
         if self.flat is not None:  # (1, kv_heads, K, head_dim)
             return flat_keys.index_select(1, self.flat)[None], flat_values.index_select(1, self.flat)[None]
         batch = int(key_states.shape[0])
