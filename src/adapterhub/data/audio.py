@@ -193,9 +193,10 @@ def _with_soundfile(media: Media, what: str, call: Callable[[Any, Any], Any]) ->
     try:
         with _open(media) as stream:
             return call(soundfile, stream)
-    except (soundfile.SoundFileError, RuntimeError, ValueError, TypeError, OSError, EOFError) as error:
+    except (soundfile.SoundFileError, RuntimeError, OSError) as error:  # libsndfile refused it
+        said = getattr(error, "error_string", None) or str(error)  # without "Error opening <_io.BytesIO ...>"
         raise ConfigError(
-            f"{media.where}: {media.path} is not a readable audio file ({what}; libsndfile says: {error}); audio "
+            f"{media.where}: {media.path} is not a readable audio file ({what}; libsndfile says: {said}); audio "
             "rows read WAV (PCM 8/16/24/32-bit, float 32/64-bit) and whatever libsndfile reads (FLAC, Ogg, MP3, "
             f"...): replace the file, {CONVERT_HINT}, or remove the row"
         ) from None
