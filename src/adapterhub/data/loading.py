@@ -86,7 +86,8 @@ def load_task(
     which a dataset with several such columns needs. Its labels come from ``label_column`` (``ClassLabel`` names
     become the label names); an audio dataset with a text column and no label column is a ``ctc`` task. Images
     and clips are read from the cells' bytes (:mod:`adapterhub.data.hf`, :mod:`adapterhub.data.media`); audio
-    must be 16-bit PCM WAV (several channels are mixed down to mono by their mean); a clip at another sampling
+    is WAV (PCM 8/16/24/32-bit or float) or, through soundfile, any format libsndfile reads (FLAC, Ogg, MP3;
+    :mod:`adapterhub.data.audio`), mixed down to mono by the mean of its channels; a clip at another sampling
     rate than the model's is resampled when the batch is built (:mod:`adapterhub.data.resample`).
 
     Raises :class:`ConfigError` (bad argument, unknown name, missing column, missing or unknown label, malformed

@@ -1,9 +1,10 @@
-"""Speech recognition rows: ``{"audio": "clips/0.wav", "text": "hello world"}``, a WAV file and its transcript,
+"""Speech recognition rows: ``{"audio": "clips/0.wav", "text": "hello world"}``, an audio file and its transcript,
 read into the examples of a ``ctc`` task (:class:`~adapterhub.data.task.TaskData` with ``kind="ctc"``).
 
 Rows with an ``audio`` and a text column and no label column are transcripts (the kind is inferred as ``ctc``),
 as are audio rows given ``kind="ctc"``. Each row's WAV file is checked as for audio classification
-(:func:`adapterhub.data.media.media_of`: it exists and is 16-bit PCM WAV); its transcript must be a non-empty
+(:func:`adapterhub.data.media.media_of`: it exists and its header reads as audio, :mod:`adapterhub.data.audio`:
+WAV of any common sample format, or FLAC, Ogg, MP3, ... through soundfile); its transcript must be a non-empty
 string, stored with whitespace runs collapsed to one space and the ends stripped (:func:`normalize_transcript`),
 so that the words of a transcript are ``text.split(" ")``. A bad row raises :class:`ConfigError` naming the data
 file and line. Whether each character is in the model's vocabulary is checked where the vocabulary is known

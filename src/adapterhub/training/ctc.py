@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from adapterhub.data.media import audio_length, audio_rate
+from adapterhub.data.audio import audio_length, audio_rate
 from adapterhub.data.resample import resampled_length
 from adapterhub.data.task import Example, TaskData
 from adapterhub.errors import ConfigError

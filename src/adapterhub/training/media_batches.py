@@ -10,7 +10,9 @@ is used when its folder has one (``preprocessor_config.json``: ``AutoImageProces
 [0, 1] and normalised with mean 0.5 and std 0.5 per channel, ``x' = (x - 0.5) / 0.5``, and audio is normalised
 to zero mean and unit variance per row, ``x' = (x - mean) / sqrt(var + 1e-7)``, at the 16 kHz wav2vec2 was
 trained on. A clip at another rate than the processor's is resampled first (:mod:`adapterhub.data.resample`:
-windowed sinc, ``ceil(N · new / old)`` samples); stereo clips are read as the mean of their channels. :attr:`MediaProcessor.description` says which, for the run's output.
+windowed sinc, ``ceil(N · new / old)`` samples); stereo clips are read as the mean of their channels; every format
+:mod:`adapterhub.data.audio` reads (WAV of any common sample format, FLAC, Ogg, MP3, ...) is resampled alike.
+:attr:`MediaProcessor.description` says which, for the run's output.
 
 The :class:`MediaProcessor` takes the tokenizer's place in the loop (``make_loader(..., collate_fn=collate_media)``).
 """
@@ -26,7 +28,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from adapterhub.data.media import read_audio, read_image
+from adapterhub.data.audio import read_audio
+from adapterhub.data.media import read_image
 from adapterhub.data.resample import resample
 from adapterhub.data.task import Example, Media
 from adapterhub.errors import ConfigError
@@ -114,8 +117,8 @@ def load_media_processor(source: str | os.PathLike[str] | None, config: Any, kin
     if kind == "audio":
         return MediaProcessor(
             "audio",
-            f"{where}: 16-bit WAV at {DEFAULT_SAMPLING_RATE} Hz (other rates resampled), each row normalised to zero mean and unit "
-            "variance",
+            f"{where}: mono at {DEFAULT_SAMPLING_RATE} Hz (channels averaged, other rates resampled), each row "
+            "normalised to zero mean and unit variance",
         )
     raise ConfigError(f"unknown media kind {kind!r}; use image or audio")
 
