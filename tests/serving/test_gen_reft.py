@@ -1,9 +1,11 @@
 """ReFT in the continuous-batching generation engine (tiny random Llama and GPT-2, float32): ReFT rows mixed with
 LoRA, a Stack of LoRA and ReFT, and base rows, arriving at different steps (whole prompts, prompts in chunks, and
 preempted sequences recomputed), give every request the tokens ``model.generate`` (greedy, key/value cache) gives
-it alone under its adapter: positions per row from the row's own prompt (prefix at the sequence's first tokens,
-also a prompt shorter than the prefix; suffix at the prompt's end). What cannot run raises at submit: a packed
-engine, and a prompt shorter than suffix_positions with prefix positions."""
+it alone under its adapter, in padded rows and packed (every sequence in one row, positions per token sliced along
+the row's Split): positions from each sequence's own prompt (prefix at the sequence's first tokens, also a prompt
+shorter than the prefix; suffix at the prompt's end). A Split of ReFT adapters over a packed row given positions per
+token equals a separate pass per sequence. What cannot run raises at submit: a prompt shorter than suffix_positions
+with prefix positions."""
 
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ import torch
 
 import adapterhub
 from adapterhub.errors import ConfigError
+from adapterhub.methods.point_inputs import CallPositions
+from adapterhub.runtime import callstate
+from adapterhub.runtime.packing import PackedRow
 from adapterhub.serving import GenerationEngine
 from adapterhub.spec.composition import Stack
 from tiny_models import build, perturb
@@ -91,28 +96,49 @@ def run_staggered(engine: GenerationEngine, prompts: list[list[int]]) -> list[li
     return [h.result() for h in handles]
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["rows", "packed"])
 @pytest.mark.parametrize(
     "options",
     [{}, {"prefill_chunk": 2}, {"preempt": True, "cache_block": 2, "max_cache_tokens": 30}],
     ids=["whole", "chunked", "preempted"],
 )
-def test_reft_rows_mixed_with_lora_and_base_equal_generate_alone(model, prompts, options):
+def test_reft_rows_mixed_with_lora_and_base_equal_generate_alone(model, prompts, options, packed):
     want = [reference(model, prompts[i], adapter) for i, adapter in PLAN]
     for name in REFTS:  # every ReFT adapter changes some completion
         assert any(
             want[k] != reference(model, prompts[i], None) for k, (i, a) in enumerate(PLAN) if a == name
         )
-    engine = GenerationEngine(model, max_num_seqs=8, **options)
+    engine = GenerationEngine(model, max_num_seqs=8, packed=packed, **options)
     assert run_staggered(engine, prompts) == want
     if options.get("preempt"):
         assert engine.stats()["preempted"] > 0
 
 
-def test_a_packed_engine_refuses_reft_at_submit(model, prompts):
-    engine = GenerationEngine(model, packed=True)
-    with pytest.raises(ConfigError, match=r"cannot run in a packed forward.*Run it unpacked"):
-        engine.submit(prompts[0], adapter="both", max_new_tokens=NEW)
-    engine.submit(prompts[0], adapter="lora", max_new_tokens=NEW)  # other adapters still run packed
+def test_a_split_of_reft_adapters_over_a_packed_row_equals_separate_passes(model, prompts):
+    """Segments of one row (1, T) under Split("pre", "both", None, Stack("lora", "both"), "tied"), positions per
+    token given: each segment's logits are its prompt's alone under its adapter (no positions given: counted from
+    the call)."""
+    setups = ["pre", "both", None, "lora+both", "tied", "both"]
+    chosen = [prompts[i] for i in (0, 1, 2, 5, 4, 6)]
+    row = PackedRow([_setup(a) for a in setups], [len(p) for p in chosen])
+    rank = torch.cat([torch.arange(len(p)) for p in chosen])[None]  # (1, T)
+    prompt = torch.cat([torch.full((len(p),), len(p)) for p in chosen])[None]  # (1, T)
+    ids = torch.tensor([[t for p in chosen for t in p]])  # (1, T)
+    with (
+        torch.no_grad(),
+        model.adapter_setup(row.setup),
+        callstate.given_positions(model._store, CallPositions(None, 0, rank, prompt)),
+    ):
+        packed = model(
+            input_ids=ids, attention_mask=row.attention_mask(torch.float32), position_ids=row.position_ids()
+        ).logits[0]  # (T, V)
+    for start, p, adapter in zip(row.starts, chosen, setups, strict=True):
+        with torch.no_grad(), model.adapter_setup(_setup(adapter)):
+            alone = model(input_ids=torch.tensor([p])).logits[0]  # (n, V)
+        torch.testing.assert_close(packed[start : start + len(p)], alone, atol=1e-5, rtol=1e-5)
+        if adapter in REFTS:  # the adapter changed this segment
+            with torch.no_grad(), model.adapter_setup(None):
+                assert not torch.allclose(model(input_ids=torch.tensor([p])).logits[0], alone, atol=1e-3)
 
 
 def test_a_prompt_shorter_than_the_suffix_with_a_prefix_is_refused_at_submit(model, prompts):

@@ -22,13 +22,18 @@ class CallPositions:
 
     A caller that knows more than a mask can say (the generation engine: rows of different sequences, each with its
     own cache length and prompt) gives the positions per row instead: ``rank`` ``(batch, seq)`` is each computed
-    position's index among its row's tokens (cached ones included; -1 on padding) and ``prompt`` ``(batch,)`` each
-    row's prompt length (its tokens before the first generated one)."""
+    position's index among its sequence's tokens (cached ones included; -1 on padding) and ``prompt`` ``(batch,)``
+    each row's prompt length (its tokens before the first generated one), or ``(batch, seq)`` each position's own
+    sequence's prompt length (a packed row: several sequences one after the other in one row).
+
+    ``sliced``: these are a slice of a call's positions along ``seq`` (``Split``) without ``rank``: a row's first
+    and last token lie outside the slice, so nothing here says where its positions are."""
 
     mask: torch.Tensor | None
     past: int = 0
     rank: torch.Tensor | None = None
     prompt: torch.Tensor | None = None
+    sliced: bool = False
 
     def rows(self, index: slice) -> CallPositions:
         """The same positions for rows ``index`` of the batch."""
@@ -37,7 +42,18 @@ class CallPositions:
             self.past,
             None if self.rank is None else self.rank[index],
             None if self.prompt is None else self.prompt[index],
+            self.sliced,
         )
+
+    def columns(self, index: slice) -> CallPositions:
+        """The positions of the computed positions ``index`` (``Split``): per position (``rank``, and ``prompt``
+        when given per position) they are sliced along; counted from the call's mask they are lost (``sliced``)."""
+        if self.rank is None:
+            return CallPositions(None, self.past, sliced=True)
+        prompt = self.prompt
+        if prompt is not None and prompt.dim() == 2:
+            prompt = prompt[:, index]  # (batch, slice)
+        return CallPositions(None, self.past, self.rank[:, index], prompt)  # rank: (batch, slice)
 
 
 class PointInputs:
@@ -121,8 +137,10 @@ class ResidualInputs(PointInputs):
     def select(self, index: slice, dim: int) -> ResidualInputs:
         at = _index(index, dim)
         normed = self.normed[at] if self.normed is not None else None
-        # positions count over whole rows: a block of rows keeps them, a block of positions has none
-        positions = self.positions.rows(index) if self.positions is not None and dim == 0 else None
+        # a block of rows keeps its rows' positions; a block of positions keeps them only where given per position
+        positions = None
+        if self.positions is not None:
+            positions = self.positions.rows(index) if dim == 0 else self.positions.columns(index)
         return ResidualInputs(self.h[at], self.residual[at], self.norm, normed, positions)
 
     def at_positions(self, positions: CallPositions) -> ResidualInputs:

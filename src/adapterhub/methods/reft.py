@@ -34,11 +34,11 @@ with suffix positions; without a cache, ``generate(use_cache=False)``, every ste
 the suffix is the last ``s`` tokens of the sequence so far, as in that library.)
 
 Per-row positions (``CallPositions.rank`` / ``prompt``, given by a caller whose rows are different sequences: the
-generation engine): each computed position's index ``k`` among its row's tokens and the row's prompt length ``L``;
-``k < p`` gets the prefix unit, ``L - s <= k < L`` the suffix unit (written last) -- for a row of one unpadded
-sequence the same positions as above, whatever its cache length, padding or prompt chunking. That library's scatter
-misplaces values when a prompt is shorter than ``s`` and ``p > 0`` (``prompt_refusal`` says so before such a row
-runs with per-row positions).
+generation engine): each computed position's index ``k`` among its sequence's tokens and that sequence's prompt
+length ``L`` (per row, or per position for a packed row holding several sequences); ``k < p`` gets the prefix unit,
+``L - s <= k < L`` the suffix unit (written last) -- for a row of one unpadded sequence the same positions as above,
+whatever its cache length, padding or prompt chunking. That library's scatter misplaces values when a prompt is
+shorter than ``s`` and ``p > 0`` (``prompt_refusal`` says so before such a row runs with per-row positions).
 
 Attachment: the residual point ``ffn`` (the layer's last sub-layer: its value is the layer's output) of every
 chosen layer. Post-norm models (BERT): the point's output ``LN(h + x)`` is replaced by its intervened value;
@@ -47,8 +47,11 @@ pre-norm models (Llama, GPT-2), where the layer adds ``h`` to the residual itsel
 
 Composition: a ReFT adapter runs alone at its point. In a Stack its companions must sit at other points (LoRA,
 prefix tuning, ...); in a BatchSplit it runs on its own rows, positions counted per row (the generation engine
-groups its rows so; the `adapters` library applies the setup's first adapter to every row there); Fuse, Split, Parallel and Average are refused (``refuse_in`` says why), and so is a packed
-forward (``packed_refusal``).
+groups its rows so; the `adapters` library applies the setup's first adapter to every row there); in a Split it
+runs on its slice of positions when the call's positions are given per position (``CallPositions.rank``, sliced
+along: the packed generation engine's row, one slice per adapter), and refuses a call without them (a slice of an
+ordinary row holds neither the row's first nor its last token). Fuse, Parallel and Average are refused
+(``refuse_in`` says why).
 """
 
 from __future__ import annotations
@@ -78,8 +81,6 @@ POINT = "ffn"  # the residual point whose value is the layer's output
 _REASONS = {
     "Fuse": "Fuse mixes the outputs of bottleneck adapters; a ReFT intervention rewrites positions of the layer "
     "output and has no output to mix.",
-    "Split": "Split divides the positions of a sequence, but ReFT counts its positions from each row's first and "
-    "last non-padding token.",
     "Parallel": "the `adapters` library applies the first adapter of the setup to every branch there (a ReFT "
     "adapter would intervene on the rows of the other branches too); adapterhub refuses rather than compute that. "
     "Run the ReFT adapter alone, or in a Stack with adapters at other points.",
@@ -190,12 +191,8 @@ class ReftAdapter(AdapterModule):
 
     config_cls = ReftConfig
     config: ReftConfig
-    composable: ClassVar[frozenset[str]] = frozenset({"Stack", "BatchSplit"})
+    composable: ClassVar[frozenset[str]] = frozenset({"Stack", "BatchSplit", "Split"})
     reads_positions: ClassVar[bool] = True
-    packed_refusal: ClassVar[str | None] = (
-        "ReFT counts its positions from each sequence's first token and prompt end, which a packed row's slices "
-        "do not carry"
-    )
 
     def __init__(self, name: str, config: ReftConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
@@ -230,10 +227,12 @@ class ReftAdapter(AdapterModule):
         return frozenset({RESIDUAL})
 
     def refuse_in(self, block: str, others: Sequence[AdapterModule]) -> str | None:
-        """Outside a Stack and a BatchSplit (each child on its own rows): the block's reason (``_REASONS``); in a Stack: an adapter that also sits at a chosen
-        layer's output (the order of two changes of one output has no counterpart in that library, whose ReFT hook
-        runs after every other adapter of the layer and only when ReFT comes first in the setup)."""
-        if block == "BatchSplit":
+        """Outside a Stack, a BatchSplit (each child on its own rows) and a Split (each child on its own positions,
+        which need per-position ``CallPositions``: checked per call): the block's reason (``_REASONS``); in a Stack:
+        an adapter that also sits at a chosen layer's output (the order of two changes of one output has no
+        counterpart in that library, whose ReFT hook runs after every other adapter of the layer and only when ReFT
+        comes first in the setup)."""
+        if block in ("BatchSplit", "Split"):
             return None
         if block != "Stack":
             return _REASONS.get(block)
@@ -271,6 +270,13 @@ class ReftAdapter(AdapterModule):
         rows, length, _ = z.shape
         if positions is not None and positions.rank is not None:
             return self._by_rank(units_of(self, layer), z, positions)
+        if positions is not None and positions.sliced:
+            raise ConfigError(
+                f"ReFT adapter {self.adapter_name!r} runs on a Split's slice of positions, but the call gave no "
+                "positions per position (CallPositions.rank), and a slice holds neither its row's first nor its last "
+                "token. Use BatchSplit (a block of rows per adapter), or generate with "
+                "GenerationEngine(packed=True), which gives each token's position in its own sequence."
+            )
         mask, past = _call_mask(positions, rows, length)
         mask = None if mask is None else mask.to(z.device)
         units = units_of(self, layer)
@@ -338,19 +344,26 @@ class ReftAdapter(AdapterModule):
 
     def _by_rank(self, units: nn.ModuleList, z: torch.Tensor, positions: CallPositions) -> torch.Tensor:
         """Per-row positions: position ``k`` of a row (``positions.rank``) gets the prefix unit when ``k < p``, the
-        suffix unit (written last) when ``L - s <= k < L`` (``L``: the row's ``positions.prompt``)."""
+        suffix unit (written last) when ``L - s <= k < L`` (``L``: ``positions.prompt``, the row's or, given per
+        position, that position's sequence's)."""
         rank, prompt = positions.rank, positions.prompt
         assert rank is not None
         rows, length, _ = z.shape
-        if prompt is None or tuple(rank.shape) != (rows, length) or tuple(prompt.shape) != (rows,):
+        if (
+            prompt is None
+            or tuple(rank.shape) != (rows, length)
+            or tuple(prompt.shape) not in ((rows,), (rows, length))
+        ):
             raise ConfigError(
                 f"ReFT adapter {self.adapter_name!r} got per-row positions of shape "
                 f"{tuple(rank.shape)} (prompt lengths: {None if prompt is None else tuple(prompt.shape)}) for a "
-                f"layer output of {rows} rows x {length} positions; give rank (rows, positions) and prompt (rows,)."
+                f"layer output of {rows} rows x {length} positions; give rank (rows, positions) and prompt (rows,) "
+                "or (rows, positions)."
             )
         p, s = self.config.prefix_positions, self.config.suffix_positions
         rank = rank.to(z.device)  # (rows, seq) -1 on padding
-        end = prompt.to(z.device)[:, None]  # (rows, 1)
+        end = prompt.to(z.device)  # (rows,) or (rows, seq)
+        end = end[:, None] if end.dim() == 1 else end  # (rows, 1 | seq)
         real = rank >= 0
         prefix = real & (rank < p)  # (rows, seq)
         suffix = real & (rank >= end - s) & (rank < end)  # (rows, seq)
