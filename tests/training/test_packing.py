@@ -251,15 +251,18 @@ def test_packed_training_follows_the_unpacked_one(tokenizer: Any) -> None:
     assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], abs=1e-4)
 
 
-@pytest.mark.parametrize("method", ["adapter:prefix_tuning", "adapter:prompt_tuning"])
-def test_prefix_and_prompt_tuning_train_unpacked_and_say_so(
-    tokenizer: Any, method: str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("method", "said"),
+    [("adapter:prefix_tuning", "prefix"), ("adapter:prompt_tuning", "prompt"), ("adapter:loreft", "ReFT")],
+)
+def test_per_row_methods_train_unpacked_and_say_so(
+    tokenizer: Any, method: str, said: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = TrainConfig(method=method, max_steps=2, batch_size=4, progress=False)
     results = train(build("llama", "causal_lm"), make_task(8), config, tokenizer=tokenizer).to_dict()
     assert results["generation"]["packing"] is False
     lines = [line for line in capsys.readouterr().err.splitlines() if "training unpacked" in line]
-    assert len(lines) == 1 and method.split(":")[1].split("_")[0] in lines[0]
+    assert len(lines) == 1 and said in lines[0]
     with pytest.raises(ConfigError, match="--no-packing"):
         train(build("llama", "causal_lm"), make_task(8), config.replace(packing=True), tokenizer=tokenizer)
 

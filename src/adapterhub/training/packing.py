@@ -12,8 +12,8 @@ tokens instead of each being padded to the batch's longest.
   labels -100. The batch holds the same examples as the unpacked batch, so its loss (the mean over its
   loss-carrying tokens) and gradients are the unpacked ones; only the padding is gone.
 * :func:`packing_is_exact` checks this on the model itself (a model whose attention ignores the position ids'
-  restarts would let examples see each other), and :func:`per_row_method` names the methods that add something
-  per row (prefix and prompt tuning), which train unpacked.
+  restarts would let examples see each other), and :func:`per_row_method` names the methods that act per row
+  (prefix and prompt tuning, ReFT), which train unpacked.
 """
 
 from __future__ import annotations
@@ -35,11 +35,14 @@ from adapterhub.training.chat_batches import padding_id
 EXAMPLES_KEY = "packed_examples"
 TOKENS_KEY = "packed_tokens"
 
-# adapter methods that add tokens or keys/values per row: one prefix per row cannot serve several examples
+# adapter methods that act per row, with why several examples cannot share one row: prefix and prompt tuning add
+# tokens or keys/values to each row; ReFT intervenes at positions counted from each row's first and last token
+_ADDS_TOKENS = "adds its tokens to each row"
 PER_ROW_METHODS = {
-    "prefix_tuning": "prefix tuning",
-    "gated_prefix_tuning": "prefix tuning",
-    "prompt_tuning": "prompt tuning",
+    "prefix_tuning": ("prefix tuning", _ADDS_TOKENS),
+    "gated_prefix_tuning": ("prefix tuning", _ADDS_TOKENS),
+    "prompt_tuning": ("prompt tuning", _ADDS_TOKENS),
+    "reft": ("ReFT", "intervenes at the first and last positions of each row, not of each example"),
 }
 
 
@@ -112,9 +115,9 @@ def collate_packed(
     }
 
 
-def per_row_method(model: nn.Module) -> str | None:
-    """The name of an adapter method of ``model``'s active setup that adds something per row (prefix or prompt
-    tuning, also inside a union), or None."""
+def per_row_method(model: nn.Module) -> tuple[str, str] | None:
+    """The name of an adapter method of ``model``'s active setup that acts per row (prefix or prompt tuning, also
+    inside a union, or ReFT) and why packing cannot serve it, or None."""
     store = getattr(model, "_adapterhub", None)
     if store is None or store.current_setup() is None:
         return None
@@ -222,16 +225,17 @@ def resolve_packing(requested: bool | None, model: nn.Module) -> tuple[bool, str
     line), True packs or raises :class:`ConfigError` saying why it cannot, False never packs."""
     if requested is False:
         return False, None
-    method = per_row_method(model)
-    if method is not None:
+    per_row = per_row_method(model)
+    if per_row is not None:
+        method, why = per_row
         if requested:
             raise ConfigError(
-                f"--packing is not exact with {method}: it adds its tokens to each row, so several examples "
-                "cannot share one; use --no-packing (or leave the flag out to train unpacked)."
+                f"--packing is not exact with {method}: it {why}, so several examples cannot share one; use "
+                "--no-packing (or leave the flag out to train unpacked)."
             )
-        return False, (
-            f"{method} adds its tokens to each row: training unpacked (packing is exact only for methods that "
-            "add nothing per row)"
+        return (
+            False,
+            f"{method} {why}: training unpacked (packing is exact only for methods that act on every token alike)",
         )
     if not packing_is_exact(model):
         reason = (
