@@ -118,10 +118,14 @@ def select_modules(config: ModuleTargeting, dims: ModelDims) -> list[ModuleTarge
         if not (module.linear or module.embedding or module.conv):
             raise ConfigError(
                 f"target_modules={_show(config.target_modules)} selects {module.path!r}, a {module.type_name}; "
-                "LoRA targeted by name attaches to nn.Linear, Conv1D, nn.Conv2d and nn.Embedding modules. Name the "
+                "LoRA targeted by name attaches to nn.Linear, Conv1D, nn.Conv1d / Conv2d / Conv3d and nn.Embedding "
+                "modules. Name the "
                 "layers inside it (or add it to exclude_modules)."
             )
-        conv_ok = config.method == "lora" or config.adapts_conv2d
+        # LoRA: any of Conv1d / Conv2d / Conv3d; methods with adapts_conv2d (LoHa, LoKr): Conv2d only
+        conv_ok = config.method == "lora" or (
+            config.adapts_conv2d and module.conv is not None and len(module.conv[0]) == 2
+        )
         if (module.embedding and config.method != "lora") or (module.conv and not conv_ok):
             raise ConfigError(
                 f"target_modules={_show(config.target_modules)} selects {module.path!r}, a {module.type_name}; "

@@ -30,6 +30,8 @@ from adapterhub.spec.architectures import ArchitectureSpec
 from adapterhub.spec.composition import BatchSplit, Parallel, Stack, setup_names
 
 _SKIP = "_adapterhub"  # the adapter store (STORE_ATTR): adapters and heads are never targets
+# the convolutions LoRA attaches to by name (peft's _ConvNd LoRA: Conv1d, Conv2d, Conv3d)
+LORA_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -98,7 +100,7 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
                 )
             )
             continue
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, LORA_CONVS):
             table.append(
                 NamedModule(
                     path,
@@ -310,13 +312,15 @@ def attach_module_points(model: nn.Module, handler: PointHandler, paths: list[st
                 f"{path!r} is a scaled embedding ({type(module).__name__}: it multiplies its output by embed_scale); "
                 "LoRA on such embeddings is not supported yet. Leave it out of target_modules."
             )
-        if isinstance(module, nn.Conv2d) and (
-            module.groups != 1 or module.dilation != (1, 1) or module.padding_mode != "zeros"
+        if isinstance(module, LORA_CONVS) and (
+            module.groups != 1 or any(d != 1 for d in module.dilation) or module.padding_mode != "zeros"
         ):
+            name = type(module).__name__
             raise ConfigError(
-                f"{path!r} is a Conv2d with groups={module.groups}, dilation={module.dilation}, padding_mode="
-                f"{module.padding_mode!r}; LoRA on Conv2d supports groups=1, dilation=1 and zero padding. Leave it "
-                "out of target_modules."
+                f"{path!r} is a {name} with groups={module.groups}, dilation={module.dilation}, padding_mode="
+                f"{module.padding_mode!r}; LoRA on {name} supports groups=1, dilation=1 and zero padding (peft's "
+                "lora_A convolution has no dilation and zero padding, so its output would not fit the module's; "
+                "with groups > 1 its update cannot be merged). Leave it out of target_modules."
             )
         # prepended: adapters' updates see the module's own output, before a held bias (option bias) replaces b
         module.register_forward_hook(_ModuleHook(handler, path, is_transposed(module)), prepend=True)

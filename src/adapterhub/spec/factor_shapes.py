@@ -40,7 +40,8 @@ LOKR_CP = ("lokr_t2",)
 FACTOR_NAMES = frozenset(LORA + LOHA + LOKR + LOHA_CP + LOKR_CP)
 
 Conv = tuple[int, tuple[int, ...]]  # (in_channels, (kh, kw))
-Update = tuple[str, int, int, int, tuple[int, ...]]  # (kind "linear" / "conv2d", r, d_in, d_out, kernel)
+# (kind "linear" / "conv2d" (LoRA also "conv1d" / "conv3d"), r, d_in, d_out, kernel)
+Update = tuple[str, int, int, int, tuple[int, ...]]
 
 
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
@@ -121,8 +122,8 @@ def _lora(p: Mapping[str, tuple[int, ...]]) -> Update | None:
         return None
     if len(a) == 2:
         return ("linear", a[0], a[1], b[0], ())
-    if len(a) == 4 and b[2:] == (1, 1):
-        return ("conv2d", a[0], a[1], b[0], a[2:])
+    if len(a) in (3, 4, 5) and b[2:] == (1,) * (len(a) - 2):  # Conv1d / Conv2d / Conv3d: B pointwise
+        return (f"conv{len(a) - 2}d", a[0], a[1], b[0], a[2:])
     return None
 
 
