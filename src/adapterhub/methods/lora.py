@@ -45,6 +45,7 @@ from adapterhub.methods.base import (
 )
 from adapterhub.methods.lora_init import base_factors, draw_like_peft
 from adapterhub.methods.lora_layers import ConvLoRALayer, LoRALayer
+from adapterhub.methods.lora_mha import OUT_PROJ, attention_layers
 from adapterhub.spec.configs import LoRAConfig
 from adapterhub.spec.configs.low_rank import DATA_INITS
 
@@ -83,6 +84,9 @@ class LoRAAdapter(AdapterModule):
         self._paths: dict[tuple[int, str], str] = {}  # (layer, point) of a module target -> its path
         self._convs: dict[str, tuple[int, tuple[int, ...]]] = {}  # nn.Conv2d target -> (c_in, (kh, kw))
         # (Conv1d / Conv3d targets are not recorded: LoRA's factors say their channels and kernel)
+        self._attention: dict[
+            str, str
+        ] = {}  # nn.MultiheadAttention target -> the path of its out_proj target
         if config.by_name:
             self._init_by_name(config, dims)
         else:
@@ -233,7 +237,15 @@ class LoRAAdapter(AdapterModule):
         spec: dict[int, dict[str, LoRALayer]] = {}
         for target in select_modules(config, dims):
             module = target.module
-            if module.embedding:
+            if module.attention:  # in_proj (E -> 3E) here, out_proj (E -> E) as a target of its own
+                lora = attention_layers(module, config, target.r, target.alpha)
+                out = f"{module.path}.{OUT_PROJ}"
+                self.by_name[module_key(out)] = LoRALayer(
+                    module.d_in, module.d_in, config, target.r, target.alpha
+                )
+                self._paths[(MODULE_LAYER, module_key(out))] = out
+                self._attention[module.path] = out
+            elif module.embedding:
                 lora = LoRALayer(module.d_in, module.d_out, config, target.r, target.alpha, embedding=module)
             elif module.conv is not None:
                 lora = self.conv_layer_class(module, config, target.r, target.alpha)
@@ -387,6 +399,13 @@ class LoRAAdapter(AdapterModule):
 
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> LinearRunning:
         self.check_ready()
+        out_proj = self._attention.get(point[1]) if point[0] == MODULE else None
+        if (
+            out_proj is not None
+        ):  # an nn.MultiheadAttention: add this adapter's weight updates (methods.lora_mha)
+            inner = self.layer_at(layer, point)
+            outer = self.layer_at(layer, (MODULE, out_proj))
+            return running.plus(inner.weight_delta(), outer.weight_delta())  # type: ignore[no-any-return]
         x = inputs.x  # type: ignore[attr-defined]
         return running.with_y(self.layer_at(layer, point).add_to(running.y, x))  # type: ignore[no-any-return]
 

@@ -25,6 +25,7 @@ from adapterhub.methods.base import MODULE, MODULE_LAYER, LinearInputs, NamedMod
 from adapterhub.runtime import callstate
 from adapterhub.runtime.injection import AdapterHook, PointHandler, remove_hooks
 from adapterhub.runtime.layers import layer_stacks
+from adapterhub.runtime.mha_points import AttentionPointHook, attach_attention_point
 from adapterhub.runtime.quantized import float_weight, refuse_quantized, weight_reader
 from adapterhub.spec.architectures import ArchitectureSpec
 from adapterhub.spec.composition import BatchSplit, Parallel, Stack, setup_names
@@ -96,6 +97,20 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
                     output_head=module is head,
                     embedding=True,
                     padding_idx=module.padding_idx,
+                    **held,
+                )
+            )
+            continue
+        if isinstance(module, nn.MultiheadAttention):
+            embed = int(module.embed_dim)
+            table.append(
+                NamedModule(
+                    path,
+                    type(module).__name__,
+                    d_in=embed,
+                    d_out=3 * embed,
+                    layer=layer,
+                    attention=True,
                     **held,
                 )
             )
@@ -275,6 +290,8 @@ def module_params(model: nn.Module, path: str) -> tuple[torch.Tensor, torch.Tens
         module = model.get_submodule(path)
     except AttributeError:
         raise ConfigError(f"The model has no module {path!r} (a module target of an adapter).") from None
+    if isinstance(module, nn.MultiheadAttention):  # LoRA's in_proj target: the fused q/k/v weight (3E, E)
+        return module.in_proj_weight, module.in_proj_bias
     weight = float_weight(module)  # a quantised module: a dequantised copy (read only)
     bias: torch.Tensor | None = getattr(module, "bias", None)
     return (weight.t() if is_transposed(module) else weight), bias
@@ -305,7 +322,9 @@ def attach_module_points(model: nn.Module, handler: PointHandler, paths: list[st
             module = model.get_submodule(path)
         except AttributeError:
             raise ConfigError(f"The model has no module {path!r} to attach an adapter to.") from None
-        if any(isinstance(hook, _ModuleHook) for hook in module._forward_hooks.values()):
+        if any(
+            isinstance(hook, (_ModuleHook, AttentionPointHook)) for hook in module._forward_hooks.values()
+        ):
             continue
         if isinstance(module, nn.Embedding) and getattr(module, "embed_scale", None) is not None:
             raise ConfigError(
@@ -322,6 +341,9 @@ def attach_module_points(model: nn.Module, handler: PointHandler, paths: list[st
                 "lora_A convolution has no dilation and zero padding, so its output would not fit the module's; "
                 "with groups > 1 its update cannot be merged). Leave it out of target_modules."
             )
+        if isinstance(module, nn.MultiheadAttention):
+            attach_attention_point(module, handler, path)
+            continue
         # prepended: adapters' updates see the module's own output, before a held bias (option bias) replaces b
         module.register_forward_hook(_ModuleHook(handler, path, is_transposed(module)), prepend=True)
 
