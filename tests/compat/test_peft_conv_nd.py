@@ -1,4 +1,4 @@
-"""LoRA (and rsLoRA) on nn.Conv1d and nn.Conv3d selected by target_modules (peft's ``_ConvNd`` LoRA: ``lora_A`` with
+"""LoRA (and rsLoRA) on nn.Conv1d and nn.Conv3d, and DoRA on Conv1d / Conv2d / Conv3d, selected by target_modules (peft's ``_ConvNd`` LoRA: ``lora_A`` with
 the base's kernel, stride and padding, ``lora_B`` pointwise) on small CNNs without an ArchitectureSpec: outputs,
 merging, peft's files both ways, training, and the convolutions refused by name."""
 
@@ -38,19 +38,32 @@ class CNN3d(nn.Module):
         return self.fc(h.mean((2, 3, 4)))
 
 
+class CNN2d(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, (3, 1), stride=2)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x))))  # (N, 8, H', W')
+        return self.fc(h.mean((2, 3)))
+
+
 CASES = {
     "conv1d": (CNN1d, (4, 3, 17)),
     "conv3d": (CNN3d, (2, 2, 7, 6, 7)),
 }
+DORA_CASES = {**CASES, "conv2d": (CNN2d, (3, 3, 9, 8))}
 
 
 def _model(kind: str) -> nn.Module:
     torch.manual_seed(0)
-    return CASES[kind][0]().eval()
+    return DORA_CASES[kind][0]().eval()
 
 
 def _inputs(kind: str) -> torch.Tensor:
-    return torch.randn(*CASES[kind][1], generator=torch.Generator().manual_seed(3))
+    return torch.randn(*DORA_CASES[kind][1], generator=torch.Generator().manual_seed(3))
 
 
 def _peft_model(kind: str, **options: object) -> nn.Module:
@@ -109,6 +122,60 @@ def test_conv_nd_lora_matches_peft_both_ways_and_merges(tmp_path, kind, rslora):
     again.load_adapter(tmp_path / "n", load_as="p", set_active=True)
     with torch.no_grad():
         torch.testing.assert_close(again(x), adapted, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", list(DORA_CASES))
+def test_conv_dora_matches_peft_both_ways_merges_and_trains(tmp_path, kind):
+    """DoRA on Conv1d / Conv2d / Conv3d (peft's _DoraConvNdLayer): the magnitude ``(1, c_out, 1, ...)`` per output
+    channel, peft's outputs both ways, its merged kernels, and a new adapter's magnitude ``‖W‖`` per channel."""
+    x = _inputs(kind)
+    theirs = _peft_model(kind, use_dora=True)
+    with torch.no_grad():
+        expected = theirs(x)
+    theirs.save_pretrained(tmp_path / "p")
+    ours = adapterhub.init(_model(kind))
+    ours.load_adapter(tmp_path / "p", load_as="p", set_active=True)
+    dora = ours._adapterhub.adapters["p"].by_name["conv2"]
+    assert dora.magnitude.shape == (1, ours.conv2.out_channels, *(1,) * (x.dim() - 2))
+    with torch.no_grad():
+        adapted = ours(x)
+    torch.testing.assert_close(adapted, expected, atol=1e-5, rtol=0)
+    ours.save_adapter(tmp_path / "x", "p", layout="peft")
+    back = peft.PeftModel.from_pretrained(_model(kind), tmp_path / "x").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), adapted, atol=1e-5, rtol=0)
+    ours.merge_adapter("p")
+    merged = theirs.merge_and_unload()
+    for name in ("conv1", "conv2"):
+        torch.testing.assert_close(
+            ours.get_submodule(name).weight, merged.get_submodule(name).weight, atol=1e-5, rtol=0
+        )
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), adapted, atol=1e-5, rtol=0)
+    ours.unmerge_adapter("p")
+    torch.testing.assert_close(ours.conv2.weight, _model(kind).conv2.weight, atol=1e-5, rtol=0)
+
+    fresh = peft.get_peft_model(
+        _model(kind), peft.LoraConfig(r=2, target_modules=["conv1", "conv2"], use_dora=True)
+    )
+    ours.add_adapter("t", {"method": "dora", "r": 2, "target_modules": ["conv1", "conv2"]})
+    for name in ("conv1", "conv2"):
+        theirs_magnitude = fresh.get_submodule(name).lora_magnitude_vector["default"].weight
+        ours_magnitude = ours._adapterhub.adapters["t"].by_name[name].magnitude
+        torch.testing.assert_close(ours_magnitude, theirs_magnitude, atol=1e-5, rtol=0)
+    ours.train_adapter("t")
+    trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
+    assert trainable and all(n.rsplit(".", 1)[-1] in ("lora_A", "lora_B", "magnitude") for n in trainable)
+    optimiser = torch.optim.Adam([p for p in ours.parameters() if p.requires_grad], lr=1e-2)
+    target = torch.randn(x.shape[0], 4, generator=torch.Generator().manual_seed(7))
+    losses = []
+    for _ in range(10):
+        loss = nn.functional.mse_loss(ours(x), target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
 
 
 @pytest.mark.parametrize("kind", list(CASES))
