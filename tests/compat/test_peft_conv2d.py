@@ -86,6 +86,6 @@ def test_conv_refusals():
         model.add_adapter("d", {"method": "adalora", "target_modules": ["conv1"]})
     model.add_adapter("all", {"method": "lora", "target_modules": "all-linear"})  # Linear only, as peft
     assert list(model._adapterhub.adapters["all"].module_paths().values()) == ["fc"]
-    grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
-    with pytest.raises(ConfigError, match="groups=2"):
-        adapterhub.init(grouped).add_adapter("g", {"method": "lora", "target_modules": ["0"]})
+    dilated = nn.Sequential(nn.Conv2d(4, 4, 3, dilation=2))
+    with pytest.raises(ConfigError, match=r"dilation=\(2, 2\)"):
+        adapterhub.init(dilated).add_adapter("g", {"method": "lora", "target_modules": ["0"]})

@@ -204,7 +204,6 @@ def test_conv_nd_lora_trains_only_its_factors(kind):
 @pytest.mark.parametrize(
     ("conv", "what"),
     [
-        (nn.Conv1d(4, 4, 3, groups=2), "groups=2"),
         (nn.Conv1d(4, 4, 3, dilation=2), r"dilation=\(2,\)"),
         (nn.Conv3d(2, 2, 3, padding=1, padding_mode="circular"), "padding_mode='circular'"),
     ],
@@ -261,3 +260,49 @@ def test_whisper_conv1d_lora_round_trips_and_its_manifest_says_conv1d(tmp_path):
         conv1.out_channels,
         conv1.kernel_size,
     )
+
+
+class Grouped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 3, padding=1, groups=2)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean(-1))
+
+
+def _grouped() -> Grouped:
+    torch.manual_seed(0)
+    return Grouped().eval()
+
+
+def test_grouped_conv_lora_matches_peft_and_refuses_merging(tmp_path):
+    """A grouped convolution (peft: ``lora_B`` grouped as the module, rank divisible by groups, no merge)."""
+    x = torch.randn(3, 4, 11, generator=torch.Generator().manual_seed(3))
+    theirs = peft.get_peft_model(_grouped(), peft.LoraConfig(r=4, lora_alpha=4, target_modules=["conv"]))
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, param in theirs.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+        expected = theirs.eval()(x)
+    theirs.save_pretrained(tmp_path / "p")
+    ours = adapterhub.init(_grouped())
+    ours.load_adapter(tmp_path / "p", load_as="p", set_active=True)
+    assert ours._adapterhub.adapters["p"].by_name["conv"].lora_B.shape == (6, 2, 1)
+    with torch.no_grad():
+        adapted = ours(x)
+        torch.testing.assert_close(adapted, expected, atol=1e-5, rtol=0)
+    ours.save_adapter(tmp_path / "x", "p", layout="peft")
+    back = peft.PeftModel.from_pretrained(_grouped(), tmp_path / "x").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), adapted, atol=1e-5, rtol=0)
+    weight = ours.conv.weight.detach().clone()
+    with pytest.raises(ConfigError, match="groups=2 has no single weight update"):
+        ours.merge_adapter("p")
+    assert torch.equal(ours.conv.weight, weight) and ours.merged_adapters == []
+    with pytest.raises(ConfigError, match="rank 3 is not divisible"):
+        ours.add_adapter("odd", {"method": "lora", "r": 3, "target_modules": ["conv"]})
+    with pytest.raises(ConfigError, match="dora on grouped convolutions"):
+        ours.add_adapter("d", {"method": "dora", "r": 2, "target_modules": ["conv"]})

@@ -486,6 +486,9 @@ class LoRAAdapter(AdapterModule):
 
     def merged_deltas(self) -> Iterator[tuple[int, str, torch.Tensor]]:
         self.check_ready()
+        for _, _, lora in self.lora_targets():
+            if isinstance(lora, ConvLoRALayer):
+                lora.check_mergeable()  # a grouped convolution raises, before the first weight changes
         for layer, point, lora in self.lora_targets():
             yield layer, point, lora.weight_delta()
 

@@ -104,7 +104,7 @@ class LoRALayer(nn.Module):
 class ConvLoRALayer(LoRALayer):
     """The update of an ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d`` (peft's ``_ConvNd`` LoRA): ``lora_A`` a
     convolution ``(r, c_in, *kernel)`` with the base's kernel, stride and padding, ``lora_B`` a pointwise
-    convolution ``(c_out, r, 1, ...)``; ``delta(x) = s · B(A(dropout(x)))``, ``(N, c_in, *spatial) -> (N, c_out,
+    convolution ``(c_out, r / groups, 1, ...)`` grouped as the module; ``delta(x) = s · B(A(dropout(x)))``, ``(N, c_in, *spatial) -> (N, c_out,
     *spatial')`` (1, 2 or 3 spatial dimensions, as many as the kernel has)."""
 
     def __init__(
@@ -124,7 +124,9 @@ class ConvLoRALayer(LoRALayer):
         if config.init == "gaussian":
             nn.init.normal_(a, std=1.0 / r)
         self.lora_A = nn.Parameter(a)
-        self.lora_B = nn.Parameter(torch.zeros(module.d_out, r, *(1,) * len(kernel)))  # (c_out, r, 1, ...)
+        # grouped as the module (peft): (c_out, r / groups, 1, ...)
+        self.groups = module.groups
+        self.lora_B = nn.Parameter(torch.zeros(module.d_out, r // self.groups, *(1,) * len(kernel)))
 
     def _down(self, x: torch.Tensor) -> torch.Tensor:
         if self.dropout.p > 0:
@@ -132,15 +134,25 @@ class ConvLoRALayer(LoRALayer):
         return self.conv_fn(x, self.lora_A, stride=self.stride, padding=self.padding)  # (N, r, *spatial')
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_fn(self._down(x), self.lora_B) * self.scaling  # (N, c_out, *spatial')
+        up = self.conv_fn(self._down(x), self.lora_B, groups=self.groups)  # (N, c_out, *spatial')
+        return up * self.scaling
 
     def add_to(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return y + self.delta(x)
 
     def weight_delta(self) -> torch.Tensor:
         """``s · B ∘ A`` as one kernel: ``(c_out, c_in, *kernel)`` (peft's ``get_delta_weight``: ``A`` convolved
-        with ``B`` over the channel axes swapped)."""
+        with ``B`` over the channel axes swapped). Raises for a grouped convolution (peft cannot merge one either)."""
+        self.check_mergeable()
         return self.conv_fn(self.lora_A.transpose(0, 1), self.lora_B).transpose(0, 1) * self.scaling
+
+    def check_mergeable(self) -> None:
+        """Raise for a grouped convolution, whose update is no single weight change."""
+        if self.groups > 1:
+            raise ConfigError(
+                f"LoRA on a convolution with groups={self.groups} has no single weight update (its lora_B is "
+                "grouped), so it cannot be merged (peft cannot either); keep the adapter unmerged."
+            )
 
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}  # number of spatial dimensions -> convolution

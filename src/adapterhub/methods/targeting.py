@@ -154,6 +154,8 @@ def select_modules(config: ModuleTargeting, dims: ModelDims) -> list[ModuleTarge
         patterns = config.module_patterns  # AdaLoRA: one initial rank (init_r) for every module
         r = pattern_value(config.rank_pattern, module.path) if patterns else None
         alpha = pattern_value(config.alpha_pattern, module.path) if patterns else None
+        if module.groups > 1:
+            _check_grouped(config, module, int(r) if r is not None else config.r)  # type: ignore[call-overload]
         chosen.append(
             ModuleTarget(
                 module,
@@ -162,6 +164,22 @@ def select_modules(config: ModuleTargeting, dims: ModelDims) -> list[ModuleTarge
             )
         )
     return chosen
+
+
+def _check_grouped(config: ModuleTargeting, module: NamedModule, r: int) -> None:
+    """Raise unless LoRA can adapt the grouped convolution ``module`` with rank ``r`` as peft does: plain LoRA, ``r``
+    divisible by ``groups`` (``lora_B`` is grouped as the module)."""
+    if config.method != "lora":
+        raise ConfigError(
+            f"{module.path!r} is an nn.{module.type_name} with groups={module.groups}; {config.method} on grouped "
+            "convolutions is not supported (LoRA is, as in peft). Leave it out of target_modules."
+        )
+    if r % module.groups:
+        raise ConfigError(
+            f"{module.path!r} is an nn.{module.type_name} with groups={module.groups}, and its rank {r} is not "
+            "divisible by it (LoRA's lora_B is grouped as the module, as peft's). Choose a rank divisible by "
+            f"{module.groups} (rank_pattern for this module), or leave it out of target_modules."
+        )
 
 
 def feedforward(names: str | tuple[str, ...] | None, path: str) -> bool:

@@ -124,6 +124,7 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
                     d_out=int(module.out_channels),
                     layer=layer,
                     conv=(module.kernel_size, module.stride, module.padding),
+                    groups=int(module.groups),
                     **held,
                 )
             )
@@ -332,14 +333,13 @@ def attach_module_points(model: nn.Module, handler: PointHandler, paths: list[st
                 "LoRA on such embeddings is not supported yet. Leave it out of target_modules."
             )
         if isinstance(module, LORA_CONVS) and (
-            module.groups != 1 or any(d != 1 for d in module.dilation) or module.padding_mode != "zeros"
+            any(d != 1 for d in module.dilation) or module.padding_mode != "zeros"
         ):
             name = type(module).__name__
             raise ConfigError(
-                f"{path!r} is a {name} with groups={module.groups}, dilation={module.dilation}, padding_mode="
-                f"{module.padding_mode!r}; LoRA on {name} supports groups=1, dilation=1 and zero padding (peft's "
-                "lora_A convolution has no dilation and zero padding, so its output would not fit the module's; "
-                "with groups > 1 its update cannot be merged). Leave it out of target_modules."
+                f"{path!r} is a {name} with dilation={module.dilation}, padding_mode={module.padding_mode!r}; LoRA "
+                f"on {name} supports dilation=1 and zero padding (peft's lora_A convolution has no dilation and pads "
+                "with zeros, so its output would not fit the module's). Leave it out of target_modules."
             )
         if isinstance(module, nn.MultiheadAttention):
             attach_attention_point(module, handler, path)

@@ -118,7 +118,9 @@ def factor_update(params: Mapping[str, tuple[int, ...]], conv: Conv | None) -> U
 
 def _lora(p: Mapping[str, tuple[int, ...]]) -> Update | None:
     a, b = p.get("lora_A"), p.get("lora_B")
-    if a is None or b is None or len(a) != len(b) or a[0] != b[1]:
+    if a is None or b is None or len(a) != len(b) or not b[1] or a[0] % b[1]:
+        return None  # B's columns: r, or r / groups for a grouped convolution
+    if len(a) == 2 and a[0] != b[1]:
         return None
     if len(a) == 2:
         return ("linear", a[0], a[1], b[0], ())
