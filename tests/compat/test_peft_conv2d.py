@@ -82,10 +82,10 @@ def test_conv_lora_trains_merges_and_matches_peft_both_ways(tmp_path):
 
 def test_conv_refusals():
     model = adapterhub.init(_cnn())
-    with pytest.raises(ConfigError, match=r"dora on nn\.Conv2d is not supported"):
-        model.add_adapter("d", {"method": "dora", "target_modules": ["conv1"]})
+    with pytest.raises(ConfigError, match=r"adalora on nn\.Conv2d is not supported"):
+        model.add_adapter("d", {"method": "adalora", "target_modules": ["conv1"]})
     model.add_adapter("all", {"method": "lora", "target_modules": "all-linear"})  # Linear only, as peft
     assert list(model._adapterhub.adapters["all"].module_paths().values()) == ["fc"]
-    grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
-    with pytest.raises(ConfigError, match="groups=2"):
-        adapterhub.init(grouped).add_adapter("g", {"method": "lora", "target_modules": ["0"]})
+    dilated = nn.Sequential(nn.Conv2d(4, 4, 3, dilation=2))
+    with pytest.raises(ConfigError, match=r"dilation=\(2, 2\)"):
+        adapterhub.init(dilated).add_adapter("g", {"method": "lora", "target_modules": ["0"]})

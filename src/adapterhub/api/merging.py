@@ -156,7 +156,11 @@ class MergeMixin(AdapterAPIMixin):
             raise
         for root, path in quantized:
             dequantize_modules(root, [path])
-        self._apply_deltas(name, 1.0)
+        try:
+            self._apply_deltas(name, 1.0)  # a method that cannot merge raises before the first weight changes
+        except ConfigError:
+            del store.merged[name]
+            raise
         store.merged[name] = self._write_held(module)
         store.active_setup = setup
         store.changed()

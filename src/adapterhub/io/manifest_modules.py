@@ -94,7 +94,8 @@ def file_modules(
                 c_out = convs[0][2] if convs else found[0][2]
                 c_in, kernel = declared if declared is not None else (convs[0][1], convs[0][3])
                 shape = (tuple(kernel), None, None)
-                rows.append(NamedModule(path, "Conv2d", d_in=c_in, d_out=c_out, conv=shape, layer=held_in))
+                name = f"Conv{len(shape[0])}d"  # Conv1d / Conv2d / Conv3d by the kernel's dimensions
+                rows.append(NamedModule(path, name, d_in=c_in, d_out=c_out, conv=shape, layer=held_in))
                 continue
             if not found:
                 raise AdapterFileError(

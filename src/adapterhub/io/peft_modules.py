@@ -15,6 +15,11 @@ are spec points of the model move to those points (``LoRAAdapter.adopt_tensors``
 
 Writing: each target under its module path, ``target_modules`` the list of those full paths (peft matches a
 listed name exactly), the patterns as configured.
+
+An ``nn.MultiheadAttention`` target (``methods.lora_mha``): peft keeps its in_proj factors under the module's path
+and its out_proj factors under ``<path>.base_layer.out_proj``; they read as the adapter's targets ``<path>`` and
+``<path>.out_proj`` (only ``<path>`` in ``target_modules``: targeting it brings the out_proj) and are written
+back under peft's names.
 """
 
 from __future__ import annotations
@@ -41,9 +46,13 @@ from adapterhub.io.peft_common import (
     write_peft_files,
 )
 from adapterhub.io.peft_keys import init_from_peft
+from adapterhub.methods.lora_mha import OUT_PROJ
 from adapterhub.runtime.records import AdapterRecord
 from adapterhub.spec.architectures import ArchitectureSpec
 
+_MHA_OUT = (
+    f".base_layer.{OUT_PROJ}"  # peft's path of a MultiheadAttention target's out_proj, after the target's
+)
 _WEIGHT = re.compile(
     r"^(?P<path>.+)\.(?P<which>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
     r"(?:\.[^.]+)?(?:\.weight)?$"
@@ -83,13 +92,19 @@ def read_peft_modules(
             head[key[len(PREFIX) :]] = tensor  # modules_to_save
             continue
         path, which = match.group("path"), match.group("which")
+        inner = path.endswith(_MHA_OUT)  # peft's out_proj of a MultiheadAttention target: part of that target
+        if inner:
+            path = path[: -len(_MHA_OUT)] + f".{OUT_PROJ}"
         param = {
             "lora_magnitude_vector": "magnitude",
             "lora_embedding_A": "lora_A",
             "lora_embedding_B": "lora_B",
         }.get(which, which)
+        if inner and param == "lora_B":
+            tensor = tensor * _mha_out_factor(meta, directory)  # peft <= 0.21 applies this update twice
         tensors[f"by_name.{path.replace('.', ':')}.{param}"] = tensor
-        paths.add(path)
+        if not inner:
+            paths.add(path)
     if not paths:
         raise AdapterFileError(f"{directory} holds no LoRA weights.")
     config: dict[str, Any] = {
@@ -117,6 +132,7 @@ def write_peft_modules(
     config = record.config
     out: dict[str, torch.Tensor] = {}
     paths: set[str] = set()
+    attention = False  # a MultiheadAttention target was written (peft_version then says how to read it)
 
     def no_form(key: str) -> str:
         return f"Adapter {record.name!r} has a tensor {key!r} that peft's LoRA layout cannot hold."
@@ -126,6 +142,13 @@ def write_peft_modules(
             name = {"lora_A": "lora_embedding_A", "lora_B": "lora_embedding_B"}[param]
         else:
             name = "lora_magnitude_vector" if param == "magnitude" else f"{param}.weight"
+        parent, _, leaf = path.rpartition(".")
+        if leaf == OUT_PROJ and isinstance(model.get_submodule(parent), nn.MultiheadAttention):
+            # the out_proj update of a MultiheadAttention target: peft's key inside its wrapper, not a target
+            half = tensor / _DOUBLED if param == "lora_B" else tensor  # peft 0.21 applies it twice
+            out[f"{PREFIX}{parent}{_MHA_OUT}.{name}"] = half.detach().contiguous()
+            attention = True
+            continue
         out[f"{PREFIX}{path}.{name}"] = tensor.detach().contiguous()
         paths.add(path)
     modules_to_save = add_saved_tensors(record, out)
@@ -145,4 +168,31 @@ def write_peft_modules(
         modules_to_save=modules_to_save,
         fan_in_fan_out=transposed,
     )
+    if attention:
+        meta["peft_version"] = _DOUBLING_UNTIL  # the out_proj factors are written for peft's doubled update
     return write_peft_files(directory, out, meta)
+
+
+def _mha_out_factor(meta: Mapping[str, Any], directory: Path) -> float:
+    """What a MultiheadAttention target's out_proj ``lora_B`` from peft is multiplied by when read: peft up to
+    0.21.2 (``peft_version``; absent: an older one) adds that update twice (its ``MultiheadAttention.merge`` writes
+    ``W + ΔW`` and then lets the out_proj's own merge add ``ΔW`` again, in every forward and in
+    ``merge_and_unload``: peft pull request 3774), so its adapter computes ``W + 2ΔW`` and is read as that. A newer
+    peft may compute it either way, so its files are refused rather than guessed."""
+    version = str(meta.get("peft_version") or _DOUBLING_UNTIL).partition("@")[0]
+    if _version(version) > _version(_DOUBLING_UNTIL):
+        raise AdapterFileError(
+            f"The peft LoRA in {directory} adapts an nn.MultiheadAttention and was written by peft {version}; peft up "
+            f"to {_DOUBLING_UNTIL} applies its out_proj update twice (which adapterhub reproduces when reading), and "
+            "a newer peft may not. Load it with peft and save it again with peft 0.21, or re-train it with "
+            "adapterhub."
+        )
+    return _DOUBLED
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+_DOUBLING_UNTIL = "0.21.2"  # the last peft known to add a MultiheadAttention's out_proj update twice
+_DOUBLED = 2.0

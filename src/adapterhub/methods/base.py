@@ -119,6 +119,11 @@ class NamedModule:
     # ``nn.Conv2d`` (groups 1, dilation 1): ``d_in`` / ``d_out`` its channels, ``conv`` its (kernel_size, stride,
     # padding) as peft's LoRA copies them to ``lora_A``
     conv: tuple[Any, Any, Any] | None = None
+    # ``nn.MultiheadAttention`` (LoRA on ``in_proj_weight`` and ``out_proj``: ``methods.lora_mha``): ``d_in`` its
+    # embed_dim E, ``d_out`` the fused q/k/v width 3E
+    attention: bool = False
+    # a convolution's ``groups`` (LoRA's ``lora_B`` is grouped as the module, as peft's; it cannot be merged then)
+    groups: int = 1
     # ``bias``: whether it has a ``bias`` parameter; ``bias_axis`` the output dimension that bias is added along
     # (-1: Linear, Conv1D, LayerNorm; 1: convolutions, batch / group norm; None: unknown use of its bias)
     bias: bool = False

@@ -10,7 +10,8 @@ With dropout active, ``W x`` is ``W dropout(x)`` as in peft. A new adapter is th
 Parameters: LoRA's ``r · (d_in + d_out)`` plus ``d_out`` per target and layer.
 
 Merging: ``W' = (m / n) ⊙ (W + s B A)`` per row; the norms ``n`` of the merge are kept so that unmerging restores
-``W = W' n / m − s B A``. Composition: as LoRA (a Stack adds the updates, each computed from the point's base
+``W = W' n / m − s B A``. On an ``nn.Conv1d`` / ``Conv2d`` / ``Conv3d`` targeted by name the same per output
+channel (``DoRAConvLayer``). Composition: as LoRA (a Stack adds the updates, each computed from the point's base
 value), BatchSplit runs the row blocks one by one; Fuse is refused.
 """
 
@@ -30,11 +31,13 @@ from adapterhub.methods.base import (
     LinearInputs,
     LinearRunning,
     ModelDims,
+    NamedModule,
     Point,
     PointInputs,
     register_method,
 )
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
+from adapterhub.methods.lora_layers import ConvLoRALayer
 from adapterhub.spec.configs import LoRAConfig, register_config
 
 
@@ -50,10 +53,16 @@ register_config(DoRAConfig, presets={"dora": lambda: DoRAConfig()})
 
 
 def weight_norm(weight: torch.Tensor, lora: LoRALayer) -> torch.Tensor:
-    """``‖W + s B A‖`` per output row, without gradient: ``(d_out,)``."""
+    """``‖W + s B A‖`` per output row (a convolution's: per output channel, over its whole kernel), without
+    gradient: ``(d_out,)``."""
     with torch.no_grad():
         combined = weight + lora.weight_delta().to(weight.dtype)
-        return torch.linalg.norm(combined, dim=1).to(weight.dtype)
+        return torch.linalg.vector_norm(combined.flatten(1), dim=1).to(weight.dtype)
+
+
+def _per_row(vector: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``vector`` (d_out entries) shaped to scale ``weight``'s output rows / channels: ``(d_out, 1, ...)``."""
+    return vector.reshape(-1, *(1,) * (weight.dim() - 1))
 
 
 class DoRALayer(LoRALayer):
@@ -78,6 +87,40 @@ class DoRALayer(LoRALayer):
         return running + (scale - 1) * base + scale * update * self.scaling
 
 
+class DoRAConvLayer(ConvLoRALayer):
+    """DoRA on an ``nn.Conv1d`` / ``Conv2d`` / ``Conv3d`` targeted by name (peft's ``_DoraConvNdLayer``): LoRA's
+    convolution factors and the magnitude ``m`` per output channel, held as peft holds it, ``(1, c_out, 1, ...)``::
+
+        n  = ‖W + s · B∘A‖ per output channel (over c_in and the kernel), without gradient
+        y' = y + (m / n − 1) ⊙ conv(x, W) + (m / n) ⊙ s · B(A(dropout(x)))       (⊙ along the channel axis)
+
+    with ``conv(x, W)`` the module's convolution without its bias (of ``dropout(x)`` while dropout is active)."""
+
+    def __init__(
+        self, module: NamedModule, config: LoRAConfig, r: int | None = None, alpha: float | None = None
+    ) -> None:
+        super().__init__(module, config, r, alpha)
+        kernel = module.conv[0]  # type: ignore[index]
+        self.magnitude = nn.Parameter(torch.ones(1, module.d_out, *(1,) * len(kernel)))  # (1, c_out, 1, ...)
+
+    def add_dora(self, running: torch.Tensor, inputs: LinearInputs) -> torch.Tensor:
+        weight = inputs.require_weight("DoRA")  # (c_out, c_in, *kernel)
+        x = inputs.x  # (N, c_in, *spatial)
+        norm = weight_norm(weight, self).view(self.magnitude.shape)  # (1, c_out, 1, ...)
+        scale = self.magnitude / norm
+        if self.dropout.p > 0 and self.training:
+            x = self.dropout(x)
+            base = self.conv_fn(x, weight, stride=self.stride, padding=self.padding)  # conv(dropout(x), W)
+        elif inputs.untouched:
+            base = inputs.y if inputs.bias is None else inputs.y - inputs.bias.view(norm.shape[1:])
+        else:
+            base = self.conv_fn(x, weight, stride=self.stride, padding=self.padding)  # (N, c_out, *spatial')
+        update = self.conv_fn(
+            self.conv_fn(x, self.lora_A, stride=self.stride, padding=self.padding), self.lora_B
+        )
+        return running + (scale - 1) * base + scale * update * self.scaling
+
+
 @register_method("dora")
 class DoRAAdapter(LoRAAdapter):
     """DoRA over all layers: ``layers[str(i)][point]`` is a ``DoRALayer``."""
@@ -86,6 +129,7 @@ class DoRAAdapter(LoRAAdapter):
     config: DoRAConfig
     mergeable: ClassVar[bool] = True
     layer_class: ClassVar[type[LoRALayer]] = DoRALayer
+    conv_layer_class: ClassVar[type[ConvLoRALayer]] = DoRAConvLayer
 
     def __init__(self, name: str, config: DoRAConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
@@ -97,7 +141,8 @@ class DoRAAdapter(LoRAAdapter):
             for index, point, layer in self.lora_targets():
                 weight, _ = base(index, point)
                 magnitude: torch.Tensor = layer.magnitude  # type: ignore[assignment]
-                magnitude.copy_(torch.linalg.norm(weight.float(), dim=1).to(magnitude.dtype))
+                norm = torch.linalg.vector_norm(weight.float().flatten(1), dim=1)  # (d_out,)
+                magnitude.copy_(norm.view(magnitude.shape).to(magnitude.dtype))
 
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> LinearRunning:
         assert isinstance(inputs, LinearInputs)
@@ -125,9 +170,9 @@ class DoRAAdapter(LoRAAdapter):
             weight, _ = base(layer, point)  # (d_out, d_in)
             with torch.no_grad():
                 delta = dora.weight_delta().to(weight.dtype)
-                magnitude = dora.magnitude.to(weight.dtype).view(-1, 1)  # type: ignore[operator]
+                magnitude = _per_row(dora.magnitude.to(weight.dtype), weight)  # type: ignore[arg-type]
                 if merge:
-                    norm = weight_norm(weight, dora).view(-1, 1)
+                    norm = _per_row(weight_norm(weight, dora), weight)  # (d_out, 1, ...)
                     self._merge_norms[(layer, point)] = norm
                     new = magnitude / norm * (weight + delta)
                 else:

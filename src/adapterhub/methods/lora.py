@@ -11,7 +11,7 @@ replace the base weight by a residual: ``lora_init`` and ``init_from_base``). Pa
 target and layer. Because the update is a change of weights, ``merge_adapter`` folds ``s · B A`` into ``W``.
 
 Targeted by name (``target_modules``), an ``nn.Embedding`` gets peft's embedding LoRA (``A`` looked up by the token
-ids) and an ``nn.Conv2d`` peft's convolution LoRA (``ConvLoRALayer``).
+ids) and an ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d`` peft's convolution LoRA (``ConvLoRALayer``).
 
 Composition at a projection (``LinearInputs``: input ``x``, output ``y``): a Stack adds each adapter's update to
 the running output (``y + Δ_a x + Δ_b x``); Split, BatchSplit, Parallel and Average work on rows/positions of ``x``
@@ -21,14 +21,12 @@ through its own ``A`` and ``B``). Fuse does not apply (LoRA has no output vector
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from adapterhub.errors import ConfigError
@@ -42,142 +40,20 @@ from adapterhub.methods.base import (
     LinearInputs,
     LinearRunning,
     ModelDims,
-    NamedModule,
     Point,
     PointInputs,
     register_method,
 )
-from adapterhub.methods.lora_init import base_factors, draw_like_peft, orthogonal
+from adapterhub.methods.lora_init import base_factors, draw_like_peft
+from adapterhub.methods.lora_layers import ConvLoRALayer, LoRALayer
+from adapterhub.methods.lora_mha import OUT_PROJ, attention_layers
 from adapterhub.spec.configs import LoRAConfig
-from adapterhub.spec.configs.low_rank import DATA_INITS, keeps_initial_factors
+from adapterhub.spec.configs.low_rank import DATA_INITS
 
 _KEY = re.compile(r"^layers\.(\d+)\.([a-z_]+)\.lora_([AB])$")
 _BY_NAME_KEY = re.compile(r"^by_name\.([^.]+)\.([^.]+)$")
 _SAVED_KEY = re.compile(r"^saved\.([^.]+)\.(.+)$")
 _BIAS_KEY = re.compile(r"^(?:biases|tokens)\.([^.]+)$")
-
-
-class LoRALayer(nn.Module):
-    """The update of one projection: ``delta(x) = s · dropout(x) Aᵀ Bᵀ``, ``(..., d_in) -> (..., d_out)``."""
-
-    initial_A: torch.Tensor  # PiSSA / OLoRA: the initial factors (buffers)
-    initial_B: torch.Tensor
-
-    def __init__(
-        self,
-        d_in: int,
-        d_out: int,
-        config: LoRAConfig,
-        r: int | None = None,
-        alpha: float | None = None,
-        embedding: NamedModule | None = None,
-    ) -> None:
-        super().__init__()
-        r = config.r if r is None else r  # rank_pattern / alpha_pattern give per-module values
-        alpha = config.alpha if alpha is None else alpha
-        self.lora_A = nn.Parameter(torch.empty(r, d_in))  # (r, d_in)
-        self.lora_B = nn.Parameter(torch.zeros(d_out, r))  # (d_out, r)
-        self.dropout = nn.Dropout(config.dropout)
-        self.scaling = config.scaling_for(r, alpha)
-        # an nn.Embedding target (peft's lora_embedding_A/B): the input is token ids, A is looked up by them
-        self.embedding = embedding is not None
-        self.padding_idx = embedding.padding_idx if embedding is not None else None
-        if config.init not in ("lora", "gaussian") and embedding is not None:
-            raise ConfigError(
-                f"init={config.init!r} is implemented for linear targets only, not for the nn.Embedding target "
-                f"{embedding.path}; use init='lora' or 'gaussian', or leave it out of target_modules."
-            )
-        with torch.no_grad():
-            if self.embedding:  # as peft: A zero, B normal (still the identity at first)
-                nn.init.zeros_(self.lora_A)
-                nn.init.normal_(self.lora_B)
-            elif config.init == "gaussian":
-                nn.init.normal_(self.lora_A, std=1.0 / r)
-            elif config.init == "orthogonal":  # B A = 0 (lora_init.orthogonal), peft's draws
-                draw_like_peft(d_in, d_out, r)
-                a, b = orthogonal(d_in, d_out, r)
-                self.lora_A.copy_(a)
-                self.lora_B.copy_(b)
-            elif config.modifies_base:  # A, B and what leaves the base: set by init_from_base
-                nn.init.zeros_(self.lora_A)
-            else:
-                nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        if keeps_initial_factors(config.init):
-            # the initial factors (saved: the residual is W - s B0 A0, and the conversion to a plain LoRA needs them)
-            self.register_buffer("initial_A", torch.zeros(r, d_in))  # (r, d_in)
-            self.register_buffer("initial_B", torch.zeros(d_out, r))  # (d_out, r)
-        # LoftQ: W - dequant(quant(W)) (d_out, d_in), not saved (recomputed from the base when loaded)
-        self.base_offset: torch.Tensor | None = None
-
-    def removed_from_base(self) -> torch.Tensor:
-        """What a base-modifying init took out of the base weight: ``s B0 A0`` (PiSSA, OLoRA) or
-        ``W - dequant(quant(W))`` (LoftQ), ``(d_out, d_in)``."""
-        if self.base_offset is not None:
-            return self.base_offset
-        return (self.scaling * self.initial_B) @ self.initial_A  # as peft: (s B0) A0
-
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        z = self._down(x)  # (..., r)
-        return (z @ self.lora_B.t()) * self.scaling  # (..., d_out)
-
-    def _down(self, x: torch.Tensor) -> torch.Tensor:
-        if self.embedding:  # x: token ids (...); no dropout on ids (as peft)
-            return F.embedding(x, self.lora_A.t(), padding_idx=self.padding_idx)  # (..., r)
-        if self.dropout.p > 0:
-            x = self.dropout(x)
-        return x @ self.lora_A.t()  # (..., r)
-
-    def add_to(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``y + delta(x)`` with the up-projection, scaling and addition in one ``addmm`` (one pass over ``y``
-        instead of three): ``(..., d_out)``."""
-        z = self._down(x)  # (..., r)
-        out = torch.addmm(
-            y.reshape(-1, y.shape[-1]), z.reshape(-1, z.shape[-1]), self.lora_B.t(), alpha=self.scaling
-        )
-        return out.view(y.shape)
-
-    def weight_delta(self) -> torch.Tensor:
-        """``s · B A``: ``(d_out, d_in)``."""
-        return (self.lora_B @ self.lora_A) * self.scaling
-
-
-class ConvLoRALayer(LoRALayer):
-    """The update of an ``nn.Conv2d`` (peft's ``Conv2d`` LoRA): ``lora_A`` a convolution ``(r, c_in, kh, kw)`` with
-    the base's kernel, stride and padding, ``lora_B`` a 1×1 convolution ``(c_out, r, 1, 1)``; ``delta(x) = s ·
-    B(A(dropout(x)))``, ``(N, c_in, H, W) -> (N, c_out, H', W')``."""
-
-    def __init__(
-        self, module: NamedModule, config: LoRAConfig, r: int | None = None, alpha: float | None = None
-    ) -> None:
-        if config.init not in ("lora", "gaussian"):
-            raise ConfigError(
-                f"init={config.init!r} is implemented for linear targets only, not for the nn.Conv2d target "
-                f"{module.path}; use init='lora' or 'gaussian', or leave it out of target_modules."
-            )
-        super().__init__(module.d_in, module.d_out, config, r, alpha)
-        kernel, self.stride, self.padding = module.conv  # type: ignore[misc]
-        r = self.lora_A.shape[0]
-        a = torch.empty(r, module.d_in, *kernel)  # (r, c_in, kh, kw)
-        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        if config.init == "gaussian":
-            nn.init.normal_(a, std=1.0 / r)
-        self.lora_A = nn.Parameter(a)
-        self.lora_B = nn.Parameter(torch.zeros(module.d_out, r, 1, 1))  # (c_out, r, 1, 1)
-
-    def _down(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dropout.p > 0:
-            x = self.dropout(x)
-        return F.conv2d(x, self.lora_A, stride=self.stride, padding=self.padding)  # (N, r, H', W')
-
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(self._down(x), self.lora_B) * self.scaling  # (N, c_out, H', W')
-
-    def add_to(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return y + self.delta(x)
-
-    def weight_delta(self) -> torch.Tensor:
-        """``s · B ∘ A`` as one kernel: ``(c_out, c_in, kh, kw)`` (peft's ``get_delta_weight``)."""
-        return F.conv2d(self.lora_A.transpose(0, 1), self.lora_B).transpose(0, 1) * self.scaling
 
 
 def module_key(path: str) -> str:
@@ -197,7 +73,7 @@ class LoRAAdapter(AdapterModule):
     composable: ClassVar[frozenset[str]] = frozenset({"Stack", "Split", "BatchSplit", "Parallel", "Average"})
     mergeable: ClassVar[bool] = True
     layer_class: ClassVar[type[LoRALayer]] = LoRALayer
-    # an nn.Conv2d target by name: built as (module, config, r, alpha)
+    # an nn.Conv1d / Conv2d / Conv3d target by name: built as (module, config, r, alpha)
     conv_layer_class: ClassVar[type[ConvLoRALayer]] = ConvLoRALayer
 
     def __init__(self, name: str, config: LoRAConfig, dims: ModelDims) -> None:
@@ -208,6 +84,10 @@ class LoRAAdapter(AdapterModule):
         self.by_name = nn.ModuleDict()
         self._paths: dict[tuple[int, str], str] = {}  # (layer, point) of a module target -> its path
         self._convs: dict[str, tuple[int, tuple[int, ...]]] = {}  # nn.Conv2d target -> (c_in, (kh, kw))
+        # (Conv1d / Conv3d targets are not recorded: LoRA's factors say their channels and kernel)
+        self._attention: dict[
+            str, str
+        ] = {}  # nn.MultiheadAttention target -> the path of its out_proj target
         if config.by_name:
             self._init_by_name(config, dims)
         else:
@@ -358,11 +238,20 @@ class LoRAAdapter(AdapterModule):
         spec: dict[int, dict[str, LoRALayer]] = {}
         for target in select_modules(config, dims):
             module = target.module
-            if module.embedding:
+            if module.attention:  # in_proj (E -> 3E) here, out_proj (E -> E) as a target of its own
+                lora = attention_layers(module, config, target.r, target.alpha)
+                out = f"{module.path}.{OUT_PROJ}"
+                self.by_name[module_key(out)] = LoRALayer(
+                    module.d_in, module.d_in, config, target.r, target.alpha
+                )
+                self._paths[(MODULE_LAYER, module_key(out))] = out
+                self._attention[module.path] = out
+            elif module.embedding:
                 lora = LoRALayer(module.d_in, module.d_out, config, target.r, target.alpha, embedding=module)
             elif module.conv is not None:
                 lora = self.conv_layer_class(module, config, target.r, target.alpha)
-                self._convs[module.path] = (module.d_in, tuple(int(k) for k in module.conv[0]))
+                if len(module.conv[0]) == 2:
+                    self._convs[module.path] = (module.d_in, tuple(int(k) for k in module.conv[0]))
             else:
                 lora = self.layer_class(module.d_in, module.d_out, config, target.r, target.alpha)
             if module.point is not None and module.layer is not None:
@@ -409,13 +298,13 @@ class LoRAAdapter(AdapterModule):
     def conv_shapes_from(
         cls, tensors: Mapping[str, torch.Tensor]
     ) -> tuple[tuple[str, int, int, tuple[int, ...]], ...]:
-        """``(point, c_in, c_out, (kh, kw))`` of convolution targets: ``A`` ``(r, c_in, kh, kw)`` and ``B``
-        ``(c_out, r, 1, 1)``."""
+        """``(point, c_in, c_out, kernel)`` of convolution targets: ``A`` ``(r, c_in, *kernel)`` and ``B``
+        ``(c_out, r, 1, ...)`` (a Conv1d, Conv2d or Conv3d: 3, 4 or 5 dimensions)."""
         down: dict[str, torch.Tensor] = {}
         up: dict[str, int] = {}
         for key, tensor in tensors.items():
             match = _KEY.match(key)
-            if match and tensor.dim() == 4:
+            if match and tensor.dim() in (3, 4, 5):
                 if match.group(3) == "A":
                     down[match.group(2)] = tensor
                 else:
@@ -511,6 +400,13 @@ class LoRAAdapter(AdapterModule):
 
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> LinearRunning:
         self.check_ready()
+        out_proj = self._attention.get(point[1]) if point[0] == MODULE else None
+        if (
+            out_proj is not None
+        ):  # an nn.MultiheadAttention: add this adapter's weight updates (methods.lora_mha)
+            inner = self.layer_at(layer, point)
+            outer = self.layer_at(layer, (MODULE, out_proj))
+            return running.plus(inner.weight_delta(), outer.weight_delta())  # type: ignore[no-any-return]
         x = inputs.x  # type: ignore[attr-defined]
         return running.with_y(self.layer_at(layer, point).add_to(running.y, x))  # type: ignore[no-any-return]
 
@@ -603,6 +499,9 @@ class LoRAAdapter(AdapterModule):
 
     def merged_deltas(self) -> Iterator[tuple[int, str, torch.Tensor]]:
         self.check_ready()
+        for _, _, lora in self.lora_targets():
+            if isinstance(lora, ConvLoRALayer):
+                lora.check_mergeable()  # a grouped convolution raises, before the first weight changes
         for layer, point, lora in self.lora_targets():
             yield layer, point, lora.weight_delta()
 

@@ -15,8 +15,9 @@ The rules are peft's (0.21), applied to the module paths of ``ModelDims.modules`
 - ``rank_pattern`` / ``alpha_pattern``: the first key (in key order) such that the name matches
   ``(.*\\.)?(<key>)$`` gives the module's rank / alpha; otherwise ``r`` / ``alpha``.
 
-A selected module that is not a Linear or Conv1D raises (as peft does), naming it; so does a selection that
-matches nothing.
+A selected module that is not a Linear, Conv1D, Conv1d / Conv2d / Conv3d, Embedding or MultiheadAttention raises
+(as peft does), naming it; so does a selection that matches nothing, and a module inside an nn.MultiheadAttention
+(its ``out_proj``, which the attention uses without calling: peft's LoRA there has no effect).
 """
 
 from __future__ import annotations
@@ -111,17 +112,39 @@ def selected(config: Any, dims: ModelDims) -> list[NamedModule]:
     return chosen
 
 
+def inside_attention(dims: ModelDims, path: str) -> str | None:
+    """The path of the ``nn.MultiheadAttention`` holding the module at ``path`` (below it), or None."""
+    return next((m.path for m in dims.modules if m.attention and path.startswith(m.path + ".")), None)
+
+
 def select_modules(config: ModuleTargeting, dims: ModelDims) -> list[ModuleTarget]:
     """The modules ``config`` targets on a model with ``dims``, in the model's module order."""
     chosen: list[ModuleTarget] = []
     for module in selected(config, dims):
-        if not (module.linear or module.embedding or module.conv):
+        if not (module.linear or module.embedding or module.conv or module.attention):
             raise ConfigError(
                 f"target_modules={_show(config.target_modules)} selects {module.path!r}, a {module.type_name}; "
-                "LoRA targeted by name attaches to nn.Linear, Conv1D, nn.Conv2d and nn.Embedding modules. Name the "
-                "layers inside it (or add it to exclude_modules)."
+                "LoRA targeted by name attaches to nn.Linear, Conv1D, nn.Conv1d / Conv2d / Conv3d, nn.Embedding and "
+                "nn.MultiheadAttention modules. Name the layers inside it (or add it to exclude_modules)."
             )
-        conv_ok = config.method == "lora" or config.adapts_conv2d
+        holder = inside_attention(dims, module.path)
+        if holder is not None:
+            raise ConfigError(
+                f"target_modules={_show(config.target_modules)} selects {module.path!r}, inside the "
+                f"nn.MultiheadAttention {holder!r}, which uses its weights without calling it (peft's LoRA there "
+                f"has no effect). Target {holder!r} itself (LoRA then adapts its in_proj and out_proj), and add "
+                f"{module.path!r} to exclude_modules."
+            )
+        if module.attention and config.method != "lora":
+            raise ConfigError(
+                f"target_modules={_show(config.target_modules)} selects {module.path!r}, an nn.MultiheadAttention; "
+                f"{config.method} on it is not supported (LoRA is; peft refuses DoRA there too). Leave it out of "
+                "target_modules."
+            )
+        # LoRA, DoRA: any of Conv1d / Conv2d / Conv3d; methods with adapts_conv2d (LoHa, LoKr): Conv2d only
+        conv_ok = config.method in ("lora", "dora") or (
+            config.adapts_conv2d and module.conv is not None and len(module.conv[0]) == 2
+        )
         if (module.embedding and config.method != "lora") or (module.conv and not conv_ok):
             raise ConfigError(
                 f"target_modules={_show(config.target_modules)} selects {module.path!r}, a {module.type_name}; "
@@ -131,6 +154,8 @@ def select_modules(config: ModuleTargeting, dims: ModelDims) -> list[ModuleTarge
         patterns = config.module_patterns  # AdaLoRA: one initial rank (init_r) for every module
         r = pattern_value(config.rank_pattern, module.path) if patterns else None
         alpha = pattern_value(config.alpha_pattern, module.path) if patterns else None
+        if module.groups > 1:
+            _check_grouped(config, module, int(r) if r is not None else config.r)  # type: ignore[call-overload]
         chosen.append(
             ModuleTarget(
                 module,
@@ -139,6 +164,22 @@ def select_modules(config: ModuleTargeting, dims: ModelDims) -> list[ModuleTarge
             )
         )
     return chosen
+
+
+def _check_grouped(config: ModuleTargeting, module: NamedModule, r: int) -> None:
+    """Raise unless LoRA can adapt the grouped convolution ``module`` with rank ``r`` as peft does: plain LoRA, ``r``
+    divisible by ``groups`` (``lora_B`` is grouped as the module)."""
+    if config.method != "lora":
+        raise ConfigError(
+            f"{module.path!r} is an nn.{module.type_name} with groups={module.groups}; {config.method} on grouped "
+            "convolutions is not supported (LoRA is, as in peft). Leave it out of target_modules."
+        )
+    if r % module.groups:
+        raise ConfigError(
+            f"{module.path!r} is an nn.{module.type_name} with groups={module.groups}, and its rank {r} is not "
+            "divisible by it (LoRA's lora_B is grouped as the module, as peft's). Choose a rank divisible by "
+            f"{module.groups} (rank_pattern for this module), or leave it out of target_modules."
+        )
 
 
 def feedforward(names: str | tuple[str, ...] | None, path: str) -> bool:
@@ -176,6 +217,12 @@ def select_saved(config: ModuleTargeting, dims: ModelDims, targets: Sequence[str
                 f"in it (top-level modules: {', '.join(top)})."
             )
     for path in paths:
+        holder = inside_attention(dims, path)
+        if holder is not None:
+            raise ConfigError(
+                f"modules_to_save selects {path!r}, inside the nn.MultiheadAttention {holder!r}, which uses its "
+                f"weights without calling it, so a copy could not replace it; name {holder!r} instead."
+            )
         inner = [p for p in paths if p.startswith(path + ".")]
         if inner:
             raise ConfigError(
@@ -210,6 +257,13 @@ def select_biases(
             "is empty); add the adapter through the model (model.add_adapter) so its modules can be listed."
         )
     wanted = set(targets)
+    attention = [m.path for m in dims.modules if m.attention]
+    if attention and (bias == "all" or any(inside_attention(dims, t) or t in attention for t in wanted)):
+        raise ConfigError(
+            f"bias={bias!r} with the nn.MultiheadAttention {attention[0]!r} in play: it uses its biases "
+            "(in_proj_bias, out_proj.bias) without calling a module whose output a held copy could replace. Use "
+            "bias='none', or leave the MultiheadAttention out of target_modules (bias='lora_only')."
+        )
     chosen: list[str] = []
     for module in dims.modules:
         if not module.bias:

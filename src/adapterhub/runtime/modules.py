@@ -25,11 +25,14 @@ from adapterhub.methods.base import MODULE, MODULE_LAYER, LinearInputs, NamedMod
 from adapterhub.runtime import callstate
 from adapterhub.runtime.injection import AdapterHook, PointHandler, remove_hooks
 from adapterhub.runtime.layers import layer_stacks
+from adapterhub.runtime.mha_points import AttentionPointHook, attach_attention_point
 from adapterhub.runtime.quantized import float_weight, refuse_quantized, weight_reader
 from adapterhub.spec.architectures import ArchitectureSpec
 from adapterhub.spec.composition import BatchSplit, Parallel, Stack, setup_names
 
 _SKIP = "_adapterhub"  # the adapter store (STORE_ATTR): adapters and heads are never targets
+# the convolutions LoRA attaches to by name (peft's _ConvNd LoRA: Conv1d, Conv2d, Conv3d)
+LORA_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -98,7 +101,21 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
                 )
             )
             continue
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, nn.MultiheadAttention):
+            embed = int(module.embed_dim)
+            table.append(
+                NamedModule(
+                    path,
+                    type(module).__name__,
+                    d_in=embed,
+                    d_out=3 * embed,
+                    layer=layer,
+                    attention=True,
+                    **held,
+                )
+            )
+            continue
+        if isinstance(module, LORA_CONVS):
             table.append(
                 NamedModule(
                     path,
@@ -107,6 +124,7 @@ def module_table(model: nn.Module, spec: ArchitectureSpec) -> tuple[NamedModule,
                     d_out=int(module.out_channels),
                     layer=layer,
                     conv=(module.kernel_size, module.stride, module.padding),
+                    groups=int(module.groups),
                     **held,
                 )
             )
@@ -273,6 +291,8 @@ def module_params(model: nn.Module, path: str) -> tuple[torch.Tensor, torch.Tens
         module = model.get_submodule(path)
     except AttributeError:
         raise ConfigError(f"The model has no module {path!r} (a module target of an adapter).") from None
+    if isinstance(module, nn.MultiheadAttention):  # LoRA's in_proj target: the fused q/k/v weight (3E, E)
+        return module.in_proj_weight, module.in_proj_bias
     weight = float_weight(module)  # a quantised module: a dequantised copy (read only)
     bias: torch.Tensor | None = getattr(module, "bias", None)
     return (weight.t() if is_transposed(module) else weight), bias
@@ -303,21 +323,27 @@ def attach_module_points(model: nn.Module, handler: PointHandler, paths: list[st
             module = model.get_submodule(path)
         except AttributeError:
             raise ConfigError(f"The model has no module {path!r} to attach an adapter to.") from None
-        if any(isinstance(hook, _ModuleHook) for hook in module._forward_hooks.values()):
+        if any(
+            isinstance(hook, (_ModuleHook, AttentionPointHook)) for hook in module._forward_hooks.values()
+        ):
             continue
         if isinstance(module, nn.Embedding) and getattr(module, "embed_scale", None) is not None:
             raise ConfigError(
                 f"{path!r} is a scaled embedding ({type(module).__name__}: it multiplies its output by embed_scale); "
                 "LoRA on such embeddings is not supported yet. Leave it out of target_modules."
             )
-        if isinstance(module, nn.Conv2d) and (
-            module.groups != 1 or module.dilation != (1, 1) or module.padding_mode != "zeros"
+        if isinstance(module, LORA_CONVS) and (
+            any(d != 1 for d in module.dilation) or module.padding_mode != "zeros"
         ):
+            name = type(module).__name__
             raise ConfigError(
-                f"{path!r} is a Conv2d with groups={module.groups}, dilation={module.dilation}, padding_mode="
-                f"{module.padding_mode!r}; LoRA on Conv2d supports groups=1, dilation=1 and zero padding. Leave it "
-                "out of target_modules."
+                f"{path!r} is a {name} with dilation={module.dilation}, padding_mode={module.padding_mode!r}; LoRA "
+                f"on {name} supports dilation=1 and zero padding (peft's lora_A convolution has no dilation and pads "
+                "with zeros, so its output would not fit the module's). Leave it out of target_modules."
             )
+        if isinstance(module, nn.MultiheadAttention):
+            attach_attention_point(module, handler, path)
+            continue
         # prepended: adapters' updates see the module's own output, before a held bias (option bias) replaces b
         module.register_forward_hook(_ModuleHook(handler, path, is_transposed(module)), prepend=True)
 

@@ -40,7 +40,8 @@ LOKR_CP = ("lokr_t2",)
 FACTOR_NAMES = frozenset(LORA + LOHA + LOKR + LOHA_CP + LOKR_CP)
 
 Conv = tuple[int, tuple[int, ...]]  # (in_channels, (kh, kw))
-Update = tuple[str, int, int, int, tuple[int, ...]]  # (kind "linear" / "conv2d", r, d_in, d_out, kernel)
+# (kind "linear" / "conv2d" (LoRA also "conv1d" / "conv3d"), r, d_in, d_out, kernel)
+Update = tuple[str, int, int, int, tuple[int, ...]]
 
 
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
@@ -117,12 +118,14 @@ def factor_update(params: Mapping[str, tuple[int, ...]], conv: Conv | None) -> U
 
 def _lora(p: Mapping[str, tuple[int, ...]]) -> Update | None:
     a, b = p.get("lora_A"), p.get("lora_B")
-    if a is None or b is None or len(a) != len(b) or a[0] != b[1]:
+    if a is None or b is None or len(a) != len(b) or not b[1] or a[0] % b[1]:
+        return None  # B's columns: r, or r / groups for a grouped convolution
+    if len(a) == 2 and a[0] != b[1]:
         return None
     if len(a) == 2:
         return ("linear", a[0], a[1], b[0], ())
-    if len(a) == 4 and b[2:] == (1, 1):
-        return ("conv2d", a[0], a[1], b[0], a[2:])
+    if len(a) in (3, 4, 5) and b[2:] == (1,) * (len(a) - 2):  # Conv1d / Conv2d / Conv3d: B pointwise
+        return (f"conv{len(a) - 2}d", a[0], a[1], b[0], a[2:])
     return None
 
 

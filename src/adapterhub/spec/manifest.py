@@ -14,7 +14,9 @@ shapes that do not make one update:
   are the model's): LoRA's 4-d factors, LoKr's full 4-d ``lokr_w2`` and the CP cores of ``use_effective_conv2d``
   (``hada_t1`` / ``lokr_t2``) say so, LoHa's and a factored LoKr's flattened kernels do
   only with the adapter's ``conv_modules`` (``{path: (in_channels, kernel)}``, recorded from the model when it is
-  saved), which their shapes must then fit.
+  saved), which their shapes must then fit;
+* ``"conv1d"`` / ``"conv3d"``: an ``nn.Conv1d`` / ``nn.Conv3d`` targeted by LoRA, whose 3-d / 5-d factors say so
+  (``kernel`` ``(k,)`` / ``(kd, kh, kw)``).
 """
 
 from __future__ import annotations
@@ -35,11 +37,11 @@ class ModuleShape:
     LoKr whose factors are both full."""
 
     path: str
-    kind: str  # "linear" or "conv2d"
+    kind: str  # "linear", "conv2d" (LoRA also "conv1d", "conv3d")
     r: int
     d_in: int
     d_out: int
-    kernel: tuple[int, ...] = ()  # (kh, kw) for "conv2d"
+    kernel: tuple[int, ...] = ()  # (kh, kw) for "conv2d"; (k,) / (kd, kh, kw) for "conv1d" / "conv3d"
     layer: int | None = None  # the transformer layer it sits in (None outside the layers)
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,7 +118,7 @@ def low_rank_modules(
             raise AdapterFileError(
                 f"{where}: the low-rank weights of module {path!r} ({shown}) are not one update{as_conv}: expected "
                 "LoRA's lora_A (r, d_in) and lora_B (d_out, r), or lora_A (r, c_in, kh, kw) and lora_B (c_out, r, 1, "
-                "1) (a Conv2d target); LoHa's hada_w1_a / hada_w2_a (d_out, r) and hada_w1_b / hada_w2_b (r, d_in) "
+                "1) (a Conv2d target; a Conv1d / Conv3d: one / three kernel dimensions); LoHa's hada_w1_a / hada_w2_a (d_out, r) and hada_w1_b / hada_w2_b (r, d_in) "
                 "(a Conv2d: d_in = c_in·kh·kw, or with use_effective_conv2d hada_t1 / hada_t2 (r, r, kh, kw) and the "
                 "modes (r, c_out) / (r, c_in)); or LoKr's W1 (a, c) ⊗ W2 (b, d) (W2 on a Conv2d possibly lokr_t2 "
                 "(r, r, kh, kw) with lokr_w2_a (r, b), lokr_w2_b (r, d)); the file is corrupted or was "
