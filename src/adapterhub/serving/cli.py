@@ -5,7 +5,7 @@
     adapterhub serve-model --model M --adapter NAME=SOURCE ... [--fusion DIR ...] [--composition NAME=SETUP ...]
         [--max-loaded N] [--max-batch-rows 64]
         [--max-wait-ms 5] [--max-queue-rows 4096] [--host 127.0.0.1] [--port 8080] [--token TOKEN]
-        [--hub-url URL] [--device cpu]
+        [--hub-url URL] [--device cpu] [--preload] [--no-gc-freeze]
 
 SOURCE is a directory, a hub identifier (``sentiment/sst-2@alice``) or ``hf:owner/repo``. Adapters load on first
 use (``--preload`` loads them at start). No torch import at module level: ``adapterhub --help`` stays fast.
@@ -97,6 +97,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--hub-url", default=None, help="hub for hub identifiers (default: the client's)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
     parser.add_argument("--preload", action="store_true", help="load the adapters at start, not on first use")
+    parser.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="leave the objects alive after start-up to the cyclic garbage collector (default: gc.freeze() them)",
+    )
     # Ray Serve scale-out (adapterhub.serving.ray_serve; Ray is imported only with --ray).
     ray = parser.add_argument_group(
         "Ray Serve", "run the engine as a Ray Serve deployment (pip install '.[ray]')"
@@ -131,6 +136,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         preempt=args.preempt,
         cache_block=args.cache_block,
         packed=args.packed,
+        gc_freeze=not args.no_gc_freeze,
     )
     return adapters, config
 

@@ -76,7 +76,10 @@ class EngineConfig:
     default); ``max_num_seqs`` / ``max_batch_tokens``: sequences decoding together and new tokens per step of the
     generation engine (decoders only; ``max_queue_rows`` also bounds its waiting sequences); ``prefill_chunk``,
     ``max_cache_tokens``, ``preempt``: the generation engine's chunked prefill, cache budget and preemption (None /
-    False: its defaults; see ``GenerationEngine``); ``packed``: its packed steps (all sequences in one row)."""
+    False: its defaults; see ``GenerationEngine``); ``packed``: its packed steps (all sequences in one row);
+    ``gc_freeze``: when the server has started (model loaded, ``--preload`` adapters loaded), ``gc.collect()`` then
+    ``gc.freeze()``, so the cyclic collector never scans the objects alive then again (off here; ``serve-model``
+    turns it on unless ``--no-gc-freeze``)."""
 
     max_loaded: int = 8
     max_batch_rows: int = 64
@@ -91,6 +94,7 @@ class EngineConfig:
     preempt: bool = False
     cache_block: int = 16
     packed: bool = False
+    gc_freeze: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -110,7 +114,7 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer or None, got {value!r}.")
-        for name in ("preempt", "packed"):
+        for name in ("preempt", "packed", "gc_freeze"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}.")
 

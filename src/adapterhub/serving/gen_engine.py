@@ -19,7 +19,8 @@ token comes from its own last-position logits: the argmax
 (greedy, the default) or a draw with its own generator after temperature / top-k / top-p (``sampling``), after
 its own repetition / presence / frequency penalties (``gen_penalties``), so a
 seeded request gets the same tokens whatever else is in the batch. ``stop`` strings end a request on its decoded
-text (the tokens that may begin one are held back from the stream until they are known not to); ``n`` gives
+text (the tokens that may begin one are held back from the stream until they are known not to; ``gen_accept``
+records, streams and ends sequences); ``n`` gives
 independent sequences of one prompt (``submit_choices``; seeds ``seed, seed + 1, ...``); ``logprobs`` keeps each
 chosen token's log-probability, ``top_logprobs`` the most likely tokens of the same distribution with theirs
 (``handle.completion()``, ``engine.complete``).
@@ -43,6 +44,7 @@ from adapterhub.errors import AdapterNotFoundError, ConfigError
 from adapterhub.methods import grouped_weights
 from adapterhub.runtime.packing import check_packable, check_packed_model
 from adapterhub.serving import gen_slot_attention as slot_attention
+from adapterhub.serving.gen_accept import accept, choose, end_cancelled
 from adapterhub.serving.gen_checks import (
     check_adapter,
     check_lengths,
@@ -58,22 +60,9 @@ from adapterhub.serving.gen_packed import PackedStep, build_packed_step
 from adapterhub.serving.gen_penalties import apply_penalties
 from adapterhub.serving.gen_positions import check_prompt_positions, step_positions
 from adapterhub.serving.gen_prompt import soft_prompt, step_inputs
-from adapterhub.serving.gen_scheduler import (
-    CANCELLED,
-    FAILED,
-    FINISHED,
-    Scheduler,
-    SequenceState,
-)
+from adapterhub.serving.gen_scheduler import FAILED, Scheduler, SequenceState
 from adapterhub.serving.kv_cache import KVPool, StepBatch, build_step
-from adapterhub.serving.sampling import (
-    RowSampler,
-    SamplingParams,
-    StopStrings,
-    TopLogprobs,
-    check_n,
-    seeds_for,
-)
+from adapterhub.serving.sampling import RowSampler, SamplingParams, StopStrings, check_n, seeds_for
 from adapterhub.spec.composition import BatchSplit, Setup, setup_names
 
 
@@ -366,7 +355,7 @@ class GenerationEngine:
             self._thread = None
         with self._lock:
             for seq in [*self._scheduler.running, *self._scheduler.waiting]:
-                self._end_cancelled(seq)
+                end_cancelled(self._scheduler, seq)
             self._pool.trim()
             self._weights.clear()
 
@@ -457,7 +446,7 @@ class GenerationEngine:
                 logits = apply_penalties(logits, rows)  # (B, V): each row's own penalties
                 greedy = logits.argmax(dim=-1).tolist()  # (B,)
                 choices = [
-                    _choose(seq.sampler, logits[i], greedy[i]) if samples[i] else None
+                    choose(seq.sampler, logits[i], greedy[i]) if samples[i] else None
                     for i, seq in enumerate(rows)
                 ]
             except Exception as error:  # the step's rows fail together; the waiting ones go on
@@ -475,7 +464,7 @@ class GenerationEngine:
                     if choice is None:  # a prefill chunk: its prompt goes on next step
                         continue
                     try:
-                        self._accept(seq, *choice)
+                        accept(self._scheduler, seq, *choice)
                     except (
                         Exception
                     ) as error:  # e.g. its tokenizer failed to decode: that sequence alone fails
@@ -527,51 +516,9 @@ class GenerationEngine:
                 )
                 self._scheduler.leave(seq, FAILED, error)
 
-    def _accept(self, seq: SequenceState, token: int, logprob: float | None, top: TopLogprobs | None) -> None:
-        """Record a new token; stream what is safe; end the sequence on a stop id, stop string or its length."""
-        seq.tokens.append(token)
-        if logprob is not None:
-            seq.logprobs.append(logprob)
-        if top is not None:
-            seq.top_logprobs.append(top)
-        if seq.stop_strings is not None:
-            count, hit = seq.stop_strings.check(seq.tokens)
-            if hit:  # the ids end before the stop string (never before what was already streamed)
-                seq.keep(max(count, seq.streamed))
-                self._finish(seq, "stop")
-                return
-            self._stream(seq, max(count, seq.streamed))
-        if token in seq.stop_ids:
-            self._finish(seq, "stop")
-        elif len(seq.tokens) >= seq.max_new_tokens:
-            self._finish(seq, "length")
-        elif seq.stop_strings is None:
-            self._stream(seq, len(seq.tokens))
-
-    @staticmethod
-    def _stream(seq: SequenceState, count: int) -> None:
-        """Put tokens up to ``count`` on the stream; ``streamed`` moves first, so that a reader that gets a token
-        already finds its logprobs in ``handle.logprobs`` / ``handle.top_logprobs``."""
-        start = seq.streamed
-        seq.streamed = max(start, count)
-        for token in seq.tokens[start:count]:
-            seq.emit(token)
-
-    def _finish(self, seq: SequenceState, reason: str) -> None:
-        self._stream(seq, len(seq.tokens))
-        seq.finish_reason = reason
-        self._scheduler.leave(seq, FINISHED)
-
-    def _end_cancelled(self, seq: SequenceState) -> None:
-        """Cancel: the sequence keeps the tokens already streamed (held-back ones are dropped)."""
-        if seq.done:
-            return
-        seq.keep(seq.streamed)
-        self._scheduler.leave(seq, CANCELLED)
-
     def _cancel(self, seq: SequenceState) -> None:
         with self._lock:
-            self._end_cancelled(seq)
+            end_cancelled(self._scheduler, seq)
 
 
 def _order_rows(seqs: Sequence[SequenceState]) -> tuple[list[SequenceState], Setup | None]:
@@ -590,12 +537,3 @@ def _order_rows(seqs: Sequence[SequenceState]) -> tuple[list[SequenceState], Set
     if len(names) <= 1:
         return rows, names[0] if names else None
     return rows, BatchSplit(*names, batch_sizes=[len(groups[n]) for n in names])  # type: ignore[arg-type]
-
-
-def _choose(
-    sampler: RowSampler, logits: torch.Tensor, greedy: int
-) -> tuple[int, float | None, TopLogprobs | None]:
-    """One row's ``(token, logprob, top)``: the batch argmax for a greedy row without logprobs, else its sampler."""
-    if sampler.params.greedy and not sampler.params.logprobs:
-        return int(greedy), None, None
-    return sampler.choose(logits)

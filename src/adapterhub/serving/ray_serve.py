@@ -59,7 +59,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from adapterhub.errors import AdapterHubError, ConfigError
-from adapterhub.serving.app import EmbedBody, GenerateBody, PredictBody, create_app
+from adapterhub.serving.app import EmbedBody, GenerateBody, PredictBody, create_app, freeze_startup_objects
 from adapterhub.serving.asgi_calls import call_app, stream_app
 from adapterhub.serving.compositions import CompositionRegistry
 from adapterhub.serving.engine import EngineConfig, ServingEngine
@@ -135,6 +135,8 @@ class EngineReplica:
         self.board = metrics_board()
         for kind, name, state in await self.board.changes.remote():  # adapters load on first use
             await apply_change(self.engine, kind, name, state, load=False)
+        if self.engine.config.gc_freeze:  # this replica has started: as create_app's lifespan does
+            freeze_startup_objects()
 
         async def load(model_id: str) -> tuple[str, ...]:
             """Load every adapter of the setup ``model_id`` (or of the composition it names) into this replica's
