@@ -89,3 +89,18 @@ def check_adapters_library_loads(
     run_in_adapters_venv(
         THEIR_LOAD, str(fixture or FIXTURES / case), attn or "", str(directory), str(tolerance), kind
     )
+
+
+def check_written_in_their_layout(model: Any, case: str, directory: Path, expected: dict[str, Any]) -> str:
+    """Load fixture ``case``'s adapter into ``model`` and save it in that library's layout into ``directory``: the
+    same tensors as the fixture's ``pytorch_adapter.bin``, key for key, and the fixture's ``config``. Returns the
+    name the adapter was loaded as."""
+    name = model.load_adapter(FIXTURES / case / "adapter")
+    model.save_adapter(directory, name, layout="adapters")
+    theirs = torch.load(directory / "pytorch_adapter.bin", weights_only=True)
+    original = torch.load(FIXTURES / case / "adapter" / "pytorch_adapter.bin", weights_only=True)
+    assert sorted(theirs) == sorted(original)
+    assert all(torch.equal(theirs[k], original[k]) for k in original)
+    written = json.loads((directory / "adapter_config.json").read_text())
+    assert written["config"] == expected["config"]
+    return str(name)
