@@ -197,3 +197,21 @@ def randomize_peft_lora(theirs, seed: int = 5, std: float = 0.3) -> None:
         for name, param in theirs.named_parameters():
             if "lora_" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
+def save_trained_with_residual(theirs, directory, residual):
+    """A base-modifying peft LoRA ``theirs`` "trained" (every ``lora_B`` moved by seeded noise), saved into
+    ``directory``, and its residual model: ``residual`` (a fresh copy of the original model) with each target's
+    weight replaced by peft's residual base. Returns ``residual``."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for path in peft_lora_paths(theirs):
+            b = theirs.base_model.model.get_submodule(path).lora_B["default"].weight
+            b.add_(torch.randn(b.shape, generator=generator) * 0.05)
+    theirs.save_pretrained(directory)
+    with torch.no_grad():
+        for path in peft_lora_paths(theirs):
+            residual.get_submodule(path).weight.copy_(
+                theirs.base_model.model.get_submodule(path).base_layer.weight
+            )
+    return residual

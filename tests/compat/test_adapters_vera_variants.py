@@ -28,6 +28,16 @@ def _close(got: torch.Tensor, want: list) -> None:
     torch.testing.assert_close(got, torch.tensor(want), atol=1e-5, rtol=1e-4)
 
 
+def _check_reads_back_in_both_layouts(model, tmp_path, inputs, expected) -> None:
+    """What we wrote in their layout (``tmp_path/theirs``) reads back with the fixture's outputs, and so does it
+    saved again in ours."""
+    model.load_adapter(tmp_path / "theirs", load_as="again", set_active=True)
+    _close(hidden(model, **inputs), expected["last_hidden_state"])
+    model.save_adapter(tmp_path / "ours", "again")  # our layout round trip
+    model.load_adapter(tmp_path / "ours", load_as="ours", set_active=True)
+    _close(hidden(model, **inputs), expected["last_hidden_state"])
+
+
 @pytest.mark.parametrize("case", sorted(GATED))
 def test_their_gated_vera_loads_with_the_same_outputs(case):
     model, inputs, expected = load_golden(case, GATED[case])
@@ -62,11 +72,7 @@ def test_the_gate_is_what_scales_the_update():
 def test_gated_written_in_their_layout(tmp_path, case):
     model, inputs, expected = load_golden(case, GATED[case])
     check_written_in_their_layout(model, case, tmp_path / "theirs", expected)
-    again = model.load_adapter(tmp_path / "theirs", load_as="again", set_active=True)
-    _close(hidden(model, **inputs), expected["last_hidden_state"])
-    model.save_adapter(tmp_path / "ours", again)  # our layout round trip
-    model.load_adapter(tmp_path / "ours", load_as="ours", set_active=True)
-    _close(hidden(model, **inputs), expected["last_hidden_state"])
+    _check_reads_back_in_both_layouts(model, tmp_path, inputs, expected)
 
 
 @needs_adapters_venv
@@ -197,11 +203,7 @@ def test_a_new_dvora_starts_at_the_weight_norm_and_the_identity():
 def test_dvora_written_in_their_layout(tmp_path, case):
     model, inputs, expected = load_golden(case, DORA[case])
     check_written_in_their_layout(model, case, tmp_path / "theirs", expected)
-    model.load_adapter(tmp_path / "theirs", load_as="again", set_active=True)
-    _close(hidden(model, **inputs), expected["last_hidden_state"])
-    model.save_adapter(tmp_path / "ours", "again")
-    model.load_adapter(tmp_path / "ours", load_as="ours", set_active=True)
-    _close(hidden(model, **inputs), expected["last_hidden_state"])
+    _check_reads_back_in_both_layouts(model, tmp_path, inputs, expected)
 
 
 @needs_adapters_venv

@@ -11,7 +11,12 @@ import torch
 import adapterhub
 from adapterhub.errors import ConfigError
 from adapterhub.spec.configs import LoRAConfig
-from method_checks import check_base_init_matches_peft, peft_lora_paths, perturb_lora_b
+from method_checks import (
+    check_base_init_matches_peft,
+    peft_lora_paths,
+    perturb_lora_b,
+    save_trained_with_residual,
+)
 from tiny_models import build
 
 peft = pytest.importorskip(
@@ -144,17 +149,7 @@ def test_converted_to_lora_loads_in_peft_on_the_original_model(tmp_path):
 
 def test_peft_folder_loads_over_its_residual_model(tmp_path):
     theirs, _ = pair("llama", "kpm")
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for path in peft_lora_paths(theirs):
-            b = theirs.base_model.model.get_submodule(path).lora_B["default"].weight
-            b.add_(torch.randn(b.shape, generator=generator) * 0.05)
-    theirs.save_pretrained(tmp_path / "peft")
-    residual = build("llama")
-    with torch.no_grad():
-        for path in peft_lora_paths(theirs):
-            weight = theirs.base_model.model.get_submodule(path).base_layer.weight
-            residual.get_submodule(path).weight.copy_(weight)
+    residual = save_trained_with_residual(theirs, tmp_path / "peft", build("llama"))
     loaded = adapterhub.init(residual)
     with pytest.warns(UserWarning, match="residual model"):
         loaded.load_adapter(str(tmp_path / "peft"), load_as="x", set_active=True)

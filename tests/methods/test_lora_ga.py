@@ -12,7 +12,12 @@ import torch
 import adapterhub
 from adapterhub.errors import ConfigError
 from adapterhub.spec.configs import LoRAConfig
-from method_checks import check_base_init_matches_peft, peft_lora_paths, perturb_lora_b
+from method_checks import (
+    check_base_init_matches_peft,
+    peft_lora_paths,
+    perturb_lora_b,
+    save_trained_with_residual,
+)
 from tiny_models import build
 
 peft = pytest.importorskip(
@@ -161,18 +166,7 @@ def test_save_round_trip_and_conversion(tmp_path):
 
 def test_peft_folder_loads_over_its_residual_model(tmp_path):
     theirs, _, _ = pair("llama", {"direction": "ArBr"})
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for path in peft_lora_paths(theirs):
-            b = theirs.base_model.model.get_submodule(path).lora_B["default"].weight
-            b.add_(torch.randn(b.shape, generator=generator) * 0.05)
-    theirs.save_pretrained(tmp_path / "peft")
-    residual = model("llama")
-    with torch.no_grad():
-        for path in peft_lora_paths(theirs):
-            residual.get_submodule(path).weight.copy_(
-                theirs.base_model.model.get_submodule(path).base_layer.weight
-            )
+    residual = save_trained_with_residual(theirs, tmp_path / "peft", model("llama"))
     # peft itself loads it over the model as given (its lora_ga_init falls back without gradients)
     peft_loaded = peft.PeftModel.from_pretrained(residual, tmp_path / "peft").eval()
     torch.testing.assert_close(logits(peft_loaded), logits(theirs), atol=1e-5, rtol=0)
