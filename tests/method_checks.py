@@ -7,6 +7,7 @@ import torch
 
 import adapterhub
 from adapterhub import Average, BatchSplit, Parallel, Split
+from adapterhub.methods.base import MODULE_LAYER
 from adapterhub.runtime.injection import AdapterHook
 from tiny_models import build
 
@@ -140,3 +141,77 @@ def check_matches_peft_then_merged(ours, theirs, name: str = "x") -> None:
     ours.merge_adapter(name)
     with torch.no_grad():
         torch.testing.assert_close(ours(**inputs).logits, expected, atol=1e-5, rtol=0)
+
+
+def peft_lora_paths(theirs) -> list[str]:
+    """The module paths of peft model ``theirs`` that hold a LoRA layer of adapter ``default``."""
+    return [
+        name
+        for name, module in theirs.base_model.model.named_modules()
+        if hasattr(module, "lora_A") and "default" in module.lora_A
+    ]
+
+
+def our_lora_layer(ours, path: str, name: str = "x"):
+    """Our LoRA layer of adapter ``name`` at module ``path``."""
+    adapter = ours._adapterhub.adapters[name]
+    [(layer, point)] = [key for key, p in adapter.module_paths().items() if p == path]
+    return adapter.layer_at(layer, ("module", path) if layer == MODULE_LAYER else point)
+
+
+def perturb_lora_b(theirs, ours, seed: int = 7) -> None:
+    """The same change of every B in both (training's stand-in: outputs then differ from the base's)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for path in sorted(peft_lora_paths(theirs)):
+            mine = our_lora_layer(ours, path)
+            delta = torch.randn(mine.lora_B.shape, generator=generator) * 0.05
+            mine.lora_B.add_(delta)
+            theirs.base_model.model.get_submodule(path).lora_B["default"].weight.add_(delta)
+
+
+def check_base_init_matches_peft(theirs, ours, outputs) -> None:
+    """A base-modifying LoRA init (adapter ``x`` in ``ours``, ``default`` in peft's ``theirs``): the same targets,
+    ``A``, ``B`` and residual base ``W - s B A`` within 1e-5, the same ``outputs(model)``, and still so after the
+    same change of every ``B``."""
+    paths = peft_lora_paths(theirs)
+    assert sorted(paths) == sorted(ours._adapterhub.adapters["x"].module_paths().values())
+    for path in paths:
+        module = theirs.base_model.model.get_submodule(path)
+        mine = our_lora_layer(ours, path)
+        torch.testing.assert_close(mine.lora_A, module.lora_A["default"].weight, atol=1e-5, rtol=0)
+        torch.testing.assert_close(mine.lora_B, module.lora_B["default"].weight, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            ours.get_submodule(path).weight, module.base_layer.weight, atol=1e-5, rtol=0
+        )  # the residual base W - s B A
+    torch.testing.assert_close(outputs(ours), outputs(theirs), atol=1e-5, rtol=0)
+    perturb_lora_b(theirs, ours)
+    torch.testing.assert_close(outputs(ours), outputs(theirs), atol=1e-5, rtol=0)
+
+
+def randomize_peft_lora(theirs, seed: int = 5, std: float = 0.3) -> None:
+    """Overwrite every LoRA parameter of peft model ``theirs`` (``lora_`` in its name; B starts at zero) with
+    seeded normal draws times ``std``, in parameter order."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in theirs.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
+def save_trained_with_residual(theirs, directory, residual):
+    """A base-modifying peft LoRA ``theirs`` "trained" (every ``lora_B`` moved by seeded noise), saved into
+    ``directory``, and its residual model: ``residual`` (a fresh copy of the original model) with each target's
+    weight replaced by peft's residual base. Returns ``residual``."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for path in peft_lora_paths(theirs):
+            b = theirs.base_model.model.get_submodule(path).lora_B["default"].weight
+            b.add_(torch.randn(b.shape, generator=generator) * 0.05)
+    theirs.save_pretrained(directory)
+    with torch.no_grad():
+        for path in peft_lora_paths(theirs):
+            residual.get_submodule(path).weight.copy_(
+                theirs.base_model.model.get_submodule(path).base_layer.weight
+            )
+    return residual

@@ -54,6 +54,20 @@ QUESTIONS = [
 ]
 
 
+def add_loras(model: Any, count: int) -> list[str]:
+    """Add ``count`` LoRAs ``lora0`` ... to ``model`` (under ``adapterhub.init``), each ``lora_B`` seeded normal
+    draws times 0.02 (so every adapter changes the outputs); returns their names."""
+    names = [f"lora{i}" for i in range(count)]
+    generator = torch.Generator().manual_seed(1)
+    for name in names:
+        model.add_adapter(name, "lora")
+        with torch.no_grad():
+            for key, param in model._store.adapters[name].named_parameters():
+                if "lora_B" in key:
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+    return names
+
+
 def chat_prompts(tokenizer: Any, n: int) -> list[list[int]]:
     out = []
     for i in range(n):
@@ -106,14 +120,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     adapterhub.init(model)
-    names = [f"lora{i}" for i in range(args.adapters)]
-    generator = torch.Generator().manual_seed(1)
-    for name in names:
-        model.add_adapter(name, "lora")
-        with torch.no_grad():
-            for key, param in model._store.adapters[name].named_parameters():
-                if "lora_B" in key:
-                    param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+    names = add_loras(model, args.adapters)
     prompts = chat_prompts(tokenizer, args.streams)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n, new = len(prompts), args.new

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import transformers
+from gen_engine_bench import add_loras  # type: ignore[import-not-found]
 
 import adapterhub
 from adapterhub.serving import GenerationEngine
@@ -50,18 +51,6 @@ def build_model(kind: str) -> tuple[Any, list[list[int]]]:
     folder = packaged_decoder_path()
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     return model, chat_prompts(AutoTokenizer.from_pretrained(folder), 64)
-
-
-def add_loras(model: Any, count: int) -> list[str]:
-    names = [f"lora{i}" for i in range(count)]
-    generator = torch.Generator().manual_seed(1)
-    for name in names:
-        model.add_adapter(name, "lora")
-        with torch.no_grad():
-            for key, param in model._store.adapters[name].named_parameters():
-                if "lora_B" in key:
-                    param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
-    return names
 
 
 def run(

@@ -95,6 +95,64 @@ def randomize(named_params, gen: torch.Generator):
             param.copy_(0.1 * noise if name.endswith("bias") or param.dim() == 1 else 0.2 * noise)
 
 
+def fresh_case_dir(out: Path, case: str) -> Path:
+    """``out/case``, emptied."""
+    case_dir = out / case
+    if case_dir.exists():
+        shutil.rmtree(case_dir)
+    case_dir.mkdir(parents=True)
+    return case_dir
+
+
+def add_random_adapter(base, arch: str, case: str, make_config, seed: int):
+    """Put ``base`` under ``adapters.init``, add adapter ``a`` (``make_config()``), activate it, overwrite its
+    parameters with seeded noise (:func:`randomize`) and set eval mode; returns ``(name, [(key, parameter)])``."""
+    adapters.init(base)
+    base.config.name_or_path = f"tiny-random-{arch}"
+    name = "a"
+    base.add_adapter(name, config=make_config())
+    base.set_active_adapters(name)
+    params = [(k, p) for k, p in base.named_parameters() if f".{name}." in k]
+    assert params, f"{case}: no adapter parameters"
+    randomize(params, torch.Generator().manual_seed(seed))
+    base.eval()
+    return name, params
+
+
+def write_expected(
+    base, case_dir: Path, case: str, arch: str, name: str, params, inputs, adapted, plain, **extra
+):
+    """Save adapter ``name`` of ``base`` into ``case_dir/adapter`` (no head) and write ``expected.json``: the inputs,
+    the outputs with and without the adapter, its parameter keys and config, the library versions and ``extra``."""
+    base.save_adapter(str(case_dir / "adapter"), name, with_head=False)
+    expected = {
+        "case": case,
+        "arch": arch,
+        "adapter_name": name,
+        **extra,
+        "inputs": {k: v.tolist() for k, v in inputs.items()},
+        **{k: v.tolist() for k, v in adapted.items()},
+        **{f"{k}_without_adapter": v.tolist() for k, v in plain.items()},
+        "adapter_keys": sorted(k for k, _ in params),
+        "config": json.loads((case_dir / "adapter" / "adapter_config.json").read_text())["config"],
+        "adapters_version": adapters.__version__,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+    }
+    (case_dir / "expected.json").write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n")
+
+
+def fixture_main(argv, description: str, cases: dict, run_case) -> int:
+    """The command line of a fixture script: ``--out``, ``--case`` (repeatable); ``run_case(out, case)`` for each."""
+    parser = argparse.ArgumentParser(description=description.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--case", action="append", choices=sorted(cases))
+    args = parser.parse_args(argv)
+    for case in args.case or list(cases):
+        run_case(args.out, case)
+    return 0
+
+
 CASES = {
     # case: (arch, config factory, seed)
     "vit_seq_bn": ("vit", lambda: SeqBnConfig(reduction_factor=4), 901),
@@ -119,52 +177,21 @@ CASES = {
 
 def run_case(out: Path, case: str) -> None:
     arch, make_config, seed = CASES[case]
-    case_dir = out / case
-    if case_dir.exists():
-        shutil.rmtree(case_dir)
-    case_dir.mkdir(parents=True)
+    case_dir = fresh_case_dir(out, case)
     base = make_base(arch, case_dir / "base")
     inputs = make_inputs(arch)
     plain = outputs(arch, base, inputs)
-    adapters.init(base)
-    base.config.name_or_path = f"tiny-random-{arch}"
-    name = "a"
-    base.add_adapter(name, config=make_config())
-    base.set_active_adapters(name)
-    params = [(k, p) for k, p in base.named_parameters() if f".{name}." in k]
-    assert params, f"{case}: no adapter parameters"
-    randomize(params, torch.Generator().manual_seed(seed))
-    base.eval()
+    name, params = add_random_adapter(base, arch, case, make_config, seed)
     adapted = outputs(arch, base, inputs)
     key = next(iter(adapted))
     effect = (adapted[key] - plain[key]).abs().max().item()
     assert effect > MIN_EFFECT, f"{case}: the adapter changes {key} by only {effect}"
-    base.save_adapter(str(case_dir / "adapter"), name, with_head=False)
-    expected = {
-        "case": case,
-        "arch": arch,
-        "adapter_name": name,
-        "inputs": {k: v.tolist() for k, v in inputs.items()},
-        **{k: v.tolist() for k, v in adapted.items()},
-        **{f"{k}_without_adapter": v.tolist() for k, v in plain.items()},
-        "adapter_keys": sorted(k for k, _ in params),
-        "config": json.loads((case_dir / "adapter" / "adapter_config.json").read_text())["config"],
-        "adapters_version": adapters.__version__,
-        "transformers_version": transformers.__version__,
-        "torch_version": torch.__version__,
-    }
-    (case_dir / "expected.json").write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n")
+    write_expected(base, case_dir, case, arch, name, params, inputs, adapted, plain)
     print(f"{case}: the adapter changes {key} by up to {effect:.4f}")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--case", action="append", choices=sorted(CASES))
-    args = parser.parse_args(argv)
-    for case in args.case or list(CASES):
-        run_case(args.out, case)
-    return 0
+    return fixture_main(argv, __doc__, CASES, run_case)
 
 
 if __name__ == "__main__":

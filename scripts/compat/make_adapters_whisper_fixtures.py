@@ -19,17 +19,13 @@ This script only uses ``adapters``, ``transformers`` and ``torch``; it never imp
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import sys
 from pathlib import Path
 
-import adapters
 import torch
 import transformers
 from adapters import LoRAConfig, PrefixTuningConfig, SeqBnConfig
-from make_adapters_vision_fixtures import randomize
+from make_adapters_vision_fixtures import add_random_adapter, fixture_main, fresh_case_dir, write_expected
 
 BASE_SEED = 1234
 INPUT_SEED = 4321
@@ -99,52 +95,21 @@ def outputs(model, inputs) -> dict:
 
 def run_case(out: Path, case: str) -> None:
     make_config, seed, *attn = CASES[case]
-    case_dir = out / case
-    if case_dir.exists():
-        shutil.rmtree(case_dir)
-    case_dir.mkdir(parents=True)
+    case_dir = fresh_case_dir(out, case)
     base = make_base(case_dir / "base", *attn)
     inputs = make_inputs()
     plain = outputs(base, inputs)
-    adapters.init(base)
-    base.config.name_or_path = "tiny-random-whisper"
-    name = "a"
-    base.add_adapter(name, config=make_config())
-    base.set_active_adapters(name)
-    params = [(k, p) for k, p in base.named_parameters() if f".{name}." in k]
-    assert params, f"{case}: no adapter parameters"
-    randomize(params, torch.Generator().manual_seed(seed))
-    base.eval()
+    name, params = add_random_adapter(base, "whisper", case, make_config, seed)
     adapted = outputs(base, inputs)
     effect = min((adapted[k] - plain[k]).abs().max().item() for k in OUTPUTS)
     assert effect > MIN_EFFECT, f"{case}: the adapter changes an output by only {effect}"
-    base.save_adapter(str(case_dir / "adapter"), name, with_head=False)
-    expected = {
-        "case": case,
-        "arch": "whisper",
-        "adapter_name": name,
-        "attn_implementation": attn[0] if attn else None,
-        "inputs": {k: v.tolist() for k, v in inputs.items()},
-        **{k: v.tolist() for k, v in adapted.items()},
-        **{f"{k}_without_adapter": v.tolist() for k, v in plain.items()},
-        "adapter_keys": sorted(k for k, _ in params),
-        "config": json.loads((case_dir / "adapter" / "adapter_config.json").read_text())["config"],
-        "adapters_version": adapters.__version__,
-        "transformers_version": transformers.__version__,
-        "torch_version": torch.__version__,
-    }
-    (case_dir / "expected.json").write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n")
+    extra = {"attn_implementation": attn[0] if attn else None}
+    write_expected(base, case_dir, case, "whisper", name, params, inputs, adapted, plain, **extra)
     print(f"{case}: the adapter changes logits and encoder states by at least {effect:.4f}")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--case", action="append", choices=sorted(CASES))
-    args = parser.parse_args(argv)
-    for case in args.case or list(CASES):
-        run_case(args.out, case)
-    return 0
+    return fixture_main(argv, __doc__, CASES, run_case)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,16 @@
 same last hidden states (to float rounding: the fixtures were computed by transformers 4.57 on another CPU, whose
 kernels may sum in another order), and are written back in its layout key for key."""
 
-import json
-
 import torch
 
-from golden import FIXTURES, check_adapters_library_loads, hidden, load_golden, needs_adapters_venv
+from golden import (
+    FIXTURES,
+    check_adapters_library_loads,
+    check_written_in_their_layout,
+    hidden,
+    load_golden,
+    needs_adapters_venv,
+)
 
 CASE = "bert_seq_bn_inv"
 
@@ -27,14 +32,7 @@ def test_their_invertible_adapter_loads_with_identical_outputs():
 
 def test_written_in_their_layout_key_for_key(tmp_path):
     model, inputs, expected = load_golden(CASE)
-    name = model.load_adapter(FIXTURES / CASE / "adapter")
-    model.save_adapter(tmp_path / "theirs", name, layout="adapters")
-    theirs = torch.load(tmp_path / "theirs" / "pytorch_adapter.bin", weights_only=True)
-    original = torch.load(FIXTURES / CASE / "adapter" / "pytorch_adapter.bin", weights_only=True)
-    assert sorted(theirs) == sorted(original)
-    assert all(torch.equal(theirs[k], original[k]) for k in original)
-    written = json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())
-    assert written["config"] == expected["config"]
+    check_written_in_their_layout(model, CASE, tmp_path / "theirs", expected)
     fresh, _, _ = load_golden(CASE)
     fresh.load_adapter(tmp_path / "theirs", set_active=True)
     _same(hidden(fresh, **inputs), expected["last_hidden_state"])

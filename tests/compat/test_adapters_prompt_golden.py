@@ -2,13 +2,18 @@
 P + T positions, as that library returns them), and is written back in its layout. The fixture was made with eager
 attention: under sdpa that library lets the prompt positions of a padded row attend to its padding (docs/methods.md)."""
 
-import json
-
 import pytest
 import torch
 import transformers
 
-from golden import FIXTURES, check_adapters_library_loads, hidden, load_golden, needs_adapters_venv
+from golden import (
+    FIXTURES,
+    check_adapters_library_loads,
+    check_written_in_their_layout,
+    hidden,
+    load_golden,
+    needs_adapters_venv,
+)
 
 CASE = "bert_prompt_tuning"
 pytestmark = pytest.mark.skipif(
@@ -39,14 +44,7 @@ def test_their_prompt_loads_with_the_same_outputs(attn):
 
 def test_written_in_their_layout(tmp_path):
     model, _, expected = load_golden(CASE, "eager")
-    name = model.load_adapter(FIXTURES / CASE / "adapter")
-    model.save_adapter(tmp_path / "theirs", name, layout="adapters")
-    theirs = torch.load(tmp_path / "theirs" / "pytorch_adapter.bin", weights_only=True)
-    original = torch.load(FIXTURES / CASE / "adapter" / "pytorch_adapter.bin", weights_only=True)
-    assert sorted(theirs) == sorted(original)
-    assert all(torch.equal(theirs[k], original[k]) for k in original)
-    written = json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())
-    assert written["config"] == expected["config"]
+    check_written_in_their_layout(model, CASE, tmp_path / "theirs", expected)
 
 
 @needs_adapters_venv

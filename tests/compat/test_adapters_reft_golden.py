@@ -4,13 +4,18 @@ and without a mask), writes them back in that layout key for key, and that libra
 same outputs. Its saved DiReFT loses ``subtract_projection`` (that library reloads it with the projection
 subtracted): we read it as it does, and our DiReFT computes its pre-save outputs from the same weights."""
 
-import json
-
 import pytest
 import torch
 
 from adapterhub.errors import ConfigError
-from golden import FIXTURES, check_adapters_library_loads, hidden, load_golden, needs_adapters_venv
+from golden import (
+    FIXTURES,
+    check_adapters_library_loads,
+    check_written_in_their_layout,
+    hidden,
+    load_golden,
+    needs_adapters_venv,
+)
 
 CASES = {"bert_loreft": None, "gpt2_loreft": "eager", "llama_noreft": "eager", "bert_direft": None}
 
@@ -57,14 +62,7 @@ def test_our_direft_computes_what_theirs_did_before_saving(tmp_path):
 @pytest.mark.parametrize("case", ["bert_loreft", "llama_noreft"])
 def test_written_in_their_layout(tmp_path, case):
     model, _, expected = load_golden(case, CASES[case])
-    name = model.load_adapter(FIXTURES / case / "adapter")
-    model.save_adapter(tmp_path / "theirs", name, layout="adapters")
-    theirs = torch.load(tmp_path / "theirs" / "pytorch_adapter.bin", weights_only=True)
-    original = torch.load(FIXTURES / case / "adapter" / "pytorch_adapter.bin", weights_only=True)
-    assert sorted(theirs) == sorted(original)
-    assert all(torch.equal(theirs[k], original[k]) for k in original)
-    written = json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())
-    assert written["config"] == expected["config"]
+    check_written_in_their_layout(model, case, tmp_path / "theirs", expected)
 
 
 @needs_adapters_venv

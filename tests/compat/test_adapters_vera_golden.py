@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from adapterhub.errors import ConfigError
-from golden import FIXTURES, check_adapters_library_loads, hidden, load_golden, needs_adapters_venv
+from golden import (
+    FIXTURES,
+    check_adapters_library_loads,
+    check_written_in_their_layout,
+    hidden,
+    load_golden,
+    needs_adapters_venv,
+)
 
 CASES = {"bert_vera": None, "llama_vera": "eager", "gpt2_vera": "eager"}
 
@@ -43,14 +50,7 @@ def test_matrix_form_merges_to_the_same_outputs():
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_written_in_their_layout(tmp_path, case):
     model, _, expected = load_golden(case, CASES[case])
-    name = model.load_adapter(FIXTURES / case / "adapter")
-    model.save_adapter(tmp_path / "theirs", name, layout="adapters")
-    theirs = torch.load(tmp_path / "theirs" / "pytorch_adapter.bin", weights_only=True)
-    original = torch.load(FIXTURES / case / "adapter" / "pytorch_adapter.bin", weights_only=True)
-    assert sorted(theirs) == sorted(original)
-    assert all(torch.equal(theirs[k], original[k]) for k in original)
-    written = json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())
-    assert written["config"] == expected["config"]
+    name = check_written_in_their_layout(model, case, tmp_path / "theirs", expected)
     # read back by ours: the same adapter
     again = model.load_adapter(tmp_path / "theirs", load_as="again")
     state = model._adapterhub.adapters

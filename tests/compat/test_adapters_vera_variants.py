@@ -12,13 +12,30 @@ import pytest
 import torch
 
 from adapterhub.errors import ConfigError
-from golden import FIXTURES, check_adapters_library_loads, hidden, load_golden, needs_adapters_venv
+from golden import (
+    FIXTURES,
+    check_adapters_library_loads,
+    check_written_in_their_layout,
+    hidden,
+    load_golden,
+    needs_adapters_venv,
+)
 
 GATED = {"bert_vera_gated": None}
 
 
 def _close(got: torch.Tensor, want: list) -> None:
     torch.testing.assert_close(got, torch.tensor(want), atol=1e-5, rtol=1e-4)
+
+
+def _check_reads_back_in_both_layouts(model, tmp_path, inputs, expected) -> None:
+    """What we wrote in their layout (``tmp_path/theirs``) reads back with the fixture's outputs, and so does it
+    saved again in ours."""
+    model.load_adapter(tmp_path / "theirs", load_as="again", set_active=True)
+    _close(hidden(model, **inputs), expected["last_hidden_state"])
+    model.save_adapter(tmp_path / "ours", "again")  # our layout round trip
+    model.load_adapter(tmp_path / "ours", load_as="ours", set_active=True)
+    _close(hidden(model, **inputs), expected["last_hidden_state"])
 
 
 @pytest.mark.parametrize("case", sorted(GATED))
@@ -54,19 +71,8 @@ def test_the_gate_is_what_scales_the_update():
 @pytest.mark.parametrize("case", sorted(GATED))
 def test_gated_written_in_their_layout(tmp_path, case):
     model, inputs, expected = load_golden(case, GATED[case])
-    name = model.load_adapter(FIXTURES / case / "adapter")
-    model.save_adapter(tmp_path / "theirs", name, layout="adapters")
-    theirs = torch.load(tmp_path / "theirs" / "pytorch_adapter.bin", weights_only=True)
-    original = torch.load(FIXTURES / case / "adapter" / "pytorch_adapter.bin", weights_only=True)
-    assert sorted(theirs) == sorted(original)
-    assert all(torch.equal(theirs[k], original[k]) for k in original)
-    written = json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())
-    assert written["config"] == expected["config"]
-    again = model.load_adapter(tmp_path / "theirs", load_as="again", set_active=True)
-    _close(hidden(model, **inputs), expected["last_hidden_state"])
-    model.save_adapter(tmp_path / "ours", again)  # our layout round trip
-    model.load_adapter(tmp_path / "ours", load_as="ours", set_active=True)
-    _close(hidden(model, **inputs), expected["last_hidden_state"])
+    check_written_in_their_layout(model, case, tmp_path / "theirs", expected)
+    _check_reads_back_in_both_layouts(model, tmp_path, inputs, expected)
 
 
 @needs_adapters_venv
@@ -196,19 +202,8 @@ def test_a_new_dvora_starts_at_the_weight_norm_and_the_identity():
 @pytest.mark.parametrize("case", sorted(DORA))
 def test_dvora_written_in_their_layout(tmp_path, case):
     model, inputs, expected = load_golden(case, DORA[case])
-    name = model.load_adapter(FIXTURES / case / "adapter")
-    model.save_adapter(tmp_path / "theirs", name, layout="adapters")
-    theirs = torch.load(tmp_path / "theirs" / "pytorch_adapter.bin", weights_only=True)
-    original = torch.load(FIXTURES / case / "adapter" / "pytorch_adapter.bin", weights_only=True)
-    assert sorted(theirs) == sorted(original)
-    assert all(torch.equal(theirs[k], original[k]) for k in original)
-    written = json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())
-    assert written["config"] == expected["config"]
-    model.load_adapter(tmp_path / "theirs", load_as="again", set_active=True)
-    _close(hidden(model, **inputs), expected["last_hidden_state"])
-    model.save_adapter(tmp_path / "ours", "again")
-    model.load_adapter(tmp_path / "ours", load_as="ours", set_active=True)
-    _close(hidden(model, **inputs), expected["last_hidden_state"])
+    check_written_in_their_layout(model, case, tmp_path / "theirs", expected)
+    _check_reads_back_in_both_layouts(model, tmp_path, inputs, expected)
 
 
 @needs_adapters_venv

@@ -11,32 +11,31 @@ we write, in .venv-adapters) is skipped with a reason when that environment is a
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-import transformers
-from safetensors.torch import load_file
 
-import adapterhub
 from adapterhub.errors import ConfigError
-from golden import FIXTURES, needs_adapters_venv, run_in_adapters_venv
+from golden import (
+    FIXTURES,
+    check_library_reproduces_ours,
+    check_written_keys_and_read_back,
+    load_inputs_case,
+    needs_adapters_venv,
+    run_in_adapters_venv,
+)
 from tiny_models import perturb
 
 VIT = ["vit_seq_bn", "vit_double_seq_bn", "vit_lora_qkv_ffn"]
 
 
 def load_case(case: str):
-    expected = json.loads((FIXTURES / case / "expected.json").read_text())
-    model = adapterhub.init(transformers.AutoModel.from_pretrained(FIXTURES / case / "base").eval())
-    inputs = {key: torch.tensor(value) for key, value in expected["inputs"].items()}
-    return model, inputs, expected
+    return load_inputs_case(case)
 
 
-def their_weights(directory: Path) -> dict[str, torch.Tensor]:
-    if (directory / "adapter.safetensors").exists():
-        return load_file(directory / "adapter.safetensors")
-    return torch.load(directory / "pytorch_adapter.bin", weights_only=True)
+def vit_outputs(model, inputs) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return {"last_hidden_state": model(**inputs).last_hidden_state}
 
 
 @pytest.mark.parametrize("case", VIT)
@@ -57,24 +56,11 @@ def test_vit_adapters_saved_by_that_library_give_its_outputs(case):
 
 @pytest.mark.parametrize("case", VIT)
 def test_vit_written_in_their_layout_has_their_keys_and_reads_back(case, tmp_path):
-    model, inputs, expected = load_case(case)
-    name = model.load_adapter(FIXTURES / case / "adapter", set_active=True)
-    with torch.no_grad():
-        ours = model(**inputs).last_hidden_state
-    model.save_adapter(tmp_path / "theirs", name, layout="adapters", with_head=False)
     # we write for their ViTAdapterModel (its body under ``vit.``); the fixture was saved from a plain ViTModel
-    written = {k.removeprefix("vit."): v for k, v in their_weights(tmp_path / "theirs").items()}
-    original = their_weights(FIXTURES / case / "adapter")
-    assert sorted(written) == sorted(original)  # their module paths (4.57 names), key for key
-    for key, tensor in original.items():
-        assert torch.equal(written[key], tensor), key
-    config = json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())["config"]
+    config = check_written_keys_and_read_back(load_case, vit_outputs, case, tmp_path / "theirs", "vit.")
+    expected = json.loads((FIXTURES / case / "expected.json").read_text())
     for key in ("architecture", "reduction_factor", "r", "alpha", "attn_matrices", "output_lora"):
         assert config.get(key) == expected["config"].get(key), key
-    fresh, _, _ = load_case(case)
-    fresh.load_adapter(tmp_path / "theirs", set_active=True)
-    with torch.no_grad():
-        assert torch.equal(fresh(**inputs).last_hidden_state, ours)
 
 
 THEIR_VIT_LOAD = """
@@ -139,20 +125,8 @@ def test_clip_adapters_saved_by_that_library_give_its_outputs_on_both_towers(cas
 
 @pytest.mark.parametrize("case", CLIP)
 def test_clip_written_in_their_layout_has_their_keys_and_reads_back(case, tmp_path):
-    model, inputs, _ = load_case(case)
-    name = model.load_adapter(FIXTURES / case / "adapter", set_active=True)
-    ours = clip_outputs(model, inputs)
-    model.save_adapter(tmp_path / "theirs", name, layout="adapters", with_head=False)
     # we write for their CLIPAdapterModel (its body under ``clip.``); the fixture was saved from a plain CLIPModel
-    written = {k.removeprefix("clip."): v for k, v in their_weights(tmp_path / "theirs").items()}
-    original = their_weights(FIXTURES / case / "adapter")
-    assert sorted(written) == sorted(original)
-    for key, tensor in original.items():
-        assert torch.equal(written[key], tensor), key
-    fresh, _, _ = load_case(case)
-    fresh.load_adapter(tmp_path / "theirs", set_active=True)
-    for key, value in clip_outputs(fresh, inputs).items():
-        assert torch.equal(value, ours[key]), key
+    check_written_keys_and_read_back(load_case, clip_outputs, case, tmp_path / "theirs", "clip.")
 
 
 def test_clip_methods_that_layout_cannot_carry_on_two_stacks_are_refused_by_name(tmp_path):
@@ -162,22 +136,6 @@ def test_clip_methods_that_layout_cannot_carry_on_two_stacks_are_refused_by_name
         model.save_adapter(tmp_path / "p", "p", layout="adapters")
 
 
-THEIR_CLIP_LOAD = """
-import json, sys, torch, adapters, transformers
-fixture, directory, outputs = sys.argv[1:]
-inputs = {k: torch.tensor(v) for k, v in json.loads(open(fixture + "/expected.json").read())["inputs"].items()}
-model = transformers.CLIPModel.from_pretrained(fixture + "/base").eval()
-adapters.init(model)
-model.set_active_adapters(model.load_adapter(directory))
-with torch.no_grad():
-    out = model(**inputs)
-ours = json.loads(open(outputs).read())
-diff = max((getattr(out, k) - torch.tensor(v)).abs().max().item() for k, v in ours.items())
-print(diff)
-sys.exit(0 if diff < 1e-5 else 1)
-"""
-
-
 @needs_adapters_venv
 @pytest.mark.parametrize("config", ["houlsby[reduction_factor=4]", "lora[targets=[q,k,v,ffn_in,ffn_out]]"])
 def test_that_library_loads_our_clip_adapters_with_our_outputs(config, tmp_path):
@@ -185,8 +143,4 @@ def test_that_library_loads_our_clip_adapters_with_our_outputs(config, tmp_path)
     model.add_adapter("ours", config=config, set_active=True)
     perturb(model._adapterhub.adapters["ours"], std=0.2)
     ours = clip_outputs(model, inputs)
-    model.save_adapter(tmp_path / "adapter", "ours", layout="adapters", with_head=False)
-    (tmp_path / "ours.json").write_text(json.dumps({k: v.tolist() for k, v in ours.items()}))
-    run_in_adapters_venv(
-        THEIR_CLIP_LOAD, str(FIXTURES / "clip_seq_bn"), str(tmp_path / "adapter"), str(tmp_path / "ours.json")
-    )
+    check_library_reproduces_ours(model, "ours", "clip_seq_bn", tmp_path, ours, "CLIPModel")

@@ -15,16 +15,20 @@ one under sdpa and eager)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import transformers
-from safetensors.torch import load_file
 
-import adapterhub
 from adapterhub.errors import ConfigError
-from golden import FIXTURES, needs_adapters_venv, run_in_adapters_venv
+from golden import (
+    FIXTURES,
+    check_library_reproduces_ours,
+    check_written_keys_and_read_back,
+    load_inputs_case,
+    needs_adapters_venv,
+    their_weights,
+)
 from tiny_models import perturb
 
 CASES = ["whisper_seq_bn", "whisper_lora_qkv_ffn"]
@@ -34,22 +38,13 @@ TOLERANCE = 1e-4
 
 
 def load_case(case: str):
-    expected = json.loads((FIXTURES / case / "expected.json").read_text())
-    base = transformers.WhisperForConditionalGeneration.from_pretrained(FIXTURES / case / "base").eval()
-    inputs = {key: torch.tensor(value) for key, value in expected["inputs"].items()}
-    return adapterhub.init(base), inputs, expected
+    return load_inputs_case(case, transformers.WhisperForConditionalGeneration)
 
 
 def whisper_outputs(model, inputs) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         out = model(**inputs)
     return {key: getattr(out, key) for key in OUTPUTS}
-
-
-def their_weights(directory: Path) -> dict[str, torch.Tensor]:
-    if (directory / "adapter.safetensors").exists():
-        return load_file(directory / "adapter.safetensors")
-    return torch.load(directory / "pytorch_adapter.bin", weights_only=True)
 
 
 @pytest.mark.parametrize("case", READ_CASES)
@@ -76,19 +71,8 @@ def test_whisper_lora_from_that_library_covers_the_cross_attention():
 
 @pytest.mark.parametrize("case", CASES)
 def test_whisper_written_in_their_layout_has_their_keys_and_reads_back(case, tmp_path):
-    model, inputs, _ = load_case(case)
-    name = model.load_adapter(FIXTURES / case / "adapter", set_active=True)
-    ours = whisper_outputs(model, inputs)
-    model.save_adapter(tmp_path / "theirs", name, layout="adapters", with_head=False)
-    written = their_weights(tmp_path / "theirs")
-    original = their_weights(FIXTURES / case / "adapter")
-    assert sorted(written) == sorted(original)  # both stacks under their own paths, key for key
-    for key, tensor in original.items():
-        assert torch.equal(written[key], tensor), key
-    fresh, _, _ = load_case(case)
-    fresh.load_adapter(tmp_path / "theirs", set_active=True)
-    for key, value in whisper_outputs(fresh, inputs).items():
-        assert torch.equal(value, ours[key]), key
+    # both stacks under their own paths, key for key
+    check_written_keys_and_read_back(load_case, whisper_outputs, case, tmp_path / "theirs")
 
 
 def test_whisper_prefix_from_that_library_is_read_flat_and_written_back_flat(tmp_path):
@@ -130,26 +114,6 @@ def test_whisper_methods_that_layout_cannot_carry_are_refused_by_name(tmp_path):
         model.save_adapter(tmp_path / "x", "x", layout="adapters")
 
 
-THEIR_LOAD = """
-import json, sys, torch, adapters, transformers
-fixture, directory, outputs = sys.argv[1:]
-inputs = {k: torch.tensor(v) for k, v in json.loads(open(fixture + "/expected.json").read())["inputs"].items()}
-# eager: under its default sdpa that library's prefixed decoder self-attention gives other outputs than its own
-# eager path (docs/compat.md, Whisper cases); bottleneck adapters and LoRA agree under either
-model = transformers.WhisperForConditionalGeneration.from_pretrained(
-    fixture + "/base", attn_implementation="eager"
-).eval()
-adapters.init(model)
-model.set_active_adapters(model.load_adapter(directory))
-with torch.no_grad():
-    out = model(**inputs)
-ours = json.loads(open(outputs).read())
-diff = max((getattr(out, k) - torch.tensor(v)).abs().max().item() for k, v in ours.items())
-print(diff)
-sys.exit(0 if diff < 1e-4 else 1)
-"""
-
-
 @needs_adapters_venv
 @pytest.mark.parametrize(
     "config",
@@ -166,10 +130,10 @@ def test_that_library_loads_our_whisper_adapters_with_our_outputs(config, tmp_pa
     model.add_adapter("ours", config=config, set_active=True)
     perturb(model._adapterhub.adapters["ours"], std=0.2)
     ours = whisper_outputs(model, inputs)
-    model.save_adapter(tmp_path / "adapter", "ours", layout="adapters", with_head=False)
-    (tmp_path / "ours.json").write_text(json.dumps({k: v.tolist() for k, v in ours.items()}))
-    run_in_adapters_venv(
-        THEIR_LOAD, str(FIXTURES / "whisper_seq_bn"), str(tmp_path / "adapter"), str(tmp_path / "ours.json")
+    # eager on their side: under its default sdpa that library's prefixed decoder self-attention gives other outputs
+    # than its own eager path (docs/compat.md, Whisper cases); bottleneck adapters and LoRA agree under either
+    check_library_reproduces_ours(
+        model, "ours", "whisper_seq_bn", tmp_path, ours, "WhisperForConditionalGeneration", "eager", 1e-4
     )
 
 

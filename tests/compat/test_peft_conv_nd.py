@@ -8,6 +8,7 @@ from torch import nn
 
 import adapterhub
 from adapterhub.errors import ConfigError
+from method_checks import randomize_peft_lora
 
 peft = pytest.importorskip(
     "peft", reason="peft is not installed (pip install -e '.[dev]' -c constraints.txt)"
@@ -70,12 +71,27 @@ def _peft_model(kind: str, **options: object) -> nn.Module:
     theirs = peft.get_peft_model(
         _model(kind), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["conv1", "conv2"], **options)
     )
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, param in theirs.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    randomize_peft_lora(theirs)
     return theirs.eval()
+
+
+def _check_peft_files_and_merged(
+    tmp_path, kind: str, theirs, ours, x: torch.Tensor, adapted: torch.Tensor
+) -> None:
+    """Ours (adapter ``p`` active, giving ``adapted`` on ``x``) written in peft's layout loads in peft with the same
+    outputs; merged, the model's kernels equal peft's merged ones and the outputs stay."""
+    ours.save_adapter(tmp_path / "x", "p", layout="peft")
+    back = peft.PeftModel.from_pretrained(_model(kind), tmp_path / "x").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), adapted, atol=1e-5, rtol=0)
+    ours.merge_adapter("p")
+    merged = theirs.merge_and_unload()
+    for name in ("conv1", "conv2"):
+        torch.testing.assert_close(
+            ours.get_submodule(name).weight, merged.get_submodule(name).weight, atol=1e-5, rtol=0
+        )
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), adapted, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("kind", list(CASES))
@@ -99,20 +115,8 @@ def test_conv_nd_lora_matches_peft_both_ways_and_merges(tmp_path, kind, rslora):
     assert not torch.allclose(adapted, plain, atol=1e-3)
     torch.testing.assert_close(adapted, expected, atol=1e-5, rtol=0)
 
-    ours.save_adapter(tmp_path / "x", "p", layout="peft")
-    back = peft.PeftModel.from_pretrained(_model(kind), tmp_path / "x").eval()
-    with torch.no_grad():
-        torch.testing.assert_close(back(x), adapted, atol=1e-5, rtol=0)
-
-    # merging: the model's kernels equal peft's merged ones, and unmerging restores them
-    ours.merge_adapter("p")
-    merged = theirs.merge_and_unload()
-    for name in ("conv1", "conv2"):
-        torch.testing.assert_close(
-            ours.get_submodule(name).weight, merged.get_submodule(name).weight, atol=1e-5, rtol=0
-        )
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), adapted, atol=1e-5, rtol=0)
+    _check_peft_files_and_merged(tmp_path, kind, theirs, ours, x, adapted)
+    # unmerging restores the kernels
     ours.unmerge_adapter("p")
     torch.testing.assert_close(ours.conv1.weight, _model(kind).conv1.weight, atol=1e-6, rtol=0)
 
@@ -140,18 +144,7 @@ def test_conv_dora_matches_peft_both_ways_merges_and_trains(tmp_path, kind):
     with torch.no_grad():
         adapted = ours(x)
     torch.testing.assert_close(adapted, expected, atol=1e-5, rtol=0)
-    ours.save_adapter(tmp_path / "x", "p", layout="peft")
-    back = peft.PeftModel.from_pretrained(_model(kind), tmp_path / "x").eval()
-    with torch.no_grad():
-        torch.testing.assert_close(back(x), adapted, atol=1e-5, rtol=0)
-    ours.merge_adapter("p")
-    merged = theirs.merge_and_unload()
-    for name in ("conv1", "conv2"):
-        torch.testing.assert_close(
-            ours.get_submodule(name).weight, merged.get_submodule(name).weight, atol=1e-5, rtol=0
-        )
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), adapted, atol=1e-5, rtol=0)
+    _check_peft_files_and_merged(tmp_path, kind, theirs, ours, x, adapted)
     ours.unmerge_adapter("p")
     torch.testing.assert_close(ours.conv2.weight, _model(kind).conv2.weight, atol=1e-5, rtol=0)
 
@@ -281,11 +274,8 @@ def test_grouped_conv_lora_matches_peft_and_refuses_merging(tmp_path):
     """A grouped convolution (peft: ``lora_B`` grouped as the module, rank divisible by groups, no merge)."""
     x = torch.randn(3, 4, 11, generator=torch.Generator().manual_seed(3))
     theirs = peft.get_peft_model(_grouped(), peft.LoraConfig(r=4, lora_alpha=4, target_modules=["conv"]))
-    generator = torch.Generator().manual_seed(5)
+    randomize_peft_lora(theirs)
     with torch.no_grad():
-        for name, param in theirs.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
         expected = theirs.eval()(x)
     theirs.save_pretrained(tmp_path / "p")
     ours = adapterhub.init(_grouped())

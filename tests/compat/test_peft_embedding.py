@@ -7,6 +7,7 @@ import torch
 import adapterhub
 from adapterhub.errors import ConfigError
 from adapterhub.spec.composition import BatchSplit
+from method_checks import randomize_peft_lora
 from tiny_models import build, make_inputs, perturb
 
 peft = pytest.importorskip(
@@ -73,11 +74,7 @@ def test_peft_embed_tokens_round_trip(tmp_path):
         build("llama", "causal_lm"),
         peft.LoraConfig(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"]),
     ).eval()
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, param in theirs.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    randomize_peft_lora(theirs)
     theirs.save_pretrained(tmp_path / "p")
     inputs = make_inputs()
     ours = adapterhub.init(build("llama", "causal_lm")).eval()

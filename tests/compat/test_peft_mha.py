@@ -14,6 +14,7 @@ from torch import nn
 import adapterhub
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.methods.lora_mha import AttentionModuleInputs, attention_with
+from method_checks import randomize_peft_lora
 
 peft = pytest.importorskip(
     "peft", reason="peft is not installed (pip install -e '.[dev]' -c constraints.txt)"
@@ -53,11 +54,7 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def _peft(batch_first: bool, **options: object) -> nn.Module:
     config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["attn", "cross"], **options)
     theirs = peft.get_peft_model(_model(batch_first), config)
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, param in theirs.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    randomize_peft_lora(theirs)
     return theirs.eval()
 
 

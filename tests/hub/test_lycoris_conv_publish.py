@@ -158,21 +158,28 @@ def test_peft_layout_conv_lycoris_matches_peft_and_publishes(live, tmp_path, con
     torch.testing.assert_close(_out(target, inputs), expected, atol=1e-6, rtol=0)
 
 
-def test_peft_own_loha_conv_folder_publishes_and_gives_peft_outputs(live, tmp_path):
-    """A folder peft wrote (no declared convolution): LoHa's factors read as a linear update of the flattened
-    width, validated so; loaded into the model (which knows it is a Conv2d) it gives peft's outputs."""
+def _peft_folder(directory, config_class: str):
+    """peft's own LoHa / LoKr (``config_class``, random factors) on ViT's patch projection and ``q_proj``, saved into
+    ``directory``: ``(pixel inputs, peft's outputs on them)``."""
     peft = pytest.importorskip("peft")
     theirs = peft.get_peft_model(
         build("vit", "base"),
-        peft.LoHaConfig(r=2, alpha=4, target_modules=["projection", "q_proj"], init_weights=False),
+        getattr(peft, config_class)(
+            r=2, alpha=4, target_modules=["projection", "q_proj"], init_weights=False
+        ),
     ).eval()
-    theirs.save_pretrained(tmp_path / "p")
+    theirs.save_pretrained(directory)
     inputs = make_pixel_inputs()
-    expected = _out(theirs, inputs)
-    manifest = inspect_adapter_dir(tmp_path / "p", model_type="vit")
+    return inputs, _out(theirs, inputs)
+
+
+def _check_published_as_linear_with_peft_outputs(live, directory, inputs, expected) -> None:
+    """The folder's manifest reads the convolution as a linear update of the flattened width (48 -> 32); pushed and
+    loaded by name into the model, it gives peft's ``expected`` outputs."""
+    manifest = inspect_adapter_dir(directory, model_type="vit")
     assert [(m.kind, m.d_in, m.d_out) for m in manifest.modules if m.path == PATH] == [("linear", 48, 32)]
     client.push_adapter_dir(
-        tmp_path / "p",
+        directory,
         owner="alice",
         name="p",
         task="sentiment",
@@ -183,6 +190,13 @@ def test_peft_own_loha_conv_folder_publishes_and_gives_peft_outputs(live, tmp_pa
     target = _model()
     target.load_adapter("@alice/p", set_active=True)
     torch.testing.assert_close(_out(target, inputs), expected, atol=1e-5, rtol=0)
+
+
+def test_peft_own_loha_conv_folder_publishes_and_gives_peft_outputs(live, tmp_path):
+    """A folder peft wrote (no declared convolution): LoHa's factors read as a linear update of the flattened
+    width, validated so; loaded into the model (which knows it is a Conv2d) it gives peft's outputs."""
+    inputs, expected = _peft_folder(tmp_path / "p", "LoHaConfig")
+    _check_published_as_linear_with_peft_outputs(live, tmp_path / "p", inputs, expected)
 
 
 def test_a_model_whose_convolution_differs_with_the_same_flattened_width_is_refused(tmp_path):
@@ -202,30 +216,10 @@ def test_peft_own_factored_lokr_conv_folder_publishes_and_gives_peft_outputs(liv
     flattened kernel of a convolution peft's rules allow and validates the folder as it is (its manifest module a
     linear update of the flattened width, as for LoHa). Loaded into the model it gives peft's outputs; factors that
     are neither a linear layer's nor a convolution's are still refused."""
-    peft = pytest.importorskip("peft")
-    theirs = peft.get_peft_model(
-        build("vit", "base"),
-        peft.LoKrConfig(r=2, alpha=4, target_modules=["projection", "q_proj"], init_weights=False),
-    ).eval()
-    theirs.save_pretrained(tmp_path / "p")
-    inputs = make_pixel_inputs()
-    expected = _out(theirs, inputs)
+    inputs, expected = _peft_folder(tmp_path / "p", "LoKrConfig")
     weights = load_file(tmp_path / "p" / "adapter_model.safetensors")
     assert weights[f"base_model.model.{PATH}.lokr_w1"].shape == (4, 1)
-    manifest = inspect_adapter_dir(tmp_path / "p", model_type="vit")
-    assert [(m.kind, m.d_in, m.d_out) for m in manifest.modules if m.path == PATH] == [("linear", 48, 32)]
-    client.push_adapter_dir(
-        tmp_path / "p",
-        owner="alice",
-        name="p",
-        task="sentiment",
-        subtask="sst-2",
-        token=live.tokens["alice"],
-        model_type="vit",
-    )
-    target = _model()
-    target.load_adapter("@alice/p", set_active=True)
-    torch.testing.assert_close(_out(target, inputs), expected, atol=1e-5, rtol=0)
+    _check_published_as_linear_with_peft_outputs(live, tmp_path / "p", inputs, expected)
     # W1 (4, 7), W2b (2, 4): peft splits no width as 7 · d with d <= 4 (the smaller factor comes first), so these
     # are neither a linear layer's factors nor a convolution's
     weights[f"base_model.model.{PATH}.lokr_w1"] = torch.zeros(4, 7)

@@ -10,8 +10,13 @@ import torch
 
 import adapterhub
 from adapterhub.errors import ConfigError
-from adapterhub.methods.base import MODULE_LAYER
 from adapterhub.spec.configs import LoRAConfig
+from method_checks import (
+    check_base_init_matches_peft,
+    peft_lora_paths,
+    perturb_lora_b,
+    save_trained_with_residual,
+)
 from tiny_models import build
 
 peft = pytest.importorskip(
@@ -67,54 +72,17 @@ def pair(arch: str, method: str = "ipm", r: int = 4, alpha: float = 8, data=None
     return theirs, ours.eval()
 
 
-def lora_paths(theirs) -> list[str]:
-    return [
-        name
-        for name, module in theirs.base_model.model.named_modules()
-        if hasattr(module, "lora_A") and "default" in module.lora_A
-    ]
-
-
-def our_layer(ours, path: str):
-    adapter = ours._adapterhub.adapters["x"]
-    [(layer, point)] = [key for key, p in adapter.module_paths().items() if p == path]
-    return adapter.layer_at(layer, ("module", path) if layer == MODULE_LAYER else point)
-
-
 def outputs(model, seed: int = 9) -> torch.Tensor:
     inputs = {"input_ids": torch.randint(3, 99, (2, 7), generator=torch.Generator().manual_seed(seed))}
     with torch.no_grad():
         return model(**inputs).last_hidden_state
 
 
-def perturb_b(theirs, ours, seed: int = 7) -> None:
-    """The same change of every B in both (training's stand-in: outputs then differ from the base's)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for path in sorted(lora_paths(theirs)):
-            mine = our_layer(ours, path)
-            delta = torch.randn(mine.lora_B.shape, generator=generator) * 0.05
-            mine.lora_B.add_(delta)
-            theirs.base_model.model.get_submodule(path).lora_B["default"].weight.add_(delta)
-
-
 @pytest.mark.parametrize("arch", ["llama", "bert"])
 @pytest.mark.parametrize("method", ["ipm", "kpm"])
 def test_corda_equals_peft(arch, method):
     theirs, ours = pair(arch, method)
-    paths = lora_paths(theirs)
-    assert sorted(paths) == sorted(ours._adapterhub.adapters["x"].module_paths().values())
-    for path in paths:
-        module = theirs.base_model.model.get_submodule(path)
-        mine = our_layer(ours, path)
-        torch.testing.assert_close(mine.lora_A, module.lora_A["default"].weight, atol=1e-5, rtol=0)
-        torch.testing.assert_close(mine.lora_B, module.lora_B["default"].weight, atol=1e-5, rtol=0)
-        torch.testing.assert_close(
-            ours.get_submodule(path).weight, module.base_layer.weight, atol=1e-5, rtol=0
-        )  # the residual base W - s B A
-    torch.testing.assert_close(outputs(ours), outputs(theirs), atol=1e-5, rtol=0)
-    perturb_b(theirs, ours)
-    torch.testing.assert_close(outputs(ours), outputs(theirs), atol=1e-5, rtol=0)
+    check_base_init_matches_peft(theirs, ours, outputs)
 
 
 def test_covariance_equals_peft_and_can_be_given():
@@ -157,19 +125,19 @@ def test_a_new_adapter_computes_the_base_and_delete_restores_it():
 
 def test_save_round_trip_on_the_original_model(tmp_path):
     theirs, ours = pair("llama")
-    perturb_b(theirs, ours)
+    perturb_lora_b(theirs, ours)
     ours.save_adapter(tmp_path / "ours", "x")
     other = adapterhub.init(build("llama"))
     other.load_adapter(str(tmp_path / "ours"), set_active=True)
     assert other._adapterhub.adapters["x"].config == ours._adapterhub.adapters["x"].config
-    for path in lora_paths(theirs):  # the same residual base, from the saved initial factors
+    for path in peft_lora_paths(theirs):  # the same residual base, from the saved initial factors
         torch.testing.assert_close(other.get_submodule(path).weight, ours.get_submodule(path).weight)
     torch.testing.assert_close(outputs(other), outputs(ours))
 
 
 def test_converted_to_lora_loads_in_peft_on_the_original_model(tmp_path):
     theirs, ours = pair("bert")
-    perturb_b(theirs, ours)
+    perturb_lora_b(theirs, ours)
     ours.save_adapter(tmp_path / "plain", "x", layout="peft", convert_to_lora=True)
     reloaded = peft.PeftModel.from_pretrained(build("bert"), tmp_path / "plain").eval()
     assert reloaded.peft_config["default"].init_lora_weights is True
@@ -181,17 +149,7 @@ def test_converted_to_lora_loads_in_peft_on_the_original_model(tmp_path):
 
 def test_peft_folder_loads_over_its_residual_model(tmp_path):
     theirs, _ = pair("llama", "kpm")
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for path in lora_paths(theirs):
-            b = theirs.base_model.model.get_submodule(path).lora_B["default"].weight
-            b.add_(torch.randn(b.shape, generator=generator) * 0.05)
-    theirs.save_pretrained(tmp_path / "peft")
-    residual = build("llama")
-    with torch.no_grad():
-        for path in lora_paths(theirs):
-            weight = theirs.base_model.model.get_submodule(path).base_layer.weight
-            residual.get_submodule(path).weight.copy_(weight)
+    residual = save_trained_with_residual(theirs, tmp_path / "peft", build("llama"))
     loaded = adapterhub.init(residual)
     with pytest.warns(UserWarning, match="residual model"):
         loaded.load_adapter(str(tmp_path / "peft"), load_as="x", set_active=True)

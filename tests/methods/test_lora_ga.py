@@ -11,8 +11,13 @@ import torch
 
 import adapterhub
 from adapterhub.errors import ConfigError
-from adapterhub.methods.base import MODULE_LAYER
 from adapterhub.spec.configs import LoRAConfig
+from method_checks import (
+    check_base_init_matches_peft,
+    peft_lora_paths,
+    perturb_lora_b,
+    save_trained_with_residual,
+)
 from tiny_models import build
 
 peft = pytest.importorskip(
@@ -82,34 +87,10 @@ def pair(arch: str, options: dict | None = None, r: int = 2, alpha: float = 4, s
     return theirs, ours.eval(), gradients
 
 
-def lora_paths(theirs) -> list[str]:
-    return [
-        name
-        for name, module in theirs.base_model.model.named_modules()
-        if hasattr(module, "lora_A") and "default" in module.lora_A
-    ]
-
-
-def our_layer(ours, path: str):
-    adapter = ours._adapterhub.adapters["x"]
-    [(layer, point)] = [key for key, p in adapter.module_paths().items() if p == path]
-    return adapter.layer_at(layer, ("module", path) if layer == MODULE_LAYER else point)
-
-
 def logits(m, seed: int = 9) -> torch.Tensor:
     inputs = {"input_ids": torch.randint(3, 99, (2, 7), generator=torch.Generator().manual_seed(seed))}
     with torch.no_grad():
         return m(**inputs).logits
-
-
-def perturb_b(theirs, ours, seed: int = 7) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for path in sorted(lora_paths(theirs)):
-            mine = our_layer(ours, path)
-            delta = torch.randn(mine.lora_B.shape, generator=generator) * 0.05
-            mine.lora_B.add_(delta)
-            theirs.base_model.model.get_submodule(path).lora_B["default"].weight.add_(delta)
 
 
 @pytest.mark.parametrize("arch", ["llama", "bert"])
@@ -125,19 +106,7 @@ def perturb_b(theirs, ours, seed: int = 7) -> None:
 )
 def test_lora_ga_equals_peft(arch, options):
     theirs, ours, _ = pair(arch, options)
-    paths = lora_paths(theirs)
-    assert sorted(paths) == sorted(ours._adapterhub.adapters["x"].module_paths().values())
-    for path in paths:
-        module = theirs.base_model.model.get_submodule(path)
-        mine = our_layer(ours, path)
-        torch.testing.assert_close(mine.lora_A, module.lora_A["default"].weight, atol=1e-5, rtol=0)
-        torch.testing.assert_close(mine.lora_B, module.lora_B["default"].weight, atol=1e-5, rtol=0)
-        torch.testing.assert_close(
-            ours.get_submodule(path).weight, module.base_layer.weight, atol=1e-5, rtol=0
-        )
-    torch.testing.assert_close(logits(ours), logits(theirs), atol=1e-5, rtol=0)
-    perturb_b(theirs, ours)
-    torch.testing.assert_close(logits(ours), logits(theirs), atol=1e-5, rtol=0)
+    check_base_init_matches_peft(theirs, ours, logits)
 
 
 def test_gradients_equal_peft_and_the_model_is_put_back():
@@ -179,12 +148,12 @@ def test_new_adapter_computes_the_base_and_delete_restores_it():
 
 def test_save_round_trip_and_conversion(tmp_path):
     theirs, ours, _ = pair("llama")
-    perturb_b(theirs, ours)
+    perturb_lora_b(theirs, ours)
     ours.save_adapter(tmp_path / "ours", "x")
     other = adapterhub.init(model("llama"))
     other.load_adapter(str(tmp_path / "ours"), set_active=True)
     assert other._adapterhub.adapters["x"].config == ours._adapterhub.adapters["x"].config
-    for path in lora_paths(theirs):
+    for path in peft_lora_paths(theirs):
         torch.testing.assert_close(other.get_submodule(path).weight, ours.get_submodule(path).weight)
     torch.testing.assert_close(logits(other), logits(ours))
     ours.save_adapter(tmp_path / "plain", "x", layout="peft", convert_to_lora=True)
@@ -197,18 +166,7 @@ def test_save_round_trip_and_conversion(tmp_path):
 
 def test_peft_folder_loads_over_its_residual_model(tmp_path):
     theirs, _, _ = pair("llama", {"direction": "ArBr"})
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for path in lora_paths(theirs):
-            b = theirs.base_model.model.get_submodule(path).lora_B["default"].weight
-            b.add_(torch.randn(b.shape, generator=generator) * 0.05)
-    theirs.save_pretrained(tmp_path / "peft")
-    residual = model("llama")
-    with torch.no_grad():
-        for path in lora_paths(theirs):
-            residual.get_submodule(path).weight.copy_(
-                theirs.base_model.model.get_submodule(path).base_layer.weight
-            )
+    residual = save_trained_with_residual(theirs, tmp_path / "peft", model("llama"))
     # peft itself loads it over the model as given (its lora_ga_init falls back without gradients)
     peft_loaded = peft.PeftModel.from_pretrained(residual, tmp_path / "peft").eval()
     torch.testing.assert_close(logits(peft_loaded), logits(theirs), atol=1e-5, rtol=0)

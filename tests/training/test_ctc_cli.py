@@ -295,11 +295,15 @@ def test_characters_outside_the_vocabulary_name_the_row(speech_dir, tmp_path, ca
     )
 
 
-def test_a_clip_too_short_for_its_transcript_names_its_line(speech_dir, tmp_path, capsys):
-    """A 2-letter clip (960 samples: (960 - 8) // 4 + 1 = 239, then (239 - 4) // 2 + 1 = 118 frames of the tiny
-    model's two convolutions) cannot carry 140 target characters."""
+def _long_first_transcript(speech_dir):
+    """The training rows, the first one's transcript 140 characters long."""
     rows = [json.loads(line) for line in (speech_dir / "train.jsonl").read_text().splitlines()]
     rows[0]["text"] = "ab" * 70
+    return rows
+
+
+def _check_refused_as_too_short(speech_dir, rows, tmp_path, capsys) -> None:
+    """Training on ``rows`` exits 2 naming line 1's clip (118 frames) as too short for its 140 characters."""
     write_rows(speech_dir, "train", rows)
     argv = [
         "train",
@@ -313,28 +317,22 @@ def test_a_clip_too_short_for_its_transcript_names_its_line(speech_dir, tmp_path
     assert run([*argv, *TRAIN_FLAGS, "--max-steps", "1"]) == 2
     error = capsys.readouterr().err
     assert "train.jsonl, line 1: the clip gives 118 frames but its transcript needs at least 140" in error
+
+
+def test_a_clip_too_short_for_its_transcript_names_its_line(speech_dir, tmp_path, capsys):
+    """A 2-letter clip (960 samples: (960 - 8) // 4 + 1 = 239, then (239 - 4) // 2 + 1 = 118 frames of the tiny
+    model's two convolutions) cannot carry 140 target characters."""
+    rows = _long_first_transcript(speech_dir)
+    _check_refused_as_too_short(speech_dir, rows, tmp_path, capsys)
 
 
 def test_the_length_check_counts_frames_after_resampling(speech_dir, tmp_path, capsys):
     """An 8 kHz clip of 480 samples becomes ceil(480 · 2) = 960 samples at the model's 16 kHz: 118 frames, as the
     16 kHz clip above."""
-    rows = [json.loads(line) for line in (speech_dir / "train.jsonl").read_text().splitlines()]
-    rows[0]["text"] = "ab" * 70
+    rows = _long_first_transcript(speech_dir)
     with wave.open(str(speech_dir / rows[0]["audio"]), "wb") as writer:
         writer.setnchannels(1)
         writer.setsampwidth(2)
         writer.setframerate(8000)
         writer.writeframes(struct.pack("<480h", *spoken("a", random.Random(0))[:480]))
-    write_rows(speech_dir, "train", rows)
-    argv = [
-        "train",
-        "--data",
-        speech_dir,
-        "--model",
-        save_model(tmp_path / "w2v"),
-        "--output-dir",
-        tmp_path / "r",
-    ]
-    assert run([*argv, *TRAIN_FLAGS, "--max-steps", "1"]) == 2
-    error = capsys.readouterr().err
-    assert "train.jsonl, line 1: the clip gives 118 frames but its transcript needs at least 140" in error
+    _check_refused_as_too_short(speech_dir, rows, tmp_path, capsys)

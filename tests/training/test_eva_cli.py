@@ -19,6 +19,23 @@ from adapterhub.training.config import TrainConfig
 FLAGS = ["--batch-size", "8", "--max-length", "16", "--no-progress", "--pooling", "mean", "--seed", "1"]
 
 
+def _train(sentiment_dir, tiny_model_dir, method: str, batches_flag: str, out) -> int:
+    """``adapterhub train`` of ``method`` for 2 steps, its data pass on 2 batches (``batches_flag``)."""
+    argv = [
+        "train",
+        "--data",
+        sentiment_dir,
+        "--model",
+        tiny_model_dir,
+        "--method",
+        method,
+        batches_flag,
+        "2",
+    ]
+    argv += ["--max-steps", "2", "--eval-every", "2", "--lr", "1e-2", "--output-dir", out, *FLAGS]
+    return main([str(a) for a in argv])
+
+
 def test_train_runs_the_eva_pass(tmp_path, tiny_model_dir, sentiment_dir, capsys, monkeypatch):
     calls = []
     original = EvaMixin.initialize_eva
@@ -31,19 +48,7 @@ def test_train_runs_the_eva_pass(tmp_path, tiny_model_dir, sentiment_dir, capsys
     monkeypatch.setattr(EvaMixin, "initialize_eva", recording)
     out = tmp_path / "eva"
     method = "adapter:lora[init=eva,r=4,target_modules=[query,value]]"
-    argv = [
-        "train",
-        "--data",
-        sentiment_dir,
-        "--model",
-        tiny_model_dir,
-        "--method",
-        method,
-        "--eva-batches",
-        "2",
-    ]
-    argv += ["--max-steps", "2", "--eval-every", "2", "--lr", "1e-2", "--output-dir", out, *FLAGS]
-    assert main([str(a) for a in argv]) == 0
+    assert _train(sentiment_dir, tiny_model_dir, method, "--eva-batches", out) == 0
     assert "EVA: initialised from 2 training batches" in capsys.readouterr().err
     [(name, batches, new)] = calls
     assert (name, batches) == ("task", 2)
@@ -76,19 +81,7 @@ def test_train_runs_the_base_modifying_passes(
     monkeypatch.setattr(mixin, f"initialize_{init}", recording)
     out = tmp_path / init
     method = f"adapter:lora[init={init},r=4,target_modules=[query,value]]"
-    argv = [
-        "train",
-        "--data",
-        sentiment_dir,
-        "--model",
-        tiny_model_dir,
-        "--method",
-        method,
-        "--init-batches",
-        "2",
-    ]
-    argv += ["--max-steps", "2", "--eval-every", "2", "--lr", "1e-2", "--output-dir", out, *FLAGS]
-    assert main([str(a) for a in argv]) == 0
+    assert _train(sentiment_dir, tiny_model_dir, method, "--init-batches", out) == 0
     assert f"{label}: initialised from 2 training batches" in capsys.readouterr().err
     assert calls == [("task", 2)]
     # the saved adapter holds its initial factors: loaded on the original model, the base becomes the residual

@@ -15,9 +15,18 @@ from typing import Any
 
 import torch
 
-from adapterhub.api.data_pass import DataPassMixin, DataTarget, call_model, check_not_empty, to_device
-from adapterhub.errors import ConfigError
+from adapterhub.api.data_pass import (
+    UNREACHED,
+    DataPassMixin,
+    DataTarget,
+    call_model,
+    check_not_empty,
+    refuse_missing,
+    require_dataloader,
+    to_device,
+)
 from adapterhub.methods.corda import corda_factors, scaled_gram
+from adapterhub.methods.lora_init import require_float_weight
 
 
 class CordaMixin(DataPassMixin):
@@ -34,8 +43,7 @@ class CordaMixin(DataPassMixin):
         """CorDA's data pass for adapter ``adapter_name`` (``init="corda"``): ``{module path: C (d_in, d_in)}``, the
         mean over forward calls of each target's scaled input Gram matrix (peft's ``covariance_file`` holds the
         same dict, which ``initialize_corda(covariance=...)`` takes)."""
-        module, config, targets = self._data_targets(adapter_name, "corda")
-        self._check_fresh(module, adapter_name, "corda", "initialize_corda")
+        _, config, targets = self._fresh_targets(adapter_name, "corda")
         check_not_empty(dataloader, "CorDA")
         float16 = config.corda.use_float16_for_covariance
         sums: dict[str, torch.Tensor] = {}
@@ -57,11 +65,7 @@ class CordaMixin(DataPassMixin):
         finally:
             self.train(training)  # type: ignore[attr-defined]
         missing = [path for path, count in counts.items() if count == 0]
-        if missing:
-            raise ConfigError(
-                f"CorDA's forward passes gave no inputs to target(s) {', '.join(missing)} of adapter "
-                f"{adapter_name!r}: the dataloader's batches must run the model through them (check forward_fn)."
-            )
+        refuse_missing(missing, adapter_name, "CorDA's forward passes gave no inputs to", UNREACHED)
         return {path: sums[path] / counts[path] for path in counts}
 
     @torch.no_grad()
@@ -79,30 +83,21 @@ class CordaMixin(DataPassMixin):
         ``corda_method``: ``ipm`` the largest singular values, ``kpm`` the smallest) and the base becomes
         ``W - s B A``; the adapter keeps ``A0 = A``, ``B0 = B`` (saved, so a reload on the original model makes the
         same residual; ``save_adapter(..., convert_to_lora=True)`` writes a plain LoRA)."""
-        module, config, targets = self._data_targets(adapter_name, "corda")
-        self._check_fresh(module, adapter_name, "corda", "initialize_corda")
+        module, config, targets = self._fresh_targets(adapter_name, "corda")
         if covariance is None:
-            if dataloader is None:
-                raise ConfigError(
-                    f"initialize_corda({adapter_name!r}) needs a dataloader (batches to collect each target's input "
-                    "covariance from) or covariance= (the dict get_corda_covariance returns)."
-                )
-            covariance = self.get_corda_covariance(adapter_name, dataloader, **pass_options)
-        missing = [t.path for t in targets if t.path not in covariance]
-        if missing:
-            raise ConfigError(
-                f"covariance has no matrix for target(s) {', '.join(missing)} of adapter {adapter_name!r} (keys are "
-                "module paths, as get_corda_covariance returns them)."
+            batches = "batches to collect each target's input covariance from"
+            dataloader = require_dataloader(
+                dataloader, adapter_name, "corda", batches, "covariance", "get_corda_covariance"
             )
+            covariance = self.get_corda_covariance(adapter_name, dataloader, **pass_options)
+        self._check_covers(
+            covariance, targets, adapter_name, "covariance has no matrix", "get_corda_covariance"
+        )
         factors = {}
         for t in targets:
             lora = self._target_layer(module, t)
             weight, _ = self._base_linear(*t.key)  # (d_out, d_in)
-            if weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-                raise ConfigError(
-                    f"init='corda' reads the base weight of {t.path}, which is {weight.dtype} (quantised?): "
-                    "initialise on the float model, then quantise the residual model."
-                )
+            require_float_weight(weight, "corda", t.path)
             cov = covariance[t.path].to(weight.device)
             factors[t.path] = corda_factors(weight, cov, t.r, lora.scaling, config.corda.corda_method)
         self._write_base_factors(module, targets, factors)

@@ -5,7 +5,7 @@ base-modifying factors (``A``, ``B``, the initial ``A0 = A``, ``B0 = B``; the ba
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from adapterhub.methods.base import MODULE, MODULE_LAYER, PointInputs
 from adapterhub.methods.lora import LoRAAdapter, LoRALayer
 from adapterhub.methods.targeting import pattern_value
 from adapterhub.spec.configs import LoRAConfig
+from adapterhub.spec.configs.low_rank import DATA_INITS
 
 
 def call_model(model: Any, inputs: Any) -> Any:
@@ -39,6 +40,30 @@ def check_not_empty(dataloader: Iterable[Any], what: str) -> None:
     """Refuse a dataloader with ``len() == 0``."""
     if hasattr(dataloader, "__len__") and len(dataloader) == 0:  # type: ignore[arg-type]
         raise ConfigError(f"{what}'s dataloader is empty; give it batches of training data.")
+
+
+UNREACHED = ": the dataloader's batches must run the model through them (check forward_fn)."
+
+
+def refuse_missing(missing: Sequence[str], adapter_name: str, what: str, then: str) -> None:
+    """Raise a ``ConfigError`` naming the target paths in ``missing`` (if any): ``"{what} target(s) <paths> of
+    adapter <name>{then}"``."""
+    if missing:
+        raise ConfigError(f"{what} target(s) {', '.join(missing)} of adapter {adapter_name!r}{then}")
+
+
+def require_dataloader(
+    dataloader: Iterable[Any] | None, adapter_name: str, init: str, batches: str, keyword: str, getter: str
+) -> Iterable[Any]:
+    """``dataloader``; refuses ``DATA_INITS[init](adapter_name)`` called with neither a dataloader (``batches`` says
+    what it should hold) nor the result of an earlier pass (``keyword``: the argument taking the dict that
+    ``getter`` returns)."""
+    if dataloader is None:
+        raise ConfigError(
+            f"{DATA_INITS[init]}({adapter_name!r}) needs a dataloader ({batches}) or {keyword}= (the dict {getter} "
+            "returns)."
+        )
+    return dataloader
 
 
 @dataclass(frozen=True)
@@ -128,14 +153,33 @@ class DataPassMixin(AdapterAPIMixin):
         self._change_base(module, restore=False)
         module.awaiting_data = False
 
-    def _check_fresh(self, module: LoRAAdapter, name: str, init: str, method: str) -> None:
-        """Refuse a second data pass (the base already holds the first one's residual)."""
+    def _fresh_targets(self, name: str, init: str) -> tuple[LoRAAdapter, LoRAConfig, list[DataTarget]]:
+        """``_data_targets(name, init)`` of an adapter still waiting for its data pass: a second pass is refused
+        (the base already holds the first one's residual)."""
+        module, config, targets = self._data_targets(name, init)
         if not module.awaiting_data:
+            method = DATA_INITS[init]
             raise ConfigError(
                 f"Adapter {name!r} (init={init!r}) is initialised already (by {method} or from a file) and its base "
                 f"is the residual; to run the data pass again, delete the adapter (which restores the base), add it "
                 f"again and call {method} once."
             )
+        return module, config, targets
+
+    @staticmethod
+    def _check_covers(
+        given: Mapping[str, Any],
+        targets: list[DataTarget],
+        adapter_name: str,
+        what: str,
+        getter: str,
+        note: str = "",
+    ) -> None:
+        """Refuse a given pass result (``{module path: tensor}``, what ``getter`` returns) that lacks a target."""
+        missing = [t.path for t in targets if t.path not in given]
+        refuse_missing(
+            missing, adapter_name, f"{what} for", f" (keys are module paths, as {getter} returns them{note})."
+        )
 
     def _observer_for(
         self, targets: list[DataTarget], sink: Callable[[DataTarget, torch.Tensor], None]

@@ -22,7 +22,15 @@ from typing import Any
 
 import torch
 
-from adapterhub.api.data_pass import DataPassMixin, call_model, check_not_empty, to_device
+from adapterhub.api.data_pass import (
+    UNREACHED,
+    DataPassMixin,
+    call_model,
+    check_not_empty,
+    refuse_missing,
+    require_dataloader,
+    to_device,
+)
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import MODULE, MODULE_LAYER, PointInputs
 from adapterhub.methods.eva import TargetSVD, distribute_ranks, equal_groups
@@ -104,11 +112,7 @@ class EvaMixin(DataPassMixin):
 
             self._observed_forward(record, forward, first)
             missing = [t.path for t in targets if t.path not in seen]
-            if missing:
-                raise ConfigError(
-                    f"EVA's forward pass gave no inputs to target(s) {', '.join(missing)} of adapter "
-                    f"{adapter_name!r}: the dataloader's batches must run the model through them (check forward_fn)."
-                )
+            refuse_missing(missing, adapter_name, "EVA's forward pass gave no inputs to", UNREACHED)
             names = [t.path for t in targets]
             equal = equal_groups(names, seen)
             for rep in set(equal.values()):
@@ -190,19 +194,23 @@ class EvaMixin(DataPassMixin):
         config (which ``save_adapter`` writes, peft's ``rank_pattern`` / ``alpha_pattern`` included)."""
         _, config, targets = self._data_targets(adapter_name, "eva")
         if eva_state_dict is None:
-            if dataloader is None:
-                raise ConfigError("initialize_eva needs a dataloader (or an eva_state_dict computed before).")
+            batches = "batches whose target inputs EVA decomposes"
+            dataloader = require_dataloader(
+                dataloader, adapter_name, "eva", batches, "eva_state_dict", "get_eva_state_dict"
+            )
             eva_state_dict = self.get_eva_state_dict(adapter_name, dataloader, **pass_options)
         states = dict(eva_state_dict)
         kept: list[str] = []
         rank_pattern: dict[str, int] = {}
         alpha_pattern: dict[str, float] = {}
-        missing = [t.path for t in targets if t.path not in states]
-        if missing:
-            raise ConfigError(
-                f"eva_state_dict has no components for target(s) {', '.join(missing)} of adapter {adapter_name!r} "
-                "(keys are module paths; a (0, d_in) tensor drops a target)."
-            )
+        self._check_covers(
+            states,
+            targets,
+            adapter_name,
+            "eva_state_dict has no components",
+            "get_eva_state_dict",
+            "; a (0, d_in) tensor drops a target",
+        )
         for t in targets:
             rank = int(states[t.path].shape[0])
             if rank == 0:

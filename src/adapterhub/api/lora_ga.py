@@ -16,10 +16,17 @@ from typing import Any
 
 import torch
 
-from adapterhub.api.data_pass import DataPassMixin, DataTarget, check_not_empty, to_device
+from adapterhub.api.data_pass import (
+    DataPassMixin,
+    DataTarget,
+    check_not_empty,
+    refuse_missing,
+    require_dataloader,
+    to_device,
+)
 from adapterhub.errors import ConfigError
 from adapterhub.methods.lora_ga import lora_ga_factors
-from adapterhub.methods.lora_init import draw_like_peft
+from adapterhub.methods.lora_init import draw_like_peft, require_float_weight
 from adapterhub.runtime.modules import is_transposed
 
 
@@ -41,8 +48,7 @@ class LoraGAMixin(DataPassMixin):
         """LoRA-GA's data pass for adapter ``adapter_name`` (``init="lora_ga"``): ``{module path: G (d_out, d_in)}``,
         each target's weight gradient averaged over its forward calls (what peft's ``preprocess_loraga`` attaches
         as ``_peft_loraga_grad``, transposed for a ``Conv1D``; ``initialize_lora_ga(gradients=...)`` takes it)."""
-        module, _, targets = self._data_targets(adapter_name, "lora_ga")
-        self._check_fresh(module, adapter_name, "lora_ga", "initialize_lora_ga")
+        _, _, targets = self._fresh_targets(adapter_name, "lora_ga")
         check_not_empty(dataloader, "LoRA-GA")
         loss_of = loss_fn or model_loss
         modules = {t.path: self._module().get_submodule(t.path) for t in targets}
@@ -84,11 +90,12 @@ class LoraGAMixin(DataPassMixin):
                 w.grad = earlier[path]
             self.train(training)  # type: ignore[attr-defined]
         missing = [path for path, n in counts.items() if n == 0 or grads[path] is None]
-        if missing:
-            raise ConfigError(
-                f"LoRA-GA's passes gave no gradient to target(s) {', '.join(missing)} of adapter {adapter_name!r}: "
-                "the loss must run through them (check the batches and loss_fn)."
-            )
+        refuse_missing(
+            missing,
+            adapter_name,
+            "LoRA-GA's passes gave no gradient to",
+            ": the loss must run through them (check the batches and loss_fn).",
+        )
         out = {}
         for path, grad in grads.items():
             assert grad is not None
@@ -112,30 +119,21 @@ class LoraGAMixin(DataPassMixin):
         equal factors) and the base becomes ``W - s B A``; the adapter keeps ``A0 = A``, ``B0 = B`` (saved, so a
         reload on the original model makes the same residual; ``save_adapter(..., convert_to_lora=True)`` writes a
         plain LoRA)."""
-        module, config, targets = self._data_targets(adapter_name, "lora_ga")
-        self._check_fresh(module, adapter_name, "lora_ga", "initialize_lora_ga")
+        module, config, targets = self._fresh_targets(adapter_name, "lora_ga")
         if gradients is None:
-            if dataloader is None:
-                raise ConfigError(
-                    f"initialize_lora_ga({adapter_name!r}) needs a dataloader (batches with labels whose loss "
-                    "gradients it averages) or gradients= (the dict get_lora_ga_gradients returns)."
-                )
-            gradients = self.get_lora_ga_gradients(adapter_name, dataloader, **pass_options)
-        missing = [t.path for t in targets if t.path not in gradients]
-        if missing:
-            raise ConfigError(
-                f"gradients has no matrix for target(s) {', '.join(missing)} of adapter {adapter_name!r} (keys are "
-                "module paths, as get_lora_ga_gradients returns them)."
+            batches = "batches with labels whose loss gradients it averages"
+            dataloader = require_dataloader(
+                dataloader, adapter_name, "lora_ga", batches, "gradients", "get_lora_ga_gradients"
             )
+            gradients = self.get_lora_ga_gradients(adapter_name, dataloader, **pass_options)
+        self._check_covers(
+            gradients, targets, adapter_name, "gradients has no matrix", "get_lora_ga_gradients"
+        )
         factors = {}
         for t in targets:
             lora = self._target_layer(module, t)
             weight, _ = self._base_linear(*t.key)  # (d_out, d_in)
-            if weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-                raise ConfigError(
-                    f"init='lora_ga' reads the base weight of {t.path}, which is {weight.dtype} (quantised?): "
-                    "initialise on the float model, then quantise the residual model."
-                )
+            require_float_weight(weight, "lora_ga", t.path)
             d_out, d_in = weight.shape
             draw_like_peft(d_in, d_out, t.r)  # peft builds the layer's two Linears first
             stored: torch.Tensor = self._module().get_submodule(t.path).weight  # type: ignore[assignment]

@@ -204,6 +204,18 @@ def by_name_targets(paths: Iterable[str], *, exclude: bool = True, layers: bool 
     return out
 
 
+def add_lora_extras(
+    record: AdapterRecord, out: dict[str, torch.Tensor], wrapped: Iterable[str]
+) -> dict[str, Any]:
+    """A LoRA / DoRA record's copies of modules, biases and embedding rows into ``out`` (``add_saved_tensors``,
+    ``add_bias_tensors`` with ``wrapped`` the target paths, ``add_token_tensors``, in that order); returns their
+    ``lora_meta`` keywords (``modules_to_save``, ``bias``, ``tokens``)."""
+    modules_to_save = add_saved_tensors(record, out)
+    bias = add_bias_tensors(record, out, wrapped)
+    tokens = add_token_tensors(record, out)
+    return {"modules_to_save": modules_to_save, "bias": bias, "tokens": tokens}
+
+
 def lora_meta(
     record: AdapterRecord,
     targets: Mapping[str, Any],
@@ -216,7 +228,7 @@ def lora_meta(
     """peft's ``LORA`` config for a LoRA / DoRA record, by spec point or by module name alike: ``targets`` the
     targeting keys (``target_modules`` ... ``rank_pattern``, ``alpha_pattern``), then ``r``, ``lora_alpha``,
     ``lora_dropout``, ``use_rslora``, ``use_dora`` (method ``dora``), ``bias`` / ``trainable_token_indices`` /
-    ``modules_to_save`` as the writer's ``add_*_tensors`` returned them, and ``init_lora_weights`` (``init_to_peft``)."""
+    ``modules_to_save`` as ``add_lora_extras`` returned them, and ``init_lora_weights`` (``init_to_peft``)."""
     config = record.config
     fields = {
         "r": config["r"],

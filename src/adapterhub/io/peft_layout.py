@@ -46,9 +46,7 @@ from adapterhub.io.peft_common import (
     CONFIG_FILE,
     PREFIX,
     WEIGHTS_FILE,
-    add_bias_tensors,
-    add_saved_tensors,
-    add_token_tensors,
+    add_lora_extras,
     lora_meta,
     module_regex,
     read_conv_modules_file,
@@ -518,9 +516,7 @@ def write_lora(
             out[f"{base}.lora_magnitude_vector"] = torch.cat(
                 [by_point[p]["magnitude"] for p in parts], dim=0
             ).contiguous()
-    modules_to_save = add_saved_tensors(record, out)
-    bias = add_bias_tensors(record, out, targets)
-    tokens = add_token_tensors(record, out)
+    extras = add_lora_extras(record, out, targets)
     num_layers = len(layers)
     leave_out = set(config.get("leave_out", []))
     target_modules = module_regex(
@@ -536,12 +532,5 @@ def write_lora(
         "alpha_pattern": {},
     }
     fan_in_fan_out = any(spec.linears[p].transposed for p in config["targets"])
-    meta = lora_meta(
-        record,
-        targeting,
-        bias=bias,
-        tokens=tokens,
-        modules_to_save=modules_to_save,
-        fan_in_fan_out=fan_in_fan_out,
-    )
+    meta = lora_meta(record, targeting, **extras, fan_in_fan_out=fan_in_fan_out)
     return write_peft_files(directory, out, meta)

@@ -37,9 +37,7 @@ from adapterhub.errors import AdapterFileError
 from adapterhub.io.peft_common import (
     PREFIX,
     TOKENS_SUFFIX,
-    add_bias_tensors,
-    add_saved_tensors,
-    add_token_tensors,
+    add_lora_extras,
     by_name_targets,
     lora_meta,
     module_tensors,
@@ -151,23 +149,14 @@ def write_peft_modules(
             continue
         out[f"{PREFIX}{path}.{name}"] = tensor.detach().contiguous()
         paths.add(path)
-    modules_to_save = add_saved_tensors(record, out)
-    bias = add_bias_tensors(record, out, paths)
-    tokens = add_token_tensors(record, out)
+    extras = add_lora_extras(record, out, paths)
     transposed = any(type(model.get_submodule(p)).__name__ == "Conv1D" for p in paths)
     targeting = {
         **by_name_targets(paths),
         "rank_pattern": dict(config.get("rank_pattern") or {}),
         "alpha_pattern": dict(config.get("alpha_pattern") or {}),
     }
-    meta = lora_meta(
-        record,
-        targeting,
-        bias=bias,
-        tokens=tokens,
-        modules_to_save=modules_to_save,
-        fan_in_fan_out=transposed,
-    )
+    meta = lora_meta(record, targeting, **extras, fan_in_fan_out=transposed)
     if attention:
         meta["peft_version"] = _DOUBLING_UNTIL  # the out_proj factors are written for peft's doubled update
     return write_peft_files(directory, out, meta)

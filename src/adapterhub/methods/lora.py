@@ -44,7 +44,7 @@ from adapterhub.methods.base import (
     PointInputs,
     register_method,
 )
-from adapterhub.methods.lora_init import base_factors, draw_like_peft
+from adapterhub.methods.lora_init import base_factors, draw_like_peft, require_float_weight
 from adapterhub.methods.lora_layers import ConvLoRALayer, LoRALayer
 from adapterhub.methods.lora_mha import OUT_PROJ, attention_layers
 from adapterhub.spec.configs import LoRAConfig
@@ -145,11 +145,7 @@ class LoRAAdapter(AdapterModule):
         with torch.no_grad():
             for index, point, lora in self.lora_targets():
                 weight, _ = base(index, point)  # (d_out, d_in)
-                if weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-                    raise ConfigError(
-                        f"init={config.init!r} reads the base weight of {point!r}, which is {weight.dtype} "
-                        "(quantised?): initialise on the float model, then quantise the residual model."
-                    )
+                require_float_weight(weight, config.init, repr(point))
                 d_out, d_in = weight.shape
                 draw_like_peft(d_in, d_out, lora.lora_A.shape[0])
                 r = lora.lora_A.shape[0]

@@ -37,6 +37,19 @@ def draw_like_peft(d_in: int, d_out: int, r: int) -> None:
     nn.init.kaiming_uniform_(torch.empty(d_out, r), a=math.sqrt(5))
 
 
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def require_float_weight(weight: torch.Tensor, init: str, where: str) -> None:
+    """Refuse a base weight these inits cannot read (not float32 / float16 / bfloat16, e.g. quantised): the
+    initialisation runs on the float model, and the residual model is quantised afterwards."""
+    if weight.dtype not in FLOAT_DTYPES:
+        raise ConfigError(
+            f"init={init!r} reads the base weight of {where}, which is {weight.dtype} (quantised?): "
+            "initialise on the float model, then quantise the residual model."
+        )
+
+
 def pissa(weight: torch.Tensor, r: int, scaling: float, init: str) -> tuple[torch.Tensor, ...]:
     """PiSSA factors of ``weight (d_out, d_in)`` and the residual ``W - s B A``."""
     w = weight.detach().float()  # (d_out, d_in)

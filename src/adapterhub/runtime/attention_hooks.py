@@ -182,7 +182,9 @@ def _routes_through_interface(module: nn.Module) -> bool:
     return "ALL_ATTENTION_FUNCTIONS" in source or "attention_interface" in source
 
 
-def _configs(model: nn.Module) -> list[Any]:
+def configs_of(model: nn.Module) -> list[Any]:
+    """The distinct attention configs of ``model`` (those with ``_attn_implementation``; walks its modules, so take
+    them once where they are read often)."""
     configs: dict[int, Any] = {}
     for module in model.modules():
         config = getattr(module, "config", None)
@@ -208,7 +210,7 @@ def enable(model: nn.Module, spec: ArchitectureSpec) -> None:
             "attach at self-attention (prefix tuning) cannot reach it. Use transformers >= 5.0 for this "
             f"architecture ({spec.model_types[0]})."
         )
-    for config in _configs(model):
+    for config in configs_of(model):
         current = config._attn_implementation or "eager"
         if current.startswith(PREFIX) and current[len(PREFIX) :] in SUPPORTED:
             continue
@@ -224,7 +226,7 @@ def enable(model: nn.Module, spec: ArchitectureSpec) -> None:
 
 def disable(model: nn.Module) -> None:
     """Give ``model`` back the attention implementation it had before ``enable``."""
-    for config in _configs(model):
+    for config in configs_of(model):
         current = config._attn_implementation
         if isinstance(current, str) and current.startswith(PREFIX) and current[len(PREFIX) :] in SUPPORTED:
             config._attn_implementation = current[len(PREFIX) :]

@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 from adapterhub.errors import ConfigError
+from adapterhub.runtime.attention_hooks import configs_of
 
 NAME = "adapterhub_packed_sdpa"
 BASE = "sdpa"
@@ -190,6 +191,40 @@ def per_segment_attention(
 UNSUPPORTED_KWARGS = ("softcap", "s_aux")  # logit soft-capping (Gemma 2), attention sinks (gpt-oss)
 
 
+def refuse_unsupported_kwargs(module: nn.Module, kwargs: dict[str, Any], by: str, then: str) -> None:
+    """Refuse an attention call passing one of :data:`UNSUPPORTED_KWARGS` (which ``by``, an attention computed
+    here, does not apply); ``then`` says what to do instead."""
+    for name in UNSUPPORTED_KWARGS:
+        if kwargs.get(name) is not None:
+            raise ConfigError(
+                f"{type(module).__name__} passes {name}= to its attention, which {by} does not apply; {then}"
+            )
+
+
+def call_implementation(
+    base: str,
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    *args: Any,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, Any]:
+    """transformers' attention function ``base`` with the very arguments of the call (what a call that an
+    attention function registered here does not take over runs: bit-identical to the model without it)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ALL_ATTENTION_FUNCTIONS[base](module, query, key, value, attention_mask, *args, **kwargs)  # type: ignore[no-any-return]
+
+
+def implementation_mask(base: str, *args: Any, **kwargs: Any) -> Any:
+    """transformers' mask function ``base`` with the very arguments of the call."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    return ALL_MASK_ATTENTION_FUNCTIONS[base](*args, **kwargs)
+
+
 def packed_sdpa_attention(
     module: nn.Module,
     query: torch.Tensor,
@@ -208,9 +243,7 @@ def packed_sdpa_attention(
             "no mask and no segments; pass segment_kwargs(position_ids) to it or call it outside the block."
         )
     if cu_q is None:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-        return ALL_ATTENTION_FUNCTIONS[BASE](module, query, key, value, attention_mask, *args, **kwargs)  # type: ignore[no-any-return]
+        return call_implementation(BASE, module, query, key, value, attention_mask, *args, **kwargs)
     if cu_k is not None and cu_k is not cu_q and not torch.equal(cu_k, cu_q):
         raise ConfigError(
             "attention per segment needs cu_seq_lens_k equal to cu_seq_lens_q (self-attention)."
@@ -220,12 +253,12 @@ def packed_sdpa_attention(
             f"{type(module).__name__} is not causal; packed rows need causal attention. Train unpacked "
             "(--no-packing)."
         )
-    for name in UNSUPPORTED_KWARGS:
-        if kwargs.get(name) is not None:
-            raise ConfigError(
-                f"{type(module).__name__} passes {name}= to its attention, which attention per segment does not "
-                "apply; leave packing to transformers' mask (train() does so for such models)."
-            )
+    refuse_unsupported_kwargs(
+        module,
+        kwargs,
+        "attention per segment",
+        "leave packing to transformers' mask (train() does so for such models).",
+    )
     _RUNS.count = getattr(_RUNS, "count", 0) + 1
     out = per_segment_attention(
         module,
@@ -245,9 +278,7 @@ def packed_mask(*args: Any, **kwargs: Any) -> Any:
     ``enabled(model, segments=True)`` block, which run per segment and never read one; otherwise ``sdpa``'s."""
     if _SEGMENTS.get():
         return None
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-
-    return ALL_MASK_ATTENTION_FUNCTIONS[BASE](*args, **kwargs)
+    return implementation_mask(BASE, *args, **kwargs)
 
 
 def register() -> None:
@@ -262,18 +293,9 @@ def register() -> None:
         AttentionMaskInterface.register(NAME, packed_mask)
 
 
-def _configs(model: nn.Module) -> list[Any]:
-    found: dict[int, Any] = {}
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "_attn_implementation"):
-            found.setdefault(id(config), config)
-    return list(found.values())
-
-
 def unsupported_reason(model: nn.Module) -> str | None:
     """Why ``model``'s attention cannot run per segment (its configs must all use ``sdpa``), or None."""
-    for config in _configs(model):
+    for config in configs_of(model):
         current = config._attn_implementation
         if current not in (BASE, NAME):
             return f"attention per segment replaces 'sdpa'; this model uses {current!r}"
@@ -291,7 +313,7 @@ def enabled(model: nn.Module, segments: bool = False) -> Iterator[None]:
     if reason is not None:
         raise ConfigError(f"{reason}; load it with attn_implementation='sdpa' or train with the mask path.")
     register()
-    switched = [config for config in _configs(model) if config._attn_implementation == BASE]
+    switched = [config for config in configs_of(model) if config._attn_implementation == BASE]
     for config in switched:
         config._attn_implementation = NAME
     token = _SEGMENTS.set(segments)

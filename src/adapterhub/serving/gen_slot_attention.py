@@ -39,6 +39,12 @@ from torch import nn
 
 from adapterhub.errors import ConfigError
 from adapterhub.methods.base import ATTENTION
+from adapterhub.runtime.attention_hooks import configs_of as configs_of  # the engine takes them from here
+from adapterhub.runtime.packed_attention import (
+    call_implementation,
+    implementation_mask,
+    refuse_unsupported_kwargs,
+)
 from adapterhub.spec.composition import setup_names
 
 NAME = "adapterhub_slot_sdpa"
@@ -156,18 +162,12 @@ def _attention(
     model's implementation before, with the same arguments."""
     plan = _PLAN.get()
     if plan is None:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-        config = getattr(module, "config", None)
-        held = _HELD.get(id(config))
+        held = _HELD.get(id(getattr(module, "config", None)))
         base = held[1] if held is not None else "sdpa"
-        return ALL_ATTENTION_FUNCTIONS[base](module, query, key, value, attention_mask, *args, **kwargs)  # type: ignore[no-any-return]
-    for name in ("softcap", "s_aux"):
-        if kwargs.get(name) is not None:
-            raise ConfigError(
-                f"{type(module).__name__} passes {name}= to its attention, which the engine's attention per slot "
-                "does not apply; this model cannot run packed."
-            )
+        return call_implementation(base, module, query, key, value, attention_mask, *args, **kwargs)
+    refuse_unsupported_kwargs(
+        module, kwargs, "the engine's attention per slot", "this model cannot run packed."
+    )
     return slot_attention(plan, query, key, value, kwargs.get("scaling")), None
 
 
@@ -175,9 +175,7 @@ def _mask(*args: Any, **kwargs: Any) -> Any:
     """No mask for the engine's step (its plan replaces it); SDPA's for every other call."""
     if _PLAN.get() is not None:
         return None
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-
-    return ALL_MASK_ATTENTION_FUNCTIONS["sdpa"](*args, **kwargs)
+    return implementation_mask("sdpa", *args, **kwargs)
 
 
 def register() -> None:
@@ -200,16 +198,6 @@ def attention_adapters(adapters: Any, setups: Sequence[Any]) -> bool:
         for name in setup_names(setup)
         if name in adapters
     )
-
-
-def configs_of(model: nn.Module) -> list[Any]:
-    """The distinct attention configs of ``model`` (walks its modules: take them once, e.g. per engine)."""
-    found: dict[int, Any] = {}
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "_attn_implementation"):
-            found.setdefault(id(config), config)
-    return list(found.values())
 
 
 def supported(configs: Sequence[Any]) -> bool:

@@ -19,11 +19,13 @@ LORA_GA_SCALES = ("stable", "weight_svd", "gd_scale", "unit")
 # peft's CordaConfig keys about files and progress output, not about the numbers: accepted and dropped
 CORDA_RUNTIME_KEYS = ("cache_file", "covariance_file", "verbose", "prune_temporary_fields")
 
-Sub = TypeVar("Sub", bound="_SubConfig")
+Sub = TypeVar("Sub", bound="OptionsConfig")
 
 
-class _SubConfig:
-    """``from_value`` / ``pairs`` of a frozen options dataclass held by ``LoRAConfig`` as ``(key, value)`` pairs."""
+class OptionsConfig:
+    """``from_value`` / ``pairs`` of a frozen options dataclass held by ``LoRAConfig`` as ``(key, value)`` pairs
+    (``CordaConfig``, ``LoraGAConfig`` and ``adapterhub.spec.configs.eva.EvaConfig``); ``label``: its ``LoRAConfig``
+    key, named in errors."""
 
     label = ""
     ignored: tuple[str, ...] = ()
@@ -54,7 +56,7 @@ class _SubConfig:
 
 
 @dataclass(frozen=True)
-class CordaConfig(_SubConfig):
+class CordaConfig(OptionsConfig):
     """CorDA (Yang et al. 2024): ``corda_method`` ``"ipm"`` (instruction-previewed: ``A``, ``B`` from the largest
     singular values of ``W C``, ``C`` the covariance of the target's inputs) or ``"kpm"`` (knowledge-preserved: from
     the smallest); ``use_float16_for_covariance``: accumulate the covariance in the inputs' dtype instead of float32
@@ -73,7 +75,7 @@ class CordaConfig(_SubConfig):
 
 
 @dataclass(frozen=True)
-class LoraGAConfig(_SubConfig):
+class LoraGAConfig(OptionsConfig):
     """LoRA-GA (Wang et al. 2024): ``direction``: which of the gradient's first ``2r`` singular directions go to
     ``A`` and which to ``B`` (``"ArB2r"``: ``A`` the first ``r`` right ones, ``B`` the next ``r`` left ones; ``"A2rBr"``
     the other way; ``"ArBr"`` alternating; ``"random"`` a random half for both); ``scale``: ``"stable"`` (``B``

@@ -4,23 +4,22 @@ has the math, ``model.initialize_eva`` the data pass)."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from adapterhub.errors import ConfigError
 from adapterhub.spec.configs.checks import check_bool, is_number, require
+from adapterhub.spec.configs.data_inits import OptionsConfig
 
 
 @dataclass(frozen=True)
-class EvaConfig:
+class EvaConfig(OptionsConfig):
     """``rho`` (≥ 1): a target may take up to ``round(r · rho)`` ranks when ranks are redistributed (the total
     stays the sum of the targets' ``r``); ``tau`` (in [0, 1]): a component has converged when its cosine
     similarity with the previous batch's is ≥ ``tau``; ``use_label_mask`` / ``label_mask_value``: leave out
     positions whose ``labels`` equal ``label_mask_value`` (besides the ``attention_mask``'s padding);
     ``whiten``: divide each component by the square root of its singular value; ``adjust_scaling_factors``:
     ``alpha · r' / r`` for a target whose rank becomes ``r'`` (its scaling ``alpha / r`` stays)."""
+
+    label = "eva_config"
 
     rho: float = 2.0
     tau: float = 0.99
@@ -46,27 +45,3 @@ class EvaConfig:
             check_bool(f"eva_config {option}", getattr(self, option))
         object.__setattr__(self, "rho", float(self.rho))
         object.__setattr__(self, "tau", float(self.tau))
-
-    @classmethod
-    def from_value(cls, value: Any) -> EvaConfig:
-        """From ``None`` (the defaults), a dict (peft's ``eva_config`` keys) or ``(key, value)`` pairs; unknown keys
-        are refused, naming the valid ones."""
-        if value is None:
-            return cls()
-        if isinstance(value, EvaConfig):
-            return value
-        if isinstance(value, tuple) and all(isinstance(v, tuple) and len(v) == 2 for v in value):
-            value = dict(value)
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"eva_config must be a dict of EVA options, got {type(value).__name__}.")
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in value if k not in valid]
-        if unknown:
-            raise ConfigError(
-                f"Unknown eva_config key(s) {', '.join(repr(k) for k in unknown)}. Valid keys: {', '.join(valid)}."
-            )
-        return cls(**value)
-
-    def pairs(self) -> tuple[tuple[str, Any], ...]:
-        """The options as ``(key, value)`` pairs (how ``LoRAConfig`` holds them; written as a dict)."""
-        return tuple((f.name, getattr(self, f.name)) for f in dataclasses.fields(self))
