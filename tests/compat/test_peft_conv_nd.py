@@ -206,12 +206,6 @@ def test_conv_nd_refusals(conv, what):
         adapterhub.init(nn.Sequential(conv)).add_adapter("g", {"method": "lora", "target_modules": ["0"]})
 
 
-def test_lycoris_on_conv1d_is_refused_by_name():
-    model = adapterhub.init(_model("conv1d"))
-    with pytest.raises(ConfigError, match=r"loha on nn\.Conv1d is not supported"):
-        model.add_adapter("h", {"method": "loha", "target_modules": ["conv1"]})
-
-
 def test_whisper_conv1d_lora_round_trips_and_its_manifest_says_conv1d(tmp_path):
     """A spec model's nn.Conv1d (Whisper's encoder stem) beside a spec point: saved and loaded back (both layouts)
     with identical outputs, and the manifest (from the whole files and from the headers alone) records the

@@ -229,3 +229,80 @@ def test_peft_own_factored_lokr_conv_folder_publishes_and_gives_peft_outputs(liv
         AdapterFileError, match=r"lokr_w1: \(4, 7\) != \(4, 4\).*If 'embeddings.patch_embeddings"
     ):
         inspect_adapter_dir(tmp_path / "p", model_type="vit")
+
+
+# Whisper's encoder stem: two nn.Conv1d (kernel 3; the second with stride 2). LoHa's flattened kernel (c_in·3)
+# and its CP cores (r, r, 3, 1) say neither the Conv1d nor its kernel: the files declare them (kernel_size [3]).
+CONV1D_CONFIGS = [
+    {"method": "loha", "r": 2, "alpha": 4},
+    {"method": "loha", "r": 2, "alpha": 4, "use_effective_conv2d": True},
+    {"method": "lokr", "r": 1, "alpha": 4},
+    {"method": "lokr", "r": 1, "alpha": 4, "use_effective_conv2d": True},
+    {"method": "lokr", "r": 8, "alpha": 4},  # W2 full (b, d, 3): its 3-d weight says Conv1d itself
+]
+CONV1D_IDS = ["loha", "loha-cp", "lokr-factored", "lokr-cp", "lokr-full"]
+
+
+def _whisper():
+    torch.manual_seed(0)
+    model = adapterhub.init(build("whisper", "base"))
+    model.config.name_or_path = "tiny-whisper"
+    return model
+
+
+def _whisper_out(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).last_hidden_state
+
+
+@pytest.mark.parametrize("config", CONV1D_CONFIGS, ids=CONV1D_IDS)
+def test_conv1d_lycoris_publishes_and_loads_back_identical(live, tmp_path, config):
+    from tiny_models import make_whisper_inputs
+
+    inputs = make_whisper_inputs()
+    source = _whisper()
+    source.add_adapter("k", {**config, "target_modules": ["conv1", "conv2", "q_proj"]}, set_active=True)
+    perturb(source._adapterhub.adapters["k"], std=0.2)
+    expected = _whisper_out(source, inputs)
+    conv1 = source.get_submodule("encoder.conv1")
+    # (layout='peft' writes only LoRA / DoRA on encoder-decoder models; tests/compat/test_peft_lycoris_conv1d.py
+    # covers peft's layout on Conv1d)
+    directory = source.save_adapter(tmp_path / "adapterhub", "k")
+    declared = json.loads((directory / "adapter_config.json").read_text())["conv_modules"]
+    assert declared["encoder.conv1"] == {"in_channels": conv1.in_channels, "kernel_size": [3]}
+    full, light = inspect_adapter_dir(directory), inspect_from_headers(directory)
+    assert full.modules == light.modules
+    shapes = {m.path: (m.kind, m.d_in, m.d_out, m.kernel) for m in light.modules}
+    assert shapes["encoder.conv1"] == ("conv1d", conv1.in_channels, conv1.out_channels, (3,))
+    assert shapes["encoder.conv2"][0] == "conv1d"
+    client.push_adapter_dir(
+        directory, owner="alice", name="w", task="sentiment", subtask="sst-2", token=live.tokens["alice"]
+    )
+    target = _whisper()
+    assert not torch.allclose(_whisper_out(target, inputs), expected, atol=1e-4)
+    assert target.load_adapter("@alice/w", set_active=True) == "k"
+    torch.testing.assert_close(_whisper_out(target, inputs), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("config", CONV1D_CONFIGS[:2], ids=CONV1D_IDS[:2])
+def test_declared_conv1d_the_factors_do_not_fit_is_refused(tmp_path, config):
+    """A declared Conv1d whose channels the factors do not make is refused by both checks; one whose channels and
+    kernel flatten to the same width as the model's is refused when it is loaded."""
+    source = _whisper()
+    source.add_adapter("k", {**config, "target_modules": ["conv1"]})
+    directory = source.save_adapter(tmp_path / "k", "k")
+    c_in = source.get_submodule("encoder.conv1").in_channels
+    _edit_config(directory, conv_modules={"encoder.conv1": {"in_channels": c_in + 1, "kernel_size": [3]}})
+    with pytest.raises(
+        AdapterFileError, match=rf"of the declared Conv1d \(in_channels {c_in + 1}, kernel_size \(3,\)\)"
+    ):
+        inspect_from_headers(directory)
+    with pytest.raises(AdapterFileError, match="conv1"):
+        inspect_adapter_dir(directory)
+    if not config.get("use_effective_conv2d") and c_in % 2 == 0:
+        # c_in channels · kernel 3 and c_in / 2 channels · kernel 6 flatten to the same width
+        _edit_config(
+            directory, conv_modules={"encoder.conv1": {"in_channels": c_in // 2, "kernel_size": [6]}}
+        )
+        with pytest.raises(IncompatibleModelError, match=r"nn.Conv1d 'encoder.conv1' of .* kernel \(6,\)"):
+            _whisper().load_adapter(directory)

@@ -11,14 +11,15 @@ peft's ``target_modules`` / ``exclude_modules`` / ``layers_to_transform`` select
 ``alpha_pattern`` and the other options are kept, so every module gets peft's rank, alpha and factors. When the
 adapter is built, paths that are spec points of the model move there (``LoRAAdapter.adopt_tensors``). Tensors of
 no adapted module are ``modules_to_save`` copies (or a static head), as for LoRA. Convolution factors
-on ``nn.Conv2d`` are those of the flattened kernel (``use_effective_conv2d=False``, or a 1×1 kernel), or with
-``use_effective_conv2d=True`` on a larger kernel peft's CP decomposition: ``hada_t1`` / ``hada_t2`` ``(r, r, kh,
-kw)`` with ``hada_w*_a (r, c_out)`` and ``hada_w*_b (r, c_in)`` (LoHa), ``lokr_t2 (r, r, kh, kw)`` with
-``lokr_w2_a (r, b)`` and ``lokr_w2_b (r, d)`` (LoKr, when ``W2`` is factored), under the same names both ways.
+on ``nn.Conv2d`` / ``nn.Conv1d`` are those of the flattened kernel (``use_effective_conv2d=False``, or a 1×1 / 1
+kernel), LoKr's full ``lokr_w2 (b, d, kh, kw)`` / ``(b, d, k)``, or with ``use_effective_conv2d=True`` on a larger
+kernel peft's CP decomposition: ``hada_t1`` / ``hada_t2`` ``(r, r, kh, kw)`` (a Conv1d: ``(r, r, k, 1)``) with
+``hada_w*_a (r, c_out)`` and ``hada_w*_b (r, c_in)`` (LoHa), ``lokr_t2`` likewise with ``lokr_w2_a (r, b)`` and
+``lokr_w2_b (r, d)`` (LoKr, when ``W2`` is factored), under the same names both ways.
 
 Writing: each target under its module path (a spec point through the spec's module name; the fused projections of
 GPT-2's ``c_attn`` have no peft form and are refused), ``target_modules`` the list of those full paths. The
-``nn.Conv2d`` targets' input channels and kernel, which the flattened factors do not say, go into
+``nn.Conv2d`` / ``nn.Conv1d`` targets' input channels and kernel, which the flattened factors do not say, go into
 ``adapterhub_conv_modules.json`` beside peft's files (peft ignores it; ``inspect_adapter_dir`` and the hub read it):
 a folder peft wrote itself lacks it, so its LoHa factors (and a factored LoKr's) read as a linear update of the
 flattened width (the model says which when it is loaded; the full check reads a LoKr split that is not a linear
@@ -113,10 +114,10 @@ def write_peft_lycoris(
         )
 
     for path, param, tensor in module_tensors(record, spec, model, no_form):
-        if not isinstance(model.get_submodule(path), (nn.Linear, nn.Conv2d)):
+        if not isinstance(model.get_submodule(path), (nn.Linear, nn.Conv1d, nn.Conv2d)):
             raise ConfigError(
                 f"Adapter {record.name!r} adapts {path!r}, a {type(model.get_submodule(path)).__name__}; peft's "
-                f"{method} adapts nn.Linear and convolutions only, so this adapter has no peft form. Use "
+                f"{method} adapts nn.Linear, nn.Conv1d and nn.Conv2d only, so this adapter has no peft form. Use "
                 "layout='adapterhub'."
             )
         out[f"{PREFIX}{path}.{param}"] = tensor.detach().contiguous()

@@ -427,9 +427,9 @@ class AdapterModule(nn.Module):
         step's gradients are still held (before they are zeroed): AdaLoRA's rank allocation. Default: nothing."""
 
     def conv_modules(self) -> dict[str, tuple[int, tuple[int, ...]]]:
-        """``{path: (in_channels, (kh, kw))}`` of the ``nn.Conv2d`` modules this adapter targets by name, recorded
-        in its files (``conv_modules``) because some factors do not say them (LoHa's flattened kernel). Default:
-        none."""
+        """``{path: (in_channels, kernel)}`` of the ``nn.Conv2d`` (``(kh, kw)``) and, for LoHa / LoKr, ``nn.Conv1d``
+        (``(k,)``) modules this adapter targets by name, recorded in its files (``conv_modules``) because some
+        factors do not say them (LoHa's flattened kernel). Default: none."""
         return {}
 
     def saved_paths(self) -> tuple[str, ...]:

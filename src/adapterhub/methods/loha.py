@@ -9,8 +9,9 @@ For a projection ``y = W x + b`` with ``W: (d_out, d_in)``::
 The element-wise product of two rank-``r`` matrices has rank up to ``r²`` with ``2 r (d_in + d_out)`` parameters.
 A new adapter (``init_weights=True``) has ``W2b = 0`` and the other factors Kaiming-uniform (``a = sqrt(5)``), so it
 is the identity; ``init_weights=False`` draws ``W2b`` too. Parameter names are peft's (``hada_w1_a`` ...), so its
-files map one to one. On an ``nn.Conv2d`` the factors cover the flattened kernel, or, with
-``use_effective_conv2d`` and a kernel larger than 1×1, each operand is a CP-decomposed kernel (``LoHaConvLayer``).
+files map one to one. On an ``nn.Conv2d`` / ``nn.Conv1d`` the factors cover the flattened kernel, or, with
+``use_effective_conv2d`` and a kernel larger than 1×1 / 1, each operand is a CP-decomposed kernel
+(``LoHaConvLayer``).
 Dropouts, composition and merging: ``methods.lycoris``.
 """
 
@@ -52,10 +53,12 @@ class LoHaLayer(LycorisLayer):
             self.hada_w1_b = nn.Parameter(torch.empty(r, d_in))  # (r, c_in)
             self.hada_w2_a = nn.Parameter(torch.empty(r, d_out))  # (r, c_out)
             self.hada_w2_b = nn.Parameter(torch.empty(r, d_in))  # (r, c_in)
-            self.hada_t1 = nn.Parameter(torch.empty(r, r, *self.kernel))  # (r, r, kh, kw)
-            self.hada_t2 = nn.Parameter(torch.empty(r, r, *self.kernel))  # (r, r, kh, kw)
+            self.hada_t1 = nn.Parameter(torch.empty(r, r, *self.core_kernel))  # (r, r, kh, kw) / (r, r, k, 1)
+            self.hada_t2 = nn.Parameter(torch.empty(r, r, *self.core_kernel))  # (r, r, kh, kw) / (r, r, k, 1)
         else:
-            d_in = d_in * math.prod(self.kernel)  # a convolution: the flattened kernel (c_in·kh·kw), as peft
+            d_in = d_in * math.prod(
+                self.kernel
+            )  # a convolution: the flattened kernel (c_in·kh·kw / c_in·k), as peft
             self.hada_w1_a = nn.Parameter(torch.empty(d_out, r))  # (d_out, r)
             self.hada_w1_b = nn.Parameter(torch.empty(r, d_in))  # (r, d_in)
             self.hada_w2_a = nn.Parameter(torch.empty(d_out, r))  # (d_out, r)
@@ -77,7 +80,8 @@ class LoHaLayer(LycorisLayer):
     @classmethod
     def conv_shape_from(cls, params: Mapping[str, torch.Tensor]) -> tuple[int, int, tuple[int, ...]] | None:
         """The CP core ``hada_t1 (r, r, kh, kw)`` with ``hada_w1_a (r, c_out)``, ``hada_w1_b (r, c_in)``:
-        ``(c_in, c_out, (kh, kw))``; the flattened kernel does not say it (None)."""
+        ``(c_in, c_out, (kh, kw))`` (a Conv1d's core ``(r, r, k, 1)`` reads as kernel ``(k, 1)``: the files do not
+        tell them apart, and the update is the same); the flattened kernel does not say it (None)."""
         core, shape = params.get("hada_t1"), cls.shape_from(params)
         if core is None or core.dim() != 4 or shape is None:
             return None
@@ -85,7 +89,9 @@ class LoHaLayer(LycorisLayer):
 
     def _product(self) -> torch.Tensor:
         if self.effective:
-            first = cp_kernel(self.hada_t1, self.hada_w1_a, self.hada_w1_b)  # (c_out, c_in, kh, kw)
+            first = cp_kernel(
+                self.hada_t1, self.hada_w1_a, self.hada_w1_b
+            )  # (c_out, c_in, kh, kw) / (.., k, 1)
             return first * cp_kernel(self.hada_t2, self.hada_w2_a, self.hada_w2_b)
         first = self.hada_w1_a @ self.hada_w1_b  # (d_out, d_in)
         second = self.hada_w2_a @ self.hada_w2_b  # (d_out, d_in)
@@ -93,10 +99,11 @@ class LoHaLayer(LycorisLayer):
 
 
 class LoHaConvLayer(LoHaLayer):
-    """LoHa on an ``nn.Conv2d``: with ``use_effective_conv2d=False`` (or a 1×1 kernel) the factors over the flattened
-    kernel, ``ΔW = s · (W1a W1b) ⊙ (W2a W2b)`` reshaped to ``(c_out, c_in, kh, kw)``; with it, each Hadamard operand
-    is a CP-decomposed kernel, ``ΔW = s · cp(T1, W1a, W1b) ⊙ cp(T2, W2a, W2b)`` (``cp_kernel``: ``T (r, r, kh, kw)``,
-    ``Wa (r, c_out)``, ``Wb (r, c_in)``)."""
+    """LoHa on an ``nn.Conv2d`` / ``nn.Conv1d``: with ``use_effective_conv2d=False`` (or a 1×1 / 1 kernel) the
+    factors over the flattened kernel, ``ΔW = s · (W1a W1b) ⊙ (W2a W2b)`` reshaped to ``(c_out, c_in, kh, kw)`` /
+    ``(c_out, c_in, k)``; with it, each Hadamard operand is a CP-decomposed kernel, ``ΔW = s · cp(T1, W1a, W1b) ⊙
+    cp(T2, W2a, W2b)`` (``cp_kernel``: ``T (r, r, kh, kw)``, or ``(r, r, k, 1)`` for a Conv1d as peft's,
+    ``Wa (r, c_out)``, ``Wb (r, c_in)``), reshaped to the weight's shape."""
 
     def __init__(
         self, module: NamedModule, config: LoHaConfig, r: int | None = None, alpha: float | None = None

@@ -59,11 +59,11 @@ class LoKrLayer(LycorisLayer):
             self.w2: tuple[str, ...] = ("lokr_t2", "lokr_w2_a", "lokr_w2_b")
             self.lokr_w2_a = nn.Parameter(torch.empty(r, b))  # (r, b)
             self.lokr_w2_b = nn.Parameter(torch.empty(r, d))  # (r, d)
-            self.lokr_t2 = nn.Parameter(torch.empty(r, r, *self.kernel))  # (r, r, kh, kw)
+            self.lokr_t2 = nn.Parameter(torch.empty(r, r, *self.core_kernel))  # (r, r, kh, kw) / (r, r, k, 1)
         else:
             self.w2 = self._factor("lokr_w2", b, d * (1 if full2 else math.prod(self.kernel)), r, full=full2)
         if full2 and self.kernel:
-            self.lokr_w2 = nn.Parameter(torch.empty(b, d, *self.kernel))  # (b, d, kh, kw)
+            self.lokr_w2 = nn.Parameter(torch.empty(b, d, *self.kernel))  # (b, d, kh, kw) / (b, d, k)
         with torch.no_grad():
             for param in self.parameters():
                 nn.init.kaiming_uniform_(param, a=math.sqrt(5))
@@ -109,13 +109,14 @@ class LoKrLayer(LycorisLayer):
 
     @classmethod
     def conv_shape_from(cls, params: Mapping[str, torch.Tensor]) -> tuple[int, int, tuple[int, ...]] | None:
-        """A full ``lokr_w2 (b, d, kh, kw)`` or a CP core ``lokr_t2 (r, r, kh, kw)`` with ``W1 (a, c)``:
-        ``(c·d, a·b, (kh, kw))``."""
+        """A full ``lokr_w2 (b, d, kh, kw)`` or ``(b, d, k)`` (a Conv1d), or a CP core ``lokr_t2 (r, r, kh, kw)``
+        (a Conv1d's ``(r, r, k, 1)`` reads as kernel ``(k, 1)``, the same update), with ``W1 (a, c)``:
+        ``(c·d, a·b, kernel)``."""
         w2 = params.get("lokr_t2", params.get("lokr_w2"))
         shape = cls.shape_from(params)
-        if w2 is None or w2.dim() != 4 or shape is None:
+        if w2 is None or w2.dim() not in (3, 4) or shape is None or ("lokr_t2" in params and w2.dim() != 4):
             return None
-        return shape[0], shape[1], (int(w2.shape[2]), int(w2.shape[3]))
+        return shape[0], shape[1], tuple(int(k) for k in w2.shape[2:])
 
     @classmethod
     def flattened_conv_from(
@@ -144,16 +145,21 @@ class LoKrLayer(LycorisLayer):
     def _product(self) -> torch.Tensor:
         w1 = self._matrix(self.w1)  # (a, c)
         w2 = self._matrix(self.w2)  # (b, d) (a convolution: (b, d·kh·kw) or (b, d, kh, kw) full or CP)
-        if w2.dim() == 4:
+        if w2.dim() == 4:  # (a Conv1d's CP kernel is (b, d, k, 1))
             w1 = w1[:, :, None, None]  # (a, c, 1, 1)
-        return torch.kron(w1, w2.contiguous())  # (a·b, c·d[·kh·kw]) = (d_out, d_in[...])
+        # a Conv1d's full W2 (b, d, k): peft's kron of (a, c) with it reads W1 as (1, a, c), giving (b, a·d, c·k),
+        # which weight_delta reshapes to (c_out, c_in, k) as peft does (not the channel-wise Kronecker product)
+        # flatten().view(): canonical strides (a CP kernel's size-1 dimension can keep a stride that torch.kron's
+        # internal view rejects, which .contiguous() leaves as it is)
+        w2 = w2.contiguous().flatten().view(w2.shape)
+        return torch.kron(w1, w2)  # (a·b, c·d[·kh·kw]) = (d_out, d_in[...])
 
 
 class LoKrConvLayer(LoKrLayer):
-    """LoKr on an ``nn.Conv2d``: ``d_in`` the input channels, the kernel in ``W2`` (full ``(b, d, kh, kw)``, factored
-    over the flattened kernel ``(b, r) · (r, d·kh·kw)``, or with ``use_effective_conv2d`` on a kernel larger than
-    1×1 CP-decomposed, ``W2 = cp_kernel(T2 (r, r, kh, kw), W2a (r, b), W2b (r, d))``); ``ΔW`` reshaped to
-    ``(c_out, c_in, kh, kw)``."""
+    """LoKr on an ``nn.Conv2d`` / ``nn.Conv1d``: ``d_in`` the input channels, the kernel in ``W2`` (full
+    ``(b, d, kh, kw)`` / ``(b, d, k)``, factored over the flattened kernel ``(b, r) · (r, d·kh·kw)``, or with
+    ``use_effective_conv2d`` on a kernel larger than 1×1 / 1 CP-decomposed, ``W2 = cp_kernel(T2 (r, r, kh, kw),
+    W2a (r, b), W2b (r, d))``, a Conv1d's core ``(r, r, k, 1)``); ``ΔW`` reshaped to the weight's shape."""
 
     def __init__(
         self, module: NamedModule, config: LoKrConfig, r: int | None = None, alpha: float | None = None

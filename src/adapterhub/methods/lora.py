@@ -75,6 +75,9 @@ class LoRAAdapter(AdapterModule):
     layer_class: ClassVar[type[LoRALayer]] = LoRALayer
     # an nn.Conv1d / Conv2d / Conv3d target by name: built as (module, config, r, alpha)
     conv_layer_class: ClassVar[type[ConvLoRALayer]] = ConvLoRALayer
+    # the kernel dimensions of the convolution targets whose input channels and kernel the files record
+    # (``conv_modules``): Conv2d (LoHa's flattened kernel does not say them); LoHa / LoKr add Conv1d
+    declared_conv_dims: ClassVar[tuple[int, ...]] = (2,)
 
     def __init__(self, name: str, config: LoRAConfig, dims: ModelDims) -> None:
         super().__init__(name, config, dims)
@@ -83,8 +86,9 @@ class LoRAAdapter(AdapterModule):
         self.awaiting_data = getattr(config, "init", None) in DATA_INITS
         self.by_name = nn.ModuleDict()
         self._paths: dict[tuple[int, str], str] = {}  # (layer, point) of a module target -> its path
-        self._convs: dict[str, tuple[int, tuple[int, ...]]] = {}  # nn.Conv2d target -> (c_in, (kh, kw))
-        # (Conv1d / Conv3d targets are not recorded: LoRA's factors say their channels and kernel)
+        # a convolution target of declared_conv_dims -> (c_in, kernel) (LoRA's other ones are not recorded: its
+        # factors say their channels and kernel)
+        self._convs: dict[str, tuple[int, tuple[int, ...]]] = {}
         self._attention: dict[
             str, str
         ] = {}  # nn.MultiheadAttention target -> the path of its out_proj target
@@ -246,7 +250,7 @@ class LoRAAdapter(AdapterModule):
                 lora = LoRALayer(module.d_in, module.d_out, config, target.r, target.alpha, embedding=module)
             elif module.conv is not None:
                 lora = self.conv_layer_class(module, config, target.r, target.alpha)
-                if len(module.conv[0]) == 2:
+                if len(module.conv[0]) in self.declared_conv_dims:
                     self._convs[module.path] = (module.d_in, tuple(int(k) for k in module.conv[0]))
             else:
                 lora = self.layer_class(module.d_in, module.d_out, config, target.r, target.alpha)

@@ -51,13 +51,15 @@ def cp_kernel(core: torch.Tensor, out_mode: torch.Tensor, in_mode: torch.Tensor)
 
 
 class LycorisLayer(nn.Module):
-    """The update of one projection of shape ``(d_out, d_in)``, or of an ``nn.Conv2d`` (``conv``: its kernel size,
-    stride and padding; ``d_in`` / ``d_out`` its channels) of shape ``(c_out, c_in, kh, kw)``: subclasses build the
-    factors' product in ``_product`` (any shape with the weight's number of entries, rows = outputs);
-    ``delta(x) = ΔW x`` (a convolution with ``ΔW`` for Conv2d; the dropouts above while training). ``r`` / ``alpha``
-    override the config's (``rank_pattern`` / ``alpha_pattern``). ``effective``: the config's
-    ``use_effective_conv2d`` on a convolution whose kernel is not 1×1 (peft turns it off for 1×1): the subclass
-    keeps the kernel's CP factors (``cp_kernel``) instead of factors over the flattened kernel."""
+    """The update of one projection of shape ``(d_out, d_in)``, or of an ``nn.Conv2d`` / ``nn.Conv1d`` (``conv``: its
+    kernel size, stride and padding; ``d_in`` / ``d_out`` its channels) of shape ``(c_out, c_in, kh, kw)`` /
+    ``(c_out, c_in, k)``: subclasses build the factors' product in ``_product`` (any shape with the weight's number
+    of entries, rows = outputs); ``delta(x) = ΔW x`` (a convolution with ``ΔW`` for a convolution; the dropouts
+    above while training). ``r`` / ``alpha`` override the config's (``rank_pattern`` / ``alpha_pattern``).
+    ``effective``: the config's ``use_effective_conv2d`` on a convolution whose kernel is not 1×1 / 1 (peft turns it
+    off there, and applies the same flag to Conv1d): the subclass keeps the kernel's CP factors (``cp_kernel``, over
+    the 2-d ``core_kernel``: ``(kh, kw)``, or ``(k, 1)`` for a Conv1d as peft stores it) instead of factors over the
+    flattened kernel."""
 
     rescale_rank_dropout: bool = True
 
@@ -80,6 +82,8 @@ class LycorisLayer(nn.Module):
         self.conv = conv
         self.kernel: tuple[int, ...] = tuple(conv[0]) if conv is not None else ()
         self.weight_shape = (d_out, d_in, *self.kernel)  # the base module's weight
+        # the CP core's kernel dimensions: peft keeps a Conv1d's (k,) as (k, 1), cores (r, r, k, 1)
+        self.core_kernel: tuple[int, ...] = (*self.kernel, 1) if len(self.kernel) == 1 else self.kernel
         # peft's use_effective_conv2d on a kernel larger than 1x1: the kernel's factors are CP-decomposed (cp_kernel)
         self.effective = bool(config.use_effective_conv2d) and any(k != 1 for k in self.kernel)
 
@@ -90,7 +94,7 @@ class LycorisLayer(nn.Module):
 
     @classmethod
     def conv_shape_from(cls, params: Mapping[str, torch.Tensor]) -> tuple[int, int, tuple[int, ...]] | None:
-        """``(c_in, c_out, (kh, kw))`` when a target's saved factors say it is a convolution, else None."""
+        """``(c_in, c_out, kernel)`` when a target's saved factors say it is a convolution, else None."""
         return None
 
     def _product(self) -> torch.Tensor:
@@ -99,12 +103,12 @@ class LycorisLayer(nn.Module):
 
     def weight_delta(self) -> torch.Tensor:
         """``ΔW`` with the scaling ``alpha / r`` in the base weight's shape: ``(d_out, d_in)`` or
-        ``(c_out, c_in, kh, kw)``."""
+        ``(c_out, c_in, kh, kw)`` / ``(c_out, c_in, k)``."""
         return (self._product() * self.scaling).reshape(self.weight_shape)
 
     def _call_weight(self) -> torch.Tensor:
         """``ΔW`` for this call: rows dropped (and rescaled) while training with ``rank_dropout``."""
-        weight = self.weight_delta()  # (d_out, d_in[, kh, kw])
+        weight = self.weight_delta()  # (d_out, d_in[, kh, kw] / [, k])
         if self.training and self.rank_dropout > 0:
             keep = (torch.rand(weight.shape[0]) > self.rank_dropout).to(weight.dtype)  # (d_out,)
             if self.rescale_rank_dropout:
@@ -118,8 +122,9 @@ class LycorisLayer(nn.Module):
         return self.training and not torch.rand(1).item() > self.module_dropout
 
     def _run(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if self.conv is not None:  # (N, c_in, H, W) -> (N, c_out, H', W')
-            return F.conv2d(x.to(weight.dtype), weight, stride=self.conv[1], padding=self.conv[2])
+        if self.conv is not None:  # (N, c_in, H, W) -> (N, c_out, H', W'), or (N, c_in, L) -> (N, c_out, L')
+            conv = F.conv1d if len(self.kernel) == 1 else F.conv2d
+            return conv(x.to(weight.dtype), weight, stride=self.conv[1], padding=self.conv[2])
         return F.linear(x.to(weight.dtype), weight)  # (..., d_in) -> (..., d_out)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,6 +146,9 @@ class LycorisAdapter(LoRAAdapter):
 
     config: LycorisConfig  # type: ignore[assignment]
     layer_class: ClassVar[type[LoRALayer]]
+    # a Conv1d's flattened kernel (c_in·k) does not say c_in nor k either, and its CP core (r, r, k, 1) reads as a
+    # Conv2d's: the files record both kinds (conv_modules)
+    declared_conv_dims: ClassVar[tuple[int, ...]] = (1, 2)
 
     @classmethod
     def linear_shapes_from(cls, tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[str, int, int], ...]:
@@ -154,9 +162,10 @@ class LycorisAdapter(LoRAAdapter):
     def conv_shapes_from(
         cls, tensors: Mapping[str, torch.Tensor]
     ) -> tuple[tuple[str, int, int, tuple[int, ...]], ...]:
-        """``(point, c_in, c_out, (kh, kw))`` of the convolution targets whose saved factors say so (the layer
-        class's ``conv_shape_from``: LoKr's full ``lokr_w2 (b, d, kh, kw)``, the CP cores ``hada_t1`` / ``lokr_t2``
-        ``(r, r, kh, kw)``; a flattened kernel never does)."""
+        """``(point, c_in, c_out, kernel)`` of the convolution targets whose saved factors say so (the layer
+        class's ``conv_shape_from``: LoKr's full ``lokr_w2 (b, d, kh, kw)`` or ``(b, d, k)`` (a Conv1d), the CP
+        cores ``hada_t1`` / ``lokr_t2`` ``(r, r, kh, kw)`` (a Conv1d's ``(r, r, k, 1)`` reads as a Conv2d of kernel
+        ``(k, 1)``, the same update); a flattened kernel never does)."""
         by_point = factors_by_point(tensors)
         layer: Any = cls.layer_class
         shapes = ((point, layer.conv_shape_from(params)) for point, params in by_point.items())

@@ -141,9 +141,9 @@ def select_modules(config: ModuleTargeting, dims: ModelDims) -> list[ModuleTarge
                 f"{config.method} on it is not supported (LoRA is; peft refuses DoRA there too). Leave it out of "
                 "target_modules."
             )
-        # LoRA, DoRA: any of Conv1d / Conv2d / Conv3d; methods with adapts_conv2d (LoHa, LoKr): Conv2d only
+        # LoRA, DoRA: any of Conv1d / Conv2d / Conv3d; methods with adapts_conv2d (LoHa, LoKr): Conv1d / Conv2d
         conv_ok = config.method in ("lora", "dora") or (
-            config.adapts_conv2d and module.conv is not None and len(module.conv[0]) == 2
+            config.adapts_conv2d and module.conv is not None and len(module.conv[0]) in (1, 2)
         )
         if (module.embedding and config.method != "lora") or (module.conv and not conv_ok):
             raise ConfigError(

@@ -472,19 +472,20 @@ class AdapterModelCore:
 
     # ------------------------------------------------------------------ compatibility
     def _conv_mismatches(self, info: ModelInfo) -> list[str]:
-        """The declared ``nn.Conv2d`` targets (``ModelInfo.conv_modules``) whose input channels or kernel differ
-        from this model's module: a flattened kernel of equal size would otherwise be reshaped wrongly."""
+        """The declared ``nn.Conv2d`` / ``nn.Conv1d`` targets (``ModelInfo.conv_modules``) whose input channels or
+        kernel differ from this model's module: a flattened kernel of equal size would otherwise be reshaped
+        wrongly."""
         out = []
         for path, (c_in, kernel) in info.conv_modules.items():
             try:
                 module = self._module().get_submodule(path)
             except AttributeError:
                 continue  # not in this model: targeting names the missing module
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, (nn.Conv1d, nn.Conv2d)):
                 mine = (module.in_channels, tuple(module.kernel_size))
                 if mine != (c_in, tuple(kernel)):
                     out.append(
-                        f"an nn.Conv2d {path!r} of {c_in} input channels and kernel {tuple(kernel)} (this model: "
+                        f"an nn.{type(module).__name__} {path!r} of {c_in} input channels and kernel {tuple(kernel)} (this model: "
                         f"{mine[0]} and {mine[1]})"
                     )
         return out

@@ -16,7 +16,9 @@ shapes that do not make one update:
   only with the adapter's ``conv_modules`` (``{path: (in_channels, kernel)}``, recorded from the model when it is
   saved), which their shapes must then fit;
 * ``"conv1d"`` / ``"conv3d"``: an ``nn.Conv1d`` / ``nn.Conv3d`` targeted by LoRA, whose 3-d / 5-d factors say so
-  (``kernel`` ``(k,)`` / ``(kd, kh, kw)``).
+  (``kernel`` ``(k,)`` / ``(kd, kh, kw)``), or an ``nn.Conv1d`` targeted by LoHa / LoKr: LoKr's full 3-d
+  ``lokr_w2`` says so, the other factors (flattened ``c_in·k``, CP cores ``(r, r, k, 1)``) with the adapter's
+  ``conv_modules`` (``kernel_size`` ``[k]``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class ModuleShape:
     LoKr whose factors are both full."""
 
     path: str
-    kind: str  # "linear", "conv2d" (LoRA also "conv1d", "conv3d")
+    kind: str  # "linear", "conv2d", "conv1d" (LoRA also "conv3d")
     r: int
     d_in: int
     d_out: int
@@ -113,7 +115,7 @@ def low_rank_modules(
             as_conv = (
                 ""
                 if declared is None
-                else f" of the declared Conv2d (in_channels {declared[0]}, kernel_size {declared[1]})"
+                else f" of the declared Conv{len(declared[1])}d (in_channels {declared[0]}, kernel_size {declared[1]})"
             )
             raise AdapterFileError(
                 f"{where}: the low-rank weights of module {path!r} ({shown}) are not one update{as_conv}: expected "

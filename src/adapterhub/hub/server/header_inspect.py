@@ -14,9 +14,9 @@ checks, for the adapterhub layout (``adapter_config.json`` + ``adapter.safetenso
   the declared hidden size; layer weights or a declared ``num_layers``; no module named in the weights
   (``by_name.model:layers:7:self_attn:q_proj.lora_A``, copies) in a layer at or past ``num_layers``, read by the
   model type's layer stacks (``spec.module_layers``; a decoder's layers numbered after ``decoder_start``);
-* the modules a LoRA, LoHa or LoKr targets by name: each one's factors make one linear (or embedding) or Conv2d
-  update, the declared Conv2d (``conv_modules``: in_channels and kernel_size, which LoHa's flattened kernel does
-  not say) where the config names one (``spec.manifest.low_rank_modules``), recorded in the manifest's
+* the modules a LoRA, LoHa or LoKr targets by name: each one's factors make one linear (or embedding) or
+  convolution update, the declared Conv2d / Conv1d (``conv_modules``: in_channels and kernel_size, which LoHa's
+  flattened kernel does not say) where the config names one (``spec.manifest.low_rank_modules``), recorded in the manifest's
   ``modules``;
 
 What it cannot check without the method modules (torch): that the weights' names and shapes are exactly those the

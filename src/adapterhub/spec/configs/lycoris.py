@@ -5,8 +5,9 @@ factors, added to each target projection, ``y' = W x + b + ΔW x``.
   products (``W1a, W2a: (d_out, r)``, ``W1b, W2b: (r, d_in)``).
 - LoKr (Yeh et al. 2024): ``ΔW = s · W1 ⊗ W2``, a Kronecker product with ``d_out = a·b`` and ``d_in = c·d``
   (``W1: (a, c)``, ``W2: (b, d)``), each factor full or a rank-``r`` product (``decompose_both``: ``W1`` too).
-- On an ``nn.Conv2d`` both hold the kernel: over the flattened ``c_in·kh·kw`` columns, or with
-  ``use_effective_conv2d`` (kernels larger than 1×1) as CP-decomposed kernels (``methods.lycoris.cp_kernel``).
+- On an ``nn.Conv2d`` / ``nn.Conv1d`` both hold the kernel: over the flattened ``c_in·kh·kw`` / ``c_in·k``
+  columns, or with ``use_effective_conv2d`` (kernels larger than 1×1 / 1) as CP-decomposed kernels
+  (``methods.lycoris.cp_kernel``).
 
 Both: ``s = alpha / r``; ``rank_dropout`` zeroes rows of ``ΔW`` during training, ``module_dropout`` skips the whole
 update of a projection during training. Targets as LoRA's (``ModuleTargeting``): spec points or peft's
@@ -26,10 +27,10 @@ from adapterhub.spec.configs.targeting import LowRankTargeting
 @dataclass(frozen=True, kw_only=True)
 class LycorisConfig(LowRankTargeting, MethodConfig):
     """The options LoHa and LoKr share (peft's names): ``r``, ``alpha``, ``rank_dropout``, ``module_dropout``,
-    ``use_effective_conv2d`` (peft's option for ``nn.Conv2d`` targets with a kernel larger than 1×1: each kernel
-    factor CP-decomposed, ``K = Σ_ij T[i, j] · a_i ⊗ b_j`` with a core ``T (r, r, kh, kw)`` and mode factors over the
-    output and input channels, instead of factors over the flattened kernel ``c_in·kh·kw``; no effect on linear
-    projections and 1×1 kernels), ``init_weights`` (true: the update starts at zero; false: every factor random), and the
+    ``use_effective_conv2d`` (peft's option for ``nn.Conv2d`` and ``nn.Conv1d`` targets with a kernel larger than
+    1×1 / 1: each kernel factor CP-decomposed, ``K = Σ_ij T[i, j] · a_i ⊗ b_j`` with a core ``T (r, r, kh, kw)``
+    (a Conv1d's ``(r, r, k, 1)``) and mode factors over the output and input channels, instead of factors over the
+    flattened kernel ``c_in·kh·kw``; no effect on linear projections and 1×1 / 1 kernels), ``init_weights`` (true: the update starts at zero; false: every factor random), and the
     targeting options of LoRA (``targets``, ``leave_out``, ``target_modules``, ``exclude_modules``,
     ``layers_to_transform``, ``layers_pattern``, ``rank_pattern``, ``alpha_pattern``, ``modules_to_save``)."""
 
