@@ -189,14 +189,20 @@ def check_base_init_matches_peft(theirs, ours, outputs) -> None:
     torch.testing.assert_close(outputs(ours), outputs(theirs), atol=1e-5, rtol=0)
 
 
-def randomize_peft_lora(theirs, seed: int = 5, std: float = 0.3) -> None:
-    """Overwrite every LoRA parameter of peft model ``theirs`` (``lora_`` in its name; B starts at zero) with
-    seeded normal draws times ``std``, in parameter order."""
+def randomize_peft_params(theirs, markers, seed: int = 5, std: float = 0.3) -> None:
+    """Overwrite every parameter of peft model ``theirs`` whose name contains one of ``markers`` with seeded normal
+    draws times ``std``, in parameter order."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in theirs.named_parameters():
-            if "lora_" in name:
+            if any(marker in name for marker in markers):
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
+def randomize_peft_lora(theirs, seed: int = 5, std: float = 0.3) -> None:
+    """Overwrite every LoRA parameter of peft model ``theirs`` (``lora_`` in its name; B starts at zero) with
+    seeded normal draws times ``std``, in parameter order."""
+    randomize_peft_params(theirs, ("lora_",), seed, std)
 
 
 def save_trained_with_residual(theirs, directory, residual):

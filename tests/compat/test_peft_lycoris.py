@@ -11,6 +11,7 @@ import torch
 
 import adapterhub
 from adapterhub.errors import ConfigError
+from method_checks import randomize_peft_params
 from tiny_models import build, make_inputs
 
 peft = pytest.importorskip("peft", reason="peft is not installed")
@@ -31,11 +32,7 @@ def _peft_model(arch: str, kind: str, method: str, **options):
     config_cls = peft.LoHaConfig if method == "loha" else peft.LoKrConfig
     config = config_cls(r=2, alpha=4, target_modules=targets, **options)
     model = peft.get_peft_model(build(arch, kind), config).eval()
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if ".hada_" in name or ".lokr_" in name or "modules_to_save" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    randomize_peft_params(model, (".hada_", ".lokr_", "modules_to_save"))
     return model
 
 
@@ -147,11 +144,7 @@ def test_conv2d_matches_peft_merges_and_writes_back(method, options, tmp_path):
         _cnn(), config_cls(alpha=3, target_modules=["conv1", "conv2", "fc"], **options)
     )
     theirs.eval()
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, param in theirs.named_parameters():
-            if ".hada_" in name or ".lokr_" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    randomize_peft_params(theirs, (".hada_", ".lokr_"))
     images = torch.randn(4, 3, 9, 9, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = theirs(images)
@@ -193,11 +186,7 @@ EFFECTIVE = [
 def _peft_cnn(method: str, options: dict, targets: list[str]):
     config_cls = peft.LoHaConfig if method == "loha" else peft.LoKrConfig
     theirs = peft.get_peft_model(_cnn(), config_cls(alpha=3, target_modules=targets, **options)).eval()
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, param in theirs.named_parameters():
-            if ".hada_" in name or ".lokr_" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    randomize_peft_params(theirs, (".hada_", ".lokr_"))
     return theirs
 
 

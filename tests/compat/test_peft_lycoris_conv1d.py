@@ -14,6 +14,7 @@ from torch import nn
 
 import adapterhub
 from adapterhub.errors import ConfigError
+from method_checks import randomize_peft_params
 
 peft = pytest.importorskip("peft", reason="peft is not installed")
 
@@ -68,11 +69,7 @@ def dense_cp_kernel(monkeypatch):
 def _peft_cnn(method: str, options: dict, targets: list[str]):
     config_cls = peft.LoHaConfig if method == "loha" else peft.LoKrConfig
     theirs = peft.get_peft_model(_cnn(), config_cls(alpha=3, target_modules=targets, **options)).eval()
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, param in theirs.named_parameters():
-            if ".hada_" in name or ".lokr_" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    randomize_peft_params(theirs, (".hada_", ".lokr_"))
     return theirs
 
 
