@@ -73,6 +73,25 @@ def test_target_is_the_worst_final_loss_of_the_compared_runs() -> None:
     assert report.loss_target({}) is None
 
 
+def test_time_to_baseline_is_the_time_to_trls_final_loss() -> None:
+    records = synthetic()
+    report.add_time_to_target(records)
+    # c ends at 0.50 (its own last checkpoint); a: 1.15 at 20 s, 0.30 at 40 s -> 20 + 20 * 0.65 / 0.85
+    assert records["c_trl"]["time_to_baseline"] == pytest.approx(60.0)
+    assert records["a_ours"]["time_to_baseline"] == pytest.approx(20 + 20 * 0.65 / 0.85)
+    out = report.ratios(records)
+    speedup = out["ours packed vs trl defaults: speed-up to trl's final dev loss"]
+    assert speedup == pytest.approx(60.0 / records["b_ours_packed"]["time_to_baseline"])
+    worse = {name: dict(r) for name, r in records.items()}
+    worse["a_ours"]["checkpoints"] = points((20.0, 1.2), (40.0, 0.9))  # never reaches 0.50
+    report.add_time_to_target(worse)
+    assert worse["a_ours"]["time_to_baseline"] is None
+    assert "ours unpacked vs trl defaults: speed-up to trl's final dev loss" not in report.ratios(worse)
+    del worse["c_trl"]
+    report.add_time_to_target(worse)
+    assert all(r["time_to_baseline"] is None for r in worse.values())
+
+
 def test_ratios_say_better_above_one_and_skip_missing_runs() -> None:
     records = synthetic()
     report.add_time_to_target(records)
