@@ -14,10 +14,11 @@ in the engine's two layouts: ``packed`` (one row ``(1, T)``, a ``Split`` over po
 
 Every LoRA is r 8 on q, v (the engine benches' adapters; ``--targets`` to change) with ``B ~ N(0, 0.02)``. The
 steps run under ``torch.no_grad()`` and ``grouped_weights.caching(cache)`` with one ``WeightCache`` per case kept
-across its steps (as the engine does). Printed: the median step time (ms) over ``--repeats`` steps after
-``--warmup``, tokens/s, ratios vs ``a_base`` and ``b_one``, and the arithmetic bound: the bytes of base weights a
-step reads (every linear weight, the output layer included) against the bytes of the T adapters' ``A`` / ``B``
-(the memory-bound limit of ``c`` / ``b``), and the multiply-adds of the masked packed computation.
+across its steps (as the engine does), the cases' steps taken in turn (one step of each case, then the next, so
+that a busy machine's changing load reaches every case alike). Printed: the median step time (ms) over
+``--repeats`` steps after ``--warmup``, tokens/s, ratios vs ``a_base`` and ``b_one``, and the arithmetic bound:
+the bytes of base weights a step reads (every linear weight, the output layer included) against the bytes of the
+T adapters' ``A`` / ``B`` (the memory-bound limit of ``c`` / ``b``).
 
 Usage: ``python bench/serve/mixed_lora_step.py [--tiny] [--tokens 16] [--adapters 32] [--threads 1]
 [--repeats 30] [--warmup 3] [--layout packed,rows] [--profile c_mixed:packed] [--before SRC] [--out FILE.json]``
@@ -121,29 +122,33 @@ def make_step(model: Any, layout: str, adapters: list[str | None], ids: torch.Te
     return step
 
 
-def run_case(
-    model: Any, case: str, layout: str, names: list[str], args: argparse.Namespace, profile: bool
-) -> list[float]:
-    """Seconds per step of ``--repeats`` steps (after ``--warmup``), one ``WeightCache`` across them."""
-    cache = grouped_weights.WeightCache()
+def run_cases(
+    model: Any, cases: list[str], layout: str, names: list[str], args: argparse.Namespace
+) -> dict[str, list[float]]:
+    """Seconds per step of each case, ``--repeats`` steps (after ``--warmup``) taken in turn (one step of every
+    case, then the next: a busy machine's load changes reach every case alike), one ``WeightCache`` per case kept
+    across its steps."""
+    caches = {case: grouped_weights.WeightCache() for case in cases}
     ids = torch.randint(
         3, model.config.vocab_size, (args.tokens,), generator=torch.Generator().manual_seed(7)
     )
-    times: list[float] = []
-    profiler = cProfile.Profile() if profile else None
+    times: dict[str, list[float]] = {case: [] for case in cases}
+    profiled = {case: cProfile.Profile() for case in cases if args.profile == f"{case}:{layout}"}
     for s in range(args.warmup + args.repeats):
-        step = make_step(model, layout, step_setups(case, names, args.tokens, s), ids)
-        with torch.no_grad(), grouped_weights.caching(cache):
-            if profiler is not None and s >= args.warmup:
-                profiler.enable()
-            start = time.perf_counter()
-            step()
-            elapsed = time.perf_counter() - start
-            if profiler is not None:
-                profiler.disable()
-        if s >= args.warmup:
-            times.append(elapsed)
-    if profiler is not None:
+        for case in cases:
+            step = make_step(model, layout, step_setups(case, names, args.tokens, s), ids)
+            profiler = profiled.get(case) if s >= args.warmup else None
+            with torch.no_grad(), grouped_weights.caching(caches[case]):
+                if profiler is not None:
+                    profiler.enable()
+                start = time.perf_counter()
+                step()
+                elapsed = time.perf_counter() - start
+                if profiler is not None:
+                    profiler.disable()
+            if s >= args.warmup:
+                times[case].append(elapsed)
+    for case, profiler in profiled.items():
         print(f"--- cProfile {case}:{layout}, {args.repeats} steps (internal time)")
         pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile_rows)
     return times
@@ -204,8 +209,8 @@ def main() -> None:
     )
     results: dict[str, dict[str, float]] = {}
     for layout in args.layout.split(","):
-        for case in args.cases.split(","):
-            times = run_case(model, case, layout, names, args, args.profile == f"{case}:{layout}")
+        cases = args.cases.split(",")
+        for case, times in run_cases(model, cases, layout, names, args).items():
             median = statistics.median(times)
             results[f"{case}:{layout}"] = {"ms": median * 1e3, "tok_s": args.tokens / median}
         print(f"\n| {layout} | ms/step | tok/s | vs a_base | vs b_one |\n|---|---:|---:|---:|---:|")
