@@ -2,7 +2,7 @@
 end, e.g. a packed decode step: two batched matmuls) or side by side (a ``(T, R)`` mask), a BatchSplit of row
 blocks stacked (equal or unequal blocks); every layout equals the same setup run slice by slice (the interpreter's
 fallback) to 1e-5, also across steps whose mix changes and after a weight changes in place under one
-``WeightCache``, and layers that compute otherwise (AdaLoRA's SVD layers) are never grouped."""
+``WeightCache``, and layers that compute otherwise (AdaLoRA, DoRA, VeRA, LoHa) are never grouped."""
 
 from __future__ import annotations
 
@@ -196,13 +196,15 @@ def test_slots_follow_a_reloaded_adapter_and_masked_slices_use_the_slot_order(mo
     torch.testing.assert_close(out, reference, atol=ATOL, rtol=0)
 
 
-def test_adalora_layers_are_never_grouped_in_a_split(monkeypatch):
-    """AdaLoRA's SVD layers (``B E A``) are LoRA layers that compute otherwise: a Split of them runs slice by
-    slice and equals each slice through its own adapter."""
+@pytest.mark.parametrize("config", ["adalora[init_r=4,target_r=2]", "dora", "vera", "loha"])
+def test_layers_that_compute_otherwise_are_never_grouped_in_a_split(monkeypatch, config):
+    """LoRA's subclasses whose layers compute otherwise (AdaLoRA's ``B E A``, DoRA's magnitude, VeRA, LoHa) run a
+    Split of their adapters slice by slice and equal each slice through its own adapter (before, an all-DoRA or
+    all-AdaLoRA row ran plain LoRA's math, and VeRA / LoHa raised)."""
     llama = build("llama", "causal_lm", seed=0)
     adapterhub.init(llama)
     for i, name in enumerate(("s0", "s1")):
-        llama.add_adapter(name, "adalora[init_r=4,target_r=2,total_step=10]")
+        llama.add_adapter(name, config)
         perturb(llama._store.adapters[name], std=0.2, seed=80 + i)
     calls: list[Any] = []
     monkeypatch.setattr(lora_grouped, "stacked", lambda *a: calls.append(a))
