@@ -4,6 +4,8 @@ deleted and re-added with other targets, merged or unmerged, so no stale answer 
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 
@@ -56,3 +58,35 @@ def test_memo_follows_targets_deletes_merges_and_unknown_names():
 
     with pytest.raises(AdapterNotFoundError):  # an unknown name still reaches the interpreter's error
         logits(model, ids, BatchSplit("a", "nope", batch_sizes=[1, 1]))
+
+
+def test_a_new_mix_asks_each_adapter_once_per_point(monkeypatch):
+    """Serving steps whose mix changes (sequences join and leave): a new set of names reuses what each name answered
+    at a point, so each adapter module is asked once per point whatever the number of mixes, and the outputs are
+    the interpreter's."""
+    from adapterhub.methods.lora import LoRAAdapter
+
+    model = build("llama", "causal_lm", seed=0)
+    adapterhub.init(model)
+    names = ["a", "b", "c", "d"]
+    for i, name in enumerate(names):
+        model.add_adapter(name, "lora[r=2,targets=[q,v]]")
+        perturb(model._store.adapters[name], std=0.3, seed=10 + i)
+    asked: list[tuple[int, str, str]] = []
+    original = LoRAAdapter.present
+
+    def spy(self, layer, kind, point):
+        asked.append((layer, kind, point))
+        return original(self, layer, kind, point)
+
+    ids = torch.tensor([[5, 9, 14], [7, 2, 8]])
+    mixes = [("a", "b"), ("b", "c"), ("c", "d"), ("d", "a")]
+    expected = [logits(model, ids, BatchSplit(*mix, batch_sizes=[1, 1])) for mix in mixes]
+    model._store.changed()
+    monkeypatch.setattr(LoRAAdapter, "present", spy)
+    for mix, want in zip(mixes, expected, strict=True):
+        torch.testing.assert_close(logits(model, ids, BatchSplit(*mix, batch_sizes=[1, 1])), want)
+    memo = Counter(
+        key for key in asked if key[1] != "linear" or key[2] not in ("q", "v")
+    )  # the hooks' questions
+    assert memo and max(memo.values()) == 4  # once per adapter (2 names x 4 mixes without the per-name memo)

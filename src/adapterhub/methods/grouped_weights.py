@@ -10,6 +10,11 @@ key and reuses it while every source is the same tensor (held weakly) with the s
 new mix, a changed weight, a deleted or reloaded adapter rebuilds it. Nothing is cached while gradients are on (the
 joined tensor would carry a stale graph), nor outside :func:`caching`: the cache is per caller, entered per call in
 the thread or task that runs the forward (a context variable), never stored on the model or its adapters.
+
+:func:`slotted` keeps stacks instead, one slot per group of sources (an adapter's factors at the point): when the
+mix changes but keeps its size (a sequence leaves, another joins), only the groups not held yet are copied, into
+the slots of the groups that left, and the caller learns which group sits in which slot. A group is held while its
+tensors are the same (weakly held) with the same version counters and storage; a mix of another size rebuilds.
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ class WeightCache:
         self._entries: dict[
             Any, tuple[tuple[tuple[int, int, int], ...], list[weakref.ref[torch.Tensor]], Any]
         ] = {}
+        self._slots: dict[Any, _Slots] = {}
         self.hits = 0
         self.builds = 0
+        self.copies = 0  # groups copied into a slot of a kept stack (``slotted``)
 
     def get(self, key: Any, sources: Sequence[torch.Tensor], build: Callable[[], T]) -> T:
         stamp = _stamp(sources)
@@ -56,8 +63,91 @@ class WeightCache:
         self._entries[key] = (stamp, [weakref.ref(t) for t in sources], value)
         return value
 
+    def slotted(
+        self,
+        key: Any,
+        groups: Sequence[Sequence[torch.Tensor]],
+        prepare: Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]],
+    ) -> tuple[list[torch.Tensor], tuple[int, ...]]:
+        """See :func:`slotted`."""
+        stamps = [_stamp(g) for g in groups]
+        entry = self._slots.get(key)
+        if entry is None or len(entry.stamps) != len(groups):
+            return self._build_slots(key, groups, stamps, prepare)
+        order = [-1] * len(groups)  # slot -> group
+        missing = []
+        for k, (group, stamp) in enumerate(zip(groups, stamps, strict=True)):
+            slot = entry.where.get(stamp)
+            if (
+                slot is not None
+                and order[slot] < 0
+                and all(r() is t for r, t in zip(entry.refs[slot], group, strict=True))
+            ):
+                order[slot] = k
+            else:
+                missing.append(k)
+        if not missing:
+            self.hits += 1
+            return entry.stacks, tuple(order)
+        free = [slot for slot, k in enumerate(order) if k < 0]
+        for k, slot in zip(missing, free, strict=True):
+            parts = prepare(groups[k])
+            if any(
+                p.shape != s.shape[1:] or p.dtype != s.dtype for p, s in zip(parts, entry.stacks, strict=True)
+            ):
+                return self._build_slots(key, groups, stamps, prepare)  # another shape: start again
+            for stack, part in zip(entry.stacks, parts, strict=True):
+                stack[slot].copy_(part)
+            if entry.where.get(entry.stamps[slot]) == slot:
+                del entry.where[entry.stamps[slot]]
+            entry.stamps[slot] = stamps[k]
+            entry.refs[slot] = [weakref.ref(t) for t in groups[k]]
+            entry.where[stamps[k]] = slot
+            order[slot] = k
+            self.copies += 1
+        return entry.stacks, tuple(order)
+
+    def _build_slots(
+        self,
+        key: Any,
+        groups: Sequence[Sequence[torch.Tensor]],
+        stamps: list[tuple[tuple[int, int, int], ...]],
+        prepare: Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]],
+    ) -> tuple[list[torch.Tensor], tuple[int, ...]]:
+        stacks = _stack([prepare(g) for g in groups])
+        self.builds += 1
+        self._slots[key] = _Slots(
+            stacks,
+            list(stamps),
+            [[weakref.ref(t) for t in g] for g in groups],
+            {stamp: slot for slot, stamp in enumerate(stamps)},
+        )
+        return stacks, tuple(range(len(groups)))
+
     def clear(self) -> None:
         self._entries.clear()
+        self._slots.clear()
+
+
+class _Slots:
+    """A kept stack: ``stacks[j][s]`` holds part ``j`` of the group in slot ``s``, ``stamps[s]`` / ``refs[s]`` that
+    group's sources, ``where`` stamp -> slot."""
+
+    __slots__ = ("refs", "stacks", "stamps", "where")
+
+    def __init__(
+        self,
+        stacks: list[torch.Tensor],
+        stamps: list[tuple[tuple[int, int, int], ...]],
+        refs: list[list[weakref.ref[torch.Tensor]]],
+        where: dict[tuple[tuple[int, int, int], ...], int],
+    ) -> None:
+        self.stacks, self.stamps, self.refs, self.where = stacks, stamps, refs, where
+
+
+def _stack(parts: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    """``[stack of every group's part j for each j]``: ``(K, *shape_j)`` each."""
+    return [torch.stack([p[j] for p in parts]) for j in range(len(parts[0]))]
 
 
 @contextlib.contextmanager
@@ -76,3 +166,19 @@ def cached(key: Any, sources: Sequence[torch.Tensor], build: Callable[[], T]) ->
     if cache is None or torch.is_grad_enabled():
         return build()
     return cache.get(key, sources, build)
+
+
+def slotted(
+    key: Any,
+    groups: Sequence[Sequence[torch.Tensor]],
+    prepare: Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]],
+) -> tuple[list[torch.Tensor], tuple[int, ...]]:
+    """``(stacks, order)``: ``stacks[j]`` ``(K, *shape_j)`` holds ``prepare(groups[order[s]])[j]`` at slot ``s`` (the
+    K groups in some order: ``order`` is a permutation of ``range(K)``). Kept in the caller's cache (:func:`caching`)
+    under ``key`` and updated in place: a group already held keeps its slot, a new one is copied into the slot of
+    one that left; a mix of another size rebuilds (``order`` then ``0..K-1``, as outside a cache or with gradients
+    on, when the stacks are built afresh)."""
+    cache = _CURRENT.get()
+    if cache is None or torch.is_grad_enabled():
+        return _stack([prepare(g) for g in groups]), tuple(range(len(groups)))
+    return cache.slotted(key, groups, prepare)

@@ -15,29 +15,28 @@ ids) and an ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d`` peft's convolution LoR
 
 Composition at a projection (``LinearInputs``: input ``x``, output ``y``): a Stack adds each adapter's update to
 the running output (``y + Δ_a x + Δ_b x``); Split, BatchSplit, Parallel and Average work on rows/positions of ``x``
-and ``y``; a BatchSplit of LoRA adapters of equal rank and dropout runs as one grouped computation (each row block
-through its own ``A`` and ``B``). Fuse does not apply (LoRA has no output vector of its own to mix).
+and ``y``; a BatchSplit of LoRA adapters of equal rank and dropout, and a Split of LoRA adapters of equal dropout
+(a packed row's segments), run as one grouped computation (``lora_grouped``: each row block or token slice through
+its own ``A`` and ``B``). Fuse does not apply (LoRA has no output vector of its own to mix).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from functools import lru_cache
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from adapterhub.errors import ConfigError
-from adapterhub.methods import grouped_weights
+from adapterhub.methods import lora_grouped
 from adapterhub.methods.base import (
     LINEAR,
     MODULE,
     MODULE_LAYER,
     AdapterModule,
     BaseWeights,
-    LinearInputs,
     LinearRunning,
     ModelDims,
     Point,
@@ -419,41 +418,11 @@ class LoRAAdapter(AdapterModule):
         sizes: Sequence[int],
     ) -> torch.Tensor | None:
         """Row block ``k`` through adapter ``k``'s ``A`` and ``B`` in two batched matmuls (peft's mixed-adapter
-        batch). Equal sizes: ``(K, rows·T, d_in)`` against stacked ``(K, d_in, r)``; otherwise weights gathered
-        per row. Needs equal rank and dropout; else None (the interpreter runs the row blocks one by one)."""
-        if not all(type(m) is type(self) for m in modules):  # a subclass (DoRA, gated) computes otherwise
+        batch; ``lora_grouped.batch_split``). Needs equal rank and dropout; else None (the interpreter runs the row
+        blocks one by one)."""
+        if not self._groups_with(modules):
             return None
-        for m in modules:
-            m.check_ready()  # type: ignore[operator]
-        layers: list[LoRALayer] = [m.layer_at(layer, point) for m in modules]  # type: ignore[attr-defined,operator]
-        first = layers[0]
-        if any(x.lora_A.shape[0] != first.lora_A.shape[0] or x.dropout.p != first.dropout.p for x in layers):
-            return None
-        if first.embedding or isinstance(first, ConvLoRALayer):
-            return None  # token ids / images: the row blocks run one by one
-        assert isinstance(inputs, LinearInputs)
-        x, y = inputs.x, inputs.y  # (B, T, d_in), (B, T, d_out)
-        if first.dropout.p > 0:
-            x = first.dropout(x)
-        a, b = grouped_weights.cached(
-            ("lora.stack", layer, point),
-            [t for m in layers for t in (m.lora_A, m.lora_B)],
-            lambda: (
-                torch.stack([m.lora_A for m in layers]).transpose(1, 2),  # (K, d_in, r)
-                torch.stack([m.lora_B for m in layers]).transpose(1, 2),  # (K, r, d_out)
-            ),
-        )
-        scale = torch.tensor([m.scaling for m in layers], dtype=y.dtype, device=y.device).view(-1, 1, 1)
-        if len(set(sizes)) == 1:
-            groups = x.reshape(len(layers), -1, x.shape[-1])  # (K, rows·T, d_in)
-        else:
-            owner = torch.repeat_interleave(
-                torch.arange(len(layers), device=x.device), torch.tensor(list(sizes), device=x.device)
-            )  # (B,)
-            a, b, scale = a[owner], b[owner], scale[owner]
-            groups = x.reshape(x.shape[0], -1, x.shape[-1])  # (B, T, d_in)
-        delta = torch.bmm(torch.bmm(groups, a), b) * scale  # (G, rows, d_out)
-        return y + delta.reshape(y.shape)
+        return lora_grouped.batch_split(modules, layer, point, inputs, sizes)
 
     def split_grouped(
         self,
@@ -463,39 +432,24 @@ class LoRAAdapter(AdapterModule):
         inputs: PointInputs,
         bounds: Sequence[tuple[int, int]],
     ) -> torch.Tensor | None:
-        """Token slice ``k`` through adapter ``k`` in two dense matmuls (a packed row's segments): with the down
-        projections side by side ``A = [A_1; ...; A_K]`` ``(R, d_in)``, ``R = Σ r_k``, and the up projections
-        ``B = [B_1, ..., B_K]`` ``(d_out, R)``, ``Δy_t = ((x_t Aᵀ) ⊙ m_t) Bᵀ`` where ``m_t`` is ``s_k`` on the
-        columns of the adapter ``k`` owning token ``t`` and 0 elsewhere (0 everywhere for tokens of no slice), so
-        each token gets exactly its adapter's ``s_k B_k A_k x_t``. Plain LoRA of equal dropout on projections only;
-        None when ``R > d_in`` (the masked columns would cost more than the slices one by one)."""
-        if not all(type(m) is type(self) for m in modules):  # a subclass (DoRA, gated) computes otherwise
+        """Token slice ``k`` through adapter ``k`` (a packed row's segments; ``lora_grouped.split``): equal slices
+        end to end in two batched matmuls, others in two dense matmuls with a ``(T, R)`` scale mask. Plain LoRA of
+        equal dropout on projections only; None when the masked layout would need ``R > d_in``."""
+        if not self._groups_with(modules):
             return None
+        return lora_grouped.split(modules, layer, point, inputs, bounds)
+
+    def _groups_with(self, modules: Sequence[AdapterModule]) -> bool:
+        """Whether ``modules`` are all of this class (a subclass, DoRA or gated, computes otherwise); raises for one
+        that still waits for its data pass."""
+        kind = type(self)
         for m in modules:
-            m.check_ready()  # type: ignore[operator]
-        layers: list[LoRALayer] = [m.layer_at(layer, point) for m in modules]  # type: ignore[attr-defined,operator]
-        first = layers[0]
-        if any(x.dropout.p != first.dropout.p or x.embedding or isinstance(x, ConvLoRALayer) for x in layers):
-            return None
-        assert isinstance(inputs, LinearInputs)
-        x, y = inputs.x, inputs.y  # (B, T, d_in), (B, T, d_out)
-        ranks = [int(x.lora_A.shape[0]) for x in layers]
-        if x.dim() != 3 or sum(ranks) > x.shape[-1]:
-            return None
-        if first.dropout.p > 0:
-            x = first.dropout(x)
-        a, b = grouped_weights.cached(
-            ("lora.cat", layer, point),
-            [t for m in layers for t in (m.lora_A, m.lora_B)],
-            lambda: (
-                torch.cat([m.lora_A for m in layers]).t(),  # (d_in, R)
-                torch.cat([m.lora_B for m in layers], dim=1).t(),  # (R, d_out)
-            ),
-        )
-        scales = tuple(float(m.scaling) for m in layers)
-        mask = _slice_mask(int(x.shape[1]), tuple(bounds), tuple(ranks), scales, y.dtype, x.device)  # (T, R)
-        delta = ((x @ a.to(x.dtype)) * mask) @ b.to(x.dtype)  # (B, T, d_out)
-        return y + delta.to(y.dtype)
+            if type(m) is not kind:
+                return False
+        for m in modules:
+            if m.awaiting_data:  # type: ignore[attr-defined]
+                m.check_ready()  # type: ignore[operator]
+        return True
 
     def merged_deltas(self) -> Iterator[tuple[int, str, torch.Tensor]]:
         self.check_ready()
@@ -504,23 +458,3 @@ class LoRAAdapter(AdapterModule):
                 lora.check_mergeable()  # a grouped convolution raises, before the first weight changes
         for layer, point, lora in self.lora_targets():
             yield layer, point, lora.weight_delta()
-
-
-@lru_cache(maxsize=64)
-def _slice_mask(
-    length: int,
-    bounds: tuple[tuple[int, int], ...],
-    ranks: tuple[int, ...],
-    scales: tuple[float, ...],
-    dtype: torch.dtype,
-    device: torch.device,
-) -> torch.Tensor:
-    """``(T, R)``: ``s_k`` where token ``t`` lies in slice ``k`` (``bounds[k]``) and column ``r`` belongs to adapter
-    ``k`` (``ranks`` side by side), else 0. A pure function of its arguments, memoised: a packed step asks it with
-    the same arguments at every LoRA point (the result is only read)."""
-    owner = torch.full((length,), -1, dtype=torch.long)  # (T,): the slice of each token, -1 for none
-    for k, (start, end) in enumerate(bounds):
-        owner[start:end] = k
-    columns = torch.repeat_interleave(torch.arange(len(ranks)), torch.tensor(ranks))  # (R,)
-    scale = torch.tensor(scales, dtype=dtype)[columns]  # (R,)
-    return ((owner[:, None] == columns[None, :]).to(dtype) * scale).to(device)  # (T, R)

@@ -157,12 +157,27 @@ def _run_split(run: PointRun, block: Split, inputs: PointInputs) -> torch.Tensor
     bounds = list(itertools.pairwise(edges))
     # several alike adapters on token slices (a packed row's segments; None slices keep the base): one computation
     named = [(c, b) for c, b in zip(block.children, bounds, strict=True) if c is not None and b[1] > b[0]]
-    if len(named) > 1 and all(isinstance(c, str) and run.present(c) for c, _ in named):
-        modules = [run.adapter(c) for c, _ in named]  # type: ignore[arg-type]
+    modules = _present_adapters(run, [c for c, _ in named]) if len(named) > 1 else None
+    if modules is not None:
         grouped = modules[0].split_grouped(modules, run.layer, run.point, inputs, [b for _, b in named])
         if grouped is not None:
             return grouped
     return _run_chunks(run, block.children, bounds, inputs, dim=1)
+
+
+def _present_adapters(run: PointRun, children: Sequence[Setup | None]) -> list[AdapterModule] | None:
+    """The adapters of ``children`` when every child is a name whose adapter sits at the point, else None (one
+    lookup per child: the hot path of a mixed generation step)."""
+    adapters, merged, layer, (kind, point) = run.adapters, run.merged, run.layer, run.point
+    out = []
+    for child in children:
+        if not isinstance(child, str):
+            return None
+        module = run.adapter(child) if child not in adapters else adapters[child]
+        if child in merged or not module.present(layer, kind, point):
+            return None
+        out.append(module)
+    return out
 
 
 def _run_batch_split(run: PointRun, block: BatchSplit, inputs: PointInputs) -> torch.Tensor | None:
@@ -176,12 +191,12 @@ def _run_batch_split(run: PointRun, block: BatchSplit, inputs: PointInputs) -> t
     used = [(child, size) for child, size in zip(block.children, block.batch_sizes, strict=True) if size > 0]
     named = list(itertools.takewhile(lambda pair: pair[0] is not None, used))
     trailing_base = sum(size for child, size in used[len(named) :] if child is None)
-    if (
-        named
-        and all(child is None for child, _ in used[len(named) :])
-        and all(isinstance(child, str) and run.present(child) for child, _ in named)
-    ):  # alike adapters, then (optionally) rows with no adapter: one grouped computation and the base rows
-        modules = [run.adapter(child) for child, _ in named]  # type: ignore[arg-type]
+    modules = (
+        _present_adapters(run, [child for child, _ in named])
+        if named and all(child is None for child, _ in used[len(named) :])
+        else None
+    )
+    if modules is not None:  # alike adapters, then (optionally) rows with no adapter: one grouped computation
         adapter_rows = rows - trailing_base
         part = inputs.select(slice(0, adapter_rows), 0) if trailing_base else inputs
         grouped = modules[0].batch_split_grouped(

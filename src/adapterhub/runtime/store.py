@@ -57,6 +57,9 @@ class AdapterStore(nn.Module):
         # per set of adapter names: whether any of them sits at (layer, kind, point) (``_sits_at``)
         self._names: dict[Setup, frozenset[str]] = {}
         self._sites: dict[frozenset[str], dict[tuple[int, str, str], bool]] = {}
+        # per adapter name: whether it (not merged) sits at (layer, kind, point): a new set of names (the mix of a
+        # serving step changes as sequences join and leave) asks each name once per point, not each adapter
+        self._sites_of: dict[str, dict[tuple[int, str, str], bool]] = {}
         # ``observing``: a per-call function that sees the inputs of every linear / module point instead of adapters
         self._observer: contextvars.ContextVar[Observer | None] = contextvars.ContextVar(
             f"adapterhub_observer_{id(self)}", default=None
@@ -186,7 +189,8 @@ class AdapterStore(nn.Module):
     def _sits_at(self, setup: Setup, layer: int, kind: str, point: str) -> bool:
         """Whether an adapter named in ``setup`` (not merged) sits at the point: where none does, every block of
         the interpreter gives the base value, so the hook returns at once. Memoised per set of names (a packed or
-        BatchSplit setup differs step by step in its sizes only), forgotten by ``changed()``; a name the model
+        BatchSplit setup differs step by step in its sizes only) and per name (a new mix asks each of its names once per
+        point, not each adapter module), forgotten by ``changed()``; a name the model
         lacks answers True, so that the interpreter raises its error."""
         names = self._names.get(setup)
         if names is None:
@@ -205,10 +209,19 @@ class AdapterStore(nn.Module):
             adapters = self.adapters
             if any(name not in adapters for name in names):
                 return True
-            found = any(
-                name not in self.merged and adapters[name].present(layer, kind, point)  # type: ignore[operator]
-                for name in names
-            )
+            found = False
+            for name in names:
+                of = self._sites_of.get(name)
+                if of is None:
+                    of = self._sites_of[name] = {}
+                at = of.get(key)
+                if at is None:
+                    at = of[key] = name not in self.merged and bool(
+                        adapters[name].present(layer, kind, point)  # type: ignore[operator]
+                    )
+                if at:
+                    found = True
+                    break
             sites[key] = found
         return found
 
@@ -217,6 +230,7 @@ class AdapterStore(nn.Module):
         self._kinds.clear()
         self._names.clear()
         self._sites.clear()
+        self._sites_of.clear()
 
     def adapter_modules(self) -> dict[str, AdapterModule]:
         return dict(self.adapters.items())  # type: ignore[arg-type]
