@@ -63,13 +63,16 @@ def build_packed_step(
     starts = row.starts
     columns = [range(s, s + n) for s, n in zip(starts, row.lengths, strict=True)]
     write = write_index(caches, columns, [0] * len(caches), pool.width, device)
+    # (1, T): each token's position in its own sequence, as PackedRow.position_ids, built in one call
+    positions = [p for c, n in zip(row.cached, row.lengths, strict=True) for p in range(c, c + n)]
+    position_ids = torch.tensor([positions], dtype=torch.long, device=device)
     if per_slot:
         plan = build_plan([kv.slot for kv in caches], row.cached, row.lengths, device)
         return PackedStep(
             input_ids=input_ids.to(device),
-            position_ids=row.position_ids(device),
+            position_ids=position_ids,
             attention_mask=None,
-            cache=SlotCache(pool, write, seen=sum(row.cached), whole=True),
+            cache=SlotCache(pool, write, seen=sum(row.cached), whole=True, in_order=True),
             new_tokens=list(row.lengths),
             last=row.last(device),
             row=row,
@@ -77,10 +80,10 @@ def build_packed_step(
         )
     key_seq, key_pos = row.key_layout()  # (C + T,): which segment, which position
     flat = torch.tensor([kv.slot for kv in caches], dtype=torch.long)[key_seq] * pool.width + key_pos
-    cache = SlotCache(pool, write, seen=sum(row.cached), flat=flat.to(device))
+    cache = SlotCache(pool, write, seen=sum(row.cached), flat=flat.to(device), in_order=True)
     return PackedStep(
         input_ids=input_ids.to(device),
-        position_ids=row.position_ids(device),
+        position_ids=position_ids,
         attention_mask=row.attention_mask(dtype, device),
         cache=cache,
         new_tokens=list(row.lengths),
