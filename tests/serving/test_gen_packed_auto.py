@@ -65,7 +65,9 @@ def test_auto_packs_every_step_on_sdpa_with_the_row_engines_tokens(sdpa, prompts
         auto = GenerationEngine(sdpa, max_num_seqs=4, stop_ids=[], packed=None)
         tokens, packed = staggered(auto, prompts, adapters, new)
     assert auto.packed and all(packed) and not caplog.records
-    rows, row_steps = staggered(GenerationEngine(sdpa, max_num_seqs=4, stop_ids=[]), prompts, adapters, new)
+    rows, row_steps = staggered(
+        GenerationEngine(sdpa, max_num_seqs=4, stop_ids=[], packed=False), prompts, adapters, new
+    )
     assert not any(row_steps)
     assert tokens == rows
 
@@ -81,7 +83,9 @@ def test_a_step_with_prefix_tuning_runs_rows_logged_once_and_the_next_steps_pack
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "one padded row per sequence" in lines[0], lines
     assert "'p5' (prefix_tuning)" in lines[0] and "prefix keys and values are prepended" in lines[0]
-    rows, _ = staggered(GenerationEngine(sdpa, max_num_seqs=4, stop_ids=[]), prompts, adapters, new)
+    rows, _ = staggered(
+        GenerationEngine(sdpa, max_num_seqs=4, stop_ids=[], packed=False), prompts, adapters, new
+    )
     assert tokens == rows
     with pytest.raises(ConfigError, match=r"'p5' \(prefix_tuning\)"):  # asked for explicitly: refused
         GenerationEngine(sdpa, packed=True).submit(prompts[0], adapter="p5")
@@ -112,6 +116,9 @@ def test_serve_model_packs_by_default_and_no_packed_runs_rows():
     with pytest.raises(SystemExit):
         build_parser().parse_args([*argv, "--packed", "--no-packed"])
     assert EngineConfig().packed is None
+    assert GenerationEngine(
+        make("sdpa")
+    ).auto_packed  # the engine's default: packed where exact and supported
     assert EngineConfig.from_dict({"packed": False}).packed is False
     with pytest.raises(ConfigError, match="packed must be True, False or None"):
         EngineConfig(packed=1)  # type: ignore[arg-type]

@@ -95,8 +95,8 @@ class GenerationEngine:
     are unchanged; counted in ``stats()["preempted"]``); ``packed``: ``True`` runs each step as ONE row holding every
     sequence's fed tokens (``gen_packed``: per-token adapter segments, attention per sequence, no padding) instead
     of one padded row per sequence, and refuses at submit adapters that cannot run on a slice of a row (prefix
-    tuning); ``None`` packs wherever that is exact and supported (SDPA models; a step holding such an adapter
-    runs rows) and logs once each reason it runs rows (``gen_packed.packed_mode``); ``False`` (the default) runs
+    tuning); ``None`` (the default) packs wherever that is exact and supported (SDPA models; a step holding such
+    an adapter runs rows) and logs once each reason it runs rows (``gen_packed.packed_mode``); ``False`` runs
     rows; ``stop_ids``: default stop token ids (default: the model's
     ``eos_token_id``); ``tokenizer``: decodes the new tokens of requests with ``stop`` strings (a request may bring
     its own). The scheduling is ``gen_scheduler``'s."""
@@ -113,7 +113,7 @@ class GenerationEngine:
         prefill_chunk: int | None = None,
         preempt: bool = False,
         cache_block: int = 16,
-        packed: bool | None = False,
+        packed: bool | None = None,
     ) -> None:
         check_model(model)
         # packed steps attend per slot over the pool when the model runs SDPA (gen_slot_attention), else by mask
