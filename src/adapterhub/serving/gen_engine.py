@@ -11,9 +11,10 @@ round robin between adapters; with ``preempt`` it may first preempt the newest, 
 ordered adapter by adapter (rows with no adapter last; prompt-tuning rows run as the base with their soft prompt
 given as embeddings, ``gen_prompt``) and the model runs ONE forward pass for all of them under ``BatchSplit(a, b, ..., None, batch_sizes=...)`` as a per-call
 setup: prefill and decode are fused in that one pass, whatever the mix of adapters. Alike adapters (LoRA of equal
-rank) run as one grouped computation at every point (``batch_split_grouped``). With ``packed=True`` the pass is ONE
-row of every sequence's fed tokens instead (``gen_packed``: a ``Split`` over positions, one token slice per
-adapter, block-diagonal attention, no padding). Each row's new keys and values go
+rank) run as one grouped computation at every point (``batch_split_grouped``). By default (``packed=None``) the
+pass is ONE row of every sequence's fed tokens instead wherever that is exact and supported (``packed=True``:
+always; ``gen_packed``: a ``Split`` over positions, one token slice per adapter, attention per sequence, no
+padding). Each row's new keys and values go
 back into its own cache (``kv_cache``) and, unless it fed a prompt chunk that leaves more to prefill, its next
 token comes from its own last-position logits: the argmax
 (greedy, the default) or a draw with its own generator after temperature / top-k / top-p (``sampling``), after
