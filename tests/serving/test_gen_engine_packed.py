@@ -154,7 +154,7 @@ def test_prefix_tuning_is_refused_in_packed_mode_with_its_reason(model, prompts)
     with pytest.raises(ConfigError, match="prefix_tuning"):
         engine.submit(prompts[0], adapter=Stack("p5", "lora"))
     GenerationEngine(model).submit(prompts[0], adapter="p5")  # unpacked, it runs per row
-    with pytest.raises(ConfigError, match="packed must be True or False"):
+    with pytest.raises(ConfigError, match="packed must be True, False or None"):
         GenerationEngine(model, packed="yes")  # type: ignore[arg-type]
 
 
@@ -209,8 +209,9 @@ def test_a_sequences_own_head_reads_its_last_token_in_the_packed_row(prompts):
 
 
 def test_serve_model_packed_flag_reaches_the_engine_and_keeps_the_texts(tiny_gpt2_dir):
-    """``serve-model --packed``: concurrent ``/v1/completions`` through the HTTP app return the default engine's
-    texts (GPT-2, a LoRA adapter with its causal-LM head)."""
+    """``serve-model`` (packed where supported, the default), ``--packed`` and ``--no-packed``: concurrent
+    ``/v1/completions`` through the HTTP app return the same texts (GPT-2, a LoRA adapter with its causal-LM
+    head)."""
     import asyncio
 
     import httpx
@@ -223,8 +224,9 @@ def test_serve_model_packed_flag_reaches_the_engine_and_keeps_the_texts(tiny_gpt
     directory, adapter = tiny_gpt2_dir
     argv = ["serve-model", "--model", str(directory), "--adapter", f"lm={adapter}"]
     assert config_from_args(build_parser().parse_args([*argv, "--packed"]))[1].packed is True
-    assert config_from_args(build_parser().parse_args(argv))[1].packed is False
-    with pytest.raises(ConfigError, match="packed must be True or False"):
+    assert config_from_args(build_parser().parse_args(argv))[1].packed is None
+    assert config_from_args(build_parser().parse_args([*argv, "--no-packed"]))[1].packed is False
+    with pytest.raises(ConfigError, match="packed must be True, False or None"):
         EngineConfig(packed=1)  # type: ignore[arg-type]
     bodies = [
         {"model": "lm", "prompt": text, "max_tokens": 12, "temperature": 0}
@@ -239,8 +241,11 @@ def test_serve_model_packed_flag_reaches_the_engine_and_keeps_the_texts(tiny_gpt
             async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
                 replies = await asyncio.gather(*(client.post("/v1/completions", json=b) for b in bodies))
         assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
-        assert engine.generation is not None and engine.generation.engine.packed is config.packed
+        assert engine.generation is not None
+        packs = engine.generation.engine.packed
+        assert packs is (config.packed is not False)  # None: packed (GPT-2 runs SDPA here)
         return [r.json()["choices"][0]["text"] for r in replies]
 
-    expected = asyncio.run(answers(EngineConfig(max_wait_ms=1)))
+    expected = asyncio.run(answers(EngineConfig(max_wait_ms=1, packed=False)))
+    assert asyncio.run(answers(EngineConfig(max_wait_ms=1))) == expected
     assert asyncio.run(answers(EngineConfig(max_wait_ms=1, packed=True))) == expected

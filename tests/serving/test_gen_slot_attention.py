@@ -55,6 +55,7 @@ def test_slot_attention_equals_the_block_diagonal_mask(slots, cached, lengths):
     decoding = [s for s, n in zip(slots, lengths, strict=True) if n == 1]
     consecutive = decoding == list(range(decoding[0], decoding[0] + len(decoding))) if decoding else True
     assert (plan.decode_slots is None) == consecutive
+    assert plan.decode_all is all(n == 1 for n in lengths)  # decode only: no gather, no scatter of the row
     out = slot_attention.slot_attention(plan, query, keys, values, scaling=None)
     torch.testing.assert_close(out, dense_reference(query, keys, values, slots, cached, lengths))
 
@@ -128,3 +129,33 @@ def test_overlapping_steps_keep_the_switch_and_other_calls_run_the_models_attent
         thread.join()
     assert model.config._attn_implementation == "sdpa"
     torch.testing.assert_close(seen[0], expected, atol=0, rtol=0)
+
+
+def test_a_packed_rows_keys_written_in_order_equal_the_gathered_write():
+    """``SlotCache(in_order=True)`` (a packed step: the row's tokens are the write's sources in order) writes every
+    segment's new keys and values at its slot's next positions, as the gathered write of the same index does."""
+    from adapterhub.serving.kv_cache import KVPool, SequenceKV, SlotCache, write_index
+
+    generator = torch.Generator().manual_seed(3)
+    lengths, cached, slots = [1, 4, 1, 2], [3, 0, 5, 2], [2, 0, 3, 1]
+    new_keys = torch.randn((1, 2, sum(lengths), 8), generator=generator)  # (1, kv_heads, T, d)
+    new_values = torch.randn((1, 2, sum(lengths), 8), generator=generator)
+    pools = []
+    for in_order in (False, True):
+        pool = KVPool(4)
+        caches = []
+        for slot, length in zip(slots, cached, strict=True):
+            kv = SequenceKV(capacity=16, length=length, pool=pool, slot=slot)
+            caches.append(kv)
+        pool.reserve(8)
+        starts = [sum(lengths[:i]) for i in range(len(lengths))]
+        columns = [range(s, s + n) for s, n in zip(starts, lengths, strict=True)]
+        write = write_index(caches, columns, [0] * len(caches), pool.width, torch.device("cpu"))
+        cache = SlotCache(pool, write, seen=sum(cached), whole=True, in_order=in_order)
+        keys, values = cache.update(new_keys, new_values, 0)  # (kv_heads, slots, width, d)
+        for i, (slot, length) in enumerate(zip(slots, cached, strict=True)):
+            fed = slice(starts[i], starts[i] + lengths[i])
+            torch.testing.assert_close(keys[:, slot, length : length + lengths[i]], new_keys[0, :, fed])
+            torch.testing.assert_close(values[:, slot, length : length + lengths[i]], new_values[0, :, fed])
+        pools.append((keys.clone(), values.clone()))
+    torch.testing.assert_close(pools[0], pools[1])

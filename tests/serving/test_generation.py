@@ -126,15 +126,23 @@ def test_completions_endpoint(tiny_gpt2_dir):
 
 
 def test_concurrent_requests_share_steps(tiny_gpt2_dir):
-    """Two requests sent together decode in the same forward passes (rows of one step), each with its own tokens."""
+    """Two requests sent together decode in the same forward passes (sequences of one step: rows, or segments of
+    the packed row, the default), each with its own tokens."""
     engine = _engine(tiny_gpt2_dir)
-    rows: list[int] = []
+    assert engine.generation is not None
+    generation = engine.generation.engine
+    rows: list[int] = []  # sequences per step
+    build = generation._build_step
+
+    def count(sequences):
+        rows.append(len(sequences))
+        return build(sequences)
 
     def record(module, args, kwargs):
-        rows.append(kwargs["input_ids"].shape[0])
         if len(rows) == 1:
             time.sleep(0.2)  # the second request arrives while the first step runs: it joins the next one
 
+    generation._build_step = count  # type: ignore[method-assign]
     hook = engine.model.register_forward_pre_hook(record, with_kwargs=True)
 
     async def main():

@@ -144,7 +144,8 @@ def check_packable(setup: Setup | None, adapters: Mapping[str, AdapterModule]) -
         raise ConfigError(
             f"Adapter {name!r} ({module.method}) cannot run in a packed forward, where sequences share one row and "
             f"each adapter runs on its own tokens only: {reason}. Run it unpacked (one row per sequence: "
-            "BatchSplit, the generation engine's default)."
+            "BatchSplit; the generation engine with packed=False, or its default packed=None, which runs the steps "
+            "holding it so)."
         )
 
 

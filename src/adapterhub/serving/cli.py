@@ -86,10 +86,23 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--cache-block", type=int, default=16, help="cache tokens per block with --preempt (default 16)"
     )
-    parser.add_argument(
+    packing = parser.add_mutually_exclusive_group()
+    packing.add_argument(
         "--packed",
-        action="store_true",
-        help="run each generation step as one row of all sequences' tokens (per-token adapters; no prefix tuning)",
+        dest="packed",
+        action="store_const",
+        const=True,
+        default=None,
+        help="run every generation step as one row of all sequences' tokens (per-token adapters; refuses prefix "
+        "tuning; default: packed wherever exact and supported, i.e. SDPA models, one row per sequence for steps "
+        "holding prefix tuning and on other models, each reason logged once)",
+    )
+    packing.add_argument(
+        "--no-packed",
+        dest="packed",
+        action="store_const",
+        const=False,
+        help="run every generation step as one padded row per sequence",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)

@@ -76,7 +76,9 @@ class EngineConfig:
     default); ``max_num_seqs`` / ``max_batch_tokens``: sequences decoding together and new tokens per step of the
     generation engine (decoders only; ``max_queue_rows`` also bounds its waiting sequences); ``prefill_chunk``,
     ``max_cache_tokens``, ``preempt``: the generation engine's chunked prefill, cache budget and preemption (None /
-    False: its defaults; see ``GenerationEngine``); ``packed``: its packed steps (all sequences in one row);
+    False: its defaults; see ``GenerationEngine``); ``packed``: its packed steps (all sequences in one row): None
+    (the default) packs wherever exact and supported and runs rows elsewhere (logged once), True packs every step
+    (refusing what cannot pack), False runs one row per sequence;
     ``gc_freeze``: when the server has started (model loaded, ``--preload`` adapters loaded), ``gc.collect()`` then
     ``gc.freeze()``, so the cyclic collector never scans the objects alive then again (off here; ``serve-model``
     turns it on unless ``--no-gc-freeze``)."""
@@ -93,7 +95,7 @@ class EngineConfig:
     max_cache_tokens: int | None = None
     preempt: bool = False
     cache_block: int = 16
-    packed: bool = False
+    packed: bool | None = None
     gc_freeze: bool = False
 
     def __post_init__(self) -> None:
@@ -114,9 +116,13 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer or None, got {value!r}.")
-        for name in ("preempt", "packed", "gc_freeze"):
+        for name in ("preempt", "gc_freeze"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+        if self.packed is not None and not isinstance(self.packed, bool):
+            raise ConfigError(
+                f"packed must be True, False or None (packed wherever exact and supported), got {self.packed!r}."
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EngineConfig:

@@ -11,9 +11,10 @@ round robin between adapters; with ``preempt`` it may first preempt the newest, 
 ordered adapter by adapter (rows with no adapter last; prompt-tuning rows run as the base with their soft prompt
 given as embeddings, ``gen_prompt``) and the model runs ONE forward pass for all of them under ``BatchSplit(a, b, ..., None, batch_sizes=...)`` as a per-call
 setup: prefill and decode are fused in that one pass, whatever the mix of adapters. Alike adapters (LoRA of equal
-rank) run as one grouped computation at every point (``batch_split_grouped``). With ``packed=True`` the pass is ONE
-row of every sequence's fed tokens instead (``gen_packed``: a ``Split`` over positions, one token slice per
-adapter, block-diagonal attention, no padding). Each row's new keys and values go
+rank) run as one grouped computation at every point (``batch_split_grouped``). By default (``packed=None``) the
+pass is ONE row of every sequence's fed tokens instead wherever that is exact and supported (``packed=True``:
+always; ``gen_packed``: a ``Split`` over positions, one token slice per adapter, attention per sequence, no
+padding). Each row's new keys and values go
 back into its own cache (``kv_cache``) and, unless it fed a prompt chunk that leaves more to prefill, its next
 token comes from its own last-position logits: the argmax
 (greedy, the default) or a draw with its own generator after temperature / top-k / top-p (``sampling``), after
@@ -32,6 +33,7 @@ setup is per thread, so it is set inside the step, in the thread that runs the f
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -42,7 +44,7 @@ import torch
 
 from adapterhub.errors import AdapterNotFoundError, ConfigError
 from adapterhub.methods import grouped_weights
-from adapterhub.runtime.packing import check_packable, check_packed_model
+from adapterhub.runtime.packing import check_packable
 from adapterhub.serving import gen_slot_attention as slot_attention
 from adapterhub.serving.gen_accept import accept, choose, end_cancelled
 from adapterhub.serving.gen_checks import (
@@ -56,7 +58,7 @@ from adapterhub.serving.gen_checks import (
 )
 from adapterhub.serving.gen_handle import Completion, GenerationHandle
 from adapterhub.serving.gen_heads import check_head, last_hidden, with_heads
-from adapterhub.serving.gen_packed import PackedStep, build_packed_step
+from adapterhub.serving.gen_packed import PackedStep, build_packed_step, packed_mode, row_reason
 from adapterhub.serving.gen_penalties import apply_penalties
 from adapterhub.serving.gen_positions import check_prompt_positions, step_positions
 from adapterhub.serving.gen_prompt import soft_prompt, step_inputs
@@ -65,18 +67,21 @@ from adapterhub.serving.kv_cache import KVPool, StepBatch, build_step
 from adapterhub.serving.sampling import RowSampler, SamplingParams, StopStrings, check_n, seeds_for
 from adapterhub.spec.composition import BatchSplit, Setup, setup_names
 
+log = logging.getLogger("adapterhub.serving")
+
 
 @dataclass(frozen=True)
 class StepInfo:
     """What one step ran: ``prefill`` rows (a prompt, a chunk of one or a recompute) / ``decode`` rows (their last
-    new token), ``new_tokens`` fed, the per-call ``setup``, and ``chunks``: prefill rows whose prompt is not done
-    after this step (they pick no token)."""
+    new token), ``new_tokens`` fed, the per-call ``setup``, ``chunks``: prefill rows whose prompt is not done
+    after this step (they pick no token), and ``packed``: whether it ran as one packed row."""
 
     prefill: int
     decode: int
     new_tokens: int
     setup: Setup | None
     chunks: int = 0
+    packed: bool = False
 
 
 class GenerationEngine:
@@ -88,10 +93,12 @@ class GenerationEngine:
     the model's context length); by default each request reserves prompt + max_new_tokens when admitted; with
     ``preempt``, sequences hold the cache they fill, in blocks of ``cache_block`` tokens, and when the budget is
     exhausted the newest running sequence is preempted (cache freed, re-queued first, recomputed later; its tokens
-    are unchanged; counted in ``stats()["preempted"]``); ``packed``: run each step as ONE row holding every
-    sequence's fed tokens (``gen_packed``: per-token adapter segments, block-diagonal attention, no padding) instead
-    of one padded row per sequence; adapters that cannot run on a slice of a row (prefix tuning) are refused at
-    submit; ``stop_ids``: default stop token ids (default: the model's
+    are unchanged; counted in ``stats()["preempted"]``); ``packed``: ``True`` runs each step as ONE row holding every
+    sequence's fed tokens (``gen_packed``: per-token adapter segments, attention per sequence, no padding) instead
+    of one padded row per sequence, and refuses at submit adapters that cannot run on a slice of a row (prefix
+    tuning); ``None`` (the default) packs wherever that is exact and supported (SDPA models; a step holding such
+    an adapter runs rows) and logs once each reason it runs rows (``gen_packed.packed_mode``); ``False`` runs
+    rows; ``stop_ids``: default stop token ids (default: the model's
     ``eos_token_id``); ``tokenizer``: decodes the new tokens of requests with ``stop`` strings (a request may bring
     its own). The scheduling is ``gen_scheduler``'s."""
 
@@ -107,13 +114,16 @@ class GenerationEngine:
         prefill_chunk: int | None = None,
         preempt: bool = False,
         cache_block: int = 16,
-        packed: bool = False,
+        packed: bool | None = None,
     ) -> None:
         check_model(model)
-        if not isinstance(packed, bool):
-            raise ConfigError(f"packed must be True or False, got {packed!r}.")
-        if packed:
-            check_packed_model(model)
+        # packed steps attend per slot over the pool when the model runs SDPA (gen_slot_attention), else by mask
+        self._configs = slot_attention.configs_of(model)
+        self.packed, why_rows = packed_mode(model, packed, self._configs)
+        self.auto_packed = packed is None  # packed where exact and supported, rows (logged once) elsewhere
+        self._told: set[str] = set()  # the reasons for row steps logged so far
+        if why_rows is not None:
+            self._tell(f"GenerationEngine runs one padded row per sequence: {why_rows}.")
         check_tokenizer(tokenizer)
         check_options(max_num_seqs, max_batch_tokens, prefill_chunk, preempt, cache_block)
         config = model.config
@@ -144,10 +154,7 @@ class GenerationEngine:
         self._thread: threading.Thread | None = None
         self._closing = False
         self.last_step: StepInfo | None = None
-        self.packed = packed
-        # packed steps attend per slot over the pool when the model runs SDPA (gen_slot_attention), else by mask
-        self._configs = slot_attention.configs_of(model)
-        self.per_slot = packed and slot_attention.supported(self._configs)
+        self.per_slot = self.packed and slot_attention.supported(self._configs)
         self.mask_dtype = model.get_input_embeddings().weight.dtype
         self._pool = KVPool(max_num_seqs)  # every sequence's cache, one slot each (kv_cache)
         self._weights = (
@@ -295,9 +302,8 @@ class GenerationEngine:
         check_prompt_positions(self.model, adapter, len(prompt))
         check_head(head)
         soft = soft_prompt(self.model, adapter)
-        if (
-            self.packed and soft is None
-        ):  # a prompt-tuning row runs as the base, its soft prompt as embeddings
+        # packed=True refuses what cannot pack (a prompt-tuning row runs as the base, its soft prompt as embeddings)
+        if self.packed and not self.auto_packed and soft is None:
             check_packable(adapter, self.model._store.adapters)
         params = SamplingParams.from_kwargs(dict(sampling))
         n = check_n(n)
@@ -470,7 +476,14 @@ class GenerationEngine:
                     ) as error:  # e.g. its tokenizer failed to decode: that sequence alone fails
                         self._scheduler.leave(seq, FAILED, error)
                 self._pool.trim()
-            info = StepInfo(len(rows) - decode, decode, sum(batch.new_tokens), setup, samples.count(False))
+            info = StepInfo(
+                len(rows) - decode,
+                decode,
+                sum(batch.new_tokens),
+                setup,
+                samples.count(False),
+                isinstance(batch, PackedStep),
+            )
             self.last_step = info
             return info
 
@@ -480,13 +493,24 @@ class GenerationEngine:
         device = next(self.model.parameters()).device
         caches = [s.kv for s in rows]
         new_ids = [s.next_ids() for s in rows]
+        runs = [s.runs for s in rows]
+        if self.packed and self.auto_packed:  # a step with an adapter that cannot pack runs rows
+            why_rows = row_reason(runs, self.model._store.adapters)
+            if why_rows is not None:
+                self._tell(f"A GenerationEngine step runs one padded row per sequence: {why_rows}")
+                return build_step(caches, new_ids, self.pad_id, device, self._pool, self.mask_dtype)  # type: ignore[arg-type]
         if self.packed:
-            runs = [s.runs for s in rows]
             per_slot = self.per_slot and not slot_attention.attention_adapters(
                 self.model._store.adapters, runs
             )
             return build_packed_step(caches, new_ids, runs, device, self.mask_dtype, self._pool, per_slot)  # type: ignore[arg-type]
         return build_step(caches, new_ids, self.pad_id, device, self._pool, self.mask_dtype)  # type: ignore[arg-type]
+
+    def _tell(self, reason: str) -> None:
+        """Log ``reason`` (why steps run rows) once per engine."""
+        if reason not in self._told:
+            self._told.add(reason)
+            log.warning(reason)
 
     def _loop(self) -> None:
         while not self._closing:

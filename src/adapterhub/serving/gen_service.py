@@ -143,7 +143,7 @@ class GenerationService:
     """One ``GenerationEngine`` over ``model`` (a causal LM that ``adapterhub.init`` was applied to); stop ids: the
     model's eos ids and the tokenizer's. ``max_waiting``: sequences waiting for admission before 429;
     ``prefill_chunk`` / ``max_cache_tokens`` / ``preempt`` / ``cache_block`` / ``packed``: the engine's
-    (``GenerationEngine``)."""
+    (``GenerationEngine``; ``packed`` None by default here: packed steps wherever exact and supported)."""
 
     def __init__(
         self,
@@ -159,7 +159,7 @@ class GenerationService:
         max_cache_tokens: int | None = None,
         preempt: bool = False,
         cache_block: int = 16,
-        packed: bool = False,
+        packed: bool | None = None,
     ) -> None:
         stops = set(GenerationEngine.default_stop_ids(model))
         eos = getattr(tokenizer, "eos_token_id", None)

@@ -62,7 +62,8 @@ class SlotPlan:
     """Which pool positions each query of a packed row reads. ``decode_tokens`` ``(D,)``: the row index of every
     one-token segment; ``decode_slots`` ``(D,)`` their slots (None when they are ``decode_first ..
     decode_first + D - 1``, read as a view); ``decode_mask`` ``(D, 1, 1, W)``: position ``<= P_i``; ``segments``:
-    ``(start, n, slot, cached)`` of every longer segment."""
+    ``(start, n, slot, cached)`` of every longer segment; ``decode_all``: every token is a one-token segment (a
+    decode-only step: the queries are the row as it is, the outputs need no scatter)."""
 
     decode_tokens: torch.Tensor | None
     decode_slots: torch.Tensor | None
@@ -70,6 +71,7 @@ class SlotPlan:
     decode_mask: torch.Tensor | None
     segments: tuple[tuple[int, int, int, int], ...]
     total: int
+    decode_all: bool = False
 
 
 def build_plan(
@@ -99,6 +101,7 @@ def build_plan(
         decode_mask=mask[:, None, None, :],  # (D, 1, 1, W)
         segments=segments,
         total=at,
+        decode_all=not segments,
     )
 
 
@@ -115,10 +118,13 @@ def slot_attention(
     if total != plan.total:
         raise ConfigError(f"the slot plan covers {plan.total} tokens but the row holds {total}.")
     gqa = keys.shape[0] != heads
-    out = query.new_empty((total, heads, values.shape[-1]))  # (T, H, d)
+    out = None if plan.decode_all else query.new_empty((total, heads, values.shape[-1]))  # (T, H, d)
     if plan.decode_tokens is not None and plan.decode_mask is not None:
         count, width = int(plan.decode_tokens.numel()), int(plan.decode_mask.shape[-1])
-        q = query[0].index_select(1, plan.decode_tokens).transpose(0, 1)[:, :, None]  # (D, H, 1, d)
+        if plan.decode_all:  # the row's tokens are the decode queries, in order
+            q = query[0].transpose(0, 1)  # (D, H, d)
+        else:
+            q = query[0].index_select(1, plan.decode_tokens).transpose(0, 1)  # (D, H, d)
         if plan.decode_slots is None:
             first = plan.decode_first
             k = keys[:, first : first + count, :width]  # (H_kv, D, W, d), a view
@@ -132,7 +138,10 @@ def slot_attention(
         o = nn.functional.scaled_dot_product_attention(
             q, k.transpose(0, 1), v.transpose(0, 1), attn_mask=plan.decode_mask, scale=scaling
         )  # (D, H_kv, G, d)
+        if out is None:  # decode only: token i is query i
+            return o.reshape(count, heads, o.shape[-1])[None]  # (1, T, H, d)
         out.index_copy_(0, plan.decode_tokens, o.reshape(count, heads, o.shape[-1]))
+    assert out is not None  # a plan without decode tokens has segments (decode_all is False)
     for start, n, slot, cached in plan.segments:
         q = query[:, :, start : start + n]  # (1, H, n, d)
         k = keys[:, slot : slot + 1, : cached + n].transpose(0, 1)  # (1, H_kv, P + n, d)

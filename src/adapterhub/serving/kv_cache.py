@@ -163,7 +163,9 @@ class SlotCache(DynamicCache):
     ``n``; it returns ``(B, kv_heads, width, head_dim)`` rows of the slots ``rows`` (None: slots ``first..first+B-1``, a view)
     when ``flat`` is None, else the keys at flat indices ``flat`` ``(K,)`` as one row ``(1, kv_heads, K, head_dim)``;
     with ``whole`` the layer's buffers themselves ``(kv_heads, slots, width, head_dim)`` (``gen_slot_attention``).
-    ``seen``: the cached tokens before this step (``get_seq_length``)."""
+    ``seen``: the cached tokens before this step (``get_seq_length``); ``in_order``: the fed tokens are the whole
+    input row ``0`` in order (a packed step: ``row`` all 0, ``col`` = ``0..N-1``), so the new keys are written
+    from ``key_states[0]`` as they are, with no gather."""
 
     def __init__(
         self,
@@ -175,10 +177,12 @@ class SlotCache(DynamicCache):
         flat: torch.Tensor | None = None,
         first: int = 0,
         whole: bool = False,
+        in_order: bool = False,
     ) -> None:
         super().__init__()
         self.pool, self.write, self.seen, self.width = pool, write, seen, width
         self.rows, self.flat, self.first, self.whole = rows, flat, first, whole
+        self.in_order = in_order
 
     def update(  # type: ignore[override]
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
@@ -188,8 +192,13 @@ class SlotCache(DynamicCache):
         flat_keys = keys.view(heads, slots * width, dim)
         flat_values = values.view(heads, slots * width, dim)
         row, col, dest = self.write
-        flat_keys[:, dest] = key_states[row, :, col].transpose(0, 1)  # (kv_heads, N, head_dim)
-        flat_values[:, dest] = value_states[row, :, col].transpose(0, 1)
+        if self.in_order:  # one packed row: its N fed tokens as they are
+            new_keys, new_values = key_states[0], value_states[0]  # (kv_heads, N, head_dim)
+        else:
+            new_keys = key_states[row, :, col].transpose(0, 1)  # (kv_heads, N, head_dim)
+            new_values = value_states[row, :, col].transpose(0, 1)
+        flat_keys.index_copy_(1, dest, new_keys)  # position dest[n] <- fed token n
+        flat_values.index_copy_(1, dest, new_values)
         if (
             self.whole
         ):  # the layer's buffers (kv_heads, slots, width, head_dim): attention per slot reads them
