@@ -179,8 +179,9 @@ def peft_one_at_a_time(
 
 def cb_config(prompts: Sequence[Sequence[int]], new: int, max_batch_tokens: int = 4096) -> Any:
     """A ``ContinuousBatchingConfig`` sized to the workload: enough KV pages for every prompt plus ``new`` tokens
-    at once (left ``None``, transformers sizes the cache from free memory, which on CPU allocates for minutes),
-    ``max_batch_tokens`` as our engine's, every request in one batch."""
+    at once, ``max_batch_tokens`` as our engine's, every request in one batch. Left ``None``, transformers sizes
+    the cache on CPU from the machine's total memory less this process' (psutil): most of the RAM, tens of seconds
+    to allocate on a tiny Llama, and a hazard on a shared machine."""
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     page = 256

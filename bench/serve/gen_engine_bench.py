@@ -8,8 +8,8 @@ engine, no end-of-sequence id for ``generate_batch``; the reference systems live
 - ``padded_batch``: one left-padded ``model.generate`` over all prompts;
 - ``engine_together``: ``GenerationEngine(packed=False)``, every prompt submitted before the first step;
 - ``generate_batch``: transformers' continuous batching (``model.generate_batch``) on the base model (no adapter
-  active), its KV cache sized to the workload (``cb_config``; transformers' default sizes it from free memory,
-  minutes on CPU), after one untimed warm-up call; ``engine_together / generate_batch`` is the target >= 8x;
+  active), its KV cache sized to the workload (``cb_config``; transformers' default sizes it on CPU from the
+  machine's total memory, most of the RAM), after one untimed warm-up call; ``engine_together / generate_batch`` is the target >= 8x;
 - ``engine_staggered``: the engine (``packed=False``), prompt ``i`` joining at step ``i`` (while others decode);
 - ``engine_1_lora`` / ``engine_mixed_lora``: staggered rows, every stream with the same LoRA adapter, or stream
   ``i`` with adapter ``2i mod N`` of ``--adapters`` N loaded (r 8 on q, v; B ~ N(0, 0.02) so that it is not zero);
@@ -147,11 +147,11 @@ def run_engine(
 
 
 def parse_systems(text: str | None, known: list[str]) -> list[str]:
-    """The systems ``--systems a,b,...`` names in its order (all of ``known`` for None); exits naming the valid
-    ones on an unknown name."""
+    """The systems ``--systems a,b,...`` names in its order, each once (all of ``known`` for None); exits naming
+    the valid ones on an unknown name."""
     if text is None:
         return list(known)
-    chosen = [name.strip() for name in text.split(",") if name.strip()]
+    chosen = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))  # each once
     unknown = [name for name in chosen if name not in known]
     if unknown or not chosen:
         raise SystemExit(f"--systems: unknown {unknown or '(empty)'}; valid: {', '.join(known)}")

@@ -151,5 +151,6 @@ def test_parse_systems_keeps_order_and_names_the_valid_ones() -> None:
     known = ["a", "b", "c"]
     assert parse_systems(None, known) == known
     assert parse_systems("c,a", known) == ["c", "a"]
+    assert parse_systems("b, b,a", known) == ["b", "a"]
     with pytest.raises(SystemExit, match="valid: a, b, c"):
         parse_systems("a,z", known)
