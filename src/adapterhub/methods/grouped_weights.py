@@ -15,6 +15,10 @@ the thread or task that runs the forward (a context variable), never stored on t
 mix changes but keeps its size (a sequence leaves, another joins), only the groups not held yet are copied, into
 the slots of the groups that left, and the caller learns which group sits in which slot. A group is held while its
 tensors are the same (weakly held) with the same version counters and storage; a mix of another size rebuilds.
+
+:func:`planned` keeps slot stacks the same way under a forward pass's plan (``grouped_plan``): a group is named by
+its adapter's ``(id, generation)`` key, checked once per pass, so a point only looks up which slot holds each
+adapter; the model's hooks call :func:`begin_pass` / :func:`end_pass` around each forward pass.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import torch
+
+from adapterhub.methods import grouped_plan
 
 T = TypeVar("T")
 _CURRENT: ContextVar[WeightCache | None] = ContextVar("adapterhub_grouped_weights", default=None)
@@ -44,6 +50,8 @@ class WeightCache:
             Any, tuple[tuple[tuple[int, int, int], ...], list[weakref.ref[torch.Tensor]], Any]
         ] = {}
         self._slots: dict[Any, _Slots] = {}
+        self._planned: dict[Any, _PlannedSlots] = {}  # ``planned``
+        self.generations = grouped_plan.Generations()
         self.hits = 0
         self.builds = 0
         self.copies = 0  # groups copied into a slot of a kept stack (``slotted``)
@@ -124,9 +132,78 @@ class WeightCache:
         )
         return stacks, tuple(range(len(groups)))
 
+    def planned(
+        self,
+        key: Any,
+        keys: tuple[grouped_plan.Key, ...],
+        fetch: Callable[[int], tuple[Sequence[torch.Tensor], Any] | None],
+    ) -> tuple[list[torch.Tensor], tuple[int, ...], list[Any]] | None:
+        """See :func:`planned`."""
+        entry = self._planned.get(key)
+        if entry is None or len(entry.keys) != len(keys):
+            return self._build_planned(key, keys, fetch)
+        order = [-1] * len(keys)  # slot -> group
+        missing = []
+        where = entry.where
+        for k, name in enumerate(keys):
+            slot = where.get(name)
+            if slot is not None and order[slot] < 0:
+                order[slot] = k
+            else:
+                missing.append(k)
+        if not missing:
+            self.hits += 1
+            return entry.stacks, tuple(order), entry.infos
+        free = [slot for slot, k in enumerate(order) if k < 0]
+        for k, slot in zip(missing, free, strict=True):
+            got = fetch(k)
+            if got is None:
+                return None
+            parts, info = got
+            if any(
+                p.shape != s.shape[1:] or p.dtype != s.dtype for p, s in zip(parts, entry.stacks, strict=True)
+            ):
+                return self._build_planned(key, keys, fetch)  # another shape: start again
+            for stack, part in zip(entry.stacks, parts, strict=True):
+                stack[slot].copy_(part)
+            if where.get(entry.keys[slot]) == slot:
+                del where[entry.keys[slot]]
+            entry.keys[slot] = keys[k]
+            entry.infos[slot] = info
+            where[keys[k]] = slot
+            order[slot] = k
+            self.copies += 1
+        return entry.stacks, tuple(order), entry.infos
+
+    def _build_planned(
+        self,
+        key: Any,
+        keys: tuple[grouped_plan.Key, ...],
+        fetch: Callable[[int], tuple[Sequence[torch.Tensor], Any] | None],
+    ) -> tuple[list[torch.Tensor], tuple[int, ...], list[Any]] | None:
+        fetched = [fetch(k) for k in range(len(keys))]
+        if any(got is None for got in fetched):
+            return None
+        parts = [got[0] for got in fetched if got is not None]
+        infos = [got[1] for got in fetched if got is not None]
+        if any(
+            p.shape != q.shape or p.dtype != q.dtype
+            for part in parts
+            for p, q in zip(part, parts[0], strict=True)
+        ):
+            return None  # groups of other shapes (ranks): not one stack
+        stacks = _stack(parts)
+        self.builds += 1
+        self._planned[key] = _PlannedSlots(
+            stacks, list(keys), infos, {name: s for s, name in enumerate(keys)}
+        )
+        return stacks, tuple(range(len(keys))), infos
+
     def clear(self) -> None:
         self._entries.clear()
         self._slots.clear()
+        self._planned.clear()
+        self.generations.clear()
 
 
 class _Slots:
@@ -143,6 +220,22 @@ class _Slots:
         where: dict[tuple[tuple[int, int, int], ...], int],
     ) -> None:
         self.stacks, self.stamps, self.refs, self.where = stacks, stamps, refs, where
+
+
+class _PlannedSlots:
+    """Kept stacks under a plan: ``stacks[j][s]`` holds part ``j`` of the group in slot ``s``, ``keys[s]`` its
+    adapter's plan key, ``infos[s]`` what its caller keeps of it; ``where``: key -> slot."""
+
+    __slots__ = ("infos", "keys", "stacks", "where")
+
+    def __init__(
+        self,
+        stacks: list[torch.Tensor],
+        keys: list[grouped_plan.Key],
+        infos: list[Any],
+        where: dict[grouped_plan.Key, int],
+    ) -> None:
+        self.stacks, self.keys, self.infos, self.where = stacks, keys, infos, where
 
 
 def _stack(parts: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
@@ -166,6 +259,38 @@ def cached(key: Any, sources: Sequence[torch.Tensor], build: Callable[[], T]) ->
     if cache is None or torch.is_grad_enabled():
         return build()
     return cache.get(key, sources, build)
+
+
+def begin_pass() -> None:
+    """A forward pass starts (the model's first pre-hook): under :func:`caching` with gradients off, it gets a plan
+    (``grouped_plan.Pass``) that :func:`planned` reads; otherwise none."""
+    cache = _CURRENT.get()
+    grouped_plan.begin_pass(cache, cache.generations if cache is not None else None)
+
+
+def end_pass() -> None:
+    """The forward pass ends (the model's last hook): its plan is dropped."""
+    grouped_plan.end_pass()
+
+
+def planned(
+    key: Any,
+    modules: Sequence[Any],
+    fetch: Callable[[int], tuple[Sequence[torch.Tensor], Any] | None],
+) -> tuple[list[torch.Tensor], tuple[int, ...], list[Any]] | None:
+    """``(stacks, order, infos)`` as :func:`slotted` gives ``(stacks, order)``, for the groups of the adapter modules
+    ``modules`` (group ``k``: ``fetch(k) = (parts, info)``, the prepared tensors of ``modules[k]`` at the point and
+    what the caller keeps of it, e.g. its scale; ``infos[s]``: the info of the group in slot ``s``), when a forward
+    pass's plan is running under the caller's cache (:func:`begin_pass`): a group is held while its adapter's
+    generation is unchanged (checked once per pass), so only new groups are fetched. None without a running plan,
+    when ``fetch`` gives None, or when the groups' parts differ in shape (the caller then takes another way)."""
+    cache = _CURRENT.get()
+    if cache is None:
+        return None
+    run = grouped_plan.current(cache)
+    if run is None:
+        return None
+    return cache.planned(key, run.keys_of(modules), fetch)
 
 
 def slotted(
