@@ -71,7 +71,8 @@ def _signature(module: nn.Module) -> tuple[tuple[Any, ...], list[Any]]:
             held.append(scaling)
             scaling = id(scaling)
         parts.append((id(sub), type(sub), scaling, state.get("p"), state.get("embedding"), state["training"]))
-        held.append(sub)
+        if sub is not module:  # the adapter itself is held weakly (``Generations``)
+            held.append(sub)
         for t in state["_parameters"].values():
             if t is not None:
                 parts.append((id(t), t._version, t.data_ptr()))
