@@ -19,7 +19,6 @@ from adapterhub.methods import grouped_plan, grouped_weights, lora_grouped
 from adapterhub.methods.lora import LoRAAdapter
 from adapterhub.runtime.packing import PackedRow
 from adapterhub.spec.composition import BatchSplit
-
 from tiny_models import build, perturb
 
 ATOL = 1e-5
