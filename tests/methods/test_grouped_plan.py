@@ -157,16 +157,24 @@ def test_an_adapter_deleted_and_added_again_takes_its_slots_afresh_and_is_forgot
     assert set(cache.generations._entries) == live  # the deleted adapter's entry (and what it held) is gone
 
 
-def test_a_mix_that_grows_by_one_then_slides_equals_the_reference(model, seen, monkeypatch):
+def test_a_mix_that_grows_slides_and_shrinks_equals_the_reference_and_copies_only_new_adapters(
+    model, seen, monkeypatch
+):
     cache = grouped_weights.WeightCache()
-    mixes = [NAMES[:3], NAMES[:4], NAMES[1:5], ["p4", "p1", "p3", "p2"]]
+    mixes = [NAMES[:3], NAMES[:4], NAMES[1:5], ["p4", "p1", "p3", "p2"], ["p3", "p1"], ["p1", "p5", "p1"]]
     for mix in mixes:
         with grouped_weights.caching(cache):
             out = packed_logits(model, mix)
         expected = reference(monkeypatch, lambda m=mix: packed_logits(model, m))
         torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
-    # 3 -> 4 adapters rebuilds; the slide copies p4 into p0's slot; the permutation reuses every slot
-    assert (cache.builds, cache.copies, cache.hits) == (2 * POINTS, POINTS, POINTS)
+    # one build; 3 -> 4 keeps p0..p2 and copies p3; the slide copies p4; the permutation and the shrink to 2 reuse
+    # the held slots; the last mix holds p1 once and copies it into a second slot, and p5
+    assert (cache.builds, cache.copies, cache.hits, cache.resizes) == (
+        POINTS,
+        4 * POINTS,
+        2 * POINTS,
+        3 * POINTS,
+    )
     assert seen["planned"] == len(mixes) * POINTS and seen["stacked"] == 0
 
 

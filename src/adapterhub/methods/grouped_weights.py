@@ -18,7 +18,9 @@ tensors are the same (weakly held) with the same version counters and storage; a
 
 :func:`planned` keeps slot stacks the same way under a forward pass's plan (``grouped_plan``): a group is named by
 its adapter's ``(id, generation)`` key, checked once per pass, so a point only looks up which slot holds each
-adapter; the model's hooks call :func:`begin_pass` / :func:`end_pass` around each forward pass.
+adapter; a mix of another size (a sequence joined or left) keeps the held adapters (gathered to the first slots)
+and copies only the new ones. The model's hooks call :func:`begin_pass` / :func:`end_pass` around each forward
+pass.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class WeightCache:
         self.hits = 0
         self.builds = 0
         self.copies = 0  # groups copied into a slot of a kept stack (``slotted``)
+        self.resizes = 0  # planned stacks carried over to a mix of another size (``planned``)
 
     def get(self, key: Any, sources: Sequence[torch.Tensor], build: Callable[[], T]) -> T:
         stamp = _stamp(sources)
@@ -140,8 +143,10 @@ class WeightCache:
     ) -> tuple[list[torch.Tensor], tuple[int, ...], list[Any]] | None:
         """See :func:`planned`."""
         entry = self._planned.get(key)
-        if entry is None or len(entry.keys) != len(keys):
+        if entry is None:
             return self._build_planned(key, keys, fetch)
+        if len(entry.keys) != len(keys):
+            entry = self._planned[key] = self._resized(entry, keys)
         order = [-1] * len(keys)  # slot -> group
         missing = []
         where = entry.where
@@ -174,6 +179,34 @@ class WeightCache:
             order[slot] = k
             self.copies += 1
         return entry.stacks, tuple(order), entry.infos
+
+    def _resized(self, entry: _PlannedSlots, keys: tuple[grouped_plan.Key, ...]) -> _PlannedSlots:
+        """The stacks for a mix of ``len(keys)`` groups (a sequence joined or left): the held groups the mix still
+        has gathered to the first slots in one index per stack, the other slots left to be filled (each is: the
+        mix's remaining groups are exactly as many)."""
+        need: dict[grouped_plan.Key, int] = {}
+        for name in keys:
+            need[name] = need.get(name, 0) + 1
+        kept = []
+        for slot, name in enumerate(entry.keys):
+            if need.get(name, 0) > 0:
+                need[name] -= 1
+                kept.append(slot)
+        size, index = len(keys), torch.tensor(kept, dtype=torch.long, device=entry.stacks[0].device)
+        stacks = []
+        for stack in entry.stacks:
+            new = stack.new_empty((size, *stack.shape[1:]))  # (K', *shape): slots past len(kept) filled later
+            new[: len(kept)] = stack[index]
+            stacks.append(new)
+        free: list[grouped_plan.Key] = [(0, -1 - i) for i in range(size - len(kept))]  # no adapter's key
+        names = [entry.keys[slot] for slot in kept] + free
+        self.resizes += 1
+        return _PlannedSlots(
+            stacks,
+            names,
+            [entry.infos[slot] for slot in kept] + [None] * len(free),
+            {name: slot for slot, name in enumerate(names) if name[1] >= 0},
+        )
 
     def _build_planned(
         self,
