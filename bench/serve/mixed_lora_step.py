@@ -10,7 +10,10 @@ in the engine's two layouts: ``packed`` (one row ``(1, T)``, a ``Split`` over po
 - ``b_one``: one LoRA for all T tokens;
 - ``c_mixed``: T different LoRAs (of ``--adapters`` N loaded), the same mix every step (joined weights reused);
 - ``d_changing``: T different LoRAs, a different mix every step (the engine's case when sequences join and
-  leave: step ``s`` uses adapters ``s, s+1, ..., s+T-1`` mod N, one leaves and one joins).
+  leave: step ``s`` uses adapters ``s, s+1, ..., s+T-1`` mod N, one leaves and one joins);
+- ``e_joining``: a mix whose SIZE changes every step (sequences join and leave): step ``s`` runs ``T - s mod 2``
+  tokens (adapters ``s, ..., s+T-1-s mod 2``), so every step one sequence joins or leaves. Its tokens alternate
+  between T and T-1: compare its ms/step before/after, not its tok/s or ratios against the other cases.
 
 Every LoRA is r 8 on q, v (the engine benches' adapters; ``--targets`` to change) with ``B ~ N(0, 0.02)``. The
 steps run under ``torch.no_grad()`` and ``grouped_weights.caching(cache)`` with one ``WeightCache`` per case kept
@@ -54,7 +57,7 @@ from adapterhub.methods import grouped_weights
 from adapterhub.runtime.packing import PackedRow
 from adapterhub.spec.composition import BatchSplit, Setup
 
-CASES = ("a_base", "b_one", "c_mixed", "d_changing")
+CASES = ("a_base", "b_one", "c_mixed", "d_changing", "e_joining")
 
 
 def build_model(tiny: bool) -> Any:
@@ -91,6 +94,8 @@ def step_setups(case: str, names: list[str], tokens: int, step: int) -> list[str
         return [None] * tokens
     if case == "b_one":
         return [names[0]] * tokens
+    if case == "e_joining":  # one sequence joins, then one leaves: T and T-1 adapters in turn
+        return [names[(step + i) % len(names)] for i in range(tokens - step % 2)]
     start = step if case == "d_changing" else 0
     return [names[(start + i) % len(names)] for i in range(tokens)]
 
@@ -98,6 +103,7 @@ def step_setups(case: str, names: list[str], tokens: int, step: int) -> list[str
 def make_step(model: Any, layout: str, adapters: list[str | None], ids: torch.Tensor) -> Callable[[], None]:
     """One forward of the step's T tokens in ``layout``; the setup as the engine builds it."""
     tokens = len(adapters)
+    ids = ids[:tokens]  # (tokens,)
     if layout == "packed":
         row = PackedRow(adapters, [1] * tokens)
         setup: Setup | None = row.setup  # adjacent equal setups merged: one adapter for all is just its name
