@@ -167,14 +167,11 @@ def test_a_mix_that_grows_slides_and_shrinks_equals_the_reference_and_copies_onl
             out = packed_logits(model, mix)
         expected = reference(monkeypatch, lambda m=mix: packed_logits(model, m))
         torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
-    # one build; 3 -> 4 keeps p0..p2 and copies p3; the slide copies p4; the permutation and the shrink to 2 reuse
-    # the held slots; the last mix holds p1 once and copies it into a second slot, and p5
-    assert (cache.builds, cache.copies, cache.hits, cache.resizes) == (
-        POINTS,
-        4 * POINTS,
-        2 * POINTS,
-        3 * POINTS,
-    )
+    # one build; 3 -> 4 keeps p0..p2 and copies p3; the slide copies p4 into p0's slot (slots: p4 p1 p2 p3); the
+    # permutation reuses every slot; the shrink to (p3, p1) keeps p1 and moves p3 from slot 3 to slot 0; the last
+    # mix holds p1 once and copies it into a second slot, and p5
+    counts = (cache.builds, cache.copies, cache.hits, cache.resizes, cache.moves)
+    assert counts == (POINTS, 4 * POINTS, POINTS, 3 * POINTS, POINTS)
     assert seen["planned"] == len(mixes) * POINTS and seen["stacked"] == 0
 
 
@@ -212,3 +209,15 @@ def test_no_plan_without_a_cache_with_gradients_or_with_active_dropout(seen, mon
     with grouped_weights.caching(grouped_weights.WeightCache()):
         packed_logits(llama, ["drop1", "drop2"])
     assert seen["planned"] == 0 and seen["signatures"] == 2  # checked, then refused: dropout is active
+
+
+def test_sizes_that_go_down_and_up_past_the_capacity_equal_the_reference(model, seen, monkeypatch):
+    cache = grouped_weights.WeightCache()
+    mixes = [NAMES[:4], ["p3", "p0"], ["p5", "p0", "p3", "p2"], NAMES[1:6], ["p2", "p4", "p0"], NAMES[::-1]]
+    for mix in mixes:
+        with grouped_weights.caching(cache):
+            out = packed_logits(model, mix)
+        expected = reference(monkeypatch, lambda m=mix: packed_logits(model, m))
+        torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
+    assert cache.builds == POINTS and cache.resizes == (len(mixes) - 1) * POINTS
+    assert seen["planned"] == len(mixes) * POINTS and seen["stacked"] == 0

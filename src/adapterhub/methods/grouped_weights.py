@@ -18,8 +18,8 @@ tensors are the same (weakly held) with the same version counters and storage; a
 
 :func:`planned` keeps slot stacks the same way under a forward pass's plan (``grouped_plan``): a group is named by
 its adapter's ``(id, generation)`` key, checked once per pass, so a point only looks up which slot holds each
-adapter; a mix of another size (a sequence joined or left) keeps the held adapters (gathered to the first slots)
-and copies only the new ones. The model's hooks call :func:`begin_pass` / :func:`end_pass` around each forward
+adapter; a mix of another size (a sequence joined or left) keeps the held adapters (the stacks are the first K
+slots of a kept capacity; a held adapter past them is copied slot to slot) and copies only the new ones. The model's hooks call :func:`begin_pass` / :func:`end_pass` around each forward
 pass.
 """
 
@@ -58,6 +58,7 @@ class WeightCache:
         self.builds = 0
         self.copies = 0  # groups copied into a slot of a kept stack (``slotted``)
         self.resizes = 0  # planned stacks carried over to a mix of another size (``planned``)
+        self.moves = 0  # held groups copied slot to slot into the first K slots (``planned``)
 
     def get(self, key: Any, sources: Sequence[torch.Tensor], build: Callable[[], T]) -> T:
         stamp = _stamp(sources)
@@ -141,72 +142,55 @@ class WeightCache:
         keys: tuple[grouped_plan.Key, ...],
         fetch: Callable[[int], tuple[Sequence[torch.Tensor], Any] | None],
     ) -> tuple[list[torch.Tensor], tuple[int, ...], list[Any]] | None:
-        """See :func:`planned`."""
+        """See :func:`planned`. The stacks are the first ``K`` slots of ``capacity`` kept ones (views): a mix of
+        another size moves the held adapters it still has into the first ``K`` slots (a slot-to-slot copy each)."""
         entry = self._planned.get(key)
         if entry is None:
             return self._build_planned(key, keys, fetch)
-        if len(entry.keys) != len(keys):
-            entry = self._planned[key] = self._resized(entry, keys)
-        order = [-1] * len(keys)  # slot -> group
-        missing = []
+        size = len(keys)
+        if size != entry.size:
+            entry.resize(size)
+            self.resizes += 1
+        order = [-1] * size  # slot -> group
+        missing: list[int] = []
+        moved: dict[int, int] = {}  # source slot -> group
         where = entry.where
         for k, name in enumerate(keys):
             slot = where.get(name)
-            if slot is not None and order[slot] < 0:
+            if slot is not None and slot < size and order[slot] < 0:
                 order[slot] = k
+            elif slot is not None and slot >= size and slot not in moved:
+                moved[slot] = k  # held past the first K slots: copied within the stacks
             else:
                 missing.append(k)
-        if not missing:
+        if not missing and not moved:
             self.hits += 1
-            return entry.stacks, tuple(order), entry.infos
-        free = [slot for slot, k in enumerate(order) if k < 0]
-        for k, slot in zip(missing, free, strict=True):
+            return entry.stacks, tuple(order), entry.infos[:size]
+        free = iter([slot for slot, k in enumerate(order) if k < 0])
+        for source, k in moved.items():
+            slot = next(free)
+            for full in entry.full:
+                full[slot].copy_(full[source])
+            entry.put(slot, keys[k], entry.infos[source])
+            entry.forget(source)
+            order[slot] = k
+            self.moves += 1
+        for k in missing:
             got = fetch(k)
             if got is None:
                 return None
             parts, info = got
             if any(
-                p.shape != s.shape[1:] or p.dtype != s.dtype for p, s in zip(parts, entry.stacks, strict=True)
+                p.shape != s.shape[1:] or p.dtype != s.dtype for p, s in zip(parts, entry.full, strict=True)
             ):
                 return self._build_planned(key, keys, fetch)  # another shape: start again
-            for stack, part in zip(entry.stacks, parts, strict=True):
-                stack[slot].copy_(part)
-            if where.get(entry.keys[slot]) == slot:
-                del where[entry.keys[slot]]
-            entry.keys[slot] = keys[k]
-            entry.infos[slot] = info
-            where[keys[k]] = slot
+            slot = next(free)
+            for full, part in zip(entry.full, parts, strict=True):
+                full[slot].copy_(part)
+            entry.put(slot, keys[k], info)
             order[slot] = k
             self.copies += 1
-        return entry.stacks, tuple(order), entry.infos
-
-    def _resized(self, entry: _PlannedSlots, keys: tuple[grouped_plan.Key, ...]) -> _PlannedSlots:
-        """The stacks for a mix of ``len(keys)`` groups (a sequence joined or left): the held groups the mix still
-        has gathered to the first slots in one index per stack, the other slots left to be filled (each is: the
-        mix's remaining groups are exactly as many)."""
-        need: dict[grouped_plan.Key, int] = {}
-        for name in keys:
-            need[name] = need.get(name, 0) + 1
-        kept = []
-        for slot, name in enumerate(entry.keys):
-            if need.get(name, 0) > 0:
-                need[name] -= 1
-                kept.append(slot)
-        size, index = len(keys), torch.tensor(kept, dtype=torch.long, device=entry.stacks[0].device)
-        stacks = []
-        for stack in entry.stacks:
-            new = stack.new_empty((size, *stack.shape[1:]))  # (K', *shape): slots past len(kept) filled later
-            new[: len(kept)] = stack[index]
-            stacks.append(new)
-        free: list[grouped_plan.Key] = [(0, -1 - i) for i in range(size - len(kept))]  # no adapter's key
-        names = [entry.keys[slot] for slot in kept] + free
-        self.resizes += 1
-        return _PlannedSlots(
-            stacks,
-            names,
-            [entry.infos[slot] for slot in kept] + [None] * len(free),
-            {name: slot for slot, name in enumerate(names) if name[1] >= 0},
-        )
+        return entry.stacks, tuple(order), entry.infos[:size]
 
     def _build_planned(
         self,
@@ -225,12 +209,9 @@ class WeightCache:
             for p, q in zip(part, parts[0], strict=True)
         ):
             return None  # groups of other shapes (ranks): not one stack
-        stacks = _stack(parts)
+        entry = self._planned[key] = _PlannedSlots(_stack(parts), list(keys), infos)
         self.builds += 1
-        self._planned[key] = _PlannedSlots(
-            stacks, list(keys), infos, {name: s for s, name in enumerate(keys)}
-        )
-        return stacks, tuple(range(len(keys))), infos
+        return entry.stacks, tuple(range(len(keys))), infos
 
     def clear(self) -> None:
         self._entries.clear()
@@ -256,19 +237,47 @@ class _Slots:
 
 
 class _PlannedSlots:
-    """Kept stacks under a plan: ``stacks[j][s]`` holds part ``j`` of the group in slot ``s``, ``keys[s]`` its
-    adapter's plan key, ``infos[s]`` what its caller keeps of it; ``where``: key -> slot."""
+    """Kept stacks under a plan: ``full[j][s]`` holds part ``j`` of the group in slot ``s`` (``capacity`` slots),
+    ``keys[s]`` its adapter's plan key (a negative generation: an empty slot), ``infos[s]`` what its caller keeps
+    of it, ``where``: key -> slot; ``stacks``: the first ``size`` slots of each (views), the current mix's."""
 
-    __slots__ = ("infos", "keys", "stacks", "where")
+    __slots__ = ("full", "infos", "keys", "size", "stacks", "where")
 
-    def __init__(
-        self,
-        stacks: list[torch.Tensor],
-        keys: list[grouped_plan.Key],
-        infos: list[Any],
-        where: dict[grouped_plan.Key, int],
-    ) -> None:
-        self.stacks, self.keys, self.infos, self.where = stacks, keys, infos, where
+    def __init__(self, full: list[torch.Tensor], keys: list[grouped_plan.Key], infos: list[Any]) -> None:
+        self.full, self.keys, self.infos = full, keys, infos
+        self.where = {name: slot for slot, name in enumerate(keys)}
+        self.size = len(keys)
+        self.stacks = full
+
+    def resize(self, size: int) -> None:
+        """Make the first ``size`` slots the stacks, growing the capacity (by half, at least to ``size``; the held
+        slots copied once) when it is short."""
+        capacity = len(self.keys)
+        if size > capacity:
+            grown = max(size, capacity + capacity // 2)
+            full = []
+            for stack in self.full:
+                new = stack.new_empty((grown, *stack.shape[1:]))  # (C', *shape): the new slots empty
+                new[:capacity] = stack
+                full.append(new)
+            self.full = full
+            self.keys += [(0, -1 - slot) for slot in range(capacity, grown)]
+            self.infos += [None] * (grown - capacity)
+        self.size = size
+        self.stacks = [stack[:size] for stack in self.full]  # (K, *shape) views
+
+    def put(self, slot: int, name: grouped_plan.Key, info: Any) -> None:
+        """Slot ``slot`` now holds the adapter ``name``."""
+        self.forget(slot)
+        self.keys[slot], self.infos[slot] = name, info
+        self.where[name] = slot
+
+    def forget(self, slot: int) -> None:
+        """Slot ``slot`` holds nothing any more."""
+        old = self.keys[slot]
+        if self.where.get(old) == slot:
+            del self.where[old]
+        self.keys[slot], self.infos[slot] = (0, -1 - slot), None
 
 
 def _stack(parts: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
