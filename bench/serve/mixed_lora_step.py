@@ -19,7 +19,9 @@ Every LoRA is r 8 on q, v (the engine benches' adapters; ``--targets`` to change
 steps run under ``torch.no_grad()`` and ``grouped_weights.caching(cache)`` with one ``WeightCache`` per case kept
 across its steps (as the engine does), the cases' steps taken in turn (one step of each case, then the next, so
 that a busy machine's changing load reaches every case alike). Printed: the median step time (ms) over
-``--repeats`` steps after ``--warmup``, tokens/s, ratios vs ``a_base`` and ``b_one``, and the arithmetic bound:
+``--repeats`` steps after ``--warmup``, tokens/s, ratios vs ``a_base`` and ``b_one``, the median time per step
+spent in LoRA's grouped calls (``split_grouped`` / ``batch_split_grouped``, timed per call: the part the cases
+differ in, less drowned by a busy machine than the whole step), and the arithmetic bound:
 the bytes of base weights a step reads (every linear weight, the output layer included) against the bytes of the
 T adapters' ``A`` / ``B`` (the memory-bound limit of ``c`` / ``b``).
 
@@ -56,6 +58,28 @@ import adapterhub
 from adapterhub.methods import grouped_weights
 from adapterhub.runtime.packing import PackedRow
 from adapterhub.spec.composition import BatchSplit, Setup
+
+GROUPED = [0.0]  # seconds spent in LoRA's grouped calls (``time_grouped_calls``) since the last reset
+
+
+def time_grouped_calls() -> None:
+    """Wrap ``LoRAAdapter.split_grouped`` / ``batch_split_grouped`` (the grouped LoRA computation at a point, its
+    per-point Python included) to add their time to ``GROUPED``: the part of a step this bench's cases differ in,
+    measured per call so that a busy machine's noise on the whole step does not hide it."""
+    from adapterhub.methods.lora import LoRAAdapter
+
+    for name in ("split_grouped", "batch_split_grouped"):
+        original = getattr(LoRAAdapter, name)
+
+        def timed(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                GROUPED[0] += time.perf_counter() - start
+
+        setattr(LoRAAdapter, name, timed)
+
 
 CASES = ("a_base", "b_one", "c_mixed", "d_changing", "e_joining")
 
@@ -130,15 +154,16 @@ def make_step(model: Any, layout: str, adapters: list[str | None], ids: torch.Te
 
 def run_cases(
     model: Any, cases: list[str], layout: str, names: list[str], args: argparse.Namespace
-) -> dict[str, list[float]]:
-    """Seconds per step of each case, ``--repeats`` steps (after ``--warmup``) taken in turn (one step of every
-    case, then the next: a busy machine's load changes reach every case alike), one ``WeightCache`` per case kept
-    across its steps."""
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Seconds per step of each case and seconds of it in LoRA's grouped calls (``GROUPED``), ``--repeats`` steps
+    (after ``--warmup``) taken in turn (one step of every case, then the next: a busy machine's load changes reach
+    every case alike), one ``WeightCache`` per case kept across its steps."""
     caches = {case: grouped_weights.WeightCache() for case in cases}
     ids = torch.randint(
         3, model.config.vocab_size, (args.tokens,), generator=torch.Generator().manual_seed(7)
     )
     times: dict[str, list[float]] = {case: [] for case in cases}
+    grouped: dict[str, list[float]] = {case: [] for case in cases}
     profiled = {case: cProfile.Profile() for case in cases if args.profile == f"{case}:{layout}"}
     for s in range(args.warmup + args.repeats):
         for case in cases:
@@ -147,6 +172,7 @@ def run_cases(
             with torch.no_grad(), grouped_weights.caching(caches[case]):
                 if profiler is not None:
                     profiler.enable()
+                GROUPED[0] = 0.0
                 start = time.perf_counter()
                 step()
                 elapsed = time.perf_counter() - start
@@ -154,10 +180,11 @@ def run_cases(
                     profiler.disable()
             if s >= args.warmup:
                 times[case].append(elapsed)
+                grouped[case].append(GROUPED[0])
     for case, profiler in profiled.items():
         print(f"--- cProfile {case}:{layout}, {args.repeats} steps (internal time)")
         pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile_rows)
-    return times
+    return times, grouped
 
 
 def weight_bytes(model: Any, names: list[str], tokens: int) -> dict[str, float]:
@@ -198,6 +225,7 @@ def main() -> None:
     args = parser.parse_args()
     before = run_before(args) if args.before is not None else None
     torch.set_num_threads(args.threads)
+    time_grouped_calls()
     model = build_model(args.tiny)
     adapterhub.init(model)
     names = add_loras(model, args.adapters, f"lora[r=8,targets=[{args.targets}]]")
@@ -216,19 +244,31 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     for layout in args.layout.split(","):
         cases = args.cases.split(",")
-        for case, times in run_cases(model, cases, layout, names, args).items():
-            median = statistics.median(times)
-            results[f"{case}:{layout}"] = {"ms": median * 1e3, "tok_s": args.tokens / median}
-        print(f"\n| {layout} | ms/step | tok/s | vs a_base | vs b_one |\n|---|---:|---:|---:|---:|")
+        times, grouped = run_cases(model, cases, layout, names, args)
+        for case, steps in times.items():
+            median = statistics.median(steps)
+            results[f"{case}:{layout}"] = {
+                "ms": median * 1e3,
+                "tok_s": args.tokens / median,
+                "grouped_ms": statistics.median(grouped[case]) * 1e3,
+            }
+        print(
+            f"\n| {layout} | ms/step | tok/s | vs a_base | vs b_one | grouped LoRA ms/step |"
+            "\n|---|---:|---:|---:|---:|---:|"
+        )
         for case in args.cases.split(","):
             r = results[f"{case}:{layout}"]
             base = results.get(f"a_base:{layout}", r)["ms"]
             one = results.get(f"b_one:{layout}", r)["ms"]
             print(
-                f"| {case} | {r['ms']:.2f} | {r['tok_s']:.1f} | {base / r['ms']:.3f} | {one / r['ms']:.3f} |"
+                f"| {case} | {r['ms']:.2f} | {r['tok_s']:.1f} | {base / r['ms']:.3f} | {one / r['ms']:.3f} | "
+                f"{r['grouped_ms']:.2f} |"
             )
     if before is not None:
-        print(f"\n| before ({args.before}) -> after | ms/step | vs a_base | vs b_one |\n|---|---:|---:|---:|")
+        print(
+            f"\n| before ({args.before}) -> after | ms/step | vs a_base | vs b_one | grouped LoRA ms/step |"
+            "\n|---|---:|---:|---:|---:|"
+        )
         for key, r in results.items():
             layout = key.split(":")[1]
             old = before.get(key)
@@ -242,8 +282,11 @@ def main() -> None:
                     if new_ref is None or old_ref is None
                     else f"{old_ref['ms'] / old['ms']:.3f} -> {new_ref['ms'] / r['ms']:.3f}"
                 )
+            was, now = old.get("grouped_ms", 0.0), r["grouped_ms"]
+            speedup = f" (x{was / now:.2f})" if was and now else ""
             print(
-                f"| {key} | {old['ms']:.2f} -> {r['ms']:.2f} (x{old['ms'] / r['ms']:.2f}) | {' | '.join(ratios)} |"
+                f"| {key} | {old['ms']:.2f} -> {r['ms']:.2f} (x{old['ms'] / r['ms']:.2f}) | {' | '.join(ratios)} | "
+                f"{was:.2f} -> {now:.2f}{speedup} |"
             )
     if args.out is not None:
         args.out.write_text(
