@@ -84,12 +84,13 @@ def time_grouped_calls() -> None:
 CASES = ("a_base", "b_one", "c_mixed", "d_changing", "e_joining")
 
 
-def build_model(tiny: bool) -> Any:
-    """SmolLM2-135M-Instruct (float32, eval) or a tiny random Llama (2 layers, d 64)."""
+def build_model(tiny: bool, layers: int = 2) -> Any:
+    """SmolLM2-135M-Instruct (float32, eval) or a tiny random Llama (``layers`` layers, d 64: with SmolLM2's 30
+    layers its steps are mostly the per-point Python work, which the per-call timings then show)."""
     torch.manual_seed(0)
     if tiny:
         config = transformers.LlamaConfig(
-            vocab_size=99, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            vocab_size=99, hidden_size=64, intermediate_size=96, num_hidden_layers=layers, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
         )  # fmt: skip
         return transformers.LlamaForCausalLM(config).eval()
@@ -210,6 +211,7 @@ def weight_bytes(model: Any, names: list[str], tokens: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny random Llama instead of SmolLM2-135M")
+    parser.add_argument("--tiny-layers", type=int, default=2, help="layers of the --tiny Llama")
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--adapters", type=int, default=32)
     parser.add_argument("--targets", default="q,v")
@@ -226,7 +228,7 @@ def main() -> None:
     before = run_before(args) if args.before is not None else None
     torch.set_num_threads(args.threads)
     time_grouped_calls()
-    model = build_model(args.tiny)
+    model = build_model(args.tiny, args.tiny_layers)
     adapterhub.init(model)
     names = add_loras(model, args.adapters, f"lora[r=8,targets=[{args.targets}]]")
     if args.tokens > len(names):

@@ -7,6 +7,7 @@ runs."""
 
 from __future__ import annotations
 
+import copy
 import gc
 from typing import Any
 
@@ -45,7 +46,11 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Counts ``planned`` (points that read plan stacks), ``stacked`` (points that took the per-point checked way)
     and ``signatures`` (adapters checked)."""
     counts = {"planned": 0, "stacked": 0, "signatures": 0}
-    planned, stacked, signature = lora_grouped._planned, lora_grouped.stacked, grouped_plan._signature
+    planned, stacked, signature = (
+        lora_grouped._planned,
+        lora_grouped.stacked,
+        grouped_plan._Skeleton.signature,
+    )
 
     def spy_planned(*args: Any) -> Any:
         out = planned(*args)
@@ -62,7 +67,7 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
     monkeypatch.setattr(lora_grouped, "_planned", spy_planned)
     monkeypatch.setattr(lora_grouped, "stacked", spy_stacked)
-    monkeypatch.setattr(grouped_plan, "_signature", spy_signature)
+    monkeypatch.setattr(grouped_plan._Skeleton, "signature", spy_signature)
     return counts
 
 
@@ -119,7 +124,15 @@ def edit_parameter(model: Any) -> None:
     lora.lora_B = nn.Parameter(lora.lora_B.detach() * -1.5)
 
 
-@pytest.mark.parametrize("edit", [edit_scale, edit_in_place, edit_data, edit_parameter])
+def edit_layer(model: Any) -> None:
+    points = model._store.adapters["p1"].layers["1"]
+    layer = copy.deepcopy(points["v"])
+    with torch.no_grad():
+        layer.lora_B.mul_(2.5)
+    points["v"] = layer  # a new layer module where the old one was
+
+
+@pytest.mark.parametrize("edit", [edit_scale, edit_in_place, edit_data, edit_parameter, edit_layer])
 def test_a_change_between_steps_is_seen(model, seen, monkeypatch, edit):
     cache = grouped_weights.WeightCache()
     mix = NAMES[:4]

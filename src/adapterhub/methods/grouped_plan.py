@@ -9,7 +9,8 @@ The first point of the pass that meets an adapter computes its *signature* (ever
 ``scaling``, dropout ``p``, ``embedding`` flag and training mode, and every parameter's identity, version counter and storage) and
 compares it with the one the caller's :class:`Generations` holds: a change (an in-place write, ``copy_``, an
 optimizer step, a reload, a replaced layer or parameter, a deleted and re-added adapter) gives the adapter a new
-*generation* number. A mix is then the tuple of its adapters' ``(id, generation)`` keys, computed once per pass,
+*generation* number. The adapter's submodules are walked once and kept (its *skeleton*); each pass reads the
+signature from them with C-level maps, and walks again when a submodule's children changed. A mix is then the tuple of its adapters' ``(id, generation)`` keys, computed once per pass,
 and a point's kept stacks are valid for a key exactly when the key is the same: the per-point work is one lookup
 per adapter (which slot holds it), with no tensor checks.
 
@@ -21,10 +22,12 @@ by another object; an adapter module itself is held weakly and its entry dropped
 
 from __future__ import annotations
 
+import itertools
+import operator
 import weakref
 from collections.abc import Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -33,52 +36,97 @@ Key = tuple[int, int]  # (id of the adapter module, its generation)
 
 
 class Generations:
-    """Per caller (inside its ``WeightCache``): each adapter module's last signature and generation number."""
+    """Per caller (inside its ``WeightCache``): each adapter module's skeleton, last signature and generation."""
 
     def __init__(self) -> None:
-        self._entries: dict[int, tuple[weakref.ref[nn.Module], tuple[Any, ...], list[Any], int]] = {}
+        self._entries: dict[int, _Entry] = {}
         self._counter = 0
 
     def generation(self, module: nn.Module) -> int:
         """The adapter's generation: unchanged while its signature is (see the module docstring)."""
-        signature, held = _signature(module)
         entry = self._entries.get(id(module))
-        if entry is not None and entry[0]() is module and entry[1] == signature:
-            return entry[3]
+        if entry is not None and entry.ref() is module and entry.kind is type(module):
+            signature, held = entry.skeleton.signature()
+            if signature == entry.signature:
+                return entry.generation
+        skeleton = _Skeleton(module)
+        signature, held = skeleton.signature()
         self._counter += 1
         self._entries = {
-            k: e for k, e in self._entries.items() if e[0]() is not None
+            k: e for k, e in self._entries.items() if e.ref() is not None
         }  # forget deleted adapters
-        self._entries[id(module)] = (weakref.ref(module), signature, held, self._counter)
+        self._entries[id(module)] = _Entry(
+            weakref.ref(module), type(module), skeleton, signature, held, self._counter
+        )
         return self._counter
 
     def clear(self) -> None:
         self._entries.clear()
 
 
-def _signature(module: nn.Module) -> tuple[tuple[Any, ...], list[Any]]:
-    """``(signature, held)``: what a grouped computation reads of the adapter (see the module docstring) and the
-    objects whose identities it records. Read from the modules' ``__dict__`` (no ``nn.Module`` attribute lookups:
-    this runs once per adapter and pass over every submodule)."""
-    parts: list[Any] = []
-    held: list[Any] = []
-    todo: list[Any] = [module]
-    while todo:
-        sub = todo.pop()
-        state = sub.__dict__
-        scaling = state.get("scaling")
-        if not (scaling is None or type(scaling) in (int, float)):
-            held.append(scaling)
-            scaling = id(scaling)
-        parts.append((id(sub), type(sub), scaling, state.get("p"), state.get("embedding"), state["training"]))
-        if sub is not module:  # the adapter itself is held weakly (``Generations``)
-            held.append(sub)
-        for t in state["_parameters"].values():
-            if t is not None:
-                parts.append((id(t), t._version, t.data_ptr()))
-                held.append(t)
-        todo.extend(child for child in state["_modules"].values() if child is not None)
-    return tuple(parts), held
+class _Entry(NamedTuple):
+    ref: weakref.ref[nn.Module]
+    kind: type
+    skeleton: _Skeleton
+    signature: tuple[Any, ...]
+    held: list[torch.Tensor]  # the parameters whose identities the signature records
+    generation: int
+
+
+_PLAIN = frozenset({type(None), bool, int, float})
+_TRAINING = operator.itemgetter("training")
+_MODULES = operator.itemgetter("_modules")
+_PARAMETERS = operator.itemgetter("_parameters")
+_VERSION = operator.attrgetter("_version")
+
+
+class _Skeleton:
+    """An adapter's submodules (walked once, held: the adapter itself only through ``Generations``' weak
+    reference) and their ``__dict__``s, from which :meth:`signature` reads everything with C-level maps (no
+    ``nn.Module`` attribute lookups, no Python loop per submodule: it runs once per adapter and pass)."""
+
+    __slots__ = ("children", "param_dicts", "states", "subs")
+
+    def __init__(self, module: nn.Module) -> None:
+        found: list[nn.Module] = []
+        todo: list[nn.Module] = [module]
+        while todo:
+            sub = todo.pop()
+            found.append(sub)
+            todo.extend(child for child in sub.__dict__["_modules"].values() if child is not None)
+        self.subs = found[1:]  # the submodules (held), the adapter's type checked by ``Generations``
+        self.states: list[dict[str, Any]] = [sub.__dict__ for sub in found]
+        self.children: list[dict[str, Any]] = list(map(_MODULES, self.states))
+        self.param_dicts: list[dict[str, Any]] = list(map(_PARAMETERS, self.states))
+
+    def signature(self) -> tuple[tuple[Any, ...], list[torch.Tensor]]:
+        """``(signature, parameters)``: every submodule's type, training mode, ``scaling``, dropout ``p`` and
+        ``embedding`` flag, its children and parameter containers (identities), and every parameter's identity,
+        version counter and storage; a submodule's children that changed make the signature differ (the skeleton
+        is then walked again)."""
+        states = self.states
+        params = [
+            t for t in itertools.chain.from_iterable(map(dict.values, self.param_dicts)) if t is not None
+        ]
+        scalings = tuple(map(dict.get, states, itertools.repeat("scaling")))
+        if not _PLAIN.issuperset(map(type, scalings)):
+            # a tensor scale: by identity (held through its module)
+            scalings = tuple(x if type(x) in _PLAIN else id(x) for x in scalings)
+        signature = (
+            tuple(map(type, self.subs)),
+            tuple(map(_TRAINING, states)),
+            scalings,
+            tuple(map(dict.get, states, itertools.repeat("p"))),
+            tuple(map(dict.get, states, itertools.repeat("embedding"))),
+            tuple(map(id, map(_MODULES, states))),
+            tuple(map(id, map(_PARAMETERS, states))),
+            # the children themselves (modules compare by identity)
+            tuple(map(tuple, map(dict.values, self.children))),
+            tuple(map(id, params)),
+            tuple(map(_VERSION, params)),
+            tuple(map(torch.Tensor.data_ptr, params)),
+        )
+        return signature, params
 
 
 class Pass:
