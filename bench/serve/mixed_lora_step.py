@@ -10,13 +10,18 @@ in the engine's two layouts: ``packed`` (one row ``(1, T)``, a ``Split`` over po
 - ``b_one``: one LoRA for all T tokens;
 - ``c_mixed``: T different LoRAs (of ``--adapters`` N loaded), the same mix every step (joined weights reused);
 - ``d_changing``: T different LoRAs, a different mix every step (the engine's case when sequences join and
-  leave: step ``s`` uses adapters ``s, s+1, ..., s+T-1`` mod N, one leaves and one joins).
+  leave: step ``s`` uses adapters ``s, s+1, ..., s+T-1`` mod N, one leaves and one joins);
+- ``e_joining``: a mix whose SIZE changes every step (sequences join and leave): step ``s`` runs ``T - s mod 2``
+  tokens (adapters ``s, ..., s+T-1-s mod 2``), so every step one sequence joins or leaves. Its tokens alternate
+  between T and T-1: compare its ms/step before/after, not its tok/s or ratios against the other cases.
 
 Every LoRA is r 8 on q, v (the engine benches' adapters; ``--targets`` to change) with ``B ~ N(0, 0.02)``. The
 steps run under ``torch.no_grad()`` and ``grouped_weights.caching(cache)`` with one ``WeightCache`` per case kept
 across its steps (as the engine does), the cases' steps taken in turn (one step of each case, then the next, so
 that a busy machine's changing load reaches every case alike). Printed: the median step time (ms) over
-``--repeats`` steps after ``--warmup``, tokens/s, ratios vs ``a_base`` and ``b_one``, and the arithmetic bound:
+``--repeats`` steps after ``--warmup``, tokens/s, ratios vs ``a_base`` and ``b_one``, the median time per step
+spent in LoRA's grouped calls (``split_grouped`` / ``batch_split_grouped``, timed per call: the part the cases
+differ in, less drowned by a busy machine than the whole step), and the arithmetic bound:
 the bytes of base weights a step reads (every linear weight, the output layer included) against the bytes of the
 T adapters' ``A`` / ``B`` (the memory-bound limit of ``c`` / ``b``).
 
@@ -54,15 +59,38 @@ from adapterhub.methods import grouped_weights
 from adapterhub.runtime.packing import PackedRow
 from adapterhub.spec.composition import BatchSplit, Setup
 
-CASES = ("a_base", "b_one", "c_mixed", "d_changing")
+GROUPED = [0.0]  # seconds spent in LoRA's grouped calls (``time_grouped_calls``) since the last reset
 
 
-def build_model(tiny: bool) -> Any:
-    """SmolLM2-135M-Instruct (float32, eval) or a tiny random Llama (2 layers, d 64)."""
+def time_grouped_calls() -> None:
+    """Wrap ``LoRAAdapter.split_grouped`` / ``batch_split_grouped`` (the grouped LoRA computation at a point, its
+    per-point Python included) to add their time to ``GROUPED``: the part of a step this bench's cases differ in,
+    measured per call so that a busy machine's noise on the whole step does not hide it."""
+    from adapterhub.methods.lora import LoRAAdapter
+
+    for name in ("split_grouped", "batch_split_grouped"):
+        original = getattr(LoRAAdapter, name)
+
+        def timed(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                GROUPED[0] += time.perf_counter() - start
+
+        setattr(LoRAAdapter, name, timed)
+
+
+CASES = ("a_base", "b_one", "c_mixed", "d_changing", "e_joining")
+
+
+def build_model(tiny: bool, layers: int = 2) -> Any:
+    """SmolLM2-135M-Instruct (float32, eval) or a tiny random Llama (``layers`` layers, d 64: with SmolLM2's 30
+    layers its steps are mostly the per-point Python work, which the per-call timings then show)."""
     torch.manual_seed(0)
     if tiny:
         config = transformers.LlamaConfig(
-            vocab_size=99, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            vocab_size=99, hidden_size=64, intermediate_size=96, num_hidden_layers=layers, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
         )  # fmt: skip
         return transformers.LlamaForCausalLM(config).eval()
@@ -91,6 +119,8 @@ def step_setups(case: str, names: list[str], tokens: int, step: int) -> list[str
         return [None] * tokens
     if case == "b_one":
         return [names[0]] * tokens
+    if case == "e_joining":  # one sequence joins, then one leaves: T and T-1 adapters in turn
+        return [names[(step + i) % len(names)] for i in range(tokens - step % 2)]
     start = step if case == "d_changing" else 0
     return [names[(start + i) % len(names)] for i in range(tokens)]
 
@@ -98,6 +128,7 @@ def step_setups(case: str, names: list[str], tokens: int, step: int) -> list[str
 def make_step(model: Any, layout: str, adapters: list[str | None], ids: torch.Tensor) -> Callable[[], None]:
     """One forward of the step's T tokens in ``layout``; the setup as the engine builds it."""
     tokens = len(adapters)
+    ids = ids[:tokens]  # (tokens,)
     if layout == "packed":
         row = PackedRow(adapters, [1] * tokens)
         setup: Setup | None = row.setup  # adjacent equal setups merged: one adapter for all is just its name
@@ -124,15 +155,16 @@ def make_step(model: Any, layout: str, adapters: list[str | None], ids: torch.Te
 
 def run_cases(
     model: Any, cases: list[str], layout: str, names: list[str], args: argparse.Namespace
-) -> dict[str, list[float]]:
-    """Seconds per step of each case, ``--repeats`` steps (after ``--warmup``) taken in turn (one step of every
-    case, then the next: a busy machine's load changes reach every case alike), one ``WeightCache`` per case kept
-    across its steps."""
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Seconds per step of each case and seconds of it in LoRA's grouped calls (``GROUPED``), ``--repeats`` steps
+    (after ``--warmup``) taken in turn (one step of every case, then the next: a busy machine's load changes reach
+    every case alike), one ``WeightCache`` per case kept across its steps."""
     caches = {case: grouped_weights.WeightCache() for case in cases}
     ids = torch.randint(
         3, model.config.vocab_size, (args.tokens,), generator=torch.Generator().manual_seed(7)
     )
     times: dict[str, list[float]] = {case: [] for case in cases}
+    grouped: dict[str, list[float]] = {case: [] for case in cases}
     profiled = {case: cProfile.Profile() for case in cases if args.profile == f"{case}:{layout}"}
     for s in range(args.warmup + args.repeats):
         for case in cases:
@@ -141,6 +173,7 @@ def run_cases(
             with torch.no_grad(), grouped_weights.caching(caches[case]):
                 if profiler is not None:
                     profiler.enable()
+                GROUPED[0] = 0.0
                 start = time.perf_counter()
                 step()
                 elapsed = time.perf_counter() - start
@@ -148,10 +181,11 @@ def run_cases(
                     profiler.disable()
             if s >= args.warmup:
                 times[case].append(elapsed)
+                grouped[case].append(GROUPED[0])
     for case, profiler in profiled.items():
         print(f"--- cProfile {case}:{layout}, {args.repeats} steps (internal time)")
         pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile_rows)
-    return times
+    return times, grouped
 
 
 def weight_bytes(model: Any, names: list[str], tokens: int) -> dict[str, float]:
@@ -177,6 +211,7 @@ def weight_bytes(model: Any, names: list[str], tokens: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny random Llama instead of SmolLM2-135M")
+    parser.add_argument("--tiny-layers", type=int, default=2, help="layers of the --tiny Llama")
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--adapters", type=int, default=32)
     parser.add_argument("--targets", default="q,v")
@@ -192,7 +227,8 @@ def main() -> None:
     args = parser.parse_args()
     before = run_before(args) if args.before is not None else None
     torch.set_num_threads(args.threads)
-    model = build_model(args.tiny)
+    time_grouped_calls()
+    model = build_model(args.tiny, args.tiny_layers)
     adapterhub.init(model)
     names = add_loras(model, args.adapters, f"lora[r=8,targets=[{args.targets}]]")
     if args.tokens > len(names):
@@ -210,19 +246,31 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     for layout in args.layout.split(","):
         cases = args.cases.split(",")
-        for case, times in run_cases(model, cases, layout, names, args).items():
-            median = statistics.median(times)
-            results[f"{case}:{layout}"] = {"ms": median * 1e3, "tok_s": args.tokens / median}
-        print(f"\n| {layout} | ms/step | tok/s | vs a_base | vs b_one |\n|---|---:|---:|---:|---:|")
+        times, grouped = run_cases(model, cases, layout, names, args)
+        for case, steps in times.items():
+            median = statistics.median(steps)
+            results[f"{case}:{layout}"] = {
+                "ms": median * 1e3,
+                "tok_s": args.tokens / median,
+                "grouped_ms": statistics.median(grouped[case]) * 1e3,
+            }
+        print(
+            f"\n| {layout} | ms/step | tok/s | vs a_base | vs b_one | grouped LoRA ms/step |"
+            "\n|---|---:|---:|---:|---:|---:|"
+        )
         for case in args.cases.split(","):
             r = results[f"{case}:{layout}"]
             base = results.get(f"a_base:{layout}", r)["ms"]
             one = results.get(f"b_one:{layout}", r)["ms"]
             print(
-                f"| {case} | {r['ms']:.2f} | {r['tok_s']:.1f} | {base / r['ms']:.3f} | {one / r['ms']:.3f} |"
+                f"| {case} | {r['ms']:.2f} | {r['tok_s']:.1f} | {base / r['ms']:.3f} | {one / r['ms']:.3f} | "
+                f"{r['grouped_ms']:.2f} |"
             )
     if before is not None:
-        print(f"\n| before ({args.before}) -> after | ms/step | vs a_base | vs b_one |\n|---|---:|---:|---:|")
+        print(
+            f"\n| before ({args.before}) -> after | ms/step | vs a_base | vs b_one | grouped LoRA ms/step |"
+            "\n|---|---:|---:|---:|---:|"
+        )
         for key, r in results.items():
             layout = key.split(":")[1]
             old = before.get(key)
@@ -236,8 +284,11 @@ def main() -> None:
                     if new_ref is None or old_ref is None
                     else f"{old_ref['ms'] / old['ms']:.3f} -> {new_ref['ms'] / r['ms']:.3f}"
                 )
+            was, now = old.get("grouped_ms", 0.0), r["grouped_ms"]
+            speedup = f" (x{was / now:.2f})" if was and now else ""
             print(
-                f"| {key} | {old['ms']:.2f} -> {r['ms']:.2f} (x{old['ms'] / r['ms']:.2f}) | {' | '.join(ratios)} |"
+                f"| {key} | {old['ms']:.2f} -> {r['ms']:.2f} (x{old['ms'] / r['ms']:.2f}) | {' | '.join(ratios)} | "
+                f"{was:.2f} -> {now:.2f}{speedup} |"
             )
     if args.out is not None:
         args.out.write_text(

@@ -30,6 +30,7 @@ from torch import nn
 
 from adapterhub.errors import ConfigError
 from adapterhub.heads.base import HEADS, Head
+from adapterhub.methods import grouped_weights
 from adapterhub.methods.base import EMBEDDING
 from adapterhub.runtime import callstate
 from adapterhub.runtime.head_inputs import HeadInputs, frame_mask
@@ -63,6 +64,7 @@ class _BeginCall(AdapterHook):
         self.store = store
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        grouped_weights.begin_pass()  # grouped adapters check their weights once in this pass, not per point
         if self.store.needs_call_state():
             state = callstate.begin(self.store)
             if self.store.reads_positions():
@@ -79,6 +81,7 @@ class _EndCall(AdapterHook):
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         callstate.end(self.store)
+        grouped_weights.end_pass()
 
 
 class _CaptureBaseOutput(AdapterHook):

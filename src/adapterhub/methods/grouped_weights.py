@@ -15,6 +15,12 @@ the thread or task that runs the forward (a context variable), never stored on t
 mix changes but keeps its size (a sequence leaves, another joins), only the groups not held yet are copied, into
 the slots of the groups that left, and the caller learns which group sits in which slot. A group is held while its
 tensors are the same (weakly held) with the same version counters and storage; a mix of another size rebuilds.
+
+:func:`planned` keeps slot stacks the same way under a forward pass's plan (``grouped_plan``): a group is named by
+its adapter's ``(id, generation)`` key, checked once per pass, so a point only looks up which slot holds each
+adapter; a mix of another size (a sequence joined or left) keeps the held adapters (the stacks are the first K
+slots of a kept capacity; a held adapter past them is copied slot to slot) and copies only the new ones. The model's hooks call :func:`begin_pass` / :func:`end_pass` around each forward
+pass.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import torch
+
+from adapterhub.methods import grouped_plan
 
 T = TypeVar("T")
 _CURRENT: ContextVar[WeightCache | None] = ContextVar("adapterhub_grouped_weights", default=None)
@@ -44,9 +52,13 @@ class WeightCache:
             Any, tuple[tuple[tuple[int, int, int], ...], list[weakref.ref[torch.Tensor]], Any]
         ] = {}
         self._slots: dict[Any, _Slots] = {}
+        self._planned: dict[Any, _PlannedSlots] = {}  # ``planned``
+        self.generations = grouped_plan.Generations()
         self.hits = 0
         self.builds = 0
         self.copies = 0  # groups copied into a slot of a kept stack (``slotted``)
+        self.resizes = 0  # planned stacks carried over to a mix of another size (``planned``)
+        self.moves = 0  # held groups copied slot to slot into the first K slots (``planned``)
 
     def get(self, key: Any, sources: Sequence[torch.Tensor], build: Callable[[], T]) -> T:
         stamp = _stamp(sources)
@@ -124,9 +136,88 @@ class WeightCache:
         )
         return stacks, tuple(range(len(groups)))
 
+    def planned(
+        self,
+        key: Any,
+        keys: tuple[grouped_plan.Key, ...],
+        fetch: Callable[[int], tuple[Sequence[torch.Tensor], Any] | None],
+    ) -> tuple[list[torch.Tensor], tuple[int, ...], list[Any]] | None:
+        """See :func:`planned`. The stacks are the first ``K`` slots of ``capacity`` kept ones (views): a mix of
+        another size moves the held adapters it still has into the first ``K`` slots (a slot-to-slot copy each)."""
+        entry = self._planned.get(key)
+        if entry is None:
+            return self._build_planned(key, keys, fetch)
+        size = len(keys)
+        if size != entry.size:
+            entry.resize(size)
+            self.resizes += 1
+        order = [-1] * size  # slot -> group
+        missing: list[int] = []
+        moved: dict[int, int] = {}  # source slot -> group
+        where = entry.where
+        for k, name in enumerate(keys):
+            slot = where.get(name)
+            if slot is not None and slot < size and order[slot] < 0:
+                order[slot] = k
+            elif slot is not None and slot >= size and slot not in moved:
+                moved[slot] = k  # held past the first K slots: copied within the stacks
+            else:
+                missing.append(k)
+        if not missing and not moved:
+            self.hits += 1
+            return entry.stacks, tuple(order), entry.infos[:size]
+        free = iter([slot for slot, k in enumerate(order) if k < 0])
+        for source, k in moved.items():
+            slot = next(free)
+            for full in entry.full:
+                full[slot].copy_(full[source])
+            entry.put(slot, keys[k], entry.infos[source])
+            entry.forget(source)
+            order[slot] = k
+            self.moves += 1
+        for k in missing:
+            got = fetch(k)
+            if got is None:
+                return None
+            parts, info = got
+            if any(
+                p.shape != s.shape[1:] or p.dtype != s.dtype for p, s in zip(parts, entry.full, strict=True)
+            ):
+                return self._build_planned(key, keys, fetch)  # another shape: start again
+            slot = next(free)
+            for full, part in zip(entry.full, parts, strict=True):
+                full[slot].copy_(part)
+            entry.put(slot, keys[k], info)
+            order[slot] = k
+            self.copies += 1
+        return entry.stacks, tuple(order), entry.infos[:size]
+
+    def _build_planned(
+        self,
+        key: Any,
+        keys: tuple[grouped_plan.Key, ...],
+        fetch: Callable[[int], tuple[Sequence[torch.Tensor], Any] | None],
+    ) -> tuple[list[torch.Tensor], tuple[int, ...], list[Any]] | None:
+        fetched = [fetch(k) for k in range(len(keys))]
+        if any(got is None for got in fetched):
+            return None
+        parts = [got[0] for got in fetched if got is not None]
+        infos = [got[1] for got in fetched if got is not None]
+        if any(
+            p.shape != q.shape or p.dtype != q.dtype
+            for part in parts
+            for p, q in zip(part, parts[0], strict=True)
+        ):
+            return None  # groups of other shapes (ranks): not one stack
+        entry = self._planned[key] = _PlannedSlots(_stack(parts), list(keys), infos)
+        self.builds += 1
+        return entry.stacks, tuple(range(len(keys))), infos
+
     def clear(self) -> None:
         self._entries.clear()
         self._slots.clear()
+        self._planned.clear()
+        self.generations.clear()
 
 
 class _Slots:
@@ -143,6 +234,50 @@ class _Slots:
         where: dict[tuple[tuple[int, int, int], ...], int],
     ) -> None:
         self.stacks, self.stamps, self.refs, self.where = stacks, stamps, refs, where
+
+
+class _PlannedSlots:
+    """Kept stacks under a plan: ``full[j][s]`` holds part ``j`` of the group in slot ``s`` (``capacity`` slots),
+    ``keys[s]`` its adapter's plan key (a negative generation: an empty slot), ``infos[s]`` what its caller keeps
+    of it, ``where``: key -> slot; ``stacks``: the first ``size`` slots of each (views), the current mix's."""
+
+    __slots__ = ("full", "infos", "keys", "size", "stacks", "where")
+
+    def __init__(self, full: list[torch.Tensor], keys: list[grouped_plan.Key], infos: list[Any]) -> None:
+        self.full, self.keys, self.infos = full, keys, infos
+        self.where = {name: slot for slot, name in enumerate(keys)}
+        self.size = len(keys)
+        self.stacks = full
+
+    def resize(self, size: int) -> None:
+        """Make the first ``size`` slots the stacks, growing the capacity (by half, at least to ``size``; the held
+        slots copied once) when it is short."""
+        capacity = len(self.keys)
+        if size > capacity:
+            grown = max(size, capacity + capacity // 2)
+            full = []
+            for stack in self.full:
+                new = stack.new_empty((grown, *stack.shape[1:]))  # (C', *shape): the new slots empty
+                new[:capacity] = stack
+                full.append(new)
+            self.full = full
+            self.keys += [(0, -1 - slot) for slot in range(capacity, grown)]
+            self.infos += [None] * (grown - capacity)
+        self.size = size
+        self.stacks = [stack[:size] for stack in self.full]  # (K, *shape) views
+
+    def put(self, slot: int, name: grouped_plan.Key, info: Any) -> None:
+        """Slot ``slot`` now holds the adapter ``name``."""
+        self.forget(slot)
+        self.keys[slot], self.infos[slot] = name, info
+        self.where[name] = slot
+
+    def forget(self, slot: int) -> None:
+        """Slot ``slot`` holds nothing any more."""
+        old = self.keys[slot]
+        if self.where.get(old) == slot:
+            del self.where[old]
+        self.keys[slot], self.infos[slot] = (0, -1 - slot), None
 
 
 def _stack(parts: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
@@ -166,6 +301,38 @@ def cached(key: Any, sources: Sequence[torch.Tensor], build: Callable[[], T]) ->
     if cache is None or torch.is_grad_enabled():
         return build()
     return cache.get(key, sources, build)
+
+
+def begin_pass() -> None:
+    """A forward pass starts (the model's first pre-hook): under :func:`caching` with gradients off, it gets a plan
+    (``grouped_plan.Pass``) that :func:`planned` reads; otherwise none."""
+    cache = _CURRENT.get()
+    grouped_plan.begin_pass(cache, cache.generations if cache is not None else None)
+
+
+def end_pass() -> None:
+    """The forward pass ends (the model's last hook): its plan is dropped."""
+    grouped_plan.end_pass()
+
+
+def planned(
+    key: Any,
+    modules: Sequence[Any],
+    fetch: Callable[[int], tuple[Sequence[torch.Tensor], Any] | None],
+) -> tuple[list[torch.Tensor], tuple[int, ...], list[Any]] | None:
+    """``(stacks, order, infos)`` as :func:`slotted` gives ``(stacks, order)``, for the groups of the adapter modules
+    ``modules`` (group ``k``: ``fetch(k) = (parts, info)``, the prepared tensors of ``modules[k]`` at the point and
+    what the caller keeps of it, e.g. its scale; ``infos[s]``: the info of the group in slot ``s``), when a forward
+    pass's plan is running under the caller's cache (:func:`begin_pass`): a group is held while its adapter's
+    generation is unchanged (checked once per pass), so only new groups are fetched. None without a running plan,
+    when ``fetch`` gives None, or when the groups' parts differ in shape (the caller then takes another way)."""
+    cache = _CURRENT.get()
+    if cache is None:
+        return None
+    run = grouped_plan.current(cache)
+    if run is None:
+        return None
+    return cache.planned(key, run.keys_of(modules), fetch)
 
 
 def slotted(

@@ -91,15 +91,50 @@ def stacked(
     return stacks[0], stacks[1], order
 
 
+class _Planned(NamedTuple):
+    """Equal-rank slot stacks under a forward pass's plan (``grouped_weights.planned``)."""
+
+    a: torch.Tensor  # (S, r, d_in)
+    bt: torch.Tensor  # (S, r, d_out)
+    order: tuple[int, ...]  # order[s]: the group in slot s
+    slot_scales: tuple[float, ...]  # the scale of the group in slot s
+    scales: tuple[float, ...]  # the scale of group k (the mix's order)
+
+
+def _planned(modules: Sequence[Any], layer: int, point: Point) -> _Planned | None:
+    """The slot stacks of the adapters' layers at the point under the running pass's plan (each adapter checked once
+    per pass, not here), or None: no plan running, ranks that differ, or a layer the stacked layout does not take
+    (not a plain linear LoRA layer, or dropout that is active: the regular way then decides)."""
+
+    def fetch(k: int) -> tuple[tuple[torch.Tensor, torch.Tensor], float] | None:
+        (lora,) = point_layers([modules[k]], layer, point)
+        dropout: Any = lora._modules.get("dropout") if type(lora) is LoRALayer else None
+        if dropout is None or lora.embedding or (dropout.p and dropout.training):
+            return None
+        params: Any = lora._parameters
+        return (params["lora_A"], params["lora_B"].t()), float(lora.scaling)  # A (r, d_in), Bᵀ (r, d_out)
+
+    got = grouped_weights.planned(("lora.plan", layer, point), modules, fetch)
+    if got is None:
+        return None
+    (a, bt), order, infos = got
+    slot_scales = tuple(infos)
+    scales = [0.0] * len(order)
+    for slot, k in enumerate(order):
+        scales[k] = slot_scales[slot]
+    return _Planned(a, bt, order, slot_scales, tuple(scales))
+
+
 def _in_slots(
-    x: torch.Tensor, order: tuple[int, ...], a: torch.Tensor, bt: torch.Tensor, scales: Sequence[float]
+    x: torch.Tensor, order: tuple[int, ...], a: torch.Tensor, bt: torch.Tensor, slot_scales: tuple[float, ...]
 ) -> torch.Tensor:
     """``Δ`` of groups ``x`` ``(K, n, d_in)`` (group ``k``: adapter ``k``'s tokens) through the slot stacks: the
-    groups taken in slot order, ``s_k · (x_k A_kᵀ) B_kᵀ`` by two batched matmuls, and put back: ``(K, n, d_out)``."""
+    groups taken in slot order, ``s_k · (x_k A_kᵀ) B_kᵀ`` by two batched matmuls, and put back: ``(K, n, d_out)``.
+    ``slot_scales[s]``: the scale of the group in slot ``s``."""
     identity = order == tuple(range(len(order)))
     if not identity:
         x = x[_index(order, x.device)]  # (S, n, d_in): slot s holds group order[s]
-    scale = _scale_column(tuple(scales[k] for k in order), x.dtype, x.device)  # (S, 1, 1)
+    scale = _scale_column(slot_scales, x.dtype, x.device)  # (S, 1, 1)
     delta = torch.bmm(torch.bmm(x, a.transpose(1, 2).to(x.dtype)), bt.to(x.dtype)) * scale  # (S, n, d_out)
     return delta if identity else delta[_index(_inverse(order), x.device)]  # (K, n, d_out)
 
@@ -110,20 +145,26 @@ def batch_split(
     """Row block ``k`` (``sizes[k]`` rows) through adapter ``k``: the stacked layout (equal sizes: ``(K, rows·T,
     d_in)`` blocks; otherwise each row's weights gathered). None when ranks or dropouts differ or a layer is not a
     plain linear LoRA layer."""
-    group = _group(modules, layer, point)
-    if group is None or len(set(group.ranks)) != 1:
-        return None
     assert isinstance(inputs, LinearInputs)
     x, y = inputs.x, inputs.y  # (B, T, d_in), (B, T, d_out)
-    if group.dropout > 0:
-        x = group.layers[0].dropout(x)
-    a, bt, order = stacked(group.pairs, layer, point)
-    scales = group.scales
+    plan = _planned(modules, layer, point)
+    if plan is None:
+        group = _group(modules, layer, point)
+        if group is None or len(set(group.ranks)) != 1:
+            return None
+        if group.dropout > 0:
+            x = group.layers[0].dropout(x)
+        a, bt, order = stacked(group.pairs, layer, point)
+        slot_scales = tuple(group.scales[k] for k in order)
+    else:
+        a, bt, order, slot_scales = plan.a, plan.bt, plan.order, plan.slot_scales
     if len(set(sizes)) == 1:
-        delta = _in_slots(x.reshape(len(scales), -1, x.shape[-1]), order, a, bt, scales)  # (K, rows·T, d_out)
+        delta = _in_slots(
+            x.reshape(len(order), -1, x.shape[-1]), order, a, bt, slot_scales
+        )  # (K, rows·T, d_out)
         return y + delta.reshape(y.shape).to(y.dtype)
     slot = _index(_inverse(order), x.device)[_owner_rows(tuple(sizes), x.device)]  # (B,): each row's slot
-    scale = _scale_column(tuple(scales[k] for k in order), x.dtype, x.device)[slot]  # (B, 1, 1)
+    scale = _scale_column(slot_scales, x.dtype, x.device)[slot]  # (B, 1, 1)
     groups = x.reshape(x.shape[0], -1, x.shape[-1])  # (B, T, d_in)
     delta = torch.bmm(torch.bmm(groups, a.transpose(1, 2)[slot].to(x.dtype)), bt[slot].to(x.dtype)) * scale
     return y + delta.reshape(y.shape).to(y.dtype)  # delta: (B, T, d_out)
@@ -137,36 +178,47 @@ def split(
     have an adapter), else side by side with the ``(T, R)`` mask (equal ranks: over the slot stacks). None when
     dropouts differ, a layer is not a plain linear LoRA layer, the input is not ``(B, T, d_in)``, or (side by side)
     ``R > d_in``."""
-    group = _group(modules, layer, point)
-    if group is None:
-        return None
     assert isinstance(inputs, LinearInputs)
     x, y = inputs.x, inputs.y  # (B, T, d_in), (B, T, d_out)
     if x.dim() != 3:
         return None
-    ranks, scales = group.ranks, group.scales
+    plan = _planned(modules, layer, point)
+    group = _group(modules, layer, point) if plan is None else None
+    if plan is None and group is None:
+        return None
+    if plan is not None:
+        ranks, scales = (int(plan.a.shape[1]),) * len(plan.order), plan.scales
+    else:
+        assert group is not None
+        ranks, scales = group.ranks, group.scales
     length, k = int(x.shape[1]), len(ranks)
     n = length // k
     end_to_end = length == n * k and all(s == i * n and e == s + n for i, (s, e) in enumerate(bounds))
     equal_ranks = len(set(ranks)) == 1
     if not (end_to_end and equal_ranks) and sum(ranks) > x.shape[-1]:
         return None
-    if group.dropout > 0:
+    if group is not None and group.dropout > 0:
         x = group.layers[0].dropout(x)
     if equal_ranks:
-        a, bt, order = stacked(group.pairs, layer, point)
+        if plan is not None:
+            a, bt, order = plan.a, plan.bt, plan.order
+        else:
+            assert group is not None
+            a, bt, order = stacked(group.pairs, layer, point)
         if end_to_end:
             batch, d_in = x.shape[0], x.shape[-1]
             groups = (
                 x.reshape(batch, k, n, d_in).transpose(0, 1).reshape(k, batch * n, d_in)
             )  # (K, B·n, d_in)
-            delta = _in_slots(groups, order, a, bt, scales)  # (K, B·n, d_out)
+            slot_scales = plan.slot_scales if plan is not None else tuple(scales[j] for j in order)
+            delta = _in_slots(groups, order, a, bt, slot_scales)  # (K, B·n, d_out)
             delta = delta.reshape(k, batch, n, -1).transpose(0, 1).reshape(y.shape)  # (B, T, d_out)
             return y + delta.to(y.dtype)
         down, up = a.reshape(-1, a.shape[-1]).t(), bt.reshape(-1, bt.shape[-1])  # (d_in, R), (R, d_out)
         bounds = tuple(bounds[j] for j in order)  # the mask's column blocks in slot order
         ranks, scales = tuple(ranks[j] for j in order), tuple(scales[j] for j in order)
     else:
+        assert group is not None
         pairs = group.pairs
         down, up = grouped_weights.cached(
             ("lora.cat", layer, point),
