@@ -305,13 +305,18 @@ def cached(key: Any, sources: Sequence[torch.Tensor], build: Callable[[], T]) ->
 
 def begin_pass() -> None:
     """A forward pass starts (the model's first pre-hook): under :func:`caching` with gradients off, it gets a plan
-    (``grouped_plan.Pass``) that :func:`planned` reads; otherwise none."""
+    (``grouped_plan.Pass``) that :func:`planned` reads; otherwise none. Nothing while torch.compile / torch.export
+    traces the model (a context variable cannot be traced; a traced pass runs without a plan)."""
+    if torch.compiler.is_compiling():
+        return
     cache = _CURRENT.get()
     grouped_plan.begin_pass(cache, cache.generations if cache is not None else None)
 
 
 def end_pass() -> None:
-    """The forward pass ends (the model's last hook): its plan is dropped."""
+    """The forward pass ends (the model's last hook): its plan is dropped (nothing while tracing, as above)."""
+    if torch.compiler.is_compiling():
+        return
     grouped_plan.end_pass()
 
 
