@@ -3,12 +3,16 @@ under a setup, hook counts, training steps, round trips, merging, row blocks, an
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 import adapterhub
 from adapterhub import Average, BatchSplit, Parallel, Split
 from adapterhub.methods.base import MODULE_LAYER
+from adapterhub.methods.lora import LoRAAdapter
 from adapterhub.runtime.injection import AdapterHook
+from adapterhub.runtime.packing import PackedRow
 from tiny_models import build
 
 
@@ -221,3 +225,26 @@ def save_trained_with_residual(theirs, directory, residual):
                 theirs.base_model.model.get_submodule(path).base_layer.weight
             )
     return residual
+
+
+def packed_logits(
+    model: Any, setups: list[Any], lengths: list[int] | None = None, seed: int = 3
+) -> torch.Tensor:
+    """One packed row through ``model``: slice ``k`` of ``lengths[k]`` tokens (default 1 each: a decode-like step)
+    under ``setups[k]``; ``(1, T, V)`` logits."""
+    lengths = [1] * len(setups) if lengths is None else lengths
+    ids = torch.randint(3, 99, (1, sum(lengths)), generator=torch.Generator().manual_seed(seed))
+    row = PackedRow(setups, lengths)
+    with torch.no_grad(), model.adapter_setup(row.setup):
+        out = model(
+            input_ids=ids, position_ids=row.position_ids(), attention_mask=row.attention_mask(torch.float32)
+        )
+    return out.logits  # (1, T, V)
+
+
+def one_by_one(monkeypatch: Any, run: Any) -> torch.Tensor:
+    """``run()`` with LoRA's grouping refused: the interpreter runs each slice / row block through its own adapter."""
+    with monkeypatch.context() as patch:
+        patch.setattr(LoRAAdapter, "split_grouped", lambda *a, **k: None)
+        patch.setattr(LoRAAdapter, "batch_split_grouped", lambda *a, **k: None)
+        return run()  # type: ignore[no-any-return]

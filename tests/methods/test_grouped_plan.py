@@ -17,9 +17,10 @@ from torch import nn
 
 import adapterhub
 from adapterhub.methods import grouped_plan, grouped_weights, lora_grouped
-from adapterhub.methods.lora import LoRAAdapter
 from adapterhub.runtime.packing import PackedRow
 from adapterhub.spec.composition import BatchSplit
+from method_checks import one_by_one as reference
+from method_checks import packed_logits
 from tiny_models import build, perturb
 
 ATOL = 1e-5
@@ -69,25 +70,6 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     monkeypatch.setattr(lora_grouped, "stacked", spy_stacked)
     monkeypatch.setattr(grouped_plan._Skeleton, "signature", spy_signature)
     return counts
-
-
-def packed_logits(model: Any, setups: list[Any], seed: int = 3) -> torch.Tensor:
-    """One decode-like packed step: one token per adapter, ``(1, V)`` logits per token."""
-    ids = torch.randint(3, 99, (1, len(setups)), generator=torch.Generator().manual_seed(seed))
-    row = PackedRow(setups, [1] * len(setups))
-    with torch.no_grad(), model.adapter_setup(row.setup):
-        out = model(
-            input_ids=ids, position_ids=row.position_ids(), attention_mask=row.attention_mask(torch.float32)
-        )
-    return out.logits  # (1, T, V)
-
-
-def reference(monkeypatch: pytest.MonkeyPatch, run: Any) -> torch.Tensor:
-    """``run()`` with grouping refused: each slice through its own adapter."""
-    with monkeypatch.context() as patch:
-        patch.setattr(LoRAAdapter, "split_grouped", lambda *a, **k: None)
-        patch.setattr(LoRAAdapter, "batch_split_grouped", lambda *a, **k: None)
-        return run()  # type: ignore[no-any-return]
 
 
 def test_each_adapter_is_checked_once_per_pass_and_points_read_plan_stacks(model, seen, monkeypatch):

@@ -14,9 +14,8 @@ import torch
 
 import adapterhub
 from adapterhub.methods import grouped_weights, lora_grouped
-from adapterhub.methods.lora import LoRAAdapter
-from adapterhub.runtime.packing import PackedRow
 from adapterhub.spec.composition import BatchSplit, Split
+from method_checks import one_by_one, packed_logits
 from tiny_models import build, perturb
 
 ATOL = 1e-5
@@ -54,25 +53,6 @@ def layouts(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
         monkeypatch.setattr(lora_grouped, names[what], spy)
     return seen
-
-
-def packed_logits(model: Any, setups: list[Any], lengths: list[int], seed: int = 3) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, 99, (1, sum(lengths)), generator=generator)
-    row = PackedRow(setups, lengths)
-    with torch.no_grad(), model.adapter_setup(row.setup):
-        out = model(
-            input_ids=ids, position_ids=row.position_ids(), attention_mask=row.attention_mask(torch.float32)
-        )
-    return out.logits  # (1, T, V)
-
-
-def one_by_one(monkeypatch: pytest.MonkeyPatch, run: Any) -> torch.Tensor:
-    """``run()`` with grouping refused: the interpreter runs each slice / row block through its own adapter."""
-    with monkeypatch.context() as patch:
-        patch.setattr(LoRAAdapter, "split_grouped", lambda *a, **k: None)
-        patch.setattr(LoRAAdapter, "batch_split_grouped", lambda *a, **k: None)
-        return run()  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("count", [4, 8], ids=["R=d_in", "R>d_in"])
