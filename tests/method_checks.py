@@ -248,3 +248,25 @@ def one_by_one(monkeypatch: Any, run: Any) -> torch.Tensor:
         patch.setattr(LoRAAdapter, "split_grouped", lambda *a, **k: None)
         patch.setattr(LoRAAdapter, "batch_split_grouped", lambda *a, **k: None)
         return run()  # type: ignore[no-any-return]
+
+
+def check_cp_cores(theirs: Any, method: str, options: dict[str, Any], effective: bool) -> None:
+    """peft built its CP cores (``hada_t1`` / ``hada_t2`` for LoHa, ``lokr_t2`` for LoKr) exactly where
+    ``use_effective_conv2d`` makes them: on when ``effective`` and (LoHa, or LoKr with ``r == 1``)."""
+    names = {n.split(".")[-2] for n, _ in theirs.named_parameters() if "_t1." in n or "_t2." in n}
+    cores = {"hada_t1", "hada_t2"} if method == "loha" else {"lokr_t2"}
+    assert names == (cores if effective and (method == "loha" or options["r"] == 1) else set())
+
+
+def load_peft_lycoris(ours: Any, theirs: Any, folder: Any) -> dict[str, tuple[int, ...]]:
+    """``theirs`` (a peft LoHa / LoKr model) saved to ``folder`` and loaded into ``ours`` as the active ``"p"``;
+    its factors have peft's names and shapes. Returns ``{our parameter name: shape}``."""
+    theirs.save_pretrained(folder)
+    ours.load_adapter(folder, load_as="p", set_active=True)
+    shapes = {n: tuple(p.shape) for n, p in ours._adapterhub.adapters["p"].named_parameters()}
+    assert shapes == {
+        n.replace("base_model.model.", "by_name.").replace(".default", ""): tuple(p.shape)
+        for n, p in theirs.named_parameters()
+        if ".hada_" in n or ".lokr_" in n
+    }
+    return shapes

@@ -11,7 +11,7 @@ import torch
 
 import adapterhub
 from adapterhub.errors import ConfigError
-from method_checks import randomize_peft_params
+from method_checks import check_cp_cores, load_peft_lycoris, randomize_peft_params
 from tiny_models import build, make_inputs
 
 peft = pytest.importorskip("peft", reason="peft is not installed")
@@ -199,21 +199,12 @@ def test_effective_conv2d_matches_peft_both_ways_and_merges(method, options, eff
     options = {**options, "use_effective_conv2d": effective}
     targets = ["conv1", "conv2", "conv3", "fc"]
     theirs = _peft_cnn(method, options, targets)
-    names = {n.split(".")[-2] for n, _ in theirs.named_parameters() if "_t1." in n or "_t2." in n}
-    cores = {"hada_t1", "hada_t2"} if method == "loha" else {"lokr_t2"}
-    assert names == (cores if effective and (method == "loha" or options["r"] == 1) else set())
+    check_cp_cores(theirs, method, options, effective)
     images = torch.randn(4, 3, 9, 9, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = theirs(images)
-    theirs.save_pretrained(tmp_path / "p")
     ours = adapterhub.init(_cnn())
-    ours.load_adapter(tmp_path / "p", load_as="p", set_active=True)
-    shapes = {n: tuple(p.shape) for n, p in ours._adapterhub.adapters["p"].named_parameters()}
-    assert shapes == {
-        n.replace("base_model.model.", "by_name.").replace(".default", ""): tuple(p.shape)
-        for n, p in theirs.named_parameters()
-        if ".hada_" in n or ".lokr_" in n
-    }
+    shapes = load_peft_lycoris(ours, theirs, tmp_path / "p")
     if effective and method == "loha":
         assert shapes["by_name.conv2.hada_t1"] == (2, 2, 3, 3) and shapes["by_name.conv3.hada_w1_a"] == (6, 2)
     with torch.no_grad():

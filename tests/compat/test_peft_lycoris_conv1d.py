@@ -14,7 +14,7 @@ from torch import nn
 
 import adapterhub
 from adapterhub.errors import ConfigError
-from method_checks import randomize_peft_params
+from method_checks import check_cp_cores, load_peft_lycoris, randomize_peft_params
 
 peft = pytest.importorskip("peft", reason="peft is not installed")
 
@@ -80,21 +80,12 @@ def test_conv1d_matches_peft_both_ways_and_merges(method, options, effective, tm
     unmerge keep them, and with no adapter active the base model's come back."""
     options = {**options, "use_effective_conv2d": effective}
     theirs = _peft_cnn(method, options, TARGETS)
-    names = {n.split(".")[-2] for n, _ in theirs.named_parameters() if "_t1." in n or "_t2." in n}
-    cores = {"hada_t1", "hada_t2"} if method == "loha" else {"lokr_t2"}
-    assert names == (cores if effective and (method == "loha" or options["r"] == 1) else set())
+    check_cp_cores(theirs, method, options, effective)
     x = _signal()
     with torch.no_grad():
         expected = theirs(x)
-    theirs.save_pretrained(tmp_path / "p")
     ours = adapterhub.init(_cnn())
-    ours.load_adapter(tmp_path / "p", load_as="p", set_active=True)
-    shapes = {n: tuple(p.shape) for n, p in ours._adapterhub.adapters["p"].named_parameters()}
-    assert shapes == {
-        n.replace("base_model.model.", "by_name.").replace(".default", ""): tuple(p.shape)
-        for n, p in theirs.named_parameters()
-        if ".hada_" in n or ".lokr_" in n
-    }
+    shapes = load_peft_lycoris(ours, theirs, tmp_path / "p")
     if effective and method == "loha":
         assert shapes["by_name.conv2.hada_t1"] == (2, 2, 3, 1) and shapes["by_name.conv3.hada_w1_a"] == (6, 2)
     if method == "lokr" and options["r"] == 2:
