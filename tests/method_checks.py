@@ -270,3 +270,17 @@ def load_peft_lycoris(ours: Any, theirs: Any, folder: Any) -> dict[str, tuple[in
         if ".hada_" in n or ".lokr_" in n
     }
     return shapes
+
+
+def fit_mse(model: Any, run: Any, target: torch.Tensor, steps: int, lr: float = 1e-2) -> list[float]:
+    """``steps`` Adam updates (``lr``) of ``model``'s trainable parameters on ``mse(run(), target)``; the losses
+    before each update."""
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(run(), target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    return losses

@@ -8,7 +8,7 @@ from torch import nn
 
 import adapterhub
 from adapterhub.errors import ConfigError
-from method_checks import randomize_peft_lora
+from method_checks import fit_mse, randomize_peft_lora
 
 peft = pytest.importorskip(
     "peft", reason="peft is not installed (pip install -e '.[dev]' -c constraints.txt)"
@@ -65,16 +65,8 @@ def test_conv_lora_trains_merges_and_matches_peft_both_ways(tmp_path):
 
     ours.add_adapter("t", {"method": "lora", "r": 2, "target_modules": ["conv1", "conv2"]})
     ours.train_adapter("t")
-    params = [p for p in ours.parameters() if p.requires_grad]
-    optimiser = torch.optim.Adam(params, lr=1e-2)
     target = torch.randn(4, 4, generator=torch.Generator().manual_seed(7))
-    losses = []
-    for _ in range(20):
-        loss = nn.functional.mse_loss(ours(x), target)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses = fit_mse(ours, lambda: ours(x), target, 20)
     assert losses[-1] < losses[0]
 
 

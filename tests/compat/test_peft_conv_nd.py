@@ -8,7 +8,7 @@ from torch import nn
 
 import adapterhub
 from adapterhub.errors import ConfigError
-from method_checks import randomize_peft_lora
+from method_checks import fit_mse, randomize_peft_lora
 
 peft = pytest.importorskip(
     "peft", reason="peft is not installed (pip install -e '.[dev]' -c constraints.txt)"
@@ -159,15 +159,8 @@ def test_conv_dora_matches_peft_both_ways_merges_and_trains(tmp_path, kind):
     ours.train_adapter("t")
     trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
     assert trainable and all(n.rsplit(".", 1)[-1] in ("lora_A", "lora_B", "magnitude") for n in trainable)
-    optimiser = torch.optim.Adam([p for p in ours.parameters() if p.requires_grad], lr=1e-2)
     target = torch.randn(x.shape[0], 4, generator=torch.Generator().manual_seed(7))
-    losses = []
-    for _ in range(10):
-        loss = nn.functional.mse_loss(ours(x), target)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses = fit_mse(ours, lambda: ours(x), target, 10)
     assert losses[-1] < losses[0]
 
 
@@ -180,15 +173,8 @@ def test_conv_nd_lora_trains_only_its_factors(kind):
     trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_A" in n or ".lora_B" in n for n in trainable)
     before = {n: p.detach().clone() for n, p in ours.named_parameters()}
-    optimiser = torch.optim.Adam([p for p in ours.parameters() if p.requires_grad], lr=1e-2)
     target = torch.randn(x.shape[0], 4, generator=torch.Generator().manual_seed(7))
-    losses = []
-    for _ in range(15):
-        loss = nn.functional.mse_loss(ours(x), target)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses = fit_mse(ours, lambda: ours(x), target, 15)
     assert losses[-1] < losses[0]
     changed = {n for n, p in ours.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= trainable

@@ -14,7 +14,7 @@ from torch import nn
 import adapterhub
 from adapterhub.errors import AdapterFileError, ConfigError
 from adapterhub.methods.lora_mha import AttentionModuleInputs, attention_with
-from method_checks import randomize_peft_lora
+from method_checks import fit_mse, randomize_peft_lora
 
 peft = pytest.importorskip(
     "peft", reason="peft is not installed (pip install -e '.[dev]' -c constraints.txt)"
@@ -145,15 +145,8 @@ def test_mha_lora_trains_only_its_factors():
     trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_A" in n or ".lora_B" in n for n in trainable)
     before = {n: p.detach().clone() for n, p in ours.named_parameters()}
-    optimiser = torch.optim.Adam([p for p in ours.parameters() if p.requires_grad], lr=1e-2)
     target = torch.randn(3, 5, 3, generator=torch.Generator().manual_seed(7))
-    losses = []
-    for _ in range(15):
-        loss = nn.functional.mse_loss(ours(x, memory, pad), target)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses = fit_mse(ours, lambda: ours(x, memory, pad), target, 15)
     assert losses[-1] < losses[0]
     changed = {n for n, p in ours.named_parameters() if not torch.equal(p, before[n])}
     assert {n for n in changed if "out_proj" in n} and changed <= trainable
