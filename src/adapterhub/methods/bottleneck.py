@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from adapterhub.errors import ConfigError
+from adapterhub.methods import bottleneck_grouped
 from adapterhub.methods.base import (
     RESIDUAL,
     AdapterModule,
@@ -113,6 +114,18 @@ class BottleneckLayer(nn.Module):
         if self.config.adapter_residual_before_ln:
             return self.norm_after(out + adapter_residual)
         return self.norm_after(out) + adapter_residual
+
+
+def plain_layer(layer: BottleneckLayer) -> bool:
+    """Whether ``layer`` computes ``BottleneckLayer``'s own ``delta`` and ``forward`` (through its ``down`` /
+    ``up``, which Compacter's PHM projections provide as ``weight`` / ``bias``) with no LayerNorm after: the
+    grouped layouts compute exactly that."""
+    kind = type(layer)
+    return (
+        kind.delta is BottleneckLayer.delta
+        and kind.forward is BottleneckLayer.forward
+        and layer.norm_after is None
+    )
 
 
 def can_group(layers: Sequence[BottleneckLayer]) -> bool:
@@ -309,6 +322,28 @@ class BottleneckAdapter(AdapterModule):
             )
         return stacked_deltas([m.layer_at(layer, point[1]) for m in modules], x)  # type: ignore[attr-defined,operator]
 
+    def grouped_layers(
+        self, modules: Sequence[AdapterModule], layer: int, point: Point
+    ) -> list[BottleneckLayer] | None:
+        """The adapters' layers at the point when ``modules`` can run as one computation: all of this very class
+        (subclasses such as gated adapters compute otherwise) and sequential, placed alike (same
+        ``original_ln_before``, ``residual_before_ln``, ``original_ln_after``), layers that compute
+        ``BottleneckLayer``'s own ``delta`` / ``forward`` with no adapter-internal LayerNorm after, and that pass
+        ``can_group``; else None."""
+        if not all(type(m) is type(self) and m.sequential for m in modules):  # subclasses (gated) differ
+            return None
+        bottlenecks: list[BottleneckAdapter] = list(modules)  # type: ignore[arg-type]
+        placements = {
+            (m.config.original_ln_before, m.config.residual_before_ln, m.config.original_ln_after)
+            for m in bottlenecks
+        }
+        if len(placements) != 1:
+            return None
+        layers: list[BottleneckLayer] = bottleneck_grouped.point_layers(bottlenecks, layer, point[1])
+        if not all(plain_layer(x) for x in layers) or not can_group(layers):
+            return None
+        return layers
+
     def batch_split_grouped(
         self,
         modules: Sequence[AdapterModule],
@@ -317,19 +352,34 @@ class BottleneckAdapter(AdapterModule):
         inputs: PointInputs,
         sizes: Sequence[int],
     ) -> torch.Tensor | None:
-        """Plain bottleneck adapters placed alike (same ``original_ln_before``, ``residual_before_ln``,
-        ``original_ln_after``, no adapter-internal LayerNorm after) that pass ``can_group``: enter the site once,
-        the K adapters as batched matmuls over their rows, leave once."""
-        if not all(type(m) is type(self) and m.sequential for m in modules):  # subclasses (gated) differ
-            return None
-        bottlenecks: list[BottleneckAdapter] = list(modules)  # type: ignore[arg-type]
-        placements = {
-            (m.config.original_ln_before, m.config.residual_before_ln, m.config.original_ln_after)
-            for m in bottlenecks
-        }
-        layers = [m.layer_at(layer, point[1]) for m in bottlenecks]
-        if len(placements) != 1 or not can_group(layers) or any(x.norm_after is not None for x in layers):
+        """Plain bottleneck adapters placed alike (``grouped_layers``): enter the site once, the K adapters as
+        batched matmuls over their rows, leave once."""
+        layers = self.grouped_layers(modules, layer, point)
+        if layers is None:
             return None
         state = enter_site(self.config, inputs)  # type: ignore[arg-type]
         y = batch_split_deltas(layers, state.x, sizes) + state.adapter_residual  # (B, T, d)
         return leave_site(self.config, y, inputs, self.dims.pre_norm)  # type: ignore[arg-type]
+
+    def split_grouped(
+        self,
+        modules: Sequence[AdapterModule],
+        layer: int,
+        point: Point,
+        inputs: PointInputs,
+        bounds: Sequence[tuple[int, int]],
+    ) -> torch.Tensor | None:
+        """Token slices ``bounds[k]`` through adapter ``k`` (a packed row's segments) as one computation: enter the
+        site once over the whole row, ``y = r + δ`` with the K adapters' deltas ``δ`` as batched matmuls over their
+        slices (``bottleneck_grouped.split_deltas``), leave once; positions in no slice keep the point's base
+        value (``inputs.base()``, what the interpreter gives a ``None`` slice). Each slice's value equals the slice
+        run alone through its adapter. None (the slices one by one) unless ``grouped_layers`` accepts the
+        adapters."""
+        layers = self.grouped_layers(modules, layer, point)
+        if layers is None or not isinstance(inputs, ResidualInputs) or inputs.h.dim() != 3:
+            return None
+        state = enter_site(self.config, inputs)  # x, r: (B, T, d)
+        st = bottleneck_grouped.stacks(modules, layers, layer, point)
+        y = state.adapter_residual + bottleneck_grouped.split_deltas(layers, st, state.x, bounds)  # (B, T, d)
+        out = leave_site(self.config, y, inputs, self.dims.pre_norm)
+        return bottleneck_grouped.keep_base(out, inputs, bounds)

@@ -140,6 +140,16 @@ class GatedBottleneckAdapter(BottleneckAdapter):
     ) -> torch.Tensor | None:
         return None
 
+    def split_grouped(
+        self,
+        modules: Sequence[AdapterModule],
+        layer: int,
+        point: Point,
+        inputs: PointInputs,
+        bounds: Sequence[tuple[int, int]],
+    ) -> torch.Tensor | None:
+        return None  # each slice's gate reads its own tokens: the slices one by one
+
 
 # ------------------------------------------------------------------------------------------------ prefix tuning
 

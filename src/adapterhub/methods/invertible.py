@@ -170,3 +170,15 @@ class InvertibleBottleneckAdapter(BottleneckAdapter):
         if point[0] == EMBEDDING:
             return None  # row blocks one by one, each through its own adapter's coupling block
         return super().batch_split_grouped(modules, layer, point, inputs, sizes)
+
+    def split_grouped(
+        self,
+        modules: Sequence[AdapterModule],
+        layer: int,
+        point: Point,
+        inputs: PointInputs,
+        bounds: Sequence[tuple[int, int]],
+    ) -> torch.Tensor | None:
+        if point[0] == EMBEDDING:
+            return None  # token slices one by one, each through its own adapter's coupling block
+        return super().split_grouped(modules, layer, point, inputs, bounds)

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from adapterhub.errors import ConfigError
+from adapterhub.methods import bottleneck_grouped
 from adapterhub.methods.base import AdapterModule, Point, PointInputs, ResidualInputs, register_method
 from adapterhub.methods.bottleneck import (
     BottleneckAdapter,
@@ -30,6 +31,7 @@ from adapterhub.methods.bottleneck import (
     batch_split_deltas,
     can_group,
     leave_site,
+    plain_layer,
 )
 from adapterhub.spec.configs import PRESET_ALIASES, BottleneckConfig, register_config
 
@@ -145,3 +147,31 @@ class ParallelAdapter(BottleneckAdapter):
         assert isinstance(inputs, ResidualInputs)
         y = inputs.h + batch_split_deltas(layers, inputs.residual, sizes)
         return leave_site(self.config, y, inputs, self.dims.pre_norm)  # type: ignore[arg-type]
+
+    def split_grouped(
+        self,
+        modules: Sequence[AdapterModule],
+        layer: int,
+        point: Point,
+        inputs: PointInputs,
+        bounds: Sequence[tuple[int, int]],
+    ) -> torch.Tensor | None:
+        """Token slices ``bounds[k]`` through parallel adapter ``k`` as one computation: ``y = h + δ(input)`` with
+        the K adapters' deltas as batched matmuls over their slices of the sub-layer input, leaving the point once;
+        positions in no slice keep the point's base value. None under the conditions of ``batch_split_grouped``."""
+        if not all(type(m) is ParallelAdapter for m in modules):
+            return None
+        parallels: list[ParallelAdapter] = list(modules)  # type: ignore[arg-type]
+        layers = bottleneck_grouped.point_layers(parallels, layer, point[1])
+        if (
+            len({m.config.original_ln_after for m in parallels}) != 1
+            or not all(plain_layer(x) for x in layers)
+            or not can_group(layers)
+            or not isinstance(inputs, ResidualInputs)
+            or inputs.h.dim() != 3
+        ):
+            return None
+        st = bottleneck_grouped.stacks(parallels, layers, layer, point)
+        y = inputs.h + bottleneck_grouped.split_deltas(layers, st, inputs.residual, bounds)  # (B, T, d)
+        out = leave_site(self.config, y, inputs, self.dims.pre_norm)  # type: ignore[arg-type]
+        return bottleneck_grouped.keep_base(out, inputs, bounds)

@@ -1,0 +1,173 @@
+"""Several bottleneck adapters over the token slices of a ``Split`` (a packed row's segments) in one computation, as
+``BottleneckAdapter.split_grouped`` / ``ParallelAdapter.split_grouped`` ask.
+
+Adapter ``k`` (``W_down_k: (m, d)``, ``W_up_k: (d, m)``, biases, scaling ``s_k``: a number, a learned scalar or a
+vector ``(d,)``) owns the positions ``[start_k, end_k)``; each of its tokens ``x_t`` gets exactly
+``δ_t = s_k ⊙ (W_up_k f(W_down_k x_t + b_down_k) + b_up_k)`` (the sub-layer's ``BottleneckLayer.delta``), by two
+batched matmuls over a ``(K, rows, d)`` layout of the slices:
+
+- slices of equal length ``n`` that cover the row end to end in slot order (a packed decode step of sequences that
+  all have an adapter: ``n = 1``): the row viewed as ``(K, B·n, d)``, no copy;
+- slices of equal length otherwise (a base row between them, or the slots in another order): the slices' positions
+  gathered into ``(K, B·n, d)`` and their deltas put back (positions in no slice: ``δ = 0``);
+- slices of unequal lengths: each padded to the longest ``L`` (``(K, B·L, d)``, the padding repeats the slice's first
+  position and is dropped afterwards) while that costs at most twice the tokens (``K·L ≤ 2·Σ n_k``), else the
+  slices' matmuls one after the other (a prefill segment next to decode tokens), still inside one computation.
+
+The stacked weights ``W_downᵀ: (S, d, m)``, ``b_down: (S, m)``, ``W_upᵀ: (S, m, d)``, ``b_up: (S, d)`` and the
+scalings as rows ``(S, d)`` come from slot stacks kept in the caller's cache under a forward pass's plan
+(``grouped_weights.planned``: only adapters new to the mix are copied); without a plan they are stacked afresh (in
+the mix's order). Index tensors are pure functions of their arguments, memoised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+import torch
+
+from adapterhub.methods import grouped_weights
+from adapterhub.methods.base import Point
+
+_MAX_PADDING = 2  # the padded layout while it costs at most this many times the tokens (K·L ≤ 2·Σ n_k)
+
+
+class Stacks(NamedTuple):
+    """The adapters' weights at a point, slot ``s`` holding adapter ``order[s]`` of the mix."""
+
+    w_down: torch.Tensor  # (S, d, m): W_downᵀ
+    b_down: torch.Tensor  # (S, 1, m)
+    w_up: torch.Tensor  # (S, m, d): W_upᵀ
+    b_up: torch.Tensor  # (S, 1, d)
+    scale: torch.Tensor | None  # (S, 1, d); None when every scaling is the number 1
+    order: tuple[int, ...]  # order[s]: the adapter (index in the mix) in slot s
+
+
+def point_layers(modules: Sequence[Any], layer: int, site: str) -> list[Any]:
+    """Each adapter's ``BottleneckLayer`` at ``(layer, site)``, read from the ``nn.ModuleDict`` entries directly
+    (the hot path of a generation step: one lookup per adapter and point)."""
+    key = str(layer)
+    return [m._modules["layers"]._modules[key]._modules[site] for m in modules]
+
+
+def _parts(layer: Any) -> tuple[list[torch.Tensor], float | None]:
+    """``([W_downᵀ (d, m), b_down (m,), W_upᵀ (m, d), b_up (d,), scaling row (d,)], scaling as a number or None
+    when it is a tensor)`` (Compacter's PHM projections compute ``weight`` / ``bias``)."""
+    down, up = layer.down, layer.up
+    b_up = up.bias
+    scaling = layer.scaling
+    if isinstance(scaling, torch.Tensor):
+        row, number = scaling.to(b_up.dtype).expand(b_up.shape[-1]), None
+    else:
+        row, number = torch.full_like(b_up, float(scaling)), float(scaling)
+    return [down.weight.t(), down.bias, up.weight.t(), b_up, row], number
+
+
+def stacks(modules: Sequence[Any], layers: Sequence[Any], layer: int, point: Point) -> Stacks:
+    """The layers' weights stacked by slot: the plan's kept slot stacks when a forward pass's plan runs under the
+    caller's cache (``grouped_weights.planned``), else stacked afresh in the mix's order."""
+
+    def fetch(k: int) -> tuple[list[torch.Tensor], float | None]:
+        return _parts(layers[k])
+
+    got = grouped_weights.planned(("bottleneck.plan", layer, point), modules, fetch)
+    if got is not None:
+        (w_down, b_down, w_up, b_up, rows), order, numbers = got
+    else:
+        fetched = [fetch(k) for k in range(len(layers))]
+        w_down, b_down, w_up, b_up, rows = (torch.stack([f[0][j] for f in fetched]) for j in range(5))
+        order, numbers = tuple(range(len(layers))), [f[1] for f in fetched]
+    scale = None if all(n == 1.0 for n in numbers) else rows.unsqueeze(1)  # (S, 1, d)
+    return Stacks(w_down, b_down.unsqueeze(1), w_up, b_up.unsqueeze(1), scale, order)
+
+
+def _through(groups: torch.Tensor, st: Stacks, activation: Any, dropout: Any) -> torch.Tensor:
+    """``s ⊙ (f(groups W_downᵀ + b_down) W_upᵀ + b_up)`` per slot: ``(S, rows, d) -> (S, rows, d)``."""
+    z = activation(torch.baddbmm(st.b_down, groups, st.w_down))  # (S, rows, m)
+    up = torch.baddbmm(st.b_up, z, st.w_up)  # (S, rows, d)
+    if st.scale is not None:
+        up = up * st.scale
+    return dropout(up)  # type: ignore[no-any-return]
+
+
+def split_deltas(
+    layers: Sequence[Any], st: Stacks, x: torch.Tensor, bounds: Sequence[tuple[int, int]]
+) -> torch.Tensor:
+    """``δ`` of every position of ``x`` ``(B, T, d) -> (B, T, d)``: positions ``bounds[k]`` (non-empty, disjoint)
+    through adapter ``k`` (slot ``s`` of ``st`` holds adapter ``st.order[s]``), 0 at positions in no slice. The
+    layers must pass ``bottleneck.can_group`` (one activation and dropout for all)."""
+    first = layers[0]
+    activation, dropout = first.activation, first.dropout
+    batch, length, d = x.shape
+    slots = tuple(bounds[k] for k in st.order)  # the slices in slot order
+    lengths = {e - s for s, e in slots}
+    k = len(slots)
+    if len(lengths) == 1:
+        (n,) = lengths
+        if length == k * n and all(s == i * n for i, (s, _) in enumerate(slots)):  # end to end in slot order
+            groups = x.reshape(batch, k, n, d).transpose(0, 1).reshape(k, batch * n, d)  # (S, B·n, d)
+            out = _through(groups, st, activation, dropout)  # (S, B·n, d)
+            return out.reshape(k, batch, n, d).transpose(0, 1).reshape(batch, length, d)
+        index = _positions(slots, n, x.device)  # (S·n,)
+        groups = x[:, index].reshape(batch, k, n, d).transpose(0, 1).reshape(k, batch * n, d)  # (S, B·n, d)
+        out = _through(groups, st, activation, dropout)  # (S, B·n, d)
+        out = out.reshape(k, batch, n, d).transpose(0, 1).reshape(batch, k * n, d)  # (B, S·n, d)
+        return x.new_zeros(x.shape).index_copy_(1, index, out)
+    widest = max(lengths)
+    covered = sum(e - s for s, e in slots)
+    delta = x.new_zeros(x.shape)  # (B, T, d)
+    if k * widest <= _MAX_PADDING * covered:
+        padded, keep, target = _padded(slots, widest, x.device)  # (S·L,), (covered,), (covered,)
+        groups = x[:, padded].reshape(batch, k, widest, d).transpose(0, 1).reshape(k, batch * widest, d)
+        out = _through(groups, st, activation, dropout)  # (S, B·L, d)
+        out = out.reshape(k, batch, widest, d).transpose(0, 1).reshape(batch, k * widest, d)  # (B, S·L, d)
+        return delta.index_copy_(1, target, out[:, keep])
+    for slot, (start, end) in enumerate(slots):
+        part = x[:, start:end].reshape(1, -1, d)  # (1, B·n_k, d)
+        z = activation(
+            torch.baddbmm(st.b_down[slot : slot + 1], part, st.w_down[slot : slot + 1])
+        )  # (1, B·n_k, m)
+        up = torch.baddbmm(st.b_up[slot : slot + 1], z, st.w_up[slot : slot + 1])  # (1, B·n_k, d)
+        if st.scale is not None:
+            up = up * st.scale[slot : slot + 1]
+        delta[:, start:end] = dropout(up).reshape(batch, end - start, d)
+    return delta
+
+
+def keep_base(out: torch.Tensor, inputs: Any, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """``out`` ``(B, T, d)`` at the positions inside ``bounds``, ``inputs.base()`` (the point's value with no
+    adapter) at the others; ``out`` itself when the bounds cover every position."""
+    mask = _covered(tuple(bounds), inputs.length(), out.device)  # (T, 1) or None
+    return out if mask is None else torch.where(mask, out, inputs.base())
+
+
+@lru_cache(maxsize=256)
+def _covered(bounds: tuple[tuple[int, int], ...], length: int, device: torch.device) -> torch.Tensor | None:
+    """``(T, 1)``: True at positions inside a bound; None when they all are (memoised; only read)."""
+    mask = torch.zeros(length, dtype=torch.bool)
+    for start, end in bounds:
+        mask[start:end] = True
+    return None if bool(mask.all()) else mask.unsqueeze(-1).to(device)
+
+
+@lru_cache(maxsize=256)
+def _positions(slots: tuple[tuple[int, int], ...], n: int, device: torch.device) -> torch.Tensor:
+    """``(S·n,)``: the positions of the slices one after the other (memoised; only read)."""
+    return torch.cat([torch.arange(s, s + n) for s, _ in slots]).to(device)
+
+
+@lru_cache(maxsize=256)
+def _padded(
+    slots: tuple[tuple[int, int], ...], widest: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(padded (S·L,), keep (Σ n_k,), target (Σ n_k,))``: each slice's positions padded to ``L`` by repeating its
+    first one; which entries of the padded layout are real; the positions they belong to (memoised; only read)."""
+    padded, keep, target = [], [], []
+    for slot, (start, end) in enumerate(slots):
+        n = end - start
+        padded.append(torch.cat([torch.arange(start, end), torch.full((widest - n,), start)]))
+        keep.append(torch.arange(slot * widest, slot * widest + n))
+        target.append(torch.arange(start, end))
+    return torch.cat(padded).to(device), torch.cat(keep).to(device), torch.cat(target).to(device)
