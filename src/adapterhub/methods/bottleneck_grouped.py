@@ -22,7 +22,7 @@ the mix's order). Index tensors are pure functions of their arguments, memoised.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -35,7 +35,8 @@ _MAX_PADDING = 2  # the padded layout while it costs at most this many times the
 
 
 class Stacks(NamedTuple):
-    """The adapters' weights at a point, slot ``s`` holding adapter ``order[s]`` of the mix."""
+    """The adapters' weights at a point, slot ``s`` holding adapter ``order[s]`` of the mix, and the one activation
+    and dropout they share."""
 
     w_down: torch.Tensor  # (S, d, m): W_downᵀ
     b_down: torch.Tensor  # (S, 1, m)
@@ -43,6 +44,11 @@ class Stacks(NamedTuple):
     b_up: torch.Tensor  # (S, 1, d)
     scale: torch.Tensor | None  # (S, 1, d); None when every scaling is the number 1
     order: tuple[int, ...]  # order[s]: the adapter (index in the mix) in slot s
+    activation: Any  # f
+    dropout: Any
+
+
+GroupKey = Callable[[Any, Any], "Hashable | None"]
 
 
 def point_layers(modules: Sequence[Any], layer: int, site: str) -> list[Any]:
@@ -65,41 +71,66 @@ def _parts(layer: Any) -> tuple[list[torch.Tensor], float | None]:
     return [down.weight.t(), down.bias, up.weight.t(), b_up, row], number
 
 
-def stacks(modules: Sequence[Any], layers: Sequence[Any], layer: int, point: Point) -> Stacks:
-    """The layers' weights stacked by slot: the plan's kept slot stacks when a forward pass's plan runs under the
-    caller's cache (``grouped_weights.planned``), else stacked afresh in the mix's order."""
+def stacks(modules: Sequence[Any], layer: int, point: Point, group_key: GroupKey) -> Stacks | None:
+    """The adapters' layers at ``point`` stacked by slot, or None when they cannot run as one computation:
+    ``group_key(module, layer)`` must be the same for all and not None (the method's conditions: placement,
+    width, activation, ...).
 
-    def fetch(k: int) -> tuple[list[torch.Tensor], float | None]:
-        return _parts(layers[k])
+    Under a forward pass's plan (``grouped_weights.planned``) the slot stacks are kept in the caller's cache and
+    an adapter is read (its layer found, its key taken, its weights copied) only when it is new to the stacks: the
+    per-point work is comparing the kept keys. Otherwise every layer is checked and the weights stacked afresh, in
+    the mix's order."""
+    site = point[1]
+
+    def fetch(k: int) -> tuple[list[torch.Tensor], tuple[Hashable, float | None]] | None:
+        (found,) = point_layers([modules[k]], layer, site)
+        key = group_key(modules[k], found)
+        if key is None:
+            return None
+        parts, number = _parts(found)
+        return parts, (key, number)
 
     got = grouped_weights.planned(("bottleneck.plan", layer, point), modules, fetch)
     if got is not None:
-        (w_down, b_down, w_up, b_up, rows), order, numbers = got
+        (w_down, b_down, w_up, b_up, rows), order, infos = got
+        keys, numbers = zip(*infos, strict=True)
+        if len(set(keys)) != 1:
+            return None
     else:
-        fetched = [fetch(k) for k in range(len(layers))]
+        layers = point_layers(modules, layer, site)
+        keys = tuple(group_key(m, found) for m, found in zip(modules, layers, strict=True))
+        if keys[0] is None or len(set(keys)) != 1:
+            return None
+        fetched = [_parts(found) for found in layers]
         w_down, b_down, w_up, b_up, rows = (torch.stack([f[0][j] for f in fetched]) for j in range(5))
-        order, numbers = tuple(range(len(layers))), [f[1] for f in fetched]
+        order, numbers = tuple(range(len(layers))), tuple(f[1] for f in fetched)
     scale = None if all(n == 1.0 for n in numbers) else rows.unsqueeze(1)  # (S, 1, d)
-    return Stacks(w_down, b_down.unsqueeze(1), w_up, b_up.unsqueeze(1), scale, order)
+    (first,) = point_layers(modules[:1], layer, site)
+    modules_of: Any = first._modules
+    return Stacks(
+        w_down,
+        b_down.unsqueeze(1),
+        w_up,
+        b_up.unsqueeze(1),
+        scale,
+        order,
+        modules_of["activation"],
+        modules_of["dropout"],
+    )
 
 
-def _through(groups: torch.Tensor, st: Stacks, activation: Any, dropout: Any) -> torch.Tensor:
+def _through(groups: torch.Tensor, st: Stacks) -> torch.Tensor:
     """``s ⊙ (f(groups W_downᵀ + b_down) W_upᵀ + b_up)`` per slot: ``(S, rows, d) -> (S, rows, d)``."""
-    z = activation(torch.baddbmm(st.b_down, groups, st.w_down))  # (S, rows, m)
+    z = st.activation(torch.baddbmm(st.b_down, groups, st.w_down))  # (S, rows, m)
     up = torch.baddbmm(st.b_up, z, st.w_up)  # (S, rows, d)
     if st.scale is not None:
         up = up * st.scale
-    return dropout(up)  # type: ignore[no-any-return]
+    return st.dropout(up)  # type: ignore[no-any-return]
 
 
-def split_deltas(
-    layers: Sequence[Any], st: Stacks, x: torch.Tensor, bounds: Sequence[tuple[int, int]]
-) -> torch.Tensor:
+def split_deltas(st: Stacks, x: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
     """``δ`` of every position of ``x`` ``(B, T, d) -> (B, T, d)``: positions ``bounds[k]`` (non-empty, disjoint)
-    through adapter ``k`` (slot ``s`` of ``st`` holds adapter ``st.order[s]``), 0 at positions in no slice. The
-    layers must pass ``bottleneck.can_group`` (one activation and dropout for all)."""
-    first = layers[0]
-    activation, dropout = first.activation, first.dropout
+    through adapter ``k`` (slot ``s`` of ``st`` holds adapter ``st.order[s]``), 0 at positions in no slice."""
     batch, length, d = x.shape
     slots = tuple(bounds[k] for k in st.order)  # the slices in slot order
     lengths = {e - s for s, e in slots}
@@ -108,11 +139,11 @@ def split_deltas(
         (n,) = lengths
         if length == k * n and all(s == i * n for i, (s, _) in enumerate(slots)):  # end to end in slot order
             groups = x.reshape(batch, k, n, d).transpose(0, 1).reshape(k, batch * n, d)  # (S, B·n, d)
-            out = _through(groups, st, activation, dropout)  # (S, B·n, d)
+            out = _through(groups, st)  # (S, B·n, d)
             return out.reshape(k, batch, n, d).transpose(0, 1).reshape(batch, length, d)
         index = _positions(slots, n, x.device)  # (S·n,)
         groups = x[:, index].reshape(batch, k, n, d).transpose(0, 1).reshape(k, batch * n, d)  # (S, B·n, d)
-        out = _through(groups, st, activation, dropout)  # (S, B·n, d)
+        out = _through(groups, st)  # (S, B·n, d)
         out = out.reshape(k, batch, n, d).transpose(0, 1).reshape(batch, k * n, d)  # (B, S·n, d)
         return x.new_zeros(x.shape).index_copy_(1, index, out)
     widest = max(lengths)
@@ -121,18 +152,18 @@ def split_deltas(
     if k * widest <= _MAX_PADDING * covered:
         padded, keep, target = _padded(slots, widest, x.device)  # (S·L,), (covered,), (covered,)
         groups = x[:, padded].reshape(batch, k, widest, d).transpose(0, 1).reshape(k, batch * widest, d)
-        out = _through(groups, st, activation, dropout)  # (S, B·L, d)
+        out = _through(groups, st)  # (S, B·L, d)
         out = out.reshape(k, batch, widest, d).transpose(0, 1).reshape(batch, k * widest, d)  # (B, S·L, d)
         return delta.index_copy_(1, target, out[:, keep])
     for slot, (start, end) in enumerate(slots):
         part = x[:, start:end].reshape(1, -1, d)  # (1, B·n_k, d)
-        z = activation(
+        z = st.activation(
             torch.baddbmm(st.b_down[slot : slot + 1], part, st.w_down[slot : slot + 1])
         )  # (1, B·n_k, m)
         up = torch.baddbmm(st.b_up[slot : slot + 1], z, st.w_up[slot : slot + 1])  # (1, B·n_k, d)
         if st.scale is not None:
             up = up * st.scale[slot : slot + 1]
-        delta[:, start:end] = dropout(up).reshape(batch, end - start, d)
+        delta[:, start:end] = st.dropout(up).reshape(batch, end - start, d)
     return delta
 
 

@@ -30,8 +30,8 @@ from adapterhub.methods.bottleneck import (
     BottleneckLayer,
     batch_split_deltas,
     can_group,
+    group_key,
     leave_site,
-    plain_layer,
 )
 from adapterhub.spec.configs import PRESET_ALIASES, BottleneckConfig, register_config
 
@@ -158,20 +158,15 @@ class ParallelAdapter(BottleneckAdapter):
     ) -> torch.Tensor | None:
         """Token slices ``bounds[k]`` through parallel adapter ``k`` as one computation: ``y = h + δ(input)`` with
         the K adapters' deltas as batched matmuls over their slices of the sub-layer input, leaving the point once;
-        positions in no slice keep the point's base value. None under the conditions of ``batch_split_grouped``."""
+        positions in no slice keep the point's base value. None unless all are plain ``ParallelAdapter``s with one
+        ``group_key`` (placement, width, activation, dropout; no ``ln_after``)."""
         if not all(type(m) is ParallelAdapter for m in modules):
             return None
-        parallels: list[ParallelAdapter] = list(modules)  # type: ignore[arg-type]
-        layers = bottleneck_grouped.point_layers(parallels, layer, point[1])
-        if (
-            len({m.config.original_ln_after for m in parallels}) != 1
-            or not all(plain_layer(x) for x in layers)
-            or not can_group(layers)
-            or not isinstance(inputs, ResidualInputs)
-            or inputs.h.dim() != 3
-        ):
+        if not isinstance(inputs, ResidualInputs) or inputs.h.dim() != 3:
             return None
-        st = bottleneck_grouped.stacks(parallels, layers, layer, point)
-        y = inputs.h + bottleneck_grouped.split_deltas(layers, st, inputs.residual, bounds)  # (B, T, d)
+        st = bottleneck_grouped.stacks(modules, layer, point, group_key)  # type: ignore[arg-type]
+        if st is None:
+            return None
+        y = inputs.h + bottleneck_grouped.split_deltas(st, inputs.residual, bounds)  # (B, T, d)
         out = leave_site(self.config, y, inputs, self.dims.pre_norm)  # type: ignore[arg-type]
         return bottleneck_grouped.keep_base(out, inputs, bounds)
