@@ -139,7 +139,7 @@ def test_equal_slices_of_several_tokens_in_several_rows(model, grouped, monkeypa
 @pytest.mark.parametrize("prefix", ["p", "h", "l", "r"])
 @pytest.mark.parametrize(
     ("lengths", "layout"),
-    [([3, 1, 2, 5], "padded"), ([8, 1, 1, 1], "one after the other")],
+    [([3, 1, 2, 5], "padded"), ([20, 1, 1, 1], "one after the other")],
     ids=["padded", "loop"],
 )
 def test_unequal_slices_run_grouped_and_equal_slice_by_slice(
