@@ -243,6 +243,51 @@ def test_adapters_that_cannot_group_fall_back_and_are_still_equal(model, grouped
 
 
 @pytest.mark.parametrize(
+    ("setups", "lengths"),
+    [
+        (["l0", "l1", "l2"], [2, 2, 2]),  # view
+        (["l0", None, "l1", "l2"], [1, 1, 1, 1]),  # gather
+        (["l0", "l1", "l2"], [3, 1, 2]),  # padded
+        (["l0", "l1", "l2"], [20, 1, 1]),  # one after the other
+    ],
+    ids=["view", "gather", "padded", "loop"],
+)
+def test_gradients_of_a_grouped_split_equal_slice_by_slice(model, monkeypatch, setups, lengths):
+    """With gradients on (no plan: the weights stacked afresh), every adapter's weights and learned scaling get
+    the gradient of its own slice only, as the slices run one by one give them."""
+    named = sorted({s for s in setups if s is not None})
+    params = [p for n in named for p in model._store.adapters[n].parameters()]
+    ids = torch.randint(3, 99, (1, sum(lengths)), generator=torch.Generator().manual_seed(2))
+    edges = [sum(lengths[: i + 1]) for i in range(len(lengths) - 1)]
+    setup = Split(*setups, split_index=edges)
+
+    def grads() -> list[torch.Tensor]:
+        for p in params:
+            p.grad = None
+        with model.adapter_setup(setup):
+            model(input_ids=ids).logits.square().mean().backward()
+        return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
+
+    saved = {p: p.requires_grad for p in params}
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with monkeypatch.context() as patch:
+            no_chunks(patch)
+            grouped = grads()
+        reference = separately(monkeypatch, grads)
+    finally:
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+            p.grad = None
+    per_adapter = len(reference) // len(named)
+    for i in range(len(named)):  # every adapter's slice reaches the loss
+        assert any(float(g.abs().sum()) > 0 for g in reference[i * per_adapter : (i + 1) * per_adapter])
+    for got, want in zip(grouped, reference, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
     "config",
     ["pfeiffer", "houlsby", "pfeiffer[original_ln_after=false]", "pfeiffer[residual_before_ln=false]"],
 )
