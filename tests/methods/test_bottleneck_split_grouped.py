@@ -18,6 +18,7 @@ import torch
 import adapterhub
 import adapterhub.runtime.interpreter as interpreter
 from adapterhub.methods import bottleneck_grouped, grouped_weights
+from adapterhub.methods.base import AdapterModule
 from adapterhub.methods.bottleneck import BottleneckAdapter
 from adapterhub.methods.parallel_adapter import ParallelAdapter
 from adapterhub.serving import GenerationEngine
@@ -328,3 +329,24 @@ def test_packed_engine_with_three_pfeiffer_adapters_and_a_base_row_equals_genera
                 torch.tensor([prompt]), max_new_tokens=NEW, do_sample=False, pad_token_id=0, eos_token_id=None
             )
         assert handle.result() == out[0, len(prompt) :].tolist(), adapter
+
+
+@pytest.mark.parametrize(
+    "config",
+    ["pfeiffer", "houlsby", "par_bn", "gated_bottleneck", "pfeiffer+inv", "pfeiffer[leave_out=[0,1]]"],
+)
+def test_kinds_and_presence_read_directly_agree_with_the_points(config):
+    """``BottleneckAdapter.kinds`` / ``present`` (read from the layer dictionary, the hot path of a step) answer
+    as the generic walk over ``points`` does, subclasses' embedding points included."""
+    llama = adapterhub.init(build("llama", "base", seed=0))
+    llama.add_adapter("a", config)
+    adapter = llama._store.adapters["a"]
+    assert adapter.kinds() == AdapterModule.kinds(adapter)
+    for layer in range(llama.config.num_hidden_layers):
+        for point in [
+            ("residual", "attn"),
+            ("residual", "ffn"),
+            ("embedding", "embeddings"),
+            ("linear", "q"),
+        ]:
+            assert adapter.present(layer, *point) == (point in adapter.points(layer)), (layer, point)

@@ -305,6 +305,11 @@ class BottleneckAdapter(AdapterModule):
         sites: nn.ModuleDict = self.layers[key]  # type: ignore[assignment]
         return tuple((RESIDUAL, site) for site in sites)
 
+    def kinds(self) -> frozenset[str]:
+        """Residual points, where any layer has a site (subclasses with other points add their kinds); without
+        walking every layer's points: the store asks it for each adapter of every new setup."""
+        return frozenset({RESIDUAL}) if len(self._modules["layers"]) else frozenset()  # type: ignore[arg-type]
+
     def present(self, layer: int, kind: str, point: str) -> bool:
         """``(kind, point) in self.points(layer)``, a residual point read from the ``nn.ModuleDict`` entries
         directly (the interpreter asks it for every adapter at every point of a step)."""

@@ -145,6 +145,9 @@ class InvertibleBottleneckAdapter(BottleneckAdapter):
         points = super().points(layer)
         return points + EMBEDDING_POINTS if layer == EMBEDDING_LAYER else points
 
+    def kinds(self) -> frozenset[str]:
+        return super().kinds() | {EMBEDDING}
+
     def stack_step(self, layer: int, point: Point, running: Any, inputs: PointInputs) -> Any:
         if point[0] != EMBEDDING:
             return super().stack_step(layer, point, running, inputs)
