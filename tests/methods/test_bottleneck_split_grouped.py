@@ -185,6 +185,23 @@ def test_slot_order_of_a_kept_cache_differs_from_the_mix(model, grouped, monkeyp
     assert grouped["gather"] > 0  # a mix taken out of order
 
 
+def test_one_adapter_on_slices_apart_runs_grouped_under_a_kept_cache(model, monkeypatch):
+    """``Split(a, b, a, c)`` (a packed row whose sequences on one adapter are not adjacent): the adapter takes
+    two slots, step after step under one ``WeightCache`` and without one."""
+    cache = grouped_weights.WeightCache()
+    for setups in (["p0", "p1", "p0", "p2"], ["p0", "p1", "p0", "p2"], ["p1", "p0", "p1", None, "p0"]):
+        for kept in (True, False):
+            with monkeypatch.context() as patch:
+                no_chunks(patch)
+                if kept:
+                    with grouped_weights.caching(cache):
+                        out = packed_logits(model, setups)
+                else:
+                    out = packed_logits(model, setups)
+            reference = separately(monkeypatch, lambda s=setups: packed_logits(model, s))
+            torch.testing.assert_close(out, reference, atol=ATOL, rtol=0)
+
+
 def test_changed_weights_are_seen_under_a_kept_cache(model, monkeypatch):
     cache = grouped_weights.WeightCache()
     setups = ["p0", "p1", "p2"]
