@@ -4,7 +4,8 @@ run as one computation for equal slices end to end (a packed decode step), equal
 unequal slices (padded or one after the other), also with the slots of the caller's cache in another order than the
 mix; every case equals the same Split run slice by slice (the interpreter's fallback) to 1e-5, and positions with
 no adapter keep the base value (pre-norm Llama and post-norm BERT). Adapters placed differently and gated adapters
-fall back and are still equal. The packed generation engine with three Pfeiffer adapters and a base row gives the
+fall back and are still equal. A BatchSplit's row blocks run grouped too (equal and unequal blocks, from the plan's
+kept slot stacks under a ``WeightCache``) and equal block by block. The packed generation engine with three Pfeiffer adapters and a base row gives the
 tokens of ``model.generate`` with each adapter alone."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from adapterhub.methods.base import AdapterModule
 from adapterhub.methods.bottleneck import BottleneckAdapter
 from adapterhub.methods.parallel_adapter import ParallelAdapter
 from adapterhub.serving import GenerationEngine
-from adapterhub.spec.composition import Split
+from adapterhub.spec.composition import BatchSplit, Split
 from method_checks import packed_logits
 from tiny_models import build, perturb
 
@@ -220,6 +221,94 @@ def test_changed_weights_are_seen_under_a_kept_cache(model, monkeypatch):
     finally:
         with torch.no_grad():
             layer.up.weight.copy_(saved)
+
+
+IDS = torch.randint(3, 99, (6, 4), generator=torch.Generator().manual_seed(8))
+
+
+def rows_logits(model: Any, names: list[str], sizes: list[int]) -> torch.Tensor:
+    """``BatchSplit(*names, batch_sizes=sizes)`` over the 6 rows of ``IDS``, gradients off."""
+    with torch.no_grad(), model.adapter_setup(BatchSplit(*names, batch_sizes=sizes)):
+        return model(input_ids=IDS).logits  # type: ignore[no-any-return]
+
+
+def rows_separately(monkeypatch: pytest.MonkeyPatch, run: Any) -> torch.Tensor:
+    """``run()`` with bottleneck row grouping refused: each row block through its own adapter."""
+    with monkeypatch.context() as patch:
+        patch.setattr(BottleneckAdapter, "batch_split_grouped", lambda *a, **k: None)
+        patch.setattr(ParallelAdapter, "batch_split_grouped", lambda *a, **k: None)
+        return run()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def row_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The slot order of every grouped row computation (``bottleneck_grouped.batch_split_deltas``)."""
+    calls: list[tuple[int, ...]] = []
+    original = bottleneck_grouped.batch_split_deltas
+
+    def spy(st: Any, x: torch.Tensor, sizes: Any) -> torch.Tensor:
+        calls.append(st.order)
+        return original(st, x, sizes)
+
+    monkeypatch.setattr(bottleneck_grouped, "batch_split_deltas", spy)
+    return calls
+
+
+@pytest.mark.parametrize("prefix", ["p", "h", "c", "l", "k", "r"])
+@pytest.mark.parametrize("sizes", [[2, 2, 2], [1, 3, 2]], ids=["equal", "unequal"])
+def test_row_blocks_run_grouped_and_equal_block_by_block(model, row_calls, monkeypatch, prefix, sizes):
+    names = [f"{prefix}{i}" for i in (2, 0, 3)]
+    out = rows_logits(model, names, sizes)
+    assert row_calls  # grouped
+    expected = rows_separately(monkeypatch, lambda: rows_logits(model, names, sizes))
+    torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
+    with torch.no_grad():
+        assert not torch.allclose(out, model(input_ids=IDS).logits, atol=1e-3)  # the adapters show
+
+
+def test_row_blocks_keep_slot_stacks_across_passes_and_see_an_in_place_change(model, row_calls, monkeypatch):
+    """Under one ``WeightCache`` the row layout reads the plan's slot stacks: a mix of the same size keeps the held
+    adapters in their slots (the blocks taken in slot order, equal and unequal sizes), an unchanged mix is a hit,
+    and an adapter's weights written in place are copied again; every step equals block by block."""
+    cache = grouped_weights.WeightCache()
+    steps = [
+        (["p0", "p1", "p2"], [2, 2, 2]),
+        (["p2", "p0", "p3"], [2, 2, 2]),
+        (["p2", "p0", "p3"], [1, 3, 2]),
+    ]
+    outs = []
+    for names, sizes in steps:
+        with grouped_weights.caching(cache):
+            outs.append(rows_logits(model, names, sizes))
+        expected = rows_separately(monkeypatch, lambda n=names, s=sizes: rows_logits(model, n, s))
+        torch.testing.assert_close(outs[-1], expected, atol=ATOL, rtol=0)
+    points = len(row_calls) // len(steps)
+    assert (cache.builds, cache.copies, cache.hits) == (points, points, points)  # p3 copied into p1's slot
+    assert row_calls[-1] != (0, 1, 2)  # the blocks taken in slot order
+    layer = model._store.adapters["p0"].layers["1"]["ffn"]
+    saved = layer.up.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            layer.up.weight.mul_(3.0)
+        with grouped_weights.caching(cache):
+            changed = rows_logits(model, *steps[-1])
+        assert cache.builds == points and cache.copies == 2 * points  # p0 copied again at each of its points
+        assert not torch.allclose(changed, outs[-1], atol=1e-4)
+        expected = rows_separately(monkeypatch, lambda: rows_logits(model, *steps[-1]))
+        torch.testing.assert_close(changed, expected, atol=ATOL, rtol=0)
+    finally:
+        with torch.no_grad():
+            layer.up.weight.copy_(saved)
+
+
+def test_row_blocks_with_gradients_on_keep_nothing(model, row_calls):
+    cache = grouped_weights.WeightCache()
+    with (
+        grouped_weights.caching(cache),
+        model.adapter_setup(BatchSplit("p0", "p1", "p2", batch_sizes=[2, 2, 2])),
+    ):
+        out = model(input_ids=IDS).logits
+    assert out.requires_grad and row_calls and cache.builds == 0
 
 
 def test_invertible_adapters_group_at_residual_points_and_run_their_couplings_slice_by_slice(

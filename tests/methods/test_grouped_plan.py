@@ -44,8 +44,8 @@ def model() -> Any:
 
 @pytest.fixture
 def seen(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Counts ``planned`` (points that read plan stacks), ``stacked`` (points that took the per-point checked way)
-    and ``signatures`` (adapters checked)."""
+    """Counts ``planned`` (points that read plan stacks), ``stacked`` (points that stacked the factors afresh: no
+    plan) and ``signatures`` (adapters checked)."""
     counts = {"planned": 0, "stacked": 0, "signatures": 0}
     planned, stacked, signature = (
         lora_grouped._planned,

@@ -36,8 +36,8 @@ def model() -> Any:
 
 @pytest.fixture
 def layouts(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """Counts what ran, per point: ``slots`` (factors read from the slot stacks), ``bmm`` (the stacked layout's
-    batched matmuls), ``masked`` (the side-by-side layout's mask)."""
+    """Counts what ran, per point: ``slots`` (factors stacked afresh: no plan runs without a cache), ``bmm`` (the
+    stacked layout's batched matmuls), ``masked`` (the side-by-side layout's mask)."""
     seen: Counter[str] = Counter()
     originals = {
         "slots": lora_grouped.stacked,

@@ -174,38 +174,6 @@ def stacked_scaling(layers: Sequence[BottleneckLayer], like: torch.Tensor) -> to
     return torch.tensor(scales, dtype=like.dtype, device=like.device).view(len(scales), 1, 1)
 
 
-def batch_split_deltas(
-    layers: Sequence[BottleneckLayer], x: torch.Tensor, sizes: Sequence[int]
-) -> torch.Tensor:
-    """``s_k · A_k(x_rows)`` for consecutive row blocks: rows ``[Σ_{j<k} sizes_j, Σ_{j≤k} sizes_j)`` of ``x`` through
-    adapter ``k``, all K adapters in two batched matmuls. ``x``: ``(B, T, d) -> (B, T, d)``; ``sum(sizes) == B``;
-    the layers must pass :func:`can_group`.
-
-    Equal sizes: the batch is viewed as ``(K, rows·T, d)`` against the stacked ``(K, d, m)`` weights. Otherwise
-    every row gets its adapter's weights (``(B, d, m)``, gathered by row) and one matmul per row runs in a batch.
-    """
-    first = layers[0]
-    d = x.shape[-1]
-    w_down = torch.stack([layer.down.weight for layer in layers]).transpose(1, 2)  # (K, d, m)
-    b_down = torch.stack([layer.down.bias for layer in layers]).unsqueeze(1)  # (K, 1, m)
-    w_up = torch.stack([layer.up.weight for layer in layers]).transpose(1, 2)  # (K, m, d)
-    b_up = torch.stack([layer.up.bias for layer in layers]).unsqueeze(1)  # (K, 1, d)
-    scale = stacked_scaling(layers, x)  # (K, 1, d) | (K, 1, 1) | None
-    if len(set(sizes)) == 1:
-        groups = x.reshape(len(layers), -1, d)  # (K, rows·T, d)
-    else:
-        counts = torch.tensor(list(sizes), device=x.device)
-        owner = torch.repeat_interleave(torch.arange(len(layers), device=x.device), counts)  # (B,)
-        w_down, b_down, w_up, b_up = w_down[owner], b_down[owner], w_up[owner], b_up[owner]
-        scale = scale[owner] if scale is not None else None
-        groups = x.reshape(x.shape[0], -1, d)  # (B, T, d)
-    z = first.activation(torch.baddbmm(b_down, groups, w_down))  # (G, rows, m)
-    up = torch.baddbmm(b_up, z, w_up)  # (G, rows, d)
-    if scale is not None:
-        up = up * scale
-    return first.dropout(up).reshape(x.shape)
-
-
 def stacked_deltas(layers: Sequence[BottleneckLayer], x: torch.Tensor) -> torch.Tensor:
     """``u_n = s_n · A_n(x)`` of N adapters on the same input, ``(B, T, d) -> (N, B, T, d)``.
 
@@ -354,19 +322,6 @@ class BottleneckAdapter(AdapterModule):
             )
         return stacked_deltas([m.layer_at(layer, point[1]) for m in modules], x)  # type: ignore[attr-defined,operator]
 
-    def grouped_layers(
-        self, modules: Sequence[AdapterModule], layer: int, point: Point
-    ) -> list[BottleneckLayer] | None:
-        """The adapters' layers at the point when ``modules`` can run as one computation: all of this very class
-        (subclasses such as gated adapters compute otherwise) and sequential, with one :func:`group_key` (placed
-        alike, layers that compute ``BottleneckLayer``'s own ``delta`` / ``forward`` with no adapter-internal
-        LayerNorm, one width, activation and dropout); else None."""
-        if not all(type(m) is type(self) and m.sequential for m in modules):  # subclasses (gated) differ
-            return None
-        layers: list[BottleneckLayer] = bottleneck_grouped.point_layers(modules, layer, point[1])
-        keys = {group_key(m, x) for m, x in zip(modules, layers, strict=True)}  # type: ignore[arg-type]
-        return layers if len(keys) == 1 and None not in keys else None
-
     def batch_split_grouped(
         self,
         modules: Sequence[AdapterModule],
@@ -375,13 +330,18 @@ class BottleneckAdapter(AdapterModule):
         inputs: PointInputs,
         sizes: Sequence[int],
     ) -> torch.Tensor | None:
-        """Plain bottleneck adapters placed alike (``grouped_layers``): enter the site once, the K adapters as
-        batched matmuls over their rows, leave once."""
-        layers = self.grouped_layers(modules, layer, point)
-        if layers is None:
+        """Row block ``k`` (``sizes[k]`` rows) through adapter ``k`` as one computation: enter the site once, the
+        K adapters' deltas as batched matmuls over their rows (``bottleneck_grouped.batch_split_deltas``, the
+        weights from ``bottleneck_grouped.stacks``: kept slot stacks under a forward pass's plan), leave once.
+        None (the blocks one by one) unless the adapters are all of this very class, sequential, and their layers
+        have one ``group_key``."""
+        if not all(type(m) is type(self) and m.sequential for m in modules):  # subclasses (gated) differ
+            return None
+        st = bottleneck_grouped.stacks(modules, layer, point, group_key)  # type: ignore[arg-type]
+        if st is None:
             return None
         state = enter_site(self.config, inputs)  # type: ignore[arg-type]
-        y = batch_split_deltas(layers, state.x, sizes) + state.adapter_residual  # (B, T, d)
+        y = state.adapter_residual + bottleneck_grouped.batch_split_deltas(st, state.x, sizes)  # (B, T, d)
         return leave_site(self.config, y, inputs, self.dims.pre_norm)  # type: ignore[arg-type]
 
     def split_grouped(
@@ -397,7 +357,7 @@ class BottleneckAdapter(AdapterModule):
         slices (``bottleneck_grouped.split_deltas``), leave once; positions in no slice keep the point's base
         value (``inputs.base()``, what the interpreter gives a ``None`` slice). Each slice's value equals the slice
         run alone through its adapter. None (the slices one by one) unless the adapters are all of this very class,
-        sequential, and their layers have one ``group_key`` (the conditions of ``grouped_layers``)."""
+        sequential, and their layers have one ``group_key``."""
         if not isinstance(inputs, ResidualInputs) or inputs.h.dim() != 3:
             return None
         if not all(type(m) is type(self) and m.sequential for m in modules):  # subclasses (gated) differ

@@ -1,10 +1,12 @@
-"""Several bottleneck adapters over the token slices of a ``Split`` (a packed row's segments) in one computation, as
-``BottleneckAdapter.split_grouped`` / ``ParallelAdapter.split_grouped`` ask.
+"""Several bottleneck adapters at one point in one computation: the token slices of a ``Split`` (a packed row's
+segments) and the row blocks of a ``BatchSplit``, as ``BottleneckAdapter.split_grouped`` / ``batch_split_grouped``
+(and ``ParallelAdapter``'s) ask.
 
 Adapter ``k`` (``W_down_k: (m, d)``, ``W_up_k: (d, m)``, biases, scaling ``s_k``: a number, a learned scalar or a
-vector ``(d,)``) owns the positions ``[start_k, end_k)``; each of its tokens ``x_t`` gets exactly
+vector ``(d,)``) owns a block of rows or the positions ``[start_k, end_k)``; each of its tokens ``x_t`` gets exactly
 ``δ_t = s_k ⊙ (W_up_k f(W_down_k x_t + b_down_k) + b_up_k)`` (the sub-layer's ``BottleneckLayer.delta``), by two
-batched matmuls over a ``(K, rows, d)`` layout of the slices:
+batched matmuls: row blocks of equal sizes as ``(K, rows·T, d)`` (unequal ones: each row with its adapter's weights
+gathered), token slices over a ``(K, rows, d)`` layout:
 
 - slices of equal length ``n`` that cover the row end to end in slot order (a packed decode step of sequences that
   all have an adapter: ``n = 1``): the row viewed as ``(K, B·n, d)``, no copy;
@@ -132,6 +134,29 @@ def _through(groups: torch.Tensor, st: Stacks) -> torch.Tensor:
     return st.dropout(up)  # type: ignore[no-any-return]
 
 
+def batch_split_deltas(st: Stacks, x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """``δ`` of consecutive row blocks, ``(B, T, d) -> (B, T, d)``: rows ``[Σ_{j<k} sizes_j, Σ_{j≤k} sizes_j)``
+    through adapter ``k`` (slot ``s`` of ``st`` holds adapter ``st.order[s]``; ``sum(sizes) == B``). Equal sizes:
+    the blocks viewed as ``(K, rows·T, d)``, taken in slot order; otherwise every row gets its adapter's slot of
+    the stacks (gathered: ``(B, d, m)``, ...) and one matmul per row runs in a batch."""
+    d, k = x.shape[-1], len(st.order)
+    if len(set(sizes)) == 1:
+        groups = x.reshape(k, -1, d)  # (K, rows·T, d): block k holds adapter k's rows
+        if st.order == tuple(range(k)):
+            return _through(groups, st).reshape(x.shape)
+        out = _through(groups[_index(st.order, x.device)], st)  # (S, rows·T, d): slot s holds block order[s]
+        return out[_index(_slot_of(st.order), x.device)].reshape(x.shape)  # blocks back in the mix's order
+    slot = _row_slots(st.order, tuple(sizes), x.device)  # (B,): each row's slot
+    rows = st._replace(
+        w_down=st.w_down[slot],  # (B, d, m)
+        b_down=st.b_down[slot],  # (B, 1, m)
+        w_up=st.w_up[slot],  # (B, m, d)
+        b_up=st.b_up[slot],  # (B, 1, d)
+        scale=None if st.scale is None else st.scale[slot],  # (B, 1, d)
+    )
+    return _through(x.reshape(x.shape[0], -1, d), rows).reshape(x.shape)
+
+
 def split_deltas(st: Stacks, x: torch.Tensor, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
     """``δ`` of every position of ``x`` ``(B, T, d) -> (B, T, d)``: positions ``bounds[k]`` (non-empty, disjoint)
     through adapter ``k`` (slot ``s`` of ``st`` holds adapter ``st.order[s]``), 0 at positions in no slice."""
@@ -206,3 +231,23 @@ def _padded(
         keep.append(torch.arange(slot * widest, slot * widest + n))
         target.append(torch.arange(start, end))
     return torch.cat(padded).to(device), torch.cat(keep).to(device), torch.cat(target).to(device)
+
+
+def _slot_of(order: tuple[int, ...]) -> tuple[int, ...]:
+    """The inverse permutation: ``out[order[s]] = s`` (the slot of each adapter)."""
+    out = [0] * len(order)
+    for slot, k in enumerate(order):
+        out[k] = slot
+    return tuple(out)
+
+
+@lru_cache(maxsize=256)
+def _index(order: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``order`` as a long tensor on ``device`` (memoised; only read)."""
+    return torch.tensor(order, dtype=torch.long, device=device)
+
+
+@lru_cache(maxsize=256)
+def _row_slots(order: tuple[int, ...], sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``(B,)``: the slot of each row's adapter (``sizes[k]`` rows of block ``k``, in order; memoised, only read)."""
+    return torch.repeat_interleave(torch.tensor(_slot_of(order)), torch.tensor(sizes)).to(device)

@@ -1,21 +1,23 @@
 """A per-forward-pass plan for grouped adapter weights: each adapter of a mix is checked ONCE per forward pass,
 not at every point.
 
-``grouped_weights.slotted`` checks every source tensor of every adapter at every point (identity, version counter,
-storage): a generation step of K adapters over P points makes ``K · P`` such checks. Under a plan, the model's first
-pre-hook starts a :class:`Pass` (:func:`begin_pass`, a context variable: per call, in the thread or task running
-the forward; :func:`end_pass` from its last hook) when the caller's ``WeightCache`` is active and gradients are off.
-The first point of the pass that meets an adapter computes its *signature* (every submodule's identity, type,
-``scaling``, dropout ``p``, ``embedding`` flag and training mode, and every parameter's identity, version counter and storage) and
-compares it with the one the caller's :class:`Generations` holds: a change (an in-place write, ``copy_``, an
+Checking every weight tensor of every adapter at every point (identity, version counter, storage) would make
+``K · P`` checks for a generation step of K adapters over P points. Under a plan, the model's first pre-hook starts
+a :class:`Pass` (:func:`begin_pass`, a context variable: per call, in the thread or task running the forward;
+:func:`end_pass` from its last hook) when the caller's ``WeightCache`` is active and gradients are off. The first
+point of the pass that meets an adapter computes its *signature* (every submodule's identity, type, ``scaling``,
+dropout ``p``, ``embedding`` flag and training mode, and every parameter's identity, version counter and storage)
+and compares it with the one the caller's :class:`Generations` holds: a change (an in-place write, ``copy_``, an
 optimizer step, a reload, a replaced layer or parameter, a deleted and re-added adapter) gives the adapter a new
 *generation* number. The adapter's submodules are walked once and kept (its *skeleton*); each pass reads the
-signature from them with C-level maps, and walks again when a submodule's children changed. A mix is then the tuple of its adapters' ``(id, generation)`` keys, computed once per pass,
-and a point's kept stacks are valid for a key exactly when the key is the same: the per-point work is one lookup
-per adapter (which slot holds it), with no tensor checks.
+signature from them with C-level maps, and walks again when a submodule's children changed. A mix is then the
+tuple of its adapters' ``(id, generation)`` keys, computed once per pass, and a point's kept stacks
+(``grouped_weights.planned``) are valid for a key exactly when the key is the same: the per-point work is one
+lookup per adapter (which slot holds it), with no tensor checks.
 
 Exactness: within one forward pass no weight changes between points (the signature is taken at the pass's first
-use of the adapter); between passes every change a ``WeightCache`` saw (see ``grouped_weights``) is seen here too.
+use of the adapter); between passes every change to an adapter's parameters (in place or replaced), their storage,
+its submodules or their settings gives a new generation.
 The objects whose identities a signature records are held strongly while it is kept, so an identity is never reused
 by another object; an adapter module itself is held weakly and its entry dropped once it is gone.
 """

@@ -1,26 +1,24 @@
 """Grouped adapter weights kept between forward passes by their caller: ``WeightCache``.
 
-A grouped computation (several adapters at one point in one matmul: ``LoRAAdapter.batch_split_grouped`` /
-``split_grouped``) first joins the adapters' weights (``torch.cat`` / ``torch.stack``), a copy at every point of every
-forward. A caller that runs the same mix step after step (the generation engine) owns a ``WeightCache`` and enters
-:func:`caching` around its forward passes; a method asks :func:`cached` for the joined weights of ``key`` (its own
-tag, the layer and the point) built from ``sources`` (the tensors it joins, in order). The cache keeps ONE entry per
-key and reuses it while every source is the same tensor (held weakly) with the same version counter and storage
-(an in-place write, ``copy_``, an optimizer step or a reload bumps or replaces them) and the count is unchanged; a
-new mix, a changed weight, a deleted or reloaded adapter rebuilds it. Nothing is cached while gradients are on (the
-joined tensor would carry a stale graph), nor outside :func:`caching`: the cache is per caller, entered per call in
-the thread or task that runs the forward (a context variable), never stored on the model or its adapters.
+A grouped computation (several adapters at one point in one batched matmul: ``LoRAAdapter.batch_split_grouped`` /
+``split_grouped``, the bottleneck methods' likewise) first stacks the adapters' weights, a copy at every point of
+every forward. A caller that runs the same mix step after step (the generation engine) owns a ``WeightCache`` and
+enters :func:`caching` around its forward passes: the cache is per caller, entered per call in the thread or task
+that runs the forward (a context variable), never stored on the model or its adapters.
 
-:func:`slotted` keeps stacks instead, one slot per group of sources (an adapter's factors at the point): when the
-mix changes but keeps its size (a sequence leaves, another joins), only the groups not held yet are copied, into
-the slots of the groups that left, and the caller learns which group sits in which slot. A group is held while its
-tensors are the same (weakly held) with the same version counters and storage; a mix of another size rebuilds.
+:func:`planned` keeps slot stacks, one slot per adapter of the mix, under a forward pass's plan (``grouped_plan``):
+the model's hooks call :func:`begin_pass` / :func:`end_pass` around each forward pass, and a plan runs only under
+:func:`caching` with gradients off (a kept stack would carry a stale graph) and never while torch.compile /
+torch.export trace. An adapter is named by its ``(id, generation)`` key, checked once per pass (an in-place write,
+``copy_``, an optimizer step, a reload, a deleted and re-added adapter give a new generation), so a point only
+looks up which slot holds each adapter: the held ones stay where they are (the caller learns the slot order), a
+new one is copied into a free slot; a mix of another size keeps the held adapters (the stacks are the first K
+slots of a kept capacity; a held adapter past them is copied slot to slot) and copies only the new ones. Without
+a plan there are no kept stacks: the caller stacks afresh, in the mix's order.
 
-:func:`planned` keeps slot stacks the same way under a forward pass's plan (``grouped_plan``): a group is named by
-its adapter's ``(id, generation)`` key, checked once per pass, so a point only looks up which slot holds each
-adapter; a mix of another size (a sequence joined or left) keeps the held adapters (the stacks are the first K
-slots of a kept capacity; a held adapter past them is copied slot to slot) and copies only the new ones. The model's hooks call :func:`begin_pass` / :func:`end_pass` around each forward
-pass.
+:func:`cached` keeps one joined value per key (LoRA's side-by-side factors of unequal ranks) while every source is
+the same tensor (held weakly) with the same version counter and storage, under :func:`caching` with gradients
+off.
 """
 
 from __future__ import annotations
@@ -51,14 +49,13 @@ class WeightCache:
         self._entries: dict[
             Any, tuple[tuple[tuple[int, int, int], ...], list[weakref.ref[torch.Tensor]], Any]
         ] = {}
-        self._slots: dict[Any, _Slots] = {}
         self._planned: dict[Any, _PlannedSlots] = {}  # ``planned``
         self.generations = grouped_plan.Generations()
         self.hits = 0
         self.builds = 0
-        self.copies = 0  # groups copied into a slot of a kept stack (``slotted``)
-        self.resizes = 0  # planned stacks carried over to a mix of another size (``planned``)
-        self.moves = 0  # held groups copied slot to slot into the first K slots (``planned``)
+        self.copies = 0  # groups copied into a slot of kept stacks
+        self.resizes = 0  # kept stacks carried over to a mix of another size
+        self.moves = 0  # held groups copied slot to slot into the first K slots
 
     def get(self, key: Any, sources: Sequence[torch.Tensor], build: Callable[[], T]) -> T:
         stamp = _stamp(sources)
@@ -74,67 +71,6 @@ class WeightCache:
         self.builds += 1
         self._entries[key] = (stamp, [weakref.ref(t) for t in sources], value)
         return value
-
-    def slotted(
-        self,
-        key: Any,
-        groups: Sequence[Sequence[torch.Tensor]],
-        prepare: Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]],
-    ) -> tuple[list[torch.Tensor], tuple[int, ...]]:
-        """See :func:`slotted`."""
-        stamps = [_stamp(g) for g in groups]
-        entry = self._slots.get(key)
-        if entry is None or len(entry.stamps) != len(groups):
-            return self._build_slots(key, groups, stamps, prepare)
-        order = [-1] * len(groups)  # slot -> group
-        missing = []
-        for k, (group, stamp) in enumerate(zip(groups, stamps, strict=True)):
-            slot = entry.where.get(stamp)
-            if (
-                slot is not None
-                and order[slot] < 0
-                and all(r() is t for r, t in zip(entry.refs[slot], group, strict=True))
-            ):
-                order[slot] = k
-            else:
-                missing.append(k)
-        if not missing:
-            self.hits += 1
-            return entry.stacks, tuple(order)
-        free = [slot for slot, k in enumerate(order) if k < 0]
-        for k, slot in zip(missing, free, strict=True):
-            parts = prepare(groups[k])
-            if any(
-                p.shape != s.shape[1:] or p.dtype != s.dtype for p, s in zip(parts, entry.stacks, strict=True)
-            ):
-                return self._build_slots(key, groups, stamps, prepare)  # another shape: start again
-            for stack, part in zip(entry.stacks, parts, strict=True):
-                stack[slot].copy_(part)
-            if entry.where.get(entry.stamps[slot]) == slot:
-                del entry.where[entry.stamps[slot]]
-            entry.stamps[slot] = stamps[k]
-            entry.refs[slot] = [weakref.ref(t) for t in groups[k]]
-            entry.where[stamps[k]] = slot
-            order[slot] = k
-            self.copies += 1
-        return entry.stacks, tuple(order)
-
-    def _build_slots(
-        self,
-        key: Any,
-        groups: Sequence[Sequence[torch.Tensor]],
-        stamps: list[tuple[tuple[int, int, int], ...]],
-        prepare: Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]],
-    ) -> tuple[list[torch.Tensor], tuple[int, ...]]:
-        stacks = _stack([prepare(g) for g in groups])
-        self.builds += 1
-        self._slots[key] = _Slots(
-            stacks,
-            list(stamps),
-            [[weakref.ref(t) for t in g] for g in groups],
-            {stamp: slot for slot, stamp in enumerate(stamps)},
-        )
-        return stacks, tuple(range(len(groups)))
 
     def planned(
         self,
@@ -215,25 +151,8 @@ class WeightCache:
 
     def clear(self) -> None:
         self._entries.clear()
-        self._slots.clear()
         self._planned.clear()
         self.generations.clear()
-
-
-class _Slots:
-    """A kept stack: ``stacks[j][s]`` holds part ``j`` of the group in slot ``s``, ``stamps[s]`` / ``refs[s]`` that
-    group's sources, ``where`` stamp -> slot."""
-
-    __slots__ = ("refs", "stacks", "stamps", "where")
-
-    def __init__(
-        self,
-        stacks: list[torch.Tensor],
-        stamps: list[tuple[tuple[int, int, int], ...]],
-        refs: list[list[weakref.ref[torch.Tensor]]],
-        where: dict[tuple[tuple[int, int, int], ...], int],
-    ) -> None:
-        self.stacks, self.stamps, self.refs, self.where = stacks, stamps, refs, where
 
 
 class _PlannedSlots:
@@ -325,7 +244,8 @@ def planned(
     modules: Sequence[Any],
     fetch: Callable[[int], tuple[Sequence[torch.Tensor], Any] | None],
 ) -> tuple[list[torch.Tensor], tuple[int, ...], list[Any]] | None:
-    """``(stacks, order, infos)`` as :func:`slotted` gives ``(stacks, order)``, for the groups of the adapter modules
+    """``(stacks, order, infos)``: ``stacks[j]`` ``(K, *shape_j)`` holds part ``j`` of the group in slot ``s`` (``order``
+    is a permutation of ``range(K)``, ``order[s]`` the group in slot ``s``), for the groups of the adapter modules
     ``modules`` (group ``k``: ``fetch(k) = (parts, info)``, the prepared tensors of ``modules[k]`` at the point and
     what the caller keeps of it, e.g. its scale; ``infos[s]``: the info of the group in slot ``s``), when a forward
     pass's plan is running under the caller's cache (:func:`begin_pass`): a group is held while its adapter's
@@ -338,19 +258,3 @@ def planned(
     if run is None:
         return None
     return cache.planned(key, run.keys_of(modules), fetch)
-
-
-def slotted(
-    key: Any,
-    groups: Sequence[Sequence[torch.Tensor]],
-    prepare: Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]],
-) -> tuple[list[torch.Tensor], tuple[int, ...]]:
-    """``(stacks, order)``: ``stacks[j]`` ``(K, *shape_j)`` holds ``prepare(groups[order[s]])[j]`` at slot ``s`` (the
-    K groups in some order: ``order`` is a permutation of ``range(K)``). Kept in the caller's cache (:func:`caching`)
-    under ``key`` and updated in place: a group already held keeps its slot, a new one is copied into the slot of
-    one that left; a mix of another size rebuilds (``order`` then ``0..K-1``, as outside a cache or with gradients
-    on, when the stacks are built afresh)."""
-    cache = _CURRENT.get()
-    if cache is None or torch.is_grad_enabled():
-        return _stack([prepare(g) for g in groups]), tuple(range(len(groups)))
-    return cache.slotted(key, groups, prepare)

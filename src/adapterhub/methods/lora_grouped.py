@@ -13,10 +13,11 @@ positions; each of its tokens ``x_t`` gets exactly ``y_t + s_k B_k A_k x_t``. Tw
   the stacked layout and is refused when ``R > d_in`` (the slices one by one are then cheaper).
 
 Equal ranks read the factors from slot stacks ``A: (S, r, d_in)``, ``Bᵀ: (S, r, d_out)`` kept in the caller's cache
-(``grouped_weights.slotted``): while the mix keeps its size, a new adapter is copied into the slot of one that left
-and the others stay where they are, so the tokens are taken in slot order (a permutation of the ``K`` groups, or
-of the mask's column blocks) instead of the weights being joined again; ranks that differ use the joined
-``(d_in, R)`` / ``(R, d_out)`` of ``grouped_weights.cached``. Masks, scale columns and index tensors are pure
+under a forward pass's plan (``grouped_weights.planned``): only adapters new to the stacks are copied, the others
+stay in their slots, so the tokens are taken in slot order (a permutation of the ``K`` groups, or of the mask's
+column blocks) instead of the weights being joined again; without a plan (no cache, gradients on, active dropout,
+torch.compile tracing) they are stacked afresh in the mix's order. Ranks that differ use the joined ``(d_in, R)``
+/ ``(R, d_out)`` of ``grouped_weights.cached``. Masks, scale columns and index tensors are pure
 functions of their arguments, memoised. Each adapter's layer is found through the modules' own dictionaries (the
 hot path of a generation step: one lookup per adapter and point).
 """
@@ -78,17 +79,13 @@ def _group(modules: Sequence[Any], layer: int, point: Point) -> _Group | None:
 
 
 def stacked(
-    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], layer: int, point: Point
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
-    """``(A (S, r, d_in), Bᵀ (S, r, d_out), order)``: the factor pairs stacked by slot (``order[s]``: the pair in
-    slot ``s``), kept in the caller's cache (``grouped_weights.slotted``: a new mix of the same size copies only the
-    pairs not held yet)."""
-    stacks, order = grouped_weights.slotted(
-        ("lora.slots", layer, point),
-        pairs,
-        lambda ab: (ab[0], ab[1].t()),  # A (r, d_in), Bᵀ (r, d_out)
-    )
-    return stacks[0], stacks[1], order
+    """``(A (K, r, d_in), Bᵀ (K, r, d_out), order)``: the factor pairs stacked afresh in the mix's order (``order``
+    ``0..K-1``), where no plan keeps slot stacks (no cache, gradients on, active dropout, torch.compile tracing)."""
+    a = torch.stack([a for a, _ in pairs])  # (K, r, d_in)
+    bt = torch.stack([b.t() for _, b in pairs])  # (K, r, d_out)
+    return a, bt, tuple(range(len(pairs)))
 
 
 class _Planned(NamedTuple):
@@ -154,7 +151,7 @@ def batch_split(
             return None
         if group.dropout > 0:
             x = group.layers[0].dropout(x)
-        a, bt, order = stacked(group.pairs, layer, point)
+        a, bt, order = stacked(group.pairs)
         slot_scales = tuple(group.scales[k] for k in order)
     else:
         a, bt, order, slot_scales = plan.a, plan.bt, plan.order, plan.slot_scales
@@ -204,7 +201,7 @@ def split(
             a, bt, order = plan.a, plan.bt, plan.order
         else:
             assert group is not None
-            a, bt, order = stacked(group.pairs, layer, point)
+            a, bt, order = stacked(group.pairs)
         if end_to_end:
             batch, d_in = x.shape[0], x.shape[-1]
             groups = (

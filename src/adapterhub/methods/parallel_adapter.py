@@ -28,8 +28,6 @@ from adapterhub.methods.base import AdapterModule, Point, PointInputs, ResidualI
 from adapterhub.methods.bottleneck import (
     BottleneckAdapter,
     BottleneckLayer,
-    batch_split_deltas,
-    can_group,
     group_key,
     leave_site,
 )
@@ -132,20 +130,16 @@ class ParallelAdapter(BottleneckAdapter):
         inputs: PointInputs,
         sizes: Sequence[int],
     ) -> torch.Tensor | None:
-        """Parallel adapters that pass ``can_group`` with no ``ln_after`` and the same ``original_ln_after``: the
-        K adapters' deltas on their rows as batched matmuls, added to ``h``, leaving the point once."""
+        """Row block ``k`` (``sizes[k]`` rows) through parallel adapter ``k``: ``y = h + δ(input)`` with the K
+        adapters' deltas as batched matmuls over their rows (``bottleneck_grouped.batch_split_deltas``), leaving
+        the point once. None unless all are plain ``ParallelAdapter``s with one ``group_key`` (as ``split_grouped``)."""
         if not all(type(m) is ParallelAdapter for m in modules):
             return None
-        parallels: list[ParallelAdapter] = list(modules)  # type: ignore[arg-type]
-        layers = [m.layer_at(layer, point[1]) for m in parallels]
-        if (
-            len({m.config.original_ln_after for m in parallels}) != 1
-            or not can_group(layers)
-            or any(x.norm_after is not None for x in layers)
-        ):
-            return None
         assert isinstance(inputs, ResidualInputs)
-        y = inputs.h + batch_split_deltas(layers, inputs.residual, sizes)
+        st = bottleneck_grouped.stacks(modules, layer, point, group_key)  # type: ignore[arg-type]
+        if st is None:
+            return None
+        y = inputs.h + bottleneck_grouped.batch_split_deltas(st, inputs.residual, sizes)  # (B, T, d)
         return leave_site(self.config, y, inputs, self.dims.pre_norm)  # type: ignore[arg-type]
 
     def split_grouped(
