@@ -1,5 +1,5 @@
 """Grouped LoRA weights reused between the engine's steps (``methods/grouped_weights.WeightCache``): reused while
-the mix and the weights are unchanged; rebuilt when an adapter's weights are written in place, when an adapter is
+the mix and the weights are unchanged (equal ranks stacked by slot, unequal ones joined side by side); rebuilt when an adapter's weights are written in place, when an adapter is
 deleted and loaded again under its name, and never used with gradients on or outside the caller's block. The
 engine's tokens stay those of ``generate`` with each adapter's current weights."""
 
@@ -14,37 +14,50 @@ import torch
 import adapterhub
 from adapterhub.methods import grouped_weights
 from adapterhub.serving import GenerationEngine
+from adapterhub.spec.composition import Split
+from method_checks import one_by_one, packed_logits
 from tiny_models import build, perturb
 
 
-def test_cache_reuses_until_a_source_changes():
+def test_unequal_ranks_keep_their_joined_factors_until_an_adapter_changes(monkeypatch):
+    """LoRA factors of unequal ranks side by side (``grouped_weights.joined``): kept under the caller's cache while
+    the mix and its adapters are unchanged; built again after an in-place write, for the mix in another order and
+    after a reload; never kept outside ``caching()`` or with gradients on. Every pass equals slice by slice."""
+    llama = fresh_model()
+    llama.add_adapter("small", "lora[r=2]")
+    perturb(llama._store.adapters["small"], std=0.3, seed=30)
     cache = grouped_weights.WeightCache()
-    a, b = torch.randn(2, 3), torch.randn(2, 3)
-    built: list[int] = []
 
-    def build_cat() -> torch.Tensor:
-        built.append(1)
-        return torch.cat([a, b])
-
-    with torch.no_grad():
-        assert (
-            grouped_weights.cached("k", [a, b], build_cat) is not None
-        )  # outside caching(): built, not kept
+    def step(mix: list[str]) -> torch.Tensor:
         with grouped_weights.caching(cache):
-            first = grouped_weights.cached("k", [a, b], build_cat)
-            assert grouped_weights.cached("k", [a, b], build_cat) is first
-            b.add_(1.0)  # in place: the version moves
-            second = grouped_weights.cached("k", [a, b], build_cat)
-            assert second is not first and torch.equal(second[2:], b)
-            c = b.clone()  # same values, another tensor
-            assert grouped_weights.cached("k", [a, c], build_cat) is not second
-            assert grouped_weights.cached("k", [a], build_cat) is not None  # another count
-    with grouped_weights.caching(cache):  # gradients on: never cached
-        before = len(built)
-        grouped_weights.cached("k", [a], build_cat)
-        grouped_weights.cached("k", [a], build_cat)
-        assert len(built) == before + 2
-    assert len(built) == 7 and cache.hits == 1
+            out = packed_logits(llama, mix)
+        expected = one_by_one(monkeypatch, lambda: packed_logits(llama, mix))
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+        return out
+
+    mix = ["a", "small", "b"]
+    packed_logits(llama, mix)  # outside caching(): nothing kept
+    first, _ = step(mix), step(mix)
+    assert (cache.builds, cache.hits) == (POINTS, POINTS)
+    with torch.no_grad():
+        for key, param in llama._store.adapters["small"].named_parameters():
+            if "lora_B" in key:
+                param.mul_(-2.0)
+    assert not torch.allclose(step(mix), first, atol=1e-4)
+    step(["b", "small", "a"])
+    assert (cache.builds, cache.hits) == (3 * POINTS, POINTS)
+    llama.delete_adapter("small")
+    llama.add_adapter("small", "lora[r=2]")
+    perturb(llama._store.adapters["small"], std=0.3, seed=31)
+    step(["b", "small", "a"])
+    assert (cache.builds, cache.hits) == (4 * POINTS, POINTS)
+    ids = torch.randint(3, 99, (1, 3), generator=torch.Generator().manual_seed(3))
+    with grouped_weights.caching(cache), llama.adapter_setup(Split("b", "small", "a", split_index=[1, 2])):
+        assert llama(input_ids=ids).logits.requires_grad  # gradients on: built afresh, nothing kept
+    assert (cache.builds, cache.hits) == (4 * POINTS, POINTS)
+
+
+POINTS = 4  # q, v of the tiny Llama's 2 layers
 
 
 @pytest.fixture

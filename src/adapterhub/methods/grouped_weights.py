@@ -16,15 +16,14 @@ new one is copied into a free slot; a mix of another size keeps the held adapter
 slots of a kept capacity; a held adapter past them is copied slot to slot) and copies only the new ones. Without
 a plan there are no kept stacks: the caller stacks afresh, in the mix's order.
 
-:func:`cached` keeps one joined value per key (LoRA's side-by-side factors of unequal ranks) while every source is
-the same tensor (held weakly) with the same version counter and storage, under :func:`caching` with gradients
-off.
+:func:`joined` keeps one value per key under the plan the same way (LoRA's side-by-side factors of unequal
+ranks): reused while the mix's keys are the same, built afresh otherwise. One validity rule serves both: the
+adapter's generation; nothing is compared tensor by tensor at a point.
 """
 
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -37,18 +36,12 @@ T = TypeVar("T")
 _CURRENT: ContextVar[WeightCache | None] = ContextVar("adapterhub_grouped_weights", default=None)
 
 
-def _stamp(sources: Sequence[torch.Tensor]) -> tuple[tuple[int, int, int], ...]:
-    return tuple((id(t), t._version, t.data_ptr()) for t in sources)
-
-
 class WeightCache:
     """One entry per key: ``(stamp, weak references to the sources, value)`` (see the module docstring). Not
     thread-safe: one caller's forward passes at a time (the engine runs one step at a time)."""
 
     def __init__(self) -> None:
-        self._entries: dict[
-            Any, tuple[tuple[tuple[int, int, int], ...], list[weakref.ref[torch.Tensor]], Any]
-        ] = {}
+        self._joined: dict[Any, tuple[tuple[grouped_plan.Key, ...], Any]] = {}  # ``joined``
         self._planned: dict[Any, _PlannedSlots] = {}  # ``planned``
         self.generations = grouped_plan.Generations()
         self.hits = 0
@@ -57,19 +50,15 @@ class WeightCache:
         self.resizes = 0  # kept stacks carried over to a mix of another size
         self.moves = 0  # held groups copied slot to slot into the first K slots
 
-    def get(self, key: Any, sources: Sequence[torch.Tensor], build: Callable[[], T]) -> T:
-        stamp = _stamp(sources)
-        entry = self._entries.get(key)
-        if (
-            entry is not None
-            and entry[0] == stamp
-            and all(r() is t for r, t in zip(entry[1], sources, strict=True))
-        ):
+    def joined(self, key: Any, keys: tuple[grouped_plan.Key, ...], build: Callable[[], T]) -> T:
+        """See :func:`joined`: the kept value while the mix's keys are the same."""
+        entry = self._joined.get(key)
+        if entry is not None and entry[0] == keys:
             self.hits += 1
-            return entry[2]  # type: ignore[no-any-return]
+            return entry[1]  # type: ignore[no-any-return]
         value = build()
         self.builds += 1
-        self._entries[key] = (stamp, [weakref.ref(t) for t in sources], value)
+        self._joined[key] = (keys, value)
         return value
 
     def planned(
@@ -150,7 +139,7 @@ class WeightCache:
         return entry.stacks, tuple(range(len(keys))), infos
 
     def clear(self) -> None:
-        self._entries.clear()
+        self._joined.clear()
         self._planned.clear()
         self.generations.clear()
 
@@ -206,20 +195,13 @@ def _stack(parts: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
 
 @contextlib.contextmanager
 def caching(cache: WeightCache) -> Iterator[None]:
-    """Forward passes of the block, in this thread or task, reuse ``cache``'s joined weights."""
+    """Forward passes of the block, in this thread or task, keep their grouped weights in ``cache`` (see the module
+    docstring)."""
     token = _CURRENT.set(cache)
     try:
         yield
     finally:
         _CURRENT.reset(token)
-
-
-def cached(key: Any, sources: Sequence[torch.Tensor], build: Callable[[], T]) -> T:
-    """``build()``, reused from the caller's cache (:func:`caching`) while ``sources`` are unchanged."""
-    cache = _CURRENT.get()
-    if cache is None or torch.is_grad_enabled():
-        return build()
-    return cache.get(key, sources, build)
 
 
 def begin_pass() -> None:
@@ -258,3 +240,15 @@ def planned(
     if run is None:
         return None
     return cache.planned(key, run.keys_of(modules), fetch)
+
+
+def joined(key: Any, modules: Sequence[Any], build: Callable[[], T]) -> T:
+    """``build()``: a value made of the weights of the adapter modules ``modules`` at a point (LoRA's factors of
+    unequal ranks side by side), kept in the caller's cache under ``key`` while a forward pass's plan runs and the
+    mix's ``(id, generation)`` keys are the same (the same adapters, in order, none changed); built afresh
+    otherwise and without a plan."""
+    cache = _CURRENT.get()
+    run = None if cache is None else grouped_plan.current(cache)
+    if run is None:
+        return build()
+    return cache.joined(key, run.keys_of(modules), build)

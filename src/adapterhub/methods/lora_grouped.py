@@ -17,9 +17,9 @@ under a forward pass's plan (``grouped_weights.planned``): only adapters new to 
 stay in their slots, so the tokens are taken in slot order (a permutation of the ``K`` groups, or of the mask's
 column blocks) instead of the weights being joined again; without a plan (no cache, gradients on, active dropout,
 torch.compile tracing) they are stacked afresh in the mix's order. Ranks that differ use the joined ``(d_in, R)``
-/ ``(R, d_out)`` of ``grouped_weights.cached``. Masks, scale columns and index tensors are pure
-functions of their arguments, memoised. Each adapter's layer is found through the modules' own dictionaries (the
-hot path of a generation step: one lookup per adapter and point).
+/ ``(R, d_out)``, kept under the plan likewise (``grouped_weights.joined``). Masks, scale columns and index tensors
+are pure functions of their arguments, memoised. Each adapter's layer is found through the modules' own
+dictionaries (the hot path of a generation step: one lookup per adapter and point).
 """
 
 from __future__ import annotations
@@ -217,9 +217,9 @@ def split(
     else:
         assert group is not None
         pairs = group.pairs
-        down, up = grouped_weights.cached(
+        down, up = grouped_weights.joined(
             ("lora.cat", layer, point),
-            [t for pair in pairs for t in pair],
+            modules,
             lambda: (
                 torch.cat([a for a, _ in pairs]).t(),  # (d_in, R)
                 torch.cat([b for _, b in pairs], dim=1).t(),  # (R, d_out)
