@@ -249,6 +249,6 @@ def joined(key: Any, modules: Sequence[Any], build: Callable[[], T]) -> T:
     otherwise and without a plan."""
     cache = _CURRENT.get()
     run = None if cache is None else grouped_plan.current(cache)
-    if run is None:
+    if cache is None or run is None:
         return build()
     return cache.joined(key, run.keys_of(modules), build)
