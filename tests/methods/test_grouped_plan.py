@@ -18,7 +18,7 @@ from torch import nn
 import adapterhub
 from adapterhub.methods import grouped_plan, grouped_weights, lora_grouped
 from adapterhub.runtime.packing import PackedRow
-from adapterhub.spec.composition import BatchSplit
+from adapterhub.spec.composition import BatchSplit, Split
 from method_checks import one_by_one as reference
 from method_checks import packed_logits
 from tiny_models import build, perturb
@@ -216,3 +216,27 @@ def test_sizes_that_go_down_and_up_past_the_capacity_equal_the_reference(model, 
         torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
     assert cache.builds == POINTS and cache.resizes == (len(mixes) - 1) * POINTS
     assert seen["planned"] == len(mixes) * POINTS and seen["stacked"] == 0
+
+
+@pytest.mark.parametrize("config", ["lora[r=4]", "pfeiffer"])
+def test_torch_compile_fullgraph_runs_grouped_adapters_without_a_plan(config):
+    """Under torch.compile (fullgraph: no context variable is read while tracing) a Split of alike adapters runs
+    grouped with its weights stacked afresh in the graph, inside the caller's cache block too: it equals eager and
+    keeps nothing."""
+    llama = build("llama", "causal_lm", seed=0)
+    adapterhub.init(llama)
+    for i, name in enumerate("abc"):
+        llama.add_adapter(name, config)
+        perturb(llama._store.adapters[name], std=0.2, seed=70 + i)
+    llama.set_active_adapters(Split("a", "b", "c", split_index=[1, 2]))
+    ids = torch.randint(3, 99, (2, 3), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        reference = llama(input_ids=ids).logits
+    torch._dynamo.reset()
+    compiled = torch.compile(llama, backend="aot_eager", fullgraph=True)
+    cache = grouped_weights.WeightCache()
+    with torch.no_grad(), grouped_weights.caching(cache):
+        for _ in range(2):
+            torch.testing.assert_close(compiled(input_ids=ids).logits, reference, atol=1e-5, rtol=0)
+    assert cache.builds == cache.hits == 0
+    torch._dynamo.reset()

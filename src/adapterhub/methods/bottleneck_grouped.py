@@ -205,11 +205,12 @@ def keep_base(out: torch.Tensor, inputs: Any, bounds: Sequence[tuple[int, int]])
 
 @lru_cache(maxsize=256)
 def _covered(bounds: tuple[tuple[int, int], ...], length: int, device: torch.device) -> torch.Tensor | None:
-    """``(T, 1)``: True at positions inside a bound; None when they all are (memoised; only read)."""
-    mask = torch.zeros(length, dtype=torch.bool)
+    """``(T, 1)``: True at positions inside a bound; None when they all are (memoised; only read; decided in Python,
+    not from a tensor's value, so that torch.compile traces it in one graph)."""
+    inside = [False] * length
     for start, end in bounds:
-        mask[start:end] = True
-    return None if bool(mask.all()) else mask.unsqueeze(-1).to(device)
+        inside[start:end] = [True] * (end - start)
+    return None if all(inside) else torch.tensor(inside, device=device).unsqueeze(-1)
 
 
 @lru_cache(maxsize=256)

@@ -233,6 +233,8 @@ def planned(
     pass's plan is running under the caller's cache (:func:`begin_pass`): a group is held while its adapter's
     generation is unchanged (checked once per pass), so only new groups are fetched. None without a running plan,
     when ``fetch`` gives None, or when the groups' parts differ in shape (the caller then takes another way)."""
+    if torch.compiler.is_compiling():
+        return None  # no plan while tracing (a context variable cannot be traced)
     cache = _CURRENT.get()
     if cache is None:
         return None
@@ -247,6 +249,8 @@ def joined(key: Any, modules: Sequence[Any], build: Callable[[], T]) -> T:
     unequal ranks side by side), kept in the caller's cache under ``key`` while a forward pass's plan runs and the
     mix's ``(id, generation)`` keys are the same (the same adapters, in order, none changed); built afresh
     otherwise and without a plan."""
+    if torch.compiler.is_compiling():
+        return build()  # no plan while tracing, as in :func:`planned`
     cache = _CURRENT.get()
     run = None if cache is None else grouped_plan.current(cache)
     if cache is None or run is None:
