@@ -37,8 +37,10 @@ _CURRENT: ContextVar[WeightCache | None] = ContextVar("adapterhub_grouped_weight
 
 
 class WeightCache:
-    """One entry per key: ``(stamp, weak references to the sources, value)`` (see the module docstring). Not
-    thread-safe: one caller's forward passes at a time (the engine runs one step at a time)."""
+    """A caller's kept grouped weights: per key (a method's tag, the layer and the point) the slot stacks of
+    :func:`planned` or the value of :func:`joined`, and the adapters' generations (``grouped_plan.Generations``);
+    counters of what was reused (``hits``), built whole, copied into a slot, resized or moved (see the module
+    docstring). Not thread-safe: one caller's forward passes at a time (the engine runs one step at a time)."""
 
     def __init__(self) -> None:
         self._joined: dict[Any, tuple[tuple[grouped_plan.Key, ...], Any]] = {}  # ``joined``
