@@ -127,6 +127,45 @@ def test_the_install_job_holds_every_load_ready_when_it_runs(tiny_llama_loras, m
     assert all(engine.model.has_adapter(n) for n in "abc")
 
 
+def test_a_load_ready_during_an_install_is_queued_behind_it_at_once(tiny_llama_loras, monkeypatch):
+    """The next install job is submitted when its load is ready, not when the running job is back on the event loop
+    (where the step loop could start a step in between)."""
+    directory, dirs = tiny_llama_loras
+    engine = _engine(directory, dirs, max_loaded=3, max_wait_ms=1)
+    jobs = _count_model_jobs(engine, monkeypatch)
+    installing, gate = threading.Event(), threading.Event()
+    swap_in = registry._swap_in
+
+    def slow_a(model: Any, victims: Any, source: Any, fetched: Any, prepared: Any, name: str) -> Any:
+        if name == "a":
+            installing.set()
+            gate.wait(10.0)
+        return swap_in(model, victims, source, fetched, prepared, name)
+
+    monkeypatch.setattr(registry, "_swap_in", slow_a)
+
+    async def main() -> tuple[list[str], list[Any]]:
+        await engine.start()
+        first = asyncio.create_task(engine.registry.acquire(["a"]))
+        while not installing.is_set():
+            await asyncio.sleep(0.002)
+        second = asyncio.create_task(engine.registry.acquire(["b"]))
+        deadline = time.monotonic() + 10
+        while len(jobs) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        submitted = list(jobs)  # while a's install still runs
+        gate.set()
+        out = await asyncio.gather(first, second)
+        engine.registry.release(["a"])
+        engine.registry.release(["b"])
+        await engine.shutdown()
+        return submitted, out
+
+    submitted, out = asyncio.run(main())
+    assert submitted == ["_install_batch", "_install_batch"]
+    assert [sorted(o) for o in out] == [["a"], ["b"]] and sorted(engine.registry.loaded) == ["a", "b"]
+
+
 def test_a_failing_install_fails_its_own_load_alone(tiny_llama_loras, monkeypatch):
     directory, dirs = tiny_llama_loras
     engine = _engine(directory, dirs, max_loaded=3, max_wait_ms=1)

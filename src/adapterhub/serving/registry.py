@@ -179,6 +179,16 @@ class _Install:
     done: asyncio.Future[tuple[Any, Any]] = field(repr=False)
 
 
+def _job_error(done: asyncio.Future[Any]) -> Exception:
+    """Why a model-thread job failed as a whole, as an ``Exception`` (cancelled: a ``RuntimeError``)."""
+    if done.cancelled():
+        return RuntimeError("The adapter install job was cancelled (the server is shutting down).")
+    error = done.exception()
+    return (
+        error if isinstance(error, Exception) else RuntimeError(f"The adapter install job stopped: {error!r}")
+    )
+
+
 def _install_batch(model: Any, take: Callable[[], list[_Install]]) -> list[tuple[_Install, Any]]:
     """On the model thread, in one pause of the steps: ``_swap_in`` every load ``take()`` hands over (those ready
     now). Returns ``(load, (adapter, head))`` or ``(load, exception)`` per load: a failed install fails that load
@@ -233,7 +243,7 @@ class AdapterRegistry:
             _Install
         ] = []  # appended on the loop, taken by the model thread (under _ready_lock)
         self._ready_lock = threading.Lock()
-        self._install_job: asyncio.Task[None] | None = None  # the model-thread job that installs `_ready`
+        self._install_queued = False  # a model-thread job is queued that has not taken `_ready` yet
 
     # ------------------------------------------------------------------ known adapters
     def register(self, name: str, source: AdapterSource | str) -> None:
@@ -382,53 +392,57 @@ class AdapterRegistry:
     async def _install(
         self, name: str, victims: list[str], source: AdapterSource, fetched: Any, prepared: Any
     ) -> tuple[Any, Any]:
-        """Queue the load for the next install job (started here if none is on its way) and wait for its
-        ``(adapter, head)``."""
-        job = _Install(name, victims, source, fetched, prepared, asyncio.get_running_loop().create_future())
+        """Queue the load for the model thread and wait for its ``(adapter, head)``. A job is submitted unless one
+        is queued that has not taken its loads yet: a job takes every load ready when it runs (the steps paused),
+        so loads ready together go in together, and a load that becomes ready while a job installs gets a job
+        queued right behind it on the model thread (no detour through the event loop, where the step loop could
+        start a step in between)."""
+        loop = asyncio.get_running_loop()
+        job = _Install(name, victims, source, fetched, prepared, loop.create_future())
         with self._ready_lock:
             self._ready.append(job)
-        self._start_install_job()
+            submit = not self._install_queued
+            self._install_queued = True
+        if submit:
+            self._submit_install_job(loop)
         return await job.done
 
-    def _start_install_job(self) -> None:
-        if self._install_job is None and self._ready:
-            self._install_job = asyncio.get_running_loop().create_task(self._run_installs())
+    def _submit_install_job(self, loop: asyncio.AbstractEventLoop) -> None:
+        taken: list[_Install] = []  # this job's loads (per job, never on the registry)
 
-    async def _run_installs(self) -> None:
-        """One model-thread job for the loads ready when it runs (taken there, once the steps are paused); loads
-        that become ready after that go in the next job."""
-        taken: list[_Install] = []
-
-        def take() -> list[_Install]:  # model thread
+        def take() -> list[_Install]:  # model thread, the steps paused
             with self._ready_lock:
                 batch, self._ready = self._ready, []
+                self._install_queued = False
             taken.extend(batch)
             return batch
 
+        def installed(done: asyncio.Future[list[tuple[_Install, Any]]]) -> None:  # event loop
+            error = None if not done.cancelled() and done.exception() is None else _job_error(done)
+            if error is not None:
+                self._fail_installs(taken, error)
+                return
+            for job, outcome in done.result():
+                if isinstance(outcome, Exception):
+                    job.done.set_exception(outcome)
+                else:
+                    job.done.set_result(outcome)
+
         try:
-            results = await self._run_model(_install_batch, self.model, take)
-        except (
-            BaseException
-        ) as error:  # the job did not run (e.g. shut down): every load it had or left fails
-            with self._ready_lock:
-                left, self._ready = self._ready, []
-            failure = (
-                error if isinstance(error, Exception) else RuntimeError(f"adapter install stopped: {error!r}")
-            )
-            for job in [*taken, *left]:
-                if not job.done.done():
-                    job.done.set_exception(failure)
-            if not isinstance(error, Exception):
-                raise
+            submitted = loop.run_in_executor(self._model_executor, _install_batch, self.model, take)
+        except RuntimeError as error:  # the model thread is shut down
+            self._fail_installs(taken, error)
             return
-        finally:
-            self._install_job = None
-        for job, outcome in results:
-            if isinstance(outcome, Exception):
-                job.done.set_exception(outcome)
-            else:
-                job.done.set_result(outcome)
-        self._start_install_job()
+        submitted.add_done_callback(installed)
+
+    def _fail_installs(self, taken: list[_Install], error: Exception) -> None:
+        """An install job failed as a whole (it did not run): its loads and those waiting for a job fail."""
+        with self._ready_lock:
+            left, self._ready = self._ready, []
+            self._install_queued = False
+        for job in [*taken, *left]:
+            if not job.done.done():
+                job.done.set_exception(error)
 
     def _has_room_or_victim(self) -> bool:
         return len(self.loaded) + self._installing < self.max_loaded or self._victim() is not None
