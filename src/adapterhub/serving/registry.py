@@ -18,8 +18,9 @@ A load: ``fetch`` + ``prepare`` (read the files, build the modules) and, for an 
 prepared (no head, placed beside the model: every LoRA of a served decoder), its sizes and weights hash, all in one
 job on an I/O thread, beside the steps; then room is made (LRU victims chosen on the loop); then the install.
 Installs are batched: every load that is ready when the model thread gets to them goes in (with its victims'
-deletions) in ONE model-thread job, one pause between two steps, instead of one job (and one step boundary) each;
-a load that becomes ready meanwhile goes in the next job. One failing install fails its own load only. An adapter
+deletions) in ONE model-thread job, one pause between two steps, instead of one job each (back-to-back jobs could
+let a step run between them); a load that becomes ready while a job runs gets the next job, submitted at once.
+One failing install fails its own load only. An adapter
 that the install changes (a head taken out of the model, a base-changing method placed at install, ``hf:``
 sources) is hashed after it is in the model, on an I/O thread, as before: the hash is the same either way.
 
@@ -239,9 +240,8 @@ class AdapterRegistry:
         self._pins: Counter[str] = Counter()
         self._room: asyncio.Condition | None = None
         self._installing = 0  # loads past _make_room whose adapter is not in `loaded` yet
-        self._ready: list[
-            _Install
-        ] = []  # appended on the loop, taken by the model thread (under _ready_lock)
+        # loads ready to go in: appended on the loop, taken by the model thread's install job (under _ready_lock)
+        self._ready: list[_Install] = []
         self._ready_lock = threading.Lock()
         self._install_queued = False  # a model-thread job is queued that has not taken `_ready` yet
 
