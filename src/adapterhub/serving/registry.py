@@ -14,8 +14,18 @@
   engine applies each request's head to that request's rows itself, so one pass can serve adapters with
   different heads.
 
-Everything here runs on the event loop, except ``fetch`` (I/O thread) and install/evict (the model thread, the
-same single thread that runs forward passes, so the model never changes during a pass).
+A load: ``fetch`` + ``prepare`` (read the files, build the modules) and, for an adapter that the install leaves as
+prepared (no head, placed beside the model: every LoRA of a served decoder), its sizes and weights hash, all in one
+job on an I/O thread, beside the steps; then room is made (LRU victims chosen on the loop); then the install.
+Installs are batched: every load that is ready when the model thread gets to them goes in (with its victims'
+deletions) in ONE model-thread job, one pause between two steps, instead of one job each (back-to-back jobs could
+let a step run between them); a load that becomes ready while a job runs gets the next job, submitted at once.
+One failing install fails its own load only. An adapter
+that the install changes (a head taken out of the model, a base-changing method placed at install, ``hf:``
+sources) is hashed after it is in the model, on an I/O thread, as before: the hash is the same either way.
+
+Everything here runs on the event loop, except fetch/prepare/hash (I/O thread) and install/evict (the model
+thread, the same single thread that runs forward passes, so the model never changes during a pass).
 """
 
 from __future__ import annotations
@@ -23,10 +33,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -105,21 +116,91 @@ def _swap_in(
     return model._store.adapters[name], head
 
 
-def _entry(name: str, source: AdapterSource, adapter: Any, head: Any) -> LoadedAdapter:
-    """The ``LoadedAdapter`` of an installed adapter: sizes and weights hash (any thread; reads only)."""
+@dataclass(frozen=True)
+class Described:
+    """What ``LoadedAdapter`` records of an adapter's tensors: ``parameters`` (elements), ``memory_bytes`` and the
+    ``weights_hash``."""
+
+    parameters: int
+    memory_bytes: int
+    hash: str
+
+
+def describe_tensors(adapter: Any, head: Any) -> Described:
+    """Sizes and weights hash of an adapter module and its head (None without one): the hash covers
+    ``adapter.<key>`` of every entry of the adapter's state dict and ``head.<key>`` of the head's (any thread;
+    reads only)."""
     tensors = [*adapter.parameters(), *(head.parameters() if head is not None else ())]
     named = [(f"adapter.{k}", t) for k, t in adapter.state_dict().items()]
     if head is not None:
         named += [(f"head.{k}", t) for k, t in head.state_dict().items()]
+    return Described(
+        parameters=sum(t.numel() for t in tensors),
+        memory_bytes=sum(t.numel() * t.element_size() for t in tensors),
+        hash=weights_hash(adapter.method, adapter.config, named),
+    )
+
+
+def describe_prepared(prepared: Any) -> Described | None:
+    """``describe_tensors`` of a prepared adapter BEFORE its install, where the install leaves its tensors as they
+    are: no head (the install would build one in the model) and ``placed`` (a base-changing adapter is placed at
+    install). The installed module is then the prepared one (checked at the install), so the hash equals the one
+    taken after it. None otherwise (and for ``hf`` sources, which prepare nothing): hash after the install."""
+    if prepared is None or not prepared.placed or prepared.apply_head is not None:
+        return None
+    return describe_tensors(prepared.module, None)
+
+
+def _entry(name: str, source: AdapterSource, adapter: Any, head: Any) -> LoadedAdapter:
+    """The ``LoadedAdapter`` of an installed adapter: sizes and weights hash (any thread; reads only)."""
+    return _loaded(name, source, adapter, head, describe_tensors(adapter, head))
+
+
+def _loaded(name: str, source: AdapterSource, adapter: Any, head: Any, described: Described) -> LoadedAdapter:
     return LoadedAdapter(
         name=name,
         source=source,
         method=adapter.method,
         head=head,
-        parameters=sum(t.numel() for t in tensors),
-        memory_bytes=sum(t.numel() * t.element_size() for t in tensors),
-        hash=weights_hash(adapter.method, adapter.config, named),
+        parameters=described.parameters,
+        memory_bytes=described.memory_bytes,
+        hash=described.hash,
     )
+
+
+@dataclass
+class _Install:
+    """A load ready to go in: what ``_swap_in`` takes, and the loop's future for its ``(adapter, head)``."""
+
+    name: str
+    victims: list[str]
+    source: AdapterSource
+    fetched: Any
+    prepared: Any
+    done: asyncio.Future[tuple[Any, Any]] = field(repr=False)
+
+
+def _job_error(done: asyncio.Future[Any]) -> Exception:
+    """Why a model-thread job failed as a whole, as an ``Exception`` (cancelled: a ``RuntimeError``)."""
+    if done.cancelled():
+        return RuntimeError("The adapter install job was cancelled (the server is shutting down).")
+    error = done.exception()
+    return (
+        error if isinstance(error, Exception) else RuntimeError(f"The adapter install job stopped: {error!r}")
+    )
+
+
+def _install_batch(model: Any, take: Callable[[], list[_Install]]) -> list[tuple[_Install, Any]]:
+    """On the model thread, in one pause of the steps: ``_swap_in`` every load ``take()`` hands over (those ready
+    now). Returns ``(load, (adapter, head))`` or ``(load, exception)`` per load: a failed install fails that load
+    alone."""
+    out: list[tuple[_Install, Any]] = []
+    for job in take():
+        try:
+            out.append((job, _swap_in(model, job.victims, job.source, job.fetched, job.prepared, job.name)))
+        except Exception as error:
+            out.append((job, error))
+    return out
 
 
 def _evict(model: Any, name: str) -> None:
@@ -159,6 +240,10 @@ class AdapterRegistry:
         self._pins: Counter[str] = Counter()
         self._room: asyncio.Condition | None = None
         self._installing = 0  # loads past _make_room whose adapter is not in `loaded` yet
+        # loads ready to go in: appended on the loop, taken by the model thread's install job (under _ready_lock)
+        self._ready: list[_Install] = []
+        self._ready_lock = threading.Lock()
+        self._install_queued = False  # a model-thread job is queued that has not taken `_ready` yet
 
     # ------------------------------------------------------------------ known adapters
     def register(self, name: str, source: AdapterSource | str) -> None:
@@ -259,17 +344,19 @@ class AdapterRegistry:
             source = self.sources[name]
             loop = asyncio.get_running_loop()
 
-            def fetch_and_prepare() -> tuple[Any, Any]:  # I/O thread, beside the model's steps
+            def fetch_and_prepare() -> tuple[Any, Any, Described | None]:  # I/O thread, beside the steps
                 fetched = sources.fetch(source, self.model, hub_url=self.hub_url)
-                return fetched, sources.prepare(source, fetched, self.model, name)
+                prepared = sources.prepare(source, fetched, self.model, name)
+                return fetched, prepared, describe_prepared(prepared)
 
-            fetched, prepared = await loop.run_in_executor(self._io_executor, fetch_and_prepare)
+            fetched, prepared, described = await loop.run_in_executor(self._io_executor, fetch_and_prepare)
             victims = await self._make_room()
             try:  # its slot stays reserved until it is in `loaded`
-                adapter, head = await self._run_model(
-                    _swap_in, self.model, victims, source, fetched, prepared, name
-                )
-                entry = await loop.run_in_executor(self._io_executor, _entry, name, source, adapter, head)
+                adapter, head = await self._install(name, victims, source, fetched, prepared)
+                if described is not None and adapter is prepared.module and head is None:
+                    entry = _loaded(name, source, adapter, head, described)
+                else:
+                    entry = await loop.run_in_executor(self._io_executor, _entry, name, source, adapter, head)
                 self.loaded[name] = entry
             finally:
                 self._installing -= 1
@@ -301,6 +388,61 @@ class AdapterRegistry:
             victims.append(victim)
         self._installing += 1
         return victims
+
+    async def _install(
+        self, name: str, victims: list[str], source: AdapterSource, fetched: Any, prepared: Any
+    ) -> tuple[Any, Any]:
+        """Queue the load for the model thread and wait for its ``(adapter, head)``. A job is submitted unless one
+        is queued that has not taken its loads yet: a job takes every load ready when it runs (the steps paused),
+        so loads ready together go in together, and a load that becomes ready while a job installs gets a job
+        queued right behind it on the model thread (no detour through the event loop, where the step loop could
+        start a step in between)."""
+        loop = asyncio.get_running_loop()
+        job = _Install(name, victims, source, fetched, prepared, loop.create_future())
+        with self._ready_lock:
+            self._ready.append(job)
+            submit = not self._install_queued
+            self._install_queued = True
+        if submit:
+            self._submit_install_job(loop)
+        return await job.done
+
+    def _submit_install_job(self, loop: asyncio.AbstractEventLoop) -> None:
+        taken: list[_Install] = []  # this job's loads (per job, never on the registry)
+
+        def take() -> list[_Install]:  # model thread, the steps paused
+            with self._ready_lock:
+                batch, self._ready = self._ready, []
+                self._install_queued = False
+            taken.extend(batch)
+            return batch
+
+        def installed(done: asyncio.Future[list[tuple[_Install, Any]]]) -> None:  # event loop
+            error = None if not done.cancelled() and done.exception() is None else _job_error(done)
+            if error is not None:
+                self._fail_installs(taken, error)
+                return
+            for job, outcome in done.result():
+                if isinstance(outcome, Exception):
+                    job.done.set_exception(outcome)
+                else:
+                    job.done.set_result(outcome)
+
+        try:
+            submitted = loop.run_in_executor(self._model_executor, _install_batch, self.model, take)
+        except RuntimeError as error:  # the model thread is shut down
+            self._fail_installs(taken, error)
+            return
+        submitted.add_done_callback(installed)
+
+    def _fail_installs(self, taken: list[_Install], error: Exception) -> None:
+        """An install job failed as a whole (it did not run): its loads and those waiting for a job fail."""
+        with self._ready_lock:
+            left, self._ready = self._ready, []
+            self._install_queued = False
+        for job in [*taken, *left]:
+            if not job.done.done():
+                job.done.set_exception(error)
 
     def _has_room_or_victim(self) -> bool:
         return len(self.loaded) + self._installing < self.max_loaded or self._victim() is not None
