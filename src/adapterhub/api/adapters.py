@@ -453,7 +453,9 @@ class AdapterAPIMixin(HeadsMixin):
             config = config.replace(modules_to_save=None)  # type: ignore[attr-defined]
             tensors = {k: v for k, v in tensors.items() if not k.startswith("saved.")}
         self._check_carries(config)
-        module = method_for_config(config)(name, config, dims)
+        # built to receive the file's tensors: methods that declare it skip their initialisers (AdapterModule
+        # .build_for_load); load_exact below sets every parameter and persistent buffer, or raises for a missing one
+        module = method_for_config(config).build_for_load(name, config, dims)
         self._check_base_sharing(name, module)
         self._bind_saved(module)
         tensors = module.adopt_tensors(tensors)

@@ -267,12 +267,31 @@ class AdapterModule(nn.Module):
     average_refusal: ClassVar[str | None] = None
     # whether it reads the call's positions (attention mask, cache length) at its residual points (ReFT)
     reads_positions: ClassVar[bool] = False
+    # whether ``build_for_load`` runs the initialisers (True) or builds the module with ``initialise=False``
+    # (False); read from the class's own body, never inherited: see ``build_for_load``
+    init_on_load: ClassVar[bool] = True
 
     def __init__(self, name: str, config: MethodConfig, dims: ModelDims) -> None:
         super().__init__()
         self.adapter_name = name
         self.config = config
         self.dims = dims
+
+    @classmethod
+    def build_for_load(cls, name: str, config: MethodConfig, dims: ModelDims) -> AdapterModule:
+        """The module, built only to receive saved tensors (``load_adapter``, ``prepare_adapter_from_record``).
+
+        A class whose own body sets ``init_on_load = False`` is built as ``cls(name, config, dims,
+        initialise=False)``: its constructor then skips drawing values that the load overwrites, under the contract
+        that every parameter and persistent buffer it leaves unset is in its ``state_dict`` (the load checks that
+        the file holds every key, and raises otherwise) and that every other tensor (non-persistent buffers,
+        seeded projections, derived state) is still computed as on ``add_adapter``. Any other class is built as
+        on ``add_adapter`` (its initialisers run; the load overwrites their values). The flag is read from
+        ``cls.__dict__`` so that a subclass (DoRA of LoRA, with a magnitude and other layers) never inherits the
+        promise: it must make it itself."""
+        if cls.__dict__.get("init_on_load", True):
+            return cls(name, config, dims)
+        return cls(name, config, dims, initialise=False)  # type: ignore[call-arg]
 
     @classmethod
     def linear_shapes_from(cls, tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[str, int, int], ...]:

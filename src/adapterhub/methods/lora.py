@@ -78,8 +78,18 @@ class LoRAAdapter(AdapterModule):
     # (``conv_modules``): Conv2d (LoHa's flattened kernel does not say them); LoHa / LoKr add Conv1d
     declared_conv_dims: ClassVar[tuple[int, ...]] = (2,)
 
-    def __init__(self, name: str, config: LoRAConfig, dims: ModelDims) -> None:
+    # built for a load (``build_for_load``) without drawing its factors: every parameter is in its state dict;
+    # a base-modifying init (PiSSA / OLoRA / LoftQ) still computes its factors (``init_from_base`` reads them)
+    init_on_load: ClassVar[bool] = False
+
+    def __init__(self, name: str, config: LoRAConfig, dims: ModelDims, *, initialise: bool = True) -> None:
+        """``initialise=False``: the layers' factors are left unset for a load to set (``LoRALayer``)."""
         super().__init__(name, config, dims)
+        # the layer constructors get the keyword only when it is False: subclasses' layer classes that do not
+        # take it (DoRA, VeRA, LyCORIS, OFT) are only ever built initialised (their init_on_load is True)
+        fresh: dict[str, Any] = (
+            {} if initialise or getattr(config, "modifies_base", False) else {"initialise": False}
+        )
         # a data init (init="eva" / "corda" / "lora_ga"): True until its data pass ran (model.initialize_<init>) or
         # weights were loaded (adopt_tensors)
         self.awaiting_data = getattr(config, "init", None) in DATA_INITS
@@ -92,7 +102,7 @@ class LoRAAdapter(AdapterModule):
             str, str
         ] = {}  # nn.MultiheadAttention target -> the path of its out_proj target
         if config.by_name:
-            self._init_by_name(config, dims)
+            self._init_by_name(config, dims, fresh)
         else:
             dims.check_leave_out(config.leave_out)
             for point in config.targets:
@@ -101,7 +111,7 @@ class LoRAAdapter(AdapterModule):
                 {
                     str(i): nn.ModuleDict(  # each at its own stack's widths (CLIPModel's towers differ)
                         {
-                            p: self.layer_class(*dims.linear_shape(p, i), config)
+                            p: self.layer_class(*dims.linear_shape(p, i), config, **fresh)
                             for p in dims.points_at(i, config.targets)
                         }
                     )
@@ -230,29 +240,32 @@ class LoRAAdapter(AdapterModule):
         """The copy of the module at ``path`` that runs in its place while this adapter is active."""
         return self.saved[module_key(path)]
 
-    def _init_by_name(self, config: LoRAConfig, dims: ModelDims) -> None:
-        """The modules ``target_modules`` selects: spec points (the fast path) in ``layers``, the rest by name."""
+    def _init_by_name(self, config: LoRAConfig, dims: ModelDims, fresh: dict[str, Any]) -> None:
+        """The modules ``target_modules`` selects: spec points (the fast path) in ``layers``, the rest by name
+        (``fresh``: the layers' ``initialise`` keyword, as ``__init__`` sets it)."""
         from adapterhub.methods.targeting import select_modules
 
         spec: dict[int, dict[str, LoRALayer]] = {}
         for target in select_modules(config, dims):
             module = target.module
             if module.attention:  # in_proj (E -> 3E) here, out_proj (E -> E) as a target of its own
-                lora = attention_layers(module, config, target.r, target.alpha)
+                lora = attention_layers(module, config, target.r, target.alpha, **fresh)
                 out = f"{module.path}.{OUT_PROJ}"
                 self.by_name[module_key(out)] = LoRALayer(
-                    module.d_in, module.d_in, config, target.r, target.alpha
+                    module.d_in, module.d_in, config, target.r, target.alpha, **fresh
                 )
                 self._paths[(MODULE_LAYER, module_key(out))] = out
                 self._attention[module.path] = out
             elif module.embedding:
-                lora = LoRALayer(module.d_in, module.d_out, config, target.r, target.alpha, embedding=module)
+                lora = LoRALayer(
+                    module.d_in, module.d_out, config, target.r, target.alpha, embedding=module, **fresh
+                )
             elif module.conv is not None:
-                lora = self.conv_layer_class(module, config, target.r, target.alpha)
+                lora = self.conv_layer_class(module, config, target.r, target.alpha, **fresh)
                 if len(module.conv[0]) in self.declared_conv_dims:
                     self._convs[module.path] = (module.d_in, tuple(int(k) for k in module.conv[0]))
             else:
-                lora = self.layer_class(module.d_in, module.d_out, config, target.r, target.alpha)
+                lora = self.layer_class(module.d_in, module.d_out, config, target.r, target.alpha, **fresh)
             if module.point is not None and module.layer is not None:
                 spec.setdefault(module.layer, {})[module.point] = lora
                 self._paths[(module.layer, module.point)] = module.path

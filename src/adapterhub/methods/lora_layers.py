@@ -18,7 +18,11 @@ from adapterhub.spec.configs.low_rank import keeps_initial_factors
 
 
 class LoRALayer(nn.Module):
-    """The update of one projection: ``delta(x) = s · dropout(x) Aᵀ Bᵀ``, ``(..., d_in) -> (..., d_out)``."""
+    """The update of one projection: ``delta(x) = s · dropout(x) Aᵀ Bᵀ``, ``(..., d_in) -> (..., d_out)``.
+
+    ``initialise=False`` (a module built only to receive saved weights: ``AdapterModule.build_for_load``) leaves
+    ``A`` and ``B`` unset (``torch.empty``) instead of drawing them: every tensor it leaves unset is in its state
+    dict, which the load then sets in full. Refused for base-modifying inits (their factors come from the base)."""
 
     initial_A: torch.Tensor  # PiSSA / OLoRA: the initial factors (buffers)
     initial_B: torch.Tensor
@@ -31,12 +35,20 @@ class LoRALayer(nn.Module):
         r: int | None = None,
         alpha: float | None = None,
         embedding: NamedModule | None = None,
+        *,
+        initialise: bool = True,
     ) -> None:
         super().__init__()
+        if not initialise and getattr(config, "modifies_base", False):
+            raise ConfigError(
+                f"init={config.init!r} computes LoRA's factors from the base weights, so its layers cannot be "
+                "built uninitialised; build them with initialise=True."
+            )
         r = config.r if r is None else r  # rank_pattern / alpha_pattern give per-module values
         alpha = config.alpha if alpha is None else alpha
         self.lora_A = nn.Parameter(torch.empty(r, d_in))  # (r, d_in)
-        self.lora_B = nn.Parameter(torch.zeros(d_out, r))  # (d_out, r)
+        # (d_out, r): zero (the update starts at zero) unless the load sets it
+        self.lora_B = nn.Parameter(torch.zeros(d_out, r) if initialise else torch.empty(d_out, r))
         self.dropout = nn.Dropout(config.dropout)
         self.scaling = config.scaling_for(r, alpha)
         # an nn.Embedding target (peft's lora_embedding_A/B): the input is token ids, A is looked up by them
@@ -48,7 +60,9 @@ class LoRALayer(nn.Module):
                 f"{embedding.path}; use init='lora' or 'gaussian', or leave it out of target_modules."
             )
         with torch.no_grad():
-            if self.embedding:  # as peft: A zero, B normal (still the identity at first)
+            if not initialise:  # the load sets A and B
+                pass
+            elif self.embedding:  # as peft: A zero, B normal (still the identity at first)
                 nn.init.zeros_(self.lora_A)
                 nn.init.normal_(self.lora_B)
             elif config.init == "gaussian":
@@ -108,25 +122,33 @@ class ConvLoRALayer(LoRALayer):
     *spatial')`` (1, 2 or 3 spatial dimensions, as many as the kernel has)."""
 
     def __init__(
-        self, module: NamedModule, config: LoRAConfig, r: int | None = None, alpha: float | None = None
+        self,
+        module: NamedModule,
+        config: LoRAConfig,
+        r: int | None = None,
+        alpha: float | None = None,
+        *,
+        initialise: bool = True,
     ) -> None:
         if config.init not in ("lora", "gaussian"):
             raise ConfigError(
                 f"init={config.init!r} is implemented for linear targets only, not for the nn.{module.type_name} "
                 f"target {module.path}; use init='lora' or 'gaussian', or leave it out of target_modules."
             )
-        super().__init__(module.d_in, module.d_out, config, r, alpha)
+        super().__init__(module.d_in, module.d_out, config, r, alpha, initialise=initialise)
         kernel, self.stride, self.padding = module.conv  # type: ignore[misc]
         self.conv_fn = _CONV_FN[len(kernel)]  # F.conv1d / conv2d / conv3d
         r = self.lora_A.shape[0]
         a = torch.empty(r, module.d_in, *kernel)  # (r, c_in, *kernel)
-        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        if config.init == "gaussian":
-            nn.init.normal_(a, std=1.0 / r)
+        if initialise:
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+            if config.init == "gaussian":
+                nn.init.normal_(a, std=1.0 / r)
         self.lora_A = nn.Parameter(a)
-        # grouped as the module (peft): (c_out, r / groups, 1, ...)
+        # grouped as the module (peft): (c_out, r / groups, 1, ...); zero unless the load sets it
         self.groups = module.groups
-        self.lora_B = nn.Parameter(torch.zeros(module.d_out, r // self.groups, *(1,) * len(kernel)))
+        shape_b = (module.d_out, r // self.groups, *(1,) * len(kernel))
+        self.lora_B = nn.Parameter(torch.zeros(shape_b) if initialise else torch.empty(shape_b))
 
     def _down(self, x: torch.Tensor) -> torch.Tensor:
         if self.dropout.p > 0:

@@ -105,7 +105,9 @@ class AttentionModuleInputs(PointInputs):
         return refused_block(what)
 
 
-def attention_layers(module: NamedModule, config: LoRAConfig, r: int, alpha: float) -> LoRALayer:
+def attention_layers(
+    module: NamedModule, config: LoRAConfig, r: int, alpha: float, *, initialise: bool = True
+) -> LoRALayer:
     """The in_proj update of the ``nn.MultiheadAttention`` ``module``: a ``LoRALayer`` ``E -> 3E`` (peft's
     ``lora_A`` ``(r, E)``, ``lora_B`` ``(3E, r)``, initialised as a Linear's). Refuses the inits that read or change
     the base weight (peft's MultiheadAttention LoRA merges its factors into the weights it reads at each call)."""
@@ -114,7 +116,7 @@ def attention_layers(module: NamedModule, config: LoRAConfig, r: int, alpha: flo
             f"init={config.init!r} is implemented for linear targets only, not for the nn.MultiheadAttention target "
             f"{module.path}; use init='lora' or 'gaussian', or leave it out of target_modules."
         )
-    return LoRALayer(module.d_in, module.d_out, config, r, alpha)
+    return LoRALayer(module.d_in, module.d_out, config, r, alpha, initialise=initialise)
 
 
 def refused_block(what: str) -> ConfigError:
