@@ -1,5 +1,5 @@
 """A load builds an adapter's modules only to receive the file's tensors (``AdapterModule.build_for_load``): methods
-that declare ``init_on_load = False`` (LoRA) skip their initialisers there, every other method keeps them. For
+that declare ``init_on_load = False`` (LoRA, DoRA, bottleneck) skip their initialisers there, every other method keeps them. For
 every registered method, save -> load through that path gives bit-equal outputs; LoRA's initialiser does not run
 on a load and does on ``add_adapter``; a file missing a tensor still raises."""
 
@@ -14,8 +14,9 @@ from safetensors.torch import load_file, save_file
 import adapterhub
 from adapterhub.errors import AdapterFileError
 from adapterhub.methods.base import METHODS, ModelDims
-from adapterhub.methods.dora import DoRAAdapter
+from adapterhub.methods.bottleneck import uninitialised_linear
 from adapterhub.methods.lora import LoRAAdapter
+from adapterhub.methods.vera import VeraAdapter
 from adapterhub.spec.configs import resolve_config
 from tiny_models import build, make_inputs, perturb
 
@@ -86,7 +87,7 @@ def _refuse_init(monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("an initialiser ran")
 
-    for name in ("kaiming_uniform_", "normal_", "zeros_"):
+    for name in ("kaiming_uniform_", "normal_", "trunc_normal_", "zeros_"):
         monkeypatch.setattr(torch.nn.init, name, refuse)
 
 
@@ -102,19 +103,32 @@ def test_lora_load_runs_no_initialiser_and_add_does(config, tmp_path, monkeypatc
 
 
 def test_the_promise_is_not_inherited(monkeypatch):
-    """DoRA subclasses LoRA but adds a magnitude and its own layers: it is built initialised for a load."""
-    assert LoRAAdapter.__dict__["init_on_load"] is False and "init_on_load" not in DoRAAdapter.__dict__
+    """VeRA subclasses LoRA but builds other layers (and seeded shared projections): it is built initialised for a
+    load unless it declares otherwise itself."""
+    assert LoRAAdapter.__dict__["init_on_load"] is False and "init_on_load" not in VeraAdapter.__dict__
     model = adapterhub.init(build("llama"))
     dims: ModelDims = model.model_dims()
-    config = resolve_config(CONFIGS["dora"])
-    calls = []
-    real = torch.nn.init.kaiming_uniform_
-    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", lambda *a, **k: calls.append(1) or real(*a, **k))
-    module = DoRAAdapter.build_for_load("d", config, dims)
-    assert isinstance(module, DoRAAdapter) and calls
-    calls.clear()
-    LoRAAdapter.build_for_load("l", resolve_config(CONFIGS["lora"]), dims)
-    assert not calls
+    built = []
+    real = VeraAdapter.__init__
+
+    def spy(self, *args, **kwargs):
+        built.append(kwargs)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(VeraAdapter, "__init__", spy)
+    module = VeraAdapter.build_for_load("v", resolve_config(CONFIGS["vera"]), dims)
+    assert isinstance(module, VeraAdapter) and built == [{}]
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "bottleneck"])
+def test_declared_methods_build_without_initialisers(method, monkeypatch):
+    model = adapterhub.init(build("llama"))
+    config = resolve_config(CONFIGS[method])
+    _refuse_init(monkeypatch)
+    module = METHODS[method].build_for_load("x", config, model.model_dims())
+    assert sum(p.numel() for p in module.parameters()) > 0
+    with pytest.raises(AssertionError, match="an initialiser ran"):
+        METHODS[method]("y", config, model.model_dims())
 
 
 def test_a_base_modifying_init_still_initialises_and_round_trips(tmp_path):
@@ -135,3 +149,18 @@ def test_a_file_missing_a_tensor_still_raises(tmp_path):
     with pytest.raises(AdapterFileError, match=rf"missing \['{re.escape(dropped)}'\]"):
         fresh.load_adapter(tmp_path / "a")
     assert "a" not in fresh._adapterhub.adapters
+
+
+def test_an_uninitialised_linear_is_an_nn_linear_attribute_for_attribute():
+    built, real = uninitialised_linear(6, 4), torch.nn.Linear(6, 4)
+    assert type(built) is torch.nn.Linear
+    assert {k: v for k, v in vars(built).items() if not k.startswith("_")} == {
+        k: v for k, v in vars(real).items() if not k.startswith("_")
+    }
+    assert set(vars(built)) == set(vars(real))
+    assert {k: v.shape for k, v in built.state_dict().items()} == {
+        k: v.shape for k, v in real.state_dict().items()
+    }
+    x = torch.randn(3, 6)
+    built.load_state_dict(real.state_dict())
+    assert torch.equal(built(x), real(x))

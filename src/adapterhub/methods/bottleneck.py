@@ -61,9 +61,20 @@ class BottleneckLayer(nn.Module):
         width: int,
         config: BottleneckConfig,
         linear: Callable[[int, int], nn.Module] = nn.Linear,
+        *,
+        initialise: bool = True,
     ) -> None:
-        """``linear(d_in, d_out)`` builds the down and up projections (``nn.Linear``; Compacter: PHM layers)."""
+        """``linear(d_in, d_out)`` builds the down and up projections (``nn.Linear``; Compacter: PHM layers).
+        ``initialise=False`` (a layer built only to receive saved weights): ``nn.Linear`` projections built without
+        their initialisers (``uninitialised_linear``) and no ``reset_parameters``: every parameter is saved."""
         super().__init__()
+        if not initialise:
+            if linear is not nn.Linear:
+                raise ConfigError(
+                    "BottleneckLayer builds uninitialised nn.Linear projections only; build other projections "
+                    "with initialise=True."
+                )
+            linear = uninitialised_linear
         self.config = config
         self.norm_before = nn.LayerNorm(hidden_size) if config.ln_before else None
         self.down: nn.Linear = linear(hidden_size, width)  # type: ignore[assignment]  # (m, d)
@@ -78,7 +89,8 @@ class BottleneckLayer(nn.Module):
             self.scaling = nn.Parameter(torch.ones(hidden_size))
         else:
             self.scaling = float(config.scaling)
-        self.reset_parameters()
+        if initialise:
+            self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Near-identity init: ``bert`` = N(0, 0.02) weights and zero biases; ``houlsby`` = N(0, 1e-2) truncated at
@@ -114,6 +126,19 @@ class BottleneckLayer(nn.Module):
         if self.config.adapter_residual_before_ln:
             return self.norm_after(out + adapter_residual)
         return self.norm_after(out) + adapter_residual
+
+
+def uninitialised_linear(d_in: int, d_out: int) -> nn.Linear:
+    """``nn.Linear(d_in, d_out)`` with its weight ``(d_out, d_in)`` and bias ``(d_out,)`` left unset: the
+    attributes ``nn.Linear.__init__`` sets, without its ``reset_parameters`` (``torch.nn.utils.skip_init`` runs
+    that on the meta device, at twice the cost of a plain construction; this is a fifth of it).
+    tests/methods/test_load_noinit.py checks it matches ``nn.Linear`` attribute for attribute."""
+    linear = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(linear)
+    linear.in_features, linear.out_features = d_in, d_out
+    linear.weight = nn.Parameter(torch.empty(d_out, d_in))  # (d_out, d_in)
+    linear.bias = nn.Parameter(torch.empty(d_out))  # (d_out,)
+    return linear
 
 
 def plain_layer(layer: BottleneckLayer) -> bool:
@@ -237,9 +262,18 @@ class BottleneckAdapter(AdapterModule):
     config_cls = BottleneckConfig
     config: BottleneckConfig
     sequential: ClassVar[bool] = True  # False for adapters beside the sub-layer (methods/parallel_adapter.py)
+    # built for a load with its layers' projections unset (every parameter is saved; the scaling constant and
+    # activation come from the config)
+    init_on_load: ClassVar[bool] = False
 
-    def __init__(self, name: str, config: BottleneckConfig, dims: ModelDims) -> None:
+    def __init__(
+        self, name: str, config: BottleneckConfig, dims: ModelDims, *, initialise: bool = True
+    ) -> None:
+        """``initialise=False``: the layers' parameters are left unset for a load to set (``BottleneckLayer``)."""
         super().__init__(name, config, dims)
+        # the keyword goes to make_layer only when False: subclasses' make_layer (Compacter, gated) do not take it
+        # and are only ever built initialised (their init_on_load is True)
+        fresh: dict[str, Any] = {} if initialise else {"initialise": False}
         dims.check_leave_out(config.leave_out)
         unknown = [site for site in config.sites if dims.residual_points and site not in dims.residual_points]
         if unknown:
@@ -253,7 +287,7 @@ class BottleneckAdapter(AdapterModule):
             {
                 str(i): nn.ModuleDict(
                     {
-                        site: self.make_layer(dims.hidden_size_at(i), widths[i], config)
+                        site: self.make_layer(dims.hidden_size_at(i), widths[i], config, **fresh)
                         for site in dims.points_at(i, config.sites)  # cross_attn: decoder layers only
                     }
                 )
@@ -262,9 +296,11 @@ class BottleneckAdapter(AdapterModule):
             }
         )
 
-    def make_layer(self, hidden_size: int, width: int, config: BottleneckConfig) -> BottleneckLayer:
+    def make_layer(
+        self, hidden_size: int, width: int, config: BottleneckConfig, *, initialise: bool = True
+    ) -> BottleneckLayer:
         """The adapter at one site (subclasses build other layers, e.g. Compacter's PHM projections)."""
-        return BottleneckLayer(hidden_size, width, config)
+        return BottleneckLayer(hidden_size, width, config, initialise=initialise)
 
     def points(self, layer: int) -> tuple[Point, ...]:
         key = str(layer)

@@ -251,5 +251,9 @@ class CompacterAdapter(BottleneckAdapter):
         if shared is not None:
             self.shared = shared
 
-    def make_layer(self, hidden_size: int, width: int, config: BottleneckConfig) -> BottleneckLayer:
+    def make_layer(
+        self, hidden_size: int, width: int, config: BottleneckConfig, *, initialise: bool = True
+    ) -> BottleneckLayer:
+        if not initialise:  # never asked: init_on_load is True here (build_for_load reads each class's own)
+            raise ConfigError(f"{type(self).__name__} builds its layers initialised only.")
         return CompacterLayer(hidden_size, width, config, self._pending_shared)  # type: ignore[arg-type]

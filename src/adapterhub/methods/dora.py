@@ -69,10 +69,18 @@ class DoRALayer(LoRALayer):
     """LoRA's ``A``, ``B`` and the magnitude ``m`` ``(d_out,)`` of one projection."""
 
     def __init__(
-        self, d_in: int, d_out: int, config: LoRAConfig, r: int | None = None, alpha: float | None = None
+        self,
+        d_in: int,
+        d_out: int,
+        config: LoRAConfig,
+        r: int | None = None,
+        alpha: float | None = None,
+        *,
+        initialise: bool = True,
     ) -> None:
-        super().__init__(d_in, d_out, config, r, alpha)
-        self.magnitude = nn.Parameter(torch.ones(d_out))
+        """``initialise=False``: ``A``, ``B`` and ``m`` left unset for a load to set (all three are saved)."""
+        super().__init__(d_in, d_out, config, r, alpha, initialise=initialise)
+        self.magnitude = nn.Parameter(torch.ones(d_out) if initialise else torch.empty(d_out))  # (d_out,)
 
     def add_dora(self, running: torch.Tensor, inputs: LinearInputs) -> torch.Tensor:
         weight = inputs.require_weight("DoRA")
@@ -97,11 +105,19 @@ class DoRAConvLayer(ConvLoRALayer):
     with ``conv(x, W)`` the module's convolution without its bias (of ``dropout(x)`` while dropout is active)."""
 
     def __init__(
-        self, module: NamedModule, config: LoRAConfig, r: int | None = None, alpha: float | None = None
+        self,
+        module: NamedModule,
+        config: LoRAConfig,
+        r: int | None = None,
+        alpha: float | None = None,
+        *,
+        initialise: bool = True,
     ) -> None:
-        super().__init__(module, config, r, alpha)
+        """``initialise=False``: ``A``, ``B`` and ``m`` left unset for a load to set (all three are saved)."""
+        super().__init__(module, config, r, alpha, initialise=initialise)
         kernel = module.conv[0]  # type: ignore[index]
-        self.magnitude = nn.Parameter(torch.ones(1, module.d_out, *(1,) * len(kernel)))  # (1, c_out, 1, ...)
+        shape = (1, module.d_out, *(1,) * len(kernel))  # (1, c_out, 1, ...)
+        self.magnitude = nn.Parameter(torch.ones(shape) if initialise else torch.empty(shape))
 
     def add_dora(self, running: torch.Tensor, inputs: LinearInputs) -> torch.Tensor:
         weight = inputs.require_weight("DoRA")  # (c_out, c_in, *kernel)
@@ -131,8 +147,12 @@ class DoRAAdapter(LoRAAdapter):
     layer_class: ClassVar[type[LoRALayer]] = DoRALayer
     conv_layer_class: ClassVar[type[ConvLoRALayer]] = DoRAConvLayer
 
-    def __init__(self, name: str, config: DoRAConfig, dims: ModelDims) -> None:
-        super().__init__(name, config, dims)
+    # built for a load without drawing or filling A, B and m (all in its state dict; m is computed from the base
+    # only on add, by init_from_base); no base-modifying init
+    init_on_load: ClassVar[bool] = False
+
+    def __init__(self, name: str, config: DoRAConfig, dims: ModelDims, *, initialise: bool = True) -> None:
+        super().__init__(name, config, dims, initialise=initialise)
         self._merge_norms: dict[tuple[int, str], torch.Tensor] = {}
 
     def init_from_base(self, base: BaseWeights) -> None:

@@ -127,7 +127,11 @@ class GatedBottleneckAdapter(BottleneckAdapter):
     config_cls = GatedBottleneckConfig  # type: ignore[assignment]
     composable: ClassVar[frozenset[str]] = NOT_FUSED
 
-    def make_layer(self, hidden_size: int, width: int, config: BottleneckConfig) -> BottleneckLayer:
+    def make_layer(
+        self, hidden_size: int, width: int, config: BottleneckConfig, *, initialise: bool = True
+    ) -> BottleneckLayer:
+        if not initialise:  # never asked: init_on_load is True here (build_for_load reads each class's own)
+            raise ConfigError(f"{type(self).__name__} builds its layers initialised only.")
         return GatedBottleneckLayer(hidden_size, width, config)
 
     def batch_split_grouped(
