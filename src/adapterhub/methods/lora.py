@@ -86,7 +86,7 @@ class LoRAAdapter(AdapterModule):
         """``initialise=False``: the layers' factors are left unset for a load to set (``LoRALayer``)."""
         super().__init__(name, config, dims)
         # the layer constructors get the keyword only when it is False: subclasses' layer classes that do not
-        # take it (DoRA, VeRA, LyCORIS, OFT) are only ever built initialised (their init_on_load is True)
+        # take it (VeRA, LyCORIS, OFT, AdaLoRA) are only ever built initialised (their init_on_load is True)
         fresh: dict[str, Any] = (
             {} if initialise or getattr(config, "modifies_base", False) else {"initialise": False}
         )
