@@ -183,3 +183,55 @@ def test_dynamo_reads_a_traced_context_var_in_fullgraph_and_guards_on_its_value(
         if token is not None:
             var.reset(token)
     assert counter.frame_count == 3
+
+
+def test_fullgraph_with_flexible_heads_fusion_and_parallel_under_adapter_setup_equals_eager():
+    """The per-call setup picks the head (named like its last adapter), a Fuse block and Parallel's branches under
+    one compiled model; the fusion's attention weights are recorded from the compiled call as from eager."""
+    from adapterhub import Fuse, Parallel
+    from adapterhub.runtime.fusion import record_fusion_attentions
+
+    model = adapterhub.init(build("bert"))
+    for i, name in enumerate("ab"):
+        model.add_adapter(name, config="pfeiffer")
+        perturb(model._adapterhub.adapters[name], seed=21 + i)
+        model.add_classification_head(name, num_labels=2 + i)
+    model.add_adapter_fusion(Fuse("a", "b"))
+    ids = _ids()
+
+    def call(target: torch.nn.Module, setup: object) -> object:
+        with torch.no_grad(), model.adapter_setup(setup):
+            return target(input_ids=ids)
+
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    for setup, labels in (("a", 2), ("b", 3), ("a", 2)):
+        out, expected = call(compiled, setup), call(model, setup)
+        assert out.logits.shape == (2, labels)
+        torch.testing.assert_close(out.logits, expected.logits, atol=1e-5, rtol=0)
+    for target in (model, compiled):
+        with record_fusion_attentions() as records:
+            out = call(target, Fuse("a", "b"))
+        if target is model:
+            expected, expected_records = out, records
+    torch.testing.assert_close(out.logits, expected.logits, atol=1e-5, rtol=0)
+    assert len(records) == len(expected_records) == 2  # one fusion site per layer of the 2-layer model
+    for got, want in zip(records, expected_records):
+        assert got[:3] == want[:3]
+        torch.testing.assert_close(got[3], want[3], atol=1e-5, rtol=0)
+    out, expected = call(compiled, Parallel("a", "b")), call(model, Parallel("a", "b"))
+    torch.testing.assert_close(out.last_hidden_state, expected.last_hidden_state, atol=1e-5, rtol=0)
+    for branch, want in zip(out, expected):
+        torch.testing.assert_close(branch.logits, want.logits, atol=1e-5, rtol=0)
+
+
+def test_fullgraph_past_the_recompile_limit_raises_rather_than_reusing_another_setups_graph():
+    model = _model("bert", "base", "houlsby")
+    ids = _ids()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for setup in ("a", "b"):
+            torch.testing.assert_close(
+                _out(compiled, ids, setup, None), _out(model, ids, setup, None), atol=1e-5, rtol=0
+            )
+        with pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit):
+            _out(compiled, ids, Stack("a", "b"), None)
