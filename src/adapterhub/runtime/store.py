@@ -3,7 +3,8 @@ call at each attachment point.
 
 The store is an ``nn.Module`` attached to the model as ``model._adapterhub`` (so optimisers, ``.to()``, DDP and
 state dicts see its parameters). It holds no per-call state (``adapterhub.runtime.callstate`` does): many threads may run
-the same model at once, each with its own ``with model.adapter_setup(...)``.
+the same model at once, each with its own ``with model.adapter_setup(...)``. That per-call setup is a
+``TracedContextVar``, which torch.compile (``fullgraph=True``) reads while tracing and guards on, per call and thread.
 """
 
 from __future__ import annotations
