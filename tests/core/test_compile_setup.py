@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,11 @@ from adapterhub.runtime.traced_context import TracedContextVar
 from tiny_models import build, perturb
 
 # (arch, model kind, adapter config)
-MODELS = [("bert", "base", "houlsby"), ("llama", "causal_lm", "lora[r=4]")]
+MODELS = [
+    ("bert", "base", "houlsby"),
+    # a minute of compiling; Llama's per-call setups are also in the threads test
+    pytest.param("llama", "causal_lm", "lora[r=4]", marks=pytest.mark.slow),
+]
 # (setup, per-call skip_layers)
 SETUPS = [
     ("a", None),
@@ -86,12 +91,34 @@ def test_fullgraph_under_adapter_setup_equals_eager_and_compiles_once_per_setup(
         torch.testing.assert_close(compiled(input_ids=ids)[0], eager[2], atol=1e-5, rtol=0)
 
 
-def test_threads_calling_one_compiled_model_each_get_their_own_setup():
-    model = _model("llama", "causal_lm", "lora[r=4]")
+def _with_heads() -> torch.nn.Module:
+    """Tiny BERT with adapters and flexible classification heads "a" (2 labels) and "b" (3 labels)."""
+    model = adapterhub.init(build("bert"))
+    for i, name in enumerate("ab"):
+        model.add_adapter(name, config="pfeiffer")
+        perturb(model._adapterhub.adapters[name], seed=21 + i)
+        model.add_classification_head(name, num_labels=2 + i)
+    return model
+
+
+@pytest.mark.parametrize("heads", [False, True], ids=["llama_lora", "bert_heads"])
+def test_threads_calling_one_compiled_model_each_get_their_own_setup(heads):
+    """Two threads start cold together on one compiled model, each under its own setup (with heads: each its own
+    head, of another number of labels; the per-call head state crosses hooks in this thread's ``CallState``)."""
+    model = _with_heads() if heads else _model("llama", "causal_lm", "lora[r=4]")
     ids = _ids()
     names = ("a", "b")
-    expected = {name: _out(model, ids, name, None) for name in names}
-    assert not torch.allclose(expected["a"], expected["b"], atol=1e-4)
+
+    def first(out: Any) -> torch.Tensor:  # the head's logits, else the hidden states / LM logits
+        return out.logits if heads else out[0]
+
+    expected = {}
+    for name in names:
+        with torch.no_grad(), model.adapter_setup(name):
+            expected[name] = first(model(input_ids=ids))
+    assert expected["a"].shape != expected["b"].shape or not torch.allclose(
+        expected["a"], expected["b"], atol=1e-4
+    )
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     barrier = threading.Barrier(len(names))
     results: dict[str, list[torch.Tensor]] = {name: [] for name in names}
@@ -102,7 +129,8 @@ def test_threads_calling_one_compiled_model_each_get_their_own_setup():
             barrier.wait()  # both start cold: each thread's first call compiles (or waits for the other's compile)
             for _ in range(12):
                 with torch.no_grad(), model.adapter_setup(name):
-                    results[name].append(compiled(input_ids=ids).logits)
+                    out = compiled(input_ids=ids)
+                results[name].append(first(out))
         except BaseException as error:  # handed to the main thread
             errors.append(error)
 
@@ -191,11 +219,7 @@ def test_fullgraph_with_flexible_heads_fusion_and_parallel_under_adapter_setup_e
     from adapterhub import Fuse, Parallel
     from adapterhub.runtime.fusion import record_fusion_attentions
 
-    model = adapterhub.init(build("bert"))
-    for i, name in enumerate("ab"):
-        model.add_adapter(name, config="pfeiffer")
-        perturb(model._adapterhub.adapters[name], seed=21 + i)
-        model.add_classification_head(name, num_labels=2 + i)
+    model = _with_heads()
     model.add_adapter_fusion(Fuse("a", "b"))
     ids = _ids()
 
