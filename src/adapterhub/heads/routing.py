@@ -22,7 +22,6 @@ cannot swap each other's hidden states or labels. Hooks are small objects holdin
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -249,7 +248,8 @@ class _ApplyHead(AdapterHook):
             values[name] = getattr(output, name, None) if not isinstance(output, tuple) else None
             if values[name] is None and not is_tuple:
                 values[name] = getattr(base_output, name, None)
-        fields = {f.name for f in dataclasses.fields(head.output_type)}  # type: ignore[arg-type]
+        # the output class's fields (not ``dataclasses.fields``, which torch.compile cannot trace)
+        fields: dict[str, Any] = getattr(head.output_type, "__dataclass_fields__")  # noqa: B009
         new_output = head.output_type(**{k: v for k, v in values.items() if k in fields})
         if isinstance(output, tuple):  # return_dict=False
             return new_output.to_tuple()

@@ -26,7 +26,6 @@ off-diagonal entry ``1e-6``. Regulariser (paper): while training, ``λ · Σ_sit
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import json
 import os
@@ -41,6 +40,7 @@ from torch.nn import functional as F
 
 from adapterhub.errors import AdapterNotFoundError, ConfigError, did_you_mean
 from adapterhub.methods.base import AdapterModule, Point, PointInputs
+from adapterhub.runtime.traced_context import TracedContextVar
 from adapterhub.spec.composition import Fuse, Setup, fuse_blocks, parallel_block
 
 if TYPE_CHECKING:
@@ -227,8 +227,9 @@ class AdapterFusion(nn.Module):
 # ------------------------------------------------------------------------------------------------ compute
 
 
-_RECORDING: contextvars.ContextVar[list[tuple[str, int, str, torch.Tensor]] | None] = contextvars.ContextVar(
-    "adapterhub_fusion_recording", default=None
+# per thread / task, and read by torch.compile while tracing (``traced_context``)
+_RECORDING: TracedContextVar[list[tuple[str, int, str, torch.Tensor]] | None] = TracedContextVar(
+    "adapterhub_fusion_recording", None
 )
 
 

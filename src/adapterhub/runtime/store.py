@@ -3,13 +3,13 @@ call at each attachment point.
 
 The store is an ``nn.Module`` attached to the model as ``model._adapterhub`` (so optimisers, ``.to()``, DDP and
 state dicts see its parameters). It holds no per-call state (``adapterhub.runtime.callstate`` does): many threads may run
-the same model at once, each with its own ``with model.adapter_setup(...)``.
+the same model at once, each with its own ``with model.adapter_setup(...)``. That per-call setup is a
+``TracedContextVar``, which torch.compile (``fullgraph=True``) reads while tracing and guards on, per call and thread.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,6 +20,7 @@ from torch import nn
 from adapterhub.methods.base import EMBEDDING, LINEAR, MODULE, AdapterModule, PointInputs
 from adapterhub.runtime import callstate
 from adapterhub.runtime.interpreter import PointRun, run_setup
+from adapterhub.runtime.traced_context import TracedContextVar
 from adapterhub.spec.composition import Setup, parallel_block, setup_names
 
 STORE_ATTR = "_adapterhub"
@@ -48,8 +49,9 @@ class AdapterStore(nn.Module):
         self.skip_layers: frozenset[int] = frozenset()
         # the transformer layer of each module point's module (``("module", path)`` points report layer -1)
         self.module_layers: dict[str, int] = {}
-        self._override: contextvars.ContextVar[tuple[Setup | None, frozenset[int] | None] | None] = (
-            contextvars.ContextVar(f"adapterhub_setup_{id(self)}", default=None)
+        # per thread / task; a context variable torch.compile reads while tracing and guards on (``traced_context``)
+        self._override: TracedContextVar[tuple[Setup | None, frozenset[int] | None] | None] = (
+            TracedContextVar(f"adapterhub_setup_{id(self)}", None)
         )
         self._overrides_open = 0  # `with adapter_setup(...)` blocks open in any thread
         self._count_lock = threading.Lock()
@@ -61,8 +63,8 @@ class AdapterStore(nn.Module):
         # serving step changes as sequences join and leave) asks each name once per point, not each adapter
         self._sites_of: dict[str, dict[tuple[int, str, str], bool]] = {}
         # ``observing``: a per-call function that sees the inputs of every linear / module point instead of adapters
-        self._observer: contextvars.ContextVar[Observer | None] = contextvars.ContextVar(
-            f"adapterhub_observer_{id(self)}", default=None
+        self._observer: TracedContextVar[Observer | None] = TracedContextVar(
+            f"adapterhub_observer_{id(self)}", None
         )
         self._observers_open = 0
 
@@ -82,11 +84,19 @@ class AdapterStore(nn.Module):
                 self._observers_open -= 1
 
     def _current_observer(self) -> Observer | None:
-        return self._observer.get() if self._observers_open else None
+        # while torch.compile traces: the variable always, not the count of open blocks (which other threads change),
+        # so that graphs are guarded on this call's variable only
+        if self._observers_open or torch.compiler.is_compiling():
+            return self._observer.get()
+        return None
 
     # ---- called from the hooks
     def current_setup(self) -> Setup | None:
-        if self._overrides_open == 0:  # fast path, and traceable by torch.compile
+        """The setup of this call: this thread's / task's ``adapter_setup``, else the model's active setup. While
+        torch.compile traces, the per-call variable is read always (not the count of open blocks, which other threads
+        change): the graph is guarded on this call's value (``traced_context``), so a call under another setup, in
+        any thread, runs another graph."""
+        if not torch.compiler.is_compiling() and self._overrides_open == 0:  # fast path
             return self.active_setup
         override = self._override.get()
         return override[0] if override is not None else self.active_setup
@@ -94,7 +104,7 @@ class AdapterStore(nn.Module):
     def current_skip(self) -> frozenset[int]:
         """The layers whose adapters this call leaves out (AdapterDrop): the per-call ``skip_layers`` given with
         ``adapter_setup``, else the model's."""
-        if self._overrides_open == 0:
+        if not torch.compiler.is_compiling() and self._overrides_open == 0:
             return self.skip_layers
         override = self._override.get()
         if override is None or override[1] is None:
@@ -104,28 +114,33 @@ class AdapterStore(nn.Module):
     def uses(self, kind: str) -> bool:
         """Whether an adapter of the current setup attaches at points of ``kind`` (hooks of other kinds return
         at once)."""
-        if self._observers_open and self._current_observer() is not None:
+        if (self._observers_open or torch.compiler.is_compiling()) and self._current_observer() is not None:
             return kind in (LINEAR, MODULE)
         setup = self.current_setup()
         if setup is None:
             return False
+        if torch.compiler.is_compiling():  # no memo while tracing (see ``_sits_at``)
+            return kind in self._kinds_of(setup)
         kinds = self._kinds.get(setup)
         if kinds is None:
-            adapters = self.adapters
-            kinds = frozenset(
-                kind
-                for name in setup_names(setup)
-                if name in adapters and name not in self.merged
-                for kind in adapters[name].kinds()  # type: ignore[operator]
-            )
+            kinds = self._kinds_of(setup)
             if len(self._kinds) >= 4096:  # setups differ by batch sizes in serving: keep the memo bounded
                 self._kinds.clear()
             self._kinds[setup] = kinds
         return kind in kinds
 
+    def _kinds_of(self, setup: Setup) -> frozenset[str]:
+        adapters = self.adapters
+        return frozenset(
+            kind
+            for name in setup_names(setup)
+            if name in adapters and name not in self.merged
+            for kind in adapters[name].kinds()  # type: ignore[operator]
+        )
+
     def point_forward(self, layer: int, kind: str, point: str, inputs: PointInputs) -> torch.Tensor | None:
         """The value that replaces the output at ``(kind, point)`` of ``layer``, or None to leave it alone."""
-        if self._observers_open:
+        if self._observers_open or torch.compiler.is_compiling():
             observer = self._current_observer()
             if observer is not None:
                 if kind in (LINEAR, MODULE):
@@ -191,7 +206,16 @@ class AdapterStore(nn.Module):
         the interpreter gives the base value, so the hook returns at once. Memoised per set of names (a packed or
         BatchSplit setup differs step by step in its sizes only) and per name (a new mix asks each of its names once per
         point, not each adapter module), forgotten by ``changed()``; a name the model
-        lacks answers True, so that the interpreter raises its error."""
+        lacks answers True, so that the interpreter raises its error. While torch.compile traces, asked afresh: a
+        graph that read the memos would be guarded on their contents, which grow with every new setup (each growth
+        would recompile every graph)."""
+        if torch.compiler.is_compiling():
+            adapters = self.adapters
+            names_now = setup_names(setup)
+            return any(name not in adapters for name in names_now) or any(
+                name not in self.merged and bool(adapters[name].present(layer, kind, point))  # type: ignore[operator]
+                for name in names_now
+            )
         names = self._names.get(setup)
         if names is None:
             names = frozenset(setup_names(setup))
@@ -249,8 +273,8 @@ class AdapterStore(nn.Module):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._override = contextvars.ContextVar(f"adapterhub_setup_{id(self)}", default=None)
-        self._observer = contextvars.ContextVar(f"adapterhub_observer_{id(self)}", default=None)
+        self._override = TracedContextVar(f"adapterhub_setup_{id(self)}", None)
+        self._observer = TracedContextVar(f"adapterhub_observer_{id(self)}", None)
         self._observers_open = getattr(self, "_observers_open", 0)  # stores pickled before observing existed
         self._count_lock = threading.Lock()
 
