@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,8 +48,9 @@ WORDS = [
 ]
 
 
-@pytest.mark.slow
-def test_load_bench_runs_every_phase(tmp_path: Path) -> None:
+def run_bench(tmp_path: Path, *extra: str) -> tuple[dict[str, Any], Path]:
+    """Run the bench on a tiny chat Llama (40 registered adapters, 4 resident, 4 streams, 3 s loops) with
+    ``extra`` options; ``(its json, its output folder)``."""
     (tmp_path / "model").mkdir()
     save_chat_llama(tmp_path / "model", WORDS, context=256)
     out = tmp_path / "out"
@@ -56,12 +58,17 @@ def test_load_bench_runs_every_phase(tmp_path: Path) -> None:
         sys.executable,
         str(ROOT / "bench" / "serve" / "openai_load.py"),
         *("--model", str(tmp_path / "model"), "--threads", "1", "--registered", "40", "--resident", "4"),
-        *("--seconds", "3", "--requests", "6", "--concurrency", "4", "--max-queue", "4"),
+        *("--seconds", "3", "--concurrency", "4", "--max-queue", "4", *extra),
         *("--work", str(tmp_path / "adapters"), "--out", str(out)),
     ]
     env = os.environ | {"PYTHONPATH": str(ROOT / "src")}
     subprocess.run(command, check=True, env=env, timeout=600, cwd=ROOT)
-    results = json.loads((out / "openai_load.json").read_text())
+    return json.loads((out / "openai_load.json").read_text()), out
+
+
+@pytest.mark.slow
+def test_load_bench_runs_every_phase(tmp_path: Path) -> None:
+    results, out = run_bench(tmp_path, "--requests", "6")
     phases = [name for name in results if name != "args"]
     assert phases[0] == "capacity" and phases[-2:] == ["registered_all", "overload_4x"]
     assert len([p for p in phases if p.startswith("poisson_")]) == 6
@@ -83,19 +90,7 @@ def test_an_unknown_phase_is_refused_naming_the_phases() -> None:
 
 @pytest.mark.slow
 def test_phases_runs_only_the_phases_named(tmp_path: Path) -> None:
-    (tmp_path / "model").mkdir()
-    save_chat_llama(tmp_path / "model", WORDS, context=256)
-    out = tmp_path / "out"
-    command = [
-        sys.executable,
-        str(ROOT / "bench" / "serve" / "openai_load.py"),
-        *("--model", str(tmp_path / "model"), "--threads", "1", "--registered", "40", "--resident", "4"),
-        *("--seconds", "3", "--concurrency", "4", "--max-queue", "4", "--phases", "registered_all"),
-        *("--work", str(tmp_path / "adapters"), "--out", str(out)),
-    ]
-    env = os.environ | {"PYTHONPATH": str(ROOT / "src")}
-    subprocess.run(command, check=True, env=env, timeout=600, cwd=ROOT)
-    results = json.loads((out / "openai_load.json").read_text())
+    results, out = run_bench(tmp_path, "--phases", "registered_all")
     assert [name for name in results if name != "args"] == ["capacity", "registered_all"]  # capacity always
     assert results["registered_all"]["completed"] == results["registered_all"]["sent"] > 0
     assert "registered adapters, 4 resident" in (out / "openai_load.md").read_text()
