@@ -358,6 +358,16 @@ class BottleneckAdapter(AdapterModule):
             )
         return stacked_deltas([m.layer_at(layer, point[1]) for m in modules], x)  # type: ignore[attr-defined,operator]
 
+    def grouped_stacks(
+        self, modules: Sequence[AdapterModule], layer: int, point: Point
+    ) -> bottleneck_grouped.Stacks | None:
+        """The weights of ``modules`` (this one first) at ``point`` stacked for one grouped computation
+        (``bottleneck_grouped.stacks``), or None (run them one by one) unless all are of this very class (subclasses
+        such as gated adapters compute otherwise), sequential, and their layers have one ``group_key``."""
+        if not all(type(m) is type(self) and m.sequential for m in modules):
+            return None
+        return bottleneck_grouped.stacks(modules, layer, point, group_key)  # type: ignore[arg-type]
+
     def batch_split_grouped(
         self,
         modules: Sequence[AdapterModule],
@@ -371,9 +381,7 @@ class BottleneckAdapter(AdapterModule):
         weights from ``bottleneck_grouped.stacks``: kept slot stacks under a forward pass's plan), leave once.
         None (the blocks one by one) unless the adapters are all of this very class, sequential, and their layers
         have one ``group_key``."""
-        if not all(type(m) is type(self) and m.sequential for m in modules):  # subclasses (gated) differ
-            return None
-        st = bottleneck_grouped.stacks(modules, layer, point, group_key)  # type: ignore[arg-type]
+        st = self.grouped_stacks(modules, layer, point)
         if st is None:
             return None
         state = enter_site(self.config, inputs)  # type: ignore[arg-type]
@@ -396,9 +404,7 @@ class BottleneckAdapter(AdapterModule):
         sequential, and their layers have one ``group_key``."""
         if not isinstance(inputs, ResidualInputs) or inputs.h.dim() != 3:
             return None
-        if not all(type(m) is type(self) and m.sequential for m in modules):  # subclasses (gated) differ
-            return None
-        st = bottleneck_grouped.stacks(modules, layer, point, group_key)  # type: ignore[arg-type]
+        st = self.grouped_stacks(modules, layer, point)
         if st is None:
             return None
         state = enter_site(self.config, inputs)  # x, r: (B, T, d)

@@ -144,16 +144,13 @@ def batch_split_deltas(st: Stacks, x: torch.Tensor, sizes: Sequence[int]) -> tor
         groups = x.reshape(k, -1, d)  # (K, rows·T, d): block k holds adapter k's rows
         if st.order == tuple(range(k)):
             return _through(groups, st).reshape(x.shape)
-        out = _through(groups[_index(st.order, x.device)], st)  # (S, rows·T, d): slot s holds block order[s]
-        return out[_index(_slot_of(st.order), x.device)].reshape(x.shape)  # blocks back in the mix's order
-    slot = _row_slots(st.order, tuple(sizes), x.device)  # (B,): each row's slot
-    rows = st._replace(
-        w_down=st.w_down[slot],  # (B, d, m)
-        b_down=st.b_down[slot],  # (B, 1, m)
-        w_up=st.w_up[slot],  # (B, m, d)
-        b_up=st.b_up[slot],  # (B, 1, d)
-        scale=None if st.scale is None else st.scale[slot],  # (B, 1, d)
-    )
+        out = _through(
+            groups[grouped_weights.order_index(st.order, x.device)], st
+        )  # (S, rows·T, d): slot s holds block order[s]
+        return out[grouped_weights.order_index(grouped_weights.slot_inverse(st.order), x.device)].reshape(
+            x.shape
+        )  # blocks back in the mix's order
+    rows = _select(st, _row_slots(st.order, tuple(sizes), x.device))  # each row's slot: (B, d, m), ...
     return _through(x.reshape(x.shape[0], -1, d), rows).reshape(x.shape)
 
 
@@ -186,14 +183,21 @@ def split_deltas(st: Stacks, x: torch.Tensor, bounds: Sequence[tuple[int, int]])
         return delta.index_copy_(1, target, out[:, keep])
     for slot, (start, end) in enumerate(slots):
         part = x[:, start:end].reshape(1, -1, d)  # (1, B·n_k, d)
-        z = st.activation(
-            torch.baddbmm(st.b_down[slot : slot + 1], part, st.w_down[slot : slot + 1])
-        )  # (1, B·n_k, m)
-        up = torch.baddbmm(st.b_up[slot : slot + 1], z, st.w_up[slot : slot + 1])  # (1, B·n_k, d)
-        if st.scale is not None:
-            up = up * st.scale[slot : slot + 1]
-        delta[:, start:end] = st.dropout(up).reshape(batch, end - start, d)
+        out = _through(part, _select(st, slice(slot, slot + 1)))  # (1, B·n_k, d)
+        delta[:, start:end] = out.reshape(batch, end - start, d)
     return delta
+
+
+def _select(st: Stacks, index: torch.Tensor | slice) -> Stacks:
+    """``st`` with every stacked tensor indexed along its slot axis by ``index`` (a tensor of slots: one entry per
+    row of a batched matmul; a slice: some slots as they are)."""
+    return st._replace(
+        w_down=st.w_down[index],  # (G, d, m)
+        b_down=st.b_down[index],  # (G, 1, m)
+        w_up=st.w_up[index],  # (G, m, d)
+        b_up=st.b_up[index],  # (G, 1, d)
+        scale=None if st.scale is None else st.scale[index],  # (G, 1, d)
+    )
 
 
 def keep_base(out: torch.Tensor, inputs: Any, bounds: Sequence[tuple[int, int]]) -> torch.Tensor:
@@ -234,21 +238,9 @@ def _padded(
     return torch.cat(padded).to(device), torch.cat(keep).to(device), torch.cat(target).to(device)
 
 
-def _slot_of(order: tuple[int, ...]) -> tuple[int, ...]:
-    """The inverse permutation: ``out[order[s]] = s`` (the slot of each adapter)."""
-    out = [0] * len(order)
-    for slot, k in enumerate(order):
-        out[k] = slot
-    return tuple(out)
-
-
-@lru_cache(maxsize=256)
-def _index(order: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """``order`` as a long tensor on ``device`` (memoised; only read)."""
-    return torch.tensor(order, dtype=torch.long, device=device)
-
-
 @lru_cache(maxsize=256)
 def _row_slots(order: tuple[int, ...], sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """``(B,)``: the slot of each row's adapter (``sizes[k]`` rows of block ``k``, in order; memoised, only read)."""
-    return torch.repeat_interleave(torch.tensor(_slot_of(order)), torch.tensor(sizes)).to(device)
+    return torch.repeat_interleave(torch.tensor(grouped_weights.slot_inverse(order)), torch.tensor(sizes)).to(
+        device
+    )

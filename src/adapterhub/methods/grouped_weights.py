@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import torch
@@ -258,3 +259,18 @@ def joined(key: Any, modules: Sequence[Any], build: Callable[[], T]) -> T:
     if cache is None or run is None:
         return build()
     return cache.joined(key, run.keys_of(modules), build)
+
+
+def slot_inverse(order: tuple[int, ...]) -> tuple[int, ...]:
+    """The inverse of a slot order (``order[s]``: the group in slot ``s``): ``out[order[s]] = s``, the slot of each
+    group."""
+    out = [0] * len(order)
+    for slot, k in enumerate(order):
+        out[k] = slot
+    return tuple(out)
+
+
+@lru_cache(maxsize=256)
+def order_index(order: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``order`` as a long tensor on ``device`` (memoised; only read)."""
+    return torch.tensor(order, dtype=torch.long, device=device)

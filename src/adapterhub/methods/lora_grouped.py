@@ -130,10 +130,14 @@ def _in_slots(
     ``slot_scales[s]``: the scale of the group in slot ``s``."""
     identity = order == tuple(range(len(order)))
     if not identity:
-        x = x[_index(order, x.device)]  # (S, n, d_in): slot s holds group order[s]
+        x = x[grouped_weights.order_index(order, x.device)]  # (S, n, d_in): slot s holds group order[s]
     scale = _scale_column(slot_scales, x.dtype, x.device)  # (S, 1, 1)
     delta = torch.bmm(torch.bmm(x, a.transpose(1, 2).to(x.dtype)), bt.to(x.dtype)) * scale  # (S, n, d_out)
-    return delta if identity else delta[_index(_inverse(order), x.device)]  # (K, n, d_out)
+    return (
+        delta
+        if identity
+        else delta[grouped_weights.order_index(grouped_weights.slot_inverse(order), x.device)]
+    )  # (K, n, d_out)
 
 
 def batch_split(
@@ -160,7 +164,9 @@ def batch_split(
             x.reshape(len(order), -1, x.shape[-1]), order, a, bt, slot_scales
         )  # (K, rows·T, d_out)
         return y + delta.reshape(y.shape).to(y.dtype)
-    slot = _index(_inverse(order), x.device)[_owner_rows(tuple(sizes), x.device)]  # (B,): each row's slot
+    slot = grouped_weights.order_index(grouped_weights.slot_inverse(order), x.device)[
+        _owner_rows(tuple(sizes), x.device)
+    ]  # (B,): each row's slot
     scale = _scale_column(slot_scales, x.dtype, x.device)[slot]  # (B, 1, 1)
     groups = x.reshape(x.shape[0], -1, x.shape[-1])  # (B, T, d_in)
     delta = torch.bmm(torch.bmm(groups, a.transpose(1, 2)[slot].to(x.dtype)), bt[slot].to(x.dtype)) * scale
@@ -228,20 +234,6 @@ def split(
     mask = _slice_mask(length, tuple(bounds), ranks, scales, y.dtype, x.device)  # (T, R)
     delta = ((x @ down.to(x.dtype)) * mask) @ up.to(x.dtype)  # (B, T, d_out)
     return y + delta.to(y.dtype)
-
-
-@lru_cache(maxsize=256)
-def _index(order: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """``order`` as a long tensor on ``device`` (memoised; only read)."""
-    return torch.tensor(order, dtype=torch.long, device=device)
-
-
-def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
-    """The inverse permutation: ``out[order[s]] = s``."""
-    out = [0] * len(order)
-    for slot, k in enumerate(order):
-        out[k] = slot
-    return tuple(out)
 
 
 @lru_cache(maxsize=64)

@@ -122,6 +122,14 @@ class ParallelAdapter(BottleneckAdapter):
     ) -> torch.Tensor:
         return self.fuse_enter(layer, point, None)  # type: ignore[arg-type,return-value]
 
+    def grouped_stacks(
+        self, modules: Sequence[AdapterModule], layer: int, point: Point
+    ) -> bottleneck_grouped.Stacks | None:
+        """As ``BottleneckAdapter.grouped_stacks`` for plain ``ParallelAdapter``s (not sequential)."""
+        if not all(type(m) is ParallelAdapter for m in modules):
+            return None
+        return bottleneck_grouped.stacks(modules, layer, point, group_key)  # type: ignore[arg-type]
+
     def batch_split_grouped(
         self,
         modules: Sequence[AdapterModule],
@@ -133,12 +141,10 @@ class ParallelAdapter(BottleneckAdapter):
         """Row block ``k`` (``sizes[k]`` rows) through parallel adapter ``k``: ``y = h + δ(input)`` with the K
         adapters' deltas as batched matmuls over their rows (``bottleneck_grouped.batch_split_deltas``), leaving
         the point once. None unless all are plain ``ParallelAdapter``s with one ``group_key`` (as ``split_grouped``)."""
-        if not all(type(m) is ParallelAdapter for m in modules):
-            return None
-        assert isinstance(inputs, ResidualInputs)
-        st = bottleneck_grouped.stacks(modules, layer, point, group_key)  # type: ignore[arg-type]
+        st = self.grouped_stacks(modules, layer, point)
         if st is None:
             return None
+        assert isinstance(inputs, ResidualInputs)
         y = inputs.h + bottleneck_grouped.batch_split_deltas(st, inputs.residual, sizes)  # (B, T, d)
         return leave_site(self.config, y, inputs, self.dims.pre_norm)  # type: ignore[arg-type]
 
@@ -154,11 +160,9 @@ class ParallelAdapter(BottleneckAdapter):
         the K adapters' deltas as batched matmuls over their slices of the sub-layer input, leaving the point once;
         positions in no slice keep the point's base value. None unless all are plain ``ParallelAdapter``s with one
         ``group_key`` (placement, width, activation, dropout; no ``ln_after``)."""
-        if not all(type(m) is ParallelAdapter for m in modules):
-            return None
         if not isinstance(inputs, ResidualInputs) or inputs.h.dim() != 3:
             return None
-        st = bottleneck_grouped.stacks(modules, layer, point, group_key)  # type: ignore[arg-type]
+        st = self.grouped_stacks(modules, layer, point)
         if st is None:
             return None
         y = inputs.h + bottleneck_grouped.split_deltas(st, inputs.residual, bounds)  # (B, T, d)
