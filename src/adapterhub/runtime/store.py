@@ -213,8 +213,7 @@ class AdapterStore(nn.Module):
             adapters = self.adapters
             names_now = setup_names(setup)
             return any(name not in adapters for name in names_now) or any(
-                name not in self.merged and bool(adapters[name].present(layer, kind, point))  # type: ignore[operator]
-                for name in names_now
+                self._name_sits_at(adapters, name, layer, kind, point) for name in names_now
             )
         names = self._names.get(setup)
         if names is None:
@@ -240,14 +239,17 @@ class AdapterStore(nn.Module):
                     of = self._sites_of[name] = {}
                 at = of.get(key)
                 if at is None:
-                    at = of[key] = name not in self.merged and bool(
-                        adapters[name].present(layer, kind, point)  # type: ignore[operator]
-                    )
+                    at = of[key] = self._name_sits_at(adapters, name, layer, kind, point)
                 if at:
                     found = True
                     break
             sites[key] = found
         return found
+
+    def _name_sits_at(self, adapters: Any, name: str, layer: int, kind: str, point: str) -> bool:
+        """Whether adapter ``name`` of ``adapters`` (the store's, looked up once by the caller) is unmerged and sits at
+        the point."""
+        return name not in self.merged and bool(adapters[name].present(layer, kind, point))
 
     def changed(self) -> None:
         """Adapters were added, deleted, merged or unmerged: forget what was derived from them."""
